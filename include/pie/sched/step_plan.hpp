@@ -1,0 +1,54 @@
+#pragma once
+/// \file step_plan.hpp
+/// \brief StepPlan: one engine iteration flattened into the arrays the model runner copies to
+/// the device once. Produced by Scheduler::schedule(), consumed by the model runner.
+///
+/// Ordering: decode sequences first (query_len 1), then prefill chunks. Tokens of sequence i are
+/// rows [cu_query_lens[i], cu_query_lens[i+1]) of every per-token array.
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+namespace pie::sched {
+
+using SeqId = uint64_t;
+
+/// \brief A block copy: src block → dst block (same pool, or device↔host for swaps).
+struct BlockCopy {
+  int32_t src = 0;
+  int32_t dst = 0;
+  friend bool operator==(const BlockCopy&, const BlockCopy&) = default;
+};
+
+/// \brief One iteration's work, flattened.
+struct StepPlan {
+  // ---- per token (num_tokens) ----
+  std::vector<int32_t> token_ids;     ///< input token of each row
+  std::vector<int32_t> positions;     ///< absolute position of each row in its sequence
+  std::vector<int64_t> slot_mapping;  ///< KV slot written by each row: block·block_size + offset
+
+  // ---- per sequence (num_seqs) ----
+  std::vector<SeqId> seq_ids;
+  std::vector<int32_t> query_lens;    ///< tokens computed this step
+  std::vector<int32_t> context_lens;  ///< tokens in KV after this step (cached prefix + query)
+  std::vector<int32_t> cu_query_lens; ///< [num_seqs + 1] prefix sum of query_lens
+  std::vector<int32_t> kv_indptr;     ///< [num_seqs + 1] into kv_indices
+  std::vector<int32_t> kv_indices;    ///< block ids of each sequence's table, concatenated
+  std::vector<int32_t> kv_last_page_len;  ///< [num_seqs] tokens in the last block (after this step)
+  /// Sequences that sample a token this step (decodes, and prefills whose last chunk this is):
+  /// index into the per-sequence arrays; logits_rows[j] is the token row whose logits it uses.
+  std::vector<int32_t> sample_seqs;
+  std::vector<int32_t> logits_rows;
+  int32_t num_decode_seqs = 0;        ///< the first num_decode_seqs sequences are decodes
+
+  // ---- block operations to run before the forward pass, in this order ----
+  std::vector<BlockCopy> swap_in;     ///< host block → device block
+  std::vector<BlockCopy> swap_out;    ///< device block → host block (run before blocks are reused)
+  std::vector<BlockCopy> copy_blocks; ///< device → device (copy-on-write)
+
+  int32_t num_tokens() const { return static_cast<int32_t>(token_ids.size()); }
+  int32_t num_seqs() const { return static_cast<int32_t>(seq_ids.size()); }
+  bool empty() const { return token_ids.empty(); }
+};
+
+}  // namespace pie::sched

@@ -1,0 +1,20 @@
+# cmake -DMODE=<find_package|add_subdirectory|fetchcontent> -DSRC=<pie source> -DWORK=<dir> -P run_consumer.cmake
+# Configures, builds and runs the consumer project one way; any failure fails the test.
+file(REMOVE_RECURSE ${WORK})
+set(_common -DCMAKE_BUILD_TYPE=Release -DPIE_ENABLE_CUDA=OFF -DPIE_SRC=${SRC} -DPIE_CONSUME=${MODE})
+function(run)
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "failed: ${ARGN}\n${out}\n${err}")
+  endif()
+endfunction()
+if(MODE STREQUAL "find_package")
+  run(${CMAKE_COMMAND} -S ${SRC} -B ${WORK}/pie -DCMAKE_BUILD_TYPE=Release -DPIE_ENABLE_CUDA=OFF
+      -DPIE_BUILD_TESTS=OFF -DPIE_BUILD_BENCH=OFF -DPIE_BUILD_EXAMPLES=OFF -DCMAKE_INSTALL_PREFIX=${WORK}/prefix)
+  run(${CMAKE_COMMAND} --install ${WORK}/pie)
+  list(APPEND _common -DCMAKE_PREFIX_PATH=${WORK}/prefix)
+endif()
+run(${CMAKE_COMMAND} -S ${SRC}/tests/consumer/project -B ${WORK}/build ${_common})
+run(${CMAKE_COMMAND} --build ${WORK}/build)
+run(${WORK}/build/consumer)
+message(STATUS "consumer via ${MODE}: ok")
