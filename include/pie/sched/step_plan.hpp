@@ -39,6 +39,12 @@ struct StepPlan {
   /// index into the per-sequence arrays; logits_rows[j] is the token row whose logits it uses.
   std::vector<int32_t> sample_seqs;
   std::vector<int32_t> logits_rows;
+  /// Parallel to sample_seqs: tokens that sample yields. 1, except for the last prompt chunk of
+  /// a request with n > 1 (prefilled once): n, one per sequence the request forks into. The
+  /// tokens handed to Scheduler::update() are sum(sample_counts) in sample order, sample j's
+  /// consecutive; its k-th goes to the request's sequence index k (its first sequence is index 0,
+  /// the seq_ids entry). All k draw from the same logits row, each with its own randomness.
+  std::vector<int32_t> sample_counts;
   int32_t num_decode_seqs = 0;        ///< the first num_decode_seqs sequences are decodes
 
   // ---- block operations to run before the forward pass, in this order ----
@@ -49,6 +55,12 @@ struct StepPlan {
   int32_t num_tokens() const { return static_cast<int32_t>(token_ids.size()); }
   int32_t num_seqs() const { return static_cast<int32_t>(seq_ids.size()); }
   bool empty() const { return token_ids.empty(); }
+  /// Tokens update() expects: sum of sample_counts.
+  int32_t num_sampled_tokens() const {
+    int32_t n = 0;
+    for (int32_t c : sample_counts) n += c;
+    return n;
+  }
 };
 
 }  // namespace pie::sched
