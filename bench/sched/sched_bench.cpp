@@ -32,15 +32,20 @@ std::vector<int32_t> random_prompt(std::mt19937& rng, int n) {
   return p;
 }
 
-void BM_ScheduleUpdate(benchmark::State& state) {
-  const int prompt_len = static_cast<int>(state.range(0));
-  const int kSeqs = 256, kBlock = 16;
+constexpr int kSeqs = 256, kBlock = 16;
+
+/// 256 sequences, block size 16, a pool that holds all of them at max_model_len.
+Scheduler scheduler_for_256(int max_model_len) {
   SchedulerConfig cfg;
   cfg.max_num_seqs = kSeqs;
   cfg.max_num_batched_tokens = 8192;
-  cfg.max_model_len = 4096;
-  const int blocks = kSeqs * (cfg.max_model_len / kBlock) + 64;
-  Scheduler sch(cfg, blocks, kBlock, 0);
+  cfg.max_model_len = max_model_len;
+  return Scheduler(cfg, kSeqs * (max_model_len / kBlock) + 64, kBlock, 0);
+}
+
+void BM_ScheduleUpdate(benchmark::State& state) {
+  const int prompt_len = static_cast<int>(state.range(0));
+  Scheduler sch = scheduler_for_256(4096);
   std::mt19937 rng(7);
   uint64_t next_id = 0;
   auto add = [&] {
@@ -77,12 +82,7 @@ BENCHMARK(BM_ScheduleUpdate)->Arg(512)->Arg(2048)->Unit(benchmark::kMicrosecond)
 /// 256 decodes (contexts grow from `prompt` to prompt + 3000 tokens over the run).
 void BM_ScheduleUpdateDecodeOnly(benchmark::State& state) {
   const int prompt_len = static_cast<int>(state.range(0));
-  const int kSeqs = 256, kBlock = 16;
-  SchedulerConfig cfg;
-  cfg.max_num_seqs = kSeqs;
-  cfg.max_num_batched_tokens = 8192;
-  cfg.max_model_len = 8192;
-  Scheduler sch(cfg, kSeqs * (cfg.max_model_len / kBlock) + 64, kBlock, 0);
+  Scheduler sch = scheduler_for_256(8192);
   std::mt19937 rng(7);
   for (int i = 0; i < kSeqs; ++i) {
     SamplingParams p;
