@@ -1,0 +1,279 @@
+// Kernel benchmarks of the CUDA backend. Each prints bytes or FLOPs, the median time, the
+// achieved GB/s or TFLOP/s and the fraction of the two ceilings measured at the start of this
+// same run: a 1 GiB device-to-device copy (bytes read + written) and an 8192³ bf16 cuBLASLt GEMM.
+// Inputs are random (never zeros); buffers exceed the 50 MB L2 unless noted.
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "pie/cuda.cuh"
+
+namespace {
+using namespace pie;
+namespace oc = pie::ops::cuda;
+
+struct Ceilings { double copy_gbs = 0, gemm_tflops = 0; } g_ceil;
+struct Row { std::string name; double us, rate, pct; const char* unit; };
+std::vector<Row> g_rows;
+
+/// Fills a device buffer with uniform(-1, 1)·scale values of T, generated on the device.
+template <class T>
+__global__ void fill_kernel(T* p, size_t n, uint64_t seed, float scale) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    uint64_t z = (i + 1) * 0x9e3779b97f4a7c15ull ^ seed;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    float u = float((z >> 40) & 0xffffff) / 16777216.f * 2.f - 1.f;
+    p[i] = oc::from_f32<T>(u * scale);
+  }
+}
+template <class T> void fill(T* p, size_t n, uint64_t seed, float scale = 1.f) {
+  using D = oc::device_t<T>;
+  auto* d = reinterpret_cast<D*>(p);
+  fill_kernel<D><<<1024, 256>>>(d, n, seed, scale);
+  PIE_CUDA_CHECK_LAUNCH();
+}
+
+/// Median of `reps` event-timed runs after `warm` warm-up runs, in milliseconds.
+template <class F> double median_ms(F&& f, int warm = 3, int reps = 20) {
+  cudaEvent_t a, b;
+  PIE_CUDA_CHECK(cudaEventCreate(&a));
+  PIE_CUDA_CHECK(cudaEventCreate(&b));
+  for (int i = 0; i < warm; ++i) f();
+  std::vector<float> t(reps);
+  for (int i = 0; i < reps; ++i) {
+    PIE_CUDA_CHECK(cudaEventRecord(a));
+    f();
+    PIE_CUDA_CHECK(cudaEventRecord(b));
+    PIE_CUDA_CHECK(cudaEventSynchronize(b));
+    PIE_CUDA_CHECK(cudaEventElapsedTime(&t[i], a, b));
+  }
+  PIE_CUDA_CHECK(cudaEventDestroy(a));
+  PIE_CUDA_CHECK(cudaEventDestroy(b));
+  std::sort(t.begin(), t.end());
+  return t[reps / 2];
+}
+
+/// Runs f under Google Benchmark's loop with event timing and reports against the ceilings.
+template <class F>
+void report(benchmark::State& st, const std::string& name, double bytes, double flops, F&& f) {
+  for (auto _ : st) {
+    double ms = median_ms(f, 2, 10);
+    st.SetIterationTime(ms / 1e3);
+  }
+  double ms = median_ms(f, 1, 20);
+  st.counters["us"] = ms * 1e3;
+  Row r{name, ms * 1e3, 0, 0, ""};
+  if (bytes > 0) {
+    double gbs = bytes / (ms * 1e-3) / 1e9;
+    st.counters["MB"] = bytes / 1e6;
+    st.counters["GB/s"] = gbs;
+    st.counters["%copy"] = 100 * gbs / g_ceil.copy_gbs;
+    r.rate = gbs; r.pct = 100 * gbs / g_ceil.copy_gbs; r.unit = "GB/s (% copy)";
+  }
+  if (flops > 0) {
+    double tf = flops / (ms * 1e-3) / 1e12;
+    st.counters["GFLOP"] = flops / 1e9;
+    st.counters["TFLOP/s"] = tf;
+    st.counters["%gemm"] = 100 * tf / g_ceil.gemm_tflops;
+    r.rate = tf; r.pct = 100 * tf / g_ceil.gemm_tflops; r.unit = "TFLOP/s (% gemm)";
+  }
+  g_rows.push_back(r);
+}
+
+void measure_ceilings() {
+  const size_t n = size_t(1) << 30;
+  DeviceBuffer<unsigned char> src(n), dst(n);
+  fill(reinterpret_cast<float*>(src.data()), n / 4, 1);
+  double ms = median_ms([&] { PIE_CUDA_CHECK(cudaMemcpyAsync(dst.data(), src.data(), n, cudaMemcpyDeviceToDevice)); });
+  g_ceil.copy_gbs = 2.0 * n / (ms * 1e-3) / 1e9;
+  const int S = 8192;
+  DeviceBuffer<bf16> a(size_t(S) * S), w(size_t(S) * S), y(size_t(S) * S);
+  fill(a.data(), a.size(), 2);
+  fill(w.data(), w.size(), 3);
+  oc::Gemm gemm;
+  ms = median_ms([&] { gemm(y.view({S, S}), a.view({S, S}), w.view({S, S})); });
+  g_ceil.gemm_tflops = 2.0 * S * S * S / (ms * 1e-3) / 1e12;
+  std::printf("ceilings: D2D copy %.0f GB/s (read+write), bf16 GEMM 8192^3 %.0f TFLOP/s\n", g_ceil.copy_gbs,
+              g_ceil.gemm_tflops);
+}
+
+/// A paged cache with every sequence at `ctx` tokens and a shuffled block table.
+template <class KV> struct BenchCache {
+  DeviceBuffer<KV> pool;
+  DeviceBuffer<int32_t> indptr, indices, last;
+  kv::PagedKV<KV> view;
+  BenchCache(int batch, int ctx, int nkv, int hd, int bs) {
+    int pages_per = (ctx + bs - 1) / bs, pages = batch * pages_per;
+    pool = DeviceBuffer<KV>(size_t(pages) * 2 * nkv * bs * hd);
+    fill(pool.data(), pool.size(), 11);
+    std::vector<int32_t> ip(batch + 1), ix(pages), la(batch, (ctx - 1) % bs + 1);
+    for (int b = 0; b <= batch; ++b) ip[b] = b * pages_per;
+    std::iota(ix.begin(), ix.end(), 0);
+    std::shuffle(ix.begin(), ix.end(), std::mt19937(5));
+    indptr = DeviceBuffer<int32_t>(ip.size()); indices = DeviceBuffer<int32_t>(ix.size()); last = DeviceBuffer<int32_t>(la.size());
+    PIE_CUDA_CHECK(cudaMemcpy(indptr.data(), ip.data(), ip.size() * 4, cudaMemcpyHostToDevice));
+    PIE_CUDA_CHECK(cudaMemcpy(indices.data(), ix.data(), ix.size() * 4, cudaMemcpyHostToDevice));
+    PIE_CUDA_CHECK(cudaMemcpy(last.data(), la.data(), la.size() * 4, cudaMemcpyHostToDevice));
+    view = {pool.data(), nkv, hd, bs, batch, indptr.data(), indices.data(), last.data(), 1.f};
+  }
+};
+
+template <class KV>
+void BM_DecodeAttention(benchmark::State& st) {
+  const int batch = st.range(0), ctx = st.range(1), bs = st.range(2), nq = 32, nkv = 8, hd = 128;
+  BenchCache<KV> c(batch, ctx, nkv, hd, bs);
+  DeviceBuffer<bf16> q(size_t(batch) * nq * hd), o(q.size());
+  fill(q.data(), q.size(), 4);
+  auto plan = oc::plan_decode_attention(batch, nq, nkv, hd, ctx);
+  DeviceBuffer<unsigned char> ws(plan.workspace_bytes);
+  double bytes = double(batch) * ctx * nkv * hd * 2 * sizeof(KV) + 2.0 * q.size() * sizeof(bf16);
+  std::string name = "decode b" + std::to_string(batch) + " ctx" + std::to_string(ctx) + " bs" + std::to_string(bs) +
+                     (sizeof(KV) == 1 ? " fp8kv" : " bf16") + " splits" + std::to_string(plan.num_splits);
+  report(st, name, bytes, 0, [&] {
+    oc::decode_attention(q.view({batch, nq, hd}), c.view, o.view({batch, nq, hd}), plan, ws.data(),
+                         1.f / std::sqrt(128.f));
+  });
+}
+BENCHMARK(BM_DecodeAttention<bf16>)->Args({64, 4096, 16})->Args({64, 4096, 8})->Args({64, 4096, 32})
+    ->Args({1, 32768, 16})->Args({8, 8192, 16})->UseManualTime()->Iterations(1);
+BENCHMARK(BM_DecodeAttention<fp8_e4m3>)->Args({64, 4096, 16})->UseManualTime()->Iterations(1);
+
+template <int Warps>
+void BM_PrefillAttention(benchmark::State& st) {
+  const int n = st.range(0), hd = st.range(1), nq = 32, nkv = 8, bs = 16;
+  BenchCache<bf16> c(1, n, nkv, hd, bs);
+  DeviceBuffer<bf16> q(size_t(n) * nq * hd), o(q.size());
+  fill(q.data(), q.size(), 6);
+  std::vector<int32_t> cu = {0, n};
+  DeviceBuffer<int32_t> dcu(2);
+  PIE_CUDA_CHECK(cudaMemcpy(dcu.data(), cu.data(), 8, cudaMemcpyHostToDevice));
+  double flops = 4.0 * nq * hd * (double(n) * (n + 1) / 2);  // causal: QKᵀ and PV over the lower triangle
+  report(st, "prefill causal " + std::to_string(n) + " tok hd" + std::to_string(hd) + (Warps ? " warps4" : ""), 0,
+         flops, [&] {
+           oc::prefill_attention<Warps>(q.view({n, nq, hd}), c.view, dcu.data(), n, o.view({n, nq, hd}),
+                                        1.f / std::sqrt(float(hd)));
+         });
+}
+BENCHMARK(BM_PrefillAttention<0>)->Args({8192, 128})->Args({2048, 128})->Args({8192, 64})->UseManualTime()->Iterations(1);
+// A/B of the CTA shape: 4 warps (BM = 64, two CTAs per SM) against the default 8 (BM = 128).
+BENCHMARK(BM_PrefillAttention<4>)->Args({8192, 128})->UseManualTime()->Iterations(1);
+
+void BM_AddRmsNorm(benchmark::State& st) {
+  const int n = st.range(0), dim = 4096;
+  DeviceBuffer<bf16> x(size_t(n) * dim), r(x.size()), w(dim);
+  fill(x.data(), x.size(), 7); fill(r.data(), r.size(), 8); fill(w.data(), w.size(), 9);
+  report(st, "add_rms_norm " + std::to_string(n) + "x4096", 4.0 * x.size() * 2, 0,
+         [&] { oc::add_rms_norm(x.view({n, dim}), r.view({n, dim}), w.view({dim}), 1e-6f, false); });
+}
+BENCHMARK(BM_AddRmsNorm)->Arg(16384)->UseManualTime()->Iterations(1);
+
+void BM_QkNormRope(benchmark::State& st) {
+  const int n = st.range(0), nq = 32, nkv = 8, hd = 128, width = (nq + 2 * nkv) * hd;
+  DeviceBuffer<bf16> qkv(size_t(n) * width), qn(hd), kn(hd);
+  DeviceBuffer<int32_t> pos(n);
+  fill(qkv.data(), qkv.size(), 10); fill(qn.data(), hd, 11); fill(kn.data(), hd, 12);
+  std::vector<int32_t> hp(n);
+  for (int i = 0; i < n; ++i) hp[i] = i;
+  PIE_CUDA_CHECK(cudaMemcpy(pos.data(), hp.data(), n * 4, cudaMemcpyHostToDevice));
+  std::vector<float> inv(hd / 2);
+  for (int i = 0; i < hd / 2; ++i) inv[i] = 1.f / float(std::pow(1e6, double(2 * i) / hd));
+  DeviceBuffer<float> dinv(hd / 2);
+  PIE_CUDA_CHECK(cudaMemcpy(dinv.data(), inv.data(), inv.size() * 4, cudaMemcpyHostToDevice));
+  oc::RopeParams rp;
+  rp.inv_freq = dinv.data();  // the runner passes ops::cpu::rope_inv_freq's table
+  double bytes = 2.0 * n * (nq + nkv) * hd * 2;
+  report(st, "qk_norm_rope " + std::to_string(n) + " tok 32q/8kv hd128", bytes, 0, [&] {
+    oc::qk_norm_rope(qkv.view({n, width}), pos.data(), nq, nkv, hd, qn.data(), kn.data(), 1e-6f, rp);
+  });
+}
+BENCHMARK(BM_QkNormRope)->Arg(16384)->UseManualTime()->Iterations(1);
+
+void BM_SiluAndMul(benchmark::State& st) {
+  const int n = st.range(0), inter = 12288;
+  DeviceBuffer<bf16> gu(size_t(n) * 2 * inter), out(size_t(n) * inter);
+  fill(gu.data(), gu.size(), 13);
+  report(st, "silu_and_mul " + std::to_string(n) + "x12288", 3.0 * out.size() * 2, 0,
+         [&] { oc::silu_and_mul(gu.view({n, 2 * inter}), out.view({n, inter})); });
+}
+BENCHMARK(BM_SiluAndMul)->Arg(8192)->UseManualTime()->Iterations(1);
+
+void BM_KvWrite(benchmark::State& st) {
+  const int n = st.range(0), nkv = 8, hd = 128, bs = 16, width = 48 * hd;
+  BenchCache<bf16> c(1, n, nkv, hd, bs);
+  DeviceBuffer<bf16> qkv(size_t(n) * width);
+  fill(qkv.data(), qkv.size(), 14);
+  std::vector<int64_t> slots(n);
+  std::iota(slots.begin(), slots.end(), 0);
+  DeviceBuffer<int64_t> ds(n);
+  PIE_CUDA_CHECK(cudaMemcpy(ds.data(), slots.data(), n * 8, cudaMemcpyHostToDevice));
+  TensorView<bf16> k(qkv.data() + 32 * hd, {n, nkv * hd}, Device::Cuda), v(qkv.data() + 40 * hd, {n, nkv * hd}, Device::Cuda);
+  k.stride[0] = v.stride[0] = width;
+  report(st, "kv_write " + std::to_string(n) + " tok 8kv hd128", 4.0 * n * nkv * hd * 2, 0,
+         [&] { oc::kv_write(c.view, k, v, ds.data()); });
+}
+BENCHMARK(BM_KvWrite)->Arg(65536)->UseManualTime()->Iterations(1);
+
+void BM_Embedding(benchmark::State& st) {
+  const int n = st.range(0), vocab = 151936, hidden = 4096;
+  DeviceBuffer<bf16> table(size_t(vocab) * hidden), out(size_t(n) * hidden);
+  fill(table.data(), table.size(), 15);
+  std::vector<int32_t> ids(n);
+  std::mt19937 rng(1);
+  for (auto& i : ids) i = int(rng() % vocab);
+  DeviceBuffer<int32_t> di(n);
+  PIE_CUDA_CHECK(cudaMemcpy(di.data(), ids.data(), n * 4, cudaMemcpyHostToDevice));
+  report(st, "embedding " + std::to_string(n) + "x4096", 2.0 * out.size() * 2, 0,
+         [&] { oc::embedding(table.view({vocab, hidden}), di.data(), out.view({n, hidden})); });
+}
+BENCHMARK(BM_Embedding)->Arg(16384)->UseManualTime()->Iterations(1);
+
+void BM_Gemm(benchmark::State& st) {
+  const int M = st.range(0), N = st.range(1), K = st.range(2);
+  DeviceBuffer<bf16> x(size_t(M) * K), w(size_t(N) * K), y(size_t(M) * N);
+  fill(x.data(), x.size(), 16); fill(w.data(), w.size(), 17);
+  oc::Gemm g;
+  report(st, "gemm bf16 " + std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K), 0, 2.0 * M * N * K,
+         [&] { g(y.view({M, N}), x.view({M, K}), w.view({N, K})); });
+}
+BENCHMARK(BM_Gemm)->Args({8192, 8192, 8192})->Args({4096, 6144, 4096})->Args({64, 24576, 4096})
+    ->UseManualTime()->Iterations(1);
+
+void BM_Sample(benchmark::State& st) {
+  const int rows = st.range(0), vocab = 151936;
+  DeviceBuffer<float> logits(size_t(rows) * vocab);
+  fill(logits.data(), logits.size(), 18, 8.f);
+  std::vector<oc::SamplingRow> hr(rows);
+  for (int r = 0; r < rows; ++r) { hr[r].top_k = 50; hr[r].top_p = 0.9f; hr[r].temperature = 0.8f; hr[r].seed = r; hr[r].num_logprobs = 5; }
+  DeviceBuffer<oc::SamplingRow> dr(rows);
+  PIE_CUDA_CHECK(cudaMemcpy(dr.data(), hr.data(), rows * sizeof(oc::SamplingRow), cudaMemcpyHostToDevice));
+  DeviceBuffer<int32_t> tok(rows), tid(rows * 5);
+  DeviceBuffer<float> lp(rows), tlp(rows * 5);
+  oc::SamplingInputs in{dr.data(), nullptr, nullptr, nullptr, nullptr};
+  oc::SamplingOutputs out{tok.data(), lp.data(), tid.data(), tlp.data(), 5};
+  // No penalties or bias: the logits are left unchanged, so every run sees the same input.
+  report(st, "sample " + std::to_string(rows) + "x151936 topk50 topp.9 lp5", 0, 0,
+         [&] { oc::sample(logits.data(), rows, vocab, in, out); });
+}
+BENCHMARK(BM_Sample)->Arg(64)->Arg(256)->UseManualTime()->Iterations(1);
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  cudaDeviceProp prop{};
+  PIE_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("device: %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
+  measure_ceilings();
+  benchmark::Initialize(&argc, argv);
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  std::printf("\n%-48s %10s %10s %7s  %s\n", "kernel", "us", "rate", "%ceil", "unit");
+  for (auto& r : g_rows) std::printf("%-48s %10.1f %10.1f %7.1f  %s\n", r.name.c_str(), r.us, r.rate, r.pct, r.unit);
+  return 0;
+}

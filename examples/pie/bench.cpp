@@ -1,0 +1,336 @@
+/// \file bench.cpp
+/// \brief `pie bench MODEL_DIR --mode throughput|latency ...` on one GPU. Compiled as CUDA.
+///
+/// Throughput: N requests (fixed lengths, or ShareGPT-like random lengths) all queued at once,
+/// ignore_eos, run to completion through the scheduler and the CUDA runner; prints requests/s,
+/// output and total tokens/s. Latency: one request at a time (batch 1): time to first token and
+/// inter-token latency. Both print the roofline of exactly the steps that ran: per step
+/// max(FLOPs / GEMM peak, bytes / copy bandwidth), both ceilings measured at start-up in this
+/// run (engine/cuda/roofline.cuh), and the measured time's fraction of it.
+#include "bench.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <random>
+#include <nlohmann/json.hpp>
+
+#include "pie/core/policy.hpp"
+#include "pie/engine/cuda/cuda_engine.cuh"
+#include "pie/engine/cuda/roofline.cuh"
+#include "pie/model/config_io.hpp"
+#include "pie/model/loader.hpp"
+
+namespace pie::cli {
+
+CLI::App* add_bench_command(CLI::App& app, BenchOptions& o) {
+  CLI::App* s = app.add_subcommand("bench", "Offline throughput / batch-1 latency on the GPU, with the roofline");
+  s->add_option("model", o.model_dir, "Folder with config.json (and weights unless --load-format dummy)")->required();
+  s->add_option("--load-format,--load_format", o.load_format, "dummy | auto | safetensors")->capture_default_str();
+  s->add_option("--mode", o.mode, "throughput | latency")->capture_default_str();
+  s->add_option("--dataset-name,--dataset_name", o.dataset, "random | sharegpt (ShareGPT-like random lengths)")
+      ->capture_default_str();
+  s->add_option("--num-prompts,--num_prompts", o.num_prompts)->capture_default_str();
+  s->add_option("--input-len,--input_len", o.input_len)->capture_default_str();
+  s->add_option("--output-len,--output_len", o.output_len)->capture_default_str();
+  s->add_option("--num-iters,--num_iters", o.num_iters, "latency: timed requests")->capture_default_str();
+  s->add_option("--num-iters-warmup,--num_iters_warmup", o.num_iters_warmup)->capture_default_str();
+  s->add_option("--max-num-seqs,--max_num_seqs", o.max_num_seqs)->capture_default_str();
+  s->add_option("--max-num-batched-tokens,--max_num_batched_tokens", o.max_num_batched_tokens)->capture_default_str();
+  s->add_option("--max-model-len,--max_model_len", o.max_model_len, "0 → input + output")->capture_default_str();
+  s->add_option("--gpu-memory-utilization,--gpu_memory_utilization", o.gpu_memory_utilization)->capture_default_str();
+  s->add_option("--swap-space,--swap_space", o.swap_space, "GiB of pinned host swap")->capture_default_str();
+  s->add_option("--preemption-mode,--preemption_mode", o.preemption_mode, "recompute | swap")->capture_default_str();
+  s->add_flag("--enforce-eager,--enforce_eager", o.enforce_eager, "No CUDA graphs");
+  s->add_flag("--enable-prefix-caching,--enable_prefix_caching", o.enable_prefix_caching);
+  s->add_option("--temperature", o.temperature, "0 → greedy")->capture_default_str();
+  s->add_option("--seed", o.seed)->capture_default_str();
+  s->add_option("--output-json,--output_json", o.output_json, "Also write the results as JSON");
+  s->add_flag("--profile", o.profile, "After the timed run, time every op of a few eager decode steps");
+  return s;
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using engine::cuda::CudaEngine;
+using Policy = CudaBf16;
+
+double secs(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+
+/// (input, output) lengths of each request. ShareGPT-like: log-normal lengths with the given
+/// means (σ = 0.8, as ShareGPT's prompt/answer lengths roughly are), clipped to [4, 4·mean].
+std::vector<std::pair<int, int>> workload(const BenchOptions& o, std::mt19937_64& rng) {
+  std::vector<std::pair<int, int>> w;
+  for (int i = 0; i < o.num_prompts; ++i) {
+    if (o.dataset == "random") { w.emplace_back(o.input_len, o.output_len); continue; }
+    PIE_CHECK(o.dataset == "sharegpt", "--dataset-name must be random or sharegpt, got ", o.dataset);
+    auto draw = [&](int mean) {
+      const double sigma = 0.8, mu = std::log(static_cast<double>(mean)) - sigma * sigma / 2;
+      std::lognormal_distribution<double> d(mu, sigma);
+      return std::clamp(static_cast<int>(d(rng)), 4, 4 * mean);
+    };
+    w.emplace_back(draw(o.input_len), draw(o.output_len));
+  }
+  return w;
+}
+
+/// What the observer accumulates over the steps of one timed run.
+struct RunStats {
+  double roofline_s = 0, wall_s = 0, flops = 0, bytes = 0;
+  int64_t steps = 0, tokens = 0;
+  double kv_waste_at_peak = 0;
+  int64_t peak_blocks = 0;
+  // Pure decode steps by batch size: count, wall, host, roofline (throughput vs batch size).
+  struct Bucket { int64_t n = 0; double wall = 0, host = 0, roof = 0; };
+  std::map<int, Bucket> decode;
+};
+
+struct Bench {
+  const BenchOptions& o;
+  engine::cuda::Ceilings ceil;
+  std::unique_ptr<CudaEngine<Policy>> eng;
+  std::unique_ptr<engine::cuda::RooflineModel> roof;
+  RunStats* cur = nullptr;
+  std::vector<int32_t> eos;
+
+  explicit Bench(const BenchOptions& opts) : o(opts) {
+    // Ceilings first, while the card is empty (the engine then takes 90% of it).
+    ceil = engine::cuda::measure_ceilings();
+    std::printf("ceilings: bf16 GEMM %.1f TFLOP/s, device copy %.2f TB/s (read + write)\n", ceil.gemm_flops / 1e12,
+                ceil.copy_bw / 1e12);
+    model::ModelConfig cfg = model::load_model_config(o.model_dir);
+    engine::cuda::RunnerOptions ro;
+    ro.max_num_seqs = o.max_num_seqs;
+    ro.max_num_batched_tokens = o.max_num_batched_tokens;
+    int need = o.dataset == "random" ? o.input_len + o.output_len : 4 * (o.input_len + o.output_len);
+    ro.max_model_len = o.max_model_len > 0 ? o.max_model_len : need;
+    ro.max_model_len = static_cast<int>(std::min<int64_t>(ro.max_model_len, cfg.max_position_embeddings));
+    ro.gpu_memory_utilization = o.gpu_memory_utilization;
+    ro.swap_space_gib = o.swap_space;
+    ro.enforce_eager = o.enforce_eager;
+    sched::SchedulerConfig sc;
+    sc.enable_prefix_caching = o.enable_prefix_caching;
+    PIE_CHECK(o.preemption_mode == "recompute" || o.preemption_mode == "swap",
+              "--preemption-mode must be recompute or swap");
+    sc.preemption_mode = o.preemption_mode == "swap" ? sched::PreemptionMode::Swap : sched::PreemptionMode::Recompute;
+    auto t0 = Clock::now();
+    engine::cuda::DeviceWeights<bf16> w;
+    if (o.load_format == "dummy") {
+      w = engine::cuda::DeviceWeights<bf16>::dummy(cfg, o.seed);
+    } else {
+      w = engine::cuda::DeviceWeights<bf16>::upload(model::load_weights<bf16>(o.model_dir, cfg, {}));
+    }
+    std::printf("weights: %.2f GiB on the device in %.1f s (%s)\n", w.bytes() / 1073741824.0, secs(t0, Clock::now()),
+                o.load_format.c_str());
+    eos = cfg.eos_token_ids;
+    eng = std::make_unique<CudaEngine<Policy>>(std::move(w), ro, sc, eos, o.seed);
+    roof = std::make_unique<engine::cuda::RooflineModel>(cfg, sizeof(bf16), sizeof(bf16));
+    eng->set_observer([this](const sched::StepPlan& p, const engine::cuda::StepTiming& t) { observe(p, t); });
+  }
+
+  void observe(const sched::StepPlan& p, const engine::cuda::StepTiming& t) {
+    if (!cur) return;
+    auto c = roof->cost(p);
+    double r = c.seconds(ceil);
+    cur->roofline_s += r;
+    cur->flops += c.flops;
+    cur->bytes += c.bytes;
+    cur->steps++;
+    cur->tokens += p.num_tokens();
+    if (p.num_decode_seqs == p.num_seqs()) {
+      auto& b = cur->decode[p.num_seqs()];
+      b.n++; b.wall += t.total_s; b.host += t.host_s; b.roof += r;
+    }
+    // KV waste: allocated slots not holding a token, over the step's block tables.
+    int64_t blocks = p.kv_indices.size(), held = 0;
+    for (int32_t c2 : p.context_lens) held += c2;
+    if (blocks > cur->peak_blocks) {
+      cur->peak_blocks = blocks;
+      cur->kv_waste_at_peak = 1.0 - double(held) / double(blocks * Policy::block_size);
+    }
+  }
+
+  std::vector<int32_t> prompt(std::mt19937_64& rng, int len) {
+    std::uniform_int_distribution<int> d(0, eng->runner().config().vocab_size - 1);
+    std::vector<int32_t> p(len);
+    for (auto& x : p) x = d(rng);
+    return p;
+  }
+  sched::SamplingParams params(int out) const {
+    sched::SamplingParams sp;
+    sp.max_tokens = out;
+    sp.ignore_eos = true;
+    sp.temperature = o.temperature;
+    return sp;
+  }
+
+  nlohmann::json throughput() {
+    std::mt19937_64 rng(o.seed + 1);
+    auto w = workload(o, rng);
+    {  // warm-up: cuBLASLt plans of prefill shapes, allocator, clocks
+      for (int i = 0; i < std::min(o.num_prompts, 8); ++i) eng->add_request(prompt(rng, w[i].first), params(4));
+      eng->run();
+    }
+    RunStats st;
+    cur = &st;
+    int64_t in_tok = 0, out_tok = 0;
+    for (auto& [i, n] : w) { eng->add_request(prompt(rng, i), params(n)); in_tok += i; out_tok += n; }
+    const int64_t pre0 = eng->scheduler().num_preemptions();
+    auto t0 = Clock::now();
+    auto out = eng->run();
+    st.wall_s = secs(t0, Clock::now());
+    cur = nullptr;
+    int64_t got = 0;
+    for (auto& [id, toks] : out) got += toks.size();
+    PIE_CHECK(got == out_tok, "bench: generated ", got, " tokens, expected ", out_tok);
+    const double frac = st.roofline_s / st.wall_s;
+    std::printf("throughput: %d requests (%s, in %d / out %d), %.2f s: %.2f req/s, %.0f output tok/s, %.0f total tok/s\n",
+                o.num_prompts, o.dataset.c_str(), o.input_len, o.output_len, st.wall_s, o.num_prompts / st.wall_s,
+                out_tok / st.wall_s, (in_tok + out_tok) / st.wall_s);
+    std::printf("roofline: %.2f s over %lld steps (%.1f TFLOP, %.1f TB) -> %.3f of the roofline; "
+                "KV waste at peak %.2f%%; preemptions %lld\n",
+                st.roofline_s, (long long)st.steps, st.flops / 1e12, st.bytes / 1e12, frac, 100 * st.kv_waste_at_peak,
+                (long long)(eng->scheduler().num_preemptions() - pre0));
+    nlohmann::json by_batch = nlohmann::json::array();
+    for (auto& [b, s] : st.decode) {
+      by_batch.push_back({{"batch", b}, {"steps", s.n}, {"step_ms", 1e3 * s.wall / s.n}, {"host_ms", 1e3 * s.host / s.n},
+                          {"roofline_ms", 1e3 * s.roof / s.n}, {"tok_per_s", b * s.n / s.wall}});
+    }
+    if (!st.decode.empty()) {
+      auto& [b, s] = *st.decode.rbegin();
+      std::printf("decode at batch %d: %.2f ms/step (roofline %.2f ms), host %.3f ms/step = %.2f%% of the step\n", b,
+                  1e3 * s.wall / s.n, 1e3 * s.roof / s.n, 1e3 * s.host / s.n, 100 * s.host / s.wall);
+    }
+    return {{"mode", "throughput"}, {"num_prompts", o.num_prompts}, {"dataset", o.dataset}, {"input_len", o.input_len},
+            {"output_len", o.output_len}, {"elapsed_s", st.wall_s}, {"output_tok_per_s", out_tok / st.wall_s},
+            {"total_tok_per_s", (in_tok + out_tok) / st.wall_s}, {"roofline_s", st.roofline_s},
+            {"roofline_fraction", frac}, {"kv_waste_at_peak", st.kv_waste_at_peak}, {"steps", st.steps},
+            {"graph_steps", eng->runner().stats().graph_steps}, {"decode_by_batch", by_batch}};
+  }
+
+  /// Where a decode step's time goes: `batch` sequences at about `ctx` tokens of context, run
+  /// eagerly with an event around every op (graphs off), summed per op over the pure decode
+  /// steps of exactly that batch size.
+  nlohmann::json profile(int batch, int ctx) {
+    auto& pr = eng->runner().profiler();
+    pr.reset();
+    pr.enable(true);
+    std::mt19937_64 rng(o.seed + 3);
+    // Enough output that every sequence is still running once the last prompt is prefilled.
+    const int out = (batch * ctx + o.max_num_batched_tokens - 1) / o.max_num_batched_tokens + 8;
+    for (int i = 0; i < batch; ++i) eng->add_request(prompt(rng, ctx), params(out));
+    eng->run();
+    pr.enable(false);
+    const std::string tag = "decode@" + std::to_string(batch);
+    nlohmann::json ops = nlohmann::json::object();
+    auto st = pr.steps().find(tag);
+    auto tt = pr.totals_ms().find(tag);
+    if (st == pr.steps().end() || tt == pr.totals_ms().end()) {
+      std::printf("profile: no pure decode step at batch %d\n", batch);
+      return ops;
+    }
+    double sum = 0;
+    for (auto& [name, ms] : tt->second) sum += ms / st->second;
+    std::printf("profile: decode step at batch %d, context ~%d (eager, %lld steps): %.3f ms of ops per step:", batch,
+                ctx, (long long)st->second, sum);
+    std::vector<std::pair<double, std::string>> v;
+    for (auto& [name, ms] : tt->second) v.emplace_back(ms / st->second, name);
+    std::sort(v.rbegin(), v.rend());
+    for (auto& [ms, name] : v) {
+      std::printf(" %s %.3f (%.0f%%)", name.c_str(), ms, 100 * ms / sum);
+      ops[name] = ms;
+    }
+    std::printf("\n");
+    return {{"batch", batch}, {"context", ctx}, {"steps", st->second}, {"ops_ms_per_step", ops}, {"sum_ms", sum}};
+  }
+
+  nlohmann::json latency() {
+    std::mt19937_64 rng(o.seed + 2);
+    std::vector<double> ttft, itl, itl_roof;
+    for (int it = 0; it < o.num_iters_warmup + o.num_iters; ++it) {
+      RunStats st;
+      cur = &st;
+      eng->add_request(prompt(rng, o.input_len), params(o.output_len));
+      auto t0 = Clock::now();
+      Clock::time_point first{}, last{};
+      int n = 0;
+      while (eng->has_unfinished()) {
+        auto ups = eng->step();
+        if (!ups.empty()) { (n == 0 ? first : last) = Clock::now(); n += static_cast<int>(ups.size()); }
+      }
+      cur = nullptr;
+      if (it < o.num_iters_warmup) continue;
+      PIE_CHECK(n == o.output_len, "bench: latency run produced ", n, " tokens");
+      ttft.push_back(secs(t0, first));
+      if (n > 1) {
+        itl.push_back(secs(first, last) / (n - 1));
+        auto& b = st.decode[1];
+        itl_roof.push_back(b.roof / std::max<int64_t>(b.n, 1));
+      }
+    }
+    auto median = [](std::vector<double> v) {
+      std::sort(v.begin(), v.end());
+      return v.empty() ? 0.0 : v[v.size() / 2];
+    };
+    const double t = median(ttft), i = median(itl), r = median(itl_roof);
+    std::printf("latency (batch 1, in %d / out %d, %d iters): TTFT %.2f ms, ITL %.3f ms = %.1f tok/s; "
+                "roofline ITL %.3f ms = %.1f tok/s -> %.3f of the roofline\n",
+                o.input_len, o.output_len, o.num_iters, 1e3 * t, 1e3 * i, 1 / i, 1e3 * r, 1 / r, r / i);
+    return {{"mode", "latency"}, {"input_len", o.input_len}, {"output_len", o.output_len}, {"ttft_ms", 1e3 * t},
+            {"itl_ms", 1e3 * i}, {"decode_tok_per_s", 1 / i}, {"roofline_itl_ms", 1e3 * r}, {"roofline_fraction", r / i}};
+  }
+};
+
+}  // namespace
+
+int run_bench(const BenchOptions& o) {
+  try {
+    Bench b(o);
+    PIE_CHECK(o.mode == "latency" || o.mode == "throughput", "--mode must be throughput or latency");
+    nlohmann::json r = o.mode == "latency" ? b.latency() : b.throughput();
+    if (o.profile) {
+      const int batch = o.mode == "latency" ? 1 : std::min(o.max_num_seqs, o.num_prompts);
+      r["profile"] = b.profile(batch, o.input_len + o.output_len / 2);
+    }
+    const auto& mp = b.eng->runner().memory_plan();
+    r["gemm_tflops"] = b.ceil.gemm_flops / 1e12;
+    r["copy_tbps"] = b.ceil.copy_bw / 1e12;
+    r["kv_blocks"] = mp.num_blocks;
+    r["weights_gib"] = mp.gib(mp.weight_bytes);
+    r["activation_gib"] = mp.gib(mp.activation_bytes);
+    r["enforce_eager"] = o.enforce_eager;
+    r["max_num_seqs"] = o.max_num_seqs;
+    if (!o.output_json.empty()) std::ofstream(o.output_json) << r.dump(2) << "\n";
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "pie bench: %s\n", e.what());
+    return 1;
+  }
+}
+
+}  // namespace pie::cli
+
+#if defined(PIE_BENCH_MAIN)
+// The standalone `pie_bench`: `pie_bench MODEL ...` is `pie bench MODEL ...`.
+int main(int argc, char** argv) {
+  CLI::App app{"pie_bench: pie's GPU benchmark (the `pie bench` subcommand)"};
+  pie::cli::BenchOptions o;
+  CLI::App* sub = pie::cli::add_bench_command(app, o);
+  app.require_subcommand(0, 1);
+  // Accept both `pie_bench bench MODEL ...` and `pie_bench MODEL ...`.
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty() || args[0] != "bench") args.insert(args.begin(), "bench");
+  std::reverse(args.begin(), args.end());
+  try {
+    app.parse(args);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  (void)sub;
+  return pie::cli::run_bench(o);
+}
+#endif

@@ -1,0 +1,42 @@
+#pragma once
+/// \file bench.hpp
+/// \brief The `bench` subcommand of the `pie` program (CUDA builds): offline throughput over N
+/// requests and batch-1 latency (TTFT, ITL) on one GPU, each with its roofline measured in the
+/// same run. Built into `pie` when CUDA is found, and as the standalone `pie_bench` (which needs
+/// neither the tokenizer nor the server).
+#include <CLI/CLI.hpp>
+
+#include <cstdint>
+#include <string>
+
+namespace pie::cli {
+
+/// \brief Flags of `pie bench` (vLLM's `benchmark_throughput` / `benchmark_latency` spellings).
+struct BenchOptions {
+  std::string model_dir;              ///< folder with config.json (weights too unless dummy)
+  std::string load_format = "dummy";  ///< dummy | auto | safetensors
+  std::string mode = "throughput";    ///< throughput | latency
+  std::string dataset = "random";     ///< random (fixed lengths) | sharegpt (ShareGPT-like random lengths)
+  int num_prompts = 256;
+  int input_len = 128;
+  int output_len = 128;
+  int num_iters = 5;                  ///< latency: timed requests
+  int num_iters_warmup = 2;
+  int max_num_seqs = 256;
+  int max_num_batched_tokens = 8192;
+  int max_model_len = 0;              ///< 0 → input + output (+ margin), capped by the model
+  double gpu_memory_utilization = 0.9;
+  double swap_space = 4.0;            ///< GiB
+  std::string preemption_mode = "recompute";
+  bool enforce_eager = false;
+  bool enable_prefix_caching = false;
+  float temperature = 0.0f;           ///< 0 → greedy (what HF generate does by default)
+  uint64_t seed = 0;
+  std::string output_json;            ///< write the results here too
+  bool profile = false;               ///< per-op event timing of decode steps after the run
+};
+
+CLI::App* add_bench_command(CLI::App& app, BenchOptions& opts);
+int run_bench(const BenchOptions& opts);
+
+}  // namespace pie::cli

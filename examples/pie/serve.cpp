@@ -1,0 +1,257 @@
+// `pie serve`: the OpenAI-compatible server. Thin: turns flags into EngineOptions and a
+// GenerationContext, starts the engine thread and the HTTP server, waits for a signal.
+#include "serve.hpp"
+
+#include <pthread.h>
+#include <signal.h>
+
+#include <chrono>
+#include <climits>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "pie/core/dispatch.hpp"
+#include "pie/engine/engine.hpp"
+#include "pie/model/config_io.hpp"
+#include "pie/model/embedded.hpp"
+#include "pie/server/engine_service.hpp"
+#include "pie/server/http.hpp"
+#include "pie/tokenizer/chat_template.hpp"
+#include "pie/tokenizer/detokenizer.hpp"
+#include "pie/tokenizer/reasoning.hpp"
+#include "pie/tokenizer/tokenizer.hpp"
+
+namespace pie::cli {
+
+namespace fs = std::filesystem;
+using server::ServeOptions;
+
+CLI::App* add_serve_command(CLI::App& app, ServeOptions& opts) {
+  CLI::App* sub = app.add_subcommand(
+      "serve", "Serve a model over an OpenAI-compatible HTTP API (vLLM's flags; '-' or '_' in names)");
+  server::add_serve_flags(*sub, opts);
+  return sub;
+}
+
+namespace {
+
+/// A flag combination this build cannot run: exit 2 like a parse error.
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+server::SamplingDefaults defaults_from(const model::GenerationConfig& g, const std::string& mode) {
+  server::SamplingDefaults d;
+  if (mode != "auto") return d;  // "vllm": neutral defaults
+  if (g.has_temperature) d.temperature = g.temperature;
+  if (g.has_top_p) d.top_p = g.top_p;
+  if (g.has_top_k) d.top_k = g.top_k;
+  if (g.has_min_p) d.min_p = g.min_p;
+  if (g.has_repetition_penalty) d.repetition_penalty = g.repetition_penalty;
+  return d;
+}
+
+/// The context length to configure: the flag, else the model's (vLLM's default).
+int resolve_max_model_len(const ServeOptions& o) {
+  if (o.max_model_len > 0) return o.max_model_len;
+  const int64_t pos =
+      o.model.empty() ? model::embedded_config().max_position_embeddings
+                      : model::load_model_config((fs::path(o.model) / "config.json").string()).max_position_embeddings;
+  return static_cast<int>(std::min<int64_t>(pos, INT_MAX / 2));
+}
+
+template <class Policy>
+int serve_with(const ServeOptions& o) {
+  using EngineT = Engine<Qwen3, Policy>;
+  using Detok = tokenizer::IncrementalDetokenizer;
+
+  // ---- text side: tokenizer, chat template, reasoning parser ----
+  const std::string tok_src = o.tokenizer.empty() ? o.model : o.tokenizer;
+  const bool embedded_tok = tok_src.empty() || tok_src == "embedded";
+  const fs::path tok_dir = embedded_tok                ? fs::path{}
+                           : fs::is_directory(tok_src) ? fs::path(tok_src)
+                                                       : fs::path(tok_src).parent_path();
+  auto tok = std::make_shared<tokenizer::Tokenizer>(
+      embedded_tok ? tokenizer::Tokenizer::embedded()
+                   : tokenizer::Tokenizer::from_file(fs::is_directory(tok_src) ? (tok_dir / "tokenizer.json").string()
+                                                                               : tok_src));
+  std::shared_ptr<tokenizer::ChatTemplate> tmpl;  // null: chat requests get a 400 saying why
+  if (!o.chat_template.empty())
+    tmpl = std::make_shared<tokenizer::ChatTemplate>(tokenizer::ChatTemplate::from_file(o.chat_template));
+  else if (embedded_tok)
+    tmpl = std::make_shared<tokenizer::ChatTemplate>(tokenizer::ChatTemplate::embedded());
+  else if (fs::exists(tok_dir / "tokenizer_config.json"))
+    tmpl = std::make_shared<tokenizer::ChatTemplate>(
+        tokenizer::ChatTemplate::from_tokenizer_config((tok_dir / "tokenizer_config.json").string()));
+
+  // ---- engine options ----
+  EngineOptions eo;
+  eo.model_dir = o.model;
+  eo.load_format = o.load_format;
+  eo.seed = o.seed;
+  eo.num_threads = o.num_threads;
+  eo.sched.max_model_len = resolve_max_model_len(o);
+  eo.sched.max_num_seqs = o.max_num_seqs;
+  eo.sched.enable_prefix_caching = o.enable_prefix_caching;
+  eo.sched.enable_chunked_prefill = o.enable_chunked_prefill;
+  eo.sched.max_num_batched_tokens = o.max_num_batched_tokens > 0 ? o.max_num_batched_tokens
+                                    : o.enable_chunked_prefill
+                                        ? std::max(8192, o.max_num_seqs)
+                                        : std::max({8192, o.max_num_seqs, eo.sched.max_model_len});
+  if (o.kv_cache_memory_bytes > 0) eo.kv_cache_bytes = static_cast<size_t>(o.kv_cache_memory_bytes);
+  try {
+    eo.sched.validate();
+  } catch (const pie::Error& e) {
+    throw UsageError(e.what());
+  }
+  const int max_model_len = eo.sched.max_model_len;
+  const std::string gen_mode = o.generation_config;
+
+  server::ServerMetrics metrics;
+  server::EngineService<EngineT, Detok> service(
+      [eo] { return std::make_unique<EngineT>(eo); },
+      [max_model_len, gen_mode](const EngineT& e) {
+        server::ModelInfo info;
+        info.max_model_len = static_cast<int>(std::min<int64_t>(max_model_len, e.config().max_position_embeddings));
+        info.vocab_size = e.config().vocab_size;
+        info.eos_ids = e.generation_config().eos_token_ids;
+        for (int32_t id : e.config().eos_token_ids) info.eos_ids.push_back(id);
+        info.defaults = defaults_from(e.generation_config(), gen_mode);
+        return info;
+      },
+      [tok](bool skip_special, std::span<const int32_t> prompt) { return Detok(*tok, skip_special, prompt); }, metrics);
+
+  // ---- HTTP ----
+  server::GenerationContext ctx;
+  ctx.served_names = o.served_model_name;
+  if (ctx.served_names.empty()) ctx.served_names = {o.model.empty() ? model::Embedded::kName : o.model};
+  ctx.service = &service;
+  ctx.encode = [tok](const std::string& text, bool add_special) { return tok->encode(text, add_special); };
+  ctx.decode = [tok](const std::vector<int32_t>& ids) { return tok->decode(ids, false); };
+  ctx.token_text = [tok](int32_t id) {
+    const int32_t one[1] = {id};
+    return tok->decode(std::span<const int32_t>(one, 1), false);
+  };
+  ctx.render_chat = [tmpl](const nlohmann::json& messages, const nlohmann::json& options) -> std::string {
+    if (!tmpl)
+      throw server::ApiError(400,
+                             "This model has no chat template (no tokenizer_config.json): pass "
+                             "--chat-template FILE, or use /v1/completions",
+                             "messages");
+    return tmpl->render(messages, options);
+  };
+  if (o.reasoning_parser == "qwen3")
+    ctx.make_reasoning = [] {
+      // Qwen3 opens <think> in its output (with enable_thinking=false the template closes an
+      // empty one in the prompt, and the output is all content).
+      auto p = std::make_shared<tokenizer::ReasoningParser>(/*starts_in_reasoning=*/false);
+      return server::ReasoningSplitter([p](std::string_view delta, bool last) {
+        auto d = p->feed(delta);
+        std::pair<std::string, std::string> out{std::move(d.reasoning_delta), std::move(d.content_delta)};
+        if (last) {
+          auto f = p->finish();
+          out.first += f.reasoning_delta;
+          out.second += f.content_delta;
+        }
+        return out;
+      });
+    };
+
+  server::HttpOptions ho;
+  ho.host = o.host;
+  ho.port = o.port;
+  ho.api_key = o.api_key;
+  ho.max_body_bytes = static_cast<size_t>(o.max_request_body_bytes);
+  ho.threads = std::max(64, 2 * o.max_num_seqs + 16);  // streams + idle keep-alive connections
+  ho.log_requests = !o.disable_log_requests;
+  server::HttpServer http(ho, ctx, metrics);
+  const int port = http.bind();
+  std::thread listener([&] { http.listen(); });
+  std::cout << "pie serve: listening on http://" << o.host << ":" << port << " as '" << ctx.served_names.front()
+            << "' (loading the model)" << std::endl;
+
+  // ---- wait: model loaded, then a signal ----
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  int rc = 0;
+  bool announced = false;
+  for (;;) {
+    const timespec tick{0, 100'000'000};
+    const int sig = sigtimedwait(&sigs, nullptr, &tick);
+    if (sig == SIGINT || sig == SIGTERM) {
+      std::cout << "pie serve: " << (sig == SIGINT ? "SIGINT" : "SIGTERM") << ", shutting down" << std::endl;
+      break;
+    }
+    const auto st = service.state();
+    if (st == server::ServiceState::Failed) {
+      std::cerr << "pie serve: the model failed to load: " << service.load_error() << std::endl;
+      rc = 1;
+      break;
+    }
+    if (st == server::ServiceState::Ready && !announced) {
+      announced = true;
+      const auto info = service.model_info();
+      std::cout << "pie serve: ready (max_model_len " << info.max_model_len << ", vocab " << info.vocab_size << ")"
+                << std::endl;
+    }
+    if (!http.running() && announced) {
+      std::cerr << "pie serve: the HTTP server stopped" << std::endl;
+      rc = 1;
+      break;
+    }
+  }
+  // Abort in-flight work so every handler sends its final event, give the streams a moment to
+  // flush, then stop accepting and join.
+  service.stop();
+  for (int i = 0; i < 50 && http.active_streams() > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  http.stop();
+  listener.join();
+  std::cout << "pie serve: stopped" << std::endl;
+  return rc;
+}
+
+}  // namespace
+
+int run_serve(const ServeOptions& o) {
+  // Signals are taken synchronously by the main thread (sigtimedwait): block them before any
+  // thread starts so every thread inherits the mask. A client gone mid-write must not kill us.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+  try {
+    std::string device = o.device;
+    if (device == "auto") device = "cpu";  // the CUDA serving path is wired in with issue 7 item 10
+    if (device == "cuda") throw UsageError("--device cuda: this build of `pie serve` runs the CPU backend only");
+    if (o.tensor_parallel_size != 1)
+      throw UsageError("--tensor-parallel-size " + std::to_string(o.tensor_parallel_size) +
+                       ": the CPU backend runs on one device");
+    if (o.dtype != "auto" && o.dtype != "float32" && o.dtype != "float")
+      throw UsageError("--dtype " + o.dtype + ": the CPU backend computes in float32");
+    if (o.kv_cache_dtype != "auto" && o.kv_cache_dtype != "float32")
+      throw UsageError("--kv-cache-dtype " + o.kv_cache_dtype + ": the CPU backend stores the KV cache in float32");
+    if (!o.model.empty() && !fs::is_directory(o.model))
+      throw UsageError("model directory '" + o.model + "' does not exist");
+    if (!o.tokenizer.empty() && o.tokenizer != "embedded" && !fs::exists(o.tokenizer))
+      throw UsageError("--tokenizer '" + o.tokenizer + "' does not exist");
+    return PIE_DISPATCH_BLOCK_SIZE(o.block_size, BLOCK, [&] {
+      return serve_with<EnginePolicy<BLOCK, float, float, attention::Causal, backend::Cpu>>(o);
+    });
+  } catch (const UsageError& e) {
+    std::cerr << "pie serve: " << e.what() << std::endl;
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "pie serve: " << e.what() << std::endl;
+    return 1;
+  }
+}
+
+}  // namespace pie::cli

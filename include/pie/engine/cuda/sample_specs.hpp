@@ -1,0 +1,58 @@
+#pragma once
+/// \file sample_specs.hpp
+/// \brief SampleSpec: what the device sampler needs per sampled token, and the helper that
+/// builds them from the scheduler's last plan with pie::Sampler's conventions (seed of an
+/// unseeded request, sequence index, step = tokens generated so far). Host-only.
+#include <cstdint>
+#include <vector>
+
+#include "pie/sched/sampling_params.hpp"
+#include "pie/sched/scheduler.hpp"
+#include "pie/sched/step_plan.hpp"
+
+namespace pie::engine::cuda {
+
+/// \brief Per sampled token: temperature (0 → greedy), truncation, and the randomness key.
+struct SampleSpec {
+  float temperature = 0.f;
+  float top_p = 1.f;
+  int32_t top_k = 0;        ///< ≤ 0 → off
+  float min_p = 0.f;
+  uint64_t seed = 0;
+  int32_t seq_index = 0;    ///< index within the request (n > 1 draws differ by it)
+  int32_t step = 0;         ///< tokens the sequence generated before this one
+};
+
+/// True when the device sampler cannot honour `p` exactly (penalties, logit bias, min_tokens,
+/// logprobs): such steps must sample on the host from execute_logits().
+inline bool needs_host_sampling(const sched::SamplingParams& p) {
+  return p.repetition_penalty != 1.0f || p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f ||
+         !p.logit_bias.empty() || p.min_tokens > 0 || p.logprobs.has_value();
+}
+
+/// One SampleSpec per token the plan samples (sample order, n > 1 draws consecutive).
+/// `default_seed(request_id)` gives the seed of unseeded requests.
+template <class SeedFn>
+std::vector<SampleSpec> sample_specs(const sched::Scheduler& sch, const sched::StepPlan& plan, SeedFn&& default_seed) {
+  std::vector<SampleSpec> out;
+  out.reserve(plan.sample_seqs.size());
+  for (size_t j = 0; j < plan.sample_seqs.size(); ++j) {
+    const sched::Sequence& s = sch.plan_sequence(plan.sample_seqs[j]);
+    const sched::SamplingParams& p = s.request->params;
+    const int count = plan.sample_counts.empty() ? 1 : plan.sample_counts[j];
+    for (int k = 0; k < count; ++k) {
+      SampleSpec sp;
+      sp.temperature = p.temperature;
+      sp.top_p = p.top_p;
+      sp.top_k = p.top_k;
+      sp.min_p = p.min_p;
+      sp.seed = p.seed ? *p.seed : default_seed(s.request->id);
+      sp.seq_index = count > 1 ? k : s.index;
+      sp.step = s.num_output_tokens();
+      out.push_back(sp);
+    }
+  }
+  return out;
+}
+
+}  // namespace pie::engine::cuda

@@ -1,0 +1,26 @@
+#pragma once
+/// \file engine_options.hpp
+/// \brief EngineOptions: what an Engine is built from (model, load format, scheduler, KV cache
+/// size, seed, threads). A plain struct, so the server and the `pie` program fill it from flags
+/// without instantiating an engine.
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "pie/sched/scheduler_config.hpp"
+
+namespace pie {
+
+/// \brief Construction options of pie::Engine.
+struct EngineOptions {
+  std::string model_dir;             ///< empty → the embedded default model
+  std::string load_format = "auto";  ///< auto | safetensors | dummy
+  sched::SchedulerConfig sched;      ///< max_model_len is clamped to the model's max positions
+  int num_kv_blocks = 0;             ///< 0 → kv_cache_bytes / bytes per block
+  size_t kv_cache_bytes = 256ull << 20;
+  int num_host_blocks = 0;           ///< swap space, in blocks (preemption_mode swap)
+  uint64_t seed = 0;                 ///< dummy weights, and the sampling seed of unseeded requests
+  int num_threads = 0;               ///< 0 → hardware concurrency
+};
+
+}  // namespace pie

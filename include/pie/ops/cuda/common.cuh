@@ -1,0 +1,151 @@
+#pragma once
+/// \file common.cuh
+/// \brief Shared pieces of the CUDA backend: pie storage types → CUDA types, 8-element vector
+/// loads/stores (16 bytes for 2-byte types), warp/block reductions, launch checks.
+/// Private to ops/cuda: include pie/cuda.cuh or one op header instead.
+// Device buffers and PIE_CUDA_CHECK in core/buffer.hpp exist only under PIE_WITH_CUDA (pie::cuda
+// defines it; a TU that includes a CUDA op header without the target gets it here).
+#if !defined(PIE_WITH_CUDA)
+#define PIE_WITH_CUDA 1
+#endif
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "pie/core/buffer.hpp"
+#include "pie/core/dtype.hpp"
+#include "pie/core/error.hpp"
+#include "pie/core/tensor.hpp"
+
+/// Checks the last launch (configuration errors surface here, not at the next sync).
+#define PIE_CUDA_CHECK_LAUNCH() PIE_CUDA_CHECK(cudaGetLastError())
+
+namespace pie::ops::cuda {
+
+/// \brief The CUDA type that has the same bits as a pie storage type.
+template <class T> struct DeviceType { using type = T; };
+template <> struct DeviceType<pie::f16> { using type = __half; };
+template <> struct DeviceType<pie::bf16> { using type = __nv_bfloat16; };
+template <> struct DeviceType<pie::fp8_e4m3> { using type = __nv_fp8_e4m3; };
+template <class T> using device_t = typename DeviceType<T>::type;
+
+/// Reinterprets a pie-typed pointer as its CUDA type (the layouts are bit-identical).
+template <class T> inline device_t<T>* dev(T* p) { return reinterpret_cast<device_t<T>*>(p); }
+template <class T> inline const device_t<T>* dev(const T* p) { return reinterpret_cast<const device_t<T>*>(p); }
+
+template <class T> inline constexpr bool is_fp8_v = std::is_same_v<T, __nv_fp8_e4m3>;
+
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_f32(__nv_fp8_e4m3 x) { return static_cast<float>(x); }
+
+template <class T> __device__ __forceinline__ T from_f32(float x);
+template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+template <> __device__ __forceinline__ __nv_fp8_e4m3 from_f32<__nv_fp8_e4m3>(float x) {
+  __nv_fp8_e4m3 r;
+  r.__x = __nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3);
+  return r;
+}
+
+/// Raw storage of 8 elements of T: 16 bytes for f16/bf16, 8 for fp8, 32 for float.
+template <class T> struct alignas(sizeof(T) * 8) Pack8 { T v[8]; };
+
+/// Widens 8 elements already in registers (paired conversions for f16/bf16/fp8).
+template <class T>
+__device__ __forceinline__ void widen8(const Pack8<T>& pk, float (&f)[8]) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      float2 t = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&pk.v[2 * i]));
+      f[2 * i] = t.x; f[2 * i + 1] = t.y;
+    }
+  } else if constexpr (std::is_same_v<T, __half>) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      float2 t = __half22float2(*reinterpret_cast<const __half2*>(&pk.v[2 * i]));
+      f[2 * i] = t.x; f[2 * i + 1] = t.y;
+    }
+  } else if constexpr (std::is_same_v<T, __nv_fp8_e4m3>) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(*reinterpret_cast<const __nv_fp8x2_storage_t*>(&pk.v[2 * i]), __NV_E4M3);
+      float2 t = __half22float2(*reinterpret_cast<const __half2*>(&h));
+      f[2 * i] = t.x; f[2 * i + 1] = t.y;
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) f[i] = to_f32(pk.v[i]);
+  }
+}
+
+/// Loads 8 consecutive elements (one vector instruction for ≤ 16 bytes) and widens to float.
+template <class T>
+__device__ __forceinline__ void load8(const T* __restrict__ p, float (&f)[8]) {
+  widen8(*reinterpret_cast<const Pack8<T>*>(p), f);
+}
+
+/// Narrows 8 floats (round to nearest even) and stores them with one vector instruction.
+template <class T>
+__device__ __forceinline__ void store8(T* __restrict__ p, const float (&f)[8]) {
+  Pack8<T> pk;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) pk.v[i] = from_f32<T>(f[i]);
+  *reinterpret_cast<Pack8<T>*>(p) = pk;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+/// Sum over the block; every thread gets the result. `smem` holds ≥ 32 floats.
+__device__ __forceinline__ float block_sum(float v, float* smem) {
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  v = warp_sum(v);
+  __syncthreads();  // smem may still be read by a previous call
+  if (lane == 0) smem[warp] = v;
+  __syncthreads();
+  v = lane < nw ? smem[lane] : 0.f;
+  return warp_sum(v);
+}
+
+/// True when p is aligned for 8-element vector access of T.
+template <class T> inline bool vec8_aligned(const T* p) {
+  return reinterpret_cast<uintptr_t>(p) % (sizeof(T) * 8) == 0;
+}
+
+/// Checks a view is on the device and its rows are 8-element vectors.
+template <class T> inline void check_rows8(const TensorView<T>& t, const char* what) {
+  PIE_CHECK(t.device == Device::Cuda, what, ": tensor must be on the CUDA device");
+  PIE_CHECK(t.stride[t.rank - 1] == 1, what, ": innermost dimension must be contiguous");
+  PIE_CHECK(t.shape[t.rank - 1] % 8 == 0, what, ": innermost size ", t.shape[t.rank - 1],
+            " must be a multiple of 8 (16-byte vectors)");
+  PIE_CHECK(vec8_aligned(t.data), what, ": data must be 16-byte aligned");
+  for (int d = 0; d + 1 < t.rank; ++d)
+    PIE_CHECK(t.stride[d] % 8 == 0, what, ": stride ", t.stride[d], " of dim ", d, " must be a multiple of 8");
+}
+
+inline int num_sms() {
+  static int n = [] {
+    int dev = 0, v = 0;
+    PIE_CUDA_CHECK(cudaGetDevice(&dev));
+    PIE_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
+    return v;
+  }();
+  return n;
+}
+
+}  // namespace pie::ops::cuda

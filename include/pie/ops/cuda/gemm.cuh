@@ -1,0 +1,123 @@
+#pragma once
+/// \file gemm.cuh
+/// \brief Linear layers through cuBLASLt: y = x·Wᵀ (+ bias) with f16/bf16 operands and f32
+/// accumulation. The heuristic's algorithm and the descriptors are built once per shape and
+/// cached, and one workspace serves every call (it must not be shared by concurrent streams).
+#include <cublasLt.h>
+
+#include <cstring>
+#include <tuple>
+#include <unordered_map>
+
+#include "pie/ops/cuda/common.cuh"
+
+#define PIE_CUBLAS_CHECK(expr)                                                        \
+  do {                                                                                \
+    cublasStatus_t _s = (expr);                                                       \
+    PIE_CHECK(_s == CUBLAS_STATUS_SUCCESS, #expr, " failed: ", cublasGetStatusString(_s)); \
+  } while (0)
+
+namespace pie::ops::cuda {
+
+/// \brief A cuBLASLt handle, its workspace and the per-shape plan cache.
+class Gemm {
+ public:
+  explicit Gemm(size_t workspace_bytes = size_t{32} << 20) : ws_(workspace_bytes) {
+    PIE_CUBLAS_CHECK(cublasLtCreate(&handle_));
+  }
+  Gemm(const Gemm&) = delete;
+  Gemm& operator=(const Gemm&) = delete;
+  ~Gemm() {
+    for (auto& [k, e] : cache_) {
+      cublasLtMatrixLayoutDestroy(e.a); cublasLtMatrixLayoutDestroy(e.b); cublasLtMatrixLayoutDestroy(e.c);
+      cublasLtMatmulDescDestroy(e.desc);
+    }
+    cublasLtDestroy(handle_);
+  }
+
+  /// \brief y [M, N] = x [M, K]·w [N, K]ᵀ (+ bias [N] when non-null). Rows of x and y may be
+  /// strided; w is row-major as stored in the checkpoint.
+  template <class T>
+  void operator()(TensorView<T> y, TensorView<T> x, TensorView<T> w, const T* bias = nullptr,
+                  cudaStream_t stream = nullptr) {
+    static_assert(std::is_same_v<T, pie::f16> || std::is_same_v<T, pie::bf16>, "Gemm: f16 or bf16 operands");
+    PIE_CHECK(x.rank == 2 && w.rank == 2 && y.rank == 2, "Gemm: x, w, y must be matrices");
+    PIE_CHECK(x.shape[1] == w.shape[1] && y.shape[0] == x.shape[0] && y.shape[1] == w.shape[0],
+              "Gemm: shapes do not chain: x [", x.shape[0], ",", x.shape[1], "], w [", w.shape[0], ",",
+              w.shape[1], "], y [", y.shape[0], ",", y.shape[1], "]");
+    PIE_CHECK(x.stride[1] == 1 && w.stride[1] == 1 && y.stride[1] == 1, "Gemm: rows must be contiguous");
+    const int64_t M = x.shape[0], N = w.shape[0], K = x.shape[1];
+    if (M == 0) return;
+    constexpr cudaDataType_t dt = std::is_same_v<T, pie::bf16> ? CUDA_R_16BF : CUDA_R_16F;
+    Key key{M, N, K, x.stride[0], w.stride[0], y.stride[0], dt, bias != nullptr};
+    Entry& e = entry(key);
+    if (bias != nullptr)
+      PIE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+    const float alpha = 1.f, beta = 0.f;
+    // Column-major view: yᵀ [N, M] = W [N, K]·xᵀ [K, M], i.e. A = w (transposed), B = x.
+    PIE_CUBLAS_CHECK(cublasLtMatmul(handle_, e.desc, &alpha, w.data, e.a, x.data, e.b, &beta, y.data, e.c,
+                                    y.data, e.c, &e.algo, ws_.data(), ws_.size(), stream));
+  }
+
+  size_t cached_shapes() const { return cache_.size(); }
+
+ private:
+  struct Key {
+    int64_t m, n, k, ldx, ldw, ldy;
+    cudaDataType_t dt;
+    bool bias;
+    bool operator==(const Key& o) const {
+      return std::tie(m, n, k, ldx, ldw, ldy, dt, bias) == std::tie(o.m, o.n, o.k, o.ldx, o.ldw, o.ldy, o.dt, o.bias);
+    }
+  };
+  struct KeyHash {
+    size_t operator()(const Key& k) const {
+      size_t h = 1469598103934665603ull;
+      for (int64_t v : {k.m, k.n, k.k, k.ldx, k.ldw, k.ldy, int64_t(k.dt), int64_t(k.bias)})
+        h = (h ^ static_cast<size_t>(v)) * 1099511628211ull;
+      return h;
+    }
+  };
+  struct Entry {
+    cublasLtMatmulDesc_t desc = nullptr;
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+    cublasLtMatmulAlgo_t algo{};
+  };
+
+  Entry& entry(const Key& k) {
+    auto it = cache_.find(k);
+    if (it != cache_.end()) return it->second;
+    Entry e;
+    PIE_CUBLAS_CHECK(cublasLtMatmulDescCreate(&e.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    PIE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+    PIE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+    if (k.bias) {
+      cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+      PIE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+      cudaDataType_t bt = k.dt;
+      PIE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)));
+    }
+    PIE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e.a, k.dt, k.k, k.n, k.ldw));
+    PIE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e.b, k.dt, k.k, k.m, k.ldx));
+    PIE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e.c, k.dt, k.n, k.m, k.ldy));
+    cublasLtMatmulPreference_t pref;
+    PIE_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    size_t ws = ws_.size();
+    PIE_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+    cublasLtMatmulHeuristicResult_t res{};
+    int found = 0;
+    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle_, e.desc, e.a, e.b, e.c, e.c, pref, 1, &res, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    PIE_CHECK(st == CUBLAS_STATUS_SUCCESS && found > 0, "Gemm: cuBLASLt has no algorithm for M=", k.m, " N=", k.n,
+              " K=", k.k);
+    e.algo = res.algo;
+    return cache_.emplace(k, e).first->second;
+  }
+
+  cublasLtHandle_t handle_ = nullptr;
+  DeviceBuffer<unsigned char> ws_;
+  std::unordered_map<Key, Entry, KeyHash> cache_;
+};
+
+}  // namespace pie::ops::cuda

@@ -1,0 +1,109 @@
+#pragma once
+/// \file norm.cuh
+/// \brief RMSNorm and RMSNorm fused with the residual add (HF LlamaRMSNorm numerics: float32
+/// mean of squares, x·rsqrt(ms + eps)·w), one CTA per row, 16-byte vectors held in registers so
+/// each row is read once and written once.
+#include "pie/ops/cuda/common.cuh"
+
+namespace pie::ops::cuda {
+
+namespace detail {
+inline constexpr int kNormVecsPerThread = 4;  ///< rows up to 1024·4·8 = 32768 elements
+
+/// Device body. With Residual: r = x + r (or r = x when first), stored; x = norm(r)·w.
+template <bool Residual, class T>
+__device__ __forceinline__ void rms_norm_row(T* __restrict__ x, T* __restrict__ residual,
+                                             const T* __restrict__ w, int dim, float eps, bool first,
+                                             float* red) {
+  constexpr int VPT = kNormVecsPerThread;
+  const int nvec = dim / 8;
+  float v[VPT][8];
+  float ss = 0.f;
+#pragma unroll
+  for (int k = 0; k < VPT; ++k) {
+    int i = threadIdx.x + k * blockDim.x;
+    if (i < nvec) {
+      load8(x + i * 8, v[k]);
+      if constexpr (Residual) {
+        if (!first) {
+          float r[8];
+          load8(residual + i * 8, r);
+#pragma unroll
+          for (int j = 0; j < 8; ++j) v[k][j] += r[j];
+        }
+        // The residual stream is stored in T; normalise what the next layer will read.
+        Pack8<T> pk;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) { pk.v[j] = from_f32<T>(v[k][j]); v[k][j] = to_f32(pk.v[j]); }
+        *reinterpret_cast<Pack8<T>*>(residual + i * 8) = pk;
+      }
+#pragma unroll
+      for (int j = 0; j < 8; ++j) ss += v[k][j] * v[k][j];
+    }
+  }
+  float inv = rsqrtf(block_sum(ss, red) / static_cast<float>(dim) + eps);
+#pragma unroll
+  for (int k = 0; k < VPT; ++k) {
+    int i = threadIdx.x + k * blockDim.x;
+    if (i < nvec) {
+      float wf[8], o[8];
+      load8(w + i * 8, wf);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) o[j] = wf[j] * (v[k][j] * inv);
+      store8(x + i * 8, o);
+    }
+  }
+}
+
+template <bool Residual, class T>
+__global__ void rms_norm_kernel(T* __restrict__ x, int64_t x_stride, T* __restrict__ residual,
+                                int64_t r_stride, const T* __restrict__ w, int dim, float eps, bool first) {
+  __shared__ float red[32];
+  const int64_t row = blockIdx.x;
+  rms_norm_row<Residual>(x + row * x_stride, Residual ? residual + row * r_stride : nullptr, w, dim,
+                         eps, first, red);
+}
+
+template <bool Residual, class T>
+void launch_rms_norm(TensorView<T> x, TensorView<T>* residual, TensorView<T> w, float eps, bool first,
+                     cudaStream_t stream) {
+  check_rows8(x, "rms_norm x");
+  check_rows8(w, "rms_norm weight");
+  PIE_CHECK(x.rank == 2, "rms_norm: x must be [tokens, dim]");
+  const int dim = static_cast<int>(x.shape[1]);
+  PIE_CHECK(w.numel() == dim, "rms_norm: weight has ", w.numel(), " elements, row has ", dim);
+  const int nvec = dim / 8;
+  int threads = ((nvec + kNormVecsPerThread - 1) / kNormVecsPerThread + 31) / 32 * 32;
+  PIE_CHECK(threads <= 1024, "rms_norm: rows of ", dim, " elements are too long (max 32768)");
+  threads = threads < 64 ? 64 : threads;
+  if (x.shape[0] == 0) return;
+  using D = device_t<T>;
+  D* r = nullptr;
+  int64_t rs = 0;
+  if constexpr (Residual) {
+    check_rows8(*residual, "rms_norm residual");
+    PIE_CHECK(residual->shape[0] == x.shape[0] && residual->shape[1] == dim, "rms_norm: residual shape differs from x");
+    r = dev(residual->data);
+    rs = residual->stride[0];
+  }
+  rms_norm_kernel<Residual><<<static_cast<unsigned>(x.shape[0]), threads, 0, stream>>>(
+      dev(x.data), x.stride[0], r, rs, dev(w.data), dim, eps, first);
+  PIE_CUDA_CHECK_LAUNCH();
+}
+}  // namespace detail
+
+/// \brief In place: x[t] = rmsnorm(x[t])·w. x is [tokens, dim] (rows may be strided), w is [dim].
+template <class T>
+void rms_norm(TensorView<T> x, TensorView<T> w, float eps, cudaStream_t stream = nullptr) {
+  detail::launch_rms_norm<false>(x, static_cast<TensorView<T>*>(nullptr), w, eps, false, stream);
+}
+
+/// \brief In place, residual-fused: residual += x (residual = x when `first`); x = rmsnorm(residual)·w.
+/// Same contract as ops::cpu::add_rms_norm; the residual is rounded to T before normalising.
+template <class T>
+void add_rms_norm(TensorView<T> x, TensorView<T> residual, TensorView<T> w, float eps, bool first,
+                  cudaStream_t stream = nullptr) {
+  detail::launch_rms_norm<true>(x, &residual, w, eps, first, stream);
+}
+
+}  // namespace pie::ops::cuda

@@ -1,0 +1,107 @@
+#pragma once
+/// \file rope.cuh
+/// \brief Qwen3's per-head q/k RMSNorm fused with rotary embedding (GPT-NeoX "rotate half"
+/// layout), in place on the fused qkv projection output. Without norm weights it is plain RoPE
+/// (Qwen2, Llama). One pass: each q/k head is read once and written once; V is untouched.
+/// One CTA per token, so cos/sin are computed once per (token, frequency), not per head.
+#include "pie/core/dispatch.hpp"
+#include "pie/ops/cuda/common.cuh"
+
+namespace pie::ops::cuda {
+
+/// \brief Rotary-embedding parameters.
+struct RopeParams {
+  float theta = 10000.f;            ///< base; inv_freq[i] = theta^(-2i/head_dim) when inv_freq is null
+  const float* inv_freq = nullptr;  ///< device [head_dim/2], for scaled RoPE (llama3, yarn); optional
+  float mscale = 1.f;               ///< cos/sin multiplier (yarn attention factor)
+};
+
+namespace detail {
+inline constexpr int kRopeThreads = 128;
+
+/// Device body for one token: a thread owns 8 elements of a head's first half and the 8 they
+/// rotate with in the second half, so the rotation needs no exchange, the norm needs HD/16
+/// lanes, and its 8 cos/sin pairs are computed once and reused for every head of the token.
+template <int HD, class T>
+__device__ __forceinline__ void qk_norm_rope_token(T* __restrict__ row, int nq, int heads, const T* __restrict__ q_norm,
+                                                   const T* __restrict__ k_norm, float eps, int pos, const RopeParams& rp) {
+  constexpr int TPH = HD / 16, HPB = kRopeThreads / TPH;
+  const int sub = threadIdx.x % TPH, slot = threadIdx.x / TPH;
+  float c[8], sn[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    int i = sub * 8 + j;
+    float f = rp.inv_freq ? rp.inv_freq[i] : powf(rp.theta, -2.f * i / HD);
+    sincosf(static_cast<float>(pos) * f, &sn[j], &c[j]);  // float angle, as transformers computes it
+    c[j] *= rp.mscale;
+    sn[j] *= rp.mscale;
+  }
+  // The loop bound is the same for every thread, so the norm's shuffles always see full warps.
+  for (int h0 = 0; h0 < heads; h0 += HPB) {
+    const int h = min(h0 + slot, heads - 1);
+    T* head = row + static_cast<int64_t>(h) * HD;
+    const T* norm_w = h < nq ? q_norm : k_norm;
+    float a[8], b[8];
+    load8(head + sub * 8, a);
+    load8(head + HD / 2 + sub * 8, b);
+    if (norm_w != nullptr) {
+      float ss = 0.f;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) ss += a[j] * a[j] + b[j] * b[j];
+#pragma unroll
+      for (int o = TPH / 2; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+      float inv = rsqrtf(ss / HD + eps);
+      float wa[8], wb[8];
+      load8(norm_w + sub * 8, wa);
+      load8(norm_w + HD / 2 + sub * 8, wb);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        // Qwen3 rounds the normed head to the activation dtype before RoPE (HF does the same).
+        a[j] = to_f32(from_f32<T>(wa[j] * (a[j] * inv)));
+        b[j] = to_f32(from_f32<T>(wb[j] * (b[j] * inv)));
+      }
+    }
+    float oa[8], ob[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      oa[j] = a[j] * c[j] - b[j] * sn[j];
+      ob[j] = b[j] * c[j] + a[j] * sn[j];
+    }
+    if (h0 + slot < heads) {
+      store8(head + sub * 8, oa);
+      store8(head + HD / 2 + sub * 8, ob);
+    }
+  }
+}
+
+template <int HD, class T>
+__global__ void __launch_bounds__(kRopeThreads) qk_norm_rope_kernel(T* __restrict__ qkv, int64_t row_stride,
+                                                                    const int32_t* __restrict__ positions, int nq, int nkv,
+                                                                    const T* __restrict__ q_norm, const T* __restrict__ k_norm,
+                                                                    float eps, RopeParams rp) {
+  const int t = blockIdx.x;
+  qk_norm_rope_token<HD>(qkv + t * row_stride, nq, nq + nkv, q_norm, k_norm, eps, positions[t], rp);
+}
+}  // namespace detail
+
+/// \brief In place on qkv [tokens, (nq + 2·nkv)·head_dim] (rows may be strided): per-head RMSNorm
+/// of q and k with q_norm/k_norm [head_dim] (skipped when null), then NeoX RoPE at positions[t]
+/// (device int32 [tokens]). head_dim 64, 128 or 256.
+template <class T>
+void qk_norm_rope(TensorView<T> qkv, const int32_t* positions, int num_q_heads, int num_kv_heads,
+                  int head_dim, const T* q_norm, const T* k_norm, float eps, RopeParams rope,
+                  cudaStream_t stream = nullptr) {
+  check_rows8(qkv, "qk_norm_rope qkv");
+  PIE_CHECK(qkv.rank == 2 && qkv.shape[1] == int64_t{num_q_heads + 2 * num_kv_heads} * head_dim,
+            "qk_norm_rope: qkv must be [tokens, (nq + 2 nkv)·head_dim]");
+  PIE_CHECK((q_norm == nullptr) == (k_norm == nullptr), "qk_norm_rope: give both q_norm and k_norm or neither");
+  const int num_tokens = static_cast<int>(qkv.shape[0]);
+  if (num_tokens == 0) return;
+  PIE_DISPATCH_HEAD_DIM(head_dim, HD, [&] {
+    detail::qk_norm_rope_kernel<HD><<<static_cast<unsigned>(num_tokens), detail::kRopeThreads, 0, stream>>>(
+        dev(qkv.data), qkv.stride[0], positions, num_q_heads, num_kv_heads, dev(q_norm), dev(k_norm), eps, rope);
+    PIE_CUDA_CHECK_LAUNCH();
+  });
+}
+
+}  // namespace pie::ops::cuda

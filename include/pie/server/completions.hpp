@@ -1,0 +1,352 @@
+#pragma once
+/// \file completions.hpp
+/// \brief The two generation endpoints, /v1/completions and /v1/chat/completions: prompt →
+/// token ids, one engine request per prompt, results gathered per choice (index =
+/// prompt·n + sequence), answered as one JSON body or streamed as SSE chunks. The client going
+/// away mid-stream cancels its engine requests (the releaser runs on every exit path).
+#include <httplib.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "pie/server/engine_service.hpp"
+#include "pie/server/protocol.hpp"
+#include "pie/server/responses.hpp"
+
+namespace pie::server {
+
+/// Splits generated text into (reasoning_content, content), statefully, per choice. `last`
+/// flushes whatever the splitter still holds.
+using ReasoningSplitter = std::function<std::pair<std::string, std::string>(std::string_view delta, bool last)>;
+
+/// \brief What the generation handlers need from the rest of the server.
+struct GenerationContext {
+  std::vector<std::string> served_names;
+  GenerationService* service = nullptr;
+  std::function<std::vector<int32_t>(const std::string& text, bool add_special)> encode;
+  std::function<std::string(const json& messages, const json& options)> render_chat;
+  TokenText token_text;
+  std::function<std::string(const std::vector<int32_t>&)> decode;
+  std::atomic<int>* active_streams = nullptr;         ///< SSE responses in progress (for shutdown)
+  std::function<ReasoningSplitter()> make_reasoning;  ///< empty → no reasoning parser
+  int stream_poll_ms = 50;
+};
+
+namespace detail {
+
+/// \brief One choice's accumulated output.
+struct Choice {
+  std::string text;
+  size_t text_bytes_sent = 0;  // completions streaming: offset for text_offset
+  std::vector<int32_t> tokens;
+  std::vector<TokenLogprob> logprobs;
+  sched::FinishReason finish = sched::FinishReason::None;
+  std::string stop_string;
+  int32_t stop_token = -1;
+  ReasoningSplitter reasoning;
+  std::string reasoning_text, content_text;
+  bool role_sent = false;
+};
+
+/// \brief A request in flight: its engine streams and choices. Shared by the handler and the
+/// streaming callbacks (which outlive the handler).
+struct Flight {
+  GenerationRequest req;
+  std::string id, model;
+  int64_t created = 0;
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  std::vector<bool> stream_done;
+  std::vector<Choice> choices;
+  std::vector<std::string> prompt_texts;  // for echo
+  std::vector<int32_t> eos_ids;
+  int64_t prompt_tokens = 0, cached_tokens = 0;
+  bool done = false;
+  bool echo_sent = false;
+  std::optional<ApiError> error;
+};
+
+/// Applies events to the choices; returns the choices that changed, with their new text.
+struct Update {
+  int choice;
+  std::string text;
+  std::vector<TokenLogprob> logprobs;
+  sched::FinishReason finish;
+};
+
+inline std::vector<Update> apply(Flight& f, size_t s, std::vector<StreamEvent>& events) {
+  std::vector<Update> ups;
+  const int n = f.req.params.n;
+  for (auto& ev : events) {
+    if (ev.error && !f.error) f.error = *ev.error;
+    for (auto& d : ev.seqs) {
+      const int ci = static_cast<int>(s) * n + d.index;
+      Choice& c = f.choices[ci];
+      c.text += d.text;
+      c.tokens.insert(c.tokens.end(), d.tokens.begin(), d.tokens.end());
+      c.logprobs.insert(c.logprobs.end(), d.logprobs.begin(), d.logprobs.end());
+      if (d.finish != sched::FinishReason::None) {
+        c.finish = d.finish;
+        c.stop_string = d.stop_string;
+        c.stop_token = d.stop_token;
+      }
+      ups.push_back({ci, std::move(d.text), std::move(d.logprobs), d.finish});
+    }
+    if (ev.finished) f.stream_done[s] = true;
+  }
+  f.done = std::all_of(f.stream_done.begin(), f.stream_done.end(), [](bool b) { return b; });
+  return ups;
+}
+
+inline int64_t completion_tokens(const Flight& f) {
+  int64_t t = 0;
+  for (const auto& c : f.choices) t += static_cast<int64_t>(c.tokens.size());
+  return t;
+}
+
+inline json usage_of(const Flight& f) { return usage_json(f.prompt_tokens, completion_tokens(f)); }
+
+/// The non-streaming body.
+inline json final_body(Flight& f, const GenerationContext& ctx) {
+  json choices = json::array();
+  for (size_t i = 0; i < f.choices.size(); ++i) {
+    Choice& c = f.choices[i];
+    json ch = {{"index", i},
+               {"finish_reason", finish_reason_json(c.finish)},
+               {"stop_reason", stop_reason_json(c.stop_string, c.stop_token, f.eos_ids)}};
+    if (f.req.chat) {
+      json msg = {{"role", "assistant"}, {"content", c.text}, {"tool_calls", json::array()}};
+      if (c.reasoning) {
+        auto [r, t] = c.reasoning(c.text, true);
+        msg["reasoning_content"] = r.empty() ? json(nullptr) : json(r);
+        msg["content"] = t;
+      }
+      ch["message"] = msg;
+      ch["logprobs"] = f.req.want_logprobs ? chat_logprobs(c.logprobs, ctx.token_text) : json(nullptr);
+    } else {
+      const std::string prefix = f.req.echo ? f.prompt_texts[i / f.req.params.n] : std::string{};
+      ch["text"] = prefix + c.text;
+      ch["logprobs"] =
+          f.req.want_logprobs ? completion_logprobs(c.logprobs, ctx.token_text, prefix.size()) : json(nullptr);
+    }
+    choices.push_back(std::move(ch));
+  }
+  return {{"id", f.id},
+          {"object", f.req.chat ? "chat.completion" : "text_completion"},
+          {"created", f.created},
+          {"model", f.model},
+          {"choices", choices},
+          {"usage", usage_of(f)},
+          {"system_fingerprint", nullptr}};
+}
+
+/// The SSE chunks for a batch of updates.
+inline std::string stream_chunks(Flight& f, const GenerationContext& ctx, std::vector<Update>& ups) {
+  std::string out;
+  const char* object = f.req.chat ? "chat.completion.chunk" : "text_completion";
+  auto chunk = [&](json choice) {
+    json j = {{"id", f.id},
+              {"object", object},
+              {"created", f.created},
+              {"model", f.model},
+              {"choices", json::array({std::move(choice)})}};
+    if (f.req.include_usage) j["usage"] = f.req.continuous_usage ? usage_of(f) : json(nullptr);
+    out += sse(j);
+  };
+  for (auto& u : ups) {
+    Choice& c = f.choices[u.choice];
+    const bool fin = u.finish != sched::FinishReason::None;
+    if (u.text.empty() && u.logprobs.empty() && !fin) continue;
+    json ch = {{"index", u.choice}};
+    if (f.req.chat) {
+      json delta = json::object();
+      if (!c.role_sent) {  // OpenAI's first delta of a choice carries the role
+        c.role_sent = true;
+        chunk({{"index", u.choice},
+               {"delta", {{"role", "assistant"}, {"content", ""}}},
+               {"logprobs", nullptr},
+               {"finish_reason", nullptr}});
+      }
+      if (c.reasoning) {
+        auto [r, t] = c.reasoning(u.text, fin);
+        if (!r.empty()) delta["reasoning_content"] = r;
+        if (!t.empty()) delta["content"] = t;
+      } else if (!u.text.empty()) {
+        delta["content"] = u.text;
+      }
+      if (delta.empty() && !fin && u.logprobs.empty()) continue;
+      ch["delta"] = delta;
+      ch["logprobs"] = f.req.want_logprobs ? chat_logprobs(u.logprobs, ctx.token_text) : json(nullptr);
+    } else {
+      ch["text"] = u.text;
+      ch["logprobs"] =
+          f.req.want_logprobs ? completion_logprobs(u.logprobs, ctx.token_text, c.text_bytes_sent) : json(nullptr);
+      c.text_bytes_sent += u.text.size();
+    }
+    ch["finish_reason"] = finish_reason_json(u.finish);
+    ch["stop_reason"] = fin ? stop_reason_json(c.stop_string, c.stop_token, f.eos_ids) : json(nullptr);
+    chunk(std::move(ch));
+  }
+  return out;
+}
+
+}  // namespace detail
+
+/// Handles a POST to /v1/completions (chat=false) or /v1/chat/completions (chat=true).
+/// Throws ApiError for anything rejected before the response starts.
+inline void handle_generation(const GenerationContext& ctx, bool chat, const httplib::Request& http_req,
+                              httplib::Response& res) {
+  json body;
+  try {
+    body = json::parse(http_req.body);
+  } catch (const json::exception& e) {
+    throw invalid_param("", std::string("The request body is not valid JSON: ") + e.what());
+  }
+  auto f = std::make_shared<detail::Flight>();
+  if (ctx.service->state() != ServiceState::Ready) throw error_for_status(503);
+  const ModelInfo info = ctx.service->model_info();
+  f->req = chat ? parse_chat_request(body, info.defaults) : parse_completion_request(body, info.defaults);
+  if (f->req.model.empty())
+    f->model = ctx.served_names.front();
+  else if (std::find(ctx.served_names.begin(), ctx.served_names.end(), f->req.model) == ctx.served_names.end())
+    throw model_not_found(f->req.model);
+  else
+    f->model = f->req.model;
+  f->eos_ids = info.eos_ids;
+
+  // Prompts → token ids, each checked against the context and the vocabulary.
+  std::vector<std::vector<int32_t>> prompts;
+  if (chat) {
+    std::string text;
+    try {
+      text = ctx.render_chat(f->req.messages, f->req.template_options);
+    } catch (const ApiError&) {
+      throw;
+    } catch (const std::exception& e) {
+      throw invalid_param("messages", std::string("The chat template failed: ") + e.what());
+    }
+    prompts.push_back(ctx.encode(text, false));
+    f->prompt_texts.push_back(text);
+  } else {
+    for (const auto& p : f->req.prompts) {
+      if (p.is_tokens) {
+        for (int32_t t : p.token_ids)
+          if (t >= info.vocab_size)
+            throw invalid_param("prompt", "'prompt' token id " + std::to_string(t) + " is out of the vocabulary [0, " +
+                                              std::to_string(info.vocab_size) + ")");
+        prompts.push_back(p.token_ids);
+        f->prompt_texts.push_back(f->req.echo ? ctx.decode(p.token_ids) : std::string{});
+      } else {
+        prompts.push_back(ctx.encode(p.text, true));
+        f->prompt_texts.push_back(p.text);
+      }
+    }
+  }
+  const auto arrival = Clock::now();
+  std::vector<SubmitRequest> subs;
+  for (auto& ids : prompts) {
+    GenerationRequest r = f->req;
+    resolve_max_tokens(r, static_cast<int>(ids.size()), info.max_model_len);
+    validate_sampling(r.params, info.vocab_size);
+    f->prompt_tokens += static_cast<int64_t>(ids.size());
+    subs.push_back({std::move(ids), r.params, r.stop, r.include_stop_str_in_output, r.skip_special_tokens, arrival});
+  }
+  f->id = make_id(chat ? "chatcmpl-" : "cmpl-");
+  f->created = unix_time();
+  f->choices.resize(subs.size() * static_cast<size_t>(f->req.params.n));
+  if (ctx.make_reasoning && chat)
+    for (auto& c : f->choices) c.reasoning = ctx.make_reasoning();
+  auto cancel_all = [svc = ctx.service](detail::Flight& fl) {
+    for (auto& s : fl.streams) svc->cancel(s);
+  };
+  try {
+    for (auto& s : subs) f->streams.push_back(ctx.service->submit(std::move(s)));
+  } catch (...) {  // stopping between two prompts: drop the ones already queued
+    cancel_all(*f);
+    throw;
+  }
+  f->stream_done.assign(f->streams.size(), false);
+  const auto poll = std::chrono::milliseconds(ctx.stream_poll_ms);
+
+  if (!f->req.stream) {
+    try {
+      while (!f->done) {
+        for (size_t s = 0; s < f->streams.size(); ++s) {
+          if (f->stream_done[s]) continue;
+          std::vector<StreamEvent> evs;
+          if (f->streams[s]->pop_all(evs, poll)) detail::apply(*f, s, evs);
+        }
+      }
+    } catch (...) {
+      cancel_all(*f);
+      throw;
+    }
+    if (f->error) {
+      cancel_all(*f);
+      throw *f->error;
+    }
+    res.set_content(dump(detail::final_body(*f, ctx)), "application/json");
+    return;
+  }
+
+  res.set_header("Cache-Control", "no-cache");
+  if (ctx.active_streams) ++*ctx.active_streams;
+  res.set_chunked_content_provider(
+      "text/event-stream",
+      [f, &ctx, poll](size_t, httplib::DataSink& sink) {
+        if (f->done) {
+          if (f->req.include_usage) {
+            json u = {{"id", f->id},
+                      {"object", f->req.chat ? "chat.completion.chunk" : "text_completion"},
+                      {"created", f->created},
+                      {"model", f->model},
+                      {"choices", json::array()},
+                      {"usage", detail::usage_of(*f)}};
+            const std::string s = sse(u);
+            if (!sink.write(s.data(), s.size())) return false;
+          }
+          if (!sink.write(kSseDone, std::strlen(kSseDone))) return false;
+          sink.done();
+          return true;
+        }
+        std::string out;
+        if (f->req.echo && !f->echo_sent) {  // completions echo: the prompt is each choice's first text
+          f->echo_sent = true;
+          std::vector<detail::Update> ups;
+          for (size_t i = 0; i < f->choices.size(); ++i)
+            ups.push_back({static_cast<int>(i), f->prompt_texts[i / f->req.params.n], {}, sched::FinishReason::None});
+          out += detail::stream_chunks(*f, ctx, ups);
+          for (auto& c : f->choices) c.text_bytes_sent = 0;  // logprob offsets count generated text
+        }
+        for (size_t s = 0; s < f->streams.size(); ++s) {
+          if (f->stream_done[s]) continue;
+          std::vector<StreamEvent> evs;
+          if (!f->streams[s]->pop_all(evs, f->streams.size() == 1 ? poll : std::chrono::milliseconds(1))) continue;
+          auto ups = detail::apply(*f, s, evs);
+          if (f->error) {
+            out += sse(f->error->to_json());
+            f->done = true;
+            break;
+          }
+          out += detail::stream_chunks(*f, ctx, ups);
+        }
+        // A failed write means the client is gone: returning false ends the response and the
+        // releaser below cancels the engine requests.
+        if (!out.empty() && !sink.write(out.data(), out.size())) return false;
+        return true;
+      },
+      [f, svc = ctx.service, active = ctx.active_streams](bool success) {
+        if (!success || !f->done)
+          for (auto& s : f->streams) svc->cancel(s);
+        if (active) --*active;
+      });
+}
+
+}  // namespace pie::server

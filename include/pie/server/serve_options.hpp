@@ -1,0 +1,148 @@
+#pragma once
+/// \file serve_options.hpp
+/// \brief The flags of `pie serve`, spelled as vLLM spells them; each long flag is accepted
+/// with dashes and with underscores (`--max-model-len` and `--max_model_len`). Registration
+/// uses CLI11 so `--help` lists them all and bad values fail before anything loads.
+#include <CLI/CLI.hpp>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace pie::server {
+
+/// \brief Everything `pie serve` can be told.
+struct ServeOptions {
+  std::string model;  ///< model directory; empty → embedded default
+  std::string host = "0.0.0.0";
+  int port = 8000;
+  std::string api_key;  ///< also PIE_API_KEY
+  std::vector<std::string> served_model_name;
+  int max_model_len = 0;  ///< 0 → the model's max_position_embeddings
+  int tensor_parallel_size = 1;
+  double gpu_memory_utilization = 0.9;
+  int block_size = 16;
+  int max_num_seqs = 256;
+  int max_num_batched_tokens = 0;  ///< 0 → max(8192, max_model_len) like vLLM
+  bool enable_prefix_caching = true;
+  bool enable_chunked_prefill = true;
+  std::string kv_cache_dtype = "auto";
+  std::string dtype = "auto";
+  double swap_space = 4.0;  ///< GiB of host memory for swapped-out KV blocks
+  bool enforce_eager = false;
+  uint64_t seed = 0;
+  std::string load_format = "auto";
+  std::string generation_config = "auto";
+  std::string tokenizer;  ///< dir or tokenizer.json; "embedded"; empty → the model's
+  std::string chat_template;
+  std::string reasoning_parser;
+  std::string device = "auto";        ///< auto → cuda when built with it and a model is given
+  int64_t kv_cache_memory_bytes = 0;  ///< 0 → from --gpu-memory-utilization (GPU), 256 MiB (CPU)
+  int64_t max_request_body_bytes = 16ll << 20;
+  int num_threads = 0;  ///< CPU backend threads; 0 → all cores
+  bool disable_log_requests = false;
+};
+
+namespace detail {
+/// "--max-model-len,--max_model_len" from "max-model-len".
+inline std::string both_spellings(const std::string& dashed) {
+  std::string under = dashed;
+  for (char& c : under)
+    if (c == '-') c = '_';
+  return under == dashed ? "--" + dashed : "--" + dashed + ",--" + under;
+}
+/// "!--no-x-y,!--no_x_y": CLI11's negated names, which set the flag to false.
+inline std::string negated(const std::string& dashed) {
+  const std::string both = both_spellings("no-" + dashed);
+  std::string out = "!";
+  for (char c : both) {
+    out += c;
+    if (c == ',') out += '!';
+  }
+  return out;
+}
+}  // namespace detail
+
+/// Declares every flag of `serve` on `app`, writing into `o`.
+inline void add_serve_flags(CLI::App& app, ServeOptions& o) {
+  using detail::both_spellings;
+  using detail::negated;
+  app.add_option("model", o.model,
+                 "Model directory (config.json, *.safetensors, tokenizer.json); "
+                 "none → the embedded tiny default model on the CPU");
+  app.add_option("--model", o.model, "Model directory (same as the positional argument)");
+  app.add_option(both_spellings("host"), o.host, "Address to listen on")->capture_default_str();
+  app.add_option(both_spellings("port"), o.port, "Port to listen on (0 → any free port)")
+      ->check(CLI::Range(0, 65535))
+      ->capture_default_str();
+  app.add_option(both_spellings("api-key"), o.api_key, "Require 'Authorization: Bearer KEY' on /v1 routes")
+      ->envname("PIE_API_KEY");
+  app.add_option(both_spellings("served-model-name"), o.served_model_name,
+                 "Model name(s) the API answers to; the first is reported (default: the model path)")
+      ->expected(1, -1);
+  app.add_option(both_spellings("max-model-len"), o.max_model_len,
+                 "Context length: prompt + output tokens (default: the model's)")
+      ->check(CLI::Range(1, 1 << 24));
+  app.add_option(both_spellings("tensor-parallel-size"), o.tensor_parallel_size, "GPUs to shard the model over")
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str();
+  app.add_option(both_spellings("gpu-memory-utilization"), o.gpu_memory_utilization,
+                 "Fraction of GPU memory for weights, activations and KV cache (GPU backend)")
+      ->check(CLI::Range(0.01, 1.0))
+      ->capture_default_str();
+  app.add_option(both_spellings("block-size"), o.block_size, "Tokens per KV-cache block")
+      ->check(CLI::IsMember({8, 16, 32}))
+      ->capture_default_str();
+  app.add_option(both_spellings("max-num-seqs"), o.max_num_seqs, "Sequences running at once")
+      ->check(CLI::Range(1, 1 << 16))
+      ->capture_default_str();
+  app.add_option(both_spellings("max-num-batched-tokens"), o.max_num_batched_tokens,
+                 "Tokens computed per engine step (default: max(8192, max-model-len))")
+      ->check(CLI::Range(1, 1 << 24));
+  app.add_flag(both_spellings("enable-prefix-caching") + "," + negated("enable-prefix-caching"),
+               o.enable_prefix_caching, "Reuse KV blocks of identical prompt prefixes (default on)");
+  app.add_flag(both_spellings("enable-chunked-prefill") + "," + negated("enable-chunked-prefill"),
+               o.enable_chunked_prefill, "Split long prompts across engine steps (default on)");
+  app.add_option(both_spellings("kv-cache-dtype"), o.kv_cache_dtype, "KV-cache dtype")
+      ->check(CLI::IsMember({"auto", "bfloat16", "float16", "float32", "fp8", "fp8_e4m3"}))
+      ->capture_default_str();
+  app.add_option(both_spellings("dtype"), o.dtype, "Weight and activation dtype")
+      ->check(CLI::IsMember({"auto", "bfloat16", "float16", "half", "float32", "float"}))
+      ->capture_default_str();
+  app.add_option(both_spellings("swap-space"), o.swap_space,
+                 "GiB of host memory for swapped-out KV blocks (GPU backend; the CPU backend recomputes "
+                 "preempted sequences)")
+      ->check(CLI::Range(0.0, 1024.0))
+      ->capture_default_str();
+  app.add_flag(both_spellings("enforce-eager"), o.enforce_eager, "Never capture CUDA graphs (GPU backend)");
+  app.add_option(both_spellings("seed"), o.seed, "Seed of the engine's random generator")->capture_default_str();
+  app.add_option(both_spellings("load-format"), o.load_format,
+                 "auto|safetensors: read the weights; dummy: random weights of the model's shape")
+      ->check(CLI::IsMember({"auto", "safetensors", "dummy"}))
+      ->capture_default_str();
+  app.add_option(both_spellings("generation-config"), o.generation_config,
+                 "auto: sampling defaults from the model's generation_config.json; vllm: neutral defaults")
+      ->check(CLI::IsMember({"auto", "vllm"}))
+      ->capture_default_str();
+  app.add_option(both_spellings("tokenizer"), o.tokenizer,
+                 "Tokenizer directory or tokenizer.json (default: the model's); 'embedded' → the built-in one");
+  app.add_option(both_spellings("chat-template"), o.chat_template,
+                 "Jinja chat template file (default: the one in tokenizer_config.json)")
+      ->check(CLI::ExistingFile);
+  app.add_option(both_spellings("reasoning-parser"), o.reasoning_parser, "Return <think>…</think> as reasoning_content")
+      ->check(CLI::IsMember({"qwen3"}));
+  app.add_option(both_spellings("device"), o.device, "Where the model runs")
+      ->check(CLI::IsMember({"auto", "cuda", "cpu"}))
+      ->capture_default_str();
+  app.add_option(both_spellings("kv-cache-memory-bytes"), o.kv_cache_memory_bytes,
+                 "Bytes of KV cache (overrides --gpu-memory-utilization; CPU default 256 MiB)")
+      ->check(CLI::Range(int64_t{1} << 16, int64_t{1} << 50));
+  app.add_option(both_spellings("max-request-body-bytes"), o.max_request_body_bytes,
+                 "Larger request bodies get HTTP 413")
+      ->check(CLI::Range(int64_t{1024}, int64_t{1} << 34))
+      ->capture_default_str();
+  app.add_option(both_spellings("num-threads"), o.num_threads, "CPU backend threads (0 → all cores)")
+      ->check(CLI::Range(0, 4096));
+  app.add_flag(both_spellings("disable-log-requests"), o.disable_log_requests, "Do not log each request");
+}
+
+}  // namespace pie::server

@@ -1,0 +1,136 @@
+// Paged decode attention against ops::cpu::paged_attention, over block size × head dim × GQA
+// group × dtype, ragged context lengths that are not multiples of the block size, split-K on
+// and off, fp8 KV, head dim 256 and the sliding-window / soft-cap variants.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <tuple>
+
+#include "pie/ops/cpu/attention.hpp"
+#include "pie/ops/cuda/attention_decode.cuh"
+#include "test_util.hpp"
+
+namespace {
+using namespace pie;
+using namespace pie::test;
+
+/// Runs one decode launch and compares with the CPU op; returns the relative error.
+template <class T, class KV, class Variant = attention::Causal>
+double run_decode(int bs, int hd, int group, int nkv, const std::vector<int>& lens, int sm_count, uint32_t seed,
+                  int* splits_out = nullptr, Variant var = {}) {
+  std::mt19937 rng(seed);
+  const int batch = static_cast<int>(lens.size()), nq = nkv * group;
+  RandomCache<KV> cache(lens, nkv, hd, bs, rng);
+  auto q = randn<T>(size_t(batch) * nq * hd, rng);
+  auto d_q = upload(q);
+  DeviceBuffer<T> d_o(q.size());
+  poison(d_o);
+  int max_len = *std::max_element(lens.begin(), lens.end());
+  auto plan = ops::cuda::plan_decode_attention(batch, nq, nkv, hd, max_len, sm_count);
+  if (splits_out) *splits_out = plan.num_splits;
+  DeviceBuffer<unsigned char> ws(plan.workspace_bytes);
+  if (plan.workspace_bytes) poison(ws);
+  const float scale = 1.f / std::sqrt(float(hd));
+  ops::cuda::decode_attention(d_q.view({batch, nq, hd}), cache.device(), d_o.view({batch, nq, hd}), plan, ws.data(),
+                              scale, var);
+  auto o = download(d_o);
+  std::vector<float> qf = to_f32(q), ref(q.size());
+  std::vector<int32_t> cu(batch + 1);
+  std::iota(cu.begin(), cu.end(), 0);
+  ops::cpu::paged_attention<Variant>(qf.data(), int64_t(nq) * hd, ref.data(), int64_t(nq) * hd, cache.host(),
+                                     cu.data(), nq, scale, var);
+  return rel_err(o, ref);
+}
+
+using Param = std::tuple<int, int, int, bool>;  // block size, head dim, group, bf16?
+class DecodeAttention : public ::testing::TestWithParam<Param> {};
+
+TEST_P(DecodeAttention, MatchesCpu) {
+  const auto [bs, hd, group, is_bf16] = GetParam();
+  // Ragged, never multiples of the block size; 1337 forces split-K with 3 sequences.
+  std::vector<int> lens = {1, bs + 3, 1337, 3 * bs - 1, 77};
+  const int nkv = 2;
+  int splits = 0;
+  double e = is_bf16 ? run_decode<bf16, bf16>(bs, hd, group, nkv, lens, 132, 1000 + bs * hd + group, &splits)
+                     : run_decode<f16, f16>(bs, hd, group, nkv, lens, 132, 2000 + bs * hd + group, &splits);
+  EXPECT_GT(splits, 1) << "this shape should take the split-K path";
+  EXPECT_LT(e, is_bf16 ? tol<bf16>() : tol<f16>()) << "rel err " << e;
+  std::printf("[decode bs=%d hd=%d group=%d %s splits=%d] rel err %.2e\n", bs, hd, group, is_bf16 ? "bf16" : "f16",
+              splits, e);
+}
+
+std::string param_name(const ::testing::TestParamInfo<Param>& info) {
+  const int bs = std::get<0>(info.param), hd = std::get<1>(info.param), g = std::get<2>(info.param);
+  return "Block" + std::to_string(bs) + "_HeadDim" + std::to_string(hd) + "_Group" + std::to_string(g) +
+         (std::get<3>(info.param) ? "_BF16" : "_F16");
+}
+
+INSTANTIATE_TEST_SUITE_P(Grid, DecodeAttention,
+                         ::testing::Combine(::testing::Values(8, 16, 32), ::testing::Values(64, 128),
+                                            ::testing::Values(1, 4, 8), ::testing::Bool()),
+                         param_name);
+
+TEST(DecodeAttentionBatch, Block16HeadDim128Group4Batch64Ragged) {
+  std::mt19937 rng(7);
+  std::vector<int> lens(64);
+  for (auto& l : lens) l = 1 + int(rng() % 700);
+  int splits = 0;
+  double e = run_decode<bf16, bf16>(16, 128, 4, 8, lens, 132, 11, &splits);
+  EXPECT_EQ(splits, 2);  // 512 CTAs, but no split under 256 tokens
+  EXPECT_LT(e, tol<bf16>()) << e;
+}
+
+TEST(DecodeAttentionBatch, Block16HeadDim128Group4ShortContextsOneSplit) {
+  std::mt19937 rng(8);
+  std::vector<int> lens(32);
+  for (auto& l : lens) l = 1 + int(rng() % 300);
+  int splits = 0;
+  double e = run_decode<f16, f16>(16, 128, 4, 8, lens, 132, 17, &splits);
+  EXPECT_EQ(splits, 1);
+  EXPECT_LT(e, tol<f16>()) << e;
+}
+
+TEST(DecodeAttentionBatch, Block16HeadDim256Group2BF16) {
+  double e = run_decode<bf16, bf16>(16, 256, 2, 2, {5, 300, 1023}, 132, 12);
+  EXPECT_LT(e, tol<bf16>()) << e;
+}
+
+TEST(DecodeAttentionFp8, Block16HeadDim128Group4) {
+  double e = run_decode<bf16, fp8_e4m3>(16, 128, 4, 2, {9, 600, 31}, 132, 13);
+  EXPECT_LT(e, tol<bf16>()) << e;
+}
+
+TEST(DecodeAttentionFp8, Block8HeadDim64Group8F16) {
+  double e = run_decode<f16, fp8_e4m3>(8, 64, 8, 2, {1, 45, 1500}, 132, 14);
+  EXPECT_LT(e, tol<f16>()) << e;
+}
+
+TEST(DecodeAttentionVariant, SlidingWindow100Block16) {
+  double e = run_decode<bf16, bf16, attention::SlidingWindow<100>>(16, 128, 4, 2, {50, 101, 1337}, 132, 15);
+  EXPECT_LT(e, tol<bf16>()) << e;
+}
+
+TEST(DecodeAttentionVariant, SoftCap5Block32) {
+  attention::SoftCap cap;
+  cap.logits_soft_cap = 5.f;  // small enough that the cap changes the result
+  double e = run_decode<bf16, bf16, attention::SoftCap>(32, 128, 4, 2, {50, 999}, 132, 16, nullptr, cap);
+  EXPECT_LT(e, tol<bf16>()) << e;
+}
+
+TEST(DecodeAttentionPlan, SplitsToManyWavesButNotBelow256Tokens) {
+  auto a = ops::cuda::plan_decode_attention(64, 32, 8, 128, 4096, 132);
+  EXPECT_EQ(a.num_splits, 8);
+  EXPECT_EQ(a.tokens_per_split, 512);
+  EXPECT_EQ(a.workspace_bytes, size_t(8) * 64 * 32 * 129 * sizeof(float));
+  auto d = ops::cuda::plan_decode_attention(2048, 32, 8, 128, 4096, 132);
+  EXPECT_EQ(d.num_splits, 1);
+  EXPECT_EQ(d.workspace_bytes, 0u);
+  auto b = ops::cuda::plan_decode_attention(1, 32, 8, 128, 32768, 132);
+  EXPECT_GT(b.num_splits, 8);
+  EXPECT_GE(int64_t(b.num_splits) * b.tokens_per_split, 32768);
+  auto c = ops::cuda::plan_decode_attention(1, 32, 8, 128, 100, 132);
+  EXPECT_EQ(c.num_splits, 1);
+}
+
+}  // namespace

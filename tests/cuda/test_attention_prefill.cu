@@ -1,0 +1,100 @@
+// Paged prefill attention (tensor cores) against ops::cpu::paged_attention: fresh prompts,
+// chunked prefills over a cached prefix, single-row chunks, ragged lengths, over block size ×
+// head dim × GQA group × dtype, plus fp8 KV, head dim 256 and the variants.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <tuple>
+
+#include "pie/ops/cpu/attention.hpp"
+#include "pie/ops/cuda/attention_prefill.cuh"
+#include "test_util.hpp"
+
+namespace {
+using namespace pie;
+using namespace pie::test;
+
+/// lens: tokens in the cache per sequence after this step; qlens: query rows (the last ones).
+template <class T, class KV, class Variant = attention::Causal>
+double run_prefill(int bs, int hd, int group, int nkv, const std::vector<int>& lens, const std::vector<int>& qlens,
+                   uint32_t seed, Variant var = {}) {
+  std::mt19937 rng(seed);
+  const int nseq = static_cast<int>(lens.size()), nq = nkv * group;
+  RandomCache<KV> cache(lens, nkv, hd, bs, rng);
+  std::vector<int32_t> cu(nseq + 1, 0);
+  for (int b = 0; b < nseq; ++b) cu[b + 1] = cu[b] + qlens[b];
+  const int rows = cu[nseq];
+  const int max_q = *std::max_element(qlens.begin(), qlens.end());
+  // q rows strided inside a wider buffer, as they sit in the fused qkv output
+  const int64_t row_stride = int64_t(nq + 2 * nkv) * hd;
+  auto qbuf = randn<T>(size_t(rows) * row_stride, rng);
+  auto d_q = upload(qbuf);
+  auto d_cu = upload(cu);
+  DeviceBuffer<T> d_o(size_t(rows) * nq * hd);
+  poison(d_o);
+  TensorView<T> qv(d_q.data(), {rows, nq, hd}, Device::Cuda);
+  qv.stride[0] = row_stride;
+  const float scale = 1.f / std::sqrt(float(hd));
+  ops::cuda::prefill_attention(qv, cache.device(), d_cu.data(), max_q, d_o.view({rows, nq, hd}), scale, var);
+  auto o = download(d_o);
+  std::vector<float> qf = to_f32(qbuf), ref(size_t(rows) * nq * hd);
+  ops::cpu::paged_attention<Variant>(qf.data(), row_stride, ref.data(), int64_t(nq) * hd, cache.host(), cu.data(), nq,
+                                     scale, var);
+  return rel_err(o, ref);
+}
+
+using Param = std::tuple<int, int, int, bool>;  // block size, head dim, group, bf16?
+class PrefillAttention : public ::testing::TestWithParam<Param> {};
+
+TEST_P(PrefillAttention, MatchesCpu) {
+  const auto [bs, hd, group, is_bf16] = GetParam();
+  // fresh prompt; chunk after a cached prefix; a one-row chunk; a long chunk spanning tiles
+  std::vector<int> lens = {77, 130 + 45, 3 * bs + 1, 300};
+  std::vector<int> qlens = {77, 45, 1, 203};
+  const int nkv = 2;
+  double e = is_bf16 ? run_prefill<bf16, bf16>(bs, hd, group, nkv, lens, qlens, 3000 + bs * hd + group)
+                     : run_prefill<f16, f16>(bs, hd, group, nkv, lens, qlens, 4000 + bs * hd + group);
+  EXPECT_LT(e, is_bf16 ? tol<bf16>() : tol<f16>()) << "rel err " << e;
+  std::printf("[prefill bs=%d hd=%d group=%d %s] rel err %.2e\n", bs, hd, group, is_bf16 ? "bf16" : "f16", e);
+}
+
+std::string param_name(const ::testing::TestParamInfo<Param>& info) {
+  const int bs = std::get<0>(info.param), hd = std::get<1>(info.param), g = std::get<2>(info.param);
+  return "Block" + std::to_string(bs) + "_HeadDim" + std::to_string(hd) + "_Group" + std::to_string(g) +
+         (std::get<3>(info.param) ? "_BF16" : "_F16");
+}
+
+INSTANTIATE_TEST_SUITE_P(Grid, PrefillAttention,
+                         ::testing::Combine(::testing::Values(8, 16, 32), ::testing::Values(64, 128),
+                                            ::testing::Values(1, 4, 8), ::testing::Bool()),
+                         param_name);
+
+TEST(PrefillAttentionShape, HeadDim256Block16BF16) {
+  double e = run_prefill<bf16, bf16>(16, 256, 2, 2, {150, 70}, {150, 33}, 21);
+  EXPECT_LT(e, tol<bf16>()) << e;
+}
+
+TEST(PrefillAttentionShape, LongChunk1000Block32Group4BF16) {
+  double e = run_prefill<bf16, bf16>(32, 128, 4, 2, {1000 + 517, 999}, {1000, 999}, 22);
+  EXPECT_LT(e, tol<bf16>()) << e;
+}
+
+TEST(PrefillAttentionFp8, Block16HeadDim128Group4) {
+  double e = run_prefill<bf16, fp8_e4m3>(16, 128, 4, 2, {200, 90}, {120, 90}, 23);
+  EXPECT_LT(e, tol<bf16>()) << e;
+}
+
+TEST(PrefillAttentionVariant, SlidingWindow100Block16) {
+  double e = run_prefill<bf16, bf16, attention::SlidingWindow<100>>(16, 128, 4, 2, {400, 150}, {300, 20}, 24);
+  EXPECT_LT(e, tol<bf16>()) << e;
+}
+
+TEST(PrefillAttentionVariant, SoftCap5Block8) {
+  attention::SoftCap cap;
+  cap.logits_soft_cap = 5.f;
+  double e = run_prefill<f16, f16, attention::SoftCap>(8, 64, 4, 2, {260, 40}, {200, 40}, 25, cap);
+  EXPECT_LT(e, tol<f16>()) << e;
+}
+
+}  // namespace

@@ -1,0 +1,274 @@
+// Engine behaviour on the embedded default model: batch invariance of greedy decoding (alone,
+// in a batch of 16, chunked prefill of 7, after a prefix-cache hit, after forced preemption in
+// both modes), seeded sampling alone vs batched, and the request API (validation, stops,
+// abort, n > 1, logprobs, stats).
+#include <gtest/gtest.h>
+
+#include <map>
+#include <random>
+#include <vector>
+
+#include "pie/engine/engine.hpp"
+
+namespace {
+using namespace pie;
+using sched::FinishReason;
+using sched::SamplingParams;
+using CpuEngine = Engine<Qwen3, CpuF32>;
+
+std::vector<int32_t> random_prompt(std::mt19937& g, int len) {
+  std::uniform_int_distribution<int32_t> d(0, 499);  // below the embedded model's special ids
+  std::vector<int32_t> p(len);
+  for (auto& t : p) t = d(g);
+  return p;
+}
+
+SamplingParams greedy(int max_tokens) {
+  SamplingParams p;
+  p.temperature = 0;
+  p.max_tokens = max_tokens;
+  p.ignore_eos = true;
+  return p;
+}
+
+EngineOptions small_options() {
+  EngineOptions o;
+  o.num_kv_blocks = 256;
+  o.sched.max_model_len = 256;
+  // One thread: CI runs tests side by side on 2 cores, where an OpenMP barrier waits for a
+  // descheduled thread. Thread-count invariance has its own test.
+  o.num_threads = 1;
+  return o;
+}
+
+// ---- batch invariance --------------------------------------------------------------------------
+constexpr int kNew = 20;
+
+struct Invariance : ::testing::Test {
+  static const std::vector<int32_t>& target() {
+    static std::vector<int32_t> t = [] { std::mt19937 g(7); return random_prompt(g, 45); }();
+    return t;
+  }
+  static std::vector<std::vector<int32_t>> others() {
+    std::mt19937 g(11);
+    std::uniform_int_distribution<int> len(3, 60);
+    std::vector<std::vector<int32_t>> v;
+    for (int i = 0; i < 16; ++i) v.push_back(random_prompt(g, len(g)));
+    return v;
+  }
+  static const std::vector<int32_t>& alone() {
+    static std::vector<int32_t> a = [] {
+      CpuEngine e(small_options());
+      return e.generate({target()}, greedy(kNew))[0].tokens[0];
+    }();
+    return a;
+  }
+  // The 16 others followed by the target, run under `o`; returns all 17 continuations.
+  static std::vector<std::vector<int32_t>> batch(EngineOptions o, CpuEngine::Stats* stats = nullptr) {
+    CpuEngine e(o);
+    auto prompts = others();
+    prompts.push_back(target());
+    auto res = e.generate(prompts, greedy(kNew));
+    if (stats) *stats = e.stats();
+    std::vector<std::vector<int32_t>> out;
+    for (auto& r : res) out.push_back(r.tokens[0]);
+    return out;
+  }
+  static const std::vector<std::vector<int32_t>>& reference_batch() {
+    static auto b = batch(small_options());
+    return b;
+  }
+};
+
+TEST_F(Invariance, AloneEqualsInsideABatchOf16) {
+  ASSERT_EQ(alone().size(), size_t(kNew));
+  EXPECT_EQ(reference_batch().back(), alone());
+}
+
+TEST_F(Invariance, ChunkedPrefillOfSeven) {
+  EngineOptions o = small_options();
+  o.sched.enable_chunked_prefill = true;
+  o.sched.max_num_batched_tokens = 7;
+  o.sched.max_num_seqs = 7;
+  CpuEngine e(o);
+  EXPECT_EQ(e.generate({target()}, greedy(kNew))[0].tokens[0], alone());
+  // and in a batch, where chunks of different prompts share steps
+  auto res = batch(o);
+  EXPECT_EQ(res, reference_batch());
+}
+
+TEST_F(Invariance, AfterPrefixCacheHit) {
+  CpuEngine e(small_options());
+  EXPECT_EQ(e.generate({target()}, greedy(kNew))[0].tokens[0], alone());
+  const auto before = e.stats().prefix_cache_hits;
+  // The same prompt again, and a prompt sharing its first 32 tokens (two full blocks).
+  auto shared = std::vector<int32_t>(target().begin(), target().begin() + 32);
+  shared.push_back(3);
+  auto res = e.generate({target(), shared}, greedy(kNew));
+  EXPECT_GT(e.stats().prefix_cache_hits, before);
+  EXPECT_EQ(res[0].tokens[0], alone());
+  CpuEngine fresh(small_options());
+  EXPECT_EQ(res[1].tokens[0], fresh.generate({shared}, greedy(kNew))[0].tokens[0]);
+}
+
+TEST_F(Invariance, ThreadCountChangesNoToken) {
+  EngineOptions o = small_options();
+  o.num_threads = 2;
+  EXPECT_EQ(batch(o), reference_batch());
+}
+
+class Preemption : public Invariance, public ::testing::WithParamInterface<sched::PreemptionMode> {};
+
+TEST_P(Preemption, ForcedPreemptionChangesNoToken) {
+  EngineOptions o = small_options();
+  o.num_kv_blocks = 12;  // 192 slots for 17 sequences of up to 80 tokens: preemption is forced
+  o.sched.max_model_len = 128;
+  o.sched.preemption_mode = GetParam();
+  if (GetParam() == sched::PreemptionMode::Swap) o.num_host_blocks = 64;
+  CpuEngine::Stats st;
+  auto res = batch(o, &st);
+  EXPECT_GT(st.num_preemptions, 0u);
+  EXPECT_EQ(res, reference_batch());
+}
+INSTANTIATE_TEST_SUITE_P(Modes, Preemption,
+                         ::testing::Values(sched::PreemptionMode::Recompute, sched::PreemptionMode::Swap),
+                         [](const auto& i) {
+                           return i.param == sched::PreemptionMode::Swap ? "Swap" : "Recompute";
+                         });
+
+// ---- seeded sampling ---------------------------------------------------------------------------
+TEST(EngineSampling, SeededRequestSameTokensAloneOrBatched) {
+  SamplingParams p;
+  p.temperature = 1.0f;
+  p.max_tokens = 12;
+  p.seed = 1234;
+  p.ignore_eos = true;
+  std::mt19937 g(3);
+  auto prompt = random_prompt(g, 20);
+  CpuEngine a(small_options());
+  auto alone = a.generate({prompt}, p)[0].tokens[0];
+  CpuEngine b(small_options());
+  SamplingParams q = p;
+  q.seed = 99;
+  b.add_request(random_prompt(g, 30), q);
+  b.add_request(random_prompt(g, 7), q);
+  auto batched = b.generate({prompt}, p)[0].tokens[0];
+  EXPECT_EQ(alone, batched);
+  CpuEngine c(small_options());
+  EXPECT_NE(c.generate({prompt}, q)[0].tokens[0], alone);  // a different seed, other tokens
+}
+
+// ---- request API -------------------------------------------------------------------------------
+TEST(EngineApi, RejectsBadRequestsNamingTheField) {
+  CpuEngine e(small_options());
+  SamplingParams p;
+  p.temperature = -1;
+  try {
+    e.add_request({1, 2, 3}, p);
+    FAIL() << "no throw";
+  } catch (const Error& err) {
+    EXPECT_NE(std::string(err.what()).find("temperature"), std::string::npos) << err.what();
+  }
+  EXPECT_THROW(e.add_request({1, 512}, SamplingParams{}), Error);  // vocab is 512
+  EXPECT_THROW(e.add_request({}, SamplingParams{}), Error);
+  SamplingParams bias;
+  bias.logit_bias = {{600, 1.f}};
+  EXPECT_THROW(e.add_request({1}, bias), Error);
+  EXPECT_FALSE(e.has_unfinished());
+}
+
+TEST(EngineApi, StopTokenFinishesWithReasonStop) {
+  CpuEngine e(small_options());
+  std::mt19937 g(5);
+  auto prompt = random_prompt(g, 10);
+  auto free_run = e.generate({prompt}, greedy(10))[0].tokens[0];
+  SamplingParams p = greedy(10);
+  p.stop_token_ids = {free_run[3]};
+  auto res = e.generate({prompt}, p)[0];
+  auto first = std::find(free_run.begin(), free_run.end(), free_run[3]) - free_run.begin();
+  EXPECT_EQ(res.finish[0], FinishReason::Stop);
+  EXPECT_EQ(res.tokens[0], std::vector<int32_t>(free_run.begin(), free_run.begin() + first + 1));
+}
+
+TEST(EngineApi, StepReportsTokensLogprobsAndFinish) {
+  CpuEngine e(small_options());
+  SamplingParams p = greedy(3);
+  p.logprobs = 2;
+  uint64_t id = e.add_request({5, 6, 7, 8}, p);
+  std::vector<int32_t> got;
+  bool finished = false;
+  while (e.has_unfinished()) {
+    for (auto& ro : e.step()) {
+      ASSERT_EQ(ro.request_id, id);
+      EXPECT_EQ(ro.prompt_tokens, 4);
+      ASSERT_EQ(ro.seqs.size(), 1u);
+      const auto& so = ro.seqs[0];
+      ASSERT_EQ(so.logprobs.size(), so.new_tokens.size());
+      for (size_t i = 0; i < so.new_tokens.size(); ++i) {
+        EXPECT_EQ(so.logprobs[i].token, so.new_tokens[i]);
+        ASSERT_EQ(so.logprobs[i].top.size(), 2u);
+        EXPECT_EQ(so.logprobs[i].top[0].first, so.new_tokens[i]);  // greedy: the top-1
+        EXPECT_LE(so.logprobs[i].logprob, 0.f);
+      }
+      got.insert(got.end(), so.new_tokens.begin(), so.new_tokens.end());
+      if (ro.finished) { finished = true; EXPECT_EQ(so.finish, FinishReason::Length); }
+    }
+  }
+  EXPECT_TRUE(finished);
+  EXPECT_EQ(got.size(), 3u);
+}
+
+TEST(EngineApi, AbortAndFinishSequence) {
+  CpuEngine e(small_options());
+  uint64_t a = e.add_request({1, 2, 3}, greedy(50));
+  uint64_t b = e.add_request({4, 5, 6}, greedy(50));
+  e.step();
+  e.abort(a);
+  e.finish_sequence(b, 0);
+  EXPECT_FALSE(e.has_unfinished());
+  EXPECT_TRUE(e.step().empty());
+  EXPECT_EQ(e.stats().num_running, 0);
+}
+
+TEST(EngineApi, NSequencesShareThePromptAndDiffer) {
+  CpuEngine e(small_options());
+  SamplingParams p;
+  p.n = 3;
+  p.max_tokens = 8;
+  p.seed = 5;
+  p.ignore_eos = true;
+  auto r = e.generate({{9, 8, 7, 6, 5}}, p)[0];
+  ASSERT_EQ(r.tokens.size(), 3u);
+  for (auto& t : r.tokens) EXPECT_EQ(t.size(), 8u);
+  EXPECT_TRUE(r.tokens[0] != r.tokens[1] || r.tokens[1] != r.tokens[2]);
+}
+
+TEST(EngineApi, EosFinishesUnlessIgnored) {
+  // Bias the embedded model's <|im_end|> (502) up so it is sampled at once.
+  CpuEngine e(small_options());
+  SamplingParams p = greedy(5);
+  p.ignore_eos = false;
+  p.logit_bias = {{502, 100.f}};
+  auto r = e.generate({{1, 2}}, p)[0];
+  EXPECT_EQ(r.tokens[0], std::vector<int32_t>{502});
+  EXPECT_EQ(r.finish[0], FinishReason::Stop);
+  p.ignore_eos = true;
+  r = e.generate({{1, 2}}, p)[0];
+  EXPECT_EQ(r.tokens[0].size(), 5u);
+  EXPECT_EQ(r.finish[0], FinishReason::Length);
+}
+
+TEST(EngineApi, StatsAndConfig) {
+  CpuEngine e(small_options());
+  EXPECT_EQ(e.config().vocab_size, 512);
+  EXPECT_FALSE(e.generation_config().eos_token_ids.empty());
+  e.add_request({1, 2, 3, 4}, greedy(4));
+  e.add_request({1, 2, 3, 4}, greedy(4));
+  e.step();
+  auto s = e.stats();
+  EXPECT_EQ(s.num_running + s.num_waiting, 2);
+  EXPECT_GT(s.kv_usage, 0.0);
+  EXPECT_EQ(s.num_kv_blocks, 256);
+}
+
+}  // namespace

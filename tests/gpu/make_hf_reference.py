@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""Random-weight Qwen3 checkpoints and transformers' bf16 outputs on the GPU, for
+tests/gpu/test_hf.cu (pie's CUDA engine vs HF transformers).
+
+Usage (on the GPU machine; needs torch and transformers):
+    python3 tests/gpu/make_hf_reference.py --out DIR [--config-8b PATH --layers-8b N]
+
+Writes DIR/<name>/ with what save_pretrained writes (bf16 safetensors, config.json) plus
+reference.json in the format of tests/reference/fixtures (prompts: prompt_ids, greedy_ids,
+min_top2_margin, logits of the first LOGIT_STEPS greedy steps; plus top_ties: per step, the ids
+whose logit equals the maximum, since bf16 logits tie). transformers runs the model in
+bf16 on the GPU with its KV cache, exactly as `generate` would (greedy, no EOS stop).
+  * qwen3_small_hd128: a small Qwen3 with head_dim 128 and GQA group 4.
+  * qwen3_8b_shape: Qwen3-8B's widths (hidden 4096, 32/8 heads, head_dim 128, intermediate
+    12288, vocab 151936) from --config-8b, with --layers-8b decoder layers (36 is the real model).
+Parameters are redrawn so activations are O(1) and logits well spread (as make_fixtures.py
+does); a prompt whose greedy path has a top-2 logit gap under --min-margin is redrawn (best of
+--tries kept), so a near-tie does not decide the comparison.
+"""
+import argparse
+import json
+import math
+import os
+import shutil
+import time
+
+import torch
+import transformers
+from transformers import Qwen3Config, Qwen3ForCausalLM
+
+NEW_TOKENS = 32
+LOGIT_STEPS = 8
+PROMPT_LENGTHS = (7, 33, 100, 257)
+
+SMALL = dict(vocab_size=4096, hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
+             num_attention_heads=8, num_key_value_heads=2, head_dim=128, rope_theta=1e6,
+             rms_norm_eps=1e-6, max_position_embeddings=4096, tie_word_embeddings=False)
+
+
+def randomize(model, gen):
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            r = torch.randn(p.shape, generator=gen, device=p.device, dtype=torch.float32)
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.2 * r)
+            elif "embed_tokens" in name:
+                p.copy_(r)
+            else:
+                scale = 1.5 if "lm_head" in name else 1.0
+                p.copy_(scale * r / math.sqrt(p.shape[1]))
+
+
+@torch.no_grad()
+def greedy(model, ids):
+    """NEW_TOKENS greedy tokens with the KV cache, the logits of the first LOGIT_STEPS, and the
+    smallest top-1/top-2 gap on the path."""
+    out = model(torch.tensor([ids], device="cuda"), use_cache=True)
+    tokens, rows, margin, ties = [], [], math.inf, []
+    for step in range(NEW_TOKENS):
+        row = out.logits[0, -1].float()
+        top2 = torch.topk(row, 2).values
+        margin = min(margin, float(top2[0] - top2[1]))
+        # bf16 logits tie often at a 151936-token vocabulary: every id at the maximum is an
+        # equally valid greedy token (transformers takes the lowest).
+        ties.append(torch.nonzero(row == top2[0]).flatten().tolist()[:16])
+        if step < LOGIT_STEPS:
+            rows.append(row.cpu())
+        tok = int(row.argmax())
+        tokens.append(tok)
+        out = model(torch.tensor([[tok]], device="cuda"), past_key_values=out.past_key_values, use_cache=True)
+    return tokens, rows, margin, ties
+
+
+def make(name, kwargs, out_root, seed, min_margin, tries):
+    t0 = time.time()
+    config = Qwen3Config(**kwargs)
+    config.eos_token_id = kwargs["vocab_size"] - 1
+    config.bos_token_id = kwargs["vocab_size"] - 2
+    torch.manual_seed(seed)
+    torch.set_default_dtype(torch.bfloat16)  # build in bf16 on the device: no fp32 copy
+    with torch.device("cuda"):
+        model = Qwen3ForCausalLM(config).eval()
+    torch.set_default_dtype(torch.float32)
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    randomize(model, gen)
+    out_dir = os.path.join(out_root, name)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    cpu_gen = torch.Generator().manual_seed(seed)
+    prompts = []
+    for length in PROMPT_LENGTHS:
+        best = None
+        for _ in range(tries):
+            ids = torch.randint(0, config.vocab_size - 2, (length,), generator=cpu_gen).tolist()
+            tokens, rows, margin, ties = greedy(model, ids)
+            if best is None or margin > best[3]:
+                best = (ids, tokens, rows, margin, ties)
+            if margin >= min_margin:
+                break
+        ids, tokens, rows, margin, ties = best
+        prompts.append(dict(prompt_ids=ids, greedy_ids=tokens, min_top2_margin=round(margin, 6), top_ties=ties,
+                            logits=[[float(f"{v:.6g}") for v in r.tolist()] for r in rows]))
+    ref = dict(name=name, architecture="Qwen3ForCausalLM", vocab_size=config.vocab_size,
+               dtype="bfloat16", seed=seed, device=torch.cuda.get_device_name(),
+               transformers_version=transformers.__version__, torch_version=torch.__version__,
+               new_tokens=NEW_TOKENS, logit_steps=LOGIT_STEPS, prompts=prompts)
+    with open(os.path.join(out_dir, "reference.json"), "w") as f:
+        json.dump(ref, f, separators=(",", ":"))
+    del model
+    torch.cuda.empty_cache()
+    print(f"{name}: {config.num_hidden_layers} layers, margins "
+          f"{[p['min_top2_margin'] for p in prompts]}, {time.time() - t0:.1f} s", flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--config-8b", help="Qwen3-8B config.json (shape only)")
+    ap.add_argument("--layers-8b", type=int, default=8)
+    ap.add_argument("--min-margin", type=float, default=0.1)
+    ap.add_argument("--tries", type=int, default=4)
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    make("qwen3_small_hd128", SMALL, args.out, 2001, args.min_margin, args.tries)
+    if args.config_8b:
+        with open(args.config_8b) as f:
+            c = json.load(f)
+        keys = ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads",
+                "num_key_value_heads", "head_dim", "rope_theta", "rms_norm_eps", "max_position_embeddings",
+                "tie_word_embeddings")
+        kw = {k: c[k] for k in keys}
+        kw["num_hidden_layers"] = args.layers_8b
+        make("qwen3_8b_shape", kw, args.out, 2002, args.min_margin, args.tries)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,279 @@
+// Unit tests of the server pieces that need no engine: request parsing and validation, errors,
+// auth, stop strings, metrics text, response shapes, the request queue, flag spellings.
+#include "pie/server/protocol.hpp"
+
+#include <gtest/gtest.h>
+
+#include <CLI/CLI.hpp>
+
+#include <thread>
+
+#include "pie/server/auth.hpp"
+#include "pie/server/errors.hpp"
+#include "pie/server/metrics.hpp"
+#include "pie/server/request_stream.hpp"
+#include "pie/server/responses.hpp"
+#include "pie/server/serve_options.hpp"
+#include "pie/server/stop_strings.hpp"
+
+using namespace pie::server;
+using nlohmann::json;
+
+namespace {
+
+ApiError completion_error(const json& body) {
+  try {
+    GenerationRequest r = parse_completion_request(body, {});
+    resolve_max_tokens(r, 4, 64);
+    validate_sampling(r.params, 1000);
+  } catch (const ApiError& e) {
+    return e;
+  }
+  ADD_FAILURE() << "no error for " << body.dump();
+  return ApiError(0, "");
+}
+
+}  // namespace
+
+TEST(ProtocolCompletion, DefaultsAndFields) {
+  SamplingDefaults d;
+  d.temperature = 0.6f;
+  d.top_k = 20;
+  auto r = parse_completion_request(
+      json{{"model", "m"}, {"prompt", "hi"}, {"top_p", 0.5}, {"n", 2}, {"stop", "x"}, {"seed", 7}, {"logprobs", 3}}, d);
+  EXPECT_EQ(r.model, "m");
+  ASSERT_EQ(r.prompts.size(), 1u);
+  EXPECT_EQ(r.prompts[0].text, "hi");
+  EXPECT_FLOAT_EQ(r.params.temperature, 0.6f);  // default from generation_config
+  EXPECT_EQ(r.params.top_k, 20);
+  EXPECT_FLOAT_EQ(r.params.top_p, 0.5f);
+  EXPECT_EQ(r.params.n, 2);
+  EXPECT_EQ(r.stop, std::vector<std::string>{"x"});
+  EXPECT_EQ(*r.params.seed, 7u);
+  EXPECT_EQ(*r.params.logprobs, 3);
+  EXPECT_EQ(*r.max_tokens, 16);  // OpenAI's completions default
+}
+
+TEST(ProtocolCompletion, PromptForms) {
+  auto a = parse_completion_request(json{{"prompt", {1, 2, 3}}}, {});
+  ASSERT_EQ(a.prompts.size(), 1u);
+  EXPECT_TRUE(a.prompts[0].is_tokens);
+  EXPECT_EQ(a.prompts[0].token_ids, (std::vector<int32_t>{1, 2, 3}));
+  auto b = parse_completion_request(json{{"prompt", {"a", "b"}}}, {});
+  EXPECT_EQ(b.prompts.size(), 2u);
+  auto c = parse_completion_request(json{{"prompt", {{1}, {2, 3}}}}, {});
+  EXPECT_EQ(c.prompts.size(), 2u);
+  EXPECT_EQ(c.prompts[1].token_ids.size(), 2u);
+}
+
+TEST(ProtocolCompletion, InvalidValuesNameTheParameter) {
+  EXPECT_EQ(completion_error({{"prompt", "x"}, {"temperature", -1}}).param(), "temperature");
+  EXPECT_EQ(completion_error({{"prompt", "x"}, {"temperature", "hot"}}).param(), "temperature");
+  EXPECT_EQ(completion_error({{"prompt", "x"}, {"top_p", 0}}).param(), "top_p");
+  EXPECT_EQ(completion_error({{"prompt", "x"}, {"n", 0}}).param(), "n");
+  EXPECT_EQ(completion_error({{"prompt", "x"}, {"max_tokens", 0}}).param(), "max_tokens");
+  EXPECT_EQ(completion_error({{"prompt", "x"}, {"presence_penalty", 3}}).param(), "presence_penalty");
+  EXPECT_EQ(completion_error({{"prompt", "x"}, {"logit_bias", {{"5", 200}}}}).param(), "logit_bias");
+  EXPECT_EQ(completion_error({{"prompt", "x"}, {"logit_bias", {{"abc", 1}}}}).param(), "logit_bias");
+  EXPECT_EQ(completion_error({{"prompt", "x"}, {"stop_token_ids", {5000}}}).param(), "stop_token_ids");
+  EXPECT_EQ(completion_error({{"prompt", "x"}, {"logprobs", 21}}).param(), "logprobs");
+  EXPECT_EQ(completion_error({{"prompt", "x"}, {"stop", 5}}).param(), "stop");
+  EXPECT_EQ(completion_error(json::object()).param(), "prompt");
+  EXPECT_EQ(completion_error({{"prompt", "x"}, {"stream_options", {{"include_usage", true}}}}).param(),
+            "stream_options");
+  EXPECT_EQ(completion_error({{"prompt", "x"}, {"min_tokens", 20}, {"max_tokens", 10}}).param(), "min_tokens");
+  for (auto e : {completion_error({{"prompt", "x"}, {"top_k", -5}})}) {
+    EXPECT_EQ(e.status(), 400);
+    EXPECT_NE(std::string(e.what()).find("top_k"), std::string::npos);
+  }
+}
+
+TEST(ProtocolCompletion, UnsupportedFieldsAreRejectedByName) {
+  for (const char* k : {"response_format", "tools", "guided_json", "suffix", "prompt_logprobs"}) {
+    json body = {{"prompt", "x"}};
+    body[k] = json{{"type", "json_object"}};
+    if (std::string(k) == "suffix") body[k] = "tail";
+    if (std::string(k) == "tools") body[k] = json::array({json{{"type", "function"}}});
+    if (std::string(k) == "prompt_logprobs") body[k] = 1;
+    const ApiError e = completion_error(body);
+    EXPECT_EQ(e.status(), 400) << k;
+    EXPECT_EQ(e.param(), k);
+  }
+  // Harmless or neutral values are accepted.
+  EXPECT_NO_THROW(parse_completion_request(
+      json{{"prompt", "x"}, {"response_format", {{"type", "text"}}}, {"user", "u"}, {"tools", json::array()}}, {}));
+}
+
+TEST(ProtocolCompletion, ContextLengthErrorIsVllmStyle) {
+  auto r = parse_completion_request(json{{"prompt", "x"}, {"max_tokens", 100}}, {});
+  try {
+    resolve_max_tokens(r, 30, 64);
+    FAIL();
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.status(), 400);
+    EXPECT_EQ(e.param(), "max_tokens");
+    EXPECT_NE(std::string(e.what()).find("maximum context length is 64 tokens"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("you requested 130 tokens (30 in the messages, 100 in the completion)"),
+              std::string::npos);
+  }
+  auto c = parse_chat_request(json{{"messages", {{{"role", "user"}, {"content", "hi"}}}}}, {});
+  resolve_max_tokens(c, 10, 64);
+  EXPECT_EQ(c.params.max_tokens, 54);  // unset chat max_tokens fills the context
+}
+
+TEST(ProtocolChat, MessagesAndOptions) {
+  auto r = parse_chat_request(
+      json{{"messages",
+            {{{"role", "user"}, {"content", {{{"type", "text"}, {"text", "a"}}, {{"type", "text"}, {"text", "b"}}}}}}},
+           {"chat_template_kwargs", {{"enable_thinking", false}}},
+           {"max_completion_tokens", 5},
+           {"logprobs", true},
+           {"top_logprobs", 2}},
+      {});
+  EXPECT_EQ(r.messages[0]["content"], "ab");
+  EXPECT_EQ(r.template_options["enable_thinking"], false);
+  EXPECT_EQ(r.template_options["add_generation_prompt"], true);
+  EXPECT_EQ(*r.max_tokens, 5);
+  EXPECT_EQ(*r.params.logprobs, 2);
+  EXPECT_THROW(parse_chat_request(json{{"messages", json::array()}}, {}), ApiError);
+  EXPECT_THROW(parse_chat_request(json{{"messages", {{{"role", "wizard"}, {"content", "x"}}}}}, {}), ApiError);
+  try {
+    parse_chat_request(json{{"messages", {{{"role", "user"}, {"content", "x"}}}}, {"top_logprobs", 2}}, {});
+    FAIL();
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.param(), "top_logprobs");
+  }
+}
+
+TEST(Errors, OpenAIShape) {
+  const json j = model_not_found("x").to_json();
+  EXPECT_EQ(j["error"]["type"], "invalid_request_error");
+  EXPECT_EQ(j["error"]["param"], "model");
+  EXPECT_EQ(j["error"]["code"], "model_not_found");
+  EXPECT_TRUE(j["error"]["message"].is_string());
+  const json u = unauthorized().to_json();
+  EXPECT_TRUE(u["error"]["param"].is_null());
+  EXPECT_EQ(unauthorized().status(), 401);
+  EXPECT_EQ(error_for_status(413).status(), 413);
+}
+
+TEST(Auth, BearerKeyConstantTime) {
+  EXPECT_TRUE(constant_time_equal("abc", "abc"));
+  EXPECT_FALSE(constant_time_equal("abc", "abd"));
+  EXPECT_FALSE(constant_time_equal("abc", "abcd"));
+  EXPECT_FALSE(constant_time_equal("", "a"));
+  ApiKeyAuth off;
+  EXPECT_TRUE(off.allows(""));
+  ApiKeyAuth a("abc123");
+  EXPECT_TRUE(a.allows("Bearer abc123"));
+  EXPECT_TRUE(a.allows("bearer abc123"));
+  EXPECT_FALSE(a.allows("Bearer abc1234"));
+  EXPECT_FALSE(a.allows("Bearer abc12"));
+  EXPECT_FALSE(a.allows("abc123"));
+  EXPECT_FALSE(a.allows(""));
+  EXPECT_FALSE(a.allows("Basic abc123"));
+}
+
+TEST(StopStrings, HoldsBackPrefixesAndCuts) {
+  StopStringMatcher m({"STOP"}, false);
+  EXPECT_EQ(m.push("hello S"), "hello ");  // "S" may start STOP
+  EXPECT_EQ(m.push("T"), "");
+  EXPECT_EQ(m.push("x"), "STx");  // not a stop after all
+  EXPECT_EQ(m.push(" aSTO"), " a");
+  EXPECT_EQ(m.push("P tail"), "");
+  EXPECT_TRUE(m.matched());
+  EXPECT_EQ(m.matched_string(), "STOP");
+  EXPECT_EQ(m.text(), "hello STx a");
+  EXPECT_EQ(m.push("more"), "");
+}
+
+TEST(StopStrings, IncludeStopStringAndFlush) {
+  StopStringMatcher m({"ab", "zzz"}, true);
+  EXPECT_EQ(m.push("xxa"), "xx");
+  EXPECT_EQ(m.push("byy"), "ab");
+  EXPECT_TRUE(m.matched());
+  StopStringMatcher f({"zzz"}, false);
+  EXPECT_EQ(f.push("azz"), "a");
+  EXPECT_EQ(f.flush(), "zz");
+  StopStringMatcher none;
+  EXPECT_EQ(none.push("abc"), "abc");
+}
+
+TEST(Metrics, PrometheusText) {
+  ServerMetrics m;
+  m.prompt_tokens += 5;
+  m.time_to_first_token.observe(0.003);
+  m.time_to_first_token.observe(100.0);
+  EngineGauges g;
+  g.kv_usage = 0.25;
+  g.num_running = 3;
+  const std::string t = m.render("my \"model\"", g);
+  EXPECT_NE(t.find("# TYPE pie:num_requests_running gauge"), std::string::npos);
+  EXPECT_NE(t.find("pie:num_requests_running{model_name=\"my \\\"model\\\"\"} 3"), std::string::npos);
+  EXPECT_NE(t.find("pie:kv_cache_usage_perc{model_name=\"my \\\"model\\\"\"} 0.25"), std::string::npos);
+  EXPECT_NE(t.find("pie:prompt_tokens_total{model_name=\"my \\\"model\\\"\"} 5"), std::string::npos);
+  EXPECT_NE(t.find("pie:time_to_first_token_seconds_bucket{model_name=\"my \\\"model\\\"\",le=\"0.005\"} 1"),
+            std::string::npos);
+  EXPECT_NE(t.find("pie:time_to_first_token_seconds_bucket{model_name=\"my \\\"model\\\"\",le=\"+Inf\"} 2"),
+            std::string::npos);
+  EXPECT_NE(t.find("pie:time_to_first_token_seconds_count{model_name=\"my \\\"model\\\"\"} 2"), std::string::npos);
+}
+
+TEST(ServeFlags, DashAndUnderscoreSpellings) {
+  for (const char* flag : {"--max-model-len", "--max_model_len"}) {
+    CLI::App app;
+    ServeOptions o;
+    add_serve_flags(app, o);
+    app.parse(std::string(flag) + " 123 --no-enable-prefix-caching --served-model-name a b", false);
+    EXPECT_EQ(o.max_model_len, 123);
+    EXPECT_FALSE(o.enable_prefix_caching);
+    EXPECT_EQ(o.served_model_name, (std::vector<std::string>{"a", "b"}));
+  }
+  CLI::App app;
+  ServeOptions o;
+  add_serve_flags(app, o);
+  EXPECT_THROW(app.parse("--block-size 7", false), CLI::ValidationError);
+  CLI::App app2;
+  add_serve_flags(app2, o);
+  EXPECT_THROW(app2.parse("--no-such-flag", false), CLI::ParseError);
+}
+
+TEST(Responses, LogprobShapesAndStopReason) {
+  const TokenText text = [](int32_t id) { return std::string(1, static_cast<char>('a' + id)); };
+  std::vector<pie::TokenLogprob> lps = {{0, -0.5f, {{0, -0.5f}, {1, -1.5f}}}, {2, -0.25f, {}}};
+  const json c = completion_logprobs(lps, text, 10);
+  EXPECT_EQ(c["tokens"], (json{"a", "c"}));
+  EXPECT_EQ(c["text_offset"], (json{10, 11}));
+  EXPECT_EQ(c["top_logprobs"][0].size(), 2u);  // the chosen token and one alternative
+  EXPECT_FLOAT_EQ(c["top_logprobs"][0]["b"].get<float>(), -1.5f);
+  const json h = chat_logprobs(lps, text);
+  EXPECT_EQ(h["content"][0]["token"], "a");
+  EXPECT_EQ(h["content"][0]["bytes"], (json{97}));
+  EXPECT_EQ(h["content"][0]["top_logprobs"].size(), 2u);
+  EXPECT_TRUE(h["refusal"].is_null());
+  EXPECT_EQ(stop_reason_json("END", -1, {}), "END");
+  EXPECT_EQ(stop_reason_json("", 7, {5}), 7);
+  EXPECT_TRUE(stop_reason_json("", 5, {5}).is_null());  // EOS is reported as null, like vLLM
+  EXPECT_EQ(sse(json{{"a", 1}}), "data: {\"a\":1}\n\n");
+  EXPECT_EQ(make_id("cmpl-").size(), 5u + 32u);
+  EXPECT_NE(make_id("x"), make_id("x"));
+}
+
+TEST(RequestStream, PopWaitsAndDrains) {
+  RequestStream s;
+  std::vector<StreamEvent> out;
+  EXPECT_FALSE(s.pop_all(out, std::chrono::milliseconds(1)));
+  std::thread producer([&] {
+    StreamEvent a;
+    a.seqs.push_back({});
+    s.push(std::move(a));
+    StreamEvent b;
+    b.finished = true;
+    s.push(std::move(b));
+  });
+  producer.join();
+  EXPECT_TRUE(s.pop_all(out, std::chrono::milliseconds(100)));
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_TRUE(out[1].finished);
+  EXPECT_TRUE(s.finished());
+}

@@ -1,0 +1,83 @@
+"""`pie serve` as a command: --help, flag errors (exit 2), graceful exit 0 on SIGINT/SIGTERM."""
+import http.client
+import json
+import signal
+import subprocess
+import threading
+
+import pytest
+
+from conftest import Server, pie_bin
+
+FLAGS = ["--host", "--port", "--api-key", "--served-model-name", "--max-model-len", "--tensor-parallel-size",
+         "--gpu-memory-utilization", "--block-size", "--max-num-seqs", "--max-num-batched-tokens",
+         "--enable-prefix-caching", "--no-enable-prefix-caching", "--enable-chunked-prefill", "--kv-cache-dtype",
+         "--dtype", "--swap-space", "--enforce-eager", "--seed", "--load-format", "--generation-config",
+         "--chat-template", "--reasoning-parser", "--device", "--max_model_len", "--api_key"]
+
+
+def run(*args, timeout=60):
+    return subprocess.run([pie_bin(), "serve", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_lists_every_flag():
+    r = run("--help")
+    assert r.returncode == 0
+    for f in FLAGS:
+        assert f in r.stdout, f
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--no-such-flag"], "no-such-flag"),
+    (["--port", "http"], "port"),
+    (["--port", "70000"], "port"),
+    (["--block-size", "7"], "block-size"),
+    (["--load-format", "pickle"], "load-format"),
+    (["--generation-config", "maybe"], "generation-config"),
+    (["--reasoning-parser", "deepseek"], "reasoning-parser"),
+    (["--gpu-memory-utilization", "1.5"], "gpu-memory-utilization"),
+    (["--max_model_len", "zero"], "max-model-len"),
+    (["--device", "tpu"], "device"),
+    (["--chat-template", "/nonexistent/template.jinja"], "chat-template"),
+])
+def test_bad_flags_exit_2_with_a_message(args, needle):
+    r = run(*args)
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert needle in (r.stderr + r.stdout)
+
+
+def test_unusable_combination_exits_2():
+    r = run("--tensor-parallel-size", "2")
+    assert r.returncode == 2 and "tensor-parallel-size" in r.stderr
+    r = run("/nonexistent/model/dir")
+    assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_during_a_stream_exits_0(sig):
+    s = Server(["--max-model-len", "2048"])
+    got = {}
+
+    def stream():
+        conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=60)
+        conn.request("POST", "/v1/completions", body=json.dumps(
+            {"prompt": "long", "max_tokens": 1500, "ignore_eos": True, "stream": True}))
+        r = conn.getresponse()
+        got["status"] = r.status
+        got["body"] = r.read()  # ends when the server aborts the request and closes
+        conn.close()
+
+    t = threading.Thread(target=stream)
+    t.start()
+    import time
+    deadline = time.monotonic() + 30
+    while "status" not in got and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    rc = s.stop(sig)
+    t.join(30)
+    assert rc == 0, "\n".join(s.lines)
+    assert got.get("status") == 200
+    body = got.get("body", b"")
+    assert b'"finish_reason":"abort"' in body and body.rstrip().endswith(b"data: [DONE]"), body[-300:]
+    assert any("stopped" in line for line in s.lines)
