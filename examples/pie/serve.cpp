@@ -9,12 +9,14 @@
 #include <climits>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <string>
 #include <thread>
 
 #include "pie/core/dispatch.hpp"
+#include "pie/engine/any_engine.hpp"
 #include "pie/engine/engine.hpp"
 #include "pie/model/config_io.hpp"
 #include "pie/model/embedded.hpp"
@@ -24,6 +26,9 @@
 #include "pie/tokenizer/detokenizer.hpp"
 #include "pie/tokenizer/reasoning.hpp"
 #include "pie/tokenizer/tokenizer.hpp"
+#if defined(PIE_HAVE_SERVE_CUDA)
+#include "serve_cuda.hpp"
+#endif
 
 namespace pie::cli {
 
@@ -64,9 +69,11 @@ int resolve_max_model_len(const ServeOptions& o) {
   return static_cast<int>(std::min<int64_t>(pos, INT_MAX / 2));
 }
 
-template <class Policy>
-int serve_with(const ServeOptions& o) {
-  using EngineT = Engine<Qwen3, Policy>;
+/// Builds the engine on the engine thread from the options serve_with filled in.
+using EngineFactory = std::function<std::unique_ptr<AnyEngine>(const EngineOptions&)>;
+
+int serve_with(const ServeOptions& o, EngineFactory make_engine) {
+  using EngineT = AnyEngine;
   using Detok = tokenizer::IncrementalDetokenizer;
 
   // ---- text side: tokenizer, chat template, reasoning parser ----
@@ -103,6 +110,9 @@ int serve_with(const ServeOptions& o) {
                                         ? std::max(8192, o.max_num_seqs)
                                         : std::max({8192, o.max_num_seqs, eo.sched.max_model_len});
   if (o.kv_cache_memory_bytes > 0) eo.kv_cache_bytes = static_cast<size_t>(o.kv_cache_memory_bytes);
+  eo.gpu_memory_utilization = o.gpu_memory_utilization;
+  eo.swap_space_gib = o.swap_space;
+  eo.enforce_eager = o.enforce_eager;
   try {
     eo.sched.validate();
   } catch (const pie::Error& e) {
@@ -113,7 +123,7 @@ int serve_with(const ServeOptions& o) {
 
   server::ServerMetrics metrics;
   server::EngineService<EngineT, Detok> service(
-      [eo] { return std::make_unique<EngineT>(eo); },
+      [eo, make_engine] { return make_engine(eo); },
       [max_model_len, gen_mode](const EngineT& e) {
         server::ModelInfo info;
         info.max_model_len = static_cast<int>(std::min<int64_t>(max_model_len, e.config().max_position_embeddings));
@@ -228,9 +238,39 @@ int run_serve(const ServeOptions& o) {
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   signal(SIGPIPE, SIG_IGN);
   try {
+    if (!o.model.empty() && !fs::is_directory(o.model))
+      throw UsageError("model directory '" + o.model + "' does not exist");
+    if (!o.tokenizer.empty() && o.tokenizer != "embedded" && !fs::exists(o.tokenizer))
+      throw UsageError("--tokenizer '" + o.tokenizer + "' does not exist");
     std::string device = o.device;
-    if (device == "auto") device = "cpu";  // the CUDA serving path is wired in with issue 7 item 10
-    if (device == "cuda") throw UsageError("--device cuda: this build of `pie serve` runs the CPU backend only");
+    if (device == "auto") {
+      // A checkpoint goes to the GPU when this build has the CUDA backend and a GPU is visible;
+      // the embedded default (and everything in CPU-only builds) runs on the CPU.
+      device = "cpu";
+#if defined(PIE_HAVE_SERVE_CUDA)
+      if (!o.model.empty() && cuda_device_count() > 0) device = "cuda";
+#endif
+    }
+    if (device == "cuda") {
+#if defined(PIE_HAVE_SERVE_CUDA)
+      if (o.tensor_parallel_size != 1)
+        throw UsageError("--tensor-parallel-size " + std::to_string(o.tensor_parallel_size) +
+                         ": `pie serve --device cuda` runs on one GPU");
+      if (o.dtype != "auto" && o.dtype != "bfloat16")
+        throw UsageError("--dtype " + o.dtype + ": the CUDA backend of `pie serve` computes in bfloat16 (auto|bfloat16)");
+      if (o.kv_cache_dtype != "auto" && o.kv_cache_dtype != "bfloat16")
+        throw UsageError("--kv-cache-dtype " + o.kv_cache_dtype +
+                         ": the CUDA backend of `pie serve` stores the KV cache in bfloat16 (auto|bfloat16)");
+      if (o.block_size != 16)
+        throw UsageError("--block-size " + std::to_string(o.block_size) + ": the CUDA backend uses blocks of 16 tokens");
+      if (cuda_device_count() == 0) throw UsageError("--device cuda: no CUDA device is visible");
+      const size_t kv_bytes = static_cast<size_t>(o.kv_cache_memory_bytes);
+      return serve_with(o, [kv_bytes](const EngineOptions& eo) { return make_cuda_engine(eo, kv_bytes); });
+#else
+      throw UsageError("--device cuda: this build of `pie` has no CUDA backend (configure with a CUDA compiler "
+                       "to get one); use --device cpu");
+#endif
+    }
     if (o.tensor_parallel_size != 1)
       throw UsageError("--tensor-parallel-size " + std::to_string(o.tensor_parallel_size) +
                        ": the CPU backend runs on one device");
@@ -238,12 +278,10 @@ int run_serve(const ServeOptions& o) {
       throw UsageError("--dtype " + o.dtype + ": the CPU backend computes in float32");
     if (o.kv_cache_dtype != "auto" && o.kv_cache_dtype != "float32")
       throw UsageError("--kv-cache-dtype " + o.kv_cache_dtype + ": the CPU backend stores the KV cache in float32");
-    if (!o.model.empty() && !fs::is_directory(o.model))
-      throw UsageError("model directory '" + o.model + "' does not exist");
-    if (!o.tokenizer.empty() && o.tokenizer != "embedded" && !fs::exists(o.tokenizer))
-      throw UsageError("--tokenizer '" + o.tokenizer + "' does not exist");
     return PIE_DISPATCH_BLOCK_SIZE(o.block_size, BLOCK, [&] {
-      return serve_with<EnginePolicy<BLOCK, float, float, attention::Causal, backend::Cpu>>(o);
+      return serve_with(o, [](const EngineOptions& eo) {
+        return make_any_engine<Engine<Qwen3, EnginePolicy<BLOCK, float, float, attention::Causal, backend::Cpu>>>(eo);
+      });
     });
   } catch (const UsageError& e) {
     std::cerr << "pie serve: " << e.what() << std::endl;

@@ -18,10 +18,12 @@
 
 #include "pie/core/error.hpp"
 #include "pie/core/policy.hpp"
+#include "pie/engine/cuda/sample_specs.hpp"
 #include "pie/engine/engine_options.hpp"
 #include "pie/engine/model_runner.hpp"
 #include "pie/engine/request_output.hpp"
 #include "pie/engine/sampler.hpp"
+#include "pie/model/config_io.hpp"
 #include "pie/model/load.hpp"
 #include "pie/model/qwen3.hpp"
 #include "pie/ops/cpu/parallel.hpp"
@@ -36,35 +38,62 @@ template <class Model, class Policy = CpuF32>
 class Engine {
  public:
   using T = typename Policy::dtype;
+  using Runner = ModelRunner<Model, Policy>;
+  /// The runner loads the model and sizes its KV cache from EngineOptions (the CUDA runner).
+  static constexpr bool kBuildsFromOptions = [] {
+    if constexpr (requires { Runner::kBuildsFromOptions; }) return Runner::kBuildsFromOptions;
+    else return false;
+  }();
+  /// The runner samples on the device: execute(plan, specs) → ids; execute_logits(plan, specs)
+  /// → host logits, one row per draw, for parameters the device sampler cannot honour.
+  static constexpr bool kSamplesOnDevice = [] {
+    if constexpr (requires { Runner::kSamplesOnDevice; }) return Runner::kSamplesOnDevice;
+    else return false;
+  }();
 
   /// Loads the model (or the embedded default), sizes the KV cache, builds the scheduler.
   /// Throws pie::Error naming what is wrong (files, flags, cache too small for max_model_len).
+  /// A runner with kBuildsFromOptions (the CUDA one) loads the model and sizes its cache itself
+  /// (memory plan from gpu_memory_utilization; swap pool from swap_space_gib).
   explicit Engine(EngineOptions opt) : opt_(std::move(opt)) {
-    unsigned threads = opt_.num_threads > 0 ? static_cast<unsigned>(opt_.num_threads)
-                                            : std::max(1u, std::thread::hardware_concurrency());
-    ops::cpu::set_num_threads(static_cast<int>(threads));
-    model::LoadOptions lo;
-    lo.threads = threads;
-    auto loaded = model::load_model<T>(opt_.model_dir, model::parse_load_format(opt_.load_format),
-                                       opt_.seed, lo);
-    cfg_ = loaded.weights.config;
-    gen_ = loaded.generation;
+    sched::SchedulerConfig sc = opt_.sched;
+    int blocks = 0, host_blocks = opt_.num_host_blocks;
+    if constexpr (kBuildsFromOptions) {
+      if (!opt_.model_dir.empty()) {
+        const auto c = model::load_model_config(opt_.model_dir);
+        if (c.max_position_embeddings > 0)
+          sc.max_model_len = static_cast<int>(std::min<int64_t>(sc.max_model_len, c.max_position_embeddings));
+      }
+      opt_.sched = sc;
+      runner_ = std::make_unique<Runner>(opt_);
+      cfg_ = runner_->config();
+      gen_ = runner_->generation_config();
+      blocks = runner_->num_blocks();
+      host_blocks = runner_->num_host_blocks();
+    } else {
+      unsigned threads = opt_.num_threads > 0 ? static_cast<unsigned>(opt_.num_threads)
+                                              : std::max(1u, std::thread::hardware_concurrency());
+      ops::cpu::set_num_threads(static_cast<int>(threads));
+      model::LoadOptions lo;
+      lo.threads = threads;
+      auto loaded = model::load_model<T>(opt_.model_dir, model::parse_load_format(opt_.load_format),
+                                         opt_.seed, lo);
+      cfg_ = loaded.weights.config;
+      gen_ = loaded.generation;
+      kv::KVLayout layout{cfg_.num_hidden_layers, cfg_.num_key_value_heads, cfg_.head_dim,
+                          Policy::block_size, DTypeTraits<typename Policy::kv_dtype>::dtype};
+      blocks = opt_.num_kv_blocks > 0 ? opt_.num_kv_blocks
+                                      : static_cast<int>(layout.blocks_for_budget(opt_.kv_cache_bytes));
+      PIE_CHECK(blocks > 0, "kv_cache_bytes (", opt_.kv_cache_bytes, ") holds no KV block of ",
+                layout.bytes_per_block(), " bytes");
+      runner_ = std::make_unique<Runner>(std::move(loaded.weights), blocks, opt_.num_host_blocks);
+    }
     eos_ = gen_.eos_token_ids;
     for (int32_t id : cfg_.eos_token_ids)
       if (std::find(eos_.begin(), eos_.end(), id) == eos_.end()) eos_.push_back(id);
-
-    kv::KVLayout layout{cfg_.num_hidden_layers, cfg_.num_key_value_heads, cfg_.head_dim,
-                        Policy::block_size, DTypeTraits<typename Policy::kv_dtype>::dtype};
-    int blocks = opt_.num_kv_blocks > 0 ? opt_.num_kv_blocks
-                                        : static_cast<int>(layout.blocks_for_budget(opt_.kv_cache_bytes));
-    PIE_CHECK(blocks > 0, "kv_cache_bytes (", opt_.kv_cache_bytes, ") holds no KV block of ",
-              layout.bytes_per_block(), " bytes");
-    sched::SchedulerConfig sc = opt_.sched;
     if (cfg_.max_position_embeddings > 0)
       sc.max_model_len = static_cast<int>(std::min<int64_t>(sc.max_model_len, cfg_.max_position_embeddings));
-    scheduler_ = std::make_unique<sched::Scheduler>(sc, blocks, Policy::block_size, opt_.num_host_blocks);
-    runner_ = std::make_unique<ModelRunner<Model, Policy>>(std::move(loaded.weights), blocks,
-                                                           opt_.num_host_blocks);
+    scheduler_ = std::make_unique<sched::Scheduler>(sc, blocks, Policy::block_size, host_blocks);
   }
 
   /// Queues a prompt; returns its request id. Throws pie::Error naming the bad field.
@@ -87,19 +116,56 @@ class Engine {
     const bool has_block_ops = !plan.swap_in.empty() || !plan.swap_out.empty() || !plan.copy_blocks.empty();
     last_step_ran_ = !plan.empty() || has_block_ops;
     if (!last_step_ran_) return {};
-    std::span<const float> logits = runner_->execute(plan);
-    if (plan.empty()) return {};  // the scheduler expects no update() for an empty plan
-    const size_t vocab = static_cast<size_t>(cfg_.vocab_size);
-
     struct Drawn { uint64_t request; int index; SamplerOutput out; };
     std::vector<Drawn> drawn;
     std::vector<int32_t> sampled;
-    for (size_t j = 0; j < plan.sample_seqs.size(); ++j) {
+    std::span<const float> logits;
+    bool on_host = true;  // sample from `logits` below
+    if constexpr (kSamplesOnDevice) {
+      // Device sampling: only the ids come back, unless a request's parameters need the host
+      // sampler (penalties, logit bias, min_tokens, logprobs): then this step's sampled rows
+      // come back as logits and every row is sampled on the host below.
+      auto seed_of = [this](uint64_t rid) { return default_seed(rid); };
+      std::vector<engine::cuda::SampleSpec> specs = engine::cuda::sample_specs(*scheduler_, plan, seed_of);
+      bool host = false;
+      for (size_t j = 0; j < plan.sample_seqs.size() && !host; ++j)
+        host = engine::cuda::needs_host_sampling(scheduler_->plan_sequence(plan.sample_seqs[j]).request->params);
+      if (!host) {
+        on_host = false;
+        std::span<const int32_t> ids = runner_->execute(plan, specs);
+        if (plan.empty()) return {};
+        PIE_CHECK(ids.size() == specs.size(), "Engine::step: the runner sampled ", ids.size(), " tokens for ",
+                  specs.size(), " draws");
+        size_t i = 0;
+        for (size_t j = 0; j < plan.sample_seqs.size(); ++j) {
+          const sched::Sequence& s = scheduler_->plan_sequence(plan.sample_seqs[j]);
+          const int count = plan.sample_counts.empty() ? 1 : plan.sample_counts[j];
+          for (int k = 0; k < count; ++k, ++i) {
+            SamplerOutput o;
+            o.token = ids[i];
+            sampled.push_back(o.token);
+            drawn.push_back({s.request->id, count > 1 ? k : s.index, std::move(o)});
+          }
+        }
+      } else {
+        logits = runner_->execute_logits(plan, specs);
+      }
+    } else {
+      logits = runner_->execute(plan);
+    }
+    if (plan.empty()) return {};  // the scheduler expects no update() for an empty plan
+    const size_t vocab = static_cast<size_t>(cfg_.vocab_size);
+
+    size_t row = 0;  // logits row of the next draw on the device runner
+    for (size_t j = 0; on_host && j < plan.sample_seqs.size(); ++j) {
       const sched::Sequence& s = scheduler_->plan_sequence(plan.sample_seqs[j]);
       const sched::Request& r = *s.request;
       const int count = plan.sample_counts.empty() ? 1 : plan.sample_counts[j];
       for (int k = 0; k < count; ++k) {
-        row_.assign(logits.begin() + j * vocab, logits.begin() + (j + 1) * vocab);
+        // The CPU runner returns one logits row per sampled sequence (its n draws share it);
+        // the device runner one row per draw.
+        const size_t at = kSamplesOnDevice ? row++ : j;
+        row_.assign(logits.begin() + at * vocab, logits.begin() + (at + 1) * vocab);
         SamplerInput in;
         in.params = &r.params;
         in.prompt = s.prompt();
@@ -228,7 +294,7 @@ class Engine {
   model::GenerationConfig gen_;
   std::vector<int32_t> eos_;
   std::unique_ptr<sched::Scheduler> scheduler_;
-  std::unique_ptr<ModelRunner<Model, Policy>> runner_;
+  std::unique_ptr<Runner> runner_;
   std::vector<float> row_;
   uint64_t next_id_ = 0;
   bool last_step_ran_ = false;

@@ -21,6 +21,13 @@ struct EngineOptions {
   int num_host_blocks = 0;           ///< swap space, in blocks (preemption_mode swap)
   uint64_t seed = 0;                 ///< dummy weights, and the sampling seed of unseeded requests
   int num_threads = 0;               ///< 0 → hardware concurrency
+  // GPU backend (ignored by the CPU runner): vLLM's sizing flags. There the KV cache is sized
+  // by the memory plan (gpu_memory_utilization) unless num_kv_blocks is set, and the host swap
+  // pool by swap_space_gib; kv_cache_bytes and num_host_blocks are not used.
+  double gpu_memory_utilization = 0.9;
+  double swap_space_gib = 4.0;
+  bool enforce_eager = false;        ///< no CUDA graphs
+  bool log = true;                   ///< GPU runner: print the memory plan and graph capture
 };
 
 }  // namespace pie

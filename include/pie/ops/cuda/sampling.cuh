@@ -119,7 +119,8 @@ __device__ __forceinline__ double uniform01(uint64_t seed, int seq_index, int64_
 
 /// Bias/suppression and penalties of one row, in the CPU order. One CTA per row; `bits` is
 /// dynamic shared memory of two vocab-sized bitmaps (prompt ∪ output, output).
-__global__ void sampling_penalty_kernel(float* __restrict__ logits, int vocab, SamplingInputs in) {
+// static: a header-only kernel must not clash when several CUDA files of one program include it.
+static __global__ void sampling_penalty_kernel(float* __restrict__ logits, int vocab, SamplingInputs in) {
   extern __shared__ uint32_t bits[];
   const SamplingRow r = in.rows[blockIdx.x];
   float* x = logits + int64_t(blockIdx.x) * vocab;
@@ -245,7 +246,7 @@ __device__ int collect(int vocab, uint32_t kmin, DVal dval, SampleSmem& s) {
 /// bisected over a small candidate set in shared memory whenever top-k (or the logprob top-n)
 /// bounds it — the k-th largest per-thread maximum is a lower bound of the k-th largest logit,
 /// so every element above the threshold is above that pivot — and over the row otherwise.
-__global__ void __launch_bounds__(kSampleThreads) sampling_kernel(const float* __restrict__ logits, int vocab,
+static __global__ void __launch_bounds__(kSampleThreads) sampling_kernel(const float* __restrict__ logits, int vocab,
                                                                   SamplingInputs in, SamplingOutputs out) {
   __shared__ SampleSmem s;
   const SamplingRow r = in.rows[blockIdx.x];

@@ -1,0 +1,23 @@
+#pragma once
+/// \file serve_cuda.hpp
+/// \brief The CUDA half of `pie serve`: defined in serve_cuda.cpp, which is compiled as CUDA
+/// and only in builds with the CUDA backend (PIE_HAVE_SERVE_CUDA). serve.cpp stays host code.
+#include <memory>
+#include <string>
+
+#include "pie/engine/any_engine.hpp"
+#include "pie/engine/engine_options.hpp"
+
+namespace pie::cli {
+
+/// GPUs the CUDA runtime sees (0 when there is no driver or device).
+int cuda_device_count();
+
+/// Builds Engine<Qwen3, CudaBf16> from `eo` on the calling thread (which then owns the CUDA
+/// work). `kv_cache_bytes` > 0 fixes the KV cache size (→ num_kv_blocks) instead of the memory
+/// plan. Before loading, measures the card's ceilings (bf16 GEMM FLOP/s, device copy bytes/s)
+/// and prints one `pie: roofline:` line with them and the step's weight bytes, from which a
+/// client computes the decode step's roofline (bench/serving_client.py).
+std::unique_ptr<AnyEngine> make_cuda_engine(EngineOptions eo, size_t kv_cache_bytes);
+
+}  // namespace pie::cli

@@ -1,0 +1,195 @@
+// Engine's device-sampling path (the one the CUDA runner takes), on the CPU with a fake runner
+// that declares kBuildsFromOptions and kSamplesOnDevice: its logits are a fixed hash of (input
+// token, position, vocabulary id), so the greedy continuation of a prompt is known in advance.
+// Checks that greedy requests take execute(plan, specs) with one spec per draw carrying the
+// step count, that any request asking for logprobs sends its step through execute_logits and
+// the host Sampler (one row per draw), and that both paths give the known tokens.
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "pie/engine/engine.hpp"
+#include "pie/model/embedded.hpp"
+
+namespace {
+struct FakeModel {};
+
+float fake_logit(int32_t token, int32_t pos, int v) {
+  uint64_t x = (static_cast<uint64_t>(token) * 1315423911u) ^ (static_cast<uint64_t>(pos) * 2654435761u) ^
+               (static_cast<uint64_t>(v) * 0x9e3779b97f4a7c15ull);
+  x ^= x >> 29; x *= 0xbf58476d1ce4e5b9ull; x ^= x >> 32;
+  return static_cast<float>(x % 100003) / 1000.f;
+}
+
+int32_t fake_argmax(int32_t token, int32_t pos, int vocab) {
+  int32_t best = 0;
+  for (int v = 1; v < vocab; ++v)
+    if (fake_logit(token, pos, v) > fake_logit(token, pos, best)) best = v;  // lowest id on ties
+  return best;
+}
+
+struct Calls {
+  int device_steps = 0, host_steps = 0;
+  std::vector<pie::engine::cuda::SampleSpec> last_specs;
+};
+Calls g_calls;
+}  // namespace
+
+namespace pie {
+template <class Policy>
+class ModelRunner<FakeModel, Policy, backend::Cpu> {
+ public:
+  static constexpr bool kBuildsFromOptions = true;
+  static constexpr bool kSamplesOnDevice = true;
+  static constexpr int kVocab = 97;
+
+  explicit ModelRunner(const EngineOptions& o) : blocks_(o.num_kv_blocks) {
+    cfg_ = model::embedded_config();
+    cfg_.vocab_size = kVocab;
+    cfg_.eos_token_ids.clear();
+  }
+  const model::ModelConfig& config() const { return cfg_; }
+  const model::GenerationConfig& generation_config() const { return gen_; }
+  int num_blocks() const { return blocks_; }
+  int num_host_blocks() const { return 0; }
+
+  std::span<const int32_t> execute(const sched::StepPlan& plan, const std::vector<engine::cuda::SampleSpec>& specs) {
+    PIE_CHECK(static_cast<int>(specs.size()) == plan.num_sampled_tokens(), "specs ", specs.size(), " for ",
+              plan.num_sampled_tokens(), " draws");
+    ++g_calls.device_steps;
+    g_calls.last_specs = specs;
+    ids_.clear();
+    size_t d = 0;
+    for (size_t j = 0; j < plan.sample_seqs.size(); ++j) {
+      const int row = plan.logits_rows[j];
+      const int count = plan.sample_counts.empty() ? 1 : plan.sample_counts[j];
+      for (int k = 0; k < count; ++k, ++d) {
+        PIE_CHECK(specs[d].temperature == 0.f, "the fake device sampler is greedy only");
+        ids_.push_back(fake_argmax(plan.token_ids[row], plan.positions[row], kVocab));
+      }
+    }
+    return ids_;
+  }
+
+  std::span<const float> execute_logits(const sched::StepPlan& plan,
+                                        const std::vector<engine::cuda::SampleSpec>& specs) {
+    PIE_CHECK(static_cast<int>(specs.size()) == plan.num_sampled_tokens(), "specs ", specs.size(), " for ",
+              plan.num_sampled_tokens(), " draws");
+    ++g_calls.host_steps;
+    logits_.clear();
+    for (size_t j = 0; j < plan.sample_seqs.size(); ++j) {
+      const int row = plan.logits_rows[j];
+      const int count = plan.sample_counts.empty() ? 1 : plan.sample_counts[j];
+      for (int k = 0; k < count; ++k)
+        for (int v = 0; v < kVocab; ++v) logits_.push_back(fake_logit(plan.token_ids[row], plan.positions[row], v));
+    }
+    return logits_;
+  }
+
+ private:
+  model::ModelConfig cfg_;
+  model::GenerationConfig gen_;
+  int blocks_ = 0;
+  std::vector<int32_t> ids_;
+  std::vector<float> logits_;
+};
+}  // namespace pie
+
+namespace {
+using namespace pie;
+using FakeEngine = Engine<FakeModel, CpuF32>;
+constexpr int kVocab = ModelRunner<FakeModel, CpuF32>::kVocab;
+
+static_assert(FakeEngine::kBuildsFromOptions && FakeEngine::kSamplesOnDevice);
+static_assert(!Engine<Qwen3, CpuF32>::kBuildsFromOptions && !Engine<Qwen3, CpuF32>::kSamplesOnDevice);
+
+EngineOptions options() {
+  EngineOptions o;
+  o.num_kv_blocks = 64;
+  o.sched.max_model_len = 128;
+  return o;
+}
+
+sched::SamplingParams greedy(int max_tokens) {
+  sched::SamplingParams p;
+  p.temperature = 0;
+  p.max_tokens = max_tokens;
+  p.ignore_eos = true;
+  return p;
+}
+
+std::vector<int32_t> expected(const std::vector<int32_t>& prompt, int n) {
+  std::vector<int32_t> out;
+  int32_t last = prompt.back(), pos = static_cast<int32_t>(prompt.size()) - 1;
+  for (int i = 0; i < n; ++i) {
+    last = fake_argmax(last, pos++, kVocab);
+    out.push_back(last);
+  }
+  return out;
+}
+
+const std::vector<std::vector<int32_t>> kPrompts = {{5, 17, 3, 40}, {90, 1}, {7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 2}};
+
+TEST(DeviceSampling, GreedyTakesTheDevicePathAndGivesTheKnownTokens) {
+  g_calls = {};
+  FakeEngine e(options());
+  auto res = e.generate(kPrompts, greedy(12));
+  ASSERT_EQ(res.size(), kPrompts.size());
+  for (size_t i = 0; i < kPrompts.size(); ++i) EXPECT_EQ(res[i].tokens[0], expected(kPrompts[i], 12)) << "prompt " << i;
+  EXPECT_GT(g_calls.device_steps, 0);
+  EXPECT_EQ(g_calls.host_steps, 0);
+}
+
+TEST(DeviceSampling, SpecsCarryOneEntryPerDrawWithStepAndIndex) {
+  g_calls = {};
+  FakeEngine e(options());
+  auto p = greedy(4);
+  p.n = 3;
+  auto res = e.generate({kPrompts[0]}, p);
+  for (int k = 0; k < 3; ++k) EXPECT_EQ(res[0].tokens[k], expected(kPrompts[0], 4)) << "draw " << k;
+  // The last step decodes the 3 sequences, each with 3 tokens generated before it.
+  ASSERT_EQ(g_calls.last_specs.size(), 3u);
+  for (int k = 0; k < 3; ++k) {
+    EXPECT_EQ(g_calls.last_specs[k].seq_index, k);
+    EXPECT_EQ(g_calls.last_specs[k].step, 3);
+  }
+}
+
+TEST(DeviceSampling, LogprobsSendTheStepThroughHostLogits) {
+  g_calls = {};
+  FakeEngine e(options());
+  auto with_lp = greedy(10);
+  with_lp.logprobs = 2;
+  const uint64_t a = e.add_request(kPrompts[0], with_lp);
+  const uint64_t b = e.add_request(kPrompts[1], greedy(10));  // shares every step with `a`
+  std::vector<int32_t> ta, tb;
+  size_t lps = 0;
+  while (e.has_unfinished()) {
+    for (auto& ro : e.step()) {
+      for (auto& so : ro.seqs) {
+        auto& t = ro.request_id == a ? ta : tb;
+        if (ro.request_id == a) {
+          ASSERT_EQ(so.logprobs.size(), so.new_tokens.size());
+          for (size_t i = 0; i < so.new_tokens.size(); ++i) {
+            EXPECT_EQ(so.logprobs[i].token, so.new_tokens[i]);
+            ASSERT_EQ(so.logprobs[i].top.size(), 2u);
+            EXPECT_EQ(so.logprobs[i].top[0].first, so.new_tokens[i]);  // greedy: the top-1
+          }
+          lps += so.logprobs.size();
+        } else {
+          EXPECT_TRUE(so.logprobs.empty());
+        }
+        t.insert(t.end(), so.new_tokens.begin(), so.new_tokens.end());
+      }
+    }
+  }
+  (void)b;
+  EXPECT_EQ(ta, expected(kPrompts[0], 10));
+  EXPECT_EQ(tb, expected(kPrompts[1], 10));
+  EXPECT_EQ(lps, 10u);
+  EXPECT_EQ(g_calls.device_steps, 0);
+  EXPECT_GT(g_calls.host_steps, 0);
+}
+}  // namespace
