@@ -64,8 +64,14 @@ class CudaEngine {
     using clock = std::chrono::steady_clock;
     auto t0 = clock::now();
     sched::StepPlan plan = scheduler_->schedule();
-    last_empty_ = plan.empty();
-    if (plan.empty()) return {};
+    const bool has_block_ops = !plan.swap_in.empty() || !plan.swap_out.empty() || !plan.copy_blocks.empty();
+    last_empty_ = plan.empty() && !has_block_ops;
+    if (plan.empty()) {
+      // Block operations alone (a swap-out that made room for nothing else) still run; the
+      // scheduler expects no update() for a plan without tokens.
+      if (has_block_ops) runner_->execute(plan, {});
+      return {};
+    }
     auto seed_of = [this](uint64_t rid) { return seed_ ^ (rid * 0x9e3779b97f4a7c15ull); };
     std::vector<SampleSpec> specs = sample_specs(*scheduler_, plan, seed_of);
     bool host = false;

@@ -76,31 +76,18 @@ class ModelRunner<Qwen3, Policy, backend::Cuda> {
   Inner& inner() { return *runner_; }
 
   /// One step with device sampling: the sampled ids, in sample order (one per spec). A plan
-  /// with only block operations runs them and returns nothing.
+  /// with only block operations runs them and returns nothing (CudaModelRunner does that).
   std::span<const int32_t> execute(const sched::StepPlan& plan, const std::vector<engine::cuda::SampleSpec>& specs) {
-    if (plan.empty()) {
-      apply_block_ops(plan);
-      return {};
-    }
     return runner_->execute(plan, specs);
   }
 
   /// One step whose sampled rows come back as host float logits ([specs.size()][vocab]).
   std::span<const float> execute_logits(const sched::StepPlan& plan,
                                         const std::vector<engine::cuda::SampleSpec>& specs) {
-    if (plan.empty()) {
-      apply_block_ops(plan);
-      return {};
-    }
     return runner_->execute_logits(plan, specs);
   }
 
  private:
-  void apply_block_ops(const sched::StepPlan& plan) {
-    runner_->kv_cache().apply(plan, runner_->stream());
-    PIE_CUDA_CHECK(cudaStreamSynchronize(runner_->stream()));
-  }
-
   model::GenerationConfig gen_;
   std::unique_ptr<Inner> runner_;
 };

@@ -292,7 +292,13 @@ class CudaModelRunner {
 
   // ---- one step -----------------------------------------------------------------------------------
   void launch(const sched::StepPlan& plan, const std::vector<SampleSpec>& specs, bool want_logits) {
-    PIE_CHECK(!plan.empty(), "CudaModelRunner: empty step plan");
+    if (plan.empty()) {
+      // A plan with no tokens may still carry block operations (a swap-out that freed room for
+      // nothing else this step): they must run before the scheduler reuses those blocks.
+      kv_->apply(plan, stream_);
+      last_samples_ = 0;
+      return;
+    }
     run_step(plan, specs, *kv_, /*allow_graph=*/true, want_logits);
   }
 

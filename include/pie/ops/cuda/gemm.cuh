@@ -7,6 +7,7 @@
 
 #include <cstring>
 #include <tuple>
+#include <type_traits>
 #include <unordered_map>
 
 #include "pie/ops/cuda/common.cuh"
@@ -36,11 +37,16 @@ class Gemm {
   }
 
   /// \brief y [M, N] = x [M, K]·w [N, K]ᵀ (+ bias [N] when non-null). Rows of x and y may be
-  /// strided; w is row-major as stored in the checkpoint.
-  template <class T>
-  void operator()(TensorView<T> y, TensorView<T> x, TensorView<T> w, const T* bias = nullptr,
+  /// strided; w is row-major as stored in the checkpoint. y is either the operand type or float:
+  /// float output (lm_head → sampler) is written straight from the fp32 accumulators, saving a
+  /// cast pass and a rounding to 16 bits.
+  template <class TY, class T>
+  void operator()(TensorView<TY> y, TensorView<T> x, TensorView<T> w, const T* bias = nullptr,
                   cudaStream_t stream = nullptr) {
     static_assert(std::is_same_v<T, pie::f16> || std::is_same_v<T, pie::bf16>, "Gemm: f16 or bf16 operands");
+    static_assert(std::is_same_v<TY, T> || std::is_same_v<TY, float>, "Gemm: output is the operand type or float");
+    constexpr bool kFloatOut = std::is_same_v<TY, float> && !std::is_same_v<T, float>;
+    PIE_CHECK(!(kFloatOut && bias != nullptr), "Gemm: a bias needs the operand-typed output");
     PIE_CHECK(x.rank == 2 && w.rank == 2 && y.rank == 2, "Gemm: x, w, y must be matrices");
     PIE_CHECK(x.shape[1] == w.shape[1] && y.shape[0] == x.shape[0] && y.shape[1] == w.shape[0],
               "Gemm: shapes do not chain: x [", x.shape[0], ",", x.shape[1], "], w [", w.shape[0], ",",
@@ -49,7 +55,8 @@ class Gemm {
     const int64_t M = x.shape[0], N = w.shape[0], K = x.shape[1];
     if (M == 0) return;
     constexpr cudaDataType_t dt = std::is_same_v<T, pie::bf16> ? CUDA_R_16BF : CUDA_R_16F;
-    Key key{M, N, K, x.stride[0], w.stride[0], y.stride[0], dt, bias != nullptr};
+    constexpr cudaDataType_t out_dt = kFloatOut ? CUDA_R_32F : dt;
+    Key key{M, N, K, x.stride[0], w.stride[0], y.stride[0], dt, out_dt, bias != nullptr};
     Entry& e = entry(key);
     if (bias != nullptr)
       PIE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
@@ -64,16 +71,17 @@ class Gemm {
  private:
   struct Key {
     int64_t m, n, k, ldx, ldw, ldy;
-    cudaDataType_t dt;
+    cudaDataType_t dt, out_dt;
     bool bias;
     bool operator==(const Key& o) const {
-      return std::tie(m, n, k, ldx, ldw, ldy, dt, bias) == std::tie(o.m, o.n, o.k, o.ldx, o.ldw, o.ldy, o.dt, o.bias);
+      return std::tie(m, n, k, ldx, ldw, ldy, dt, out_dt, bias) ==
+             std::tie(o.m, o.n, o.k, o.ldx, o.ldw, o.ldy, o.dt, o.out_dt, o.bias);
     }
   };
   struct KeyHash {
     size_t operator()(const Key& k) const {
       size_t h = 1469598103934665603ull;
-      for (int64_t v : {k.m, k.n, k.k, k.ldx, k.ldw, k.ldy, int64_t(k.dt), int64_t(k.bias)})
+      for (int64_t v : {k.m, k.n, k.k, k.ldx, k.ldw, k.ldy, int64_t(k.dt), int64_t(k.out_dt), int64_t(k.bias)})
         h = (h ^ static_cast<size_t>(v)) * 1099511628211ull;
       return h;
     }
@@ -100,7 +108,7 @@ class Gemm {
     }
     PIE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e.a, k.dt, k.k, k.n, k.ldw));
     PIE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e.b, k.dt, k.k, k.m, k.ldx));
-    PIE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e.c, k.dt, k.n, k.m, k.ldy));
+    PIE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e.c, k.out_dt, k.n, k.m, k.ldy));
     cublasLtMatmulPreference_t pref;
     PIE_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     size_t ws = ws_.size();
