@@ -13,7 +13,6 @@
 #include <memory>
 #include <span>
 #include <thread>
-#include <unordered_map>
 #include <vector>
 
 #include "pie/core/error.hpp"
@@ -23,6 +22,7 @@
 #include "pie/engine/model_runner.hpp"
 #include "pie/engine/request_output.hpp"
 #include "pie/engine/sampler.hpp"
+#include "pie/engine/step_outputs.hpp"
 #include "pie/model/config_io.hpp"
 #include "pie/model/load.hpp"
 #include "pie/model/qwen3.hpp"
@@ -88,9 +88,7 @@ class Engine {
                 layout.bytes_per_block(), " bytes");
       runner_ = std::make_unique<Runner>(std::move(loaded.weights), blocks, opt_.num_host_blocks);
     }
-    eos_ = gen_.eos_token_ids;
-    for (int32_t id : cfg_.eos_token_ids)
-      if (std::find(eos_.begin(), eos_.end(), id) == eos_.end()) eos_.push_back(id);
+    eos_ = engine::eos_ids(gen_, cfg_);
     if (cfg_.max_position_embeddings > 0)
       sc.max_model_len = static_cast<int>(std::min<int64_t>(sc.max_model_len, cfg_.max_position_embeddings));
     scheduler_ = std::make_unique<sched::Scheduler>(sc, blocks, Policy::block_size, host_blocks);
@@ -98,10 +96,7 @@ class Engine {
 
   /// Queues a prompt; returns its request id. Throws pie::Error naming the bad field.
   uint64_t add_request(std::vector<int32_t> prompt, sched::SamplingParams params) {
-    params.validate(cfg_.vocab_size);
-    for (size_t i = 0; i < prompt.size(); ++i)
-      PIE_CHECK(prompt[i] >= 0 && prompt[i] < cfg_.vocab_size, "prompt token ", i, " (id ", prompt[i],
-                ") is out of the vocabulary [0, ", cfg_.vocab_size, ")");
+    engine::check_request(prompt, params, cfg_.vocab_size);
     const uint64_t id = next_id_++;
     scheduler_->add_request(id, std::move(prompt), std::move(params), eos_);
     return id;
@@ -116,9 +111,7 @@ class Engine {
     const bool has_block_ops = !plan.swap_in.empty() || !plan.swap_out.empty() || !plan.copy_blocks.empty();
     last_step_ran_ = !plan.empty() || has_block_ops;
     if (!last_step_ran_) return {};
-    struct Drawn { uint64_t request; int index; SamplerOutput out; };
-    std::vector<Drawn> drawn;
-    std::vector<int32_t> sampled;
+    engine::StepDraws draws;
     std::span<const float> logits;
     bool on_host = true;  // sample from `logits` below
     if constexpr (kSamplesOnDevice) {
@@ -137,16 +130,11 @@ class Engine {
         PIE_CHECK(ids.size() == specs.size(), "Engine::step: the runner sampled ", ids.size(), " tokens for ",
                   specs.size(), " draws");
         size_t i = 0;
-        for (size_t j = 0; j < plan.sample_seqs.size(); ++j) {
-          const sched::Sequence& s = scheduler_->plan_sequence(plan.sample_seqs[j]);
-          const int count = plan.sample_counts.empty() ? 1 : plan.sample_counts[j];
-          for (int k = 0; k < count; ++k, ++i) {
-            SamplerOutput o;
-            o.token = ids[i];
-            sampled.push_back(o.token);
-            drawn.push_back({s.request->id, count > 1 ? k : s.index, std::move(o)});
-          }
-        }
+        engine::for_each_draw(*scheduler_, plan, [&](size_t, const sched::Sequence& s, int index) {
+          SamplerOutput o;
+          o.token = ids[i++];
+          draws.add(s.request->id, index, std::move(o));
+        });
       } else {
         logits = runner_->execute_logits(plan, specs);
       }
@@ -154,59 +142,12 @@ class Engine {
       logits = runner_->execute(plan);
     }
     if (plan.empty()) return {};  // the scheduler expects no update() for an empty plan
-    const size_t vocab = static_cast<size_t>(cfg_.vocab_size);
-
-    size_t row = 0;  // logits row of the next draw on the device runner
-    for (size_t j = 0; on_host && j < plan.sample_seqs.size(); ++j) {
-      const sched::Sequence& s = scheduler_->plan_sequence(plan.sample_seqs[j]);
-      const sched::Request& r = *s.request;
-      const int count = plan.sample_counts.empty() ? 1 : plan.sample_counts[j];
-      for (int k = 0; k < count; ++k) {
-        // The CPU runner returns one logits row per sampled sequence (its n draws share it);
-        // the device runner one row per draw.
-        const size_t at = kSamplesOnDevice ? row++ : j;
-        row_.assign(logits.begin() + at * vocab, logits.begin() + (at + 1) * vocab);
-        SamplerInput in;
-        in.params = &r.params;
-        in.prompt = s.prompt();
-        in.output = s.output();
-        in.eos_ids = r.eos_token_ids;
-        in.seed = r.params.seed ? *r.params.seed : default_seed(r.id);
-        in.seq_index = count > 1 ? k : s.index;
-        SamplerOutput o = Sampler::sample(row_, in);
-        sampled.push_back(o.token);
-        drawn.push_back({r.id, in.seq_index, std::move(o)});
-      }
-    }
-    std::vector<sched::SequenceUpdate> ups = scheduler_->update(plan, sampled);
-
-    std::vector<RequestOutput> outs;
-    std::unordered_map<uint64_t, size_t> where;
-    size_t d = 0;
-    for (const auto& u : ups) {
-      // Updates follow sample order, skipping sequences aborted since schedule().
-      while (d < drawn.size() && !(drawn[d].request == u.request_id && drawn[d].index == u.index)) ++d;
-      PIE_CHECK(d < drawn.size(), "Engine::step: update for request ", u.request_id, " matches no draw");
-      auto [it, added] = where.try_emplace(u.request_id, outs.size());
-      if (added) {
-        RequestOutput ro;
-        ro.request_id = u.request_id;
-        if (const sched::Request* r = scheduler_->find_request(u.request_id)) {
-          ro.prompt_tokens = r->num_prompt_tokens;
-          ro.cached_prompt_tokens = r->cached_prompt_tokens;
-        }
-        outs.push_back(std::move(ro));
-      }
-      RequestOutput& ro = outs[it->second];
-      auto so = std::find_if(ro.seqs.begin(), ro.seqs.end(), [&](auto& x) { return x.index == u.index; });
-      if (so == ro.seqs.end()) { ro.seqs.push_back({}); so = ro.seqs.end() - 1; so->index = u.index; }
-      so->new_tokens.push_back(u.token);
-      if (drawn[d].out.has_logprob) so->logprobs.push_back(std::move(drawn[d].out.logprob));
-      if (u.finish != sched::FinishReason::None) { so->finish = u.finish; so->stop_token = u.stop_token; }
-      ro.finished = ro.finished || u.request_finished;
-      ++d;
-    }
-    return outs;
+    // The CPU runner returns one logits row per sampled sequence (its n draws share it);
+    // the device runner one row per draw.
+    if (on_host)
+      engine::sample_on_host(*scheduler_, plan, logits, static_cast<size_t>(cfg_.vocab_size), kSamplesOnDevice,
+                             [this](uint64_t rid) { return default_seed(rid); }, row_, draws);
+    return engine::apply_draws(*scheduler_, plan, draws, "Engine");
   }
 
   /// Finishes every sequence of the request (reason Abort) and frees its KV blocks.
@@ -218,66 +159,22 @@ class Engine {
   bool has_unfinished() const { return scheduler_->has_unfinished(); }
 
   /// \brief Tokens and finish reasons of one prompt's n sequences.
-  struct Result {
-    std::vector<std::vector<int32_t>> tokens;
-    std::vector<sched::FinishReason> finish;
-  };
+  using Result = engine::GenerateResult;
   /// Runs `prompts` to completion with the same params (steps any earlier requests too).
   std::vector<Result> generate(const std::vector<std::vector<int32_t>>& prompts, const sched::SamplingParams& params) {
-    std::vector<uint64_t> ids;
-    for (const auto& p : prompts) ids.push_back(add_request(p, params));
-    std::unordered_map<uint64_t, size_t> slot;
-    std::vector<Result> res(prompts.size());
-    for (size_t i = 0; i < ids.size(); ++i) {
-      slot[ids[i]] = i;
-      res[i].tokens.resize(params.n);
-      res[i].finish.assign(params.n, sched::FinishReason::None);
-    }
-    size_t open = ids.size();
-    while (open > 0) {
-      PIE_CHECK(has_unfinished(), "Engine::generate: the scheduler has no work but ", open, " prompts are open");
-      auto outs = step();
-      // A plan with neither tokens nor block operations changes no state: the next one would
-      // be empty too.
-      PIE_CHECK(last_step_ran_, "Engine::generate: the scheduler cannot schedule any of the ", open,
-                " open prompts (KV cache too small?)");
-      for (auto& ro : outs) {
-        auto it = slot.find(ro.request_id);
-        if (it == slot.end()) continue;
-        Result& r = res[it->second];
-        for (auto& so : ro.seqs) {
-          auto& t = r.tokens[so.index];
-          t.insert(t.end(), so.new_tokens.begin(), so.new_tokens.end());
-          if (so.finish != sched::FinishReason::None) r.finish[so.index] = so.finish;
-        }
-        if (ro.finished) --open;
-      }
-    }
-    return res;
+    return engine::generate(*this, prompts, params, "Engine");
   }
+  /// Whether the last step() ran anything (tokens or block operations): generate()'s stall check.
+  bool last_step_ran() const { return last_step_ran_; }
 
   const model::ModelConfig& config() const { return cfg_; }
   const model::GenerationConfig& generation_config() const { return gen_; }
 
   /// \brief Scheduler and cache counters.
-  struct Stats {
-    int num_running = 0, num_waiting = 0;
-    double kv_usage = 0;
-    uint64_t prefix_cache_queries = 0, prefix_cache_hits = 0;
-    int num_swapped = 0;            ///< sequences whose blocks are on the host
-    uint64_t num_preemptions = 0;   ///< since construction
-    int num_kv_blocks = 0;          ///< device blocks of the cache
-  };
+  using Stats = engine::EngineStats;
   Stats stats() const {
     Stats s;
-    s.num_running = scheduler_->num_running();
-    s.num_waiting = scheduler_->num_waiting();
-    s.kv_usage = scheduler_->kv_usage();
-    s.prefix_cache_queries = static_cast<uint64_t>(scheduler_->prefix_cache_queries());
-    s.prefix_cache_hits = static_cast<uint64_t>(scheduler_->prefix_cache_hits());
-    s.num_swapped = scheduler_->num_swapped();
-    s.num_preemptions = static_cast<uint64_t>(scheduler_->num_preemptions());
-    s.num_kv_blocks = runner_->num_blocks();
+    engine::fill_stats(*scheduler_, runner_->num_blocks(), s);
     return s;
   }
 

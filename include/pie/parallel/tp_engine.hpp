@@ -28,13 +28,12 @@
 #include <memory>
 #include <span>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #include "pie/core/error.hpp"
 #include "pie/engine/engine_options.hpp"
 #include "pie/engine/request_output.hpp"
-#include "pie/engine/sampler.hpp"
+#include "pie/engine/step_outputs.hpp"
 #include "pie/ops/cpu/parallel.hpp"
 #include "pie/parallel/rank_workers.hpp"
 #include "pie/parallel/tp_cpu_rank.hpp"
@@ -76,9 +75,7 @@ class TpEngine {
                 " can hold (", rank_blocks_[r], ")");
     workers_->run([&](int r) { ranks_[r]->allocate_kv(blocks_, opt_.num_host_blocks); });
 
-    eos_ = gen_.eos_token_ids;
-    for (int32_t id : cfg_.eos_token_ids)
-      if (std::find(eos_.begin(), eos_.end(), id) == eos_.end()) eos_.push_back(id);
+    eos_ = engine::eos_ids(gen_, cfg_);
     sched::SchedulerConfig sc = opt_.sched;
     if (cfg_.max_position_embeddings > 0)
       sc.max_model_len = static_cast<int>(std::min<int64_t>(sc.max_model_len, cfg_.max_position_embeddings));
@@ -102,10 +99,7 @@ class TpEngine {
 
   /// Queues a prompt; returns its request id. Throws pie::Error naming the bad field.
   uint64_t add_request(std::vector<int32_t> prompt, sched::SamplingParams params) {
-    params.validate(cfg_.vocab_size);
-    for (size_t i = 0; i < prompt.size(); ++i)
-      PIE_CHECK(prompt[i] >= 0 && prompt[i] < cfg_.vocab_size, "prompt token ", i, " (id ", prompt[i],
-                ") is out of the vocabulary [0, ", cfg_.vocab_size, ")");
+    engine::check_request(prompt, params, cfg_.vocab_size);
     const uint64_t id = next_id_++;
     scheduler_->add_request(id, std::move(prompt), std::move(params), eos_);
     return id;
@@ -128,57 +122,10 @@ class TpEngine {
     PIE_CHECK(logits_.size() == rows * vocab, "TpEngine::step: rank 0 returned ", logits_.size(), " logits for ",
               rows, " rows");
 
-    struct Drawn { uint64_t request; int index; SamplerOutput out; };
-    std::vector<Drawn> drawn;
-    std::vector<int32_t> sampled;
-    size_t draw = 0;
-    for (size_t j = 0; j < plan_.sample_seqs.size(); ++j) {
-      const sched::Sequence& s = scheduler_->plan_sequence(plan_.sample_seqs[j]);
-      const sched::Request& r = *s.request;
-      const int count = plan_.sample_counts.empty() ? 1 : plan_.sample_counts[j];
-      for (int k = 0; k < count; ++k, ++draw) {
-        const size_t at = kLogitsPerDraw ? draw : j;
-        row_.assign(logits_.begin() + at * vocab, logits_.begin() + (at + 1) * vocab);
-        SamplerInput in;
-        in.params = &r.params;
-        in.prompt = s.prompt();
-        in.output = s.output();
-        in.eos_ids = r.eos_token_ids;
-        in.seed = r.params.seed ? *r.params.seed : default_seed(r.id);
-        in.seq_index = count > 1 ? k : s.index;
-        SamplerOutput o = Sampler::sample(row_, in);
-        sampled.push_back(o.token);
-        drawn.push_back({r.id, in.seq_index, std::move(o)});
-      }
-    }
-    std::vector<sched::SequenceUpdate> ups = scheduler_->update(plan_, sampled);
-
-    std::vector<RequestOutput> outs;
-    std::unordered_map<uint64_t, size_t> where;
-    size_t d = 0;
-    for (const auto& u : ups) {
-      while (d < drawn.size() && !(drawn[d].request == u.request_id && drawn[d].index == u.index)) ++d;
-      PIE_CHECK(d < drawn.size(), "TpEngine::step: update for request ", u.request_id, " matches no draw");
-      auto [it, added] = where.try_emplace(u.request_id, outs.size());
-      if (added) {
-        RequestOutput ro;
-        ro.request_id = u.request_id;
-        if (const sched::Request* r = scheduler_->find_request(u.request_id)) {
-          ro.prompt_tokens = r->num_prompt_tokens;
-          ro.cached_prompt_tokens = r->cached_prompt_tokens;
-        }
-        outs.push_back(std::move(ro));
-      }
-      RequestOutput& ro = outs[it->second];
-      auto so = std::find_if(ro.seqs.begin(), ro.seqs.end(), [&](auto& x) { return x.index == u.index; });
-      if (so == ro.seqs.end()) { ro.seqs.push_back({}); so = ro.seqs.end() - 1; so->index = u.index; }
-      so->new_tokens.push_back(u.token);
-      if (drawn[d].out.has_logprob) so->logprobs.push_back(std::move(drawn[d].out.logprob));
-      if (u.finish != sched::FinishReason::None) { so->finish = u.finish; so->stop_token = u.stop_token; }
-      ro.finished = ro.finished || u.request_finished;
-      ++d;
-    }
-    return outs;
+    engine::StepDraws draws;
+    engine::sample_on_host(*scheduler_, plan_, logits_, vocab, kLogitsPerDraw,
+                           [this](uint64_t rid) { return default_seed(rid); }, row_, draws);
+    return engine::apply_draws(*scheduler_, plan_, draws, "TpEngine");
   }
 
   void abort(uint64_t request_id) { scheduler_->abort(request_id); }
@@ -188,41 +135,13 @@ class TpEngine {
   bool has_unfinished() const { return scheduler_->has_unfinished(); }
 
   /// \brief Tokens and finish reasons of one prompt's n sequences (as Engine::Result).
-  struct Result {
-    std::vector<std::vector<int32_t>> tokens;
-    std::vector<sched::FinishReason> finish;
-  };
+  using Result = engine::GenerateResult;
   /// Runs `prompts` to completion with the same params (steps any earlier requests too).
   std::vector<Result> generate(const std::vector<std::vector<int32_t>>& prompts, const sched::SamplingParams& params) {
-    std::vector<uint64_t> ids;
-    for (const auto& p : prompts) ids.push_back(add_request(p, params));
-    std::unordered_map<uint64_t, size_t> slot;
-    std::vector<Result> res(prompts.size());
-    for (size_t i = 0; i < ids.size(); ++i) {
-      slot[ids[i]] = i;
-      res[i].tokens.resize(params.n);
-      res[i].finish.assign(params.n, sched::FinishReason::None);
-    }
-    size_t open = ids.size();
-    while (open > 0) {
-      PIE_CHECK(has_unfinished(), "TpEngine::generate: the scheduler has no work but ", open, " prompts are open");
-      auto outs = step();
-      PIE_CHECK(last_step_ran_, "TpEngine::generate: the scheduler cannot schedule any of the ", open,
-                " open prompts (KV cache too small?)");
-      for (auto& ro : outs) {
-        auto it = slot.find(ro.request_id);
-        if (it == slot.end()) continue;
-        Result& r = res[it->second];
-        for (auto& so : ro.seqs) {
-          auto& t = r.tokens[so.index];
-          t.insert(t.end(), so.new_tokens.begin(), so.new_tokens.end());
-          if (so.finish != sched::FinishReason::None) r.finish[so.index] = so.finish;
-        }
-        if (ro.finished) --open;
-      }
-    }
-    return res;
+    return engine::generate(*this, prompts, params, "TpEngine");
   }
+  /// Whether the last step() ran anything (tokens or block operations): generate()'s stall check.
+  bool last_step_ran() const { return last_step_ran_; }
 
   const model::ModelConfig& config() const { return cfg_; }
   const model::GenerationConfig& generation_config() const { return gen_; }
@@ -230,25 +149,12 @@ class TpEngine {
   Rank& rank(int r) { return *ranks_.at(r); }
 
   /// \brief Scheduler and cache counters (Engine::Stats plus the per-rank KV capacity).
-  struct Stats {
-    int num_running = 0, num_waiting = 0;
-    double kv_usage = 0;
-    uint64_t prefix_cache_queries = 0, prefix_cache_hits = 0;
-    int num_swapped = 0;
-    uint64_t num_preemptions = 0;
-    int num_kv_blocks = 0;                ///< blocks of the cache, on every rank
+  struct Stats : engine::EngineStats {
     std::vector<int> rank_max_kv_blocks;  ///< what each rank's budget alone would hold
   };
   Stats stats() const {
     Stats s;
-    s.num_running = scheduler_->num_running();
-    s.num_waiting = scheduler_->num_waiting();
-    s.kv_usage = scheduler_->kv_usage();
-    s.prefix_cache_queries = static_cast<uint64_t>(scheduler_->prefix_cache_queries());
-    s.prefix_cache_hits = static_cast<uint64_t>(scheduler_->prefix_cache_hits());
-    s.num_swapped = scheduler_->num_swapped();
-    s.num_preemptions = static_cast<uint64_t>(scheduler_->num_preemptions());
-    s.num_kv_blocks = blocks_;
+    engine::fill_stats(*scheduler_, blocks_, s);
     s.rank_max_kv_blocks = rank_blocks_;
     return s;
   }
