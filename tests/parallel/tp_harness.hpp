@@ -1,5 +1,5 @@
 #pragma once
-// Test support for tensor parallelism: hand-built StepPlans, per-rank KV pools, and two drivers
+// Test support for tensor parallelism: per-rank KV pools (plans come from plan_builder.hpp), and two drivers
 // over any forward callable — teacher-forced logits along a given token path, and batched
 // greedy decoding — so the unsharded model and every simulated rank run exactly the same steps.
 #include <algorithm>
@@ -11,44 +11,9 @@
 
 #include "pie/model/config.hpp"
 #include "pie/sched/step_plan.hpp"
+#include "../engine/plan_builder.hpp"  // SeqWork, make_plan: the engine tests' hand-built plans
 
 namespace pie::test {
-
-/// One sequence's share of a step: block table, tokens already cached, tokens computed now.
-struct SeqWork {
-  std::vector<int32_t> blocks;
-  int cached = 0;
-  std::vector<int32_t> tokens;
-};
-
-/// A StepPlan for `seqs` (each samples its last token).
-inline sched::StepPlan make_plan(const std::vector<SeqWork>& seqs, int block_size) {
-  sched::StepPlan p;
-  p.cu_query_lens.push_back(0);
-  p.kv_indptr.push_back(0);
-  for (size_t i = 0; i < seqs.size(); ++i) {
-    const SeqWork& s = seqs[i];
-    const int q = static_cast<int>(s.tokens.size()), ctx = s.cached + q;
-    for (int j = 0; j < q; ++j) {
-      const int pos = s.cached + j;
-      p.token_ids.push_back(s.tokens[j]);
-      p.positions.push_back(pos);
-      p.slot_mapping.push_back(int64_t{s.blocks.at(pos / block_size)} * block_size + pos % block_size);
-    }
-    const int nb = (ctx + block_size - 1) / block_size;
-    p.seq_ids.push_back(static_cast<int64_t>(i));
-    p.query_lens.push_back(q);
-    p.context_lens.push_back(ctx);
-    p.cu_query_lens.push_back(p.cu_query_lens.back() + q);
-    for (int b = 0; b < nb; ++b) p.kv_indices.push_back(s.blocks.at(b));
-    p.kv_indptr.push_back(static_cast<int32_t>(p.kv_indices.size()));
-    p.kv_last_page_len.push_back(ctx - (nb - 1) * block_size);
-    p.sample_seqs.push_back(static_cast<int32_t>(i));
-    p.logits_rows.push_back(p.cu_query_lens.back() - 1);
-    p.sample_counts.push_back(1);
-  }
-  return p;
-}
 
 /// Per-layer KV pools of `blocks` blocks for a (possibly rank-local) config.
 template <class KVT>

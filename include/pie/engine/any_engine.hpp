@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "pie/engine/engine_options.hpp"
+#include "pie/engine/engine_stats.hpp"
 #include "pie/engine/request_output.hpp"
 #include "pie/model/config.hpp"
 #include "pie/sched/sampling_params.hpp"
@@ -19,15 +20,8 @@ namespace pie {
 /// \brief The part of Engine's interface a server needs (same meanings as Engine's).
 class AnyEngine {
  public:
-  /// \brief Engine::Stats, backend-independent.
-  struct Stats {
-    int num_running = 0, num_waiting = 0;
-    double kv_usage = 0;
-    uint64_t prefix_cache_queries = 0, prefix_cache_hits = 0;
-    int num_swapped = 0;
-    uint64_t num_preemptions = 0;
-    int num_kv_blocks = 0;
-  };
+  /// \brief Engine::Stats, backend-independent (the same type every engine reports).
+  using Stats = engine::EngineStats;
 
   virtual ~AnyEngine() = default;
   virtual uint64_t add_request(std::vector<int32_t> prompt, sched::SamplingParams params) = 0;
@@ -52,19 +46,7 @@ class AnyEngineOf final : public AnyEngine {
   void abort(uint64_t request_id) override { e_.abort(request_id); }
   void finish_sequence(uint64_t request_id, int index) override { e_.finish_sequence(request_id, index); }
   bool has_unfinished() const override { return e_.has_unfinished(); }
-  Stats stats() const override {
-    const auto s = e_.stats();
-    Stats o;
-    o.num_running = s.num_running;
-    o.num_waiting = s.num_waiting;
-    o.kv_usage = s.kv_usage;
-    o.prefix_cache_queries = s.prefix_cache_queries;
-    o.prefix_cache_hits = s.prefix_cache_hits;
-    o.num_swapped = s.num_swapped;
-    o.num_preemptions = s.num_preemptions;
-    o.num_kv_blocks = s.num_kv_blocks;
-    return o;
-  }
+  Stats stats() const override { return e_.stats(); }
   const model::ModelConfig& config() const override { return e_.config(); }
   const model::GenerationConfig& generation_config() const override { return e_.generation_config(); }
   E& engine() { return e_; }

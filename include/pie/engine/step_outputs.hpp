@@ -12,6 +12,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "pie/engine/engine_stats.hpp"
 #include "pie/core/error.hpp"
 #include "pie/engine/request_output.hpp"
 #include "pie/engine/sampler.hpp"
@@ -121,16 +122,6 @@ inline std::vector<RequestOutput> apply_draws(sched::Scheduler& s, const sched::
   }
   return outs;
 }
-
-/// \brief Scheduler and cache counters of an engine's stats().
-struct EngineStats {
-  int num_running = 0, num_waiting = 0;
-  double kv_usage = 0;
-  uint64_t prefix_cache_queries = 0, prefix_cache_hits = 0;
-  int num_swapped = 0;            ///< sequences whose blocks are on the host
-  uint64_t num_preemptions = 0;   ///< since construction
-  int num_kv_blocks = 0;          ///< device blocks of the cache (on every rank under TP)
-};
 
 /// Fills `st` from the scheduler; `kv_blocks` is the cache's block count.
 inline void fill_stats(const sched::Scheduler& s, int kv_blocks, EngineStats& st) {
