@@ -8,13 +8,13 @@
 #   OUT=/some/dir bash bench/device_engine.sh
 # Needs the model's config in $PIE_MODEL_DIR (default .device/Qwen3-8B: copy
 # ../shared/models/Qwen3-8B/*.json there; the folder is git-ignored and never committed).
-# PIE_STAGES picks stages (default: build,test,bench,hfref,hf); each stage has a time limit
+# PIE_STAGES picks stages (default: build,kernels,test,bench,sweep,nsys,hfref,hf); each stage has a time limit
 # and the next one runs whatever happened. Logs and JSON results land in $OUT; the last lines
 # printed are a summary. PIE_DEADLINE_S bounds the whole run (stages are cut to fit).
 set -u
 OUT=${OUT:-/tmp/pie_device_out}
 MODEL=${PIE_MODEL_DIR:-.device/Qwen3-8B}
-STAGES=${PIE_STAGES:-build,test,bench,hfref,hf}
+STAGES=${PIE_STAGES:-build,kernels,test,bench,sweep,nsys,hfref,hf}
 BUILD=${PIE_BUILD_DIR:-build-gpu-device}
 JOBS=${PIE_JOBS:-$(nproc)}
 mkdir -p "$OUT"
@@ -49,6 +49,10 @@ if [ -n "${PIE_PREBUILT:-}" ] && "$PIE_PREBUILT/pie_gpu_test_runner" --gtest_lis
   mkdir -p "$BUILD/examples/pie" "$BUILD/tests/gpu"
   cp "$PIE_PREBUILT/pie_bench" "$BUILD/examples/pie/"
   cp "$PIE_PREBUILT/pie_gpu_test_runner" "$PIE_PREBUILT/pie_gpu_test_hf" "$BUILD/tests/gpu/"
+  # Kernel tests and the kernel bench, when carried too.
+  mkdir -p "$BUILD/tests/cuda" "$BUILD/bench/cuda"
+  cp "$PIE_PREBUILT"/pie_cuda_test_* "$BUILD/tests/cuda/" 2>/dev/null
+  cp "$PIE_PREBUILT"/pie_bench_cuda_kernels "$BUILD/bench/cuda/" 2>/dev/null
   STAGES=${STAGES//build/}
 fi
 
@@ -73,6 +77,21 @@ if has build; then
 fi
 BIN="$BUILD/examples/pie/pie_bench"
 
+if has kernels; then
+  # Kernel tests touched by engine work (GEMV, decode split, HF rounding points) and their bench.
+  for t in "$BUILD"/tests/cuda/pie_cuda_test_*; do
+    [ -x "$t" ] || continue
+    run "kernel_$(basename "$t")" 120 "$t" --gtest_color=no
+    grep -E "FAILED  \]|Failure|PASSED" "$OUT/kernel_$(basename "$t").log" | head -12 | tee -a "$SUM"
+  done
+  if [ -x "$BUILD/bench/cuda/pie_bench_cuda_kernels" ]; then
+    run kernel_bench 150 "$BUILD/bench/cuda/pie_bench_cuda_kernels" \
+      --benchmark_filter="${PIE_KERNEL_FILTER:-SkinnyLinear|DecodeAttention|AddRmsNorm|QkNormRope|SiluAndMul}" --benchmark_out="$OUT/kernel_bench.json" \
+      --benchmark_out_format=json
+    { grep -E "^ceilings" "$OUT/kernel_bench.log"; sed -n '/^kernel /,$p' "$OUT/kernel_bench.log"; } | tee -a "$SUM"
+  fi
+fi
+
 if has test; then
   run gpu_test_runner 180 "$BUILD/tests/gpu/pie_gpu_test_runner" --gtest_color=no
   grep -E "^\[(gpu|batch)|OK \]|FAILED  \]|Failure|Expected|Which is|Value of|error" "$OUT/gpu_test_runner.log" | head -40 | tee -a "$SUM"
@@ -85,9 +104,42 @@ if has bench; then
   run pie_tput_2048x128x128 180 "$BIN" "$MODEL" --load-format dummy --mode throughput --num-prompts 2048 \
     --input-len 128 --output-len 128 --max-num-seqs 512 --profile --output-json "$OUT/pie_tput_2048.json"
   grep -E "^(throughput|roofline|decode at|pie: memory|pie: captured|profile)" "$OUT/pie_tput_2048x128x128.log" | tee -a "$SUM"
+  # Same workload with 8-token KV blocks: internal fragmentation of the last block halves.
+  run pie_tput_2048_bs8 180 "$BIN" "$MODEL" --load-format dummy --mode throughput --num-prompts 2048 \
+    --input-len 128 --output-len 128 --max-num-seqs 512 --block-size 8 --output-json "$OUT/pie_tput_2048_bs8.json"
+  grep -E "^(throughput|roofline|decode at)" "$OUT/pie_tput_2048_bs8.log" | sed 's/^/bs8 /' | tee -a "$SUM"
   run pie_tput_256x512x256 150 "$BIN" "$MODEL" --load-format dummy --mode throughput --num-prompts 256 \
     --input-len 512 --output-len 256 --max-num-seqs 256 --profile --output-json "$OUT/pie_tput_256.json"
   grep -E "^(throughput|roofline|decode at|profile)" "$OUT/pie_tput_256x512x256.log" | tee -a "$SUM"
+fi
+
+if has sweep; then
+  # Throughput against batch size: 2B requests of (128, 128) at max_num_seqs B (the plot's data).
+  for B in ${PIE_SWEEP:-1 8 32 64 128 256 512}; do
+    run "pie_sweep_$B" 90 "$BIN" "$MODEL" --load-format dummy --mode throughput --num-prompts $((2 * B)) \
+      --input-len 128 --output-len 128 --max-num-seqs "$B" --output-json "$OUT/pie_sweep_$B.json"
+    grep -E "^(throughput|roofline)" "$OUT/pie_sweep_$B.log" | sed "s/^/B=$B /" | tee -a "$SUM"
+  done
+fi
+
+if has nsys; then
+  # The decode step as the GPU ran it (graphs replayed, PDL overlap): Nsight Systems kernel trace
+  # → per-op time and idle gaps per step (bench/nsys_decode_profile.py). Big files are deleted.
+  NSYS=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
+  if [ -z "$NSYS" ]; then
+    say "nsys: not installed here"
+  else
+    for spec in "b1:1:--mode latency --input-len 128 --output-len 128 --num-iters 1 --num-iters-warmup 1 --max-num-seqs 8" \
+                "b512:512:--mode throughput --num-prompts 512 --input-len 128 --output-len 24 --max-num-seqs 512" \
+                "b256ctx640:256:--mode throughput --num-prompts 256 --input-len 640 --output-len 16 --max-num-seqs 256"; do
+      IFS=: read -r tag batch args <<< "$spec"
+      run "nsys_$tag" 150 "$NSYS" profile --cuda-graph-trace=node --trace=cuda -o "/tmp/nsys_$tag" --force-overwrite true \
+        "$BIN" "$MODEL" --load-format dummy $args
+      run "nsys_stats_$tag" 150 "$NSYS" stats --report cuda_gpu_trace --format csv --output "/tmp/nsys_$tag" "/tmp/nsys_$tag.nsys-rep"
+      python3 bench/nsys_decode_profile.py "/tmp/nsys_${tag}_cuda_gpu_trace.csv" --batch "$batch" > "$OUT/nsys_profile_$tag.txt" 2>&1
+      sed "s/^/[$tag] /" "$OUT/nsys_profile_$tag.txt" | tee -a "$SUM"
+    done
+  fi
 fi
 
 if has hfref; then

@@ -4,7 +4,8 @@ decode throughput vs batch size (measured steps and their roofline), and batch-1
 latency vs its roofline (and HF transformers when given).
 
 Usage: python3 bench/plot_gpu_engine.py DATA_DIR OUT.svg
-DATA_DIR holds pie_latency.json, pie_tput_*.json and optionally hf_compare.jsonl.
+DATA_DIR holds pie_latency.json, pie_tput_*.json, optionally pie_sweep_*.json (2B requests of
+(128, 128) at max_num_seqs B: the decode steps at batch B) and hf_compare.jsonl.
 """
 import glob
 import json
@@ -16,9 +17,17 @@ def load(data):
     pts = []
     for f in sorted(glob.glob(os.path.join(data, "pie_tput_*.json"))):
         r = json.load(open(f))
+        if r.get("block_size", 16) != 16:
+            continue
         name = f"{r['num_prompts']}×({r['input_len']},{r['output_len']})"
         for b in r["decode_by_batch"]:
             pts.append((name, b["batch"], b["tok_per_s"], b["batch"] / (b["roofline_ms"] / 1e3), b["steps"]))
+    for f in glob.glob(os.path.join(data, "pie_sweep_*.json")):
+        r = json.load(open(f))
+        for b in r["decode_by_batch"]:
+            if b["batch"] == r["max_num_seqs"]:
+                pts.append(("sweep: 2B×(128,128) at max_num_seqs B", b["batch"], b["tok_per_s"],
+                            b["batch"] / (b["roofline_ms"] / 1e3), b["steps"]))
     lat = json.load(open(os.path.join(data, "pie_latency.json")))
     hf = {}
     p = os.path.join(data, "hf_compare.jsonl")
@@ -50,7 +59,12 @@ def svg(pts, lat, hf):
     colors = ["#1f77b4", "#d62728", "#2ca02c"]
     for k, name in enumerate(sorted({p[0] for p in pts})):
         c = colors[k % 3]
-        for (_, b, meas, roof, n) in (p for p in pts if p[0] == name):
+        series = sorted((p for p in pts if p[0] == name), key=lambda p: p[1])
+        if name.startswith("sweep"):  # one run per batch size: join the points
+            for key, dash in ((2, ""), (3, ' stroke-dasharray="4 3"')):
+                path = " ".join(f"{X(p[1]):.1f},{Y(p[key]):.1f}" for p in series)
+                o.append(f'<polyline points="{path}" fill="none" stroke="{c}"{dash}/>')
+        for (_, b, meas, roof, n) in series:
             r = 5 if n > 1 else 3
             o.append(f'<circle cx="{X(b):.1f}" cy="{Y(meas):.1f}" r="{r}" fill="{c}"/>')
             o.append(f'<circle cx="{X(b):.1f}" cy="{Y(roof):.1f}" r="{r}" fill="none" stroke="{c}"/>')

@@ -142,7 +142,8 @@ void BM_DecodeAttention(benchmark::State& st) {
   });
 }
 BENCHMARK(BM_DecodeAttention<bf16>)->Args({64, 4096, 16})->Args({64, 4096, 8})->Args({64, 4096, 32})
-    ->Args({1, 32768, 16})->Args({8, 8192, 16})->UseManualTime()->Iterations(1);
+    ->Args({1, 32768, 16})->Args({8, 8192, 16})->Args({1, 256, 16})->Args({8, 512, 16})
+    ->UseManualTime()->Iterations(1);
 BENCHMARK(BM_DecodeAttention<fp8_e4m3>)->Args({64, 4096, 16})->UseManualTime()->Iterations(1);
 
 template <int Warps>
@@ -243,6 +244,35 @@ void BM_Gemm(benchmark::State& st) {
          [&] { g(y.view({M, N}), x.view({M, K}), w.view({N, K})); });
 }
 BENCHMARK(BM_Gemm)->Args({8192, 8192, 8192})->Args({4096, 6144, 4096})->Args({64, 24576, 4096})
+    ->UseManualTime()->Iterations(1);
+
+/// Decode-step linear layers of the Qwen3-8B shape (qkv, o, gate_up, down, lm_head) at M rows:
+/// pie's GEMV (arg 3 = 1) against cuBLASLt (arg 3 = 0). Bytes: the weights once plus x and y;
+/// rotating over 4 weight copies (≥ 200 MB) so no run finds its weights in the 50 MB L2.
+void BM_SkinnyLinear(benchmark::State& st) {
+  const int M = st.range(0), N = st.range(1), K = st.range(2);
+  const bool gemv = st.range(3) != 0;
+  const int copies = std::max<int64_t>(1, (int64_t(200) << 20) / (int64_t(N) * K * 2) + 1);
+  DeviceBuffer<bf16> x(size_t(M) * K), w(size_t(N) * K * copies);
+  DeviceBuffer<float> y(size_t(M) * N);  // float out as lm_head; 16-bit out is checked in the tests
+  fill(x.data(), x.size(), 19); fill(w.data(), w.size(), 20, 0.05f);
+  oc::Gemm g;
+  g.set_gemv_max_rows(gemv ? oc::kGemvMaxRows : 0);
+  int next = 0;
+  const double bytes = 2.0 * N * K + 2.0 * M * K + 4.0 * M * N;
+  report(st, std::string(gemv ? "gemv " : "cublaslt ") + std::to_string(M) + "x" + std::to_string(N) + "x" +
+             std::to_string(K), bytes, 0, [&] {
+           TensorView<bf16> wv(w.data() + size_t(next) * N * K, {N, K}, Device::Cuda);
+           next = (next + 1) % copies;
+           g(y.view({M, N}), x.view({M, K}), wv);
+         });
+}
+BENCHMARK(BM_SkinnyLinear)
+    ->ArgsProduct({{1, 2, 4, 8}, {6144}, {4096}, {1, 0}})
+    ->ArgsProduct({{1, 8}, {4096}, {4096}, {1, 0}})
+    ->ArgsProduct({{1, 4, 8}, {24576}, {4096}, {1, 0}})
+    ->ArgsProduct({{1, 8}, {4096}, {12288}, {1, 0}})
+    ->ArgsProduct({{1, 8}, {151936}, {4096}, {1, 0}})
     ->UseManualTime()->Iterations(1);
 
 void BM_Sample(benchmark::State& st) {

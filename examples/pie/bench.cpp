@@ -41,6 +41,9 @@ CLI::App* add_bench_command(CLI::App& app, BenchOptions& o) {
   s->add_option("--max-num-seqs,--max_num_seqs", o.max_num_seqs)->capture_default_str();
   s->add_option("--max-num-batched-tokens,--max_num_batched_tokens", o.max_num_batched_tokens)->capture_default_str();
   s->add_option("--max-model-len,--max_model_len", o.max_model_len, "0 → input + output")->capture_default_str();
+  s->add_option("--block-size,--block_size", o.block_size, "KV block size in tokens: 8 | 16")
+      ->check(CLI::IsMember({8, 16}))
+      ->capture_default_str();
   s->add_option("--gpu-memory-utilization,--gpu_memory_utilization", o.gpu_memory_utilization)->capture_default_str();
   s->add_option("--swap-space,--swap_space", o.swap_space, "GiB of pinned host swap")->capture_default_str();
   s->add_option("--preemption-mode,--preemption_mode", o.preemption_mode, "recompute | swap")->capture_default_str();
@@ -57,7 +60,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 using engine::cuda::CudaEngine;
-using Policy = CudaBf16;
 
 double secs(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
 
@@ -89,6 +91,7 @@ struct RunStats {
   std::map<int, Bucket> decode;
 };
 
+template <class Policy>
 struct Bench {
   const BenchOptions& o;
   engine::cuda::Ceilings ceil;
@@ -287,9 +290,10 @@ struct Bench {
 
 }  // namespace
 
-int run_bench(const BenchOptions& o) {
+template <class Policy>
+int run_bench_with(const BenchOptions& o) {
   try {
-    Bench b(o);
+    Bench<Policy> b(o);
     PIE_CHECK(o.mode == "latency" || o.mode == "throughput", "--mode must be throughput or latency");
     nlohmann::json r = o.mode == "latency" ? b.latency() : b.throughput();
     if (o.profile) {
@@ -304,12 +308,21 @@ int run_bench(const BenchOptions& o) {
     r["activation_gib"] = mp.gib(mp.activation_bytes);
     r["enforce_eager"] = o.enforce_eager;
     r["max_num_seqs"] = o.max_num_seqs;
+    r["block_size"] = o.block_size;
     if (!o.output_json.empty()) std::ofstream(o.output_json) << r.dump(2) << "\n";
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "pie bench: %s\n", e.what());
     return 1;
   }
+}
+
+int run_bench(const BenchOptions& o) {
+  // Block size is a policy parameter (compile time): one engine per size vLLM users pick on GPUs.
+  if (o.block_size == 8) return run_bench_with<EnginePolicy<8, bf16, bf16, attention::Causal, backend::Cuda>>(o);
+  if (o.block_size == 16) return run_bench_with<CudaBf16>(o);
+  std::fprintf(stderr, "pie bench: --block-size must be 8 or 16, got %d\n", o.block_size);
+  return 1;
 }
 
 }  // namespace pie::cli

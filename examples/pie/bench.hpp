@@ -25,6 +25,7 @@ struct BenchOptions {
   int max_num_seqs = 256;
   int max_num_batched_tokens = 8192;
   int max_model_len = 0;              ///< 0 → input + output (+ margin), capped by the model
+  int block_size = 16;                ///< KV block size in tokens: 8 or 16 (compile-time policies)
   double gpu_memory_utilization = 0.9;
   double swap_space = 4.0;            ///< GiB
   std::string preemption_mode = "recompute";

@@ -133,4 +133,28 @@ TEST(DecodeAttentionPlan, SplitsToManyWavesButNotBelow256Tokens) {
   EXPECT_EQ(c.num_splits, 1);
 }
 
+TEST(DecodeAttentionPlan, FewerCtasThanSmsSplitDownTo64Tokens) {
+  // Batch 1 at 8 KV heads is 8 CTAs on 132 SMs: a 256-token context splits in 4.
+  auto a = ops::cuda::plan_decode_attention(1, 32, 8, 128, 256, 132);
+  EXPECT_EQ(a.num_splits, 4);
+  EXPECT_EQ(a.tokens_per_split, 64);
+  // Batch 16 is 128 CTAs, still fewer than 132: 512 tokens in 8.
+  auto b = ops::cuda::plan_decode_attention(16, 32, 8, 128, 512, 132);
+  EXPECT_EQ(b.num_splits, 8);
+  // Batch 17 is 136 CTAs: back to splits of at least 256 tokens.
+  auto c = ops::cuda::plan_decode_attention(17, 32, 8, 128, 512, 132);
+  EXPECT_EQ(c.num_splits, 2);
+  EXPECT_GE(c.tokens_per_split, 256);
+}
+
+TEST(DecodeAttention, BF16ShortContextsSplitIn64TokenChunksMatchReference) {
+  int splits = 0;
+  double e = run_decode<bf16, bf16>(16, 128, 4, 8, {256}, 132, 16, &splits);
+  EXPECT_EQ(splits, 4);
+  EXPECT_LT(e, tol<bf16>()) << e;
+  e = run_decode<bf16, bf16>(16, 128, 4, 8, {200, 65}, 132, 17, &splits);  // 128-token splits, one empty for 65
+  EXPECT_EQ(splits, 2);
+  EXPECT_LT(e, tol<bf16>()) << e;
+}
+
 }  // namespace

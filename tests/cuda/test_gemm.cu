@@ -1,6 +1,9 @@
-// cuBLASLt linear layer against a float64 reference: y = x·Wᵀ (+ bias), f16 and bf16, ragged M,
-// strided input rows, and the per-shape plan cache.
+// Linear layers against a float64 reference: y = x·Wᵀ (+ bias), f16 and bf16, ragged M, strided
+// input rows; the cuBLASLt path (with its per-shape plan cache) and the GEMV path of decode steps
+// (M ≤ kGemvMaxRows), including the GEMV's row invariance.
 #include <gtest/gtest.h>
+
+#include <cstring>
 
 #include "pie/ops/cuda/gemm.cuh"
 #include "test_util.hpp"
@@ -11,7 +14,7 @@ using namespace pie::test;
 
 // TY: output type, the operand type or float (lm_head logits straight from the accumulators).
 template <class T, class TY = T>
-void check_gemm(int M, int N, int K, bool bias, ops::cuda::Gemm& gemm, uint32_t seed) {
+std::vector<TY> check_gemm(int M, int N, int K, bool bias, ops::cuda::Gemm& gemm, uint32_t seed) {
   std::mt19937 rng(seed);
   const int ldx = K + 64;  // strided rows, as a slice of a wider activation
   auto x = randn<T>(size_t(M) * ldx, rng);
@@ -32,29 +35,123 @@ void check_gemm(int M, int N, int K, bool bias, ops::cuda::Gemm& gemm, uint32_t 
       ref[size_t(i) * N + j] = float(s);
     }
   // Float output is rounded once (from fp32 accumulators), 16-bit output twice: tol<T> bounds both.
-  EXPECT_LT(rel_err(y, ref), tol<T>()) << tname<T>() << " M=" << M << " N=" << N << " K=" << K << " bias=" << bias;
+  EXPECT_LT(rel_err(y, ref), tol<T>()) << tname<T>() << " M=" << M << " N=" << N << " K=" << K << " bias=" << bias
+                                       << " gemv_max_rows=" << gemm.gemv_max_rows();
+  return y;
 }
 
+/// The cuBLASLt path alone (the GEMV would take the small-M cases).
+struct CublasLtOnly : ops::cuda::Gemm {
+  CublasLtOnly() { set_gemv_max_rows(0); }
+};
+
 TEST(Gemm, BF16RaggedM37N384K512WithAndWithoutBias) {
-  ops::cuda::Gemm g;
+  ops::cuda::Gemm g;  // M = 37 is past the GEMV: cuBLASLt
   check_gemm<bf16>(37, 384, 512, false, g, 1);
   check_gemm<bf16>(37, 384, 512, true, g, 2);
   check_gemm<bf16>(37, 384, 512, false, g, 3);  // cached plan reused
   EXPECT_EQ(g.cached_shapes(), 2u);
 }
 
-TEST(Gemm, F16M1N1024K256AndM300N200K1024) {
-  ops::cuda::Gemm g;
+TEST(Gemm, F16CublasLtM1N1024K256AndM300N200K1024) {
+  CublasLtOnly g;
   check_gemm<f16>(1, 1024, 256, false, g, 4);
   check_gemm<f16>(300, 200, 1024, true, g, 5);
 }
 
-TEST(Gemm, BF16FloatOutputM5N1000K256ForLogits) {
-  ops::cuda::Gemm g;
+TEST(Gemm, BF16CublasLtFloatOutputM5N1000K256ForLogits) {
+  CublasLtOnly g;
   check_gemm<bf16, float>(5, 1000, 256, false, g, 6);
   check_gemm<bf16, float>(64, 1000, 256, false, g, 7);
   check_gemm<bf16>(5, 1000, 256, false, g, 8);  // same shape, 16-bit output: a separate plan
   EXPECT_EQ(g.cached_shapes(), 3u);
+}
+
+/// Every M the GEMV can take goes through it.
+struct GemvUpToMax : ops::cuda::Gemm {
+  GemvUpToMax() { set_gemv_max_rows(ops::cuda::kGemvMaxRows); }
+};
+
+TEST(Gemv, DefaultTakesMUpToTheMeasuredCrossover) {
+  ops::cuda::Gemm g;
+  EXPECT_EQ(g.gemv_max_rows(), ops::cuda::kGemvDefaultMaxRows);
+  check_gemm<bf16>(1, 512, 256, false, g, 99);  // M = 1: the GEMV, no cuBLASLt plan
+  EXPECT_EQ(g.cached_shapes(), 0u);
+  check_gemm<bf16>(ops::cuda::kGemvDefaultMaxRows + 1, 512, 256, false, g, 98);
+  EXPECT_EQ(g.cached_shapes(), 1u);
+}
+
+TEST(Gemv, BF16EveryMFrom1To8N1001K4096WithAndWithoutBias) {
+  GemvUpToMax g;
+  for (int m = 1; m <= ops::cuda::kGemvMaxRows; ++m) {
+    check_gemm<bf16>(m, 1001, 4096, m % 2 == 0, g, 100 + m);  // odd N: a warp's last column past N
+  }
+  EXPECT_EQ(g.cached_shapes(), 0u);  // cuBLASLt never ran
+}
+
+TEST(Gemv, F16AndBF16KNotAMultipleOfTheChunkM3N77K520AndK12288) {
+  GemvUpToMax g;
+  check_gemm<f16>(3, 77, 520, true, g, 11);     // K = 2 chunks + 8: partial last chunk
+  check_gemm<bf16>(3, 77, 520, false, g, 12);
+  check_gemm<bf16>(2, 300, 12288, false, g, 13);  // down_proj's K: several double-buffered steps
+  check_gemm<bf16>(1, 64, 8, false, g, 14);     // K = 8: one vector
+}
+
+TEST(Gemv, BF16FloatOutputM1AndM8N5000K256ForLogits) {
+  GemvUpToMax g;
+  check_gemm<bf16, float>(1, 5000, 256, false, g, 15);
+  check_gemm<bf16, float>(8, 5000, 256, false, g, 16);
+  EXPECT_EQ(g.cached_shapes(), 0u);
+}
+
+// A row's result must not depend on the other rows in the launch: the decode batch invariance
+// of the engine rests on it. Row r of an M = 8 product equals, bit for bit, the M = 1 product
+// of that row alone, and the M = 3 product of rows r..r+2.
+TEST(Gemv, BF16RowsBitIdenticalWhateverMN2048K4096) {
+  const int N = 2048, K = 4096, M = ops::cuda::kGemvMaxRows;
+  std::mt19937 rng(21);
+  auto x = randn<bf16>(size_t(M) * K, rng);
+  auto w = randn<bf16>(size_t(N) * K, rng, 0.05f);
+  auto dx = upload(x), dw = upload(w);
+  GemvUpToMax g;
+  DeviceBuffer<bf16> yall(size_t(M) * N), yone(N), ythree(size_t(3) * N);
+  g(yall.view({M, N}), dx.view({M, K}), dw.view({N, K}));
+  auto all = download(yall);
+  for (int r = 0; r < M; ++r) {
+    TensorView<bf16> xr(dx.data() + size_t(r) * K, {1, K}, Device::Cuda);
+    g(yone.view({1, N}), xr, dw.view({N, K}));
+    auto one = download(yone);
+    EXPECT_EQ(std::memcmp(one.data(), all.data() + size_t(r) * N, sizeof(bf16) * N), 0) << "row " << r << " alone";
+    if (r + 3 <= M) {
+      TensorView<bf16> x3(dx.data() + size_t(r) * K, {3, K}, Device::Cuda);
+      g(ythree.view({3, N}), x3, dw.view({N, K}));
+      auto three = download(ythree);
+      EXPECT_EQ(std::memcmp(three.data(), all.data() + size_t(r) * N, sizeof(bf16) * 3 * N), 0) << "rows " << r << "..";
+    }
+  }
+}
+
+TEST(Gemv, GemvAndCublasLtAgreeOnTheQwen3QkvShapeM4N6144K4096) {
+  std::mt19937 rng(22);
+  const int M = 4, N = 6144, K = 4096;
+  auto x = randn<bf16>(size_t(M) * K, rng);
+  auto w = randn<bf16>(size_t(N) * K, rng, 0.05f);
+  auto dx = upload(x), dw = upload(w);
+  DeviceBuffer<float> a(size_t(M) * N), b(size_t(M) * N);
+  GemvUpToMax gv;
+  CublasLtOnly lt;
+  gv(a.view({M, N}), dx.view({M, K}), dw.view({N, K}));
+  lt(b.view({M, N}), dx.view({M, K}), dw.view({N, K}));
+  auto ha = download(a), hb = download(b);
+  // Both accumulate in fp32 over K = 4096 in different orders: agreement to ~1e-6 relative.
+  EXPECT_LT(rel_err(ha, hb), 1e-5);
+}
+
+TEST(Gemv, RejectsMPastTheLimitAndKNotAMultipleOf8) {
+  DeviceBuffer<bf16> x(16 * 16), w(16 * 16);
+  DeviceBuffer<bf16> y(16 * 16);
+  EXPECT_THROW(ops::cuda::gemv(y.view({9, 16}), x.view({9, 16}), w.view({16, 16})), pie::Error);
+  EXPECT_THROW(ops::cuda::gemv(y.view({2, 16}), x.view({2, 12}), w.view({16, 12})), pie::Error);
 }
 
 TEST(Gemm, FloatOutputRejectsBias) {

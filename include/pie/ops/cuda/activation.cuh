@@ -10,6 +10,8 @@ namespace detail {
 template <class T>
 __global__ void silu_and_mul_kernel(const T* __restrict__ in, int64_t in_stride, T* __restrict__ out,
                                     int64_t out_stride, int num_tokens, int inter) {
+  pdl_launch_dependents();  // the down-projection GEMV may start streaming its weights now
+  pdl_wait();
   const int vpr = inter / 8;
   int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= static_cast<int64_t>(num_tokens) * vpr) return;
@@ -19,7 +21,10 @@ __global__ void silu_and_mul_kernel(const T* __restrict__ in, int64_t in_stride,
   load8(in + t * in_stride + c, g);
   load8(in + t * in_stride + inter + c, u);
 #pragma unroll
-  for (int j = 0; j < 8; ++j) o[j] = g[j] / (1.f + __expf(-g[j])) * u[j];
+  for (int j = 0; j < 8; ++j) {
+    // transformers' rounding points: silu(gate) is a T tensor before it multiplies up.
+    o[j] = to_f32(from_f32<T>(g[j] / (1.f + expf(-g[j])))) * u[j];
+  }
   store8(out + t * out_stride + c, o);
 }
 }  // namespace detail
@@ -36,9 +41,8 @@ void silu_and_mul(TensorView<T> gate_up, TensorView<T> out, cudaStream_t stream 
   if (n == 0) return;
   int64_t total = int64_t{n} * (inter / 8);
   constexpr int kThreads = 256;
-  detail::silu_and_mul_kernel<<<static_cast<unsigned>((total + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
-      dev(gate_up.data), gate_up.stride[0], dev(out.data), out.stride[0], n, inter);
-  PIE_CUDA_CHECK_LAUNCH();
+  launch_pdl(detail::silu_and_mul_kernel<device_t<T>>, dim3(static_cast<unsigned>((total + kThreads - 1) / kThreads)),
+             dim3(kThreads), 0, stream, dev(gate_up.data), gate_up.stride[0], dev(out.data), out.stride[0], n, inter);
 }
 
 }  // namespace pie::ops::cuda

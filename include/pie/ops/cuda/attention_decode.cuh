@@ -32,8 +32,9 @@ struct DecodePlan {
 /// \brief Chooses the split count from the batch shape and the longest context. CTAs are of
 /// equal length, so a grid of few waves loses its last partial wave (512 CTAs on 396 slots run
 /// as 2 waves at 65% use); about 32 CTAs per SM (≥ 8 waves) bounds that loss near 5%. Splits
-/// stay ≥ 256 tokens: the partial outputs (splits·batch·heads·head_dim floats, written and read
-/// once) then cost a few percent of the KV bytes.
+/// stay ≥ 256 tokens (≥ 64 when the unsplit grid has fewer CTAs than SMs): the partial outputs
+/// (splits·batch·heads·head_dim floats, written and read once) then cost a few percent of the
+/// KV bytes.
 inline DecodePlan plan_decode_attention(int batch, int num_q_heads, int num_kv_heads, int head_dim,
                                         int max_seq_len, int sm_count = 0) {
   PIE_CHECK(batch >= 0 && num_kv_heads > 0 && num_q_heads % num_kv_heads == 0,
@@ -48,7 +49,11 @@ inline DecodePlan plan_decode_attention(int batch, int num_q_heads, int num_kv_h
   int64_t ctas = int64_t{batch} * num_kv_heads;
   int64_t target = int64_t{32} * sm_count;
   int splits = ctas >= target || ctas == 0 ? 1 : static_cast<int>((target + ctas - 1) / ctas);
-  splits = std::min(splits, std::max(1, max_seq_len / 256));
+  // Fewer CTAs than SMs (batch 1–16 at 8 KV heads) leave the card mostly idle and each CTA
+  // latency-bound (a 192-token context took 16 µs on 8 CTAs): there splits go down to 64 tokens,
+  // a merge launch being cheaper than the idle SMs.
+  const int min_split_tokens = ctas < sm_count ? 64 : 256;
+  splits = std::min(splits, std::max(1, max_seq_len / min_split_tokens));
   p.tokens_per_split = (max_seq_len + splits - 1) / splits;
   p.tokens_per_split = (p.tokens_per_split + 63) / 64 * 64;
   p.num_splits = (max_seq_len + p.tokens_per_split - 1) / p.tokens_per_split;
@@ -244,6 +249,8 @@ __device__ __forceinline__ void decode_body(const DecodeParams<T, KV, Variant>& 
 template <int HD, int GROUP, int NW, class T, class KV, class Variant>
 __global__ void __launch_bounds__(NW * 32) decode_kernel(const __grid_constant__ DecodeParams<T, KV, Variant> p) {
   extern __shared__ float smem[];
+  pdl_launch_dependents();  // o_proj's GEMV may start streaming its weights now
+  pdl_wait();
   decode_body<HD, GROUP, NW>(p, smem);
 }
 
@@ -254,6 +261,8 @@ __global__ void __launch_bounds__(NW * 32) decode_kernel(const __grid_constant__
 template <int HD, class T>
 __global__ void decode_merge_kernel(const float* __restrict__ part_o, const float* __restrict__ part_lse,
                                     int num_splits, int batch, int nq, T* __restrict__ out, int64_t out_stride) {
+  pdl_launch_dependents();
+  pdl_wait();
   int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= int64_t(batch) * nq * (HD / 8)) return;
   const int64_t row = i / (HD / 8), plane = int64_t(batch) * nq;
@@ -285,13 +294,12 @@ void launch_decode(const DecodeParams<T, KV, Variant>& p, int batch, cudaStream_
   auto kern = decode_kernel<HD, GROUP, NW, T, KV, Variant>;
   if (smem > 48 * 1024) PIE_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   dim3 grid(p.kv.num_kv_heads, batch, p.num_splits);
-  kern<<<grid, NW * 32, smem, stream>>>(p);
-  PIE_CUDA_CHECK_LAUNCH();
+  launch_pdl(kern, grid, dim3(NW * 32), smem, stream, p);
   if (p.num_splits > 1) {
     int64_t n = int64_t(batch) * p.kv.num_kv_heads * GROUP * (HD / 8);
-    decode_merge_kernel<HD><<<unsigned((n + 255) / 256), 256, 0, stream>>>(
-        p.part_o, p.part_lse, p.num_splits, batch, p.kv.num_kv_heads * GROUP, p.out, p.out_stride);
-    PIE_CUDA_CHECK_LAUNCH();
+    launch_pdl(decode_merge_kernel<HD, T>, dim3(unsigned((n + 255) / 256)), dim3(256), 0, stream,
+               static_cast<const float*>(p.part_o), static_cast<const float*>(p.part_lse), p.num_splits, batch,
+               p.kv.num_kv_heads * GROUP, p.out, p.out_stride);
   }
 }
 }  // namespace detail

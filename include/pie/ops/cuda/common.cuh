@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
 #include "pie/core/buffer.hpp"
 #include "pie/core/dtype.hpp"
@@ -98,6 +99,52 @@ __device__ __forceinline__ void store8(T* __restrict__ p, const float (&f)[8]) {
 #pragma unroll
   for (int i = 0; i < 8; ++i) pk.v[i] = from_f32<T>(f[i]);
   *reinterpret_cast<Pack8<T>*>(p) = pk;
+}
+
+/// Programmatic dependent launch (sm_90). A kernel launched with the programmatic-serialization
+/// attribute may start while its predecessor still runs; `pdl_wait()` blocks until the
+/// predecessor grid has completed and its writes are visible, so code before it may touch only
+/// data no earlier kernel writes (weights). `pdl_launch_dependents()` lets such a successor
+/// start now instead of at this grid's exit. Both are no-ops without the attribute.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
+/// Launches kernel<<<grid, block, smem, stream>>>(args...) with programmatic dependent launch:
+/// the kernel may be scheduled while its predecessor in the stream still runs, so its launch
+/// latency hides under the predecessor's tail. The kernel must call `pdl_wait()` before it reads
+/// anything a previous kernel wrote and before it writes anything (it may still be read);
+/// within a CUDA graph the dependency becomes a programmatic edge.
+template <class... KernelArgs, class... Args>
+inline void launch_pdl(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                       Args&&... args) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  PIE_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
+}
+
+/// 16-byte load of data read once (weights streamed by a GEMV): bypasses L1.
+__device__ __forceinline__ uint4 load16_stream(const void* p) {
+  uint4 r;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+               : "l"(p));
+  return r;
 }
 
 __device__ __forceinline__ float warp_sum(float v) {

@@ -10,6 +10,8 @@ namespace detail {
 template <class T>
 __global__ void embedding_kernel(const T* __restrict__ table, int vocab, int hidden, const int32_t* __restrict__ ids,
                                  int n, T* __restrict__ out, int64_t out_stride, int32_t* bad_id) {
+  pdl_launch_dependents();  // lm_head's GEMV may start streaming its weights now
+  pdl_wait();
   const int vpr = hidden / 8;
   int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= static_cast<int64_t>(n) * vpr) return;
@@ -42,9 +44,9 @@ void embedding(TensorView<T> table, const int32_t* ids, TensorView<T> out, int32
   if (n == 0) return;
   int64_t total = int64_t{n} * (hidden / 8);
   constexpr int kThreads = 256;
-  detail::embedding_kernel<<<static_cast<unsigned>((total + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
-      dev(table.data), static_cast<int>(table.shape[0]), hidden, ids, n, dev(out.data), out.stride[0], bad_id);
-  PIE_CUDA_CHECK_LAUNCH();
+  launch_pdl(detail::embedding_kernel<device_t<T>>, dim3(static_cast<unsigned>((total + kThreads - 1) / kThreads)),
+             dim3(kThreads), 0, stream, dev(table.data), static_cast<int>(table.shape[0]), hidden, ids, n,
+             dev(out.data), out.stride[0], bad_id);
 }
 
 }  // namespace pie::ops::cuda

@@ -1,16 +1,21 @@
 #pragma once
 /// \file gemm.cuh
-/// \brief Linear layers through cuBLASLt: y = x·Wᵀ (+ bias) with f16/bf16 operands and f32
-/// accumulation. The heuristic's algorithm and the descriptors are built once per shape and
-/// cached, and one workspace serves every call (it must not be shared by concurrent streams).
+/// \brief Linear layers: y = x·Wᵀ (+ bias) with f16/bf16 operands and f32 accumulation. Up to
+/// `gemv_max_rows()` rows (batch-1 decode steps by default) go through pie's GEMV (gemv.cuh),
+/// which streams the weights faster than cuBLASLt does at that size and overlaps the kernel
+/// before it; larger M through cuBLASLt, whose heuristic
+/// algorithm and descriptors are built once per shape and cached, with one workspace for every
+/// call (it must not be shared by concurrent streams).
 #include <cublasLt.h>
 
+#include <algorithm>
 #include <cstring>
 #include <tuple>
 #include <type_traits>
 #include <unordered_map>
 
 #include "pie/ops/cuda/common.cuh"
+#include "pie/ops/cuda/gemv.cuh"
 
 #define PIE_CUBLAS_CHECK(expr)                                                        \
   do {                                                                                \
@@ -20,7 +25,7 @@
 
 namespace pie::ops::cuda {
 
-/// \brief A cuBLASLt handle, its workspace and the per-shape plan cache.
+/// \brief The GEMV/cuBLASLt dispatch: a cuBLASLt handle, its workspace and the per-shape plan cache.
 class Gemm {
  public:
   explicit Gemm(size_t workspace_bytes = size_t{32} << 20) : ws_(workspace_bytes) {
@@ -54,6 +59,10 @@ class Gemm {
     PIE_CHECK(x.stride[1] == 1 && w.stride[1] == 1 && y.stride[1] == 1, "Gemm: rows must be contiguous");
     const int64_t M = x.shape[0], N = w.shape[0], K = x.shape[1];
     if (M == 0) return;
+    if (M <= gemv_max_rows_ && gemv_supported(M, K, x.data, x.stride[0], w.data, w.stride[0])) {
+      gemv(y, x, w, bias, stream);
+      return;
+    }
     constexpr cudaDataType_t dt = std::is_same_v<T, pie::bf16> ? CUDA_R_16BF : CUDA_R_16F;
     constexpr cudaDataType_t out_dt = kFloatOut ? CUDA_R_32F : dt;
     Key key{M, N, K, x.stride[0], w.stride[0], y.stride[0], dt, out_dt, bias != nullptr};
@@ -67,6 +76,10 @@ class Gemm {
   }
 
   size_t cached_shapes() const { return cache_.size(); }
+
+  /// Rows up to which the GEMV path is taken (0: cuBLASLt for every M; at most kGemvMaxRows).
+  int gemv_max_rows() const { return gemv_max_rows_; }
+  void set_gemv_max_rows(int m) { gemv_max_rows_ = std::clamp(m, 0, kGemvMaxRows); }
 
  private:
   struct Key {
@@ -123,6 +136,7 @@ class Gemm {
     return cache_.emplace(k, e).first->second;
   }
 
+  int gemv_max_rows_ = kGemvDefaultMaxRows;
   cublasLtHandle_t handle_ = nullptr;
   DeviceBuffer<unsigned char> ws_;
   std::unordered_map<Key, Entry, KeyHash> cache_;

@@ -13,6 +13,8 @@ template <class T, class KV>
 __global__ void kv_write_kernel(kv::PagedKV<KV> cache, const T* __restrict__ k, int64_t k_stride,
                                 const T* __restrict__ v, int64_t v_stride, const int64_t* __restrict__ slots,
                                 int num_tokens) {
+  pdl_launch_dependents();
+  pdl_wait();
   const int hd = cache.head_dim, vec_per_head = hd / 8;
   const int vec_per_token = cache.num_kv_heads * vec_per_head;
   int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -56,9 +58,9 @@ void kv_write(kv::PagedKV<KV> cache, TensorView<T> k, TensorView<T> v, const int
                               cache.kv_scale};
   int64_t n = int64_t{num_tokens} * cache.num_kv_heads * (cache.head_dim / 8);
   constexpr int kThreads = 256;
-  detail::kv_write_kernel<<<static_cast<unsigned>((n + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
-      c, dev(k.data), k.stride[0], dev(v.data), v.stride[0], slot_mapping, num_tokens);
-  PIE_CUDA_CHECK_LAUNCH();
+  launch_pdl(detail::kv_write_kernel<device_t<T>, device_t<KV>>,
+             dim3(static_cast<unsigned>((n + kThreads - 1) / kThreads)), dim3(kThreads), 0, stream, c, dev(k.data),
+             k.stride[0], dev(v.data), v.stride[0], slot_mapping, num_tokens);
 }
 
 }  // namespace pie::ops::cuda

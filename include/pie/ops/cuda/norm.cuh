@@ -1,7 +1,7 @@
 #pragma once
 /// \file norm.cuh
 /// \brief RMSNorm and RMSNorm fused with the residual add (HF LlamaRMSNorm numerics: float32
-/// mean of squares, x·rsqrt(ms + eps)·w), one CTA per row, 16-byte vectors held in registers so
+/// mean of squares, T(x·rsqrt(ms + eps))·w), one CTA per row, 16-byte vectors held in registers so
 /// each row is read once and written once.
 #include "pie/ops/cuda/common.cuh"
 
@@ -49,7 +49,9 @@ __device__ __forceinline__ void rms_norm_row(T* __restrict__ x, T* __restrict__ 
       float wf[8], o[8];
       load8(w + i * 8, wf);
 #pragma unroll
-      for (int j = 0; j < 8; ++j) o[j] = wf[j] * (v[k][j] * inv);
+      // HF's (and vLLM's) rounding point: the normalised value is cast to T before the weight
+      // multiplies it, so pie's bf16 activations match transformers' bit for bit here.
+      for (int j = 0; j < 8; ++j) o[j] = wf[j] * to_f32(from_f32<T>(v[k][j] * inv));
       store8(x + i * 8, o);
     }
   }
@@ -59,6 +61,8 @@ template <bool Residual, class T>
 __global__ void rms_norm_kernel(T* __restrict__ x, int64_t x_stride, T* __restrict__ residual,
                                 int64_t r_stride, const T* __restrict__ w, int dim, float eps, bool first) {
   __shared__ float red[32];
+  pdl_launch_dependents();  // the next GEMV may start streaming its weights now
+  pdl_wait();
   const int64_t row = blockIdx.x;
   rms_norm_row<Residual>(x + row * x_stride, Residual ? residual + row * r_stride : nullptr, w, dim,
                          eps, first, red);
@@ -86,9 +90,8 @@ void launch_rms_norm(TensorView<T> x, TensorView<T>* residual, TensorView<T> w, 
     r = dev(residual->data);
     rs = residual->stride[0];
   }
-  rms_norm_kernel<Residual><<<static_cast<unsigned>(x.shape[0]), threads, 0, stream>>>(
-      dev(x.data), x.stride[0], r, rs, dev(w.data), dim, eps, first);
-  PIE_CUDA_CHECK_LAUNCH();
+  launch_pdl(rms_norm_kernel<Residual, D>, dim3(static_cast<unsigned>(x.shape[0])), dim3(threads), 0, stream,
+             dev(x.data), x.stride[0], r, rs, dev(w.data), dim, eps, first);
 }
 }  // namespace detail
 

@@ -33,8 +33,9 @@ __device__ __forceinline__ void qk_norm_rope_token(T* __restrict__ row, int nq, 
     int i = sub * 8 + j;
     float f = rp.inv_freq ? rp.inv_freq[i] : powf(rp.theta, -2.f * i / HD);
     sincosf(static_cast<float>(pos) * f, &sn[j], &c[j]);  // float angle, as transformers computes it
-    c[j] *= rp.mscale;
-    sn[j] *= rp.mscale;
+    // transformers scales in float, then casts cos/sin to the activation dtype.
+    c[j] = to_f32(from_f32<T>(c[j] * rp.mscale));
+    sn[j] = to_f32(from_f32<T>(sn[j] * rp.mscale));
   }
   // The loop bound is the same for every thread, so the norm's shuffles always see full warps.
   for (int h0 = 0; h0 < heads; h0 += HPB) {
@@ -56,16 +57,20 @@ __device__ __forceinline__ void qk_norm_rope_token(T* __restrict__ row, int nq, 
       load8(norm_w + HD / 2 + sub * 8, wb);
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
-        // Qwen3 rounds the normed head to the activation dtype before RoPE (HF does the same).
-        a[j] = to_f32(from_f32<T>(wa[j] * (a[j] * inv)));
-        b[j] = to_f32(from_f32<T>(wb[j] * (b[j] * inv)));
+        // HF's rounding points: T(x·inv), times the weight, rounded to T before RoPE.
+        a[j] = to_f32(from_f32<T>(wa[j] * to_f32(from_f32<T>(a[j] * inv))));
+        b[j] = to_f32(from_f32<T>(wb[j] * to_f32(from_f32<T>(b[j] * inv))));
       }
     }
     float oa[8], ob[8];
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
-      oa[j] = a[j] * c[j] - b[j] * sn[j];
-      ob[j] = b[j] * c[j] + a[j] * sn[j];
+      // transformers computes q·cos + rotate_half(q)·sin in T: each product is rounded to T
+      // before the sum (and the sum when stored). Doing the same keeps pie's q/k bit-identical
+      // to transformers' wherever the inputs are.
+      auto r = [](float v) { return to_f32(from_f32<T>(v)); };
+      oa[j] = r(a[j] * c[j]) - r(b[j] * sn[j]);
+      ob[j] = r(b[j] * c[j]) + r(a[j] * sn[j]);
     }
     if (h0 + slot < heads) {
       store8(head + sub * 8, oa);
@@ -79,6 +84,8 @@ __global__ void __launch_bounds__(kRopeThreads) qk_norm_rope_kernel(T* __restric
                                                                     const int32_t* __restrict__ positions, int nq, int nkv,
                                                                     const T* __restrict__ q_norm, const T* __restrict__ k_norm,
                                                                     float eps, RopeParams rp) {
+  pdl_launch_dependents();
+  pdl_wait();
   const int t = blockIdx.x;
   qk_norm_rope_token<HD>(qkv + t * row_stride, nq, nq + nkv, q_norm, k_norm, eps, positions[t], rp);
 }
@@ -98,9 +105,9 @@ void qk_norm_rope(TensorView<T> qkv, const int32_t* positions, int num_q_heads, 
   const int num_tokens = static_cast<int>(qkv.shape[0]);
   if (num_tokens == 0) return;
   PIE_DISPATCH_HEAD_DIM(head_dim, HD, [&] {
-    detail::qk_norm_rope_kernel<HD><<<static_cast<unsigned>(num_tokens), detail::kRopeThreads, 0, stream>>>(
-        dev(qkv.data), qkv.stride[0], positions, num_q_heads, num_kv_heads, dev(q_norm), dev(k_norm), eps, rope);
-    PIE_CUDA_CHECK_LAUNCH();
+    launch_pdl(detail::qk_norm_rope_kernel<HD, device_t<T>>, dim3(static_cast<unsigned>(num_tokens)),
+               dim3(detail::kRopeThreads), 0, stream, dev(qkv.data), qkv.stride[0], positions, num_q_heads,
+               num_kv_heads, dev(q_norm), dev(k_norm), eps, rope);
   });
 }
 

@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""Per-op profile of pie's decode steps as the GPU ran them (CUDA graphs replayed, PDL overlap
+included), from an Nsight Systems kernel trace:
+
+  nsys profile --cuda-graph-trace=node --trace=cuda -o run pie_bench MODEL ...
+  nsys stats --report cuda_gpu_trace --format csv --output run run.nsys-rep
+  python3 bench/nsys_decode_profile.py run_cuda_gpu_trace.csv [--batch B] [--hidden 4096 ...]
+
+A step is the kernels up to and including the sampler's. Decode steps of the requested batch
+(the sampler's grid is the batch) are kept, the first and last few dropped; per step the script
+prints the wall time (first kernel start to sampler end), the time some kernel was running
+(union of intervals) and so the idle gaps, and per op its time. Linear layers are named by the
+op before them (norm → qkv or gate_up by grid size, attention → o_proj, SwiGLU → down_proj,
+row gather → lm_head) and, with the model's widths, their bytes give achieved bandwidth.
+"""
+import argparse
+import csv
+import statistics
+import sys
+
+
+def category(name):
+    n = name.lower()
+    if "sampling" in n:
+        return "sample"
+    if "rms_norm" in n:
+        return "rms_norm"
+    if "qk_norm_rope" in n:
+        return "qk_norm_rope"
+    if "kv_write" in n:
+        return "kv_write"
+    if "decode_merge" in n:
+        return "attention_merge"
+    if "decode_kernel" in n:
+        return "attention_decode"
+    if "prefill" in n:
+        return "attention_prefill"
+    if "silu" in n:
+        return "silu_mul"
+    if "embedding" in n:
+        return "embedding"
+    if "gemv" in n:
+        return "linear"
+    if any(k in n for k in ("gemm", "nvjet", "xmma", "cutlass", "sm90", "splitk", "reduce")):
+        return "linear"
+    return "other:" + name[:40]
+
+
+def load(path):
+    rows = []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            name = r.get("Name") or r.get("name")
+            start = r.get("Start (ns)") or r.get("Start")
+            dur = r.get("Duration (ns)") or r.get("Duration")
+            if name is None or start is None or dur is None:
+                continue
+            if "memcpy" in name.lower() or "memset" in name.lower():
+                continue
+            grid = r.get("GrdX") or "0"
+            rows.append((int(float(start)), int(float(dur)), name, int(float(grid or 0))))
+    rows.sort()
+    return rows
+
+
+def steps(rows):
+    cur = []
+    for r in rows:
+        cur.append(r)
+        if category(r[2]) == "sample":
+            yield cur
+            cur = []
+
+
+def name_linears(step, grid_gate_up_min):
+    """Labels linear kernels by the op before them (see the module comment)."""
+    out, prev = [], None
+    for (s, d, n, g) in step:
+        c = category(n)
+        if c == "linear":
+            if prev == "rms_norm":
+                c = "gate_up_proj" if g >= grid_gate_up_min else "qkv_proj"
+            elif prev in ("attention_decode", "attention_merge", "attention_prefill"):
+                c = "o_proj"
+            elif prev == "silu_mul":
+                c = "down_proj"
+            elif prev == "embedding":
+                c = "lm_head"
+            elif prev in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj", "lm_head"):
+                c = prev  # a second kernel of the same GEMM (split-K reduction)
+            else:
+                c = "linear"
+        out.append((s, d, c))
+        prev = c
+    return out
+
+
+def union(intervals):
+    total, end = 0, None
+    for s, e in sorted(intervals):
+        if end is None or s > end:
+            total += e - s
+            end = e
+        elif e > end:
+            total += e - end
+            end = e
+    return total
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("csv")
+    ap.add_argument("--batch", type=int, default=1, help="decode batch size to keep (the sampler's grid)")
+    ap.add_argument("--hidden", type=int, default=4096)
+    ap.add_argument("--q-size", type=int, default=4096)
+    ap.add_argument("--kv-size", type=int, default=1024)
+    ap.add_argument("--intermediate", type=int, default=12288)
+    ap.add_argument("--vocab", type=int, default=151936)
+    ap.add_argument("--copy-tbps", type=float, default=2.99)
+    a = ap.parse_args()
+    H, I = a.hidden, a.intermediate
+    wbytes = {"qkv_proj": (a.q_size + 2 * a.kv_size) * H * 2, "o_proj": a.q_size * H * 2,
+              "gate_up_proj": 2 * I * H * 2, "down_proj": I * H * 2, "lm_head": a.vocab * H * 2}
+    rows = load(a.csv)
+    if not rows:
+        sys.exit("no kernels in " + a.csv)
+    keep = []
+    for st in steps(rows):
+        sampler = [r for r in st if category(r[2]) == "sample"][-1]
+        cats = {category(r[2]) for r in st}
+        if sampler[3] == a.batch and "attention_decode" in cats and "attention_prefill" not in cats:
+            keep.append(st)
+    if len(keep) > 6:
+        keep = keep[2:-2]
+    if not keep:
+        sys.exit(f"no decode steps of batch {a.batch}")
+    walls, busys, per = [], [], {}
+    for st in keep:
+        named = name_linears(st, grid_gate_up_min=1)
+        # gate_up is the widest projection after a norm: the larger of the two grids seen after norms.
+        grids = sorted({g for (s, d, n, g), prev in zip(st[1:], st) if category(n) == "linear" and category(prev[2]) == "rms_norm"})
+        named = name_linears(st, grid_gate_up_min=grids[-1] if len(grids) > 1 else 1 << 30)
+        t0, t1 = st[0][0], st[-1][0] + st[-1][1]
+        walls.append(t1 - t0)
+        busys.append(union([(s, s + d) for (s, d, _) in named]))
+        acc = {}
+        for (s, d, c) in named:
+            n, t = acc.get(c, (0, 0))
+            acc[c] = (n + 1, t + d)
+        for c, v in acc.items():
+            per.setdefault(c, []).append(v)
+    wall = statistics.median(walls) / 1e3
+    busy = statistics.median(busys) / 1e3
+    print(f"decode steps at batch {a.batch}: {len(keep)} kept; per step (median): wall {wall:.1f} us, "
+          f"some kernel running {busy:.1f} us, idle gaps {wall - busy:.1f} us ({100 * (wall - busy) / wall:.1f}%)")
+    print(f"{'op':<20} {'kernels':>7} {'sum us':>9} {'% wall':>7} {'us each':>8}  achieved")
+    for c, v in sorted(per.items(), key=lambda kv: -statistics.median(x[1] for x in kv[1])):
+        n = statistics.median(x[0] for x in v)
+        t = statistics.median(x[1] for x in v) / 1e3
+        extra = ""
+        if c in wbytes and n > 0:
+            layers = n if c == "lm_head" else n
+            tbps = wbytes[c] * layers / (t * 1e-6) / 1e12
+            extra = f"weights {tbps:.2f} TB/s = {100 * tbps / a.copy_tbps:.0f}% of copy"
+        print(f"{c:<20} {n:>7.0f} {t:>9.1f} {100 * t / wall:>6.1f}% {t / max(n, 1):>8.2f}  {extra}")
+    print("(kernel times overlap under programmatic dependent launch: their sum may exceed the wall)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+#pragma once
+/// \file gemv.cuh
+/// \brief Skinny linear layer for decode steps: y [M, N] = x [M, K]·w [N, K]ᵀ (+ bias [N]) for
+/// 1 ≤ M ≤ kGemvMaxRows, f16/bf16 operands, f32 accumulation, output in the operand type or
+/// float.
+///
+/// Why not cuBLASLt: at M of a few rows a linear layer is a pass over its weights, and the
+/// heuristic's tensor-core kernels streamed them at 1.8–2.1 TB/s on the Qwen3-8B shapes
+/// (qkv_proj, o_proj) against the card's 2.99 TB/s copy bandwidth (docs/gpu_engine.md).
+///
+/// How: one warp owns C adjacent output columns; each lane streams 16-byte weight vectors
+/// (L1 bypassed: read once) U chunks of 256 elements ahead, double-buffered, so a warp keeps
+/// U·C·512 bytes in flight; x rows come from L1/L2 (every warp reads them). The first U chunks
+/// are loaded before `pdl_wait()`: launched with programmatic dependent launch, the kernel
+/// starts streaming its weights while the kernel that writes x (norm, attention, SwiGLU) is
+/// still finishing.
+///
+/// Reduction order: a lane sums its chunks in increasing k, then the warp reduces by a fixed
+/// butterfly; nothing depends on M, so a row's result is bit-identical whatever other rows
+/// share the launch (batch invariance for every M ≤ kGemvMaxRows).
+#include <algorithm>
+
+#include "pie/ops/cuda/common.cuh"
+
+namespace pie::ops::cuda {
+
+/// Largest M gemv() takes.
+inline constexpr int kGemvMaxRows = 8;
+/// Largest M for which Gemm picks the GEMV by default. Measured on an H100 (docs/kernels.md,
+/// bench BM_SkinnyLinear): at M = 1 the GEMV is as fast as cuBLASLt or faster on every Qwen3-8B
+/// projection (o_proj 19.1 vs 23.6 µs, lm_head 403 vs 444 µs); from M = 2 on its CUDA-core FMAs
+/// fall behind cuBLASLt's tensor cores (M = 8 gate_up: 143 vs 82 µs).
+inline constexpr int kGemvDefaultMaxRows = 1;
+
+namespace detail {
+
+template <class T, class TY>
+struct GemvParams {
+  const T* x; int64_t ldx;
+  const T* w; int64_t ldw;
+  const T* bias;
+  TY* y; int64_t ldy;
+  int n, k;
+};
+
+/// M rows, C columns per warp, U chunks in flight per column, NW warps per CTA.
+template <int M, int C, int U, int NW, class T, class TY>
+__global__ void __launch_bounds__(NW * 32) gemv_kernel(const __grid_constant__ GemvParams<T, TY> p) {
+  constexpr int kChunk = 32 * 8;  // elements a warp covers per 16-byte load per lane
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int n0 = (blockIdx.x * NW + warp) * C;
+  if (n0 >= p.n) return;  // writes nothing
+  const T* wrow[C];
+#pragma unroll
+  for (int c = 0; c < C; ++c) wrow[c] = p.w + int64_t(min(n0 + c, p.n - 1)) * p.ldw;  // past N: recompute the last
+
+  uint4 wa[U][C], wb[U][C];
+  auto fetch = [&](uint4 (&dst)[U][C], int k0) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int k = k0 + u * kChunk + lane * 8;
+#pragma unroll
+      for (int c = 0; c < C; ++c) dst[u][c] = k < p.k ? load16_stream(wrow[c] + k) : make_uint4(0, 0, 0, 0);
+    }
+  };
+  float acc[M][C];
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int c = 0; c < C; ++c) acc[m][c] = 0.f;
+  auto consume = [&](const uint4 (&src)[U][C], int k0) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int k = k0 + u * kChunk + lane * 8;
+      if (k >= p.k) break;  // chunks past K are the tail of the last step only
+      float wf[C][8];
+#pragma unroll
+      for (int c = 0; c < C; ++c) widen8(*reinterpret_cast<const Pack8<T>*>(&src[u][c]), wf[c]);
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        float xf[8];
+        load8(p.x + m * p.ldx + k, xf);
+#pragma unroll
+        for (int c = 0; c < C; ++c)
+#pragma unroll
+          for (int j = 0; j < 8; ++j) acc[m][c] = fmaf(xf[j], wf[c][j], acc[m][c]);
+      }
+    }
+  };
+
+  constexpr int kStep = U * kChunk;
+  fetch(wa, 0);  // weights only: may run before the predecessor finishes
+  pdl_launch_dependents();
+  pdl_wait();
+  for (int k0 = 0; k0 < p.k; k0 += 2 * kStep) {
+    if (k0 + kStep < p.k) fetch(wb, k0 + kStep);
+    consume(wa, k0);
+    if (k0 + kStep >= p.k) break;
+    if (k0 + 2 * kStep < p.k) fetch(wa, k0 + 2 * kStep);
+    consume(wb, k0 + kStep);
+  }
+
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int c = 0; c < C; ++c) acc[m][c] = warp_sum(acc[m][c]);
+  // Every lane holds every sum; lane m·C + c (mod 32) stores (m, c).
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+      if (lane != (m * C + c) % 32 || n0 + c >= p.n) continue;
+      float v = acc[m][c];
+      if (p.bias) v += to_f32(p.bias[n0 + c]);
+      p.y[m * p.ldy + n0 + c] = from_f32<TY>(v);
+    }
+}
+
+template <int M, class T, class TY>
+void launch_gemv(const GemvParams<T, TY>& p, cudaStream_t stream) {
+  constexpr int C = 2, U = 4, NW = 4;
+  auto kern = gemv_kernel<M, C, U, NW, T, TY>;
+  const int64_t warps = (int64_t(p.n) + C - 1) / C;
+  launch_pdl(kern, dim3(unsigned((warps + NW - 1) / NW)), dim3(NW * 32), 0, stream, p);
+}
+
+}  // namespace detail
+
+/// \brief True when gemv() takes these operands: 1 ≤ M ≤ kGemvMaxRows, K a multiple of 8,
+/// rows of x and w 16-byte aligned.
+template <class T>
+inline bool gemv_supported(int64_t m, int64_t k, const T* x, int64_t ldx, const T* w, int64_t ldw) {
+  return m >= 1 && m <= kGemvMaxRows && k % 8 == 0 && ldx % 8 == 0 && ldw % 8 == 0 && vec8_aligned(x) &&
+         vec8_aligned(w);
+}
+
+/// \brief y [M, N] = x [M, K]·w [N, K]ᵀ (+ bias) for M ≤ kGemvMaxRows (see the file comment).
+/// Launched with programmatic dependent launch: the weight prefetch overlaps the predecessor.
+template <class TY, class T>
+void gemv(TensorView<TY> y, TensorView<T> x, TensorView<T> w, const T* bias = nullptr,
+          cudaStream_t stream = nullptr) {
+  static_assert(std::is_same_v<T, pie::f16> || std::is_same_v<T, pie::bf16>, "gemv: f16 or bf16 operands");
+  static_assert(std::is_same_v<TY, T> || std::is_same_v<TY, float>, "gemv: output is the operand type or float");
+  PIE_CHECK(x.rank == 2 && w.rank == 2 && y.rank == 2, "gemv: x, w, y must be matrices");
+  PIE_CHECK(x.shape[1] == w.shape[1] && y.shape[0] == x.shape[0] && y.shape[1] == w.shape[0],
+            "gemv: shapes do not chain: x [", x.shape[0], ",", x.shape[1], "], w [", w.shape[0], ",", w.shape[1],
+            "], y [", y.shape[0], ",", y.shape[1], "]");
+  PIE_CHECK(x.stride[1] == 1 && w.stride[1] == 1 && y.stride[1] == 1, "gemv: rows must be contiguous");
+  const int64_t M = x.shape[0];
+  PIE_CHECK(gemv_supported(M, x.shape[1], x.data, x.stride[0], w.data, w.stride[0]), "gemv: M=", M,
+            " (1..", kGemvMaxRows, "), K=", x.shape[1], " and strides must be multiples of 8, rows 16-byte aligned");
+  using D = device_t<T>;
+  using DY = std::conditional_t<std::is_same_v<TY, float>, float, D>;
+  detail::GemvParams<D, DY> p{dev(x.data), x.stride[0], dev(w.data), w.stride[0], dev(bias),
+                              reinterpret_cast<DY*>(y.data), y.stride[0], static_cast<int>(w.shape[0]),
+                              static_cast<int>(x.shape[1])};
+  switch (M) {
+    case 1: detail::launch_gemv<1>(p, stream); break;
+    case 2: detail::launch_gemv<2>(p, stream); break;
+    case 3: detail::launch_gemv<3>(p, stream); break;
+    case 4: detail::launch_gemv<4>(p, stream); break;
+    case 5: detail::launch_gemv<5>(p, stream); break;
+    case 6: detail::launch_gemv<6>(p, stream); break;
+    case 7: detail::launch_gemv<7>(p, stream); break;
+    default: detail::launch_gemv<8>(p, stream); break;
+  }
+}
+
+}  // namespace pie::ops::cuda
