@@ -123,23 +123,30 @@ if has sweep; then
 fi
 
 if has nsys; then
-  # The decode step as the GPU ran it (graphs replayed, PDL overlap): Nsight Systems kernel trace
-  # → per-op time and idle gaps per step (bench/nsys_decode_profile.py). Big files are deleted.
+  # The decode step as the GPU ran it (graphs replayed, PDL overlap): a kernel trace → per-op
+  # time and idle gaps per step (bench/nsys_decode_profile.py). Nsight Systems when installed,
+  # else pie's CUPTI injection tracer (bench/cuda/kernel_trace.cpp, $PIE_KERNEL_TRACER).
   NSYS=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
-  if [ -z "$NSYS" ]; then
-    say "nsys: not installed here"
-  else
-    for spec in "b1:1:--mode latency --input-len 128 --output-len 128 --num-iters 1 --num-iters-warmup 1 --max-num-seqs 8" \
-                "b512:512:--mode throughput --num-prompts 512 --input-len 128 --output-len 24 --max-num-seqs 512" \
-                "b256ctx640:256:--mode throughput --num-prompts 256 --input-len 640 --output-len 16 --max-num-seqs 256"; do
-      IFS=: read -r tag batch args <<< "$spec"
+  TRACER=${PIE_KERNEL_TRACER:-$(ls "$BUILD"/bench/cuda/libpie_kernel_trace.so .device/lib/libpie_kernel_trace.so 2>/dev/null | head -1)}
+  for spec in "b1:1:--mode latency --input-len 128 --output-len 128 --num-iters 1 --num-iters-warmup 1 --max-num-seqs 8" \
+              "b512:512:--mode throughput --num-prompts 512 --input-len 128 --output-len 24 --max-num-seqs 512" \
+              "b256ctx640:256:--mode throughput --num-prompts 256 --input-len 640 --output-len 40 --max-num-seqs 256"; do
+    IFS=: read -r tag batch args <<< "$spec"
+    csv="/tmp/trace_$tag.csv"
+    if [ -n "$NSYS" ]; then
       run "nsys_$tag" 150 "$NSYS" profile --cuda-graph-trace=node --trace=cuda -o "/tmp/nsys_$tag" --force-overwrite true \
         "$BIN" "$MODEL" --load-format dummy $args
       run "nsys_stats_$tag" 150 "$NSYS" stats --report cuda_gpu_trace --format csv --output "/tmp/nsys_$tag" "/tmp/nsys_$tag.nsys-rep"
-      python3 bench/nsys_decode_profile.py "/tmp/nsys_${tag}_cuda_gpu_trace.csv" --batch "$batch" > "$OUT/nsys_profile_$tag.txt" 2>&1
-      sed "s/^/[$tag] /" "$OUT/nsys_profile_$tag.txt" | tee -a "$SUM"
-    done
-  fi
+      csv="/tmp/nsys_${tag}_cuda_gpu_trace.csv"
+    elif [ -n "$TRACER" ]; then
+      run "trace_$tag" 150 env CUDA_INJECTION64_PATH="$(realpath "$TRACER")" PIE_KERNEL_TRACE="$csv" "$BIN" "$MODEL" --load-format dummy $args
+    else
+      say "trace: neither nsys nor the CUPTI tracer here"; break
+    fi
+    python3 bench/nsys_decode_profile.py "$csv" --batch "$batch" > "$OUT/profile_$tag.txt" 2>&1
+    gzip -c "$csv" > "$OUT/trace_$tag.csv.gz"
+    sed "s/^/[$tag] /" "$OUT/profile_$tag.txt" | tee -a "$SUM"
+  done
 fi
 
 if has hfref; then

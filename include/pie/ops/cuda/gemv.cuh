@@ -44,8 +44,8 @@ struct GemvParams {
 };
 
 /// M rows, C columns per warp, U chunks in flight per column, NW warps per CTA.
-template <int M, int C, int U, int NW, class T, class TY>
-__global__ void __launch_bounds__(NW * 32) gemv_kernel(const __grid_constant__ GemvParams<T, TY> p) {
+template <int M, int C, int U, int NW, int MINB, class T, class TY>
+__global__ void __launch_bounds__(NW * 32, MINB) gemv_kernel(const __grid_constant__ GemvParams<T, TY> p) {
   constexpr int kChunk = 32 * 8;  // elements a warp covers per 16-byte load per lane
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int n0 = (blockIdx.x * NW + warp) * C;
@@ -116,12 +116,39 @@ __global__ void __launch_bounds__(NW * 32) gemv_kernel(const __grid_constant__ G
     }
 }
 
-template <int M, class T, class TY>
-void launch_gemv(const GemvParams<T, TY>& p, cudaStream_t stream) {
-  constexpr int C = 2, U = 4, NW = 4;
-  auto kern = gemv_kernel<M, C, U, NW, T, TY>;
+template <int M, int C, int U, int MINB, class T, class TY>
+void launch_gemv_cfg(const GemvParams<T, TY>& p, cudaStream_t stream) {
+  constexpr int NW = 4;
+  auto kern = gemv_kernel<M, C, U, NW, MINB, T, TY>;
   const int64_t warps = (int64_t(p.n) + C - 1) / C;
   launch_pdl(kern, dim3(unsigned((warps + NW - 1) / NW)), dim3(NW * 32), 0, stream, p);
+}
+
+/// CTAs of gemv_kernel<M, C, U, 4 warps, MINB> resident per SM (cached per instantiation).
+template <int M, int C, int U, int MINB, class T, class TY>
+int gemv_ctas_per_sm() {
+  static const int n = [] {
+    int v = 0;
+    PIE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, gemv_kernel<M, C, U, 4, MINB, T, TY>, 4 * 32, 0));
+    return std::max(v, 1);
+  }();
+  return n;
+}
+
+/// Two configurations, chosen by wave count. The default (2 columns per warp, 4 chunks in
+/// flight, ~106 registers: 4 CTAs per SM) keeps the most bytes in flight per warp; but a grid
+/// just past one wave of it (qkv_proj of Qwen3-8B: 768 CTAs on 528 slots) idles most SMs in
+/// its second wave, and there the lean one (2 chunks, ≤ 64 registers: 8 CTAs per SM) runs in
+/// one wave. Measured at batch 1 in the engine (docs/gpu_engine.md): qkv_proj 81% → 92% of copy
+/// bandwidth with the lean kernel, o_proj and down_proj 94%/92% → 80%/88%, so each keeps its own.
+template <int M, class T, class TY>
+void launch_gemv(const GemvParams<T, TY>& p, cudaStream_t stream) {
+  if constexpr (M == 1) {
+    const int64_t ctas = (int64_t(p.n) + 7) / 8;  // 2 columns per warp, 4 warps per CTA
+    const int64_t wave = int64_t(gemv_ctas_per_sm<M, 2, 4, 1, T, TY>()) * num_sms();
+    if (ctas > wave && ctas <= 2 * wave) return launch_gemv_cfg<M, 2, 2, 8>(p, stream);
+  }
+  launch_gemv_cfg<M, 2, 4, 1>(p, stream);
 }
 
 }  // namespace detail

@@ -38,7 +38,7 @@ __device__ __forceinline__ void qk_norm_rope_token(T* __restrict__ row, int nq, 
     sn[j] = to_f32(from_f32<T>(sn[j] * rp.mscale));
   }
   // The loop bound is the same for every thread, so the norm's shuffles always see full warps.
-  for (int h0 = 0; h0 < heads; h0 += HPB) {
+  for (int h0 = blockIdx.y * HPB; h0 < heads; h0 += HPB * gridDim.y) {
     const int h = min(h0 + slot, heads - 1);
     T* head = row + static_cast<int64_t>(h) * HD;
     const T* norm_w = h < nq ? q_norm : k_norm;
@@ -105,7 +105,12 @@ void qk_norm_rope(TensorView<T> qkv, const int32_t* positions, int num_q_heads, 
   const int num_tokens = static_cast<int>(qkv.shape[0]);
   if (num_tokens == 0) return;
   PIE_DISPATCH_HEAD_DIM(head_dim, HD, [&] {
-    launch_pdl(detail::qk_norm_rope_kernel<HD, device_t<T>>, dim3(static_cast<unsigned>(num_tokens)),
+    // Few tokens (decode at small batch): the heads of a token spread over several CTAs, so a
+    // token is one pass of dependent loads, not heads/HPB of them (5.9 µs → see docs/gpu_engine.md).
+    constexpr int kHeadsPerCta = detail::kRopeThreads / (HD / 16);
+    const int heads = num_q_heads + num_kv_heads;
+    const unsigned split = num_tokens < 4 * num_sms() ? unsigned((heads + kHeadsPerCta - 1) / kHeadsPerCta) : 1u;
+    launch_pdl(detail::qk_norm_rope_kernel<HD, device_t<T>>, dim3(static_cast<unsigned>(num_tokens), split),
                dim3(detail::kRopeThreads), 0, stream, dev(qkv.data), qkv.stride[0], positions, num_q_heads,
                num_kv_heads, dev(q_norm), dev(k_norm), eps, rope);
   });
