@@ -58,12 +58,16 @@ TYPED_TEST(Elementwise, AddRmsNormRows19Dim4096) {
   }
 }
 
-TYPED_TEST(Elementwise, QkNormRopeHeadDims64_128_256) {
+// Shapes: a few tokens with Qwen3-8B's 32/8 heads (a token's heads over several CTAs, PDL
+// launch), 29 tokens of 8/2 heads, and 600 tokens (≥ 4·SMs: one CTA per token, plain launch).
+TYPED_TEST(Elementwise, QkNormRopeHeadDims64_128_256DecodeAndPrefillGrids) {
   using T = TypeParam;
+  struct Shape { int n, nq, nkv; };
+  for (Shape sh : {Shape{5, 32, 8}, Shape{29, 8, 2}, Shape{600, 8, 2}})
   for (int hd : {64, 128, 256}) {
     for (bool norm : {true, false}) {
-      std::mt19937 rng(hd + norm);
-      const int n = 29, nq = 8, nkv = 2, width = (nq + 2 * nkv) * hd;
+      std::mt19937 rng(hd + norm + sh.n);
+      const int n = sh.n, nq = sh.nq, nkv = sh.nkv, width = (nq + 2 * nkv) * hd;
       auto qkv = randn<T>(size_t(n) * width, rng);
       auto qn = randn<T>(hd, rng, 0.3f, 1.f), kn = randn<T>(hd, rng, 0.3f, 1.f);
       std::vector<int32_t> pos(n);
@@ -84,7 +88,7 @@ TYPED_TEST(Elementwise, QkNormRopeHeadDims64_128_256) {
         ops::cpu::head_rms_norm(ref.data() + nq * hd, width, n, nkv, hd, kn.data(), 1e-6f);
       }
       ops::cpu::rope_neox(ref.data(), width, n, nq + nkv, hd, pos.data(), table);
-      EXPECT_LT(rel_err(out, ref), tol<T>()) << "hd=" << hd << " norm=" << norm;
+      EXPECT_LT(rel_err(out, ref), tol<T>()) << "hd=" << hd << " norm=" << norm << " tokens=" << n << " heads=" << nq;
       for (int t = 0; t < n; ++t)  // V is not touched
         ASSERT_EQ(0, std::memcmp(&out[size_t(t) * width + (nq + nkv) * hd], &qkv[size_t(t) * width + (nq + nkv) * hd],
                                  size_t(nkv) * hd * sizeof(T)));

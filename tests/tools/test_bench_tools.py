@@ -1,0 +1,102 @@
+"""The step profiler and the plot of docs/gpu_engine.md, on synthetic traces with known answers
+and on the committed device results."""
+import csv
+import os
+import subprocess
+import sys
+
+ROOT = os.environ.get("PIE_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
+PROFILE = os.path.join(ROOT, "bench", "nsys_decode_profile.py")
+PLOT = os.path.join(ROOT, "bench", "plot_gpu_engine.py")
+
+
+def write_trace(path, steps, batch=1, overlap_ns=0, gap_ns=0, prefill_first=False):
+    """One layer per step: norm → qkv → rope → kv_write → decode → merge → o → norm → gate_up →
+    silu → down, then final norm, row gather, lm_head, sampler. Each kernel starts `overlap_ns`
+    before the previous one ends (PDL) or `gap_ns` after it."""
+    rows, t = [], 1000
+    layer = [("rms_norm_kernel<true>", 3000), ("gemv_kernel<1>", 20000), ("qk_norm_rope_kernel", 4000),
+             ("kv_write_kernel", 1000), ("decode_kernel<128>", 6000), ("decode_merge_kernel<128>", 2000),
+             ("gemv_kernel<1>", 12000), ("rms_norm_kernel<true>", 3000), ("gemv_kernel<1>", 66000),
+             ("silu_and_mul_kernel", 2000), ("gemv_kernel<1>", 37000)]
+    tail = [("rms_norm_kernel<false>", 3000), ("embedding_kernel", 1000), ("gemv_kernel<1>", 390000),
+            ("sampling_kernel", 1000)]
+    for s in range(steps):
+        seq = [("embedding_kernel", 1000)] + layer * 2 + tail
+        if prefill_first and s == 0:
+            seq = [("embedding_kernel", 1000), ("prefill_attention_kernel", 50000)] + tail
+        for name, dur in seq:
+            start = t - overlap_ns if rows else t
+            rows.append({"Start (ns)": start, "Duration (ns)": dur + (overlap_ns if rows else 0),
+                         "GrdX": batch if "sampling" in name else 8, "Name": name})
+            t = start + dur + (overlap_ns if rows else 0) + gap_ns
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["Start (ns)", "Duration (ns)", "GrdX", "Name"])
+        w.writeheader()
+        w.writerows(rows)
+
+
+def profile(path, *args):
+    r = subprocess.run([sys.executable, PROFILE, path, "--layers", "2", *args], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def table(out):
+    rows = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 6 and parts[1].isdigit():
+            rows[parts[0]] = (int(parts[1]), float(parts[2]))
+    return rows
+
+
+def test_serial_step_charges_each_kernel_its_own_time_and_names_the_projections(tmp_path):
+    p = str(tmp_path / "t.csv")
+    write_trace(p, steps=10)
+    out = profile(p)
+    rows = table(out)
+    assert rows["qkv_proj"] == (2, 40.0)  # after the 1st and 3rd norms
+    assert rows["gate_up_proj"] == (2, 132.0)  # after the 2nd and 4th norms
+    assert rows["o_proj"] == (2, 24.0)  # after the attention merge
+    assert rows["down_proj"] == (2, 74.0)  # after SwiGLU
+    assert rows["lm_head"] == (1, 390.0)  # after the row gather
+    assert "idle gaps 0.0 us" in out
+
+
+def test_overlapping_kernels_are_charged_only_the_time_they_moved_the_end(tmp_path):
+    # Every kernel starts 500 ns before its predecessor ends and runs 500 ns longer (it waited):
+    # the step's wall time is the serial one, and the charges still add up to it.
+    p = str(tmp_path / "t.csv")
+    write_trace(p, steps=10, overlap_ns=500)
+    rows = table(profile(p))
+    assert rows["qkv_proj"] == (2, 40.0)
+    assert rows["gate_up_proj"] == (2, 132.0)
+
+
+def test_gaps_between_kernels_are_idle_time(tmp_path):
+    p = str(tmp_path / "t.csv")
+    write_trace(p, steps=10, gap_ns=1000)
+    out = profile(p)
+    kernels = 1 + 22 + 4
+    assert f"idle gaps {kernels - 1:.1f} us" in out  # 1 µs between consecutive kernels
+
+
+def test_only_decode_steps_of_the_requested_batch_are_kept(tmp_path):
+    p = str(tmp_path / "t.csv")
+    write_trace(p, steps=10, batch=4, prefill_first=True)
+    assert "decode steps at batch 4: 5 kept" in profile(p, "--batch", "4")  # 9 decode steps, 2 dropped each end
+    r = subprocess.run([sys.executable, PROFILE, p, "--batch", "1"], capture_output=True, text=True)
+    assert r.returncode != 0 and "no decode steps of batch 1" in (r.stderr + r.stdout)
+
+
+def test_plot_of_the_committed_results_has_the_sweep_and_the_latency_bars(tmp_path):
+    out = str(tmp_path / "plot.svg")
+    r = subprocess.run([sys.executable, PLOT, os.path.join(ROOT, "docs", "data", "gpu_engine"), out],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    svg = open(out).read()
+    assert svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
+    assert "<polyline" in svg  # the batch-size sweep, measured and roofline
+    assert "sweep: 2B×(128,128) at max_num_seqs B" in svg
+    assert "batch-1 ITL" in svg
