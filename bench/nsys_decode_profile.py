@@ -15,6 +15,7 @@ row gather → lm_head) and, with the model's widths, their bytes give achieved 
 """
 import argparse
 import csv
+import re
 import statistics
 import sys
 
@@ -40,7 +41,10 @@ def category(name):
     if "embedding" in n:
         return "embedding"
     if "gemv" in n:
-        return "linear"
+        # gemv_kernel<M, C, U, NW, MINB, kNorm, ...>: kNorm = true is the fused add + RMSNorm
+        # (the tracer writes template commas as ';' to keep its CSV to four columns)
+        args = re.sub(r"\s*[;,]\s*", ",", n)
+        return "norm+linear" if re.search(r"gemv_kernel<\d+,\d+,\d+,\d+,\d+,(true|\(bool\)1)[,>]", args) else "linear"
     if any(k in n for k in ("gemm", "nvjet", "xmma", "cutlass", "sm90", "splitk", "reduce")):
         return "linear"
     return "other:" + name[:40]
@@ -79,9 +83,11 @@ def name_linears(step):
     out, prev, norms = [], None, 0
     for (s, d, n, g) in step:
         c = category(n)
-        if c == "rms_norm":
+        if c in ("rms_norm", "norm+linear"):
             norms += 1
-        if c == "linear":
+        if c == "norm+linear":  # batch-1 fused residual add + RMSNorm + projection
+            c = "norm+qkv_proj" if norms % 2 == 1 else "norm+gate_up_proj"
+        elif c == "linear":
             if prev == "rms_norm":
                 c = "qkv_proj" if norms % 2 == 1 else "gate_up_proj"
             elif prev in ("attention_decode", "attention_merge", "attention_prefill"):
@@ -143,6 +149,8 @@ def main():
     H, I = a.hidden, a.intermediate
     wbytes = {"qkv_proj": (a.q_size + 2 * a.kv_size) * H * 2, "o_proj": a.q_size * H * 2,
               "gate_up_proj": 2 * I * H * 2, "down_proj": I * H * 2, "lm_head": a.vocab * H * 2}
+    wbytes["norm+qkv_proj"] = wbytes["qkv_proj"]
+    wbytes["norm+gate_up_proj"] = wbytes["gate_up_proj"]
     rows = load(a.csv)
     if not rows:
         sys.exit("no kernels in " + a.csv)

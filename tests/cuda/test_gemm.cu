@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "pie/ops/cuda/gemm.cuh"
+#include "pie/ops/cuda/norm.cuh"
 #include "test_util.hpp"
 
 namespace {
@@ -146,6 +147,42 @@ TEST(Gemv, BF16LeanAndDefaultConfigurationsAgreeBitwiseN6144K4096) {
   auto a = download(y1), b = download(y2);
   EXPECT_EQ(std::memcmp(a.data(), b.data(), sizeof(bf16) * N), 0);
   check_gemm<bf16>(1, N, K, true, g, 24);  // and the lean kernel against the reference, with bias
+}
+
+// Batch-1 residual add + RMSNorm fused into the GEMV must equal, bit for bit, the two separate
+// kernels (the engine mixes both paths: batch 1 alone vs batched); both hidden sizes whose
+// norm uses 128 and 64 threads, both GEMV configurations (N 6144: lean at M = 1 on an H100).
+TEST(Gemv, BF16AddRmsNormFusedEqualsNormThenGemvBitwise) {
+  for (int K : {4096, 1024})
+    for (int N : {6144, 1001})
+      for (bool first : {true, false}) {
+        std::mt19937 rng(K + N + first);
+        auto x = randn<bf16>(K, rng), r = randn<bf16>(K, rng), nw = randn<bf16>(K, rng, 0.2f, 1.f);
+        auto w = randn<bf16>(size_t(N) * K, rng, 0.05f), b = randn<bf16>(N, rng);
+        auto dx = upload(x), dr = upload(r), dnw = upload(nw), dw = upload(w), db = upload(b);
+        // separate kernels, in place on copies
+        auto dx2 = upload(x), dr2 = upload(r);
+        ops::cuda::add_rms_norm(dx2.view({1, K}), dr2.view({1, K}), dnw.view({K}), 1e-6f, first);
+        DeviceBuffer<bf16> y1(N), y2(N), rout(K);
+        ops::cuda::gemv(y1.view({1, N}), dx2.view({1, K}), dw.view({N, K}), db.data());
+        // fused
+        poison(rout);
+        ops::cuda::add_rms_norm_gemv(y2.view({1, N}), dx.view({1, K}), first ? nullptr : dr.data(), rout.data(),
+                                     dnw.data(), 1e-6f, first, dw.view({N, K}), db.data());
+        auto a1 = download(y1), a2 = download(y2), r1 = download(dr2), r2 = download(rout), xs = download(dx);
+        EXPECT_EQ(std::memcmp(a1.data(), a2.data(), sizeof(bf16) * N), 0) << "K=" << K << " N=" << N << " first=" << first;
+        EXPECT_EQ(std::memcmp(r1.data(), r2.data(), sizeof(bf16) * K), 0) << "residual K=" << K << " first=" << first;
+        EXPECT_EQ(std::memcmp(xs.data(), x.data(), sizeof(bf16) * K), 0) << "x must be left as it was";
+      }
+}
+
+TEST(Gemv, AddRmsNormGemvRejectsAliasedResidualAndWideRows) {
+  DeviceBuffer<bf16> x(8192), r(8192), nw(8192), w(size_t(16) * 8192), y(16);
+  EXPECT_THROW(ops::cuda::add_rms_norm_gemv(y.view({1, 16}), x.view({1, 1024}), r.data(), r.data(), nw.data(), 1e-6f,
+                                            false, w.view({16, 1024})),
+               pie::Error);
+  EXPECT_FALSE(ops::cuda::add_rms_norm_gemv_supported(8192));  // its norm needs 256 threads
+  EXPECT_TRUE(ops::cuda::add_rms_norm_gemv_supported(4096));
 }
 
 TEST(Gemv, GemvAndCublasLtAgreeOnTheQwen3QkvShapeM4N6144K4096) {

@@ -10,7 +10,7 @@ PROFILE = os.path.join(ROOT, "bench", "nsys_decode_profile.py")
 PLOT = os.path.join(ROOT, "bench", "plot_gpu_engine.py")
 
 
-def write_trace(path, steps, batch=1, overlap_ns=0, gap_ns=0, prefill_first=False):
+def write_trace(path, steps, batch=1, overlap_ns=0, gap_ns=0, prefill_first=False, fused=False):
     """One layer per step: norm → qkv → rope → kv_write → decode → merge → o → norm → gate_up →
     silu → down, then final norm, row gather, lm_head, sampler. Each kernel starts `overlap_ns`
     before the previous one ends (PDL) or `gap_ns` after it."""
@@ -19,6 +19,11 @@ def write_trace(path, steps, batch=1, overlap_ns=0, gap_ns=0, prefill_first=Fals
              ("kv_write_kernel", 1000), ("decode_kernel<128>", 6000), ("decode_merge_kernel<128>", 2000),
              ("gemv_kernel<1>", 12000), ("rms_norm_kernel<true>", 3000), ("gemv_kernel<1>", 66000),
              ("silu_and_mul_kernel", 2000), ("gemv_kernel<1>", 37000)]
+    if fused:  # batch 1 with the residual add + RMSNorm inside the GEMV (demangled kNorm = true)
+        # as the CUPTI tracer writes it: demangled, template commas turned into ';'
+        g = "void pie::ops::cuda::detail::gemv_kernel<1; 2; 4; 4; 1; true; __nv_bfloat16; __nv_bfloat16>(x)"
+        layer = [(g, 23000) if i == 1 else (g, 69000) if i == 8 else k for i, k in enumerate(layer)
+                 if k[0] != "rms_norm_kernel<true>"]
     tail = [("rms_norm_kernel<false>", 3000), ("embedding_kernel", 1000), ("gemv_kernel<1>", 390000),
             ("sampling_kernel", 1000)]
     for s in range(steps):
@@ -62,6 +67,16 @@ def test_serial_step_charges_each_kernel_its_own_time_and_names_the_projections(
     assert rows["down_proj"] == (2, 74.0)  # after SwiGLU
     assert rows["lm_head"] == (1, 390.0)  # after the row gather
     assert "idle gaps 0.0 us" in out
+
+
+def test_fused_norm_gemv_kernels_are_named_by_their_place_in_the_layer(tmp_path):
+    p = str(tmp_path / "t.csv")
+    write_trace(p, steps=10, fused=True)
+    rows = table(profile(p))
+    assert rows["norm+qkv_proj"] == (2, 46.0)
+    assert rows["norm+gate_up_proj"] == (2, 138.0)
+    assert rows["o_proj"] == (2, 24.0) and rows["down_proj"] == (2, 74.0) and rows["lm_head"] == (1, 390.0)
+    assert "rms_norm" in rows and rows["rms_norm"][0] == 1  # only the final norm is separate
 
 
 def test_overlapping_kernels_are_charged_only_the_time_they_moved_the_end(tmp_path):

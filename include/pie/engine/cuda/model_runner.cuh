@@ -39,6 +39,7 @@
 #include "pie/ops/cuda/attention_prefill.cuh"
 #include "pie/ops/cuda/embedding.cuh"
 #include "pie/ops/cuda/gemm.cuh"
+#include "pie/ops/cuda/gemv.cuh"
 #include "pie/ops/cuda/kv_write.cuh"
 #include "pie/ops/cuda/norm.cuh"
 #include "pie/ops/cuda/rope.cuh"
@@ -158,6 +159,7 @@ class CudaModelRunner {
     const size_t H = c.hidden_size, I = c.intermediate_size;
     x_ = DeviceBuffer<T>(Tn * H);
     res_ = DeviceBuffer<T>(Tn * H);
+    res_pong_ = DeviceBuffer<T>(H);  // batch-1 fused norms alternate the residual between res_ and this
     qkv_ = DeviceBuffer<T>(Tn * c.qkv_size());
     attn_ = DeviceBuffer<T>(Tn * std::max<size_t>(c.q_size(), I));  // attention out, then SwiGLU out
     mlp_ = DeviceBuffer<T>(Tn * 2 * I);
@@ -237,7 +239,7 @@ class CudaModelRunner {
     PIE_CUDA_CHECK(cudaStreamSynchronize(stream_));
     DeviceMemory after = DeviceMemory::query();
     // Workspaces were allocated before `before`; count them in explicitly.
-    size_t ws = (x_.size() + res_.size() + qkv_.size() + attn_.size() + mlp_.size() + rows_.size()) * sizeof(T) +
+    size_t ws = (x_.size() + res_.size() + res_pong_.size() + qkv_.size() + attn_.size() + mlp_.size() + rows_.size()) * sizeof(T) +
                 logits_.size() * sizeof(float) + step_.bytes() + decode_ws_.size() + (size_t{64} << 20) /* GEMM scratch */;
     size_t lib = with_scratch.free > after.free ? with_scratch.free - after.free : 0;  // handles, plans
     (void)before;
@@ -362,11 +364,20 @@ class CudaModelRunner {
     // Times each op with events while profiling (eager steps only); a no-op otherwise.
 #define P(name, ...) do { prof_.begin(name, s); __VA_ARGS__; prof_.end(s); } while (0)
 
+    // One row (batch-1 decode): each residual add + RMSNorm runs inside the GEMV that reads it
+    // (ops/cuda/gemv.cuh, bit-identical to the separate kernels); the residual alternates
+    // res_ → res_pong_ (input norm) → res_ (post-attention norm), so it ends each layer in res_.
+    const bool fused_norm = Tn == 1 && gemm.gemv_max_rows() >= 1 && ops::cuda::add_rms_norm_gemv_supported(H);
     P("embedding", ops::cuda::embedding(w_.embed_tokens, step_.token_ids(), x, nullptr, s));
     for (int l = 0; l < c.num_hidden_layers; ++l) {
       const auto& L = w_.layers[l];
-      P("rms_norm", ops::cuda::add_rms_norm(x, res, L.input_layernorm, eps, l == 0, s));
-      P("gemm_qkv", gemm(qkv, x, L.qkv_proj, L.qkv_bias.data, s));
+      if (fused_norm) {
+        P("norm+gemm_qkv", ops::cuda::add_rms_norm_gemv(qkv, x, res_.data(), res_pong_.data(), L.input_layernorm.data,
+                                                         eps, l == 0, L.qkv_proj, L.qkv_bias.data, s));
+      } else {
+        P("rms_norm", ops::cuda::add_rms_norm(x, res, L.input_layernorm, eps, l == 0, s));
+        P("gemm_qkv", gemm(qkv, x, L.qkv_proj, L.qkv_bias.data, s));
+      }
       P("qk_norm_rope", ops::cuda::qk_norm_rope(qkv, step_.positions(), nq, nkv, hd, L.q_norm.data, L.k_norm.data,
                                                 eps, rope_, s));
       P("kv_write", ops::cuda::kv_write(cache.layer(l, 0, nullptr, nullptr, nullptr), mat(qkv_.data() + Q, Tn, KVS, QKV),
@@ -385,8 +396,14 @@ class CudaModelRunner {
                                        variant_, s));
       }
       P("gemm_o", gemm(x, attn, L.o_proj, static_cast<const T*>(nullptr), s));
-      P("rms_norm", ops::cuda::add_rms_norm(x, res, L.post_attention_layernorm, eps, false, s));
-      P("gemm_gate_up", gemm(gate_up, x, L.gate_up_proj, static_cast<const T*>(nullptr), s));
+      if (fused_norm) {
+        P("norm+gemm_gate_up",
+          ops::cuda::add_rms_norm_gemv(gate_up, x, res_pong_.data(), res_.data(), L.post_attention_layernorm.data, eps,
+                                       false, L.gate_up_proj, static_cast<const T*>(nullptr), s));
+      } else {
+        P("rms_norm", ops::cuda::add_rms_norm(x, res, L.post_attention_layernorm, eps, false, s));
+        P("gemm_gate_up", gemm(gate_up, x, L.gate_up_proj, static_cast<const T*>(nullptr), s));
+      }
       P("silu_mul", ops::cuda::silu_and_mul(gate_up, act, s));
       P("gemm_down", gemm(x, act, L.down_proj, static_cast<const T*>(nullptr), s));
     }
@@ -418,7 +435,7 @@ class CudaModelRunner {
   std::vector<int> captured_;
   ops::cuda::RopeParams rope_;
   std::unique_ptr<LogitsGemm> logits_gemm_;
-  DeviceBuffer<T> x_, res_, qkv_, attn_, mlp_, rows_;
+  DeviceBuffer<T> x_, res_, res_pong_, qkv_, attn_, mlp_, rows_;
   DeviceBuffer<float> logits_;
   DeviceBuffer<unsigned char> decode_ws_;
   DeviceBuffer<float> inv_freq_;

@@ -21,6 +21,7 @@
 #include <algorithm>
 
 #include "pie/ops/cuda/common.cuh"
+#include "pie/ops/cuda/norm.cuh"
 
 namespace pie::ops::cuda {
 
@@ -41,15 +42,26 @@ struct GemvParams {
   const T* bias;
   TY* y; int64_t ldy;
   int n, k;
+  // Fused residual add + RMSNorm prologue (kNorm): x is the block output to add to norm_r_in.
+  const T* norm_r_in = nullptr;
+  T* norm_r_out = nullptr;  ///< written by CTA 0 (never norm_r_in: other CTAs still read it)
+  const T* norm_w = nullptr;
+  float norm_eps = 0.f;
+  int norm_first = 0;
+  int norm_threads = 0;
 };
 
-/// M rows, C columns per warp, U chunks in flight per column, NW warps per CTA.
-template <int M, int C, int U, int NW, int MINB, class T, class TY>
+/// M rows, C columns per warp, U chunks in flight per column, NW warps per CTA. kNorm: every
+/// CTA first computes r = x + r_in, T(rmsnorm(r))·norm_w into shared memory (the standalone
+/// norm kernel's arithmetic and reduction order, norm.cuh) and multiplies that.
+template <int M, int C, int U, int NW, int MINB, bool kNorm, class T, class TY>
 __global__ void __launch_bounds__(NW * 32, MINB) gemv_kernel(const __grid_constant__ GemvParams<T, TY> p) {
+  static_assert(!kNorm || M == 1, "the fused norm prologue is for one row");
   constexpr int kChunk = 32 * 8;  // elements a warp covers per 16-byte load per lane
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int n0 = (blockIdx.x * NW + warp) * C;
-  if (n0 >= p.n) return;  // writes nothing
+  const bool active = n0 < p.n;
+  if (!kNorm && !active) return;  // writes nothing (with kNorm every thread joins the prologue)
   const T* wrow[C];
 #pragma unroll
   for (int c = 0; c < C; ++c) wrow[c] = p.w + int64_t(min(n0 + c, p.n - 1)) * p.ldw;  // past N: recompute the last
@@ -68,6 +80,7 @@ __global__ void __launch_bounds__(NW * 32, MINB) gemv_kernel(const __grid_consta
   for (int m = 0; m < M; ++m)
 #pragma unroll
     for (int c = 0; c < C; ++c) acc[m][c] = 0.f;
+  const T* xsrc = p.x;
   auto consume = [&](const uint4 (&src)[U][C], int k0) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -79,7 +92,7 @@ __global__ void __launch_bounds__(NW * 32, MINB) gemv_kernel(const __grid_consta
 #pragma unroll
       for (int m = 0; m < M; ++m) {
         float xf[8];
-        load8(p.x + m * p.ldx + k, xf);
+        load8(xsrc + m * p.ldx + k, xf);
 #pragma unroll
         for (int c = 0; c < C; ++c)
 #pragma unroll
@@ -92,6 +105,16 @@ __global__ void __launch_bounds__(NW * 32, MINB) gemv_kernel(const __grid_consta
   fetch(wa, 0);  // weights only: may run before the predecessor finishes
   pdl_launch_dependents();
   pdl_wait();
+  if constexpr (kNorm) {
+    extern __shared__ __align__(16) unsigned char gemv_smem[];
+    T* xs = reinterpret_cast<T*>(gemv_smem);
+    float* red = reinterpret_cast<float*>(gemv_smem + size_t(p.k) * sizeof(T));
+    rms_norm_row_to<true>(p.x, p.norm_r_in, blockIdx.x == 0 ? p.norm_r_out : nullptr, p.norm_w, xs, p.k, p.norm_eps,
+                          p.norm_first != 0, red, p.norm_threads);
+    __syncthreads();
+    if (!active) return;
+    xsrc = xs;
+  }
   for (int k0 = 0; k0 < p.k; k0 += 2 * kStep) {
     if (k0 + kStep < p.k) fetch(wb, k0 + kStep);
     consume(wa, k0);
@@ -116,12 +139,13 @@ __global__ void __launch_bounds__(NW * 32, MINB) gemv_kernel(const __grid_consta
     }
 }
 
-template <int M, int C, int U, int MINB, class T, class TY>
+template <int M, int C, int U, int MINB, bool kNorm = false, class T, class TY>
 void launch_gemv_cfg(const GemvParams<T, TY>& p, cudaStream_t stream) {
   constexpr int NW = 4;
-  auto kern = gemv_kernel<M, C, U, NW, MINB, T, TY>;
+  auto kern = gemv_kernel<M, C, U, NW, MINB, kNorm, T, TY>;
   const int64_t warps = (int64_t(p.n) + C - 1) / C;
-  launch_pdl(kern, dim3(unsigned((warps + NW - 1) / NW)), dim3(NW * 32), 0, stream, p);
+  const size_t smem = kNorm ? size_t(p.k) * sizeof(T) + 32 * sizeof(float) : 0;
+  launch_pdl(kern, dim3(unsigned((warps + NW - 1) / NW)), dim3(NW * 32), smem, stream, p);
 }
 
 /// CTAs of gemv_kernel<M, C, U, 4 warps, MINB> resident per SM (cached per instantiation).
@@ -129,7 +153,7 @@ template <int M, int C, int U, int MINB, class T, class TY>
 int gemv_ctas_per_sm() {
   static const int n = [] {
     int v = 0;
-    PIE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, gemv_kernel<M, C, U, 4, MINB, T, TY>, 4 * 32, 0));
+    PIE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, gemv_kernel<M, C, U, 4, MINB, false, T, TY>, 4 * 32, 0));
     return std::max(v, 1);
   }();
   return n;
@@ -141,14 +165,14 @@ int gemv_ctas_per_sm() {
 /// its second wave, and there the lean one (2 chunks, ≤ 64 registers: 8 CTAs per SM) runs in
 /// one wave. Measured at batch 1 in the engine (docs/gpu_engine.md): qkv_proj 81% → 92% of copy
 /// bandwidth with the lean kernel, o_proj and down_proj 94%/92% → 80%/88%, so each keeps its own.
-template <int M, class T, class TY>
+template <int M, bool kNorm = false, class T, class TY>
 void launch_gemv(const GemvParams<T, TY>& p, cudaStream_t stream) {
   if constexpr (M == 1) {
     const int64_t ctas = (int64_t(p.n) + 7) / 8;  // 2 columns per warp, 4 warps per CTA
     const int64_t wave = int64_t(gemv_ctas_per_sm<M, 2, 4, 1, T, TY>()) * num_sms();
-    if (ctas > wave && ctas <= 2 * wave) return launch_gemv_cfg<M, 2, 2, 8>(p, stream);
+    if (ctas > wave && ctas <= 2 * wave) return launch_gemv_cfg<M, 2, 2, 8, kNorm>(p, stream);
   }
-  launch_gemv_cfg<M, 2, 4, 1>(p, stream);
+  launch_gemv_cfg<M, 2, 4, 1, kNorm>(p, stream);
 }
 
 }  // namespace detail
@@ -191,6 +215,48 @@ void gemv(TensorView<TY> y, TensorView<T> x, TensorView<T> w, const T* bias = nu
     case 7: detail::launch_gemv<7>(p, stream); break;
     default: detail::launch_gemv<8>(p, stream); break;
   }
+}
+
+/// \brief True when add_rms_norm_gemv() takes a hidden size of k: the norm's thread layout
+/// must fit one GEMV CTA (k ≤ 4096, a multiple of 8).
+inline bool add_rms_norm_gemv_supported(int64_t k) {
+  return k % 8 == 0 && k > 0 && detail::norm_threads(static_cast<int>(k)) <= 4 * 32;
+}
+
+/// \brief Batch-1 residual add + RMSNorm fused into the linear layer that reads it:
+/// r_out = T(x + r_in) (x when `first`); y [1, N] = (T(rmsnorm(r_out))·norm_w)·w [N, K]ᵀ (+ bias).
+/// Bit-identical to add_rms_norm(x, r, norm_w, eps, first) followed by gemv(y, x, w, bias), but
+/// x is left as it was and the residual goes to another buffer: every CTA normalises the row
+/// itself, so r_in must not be written while they read it (ping-pong r_in/r_out across calls).
+/// It saves the norm kernel and its launch between two weight streams.
+template <class T>
+void add_rms_norm_gemv(TensorView<T> y, TensorView<T> x, const T* r_in, T* r_out, const T* norm_w, float eps,
+                       bool first, TensorView<T> w, const T* bias = nullptr, cudaStream_t stream = nullptr) {
+  static_assert(std::is_same_v<T, pie::f16> || std::is_same_v<T, pie::bf16>, "add_rms_norm_gemv: f16 or bf16");
+  PIE_CHECK(x.rank == 2 && w.rank == 2 && y.rank == 2 && x.shape[0] == 1 && y.shape[0] == 1,
+            "add_rms_norm_gemv: one row: x [1, K], y [1, N], w [N, K]");
+  PIE_CHECK(x.shape[1] == w.shape[1] && y.shape[1] == w.shape[0], "add_rms_norm_gemv: shapes do not chain");
+  PIE_CHECK(add_rms_norm_gemv_supported(x.shape[1]), "add_rms_norm_gemv: hidden size ", x.shape[1],
+            " must be a multiple of 8 and at most 4096");
+  PIE_CHECK(gemv_supported(1, x.shape[1], x.data, x.stride[0], w.data, w.stride[0]) && x.stride[1] == 1 &&
+                y.stride[1] == 1,
+            "add_rms_norm_gemv: rows must be contiguous and 16-byte aligned");
+  PIE_CHECK(r_out != nullptr && norm_w != nullptr && (first || r_in != nullptr),
+            "add_rms_norm_gemv: needs r_out, norm_w and (unless first) r_in");
+  PIE_CHECK(r_in != r_out, "add_rms_norm_gemv: r_in and r_out must differ (every CTA reads r_in)");
+  PIE_CHECK(vec8_aligned(r_out) && vec8_aligned(norm_w) && (r_in == nullptr || vec8_aligned(r_in)),
+            "add_rms_norm_gemv: residual and norm weight must be 16-byte aligned");
+  using D = device_t<T>;
+  const int K = static_cast<int>(x.shape[1]);
+  detail::GemvParams<D, D> p{dev(x.data), x.stride[0], dev(w.data), w.stride[0], dev(bias),
+                             dev(y.data), y.stride[0], static_cast<int>(w.shape[0]), K};
+  p.norm_r_in = dev(r_in);
+  p.norm_r_out = dev(r_out);
+  p.norm_w = dev(norm_w);
+  p.norm_eps = eps;
+  p.norm_first = first ? 1 : 0;
+  p.norm_threads = detail::norm_threads(K);
+  detail::launch_gemv<1, true>(p, stream);
 }
 
 }  // namespace pie::ops::cuda

@@ -10,24 +10,35 @@ namespace pie::ops::cuda {
 namespace detail {
 inline constexpr int kNormVecsPerThread = 4;  ///< rows up to 1024·4·8 = 32768 elements
 
-/// Device body. With Residual: r = x + r (or r = x when first), stored; x = norm(r)·w.
+/// Threads of the standalone kernel for a row of `dim` elements. The fused norm + GEMV
+/// (gemv.cuh) uses the same count, and therefore the same reduction order, so its output
+/// matches this kernel bit for bit.
+__host__ __device__ constexpr int norm_threads(int dim) {
+  const int t = ((dim / 8 + kNormVecsPerThread - 1) / kNormVecsPerThread + 31) / 32 * 32;
+  return t < 64 ? 64 : t;
+}
+
+/// Device body for one row, by the block's first `nthreads` threads (the others only join the
+/// reduction, adding exact zeros). With Residual: r = x + r_in (or r = x when first) rounded
+/// to T, stored to r_out when non-null; out = T(norm(r))·w. In place is allowed (out == x,
+/// r_out == r_in): every element is read and written by the same thread, reads first.
 template <bool Residual, class T>
-__device__ __forceinline__ void rms_norm_row(T* __restrict__ x, T* __restrict__ residual,
-                                             const T* __restrict__ w, int dim, float eps, bool first,
-                                             float* red) {
+__device__ __forceinline__ void rms_norm_row_to(const T* x, const T* r_in, T* r_out, const T* __restrict__ w, T* out,
+                                                int dim, float eps, bool first, float* red, int nthreads) {
   constexpr int VPT = kNormVecsPerThread;
   const int nvec = dim / 8;
+  const bool mine = static_cast<int>(threadIdx.x) < nthreads;
   float v[VPT][8];
   float ss = 0.f;
 #pragma unroll
   for (int k = 0; k < VPT; ++k) {
-    int i = threadIdx.x + k * blockDim.x;
-    if (i < nvec) {
+    int i = threadIdx.x + k * nthreads;
+    if (mine && i < nvec) {
       load8(x + i * 8, v[k]);
       if constexpr (Residual) {
         if (!first) {
           float r[8];
-          load8(residual + i * 8, r);
+          load8(r_in + i * 8, r);
 #pragma unroll
           for (int j = 0; j < 8; ++j) v[k][j] += r[j];
         }
@@ -35,7 +46,7 @@ __device__ __forceinline__ void rms_norm_row(T* __restrict__ x, T* __restrict__ 
         Pack8<T> pk;
 #pragma unroll
         for (int j = 0; j < 8; ++j) { pk.v[j] = from_f32<T>(v[k][j]); v[k][j] = to_f32(pk.v[j]); }
-        *reinterpret_cast<Pack8<T>*>(residual + i * 8) = pk;
+        if (r_out != nullptr) *reinterpret_cast<Pack8<T>*>(r_out + i * 8) = pk;
       }
 #pragma unroll
       for (int j = 0; j < 8; ++j) ss += v[k][j] * v[k][j];
@@ -44,17 +55,24 @@ __device__ __forceinline__ void rms_norm_row(T* __restrict__ x, T* __restrict__ 
   float inv = rsqrtf(block_sum(ss, red) / static_cast<float>(dim) + eps);
 #pragma unroll
   for (int k = 0; k < VPT; ++k) {
-    int i = threadIdx.x + k * blockDim.x;
-    if (i < nvec) {
+    int i = threadIdx.x + k * nthreads;
+    if (mine && i < nvec) {
       float wf[8], o[8];
       load8(w + i * 8, wf);
 #pragma unroll
       // HF's (and vLLM's) rounding point: the normalised value is cast to T before the weight
       // multiplies it, so pie's bf16 activations match transformers' bit for bit here.
       for (int j = 0; j < 8; ++j) o[j] = wf[j] * to_f32(from_f32<T>(v[k][j] * inv));
-      store8(x + i * 8, o);
+      store8(out + i * 8, o);
     }
   }
+}
+
+/// In place, by the whole block: r = x + r (or x when first); x = norm(r)·w.
+template <bool Residual, class T>
+__device__ __forceinline__ void rms_norm_row(T* x, T* residual, const T* __restrict__ w, int dim, float eps, bool first,
+                                             float* red) {
+  rms_norm_row_to<Residual>(x, residual, residual, w, x, dim, eps, first, red, static_cast<int>(blockDim.x));
 }
 
 template <bool Residual, class T>
@@ -76,10 +94,8 @@ void launch_rms_norm(TensorView<T> x, TensorView<T>* residual, TensorView<T> w, 
   PIE_CHECK(x.rank == 2, "rms_norm: x must be [tokens, dim]");
   const int dim = static_cast<int>(x.shape[1]);
   PIE_CHECK(w.numel() == dim, "rms_norm: weight has ", w.numel(), " elements, row has ", dim);
-  const int nvec = dim / 8;
-  int threads = ((nvec + kNormVecsPerThread - 1) / kNormVecsPerThread + 31) / 32 * 32;
+  const int threads = norm_threads(dim);
   PIE_CHECK(threads <= 1024, "rms_norm: rows of ", dim, " elements are too long (max 32768)");
-  threads = threads < 64 ? 64 : threads;
   if (x.shape[0] == 0) return;
   using D = device_t<T>;
   D* r = nullptr;
