@@ -122,18 +122,6 @@ def frontier(named):
     return charged, gaps
 
 
-def union(intervals):
-    total, end = 0, None
-    for s, e in sorted(intervals):
-        if end is None or s > end:
-            total += e - s
-            end = e
-        elif e > end:
-            total += e - end
-            end = e
-    return total
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("csv")

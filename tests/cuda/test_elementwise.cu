@@ -58,8 +58,8 @@ TYPED_TEST(Elementwise, AddRmsNormRows19Dim4096) {
   }
 }
 
-// Shapes: a few tokens with Qwen3-8B's 32/8 heads (a token's heads over several CTAs, PDL
-// launch), 29 tokens of 8/2 heads, and 600 tokens (≥ 4·SMs: one CTA per token, plain launch).
+// Shapes: a few tokens with Qwen3-8B's 32/8 heads (a token's heads over several CTAs),
+// 29 tokens of 8/2 heads, and 600 tokens (≥ 4·SMs: one CTA per token).
 TYPED_TEST(Elementwise, QkNormRopeHeadDims64_128_256DecodeAndPrefillGrids) {
   using T = TypeParam;
   struct Shape { int n, nq, nkv; };

@@ -22,7 +22,7 @@ inline constexpr int kRopeThreads = 128;
 /// Device body for one token: a thread owns 8 elements of a head's first half and the 8 they
 /// rotate with in the second half, so the rotation needs no exchange, the norm needs HD/16
 /// lanes, and its 8 cos/sin pairs are computed once and reused for every head of the token.
-template <int HD, bool kSplitHeads, class T>
+template <int HD, class T>
 __device__ __forceinline__ void qk_norm_rope_token(T* __restrict__ row, int nq, int heads, const T* __restrict__ q_norm,
                                                    const T* __restrict__ k_norm, float eps, int pos, const RopeParams& rp) {
   constexpr int TPH = HD / 16, HPB = kRopeThreads / TPH;
@@ -38,9 +38,7 @@ __device__ __forceinline__ void qk_norm_rope_token(T* __restrict__ row, int nq, 
     sn[j] = to_f32(from_f32<T>(sn[j] * rp.mscale));
   }
   // The loop bound is the same for every thread, so the norm's shuffles always see full warps.
-  // kSplitHeads: this CTA takes every gridDim.y-th group of HPB heads (decode grids); else all.
-  const int h_first = kSplitHeads ? blockIdx.y * HPB : 0, h_step = kSplitHeads ? HPB * gridDim.y : HPB;
-  for (int h0 = h_first; h0 < heads; h0 += h_step) {
+  for (int h0 = blockIdx.y * HPB; h0 < heads; h0 += HPB * gridDim.y) {
     const int h = min(h0 + slot, heads - 1);
     T* head = row + static_cast<int64_t>(h) * HD;
     const T* norm_w = h < nq ? q_norm : k_norm;
@@ -81,17 +79,15 @@ __device__ __forceinline__ void qk_norm_rope_token(T* __restrict__ row, int nq, 
   }
 }
 
-template <int HD, bool kDecodeGrid, class T>
+template <int HD, class T>
 __global__ void __launch_bounds__(kRopeThreads) qk_norm_rope_kernel(T* __restrict__ qkv, int64_t row_stride,
                                                                     const int32_t* __restrict__ positions, int nq, int nkv,
                                                                     const T* __restrict__ q_norm, const T* __restrict__ k_norm,
                                                                     float eps, RopeParams rp) {
-  if constexpr (kDecodeGrid) {  // PDL launch, a token's heads over gridDim.y CTAs
-    pdl_launch_dependents();
-    pdl_wait();
-  }
+  pdl_launch_dependents();
+  pdl_wait();
   const int t = blockIdx.x;
-  qk_norm_rope_token<HD, kDecodeGrid>(qkv + t * row_stride, nq, nq + nkv, q_norm, k_norm, eps, positions[t], rp);
+  qk_norm_rope_token<HD>(qkv + t * row_stride, nq, nq + nkv, q_norm, k_norm, eps, positions[t], rp);
 }
 }  // namespace detail
 
@@ -114,17 +110,9 @@ void qk_norm_rope(TensorView<T> qkv, const int32_t* positions, int num_q_heads, 
     constexpr int kHeadsPerCta = detail::kRopeThreads / (HD / 16);
     const int heads = num_q_heads + num_kv_heads;
     const unsigned split = num_tokens < 4 * num_sms() ? unsigned((heads + kHeadsPerCta - 1) / kHeadsPerCta) : 1u;
-    const dim3 grid(static_cast<unsigned>(num_tokens), split), block(detail::kRopeThreads);
-    // PDL only for decode-sized grids, where launch latency matters; prefill-sized grids keep
-    // the plain launch and the one-CTA-per-token loop.
-    if (split > 1) {
-      launch_pdl(detail::qk_norm_rope_kernel<HD, true, device_t<T>>, grid, block, 0, stream, dev(qkv.data),
-                 qkv.stride[0], positions, num_q_heads, num_kv_heads, dev(q_norm), dev(k_norm), eps, rope);
-    } else {
-      detail::qk_norm_rope_kernel<HD, false><<<grid, block, 0, stream>>>(
-          dev(qkv.data), qkv.stride[0], positions, num_q_heads, num_kv_heads, dev(q_norm), dev(k_norm), eps, rope);
-      PIE_CUDA_CHECK_LAUNCH();
-    }
+    launch_pdl(detail::qk_norm_rope_kernel<HD, device_t<T>>, dim3(static_cast<unsigned>(num_tokens), split),
+               dim3(detail::kRopeThreads), 0, stream, dev(qkv.data), qkv.stride[0], positions, num_q_heads,
+               num_kv_heads, dev(q_norm), dev(k_norm), eps, rope);
   });
 }
 
