@@ -8,13 +8,13 @@
 #   OUT=/some/dir bash bench/device_engine.sh
 # Needs the model's config in $PIE_MODEL_DIR (default .device/Qwen3-8B: copy
 # ../shared/models/Qwen3-8B/*.json there; the folder is git-ignored and never committed).
-# PIE_STAGES picks stages (default: build,kernels,test,bench,sweep,nsys,hfref,hf); each stage has a time limit
+# PIE_STAGES picks stages (default: build,kernels,test,bench,invariant,sweep,nsys,hfref,hf); each stage has a time limit
 # and the next one runs whatever happened. Logs and JSON results land in $OUT; the last lines
 # printed are a summary. PIE_DEADLINE_S bounds the whole run (stages are cut to fit).
 set -u
 OUT=${OUT:-/tmp/pie_device_out}
 MODEL=${PIE_MODEL_DIR:-.device/Qwen3-8B}
-STAGES=${PIE_STAGES:-build,kernels,test,bench,sweep,nsys,hfref,hf}
+STAGES=${PIE_STAGES:-build,kernels,test,bench,invariant,sweep,nsys,hfref,hf}
 BUILD=${PIE_BUILD_DIR:-build-gpu-device}
 JOBS=${PIE_JOBS:-$(nproc)}
 mkdir -p "$OUT"
@@ -111,6 +111,19 @@ if has bench; then
   run pie_tput_256x512x256 150 "$BIN" "$MODEL" --load-format dummy --mode throughput --num-prompts 256 \
     --input-len 512 --output-len 256 --max-num-seqs 256 --profile --output-json "$OUT/pie_tput_256.json"
   grep -E "^(throughput|roofline|decode at|profile)" "$OUT/pie_tput_256x512x256.log" | tee -a "$SUM"
+fi
+
+if has invariant; then
+  # --batch-invariant against the default kernels, same workloads, same call: its cost.
+  for mode in default invariant; do
+    flag=; [ "$mode" = invariant ] && flag=--batch-invariant
+    run "pie_${mode}_latency" 120 "$BIN" "$MODEL" --load-format dummy --mode latency --input-len 128 --output-len 128 \
+      --num-iters 5 --max-num-seqs 8 $flag --output-json "$OUT/pie_${mode}_latency.json"
+    grep -E "^latency" "$OUT/pie_${mode}_latency.log" | sed "s/^/$mode /" | tee -a "$SUM"
+    run "pie_${mode}_256x512x256" 150 "$BIN" "$MODEL" --load-format dummy --mode throughput --num-prompts 256 \
+      --input-len 512 --output-len 256 --max-num-seqs 256 $flag --output-json "$OUT/pie_${mode}_256.json"
+    grep -E "^(throughput|roofline)" "$OUT/pie_${mode}_256x512x256.log" | sed "s/^/$mode /" | tee -a "$SUM"
+  done
 fi
 
 if has sweep; then

@@ -48,6 +48,7 @@ CLI::App* add_bench_command(CLI::App& app, BenchOptions& o) {
   s->add_option("--swap-space,--swap_space", o.swap_space, "GiB of pinned host swap")->capture_default_str();
   s->add_option("--preemption-mode,--preemption_mode", o.preemption_mode, "recompute | swap")->capture_default_str();
   s->add_flag("--enforce-eager,--enforce_eager", o.enforce_eager, "No CUDA graphs");
+  s->add_flag("--batch-invariant,--batch_invariant", o.batch_invariant, "Bitwise batch-invariant kernels");
   s->add_flag("--enable-prefix-caching,--enable_prefix_caching", o.enable_prefix_caching);
   s->add_option("--temperature", o.temperature, "0 → greedy")->capture_default_str();
   s->add_option("--seed", o.seed)->capture_default_str();
@@ -115,6 +116,7 @@ struct Bench {
     ro.gpu_memory_utilization = o.gpu_memory_utilization;
     ro.swap_space_gib = o.swap_space;
     ro.enforce_eager = o.enforce_eager;
+    ro.batch_invariant = o.batch_invariant;
     sched::SchedulerConfig sc;
     sc.enable_prefix_caching = o.enable_prefix_caching;
     PIE_CHECK(o.preemption_mode == "recompute" || o.preemption_mode == "swap",
@@ -307,6 +309,7 @@ int run_bench_with(const BenchOptions& o) {
     r["weights_gib"] = mp.gib(mp.weight_bytes);
     r["activation_gib"] = mp.gib(mp.activation_bytes);
     r["enforce_eager"] = o.enforce_eager;
+    r["batch_invariant"] = o.batch_invariant;
     r["max_num_seqs"] = o.max_num_seqs;
     r["block_size"] = o.block_size;
     if (!o.output_json.empty()) std::ofstream(o.output_json) << r.dump(2) << "\n";

@@ -113,6 +113,7 @@ int serve_with(const ServeOptions& o, EngineFactory make_engine) {
   eo.gpu_memory_utilization = o.gpu_memory_utilization;
   eo.swap_space_gib = o.swap_space;
   eo.enforce_eager = o.enforce_eager;
+  eo.batch_invariant = o.batch_invariant;
   try {
     eo.sched.validate();
   } catch (const pie::Error& e) {

@@ -97,4 +97,69 @@ TEST(PrefillAttentionVariant, SoftCap5Block8) {
   EXPECT_LT(e, tol<f16>()) << e;
 }
 
+// The engine's batch-invariant mode sends every attention row through this kernel, decode rows
+// as one-row prefills: a row's output must depend only on its own query and context, not on the
+// chunk it sits in, nor on the CTA's warp count. One cached sequence of 300 tokens; its rows
+// computed as one chunk, as chunks of 37, one row at a time (also with one-warp CTAs, as the
+// engine runs decode rows), and mixed (single rows beside chunks) — bit for bit the same.
+template <class T>
+void check_row_invariance(int bs, int hd, int group) {
+  const int L = 300, nkv = 2, nq = nkv * group;
+  std::mt19937 rng(bs * 1000 + hd + group);
+  RandomCache<T> cache({L}, nkv, hd, bs, rng);
+  auto qall = randn<T>(size_t(L) * nq * hd, rng);
+  // A launch: segments [r0, r1) of the one sequence, each a "sequence" whose cache ends at r1.
+  auto launch = [&](const std::vector<std::pair<int, int>>& segs, bool one_warp = false) {
+    std::vector<int32_t> cu{0}, indptr{0}, indices, last;
+    std::vector<T> q;
+    int max_q = 0;
+    for (auto [r0, r1] : segs) {
+      const int pages = (r1 + bs - 1) / bs;
+      indices.insert(indices.end(), cache.indices.begin(), cache.indices.begin() + pages);
+      indptr.push_back(static_cast<int32_t>(indices.size()));
+      last.push_back((r1 - 1) % bs + 1);
+      cu.push_back(cu.back() + (r1 - r0));
+      q.insert(q.end(), qall.begin() + size_t(r0) * nq * hd, qall.begin() + size_t(r1) * nq * hd);
+      max_q = std::max(max_q, r1 - r0);
+    }
+    const int rows = cu.back();
+    auto d_q = upload(q);
+    auto d_cu = upload(cu), d_indptr = upload(indptr), d_indices = upload(indices), d_last = upload(last);
+    DeviceBuffer<T> d_o(size_t(rows) * nq * hd);
+    poison(d_o);
+    kv::PagedKV<T> kv{cache.d_pool.data(), nkv, hd, bs, static_cast<int>(segs.size()), d_indptr.data(),
+                      d_indices.data(), d_last.data(), 1.f};
+    const float scale = 1.f / std::sqrt(float(hd));
+    if (one_warp)  // the engine's decode rows in batch-invariant mode: 16-row CTAs
+      ops::cuda::prefill_attention<1>(d_q.view({rows, nq, hd}), kv, d_cu.data(), max_q, d_o.view({rows, nq, hd}), scale);
+    else
+      ops::cuda::prefill_attention(d_q.view({rows, nq, hd}), kv, d_cu.data(), max_q, d_o.view({rows, nq, hd}), scale);
+    return download(d_o);
+  };
+  auto whole = launch({{0, L}});
+  auto same = [&](const std::vector<T>& got, const char* how) {
+    ASSERT_EQ(got.size(), whole.size());
+    for (size_t i = 0; i < got.size(); ++i)
+      ASSERT_EQ(got[i].bits, whole[i].bits) << how << ": row " << i / (nq * hd) << " differs (block " << bs
+                                            << ", head_dim " << hd << ", group " << group << ")";
+  };
+  std::vector<std::pair<int, int>> chunks, singles, mixed;
+  for (int r = 0; r < L; r += 37) chunks.push_back({r, std::min(L, r + 37)});
+  for (int r = 0; r < L; ++r) singles.push_back({r, r + 1});
+  for (int r = 0; r < L;) {  // alternate one-row "decodes" with chunks of 1..64 rows
+    const int n = (r / 7) % 2 ? 1 : 1 + (r * 13) % 64;
+    mixed.push_back({r, std::min(L, r + n)});
+    r += n;
+  }
+  same(launch(chunks), "chunks of 37");
+  same(launch(singles), "one row per launch row");
+  same(launch(singles, /*one_warp=*/true), "one row per launch row, one-warp CTAs");
+  same(launch(chunks, /*one_warp=*/true), "chunks of 37, one-warp CTAs");
+  same(launch(mixed), "single rows beside chunks");
+}
+
+TEST(PrefillAttentionRowInvariance, Block16HeadDim128Group4BF16) { check_row_invariance<bf16>(16, 128, 4); }
+TEST(PrefillAttentionRowInvariance, Block8HeadDim64Group2BF16) { check_row_invariance<bf16>(8, 64, 2); }
+TEST(PrefillAttentionRowInvariance, Block32HeadDim128Group8F16) { check_row_invariance<f16>(32, 128, 8); }
+
 }  // namespace

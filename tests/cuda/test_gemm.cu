@@ -41,6 +41,11 @@ std::vector<TY> check_gemm(int M, int N, int K, bool bias, ops::cuda::Gemm& gemm
   return y;
 }
 
+/// One cuBLASLt algorithm per shape for every M (the engine's batch-invariant mode).
+struct InvariantGemm : ops::cuda::Gemm {
+  InvariantGemm() { set_batch_invariant(true); }
+};
+
 /// The cuBLASLt path alone (the GEMV would take the small-M cases).
 struct CublasLtOnly : ops::cuda::Gemm {
   CublasLtOnly() { set_gemv_max_rows(0); }
@@ -206,6 +211,64 @@ TEST(Gemv, RejectsMPastTheLimitAndKNotAMultipleOf8) {
   DeviceBuffer<bf16> y(16 * 16);
   EXPECT_THROW(ops::cuda::gemv(y.view({9, 16}), x.view({9, 16}), w.view({16, 16})), pie::Error);
   EXPECT_THROW(ops::cuda::gemv(y.view({2, 16}), x.view({2, 12}), w.view({16, 12})), pie::Error);
+}
+
+/// Bits of y [m, N] = x[row0 .. row0+m)·Wᵀ (+ bias) in output type TY.
+template <class TY>
+std::vector<uint32_t> product_bits(ops::cuda::Gemm& g, const DeviceBuffer<bf16>& dx, const DeviceBuffer<bf16>& dw,
+                                   const bf16* bias, int m, int row0, int N, int K) {
+  TensorView<bf16> xv(const_cast<bf16*>(dx.data()) + size_t(row0) * K, {m, K}, Device::Cuda);
+  TensorView<bf16> wv(const_cast<bf16*>(dw.data()), {N, K}, Device::Cuda);
+  DeviceBuffer<TY> y(size_t(m) * N);
+  g(y.view({m, N}), xv, wv, bias);
+  std::vector<TY> h = download(y);
+  std::vector<uint32_t> bits(h.size());
+  for (size_t i = 0; i < h.size(); ++i) {
+    if constexpr (std::is_same_v<TY, float>) std::memcpy(&bits[i], &h[i], 4);
+    else bits[i] = h[i].bits;
+  }
+  return bits;
+}
+
+template <class TY>
+void check_rows_invariant(int N, int K, bool with_bias) {
+  const int Mmax = 1024;
+  std::mt19937 rng(N + K);
+  auto x = randn<bf16>(size_t(Mmax) * K, rng);
+  auto w = randn<bf16>(size_t(N) * K, rng, 0.05f);
+  auto b = randn<bf16>(N, rng);
+  auto dx = upload(x), dw = upload(w), db = upload(b);
+  InvariantGemm g;
+  EXPECT_EQ(g.gemv_max_rows(), 0);
+  const bf16* bias = with_bias ? db.data() : nullptr;
+  auto all = product_bits<TY>(g, dx, dw, bias, Mmax, 0, N, K);
+  for (int m : {1, 2, 3, 8, 17, 64, 128, 129, 256, 500}) {
+    const int row0 = (m * 7) % (Mmax - m + 1);  // rows from the middle too
+    auto part = product_bits<TY>(g, dx, dw, bias, m, row0, N, K);
+    EXPECT_TRUE(std::equal(part.begin(), part.end(), all.begin() + size_t(row0) * N))
+        << "N=" << N << " K=" << K << ": rows " << row0 << ".." << row0 + m - 1 << " of an M=" << m
+        << " product differ from the same rows of M=" << Mmax;
+  }
+}
+
+// Batch-invariant mode: rows of any M-row product equal, bit for bit, the same rows inside the
+// largest product — whatever M the heuristic would have tiled differently. Shapes: Qwen3-8B's
+// qkv (6144×4096, with bias as Qwen2 has) and down (4096×12288) projections, and lm_head-like
+// float output; M from a decode of 1 to a prefill chunk of 1024.
+TEST(Gemm, BatchInvariantRowsBitIdenticalForEveryMQkvN6144K4096Bias) { check_rows_invariant<bf16>(6144, 4096, true); }
+TEST(Gemm, BatchInvariantRowsBitIdenticalForEveryMDownN4096K12288) { check_rows_invariant<bf16>(4096, 12288, false); }
+TEST(Gemm, BatchInvariantRowsBitIdenticalForEveryMFloatOutN5000K4096) { check_rows_invariant<float>(5000, 4096, false); }
+
+TEST(Gemm, BatchInvariantMatchesTheReferenceAndKeepsTheGemvOff) {
+  InvariantGemm g;
+  g.set_gemv_max_rows(8);
+  EXPECT_EQ(g.gemv_max_rows(), 0);
+  check_gemm<bf16>(1, 1024, 256, true, g, 31);
+  check_gemm<bf16>(300, 200, 1024, false, g, 32);
+  check_gemm<bf16, float>(5, 1000, 256, false, g, 33);
+  ops::cuda::Gemm used;
+  check_gemm<bf16>(2, 64, 64, false, used, 34);
+  EXPECT_THROW(used.set_batch_invariant(true), pie::Error);  // only before the first product
 }
 
 TEST(Gemm, FloatOutputRejectsBias) {

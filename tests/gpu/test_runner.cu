@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstring>
+#include <utility>
 #include <random>
 #include <unordered_map>
 #include <vector>
@@ -141,6 +143,88 @@ TEST(GpuRunner, GraphReplayMatchesEager) {
   EXPECT_LE(worst, 1e-2);
 }
 
+// Batch-invariant mode: one sequence's logits are bit-identical (a) alone, (b) inside mixed
+// steps (its prompt in two chunks beside other prompts, decodes beside a prefill, padded graph
+// buckets) and (c) after recompute (prompt and generated tokens prefilled again in one chunk).
+TEST(GpuRunner, BatchInvariantLogitsBitIdenticalAloneBatchedAndRecomputed) {
+  auto cfg = gpu_test::small_qwen3(2);
+  auto hw = model::dummy_weights<bf16>(cfg, 14);
+  RunnerOptions opt = small_options(false);
+  opt.batch_invariant = true;
+  const size_t V = cfg.vocab_size;
+  const int P = 40, steps = 10;
+  std::mt19937 rng(8);
+  HandSeq alone_seq{random_tokens(rng, P, cfg.vocab_size)};
+  // (a) alone: the prompt, then `steps` graph-replayed decodes of batch 1.
+  std::vector<std::vector<float>> alone;
+  {
+    CudaModelRunner<CudaBf16> r(DeviceWeights<bf16>::upload(hw), opt);
+    int32_t next = 0;
+    for (int t = 0; t <= steps; ++t) {
+      auto p = gpu_test::hand_plan({&alone_seq}, {t == 0 ? P : 1}, kBS, next);
+      std::vector<SampleSpec> specs(1);
+      auto l = r.execute_logits(p, specs);
+      alone.emplace_back(l.begin(), l.begin() + V);
+      alone_seq.tokens.push_back(r.last_ids()[0]);
+    }
+    EXPECT_GT(r.stats().graph_steps, 0);
+  }
+  const std::vector<int32_t> tokens = alone_seq.tokens;  // prompt + steps + 1 generated
+  auto bitwise = [&](std::span<const float> got, int t, const char* how) {
+    EXPECT_EQ(std::memcmp(got.data(), alone[t].data(), V * sizeof(float)), 0)
+        << how << ": logits after " << t << " generated tokens differ from the sequence alone (rel err "
+        << gpu_test::rel_err(got, alone[t]) << ")";
+  };
+  // (b) batched.
+  {
+    CudaModelRunner<CudaBf16> r(DeviceWeights<bf16>::upload(hw), opt);
+    int32_t next = 0;
+    HandSeq a{tokens}, b{random_tokens(rng, 30, cfg.vocab_size)}, c{random_tokens(rng, 57, cfg.vocab_size)},
+        d{random_tokens(rng, 33, cfg.vocab_size)};
+    auto run = [&](std::vector<HandSeq*> seqs, std::vector<int> n) {
+      auto p = gpu_test::hand_plan(seqs, n, kBS, next);
+      std::vector<SampleSpec> specs(p.logits_rows.size());
+      auto l = r.execute_logits(p, specs);
+      std::vector<float> out(l.begin(), l.end());
+      for (size_t i = 0; i < seqs.size(); ++i)
+        if (seqs[i] != &a) seqs[i]->tokens.push_back(r.last_ids()[i]);
+      return out;
+    };
+    run({&b, &a}, {30, 25});                                  // a's first chunk beside b's prompt
+    auto l = run({&b, &a, &c}, {1, P - 25, 57});              // b decodes, a finishes, c's prompt
+    bitwise({l.data() + V, V}, 0, "prompt in two chunks beside other prompts");
+    for (int t = 1; t <= steps; ++t) {
+      // a is row 1 of each step: decodes beside a prefill once (eager, mixed), otherwise
+      // batch 3 replaying the padded graph bucket 4.
+      auto out = t == 4 ? run({&b, &a, &c, &d}, {1, 1, 1, 33}) : run({&b, &a, &c}, {1, 1, 1});
+      bitwise({out.data() + V, V}, t, t == 4 ? "decode beside a prefill" : "decode in a padded graph");
+    }
+    EXPECT_GT(r.stats().graph_steps, 0);
+    EXPECT_GT(r.stats().eager_steps, 2);
+  }
+  // (c) recompute: the first 5 generated tokens prefilled again with the prompt, one chunk,
+  // beside another sequence's decode; then decodes continue.
+  {
+    CudaModelRunner<CudaBf16> r(DeviceWeights<bf16>::upload(hw), opt);
+    int32_t next = 0;
+    HandSeq a{tokens}, b{random_tokens(rng, 21, cfg.vocab_size)};
+    std::vector<SampleSpec> one(1), two(2);
+    auto p0 = gpu_test::hand_plan({&b}, {21}, kBS, next);
+    r.execute_logits(p0, one);
+    b.tokens.push_back(r.last_ids()[0]);
+    auto p1 = gpu_test::hand_plan({&b, &a}, {1, P + 5}, kBS, next);
+    auto l = r.execute_logits(p1, two);
+    b.tokens.push_back(r.last_ids()[0]);
+    bitwise({l.data() + V, V}, 5, "recomputed in one chunk");
+    for (int t = 6; t <= steps; ++t) {
+      auto p = gpu_test::hand_plan({&b, &a}, {1, 1}, kBS, next);
+      auto lt = r.execute_logits(p, two);
+      b.tokens.push_back(r.last_ids()[0]);
+      bitwise({lt.data() + V, V}, t, "decode after recompute");
+    }
+  }
+}
+
 TEST(GpuKVCache, SwapOutSwapInAndCopyRoundTrip) {
   kv::KVLayout lay{3, 2, 64, kBS, DType::BF16};
   engine::cuda::KVCache<bf16> kv(lay, 16, 4);
@@ -176,11 +260,14 @@ TEST(GpuKVCache, SwapOutSwapInAndCopyRoundTrip) {
 
 /// Greedy outputs of 64 requests (index 0 is `target`) on an engine with `blocks` KV blocks.
 std::vector<std::vector<int32_t>> run_batch(const model::Weights<bf16>& hw, const std::vector<std::vector<int32_t>>& prompts,
-                                            int64_t blocks, sched::PreemptionMode mode, int64_t* preemptions) {
+                                            int64_t blocks, sched::PreemptionMode mode, int64_t* preemptions,
+                                            bool invariant = false) {
   sched::SchedulerConfig sc;
   sc.enable_prefix_caching = false;
   sc.preemption_mode = mode;
-  CudaEngine<CudaBf16> e(DeviceWeights<bf16>::upload(hw), small_options(false, blocks), sc, {1});
+  RunnerOptions ro = small_options(false, blocks);
+  ro.batch_invariant = invariant;
+  CudaEngine<CudaBf16> e(DeviceWeights<bf16>::upload(hw), ro, sc, {1});
   std::vector<uint64_t> ids;
   for (const auto& p : prompts) {
     sched::SamplingParams sp;
@@ -196,22 +283,27 @@ std::vector<std::vector<int32_t>> run_batch(const model::Weights<bf16>& hw, cons
   return r;
 }
 
-TEST(GpuEngine, GreedyIsBatchInvariantAloneBatchedAndAfterPreemption) {
+/// Greedy tokens of 64 requests alone / in one batch / under recompute and swap preemption;
+/// returns how many of the 64 kept every token under (recompute, swap).
+std::pair<int, int> check_invariance(bool invariant, int num_alone) {
   auto cfg = gpu_test::small_qwen3(2);
   auto hw = model::dummy_weights<bf16>(cfg, 13);
   std::mt19937 rng(7);
   std::vector<std::vector<int32_t>> prompts;
   for (int i = 0; i < 64; ++i) prompts.push_back(random_tokens(rng, 10 + int(rng() % 50), cfg.vocab_size));
-  auto alone = run_batch(hw, {prompts[0]}, 256, sched::PreemptionMode::Recompute, nullptr);
-  ASSERT_EQ(alone[0].size(), 24u);
-  auto batched = run_batch(hw, prompts, 512, sched::PreemptionMode::Recompute, nullptr);
+  const char* mode = invariant ? "batch-invariant" : "default";
+  auto batched = run_batch(hw, prompts, 512, sched::PreemptionMode::Recompute, nullptr, invariant);
+  for (int i = 0; i < num_alone; ++i) {
+    auto alone = run_batch(hw, {prompts[i]}, 256, sched::PreemptionMode::Recompute, nullptr, invariant);
+    EXPECT_EQ(alone[0].size(), 24u);
+    EXPECT_EQ(batched[i], alone[0]) << mode << ": sequence " << i << " alone vs in a batch of 64";
+  }
   int64_t pre_r = 0, pre_s = 0;
   // 64 sequences of up to 83 tokens need ~300 blocks of 16; 80 blocks force preemptions.
-  auto recompute = run_batch(hw, prompts, 80, sched::PreemptionMode::Recompute, &pre_r);
-  auto swap = run_batch(hw, prompts, 80, sched::PreemptionMode::Swap, &pre_s);
+  auto recompute = run_batch(hw, prompts, 80, sched::PreemptionMode::Recompute, &pre_r, invariant);
+  auto swap = run_batch(hw, prompts, 80, sched::PreemptionMode::Swap, &pre_s, invariant);
   EXPECT_GT(pre_r, 0);
   EXPECT_GT(pre_s, 0);
-  EXPECT_EQ(batched[0], alone[0]) << "alone vs in a batch of 64";
   int same_r = 0, same_s = 0;
   for (int i = 0; i < 64; ++i) {
     same_r += recompute[i] == batched[i];
@@ -221,16 +313,31 @@ TEST(GpuEngine, GreedyIsBatchInvariantAloneBatchedAndAfterPreemption) {
       if (got == batched[i]) continue;
       size_t j = 0;
       while (j < got.size() && j < batched[i].size() && got[j] == batched[i][j]) ++j;
-      std::printf("[batch invariance] %s: sequence %d (prompt %zu) diverges at output token %zu\n",
+      std::printf("[batch invariance, %s] %s: sequence %d (prompt %zu) diverges at output token %zu\n", mode,
                   run == &recompute ? "recompute" : "swap", i, prompts[i].size(), j);
     }
   }
-  EXPECT_EQ(recompute[0], alone[0]) << "after recompute preemption";
-  EXPECT_EQ(swap[0], alone[0]) << "after swap preemption";
+  std::printf("[batch invariance, %s] preemptions recompute %lld swap %lld; identical %d/64, %d/64\n", mode,
+              (long long)pre_r, (long long)pre_s, same_r, same_s);
+  return {same_r, same_s};
+}
+
+// Batch-invariant mode promises bitwise invariance: every token of every sequence survives
+// batching and both kinds of preemption.
+TEST(GpuEngine, BatchInvariantModeKeepsEveryGreedyTokenAloneBatchedAndAfterPreemption) {
+  auto [same_r, same_s] = check_invariance(/*invariant=*/true, /*num_alone=*/8);
   EXPECT_EQ(same_r, 64) << "sequences whose greedy tokens changed under recompute preemption";
   EXPECT_EQ(same_s, 64) << "sequences whose greedy tokens changed under swap preemption";
-  std::printf("[batch invariance] preemptions recompute %lld swap %lld; identical %d/64, %d/64\n",
-              (long long)pre_r, (long long)pre_s, same_r, same_s);
+}
+
+// The default (fast) kernels promise no bitwise invariance: the GEMM algorithm and the decode
+// split follow the batch, and a recomputed sequence's K/V come from prefill numerics. Swap
+// keeps the K/V and measured 64/64; recompute measured 63/64 on an H100 (one near-tie of the
+// dummy weights flips). The bounds below record that, so a regression in either shows.
+TEST(GpuEngine, DefaultKernelsKeepGreedyTokensAloneBatchedAndNearlyAllAfterPreemption) {
+  auto [same_r, same_s] = check_invariance(/*invariant=*/false, /*num_alone=*/1);
+  EXPECT_GE(same_r, 62) << "sequences whose greedy tokens survived recompute preemption";
+  EXPECT_EQ(same_s, 64) << "sequences whose greedy tokens changed under swap preemption";
 }
 
 }  // namespace

@@ -12,7 +12,7 @@ from conftest import Server, pie_bin
 FLAGS = ["--host", "--port", "--api-key", "--served-model-name", "--max-model-len", "--tensor-parallel-size",
          "--gpu-memory-utilization", "--block-size", "--max-num-seqs", "--max-num-batched-tokens",
          "--enable-prefix-caching", "--no-enable-prefix-caching", "--enable-chunked-prefill", "--kv-cache-dtype",
-         "--dtype", "--swap-space", "--enforce-eager", "--seed", "--load-format", "--generation-config",
+         "--dtype", "--swap-space", "--enforce-eager", "--batch-invariant", "--seed", "--load-format", "--generation-config",
          "--chat-template", "--reasoning-parser", "--device", "--max_model_len", "--api_key"]
 
 

@@ -27,6 +27,9 @@ struct EngineOptions {
   double gpu_memory_utilization = 0.9;
   double swap_space_gib = 4.0;
   bool enforce_eager = false;        ///< no CUDA graphs
+  /// GPU: bitwise batch-invariant kernels (RunnerOptions::batch_invariant). The CPU backend is
+  /// batch-invariant whatever this says.
+  bool batch_invariant = false;
   bool log = true;                   ///< GPU runner: print the memory plan and graph capture
 };
 

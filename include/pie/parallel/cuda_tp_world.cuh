@@ -34,6 +34,9 @@ inline CudaTpOptions cuda_tp_options(const EngineOptions& o) {
   c.max_model_len = o.sched.max_model_len;
   c.gpu_memory_utilization = o.gpu_memory_utilization;
   c.enforce_eager = o.enforce_eager;
+  // NCCL's all-reduce splits its work by message size, i.e. by the step's token count: the sum
+  // a row gets is not independent of the batch, so the invariant mode cannot be promised here.
+  PIE_CHECK(!o.batch_invariant, "--batch-invariant is not available with --tensor-parallel-size > 1 on the GPU");
   return c;
 }
 

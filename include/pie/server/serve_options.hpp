@@ -29,6 +29,7 @@ struct ServeOptions {
   std::string dtype = "auto";
   double swap_space = 4.0;  ///< GiB of host memory for swapped-out KV blocks
   bool enforce_eager = false;
+  bool batch_invariant = false;  ///< vLLM's VLLM_BATCH_INVARIANT=1
   uint64_t seed = 0;
   std::string load_format = "auto";
   std::string generation_config = "auto";
@@ -114,6 +115,10 @@ inline void add_serve_flags(CLI::App& app, ServeOptions& o) {
       ->check(CLI::Range(0.0, 1024.0))
       ->capture_default_str();
   app.add_flag(both_spellings("enforce-eager"), o.enforce_eager, "Never capture CUDA graphs (GPU backend)");
+  app.add_flag(both_spellings("batch-invariant"), o.batch_invariant,
+               "Bitwise batch-invariant kernels: a request's output does not depend on what it is batched "
+               "with (GPU backend, slower decode; the CPU backend always is)")
+      ->envname("VLLM_BATCH_INVARIANT");
   app.add_option(both_spellings("seed"), o.seed, "Seed of the engine's random generator")->capture_default_str();
   app.add_option(both_spellings("load-format"), o.load_format,
                  "auto|safetensors: read the weights; dummy: random weights of the model's shape")

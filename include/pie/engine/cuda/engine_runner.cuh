@@ -63,6 +63,7 @@ class ModelRunner<Qwen3, Policy, backend::Cuda> {
     ro.gpu_memory_utilization = opt.gpu_memory_utilization;
     ro.swap_space_gib = opt.swap_space_gib;
     ro.enforce_eager = opt.enforce_eager;
+    ro.batch_invariant = opt.batch_invariant;
     ro.num_gpu_blocks_override = opt.num_kv_blocks;
     ro.log = opt.log;
     runner_ = std::make_unique<Inner>(std::move(weights), ro);

@@ -21,6 +21,9 @@ class LogitsGemm {
     gemm_(out, rows, w, static_cast<const T*>(nullptr), stream);
   }
 
+  /// One algorithm for every row count (ops::cuda::Gemm::set_batch_invariant).
+  void set_batch_invariant(bool on) { gemm_.set_batch_invariant(on); }
+
  private:
   ops::cuda::Gemm gemm_;
 };

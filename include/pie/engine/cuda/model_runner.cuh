@@ -57,6 +57,12 @@ struct RunnerOptions {
   double swap_space_gib = 4.0;          ///< pinned host pool for swap preemption
   bool enforce_eager = false;           ///< no CUDA graphs
   int64_t num_gpu_blocks_override = 0;  ///< > 0: this many KV blocks, whatever memory says
+  /// Bitwise batch invariance (vLLM's VLLM_BATCH_INVARIANT): a sequence's logits do not depend
+  /// on what else is in the step, or on whether its K/V came from prefill or decode (recompute
+  /// preemption). Every GEMM runs one algorithm per shape (Gemm::set_batch_invariant) and decode
+  /// rows go through the prefill attention kernel, whose per-row result is independent of the
+  /// rows beside it; decode attention is then slower (docs/gpu_engine.md).
+  bool batch_invariant = false;
   bool log = true;                      ///< print the memory plan and graph capture to stderr
 };
 
@@ -188,6 +194,10 @@ class CudaModelRunner {
     rope_.mscale = table.attention_factor;
     gemm_ = std::make_unique<ops::cuda::Gemm>();
     logits_gemm_ = std::make_unique<LogitsGemm>();
+    if (opt_.batch_invariant) {
+      gemm_->set_batch_invariant(true);
+      logits_gemm_->set_batch_invariant(true);
+    }
   }
 
   ops::cuda::DecodePlan decode_plan(int batch, int max_len) const {
@@ -382,7 +392,15 @@ class CudaModelRunner {
                                                 eps, rope_, s));
       P("kv_write", ops::cuda::kv_write(cache.layer(l, 0, nullptr, nullptr, nullptr), mat(qkv_.data() + Q, Tn, KVS, QKV),
                                         mat(qkv_.data() + Q + KVS, Tn, KVS, QKV), step_.slot_mapping(), s));
-      if (D > 0) {
+      if (D > 0 && opt_.batch_invariant) {
+        // Decode rows as one-row prefills (one warp per CTA: 16 rows, not 128): the prefill
+        // kernel's arithmetic for a row depends only on that row's query and context — not on
+        // the rows beside it, nor on the CTA's warp count — so a token's attention output is the
+        // same decoded in any batch or recomputed inside a prompt chunk.
+        auto kvd = cache.layer(l, D, step_.kv_indptr(), step_.kv_indices(), step_.kv_last_page_len());
+        P("attention_prefill", ops::cuda::prefill_attention<1>(heads(qkv_.data(), D, QKV), kvd, step_.cu_query_lens(),
+                                                              1, heads(attn_.data(), D, Q), sm_scale, variant_, s));
+      } else if (D > 0) {
         auto kvd = cache.layer(l, D, step_.kv_indptr(), step_.kv_indices(), step_.kv_last_page_len());
         P("attention_decode", ops::cuda::decode_attention(heads(qkv_.data(), D, QKV), kvd, heads(attn_.data(), D, Q),
                                                           dplan, decode_ws_.data(), sm_scale, variant_, s));

@@ -6,6 +6,12 @@
 /// before it; larger M through cuBLASLt, whose heuristic
 /// algorithm and descriptors are built once per shape and cached, with one workspace for every
 /// call (it must not be shared by concurrent streams).
+///
+/// Batch-invariant mode (`set_batch_invariant`): every M of one (N, K) shape runs the SAME
+/// cuBLASLt algorithm, chosen once at a reference M among those without split-K, and the GEMV is
+/// off. A fixed tiling with no split-K reduces each output element over K in one fixed order,
+/// so a row's result no longer depends on how many rows share the launch (checked bit for bit
+/// in tests/cuda/test_gemm.cu). The heuristic's per-M choice is what breaks that by default.
 #include <cublasLt.h>
 
 #include <algorithm>
@@ -79,7 +85,22 @@ class Gemm {
 
   /// Rows up to which the GEMV path is taken (0: cuBLASLt for every M; at most kGemvMaxRows).
   int gemv_max_rows() const { return gemv_max_rows_; }
-  void set_gemv_max_rows(int m) { gemv_max_rows_ = std::clamp(m, 0, kGemvMaxRows); }
+  void set_gemv_max_rows(int m) { gemv_max_rows_ = invariant_ ? 0 : std::clamp(m, 0, kGemvMaxRows); }
+
+  /// One algorithm per (N, K) shape for every M, chosen at `reference_m` rows (see the file
+  /// comment); turns the GEMV off. Call before the first product.
+  void set_batch_invariant(bool on, int64_t reference_m = kInvariantReferenceM) {
+    PIE_CHECK(cache_.empty(), "Gemm: set_batch_invariant must come before the first product");
+    PIE_CHECK(reference_m > 0, "Gemm: reference M must be positive");
+    invariant_ = on;
+    reference_m_ = reference_m;
+    if (on) gemv_max_rows_ = 0;
+  }
+  bool batch_invariant() const { return invariant_; }
+
+  /// The reference M of the batch-invariant algorithm choice: a decode batch of the size that
+  /// dominates serving, so decode keeps a tiling that fills the card at small M.
+  static constexpr int64_t kInvariantReferenceM = 128;
 
  private:
   struct Key {
@@ -122,21 +143,70 @@ class Gemm {
     PIE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e.a, k.dt, k.k, k.n, k.ldw));
     PIE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e.b, k.dt, k.k, k.m, k.ldx));
     PIE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e.c, k.out_dt, k.n, k.m, k.ldy));
+    if (invariant_) {
+      e.algo = invariant_algo(k, e.desc, e.a);
+      cublasLtMatmulHeuristicResult_t chk{};
+      cublasStatus_t st = cublasLtMatmulAlgoCheck(handle_, e.desc, e.a, e.b, e.c, e.c, &e.algo, &chk);
+      PIE_CHECK(st == CUBLAS_STATUS_SUCCESS && chk.workspaceSize <= ws_.size(),
+                "Gemm (batch-invariant): the algorithm pinned for N=", k.n, " K=", k.k, " does not run M=", k.m,
+                ": ", cublasGetStatusString(st));
+    } else {
+      cublasLtMatmulHeuristicResult_t res{};
+      PIE_CHECK(heuristic(e.desc, e.a, e.b, e.c, &res, 1) > 0, "Gemm: cuBLASLt has no algorithm for M=", k.m,
+                " N=", k.n, " K=", k.k);
+      e.algo = res.algo;
+    }
+    return cache_.emplace(k, e).first->second;
+  }
+
+  /// Up to n heuristic results into out; returns how many. (A std::vector of the result type
+  /// trips an nvcc 13 front-end assertion, hence the plain array.)
+  int heuristic(cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t a, cublasLtMatrixLayout_t b,
+                cublasLtMatrixLayout_t c, cublasLtMatmulHeuristicResult_t* out, int n) {
     cublasLtMatmulPreference_t pref;
     PIE_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     size_t ws = ws_.size();
     PIE_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
-    cublasLtMatmulHeuristicResult_t res{};
     int found = 0;
-    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle_, e.desc, e.a, e.b, e.c, e.c, pref, 1, &res, &found);
+    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle_, desc, a, b, c, c, pref, n, out, &found);
     cublasLtMatmulPreferenceDestroy(pref);
-    PIE_CHECK(st == CUBLAS_STATUS_SUCCESS && found > 0, "Gemm: cuBLASLt has no algorithm for M=", k.m, " N=", k.n,
-              " K=", k.k);
-    e.algo = res.algo;
-    return cache_.emplace(k, e).first->second;
+    return st == CUBLAS_STATUS_SUCCESS ? found : 0;
+  }
+
+  /// The algorithm of shape (N, K) for every M: the heuristic's best at the reference M among
+  /// those that do not split K (split-K adds partial sums in an order set by the split count).
+  cublasLtMatmulAlgo_t invariant_algo(const Key& k, cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t a) {
+    Key shape = k;
+    shape.m = 0;
+    shape.ldx = 0;  // the row strides do not change the algorithm's arithmetic
+    shape.ldy = 0;
+    auto it = pinned_.find(shape);
+    if (it != pinned_.end()) return it->second;
+    cublasLtMatrixLayout_t b = nullptr, c = nullptr;
+    PIE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&b, k.dt, k.k, reference_m_, k.ldx));
+    PIE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&c, k.out_dt, k.n, reference_m_, k.ldy));
+    constexpr int kCandidates = 16;
+    cublasLtMatmulHeuristicResult_t res[kCandidates] = {};
+    const int found = heuristic(desc, a, b, c, res, kCandidates);
+    cublasLtMatrixLayoutDestroy(b);
+    cublasLtMatrixLayoutDestroy(c);
+    const cublasLtMatmulAlgo_t* pick = nullptr;
+    for (int i = 0; i < found && pick == nullptr; ++i) {
+      int splits = 1;
+      size_t written = 0;
+      cublasLtMatmulAlgoConfigGetAttribute(&res[i].algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splits, sizeof(splits),
+                                           &written);
+      if (splits <= 1) pick = &res[i].algo;
+    }
+    PIE_CHECK(pick != nullptr, "Gemm (batch-invariant): cuBLASLt offers no algorithm without split-K for N=", k.n,
+              " K=", k.k, " (", found, " candidates)");
+    return pinned_.emplace(shape, *pick).first->second;
   }
 
   int gemv_max_rows_ = kGemvDefaultMaxRows;
+  bool invariant_ = false;
+  int64_t reference_m_ = kInvariantReferenceM;
+  std::unordered_map<Key, cublasLtMatmulAlgo_t, KeyHash> pinned_;  ///< batch-invariant: per shape, M = 0
   cublasLtHandle_t handle_ = nullptr;
   DeviceBuffer<unsigned char> ws_;
   std::unordered_map<Key, Entry, KeyHash> cache_;
