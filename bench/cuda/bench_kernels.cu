@@ -275,6 +275,37 @@ BENCHMARK(BM_SkinnyLinear)
     ->ArgsProduct({{1, 8}, {151936}, {4096}, {1, 0}})
     ->UseManualTime()->Iterations(1);
 
+/// Batch-invariant GEMMs (Gemm::set_batch_invariant): one cuBLASLt algorithm per shape, picked
+/// at a reference M (arg 0; 0 = the default per-M heuristic, GEMV off), run at M rows (arg 1).
+/// Which reference M serves decode (small M) and prefill (large M) both. Weights rotate over
+/// copies (≥ 200 MB) as in BM_SkinnyLinear.
+void BM_InvariantGemm(benchmark::State& st) {
+  const int ref = st.range(0), M = st.range(1), N = st.range(2), K = st.range(3);
+  const int copies = std::max<int64_t>(1, (int64_t(200) << 20) / (int64_t(N) * K * 2) + 1);
+  DeviceBuffer<bf16> x(size_t(M) * K), w(size_t(N) * K * copies), y(size_t(M) * N);
+  fill(x.data(), x.size(), 21); fill(w.data(), w.size(), 22, 0.05f);
+  oc::Gemm g;
+  g.set_gemv_max_rows(0);
+  if (ref > 0) g.set_batch_invariant(true, ref);
+  int next = 0;
+  const double bytes = 2.0 * N * K + 2.0 * M * K + 2.0 * M * N;
+  try {
+    report(st, "gemm ref " + std::to_string(ref) + " M " + std::to_string(M) + " " + std::to_string(N) + "x" +
+               std::to_string(K), M <= 64 ? bytes : 0, M <= 64 ? 0 : 2.0 * M * N * K, [&] {
+             TensorView<bf16> wv(w.data() + size_t(next) * N * K, {N, K}, Device::Cuda);
+             next = (next + 1) % copies;
+             g(y.view({M, N}), x.view({M, K}), wv);
+           });
+  } catch (const std::exception& e) {  // no algorithm without split-K at that reference M
+    st.SkipWithError(e.what());
+  }
+}
+BENCHMARK(BM_InvariantGemm)
+    ->ArgsProduct({{0, 1, 16, 128, 1024}, {1, 16, 256, 4096}, {6144}, {4096}})
+    ->ArgsProduct({{0, 1, 16, 128, 1024}, {1, 16, 256, 4096}, {4096}, {12288}})
+    ->ArgsProduct({{0, 1, 16, 128, 1024}, {1, 16, 256, 4096}, {24576}, {4096}})
+    ->UseManualTime()->Iterations(1);
+
 void BM_Sample(benchmark::State& st) {
   const int rows = st.range(0), vocab = 151936;
   DeviceBuffer<float> logits(size_t(rows) * vocab);

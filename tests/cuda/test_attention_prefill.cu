@@ -100,16 +100,18 @@ TEST(PrefillAttentionVariant, SoftCap5Block8) {
 // The engine's batch-invariant mode sends every attention row through this kernel, decode rows
 // as one-row prefills: a row's output must depend only on its own query and context, not on the
 // chunk it sits in, nor on the CTA's warp count. One cached sequence of 300 tokens; its rows
-// computed as one chunk, as chunks of 37, one row at a time (also with one-warp CTAs, as the
-// engine runs decode rows), and mixed (single rows beside chunks) — bit for bit the same.
-template <class T>
-void check_row_invariance(int bs, int hd, int group) {
+// computed as one chunk, as chunks of 37, one row at a time, and mixed (single rows beside
+// chunks), also with one-warp CTAs and GQA-packed rows (as the engine runs decode rows in
+// batch-invariant mode) — bit for bit the same.
+template <class T, class Variant = attention::Causal>
+void check_row_invariance(int bs, int hd, int group, Variant var = {}) {
   const int L = 300, nkv = 2, nq = nkv * group;
   std::mt19937 rng(bs * 1000 + hd + group);
   RandomCache<T> cache({L}, nkv, hd, bs, rng);
   auto qall = randn<T>(size_t(L) * nq * hd, rng);
   // A launch: segments [r0, r1) of the one sequence, each a "sequence" whose cache ends at r1.
-  auto launch = [&](const std::vector<std::pair<int, int>>& segs, bool one_warp = false) {
+  // one_warp: 16-row CTAs; pack: a CTA's rows are (token, head) pairs of one GQA group.
+  auto launch = [&](const std::vector<std::pair<int, int>>& segs, bool one_warp = false, bool pack = false) {
     std::vector<int32_t> cu{0}, indptr{0}, indices, last;
     std::vector<T> q;
     int max_q = 0;
@@ -130,10 +132,16 @@ void check_row_invariance(int bs, int hd, int group) {
     kv::PagedKV<T> kv{cache.d_pool.data(), nkv, hd, bs, static_cast<int>(segs.size()), d_indptr.data(),
                       d_indices.data(), d_last.data(), 1.f};
     const float scale = 1.f / std::sqrt(float(hd));
-    if (one_warp)  // the engine's decode rows in batch-invariant mode: 16-row CTAs
-      ops::cuda::prefill_attention<1>(d_q.view({rows, nq, hd}), kv, d_cu.data(), max_q, d_o.view({rows, nq, hd}), scale);
+    auto qv = d_q.view({rows, nq, hd});
+    auto ov = d_o.view({rows, nq, hd});
+    if (one_warp && pack)  // the engine's decode rows in batch-invariant mode
+      ops::cuda::prefill_attention<1, true>(qv, kv, d_cu.data(), max_q, ov, scale, var);
+    else if (one_warp)
+      ops::cuda::prefill_attention<1>(qv, kv, d_cu.data(), max_q, ov, scale, var);
+    else if (pack)
+      ops::cuda::prefill_attention<0, true>(qv, kv, d_cu.data(), max_q, ov, scale, var);
     else
-      ops::cuda::prefill_attention(d_q.view({rows, nq, hd}), kv, d_cu.data(), max_q, d_o.view({rows, nq, hd}), scale);
+      ops::cuda::prefill_attention(qv, kv, d_cu.data(), max_q, ov, scale, var);
     return download(d_o);
   };
   auto whole = launch({{0, L}});
@@ -155,11 +163,17 @@ void check_row_invariance(int bs, int hd, int group) {
   same(launch(singles), "one row per launch row");
   same(launch(singles, /*one_warp=*/true), "one row per launch row, one-warp CTAs");
   same(launch(chunks, /*one_warp=*/true), "chunks of 37, one-warp CTAs");
+  same(launch(singles, true, /*pack=*/true), "one row per launch row, one-warp CTAs, GQA-packed");
+  same(launch(chunks, false, /*pack=*/true), "chunks of 37, GQA-packed");
+  same(launch(mixed, true, /*pack=*/true), "single rows beside chunks, one-warp CTAs, GQA-packed");
   same(launch(mixed), "single rows beside chunks");
 }
 
 TEST(PrefillAttentionRowInvariance, Block16HeadDim128Group4BF16) { check_row_invariance<bf16>(16, 128, 4); }
 TEST(PrefillAttentionRowInvariance, Block8HeadDim64Group2BF16) { check_row_invariance<bf16>(8, 64, 2); }
 TEST(PrefillAttentionRowInvariance, Block32HeadDim128Group8F16) { check_row_invariance<f16>(32, 128, 8); }
+TEST(PrefillAttentionRowInvariance, SlidingWindow100Block16HeadDim128Group4BF16) {
+  check_row_invariance<bf16>(16, 128, 4, attention::SlidingWindow<100>{});
+}
 
 }  // namespace

@@ -393,13 +393,15 @@ class CudaModelRunner {
       P("kv_write", ops::cuda::kv_write(cache.layer(l, 0, nullptr, nullptr, nullptr), mat(qkv_.data() + Q, Tn, KVS, QKV),
                                         mat(qkv_.data() + Q + KVS, Tn, KVS, QKV), step_.slot_mapping(), s));
       if (D > 0 && opt_.batch_invariant) {
-        // Decode rows as one-row prefills (one warp per CTA: 16 rows, not 128): the prefill
-        // kernel's arithmetic for a row depends only on that row's query and context — not on
-        // the rows beside it, nor on the CTA's warp count — so a token's attention output is the
-        // same decoded in any batch or recomputed inside a prompt chunk.
+        // Decode rows as one-row prefills, the GQA group's heads packed into one one-warp CTA
+        // (one K/V read per KV head): the prefill kernel's arithmetic for a row depends only on
+        // that row's query and context — not on the rows beside it, the CTA's warp count or the
+        // packing — so a token's attention output is the same decoded in any batch or
+        // recomputed inside a prompt chunk.
         auto kvd = cache.layer(l, D, step_.kv_indptr(), step_.kv_indices(), step_.kv_last_page_len());
-        P("attention_prefill", ops::cuda::prefill_attention<1>(heads(qkv_.data(), D, QKV), kvd, step_.cu_query_lens(),
-                                                              1, heads(attn_.data(), D, Q), sm_scale, variant_, s));
+        P("attention_prefill",
+          ops::cuda::prefill_attention<1, true>(heads(qkv_.data(), D, QKV), kvd, step_.cu_query_lens(), 1,
+                                                heads(attn_.data(), D, Q), sm_scale, variant_, s));
       } else if (D > 0) {
         auto kvd = cache.layer(l, D, step_.kv_indptr(), step_.kv_indices(), step_.kv_last_page_len());
         P("attention_decode", ops::cuda::decode_attention(heads(qkv_.data(), D, QKV), kvd, heads(attn_.data(), D, Q),

@@ -65,38 +65,49 @@ __device__ __forceinline__ void load_kv_tile(T* sk, T* sv, const kv::PagedKV<KV>
   }
 }
 
-/// Device body. HD: head dim; NW: warps (BM = 16·NW query rows); BN: keys per tile.
-template <int HD, int NW, int BN, class T, class KV, class Variant>
+/// Device body. HD: head dim; NW: warps (BM = 16·NW query rows); BN: keys per tile. PACK: a
+/// CTA's rows are (token, query head) pairs of one KV head — row r is token r / group, head
+/// r % group — so one K/V tile serves the whole GQA group (decode rows: 1 token × group heads
+/// in one CTA instead of group CTAs). Without it a CTA's rows are tokens of one query head.
+/// Either way a row's arithmetic is the same: it depends on that row alone.
+template <int HD, int NW, int BN, bool PACK, class T, class KV, class Variant>
 __device__ __forceinline__ void prefill_body(const PrefillParams<T, KV, Variant>& p, T* smem) {
   constexpr int BM = 16 * NW, NT = 32 * NW, CH = HD / 8;
   constexpr bool kQInRegs = HD <= 128;
-  const int b = blockIdx.z, h = blockIdx.y;
+  const int b = blockIdx.z;
+  const int G = PACK ? p.group : 1;  // rows per token
+  const int kvh = PACK ? blockIdx.y : blockIdx.y / p.group;
   const int tile = gridDim.x - 1 - blockIdx.x;  // longest (last) tiles first: better tail
   const int q_begin = p.cu_q[b], qlen = p.cu_q[b + 1] - q_begin;
+  const int nrows = qlen * G;
   const int m0 = tile * BM;
-  if (m0 >= qlen) return;
+  if (m0 >= nrows) return;
   const int kv_len = p.kv.seq_len(b);
   const int q_off = kv_len - qlen;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int kvh = h / p.group;
+  // Row → (token of the chunk, query head).
+  auto row_token = [&](int r) { return PACK ? r / G : r; };
+  auto row_head = [&](int r) { return PACK ? kvh * G + r % G : int(blockIdx.y); };
 
   T* sq = smem;
   T* sk[2] = {sq + BM * HD, sq + BM * HD + 2 * BN * HD};
   T* sv[2] = {sk[0] + BN * HD, sk[1] + BN * HD};
 
   // Key range of this tile: up to its last row's position (causal), from the window start.
-  const int last_row = min(m0 + BM, qlen) - 1;
-  int kv_end = Variant::kCausal ? min(kv_len, q_off + last_row + 1) : kv_len;
+  const int first_tok = row_token(m0), last_tok = row_token(min(m0 + BM, nrows) - 1);
+  int kv_end = Variant::kCausal ? min(kv_len, q_off + last_tok + 1) : kv_len;
   int kv_begin = 0;
-  if constexpr (Variant::kWindowLeft > 0) kv_begin = max(0, q_off + m0 - Variant::kWindowLeft + 1) / BN * BN;
+  if constexpr (Variant::kWindowLeft > 0) kv_begin = max(0, q_off + first_tok - Variant::kWindowLeft + 1) / BN * BN;
   const int n_tiles = (kv_end - kv_begin + BN - 1) / BN;
 
   const int32_t* pages = p.kv.indices + p.kv.indptr[b];
   const int64_t head_off = int64_t(kvh) * (HD << p.bs_shift);
   for (int i = threadIdx.x; i < BM * CH; i += NT) {
     int row = i / CH, c = i % CH;
-    bool valid = m0 + row < qlen;
-    const T* src = p.q + int64_t(q_begin + (valid ? m0 + row : 0)) * p.q_stride + int64_t(h) * HD + c * 8;
+    const int r = m0 + row;
+    const bool valid = r < nrows;
+    const T* src = p.q + int64_t(q_begin + (valid ? row_token(r) : 0)) * p.q_stride +
+                   int64_t(valid ? row_head(r) : 0) * HD + c * 8;
     cp_async16(smem_u32(sq + swz<HD>(row, c)), src, valid);
   }
   if (n_tiles > 0) load_kv_tile<HD, BN, NT>(sk[0], sv[0], p.kv, pages, p.bs_shift, head_off, kv_begin, kv_len);
@@ -111,7 +122,7 @@ __device__ __forceinline__ void prefill_body(const PrefillParams<T, KV, Variant>
   const float score_scale = p.sm_scale * (is_fp8_v<KV> ? p.kv.kv_scale : 1.f);
   const int wrow = warp * 16;                        // this warp's first row in the tile
   const int r_lo = wrow + lane / 4, r_hi = r_lo + 8;  // the two rows this thread accumulates
-  const int qpos_lo = q_off + m0 + r_lo, qpos_hi = q_off + m0 + r_hi;
+  const int qpos_lo = q_off + row_token(m0 + r_lo), qpos_hi = q_off + row_token(m0 + r_hi);
 
   // Q fragment address of this lane for k-step kk (ldmatrix x4: rows 0-7/8-15 × k 0-7/8-15).
   auto q_addr = [&](int kk) {
@@ -159,7 +170,7 @@ __device__ __forceinline__ void prefill_body(const PrefillParams<T, KV, Variant>
     }
 
     // Online softmax on the accumulators (log2 domain).
-    const bool need_mask = (Variant::kCausal && n0 + BN - 1 > q_off + m0) || n0 + BN > kv_len ||
+    const bool need_mask = (Variant::kCausal && n0 + BN - 1 > q_off + first_tok) || n0 + BN > kv_len ||
                            Variant::kWindowLeft > 0 || !Variant::kCausal;
     float mx[2] = {m_r[0], m_r[1]};
 #pragma unroll
@@ -225,32 +236,33 @@ __device__ __forceinline__ void prefill_body(const PrefillParams<T, KV, Variant>
   float inv[2] = {l_r[0] > 0.f ? vscale / l_r[0] : 0.f, l_r[1] > 0.f ? vscale / l_r[1] : 0.f};
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    int row = m0 + (r == 0 ? r_lo : r_hi);
-    if (row >= qlen) continue;
-    T* dst = p.out + int64_t(q_begin + row) * p.out_stride + int64_t(h) * HD + (lane % 4) * 2;
+    const int row = m0 + (r == 0 ? r_lo : r_hi);
+    if (row >= nrows) continue;
+    T* dst = p.out + int64_t(q_begin + row_token(row)) * p.out_stride + int64_t(row_head(row)) * HD + (lane % 4) * 2;
 #pragma unroll
     for (int j = 0; j < HD / 8; ++j)
       *reinterpret_cast<uint32_t*>(dst + j * 8) = pack2<T>(o[j][2 * r] * inv[r], o[j][2 * r + 1] * inv[r]);
   }
 }
 
-template <int HD, int NW, int BN, class T, class KV, class Variant>
+template <int HD, int NW, int BN, bool PACK, class T, class KV, class Variant>
 __global__ void __launch_bounds__(NW * 32) prefill_kernel(const __grid_constant__ PrefillParams<T, KV, Variant> p) {
   extern __shared__ __align__(128) unsigned char prefill_smem[];
-  prefill_body<HD, NW, BN>(p, reinterpret_cast<T*>(prefill_smem));
+  prefill_body<HD, NW, BN, PACK>(p, reinterpret_cast<T*>(prefill_smem));
 }
 
 /// Warps per CTA: 8 (BM = 128) where two CTAs still fit an SM, 4 for head_dim 256.
 template <int HD> inline constexpr int kPrefillWarps = HD <= 128 ? 8 : 4;
 inline constexpr int kPrefillBN = 64;
 
-template <int HD, int WARPS, class T, class KV, class Variant>
+template <int HD, int WARPS, bool PACK, class T, class KV, class Variant>
 void launch_prefill(const PrefillParams<T, KV, Variant>& p, int num_seqs, int max_q_len, int nq, cudaStream_t stream) {
   constexpr int NW = WARPS > 0 ? WARPS : kPrefillWarps<HD>, BN = kPrefillBN, BM = 16 * NW;
   size_t smem = size_t(BM * HD + 4 * BN * HD) * sizeof(T);
-  auto kern = prefill_kernel<HD, NW, BN, T, KV, Variant>;
+  auto kern = prefill_kernel<HD, NW, BN, PACK, T, KV, Variant>;
   PIE_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  dim3 grid((max_q_len + BM - 1) / BM, nq, num_seqs);
+  const int64_t rows = int64_t(max_q_len) * (PACK ? p.group : 1);
+  dim3 grid(static_cast<unsigned>((rows + BM - 1) / BM), PACK ? nq / p.group : nq, num_seqs);
   kern<<<grid, NW * 32, smem, stream>>>(p);
   PIE_CUDA_CHECK_LAUNCH();
 }
@@ -264,8 +276,9 @@ void launch_prefill(const PrefillParams<T, KV, Variant>& p, int num_seqs, int ma
 /// \param cu_query_lens device int32 [num_seqs + 1]
 /// \param max_query_len the largest query length (host value; sizes the grid)
 /// \param out   [tokens, nq, head_dim]
-/// \tparam Warps CTA shape override for benchmarks (0: the tuned default, BM = 16·warps rows)
-template <int Warps = 0, class T, class KV, class Variant = attention::Causal>
+/// \tparam Warps CTA shape override (0: the tuned default, BM = 16·warps rows)
+/// \tparam PackGqa a CTA's rows are (token, head) pairs of one GQA group, not tokens of one head
+template <int Warps = 0, bool PackGqa = false, class T, class KV, class Variant = attention::Causal>
 void prefill_attention(TensorView<T> q, kv::PagedKV<KV> cache, const int32_t* cu_query_lens, int max_query_len,
                        TensorView<T> out, float sm_scale, Variant variant = {}, cudaStream_t stream = nullptr) {
   static_assert(!std::is_same_v<T, float>, "prefill_attention: tensor cores need f16 or bf16");
@@ -292,7 +305,7 @@ void prefill_attention(TensorView<T> q, kv::PagedKV<KV> cache, const int32_t* cu
   p.sm_scale = sm_scale;
   p.variant = variant;
   PIE_DISPATCH_HEAD_DIM(cache.head_dim, HD, [&] {
-    detail::launch_prefill<HD, Warps>(p, cache.batch_size, max_query_len, nq, stream);
+    detail::launch_prefill<HD, Warps, PackGqa>(p, cache.batch_size, max_query_len, nq, stream);
   });
 }
 
