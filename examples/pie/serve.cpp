@@ -262,11 +262,15 @@ int run_serve(const ServeOptions& o) {
       if (o.kv_cache_dtype != "auto" && o.kv_cache_dtype != "bfloat16")
         throw UsageError("--kv-cache-dtype " + o.kv_cache_dtype +
                          ": the CUDA backend of `pie serve` stores the KV cache in bfloat16 (auto|bfloat16)");
-      if (o.block_size != 16)
-        throw UsageError("--block-size " + std::to_string(o.block_size) + ": the CUDA backend uses blocks of 16 tokens");
+      if (!cuda_block_size_supported(o.block_size))
+        throw UsageError("--block-size " + std::to_string(o.block_size) +
+                         ": the CUDA backend of `pie serve` runs blocks of 8 or 16 tokens");
       if (cuda_device_count() == 0) throw UsageError("--device cuda: no CUDA device is visible");
       const size_t kv_bytes = static_cast<size_t>(o.kv_cache_memory_bytes);
-      return serve_with(o, [kv_bytes](const EngineOptions& eo) { return make_cuda_engine(eo, kv_bytes); });
+      const int block_size = o.block_size;
+      return serve_with(o, [kv_bytes, block_size](const EngineOptions& eo) {
+        return make_cuda_engine(eo, kv_bytes, block_size);
+      });
 #else
       throw UsageError("--device cuda: this build of `pie` has no CUDA backend (configure with a CUDA compiler "
                        "to get one); use --device cpu");

@@ -24,8 +24,10 @@ int cuda_device_count() {
   return n;
 }
 
-std::unique_ptr<AnyEngine> make_cuda_engine(EngineOptions eo, size_t kv_cache_bytes) {
-  using Policy = CudaBf16;
+namespace {
+
+template <class Policy>
+std::unique_ptr<AnyEngine> make_cuda_engine_for(EngineOptions eo, size_t kv_cache_bytes) {
   const model::ModelConfig cfg =
       eo.model_dir.empty() ? model::embedded_config() : model::load_model_config(eo.model_dir);
   if (kv_cache_bytes > 0) {
@@ -43,6 +45,18 @@ std::unique_ptr<AnyEngine> make_cuda_engine(EngineOptions eo, size_t kv_cache_by
               ceil.gemm_flops, ceil.copy_bw, roof.weight_bytes());
   std::fflush(stdout);
   return make_any_engine<Engine<Qwen3, Policy>>(std::move(eo));
+}
+
+}  // namespace
+
+std::unique_ptr<AnyEngine> make_cuda_engine(EngineOptions eo, size_t kv_cache_bytes, int block_size) {
+  // 8-token blocks halve the last block's internal fragmentation (KV waste 4.1% → 1.3% on
+  // 128 + 128 requests, docs/gpu_engine.md) at the same speed.
+  if (block_size == 8)
+    return make_cuda_engine_for<EnginePolicy<8, bf16, bf16, attention::Causal, backend::Cuda>>(std::move(eo),
+                                                                                              kv_cache_bytes);
+  PIE_CHECK(block_size == 16, "make_cuda_engine: block size ", block_size, " is not compiled (8 or 16)");
+  return make_cuda_engine_for<CudaBf16>(std::move(eo), kv_cache_bytes);
 }
 
 }  // namespace pie::cli

@@ -13,11 +13,15 @@ namespace pie::cli {
 /// GPUs the CUDA runtime sees (0 when there is no driver or device).
 int cuda_device_count();
 
-/// Builds Engine<Qwen3, CudaBf16> from `eo` on the calling thread (which then owns the CUDA
-/// work). `kv_cache_bytes` > 0 fixes the KV cache size (→ num_kv_blocks) instead of the memory
-/// plan. Before loading, measures the card's ceilings (bf16 GEMM FLOP/s, device copy bytes/s)
-/// and prints one `pie: roofline:` line with them and the step's weight bytes, from which a
-/// client computes the decode step's roofline (bench/serving_client.py).
-std::unique_ptr<AnyEngine> make_cuda_engine(EngineOptions eo, size_t kv_cache_bytes);
+/// KV block sizes the CUDA backend of `pie serve` is compiled for (one engine instantiation each).
+inline bool cuda_block_size_supported(int block_size) { return block_size == 8 || block_size == 16; }
+
+/// Builds Engine<Qwen3, bf16 CUDA policy of `block_size` tokens per KV block> from `eo` on the
+/// calling thread (which then owns the CUDA work). `kv_cache_bytes` > 0 fixes the KV cache size
+/// (→ num_kv_blocks) instead of the memory plan. Before loading, measures the card's ceilings
+/// (bf16 GEMM FLOP/s, device copy bytes/s) and prints one `pie: roofline:` line with them and
+/// the step's weight bytes, from which a client computes the decode step's roofline
+/// (bench/serving_client.py).
+std::unique_ptr<AnyEngine> make_cuda_engine(EngineOptions eo, size_t kv_cache_bytes, int block_size = 16);
 
 }  // namespace pie::cli

@@ -51,6 +51,10 @@ def test_unusable_combination_exits_2():
     assert r.returncode == 2 and "tensor-parallel-size" in r.stderr
     r = run("/nonexistent/model/dir")
     assert r.returncode == 2 and "does not exist" in r.stderr
+    # The CUDA backend is compiled for 8- and 16-token blocks (checked before any device is
+    # looked for, so this holds on machines without a GPU; builds without CUDA refuse the device).
+    r = run("--device", "cuda", "--block-size", "32")
+    assert r.returncode == 2 and ("--block-size 32" in r.stderr or "no CUDA backend" in r.stderr), r.stderr
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
