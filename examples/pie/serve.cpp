@@ -254,9 +254,6 @@ int run_serve(const ServeOptions& o) {
     }
     if (device == "cuda") {
 #if defined(PIE_HAVE_SERVE_CUDA)
-      if (o.tensor_parallel_size != 1)
-        throw UsageError("--tensor-parallel-size " + std::to_string(o.tensor_parallel_size) +
-                         ": `pie serve --device cuda` runs on one GPU");
       if (o.dtype != "auto" && o.dtype != "bfloat16")
         throw UsageError("--dtype " + o.dtype + ": the CUDA backend of `pie serve` computes in bfloat16 (auto|bfloat16)");
       if (o.kv_cache_dtype != "auto" && o.kv_cache_dtype != "bfloat16")
@@ -267,6 +264,24 @@ int run_serve(const ServeOptions& o) {
                          ": the CUDA backend of `pie serve` runs blocks of 8 or 16 tokens");
       if (cuda_device_count() == 0) throw UsageError("--device cuda: no CUDA device is visible");
       const size_t kv_bytes = static_cast<size_t>(o.kv_cache_memory_bytes);
+      const int tp = o.tensor_parallel_size;
+      if (tp > 1) {
+#if defined(PIE_HAVE_SERVE_CUDA_TP)
+        if (cuda_device_count() < tp)
+          throw UsageError("--tensor-parallel-size " + std::to_string(tp) + ": needs " + std::to_string(tp) +
+                           " GPUs, " + std::to_string(cuda_device_count()) + " visible");
+        if (o.block_size != 16)
+          throw UsageError("--block-size " + std::to_string(o.block_size) +
+                           ": with --tensor-parallel-size > 1 the CUDA backend runs blocks of 16 tokens");
+        if (o.batch_invariant)
+          throw UsageError("--batch-invariant is not available with --tensor-parallel-size > 1 (NCCL's all-reduce "
+                           "order follows the message size)");
+        return serve_with(o, [kv_bytes, tp](const EngineOptions& eo) { return make_cuda_tp_engine(eo, kv_bytes, tp); });
+#else
+        throw UsageError("--tensor-parallel-size " + std::to_string(tp) +
+                         ": this build of `pie` has no NCCL (configure where nccl.h and libnccl are found)");
+#endif
+      }
       const int block_size = o.block_size;
       return serve_with(o, [kv_bytes, block_size](const EngineOptions& eo) {
         return make_cuda_engine(eo, kv_bytes, block_size);

@@ -24,4 +24,9 @@ inline bool cuda_block_size_supported(int block_size) { return block_size == 8 |
 /// (bench/serving_client.py).
 std::unique_ptr<AnyEngine> make_cuda_engine(EngineOptions eo, size_t kv_cache_bytes, int block_size = 16);
 
+/// Builds TpEngine over `tp_size` CudaTpRanks (GPUs 0..tp_size−1, NCCL; bf16, blocks of 16)
+/// from `eo`: each rank loads only its shards. `kv_cache_bytes` > 0 is each rank's KV budget.
+/// Defined in serve_cuda_tp.cpp, compiled only where NCCL is found (PIE_HAVE_SERVE_CUDA_TP).
+std::unique_ptr<AnyEngine> make_cuda_tp_engine(EngineOptions eo, size_t kv_cache_bytes, int tp_size);
+
 }  // namespace pie::cli

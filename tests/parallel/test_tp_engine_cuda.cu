@@ -154,6 +154,16 @@ TEST(CudaTpEngine, Tp2GreedyAgreesWithTp1Bf16RandomQwen3) {
   EXPECT_GE(same * 100, total * 99);
 }
 
+// Rank 0 samples on its device (only ids come back) unless a request needs the host sampler;
+// asking for logprobs takes the host path over the same logits: the greedy tokens must match.
+TEST(CudaTpEngine, Tp2DeviceSamplingEqualsHostSampling) {
+  SKIP_UNLESS_TWO_GPUS();
+  const auto device = run(2, false);
+  const auto host = run_scored(2, prompts(), 32);
+  ASSERT_EQ(device.size(), host.size());
+  for (size_t i = 0; i < device.size(); ++i) EXPECT_EQ(device[i], host[i].tokens) << "prompt " << i;
+}
+
 TEST(CudaTpEngine, Tp2DecodeGraphsEqualEager) {
   SKIP_UNLESS_TWO_GPUS();
   EXPECT_EQ(run(2, false), run(2, true));

@@ -39,6 +39,9 @@ template <class E>
 class AnyEngineOf final : public AnyEngine {
  public:
   explicit AnyEngineOf(EngineOptions opt) : e_(std::move(opt)) {}
+  /// E built from other arguments (TpEngine: options and the world of ranks).
+  template <class... A>
+  explicit AnyEngineOf(std::in_place_t, A&&... args) : e_(std::forward<A>(args)...) {}
   uint64_t add_request(std::vector<int32_t> prompt, sched::SamplingParams params) override {
     return e_.add_request(std::move(prompt), std::move(params));
   }

@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "pie/core/error.hpp"
+#include "pie/engine/cuda/sample_specs.hpp"
 #include "pie/engine/engine_options.hpp"
 #include "pie/engine/request_output.hpp"
 #include "pie/engine/step_outputs.hpp"
@@ -91,6 +92,11 @@ class TpEngine {
   }
 
   int size() const { return static_cast<int>(ranks_.size()); }
+  /// The rank can sample on its device (CudaTpRank::execute_sample) and return only ids.
+  static constexpr bool kRankSamplesOnDevice = [] {
+    if constexpr (requires { Rank::kSamplesOnDevice; }) return Rank::kSamplesOnDevice;
+    else return false;
+  }();
   /// The rank returns one logits row per draw (n > 1 prefills repeat a row), not per sample.
   static constexpr bool kLogitsPerDraw = [] {
     if constexpr (requires { Rank::kLogitsPerDraw; }) return Rank::kLogitsPerDraw;
@@ -112,6 +118,33 @@ class TpEngine {
     const bool has_block_ops = !plan_.swap_in.empty() || !plan_.swap_out.empty() || !plan_.copy_blocks.empty();
     last_step_ran_ = !plan_.empty() || has_block_ops;
     if (!last_step_ran_) return {};
+    if constexpr (kRankSamplesOnDevice) {
+      // Rank 0 samples on its device and only the ids come back, unless a request needs the
+      // host sampler (penalties, logit bias, min_tokens, logprobs): as pie::Engine does.
+      auto seed_of = [this](uint64_t rid) { return default_seed(rid); };
+      bool host = false;
+      for (size_t j = 0; j < plan_.sample_seqs.size() && !host; ++j)
+        host = engine::cuda::needs_host_sampling(scheduler_->plan_sequence(plan_.sample_seqs[j]).request->params);
+      if (!host) {
+        const std::vector<engine::cuda::SampleSpec> specs = engine::cuda::sample_specs(*scheduler_, plan_, seed_of);
+        std::span<const int32_t> ids;
+        workers_->run([&](int r) {
+          std::span<const int32_t> got = ranks_[r]->execute_sample(plan_, specs);
+          if (r == 0) ids = got;
+        });
+        if (plan_.empty()) return {};
+        PIE_CHECK(ids.size() == specs.size(), "TpEngine::step: rank 0 sampled ", ids.size(), " tokens for ",
+                  specs.size(), " draws");
+        engine::StepDraws draws;
+        size_t i = 0;
+        engine::for_each_draw(*scheduler_, plan_, [&](size_t, const sched::Sequence& seq, int index) {
+          SamplerOutput o;
+          o.token = ids[i++];
+          draws.add(seq.request->id, index, std::move(o));
+        });
+        return engine::apply_draws(*scheduler_, plan_, draws, "TpEngine");
+      }
+    }
     workers_->run([&](int r) {
       std::span<const float> l = ranks_[r]->execute(plan_);
       if (r == 0) logits_ = l;
