@@ -146,6 +146,32 @@ BENCHMARK(BM_DecodeAttention<bf16>)->Args({64, 4096, 16})->Args({64, 4096, 8})->
     ->UseManualTime()->Iterations(1);
 BENCHMARK(BM_DecodeAttention<fp8_e4m3>)->Args({64, 4096, 16})->UseManualTime()->Iterations(1);
 
+/// The decode kernel's CTA shape at the engine's large-batch, short-context steps (batch 512
+/// and 256 at contexts 140 and 660, as the kernel trace of docs/gpu_engine.md) and a long one:
+/// warps per CTA × tokens in flight per lane group (0, 0: the plan's DecodePlan::warps).
+template <int Warps, int Unroll>
+void BM_DecodeShape(benchmark::State& st) {
+  const int batch = st.range(0), ctx = st.range(1), bs = 16, nq = 32, nkv = 8, hd = 128;
+  BenchCache<bf16> c(batch, ctx, nkv, hd, bs);
+  DeviceBuffer<bf16> q(size_t(batch) * nq * hd), o(q.size());
+  fill(q.data(), q.size(), 4);
+  auto plan = oc::plan_decode_attention(batch, nq, nkv, hd, ctx);
+  DeviceBuffer<unsigned char> ws(std::max<size_t>(plan.workspace_bytes, 256));
+  double bytes = double(batch) * ctx * nkv * hd * 2 * 2 + 2.0 * q.size() * sizeof(bf16);
+  report(st, "decode w" + std::to_string(Warps) + " u" + std::to_string(Unroll) + " b" + std::to_string(batch) +
+             " ctx" + std::to_string(ctx) + " splits" + std::to_string(plan.num_splits), bytes, 0, [&] {
+           oc::decode_attention<Warps, Unroll>(q.view({batch, nq, hd}), c.view, o.view({batch, nq, hd}), plan,
+                                               ws.data(), 1.f / std::sqrt(128.f));
+         });
+}
+#define PIE_DECODE_SHAPES ->Args({512, 140})->Args({256, 660})->Args({64, 4096})->UseManualTime()->Iterations(1)
+BENCHMARK(BM_DecodeShape<0, 0>) PIE_DECODE_SHAPES;  // the plan's choice
+BENCHMARK(BM_DecodeShape<4, 4>) PIE_DECODE_SHAPES;  // the shape before the plan chose
+BENCHMARK(BM_DecodeShape<4, 2>) PIE_DECODE_SHAPES;
+BENCHMARK(BM_DecodeShape<2, 2>) PIE_DECODE_SHAPES;
+BENCHMARK(BM_DecodeShape<2, 4>) PIE_DECODE_SHAPES;
+#undef PIE_DECODE_SHAPES
+
 template <int Warps>
 void BM_PrefillAttention(benchmark::State& st) {
   const int n = st.range(0), hd = st.range(1), nq = 32, nkv = 8, bs = 16;

@@ -56,6 +56,10 @@ TEST_P(DecodeAttention, MatchesCpu) {
                      : run_decode<f16, f16>(bs, hd, group, nkv, lens, 132, 2000 + bs * hd + group, &splits);
   EXPECT_GT(splits, 1) << "this shape should take the split-K path";
   EXPECT_LT(e, is_bf16 ? tol<bf16>() : tol<f16>()) << "rel err " << e;
+  // The same shapes planned for a 2-SM card: a wide grid, so the 2-warp × 2-token CTA shape.
+  double w = is_bf16 ? run_decode<bf16, bf16>(bs, hd, group, nkv, lens, 2, 3000 + bs * hd + group)
+                     : run_decode<f16, f16>(bs, hd, group, nkv, lens, 2, 4000 + bs * hd + group);
+  EXPECT_LT(w, is_bf16 ? tol<bf16>() : tol<f16>()) << "2-warp CTAs: rel err " << w;
   std::printf("[decode bs=%d hd=%d group=%d %s splits=%d] rel err %.2e\n", bs, hd, group, is_bf16 ? "bf16" : "f16",
               splits, e);
 }
@@ -131,6 +135,23 @@ TEST(DecodeAttentionPlan, SplitsToManyWavesButNotBelow256Tokens) {
   EXPECT_GE(int64_t(b.num_splits) * b.tokens_per_split, 32768);
   auto c = ops::cuda::plan_decode_attention(1, 32, 8, 128, 100, 132);
   EXPECT_EQ(c.num_splits, 1);
+}
+
+TEST(DecodeAttentionPlan, CtaShapeFollowsTheGridWidth) {
+  EXPECT_EQ(ops::cuda::plan_decode_attention(1, 32, 8, 128, 256, 132).warps, 4);     // batch 1: latency
+  EXPECT_EQ(ops::cuda::plan_decode_attention(16, 32, 8, 128, 512, 132).warps, 4);    // 1024 CTAs: one wave
+  EXPECT_EQ(ops::cuda::plan_decode_attention(512, 32, 8, 128, 140, 132).warps, 2);   // 4096 CTAs
+  EXPECT_EQ(ops::cuda::plan_decode_attention(64, 32, 8, 128, 4096, 132).warps, 2);   // 512 CTAs × splits
+}
+
+// Fp8 KV and head_dim 256 in the wide-grid shape (planned for a 1-SM card).
+TEST(DecodeAttentionBatch, TwoWarpShapeFp8Block16HeadDim128Group4AndHeadDim256) {
+  EXPECT_EQ(ops::cuda::plan_decode_attention(3, 8, 2, 128, 1500, 1).warps, 2);
+  const double e8 = run_decode<bf16, fp8_e4m3>(16, 128, 4, 2, {9, 600, 1500}, 1, 18);
+  EXPECT_LT(e8, tol<bf16>());
+  EXPECT_EQ(ops::cuda::plan_decode_attention(3, 4, 2, 256, 1023, 1).warps, 2);
+  const double e256 = run_decode<bf16, bf16>(16, 256, 2, 2, {5, 300, 1023}, 1, 19);
+  EXPECT_LT(e256, tol<bf16>());
 }
 
 TEST(DecodeAttentionPlan, FewerCtasThanSmsSplitDownTo64Tokens) {

@@ -27,6 +27,13 @@ struct DecodePlan {
   int num_splits = 1;         ///< CTAs per (sequence, KV head) along the context
   int tokens_per_split = 0;   ///< context tokens each split covers
   size_t workspace_bytes = 0; ///< device scratch the launch needs (0 when num_splits == 1)
+  /// CTA shape: 4 warps × 4 tokens in flight per lane group (2 at GQA groups ≥ 8) for grids
+  /// that fit the card at once (< 16 CTAs per SM), where each CTA's latency is the step's;
+  /// 2 warps × 2 tokens for wider grids, where fewer registers and threads per CTA let more
+  /// CTAs share an SM.
+  /// Measured (H100, BM_DecodeShape): b512 ctx140 61–65% → 75% of copy bandwidth, b256 ctx660
+  /// 71–73% → 81%, b64 ctx4096 78–79% → 84%.
+  int warps = 4;
 };
 
 /// \brief Chooses the split count from the batch shape and the longest context. CTAs are of
@@ -59,6 +66,7 @@ inline DecodePlan plan_decode_attention(int batch, int num_q_heads, int num_kv_h
   p.num_splits = (max_seq_len + p.tokens_per_split - 1) / p.tokens_per_split;
   if (p.num_splits > 1)
     p.workspace_bytes = size_t(p.num_splits) * batch * num_q_heads * (head_dim + 1) * sizeof(float);
+  p.warps = ctas * p.num_splits >= int64_t{16} * sm_count ? 2 : 4;
   return p;
 }
 
@@ -85,15 +93,16 @@ struct DecodeParams {
   Variant variant;
 };
 
-/// Device body. HD: head dim; GROUP: query heads per KV head; NW: warps per CTA.
-template <int HD, int GROUP, int NW, class T, class KV, class Variant>
+/// Device body. HD: head dim; GROUP: query heads per KV head; NW: warps per CTA; UO: tokens in
+/// flight per lane group (0: the default below).
+template <int HD, int GROUP, int NW, int UO, class T, class KV, class Variant>
 __device__ __forceinline__ void decode_body(const DecodeParams<T, KV, Variant>& p, float* smem) {
   constexpr int LPT = HD / 8;          // lanes per token row
   constexpr int TG = 32 / LPT;         // token groups per warp
   constexpr int NG = NW * TG;          // token groups per CTA
   // Tokens in flight per lane group (2·U loads). Doubling U for fp8 (8-byte loads) cost 24% in
   // a measurement (221 registers: 2 CTAs per SM instead of 3), so it stays at 4.
-  constexpr int U = GROUP >= 8 ? 2 : 4;
+  constexpr int U = UO > 0 ? UO : GROUP >= 8 ? 2 : 4;
   const int kvh = blockIdx.x, b = blockIdx.y, split = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int tg = lane / LPT, sub = lane % LPT;
@@ -246,12 +255,12 @@ __device__ __forceinline__ void decode_body(const DecodeParams<T, KV, Variant>& 
   }
 }
 
-template <int HD, int GROUP, int NW, class T, class KV, class Variant>
+template <int HD, int GROUP, int NW, int UO, class T, class KV, class Variant>
 __global__ void __launch_bounds__(NW * 32) decode_kernel(const __grid_constant__ DecodeParams<T, KV, Variant> p) {
   extern __shared__ float smem[];
   pdl_launch_dependents();  // o_proj's GEMV may start streaming its weights now
   pdl_wait();
-  decode_body<HD, GROUP, NW>(p, smem);
+  decode_body<HD, GROUP, NW, UO>(p, smem);
 }
 
 /// Merges split partials: out = Σ_s 2^(lse_s − M)·o_s / Σ_s 2^(lse_s − M). One thread per 8 dims;
@@ -287,11 +296,11 @@ __global__ void decode_merge_kernel(const float* __restrict__ part_o, const floa
   store8(out + int64_t(b) * out_stride + int64_t(h) * HD + c, acc);
 }
 
-template <int HD, int GROUP, class T, class KV, class Variant>
+template <int HD, int GROUP, int WARPS, int UO, class T, class KV, class Variant>
 void launch_decode(const DecodeParams<T, KV, Variant>& p, int batch, cudaStream_t stream) {
-  constexpr int NW = 4;
+  constexpr int NW = WARPS > 0 ? WARPS : 4;
   size_t smem = size_t(NW) * GROUP * (HD + 2) * sizeof(float);
-  auto kern = decode_kernel<HD, GROUP, NW, T, KV, Variant>;
+  auto kern = decode_kernel<HD, GROUP, NW, UO, T, KV, Variant>;
   if (smem > 48 * 1024) PIE_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   dim3 grid(p.kv.num_kv_heads, batch, p.num_splits);
   launch_pdl(kern, grid, dim3(NW * 32), smem, stream, p);
@@ -311,7 +320,9 @@ void launch_decode(const DecodeParams<T, KV, Variant>& p, int batch, cudaStream_
 /// \param out   [batch, nq, head_dim]
 /// \param plan  from plan_decode_attention (same batch/heads, max_seq_len ≥ every seq_len)
 /// \param workspace device scratch of plan.workspace_bytes (may be null when 0)
-template <class T, class KV, class Variant = attention::Causal>
+/// \tparam Warps, Unroll CTA shape and tokens in flight per lane group, for benchmarks (0: the
+/// plan's, DecodePlan::warps)
+template <int Warps = 0, int Unroll = 0, class T, class KV, class Variant = attention::Causal>
 void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out, const DecodePlan& plan,
                       void* workspace, float sm_scale, Variant variant = {}, cudaStream_t stream = nullptr) {
   PIE_CHECK(q.rank == 3 && out.rank == 3, "decode_attention: q and out must be [batch, heads, head_dim]");
@@ -343,7 +354,14 @@ void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out,
   p.sm_scale = sm_scale;
   p.variant = variant;
   PIE_DISPATCH_HEAD_DIM(cache.head_dim, HD, [&] {
-    PIE_DISPATCH_GQA_GROUP(nq / cache.num_kv_heads, GROUP, [&] { detail::launch_decode<HD, GROUP>(p, batch, stream); });
+    PIE_DISPATCH_GQA_GROUP(nq / cache.num_kv_heads, GROUP, [&] {
+      if constexpr (Warps > 0)
+        detail::launch_decode<HD, GROUP, Warps, Unroll>(p, batch, stream);
+      else if (plan.warps == 2)
+        detail::launch_decode<HD, GROUP, 2, 2>(p, batch, stream);
+      else
+        detail::launch_decode<HD, GROUP, 4, 0>(p, batch, stream);
+    });
   });
 }
 
