@@ -109,6 +109,9 @@ class CudaModelRunner {
                           opt_.num_gpu_blocks_override);
     kv_ = std::make_unique<KVCache<KV>>(layout_, plan_.num_blocks, plan_.num_swap_blocks);
     if (opt_.log) std::fprintf(stderr, "%s\n", plan_.log_line(Policy::block_size).c_str());
+    if (opt_.log && opt_.batch_invariant)
+      std::fprintf(stderr, "pie: batch-invariant kernels: one GEMM algorithm per shape, decode rows through the "
+                           "prefill attention kernel\n");
     if (!opt_.enforce_eager) capture_graphs();
   }
   CudaModelRunner(const CudaModelRunner&) = delete;
