@@ -24,12 +24,30 @@ int cuda_device_count() {
   return n;
 }
 
+model::ModelConfig announce_roofline(const EngineOptions& eo, size_t dtype_bytes, size_t kv_dtype_bytes, int ranks) {
+  const model::ModelConfig cfg =
+      eo.model_dir.empty() ? model::embedded_config() : model::load_model_config(eo.model_dir);
+  // Ceilings while the card is still empty (the engine then takes gpu_memory_utilization of it).
+  const engine::cuda::Ceilings ceil = engine::cuda::measure_ceilings();
+  const engine::cuda::RooflineModel roof(cfg, dtype_bytes, kv_dtype_bytes);
+  if (ranks == 1)
+    std::printf("pie: roofline: gemm_flops %.4e copy_bw %.4e weight_bytes %.6e (bf16 GEMM FLOP/s, device copy B/s "
+                "read+write, weight bytes read per step)\n",
+                ceil.gemm_flops, ceil.copy_bw, roof.weight_bytes());
+  else  // each GPU streams its shard per decode step
+    std::printf("pie: roofline: gemm_flops %.4e copy_bw %.4e weight_bytes %.6e (bf16 GEMM FLOP/s of one GPU, device "
+                "copy B/s read+write, weight bytes read per step by each of %d ranks)\n",
+                ceil.gemm_flops, ceil.copy_bw, roof.weight_bytes() / ranks, ranks);
+  std::fflush(stdout);
+  return cfg;
+}
+
 namespace {
 
 template <class Policy>
 std::unique_ptr<AnyEngine> make_cuda_engine_for(EngineOptions eo, size_t kv_cache_bytes) {
   const model::ModelConfig cfg =
-      eo.model_dir.empty() ? model::embedded_config() : model::load_model_config(eo.model_dir);
+      announce_roofline(eo, sizeof(typename Policy::dtype), sizeof(typename Policy::kv_dtype), 1);
   if (kv_cache_bytes > 0) {
     kv::KVLayout layout{cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, Policy::block_size,
                         DTypeTraits<typename Policy::kv_dtype>::dtype};
@@ -37,13 +55,6 @@ std::unique_ptr<AnyEngine> make_cuda_engine_for(EngineOptions eo, size_t kv_cach
     PIE_CHECK(eo.num_kv_blocks > 0, "--kv-cache-memory-bytes ", kv_cache_bytes, " holds no KV block of ",
               layout.bytes_per_block(), " bytes");
   }
-  // Ceilings while the card is still empty (the engine then takes gpu_memory_utilization of it).
-  const engine::cuda::Ceilings ceil = engine::cuda::measure_ceilings();
-  const engine::cuda::RooflineModel roof(cfg, sizeof(typename Policy::dtype), sizeof(typename Policy::kv_dtype));
-  std::printf("pie: roofline: gemm_flops %.4e copy_bw %.4e weight_bytes %.6e (bf16 GEMM FLOP/s, device copy B/s "
-              "read+write, weight bytes read per step)\n",
-              ceil.gemm_flops, ceil.copy_bw, roof.weight_bytes());
-  std::fflush(stdout);
   return make_any_engine<Engine<Qwen3, Policy>>(std::move(eo));
 }
 

@@ -120,21 +120,13 @@ class Engine {
       // come back as logits and every row is sampled on the host below.
       auto seed_of = [this](uint64_t rid) { return default_seed(rid); };
       std::vector<engine::cuda::SampleSpec> specs = engine::cuda::sample_specs(*scheduler_, plan, seed_of);
-      bool host = false;
-      for (size_t j = 0; j < plan.sample_seqs.size() && !host; ++j)
-        host = engine::cuda::needs_host_sampling(scheduler_->plan_sequence(plan.sample_seqs[j]).request->params);
-      if (!host) {
+      if (!engine::cuda::plan_needs_host_sampling(*scheduler_, plan)) {
         on_host = false;
         std::span<const int32_t> ids = runner_->execute(plan, specs);
         if (plan.empty()) return {};
         PIE_CHECK(ids.size() == specs.size(), "Engine::step: the runner sampled ", ids.size(), " tokens for ",
                   specs.size(), " draws");
-        size_t i = 0;
-        engine::for_each_draw(*scheduler_, plan, [&](size_t, const sched::Sequence& s, int index) {
-          SamplerOutput o;
-          o.token = ids[i++];
-          draws.add(s.request->id, index, std::move(o));
-        });
+        engine::add_sampled_ids(*scheduler_, plan, ids, draws);
       } else {
         logits = runner_->execute_logits(plan, specs);
       }

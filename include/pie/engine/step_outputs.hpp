@@ -67,6 +67,18 @@ void for_each_draw(const sched::Scheduler& s, const sched::StepPlan& plan, F&& f
   }
 }
 
+/// Records device-sampled `ids` (one per draw, in sample order: the caller checked the count)
+/// as the step's draws.
+inline void add_sampled_ids(const sched::Scheduler& s, const sched::StepPlan& plan, std::span<const int32_t> ids,
+                            StepDraws& out) {
+  size_t i = 0;
+  for_each_draw(s, plan, [&](size_t, const sched::Sequence& seq, int index) {
+    SamplerOutput o;
+    o.token = ids[i++];
+    out.add(seq.request->id, index, std::move(o));
+  });
+}
+
 /// Samples every draw of `plan` on the host from `logits`: one row per sampled sequence, or one
 /// row per draw when `row_per_draw` (the device runners' layout). `seed_of(request id)` is the
 /// engine's default seed for requests without one. `row` is scratch (the sampler edits its row).

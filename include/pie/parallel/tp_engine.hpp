@@ -122,10 +122,7 @@ class TpEngine {
       // Rank 0 samples on its device and only the ids come back, unless a request needs the
       // host sampler (penalties, logit bias, min_tokens, logprobs): as pie::Engine does.
       auto seed_of = [this](uint64_t rid) { return default_seed(rid); };
-      bool host = false;
-      for (size_t j = 0; j < plan_.sample_seqs.size() && !host; ++j)
-        host = engine::cuda::needs_host_sampling(scheduler_->plan_sequence(plan_.sample_seqs[j]).request->params);
-      if (!host) {
+      if (!engine::cuda::plan_needs_host_sampling(*scheduler_, plan_)) {
         const std::vector<engine::cuda::SampleSpec> specs = engine::cuda::sample_specs(*scheduler_, plan_, seed_of);
         std::span<const int32_t> ids;
         workers_->run([&](int r) {
@@ -136,12 +133,7 @@ class TpEngine {
         PIE_CHECK(ids.size() == specs.size(), "TpEngine::step: rank 0 sampled ", ids.size(), " tokens for ",
                   specs.size(), " draws");
         engine::StepDraws draws;
-        size_t i = 0;
-        engine::for_each_draw(*scheduler_, plan_, [&](size_t, const sched::Sequence& seq, int index) {
-          SamplerOutput o;
-          o.token = ids[i++];
-          draws.add(seq.request->id, index, std::move(o));
-        });
+        engine::add_sampled_ids(*scheduler_, plan_, ids, draws);
         return engine::apply_draws(*scheduler_, plan_, draws, "TpEngine");
       }
     }

@@ -74,9 +74,7 @@ class CudaEngine {
     }
     auto seed_of = [this](uint64_t rid) { return seed_ ^ (rid * 0x9e3779b97f4a7c15ull); };
     std::vector<SampleSpec> specs = sample_specs(*scheduler_, plan, seed_of);
-    bool host = false;
-    for (size_t j = 0; j < plan.sample_seqs.size() && !host; ++j)
-      host = needs_host_sampling(scheduler_->plan_sequence(plan.sample_seqs[j]).request->params);
+    const bool host = plan_needs_host_sampling(*scheduler_, plan);
     auto t1 = clock::now();
     std::vector<int32_t> ids;
     if (!host) {

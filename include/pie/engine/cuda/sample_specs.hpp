@@ -30,6 +30,14 @@ inline bool needs_host_sampling(const sched::SamplingParams& p) {
          !p.logit_bias.empty() || p.min_tokens > 0 || p.logprobs.has_value();
 }
 
+/// True when some request sampled in `plan` needs the host sampler (needs_host_sampling): the
+/// whole step then samples on the host.
+inline bool plan_needs_host_sampling(const sched::Scheduler& sch, const sched::StepPlan& plan) {
+  for (int32_t seq : plan.sample_seqs)
+    if (needs_host_sampling(sch.plan_sequence(seq).request->params)) return true;
+  return false;
+}
+
 /// One SampleSpec per token the plan samples (sample order, n > 1 draws consecutive).
 /// `default_seed(request_id)` gives the seed of unseeded requests.
 template <class SeedFn>

@@ -31,8 +31,8 @@ struct DecodePlan {
   /// that fit the card at once (< 16 CTAs per SM), where each CTA's latency is the step's;
   /// 2 warps × 2 tokens for wider grids, where fewer registers and threads per CTA let more
   /// CTAs share an SM.
-  /// Measured (H100, BM_DecodeShape): b512 ctx140 61–65% → 75% of copy bandwidth, b256 ctx660
-  /// 71–73% → 81%, b64 ctx4096 78–79% → 84%.
+  /// Measured (H100, BM_DecodeShape, docs/data/gpu_engine/kernel_bench_decode_shape.txt): b512
+  /// ctx140 65% → 74% of copy bandwidth, b256 ctx660 77% → 80%, b64 ctx4096 82% either way.
   int warps = 4;
 };
 
@@ -296,9 +296,9 @@ __global__ void decode_merge_kernel(const float* __restrict__ part_o, const floa
   store8(out + int64_t(b) * out_stride + int64_t(h) * HD + c, acc);
 }
 
-template <int HD, int GROUP, int WARPS, int UO, class T, class KV, class Variant>
+template <int HD, int GROUP, int NW, int UO, class T, class KV, class Variant>
 void launch_decode(const DecodeParams<T, KV, Variant>& p, int batch, cudaStream_t stream) {
-  constexpr int NW = WARPS > 0 ? WARPS : 4;
+  static_assert(NW > 0, "launch_decode: warps per CTA");
   size_t smem = size_t(NW) * GROUP * (HD + 2) * sizeof(float);
   auto kern = decode_kernel<HD, GROUP, NW, UO, T, KV, Variant>;
   if (smem > 48 * 1024) PIE_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
