@@ -19,10 +19,9 @@
 #include <nlohmann/json.hpp>
 
 #include "pie/core/policy.hpp"
-#include "pie/engine/cuda/cuda_engine.cuh"
 #include "pie/engine/cuda/roofline.cuh"
+#include "pie/make_engine.hpp"
 #include "pie/model/config_io.hpp"
-#include "pie/model/loader.hpp"
 
 namespace pie::cli {
 
@@ -60,7 +59,6 @@ CLI::App* add_bench_command(CLI::App& app, BenchOptions& o) {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-using engine::cuda::CudaEngine;
 
 double secs(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
 
@@ -81,6 +79,30 @@ std::vector<std::pair<int, int>> workload(const BenchOptions& o, std::mt19937_64
   return w;
 }
 
+/// The engine options of a bench run (vLLM's `benchmark_throughput` / `_latency` flags).
+EngineOptions engine_options(const BenchOptions& o, const model::ModelConfig& cfg) {
+  EngineOptions eo;
+  eo.model_dir = o.model_dir;
+  eo.load_format = o.load_format;
+  eo.seed = o.seed;
+  eo.device = "cuda";
+  eo.block_size = o.block_size;
+  eo.sched.max_num_seqs = o.max_num_seqs;
+  eo.sched.max_num_batched_tokens = std::max(o.max_num_batched_tokens, o.max_num_seqs);
+  const int need = o.dataset == "random" ? o.input_len + o.output_len : 4 * (o.input_len + o.output_len);
+  eo.sched.max_model_len = static_cast<int>(std::min<int64_t>(o.max_model_len > 0 ? o.max_model_len : need,
+                                                              cfg.max_position_embeddings));
+  eo.sched.enable_prefix_caching = o.enable_prefix_caching;
+  PIE_CHECK(o.preemption_mode == "recompute" || o.preemption_mode == "swap",
+            "--preemption-mode must be recompute or swap");
+  eo.sched.preemption_mode = o.preemption_mode == "swap" ? sched::PreemptionMode::Swap : sched::PreemptionMode::Recompute;
+  eo.gpu_memory_utilization = o.gpu_memory_utilization;
+  eo.swap_space_gib = o.swap_space;
+  eo.enforce_eager = o.enforce_eager;
+  eo.batch_invariant = o.batch_invariant;
+  return eo;
+}
+
 /// What the observer accumulates over the steps of one timed run.
 struct RunStats {
   double roofline_s = 0, wall_s = 0, flops = 0, bytes = 0;
@@ -92,11 +114,11 @@ struct RunStats {
   std::map<int, Bucket> decode;
 };
 
-template <class Policy>
+template <class Model, class Policy>
 struct Bench {
   const BenchOptions& o;
   engine::cuda::Ceilings ceil;
-  std::unique_ptr<CudaEngine<Policy>> eng;
+  std::unique_ptr<Engine<Model, Policy>> eng;
   std::unique_ptr<engine::cuda::RooflineModel> roof;
   RunStats* cur = nullptr;
   std::vector<int32_t> eos;
@@ -107,37 +129,28 @@ struct Bench {
     std::printf("ceilings: bf16 GEMM %.1f TFLOP/s, device copy %.2f TB/s (read + write)\n", ceil.gemm_flops / 1e12,
                 ceil.copy_bw / 1e12);
     model::ModelConfig cfg = model::load_model_config(o.model_dir);
-    engine::cuda::RunnerOptions ro;
-    ro.max_num_seqs = o.max_num_seqs;
-    ro.max_num_batched_tokens = o.max_num_batched_tokens;
-    int need = o.dataset == "random" ? o.input_len + o.output_len : 4 * (o.input_len + o.output_len);
-    ro.max_model_len = o.max_model_len > 0 ? o.max_model_len : need;
-    ro.max_model_len = static_cast<int>(std::min<int64_t>(ro.max_model_len, cfg.max_position_embeddings));
-    ro.gpu_memory_utilization = o.gpu_memory_utilization;
-    ro.swap_space_gib = o.swap_space;
-    ro.enforce_eager = o.enforce_eager;
-    ro.batch_invariant = o.batch_invariant;
-    sched::SchedulerConfig sc;
-    sc.enable_prefix_caching = o.enable_prefix_caching;
-    PIE_CHECK(o.preemption_mode == "recompute" || o.preemption_mode == "swap",
-              "--preemption-mode must be recompute or swap");
-    sc.preemption_mode = o.preemption_mode == "swap" ? sched::PreemptionMode::Swap : sched::PreemptionMode::Recompute;
+    EngineOptions eo = engine_options(o, cfg);
     auto t0 = Clock::now();
-    engine::cuda::DeviceWeights<bf16> w;
-    if (o.load_format == "dummy") {
-      w = engine::cuda::DeviceWeights<bf16>::dummy(cfg, o.seed);
-    } else {
-      w = engine::cuda::DeviceWeights<bf16>::upload(model::load_weights<bf16>(o.model_dir, cfg, {}));
-    }
-    std::printf("weights: %.2f GiB on the device in %.1f s (%s)\n", w.bytes() / 1073741824.0, secs(t0, Clock::now()),
-                o.load_format.c_str());
-    eos = cfg.eos_token_ids;
-    eng = std::make_unique<CudaEngine<Policy>>(std::move(w), ro, sc, eos, o.seed);
+    eng = std::make_unique<Engine<Model, Policy>>(eo, registry::cuda_group(resolve_engine(eo)));
+    const auto& mp = eng->runner().memory_plan();
+    std::printf("engine: %s, weights %.2f GiB on the device (%s), built in %.1f s\n", cfg.architecture_name.c_str(),
+                mp.gib(mp.weight_bytes), o.load_format.c_str(), secs(t0, Clock::now()));
     roof = std::make_unique<engine::cuda::RooflineModel>(cfg, sizeof(bf16), sizeof(bf16));
-    eng->set_observer([this](const sched::StepPlan& p, const engine::cuda::StepTiming& t) { observe(p, t); });
+    eng->set_observer([this](const sched::StepPlan& p, const StepTiming& t) { observe(p, t); });
   }
 
-  void observe(const sched::StepPlan& p, const engine::cuda::StepTiming& t) {
+  /// Runs every queued request to completion; returns the output tokens generated.
+  int64_t run_all() {
+    int64_t got = 0;
+    while (eng->has_unfinished()) {
+      for (const auto& ro : eng->step())
+        for (const auto& so : ro.seqs) got += static_cast<int64_t>(so.new_tokens.size());
+      PIE_CHECK(eng->last_step_ran(), "bench: the scheduler produced no work while requests remain");
+    }
+    return got;
+  }
+
+  void observe(const sched::StepPlan& p, const StepTiming& t) {
     if (!cur) return;
     auto c = roof->cost(p);
     double r = c.seconds(ceil);
@@ -160,7 +173,7 @@ struct Bench {
   }
 
   std::vector<int32_t> prompt(std::mt19937_64& rng, int len) {
-    std::uniform_int_distribution<int> d(0, eng->runner().config().vocab_size - 1);
+    std::uniform_int_distribution<int> d(0, eng->config().vocab_size - 1);
     std::vector<int32_t> p(len);
     for (auto& x : p) x = d(rng);
     return p;
@@ -178,7 +191,7 @@ struct Bench {
     auto w = workload(o, rng);
     {  // warm-up: cuBLASLt plans of prefill shapes, allocator, clocks
       for (int i = 0; i < std::min(o.num_prompts, 8); ++i) eng->add_request(prompt(rng, w[i].first), params(4));
-      eng->run();
+      run_all();
     }
     RunStats st;
     cur = &st;
@@ -186,11 +199,9 @@ struct Bench {
     for (auto& [i, n] : w) { eng->add_request(prompt(rng, i), params(n)); in_tok += i; out_tok += n; }
     const int64_t pre0 = eng->scheduler().num_preemptions();
     auto t0 = Clock::now();
-    auto out = eng->run();
+    const int64_t got = run_all();
     st.wall_s = secs(t0, Clock::now());
     cur = nullptr;
-    int64_t got = 0;
-    for (auto& [id, toks] : out) got += toks.size();
     PIE_CHECK(got == out_tok, "bench: generated ", got, " tokens, expected ", out_tok);
     const double frac = st.roofline_s / st.wall_s;
     std::printf("throughput: %d requests (%s, in %d / out %d), %.2f s: %.2f req/s, %.0f output tok/s, %.0f total tok/s\n",
@@ -228,7 +239,7 @@ struct Bench {
     // Enough output that every sequence is still running once the last prompt is prefilled.
     const int out = (batch * ctx + o.max_num_batched_tokens - 1) / o.max_num_batched_tokens + 8;
     for (int i = 0; i < batch; ++i) eng->add_request(prompt(rng, ctx), params(out));
-    eng->run();
+    run_all();
     pr.enable(false);
     const std::string tag = "decode@" + std::to_string(batch);
     nlohmann::json ops = nlohmann::json::object();
@@ -264,8 +275,10 @@ struct Bench {
       Clock::time_point first{}, last{};
       int n = 0;
       while (eng->has_unfinished()) {
-        auto ups = eng->step();
-        if (!ups.empty()) { (n == 0 ? first : last) = Clock::now(); n += static_cast<int>(ups.size()); }
+        int got = 0;
+        for (const auto& ro : eng->step())
+          for (const auto& so : ro.seqs) got += static_cast<int>(so.new_tokens.size());
+        if (got > 0) { (n == 0 ? first : last) = Clock::now(); n += got; }
       }
       cur = nullptr;
       if (it < o.num_iters_warmup) continue;
@@ -292,10 +305,10 @@ struct Bench {
 
 }  // namespace
 
-template <class Policy>
+template <class Model, class Policy>
 int run_bench_with(const BenchOptions& o) {
   try {
-    Bench<Policy> b(o);
+    Bench<Model, Policy> b(o);
     PIE_CHECK(o.mode == "latency" || o.mode == "throughput", "--mode must be throughput or latency");
     nlohmann::json r = o.mode == "latency" ? b.latency() : b.throughput();
     if (o.profile) {
@@ -321,11 +334,21 @@ int run_bench_with(const BenchOptions& o) {
 }
 
 int run_bench(const BenchOptions& o) {
-  // Block size is a policy parameter (compile time): one engine per size vLLM users pick on GPUs.
-  if (o.block_size == 8) return run_bench_with<EnginePolicy<8, bf16, bf16, attention::Causal, backend::Cuda>>(o);
-  if (o.block_size == 16) return run_bench_with<CudaBf16>(o);
-  std::fprintf(stderr, "pie bench: --block-size must be 8 or 16, got %d\n", o.block_size);
-  return 1;
+  // The engine type comes from the one registry (make_engine.hpp): the engine `pie serve` runs.
+  int rc = 1;
+  try {
+    EngineOptions eo;
+    eo.model_dir = o.model_dir;
+    eo.device = "cuda";
+    eo.block_size = o.block_size;
+    with_cuda_engine_type(eo, [&]<class Model, class Policy>(const registry::Choice&) {
+      rc = run_bench_with<Model, Policy>(o);
+    });
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "pie bench: %s\n", e.what());
+    return 1;
+  }
+  return rc;
 }
 
 }  // namespace pie::cli

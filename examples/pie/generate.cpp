@@ -9,7 +9,7 @@
 #include <optional>
 #include <sstream>
 
-#include "pie/engine/engine.hpp"
+#include "pie/make_engine.hpp"
 #if defined(PIE_HAVE_TOKENIZER)
 #include "pie/tokenizer/embedded.hpp"
 #include "pie/tokenizer/tokenizer.hpp"
@@ -33,6 +33,9 @@ CLI::App* add_generate_command(CLI::App& app, GenerateOptions& o) {
   s->add_flag("--ignore-eos,--ignore_eos", o.ignore_eos, "Keep generating past EOS");
   s->add_option("--load-format,--load_format", o.load_format, "auto | safetensors | dummy")->capture_default_str();
   s->add_option("--dtype", o.dtype, "float32 | bfloat16")->capture_default_str();
+  s->add_option("--tensor-parallel-size,--tensor_parallel_size,-tp", o.tensor_parallel_size,
+                "Ranks of a tensor-parallel group (CPU threads meeting in all-reduces)")
+      ->capture_default_str();
   s->add_option("--max-model-len,--max_model_len", o.max_model_len)->capture_default_str();
   s->add_option("--num-threads", o.num_threads, "0 → all cores")->capture_default_str();
   s->add_option("--num-kv-blocks", o.num_kv_blocks, "0 → from --kv-cache-gib")->capture_default_str();
@@ -57,7 +60,6 @@ std::vector<int32_t> parse_ids(const std::string& s) {
   return ids;
 }
 
-template <class Policy>
 int run(const GenerateOptions& o) {
   using Clock = std::chrono::steady_clock;
   EngineOptions eo;
@@ -69,6 +71,8 @@ int run(const GenerateOptions& o) {
   eo.kv_cache_bytes = static_cast<size_t>(o.kv_cache_gib * (1ull << 30));
   eo.num_threads = o.num_threads;
   if (o.seed >= 0) eo.seed = static_cast<uint64_t>(o.seed);
+  eo.dtype = o.dtype;
+  eo.tensor_parallel_size = o.tensor_parallel_size;
 
 #if defined(PIE_HAVE_TOKENIZER)
   std::optional<tokenizer::Tokenizer> tok;
@@ -89,7 +93,8 @@ int run(const GenerateOptions& o) {
   PIE_CHECK(!prompt.empty(), "give a prompt: --prompt-ids 1,2,3 or --prompt TEXT");
 
   const auto t0 = Clock::now();
-  Engine<Qwen3, Policy> engine(eo);
+  std::unique_ptr<AnyEngine> built = make_engine(eo);
+  AnyEngine& engine = *built;
   const auto t1 = Clock::now();
   const auto& cfg = engine.config();
   std::fprintf(stderr, "model: %s (%s), %d layers, hidden %d, vocab %d; loaded in %.2f s\n",
@@ -148,9 +153,7 @@ int run(const GenerateOptions& o) {
 
 int run_generate(const GenerateOptions& o) {
   try {
-    if (o.dtype == "float32" || o.dtype == "float") return run<CpuF32>(o);
-    if (o.dtype == "bfloat16") return run<CpuBf16>(o);
-    PIE_FAIL("unsupported --dtype ", o.dtype, " (supported: float32, bfloat16)");
+    return run(o);
   } catch (const std::exception& e) {
     std::cerr << "error: " << e.what() << "\n";
     return 1;

@@ -28,6 +28,7 @@ struct GenerateOptions {
   int max_model_len = 4096;
   int num_threads = 0;
   int num_kv_blocks = 0;
+  int tensor_parallel_size = 1;     ///< CPU ranks of a simulated tensor-parallel group
   double kv_cache_gib = 0.25;
 };
 

@@ -15,9 +15,8 @@
 #include <string>
 #include <thread>
 
-#include "pie/core/dispatch.hpp"
 #include "pie/engine/any_engine.hpp"
-#include "pie/engine/engine.hpp"
+#include "pie/make_engine.hpp"
 #include "pie/model/config_io.hpp"
 #include "pie/model/embedded.hpp"
 #include "pie/server/engine_service.hpp"
@@ -69,10 +68,19 @@ int resolve_max_model_len(const ServeOptions& o) {
   return static_cast<int>(std::min<int64_t>(pos, INT_MAX / 2));
 }
 
+/// The flags make_engine() turns into an engine type.
+void fill_engine_choice(const ServeOptions& o, const std::string& device, EngineOptions& eo) {
+  eo.device = device;
+  eo.dtype = o.dtype == "float" ? "float32" : o.dtype;
+  eo.kv_cache_dtype = o.kv_cache_dtype;
+  eo.block_size = o.block_size;
+  eo.tensor_parallel_size = o.tensor_parallel_size;
+}
+
 /// Builds the engine on the engine thread from the options serve_with filled in.
 using EngineFactory = std::function<std::unique_ptr<AnyEngine>(const EngineOptions&)>;
 
-int serve_with(const ServeOptions& o, EngineFactory make_engine) {
+int serve_with(const ServeOptions& o, EngineFactory build, const std::string& device) {
   using EngineT = AnyEngine;
   using Detok = tokenizer::IncrementalDetokenizer;
 
@@ -114,6 +122,8 @@ int serve_with(const ServeOptions& o, EngineFactory make_engine) {
   eo.swap_space_gib = o.swap_space;
   eo.enforce_eager = o.enforce_eager;
   eo.batch_invariant = o.batch_invariant;
+  if (o.kv_cache_memory_bytes > 0) eo.kv_cache_memory_bytes = static_cast<size_t>(o.kv_cache_memory_bytes);
+  fill_engine_choice(o, device, eo);
   try {
     eo.sched.validate();
   } catch (const pie::Error& e) {
@@ -124,7 +134,7 @@ int serve_with(const ServeOptions& o, EngineFactory make_engine) {
 
   server::ServerMetrics metrics;
   server::EngineService<EngineT, Detok> service(
-      [eo, make_engine] { return make_engine(eo); },
+      [eo, build] { return build(eo); },
       [max_model_len, gen_mode](const EngineT& e) {
         server::ModelInfo info;
         info.max_model_len = static_cast<int>(std::min<int64_t>(max_model_len, e.config().max_position_embeddings));
@@ -252,57 +262,47 @@ int run_serve(const ServeOptions& o) {
       if (!o.model.empty() && cuda_device_count() > 0) device = "cuda";
 #endif
     }
-    if (device == "cuda") {
-#if defined(PIE_HAVE_SERVE_CUDA)
-      if (o.dtype != "auto" && o.dtype != "bfloat16")
-        throw UsageError("--dtype " + o.dtype + ": the CUDA backend of `pie serve` computes in bfloat16 (auto|bfloat16)");
-      if (o.kv_cache_dtype != "auto" && o.kv_cache_dtype != "bfloat16")
-        throw UsageError("--kv-cache-dtype " + o.kv_cache_dtype +
-                         ": the CUDA backend of `pie serve` stores the KV cache in bfloat16 (auto|bfloat16)");
-      if (!cuda_block_size_supported(o.block_size))
-        throw UsageError("--block-size " + std::to_string(o.block_size) +
-                         ": the CUDA backend of `pie serve` runs blocks of 8 or 16 tokens");
-      if (cuda_device_count() == 0) throw UsageError("--device cuda: no CUDA device is visible");
-      const size_t kv_bytes = static_cast<size_t>(o.kv_cache_memory_bytes);
-      const int tp = o.tensor_parallel_size;
-      if (tp > 1) {
-#if defined(PIE_HAVE_SERVE_CUDA_TP)
-        if (cuda_device_count() < tp)
-          throw UsageError("--tensor-parallel-size " + std::to_string(tp) + ": needs " + std::to_string(tp) +
-                           " GPUs, " + std::to_string(cuda_device_count()) + " visible");
-        if (o.block_size != 16)
-          throw UsageError("--block-size " + std::to_string(o.block_size) +
-                           ": with --tensor-parallel-size > 1 the CUDA backend runs blocks of 16 tokens");
-        if (o.batch_invariant)
-          throw UsageError("--batch-invariant is not available with --tensor-parallel-size > 1 (NCCL's all-reduce "
-                           "order follows the message size)");
-        return serve_with(o, [kv_bytes, tp](const EngineOptions& eo) { return make_cuda_tp_engine(eo, kv_bytes, tp); });
-#else
-        throw UsageError("--tensor-parallel-size " + std::to_string(tp) +
-                         ": this build of `pie` has no NCCL (configure where nccl.h and libnccl are found)");
-#endif
-      }
-      const int block_size = o.block_size;
-      return serve_with(o, [kv_bytes, block_size](const EngineOptions& eo) {
-        return make_cuda_engine(eo, kv_bytes, block_size);
-      });
-#else
+    const int tp = o.tensor_parallel_size;
+    if (tp < 1) throw UsageError("--tensor-parallel-size must be >= 1, got " + std::to_string(tp));
+    if (device != "cpu" && device != "cuda") throw UsageError("--device " + device + " is not one of auto, cpu, cuda");
+#if !defined(PIE_HAVE_SERVE_CUDA)
+    if (device == "cuda")
       throw UsageError("--device cuda: this build of `pie` has no CUDA backend (configure with a CUDA compiler "
                        "to get one); use --device cpu");
 #endif
+    // Refuse a combination that is not compiled before loading anything (exit 2, with the list
+    // of what is compiled); make_engine() consults the same registry.
+    {
+      EngineOptions probe;
+      probe.model_dir = o.model;
+      fill_engine_choice(o, device, probe);
+      const auto choice = resolve_engine(probe);
+      if (!is_compiled(choice)) {
+        try {
+          fail_not_compiled(choice);
+        } catch (const pie::Error& e) {
+          throw UsageError("--device " + device + " --dtype " + o.dtype + " --kv-cache-dtype " + o.kv_cache_dtype +
+                           " --block-size " + std::to_string(o.block_size) + ": " + e.what());
+        }
+      }
     }
-    if (o.tensor_parallel_size != 1)
-      throw UsageError("--tensor-parallel-size " + std::to_string(o.tensor_parallel_size) +
-                       ": the CPU backend runs on one device");
-    if (o.dtype != "auto" && o.dtype != "float32" && o.dtype != "float")
-      throw UsageError("--dtype " + o.dtype + ": the CPU backend computes in float32");
-    if (o.kv_cache_dtype != "auto" && o.kv_cache_dtype != "float32")
-      throw UsageError("--kv-cache-dtype " + o.kv_cache_dtype + ": the CPU backend stores the KV cache in float32");
-    return PIE_DISPATCH_BLOCK_SIZE(o.block_size, BLOCK, [&] {
-      return serve_with(o, [](const EngineOptions& eo) {
-        return make_any_engine<Engine<Qwen3, EnginePolicy<BLOCK, float, float, attention::Causal, backend::Cpu>>>(eo);
-      });
-    });
+#if defined(PIE_HAVE_SERVE_CUDA)
+    if (device == "cuda") {
+      if (cuda_device_count() == 0) throw UsageError("--device cuda: no CUDA device is visible");
+      if (cuda_device_count() < tp)
+        throw UsageError("--tensor-parallel-size " + std::to_string(tp) + ": needs " + std::to_string(tp) +
+                         " GPUs, " + std::to_string(cuda_device_count()) + " visible");
+      if (tp > 1 && o.batch_invariant)
+        throw UsageError("--batch-invariant is not available with --tensor-parallel-size > 1 (NCCL's all-reduce "
+                         "order follows the message size)");
+    }
+#endif
+    return serve_with(o, [device](const EngineOptions& eo) {
+#if defined(PIE_HAVE_SERVE_CUDA)
+      if (device == "cuda") announce_roofline(eo, 2, 2, eo.tensor_parallel_size);  // while the card is empty
+#endif
+      return make_engine(eo);
+    }, device);
   } catch (const UsageError& e) {
     std::cerr << "pie serve: " << e.what() << std::endl;
     return 2;

@@ -1,5 +1,5 @@
 // Fused elementwise kernels against the CPU ops: RMSNorm (plain and residual-fused), q/k norm +
-// RoPE, KV write (f16/bf16 and fp8), SiLU·mul and embedding gather, in f16 and bf16.
+// RoPE, KV write (f16/bf16 and fp8), SiLU·mul, residual add and embedding gather, in f16 and bf16.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -10,6 +10,7 @@
 #include "pie/ops/cpu/rms_norm.hpp"
 #include "pie/ops/cpu/rope.hpp"
 #include "pie/ops/cuda/activation.cuh"
+#include "pie/ops/cuda/add.cuh"
 #include "pie/ops/cuda/embedding.cuh"
 #include "pie/ops/cuda/kv_write.cuh"
 #include "pie/ops/cuda/norm.cuh"
@@ -146,6 +147,28 @@ TYPED_TEST(Elementwise, SiluAndMulRows33Inter1536) {
   std::vector<float> ref(size_t(n) * inter);
   ops::cpu::silu_and_mul(f.data(), n, inter, ref.data());
   EXPECT_LT(rel_err(out, ref), tol<T>());
+}
+
+// acc += x on strided rows (x is a column slice of a wider activation): one rounding to T of
+// the float sum, exactly as the CPU's float add of the same T values rounded once.
+TYPED_TEST(Elementwise, AddStridedRows29Dim640) {
+  using T = TypeParam;
+  std::mt19937 rng(12);
+  const int n = 29, dim = 640, wide = 1024;
+  auto acc = randn<T>(size_t(n) * dim, rng, 1.f);
+  auto x = randn<T>(size_t(n) * wide, rng, 1.f);
+  auto dacc = upload(acc);
+  auto dx = upload(x);
+  TensorView<T> xv = dx.view({n, dim});
+  xv.stride[0] = wide;
+  ops::cuda::add(dacc.view({n, dim}), xv);
+  auto out = download(dacc);
+  auto fa = to_f32(acc), fx = to_f32(x);
+  for (int t = 0; t < n; ++t)
+    for (int i = 0; i < dim; ++i) {
+      const float want = to_float(from_float<T>(fa[size_t(t) * dim + i] + fx[size_t(t) * wide + i]));
+      ASSERT_EQ(to_float(out[size_t(t) * dim + i]), want) << "row " << t << " col " << i;
+    }
 }
 
 TYPED_TEST(Elementwise, EmbeddingVocab1000Hidden512) {

@@ -1,7 +1,7 @@
 // Engine's device-sampling path (the one the CUDA runner takes), on the CPU with a fake runner
-// that declares kBuildsFromOptions and kSamplesOnDevice: its logits are a fixed hash of (input
+// that declares kSamplesOnDevice and kLogitsPerDraw: its logits are a fixed hash of (input
 // token, position, vocabulary id), so the greedy continuation of a prompt is known in advance.
-// Checks that greedy requests take execute(plan, specs) with one spec per draw carrying the
+// Checks that greedy requests take execute_sample(plan, specs) with one spec per draw carrying the
 // step count, that any request asking for logprobs sends its step through execute_logits and
 // the host Sampler (one row per draw), and that both paths give the known tokens.
 #include <gtest/gtest.h>
@@ -32,30 +32,32 @@ int32_t fake_argmax(int32_t token, int32_t pos, int vocab) {
 
 struct Calls {
   int device_steps = 0, host_steps = 0;
-  std::vector<pie::engine::cuda::SampleSpec> last_specs;
+  std::vector<pie::engine::SampleSpec> last_specs;
 };
 Calls g_calls;
 }  // namespace
 
 namespace pie {
-template <class Policy>
-class ModelRunner<FakeModel, Policy, backend::Cpu> {
+/// A runner with the device runners' interface (kSamplesOnDevice, one logits row per draw).
+class FakeRunner {
  public:
-  static constexpr bool kBuildsFromOptions = true;
+  static constexpr bool kLogitsPerDraw = true;
   static constexpr bool kSamplesOnDevice = true;
   static constexpr int kVocab = 97;
 
-  explicit ModelRunner(const EngineOptions& o) : blocks_(o.num_kv_blocks) {
+  FakeRunner(const EngineOptions& o, engine::RankSpec, size_t) : blocks_(o.num_kv_blocks) {
     cfg_ = model::embedded_config();
     cfg_.vocab_size = kVocab;
     cfg_.eos_token_ids.clear();
   }
-  const model::ModelConfig& config() const { return cfg_; }
+  const model::ModelConfig& global_config() const { return cfg_; }
   const model::GenerationConfig& generation_config() const { return gen_; }
+  int max_kv_blocks() const { return blocks_; }
+  int wanted_host_blocks(const EngineOptions&) const { return 0; }
+  void allocate_kv(int, int) {}
   int num_blocks() const { return blocks_; }
-  int num_host_blocks() const { return 0; }
 
-  std::span<const int32_t> execute(const sched::StepPlan& plan, const std::vector<engine::cuda::SampleSpec>& specs) {
+  std::span<const int32_t> execute_sample(const sched::StepPlan& plan, const std::vector<engine::SampleSpec>& specs) {
     PIE_CHECK(static_cast<int>(specs.size()) == plan.num_sampled_tokens(), "specs ", specs.size(), " for ",
               plan.num_sampled_tokens(), " draws");
     ++g_calls.device_steps;
@@ -74,7 +76,7 @@ class ModelRunner<FakeModel, Policy, backend::Cpu> {
   }
 
   std::span<const float> execute_logits(const sched::StepPlan& plan,
-                                        const std::vector<engine::cuda::SampleSpec>& specs) {
+                                        const std::vector<engine::SampleSpec>& specs) {
     PIE_CHECK(static_cast<int>(specs.size()) == plan.num_sampled_tokens(), "specs ", specs.size(), " for ",
               plan.num_sampled_tokens(), " draws");
     ++g_calls.host_steps;
@@ -95,15 +97,19 @@ class ModelRunner<FakeModel, Policy, backend::Cpu> {
   std::vector<int32_t> ids_;
   std::vector<float> logits_;
 };
+template <class Policy>
+struct RunnerOf<FakeModel, Policy, backend::Cpu> {
+  using type = FakeRunner;
+};
 }  // namespace pie
 
 namespace {
 using namespace pie;
 using FakeEngine = Engine<FakeModel, CpuF32>;
-constexpr int kVocab = ModelRunner<FakeModel, CpuF32>::kVocab;
+constexpr int kVocab = FakeRunner::kVocab;
 
-static_assert(FakeEngine::kBuildsFromOptions && FakeEngine::kSamplesOnDevice);
-static_assert(!Engine<Qwen3, CpuF32>::kBuildsFromOptions && !Engine<Qwen3, CpuF32>::kSamplesOnDevice);
+static_assert(FakeEngine::Runner::kSamplesOnDevice && FakeEngine::Runner::kLogitsPerDraw);
+static_assert(!Engine<Qwen3, CpuF32>::Runner::kSamplesOnDevice && !Engine<Qwen3, CpuF32>::Runner::kLogitsPerDraw);
 
 EngineOptions options() {
   EngineOptions o;

@@ -2,6 +2,8 @@
 // logits of the prompt's last position and the next greedy steps (max |a−b| / max |b| ≤ 1e-4,
 // transformers' own metric), and the 32-token greedy continuation, identical.
 #include <gtest/gtest.h>
+
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -11,7 +13,9 @@
 #include <numeric>
 
 #include "pie/engine/engine.hpp"
+#include "pie/make_engine.hpp"
 #include "pie/model/load.hpp"
+#include "pie/engine/cpu/cpu_model.hpp"
 #include "pie/model/qwen3.hpp"
 #include "plan_builder.hpp"
 
@@ -46,7 +50,7 @@ double logits_error(const std::string& name, double tol) {
   auto loaded = model::load_model<T>(fixture_dir(name));
   const auto& cfg = loaded.weights.config;
   EXPECT_EQ(cfg.vocab_size, ref["vocab_size"].get<int>());
-  model::Qwen3Cpu<T, T> m(loaded.weights);
+  engine::cpu::CpuModel<model::AnyDecoder, T, T> m(loaded.weights);
   const int bs = 16, vocab = cfg.vocab_size;
   double worst = 0;
   for (auto& pr : ref["prompts"]) {
@@ -97,7 +101,8 @@ TEST_P(HfFixture, GreedyContinuationIdentical) {
   o.model_dir = fixture_dir(GetParam());
   o.num_kv_blocks = 64;
   o.sched.max_model_len = 512;
-  Engine<Qwen3, CpuF32> e(o);
+  // The registry picks the named model of the checkpoint's architecture (Qwen3, Qwen2, Llama).
+  std::unique_ptr<AnyEngine> e = make_engine(o);
   std::vector<std::vector<int32_t>> prompts, expect;
   for (auto& pr : ref["prompts"]) {
     prompts.push_back(pr["prompt_ids"].get<std::vector<int32_t>>());
@@ -107,11 +112,40 @@ TEST_P(HfFixture, GreedyContinuationIdentical) {
   p.temperature = 0;
   p.max_tokens = ref["new_tokens"].get<int>();
   p.ignore_eos = true;  // transformers' reference ran without stopping at EOS
-  auto res = e.generate(prompts, p);  // all prompts batched together
+  std::map<uint64_t, size_t> slot;
+  for (size_t i = 0; i < prompts.size(); ++i) slot[e->add_request(prompts[i], p)] = i;  // all batched together
+  std::vector<std::vector<int32_t>> got(prompts.size());
+  std::vector<sched::FinishReason> finish(prompts.size(), sched::FinishReason::None);
+  while (e->has_unfinished())
+    for (auto& ro : e->step())
+      for (auto& so : ro.seqs) {
+        auto& t = got[slot.at(ro.request_id)];
+        t.insert(t.end(), so.new_tokens.begin(), so.new_tokens.end());
+        if (so.finish != sched::FinishReason::None) finish[slot.at(ro.request_id)] = so.finish;
+      }
   for (size_t i = 0; i < prompts.size(); ++i) {
-    EXPECT_EQ(res[i].tokens[0], expect[i]) << GetParam() << " prompt " << i;
-    EXPECT_EQ(res[i].finish[0], sched::FinishReason::Length);
+    EXPECT_EQ(got[i], expect[i]) << GetParam() << " prompt " << i;
+    EXPECT_EQ(finish[i], sched::FinishReason::Length);
   }
+}
+
+// A named model refuses another architecture's checkpoint, naming the model to use.
+TEST(NamedModels, Qwen3EngineRefusesQwen2CheckpointAndNamesQwen2) {
+  EngineOptions o;
+  o.model_dir = fixture_dir("qwen2_bias");
+  o.num_kv_blocks = 16;
+  o.sched.max_model_len = 128;
+  try {
+    Engine<Qwen3, CpuF32> e(o);
+    FAIL() << "Engine<Qwen3> accepted a Qwen2 checkpoint";
+  } catch (const pie::Error& err) {
+    EXPECT_NE(std::string(err.what()).find("use pie::Qwen2"), std::string::npos) << err.what();
+  }
+  Engine<Qwen2, CpuF32> ok(o);
+  EXPECT_EQ(ok.config().architecture, model::Architecture::Qwen2);
+  EXPECT_EQ(engine_model_name(o), "qwen2");
+  o.model_dir = fixture_dir("llama_rope_llama3");
+  EXPECT_EQ(engine_model_name(o), "llama");
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, HfFixture, ::testing::ValuesIn(fixture_names()),

@@ -17,17 +17,15 @@
 
 #include "gpu_test_util.hpp"
 #include "pie/core/policy.hpp"
-#include "pie/engine/cuda/model_runner.cuh"
+#include "pie/engine/cuda/cuda_runner.cuh"
+#include "pie/engine/engine.hpp"
 #include "pie/model/config_io.hpp"
 #include "pie/model/loader.hpp"
 
 namespace pie {
 namespace {
 
-using engine::cuda::CudaModelRunner;
-using engine::cuda::DeviceWeights;
-using engine::cuda::RunnerOptions;
-using engine::cuda::SampleSpec;
+using engine::SampleSpec;
 
 std::vector<std::filesystem::path> checkpoints() {
   std::vector<std::filesystem::path> out;
@@ -45,17 +43,18 @@ TEST(GpuVsTransformers, TeacherForcedGreedyAndLogits) {
   for (const auto& dir : dirs) {
     SCOPED_TRACE(dir.string());
     auto cfg = model::load_model_config(dir.string());
-    auto hw = model::load_weights<bf16>(dir.string(), cfg, {});
     std::ifstream f(dir / "reference.json");
     nlohmann::json ref = nlohmann::json::parse(f);
-    RunnerOptions o;
-    o.max_num_seqs = 4;
-    o.max_num_batched_tokens = 1024;
-    o.max_model_len = 1024;
-    o.num_gpu_blocks_override = 256;
+    EngineOptions o;  // the checkpoint straight from its directory, as `pie serve` loads it
+    o.model_dir = dir.string();
+    o.sched.max_num_seqs = 4;
+    o.sched.max_num_batched_tokens = 1024;
+    o.sched.max_model_len = 1024;
+    o.num_kv_blocks = 256;
     o.swap_space_gib = 0.01;
     o.log = false;
-    CudaModelRunner<CudaBf16> runner(DeviceWeights<bf16>::upload(hw), o);
+    Engine<Qwen3, CudaBf16> engine(o);
+    auto& runner = engine.runner();
     const size_t V = cfg.vocab_size;
     int agree = 0, strict = 0, steps = 0;
     double worst = 0;

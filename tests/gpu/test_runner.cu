@@ -12,33 +12,40 @@
 
 #include "gpu_test_util.hpp"
 #include "pie/core/policy.hpp"
-#include "pie/engine/cuda/cuda_engine.cuh"
-#include "pie/engine/cuda/model_runner.cuh"
+#include "pie/engine/cpu/cpu_model.hpp"
+#include "pie/engine/cuda/cuda_runner.cuh"
+#include "pie/engine/engine.hpp"
 #include "pie/model/dummy.hpp"
 #include "pie/model/qwen3.hpp"
 
 namespace pie {
 namespace {
 
-using engine::cuda::CudaEngine;
-using engine::cuda::CudaModelRunner;
-using engine::cuda::DeviceWeights;
-using engine::cuda::RunnerOptions;
-using engine::cuda::SampleSpec;
+using engine::SampleSpec;
+/// The engine over the GPU runner; tests that feed hand-built plans use its runner directly.
+using GpuEngine = Engine<model::AnyDecoder, CudaBf16>;
+using HostWeights = std::shared_ptr<const model::Weights<bf16>>;
 using gpu_test::HandSeq;
 
 constexpr int kBS = CudaBf16::block_size;
 
-RunnerOptions small_options(bool eager, int64_t blocks = 256) {
-  RunnerOptions o;
-  o.max_num_seqs = 64;
-  o.max_num_batched_tokens = 512;
-  o.max_model_len = 1024;
+EngineOptions small_options(bool eager, int64_t blocks = 256) {
+  EngineOptions o;
+  o.sched.max_num_seqs = 64;
+  o.sched.max_num_batched_tokens = 512;
+  o.sched.max_model_len = 1024;
   o.swap_space_gib = 0.05;
   o.enforce_eager = eager;
-  o.num_gpu_blocks_override = blocks;
+  o.num_kv_blocks = static_cast<int>(blocks);
   o.log = false;
   return o;
+}
+
+HostWeights share(model::Weights<bf16> w) { return std::make_shared<const model::Weights<bf16>>(std::move(w)); }
+
+std::unique_ptr<GpuEngine> gpu_engine(const HostWeights& hw, EngineOptions o) {
+  o.set_weights(hw);
+  return std::make_unique<GpuEngine>(o);
 }
 
 std::vector<int32_t> random_tokens(std::mt19937& rng, int n, int vocab) {
@@ -51,7 +58,7 @@ std::vector<int32_t> random_tokens(std::mt19937& rng, int n, int vocab) {
 /// CPU reference: the engine engineer's Qwen3 forward over the same bf16 weights with a float
 /// KV cache, fed exactly the plans the GPU runs.
 struct CpuReference {
-  model::Qwen3Cpu<bf16, float> model;
+  engine::cpu::CpuModel<model::AnyDecoder, bf16, float> model;
   std::vector<std::vector<float>> pools;
   std::vector<float*> ptrs;
   CpuReference(const model::Weights<bf16>& w, int blocks) : model(w) {
@@ -69,9 +76,10 @@ struct CpuReference {
 
 TEST(GpuRunner, MatchesCpuReferenceOverChunkedPrefillAndDecode) {
   auto cfg = gpu_test::small_qwen3(3);
-  auto hw = model::dummy_weights<bf16>(cfg, 11);
-  CpuReference cpu(hw, 256);
-  CudaModelRunner<CudaBf16> gpu(DeviceWeights<bf16>::upload(hw), small_options(false));
+  auto hw = share(model::dummy_weights<bf16>(cfg, 11));
+  CpuReference cpu(*hw, 256);
+  auto gpu_owner = gpu_engine(hw, small_options(false));
+  auto& gpu = gpu_owner->runner();
   std::mt19937 rng(5);
   HandSeq a{random_tokens(rng, 40, cfg.vocab_size)}, b{random_tokens(rng, 70, cfg.vocab_size)};
   int32_t next = 0;
@@ -106,9 +114,11 @@ TEST(GpuRunner, MatchesCpuReferenceOverChunkedPrefillAndDecode) {
 
 TEST(GpuRunner, GraphReplayMatchesEager) {
   auto cfg = gpu_test::small_qwen3(2);
-  auto hw = model::dummy_weights<bf16>(cfg, 12);
-  CudaModelRunner<CudaBf16> graphs(DeviceWeights<bf16>::upload(hw), small_options(false));
-  CudaModelRunner<CudaBf16> eager(DeviceWeights<bf16>::upload(hw), small_options(true));
+  auto hw = share(model::dummy_weights<bf16>(cfg, 12));
+  auto graphs_engine = gpu_engine(hw, small_options(false));
+  auto& graphs = graphs_engine->runner();
+  auto eager_engine = gpu_engine(hw, small_options(true));
+  auto& eager = eager_engine->runner();
   ASSERT_FALSE(graphs.graph_batch_sizes().empty());
   std::mt19937 rng(6);
   std::vector<HandSeq> s1(3), s2;
@@ -148,8 +158,8 @@ TEST(GpuRunner, GraphReplayMatchesEager) {
 // buckets) and (c) after recompute (prompt and generated tokens prefilled again in one chunk).
 TEST(GpuRunner, BatchInvariantLogitsBitIdenticalAloneBatchedAndRecomputed) {
   auto cfg = gpu_test::small_qwen3(2);
-  auto hw = model::dummy_weights<bf16>(cfg, 14);
-  RunnerOptions opt = small_options(false);
+  auto hw = share(model::dummy_weights<bf16>(cfg, 14));
+  EngineOptions opt = small_options(false);
   opt.batch_invariant = true;
   const size_t V = cfg.vocab_size;
   const int P = 40, steps = 10;
@@ -158,7 +168,8 @@ TEST(GpuRunner, BatchInvariantLogitsBitIdenticalAloneBatchedAndRecomputed) {
   // (a) alone: the prompt, then `steps` graph-replayed decodes of batch 1.
   std::vector<std::vector<float>> alone;
   {
-    CudaModelRunner<CudaBf16> r(DeviceWeights<bf16>::upload(hw), opt);
+    auto r_engine = gpu_engine(hw, opt);
+  auto& r = r_engine->runner();
     int32_t next = 0;
     for (int t = 0; t <= steps; ++t) {
       auto p = gpu_test::hand_plan({&alone_seq}, {t == 0 ? P : 1}, kBS, next);
@@ -177,7 +188,8 @@ TEST(GpuRunner, BatchInvariantLogitsBitIdenticalAloneBatchedAndRecomputed) {
   };
   // (b) batched.
   {
-    CudaModelRunner<CudaBf16> r(DeviceWeights<bf16>::upload(hw), opt);
+    auto r_engine = gpu_engine(hw, opt);
+  auto& r = r_engine->runner();
     int32_t next = 0;
     HandSeq a{tokens}, b{random_tokens(rng, 30, cfg.vocab_size)}, c{random_tokens(rng, 57, cfg.vocab_size)},
         d{random_tokens(rng, 33, cfg.vocab_size)};
@@ -205,7 +217,8 @@ TEST(GpuRunner, BatchInvariantLogitsBitIdenticalAloneBatchedAndRecomputed) {
   // (c) recompute: the first 5 generated tokens prefilled again with the prompt, one chunk,
   // beside another sequence's decode; then decodes continue.
   {
-    CudaModelRunner<CudaBf16> r(DeviceWeights<bf16>::upload(hw), opt);
+    auto r_engine = gpu_engine(hw, opt);
+  auto& r = r_engine->runner();
     int32_t next = 0;
     HandSeq a{tokens}, b{random_tokens(rng, 21, cfg.vocab_size)};
     std::vector<SampleSpec> one(1), two(2);
@@ -259,27 +272,22 @@ TEST(GpuKVCache, SwapOutSwapInAndCopyRoundTrip) {
 }
 
 /// Greedy outputs of 64 requests (index 0 is `target`) on an engine with `blocks` KV blocks.
-std::vector<std::vector<int32_t>> run_batch(const model::Weights<bf16>& hw, const std::vector<std::vector<int32_t>>& prompts,
+std::vector<std::vector<int32_t>> run_batch(const HostWeights& hw, const std::vector<std::vector<int32_t>>& prompts,
                                             int64_t blocks, sched::PreemptionMode mode, int64_t* preemptions,
                                             bool invariant = false) {
-  sched::SchedulerConfig sc;
-  sc.enable_prefix_caching = false;
-  sc.preemption_mode = mode;
-  RunnerOptions ro = small_options(false, blocks);
-  ro.batch_invariant = invariant;
-  CudaEngine<CudaBf16> e(DeviceWeights<bf16>::upload(hw), ro, sc, {1});
-  std::vector<uint64_t> ids;
-  for (const auto& p : prompts) {
-    sched::SamplingParams sp;
-    sp.temperature = 0.f;
-    sp.max_tokens = 24;
-    sp.ignore_eos = true;
-    ids.push_back(e.add_request(p, sp));
-  }
-  auto out = e.run();
-  if (preemptions) *preemptions = e.scheduler().num_preemptions();
+  EngineOptions o = small_options(false, blocks);
+  o.sched.enable_prefix_caching = false;
+  o.sched.preemption_mode = mode;
+  o.batch_invariant = invariant;
+  auto e = gpu_engine(hw, o);
+  sched::SamplingParams sp;
+  sp.temperature = 0.f;
+  sp.max_tokens = 24;
+  sp.ignore_eos = true;
+  auto out = e->generate(prompts, sp);
+  if (preemptions) *preemptions = e->scheduler().num_preemptions();
   std::vector<std::vector<int32_t>> r;
-  for (uint64_t id : ids) r.push_back(out[id]);
+  for (auto& g : out) r.push_back(g.tokens[0]);
   return r;
 }
 
@@ -287,7 +295,7 @@ std::vector<std::vector<int32_t>> run_batch(const model::Weights<bf16>& hw, cons
 /// returns how many of the 64 kept every token under (recompute, swap).
 std::pair<int, int> check_invariance(bool invariant, int num_alone) {
   auto cfg = gpu_test::small_qwen3(2);
-  auto hw = model::dummy_weights<bf16>(cfg, 13);
+  auto hw = share(model::dummy_weights<bf16>(cfg, 13));
   std::mt19937 rng(7);
   std::vector<std::vector<int32_t>> prompts;
   for (int i = 0; i < 64; ++i) prompts.push_back(random_tokens(rng, 10 + int(rng() % 50), cfg.vocab_size));

@@ -8,7 +8,7 @@
 #include <string>
 
 #include "pie/model/load.hpp"
-#include "pie/parallel/shard_loader.hpp"
+#include "pie/model/shard_loader.hpp"
 
 namespace {
 namespace fs = std::filesystem;

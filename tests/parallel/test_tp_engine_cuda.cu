@@ -1,4 +1,5 @@
-// TpEngine over CudaTpRank on the GPU (label cuda): TP = 2 vs TP = 1 greedy on a small random
+// The engine under tensor parallelism on GPUs (label cuda): Engine over CudaRunner ranks of an
+// NCCL group, TP = 2 vs TP = 1 greedy on a small random
 // Qwen3 in bf16 (issue 8's criterion: ≥ 99% of tokens agree over 32 steps), decode CUDA graphs
 // (with their NCCL collectives) against eager execution at TP = 2.
 // Skips with a message when fewer than two GPUs are visible. NCCL_NVLS_ENABLE=0 is forced by
@@ -15,13 +16,13 @@
 
 #include "pie/model/dummy.hpp"
 #include "pie/model/embedded.hpp"
-#include "pie/parallel/cuda_tp_world.cuh"
-#include "pie/parallel/tp_engine.hpp"
+#include "pie/engine/cuda/cuda_runner.cuh"
+#include "pie/engine/engine.hpp"
+#include "pie/parallel/nccl_group.cuh"
 
 namespace {
 using namespace pie;
-using Rank = parallel::CudaTpRank<bf16>;
-using GpuTpEngine = parallel::TpEngine<Rank>;
+using GpuEngine = Engine<model::AnyDecoder, CudaBf16>;
 
 int visible_gpus() {
   int n = 0;
@@ -66,15 +67,15 @@ std::vector<std::vector<int32_t>> run(int tp, bool eager, int* graphs = nullptr)
   static auto model = random_model();
   EngineOptions o = engine_options();
   o.enforce_eager = eager;
-  parallel::CudaTpOptions copt = parallel::cuda_tp_options(o);
-  GpuTpEngine e(o, parallel::cuda_tp_world<bf16>(model, model::embedded_generation_config(), tp, copt));
+  o.set_weights(model, model::embedded_generation_config());
+  GpuEngine e(o, parallel::nccl_group(tp));
   sched::SamplingParams p;
   p.temperature = 0;
   p.max_tokens = 32;
   p.ignore_eos = true;
   std::vector<std::vector<int32_t>> out;
   for (auto& r : e.generate(prompts(), p)) out.push_back(r.tokens[0]);
-  if (graphs) *graphs = e.rank(0).num_graphs();
+  if (graphs) *graphs = static_cast<int>(e.runner(0).graph_batch_sizes().size());
   return out;
 }
 
@@ -88,8 +89,8 @@ std::vector<Scored> run_scored(int tp, const std::vector<std::vector<int32_t>>& 
   EngineOptions o = engine_options();
   o.sched.max_num_seqs = 64;
   o.num_kv_blocks = 512;
-  parallel::CudaTpOptions copt = parallel::cuda_tp_options(o);
-  GpuTpEngine e(o, parallel::cuda_tp_world<bf16>(model, model::embedded_generation_config(), tp, copt));
+  o.set_weights(model, model::embedded_generation_config());
+  GpuEngine e(o, parallel::nccl_group(tp));
   sched::SamplingParams p;
   p.temperature = 0;
   p.max_tokens = max_tokens;

@@ -1,7 +1,7 @@
 // Tensor parallelism over NCCL on two GPUs (label cuda). Skips when fewer than two GPUs are
 // visible. NCCL_NVLS_ENABLE=0 is forced by NcclCommunicator before every init.
 //  - NcclCommunicator's all-reduce (fp32, bf16) and all-gather on device buffers.
-//  - TP=2 vs TP=1 greedy agreement on a small random Qwen3: each rank's shard runs TpQwen3Cpu
+//  - TP=2 vs TP=1 greedy agreement on a small random Qwen3: each rank's shard runs CpuModel
 //    (the CPU forward) on its own thread, and every all-reduce / all-gather of the forward goes
 //    through NCCL between GPU 0 and GPU 1 (host buffers staged to the rank's device). This
 //    checks the NCCL path end to end with the same forward the CPU simulation checks; the GPU
@@ -141,7 +141,7 @@ TEST(TensorParallelNccl, Tp2GreedyAgreesWithTp1RandomModel) {
     NcclCommunicator nccl(2, r, id, r);
     HostStagedNccl comm(nccl);
     test::KvPools<float> kv(sharded.plans[r].local, blocks, test::kBlockSize);
-    parallel::TpQwen3Cpu<float, float> m(sharded.shards[r], sharded.plans[r], comm);
+    engine::cpu::CpuModel<model::AnyDecoder, float, float> m(sharded.shards[r], &sharded.plans[r], &comm);
     tp2[r] = drive([&](const sched::StepPlan& p, float* logits) { m.forward(p, kv.ptrs, test::kBlockSize, logits); });
   });
   EXPECT_EQ(tp2[0], tp2[1]) << "ranks diverged";

@@ -1,4 +1,5 @@
-// TpEngine on the CPU: N TpCpuRank threads + the CPU communicator under one scheduler.
+// The engine under tensor parallelism on the CPU: N CpuRunner threads + the CPU communicator
+// under the one Engine loop (a RankGroup from parallel::cpu_group).
 // Greedy streams at TP = 2 and 4 against the single-rank pie::Engine on every fixture of
 // tests/reference/fixtures (a batch of several prompts; chunked prefill of 7 tokens; forced
 // preemption, recompute and swap), KV blocks = the smallest rank's capacity in its own layout,
@@ -18,12 +19,14 @@
 #include <vector>
 
 #include "pie/engine/engine.hpp"
-#include "pie/parallel/tp_engine.hpp"
+#include "pie/parallel/cpu_group.hpp"
 
 namespace {
 namespace fs = std::filesystem;
 using namespace pie;
-using parallel::TpCpuEngine;
+using parallel::cpu_group;
+/// The engine of every fixture's architecture (the family's forward, whichever it is).
+using CpuEngine = Engine<model::AnyDecoder, CpuF32>;
 
 std::string fixture_dir(const std::string& name) {
   return (fs::path(PIE_SOURCE_DIR) / "tests/reference/fixtures" / name).string();
@@ -102,10 +105,10 @@ TEST_P(TpEngineFixture, StreamsEqualSingleRankEngine) {
   for (Mode m : {Mode::Batch, Mode::Chunked7, Mode::PreemptRecompute, Mode::PreemptSwap}) {
     SCOPED_TRACE("mode " + std::to_string(static_cast<int>(m)));
     const EngineOptions o = options_for(name, m);
-    Engine<Qwen3, CpuF32> single(o);
+    CpuEngine single(o);
     const Streams want = streams(single, prompts);
-    TpCpuEngine<float> te(o, parallel::cpu_tp_world<float, float>(o, tp));
-    ASSERT_EQ(te.size(), tp);
+    CpuEngine te(o, cpu_group(tp));
+    ASSERT_EQ(te.num_ranks(), tp);
     const Streams got = streams(te, prompts);
     ASSERT_EQ(got.size(), prompts.size());
     for (size_t i = 0; i < prompts.size(); ++i) {
@@ -133,7 +136,7 @@ TEST(TpEngine, Tp2QwenGqa4MatchesTransformersGreedy) {
   std::ifstream f(fs::path(fixture_dir(name)) / "reference.json");
   auto ref = nlohmann::json::parse(f);
   EngineOptions o = base_options(name);
-  TpCpuEngine<float> te(o, parallel::cpu_tp_world<float, float>(o, 2));
+  CpuEngine te(o, cpu_group(2));
   for (auto& p : ref["prompts"]) {
     auto want = p["greedy_ids"].get<std::vector<int32_t>>();
     auto got = te.generate({p["prompt_ids"].get<std::vector<int32_t>>()}, greedy(static_cast<int>(want.size())));
@@ -143,23 +146,26 @@ TEST(TpEngine, Tp2QwenGqa4MatchesTransformersGreedy) {
 
 // Random sampling with n = 2 (one prefill forked into two sequences, seeded and unseeded
 // requests): TpEngine draws with pie::Engine's seeds, so the streams are equal too. Run once over
-// TpCpuRank (one logits row per sampled sequence) and once over a rank that returns one row per
+// CpuRunner (one logits row per sampled sequence) and once over a rank that returns one row per
 // draw (kLogitsPerDraw, the GPU rank's layout), which exercises the engine's per-draw indexing.
-using CpuRank = parallel::TpCpuRank<float, float>;
+using CpuRank = engine::cpu::CpuRunner<model::AnyDecoder, CpuF32>;
+struct PerDrawModel : model::AnyDecoder {};
 
 /// A CpuRank returning one logits row per draw: row j repeated sample_counts[j] times.
 class PerDrawRank {
  public:
-  static constexpr int kBlockSize = CpuRank::kBlockSize;
   static constexpr bool kLogitsPerDraw = true;
-  explicit PerDrawRank(std::unique_ptr<CpuRank> r) : r_(std::move(r)) {}
-  const model::ModelConfig& global_config() const { return r_->global_config(); }
-  const model::GenerationConfig& generation_config() const { return r_->generation_config(); }
-  int max_kv_blocks() const { return r_->max_kv_blocks(); }
-  void allocate_kv(int b, int h) { r_->allocate_kv(b, h); }
+  static constexpr bool kSamplesOnDevice = false;
+  PerDrawRank(const EngineOptions& o, engine::RankSpec s, size_t b) : r_(o, s, b) {}
+  const model::ModelConfig& global_config() const { return r_.global_config(); }
+  const model::GenerationConfig& generation_config() const { return r_.generation_config(); }
+  int max_kv_blocks() const { return r_.max_kv_blocks(); }
+  int wanted_host_blocks(const EngineOptions& o) const { return r_.wanted_host_blocks(o); }
+  void allocate_kv(int b, int h) { r_.allocate_kv(b, h); }
+  int num_blocks() const { return r_.num_blocks(); }
   std::span<const float> execute(const sched::StepPlan& p) {
-    std::span<const float> l = r_->execute(p);
-    const size_t V = static_cast<size_t>(r_->global_config().vocab_size);
+    std::span<const float> l = r_.execute(p);
+    const size_t V = static_cast<size_t>(r_.global_config().vocab_size);
     rows_.clear();
     for (size_t j = 0; j < p.logits_rows.size(); ++j)
       for (int k = 0; k < (p.sample_counts.empty() ? 1 : p.sample_counts[j]); ++k)
@@ -168,9 +174,56 @@ class PerDrawRank {
   }
 
  private:
-  std::unique_ptr<CpuRank> r_;
+  CpuRank r_;
   std::vector<float> rows_;
 };
+
+/// Rank `kBad` throws at step `kAt` (the others then sit in the first all-reduce of that step);
+/// kAt < 0: rank kBad throws while loading.
+template <int kBad, int kAt>
+struct FailingModel : model::AnyDecoder {};
+
+template <int kBad, int kAt>
+class FailingRank {
+ public:
+  static constexpr bool kLogitsPerDraw = false;
+  static constexpr bool kSamplesOnDevice = false;
+  FailingRank(const EngineOptions& o, engine::RankSpec s, size_t b) : r_(checked(o, s), s, b), fail_(s.rank == kBad) {}
+  const model::ModelConfig& global_config() const { return r_.global_config(); }
+  const model::GenerationConfig& generation_config() const { return r_.generation_config(); }
+  int max_kv_blocks() const { return r_.max_kv_blocks(); }
+  int wanted_host_blocks(const EngineOptions& o) const { return r_.wanted_host_blocks(o); }
+  void allocate_kv(int b, int h) { r_.allocate_kv(b, h); }
+  int num_blocks() const { return r_.num_blocks(); }
+  std::span<const float> execute(const sched::StepPlan& p) {
+    PIE_CHECK(!(fail_ && step_++ == kAt), "injected failure at step ", kAt);
+    return r_.execute(p);
+  }
+
+ private:
+  static const EngineOptions& checked(const EngineOptions& o, engine::RankSpec s) {
+    PIE_CHECK(!(kAt < 0 && s.rank == kBad), "cannot load shard");
+    return o;
+  }
+  CpuRank r_;
+  bool fail_;
+  int step_ = 0;
+};
+
+}  // namespace
+
+namespace pie {
+template <class Policy>
+struct RunnerOf<PerDrawModel, Policy, backend::Cpu> {
+  using type = PerDrawRank;
+};
+template <int kBad, int kAt, class Policy>
+struct RunnerOf<FailingModel<kBad, kAt>, Policy, backend::Cpu> {
+  using type = FailingRank<kBad, kAt>;
+};
+}  // namespace pie
+
+namespace {
 
 template <class E>
 std::vector<std::vector<std::vector<int32_t>>> sampled(E& e, const std::vector<std::vector<int32_t>>& prompts) {
@@ -200,18 +253,13 @@ TEST(TpEngine, SampledNTwoEqualsSingleRankEngineTp2RowPerSampleAndPerDraw) {
   const auto prompts = prompts_of(name);
   EngineOptions o = base_options(name);
   o.seed = 7;
-  Engine<Qwen3, CpuF32> single(o);
+  CpuEngine single(o);
   const auto want = sampled(single, prompts);
   ASSERT_EQ(want[0][1].size(), 16u);
   EXPECT_NE(want[0][0], want[0][1]) << "the two draws of a request should differ at temperature 0.9";
-  TpCpuEngine<float> te(o, parallel::cpu_tp_world<float, float>(o, 2));
+  CpuEngine te(o, cpu_group(2));
   EXPECT_EQ(sampled(te, prompts), want);
-  auto cpu = parallel::cpu_tp_world<float, float>(o, 2);
-  parallel::TpWorld<PerDrawRank> w;
-  w.size = 2;
-  w.abort = cpu.abort;
-  w.make_rank = [cpu](int r) { return std::make_unique<PerDrawRank>(cpu.make_rank(r)); };
-  parallel::TpEngine<PerDrawRank> pe(o, w);
+  Engine<PerDrawModel, CpuF32> pe(o, cpu_group(2));
   EXPECT_EQ(sampled(pe, prompts), want);
 }
 
@@ -221,7 +269,7 @@ TEST(TpEngine, KvBlocksAreTheSmallestRanksCapacityInItsOwnLayout) {
   EngineOptions o = base_options("qwen3_tied");  // 2 KV heads: 1 per rank at TP = 2
   o.num_kv_blocks = 0;
   const size_t big = size_t{1} << 20, small = size_t{256} << 10;
-  TpCpuEngine<float> te(o, parallel::cpu_tp_world<float, float>(o, 2, {big, small}));
+  CpuEngine te(o, cpu_group(2, {big, small}));
   const auto& c = te.config();
   const kv::KVLayout rank_layout{c.num_hidden_layers, 1, c.head_dim, 16, DType::F32};
   const kv::KVLayout full_layout{c.num_hidden_layers, c.num_key_value_heads, c.head_dim, 16, DType::F32};
@@ -232,35 +280,14 @@ TEST(TpEngine, KvBlocksAreTheSmallestRanksCapacityInItsOwnLayout) {
   EXPECT_EQ(st.num_kv_blocks, st.rank_max_kv_blocks[1]);
   // Half the heads per rank: twice the blocks of the unsharded layout in the same bytes.
   EXPECT_EQ(st.rank_max_kv_blocks[1], 2 * full_layout.blocks_for_budget(small));
-  EXPECT_EQ(te.rank(0).num_blocks(), st.num_kv_blocks);
-  EXPECT_EQ(te.rank(1).num_blocks(), st.num_kv_blocks);
+  EXPECT_EQ(te.runner(0).num_blocks(), st.num_kv_blocks);
+  EXPECT_EQ(te.runner(1).num_blocks(), st.num_kv_blocks);
   EXPECT_EQ(te.scheduler().block_manager().device().num_blocks(), st.num_kv_blocks);
   // And it still generates.
   EXPECT_EQ(te.generate({{1, 2, 3}}, greedy(4))[0].tokens[0].size(), 4u);
 }
 
 // ---- failures ------------------------------------------------------------------------------------
-
-/// A CpuRank whose execute() throws on rank `bad` at step `at` (the others then sit in the
-/// first all-reduce of that step).
-class FailingRank {
- public:
-  static constexpr int kBlockSize = CpuRank::kBlockSize;
-  FailingRank(std::unique_ptr<CpuRank> r, int rank, int bad, int at) : r_(std::move(r)), fail_(rank == bad), at_(at) {}
-  const model::ModelConfig& global_config() const { return r_->global_config(); }
-  const model::GenerationConfig& generation_config() const { return r_->generation_config(); }
-  int max_kv_blocks() const { return r_->max_kv_blocks(); }
-  void allocate_kv(int b, int h) { r_->allocate_kv(b, h); }
-  std::span<const float> execute(const sched::StepPlan& p) {
-    PIE_CHECK(!(fail_ && step_++ == at_), "injected failure at step ", at_);
-    return r_->execute(p);
-  }
-
- private:
-  std::unique_ptr<CpuRank> r_;
-  bool fail_;
-  int at_, step_ = 0;
-};
 
 /// Runs f on a thread; fails the test (and exits: a hung rank cannot be joined) after 30 s.
 template <class F>
@@ -277,12 +304,7 @@ void within_30s(F f) {
 TEST(TpEngineFailure, RankThrowingMidStepSurfacesAsErrorTp4) {
   within_30s([] {
     EngineOptions o = base_options("qwen3_gqa4_sharded");
-    auto cpu = parallel::cpu_tp_world<float, float>(o, 4);
-    parallel::TpWorld<FailingRank> w;
-    w.size = 4;
-    w.abort = cpu.abort;
-    w.make_rank = [cpu](int r) { return std::make_unique<FailingRank>(cpu.make_rank(r), r, 2, 3); };
-    parallel::TpEngine<FailingRank> te(o, w);
+    Engine<FailingModel<2, 3>, CpuF32> te(o, cpu_group(4));
     std::string msg;
     try {
       te.generate({{1, 2, 3, 4}, {5, 6}}, greedy(8));
@@ -299,14 +321,8 @@ TEST(TpEngineFailure, RankThrowingMidStepSurfacesAsErrorTp4) {
 TEST(TpEngineFailure, RankFailingToLoadFailsConstructionTp2) {
   within_30s([] {
     EngineOptions o = base_options("qwen3_tied");
-    auto cpu = parallel::cpu_tp_world<float, float>(o, 2);
-    parallel::TpWorld<CpuRank> w = cpu;
-    w.make_rank = [cpu](int r) {
-      PIE_CHECK(r != 1, "cannot load shard");
-      return cpu.make_rank(r);
-    };
     try {
-      TpCpuEngine<float> te(o, w);
+      Engine<FailingModel<1, -1>, CpuF32> te(o, cpu_group(2));
       ADD_FAILURE() << "construction succeeded";
     } catch (const Error& e) {
       EXPECT_NE(std::string(e.what()).find("rank 1: "), std::string::npos) << e.what();
@@ -317,7 +333,7 @@ TEST(TpEngineFailure, RankFailingToLoadFailsConstructionTp2) {
 TEST(TpEngineFailure, TpSizeNotDividingHeadsNamesTheDimension) {
   EngineOptions o = base_options("qwen3_tied");  // 4 query heads
   try {
-    TpCpuEngine<float> te(o, parallel::cpu_tp_world<float, float>(o, 3));
+    CpuEngine te(o, cpu_group(3));
     ADD_FAILURE() << "TP = 3 accepted";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("num_attention_heads"), std::string::npos) << e.what();

@@ -1,8 +1,8 @@
 // Tensor parallelism simulated on the CPU: every fixture of tests/reference/fixtures split 2
 // and 4 ways (qwen3_gqa4_sharded also 8 ways), each rank loading only its shard from the
-// safetensors and running TpQwen3Cpu on its own thread with its own KV cache, the partial sums
+// safetensors and running the CPU forward (CpuModel over its shard) on its own thread with its own KV cache, the partial sums
 // all-reduced and the logit slices all-gathered through CpuCommunicator. Compared with the
-// unsharded Qwen3Cpu and with transformers' fp32 reference: logits (teacher-forced along the
+// unsharded forward and with transformers' fp32 reference: logits (teacher-forced along the
 // reference greedy path, max |a−b| / max |b| ≤ 1e-4) and batched greedy tokens (identical).
 // Fewer KV heads than ranks: qwen2_bias (1 KV head) at 2 and 4, the others (2 KV heads) at 4.
 #include <gtest/gtest.h>

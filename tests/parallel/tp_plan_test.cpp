@@ -5,7 +5,7 @@
 #include <string>
 
 #include "pie/core/error.hpp"
-#include "pie/parallel/tp_plan.hpp"
+#include "pie/model/tp_plan.hpp"
 
 namespace {
 using namespace pie;

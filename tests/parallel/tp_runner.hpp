@@ -9,9 +9,9 @@
 
 #include "pie/model/qwen3.hpp"
 #include "pie/parallel/cpu_communicator.hpp"
-#include "pie/parallel/shard_loader.hpp"
-#include "pie/parallel/tp_forward.hpp"
-#include "pie/parallel/tp_plan.hpp"
+#include "pie/model/shard_loader.hpp"
+#include "pie/engine/cpu/cpu_model.hpp"
+#include "pie/model/tp_plan.hpp"
 #include "tp_harness.hpp"
 
 namespace pie::test {
@@ -54,7 +54,7 @@ Result run_tp(const TpModel<T>& m, int blocks, const std::function<Result(const 
   group.run([&](parallel::CpuCommunicator& comm) {
     const int r = comm.rank();
     KvPools<KVT> kv(m.plans[r].local, blocks, kBlockSize);
-    parallel::TpQwen3Cpu<T, KVT> model(m.shards[r], m.plans[r], comm);
+    engine::cpu::CpuModel<model::AnyDecoder, T, KVT> model(m.shards[r], &m.plans[r], &comm);
     Forward f = [&](const sched::StepPlan& p, float* logits) {
       model.forward(p, kv.ptrs, kBlockSize, logits);
     };
@@ -68,7 +68,7 @@ Result run_tp(const TpModel<T>& m, int blocks, const std::function<Result(const 
 template <class KVT, class T, class Result>
 Result run_full(const model::Weights<T>& w, int blocks, const std::function<Result(const Forward&)>& drive) {
   KvPools<KVT> kv(w.config, blocks, kBlockSize);
-  model::Qwen3Cpu<T, KVT> model(w);
+  engine::cpu::CpuModel<model::AnyDecoder, T, KVT> model(w);
   Forward f = [&](const sched::StepPlan& p, float* logits) { model.forward(p, kv.ptrs, kBlockSize, logits); };
   return drive(f);
 }

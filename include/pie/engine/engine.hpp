@@ -1,97 +1,70 @@
 #pragma once
 /// \file engine.hpp
-/// \brief Engine<Model, Policy>: continuous-batching generation. add_request() queues, step()
-/// runs one iteration (schedule → block ops + forward → sample → update) and returns what each
-/// request produced, generate() runs a batch of prompts to completion.
+/// \brief Engine<Model, Policy>: the one continuous-batching engine. add_request() queues,
+/// step() runs one iteration (schedule → block ops + forward on every rank → sample → update)
+/// and returns what each request produced, generate() runs a batch of prompts to completion.
+/// The same loop drives the CPU backend, one GPU and a tensor-parallel group of N ranks: what
+/// differs is the executor's runner (ModelRunner<Model, Policy>) and its RankGroup.
 ///
 /// Not thread-safe: one thread owns an Engine (the server drives it from its engine thread).
 /// Determinism: with greedy sampling, or with a seed, a sequence's tokens do not depend on what
 /// else is in the batch, on chunking, on prefix-cache hits or on preemption (the CPU ops sum in
-/// fixed orders; the sampler's randomness is keyed by (seed, sequence index, step)).
+/// fixed orders; the sampler's randomness is keyed by (seed, sequence index, step); the GPU is
+/// bitwise batch-invariant with --batch-invariant). One seeding rule for every backend:
+/// an unseeded request r draws with seed·φ + r + 1.
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
-#include <thread>
 #include <vector>
 
 #include "pie/core/error.hpp"
 #include "pie/core/policy.hpp"
-#include "pie/engine/cuda/sample_specs.hpp"
 #include "pie/engine/engine_options.hpp"
+#include "pie/engine/executor.hpp"
 #include "pie/engine/model_runner.hpp"
+#include "pie/engine/rank_group.hpp"
 #include "pie/engine/request_output.hpp"
+#include "pie/engine/sample_specs.hpp"
 #include "pie/engine/sampler.hpp"
 #include "pie/engine/step_outputs.hpp"
-#include "pie/model/config_io.hpp"
-#include "pie/model/load.hpp"
-#include "pie/model/qwen3.hpp"
-#include "pie/ops/cpu/parallel.hpp"
+#include "pie/model/qwen3.hpp"  // the models pie ships (Engine<pie::Qwen3, P>)
 #include "pie/sched/scheduler.hpp"
 
 namespace pie {
 
+/// \brief Timing of one step (seconds), for benchmarks and the step observer.
+struct StepTiming {
+  double host_s = 0;   ///< schedule + sample specs + update + host sampling (the GPU idles meanwhile)
+  double total_s = 0;  ///< wall time of the whole step
+};
+
 /// \brief The inference engine.
-/// \tparam Model  model tag (pie::Qwen3: Qwen3/Qwen2/Llama checkpoints)
+/// \tparam Model  a model (pie::Qwen3, pie::Qwen2, pie::Llama, or a user's: model_concept.hpp)
 /// \tparam Policy EnginePolicy (block size, dtypes, attention variant, backend)
 template <class Model, class Policy = CpuF32>
 class Engine {
  public:
   using T = typename Policy::dtype;
   using Runner = ModelRunner<Model, Policy>;
-  /// The runner loads the model and sizes its KV cache from EngineOptions (the CUDA runner).
-  static constexpr bool kBuildsFromOptions = [] {
-    if constexpr (requires { Runner::kBuildsFromOptions; }) return Runner::kBuildsFromOptions;
-    else return false;
-  }();
-  /// The runner samples on the device: execute(plan, specs) → ids; execute_logits(plan, specs)
-  /// → host logits, one row per draw, for parameters the device sampler cannot honour.
-  static constexpr bool kSamplesOnDevice = [] {
-    if constexpr (requires { Runner::kSamplesOnDevice; }) return Runner::kSamplesOnDevice;
-    else return false;
-  }();
+  /// Called after every step that ran with the plan and its timing (bench, tracing).
+  using StepObserver = std::function<void(const sched::StepPlan&, const StepTiming&)>;
 
-  /// Loads the model (or the embedded default), sizes the KV cache, builds the scheduler.
-  /// Throws pie::Error naming what is wrong (files, flags, cache too small for max_model_len).
-  /// A runner with kBuildsFromOptions (the CUDA one) loads the model and sizes its cache itself
-  /// (memory plan from gpu_memory_utilization; swap pool from swap_space_gib).
-  explicit Engine(EngineOptions opt) : opt_(std::move(opt)) {
-    sched::SchedulerConfig sc = opt_.sched;
-    int blocks = 0, host_blocks = opt_.num_host_blocks;
-    if constexpr (kBuildsFromOptions) {
-      if (!opt_.model_dir.empty()) {
-        const auto c = model::load_model_config(opt_.model_dir);
-        if (c.max_position_embeddings > 0)
-          sc.max_model_len = static_cast<int>(std::min<int64_t>(sc.max_model_len, c.max_position_embeddings));
-      }
-      opt_.sched = sc;
-      runner_ = std::make_unique<Runner>(opt_);
-      cfg_ = runner_->config();
-      gen_ = runner_->generation_config();
-      blocks = runner_->num_blocks();
-      host_blocks = runner_->num_host_blocks();
-    } else {
-      unsigned threads = opt_.num_threads > 0 ? static_cast<unsigned>(opt_.num_threads)
-                                              : std::max(1u, std::thread::hardware_concurrency());
-      ops::cpu::set_num_threads(static_cast<int>(threads));
-      model::LoadOptions lo;
-      lo.threads = threads;
-      auto loaded = model::load_model<T>(opt_.model_dir, model::parse_load_format(opt_.load_format),
-                                         opt_.seed, lo);
-      cfg_ = loaded.weights.config;
-      gen_ = loaded.generation;
-      kv::KVLayout layout{cfg_.num_hidden_layers, cfg_.num_key_value_heads, cfg_.head_dim,
-                          Policy::block_size, DTypeTraits<typename Policy::kv_dtype>::dtype};
-      blocks = opt_.num_kv_blocks > 0 ? opt_.num_kv_blocks
-                                      : static_cast<int>(layout.blocks_for_budget(opt_.kv_cache_bytes));
-      PIE_CHECK(blocks > 0, "kv_cache_bytes (", opt_.kv_cache_bytes, ") holds no KV block of ",
-                layout.bytes_per_block(), " bytes");
-      runner_ = std::make_unique<Runner>(std::move(loaded.weights), blocks, opt_.num_host_blocks);
-    }
+  /// Loads the model (or the embedded default) on every rank of `group` (one rank by default),
+  /// sizes the KV cache, builds the scheduler. Throws pie::Error naming what is wrong (files,
+  /// flags, cache too small for max_model_len).
+  explicit Engine(EngineOptions opt, engine::RankGroup group = {}) : opt_(std::move(opt)) {
+    exec_ = std::make_unique<engine::Executor<Runner>>(opt_, std::move(group));
+    cfg_ = exec_->rank(0).global_config();
+    gen_ = exec_->rank(0).generation_config();
     eos_ = engine::eos_ids(gen_, cfg_);
+    sched::SchedulerConfig sc = opt_.sched;
     if (cfg_.max_position_embeddings > 0)
       sc.max_model_len = static_cast<int>(std::min<int64_t>(sc.max_model_len, cfg_.max_position_embeddings));
-    scheduler_ = std::make_unique<sched::Scheduler>(sc, blocks, Policy::block_size, host_blocks);
+    scheduler_ = std::make_unique<sched::Scheduler>(sc, exec_->num_blocks(), Policy::block_size,
+                                                    exec_->num_host_blocks());
   }
 
   /// Queues a prompt; returns its request id. Throws pie::Error naming the bad field.
@@ -102,44 +75,67 @@ class Engine {
     return id;
   }
 
-  /// One iteration. Returns, per request that produced tokens, its new tokens (and logprobs)
-  /// and finish state. Empty when nothing could run.
+  /// One iteration on every rank. Returns, per request that produced tokens, its new tokens
+  /// (and logprobs) and finish state. Empty when nothing could run.
   std::vector<RequestOutput> step() {
-    sched::StepPlan plan = scheduler_->schedule();
+    using clock = std::chrono::steady_clock;
+    const auto t0 = clock::now();
+    scheduler_->schedule(plan_);
     // A plan without tokens may still carry block operations (a swap-out that made room for
     // nothing else this step): they must run before those blocks are reused.
-    const bool has_block_ops = !plan.swap_in.empty() || !plan.swap_out.empty() || !plan.copy_blocks.empty();
-    last_step_ran_ = !plan.empty() || has_block_ops;
+    const bool has_block_ops = !plan_.swap_in.empty() || !plan_.swap_out.empty() || !plan_.copy_blocks.empty();
+    last_step_ran_ = !plan_.empty() || has_block_ops;
     if (!last_step_ran_) return {};
+    auto seed_of = [this](uint64_t rid) { return default_seed(rid); };
     engine::StepDraws draws;
-    std::span<const float> logits;
-    bool on_host = true;  // sample from `logits` below
-    if constexpr (kSamplesOnDevice) {
-      // Device sampling: only the ids come back, unless a request's parameters need the host
-      // sampler (penalties, logit bias, min_tokens, logprobs): then this step's sampled rows
-      // come back as logits and every row is sampled on the host below.
-      auto seed_of = [this](uint64_t rid) { return default_seed(rid); };
-      std::vector<engine::cuda::SampleSpec> specs = engine::cuda::sample_specs(*scheduler_, plan, seed_of);
-      if (!engine::cuda::plan_needs_host_sampling(*scheduler_, plan)) {
-        on_host = false;
-        std::span<const int32_t> ids = runner_->execute(plan, specs);
-        if (plan.empty()) return {};
-        PIE_CHECK(ids.size() == specs.size(), "Engine::step: the runner sampled ", ids.size(), " tokens for ",
-                  specs.size(), " draws");
-        engine::add_sampled_ids(*scheduler_, plan, ids, draws);
-      } else {
-        logits = runner_->execute_logits(plan, specs);
+    clock::duration device{};
+    bool sampled = false;
+    if constexpr (Runner::kSamplesOnDevice) {
+      // Rank 0 samples on its device and only the ids come back, unless a request's parameters
+      // need the host sampler (penalties, logit bias, min_tokens, logprobs): then this step's
+      // sampled rows come back as logits and every row is sampled on the host below.
+      specs_ = engine::sample_specs(*scheduler_, plan_, seed_of);
+      if (!engine::plan_needs_host_sampling(*scheduler_, plan_)) {
+        const auto d0 = clock::now();
+        std::span<const int32_t> ids;
+        exec_->run([&](int r) {
+          std::span<const int32_t> got = exec_->rank(r).execute_sample(plan_, specs_);
+          if (r == 0) ids = got;
+        });
+        device = clock::now() - d0;
+        if (plan_.empty()) return {};  // the scheduler expects no update() for an empty plan
+        PIE_CHECK(ids.size() == specs_.size(), "Engine::step: rank 0 sampled ", ids.size(), " tokens for ",
+                  specs_.size(), " draws");
+        engine::add_sampled_ids(*scheduler_, plan_, ids, draws);
+        sampled = true;
       }
-    } else {
-      logits = runner_->execute(plan);
     }
-    if (plan.empty()) return {};  // the scheduler expects no update() for an empty plan
-    // The CPU runner returns one logits row per sampled sequence (its n draws share it);
-    // the device runner one row per draw.
-    if (on_host)
-      engine::sample_on_host(*scheduler_, plan, logits, static_cast<size_t>(cfg_.vocab_size), kSamplesOnDevice,
-                             [this](uint64_t rid) { return default_seed(rid); }, row_, draws);
-    return engine::apply_draws(*scheduler_, plan, draws, "Engine");
+    if (!sampled) {
+      const auto d0 = clock::now();
+      std::span<const float> logits;
+      exec_->run([&](int r) {
+        std::span<const float> l;
+        if constexpr (Runner::kSamplesOnDevice) l = exec_->rank(r).execute_logits(plan_, specs_);
+        else l = exec_->rank(r).execute(plan_);
+        if (r == 0) logits = l;
+      });
+      device = clock::now() - d0;
+      if (plan_.empty()) return {};
+      const size_t vocab = static_cast<size_t>(cfg_.vocab_size);
+      const size_t rows = Runner::kLogitsPerDraw ? static_cast<size_t>(plan_.num_sampled_tokens())
+                                                 : plan_.logits_rows.size();
+      PIE_CHECK(logits.size() == rows * vocab, "Engine::step: rank 0 returned ", logits.size(), " logits for ",
+                rows, " rows");
+      engine::sample_on_host(*scheduler_, plan_, logits, vocab, Runner::kLogitsPerDraw, seed_of, row_, draws);
+    }
+    std::vector<RequestOutput> outs = engine::apply_draws(*scheduler_, plan_, draws, "Engine");
+    if (observer_) {
+      StepTiming tm;
+      tm.total_s = std::chrono::duration<double>(clock::now() - t0).count();
+      tm.host_s = tm.total_s - std::chrono::duration<double>(device).count();
+      observer_(plan_, tm);
+    }
+    return outs;
   }
 
   /// Finishes every sequence of the request (reason Abort) and frees its KV blocks.
@@ -161,17 +157,26 @@ class Engine {
 
   const model::ModelConfig& config() const { return cfg_; }
   const model::GenerationConfig& generation_config() const { return gen_; }
+  const EngineOptions& options() const { return opt_; }
 
-  /// \brief Scheduler and cache counters.
-  using Stats = engine::EngineStats;
+  /// \brief Scheduler and cache counters, and what each rank's budget alone would hold.
+  struct Stats : engine::EngineStats {
+    std::vector<int> rank_max_kv_blocks;
+  };
   Stats stats() const {
     Stats s;
-    engine::fill_stats(*scheduler_, runner_->num_blocks(), s);
+    engine::fill_stats(*scheduler_, exec_->num_blocks(), s);
+    s.rank_max_kv_blocks = exec_->rank_max_kv_blocks();
     return s;
   }
 
   /// The scheduler (read-only: tests, metrics, the server's token lookups).
   const sched::Scheduler& scheduler() const { return *scheduler_; }
+  /// Tensor-parallel size (1: one rank).
+  int num_ranks() const { return exec_->size(); }
+  /// Rank r's runner (tests, bench: memory plan, profiler; not while a step runs).
+  Runner& runner(int r = 0) { return exec_->rank(r); }
+  void set_observer(StepObserver f) { observer_ = std::move(f); }
 
  private:
   uint64_t default_seed(uint64_t request_id) const {
@@ -179,12 +184,15 @@ class Engine {
   }
 
   EngineOptions opt_;
+  std::unique_ptr<engine::Executor<Runner>> exec_;
   model::ModelConfig cfg_;
   model::GenerationConfig gen_;
   std::vector<int32_t> eos_;
   std::unique_ptr<sched::Scheduler> scheduler_;
-  std::unique_ptr<Runner> runner_;
+  sched::StepPlan plan_;  // the one plan every rank reads each step
+  std::vector<engine::SampleSpec> specs_;
   std::vector<float> row_;
+  StepObserver observer_;
   uint64_t next_id_ = 0;
   bool last_step_ran_ = false;
 };

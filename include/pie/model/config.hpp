@@ -9,8 +9,9 @@
 
 namespace pie::model {
 
-/// \brief Which decoder family; the three share one implementation (model/qwen3.hpp).
-enum class Architecture { Qwen3, Qwen2, Llama };
+/// \brief Which decoder family; the three share one implementation (model/qwen3.hpp). Custom:
+/// another architecture, parsed for a user's model (architecture_name says which).
+enum class Architecture { Qwen3, Qwen2, Llama, Custom };
 
 /// \brief RoPE frequency scaling (HF `rope_scaling`).
 struct RopeScaling {

@@ -123,12 +123,16 @@ inline const char* architecture_name(Architecture a) {
     case Architecture::Qwen3: return "Qwen3ForCausalLM";
     case Architecture::Qwen2: return "Qwen2ForCausalLM";
     case Architecture::Llama: return "LlamaForCausalLM";
+    case Architecture::Custom: return "(custom)";
   }
   return "?";
 }
 
-/// Parses a config.json object; `src` (the file path) prefixes every error message.
-inline ModelConfig parse_model_config(const nlohmann::json& j, const std::string& src = "config.json") {
+/// Parses a config.json object; `src` (the file path) prefixes every error message. With
+/// `any_architecture` an architecture outside the Qwen3 family parses as Architecture::Custom
+/// (the decoder fields every family shares; a user's model reads its own extras itself).
+inline ModelConfig parse_model_config(const nlohmann::json& j, const std::string& src = "config.json",
+                                      bool any_architecture = false) {
   using detail::get_or;
   PIE_CHECK(j.is_object(), src, ": config must be a JSON object");
   ModelConfig c;
@@ -147,6 +151,7 @@ inline ModelConfig parse_model_config(const nlohmann::json& j, const std::string
   if (arch == "Qwen3ForCausalLM") c.architecture = Architecture::Qwen3;
   else if (arch == "Qwen2ForCausalLM") c.architecture = Architecture::Qwen2;
   else if (arch == "LlamaForCausalLM") c.architecture = Architecture::Llama;
+  else if (any_architecture) c.architecture = Architecture::Custom;
   else PIE_FAIL(src, ": unsupported architecture ", arch,
                 " (supported: Qwen3ForCausalLM, Qwen2ForCausalLM, LlamaForCausalLM)");
   c.architecture_name = arch;
@@ -204,6 +209,9 @@ inline ModelConfig parse_model_config(const nlohmann::json& j, const std::string
       PIE_CHECK(!get_or<bool>(j, "attention_bias", false, src), src,
                 ": LlamaForCausalLM with attention_bias = true is not supported");
       break;
+    case Architecture::Custom:
+      c.attention_bias = get_or<bool>(j, "attention_bias", false, src);
+      break;
   }
   c.eos_token_ids = detail::token_ids(j, "eos_token_id", src);
   c.bos_token_id = get_or<int32_t>(j, "bos_token_id", -1, src);
@@ -212,10 +220,10 @@ inline ModelConfig parse_model_config(const nlohmann::json& j, const std::string
 }
 
 /// Reads `path`, which is a config.json file or a directory holding one.
-inline ModelConfig load_model_config(const std::string& path) {
+inline ModelConfig load_model_config(const std::string& path, bool any_architecture = false) {
   std::string file = std::filesystem::is_directory(path)
                          ? (std::filesystem::path(path) / "config.json").string() : path;
-  return parse_model_config(detail::read_json(file), file);
+  return parse_model_config(detail::read_json(file), file, any_architecture);
 }
 
 /// Parses a generation_config.json object; `src` prefixes error messages.

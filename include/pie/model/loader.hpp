@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <memory>
 #include <cstdint>
 #include <type_traits>
 #include <cstdio>
@@ -48,11 +49,12 @@ struct LoadPiece {
 };
 
 /// \brief Plans a load: checks names/shapes/dtypes against the config, allocates the
-/// destination tensors and records which source fills which part of them.
-template <class T>
+/// destination tensors (through `Owner::allocate(dims)`: Weights<T>, TensorStore<T>) and
+/// records which source fills which part of them.
+template <class T, class Owner = Weights<T>>
 class LoadPlan {
  public:
-  LoadPlan(const Checkpoint& ckpt, Weights<T>& w) : ckpt_(ckpt), w_(w) {}
+  LoadPlan(const Checkpoint& ckpt, Owner& w) : ckpt_(ckpt), w_(w) {}
 
   /// Allocates a [rows, cols] (or [rows] when cols == 0) tensor filled by `parts` stacked by
   /// rows in order; each part is (name, its row count).
@@ -89,7 +91,7 @@ class LoadPlan {
     return t;
   }
   const Checkpoint& ckpt_;
-  Weights<T>& w_;
+  Owner& w_;
   std::vector<LoadPiece<T>> pieces_;
 };
 
@@ -117,6 +119,34 @@ class ProgressBar {
   size_t total_;
   int last_ = -1;
 };
+
+/// Reads every planned piece (converting to T) on `opt.threads` cores, with the progress bar.
+template <class T>
+void read_pieces(const std::vector<LoadPiece<T>>& pieces, const LoadOptions& opt) {
+  // Chunks of ~4M elements balance the threads across a few huge and many small tensors.
+  constexpr size_t kChunk = size_t{1} << 22;
+  struct Chunk { const TensorInfo* src; T* dst; size_t begin, count; };
+  std::vector<Chunk> chunks;
+  size_t total_bytes = 0;
+  for (const auto& p : pieces) {
+    size_t n = static_cast<size_t>(p.src->numel());
+    for (size_t b = 0; b < n; b += kChunk) chunks.push_back({p.src, p.dst, b, std::min(kChunk, n - b)});
+    total_bytes += p.src->nbytes;
+  }
+  std::vector<size_t> bytes_before(chunks.size() + 1, 0);  // progress in source bytes
+  for (size_t i = 0; i < chunks.size(); ++i)
+    bytes_before[i + 1] = bytes_before[i] + chunks[i].count * dtype_size(*chunks[i].src->dtype);
+  detail::ProgressBar bar(opt.progress, total_bytes);
+  std::atomic<size_t> bytes_done{0};
+  parallel_items(
+      chunks.size(),
+      [&](size_t i) {
+        const Chunk& c = chunks[i];
+        read_elements(*c.src, c.begin, c.count, c.dst + c.begin);
+        bytes_done += bytes_before[i + 1] - bytes_before[i];
+      },
+      [&](size_t) { bar.update(bytes_done.load()); }, opt.threads);
+}
 
 }  // namespace detail
 
@@ -162,30 +192,52 @@ Weights<T> load_weights(const std::string& dir, const ModelConfig& cfg, const Lo
   w.lm_head = cfg.tie_word_embeddings ? w.embed_tokens
                                       : plan.matrix("lm_head.weight", cfg.vocab_size, hidden);
 
-  // Chunks of ~4M elements balance the threads across a few huge and many small tensors.
-  constexpr size_t kChunk = size_t{1} << 22;
-  struct Chunk { const TensorInfo* src; T* dst; size_t begin, count; };
-  std::vector<Chunk> chunks;
-  size_t total_bytes = 0;
-  for (const auto& p : plan.pieces()) {
-    size_t n = static_cast<size_t>(p.src->numel());
-    for (size_t b = 0; b < n; b += kChunk) chunks.push_back({p.src, p.dst, b, std::min(kChunk, n - b)});
-    total_bytes += p.src->nbytes;
-  }
-  std::vector<size_t> bytes_before(chunks.size() + 1, 0);  // progress in source bytes
-  for (size_t i = 0; i < chunks.size(); ++i)
-    bytes_before[i + 1] = bytes_before[i] + chunks[i].count * dtype_size(*chunks[i].src->dtype);
-  detail::ProgressBar bar(opt.progress, total_bytes);
-  std::atomic<size_t> bytes_done{0};
-  parallel_items(
-      chunks.size(),
-      [&](size_t i) {
-        const Chunk& c = chunks[i];
-        read_elements(*c.src, c.begin, c.count, c.dst + c.begin);
-        bytes_done += bytes_before[i + 1] - bytes_before[i];
-      },
-      [&](size_t) { bar.update(bytes_done.load()); }, opt.threads);
+  detail::read_pieces(plan.pieces(), opt);
   return w;
 }
+
+/// \brief Host storage of a model's tensors, shared by copies of the weights that view it (a
+/// user's weights struct holds one, so the struct itself stays a copyable set of views).
+template <class T>
+struct TensorStore {
+  std::shared_ptr<std::vector<HostBuffer<T>>> buffers = std::make_shared<std::vector<HostBuffer<T>>>();
+  TensorView<T> allocate(std::initializer_list<int64_t> dims) {
+    int64_t n = 1;
+    for (int64_t d : dims) n *= d;
+    buffers->emplace_back(static_cast<size_t>(n));
+    return TensorView<T>(buffers->back().data(), dims);
+  }
+};
+
+/// \brief Reads the tensors a model declares from a checkpoint directory, for a user's model
+/// (model_concept.hpp): declare each tensor (names, shapes checked against the file, errors name
+/// the file and tensor), then read() them all in parallel, converted to T.
+template <class T>
+class CheckpointReader {
+ public:
+  explicit CheckpointReader(const std::string& dir) : ckpt_(dir), plan_(ckpt_, store_) {}
+  CheckpointReader(const CheckpointReader&) = delete;
+  CheckpointReader& operator=(const CheckpointReader&) = delete;
+  /// [rows, cols] from one tensor.
+  TensorView<T> matrix(const std::string& name, int64_t rows, int64_t cols) { return plan_.matrix(name, rows, cols); }
+  /// [n] from one tensor.
+  TensorView<T> vector(const std::string& name, int64_t n) { return plan_.vector(name, n); }
+  /// Tensors stacked by rows into one (fused projections): each part is (name, its rows).
+  TensorView<T> stacked(std::vector<std::pair<std::string, int64_t>> parts, int64_t cols) {
+    return plan_.stacked(std::move(parts), cols);
+  }
+  /// Whether the checkpoint has `name` (optional tensors, tied heads).
+  bool has(const std::string& name) const { return ckpt_.find(name) != nullptr; }
+  /// Reads everything declared; returns the storage the views point into.
+  TensorStore<T> read(const LoadOptions& opt = {}) {
+    detail::read_pieces(plan_.pieces(), opt);
+    return store_;
+  }
+
+ private:
+  Checkpoint ckpt_;
+  TensorStore<T> store_;
+  detail::LoadPlan<T, TensorStore<T>> plan_;
+};
 
 }  // namespace pie::model

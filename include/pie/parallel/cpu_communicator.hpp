@@ -18,7 +18,7 @@
 
 #include "pie/core/dtype.hpp"
 #include "pie/core/error.hpp"
-#include "pie/parallel/communicator.hpp"
+#include "pie/core/communicator.hpp"
 
 namespace pie::parallel {
 
@@ -74,7 +74,7 @@ class CpuCommGroup {
 };
 
 /// \brief Rank `rank` of a CpuCommGroup (host buffers, synchronous collectives).
-class CpuCommunicator final : public Communicator {
+class CpuCommunicator : public Communicator {
  public:
   CpuCommunicator(CpuCommGroup& group, int rank) : g_(group), rank_(rank) {
     PIE_CHECK(rank >= 0 && rank < group.size(), "CpuCommunicator: rank ", rank, " out of [0, ",

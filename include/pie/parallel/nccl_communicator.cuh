@@ -19,7 +19,7 @@
 #include "pie/core/buffer.hpp"  // PIE_CUDA_CHECK
 #include "pie/core/dtype.hpp"
 #include "pie/core/error.hpp"
-#include "pie/parallel/communicator.hpp"
+#include "pie/core/communicator.hpp"
 
 #define PIE_NCCL_CHECK(expr)                                                               \
   do {                                                                                     \

@@ -15,7 +15,7 @@
 
 #include "pie/core/buffer.hpp"
 #include "pie/core/error.hpp"
-#include "pie/engine/cuda/sample_specs.hpp"
+#include "pie/engine/sample_specs.hpp"
 #include "pie/ops/cuda/sampling.cuh"
 #include "pie/sched/step_plan.hpp"
 

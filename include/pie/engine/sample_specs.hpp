@@ -10,7 +10,7 @@
 #include "pie/sched/scheduler.hpp"
 #include "pie/sched/step_plan.hpp"
 
-namespace pie::engine::cuda {
+namespace pie::engine {
 
 /// \brief Per sampled token: temperature (0 → greedy), truncation, and the randomness key.
 struct SampleSpec {
@@ -63,4 +63,4 @@ std::vector<SampleSpec> sample_specs(const sched::Scheduler& sch, const sched::S
   return out;
 }
 
-}  // namespace pie::engine::cuda
+}  // namespace pie::engine

@@ -24,7 +24,7 @@
 
 #include "pie/core/error.hpp"
 
-namespace pie::parallel {
+namespace pie::engine {
 
 /// \brief N worker threads executing the same job per epoch (see file comment).
 class RankWorkers {
@@ -124,4 +124,4 @@ class RankWorkers {
   std::string failure_;
 };
 
-}  // namespace pie::parallel
+}  // namespace pie::engine

@@ -25,7 +25,7 @@
 #include "pie/model/parallel.hpp"
 #include "pie/model/safetensors.hpp"
 #include "pie/model/weights.hpp"
-#include "pie/parallel/tp_plan.hpp"
+#include "pie/model/tp_plan.hpp"
 
 namespace pie::parallel {
 

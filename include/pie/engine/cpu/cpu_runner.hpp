@@ -1,0 +1,201 @@
+#pragma once
+/// \file cpu_runner.hpp
+/// \brief CpuRunner<Model, Policy>: one rank of a model on the CPU backend — its weights (the
+/// whole model, or its tensor-parallel shard), its paged KV cache (device pool + host swap pool,
+/// laid out with the rank's KV heads) and the CpuForward context that runs Model::forward over
+/// each StepPlan. The engine's executor drives one per rank.
+///
+/// KV storage is one host array per pool laid out [layer][block][2][kv_heads][block_size]
+/// [head_dim], so layer l's PagedKV pool starts at l·num_blocks·block_elems and a block copy
+/// is one memcpy per layer.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <span>
+#include <thread>
+#include <vector>
+
+#include "pie/core/buffer.hpp"
+#include "pie/core/error.hpp"
+#include "pie/core/policy.hpp"
+#include "pie/engine/cpu/cpu_forward.hpp"
+#include "pie/engine/engine_options.hpp"
+#include "pie/engine/rank_group.hpp"
+#include "pie/kv/kv_layout.hpp"
+#include "pie/model/config_io.hpp"
+#include "pie/model/load.hpp"
+#include "pie/model/model_concept.hpp"
+#include "pie/model/shard_loader.hpp"
+#include "pie/model/tp_plan.hpp"
+#include "pie/ops/cpu/parallel.hpp"
+#include "pie/sched/step_plan.hpp"
+
+namespace pie::engine::cpu {
+
+/// \brief One CPU rank (see file comment). The executor builds, uses and destroys it on one thread.
+template <class Model, class Policy>
+class CpuRunner {
+ public:
+  using T = typename Policy::dtype;
+  using KVT = typename Policy::kv_dtype;
+  using Variant = typename Policy::attention_variant;
+  using Forward = CpuForward<T, KVT, Variant>;
+  static_assert(!Policy::backend_type::kIsCuda, "CpuRunner: the policy's backend must be backend::Cpu");
+  /// Logits come back one row per sampled sequence (its n draws share it).
+  static constexpr bool kLogitsPerDraw = false;
+  static constexpr bool kSamplesOnDevice = false;
+
+  /// Loads the model (or rank `spec.rank`'s shard of it: only its slices of a checkpoint are
+  /// read; dummy and embedded weights are generated whole and cut, so every TP size of one seed
+  /// is the same model). `kv_budget` is this rank's KV bytes (0 → opt.kv_cache_bytes).
+  CpuRunner(const EngineOptions& opt, RankSpec spec, size_t kv_budget = 0)
+      : budget_(kv_budget ? kv_budget : opt.kv_cache_bytes), num_kv_blocks_(opt.num_kv_blocks) {
+    const unsigned threads = opt.num_threads > 0 ? static_cast<unsigned>(opt.num_threads)
+                                                 : std::max(1u, std::thread::hardware_concurrency());
+    if (spec.rank == 0) ops::cpu::set_num_threads(static_cast<int>(threads));
+    if (spec.size() > 1) comm_ = spec.group->make_comm(spec.rank, nullptr);  // joins first: nothing fails before
+    if constexpr (model::uses_family_weights<Model, T>) {
+      load_family(opt, spec, threads);
+    } else {
+      load_custom(opt, spec, threads);
+    }
+    const model::ModelConfig& c = shard_ ? shard_->local : global_;
+    layout_ = kv::KVLayout{c.num_hidden_layers, c.num_key_value_heads, c.head_dim, Policy::block_size,
+                           DTypeTraits<KVT>::dtype};
+    block_elems_ = layout_.block_elems_per_layer();
+    fwd_ = std::make_unique<Forward>(c, Variant{}, shard_ ? &*shard_ : nullptr, comm_.get());
+  }
+
+  using Weights = typename Model::template Weights<T>;
+
+  const model::ModelConfig& global_config() const { return global_; }
+  const model::GenerationConfig& generation_config() const { return gen_; }
+  const kv::KVLayout& layout() const { return layout_; }
+  /// The rank's shard (empty for a group of one).
+  const std::optional<parallel::TpShard>& shard() const { return shard_; }
+
+  /// KV blocks this rank's budget holds in its own layout (its KV heads only), or the fixed count.
+  int max_kv_blocks() const {
+    return num_kv_blocks_ > 0 ? num_kv_blocks_ : static_cast<int>(layout_.blocks_for_budget(budget_));
+  }
+  /// Host swap blocks this rank would like (the CPU has none unless EngineOptions asks).
+  int wanted_host_blocks(const EngineOptions& opt) const { return opt.num_host_blocks; }
+
+  /// Allocates the pools; every rank of a group gets the same counts (the group's minimum).
+  void allocate_kv(int num_blocks, int num_host_blocks) {
+    PIE_CHECK(num_blocks > 0, "the KV cache needs at least one block, got ", num_blocks);
+    blocks_ = num_blocks;
+    host_blocks_ = num_host_blocks;
+    const size_t L = static_cast<size_t>(layout_.num_layers);
+    device_ = HostBuffer<KVT>(block_elems_ * num_blocks * L);
+    if (num_host_blocks > 0) host_ = HostBuffer<KVT>(block_elems_ * num_host_blocks * L);
+    pools_.clear();
+    for (size_t l = 0; l < L; ++l) pools_.push_back(device_.data() + l * num_blocks * block_elems_);
+  }
+  int num_blocks() const { return blocks_; }
+
+  /// Block operations (swap in, swap out, copy-on-write, in the plan's order), then the forward.
+  /// Returns logits [plan.logits_rows.size()][global vocab] (every rank has them), valid until
+  /// the next call.
+  std::span<const float> execute(const sched::StepPlan& plan) {
+    PIE_CHECK(blocks_ > 0, "CpuRunner: execute before allocate_kv");
+    for (const auto& c : plan.swap_in) copy(host_.data(), host_blocks_, c.src, device_.data(), blocks_, c.dst);
+    for (const auto& c : plan.swap_out) copy(device_.data(), blocks_, c.src, host_.data(), host_blocks_, c.dst);
+    for (const auto& c : plan.copy_blocks) copy(device_.data(), blocks_, c.src, device_.data(), blocks_, c.dst);
+    logits_.resize(plan.logits_rows.size() * static_cast<size_t>(global_.vocab_size));
+    if (plan.num_tokens() == 0) return logits_;
+    fwd_->begin(plan, pools_, Policy::block_size, logits_.data());
+    Model::forward(*fwd_, *w_);
+    return logits_;
+  }
+
+ private:
+  /// The Qwen3 family's weights: checkpoint, dummy, embedded or given; whole or one shard.
+  void load_family(const EngineOptions& opt, RankSpec spec, unsigned threads) {
+    model::LoadOptions lo;
+    lo.threads = threads;
+    lo.progress = spec.rank == 0;
+    const auto fmt = model::parse_load_format(opt.load_format);
+    if (const model::Weights<T>* given = opt.weights_as<model::Weights<T>>()) {
+      Model::check_config(given->config);
+      global_ = given->config;
+      gen_ = opt.generation;
+      if (spec.size() == 1) {
+        w_ = std::static_pointer_cast<const model::Weights<T>>(opt.weights);  // shared, not copied
+      } else {
+        shard_ = parallel::make_tp_shard(global_, spec.size(), spec.rank);
+        w_ = std::make_shared<const model::Weights<T>>(parallel::shard_weights<T>(*given, *shard_, threads));
+      }
+    } else if (spec.size() == 1) {
+      auto loaded = model::load_model<T>(opt.model_dir, fmt, opt.seed, lo);
+      Model::check_config(loaded.weights.config);
+      global_ = loaded.weights.config;
+      gen_ = loaded.generation;
+      w_ = std::make_shared<const model::Weights<T>>(std::move(loaded.weights));
+    } else if (!opt.model_dir.empty() && fmt != model::LoadFormat::Dummy) {
+      global_ = model::load_model_config(opt.model_dir);
+      Model::check_config(global_);
+      gen_ = model::load_generation_config(opt.model_dir, global_);
+      shard_ = parallel::make_tp_shard(global_, spec.size(), spec.rank);
+      lo.progress = false;
+      w_ = std::make_shared<const model::Weights<T>>(parallel::load_shard_weights<T>(opt.model_dir, *shard_, lo));
+    } else {
+      auto full = model::load_model<T>(opt.model_dir, fmt, opt.seed, lo);
+      Model::check_config(full.weights.config);
+      global_ = full.weights.config;
+      gen_ = full.generation;
+      shard_ = parallel::make_tp_shard(global_, spec.size(), spec.rank);
+      w_ = std::make_shared<const model::Weights<T>>(parallel::shard_weights<T>(full.weights, *shard_, threads));
+    }
+  }
+
+  /// A user's model (model_concept.hpp): its own config and checkpoint reader, one rank.
+  void load_custom(const EngineOptions& opt, RankSpec spec, unsigned threads) {
+    PIE_CHECK(spec.size() == 1, "model ", Model::kName, " declares no tensor-parallel sharding (run it on one rank)");
+    if (const Weights* given = opt.weights_as<Weights>()) {
+      global_ = given->config;
+      Model::check_config(global_);
+      gen_ = opt.generation;
+      w_ = std::static_pointer_cast<const Weights>(opt.weights);
+      return;
+    }
+    PIE_CHECK(!opt.model_dir.empty(), "model ", Model::kName, " has no embedded default: give its checkpoint directory");
+    PIE_CHECK(model::parse_load_format(opt.load_format) != model::LoadFormat::Dummy, "model ", Model::kName,
+              " declares no dummy weights (--load-format dummy)");
+    global_ = model::config_of<Model>(opt.model_dir);
+    Model::check_config(global_);
+    gen_ = model::load_generation_config(opt.model_dir, global_);
+    model::LoadOptions lo;
+    lo.threads = threads;
+    lo.progress = false;
+    w_ = std::make_shared<const Weights>(Model::template load<T>(opt.model_dir, global_, lo));
+  }
+
+  /// Copies block `src` of pool a (a_blocks blocks per layer) to block `dst` of pool b, every layer.
+  void copy(const KVT* a, int a_blocks, int32_t src, KVT* b, int b_blocks, int32_t dst) {
+    PIE_CHECK(src >= 0 && src < a_blocks && dst >= 0 && dst < b_blocks, "block copy ", src, " → ", dst,
+              " out of range (", a_blocks, " / ", b_blocks, " blocks)");
+    for (int l = 0; l < layout_.num_layers; ++l)
+      std::memcpy(b + (static_cast<size_t>(l) * b_blocks + dst) * block_elems_,
+                  a + (static_cast<size_t>(l) * a_blocks + src) * block_elems_, block_elems_ * sizeof(KVT));
+  }
+
+  size_t budget_;
+  int num_kv_blocks_;
+  std::unique_ptr<parallel::Communicator> comm_;
+  model::ModelConfig global_;
+  model::GenerationConfig gen_;
+  std::optional<parallel::TpShard> shard_;
+  std::shared_ptr<const Weights> w_;  // stable address for the forward
+  std::unique_ptr<Forward> fwd_;
+  kv::KVLayout layout_{};
+  size_t block_elems_ = 0;
+  int blocks_ = 0, host_blocks_ = 0;
+  HostBuffer<KVT> device_, host_;
+  std::vector<KVT*> pools_;
+  std::vector<float> logits_;
+};
+
+}  // namespace pie::engine::cpu

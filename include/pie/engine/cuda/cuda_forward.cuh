@@ -1,0 +1,341 @@
+#pragma once
+/// \file cuda_forward.cuh
+/// \brief CudaForward: the GPU backend's forward context — the ops a model's forward is written
+/// over (model_concept.hpp), implemented with the kernels of ops/cuda and cuBLASLt, on one
+/// stream. Every address it hands out is fixed for the runner's life (activations are slots of
+/// max_num_batched_tokens rows, allocated on first use during the profiling step), so a pure
+/// decode forward can be captured into a CUDA graph and replayed.
+///
+/// What the context decides for the model, so that every model gets it:
+/// - batch 1: the residual add + RMSNorm runs inside the GEMV that reads it (norm_linear);
+/// - decode rows through the split-K decode kernel, prefill chunks through the tensor-core
+///   prefill kernel; with batch invariance, decode rows as one-row prefills;
+/// - per-op event timing when the profiler is on;
+/// - tensor parallelism at three hooks: embed() (vocab-parallel, ids shifted into the rank's
+///   slice, then an all-reduce), all_reduce() (row-parallel projections) and logits() (the
+///   rank's vocab slice, all-gathered and unpadded).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <deque>
+
+#include "pie/attention/variants.hpp"
+#include "pie/core/buffer.hpp"
+#include "pie/core/communicator.hpp"
+#include "pie/core/error.hpp"
+#include "pie/core/tensor.hpp"
+#include "pie/engine/cuda/kv_cache.cuh"
+#include "pie/engine/cuda/logits_gemm.cuh"
+#include "pie/engine/cuda/step_buffers.cuh"
+#include "pie/engine/cuda/step_profiler.cuh"
+#include "pie/model/config.hpp"
+#include "pie/model/tp_plan.hpp"
+#include "pie/ops/cuda/activation.cuh"
+#include "pie/ops/cuda/add.cuh"
+#include "pie/ops/cuda/attention_decode.cuh"
+#include "pie/ops/cuda/attention_prefill.cuh"
+#include "pie/ops/cuda/embedding.cuh"
+#include "pie/ops/cuda/gemm.cuh"
+#include "pie/ops/cuda/gemv.cuh"
+#include "pie/ops/cuda/kv_write.cuh"
+#include "pie/ops/cuda/norm.cuh"
+#include "pie/ops/cuda/rope.cuh"
+
+namespace pie::engine::cuda {
+
+namespace detail {
+/// out[t] = ids[t] − begin: the rank's row of the token, or an index outside [0, slice) that
+/// the embedding kernel turns into a zero row.
+__global__ inline void shift_ids_kernel(const int32_t* ids, int n, int32_t begin, int32_t* out) {
+  const int t = blockIdx.x * blockDim.x + threadIdx.x;
+  if (t < n) out[t] = ids[t] - begin;
+}
+/// logits[j][r·per + v] = gathered[r][j][v] for r·per + v < vocab (drops the padded rows).
+__global__ inline void unshard_logits_kernel(const float* gathered, int rows, int per, int vocab, float* logits) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= static_cast<int64_t>(rows) * vocab) return;
+  const int j = static_cast<int>(i / vocab), g = static_cast<int>(i % vocab);
+  const int r = g / per, v = g % per;
+  logits[i] = gathered[(static_cast<int64_t>(r) * rows + j) * per + v];
+}
+}  // namespace detail
+
+/// \brief The shape of one step as the forward sees it (fixed per graph bucket).
+struct StepShape {
+  int tokens = 0;        ///< Tn: rows of the forward (a graph bucket's padded batch)
+  int seqs = 0;          ///< S
+  int decodes = 0;       ///< D: the first D sequences decode one token each
+  int samples = 0;       ///< rows that go through lm_head
+  int max_query = 0;     ///< longest prefill chunk
+  int prefill_row0 = 0;  ///< first prefill row
+  ops::cuda::DecodePlan decode;
+};
+
+/// \brief One GPU rank's forward context (see file comment).
+/// \tparam T       activation and weight type (bf16, f16)
+/// \tparam KV      KV-cache type
+/// \tparam Variant attention hook struct
+template <class T, class KV, class Variant = attention::Causal>
+class CudaForward {
+ public:
+  using Act = TensorView<T>;
+  using Weight = TensorView<T>;
+
+  /// \brief What the context works with; every pointer must outlive it.
+  struct Parts {
+    model::ModelConfig config;                 ///< the rank's local config
+    int max_tokens = 0;                        ///< rows of every activation slot
+    int max_samples = 0;
+    StepBuffers* step = nullptr;               ///< the staged plan
+    ops::cuda::Gemm* gemm = nullptr;
+    LogitsGemm* logits_gemm = nullptr;
+    StepProfiler* profiler = nullptr;
+    ops::cuda::RopeParams rope;
+    unsigned char* decode_ws = nullptr;
+    bool batch_invariant = false;
+    const parallel::TpShard* shard = nullptr;  ///< null: unsharded
+    parallel::Communicator* comm = nullptr;
+    Variant variant{};
+  };
+
+  explicit CudaForward(Parts p) : p_(std::move(p)) {
+    const auto& c = p_.config;
+    PIE_CHECK((p_.shard == nullptr) == (p_.comm == nullptr), "CudaForward: a shard needs a communicator and back");
+    res_pong_ = DeviceBuffer<T>(c.hidden_size);
+    rows_ = DeviceBuffer<T>(static_cast<size_t>(p_.max_samples) * c.hidden_size);
+    logits_ = DeviceBuffer<float>(static_cast<size_t>(p_.max_samples) * global_vocab());
+    if (p_.shard) {
+      ids_ = DeviceBuffer<int32_t>(p_.max_tokens);
+      const size_t per = static_cast<size_t>(p_.shard->vocab_per_rank);
+      part_ = DeviceBuffer<float>(static_cast<size_t>(p_.max_samples) * per);
+      gathered_ = DeviceBuffer<float>(static_cast<size_t>(p_.max_samples) * per * p_.shard->tp_size);
+    }
+  }
+
+  /// Binds the step's shape, cache and stream (the forward reads only fixed addresses).
+  void begin(const StepShape& shape, KVCache<KV>& cache, cudaStream_t s) {
+    PIE_CHECK(shape.tokens <= p_.max_tokens && shape.samples <= p_.max_samples, "CudaForward: step of ",
+              shape.tokens, " tokens / ", shape.samples, " samples exceeds the runner's ", p_.max_tokens, " / ",
+              p_.max_samples);
+    shape_ = shape;
+    cache_ = &cache;
+    s_ = s;
+    next_slot_ = 0;
+  }
+  /// Where the logits of the sampled rows are ([samples][global vocab], float).
+  float* logits() { return logits_.data(); }
+  /// Device bytes the context itself holds (memory plan).
+  size_t bytes() const {
+    size_t b = res_pong_.size() * sizeof(T) + rows_.size() * sizeof(T) + logits_.size() * sizeof(float) +
+               ids_.size() * sizeof(int32_t) + (part_.size() + gathered_.size()) * sizeof(float);
+    for (const auto& s : slots_) b += s.size() * sizeof(T);
+    return b;
+  }
+
+  const model::ModelConfig& config() const { return p_.config; }
+  int num_tokens() const { return shape_.tokens; }
+
+  /// A [tokens, cols] activation: slot k of the step (same address every step).
+  Act act(int64_t cols) {
+    const size_t need = static_cast<size_t>(p_.max_tokens) * cols;
+    if (next_slot_ == slots_.size()) {
+      PIE_CHECK(!frozen_, "CudaForward: the forward asks for more activations than when its graphs were captured");
+      slots_.emplace_back(need);
+    } else if (slots_[next_slot_].size() < need) {
+      PIE_CHECK(!frozen_, "CudaForward: an activation grew after the graphs were captured");
+      slots_[next_slot_] = DeviceBuffer<T>(need);
+    }
+    return mat(slots_[next_slot_++].data(), shape_.tokens, cols);
+  }
+  /// A contiguous [tokens, cols] activation over a's storage (cols ≤ a's columns): one buffer
+  /// for values that are never live together (the attention output, then the SwiGLU output).
+  Act reuse(const Act& a, int64_t cols) const {
+    PIE_CHECK(cols <= a.shape[1] && a.stride[0] == a.shape[1], "reuse: ", cols, " columns over a ", a.shape[1],
+              "-column activation");
+    return mat(a.data, shape_.tokens, cols);
+  }
+  /// Columns [begin, begin + count) of `a` (a's row stride).
+  static Act cols(const Act& a, int64_t begin, int64_t count) {
+    Act v = a;
+    v.data = a.data + begin;
+    v.shape[1] = count;
+    return v;
+  }
+  /// No more activation slots after this (the graphs hold their addresses).
+  void freeze() { frozen_ = true; }
+
+  void embed(const Weight& table, Act out) {
+    if (!p_.comm) {
+      op("embedding", [&] { ops::cuda::embedding(table, p_.step->token_ids(), out, nullptr, s_); });
+      return;
+    }
+    const int n = shape_.tokens;
+    op("embedding", [&] {
+      detail::shift_ids_kernel<<<(n + 255) / 256, 256, 0, s_>>>(p_.step->token_ids(), n,
+                                                                 static_cast<int32_t>(p_.shard->vocab.begin), ids_.data());
+      PIE_CUDA_CHECK(cudaGetLastError());
+      ops::cuda::embedding(table, ids_.data(), out, nullptr, s_);
+    });
+    all_reduce(out);  // one non-zero row per token across the ranks: exact
+  }
+
+  void add_rms_norm(Act x, Act& res, const Weight& w, bool first) {
+    op("rms_norm", [&] { ops::cuda::add_rms_norm(x, res, w, eps(), first, s_); });
+  }
+  void rms_norm(Act x, const Weight& w) {
+    op("rms_norm", [&] { ops::cuda::rms_norm(x, w, eps(), s_); });
+  }
+  void linear(const Act& x, const Weight& w, const Weight& bias, Act out) {
+    op(gemm_name(w), [&] { (*p_.gemm)(out, x, w, bias.numel() > 0 ? bias.data : nullptr, s_); });
+  }
+  /// add_rms_norm then linear; at batch 1 fused into the GEMV's prologue (bit-identical to the
+  /// separate kernels), the residual then moving between two buffers (res is updated).
+  void norm_linear(Act x, Act& res, const Weight& norm, bool first, const Weight& w, const Weight& bias, Act out) {
+    const bool fused = shape_.tokens == 1 && p_.gemm->gemv_max_rows() >= 1 &&
+                       ops::cuda::add_rms_norm_gemv_supported(p_.config.hidden_size) && x.shape[1] == res.shape[1];
+    if (!fused) {
+      add_rms_norm(x, res, norm, first);
+      linear(x, w, bias, out);
+      return;
+    }
+    T* r_out = res.data == res_pong_.data() ? res_home_ : res_pong_.data();
+    if (res.data != res_pong_.data()) res_home_ = res.data;
+    op("norm+gemv", [&] {
+      ops::cuda::add_rms_norm_gemv(out, x, res.data, r_out, norm.data, eps(), first, w,
+                                   bias.numel() > 0 ? bias.data : nullptr, s_);
+    });
+    res.data = r_out;
+  }
+  void qk_norm_rope(Act qkv, const Weight& q_norm, const Weight& k_norm) {
+    const auto& c = p_.config;
+    op("qk_norm_rope", [&] {
+      ops::cuda::qk_norm_rope(qkv, p_.step->positions(), c.num_attention_heads, c.num_key_value_heads, c.head_dim,
+                              q_norm.numel() > 0 ? q_norm.data : nullptr, k_norm.numel() > 0 ? k_norm.data : nullptr,
+                              eps(), p_.rope, s_);
+    });
+  }
+  void rope(Act qkv) { qk_norm_rope(qkv, Weight{}, Weight{}); }
+  void add(Act res, const Act& x) {
+    op("add", [&] { ops::cuda::add(res, x, s_); });
+  }
+  void attention(int l, const Act& qkv, Act out) {
+    const auto& c = p_.config;
+    const int64_t Q = c.q_size(), KVS = c.kv_size(), QKV = qkv.stride[0], O = out.stride[0];
+    const int Tn = shape_.tokens, S = shape_.seqs, D = shape_.decodes;
+    const float sm_scale = 1.f / std::sqrt(static_cast<float>(c.head_dim));
+    StepBuffers& st = *p_.step;
+    KVCache<KV>& cache = *cache_;
+    op("kv_write", [&] {
+      ops::cuda::kv_write(cache.layer(l, 0, nullptr, nullptr, nullptr), mat(qkv.data + Q, Tn, KVS, QKV),
+                          mat(qkv.data + Q + KVS, Tn, KVS, QKV), st.slot_mapping(), s_);
+    });
+    if (D > 0 && p_.batch_invariant) {
+      // Decode rows as one-row prefills, the GQA group's heads packed into one one-warp CTA
+      // (one K/V read per KV head): the prefill kernel's arithmetic for a row depends only on
+      // that row's query and context — not on the rows beside it, the CTA's warp count or the
+      // packing — so a token's attention output is the same decoded in any batch or
+      // recomputed inside a prompt chunk.
+      auto kvd = cache.layer(l, D, st.kv_indptr(), st.kv_indices(), st.kv_last_page_len());
+      op("attention_prefill", [&] {
+        ops::cuda::prefill_attention<1, true>(heads(qkv.data, D, QKV), kvd, st.cu_query_lens(), 1,
+                                              heads(out.data, D, O), sm_scale, p_.variant, s_);
+      });
+    } else if (D > 0) {
+      auto kvd = cache.layer(l, D, st.kv_indptr(), st.kv_indices(), st.kv_last_page_len());
+      op("attention_decode", [&] {
+        ops::cuda::decode_attention(heads(qkv.data, D, QKV), kvd, heads(out.data, D, O), shape_.decode, p_.decode_ws,
+                                    sm_scale, p_.variant, s_);
+      });
+    }
+    if (S > D) {
+      const int64_t r0 = shape_.prefill_row0;
+      auto kvp = cache.layer(l, S - D, st.kv_indptr() + D, st.kv_indices(), st.kv_last_page_len() + D);
+      op("attention_prefill", [&] {
+        ops::cuda::prefill_attention(heads(qkv.data + r0 * QKV, Tn - r0, QKV), kvp, st.cu_prefill(), shape_.max_query,
+                                     heads(out.data + r0 * O, Tn - r0, O), sm_scale, p_.variant, s_);
+      });
+    }
+  }
+  void silu_and_mul(const Act& gate_up, Act out) {
+    op("silu_mul", [&] { ops::cuda::silu_and_mul(gate_up, out, s_); });
+  }
+  void all_reduce(Act x) {
+    if (!p_.comm) return;
+    PIE_CHECK(x.stride[0] == x.shape[1], "all_reduce: the activation must be contiguous");
+    op("all_reduce", [&] {
+      p_.comm->all_reduce_sum(x.data, static_cast<size_t>(x.shape[0]) * x.shape[1], DTypeTraits<T>::dtype);
+    });
+  }
+  /// Gathers the sampled rows of x and runs lm_head on them into logits() (fp32).
+  void logits(const Act& x, const Weight& lm_head) {
+    const int nsamp = shape_.samples;
+    const int64_t H = p_.config.hidden_size;
+    Act rows = mat(rows_.data(), nsamp, H);
+    op("gather_rows", [&] { ops::cuda::embedding(x, p_.step->logits_rows(), rows, nullptr, s_); });
+    if (!p_.comm) {
+      op("lm_head", [&] { (*p_.logits_gemm)(logits_.data(), rows, lm_head, s_); });
+      return;
+    }
+    const int per = static_cast<int>(p_.shard->vocab_per_rank), V = global_vocab();
+    op("lm_head", [&] { (*p_.logits_gemm)(part_.data(), rows, lm_head, s_); });
+    op("all_gather", [&] {
+      p_.comm->all_gather(part_.data(), gathered_.data(), static_cast<size_t>(nsamp) * per, DType::F32);
+      const int64_t total = int64_t{nsamp} * V;
+      if (total > 0) {
+        detail::unshard_logits_kernel<<<static_cast<unsigned>((total + 255) / 256), 256, 0, s_>>>(
+            gathered_.data(), nsamp, per, V, logits_.data());
+        PIE_CUDA_CHECK(cudaGetLastError());
+      }
+    });
+  }
+
+ private:
+  float eps() const { return static_cast<float>(p_.config.rms_norm_eps); }
+  int global_vocab() const { return p_.shard ? p_.shard->global.vocab_size : p_.config.vocab_size; }
+  static Act mat(T* p, int64_t rows, int64_t cols, int64_t stride = 0) {
+    Act v(p, {rows, cols}, Device::Cuda);
+    if (stride) v.stride[0] = stride;
+    return v;
+  }
+  Act heads(T* p, int64_t rows, int64_t stride) const {
+    Act v(p, {rows, p_.config.num_attention_heads, p_.config.head_dim}, Device::Cuda);
+    v.stride[0] = stride;
+    return v;
+  }
+  /// The profiler's name of a projection (by its weight's shape: the trace tells them apart).
+  const char* gemm_name(const Weight& w) const {
+    const auto& c = p_.config;
+    if (w.shape[0] == c.hidden_size && w.shape[1] == c.q_size()) return "gemm_o";
+    if (w.shape[0] == c.hidden_size) return "gemm_down";
+    if (w.shape[0] == 2 * int64_t{c.intermediate_size}) return "gemm_gate_up";
+    if (w.shape[0] == c.qkv_size()) return "gemm_qkv";
+    return "gemm";
+  }
+  /// Times `f` with events while profiling (eager steps only); just runs it otherwise.
+  template <class F>
+  void op(const char* name, F&& f) {
+    if (p_.profiler && p_.profiler->enabled()) {
+      p_.profiler->begin(name, s_);
+      f();
+      p_.profiler->end(s_);
+    } else {
+      f();
+    }
+  }
+
+  Parts p_;
+  StepShape shape_;
+  KVCache<KV>* cache_ = nullptr;
+  cudaStream_t s_ = nullptr;
+  std::deque<DeviceBuffer<T>> slots_;
+  size_t next_slot_ = 0;
+  bool frozen_ = false;
+  DeviceBuffer<T> res_pong_, rows_;
+  T* res_home_ = nullptr;
+  DeviceBuffer<float> logits_, part_, gathered_;
+  DeviceBuffer<int32_t> ids_;
+};
+
+}  // namespace pie::engine::cuda

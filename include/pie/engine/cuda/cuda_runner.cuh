@@ -1,0 +1,548 @@
+#pragma once
+/// \file cuda_runner.cuh
+/// \brief CudaRunner<Model, Policy>: one rank of a model on one GPU — the whole model, or its
+/// tensor-parallel shard; the same code for both, TP=1 being the group of one. The engine's
+/// executor drives one per rank (engine/executor.hpp); including this header makes
+/// Engine<Model, CudaPolicy> use it (RunnerOf's CUDA specialisation).
+///
+/// Per step: the plan and sample specs go to the device in ONE pinned async copy
+/// (StepBuffers); the plan's block operations run (KVCache); Model::forward runs over a
+/// CudaForward context covering every scheduled token; logits are computed only for the rows
+/// that sample; rank 0 samples on the device and only the sampled ids come back. Pure decode
+/// steps replay a CUDA graph of their batch bucket — collectives included under TP (NCCL ≥ 2.9
+/// records them as graph nodes; every rank captures the same buckets in lockstep and replays the
+/// same bucket each step, so the graphs' collectives pair up).
+///
+/// Construction follows vLLM: join the group (NCCL init blocks until every rank calls it and
+/// cannot be aborted, so nothing that may fail runs before it) → weights resident → activation
+/// peak profiled at max_num_batched_tokens → KV blocks from gpu_memory_utilization
+/// (memory_plan.cuh; the executor takes the group's minimum) → cache allocated → graphs.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "pie/core/buffer.hpp"
+#include "pie/core/communicator.hpp"
+#include "pie/core/error.hpp"
+#include "pie/core/policy.hpp"
+#include "pie/engine/cuda/cuda_forward.cuh"
+#include "pie/engine/cuda/cuda_graphs.cuh"
+#include "pie/engine/cuda/device_copy.cuh"
+#include "pie/engine/cuda/device_weights.cuh"
+#include "pie/engine/cuda/kv_cache.cuh"
+#include "pie/engine/cuda/logits_gemm.cuh"
+#include "pie/engine/cuda/memory_plan.cuh"
+#include "pie/engine/cuda/step_buffers.cuh"
+#include "pie/engine/cuda/step_profiler.cuh"
+#include "pie/engine/engine_options.hpp"
+#include "pie/engine/model_runner.hpp"
+#include "pie/engine/rank_group.hpp"
+#include "pie/engine/sample_specs.hpp"
+#include "pie/kv/kv_layout.hpp"
+#include "pie/model/config_io.hpp"
+#include "pie/model/load.hpp"
+#include "pie/model/model_concept.hpp"
+#include "pie/model/shard_loader.hpp"
+#include "pie/model/tp_plan.hpp"
+#include "pie/ops/cpu/rope.hpp"
+#include "pie/ops/cuda/sampling.cuh"
+#include "pie/sched/step_plan.hpp"
+
+namespace pie::engine::cuda {
+
+/// \brief Counters of what the runner did (bench and tests read them).
+struct RunnerStats {
+  int64_t steps = 0;
+  int64_t graph_steps = 0;
+  int64_t eager_steps = 0;
+  double graph_capture_s = 0;
+  double profile_s = 0;
+};
+
+/// \brief One GPU rank (see file comment). The executor builds, uses and destroys it on one thread.
+template <class Model, class Policy>
+class CudaRunner {
+ public:
+  using T = typename Policy::dtype;
+  using KV = typename Policy::kv_dtype;
+  using Variant = typename Policy::attention_variant;
+  using Forward = CudaForward<T, KV, Variant>;
+  using HostWeights = typename Model::template Weights<T>;
+  /// The Qwen3 family's weights have the engine's own loaders, dummy fill and shards.
+  static constexpr bool kFamily = model::uses_family_weights<Model, T>;
+  using Weights = std::conditional_t<kFamily, DeviceWeights<T>, DeviceCopy<HostWeights, T>>;
+  static_assert(Policy::backend_type::kIsCuda, "CudaRunner: the policy's backend must be backend::Cuda");
+  /// One logits row per draw (StepBuffers repeats a row for an n > 1 prefill).
+  static constexpr bool kLogitsPerDraw = true;
+  static constexpr bool kSamplesOnDevice = true;
+
+  CudaRunner(const EngineOptions& opt, RankSpec spec, size_t /*kv_budget: CPU ranks only*/ = 0)
+      : opt_(opt), rank_(spec.rank), tp_(spec.size()), log_(opt.log && spec.rank == 0) {
+    PIE_CUDA_CHECK(cudaSetDevice(spec.group ? spec.group->device_of(spec.rank) : 0));
+    PIE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    if (tp_ > 1) {
+      // NCCL: the communicator enqueues on this stream, so collectives are ordered with the
+      // kernels and captured into the same graphs.
+      comm_ = spec.group->make_comm(spec.rank, static_cast<void*>(stream_));
+      PIE_CHECK(!opt.batch_invariant,
+                "--batch-invariant is not available with --tensor-parallel-size > 1 on the GPU: NCCL's all-reduce "
+                "splits its work by message size, so a row's sum depends on the batch");
+    }
+    load_weights();
+    const auto& c = wconfig();
+    PIE_CHECK(c.num_attention_heads % c.num_key_value_heads == 0, "CudaRunner: query heads (", c.num_attention_heads,
+              ") must be a multiple of KV heads (", c.num_key_value_heads, ")");
+    max_tokens_ = std::max(opt.sched.max_num_batched_tokens, opt.sched.max_num_seqs);
+    max_model_len_ = static_cast<int>(std::min<int64_t>(opt.sched.max_model_len, global_.max_position_embeddings));
+    layout_ = kv::KVLayout{c.num_hidden_layers, c.num_key_value_heads, c.head_dim, Policy::block_size,
+                           DTypeTraits<KV>::dtype};
+    DeviceMemory m0 = DeviceMemory::query();
+    const size_t baseline = m0.used() > w_.bytes() ? m0.used() - w_.bytes() : 0;
+    allocate_workspaces();
+    auto t0 = std::chrono::steady_clock::now();
+    const size_t activation = profile();
+    stats_.profile_s = seconds_since(t0);
+    DeviceMemory m1 = DeviceMemory::query();
+    // Graphs take a little memory of their own; keep 1% of the card (at least 256 MiB) back.
+    size_t reserve = std::max<size_t>(size_t{256} << 20, m1.total / 100);
+    if (opt.enforce_eager) reserve = size_t{64} << 20;
+    int64_t fixed = opt.num_kv_blocks;
+    if (fixed <= 0 && opt.kv_cache_memory_bytes > 0) {
+      fixed = static_cast<int64_t>(layout_.blocks_for_budget(opt.kv_cache_memory_bytes));
+      PIE_CHECK(fixed > 0, "--kv-cache-memory-bytes ", opt.kv_cache_memory_bytes, " holds no KV block of ",
+                layout_.bytes_per_block(), " bytes");
+    }
+    plan_ = plan_kv_cache(layout_, m1.total, baseline, w_.bytes(), activation, m1.used(), opt.gpu_memory_utilization,
+                          max_model_len_, opt.swap_space_gib, reserve, fixed);
+  }
+  CudaRunner(const CudaRunner&) = delete;
+  CudaRunner& operator=(const CudaRunner&) = delete;
+  ~CudaRunner() {
+    graphs_.clear();
+    fwd_.reset();
+    comm_.reset();
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+
+  const model::ModelConfig& global_config() const { return global_; }
+  /// The config this rank's forward runs with (its heads, intermediate and vocab slice).
+  const model::ModelConfig& config() const { return wconfig(); }
+  const model::GenerationConfig& generation_config() const { return gen_; }
+  const kv::KVLayout& layout() const { return layout_; }
+  const MemoryPlan& memory_plan() const { return plan_; }
+  const RunnerStats& stats() const { return stats_; }
+  const std::optional<parallel::TpShard>& shard() const { return shard_; }
+  std::vector<int> graph_batch_sizes() const { return captured_; }
+  cudaStream_t stream() const { return stream_; }
+  KVCache<KV>& kv_cache() { return *kv_; }
+  /// Per-op event timing of the following steps (eager while on); see step_profiler.cuh.
+  StepProfiler& profiler() { return prof_; }
+
+  int max_kv_blocks() const { return static_cast<int>(plan_.num_blocks); }
+  int wanted_host_blocks(const EngineOptions&) const { return static_cast<int>(plan_.num_swap_blocks); }
+  int num_blocks() const { return kv_ ? static_cast<int>(kv_->num_blocks()) : 0; }
+
+  /// Allocates the pools (the group's common counts) and captures the decode graphs; under TP
+  /// the warm-up and capture run collectives, so every rank must be in here at once.
+  void allocate_kv(int num_blocks, int num_host_blocks) {
+    plan_.num_blocks = num_blocks;
+    plan_.num_swap_blocks = num_host_blocks;
+    plan_.kv_token_capacity = int64_t{num_blocks} * Policy::block_size;
+    const int64_t per_seq = (max_model_len_ + Policy::block_size - 1) / Policy::block_size;
+    plan_.max_concurrency = per_seq ? double(num_blocks) / double(per_seq) : 0;
+    kv_ = std::make_unique<KVCache<KV>>(layout_, num_blocks, num_host_blocks);
+    if (log_) std::fprintf(stderr, "%s\n", plan_.log_line(Policy::block_size).c_str());
+    if (log_ && opt_.batch_invariant)
+      std::fprintf(stderr, "pie: batch-invariant kernels: one GEMM algorithm per shape, decode rows through the "
+                           "prefill attention kernel\n");
+    if (!opt_.enforce_eager) capture_graphs();
+    fwd_->freeze();
+  }
+
+  /// Runs one step; rank 0 returns the sampled ids (one per spec, in sample order; valid until
+  /// the next call), the other ranks nothing. A plan of block operations only runs them.
+  std::span<const int32_t> execute_sample(const sched::StepPlan& plan, const std::vector<SampleSpec>& specs) {
+    launch(plan, specs, /*want_logits=*/false);
+    PIE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    prof_.collect();
+    if (rank_ != 0) return {};
+    return {ids_host_.data(), static_cast<size_t>(last_samples_)};
+  }
+  /// Runs one step; rank 0 returns the float logits of every draw ([draws][vocab], host). The
+  /// device sampler still runs; its ids are in last_ids().
+  std::span<const float> execute_logits(const sched::StepPlan& plan, const std::vector<SampleSpec>& specs) {
+    launch(plan, specs, /*want_logits=*/true);
+    PIE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    prof_.collect();
+    if (rank_ != 0) return {};
+    return {logits_host_.data(), static_cast<size_t>(last_samples_) * global_.vocab_size};
+  }
+  /// execute_logits with greedy specs (tests).
+  std::span<const float> execute(const sched::StepPlan& plan) {
+    specs_.assign(plan.num_sampled_tokens(), SampleSpec{});
+    return execute_logits(plan, specs_);
+  }
+  std::span<const int32_t> last_ids() { return {ids_host_.data(), static_cast<size_t>(last_samples_)}; }
+
+ private:
+  static double seconds_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  int max_samples() const { return opt_.sched.max_num_seqs + 128; }  // n > 1 prefills draw several per row
+
+  // ---- setup ------------------------------------------------------------------------------------
+  const model::ModelConfig& wconfig() const {
+    if constexpr (kFamily) return w_.config;
+    else return w_.views.config;
+  }
+  const auto& views() const {
+    if constexpr (kFamily) return w_;
+    else return w_.views;
+  }
+
+  void load_weights() {
+    if constexpr (kFamily) load_family();
+    else load_custom();
+  }
+
+  /// A user's model (model_concept.hpp): its own config and checkpoint reader, one rank.
+  void load_custom() {
+    PIE_CHECK(tp_ == 1, "model ", Model::kName, " declares no tensor-parallel sharding (run it on one GPU)");
+    if (const HostWeights* given = opt_.weights_as<HostWeights>()) {
+      global_ = given->config;
+      Model::check_config(global_);
+      gen_ = opt_.generation;
+      w_ = Weights::upload(*given);
+      return;
+    }
+    PIE_CHECK(!opt_.model_dir.empty(), "model ", Model::kName, " has no embedded default: give its checkpoint directory");
+    PIE_CHECK(model::parse_load_format(opt_.load_format) != model::LoadFormat::Dummy, "model ", Model::kName,
+              " declares no dummy weights (--load-format dummy)");
+    global_ = model::config_of<Model>(opt_.model_dir);
+    Model::check_config(global_);
+    gen_ = model::load_generation_config(opt_.model_dir, global_);
+    model::LoadOptions lo;
+    lo.progress = false;
+    w_ = Weights::upload(Model::template load<T>(opt_.model_dir, global_, lo));
+  }
+
+  /// The Qwen3 family: checkpoint, dummy (filled on the device at TP = 1), embedded or given.
+  void load_family() {
+    const auto fmt = model::parse_load_format(opt_.load_format);
+    const bool from_checkpoint = !opt_.model_dir.empty() && fmt != model::LoadFormat::Dummy;
+    model::LoadOptions lo;
+    lo.progress = rank_ == 0;
+    if (const model::Weights<T>* given = opt_.weights_as<model::Weights<T>>()) {
+      global_ = given->config;
+      Model::check_config(global_);
+      gen_ = opt_.generation;
+      if (tp_ == 1) {
+        w_ = DeviceWeights<T>::upload(*given);
+      } else {
+        shard_ = parallel::make_tp_shard(global_, tp_, rank_);
+        w_ = DeviceWeights<T>::upload(parallel::shard_weights<T>(*given, *shard_));
+      }
+      return;
+    }
+    if (from_checkpoint) {
+      global_ = model::load_model_config(opt_.model_dir);
+      Model::check_config(global_);
+      gen_ = model::load_generation_config(opt_.model_dir, global_);
+      if (tp_ == 1) {
+        w_ = DeviceWeights<T>::upload(model::load_weights<T>(opt_.model_dir, global_, lo));
+      } else {
+        shard_ = parallel::make_tp_shard(global_, tp_, rank_);
+        lo.progress = false;
+        w_ = DeviceWeights<T>::upload(parallel::load_shard_weights<T>(opt_.model_dir, *shard_, lo));
+      }
+      return;
+    }
+    if (tp_ == 1 && !opt_.model_dir.empty()) {
+      // --load-format dummy of a real shape: filled on the device (8B needs no 16 GB host copy).
+      global_ = model::load_model_config(opt_.model_dir);
+      Model::check_config(global_);
+      gen_ = model::load_generation_config(opt_.model_dir, global_);
+      w_ = DeviceWeights<T>::dummy(global_, opt_.seed);
+      return;
+    }
+    // The embedded default, or dummy weights under TP: generated whole on the host and cut, so
+    // every TP size of one seed is the same model.
+    auto full = model::load_model<T>(opt_.model_dir, fmt, opt_.seed, lo);
+    global_ = full.weights.config;
+    Model::check_config(global_);
+    gen_ = full.generation;
+    if (tp_ == 1) {
+      w_ = DeviceWeights<T>::upload(full.weights);
+    } else {
+      shard_ = parallel::make_tp_shard(global_, tp_, rank_);
+      w_ = DeviceWeights<T>::upload(parallel::shard_weights<T>(full.weights, *shard_));
+    }
+  }
+
+  void allocate_workspaces() {
+    const auto& c = wconfig();
+    ids_ = DeviceBuffer<int32_t>(max_samples());
+    ids_host_ = PinnedBuffer<int32_t>(max_samples());
+    StepCapacity cap;
+    cap.max_tokens = max_tokens_;
+    cap.max_seqs = opt_.sched.max_num_seqs;
+    cap.max_blocks = opt_.sched.max_num_seqs * ((max_model_len_ + Policy::block_size - 1) / Policy::block_size + 1);
+    cap.max_samples = max_samples();
+    step_ = StepBuffers(cap);
+    // Decode split-K scratch: the largest plan over every batch size at max_model_len.
+    size_t dws = 0;
+    for (int b = 1; b <= opt_.sched.max_num_seqs; ++b) dws = std::max(dws, decode_plan(b, max_model_len_).workspace_bytes);
+    decode_ws_ = DeviceBuffer<unsigned char>(std::max<size_t>(dws, 256));
+    // RoPE inverse frequencies as transformers computes them (scaled variants included).
+    auto table = ops::cpu::rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling, c.max_position_embeddings);
+    inv_freq_ = DeviceBuffer<float>(table.inv_freq.size());
+    PIE_CUDA_CHECK(cudaMemcpy(inv_freq_.data(), table.inv_freq.data(), sizeof(float) * table.inv_freq.size(),
+                              cudaMemcpyHostToDevice));
+    gemm_ = std::make_unique<ops::cuda::Gemm>();
+    logits_gemm_ = std::make_unique<LogitsGemm>();
+    if (opt_.batch_invariant) {
+      gemm_->set_batch_invariant(true);
+      logits_gemm_->set_batch_invariant(true);
+    }
+    typename Forward::Parts p;
+    p.config = c;
+    p.max_tokens = max_tokens_;
+    p.max_samples = max_samples();
+    p.step = &step_;
+    p.gemm = gemm_.get();
+    p.logits_gemm = logits_gemm_.get();
+    p.profiler = &prof_;
+    p.rope.theta = static_cast<float>(c.rope_theta);
+    p.rope.inv_freq = inv_freq_.data();
+    p.rope.mscale = table.attention_factor;
+    p.decode_ws = decode_ws_.data();
+    p.batch_invariant = opt_.batch_invariant;
+    p.shard = shard_ ? &*shard_ : nullptr;
+    p.comm = comm_.get();
+    fwd_ = std::make_unique<Forward>(std::move(p));
+  }
+
+  ops::cuda::DecodePlan decode_plan(int batch, int max_len) const {
+    const auto& c = wconfig();
+    return ops::cuda::plan_decode_attention(batch, c.num_attention_heads, c.num_key_value_heads, c.head_dim, max_len);
+  }
+
+  /// Runs the largest step the scheduler can produce (max_num_batched_tokens of prefill, and
+  /// as many sampled rows as sequences) against a scratch KV cache; returns the activation
+  /// bytes: everything the runner allocated beyond the weights, plus library scratch. Under TP
+  /// every rank profiles at once (the step runs collectives).
+  size_t profile() {
+    const int bs = Policy::block_size;
+    const int Tn = max_tokens_;
+    // Sequences of max_model_len (the last one shorter) filling the token budget; a step never
+    // holds more than max_num_seqs·max_model_len tokens, whatever the budget.
+    sched::StepPlan p;
+    p.cu_query_lens.push_back(0);
+    p.kv_indptr.push_back(0);
+    int32_t next_block = 0;
+    for (int done = 0; done < Tn && p.num_seqs() < opt_.sched.max_num_seqs;) {
+      const int len = std::min(max_model_len_, Tn - done);
+      const int i = p.num_seqs();
+      for (int t = 0; t < len; ++t) {
+        p.token_ids.push_back((t * 7919 + i) % global_.vocab_size);
+        p.positions.push_back(t);
+        p.slot_mapping.push_back(int64_t(next_block + t / bs) * bs + t % bs);
+      }
+      const int nb = (len + bs - 1) / bs;
+      for (int b = 0; b < nb; ++b) p.kv_indices.push_back(next_block + b);
+      next_block += nb;
+      p.seq_ids.push_back(i);
+      p.query_lens.push_back(len);
+      p.context_lens.push_back(len);
+      p.cu_query_lens.push_back(p.cu_query_lens.back() + len);
+      p.kv_indptr.push_back(static_cast<int32_t>(p.kv_indices.size()));
+      p.kv_last_page_len.push_back(len - (nb - 1) * bs);
+      p.sample_seqs.push_back(i);
+      p.logits_rows.push_back(p.cu_query_lens.back() - 1);
+      p.sample_counts.push_back(1);
+      done += len;
+    }
+    std::vector<SampleSpec> specs(p.sample_seqs.size());
+    for (auto& s : specs) { s.temperature = 1.f; s.top_p = 0.9f; s.top_k = 50; }
+    KVCache<KV> scratch(layout_, next_block, 0);
+    DeviceMemory with_scratch = DeviceMemory::query();
+    run_step(p, specs, scratch, /*allow_graph=*/false, /*want_logits=*/false);
+    PIE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    DeviceMemory after = DeviceMemory::query();
+    // Workspaces (activation slots included: the profile step allocated them) count explicitly.
+    const size_t ws = fwd_->bytes() + step_.bytes() + decode_ws_.size() + (size_t{64} << 20) /* GEMM scratch */;
+    const size_t lib = with_scratch.free > after.free ? with_scratch.free - after.free : 0;  // handles, plans
+    return ws + lib;
+  }
+
+  /// A representative decode plan of B sequences: each one token at position 0 of its own
+  /// block 0, writing nothing into the live cache (slot −1).
+  sched::StepPlan decode_plan_of(int B) const {
+    sched::StepPlan p;
+    p.cu_query_lens.push_back(0);
+    p.kv_indptr.push_back(0);
+    for (int i = 0; i < B; ++i) {
+      p.token_ids.push_back(i % global_.vocab_size);
+      p.positions.push_back(0);
+      p.slot_mapping.push_back(-1);
+      p.seq_ids.push_back(i);
+      p.query_lens.push_back(1);
+      p.context_lens.push_back(1);
+      p.cu_query_lens.push_back(i + 1);
+      p.kv_indices.push_back(0);
+      p.kv_indptr.push_back(i + 1);
+      p.kv_last_page_len.push_back(1);
+      p.sample_seqs.push_back(i);
+      p.logits_rows.push_back(i);
+      p.sample_counts.push_back(1);
+    }
+    p.num_decode_seqs = B;
+    return p;
+  }
+
+  void capture_graphs() {
+    auto t0 = std::chrono::steady_clock::now();
+    // Largest first: the cuBLASLt plan cache and the graph pool settle on the big shapes.
+    std::vector<int> buckets = graph_buckets(opt_.sched.max_num_seqs);
+    for (auto it = buckets.rbegin(); it != buckets.rend(); ++it) {
+      const int B = *it;
+      sched::StepPlan p = decode_plan_of(B);
+      std::vector<SampleSpec> specs(B);
+      step_.stage(p, specs, B, stream_);
+      const StepShape shape = decode_shape(B);
+      // Warm up eagerly (plans, cuBLASLt heuristics, NCCL channels) before capturing.
+      body(shape, *kv_, stream_);
+      PIE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      graphs_.capture(B, stream_, [&](cudaStream_t s) { body(shape, *kv_, s); });
+      captured_.push_back(B);
+    }
+    std::reverse(captured_.begin(), captured_.end());
+    PIE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    stats_.graph_capture_s = seconds_since(t0);
+    if (log_)
+      std::fprintf(stderr, "pie: captured %zu decode CUDA graphs (batch 1..%d) in %.1f s\n", graphs_.size(),
+                   opt_.sched.max_num_seqs, stats_.graph_capture_s);
+  }
+  StepShape decode_shape(int B) const {
+    StepShape sh;
+    sh.tokens = sh.seqs = sh.decodes = sh.samples = B;
+    sh.decode = decode_plan(B, max_model_len_);
+    return sh;
+  }
+
+  // ---- one step -----------------------------------------------------------------------------------
+  void launch(const sched::StepPlan& plan, const std::vector<SampleSpec>& specs, bool want_logits) {
+    PIE_CHECK(kv_, "CudaRunner: execute before allocate_kv");
+    if (plan.empty()) {
+      // A plan with no tokens may still carry block operations (a swap-out that freed room for
+      // nothing else this step): they must run before the scheduler reuses those blocks.
+      kv_->apply(plan, stream_);
+      last_samples_ = 0;
+      return;
+    }
+    run_step(plan, specs, *kv_, /*allow_graph=*/true, want_logits);
+  }
+
+  void run_step(const sched::StepPlan& plan, const std::vector<SampleSpec>& specs, KVCache<KV>& cache,
+                bool allow_graph, bool want_logits) {
+    const int S = plan.num_seqs(), D = plan.num_decode_seqs;
+    const bool pure_decode = D == S;
+    const int bucket = allow_graph && pure_decode && !prof_.enabled() ? graphs_.bucket_for(S) : 0;
+    if (prof_.enabled()) prof_.set_tag(pure_decode ? "decode@" + std::to_string(S) : std::string("mixed"));
+    step_.stage(plan, specs, bucket, stream_);
+    cache.apply(plan, stream_);
+    const int nsamp = step_.num_samples();
+    if (bucket > 0) {
+      graphs_.launch(bucket, stream_);
+      ++stats_.graph_steps;
+    } else {
+      StepShape sh;
+      sh.tokens = plan.num_tokens();
+      sh.seqs = S;
+      sh.decodes = D;
+      sh.samples = nsamp;
+      int max_ctx = 1;
+      for (int i = 0; i < D; ++i) max_ctx = std::max(max_ctx, plan.context_lens[i]);
+      for (int i = D; i < S; ++i) sh.max_query = std::max(sh.max_query, plan.query_lens[i]);
+      sh.prefill_row0 = plan.cu_query_lens[D];
+      sh.decode = decode_plan(D, max_ctx);
+      body(sh, cache, stream_);
+      ++stats_.eager_steps;
+    }
+    ++stats_.steps;
+    last_samples_ = nsamp;
+    if (rank_ != 0) return;
+    PIE_CUDA_CHECK(cudaMemcpyAsync(ids_host_.data(), ids_.data(), sizeof(int32_t) * nsamp, cudaMemcpyDeviceToHost,
+                                   stream_));
+    if (want_logits) {
+      const size_t n = static_cast<size_t>(nsamp) * global_.vocab_size;
+      if (logits_host_.size() < n) logits_host_ = PinnedBuffer<float>(n);
+      PIE_CUDA_CHECK(cudaMemcpyAsync(logits_host_.data(), fwd_->logits(), sizeof(float) * n, cudaMemcpyDeviceToHost,
+                                     stream_));
+    }
+  }
+
+  /// The model's forward over the step and (rank 0) the device sampler: everything it reads
+  /// lives at fixed device addresses, so it is graph-capturable.
+  void body(const StepShape& shape, KVCache<KV>& cache, cudaStream_t s) {
+    fwd_->begin(shape, cache, s);
+    Model::forward(*fwd_, views());
+    if (rank_ != 0 || shape.samples == 0) return;
+    ops::cuda::SamplingInputs in;
+    in.rows = step_.sampling_rows();
+    ops::cuda::SamplingOutputs out;
+    out.tokens = ids_.data();
+    if (prof_.enabled()) prof_.begin("sample", s);
+    ops::cuda::sample(fwd_->logits(), shape.samples, global_.vocab_size, in, out, s);
+    if (prof_.enabled()) prof_.end(s);
+  }
+
+  EngineOptions opt_;
+  int rank_ = 0, tp_ = 1;
+  bool log_ = true;
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<parallel::Communicator> comm_;
+  model::ModelConfig global_;
+  model::GenerationConfig gen_;
+  std::optional<parallel::TpShard> shard_;
+  Weights w_;
+  int max_tokens_ = 0, max_model_len_ = 0;
+  kv::KVLayout layout_{};
+  MemoryPlan plan_;
+  RunnerStats stats_;
+  std::unique_ptr<ops::cuda::Gemm> gemm_;
+  std::unique_ptr<LogitsGemm> logits_gemm_;
+  std::unique_ptr<KVCache<KV>> kv_;
+  StepBuffers step_;
+  DecodeGraphs graphs_;
+  StepProfiler prof_;
+  std::vector<int> captured_;
+  std::unique_ptr<Forward> fwd_;
+  DeviceBuffer<unsigned char> decode_ws_;
+  DeviceBuffer<float> inv_freq_;
+  DeviceBuffer<int32_t> ids_;
+  PinnedBuffer<int32_t> ids_host_;
+  PinnedBuffer<float> logits_host_;
+  std::vector<SampleSpec> specs_;
+  int last_samples_ = 0;
+};
+
+}  // namespace pie::engine::cuda
+
+namespace pie {
+
+/// \brief The CUDA backend: one GPU per rank.
+template <class Model, class Policy>
+struct RunnerOf<Model, Policy, backend::Cuda> {
+  using type = engine::cuda::CudaRunner<Model, Policy>;
+};
+
+}  // namespace pie

@@ -1,0 +1,219 @@
+#pragma once
+/// \file make_engine.hpp
+/// \brief make_engine(options): THE place where runtime choices (model architecture from
+/// config.json, --device, --dtype, --kv-cache-dtype, --block-size, --tensor-parallel-size)
+/// become an Engine type. Every entry point (`pie serve`, `pie generate`, `pie bench`, pie::LLM)
+/// calls it; a combination that is not compiled fails with one message listing those that are.
+///
+/// The compiled engines are two type lists, one per backend. The CPU list is instantiated in any
+/// translation unit that calls make_engine(); the CUDA list only where this header is compiled
+/// by nvcc (one CUDA translation unit of the program is enough: it registers the CUDA factory at
+/// static initialisation, and host translation units reach it through that registration).
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "pie/core/error.hpp"
+#include "pie/core/policy.hpp"
+#include "pie/engine/any_engine.hpp"
+#include "pie/engine/engine.hpp"
+#include "pie/engine/engine_options.hpp"
+#include "pie/model/config_io.hpp"
+#include "pie/model/embedded.hpp"
+#include "pie/model/qwen3.hpp"
+#include "pie/parallel/cpu_group.hpp"
+
+#if defined(__CUDACC__)
+#include "pie/engine/cuda/cuda_runner.cuh"
+#if defined(PIE_WITH_NCCL)
+#include "pie/parallel/nccl_group.cuh"
+#endif
+#endif
+
+namespace pie {
+
+namespace registry {
+
+/// \brief A list of types.
+template <class... Ts>
+struct List {};
+
+/// The models make_engine() can run, chosen by config.json's architecture.
+using Models = List<Qwen3, Qwen2, Llama>;
+/// The compiled CPU policies (exact fp32 at the block sizes vLLM offers; bf16 storage).
+using CpuPolicies = List<EnginePolicy<8, float, float, attention::Causal, backend::Cpu>, CpuF32,
+                         EnginePolicy<32, float, float, attention::Causal, backend::Cpu>, CpuBf16>;
+/// The compiled CUDA policies (bf16 tensor cores; the fp8 KV cache is not servable yet).
+using CudaPolicies = List<EnginePolicy<8, bf16, bf16, attention::Causal, backend::Cuda>, CudaBf16>;
+
+/// \brief The resolved choice of one make_engine() call.
+struct Choice {
+  std::string device, model, dtype, kv_dtype;
+  int block_size = 16;
+  int tp = 1;
+  std::string str() const {
+    return device + "/" + model + "/" + dtype + "/kv " + kv_dtype + "/block " + std::to_string(block_size) +
+           (tp > 1 ? "/tp " + std::to_string(tp) : "");
+  }
+};
+
+inline const char* dtype_flag(DType d) {
+  switch (d) {
+    case DType::F32: return "float32";
+    case DType::BF16: return "bfloat16";
+    case DType::F16: return "float16";
+    default: return "fp8";
+  }
+}
+template <class Policy>
+bool policy_matches(const Choice& c) {
+  return c.block_size == Policy::block_size && c.dtype == dtype_flag(DTypeTraits<typename Policy::dtype>::dtype) &&
+         c.kv_dtype == dtype_flag(DTypeTraits<typename Policy::kv_dtype>::dtype);
+}
+template <class Policy>
+std::string policy_str(const char* device) {
+  return std::string(device) + "/" + dtype_flag(DTypeTraits<typename Policy::dtype>::dtype) + "/kv " +
+         dtype_flag(DTypeTraits<typename Policy::kv_dtype>::dtype) + "/block " + std::to_string(Policy::block_size);
+}
+
+/// Calls f.template operator()<Model, Policy>() for the first (model, policy) of the lists that
+/// matches `c`; false when none does.
+template <class... Ms, class... Ps, class F>
+bool visit(List<Ms...>, List<Ps...>, const Choice& c, F&& f) {
+  bool done = false;
+  auto try_model = [&]<class M>() {
+    if (done || c.model != M::kName) return;
+    auto try_policy = [&]<class P>() {
+      if (!done && policy_matches<P>(c)) {
+        done = true;
+        f.template operator()<M, P>();
+      }
+    };
+    (try_policy.template operator()<Ps>(), ...);
+  };
+  (try_model.template operator()<Ms>(), ...);
+  return done;
+}
+template <class... Ps>
+void list_policies(List<Ps...>, const char* device, std::vector<std::string>& out) {
+  (out.push_back(policy_str<Ps>(device)), ...);
+}
+
+/// The CUDA half, registered by a translation unit compiled by nvcc (see file comment).
+using CudaFactory = std::unique_ptr<AnyEngine> (*)(const Choice&, const EngineOptions&);
+inline CudaFactory& cuda_factory() {
+  static CudaFactory f = nullptr;
+  return f;
+}
+
+#if defined(__CUDACC__)
+/// The group of GPU ranks `c` asks for (NCCL when c.tp > 1).
+inline engine::RankGroup cuda_group(const Choice& c) {
+#if defined(PIE_WITH_NCCL)
+  return parallel::nccl_group(c.tp);
+#else
+  PIE_CHECK(c.tp == 1, "--tensor-parallel-size ", c.tp, " on the GPU needs NCCL, which this program was built without");
+  return {};
+#endif
+}
+inline std::unique_ptr<AnyEngine> make_cuda(const Choice& c, const EngineOptions& opt) {
+  std::unique_ptr<AnyEngine> out;
+  visit(Models{}, CudaPolicies{}, c, [&]<class M, class P>() {
+    out = std::make_unique<AnyEngineOf<Engine<M, P>>>(std::in_place, opt, cuda_group(c));
+  });
+  return out;
+}
+inline const bool cuda_registered = [] {
+  cuda_factory() = &make_cuda;
+  return true;
+}();
+#endif
+
+}  // namespace registry
+
+/// Every engine configuration this program can build, one line each ("device/dtype/kv …/block N",
+/// for each of the models qwen3, qwen2, llama, at any tensor-parallel size).
+inline std::vector<std::string> compiled_engines() {
+  std::vector<std::string> out;
+  registry::list_policies(registry::CpuPolicies{}, "cpu", out);
+  if (registry::cuda_factory()) registry::list_policies(registry::CudaPolicies{}, "cuda", out);
+  return out;
+}
+
+/// The model make_engine() would run for `opt` ("qwen3", "qwen2", "llama"): config.json's
+/// architecture, or the embedded default's.
+inline std::string engine_model_name(const EngineOptions& opt) {
+  const model::ModelConfig cfg = opt.model_dir.empty() ? model::embedded_config() : model::load_model_config(opt.model_dir);
+  switch (cfg.architecture) {
+    case model::Architecture::Qwen3: return std::string(Qwen3::kName);
+    case model::Architecture::Qwen2: return std::string(Qwen2::kName);
+    case model::Architecture::Llama: return std::string(Llama::kName);
+    case model::Architecture::Custom: break;
+  }
+  return "?";
+}
+
+/// The choice make_engine() resolves from `opt` (the defaults of auto dtypes per device).
+inline registry::Choice resolve_engine(const EngineOptions& opt) {
+  registry::Choice c;
+  const bool gpu = opt.device == "cuda";
+  PIE_CHECK(gpu || opt.device == "cpu", "--device ", opt.device, " is not one of cpu, cuda");
+  c.device = opt.device;
+  c.model = engine_model_name(opt);
+  c.dtype = opt.dtype == "auto" ? (gpu ? "bfloat16" : "float32") : (opt.dtype == "float" ? "float32" : opt.dtype);
+  c.kv_dtype = opt.kv_cache_dtype == "auto" ? c.dtype : opt.kv_cache_dtype;
+  c.block_size = opt.block_size;
+  c.tp = opt.tensor_parallel_size;
+  PIE_CHECK(c.tp >= 1, "--tensor-parallel-size must be >= 1, got ", c.tp);
+  return c;
+}
+
+/// Whether make_engine() can build `c` in this program (any tensor-parallel size is).
+inline bool is_compiled(const registry::Choice& c) {
+  const std::string want = c.device + "/" + c.dtype + "/kv " + c.kv_dtype + "/block " + std::to_string(c.block_size);
+  for (const auto& line : compiled_engines())
+    if (line == want) return true;
+  return false;
+}
+
+/// The error for a combination that is not compiled: it lists those that are.
+[[noreturn]] inline void fail_not_compiled(const registry::Choice& c) {
+  std::string have;
+  for (const auto& s : compiled_engines()) have += "\n  " + s;
+  if (!registry::cuda_factory()) have += "\n  (no CUDA engines: this program was built without the CUDA backend)";
+  PIE_FAIL("no compiled engine for ", c.str(), "; compiled (models qwen3, qwen2, llama; any tensor-parallel size):",
+           have);
+}
+
+#if defined(__CUDACC__)
+/// Calls f.template operator()<Model, Policy>(choice) with the compiled CUDA engine `opt` asks
+/// for (`pie bench`, which needs the concrete runner); throws listing what is compiled otherwise.
+template <class F>
+void with_cuda_engine_type(const EngineOptions& opt, F&& f) {
+  const registry::Choice c = resolve_engine(opt);
+  PIE_CHECK(c.device == "cuda", "with_cuda_engine_type: --device is ", c.device);
+  if (!registry::visit(registry::Models{}, registry::CudaPolicies{}, c,
+                       [&]<class M, class P>() { f.template operator()<M, P>(c); }))
+    fail_not_compiled(c);
+}
+#endif
+
+/// Builds the engine `opt` asks for (see file comment). Throws pie::Error listing the compiled
+/// configurations when the combination is not one of them.
+inline std::unique_ptr<AnyEngine> make_engine(const EngineOptions& opt) {
+  const registry::Choice c = resolve_engine(opt);
+  std::unique_ptr<AnyEngine> e;
+  if (c.device == "cpu") {
+    registry::visit(registry::Models{}, registry::CpuPolicies{}, c, [&]<class M, class P>() {
+      e = std::make_unique<AnyEngineOf<Engine<M, P>>>(std::in_place, opt,
+                                                      c.tp > 1 ? parallel::cpu_group(c.tp) : engine::RankGroup{});
+    });
+  } else if (registry::cuda_factory()) {
+    e = registry::cuda_factory()(c, opt);
+  }
+  if (!e) fail_not_compiled(c);
+  return e;
+}
+
+}  // namespace pie

@@ -1,0 +1,52 @@
+#pragma once
+/// \file model_concept.hpp
+/// \brief What a model is to the engine, so that a researcher can write one in their own file
+/// and run it with Engine<MyModel, Policy> on the CPU or a GPU, changing nothing in pie.
+///
+/// A model is a struct of static members (a policy, like EnginePolicy):
+///
+///   static constexpr std::string_view kName;            // for messages
+///   static model::ModelConfig load_config(const std::string& dir);
+///       // config.json → the decoder fields the engine needs (layers, heads, head_dim, vocab,
+///       // RoPE, eps, eos); model::load_model_config(dir, true) parses them for any architecture
+///   static void check_config(const model::ModelConfig&); // throw if the checkpoint is not yours
+///   template <class T> struct Weights;                  // views of the tensors, copyable:
+///       //   model::ModelConfig config; TensorView<T> members;
+///       //   template <class F> void for_each(F&& f);    // f(TensorView<T>&) for every tensor
+///       //     (each once; a tied head may alias another view), so a backend can place them
+///   template <class T> static Weights<T> load(const std::string& dir, const model::ModelConfig&,
+///                                             const model::LoadOptions&);
+///       // model::CheckpointReader<T> declares and reads them, checking names and shapes
+///   template <class F, class W> static void forward(F& f, const W& w);
+///       // the step, written once over the backend's forward context F (engine/cpu/cpu_forward.hpp,
+///       // engine/cuda/cuda_forward.cuh): f.act(cols), f.embed, f.linear, f.norm_linear,
+///       // f.add_rms_norm, f.rms_norm, f.add, f.qk_norm_rope, f.rope, f.attention(layer, qkv, out),
+///       // f.silu_and_mul, f.all_reduce (tensor parallelism's hook), f.logits
+///
+/// The engine then gives the model paged KV, continuous batching, chunked prefill, prefix
+/// caching, preemption, device sampling and CUDA graphs. The Qwen3 family (model/qwen3.hpp) is
+/// a model too; it alone also declares tensor-parallel sharding and dummy weights today.
+/// examples/custom_model/olmo2.hpp is a complete user model (docs/architecture.md, "Write your
+/// own model").
+#include <string>
+#include <type_traits>
+
+#include "pie/model/config.hpp"
+#include "pie/model/config_io.hpp"
+#include "pie/model/weights.hpp"
+
+namespace pie::model {
+
+/// True for models whose weights are the Qwen3 family's layout (model::Weights<T>): the engine's
+/// own loaders, dummy weights, tensor-parallel shards and fused GPU kernels apply.
+template <class M, class T>
+inline constexpr bool uses_family_weights = std::is_same_v<typename M::template Weights<T>, Weights<T>>;
+
+/// config.json of `dir` as model M reads it.
+template <class M>
+ModelConfig config_of(const std::string& dir) {
+  if constexpr (requires { M::load_config(dir); }) return M::load_config(dir);
+  else return load_model_config(dir);
+}
+
+}  // namespace pie::model
