@@ -8,15 +8,17 @@
 /// by its own headers (pie/server/...). CUDA kernels have their own umbrella, pie/cuda.cuh.
 
 // core
+#include "pie/core/attention_variants.hpp"
 #include "pie/core/buffer.hpp"
 #include "pie/core/dispatch.hpp"
 #include "pie/core/dtype.hpp"
 #include "pie/core/error.hpp"
 #include "pie/core/policy.hpp"
+#include "pie/core/random.hpp"
 #include "pie/core/tensor.hpp"
-#include "pie/attention/variants.hpp"
 
 // paged KV cache and scheduler
+#include "pie/kv/block_copy.hpp"
 #include "pie/kv/block_manager.hpp"
 #include "pie/kv/block_pool.hpp"
 #include "pie/kv/block_table.hpp"
@@ -24,6 +26,7 @@
 #include "pie/kv/paged_kv.hpp"
 #include "pie/sched/finish_reason.hpp"
 #include "pie/sched/request.hpp"
+#include "pie/sched/sampler_input.hpp"
 #include "pie/sched/sampling_params.hpp"
 #include "pie/sched/scheduler.hpp"
 #include "pie/sched/scheduler_config.hpp"
@@ -42,6 +45,7 @@
 
 // CPU backend
 #include "pie/ops/cpu/ops.hpp"
+#include "pie/ops/rope_scaling.hpp"
 
 // engine
 #include "pie/engine/engine.hpp"

@@ -6,6 +6,7 @@
 #include "pie/core/buffer.hpp"
 #include "pie/core/dispatch.hpp"
 #include "pie/core/policy.hpp"
+#include "pie/core/random.hpp"
 #include "pie/core/tensor.hpp"
 #include "pie/kv/kv_layout.hpp"
 #include "pie/kv/paged_kv.hpp"
@@ -103,4 +104,14 @@ TEST(PagedKV, SlotAndPageAddressingAgree) {
   EXPECT_EQ(kv.k_at_slot(9, 1), kv.k_page(2, 1) + 1 * hd);
   EXPECT_EQ(kv.v_at_slot(9, 1), kv.v_page(2, 1) + 1 * hd);
   EXPECT_EQ(kv.v_page(0, 0) - kv.k_page(0, 0), kv_heads * bs * hd);
+}
+
+// splitmix64 against the reference generator's first outputs (seed 0), and the sampling uniform
+// against the same chain computed independently (Python integers): the formula both samplers use.
+TEST(Random, Splitmix64MatchesReferenceAndUniformIsPinned) {
+  EXPECT_EQ(pie::rng::splitmix64(0), 0xe220a8397b1dcdafull);
+  EXPECT_EQ(pie::rng::splitmix64(0x9e3779b97f4a7c15ull), 0x6e789e6aa1b965f4ull);
+  EXPECT_EQ(pie::rng::sample_uniform(1, 2, 3), 2263722314273406.0 / 9007199254740992.0);
+  EXPECT_EQ(pie::rng::key_to_uniform(~0ull), 1.0 - 1.0 / 9007199254740992.0);  // < 1 always
+  EXPECT_EQ(pie::rng::key_to_uniform(0), 0.0);
 }

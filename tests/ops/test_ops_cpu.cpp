@@ -140,11 +140,11 @@ TEST(Embedding, GathersRowsAndRejectsBadIds) {
   EXPECT_THROW(embedding(table.data(), 10, 6, bad.data(), 1, out.data()), pie::Error);
 }
 
-struct RopeCase { model::RopeScaling::Type type; };
-class RopeScalingTest : public ::testing::TestWithParam<model::RopeScaling::Type> {};
+struct RopeCase { ops::RopeScaling::Type type; };
+class RopeScalingTest : public ::testing::TestWithParam<ops::RopeScaling::Type> {};
 
 TEST_P(RopeScalingTest, RotatesPairsByReferenceAngles) {
-  model::RopeScaling sc;
+  ops::RopeScaling sc;
   sc.type = GetParam();
   sc.factor = 4.0;
   sc.original_max_position_embeddings = 64;
@@ -155,13 +155,13 @@ TEST_P(RopeScalingTest, RotatesPairsByReferenceAngles) {
   double attn = 1.0;
   for (int i = 0; i < hd / 2; ++i) {
     double f = 1.0 / std::pow(10000.0, 2.0 * i / hd);
-    if (sc.type == model::RopeScaling::Type::Linear) f /= 4.0;
-    if (sc.type == model::RopeScaling::Type::Llama3) {
+    if (sc.type == ops::RopeScaling::Type::Linear) f /= 4.0;
+    if (sc.type == ops::RopeScaling::Type::Llama3) {
       double wl = 2 * M_PI / f, lw = 64 / 1.0, hw = 64 / 4.0;
       if (wl > lw) f /= 4.0;
       else if (wl >= hw) { double s = (64 / wl - 1.0) / 3.0; f = (1 - s) * f / 4.0 + s * f; }
     }
-    if (sc.type == model::RopeScaling::Type::Yarn) {
+    if (sc.type == ops::RopeScaling::Type::Yarn) {
       auto cd = [&](double r) { return hd * std::log(64 / (r * 2 * M_PI)) / (2 * std::log(10000.0)); };
       double lo = std::max(std::floor(cd(32)), 0.0), hi = std::min(std::ceil(cd(1)), double(hd - 1));
       double ramp = std::clamp((i - lo) / (hi - lo), 0.0, 1.0);
@@ -189,8 +189,8 @@ TEST_P(RopeScalingTest, RotatesPairsByReferenceAngles) {
   EXPECT_LT(rel_err(x, ref), 1e-5);
 }
 INSTANTIATE_TEST_SUITE_P(Scalings, RopeScalingTest,
-                         ::testing::Values(model::RopeScaling::Type::None, model::RopeScaling::Type::Linear,
-                                           model::RopeScaling::Type::Llama3, model::RopeScaling::Type::Yarn));
+                         ::testing::Values(ops::RopeScaling::Type::None, ops::RopeScaling::Type::Linear,
+                                           ops::RopeScaling::Type::Llama3, ops::RopeScaling::Type::Yarn));
 
 // Paged attention against dense causal attention over the same K/V, for a batch mixing
 // decodes and prefill chunks with cached prefixes, shuffled block tables and GQA.

@@ -9,11 +9,7 @@
 #include <string_view>
 #include <type_traits>
 
-#if defined(__CUDACC__)
-#define PIE_HD __host__ __device__ __forceinline__
-#else
-#define PIE_HD inline
-#endif
+#include "pie/core/host_device.hpp"
 
 namespace pie {
 

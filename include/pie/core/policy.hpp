@@ -5,7 +5,10 @@
 /// nothing else; illegal combinations fail with a static_assert that says why.
 #include <type_traits>
 
-#include "pie/attention/variants.hpp"
+// The variants live in core (not attention/, not the policy in a higher layer): the policy
+// checks and names them, and core/policy.hpp is read by every engine, so the edge must point
+// down. See core/attention_variants.hpp.
+#include "pie/core/attention_variants.hpp"
 #include "pie/core/dtype.hpp"
 
 namespace pie {
@@ -40,7 +43,7 @@ struct EnginePolicy {
   static_assert(sizeof(KVDType) <= sizeof(DType),
                 "EnginePolicy: a KV dtype wider than the activation dtype stores nothing extra");
   static_assert(attention::is_variant_v<Attention>,
-                "EnginePolicy: Attention must be a variant hook struct (see attention/variants.hpp)");
+                "EnginePolicy: Attention must be a variant hook struct (see core/attention_variants.hpp)");
 
   static constexpr int block_size = BlockSize;
   using dtype = DType;

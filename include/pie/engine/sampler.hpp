@@ -23,20 +23,15 @@
 #include <unordered_map>
 #include <vector>
 
+#include "pie/core/random.hpp"
 #include "pie/engine/request_output.hpp"
+#include "pie/sched/sampler_input.hpp"
 #include "pie/sched/sampling_params.hpp"
 
 namespace pie {
 
-/// \brief What the sampler needs to know about one sequence besides its logits.
-struct SamplerInput {
-  const sched::SamplingParams* params = nullptr;
-  std::span<const int32_t> prompt;   ///< prompt tokens (repetition penalty)
-  std::span<const int32_t> output;   ///< tokens generated so far
-  std::span<const int32_t> eos_ids;  ///< the model's EOS ids (suppressed by min_tokens)
-  uint64_t seed = 0;                 ///< the request's seed (or the engine's default)
-  int seq_index = 0;                 ///< 0..n-1 within the request
-};
+/// The sampler's per-sequence input; it lives in sched so the GPU sampler can read it too.
+using sched::SamplerInput;
 
 /// \brief A sampled token and, when asked, its logprob and the top-n alternatives.
 struct SamplerOutput {
@@ -48,12 +43,10 @@ struct SamplerOutput {
 /// \brief Stateless sampler; see the file comment for the order of operations.
 class Sampler {
  public:
-  /// Uniform in [0, 1) from (seed, sequence index, step): splitmix64 over the three words.
+  /// Uniform in [0, 1) from (seed, sequence index, step): splitmix64 over the three words
+  /// (rng::sample_uniform, which the GPU sampler draws with too).
   static double uniform(uint64_t seed, int seq_index, int64_t step) {
-    uint64_t x = mix(seed ^ 0x9e3779b97f4a7c15ull);
-    x = mix(x ^ (static_cast<uint64_t>(seq_index) + 0x632be59bd9b4e019ull));
-    x = mix(x ^ (static_cast<uint64_t>(step) + 0x85ebca6b27d4eb2full));
-    return static_cast<double>(x >> 11) * (1.0 / 9007199254740992.0);
+    return rng::sample_uniform(seed, seq_index, step);
   }
 
   /// Samples one token from `logits` (length vocab; modified in place).
@@ -125,13 +118,6 @@ class Sampler {
   }
 
  private:
-  static uint64_t mix(uint64_t z) {
-    z += 0x9e3779b97f4a7c15ull;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-  }
-
   /// Temperature, top_k, min_p, top_p, then an inverse-CDF draw with uniform u. Sorting is
   /// avoided where the filters allow (a full sort of a 151k vocabulary costs ~10 ms): top_k
   /// selects with nth_element, top_p sorts progressively larger prefixes until the nucleus is

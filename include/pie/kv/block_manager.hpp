@@ -14,13 +14,11 @@
 #include <vector>
 
 #include "pie/core/error.hpp"
+#include "pie/kv/block_copy.hpp"
 #include "pie/kv/block_pool.hpp"
 #include "pie/kv/block_table.hpp"
-#include "pie/sched/step_plan.hpp"
 
 namespace pie::kv {
-
-using sched::BlockCopy;
 
 /// \brief Device + host block pools and the table operations over them.
 class BlockManager {

@@ -7,23 +7,16 @@
 #include <string>
 #include <vector>
 
+#include "pie/ops/rope_scaling.hpp"
+
 namespace pie::model {
 
 /// \brief Which decoder family; the three share one implementation (model/qwen3.hpp). Custom:
 /// another architecture, parsed for a user's model (architecture_name says which).
 enum class Architecture { Qwen3, Qwen2, Llama, Custom };
 
-/// \brief RoPE frequency scaling (HF `rope_scaling`).
-struct RopeScaling {
-  enum class Type { None, Linear, Llama3, Yarn } type = Type::None;
-  double factor = 1.0;
-  double low_freq_factor = 1.0;                 ///< llama3
-  double high_freq_factor = 4.0;                ///< llama3
-  int64_t original_max_position_embeddings = 0; ///< llama3, yarn
-  double beta_fast = 32.0;                      ///< yarn
-  double beta_slow = 1.0;                       ///< yarn
-  double attention_factor = 0.0;                ///< yarn mscale (0 → derived from factor)
-};
+/// \brief RoPE frequency scaling (HF `rope_scaling`); defined with the RoPE ops, which read it.
+using ops::RopeScaling;
 
 /// \brief Shape and numerics of a decoder-only transformer.
 struct ModelConfig {

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "pie/core/dtype.hpp"
+#include "pie/core/random.hpp"
 #include "pie/model/config.hpp"
 #include "pie/model/parallel.hpp"
 #include "pie/model/weights.hpp"
@@ -31,12 +32,7 @@ struct DummyScale {
 };
 
 namespace detail {
-inline uint64_t splitmix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
+using rng::splitmix64;
 /// Two uniforms in [-0.5, 0.5) from one 64-bit hash (24 bits each, exact in float).
 inline void two_uniforms(uint64_t h, float& a, float& b) {
   a = static_cast<float>(h >> 40) * (1.0f / 16777216.0f) - 0.5f;

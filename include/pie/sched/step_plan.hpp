@@ -9,16 +9,14 @@
 #include <utility>
 #include <vector>
 
+#include "pie/kv/block_copy.hpp"
+
 namespace pie::sched {
 
 using SeqId = uint64_t;
 
-/// \brief A block copy: src block → dst block (same pool, or device↔host for swaps).
-struct BlockCopy {
-  int32_t src = 0;
-  int32_t dst = 0;
-  friend bool operator==(const BlockCopy&, const BlockCopy&) = default;
-};
+/// Block copies are a kv concept (the block manager emits them); plans carry them.
+using kv::BlockCopy;
 
 /// \brief One iteration's work, flattened.
 struct StepPlan {

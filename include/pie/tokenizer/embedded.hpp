@@ -7,7 +7,7 @@
 #include <string>
 
 #include "pie/tokenizer/embedded_vocab.hpp"
-#include "pie/tokenizer/tokenizer.hpp"
+#include "pie/tokenizer/tokenizer_class.hpp"
 
 namespace pie::tokenizer {
 

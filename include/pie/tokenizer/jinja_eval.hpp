@@ -2,152 +2,116 @@
 /// \file jinja_eval.hpp
 /// \brief The interpreter of pie's Jinja subset: scopes, loops with the `loop` object,
 /// namespace(), operators with Python semantics, and the filters, tests and str/dict methods
-/// chat templates use (jinja_builtins.hpp). Anything else is an error naming it.
-#include <ctime>
-#include <functional>
+/// chat templates use (jinja_functions.hpp). Anything else is an error naming it.
+///
+/// Include order is the dependency order: the parser (jinja_parse.hpp), the Interpreter class
+/// (jinja_interpreter.hpp), the callables (jinja_functions.hpp, which use the class), and last
+/// Interpreter::eval, which uses them all.
 #include <string>
-#include <unordered_map>
+#include <utility>
 #include <vector>
 
+#include "pie/core/error.hpp"
+#include "pie/tokenizer/jinja_builtins.hpp"
+#include "pie/tokenizer/jinja_functions.hpp"
+#include "pie/tokenizer/jinja_interpreter.hpp"
 #include "pie/tokenizer/jinja_parse.hpp"
-#include "pie/tokenizer/utf8.hpp"
 
 namespace pie::tokenizer::jinja {
 
-/// \brief Renders a parsed template against variables.
-class Interpreter {
- public:
-  explicit Interpreter(std::unordered_map<std::string, Value> globals) { scopes_.push_back(std::move(globals)); }
-
-  std::string render(const Body& body) {
-    std::string out;
-    run(body, out);
-    return out;
-  }
-
- private:
-  enum class Flow { Normal, Break, Continue };
-
-  Flow run(const Body& body, std::string& out) {
-    for (const auto& n : body) {
-      const Flow f = run(*n, out);
-      if (f != Flow::Normal) return f;
+inline Value Interpreter::eval(const Expr& e) {
+  using K = Expr::Kind;
+  auto args_of = [&](const Expr& n, std::size_t from, std::vector<Value>& args,
+                     std::vector<std::pair<std::string, Value>>& kwargs) {
+    for (std::size_t i = from; i < n.args.size(); ++i) args.push_back(eval(*n.args[i]));
+    for (const auto& [k, v] : n.kwargs) kwargs.emplace_back(k, eval(*v));
+  };
+  switch (e.kind) {
+    case K::Literal: return Value::of(e.literal);
+    case K::Name: return lookup(e.name);
+    case K::Attr: return builtin::item(eval(*e.args[0]), Value::of(e.name));
+    case K::Index: return builtin::item(eval(*e.args[0]), eval(*e.args[1]));
+    case K::Slice: {
+      auto part = [&](int i) { return e.args[i] ? eval(*e.args[i]) : Value(); };
+      return builtin::slice(eval(*e.args[0]), part(1), part(2), part(3));
     }
-    return Flow::Normal;
-  }
-
-  Flow run(const Node& n, std::string& out) {
-    switch (n.kind) {
-      case Node::Kind::Text: out += n.text; return Flow::Normal;
-      case Node::Kind::Output: out += to_display(eval(*n.exprs[0])); return Flow::Normal;
-      case Node::Kind::Block: return run(n.bodies[0], out);
-      case Node::Kind::Break: return Flow::Break;
-      case Node::Kind::Continue: return Flow::Continue;
-      case Node::Kind::If:
-        for (std::size_t i = 0; i < n.exprs.size(); ++i)
-          if (eval(*n.exprs[i]).truthy()) return run(n.bodies[i], out);
-        if (n.bodies.size() > n.exprs.size()) return run(n.bodies.back(), out);
-        return Flow::Normal;
-      case Node::Kind::Set: {
-        Value v = eval(*n.exprs[0]);
-        if (n.targets.size() == 1) {
-          scopes_.back()[n.targets[0]] = std::move(v);
-        } else {
-          Value ns = lookup(n.targets[0]);
-          PIE_CHECK(ns.is_namespace(), "chat template: cannot set attribute '", n.targets[1], "' of '",
-                    n.targets[0], "' (only namespace() objects have assignable attributes)");
-          ns.namespace_attrs()[n.targets[1]] = v.undefined() ? Json() : v.json();
-        }
-        return Flow::Normal;
+    case K::List: {
+      Json a = Json::array();
+      for (const auto& x : e.args) {
+        Value v = eval(*x);
+        a.push_back(v.undefined() ? Json() : v.json());
       }
-      case Node::Kind::For: return run_for(n, out);
+      return Value::of(std::move(a));
     }
-    return Flow::Normal;
-  }
-
-  Flow run_for(const Node& n, std::string& out) {
-    const Value seq = eval(*n.exprs[0]);
-    std::vector<Value> items = iterate(seq);
-    if (n.exprs.size() > 1) {  // `for x in xs if cond`: filter first, loop indices count survivors
-      std::vector<Value> kept;
-      for (auto& it : items) {
-        scopes_.emplace_back();
-        bind(n.targets, it);
-        if (eval(*n.exprs[1]).truthy()) kept.push_back(it);
-        scopes_.pop_back();
+    case K::Dict: {
+      Json d = Json::object();
+      for (std::size_t i = 0; i + 1 < e.args.size(); i += 2) {
+        Value k = eval(*e.args[i]), v = eval(*e.args[i + 1]);
+        PIE_CHECK(k.is_string(), "chat template: dict literal keys must be strings");
+        d[k.str()] = v.undefined() ? Json() : v.json();
       }
-      items = std::move(kept);
+      return Value::of(std::move(d));
     }
-    if (items.empty()) {
-      if (n.bodies.size() > 1) return run(n.bodies[1], out);
-      return Flow::Normal;
+    case K::Call: {
+      std::vector<Value> args;
+      std::vector<std::pair<std::string, Value>> kwargs;
+      args_of(e, 1, args, kwargs);
+      const Expr& callee = *e.args[0];
+      if (callee.kind == K::Attr) return builtin::call_method(eval(*callee.args[0]), callee.name, args, kwargs);
+      PIE_CHECK(callee.kind == K::Name, "chat template: only functions and methods can be called");
+      return builtin::call_global(callee.name, args, kwargs);
     }
-    const std::size_t len = items.size();
-    for (std::size_t i = 0; i < len; ++i) {
-      scopes_.emplace_back();
-      bind(n.targets, items[i]);
-      Json loop = {{"index", i + 1}, {"index0", i}, {"revindex", len - i}, {"revindex0", len - i - 1},
-                   {"first", i == 0}, {"last", i + 1 == len}, {"length", len}};
-      loop["previtem"] = i > 0 && !items[i - 1].undefined() ? items[i - 1].json() : Json();
-      loop["nextitem"] = i + 1 < len && !items[i + 1].undefined() ? items[i + 1].json() : Json();
-      scopes_.back()["loop"] = Value::of(std::move(loop));
-      const Flow f = run(n.bodies[0], out);
-      scopes_.pop_back();
-      if (f == Flow::Break) break;
+    case K::Filter: {
+      std::vector<Value> args;
+      std::vector<std::pair<std::string, Value>> kwargs;
+      args_of(e, 1, args, kwargs);
+      return builtin::call_filter(e.name, eval(*e.args[0]), args, kwargs);
     }
-    return Flow::Normal;
-  }
-
-  void bind(const std::vector<std::string>& targets, const Value& item) {
-    if (targets.size() == 1) {
-      scopes_.back()[targets[0]] = item;
-      return;
+    case K::Test: {
+      std::vector<Value> args;
+      std::vector<std::pair<std::string, Value>> kwargs;
+      args_of(e, 1, args, kwargs);
+      return Value::of(builtin::call_test(e.name, eval(*e.args[0]), args) != e.negated);
     }
-    const Json& j = item.json();
-    PIE_CHECK(j.is_array() && j.size() == targets.size(), "chat template: cannot unpack ", j.dump(), " into ",
-              targets.size(), " loop variables");
-    for (std::size_t k = 0; k < targets.size(); ++k) scopes_.back()[targets[k]] = item.child(j[k]);
-  }
-
- public:
-  /// The elements a for loop visits: list items, dict keys, string characters.
-  static std::vector<Value> iterate(const Value& seq) {
-    std::vector<Value> items;
-    PIE_CHECK(!seq.undefined(), "chat template: cannot iterate over an undefined value");
-    const Json& j = seq.json();
-    if (j.is_array()) {
-      for (const auto& x : j) items.push_back(seq.child(x));
-    } else if (j.is_object()) {
-      for (auto it = j.begin(); it != j.end(); ++it) items.push_back(Value::of(it.key()));
-    } else if (j.is_string()) {
-      const std::string& s = j.get_ref<const std::string&>();
-      for (std::size_t i = 0; i < s.size();) {
-        const std::size_t n = std::max<std::size_t>(1, utf8::sequence_length(s, i));
-        items.push_back(Value::of(s.substr(i, n)));
-        i += n;
+    case K::Unary: {
+      const Value v = eval(*e.args[0]);
+      if (e.name == "not") return Value::of(!v.truthy());
+      PIE_CHECK(!v.undefined() && v.json().is_number(), "chat template: unary ", e.name, " on a non-number");
+      if (e.name == "+") return v;
+      return v.json().is_number_integer() ? Value::of(-v.json().get<long long>()) : Value::of(-v.json().get<double>());
+    }
+    case K::Ternary: {
+      if (eval(*e.args[0]).truthy()) return eval(*e.args[1]);
+      return e.args[2] ? eval(*e.args[2]) : Value();
+    }
+    case K::Binary: {
+      const std::string& op = e.name;
+      if (op == "and") {
+        Value a = eval(*e.args[0]);
+        return a.truthy() ? eval(*e.args[1]) : a;
       }
-    } else if (!j.is_null()) {
-      PIE_FAIL("chat template: cannot iterate over ", j.dump());
-    } else {
-      PIE_FAIL("chat template: cannot iterate over None");
+      if (op == "or") {
+        Value a = eval(*e.args[0]);
+        return a.truthy() ? a : eval(*e.args[1]);
+      }
+      const Value a = eval(*e.args[0]), b = eval(*e.args[1]);
+      if (op == "==") return Value::of(builtin::equal(a, b));
+      if (op == "!=") return Value::of(!builtin::equal(a, b));
+      if (op == "in") return Value::of(builtin::contains(b, a));
+      if (op == "not in") return Value::of(!builtin::contains(b, a));
+      if (op == "~") return Value::of(to_display(a) + to_display(b));
+      if (op == "<" || op == ">" || op == "<=" || op == ">=") {
+        PIE_CHECK(!a.undefined() && !b.undefined(), "chat template: comparison with an undefined value");
+        const Json &x = a.json(), &y = b.json();
+        if (op == "<") return Value::of(builtin::less(x, y));
+        if (op == ">") return Value::of(builtin::less(y, x));
+        if (op == "<=") return Value::of(!builtin::less(y, x));
+        return Value::of(!builtin::less(x, y));
+      }
+      return builtin::arith(op, a, b);
     }
-    return items;
   }
-
-  Value lookup(const std::string& name) const {
-    for (auto it = scopes_.rbegin(); it != scopes_.rend(); ++it) {
-      const auto f = it->find(name);
-      if (f != it->end()) return f->second;
-    }
-    return {};
-  }
-
-  Value eval(const Expr& e);
-
- private:
-  std::vector<std::unordered_map<std::string, Value>> scopes_;
-};
+  PIE_FAIL("chat template: unknown expression");
+}
 
 }  // namespace pie::tokenizer::jinja
-
-#include "pie/tokenizer/jinja_builtins.hpp"

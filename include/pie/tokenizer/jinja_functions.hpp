@@ -7,10 +7,17 @@
 #include <vector>
 
 #include "pie/tokenizer/jinja_builtins.hpp"
+#include "pie/tokenizer/jinja_interpreter.hpp"
 
 namespace pie::tokenizer::jinja::builtin {
 
 using KwArgs = std::vector<std::pair<std::string, Value>>;
+
+// Declared first: filters call methods (|items) and Interpreter::eval calls all four.
+Value call_filter(const std::string& name, const Value& x, const std::vector<Value>& args, const KwArgs& kwargs);
+bool call_test(const std::string& name, const Value& x, const std::vector<Value>& args);
+Value call_method(const Value& obj, const std::string& name, const std::vector<Value>& args, const KwArgs& kwargs);
+Value call_global(const std::string& name, const std::vector<Value>& args, const KwArgs& kwargs);
 
 inline const Value* kwarg(const KwArgs& kw, const char* name) {
   for (const auto& [k, v] : kw)

@@ -1,12 +1,13 @@
 #pragma once
 /// \file jinja_template_parser.hpp
-/// \brief Template-level parsing for jinja_parse.hpp: cutting the source into text and tags
+/// \brief Template-level parsing (see jinja_parse.hpp): cutting the source into text and tags
 /// with Jinja's whitespace rules, then building the statement tree.
 #include <string>
 #include <string_view>
 #include <vector>
 
-#include "pie/tokenizer/jinja_parse.hpp"
+#include "pie/tokenizer/jinja_ast.hpp"
+#include "pie/tokenizer/jinja_expr_parser.hpp"
 
 namespace pie::tokenizer::jinja {
 
@@ -225,6 +226,7 @@ class TreeBuilder {
 
 }  // namespace parse_detail
 
+/// Parses template source into a statement tree. Throws pie::Error naming an unsupported tag.
 inline Body parse_template(std::string_view source) {
   // Jinja's keep_trailing_newline=False: a single trailing newline is not part of the output.
   if (!source.empty() && source.back() == '\n') source.remove_suffix(1);

@@ -9,7 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "pie/tokenizer/tokenizer.hpp"
+#include "pie/tokenizer/tokenizer_class.hpp"
 
 namespace pie::tokenizer {
 

@@ -14,7 +14,7 @@
 #include <limits>
 #include <vector>
 
-#include "pie/attention/variants.hpp"
+#include "pie/core/attention_variants.hpp"
 #include "pie/core/dtype.hpp"
 #include "pie/core/error.hpp"
 #include "pie/kv/paged_kv.hpp"

@@ -13,8 +13,8 @@
 #include <vector>
 
 #include "pie/core/error.hpp"
-#include "pie/model/config.hpp"
 #include "pie/ops/cpu/parallel.hpp"
+#include "pie/ops/rope_scaling.hpp"
 
 namespace pie::ops::cpu {
 
@@ -27,9 +27,9 @@ struct RopeTable {
 /// \brief Inverse frequencies of RoPE for `rotary_dim`, `theta` and `scaling`
 /// (transformers' _compute_{default,linear_scaling,llama3,yarn}_parameters).
 /// `max_position_embeddings` is the fallback original context length of yarn.
-inline RopeTable rope_inv_freq(int rotary_dim, double theta, const model::RopeScaling& scaling,
+inline RopeTable rope_inv_freq(int rotary_dim, double theta, const RopeScaling& scaling,
                                int64_t max_position_embeddings = 0) {
-  using Type = model::RopeScaling::Type;
+  using Type = RopeScaling::Type;
   PIE_CHECK(rotary_dim > 0 && rotary_dim % 2 == 0, "rope: rotary dim must be even, got ", rotary_dim);
   const int half = rotary_dim / 2;
   RopeTable t;

@@ -11,7 +11,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "pie/attention/variants.hpp"
+#include "pie/core/attention_variants.hpp"
 #include "pie/core/dispatch.hpp"
 #include "pie/kv/paged_kv.hpp"
 #include "pie/ops/cuda/common.cuh"

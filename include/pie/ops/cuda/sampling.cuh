@@ -17,8 +17,10 @@
 #include <limits>
 #include <vector>
 
-#include "pie/engine/sampler.hpp"
+#include "pie/core/random.hpp"
 #include "pie/ops/cuda/common.cuh"
+#include "pie/sched/sampler_input.hpp"
+#include "pie/sched/sampling_params.hpp"
 
 namespace pie::ops::cuda {
 
@@ -63,7 +65,7 @@ struct SamplingBatchHost {
   std::vector<float> bias_values;
   int max_top = 0;
 
-  void add(const SamplerInput& in, int vocab) {
+  void add(const sched::SamplerInput& in, int vocab) {
     const sched::SamplingParams& p = *in.params;
     SamplingRow r;
     r.temperature = p.temperature; r.top_p = p.top_p; r.min_p = p.min_p;
@@ -101,20 +103,6 @@ inline constexpr int kSampleThreads = 1024;
 __device__ __forceinline__ uint32_t fkey(float f) {
   uint32_t u = __float_as_uint(f);
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-
-/// splitmix64, word for word the CPU Sampler::uniform.
-__device__ __forceinline__ uint64_t mix64(uint64_t z) {
-  z += 0x9e3779b97f4a7c15ull;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-__device__ __forceinline__ double uniform01(uint64_t seed, int seq_index, int64_t step) {
-  uint64_t x = mix64(seed ^ 0x9e3779b97f4a7c15ull);
-  x = mix64(x ^ (static_cast<uint64_t>(seq_index) + 0x632be59bd9b4e019ull));
-  x = mix64(x ^ (static_cast<uint64_t>(step) + 0x85ebca6b27d4eb2full));
-  return static_cast<double>(x >> 11) * (1.0 / 9007199254740992.0);
 }
 
 /// Bias/suppression and penalties of one row, in the CPU order. One CTA per row; `bits` is
@@ -333,7 +321,8 @@ static __global__ void __launch_bounds__(kSampleThreads) sampling_kernel(const f
     if (tid == 0) {
       double total = 0;
       for (int w = 0; w < 32; ++w) total += s.wsum[w];
-      double target = uniform01(r.seed, r.seq_index, r.step) * total, c = 0;
+      // the CPU Sampler's u (core/random.hpp): one formula on both sides
+      double target = rng::sample_uniform(r.seed, r.seq_index, r.step) * total, c = 0;
       int w = 0;
       for (; w < 31; ++w) {
         if (target < c + s.wsum[w]) break;
