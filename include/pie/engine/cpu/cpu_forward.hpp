@@ -15,7 +15,7 @@
 #include <span>
 #include <vector>
 
-#include "pie/attention/variants.hpp"
+#include "pie/core/attention_variants.hpp"
 #include "pie/core/communicator.hpp"
 #include "pie/core/error.hpp"
 #include "pie/core/tensor.hpp"

@@ -8,7 +8,7 @@
 #include <span>
 #include <utility>
 
-#include "pie/attention/variants.hpp"
+#include "pie/core/attention_variants.hpp"
 #include "pie/core/communicator.hpp"
 #include "pie/engine/cpu/cpu_forward.hpp"
 #include "pie/model/tp_plan.hpp"

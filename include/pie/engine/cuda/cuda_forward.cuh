@@ -21,7 +21,7 @@
 #include <cstdint>
 #include <deque>
 
-#include "pie/attention/variants.hpp"
+#include "pie/core/attention_variants.hpp"
 #include "pie/core/buffer.hpp"
 #include "pie/core/communicator.hpp"
 #include "pie/core/error.hpp"
