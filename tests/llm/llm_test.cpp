@@ -179,10 +179,12 @@ struct Collected {
   std::map<std::pair<size_t, int>, std::string> text;
   std::map<std::pair<size_t, int>, std::vector<int32_t>> ids;
   std::map<std::pair<size_t, int>, std::string> finish;
-  std::map<std::pair<size_t, int>, int> finish_calls, calls_after_finish;
+  std::map<std::pair<size_t, int>, int> calls, finish_calls, calls_after_finish;
   llm::DeltaCallback callback() {
     return [this](const llm::Delta& d) {
       const auto k = std::make_pair(d.prompt, d.sequence);
+      calls[k]++;
+      EXPECT_EQ(d.token_ids.size(), 1u);  // one decode step, one token, one call
       if (finish_calls[k] > 0) calls_after_finish[k]++;
       text[k] += d.text;
       ids[k].insert(ids[k].end(), d.token_ids.begin(), d.token_ids.end());
@@ -200,6 +202,7 @@ struct Collected {
         EXPECT_EQ(ids.at(k), c.token_ids);
         EXPECT_EQ(finish.at(k), c.finish_reason);
         EXPECT_EQ(finish_calls.at(k), 1);
+        EXPECT_EQ(calls.at(k), static_cast<int>(c.token_ids.size()));  // streamed as it came
         EXPECT_EQ(calls_after_finish.count(k) ? calls_after_finish.at(k) : 0, 0);
       }
   }
