@@ -3,6 +3,7 @@
 /// \brief Umbrella header of pie's host side: `#include <pie/pie.hpp>` and link pie::pie.
 ///   pie::Engine<pie::Qwen3, pie::CpuF32> engine(pie::EngineOptions{...});
 ///   auto results = engine.generate(prompts, params);
+/// or, with the tokenizer: pie::LLM llm(dir); llm.generate({"text"}, params), llm.chat(...).
 /// The tokenizer and chat template come in when the translation unit links pie::text (which
 /// defines PCRE2_CODE_UNIT_WIDTH); the HTTP server additionally needs pie::server and is included
 /// by its own headers (pie/server/...). CUDA kernels have their own umbrella, pie/cuda.cuh.
@@ -59,4 +60,7 @@
 #include "pie/tokenizer/embedded.hpp"
 #include "pie/tokenizer/text.hpp"  // tokenizer, chat template, detokenizer, reasoning parser
 #include "pie/tokenizer/tokenizer_json.hpp"
+
+// text-level API: pie::LLM (generate / chat over the engine and the tokenizer)
+#include "pie/llm/llm.hpp"
 #endif
