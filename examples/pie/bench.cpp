@@ -20,7 +20,7 @@
 
 #include "pie/core/policy.hpp"
 #include "pie/engine/cuda/roofline.cuh"
-#include "pie/make_engine.hpp"
+#include "pie/registry/cuda/cuda_engines.cuh"
 #include "pie/model/config_io.hpp"
 
 namespace pie::cli {

@@ -9,7 +9,7 @@
 #include <optional>
 #include <sstream>
 
-#include "pie/make_engine.hpp"
+#include "pie/registry/make_engine.hpp"
 #if defined(PIE_HAVE_TOKENIZER)
 #include "pie/tokenizer/embedded.hpp"
 #include "pie/tokenizer/tokenizer.hpp"

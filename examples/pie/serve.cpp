@@ -16,7 +16,7 @@
 #include <thread>
 
 #include "pie/engine/any_engine.hpp"
-#include "pie/make_engine.hpp"
+#include "pie/registry/make_engine.hpp"
 #include "pie/model/config_io.hpp"
 #include "pie/model/embedded.hpp"
 #include "pie/server/engine_service.hpp"

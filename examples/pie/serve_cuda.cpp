@@ -1,5 +1,5 @@
 // The CUDA half of `pie` (compiled as CUDA, only with the CUDA backend): including
-// make_engine.hpp here, under nvcc, compiles the CUDA engines of the registry and registers
+// registry/cuda/cuda_engines.cuh here compiles the CUDA engines of the registry and registers
 // them, so host-compiled serve.cpp and generate.cpp reach them through make_engine().
 #include "serve_cuda.hpp"
 
@@ -8,7 +8,7 @@
 #include <cstdio>
 
 #include "pie/engine/cuda/roofline.cuh"
-#include "pie/make_engine.hpp"
+#include "pie/registry/cuda/cuda_engines.cuh"
 #include "pie/model/config_io.hpp"
 #include "pie/model/embedded.hpp"
 

@@ -2,7 +2,7 @@
 /// \file serve_cuda.hpp
 /// \brief The CUDA half of `pie serve`: defined in serve_cuda.cpp, which is compiled as CUDA
 /// and only in builds with the CUDA backend (PIE_HAVE_SERVE_CUDA). serve.cpp stays host code;
-/// the CUDA engines themselves come from make_engine() (pie/make_engine.hpp), which
+/// the CUDA engines themselves come from make_engine() (pie/registry/make_engine.hpp), which
 /// serve_cuda.cpp registers.
 #include <cstddef>
 

@@ -24,12 +24,14 @@ import tempfile
 
 # The order, lowest first. The attention variants live in core (core/attention_variants.hpp:
 # core/policy.hpp names them).
-LAYERS = ["core", "kv", "sched", "ops", "model", "engine", "parallel", "server"]
+# registry/ maps flags to engine types over every backend and group (make_engine); llm/ is the
+# text-level API above it.
+LAYERS = ["core", "kv", "sched", "ops", "model", "engine", "parallel", "registry", "llm", "server"]
 RANK = {name: i for i, name in enumerate(LAYERS)}
 TOP = "<top-level>"
 
 # tokenizer stands beside the order: what it may include, and who may include it.
-SIDE = {"tokenizer": {"uses": {"core", "tokenizer"}, "used_by": {"tokenizer", "server", TOP}}}
+SIDE = {"tokenizer": {"uses": {"core", "tokenizer"}, "used_by": {"tokenizer", "llm", "server", TOP}}}
 
 # Edges known to break a rule, each in a file its owner is rewriting right now. Delete an entry
 # when its edge is gone: the check fails on an entry that no longer matches an edge, so the

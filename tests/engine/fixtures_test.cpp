@@ -13,7 +13,7 @@
 #include <numeric>
 
 #include "pie/engine/engine.hpp"
-#include "pie/make_engine.hpp"
+#include "pie/registry/make_engine.hpp"
 #include "pie/model/load.hpp"
 #include "pie/engine/cpu/cpu_model.hpp"
 #include "pie/model/qwen3.hpp"

@@ -49,7 +49,7 @@ struct EngineOptions {
   bool batch_invariant = false;
   bool log = true;                   ///< GPU runner: print the memory plan and graph capture
 
-  // What make_engine() (pie/make_engine.hpp) turns into an Engine type; an Engine<Model,
+  // What make_engine() (pie/registry/make_engine.hpp) turns into an Engine type; an Engine<Model,
   // Policy> built directly has these fixed by its template arguments and ignores them.
   std::string device = "cpu";          ///< cpu | cuda
   std::string dtype = "auto";          ///< auto | float32 | bfloat16 (vLLM's --dtype)

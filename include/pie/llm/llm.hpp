@@ -25,6 +25,7 @@
 #include "pie/engine/any_engine.hpp"
 #include "pie/engine/engine.hpp"
 #include "pie/engine/engine_options.hpp"
+#include "pie/registry/make_engine.hpp"
 #include "pie/llm/model_text.hpp"
 #include "pie/llm/outputs.hpp"
 #include "pie/llm/sampling_params.hpp"
@@ -39,9 +40,7 @@ using EngineFactory = std::function<std::unique_ptr<AnyEngine>(const EngineOptio
 namespace llm {
 
 /// The engine LLM uses unless told otherwise: Qwen3-family model, fp32 on the CPU.
-inline std::unique_ptr<AnyEngine> default_engine(const EngineOptions& opt) {
-  return make_any_engine<Engine<Qwen3, CpuF32>>(opt);
-}
+inline std::unique_ptr<AnyEngine> default_engine(const EngineOptions& opt) { return make_engine(opt); }
 
 /// \brief Construction options of pie::LLM.
 struct LLMOptions {

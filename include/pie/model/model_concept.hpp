@@ -32,7 +32,9 @@
 #include <type_traits>
 
 #include "pie/model/config.hpp"
+#include "pie/core/error.hpp"
 #include "pie/model/config_io.hpp"
+#include "pie/model/load.hpp"
 #include "pie/model/weights.hpp"
 
 namespace pie::model {
@@ -47,6 +49,28 @@ template <class M>
 ModelConfig config_of(const std::string& dir) {
   if constexpr (requires { M::load_config(dir); }) return M::load_config(dir);
   else return load_model_config(dir);
+}
+
+/// \brief A user model's weights and configs, read from its checkpoint directory.
+template <class M, class T>
+struct UserModel {
+  typename M::template Weights<T> weights;
+  ModelConfig config;
+  GenerationConfig generation;
+};
+
+/// Reads model M from `dir` (config, generation defaults, weights in T); throws naming what is
+/// missing. User models have no embedded default and no dummy weights.
+template <class M, class T>
+UserModel<M, T> load_user_model(const std::string& dir, LoadFormat format, const LoadOptions& opt) {
+  PIE_CHECK(!dir.empty(), "model ", M::kName, " has no embedded default: give its checkpoint directory");
+  PIE_CHECK(format != LoadFormat::Dummy, "model ", M::kName, " declares no dummy weights (--load-format dummy)");
+  UserModel<M, T> m;
+  m.config = config_of<M>(dir);
+  M::check_config(m.config);
+  m.generation = load_generation_config(dir, m.config);
+  m.weights = M::template load<T>(dir, m.config, opt);
+  return m;
 }
 
 }  // namespace pie::model

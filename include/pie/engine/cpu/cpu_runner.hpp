@@ -161,16 +161,13 @@ class CpuRunner {
       w_ = std::static_pointer_cast<const Weights>(opt.weights);
       return;
     }
-    PIE_CHECK(!opt.model_dir.empty(), "model ", Model::kName, " has no embedded default: give its checkpoint directory");
-    PIE_CHECK(model::parse_load_format(opt.load_format) != model::LoadFormat::Dummy, "model ", Model::kName,
-              " declares no dummy weights (--load-format dummy)");
-    global_ = model::config_of<Model>(opt.model_dir);
-    Model::check_config(global_);
-    gen_ = model::load_generation_config(opt.model_dir, global_);
     model::LoadOptions lo;
     lo.threads = threads;
     lo.progress = false;
-    w_ = std::make_shared<const Weights>(Model::template load<T>(opt.model_dir, global_, lo));
+    auto m = model::load_user_model<Model, T>(opt.model_dir, model::parse_load_format(opt.load_format), lo);
+    global_ = m.config;
+    gen_ = m.generation;
+    w_ = std::make_shared<const Weights>(std::move(m.weights));
   }
 
   /// Copies block `src` of pool a (a_blocks blocks per layer) to block `dst` of pool b, every layer.

@@ -48,12 +48,14 @@ namespace pie::engine::cuda {
 namespace detail {
 /// out[t] = ids[t] − begin: the rank's row of the token, or an index outside [0, slice) that
 /// the embedding kernel turns into a zero row.
-__global__ inline void shift_ids_kernel(const int32_t* ids, int n, int32_t begin, int32_t* out) {
+template <int = 0>  // a template: defined in every translation unit that launches it, once in the program
+__global__ void shift_ids_kernel(const int32_t* ids, int n, int32_t begin, int32_t* out) {
   const int t = blockIdx.x * blockDim.x + threadIdx.x;
   if (t < n) out[t] = ids[t] - begin;
 }
 /// logits[j][r·per + v] = gathered[r][j][v] for r·per + v < vocab (drops the padded rows).
-__global__ inline void unshard_logits_kernel(const float* gathered, int rows, int per, int vocab, float* logits) {
+template <int = 0>
+__global__ void unshard_logits_kernel(const float* gathered, int rows, int per, int vocab, float* logits) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= static_cast<int64_t>(rows) * vocab) return;
   const int j = static_cast<int>(i / vocab), g = static_cast<int>(i % vocab);
@@ -173,7 +175,7 @@ class CudaForward {
     }
     const int n = shape_.tokens;
     op("embedding", [&] {
-      detail::shift_ids_kernel<<<(n + 255) / 256, 256, 0, s_>>>(p_.step->token_ids(), n,
+      detail::shift_ids_kernel<><<<(n + 255) / 256, 256, 0, s_>>>(p_.step->token_ids(), n,
                                                                  static_cast<int32_t>(p_.shard->vocab.begin), ids_.data());
       PIE_CUDA_CHECK(cudaGetLastError());
       ops::cuda::embedding(table, ids_.data(), out, nullptr, s_);
@@ -284,7 +286,7 @@ class CudaForward {
       p_.comm->all_gather(part_.data(), gathered_.data(), static_cast<size_t>(nsamp) * per, DType::F32);
       const int64_t total = int64_t{nsamp} * V;
       if (total > 0) {
-        detail::unshard_logits_kernel<<<static_cast<unsigned>((total + 255) / 256), 256, 0, s_>>>(
+        detail::unshard_logits_kernel<><<<static_cast<unsigned>((total + 255) / 256), 256, 0, s_>>>(
             gathered_.data(), nsamp, per, V, logits_.data());
         PIE_CUDA_CHECK(cudaGetLastError());
       }

@@ -223,15 +223,12 @@ class CudaRunner {
       w_ = Weights::upload(*given);
       return;
     }
-    PIE_CHECK(!opt_.model_dir.empty(), "model ", Model::kName, " has no embedded default: give its checkpoint directory");
-    PIE_CHECK(model::parse_load_format(opt_.load_format) != model::LoadFormat::Dummy, "model ", Model::kName,
-              " declares no dummy weights (--load-format dummy)");
-    global_ = model::config_of<Model>(opt_.model_dir);
-    Model::check_config(global_);
-    gen_ = model::load_generation_config(opt_.model_dir, global_);
     model::LoadOptions lo;
     lo.progress = false;
-    w_ = Weights::upload(Model::template load<T>(opt_.model_dir, global_, lo));
+    auto m = model::load_user_model<Model, T>(opt_.model_dir, model::parse_load_format(opt_.load_format), lo);
+    global_ = m.config;
+    gen_ = m.generation;
+    w_ = Weights::upload(m.weights);
   }
 
   /// The Qwen3 family: checkpoint, dummy (filled on the device at TP = 1), embedded or given.

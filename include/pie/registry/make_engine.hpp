@@ -6,9 +6,9 @@
 /// calls it; a combination that is not compiled fails with one message listing those that are.
 ///
 /// The compiled engines are two type lists, one per backend. The CPU list is instantiated in any
-/// translation unit that calls make_engine(); the CUDA list only where this header is compiled
-/// by nvcc (one CUDA translation unit of the program is enough: it registers the CUDA factory at
-/// static initialisation, and host translation units reach it through that registration).
+/// translation unit that calls make_engine(); the CUDA list where registry/cuda/cuda_engines.cuh
+/// is included (one CUDA translation unit of the program is enough: it registers the CUDA
+/// factory at static initialisation, and host translation units reach it through that).
 #include <cstddef>
 #include <memory>
 #include <string>
@@ -23,13 +23,6 @@
 #include "pie/model/embedded.hpp"
 #include "pie/model/qwen3.hpp"
 #include "pie/parallel/cpu_group.hpp"
-
-#if defined(__CUDACC__)
-#include "pie/engine/cuda/cuda_runner.cuh"
-#if defined(PIE_WITH_NCCL)
-#include "pie/parallel/nccl_group.cuh"
-#endif
-#endif
 
 namespace pie {
 
@@ -100,35 +93,12 @@ void list_policies(List<Ps...>, const char* device, std::vector<std::string>& ou
   (out.push_back(policy_str<Ps>(device)), ...);
 }
 
-/// The CUDA half, registered by a translation unit compiled by nvcc (see file comment).
+/// The CUDA half, registered by registry/cuda/cuda_engines.cuh (see file comment).
 using CudaFactory = std::unique_ptr<AnyEngine> (*)(const Choice&, const EngineOptions&);
 inline CudaFactory& cuda_factory() {
   static CudaFactory f = nullptr;
   return f;
 }
-
-#if defined(__CUDACC__)
-/// The group of GPU ranks `c` asks for (NCCL when c.tp > 1).
-inline engine::RankGroup cuda_group(const Choice& c) {
-#if defined(PIE_WITH_NCCL)
-  return parallel::nccl_group(c.tp);
-#else
-  PIE_CHECK(c.tp == 1, "--tensor-parallel-size ", c.tp, " on the GPU needs NCCL, which this program was built without");
-  return {};
-#endif
-}
-inline std::unique_ptr<AnyEngine> make_cuda(const Choice& c, const EngineOptions& opt) {
-  std::unique_ptr<AnyEngine> out;
-  visit(Models{}, CudaPolicies{}, c, [&]<class M, class P>() {
-    out = std::make_unique<AnyEngineOf<Engine<M, P>>>(std::in_place, opt, cuda_group(c));
-  });
-  return out;
-}
-inline const bool cuda_registered = [] {
-  cuda_factory() = &make_cuda;
-  return true;
-}();
-#endif
 
 }  // namespace registry
 
@@ -186,18 +156,6 @@ inline bool is_compiled(const registry::Choice& c) {
            have);
 }
 
-#if defined(__CUDACC__)
-/// Calls f.template operator()<Model, Policy>(choice) with the compiled CUDA engine `opt` asks
-/// for (`pie bench`, which needs the concrete runner); throws listing what is compiled otherwise.
-template <class F>
-void with_cuda_engine_type(const EngineOptions& opt, F&& f) {
-  const registry::Choice c = resolve_engine(opt);
-  PIE_CHECK(c.device == "cuda", "with_cuda_engine_type: --device is ", c.device);
-  if (!registry::visit(registry::Models{}, registry::CudaPolicies{}, c,
-                       [&]<class M, class P>() { f.template operator()<M, P>(c); }))
-    fail_not_compiled(c);
-}
-#endif
 
 /// Builds the engine `opt` asks for (see file comment). Throws pie::Error listing the compiled
 /// configurations when the combination is not one of them.
