@@ -39,25 +39,28 @@ if has build; then
   run configure_old 120 cmake -S "$OLD" -B build-old "${GEN[@]}" "${CFG[@]}"
   run build_new 420 cmake --build build-new -j "$JOBS" --target pie_bench pie_gpu_test_runner pie_gpu_test_hf \
     olmo2_gpu_test pie_cuda_test_elementwise pie_cuda_test_sampling &
-  run build_old 420 cmake --build build-old -j "$((JOBS / 2))" --target pie_bench &
+  run build_old 420 cmake --build build-old -j "$((JOBS / 2))" --target pie_bench pie_gpu_test_hf &
   wait
 fi
 
 if has test; then
-  for t in build-new/tests/gpu/pie_gpu_test_runner build-new/examples/custom_model/olmo2_gpu_test \
-           build-new/tests/cuda/pie_cuda_test_elementwise build-new/tests/cuda/pie_cuda_test_sampling; do
+  for t in ${PIE_TEST_BINS:-build-new/tests/gpu/pie_gpu_test_runner build-new/examples/custom_model/olmo2_gpu_test \
+           build-new/tests/cuda/pie_cuda_test_elementwise build-new/tests/cuda/pie_cuda_test_sampling}; do
     run "test_$(basename "$t")" 240 "$t" --gtest_color=no
     grep -E "^\[(gpu|batch|olmo2)|OK \]|FAILED  \]|Failure|PASSED" "$OUT/test_$(basename "$t").log" | head -30 | tee -a "$SUM"
   done
   run hf_reference 150 python3 tests/gpu/make_hf_reference.py --out /tmp/pie_hfref --config-8b "$MODEL/config.json" \
     --layers-8b "${PIE_HF_LAYERS:-8}"
-  PIE_GPU_HF_DIR=/tmp/pie_hfref run test_gpu_hf 150 build-new/tests/gpu/pie_gpu_test_hf --gtest_color=no
-  grep -E "^\[gpu vs|OK \]|FAILED  \]|Failure" "$OUT/test_gpu_hf.log" | head -20 | tee -a "$SUM"
+  # The same checkpoints through the pre-redesign build: the agreement of both, same call.
+  for side in new old; do
+    PIE_GPU_HF_DIR=/tmp/pie_hfref run "test_gpu_hf_$side" 150 build-$side/tests/gpu/pie_gpu_test_hf --gtest_color=no
+    grep -E "greedy agreement|OK \]|FAILED  \]" "$OUT/test_gpu_hf_$side.log" | sed "s/^/[$side] /" | head -8 | tee -a "$SUM"
+  done
 fi
 
 if has bench; then
   # Interleaved old/new, twice: the spread between the repeats is the noise floor.
-  for rep in 1 2; do
+  for rep in $(seq 1 "${PIE_REPS:-2}"); do
     for side in old new; do
       BIN=build-$side/examples/pie/pie_bench
       run "lat_${side}_$rep" 150 "$BIN" "$MODEL" --load-format dummy --mode latency --input-len 128 --output-len 128 \
