@@ -60,13 +60,23 @@ server::SamplingDefaults defaults_from(const model::GenerationConfig& g, const s
   return d;
 }
 
-/// The context length to configure: the flag, else the model's (vLLM's default).
+/// The context length to configure: the flag, else the model's (vLLM's default). A flag above
+/// the model's max_position_embeddings is refused, as vLLM refuses it, unless
+/// VLLM_ALLOW_LONG_MAX_MODEL_LEN=1.
 int resolve_max_model_len(const ServeOptions& o) {
-  if (o.max_model_len > 0) return o.max_model_len;
-  const int64_t pos =
-      o.model.empty() ? model::embedded_config().max_position_embeddings
-                      : model::load_model_config((fs::path(o.model) / "config.json").string()).max_position_embeddings;
-  return static_cast<int>(std::min<int64_t>(pos, INT_MAX / 2));
+  const model::ModelConfig c = o.model.empty() ? model::embedded_config()
+                                               : model::load_model_config((fs::path(o.model) / "config.json").string());
+  // vLLM's derivation: RoPE scaling by a factor (linear, YaRN) stretches the trained length.
+  double pos = static_cast<double>(c.max_position_embeddings);
+  using RT = model::RopeScaling::Type;
+  if (c.rope_scaling.type == RT::Yarn && c.rope_scaling.original_max_position_embeddings > 0)
+    pos = static_cast<double>(c.rope_scaling.original_max_position_embeddings);
+  if (c.rope_scaling.type == RT::Yarn || c.rope_scaling.type == RT::Linear) pos *= c.rope_scaling.factor;
+  const int derived = static_cast<int>(std::min<double>(pos, INT_MAX / 2));
+  if (o.max_model_len <= 0) return derived;
+  if (o.max_model_len > derived && !server::allow_long_max_model_len())
+    throw UsageError(server::long_max_model_len_message(o.max_model_len, derived));
+  return o.max_model_len;
 }
 
 /// Builds the engine on the engine thread from the options serve_with filled in.
@@ -127,7 +137,7 @@ int serve_with(const ServeOptions& o, EngineFactory make_engine) {
       [eo, make_engine] { return make_engine(eo); },
       [max_model_len, gen_mode](const EngineT& e) {
         server::ModelInfo info;
-        info.max_model_len = static_cast<int>(std::min<int64_t>(max_model_len, e.config().max_position_embeddings));
+        info.max_model_len = max_model_len;  // checked against the model by resolve_max_model_len
         info.vocab_size = e.config().vocab_size;
         info.eos_ids = e.generation_config().eos_token_ids;
         for (int32_t id : e.config().eos_token_ids) info.eos_ids.push_back(id);
