@@ -133,6 +133,7 @@ int serve_with(const ServeOptions& o, EngineFactory make_engine) {
   const std::string gen_mode = o.generation_config;
 
   server::ServerMetrics metrics;
+  metrics.block_size = o.block_size;
   server::EngineService<EngineT, Detok> service(
       [eo, make_engine] { return make_engine(eo); },
       [max_model_len, gen_mode](const EngineT& e) {

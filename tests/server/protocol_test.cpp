@@ -204,19 +204,40 @@ TEST(Metrics, PrometheusText) {
   m.prompt_tokens += 5;
   m.time_to_first_token.observe(0.003);
   m.time_to_first_token.observe(100.0);
+  m.block_size = 16;
   EngineGauges g;
   g.kv_usage = 0.25;
   g.num_running = 3;
+  g.num_preemptions = 2;
+  g.num_kv_blocks = 100;
   const std::string t = m.render("my \"model\"", g);
-  EXPECT_NE(t.find("# TYPE pie:num_requests_running gauge"), std::string::npos);
-  EXPECT_NE(t.find("pie:num_requests_running{model_name=\"my \\\"model\\\"\"} 3"), std::string::npos);
-  EXPECT_NE(t.find("pie:kv_cache_usage_perc{model_name=\"my \\\"model\\\"\"} 0.25"), std::string::npos);
-  EXPECT_NE(t.find("pie:prompt_tokens_total{model_name=\"my \\\"model\\\"\"} 5"), std::string::npos);
-  EXPECT_NE(t.find("pie:time_to_first_token_seconds_bucket{model_name=\"my \\\"model\\\"\",le=\"0.005\"} 1"),
+  const std::string L = "{model_name=\"my \\\"model\\\"\",engine=\"0\"";
+  auto has = [&](const std::string& s) { return t.find(s) != std::string::npos; };
+  EXPECT_TRUE(has("# TYPE vllm:num_requests_running gauge"));
+  EXPECT_TRUE(has("vllm:num_requests_running" + L + "} 3")) << t;
+  EXPECT_TRUE(has("vllm:kv_cache_usage_perc" + L + "} 0.25"));
+  EXPECT_TRUE(has("vllm:gpu_cache_usage_perc" + L + "} 0.25"));
+  EXPECT_TRUE(has("vllm:prompt_tokens_total" + L + "} 5"));
+  EXPECT_TRUE(has("vllm:num_preemptions_total" + L + "} 2"));
+  EXPECT_TRUE(has("vllm:request_success_total" + L + ",finished_reason=\"length\"} 0"));
+  EXPECT_TRUE(has("vllm:time_to_first_token_seconds_bucket" + L + ",le=\"0.005\"} 1"));
+  EXPECT_TRUE(has("vllm:time_to_first_token_seconds_bucket" + L + ",le=\"2560\"} 2"));
+  EXPECT_TRUE(has("vllm:time_to_first_token_seconds_bucket" + L + ",le=\"+Inf\"} 2"));
+  EXPECT_TRUE(has("vllm:time_to_first_token_seconds_count" + L + "} 2"));
+  EXPECT_TRUE(has("vllm:e2e_request_latency_seconds_bucket" + L + ",le=\"7680\"} 0"));
+  EXPECT_TRUE(has("vllm:iteration_tokens_total_bucket" + L + ",le=\"16384\"} 0"));
+  EXPECT_TRUE(has("vllm:cache_config_info" + L + ",block_size=\"16\",num_gpu_blocks=\"100\"} 1"));
+  EXPECT_TRUE(has("pie:kv_cache_blocks_total" + L + "} 100"));
+  EXPECT_TRUE(has("pie:kv_cache_blocks_free" + L + "} 75"));
+  EXPECT_FALSE(has("pie:num_requests_running"));
+  // Token-count buckets follow vLLM's build_1_2_5_buckets(max_model_len).
+  EXPECT_EQ(buckets_1_2_5(100), (std::vector<double>{1, 2, 5, 10, 20, 50, 100}));
+  m.set_max_model_len(256);
+  const std::string t2 = m.render("x", g);
+  EXPECT_NE(t2.find("vllm:request_prompt_tokens_bucket{model_name=\"x\",engine=\"0\",le=\"200\"} 0"),
             std::string::npos);
-  EXPECT_NE(t.find("pie:time_to_first_token_seconds_bucket{model_name=\"my \\\"model\\\"\",le=\"+Inf\"} 2"),
+  EXPECT_EQ(t2.find("vllm:request_prompt_tokens_bucket{model_name=\"x\",engine=\"0\",le=\"500\"}"),
             std::string::npos);
-  EXPECT_NE(t.find("pie:time_to_first_token_seconds_count{model_name=\"my \\\"model\\\"\"} 2"), std::string::npos);
 }
 
 TEST(ServeFlags, DashAndUnderscoreSpellings) {
