@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <random>
+
 #include <CLI/CLI.hpp>
 
 #include <thread>
@@ -185,6 +187,57 @@ TEST(StopStrings, HoldsBackPrefixesAndCuts) {
   EXPECT_EQ(m.matched_string(), "STOP");
   EXPECT_EQ(m.text(), "hello STx a");
   EXPECT_EQ(m.push("more"), "");
+}
+
+TEST(StopStrings, AhoCorasickAgreesWithBruteForce) {
+  // Random stop sets over a 3-letter alphabet, random texts fed in random pieces: the first
+  // stop string to end in the text (the longest of those ending there) cuts it, and what was
+  // sent before the cut never contains a proper prefix of a stop string that later completed.
+  std::mt19937 rng(17);
+  auto word = [&](int maxlen) {
+    std::string w(1 + rng() % maxlen, 'a');
+    for (char& c : w) c = static_cast<char>('a' + rng() % 3);
+    return w;
+  };
+  for (int trial = 0; trial < 2000; ++trial) {
+    std::vector<std::string> stops;
+    for (int i = 0, n = 1 + rng() % 5; i < n; ++i) stops.push_back(word(5));
+    const std::string text = word(40);
+    const bool include = rng() % 2;
+    // Brute force: the earliest end, then the longest stop string ending there.
+    size_t cut = std::string::npos, best_len = 0;
+    for (size_t end = 1; end <= text.size() && cut == std::string::npos; ++end)
+      for (const auto& s : stops)
+        if (s.size() <= end && text.compare(end - s.size(), s.size(), s) == 0 && s.size() > best_len)
+          best_len = s.size(), cut = include ? end : end - s.size();
+    StopStringMatcher m(stops, include);
+    std::string sent;
+    for (size_t i = 0; i < text.size();) {
+      const size_t k = std::min<size_t>(1 + rng() % 4, text.size() - i);
+      sent += m.push(std::string_view(text).substr(i, k));
+      i += k;
+    }
+    sent += m.flush();
+    if (cut == std::string::npos) {
+      EXPECT_FALSE(m.matched());
+      EXPECT_EQ(sent, text);
+    } else {
+      ASSERT_TRUE(m.matched()) << text;
+      EXPECT_EQ(sent, text.substr(0, cut)) << text;
+      EXPECT_EQ(m.matched_string().size(), best_len);
+    }
+  }
+}
+
+TEST(StopStrings, LimitsAre400) {
+  SamplingDefaults d;
+  std::vector<std::string> many(kMaxStopStrings + 1, "x");
+  EXPECT_EQ(completion_error({{"prompt", "x"}, {"stop", many}}).param(), "stop");
+  EXPECT_EQ(completion_error({{"prompt", "x"}, {"stop", std::string(kMaxStopStringBytes + 1, 'x')}}).param(), "stop");
+  std::vector<std::string> ok(kMaxStopStrings, std::string(kMaxStopStringBytes, 'x'));
+  EXPECT_EQ(parse_completion_request(json{{"prompt", "x"}, {"stop", ok}}, d).stop.size(), kMaxStopStrings);
+  std::vector<int> ids(kMaxStopTokenIds + 1, 1);
+  EXPECT_EQ(completion_error({{"prompt", "x"}, {"stop_token_ids", ids}}).param(), "stop_token_ids");
 }
 
 TEST(StopStrings, IncludeStopStringAndFlush) {

@@ -249,12 +249,16 @@ inline void handle_generation(const GenerationContext& ctx, bool chat, const jso
   }
   const auto arrival = Clock::now();
   std::vector<SubmitRequest> subs;
+  // One stop-string automaton for all the request's prompts and sequences, built here, off the
+  // engine thread.
+  const auto stop_set = std::make_shared<const StopStringSet>(f->req.stop);
   for (auto& ids : prompts) {
     GenerationRequest r = f->req;
     resolve_max_tokens(r, static_cast<int>(ids.size()), info.max_model_len);
     validate_sampling(r.params, info.vocab_size);
     f->prompt_tokens += static_cast<int64_t>(ids.size());
-    subs.push_back({std::move(ids), r.params, r.stop, r.include_stop_str_in_output, r.skip_special_tokens, arrival});
+    subs.push_back(
+        {std::move(ids), r.params, r.stop, stop_set, r.include_stop_str_in_output, r.skip_special_tokens, arrival});
   }
   f->id = make_id(chat ? "chatcmpl-" : "cmpl-");
   f->created = unix_time();

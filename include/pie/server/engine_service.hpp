@@ -262,9 +262,10 @@ class EngineService final : public GenerationService {
     live.max_tokens = p.req.params.max_tokens;
     live.prompt_tokens = static_cast<int>(p.req.prompt.size());
     live.seqs.reserve(n);
+    auto stops = p.req.stop_set ? p.req.stop_set : std::make_shared<const StopStringSet>(p.req.stop);
     for (int i = 0; i < n; ++i)
       live.seqs.push_back({make_detok_(p.req.skip_special_tokens, p.req.prompt),
-                           StopStringMatcher(p.req.stop, p.req.include_stop_str_in_output),
+                           StopStringMatcher(stops, p.req.include_stop_str_in_output),
                            false,
                            {}});
     live_.emplace(id, std::move(live));

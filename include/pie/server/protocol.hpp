@@ -15,6 +15,7 @@
 #include "pie/core/error.hpp"
 #include "pie/sched/sampling_params.hpp"
 #include "pie/server/errors.hpp"
+#include "pie/server/stop_strings.hpp"
 
 namespace pie::server {
 
@@ -56,6 +57,9 @@ struct GenerationRequest {
   bool want_logprobs = false;
   std::string user;
 };
+
+/// Stop token ids per request (checked by the engine thread after every token).
+inline constexpr size_t kMaxStopTokenIds = 1024;
 
 namespace detail {
 
@@ -188,6 +192,9 @@ inline void parse_sampling(const json& body, const SamplingDefaults& d, Generati
   if (auto* v = field(body, "ignore_eos")) p.ignore_eos = get_bool(*v, "ignore_eos");
   if (auto* v = field(body, "stop_token_ids")) {
     if (!v->is_array()) throw invalid_param("stop_token_ids", "'stop_token_ids' must be an array of integers");
+    if (v->size() > kMaxStopTokenIds)
+      throw invalid_param("stop_token_ids", "'stop_token_ids' may hold at most " + std::to_string(kMaxStopTokenIds) +
+                                                " ids, got " + std::to_string(v->size()));
     p.stop_token_ids = get_token_ids(*v, "stop_token_ids");
   }
   if (auto* v = field(body, "logit_bias")) {
@@ -206,12 +213,22 @@ inline void parse_sampling(const json& body, const SamplingDefaults& d, Generati
   if (auto* v = field(body, "stop")) {
     if (v->is_string())
       r.stop.push_back(v->get<std::string>());
+    else if (v->is_array() && v->size() > kMaxStopStrings)
+      throw invalid_param("stop", "'stop' may hold at most " + std::to_string(kMaxStopStrings) + " strings, got " +
+                                      std::to_string(v->size()));
     else if (v->is_array())
       for (const auto& s : *v) r.stop.push_back(get_string(s, "stop"));
     else
       throw invalid_param("stop", "'stop' must be a string or an array of strings");
-    for (const auto& s : r.stop)
+    if (r.stop.size() > kMaxStopStrings)
+      throw invalid_param("stop", "'stop' may hold at most " + std::to_string(kMaxStopStrings) + " strings, got " +
+                                      std::to_string(r.stop.size()));
+    for (const auto& s : r.stop) {
       if (s.empty()) throw invalid_param("stop", "'stop' strings must not be empty");
+      if (s.size() > kMaxStopStringBytes)
+        throw invalid_param("stop", "'stop' strings may be at most " + std::to_string(kMaxStopStringBytes) +
+                                        " bytes, got one of " + std::to_string(s.size()));
+    }
   }
   if (auto* v = field(body, "include_stop_str_in_output"))
     r.include_stop_str_in_output = get_bool(*v, "include_stop_str_in_output");
