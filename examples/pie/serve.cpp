@@ -21,6 +21,7 @@
 #include "pie/model/config_io.hpp"
 #include "pie/model/embedded.hpp"
 #include "pie/server/engine_service.hpp"
+#include "pie/server/graceful_shutdown.hpp"
 #include "pie/server/http.hpp"
 #include "pie/tokenizer/chat_template.hpp"
 #include "pie/tokenizer/detokenizer.hpp"
@@ -208,6 +209,7 @@ int serve_with(const ServeOptions& o, EngineFactory make_engine) {
     const int sig = sigtimedwait(&sigs, nullptr, &tick);
     if (sig == SIGINT || sig == SIGTERM) {
       std::cout << "pie serve: " << (sig == SIGINT ? "SIGINT" : "SIGTERM") << ", shutting down" << std::endl;
+      server::drain(service, http, sigs, o.shutdown_timeout);
       break;
     }
     const auto st = service.state();

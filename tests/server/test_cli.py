@@ -59,7 +59,8 @@ def test_unusable_combination_exits_2():
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_during_a_stream_exits_0(sig):
-    s = Server(["--max-model-len", "2048"])
+    # --shutdown-timeout 0: abort at once (the drain itself is test_shutdown.py's).
+    s = Server(["--max-model-len", "2048", "--shutdown-timeout", "0"])
     got = {}
 
     def stream():

@@ -52,6 +52,10 @@ class GenerationService {
   virtual std::string load_error() const = 0;
   virtual ModelInfo model_info() const = 0;
   virtual EngineGauges gauges() const = 0;
+  /// Graceful shutdown, first half: refuse new requests (503) and let the running ones finish.
+  virtual void begin_drain() {}
+  /// Requests submitted and not yet finished by the engine thread.
+  virtual int in_flight() const { return 0; }
 };
 
 /// \brief GenerationService over an `Engine` (add_request/step/abort/finish_sequence/stats) and
@@ -81,6 +85,7 @@ class EngineService final : public GenerationService {
       std::lock_guard lk(mu_);
       if (state_ != ServiceState::Ready) throw error_for_status(503);
       inbox_.push_back({std::move(req), s});
+      ++in_flight_;
     }
     cv_.notify_one();
     return s;
@@ -112,6 +117,12 @@ class EngineService final : public GenerationService {
     std::lock_guard lk(mu_);
     return gauges_;
   }
+
+  void begin_drain() override {
+    std::lock_guard lk(mu_);
+    if (state_ == ServiceState::Ready || state_ == ServiceState::Loading) state_ = ServiceState::Stopping;
+  }
+  int in_flight() const override { return in_flight_.load(); }
 
   /// Blocks until loading ends; true when Ready.
   bool wait_loaded() {
@@ -234,7 +245,7 @@ class EngineService final : public GenerationService {
       StreamEvent ev;
       ev.finished = true;
       ev.error = err;
-      s->push(std::move(ev));
+      push_final(*s, std::move(ev));
     };
     for (auto& p : fresh) fail(p.stream);
     for (auto& [id, live] : live_) fail(live.stream);
@@ -251,7 +262,7 @@ class EngineService final : public GenerationService {
       StreamEvent ev;
       ev.finished = true;
       ev.error = invalid_param(detail_field(e.what()), e.what());
-      p.stream->push(std::move(ev));
+      push_final(*p.stream, std::move(ev));
       return;
     }
     Live live;
@@ -282,7 +293,7 @@ class EngineService final : public GenerationService {
     StreamEvent ev;
     ev.finished = true;
     ev.error = error_for_status(503);
-    s->push(std::move(ev));
+    push_final(*s, std::move(ev));
   }
 
   void abort_cancelled() {
@@ -317,7 +328,14 @@ class EngineService final : public GenerationService {
     }
     metrics_.requests_finished[ServerMetrics::kAbort]++;
     observe_finished(live, Clock::now());
-    live.stream->push(std::move(ev));
+    push_final(*live.stream, std::move(ev));
+  }
+
+  /// Pushes a request's last event and counts it out of in_flight().
+  void push_final(RequestStream& s, StreamEvent ev) {
+    ev.finished = true;
+    s.push(std::move(ev));
+    --in_flight_;
   }
 
   /// The per-request histograms, once a request is over (vLLM observes them at finish).
@@ -411,7 +429,10 @@ class EngineService final : public GenerationService {
       ev.finished = true;
       observe_finished(live, now);
     }
-    live.stream->push(std::move(ev));
+    if (done)
+      push_final(*live.stream, std::move(ev));
+    else
+      live.stream->push(std::move(ev));
     if (done) live_.erase(it);
     return step_tokens;
   }
@@ -445,6 +466,7 @@ class EngineService final : public GenerationService {
   std::vector<Pending> inbox_;
   bool cancels_ = false;
   bool stopping_ = false;
+  std::atomic<int> in_flight_{0};  // submitted, final event not yet pushed
 
   // Engine-thread only.
   std::unique_ptr<EngineT> engine_;

@@ -42,6 +42,7 @@ struct ServeOptions {
   int64_t max_request_body_bytes = 16ll << 20;
   int num_threads = 0;  ///< CPU backend threads; 0 → all cores
   bool disable_log_requests = false;
+  double shutdown_timeout = 30.0;  ///< seconds in-flight requests may run after SIGTERM/SIGINT
 };
 
 namespace detail {
@@ -166,6 +167,11 @@ inline void add_serve_flags(CLI::App& app, ServeOptions& o) {
   app.add_option(both_spellings("num-threads"), o.num_threads, "CPU backend threads (0 → all cores)")
       ->check(CLI::Range(0, 4096));
   app.add_flag(both_spellings("disable-log-requests"), o.disable_log_requests, "Do not log each request");
+  app.add_option(both_spellings("shutdown-timeout"), o.shutdown_timeout,
+                 "On SIGTERM/SIGINT: seconds to let in-flight requests finish (new ones get 503) before "
+                 "aborting the rest; 0 aborts at once")
+      ->check(CLI::Range(0.0, 86400.0))
+      ->capture_default_str();
 }
 
 }  // namespace pie::server
