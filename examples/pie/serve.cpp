@@ -20,6 +20,7 @@
 #include "pie/model/config_io.hpp"
 #include "pie/model/embedded.hpp"
 #include "pie/server/engine_service.hpp"
+#include "pie/server/graceful_shutdown.hpp"
 #include "pie/server/http.hpp"
 #include "pie/tokenizer/chat_template.hpp"
 #include "pie/tokenizer/detokenizer.hpp"
@@ -59,13 +60,23 @@ server::SamplingDefaults defaults_from(const model::GenerationConfig& g, const s
   return d;
 }
 
-/// The context length to configure: the flag, else the model's (vLLM's default).
+/// The context length to configure: the flag, else the model's (vLLM's default). A flag above
+/// the model's max_position_embeddings is refused, as vLLM refuses it, unless
+/// VLLM_ALLOW_LONG_MAX_MODEL_LEN=1.
 int resolve_max_model_len(const ServeOptions& o) {
-  if (o.max_model_len > 0) return o.max_model_len;
-  const int64_t pos =
-      o.model.empty() ? model::embedded_config().max_position_embeddings
-                      : model::load_model_config((fs::path(o.model) / "config.json").string()).max_position_embeddings;
-  return static_cast<int>(std::min<int64_t>(pos, INT_MAX / 2));
+  const model::ModelConfig c = o.model.empty() ? model::embedded_config()
+                                               : model::load_model_config((fs::path(o.model) / "config.json").string());
+  // vLLM's derivation: RoPE scaling by a factor (linear, YaRN) stretches the trained length.
+  double pos = static_cast<double>(c.max_position_embeddings);
+  using RT = model::RopeScaling::Type;
+  if (c.rope_scaling.type == RT::Yarn && c.rope_scaling.original_max_position_embeddings > 0)
+    pos = static_cast<double>(c.rope_scaling.original_max_position_embeddings);
+  if (c.rope_scaling.type == RT::Yarn || c.rope_scaling.type == RT::Linear) pos *= c.rope_scaling.factor;
+  const int derived = static_cast<int>(std::min<double>(pos, INT_MAX / 2));
+  if (o.max_model_len <= 0) return derived;
+  if (o.max_model_len > derived && !server::allow_long_max_model_len())
+    throw UsageError(server::long_max_model_len_message(o.max_model_len, derived));
+  return o.max_model_len;
 }
 
 /// The flags make_engine() turns into an engine type.
@@ -133,11 +144,12 @@ int serve_with(const ServeOptions& o, EngineFactory build, const std::string& de
   const std::string gen_mode = o.generation_config;
 
   server::ServerMetrics metrics;
+  metrics.block_size = o.block_size;
   server::EngineService<EngineT, Detok> service(
       [eo, build] { return build(eo); },
       [max_model_len, gen_mode](const EngineT& e) {
         server::ModelInfo info;
-        info.max_model_len = static_cast<int>(std::min<int64_t>(max_model_len, e.config().max_position_embeddings));
+        info.max_model_len = max_model_len;  // checked against the model by resolve_max_model_len
         info.vocab_size = e.config().vocab_size;
         info.eos_ids = e.generation_config().eos_token_ids;
         for (int32_t id : e.config().eos_token_ids) info.eos_ids.push_back(id);
@@ -207,6 +219,7 @@ int serve_with(const ServeOptions& o, EngineFactory build, const std::string& de
     const int sig = sigtimedwait(&sigs, nullptr, &tick);
     if (sig == SIGINT || sig == SIGTERM) {
       std::cout << "pie serve: " << (sig == SIGINT ? "SIGINT" : "SIGTERM") << ", shutting down" << std::endl;
+      server::drain(service, http, sigs, o.shutdown_timeout);
       break;
     }
     const auto st = service.state();

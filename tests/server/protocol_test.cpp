@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <random>
+
 #include <CLI/CLI.hpp>
 
 #include <thread>
@@ -187,6 +189,57 @@ TEST(StopStrings, HoldsBackPrefixesAndCuts) {
   EXPECT_EQ(m.push("more"), "");
 }
 
+TEST(StopStrings, AhoCorasickAgreesWithBruteForce) {
+  // Random stop sets over a 3-letter alphabet, random texts fed in random pieces: the first
+  // stop string to end in the text (the longest of those ending there) cuts it, and what was
+  // sent before the cut never contains a proper prefix of a stop string that later completed.
+  std::mt19937 rng(17);
+  auto word = [&](int maxlen) {
+    std::string w(1 + rng() % maxlen, 'a');
+    for (char& c : w) c = static_cast<char>('a' + rng() % 3);
+    return w;
+  };
+  for (int trial = 0; trial < 2000; ++trial) {
+    std::vector<std::string> stops;
+    for (int i = 0, n = 1 + rng() % 5; i < n; ++i) stops.push_back(word(5));
+    const std::string text = word(40);
+    const bool include = rng() % 2;
+    // Brute force: the earliest end, then the longest stop string ending there.
+    size_t cut = std::string::npos, best_len = 0;
+    for (size_t end = 1; end <= text.size() && cut == std::string::npos; ++end)
+      for (const auto& s : stops)
+        if (s.size() <= end && text.compare(end - s.size(), s.size(), s) == 0 && s.size() > best_len)
+          best_len = s.size(), cut = include ? end : end - s.size();
+    StopStringMatcher m(stops, include);
+    std::string sent;
+    for (size_t i = 0; i < text.size();) {
+      const size_t k = std::min<size_t>(1 + rng() % 4, text.size() - i);
+      sent += m.push(std::string_view(text).substr(i, k));
+      i += k;
+    }
+    sent += m.flush();
+    if (cut == std::string::npos) {
+      EXPECT_FALSE(m.matched());
+      EXPECT_EQ(sent, text);
+    } else {
+      ASSERT_TRUE(m.matched()) << text;
+      EXPECT_EQ(sent, text.substr(0, cut)) << text;
+      EXPECT_EQ(m.matched_string().size(), best_len);
+    }
+  }
+}
+
+TEST(StopStrings, LimitsAre400) {
+  SamplingDefaults d;
+  std::vector<std::string> many(kMaxStopStrings + 1, "x");
+  EXPECT_EQ(completion_error({{"prompt", "x"}, {"stop", many}}).param(), "stop");
+  EXPECT_EQ(completion_error({{"prompt", "x"}, {"stop", std::string(kMaxStopStringBytes + 1, 'x')}}).param(), "stop");
+  std::vector<std::string> ok(kMaxStopStrings, std::string(kMaxStopStringBytes, 'x'));
+  EXPECT_EQ(parse_completion_request(json{{"prompt", "x"}, {"stop", ok}}, d).stop.size(), kMaxStopStrings);
+  std::vector<int> ids(kMaxStopTokenIds + 1, 1);
+  EXPECT_EQ(completion_error({{"prompt", "x"}, {"stop_token_ids", ids}}).param(), "stop_token_ids");
+}
+
 TEST(StopStrings, IncludeStopStringAndFlush) {
   StopStringMatcher m({"ab", "zzz"}, true);
   EXPECT_EQ(m.push("xxa"), "xx");
@@ -204,19 +257,40 @@ TEST(Metrics, PrometheusText) {
   m.prompt_tokens += 5;
   m.time_to_first_token.observe(0.003);
   m.time_to_first_token.observe(100.0);
+  m.block_size = 16;
   EngineGauges g;
   g.kv_usage = 0.25;
   g.num_running = 3;
+  g.num_preemptions = 2;
+  g.num_kv_blocks = 100;
   const std::string t = m.render("my \"model\"", g);
-  EXPECT_NE(t.find("# TYPE pie:num_requests_running gauge"), std::string::npos);
-  EXPECT_NE(t.find("pie:num_requests_running{model_name=\"my \\\"model\\\"\"} 3"), std::string::npos);
-  EXPECT_NE(t.find("pie:kv_cache_usage_perc{model_name=\"my \\\"model\\\"\"} 0.25"), std::string::npos);
-  EXPECT_NE(t.find("pie:prompt_tokens_total{model_name=\"my \\\"model\\\"\"} 5"), std::string::npos);
-  EXPECT_NE(t.find("pie:time_to_first_token_seconds_bucket{model_name=\"my \\\"model\\\"\",le=\"0.005\"} 1"),
+  const std::string L = "{model_name=\"my \\\"model\\\"\",engine=\"0\"";
+  auto has = [&](const std::string& s) { return t.find(s) != std::string::npos; };
+  EXPECT_TRUE(has("# TYPE vllm:num_requests_running gauge"));
+  EXPECT_TRUE(has("vllm:num_requests_running" + L + "} 3")) << t;
+  EXPECT_TRUE(has("vllm:kv_cache_usage_perc" + L + "} 0.25"));
+  EXPECT_TRUE(has("vllm:gpu_cache_usage_perc" + L + "} 0.25"));
+  EXPECT_TRUE(has("vllm:prompt_tokens_total" + L + "} 5"));
+  EXPECT_TRUE(has("vllm:num_preemptions_total" + L + "} 2"));
+  EXPECT_TRUE(has("vllm:request_success_total" + L + ",finished_reason=\"length\"} 0"));
+  EXPECT_TRUE(has("vllm:time_to_first_token_seconds_bucket" + L + ",le=\"0.005\"} 1"));
+  EXPECT_TRUE(has("vllm:time_to_first_token_seconds_bucket" + L + ",le=\"2560\"} 2"));
+  EXPECT_TRUE(has("vllm:time_to_first_token_seconds_bucket" + L + ",le=\"+Inf\"} 2"));
+  EXPECT_TRUE(has("vllm:time_to_first_token_seconds_count" + L + "} 2"));
+  EXPECT_TRUE(has("vllm:e2e_request_latency_seconds_bucket" + L + ",le=\"7680\"} 0"));
+  EXPECT_TRUE(has("vllm:iteration_tokens_total_bucket" + L + ",le=\"16384\"} 0"));
+  EXPECT_TRUE(has("vllm:cache_config_info" + L + ",block_size=\"16\",num_gpu_blocks=\"100\"} 1"));
+  EXPECT_TRUE(has("pie:kv_cache_blocks_total" + L + "} 100"));
+  EXPECT_TRUE(has("pie:kv_cache_blocks_free" + L + "} 75"));
+  EXPECT_FALSE(has("pie:num_requests_running"));
+  // Token-count buckets follow vLLM's build_1_2_5_buckets(max_model_len).
+  EXPECT_EQ(buckets_1_2_5(100), (std::vector<double>{1, 2, 5, 10, 20, 50, 100}));
+  m.set_max_model_len(256);
+  const std::string t2 = m.render("x", g);
+  EXPECT_NE(t2.find("vllm:request_prompt_tokens_bucket{model_name=\"x\",engine=\"0\",le=\"200\"} 0"),
             std::string::npos);
-  EXPECT_NE(t.find("pie:time_to_first_token_seconds_bucket{model_name=\"my \\\"model\\\"\",le=\"+Inf\"} 2"),
+  EXPECT_EQ(t2.find("vllm:request_prompt_tokens_bucket{model_name=\"x\",engine=\"0\",le=\"500\"}"),
             std::string::npos);
-  EXPECT_NE(t.find("pie:time_to_first_token_seconds_count{model_name=\"my \\\"model\\\"\"} 2"), std::string::npos);
 }
 
 TEST(ServeFlags, DashAndUnderscoreSpellings) {

@@ -59,7 +59,8 @@ def test_unusable_combination_exits_2():
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_during_a_stream_exits_0(sig):
-    s = Server(["--max-model-len", "2048"])
+    # --shutdown-timeout 0: abort at once (the drain itself is test_shutdown.py's).
+    s = Server(["--max-model-len", "2048", "--shutdown-timeout", "0"])
     got = {}
 
     def stream():
@@ -85,3 +86,20 @@ def test_signal_during_a_stream_exits_0(sig):
     body = got.get("body", b"")
     assert b'"finish_reason":"abort"' in body and body.rstrip().endswith(b"data: [DONE]"), body[-300:]
     assert any("stopped" in line for line in s.lines)
+
+
+def test_max_model_len_above_the_model_is_refused_unless_allowed():
+    # The embedded model's max_position_embeddings is 4096; vLLM refuses more unless
+    # VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 (pie used to clamp silently).
+    r = run("--port", "0", "--max-model-len", "100000")
+    assert r.returncode != 0, (r.stdout, r.stderr)
+    assert "max_model_len (100000)" in r.stderr and "VLLM_ALLOW_LONG_MAX_MODEL_LEN" in r.stderr, r.stderr
+    s = Server(["--max-model-len", "8192"], env={"VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"})
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=30)
+        conn.request("GET", "/v1/models")
+        assert json.loads(conn.getresponse().read())["data"][0]["max_model_len"] == 8192
+    finally:
+        assert s.stop() == 0
+    s = Server(["--max-model-len", "4096"])  # exactly the model's: fine
+    assert s.stop() == 0

@@ -19,7 +19,7 @@ def metrics(server):
     conn.close()
     out = {}
     for line in text.splitlines():
-        m = re.match(r'^(pie:[a-z0-9_]+)\{([^}]*)\} ([0-9.e+-]+)$', line)
+        m = re.match(r'^((?:vllm|pie):[a-z0-9_]+)\{([^}]*)\} ([0-9.e+-]+)$', line)
         if not m:
             continue
         name, labels, value = m.group(1), m.group(2), float(m.group(3))
@@ -74,7 +74,7 @@ def stream_one(server, i, disconnect, results):
 
 def test_64_streams_16_disconnect_kv_returns_to_zero(server):
     n, results = 64, {}
-    aborted_before = metrics(server)["pie:request_success_total{abort}"]
+    aborted_before = metrics(server)["vllm:request_success_total{abort}"]
     threads = [threading.Thread(target=stream_one, args=(server, i, i % 4 == 0, results)) for i in range(n)]
     t0 = time.monotonic()
     for t in threads:
@@ -98,21 +98,28 @@ def test_64_streams_16_disconnect_kv_returns_to_zero(server):
     # Aborted requests free their blocks: usage, running and waiting all drop to zero.
     deadline = time.monotonic() + 30
     m = metrics(server)
-    while time.monotonic() < deadline and (m["pie:kv_cache_usage_perc"] > 0 or m["pie:num_requests_running"] > 0
-                                           or m["pie:num_requests_waiting"] > 0):
+    while time.monotonic() < deadline and (m["vllm:kv_cache_usage_perc"] > 0 or m["vllm:num_requests_running"] > 0
+                                           or m["vllm:num_requests_waiting"] > 0):
         time.sleep(0.1)
         m = metrics(server)
-    assert m["pie:kv_cache_usage_perc"] == 0.0, m
-    assert m["pie:num_requests_running"] == 0 and m["pie:num_requests_waiting"] == 0, m
+    assert m["vllm:kv_cache_usage_perc"] == 0.0, m
+    assert m["vllm:num_requests_running"] == 0 and m["vllm:num_requests_waiting"] == 0, m
     # The 16 hang-ups were aborted in the engine, not run to their end.
-    assert m["pie:request_success_total{abort}"] - aborted_before == 16, m
+    assert m["vllm:request_success_total{abort}"] - aborted_before == 16, m
     print(f"64 streams in {time.monotonic() - t0:.1f} s")
 
 
 def test_metrics_after_traffic(server):
     m = metrics(server)
-    for name in ("pie:prompt_tokens_total", "pie:generation_tokens_total", "pie:prefix_cache_queries_total",
-                 "pie:time_to_first_token_seconds_count", "pie:inter_token_latency_seconds_count",
-                 "pie:e2e_request_latency_seconds_count", "pie:request_queue_time_seconds_count"):
+    for name in ("vllm:prompt_tokens_total", "vllm:generation_tokens_total", "vllm:prefix_cache_queries_total",
+                 "vllm:time_to_first_token_seconds_count", "vllm:inter_token_latency_seconds_count",
+                 "vllm:e2e_request_latency_seconds_count", "vllm:request_queue_time_seconds_count",
+                 "vllm:time_per_output_token_seconds_count", "vllm:request_prompt_tokens_count",
+                 "vllm:request_generation_tokens_count", "vllm:iteration_tokens_total_count",
+                 "vllm:request_prefill_time_seconds_count", "vllm:request_decode_time_seconds_count",
+                 "vllm:request_inference_time_seconds_count", "vllm:request_params_n_count",
+                 "vllm:request_params_max_tokens_count", "pie:kv_cache_blocks_total", "pie:http_requests_total"):
         assert m.get(name, 0) > 0, (name, m)
-    assert m["pie:prefix_cache_hits_total"] <= m["pie:prefix_cache_queries_total"]
+    assert m["vllm:prefix_cache_hits_total"] <= m["vllm:prefix_cache_queries_total"]
+    assert "vllm:num_preemptions_total" in m and "pie:kv_cache_blocks_free" in m
+    assert m["pie:kv_cache_blocks_free"] <= m["pie:kv_cache_blocks_total"]

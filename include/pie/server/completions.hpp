@@ -199,16 +199,21 @@ inline std::string stream_chunks(Flight& f, const GenerationContext& ctx, std::v
 
 }  // namespace detail
 
-/// Handles a POST to /v1/completions (chat=false) or /v1/chat/completions (chat=true).
-/// Throws ApiError for anything rejected before the response starts.
-inline void handle_generation(const GenerationContext& ctx, bool chat, const httplib::Request& http_req,
-                              httplib::Response& res) {
-  json body;
+/// Renders a chat through the template; a template error (a message the template cannot take)
+/// is the request's fault: 400.
+inline std::string render_chat_checked(const GenerationContext& ctx, const json& messages, const json& options) {
   try {
-    body = json::parse(http_req.body);
-  } catch (const json::exception& e) {
-    throw invalid_param("", std::string("The request body is not valid JSON: ") + e.what());
+    return ctx.render_chat(messages, options);
+  } catch (const ApiError&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw invalid_param("messages", std::string("The chat template failed: ") + e.what());
   }
+}
+
+/// Handles a POST to /v1/completions (chat=false) or /v1/chat/completions (chat=true).
+/// `body` is the parsed request. Throws ApiError for anything rejected before the response starts.
+inline void handle_generation(const GenerationContext& ctx, bool chat, const json& body, httplib::Response& res) {
   auto f = std::make_shared<detail::Flight>();
   if (ctx.service->state() != ServiceState::Ready) throw error_for_status(503);
   const ModelInfo info = ctx.service->model_info();
@@ -224,14 +229,7 @@ inline void handle_generation(const GenerationContext& ctx, bool chat, const htt
   // Prompts → token ids, each checked against the context and the vocabulary.
   std::vector<std::vector<int32_t>> prompts;
   if (chat) {
-    std::string text;
-    try {
-      text = ctx.render_chat(f->req.messages, f->req.template_options);
-    } catch (const ApiError&) {
-      throw;
-    } catch (const std::exception& e) {
-      throw invalid_param("messages", std::string("The chat template failed: ") + e.what());
-    }
+    std::string text = render_chat_checked(ctx, f->req.messages, f->req.template_options);
     prompts.push_back(ctx.encode(text, false));
     f->prompt_texts.push_back(text);
   } else {
@@ -251,12 +249,16 @@ inline void handle_generation(const GenerationContext& ctx, bool chat, const htt
   }
   const auto arrival = Clock::now();
   std::vector<SubmitRequest> subs;
+  // One stop-string automaton for all the request's prompts and sequences, built here, off the
+  // engine thread.
+  const auto stop_set = std::make_shared<const StopStringSet>(f->req.stop);
   for (auto& ids : prompts) {
     GenerationRequest r = f->req;
     resolve_max_tokens(r, static_cast<int>(ids.size()), info.max_model_len);
     validate_sampling(r.params, info.vocab_size);
     f->prompt_tokens += static_cast<int64_t>(ids.size());
-    subs.push_back({std::move(ids), r.params, r.stop, r.include_stop_str_in_output, r.skip_special_tokens, arrival});
+    subs.push_back(
+        {std::move(ids), r.params, r.stop, stop_set, r.include_stop_str_in_output, r.skip_special_tokens, arrival});
   }
   f->id = make_id(chat ? "chatcmpl-" : "cmpl-");
   f->created = unix_time();

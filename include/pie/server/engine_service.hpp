@@ -5,6 +5,7 @@
 /// thread-safe. Detokenization and stop strings run here too, so a stop-string match finishes
 /// the sequence in the engine (freeing its KV blocks) before the next step. A cancelled stream
 /// (client gone) is aborted at the next iteration, which frees its blocks at once.
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -51,6 +52,10 @@ class GenerationService {
   virtual std::string load_error() const = 0;
   virtual ModelInfo model_info() const = 0;
   virtual EngineGauges gauges() const = 0;
+  /// Graceful shutdown, first half: refuse new requests (503) and let the running ones finish.
+  virtual void begin_drain() {}
+  /// Requests submitted and not yet finished by the engine thread.
+  virtual int in_flight() const { return 0; }
 };
 
 /// \brief GenerationService over an `Engine` (add_request/step/abort/finish_sequence/stats) and
@@ -80,6 +85,7 @@ class EngineService final : public GenerationService {
       std::lock_guard lk(mu_);
       if (state_ != ServiceState::Ready) throw error_for_status(503);
       inbox_.push_back({std::move(req), s});
+      ++in_flight_;
     }
     cv_.notify_one();
     return s;
@@ -111,6 +117,12 @@ class EngineService final : public GenerationService {
     std::lock_guard lk(mu_);
     return gauges_;
   }
+
+  void begin_drain() override {
+    std::lock_guard lk(mu_);
+    if (state_ == ServiceState::Ready || state_ == ServiceState::Loading) state_ = ServiceState::Stopping;
+  }
+  int in_flight() const override { return in_flight_.load(); }
 
   /// Blocks until loading ends; true when Ready.
   bool wait_loaded() {
@@ -147,7 +159,14 @@ class EngineService final : public GenerationService {
     std::vector<Seq> seqs;
     int unfinished = 0;
     Clock::time_point arrival;
+    Clock::time_point scheduled;    ///< start of the step that first produced output
+    Clock::time_point first_token;  ///< end of that step
+    Clock::time_point last_token;
     bool first_output = false;
+    int prompt_tokens = 0;
+    int64_t generated = 0;  ///< tokens of all its sequences
+    int max_tokens = 0;
+    int n = 1;
   };
 
   void run() {
@@ -157,6 +176,7 @@ class EngineService final : public GenerationService {
       std::lock_guard lk(mu_);
       engine_ = std::move(e);
       info_ = std::move(info);
+      metrics_.set_max_model_len(info_.max_model_len);
       if (state_ == ServiceState::Loading) state_ = ServiceState::Ready;
     } catch (const std::exception& ex) {
       std::lock_guard lk(mu_);
@@ -189,7 +209,12 @@ class EngineService final : public GenerationService {
           const auto t0 = Clock::now();
           auto outs = engine_->step();
           const auto t1 = Clock::now();
-          for (auto& o : outs) dispatch(o, t0, t1);
+          uint64_t step_tokens = 0;
+          for (auto& o : outs) step_tokens += dispatch(o, t0, t1);
+          // Tokens the step computed, as seen from its outputs: sampled tokens, plus a prompt's
+          // uncached tokens in the step that first samples for it (under chunked prefill the
+          // earlier chunks are counted there too).
+          if (step_tokens > 0) metrics_.iteration_tokens.observe(static_cast<double>(step_tokens));
           if (outs.empty()) {
             // Nothing sampled (a prefill chunk, or nothing could be scheduled): don't spin hot.
             std::unique_lock lk(mu_);
@@ -220,7 +245,7 @@ class EngineService final : public GenerationService {
       StreamEvent ev;
       ev.finished = true;
       ev.error = err;
-      s->push(std::move(ev));
+      push_final(*s, std::move(ev));
     };
     for (auto& p : fresh) fail(p.stream);
     for (auto& [id, live] : live_) fail(live.stream);
@@ -237,17 +262,21 @@ class EngineService final : public GenerationService {
       StreamEvent ev;
       ev.finished = true;
       ev.error = invalid_param(detail_field(e.what()), e.what());
-      p.stream->push(std::move(ev));
+      push_final(*p.stream, std::move(ev));
       return;
     }
     Live live;
     live.stream = std::move(p.stream);
     live.arrival = p.req.arrival;
     live.unfinished = n;
+    live.n = n;
+    live.max_tokens = p.req.params.max_tokens;
+    live.prompt_tokens = static_cast<int>(p.req.prompt.size());
     live.seqs.reserve(n);
+    auto stops = p.req.stop_set ? p.req.stop_set : std::make_shared<const StopStringSet>(p.req.stop);
     for (int i = 0; i < n; ++i)
       live.seqs.push_back({make_detok_(p.req.skip_special_tokens, p.req.prompt),
-                           StopStringMatcher(p.req.stop, p.req.include_stop_str_in_output),
+                           StopStringMatcher(stops, p.req.include_stop_str_in_output),
                            false,
                            {}});
     live_.emplace(id, std::move(live));
@@ -264,7 +293,7 @@ class EngineService final : public GenerationService {
     StreamEvent ev;
     ev.finished = true;
     ev.error = error_for_status(503);
-    s->push(std::move(ev));
+    push_final(*s, std::move(ev));
   }
 
   void abort_cancelled() {
@@ -298,13 +327,36 @@ class EngineService final : public GenerationService {
       ev.seqs.push_back(std::move(d));
     }
     metrics_.requests_finished[ServerMetrics::kAbort]++;
-    metrics_.e2e_request_latency.observe(seconds(Clock::now() - live.arrival));
-    live.stream->push(std::move(ev));
+    observe_finished(live, Clock::now());
+    push_final(*live.stream, std::move(ev));
   }
 
-  void dispatch(const RequestOutput& out, Clock::time_point step_start, Clock::time_point now) {
+  /// Pushes a request's last event and counts it out of in_flight().
+  void push_final(RequestStream& s, StreamEvent ev) {
+    ev.finished = true;
+    s.push(std::move(ev));
+    --in_flight_;
+  }
+
+  /// The per-request histograms, once a request is over (vLLM observes them at finish).
+  void observe_finished(const Live& live, Clock::time_point now) {
+    metrics_.e2e_request_latency.observe(seconds(now - live.arrival));
+    metrics_.request_prompt_tokens.observe(live.prompt_tokens);
+    metrics_.request_generation_tokens.observe(static_cast<double>(live.generated));
+    metrics_.request_params_n.observe(live.n);
+    metrics_.request_params_max_tokens.observe(live.max_tokens);
+    if (!live.first_output) return;  // never scheduled: no phase times
+    metrics_.request_queue_time.observe(seconds(live.scheduled - live.arrival));
+    metrics_.request_prefill_time.observe(seconds(live.first_token - live.scheduled));
+    metrics_.request_decode_time.observe(seconds(live.last_token - live.first_token));
+    metrics_.request_inference_time.observe(seconds(live.last_token - live.scheduled));
+  }
+
+  /// Hands one request's step output to its stream; returns the tokens it computed this step.
+  uint64_t dispatch(const RequestOutput& out, Clock::time_point step_start, Clock::time_point now) {
     auto it = live_.find(out.request_id);
-    if (it == live_.end()) return;  // aborted or finished by a stop string earlier
+    if (it == live_.end()) return 0;  // aborted or finished by a stop string earlier
+    uint64_t step_tokens = 0;
     Live& live = it->second;
     StreamEvent ev;
     ev.prompt_tokens = out.prompt_tokens;
@@ -313,8 +365,11 @@ class EngineService final : public GenerationService {
       live.first_output = true;
       metrics_.prompt_tokens += static_cast<uint64_t>(out.prompt_tokens);
       metrics_.time_to_first_token.observe(seconds(now - live.arrival));
-      metrics_.request_queue_time.observe(seconds(step_start - live.arrival));
+      live.scheduled = step_start;
+      live.first_token = now;
+      step_tokens += static_cast<uint64_t>(std::max(0, out.prompt_tokens - out.cached_prompt_tokens));
     }
+    live.last_token = now;
     for (const auto& so : out.seqs) {
       if (so.index < 0 || so.index >= static_cast<int>(live.seqs.size())) continue;
       Seq& seq = live.seqs[so.index];
@@ -326,10 +381,15 @@ class EngineService final : public GenerationService {
         if (k < so.logprobs.size()) d.logprobs.push_back(so.logprobs[k]);
         d.text += seq.stop.push(seq.detok.push(so.new_tokens[k]));
       }
+      step_tokens += so.new_tokens.size();
       if (!d.tokens.empty()) {
         metrics_.generation_tokens += d.tokens.size();
-        if (seq.last_token != Clock::time_point{})
-          metrics_.inter_token_latency.observe(seconds(now - seq.last_token) / static_cast<double>(d.tokens.size()));
+        live.generated += static_cast<int64_t>(d.tokens.size());
+        if (seq.last_token != Clock::time_point{}) {
+          const double itl = seconds(now - seq.last_token) / static_cast<double>(d.tokens.size());
+          metrics_.inter_token_latency.observe(itl);
+          metrics_.time_per_output_token.observe(itl);
+        }
         seq.last_token = now;
       }
       if (seq.stop.matched()) {
@@ -367,10 +427,14 @@ class EngineService final : public GenerationService {
           ev.seqs.push_back(std::move(d));
         }
       ev.finished = true;
-      metrics_.e2e_request_latency.observe(seconds(now - live.arrival));
+      observe_finished(live, now);
     }
-    live.stream->push(std::move(ev));
+    if (done)
+      push_final(*live.stream, std::move(ev));
+    else
+      live.stream->push(std::move(ev));
     if (done) live_.erase(it);
+    return step_tokens;
   }
 
   void update_gauges() {
@@ -379,6 +443,9 @@ class EngineService final : public GenerationService {
     gauges_.num_running = s.num_running;
     gauges_.num_waiting = s.num_waiting;
     gauges_.kv_usage = s.kv_usage;
+    gauges_.num_swapped = s.num_swapped;
+    gauges_.num_preemptions = s.num_preemptions;
+    gauges_.num_kv_blocks = s.num_kv_blocks;
     gauges_.prefix_cache_queries = s.prefix_cache_queries;
     gauges_.prefix_cache_hits = s.prefix_cache_hits;
   }
@@ -399,6 +466,7 @@ class EngineService final : public GenerationService {
   std::vector<Pending> inbox_;
   bool cancels_ = false;
   bool stopping_ = false;
+  std::atomic<int> in_flight_{0};  // submitted, final event not yet pushed
 
   // Engine-thread only.
   std::unique_ptr<EngineT> engine_;

@@ -12,12 +12,14 @@
 #include <exception>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <regex>
 #include <string>
 #include <vector>
 
 #include "pie/server/auth.hpp"
 #include "pie/server/completions.hpp"
 #include "pie/server/errors.hpp"
+#include "pie/server/json_body.hpp"
 #include "pie/server/metrics.hpp"
 
 namespace pie::server {
@@ -65,7 +67,7 @@ class HttpServer {
 
   static void send_error(httplib::Response& res, const ApiError& e) {
     res.status = e.status();
-    res.set_content(e.to_json().dump(), "application/json");
+    res.set_content(dump(e.to_json()), "application/json");
   }
 
   /// Runs a handler, turning exceptions into OpenAI-shaped errors.
@@ -76,6 +78,10 @@ class HttpServer {
         f(req, res);
       } catch (const ApiError& e) {
         send_error(res, e);
+      } catch (const nlohmann::json::exception&) {
+        // A JSON value of an unexpected type or shape reached a handler: the request's fault.
+        send_error(res, ApiError(400, "The request has a value of the wrong type or shape", {},
+                                 "invalid_request_error", "invalid_value"));
       } catch (const std::exception& e) {
         send_error(res, ApiError(500, std::string("Internal server error: ") + e.what(), {}, "server_error",
                                  "internal_error"));
@@ -87,14 +93,56 @@ class HttpServer {
     if (ctx_.service->state() != ServiceState::Ready) throw error_for_status(503);
   }
 
-  static json parse_body(const httplib::Request& req) {
-    try {
-      json j = json::parse(req.body);
-      if (!j.is_object()) throw invalid_param("", "The request body must be a JSON object");
-      return j;
-    } catch (const json::exception& e) {
-      throw invalid_param("", std::string("The request body is not valid JSON: ") + e.what());
-    }
+  /// Reads the whole body through the route's content reader, whatever its Content-Type
+  /// (httplib would otherwise parse a form-encoded body itself and cap it at 8 KB with a
+  /// misleading 413), and bounds it by --max-request-body-bytes.
+  std::string read_body(const httplib::Request& req, const httplib::Response& res,
+                        const httplib::ContentReader& reader) const {
+    if (req.is_multipart_form_data())
+      throw ApiError(415, "Unsupported Content-Type: send the request as application/json", {},
+                     "invalid_request_error", "unsupported_media_type");
+    std::string body;
+    bool too_large = false;
+    const size_t max = opts_.max_body_bytes;
+    const bool ok = reader([&](const char* data, size_t n) {
+      if (body.size() + n > max) {
+        too_large = true;
+        return false;
+      }
+      body.append(data, n);
+      return true;
+    });
+    // httplib sets 413 itself when Content-Length is over its payload limit (the same bound).
+    if (too_large || body.size() > max || res.status == 413) throw body_too_large(max);
+    if (!ok) throw ApiError(400, "The request body could not be read", {}, "invalid_request_error", "invalid_value");
+    return body;
+  }
+
+  json parse_body(const std::string& body) const { return parse_json_body(body, opts_.max_body_bytes); }
+
+  /// A POST route: the body read and bounded, then `f(body, res)`.
+  template <class F>
+  void post(const std::string& path, F f) {
+    svr_.Post(path, [this, f = std::move(f)](const httplib::Request& req, httplib::Response& res,
+                                             const httplib::ContentReader& reader) {
+      guarded([&](const httplib::Request& rq, httplib::Response& rs) { f(rq, read_body(rq, rs, reader), rs); })(req, res);
+    });
+    routes_.push_back({std::regex(path), "POST"});
+  }
+  template <class F>
+  void get(const std::string& path, F f) {
+    svr_.Get(path, guarded(std::move(f)));
+    routes_.push_back({std::regex(path), "GET"});
+  }
+
+  /// The methods the routes of `path` answer, or empty when no route matches it.
+  std::vector<std::string> methods_for(const std::string& path) const {
+    std::vector<std::string> m;
+    for (const auto& [pattern, method] : routes_)
+      if (std::regex_match(path, pattern) &&
+          std::find(m.begin(), m.end(), method) == m.end())
+        m.push_back(method);
+    return m;
   }
 
   void setup() {
@@ -110,6 +158,16 @@ class HttpServer {
         send_error(res, unauthorized());
         return httplib::Server::HandlerResponse::Handled;
       }
+      // A known route asked with another method: 405 with Allow (httplib would say 404).
+      const auto methods = methods_for(req.path);
+      const std::string method = req.method == "HEAD" ? "GET" : req.method;
+      if (!methods.empty() && std::find(methods.begin(), methods.end(), method) == methods.end()) {
+        std::string allow;
+        for (const auto& m : methods) allow += (allow.empty() ? "" : ", ") + m;
+        res.set_header("Allow", allow);
+        send_error(res, error_for_status(405));
+        return httplib::Server::HandlerResponse::Handled;
+      }
       return httplib::Server::HandlerResponse::Unhandled;
     });
     // Statuses httplib sets itself (404 route, 413 body, 400 malformed) arrive with no body.
@@ -118,6 +176,11 @@ class HttpServer {
       send_error(res, error_for_status(res.status));
       return httplib::Server::HandlerResponse::Handled;
     }));
+    // An exception that escaped every handler: a generic 500, and never its text in a header
+    // (httplib's default puts e.what() in an EXCEPTION_WHAT response header).
+    svr_.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
+      send_error(res, error_for_status(500));
+    });
     svr_.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
       if (res.status >= 400) metrics_.http_errors++;
       if (!opts_.log_requests) return;
@@ -128,7 +191,7 @@ class HttpServer {
       std::fflush(stdout);
     });
 
-    svr_.Get("/health", guarded([this](const httplib::Request&, httplib::Response& res) {
+    get("/health", ([this](const httplib::Request&, httplib::Response& res) {
                const auto st = ctx_.service->state();
                if (st != ServiceState::Ready) {
                  ApiError e = error_for_status(503);
@@ -140,14 +203,14 @@ class HttpServer {
                res.status = 200;
                res.set_content("", "text/plain");
              }));
-    svr_.Get("/version", guarded([this](const httplib::Request&, httplib::Response& res) {
+    get("/version", ([this](const httplib::Request&, httplib::Response& res) {
                res.set_content(json{{"version", opts_.version}}.dump(), "application/json");
              }));
-    svr_.Get("/metrics", guarded([this](const httplib::Request&, httplib::Response& res) {
+    get("/metrics", ([this](const httplib::Request&, httplib::Response& res) {
                res.set_content(metrics_.render(ctx_.served_names.front(), ctx_.service->gauges()),
                                "text/plain; version=0.0.4; charset=utf-8");
              }));
-    svr_.Get("/v1/models", guarded([this](const httplib::Request&, httplib::Response& res) {
+    get("/v1/models", ([this](const httplib::Request&, httplib::Response& res) {
                json data = json::array();
                const ModelInfo info = ctx_.service->model_info();
                for (const auto& name : ctx_.served_names)
@@ -160,7 +223,7 @@ class HttpServer {
                                  {"max_model_len", info.max_model_len}});
                res.set_content(json{{"object", "list"}, {"data", data}}.dump(), "application/json");
              }));
-    svr_.Get(R"(/v1/models/(.+))", guarded([this](const httplib::Request& req, httplib::Response& res) {
+    get(R"(/v1/models/(.+))", ([this](const httplib::Request& req, httplib::Response& res) {
                const std::string name = req.matches[1];
                if (std::find(ctx_.served_names.begin(), ctx_.served_names.end(), name) == ctx_.served_names.end())
                  throw model_not_found(name);
@@ -168,16 +231,18 @@ class HttpServer {
                    json{{"id", name}, {"object", "model"}, {"created", created_}, {"owned_by", "pie"}}.dump(),
                    "application/json");
              }));
-    svr_.Post("/v1/completions", guarded([this](const httplib::Request& req, httplib::Response& res) {
-                handle_generation(ctx_, /*chat=*/false, req, res);
-              }));
-    svr_.Post("/v1/chat/completions", guarded([this](const httplib::Request& req, httplib::Response& res) {
-                handle_generation(ctx_, /*chat=*/true, req, res);
-              }));
-    svr_.Post("/tokenize",
-              guarded([this](const httplib::Request& req, httplib::Response& res) { tokenize(req, res); }));
-    svr_.Post("/detokenize",
-              guarded([this](const httplib::Request& req, httplib::Response& res) { detokenize(req, res); }));
+    post("/v1/completions", [this](const httplib::Request&, const std::string& body, httplib::Response& res) {
+      handle_generation(ctx_, /*chat=*/false, parse_body(body), res);
+    });
+    post("/v1/chat/completions", [this](const httplib::Request&, const std::string& body, httplib::Response& res) {
+      handle_generation(ctx_, /*chat=*/true, parse_body(body), res);
+    });
+    post("/tokenize", [this](const httplib::Request&, const std::string& body, httplib::Response& res) {
+      tokenize(body, res);
+    });
+    post("/detokenize", [this](const httplib::Request&, const std::string& body, httplib::Response& res) {
+      detokenize(body, res);
+    });
   }
 
   void check_model(const json& body) const {
@@ -190,17 +255,19 @@ class HttpServer {
   }
 
   // vLLM's /tokenize: {"prompt"} or {"messages", "add_generation_prompt", "chat_template_kwargs"}.
-  void tokenize(const httplib::Request& req, httplib::Response& res) {
+  void tokenize(const std::string& raw, httplib::Response& res) {
+    const json body = parse_body(raw);
     require_ready();
-    const json body = parse_body(req);
     check_model(body);
     std::vector<int32_t> ids;
     if (auto m = body.find("messages"); m != body.end()) {
       json chat_body = body;
       chat_body.erase("model");
       GenerationRequest g = parse_chat_request(chat_body, ctx_.service->model_info().defaults);
-      const bool add_special = body.value("add_special_tokens", false);
-      ids = ctx_.encode(ctx_.render_chat(g.messages, g.template_options), add_special);
+      bool add_special = false;
+      if (const json* a = detail::field(body, "add_special_tokens"))
+        add_special = detail::get_bool(*a, "add_special_tokens");
+      ids = ctx_.encode(render_chat_checked(ctx_, g.messages, g.template_options), add_special);
     } else if (auto p = body.find("prompt"); p != body.end() && p->is_string()) {
       bool add_special = true;
       if (auto a = body.find("add_special_tokens"); a != body.end()) {
@@ -218,9 +285,9 @@ class HttpServer {
         "application/json");
   }
 
-  void detokenize(const httplib::Request& req, httplib::Response& res) {
+  void detokenize(const std::string& raw, httplib::Response& res) {
+    const json body = parse_body(raw);
     require_ready();
-    const json body = parse_body(req);
     check_model(body);
     auto t = body.find("tokens");
     if (t == body.end() || !t->is_array()) throw invalid_param("tokens", "'tokens' must be an array of token ids");
@@ -238,6 +305,7 @@ class HttpServer {
 
   HttpOptions opts_;
   GenerationContext ctx_;
+  std::vector<std::pair<std::regex, std::string>> routes_;  // (path pattern, method)
   ServerMetrics& metrics_;
   ApiKeyAuth auth_;
   httplib::Server svr_;

@@ -15,6 +15,7 @@
 #include "pie/core/error.hpp"
 #include "pie/sched/sampling_params.hpp"
 #include "pie/server/errors.hpp"
+#include "pie/server/stop_strings.hpp"
 
 namespace pie::server {
 
@@ -56,6 +57,9 @@ struct GenerationRequest {
   bool want_logprobs = false;
   std::string user;
 };
+
+/// Stop token ids per request (checked by the engine thread after every token).
+inline constexpr size_t kMaxStopTokenIds = 1024;
 
 namespace detail {
 
@@ -141,7 +145,10 @@ inline void reject_unsupported(const json& body, bool chat) {
                         "prediction", "audio", "truncate_prompt_tokens", "allowed_token_ids", "bad_words"})
     if (present(k)) throw unsupported_param(k);
   if (const json* rf = field(body, "response_format")) {
-    const bool text = rf->is_object() && rf->value("type", "") == "text";
+    const json* type = rf->is_object() ? field(*rf, "type") : nullptr;
+    if (!type || !type->is_string())
+      throw invalid_param("response_format", "'response_format' must be an object with a string 'type'");
+    const bool text = type->get<std::string>() == "text";
     if (!text) throw unsupported_param("response_format", "only {\"type\": \"text\"} is supported");
   }
   if (const json* bs = field(body, "use_beam_search"); bs && !(bs->is_boolean() && !bs->get<bool>()))
@@ -185,32 +192,43 @@ inline void parse_sampling(const json& body, const SamplingDefaults& d, Generati
   if (auto* v = field(body, "ignore_eos")) p.ignore_eos = get_bool(*v, "ignore_eos");
   if (auto* v = field(body, "stop_token_ids")) {
     if (!v->is_array()) throw invalid_param("stop_token_ids", "'stop_token_ids' must be an array of integers");
+    if (v->size() > kMaxStopTokenIds)
+      throw invalid_param("stop_token_ids", "'stop_token_ids' may hold at most " + std::to_string(kMaxStopTokenIds) +
+                                                " ids, got " + std::to_string(v->size()));
     p.stop_token_ids = get_token_ids(*v, "stop_token_ids");
   }
   if (auto* v = field(body, "logit_bias")) {
     if (!v->is_object()) throw invalid_param("logit_bias", "'logit_bias' must be an object {token_id: bias}");
     for (auto it = v->begin(); it != v->end(); ++it) {
-      size_t used = 0;
-      long long id = -1;
-      try {
-        id = std::stoll(it.key(), &used);
-      } catch (...) {
-        used = 0;
-      }
-      if (used != it.key().size() || id < 0 || id > std::numeric_limits<int32_t>::max())
-        throw invalid_param("logit_bias", "'logit_bias' keys must be token ids, got '" + it.key() + "'");
+      // Decimal digits only: std::stoll would also take " 1", "+1" and "1e3"-like prefixes.
+      const std::string& key = it.key();
+      bool digits = !key.empty() && key.size() <= 10;
+      for (char c : key) digits = digits && c >= '0' && c <= '9';
+      const long long id = digits ? std::stoll(key) : -1;
+      if (!digits || id > std::numeric_limits<int32_t>::max())
+        throw invalid_param("logit_bias", "'logit_bias' keys must be token ids (decimal integers), got '" + key + "'");
       p.logit_bias[static_cast<int32_t>(id)] = static_cast<float>(get_number(it.value(), "logit_bias"));
     }
   }
   if (auto* v = field(body, "stop")) {
     if (v->is_string())
       r.stop.push_back(v->get<std::string>());
+    else if (v->is_array() && v->size() > kMaxStopStrings)
+      throw invalid_param("stop", "'stop' may hold at most " + std::to_string(kMaxStopStrings) + " strings, got " +
+                                      std::to_string(v->size()));
     else if (v->is_array())
       for (const auto& s : *v) r.stop.push_back(get_string(s, "stop"));
     else
       throw invalid_param("stop", "'stop' must be a string or an array of strings");
-    for (const auto& s : r.stop)
+    if (r.stop.size() > kMaxStopStrings)
+      throw invalid_param("stop", "'stop' may hold at most " + std::to_string(kMaxStopStrings) + " strings, got " +
+                                      std::to_string(r.stop.size()));
+    for (const auto& s : r.stop) {
       if (s.empty()) throw invalid_param("stop", "'stop' strings must not be empty");
+      if (s.size() > kMaxStopStringBytes)
+        throw invalid_param("stop", "'stop' strings may be at most " + std::to_string(kMaxStopStringBytes) +
+                                        " bytes, got one of " + std::to_string(s.size()));
+    }
   }
   if (auto* v = field(body, "include_stop_str_in_output"))
     r.include_stop_str_in_output = get_bool(*v, "include_stop_str_in_output");
@@ -310,8 +328,15 @@ inline GenerationRequest parse_chat_request(const json& body, const SamplingDefa
     const json* content = detail::field(m, "content");
     if (content && content->is_array()) {
       for (const auto& part : *content)
-        if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text"))
+      {
+        if (!part.is_object()) throw invalid_param("messages", at + ".content parts must be objects");
+        const json* type = detail::field(part, "type");
+        if (!type || !type->is_string()) throw invalid_param("messages", at + ".content[].type must be a string");
+        if (type->get<std::string>() != "text")
           throw unsupported_param("messages", at + ".content: only text parts are supported");
+        const json* text = detail::field(part, "text");
+        if (!text || !text->is_string()) throw invalid_param("messages", at + ".content[].text must be a string");
+      }
     } else if (content && !content->is_string()) {
       throw invalid_param("messages", at + ".content must be a string or an array of text parts");
     } else if (!content && rs != "assistant") {

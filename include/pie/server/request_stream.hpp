@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -17,6 +18,7 @@
 #include "pie/sched/finish_reason.hpp"
 #include "pie/sched/sampling_params.hpp"
 #include "pie/server/errors.hpp"
+#include "pie/server/stop_strings.hpp"
 
 namespace pie::server {
 
@@ -27,6 +29,9 @@ struct SubmitRequest {
   std::vector<int32_t> prompt;
   sched::SamplingParams params;
   std::vector<std::string> stop;  ///< stop strings, matched on detokenized text
+  /// The automaton of `stop`, built by the handler so the engine thread does not; null → built
+  /// from `stop` on the engine thread.
+  std::shared_ptr<const StopStringSet> stop_set;
   bool include_stop_str_in_output = false;
   bool skip_special_tokens = true;
   Clock::time_point arrival = Clock::now();

@@ -5,6 +5,7 @@
 /// uses CLI11 so `--help` lists them all and bad values fail before anything loads.
 #include <CLI/CLI.hpp>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -41,6 +42,7 @@ struct ServeOptions {
   int64_t max_request_body_bytes = 16ll << 20;
   int num_threads = 0;  ///< CPU backend threads; 0 → all cores
   bool disable_log_requests = false;
+  double shutdown_timeout = 30.0;  ///< seconds in-flight requests may run after SIGTERM/SIGINT
 };
 
 namespace detail {
@@ -62,6 +64,23 @@ inline std::string negated(const std::string& dashed) {
   return out;
 }
 }  // namespace detail
+
+/// vLLM's escape hatch for a --max-model-len above the model's max_position_embeddings.
+inline bool allow_long_max_model_len() {
+  const char* v = std::getenv("VLLM_ALLOW_LONG_MAX_MODEL_LEN");
+  if (!v) return false;
+  const std::string s = v;
+  return s == "1" || s == "true" || s == "True" || s == "TRUE";
+}
+
+/// The refusal, worded after vLLM's.
+inline std::string long_max_model_len_message(int requested, int derived) {
+  return "User-specified max_model_len (" + std::to_string(requested) +
+         ") is greater than the derived max_model_len (max_position_embeddings=" + std::to_string(derived) +
+         " in the model's config.json). To allow overriding this maximum, set the env var "
+         "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1. Use it with caution: positions past the model's trained length "
+         "give unreliable output.";
+}
 
 /// Declares every flag of `serve` on `app`, writing into `o`.
 inline void add_serve_flags(CLI::App& app, ServeOptions& o) {
@@ -148,6 +167,11 @@ inline void add_serve_flags(CLI::App& app, ServeOptions& o) {
   app.add_option(both_spellings("num-threads"), o.num_threads, "CPU backend threads (0 → all cores)")
       ->check(CLI::Range(0, 4096));
   app.add_flag(both_spellings("disable-log-requests"), o.disable_log_requests, "Do not log each request");
+  app.add_option(both_spellings("shutdown-timeout"), o.shutdown_timeout,
+                 "On SIGTERM/SIGINT: seconds to let in-flight requests finish (new ones get 503) before "
+                 "aborting the rest; 0 aborts at once")
+      ->check(CLI::Range(0.0, 86400.0))
+      ->capture_default_str();
 }
 
 }  // namespace pie::server
