@@ -5,7 +5,8 @@
 # bench.json resources.txt. Stages: all (default) or any of: build tests sanitize bench.
 #   usage: bench/device_run.sh [stages...]   e.g. bench/device_run.sh build tests bench
 # Narrower calls: PIE_TESTS="attention_decode" (tests to build/run), PIE_BENCH_ARGS (passed to
-# the bench, e.g. --benchmark_filter=Decode), PIE_BENCH_REPEAT=2 (run the bench twice: the
+# the kernel bench, e.g. --benchmark_filter=Gemm), PIE_DECODE_BENCH_ARGS (the decode bench's;
+# bench/cuda/decode_ab.sh builds it with a baseline kernel, without CMake), PIE_BENCH_REPEAT=2 (run the bench twice: the
 # spread between the two runs is the noise floor of any comparison).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -32,11 +33,11 @@ if want build; then
         -DCMAKE_CUDA_ARCHITECTURES=90a >> "$OUT/build.log" 2>&1 || { echo "configure failed"; tail -30 "$OUT/build.log"; exit 1; }
   targets=""
   for t in $TESTS; do targets="$targets pie_cuda_test_$t"; done
-  cmake --build "$BUILD" -j"$JOBS" --target $targets pie_bench_cuda_kernels >> "$OUT/build.log" 2>&1 \
+  cmake --build "$BUILD" -j"$JOBS" --target $targets pie_bench_cuda_kernels pie_bench_cuda_decode >> "$OUT/build.log" 2>&1 \
     || { echo "build failed"; grep -E "error" "$OUT/build.log" | head -40; exit 1; }
   stamp "build done" | tee -a "$OUT/build.log"
   if command -v cuobjdump >/dev/null; then
-    for b in "$BUILD"/tests/cuda/pie_cuda_test_* "$BUILD"/bench/cuda/pie_bench_cuda_kernels; do
+    for b in "$BUILD"/tests/cuda/pie_cuda_test_* "$BUILD"/bench/cuda/pie_bench_cuda_kernels "$BUILD"/bench/cuda/pie_bench_cuda_decode; do
       echo "## $b"; cuobjdump --dump-resource-usage "$b" 2>&1 | grep -E "Function|REG" | paste - - | \
         sed -E 's/Function ([^:]*):.*REG:([0-9]+) STACK:([0-9]+) SHARED:([0-9]+) LOCAL:([0-9]+).*/REG \2 STACK \3 SHARED \4 LOCAL \5  \1/' | sort -u
     done > "$OUT/resources.txt" 2>&1
@@ -70,7 +71,7 @@ if want sanitize; then
   run_cs memcheck pie_cuda_test_sampling '-*ChiSquare*'
   run_cs memcheck pie_cuda_test_gemm '*'
   run_cs racecheck pie_cuda_test_attention_prefill '*Block16_HeadDim128_Group4_BF16*:*HeadDim256*:*Fp8*'
-  run_cs racecheck pie_cuda_test_attention_decode '*Block16_HeadDim128_Group4_BF16*:*Fp8*'
+  run_cs racecheck pie_cuda_test_attention_decode '*Block16_HeadDim128_Group4_BF16*:*Fp8*:*ForLongerContexts*'
   run_cs racecheck pie_cuda_test_sampling '-*ChiSquare*'
   run_cs racecheck pie_cuda_test_elementwise '*RmsNorm*'
   grep -E "ERROR SUMMARY|RACECHECK SUMMARY|SANITIZER FAILED" "$OUT/sanitizer.log"
@@ -82,6 +83,9 @@ if want bench; then
     stamp "bench run $rep" >> "$OUT/bench.log"
     timeout 300 "$BUILD/bench/cuda/pie_bench_cuda_kernels" --benchmark_out="$OUT/bench.json" \
       --benchmark_out_format=json ${PIE_BENCH_ARGS:-} >> "$OUT/bench.log" 2>&1 || { status=1; echo "bench failed"; }
+    # Decode attention (BM_DecodeAttention, BM_DecodeShape): its own binary and ceiling.
+    timeout 200 "$BUILD/bench/cuda/pie_bench_cuda_decode" --benchmark_out="$OUT/bench_decode.json" \
+      --benchmark_out_format=json ${PIE_DECODE_BENCH_ARGS:-} >> "$OUT/bench.log" 2>&1 || { status=1; echo "decode bench failed"; }
   done
   awk '/^kernel /{p=1} /^== /{p=0} p' "$OUT/bench.log"
   grep -E "^ceilings|^device" "$OUT/bench.log"

@@ -12,165 +12,27 @@
 #include <string>
 #include <vector>
 
+#include "bench_common.cuh"
 #include "pie/cuda.cuh"
 
 namespace {
 using namespace pie;
-namespace oc = pie::ops::cuda;
-
-struct Ceilings { double copy_gbs = 0, gemm_tflops = 0; } g_ceil;
-struct Row { std::string name; double us, rate, pct; const char* unit; };
-std::vector<Row> g_rows;
-
-/// Fills a device buffer with uniform(-1, 1)·scale values of T, generated on the device.
-template <class T>
-__global__ void fill_kernel(T* p, size_t n, uint64_t seed, float scale) {
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
-    uint64_t z = (i + 1) * 0x9e3779b97f4a7c15ull ^ seed;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    float u = float((z >> 40) & 0xffffff) / 16777216.f * 2.f - 1.f;
-    p[i] = oc::from_f32<T>(u * scale);
-  }
-}
-template <class T> void fill(T* p, size_t n, uint64_t seed, float scale = 1.f) {
-  using D = oc::device_t<T>;
-  auto* d = reinterpret_cast<D*>(p);
-  fill_kernel<D><<<1024, 256>>>(d, n, seed, scale);
-  PIE_CUDA_CHECK_LAUNCH();
-}
-
-/// Median of `reps` event-timed runs after `warm` warm-up runs, in milliseconds.
-template <class F> double median_ms(F&& f, int warm = 3, int reps = 20) {
-  cudaEvent_t a, b;
-  PIE_CUDA_CHECK(cudaEventCreate(&a));
-  PIE_CUDA_CHECK(cudaEventCreate(&b));
-  for (int i = 0; i < warm; ++i) f();
-  std::vector<float> t(reps);
-  for (int i = 0; i < reps; ++i) {
-    PIE_CUDA_CHECK(cudaEventRecord(a));
-    f();
-    PIE_CUDA_CHECK(cudaEventRecord(b));
-    PIE_CUDA_CHECK(cudaEventSynchronize(b));
-    PIE_CUDA_CHECK(cudaEventElapsedTime(&t[i], a, b));
-  }
-  PIE_CUDA_CHECK(cudaEventDestroy(a));
-  PIE_CUDA_CHECK(cudaEventDestroy(b));
-  std::sort(t.begin(), t.end());
-  return t[reps / 2];
-}
-
-/// Runs f under Google Benchmark's loop with event timing and reports against the ceilings.
-template <class F>
-void report(benchmark::State& st, const std::string& name, double bytes, double flops, F&& f) {
-  for (auto _ : st) {
-    double ms = median_ms(f, 2, 10);
-    st.SetIterationTime(ms / 1e3);
-  }
-  double ms = median_ms(f, 1, 20);
-  st.counters["us"] = ms * 1e3;
-  Row r{name, ms * 1e3, 0, 0, ""};
-  if (bytes > 0) {
-    double gbs = bytes / (ms * 1e-3) / 1e9;
-    st.counters["MB"] = bytes / 1e6;
-    st.counters["GB/s"] = gbs;
-    st.counters["%copy"] = 100 * gbs / g_ceil.copy_gbs;
-    r.rate = gbs; r.pct = 100 * gbs / g_ceil.copy_gbs; r.unit = "GB/s (% copy)";
-  }
-  if (flops > 0) {
-    double tf = flops / (ms * 1e-3) / 1e12;
-    st.counters["GFLOP"] = flops / 1e9;
-    st.counters["TFLOP/s"] = tf;
-    st.counters["%gemm"] = 100 * tf / g_ceil.gemm_tflops;
-    r.rate = tf; r.pct = 100 * tf / g_ceil.gemm_tflops; r.unit = "TFLOP/s (% gemm)";
-  }
-  g_rows.push_back(r);
-}
+using namespace pie::bench;
 
 void measure_ceilings() {
-  const size_t n = size_t(1) << 30;
-  DeviceBuffer<unsigned char> src(n), dst(n);
-  fill(reinterpret_cast<float*>(src.data()), n / 4, 1);
-  double ms = median_ms([&] { PIE_CUDA_CHECK(cudaMemcpyAsync(dst.data(), src.data(), n, cudaMemcpyDeviceToDevice)); });
-  g_ceil.copy_gbs = 2.0 * n / (ms * 1e-3) / 1e9;
+  measure_copy_ceiling();
   const int S = 8192;
   DeviceBuffer<bf16> a(size_t(S) * S), w(size_t(S) * S), y(size_t(S) * S);
   fill(a.data(), a.size(), 2);
   fill(w.data(), w.size(), 3);
   oc::Gemm gemm;
-  ms = median_ms([&] { gemm(y.view({S, S}), a.view({S, S}), w.view({S, S})); });
+  double ms = median_ms([&] { gemm(y.view({S, S}), a.view({S, S}), w.view({S, S})); });
   g_ceil.gemm_tflops = 2.0 * S * S * S / (ms * 1e-3) / 1e12;
   std::printf("ceilings: D2D copy %.0f GB/s (read+write), bf16 GEMM 8192^3 %.0f TFLOP/s\n", g_ceil.copy_gbs,
               g_ceil.gemm_tflops);
 }
 
-/// A paged cache with every sequence at `ctx` tokens and a shuffled block table.
-template <class KV> struct BenchCache {
-  DeviceBuffer<KV> pool;
-  DeviceBuffer<int32_t> indptr, indices, last;
-  kv::PagedKV<KV> view;
-  BenchCache(int batch, int ctx, int nkv, int hd, int bs) {
-    int pages_per = (ctx + bs - 1) / bs, pages = batch * pages_per;
-    pool = DeviceBuffer<KV>(size_t(pages) * 2 * nkv * bs * hd);
-    fill(pool.data(), pool.size(), 11);
-    std::vector<int32_t> ip(batch + 1), ix(pages), la(batch, (ctx - 1) % bs + 1);
-    for (int b = 0; b <= batch; ++b) ip[b] = b * pages_per;
-    std::iota(ix.begin(), ix.end(), 0);
-    std::shuffle(ix.begin(), ix.end(), std::mt19937(5));
-    indptr = DeviceBuffer<int32_t>(ip.size()); indices = DeviceBuffer<int32_t>(ix.size()); last = DeviceBuffer<int32_t>(la.size());
-    PIE_CUDA_CHECK(cudaMemcpy(indptr.data(), ip.data(), ip.size() * 4, cudaMemcpyHostToDevice));
-    PIE_CUDA_CHECK(cudaMemcpy(indices.data(), ix.data(), ix.size() * 4, cudaMemcpyHostToDevice));
-    PIE_CUDA_CHECK(cudaMemcpy(last.data(), la.data(), la.size() * 4, cudaMemcpyHostToDevice));
-    view = {pool.data(), nkv, hd, bs, batch, indptr.data(), indices.data(), last.data(), 1.f};
-  }
-};
-
-template <class KV>
-void BM_DecodeAttention(benchmark::State& st) {
-  const int batch = st.range(0), ctx = st.range(1), bs = st.range(2), nq = 32, nkv = 8, hd = 128;
-  BenchCache<KV> c(batch, ctx, nkv, hd, bs);
-  DeviceBuffer<bf16> q(size_t(batch) * nq * hd), o(q.size());
-  fill(q.data(), q.size(), 4);
-  auto plan = oc::plan_decode_attention(batch, nq, nkv, hd, ctx);
-  DeviceBuffer<unsigned char> ws(plan.workspace_bytes);
-  double bytes = double(batch) * ctx * nkv * hd * 2 * sizeof(KV) + 2.0 * q.size() * sizeof(bf16);
-  std::string name = "decode b" + std::to_string(batch) + " ctx" + std::to_string(ctx) + " bs" + std::to_string(bs) +
-                     (sizeof(KV) == 1 ? " fp8kv" : " bf16") + " splits" + std::to_string(plan.num_splits);
-  report(st, name, bytes, 0, [&] {
-    oc::decode_attention(q.view({batch, nq, hd}), c.view, o.view({batch, nq, hd}), plan, ws.data(),
-                         1.f / std::sqrt(128.f));
-  });
-}
-BENCHMARK(BM_DecodeAttention<bf16>)->Args({64, 4096, 16})->Args({64, 4096, 8})->Args({64, 4096, 32})
-    ->Args({1, 32768, 16})->Args({8, 8192, 16})->Args({1, 256, 16})->Args({8, 512, 16})
-    ->UseManualTime()->Iterations(1);
-BENCHMARK(BM_DecodeAttention<fp8_e4m3>)->Args({64, 4096, 16})->UseManualTime()->Iterations(1);
-
-/// The decode kernel's CTA shape at the engine's large-batch, short-context steps (batch 512
-/// and 256 at contexts 140 and 660, as the kernel trace of docs/gpu_engine.md) and a long one:
-/// warps per CTA × tokens in flight per lane group (0, 0: the plan's DecodePlan::warps).
-template <int Warps, int Unroll>
-void BM_DecodeShape(benchmark::State& st) {
-  const int batch = st.range(0), ctx = st.range(1), bs = 16, nq = 32, nkv = 8, hd = 128;
-  BenchCache<bf16> c(batch, ctx, nkv, hd, bs);
-  DeviceBuffer<bf16> q(size_t(batch) * nq * hd), o(q.size());
-  fill(q.data(), q.size(), 4);
-  auto plan = oc::plan_decode_attention(batch, nq, nkv, hd, ctx);
-  DeviceBuffer<unsigned char> ws(std::max<size_t>(plan.workspace_bytes, 256));
-  double bytes = double(batch) * ctx * nkv * hd * 2 * 2 + 2.0 * q.size() * sizeof(bf16);
-  report(st, "decode w" + std::to_string(Warps) + " u" + std::to_string(Unroll) + " b" + std::to_string(batch) +
-             " ctx" + std::to_string(ctx) + " splits" + std::to_string(plan.num_splits), bytes, 0, [&] {
-           oc::decode_attention<Warps, Unroll>(q.view({batch, nq, hd}), c.view, o.view({batch, nq, hd}), plan,
-                                               ws.data(), 1.f / std::sqrt(128.f));
-         });
-}
-#define PIE_DECODE_SHAPES ->Args({512, 140})->Args({256, 660})->Args({64, 4096})->UseManualTime()->Iterations(1)
-BENCHMARK(BM_DecodeShape<0, 0>) PIE_DECODE_SHAPES;  // the plan's choice
-BENCHMARK(BM_DecodeShape<4, 4>) PIE_DECODE_SHAPES;  // the shape before the plan chose
-BENCHMARK(BM_DecodeShape<4, 2>) PIE_DECODE_SHAPES;
-BENCHMARK(BM_DecodeShape<2, 2>) PIE_DECODE_SHAPES;
-BENCHMARK(BM_DecodeShape<2, 4>) PIE_DECODE_SHAPES;
-#undef PIE_DECODE_SHAPES
+// Decode attention: bench_decode.cu.
 
 template <int Warps>
 void BM_PrefillAttention(benchmark::State& st) {
@@ -360,7 +222,6 @@ int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
-  std::printf("\n%-48s %10s %10s %7s  %s\n", "kernel", "us", "rate", "%ceil", "unit");
-  for (auto& r : g_rows) std::printf("%-48s %10.1f %10.1f %7.1f  %s\n", r.name.c_str(), r.us, r.rate, r.pct, r.unit);
+  print_rows();
   return 0;
 }

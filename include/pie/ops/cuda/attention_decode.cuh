@@ -4,19 +4,40 @@
 ///
 /// One CTA owns (sequence, KV head, split): it reads each K/V page of its token range exactly
 /// once and serves all GROUP query heads of that KV head from it, so KV bytes — the whole cost
-/// of decode — are read once. A row of head_dim elements is spread over head_dim/8 lanes
-/// (16-byte loads); each lane group works through its own tokens with online softmax, several
-/// tokens in flight. Long contexts with few sequences are split over CTAs (plan_decode_attention)
-/// and merged by log-sum-exp in a second kernel.
+/// of decode — are read once. Pages reach shared memory through a ring of STAGES buffers filled
+/// by 1-D bulk copies (`cp.async.bulk`, the TMA engine; a page's K rows of one head are one
+/// contiguous run, as are its V rows), each buffer completing on its own mbarrier, so a CTA
+/// keeps up to STAGES·(16 KB) of the cache in flight while it computes on the oldest buffer.
+/// From shared memory a row of head_dim elements is spread over head_dim/8 lanes; each lane
+/// group works through its own tokens with online softmax. The GROUP·U partial dot products of
+/// a stage are reduce-scattered over the row's lanes (each lane ends with one or a few complete
+/// scores, exponentiates only those, and the probabilities are broadcast back for P·V), which
+/// halves the shuffles and cuts the exponentials by the row width: the arithmetic, not the
+/// copies, bounds this kernel. Long contexts with few sequences are split over CTAs
+/// (plan_decode_attention) and merged by log-sum-exp in a second, short kernel.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 
 #include "pie/core/attention_variants.hpp"
 #include "pie/core/dispatch.hpp"
 #include "pie/kv/paged_kv.hpp"
+#include "pie/ops/cuda/bulk_copy.cuh"
 #include "pie/ops/cuda/common.cuh"
 
 namespace pie::ops::cuda {
+
+namespace detail {
+/// Tokens in flight per lane group and stage: 4, or 2 at GQA groups ≥ 8 (registers).
+constexpr int decode_unroll(int group) { return group >= 8 ? 2 : 4; }
+/// Ring depth of the default CTA shape (4 warps): 3 stages of 16 KB (16-bit K/V) at groups ≤ 4,
+/// so that 4 CTAs fit an SM (measured, H200: b64 ctx4096 96% of copy bandwidth with 3 stages,
+/// 88% with 4, where 64 KB rings left room for 3 CTAs); 8 stages of 8 KB at group 8.
+constexpr int decode_stages(int group) { return group >= 8 ? 8 : 3; }
+/// Resident CTAs per SM the plan counts on for the default shape: 4 (48 KB rings, ≤ 128
+/// registers); at group 8 the registers (q and accumulators of 8 heads) allow 2.
+constexpr int decode_ctas_per_sm(int group) { return group >= 8 ? 2 : 4; }
+}  // namespace detail
 
 /// \brief Host-side work partition of one decode launch (FlashInfer-style plan/run split).
 struct DecodePlan {
@@ -25,23 +46,21 @@ struct DecodePlan {
   int num_kv_heads = 0;
   int head_dim = 0;
   int num_splits = 1;         ///< CTAs per (sequence, KV head) along the context
-  int tokens_per_split = 0;   ///< context tokens each split covers
+  int tokens_per_split = 0;   ///< context tokens each split covers (a multiple of 64)
   size_t workspace_bytes = 0; ///< device scratch the launch needs (0 when num_splits == 1)
-  /// CTA shape: 4 warps × 4 tokens in flight per lane group (2 at GQA groups ≥ 8) for grids
-  /// that fit the card at once (< 16 CTAs per SM), where each CTA's latency is the step's;
-  /// 2 warps × 2 tokens for wider grids, where fewer registers and threads per CTA let more
-  /// CTAs share an SM.
-  /// Measured (H100, BM_DecodeShape, docs/data/gpu_engine/kernel_bench_decode_shape.txt): b512
-  /// ctx140 65% → 74% of copy bandwidth, b256 ctx660 77% → 80%, b64 ctx4096 82% either way.
+  /// CTA shape: warps per CTA and shared-memory ring depth (stages of 16 KB at 16-bit KV).
   int warps = 4;
+  int stages = 3;
+  int ctas_per_sm = 4;        ///< resident CTAs per SM the split choice assumed
 };
 
-/// \brief Chooses the split count from the batch shape and the longest context. CTAs are of
-/// equal length, so a grid of few waves loses its last partial wave (512 CTAs on 396 slots run
-/// as 2 waves at 65% use); about 32 CTAs per SM (≥ 8 waves) bounds that loss near 5%. Splits
-/// stay ≥ 256 tokens (≥ 64 when the unsplit grid has fewer CTAs than SMs): the partial outputs
-/// (splits·batch·heads·head_dim floats, written and read once) then cost a few percent of the
-/// KV bytes.
+/// \brief Chooses the split count from the grid width and the longest context with a small
+/// cost model (µs): CTAs run in waves of sm_count·ctas_per_sm; a full wave streams at the copy
+/// bandwidth (~4 TB/s), a partial one is bound by what one CTA streams (≈ 8 GB/s: its 4 warps'
+/// arithmetic, measured on the H200 at batches 1 and 8, plus ~2 µs before its first page), and
+/// a split adds the merge kernel (~2 µs plus its partials written and read). Splits are ≥ 256 tokens, ≥ 64 when the unsplit
+/// grid has fewer CTAs than SMs. The plan is valid for every context ≤ max_seq_len (CTAs past a
+/// sequence's end write empty partials), so a graph captured with it replays on any step.
 inline DecodePlan plan_decode_attention(int batch, int num_q_heads, int num_kv_heads, int head_dim,
                                         int max_seq_len, int sm_count = 0) {
   PIE_CHECK(batch >= 0 && num_kv_heads > 0 && num_q_heads % num_kv_heads == 0,
@@ -52,21 +71,35 @@ inline DecodePlan plan_decode_attention(int batch, int num_q_heads, int num_kv_h
   p.num_q_heads = num_q_heads;
   p.num_kv_heads = num_kv_heads;
   p.head_dim = head_dim;
+  const int group = num_q_heads / num_kv_heads;
+  p.stages = detail::decode_stages(group);
+  p.ctas_per_sm = detail::decode_ctas_per_sm(group);
   max_seq_len = std::max(max_seq_len, 1);
-  int64_t ctas = int64_t{batch} * num_kv_heads;
-  int64_t target = int64_t{32} * sm_count;
-  int splits = ctas >= target || ctas == 0 ? 1 : static_cast<int>((target + ctas - 1) / ctas);
-  // Fewer CTAs than SMs (batch 1–16 at 8 KV heads) leave the card mostly idle and each CTA
-  // latency-bound (a 192-token context took 16 µs on 8 CTAs): there splits go down to 64 tokens,
-  // a merge launch being cheaper than the idle SMs.
-  const int min_split_tokens = ctas < sm_count ? 64 : 256;
-  splits = std::min(splits, std::max(1, max_seq_len / min_split_tokens));
-  p.tokens_per_split = (max_seq_len + splits - 1) / splits;
-  p.tokens_per_split = (p.tokens_per_split + 63) / 64 * 64;
+  const int64_t ctas = int64_t{batch} * num_kv_heads;
+  const int64_t slots = int64_t{sm_count} * p.ctas_per_sm;
+  const double bw = 4.0e6, cta_bw = 8.0e3, lat = 2.0, merge_fixed = 2.0;  // bytes/µs, bytes/µs, µs, µs
+  const double tok_bytes = 4.0 * head_dim;                                   // K + V, 16-bit
+  const int min_split = ctas < sm_count ? 64 : 256;
+  const int max_splits = ctas == 0 ? 1 : static_cast<int>(std::min<int64_t>(std::max(1, max_seq_len / min_split),
+                                                                             4 * slots / ctas + 1));
+  double best = 0;
+  int best_tps = max_seq_len;
+  for (int s = 1; s <= max_splits; ++s) {
+    int tps = s == 1 ? max_seq_len : ((max_seq_len + s - 1) / s + 63) / 64 * 64;
+    int se = (max_seq_len + tps - 1) / tps;
+    if (s > 1 && se != s) continue;  // the same split as a smaller s
+    const int64_t n = ctas * se;
+    const int64_t full = n / slots, rest = n % slots;
+    const double avg = double(max_seq_len) / se * tok_bytes, longest = double(std::min(tps, max_seq_len)) * tok_bytes;
+    double t = full * std::max(slots * avg / bw, longest / cta_bw + lat);
+    if (rest) t += std::max(rest * avg / bw, longest / cta_bw + lat);
+    if (se > 1) t += merge_fixed + 2.0 * se * batch * num_q_heads * (head_dim + 1) * 4.0 / bw;
+    if (s == 1 || t < best) { best = t; best_tps = tps; }
+  }
+  p.tokens_per_split = (best_tps + 63) / 64 * 64;
   p.num_splits = (max_seq_len + p.tokens_per_split - 1) / p.tokens_per_split;
   if (p.num_splits > 1)
     p.workspace_bytes = size_t(p.num_splits) * batch * num_q_heads * (head_dim + 1) * sizeof(float);
-  p.warps = ctas * p.num_splits >= int64_t{16} * sm_count ? 2 : 4;
   return p;
 }
 
@@ -93,30 +126,115 @@ struct DecodeParams {
   Variant variant;
 };
 
-/// Device body. HD: head dim; GROUP: query heads per KV head; NW: warps per CTA; UO: tokens in
-/// flight per lane group (0: the default below).
-template <int HD, int GROUP, int NW, int UO, class T, class KV, class Variant>
-__device__ __forceinline__ void decode_body(const DecodeParams<T, KV, Variant>& p, float* smem) {
-  constexpr int LPT = HD / 8;          // lanes per token row
-  constexpr int TG = 32 / LPT;         // token groups per warp
-  constexpr int NG = NW * TG;          // token groups per CTA
-  // Tokens in flight per lane group (2·U loads). Doubling U for fp8 (8-byte loads) cost 24% in
-  // a measurement (221 registers: 2 CTAs per SM instead of 3), so it stays at 4.
-  constexpr int U = UO > 0 ? UO : GROUP >= 8 ? 2 : 4;
+/// One level of the reduce-scatter of decode_body per recursion, sizes as template arguments so
+/// every index is a constant (a run-time index would move `v` to local memory): lanes `o` apart
+/// exchange halves; the lane with bit `o` set keeps the upper half.
+template <int HALF, int O, int NV, int N>
+__device__ __forceinline__ void reduce_scatter(float (&v)[N], int sub) {
+  if constexpr (HALF >= NV && O >= 1) {
+    const bool upper = sub & O;
+#pragma unroll
+    for (int i = 0; i < HALF; ++i) {
+      const float send = upper ? v[i] : v[i + HALF];
+      const float keep = upper ? v[i + HALF] : v[i];
+      v[i] = keep + __shfl_xor_sync(0xffffffffu, send, O);
+    }
+    reduce_scatter<HALF / 2, O / 2, NV>(v, sub);
+  }
+}
+
+/// Compile-time shape of one CTA. A stage holds TOK tokens: K rows [TOK][HD] then V rows.
+template <int HD, int GROUP, int NW, int STAGES, class KV>
+struct DecodeShape {
+  static constexpr int LPT = HD / 8;                // lanes per token row
+  static constexpr int TG = 32 / LPT;               // token groups per warp
+  static constexpr int NG = NW * TG;                // token groups per CTA
+  static constexpr int U = decode_unroll(GROUP) < 64 / NG ? decode_unroll(GROUP) : 64 / NG;  // tokens per lane group and stage
+  static constexpr int TOK = NG * U;                // tokens per stage (divides 64)
+  static constexpr int STAGE_ELEMS = 2 * TOK * HD;
+  static constexpr size_t RING_BYTES = size_t(STAGES) * STAGE_ELEMS * sizeof(KV);
+  static constexpr size_t MERGE_BYTES = size_t(NW) * GROUP * (HD + 2) * sizeof(float);
+  static constexpr size_t SMEM = RING_BYTES > MERGE_BYTES ? RING_BYTES : MERGE_BYTES;
+  static_assert(64 % TOK == 0, "stages must tile the 64-token split granularity");
+};
+
+/// Device body. HD: head dim; GROUP: query heads per KV head; NW: warps per CTA; STAGES: ring
+/// depth. MODE (benchmarks only): 1 streams the pages without the attention arithmetic, 2 uses
+/// the all-reduce softmax (each score summed over its row's lanes by log2(LPT) shuffles and
+/// exponentiated in every lane) instead of the reduce-scatter one.
+template <int HD, int GROUP, int NW, int STAGES, int MODE, class T, class KV, class Variant>
+__device__ __forceinline__ void decode_body(const DecodeParams<T, KV, Variant>& p, unsigned char* smem,
+                                            uint64_t* bars) {
+  using S = DecodeShape<HD, GROUP, NW, STAGES, KV>;
+  constexpr int LPT = S::LPT, TG = S::TG, NG = S::NG, U = S::U, TOK = S::TOK;
   const int kvh = blockIdx.x, b = blockIdx.y, split = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int tg = lane / LPT, sub = lane % LPT;
+  const int tg = lane / LPT, sub = lane % LPT, ng = warp * TG + tg;
   const int nq = p.kv.num_kv_heads * GROUP;
+  KV* ring = reinterpret_cast<KV*>(smem);
 
   const int len = p.kv.seq_len(b);
   const int qpos = len - 1;
   int t_begin = split * p.tokens_per_split;
-  int t_end = min(len, t_begin + p.tokens_per_split);
+  const int t_end = min(len, t_begin + p.tokens_per_split);
   if constexpr (Variant::kWindowLeft > 0) t_begin = max(t_begin, qpos - Variant::kWindowLeft + 1);
+  // Stages start at multiples of TOK (split starts are multiples of 64); tokens before t_begin
+  // in the first stage are outside the window, so the mask drops them.
+  const int t_lo = t_begin & ~(TOK - 1);
+  const int n_stages = t_begin < t_end ? (t_end - t_lo + TOK - 1) / TOK : 0;
 
+  const int32_t* pages = p.kv.indices + p.kv.indptr[b];
+  const int bs_mask = (1 << p.bs_shift) - 1;
+  const int64_t head_off = int64_t(kvh) * (HD << p.bs_shift);
+  const int64_t v_off = int64_t(p.kv.num_kv_heads) * (HD << p.bs_shift);
+  const int64_t bstride = 2 * v_off;
+  // A stage is TOK/seg runs of `seg` rows (whole pages, or a slice of a page larger than TOK).
+  const int seg_shift = min(p.bs_shift, __ffs(TOK) - 1);
+  const uint32_t seg_bytes = uint32_t(HD * sizeof(KV)) << seg_shift;
+
+  // Warp 0 fills a ring slot: lane 0 announces the bytes, then each lane copies K or V runs.
+  // Copy i of a stage is run i/2 (K for even i, V for odd). The page id of a lane's first copy
+  // is loaded one stage ahead (`page_of`), so the issue after each stage's barrier waits for no
+  // load; further copies (block sizes under TOK/16) read theirs in place.
+  auto page_of = [&](int stage) -> int32_t {
+    const int t = t_lo + stage * TOK + ((lane >> 1) << seg_shift);
+    return stage < n_stages && t < t_end ? pages[t >> p.bs_shift] : 0;
+  };
+  auto issue = [&](int stage, int slot, int32_t page0) {
+    const int ts = t_lo + stage * TOK;
+    const int nseg = min(TOK >> seg_shift, (t_end - ts + (1 << seg_shift) - 1) >> seg_shift);
+    if (lane == 0) mbar_arrive_expect_tx(&bars[slot], 2u * nseg * seg_bytes);
+    __syncwarp();
+    KV* dst = ring + slot * S::STAGE_ELEMS;
+    for (int i = lane; i < 2 * nseg; i += 32) {
+      const int k = i >> 1, t = ts + (k << seg_shift);
+      const int32_t page = i == lane ? page0 : pages[t >> p.bs_shift];
+      const int64_t src = int64_t(page) * bstride + head_off + int64_t(t & bs_mask) * HD + ((i & 1) ? v_off : 0);
+      bulk_copy_g2s(dst + (i & 1) * TOK * HD + (k << seg_shift) * HD, p.kv.data + src, seg_bytes, &bars[slot]);
+    }
+  };
+  int32_t next_page = 0;  // warp 0: page id of this lane's first copy of stage it + STAGES
+  if (warp == 0) {
+    int32_t first[STAGES];
+#pragma unroll
+    for (int s = 0; s < STAGES; ++s) first[s] = page_of(s);
+#pragma unroll
+    for (int s = 0; s < STAGES; ++s)
+      if (s < n_stages) issue(s, s, first[s]);
+    next_page = page_of(STAGES);
+  }
+
+  // Scores are q·k·sm_scale in the log2 domain: folded into q unless the variant transforms
+  // the scaled logit (soft-cap), which then sees it unscaled by log2(e).
+  const float score_scale = p.sm_scale * (is_fp8_v<KV> ? p.kv.kv_scale : 1.f);
+  const float q_scale = Variant::kSoftCap ? 1.f : score_scale * kLog2e;
   float q[GROUP][8];
 #pragma unroll
-  for (int g = 0; g < GROUP; ++g) load8(p.q + b * p.q_stride + int64_t(kvh * GROUP + g) * HD + sub * 8, q[g]);
+  for (int g = 0; g < GROUP; ++g) {
+    load8(p.q + b * p.q_stride + int64_t(kvh * GROUP + g) * HD + sub * 8, q[g]);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) q[g][j] *= q_scale;
+  }
   float m[GROUP], l[GROUP], acc[GROUP][8];
 #pragma unroll
   for (int g = 0; g < GROUP; ++g) {
@@ -124,79 +242,185 @@ __device__ __forceinline__ void decode_body(const DecodeParams<T, KV, Variant>& 
 #pragma unroll
     for (int j = 0; j < 8; ++j) acc[g][j] = 0.f;
   }
-  const float score_scale = p.sm_scale * (is_fp8_v<KV> ? p.kv.kv_scale : 1.f);
-  // Page ids are read from the table in the loop (L1-resident). Staging a split's ids in shared
-  // memory first measured no better (−7% … +3%, within the run-to-run spread) and was dropped.
-  const int32_t* pages = p.kv.indices + p.kv.indptr[b];
-  const int bs_mask = (1 << p.bs_shift) - 1;
-  const int64_t head_off = int64_t(kvh) * (HD << p.bs_shift);
-  const int64_t v_off = int64_t(p.kv.num_kv_heads) * (HD << p.bs_shift);
-  const int64_t bstride = 2 * v_off;
+  // Reduce-scatter softmax state: this lane's HH heads (or its share of one head, SHARE lanes).
+  constexpr int N = GROUP * U, LOG_LPT = __builtin_ctz(LPT), LOG_N = __builtin_ctz(N);
+  constexpr int R = LOG_LPT < LOG_N ? LOG_LPT : LOG_N;  // halving levels
+  constexpr int NV = N >> R, SH = LOG_LPT - R;           // scores per lane; lanes holding the same ones: 2^SH
+  constexpr int HH = NV >= U ? NV / U : 1, SHARE = NV >= U ? 1 : U / NV;
+  float m_own[HH], l_own[HH];
+#pragma unroll
+  for (int h = 0; h < HH; ++h) { m_own[h] = -INFINITY; l_own[h] = 0.f; }
 
-  // The loop bound is warp-uniform (base is per warp) so the shuffles below see full warps.
-  for (int base = t_begin + warp * TG; base < t_end; base += NG * U) {
-    Pack8<KV> kp[U], vp[U];
-    int64_t addr[U];
+  for (int it = 0; it < n_stages; ++it) {
+    const int slot = it % STAGES;
+    mbar_wait(&bars[slot], (it / STAGES) & 1);
+    const KV* sk = ring + slot * S::STAGE_ELEMS;
+    const KV* sv = sk + TOK * HD;
+    const int ts = t_lo + it * TOK;
+    if constexpr (MODE == 1) {  // benchmark only: the pages' movement without the arithmetic
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      int t = base + tg + u * NG;
-      addr[u] = t < t_end ? int64_t(pages[t >> p.bs_shift]) * bstride + head_off + int64_t(t & bs_mask) * HD + sub * 8 : -1;
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      if (addr[u] >= 0) {
-        kp[u] = *reinterpret_cast<const Pack8<KV>*>(p.kv.data + addr[u]);
-        vp[u] = *reinterpret_cast<const Pack8<KV>*>(p.kv.data + addr[u] + v_off);
-      } else {
-#pragma unroll
-        for (int j = 0; j < 8; ++j) { kp[u].v[j] = from_f32<KV>(0.f); vp[u].v[j] = from_f32<KV>(0.f); }
+      for (int u = 0; u < U; ++u) {
+        const Pack8<KV> kp = *reinterpret_cast<const Pack8<KV>*>(sk + (ng + u * NG) * HD + sub * 8);
+        const Pack8<KV> vp = *reinterpret_cast<const Pack8<KV>*>(sv + (ng + u * NG) * HD + sub * 8);
+        acc[0][u & 7] += to_f32(kp.v[u & 7]) + to_f32(vp.v[7 - (u & 7)]);
       }
+      l[0] = 1.f; m[0] = 0.f;
+      __syncthreads();
+      if (warp == 0 && it + STAGES < n_stages) {
+        issue(it + STAGES, slot, next_page);
+        next_page = page_of(it + STAGES + 1);
+      }
+      continue;
     }
     float s[GROUP][U];
+    float sv_[N];  // the same scores flat, idx = g·U + u (reduce-scatter path)
 #pragma unroll
     for (int u = 0; u < U; ++u) {
+      const Pack8<KV> kp = *reinterpret_cast<const Pack8<KV>*>(sk + (ng + u * NG) * HD + sub * 8);
       float k[8];
-      widen8(kp[u], k);
+      widen8(kp, k);
 #pragma unroll
       for (int g = 0; g < GROUP; ++g) {
         float d = 0.f;
 #pragma unroll
         for (int j = 0; j < 8; ++j) d = fmaf(q[g][j], k[j], d);
         s[g][u] = d;
+        sv_[g * U + u] = d;
       }
     }
+    bool live[U];
 #pragma unroll
-    for (int g = 0; g < GROUP; ++g)
+    for (int u = 0; u < U; ++u) live[u] = ts + ng + u * NG < t_end;
+    if constexpr (MODE == 2) {  // benchmarks only: the all-reduce softmax (every lane all scores)
 #pragma unroll
-      for (int u = 0; u < U; ++u)
+      for (int g = 0; g < GROUP; ++g)
 #pragma unroll
-        for (int o = LPT / 2; o > 0; o >>= 1) s[g][u] += __shfl_xor_sync(0xffffffffu, s[g][u], o);
+        for (int u = 0; u < U; ++u)
+#pragma unroll
+          for (int o = LPT / 2; o > 0; o >>= 1) s[g][u] += __shfl_xor_sync(0xffffffffu, s[g][u], o);
+#pragma unroll
+      for (int g = 0; g < GROUP; ++g) {
+        float mx = m[g];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          const int t = ts + ng + u * NG;
+          const float x = Variant::kSoftCap ? p.variant.logits(s[g][u] * score_scale) * kLog2e : s[g][u];
+          s[g][u] = live[u] && t >= t_begin && p.variant.mask(qpos, t) ? x : -INFINITY;
+          mx = fmaxf(mx, s[g][u]);
+        }
+        if (mx > m[g]) {  // rescale only when the running maximum moves
+          const float corr = safe_scale(m[g], mx);
+          l[g] *= corr;
+#pragma unroll
+          for (int j = 0; j < 8; ++j) acc[g][j] *= corr;
+          m[g] = mx;
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) s[g][u] = m[g] == -INFINITY ? 0.f : exp2f(s[g][u] - m[g]);
+      }
+      // Rows past the context end hold stale shared memory (never copied): skip them, as 0·NaN
+      // would poison the sum.
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (!live[u]) continue;
+        const Pack8<KV> vp = *reinterpret_cast<const Pack8<KV>*>(sv + (ng + u * NG) * HD + sub * 8);
+        float v[8];
+        widen8(vp, v);
+#pragma unroll
+        for (int g = 0; g < GROUP; ++g) {
+          l[g] += s[g][u];
+#pragma unroll
+          for (int j = 0; j < 8; ++j) acc[g][j] = fmaf(s[g][u], v[j], acc[g][j]);
+        }
+      }
+    } else {
+      // Reduce-scatter of the N = GROUP·U partial dot products over the LPT lanes of a row:
+      // each level sends half of the values still held and keeps the other half, so after R
+      // levels lane `sub` holds NV complete scores, indices (sub >> SH)·NV + i (idx = g·U + u):
+      // ~N shuffles instead of N·log2(LPT), and each lane exponentiates NV scores, not N.
+      reduce_scatter<N / 2, LPT / 2, NV>(sv_, sub);
+#pragma unroll
+      for (int o = (LPT >> R) >> 1; o > 0; o >>= 1)
+#pragma unroll
+        for (int i = 0; i < NV; ++i) sv_[i] += __shfl_xor_sync(0xffffffffu, sv_[i], o);
+      const int base = (sub >> SH) * NV;
+      float mx[HH];
+#pragma unroll
+      for (int h = 0; h < HH; ++h) mx[h] = m_own[h];
+#pragma unroll
+      for (int i = 0; i < NV; ++i) {
+        const int u = NV >= U ? i % U : base % U + i;
+        const int t = ts + ng + u * NG;
+        const float x = Variant::kSoftCap ? p.variant.logits(sv_[i] * score_scale) * kLog2e : sv_[i];
+        sv_[i] = t < t_end && t >= t_begin && p.variant.mask(qpos, t) ? x : -INFINITY;
+        mx[i / U] = fmaxf(mx[i / U], sv_[i]);
+      }
+#pragma unroll
+      for (int o = 1 << SH; o < (SHARE << SH); o <<= 1) mx[0] = fmaxf(mx[0], __shfl_xor_sync(0xffffffffu, mx[0], o));
+      bool moved = false;
+      float corr[HH];
+#pragma unroll
+      for (int h = 0; h < HH; ++h) {
+        corr[h] = 1.f;
+        if (mx[h] > m_own[h]) {  // rescale only when the running maximum moves
+          corr[h] = safe_scale(m_own[h], mx[h]);
+          l_own[h] *= corr[h];
+          m_own[h] = mx[h];
+          moved = true;
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < NV; ++i) {
+        sv_[i] = m_own[i / U] == -INFINITY ? 0.f : exp2f(sv_[i] - m_own[i / U]);
+        l_own[i / U] += sv_[i];
+      }
+      const int row0 = lane & ~(LPT - 1);  // first lane of this row's lane group
+      if (__any_sync(0xffffffffu, moved)) {
+#pragma unroll
+        for (int g = 0; g < GROUP; ++g) {
+          const float c = __shfl_sync(0xffffffffu, corr[(g * U % NV) / U], row0 + ((g * U / NV) << SH));
+          if (c != 1.f) {
+#pragma unroll
+            for (int j = 0; j < 8; ++j) acc[g][j] *= c;
+          }
+        }
+      }
+      float pb[GROUP][U];
+#pragma unroll
+      for (int g = 0; g < GROUP; ++g)
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+          pb[g][u] = __shfl_sync(0xffffffffu, sv_[(g * U + u) % NV], row0 + (((g * U + u) / NV) << SH));
+      // Rows past the context end hold stale shared memory (never copied): skip them, as 0·NaN
+      // would poison the sum.
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (!live[u]) continue;
+        const Pack8<KV> vp = *reinterpret_cast<const Pack8<KV>*>(sv + (ng + u * NG) * HD + sub * 8);
+        float v[8];
+        widen8(vp, v);
+#pragma unroll
+        for (int g = 0; g < GROUP; ++g)
+#pragma unroll
+          for (int j = 0; j < 8; ++j) acc[g][j] = fmaf(pb[g][u], v[j], acc[g][j]);
+      }
+    }
+    __syncthreads();  // every warp is done with this slot
+    if (warp == 0 && it + STAGES < n_stages) {
+      issue(it + STAGES, slot, next_page);
+      next_page = page_of(it + STAGES + 1);
+    }
+  }
+  if constexpr (MODE == 0) {
+    // Back to per-head state in every lane: l summed over the lanes sharing a head, then m and l
+    // read from the lanes owning each head.
+#pragma unroll
+    for (int o = 1 << SH; o < (SHARE << SH); o <<= 1) l_own[0] += __shfl_xor_sync(0xffffffffu, l_own[0], o);
+    const int row0 = lane & ~(LPT - 1);
 #pragma unroll
     for (int g = 0; g < GROUP; ++g) {
-      float mx = m[g];
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        int t = base + tg + u * NG;
-        float x = p.variant.logits(s[g][u] * score_scale) * kLog2e;
-        bool keep = t < t_end && p.variant.mask(qpos, t);
-        s[g][u] = keep ? x : -INFINITY;
-        mx = fmaxf(mx, s[g][u]);
-      }
-      float m_use = mx == -INFINITY ? 0.f : mx;
-      float corr = exp2f(m[g] - m_use);
-      l[g] *= corr;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) acc[g][j] *= corr;
-      m[g] = mx;
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        float pr = exp2f(s[g][u] - m_use);
-        l[g] += pr;
-        float v[8];
-        widen8(vp[u], v);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) acc[g][j] = fmaf(pr, v[j], acc[g][j]);
-      }
+      m[g] = __shfl_sync(0xffffffffu, m_own[(g * U % NV) / U], row0 + ((g * U / NV) << SH));
+      l[g] = __shfl_sync(0xffffffffu, l_own[(g * U % NV) / U], row0 + ((g * U / NV) << SH));
     }
   }
   // l is per lane group but every lane of the group computed the same value: merge groups.
@@ -217,9 +441,10 @@ __device__ __forceinline__ void decode_body(const DecodeParams<T, KV, Variant>& 
       m[g] = mn;
     }
   }
-  // Cross-warp merge through shared memory: [NW][GROUP][HD] acc, then [NW][GROUP] m and l.
-  float* s_acc = smem;
-  float* s_m = smem + NW * GROUP * HD;
+  // Cross-warp merge through shared memory (the ring is idle now: the loop ended on a barrier
+  // and every copy issued was waited for): [NW][GROUP][HD] acc, then [NW][GROUP] m and l.
+  float* s_acc = reinterpret_cast<float*>(smem);
+  float* s_m = s_acc + NW * GROUP * HD;
   float* s_l = s_m + NW * GROUP;
   if (tg == 0) {
 #pragma unroll
@@ -255,34 +480,41 @@ __device__ __forceinline__ void decode_body(const DecodeParams<T, KV, Variant>& 
   }
 }
 
-template <int HD, int GROUP, int NW, int UO, class T, class KV, class Variant>
-__global__ void __launch_bounds__(NW * 32) decode_kernel(const __grid_constant__ DecodeParams<T, KV, Variant> p) {
-  extern __shared__ float smem[];
-  pdl_launch_dependents();  // o_proj's GEMV may start streaming its weights now
+template <int HD, int GROUP, int NW, int STAGES, int MODE, class T, class KV, class Variant>
+__global__ void __launch_bounds__(NW * 32, decode_ctas_per_sm(GROUP) * 4 / NW > 0 ? decode_ctas_per_sm(GROUP) * 4 / NW : 1)
+    decode_kernel(const __grid_constant__ DecodeParams<T, KV, Variant> p) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ uint64_t bars[STAGES];
+  if (threadIdx.x == 0)
+    for (int s = 0; s < STAGES; ++s) mbar_init(&bars[s], 1);
+  __syncthreads();
+  pdl_launch_dependents();  // the merge (or o_proj's GEMV) may start streaming now
   pdl_wait();
-  decode_body<HD, GROUP, NW, UO>(p, smem);
+  decode_body<HD, GROUP, NW, STAGES, MODE>(p, smem, bars);
 }
 
-/// Merges split partials: out = Σ_s 2^(lse_s − M)·o_s / Σ_s 2^(lse_s − M). One thread per 8 dims;
-/// both loops over the splits have independent loads (unrolled), so a long split list (128 for
-/// one 32K sequence) is a few memory latencies, not one per split. Empty splits carry lse = −inf
-/// and o = 0, so they weigh nothing.
+/// Merges split partials: out = Σ_s 2^(lse_s − M)·o_s / Σ_s 2^(lse_s − M). One CTA per (sequence,
+/// head) row: HD/8 chunks of 8 dims × 128·8/HD lanes over the splits, combined by shuffles, so
+/// 50 splits cost a few loads per thread, all independent. Empty splits carry lse = −inf and
+/// o = 0, so they weigh nothing.
 template <int HD, class T>
-__global__ void decode_merge_kernel(const float* __restrict__ part_o, const float* __restrict__ part_lse,
-                                    int num_splits, int batch, int nq, T* __restrict__ out, int64_t out_stride) {
+__global__ void __launch_bounds__(128) decode_merge_kernel(const float* __restrict__ part_o,
+                                                           const float* __restrict__ part_lse, int num_splits,
+                                                           int batch, int nq, T* __restrict__ out,
+                                                           int64_t out_stride) {
+  constexpr int CH = HD / 8, SL = 128 / CH;  // chunks per row, split lanes per chunk
+  static_assert(SL >= 1 && SL <= 32 && (SL & (SL - 1)) == 0, "decode merge: head dim");
   pdl_launch_dependents();
   pdl_wait();
-  int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= int64_t(batch) * nq * (HD / 8)) return;
-  const int64_t row = i / (HD / 8), plane = int64_t(batch) * nq;
-  const int c = int(i % (HD / 8)) * 8;
+  const int64_t row = blockIdx.x, plane = int64_t(batch) * nq;
+  const int c = int(threadIdx.x) / SL * 8, sl = int(threadIdx.x) % SL;
   const int b = int(row / nq), h = int(row % nq);
   float mm = -INFINITY;
-#pragma unroll 8
-  for (int s = 0; s < num_splits; ++s) mm = fmaxf(mm, part_lse[s * plane + row]);
+  for (int s = sl; s < num_splits; s += SL) mm = fmaxf(mm, part_lse[s * plane + row]);
+#pragma unroll
+  for (int o = SL / 2; o > 0; o >>= 1) mm = fmaxf(mm, __shfl_xor_sync(0xffffffffu, mm, o));
   float acc[8] = {}, den = 0.f;
-#pragma unroll 4
-  for (int s = 0; s < num_splits; ++s) {
+  for (int s = sl; s < num_splits; s += SL) {
     const float w = safe_scale(part_lse[s * plane + row], mm);
     const float4* src = reinterpret_cast<const float4*>(part_o + (s * plane + row) * HD + c);
     const float4 a = src[0], bb = src[1];
@@ -290,25 +522,40 @@ __global__ void decode_merge_kernel(const float* __restrict__ part_o, const floa
     acc[0] += w * a.x; acc[1] += w * a.y; acc[2] += w * a.z; acc[3] += w * a.w;
     acc[4] += w * bb.x; acc[5] += w * bb.y; acc[6] += w * bb.z; acc[7] += w * bb.w;
   }
+#pragma unroll
+  for (int o = SL / 2; o > 0; o >>= 1) {
+    den += __shfl_xor_sync(0xffffffffu, den, o);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) acc[j] += __shfl_xor_sync(0xffffffffu, acc[j], o);
+  }
+  if (sl != 0) return;
   const float inv = den > 0.f ? 1.f / den : 0.f;
 #pragma unroll
   for (int j = 0; j < 8; ++j) acc[j] *= inv;
   store8(out + int64_t(b) * out_stride + int64_t(h) * HD + c, acc);
 }
 
-template <int HD, int GROUP, int NW, int UO, class T, class KV, class Variant>
+template <int HD, int GROUP, int NW, int STAGES, int MODE = 0, class T, class KV, class Variant>
 void launch_decode(const DecodeParams<T, KV, Variant>& p, int batch, cudaStream_t stream) {
-  static_assert(NW > 0, "launch_decode: warps per CTA");
-  size_t smem = size_t(NW) * GROUP * (HD + 2) * sizeof(float);
-  auto kern = decode_kernel<HD, GROUP, NW, UO, T, KV, Variant>;
-  if (smem > 48 * 1024) PIE_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  static_assert(NW > 0 && STAGES > 0, "launch_decode: warps and stages");
+  const size_t smem = DecodeShape<HD, GROUP, NW, STAGES, KV>::SMEM;
+  auto kern = decode_kernel<HD, GROUP, NW, STAGES, MODE, T, KV, Variant>;
+  // Raised even under 48 KB (the static barriers count against the default too), once per
+  // kernel and device (the attribute is per device: tensor-parallel runners drive several).
+  static std::atomic<uint64_t> smem_set{0};
+  int device = 0;
+  PIE_CUDA_CHECK(cudaGetDevice(&device));
+  const uint64_t bit = uint64_t{1} << (device & 63);
+  if (!(smem_set.load(std::memory_order_relaxed) & bit)) {
+    PIE_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    smem_set.fetch_or(bit, std::memory_order_relaxed);
+  }
   dim3 grid(p.kv.num_kv_heads, batch, p.num_splits);
   launch_pdl(kern, grid, dim3(NW * 32), smem, stream, p);
   if (p.num_splits > 1) {
-    int64_t n = int64_t(batch) * p.kv.num_kv_heads * GROUP * (HD / 8);
-    launch_pdl(decode_merge_kernel<HD, T>, dim3(unsigned((n + 255) / 256)), dim3(256), 0, stream,
-               static_cast<const float*>(p.part_o), static_cast<const float*>(p.part_lse), p.num_splits, batch,
-               p.kv.num_kv_heads * GROUP, p.out, p.out_stride);
+    launch_pdl(decode_merge_kernel<HD, T>, dim3(unsigned(int64_t(batch) * p.kv.num_kv_heads * GROUP)), dim3(128), 0,
+               stream, static_cast<const float*>(p.part_o), static_cast<const float*>(p.part_lse), p.num_splits,
+               batch, p.kv.num_kv_heads * GROUP, p.out, p.out_stride);
   }
 }
 }  // namespace detail
@@ -320,9 +567,11 @@ void launch_decode(const DecodeParams<T, KV, Variant>& p, int batch, cudaStream_
 /// \param out   [batch, nq, head_dim]
 /// \param plan  from plan_decode_attention (same batch/heads, max_seq_len ≥ every seq_len)
 /// \param workspace device scratch of plan.workspace_bytes (may be null when 0)
-/// \tparam Warps, Unroll CTA shape and tokens in flight per lane group, for benchmarks (0: the
-/// plan's, DecodePlan::warps)
-template <int Warps = 0, int Unroll = 0, class T, class KV, class Variant = attention::Causal>
+/// \tparam Warps, Stages CTA shape (warps, ring depth) for benchmarks; 0: the plan's (the default
+/// shape, DecodePlan::warps and DecodePlan::stages)
+/// \tparam Mode 0; for benchmarks only: 1 moves the pages without computing attention, 2 takes the
+/// all-reduce softmax (see decode_body)
+template <int Warps = 0, int Stages = 0, int Mode = 0, class T, class KV, class Variant = attention::Causal>
 void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out, const DecodePlan& plan,
                       void* workspace, float sm_scale, Variant variant = {}, cudaStream_t stream = nullptr) {
   PIE_CHECK(q.rank == 3 && out.rank == 3, "decode_attention: q and out must be [batch, heads, head_dim]");
@@ -338,6 +587,9 @@ void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out,
             plan.workspace_bytes, " bytes");
   PIE_CHECK(cache.block_size > 0 && (cache.block_size & (cache.block_size - 1)) == 0,
             "decode_attention: block size must be a power of two");
+  PIE_CHECK(reinterpret_cast<uintptr_t>(cache.data) % 16 == 0, "decode_attention: the KV pool must be 16-byte aligned");
+  PIE_CHECK(plan.tokens_per_split % 64 == 0 && int64_t{plan.num_splits} * plan.tokens_per_split > 0,
+            "decode_attention: splits must be multiples of 64 tokens");
   if (batch == 0) return;
   using D = device_t<T>;
   using DKV = device_t<KV>;
@@ -355,12 +607,14 @@ void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out,
   p.variant = variant;
   PIE_DISPATCH_HEAD_DIM(cache.head_dim, HD, [&] {
     PIE_DISPATCH_GQA_GROUP(nq / cache.num_kv_heads, GROUP, [&] {
-      if constexpr (Warps > 0)
-        detail::launch_decode<HD, GROUP, Warps, Unroll>(p, batch, stream);
-      else if (plan.warps == 2)
-        detail::launch_decode<HD, GROUP, 2, 2>(p, batch, stream);
-      else
-        detail::launch_decode<HD, GROUP, 4, 0>(p, batch, stream);
+      if constexpr (Warps > 0) {
+        constexpr int kStages = Stages > 0 ? Stages : detail::decode_stages(GROUP);
+        detail::launch_decode<HD, GROUP, Warps, kStages, Mode>(p, batch, stream);
+      } else {
+        PIE_CHECK(plan.warps == 4 && plan.stages == detail::decode_stages(GROUP),
+                  "decode_attention: the plan's CTA shape is not the default one");
+        detail::launch_decode<HD, GROUP, 4, detail::decode_stages(GROUP)>(p, batch, stream);
+      }
     });
   });
 }

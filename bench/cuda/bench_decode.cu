@@ -1,0 +1,156 @@
+// Decode attention benchmarks (Qwen3-8B shape: 32 query / 8 KV heads, head dim 128). Each row
+// prints the bytes (K + V of every context token, q and out), the median time, GB/s and the
+// share of the device-to-device copy bandwidth measured at the start of this same run. Inputs
+// are random; shapes whose cache is under 512 MB rotate over several caches, so no launch
+// finds its K/V in the 50–60 MB L2.
+//
+// A baseline kernel can be compiled in for a same-call before/after: build with
+// -DPIE_DECODE_BASELINE='"file.cuh"', a copy of an older attention_decode.cuh whose namespace
+// was renamed pie::ops::cuda::v0 (bench/device_decode.sh makes one from a git revision).
+#include "bench_common.cuh"
+#include "pie/ops/cuda/attention_decode.cuh"
+#ifdef PIE_DECODE_BASELINE
+#include PIE_DECODE_BASELINE
+#endif
+
+namespace {
+using namespace pie;
+using namespace pie::bench;
+
+constexpr int kNq = 32, kNkv = 8, kHd = 128;
+
+/// Enough caches of one shape to exceed 512 MB together; `next()` rotates over them.
+template <class KV> struct CacheSet {
+  std::vector<BenchCache<KV>> caches;
+  size_t i = 0;
+  CacheSet(int batch, int ctx, int bs) {
+    const double bytes = double(batch) * ctx * kNkv * kHd * 2 * sizeof(KV);
+    const int n = std::max(1, int(std::ceil(512e6 / bytes)));
+    caches.reserve(n);
+    for (int k = 0; k < n; ++k) caches.emplace_back(batch, ctx, kNkv, kHd, bs);
+  }
+  const kv::PagedKV<KV>& next() { return caches[i++ % caches.size()].view; }
+};
+
+double decode_bytes(int batch, int ctx, size_t kv_size) {
+  return double(batch) * ctx * kNkv * kHd * 2 * kv_size + 2.0 * batch * kNq * kHd * sizeof(bf16);
+}
+
+std::string shape_name(const char* what, int batch, int ctx, int bs, int splits) {
+  return std::string(what) + " b" + std::to_string(batch) + " ctx" + std::to_string(ctx) + " bs" +
+         std::to_string(bs) + " splits" + std::to_string(splits);
+}
+
+/// The engine's path: plan_decode_attention's split and CTA shape.
+template <class KV>
+void BM_DecodeAttention(benchmark::State& st) {
+  const int batch = st.range(0), ctx = st.range(1), bs = st.range(2);
+  CacheSet<KV> c(batch, ctx, bs);
+  DeviceBuffer<bf16> q(size_t(batch) * kNq * kHd), o(q.size());
+  fill(q.data(), q.size(), 4);
+  auto plan = oc::plan_decode_attention(batch, kNq, kNkv, kHd, ctx);
+  DeviceBuffer<unsigned char> ws(std::max<size_t>(plan.workspace_bytes, 256));
+  report(st, shape_name(sizeof(KV) == 1 ? "decode fp8kv" : "decode", batch, ctx, bs, plan.num_splits),
+         decode_bytes(batch, ctx, sizeof(KV)), 0, [&] {
+           oc::decode_attention(q.view({batch, kNq, kHd}), c.next(), o.view({batch, kNq, kHd}), plan, ws.data(),
+                                1.f / std::sqrt(128.f));
+         });
+}
+#define PIE_DECODE_TARGETS                                                                                    \
+  ->Args({64, 4096, 16})->Args({256, 660, 16})->Args({512, 140, 16})->Args({8, 8192, 16})->Args({1, 32768, 16}) \
+      ->Args({64, 4096, 8})->Args({1, 256, 16})->UseManualTime()->Iterations(1)
+BENCHMARK(BM_DecodeAttention<bf16>) PIE_DECODE_TARGETS;
+BENCHMARK(BM_DecodeAttention<fp8_e4m3>)->Args({64, 4096, 16})->UseManualTime()->Iterations(1);
+
+/// A CTA shape other than the plan's (warps × ring stages), with the plan's split; splits > 0
+/// forces that many splits instead (to check the plan's cost model). Mode 1 moves the pages
+/// through the ring without the attention arithmetic: the data-movement ceiling of the shape.
+template <int Warps, int Stages, int Mode = 0>
+void BM_DecodeShape(benchmark::State& st) {
+  const int batch = st.range(0), ctx = st.range(1), bs = 16, force = st.range(2);
+  CacheSet<bf16> c(batch, ctx, bs);
+  DeviceBuffer<bf16> q(size_t(batch) * kNq * kHd), o(q.size());
+  fill(q.data(), q.size(), 4);
+  auto plan = oc::plan_decode_attention(batch, kNq, kNkv, kHd, ctx);
+  if (force > 0) {
+    plan.tokens_per_split = ((ctx + force - 1) / force + 63) / 64 * 64;
+    plan.num_splits = (ctx + plan.tokens_per_split - 1) / plan.tokens_per_split;
+    plan.workspace_bytes = plan.num_splits > 1 ? size_t(plan.num_splits) * batch * kNq * (kHd + 1) * 4 : 0;
+  }
+  DeviceBuffer<unsigned char> ws(std::max<size_t>(plan.workspace_bytes, 256));
+  std::string what = "decode w" + std::to_string(Warps) + " s" + std::to_string(Stages) + (Mode == 1 ? " loadonly" : Mode == 2 ? " allreduce" : "");
+  report(st, shape_name(what.c_str(), batch, ctx, bs, plan.num_splits), decode_bytes(batch, ctx, 2), 0, [&] {
+    oc::decode_attention<Warps, Stages, Mode>(q.view({batch, kNq, kHd}), c.next(), o.view({batch, kNq, kHd}), plan,
+                                        ws.data(), 1.f / std::sqrt(128.f));
+  });
+}
+#define PIE_DECODE_SHAPES \
+  ->Args({64, 4096, 0})->Args({256, 660, 0})->Args({512, 140, 0})->Args({8, 8192, 0})->Args({1, 32768, 0}) \
+      ->UseManualTime()->Iterations(1)
+BENCHMARK(BM_DecodeShape<4, 2>) PIE_DECODE_SHAPES;
+BENCHMARK(BM_DecodeShape<4, 4>) PIE_DECODE_SHAPES;  // 64 KB rings: 3 CTAs per SM
+BENCHMARK(BM_DecodeShape<2, 4>) PIE_DECODE_SHAPES;
+BENCHMARK(BM_DecodeShape<4, 3, 1>) PIE_DECODE_SHAPES;  // the default shape moving pages only
+BENCHMARK(BM_DecodeShape<4, 3, 2>) PIE_DECODE_SHAPES;  // the default shape, all-reduce softmax
+// The default shape with other split counts than the plan's.
+BENCHMARK(BM_DecodeShape<4, 3>)
+    ->Args({64, 4096, 1})->Args({64, 4096, 2})->Args({64, 4096, 3})->Args({64, 4096, 4})
+    ->Args({256, 660, 2})->Args({512, 140, 2})->Args({8, 8192, 4})->Args({8, 8192, 8})->Args({8, 8192, 16})
+    ->Args({1, 32768, 32})->Args({1, 32768, 64})->Args({1, 32768, 128})
+    ->UseManualTime()->Iterations(1);
+#undef PIE_DECODE_SHAPES
+
+#ifdef PIE_DECODE_BASELINE
+/// The baseline kernel (an older attention_decode.cuh) on the same shapes, with its own plan.
+void BM_DecodeBaseline(benchmark::State& st) {
+  const int batch = st.range(0), ctx = st.range(1), bs = st.range(2);
+  CacheSet<bf16> c(batch, ctx, bs);
+  DeviceBuffer<bf16> q(size_t(batch) * kNq * kHd), o(q.size());
+  fill(q.data(), q.size(), 4);
+  auto plan = oc::v0::plan_decode_attention(batch, kNq, kNkv, kHd, ctx);
+  DeviceBuffer<unsigned char> ws(std::max<size_t>(plan.workspace_bytes, 256));
+  report(st, shape_name("baseline", batch, ctx, bs, plan.num_splits), decode_bytes(batch, ctx, 2), 0, [&] {
+    oc::v0::decode_attention(q.view({batch, kNq, kHd}), c.next(), o.view({batch, kNq, kHd}), plan, ws.data(),
+                             1.f / std::sqrt(128.f));
+  });
+}
+BENCHMARK(BM_DecodeBaseline) PIE_DECODE_TARGETS;
+#endif
+#undef PIE_DECODE_TARGETS
+
+/// Occupancy of the default CTA shape (what plan_decode_attention assumes: DecodePlan::ctas_per_sm).
+void print_occupancy() {
+  auto show = [](const char* name, auto kern, size_t smem) {
+    PIE_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    int n = 0;
+    PIE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kern, 128, smem));
+    cudaFuncAttributes a{};
+    PIE_CUDA_CHECK(cudaFuncGetAttributes(&a, kern));
+    std::printf("occupancy %s: %d CTAs/SM, %d registers, %zu B dynamic + %zu B static shared, %zu B local\n", name, n,
+                a.numRegs, smem, a.sharedSizeBytes, a.localSizeBytes);
+  };
+  namespace d = oc::detail;
+  using DB = oc::device_t<bf16>;
+  using D8 = oc::device_t<fp8_e4m3>;
+  constexpr int S = d::decode_stages(4);
+  show("bf16 hd128 group4", d::decode_kernel<128, 4, 4, S, 0, DB, DB, attention::Causal>,
+       d::DecodeShape<128, 4, 4, S, DB>::SMEM);
+  show("fp8 hd128 group4", d::decode_kernel<128, 4, 4, S, 0, DB, D8, attention::Causal>,
+       d::DecodeShape<128, 4, 4, S, D8>::SMEM);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  cudaDeviceProp prop{};
+  PIE_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("device: %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
+  measure_copy_ceiling();
+  std::printf("ceilings: D2D copy %.0f GB/s (read+write)\n", g_ceil.copy_gbs);
+  print_occupancy();
+  benchmark::Initialize(&argc, argv);
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  print_rows();
+  return 0;
+}
