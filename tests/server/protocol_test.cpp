@@ -16,7 +16,7 @@
 #include "pie/server/request_stream.hpp"
 #include "pie/server/responses.hpp"
 #include "pie/server/serve_options.hpp"
-#include "pie/server/stop_strings.hpp"
+#include "pie/tokenizer/stop_strings.hpp"
 
 using namespace pie::server;
 using nlohmann::json;

@@ -29,7 +29,7 @@
 #include "pie/llm/model_text.hpp"
 #include "pie/llm/outputs.hpp"
 #include "pie/llm/sampling_params.hpp"
-#include "pie/llm/stop_strings.hpp"
+#include "pie/tokenizer/stop_strings.hpp"
 #include "pie/tokenizer/detokenizer.hpp"
 
 namespace pie {
@@ -175,7 +175,7 @@ class LLM {
  private:
   struct Seq {
     tokenizer::IncrementalDetokenizer detok;
-    llm::StopStrings stop;
+    tokenizer::StopStringMatcher stop;
     bool finished = false;
   };
   struct Live {
@@ -217,7 +217,7 @@ class LLM {
         for (int s = 0; s < params.n; ++s)
           l.seqs.push_back({tokenizer::IncrementalDetokenizer(text_.tokenizer, params.skip_special_tokens,
                                                               outs[i].prompt_token_ids),
-                            llm::StopStrings(params.stop, params.include_stop_str_in_output)});
+                            tokenizer::StopStringMatcher(params.stop, params.include_stop_str_in_output)});
         outs[i].outputs.resize(params.n);
         for (int s = 0; s < params.n; ++s) outs[i].outputs[s].index = s;
         live.emplace(rid, std::move(l));

@@ -24,7 +24,7 @@
 #include "pie/server/metrics.hpp"
 #include "pie/server/protocol.hpp"
 #include "pie/server/request_stream.hpp"
-#include "pie/server/stop_strings.hpp"
+#include "pie/tokenizer/stop_strings.hpp"
 
 namespace pie::server {
 

@@ -15,7 +15,8 @@
 #include "pie/core/error.hpp"
 #include "pie/sched/sampling_params.hpp"
 #include "pie/server/errors.hpp"
-#include "pie/server/stop_strings.hpp"
+#include "pie/server/request_stream.hpp"  // and the stop-string matcher
+#include "pie/tokenizer/stop_strings.hpp"
 
 namespace pie::server {
 

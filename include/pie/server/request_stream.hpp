@@ -18,7 +18,15 @@
 #include "pie/sched/finish_reason.hpp"
 #include "pie/sched/sampling_params.hpp"
 #include "pie/server/errors.hpp"
-#include "pie/server/stop_strings.hpp"
+#include "pie/tokenizer/stop_strings.hpp"
+
+namespace pie::server {
+// The text side's stop-string matcher (tokenizer/stop_strings.hpp), shared with pie::LLM.
+using tokenizer::kMaxStopStringBytes;
+using tokenizer::kMaxStopStrings;
+using tokenizer::StopStringMatcher;
+using tokenizer::StopStringSet;
+}  // namespace pie::server
 
 namespace pie::server {
 

@@ -19,7 +19,7 @@
 #include <utility>
 #include <vector>
 
-namespace pie::server {
+namespace pie::tokenizer {
 
 inline constexpr size_t kMaxStopStrings = 256;       ///< stop strings per request
 inline constexpr size_t kMaxStopStringBytes = 1024;  ///< bytes per stop string
@@ -158,4 +158,4 @@ class StopStringMatcher {
   std::string matched_str_;
 };
 
-}  // namespace pie::server
+}  // namespace pie::tokenizer
