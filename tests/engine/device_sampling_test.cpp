@@ -1,12 +1,15 @@
-// Engine's device-sampling path (the one the CUDA runner takes), on the CPU with a fake runner
-// that declares kSamplesOnDevice and kLogitsPerDraw: its logits are a fixed hash of (input
+// Engine's device-sampling path (the one the CUDA runner takes) and its logits-processor seam,
+// on the CPU with a fake runner that declares kSamplesOnDevice and kLogitsPerDraw: its logits are a fixed hash of (input
 // token, position, vocabulary id), so the greedy continuation of a prompt is known in advance.
 // Checks that greedy requests take execute_sample(plan, specs) with one spec per draw carrying the
 // step count, that any request asking for logprobs sends its step through execute_logits and
 // the host Sampler (one row per draw), and that both paths give the known tokens.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdint>
+#include <map>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -198,4 +201,61 @@ TEST(DeviceSampling, LogprobsSendTheStepThroughHostLogits) {
   EXPECT_EQ(g_calls.device_steps, 0);
   EXPECT_GT(g_calls.host_steps, 0);
 }
+}  // namespace
+
+namespace {
+
+/// Allows one token per step: (base + 3·seq_index + tokens generated) mod vocab. A grammar's
+/// mask in miniature: whatever the model prefers, the output is fixed.
+class ForceSequence final : public sched::LogitsProcessor {
+ public:
+  explicit ForceSequence(int32_t base) : base_(base) {}
+  static int32_t want(int32_t base, int seq, size_t step) {
+    return static_cast<int32_t>((base + 3 * seq + static_cast<int32_t>(step)) % kVocab);
+  }
+  void process(int seq_index, std::span<const int32_t>, std::span<const int32_t> output,
+               std::span<float> logits) override {
+    ++calls;
+    const int32_t keep = want(base_, seq_index, output.size());
+    for (size_t v = 0; v < logits.size(); ++v)
+      if (static_cast<int32_t>(v) != keep) logits[v] = -INFINITY;
+  }
+  int calls = 0;
+
+ private:
+  int32_t base_;
+};
+
+// A request with a logits processor sends its steps through the host sampler, where the
+// processor edits every draw's row (n = 2: each sequence its own mask), greedy and random
+// alike; a request beside it without one is unaffected.
+TEST(LogitsProcessor, MasksEveryDrawOnTheHostPathGreedyAndSampledNTwo) {
+  g_calls = {};
+  FakeEngine e(options());
+  auto masked = greedy(9);
+  auto proc = std::make_shared<ForceSequence>(11);
+  masked.logits_processor = proc;
+  masked.n = 2;
+  masked.temperature = 0.8f;  // random sampling over a one-token support is still that token
+  masked.seed = 3;
+  const uint64_t a = e.add_request(kPrompts[0], masked);
+  const uint64_t b = e.add_request(kPrompts[1], greedy(9));
+  std::map<std::pair<uint64_t, int>, std::vector<int32_t>> out;
+  while (e.has_unfinished())
+    for (auto& ro : e.step())
+      for (auto& so : ro.seqs) {
+        auto& t = out[{ro.request_id, so.index}];
+        t.insert(t.end(), so.new_tokens.begin(), so.new_tokens.end());
+      }
+  for (int k = 0; k < 2; ++k) {
+    std::vector<int32_t> want;
+    for (size_t s = 0; s < 9; ++s) want.push_back(ForceSequence::want(11, k, s));
+    EXPECT_EQ((out[{a, k}]), want) << "sequence " << k;
+  }
+  EXPECT_EQ((out[{b, 0}]), expected(kPrompts[1], 9));
+  EXPECT_EQ(proc->calls, 2 * 9);  // once per draw: 2 sequences × 9 tokens
+  EXPECT_GT(g_calls.host_steps, 0);
+  EXPECT_EQ(g_calls.device_steps, 0);
+}
+
 }  // namespace

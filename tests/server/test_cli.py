@@ -47,7 +47,7 @@ def test_bad_flags_exit_2_with_a_message(args, needle):
 
 
 def test_unusable_combination_exits_2():
-    r = run("--tensor-parallel-size", "2")
+    r = run("--tensor-parallel-size", "0")
     assert r.returncode == 2 and "tensor-parallel-size" in r.stderr
     r = run("/nonexistent/model/dir")
     assert r.returncode == 2 and "does not exist" in r.stderr
@@ -103,3 +103,28 @@ def test_max_model_len_above_the_model_is_refused_unless_allowed():
         assert s.stop() == 0
     s = Server(["--max-model-len", "4096"])  # exactly the model's: fine
     assert s.stop() == 0
+
+
+def _greedy_text(server, prompt):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    conn.request("POST", "/v1/completions", body=json.dumps(
+        {"prompt": prompt, "max_tokens": 24, "temperature": 0, "ignore_eos": True}),
+        headers={"Content-Type": "application/json"})
+    r = conn.getresponse()
+    body = json.loads(r.read())
+    assert r.status == 200, body
+    return body["choices"][0]["text"]
+
+
+def test_cpu_tensor_parallel_2_serves_the_same_greedy_text_as_one_rank():
+    # The one engine drives two CPU ranks (threads meeting in all-reduces) exactly as one: the
+    # CPU communicator sums in a fixed order, so greedy text is identical.
+    prompts = ["The paged inference engine", "x", "1 2 3 4 5 6 7 8 9"]
+    texts = {}
+    for tp in ("1", "2"):
+        s = Server(["--tensor-parallel-size", tp, "--num-threads", "1"])
+        try:
+            texts[tp] = [_greedy_text(s, p) for p in prompts]
+        finally:
+            s.stop()
+    assert texts["1"] == texts["2"]

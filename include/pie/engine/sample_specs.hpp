@@ -24,10 +24,10 @@ struct SampleSpec {
 };
 
 /// True when the device sampler cannot honour `p` exactly (penalties, logit bias, min_tokens,
-/// logprobs): such steps must sample on the host from execute_logits().
+/// logprobs, a logits processor): such steps must sample on the host from execute_logits().
 inline bool needs_host_sampling(const sched::SamplingParams& p) {
   return p.repetition_penalty != 1.0f || p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f ||
-         !p.logit_bias.empty() || p.min_tokens > 0 || p.logprobs.has_value();
+         !p.logit_bias.empty() || p.min_tokens > 0 || p.logprobs.has_value() || p.logits_processor != nullptr;
 }
 
 /// True when some request sampled in `plan` needs the host sampler (needs_host_sampling): the

@@ -90,6 +90,7 @@ void sample_on_host(const sched::Scheduler& s, const sched::StepPlan& plan, std:
     const sched::Request& r = *seq.request;
     const size_t at = row_per_draw ? draw++ : j;
     row.assign(logits.begin() + at * vocab, logits.begin() + (at + 1) * vocab);
+    if (r.params.logits_processor) r.params.logits_processor->process(index, seq.prompt(), seq.output(), row);
     SamplerInput in;
     in.params = &r.params;
     in.prompt = seq.prompt();

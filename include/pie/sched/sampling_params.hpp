@@ -4,11 +4,13 @@
 /// Field meanings follow vLLM's SamplingParams.
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "pie/core/error.hpp"
+#include "pie/sched/logits_processor.hpp"
 
 namespace pie::sched {
 
@@ -29,6 +31,8 @@ struct SamplingParams {
   std::vector<int32_t> stop_token_ids;  ///< finish (reason stop) on any of these
   bool ignore_eos = false;           ///< keep generating past EOS
   std::optional<int> logprobs;       ///< return this many top logprobs (0 = only the chosen)
+  /// Edits the logits of every draw before sampling (logits_processor.hpp); null: none.
+  std::shared_ptr<LogitsProcessor> logits_processor;
 
   /// Throws pie::Error naming the field and its allowed range.
   void validate(int vocab_size = 0) const {
