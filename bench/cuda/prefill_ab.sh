@@ -31,8 +31,8 @@ if [[ " $stages " == *" tests "* ]]; then
   grep -E "^\[  (PASSED|FAILED) |^\[  FAILED  \]|rel err" "$OUT/tests.log" | tail -60
 fi
 if [[ " $stages " == *" sanitize "* ]]; then
-  f='*Block16_HeadDim128_Group4*:*Block8_HeadDim64_Group8*:PrefillAttentionVariant.*'
-  timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 "$dir/test_prefill" --gtest_filter="$f" \
+  f='Grid/PrefillAttention.MatchesCpu/Block16_HeadDim128_Group4_BF16:Grid/PrefillAttention.MatchesCpu/Block8_HeadDim64_Group8_F16:PrefillAttentionVariant.*'
+  timeout 60 compute-sanitizer --tool memcheck --error-exitcode 9 "$dir/test_prefill" --gtest_filter="$f" \
     > "$OUT/sanitizer.log" 2>&1 || { status=1; echo "memcheck failed"; }
   grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/sanitizer.log"
 fi

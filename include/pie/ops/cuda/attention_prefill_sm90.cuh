@@ -150,6 +150,79 @@ __device__ __forceinline__ void named_bar_sync(int id, int threads) {
 }
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
+__device__ __forceinline__ void named_bar_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ float ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+/// Running softmax state of a thread's two rows: max and sum in the log2 domain (the max is of
+/// the scaled logits: raw·f, f = sm_scale·log2 e, or of the transformed logits with f = 1),
+/// and the last tile's correction factor for O.
+struct SoftmaxState {
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, corr[2] = {1.f, 1.f};
+  float f = 1.f;
+};
+
+/// One 64×BN tile of S (wgmma accumulator layout: element 4j+e is row lane/4 (+8 for e ≥ 2),
+/// key 8j + 2(lane%4) + (e&1)) → P = 2^(scaled logit − running max), in place, updating `st`.
+/// kpos0: the key of element 0 of this thread.
+template <bool MASK, class T, int BN, class Variant>
+__device__ __forceinline__ void softmax_tile(float (&s)[BN / 2], SoftmaxState& st,
+                                             int kpos0, int qpos_lo, int qpos_hi, int kv_len, float sm_scale,
+                                             const Variant& v) {
+  float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+  for (int j = 0; j < BN / 8; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      float x = s[4 * j + e];
+      if constexpr (Variant::kSoftCap) x = v.logits(x * sm_scale) * 1.4426950408889634f;
+      if constexpr (MASK) {
+        const int kpos = kpos0 + j * 8 + (e & 1);
+        x = (kpos < kv_len && v.mask(e < 2 ? qpos_lo : qpos_hi, kpos)) ? x : -INFINITY;
+      }
+      s[4 * j + e] = x;
+      mx[e / 2] = fmaxf(mx[e / 2], x);
+    }
+  }
+  float m_use[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+    const float m_new = fmaxf(st.m[r], mx[r] * st.f);  // f > 0: scaling keeps the order
+    m_use[r] = m_new == -INFINITY ? 0.f : m_new;
+    st.corr[r] = ex2(st.m[r] - m_use[r]);
+    st.m[r] = m_new;
+    st.l[r] *= st.corr[r];
+  }
+#pragma unroll
+  for (int j = 0; j < BN / 8; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float y = ex2(fmaf(s[4 * j + e], st.f, -m_use[e / 2]));
+      s[4 * j + e] = y;
+      st.l[e / 2] += y;
+    }
+  }
+}
+
+/// P (fp32, accumulator layout) → the A fragments of the P·V wgmma.
+template <class T, int BN>
+__device__ __forceinline__ void pack_p(const float (&s)[BN / 2], uint32_t (&pf)[BN / 16][4]) {
+#pragma unroll
+  for (int kk = 0; kk < BN / 16; ++kk) {
+    pf[kk][0] = pack2<T>(s[8 * kk + 0], s[8 * kk + 1]);
+    pf[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
+    pf[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
+    pf[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
+  }
+}
+
 /// Parameters of one launch (by value, __grid_constant__: the tensor map must live in param space).
 template <class T, class Variant>
 struct Params {
@@ -171,7 +244,7 @@ template <int HD> constexpr size_t smem_bytes() {
   return size_t(kBM * HD + 2 * kStages<HD> * kBN * HD) * 2 + 1024 /*align*/ + 256 /*barriers*/;
 }
 
-template <int HD, class T, class Variant>
+template <int HD, class T, class Variant, bool PINGPONG = true>
 __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_constant__ Params<T, Variant> p) {
 #if PIE_SM90A_DEVICE
   constexpr int NH = HD / 64;       // 64-column halves (128-byte swizzle rows)
@@ -212,16 +285,19 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_const
 
   if (wg == 0) {  // ---------------- producer ----------------
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
-    if (warp != 0) return;
+    if (warp == 0) {
     const int pages_per_tile = kBN >> p.bs_shift;
     const int H = p.num_kv_heads;
-    const uint32_t box_bytes = uint32_t(p.block_size) * 64 * sizeof(T);
+    // Page ids of a tile, one per lane, loaded a tile ahead of their copies.
+    auto page_ids = [&](int t) {
+      const int pg = ((kv_begin + t * kBN) >> p.bs_shift) + lane;
+      return lane < pages_per_tile && t < n_tiles ? p.indices[page_beg + min(pg, npages - 1)] : 0;
+    };
+    int pid = page_ids(0);
     for (int t = 0; t < n_tiles; ++t) {
       const int s = t % S;
+      const int pid_next = page_ids(t + 1);
       if (t >= S) mbar_wait(empty + 8 * s, ((t / S) - 1) & 1);
-      const int pg0 = (kv_begin + t * kBN) >> p.bs_shift;
-      int pid = 0;
-      if (lane < pages_per_tile) pid = p.indices[page_beg + min(pg0 + lane, npages - 1)];
       if (lane == 0) {
         mbar_expect_tx(kfull + 8 * s, TILE * sizeof(T));
         mbar_expect_tx(vfull + 8 * s, TILE * sizeof(T));
@@ -242,22 +318,24 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_const
           }
         }
       }
-      (void)box_bytes;
+      pid = pid_next;
     }
-    return;
-  }
-
+    }
+  } else {
   // ---------------- consumers ----------------
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
-  const int cw = wg - 1;            // consumer warpgroup: rows cw·64 .. +63 of the tile
+  const int cw = wg - 1;  // consumer warpgroup: rows cw·64 .. +63 of the tile
   // Q rows of this warpgroup → swizzled shared memory (cp.async, zero rows past the chunk).
-  for (int i = tid; i < 64 * (HD / 8); i += 128) {
-    const int rl = i / (HD / 8), c = i % (HD / 8), row = cw * 64 + rl, r = m0 + row;
-    const bool valid = r < nrows;
-    const T* src = p.q + int64_t(q_begin + (valid ? r / G : 0)) * p.q_stride +
-                   int64_t(valid ? kvh * G + r % G : 0) * HD + c * 8;
-    const int h = c / 8, cc = c % 8;
-    detail::cp_async16(smem_u32(sq + h * kBM * 64 + row * 64 + ((cc ^ (row & 7)) << 3)), src, valid);
+  {
+    const int c = tid % (HD / 8), h = c / 8, cc = c % 8;
+#pragma unroll
+    for (int i = tid / (HD / 8); i < 64; i += 128 / (HD / 8)) {
+      const int row = cw * 64 + i, r = m0 + row;
+      const bool valid = r < nrows;
+      const int tok = valid ? r / G : 0, head = valid ? kvh * G + r - (r / G) * G : 0;
+      const T* src = p.q + int64_t(q_begin + tok) * p.q_stride + int64_t(head) * HD + c * 8;
+      detail::cp_async16(smem_u32(sq + h * kBM * 64 + row * 64 + ((cc ^ (row & 7)) << 3)), src, valid);
+    }
   }
   detail::cp_async_commit();
   detail::cp_async_wait_all();
@@ -268,80 +346,88 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_const
   float o[HD / 2];
 #pragma unroll
   for (int i = 0; i < HD / 2; ++i) o[i] = 0.f;
-  float m_r[2] = {-INFINITY, -INFINITY}, l_r[2] = {0.f, 0.f};
-  const float kLog2e = 1.4426950408889634f;
-  const float sl2 = p.sm_scale * kLog2e;
-  const int r_lo = cw * 64 + warp * 16 + lane / 4, r_hi = r_lo + 8;   // tile rows of this thread
+  SoftmaxState st;
+  st.f = Variant::kSoftCap ? 1.f : p.sm_scale * 1.4426950408889634f;
+  const int r_lo = cw * 64 + warp * 16 + lane / 4, r_hi = r_lo + 8;  // tile rows of this thread
   const int qpos_lo = q_off + (m0 + r_lo) / G, qpos_hi = q_off + (m0 + r_hi) / G;
+  const int diag = q_off + first_tok;  // tiles whose last key is past this need the causal mask
 
-  for (int t = 0; t < n_tiles; ++t) {
-    const int s = t % S;
-    const uint32_t ph = (t / S) & 1;
-    const int n0 = kv_begin + t * kBN;
-    float sacc[kBN / 2];
-    mbar_wait(kfull + 8 * s, ph);
-    wgmma_fence();
+  auto issue_s = [&](float (&sacc)[kBN / 2], int s) {
 #pragma unroll
     for (int kk = 0; kk < HD / 16; ++kk) {
       const uint64_t da = desc_sw128(sq_u + (kk / 4) * kBM * 128 + (kk % 4) * 32, 16, 1024);
       const uint64_t db = desc_sw128(sk_u + s * TILE * 2 + (kk / 4) * kBN * 128 + (kk % 4) * 32, 16, 1024);
       Wgmma<kBN, T>::ss(sacc, da, db, kk > 0);
     }
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_regs(sacc);
-
-    // Online softmax (log2 domain) on the accumulators: thread holds rows r_lo / r_hi,
-    // columns 8j + 2(lane % 4) + {0, 1}.
-    const bool need_mask = (Variant::kCausal && n0 + kBN - 1 > q_off + first_tok) || n0 + kBN > kv_len ||
-                           Variant::kWindowLeft > 0 || !Variant::kCausal;
-    float mx[2] = {m_r[0], m_r[1]};
-#pragma unroll
-    for (int j = 0; j < kBN / 8; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float x;
-        if constexpr (Variant::kSoftCap) x = p.variant.logits(sacc[4 * j + e] * p.sm_scale) * kLog2e;
-        else x = sacc[4 * j + e] * sl2;
-        if (need_mask) {
-          const int kpos = n0 + j * 8 + (lane % 4) * 2 + (e & 1);
-          const int qpos = e < 2 ? qpos_lo : qpos_hi;
-          if (!(kpos < kv_len && p.variant.mask(qpos, kpos))) x = -INFINITY;
-        }
-        sacc[4 * j + e] = x;
-        mx[e / 2] = fmaxf(mx[e / 2], x);
-      }
-    }
-    float m_use[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-      m_use[r] = mx[r] == -INFINITY ? 0.f : mx[r];
-      const float corr = exp2f(m_r[r] - m_use[r]);
-      m_r[r] = mx[r];
-      l_r[r] *= corr;
-#pragma unroll
-      for (int j = 0; j < HD / 8; ++j) { o[4 * j + 2 * r] *= corr; o[4 * j + 2 * r + 1] *= corr; }
-    }
-    uint32_t pf[kBN / 16][4];
-#pragma unroll
-    for (int j = 0; j < kBN / 8; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        sacc[4 * j + e] = exp2f(sacc[4 * j + e] - m_use[e / 2]);
-        l_r[e / 2] += sacc[4 * j + e];
-      }
-    }
+  };
+  auto issue_pv = [&](const uint32_t (&pf)[kBN / 16][4], int s) {
 #pragma unroll
     for (int kk = 0; kk < kBN / 16; ++kk) {
-      pf[kk][0] = pack2<T>(sacc[8 * kk + 0], sacc[8 * kk + 1]);
-      pf[kk][1] = pack2<T>(sacc[8 * kk + 2], sacc[8 * kk + 3]);
-      pf[kk][2] = pack2<T>(sacc[8 * kk + 4], sacc[8 * kk + 5]);
-      pf[kk][3] = pack2<T>(sacc[8 * kk + 6], sacc[8 * kk + 7]);
+      const uint64_t db = desc_sw128(sv_u + s * TILE * 2 + kk * 16 * 128, kBN * 128, 1024);
+      Wgmma<HD, T>::rs_t(o, pf[kk], db);
     }
+  };
+  auto softmax = [&](float (&sacc)[kBN / 2], int n0) {
+    const bool need_mask = (Variant::kCausal && n0 + kBN - 1 > diag) || n0 + kBN > kv_len ||
+                           Variant::kWindowLeft > 0 || !Variant::kCausal;
+    if (need_mask)
+      softmax_tile<true, T, kBN>(sacc, st, n0 + (lane % 4) * 2, qpos_lo, qpos_hi, kv_len, p.sm_scale, p.variant);
+    else
+      softmax_tile<false, T, kBN>(sacc, st, n0 + (lane % 4) * 2, qpos_lo, qpos_hi, kv_len, p.sm_scale, p.variant);
+  };
+  // Ping-pong: the two consumer warpgroups take turns issuing their GEMMs (named barriers
+  // 3 and 4), so one's softmax runs while the other's MMAs hold the tensor cores.
+  auto pp_sync = [&] { if constexpr (PINGPONG) named_bar_sync(3 + cw, 256); };
+  auto pp_arrive = [&] { if constexpr (PINGPONG) named_bar_arrive(3 + (1 - cw), 256); };
+  if (PINGPONG && cw == 1) named_bar_arrive(3, 256);
 
-    mbar_wait(vfull + 8 * s, ph);
+  uint32_t pf[kBN / 16][4];
+  if (n_tiles > 0) {  // tile 0: S, softmax → P (O is still zero)
+    float sacc[kBN / 2];
+    mbar_wait(kfull, 0);
+    pp_sync();
+    wgmma_fence();
+    issue_s(sacc, 0);
+    wgmma_commit();
+    pp_arrive();
+    wgmma_wait<0>();
+    fence_regs(sacc);
+    softmax(sacc, kv_begin);
+    pack_p<T, kBN>(sacc, pf);
+  }
+  // Tile t: S(t) and P(t−1)·V(t−1) in flight together; softmax(t) overlaps the P·V; P(t) is
+  // packed into the A registers only once that P·V has retired.
+  for (int t = 1; t < n_tiles; ++t) {
+    const int s = t % S, sp = (t - 1) % S;
+    const int n0 = kv_begin + t * kBN;
+    float sacc[kBN / 2];
+    mbar_wait(kfull + 8 * s, (t / S) & 1);
+    mbar_wait(vfull + 8 * sp, ((t - 1) / S) & 1);
+    pp_sync();
+    wgmma_fence();
+    issue_s(sacc, s);
+    wgmma_commit();
+    wgmma_fence();
+    issue_pv(pf, sp);
+    wgmma_commit();
+    pp_arrive();
+    wgmma_wait<1>();
+    fence_regs(sacc);
+    softmax(sacc, n0);
+    wgmma_wait<0>();
+    fence_regs(o);
+    if (lane == 0) mbar_arrive(empty + 8 * sp);
+#pragma unroll
+    for (int j = 0; j < HD / 8; ++j) {
+      o[4 * j] *= st.corr[0]; o[4 * j + 1] *= st.corr[0];
+      o[4 * j + 2] *= st.corr[1]; o[4 * j + 3] *= st.corr[1];
+    }
+    pack_p<T, kBN>(sacc, pf);
+  }
+  if (PINGPONG && cw == 0) named_bar_sync(3, 256);  // WG2's last turn signal
+  if (n_tiles > 0) {  // P(last)·V(last)
+    const int t = n_tiles - 1, s = t % S, n0 = kv_begin + t * kBN;
+    mbar_wait(vfull + 8 * s, (t / S) & 1);
     if (n0 + kBN > kv_len) {
       // Keys past the context end: their V rows hold whatever the pool held (maybe NaN); P is
       // 0 there, but 0·NaN is not 0, so zero those rows (both warpgroups write the same zeros).
@@ -354,17 +440,13 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_const
       named_bar_sync(1 + cw, 128);
     }
     wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk) {
-      const uint64_t db = desc_sw128(sv_u + s * TILE * 2 + kk * 16 * 128, kBN * 128, 1024);
-      Wgmma<HD, T>::rs_t(o, pf[kk], db);
-    }
+    issue_pv(pf, s);
     wgmma_commit();
     wgmma_wait<0>();
     fence_regs(o);
-    if (lane == 0) mbar_arrive(empty + 8 * s);
   }
 
+  float l_r[2] = {st.l[0], st.l[1]};
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     l_r[r] += __shfl_xor_sync(0xffffffffu, l_r[r], 1);
@@ -380,6 +462,7 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_const
     for (int j = 0; j < HD / 8; ++j)
       *reinterpret_cast<uint32_t*>(dst + j * 8) = pack2<T>(o[4 * j + 2 * r] * inv[r], o[4 * j + 2 * r + 1] * inv[r]);
   }
+  }  // consumers
 #else
   __trap();  // built without sm_90a: prefill_attention never routes here (see available())
 #endif
@@ -414,7 +497,7 @@ bool available() {
   return ok;
 }
 
-template <int HD, class T, class Variant>
+template <int HD, class T, class Variant, bool PINGPONG = true>
 void launch(Params<T, Variant>& p, const T* pool, int num_seqs, int max_q_len, cudaStream_t stream) {
   // Pool as 4-D: [rows][bs/8][8][HD] with rows = block·2·kv_heads + (K: 0, V: kv_heads) + head.
   const cuuint64_t dims[4] = {cuuint64_t(HD), 8, cuuint64_t(p.block_size / 8), cuuint64_t(1) << 31};
@@ -428,7 +511,7 @@ void launch(Params<T, Variant>& p, const T* pool, int num_seqs, int max_q_len, c
                            CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   PIE_CHECK(r == CUDA_SUCCESS, "prefill_attention (sm90): cuTensorMapEncodeTiled failed");
-  auto kern = prefill_kernel<HD, T, Variant>;
+  auto kern = prefill_kernel<HD, T, Variant, PINGPONG>;
   constexpr size_t smem = smem_bytes<HD>();
   static const bool attr_set = [&] {
     PIE_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
