@@ -15,6 +15,7 @@
 #include "pie/core/dispatch.hpp"
 #include "pie/kv/paged_kv.hpp"
 #include "pie/ops/cuda/common.cuh"
+#include "pie/ops/cuda/attention_prefill_sm90.cuh"
 #include "pie/ops/cuda/mma.cuh"
 
 namespace pie::ops::cuda {
@@ -294,6 +295,31 @@ void prefill_attention(TensorView<T> q, kv::PagedKV<KV> cache, const int32_t* cu
   if (cache.batch_size == 0 || max_query_len <= 0) return;
   using D = device_t<T>;
   using DKV = device_t<KV>;
+  // Hopper path (wgmma + TMA, GQA-packed 128-row tiles): the default CTA shape, K/V of the
+  // query dtype, head dim 64/128, blocks of 8..128 tokens. Everything else (fp8 KV, head dim
+  // 256, explicit CTA shapes such as the batch-invariant <1, true>) stays on the kernel below.
+  if constexpr (Warps == 0 && !PackGqa && std::is_same_v<D, DKV>) {
+    const int bsz = cache.block_size;
+    auto sm90 = [&]<int HD>() {
+      if (!sm90::available<HD, D, Variant>()) return false;
+      sm90::Params<D, Variant> sp{};
+      sp.q = dev(q.data); sp.q_stride = q.stride[0];
+      sp.out = dev(out.data); sp.out_stride = out.stride[0];
+      sp.indptr = cache.indptr; sp.indices = cache.indices; sp.last_page_len = cache.last_page_len;
+      sp.cu_q = cu_query_lens;
+      sp.num_kv_heads = cache.num_kv_heads; sp.block_size = bsz;
+      sp.bs_shift = __builtin_ctz(static_cast<unsigned>(bsz));
+      sp.group = nq / cache.num_kv_heads;
+      sp.sm_scale = sm_scale;
+      sp.variant = variant;
+      sm90::launch<HD, D, Variant>(sp, dev(cache.data), cache.batch_size, max_query_len, stream);
+      return true;
+    };
+    if (bsz >= 8 && bsz <= 128) {
+      if (cache.head_dim == 128 && sm90.template operator()<128>()) return;
+      if (cache.head_dim == 64 && sm90.template operator()<64>()) return;
+    }
+  }
   detail::PrefillParams<D, DKV, Variant> p{};
   p.q = dev(q.data); p.q_stride = q.stride[0];
   p.out = dev(out.data); p.out_stride = out.stride[0];

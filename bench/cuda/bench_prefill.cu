@@ -1,0 +1,74 @@
+// Prefill attention timings for the Hopper kernel (the default call) and the mma.sync kernel
+// (prefill_attention<8>) in one process: 32 query / 8 KV heads, bf16, shuffled block table,
+// random inputs, median of 20 event-timed launches. Prints one "pie" line per shape for
+// bench/prefill_peer.py, which times PyTorch SDPA on the same shapes in the same call.
+//   bench_prefill [--quick]
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "bench_common.cuh"
+#include "pie/ops/cuda/attention_prefill.cuh"
+
+namespace {
+using namespace pie;
+using namespace pie::bench;
+
+/// One sequence: `prefix` cached tokens, then a chunk of `n` query rows (causal).
+template <int Warps>
+void run(const char* tag, int n, int prefix, int hd, int bs) {
+  const int nq = 32, nkv = 8, ctx = prefix + n;
+  BenchCache<bf16> c(1, ctx, nkv, hd, bs);
+  DeviceBuffer<bf16> q(size_t(n) * nq * hd), o(q.size());
+  fill(q.data(), q.size(), 6);
+  std::vector<int32_t> cu = {0, n};
+  DeviceBuffer<int32_t> dcu(2);
+  PIE_CUDA_CHECK(cudaMemcpy(dcu.data(), cu.data(), 8, cudaMemcpyHostToDevice));
+  double pairs = double(n) * prefix + double(n) * (n + 1) / 2;  // (query, key) pairs kept by the mask
+  double flops = 4.0 * nq * hd * pairs;
+  auto call = [&] {
+    if constexpr (Warps < 0) {  // the Hopper kernel without the warpgroup ping-pong (A/B)
+      using D = __nv_bfloat16;
+      ops::cuda::sm90::Params<D, attention::Causal> sp{};
+      sp.q = reinterpret_cast<const D*>(q.data()); sp.q_stride = int64_t(nq) * hd;
+      sp.out = reinterpret_cast<D*>(o.data()); sp.out_stride = int64_t(nq) * hd;
+      sp.indptr = c.view.indptr; sp.indices = c.view.indices; sp.last_page_len = c.view.last_page_len;
+      sp.cu_q = dcu.data(); sp.num_kv_heads = nkv; sp.block_size = bs;
+      sp.bs_shift = __builtin_ctz(unsigned(bs)); sp.group = nq / nkv; sp.sm_scale = 1.f / std::sqrt(float(hd));
+      const D* pool = reinterpret_cast<const D*>(c.view.data);
+      if (hd == 128) ops::cuda::sm90::launch<128, D, attention::Causal, false>(sp, pool, 1, n, nullptr);
+      else ops::cuda::sm90::launch<64, D, attention::Causal, false>(sp, pool, 1, n, nullptr);
+    } else {
+      ops::cuda::prefill_attention<Warps>(q.view({n, nq, hd}), c.view, dcu.data(), n, o.view({n, nq, hd}),
+                                          1.f / std::sqrt(float(hd)));
+    }
+  };
+  double ms = median_ms(call);
+  std::printf("pie %s n=%d prefix=%d hd=%d bs=%d %.1f us %.1f TFLOP/s\n", tag, n, prefix, hd, bs, ms * 1e3,
+              flops / (ms * 1e-3) / 1e12);
+  std::fflush(stdout);
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  cudaDeviceProp prop{};
+  PIE_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
+  run<0>("sm90", 8192, 0, 128, 16);
+  run<0>("sm90", 2048, 0, 128, 16);
+  run<0>("sm90", 8192, 0, 64, 16);
+  run<0>("sm90", 8192, 0, 128, 8);
+  run<0>("sm90", 2048, 6144, 128, 16);
+  run<-1>("sm90-nopp", 8192, 0, 128, 16);
+  run<-1>("sm90-nopp", 8192, 0, 64, 16);
+  if (!quick) {
+    run<8>("mma", 8192, 0, 128, 16);
+    run<8>("mma", 2048, 0, 128, 16);
+    run<8>("mma", 8192, 0, 64, 16);
+    run<8>("mma", 2048, 6144, 128, 16);
+  }
+  return 0;
+}

@@ -1,0 +1,88 @@
+"""PyTorch SDPA (cuDNN and flash backends) on the prefill shapes of bench/cuda/bench_prefill.cu,
+in the same device call, with the bf16 GEMM ceiling (8192^3 matmul). Reads pie's lines from the
+file given as argv[1] and prints pie / peer.
+    python3 bench/prefill_peer.py pie_bench.log
+"""
+import re
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+
+def median_ms(f, warm=3, reps=20):
+    for _ in range(warm):
+        f()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        f()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b))
+    ts.sort()
+    return ts[reps // 2]
+
+
+def gemm_peak():
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    ms = median_ms(lambda: a @ w)
+    return 2 * 8192**3 / (ms * 1e-3) / 1e12
+
+
+def sdpa(backend, n, prefix, hd, nq=32, nkv=8):
+    ctx = prefix + n
+    q = torch.randn(1, nq, n, hd, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(1, nkv, ctx, hd, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(1, nkv, ctx, hd, device="cuda", dtype=torch.bfloat16)
+    if prefix:  # query rows at the end: bottom-right causal mask
+        from torch.nn.attention.bias import causal_lower_right
+        kw = dict(attn_mask=causal_lower_right(n, ctx))
+    else:
+        kw = dict(is_causal=True)
+    pairs = n * prefix + n * (n + 1) / 2
+    flops = 4.0 * nq * hd * pairs
+    try:
+        with sdpa_kernel(backend):
+            f = lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True, **kw)
+            f()
+            ms = median_ms(f)
+    except Exception as e:  # noqa: BLE001
+        try:  # the backend may not take GQA: expand K/V (same FLOPs, more bytes)
+            ke, ve = k.repeat_interleave(nq // nkv, 1), v.repeat_interleave(nq // nkv, 1)
+            with sdpa_kernel(backend):
+                f = lambda: F.scaled_dot_product_attention(q, ke, ve, **kw)
+                f()
+                ms = median_ms(f)
+        except Exception as e2:  # noqa: BLE001
+            print(f"  {backend} n={n} prefix={prefix} hd={hd}: {type(e2).__name__}: {str(e2)[:120]}")
+            return None
+    return flops / (ms * 1e-3) / 1e12
+
+
+def main():
+    pie = {}
+    for line in open(sys.argv[1]):
+        m = re.match(r"pie (\S+) n=(\d+) prefix=(\d+) hd=(\d+) bs=(\d+) ([\d.]+) us ([\d.]+) TFLOP/s", line)
+        if m:
+            pie[(m[1], int(m[2]), int(m[3]), int(m[4]), int(m[5]))] = float(m[7])
+    peak = gemm_peak()
+    print(f"bf16 GEMM 8192^3: {peak:.0f} TFLOP/s")
+    print(f"{'shape':34s} {'pie sm90':>9s} {'%gemm':>6s} {'old mma':>8s} {'cuDNN':>7s} {'flash':>7s} {'pie/cuDNN':>9s} {'pie/flash':>9s}")
+    for (tag, n, prefix, hd, bs), tf in sorted(pie.items()):
+        if tag != "sm90":
+            continue
+        old = pie.get(("mma", n, prefix, hd, bs))
+        cd = sdpa(SDPBackend.CUDNN_ATTENTION, n, prefix, hd)
+        fl = sdpa(SDPBackend.FLASH_ATTENTION, n, prefix, hd)
+        f = lambda x: f"{x:.0f}" if x else "-"
+        r = lambda x: f"{tf / x:.2f}" if x else "-"
+        print(f"{f'causal n={n} prefix={prefix} hd={hd} bs={bs}':34s} {tf:9.0f} {100 * tf / peak:6.1f} {f(old):>8s} "
+              f"{f(cd):>7s} {f(fl):>7s} {r(cd):>9s} {r(fl):>9s}")
+
+
+if __name__ == "__main__":
+    main()
