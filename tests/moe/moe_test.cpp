@@ -402,6 +402,44 @@ TEST(MoeLoader, RefusesAQwen3CheckpointAndQwen3RefusesAMoeOne) {
   EXPECT_THROW((Engine<Qwen3, CpuF32>(o)), pie::Error);
 }
 
+// --load-format dummy: the checkpoint's shapes from config.json alone, the same bits for one
+// seed, and an engine that runs on them.
+TEST(MoeDummy, DeterministicOfTheConfigShapeAndServable) {
+  const std::string dir = dir_of("qwen3_moe_top2_norm");
+  const auto c = Qwen3Moe::load_config(dir);
+  const auto a = Qwen3Moe::dummy<float>(dir, c, 7, {});
+  const auto b = Qwen3Moe::dummy<float>(dir, c, 7, {});
+  const auto d = Qwen3Moe::dummy<float>(dir, c, 8, {});
+  const auto real = Qwen3Moe::load<float>(dir, c, {});
+  ASSERT_EQ(a.layers.size(), real.layers.size());
+  for (size_t l = 0; l < a.layers.size(); ++l) {
+    const auto& A = a.layers[l];
+    const auto& R = real.layers[l];
+    EXPECT_EQ(A.sparse(), R.sparse());
+    EXPECT_EQ(A.experts_gate_up.shape, R.experts_gate_up.shape);
+    EXPECT_EQ(A.experts_down.shape, R.experts_down.shape);
+    EXPECT_EQ(A.gate_up_proj.shape, R.gate_up_proj.shape);
+    if (A.sparse()) {
+      const size_t n = static_cast<size_t>(A.experts_down.numel());
+      EXPECT_EQ(0, std::memcmp(A.experts_down.data, b.layers[l].experts_down.data, n * sizeof(float)));
+      EXPECT_NE(0, std::memcmp(A.experts_down.data, d.layers[l].experts_down.data, n * sizeof(float)));
+    }
+  }
+  EXPECT_NEAR(a.layers[0].input_layernorm.data[0], 1.0f, 0.05f);
+  EngineOptions o;
+  o.model_dir = dir;
+  o.load_format = "dummy";
+  o.num_kv_blocks = 32;
+  o.sched.max_model_len = 256;
+  auto e = make_engine(o);
+  e->add_request({1, 2, 3, 4, 5}, greedy(6));
+  int produced = 0;
+  for (int guard = 0; e->has_unfinished() && guard < 100; ++guard)
+    for (auto& ro : e->step())
+      for (auto& so : ro.seqs) produced += static_cast<int>(so.new_tokens.size());
+  EXPECT_EQ(produced, 6);
+}
+
 // The committed Qwen3-30B-A3B config (bench/models) parses as the public shape.
 TEST(MoeConfig, Qwen3_30B_A3B) {
   const std::string dir = std::string(PIE_SOURCE_DIR) + "/bench/models/Qwen3-30B-A3B";

@@ -15,8 +15,10 @@
 ///
 /// The MoE fields of config.json (MoeConfig) are parsed here, not by config_io, and travel in
 /// the weights. Backends: the CPU (exact fp32 reference; registry/make_engine.hpp lists it for
-/// --device cpu). Not yet: the CUDA op, tensor-parallel sharding, dummy weights.
+/// --device cpu), with dummy weights (--load-format dummy). Not yet: the CUDA op,
+/// tensor-parallel sharding.
 #include <algorithm>
+#include <cstdint>
 #include <filesystem>
 #include <string>
 #include <string_view>
@@ -29,6 +31,7 @@
 #include "pie/core/tensor.hpp"
 #include "pie/model/config.hpp"
 #include "pie/model/config_io.hpp"
+#include "pie/model/dummy.hpp"
 #include "pie/model/loader.hpp"
 
 namespace pie {
@@ -131,13 +134,29 @@ struct Qwen3Moe {
     }
   };
 
+  /// The checkpoint in `dir` (its config.json's MoE fields, its safetensors).
   template <class T>
   static Weights<T> load(const std::string& dir, const model::ModelConfig& c, const model::LoadOptions& opt) {
+    model::CheckpointReader<T> r(dir);
+    return declare<T>(r, c, model::load_moe_config(dir, c.num_hidden_layers), opt);
+  }
+  /// Random weights of the checkpoint's shape (--load-format dummy; only config.json is read).
+  template <class T>
+  static Weights<T> dummy(const std::string& dir, const model::ModelConfig& c, uint64_t seed,
+                          const model::LoadOptions& opt) {
+    model::DummyReader<T> r(seed);
+    return declare<T>(r, c, model::load_moe_config(dir, c.num_hidden_layers), opt);
+  }
+
+  /// Declares every tensor with reader `r` (model::CheckpointReader or model::DummyReader), then
+  /// reads them.
+  template <class T, class R>
+  static Weights<T> declare(R& r, const model::ModelConfig& c, const model::MoeConfig& moe,
+                            const model::LoadOptions& opt) {
     Weights<T> w;
     w.config = c;
-    w.moe = model::load_moe_config(dir, c.num_hidden_layers);
+    w.moe = moe;
     const model::MoeConfig& m = w.moe;
-    model::CheckpointReader<T> r(dir);
     const int64_t H = c.hidden_size, I = c.intermediate_size, Q = c.q_size(), KV = c.kv_size(), hd = c.head_dim;
     const int64_t E = m.num_experts, Im = m.moe_intermediate_size;
     w.embed_tokens = r.matrix("model.embed_tokens.weight", c.vocab_size, H);
