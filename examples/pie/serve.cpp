@@ -65,7 +65,7 @@ server::SamplingDefaults defaults_from(const model::GenerationConfig& g, const s
 /// VLLM_ALLOW_LONG_MAX_MODEL_LEN=1.
 int resolve_max_model_len(const ServeOptions& o) {
   const model::ModelConfig c = o.model.empty() ? model::embedded_config()
-                                               : model::load_model_config((fs::path(o.model) / "config.json").string());
+                                               : model::load_model_config((fs::path(o.model) / "config.json").string(), true);
   // vLLM's derivation: RoPE scaling by a factor (linear, YaRN) stretches the trained length.
   double pos = static_cast<double>(c.max_position_embeddings);
   using RT = model::RopeScaling::Type;

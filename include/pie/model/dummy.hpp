@@ -14,12 +14,15 @@
 /// O(1) and finite through every layer, in bf16 too.
 #include <algorithm>
 #include <cstdint>
+#include <string>
+#include <utility>
 #include <type_traits>
 #include <vector>
 
 #include "pie/core/dtype.hpp"
 #include "pie/core/random.hpp"
 #include "pie/model/config.hpp"
+#include "pie/model/loader.hpp"
 #include "pie/model/parallel.hpp"
 #include "pie/model/weights.hpp"
 
@@ -106,5 +109,58 @@ Weights<T> dummy_weights(const ModelConfig& cfg, uint64_t seed, unsigned threads
   }, threads);
   return w;
 }
+
+/// \brief CheckpointReader's interface without a checkpoint, for a user's model that declares
+/// dummy weights (model_concept.hpp): the same declarations (matrix, vector, stacked) allocate
+/// the same tensors, and read() fills them as dummy_weights does — matrices (and stacked
+/// matrices) with the N(0, 0.02)-like values, vectors as RMSNorm weights 1 ± 0.05 — each keyed
+/// by (seed, its ordinal), so a model's dummy weights are the same on any machine and thread
+/// count. Names are ignored; has() is false for every name.
+template <class T>
+class DummyReader {
+ public:
+  explicit DummyReader(uint64_t seed) : seed_(seed) {}
+  TensorView<T> matrix(const std::string&, int64_t rows, int64_t cols) { return make(false, {rows, cols}); }
+  TensorView<T> vector(const std::string&, int64_t n) { return make(true, {n}); }
+  TensorView<T> stacked(const std::vector<std::pair<std::string, int64_t>>& parts, int64_t cols) {
+    int64_t rows = 0;
+    for (const auto& p : parts) rows += p.second;
+    return cols ? make(false, {rows, cols}) : make(true, {rows});
+  }
+  bool has(const std::string&) const { return false; }
+  /// Fills everything declared; returns the storage the views point into.
+  TensorStore<T> read(const LoadOptions& opt = {}) {
+    constexpr size_t kChunk = size_t{1} << 20;  // a multiple of 2: one hash per pair of elements
+    struct Chunk { const Fill* f; size_t begin, count; };
+    std::vector<Chunk> chunks;
+    for (const Fill& f : fills_)
+      for (size_t b = 0; b < f.n; b += kChunk) chunks.push_back({&f, b, std::min(kChunk, f.n - b)});
+    const float matrix_mul = DummyScale::kMatrixStd * 2.449489743f;  // sum of two U(-½, ½): std 1/√6
+    parallel_items(chunks.size(), [&](size_t ci) {
+      const Chunk& c = chunks[ci];
+      for (size_t i = c.begin; i < c.begin + c.count; i += 2) {
+        float a, b;
+        detail::two_uniforms(detail::splitmix64(c.f->key + i / 2), a, b);
+        const float v0 = c.f->norm ? 1.0f + 2.0f * a * DummyScale::kNormJitter : (a + b) * matrix_mul;
+        const float v1 = c.f->norm ? 1.0f + 2.0f * b * DummyScale::kNormJitter : (a - b) * matrix_mul;
+        c.f->data[i] = from_float<T>(v0);
+        if (i + 1 < c.begin + c.count) c.f->data[i + 1] = from_float<T>(v1);
+      }
+    }, opt.threads);
+    return store_;
+  }
+
+ private:
+  struct Fill { T* data; size_t n; bool norm; uint64_t key; };
+  TensorView<T> make(bool norm, std::initializer_list<int64_t> dims) {
+    TensorView<T> v = store_.allocate(dims);
+    const uint64_t key = detail::splitmix64(seed_ ^ detail::splitmix64(fills_.size() + 1));
+    fills_.push_back({v.data, static_cast<size_t>(v.numel()), norm, key});
+    return v;
+  }
+  uint64_t seed_;
+  TensorStore<T> store_;
+  std::vector<Fill> fills_;
+};
 
 }  // namespace pie::model

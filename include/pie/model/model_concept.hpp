@@ -17,17 +17,23 @@
 ///   template <class T> static Weights<T> load(const std::string& dir, const model::ModelConfig&,
 ///                                             const model::LoadOptions&);
 ///       // model::CheckpointReader<T> declares and reads them, checking names and shapes
+///   template <class T> static Weights<T> dummy(const std::string& dir, const model::ModelConfig&,
+///                                              uint64_t seed, const model::LoadOptions&);
+///       // optional: random weights of the checkpoint's shape (--load-format dummy); declaring
+///       // the tensors with a model::DummyReader<T> (model/dummy.hpp) instead of the reader
 ///   template <class F, class W> static void forward(F& f, const W& w);
 ///       // the step, written once over the backend's forward context F (engine/cpu/cpu_forward.hpp,
 ///       // engine/cuda/cuda_forward.cuh): f.act(cols), f.embed, f.linear, f.norm_linear,
 ///       // f.add_rms_norm, f.rms_norm, f.add, f.qk_norm_rope, f.rope, f.attention(layer, qkv, out),
-///       // f.silu_and_mul, f.all_reduce (tensor parallelism's hook), f.logits
+///       // f.silu_and_mul, f.moe (a sparse MoE block, CPU only for now), f.all_reduce (tensor
+///       // parallelism's hook), f.logits
 ///
 /// The engine then gives the model paged KV, continuous batching, chunked prefill, prefix
 /// caching, preemption, device sampling and CUDA graphs. The Qwen3 family (model/qwen3.hpp) is
 /// a model too; it alone also declares tensor-parallel sharding and dummy weights today.
 /// examples/custom_model/olmo2.hpp is a complete user model (docs/architecture.md, "Write your
 /// own model").
+#include <cstdint>
 #include <string>
 #include <type_traits>
 
@@ -59,16 +65,31 @@ struct UserModel {
   GenerationConfig generation;
 };
 
-/// Reads model M from `dir` (config, generation defaults, weights in T); throws naming what is
-/// missing. User models have no embedded default and no dummy weights.
+/// Whether model M declares dummy weights (M::dummy<T>).
 template <class M, class T>
-UserModel<M, T> load_user_model(const std::string& dir, LoadFormat format, const LoadOptions& opt) {
+inline constexpr bool has_dummy_weights = requires(const std::string& d, const ModelConfig& c, const LoadOptions& o) {
+  M::template dummy<T>(d, c, uint64_t{0}, o);
+};
+
+/// Reads model M from `dir` (config, generation defaults, weights in T), or makes its dummy
+/// weights of `seed` when `format` is Dummy and M declares them; throws naming what is missing.
+/// User models have no embedded default.
+template <class M, class T>
+UserModel<M, T> load_user_model(const std::string& dir, LoadFormat format, const LoadOptions& opt, uint64_t seed = 0) {
   PIE_CHECK(!dir.empty(), "model ", M::kName, " has no embedded default: give its checkpoint directory");
-  PIE_CHECK(format != LoadFormat::Dummy, "model ", M::kName, " declares no dummy weights (--load-format dummy)");
+  constexpr bool kHasDummy = has_dummy_weights<M, T>;
+  PIE_CHECK(format != LoadFormat::Dummy || kHasDummy, "model ", M::kName,
+            " declares no dummy weights (--load-format dummy)");
   UserModel<M, T> m;
   m.config = config_of<M>(dir);
   M::check_config(m.config);
   m.generation = load_generation_config(dir, m.config);
+  if constexpr (has_dummy_weights<M, T>) {
+    if (format == LoadFormat::Dummy) {
+      m.weights = M::template dummy<T>(dir, m.config, seed, opt);
+      return m;
+    }
+  }
   m.weights = M::template load<T>(dir, m.config, opt);
   return m;
 }

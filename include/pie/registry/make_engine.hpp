@@ -10,6 +10,7 @@
 /// is included (one CUDA translation unit of the program is enough: it registers the CUDA
 /// factory at static initialisation, and host translation units reach it through that).
 #include <cstddef>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
@@ -22,6 +23,7 @@
 #include "pie/model/config_io.hpp"
 #include "pie/model/embedded.hpp"
 #include "pie/model/qwen3.hpp"
+#include "pie/model/qwen3_moe.hpp"
 #include "pie/parallel/cpu_group.hpp"
 
 namespace pie {
@@ -32,8 +34,16 @@ namespace registry {
 template <class... Ts>
 struct List {};
 
-/// The models make_engine() can run, chosen by config.json's architecture.
+/// The models make_engine() can run on every backend, chosen by config.json's architecture
+/// (the CUDA list: registry/cuda/cuda_engines.cuh).
 using Models = List<Qwen3, Qwen2, Llama>;
+/// The models of the CPU backend: Models, and Qwen3-MoE, whose CUDA op is not written yet.
+using CpuModels = List<Qwen3, Qwen2, Llama, Qwen3Moe>;
+
+template <class... Ms>
+bool has_model(List<Ms...>, const std::string& name) {
+  return ((name == Ms::kName) || ...);
+}
 /// The compiled CPU policies (exact fp32 at the block sizes vLLM offers; bf16 storage).
 using CpuPolicies = List<EnginePolicy<8, float, float, attention::Causal, backend::Cpu>, CpuF32,
                          EnginePolicy<32, float, float, attention::Causal, backend::Cpu>, CpuBf16>;
@@ -103,7 +113,8 @@ inline CudaFactory& cuda_factory() {
 }  // namespace registry
 
 /// Every engine configuration this program can build, one line each ("device/dtype/kv …/block N",
-/// for each of the models qwen3, qwen2, llama, at any tensor-parallel size).
+/// for each of the models qwen3, qwen2, llama (and qwen3_moe on the CPU), at any tensor-parallel
+/// size the model supports).
 inline std::vector<std::string> compiled_engines() {
   std::vector<std::string> out;
   registry::list_policies(registry::CpuPolicies{}, "cpu", out);
@@ -111,17 +122,22 @@ inline std::vector<std::string> compiled_engines() {
   return out;
 }
 
-/// The model make_engine() would run for `opt` ("qwen3", "qwen2", "llama"): config.json's
-/// architecture, or the embedded default's.
+/// The model make_engine() would run for `opt` ("qwen3", "qwen2", "llama", "qwen3_moe"):
+/// config.json's architecture, or the embedded default's. Throws naming the file for another
+/// architecture.
 inline std::string engine_model_name(const EngineOptions& opt) {
-  const model::ModelConfig cfg = opt.model_dir.empty() ? model::embedded_config() : model::load_model_config(opt.model_dir);
+  const model::ModelConfig cfg =
+      opt.model_dir.empty() ? model::embedded_config() : model::load_model_config(opt.model_dir, true);
   switch (cfg.architecture) {
     case model::Architecture::Qwen3: return std::string(Qwen3::kName);
     case model::Architecture::Qwen2: return std::string(Qwen2::kName);
     case model::Architecture::Llama: return std::string(Llama::kName);
     case model::Architecture::Custom: break;
   }
-  return "?";
+  if (cfg.architecture_name == Qwen3Moe::kArchitectureName) return std::string(Qwen3Moe::kName);
+  PIE_FAIL((std::filesystem::path(opt.model_dir) / "config.json").string(), ": unsupported architecture ",
+           cfg.architecture_name,
+           " (supported: Qwen3ForCausalLM, Qwen2ForCausalLM, LlamaForCausalLM, Qwen3MoeForCausalLM)");
 }
 
 /// The choice make_engine() resolves from `opt` (the defaults of auto dtypes per device).
@@ -139,8 +155,10 @@ inline registry::Choice resolve_engine(const EngineOptions& opt) {
   return c;
 }
 
-/// Whether make_engine() can build `c` in this program (any tensor-parallel size is).
+/// Whether make_engine() can build `c` in this program (any tensor-parallel size is; a model
+/// that refuses tensor parallelism says so when the engine is built).
 inline bool is_compiled(const registry::Choice& c) {
+  if (c.device == "cuda" && !registry::has_model(registry::Models{}, c.model)) return false;
   const std::string want = c.device + "/" + c.dtype + "/kv " + c.kv_dtype + "/block " + std::to_string(c.block_size);
   for (const auto& line : compiled_engines())
     if (line == want) return true;
@@ -149,10 +167,12 @@ inline bool is_compiled(const registry::Choice& c) {
 
 /// The error for a combination that is not compiled: it lists those that are.
 [[noreturn]] inline void fail_not_compiled(const registry::Choice& c) {
+  PIE_CHECK(c.device != "cuda" || registry::has_model(registry::Models{}, c.model), "model ", c.model,
+            " runs on the CPU backend only for now (--device cpu): its CUDA op (the MoE block) is not written yet");
   std::string have;
   for (const auto& s : compiled_engines()) have += "\n  " + s;
   if (!registry::cuda_factory()) have += "\n  (no CUDA engines: this program was built without the CUDA backend)";
-  PIE_FAIL("no compiled engine for ", c.str(), "; compiled (models qwen3, qwen2, llama; any tensor-parallel size):",
+  PIE_FAIL("no compiled engine for ", c.str(), "; compiled (models qwen3, qwen2, llama, and qwen3_moe on the CPU; any tensor-parallel size):",
            have);
 }
 
@@ -163,7 +183,7 @@ inline std::unique_ptr<AnyEngine> make_engine(const EngineOptions& opt) {
   const registry::Choice c = resolve_engine(opt);
   std::unique_ptr<AnyEngine> e;
   if (c.device == "cpu") {
-    registry::visit(registry::Models{}, registry::CpuPolicies{}, c, [&]<class M, class P>() {
+    registry::visit(registry::CpuModels{}, registry::CpuPolicies{}, c, [&]<class M, class P>() {
       e = std::make_unique<AnyEngineOf<Engine<M, P>>>(std::in_place, opt,
                                                       c.tp > 1 ? parallel::cpu_group(c.tp) : engine::RankGroup{});
     });

@@ -173,6 +173,22 @@ class CpuForward {
     for (int64_t t = 0; t < n; ++t)
       ops::cpu::silu_and_mul(gate_up.row(t), 1, static_cast<int>(I), out.row(t));
   }
+  /// The sparse MoE block (Qwen3-MoE): router logits x·routerᵀ → softmax (fp32) → top_k experts
+  /// (renormalised to sum 1 when `norm_topk_prob`) → out = Σ weight·down_e(silu(gate_e·x)·up_e·x)
+  /// per token, added in ascending expert id (ops/cpu/moe.hpp; a token's result depends on its
+  /// row only). router [E, H], gate_up [E, 2·I, H] (gate rows first), down [E, H, I]; out must
+  /// not alias x. Under TP (experts sharded by I) out is this rank's partial sum: all_reduce it.
+  void moe(const Act& x, const Weight& router, const Weight& gate_up, const Weight& down, int top_k,
+           bool norm_topk_prob, Act out) {
+    const int64_t E = router.shape[0], H = x.shape[1], I = down.rank == 3 ? down.shape[2] : 0;
+    PIE_CHECK(router.rank == 2 && router.shape[1] == H && gate_up.rank == 3 && down.rank == 3 &&
+                  gate_up.shape[0] == E && gate_up.shape[1] == 2 * I && gate_up.shape[2] == H && down.shape[0] == E &&
+                  down.shape[1] == H && out.shape[1] == H,
+              "moe: router [E, H], gate_up [E, 2I, H], down [E, H, I] and out [n, H] do not agree (H = ", H, ")");
+    PIE_CHECK(out.data != x.data, "moe: out must not alias x");
+    ops::cpu::moe(x.data, x.stride[0], num_tokens(), static_cast<int>(H), router.data, gate_up.data, down.data,
+                  static_cast<int>(E), static_cast<int>(I), top_k, norm_topk_prob, out.data, out.stride[0]);
+  }
   /// Completes a row-parallel projection (sum of the ranks' partial outputs).
   void all_reduce(Act x) {
     if (!comm_) return;

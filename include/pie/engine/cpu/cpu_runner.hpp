@@ -164,7 +164,7 @@ class CpuRunner {
     model::LoadOptions lo;
     lo.threads = threads;
     lo.progress = false;
-    auto m = model::load_user_model<Model, T>(opt.model_dir, model::parse_load_format(opt.load_format), lo);
+    auto m = model::load_user_model<Model, T>(opt.model_dir, model::parse_load_format(opt.load_format), lo, opt.seed);
     global_ = m.config;
     gen_ = m.generation;
     w_ = std::make_shared<const Weights>(std::move(m.weights));

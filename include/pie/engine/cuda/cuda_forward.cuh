@@ -263,6 +263,8 @@ class CudaForward {
   void silu_and_mul(const Act& gate_up, Act out) {
     op("silu_mul", [&] { ops::cuda::silu_and_mul(gate_up, out, s_); });
   }
+  // TODO(issue 20): moe(x, router, gate_up_experts, down_experts, top_k, norm_topk_prob, out), the CPU op of
+  // engine/cpu/cpu_forward.hpp (fused routing + grouped expert GEMMs); until then Qwen3Moe is CPU-only.
   void all_reduce(Act x) {
     if (!p_.comm) return;
     PIE_CHECK(x.stride[0] == x.shape[1], "all_reduce: the activation must be contiguous");

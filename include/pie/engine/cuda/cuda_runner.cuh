@@ -225,7 +225,8 @@ class CudaRunner {
     }
     model::LoadOptions lo;
     lo.progress = false;
-    auto m = model::load_user_model<Model, T>(opt_.model_dir, model::parse_load_format(opt_.load_format), lo);
+    auto m = model::load_user_model<Model, T>(opt_.model_dir, model::parse_load_format(opt_.load_format), lo,
+                                                 opt_.seed);
     global_ = m.config;
     gen_ = m.generation;
     w_ = Weights::upload(m.weights);

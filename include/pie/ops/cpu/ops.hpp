@@ -19,6 +19,7 @@
 #include "pie/ops/cpu/embedding.hpp"
 #include "pie/ops/cpu/kv_write.hpp"
 #include "pie/ops/cpu/linear.hpp"
+#include "pie/ops/cpu/moe.hpp"
 #include "pie/ops/cpu/parallel.hpp"
 #include "pie/ops/cpu/rms_norm.hpp"
 #include "pie/ops/cpu/rope.hpp"
