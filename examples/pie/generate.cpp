@@ -33,7 +33,7 @@ CLI::App* add_generate_command(CLI::App& app, GenerateOptions& o) {
   s->add_flag("--ignore-eos,--ignore_eos", o.ignore_eos, "Keep generating past EOS");
   s->add_option("--load-format,--load_format", o.load_format, "auto | safetensors | dummy")->capture_default_str();
   s->add_option("--dtype", o.dtype, "float32 | bfloat16")->capture_default_str();
-  s->add_option("--tensor-parallel-size,--tensor_parallel_size,-tp", o.tensor_parallel_size,
+  s->add_option("--tensor-parallel-size,--tensor_parallel_size", o.tensor_parallel_size,
                 "Ranks of a tensor-parallel group (CPU threads meeting in all-reduces)")
       ->capture_default_str();
   s->add_option("--max-model-len,--max_model_len", o.max_model_len)->capture_default_str();
