@@ -169,7 +169,8 @@ int serve_with(const ServeOptions& o, EngineFactory build, const std::string& de
     const int32_t one[1] = {id};
     return tok->decode(std::span<const int32_t>(one, 1), false);
   };
-  ctx.render_chat = [tmpl](const nlohmann::json& messages, const nlohmann::json& options) -> std::string {
+  ctx.render_chat = [tmpl](const nlohmann::ordered_json& messages,
+                           const nlohmann::ordered_json& options) -> std::string {
     if (!tmpl)
       throw server::ApiError(400,
                              "This model has no chat template (no tokenizer_config.json): pass "
@@ -177,6 +178,8 @@ int serve_with(const ServeOptions& o, EngineFactory build, const std::string& de
                              "messages");
     return tmpl->render(messages, options);
   };
+  ctx.enable_auto_tool_choice = o.enable_auto_tool_choice;
+  ctx.tool_call_parser = o.tool_call_parser;
   if (o.reasoning_parser == "qwen3")
     ctx.make_reasoning = [] {
       // Qwen3 opens <think> in its output (with enable_thinking=false the template closes an

@@ -19,7 +19,7 @@
 #include "pie/tokenizer/stop_strings.hpp"
 
 using namespace pie::server;
-using nlohmann::json;
+using json = pie::server::json;  // ordered_json, as the server parses bodies
 
 namespace {
 
@@ -310,6 +310,22 @@ TEST(ServeFlags, DashAndUnderscoreSpellings) {
   CLI::App app2;
   add_serve_flags(app2, o);
   EXPECT_THROW(app2.parse("--no-such-flag", false), CLI::ParseError);
+}
+
+TEST(ServeFlags, ToolCallingFlags) {
+  CLI::App app;
+  ServeOptions o;
+  add_serve_flags(app, o);
+  app.parse("--enable_auto_tool_choice --tool-call-parser hermes", false);
+  EXPECT_TRUE(o.enable_auto_tool_choice);
+  EXPECT_EQ(o.tool_call_parser, "hermes");
+  CLI::App a2;
+  ServeOptions o2;
+  add_serve_flags(a2, o2);
+  EXPECT_THROW(a2.parse("--enable-auto-tool-choice", false), CLI::RequiresError);  // needs a parser, as in vLLM
+  CLI::App a3;
+  add_serve_flags(a3, o2);
+  EXPECT_THROW(a3.parse("--tool-call-parser mistral", false), CLI::ValidationError);
 }
 
 TEST(Responses, LogprobShapesAndStopReason) {

@@ -71,8 +71,7 @@ def test_chat_invalid_value_is_400_naming_it(server, field, value):
 
 
 UNSUPPORTED = [
-    ("/v1/chat/completions", "tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
-    ("/v1/chat/completions", "tool_choice", "required"),
+    ("/v1/completions", "tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
     ("/v1/chat/completions", "response_format", {"type": "json_object"}),
     ("/v1/completions", "response_format", {"type": "json_schema", "json_schema": {}}),
     ("/v1/completions", "suffix", "tail"), ("/v1/completions", "guided_json", {}),

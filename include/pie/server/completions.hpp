@@ -11,6 +11,8 @@
 #include <chrono>
 #include <cstring>
 #include <functional>
+#include <limits>
+#include <optional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -20,6 +22,7 @@
 #include "pie/server/engine_service.hpp"
 #include "pie/server/protocol.hpp"
 #include "pie/server/responses.hpp"
+#include "pie/server/tool_parser.hpp"
 
 namespace pie::server {
 
@@ -37,6 +40,8 @@ struct GenerationContext {
   std::function<std::string(const std::vector<int32_t>&)> decode;
   std::atomic<int>* active_streams = nullptr;         ///< SSE responses in progress (for shutdown)
   std::function<ReasoningSplitter()> make_reasoning;  ///< empty → no reasoning parser
+  bool enable_auto_tool_choice = false;               ///< --enable-auto-tool-choice
+  std::string tool_call_parser;                       ///< --tool-call-parser ("hermes"), empty → none
   int stream_poll_ms = 50;
 };
 
@@ -54,7 +59,14 @@ struct Choice {
   ReasoningSplitter reasoning;
   std::string reasoning_text, content_text;
   bool role_sent = false;
+  std::optional<HermesToolParser> tools;  ///< set when the request's tool calls are parsed
 };
+
+/// The reported finish_reason: "tool_calls" when a choice that ended normally called a tool.
+inline json chat_finish_reason(sched::FinishReason r, int calls) {
+  if (r == sched::FinishReason::Stop && calls > 0) return "tool_calls";
+  return finish_reason_json(r);
+}
 
 /// \brief A request in flight: its engine streams and choices. Shared by the handler and the
 /// streaming callbacks (which outlive the handler).
@@ -123,10 +135,18 @@ inline json final_body(Flight& f, const GenerationContext& ctx) {
                {"stop_reason", stop_reason_json(c.stop_string, c.stop_token, f.eos_ids)}};
     if (f.req.chat) {
       json msg = {{"role", "assistant"}, {"content", c.text}, {"tool_calls", json::array()}};
+      std::string content = c.text;
       if (c.reasoning) {
         auto [r, t] = c.reasoning(c.text, true);
         msg["reasoning_content"] = r.empty() ? json(nullptr) : json(r);
+        content = t;
         msg["content"] = t;
+      }
+      if (c.tools) {  // the same parser the stream runs, over the whole content
+        ToolParseResult tr = parse_tool_calls(content, std::move(*c.tools));
+        msg["content"] = tr.content.empty() ? json(nullptr) : json(tr.content);
+        msg["tool_calls"] = tool_calls_json(tr.calls);
+        ch["finish_reason"] = chat_finish_reason(c.finish, static_cast<int>(tr.calls.size()));
       }
       ch["message"] = msg;
       ch["logprobs"] = f.req.want_logprobs ? chat_logprobs(c.logprobs, ctx.token_text) : json(nullptr);
@@ -174,23 +194,59 @@ inline std::string stream_chunks(Flight& f, const GenerationContext& ctx, std::v
                {"logprobs", nullptr},
                {"finish_reason", nullptr}});
       }
+      std::string content = u.text;
       if (c.reasoning) {
         auto [r, t] = c.reasoning(u.text, fin);
         if (!r.empty()) delta["reasoning_content"] = r;
-        if (!t.empty()) delta["content"] = t;
-      } else if (!u.text.empty()) {
-        delta["content"] = u.text;
+        content = std::move(t);
       }
-      if (delta.empty() && !fin && u.logprobs.empty()) continue;
-      ch["delta"] = delta;
-      ch["logprobs"] = f.req.want_logprobs ? chat_logprobs(u.logprobs, ctx.token_text) : json(nullptr);
+      std::vector<ToolCallDelta> calls;
+      if (c.tools) {  // the tool parser sees the content only (after </think>)
+        ToolParseDelta td = c.tools->feed(content);
+        if (fin) {
+          ToolParseDelta tail = c.tools->finish();
+          td.content += tail.content;
+          td.calls.insert(td.calls.end(), tail.calls.begin(), tail.calls.end());
+        }
+        content = std::move(td.content);
+        calls = std::move(td.calls);
+      }
+      if (!content.empty()) delta["content"] = content;
+      // Each tool-call delta goes in its own chunk, as vLLM sends them: first index, id, type
+      // and name (arguments ""), then argument fragments. (The openai client merges entries by
+      // index across chunks, but keeps two entries of one index within a chunk apart.)
+      std::vector<json> deltas;
+      if (!delta.empty()) deltas.push_back(std::move(delta));
+      for (auto& cd : calls) {
+        if (cd.first) {
+          ToolCallDelta head = cd;
+          head.arguments.clear();
+          deltas.push_back({{"tool_calls", tool_call_deltas_json({head})}});
+          if (cd.arguments.empty()) continue;
+        }
+        ToolCallDelta frag{cd.index, false, {}, {}, std::move(cd.arguments)};
+        deltas.push_back({{"tool_calls", tool_call_deltas_json({frag})}});
+      }
+      if (deltas.empty() && !fin && u.logprobs.empty()) continue;
+      if (deltas.empty()) deltas.push_back(json::object());
+      json lps = f.req.want_logprobs ? chat_logprobs(u.logprobs, ctx.token_text) : json(nullptr);
+      for (size_t k = 0; k + 1 < deltas.size(); ++k) {  // all but the last; it carries finish_reason
+        chunk({{"index", u.choice},
+               {"delta", std::move(deltas[k])},
+               {"logprobs", std::exchange(lps, json(nullptr))},
+               {"finish_reason", nullptr},
+               {"stop_reason", nullptr}});
+      }
+      ch["delta"] = std::move(deltas.back());
+      ch["logprobs"] = std::move(lps);
     } else {
       ch["text"] = u.text;
       ch["logprobs"] =
           f.req.want_logprobs ? completion_logprobs(u.logprobs, ctx.token_text, c.text_bytes_sent) : json(nullptr);
       c.text_bytes_sent += u.text.size();
     }
-    ch["finish_reason"] = finish_reason_json(u.finish);
+    ch["finish_reason"] = f.req.chat && c.tools ? chat_finish_reason(u.finish, c.tools->calls())
+                                                : finish_reason_json(u.finish);
     ch["stop_reason"] = fin ? stop_reason_json(c.stop_string, c.stop_token, f.eos_ids) : json(nullptr);
     chunk(std::move(ch));
   }
@@ -225,6 +281,7 @@ inline void handle_generation(const GenerationContext& ctx, bool chat, const jso
   else
     f->model = f->req.model;
   f->eos_ids = info.eos_ids;
+  if (chat) check_tool_choice(f->req, ctx.enable_auto_tool_choice, ctx.tool_call_parser);
 
   // Prompts → token ids, each checked against the context and the vocabulary.
   std::vector<std::vector<int32_t>> prompts;
@@ -265,6 +322,9 @@ inline void handle_generation(const GenerationContext& ctx, bool chat, const jso
   f->choices.resize(subs.size() * static_cast<size_t>(f->req.params.n));
   if (ctx.make_reasoning && chat)
     for (auto& c : f->choices) c.reasoning = ctx.make_reasoning();
+  if (chat && f->req.tool_choice != ToolChoice::None)
+    for (auto& c : f->choices)
+      c.tools.emplace(f->req.parallel_tool_calls ? std::numeric_limits<int>::max() : 1);
   auto cancel_all = [svc = ctx.service](detail::Flight& fl) {
     for (auto& s : fl.streams) svc->cancel(s);
   };

@@ -34,8 +34,8 @@ class ApiError : public std::runtime_error {
   const std::string& code() const { return code_; }
 
   /// The response body. `param` and `code` are null when not set, as OpenAI sends them.
-  nlohmann::json to_json() const {
-    nlohmann::json e = {{"message", what()}, {"type", type_}, {"param", nullptr}, {"code", nullptr}};
+  nlohmann::ordered_json to_json() const {
+    nlohmann::ordered_json e = {{"message", what()}, {"type", type_}, {"param", nullptr}, {"code", nullptr}};
     if (!param_.empty()) e["param"] = param_;
     if (!code_.empty()) e["code"] = code_;
     return {{"error", e}};

@@ -63,7 +63,7 @@ class HttpServer {
   int active_streams() const { return active_streams_.load(); }
 
  private:
-  using json = nlohmann::json;
+  using json = nlohmann::ordered_json;
 
   static void send_error(httplib::Response& res, const ApiError& e) {
     res.status = e.status();

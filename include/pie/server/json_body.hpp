@@ -66,14 +66,15 @@ inline ApiError body_too_large(size_t max_bytes) {
 /// Parses a request body: 413 past `max_bytes`, 400 past kMaxJsonDepth, 400 for invalid JSON
 /// (including invalid UTF-8), 400 unless it is an object. The messages never echo the body's
 /// bytes, so they are always valid UTF-8.
-inline nlohmann::json parse_json_body(std::string_view body, size_t max_bytes) {
+/// The result is an ordered_json: objects keep the client's key order (see protocol.hpp).
+inline nlohmann::ordered_json parse_json_body(std::string_view body, size_t max_bytes) {
   if (body.size() > max_bytes) throw body_too_large(max_bytes);
   if (json_depth(body) > kMaxJsonDepth)
     throw ApiError(400, "The request body nests arrays/objects deeper than " + std::to_string(kMaxJsonDepth) + " levels",
                    "", "invalid_request_error", "invalid_value");
-  nlohmann::json j;
+  nlohmann::ordered_json j;
   try {
-    j = nlohmann::json::parse(body);
+    j = nlohmann::ordered_json::parse(body);
   } catch (const nlohmann::json::parse_error& e) {
     // e.what() quotes the bytes around the error, which may be invalid UTF-8: report the offset.
     throw ApiError(400, "The request body is not valid JSON (or not valid UTF-8) near byte " + std::to_string(e.byte),

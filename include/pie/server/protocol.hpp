@@ -4,6 +4,8 @@
 /// Every rejection is an ApiError(400) naming the parameter. Fields pie does not implement and
 /// that would change the result are rejected by name rather than silently ignored; fields that
 /// change nothing (user, metadata, ...) are accepted. Responses are built in responses.hpp.
+/// Bodies are `nlohmann::ordered_json`: objects keep the client's key order, which reaches the
+/// chat template (`tools | tojson`, tool-call arguments) and so the prompt, as in transformers.
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -20,7 +22,7 @@
 
 namespace pie::server {
 
-using json = nlohmann::json;
+using json = nlohmann::ordered_json;
 
 /// \brief Sampling defaults applied when a request leaves a field out: from the model's
 /// generation_config.json (`--generation-config auto`) or vLLM's neutral ones (`vllm`).
@@ -38,6 +40,9 @@ struct PromptInput {
   std::vector<int32_t> token_ids;
   bool is_tokens = false;
 };
+
+/// \brief OpenAI's `tool_choice`.
+enum class ToolChoice { None, Auto, Required, Named };
 
 /// \brief A parsed, validated generation request (either endpoint).
 struct GenerationRequest {
@@ -57,6 +62,11 @@ struct GenerationRequest {
   bool continuous_usage = false;  ///< stream_options.continuous_usage_stats (vLLM)
   bool want_logprobs = false;
   std::string user;
+  // chat: tool calling
+  json tools;                                ///< the request's `tools` (null when none or empty)
+  ToolChoice tool_choice = ToolChoice::None;  ///< `auto` when tools are given without tool_choice
+  std::string tool_choice_name;              ///< ToolChoice::Named: the function
+  bool parallel_tool_calls = true;
 };
 
 /// Stop token ids per request (checked by the engine thread after every token).
@@ -137,10 +147,12 @@ inline std::string leading_field(const std::string& msg) {
 /// Fields that would change the output and that pie does not implement: a 400 naming them.
 inline void reject_unsupported(const json& body, bool chat) {
   auto present = [&](const char* k) { return field(body, k) != nullptr; };
-  if (const json* t = field(body, "tools"); t && !(t->is_array() && t->empty()))
-    throw unsupported_param("tools", "tool calling is not implemented");
-  if (const json* tc = field(body, "tool_choice"); tc && !(tc->is_string() && tc->get<std::string>() == "none"))
-    throw unsupported_param("tool_choice", "tool calling is not implemented");
+  if (!chat) {  // tool calling is a chat feature
+    if (const json* t = field(body, "tools"); t && !(t->is_array() && t->empty()))
+      throw unsupported_param("tools", "tools are only supported on /v1/chat/completions");
+    if (const json* tc = field(body, "tool_choice"); tc && !(tc->is_string() && tc->get<std::string>() == "none"))
+      throw unsupported_param("tool_choice", "tool_choice is only supported on /v1/chat/completions");
+  }
   for (const char* k : {"functions", "function_call", "guided_json", "guided_regex", "guided_choice", "guided_grammar",
                         "guided_decoding_backend", "structured_outputs", "prompt_logprobs", "logits_processors",
                         "prediction", "audio", "truncate_prompt_tokens", "allowed_token_ids", "bad_words"})
@@ -246,6 +258,150 @@ inline void parse_sampling(const json& body, const SamplingDefaults& d, Generati
   if (auto* v = field(body, "model")) r.model = get_string(*v, "model");
 }
 
+/// OpenAI's wording for a value of the wrong JSON type.
+inline ApiError invalid_type(const std::string& param, const char* expected, const json& got) {
+  const std::string t = type_name(got);
+  return ApiError(400,
+                  "Invalid type for '" + param + "': expected " + expected + ", but got " +
+                      (t == "integer" || t == "object" || t == "array" ? "an " : "a ") + t + " instead.",
+                  param, "invalid_request_error", "invalid_type");
+}
+inline ApiError missing_param(const std::string& param) {
+  return ApiError(400, "Missing required parameter: '" + param + "'.", param, "invalid_request_error",
+                  "missing_required_parameter");
+}
+
+/// `tools`, `tool_choice`, `parallel_tool_calls` (OpenAI's rules and messages; vLLM's defaults:
+/// `type` may be left out, tool_choice defaults to auto when tools are given, `required` with
+/// an empty tools list means none). Whether the server may honour the choice is checked at
+/// submission (check_tool_choice), so /tokenize renders tools whatever the flags.
+inline void parse_tools(const json& body, GenerationRequest& r) {
+  const json* tools = field(body, "tools");
+  if (tools) {
+    if (!tools->is_array()) throw invalid_type("tools", "an array", *tools);
+    for (size_t i = 0; i < tools->size(); ++i) {
+      const json& t = (*tools)[i];
+      const std::string at = "tools[" + std::to_string(i) + "]";
+      if (!t.is_object()) throw invalid_type(at, "an object", t);
+      if (const json* ty = field(t, "type")) {
+        if (!ty->is_string()) throw invalid_type(at + ".type", "a string", *ty);
+        if (ty->get<std::string>() != "function")
+          throw ApiError(400,
+                         "Invalid value: '" + ty->get<std::string>() + "'. Supported values are: 'function'.",
+                         at + ".type", "invalid_request_error", "invalid_value");
+      }
+      const json* fn = field(t, "function");
+      if (!fn) throw missing_param(at + ".function");
+      if (!fn->is_object()) throw invalid_type(at + ".function", "an object", *fn);
+      const json* name = field(*fn, "name");
+      if (!name) throw missing_param(at + ".function.name");
+      if (!name->is_string()) throw invalid_type(at + ".function.name", "a string", *name);
+      if (name->get<std::string>().empty())
+        throw ApiError(400, "Invalid '" + at + ".function.name': empty string. Expected a string with minimum length 1.",
+                       at + ".function.name", "invalid_request_error", "empty_string");
+      if (const json* v = field(*fn, "description"); v && !v->is_string())
+        throw invalid_type(at + ".function.description", "a string", *v);
+      if (const json* v = field(*fn, "parameters"); v && !v->is_object())
+        throw invalid_type(at + ".function.parameters", "an object", *v);
+      if (const json* v = field(*fn, "strict"); v && !v->is_boolean())
+        throw invalid_type(at + ".function.strict", "a boolean", *v);
+    }
+    if (!tools->empty()) r.tools = *tools;
+  }
+  if (const json* v = field(body, "parallel_tool_calls")) {
+    if (!v->is_boolean()) throw invalid_type("parallel_tool_calls", "a boolean", *v);
+    r.parallel_tool_calls = v->get<bool>();
+  }
+  const json* tc = field(body, "tool_choice");
+  r.tool_choice = r.tools.is_null() ? ToolChoice::None : ToolChoice::Auto;
+  if (!tc) return;
+  auto needs_tools = [&] {
+    if (!tools)
+      throw ApiError(400, "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.",
+                     "tool_choice", "invalid_request_error", "invalid_value");
+  };
+  if (tc->is_string()) {
+    const std::string s = tc->get<std::string>();
+    if (s == "none") {
+      r.tool_choice = ToolChoice::None;
+    } else if (s == "auto" || s == "required") {
+      needs_tools();
+      // OpenAI: `required` with no tools behaves as none.
+      r.tool_choice = r.tools.is_null() ? ToolChoice::None : s == "auto" ? ToolChoice::Auto : ToolChoice::Required;
+    } else {
+      throw ApiError(400, "Invalid value: '" + s + "'. Supported values are: 'none', 'auto', and 'required'.",
+                     "tool_choice", "invalid_request_error", "invalid_value");
+    }
+    return;
+  }
+  if (!tc->is_object()) throw invalid_type("tool_choice", "a string or an object", *tc);
+  const char* usage = " Correct usage: {\"type\": \"function\", \"function\": {\"name\": \"my_function\"}}";
+  const json* ty = field(*tc, "type");
+  if (!ty) throw missing_param("tool_choice.type");
+  if (!ty->is_string() || ty->get<std::string>() != "function")
+    throw ApiError(400, std::string("Invalid value for 'tool_choice.type': expected 'function'.") + usage,
+                   "tool_choice.type", "invalid_request_error", "invalid_value");
+  const json* fn = field(*tc, "function");
+  if (!fn) throw missing_param("tool_choice.function");
+  if (!fn->is_object()) throw invalid_type("tool_choice.function", "an object", *fn);
+  const json* name = field(*fn, "name");
+  if (!name) throw missing_param("tool_choice.function.name");
+  if (!name->is_string()) throw invalid_type("tool_choice.function.name", "a string", *name);
+  needs_tools();
+  const std::string n = name->get<std::string>();
+  bool found = false;
+  for (const auto& t : r.tools.is_null() ? json::array() : r.tools) found = found || t["function"]["name"] == n;
+  if (!found)
+    throw ApiError(400, "Invalid value for 'tool_choice': function '" + n + "' is not among the request's 'tools'.",
+                   "tool_choice", "invalid_request_error", "invalid_value");
+  r.tool_choice = ToolChoice::Named;
+  r.tool_choice_name = n;
+}
+
+/// An assistant message's `tool_calls` and a tool message's `tool_call_id`, checked; the
+/// returned copy of an assistant message has each `function.arguments` JSON string parsed to
+/// its value, as vLLM hands them to the template (an empty string becomes {}).
+inline json check_tool_message(const json& m, const std::string& role, const std::string& at) {
+  json out = m;
+  if (role == "tool") {
+    const json* id = field(m, "tool_call_id");
+    if (!id) throw missing_param(at + ".tool_call_id");
+    if (!id->is_string()) throw invalid_type(at + ".tool_call_id", "a string", *id);
+    return out;
+  }
+  const json* calls = field(m, "tool_calls");
+  if (!calls) return out;
+  if (role != "assistant") throw invalid_param("messages", at + ".tool_calls is only allowed on assistant messages");
+  if (!calls->is_array()) throw invalid_type(at + ".tool_calls", "an array", *calls);
+  for (size_t j = 0; j < calls->size(); ++j) {
+    const json& c = (*calls)[j];
+    const std::string cat = at + ".tool_calls[" + std::to_string(j) + "]";
+    if (!c.is_object()) throw invalid_type(cat, "an object", c);
+    if (const json* v = field(c, "id"); v && !v->is_string()) throw invalid_type(cat + ".id", "a string", *v);
+    if (const json* v = field(c, "type"); v && !(v->is_string() && v->get<std::string>() == "function"))
+      throw ApiError(400, "Invalid value for '" + cat + ".type': expected 'function'.", cat + ".type",
+                     "invalid_request_error", "invalid_value");
+    const json* fn = field(c, "function");
+    if (!fn) throw missing_param(cat + ".function");
+    if (!fn->is_object()) throw invalid_type(cat + ".function", "an object", *fn);
+    const json* name = field(*fn, "name");
+    if (!name) throw missing_param(cat + ".function.name");
+    if (!name->is_string()) throw invalid_type(cat + ".function.name", "a string", *name);
+    const json* args = field(*fn, "arguments");
+    json& oargs = out["tool_calls"][j]["function"]["arguments"];
+    if (!args || (args->is_string() && args->get<std::string>().empty())) {
+      oargs = json::object();
+    } else if (args->is_string()) {
+      oargs = json::parse(args->get<std::string>(), nullptr, false);
+      if (oargs.is_discarded())
+        throw invalid_param(cat + ".function.arguments", cat + ".function.arguments is not valid JSON");
+    } else if (!args->is_object()) {
+      throw invalid_type(cat + ".function.arguments", "a string", *args);
+    }
+  }
+  return out;
+}
+
 }  // namespace detail
 
 /// Runs SamplingParams::validate and turns its pie::Error into a 400 naming the field.
@@ -346,8 +502,10 @@ inline GenerationRequest parse_chat_request(const json& body, const SamplingDefa
   }
   // Text parts are flattened to a string: chat templates expect content to be a string.
   r.messages = json::array();
-  for (const auto& m : *msgs) {
-    json mm = m;
+  for (size_t i = 0; i < msgs->size(); ++i) {
+    const json& m = (*msgs)[i];
+    json mm = detail::check_tool_message(m, m["role"].get<std::string>(), "messages[" + std::to_string(i) + "]");
+    if (!mm.contains("content") || mm["content"].is_null()) mm["content"] = "";  // vLLM: no content is ""
     if (m.contains("content") && m["content"].is_array()) {
       std::string s;
       for (const auto& part : m["content"]) s += part["text"].get<std::string>();
@@ -360,6 +518,9 @@ inline GenerationRequest parse_chat_request(const json& body, const SamplingDefa
     if (!v->is_object()) throw invalid_param("chat_template_kwargs", "'chat_template_kwargs' must be an object");
     r.template_options = *v;
   }
+  detail::parse_tools(body, r);
+  // vLLM passes the tools to the template (even with tool_choice none); chat_template_kwargs win.
+  if (!r.tools.is_null() && !r.template_options.contains("tools")) r.template_options["tools"] = r.tools;
   bool add_gen = true;
   if (auto* v = detail::field(body, "add_generation_prompt")) add_gen = detail::get_bool(*v, "add_generation_prompt");
   r.template_options["add_generation_prompt"] = add_gen;
@@ -380,6 +541,23 @@ inline GenerationRequest parse_chat_request(const json& body, const SamplingDefa
   if (auto* v = detail::field(body, "echo")) r.echo = detail::get_bool(*v, "echo");
   if (r.echo) throw unsupported_param("echo", "echo is not implemented for chat completions");
   return r;
+}
+
+/// Whether this server can honour the request's tool_choice: `auto` needs
+/// --enable-auto-tool-choice and --tool-call-parser (vLLM's rule and message); so do
+/// `required` and a named function, which pie parses from the output like auto (no grammar
+/// enforces them yet).
+inline void check_tool_choice(const GenerationRequest& r, bool enable_auto_tool_choice, const std::string& parser) {
+  if (r.tool_choice == ToolChoice::None) return;
+  if (r.tool_choice == ToolChoice::Auto && !(enable_auto_tool_choice && !parser.empty()))
+    throw ApiError(400, "\"auto\" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set",
+                   "tool_choice", "invalid_request_error", "invalid_value");
+  if (r.tool_choice != ToolChoice::Auto && !(enable_auto_tool_choice && !parser.empty()))
+    throw ApiError(400,
+                   std::string(r.tool_choice == ToolChoice::Required ? "\"required\"" : "A named function") +
+                       " tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set: pie "
+                       "parses tool calls from the model's output (no grammar enforces them yet)",
+                   "tool_choice", "invalid_request_error", "invalid_value");
 }
 
 /// Fills params.max_tokens for a prompt of `prompt_len` tokens, or throws vLLM's 400 when the

@@ -16,7 +16,7 @@
 
 namespace pie::server {
 
-using json = nlohmann::json;
+using json = nlohmann::ordered_json;
 /// Text of one token for logprobs (a single-token decode).
 using TokenText = std::function<std::string(int32_t)>;
 

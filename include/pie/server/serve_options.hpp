@@ -37,6 +37,8 @@ struct ServeOptions {
   std::string tokenizer;  ///< dir or tokenizer.json; "embedded"; empty → the model's
   std::string chat_template;
   std::string reasoning_parser;
+  bool enable_auto_tool_choice = false;  ///< tool_choice auto (and required/named) allowed
+  std::string tool_call_parser;          ///< "hermes": tool calls parsed from the output
   std::string device = "auto";        ///< auto → cuda when built with it and a model is given
   int64_t kv_cache_memory_bytes = 0;  ///< 0 → from --gpu-memory-utilization (GPU), 256 MiB (CPU)
   int64_t max_request_body_bytes = 16ll << 20;
@@ -154,6 +156,13 @@ inline void add_serve_flags(CLI::App& app, ServeOptions& o) {
       ->check(CLI::ExistingFile);
   app.add_option(both_spellings("reasoning-parser"), o.reasoning_parser, "Return <think>…</think> as reasoning_content")
       ->check(CLI::IsMember({"qwen3"}));
+  auto* parser = app.add_option(both_spellings("tool-call-parser"), o.tool_call_parser,
+                                "Parse tool calls out of the output: hermes (<tool_call>{...}</tool_call>, "
+                                "Qwen2.5/Qwen3)")
+                     ->check(CLI::IsMember({"hermes"}));
+  app.add_flag(both_spellings("enable-auto-tool-choice"), o.enable_auto_tool_choice,
+               "Let the model decide when to call tools (tool_choice auto); needs --tool-call-parser")
+      ->needs(parser);
   app.add_option(both_spellings("device"), o.device, "Where the model runs")
       ->check(CLI::IsMember({"auto", "cuda", "cpu"}))
       ->capture_default_str();
