@@ -16,6 +16,7 @@
 #include "pie/server/tool_parser.hpp"
 #include "pie/tokenizer/chat_template.hpp"
 #include "pie/tokenizer/reasoning.hpp"
+#include "scripted_service.hpp"
 
 using namespace pie::server;
 using ojson = nlohmann::ordered_json;
@@ -298,45 +299,7 @@ TEST(ToolChatRender, KeySortedJsonWouldNotMatch) {
 
 namespace {
 
-/// Answers every request with `script`, one text delta per piece, then EOS.
-class ScriptedService final : public GenerationService {
- public:
-  explicit ScriptedService(std::vector<std::string> script) : script_(std::move(script)) {}
-  std::shared_ptr<RequestStream> submit(SubmitRequest req) override {
-    prompts.push_back(req.prompt);
-    auto s = std::make_shared<RequestStream>();
-    for (size_t i = 0; i < script_.size(); ++i) {
-      StreamEvent ev;
-      ev.prompt_tokens = static_cast<int32_t>(req.prompt.size());
-      SeqDelta d;
-      d.text = script_[i];
-      d.tokens = {1};
-      if (i + 1 == script_.size()) {
-        d.finish = pie::sched::FinishReason::Stop;
-        d.stop_token = 2;
-        ev.finished = true;
-      }
-      ev.seqs.push_back(std::move(d));
-      s->push(std::move(ev));
-    }
-    return s;
-  }
-  void cancel(const std::shared_ptr<RequestStream>&) override {}
-  ServiceState state() const override { return ServiceState::Ready; }
-  std::string load_error() const override { return {}; }
-  ModelInfo model_info() const override {
-    ModelInfo m;
-    m.max_model_len = 1 << 20;
-    m.vocab_size = 1000;
-    m.eos_ids = {2};
-    return m;
-  }
-  EngineGauges gauges() const override { return {}; }
-  std::vector<std::vector<int32_t>> prompts;
-
- private:
-  std::vector<std::string> script_;
-};
+using pie::server::test::ScriptedService;
 
 struct Harness {
   ScriptedService svc;
