@@ -513,11 +513,9 @@ void launch(Params<T, Variant>& p, const T* pool, int num_seqs, int max_q_len, c
   PIE_CHECK(r == CUDA_SUCCESS, "prefill_attention (sm90): cuTensorMapEncodeTiled failed");
   auto kern = prefill_kernel<HD, T, Variant, PINGPONG>;
   constexpr size_t smem = smem_bytes<HD>();
-  static const bool attr_set = [&] {
-    PIE_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    return true;
-  }();
-  (void)attr_set;
+  // Every launch, as the mma.sync kernel does: the attribute is per device (tensor parallel
+  // runs one process over several GPUs).
+  PIE_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   const int64_t rows = int64_t(max_q_len) * p.group;
   dim3 grid(unsigned((rows + kBM - 1) / kBM), unsigned(p.num_kv_heads), unsigned(num_seqs));
   kern<<<grid, kThreads, smem, stream>>>(p);
