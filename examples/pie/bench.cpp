@@ -39,6 +39,10 @@ CLI::App* add_bench_command(CLI::App& app, BenchOptions& o) {
   s->add_option("--num-iters-warmup,--num_iters_warmup", o.num_iters_warmup)->capture_default_str();
   s->add_option("--max-num-seqs,--max_num_seqs", o.max_num_seqs)->capture_default_str();
   s->add_option("--max-num-batched-tokens,--max_num_batched_tokens", o.max_num_batched_tokens)->capture_default_str();
+  s->add_option("--long-prefill-token-threshold,--long_prefill_token_threshold", o.long_prefill_token_threshold,
+                "Prompt tokens one sequence computes per step (0: no cap)")->capture_default_str();
+  s->add_option("--max-prefill-tokens-with-decodes,--max_prefill_tokens_with_decodes", o.max_prefill_tokens_with_decodes,
+                "Decode-first budget: prefill tokens a step adds to running decodes (0: no cap)")->capture_default_str();
   s->add_option("--max-model-len,--max_model_len", o.max_model_len, "0 → input + output")->capture_default_str();
   s->add_option("--block-size,--block_size", o.block_size, "KV block size in tokens: 8 | 16")
       ->check(CLI::IsMember({8, 16}))
@@ -93,6 +97,8 @@ EngineOptions engine_options(const BenchOptions& o, const model::ModelConfig& cf
   eo.sched.max_model_len = static_cast<int>(std::min<int64_t>(o.max_model_len > 0 ? o.max_model_len : need,
                                                               cfg.max_position_embeddings));
   eo.sched.enable_prefix_caching = o.enable_prefix_caching;
+  eo.sched.long_prefill_token_threshold = o.long_prefill_token_threshold;
+  eo.sched.max_prefill_tokens_with_decodes = o.max_prefill_tokens_with_decodes;
   PIE_CHECK(o.preemption_mode == "recompute" || o.preemption_mode == "swap",
             "--preemption-mode must be recompute or swap");
   eo.sched.preemption_mode = o.preemption_mode == "swap" ? sched::PreemptionMode::Swap : sched::PreemptionMode::Recompute;

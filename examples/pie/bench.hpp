@@ -24,6 +24,8 @@ struct BenchOptions {
   int num_iters_warmup = 2;
   int max_num_seqs = 256;
   int max_num_batched_tokens = 8192;
+  int long_prefill_token_threshold = 0;
+  int max_prefill_tokens_with_decodes = 0;
   int max_model_len = 0;              ///< 0 → input + output (+ margin), capped by the model
   int block_size = 16;                ///< KV block size in tokens: 8 or 16 (compile-time policies)
   double gpu_memory_utilization = 0.9;

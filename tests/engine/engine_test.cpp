@@ -97,6 +97,13 @@ TEST_F(Invariance, ChunkedPrefillOfSeven) {
   EXPECT_EQ(res, reference_batch());
 }
 
+TEST_F(Invariance, DecodeFirstBudgetAndLongPrefillThresholdChangeNoToken) {
+  EngineOptions o = small_options();
+  o.sched.max_prefill_tokens_with_decodes = 5;  // prompts trickle in beside running decodes
+  o.sched.long_prefill_token_threshold = 9;     // and no sequence takes more than 9 at once
+  EXPECT_EQ(batch(o), reference_batch());
+}
+
 TEST_F(Invariance, AfterPrefixCacheHit) {
   CpuEngine e(small_options());
   EXPECT_EQ(e.generate({target()}, greedy(kNew))[0].tokens[0], alone());

@@ -141,6 +141,59 @@ TEST(Scheduler, WithoutChunkingAPromptWaitsForAWholeBudget) {
   EXPECT_EQ(p.query_lens, (std::vector<int32_t>{1, 20}));
 }
 
+TEST(Scheduler, LongPrefillTokenThresholdCapsEachSequencesChunk) {
+  auto c = config(8, 64, 256);
+  c.long_prefill_token_threshold = 12;
+  Scheduler s(c, 64, 4, 0);
+  s.add_request(1, prompt_of(30), params(2), {});
+  s.add_request(2, prompt_of(5, 5000), params(2), {});
+  StepPlan p = s.schedule();
+  // Both prompts start in one step: the long one takes 12 tokens, the short one all 5.
+  EXPECT_EQ(p.query_lens, (std::vector<int32_t>{12, 5}));
+  EXPECT_EQ(p.sample_seqs, (std::vector<int32_t>{1}));
+  s.update(p, std::vector<int32_t>{1});
+  p = s.schedule();
+  EXPECT_EQ(p.query_lens, (std::vector<int32_t>{1, 12}));  // the decode, then 12 more
+  s.update(p, std::vector<int32_t>{1});
+  p = s.schedule();
+  EXPECT_EQ(p.query_lens, (std::vector<int32_t>{6}));  // request 2 finished (max_tokens 2)
+  EXPECT_EQ(p.positions[0], 24);
+  EXPECT_EQ(p.sample_seqs, (std::vector<int32_t>{0}));
+}
+
+TEST(Scheduler, DecodeFirstBudgetCapsPrefillOnlyInStepsWithDecodes) {
+  auto c = config(8, 64, 256);
+  c.max_prefill_tokens_with_decodes = 10;
+  Scheduler s(c, 64, 4, 0);
+  s.add_request(1, prompt_of(40), params(8), {});
+  StepPlan p = s.schedule();
+  EXPECT_EQ(p.query_lens, (std::vector<int32_t>{40}));  // nothing decodes: the whole budget
+  s.update(p, std::vector<int32_t>{1});
+  s.add_request(2, prompt_of(25, 5000), params(8), {});
+  s.add_request(3, prompt_of(3, 9000), params(8), {});
+  std::vector<std::vector<int32_t>> lens;
+  for (int i = 0; i < 4; ++i) {
+    p = s.schedule();
+    lens.push_back(p.query_lens);
+    EXPECT_LE(p.num_tokens() - p.num_decode_seqs, 10) << "step " << i;
+    s.update(p, std::vector<int32_t>(p.num_sampled_tokens(), 1));
+  }
+  // 25 prompt tokens at 10 per step, FIFO: request 3 waits until request 2 is in.
+  EXPECT_EQ(lens[0], (std::vector<int32_t>{1, 10}));
+  EXPECT_EQ(lens[1], (std::vector<int32_t>{1, 10}));
+  EXPECT_EQ(lens[2], (std::vector<int32_t>{1, 5, 3}));
+  EXPECT_EQ(lens[3], (std::vector<int32_t>{1, 1, 1}));
+}
+
+TEST(Scheduler, NegativePrefillKnobsAreRejected) {
+  auto c = config();
+  c.long_prefill_token_threshold = -1;
+  EXPECT_THROW(Scheduler(c, 64, 4, 0), Error);
+  c = config();
+  c.max_prefill_tokens_with_decodes = -5;
+  EXPECT_THROW(Scheduler(c, 64, 4, 0), Error);
+}
+
 TEST(Scheduler, RespectsMaxNumSeqs) {
   Scheduler s(config(3, 64, 64), 64, 4, 0);
   for (int i = 0; i < 5; ++i) s.add_request(i, prompt_of(2), params(5), {});

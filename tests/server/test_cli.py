@@ -1,4 +1,5 @@
 """`pie serve` as a command: --help, flag errors (exit 2), graceful exit 0 on SIGINT/SIGTERM."""
+import concurrent.futures
 import http.client
 import json
 import signal
@@ -12,6 +13,7 @@ from conftest import Server, pie_bin
 FLAGS = ["--host", "--port", "--api-key", "--served-model-name", "--max-model-len", "--tensor-parallel-size",
          "--gpu-memory-utilization", "--block-size", "--max-num-seqs", "--max-num-batched-tokens",
          "--enable-prefix-caching", "--no-enable-prefix-caching", "--enable-chunked-prefill", "--kv-cache-dtype",
+         "--long-prefill-token-threshold", "--max-prefill-tokens-with-decodes",
          "--dtype", "--swap-space", "--enforce-eager", "--batch-invariant", "--seed", "--load-format", "--generation-config",
          "--chat-template", "--reasoning-parser", "--device", "--max_model_len", "--api_key"]
 
@@ -128,3 +130,19 @@ def test_cpu_tensor_parallel_2_serves_the_same_greedy_text_as_one_rank():
         finally:
             s.stop()
     assert texts["1"] == texts["2"]
+
+
+def test_prefill_budget_flags_serve_the_same_greedy_text():
+    # --max-prefill-tokens-with-decodes / --long-prefill-token-threshold only reschedule prompt
+    # tokens; concurrent requests (so prompts arrive beside running decodes) keep their text.
+    prompts = ["The paged inference engine " * 6, "x", "1 2 3 4 5 6 7 8 9 " * 4, "hello"]
+    texts = {}
+    for name, args in (("default", []),
+                       ("budget", ["--max-prefill-tokens-with-decodes", "3", "--long-prefill-token-threshold", "5"])):
+        s = Server(["--num-threads", "1", *args])
+        try:
+            with concurrent.futures.ThreadPoolExecutor(len(prompts)) as ex:
+                texts[name] = list(ex.map(lambda p: _greedy_text(s, p), prompts))
+        finally:
+            s.stop()
+    assert texts["default"] == texts["budget"]

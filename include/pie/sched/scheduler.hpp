@@ -118,7 +118,7 @@ class Scheduler {
     prefills_.clear();
     ++step_;
     budget_ = cfg_.max_num_batched_tokens;
-    pages_ = samples_ = 0;
+    pages_ = samples_ = tokens_ = 0;
     bool swapped_out = false;
 
     // 1. decodes
@@ -128,6 +128,10 @@ class Scheduler {
       if (!make_room(s, 1, plan, swapped_out)) break;  // s itself was preempted: it was the newest
       take(s, 1, plan);
     }
+    // Decode-first: with decodes in the step, prefill work is capped so that new arrivals
+    // lengthen the step (every running stream's inter-token latency) by a bounded amount.
+    if (!decodes_.empty() && cfg_.max_prefill_tokens_with_decodes > 0)
+      budget_ = std::min(budget_, cfg_.max_prefill_tokens_with_decodes);
     // 2. chunked prefills already running
     for (size_t i = 0; i < running_.size() && budget_ > 0; ++i) {
       Sequence* s = running_[i];
@@ -280,6 +284,8 @@ class Scheduler {
   /// Tokens of s's next piece that the budget allows (0: none).
   int chunk(const Sequence* s) const {
     int n = s->num_uncomputed();
+    // vLLM v1 applies the threshold before the budget, with or without chunked prefill.
+    if (cfg_.long_prefill_token_threshold > 0) n = std::min(n, cfg_.long_prefill_token_threshold);
     if (n <= budget_) return n;
     return cfg_.enable_chunked_prefill ? budget_ : 0;
   }
@@ -320,6 +326,7 @@ class Scheduler {
     bm_.register_full_blocks(s->table, s->tokens);
     s->last_step = step_;
     budget_ -= n;
+    tokens_ += n;
     pages_ += static_cast<int>(s->table.blocks.size());
     samples_ += start + n == s->num_tokens();
     (n == 1 && start + 1 == s->num_tokens() ? decodes_ : prefills_).push_back({s, start, n});
@@ -328,7 +335,7 @@ class Scheduler {
   /// filled by index (this runs for every sequence of every step).
   void emit(StepPlan& p) {
     const int nseq = static_cast<int>(decodes_.size() + prefills_.size());
-    const int ntok = cfg_.max_num_batched_tokens - budget_;
+    const int ntok = tokens_;
     p.token_ids.resize(ntok); p.positions.resize(ntok); p.slot_mapping.resize(ntok);
     p.seq_ids.resize(nseq); p.query_lens.resize(nseq); p.context_lens.resize(nseq);
     p.cu_query_lens.resize(nseq + 1); p.kv_indptr.resize(nseq + 1); p.kv_last_page_len.resize(nseq);
@@ -431,7 +438,8 @@ class Scheduler {
   std::vector<Sequence*> running_;  // admission order: the back is the newest
   int seats_ = 0;                   // running sequences, counting the n of an unforked request
   int num_unfinished_ = 0;          // requests
-  int budget_ = 0;
+  int budget_ = 0;  // tokens this step may still add
+  int tokens_ = 0;  // tokens this step has taken
   int pages_ = 0;                   // block-table entries of this step's plan
   int samples_ = 0;                 // sampled sequences of this step's plan
   int64_t step_ = 0;

@@ -16,6 +16,15 @@ struct SchedulerConfig {
   int max_num_batched_tokens = 8192;  ///< tokens computed per step (decodes + prefill chunks)
   int max_model_len = 4096;           ///< prompt + output tokens of one sequence
   bool enable_chunked_prefill = true; ///< split long prompts across steps
+  /// vLLM's long_prefill_token_threshold: a sequence computes at most this many prompt tokens
+  /// per step (0: no cap). Keeps one long prompt from taking a whole step.
+  int long_prefill_token_threshold = 0;
+  /// Decode-first budget (pie's own knob, vLLM has none): a step that carries running decodes
+  /// adds at most this many prefill tokens (0: up to max_num_batched_tokens, vLLM's behaviour).
+  /// A prefill token costs about as much compute as a decode token but stalls every running
+  /// stream for the length of the step, so capping it bounds the inter-token latency spikes that
+  /// new arrivals cause; steps without decodes still take the whole max_num_batched_tokens.
+  int max_prefill_tokens_with_decodes = 0;
   bool enable_prefix_caching = true;  ///< reuse full blocks by content hash
   PreemptionMode preemption_mode = PreemptionMode::Recompute;
 
@@ -24,6 +33,10 @@ struct SchedulerConfig {
     PIE_CHECK(max_model_len >= 1, "max_model_len must be at least 1, got ", max_model_len);
     PIE_CHECK(max_num_batched_tokens >= max_num_seqs, "max_num_batched_tokens (", max_num_batched_tokens,
               ") must be at least max_num_seqs (", max_num_seqs, ")");
+    PIE_CHECK(long_prefill_token_threshold >= 0, "long_prefill_token_threshold must not be negative, got ",
+              long_prefill_token_threshold);
+    PIE_CHECK(max_prefill_tokens_with_decodes >= 0, "max_prefill_tokens_with_decodes must not be negative, got ",
+              max_prefill_tokens_with_decodes);
     PIE_CHECK(enable_chunked_prefill || max_num_batched_tokens >= max_model_len,
               "without chunked prefill, max_num_batched_tokens (", max_num_batched_tokens,
               ") must be at least max_model_len (", max_model_len, ")");

@@ -26,6 +26,8 @@ struct ServeOptions {
   int max_num_batched_tokens = 0;  ///< 0 → max(8192, max_model_len) like vLLM
   bool enable_prefix_caching = true;
   bool enable_chunked_prefill = true;
+  int long_prefill_token_threshold = 0;     ///< vLLM's: prompt tokens per sequence per step (0: no cap)
+  int max_prefill_tokens_with_decodes = 0;  ///< decode-first budget (pie's): 0 → no cap
   std::string kv_cache_dtype = "auto";
   std::string dtype = "auto";
   double swap_space = 4.0;  ///< GiB of host memory for swapped-out KV blocks
@@ -124,6 +126,15 @@ inline void add_serve_flags(CLI::App& app, ServeOptions& o) {
                o.enable_prefix_caching, "Reuse KV blocks of identical prompt prefixes (default on)");
   app.add_flag(both_spellings("enable-chunked-prefill") + "," + negated("enable-chunked-prefill"),
                o.enable_chunked_prefill, "Split long prompts across engine steps (default on)");
+  app.add_option(both_spellings("long-prefill-token-threshold"), o.long_prefill_token_threshold,
+                 "Prompt tokens one sequence computes per step (0: no cap)")
+      ->check(CLI::Range(0, 1 << 24))
+      ->capture_default_str();
+  app.add_option(both_spellings("max-prefill-tokens-with-decodes"), o.max_prefill_tokens_with_decodes,
+                 "Decode-first budget: prefill tokens a step adds to running decodes, bounding the inter-token "
+                 "latency that new arrivals cause (0: up to --max-num-batched-tokens, as vLLM)")
+      ->check(CLI::Range(0, 1 << 24))
+      ->capture_default_str();
   app.add_option(both_spellings("kv-cache-dtype"), o.kv_cache_dtype, "KV-cache dtype")
       ->check(CLI::IsMember({"auto", "bfloat16", "float16", "float32", "fp8", "fp8_e4m3"}))
       ->capture_default_str();
