@@ -8,9 +8,12 @@
 
 #include <CLI/CLI.hpp>
 
+#include <atomic>
+#include <chrono>
 #include <thread>
 
 #include "pie/server/auth.hpp"
+#include "pie/server/connection.hpp"
 #include "pie/server/errors.hpp"
 #include "pie/server/metrics.hpp"
 #include "pie/server/request_stream.hpp"
@@ -427,4 +430,23 @@ TEST(RequestStream, PopWaitsAndDrains) {
   ASSERT_EQ(out.size(), 2u);
   EXPECT_TRUE(out[1].finished);
   EXPECT_TRUE(s.finished());
+}
+
+// The connection threads: at most max_threads at once; the rest wait for one to finish its own
+// connection; shutdown() returns once every connection was served.
+TEST(ThreadPerConnection, CapsThreadsAndServesEveryConnection) {
+  pie::server::ThreadPerConnection q(2);
+  std::atomic<int> running{0}, peak{0}, done{0};
+  for (int i = 0; i < 7; ++i)
+    q.enqueue([&] {
+      const int now = ++running;
+      for (int p = peak.load(); now > p && !peak.compare_exchange_weak(p, now);) {}
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      --running;
+      ++done;
+    });
+  q.shutdown();
+  EXPECT_EQ(done.load(), 7);
+  EXPECT_LE(peak.load(), 2);
+  EXPECT_GE(peak.load(), 1);
 }

@@ -19,10 +19,12 @@
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <system_error>
 #include <thread>
 
 namespace pie::server {
@@ -138,32 +140,58 @@ class DeadlineStream final : public httplib::Stream {
 };
 
 /// \brief A thread per connection, joined at shutdown (httplib's ThreadPool makes the 529th
-/// connection wait behind 528 slow ones). The count lives in a shared block so a finishing
-/// thread never touches a queue that shutdown() has let go.
+/// connection wait behind 528 slow ones), up to `max_threads`: past that (or when the system
+/// refuses a thread) a connection waits for the next thread to finish its own. The state lives
+/// in a shared block so a finishing thread never touches a queue that shutdown() has let go.
 class ThreadPerConnection final : public httplib::TaskQueue {
  public:
+  explicit ThreadPerConnection(int max_threads = 10000) { s_->max = max_threads; }
+
   void enqueue(std::function<void()> fn) override {
-    {
-      std::lock_guard lk(s_->mu);
-      ++s_->active;
+    std::unique_lock lk(s_->mu);
+    if (s_->active >= s_->max) {
+      s_->pending.push_back(std::move(fn));
+      return;
     }
-    std::thread([s = s_, fn = std::move(fn)] {
-      fn();
-      std::lock_guard lk(s->mu);
-      if (--s->active == 0) s->cv.notify_all();
-    }).detach();
+    ++s_->active;
+    lk.unlock();
+    try {
+      std::thread(run, s_, std::move(fn)).detach();
+    } catch (const std::system_error&) {  // out of threads: queue it behind the running ones
+      lk.lock();
+      --s_->active;
+      if (s_->active > 0) {
+        s_->pending.push_back(std::move(fn));
+        return;
+      }
+      lk.unlock();
+      fn();  // no thread would ever take it: serve it here
+    }
   }
   void shutdown() override {
     std::unique_lock lk(s_->mu);
-    s_->cv.wait(lk, [&] { return s_->active == 0; });
+    s_->cv.wait(lk, [&] { return s_->active == 0 && s_->pending.empty(); });
   }
 
  private:
   struct State {
     std::mutex mu;
     std::condition_variable cv;
-    int active = 0;
+    int active = 0, max = 0;
+    std::deque<std::function<void()>> pending;
   };
+  static void run(std::shared_ptr<State> s, std::function<void()> fn) {
+    for (;;) {
+      fn();
+      std::lock_guard lk(s->mu);
+      if (s->pending.empty()) {
+        if (--s->active == 0) s->cv.notify_all();
+        return;
+      }
+      fn = std::move(s->pending.front());
+      s->pending.pop_front();
+    }
+  }
   std::shared_ptr<State> s_ = std::make_shared<State>();
 };
 
