@@ -14,7 +14,8 @@ BODY = {"prompt": "fault", "max_tokens": 1000, "ignore_eos": True, "temperature"
 
 
 def test_a_failed_step_errors_every_request_and_the_server_exits():
-    s = Server(["--max-num-seqs", "8", "--disable-log-requests"], env={"PIE_TEST_FAIL_STEP": "40"})
+    # Step 200: long after all six are submitted (1 ms-ish steps), long before 1,000 tokens.
+    s = Server(["--max-num-seqs", "8", "--disable-log-requests"], env={"PIE_TEST_FAIL_STEP": "200"})
     try:
         with cf.ThreadPoolExecutor(6) as ex:
             plain = [ex.submit(post, s.port, BODY) for _ in range(3)]
@@ -24,7 +25,7 @@ def test_a_failed_step_errors_every_request_and_the_server_exits():
                 status, payload = f.result(timeout=60)
                 assert status == 500, payload[:300]
                 e = error_of(status, payload)
-                assert e["type"] == "server_error" and "injected fault at step 40" in e["message"], e
+                assert e["type"] == "server_error" and "injected fault at step 200" in e["message"], e
             health, body = get(s.port, "/health")
             assert health == 503 and "The engine failed" in error_of(health, body)["message"]
             status, payload = post(s.port, dict(BODY, max_tokens=2))
@@ -42,6 +43,6 @@ def test_a_failed_step_errors_every_request_and_the_server_exits():
         s.proc.wait(timeout=30)
         assert s.proc.returncode == 1, "\n".join(s.lines)
         assert time.monotonic() - t0 < 30
-        assert any("injected fault at step 40" in line for line in s.lines), "\n".join(s.lines)
+        assert any("injected fault at step 200" in line for line in s.lines), "\n".join(s.lines)
     finally:
         s.kill()
