@@ -4,9 +4,11 @@
 
 #include <pthread.h>
 #include <signal.h>
+#include <sys/resource.h>
 
 #include <chrono>
 #include <climits>
+#include <cstdlib>
 #include <cstdio>
 #include <filesystem>
 #include <functional>
@@ -160,6 +162,17 @@ int serve_with(const ServeOptions& o, EngineFactory build, const std::string& de
       },
       [tok](bool skip_special, std::span<const int32_t> prompt) { return Detok(*tok, skip_special, prompt); }, metrics);
 
+  // Test-only fault injection (tests/server/test_engine_fault.py): PIE_TEST_FAIL_STEP=N makes
+  // the N-th engine step throw, as a CUDA error or an out-of-memory inside Engine::step() would.
+  // Not a flag: nothing a client sends reaches it.
+  if (const char* n = std::getenv("PIE_TEST_FAIL_STEP"); n && *n) {
+    const uint64_t at = std::strtoull(n, nullptr, 10);
+    std::cout << "pie serve: PIE_TEST_FAIL_STEP=" << at << ": step " << at << " will fail (test only)" << std::endl;
+    service.set_before_step([at](uint64_t step) {
+      if (step == at) throw pie::Error("injected fault at step " + std::to_string(step) + " (PIE_TEST_FAIL_STEP)");
+    });
+  }
+
   // ---- HTTP ----
   server::GenerationContext ctx;
   ctx.served_names = o.served_model_name;
@@ -168,9 +181,11 @@ int serve_with(const ServeOptions& o, EngineFactory build, const std::string& de
   ctx.encode = [tok](const std::string& text, bool add_special) { return tok->encode(text, add_special); };
   ctx.decode = [tok](const std::vector<int32_t>& ids) { return tok->decode(ids, false); };
   ctx.token_text = [tok](int32_t id) {
-    const int32_t one[1] = {id};
-    return tok->decode(std::span<const int32_t>(one, 1), false);
+    std::string b;
+    tok->append_token_bytes(id, /*skip_special_tokens=*/false, b);
+    return b;
   };
+  ctx.vocab_token = [tok](int32_t id) { return tok->id_to_token(id); };
   ctx.render_chat = [tmpl](const nlohmann::ordered_json& messages,
                            const nlohmann::ordered_json& options) -> std::string {
     if (!tmpl)
@@ -204,7 +219,8 @@ int serve_with(const ServeOptions& o, EngineFactory build, const std::string& de
   ho.port = o.port;
   ho.api_key = o.api_key;
   ho.max_body_bytes = static_cast<size_t>(o.max_request_body_bytes);
-  ho.threads = std::max(64, 2 * o.max_num_seqs + 16);  // streams + idle keep-alive connections
+  ho.limits.request_timeout_s = o.request_timeout;
+  ho.limits.keep_alive_timeout_s = o.timeout_keep_alive;
   ho.log_requests = !o.disable_log_requests;
   server::HttpServer http(ho, ctx, metrics);
   const int port = http.bind();
@@ -228,6 +244,15 @@ int serve_with(const ServeOptions& o, EngineFactory build, const std::string& de
       break;
     }
     const auto st = service.state();
+    if (st == server::ServiceState::Failed && service.engine_failed()) {
+      // Every request in flight got its error (500 in OpenAI's shape, in the stream too). Stay
+      // up one second answering 503 (/health, new requests) so a balancer sees the failure on
+      // this port, then exit non-zero for a supervisor to restart us, as vLLM does.
+      std::cerr << "pie serve: " << service.load_error() << "; exiting" << std::endl;
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+      rc = 1;
+      break;
+    }
     if (st == server::ServiceState::Failed) {
       std::cerr << "pie serve: the model failed to load: " << service.load_error() << std::endl;
       rc = 1;
@@ -266,6 +291,12 @@ int run_serve(const ServeOptions& o) {
   sigaddset(&sigs, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   signal(SIGPIPE, SIG_IGN);
+  // A connection is a descriptor (and a thread): raise the soft limit to the hard one, as vLLM
+  // does, so thousands of concurrent clients do not run into the common default of 1,024.
+  if (rlimit rl{}; getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
   try {
     if (!o.model.empty() && !fs::is_directory(o.model))
       throw UsageError("model directory '" + o.model + "' does not exist");

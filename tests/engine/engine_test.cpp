@@ -4,7 +4,10 @@
 // abort, n > 1, logprobs, stats).
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <map>
+#include <memory>
+#include <numeric>
 #include <random>
 #include <vector>
 
@@ -223,6 +226,92 @@ TEST(EngineApi, StepReportsTokensLogprobsAndFinish) {
   }
   EXPECT_TRUE(finished);
   EXPECT_EQ(got.size(), 3u);
+}
+
+// ---- prompt logprobs ------------------------------------------------------------------------------
+// Captures the raw logits row of a request's one draw (the logits-processor seam sees the row
+// before penalties): the reference for a prompt position's distribution.
+struct CaptureRow : sched::LogitsProcessor {
+  std::vector<float> row;
+  void process(int, std::span<const int32_t>, std::span<const int32_t>, std::span<float> logits) override {
+    row.assign(logits.begin(), logits.end());
+  }
+};
+
+// Runs `prompt` with prompt_logprobs = k to completion; returns the request's prompt logprobs.
+std::vector<PromptLogprob> prompt_logprobs_of(CpuEngine& e, const std::vector<int32_t>& prompt, int k) {
+  SamplingParams p = greedy(2);
+  p.prompt_logprobs = k;
+  const uint64_t id = e.add_request(prompt, p);
+  std::vector<PromptLogprob> got;
+  int outputs = 0;
+  while (e.has_unfinished())
+    for (auto& ro : e.step())
+      if (ro.request_id == id) {
+        EXPECT_TRUE(ro.prompt_logprobs.empty() || outputs == 0) << "prompt logprobs after the first output";
+        ++outputs;
+        got.insert(got.end(), ro.prompt_logprobs.begin(), ro.prompt_logprobs.end());
+      }
+  return got;
+}
+
+TEST(EnginePromptLogprobs, EqualTheLogSoftmaxOfEachPrefixLastRow) {
+  std::mt19937 g(5);
+  const auto prompt = random_prompt(g, 21);
+  for (int budget : {4096, 5}) {  // one prefill, and chunks of 5
+    EngineOptions o = small_options();
+    o.sched.max_num_batched_tokens = budget;
+    o.sched.max_num_seqs = 5;
+    CpuEngine e(o);
+    // Warm the prefix cache with the same prompt: a prompt_logprobs request must not use it.
+    e.generate({prompt}, greedy(1));
+    const auto got = prompt_logprobs_of(e, prompt, 3);
+    ASSERT_EQ(got.size(), prompt.size() - 1);
+    for (size_t i = 1; i < prompt.size(); ++i) {
+      auto cap = std::make_shared<CaptureRow>();
+      SamplingParams p = greedy(1);
+      p.logits_processor = cap;
+      CpuEngine ref(small_options());
+      ref.add_request(std::vector<int32_t>(prompt.begin(), prompt.begin() + i), p);
+      while (ref.has_unfinished()) ref.step();
+      const auto& row = cap->row;
+      double m = row[0], sum = 0;
+      for (float x : row) m = std::max<double>(m, x);
+      for (float x : row) sum += std::exp(x - m);
+      const double lse = m + std::log(sum);
+      const PromptLogprob& lp = got[i - 1];
+      EXPECT_EQ(lp.token, prompt[i]);
+      EXPECT_NEAR(lp.logprob, row[prompt[i]] - lse, 1e-5) << "position " << i;
+      int rank = 1;
+      for (size_t v = 0; v < row.size(); ++v) rank += row[v] > row[prompt[i]];
+      EXPECT_EQ(lp.rank, rank) << "position " << i;
+      ASSERT_EQ(lp.top.size(), 3u);
+      std::vector<size_t> idx(row.size());
+      std::iota(idx.begin(), idx.end(), 0);
+      std::partial_sort(idx.begin(), idx.begin() + 3, idx.end(), [&](size_t a, size_t b) { return row[a] > row[b]; });
+      for (int t = 0; t < 3; ++t) {
+        EXPECT_EQ(lp.top[t].first, static_cast<int32_t>(idx[t]));
+        EXPECT_NEAR(lp.top[t].second, row[idx[t]] - lse, 1e-5);
+      }
+    }
+  }
+}
+
+TEST(EnginePromptLogprobs, AreRangeCheckedAndStartAtTheSecondToken) {
+  CpuEngine e(small_options());
+  SamplingParams bad = greedy(1);
+  bad.prompt_logprobs = 21;
+  try {
+    e.add_request({1, 2}, bad);
+    FAIL() << "prompt_logprobs 21 accepted";
+  } catch (const pie::Error& err) {
+    EXPECT_NE(std::string(err.what()).find("prompt_logprobs"), std::string::npos);
+  }
+  // A one-token prompt has no prompt logprob to report.
+  EXPECT_TRUE(prompt_logprobs_of(e, {7}, 0).empty());
+  const auto two = prompt_logprobs_of(e, {7, 8, 9}, 0);
+  ASSERT_EQ(two.size(), 2u);
+  EXPECT_TRUE(two[0].top.empty());
 }
 
 TEST(EngineApi, AbortAndFinishSequence) {

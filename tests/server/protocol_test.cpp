@@ -8,9 +8,12 @@
 
 #include <CLI/CLI.hpp>
 
+#include <atomic>
+#include <chrono>
 #include <thread>
 
 #include "pie/server/auth.hpp"
+#include "pie/server/connection.hpp"
 #include "pie/server/errors.hpp"
 #include "pie/server/metrics.hpp"
 #include "pie/server/request_stream.hpp"
@@ -91,12 +94,11 @@ TEST(ProtocolCompletion, InvalidValuesNameTheParameter) {
 }
 
 TEST(ProtocolCompletion, UnsupportedFieldsAreRejectedByName) {
-  for (const char* k : {"response_format", "tools", "guided_json", "suffix", "prompt_logprobs"}) {
+  for (const char* k : {"response_format", "tools", "guided_json", "suffix"}) {
     json body = {{"prompt", "x"}};
     body[k] = json{{"type", "json_object"}};
     if (std::string(k) == "suffix") body[k] = "tail";
     if (std::string(k) == "tools") body[k] = json::array({json{{"type", "function"}}});
-    if (std::string(k) == "prompt_logprobs") body[k] = 1;
     const ApiError e = completion_error(body);
     EXPECT_EQ(e.status(), 400) << k;
     EXPECT_EQ(e.param(), k);
@@ -328,6 +330,68 @@ TEST(ServeFlags, ToolCallingFlags) {
   EXPECT_THROW(a3.parse("--tool-call-parser mistral", false), CLI::ValidationError);
 }
 
+TEST(ProtocolCompletion, PromptLogprobsAndTokenIdFlags) {
+  const auto r = parse_completion_request(
+      {{"prompt", "x"}, {"prompt_logprobs", 3}, {"return_token_ids", true}, {"return_tokens_as_token_ids", true}}, {});
+  ASSERT_TRUE(r.params.prompt_logprobs.has_value());
+  EXPECT_EQ(*r.params.prompt_logprobs, 3);
+  EXPECT_TRUE(r.return_token_ids);
+  EXPECT_TRUE(r.return_tokens_as_token_ids);
+  // vLLM's rules: none with stream (0 is accepted and dropped), -1 and > 20 refused, booleans only.
+  EXPECT_EQ(completion_error({{"prompt", "x"}, {"prompt_logprobs", 2}, {"stream", true}}).param(), "prompt_logprobs");
+  EXPECT_FALSE(parse_completion_request({{"prompt", "x"}, {"prompt_logprobs", 0}, {"stream", true}}, {})
+                   .params.prompt_logprobs.has_value());
+  EXPECT_EQ(completion_error({{"prompt", "x"}, {"prompt_logprobs", -1}}).param(), "prompt_logprobs");
+  EXPECT_EQ(completion_error({{"prompt", "x"}, {"prompt_logprobs", 21}}).param(), "prompt_logprobs");
+  EXPECT_EQ(completion_error({{"prompt", "x"}, {"return_token_ids", "yes"}}).param(), "return_token_ids");
+  const auto c = parse_chat_request({{"messages", json::array({{{"role", "user"}, {"content", "hi"}}})},
+                                     {"prompt_logprobs", 1}},
+                                    {});
+  EXPECT_EQ(c.params.prompt_logprobs.value_or(-1), 1);
+}
+
+TEST(Responses, LogprobTokensNeverCollide) {
+  // Ids 0..2 are single bytes ≥ 0x80 (each alone decodes to U+FFFD); 3 and 4 spell the same text.
+  const TokenText bytes = [](int32_t id) {
+    if (id < 3) return std::string(1, static_cast<char>(0x80 + id));
+    return std::string("same");
+  };
+  std::vector<pie::TokenLogprob> lps = {{0, -0.5f, {{0, -0.5f}, {1, -1.5f}, {2, -2.f}, {3, -3.f}, {4, -4.f}}}};
+  const json c = completion_logprobs(lps, bytes, 0);
+  EXPECT_EQ(c["tokens"][0], "bytes:\\x80");
+  const json& top = c["top_logprobs"][0];
+  EXPECT_EQ(top.size(), 5u) << top.dump();
+  EXPECT_FLOAT_EQ(top["bytes:\\x81"].get<float>(), -1.5f);
+  EXPECT_FLOAT_EQ(top["same"].get<float>(), -3.f);
+  EXPECT_FLOAT_EQ(top["token_id:4"].get<float>(), -4.f);
+  EXPECT_EQ(c["text_offset"], (json{0}));
+  const json h = chat_logprobs(lps, bytes);
+  EXPECT_EQ(h["content"][0]["bytes"], (json{0x80}));  // the token's own byte, not U+FFFD's
+  EXPECT_EQ(h["content"][0]["top_logprobs"][2]["token"], "bytes:\\x82");
+  // return_tokens_as_token_ids
+  const json ids = completion_logprobs(lps, TokenSpelling(bytes, true), 0);
+  EXPECT_EQ(ids["tokens"][0], "token_id:0");
+  EXPECT_TRUE(ids["top_logprobs"][0].contains("token_id:3"));
+  EXPECT_EQ(chat_logprobs(lps, TokenSpelling(bytes, true))["content"][0]["top_logprobs"][4]["token"], "token_id:4");
+}
+
+TEST(Responses, PromptLogprobsShape) {
+  const TokenText bytes = [](int32_t id) { return std::string(1, static_cast<char>('a' + id)); };
+  pie::PromptLogprob lp;
+  lp.token = 2;
+  lp.logprob = -1.25f;
+  lp.rank = 2;
+  lp.top = {{1, -0.5f}, {2, -1.25f}};
+  const json j = prompt_logprobs_json({lp}, bytes);
+  ASSERT_EQ(j.size(), 2u);
+  EXPECT_TRUE(j[0].is_null());
+  EXPECT_EQ(j[1].size(), 2u);
+  EXPECT_EQ(j[1]["2"]["rank"], 2);
+  EXPECT_EQ(j[1]["2"]["decoded_token"], "c");
+  EXPECT_FLOAT_EQ(j[1]["2"]["logprob"].get<float>(), -1.25f);
+  EXPECT_EQ(j[1]["1"]["rank"], 1);
+}
+
 TEST(Responses, LogprobShapesAndStopReason) {
   const TokenText text = [](int32_t id) { return std::string(1, static_cast<char>('a' + id)); };
   std::vector<pie::TokenLogprob> lps = {{0, -0.5f, {{0, -0.5f}, {1, -1.5f}}}, {2, -0.25f, {}}};
@@ -366,4 +430,23 @@ TEST(RequestStream, PopWaitsAndDrains) {
   ASSERT_EQ(out.size(), 2u);
   EXPECT_TRUE(out[1].finished);
   EXPECT_TRUE(s.finished());
+}
+
+// The connection threads: at most max_threads at once; the rest wait for one to finish its own
+// connection; shutdown() returns once every connection was served.
+TEST(ThreadPerConnection, CapsThreadsAndServesEveryConnection) {
+  pie::server::ThreadPerConnection q(2);
+  std::atomic<int> running{0}, peak{0}, done{0};
+  for (int i = 0; i < 7; ++i)
+    q.enqueue([&] {
+      const int now = ++running;
+      for (int p = peak.load(); now > p && !peak.compare_exchange_weak(p, now);) {}
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      --running;
+      ++done;
+    });
+  q.shutdown();
+  EXPECT_EQ(done.load(), 7);
+  EXPECT_LE(peak.load(), 2);
+  EXPECT_GE(peak.load(), 1);
 }

@@ -79,7 +79,6 @@ int main() {
   HttpOptions ho;
   ho.host = "127.0.0.1";
   ho.port = 0;
-  ho.threads = 8;
   ho.log_requests = false;
   ServerMetrics metrics;
   HttpServer http(ho, ctx, metrics);

@@ -4,7 +4,9 @@ rest end with finish_reason "abort". The server exits 0 either way."""
 import concurrent.futures as cf
 import http.client
 import json
+import re
 import signal
+import socket
 import time
 
 from conftest import Server
@@ -20,6 +22,22 @@ def post(port, body, timeout=120):
     payload = r.read()
     conn.close()
     return r.status, payload
+
+
+def metrics(port):
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    s.close()
+    out = {}
+    for line in data.decode().split("\n"):
+        m = re.match(r"^(vllm:[a-z_]+)(\{[^}]*\})? ([0-9.e+-]+)$", line)
+        if m:  # by full name (with labels), and by family name
+            out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
+            out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(3)) if m.group(2) else float(m.group(3))
+    return out
 
 
 def stream_finish(payload):
@@ -42,7 +60,16 @@ def get(port, path):
 def start_load(s, ex, n_plain=5, n_stream=2):
     futs = [ex.submit(post, s.port, BODY) for _ in range(n_plain)]
     futs += [ex.submit(post, s.port, dict(BODY, stream=True)) for _ in range(n_stream)]
-    time.sleep(0.3)
+    # Every request is in the engine (running or queued) before the signal: a loaded machine
+    # can take longer than a fixed sleep to get them there.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        m = metrics(s.port)
+        submitted = sum(m.get(k, 0) for k in ("vllm:num_requests_running", "vllm:num_requests_waiting",
+                                                "vllm:request_success_total"))
+        if submitted >= n_plain + n_stream:
+            break
+        time.sleep(0.02)
     return futs
 
 

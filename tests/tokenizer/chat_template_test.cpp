@@ -67,6 +67,32 @@ void expect_error(const std::string& tpl, const std::string& needle) {
   }
 }
 
+// Found by the chat_template fuzz target (tests/fuzz): 5,000 nested parentheses overflowed the
+// recursive-descent parser's stack. Deep nesting is now an error; 150 levels still render.
+TEST(JinjaSubset, DeepNestingIsAnErrorNotAStackOverflow) {
+  const auto nest = [](const std::string& open, const std::string& mid, const std::string& close, int n) {
+    std::string s;
+    for (int i = 0; i < n; ++i) s += open;
+    s += mid;
+    for (int i = 0; i < n; ++i) s += close;
+    return s;
+  };
+  expect_error("{{ " + nest("(", "1", ")", 5000) + " }}", "expression nested deeper than 200 levels");
+  expect_error("{{ " + nest("[", "1", "]", 5000) + " }}", "expression nested deeper than 200 levels");
+  expect_error("{{ " + nest("-", "1", "", 5000) + " }}", "expression nested deeper than 200 levels");
+  expect_error(nest("{% if x %}", "y", "{% endif %}", 5000), "blocks nested deeper than 200 levels");
+  EXPECT_EQ(ChatTemplate::from_string("{{ " + nest("(", "x", ")", 150) + " }}").render_variables({{"x", 1}}), "1");
+  EXPECT_EQ(ChatTemplate::from_string(nest("{% if x %}", "y", "{% endif %}", 150)).render_variables({{"x", 1}}), "y");
+}
+
+// Also from the fuzz target: a literal past 2^63 threw std::out_of_range out of std::stoll.
+TEST(JinjaSubset, OutOfRangeLiteralsAndBadIntFilterInputs) {
+  expect_error("{{ 99999999999999999999999 }}", "integer literal out of range");
+  EXPECT_EQ(ChatTemplate::from_string("{{ 'abc' | int }} {{ '12' | int }} {{ 'x' | float }} {{ 2.5 | int }}")
+                .render_variables({{"x", 1}}),
+            "0 12 0.0 2");
+}
+
 TEST(JinjaSubset, UnsupportedConstructsGiveClearErrors) {
   expect_error("{% macro m() %}x{% endmacro %}", "unsupported Jinja tag '{% macro");
   expect_error("{{ x | wordcount }}", "unsupported Jinja filter 'wordcount'");

@@ -18,6 +18,7 @@
 #include <functional>
 #include <memory>
 #include <span>
+#include <unordered_map>
 #include <vector>
 
 #include "pie/core/error.hpp"
@@ -70,6 +71,9 @@ class Engine {
   /// Queues a prompt; returns its request id. Throws pie::Error naming the bad field.
   uint64_t add_request(std::vector<int32_t> prompt, sched::SamplingParams params) {
     engine::check_request(prompt, params, cfg_.vocab_size);
+    // The device runners compute logits for the sampled rows only.
+    PIE_CHECK(!((Runner::kSamplesOnDevice || Runner::kLogitsPerDraw) && params.prompt_logprobs),
+              "prompt_logprobs is only available on the CPU backend");
     const uint64_t id = next_id_++;
     scheduler_->add_request(id, std::move(prompt), std::move(params), eos_);
     return id;
@@ -127,8 +131,16 @@ class Engine {
       PIE_CHECK(logits.size() == rows * vocab, "Engine::step: rank 0 returned ", logits.size(), " logits for ",
                 rows, " rows");
       engine::sample_on_host(*scheduler_, plan_, logits, vocab, Runner::kLogitsPerDraw, seed_of, row_, draws);
+      if (!plan_.prompt_logprob_seqs.empty())
+        engine::collect_prompt_logprobs(*scheduler_, plan_, logits, vocab, prompt_logprobs_);
     }
     std::vector<RequestOutput> outs = engine::apply_draws(*scheduler_, plan_, draws, "Engine");
+    if (!prompt_logprobs_.empty())
+      for (auto& o : outs)
+        if (auto it = prompt_logprobs_.find(o.request_id); it != prompt_logprobs_.end()) {
+          o.prompt_logprobs = std::move(it->second);
+          prompt_logprobs_.erase(it);
+        }
     if (observer_) {
       StepTiming tm;
       tm.total_s = std::chrono::duration<double>(clock::now() - t0).count();
@@ -139,7 +151,10 @@ class Engine {
   }
 
   /// Finishes every sequence of the request (reason Abort) and frees its KV blocks.
-  void abort(uint64_t request_id) { scheduler_->abort(request_id); }
+  void abort(uint64_t request_id) {
+    scheduler_->abort(request_id);
+    prompt_logprobs_.erase(request_id);
+  }
   /// A stop string matched by the caller: sequence `index` finishes with reason Stop.
   void finish_sequence(uint64_t request_id, int index) {
     scheduler_->finish_sequence(request_id, index, sched::FinishReason::Stop);
@@ -193,6 +208,8 @@ class Engine {
   std::vector<engine::SampleSpec> specs_;
   std::vector<float> row_;
   StepObserver observer_;
+  // prompt_logprobs computed by prefill chunks, held until the request's first output.
+  std::unordered_map<uint64_t, std::vector<PromptLogprob>> prompt_logprobs_;
   uint64_t next_id_ = 0;
   bool last_step_ran_ = false;
 };

@@ -18,6 +18,16 @@ struct TokenLogprob {
   std::vector<std::pair<int32_t, float>> top;  ///< descending by logprob
 };
 
+/// \brief One prompt token's logprob (vLLM's prompt_logprobs entry): raw log_softmax of the
+/// model's logits at the previous position, its 1-based rank in that distribution, and the top-n
+/// alternatives (descending; ties by lower id).
+struct PromptLogprob {
+  int32_t token = 0;
+  float logprob = 0.f;
+  int32_t rank = 1;
+  std::vector<std::pair<int32_t, float>> top;
+};
+
 /// \brief One sequence's progress in one step.
 struct SequenceOutput {
   int index = 0;                          ///< 0..n-1 within its request
@@ -33,6 +43,9 @@ struct RequestOutput {
   int32_t prompt_tokens = 0;
   int32_t cached_prompt_tokens = 0;       ///< prompt tokens served from the prefix cache
   std::vector<SequenceOutput> seqs;       ///< only sequences that changed this step
+  /// SamplingParams::prompt_logprobs: prompt tokens 1.. (the first has no logprob), all in the
+  /// request's first output.
+  std::vector<PromptLogprob> prompt_logprobs;
   bool finished = false;                  ///< every sequence of the request has finished
 };
 

@@ -96,6 +96,21 @@ class Sampler {
     }
   }
 
+  /// A prompt token's logprob from the raw logits of the position before it, with its rank.
+  static PromptLogprob prompt_logprob_of(std::span<const float> logits, int32_t token, int top_n) {
+    TokenLogprob lp = logprobs_of(logits, token, top_n);
+    PromptLogprob out;
+    out.token = token;
+    out.logprob = lp.logprob;
+    out.top = std::move(lp.top);
+    const float x = logits[token];
+    int32_t better = 0;  // ties rank by lower id, as the top-n order does
+    for (size_t i = 0; i < logits.size(); ++i)
+      better += logits[i] > x || (logits[i] == x && static_cast<int32_t>(i) < token);
+    out.rank = better + 1;
+    return out;
+  }
+
   /// log_softmax(logits)[token] and the top-n (descending; ties by lower id).
   static TokenLogprob logprobs_of(std::span<const float> logits, int32_t token, int top_n) {
     float m = *std::max_element(logits.begin(), logits.end());

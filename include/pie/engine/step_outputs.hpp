@@ -102,6 +102,22 @@ void sample_on_host(const sched::Scheduler& s, const sched::StepPlan& plan, std:
   });
 }
 
+/// Scores the prompt tokens of the plan's prompt_logprobs rows (host logits laid out one row per
+/// logits_rows entry, the extra rows after the sampled ones) into `out[request id]`, in
+/// position order.
+template <class Map>
+void collect_prompt_logprobs(const sched::Scheduler& s, const sched::StepPlan& plan, std::span<const float> logits,
+                             size_t vocab, Map& out) {
+  const size_t base = plan.sample_seqs.size();
+  for (size_t k = 0; k < plan.prompt_logprob_seqs.size(); ++k) {
+    const sched::Sequence& seq = s.plan_sequence(plan.prompt_logprob_seqs[k]);
+    const int pos = plan.prompt_logprob_positions[k];
+    const std::span<const float> row = logits.subspan((base + k) * vocab, vocab);
+    out[seq.request->id].push_back(
+        Sampler::prompt_logprob_of(row, seq.tokens[pos + 1], *seq.request->params.prompt_logprobs));
+  }
+}
+
 /// Applies the step's draws to the scheduler and returns, per request that produced tokens,
 /// its new tokens (and logprobs) and finish state. `who` prefixes the error message.
 inline std::vector<RequestOutput> apply_draws(sched::Scheduler& s, const sched::StepPlan& plan, StepDraws& d,

@@ -53,6 +53,11 @@ struct Request {
   int num_prompt_tokens = 0;
   int cached_prompt_tokens = 0;    ///< prompt tokens served by the prefix cache at first admission
   bool admitted = false;           ///< scheduled at least once
+  /// prompt_logprobs: prompt positions [0, this) already planned as logits rows (a recompute
+  /// after preemption does not plan them again).
+  int prompt_logprobs_next = 0;
+  /// Whether the prompt must be computed rather than taken from the prefix cache.
+  bool needs_prompt_rows() const { return params.prompt_logprobs && prompt_logprobs_next < num_prompt_tokens - 1; }
   int num_unfinished = 0;          ///< sequences (forked or still to fork) not finished
   std::vector<std::unique_ptr<Sequence>> seqs;  ///< 1 before the fork, n after
   bool finished() const { return num_unfinished == 0; }

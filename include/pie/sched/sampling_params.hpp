@@ -31,6 +31,10 @@ struct SamplingParams {
   std::vector<int32_t> stop_token_ids;  ///< finish (reason stop) on any of these
   bool ignore_eos = false;           ///< keep generating past EOS
   std::optional<int> logprobs;       ///< return this many top logprobs (0 = only the chosen)
+  /// Also report, for every prompt token after the first, its logprob and this many top
+  /// alternatives (vLLM's prompt_logprobs: raw log_softmax of the model's logits). Such a
+  /// request prefills its whole prompt (no prefix-cache hits) until they are computed.
+  std::optional<int> prompt_logprobs;
   /// Edits the logits of every draw before sampling (logits_processor.hpp); null: none.
   std::shared_ptr<LogitsProcessor> logits_processor;
 
@@ -61,6 +65,9 @@ struct SamplingParams {
       PIE_CHECK(t >= 0 && (vocab_size == 0 || t < vocab_size), "stop_token_ids: token id ", t,
                 " is out of the vocabulary [0, ", vocab_size, ")");
     if (logprobs) PIE_CHECK(*logprobs >= 0 && *logprobs <= 20, "logprobs must be in [0, 20], got ", *logprobs);
+    if (prompt_logprobs)
+      PIE_CHECK(*prompt_logprobs >= 0 && *prompt_logprobs <= 20, "prompt_logprobs must be in [0, 20], got ",
+                *prompt_logprobs);
   }
   bool greedy() const { return temperature == 0.0f; }
 };

@@ -158,7 +158,9 @@ class Scheduler {
       Sequence* s = waiting_.front();
       if (seats_ + s->fanout > cfg_.max_num_seqs) break;
       int cached = 0;
-      if (s->table.blocks.empty()) cached = bm_.match_prefix(s->table, s->tokens);
+      // A request that wants prompt logprobs computes its prompt: no prefix-cache hits.
+      if (s->table.blocks.empty() && !s->request->needs_prompt_rows())
+        cached = bm_.match_prefix(s->table, s->tokens);
       int n = chunk(s);
       int need = bm_.blocks_to_append(s->table, n);
       int reserve = running_.empty() ? 0 : watermark_;
@@ -342,6 +344,9 @@ class Scheduler {
     p.kv_indices.resize(pages_);
     p.sample_seqs.resize(samples_); p.logits_rows.resize(samples_); p.sample_counts.resize(samples_);
     p.num_decode_seqs = static_cast<int32_t>(decodes_.size());
+    p.prompt_logprob_seqs.clear();
+    p.prompt_logprob_positions.clear();
+    extra_rows_.clear();
     p.cu_query_lens[0] = p.kv_indptr[0] = 0;
     plan_seqs_.resize(nseq);
     int i = 0, row = 0, page = 0, j = 0;
@@ -365,6 +370,16 @@ class Scheduler {
         p.cu_query_lens[i + 1] = row;
         p.kv_indptr[i + 1] = page;
         p.kv_last_page_len[i] = end - (pages - 1) * bs_;
+        if (Request& r = *s.request; r.params.prompt_logprobs) {
+          // Rows of prompt positions whose logits score the next prompt token.
+          const int last = std::min(end, s.num_prompt_tokens - 1);
+          for (int t = std::max(e.start, r.prompt_logprobs_next); t < last; ++t) {
+            p.prompt_logprob_seqs.push_back(i);
+            p.prompt_logprob_positions.push_back(t);
+            extra_rows_.push_back(row - end + t);
+          }
+          r.prompt_logprobs_next = std::max(r.prompt_logprobs_next, last);
+        }
         if (end == s.num_tokens()) {
           p.sample_seqs[j] = i;
           p.logits_rows[j] = row - 1;
@@ -373,6 +388,7 @@ class Scheduler {
         plan_seqs_[i++] = e.s;
       }
     }
+    p.logits_rows.insert(p.logits_rows.end(), extra_rows_.begin(), extra_rows_.end());
   }
   /// Turns sequence 0 of an n > 1 request into n sequences sharing its blocks.
   void fork(Sequence* s, int n) {
@@ -448,6 +464,7 @@ class Scheduler {
   bool awaiting_update_ = false;
   std::vector<Entry> decodes_, prefills_;
   std::vector<Sequence*> plan_seqs_;
+  std::vector<int32_t> extra_rows_;  // emit(): the prompt_logprobs rows, appended after the samples
 };
 
 }  // namespace pie::sched

@@ -43,6 +43,12 @@ struct StepPlan {
   /// consecutive; its k-th goes to the request's sequence index k (its first sequence is index 0,
   /// the seq_ids entry). All k draw from the same logits row, each with its own randomness.
   std::vector<int32_t> sample_counts;
+  /// prompt_logprobs rows: logits_rows[sample_seqs.size() + k] is the token row of prompt
+  /// position prompt_logprob_positions[k] of sequence prompt_logprob_seqs[k] (an index into the
+  /// per-sequence arrays); its logits score the prompt token at that position + 1. Runners
+  /// compute logits for every logits_rows entry; only the first sample_seqs.size() are sampled.
+  std::vector<int32_t> prompt_logprob_seqs;
+  std::vector<int32_t> prompt_logprob_positions;
   int32_t num_decode_seqs = 0;        ///< the first num_decode_seqs sequences are decodes
 
   // ---- block operations to run before the forward pass, in this order ----

@@ -19,6 +19,8 @@
 #include <utility>
 #include <vector>
 
+#include "pie/server/connection.hpp"
+#include "pie/server/disconnect_watcher.hpp"
 #include "pie/server/engine_service.hpp"
 #include "pie/server/protocol.hpp"
 #include "pie/server/responses.hpp"
@@ -36,9 +38,11 @@ struct GenerationContext {
   GenerationService* service = nullptr;
   std::function<std::vector<int32_t>(const std::string& text, bool add_special)> encode;
   std::function<std::string(const json& messages, const json& options)> render_chat;
-  TokenText token_text;
+  TokenText token_text;  ///< raw bytes of one token id (logprobs)
+  std::function<std::string(int32_t)> vocab_token;  ///< a token id's vocabulary string (/tokenize token_strs)
   std::function<std::string(const std::vector<int32_t>&)> decode;
   std::atomic<int>* active_streams = nullptr;         ///< SSE responses in progress (for shutdown)
+  DisconnectWatcher* watcher = nullptr;               ///< null → a client hang-up is seen on write only
   std::function<ReasoningSplitter()> make_reasoning;  ///< empty → no reasoning parser
   bool enable_auto_tool_choice = false;               ///< --enable-auto-tool-choice
   std::string tool_call_parser;                       ///< --tool-call-parser ("hermes"), empty → none
@@ -59,6 +63,7 @@ struct Choice {
   ReasoningSplitter reasoning;
   std::string reasoning_text, content_text;
   bool role_sent = false;
+  bool prompt_ids_sent = false;  ///< return_token_ids streaming: prompt_token_ids went out
   std::optional<HermesToolParser> tools;  ///< set when the request's tool calls are parsed
 };
 
@@ -78,6 +83,8 @@ struct Flight {
   std::vector<bool> stream_done;
   std::vector<Choice> choices;
   std::vector<std::string> prompt_texts;  // for echo
+  std::vector<std::vector<int32_t>> prompt_ids;      // per prompt, for return_token_ids
+  std::vector<std::vector<PromptLogprob>> prompt_lps;  // per prompt, for prompt_logprobs
   std::vector<int32_t> eos_ids;
   int64_t prompt_tokens = 0, cached_tokens = 0;
   bool done = false;
@@ -91,6 +98,7 @@ struct Update {
   std::string text;
   std::vector<TokenLogprob> logprobs;
   sched::FinishReason finish;
+  std::vector<int32_t> tokens;
 };
 
 inline std::vector<Update> apply(Flight& f, size_t s, std::vector<StreamEvent>& events) {
@@ -98,6 +106,7 @@ inline std::vector<Update> apply(Flight& f, size_t s, std::vector<StreamEvent>& 
   const int n = f.req.params.n;
   for (auto& ev : events) {
     if (ev.error && !f.error) f.error = *ev.error;
+    if (!ev.prompt_logprobs.empty()) f.prompt_lps[s] = std::move(ev.prompt_logprobs);
     for (auto& d : ev.seqs) {
       const int ci = static_cast<int>(s) * n + d.index;
       Choice& c = f.choices[ci];
@@ -109,7 +118,8 @@ inline std::vector<Update> apply(Flight& f, size_t s, std::vector<StreamEvent>& 
         c.stop_string = d.stop_string;
         c.stop_token = d.stop_token;
       }
-      ups.push_back({ci, std::move(d.text), std::move(d.logprobs), d.finish});
+      ups.push_back({ci, std::move(d.text), std::move(d.logprobs), d.finish,
+                     f.req.return_token_ids ? std::move(d.tokens) : std::vector<int32_t>{}});
     }
     if (ev.finished) f.stream_done[s] = true;
   }
@@ -128,8 +138,12 @@ inline json usage_of(const Flight& f) { return usage_json(f.prompt_tokens, compl
 /// The non-streaming body.
 inline json final_body(Flight& f, const GenerationContext& ctx) {
   json choices = json::array();
+  const TokenSpelling spell(ctx.token_text, f.req.return_tokens_as_token_ids);
+  const TokenSpelling text_spell(ctx.token_text);  // prompt_logprobs' decoded_token, as vLLM
+  const bool want_prompt_lps = f.req.params.prompt_logprobs.has_value();
   for (size_t i = 0; i < f.choices.size(); ++i) {
     Choice& c = f.choices[i];
+    const size_t prompt = i / static_cast<size_t>(f.req.params.n);
     json ch = {{"index", i},
                {"finish_reason", finish_reason_json(c.finish)},
                {"stop_reason", stop_reason_json(c.stop_string, c.stop_token, f.eos_ids)}};
@@ -149,41 +163,56 @@ inline json final_body(Flight& f, const GenerationContext& ctx) {
         ch["finish_reason"] = chat_finish_reason(c.finish, static_cast<int>(tr.calls.size()));
       }
       ch["message"] = msg;
-      ch["logprobs"] = f.req.want_logprobs ? chat_logprobs(c.logprobs, ctx.token_text) : json(nullptr);
+      ch["logprobs"] = f.req.want_logprobs ? chat_logprobs(c.logprobs, spell) : json(nullptr);
+      if (f.req.return_token_ids) ch["token_ids"] = c.tokens;
     } else {
       const std::string prefix = f.req.echo ? f.prompt_texts[i / f.req.params.n] : std::string{};
       ch["text"] = prefix + c.text;
-      ch["logprobs"] =
-          f.req.want_logprobs ? completion_logprobs(c.logprobs, ctx.token_text, prefix.size()) : json(nullptr);
+      ch["logprobs"] = f.req.want_logprobs ? completion_logprobs(c.logprobs, spell, prefix.size()) : json(nullptr);
+      // vLLM puts the prompt's fields in each completions choice.
+      if (want_prompt_lps) ch["prompt_logprobs"] = prompt_logprobs_json(f.prompt_lps[prompt], text_spell);
+      if (f.req.return_token_ids) {
+        ch["prompt_token_ids"] = f.prompt_ids[prompt];
+        ch["token_ids"] = c.tokens;
+      }
     }
     choices.push_back(std::move(ch));
   }
-  return {{"id", f.id},
-          {"object", f.req.chat ? "chat.completion" : "text_completion"},
-          {"created", f.created},
-          {"model", f.model},
-          {"choices", choices},
-          {"usage", usage_of(f)},
-          {"system_fingerprint", nullptr}};
+  json body = {{"id", f.id},
+               {"object", f.req.chat ? "chat.completion" : "text_completion"},
+               {"created", f.created},
+               {"model", f.model},
+               {"choices", choices},
+               {"usage", usage_of(f)},
+               {"system_fingerprint", nullptr}};
+  if (f.req.chat) {  // chat has one prompt: vLLM reports its fields beside the choices
+    if (want_prompt_lps) body["prompt_logprobs"] = prompt_logprobs_json(f.prompt_lps[0], text_spell);
+    if (f.req.return_token_ids) body["prompt_token_ids"] = f.prompt_ids[0];
+  }
+  return body;
 }
 
 /// The SSE chunks for a batch of updates.
 inline std::string stream_chunks(Flight& f, const GenerationContext& ctx, std::vector<Update>& ups) {
   std::string out;
   const char* object = f.req.chat ? "chat.completion.chunk" : "text_completion";
-  auto chunk = [&](json choice) {
+  const TokenSpelling spell(ctx.token_text, f.req.return_tokens_as_token_ids);
+  auto chunk = [&](json choice, const std::vector<int32_t>* prompt_ids = nullptr) {
     json j = {{"id", f.id},
               {"object", object},
               {"created", f.created},
               {"model", f.model},
               {"choices", json::array({std::move(choice)})}};
     if (f.req.include_usage) j["usage"] = f.req.continuous_usage ? usage_of(f) : json(nullptr);
+    if (prompt_ids) j["prompt_token_ids"] = *prompt_ids;  // chat: vLLM's first chunk carries them
     out += sse(j);
   };
   for (auto& u : ups) {
     Choice& c = f.choices[u.choice];
     const bool fin = u.finish != sched::FinishReason::None;
-    if (u.text.empty() && u.logprobs.empty() && !fin) continue;
+    // With return_token_ids, tokens whose text is still held back go out as their own chunk.
+    if (u.text.empty() && u.logprobs.empty() && u.tokens.empty() && !fin) continue;
+    const size_t prompt = static_cast<size_t>(u.choice) / static_cast<size_t>(f.req.params.n);
     json ch = {{"index", u.choice}};
     if (f.req.chat) {
       json delta = json::object();
@@ -192,7 +221,8 @@ inline std::string stream_chunks(Flight& f, const GenerationContext& ctx, std::v
         chunk({{"index", u.choice},
                {"delta", {{"role", "assistant"}, {"content", ""}}},
                {"logprobs", nullptr},
-               {"finish_reason", nullptr}});
+               {"finish_reason", nullptr}},
+              f.req.return_token_ids ? &f.prompt_ids[prompt] : nullptr);
       }
       std::string content = u.text;
       if (c.reasoning) {
@@ -227,23 +257,32 @@ inline std::string stream_chunks(Flight& f, const GenerationContext& ctx, std::v
         ToolCallDelta frag{cd.index, false, {}, {}, std::move(cd.arguments)};
         deltas.push_back({{"tool_calls", tool_call_deltas_json({frag})}});
       }
-      if (deltas.empty() && !fin && u.logprobs.empty()) continue;
+      if (deltas.empty() && !fin && u.logprobs.empty() && u.tokens.empty()) continue;
       if (deltas.empty()) deltas.push_back(json::object());
-      json lps = f.req.want_logprobs ? chat_logprobs(u.logprobs, ctx.token_text) : json(nullptr);
+      json lps = f.req.want_logprobs ? chat_logprobs(u.logprobs, spell) : json(nullptr);
+      // The update's logprobs and token ids ride on its first chunk.
+      json ids = f.req.return_token_ids ? json(u.tokens) : json(nullptr);
       for (size_t k = 0; k + 1 < deltas.size(); ++k) {  // all but the last; it carries finish_reason
-        chunk({{"index", u.choice},
-               {"delta", std::move(deltas[k])},
-               {"logprobs", std::exchange(lps, json(nullptr))},
-               {"finish_reason", nullptr},
-               {"stop_reason", nullptr}});
+        json cc = {{"index", u.choice},
+                   {"delta", std::move(deltas[k])},
+                   {"logprobs", std::exchange(lps, json(nullptr))},
+                   {"finish_reason", nullptr},
+                   {"stop_reason", nullptr}};
+        if (f.req.return_token_ids) cc["token_ids"] = std::exchange(ids, json::array());
+        chunk(std::move(cc));
       }
       ch["delta"] = std::move(deltas.back());
       ch["logprobs"] = std::move(lps);
+      if (f.req.return_token_ids) ch["token_ids"] = std::move(ids);
     } else {
       ch["text"] = u.text;
-      ch["logprobs"] =
-          f.req.want_logprobs ? completion_logprobs(u.logprobs, ctx.token_text, c.text_bytes_sent) : json(nullptr);
+      ch["logprobs"] = f.req.want_logprobs ? completion_logprobs(u.logprobs, spell, c.text_bytes_sent) : json(nullptr);
       c.text_bytes_sent += u.text.size();
+      if (f.req.return_token_ids) {  // vLLM: the prompt's ids in a choice's first chunk, then deltas
+        if (!c.prompt_ids_sent) ch["prompt_token_ids"] = f.prompt_ids[prompt];
+        c.prompt_ids_sent = true;
+        ch["token_ids"] = u.tokens;
+      }
     }
     ch["finish_reason"] = f.req.chat && c.tools ? chat_finish_reason(u.finish, c.tools->calls())
                                                 : finish_reason_json(u.finish);
@@ -304,6 +343,8 @@ inline void handle_generation(const GenerationContext& ctx, bool chat, const jso
       }
     }
   }
+  if (f->req.return_token_ids) f->prompt_ids = prompts;
+  f->prompt_lps.resize(prompts.size());
   const auto arrival = Clock::now();
   std::vector<SubmitRequest> subs;
   // One stop-string automaton for all the request's prompts and sequences, built here, off the
@@ -336,6 +377,13 @@ inline void handle_generation(const GenerationContext& ctx, bool chat, const jso
   }
   f->stream_done.assign(f->streams.size(), false);
   const auto poll = std::chrono::milliseconds(ctx.stream_poll_ms);
+  // The client hanging up cancels its engine requests at once (the engine aborts them before
+  // its next step), streaming or not.
+  auto guard = std::make_shared<DisconnectWatcher::Guard>();
+  if (ctx.watcher)
+    *guard = ctx.watcher->watch(current_client_socket(), [svc = ctx.service, f] {
+      for (auto& s : f->streams) svc->cancel(s);
+    });
 
   if (!f->req.stream) {
     try {
@@ -404,7 +452,8 @@ inline void handle_generation(const GenerationContext& ctx, bool chat, const jso
         if (!out.empty() && !sink.write(out.data(), out.size())) return false;
         return true;
       },
-      [f, svc = ctx.service, active = ctx.active_streams](bool success) {
+      [f, svc = ctx.service, active = ctx.active_streams, guard](bool success) {
+        guard->reset();
         if (!success || !f->done)
           for (auto& s : f->streams) svc->cancel(s);
         if (active) --*active;

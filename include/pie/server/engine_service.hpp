@@ -49,7 +49,10 @@ class GenerationService {
   /// Marks the stream cancelled and wakes the engine thread to abort it.
   virtual void cancel(const std::shared_ptr<RequestStream>& s) = 0;
   virtual ServiceState state() const = 0;
+  /// Why the service is Failed: the load error, or the step that failed.
   virtual std::string load_error() const = 0;
+  /// Whether the failure happened while serving (a step threw) rather than while loading.
+  virtual bool engine_failed() const { return false; }
   virtual ModelInfo model_info() const = 0;
   virtual EngineGauges gauges() const = 0;
   /// Graceful shutdown, first half: refuse new requests (503) and let the running ones finish.
@@ -116,6 +119,20 @@ class EngineService final : public GenerationService {
   EngineGauges gauges() const override {
     std::lock_guard lk(mu_);
     return gauges_;
+  }
+
+  bool engine_failed() const override {
+    std::lock_guard lk(mu_);
+    return engine_failed_;
+  }
+
+  /// Test seam: called on the engine thread before every step with the step's number (1, 2, …);
+  /// what it throws fails that step exactly as a CUDA error or out-of-memory in Engine::step()
+  /// would. Set before the first request (`pie serve` sets it only from the test-only
+  /// PIE_TEST_FAIL_STEP environment variable).
+  void set_before_step(std::function<void(uint64_t)> f) {
+    std::lock_guard lk(mu_);
+    before_step_ = std::move(f);
   }
 
   void begin_drain() override {
@@ -206,6 +223,8 @@ class EngineService final : public GenerationService {
         if (cancels) abort_cancelled();
         for (auto& p : fresh) add(std::move(p));
         if (engine_->has_unfinished()) {
+          ++steps_;
+          if (before_step_) before_step_(steps_);
           const auto t0 = Clock::now();
           auto outs = engine_->step();
           const auto t1 = Clock::now();
@@ -235,13 +254,14 @@ class EngineService final : public GenerationService {
     {
       std::lock_guard lk(mu_);
       state_ = ServiceState::Failed;
+      engine_failed_ = true;
       load_error_ = why;
       for (auto& p : inbox_) fresh.push_back(std::move(p));
       inbox_.clear();
     }
     const ApiError err(500, why, {}, "server_error", "internal_error");
     auto fail = [&](const std::shared_ptr<RequestStream>& s) {
-      if (s->finished()) return;
+      if (!s || s->finished()) return;  // null: moved into live_ by add() before the step threw
       StreamEvent ev;
       ev.finished = true;
       ev.error = err;
@@ -361,6 +381,7 @@ class EngineService final : public GenerationService {
     StreamEvent ev;
     ev.prompt_tokens = out.prompt_tokens;
     ev.cached_prompt_tokens = out.cached_prompt_tokens;
+    ev.prompt_logprobs = out.prompt_logprobs;
     if (!live.first_output) {
       live.first_output = true;
       metrics_.prompt_tokens += static_cast<uint64_t>(out.prompt_tokens);
@@ -466,11 +487,14 @@ class EngineService final : public GenerationService {
   std::vector<Pending> inbox_;
   bool cancels_ = false;
   bool stopping_ = false;
+  bool engine_failed_ = false;
+  std::function<void(uint64_t)> before_step_;
   std::atomic<int> in_flight_{0};  // submitted, final event not yet pushed
 
   // Engine-thread only.
   std::unique_ptr<EngineT> engine_;
   std::unordered_map<uint64_t, Live> live_;
+  uint64_t steps_ = 0;
   std::thread thread_;
 };
 

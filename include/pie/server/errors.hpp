@@ -77,6 +77,9 @@ inline ApiError error_for_status(int status) {
       return ApiError(404, "Not found: no such route", {}, "invalid_request_error", "not_found");
     case 405:
       return ApiError(405, "Method not allowed on this route", {}, "invalid_request_error", "method_not_allowed");
+    case 408:
+      return ApiError(408, "Request timeout: the request did not arrive in time (see --request-timeout)", {},
+                      "invalid_request_error", "request_timeout");
     case 413:
       return ApiError(413, "Request body too large (see --max-request-body-bytes)", {}, "invalid_request_error",
                       "request_too_large");

@@ -18,6 +18,8 @@
 
 #include "pie/server/auth.hpp"
 #include "pie/server/completions.hpp"
+#include "pie/server/connection.hpp"
+#include "pie/server/disconnect_watcher.hpp"
 #include "pie/server/errors.hpp"
 #include "pie/server/json_body.hpp"
 #include "pie/server/metrics.hpp"
@@ -30,7 +32,7 @@ struct HttpOptions {
   int port = 8000;
   std::string api_key;                ///< empty → no auth
   size_t max_body_bytes = 16u << 20;  ///< larger bodies get 413
-  int threads = 512;                  ///< handler threads: one per open connection
+  ConnLimits limits;                  ///< request deadline (408), keep-alive idle timeout
   std::string version = "0.1.0";
   bool log_requests = true;  ///< one stdout line per request (--disable-log-requests)
 };
@@ -39,8 +41,13 @@ struct HttpOptions {
 class HttpServer {
  public:
   HttpServer(HttpOptions opts, GenerationContext ctx, ServerMetrics& metrics)
-      : opts_(std::move(opts)), ctx_(std::move(ctx)), metrics_(metrics), auth_(opts_.api_key) {
+      : opts_(std::move(opts)),
+        ctx_(std::move(ctx)),
+        metrics_(metrics),
+        auth_(opts_.api_key),
+        svr_(opts_.limits, dump(error_for_status(408).to_json())) {
     ctx_.active_streams = &active_streams_;
+    ctx_.watcher = &watcher_;
     created_ = unix_time();
     setup();
   }
@@ -54,6 +61,7 @@ class HttpServer {
       port = -1;
     PIE_CHECK(port > 0, "cannot listen on ", opts_.host, ":", opts_.port,
               " (address in use, or not an address of this machine)");
+    svr_.widen_backlog();
     return port;
   }
   /// Serves until stop(); call after bind().
@@ -61,6 +69,10 @@ class HttpServer {
   void stop() { svr_.stop(); }
   bool running() const { return svr_.is_running(); }
   int active_streams() const { return active_streams_.load(); }
+  /// Connections closed with 408 (request not received in time) so far.
+  uint64_t request_timeouts() const { return svr_.timeouts(); }
+  /// Clients seen hanging up while their request was in flight.
+  uint64_t disconnects() const { return watcher_.disconnects(); }
 
  private:
   using json = nlohmann::ordered_json;
@@ -146,10 +158,7 @@ class HttpServer {
   }
 
   void setup() {
-    const int threads = opts_.threads;
-    svr_.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
     svr_.set_payload_max_length(opts_.max_body_bytes);
-    svr_.set_keep_alive_max_count(1000);
     svr_.set_tcp_nodelay(true);
 
     svr_.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
@@ -196,8 +205,10 @@ class HttpServer {
                if (st != ServiceState::Ready) {
                  ApiError e = error_for_status(503);
                  if (st == ServiceState::Failed)
-                   e = ApiError(503, "The model failed to load: " + ctx_.service->load_error(), {},
-                                "service_unavailable", "service_unavailable");
+                   e = ApiError(503,
+                                (ctx_.service->engine_failed() ? "The engine failed: " : "The model failed to load: ") +
+                                    ctx_.service->load_error(),
+                                {}, "service_unavailable", "service_unavailable");
                  throw e;
                }
                res.status = 200;
@@ -254,12 +265,19 @@ class HttpServer {
     }
   }
 
-  // vLLM's /tokenize: {"prompt"} or {"messages", "add_generation_prompt", "chat_template_kwargs"}.
+  // vLLM's /tokenize: {"prompt"} or {"messages", "tools", "add_generation_prompt",
+  // "chat_template_kwargs"} (the chat rendered through the template as /v1/chat/completions
+  // renders it). vLLM's `return_token_strs` adds each id's vocabulary string (`token_strs`);
+  // pie adds the text the ids encode (`prompt`: for messages, the rendered chat) with it.
   void tokenize(const std::string& raw, httplib::Response& res) {
     const json body = parse_body(raw);
     require_ready();
     check_model(body);
+    if (!body.is_object()) throw invalid_param("", "The request body must be a JSON object");
+    bool return_strs = false;
+    if (const json* v = detail::field(body, "return_token_strs")) return_strs = detail::get_bool(*v, "return_token_strs");
     std::vector<int32_t> ids;
+    std::string text;
     if (auto m = body.find("messages"); m != body.end()) {
       json chat_body = body;
       chat_body.erase("model");
@@ -267,22 +285,28 @@ class HttpServer {
       bool add_special = false;
       if (const json* a = detail::field(body, "add_special_tokens"))
         add_special = detail::get_bool(*a, "add_special_tokens");
-      ids = ctx_.encode(render_chat_checked(ctx_, g.messages, g.template_options), add_special);
+      text = render_chat_checked(ctx_, g.messages, g.template_options);
+      ids = ctx_.encode(text, add_special);
     } else if (auto p = body.find("prompt"); p != body.end() && p->is_string()) {
       bool add_special = true;
       if (auto a = body.find("add_special_tokens"); a != body.end()) {
         if (!a->is_boolean()) throw invalid_param("add_special_tokens", "'add_special_tokens' must be a boolean");
         add_special = a->get<bool>();
       }
-      ids = ctx_.encode(p->get<std::string>(), add_special);
+      text = p->get<std::string>();
+      ids = ctx_.encode(text, add_special);
     } else {
       throw invalid_param("prompt", "'prompt' (a string) or 'messages' is required");
     }
     const ModelInfo info = ctx_.service->model_info();
-    res.set_content(
-        json{{"count", ids.size()}, {"max_model_len", info.max_model_len}, {"tokens", ids}, {"token_strs", nullptr}}
-            .dump(),
-        "application/json");
+    json out = {{"count", ids.size()}, {"max_model_len", info.max_model_len}, {"tokens", ids}, {"token_strs", nullptr}};
+    if (return_strs) {
+      json strs = json::array();
+      for (int32_t id : ids) strs.push_back(ctx_.vocab_token ? ctx_.vocab_token(id) : ctx_.decode({id}));
+      out["token_strs"] = std::move(strs);
+      out["prompt"] = text;
+    }
+    res.set_content(dump(out), "application/json");
   }
 
   void detokenize(const std::string& raw, httplib::Response& res) {
@@ -308,7 +332,8 @@ class HttpServer {
   std::vector<std::pair<std::regex, std::string>> routes_;  // (path pattern, method)
   ServerMetrics& metrics_;
   ApiKeyAuth auth_;
-  httplib::Server svr_;
+  DisconnectWatcher watcher_;  // before svr_: handlers' guards unwatch into it until svr_ stops
+  ConnServer svr_;
   std::atomic<int> active_streams_{0};
   int64_t created_ = 0;
 };

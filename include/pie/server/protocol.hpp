@@ -61,6 +61,8 @@ struct GenerationRequest {
   bool include_usage = false;     ///< stream_options.include_usage
   bool continuous_usage = false;  ///< stream_options.continuous_usage_stats (vLLM)
   bool want_logprobs = false;
+  bool return_tokens_as_token_ids = false;  ///< vLLM: logprob tokens spelled "token_id:N"
+  bool return_token_ids = false;            ///< vLLM: prompt_token_ids and token_ids in the response
   std::string user;
   // chat: tool calling
   json tools;                                ///< the request's `tools` (null when none or empty)
@@ -154,7 +156,7 @@ inline void reject_unsupported(const json& body, bool chat) {
       throw unsupported_param("tool_choice", "tool_choice is only supported on /v1/chat/completions");
   }
   for (const char* k : {"functions", "function_call", "guided_json", "guided_regex", "guided_choice", "guided_grammar",
-                        "guided_decoding_backend", "structured_outputs", "prompt_logprobs", "logits_processors",
+                        "guided_decoding_backend", "structured_outputs", "logits_processors",
                         "prediction", "audio", "truncate_prompt_tokens", "allowed_token_ids", "bad_words"})
     if (present(k)) throw unsupported_param(k);
   if (const json* rf = field(body, "response_format")) {
@@ -256,6 +258,18 @@ inline void parse_sampling(const json& body, const SamplingDefaults& d, Generati
   }
   if (auto* v = field(body, "user")) r.user = get_string(*v, "user");
   if (auto* v = field(body, "model")) r.model = get_string(*v, "model");
+  if (auto* v = field(body, "return_tokens_as_token_ids"))
+    r.return_tokens_as_token_ids = get_bool(*v, "return_tokens_as_token_ids");
+  if (auto* v = field(body, "return_token_ids")) r.return_token_ids = get_bool(*v, "return_token_ids");
+  if (auto* v = field(body, "prompt_logprobs")) {
+    // vLLM's rules: -1 (the whole vocabulary) is vLLM v1 only, and a stream carries none.
+    const int k = static_cast<int>(get_int(*v, "prompt_logprobs", -1, 20));
+    if (k == -1)
+      throw unsupported_param("prompt_logprobs", "prompt_logprobs -1 (the whole vocabulary) is not supported: use 0-20");
+    if (r.stream && k > 0)
+      throw invalid_param("prompt_logprobs", "`prompt_logprobs` are not available when `stream=True`.");
+    if (!r.stream) r.params.prompt_logprobs = k;
+  }
 }
 
 /// OpenAI's wording for a value of the wrong JSON type.

@@ -61,6 +61,7 @@ struct StreamEvent {
   std::vector<SeqDelta> seqs;
   int32_t prompt_tokens = 0;
   int32_t cached_prompt_tokens = 0;
+  std::vector<PromptLogprob> prompt_logprobs;  ///< prompt_logprobs, in the first event
   bool finished = false;          ///< the last event of this request
   std::optional<ApiError> error;  ///< the engine refused the request (then finished)
 };

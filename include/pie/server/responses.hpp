@@ -3,6 +3,7 @@
 /// \brief OpenAI response JSON: ids, completion/chat choices, logprobs in both endpoint shapes,
 /// usage, and SSE framing. Shapes follow OpenAI's API reference (and vLLM's additions:
 /// `stop_reason`, `reasoning_content`).
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -13,12 +14,34 @@
 
 #include "pie/engine/request_output.hpp"
 #include "pie/sched/finish_reason.hpp"
+#include "pie/tokenizer/utf8.hpp"
 
 namespace pie::server {
 
 using json = nlohmann::ordered_json;
-/// Text of one token for logprobs (a single-token decode).
+/// The raw bytes one token id stands for (byte-level BPE: may be part of a UTF-8 character).
 using TokenText = std::function<std::string(int32_t)>;
+
+/// \brief How a token is spelled in logprobs. A token whose bytes are UTF-8 is its text; one
+/// that is only part of a character (Qwen3 has 128 single-byte tokens ≥ 0x80, which all decode
+/// to U+FFFD) is spelled "bytes:\\xNN…" as OpenAI's legacy completions spell them, so two ids
+/// never share a spelling; with vLLM's `return_tokens_as_token_ids` every token is "token_id:N".
+struct TokenSpelling {
+  TokenText bytes;      ///< raw bytes of a token id
+  bool as_ids = false;  ///< return_tokens_as_token_ids
+  TokenSpelling(TokenText b, bool ids = false) : bytes(std::move(b)), as_ids(ids) {}  // NOLINT: implicit
+
+  static std::string token_id(int32_t id) { return "token_id:" + std::to_string(id); }
+  std::string operator()(int32_t id) const {
+    if (as_ids) return token_id(id);
+    std::string b = bytes(id);
+    if (tokenizer::utf8::is_valid(b)) return b;
+    static constexpr char kHex[] = "0123456789abcdef";
+    std::string out = "bytes:";
+    for (unsigned char c : b) out += std::string("\\x") + kHex[c >> 4] + kHex[c & 15];
+    return out;
+  }
+};
 
 /// "cmpl-…" / "chatcmpl-…": prefix plus 32 random hex digits, as OpenAI's ids look.
 inline std::string make_id(const char* prefix) {
@@ -65,40 +88,70 @@ inline json utf8_bytes(const std::string& s) {
 }
 
 /// Legacy completions logprobs: parallel arrays; `text_offset` counts bytes from `offset0`.
-/// Each top_logprobs entry includes the sampled token, as vLLM's does.
-inline json completion_logprobs(const std::vector<TokenLogprob>& lps, const TokenText& text, size_t offset0) {
+/// Each top_logprobs entry includes the sampled token, as vLLM's does. top_logprobs is keyed by
+/// spelling: should two ids still share one (two added tokens of equal text), the later is keyed
+/// "token_id:N", so no alternative is ever lost.
+inline json completion_logprobs(const std::vector<TokenLogprob>& lps, const TokenSpelling& spell, size_t offset0) {
   json tokens = json::array(), token_lps = json::array(), tops = json::array(), offs = json::array();
   size_t off = offset0;
   for (const auto& lp : lps) {
-    const std::string t = text(lp.token);
+    const std::string t = spell(lp.token);
     tokens.push_back(t);
     token_lps.push_back(lp.logprob);
     json top = json::object();
-    top[t] = lp.logprob;
-    for (const auto& [id, l] : lp.top) {
-      const std::string tt = text(id);
-      if (!top.contains(tt)) top[tt] = l;
-    }
+    std::vector<std::pair<std::string, int32_t>> keyed;  // spelling → id, to tell collisions
+    auto put = [&](int32_t id, float l) {
+      std::string k = spell(id);
+      for (const auto& [key, kid] : keyed)
+        if (key == k) {
+          if (kid == id) return;  // the sampled token again
+          k = TokenSpelling::token_id(id);
+          break;
+        }
+      keyed.emplace_back(k, id);
+      top[k] = l;
+    };
+    put(lp.token, lp.logprob);
+    for (const auto& [id, l] : lp.top) put(id, l);
     tops.push_back(std::move(top));
     offs.push_back(off);
-    off += t.size();
+    off += spell.bytes(lp.token).size();
   }
   return {{"tokens", tokens}, {"token_logprobs", token_lps}, {"top_logprobs", tops}, {"text_offset", offs}};
 }
 
 /// Chat logprobs: `{"content": [{token, logprob, bytes, top_logprobs: [...]}], "refusal": null}`.
-inline json chat_logprobs(const std::vector<TokenLogprob>& lps, const TokenText& text) {
+/// `bytes` are the token's own bytes (OpenAI's meaning), also for part of a character.
+inline json chat_logprobs(const std::vector<TokenLogprob>& lps, const TokenSpelling& spell) {
   json content = json::array();
   for (const auto& lp : lps) {
-    const std::string t = text(lp.token);
     json top = json::array();
-    for (const auto& [id, l] : lp.top) {
-      const std::string tt = text(id);
-      top.push_back({{"token", tt}, {"logprob", l}, {"bytes", utf8_bytes(tt)}});
-    }
-    content.push_back({{"token", t}, {"logprob", lp.logprob}, {"bytes", utf8_bytes(t)}, {"top_logprobs", top}});
+    for (const auto& [id, l] : lp.top)
+      top.push_back({{"token", spell(id)}, {"logprob", l}, {"bytes", utf8_bytes(spell.bytes(id))}});
+    content.push_back({{"token", spell(lp.token)},
+                       {"logprob", lp.logprob},
+                       {"bytes", utf8_bytes(spell.bytes(lp.token))},
+                       {"top_logprobs", top}});
   }
   return {{"content", content}, {"refusal", nullptr}};
+}
+
+/// vLLM's prompt_logprobs: null for the first prompt token, then per token a map from token id
+/// to {logprob, rank, decoded_token}: the prompt token itself, then the top-n (ranks 1..n).
+inline json prompt_logprobs_json(const std::vector<PromptLogprob>& lps, const TokenSpelling& spell) {
+  auto clamp = [](float x) { return std::max(x, -9999.0f); };  // vLLM's stand-in for -inf
+  json out = json::array({nullptr});
+  for (const auto& lp : lps) {
+    json d = json::object();
+    d[std::to_string(lp.token)] = {{"logprob", clamp(lp.logprob)}, {"rank", lp.rank}, {"decoded_token", spell(lp.token)}};
+    for (size_t i = 0; i < lp.top.size(); ++i) {
+      const std::string k = std::to_string(lp.top[i].first);
+      if (!d.contains(k))
+        d[k] = {{"logprob", clamp(lp.top[i].second)}, {"rank", i + 1}, {"decoded_token", spell(lp.top[i].first)}};
+    }
+    out.push_back(std::move(d));
+  }
+  return out;
 }
 
 /// One `data: …` server-sent event.

@@ -47,6 +47,8 @@ struct ServeOptions {
   int num_threads = 0;  ///< CPU backend threads; 0 → all cores
   bool disable_log_requests = false;
   double shutdown_timeout = 30.0;  ///< seconds in-flight requests may run after SIGTERM/SIGINT
+  double request_timeout = 10.0;   ///< a request must arrive whole within this (else 408)
+  double timeout_keep_alive = 5.0; ///< vLLM's (uvicorn's): idle keep-alive connections close after this
 };
 
 namespace detail {
@@ -191,6 +193,15 @@ inline void add_serve_flags(CLI::App& app, ServeOptions& o) {
                  "On SIGTERM/SIGINT: seconds to let in-flight requests finish (new ones get 503) before "
                  "aborting the rest; 0 aborts at once")
       ->check(CLI::Range(0.0, 86400.0))
+      ->capture_default_str();
+  app.add_option(both_spellings("request-timeout"), o.request_timeout,
+                 "Seconds a client has to send a whole request (line, headers, body); slower or idle "
+                 "connections get HTTP 408")
+      ->check(CLI::Range(0.05, 86400.0))
+      ->capture_default_str();
+  app.add_option(both_spellings("timeout-keep-alive"), o.timeout_keep_alive,
+                 "Seconds an idle keep-alive connection stays open between requests")
+      ->check(CLI::Range(0.05, 86400.0))
       ->capture_default_str();
 }
 

@@ -2,11 +2,14 @@
 /// \file jinja_expr_parser.hpp
 /// \brief Expression lexer and parser of pie's Jinja subset (the inside of one `{{ }}` or
 /// `{% %}` tag) for jinja_template_parser.hpp, which builds the statement tree around it.
+#include <cerrno>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "pie/core/error.hpp"
 #include "pie/tokenizer/jinja_ast.hpp"
 
 namespace pie::tokenizer::jinja {
@@ -97,6 +100,8 @@ inline std::vector<Tok> lex_expr(std::string_view src) {
 /// ternary < or < and < not < compare/in < + - < ~ < * / // % < ** < unary - < postfix, filter, is.
 class ExprParser {
  public:
+  static constexpr int kMaxNesting = 200;
+
   explicit ExprParser(std::string_view src) : src_(src), t_(lex_expr(src)) {}
 
   ExprPtr expression() {
@@ -214,6 +219,14 @@ class ExprParser {
     return e;
   }
   ExprPtr unary() {
+    // Every nesting (parentheses, lists, call arguments, filters, unary signs) recurses through
+    // here: bound it, so a hostile template is an error rather than a stack overflow.
+    struct Depth {
+      int& d;
+      explicit Depth(int& x) : d(x) { ++d; }
+      ~Depth() { --d; }
+    } depth(depth_);
+    PIE_CHECK(depth_ <= kMaxNesting, "chat template: expression nested deeper than ", kMaxNesting, " levels");
     if (is_op("-") || is_op("+")) {
       auto n = node(Expr::Kind::Unary);
       n->name = t_[p_++].s;
@@ -302,7 +315,16 @@ class ExprParser {
     }
     if (t.type == Tok::Int || t.type == Tok::Float) {
       auto n = node(Expr::Kind::Literal);
-      n->literal = t.type == Tok::Int ? Json(std::stoll(t.s)) : Json(std::stod(t.s));
+      // Found by the chat_template fuzz target: std::stoll threw std::out_of_range past 2^63.
+      errno = 0;
+      char* end = nullptr;
+      if (t.type == Tok::Int) {
+        const long long v = std::strtoll(t.s.c_str(), &end, 10);
+        if (errno == ERANGE) fail("integer literal out of range");
+        n->literal = Json(v);
+      } else {
+        n->literal = Json(std::strtod(t.s.c_str(), &end));  // ±inf past the range, as Python's float()
+      }
       ++p_;
       return n;
     }
@@ -357,6 +379,7 @@ class ExprParser {
   std::string_view src_;
   std::vector<Tok> t_;
   std::size_t p_ = 0;
+  int depth_ = 0;  // unary() frames open: the nesting of the expression being parsed
 };
 
 }  // namespace parse_detail

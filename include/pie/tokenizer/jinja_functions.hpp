@@ -2,6 +2,9 @@
 /// \file jinja_functions.hpp
 /// \brief The named callables of pie's Jinja subset: filters, tests, str/dict methods and
 /// global functions. An unknown name is an error that names it.
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
 #include <ctime>
 #include <string>
 #include <vector>
@@ -148,8 +151,29 @@ inline Value call_filter(const std::string& name, const Value& x, const std::vec
     }
     return Value::of(out);
   }
-  if (name == "int") return Value::of(j.is_string() ? std::stoll(j.get<std::string>()) : j.get<long long>());
-  if (name == "float") return Value::of(j.is_string() ? std::stod(j.get<std::string>()) : j.get<double>());
+  // Jinja's int/float filters: a value that does not convert gives 0 (their default), never an
+  // exception (std::stoll threw on "abc" and past 2^63).
+  if (name == "int") {
+    if (j.is_number_float()) {
+      const double d = j.get<double>();
+      return Value::of(std::isfinite(d) && std::fabs(d) < 9.2e18 ? static_cast<long long>(d) : 0LL);
+    }
+    if (j.is_number()) return Value::of(j.get<long long>());
+    if (!j.is_string()) return Value::of(0LL);
+    const std::string str = j.get<std::string>();
+    errno = 0;
+    char* end = nullptr;
+    const long long v = std::strtoll(str.c_str(), &end, 10);
+    return Value::of(errno == ERANGE || end == str.c_str() ? 0LL : v);
+  }
+  if (name == "float") {
+    if (j.is_number()) return Value::of(j.get<double>());
+    if (!j.is_string()) return Value::of(0.0);
+    const std::string str = j.get<std::string>();
+    char* end = nullptr;
+    const double v = std::strtod(str.c_str(), &end);
+    return Value::of(end == str.c_str() ? 0.0 : v);
+  }
   if (name == "abs") return j.is_number_integer() ? Value::of(std::llabs(j.get<long long>())) : Value::of(std::fabs(j.get<double>()));
   if (name == "unique") {
     Json a = Json::array();

@@ -112,6 +112,12 @@ class TreeBuilder {
   /// Parses until a Stmt whose first word is in `enders` (returned in `ender`, tag consumed;
   /// its remaining expression is left in `rest_`).
   Body parse_body(const std::vector<std::string>& enders, std::string& ender) {
+    struct Depth {  // nested blocks recurse here: an error, not a stack overflow, past the bound
+      int& d;
+      explicit Depth(int& x) : d(x) { ++d; }
+      ~Depth() { --d; }
+    } depth(depth_);
+    PIE_CHECK(depth_ <= kMaxNesting, "chat template: blocks nested deeper than ", kMaxNesting, " levels");
     Body body;
     while (p_ < c_.size()) {
       const Chunk& ch = c_[p_++];
@@ -222,6 +228,8 @@ class TreeBuilder {
   std::vector<Chunk> c_;
   std::size_t p_ = 0;
   std::unique_ptr<ExprParser> rest_;
+  static constexpr int kMaxNesting = 200;
+  int depth_ = 0;  // parse_body frames open
 };
 
 }  // namespace parse_detail
