@@ -47,6 +47,9 @@ CLI::App* add_bench_command(CLI::App& app, BenchOptions& o) {
   s->add_option("--block-size,--block_size", o.block_size, "KV block size in tokens: 8 | 16")
       ->check(CLI::IsMember({8, 16}))
       ->capture_default_str();
+  s->add_option("--kv-cache-dtype,--kv_cache_dtype", o.kv_cache_dtype, "KV-cache dtype: auto (bf16) | fp8 (e4m3)")
+      ->check(CLI::IsMember({"auto", "bfloat16", "fp8", "fp8_e4m3"}))
+      ->capture_default_str();
   s->add_option("--gpu-memory-utilization,--gpu_memory_utilization", o.gpu_memory_utilization)->capture_default_str();
   s->add_option("--swap-space,--swap_space", o.swap_space, "GiB of pinned host swap")->capture_default_str();
   s->add_option("--preemption-mode,--preemption_mode", o.preemption_mode, "recompute | swap")->capture_default_str();
@@ -91,6 +94,7 @@ EngineOptions engine_options(const BenchOptions& o, const model::ModelConfig& cf
   eo.seed = o.seed;
   eo.device = "cuda";
   eo.block_size = o.block_size;
+  eo.kv_cache_dtype = o.kv_cache_dtype;
   eo.sched.max_num_seqs = o.max_num_seqs;
   eo.sched.max_num_batched_tokens = std::max(o.max_num_batched_tokens, o.max_num_seqs);
   const int need = o.dataset == "random" ? o.input_len + o.output_len : 4 * (o.input_len + o.output_len);
@@ -139,9 +143,11 @@ struct Bench {
     auto t0 = Clock::now();
     eng = std::make_unique<Engine<Model, Policy>>(eo, registry::cuda_group(resolve_engine(eo)));
     const auto& mp = eng->runner().memory_plan();
-    std::printf("engine: %s, weights %.2f GiB on the device (%s), built in %.1f s\n", cfg.architecture_name.c_str(),
-                mp.gib(mp.weight_bytes), o.load_format.c_str(), secs(t0, Clock::now()));
-    roof = std::make_unique<engine::cuda::RooflineModel>(cfg, sizeof(bf16), sizeof(bf16));
+    const std::string_view kv_name = DTypeTraits<typename Policy::kv_dtype>::name;
+    std::printf("engine: %s, weights %.2f GiB on the device (%s), KV cache %.*s, built in %.1f s\n",
+                cfg.architecture_name.c_str(), mp.gib(mp.weight_bytes), o.load_format.c_str(),
+                static_cast<int>(kv_name.size()), kv_name.data(), secs(t0, Clock::now()));
+    roof = std::make_unique<engine::cuda::RooflineModel>(cfg, sizeof(bf16), sizeof(typename Policy::kv_dtype));
     eng->set_observer([this](const sched::StepPlan& p, const StepTiming& t) { observe(p, t); });
   }
 
@@ -347,6 +353,7 @@ int run_bench(const BenchOptions& o) {
     eo.model_dir = o.model_dir;
     eo.device = "cuda";
     eo.block_size = o.block_size;
+    eo.kv_cache_dtype = o.kv_cache_dtype;
     with_cuda_engine_type(eo, [&]<class Model, class Policy>(const registry::Choice&) {
       rc = run_bench_with<Model, Policy>(o);
     });

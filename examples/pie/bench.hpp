@@ -28,6 +28,7 @@ struct BenchOptions {
   int max_prefill_tokens_with_decodes = 0;
   int max_model_len = 0;              ///< 0 → input + output (+ margin), capped by the model
   int block_size = 16;                ///< KV block size in tokens: 8 or 16 (compile-time policies)
+  std::string kv_cache_dtype = "auto"; ///< auto (bf16) | fp8 (e4m3, blocks of 16)
   double gpu_memory_utilization = 0.9;
   double swap_space = 4.0;            ///< GiB
   std::string preemption_mode = "recompute";

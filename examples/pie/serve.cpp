@@ -348,7 +348,8 @@ int run_serve(const ServeOptions& o) {
 #endif
     return serve_with(o, [device](const EngineOptions& eo) {
 #if defined(PIE_HAVE_SERVE_CUDA)
-      if (device == "cuda") announce_roofline(eo, 2, 2, eo.tensor_parallel_size);  // while the card is empty
+      if (device == "cuda")  // while the card is empty; an fp8 KV cache reads 1 byte per element
+        announce_roofline(eo, 2, resolve_engine(eo).kv_dtype == "fp8" ? 1 : 2, eo.tensor_parallel_size);
 #endif
       return make_engine(eo);
     }, device);

@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <utility>
 #include <nlohmann/json.hpp>
 #include <vector>
 
@@ -98,6 +99,77 @@ TEST(GpuVsTransformers, TeacherForcedGreedyAndLogits) {
                 dir.filename().c_str(), within_ulp, steps, rate, agree, steps, strict, steps, worst);
     EXPECT_GE(rate, 0.99);
     EXPECT_LE(worst, 2e-2);
+  }
+}
+
+/// pie's greedy pick and logits at every teacher-forced step of `ref` (the prompt as one prefill,
+/// then transformers' greedy tokens one decode step at a time), with the KV cache of `Policy`.
+template <class Policy>
+std::pair<std::vector<int32_t>, std::vector<std::vector<float>>> teacher_forced(const std::filesystem::path& dir,
+                                                                                const nlohmann::json& ref) {
+  EngineOptions o;
+  o.model_dir = dir.string();
+  o.sched.max_num_seqs = 4;
+  o.sched.max_num_batched_tokens = 1024;
+  o.sched.max_model_len = 1024;
+  o.num_kv_blocks = 256;
+  o.swap_space_gib = 0.01;
+  o.log = false;
+  Engine<Qwen3, Policy> engine(o);
+  auto& runner = engine.runner();
+  std::vector<int32_t> ids;
+  std::vector<std::vector<float>> logits;
+  for (const auto& pr : ref["prompts"]) {
+    gpu_test::HandSeq s{pr["prompt_ids"].get<std::vector<int32_t>>()};
+    const auto greedy = pr["greedy_ids"].get<std::vector<int32_t>>();
+    int32_t next = 0;
+    for (size_t k = 0; k < greedy.size(); ++k) {
+      const int n = k == 0 ? static_cast<int>(s.tokens.size()) : 1;
+      auto plan = gpu_test::hand_plan({&s}, {n}, Policy::block_size, next);
+      const auto row = runner.execute_logits(plan, std::vector<SampleSpec>(1));
+      logits.emplace_back(row.begin(), row.end());
+      ids.push_back(runner.last_ids()[0]);
+      s.tokens.push_back(greedy[k]);
+    }
+  }
+  return {ids, logits};
+}
+
+// The fp8 e4m3 KV cache (`--kv-cache-dtype fp8`, per-tensor scale 1 as vLLM without calibrated
+// scales) against the bf16 cache on the same checkpoints and the same teacher-forced tokens
+// (4 prompts x 32 steps = 128 per checkpoint). Issue 14 asks for >= 97% greedy agreement; the
+// H200 measured 120/128 (8B widths, 8 layers) and 123/128 (small), logits rel err 3.2% / 2.2%
+// mean (docs/kernels.md): e4m3 keeps 3 mantissa bits (~2.6% RMS rounding per element, whatever
+// the scale), and these random checkpoints' greedy paths have top-2 margins of 0-0.06, which that
+// noise flips. So this guards the measured level (>= 90%, worst logits rel err <= 8%), not the
+// issue's target, which stays open.
+TEST(GpuVsTransformers, Fp8KvCacheAgreesWithBf16KvCache) {
+  auto dirs = checkpoints();
+  if (dirs.empty()) GTEST_SKIP() << "PIE_GPU_HF_DIR is unset or holds no checkpoint (run make_hf_reference.py)";
+  static_assert(CudaBf16Fp8KV::block_size == CudaBf16::block_size);
+  for (const auto& dir : dirs) {
+    SCOPED_TRACE(dir.string());
+    std::ifstream f(dir / "reference.json");
+    const nlohmann::json ref = nlohmann::json::parse(f);
+    const auto [want, want_logits] = teacher_forced<CudaBf16>(dir, ref);
+    const auto [got, got_logits] = teacher_forced<CudaBf16Fp8KV>(dir, ref);
+    ASSERT_EQ(got.size(), want.size());
+    int agree = 0;
+    double worst = 0, sum = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      agree += got[i] == want[i];
+      const double e = gpu_test::rel_err(got_logits[i], want_logits[i]);
+      worst = std::max(worst, e);
+      sum += e;
+      if (got[i] != want[i])
+        std::printf("[fp8 kv vs bf16 kv] %s step %zu: fp8 %d, bf16 %d; bf16 cache's logit gap %.4g\n",
+                    dir.filename().c_str(), i, got[i], want[i], want_logits[i][want[i]] - want_logits[i][got[i]]);
+    }
+    const double rate = double(agree) / static_cast<double>(got.size());
+    std::printf("[fp8 kv vs bf16 kv] %s: greedy agreement %d/%zu (%.4f), logits rel err mean %.3g worst %.3g\n",
+                dir.filename().c_str(), agree, got.size(), rate, sum / static_cast<double>(got.size()), worst);
+    EXPECT_GE(rate, 0.90);
+    EXPECT_LE(worst, 0.08);
   }
 }
 

@@ -57,6 +57,12 @@ def test_unusable_combination_exits_2():
     # looked for, so this holds on machines without a GPU; builds without CUDA refuse the device).
     r = run("--device", "cuda", "--block-size", "32")
     assert r.returncode == 2 and ("--block-size 32" in r.stderr or "no CUDA backend" in r.stderr), r.stderr
+    # The fp8 KV cache is a CUDA policy at 16-token blocks only: the CPU refuses it, and so do
+    # 8-token blocks on CUDA (both before any model or device is loaded).
+    r = run("--device", "cpu", "--kv-cache-dtype", "fp8")
+    assert r.returncode == 2 and "kv fp8" in r.stderr, r.stderr
+    r = run("--device", "cuda", "--kv-cache-dtype", "fp8_e4m3", "--block-size", "8")
+    assert r.returncode == 2 and ("kv fp8/block 8" in r.stderr or "no CUDA backend" in r.stderr), r.stderr
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])

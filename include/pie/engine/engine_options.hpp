@@ -53,7 +53,7 @@ struct EngineOptions {
   // Policy> built directly has these fixed by its template arguments and ignores them.
   std::string device = "cpu";          ///< cpu | cuda
   std::string dtype = "auto";          ///< auto | float32 | bfloat16 (vLLM's --dtype)
-  std::string kv_cache_dtype = "auto"; ///< auto | float32 | bfloat16 (vLLM's --kv-cache-dtype)
+  std::string kv_cache_dtype = "auto"; ///< auto | float32 | bfloat16 | fp8 (vLLM's --kv-cache-dtype)
   int block_size = 16;                 ///< tokens per KV block (vLLM's --block-size)
   int tensor_parallel_size = 1;        ///< ranks of the tensor-parallel group
 

@@ -47,8 +47,10 @@ bool has_model(List<Ms...>, const std::string& name) {
 /// The compiled CPU policies (exact fp32 at the block sizes vLLM offers; bf16 storage).
 using CpuPolicies = List<EnginePolicy<8, float, float, attention::Causal, backend::Cpu>, CpuF32,
                          EnginePolicy<32, float, float, attention::Causal, backend::Cpu>, CpuBf16>;
-/// The compiled CUDA policies (bf16 tensor cores; the fp8 KV cache is not servable yet).
-using CudaPolicies = List<EnginePolicy<8, bf16, bf16, attention::Causal, backend::Cuda>, CudaBf16>;
+/// The compiled CUDA policies (bf16 tensor cores): bf16 KV at blocks of 8 and 16, and the fp8
+/// e4m3 KV cache (`--kv-cache-dtype fp8`, per-tensor scale) at blocks of 16 only, since every
+/// policy adds its own set of attention kernels to the registry's translation unit.
+using CudaPolicies = List<EnginePolicy<8, bf16, bf16, attention::Causal, backend::Cuda>, CudaBf16, CudaBf16Fp8KV>;
 
 /// \brief The resolved choice of one make_engine() call.
 struct Choice {
@@ -148,7 +150,7 @@ inline registry::Choice resolve_engine(const EngineOptions& opt) {
   c.device = opt.device;
   c.model = engine_model_name(opt);
   c.dtype = opt.dtype == "auto" ? (gpu ? "bfloat16" : "float32") : (opt.dtype == "float" ? "float32" : opt.dtype);
-  c.kv_dtype = opt.kv_cache_dtype == "auto" ? c.dtype : opt.kv_cache_dtype;
+  c.kv_dtype = opt.kv_cache_dtype == "auto" ? c.dtype : opt.kv_cache_dtype == "fp8_e4m3" ? "fp8" : opt.kv_cache_dtype;
   c.block_size = opt.block_size;
   c.tp = opt.tensor_parallel_size;
   PIE_CHECK(c.tp >= 1, "--tensor-parallel-size must be >= 1, got ", c.tp);

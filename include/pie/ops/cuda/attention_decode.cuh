@@ -30,11 +30,15 @@ namespace pie::ops::cuda {
 namespace detail {
 /// Tokens in flight per lane group and stage: 4, or 2 at GQA groups ≥ 8 (registers).
 constexpr int decode_unroll(int group) { return group >= 8 ? 2 : 4; }
-/// Ring depth of the default CTA shape (4 warps): 3 stages of 16 KB (16-bit K/V) at groups ≤ 4,
-/// so that 4 CTAs fit an SM (measured, H200: b64 ctx4096 96% of copy bandwidth with 3 stages,
-/// 88% with 4, where 64 KB rings left room for 3 CTAs); 8 stages of 8 KB at group 8.
-constexpr int decode_stages(int group) { return group >= 8 ? 8 : 3; }
-/// Resident CTAs per SM the plan counts on for the default shape: 4 (48 KB rings, ≤ 128
+/// Ring depth of the default CTA shape (4 warps): 2 stages of 16 KB (16-bit K/V) at groups ≤ 4.
+/// Measured on the H200 (BM_DecodeShape, 2026-12-02 and 2026-12-04): 4 stages (64 KB rings, 3
+/// CTAs per SM) lost to 3 (b64 ctx4096 88% vs 96% of copy bandwidth), and 2 stages beat 3 in two
+/// calls, then against the 3-stage kernel in the same binary (b1 ctx32768 +2.9 points, b8
+/// ctx8192 +1.8, b64 +0.6; b256, b512 and fp8 within ±0.8): the CTA is bound by its arithmetic,
+/// and 4 CTAs per SM keep enough in flight.
+/// 8 stages of 8 KB at group 8.
+constexpr int decode_stages(int group) { return group >= 8 ? 8 : 2; }
+/// Resident CTAs per SM the plan counts on for the default shape: 4 (32 KB rings, ≤ 128
 /// registers); at group 8 the registers (q and accumulators of 8 heads) allow 2.
 constexpr int decode_ctas_per_sm(int group) { return group >= 8 ? 2 : 4; }
 }  // namespace detail
