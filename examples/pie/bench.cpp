@@ -29,7 +29,8 @@ CLI::App* add_bench_command(CLI::App& app, BenchOptions& o) {
   CLI::App* s = app.add_subcommand("bench", "Offline throughput / batch-1 latency on the GPU, with the roofline");
   s->add_option("model", o.model_dir, "Folder with config.json (and weights unless --load-format dummy)")->required();
   s->add_option("--load-format,--load_format", o.load_format, "dummy | auto | safetensors")->capture_default_str();
-  s->add_option("--mode", o.mode, "throughput | latency")->capture_default_str();
+  s->add_option("--mode", o.mode, "throughput | latency | both (latency, then throughput, one engine)")
+      ->capture_default_str();
   s->add_option("--dataset-name,--dataset_name", o.dataset, "random | sharegpt (ShareGPT-like random lengths)")
       ->capture_default_str();
   s->add_option("--num-prompts,--num_prompts", o.num_prompts)->capture_default_str();
@@ -136,6 +137,12 @@ struct Bench {
     std::printf("engine: %s, weights %.2f GiB on the device (%s), built in %.1f s\n", cfg.architecture_name.c_str(),
                 mp.gib(mp.weight_bytes), o.load_format.c_str(), secs(t0, Clock::now()));
     roof = std::make_unique<engine::cuda::RooflineModel>(cfg, sizeof(bf16), sizeof(bf16));
+    if (cfg.architecture_name == Qwen3Moe::kArchitectureName) {  // its experts: what a step touches
+      const auto m = model::load_moe_config(o.model_dir, cfg.num_hidden_layers);
+      engine::cuda::MoeShape ms{m.num_experts, m.num_experts_per_tok, m.moe_intermediate_size, 0};
+      for (int l = 0; l < cfg.num_hidden_layers; ++l) ms.sparse_layers += m.sparse(l) ? 1 : 0;
+      roof->set_moe(ms);
+    }
     eng->set_observer([this](const sched::StepPlan& p, const StepTiming& t) { observe(p, t); });
   }
 
@@ -309,8 +316,13 @@ template <class Model, class Policy>
 int run_bench_with(const BenchOptions& o) {
   try {
     Bench<Model, Policy> b(o);
-    PIE_CHECK(o.mode == "latency" || o.mode == "throughput", "--mode must be throughput or latency");
-    nlohmann::json r = o.mode == "latency" ? b.latency() : b.throughput();
+    PIE_CHECK(o.mode == "latency" || o.mode == "throughput" || o.mode == "both",
+              "--mode must be throughput, latency or both");
+    // both: latency, then throughput, on one engine (a large model is built once).
+    nlohmann::json r = o.mode == "latency"      ? b.latency()
+                       : o.mode == "throughput" ? b.throughput()
+                                                : nlohmann::json{{"mode", "both"}, {"latency", b.latency()},
+                                                                 {"throughput", b.throughput()}};
     if (o.profile) {
       const int batch = o.mode == "latency" ? 1 : std::min(o.max_num_seqs, o.num_prompts);
       r["profile"] = b.profile(batch, o.input_len + o.output_len / 2);

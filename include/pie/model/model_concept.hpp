@@ -25,7 +25,7 @@
 ///       // the step, written once over the backend's forward context F (engine/cpu/cpu_forward.hpp,
 ///       // engine/cuda/cuda_forward.cuh): f.act(cols), f.embed, f.linear, f.norm_linear,
 ///       // f.add_rms_norm, f.rms_norm, f.add, f.qk_norm_rope, f.rope, f.attention(layer, qkv, out),
-///       // f.silu_and_mul, f.moe (a sparse MoE block, CPU only for now), f.all_reduce (tensor
+///       // f.silu_and_mul, f.moe (a sparse MoE block), f.all_reduce (tensor
 ///       // parallelism's hook), f.logits
 ///
 /// The engine then gives the model paged KV, continuous batching, chunked prefill, prefix

@@ -14,9 +14,9 @@
 /// forward context: f.moe(x, router, gate_up, down, top_k, norm_topk_prob, out).
 ///
 /// The MoE fields of config.json (MoeConfig) are parsed here, not by config_io, and travel in
-/// the weights. Backends: the CPU (exact fp32 reference; registry/make_engine.hpp lists it for
-/// --device cpu), with dummy weights (--load-format dummy). Not yet: the CUDA op,
-/// tensor-parallel sharding.
+/// the weights. Backends: the CPU (exact fp32 reference) and CUDA (ops/cuda/moe.cuh through
+/// CudaForward::moe), both listed by registry/make_engine.hpp, with dummy weights
+/// (--load-format dummy; on the GPU generated on the device). Not yet: tensor-parallel sharding.
 #include <algorithm>
 #include <cstdint>
 #include <filesystem>

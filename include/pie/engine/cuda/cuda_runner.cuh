@@ -225,6 +225,7 @@ class CudaRunner {
     }
     model::LoadOptions lo;
     lo.progress = false;
+    lo.defer_dummy_fill = true;  // dummy weights: generated on the device by DeviceCopy
     auto m = model::load_user_model<Model, T>(opt_.model_dir, model::parse_load_format(opt_.load_format), lo,
                                                  opt_.seed);
     global_ = m.config;
