@@ -91,6 +91,8 @@ def make(name, kwargs, out_root, seed, min_margin, tries, moe=False):
     if moe:
         from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
         config, cls = Qwen3MoeConfig(**kwargs), Qwen3MoeForCausalLM
+        for key in ("num_experts", "num_local_experts"):  # the name differs across transformers versions
+            setattr(config, key, kwargs["num_experts"])
     else:
         config, cls = Qwen3Config(**kwargs), Qwen3ForCausalLM
     config.eos_token_id = kwargs["vocab_size"] - 1
