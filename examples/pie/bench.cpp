@@ -129,7 +129,7 @@ struct Bench {
     ceil = engine::cuda::measure_ceilings();
     std::printf("ceilings: bf16 GEMM %.1f TFLOP/s, device copy %.2f TB/s (read + write)\n", ceil.gemm_flops / 1e12,
                 ceil.copy_bw / 1e12);
-    model::ModelConfig cfg = model::load_model_config(o.model_dir);
+    model::ModelConfig cfg = model::load_model_config(o.model_dir, /*any_architecture=*/true);  // Qwen3-MoE too
     EngineOptions eo = engine_options(o, cfg);
     auto t0 = Clock::now();
     eng = std::make_unique<Engine<Model, Policy>>(eo, registry::cuda_group(resolve_engine(eo)));
@@ -137,12 +137,7 @@ struct Bench {
     std::printf("engine: %s, weights %.2f GiB on the device (%s), built in %.1f s\n", cfg.architecture_name.c_str(),
                 mp.gib(mp.weight_bytes), o.load_format.c_str(), secs(t0, Clock::now()));
     roof = std::make_unique<engine::cuda::RooflineModel>(cfg, sizeof(bf16), sizeof(bf16));
-    if (cfg.architecture_name == Qwen3Moe::kArchitectureName) {  // its experts: what a step touches
-      const auto m = model::load_moe_config(o.model_dir, cfg.num_hidden_layers);
-      engine::cuda::MoeShape ms{m.num_experts, m.num_experts_per_tok, m.moe_intermediate_size, 0};
-      for (int l = 0; l < cfg.num_hidden_layers; ++l) ms.sparse_layers += m.sparse(l) ? 1 : 0;
-      roof->set_moe(ms);
-    }
+    roof->set_moe_of(o.model_dir);  // a MoE model: the experts a step touches
     eng->set_observer([this](const sched::StepPlan& p, const StepTiming& t) { observe(p, t); });
   }
 

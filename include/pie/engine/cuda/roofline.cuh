@@ -15,10 +15,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "pie/core/buffer.hpp"
 #include "pie/model/config.hpp"
+#include "pie/model/qwen3_moe.hpp"
 #include "pie/ops/cuda/gemm.cuh"
 #include "pie/sched/step_plan.hpp"
 
@@ -115,6 +117,15 @@ class RooflineModel {
     linear_params_ -= 3.0 * I * H * m.sparse_layers;
     linear_params_ += static_cast<double>(m.num_experts) * H * m.sparse_layers;  // routers
     expert_params_ = 3.0 * m.inter * H;
+  }
+
+  /// set_moe with the MoE fields of `dir`/config.json when the model is a Qwen3-MoE (else nothing).
+  void set_moe_of(const std::string& dir) {
+    if (dir.empty() || c_.architecture_name != Qwen3Moe::kArchitectureName) return;
+    const model::MoeConfig m = model::load_moe_config(dir, c_.num_hidden_layers);
+    MoeShape ms{m.num_experts, m.num_experts_per_tok, m.moe_intermediate_size, 0};
+    for (int l = 0; l < c_.num_hidden_layers; ++l) ms.sparse_layers += m.sparse(l) ? 1 : 0;
+    set_moe(ms);
   }
 
   /// Weight bytes a step reads however small it is (one token's experts included).
