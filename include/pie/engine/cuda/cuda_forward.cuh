@@ -272,6 +272,8 @@ class CudaForward {
   /// fixed addresses with no host sync, so decode steps capture it into their graphs. Decode
   /// batches of up to kMoeGemvMaxTokens take the grouped GEMV unless batch invariance is on.
   /// router [E, H], gate_up [E, 2·I, H] (gate rows first), down [E, H, I]; out must not alias x.
+  /// Under TP (experts sharded by I, Qwen3Moe::shard) out is this rank's partial sum: the
+  /// forward all-reduces it.
   void moe(const Act& x, const Weight& router, const Weight& gate_up, const Weight& down, int top_k,
            bool norm_topk_prob, Act out) {
     const int64_t E = router.shape[0], H = x.shape[1], I = down.rank == 3 ? down.shape[2] : 0;
@@ -280,7 +282,6 @@ class CudaForward {
                   down.shape[1] == H && out.shape[1] == H,
               "moe: router [E, H], gate_up [E, 2I, H], down [E, H, I] and out [n, H] do not agree (H = ", H, ")");
     PIE_CHECK(out.data != x.data, "moe: out must not alias x");
-    PIE_CHECK(!p_.comm, "moe: expert sharding under tensor parallelism is not implemented on the GPU");
     if (!moe_ || !moe_->fits(p_.max_tokens, static_cast<int>(E), top_k, static_cast<int>(H), static_cast<int>(I))) {
       PIE_CHECK(!frozen_, "CudaForward: the MoE workspace changed after the graphs were captured");
       moe_ = std::make_unique<ops::cuda::MoeWorkspace<T>>(p_.max_tokens, static_cast<int>(E), top_k,
