@@ -29,7 +29,8 @@ CLI::App* add_bench_command(CLI::App& app, BenchOptions& o) {
   CLI::App* s = app.add_subcommand("bench", "Offline throughput / batch-1 latency on the GPU, with the roofline");
   s->add_option("model", o.model_dir, "Folder with config.json (and weights unless --load-format dummy)")->required();
   s->add_option("--load-format,--load_format", o.load_format, "dummy | auto | safetensors")->capture_default_str();
-  s->add_option("--mode", o.mode, "throughput | latency")->capture_default_str();
+  s->add_option("--mode", o.mode, "throughput | latency | both (latency, then throughput, one engine)")
+      ->capture_default_str();
   s->add_option("--dataset-name,--dataset_name", o.dataset, "random | sharegpt (ShareGPT-like random lengths)")
       ->capture_default_str();
   s->add_option("--num-prompts,--num_prompts", o.num_prompts)->capture_default_str();
@@ -138,7 +139,7 @@ struct Bench {
     ceil = engine::cuda::measure_ceilings();
     std::printf("ceilings: bf16 GEMM %.1f TFLOP/s, device copy %.2f TB/s (read + write)\n", ceil.gemm_flops / 1e12,
                 ceil.copy_bw / 1e12);
-    model::ModelConfig cfg = model::load_model_config(o.model_dir);
+    model::ModelConfig cfg = model::load_model_config(o.model_dir, /*any_architecture=*/true);  // Qwen3-MoE too
     EngineOptions eo = engine_options(o, cfg);
     auto t0 = Clock::now();
     eng = std::make_unique<Engine<Model, Policy>>(eo, registry::cuda_group(resolve_engine(eo)));
@@ -148,6 +149,7 @@ struct Bench {
                 cfg.architecture_name.c_str(), mp.gib(mp.weight_bytes), o.load_format.c_str(),
                 static_cast<int>(kv_name.size()), kv_name.data(), secs(t0, Clock::now()));
     roof = std::make_unique<engine::cuda::RooflineModel>(cfg, sizeof(bf16), sizeof(typename Policy::kv_dtype));
+    roof->set_moe_of(o.model_dir);  // a MoE model: the experts a step touches
     eng->set_observer([this](const sched::StepPlan& p, const StepTiming& t) { observe(p, t); });
   }
 
@@ -321,8 +323,13 @@ template <class Model, class Policy>
 int run_bench_with(const BenchOptions& o) {
   try {
     Bench<Model, Policy> b(o);
-    PIE_CHECK(o.mode == "latency" || o.mode == "throughput", "--mode must be throughput or latency");
-    nlohmann::json r = o.mode == "latency" ? b.latency() : b.throughput();
+    PIE_CHECK(o.mode == "latency" || o.mode == "throughput" || o.mode == "both",
+              "--mode must be throughput, latency or both");
+    // both: latency, then throughput, on one engine (a large model is built once).
+    nlohmann::json r = o.mode == "latency"      ? b.latency()
+                       : o.mode == "throughput" ? b.throughput()
+                                                : nlohmann::json{{"mode", "both"}, {"latency", b.latency()},
+                                                                 {"throughput", b.throughput()}};
     if (o.profile) {
       const int batch = o.mode == "latency" ? 1 : std::min(o.max_num_seqs, o.num_prompts);
       r["profile"] = b.profile(batch, o.input_len + o.output_len / 2);

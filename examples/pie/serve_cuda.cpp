@@ -25,10 +25,11 @@ int cuda_device_count() {
 
 model::ModelConfig announce_roofline(const EngineOptions& eo, size_t dtype_bytes, size_t kv_dtype_bytes, int ranks) {
   const model::ModelConfig cfg =
-      eo.model_dir.empty() ? model::embedded_config() : model::load_model_config(eo.model_dir);
+      eo.model_dir.empty() ? model::embedded_config() : model::load_model_config(eo.model_dir, true);
   // Ceilings while the card is still empty (the engine then takes gpu_memory_utilization of it).
   const engine::cuda::Ceilings ceil = engine::cuda::measure_ceilings();
-  const engine::cuda::RooflineModel roof(cfg, dtype_bytes, kv_dtype_bytes);
+  engine::cuda::RooflineModel roof(cfg, dtype_bytes, kv_dtype_bytes);
+  roof.set_moe_of(eo.model_dir);
   if (ranks == 1)
     std::printf("pie: roofline: gemm_flops %.4e copy_bw %.4e weight_bytes %.6e (bf16 GEMM FLOP/s, device copy B/s "
                 "read+write, weight bytes read per step)\n",

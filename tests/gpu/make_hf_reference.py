@@ -12,6 +12,8 @@ whose logit equals the maximum, since bf16 logits tie; and near_ties: the ids wi
 of the maximum, which transformers' bf16 logits cannot order). transformers runs the model in
 bf16 on the GPU with its KV cache, exactly as `generate` would (greedy, no EOS stop).
   * qwen3_small_hd128: a small Qwen3 with head_dim 128 and GQA group 4.
+  * qwen3_moe_small (--moe): a small Qwen3MoeForCausalLM (16 experts, top-4, norm_topk_prob,
+    expert width 256, one mlp_only_layers entry; transformers' own expert kernels in bf16).
   * qwen3_8b_shape: Qwen3-8B's widths (hidden 4096, 32/8 heads, head_dim 128, intermediate
     12288, vocab 151936) from --config-8b, with --layers-8b decoder layers (36 is the real model).
 Parameters are redrawn so activations are O(1) and logits well spread (as make_fixtures.py
@@ -33,6 +35,12 @@ NEW_TOKENS = 32
 LOGIT_STEPS = 8
 PROMPT_LENGTHS = (7, 33, 100, 257)
 
+MOE_SMALL = dict(vocab_size=4096, hidden_size=512, intermediate_size=1536, moe_intermediate_size=256,
+                 num_experts=16, num_experts_per_tok=4, norm_topk_prob=True, decoder_sparse_step=1,
+                 mlp_only_layers=[1], num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2,
+                 head_dim=128, rope_theta=1e6, rms_norm_eps=1e-6, max_position_embeddings=4096,
+                 tie_word_embeddings=False)
+
 SMALL = dict(vocab_size=4096, hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
              num_attention_heads=8, num_key_value_heads=2, head_dim=128, rope_theta=1e6,
              rms_norm_eps=1e-6, max_position_embeddings=4096, tie_word_embeddings=False)
@@ -48,7 +56,8 @@ def randomize(model, gen):
                 p.copy_(r)
             else:
                 scale = 1.5 if "lm_head" in name else 1.0
-                p.copy_(scale * r / math.sqrt(p.shape[1]))
+                # fan-in is the last dimension (2-D linears and 3-D fused experts [E, out, in])
+                p.copy_(scale * r / math.sqrt(p.shape[-1]))
 
 
 @torch.no_grad()
@@ -77,15 +86,21 @@ def greedy(model, ids):
     return tokens, rows, margin, ties, near
 
 
-def make(name, kwargs, out_root, seed, min_margin, tries):
+def make(name, kwargs, out_root, seed, min_margin, tries, moe=False):
     t0 = time.time()
-    config = Qwen3Config(**kwargs)
+    if moe:
+        from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+        config, cls = Qwen3MoeConfig(**kwargs), Qwen3MoeForCausalLM
+        for key in ("num_experts", "num_local_experts"):  # the name differs across transformers versions
+            setattr(config, key, kwargs["num_experts"])
+    else:
+        config, cls = Qwen3Config(**kwargs), Qwen3ForCausalLM
     config.eos_token_id = kwargs["vocab_size"] - 1
     config.bos_token_id = kwargs["vocab_size"] - 2
     torch.manual_seed(seed)
     torch.set_default_dtype(torch.bfloat16)  # build in bf16 on the device: no fp32 copy
     with torch.device("cuda"):
-        model = Qwen3ForCausalLM(config).eval()
+        model = cls(config).eval()
     torch.set_default_dtype(torch.float32)
     gen = torch.Generator(device="cuda").manual_seed(seed)
     randomize(model, gen)
@@ -107,7 +122,7 @@ def make(name, kwargs, out_root, seed, min_margin, tries):
         prompts.append(dict(prompt_ids=ids, greedy_ids=tokens, min_top2_margin=round(margin, 6), top_ties=ties,
                             near_ties=near,
                             logits=[[float(f"{v:.6g}") for v in r.tolist()] for r in rows]))
-    ref = dict(name=name, architecture="Qwen3ForCausalLM", vocab_size=config.vocab_size,
+    ref = dict(name=name, architecture=cls.__name__, vocab_size=config.vocab_size,
                dtype="bfloat16", seed=seed, device=torch.cuda.get_device_name(),
                transformers_version=transformers.__version__, torch_version=torch.__version__,
                new_tokens=NEW_TOKENS, logit_steps=LOGIT_STEPS, prompts=prompts)
@@ -126,8 +141,14 @@ def main():
     ap.add_argument("--layers-8b", type=int, default=8)
     ap.add_argument("--min-margin", type=float, default=0.1)
     ap.add_argument("--tries", type=int, default=4)
+    ap.add_argument("--moe", action="store_true", help="also qwen3_moe_small")
+    ap.add_argument("--only-moe", action="store_true", help="only qwen3_moe_small")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
+    if args.moe or args.only_moe:
+        make("qwen3_moe_small", MOE_SMALL, args.out, 2003, args.min_margin, args.tries, moe=True)
+    if args.only_moe:
+        return
     make("qwen3_small_hd128", SMALL, args.out, 2001, args.min_margin, args.tries)
     if args.config_8b:
         with open(args.config_8b) as f:

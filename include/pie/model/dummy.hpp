@@ -130,6 +130,11 @@ class DummyReader {
   bool has(const std::string&) const { return false; }
   /// Fills everything declared; returns the storage the views point into.
   TensorStore<T> read(const LoadOptions& opt = {}) {
+    if (opt.defer_dummy_fill) {
+      store_.deferred = std::make_shared<std::vector<DeferredFill<T>>>();
+      for (const Fill& f : fills_) store_.deferred->push_back({f.data, f.n, f.norm, f.key});
+      return store_;
+    }
     constexpr size_t kChunk = size_t{1} << 20;  // a multiple of 2: one hash per pair of elements
     struct Chunk { const Fill* f; size_t begin, count; };
     std::vector<Chunk> chunks;

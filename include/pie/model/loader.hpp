@@ -32,6 +32,10 @@ namespace pie::model {
 struct LoadOptions {
   bool progress = true;               ///< draw a bar on stderr (only if stderr is a terminal)
   unsigned threads = weight_threads();
+  /// DummyReader: record each tensor's fill in TensorStore::deferred instead of running it, the
+  /// host storage left untouched, so the GPU runner fills its copy on the device (a 30B model's
+  /// dummy weights then need no 60 GB host pass).
+  bool defer_dummy_fill = false;
 };
 
 /// HF tensor names of layer `i` (one place, so messages and loader agree).
@@ -198,9 +202,20 @@ Weights<T> load_weights(const std::string& dir, const ModelConfig& cfg, const Lo
 
 /// \brief Host storage of a model's tensors, shared by copies of the weights that view it (a
 /// user's weights struct holds one, so the struct itself stays a copyable set of views).
+/// \brief A dummy tensor's fill, not yet run (LoadOptions::defer_dummy_fill): `n` elements at
+/// `data` as DummyReader writes them (model/dummy.hpp), RMSNorm-like when `norm`, keyed by `key`.
+template <class T>
+struct DeferredFill {
+  const T* data;
+  size_t n;
+  bool norm;
+  uint64_t key;
+};
+
 template <class T>
 struct TensorStore {
   std::shared_ptr<std::vector<HostBuffer<T>>> buffers = std::make_shared<std::vector<HostBuffer<T>>>();
+  std::shared_ptr<std::vector<DeferredFill<T>>> deferred;  ///< null unless fills were deferred
   TensorView<T> allocate(std::initializer_list<int64_t> dims) {
     int64_t n = 1;
     for (int64_t d : dims) n *= d;

@@ -25,7 +25,7 @@
 ///       // the step, written once over the backend's forward context F (engine/cpu/cpu_forward.hpp,
 ///       // engine/cuda/cuda_forward.cuh): f.act(cols), f.embed, f.linear, f.norm_linear,
 ///       // f.add_rms_norm, f.rms_norm, f.add, f.qk_norm_rope, f.rope, f.attention(layer, qkv, out),
-///       // f.silu_and_mul, f.moe (a sparse MoE block, CPU only for now), f.all_reduce (tensor
+///       // f.silu_and_mul, f.moe (a sparse MoE block), f.all_reduce (tensor
 ///       // parallelism's hook), f.logits
 ///
 /// The engine then gives the model paged KV, continuous batching, chunked prefill, prefix
@@ -33,6 +33,7 @@
 /// a model too; it alone also declares tensor-parallel sharding and dummy weights today.
 /// examples/custom_model/olmo2.hpp is a complete user model (docs/architecture.md, "Write your
 /// own model").
+#include <concepts>
 #include <cstdint>
 #include <string>
 #include <type_traits>
@@ -41,6 +42,7 @@
 #include "pie/core/error.hpp"
 #include "pie/model/config_io.hpp"
 #include "pie/model/load.hpp"
+#include "pie/model/tp_plan.hpp"
 #include "pie/model/weights.hpp"
 
 namespace pie::model {
@@ -66,6 +68,14 @@ struct UserModel {
 };
 
 /// Whether model M declares dummy weights (M::dummy<T>).
+/// Whether M declares tensor-parallel sharding of its weights (optional):
+///   template <class T> static Weights<T> shard(const Weights<T>& full, const parallel::TpShard&);
+/// returning rank shard.rank's weights, config = shard.local (model/tp_plan.hpp's layout).
+template <class M, class T>
+inline constexpr bool has_tp_shard = requires(const typename M::template Weights<T>& w, const parallel::TpShard& s) {
+  { M::template shard<T>(w, s) } -> std::same_as<typename M::template Weights<T>>;
+};
+
 template <class M, class T>
 inline constexpr bool has_dummy_weights = requires(const std::string& d, const ModelConfig& c, const LoadOptions& o) {
   M::template dummy<T>(d, c, uint64_t{0}, o);

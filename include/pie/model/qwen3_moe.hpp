@@ -14,9 +14,10 @@
 /// forward context: f.moe(x, router, gate_up, down, top_k, norm_topk_prob, out).
 ///
 /// The MoE fields of config.json (MoeConfig) are parsed here, not by config_io, and travel in
-/// the weights. Backends: the CPU (exact fp32 reference; registry/make_engine.hpp lists it for
-/// --device cpu), with dummy weights (--load-format dummy). Not yet: the CUDA op,
-/// tensor-parallel sharding.
+/// the weights. Backends: the CPU (exact fp32 reference) and CUDA (ops/cuda/moe.cuh through
+/// CudaForward::moe), both listed by registry/make_engine.hpp, with dummy weights
+/// (--load-format dummy; on the GPU generated on the device). Tensor parallelism: shard() cuts a
+/// rank's weights (experts by their intermediate dimension); tested on the CPU's simulated ranks.
 #include <algorithm>
 #include <cstdint>
 #include <filesystem>
@@ -33,6 +34,7 @@
 #include "pie/model/config_io.hpp"
 #include "pie/model/dummy.hpp"
 #include "pie/model/loader.hpp"
+#include "pie/model/tp_plan.hpp"
 
 namespace pie {
 
@@ -191,6 +193,77 @@ struct Qwen3Moe {
     w.lm_head = c.tie_word_embeddings ? w.embed_tokens : r.matrix("lm_head.weight", c.vocab_size, H);
     w.store = r.read(opt);
     return w;
+  }
+
+  /// Rank s.rank's tensor-parallel shard of full weights `w` (model/tp_plan.hpp's layout):
+  /// attention heads, the dense MLP's intermediate features and the vocab as for Qwen3, the
+  /// router replicated, and every expert sharded by its intermediate dimension (its gate and up
+  /// rows of the rank's slice, its down columns of the same slice), so each rank's MoE output is
+  /// a partial sum that the forward's all_reduce completes. config = s.local.
+  template <class T>
+  static Weights<T> shard(const Weights<T>& w, const parallel::TpShard& s) {
+    using parallel::Range;
+    const model::ModelConfig& g = s.global;
+    const int64_t H = g.hidden_size, I = g.intermediate_size, Q = g.q_size(), KV = g.kv_size();
+    const int64_t E = w.moe.num_experts, Im = w.moe.moe_intermediate_size;
+    PIE_CHECK(Im % s.tp_size == 0, "model ", kName, ": moe_intermediate_size ", Im, " does not split into ",
+              s.tp_size, " tensor-parallel ranks");
+    const Range im{Im / s.tp_size * s.rank, Im / s.tp_size * (s.rank + 1)};
+    Weights<T> out;
+    out.config = s.local;
+    out.moe = w.moe;
+    out.moe.moe_intermediate_size = static_cast<int>(im.size());
+    // [Σ row blocks (+ pad zero rows), cols c] from the rows and columns [c.begin, c.end) of a
+    // row-major source of `ld` columns.
+    auto cut = [&](const TensorView<T>& src, int64_t ld, const std::vector<Range>& rows, Range c,
+                   int64_t pad = 0) {
+      int64_t n = pad;
+      for (const Range& r : rows) n += r.size();
+      TensorView<T> t = out.store.allocate({n, c.size()});
+      T* dst = t.data;
+      for (const Range& r : rows)
+        for (int64_t i = r.begin; i < r.end; ++i, dst += c.size())
+          std::copy_n(src.data + i * ld + c.begin, c.size(), dst);
+      std::fill(dst, dst + pad * c.size(), T{});
+      return t;
+    };
+    auto copy = [&](const TensorView<T>& v) {
+      if (v.data == nullptr) return v;
+      TensorView<T> t = v;  // same shape (the source views are contiguous)
+      t.data = out.store.allocate({v.numel()}).data;
+      std::copy_n(v.data, v.numel(), t.data);
+      return t;
+    };
+    const Range all_h{0, H}, vocab_pad{0, s.vocab_per_rank - s.vocab.size()};
+    out.embed_tokens = cut(w.embed_tokens, H, {s.vocab}, all_h, vocab_pad.end);
+    out.norm = copy(w.norm);
+    out.lm_head = w.lm_head.data == w.embed_tokens.data ? out.embed_tokens
+                                                        : cut(w.lm_head, H, {s.vocab}, all_h, vocab_pad.end);
+    const Range q = s.q_rows(), kv = s.kv_rows(), inter = s.intermediate;
+    for (const auto& L : w.layers) {
+      typename Weights<T>::Layer o;
+      o.input_layernorm = copy(L.input_layernorm);
+      o.post_attention_layernorm = copy(L.post_attention_layernorm);
+      o.q_norm = copy(L.q_norm);
+      o.k_norm = copy(L.k_norm);
+      o.qkv_proj = cut(L.qkv_proj, H, {q, {Q + kv.begin, Q + kv.end}, {Q + KV + kv.begin, Q + KV + kv.end}}, all_h);
+      o.o_proj = cut(L.o_proj, Q, {{0, H}}, q);
+      if (L.sparse()) {
+        o.router = copy(L.router);
+        std::vector<Range> gu;
+        for (int64_t e = 0; e < E; ++e) {
+          gu.push_back({e * 2 * Im + im.begin, e * 2 * Im + im.end});            // its gate rows
+          gu.push_back({e * 2 * Im + Im + im.begin, e * 2 * Im + Im + im.end});  // its up rows
+        }
+        o.experts_gate_up = TensorView<T>(cut(L.experts_gate_up, H, gu, all_h).data, {E, 2 * im.size(), H});
+        o.experts_down = TensorView<T>(cut(L.experts_down, Im, {{0, E * H}}, im).data, {E, H, im.size()});
+      } else {
+        o.gate_up_proj = cut(L.gate_up_proj, H, {inter, {I + inter.begin, I + inter.end}}, all_h);
+        o.down_proj = cut(L.down_proj, I, {{0, H}}, inter);
+      }
+      out.layers.push_back(o);
+    }
+    return out;
   }
 
   /// One step over the backend's forward context `f`: Qwen3's pre-norm blocks, with the MoE

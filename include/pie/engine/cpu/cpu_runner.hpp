@@ -151,23 +151,35 @@ class CpuRunner {
     }
   }
 
-  /// A user's model (model_concept.hpp): its own config and checkpoint reader, one rank.
+  /// A user's model (model_concept.hpp): its own config and checkpoint reader; under tensor
+  /// parallelism (a model that declares shard()) every rank reads the whole model and keeps its
+  /// shard, so every TP size of one checkpoint or seed is the same model.
   void load_custom(const EngineOptions& opt, RankSpec spec, unsigned threads) {
-    PIE_CHECK(spec.size() == 1, "model ", Model::kName, " declares no tensor-parallel sharding (run it on one rank)");
+    PIE_CHECK(spec.size() == 1 || (model::has_tp_shard<Model, T>), "model ", Model::kName,
+              " declares no tensor-parallel sharding (run it on one rank)");
+    std::shared_ptr<const Weights> full;
     if (const Weights* given = opt.weights_as<Weights>()) {
       global_ = given->config;
       Model::check_config(global_);
       gen_ = opt.generation;
-      w_ = std::static_pointer_cast<const Weights>(opt.weights);
-      return;
+      full = std::static_pointer_cast<const Weights>(opt.weights);
+    } else {
+      model::LoadOptions lo;
+      lo.threads = threads;
+      lo.progress = false;
+      auto m = model::load_user_model<Model, T>(opt.model_dir, model::parse_load_format(opt.load_format), lo, opt.seed);
+      global_ = m.config;
+      gen_ = m.generation;
+      full = std::make_shared<const Weights>(std::move(m.weights));
     }
-    model::LoadOptions lo;
-    lo.threads = threads;
-    lo.progress = false;
-    auto m = model::load_user_model<Model, T>(opt.model_dir, model::parse_load_format(opt.load_format), lo, opt.seed);
-    global_ = m.config;
-    gen_ = m.generation;
-    w_ = std::make_shared<const Weights>(std::move(m.weights));
+    if constexpr (model::has_tp_shard<Model, T>) {
+      if (spec.size() > 1) {
+        shard_ = parallel::make_tp_shard(global_, spec.size(), spec.rank);
+        w_ = std::make_shared<const Weights>(Model::template shard<T>(*full, *shard_));
+        return;
+      }
+    }
+    w_ = std::move(full);
   }
 
   /// Copies block `src` of pool a (a_blocks blocks per layer) to block `dst` of pool b, every layer.

@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstdint>
 #include <deque>
+#include <memory>
 
 #include "pie/core/attention_variants.hpp"
 #include "pie/core/buffer.hpp"
@@ -40,6 +41,7 @@
 #include "pie/ops/cuda/gemm.cuh"
 #include "pie/ops/cuda/gemv.cuh"
 #include "pie/ops/cuda/kv_write.cuh"
+#include "pie/ops/cuda/moe.cuh"
 #include "pie/ops/cuda/norm.cuh"
 #include "pie/ops/cuda/rope.cuh"
 
@@ -133,6 +135,7 @@ class CudaForward {
     size_t b = res_pong_.size() * sizeof(T) + rows_.size() * sizeof(T) + logits_.size() * sizeof(float) +
                ids_.size() * sizeof(int32_t) + (part_.size() + gathered_.size()) * sizeof(float);
     for (const auto& s : slots_) b += s.size() * sizeof(T);
+    if (moe_) b += moe_->bytes();
     return b;
   }
 
@@ -263,8 +266,34 @@ class CudaForward {
   void silu_and_mul(const Act& gate_up, Act out) {
     op("silu_mul", [&] { ops::cuda::silu_and_mul(gate_up, out, s_); });
   }
-  // TODO(issue 20): moe(x, router, gate_up_experts, down_experts, top_k, norm_topk_prob, out), the CPU op of
-  // engine/cpu/cpu_forward.hpp (fused routing + grouped expert GEMMs); until then Qwen3Moe is CPU-only.
+  /// The sparse MoE block (Qwen3-MoE; the CPU context's moe() is the reference): router logits
+  /// in fp32 through the linear layer's GEMM/GEMV, then ops/cuda/moe.cuh — fused routing and
+  /// grouping, the grouped gate_up(+SwiGLU) and down products, the weighted un-permute — all at
+  /// fixed addresses with no host sync, so decode steps capture it into their graphs. Decode
+  /// batches of up to kMoeGemvMaxTokens take the grouped GEMV unless batch invariance is on.
+  /// router [E, H], gate_up [E, 2·I, H] (gate rows first), down [E, H, I]; out must not alias x.
+  /// Under TP (experts sharded by I, Qwen3Moe::shard) out is this rank's partial sum: the
+  /// forward all-reduces it.
+  void moe(const Act& x, const Weight& router, const Weight& gate_up, const Weight& down, int top_k,
+           bool norm_topk_prob, Act out) {
+    const int64_t E = router.shape[0], H = x.shape[1], I = down.rank == 3 ? down.shape[2] : 0;
+    PIE_CHECK(router.rank == 2 && router.shape[1] == H && gate_up.rank == 3 && down.rank == 3 &&
+                  gate_up.shape[0] == E && gate_up.shape[1] == 2 * I && gate_up.shape[2] == H && down.shape[0] == E &&
+                  down.shape[1] == H && out.shape[1] == H,
+              "moe: router [E, H], gate_up [E, 2I, H], down [E, H, I] and out [n, H] do not agree (H = ", H, ")");
+    PIE_CHECK(out.data != x.data, "moe: out must not alias x");
+    if (!moe_ || !moe_->fits(p_.max_tokens, static_cast<int>(E), top_k, static_cast<int>(H), static_cast<int>(I))) {
+      PIE_CHECK(!frozen_, "CudaForward: the MoE workspace changed after the graphs were captured");
+      moe_ = std::make_unique<ops::cuda::MoeWorkspace<T>>(p_.max_tokens, static_cast<int>(E), top_k,
+                                                          static_cast<int>(H), static_cast<int>(I));
+    }
+    auto& ws = *moe_;
+    const int n = shape_.tokens;
+    TensorView<float> logits(ws.logits(), {n, E}, Device::Cuda);
+    op("moe_router", [&] { (*p_.gemm)(logits, x, router, static_cast<const T*>(nullptr), s_); });
+    op("moe_route", [&] { ops::cuda::moe_route(n, norm_topk_prob, ws, s_); });
+    op("moe_experts", [&] { ops::cuda::moe_experts(x, gate_up, down, ws, out, !p_.batch_invariant, s_); });
+  }
   void all_reduce(Act x) {
     if (!p_.comm) return;
     PIE_CHECK(x.stride[0] == x.shape[1], "all_reduce: the activation must be contiguous");
@@ -340,6 +369,7 @@ class CudaForward {
   T* res_home_ = nullptr;
   DeviceBuffer<float> logits_, part_, gathered_;
   DeviceBuffer<int32_t> ids_;
+  std::unique_ptr<ops::cuda::MoeWorkspace<T>> moe_;  ///< the MoE block's scratch (first moe() call)
 };
 
 }  // namespace pie::engine::cuda

@@ -213,23 +213,37 @@ class CudaRunner {
     else load_custom();
   }
 
-  /// A user's model (model_concept.hpp): its own config and checkpoint reader, one rank.
+  /// A user's model (model_concept.hpp): its own config and checkpoint reader; under tensor
+  /// parallelism (a model that declares shard(), as the CPU runner does) every rank reads the
+  /// whole model on the host and uploads its shard.
   void load_custom() {
-    PIE_CHECK(tp_ == 1, "model ", Model::kName, " declares no tensor-parallel sharding (run it on one GPU)");
+    PIE_CHECK(tp_ == 1 || (model::has_tp_shard<Model, T>), "model ", Model::kName,
+              " declares no tensor-parallel sharding (run it on one GPU)");
+    auto place = [&](const HostWeights& full) {
+      if constexpr (model::has_tp_shard<Model, T>) {
+        if (tp_ > 1) {
+          shard_ = parallel::make_tp_shard(global_, tp_, rank_);
+          w_ = Weights::upload(Model::template shard<T>(full, *shard_));
+          return;
+        }
+      }
+      w_ = Weights::upload(full);
+    };
     if (const HostWeights* given = opt_.weights_as<HostWeights>()) {
       global_ = given->config;
       Model::check_config(global_);
       gen_ = opt_.generation;
-      w_ = Weights::upload(*given);
+      place(*given);
       return;
     }
     model::LoadOptions lo;
     lo.progress = false;
+    lo.defer_dummy_fill = tp_ == 1;  // one GPU: dummy weights generated on the device by DeviceCopy
     auto m = model::load_user_model<Model, T>(opt_.model_dir, model::parse_load_format(opt_.load_format), lo,
                                                  opt_.seed);
     global_ = m.config;
     gen_ = m.generation;
-    w_ = Weights::upload(m.weights);
+    place(m.weights);
   }
 
   /// The Qwen3 family: checkpoint, dummy (filled on the device at TP = 1), embedded or given.

@@ -6,14 +6,21 @@
 ///           (4·q_heads·head_dim per (query, key) pair it scores and sums),
 ///   bytes = every weight the step must read once (the linear layers, the norms, lm_head; the
 ///           embedding table only for the rows gathered) + K/V read by attention + K/V written.
+/// A mixture-of-experts model (set_moe) counts, per sparse layer, its router and the experts the
+/// step's T tokens touch: FLOPs 2·T·k·(3·I_moe·H) + 2·T·E·H; bytes the touched experts' weights,
+/// E·(1 − (1 − k/E)^T) of them, the expectation under uniform routing (exactly k at T = 1, all E
+/// at large T). Skewed routing touches fewer, so at mid-size T this roofline may be optimistic.
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "pie/core/buffer.hpp"
 #include "pie/model/config.hpp"
+#include "pie/model/qwen3_moe.hpp"
 #include "pie/ops/cuda/gemm.cuh"
 #include "pie/sched/step_plan.hpp"
 
@@ -84,6 +91,12 @@ struct StepCost {
   double seconds(const Ceilings& c) const { return std::max(flops / c.gemm_flops, bytes / c.copy_bw); }
 };
 
+/// \brief The mixture-of-experts part of a model (RooflineModel::set_moe).
+struct MoeShape {
+  int num_experts = 0, top_k = 0, inter = 0;
+  int sparse_layers = 0;  ///< layers whose MLP is the MoE block (the others are dense)
+};
+
 /// \brief Counts a plan's FLOPs and minimum bytes for a model config and element sizes.
 class RooflineModel {
  public:
@@ -97,8 +110,28 @@ class RooflineModel {
     kv_token_bytes_ = 2.0 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * kv_elem_bytes;
   }
 
-  /// Weight bytes a step reads however small it is.
-  double weight_bytes() const { return (linear_params_ + norm_params_ + lm_head_params_) * eb_; }
+  /// The model's MoE layers: their dense MLP leaves the count, their router and experts join it.
+  void set_moe(const MoeShape& m) {
+    moe_ = m;
+    const double H = c_.hidden_size, I = c_.intermediate_size;
+    linear_params_ -= 3.0 * I * H * m.sparse_layers;
+    linear_params_ += static_cast<double>(m.num_experts) * H * m.sparse_layers;  // routers
+    expert_params_ = 3.0 * m.inter * H;
+  }
+
+  /// set_moe with the MoE fields of `dir`/config.json when the model is a Qwen3-MoE (else nothing).
+  void set_moe_of(const std::string& dir) {
+    if (dir.empty() || c_.architecture_name != Qwen3Moe::kArchitectureName) return;
+    const model::MoeConfig m = model::load_moe_config(dir, c_.num_hidden_layers);
+    MoeShape ms{m.num_experts, m.num_experts_per_tok, m.moe_intermediate_size, 0};
+    for (int l = 0; l < c_.num_hidden_layers; ++l) ms.sparse_layers += m.sparse(l) ? 1 : 0;
+    set_moe(ms);
+  }
+
+  /// Weight bytes a step reads however small it is (one token's experts included).
+  double weight_bytes() const {
+    return (linear_params_ + norm_params_ + lm_head_params_ + expert_params_ * moe_.top_k * moe_.sparse_layers) * eb_;
+  }
 
   StepCost cost(const sched::StepPlan& p) const {
     StepCost s;
@@ -113,7 +146,13 @@ class RooflineModel {
       kv_read += ctx;  // each of the sequence's keys/values read once
     }
     s.flops += 4.0 * c_.num_attention_heads * c_.head_dim * pairs * c_.num_hidden_layers;
-    s.bytes = weight_bytes() + T * H * eb_ /* embedding rows */ + kv_token_bytes_ * (kv_read + T);
+    s.bytes = (linear_params_ + norm_params_ + lm_head_params_) * eb_ + T * H * eb_ /* embedding rows */ +
+              kv_token_bytes_ * (kv_read + T);
+    if (moe_.sparse_layers > 0) {
+      const double E = moe_.num_experts, k = moe_.top_k;
+      s.flops += 2.0 * T * k * expert_params_ * moe_.sparse_layers;
+      s.bytes += E * (1.0 - std::pow(1.0 - k / E, T)) * expert_params_ * moe_.sparse_layers * eb_;
+    }
     return s;
   }
 
@@ -121,6 +160,8 @@ class RooflineModel {
   model::ModelConfig c_;
   double eb_;
   double linear_params_ = 0, norm_params_ = 0, lm_head_params_ = 0, kv_token_bytes_ = 0;
+  MoeShape moe_;
+  double expert_params_ = 0;  ///< one expert's gate, up and down weights
 };
 
 }  // namespace pie::engine::cuda

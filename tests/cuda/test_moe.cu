@@ -1,0 +1,265 @@
+// The MoE block's kernels (ops/cuda/moe.cuh) against the CPU op (ops/cpu/moe.hpp) on random
+// inputs: the routing (ids and weights as moe_route computes them, the expert-grouped order and
+// its offsets, counters reset between calls), the experts through the grouped GEMV and the
+// grouped tensor-core path at the tiny fixtures' and Qwen3-30B-A3B's shapes and at widths that
+// are not multiples of the tiles, the routing + experts replayed from a CUDA graph with new
+// inputs, and the mma path's row invariance (a token's output bits do not depend on its batch);
+// and Qwen3-MoE's dummy weights generated on the device equal the host's bit for bit.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstring>
+#include <numeric>
+
+#include "pie/core/random.hpp"
+#include "pie/engine/cuda/device_copy.cuh"
+#include "pie/model/qwen3_moe.hpp"
+#include "pie/ops/cpu/moe.hpp"
+#include "pie/ops/cuda/moe.cuh"
+#include "test_util.hpp"
+
+namespace {
+using namespace pie;
+using namespace pie::test;
+using ops::cuda::MoeWorkspace;
+
+struct Shape {
+  int n, hidden, experts, inter, top_k;
+  bool norm;
+};
+
+template <class T>
+std::vector<T> fetch(const T* d, size_t n) {
+  std::vector<T> h(n);
+  PIE_CUDA_CHECK(cudaDeviceSynchronize());
+  PIE_CUDA_CHECK(cudaMemcpy(h.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost));
+  return h;
+}
+
+/// The CPU op's routing of logits (the router as the identity: logits·Iᵀ = logits exactly).
+void cpu_route(const std::vector<float>& logits, int n, int E, int k, bool norm, std::vector<int32_t>& ids,
+               std::vector<float>& w) {
+  std::vector<float> eye(size_t(E) * E, 0.f);
+  for (int e = 0; e < E; ++e) eye[size_t(e) * E + e] = 1.f;
+  ids.assign(size_t(n) * k, -1);
+  w.assign(size_t(n) * k, 0.f);
+  ops::cpu::moe_route(logits.data(), E, n, E, eye.data(), E, k, norm, ids.data(), w.data());
+}
+
+/// Checks the grouped order of a routing against its ids: offsets are the scan of the counts,
+/// perm/inv are inverse permutations with each row in its expert's range, the active list and
+/// the tile offsets follow the counts.
+void check_grouping(const MoeWorkspace<bf16>& ws, const std::vector<int32_t>& ids, int n, int E, int k) {
+  const auto& r = ws.routing();
+  auto off = fetch(r.offsets, E + 1), toff = fetch(r.tile_offsets, E + 1), act = fetch(r.active, E + 1);
+  auto perm = fetch(r.perm, size_t(n) * k), inv = fetch(r.inv, size_t(n) * k), counts = fetch(r.counts, E);
+  std::vector<int> cnt(E, 0);
+  for (int32_t e : ids) cnt[e]++;
+  int o = 0, t = 0, a = 0;
+  for (int e = 0; e < E; ++e) {
+    ASSERT_EQ(off[e], o) << "expert " << e;
+    ASSERT_EQ(toff[e], t) << "expert " << e;
+    ASSERT_EQ(counts[e], 0) << "counter of expert " << e << " not reset";
+    if (cnt[e] > 0) ASSERT_EQ(act[a++], e);
+    o += cnt[e];
+    t += (cnt[e] + ops::cuda::kMoeTileM - 1) / ops::cuda::kMoeTileM;
+  }
+  ASSERT_EQ(off[E], n * k);
+  ASSERT_EQ(toff[E], t);
+  ASSERT_EQ(act[E], a);
+  std::vector<char> seen(size_t(n) * k, 0);
+  for (int i = 0; i < n * k; ++i) {
+    const int pos = inv[i], e = ids[i];
+    ASSERT_TRUE(pos >= off[e] && pos < off[e + 1]) << "slot " << i << " row " << pos << " outside expert " << e;
+    ASSERT_FALSE(seen[pos]) << "row " << pos << " taken twice";
+    seen[pos] = 1;
+    ASSERT_EQ(perm[pos], i / k);
+  }
+}
+
+TEST(MoeRoute, MatchesCpuAndGroupsRows) {
+  std::mt19937 rng(11);
+  for (Shape s : {Shape{1, 0, 8, 0, 2, true}, Shape{5, 0, 8, 0, 4, false}, Shape{37, 0, 128, 0, 8, true},
+                  Shape{300, 0, 128, 0, 8, false}, Shape{9, 0, 40, 0, 3, true}, Shape{64, 0, 256, 0, 8, true},
+                  Shape{3, 0, 16, 0, 16, true}}) {
+    SCOPED_TRACE("n " + std::to_string(s.n) + " E " + std::to_string(s.experts) + " k " + std::to_string(s.top_k));
+    MoeWorkspace<bf16> ws(512, s.experts, s.top_k, 64, 32);
+    for (int call = 0; call < 2; ++call) {  // the second call checks the counters were reset
+      auto logits = randn<float>(size_t(s.n) * s.experts, rng, 2.f);
+      PIE_CUDA_CHECK(cudaMemcpy(ws.logits(), logits.data(), logits.size() * 4, cudaMemcpyHostToDevice));
+      ops::cuda::moe_route(s.n, s.norm, ws, nullptr);
+      std::vector<int32_t> want_ids;
+      std::vector<float> want_w;
+      cpu_route(logits, s.n, s.experts, s.top_k, s.norm, want_ids, want_w);
+      auto ids = fetch(ws.routing().ids, want_ids.size());
+      auto w = fetch(ws.routing().weights, want_w.size());
+      ASSERT_EQ(ids, want_ids);
+      for (size_t i = 0; i < w.size(); ++i) ASSERT_NEAR(w[i], want_w[i], 1e-6f * std::max(1.f, want_w[i])) << i;
+      check_grouping(ws, ids, s.n, s.experts, s.top_k);
+    }
+  }
+}
+
+struct ExpertsData {
+  std::vector<bf16> x, gate_up, down;
+  std::vector<float> logits;
+  DeviceBuffer<bf16> dx, dgu, ddown, dout;
+};
+
+/// Uniform weights of standard deviation `scale` from a counter hash: Qwen3-30B-A3B's experts
+/// are 600 M values per layer, which std::normal_distribution takes many seconds to draw.
+std::vector<bf16> fast_weights(size_t n, float scale, uint64_t seed) {
+  std::vector<bf16> v(n);
+  const float mul = scale * 3.4641016f / 4294967296.0f;  // U(−√3, √3)·scale from 32 bits
+  for (size_t i = 0; i < n; ++i) {
+    const uint32_t h = static_cast<uint32_t>(rng::splitmix64(seed + i) >> 32);
+    v[i] = from_float<bf16>((static_cast<float>(h) - 2147483648.0f) * mul);
+  }
+  return v;
+}
+
+ExpertsData make_data(const Shape& s, std::mt19937& rng) {
+  ExpertsData d;
+  d.x = randn<bf16>(size_t(s.n) * s.hidden, rng);
+  const uint64_t seed = rng();
+  d.gate_up = fast_weights(size_t(s.experts) * 2 * s.inter * s.hidden, 1.f / std::sqrt(float(s.hidden)), seed);
+  d.down = fast_weights(size_t(s.experts) * s.hidden * s.inter, 1.f / std::sqrt(float(s.inter)), ~seed);
+  d.logits = randn<float>(size_t(s.n) * s.experts, rng, 2.f);
+  d.dx = upload(d.x);
+  d.dgu = upload(d.gate_up);
+  d.ddown = upload(d.down);
+  d.dout = DeviceBuffer<bf16>(size_t(s.n) * s.hidden);
+  return d;
+}
+
+void run_block(const Shape& s, ExpertsData& d, MoeWorkspace<bf16>& ws, bool gemv, cudaStream_t st) {
+  ops::cuda::moe_route(s.n, s.norm, ws, st);
+  ops::cuda::moe_experts(d.dx.view({s.n, s.hidden}), d.dgu.view({s.experts, 2 * s.inter, s.hidden}),
+                         d.ddown.view({s.experts, s.hidden, s.inter}), ws, d.dout.view({s.n, s.hidden}), gemv, st);
+}
+
+/// The CPU op over the GPU's routing (downloaded), fp32 over the bf16 inputs.
+std::vector<float> cpu_experts(const Shape& s, const ExpertsData& d, const MoeWorkspace<bf16>& ws) {
+  auto ids = fetch(ws.routing().ids, size_t(s.n) * s.top_k);
+  auto w = fetch(ws.routing().weights, size_t(s.n) * s.top_k);
+  std::vector<float> out(size_t(s.n) * s.hidden);
+  ops::cpu::moe_experts(to_f32(d.x).data(), s.hidden, s.n, s.hidden, d.gate_up.data(), d.down.data(), s.experts,
+                        s.inter, s.top_k, ids.data(), w.data(), out.data());
+  return out;
+}
+
+TEST(MoeExperts, GemvAndMmaMatchCpu) {
+  std::mt19937 rng(12);
+  // The tiny fixtures' shape, widths that are not tile multiples (I = 40, H = 72: K tails and
+  // partial N tiles), and Qwen3-30B-A3B's (H 2048, I 768, 128 experts, top-8).
+  for (Shape s : {Shape{1, 64, 8, 32, 2, true}, Shape{3, 64, 8, 32, 2, true}, Shape{8, 64, 8, 32, 4, false},
+                  Shape{50, 64, 8, 32, 4, true}, Shape{7, 72, 6, 40, 3, true}, Shape{200, 72, 6, 40, 3, false},
+                  Shape{1, 2048, 128, 768, 8, true}, Shape{4, 2048, 128, 768, 8, true},
+                  Shape{100, 2048, 128, 768, 8, true}}) {
+    ExpertsData d = make_data(s, rng);  // one draw, both paths
+    for (bool gemv : {true, false}) {
+      if (gemv && s.n > ops::cuda::kMoeGemvMaxTokens) continue;
+      SCOPED_TRACE("n " + std::to_string(s.n) + " H " + std::to_string(s.hidden) + " E " + std::to_string(s.experts) +
+                   " I " + std::to_string(s.inter) + " k " + std::to_string(s.top_k) + (gemv ? " gemv" : " mma"));
+      MoeWorkspace<bf16> ws(256, s.experts, s.top_k, s.hidden, s.inter);
+      PIE_CUDA_CHECK(cudaMemcpy(ws.logits(), d.logits.data(), d.logits.size() * 4, cudaMemcpyHostToDevice));
+      poison(d.dout);
+      PIE_CUDA_CHECK(cudaMemset(ws.act(), 0xff, size_t(256) * s.top_k * s.inter * 2));
+      PIE_CUDA_CHECK(cudaMemset(ws.y(), 0xff, size_t(256) * s.top_k * s.hidden * 2));
+      run_block(s, d, ws, gemv, nullptr);
+      PIE_CUDA_CHECK(cudaDeviceSynchronize());
+      const double err = rel_err(download(d.dout), cpu_experts(s, d, ws));
+      EXPECT_LT(err, tol<bf16>());
+      EXPECT_GT(err, 0.0);  // bf16 rounding of act and y: an exact match would mean no GPU run
+    }
+  }
+}
+
+// Routing and experts captured once, replayed over new logits and x: the same result as eager.
+TEST(MoeExperts, GraphReplayWithNewInputs) {
+  std::mt19937 rng(13);
+  for (Shape s : {Shape{4, 2048, 128, 768, 8, true}, Shape{96, 256, 16, 128, 4, true}}) {
+    SCOPED_TRACE("n " + std::to_string(s.n));
+    ExpertsData d = make_data(s, rng);
+    MoeWorkspace<bf16> ws(s.n, s.experts, s.top_k, s.hidden, s.inter);
+    cudaStream_t st;
+    PIE_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    PIE_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    run_block(s, d, ws, true, st);
+    PIE_CUDA_CHECK(cudaStreamEndCapture(st, &g));
+    PIE_CUDA_CHECK(cudaGraphInstantiate(&ge, g, 0));
+    for (int rep = 0; rep < 3; ++rep) {
+      auto x = randn<bf16>(d.x.size(), rng);
+      d.x = x;
+      PIE_CUDA_CHECK(cudaMemcpy(d.dx.data(), x.data(), x.size() * 2, cudaMemcpyHostToDevice));
+      d.logits = randn<float>(d.logits.size(), rng, 2.f);
+      PIE_CUDA_CHECK(cudaMemcpy(ws.logits(), d.logits.data(), d.logits.size() * 4, cudaMemcpyHostToDevice));
+      poison(d.dout);
+      PIE_CUDA_CHECK(cudaDeviceSynchronize());  // the copies above ran on the legacy stream
+      PIE_CUDA_CHECK(cudaGraphLaunch(ge, st));
+      PIE_CUDA_CHECK(cudaStreamSynchronize(st));
+      auto graph_out = download(d.dout);
+      std::vector<int32_t> want_ids;
+      std::vector<float> want_w;
+      cpu_route(d.logits, s.n, s.experts, s.top_k, s.norm, want_ids, want_w);
+      ASSERT_EQ(fetch(ws.routing().ids, want_ids.size()), want_ids) << "replay " << rep;
+      EXPECT_LT(rel_err(graph_out, cpu_experts(s, d, ws)), tol<bf16>()) << "replay " << rep;
+      poison(d.dout);
+      PIE_CUDA_CHECK(cudaDeviceSynchronize());
+      run_block(s, d, ws, true, st);
+      PIE_CUDA_CHECK(cudaStreamSynchronize(st));
+      auto eager = download(d.dout);
+      EXPECT_EQ(0, std::memcmp(eager.data(), graph_out.data(), eager.size() * 2)) << "replay " << rep;
+    }
+    cudaGraphExecDestroy(ge);
+    cudaGraphDestroy(g);
+    cudaStreamDestroy(st);
+  }
+}
+
+// The mma path: the first 5 tokens alone and inside a batch of 300 give the same bits.
+TEST(MoeExperts, MmaRowsDoNotDependOnTheBatch) {
+  std::mt19937 rng(14);
+  const Shape big{300, 256, 16, 128, 4, true};
+  ExpertsData d = make_data(big, rng);
+  MoeWorkspace<bf16> ws(300, big.experts, big.top_k, big.hidden, big.inter);
+  PIE_CUDA_CHECK(cudaMemcpy(ws.logits(), d.logits.data(), d.logits.size() * 4, cudaMemcpyHostToDevice));
+  run_block(big, d, ws, false, nullptr);
+  auto all = download(d.dout);
+  const Shape small{5, 256, 16, 128, 4, true};
+  run_block(small, d, ws, false, nullptr);  // logits rows 0..4 are still there
+  auto few = download(d.dout);
+  EXPECT_EQ(0, std::memcmp(few.data(), all.data(), size_t(5) * big.hidden * 2));
+}
+
+// --load-format dummy on the GPU: the deferred fill run on the device gives DummyReader's bits.
+TEST(MoeDummyWeights, DeviceFillEqualsHost) {
+  const std::string dir = std::string(PIE_SOURCE_DIR) + "/tests/moe/fixtures/qwen3_moe_top2_norm";
+  const auto cfg = Qwen3Moe::load_config(dir);
+  model::LoadOptions lo;
+  lo.progress = false;
+  const auto host = Qwen3Moe::dummy<bf16>(dir, cfg, 7, lo);
+  lo.defer_dummy_fill = true;
+  const auto deferred = Qwen3Moe::dummy<bf16>(dir, cfg, 7, lo);
+  ASSERT_TRUE(deferred.store.deferred && !deferred.store.deferred->empty());
+  auto a = engine::cuda::DeviceCopy<Qwen3Moe::Weights<bf16>, bf16>::upload(host);
+  auto b = engine::cuda::DeviceCopy<Qwen3Moe::Weights<bf16>, bf16>::upload(deferred);
+  std::vector<TensorView<bf16>> ta, tb;  // tensor by tensor (the padding between them is not written)
+  a.views.for_each([&](TensorView<bf16>& v) { ta.push_back(v); });
+  b.views.for_each([&](TensorView<bf16>& v) { tb.push_back(v); });
+  ASSERT_EQ(ta.size(), tb.size());
+  size_t nonzero = 0, total = 0;
+  for (size_t i = 0; i < ta.size(); ++i) {
+    ASSERT_EQ(ta[i].numel(), tb[i].numel());
+    if (ta[i].numel() == 0 || ta[i].data == nullptr) continue;
+    auto ha = fetch(ta[i].data, ta[i].numel()), hb = fetch(tb[i].data, tb[i].numel());
+    EXPECT_EQ(0, std::memcmp(ha.data(), hb.data(), ha.size() * sizeof(bf16))) << "tensor " << i;
+    for (auto v : hb) nonzero += to_float(v) != 0.f;
+    total += hb.size();
+  }
+  EXPECT_GT(nonzero, total / 2);  // really filled
+}
+
+}  // namespace
