@@ -30,6 +30,8 @@ CLI::App* add_bench_command(CLI::App& app, BenchOptions& o) {
   s->add_option("model", o.model_dir, "Folder with config.json (and weights unless --load-format dummy)")->required();
   s->add_option("--load-format,--load_format", o.load_format, "dummy | auto | safetensors")->capture_default_str();
   s->add_option("--mode", o.mode, "throughput | latency")->capture_default_str();
+  s->add_option("--quantization,-q", o.quantization, "fp8: fp8 projection weights (default: config.json's)")
+      ->check(CLI::IsMember({"fp8"}));
   s->add_option("--dataset-name,--dataset_name", o.dataset, "random | sharegpt (ShareGPT-like random lengths)")
       ->capture_default_str();
   s->add_option("--num-prompts,--num_prompts", o.num_prompts)->capture_default_str();
@@ -86,6 +88,7 @@ EngineOptions engine_options(const BenchOptions& o, const model::ModelConfig& cf
   eo.load_format = o.load_format;
   eo.seed = o.seed;
   eo.device = "cuda";
+  eo.quantization = o.quantization;
   eo.block_size = o.block_size;
   eo.sched.max_num_seqs = o.max_num_seqs;
   eo.sched.max_num_batched_tokens = std::max(o.max_num_batched_tokens, o.max_num_seqs);
@@ -133,9 +136,10 @@ struct Bench {
     auto t0 = Clock::now();
     eng = std::make_unique<Engine<Model, Policy>>(eo, registry::cuda_group(resolve_engine(eo)));
     const auto& mp = eng->runner().memory_plan();
-    std::printf("engine: %s, weights %.2f GiB on the device (%s), built in %.1f s\n", cfg.architecture_name.c_str(),
-                mp.gib(mp.weight_bytes), o.load_format.c_str(), secs(t0, Clock::now()));
-    roof = std::make_unique<engine::cuda::RooflineModel>(cfg, sizeof(bf16), sizeof(bf16));
+    std::printf("engine: %s, weights %.2f GiB on the device (%s%s), built in %.1f s\n", cfg.architecture_name.c_str(),
+                mp.gib(mp.weight_bytes), o.load_format.c_str(), Policy::fp8_weights ? ", fp8 projections" : "",
+                secs(t0, Clock::now()));
+    roof = std::make_unique<engine::cuda::RooflineModel>(cfg, sizeof(bf16), sizeof(bf16), Policy::fp8_weights);
     eng->set_observer([this](const sched::StepPlan& p, const StepTiming& t) { observe(p, t); });
   }
 
@@ -340,6 +344,7 @@ int run_bench(const BenchOptions& o) {
     EngineOptions eo;
     eo.model_dir = o.model_dir;
     eo.device = "cuda";
+    eo.quantization = o.quantization;
     eo.block_size = o.block_size;
     with_cuda_engine_type(eo, [&]<class Model, class Policy>(const registry::Choice&) {
       rc = run_bench_with<Model, Policy>(o);

@@ -18,10 +18,12 @@
 #include "pie/core/attention_variants.hpp"
 #include "pie/core/communicator.hpp"
 #include "pie/core/error.hpp"
+#include "pie/core/fp8_weight.hpp"
 #include "pie/core/tensor.hpp"
 #include "pie/kv/paged_kv.hpp"
 #include "pie/model/config.hpp"
 #include "pie/model/tp_plan.hpp"
+#include "pie/ops/cpu/fp8_linear.hpp"
 #include "pie/ops/cpu/ops.hpp"
 #include "pie/sched/step_plan.hpp"
 
@@ -122,9 +124,17 @@ class CpuForward {
     ops::cpu::linear(x.data, num_tokens(), static_cast<int>(x.shape[1]), w.data, static_cast<int>(out.shape[1]),
                      bias.numel() > 0 ? bias.data : nullptr, out.data, x.stride[0], out.stride[0]);
   }
+  /// out = x·Wᵀ (+ bias) with an fp8 weight: the reference of the GPU's fp8 linear (x quantized
+  /// per token and group as the GPU quantizes it, W dequantized, fp32 GEMM; ops/cpu/fp8_linear.hpp).
+  void linear(const Act& x, const Fp8Weight& w, const Weight& bias, Act out) {
+    ops::cpu::fp8_linear(x.data, num_tokens(), static_cast<int>(x.shape[1]), w, bias.numel() > 0 ? bias.data : nullptr,
+                         out.data, x.stride[0], out.stride[0], fp8_x_, fp8_w_);
+  }
   /// add_rms_norm(x, res, norm, first), then out = x·Wᵀ (+ bias). One op so that a backend may
-  /// fuse the norm into the projection's prologue (the GPU does at batch 1).
-  void norm_linear(Act x, Act& res, const Weight& norm, bool first, const Weight& w, const Weight& bias, Act out) {
+  /// fuse the norm into the projection's prologue (the GPU does at batch 1). W is a T matrix or an
+  /// Fp8Weight.
+  template <class W>
+  void norm_linear(Act x, Act& res, const Weight& norm, bool first, const W& w, const Weight& bias, Act out) {
     add_rms_norm(x, res, norm, first);
     linear(x, w, bias, out);
   }
@@ -238,6 +248,7 @@ class CpuForward {
   std::deque<std::vector<float>> slots_;  // deque: earlier slots keep their addresses
   size_t next_slot_ = 0;
   std::vector<float> sel_, part_, gathered_;
+  std::vector<float> fp8_x_, fp8_w_;  // fp8 linear scratch
 };
 
 }  // namespace pie::engine::cpu
