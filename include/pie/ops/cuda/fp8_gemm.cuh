@@ -59,6 +59,7 @@ class Fp8Gemm {
 
   /// Whether M = 1 takes the GEMV (default on; off: cuBLASLt for every M, for tests).
   void set_gemv(bool on) { gemv_ = on; }
+  bool gemv() const { return gemv_; }
   /// Device bytes of the scratch buffers.
   size_t bytes() const { return xq_.size() + xs_.size() * sizeof(float) + y_pad_.size() + ws_.size(); }
 
@@ -139,6 +140,12 @@ class Fp8Gemm {
         k.block ? CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F : CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
     const cublasLtMatmulMatrixScale_t bm =
         k.block ? CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F : CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+    if (!k.block) {
+      // Per-channel scales: FP8 fast accumulation (no fp32 promotion inside K), as vLLM's
+      // per-channel/per-token CUTLASS kernels do; block scales promote at every 128-wide block.
+      const int8_t fast = 1;
+      PIE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e.desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof(fast)));
+    }
     PIE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e.desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &am, sizeof(am)));
     PIE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e.desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &bm, sizeof(bm)));
     // Scale pointers are set per call (one descriptor serves every layer of a shape); the
