@@ -59,7 +59,6 @@ class Fp8Gemm {
 
   /// Whether M = 1 takes the GEMV (default on; off: cuBLASLt for every M, for tests).
   void set_gemv(bool on) { gemv_ = on; }
-  bool gemv() const { return gemv_; }
   /// Device bytes of the scratch buffers.
   size_t bytes() const { return xq_.size() + xs_.size() * sizeof(float) + y_pad_.size() + ws_.size(); }
 

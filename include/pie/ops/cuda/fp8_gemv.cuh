@@ -19,12 +19,8 @@
 #include "pie/core/fp8_weight.hpp"
 #include "pie/ops/cuda/common.cuh"
 #include "pie/ops/cuda/fp8_quant.cuh"
-#include "pie/ops/cuda/norm.cuh"
 
 namespace pie::ops::cuda {
-
-/// Whether fp8_gemv() takes a K: 16-byte weight chunks (K % 16 == 0) and its row in shared memory.
-inline bool fp8_gemv_supported(int64_t k) { return k > 0 && k % 16 == 0 && k <= 32768; }
 
 namespace detail {
 
@@ -39,45 +35,12 @@ struct Fp8GemvParams {
   const T* bias;
   T* y;
   int N, K;
-  // The fused residual add + RMSNorm prologue (kNorm): x is the norm's input, as in
-  // add_rms_norm_gemv (gemv.cuh).
-  const T* norm_r_in = nullptr;
-  T* norm_r_out = nullptr;
-  const T* norm_w = nullptr;
-  float norm_eps = 0.f;
-  int norm_first = 0;
-  int norm_threads = 0;
 };
-
-/// Dynamic shared memory of the kernel: x's half codes, the group scales, (kNorm) the normalised row.
-__host__ __device__ inline size_t fp8_gemv_smem_bytes(int K, bool norm) {
-  const size_t groups = (K + kFp8Block - 1) / kFp8Block;
-  const size_t xn = (size_t(K) * 2 + groups * 4 + 15) / 16 * 16;
-  return xn + (norm ? size_t(K) * 2 : 0);
-}
 
 inline constexpr int kFp8GemvWarps = 16;
 inline constexpr int kFp8GemvUnroll = 4;
-inline constexpr int kFp8GemvPreload = 8;  ///< chunks of a warp's first row loaded before griddepcontrol.wait
 
-/// Σ of the 16 products of one 16-byte weight chunk with x's half codes at k (see the file comment).
-__device__ __forceinline__ float fp8_chunk_dot(const uint4& wv, const __half* xh, int k) {
-  const uint4 xa = *reinterpret_cast<const uint4*>(xh + k);
-  const uint4 xb = *reinterpret_cast<const uint4*>(xh + k + 8);
-  const __half2* x2a = reinterpret_cast<const __half2*>(&xa);
-  const __half2* x2b = reinterpret_cast<const __half2*>(&xb);
-  const __nv_fp8x2_storage_t* w2 = reinterpret_cast<const __nv_fp8x2_storage_t*>(&wv);
-  __half2 h = __float2half2_rn(0.0f);
-#pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    __half2_raw r = __nv_cvt_fp8x2_to_halfraw2(w2[i], __NV_E4M3);
-    h = __hfma2(*reinterpret_cast<const __half2*>(&r), i < 4 ? x2a[i] : x2b[i - 4], h);
-  }
-  const float2 f = __half22float2(h);
-  return f.x + f.y;
-}
-
-template <class T, bool kNorm>
+template <class T>
 __global__ void __launch_bounds__(kFp8GemvWarps * 32) fp8_gemv_kernel(const __grid_constant__ Fp8GemvParams<T> p) {
   extern __shared__ __align__(16) unsigned char fp8_gemv_smem[];
   __half* xh = reinterpret_cast<__half*>(fp8_gemv_smem);                       // [K] codes · 2⁻⁸
@@ -85,34 +48,18 @@ __global__ void __launch_bounds__(kFp8GemvWarps * 32) fp8_gemv_kernel(const __gr
   __shared__ float red[32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int K = p.K, groups = (K + kFp8Block - 1) / kFp8Block;
-  // The weights do not depend on the predecessor: load the first chunks of this warp's first row
-  // into registers (and the rest of it into L2) while the predecessor and the prologue run.
+  // The weights do not depend on the predecessor: pull the first row's into L2 while it finishes.
   const int64_t row0 = int64_t(blockIdx.x) * kFp8GemvWarps + warp;
-  uint4 pre[kFp8GemvPreload];
-#pragma unroll
-  for (int u = 0; u < kFp8GemvPreload; ++u) {
-    const int k = lane * 16 + u * 32 * 16;
-    pre[u] = row0 < p.N && k < K ? load16_stream(p.w + row0 * K + k) : make_uint4(0, 0, 0, 0);
-  }
   if (row0 < p.N)
-    for (int k = kFp8GemvPreload * 32 * 16 + lane * 128; k < K; k += 32 * 128)
+    for (int k = lane * 128; k < K; k += 32 * 128)
       asm volatile("prefetch.global.L2 [%0];" ::"l"(p.w + row0 * K + k));
   pdl_wait();
-  // ---- prologue: (kNorm: the residual add and RMSNorm of the separate kernels, bit for bit)
-  // quantize x (group maxima, then codes) ----
-  const T* x = p.x;
-  if constexpr (kNorm) {
-    T* xn = reinterpret_cast<T*>(fp8_gemv_smem + fp8_gemv_smem_bytes(K, false));
-    rms_norm_row_to<true>(p.x, p.norm_r_in, blockIdx.x == 0 ? p.norm_r_out : nullptr, p.norm_w, xn, K, p.norm_eps,
-                          p.norm_first != 0, red, p.norm_threads);
-    __syncthreads();
-    x = xn;
-  }
+  // ---- prologue: quantize x (group maxima, then codes) ----
   for (int g = warp; g < groups; g += kFp8GemvWarps) {
     float a = 0.0f;
     for (int j = 0; j < 4; ++j) {
       const int k = g * kFp8Block + lane * 4 + j;
-      if (k < K) a = fmaxf(a, fabsf(to_f32(x[k])));
+      if (k < K) a = fmaxf(a, fabsf(to_f32(p.x[k])));
     }
     a = warp_max(a);
     if (lane == 0) xs[g] = a;
@@ -129,7 +76,7 @@ __global__ void __launch_bounds__(kFp8GemvWarps * 32) fp8_gemv_kernel(const __gr
   }
   for (int k = threadIdx.x; k < K; k += blockDim.x) {
     const float sc = fp8_group_scale(xs[k / kFp8Block]);
-    const __nv_fp8_e4m3 c = from_f32<__nv_fp8_e4m3>(__fdiv_rn(to_f32(x[k]), sc));
+    const __nv_fp8_e4m3 c = from_f32<__nv_fp8_e4m3>(__fdiv_rn(to_f32(p.x[k]), sc));
     xh[k] = __float2half_rn(static_cast<float>(c) * (1.0f / 256.0f));  // exact: e4m3 ⊂ half, 2⁻⁸ a power of 2
   }
   __syncthreads();
@@ -141,19 +88,7 @@ __global__ void __launch_bounds__(kFp8GemvWarps * 32) fp8_gemv_kernel(const __gr
     const uint8_t* wr = p.w + n * K;
     const float* wsr = p.block_n == 1 ? p.ws + n : p.ws + (n / kFp8Block) * p.ws_ld;
     float acc = 0.0f;
-    int start = lane * 16;
-    if (n == row0) {  // the preloaded chunks
-#pragma unroll
-      for (int u = 0; u < kFp8GemvPreload; ++u) {
-        const int k = lane * 16 + u * 32 * 16;
-        if (k < K) {
-          const int g = k / kFp8Block;
-          acc = fmaf(fp8_chunk_dot(pre[u], xh, k), xs[g] * (p.block_n == 1 ? wsr[0] : wsr[g]), acc);
-        }
-      }
-      start += kFp8GemvPreload * 32 * 16;
-    }
-    for (int base = start; base < K; base += 32 * 16 * kFp8GemvUnroll) {
+    for (int base = lane * 16; base < K; base += 32 * 16 * kFp8GemvUnroll) {
       uint4 wv[kFp8GemvUnroll];
 #pragma unroll
       for (int u = 0; u < kFp8GemvUnroll; ++u) {
@@ -164,8 +99,20 @@ __global__ void __launch_bounds__(kFp8GemvWarps * 32) fp8_gemv_kernel(const __gr
       for (int u = 0; u < kFp8GemvUnroll; ++u) {
         const int k = base + u * 32 * 16;
         if (k >= K) break;
+        const uint4 xa = *reinterpret_cast<const uint4*>(xh + k);
+        const uint4 xb = *reinterpret_cast<const uint4*>(xh + k + 8);
+        const __half2* x2a = reinterpret_cast<const __half2*>(&xa);
+        const __half2* x2b = reinterpret_cast<const __half2*>(&xb);
+        const __nv_fp8x2_storage_t* w2 = reinterpret_cast<const __nv_fp8x2_storage_t*>(&wv[u]);
+        __half2 h = __float2half2_rn(0.0f);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          __half2_raw r = __nv_cvt_fp8x2_to_halfraw2(w2[i], __NV_E4M3);
+          h = __hfma2(*reinterpret_cast<const __half2*>(&r), i < 4 ? x2a[i] : x2b[i - 4], h);
+        }
+        const float2 f = __half22float2(h);
         const int g = k / kFp8Block;
-        acc = fmaf(fp8_chunk_dot(wv[u], xh, k), xs[g] * (p.block_n == 1 ? wsr[0] : wsr[g]), acc);
+        acc = fmaf(f.x + f.y, xs[g] * (p.block_n == 1 ? wsr[0] : wsr[g]), acc);
       }
     }
     acc = warp_sum(acc);
@@ -179,69 +126,33 @@ __global__ void __launch_bounds__(kFp8GemvWarps * 32) fp8_gemv_kernel(const __gr
 
 }  // namespace detail
 
-
-namespace detail {
-template <bool kNorm, class D>
-void launch_fp8_gemv(const Fp8GemvParams<D>& p, cudaStream_t stream) {
-  static const bool attr = [] {
-    PIE_CUDA_CHECK(cudaFuncSetAttribute(fp8_gemv_kernel<D, kNorm>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(fp8_gemv_smem_bytes(32768, kNorm))));
-    return true;
-  }();
-  (void)attr;
-  const int64_t ctas = std::min<int64_t>((p.N + kFp8GemvWarps - 1) / kFp8GemvWarps, 2 * num_sms());
-  launch_pdl(fp8_gemv_kernel<D, kNorm>, dim3(static_cast<unsigned>(ctas)), dim3(kFp8GemvWarps * 32),
-             fp8_gemv_smem_bytes(p.K, kNorm), stream, p);
-}
-template <class T>
-Fp8GemvParams<device_t<T>> fp8_gemv_params(TensorView<T> y, TensorView<T> x, const Fp8Weight& w, const T* bias) {
-  const int64_t N = w.rows(), K = w.cols();
-  PIE_CHECK(x.shape[0] == 1 && y.shape[0] == 1 && x.shape[1] == K && y.shape[1] == N,
-            "fp8_gemv: x [1, K], w [N, K], y [1, N] do not chain");
-  PIE_CHECK(fp8_gemv_supported(K), "fp8_gemv: K = ", K, " must be a multiple of 16, at most 32768");
-  PIE_CHECK(w.per_channel() || (w.block_n == kFp8Block && w.block_k == kFp8Block), "fp8_gemv: unknown weight blocks");
-  Fp8GemvParams<device_t<T>> p{dev(x.data), reinterpret_cast<const uint8_t*>(w.q.data), w.scale.data, w.scale_ld,
-                               w.block_n, w.per_channel() ? 1 : 0, dev(bias), dev(y.data), static_cast<int>(N),
-                               static_cast<int>(K)};
-  return p;
-}
-}  // namespace detail
-
+/// Whether fp8_gemv() takes a K: 16-byte weight chunks (K % 16 == 0) and its row in shared memory.
+inline bool fp8_gemv_supported(int64_t k) { return k > 0 && k % 16 == 0 && k <= 32768; }
 
 /// y [1, N] = q(x)·dq(w)ᵀ (+ bias) (see the file comment). x, y device rows of T; w on the device.
 template <class T>
 void fp8_gemv(TensorView<T> y, TensorView<T> x, const Fp8Weight& w, const T* bias, cudaStream_t stream) {
   static_assert(std::is_same_v<T, pie::f16> || std::is_same_v<T, pie::bf16>, "fp8_gemv: f16 or bf16 activations");
-  detail::launch_fp8_gemv<false>(detail::fp8_gemv_params(y, x, w, bias), stream);
-}
-
-/// Whether fp8_add_rms_norm_gemv() takes a hidden size of k (the norm's threads fit one CTA).
-inline bool fp8_add_rms_norm_gemv_supported(int64_t k) {
-  return fp8_gemv_supported(k) && k % 8 == 0 && detail::norm_threads(static_cast<int>(k)) <= detail::kFp8GemvWarps * 32;
-}
-
-/// Batch 1: r_out = T(x + r_in) (x when `first`), y = q(T(rmsnorm(r_out))·norm_w)·dq(w)ᵀ (+ bias): the
-/// residual add and RMSNorm of add_rms_norm() (bit for bit) in the fp8 GEMV's prologue, as
-/// add_rms_norm_gemv (gemv.cuh) does for bf16 weights; x is left as it was, r_in must differ from
-/// r_out (every CTA reads r_in; the first writes r_out).
-template <class T>
-void fp8_add_rms_norm_gemv(TensorView<T> y, TensorView<T> x, const T* r_in, T* r_out, const T* norm_w, float eps,
-                           bool first, const Fp8Weight& w, const T* bias, cudaStream_t stream) {
-  static_assert(std::is_same_v<T, pie::f16> || std::is_same_v<T, pie::bf16>, "fp8_add_rms_norm_gemv: f16 or bf16");
-  PIE_CHECK(fp8_add_rms_norm_gemv_supported(x.shape[1]), "fp8_add_rms_norm_gemv: hidden size ", x.shape[1],
-            " unsupported");
-  PIE_CHECK(r_out != nullptr && norm_w != nullptr && (first || r_in != nullptr) && r_in != r_out,
-            "fp8_add_rms_norm_gemv: needs r_out != r_in, norm_w and (unless first) r_in");
-  PIE_CHECK(vec8_aligned(x.data) && vec8_aligned(r_out) && vec8_aligned(norm_w) && (r_in == nullptr || vec8_aligned(r_in)),
-            "fp8_add_rms_norm_gemv: x, residual and norm weight must be 16-byte aligned");
-  auto p = detail::fp8_gemv_params(y, x, w, bias);
-  p.norm_r_in = dev(r_in);
-  p.norm_r_out = dev(r_out);
-  p.norm_w = dev(norm_w);
-  p.norm_eps = eps;
-  p.norm_first = first ? 1 : 0;
-  p.norm_threads = detail::norm_threads(static_cast<int>(x.shape[1]));
-  detail::launch_fp8_gemv<true>(p, stream);
+  const int64_t N = w.rows(), K = w.cols();
+  PIE_CHECK(x.shape[0] == 1 && y.shape[0] == 1 && x.shape[1] == K && y.shape[1] == N,
+            "fp8_gemv: x [1, K], w [N, K], y [1, N] do not chain");
+  PIE_CHECK(fp8_gemv_supported(K), "fp8_gemv: K = ", K, " must be a multiple of 16, at most 32768");
+  PIE_CHECK(w.per_channel() || (w.block_n == kFp8Block && w.block_k == kFp8Block), "fp8_gemv: unknown weight blocks");
+  using D = device_t<T>;
+  detail::Fp8GemvParams<D> p{dev(x.data), reinterpret_cast<const uint8_t*>(w.q.data), w.scale.data, w.scale_ld,
+                             w.block_n, w.per_channel() ? 1 : 0, dev(bias), dev(y.data), static_cast<int>(N),
+                             static_cast<int>(K)};
+  const int groups = static_cast<int>((K + kFp8Block - 1) / kFp8Block);
+  const size_t smem = size_t(K) * 2 + size_t(groups) * sizeof(float);
+  static const bool attr = [] {
+    PIE_CUDA_CHECK(cudaFuncSetAttribute(detail::fp8_gemv_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        32768 * 2 + kFp8MaxGroups * 4));
+    return true;
+  }();
+  (void)attr;
+  const int64_t ctas = std::min<int64_t>((N + detail::kFp8GemvWarps - 1) / detail::kFp8GemvWarps, 2 * num_sms());
+  launch_pdl(detail::fp8_gemv_kernel<D>, dim3(static_cast<unsigned>(ctas)), dim3(detail::kFp8GemvWarps * 32), smem,
+             stream, p);
 }
 
 }  // namespace pie::ops::cuda
