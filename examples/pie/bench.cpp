@@ -31,6 +31,8 @@ CLI::App* add_bench_command(CLI::App& app, BenchOptions& o) {
   s->add_option("--load-format,--load_format", o.load_format, "dummy | auto | safetensors")->capture_default_str();
   s->add_option("--mode", o.mode, "throughput | latency | both (latency, then throughput, one engine)")
       ->capture_default_str();
+  s->add_option("--quantization,-q", o.quantization, "fp8: fp8 projection weights (default: config.json's)")
+      ->check(CLI::IsMember({"fp8"}));
   s->add_option("--dataset-name,--dataset_name", o.dataset, "random | sharegpt (ShareGPT-like random lengths)")
       ->capture_default_str();
   s->add_option("--num-prompts,--num_prompts", o.num_prompts)->capture_default_str();
@@ -94,6 +96,7 @@ EngineOptions engine_options(const BenchOptions& o, const model::ModelConfig& cf
   eo.load_format = o.load_format;
   eo.seed = o.seed;
   eo.device = "cuda";
+  eo.quantization = o.quantization;
   eo.block_size = o.block_size;
   eo.kv_cache_dtype = o.kv_cache_dtype;
   eo.sched.max_num_seqs = o.max_num_seqs;
@@ -145,10 +148,12 @@ struct Bench {
     eng = std::make_unique<Engine<Model, Policy>>(eo, registry::cuda_group(resolve_engine(eo)));
     const auto& mp = eng->runner().memory_plan();
     const std::string_view kv_name = DTypeTraits<typename Policy::kv_dtype>::name;
-    std::printf("engine: %s, weights %.2f GiB on the device (%s), KV cache %.*s, built in %.1f s\n",
+    std::printf("engine: %s, weights %.2f GiB on the device (%s%s), KV cache %.*s, built in %.1f s\n",
                 cfg.architecture_name.c_str(), mp.gib(mp.weight_bytes), o.load_format.c_str(),
-                static_cast<int>(kv_name.size()), kv_name.data(), secs(t0, Clock::now()));
-    roof = std::make_unique<engine::cuda::RooflineModel>(cfg, sizeof(bf16), sizeof(typename Policy::kv_dtype));
+                Policy::fp8_weights ? ", fp8 projections" : "", static_cast<int>(kv_name.size()), kv_name.data(),
+                secs(t0, Clock::now()));
+    roof = std::make_unique<engine::cuda::RooflineModel>(cfg, sizeof(bf16), sizeof(typename Policy::kv_dtype),
+                                                         Policy::fp8_weights);
     roof->set_moe_of(o.model_dir);  // a MoE model: the experts a step touches
     eng->set_observer([this](const sched::StepPlan& p, const StepTiming& t) { observe(p, t); });
   }
@@ -359,6 +364,7 @@ int run_bench(const BenchOptions& o) {
     EngineOptions eo;
     eo.model_dir = o.model_dir;
     eo.device = "cuda";
+    eo.quantization = o.quantization;
     eo.block_size = o.block_size;
     eo.kv_cache_dtype = o.kv_cache_dtype;
     with_cuda_engine_type(eo, [&]<class Model, class Policy>(const registry::Choice&) {

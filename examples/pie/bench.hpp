@@ -16,6 +16,7 @@ struct BenchOptions {
   std::string model_dir;              ///< folder with config.json (weights too unless dummy)
   std::string load_format = "dummy";  ///< dummy | auto | safetensors
   std::string mode = "throughput";    ///< throughput | latency
+  std::string quantization;           ///< fp8 | empty (config.json's quantization_config)
   std::string dataset = "random";     ///< random (fixed lengths) | sharegpt (ShareGPT-like random lengths)
   int num_prompts = 256;
   int input_len = 128;

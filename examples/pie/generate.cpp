@@ -33,6 +33,8 @@ CLI::App* add_generate_command(CLI::App& app, GenerateOptions& o) {
   s->add_flag("--ignore-eos,--ignore_eos", o.ignore_eos, "Keep generating past EOS");
   s->add_option("--load-format,--load_format", o.load_format, "auto | safetensors | dummy")->capture_default_str();
   s->add_option("--dtype", o.dtype, "float32 | bfloat16")->capture_default_str();
+  s->add_option("--quantization,-q", o.quantization, "fp8: fp8 projection weights (default: config.json's)")
+      ->check(CLI::IsMember({"fp8"}));
   s->add_option("--tensor-parallel-size,--tensor_parallel_size", o.tensor_parallel_size,
                 "Ranks of a tensor-parallel group (CPU threads meeting in all-reduces)")
       ->capture_default_str();
@@ -72,6 +74,7 @@ int run(const GenerateOptions& o) {
   eo.num_threads = o.num_threads;
   if (o.seed >= 0) eo.seed = static_cast<uint64_t>(o.seed);
   eo.dtype = o.dtype;
+  eo.quantization = o.quantization;
   eo.tensor_parallel_size = o.tensor_parallel_size;
 
 #if defined(PIE_HAVE_TOKENIZER)

@@ -15,6 +15,7 @@ struct GenerateOptions {
   std::string model_dir;            ///< empty → embedded default model
   std::string load_format = "auto";
   std::string dtype = "float32";    ///< float32 | bfloat16 (weights and KV cache)
+  std::string quantization;         ///< fp8 | empty (config.json's quantization_config)
   std::string prompt_ids;           ///< "1,2,3"
   std::string prompt;               ///< text (needs a tokenizer: tokenizer.json or embedded)
   int max_tokens = 32;

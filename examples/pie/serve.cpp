@@ -86,6 +86,7 @@ void fill_engine_choice(const ServeOptions& o, const std::string& device, Engine
   eo.device = device;
   eo.dtype = o.dtype == "float" ? "float32" : o.dtype;
   eo.kv_cache_dtype = o.kv_cache_dtype;
+  eo.quantization = o.quantization;
   eo.block_size = o.block_size;
   eo.tensor_parallel_size = o.tensor_parallel_size;
 }
@@ -331,6 +332,7 @@ int run_serve(const ServeOptions& o) {
           fail_not_compiled(choice);
         } catch (const pie::Error& e) {
           throw UsageError("--device " + device + " --dtype " + o.dtype + " --kv-cache-dtype " + o.kv_cache_dtype +
+                           (o.quantization.empty() ? "" : " --quantization " + o.quantization) +
                            " --block-size " + std::to_string(o.block_size) + ": " + e.what());
         }
       }

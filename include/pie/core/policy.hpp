@@ -27,7 +27,9 @@ struct Cuda { static constexpr bool kIsCuda = true; };
 /// \tparam KVDType   KV-cache dtype (float, f16, bf16; fp8_e4m3 only on the CUDA backend)
 /// \tparam Attention attention variant hook struct (pie::attention::Causal, ...)
 /// \tparam Backend   pie::backend::Cpu or pie::backend::Cuda
-template <int BlockSize, class DType, class KVDType, class Attention, class Backend>
+/// \tparam WeightDType projection weights: DType, or fp8_e4m3 (fp8 weights with float scales,
+///                     activations quantized per token at each projection: model/fp8_weights.hpp)
+template <int BlockSize, class DType, class KVDType, class Attention, class Backend, class WeightDType = DType>
 struct EnginePolicy {
   static_assert(BlockSize == 8 || BlockSize == 16 || BlockSize == 32,
                 "EnginePolicy: BlockSize must be 8, 16 or 32 (the kernels are instantiated for these)");
@@ -42,12 +44,17 @@ struct EnginePolicy {
                 "EnginePolicy: the CUDA backend runs f16 or bf16 (tensor cores), not float");
   static_assert(sizeof(KVDType) <= sizeof(DType),
                 "EnginePolicy: a KV dtype wider than the activation dtype stores nothing extra");
+  static_assert(std::is_same_v<WeightDType, DType> || std::is_same_v<WeightDType, fp8_e4m3>,
+                "EnginePolicy: WeightDType must be the activation dtype or fp8_e4m3");
   static_assert(attention::is_variant_v<Attention>,
                 "EnginePolicy: Attention must be a variant hook struct (see core/attention_variants.hpp)");
 
   static constexpr int block_size = BlockSize;
   using dtype = DType;
   using kv_dtype = KVDType;
+  using weight_dtype = WeightDType;
+  /// fp8 projection weights (model::Fp8Weights instead of model::Weights).
+  static constexpr bool fp8_weights = std::is_same_v<WeightDType, fp8_e4m3>;
   using attention_variant = Attention;
   using backend_type = Backend;
 };
@@ -58,6 +65,10 @@ using CpuF32 = EnginePolicy<16, float, float, attention::Causal, backend::Cpu>;
 using CpuBf16 = EnginePolicy<16, bf16, bf16, attention::Causal, backend::Cpu>;
 /// The production GPU configuration.
 using CudaBf16 = EnginePolicy<16, bf16, bf16, attention::Causal, backend::Cuda>;
+/// The CPU reference of fp8 weights (fp32 arithmetic over dequantized weights and quantized activations).
+using CpuF32Fp8 = EnginePolicy<16, float, float, attention::Causal, backend::Cpu, fp8_e4m3>;
+/// The GPU configuration with fp8 weights (FP8 tensor-core GEMMs).
+using CudaBf16Fp8 = EnginePolicy<16, bf16, bf16, attention::Causal, backend::Cuda, fp8_e4m3>;
 /// The GPU configuration with an fp8 KV cache (per-tensor scale).
 using CudaBf16Fp8KV = EnginePolicy<16, bf16, fp8_e4m3, attention::Causal, backend::Cuda>;
 

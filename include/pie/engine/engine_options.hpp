@@ -54,6 +54,9 @@ struct EngineOptions {
   std::string device = "cpu";          ///< cpu | cuda
   std::string dtype = "auto";          ///< auto | float32 | bfloat16 (vLLM's --dtype)
   std::string kv_cache_dtype = "auto"; ///< auto | float32 | bfloat16 | fp8 (vLLM's --kv-cache-dtype)
+  /// vLLM's --quantization: "" (auto: fp8 when config.json's quantization_config says so) | fp8
+  /// (fp8 projection weights: a published fp8 checkpoint as is, any other quantized at load).
+  std::string quantization;
   int block_size = 16;                 ///< tokens per KV block (vLLM's --block-size)
   int tensor_parallel_size = 1;        ///< ranks of the tensor-parallel group
 

@@ -22,6 +22,7 @@
 #include "pie/engine/engine_options.hpp"
 #include "pie/model/config_io.hpp"
 #include "pie/model/embedded.hpp"
+#include "pie/model/fp8_weights.hpp"
 #include "pie/model/qwen3.hpp"
 #include "pie/model/qwen3_moe.hpp"
 #include "pie/parallel/cpu_group.hpp"
@@ -45,21 +46,27 @@ bool has_model(List<Ms...>, const std::string& name) {
   return ((name == Ms::kName) || ...);
 }
 /// The compiled CPU policies (exact fp32 at the block sizes vLLM offers; bf16 storage).
+/// CpuF32Fp8: the fp32 reference of fp8 weights (`--quantization fp8`).
 using CpuPolicies = List<EnginePolicy<8, float, float, attention::Causal, backend::Cpu>, CpuF32,
-                         EnginePolicy<32, float, float, attention::Causal, backend::Cpu>, CpuBf16>;
-/// The compiled CUDA policies (bf16 tensor cores): bf16 KV at blocks of 8 and 16, and the fp8
-/// e4m3 KV cache (`--kv-cache-dtype fp8`, per-tensor scale) at blocks of 16 only, since every
-/// policy adds its own set of attention kernels to the registry's translation unit.
-using CudaPolicies = List<EnginePolicy<8, bf16, bf16, attention::Causal, backend::Cuda>, CudaBf16, CudaBf16Fp8KV>;
+                         EnginePolicy<32, float, float, attention::Causal, backend::Cpu>, CpuBf16, CpuF32Fp8>;
+/// The compiled CUDA policies (bf16 tensor cores): bf16 KV at blocks of 8 and 16, the fp8 e4m3 KV
+/// cache (`--kv-cache-dtype fp8`, per-tensor scale) and fp8 projection weights
+/// (`--quantization fp8`) at blocks of 16 only, since every policy instantiates the whole forward
+/// (and its own attention kernels) in the registry's translation unit.
+using CudaPolicies =
+    List<EnginePolicy<8, bf16, bf16, attention::Causal, backend::Cuda>, CudaBf16, CudaBf16Fp8KV, CudaBf16Fp8>;
+/// The models with fp8 projection weights (the dense Qwen3 family: model_runs_policy).
+using Fp8Models = List<Qwen3, Qwen2, Llama>;
 
 /// \brief The resolved choice of one make_engine() call.
 struct Choice {
   std::string device, model, dtype, kv_dtype;
+  std::string weights;  ///< the projection weights' dtype: dtype, or "fp8"
   int block_size = 16;
   int tp = 1;
   std::string str() const {
     return device + "/" + model + "/" + dtype + "/kv " + kv_dtype + "/block " + std::to_string(block_size) +
-           (tp > 1 ? "/tp " + std::to_string(tp) : "");
+           (weights == "fp8" ? "/weights fp8" : "") + (tp > 1 ? "/tp " + std::to_string(tp) : "");
   }
 };
 
@@ -74,13 +81,18 @@ inline const char* dtype_flag(DType d) {
 template <class Policy>
 bool policy_matches(const Choice& c) {
   return c.block_size == Policy::block_size && c.dtype == dtype_flag(DTypeTraits<typename Policy::dtype>::dtype) &&
-         c.kv_dtype == dtype_flag(DTypeTraits<typename Policy::kv_dtype>::dtype);
+         c.kv_dtype == dtype_flag(DTypeTraits<typename Policy::kv_dtype>::dtype) &&
+         (c.weights == "fp8") == Policy::fp8_weights;
 }
 template <class Policy>
 std::string policy_str(const char* device) {
   return std::string(device) + "/" + dtype_flag(DTypeTraits<typename Policy::dtype>::dtype) + "/kv " +
-         dtype_flag(DTypeTraits<typename Policy::kv_dtype>::dtype) + "/block " + std::to_string(Policy::block_size);
+         dtype_flag(DTypeTraits<typename Policy::kv_dtype>::dtype) + "/block " + std::to_string(Policy::block_size) +
+         (Policy::fp8_weights ? "/weights fp8" : "");
 }
+/// Whether model M runs under policy P (fp8 weights are the Qwen3 family's).
+template <class M, class P>
+inline constexpr bool model_runs_policy = !P::fp8_weights || model::uses_family_weights<M, typename P::dtype>;
 
 /// Calls f.template operator()<Model, Policy>() for the first (model, policy) of the lists that
 /// matches `c`; false when none does.
@@ -90,9 +102,11 @@ bool visit(List<Ms...>, List<Ps...>, const Choice& c, F&& f) {
   auto try_model = [&]<class M>() {
     if (done || c.model != M::kName) return;
     auto try_policy = [&]<class P>() {
-      if (!done && policy_matches<P>(c)) {
-        done = true;
-        f.template operator()<M, P>();
+      if constexpr (model_runs_policy<M, P>) {
+        if (!done && policy_matches<P>(c)) {
+          done = true;
+          f.template operator()<M, P>();
+        }
       }
     };
     (try_policy.template operator()<Ps>(), ...);
@@ -151,6 +165,13 @@ inline registry::Choice resolve_engine(const EngineOptions& opt) {
   c.model = engine_model_name(opt);
   c.dtype = opt.dtype == "auto" ? (gpu ? "bfloat16" : "float32") : (opt.dtype == "float" ? "float32" : opt.dtype);
   c.kv_dtype = opt.kv_cache_dtype == "auto" ? c.dtype : opt.kv_cache_dtype == "fp8_e4m3" ? "fp8" : opt.kv_cache_dtype;
+  // vLLM's --quantization: given, or config.json's quantization_config (which also refuses a
+  // scheme pie cannot run, naming the file).
+  const bool ckpt_fp8 = !opt.model_dir.empty() &&
+                        model::checkpoint_quantization(opt.model_dir) == model::CheckpointQuant::Fp8Block;
+  PIE_CHECK(opt.quantization.empty() || opt.quantization == "fp8", "--quantization ", opt.quantization,
+            " is not supported (supported: fp8)");
+  c.weights = opt.quantization == "fp8" || ckpt_fp8 ? "fp8" : c.dtype;
   c.block_size = opt.block_size;
   c.tp = opt.tensor_parallel_size;
   PIE_CHECK(c.tp >= 1, "--tensor-parallel-size must be >= 1, got ", c.tp);
@@ -161,7 +182,9 @@ inline registry::Choice resolve_engine(const EngineOptions& opt) {
 /// that refuses tensor parallelism says so when the engine is built).
 inline bool is_compiled(const registry::Choice& c) {
   if (c.device == "cuda" && !registry::has_model(registry::Models{}, c.model)) return false;
-  const std::string want = c.device + "/" + c.dtype + "/kv " + c.kv_dtype + "/block " + std::to_string(c.block_size);
+  if (c.weights == "fp8" && !registry::has_model(registry::Fp8Models{}, c.model)) return false;
+  const std::string want = c.device + "/" + c.dtype + "/kv " + c.kv_dtype + "/block " + std::to_string(c.block_size) +
+                           (c.weights == "fp8" ? "/weights fp8" : "");
   for (const auto& line : compiled_engines())
     if (line == want) return true;
   return false;
@@ -169,6 +192,8 @@ inline bool is_compiled(const registry::Choice& c) {
 
 /// The error for a combination that is not compiled: it lists those that are.
 [[noreturn]] inline void fail_not_compiled(const registry::Choice& c) {
+  PIE_CHECK(c.weights != "fp8" || registry::has_model(registry::Fp8Models{}, c.model), "model ", c.model,
+            " has no fp8 weights (--quantization fp8 runs qwen3, qwen2 and llama)");
   std::string have;
   for (const auto& s : compiled_engines()) have += "\n  " + s;
   if (!registry::cuda_factory()) have += "\n  (no CUDA engines: this program was built without the CUDA backend)";

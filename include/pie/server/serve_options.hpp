@@ -29,6 +29,7 @@ struct ServeOptions {
   int long_prefill_token_threshold = 0;     ///< vLLM's: prompt tokens per sequence per step (0: no cap)
   int max_prefill_tokens_with_decodes = 0;  ///< decode-first budget (pie's): 0 → no cap
   std::string kv_cache_dtype = "auto";
+  std::string quantization;  ///< vLLM's --quantization: fp8, or empty (config.json's quantization_config)
   std::string dtype = "auto";
   double swap_space = 4.0;  ///< GiB of host memory for swapped-out KV blocks
   bool enforce_eager = false;
@@ -140,6 +141,10 @@ inline void add_serve_flags(CLI::App& app, ServeOptions& o) {
   app.add_option(both_spellings("kv-cache-dtype"), o.kv_cache_dtype, "KV-cache dtype")
       ->check(CLI::IsMember({"auto", "bfloat16", "float16", "float32", "fp8", "fp8_e4m3"}))
       ->capture_default_str();
+  app.add_option(both_spellings("quantization") + ",-q", o.quantization,
+                 "fp8: fp8 projection weights (a bf16 checkpoint is quantized per channel at load; default: "
+                 "config.json's quantization_config)")
+      ->check(CLI::IsMember({"fp8"}));
   app.add_option(both_spellings("dtype"), o.dtype, "Weight and activation dtype")
       ->check(CLI::IsMember({"auto", "bfloat16", "float16", "half", "float32", "float"}))
       ->capture_default_str();

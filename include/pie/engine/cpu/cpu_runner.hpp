@@ -25,6 +25,7 @@
 #include "pie/engine/rank_group.hpp"
 #include "pie/kv/kv_layout.hpp"
 #include "pie/model/config_io.hpp"
+#include "pie/model/fp8_weights.hpp"
 #include "pie/model/load.hpp"
 #include "pie/model/model_concept.hpp"
 #include "pie/model/shard_loader.hpp"
@@ -56,7 +57,9 @@ class CpuRunner {
                                                  : std::max(1u, std::thread::hardware_concurrency());
     if (spec.rank == 0) ops::cpu::set_num_threads(static_cast<int>(threads));
     if (spec.size() > 1) comm_ = spec.group->make_comm(spec.rank, nullptr);  // joins first: nothing fails before
-    if constexpr (model::uses_family_weights<Model, T>) {
+    if constexpr (Policy::fp8_weights) {
+      load_fp8(opt, spec, threads);
+    } else if constexpr (model::uses_family_weights<Model, T>) {
       load_family(opt, spec, threads);
     } else {
       load_custom(opt, spec, threads);
@@ -107,7 +110,8 @@ class CpuRunner {
     logits_.resize(plan.logits_rows.size() * static_cast<size_t>(global_.vocab_size));
     if (plan.num_tokens() == 0) return logits_;
     fwd_->begin(plan, pools_, Policy::block_size, logits_.data());
-    Model::forward(*fwd_, *w_);
+    if constexpr (Policy::fp8_weights) Model::forward(*fwd_, *fp8_);
+    else Model::forward(*fwd_, *w_);
     return logits_;
   }
 
@@ -149,6 +153,29 @@ class CpuRunner {
       shard_ = parallel::make_tp_shard(global_, spec.size(), spec.rank);
       w_ = std::make_shared<const model::Weights<T>>(parallel::shard_weights<T>(full.weights, *shard_, threads));
     }
+  }
+
+  /// fp8 projection weights (the Qwen3 family, one rank): a published fp8 checkpoint as it is,
+  /// anything else quantized per output channel at load (model/fp8_weights.hpp).
+  void load_fp8(const EngineOptions& opt, RankSpec spec, unsigned threads) {
+    static_assert(model::uses_family_weights<Model, T>, "CpuRunner: fp8 weights are the Qwen3 family's");
+    PIE_CHECK(spec.size() == 1, "--quantization fp8 runs on one rank (tensor-parallel fp8 shards are not written yet)");
+    if (const model::Weights<T>* given = opt.weights_as<model::Weights<T>>()) {
+      Model::check_config(given->config);
+      global_ = given->config;
+      gen_ = opt.generation;
+      fp8_ = std::make_shared<const model::Fp8Weights<T>>(
+          model::quantize_weights<T>(std::static_pointer_cast<const model::Weights<T>>(opt.weights), threads));
+      return;
+    }
+    model::LoadOptions lo;
+    lo.threads = threads;
+    lo.progress = spec.rank == 0;
+    auto m = model::load_fp8_model<T>(opt.model_dir, model::parse_load_format(opt.load_format), opt.seed, lo);
+    Model::check_config(m.weights.config);
+    global_ = m.weights.config;
+    gen_ = m.generation;
+    fp8_ = std::make_shared<const model::Fp8Weights<T>>(std::move(m.weights));
   }
 
   /// A user's model (model_concept.hpp): its own config and checkpoint reader; under tensor
@@ -198,6 +225,7 @@ class CpuRunner {
   model::GenerationConfig gen_;
   std::optional<parallel::TpShard> shard_;
   std::shared_ptr<const Weights> w_;  // stable address for the forward
+  std::shared_ptr<const model::Fp8Weights<T>> fp8_;  // instead of w_ with fp8 weights
   std::unique_ptr<Forward> fwd_;
   kv::KVLayout layout_{};
   size_t block_elems_ = 0;

@@ -26,6 +26,7 @@
 #include "pie/core/buffer.hpp"
 #include "pie/core/communicator.hpp"
 #include "pie/core/error.hpp"
+#include "pie/core/fp8_weight.hpp"
 #include "pie/core/tensor.hpp"
 #include "pie/engine/cuda/kv_cache.cuh"
 #include "pie/engine/cuda/logits_gemm.cuh"
@@ -38,6 +39,7 @@
 #include "pie/ops/cuda/attention_decode.cuh"
 #include "pie/ops/cuda/attention_prefill.cuh"
 #include "pie/ops/cuda/embedding.cuh"
+#include "pie/ops/cuda/fp8_gemm.cuh"
 #include "pie/ops/cuda/gemm.cuh"
 #include "pie/ops/cuda/gemv.cuh"
 #include "pie/ops/cuda/kv_write.cuh"
@@ -94,6 +96,7 @@ class CudaForward {
     int max_samples = 0;
     StepBuffers* step = nullptr;               ///< the staged plan
     ops::cuda::Gemm* gemm = nullptr;
+    ops::cuda::Fp8Gemm* fp8_gemm = nullptr;    ///< fp8 projections (null: none in this model)
     LogitsGemm* logits_gemm = nullptr;
     StepProfiler* profiler = nullptr;
     ops::cuda::RopeParams rope;
@@ -193,7 +196,22 @@ class CudaForward {
     op("rms_norm", [&] { ops::cuda::rms_norm(x, w, eps(), s_); });
   }
   void linear(const Act& x, const Weight& w, const Weight& bias, Act out) {
-    op(gemm_name(w), [&] { (*p_.gemm)(out, x, w, bias.numel() > 0 ? bias.data : nullptr, s_); });
+    op(gemm_name(w.shape[0], w.shape[1]), [&] { (*p_.gemm)(out, x, w, bias.numel() > 0 ? bias.data : nullptr, s_); });
+  }
+  /// out = q(x)·dq(W)ᵀ (+ bias) with an fp8 weight: the fused quantize+GEMV at batch 1, else
+  /// activation quantization and cuBLASLt's FP8 GEMM (ops/cuda/fp8_gemm.cuh).
+  void linear(const Act& x, const Fp8Weight& w, const Weight& bias, Act out) {
+    PIE_CHECK(p_.fp8_gemm != nullptr, "CudaForward: an fp8 weight, but the runner made no fp8 GEMM");
+    op(gemm_name(w.rows(), w.cols()),
+       [&] { (*p_.fp8_gemm)(out, x, w, bias.numel() > 0 ? bias.data : nullptr, s_); });
+  }
+  /// add_rms_norm, then the fp8 linear. Not fused at batch 1: a version with the residual add +
+  /// RMSNorm in the fp8 GEMV's prologue (and the first weight chunks loaded before
+  /// griddepcontrol.wait) measured 4.69 ms per decode step against 3.94 ms for the separate
+  /// kernels (H200, Qwen3-8B shape, 2026-12-04; docs/kernels.md).
+  void norm_linear(Act x, Act& res, const Weight& norm, bool first, const Fp8Weight& w, const Weight& bias, Act out) {
+    add_rms_norm(x, res, norm, first);
+    linear(x, w, bias, out);
   }
   /// add_rms_norm then linear; at batch 1 fused into the GEMV's prologue (bit-identical to the
   /// separate kernels), the residual then moving between two buffers (res is updated).
@@ -338,12 +356,12 @@ class CudaForward {
     return v;
   }
   /// The profiler's name of a projection (by its weight's shape: the trace tells them apart).
-  const char* gemm_name(const Weight& w) const {
+  const char* gemm_name(int64_t rows, int64_t cols) const {
     const auto& c = p_.config;
-    if (w.shape[0] == c.hidden_size && w.shape[1] == c.q_size()) return "gemm_o";
-    if (w.shape[0] == c.hidden_size) return "gemm_down";
-    if (w.shape[0] == 2 * int64_t{c.intermediate_size}) return "gemm_gate_up";
-    if (w.shape[0] == c.qkv_size()) return "gemm_qkv";
+    if (rows == c.hidden_size && cols == c.q_size()) return "gemm_o";
+    if (rows == c.hidden_size) return "gemm_down";
+    if (rows == 2 * int64_t{c.intermediate_size}) return "gemm_gate_up";
+    if (rows == c.qkv_size()) return "gemm_qkv";
     return "gemm";
   }
   /// Times `f` with events while profiling (eager steps only); just runs it otherwise.

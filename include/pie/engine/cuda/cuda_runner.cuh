@@ -36,6 +36,7 @@
 #include "pie/engine/cuda/cuda_forward.cuh"
 #include "pie/engine/cuda/cuda_graphs.cuh"
 #include "pie/engine/cuda/device_copy.cuh"
+#include "pie/engine/cuda/device_fp8_weights.cuh"
 #include "pie/engine/cuda/device_weights.cuh"
 #include "pie/engine/cuda/kv_cache.cuh"
 #include "pie/engine/cuda/logits_gemm.cuh"
@@ -48,6 +49,7 @@
 #include "pie/engine/sample_specs.hpp"
 #include "pie/kv/kv_layout.hpp"
 #include "pie/model/config_io.hpp"
+#include "pie/model/fp8_weights.hpp"
 #include "pie/model/load.hpp"
 #include "pie/model/model_concept.hpp"
 #include "pie/model/shard_loader.hpp"
@@ -78,7 +80,9 @@ class CudaRunner {
   using HostWeights = typename Model::template Weights<T>;
   /// The Qwen3 family's weights have the engine's own loaders, dummy fill and shards.
   static constexpr bool kFamily = model::uses_family_weights<Model, T>;
-  using Weights = std::conditional_t<kFamily, DeviceWeights<T>, DeviceCopy<HostWeights, T>>;
+  using Weights = std::conditional_t<Policy::fp8_weights, DeviceFp8Weights<T>,
+                                     std::conditional_t<kFamily, DeviceWeights<T>, DeviceCopy<HostWeights, T>>>;
+  static_assert(!Policy::fp8_weights || kFamily, "CudaRunner: fp8 weights are the Qwen3 family's");
   static_assert(Policy::backend_type::kIsCuda, "CudaRunner: the policy's backend must be backend::Cuda");
   /// One logits row per draw (StepBuffers repeats a row for an n > 1 prefill).
   static constexpr bool kLogitsPerDraw = true;
@@ -209,8 +213,42 @@ class CudaRunner {
   }
 
   void load_weights() {
-    if constexpr (kFamily) load_family();
+    if constexpr (Policy::fp8_weights) load_fp8();
+    else if constexpr (kFamily) load_family();
     else load_custom();
+  }
+
+  /// fp8 projection weights (model/fp8_weights.hpp), one GPU: a published fp8 checkpoint as it
+  /// is, any other quantized per output channel at load; `--load-format dummy` filled on the
+  /// device (128×128 blocks when config.json has an fp8 quantization_config, else per channel).
+  void load_fp8() {
+    PIE_CHECK(tp_ == 1, "--quantization fp8 runs on one GPU (tensor-parallel fp8 shards are not written yet)");
+    PIE_CHECK(!opt_.batch_invariant, "--batch-invariant is not available with fp8 weights yet (cuBLASLt's FP8 "
+              "algorithm is chosen per M)");
+    const auto fmt = model::parse_load_format(opt_.load_format);
+    model::LoadOptions lo;
+    lo.progress = rank_ == 0;
+    if (opt_.weights_as<model::Weights<T>>() != nullptr) {
+      const auto given = std::static_pointer_cast<const model::Weights<T>>(opt_.weights);
+      global_ = given->config;
+      Model::check_config(global_);
+      gen_ = opt_.generation;
+      w_ = DeviceFp8Weights<T>::upload(model::quantize_weights<T>(given));
+      return;
+    }
+    if (fmt == model::LoadFormat::Dummy && !opt_.model_dir.empty()) {
+      global_ = model::load_model_config(opt_.model_dir);
+      Model::check_config(global_);
+      gen_ = model::load_generation_config(opt_.model_dir, global_);
+      const bool block = model::checkpoint_quantization(opt_.model_dir) == model::CheckpointQuant::Fp8Block;
+      w_ = DeviceFp8Weights<T>::dummy(global_, opt_.seed, block);
+      return;
+    }
+    auto m = model::load_fp8_model<T>(opt_.model_dir, fmt, opt_.seed, lo);
+    global_ = m.weights.config;
+    Model::check_config(global_);
+    gen_ = m.generation;
+    w_ = DeviceFp8Weights<T>::upload(m.weights);
   }
 
   /// A user's model (model_concept.hpp): its own config and checkpoint reader; under tensor
@@ -324,8 +362,14 @@ class CudaRunner {
       gemm_->set_batch_invariant(true);
       logits_gemm_->set_batch_invariant(true);
     }
+    if constexpr (Policy::fp8_weights) {
+      const int64_t max_k = std::max<int64_t>({c.hidden_size, c.q_size(), c.intermediate_size});
+      const int64_t max_n = std::max<int64_t>({c.qkv_size(), 2 * int64_t{c.intermediate_size}, c.hidden_size});
+      fp8_gemm_ = std::make_unique<ops::cuda::Fp8Gemm>(max_tokens_, max_k, max_n);
+    }
     typename Forward::Parts p;
     p.config = c;
+    p.fp8_gemm = fp8_gemm_.get();
     p.max_tokens = max_tokens_;
     p.max_samples = max_samples();
     p.step = &step_;
@@ -531,6 +575,7 @@ class CudaRunner {
   MemoryPlan plan_;
   RunnerStats stats_;
   std::unique_ptr<ops::cuda::Gemm> gemm_;
+  std::unique_ptr<ops::cuda::Fp8Gemm> fp8_gemm_;  // fp8 weights only
   std::unique_ptr<LogitsGemm> logits_gemm_;
   std::unique_ptr<KVCache<KV>> kv_;
   StepBuffers step_;

@@ -88,7 +88,10 @@ inline Ceilings measure_ceilings(cudaStream_t stream = nullptr) {
 struct StepCost {
   double flops = 0;
   double bytes = 0;
-  double seconds(const Ceilings& c) const { return std::max(flops / c.gemm_flops, bytes / c.copy_bw); }
+  double fp8_flops = 0;  ///< the part of `flops` on FP8 tensor cores (twice the bf16 rate on Hopper)
+  double seconds(const Ceilings& c) const {
+    return std::max((flops - fp8_flops / 2) / c.gemm_flops, bytes / c.copy_bw);
+  }
 };
 
 /// \brief The mixture-of-experts part of a model (RooflineModel::set_moe).
@@ -100,8 +103,11 @@ struct MoeShape {
 /// \brief Counts a plan's FLOPs and minimum bytes for a model config and element sizes.
 class RooflineModel {
  public:
-  RooflineModel(const model::ModelConfig& c, size_t elem_bytes, size_t kv_elem_bytes)
-      : c_(c), eb_(static_cast<double>(elem_bytes)) {
+  /// `fp8_linear`: the projections are fp8 (1 byte per weight, FP8 tensor-core FLOPs; their
+  /// scales are below 0.1% of the bytes and not counted); embeddings, norms and lm_head stay at
+  /// elem_bytes.
+  RooflineModel(const model::ModelConfig& c, size_t elem_bytes, size_t kv_elem_bytes, bool fp8_linear = false)
+      : c_(c), eb_(static_cast<double>(elem_bytes)), linear_eb_(fp8_linear ? 1.0 : eb_), fp8_(fp8_linear) {
     const double H = c.hidden_size, I = c.intermediate_size;
     const double per_layer = H * c.qkv_size() + static_cast<double>(c.q_size()) * H + 2 * I * H + I * H;
     linear_params_ = per_layer * c.num_hidden_layers;
@@ -130,7 +136,9 @@ class RooflineModel {
 
   /// Weight bytes a step reads however small it is (one token's experts included).
   double weight_bytes() const {
-    return (linear_params_ + norm_params_ + lm_head_params_ + expert_params_ * moe_.top_k * moe_.sparse_layers) * eb_;
+    // fp8 projections count linear_eb_ bytes a weight; norms, lm_head and experts stay 16-bit.
+    return linear_params_ * linear_eb_ +
+           (norm_params_ + lm_head_params_ + expert_params_ * moe_.top_k * moe_.sparse_layers) * eb_;
   }
 
   StepCost cost(const sched::StepPlan& p) const {
@@ -138,6 +146,7 @@ class RooflineModel {
     const double T = p.num_tokens(), R = p.num_sampled_tokens() > 0 ? p.num_sampled_tokens() : p.logits_rows.size();
     const double H = c_.hidden_size;
     s.flops = 2.0 * linear_params_ * T + 2.0 * lm_head_params_ * R;
+    if (fp8_) s.fp8_flops = 2.0 * linear_params_ * T;
     double pairs = 0, kv_read = 0;
     for (int i = 0; i < p.num_seqs(); ++i) {
       const double ctx = p.context_lens[i], q = p.query_lens[i];
@@ -146,7 +155,7 @@ class RooflineModel {
       kv_read += ctx;  // each of the sequence's keys/values read once
     }
     s.flops += 4.0 * c_.num_attention_heads * c_.head_dim * pairs * c_.num_hidden_layers;
-    s.bytes = (linear_params_ + norm_params_ + lm_head_params_) * eb_ + T * H * eb_ /* embedding rows */ +
+    s.bytes = linear_params_ * linear_eb_ + (norm_params_ + lm_head_params_) * eb_ + T * H * eb_ /* embedding rows */ +
               kv_token_bytes_ * (kv_read + T);
     if (moe_.sparse_layers > 0) {
       const double E = moe_.num_experts, k = moe_.top_k;
@@ -158,7 +167,8 @@ class RooflineModel {
 
  private:
   model::ModelConfig c_;
-  double eb_;
+  double eb_, linear_eb_;
+  bool fp8_;
   double linear_params_ = 0, norm_params_ = 0, lm_head_params_ = 0, kv_token_bytes_ = 0;
   MoeShape moe_;
   double expert_params_ = 0;  ///< one expert's gate, up and down weights

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# bench/device_fp8.sh — issue 18 on one H200 in one call: build the fp8 GPU test and pie_bench,
+# build the transformers fixtures of tests/fp8 (in the background, during the build), run the
+# fp8 GPU tests, then `pie bench` bf16 vs fp8 at the Qwen3-8B shape (--load-format dummy) on the
+# issue's three workloads. Logs and JSON land in $OUT; the summary is printed last.
+#
+# Usage, in the repository root of the GPU machine:
+#   OUT=/some/dir bash bench/device_fp8.sh
+# Needs Qwen3-8B's config.json / generation_config.json in $PIE_MODEL_DIR (default
+# .device/Qwen3-8B, git-ignored). The fp8 bench uses a copy of that config with the published
+# quantization_config (Qwen3-8B-FP8's), so its dummy weights are 128×128 block-scaled.
+# PIE_STAGES picks stages (default build,fixtures,test,bench,channel); PIE_DEADLINE_S bounds the run.
+set -u
+OUT=${OUT:-/tmp/pie_device_out}
+MODEL=${PIE_MODEL_DIR:-.device/Qwen3-8B}
+STAGES=${PIE_STAGES:-build,fixtures,test,bench,channel}
+BUILD=${PIE_BUILD_DIR:-build-gpu-device}
+DEADLINE=${PIE_DEADLINE_S:-100000}
+LOGS="$OUT/logs"  # tarred into $OUT/logs.tgz at the end (few files come back)
+mkdir -p "$LOGS"
+SUM="$OUT/summary.txt"
+say() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$SUM"; }
+has() { [[ ",$STAGES," == *",$1,"* ]]; }
+run() {
+  local name=$1 limit=$2; shift 2
+  local t0=$SECONDS left=$((DEADLINE - SECONDS - 5))
+  if [ "$left" -lt 15 ]; then say "$name: skipped (deadline)"; return 124; fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  timeout "$limit" "$@" > "$LOGS/$name.log" 2>&1
+  local rc=$?
+  say "$name: rc=$rc in $((SECONDS - t0)) s"
+  [ "$rc" -ne 0 ] && tail -n 12 "$LOGS/$name.log" | sed 's/^/   | /' | tee -a "$SUM"
+  return $rc
+}
+export PYTHONUNBUFFERED=1
+[ -d /usr/local/cuda/bin ] && export PATH=/usr/local/cuda/bin:$PATH
+say "device: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -1)"
+
+FP8_MODEL=.device/Qwen3-8B-FP8
+mkdir -p "$FP8_MODEL"
+python3 - "$MODEL" "$FP8_MODEL" <<'PY'
+import json, shutil, sys
+src, dst = sys.argv[1], sys.argv[2]
+c = json.load(open(f"{src}/config.json"))
+c["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                            "weight_block_size": [128, 128]}
+json.dump(c, open(f"{dst}/config.json", "w"), indent=2)
+shutil.copy(f"{src}/generation_config.json", dst)
+PY
+
+# Binaries built elsewhere (same x86-64, same CUDA 13) can be carried in $PIE_PREBUILT
+# (pie_bench, pie_gpu_test_fp8): used when they load, else built here.
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:/usr/local/cuda/lib:${LD_LIBRARY_PATH:-}
+if [ -n "${PIE_PREBUILT:-}" ] && "$PIE_PREBUILT/pie_gpu_test_fp8" --gtest_list_tests > /dev/null 2>&1 \
+   && "$PIE_PREBUILT/pie_bench" --help > /dev/null 2>&1; then
+  say "using prebuilt binaries from $PIE_PREBUILT"
+  mkdir -p "$BUILD/examples/pie" "$BUILD/tests/gpu"
+  cp "$PIE_PREBUILT/pie_bench" "$BUILD/examples/pie/"
+  cp "$PIE_PREBUILT/pie_gpu_test_fp8" "$BUILD/tests/gpu/"
+  STAGES=${STAGES//build/}
+elif [ -n "${PIE_PREBUILT:-}" ]; then
+  say "prebuilt binaries do not load here: building"
+  STAGES="build,$STAGES"
+fi
+
+if has fixtures; then  # transformers on the GPU, while the build runs on the CPUs
+  (timeout 240 python3 tests/fp8/make_fp8_fixtures.py > "$LOGS/fixtures.log" 2>&1; echo "rc=$?" >> "$LOGS/fixtures.log") &
+  FIX_PID=$!
+fi
+if has build; then
+  run configure 120 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \
+    -DPIE_BUILD_BENCH=OFF -DPIE_BUILD_EXAMPLES=ON -DPIE_BUILD_TESTS=ON
+  run build 330 cmake --build "$BUILD" -j "$(nproc)" --target pie_bench pie_gpu_test_fp8
+fi
+BIN="$BUILD/examples/pie/pie_bench"
+if has test; then  # what needs no fixture, while transformers builds them
+  run gpu_test_fp8 150 "$BUILD/tests/gpu/pie_gpu_test_fp8" --gtest_color=no \
+    --gtest_filter='Fp8Kernels.*:Fp8Engine.PerChannel*:Fp8Engine.Dummy*'
+  grep -E "^\[fp8|OK \]|FAILED  \]|Failure|Expected|Which is|Value of|error" "$LOGS/gpu_test_fp8.log" | head -50 | tee -a "$SUM"
+fi
+if has fixtures; then
+  wait "$FIX_PID"
+  tail -4 "$LOGS/fixtures.log" | sed 's/^/   | /' | tee -a "$SUM"
+  tar czf "$OUT/fp8_fixtures.tgz" tests/fp8/fixtures 2>/dev/null
+fi
+if has test; then
+  run gpu_test_fp8_fixtures 120 "$BUILD/tests/gpu/pie_gpu_test_fp8" --gtest_color=no \
+    --gtest_filter='Fp8Engine.Published*:Fp8Engine.Transformers*'
+  grep -E "^\[fp8|OK \]|FAILED  \]|Failure|Expected|Which is|Value of|error|SKIP" "$LOGS/gpu_test_fp8_fixtures.log" | head -30 | tee -a "$SUM"
+fi
+# One workload, bf16 then fp8 (128×128 blocks: the Qwen3-8B-FP8 config) in the same call.
+if has bench; then
+  for v in "bf16 $MODEL" "fp8 $FP8_MODEL"; do set -- $v
+    run "$1_latency" 60 "$BIN" "$2" --load-format dummy --mode latency --input-len 128 --output-len 128 \
+      --num-iters 3 --num-iters-warmup 1 --max-num-seqs 8 --output-json "$LOGS/$1_latency.json"
+    grep -E "^(latency|engine)" "$LOGS/$1_latency.log" | sed "s/^/$1 /" | tee -a "$SUM"
+  done
+  for v in "bf16 $MODEL" "fp8 $FP8_MODEL"; do set -- $v
+    run "$1_2048" 100 "$BIN" "$2" --load-format dummy --mode throughput --num-prompts 2048 \
+      --input-len 128 --output-len 128 --max-num-seqs 512 --output-json "$LOGS/$1_2048.json"
+    grep -E "^(throughput|roofline|decode at batch (1|512):)" "$LOGS/$1_2048.log" | sed "s/^/$1 2048 /" | tee -a "$SUM"
+  done
+  for v in "bf16 $MODEL" "fp8 $FP8_MODEL"; do set -- $v
+    run "$1_256" 80 "$BIN" "$2" --load-format dummy --mode throughput --num-prompts 256 \
+      --input-len 512 --output-len 256 --max-num-seqs 256 --output-json "$LOGS/$1_256.json"
+    grep -E "^(throughput|roofline)" "$LOGS/$1_256.log" | sed "s/^/$1 256 /" | tee -a "$SUM"
+  done
+fi
+if has channel; then  # --quantization fp8 on the bf16 config: per-channel weights, per-token activations
+  run channel_latency 60 "$BIN" "$MODEL" --load-format dummy --quantization fp8 --mode latency --input-len 128 \
+    --output-len 128 --num-iters 3 --num-iters-warmup 1 --max-num-seqs 8 --output-json "$LOGS/channel_latency.json"
+  grep -E "^latency" "$LOGS/channel_latency.log" | sed "s/^/channel /" | tee -a "$SUM"
+  run channel_2048 100 "$BIN" "$MODEL" --load-format dummy --quantization fp8 --mode throughput --num-prompts 2048 \
+    --input-len 128 --output-len 128 --max-num-seqs 512 --output-json "$LOGS/channel_2048.json"
+  grep -E "^(throughput|roofline)" "$LOGS/channel_2048.log" | sed "s/^/channel 2048 /" | tee -a "$SUM"
+fi
+say "done"
+tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$LOGS"
+cat "$SUM"

@@ -1,0 +1,68 @@
+#pragma once
+/// \file fp8_weight.hpp
+/// \brief Fp8Weight: a linear weight stored as fp8 e4m3 with float scales, and the one rule by
+/// which weights and activations are quantized (shared by the loader, the CPU reference and the
+/// CUDA kernels, so they agree bit for bit on every quantized value).
+///
+/// Two schemes, both vLLM's:
+/// - block (Qwen3-FP8 / DeepSeek-V3 checkpoints): one scale per 128×128 weight block
+///   (`weight_scale_inv`), activations quantized per token and 128-column group;
+/// - per channel (`--quantization fp8` on a bf16 checkpoint): one scale per output row, activations
+///   quantized per token.
+/// In both, W[n, k] ≈ float(q[n, k]) · scale(n, k), and an activation group with absolute maximum
+/// a gets the scale a / 448 and the values e4m3(x / scale) (round to nearest even, saturating).
+#include <cmath>
+#include <cstdint>
+
+#include "pie/core/dtype.hpp"
+#include "pie/core/tensor.hpp"
+
+namespace pie {
+
+/// Largest finite e4m3 value.
+inline constexpr float kFp8E4m3Max = 448.0f;
+/// The weight block and activation group of the block scheme.
+inline constexpr int kFp8Block = 128;
+
+/// \brief The dynamic scale of a group whose absolute maximum is `amax` (1 for an all-zero group,
+/// so that 0 / scale stays 0). The same expression on the host and the device.
+#if defined(__CUDACC__)
+__host__ __device__
+#endif
+inline float fp8_group_scale(float amax) {
+  return amax > 0.0f ? amax / kFp8E4m3Max : 1.0f;
+}
+
+/// \brief An fp8 e4m3 linear weight [N, K] (row-major, y = x·Wᵀ) with its scales.
+///
+/// W[n, k] ≈ float(q[n, k]) · scale.data[(n / block_n) · scale_ld + k / block_k]. Block scheme:
+/// block_n = block_k = 128, scale_ld ≥ ceil(K / 128) (padded to a multiple of 4, the row stride
+/// cuBLASLt's 128×128 block scales take). Per channel: block_n = 1, block_k = K, scale_ld = 1.
+/// Host or device views, like TensorView.
+struct Fp8Weight {
+  TensorView<fp8_e4m3> q;   ///< [N, K]
+  TensorView<float> scale;  ///< [ceil(N / block_n), scale_ld]
+  int block_n = kFp8Block;
+  int block_k = kFp8Block;
+  int64_t scale_ld = 0;
+
+  int64_t rows() const { return q.shape[0]; }
+  int64_t cols() const { return q.shape[1]; }
+  bool per_channel() const { return block_n == 1; }
+  /// Activation group size along K (128 for blocks, K for per-token scales).
+  int act_group() const { return block_k; }
+  int64_t k_blocks() const { return (cols() + block_k - 1) / block_k; }
+  int64_t n_blocks() const { return (rows() + block_n - 1) / block_n; }
+  /// Host: the dequantization factor of element (n, k).
+  float scale_at(int64_t n, int64_t k) const { return scale.data[(n / block_n) * scale_ld + k / block_k]; }
+  /// Bytes of the quantized weight and its scales.
+  size_t bytes() const { return static_cast<size_t>(q.numel()) + static_cast<size_t>(scale.numel()) * sizeof(float); }
+};
+
+/// The row stride of a 128×128 block-scale tensor for K columns: ceil(K / 128) rounded up to 4.
+inline int64_t fp8_block_scale_ld(int64_t k) {
+  const int64_t kb = (k + kFp8Block - 1) / kFp8Block;
+  return (kb + 3) / 4 * 4;
+}
+
+}  // namespace pie

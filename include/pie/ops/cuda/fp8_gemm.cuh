@@ -1,0 +1,185 @@
+#pragma once
+/// \file fp8_gemm.cuh
+/// \brief Fp8Gemm: y [M, N] = q(x)·dq(W)ᵀ (+ bias) for an Fp8Weight (core/fp8_weight.hpp) with
+/// bf16/f16 activations in and out. M = 1 runs the fused GEMV (fp8_gemv.cuh); larger M quantizes
+/// x (fp8_quant.cuh) and runs cuBLASLt's FP8 tensor-core matmul with the scales applied inside:
+/// - block weights: A (= W) BLK128x128_32F scales, B (= x) VEC128_32F scales (sm_90, cuBLAS ≥ 12.9);
+/// - per-channel weights: OUTER_VEC_32F on both (one scale per output channel and per token).
+/// cuBLASLt computes column-major yᵀ [N, M] = W [N, K]·xᵀ, so W is A (transposed: the "TN" layout
+/// FP8 needs) and x is B. The GEMM runs on M rounded up to 4 rows (the scale vectors' granularity);
+/// when M is not a multiple of 4 it writes a scratch output and copies the M rows out.
+/// Descriptors and the heuristic's algorithm are cached per shape; every buffer is allocated at
+/// construction for `max_rows` × the largest K and N, so the calls can be captured in CUDA graphs.
+#include <cublasLt.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <tuple>
+#include <unordered_map>
+
+#include "pie/core/fp8_weight.hpp"
+#include "pie/ops/cuda/common.cuh"
+#include "pie/ops/cuda/fp8_gemv.cuh"
+#include "pie/ops/cuda/fp8_quant.cuh"
+#include "pie/ops/cuda/gemm.cuh"
+
+namespace pie::ops::cuda {
+
+namespace detail {
+/// y[m, n] += bias[n] for m < M.
+template <class T>
+__global__ void add_bias_kernel(T* y, int64_t ldy, int M, int N, const T* bias) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= int64_t(M) * N) return;
+  const int m = static_cast<int>(i / N), n = static_cast<int>(i % N);
+  y[m * ldy + n] = from_f32<T>(to_f32(y[m * ldy + n]) + to_f32(bias[n]));
+}
+}  // namespace detail
+
+/// \brief The fp8 linear layer of one GPU (see the file comment).
+class Fp8Gemm {
+ public:
+  /// Buffers for up to `max_rows` rows of x with K ≤ max_k and outputs with N ≤ max_n.
+  Fp8Gemm(int64_t max_rows, int64_t max_k, int64_t max_n, size_t workspace_bytes = size_t{32} << 20)
+      : max_rows_(fp8_padded_rows(std::max<int64_t>(max_rows, 1))), max_k_(max_k), max_n_(max_n),
+        xq_(static_cast<size_t>(max_rows_ * max_k)),
+        xs_(static_cast<size_t>(max_rows_ * ((max_k + kFp8Block - 1) / kFp8Block + 1))),
+        y_pad_(static_cast<size_t>(max_rows_ * max_n) * 2), ws_(workspace_bytes) {
+    PIE_CUBLAS_CHECK(cublasLtCreate(&handle_));
+  }
+  Fp8Gemm(const Fp8Gemm&) = delete;
+  Fp8Gemm& operator=(const Fp8Gemm&) = delete;
+  ~Fp8Gemm() {
+    for (auto& [k, e] : cache_) {
+      cublasLtMatrixLayoutDestroy(e.a); cublasLtMatrixLayoutDestroy(e.b); cublasLtMatrixLayoutDestroy(e.c);
+      cublasLtMatrixLayoutDestroy(e.d); cublasLtMatmulDescDestroy(e.desc);
+    }
+    cublasLtDestroy(handle_);
+  }
+
+  /// Whether M = 1 takes the GEMV (default on; off: cuBLASLt for every M, for tests).
+  void set_gemv(bool on) { gemv_ = on; }
+  /// Device bytes of the scratch buffers.
+  size_t bytes() const { return xq_.size() + xs_.size() * sizeof(float) + y_pad_.size() + ws_.size(); }
+
+  template <class T>
+  void operator()(TensorView<T> y, TensorView<T> x, const Fp8Weight& w, const T* bias, cudaStream_t stream) {
+    static_assert(std::is_same_v<T, pie::f16> || std::is_same_v<T, pie::bf16>, "Fp8Gemm: f16 or bf16 activations");
+    const int64_t M = x.shape[0], N = w.rows(), K = w.cols();
+    PIE_CHECK(x.rank == 2 && y.rank == 2 && x.shape[1] == K && y.shape[0] == M && y.shape[1] == N,
+              "Fp8Gemm: shapes do not chain: x [", x.shape[0], ",", x.shape[1], "], w [", N, ",", K, "], y [",
+              y.shape[0], ",", y.shape[1], "]");
+    PIE_CHECK(x.stride[1] == 1 && y.stride[1] == 1, "Fp8Gemm: rows must be contiguous");
+    if (M == 0) return;
+    if (M == 1 && gemv_ && fp8_gemv_supported(K)) {
+      fp8_gemv(y, x, w, bias, stream);
+      return;
+    }
+    const int64_t Mp = fp8_padded_rows(M);
+    PIE_CHECK(Mp <= max_rows_ && K <= max_k_ && N <= max_n_, "Fp8Gemm: [", M, ", ", K, "] × [", N,
+              "] exceeds the buffers sized for ", max_rows_, " rows, K ≤ ", max_k_, ", N ≤ ", max_n_);
+    PIE_CHECK(K % 16 == 0 && N % 16 == 0, "Fp8Gemm: K (", K, ") and N (", N, ") must be multiples of 16 (fp8 tensor cores)");
+    const bool block = !w.per_channel();
+    fp8_quantize(x, !block, xq_.data(), xs_.data(), stream);
+    const bool direct = Mp == M && y.stride[0] % 8 == 0;
+    T* out = direct ? y.data : reinterpret_cast<T*>(y_pad_.data());
+    const int64_t ldo = direct ? y.stride[0] : N;
+    constexpr cudaDataType_t dt = std::is_same_v<T, pie::bf16> ? CUDA_R_16BF : CUDA_R_16F;
+    Entry& e = entry(Key{Mp, N, K, ldo, dt, block});
+    const void* a_scale = w.scale.data;
+    const void* b_scale = xs_.data();
+    PIE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_scale, sizeof(a_scale)));
+    PIE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scale, sizeof(b_scale)));
+    const float alpha = 1.f, beta = 0.f;
+    PIE_CUBLAS_CHECK(cublasLtMatmul(handle_, e.desc, &alpha, w.q.data, e.a, xq_.data(), e.b, &beta, out, e.c, out, e.d,
+                                    &e.algo, ws_.data(), ws_.size(), stream));
+    if (!direct)
+      PIE_CUDA_CHECK(cudaMemcpy2DAsync(y.data, y.stride[0] * sizeof(T), out, N * sizeof(T), N * sizeof(T), M,
+                                       cudaMemcpyDeviceToDevice, stream));
+    if (bias) {
+      const int64_t n = M * N;
+      detail::add_bias_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, stream>>>(
+          dev(y.data), y.stride[0], static_cast<int>(M), static_cast<int>(N), dev(bias));
+      PIE_CUDA_CHECK_LAUNCH();
+    }
+  }
+
+ private:
+  struct Key {
+    int64_t m, n, k, ldy;
+    cudaDataType_t dt;
+    bool block;
+    bool operator==(const Key& o) const {
+      return std::tie(m, n, k, ldy, dt, block) == std::tie(o.m, o.n, o.k, o.ldy, o.dt, o.block);
+    }
+  };
+  struct KeyHash {
+    size_t operator()(const Key& k) const {
+      size_t h = 1469598103934665603ull;
+      for (int64_t v : {k.m, k.n, k.k, k.ldy, int64_t(k.dt), int64_t(k.block)})
+        h = (h ^ static_cast<size_t>(v)) * 1099511628211ull;
+      return h;
+    }
+  };
+  struct Entry {
+    cublasLtMatmulDesc_t desc = nullptr;
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr, d = nullptr;
+    cublasLtMatmulAlgo_t algo{};
+  };
+
+  Entry& entry(const Key& k) {
+    auto it = cache_.find(k);
+    if (it != cache_.end()) return it->second;
+    Entry e;
+    PIE_CUBLAS_CHECK(cublasLtMatmulDescCreate(&e.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    PIE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+    PIE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+    const cublasLtMatmulMatrixScale_t am =
+        k.block ? CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F : CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+    const cublasLtMatmulMatrixScale_t bm =
+        k.block ? CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F : CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+    if (!k.block) {
+      // Per-channel scales: FP8 fast accumulation (no fp32 promotion inside K), as vLLM's
+      // per-channel/per-token CUTLASS kernels do; block scales promote at every 128-wide block.
+      const int8_t fast = 1;
+      PIE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e.desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof(fast)));
+    }
+    PIE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e.desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &am, sizeof(am)));
+    PIE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e.desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &bm, sizeof(bm)));
+    // Scale pointers are set per call (one descriptor serves every layer of a shape); the
+    // heuristic needs them set to something.
+    const void* a_scale = xs_.data();
+    const void* b_scale = xs_.data();
+    PIE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_scale, sizeof(a_scale)));
+    PIE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scale, sizeof(b_scale)));
+    PIE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e.a, CUDA_R_8F_E4M3, k.k, k.n, k.k));
+    PIE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e.b, CUDA_R_8F_E4M3, k.k, k.m, k.k));
+    PIE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e.c, k.dt, k.n, k.m, k.ldy));
+    PIE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e.d, k.dt, k.n, k.m, k.ldy));
+    cublasLtMatmulPreference_t pref;
+    PIE_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    size_t ws = ws_.size();
+    PIE_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+    cublasLtMatmulHeuristicResult_t res{};
+    int found = 0;
+    const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle_, e.desc, e.a, e.b, e.c, e.d, pref, 1, &res, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    PIE_CHECK(st == CUBLAS_STATUS_SUCCESS && found > 0, "Fp8Gemm: cuBLASLt has no FP8 algorithm (",
+              k.block ? "128x128 block / 1x128 group scales" : "per-channel / per-token scales", ") for M=", k.m,
+              " N=", k.n, " K=", k.k, ": ", cublasGetStatusString(st));
+    e.algo = res.algo;
+    return cache_.emplace(k, e).first->second;
+  }
+
+  int64_t max_rows_, max_k_, max_n_;
+  bool gemv_ = true;
+  DeviceBuffer<fp8_e4m3> xq_;
+  DeviceBuffer<float> xs_;
+  DeviceBuffer<unsigned char> y_pad_;
+  DeviceBuffer<unsigned char> ws_;
+  cublasLtHandle_t handle_ = nullptr;
+  std::unordered_map<Key, Entry, KeyHash> cache_;
+};
+
+}  // namespace pie::ops::cuda

@@ -1,0 +1,89 @@
+#pragma once
+/// \file fp8_quant.cuh
+/// \brief Dynamic activation quantization for the fp8 GEMM (core/fp8_weight.hpp's rule):
+/// x [M, K] (bf16/f16) → e4m3 codes [Mp, K] and float scales, per token and 128-column group
+/// (block weights) or per token (per-channel weights). Mp = M rounded up to 4: rows M..Mp−1 are
+/// zero with scale 1, so the GEMM may run on Mp rows. Scale layouts are cuBLASLt's for the B
+/// operand (x is B: y [M, N] is computed column-major as W·xᵀ): group scales [ceil(K/128)][Mp]
+/// (VEC128_32F: consecutive tokens adjacent), per-token scales [Mp] (OUTER_VEC_32F).
+/// Same arithmetic as ops::cpu::fp8_quantize_rows: scale = amax / 448, code = satfinite RNE of
+/// x / scale (an IEEE division, whatever the compiler's fast-math flags).
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "pie/core/fp8_weight.hpp"
+#include "pie/ops/cuda/common.cuh"
+
+namespace pie::ops::cuda {
+
+/// Rows M rounded up to the 4 the fp8 GEMM runs on.
+inline int64_t fp8_padded_rows(int64_t m) { return (m + 3) / 4 * 4; }
+/// Most 128-column groups in one row (K ≤ 32768).
+inline constexpr int kFp8MaxGroups = 256;
+
+namespace detail {
+
+/// One CTA of 128 threads per row (padded rows included); each warp owns 128-column groups, a
+/// lane 4 consecutive columns of a group.
+template <class T>
+__global__ void __launch_bounds__(128) fp8_quant_kernel(const T* __restrict__ x, int64_t ldx, int M, int Mp, int K,
+                                                        int per_token, __nv_fp8_e4m3* __restrict__ q,
+                                                        float* __restrict__ s) {
+  __shared__ float gmax[kFp8MaxGroups];
+  const int m = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int groups = (K + kFp8Block - 1) / kFp8Block;
+  pdl_wait();
+  if (m >= M) {  // padding row: zero codes, scale 1
+    for (int k = threadIdx.x; k < K; k += blockDim.x) q[int64_t(m) * K + k].__x = 0;
+    if (per_token) {
+      if (threadIdx.x == 0) s[m] = 1.0f;
+    } else {
+      for (int g = threadIdx.x; g < groups; g += blockDim.x) s[int64_t(g) * Mp + m] = 1.0f;
+    }
+    return;
+  }
+  const T* row = x + int64_t(m) * ldx;
+  for (int g = warp; g < groups; g += 4) {
+    float a = 0.0f;
+    for (int j = 0; j < 4; ++j) {
+      const int k = g * kFp8Block + lane * 4 + j;
+      if (k < K) a = fmaxf(a, fabsf(to_f32(row[k])));
+    }
+    a = warp_max(a);
+    if (lane == 0) gmax[g] = a;
+  }
+  __syncthreads();
+  float tok = 0.0f;
+  if (per_token)
+    for (int g = 0; g < groups; ++g) tok = fmaxf(tok, gmax[g]);
+  for (int g = warp; g < groups; g += 4) {
+    const float sc = fp8_group_scale(per_token ? tok : gmax[g]);
+    for (int j = 0; j < 4; ++j) {
+      const int k = g * kFp8Block + lane * 4 + j;
+      if (k < K) q[int64_t(m) * K + k] = from_f32<__nv_fp8_e4m3>(__fdiv_rn(to_f32(row[k]), sc));
+    }
+    if (lane == 0 && !per_token) s[int64_t(g) * Mp + m] = sc;
+  }
+  if (per_token && threadIdx.x == 0) s[m] = fp8_group_scale(tok);
+  pdl_launch_dependents();
+}
+
+}  // namespace detail
+
+/// Quantizes x [M, K] (row stride x.stride[0]) into q [Mp, K] and s (see the file comment);
+/// `per_token`: one scale per row, else one per row and 128-column group.
+template <class T>
+void fp8_quantize(TensorView<T> x, bool per_token, fp8_e4m3* q, float* s, cudaStream_t stream) {
+  static_assert(std::is_same_v<T, pie::f16> || std::is_same_v<T, pie::bf16>, "fp8_quantize: f16 or bf16 input");
+  const int64_t M = x.shape[0], K = x.shape[1], Mp = fp8_padded_rows(M);
+  PIE_CHECK(x.rank == 2 && x.stride[1] == 1, "fp8_quantize: x must be a matrix with contiguous rows");
+  PIE_CHECK((K + kFp8Block - 1) / kFp8Block <= kFp8MaxGroups, "fp8_quantize: K = ", K, " exceeds ",
+            kFp8MaxGroups * kFp8Block);
+  if (M == 0) return;
+  launch_pdl(detail::fp8_quant_kernel<device_t<T>>, dim3(static_cast<unsigned>(Mp)), dim3(128), 0, stream,
+             dev(x.data), x.stride[0], static_cast<int>(M), static_cast<int>(Mp), static_cast<int>(K),
+             per_token ? 1 : 0, reinterpret_cast<__nv_fp8_e4m3*>(q), s);
+}
+
+}  // namespace pie::ops::cuda
