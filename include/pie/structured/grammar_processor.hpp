@@ -11,7 +11,9 @@
 /// Needs XGrammar (pie::structured).
 #include <xgrammar/xgrammar.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <exception>
 #include <optional>
 #include <span>
 #include <unordered_map>
@@ -49,8 +51,14 @@ class GrammarProcessor final : public sched::TokenMaskProcessor {
         start = s.scan + 1;
       }
     }
-    for (size_t i = start + s.accepted; i < output.size(); ++i, ++s.accepted)
-      if (!s.broken && (s.matcher.IsTerminated() || !s.matcher.AcceptToken(output[i]))) s.broken = true;
+    // An XGrammar error must not fail the engine step (every request would get a 500): the
+    // sequence is treated as broken and ends at its next draw.
+    try {
+      for (size_t i = start + s.accepted; i < output.size(); ++i, ++s.accepted)
+        if (!s.broken && (s.matcher.IsTerminated() || !s.matcher.AcceptToken(output[i]))) s.broken = true;
+    } catch (const std::exception&) {
+      s.broken = true;
+    }
     int64_t shape[1] = {static_cast<int64_t>(mask.size())};
     DLTensor t{};
     t.data = mask.data();
@@ -67,7 +75,12 @@ class GrammarProcessor final : public sched::TokenMaskProcessor {
         if (id >= 0 && static_cast<size_t>(id / 32) < mask.size()) mask[id / 32] |= static_cast<int32_t>(1u << (id % 32));
       return true;
     }
-    s.matcher.FillNextTokenBitmask(&t, 0);
+    try {
+      s.matcher.FillNextTokenBitmask(&t, 0);
+    } catch (const std::exception&) {
+      s.broken = true;
+      return fill_mask(seq_index, prompt, output, mask);  // the stop-tokens-only mask above
+    }
     if (may_open && reasoning_.open / 32 < static_cast<int32_t>(mask.size()))
       mask[reasoning_.open / 32] |= static_cast<int32_t>(1u << (reasoning_.open % 32));
     return true;
