@@ -11,4 +11,15 @@ if ((${#missing[@]})); then
   apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 # Python packages used by the test suites (the openai client tests, tokenizer/fixture checks).
-python3 -m pip install -q --disable-pip-version-check pytest openai requests 2>&1 | grep -v "Running pip as the 'root'" || true
+python3 -m pip install -q --disable-pip-version-check pytest openai requests jsonschema pydantic 2>&1 | grep -v "Running pip as the 'root'" || true
+# XGrammar's C++ core (structured outputs) from its PyPI source distribution, unpacked into a
+# cache outside the repository; CMake builds the static core from there (PIE_XGRAMMAR_DIR).
+# `--no-binary xgrammar`, not `:all:`: pip reads the sdist's metadata through its build tools,
+# and `:all:` would compile those (CMake itself) from source too.
+xgr_cache="${PIE_DEPS_CACHE:-$HOME/.cache/pie-deps}"
+if [[ ! -f "$xgr_cache/xgrammar-0.2.8/include/xgrammar/xgrammar.h" ]]; then
+  mkdir -p "$xgr_cache"
+  python3 -m pip download -q --disable-pip-version-check --no-deps --no-binary xgrammar xgrammar==0.2.8 \
+    -d "$xgr_cache" 2>&1 | grep -v "Running pip as the 'root'" || true
+  tar -xzf "$xgr_cache/xgrammar-0.2.8.tar.gz" -C "$xgr_cache"
+fi

@@ -28,6 +28,11 @@
 #include "pie/tokenizer/detokenizer.hpp"
 #include "pie/tokenizer/reasoning.hpp"
 #include "pie/tokenizer/tokenizer.hpp"
+#if defined(PIE_WITH_XGRAMMAR)
+#include <mutex>
+
+#include "pie/structured/compiler.hpp"
+#endif
 #if defined(PIE_HAVE_SERVE_CUDA)
 #include "serve_cuda.hpp"
 #endif
@@ -215,6 +220,27 @@ int serve_with(const ServeOptions& o, EngineFactory build, const std::string& de
       });
     };
 
+#if defined(PIE_WITH_XGRAMMAR)
+  // Structured outputs: one XGrammar compiler over the tokenizer's vocabulary, built once the
+  // model is loaded (it needs the model's vocabulary size and stop tokens): the main thread
+  // builds it right after loading, or the first structured request does.
+  struct Grammars {
+    std::once_flag once;
+    std::unique_ptr<structured::Compiler> compiler;
+  };
+  auto grammars = std::make_shared<Grammars>();
+  auto grammar_compiler = [grammars, tok, &service]() -> structured::Compiler& {
+    std::call_once(grammars->once, [&] {
+      const auto info = service.model_info();
+      grammars->compiler = std::make_unique<structured::Compiler>(*tok, info.vocab_size, info.eos_ids);
+    });
+    return *grammars->compiler;
+  };
+  ctx.compile_structured = [grammar_compiler](const sched::StructuredOutput& so) -> std::shared_ptr<sched::LogitsProcessor> {
+    return grammar_compiler().processor(so);
+  };
+#endif
+
   server::HttpOptions ho;
   ho.host = o.host;
   ho.port = o.port;
@@ -261,6 +287,9 @@ int serve_with(const ServeOptions& o, EngineFactory build, const std::string& de
     }
     if (st == server::ServiceState::Ready && !announced) {
       announced = true;
+#if defined(PIE_WITH_XGRAMMAR)
+      grammar_compiler();  // the vocabulary is indexed once, before the first request needs it
+#endif
       const auto info = service.model_info();
       std::cout << "pie serve: ready (max_model_len " << info.max_model_len << ", vocab " << info.vocab_size << ")"
                 << std::endl;

@@ -3,7 +3,7 @@
 
 Reads every header under include/pie, collects its `#include "pie/..."` edges and fails on
   - an edge that runs up the layer order (a layer may include its own layer and earlier ones),
-  - a tokenizer edge outside its lane (tokenizer uses core only; only the server and the
+  - a tokenizer edge outside its lane (tokenizer uses core only; only structured, llm, the server and the
     top-level umbrellas include it),
   - a host header (.hpp outside every cuda/ folder) that includes CUDA-side code (a cuda/
     folder or a .cuh): the pie::pie build must not need the CUDA side,
@@ -24,14 +24,15 @@ import tempfile
 
 # The order, lowest first. The attention variants live in core (core/attention_variants.hpp:
 # core/policy.hpp names them).
+# structured/ compiles grammars (XGrammar) over the tokenizer's vocabulary for llm/ and server/.
 # registry/ maps flags to engine types over every backend and group (make_engine); llm/ is the
 # text-level API above it.
-LAYERS = ["core", "kv", "sched", "ops", "model", "engine", "parallel", "registry", "llm", "server"]
+LAYERS = ["core", "kv", "sched", "ops", "model", "engine", "parallel", "registry", "structured", "llm", "server"]
 RANK = {name: i for i, name in enumerate(LAYERS)}
 TOP = "<top-level>"
 
 # tokenizer stands beside the order: what it may include, and who may include it.
-SIDE = {"tokenizer": {"uses": {"core", "tokenizer"}, "used_by": {"tokenizer", "llm", "server", TOP}}}
+SIDE = {"tokenizer": {"uses": {"core", "tokenizer"}, "used_by": {"tokenizer", "structured", "llm", "server", TOP}}}
 
 # Edges known to break a rule, each in a file its owner is rewriting right now. Delete an entry
 # when its edge is gone: the check fails on an entry that no longer matches an edge, so the

@@ -94,7 +94,7 @@ TEST(ProtocolCompletion, InvalidValuesNameTheParameter) {
 }
 
 TEST(ProtocolCompletion, UnsupportedFieldsAreRejectedByName) {
-  for (const char* k : {"response_format", "tools", "guided_json", "suffix"}) {
+  for (const char* k : {"tools", "suffix"}) {
     json body = {{"prompt", "x"}};
     body[k] = json{{"type", "json_object"}};
     if (std::string(k) == "suffix") body[k] = "tail";
@@ -106,6 +106,73 @@ TEST(ProtocolCompletion, UnsupportedFieldsAreRejectedByName) {
   // Harmless or neutral values are accepted.
   EXPECT_NO_THROW(parse_completion_request(
       json{{"prompt", "x"}, {"response_format", {{"type", "text"}}}, {"user", "u"}, {"tools", json::array()}}, {}));
+}
+
+// Structured outputs: every form maps onto one StructuredOutput; bad shapes are 400s naming
+// the field (the schema/regex/grammar text itself is checked by the compiler: test_structured.py).
+TEST(ProtocolStructured, EveryFormMapsOntoOneConstraint) {
+  using K = pie::sched::StructuredOutput::Kind;
+  auto chat = [](json extra) {
+    json b = {{"messages", json::array({json{{"role", "user"}, {"content", "x"}}})}};
+    for (auto it = extra.begin(); it != extra.end(); ++it) b[it.key()] = it.value();
+    return parse_chat_request(b, {});
+  };
+  auto r = chat({{"response_format", {{"type", "json_object"}}}});
+  ASSERT_TRUE(r.structured);
+  EXPECT_EQ(r.structured->kind, K::JsonObject);
+  EXPECT_EQ(r.structured_param, "response_format");
+  r = chat({{"response_format",
+             {{"type", "json_schema"},
+              {"json_schema", {{"name", "x"}, {"strict", true}, {"schema", {{"type", "object"}}}}}}}});
+  ASSERT_TRUE(r.structured);
+  EXPECT_EQ(r.structured->kind, K::JsonSchema);
+  EXPECT_TRUE(r.structured->strict);
+  EXPECT_EQ(json::parse(r.structured->text), json({{"type", "object"}}));
+  r = chat({{"response_format", {{"type", "text"}}}});
+  EXPECT_FALSE(r.structured);
+  r = chat({{"structured_outputs", {{"regex", "a+"}}}});
+  EXPECT_EQ(r.structured->kind, K::Regex);
+  EXPECT_EQ(r.structured->text, "a+");
+  r = chat({{"structured_outputs", {{"choice", {"a", "b"}}}}});
+  EXPECT_EQ(r.structured->choices, (std::vector<std::string>{"a", "b"}));
+  r = chat({{"structured_outputs", {{"grammar", "root ::= \"a\""}}}});
+  EXPECT_EQ(r.structured->kind, K::Grammar);
+  r = chat({{"structured_outputs", {{"json", "{\"type\": \"integer\"}"}}}});  // a schema as a string
+  EXPECT_EQ(json::parse(r.structured->text), json({{"type", "integer"}}));
+  auto c = parse_completion_request(json{{"prompt", "x"}, {"guided_choice", {"yes", "no"}}}, {});
+  EXPECT_EQ(c.structured->kind, K::Choice);
+  EXPECT_EQ(c.structured_param, "guided_choice");
+  c = parse_completion_request(json{{"prompt", "x"}, {"guided_json", {{"type", "object"}}}}, {});
+  EXPECT_EQ(c.structured->kind, K::JsonSchema);
+  c = parse_completion_request(json{{"prompt", "x"}, {"guided_regex", "[0-9]+"}, {"guided_decoding_backend", "xgrammar"}}, {});
+  EXPECT_EQ(c.structured->kind, K::Regex);
+  c = parse_completion_request(json{{"prompt", "x"}, {"guided_grammar", "root ::= \"a\""}}, {});
+  EXPECT_EQ(c.structured->kind, K::Grammar);
+}
+
+TEST(ProtocolStructured, BadShapesAre400sNamingTheField) {
+  auto err = [](json body) {
+    body["prompt"] = "x";
+    try {
+      parse_completion_request(body, {});
+    } catch (const ApiError& e) {
+      return e;
+    }
+    return ApiError(200, "no error");
+  };
+  EXPECT_EQ(err({{"response_format", {{"type", "json_schema"}}}}).param(), "response_format.json_schema");
+  EXPECT_EQ(err({{"response_format", {{"type", "json_schema"}, {"json_schema", json::object()}}}}).param(),
+            "response_format.json_schema.name");
+  EXPECT_EQ(err({{"response_format", {{"type", "yaml"}}}}).param(), "response_format.type");
+  EXPECT_EQ(err({{"guided_choice", json::array()}}).param(), "guided_choice");
+  EXPECT_EQ(err({{"guided_json", "not json"}}).param(), "guided_json");
+  EXPECT_EQ(err({{"guided_regex", 5}}).param(), "guided_regex");
+  EXPECT_EQ(err({{"guided_regex", ""}}).param(), "guided_regex");
+  EXPECT_EQ(err({{"structured_outputs", {{"xml", "x"}}}}).param(), "structured_outputs.xml");
+  EXPECT_EQ(err({{"guided_decoding_backend", "outlines"}}).param(), "guided_decoding_backend");
+  const ApiError two = err({{"guided_regex", "a"}, {"structured_outputs", {{"choice", {"a"}}}}});
+  EXPECT_EQ(two.status(), 400);
+  EXPECT_NE(std::string(two.what()).find("only one structured output"), std::string::npos);
 }
 
 TEST(ProtocolCompletion, ContextLengthErrorIsVllmStyle) {

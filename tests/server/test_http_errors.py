@@ -72,10 +72,8 @@ def test_chat_invalid_value_is_400_naming_it(server, field, value):
 
 UNSUPPORTED = [
     ("/v1/completions", "tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
-    ("/v1/chat/completions", "response_format", {"type": "json_object"}),
-    ("/v1/completions", "response_format", {"type": "json_schema", "json_schema": {}}),
-    ("/v1/completions", "suffix", "tail"), ("/v1/completions", "guided_json", {}),
-    ("/v1/chat/completions", "guided_regex", "a+"), ("/v1/completions", "prompt_logprobs", -1),
+    ("/v1/completions", "suffix", "tail"), ("/v1/completions", "prompt_logprobs", -1),
+    ("/v1/completions", "guided_decoding_backend", "outlines"),
     ("/v1/chat/completions", "functions", [{"name": "f"}]), ("/v1/completions", "best_of", 3),
     ("/v1/chat/completions", "use_beam_search", True), ("/v1/chat/completions", "echo", True),
 ]

@@ -18,6 +18,7 @@
 #include <functional>
 #include <memory>
 #include <span>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -25,6 +26,7 @@
 #include "pie/core/policy.hpp"
 #include "pie/engine/engine_options.hpp"
 #include "pie/engine/executor.hpp"
+#include "pie/engine/mask_fill.hpp"
 #include "pie/engine/model_runner.hpp"
 #include "pie/engine/rank_group.hpp"
 #include "pie/engine/request_output.hpp"
@@ -98,12 +100,30 @@ class Engine {
       // Rank 0 samples on its device and only the ids come back, unless a request's parameters
       // need the host sampler (penalties, logit bias, min_tokens, logprobs): then this step's
       // sampled rows come back as logits and every row is sampled on the host below.
+      // Token-masked draws (structured outputs) stay on the device where the runner can apply
+      // the masks (one rank): their masks are filled on the host while the forward runs.
       specs_ = engine::sample_specs(*scheduler_, plan_, seed_of);
-      if (!engine::plan_needs_host_sampling(*scheduler_, plan_)) {
+      const engine::SampleMode mode = engine::plan_sample_mode(*scheduler_, plan_);
+      bool masked = false;
+      if constexpr (requires { Runner::kSamplesMasked; }) masked = mode == engine::SampleMode::DeviceMasked && exec_->size() == 1;
+      if (mode == engine::SampleMode::Device || masked) {
         const auto d0 = clock::now();
         std::span<const int32_t> ids;
         exec_->run([&](int r) {
-          std::span<const int32_t> got = exec_->rank(r).execute_sample(plan_, specs_);
+          std::span<const int32_t> got;
+          if constexpr (requires { Runner::kSamplesMasked; }) {
+            if (masked) {
+              got = exec_->rank(r).execute_sample_masked(
+                  plan_, specs_, [this](std::span<int32_t> masks, std::span<int32_t> flags) {
+                    if (!mask_pool_)
+                      mask_pool_ = std::make_unique<engine::TaskPool>(
+                          static_cast<int>(std::clamp(std::thread::hardware_concurrency() / 2, 1u, 8u)) - 1);
+                    engine::fill_step_masks(*scheduler_, plan_, sched::bitmask_words(cfg_.vocab_size), masks, flags,
+                                            mask_pool_.get());
+                  });
+            }
+          }
+          if (!masked) got = exec_->rank(r).execute_sample(plan_, specs_);
           if (r == 0) ids = got;
         });
         device = clock::now() - d0;
@@ -210,6 +230,7 @@ class Engine {
   StepObserver observer_;
   // prompt_logprobs computed by prefill chunks, held until the request's first output.
   std::unordered_map<uint64_t, std::vector<PromptLogprob>> prompt_logprobs_;
+  std::unique_ptr<engine::TaskPool> mask_pool_;  // fills token masks (structured outputs) in parallel
   uint64_t next_id_ = 0;
   bool last_step_ran_ = false;
 };

@@ -7,7 +7,8 @@
 ///   auto reply = llm.chat({{"user", "Say hi."}}, p);   // through the model's chat template
 /// All prompts of one call run batched (added together, stepped until done: continuous
 /// batching inside the engine). Stop strings, n > 1, logprobs and a streaming callback are
-/// supported. The engine is any pie::AnyEngine, built by a factory from EngineOptions (the CPU
+/// supported, and structured outputs: set `params.structured` (a JSON schema, regex, choice or
+/// EBNF grammar) and every output matches it (needs pie::structured, XGrammar's core). The engine is any pie::AnyEngine, built by a factory from EngineOptions (the CPU
 /// fp32 engine by default) or handed over ready-made (a CUDA engine from an nvcc-built file).
 /// Needs pie::text (the tokenizer). Not thread-safe: one thread drives an LLM.
 #include <cstdint>
@@ -31,6 +32,9 @@
 #include "pie/llm/sampling_params.hpp"
 #include "pie/tokenizer/stop_strings.hpp"
 #include "pie/tokenizer/detokenizer.hpp"
+#if defined(PIE_WITH_XGRAMMAR)
+#include "pie/structured/compiler.hpp"
+#endif
 
 namespace pie {
 
@@ -188,7 +192,11 @@ class LLM {
   std::vector<llm::PromptOutput> run(std::vector<llm::PromptOutput> outs, const llm::SamplingParams& params,
                                      const llm::DeltaCallback& on_delta) {
     const int vocab = engine_->config().vocab_size;
-    params.validate(vocab);
+    // A structured output without a processor is compiled here, one processor per request.
+    const bool compile = params.structured && !params.logits_processor;
+    llm::SamplingParams checked = params;
+    if (compile) checked.logits_processor = grammar_processor(*params.structured);
+    checked.validate(vocab);
     for (size_t i = 0; i < outs.size(); ++i) {
       const auto& ids = outs[i].prompt_token_ids;
       PIE_CHECK(!ids.empty(), "LLM: prompt ", i, " is empty (no tokens)");
@@ -209,7 +217,9 @@ class LLM {
       for (size_t i = 0; i < outs.size(); ++i) {
         uint64_t rid = 0;
         try {
-          rid = engine_->add_request(outs[i].prompt_token_ids, params);
+          llm::SamplingParams pi = checked;
+          if (compile && i > 0) pi.logits_processor = grammar_processor(*params.structured);
+          rid = engine_->add_request(outs[i].prompt_token_ids, pi);
         } catch (const pie::Error& e) {
           PIE_FAIL("LLM: prompt ", i, ": ", e.what());
         }
@@ -300,8 +310,26 @@ class LLM {
         }
   }
 
+  /// The processor enforcing `so` on one request (the compiler is built on first use).
+  std::shared_ptr<sched::LogitsProcessor> grammar_processor(const sched::StructuredOutput& so) {
+#if defined(PIE_WITH_XGRAMMAR)
+    if (!grammar_) {
+      std::vector<int32_t> stop = engine_->generation_config().eos_token_ids;
+      for (int32_t id : engine_->config().eos_token_ids) stop.push_back(id);
+      grammar_ = std::make_unique<structured::Compiler>(text_.tokenizer, engine_->config().vocab_size, stop);
+    }
+    return grammar_->processor(so);
+#else
+    (void)so;
+    PIE_FAIL("structured_outputs: this build has no XGrammar (link pie::structured)");
+#endif
+  }
+
   llm::ModelText text_;
   std::unique_ptr<AnyEngine> engine_;
+#if defined(PIE_WITH_XGRAMMAR)
+  std::unique_ptr<structured::Compiler> grammar_;
+#endif
 };
 
 }  // namespace pie

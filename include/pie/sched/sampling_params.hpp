@@ -11,6 +11,7 @@
 
 #include "pie/core/error.hpp"
 #include "pie/sched/logits_processor.hpp"
+#include "pie/sched/structured_output.hpp"
 
 namespace pie::sched {
 
@@ -37,6 +38,10 @@ struct SamplingParams {
   std::optional<int> prompt_logprobs;
   /// Edits the logits of every draw before sampling (logits_processor.hpp); null: none.
   std::shared_ptr<LogitsProcessor> logits_processor;
+  /// The output must match this (a JSON schema, regex, choice, grammar); null: free text.
+  /// pie::LLM and `pie serve` compile it into `logits_processor` (pie/structured/, XGrammar);
+  /// an Engine driven directly refuses it without one (structured::Compiler::processor()).
+  std::shared_ptr<const StructuredOutput> structured;
 
   /// Throws pie::Error naming the field and its allowed range.
   void validate(int vocab_size = 0) const {
@@ -64,6 +69,12 @@ struct SamplingParams {
     for (int32_t t : stop_token_ids)
       PIE_CHECK(t >= 0 && (vocab_size == 0 || t < vocab_size), "stop_token_ids: token id ", t,
                 " is out of the vocabulary [0, ", vocab_size, ")");
+    if (structured) {
+      structured->validate();
+      PIE_CHECK(logits_processor != nullptr,
+                "structured_outputs: a StructuredOutput needs its compiled logits_processor "
+                "(pie::structured::Compiler::processor(), which pie::LLM and pie serve call)");
+    }
     if (logprobs) PIE_CHECK(*logprobs >= 0 && *logprobs <= 20, "logprobs must be in [0, 20], got ", *logprobs);
     if (prompt_logprobs)
       PIE_CHECK(*prompt_logprobs >= 0 && *prompt_logprobs <= 20, "prompt_logprobs must be in [0, 20], got ",

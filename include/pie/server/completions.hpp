@@ -46,6 +46,11 @@ struct GenerationContext {
   std::function<ReasoningSplitter()> make_reasoning;  ///< empty → no reasoning parser
   bool enable_auto_tool_choice = false;               ///< --enable-auto-tool-choice
   std::string tool_call_parser;                       ///< --tool-call-parser ("hermes"), empty → none
+  /// Compiles a structured output into the processor that enforces it on one engine request
+  /// (pie/structured/, XGrammar; cached by source). Throws pie::Error naming a bad schema,
+  /// regex or grammar. Empty: this build has no XGrammar, and structured outputs get a 400
+  /// (tool_choice required/named then parse like auto, unenforced).
+  std::function<std::shared_ptr<sched::LogitsProcessor>(const sched::StructuredOutput&)> compile_structured;
   int stream_poll_ms = 50;
 };
 
@@ -321,6 +326,32 @@ inline void handle_generation(const GenerationContext& ctx, bool chat, const jso
     f->model = f->req.model;
   f->eos_ids = info.eos_ids;
   if (chat) check_tool_choice(f->req, ctx.enable_auto_tool_choice, ctx.tool_call_parser);
+  // The output constraint: tool_choice required/named (a grammar of the tools' calls) wins over
+  // response_format, whose text such a turn never has.
+  std::optional<sched::StructuredOutput> constraint = f->req.structured;
+  std::string constraint_param = f->req.structured_param;
+  if (chat && ctx.compile_structured)
+    if (auto tc = tool_call_constraint(f->req)) {
+      constraint = std::move(tc);
+      constraint_param = "tool_choice";
+    }
+  if (constraint && !ctx.compile_structured)
+    throw unsupported_param(constraint_param,
+                            "structured outputs are not available: this pie was built without XGrammar "
+                            "(see docs/serving.md)");
+  // With a reasoning parser the constraint starts after the reasoning block.
+  if (constraint) constraint->after_reasoning = chat && static_cast<bool>(ctx.make_reasoning);
+  auto compile = [&]() -> std::shared_ptr<sched::LogitsProcessor> {
+    try {
+      return ctx.compile_structured(*constraint);
+    } catch (const ApiError&) {
+      throw;
+    } catch (const std::exception& e) {
+      throw invalid_param(constraint_param, e.what());
+    }
+  };
+  std::shared_ptr<const sched::StructuredOutput> constraint_ptr;
+  if (constraint) constraint_ptr = std::make_shared<const sched::StructuredOutput>(*constraint);
 
   // Prompts → token ids, each checked against the context and the vocabulary.
   std::vector<std::vector<int32_t>> prompts;
@@ -352,6 +383,10 @@ inline void handle_generation(const GenerationContext& ctx, bool chat, const jso
   const auto stop_set = std::make_shared<const StopStringSet>(f->req.stop);
   for (auto& ids : prompts) {
     GenerationRequest r = f->req;
+    if (constraint) {  // one processor per engine request: its matchers hold that request's state
+      r.params.logits_processor = compile();
+      r.params.structured = constraint_ptr;
+    }
     resolve_max_tokens(r, static_cast<int>(ids.size()), info.max_model_len);
     validate_sampling(r.params, info.vocab_size);
     f->prompt_tokens += static_cast<int64_t>(ids.size());

@@ -16,6 +16,7 @@
 
 #include "pie/core/error.hpp"
 #include "pie/sched/sampling_params.hpp"
+#include "pie/sched/structured_output.hpp"
 #include "pie/server/errors.hpp"
 #include "pie/server/request_stream.hpp"  // and the stop-string matcher
 #include "pie/tokenizer/stop_strings.hpp"
@@ -69,6 +70,9 @@ struct GenerationRequest {
   ToolChoice tool_choice = ToolChoice::None;  ///< `auto` when tools are given without tool_choice
   std::string tool_choice_name;              ///< ToolChoice::Named: the function
   bool parallel_tool_calls = true;
+  // structured outputs: response_format, structured_outputs or guided_* (parse_structured)
+  std::optional<sched::StructuredOutput> structured;
+  std::string structured_param;  ///< the field it came from, named by a 400
 };
 
 /// Stop token ids per request (checked by the engine thread after every token).
@@ -155,17 +159,9 @@ inline void reject_unsupported(const json& body, bool chat) {
     if (const json* tc = field(body, "tool_choice"); tc && !(tc->is_string() && tc->get<std::string>() == "none"))
       throw unsupported_param("tool_choice", "tool_choice is only supported on /v1/chat/completions");
   }
-  for (const char* k : {"functions", "function_call", "guided_json", "guided_regex", "guided_choice", "guided_grammar",
-                        "guided_decoding_backend", "structured_outputs", "logits_processors",
+  for (const char* k : {"functions", "function_call", "logits_processors",
                         "prediction", "audio", "truncate_prompt_tokens", "allowed_token_ids", "bad_words"})
     if (present(k)) throw unsupported_param(k);
-  if (const json* rf = field(body, "response_format")) {
-    const json* type = rf->is_object() ? field(*rf, "type") : nullptr;
-    if (!type || !type->is_string())
-      throw invalid_param("response_format", "'response_format' must be an object with a string 'type'");
-    const bool text = type->get<std::string>() == "text";
-    if (!text) throw unsupported_param("response_format", "only {\"type\": \"text\"} is supported");
-  }
   if (const json* bs = field(body, "use_beam_search"); bs && !(bs->is_boolean() && !bs->get<bool>()))
     throw unsupported_param("use_beam_search");
   if (const json* m = field(body, "modalities")) {
@@ -283,6 +279,119 @@ inline ApiError invalid_type(const std::string& param, const char* expected, con
 inline ApiError missing_param(const std::string& param) {
   return ApiError(400, "Missing required parameter: '" + param + "'.", param, "invalid_request_error",
                   "missing_required_parameter");
+}
+
+/// A schema given as an object or as a JSON string (vLLM takes both): its text.
+inline std::string schema_text(const json& v, const std::string& name) {
+  if (v.is_object() || v.is_boolean()) return v.dump();
+  if (v.is_string()) {
+    const json j = json::parse(v.get<std::string>(), nullptr, false);
+    if (j.is_discarded() || !(j.is_object() || j.is_boolean()))
+      throw invalid_param(name, "'" + name + "' is not a valid JSON schema: not a JSON object");
+    return j.dump();
+  }
+  throw invalid_param(name, "'" + name + "' must be a JSON schema object, got " + std::string(type_name(v)));
+}
+
+inline std::vector<std::string> choice_list(const json& v, const std::string& name) {
+  if (!v.is_array() || v.empty()) throw invalid_param(name, "'" + name + "' must be a non-empty array of strings");
+  std::vector<std::string> out;
+  for (const auto& c : v) out.push_back(get_string(c, name));
+  return out;
+}
+
+/// The output constraint: OpenAI's response_format (json_object, json_schema with strict),
+/// vLLM's structured_outputs {json, regex, choice, grammar, json_object} and its older
+/// guided_json / guided_regex / guided_choice / guided_grammar. At most one may be given.
+/// The schema, regex or grammar itself is checked when compiled (a 400 naming the problem).
+inline void parse_structured(const json& body, GenerationRequest& r) {
+  using K = sched::StructuredOutput::Kind;
+  auto set = [&](const std::string& param, sched::StructuredOutput so) {
+    if (r.structured)
+      throw invalid_param(param, "only one structured output constraint may be given, but both '" +
+                                     r.structured_param + "' and '" + param + "' are set");
+    r.structured = std::move(so);
+    r.structured_param = param;
+  };
+  if (const json* rf = field(body, "response_format")) {
+    const json* type = rf->is_object() ? field(*rf, "type") : nullptr;
+    if (!type || !type->is_string())
+      throw invalid_param("response_format", "'response_format' must be an object with a string 'type'");
+    const std::string t = type->get<std::string>();
+    if (t == "json_object") {
+      set("response_format", {K::JsonObject});
+    } else if (t == "json_schema") {
+      const json* js = field(*rf, "json_schema");
+      if (!js) throw missing_param("response_format.json_schema");
+      if (!js->is_object()) throw invalid_type("response_format.json_schema", "an object", *js);
+      const json* name = field(*js, "name");
+      if (!name) throw missing_param("response_format.json_schema.name");
+      if (!name->is_string()) throw invalid_type("response_format.json_schema.name", "a string", *name);
+      sched::StructuredOutput so{K::JsonSchema};
+      // OpenAI: a missing schema is any JSON object.
+      const json* schema = field(*js, "schema");
+      so.text = schema ? schema_text(*schema, "response_format.json_schema.schema") : std::string("{\"type\":\"object\"}");
+      so.strict = false;
+      if (const json* st = field(*js, "strict")) {
+        if (!st->is_boolean()) throw invalid_type("response_format.json_schema.strict", "a boolean", *st);
+        so.strict = st->get<bool>();
+      }
+      set("response_format", std::move(so));
+    } else if (t != "text") {
+      throw ApiError(400,
+                     "Invalid value: '" + t + "'. Supported values are: 'text', 'json_object' and 'json_schema'.",
+                     "response_format.type", "invalid_request_error", "invalid_value");
+    }
+  }
+  auto one = [&](const json& v, const std::string& param, const std::string& what) {
+    sched::StructuredOutput so;
+    if (what == "json") {
+      so.kind = K::JsonSchema;
+      so.text = schema_text(v, param);
+    } else if (what == "regex") {
+      so.kind = K::Regex;
+      so.text = get_string(v, param);
+    } else if (what == "choice") {
+      so.kind = K::Choice;
+      so.choices = choice_list(v, param);
+    } else if (what == "grammar") {
+      so.kind = K::Grammar;
+      so.text = get_string(v, param);
+    }
+    set(param, std::move(so));
+  };
+  if (const json* so = field(body, "structured_outputs")) {
+    if (!so->is_object()) throw invalid_type("structured_outputs", "an object", *so);
+    for (auto it = so->begin(); it != so->end(); ++it) {
+      const std::string k = it.key();
+      const std::string param = "structured_outputs." + k;
+      if (it.value().is_null()) continue;
+      if (k == "json" || k == "regex" || k == "choice" || k == "grammar") {
+        one(it.value(), param, k);
+      } else if (k == "json_object") {
+        if (get_bool(it.value(), param)) set(param, {K::JsonObject});
+      } else if (k == "disable_any_whitespace" || k == "disable_fallback" || k == "disable_additional_properties" ||
+                 k == "whitespace_pattern" || k == "backend") {
+        // Options of vLLM's other backends: XGrammar is the only one here.
+      } else {
+        throw unsupported_param(param, "structured_outputs supports json, regex, choice, grammar and json_object");
+      }
+    }
+  }
+  for (const char* k : {"guided_json", "guided_regex", "guided_choice", "guided_grammar"})
+    if (const json* v = field(body, k)) one(*v, k, std::string(k).substr(7));
+  if (const json* b = field(body, "guided_decoding_backend")) {
+    const std::string s = get_string(*b, "guided_decoding_backend");
+    if (s != "xgrammar" && s != "auto")
+      throw unsupported_param("guided_decoding_backend", "only 'xgrammar' (or 'auto') is available");
+  }
+  if (r.structured) {
+    try {
+      r.structured->validate();
+    } catch (const pie::Error& e) {
+      throw invalid_param(r.structured_param, e.what());
+    }
+  }
 }
 
 /// `tools`, `tool_choice`, `parallel_tool_calls` (OpenAI's rules and messages; vLLM's defaults:
@@ -434,6 +543,7 @@ inline GenerationRequest parse_completion_request(const json& body, const Sampli
   GenerationRequest r;
   detail::reject_unsupported(body, /*chat=*/false);
   detail::parse_sampling(body, d, r);
+  detail::parse_structured(body, r);
   const json* pr = detail::field(body, "prompt");
   if (!pr) throw invalid_param("prompt", "'prompt' is required");
   auto bad = [] {
@@ -483,6 +593,7 @@ inline GenerationRequest parse_chat_request(const json& body, const SamplingDefa
   r.chat = true;
   detail::reject_unsupported(body, /*chat=*/true);
   detail::parse_sampling(body, d, r);
+  detail::parse_structured(body, r);
   const json* msgs = detail::field(body, "messages");
   if (!msgs || !msgs->is_array() || msgs->empty())
     throw invalid_param("messages", "'messages' must be a non-empty array");
@@ -559,8 +670,8 @@ inline GenerationRequest parse_chat_request(const json& body, const SamplingDefa
 
 /// Whether this server can honour the request's tool_choice: `auto` needs
 /// --enable-auto-tool-choice and --tool-call-parser (vLLM's rule and message); so do
-/// `required` and a named function, which pie parses from the output like auto (no grammar
-/// enforces them yet).
+/// `required` and a named function, whose calls a grammar enforces (tool_call_constraint) and
+/// the hermes parser reads back.
 inline void check_tool_choice(const GenerationRequest& r, bool enable_auto_tool_choice, const std::string& parser) {
   if (r.tool_choice == ToolChoice::None) return;
   if (r.tool_choice == ToolChoice::Auto && !(enable_auto_tool_choice && !parser.empty()))
@@ -570,8 +681,20 @@ inline void check_tool_choice(const GenerationRequest& r, bool enable_auto_tool_
     throw ApiError(400,
                    std::string(r.tool_choice == ToolChoice::Required ? "\"required\"" : "A named function") +
                        " tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set: pie "
-                       "parses tool calls from the model's output (no grammar enforces them yet)",
+                       "parses tool calls from the model's output",
                    "tool_choice", "invalid_request_error", "invalid_value");
+}
+
+/// The grammar that makes `required` and a named tool_choice always produce a parsable call:
+/// hermes `<tool_call>` blocks of the request's tools (one, when parallel_tool_calls is false
+/// or a function is named). Empty for none/auto.
+inline std::optional<sched::StructuredOutput> tool_call_constraint(const GenerationRequest& r) {
+  if (r.tool_choice != ToolChoice::Required && r.tool_choice != ToolChoice::Named) return std::nullopt;
+  sched::StructuredOutput so{sched::StructuredOutput::Kind::ToolCalls};
+  so.text = r.tools.dump();
+  so.tool_name = r.tool_choice == ToolChoice::Named ? r.tool_choice_name : std::string{};
+  so.single_call = r.tool_choice == ToolChoice::Named || !r.parallel_tool_calls;
+  return so;
 }
 
 /// Fills params.max_tokens for a prompt of `prompt_len` tokens, or throws vLLM's 400 when the

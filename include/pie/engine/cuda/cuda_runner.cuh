@@ -23,6 +23,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -56,6 +57,8 @@
 #include "pie/model/tp_plan.hpp"
 #include "pie/ops/cpu/rope.hpp"
 #include "pie/ops/cuda/sampling.cuh"
+#include "pie/ops/cuda/token_bitmask.cuh"
+#include "pie/sched/logits_processor.hpp"
 #include "pie/sched/step_plan.hpp"
 
 namespace pie::engine::cuda {
@@ -67,6 +70,8 @@ struct RunnerStats {
   int64_t eager_steps = 0;
   double graph_capture_s = 0;
   double profile_s = 0;
+  int64_t masked_steps = 0;  ///< steps with token-masked draws (execute_sample_masked)
+  double mask_fill_s = 0;    ///< host time filling their masks (overlapping the forward)
 };
 
 /// \brief One GPU rank (see file comment). The executor builds, uses and destroys it on one thread.
@@ -87,6 +92,10 @@ class CudaRunner {
   /// One logits row per draw (StepBuffers repeats a row for an n > 1 prefill).
   static constexpr bool kLogitsPerDraw = true;
   static constexpr bool kSamplesOnDevice = true;
+  static constexpr bool kSamplesMasked = true;  ///< has execute_sample_masked (token bitmasks)
+  /// Fills the token bitmasks of a step's draws on the host: masks [draws][words], flags [draws]
+  /// (1: apply that row's mask; 0: the row is unconstrained).
+  using MaskFill = std::function<void(std::span<int32_t> masks, std::span<int32_t> flags)>;
 
   CudaRunner(const EngineOptions& opt, RankSpec spec, size_t /*kv_budget: CPU ranks only*/ = 0)
       : opt_(opt), rank_(spec.rank), tp_(spec.size()), log_(opt.log && spec.rank == 0) {
@@ -130,6 +139,9 @@ class CudaRunner {
   CudaRunner(const CudaRunner&) = delete;
   CudaRunner& operator=(const CudaRunner&) = delete;
   ~CudaRunner() {
+    if (log_ && rank_ == 0 && stats_.masked_steps > 0)
+      std::fprintf(stderr, "pie: token masks: %lld steps, host fill %.3f ms per step (overlapping the forward)\n",
+                   static_cast<long long>(stats_.masked_steps), 1e3 * stats_.mask_fill_s / stats_.masked_steps);
     graphs_.clear();
     fwd_.reset();
     comm_.reset();
@@ -179,6 +191,48 @@ class CudaRunner {
     prof_.collect();
     if (rank_ != 0) return {};
     return {ids_host_.data(), static_cast<size_t>(last_samples_)};
+  }
+  /// execute_sample for steps with token-masked draws (structured outputs): the step's forward is
+  /// launched first and `fill` computes the masks on the host while the device runs it; then the
+  /// masks go up, the bitmask kernel edits the flagged rows' logits and the sampler draws again
+  /// over them (its first, in-graph draw over the unmasked logits is discarded: the sampler only
+  /// reads the logits, and a second draw of the same rows costs microseconds, against a second
+  /// set of captured graphs). Rank 0 only calls `fill`.
+  std::span<const int32_t> execute_sample_masked(const sched::StepPlan& plan, const std::vector<SampleSpec>& specs,
+                                                 const MaskFill& fill) {
+    launch(plan, specs, /*want_logits=*/false);
+    const int n = last_samples_;
+    if (rank_ == 0 && n > 0) {
+      const int vocab = global_.vocab_size, words = sched::bitmask_words(vocab);
+      const size_t cap = static_cast<size_t>(max_samples()) * words;
+      if (mask_host_.size() < cap) {
+        mask_host_ = PinnedBuffer<int32_t>(cap);
+        mask_dev_ = DeviceBuffer<int32_t>(cap);
+        flags_host_ = PinnedBuffer<int32_t>(max_samples());
+        flags_dev_ = DeviceBuffer<int32_t>(max_samples());
+      }
+      const auto t0 = std::chrono::steady_clock::now();
+      fill(std::span<int32_t>(mask_host_.data(), static_cast<size_t>(n) * words),
+           std::span<int32_t>(flags_host_.data(), static_cast<size_t>(n)));
+      stats_.mask_fill_s += seconds_since(t0);
+      PIE_CUDA_CHECK(cudaMemcpyAsync(mask_dev_.data(), mask_host_.data(), sizeof(int32_t) * n * words,
+                                     cudaMemcpyHostToDevice, stream_));
+      PIE_CUDA_CHECK(cudaMemcpyAsync(flags_dev_.data(), flags_host_.data(), sizeof(int32_t) * n,
+                                     cudaMemcpyHostToDevice, stream_));
+      ops::cuda::apply_token_bitmask(fwd_->logits(), n, vocab, mask_dev_.data(), flags_dev_.data(), stream_);
+      ops::cuda::SamplingInputs in;
+      in.rows = step_.sampling_rows();
+      ops::cuda::SamplingOutputs out;
+      out.tokens = ids_.data();
+      ops::cuda::sample(fwd_->logits(), n, vocab, in, out, stream_);
+      PIE_CUDA_CHECK(cudaMemcpyAsync(ids_host_.data(), ids_.data(), sizeof(int32_t) * n, cudaMemcpyDeviceToHost,
+                                     stream_));
+      ++stats_.masked_steps;
+    }
+    PIE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    prof_.collect();
+    if (rank_ != 0) return {};
+    return {ids_host_.data(), static_cast<size_t>(n)};
   }
   /// Runs one step; rank 0 returns the float logits of every draw ([draws][vocab], host). The
   /// device sampler still runs; its ids are in last_ids().
@@ -588,6 +642,8 @@ class CudaRunner {
   DeviceBuffer<int32_t> ids_;
   PinnedBuffer<int32_t> ids_host_;
   PinnedBuffer<float> logits_host_;
+  PinnedBuffer<int32_t> mask_host_, flags_host_;  // execute_sample_masked's bitmasks (allocated on first use)
+  DeviceBuffer<int32_t> mask_dev_, flags_dev_;
   std::vector<SampleSpec> specs_;
   int last_samples_ = 0;
 };

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# bench/device_structured.sh — issue 16's speed target on one GPU: `pie serve --device cuda` at the
+# Qwen3-8B shape (--load-format dummy, the real tokenizer), 64 concurrent chat requests each with
+# a different 10-30-field JSON schema against the same requests unconstrained, and the extra
+# latency of a first request's grammar compilation (bench/structured_bench.py). First the CUDA
+# token-bitmask kernel against the CPU's (pie_cuda_test_token_bitmask).
+#
+# Usage, in the repository root of the GPU machine:
+#   OUT=/some/dir bash bench/device_structured.sh
+# Needs, git-ignored: the CUDA-built `pie` and `pie_cuda_test_token_bitmask` in $PIE_SERVE_BIN_DIR
+# (default .device/gsrv, with the shared libraries the machine lacks next to them), and the
+# model's config/tokenizer json files in $PIE_MODEL_DIR (default .device/Qwen3-8B).
+set -u
+OUT=${OUT:-/tmp/pie_structured_out}
+BIN_DIR=${PIE_SERVE_BIN_DIR:-.device/gsrv}
+MODEL=${PIE_MODEL_DIR:-.device/Qwen3-8B}
+PORT=${PIE_PORT:-8123}
+export PYTHONUNBUFFERED=1
+mkdir -p "$OUT"
+echo "== $(date -u +%FT%TZ) device: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -1)"
+PIE_LD="$BIN_DIR:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+LD_LIBRARY_PATH="$PIE_LD" "$BIN_DIR/pie_cuda_test_token_bitmask" 2>&1 | tail -3 | tee "$OUT/kernel_test.log"
+
+t0=$SECONDS
+LD_LIBRARY_PATH="$PIE_LD" "$BIN_DIR/pie" serve "$MODEL" --device cuda --dtype bfloat16 --load-format dummy \
+  --host 127.0.0.1 --port "$PORT" --max-model-len 2048 --max-num-seqs 64 --gpu-memory-utilization 0.90 \
+  --disable-log-requests > "$OUT/server.log" 2>&1 &
+SERVER=$!
+ready=0
+for _ in $(seq 1 240); do
+  kill -0 "$SERVER" 2>/dev/null || break
+  if python3 -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:$PORT/health', timeout=2).status == 200 else 1)" 2>/dev/null; then
+    ready=1; break
+  fi
+  sleep 0.5
+done
+echo "== server ready=$ready after $((SECONDS - t0)) s"
+grep -E "^pie: (memory|captured)|ready|error|failed" "$OUT/server.log" | head -6
+if [ "$ready" = 1 ]; then
+  timeout "${PIE_CLIENT_TIMEOUT_S:-150}" python3 bench/structured_bench.py --port "$PORT" --concurrency 64 \
+    --max-tokens "${PIE_MAX_TOKENS:-192}" --fresh 3 2>&1 | tee "$OUT/client.log"
+  echo "== client rc=${PIPESTATUS[0]} after $((SECONDS - t0)) s"
+fi
+kill -TERM "$SERVER" 2>/dev/null
+for _ in $(seq 1 20); do kill -0 "$SERVER" 2>/dev/null || break; sleep 0.5; done
+kill -KILL "$SERVER" 2>/dev/null
+tail -3 "$OUT/server.log"

@@ -1,0 +1,196 @@
+#pragma once
+/// \file compiler.hpp
+/// \brief structured::Compiler: StructuredOutput → GrammarProcessor, through XGrammar's C++
+/// core. Built once per model from the tokenizer: XGrammar gets every token's real bytes (the
+/// byte-level BPE strings decoded; special tokens as "", which XGrammar never allows), the
+/// model's vocabulary size (ids past the tokenizer's — embedding padding — are never allowed)
+/// and the model's stop tokens (allowed once the grammar is complete). Compiled grammars are
+/// cached by their source (XGrammar's cache; the key is the schema/regex/EBNF text and its
+/// options), so a repeated schema costs a lookup. compile() may run on any thread.
+///
+/// JSON is generated with XGrammar's fixed separators (", " and ": ", no other whitespace), not
+/// "any whitespace": a weak or random model otherwise spends its tokens on whitespace loops
+/// (the reason vLLM grew `disable_any_whitespace`), and real models write this form anyway.
+///
+/// A bad schema, regex or grammar throws pie::Error("structured_outputs: invalid JSON schema:
+/// <XGrammar's reason>"), which the server answers with a 400.
+#include <xgrammar/xgrammar.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "pie/core/error.hpp"
+#include "pie/sched/structured_output.hpp"
+#include "pie/structured/grammar_processor.hpp"
+#include "pie/tokenizer/tokenizer_class.hpp"
+
+namespace pie::structured {
+
+/// Every token's bytes for XGrammar (VocabType::RAW): special tokens become "", which XGrammar
+/// treats as never allowed (only the stop tokens among them are, at the end).
+inline std::vector<std::string> raw_vocab(const tokenizer::Tokenizer& tok) {
+  std::vector<std::string> v(static_cast<size_t>(tok.vocab_size()));
+  for (int32_t i = 0; i < tok.vocab_size(); ++i)
+    if (!tok.is_special(i)) v[static_cast<size_t>(i)] = tok.token_bytes(i);
+  return v;
+}
+
+/// An EBNF string literal of `s` (XGrammar's escapes; UTF-8 passes through).
+inline std::string ebnf_literal(const std::string& s) {
+  static const char* hex = "0123456789abcdef";
+  std::string o = "\"";
+  for (unsigned char c : s) {
+    if (c == '"' || c == '\\') {
+      o += '\\';
+      o += static_cast<char>(c);
+    } else if (c < 0x20 || c == 0x7f) {
+      o += "\\x";
+      o += hex[c >> 4];
+      o += hex[c & 15];
+    } else {
+      o += static_cast<char>(c);
+    }
+  }
+  return o + "\"";
+}
+
+/// Rewrites every length-bounded string schema (minLength/maxLength, no pattern or format) into
+/// the same bound as a pattern over JSON string characters. XGrammar 0.2.8 generates such
+/// strings from the character class [^"\\\r\n], which admits raw control characters (invalid
+/// JSON), and its negated classes admit the UTF-8 bytes of surrogates (invalid UTF-8, which the
+/// detokenizer turns into three U+FFFD: too long); the pattern names the valid code points
+/// (printable ASCII but `"` and `\`, U+0080..U+D7FF, U+E000..U+FFFF) and JSON escapes, each
+/// one character as in JSON Schema. Values of enum/const/default/examples are data, not
+/// schemas, and are left alone.
+inline void bound_strings_by_pattern(nlohmann::json& s) {
+  if (s.is_array()) {
+    for (auto& v : s) bound_strings_by_pattern(v);
+    return;
+  }
+  if (!s.is_object()) return;
+  const bool is_string = s.contains("type") && s["type"] == "string";
+  if (is_string && !s.contains("pattern") && !s.contains("format") &&
+      (s.contains("minLength") || s.contains("maxLength"))) {
+    const auto lo = s.value("minLength", nlohmann::json(0)), hi = s.value("maxLength", nlohmann::json());
+    if (lo.is_number_integer() && (hi.is_null() || hi.is_number_integer())) {
+      s["pattern"] = std::string(R"(^([ !#-\[\]-~\u0080-\uD7FF\uE000-\uFFFF]|\\(["\\/bfnrt]|u[0-9a-fA-F]{4})){)") +
+                     std::to_string(lo.get<int64_t>()) + "," + (hi.is_null() ? "" : std::to_string(hi.get<int64_t>())) +
+                     "}$";
+      s.erase("minLength");
+      s.erase("maxLength");
+    }
+  }
+  for (auto it = s.begin(); it != s.end(); ++it)
+    if (it.key() != "enum" && it.key() != "const" && it.key() != "default" && it.key() != "examples")
+      bound_strings_by_pattern(it.value());
+}
+
+/// The structural tag (XGrammar's JSON format) of hermes tool calls — `<tool_call>\n{"name": N,
+/// "arguments": A}\n</tool_call>`, one or more separated by "\n" — over `tools` (OpenAI's
+/// array), restricted to `only` when not empty.
+inline std::string hermes_tool_tag(const nlohmann::json& tools, const std::string& only, bool single) {
+  nlohmann::json any = nlohmann::json::array();
+  for (const auto& t : tools) {
+    const auto& fn = t.at("function");
+    const std::string name = fn.at("name").get<std::string>();
+    if (!only.empty() && name != only) continue;
+    nlohmann::json params = fn.contains("parameters") && fn["parameters"].is_object() ? fn["parameters"]
+                                                                                      : nlohmann::json{{"type", "object"}};
+    bound_strings_by_pattern(params);
+    any.push_back({{"type", "object"},
+                   {"properties", {{"name", {{"const", name}}}, {"arguments", params}}},
+                   {"required", {"name", "arguments"}},
+                   {"additionalProperties", false}});
+  }
+  PIE_CHECK(!any.empty(), "structured_outputs: no tool matches the tool choice '", only, "'");
+  nlohmann::json schema = any.size() == 1 ? any[0] : nlohmann::json{{"anyOf", any}};
+  // The call's JSON as an EBNF grammar with fixed separators: the structural tag's own
+  // json_schema content allows any whitespace, where a weak model loops.
+  const std::string ebnf = xgrammar::Grammar::FromJSONSchema(schema.dump(), /*any_whitespace=*/false).ToString();
+  nlohmann::json tag = {{"type", "tag"},
+                        {"begin", "<tool_call>\n"},
+                        {"content", {{"type", "grammar"}, {"grammar", ebnf}}},
+                        {"end", "\n</tool_call>"}};
+  nlohmann::json fmt = {{"type", "tags_with_separator"},
+                        {"tags", {tag}},
+                        {"separator", "\n"},
+                        {"at_least_one", true},
+                        {"stop_after_first", single}};
+  return nlohmann::json{{"type", "structural_tag"}, {"format", fmt}}.dump();
+}
+
+/// \brief Compiles StructuredOutputs for one model's tokenizer (see file comment).
+class Compiler {
+ public:
+  /// `model_vocab_size`: the model's (≥ the tokenizer's); `stop_ids`: the model's end tokens;
+  /// `reasoning`: the `<think>`/`</think>` ids (when the tokenizer has them).
+  Compiler(const tokenizer::Tokenizer& tok, int model_vocab_size, std::vector<int32_t> stop_ids,
+           int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency())))
+      : vocab_size_(std::max(model_vocab_size, tok.vocab_size())),
+        info_(raw_vocab(tok), xgrammar::VocabType::RAW, vocab_size_, std::move(stop_ids)),
+        compiler_(info_, std::min(threads, 8), /*cache_enabled=*/true) {
+    if (auto o = tok.token_to_id("<think>"), c = tok.token_to_id("</think>"); o && c) reasoning_ = {*o, *c};
+  }
+
+  /// The compiled grammar of `so` (cached by its source). Throws pie::Error naming the problem.
+  xgrammar::CompiledGrammar compile(const sched::StructuredOutput& so) {
+    using K = sched::StructuredOutput::Kind;
+    so.validate();
+    try {
+      switch (so.kind) {
+        case K::JsonSchema: {
+          auto j = nlohmann::json::parse(so.text, nullptr, false);
+          PIE_CHECK(!j.is_discarded(), "structured_outputs: invalid JSON schema: not valid JSON");
+          PIE_CHECK(j.is_object() || j.is_boolean(), "structured_outputs: invalid JSON schema: must be an object");
+          bound_strings_by_pattern(j);
+          return compiler_.CompileJSONSchema(j.dump(), /*any_whitespace=*/false, std::nullopt, std::nullopt,
+                                             /*strict_mode=*/so.strict);
+        }
+        case K::JsonObject:  // OpenAI's json_object: any JSON object
+          return compiler_.CompileJSONSchema(R"({"type": "object"})", /*any_whitespace=*/false, std::nullopt,
+                                             std::nullopt, /*strict_mode=*/false);
+        case K::Regex:
+          return compiler_.CompileRegex(so.text);
+        case K::Grammar:
+          return compiler_.CompileGrammar(so.text, "root");
+        case K::Choice: {
+          std::string g = "root ::= ";
+          for (size_t i = 0; i < so.choices.size(); ++i) g += (i ? " | " : "") + ebnf_literal(so.choices[i]);
+          return compiler_.CompileGrammar(g, "root");
+        }
+        case K::ToolCalls: {
+          auto tools = nlohmann::json::parse(so.text, nullptr, false);
+          PIE_CHECK(tools.is_array(), "structured_outputs: tools must be a JSON array");
+          return compiler_.CompileStructuralTag(hermes_tool_tag(tools, so.tool_name, so.single_call));
+        }
+      }
+    } catch (const pie::Error&) {
+      throw;
+    } catch (const std::exception& e) {
+      throw pie::Error(std::string("structured_outputs: invalid ") + so.kind_name() + ": " + e.what());
+    }
+    throw pie::Error("structured_outputs: unknown kind");
+  }
+
+  /// A fresh processor for one request enforcing `so` (its sequences get their own matchers).
+  std::shared_ptr<GrammarProcessor> processor(const sched::StructuredOutput& so) {
+    return std::make_shared<GrammarProcessor>(compile(so), vocab_size_,
+                                              so.after_reasoning ? reasoning_ : ReasoningTokens{});
+  }
+
+  int vocab_size() const { return vocab_size_; }
+  const ReasoningTokens& reasoning_tokens() const { return reasoning_; }
+
+ private:
+  int vocab_size_;
+  xgrammar::TokenizerInfo info_;
+  xgrammar::GrammarCompiler compiler_;
+  ReasoningTokens reasoning_;
+};
+
+}  // namespace pie::structured

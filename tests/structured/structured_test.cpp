@@ -1,0 +1,221 @@
+// Structured outputs: the token bitmask applied on the host against a naive reference on random
+// inputs; the compiler's 4xx-worthy errors; the grammar processor's reasoning gate and mask
+// (padding ids and special tokens never allowed); and pie::LLM on the embedded model with
+// random sampling, whose every output must parse / full-match / be a choice.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "pie/engine/engine.hpp"
+#include "pie/llm/llm.hpp"
+#include "pie/structured/compiler.hpp"
+#include "pie/tokenizer/embedded.hpp"
+
+namespace {
+using namespace pie;
+using sched::StructuredOutput;
+using K = sched::StructuredOutput::Kind;
+
+bool allowed(const std::vector<int32_t>& mask, int t) { return (static_cast<uint32_t>(mask[t / 32]) >> (t % 32)) & 1u; }
+
+TEST(TokenBitmask, MatchesNaiveOnRandomInputs) {
+  std::mt19937 rng(7);
+  for (int vocab : {1, 31, 32, 33, 512, 1000, 4099}) {
+    for (int trial = 0; trial < 20; ++trial) {
+      std::vector<float> logits(vocab);
+      std::normal_distribution<float> nd;
+      for (auto& x : logits) x = nd(rng);
+      std::vector<int32_t> mask(sched::bitmask_words(vocab));
+      for (auto& w : mask) w = trial % 5 == 0 ? -1 : static_cast<int32_t>(rng());
+      std::vector<float> want = logits;
+      for (int t = 0; t < vocab; ++t)
+        if (!allowed(mask, t)) want[t] = -INFINITY;
+      sched::apply_token_bitmask(logits, mask);
+      for (int t = 0; t < vocab; ++t) ASSERT_EQ(logits[t], want[t]) << "vocab " << vocab << " token " << t;
+    }
+  }
+}
+
+structured::Compiler& compiler() {
+  // Model vocabulary 520 > the tokenizer's 512: ids 512..519 are embedding padding.
+  static tokenizer::Tokenizer tok = tokenizer::Tokenizer::embedded();
+  static structured::Compiler c(tok, 520, {502});
+  return c;
+}
+
+std::string error_of(const StructuredOutput& so) {
+  try {
+    compiler().compile(so);
+  } catch (const pie::Error& e) {
+    return e.what();
+  }
+  return {};
+}
+
+TEST(Compiler, BadInputNamesTheProblem) {
+  EXPECT_NE(error_of({K::JsonSchema, "{not json"}).find("invalid JSON schema: not valid JSON"), std::string::npos);
+  EXPECT_NE(error_of({K::JsonSchema, "[1]"}).find("invalid JSON schema"), std::string::npos);
+  EXPECT_NE(error_of({K::JsonSchema, R"({"type": "object", "properties": {"a": {"$ref": "#/$defs/nope"}}})"})
+                .find("invalid JSON schema"),
+            std::string::npos);
+  EXPECT_NE(error_of({K::Regex, "(ab"}).find("invalid regex"), std::string::npos);
+  EXPECT_NE(error_of({K::Grammar, "root ::= undefined_rule"}).find("invalid grammar"), std::string::npos);
+  EXPECT_NE(error_of({K::Choice}).find("choice needs at least one"), std::string::npos);
+  EXPECT_EQ(error_of({K::JsonSchema, R"({"type": "object"})"}), "");
+}
+
+TEST(GrammarProcessor, MasksPaddingAndSpecialsAndFollowsTheChoice) {
+  StructuredOutput so{K::Choice};
+  so.choices = {"yes", "no"};
+  auto p = compiler().processor(so);
+  std::vector<int32_t> mask(sched::bitmask_words(520));
+  std::vector<int32_t> out;
+  ASSERT_TRUE(p->fill_mask(0, {}, out, mask));
+  for (int t = 512; t < 520; ++t) EXPECT_FALSE(allowed(mask, t)) << "padding id " << t;
+  for (int t = 500; t < 512; ++t) EXPECT_FALSE(allowed(mask, t)) << "special/added id " << t;
+  // Feed "no" one allowed token at a time: every token the mask allows keeps a choice reachable.
+  tokenizer::Tokenizer tok = tokenizer::Tokenizer::embedded();
+  for (int32_t t : tok.encode("no")) {
+    ASSERT_TRUE(p->fill_mask(0, {}, out, mask));
+    ASSERT_TRUE(allowed(mask, t)) << "token " << t;
+    out.push_back(t);
+  }
+  ASSERT_TRUE(p->fill_mask(0, {}, out, mask));
+  for (int t = 0; t < 520; ++t) EXPECT_EQ(allowed(mask, t), t == 502) << "after a full choice only the stop token, id " << t;
+  // ignore_eos keeps the sequence going past the stop token: still only the stop token, no throw.
+  out.push_back(502);
+  ASSERT_NO_THROW(p->fill_mask(0, {}, out, mask));
+  for (int t = 0; t < 520; ++t) EXPECT_EQ(allowed(mask, t), t == 502) << "past the stop token, id " << t;
+  out.push_back(502);
+  ASSERT_NO_THROW(p->fill_mask(0, {}, out, mask));
+}
+
+TEST(GrammarProcessor, ReasoningGateOpensAfterThink) {
+  StructuredOutput so{K::Regex, "[0-9]+"};
+  so.after_reasoning = true;
+  auto p = compiler().processor(so);
+  const int open = tokenizer::EmbeddedIds::kThink, close = tokenizer::EmbeddedIds::kThinkEnd;
+  std::vector<int32_t> mask(sched::bitmask_words(520));
+  std::vector<int32_t> out;
+  ASSERT_TRUE(p->fill_mask(0, {}, out, mask));
+  EXPECT_TRUE(allowed(mask, open)) << "the first draw may open the reasoning block";
+  EXPECT_FALSE(allowed(mask, close));
+  tokenizer::Tokenizer tok = tokenizer::Tokenizer::embedded();
+  const int32_t letter = tok.encode("a")[0], digit = tok.encode("7")[0];
+  EXPECT_FALSE(allowed(mask, letter));
+  EXPECT_TRUE(allowed(mask, digit));
+  out = {open, letter, letter};
+  EXPECT_FALSE(p->fill_mask(0, {}, out, mask)) << "inside <think> nothing is masked";
+  out.push_back(close);
+  ASSERT_TRUE(p->fill_mask(0, {}, out, mask));
+  EXPECT_FALSE(allowed(mask, letter));
+  EXPECT_TRUE(allowed(mask, digit));
+  EXPECT_FALSE(allowed(mask, 502)) << "the regex needs a digit first";
+  out.push_back(digit);
+  ASSERT_TRUE(p->fill_mask(0, {}, out, mask));
+  EXPECT_TRUE(allowed(mask, 502));
+  // Another sequence of the same request keeps its own state.
+  std::vector<int32_t> other;
+  ASSERT_TRUE(p->fill_mask(1, {}, other, mask));
+  EXPECT_FALSE(allowed(mask, 502));
+  // Thinking off: the prompt already closed the block, so the grammar starts at once.
+  const std::vector<int32_t> closed_prompt = {1, 2, open, tok.encode("\n\n")[0], close, tok.encode("\n\n")[0]};
+  std::vector<int32_t> none;
+  ASSERT_TRUE(p->fill_mask(2, closed_prompt, none, mask));
+  EXPECT_FALSE(allowed(mask, open)) << "no <think> after the prompt closed one";
+  EXPECT_TRUE(allowed(mask, digit));
+}
+
+// ---- pie::LLM, random sampling on the embedded model --------------------------------------------
+LLM& embedded() {
+  static LLM l("", [] {
+    llm::LLMOptions o;
+    o.engine.num_kv_blocks = 512;
+    o.engine.sched.max_model_len = 512;
+    o.engine.num_threads = 1;
+    return o;
+  }());
+  return l;
+}
+
+llm::SamplingParams sampled(StructuredOutput so, int n = 4) {
+  llm::SamplingParams p;
+  p.temperature = 1.0f;
+  p.seed = 11;
+  p.n = n;
+  p.max_tokens = 300;
+  p.structured = std::make_shared<const StructuredOutput>(std::move(so));
+  return p;
+}
+
+TEST(LlmStructured, JsonSchemaOutputsParseAndHaveTheFields) {
+  StructuredOutput so{K::JsonSchema, R"({"type": "object", "properties": {
+      "id": {"type": "integer", "minimum": 0, "maximum": 99},
+      "tag": {"enum": ["red", "green", "blue"]},
+      "vals": {"type": "array", "items": {"type": "boolean"}, "minItems": 1, "maxItems": 3},
+      "s": {"type": "string", "minLength": 1, "maxLength": 6}},
+      "required": ["id", "tag", "vals", "s"], "additionalProperties": false})"};
+  auto outs = embedded().generate({"Give me JSON:", "x", "y", "z"}, sampled(so, 8));
+  for (const auto& o : outs)
+    for (const auto& c : o.outputs) {
+      ASSERT_EQ(c.finish_reason, "stop") << c.text;
+      auto j = nlohmann::json::parse(c.text);
+      EXPECT_GE(j["id"].get<int>(), 0);
+      EXPECT_LE(j["id"].get<int>(), 99);
+      EXPECT_TRUE(j["tag"] == "red" || j["tag"] == "green" || j["tag"] == "blue");
+      EXPECT_GE(j["vals"].size(), 1u);
+      EXPECT_LE(j["vals"].size(), 3u);
+      // XGrammar 0.2.8 alone would let raw control characters into a length-bounded string
+      // (invalid JSON: the parse above would throw); the compiler rewrites the bound.
+      size_t chars = 0;
+      for (unsigned char b : j["s"].get<std::string>()) chars += (b & 0xC0) != 0x80;
+      EXPECT_GE(chars, 1u);
+      EXPECT_LE(chars, 6u);
+      EXPECT_EQ(j.size(), 4u);
+    }
+}
+
+TEST(LlmStructured, RegexChoiceAndGrammarOutputsMatch) {
+  auto regex = embedded().generate({"a", "b"}, sampled({K::Regex, "[a-c]{2,5}-[0-9]{3}"}));
+  for (const auto& o : regex)
+    for (const auto& c : o.outputs) {
+      EXPECT_EQ(c.finish_reason, "stop");
+      EXPECT_TRUE(std::regex_match(c.text, std::regex("[a-c]{2,5}-[0-9]{3}"))) << c.text;
+    }
+  StructuredOutput ch{K::Choice};
+  ch.choices = {"alpha", "beta", "a \"quoted\"\nline", "ünï"};
+  for (const auto& o : embedded().generate({"pick"}, sampled(ch, 8)))
+    for (const auto& c : o.outputs)
+      EXPECT_TRUE(std::find(ch.choices.begin(), ch.choices.end(), c.text) != ch.choices.end()) << c.text;
+  // Balanced parentheses of a's: a context-free language no regex can express.
+  StructuredOutput g{K::Grammar, "root ::= \"(\" inner \")\"\ninner ::= (\"a\" | root)*"};
+  for (const auto& o : embedded().generate({"paren"}, sampled(g, 6)))
+    for (const auto& c : o.outputs) {
+      if (c.finish_reason != "stop") continue;  // a long nesting may hit max_tokens
+      int depth = 0;
+      bool ok = !c.text.empty();
+      for (char x : c.text) {
+        depth += x == '(' ? 1 : x == ')' ? -1 : 0;
+        ok = ok && depth >= 0 && (x == '(' || x == ')' || x == 'a');
+      }
+      EXPECT_TRUE(ok && depth == 0) << c.text;
+    }
+}
+
+TEST(LlmStructured, EngineRefusesAStructuredOutputWithoutItsProcessor) {
+  sched::SamplingParams p;
+  p.structured = std::make_shared<const StructuredOutput>(StructuredOutput{K::Regex, "a"});
+  try {
+    p.validate(512);
+    FAIL() << "no error";
+  } catch (const pie::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("logits_processor"), std::string::npos);
+  }
+}
+
+}  // namespace
