@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# bench/device_final.sh — the merged tree on one GPU in one call, within PIE_DEADLINE_S: build
+# the GPU tests and pie_bench from source while transformers builds its references (dense 8B
+# widths, small, Qwen3-MoE small), then the GPU tests (MoE kernels, GPU vs transformers incl.
+# the fp8 KV cache and Qwen3-MoE, the fp8-weight kernels and engine, the runner's graphs /
+# batch invariance / swap, the structured-output bitmask kernel), then `pie bench` at the
+# Qwen3-30B-A3B shape if time is left. Summary printed last; logs in $OUT/logs.tgz.
+#   OUT=dir PIE_DEADLINE_S=320 bash bench/device_final.sh
+set -u
+OUT=${OUT:-/tmp/pie_final_out}
+BUILD=${PIE_BUILD_DIR:-/tmp/build-final}
+DEADLINE=${PIE_DEADLINE_S:-100000}
+MODEL8B=${PIE_MODEL_DIR:-.device/Qwen3-8B}
+LOGS="$OUT/logs"; mkdir -p "$LOGS"
+SUM="$OUT/summary.txt"
+say() { echo "== $(date -u +%H:%M:%S) +${SECONDS}s $*" | tee -a "$SUM"; }
+run() {  # run NAME LIMIT_S CMD...
+  local name=$1 limit=$2; shift 2
+  local t0=$SECONDS left=$((DEADLINE - SECONDS - 3))
+  if [ "$left" -lt 10 ]; then say "$name: skipped (deadline)"; return 124; fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  timeout "$limit" "$@" > "$LOGS/$name.log" 2>&1
+  local rc=$?
+  say "$name: rc=$rc in $((SECONDS - t0)) s"
+  [ "$rc" -ne 0 ] && tail -n 10 "$LOGS/$name.log" | sed 's/^/   | /' | tee -a "$SUM"
+  return $rc
+}
+gt() { grep -E "^\[(gpu|fp8|batch)|OK \]|FAILED  \]|Failure|Expected|Which is|PASSED|SKIPPED" "$LOGS/$1.log" | head -${2:-30} | tee -a "$SUM"; }
+export PYTHONUNBUFFERED=1
+[ -d /usr/local/cuda/bin ] && export PATH=/usr/local/cuda/bin:$PATH
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+say "device: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -1)"
+
+run configure 60 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \
+  -DPIE_BUILD_BENCH=OFF -DPIE_BUILD_EXAMPLES=ON -DPIE_BUILD_TESTS=ON
+run hf_reference 200 python3 tests/gpu/make_hf_reference.py --out /tmp/hfref --config-8b "$MODEL8B/config.json" \
+  --moe --tries 2 &
+HFREF=$!
+TARGETS="pie_bench pie_gpu_test_hf pie_gpu_test_runner pie_gpu_test_fp8 pie_cuda_test_moe ${PIE_EXTRA_TARGETS:-}"
+run build 240 cmake --build "$BUILD" -j "$(nproc)" --target $TARGETS || grep -E "error" "$LOGS/build.log" | head -20 | tee -a "$SUM"
+
+run test_moe 60 "$BUILD/tests/cuda/pie_cuda_test_moe" --gtest_color=no; gt test_moe
+for t in ${PIE_EXTRA_TESTS:-}; do run "$(basename "$t")" 60 "$BUILD/$t" --gtest_color=no; gt "$(basename "$t")" 12; done
+run test_fp8 90 "$BUILD/tests/gpu/pie_gpu_test_fp8" --gtest_color=no; gt test_fp8
+wait $HFREF
+grep -v Warning "$LOGS/hf_reference.log" | tail -3 | tee -a "$SUM"
+PIE_GPU_HF_DIR=/tmp/hfref run test_hf 120 "$BUILD/tests/gpu/pie_gpu_test_hf" --gtest_color=no; gt test_hf
+run test_runner 120 "$BUILD/tests/gpu/pie_gpu_test_runner" --gtest_color=no; gt test_runner 40
+run moe_bench 120 "$BUILD/examples/pie/pie_bench" bench/models/Qwen3-30B-A3B --load-format dummy --mode both \
+  --input-len 128 --output-len 128 --num-prompts 1024 --max-num-seqs 1024 --num-iters 3 --num-iters-warmup 1 \
+  --output-json "$OUT/moe_bench.json"
+grep -E "^(ceilings|engine|latency|throughput|roofline|decode at|pie: memory)" "$LOGS/moe_bench.log" | tee -a "$SUM"
+say "done"
+tar -czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$LOGS"
