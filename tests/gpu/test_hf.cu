@@ -104,7 +104,8 @@ void compare(const std::filesystem::path& dir) {
     // (2026-12-04) the small MoE checkpoint measured worst 0.145 with 128/128 greedy agreement
     // (the dense checkpoints 0.0146 and 0.0104). Issue 20 asks for the dense 2e-2; that target
     // is open, and this bound guards the measured level.
-    EXPECT_LE(worst, std::is_same_v<M, Qwen3Moe> ? 0.2 : 2e-2);
+    const double bound = std::is_same_v<M, Qwen3Moe> ? 0.2 : 2e-2;
+    EXPECT_LE(worst, bound);
   }
 }
 
