@@ -21,6 +21,7 @@
 #include "pie/core/error.hpp"
 #include "pie/core/fp8_weight.hpp"
 #include "pie/core/tensor.hpp"
+#include "pie/engine/moe_shapes.hpp"
 #include "pie/kv/paged_kv.hpp"
 #include "pie/model/config.hpp"
 #include "pie/model/tp_plan.hpp"
@@ -204,12 +205,8 @@ class CpuForward {
   /// not alias x. Under TP (experts sharded by I) out is this rank's partial sum: all_reduce it.
   void moe(const Act& x, const Weight& router, const Weight& gate_up, const Weight& down, int top_k,
            bool norm_topk_prob, Act out) {
-    const int64_t E = router.shape[0], H = x.shape[1], I = down.rank == 3 ? down.shape[2] : 0;
-    PIE_CHECK(router.rank == 2 && router.shape[1] == H && gate_up.rank == 3 && down.rank == 3 &&
-                  gate_up.shape[0] == E && gate_up.shape[1] == 2 * I && gate_up.shape[2] == H && down.shape[0] == E &&
-                  down.shape[1] == H && out.shape[1] == H,
-              "moe: router [E, H], gate_up [E, 2I, H], down [E, H, I] and out [n, H] do not agree (H = ", H, ")");
-    PIE_CHECK(out.data != x.data, "moe: out must not alias x");
+    const engine::MoeDims d = engine::check_moe_shapes(x, router, gate_up, down, out);
+    const int64_t E = d.E, H = d.H, I = d.I;
     ops::cpu::moe(x.data, x.stride[0], num_tokens(), static_cast<int>(H), router.data, gate_up.data, down.data,
                   static_cast<int>(E), static_cast<int>(I), top_k, norm_topk_prob, out.data, out.stride[0]);
   }

@@ -32,6 +32,7 @@
 #include "pie/engine/cuda/logits_gemm.cuh"
 #include "pie/engine/cuda/step_buffers.cuh"
 #include "pie/engine/cuda/step_profiler.cuh"
+#include "pie/engine/moe_shapes.hpp"
 #include "pie/model/config.hpp"
 #include "pie/model/tp_plan.hpp"
 #include "pie/ops/cuda/activation.cuh"
@@ -294,12 +295,8 @@ class CudaForward {
   /// forward all-reduces it.
   void moe(const Act& x, const Weight& router, const Weight& gate_up, const Weight& down, int top_k,
            bool norm_topk_prob, Act out) {
-    const int64_t E = router.shape[0], H = x.shape[1], I = down.rank == 3 ? down.shape[2] : 0;
-    PIE_CHECK(router.rank == 2 && router.shape[1] == H && gate_up.rank == 3 && down.rank == 3 &&
-                  gate_up.shape[0] == E && gate_up.shape[1] == 2 * I && gate_up.shape[2] == H && down.shape[0] == E &&
-                  down.shape[1] == H && out.shape[1] == H,
-              "moe: router [E, H], gate_up [E, 2I, H], down [E, H, I] and out [n, H] do not agree (H = ", H, ")");
-    PIE_CHECK(out.data != x.data, "moe: out must not alias x");
+    const engine::MoeDims d = engine::check_moe_shapes(x, router, gate_up, down, out);
+    const int64_t E = d.E, H = d.H, I = d.I;
     if (!moe_ || !moe_->fits(p_.max_tokens, static_cast<int>(E), top_k, static_cast<int>(H), static_cast<int>(I))) {
       PIE_CHECK(!frozen_, "CudaForward: the MoE workspace changed after the graphs were captured");
       moe_ = std::make_unique<ops::cuda::MoeWorkspace<T>>(p_.max_tokens, static_cast<int>(E), top_k,
