@@ -42,6 +42,20 @@ std::vector<std::filesystem::path> checkpoints() {
   return out;
 }
 
+/// The engine options of every comparison here: the checkpoint straight from its directory, as
+/// `pie serve` loads it, with a small cache and batch.
+EngineOptions checkpoint_options(const std::filesystem::path& dir) {
+  EngineOptions o;
+  o.model_dir = dir.string();
+  o.sched.max_num_seqs = 4;
+  o.sched.max_num_batched_tokens = 1024;
+  o.sched.max_model_len = 1024;
+  o.num_kv_blocks = 256;
+  o.swap_space_gib = 0.01;
+  o.log = false;
+  return o;
+}
+
 /// One checkpoint through Engine<M, CudaBf16> (see file comment).
 template <class M>
 void compare(const std::filesystem::path& dir) {
@@ -49,14 +63,7 @@ void compare(const std::filesystem::path& dir) {
     auto cfg = model::load_model_config(dir.string(), /*any_architecture=*/true);
     std::ifstream f(dir / "reference.json");
     nlohmann::json ref = nlohmann::json::parse(f);
-    EngineOptions o;  // the checkpoint straight from its directory, as `pie serve` loads it
-    o.model_dir = dir.string();
-    o.sched.max_num_seqs = 4;
-    o.sched.max_num_batched_tokens = 1024;
-    o.sched.max_model_len = 1024;
-    o.num_kv_blocks = 256;
-    o.swap_space_gib = 0.01;
-    o.log = false;
+    const EngineOptions o = checkpoint_options(dir);
     Engine<M, CudaBf16> engine(o);
     auto& runner = engine.runner();
     const size_t V = cfg.vocab_size;
@@ -114,14 +121,7 @@ void compare(const std::filesystem::path& dir) {
 template <class Policy>
 std::pair<std::vector<int32_t>, std::vector<std::vector<float>>> teacher_forced(const std::filesystem::path& dir,
                                                                                 const nlohmann::json& ref) {
-  EngineOptions o;
-  o.model_dir = dir.string();
-  o.sched.max_num_seqs = 4;
-  o.sched.max_num_batched_tokens = 1024;
-  o.sched.max_model_len = 1024;
-  o.num_kv_blocks = 256;
-  o.swap_space_gib = 0.01;
-  o.log = false;
+  const EngineOptions o = checkpoint_options(dir);
   Engine<Qwen3, Policy> engine(o);
   auto& runner = engine.runner();
   std::vector<int32_t> ids;
