@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # bench/device_interference.sh — issue 15 item 4 on one GPU: prefill/decode interference when
-# serving. Runs bench/device_serve.sh once per scheduler setting (the default, then each decode-
-# first budget in $PIE_BUDGETS) at concurrency $PIE_LEVELS, 128 prompt / 128 output tokens, and
-# prints one line per setting and level: median and p99 ITL, p99/median, throughput.
-#   OUT=dir PIE_BUDGETS="512 1024" bash bench/device_interference.sh
+# serving. Runs bench/device_serve.sh once per decode-first budget (0, then each in $PIE_BUDGETS:
+# a token count or auto) at concurrency $PIE_LEVELS, 128 prompt / 128 output tokens, and prints
+# one line per setting and level: median and p99 ITL, p99/median, throughput.
+#   OUT=dir PIE_BUDGETS="auto 512" bash bench/device_interference.sh
+# Budget 0 is vLLM's behaviour (no cap); `pie serve`'s default is auto.
 # Needs what device_serve.sh needs (the CUDA `pie` in .device/gsrv, Qwen3-8B's json files in
 # .device/Qwen3-8B).
 set -u
 OUT=${OUT:-/tmp/pie_interference_out}
-BUDGETS=${PIE_BUDGETS:-512 1024}
+BUDGETS=${PIE_BUDGETS:-auto 512}
 export PIE_LEVELS=${PIE_LEVELS:-64,256}
 mkdir -p "$OUT"
 for b in 0 $BUDGETS; do
-  extra=""; [ "$b" != 0 ] && extra="--max-prefill-tokens-with-decodes $b"
+  extra="--max-prefill-tokens-with-decodes $b"
   PIE_SERVE_EXTRA="$extra" OUT="$OUT/budget_$b" bash "$(dirname "$0")/device_serve.sh" > "$OUT/budget_$b.log" 2>&1
   echo "== budget $b: $(grep -E '^== (server ready|client rc)' "$OUT/budget_$b.log" | tr '\n' ' ')"
 done

@@ -17,7 +17,7 @@ BIN_DIR=${PIE_SERVE_BIN_DIR:-.device/gsrv}
 MODEL=${PIE_MODEL_DIR:-.device/Qwen3-8B}
 PORT=${PIE_PORT:-8123}
 LEVELS=${PIE_LEVELS:-1,16,64,256}
-CLIENT_TIMEOUT=${PIE_CLIENT_TIMEOUT_S:-200}
+CLIENT_TIMEOUT=${PIE_CLIENT_TIMEOUT_S:-200}  # PIE_CLIENT_EXTRA: more serving_client.py flags (e.g. --waves 4)
 export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 echo "== $(date -u +%FT%TZ) device: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -1)"
@@ -45,7 +45,7 @@ grep -E "^pie: (memory|roofline|captured)|ready|error|failed" "$OUT/server.log" 
 if [ "$ready" = 1 ]; then
   timeout "$CLIENT_TIMEOUT" python3 bench/serving_client.py --base-url "http://127.0.0.1:$PORT" \
     --concurrency "$LEVELS" --input-len 128 --output-len 128 --config "$MODEL/config.json" \
-    --server-log "$OUT/server.log" --output-json "$OUT/serving.json" > "$OUT/client.log" 2>&1
+    --server-log "$OUT/server.log" --output-json "$OUT/serving.json" ${PIE_CLIENT_EXTRA:-} > "$OUT/client.log" 2>&1
   echo "== client rc=$? after $((SECONDS - t0)) s"
   # Device sampling vs the host sampler on copied-back logits (logprobs force the latter): the
   # same greedy prompt must give the same text both ways. The prompt is sent once first so both

@@ -66,6 +66,8 @@ TEST(Olmo2Gpu, MatchesCpuForwardBf16OverPrefillAndGraphDecodes) {
   o.log = false;
   o.set_weights(hw);
   Engine<Olmo2, CudaBf16> gpu(o);
+  // The GPU copy must not hold the host buffers (a 30B checkpoint would keep ~61 GB alive).
+  EXPECT_EQ(hw->store.buffers.use_count(), 1);
   auto& runner = gpu.runner();
   constexpr int bs = CudaBf16::block_size;
   engine::cpu::CpuModel<Olmo2, bf16, float> cpu(*hw);

@@ -22,6 +22,7 @@
 #include "pie/engine/cuda/roofline.cuh"
 #include "pie/registry/cuda/cuda_engines.cuh"
 #include "pie/model/config_io.hpp"
+#include "pie/server/serve_options.hpp"
 
 namespace pie::cli {
 
@@ -44,8 +45,9 @@ CLI::App* add_bench_command(CLI::App& app, BenchOptions& o) {
   s->add_option("--max-num-batched-tokens,--max_num_batched_tokens", o.max_num_batched_tokens)->capture_default_str();
   s->add_option("--long-prefill-token-threshold,--long_prefill_token_threshold", o.long_prefill_token_threshold,
                 "Prompt tokens one sequence computes per step (0: no cap)")->capture_default_str();
-  s->add_option("--max-prefill-tokens-with-decodes,--max_prefill_tokens_with_decodes", o.max_prefill_tokens_with_decodes,
-                "Decode-first budget: prefill tokens a step adds to running decodes (0: no cap)")->capture_default_str();
+  pie::server::detail::add_prefill_budget_flag(
+      *s, o.max_prefill_tokens_with_decodes,
+      "Decode-first budget: prefill tokens a step adds to running decodes (auto: scaled with them; 0: no cap)");
   s->add_option("--max-model-len,--max_model_len", o.max_model_len, "0 → input + output")->capture_default_str();
   s->add_option("--block-size,--block_size", o.block_size, "KV block size in tokens: 8 | 16")
       ->check(CLI::IsMember({8, 16}))

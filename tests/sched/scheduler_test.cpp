@@ -185,12 +185,50 @@ TEST(Scheduler, DecodeFirstBudgetCapsPrefillOnlyInStepsWithDecodes) {
   EXPECT_EQ(lens[3], (std::vector<int32_t>{1, 1, 1}));
 }
 
+TEST(Scheduler, AutoDecodeFirstBudgetScalesWithTheRunningDecodes) {
+  auto c = config(16, 256, 256);
+  c.max_prefill_tokens_with_decodes = SchedulerConfig::kAutoPrefillBudget;
+  c.auto_prefill_budget_floor = 4;
+  EXPECT_EQ(c.prefill_budget_with_decodes(1), 4);   // the floor
+  EXPECT_EQ(c.prefill_budget_with_decodes(2), 4);   // max(4, 3)
+  EXPECT_EQ(c.prefill_budget_with_decodes(6), 9);   // 3·6/2
+  EXPECT_EQ(c.prefill_budget_with_decodes(7), 10);  // 7 + 3
+  Scheduler s(c, 256, 4, 0);
+  // Six short requests start together (no decodes yet: the whole budget); a long prompt arriving
+  // beside their decodes comes in at max(floor, 3·6/2) = 9 tokens per step; once they finish, a
+  // step with no decode takes the whole budget; beside one decode the next prompt gets the floor.
+  for (int i = 0; i < 6; ++i) s.add_request(i, prompt_of(2, 100 * i), params(3), {});
+  StepPlan p = s.schedule();
+  EXPECT_EQ(p.num_tokens(), 12);
+  s.update(p, std::vector<int32_t>(p.num_sampled_tokens(), 1));
+  s.add_request(10, prompt_of(30, 5000), params(2), {});
+  p = s.schedule();
+  EXPECT_EQ(p.num_decode_seqs, 6);
+  EXPECT_EQ(p.num_tokens() - p.num_decode_seqs, 9);  // max(4, 6 + 3)
+  s.update(p, std::vector<int32_t>(p.num_sampled_tokens(), 1));
+  p = s.schedule();
+  EXPECT_EQ(p.num_tokens() - p.num_decode_seqs, 9);
+  s.update(p, std::vector<int32_t>(p.num_sampled_tokens(), 1));
+  p = s.schedule();  // the six finished with their 3rd token: no decodes → the whole budget
+  EXPECT_EQ(p.num_decode_seqs, 0);
+  EXPECT_EQ(p.num_tokens(), 12);  // the long prompt's remaining 30 - 18
+  s.update(p, std::vector<int32_t>(p.num_sampled_tokens(), 1));
+  s.add_request(11, prompt_of(20, 9000), params(2), {});
+  p = s.schedule();  // one decode (request 10) → the floor
+  EXPECT_EQ(p.num_decode_seqs, 1);
+  EXPECT_EQ(p.num_tokens() - p.num_decode_seqs, 4);
+}
+
 TEST(Scheduler, NegativePrefillKnobsAreRejected) {
   auto c = config();
   c.long_prefill_token_threshold = -1;
   EXPECT_THROW(Scheduler(c, 64, 4, 0), Error);
   c = config();
   c.max_prefill_tokens_with_decodes = -5;
+  EXPECT_THROW(Scheduler(c, 64, 4, 0), Error);
+  c = config();
+  c.max_prefill_tokens_with_decodes = SchedulerConfig::kAutoPrefillBudget;
+  c.auto_prefill_budget_floor = 0;
   EXPECT_THROW(Scheduler(c, 64, 4, 0), Error);
 }
 

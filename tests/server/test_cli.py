@@ -40,6 +40,8 @@ def test_help_lists_every_flag():
     (["--gpu-memory-utilization", "1.5"], "gpu-memory-utilization"),
     (["--max_model_len", "zero"], "max-model-len"),
     (["--device", "tpu"], "device"),
+    (["--max-prefill-tokens-with-decodes", "soon"], "max-prefill-tokens-with-decodes"),
+    (["--max-prefill-tokens-with-decodes", "-3"], "max-prefill-tokens-with-decodes"),
     (["--chat-template", "/nonexistent/template.jinja"], "chat-template"),
 ])
 def test_bad_flags_exit_2_with_a_message(args, needle):
@@ -143,7 +145,7 @@ def test_prefill_budget_flags_serve_the_same_greedy_text():
     # tokens; concurrent requests (so prompts arrive beside running decodes) keep their text.
     prompts = ["The paged inference engine " * 6, "x", "1 2 3 4 5 6 7 8 9 " * 4, "hello"]
     texts = {}
-    for name, args in (("default", []),
+    for name, args in (("default", []), ("off", ["--max-prefill-tokens-with-decodes", "0"]),
                        ("budget", ["--max-prefill-tokens-with-decodes", "3", "--long-prefill-token-threshold", "5"])):
         s = Server(["--num-threads", "1", *args])
         try:
@@ -151,4 +153,4 @@ def test_prefill_budget_flags_serve_the_same_greedy_text():
                 texts[name] = list(ex.map(lambda p: _greedy_text(s, p), prompts))
         finally:
             s.stop()
-    assert texts["default"] == texts["budget"]
+    assert texts["default"] == texts["budget"] == texts["off"]

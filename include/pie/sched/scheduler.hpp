@@ -130,8 +130,9 @@ class Scheduler {
     }
     // Decode-first: with decodes in the step, prefill work is capped so that new arrivals
     // lengthen the step (every running stream's inter-token latency) by a bounded amount.
-    if (!decodes_.empty() && cfg_.max_prefill_tokens_with_decodes > 0)
-      budget_ = std::min(budget_, cfg_.max_prefill_tokens_with_decodes);
+    if (!decodes_.empty())
+      if (const int cap = cfg_.prefill_budget_with_decodes(static_cast<int>(decodes_.size())); cap > 0)
+        budget_ = std::min(budget_, cap);
     // 2. chunked prefills already running
     for (size_t i = 0; i < running_.size() && budget_ > 0; ++i) {
       Sequence* s = running_[i];

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "pie/sched/scheduler_config.hpp"
+
 namespace pie::server {
 
 /// \brief Everything `pie serve` can be told.
@@ -27,7 +29,8 @@ struct ServeOptions {
   bool enable_prefix_caching = true;
   bool enable_chunked_prefill = true;
   int long_prefill_token_threshold = 0;     ///< vLLM's: prompt tokens per sequence per step (0: no cap)
-  int max_prefill_tokens_with_decodes = 0;  ///< decode-first budget (pie's): 0 → no cap
+  /// decode-first budget (pie's): auto (scaled with the running decodes), 0 → no cap (vLLM), N tokens
+  int max_prefill_tokens_with_decodes = sched::SchedulerConfig::kAutoPrefillBudget;
   std::string kv_cache_dtype = "auto";
   std::string quantization;  ///< vLLM's --quantization: fp8, or empty (config.json's quantization_config)
   std::string dtype = "auto";
@@ -69,6 +72,32 @@ inline std::string negated(const std::string& dashed) {
     if (c == ',') out += '!';
   }
   return out;
+}
+
+/// --max-prefill-tokens-with-decodes: "auto" (the scheduler's kAutoPrefillBudget) or a token count
+/// (0: no cap). Shared by `pie serve` and `pie bench` so both spell it the same.
+inline CLI::Option* add_prefill_budget_flag(CLI::App& app, int& budget, const std::string& help) {
+  auto* opt = app.add_option_function<std::string>(
+      both_spellings("max-prefill-tokens-with-decodes"),
+      [&budget](const std::string& v) {
+        budget = v == "auto" ? sched::SchedulerConfig::kAutoPrefillBudget : std::stoi(v);
+      },
+      help);
+  opt->check(CLI::Validator(
+      [](std::string& v) -> std::string {
+        if (v == "auto") return {};
+        size_t used = 0;
+        long n = -1;
+        try {
+          n = std::stol(v, &used);
+        } catch (...) {
+        }
+        if (used == v.size() && n >= 0 && n <= (1 << 24)) return {};
+        return "must be auto or a token count in [0, 16777216], got '" + v + "'";
+      },
+      "auto|INT"));
+  opt->default_str(budget == sched::SchedulerConfig::kAutoPrefillBudget ? "auto" : std::to_string(budget));
+  return opt;
 }
 }  // namespace detail
 
@@ -133,11 +162,10 @@ inline void add_serve_flags(CLI::App& app, ServeOptions& o) {
                  "Prompt tokens one sequence computes per step (0: no cap)")
       ->check(CLI::Range(0, 1 << 24))
       ->capture_default_str();
-  app.add_option(both_spellings("max-prefill-tokens-with-decodes"), o.max_prefill_tokens_with_decodes,
-                 "Decode-first budget: prefill tokens a step adds to running decodes, bounding the inter-token "
-                 "latency that new arrivals cause (0: up to --max-num-batched-tokens, as vLLM)")
-      ->check(CLI::Range(0, 1 << 24))
-      ->capture_default_str();
+  detail::add_prefill_budget_flag(
+      app, o.max_prefill_tokens_with_decodes,
+      "Decode-first budget: prefill tokens a step adds to running decodes, bounding the inter-token latency that "
+      "new arrivals cause. auto: max(256, 1.5 x running decodes); 0: up to --max-num-batched-tokens, as vLLM");
   app.add_option(both_spellings("kv-cache-dtype"), o.kv_cache_dtype, "KV-cache dtype")
       ->check(CLI::IsMember({"auto", "bfloat16", "float16", "float32", "fp8", "fp8_e4m3"}))
       ->capture_default_str();

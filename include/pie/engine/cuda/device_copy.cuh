@@ -2,7 +2,8 @@
 /// \file device_copy.cuh
 /// \brief DeviceCopy<W>: a user model's weights (model_concept.hpp) placed on the GPU — the same
 /// struct of views, each rebound to its slice of one device allocation, filled from the host
-/// copy. W::for_each visits every tensor; views that alias another (a tied head) stay aliased.
+/// copy, which it does not keep alive. W::for_each visits every tensor; views that alias another
+/// (a tied head) stay aliased.
 /// Dummy weights whose fill was deferred (W::store.deferred, LoadOptions::defer_dummy_fill) are
 /// generated on the device instead, with DummyReader's counter-based values bit for bit.
 #include <cuda_runtime.h>
@@ -84,6 +85,13 @@ struct DeviceCopy {
       v.device = Device::Cuda;
     });
     PIE_CUDA_CHECK(cudaDeviceSynchronize());
+    // The views point at the device now. The struct copy above also copied the model's host
+    // storage handle (a TensorStore named `store`, the model concept's convention), which would
+    // keep every host buffer alive as long as the GPU copy: ~61 GB for a real Qwen3-30B-A3B.
+    if constexpr (requires { d.views.store.buffers; d.views.store.deferred; }) {
+      d.views.store.buffers.reset();
+      d.views.store.deferred.reset();
+    }
     return d;
   }
 };
