@@ -1,11 +1,13 @@
 // FP8 weights on the GPU (label cuda), each against the CPU reference of the same scheme
 // (ops/cpu/fp8_linear.hpp, engine/cpu/cpu_forward.hpp):
 // - the activation quantization kernel: codes and scales bit-identical to the CPU's;
+// - RMSNorm and SwiGLU with the quantization fused in: bit-identical to the separate kernels;
 // - Fp8Gemm (GEMV at M = 1, cuBLASLt's block-scaled and per-channel FP8 GEMM otherwise, M not a
-//   multiple of 4, bias) on random inputs;
+//   multiple of 4, bias; prequantized input) on random inputs;
 // - the engine with fp8 weights (CUDA graphs, chunked prefill, decode) against the CPU forward
 //   over the same fp8 weights with bf16 rounding points (CpuForward::round_activations, bf16 KV):
-//   logits within 2e-2; and, for the record, against the float CPU forward;
+//   logits within 0.08, the scheme's own floor (see the per-channel test); and, for the record,
+//   against the float CPU forward;
 // - the floor: the bf16 engine against the same two CPU references;
 // - on the transformers-built checkpoints of tests/fp8/make_fp8_fixtures.py (when present):
 //   teacher-forced greedy agreement of the fp8 engine with the bf16 engine over 128 steps, and
