@@ -650,6 +650,94 @@ TEST(Fp8Fixture, TorchWrittenCheckpointIsOurQuantizationAndItsSchemeAgreesWithBf
   EXPECT_GE(double(agree) / steps, 0.90);
 }
 
+/// CpuForward<float, float> whose fp8 linears quantize activations in groups of `group` columns
+/// (0: the weight's own scheme), to compare activation granularities on the same weights.
+struct GroupActForward : engine::cpu::CpuForward<float, float> {
+  using Base = engine::cpu::CpuForward<float, float>;
+  using Base::Base;
+  using Base::linear;
+  int group = 0;
+  std::vector<float> xs, ws;
+  void linear(const Act& x, const Fp8Weight& w, const Weight& bias, Act out) {
+    const int n = num_tokens(), K = static_cast<int>(x.shape[1]), N = static_cast<int>(w.rows());
+    xs.resize(size_t(n) * K);
+    ws.resize(size_t(N) * K);
+    ops::cpu::fp8_fake_quantize_rows(x.data, x.stride[0], n, K, group > 0 ? group : w.act_group(), xs.data());
+    ops::cpu::fp8_dequantize(w, ws.data());
+    ops::cpu::linear(xs.data(), n, K, ws.data(), N, bias.numel() > 0 ? bias.data : nullptr, out.data, K, out.stride[0]);
+  }
+  template <class W>
+  void norm_linear(Act x, Act& res, const Weight& norm, bool first, const W& w, const Weight& bias, Act out) {
+    add_rms_norm(x, res, norm, first);
+    linear(x, w, bias, out);
+  }
+};
+
+// Is per-token activation scaling (--quantization fp8, vLLM's) too coarse? The same per-channel
+// weights with per-token and with 1x128 activation scales, teacher-forced along transformers'
+// bf16 greedy paths of the fixture (as the test above), next to the published 128x128 scheme.
+TEST(Fp8Fixture, PerTokenAnd1x128ActivationScalesOnPerChannelWeights) {
+  const std::string dir = fp8_fixture("qwen3_bf16");
+  if (!std::filesystem::exists(dir + "/reference.json")) GTEST_SKIP() << "no tests/fp8/fixtures (make_fp8_fixtures.py)";
+  auto src = model::load_model<float>(dir);
+  const json ref16 = json::parse(std::ifstream(dir + "/reference.json"));
+  auto q = model::quantize_weights<float>(std::make_shared<const model::Weights<float>>(std::move(src.weights)));
+  const auto& full = *std::static_pointer_cast<const model::Weights<float>>(q.keep);
+  auto run = [&](const auto& w, int group, int& agree, double& err) {
+    agree = 0;
+    double num = 0, den = 0;
+    for (const auto& pr : ref16["prompts"]) {
+      auto ids = pr["prompt_ids"].get<std::vector<int32_t>>();
+      const auto greedy = pr["greedy_ids"].get<std::vector<int32_t>>();
+      const size_t p = ids.size();
+      ids.insert(ids.end(), greedy.begin(), greedy.end() - 1);
+      const auto& cfg = w.config;
+      const int bs = 16, nb = (static_cast<int>(ids.size()) + bs - 1) / bs, V = cfg.vocab_size;
+      auto logits_of = [&](auto& f, const auto& weights) {
+        std::vector<std::vector<float>> pools(
+            cfg.num_hidden_layers, std::vector<float>(size_t(nb + 1) * 2 * cfg.num_key_value_heads * bs * cfg.head_dim));
+        std::vector<float*> ptrs;
+        for (auto& pl : pools) ptrs.push_back(pl.data());
+        std::vector<int32_t> blocks(nb);
+        std::iota(blocks.begin(), blocks.end(), 1);
+        auto plan = test::make_plan({test::SeqWork{blocks, 0, ids}}, bs);
+        plan.logits_rows.resize(ids.size());
+        std::iota(plan.logits_rows.begin(), plan.logits_rows.end(), 0);
+        std::vector<float> logits(ids.size() * V);
+        f.begin(plan, ptrs, bs, logits.data());
+        Qwen3::forward(f, weights);
+        return logits;
+      };
+      GroupActForward f(cfg, {});
+      f.group = group;
+      engine::cpu::CpuForward<float, float> f32(cfg, {});
+      const auto got = logits_of(f, w), want = logits_of(f32, full);
+      for (size_t k = 0; k < greedy.size(); ++k) {
+        const float* row = got.data() + (p - 1 + k) * V;
+        agree += std::max_element(row, row + V) - row == greedy[k];
+        for (int v = 0; v < V; ++v) {
+          const double d = row[v] - want[(p - 1 + k) * V + v];
+          num += d * d;
+          den += double(want[(p - 1 + k) * V + v]) * want[(p - 1 + k) * V + v];
+        }
+      }
+    }
+    err = std::sqrt(num / den);
+  };
+  int a_tok = 0, a_128 = 0, a_blk = 0;
+  double e_tok = 0, e_128 = 0, e_blk = 0;
+  run(q, 0, a_tok, e_tok);
+  run(q, 128, a_128, e_128);
+  auto blk = model::load_fp8_weights<float>(fp8_fixture("qwen3_fp8"), model::load_model_config(fp8_fixture("qwen3_fp8")));
+  run(blk, 0, a_blk, e_blk);
+  std::printf("[fp8 activation scales vs fp32, teacher-forced 384 steps] per-channel W + per-token x: %d (logits rel "
+              "err %.4f); per-channel W + 1x128 x: %d (%.4f); 128x128 W + 1x128 x: %d (%.4f)\n",
+              a_tok, e_tok, a_128, e_128, a_blk, e_blk);
+  EXPECT_GE(a_tok, 0.85 * 384);
+  EXPECT_GE(a_128, 0.85 * 384);
+  EXPECT_LE(e_128, e_tok * 1.5);  // finer scales are not worse
+}
+
 TEST(Fp8Fixture, CpuReferenceMatchesTransformersFineGrainedFp8) {
   const std::string dir = fp8_fixture("qwen3_fp8");
   if (!std::filesystem::exists(dir + "/model.safetensors")) GTEST_SKIP() << "no tests/fp8/fixtures (make_fp8_fixtures.py)";
