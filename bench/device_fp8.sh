@@ -9,7 +9,12 @@
 # Needs Qwen3-8B's config.json / generation_config.json in $PIE_MODEL_DIR (default
 # .device/Qwen3-8B, git-ignored). The fp8 bench uses a copy of that config with the published
 # quantization_config (Qwen3-8B-FP8's), so its dummy weights are 128×128 block-scaled.
-# PIE_STAGES picks stages (default build,fixtures,test,bench,channel); PIE_DEADLINE_S bounds the run.
+# PIE_STAGES picks stages (default build,fixtures,test,bench,channel; also trace: a kernel trace of
+# graph-replayed decode steps, bf16 and fp8, at batch 1 and 512 (PIE_TRACES, e.g. "fp8:1 fp8:512") → per-op
+# time, bench/nsys_decode_profile.py,
+# with bench/cuda/kernel_trace.cpp's CUPTI tracer from $PIE_KERNEL_TRACER or .device/lib);
+# PIE_DEADLINE_S bounds the run. The fixtures of tests/fp8 are committed: the fixtures stage
+# only rebuilds them with the device's transformers.
 set -u
 OUT=${OUT:-/tmp/pie_device_out}
 MODEL=${PIE_MODEL_DIR:-.device/Qwen3-8B}
@@ -75,10 +80,15 @@ fi
 BIN="$BUILD/examples/pie/pie_bench"
 if has test; then  # what needs no fixture, while transformers builds them
   run gpu_test_fp8 150 "$BUILD/tests/gpu/pie_gpu_test_fp8" --gtest_color=no \
-    --gtest_filter='Fp8Kernels.*:Fp8Engine.PerChannel*:Fp8Engine.Dummy*'
+    --gtest_filter='Fp8Kernels.*:Fp8Engine.PerChannel*:Fp8Engine.Bf16*:Fp8Engine.Dummy*'
   grep -E "^\[fp8|OK \]|FAILED  \]|Failure|Expected|Which is|Value of|error" "$LOGS/gpu_test_fp8.log" | head -50 | tee -a "$SUM"
 fi
-if has fixtures; then
+if has test; then  # the batch-1 GEMV alone against the copy bandwidth (a disabled test: a measurement)
+  run gemv_alone 60 "$BUILD/tests/gpu/pie_gpu_test_fp8" --gtest_color=no --gtest_also_run_disabled_tests \
+    --gtest_filter='Fp8Bench.*'
+  grep -E "^\[fp8 gemv alone" "$LOGS/gemv_alone.log" | tee -a "$SUM"
+fi
+if has fixtures && [ -n "${FIX_PID:-}" ]; then
   wait "$FIX_PID"
   tail -4 "$LOGS/fixtures.log" | sed 's/^/   | /' | tee -a "$SUM"
   tar czf "$OUT/fp8_fixtures.tgz" tests/fp8/fixtures 2>/dev/null
@@ -113,6 +123,23 @@ if has channel; then  # --quantization fp8 on the bf16 config: per-channel weigh
   run channel_2048 100 "$BIN" "$MODEL" --load-format dummy --quantization fp8 --mode throughput --num-prompts 2048 \
     --input-len 128 --output-len 128 --max-num-seqs 512 --output-json "$LOGS/channel_2048.json"
   grep -E "^(throughput|roofline)" "$LOGS/channel_2048.log" | sed "s/^/channel 2048 /" | tee -a "$SUM"
+fi
+if has trace; then
+  TRACER=${PIE_KERNEL_TRACER:-$(ls "$BUILD"/bench/cuda/libpie_kernel_trace.so .device/lib/libpie_kernel_trace.so 2>/dev/null | head -1)}
+  for spec in ${PIE_TRACES:-bf16:1 fp8:1 bf16:512 fp8:512}; do  # weights:batch
+    IFS=: read -r dt batch <<< "$spec"
+    tag="b$batch"
+    if [ "$dt" = fp8 ]; then dir=$FP8_MODEL wb=1; else dir=$MODEL wb=2; fi
+    [ -z "$TRACER" ] && { say "trace: no CUPTI tracer"; break; }
+    if [ "$batch" = 1 ]; then args="--mode latency --input-len 128 --output-len 128 --num-iters 1 --num-iters-warmup 1 --max-num-seqs 8"
+    else args="--mode throughput --num-prompts 512 --input-len 128 --output-len 24 --max-num-seqs 512"; fi
+    csv="/tmp/trace_${dt}_$tag.csv"
+    run "trace_${dt}_$tag" 90 env CUDA_INJECTION64_PATH="$(realpath "$TRACER")" PIE_KERNEL_TRACE="$csv" "$BIN" "$dir" \
+      --load-format dummy $args
+    python3 bench/nsys_decode_profile.py "$csv" --batch "$batch" --weight-bytes "$wb" --copy-tbps 4.2 \
+      > "$LOGS/profile_${dt}_$tag.txt" 2>&1
+    sed "s/^/[$dt $tag] /" "$LOGS/profile_${dt}_$tag.txt" | tee -a "$SUM"
+  done
 fi
 say "done"
 tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$LOGS"

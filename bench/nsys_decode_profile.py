@@ -40,6 +40,8 @@ def category(name):
         return "silu_mul"
     if "embedding" in n:
         return "embedding"
+    if "fp8_quant" in n:
+        return "fp8_quant"  # activation quantization before an fp8 GEMM
     if "gemv" in n:
         # gemv_kernel<M, C, U, NW, MINB, kNorm, ...>: kNorm = true is the fused add + RMSNorm
         # (the tracer writes template commas as ';' to keep its CSV to four columns)
@@ -83,6 +85,9 @@ def name_linears(step):
     out, prev, norms = [], None, 0
     for (s, d, n, g) in step:
         c = category(n)
+        if c == "fp8_quant":  # transparent for naming: the GEMM after it is named by the op before
+            out.append((s, d, c))
+            continue
         if c in ("rms_norm", "norm+linear"):
             norms += 1
         if c == "norm+linear":  # batch-1 fused residual add + RMSNorm + projection
@@ -133,10 +138,11 @@ def main():
     ap.add_argument("--vocab", type=int, default=151936)
     ap.add_argument("--copy-tbps", type=float, default=2.99)
     ap.add_argument("--layers", type=int, default=36)
+    ap.add_argument("--weight-bytes", type=float, default=2, help="bytes per projection weight (1: fp8)")
     a = ap.parse_args()
-    H, I = a.hidden, a.intermediate
-    wbytes = {"qkv_proj": (a.q_size + 2 * a.kv_size) * H * 2, "o_proj": a.q_size * H * 2,
-              "gate_up_proj": 2 * I * H * 2, "down_proj": I * H * 2, "lm_head": a.vocab * H * 2}
+    H, I, wb = a.hidden, a.intermediate, a.weight_bytes
+    wbytes = {"qkv_proj": (a.q_size + 2 * a.kv_size) * H * wb, "o_proj": a.q_size * H * wb,
+              "gate_up_proj": 2 * I * H * wb, "down_proj": I * H * wb, "lm_head": a.vocab * H * 2}
     wbytes["norm+qkv_proj"] = wbytes["qkv_proj"]
     wbytes["norm+gate_up_proj"] = wbytes["gate_up_proj"]
     rows = load(a.csv)

@@ -1,16 +1,21 @@
 // FP8 weights on the GPU (label cuda), each against the CPU reference of the same scheme
 // (ops/cpu/fp8_linear.hpp, engine/cpu/cpu_forward.hpp):
 // - the activation quantization kernel: codes and scales bit-identical to the CPU's;
+// - RMSNorm and SwiGLU with the quantization fused in: bit-identical to the separate kernels;
 // - Fp8Gemm (GEMV at M = 1, cuBLASLt's block-scaled and per-channel FP8 GEMM otherwise, M not a
-//   multiple of 4, bias) on random inputs;
+//   multiple of 4, bias; prequantized input) on random inputs;
 // - the engine with fp8 weights (CUDA graphs, chunked prefill, decode) against the CPU forward
-//   over the same fp8 weights: logits within 2e-2;
+//   over the same fp8 weights with bf16 rounding points (CpuForward::round_activations, bf16 KV):
+//   logits within 0.08, the scheme's own floor (see the per-channel test); and, for the record,
+//   against the float CPU forward;
+// - the floor: the bf16 engine against the same two CPU references;
 // - on the transformers-built checkpoints of tests/fp8/make_fp8_fixtures.py (when present):
 //   teacher-forced greedy agreement of the fp8 engine with the bf16 engine over 128 steps, and
 //   the fp8 logits against transformers' own fine-grained FP8.
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -98,6 +103,71 @@ TEST(Fp8Kernels, QuantizationIsBitIdenticalToTheCpu) {
     }
 }
 
+// The producers with the quantization fused in (fp8_producers.cuh) against the separate kernels
+// (add_rms_norm / silu_and_mul, then fp8_quantize): outputs, residual, codes and scales bit for
+// bit, padding rows included; then Fp8Gemm::prequantized on those codes against operator().
+TEST(Fp8Kernels, FusedProducersAreBitIdenticalToTheSeparateKernels) {
+  std::mt19937 rng(3);
+  ops::cuda::Fp8Gemm gemm(64, 1536, 512);
+  for (bool per_token : {false, true})
+    for (int M : {2, 3, 8, 37}) {
+      const int H = 512, I = 1536;
+      const int64_t Mp = ops::cuda::fp8_padded_rows(M);
+      auto bits = [](const std::vector<bf16>& a, const std::vector<bf16>& b) {
+        int bad = 0;
+        for (size_t i = 0; i < a.size(); ++i) bad += a[i].bits != b[i].bits;
+        return bad;
+      };
+      auto same_q = [&](DeviceBuffer<fp8_e4m3>& a, DeviceBuffer<fp8_e4m3>& b, DeviceBuffer<float>& sa,
+                        DeviceBuffer<float>& sb, int K) {
+        auto qa = test::download(a), qb = test::download(b);
+        auto fa = test::download(sa), fb = test::download(sb);
+        int bad = 0;
+        for (int64_t i = 0; i < Mp * K; ++i) bad += qa[i].bits != qb[i].bits;
+        const int64_t ns = per_token ? Mp : Mp * ((K + 127) / 128);
+        for (int64_t i = 0; i < ns; ++i) bad += fa[i] != fb[i];
+        return bad;
+      };
+      for (bool first : {false, true}) {  // residual add + RMSNorm
+        auto x = test::randn<bf16>(size_t(M) * H, rng, 3.f), r = test::randn<bf16>(size_t(M) * H, rng);
+        auto w = test::randn<bf16>(H, rng, 1.f, 1.f);
+        auto dx1 = test::upload(x), dr1 = test::upload(r), dx2 = test::upload(x), dr2 = test::upload(r);
+        auto dw = test::upload(w);
+        DeviceBuffer<fp8_e4m3> q1(Mp * H), q2(Mp * H);
+        DeviceBuffer<float> s1(Mp * 8), s2(Mp * 8);
+        auto v = [&](DeviceBuffer<bf16>& b, int64_t c) { return TensorView<bf16>(b.data(), {M, c}, Device::Cuda); };
+        TensorView<bf16> wv(dw.data(), {H}, Device::Cuda);
+        ops::cuda::add_rms_norm(v(dx1, H), v(dr1, H), wv, 1e-6f, first, nullptr);
+        ops::cuda::fp8_quantize(v(dx1, H), per_token, q1.data(), s1.data(), nullptr);
+        ops::cuda::add_rms_norm_fp8(v(dx2, H), v(dr2, H), wv, 1e-6f, first, {q2.data(), s2.data(), per_token}, nullptr);
+        EXPECT_EQ(bits(test::download(dx1), test::download(dx2)), 0) << "norm output M=" << M;
+        EXPECT_EQ(bits(test::download(dr1), test::download(dr2)), 0) << "residual M=" << M;
+        EXPECT_EQ(same_q(q1, q2, s1, s2, H), 0) << "norm codes/scales M=" << M << (per_token ? " per token" : "");
+      }
+      {  // SwiGLU, then the down projection on the producer's codes
+        auto gu = test::randn<bf16>(size_t(M) * 2 * I, rng, 2.f);
+        auto dgu = test::upload(gu);
+        DeviceBuffer<bf16> o1(size_t(M) * I), o2(size_t(M) * I);
+        DeviceBuffer<fp8_e4m3> q1(Mp * I);
+        DeviceBuffer<float> s1(Mp * 16);
+        TensorView<bf16> guv(dgu.data(), {M, 2 * I}, Device::Cuda), ov1(o1.data(), {M, I}, Device::Cuda),
+            ov2(o2.data(), {M, I}, Device::Cuda);
+        ops::cuda::silu_and_mul(guv, ov1, nullptr);
+        ops::cuda::fp8_quantize(ov1, per_token, q1.data(), s1.data(), nullptr);
+        // Into the GEMM's own buffer, as the engine does.
+        ops::cuda::silu_and_mul_fp8(guv, ov2, gemm.act_buffer(per_token), nullptr);
+        EXPECT_EQ(bits(test::download(o1), test::download(o2)), 0) << "silu output M=" << M;
+        RandomFp8 w(!per_token, 512, I, rng);
+        DeviceBuffer<bf16> y1(size_t(M) * 512), y2(size_t(M) * 512);
+        TensorView<bf16> yv1(y1.data(), {M, 512}, Device::Cuda), yv2(y2.data(), {M, 512}, Device::Cuda);
+        gemm.prequantized(yv2, w.d, static_cast<const bf16*>(nullptr), nullptr);
+        gemm(yv1, ov1, w.d, static_cast<const bf16*>(nullptr), nullptr);  // quantizes ov1 again, same codes
+        EXPECT_EQ(bits(test::download(y1), test::download(y2)), 0) << "prequantized GEMM M=" << M;
+        PIE_CUDA_CHECK(cudaDeviceSynchronize());
+      }
+    }
+}
+
 TEST(Fp8Kernels, GemmAndGemvMatchTheCpuReference) {
   std::mt19937 rng(2);
   ops::cuda::Fp8Gemm gemm(512, 1024, 1024);
@@ -151,18 +221,21 @@ EngineOptions small_options(bool eager) {
   return o;
 }
 
-/// The CPU forward over host fp8 weights (bf16 storage, float activations and KV), fed the plans
-/// the GPU runs.
-struct CpuFp8Reference {
-  engine::cpu::CpuForward<bf16, float> f;
-  const model::Fp8Weights<bf16>& w;
-  std::vector<std::vector<float>> pools;
-  std::vector<float*> ptrs;
-  CpuFp8Reference(const model::Fp8Weights<bf16>& weights, int blocks) : f(weights.config, {}), w(weights) {
+/// The CPU forward over host weights W (fp8 or bf16; bf16 storage), fed the plans the GPU runs.
+/// `rounded`: bf16 activations at the GPU's rounding points and a bf16 KV cache (the GPU's
+/// scheme up to summation order); else float activations and KV.
+template <class W, class KVT>
+struct CpuReferenceOf {
+  engine::cpu::CpuForward<bf16, KVT> f;
+  const W& w;
+  std::vector<std::vector<KVT>> pools;
+  std::vector<KVT*> ptrs;
+  CpuReferenceOf(const W& weights, int blocks) : f(weights.config, {}), w(weights) {
     const auto& c = w.config;
     for (int l = 0; l < c.num_hidden_layers; ++l)
-      pools.emplace_back(size_t(blocks) * 2 * c.num_key_value_heads * CudaBf16::block_size * c.head_dim, 0.f);
+      pools.emplace_back(size_t(blocks) * 2 * c.num_key_value_heads * CudaBf16::block_size * c.head_dim, KVT(0.f));
     for (auto& p : pools) ptrs.push_back(p.data());
+    f.round_activations(std::is_same_v<KVT, bf16>);
   }
   std::vector<float> run(const sched::StepPlan& p) {
     std::vector<float> logits(p.logits_rows.size() * size_t(w.config.vocab_size));
@@ -174,8 +247,8 @@ struct CpuFp8Reference {
 
 /// Prefill chunks and decodes of two sequences through the GPU runner and the CPU reference;
 /// returns the worst logits error and the greedy agreement.
-template <class Runner>
-std::pair<double, double> gpu_vs_cpu(Runner& gpu, CpuFp8Reference& cpu, int vocab, int graph_steps) {
+template <class Runner, class Cpu>
+std::pair<double, double> gpu_vs_cpu(Runner& gpu, Cpu& cpu, int vocab, int graph_steps) {
   std::mt19937 rng(5);
   auto toks = [&](int n) {
     std::vector<int32_t> t(n);
@@ -211,18 +284,48 @@ TEST(Fp8Engine, PerChannelQuantizedAtLoadMatchesTheCpuReference) {
   auto cfg = gpu_test::small_qwen3(3);
   auto hw = std::make_shared<const model::Weights<bf16>>(model::dummy_weights<bf16>(cfg, 21));
   auto fp8 = model::quantize_weights<bf16>(hw);  // the same codes the engine makes at load
-  CpuFp8Reference cpu(fp8, 256);
   EngineOptions o = small_options(false);
   o.set_weights(hw);
   Fp8Engine engine(o);
+  // Float activations (the reference before 2026-12-04's second session): 0.064–0.073 on the
+  // H200. The kernels match the CPU to 2e-3 (Fp8Kernels.*): the gap was the GPU's bf16
+  // activations, whose rounding moves a value across an e4m3 step (2⁻⁴ relative), compounding
+  // over layers. Printed for the record; the bound is on the rounded reference.
+  CpuReferenceOf<model::Fp8Weights<bf16>, float> flt(fp8, 256);
+  auto [err_f, agree_f] = gpu_vs_cpu(engine.runner(), flt, cfg.vocab_size, 12);
+  std::printf("[fp8 gpu vs cpu] per channel, float reference: worst logits rel err %.3g, greedy agreement %.3f\n",
+              err_f, agree_f);
+  CpuReferenceOf<model::Fp8Weights<bf16>, bf16> cpu(fp8, 256);
   auto [err, agree] = gpu_vs_cpu(engine.runner(), cpu, cfg.vocab_size, 12);
-  std::printf("[fp8 gpu vs cpu] per channel: worst logits rel err %.3g, greedy agreement %.3f\n", err, agree);
-  // Issue 18 asks 2e-2; measured 0.064–0.073 on the H200 (2026-12-04). The kernels match the CPU
-  // to 2e-3 (Fp8Kernels.*): the gap is the GPU's bf16 activations, whose rounding moves a value
-  // across an e4m3 step (2⁻⁴ relative) about once in 16, and the flips compound over layers.
-  EXPECT_LE(err, 0.1);
+  std::printf("[fp8 gpu vs cpu] per channel, bf16 rounding points: worst logits rel err %.3g, greedy agreement %.3f\n",
+              err, agree);
+  // Issue 18 asks 2e-2. Measured 0.054 on the H200 (2026-12-04; 0.073 against the float
+  // reference): below what the scheme itself gives two implementations that differ only in fp32
+  // summation order (Fp8Scheme.AmplifiesSummationOrderDifferencesFarBeyondBf16, CPU), while the
+  // bf16 engine is within 7e-3 of the same reference (the test below): the gap is e4m3 codes
+  // that a bf16 ulp moves across a rounding point, compounding over the layers.
+  EXPECT_LE(err, 0.08);
   EXPECT_GE(agree, 0.9);
   EXPECT_GT(engine.runner().stats().graph_steps, 0);
+}
+
+// The floor of the comparison above: the bf16 engine against the same two CPU references over
+// the same bf16 weights (no fp8 anywhere). What the rounded reference leaves is summation order
+// (GEMM, attention) and the attention kernels' own bf16 roundings of P.
+TEST(Fp8Engine, Bf16EngineAgainstTheSameCpuReferencesIsTheFloor) {
+  auto cfg = gpu_test::small_qwen3(3);
+  auto hw = std::make_shared<const model::Weights<bf16>>(model::dummy_weights<bf16>(cfg, 21));
+  EngineOptions o = small_options(false);
+  o.set_weights(hw);
+  Bf16Engine engine(o);
+  CpuReferenceOf<model::Weights<bf16>, float> flt(*hw, 256);
+  auto [err_f, agree_f] = gpu_vs_cpu(engine.runner(), flt, cfg.vocab_size, 12);
+  CpuReferenceOf<model::Weights<bf16>, bf16> cpu(*hw, 256);
+  auto [err, agree] = gpu_vs_cpu(engine.runner(), cpu, cfg.vocab_size, 12);
+  std::printf("[bf16 gpu vs cpu] float reference: worst logits rel err %.3g, greedy %.3f; bf16 rounding points: "
+              "%.3g, greedy %.3f\n", err_f, agree_f, err, agree);
+  EXPECT_LE(err, 2e-2);
+  EXPECT_LE(err_f, 2e-2);
 }
 
 std::filesystem::path fixture(const char* name) {
@@ -234,13 +337,16 @@ TEST(Fp8Engine, PublishedCheckpointMatchesTheCpuReference) {
   if (!std::filesystem::exists(dir / "model.safetensors")) GTEST_SKIP() << "run tests/fp8/make_fp8_fixtures.py";
   const auto cfg = model::load_model_config(dir.string());
   auto fp8 = model::load_fp8_weights<bf16>(dir.string(), cfg);
-  CpuFp8Reference cpu(fp8, 256);
   EngineOptions o = small_options(false);
   o.model_dir = dir.string();  // config.json's quantization_config: the block format
   Fp8Engine engine(o);
+  CpuReferenceOf<model::Fp8Weights<bf16>, float> flt(fp8, 256);  // 0.054–0.056 before (see above)
+  auto [err_f, agree_f] = gpu_vs_cpu(engine.runner(), flt, cfg.vocab_size, 12);
+  CpuReferenceOf<model::Fp8Weights<bf16>, bf16> cpu(fp8, 256);
   auto [err, agree] = gpu_vs_cpu(engine.runner(), cpu, cfg.vocab_size, 12);
-  std::printf("[fp8 gpu vs cpu] 128x128 blocks: worst logits rel err %.3g, greedy agreement %.3f\n", err, agree);
-  EXPECT_LE(err, 0.1);  // issue 18 asks 2e-2; measured 0.054–0.056 (see the per-channel test)
+  std::printf("[fp8 gpu vs cpu] 128x128 blocks: float reference %.3g (greedy %.3f); bf16 rounding points: worst "
+              "logits rel err %.3g, greedy agreement %.3f\n", err_f, agree_f, err, agree);
+  EXPECT_LE(err, 0.08);  // measured 0.047 (0.054 against the float reference): see the per-channel test
   EXPECT_GE(agree, 0.9);
 }
 
@@ -255,7 +361,7 @@ TEST(Fp8Engine, TransformersCheckpointsGreedyAgreementWithBf16AndTransformersFp8
   Bf16Engine bf(o);
   o.model_dir = fp8_dir.string();
   Fp8Engine f8(o);
-  int agree = 0, steps = 0;
+  int agree = 0, steps = 0, clear_steps = 0, clear_agree = 0;
   double worst_tf = 0;
   const bool have_tf = ref_fp8.contains("prompts");
   std::printf("[fp8 vs transformers] %s\n", ref_fp8.value("transformers_fp8", std::string("?")).c_str());
@@ -271,7 +377,8 @@ TEST(Fp8Engine, TransformersCheckpointsGreedyAgreementWithBf16AndTransformersFp8
       for (int k = 0; k < 128; ++k) {
         const int n = k == 0 ? static_cast<int>(s.tokens.size()) : 1;
         auto plan = gpu_test::hand_plan({&s}, {n}, CudaBf16::block_size, next);
-        bf.runner().execute_logits(plan, std::vector<SampleSpec>(1));
+        auto got = bf.runner().execute_logits(plan, std::vector<SampleSpec>(1));
+        lb.emplace_back(got.begin(), got.end());
         ib.push_back(bf.runner().last_ids()[0]);
         s.tokens.push_back(ib.back());
       }
@@ -288,7 +395,24 @@ TEST(Fp8Engine, TransformersCheckpointsGreedyAgreementWithBf16AndTransformersFp8
         s.tokens.push_back(ib[k]);  // teacher forcing along the bf16 path
       }
     }
-    for (int k = 0; k < 128; ++k, ++steps) agree += iff[k] == ib[k];
+    for (int k = 0; k < 128; ++k, ++steps) {
+      agree += iff[k] == ib[k];
+      // The bf16 top-2 margin against the fp8 noise of this step (RMS over the vocabulary of
+      // fp8 − bf16 logits): a flip inside the noise is a near-tie, not a fault.
+      double noise = 0;
+      for (size_t v = 0; v < lb[k].size(); ++v) noise += double(lf[k][v] - lb[k][v]) * (lf[k][v] - lb[k][v]);
+      noise = std::sqrt(noise / double(lb[k].size()));
+      float second = -INFINITY;
+      for (size_t v = 0; v < lb[k].size(); ++v)
+        if (int(v) != ib[k]) second = std::max(second, lb[k][v]);
+      const double margin = lb[k][ib[k]] - second;
+      const bool clear = margin > 2 * noise;
+      clear_steps += clear;
+      clear_agree += clear && iff[k] == ib[k];
+      if (iff[k] != ib[k])
+        std::printf("[fp8 vs bf16] prompt %zu step %d: fp8 %d, bf16 %d; bf16 top-2 margin %.4g, gap to fp8's pick %.4g, "
+                    "fp8 noise (RMS) %.4g\n", i, k, iff[k], ib[k], margin, lb[k][ib[k]] - lb[k][iff[k]], noise);
+    }
     if (have_tf) {  // transformers' fp8 logits along transformers' fp8 greedy path
       const auto& tp = ref_fp8["prompts"][i];
       auto forced = tp["greedy_ids"].get<std::vector<int32_t>>();
@@ -305,7 +429,8 @@ TEST(Fp8Engine, TransformersCheckpointsGreedyAgreementWithBf16AndTransformersFp8
     }
   }
   const double rate = double(agree) / steps;
-  std::printf("[fp8 vs bf16] teacher-forced greedy agreement %d/%d = %.4f\n", agree, steps, rate);
+  std::printf("[fp8 vs bf16] teacher-forced greedy agreement %d/%d = %.4f; on the %d steps whose bf16 top-2 margin "
+              "exceeds twice the fp8 noise: %d/%d\n", agree, steps, rate, clear_steps, clear_agree, clear_steps);
   // The issue asks 0.95. The scheme itself reaches 352/384 = 0.917 on this random checkpoint (the
   // CPU reference, tests/model/test_fp8.cpp; its bf16 greedy paths have top-2 margins down to
   // 1e-3): the GPU must do as well as the exact scheme, within a few near-ties.
@@ -342,6 +467,64 @@ TEST(Fp8Engine, DummyFp8WeightsOfAShapeRun) {
     EXPECT_EQ(out[1].tokens[0].size(), 16u);
     std::filesystem::remove_all(dir);
   }
+}
+
+}  // namespace
+}  // namespace pie
+
+namespace pie {
+namespace {
+
+// Not a check (disabled by default; bench/device_fp8.sh runs it): the batch-1 fp8 GEMV alone at
+// the Qwen3-8B projection shapes, back to back as in a decode step, its weight bytes per second
+// against a device-to-device copy timed in the same process (bytes read + written). Weights
+// rotate over copies that together exceed the 50 MB L2.
+TEST(Fp8Bench, DISABLED_GemvAloneAgainstTheCopyBandwidth) {
+  cudaEvent_t e0, e1;
+  PIE_CUDA_CHECK(cudaEventCreate(&e0));
+  PIE_CUDA_CHECK(cudaEventCreate(&e1));
+  auto time_ms = [&](int iters, auto&& f) {
+    for (int i = 0; i < 3; ++i) f(i);
+    PIE_CUDA_CHECK(cudaEventRecord(e0));
+    for (int i = 0; i < iters; ++i) f(i);
+    PIE_CUDA_CHECK(cudaEventRecord(e1));
+    PIE_CUDA_CHECK(cudaEventSynchronize(e1));
+    float ms = 0;
+    PIE_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+    return double(ms) / iters;
+  };
+  const size_t cb = size_t(1) << 30;
+  DeviceBuffer<unsigned char> ca(cb), cc(cb);
+  PIE_CUDA_CHECK(cudaMemset(ca.data(), 1, cb));
+  const double copy_gbs = 2.0 * cb / (time_ms(10, [&](int) {
+                            PIE_CUDA_CHECK(cudaMemcpyAsync(cc.data(), ca.data(), cb, cudaMemcpyDeviceToDevice));
+                          }) * 1e-3) / 1e9;
+  std::printf("[fp8 gemv alone] device copy %.0f GB/s (read + write)\n", copy_gbs);
+  struct Shape { const char* name; int64_t N, K; };
+  std::mt19937 rng(4);
+  for (Shape sh : {Shape{"qkv", 6144, 4096}, Shape{"o", 4096, 4096}, Shape{"gate_up", 24576, 4096},
+                   Shape{"down", 4096, 12288}}) {
+    const int64_t wb = sh.N * sh.K, copies = std::max<int64_t>(2, (400 << 20) / wb);
+    DeviceBuffer<fp8_e4m3> q(size_t(wb * copies));
+    PIE_CUDA_CHECK(cudaMemset(q.data(), 0x38, q.size()));  // e4m3 1.0
+    const int64_t ld = fp8_block_scale_ld(sh.K), nb = (sh.N + 127) / 128;
+    auto ds = test::upload(std::vector<float>(size_t(nb * ld), 1.0f / 64));
+    auto dx = test::upload(test::randn<bf16>(size_t(sh.K), rng));
+    DeviceBuffer<bf16> dy(size_t(sh.N));
+    TensorView<bf16> xv(dx.data(), {1, sh.K}, Device::Cuda), yv(dy.data(), {1, sh.N}, Device::Cuda);
+    const double ms = time_ms(60, [&](int i) {
+      Fp8Weight w;
+      w.q = TensorView<fp8_e4m3>(q.data() + (i % copies) * wb, {sh.N, sh.K}, Device::Cuda);
+      w.scale = TensorView<float>(ds.data(), {nb, ld}, Device::Cuda);
+      w.scale_ld = ld;
+      ops::cuda::fp8_gemv(yv, xv, w, static_cast<const bf16*>(nullptr), nullptr);
+    });
+    const double gbs = double(wb) / (ms * 1e-3) / 1e9;
+    std::printf("[fp8 gemv alone] %-7s N=%lld K=%lld: %.2f us, %.0f GB/s = %.1f%% of copy\n", sh.name,
+                (long long)sh.N, (long long)sh.K, ms * 1e3, gbs, 100 * gbs / copy_gbs);
+  }
+  PIE_CUDA_CHECK(cudaEventDestroy(e0));
+  PIE_CUDA_CHECK(cudaEventDestroy(e1));
 }
 
 }  // namespace

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "pie/engine/cpu/cpu_forward.hpp"
+#include "pie/model/dummy.hpp"
 #include "pie/model/fp8_weights.hpp"
 #include "pie/model/load.hpp"
 #include "pie/model/qwen3.hpp"
@@ -327,6 +328,103 @@ TEST(Fp8Load, PublishedCheckpointForwardDiffersFromItsDequantizedWeightsOnlyByAc
   EXPECT_GE(agree, 0.9);
 }
 
+// ---- how the scheme amplifies tiny differences (the floor of any GPU-vs-CPU comparison) ----
+
+/// CpuForward<bf16, bf16> at bf16 rounding points (the GPU's scheme) whose linear outputs are
+/// multiplied by 1 ± eps (random sign) before their bf16 rounding: another implementation of the
+/// same scheme that differs only as fp32 summation orders do (eps = 2⁻²⁰, a few fp32 ulps).
+struct PerturbedForward : engine::cpu::CpuForward<bf16, bf16> {
+  using Base = engine::cpu::CpuForward<bf16, bf16>;
+  using Base::Base;
+  float eps = 0;
+  uint32_t state = 12345;
+  template <class W>
+  void linear(const Act& x, const W& w, const Weight& bias, Act out) {
+    round_activations(false);
+    Base::linear(x, w, bias, out);
+    round_activations(true);
+    const ops::cpu::RoundTo<bf16> r;
+    for (int t = 0; t < num_tokens(); ++t)
+      for (int64_t o = 0; o < out.shape[1]; ++o) {
+        state = state * 1664525u + 1013904223u;
+        out.row(t)[o] = r(out.row(t)[o] * (1.0f + ((state >> 31) ? eps : -eps)));
+      }
+  }
+  template <class W>
+  void norm_linear(Act x, Act& res, const Weight& norm, bool first, const W& w, const Weight& bias, Act out) {
+    add_rms_norm(x, res, norm, first);
+    linear(x, w, bias, out);
+  }
+};
+
+/// Logits of every position of one 48-token prefill through the perturbed context.
+template <class W>
+std::vector<float> perturbed_logits(const W& w, float eps) {
+  const auto& cfg = w.config;
+  const int bs = 16, n = 48, nb = n / bs;
+  std::vector<int32_t> ids(n);
+  std::mt19937 rng(8);
+  for (auto& t : ids) t = 2 + static_cast<int32_t>(rng() % (cfg.vocab_size - 2));
+  PerturbedForward f(cfg, {});
+  f.round_activations(true);
+  f.eps = eps;
+  std::vector<std::vector<bf16>> pools(cfg.num_hidden_layers,
+                                       std::vector<bf16>(size_t(nb + 1) * 2 * cfg.num_key_value_heads * bs * cfg.head_dim));
+  std::vector<bf16*> ptrs;
+  for (auto& p : pools) ptrs.push_back(p.data());
+  std::vector<int32_t> blocks(nb);
+  std::iota(blocks.begin(), blocks.end(), 1);
+  auto plan = test::make_plan({test::SeqWork{blocks, 0, ids}}, bs);
+  plan.logits_rows.resize(n);
+  std::iota(plan.logits_rows.begin(), plan.logits_rows.end(), 0);
+  std::vector<float> logits(size_t(n) * cfg.vocab_size);
+  f.begin(plan, ptrs, bs, logits.data());
+  Qwen3::forward(f, w);
+  return logits;
+}
+
+double rms_rel_err(const std::vector<float>& a, const std::vector<float>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    den += double(b[i]) * b[i];
+  }
+  return std::sqrt(num / den);
+}
+
+// Issue 18 asks the GPU's fp8 logits to be within 2e-2 of the CPU reference of the same scheme.
+// The GPU cannot reproduce cuBLASLt's (or its attention's) summation order on the CPU, so the two
+// differ by fp32 roundings, a bf16 ulp now and then after rounding — and an e4m3 code is a step
+// of 2⁻³ relative, so a bf16-level difference that straddles a rounding point moves a code by a
+// whole step, whose effect straddles more points downstream. This measures that floor on the
+// CPU alone, on the shape and weights of the GPU test (tests/gpu/test_fp8.cu, 3 layers): the same
+// perturbation moves bf16 logits by ~1e-3 and fp8 logits by several times more.
+TEST(Fp8Scheme, AmplifiesSummationOrderDifferencesFarBeyondBf16) {
+  model::ModelConfig cfg;
+  cfg.architecture = model::Architecture::Qwen3;
+  cfg.vocab_size = 1024;
+  cfg.hidden_size = 256;
+  cfg.intermediate_size = 512;
+  cfg.num_hidden_layers = 3;
+  cfg.num_attention_heads = 4;
+  cfg.num_key_value_heads = 2;
+  cfg.head_dim = 64;
+  cfg.rms_norm_eps = 1e-6;
+  cfg.rope_theta = 1e6;
+  cfg.max_position_embeddings = 4096;
+  cfg.qk_norm = true;
+  cfg.eos_token_ids = {1};
+  auto hw = std::make_shared<const model::Weights<bf16>>(model::dummy_weights<bf16>(cfg, 21));
+  auto fp8 = model::quantize_weights<bf16>(hw);
+  const float eps = std::ldexp(1.0f, -20);
+  const double e16 = rms_rel_err(perturbed_logits(*hw, eps), perturbed_logits(*hw, 0.0f));
+  const double e8 = rms_rel_err(perturbed_logits(fp8, eps), perturbed_logits(fp8, 0.0f));
+  std::printf("[fp8 scheme] logits moved by a 2^-20 perturbation of every linear output: bf16 %.3g, fp8 %.3g\n", e16,
+              e8);
+  EXPECT_LT(e16, 1e-2);
+  EXPECT_GT(e8, 4 * e16);
+}
+
 // ---- every error of the format ----
 
 TEST(Fp8Load, ErrorsNameTheFileAndTheTensor) {
@@ -550,6 +648,94 @@ TEST(Fp8Fixture, TorchWrittenCheckpointIsOurQuantizationAndItsSchemeAgreesWithBf
   // Measured 352/384 = 0.917 (issue 18 asks 0.95 of the GPU: this random checkpoint's bf16
   // greedy paths have top-2 logit margins down to 1e-3, below fp8's rounding of the logits).
   EXPECT_GE(double(agree) / steps, 0.90);
+}
+
+/// CpuForward<float, float> whose fp8 linears quantize activations in groups of `group` columns
+/// (0: the weight's own scheme), to compare activation granularities on the same weights.
+struct GroupActForward : engine::cpu::CpuForward<float, float> {
+  using Base = engine::cpu::CpuForward<float, float>;
+  using Base::Base;
+  using Base::linear;
+  int group = 0;
+  std::vector<float> xs, ws;
+  void linear(const Act& x, const Fp8Weight& w, const Weight& bias, Act out) {
+    const int n = num_tokens(), K = static_cast<int>(x.shape[1]), N = static_cast<int>(w.rows());
+    xs.resize(size_t(n) * K);
+    ws.resize(size_t(N) * K);
+    ops::cpu::fp8_fake_quantize_rows(x.data, x.stride[0], n, K, group > 0 ? group : w.act_group(), xs.data());
+    ops::cpu::fp8_dequantize(w, ws.data());
+    ops::cpu::linear(xs.data(), n, K, ws.data(), N, bias.numel() > 0 ? bias.data : nullptr, out.data, K, out.stride[0]);
+  }
+  template <class W>
+  void norm_linear(Act x, Act& res, const Weight& norm, bool first, const W& w, const Weight& bias, Act out) {
+    add_rms_norm(x, res, norm, first);
+    linear(x, w, bias, out);
+  }
+};
+
+// Is per-token activation scaling (--quantization fp8, vLLM's) too coarse? The same per-channel
+// weights with per-token and with 1x128 activation scales, teacher-forced along transformers'
+// bf16 greedy paths of the fixture (as the test above), next to the published 128x128 scheme.
+TEST(Fp8Fixture, PerTokenAnd1x128ActivationScalesOnPerChannelWeights) {
+  const std::string dir = fp8_fixture("qwen3_bf16");
+  if (!std::filesystem::exists(dir + "/reference.json")) GTEST_SKIP() << "no tests/fp8/fixtures (make_fp8_fixtures.py)";
+  auto src = model::load_model<float>(dir);
+  const json ref16 = json::parse(std::ifstream(dir + "/reference.json"));
+  auto q = model::quantize_weights<float>(std::make_shared<const model::Weights<float>>(std::move(src.weights)));
+  const auto& full = *std::static_pointer_cast<const model::Weights<float>>(q.keep);
+  auto run = [&](const auto& w, int group, int& agree, double& err) {
+    agree = 0;
+    double num = 0, den = 0;
+    for (const auto& pr : ref16["prompts"]) {
+      auto ids = pr["prompt_ids"].get<std::vector<int32_t>>();
+      const auto greedy = pr["greedy_ids"].get<std::vector<int32_t>>();
+      const size_t p = ids.size();
+      ids.insert(ids.end(), greedy.begin(), greedy.end() - 1);
+      const auto& cfg = w.config;
+      const int bs = 16, nb = (static_cast<int>(ids.size()) + bs - 1) / bs, V = cfg.vocab_size;
+      auto logits_of = [&](auto& f, const auto& weights) {
+        std::vector<std::vector<float>> pools(
+            cfg.num_hidden_layers, std::vector<float>(size_t(nb + 1) * 2 * cfg.num_key_value_heads * bs * cfg.head_dim));
+        std::vector<float*> ptrs;
+        for (auto& pl : pools) ptrs.push_back(pl.data());
+        std::vector<int32_t> blocks(nb);
+        std::iota(blocks.begin(), blocks.end(), 1);
+        auto plan = test::make_plan({test::SeqWork{blocks, 0, ids}}, bs);
+        plan.logits_rows.resize(ids.size());
+        std::iota(plan.logits_rows.begin(), plan.logits_rows.end(), 0);
+        std::vector<float> logits(ids.size() * V);
+        f.begin(plan, ptrs, bs, logits.data());
+        Qwen3::forward(f, weights);
+        return logits;
+      };
+      GroupActForward f(cfg, {});
+      f.group = group;
+      engine::cpu::CpuForward<float, float> f32(cfg, {});
+      const auto got = logits_of(f, w), want = logits_of(f32, full);
+      for (size_t k = 0; k < greedy.size(); ++k) {
+        const float* row = got.data() + (p - 1 + k) * V;
+        agree += std::max_element(row, row + V) - row == greedy[k];
+        for (int v = 0; v < V; ++v) {
+          const double d = row[v] - want[(p - 1 + k) * V + v];
+          num += d * d;
+          den += double(want[(p - 1 + k) * V + v]) * want[(p - 1 + k) * V + v];
+        }
+      }
+    }
+    err = std::sqrt(num / den);
+  };
+  int a_tok = 0, a_128 = 0, a_blk = 0;
+  double e_tok = 0, e_128 = 0, e_blk = 0;
+  run(q, 0, a_tok, e_tok);
+  run(q, 128, a_128, e_128);
+  auto blk = model::load_fp8_weights<float>(fp8_fixture("qwen3_fp8"), model::load_model_config(fp8_fixture("qwen3_fp8")));
+  run(blk, 0, a_blk, e_blk);
+  std::printf("[fp8 activation scales vs fp32, teacher-forced 384 steps] per-channel W + per-token x: %d (logits rel "
+              "err %.4f); per-channel W + 1x128 x: %d (%.4f); 128x128 W + 1x128 x: %d (%.4f)\n",
+              a_tok, e_tok, a_128, e_128, a_blk, e_blk);
+  EXPECT_GE(a_tok, 0.85 * 384);
+  EXPECT_GE(a_128, 0.85 * 384);
+  EXPECT_LE(e_128, e_tok * 1.5);  // finer scales are not worse
 }
 
 TEST(Fp8Fixture, CpuReferenceMatchesTransformersFineGrainedFp8) {

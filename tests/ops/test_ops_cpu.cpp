@@ -297,3 +297,72 @@ TEST(PagedAttentionVariant, SlidingWindowMasksOldKeys) {
 }
 
 }  // namespace
+
+// RoundTo<bf16>: the rounding points of a bf16 forward (transformers', the GPU kernels'), each
+// op against the same arithmetic written out step by step, bit for bit; and Exact (the default)
+// leaves the float ops as they were.
+namespace rounding {
+float r16(float x) { return to_float(from_float<bf16>(x)); }
+
+TEST(RoundingPoints, AddRmsNormRoundsResidualNormAndProduct) {
+  const int n = 3, d = 40;
+  auto x0 = randn(n * d, 31), r0 = randn(n * d, 32);
+  std::vector<bf16> w(d);
+  auto wf = randn(d, 33);
+  for (int i = 0; i < d; ++i) w[i] = bf16(wf[i]);
+  auto x = x0, r = r0, xe = x0, re = r0;
+  add_rms_norm(x.data(), r.data(), w.data(), n, d, 1e-6f, false, RoundTo<bf16>{});
+  add_rms_norm(xe.data(), re.data(), w.data(), n, d, 1e-6f, false);
+  int differ = 0;
+  for (int t = 0; t < n; ++t) {
+    std::vector<float> res(d);
+    for (int i = 0; i < d; ++i) res[i] = r16(r0[t * d + i] + x0[t * d + i]);
+    float acc[8] = {};
+    for (int i = 0; i < d; ++i) acc[i & 7] += res[i] * res[i];  // rms_norm_row's lanes (d % 8 == 0)
+    float ss = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    float inv = 1.0f / std::sqrt(ss / d + 1e-6f);
+    for (int i = 0; i < d; ++i) {
+      ASSERT_EQ(r[t * d + i], res[i]);
+      ASSERT_EQ(x[t * d + i], r16(to_float(w[i]) * r16(res[i] * inv)));
+      differ += x[t * d + i] != xe[t * d + i];
+    }
+  }
+  EXPECT_GT(differ, 0);  // the rounding is not a no-op
+}
+
+TEST(RoundingPoints, SiluAndMulRoundsSiluThenProduct) {
+  const int n = 2, inter = 24;
+  auto gu = randn(n * 2 * inter, 34);
+  std::vector<float> out(n * inter), ex(n * inter);
+  silu_and_mul(gu.data(), n, inter, out.data(), RoundTo<bf16>{});
+  silu_and_mul(gu.data(), n, inter, ex.data());
+  int differ = 0;
+  for (int t = 0; t < n; ++t)
+    for (int i = 0; i < inter; ++i) {
+      const float g = gu[t * 2 * inter + i], u = gu[t * 2 * inter + inter + i];
+      ASSERT_EQ(out[t * inter + i], r16(r16(silu(g)) * u));
+      ASSERT_EQ(ex[t * inter + i], silu(g) * u);
+      differ += out[t * inter + i] != ex[t * inter + i];
+    }
+  EXPECT_GT(differ, 0);
+}
+
+TEST(RoundingPoints, RopeRoundsCosSinEachProductAndSum) {
+  const int n = 2, heads = 2, hd = 16, half = hd / 2;
+  auto x0 = randn(n * heads * hd, 35);
+  std::vector<int32_t> pos = {3, 1000};
+  auto tab = rope_inv_freq(hd, 10000.0, ops::RopeScaling{});
+  auto x = x0;
+  rope_neox(x.data(), heads * hd, n, heads, hd, pos.data(), tab, RoundTo<bf16>{});
+  for (int t = 0; t < n; ++t)
+    for (int h = 0; h < heads; ++h)
+      for (int i = 0; i < half; ++i) {
+        const float a = tab.inv_freq[i] * static_cast<float>(pos[t]);
+        const float c = r16(std::cos(a)), s = r16(std::sin(a));
+        const float* p = x0.data() + (t * heads + h) * hd;
+        const float* q = x.data() + (t * heads + h) * hd;
+        ASSERT_EQ(q[i], r16(r16(p[i] * c) - r16(p[half + i] * s)));
+        ASSERT_EQ(q[half + i], r16(r16(p[half + i] * c) + r16(p[i] * s)));
+      }
+}
+}  // namespace rounding

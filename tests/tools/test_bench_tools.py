@@ -79,6 +79,36 @@ def test_fused_norm_gemv_kernels_are_named_by_their_place_in_the_layer(tmp_path)
     assert "rms_norm" in rows and rows["rms_norm"][0] == 1  # only the final norm is separate
 
 
+def test_fp8_quantization_kernels_are_their_own_op_and_leave_the_projection_names(tmp_path):
+    # fp8 weights above batch 1: a quantization kernel between a norm (or attention, SwiGLU) and
+    # its GEMM; the GEMM keeps the name of the op before the quantization; --weight-bytes 1
+    # counts fp8 weight bytes (half of bf16's) in the achieved bandwidth.
+    p = str(tmp_path / "t.csv")
+    write_trace(p, steps=10)
+    with open(p, newline="") as f:
+        rows = list(csv.DictReader(f))
+    out_rows, t = [], 0
+    for r in rows:
+        if r["Name"].startswith("gemv_kernel") and out_rows and not out_rows[-1]["Name"].startswith("embedding"):
+            out_rows.append({"Start (ns)": t, "Duration (ns)": 1000, "GrdX": 8, "Name": "fp8_quant_kernel<bf16>"})
+            t += 1000
+        d = int(r["Duration (ns)"])
+        out_rows.append({**r, "Start (ns)": t})
+        t += d
+    with open(p, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["Start (ns)", "Duration (ns)", "GrdX", "Name"])
+        w.writeheader()
+        w.writerows(out_rows)
+    out2 = profile(p, "--weight-bytes", "1")
+    rows2 = table(out2)
+    assert rows2["qkv_proj"] == (2, 40.0) and rows2["gate_up_proj"] == (2, 132.0)
+    assert rows2["o_proj"] == (2, 24.0) and rows2["down_proj"] == (2, 74.0) and rows2["lm_head"] == (1, 390.0)
+    assert rows2["fp8_quant"] == (8, 8.0)
+    # qkv_proj: (4096 + 2·1024)·4096 weights of 1 byte, 2 layers, 40 µs → 1.26 TB/s
+    line = next(l for l in out2.splitlines() if l.startswith("qkv_proj"))
+    assert "1.26 TB/s" in line
+
+
 def test_overlapping_kernels_are_charged_only_the_time_they_moved_the_end(tmp_path):
     # Every kernel starts 500 ns before its predecessor ends and runs 500 ns longer (it waited):
     # the step's wall time is the serial one, and the charges still add up to it.

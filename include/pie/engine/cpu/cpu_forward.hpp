@@ -4,6 +4,13 @@
 /// over (model_concept.hpp), implemented with ops/cpu (Eigen-free fixed-order loops, float
 /// activations, weights and KV cache in the policy's storage types).
 ///
+/// With round_activations(true) the float activations are rounded to T wherever a 16-bit forward
+/// (transformers, the GPU backend) stores a tensor: the residual, every op's output, and inside
+/// RMSNorm, RoPE and SwiGLU at transformers' rounding points. That is the reference of the GPU's
+/// forward up to summation order, which the fp8 weights need: a float activation quantized to
+/// e4m3 differs from the GPU's bf16-rounded one by a whole e4m3 step wherever the two straddle a
+/// rounding point.
+///
 /// Tensor parallelism enters through three hooks and nothing else: embed() (vocab-parallel rows,
 /// zero rows for other ranks' ids, then an all-reduce), all_reduce() (after a row-parallel
 /// projection) and logits() (this rank's vocab slice, all-gathered). With no communicator the
@@ -27,6 +34,7 @@
 #include "pie/model/tp_plan.hpp"
 #include "pie/ops/cpu/fp8_linear.hpp"
 #include "pie/ops/cpu/ops.hpp"
+#include "pie/ops/cpu/round.hpp"
 #include "pie/sched/step_plan.hpp"
 
 namespace pie::engine::cpu {
@@ -70,6 +78,9 @@ class CpuForward {
 
   const model::ModelConfig& config() const { return cfg_; }
   int num_tokens() const { return plan_->num_tokens(); }
+  /// Rounds activations to T at a 16-bit forward's storage points (see the file comment); off by
+  /// default, and a no-op for T = float.
+  void round_activations(bool on) { round_ = on && !std::is_same_v<T, float>; }
 
   /// A fresh [tokens, cols] activation (valid for the step).
   Act act(int64_t cols) {
@@ -109,29 +120,36 @@ class CpuForward {
 
   /// res += x (res = x when `first`); x = rmsnorm(res)·w.
   void add_rms_norm(Act x, Act& res, const Weight& w, bool first) {
-    ops::cpu::add_rms_norm(x.data, res.data, w.data, num_tokens(), static_cast<int>(x.shape[1]), eps(), first);
+    rounded([&](auto r) {
+      ops::cpu::add_rms_norm(x.data, res.data, w.data, num_tokens(), static_cast<int>(x.shape[1]), eps(), first, r);
+    });
   }
   /// x = rmsnorm(x)·w over each row of x's columns.
   void rms_norm(Act x, const Weight& w) {
-    ops::cpu::rms_norm(x.data, w.data, num_tokens(), static_cast<int>(x.shape[1]), eps(), x.stride[0]);
+    rounded([&](auto r) {
+      ops::cpu::rms_norm(x.data, w.data, num_tokens(), static_cast<int>(x.shape[1]), eps(), x.stride[0], r);
+    });
   }
   /// res += x, elementwise.
   void add(Act res, const Act& x) {
     const int64_t n = num_tokens(), c = x.shape[1];
     for (int64_t t = 0; t < n; ++t)
       for (int64_t i = 0; i < c; ++i) res.row(t)[i] += x.row(t)[i];
+    round_rows(res);
   }
   /// out = x·Wᵀ (+ bias; an empty bias is none).
   void linear(const Act& x, const Weight& w, const Weight& bias, Act out) {
     ops::cpu::linear(x.data, num_tokens(), static_cast<int>(x.shape[1]), w.data, static_cast<int>(out.shape[1]),
                      bias.numel() > 0 ? bias.data : nullptr, out.data, x.stride[0], out.stride[0]);
+    round_rows(out);
   }
   /// out = x·Wᵀ (+ bias) with an fp8 weight: the reference of the GPU's fp8 linear (x quantized
   /// per token and group as the GPU quantizes it, W dequantized, fp32 GEMM; ops/cpu/fp8_linear.hpp).
   /// With 16-bit storage T, x is first rounded to T, as the GPU quantizes the bf16 activation it
-  /// stored. (The GPU's activations still differ from these float ones by bf16 roundings of
-  /// every earlier op, and each e4m3 rounding a difference crosses costs 2⁻⁴ relative: engine
-  /// logits differ from the GPU's by 0.054–0.073 on 3-layer models, against 2e-3 per kernel.)
+  /// stored. Without round_activations, the GPU's activations still differ from these float ones
+  /// by the bf16 roundings of every earlier op, and each e4m3 rounding point a difference crosses
+  /// costs a whole e4m3 step (2⁻⁴ relative): engine logits then differ from the GPU's by
+  /// 0.054–0.073 on 3-layer models, against 2e-3 per kernel.
   void linear(const Act& x, const Fp8Weight& w, const Weight& bias, Act out) {
     const int n = num_tokens(), K = static_cast<int>(x.shape[1]);
     const float* in = x.data;
@@ -144,6 +162,7 @@ class CpuForward {
       ld = K;
     }
     ops::cpu::fp8_linear(in, n, K, w, bias.numel() > 0 ? bias.data : nullptr, out.data, ld, out.stride[0], fp8_x_, fp8_w_);
+    round_rows(out);
   }
   /// add_rms_norm(x, res, norm, first), then out = x·Wᵀ (+ bias). One op so that a backend may
   /// fuse the norm into the projection's prologue (the GPU does at batch 1). W is a T matrix or an
@@ -159,10 +178,12 @@ class CpuForward {
     const int n = num_tokens(), nq = cfg_.num_attention_heads, nkv = cfg_.num_key_value_heads, hd = cfg_.head_dim;
     float* q = qkv.data;
     float* k = q + cfg_.q_size();
-    if (q_norm.data && q_norm.numel() > 0) ops::cpu::head_rms_norm(q, qkv.stride[0], n, nq, hd, q_norm.data, eps());
-    if (k_norm.data && k_norm.numel() > 0) ops::cpu::head_rms_norm(k, qkv.stride[0], n, nkv, hd, k_norm.data, eps());
-    ops::cpu::rope_neox(q, qkv.stride[0], n, nq, hd, plan_->positions.data(), rope_);
-    ops::cpu::rope_neox(k, qkv.stride[0], n, nkv, hd, plan_->positions.data(), rope_);
+    rounded([&](auto r) {
+      if (q_norm.data && q_norm.numel() > 0) ops::cpu::head_rms_norm(q, qkv.stride[0], n, nq, hd, q_norm.data, eps(), r);
+      if (k_norm.data && k_norm.numel() > 0) ops::cpu::head_rms_norm(k, qkv.stride[0], n, nkv, hd, k_norm.data, eps(), r);
+      ops::cpu::rope_neox(q, qkv.stride[0], n, nq, hd, plan_->positions.data(), rope_, r);
+      ops::cpu::rope_neox(k, qkv.stride[0], n, nkv, hd, plan_->positions.data(), rope_, r);
+    });
   }
   /// NeoX RoPE on the q and k parts of the fused qkv (models that normalise elsewhere).
   void rope(Act qkv) { qk_norm_rope(qkv, Weight{}, Weight{}); }
@@ -187,16 +208,19 @@ class CpuForward {
     // unsharded because a rank's heads never straddle a GQA group.
     ops::cpu::paged_attention(q, qkv.stride[0], out.data, out.stride[0], kv, p.cu_query_lens.data(), nq,
                               1.0f / std::sqrt(static_cast<float>(hd)), variant_);
+    round_rows(out);
   }
   /// out = silu(gate)·up with gate_up = [gate | up].
   void silu_and_mul(const Act& gate_up, Act out) {
     const int64_t n = num_tokens(), I = out.shape[1];
-    if (out.stride[0] == I && gate_up.stride[0] == 2 * I) {
-      ops::cpu::silu_and_mul(gate_up.data, static_cast<int>(n), static_cast<int>(I), out.data);
-      return;
-    }
-    for (int64_t t = 0; t < n; ++t)
-      ops::cpu::silu_and_mul(gate_up.row(t), 1, static_cast<int>(I), out.row(t));
+    rounded([&](auto r) {
+      if (out.stride[0] == I && gate_up.stride[0] == 2 * I) {
+        ops::cpu::silu_and_mul(gate_up.data, static_cast<int>(n), static_cast<int>(I), out.data, r);
+        return;
+      }
+      for (int64_t t = 0; t < n; ++t)
+        ops::cpu::silu_and_mul(gate_up.row(t), 1, static_cast<int>(I), out.row(t), r);
+    });
   }
   /// The sparse MoE block (Qwen3-MoE): router logits x·routerᵀ → softmax (fp32) → top_k experts
   /// (renormalised to sum 1 when `norm_topk_prob`) → out = Σ weight·down_e(silu(gate_e·x)·up_e·x)
@@ -209,6 +233,7 @@ class CpuForward {
     const int64_t E = d.E, H = d.H, I = d.I;
     ops::cpu::moe(x.data, x.stride[0], num_tokens(), static_cast<int>(H), router.data, gate_up.data, down.data,
                   static_cast<int>(E), static_cast<int>(I), top_k, norm_topk_prob, out.data, out.stride[0]);
+    round_rows(out);  // only the output: the experts' own intermediates stay float
   }
   /// Completes a row-parallel projection (sum of the ranks' partial outputs).
   void all_reduce(Act x) {
@@ -246,6 +271,23 @@ class CpuForward {
 
  private:
   float eps() const { return static_cast<float>(cfg_.rms_norm_eps); }
+  /// f(RoundTo<T>) with round_activations on, else f(Exact).
+  template <class F>
+  void rounded(F&& f) {
+    if constexpr (!std::is_same_v<T, float>) {
+      if (round_) return f(ops::cpu::RoundTo<T>{});
+    }
+    f(ops::cpu::Exact{});
+  }
+  /// Rounds a's rows to T (round_activations on).
+  void round_rows(Act a) const {
+    if constexpr (!std::is_same_v<T, float>) {
+      if (!round_) return;
+      const ops::cpu::RoundTo<T> r;
+      for (int64_t t = 0; t < num_tokens(); ++t)
+        for (int64_t i = 0; i < a.shape[1]; ++i) a.row(t)[i] = r(a.row(t)[i]);
+    }
+  }
 
   model::ModelConfig cfg_;
   Variant variant_;
@@ -260,6 +302,7 @@ class CpuForward {
   size_t next_slot_ = 0;
   std::vector<float> sel_, part_, gathered_;
   std::vector<float> fp8_in_, fp8_x_, fp8_w_;  // fp8 linear scratch
+  bool round_ = false;  // round_activations
 };
 
 }  // namespace pie::engine::cpu

@@ -8,6 +8,8 @@
 ///
 /// What the context decides for the model, so that every model gets it:
 /// - batch 1: the residual add + RMSNorm runs inside the GEMV that reads it (norm_linear);
+/// - fp8 weights above batch 1: the activation quantization of the fp8 GEMM runs inside the
+///   RMSNorm (norm_linear) and SwiGLU (silu_and_mul) kernels that produce its input;
 /// - decode rows through the split-K decode kernel, prefill chunks through the tensor-core
 ///   prefill kernel; with batch invariance, decode rows as one-row prefills;
 /// - per-op event timing when the profiler is on;
@@ -203,15 +205,32 @@ class CudaForward {
   /// activation quantization and cuBLASLt's FP8 GEMM (ops/cuda/fp8_gemm.cuh).
   void linear(const Act& x, const Fp8Weight& w, const Weight& bias, Act out) {
     PIE_CHECK(p_.fp8_gemm != nullptr, "CudaForward: an fp8 weight, but the runner made no fp8 GEMM");
-    op(gemm_name(w.rows(), w.cols()),
-       [&] { (*p_.fp8_gemm)(out, x, w, bias.numel() > 0 ? bias.data : nullptr, s_); });
+    fp8_per_token_ = w.per_channel() ? 1 : 0;
+    // x quantized by the kernel that produced it (and nothing ran since: op() forgets it).
+    const bool pre = fp8_in_.src == x.data && fp8_in_.rows == x.shape[0] && fp8_in_.cols == x.shape[1] &&
+                     fp8_in_.per_token == w.per_channel();
+    const T* b = bias.numel() > 0 ? bias.data : nullptr;
+    op(gemm_name(w.rows(), w.cols()), [&] {
+      if (pre) p_.fp8_gemm->prequantized(out, w, b, s_);
+      else (*p_.fp8_gemm)(out, x, w, b, s_);
+    });
   }
   /// add_rms_norm, then the fp8 linear. Not fused at batch 1: a version with the residual add +
   /// RMSNorm in the fp8 GEMV's prologue (and the first weight chunks loaded before
   /// griddepcontrol.wait) measured 4.69 ms per decode step against 3.94 ms for the separate
   /// kernels (H200, Qwen3-8B shape, 2026-12-04; docs/kernels.md).
+  /// Above batch 1 the norm kernel also writes x's fp8 codes and scales for the GEMM
+  /// (fp8_producers.cuh; bit-identical to the separate quantization).
   void norm_linear(Act x, Act& res, const Weight& norm, bool first, const Fp8Weight& w, const Weight& bias, Act out) {
-    add_rms_norm(x, res, norm, first);
+    const int64_t M = x.shape[0], K = x.shape[1];
+    if (!fp8_producer(M, K) || res.shape[1] != K) {
+      add_rms_norm(x, res, norm, first);
+    } else {
+      op("rms_norm", [&] {
+        ops::cuda::add_rms_norm_fp8(x, res, norm, eps(), first, p_.fp8_gemm->act_buffer(w.per_channel()), s_);
+        fp8_in_ = {x.data, M, K, w.per_channel()};
+      });
+    }
     linear(x, w, bias, out);
   }
   /// add_rms_norm then linear; at batch 1 fused into the GEMV's prologue (bit-identical to the
@@ -282,8 +301,19 @@ class CudaForward {
       });
     }
   }
+  /// With fp8 weights above batch 1, also out's fp8 codes for the down projection, in the scheme
+  /// of the step's fp8 linears so far (a model's projections share one).
   void silu_and_mul(const Act& gate_up, Act out) {
-    op("silu_mul", [&] { ops::cuda::silu_and_mul(gate_up, out, s_); });
+    const int64_t M = out.shape[0], I = out.shape[1];
+    if (fp8_per_token_ < 0 || !fp8_producer(M, I)) {
+      op("silu_mul", [&] { ops::cuda::silu_and_mul(gate_up, out, s_); });
+      return;
+    }
+    const bool per_token = fp8_per_token_ == 1;
+    op("silu_mul", [&] {
+      ops::cuda::silu_and_mul_fp8(gate_up, out, p_.fp8_gemm->act_buffer(per_token), s_);
+      fp8_in_ = {out.data, M, I, per_token};
+    });
   }
   /// The sparse MoE block (Qwen3-MoE; the CPU context's moe() is the reference): router logits
   /// in fp32 through the linear layer's GEMM/GEMV, then ops/cuda/moe.cuh — fused routing and
@@ -361,9 +391,15 @@ class CudaForward {
     if (rows == c.qkv_size()) return "gemm_qkv";
     return "gemm";
   }
-  /// Times `f` with events while profiling (eager steps only); just runs it otherwise.
+  /// Whether an [M, K] activation headed for an fp8 GEMM is quantized by its producer.
+  bool fp8_producer(int64_t M, int64_t K) const {
+    return p_.fp8_gemm != nullptr && !p_.fp8_gemm->uses_gemv(M, K) && p_.fp8_gemm->fits(M, K);
+  }
+  /// Times `f` with events while profiling (eager steps only); just runs it otherwise. Every op
+  /// forgets the quantized activation (a producer sets it again inside f).
   template <class F>
   void op(const char* name, F&& f) {
+    fp8_in_.src = nullptr;
     if (p_.profiler && p_.profiler->enabled()) {
       p_.profiler->begin(name, s_);
       f();
@@ -385,6 +421,13 @@ class CudaForward {
   DeviceBuffer<float> logits_, part_, gathered_;
   DeviceBuffer<int32_t> ids_;
   std::unique_ptr<ops::cuda::MoeWorkspace<T>> moe_;  ///< the MoE block's scratch (first moe() call)
+  /// The activation a producer quantized into the fp8 GEMM's buffer (src null: none).
+  struct Fp8In {
+    const T* src = nullptr;
+    int64_t rows = 0, cols = 0;
+    bool per_token = false;
+  } fp8_in_;
+  int fp8_per_token_ = -1;  ///< the fp8 linears' scheme (-1 before the first)
 };
 
 }  // namespace pie::engine::cuda

@@ -14,6 +14,7 @@
 
 #include "pie/core/error.hpp"
 #include "pie/ops/cpu/parallel.hpp"
+#include "pie/ops/cpu/round.hpp"
 #include "pie/ops/rope_scaling.hpp"
 
 namespace pie::ops::cpu {
@@ -97,8 +98,11 @@ inline RopeTable rope_inv_freq(int rotary_dim, double theta, const RopeScaling& 
 /// \param x          row t's head h starts at x + t·row_stride + h·head_dim
 /// \param positions  [n] absolute positions
 /// \param table      from rope_inv_freq(head_dim, ...)
+/// \param round      rounding points (round.hpp): cos/sin, each product, each sum (transformers'
+///                   q·cos + rotate_half(q)·sin in a 16-bit dtype)
+template <class R = Exact>
 inline void rope_neox(float* x, int64_t row_stride, int n, int num_heads, int head_dim,
-                      const int32_t* positions, const RopeTable& table) {
+                      const int32_t* positions, const RopeTable& table, R round = {}) {
   const int half = head_dim / 2;
   PIE_CHECK(static_cast<int>(table.inv_freq.size()) == half, "rope: table has ",
             table.inv_freq.size(), " frequencies, head_dim/2 = ", half);
@@ -108,15 +112,15 @@ inline void rope_neox(float* x, int64_t row_stride, int n, int num_heads, int he
     const float pos = static_cast<float>(positions[t]);
     for (int i = 0; i < half; ++i) {
       const float a = table.inv_freq[i] * pos;  // float32 like transformers
-      cs[i] = std::cos(a) * table.attention_factor;
-      cs[half + i] = std::sin(a) * table.attention_factor;
+      cs[i] = round(std::cos(a) * table.attention_factor);
+      cs[half + i] = round(std::sin(a) * table.attention_factor);
     }
     for (int h = 0; h < num_heads; ++h) {
       float* p = x + t * row_stride + static_cast<int64_t>(h) * head_dim;
       for (int i = 0; i < half; ++i) {
         const float x1 = p[i], x2 = p[half + i];
-        p[i] = x1 * cs[i] - x2 * cs[half + i];
-        p[half + i] = x2 * cs[i] + x1 * cs[half + i];
+        p[i] = round(round(x1 * cs[i]) - round(x2 * cs[half + i]));
+        p[half + i] = round(round(x2 * cs[i]) + round(x1 * cs[half + i]));
       }
     }
   }, int64_t{40} * half + int64_t{6} * num_heads * half);

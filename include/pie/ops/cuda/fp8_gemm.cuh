@@ -10,6 +10,8 @@
 /// when M is not a multiple of 4 it writes a scratch output and copies the M rows out.
 /// Descriptors and the heuristic's algorithm are cached per shape; every buffer is allocated at
 /// construction for `max_rows` × the largest K and N, so the calls can be captured in CUDA graphs.
+/// A producer kernel may quantize x itself into act_buffer() (fp8_producers.cuh: RMSNorm and
+/// SwiGLU); prequantized() then runs the GEMM alone.
 #include <cublasLt.h>
 
 #include <algorithm>
@@ -20,6 +22,7 @@
 #include "pie/core/fp8_weight.hpp"
 #include "pie/ops/cuda/common.cuh"
 #include "pie/ops/cuda/fp8_gemv.cuh"
+#include "pie/ops/cuda/fp8_producers.cuh"
 #include "pie/ops/cuda/fp8_quant.cuh"
 #include "pie/ops/cuda/gemm.cuh"
 
@@ -61,6 +64,13 @@ class Fp8Gemm {
   void set_gemv(bool on) { gemv_ = on; }
   /// Device bytes of the scratch buffers.
   size_t bytes() const { return xq_.size() + xs_.size() * sizeof(float) + y_pad_.size() + ws_.size(); }
+  /// Whether an [M, K] activation takes the batch-1 GEMV (which quantizes x itself).
+  bool uses_gemv(int64_t M, int64_t K) const { return M == 1 && gemv_ && fp8_gemv_supported(K); }
+  /// Whether a producer can write an [M, K] activation into act_buffer().
+  bool fits(int64_t M, int64_t K) const { return fp8_padded_rows(M) <= max_rows_ && K <= max_k_; }
+  /// Where a producer writes the quantized activation of the next prequantized() call: codes
+  /// and scales in fp8_quantize's layouts (per token for per-channel weights, else per group).
+  Fp8Act act_buffer(bool per_token) { return {xq_.data(), xs_.data(), per_token}; }
 
   template <class T>
   void operator()(TensorView<T> y, TensorView<T> x, const Fp8Weight& w, const T* bias, cudaStream_t stream) {
@@ -79,8 +89,31 @@ class Fp8Gemm {
     PIE_CHECK(Mp <= max_rows_ && K <= max_k_ && N <= max_n_, "Fp8Gemm: [", M, ", ", K, "] × [", N,
               "] exceeds the buffers sized for ", max_rows_, " rows, K ≤ ", max_k_, ", N ≤ ", max_n_);
     PIE_CHECK(K % 16 == 0 && N % 16 == 0, "Fp8Gemm: K (", K, ") and N (", N, ") must be multiples of 16 (fp8 tensor cores)");
+    fp8_quantize(x, w.per_channel(), xq_.data(), xs_.data(), stream);
+    matmul(y, w, bias, stream);
+  }
+
+  /// y [M, N] = a·dq(W)ᵀ (+ bias), a being the [M, w.cols()] activation a producer quantized into
+  /// act_buffer(w.per_channel()) (M > 1, or the GEMV off).
+  template <class T>
+  void prequantized(TensorView<T> y, const Fp8Weight& w, const T* bias, cudaStream_t stream) {
+    static_assert(std::is_same_v<T, pie::f16> || std::is_same_v<T, pie::bf16>, "Fp8Gemm: f16 or bf16 activations");
+    PIE_CHECK(y.rank == 2 && y.shape[1] == w.rows() && y.stride[1] == 1, "Fp8Gemm: y must be [M, ", w.rows(), "]");
+    PIE_CHECK(!uses_gemv(y.shape[0], w.cols()), "Fp8Gemm: prequantized() at batch 1 (the GEMV quantizes x itself)");
+    if (y.shape[0] == 0) return;
+    matmul(y, w, bias, stream);
+  }
+
+ private:
+  /// The GEMM on the activation in xq_/xs_ (M = y's rows).
+  template <class T>
+  void matmul(TensorView<T> y, const Fp8Weight& w, const T* bias, cudaStream_t stream) {
+    const int64_t M = y.shape[0], N = w.rows(), K = w.cols();
+    const int64_t Mp = fp8_padded_rows(M);
+    PIE_CHECK(Mp <= max_rows_ && K <= max_k_ && N <= max_n_, "Fp8Gemm: [", M, ", ", K, "] × [", N,
+              "] exceeds the buffers sized for ", max_rows_, " rows, K ≤ ", max_k_, ", N ≤ ", max_n_);
+    PIE_CHECK(K % 16 == 0 && N % 16 == 0, "Fp8Gemm: K (", K, ") and N (", N, ") must be multiples of 16 (fp8 tensor cores)");
     const bool block = !w.per_channel();
-    fp8_quantize(x, !block, xq_.data(), xs_.data(), stream);
     const bool direct = Mp == M && y.stride[0] % 8 == 0;
     T* out = direct ? y.data : reinterpret_cast<T*>(y_pad_.data());
     const int64_t ldo = direct ? y.stride[0] : N;
@@ -104,7 +137,6 @@ class Fp8Gemm {
     }
   }
 
- private:
   struct Key {
     int64_t m, n, k, ldy;
     cudaDataType_t dt;

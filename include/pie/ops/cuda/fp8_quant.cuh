@@ -24,17 +24,16 @@ inline constexpr int kFp8MaxGroups = 256;
 
 namespace detail {
 
-/// One CTA of 128 threads per row (padded rows included); each warp owns 128-column groups, a
-/// lane 4 consecutive columns of a group.
+/// Quantizes row m of width K from `row` by the whole CTA (any multiple of 32 threads; a warp
+/// per 128-column group, a lane 4 consecutive columns: one 8-byte load and one 4-byte store when
+/// the row allows it); rows m ≥ M are padding (zero codes, scale 1). A CTA that wrote `row`
+/// itself must __syncthreads first. gmax: shared, ≥ ceil(K / 128) floats.
 template <class T>
-__global__ void __launch_bounds__(128) fp8_quant_kernel(const T* __restrict__ x, int64_t ldx, int M, int Mp, int K,
-                                                        int per_token, __nv_fp8_e4m3* __restrict__ q,
-                                                        float* __restrict__ s) {
-  __shared__ float gmax[kFp8MaxGroups];
-  const int m = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+__device__ __forceinline__ void fp8_quant_row(const T* row, int m, int M, int Mp, int K, bool per_token,
+                                              __nv_fp8_e4m3* __restrict__ q, float* __restrict__ s, float* gmax) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   const int groups = (K + kFp8Block - 1) / kFp8Block;
-  pdl_wait();
-  if (m >= M) {  // padding row: zero codes, scale 1
+  if (m >= M) {
     for (int k = threadIdx.x; k < K; k += blockDim.x) q[int64_t(m) * K + k].__x = 0;
     if (per_token) {
       if (threadIdx.x == 0) s[m] = 1.0f;
@@ -43,13 +42,24 @@ __global__ void __launch_bounds__(128) fp8_quant_kernel(const T* __restrict__ x,
     }
     return;
   }
-  const T* row = x + int64_t(m) * ldx;
-  for (int g = warp; g < groups; g += 4) {
-    float a = 0.0f;
-    for (int j = 0; j < 4; ++j) {
-      const int k = g * kFp8Block + lane * 4 + j;
-      if (k < K) a = fmaxf(a, fabsf(to_f32(row[k])));
+  __nv_fp8_e4m3* qr = q + int64_t(m) * K;
+  // 4 columns per lane as one 8-byte load / 4-byte store: K % 4 == 0 and aligned row starts.
+  const bool vec = K % 4 == 0 && (reinterpret_cast<uintptr_t>(row) & 7) == 0 && (reinterpret_cast<uintptr_t>(qr) & 3) == 0;
+  auto load4 = [&](int k, float (&v)[4]) {
+    if (vec && k + 3 < K) {
+      const uint2 u = *reinterpret_cast<const uint2*>(row + k);
+      const T* h = reinterpret_cast<const T*>(&u);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) v[j] = to_f32(h[j]);
+    } else {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) v[j] = k + j < K ? to_f32(row[k + j]) : 0.0f;
     }
+  };
+  for (int g = warp; g < groups; g += warps) {
+    float v[4];
+    load4(g * kFp8Block + lane * 4, v);
+    float a = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
     a = warp_max(a);
     if (lane == 0) gmax[g] = a;
   }
@@ -57,15 +67,34 @@ __global__ void __launch_bounds__(128) fp8_quant_kernel(const T* __restrict__ x,
   float tok = 0.0f;
   if (per_token)
     for (int g = 0; g < groups; ++g) tok = fmaxf(tok, gmax[g]);
-  for (int g = warp; g < groups; g += 4) {
+  for (int g = warp; g < groups; g += warps) {
     const float sc = fp8_group_scale(per_token ? tok : gmax[g]);
-    for (int j = 0; j < 4; ++j) {
-      const int k = g * kFp8Block + lane * 4 + j;
-      if (k < K) q[int64_t(m) * K + k] = from_f32<__nv_fp8_e4m3>(__fdiv_rn(to_f32(row[k]), sc));
+    const int k = g * kFp8Block + lane * 4;
+    float v[4];
+    load4(k, v);
+    __nv_fp8_e4m3 c[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) c[j] = from_f32<__nv_fp8_e4m3>(__fdiv_rn(v[j], sc));
+    if (vec && k + 3 < K) {
+      *reinterpret_cast<uint32_t*>(qr + k) =
+          uint32_t(c[0].__x) | uint32_t(c[1].__x) << 8 | uint32_t(c[2].__x) << 16 | uint32_t(c[3].__x) << 24;
+    } else {
+      for (int j = 0; j < 4 && k + j < K; ++j) qr[k + j] = c[j];
     }
     if (lane == 0 && !per_token) s[int64_t(g) * Mp + m] = sc;
   }
   if (per_token && threadIdx.x == 0) s[m] = fp8_group_scale(tok);
+}
+
+/// One CTA of 128 threads per row (padded rows included).
+template <class T>
+__global__ void __launch_bounds__(128) fp8_quant_kernel(const T* __restrict__ x, int64_t ldx, int M, int Mp, int K,
+                                                        int per_token, __nv_fp8_e4m3* __restrict__ q,
+                                                        float* __restrict__ s) {
+  __shared__ float gmax[kFp8MaxGroups];
+  pdl_wait();
+  const int m = blockIdx.x;
+  fp8_quant_row(x + int64_t(m < M ? m : 0) * ldx, m, M, Mp, K, per_token != 0, q, s, gmax);
   pdl_launch_dependents();
 }
 

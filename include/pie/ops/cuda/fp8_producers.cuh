@@ -1,0 +1,122 @@
+#pragma once
+/// \file fp8_producers.cuh
+/// \brief The activation quantization of an fp8 GEMM fused into the kernel that produces the
+/// activation: residual add + RMSNorm (before qkv and gate_up) and SwiGLU (before down).
+/// Each kernel writes its bf16/f16 output as the unfused kernel does (the same arithmetic, so the
+/// same values), then quantizes the row it just wrote, from L1/L2, into the fp8 GEMM's codes
+/// and scales (fp8_quant.cuh's layouts and rule, bit-identical to fp8_quantize). One launch
+/// instead of two, and the activation is not read back from HBM by a second kernel.
+/// One CTA per row; the grid covers the GEMM's padded rows (fp8_padded_rows), which get zero
+/// codes and scale 1.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "pie/core/fp8_weight.hpp"
+#include "pie/ops/cuda/common.cuh"
+#include "pie/ops/cuda/fp8_quant.cuh"
+#include "pie/ops/cuda/norm.cuh"
+
+namespace pie::ops::cuda {
+
+/// \brief Where a producer writes the fp8 GEMM's input: codes [Mp, K] and scales (per token:
+/// [Mp]; per group: [ceil(K/128)][Mp]), as fp8_quantize writes them.
+struct Fp8Act {
+  fp8_e4m3* q = nullptr;
+  float* s = nullptr;
+  bool per_token = false;
+};
+
+namespace detail {
+
+/// add_rms_norm (norm.cuh's row body, in place) on rows < M, then the row's fp8 quantization.
+template <class T>
+__global__ void add_rms_norm_fp8_kernel(T* __restrict__ x, int64_t x_stride, T* __restrict__ residual,
+                                        int64_t r_stride, const T* __restrict__ w, int dim, float eps, bool first,
+                                        int M, int Mp, int per_token, __nv_fp8_e4m3* __restrict__ q,
+                                        float* __restrict__ s) {
+  __shared__ float red[32];
+  __shared__ float gmax[kFp8MaxGroups];
+  pdl_launch_dependents();
+  pdl_wait();
+  const int m = blockIdx.x;
+  T* xr = x + int64_t(m) * x_stride;
+  if (m < M) {
+    rms_norm_row<true>(xr, residual + int64_t(m) * r_stride, w, dim, eps, first, red);
+    __syncthreads();  // the row's bf16 values, written by the block, are read back below
+  }
+  fp8_quant_row(static_cast<const T*>(xr), m, M, Mp, dim, per_token != 0, q, s, gmax);
+}
+
+inline constexpr int kSiluFp8Threads = 256;
+
+/// out[m] = silu(gate)·up (activation.cuh's arithmetic) on rows < M, then its fp8 quantization.
+template <class T>
+__global__ void __launch_bounds__(kSiluFp8Threads)
+    silu_and_mul_fp8_kernel(const T* __restrict__ in, int64_t in_stride, T* __restrict__ out, int64_t out_stride,
+                            int inter, int M, int Mp, int per_token, __nv_fp8_e4m3* __restrict__ q,
+                            float* __restrict__ s) {
+  __shared__ float gmax[kFp8MaxGroups];
+  pdl_launch_dependents();
+  pdl_wait();
+  const int m = blockIdx.x;
+  T* o = out + int64_t(m) * out_stride;
+  if (m < M) {
+    const T* g = in + int64_t(m) * in_stride;
+    const T* u = g + inter;
+    for (int i = threadIdx.x * 8; i < inter; i += blockDim.x * 8) {
+      float gv[8], uv[8], ov[8];
+      load8(g + i, gv);
+      load8(u + i, uv);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) ov[j] = to_f32(from_f32<T>(gv[j] / (1.f + expf(-gv[j])))) * uv[j];
+      store8(o + i, ov);
+    }
+    __syncthreads();
+  }
+  fp8_quant_row(static_cast<const T*>(o), m, M, Mp, inter, per_token != 0, q, s, gmax);
+}
+
+}  // namespace detail
+
+/// \brief add_rms_norm(x, residual, w, eps, first) (norm.cuh), and x's fp8 codes and scales for
+/// the next fp8 GEMM into `a` (rows padded to fp8_padded_rows(M)).
+template <class T>
+void add_rms_norm_fp8(TensorView<T> x, TensorView<T> residual, TensorView<T> w, float eps, bool first, Fp8Act a,
+                      cudaStream_t stream) {
+  static_assert(std::is_same_v<T, pie::f16> || std::is_same_v<T, pie::bf16>, "add_rms_norm_fp8: f16 or bf16");
+  check_rows8(x, "add_rms_norm_fp8 x");
+  check_rows8(residual, "add_rms_norm_fp8 residual");
+  const int64_t M = x.shape[0], dim = x.shape[1], Mp = fp8_padded_rows(M);
+  PIE_CHECK(x.rank == 2 && w.numel() == dim && residual.shape[0] == M && residual.shape[1] == dim,
+            "add_rms_norm_fp8: x [M, dim], residual [M, dim], w [dim] do not chain");
+  PIE_CHECK(detail::norm_threads(static_cast<int>(dim)) <= 1024 && (dim + kFp8Block - 1) / kFp8Block <= kFp8MaxGroups,
+            "add_rms_norm_fp8: rows of ", dim, " elements are too long");
+  if (M == 0) return;
+  using D = device_t<T>;
+  launch_pdl(detail::add_rms_norm_fp8_kernel<D>, dim3(static_cast<unsigned>(Mp)),
+             dim3(detail::norm_threads(static_cast<int>(dim))), 0, stream, dev(x.data), x.stride[0],
+             dev(residual.data), residual.stride[0], dev(w.data), static_cast<int>(dim), eps, first,
+             static_cast<int>(M), static_cast<int>(Mp), a.per_token ? 1 : 0, reinterpret_cast<__nv_fp8_e4m3*>(a.q),
+             a.s);
+}
+
+/// \brief silu_and_mul(gate_up, out) (activation.cuh), and out's fp8 codes and scales for the
+/// next fp8 GEMM into `a` (rows padded to fp8_padded_rows(M)).
+template <class T>
+void silu_and_mul_fp8(TensorView<T> gate_up, TensorView<T> out, Fp8Act a, cudaStream_t stream) {
+  static_assert(std::is_same_v<T, pie::f16> || std::is_same_v<T, pie::bf16>, "silu_and_mul_fp8: f16 or bf16");
+  check_rows8(gate_up, "silu_and_mul_fp8 gate_up");
+  check_rows8(out, "silu_and_mul_fp8 out");
+  const int64_t M = out.shape[0], I = out.shape[1], Mp = fp8_padded_rows(M);
+  PIE_CHECK(gate_up.shape[0] == M && gate_up.shape[1] == 2 * I, "silu_and_mul_fp8: gate_up must be [M, 2·inter]");
+  PIE_CHECK((I + kFp8Block - 1) / kFp8Block <= kFp8MaxGroups, "silu_and_mul_fp8: inter = ", I, " is too wide");
+  if (M == 0) return;
+  using D = device_t<T>;
+  launch_pdl(detail::silu_and_mul_fp8_kernel<D>, dim3(static_cast<unsigned>(Mp)), dim3(detail::kSiluFp8Threads), 0,
+             stream, dev(gate_up.data), gate_up.stride[0], dev(out.data), out.stride[0], static_cast<int>(I),
+             static_cast<int>(M), static_cast<int>(Mp), a.per_token ? 1 : 0, reinterpret_cast<__nv_fp8_e4m3*>(a.q),
+             a.s);
+}
+
+}  // namespace pie::ops::cuda
