@@ -40,6 +40,12 @@ def category(name):
         return "silu_mul"
     if "embedding" in n:
         return "embedding"
+    if "moe_" in n:  # ops/cuda/moe.cuh: kGather (the first bool) marks the gate_up product
+        args = re.sub(r"\s*[;,]\s*", ",", n)
+        if "moe_route" in n or "moe_unpermute" in n:
+            return "moe_route" if "moe_route" in n else "moe_unpermute"
+        up = re.search(r"moe_(gemv_kernel<\d+,\d+,\d+,|mma_kernel<)(true|\(bool\)1)[,>]", args)
+        return "moe_gate_up" if up else "moe_down"
     if "gemv" in n:
         # gemv_kernel<M, C, U, NW, MINB, kNorm, ...>: kNorm = true is the fused add + RMSNorm
         # (the tracer writes template commas as ';' to keep its CSV to four columns)
@@ -76,7 +82,7 @@ def steps(rows):
             cur = []
 
 
-def name_linears(step):
+def name_linears(step, moe=False):
     """Labels linear kernels by the op before them (see the module comment). A layer has two
     norms: the 1st, 3rd, ... norm of the step precede qkv_proj, the 2nd, 4th, ... gate_up_proj
     (cuBLASLt's persistent kernels share one grid size, so the order decides, not the grid)."""
@@ -85,11 +91,12 @@ def name_linears(step):
         c = category(n)
         if c in ("rms_norm", "norm+linear"):
             norms += 1
+        mlp = "router" if moe else "gate_up_proj"  # an MoE layer's projection after its 2nd norm
         if c == "norm+linear":  # batch-1 fused residual add + RMSNorm + projection
-            c = "norm+qkv_proj" if norms % 2 == 1 else "norm+gate_up_proj"
+            c = "norm+qkv_proj" if norms % 2 == 1 else "norm+" + mlp
         elif c == "linear":
             if prev == "rms_norm":
-                c = "qkv_proj" if norms % 2 == 1 else "gate_up_proj"
+                c = "qkv_proj" if norms % 2 == 1 else mlp
             elif prev in ("attention_decode", "attention_merge", "attention_prefill"):
                 c = "o_proj"
             elif prev == "silu_mul":
@@ -133,12 +140,21 @@ def main():
     ap.add_argument("--vocab", type=int, default=151936)
     ap.add_argument("--copy-tbps", type=float, default=2.99)
     ap.add_argument("--layers", type=int, default=36)
+    ap.add_argument("--experts", type=int, default=0, help="MoE: experts per layer (0: a dense model)")
+    ap.add_argument("--moe-intermediate", type=int, default=768)
+    ap.add_argument("--top-k", type=int, default=8)
     a = ap.parse_args()
     H, I = a.hidden, a.intermediate
     wbytes = {"qkv_proj": (a.q_size + 2 * a.kv_size) * H * 2, "o_proj": a.q_size * H * 2,
               "gate_up_proj": 2 * I * H * 2, "down_proj": I * H * 2, "lm_head": a.vocab * H * 2}
     wbytes["norm+qkv_proj"] = wbytes["qkv_proj"]
     wbytes["norm+gate_up_proj"] = wbytes["gate_up_proj"]
+    if a.experts:  # batch 1 reads the top-k experts' weights; larger batches an unknown set
+        Im = a.moe_intermediate
+        wbytes["router"] = wbytes["norm+router"] = a.experts * H * 2
+        if a.batch == 1:
+            wbytes["moe_gate_up"] = a.top_k * 2 * Im * H * 2
+            wbytes["moe_down"] = a.top_k * Im * H * 2
     rows = load(a.csv)
     if not rows:
         sys.exit("no kernels in " + a.csv)
@@ -154,7 +170,7 @@ def main():
         sys.exit(f"no decode steps of batch {a.batch}")
     walls, idles, per = [], [], {}
     for st in keep:
-        named = name_linears(st)
+        named = name_linears(st, moe=a.experts > 0)
         t0, t1 = st[0][0], max(r[0] + r[1] for r in st)
         walls.append(t1 - t0)
         charged, gaps = frontier(named)

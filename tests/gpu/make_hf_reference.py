@@ -86,6 +86,49 @@ def greedy(model, ids):
     return tokens, rows, margin, ties, near
 
 
+def rel_err(a, b):
+    """The metric of tests/gpu (gpu_test::rel_err): ||a - b|| / ||b||."""
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
+
+
+@torch.no_grad()
+def noise_floor(model, prompts, vocab):
+    """How far transformers moves from its own reference (printed, not stored): the reference
+    prompts teacher-forced as one full-sequence forward (other kernel shapes, the same bf16
+    arithmetic) against the incremental reference logits; and that forward with the routers'
+    logits in fp32 (a pre-hook upcasts each router's input and weight) against it in bf16. The
+    first is the floor any other bf16 implementation meets; the second is how much the router
+    logits' bf16 rounding alone decides."""
+    gates = [m.mlp.gate for m in model.model.layers if hasattr(m.mlp, "experts")]
+    impl = getattr(model.config, "_experts_implementation", None)
+
+    def forward_rows(p):
+        seq = p["prompt_ids"] + p["greedy_ids"][:LOGIT_STEPS]
+        out = model(torch.tensor([seq], device="cuda"), use_cache=False).logits[0].float()
+        n = len(p["prompt_ids"])
+        return [out[n - 1 + k].cpu() for k in range(LOGIT_STEPS)]
+
+    full = [forward_rows(p) for p in prompts]
+    floor = max(rel_err(r, torch.tensor(want)) for p, f in zip(prompts, full) for r, want in zip(f, p["logits"]))
+    saved = [g.weight.data for g in gates]
+    hooks = [g.register_forward_pre_hook(lambda mod, args: tuple(a.float() for a in args)) for g in gates]
+    for g in gates:
+        g.weight.data = g.weight.data.float()
+    try:
+        f32 = [forward_rows(p) for p in prompts]
+        router = max(rel_err(a, b) for fa, fb in zip(f32, full) for a, b in zip(fa, fb))
+    except Exception as e:  # a transformers version whose router does not take this
+        router = f"n/a ({type(e).__name__}: {e})"
+    finally:
+        for h in hooks:
+            h.remove()
+        for g, w in zip(gates, saved):
+            g.weight.data = w
+    print(f"[hf noise floor] experts implementation {impl}: full-sequence forward vs incremental reference "
+          f"worst logits rel err {floor:.4g}; fp32 router logits vs bf16 {router if isinstance(router, str) else f'{router:.4g}'}",
+          flush=True)
+
+
 def make(name, kwargs, out_root, seed, min_margin, tries, moe=False):
     t0 = time.time()
     if moe:
@@ -122,6 +165,8 @@ def make(name, kwargs, out_root, seed, min_margin, tries, moe=False):
         prompts.append(dict(prompt_ids=ids, greedy_ids=tokens, min_top2_margin=round(margin, 6), top_ties=ties,
                             near_ties=near,
                             logits=[[float(f"{v:.6g}") for v in r.tolist()] for r in rows]))
+    if moe:
+        noise_floor(model, prompts, config.vocab_size)
     ref = dict(name=name, architecture=cls.__name__, vocab_size=config.vocab_size,
                dtype="bfloat16", seed=seed, device=torch.cuda.get_device_name(),
                transformers_version=transformers.__version__, torch_version=torch.__version__,
