@@ -13,8 +13,10 @@
 # libpie_kernel_trace.so (built off the device to save its time); without it, or when they do
 # not run there, everything is built here first. PIE_DEADLINE_S bounds the whole run (a stage
 # that would start too late is skipped, the one running is cut). The last lines printed are
-# the summary.
+# the summary. PIE_STAGES picks stages (default test,hf,bench,trace,hfbench).
 set -u
+STAGES=${PIE_STAGES:-test,hf,bench,trace,hfbench}
+has() { [[ ",$STAGES," == *",$1,"* ]]; }
 OUT=${OUT:-/tmp/pie_device_out}
 MODEL=${PIE_MODEL_DIR:-bench/models/Qwen3-30B-A3B}
 BUILD=${PIE_BUILD_DIR:-/tmp/build-moe}
@@ -38,8 +40,11 @@ export PYTHONUNBUFFERED=1
 say "device: $(nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader 2>&1 | head -1)"
 
 # transformers builds its reference on the GPU while the kernel tests (or the build) run.
-run hf_reference 120 python3 tests/gpu/make_hf_reference.py --out /tmp/pie_hfref_moe --only-moe --tries 2 &
-HFREF=$!
+HFREF=
+if has hf; then
+  run hf_reference 90 python3 tests/gpu/make_hf_reference.py --out /tmp/pie_hfref_moe --only-moe --tries 2 &
+  HFREF=$!
+fi
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:/usr/local/cuda/lib:${LD_LIBRARY_PATH:-}
 BIN=${PIE_BIN_DIR:-}
 if [ -n "$BIN" ] && "$BIN/pie_cuda_test_moe" --gtest_list_tests > "$OUT/prebuilt.log" 2>&1 &&
@@ -56,22 +61,25 @@ else
   TEST_HF=$BUILD/tests/gpu/pie_gpu_test_hf TRACER=$BUILD/bench/cuda/libpie_kernel_trace.so
 fi
 
-run kernel_test_moe 60 "$TEST_MOE" --gtest_color=no
-grep -E "OK \]|FAILED  \]|Failure|Expected|Which is|error" "$OUT/kernel_test_moe.log" | head -24 | tee -a "$SUM"
-wait $HFREF
-grep -E "^\[hf noise|layers, margins" "$OUT/hf_reference.log" | tee -a "$SUM"
+if has test; then
+  run kernel_test_moe 60 "$TEST_MOE" --gtest_color=no
+  grep -E "OK \]|FAILED  \]|Failure|Expected|Which is|error" "$OUT/kernel_test_moe.log" | head -24 | tee -a "$SUM"
+fi
+if has hf; then
+  wait $HFREF
+  grep -E "^\[hf noise|layers, margins" "$OUT/hf_reference.log" | tee -a "$SUM"
+  PIE_GPU_HF_DIR=/tmp/pie_hfref_moe run gpu_test_hf_moe 60 "$TEST_HF" --gtest_color=no
+  grep -E "^\[gpu vs|OK \]|FAILED  \]|Failure|Expected|Which is" "$OUT/gpu_test_hf_moe.log" | head -20 | tee -a "$SUM"
+fi
 
-PIE_GPU_HF_DIR=/tmp/pie_hfref_moe run gpu_test_hf_moe 60 "$TEST_HF" --gtest_color=no
-grep -E "^\[gpu vs|OK \]|FAILED  \]|Failure|Expected|Which is" "$OUT/gpu_test_hf_moe.log" | head -20 | tee -a "$SUM"
-
-run pie_bench_moe 130 "$BENCH" "$MODEL" --load-format dummy --mode both \
+has bench && run pie_bench_moe 130 "$BENCH" "$MODEL" --load-format dummy --mode both \
   --input-len 128 --output-len 128 --num-prompts 1024 --max-num-seqs 1024 --num-iters 2 --num-iters-warmup 1 \
   --profile --output-json "$OUT/pie_bench_moe.json"
 grep -E "^(ceilings|engine|latency|throughput|roofline|decode at|profile|pie: memory|pie: captured)" \
   "$OUT/pie_bench_moe.log" | tee -a "$SUM"
 
 # The batch-1 decode graphs as the GPU replays them (PDL overlap, no event per op).
-if [ -f "$TRACER" ]; then
+if has trace && [ -f "$TRACER" ]; then
   run trace_b1 60 env CUDA_INJECTION64_PATH="$(realpath "$TRACER")" PIE_KERNEL_TRACE=/tmp/trace_b1.csv \
     "$BENCH" "$MODEL" --load-format dummy --mode latency --input-len 128 --output-len 64 --num-prompts 1 \
     --max-num-seqs 1 --num-iters 1 --num-iters-warmup 0
@@ -83,6 +91,6 @@ if [ -f "$TRACER" ]; then
   gzip -c /tmp/trace_b1.csv > "$OUT/trace_b1.csv.gz" 2>/dev/null
 fi
 
-run hf_compare 70 python3 bench/compare_hf.py "$MODEL" latency:128:128 --output-json "$OUT/hf.jsonl"
-grep '^{' "$OUT/hf_compare.log" | tee -a "$SUM"
+has hfbench && run hf_compare 70 python3 bench/compare_hf.py "$MODEL" latency:128:128 --output-json "$OUT/hf.jsonl"
+has hfbench && grep '^{' "$OUT/hf_compare.log" | tee -a "$SUM"
 say "done"

@@ -159,6 +159,7 @@ TEST(MoeExperts, GemvAndMmaMatchCpu) {
   // partial N tiles), and Qwen3-30B-A3B's (H 2048, I 768, 128 experts, top-8).
   for (Shape s : {Shape{1, 64, 8, 32, 2, true}, Shape{3, 64, 8, 32, 2, true}, Shape{8, 64, 8, 32, 4, false},
                   Shape{50, 64, 8, 32, 4, true}, Shape{7, 72, 6, 40, 3, true}, Shape{200, 72, 6, 40, 3, false},
+                  Shape{5, 64, 32, 32, 12, true},  // k past the un-permute's 8 loads in flight
                   Shape{1, 2048, 128, 768, 8, true}, Shape{4, 2048, 128, 768, 8, true},
                   Shape{100, 2048, 128, 768, 8, true}}) {
     ExpertsData d = make_data(s, rng);  // one draw, both paths

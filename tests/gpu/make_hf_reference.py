@@ -86,6 +86,17 @@ def greedy(model, ids):
     return tokens, rows, margin, ties, near
 
 
+TORCH_TOPK = torch.topk
+
+
+def lowest_index_topk(input, k, dim=-1, largest=True, sorted=True, *, out=None):
+    """torch.topk with ties broken toward the lower index (pie's routing kernel and the CPU op;
+    vLLM's topk-softmax too): a stable sort keeps equal values in index order."""
+    assert out is None and largest
+    v, i = torch.sort(input, dim=dim, descending=True, stable=True)
+    return torch.return_types.topk((v.narrow(dim, 0, k), i.narrow(dim, 0, k)))
+
+
 def rel_err(a, b):
     """The metric of tests/gpu (gpu_test::rel_err): ||a - b|| / ||b||."""
     return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
@@ -97,8 +108,10 @@ def noise_floor(model, prompts, vocab):
     prompts teacher-forced as one full-sequence forward (other kernel shapes, the same bf16
     arithmetic) against the incremental reference logits; and that forward with the routers'
     logits in fp32 (a pre-hook upcasts each router's input and weight) against it in bf16. The
-    first is the floor any other bf16 implementation meets; the second is how much the router
-    logits' bf16 rounding alone decides."""
+    first is the floor for the decode positions (the prompt runs as one prefill in both); the
+    second, how far a change of routing at near-ties moves the logits. Also: the exact ties at
+    the routers' top-k boundary, torch.topk's pick among equal values, and the forward with ties
+    broken toward the lower expert id (pie's rule) against torch's order."""
     gates = [m.mlp.gate for m in model.model.layers if hasattr(m.mlp, "experts")]
     impl = getattr(model.config, "_experts_implementation", None)
 
@@ -108,8 +121,29 @@ def noise_floor(model, prompts, vocab):
         n = len(p["prompt_ids"])
         return [out[n - 1 + k].cpu() for k in range(LOGIT_STEPS)]
 
+    # Exact ties at the top-k boundary of the routers' probabilities (bf16 logits tie often).
+    ties, rows = [0], [0]
+
+    def count_ties(mod, args, out):
+        probs = out[0] if isinstance(out, tuple) else out
+        probs = probs.float().reshape(-1, probs.shape[-1])
+        k = getattr(mod, "top_k", None) or model.config.num_experts_per_tok
+        top = torch.sort(probs, dim=-1, descending=True).values
+        ties[0] += int((top[:, k - 1] == top[:, k]).sum())
+        rows[0] += probs.shape[0]
+
+    counters = [g.register_forward_hook(count_ties) for g in gates]
     full = [forward_rows(p) for p in prompts]
+    for h in counters:
+        h.remove()
     floor = max(rel_err(r, torch.tensor(want)) for p, f in zip(prompts, full) for r, want in zip(f, p["logits"]))
+    probe = torch.topk(torch.zeros(2, 16, device="cuda"), 4).indices.tolist()
+    torch.topk = lowest_index_topk  # the same forward with pie's tie rule
+    try:
+        other = [forward_rows(p) for p in prompts]
+    finally:
+        torch.topk = TORCH_TOPK
+    tie_rule = max(rel_err(a, b) for fa, fb in zip(other, full) for a, b in zip(fa, fb))
     saved = [g.weight.data for g in gates]
     hooks = [g.register_forward_pre_hook(lambda mod, args: tuple(a.float() for a in args)) for g in gates]
     for g in gates:
@@ -125,8 +159,9 @@ def noise_floor(model, prompts, vocab):
         for g, w in zip(gates, saved):
             g.weight.data = w
     print(f"[hf noise floor] experts implementation {impl}: full-sequence forward vs incremental reference "
-          f"worst logits rel err {floor:.4g}; fp32 router logits vs bf16 {router if isinstance(router, str) else f'{router:.4g}'}",
-          flush=True)
+          f"worst logits rel err {floor:.4g}; fp32 router logits vs bf16 {router if isinstance(router, str) else f'{router:.4g}'}; "
+          f"top-k boundary ties {ties[0]}/{rows[0]} router rows; torch.topk of 16 equal values picks {probe[0]}; "
+          f"ties to the lower id vs torch's order {tie_rule:.4g}", flush=True)
 
 
 def make(name, kwargs, out_root, seed, min_margin, tries, moe=False):

@@ -108,9 +108,13 @@ void compare(const std::filesystem::path& dir) {
     EXPECT_GE(rate, 0.99);
     // Qwen3-MoE: a router score that bf16 rounding moves past another expert's swaps an expert
     // for that token, which moves its logits far more than rounding does. On the H200
-    // (2026-12-04) the small MoE checkpoint measured worst 0.145 with 128/128 greedy agreement
-    // (the dense checkpoints 0.0146 and 0.0104). Issue 20 asks for the dense 2e-2; that target
-    // is open, and this bound guards the measured level.
+    // (2026-12-04) the small MoE checkpoint measured worst 0.145, then 0.167 with the router
+    // logits rounded to bf16 as transformers rounds them, both with 128/128 greedy agreement
+    // (the dense checkpoints 0.0146 and 0.0104). transformers against itself on that checkpoint
+    // moves 0.1455 when only its router logits go from bf16 to fp32 (make_hf_reference.py's
+    // noise-floor line): one routing change at a near-tie is worth about this much here.
+    // Issue 20 asks for the dense 2e-2; that target is open, and this bound guards the
+    // measured level.
     const double bound = std::is_same_v<M, Qwen3Moe> ? 0.2 : 2e-2;
     EXPECT_LE(worst, bound);
   }

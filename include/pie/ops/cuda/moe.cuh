@@ -433,42 +433,60 @@ __global__ void __launch_bounds__(128) moe_gemv_kernel(const __grid_constant__ M
   }
 }
 
-/// Step 4: one CTA per token, 8 elements per thread per pass.
+/// Step 4: CTA (t, c) writes elements [c·1024, (c+1)·1024) of token t, 8 per thread. Lanes
+/// 0..k−1 read the token's k slots at once and place each by its rank among the token's
+/// (distinct) expert ids, so the sum runs in ascending expert id (the CPU op's order); then each
+/// thread issues its k row loads 8 at a time before using any (one CTA per token with a serial
+/// sort and dependent loads took 6.3 µs at batch 1 on the H200, mostly load latency).
 template <class T>
 __global__ void __launch_bounds__(128) moe_unpermute_kernel(const T* __restrict__ y, int64_t ldy,
                                                             const int32_t* __restrict__ ids,
                                                             const float* __restrict__ weights,
                                                             const int32_t* __restrict__ inv, int k, int H, T* out,
                                                             int64_t ldo) {
+  static_assert(sizeof(Pack8<T>) == sizeof(uint4), "8 elements of T are one 16-byte load");
+  __shared__ int s_id[kMoeMaxTopK];
   __shared__ int s_pos[kMoeMaxTopK];
   __shared__ float s_w[kMoeMaxTopK];
   pdl_wait();
   pdl_launch_dependents();
-  const int t = blockIdx.x;
-  if (threadIdx.x == 0) {
-    // Insertion sort of the token's k slots by expert id (the CPU op adds in that order).
-    int id[kMoeMaxTopK];
-    for (int j = 0; j < k; ++j) {
-      const int64_t i = static_cast<int64_t>(t) * k + j;
-      int x = ids[i], pos = inv[i];
-      float w = weights[i];
-      int m = j;
-      for (; m > 0 && id[m - 1] > x; --m) { id[m] = id[m - 1]; s_pos[m] = s_pos[m - 1]; s_w[m] = s_w[m - 1]; }
-      id[m] = x; s_pos[m] = pos; s_w[m] = w;
-    }
+  const int t = blockIdx.x, j = threadIdx.x;
+  int my_id = 0, my_pos = 0;
+  float my_w = 0.f;
+  if (j < k) {
+    const int64_t i = static_cast<int64_t>(t) * k + j;
+    my_id = ids[i];
+    my_pos = inv[i];
+    my_w = weights[i];
+    s_id[j] = my_id;
   }
   __syncthreads();
-  for (int h = threadIdx.x * 8; h < H; h += blockDim.x * 8) {
-    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    for (int j = 0; j < k; ++j) {
+  if (j < k) {
+    int rank = 0;
+    for (int m = 0; m < k; ++m) rank += s_id[m] < my_id;
+    s_pos[rank] = my_pos;
+    s_w[rank] = my_w;
+  }
+  __syncthreads();
+  const int h = (blockIdx.y * blockDim.x + threadIdx.x) * 8;
+  if (h >= H) return;
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int j0 = 0; j0 < k; j0 += 8) {
+    uint4 raw[8];
+#pragma unroll
+    for (int u = 0; u < 8; ++u)
+      if (j0 + u < k) raw[u] = *reinterpret_cast<const uint4*>(y + static_cast<int64_t>(s_pos[j0 + u]) * ldy + h);
+#pragma unroll
+    for (int u = 0; u < 8; ++u) {
+      if (j0 + u >= k) break;
       float v[8];
-      load8(y + static_cast<int64_t>(s_pos[j]) * ldy + h, v);
-      const float w = s_w[j];
+      widen8(*reinterpret_cast<const Pack8<T>*>(&raw[u]), v);
+      const float w = s_w[j0 + u];
 #pragma unroll
       for (int q = 0; q < 8; ++q) acc[q] += v[q] * w;
     }
-    store8(out + static_cast<int64_t>(t) * ldo + h, acc);
   }
+  store8(out + static_cast<int64_t>(t) * ldo + h, acc);
 }
 
 }  // namespace detail
@@ -627,7 +645,7 @@ class MoeExperts {
     if (plan_.n == 0) return;
     using D = device_t<T>;
     const MoeRouting& r = ws_.routing();
-    launch_pdl(detail::moe_unpermute_kernel<D>, dim3(plan_.n), dim3(128), 0, s,
+    launch_pdl(detail::moe_unpermute_kernel<D>, dim3(plan_.n, (plan_.H + 1023) / 1024), dim3(128), 0, s,
                static_cast<const D*>(dev(ws_.y())), int64_t{plan_.H}, static_cast<const int32_t*>(r.ids),
                static_cast<const float*>(r.weights), static_cast<const int32_t*>(r.inv), ws_.top_k(), plan_.H,
                dev(out_.data), out_.stride[0]);
