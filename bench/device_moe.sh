@@ -2,7 +2,8 @@
 # bench/device_moe.sh — issue 20 (Qwen3-MoE on the GPU) in one call: the MoE kernel tests
 # (ops/cuda/moe.cuh against the CPU op), the GPU engine against HF transformers bf16 on a small
 # Qwen3MoeForCausalLM that transformers builds here (with transformers' own noise floor printed
-# by make_hf_reference.py), then `pie bench` at the Qwen3-30B-A3B shape with dummy weights
+# by make_hf_reference.py) and its routing layer by layer against transformers' (the opt-in
+# MoeRoutingDisagreesOnlyAtNearTies), then `pie bench` at the Qwen3-30B-A3B shape with dummy weights
 # (batch-1 latency 128/128 and 1024 × (128, 128), one engine, with its roofline and the eager
 # per-op profile at batch 1024 and 1), a kernel trace of the replayed batch-1 decode graphs
 # (bench/cuda/kernel_trace.cpp → bench/nsys_decode_profile.py), and HF transformers' batch-1
@@ -70,6 +71,10 @@ if has hf; then
   grep -E "^\[hf noise|layers, margins" "$OUT/hf_reference.log" | tee -a "$SUM"
   PIE_GPU_HF_DIR=/tmp/pie_hfref_moe run gpu_test_hf_moe 60 "$TEST_HF" --gtest_color=no
   grep -E "^\[gpu vs|OK \]|FAILED  \]|Failure|Expected|Which is" "$OUT/gpu_test_hf_moe.log" | head -20 | tee -a "$SUM"
+  # Layer-by-layer routing against transformers' (opt-in diagnostic of the open accuracy gap).
+  PIE_GPU_MOE_ROUTING=1 PIE_GPU_HF_DIR=/tmp/pie_hfref_moe run moe_routing 60 "$TEST_HF" --gtest_color=no \
+    --gtest_filter='*MoeRouting*'
+  grep -E "^\[moe routing|OK \]|FAILED  \]|Failure|Expected|Which is" "$OUT/moe_routing.log" | head -24 | tee -a "$SUM"
 fi
 
 has bench && run pie_bench_moe 130 "$BENCH" "$MODEL" --load-format dummy --mode both \

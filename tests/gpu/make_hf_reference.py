@@ -104,7 +104,8 @@ def rel_err(a, b):
 
 @torch.no_grad()
 def noise_floor(model, prompts, vocab):
-    """How far transformers moves from its own reference (printed, not stored): the reference
+    """How far transformers moves from its own reference (printed), and its routing (returned,
+    for reference.json's "routing"; pie_gpu_test_hf's MoeRoutingDisagreesOnlyAtNearTies): the reference
     prompts teacher-forced as one full-sequence forward (other kernel shapes, the same bf16
     arithmetic) against the incremental reference logits; and that forward with the routers'
     logits in fp32 (a pre-hook upcasts each router's input and weight) against it in bf16. The
@@ -121,19 +122,30 @@ def noise_floor(model, prompts, vocab):
         n = len(p["prompt_ids"])
         return [out[n - 1 + k].cpu() for k in range(LOGIT_STEPS)]
 
-    # Exact ties at the top-k boundary of the routers' probabilities (bf16 logits tie often).
-    ties, rows = [0], [0]
+    # Each router's picks and its top-k boundary gap, per row, from its own bf16 logits; the
+    # exact ties at that boundary (bf16 logits tie often).
+    k = model.config.num_experts_per_tok
+    ties, rows, picks = [0], [0], []
 
-    def count_ties(mod, args, out):
-        probs = out[0] if isinstance(out, tuple) else out
-        probs = probs.float().reshape(-1, probs.shape[-1])
-        k = getattr(mod, "top_k", None) or model.config.num_experts_per_tok
-        top = torch.sort(probs, dim=-1, descending=True).values
+    def record(mod, args, out):
+        x = args[0].reshape(-1, mod.weight.shape[1])
+        logits = torch.nn.functional.linear(x, mod.weight).float()  # bf16 output, as the router
+        top = torch.sort(logits, dim=-1, descending=True).values
         ties[0] += int((top[:, k - 1] == top[:, k]).sum())
-        rows[0] += probs.shape[0]
+        rows[0] += logits.shape[0]
+        ids = out[2] if isinstance(out, tuple) and len(out) == 3 else None  # transformers 5: (probs, weights, ids)
+        if ids is None or ids.dtype not in (torch.int32, torch.int64) or tuple(ids.shape) != (logits.shape[0], k):
+            ids = torch.topk(logits, k, dim=-1).indices  # the softmax keeps the order
+        ulp = torch.exp2(torch.floor(torch.log2(top[:, k - 1].abs().clamp_min(2.0 ** -126))) - 7)
+        picks[-1].append(dict(ids=torch.sort(ids, dim=-1).values.tolist(),
+                              gap_ulps=[round(float(g), 2) for g in (top[:, k - 1] - top[:, k]) / ulp]))
 
-    counters = [g.register_forward_hook(count_ties) for g in gates]
-    full = [forward_rows(p) for p in prompts]
+    def forward_routed(p):
+        picks.append([])
+        return forward_rows(p)
+
+    counters = [g.register_forward_hook(record) for g in gates]
+    full = [forward_routed(p) for p in prompts]
     for h in counters:
         h.remove()
     floor = max(rel_err(r, torch.tensor(want)) for p, f in zip(prompts, full) for r, want in zip(f, p["logits"]))
@@ -162,6 +174,10 @@ def noise_floor(model, prompts, vocab):
           f"worst logits rel err {floor:.4g}; fp32 router logits vs bf16 {router if isinstance(router, str) else f'{router:.4g}'}; "
           f"top-k boundary ties {ties[0]}/{rows[0]} router rows; torch.topk of 16 equal values picks {probe[0]}; "
           f"ties to the lower id vs torch's order {tie_rule:.4g}", flush=True)
+    # Per prompt: the teacher-forced tokens of that forward and, per MoE layer, each row's experts
+    # (ascending) and the gap between its k-th and (k+1)-th logits in bf16 steps.
+    return [dict(tokens=p["prompt_ids"] + p["greedy_ids"][:LOGIT_STEPS], ids=[l["ids"] for l in layers],
+                 gap_ulps=[l["gap_ulps"] for l in layers]) for p, layers in zip(prompts, picks)]
 
 
 def make(name, kwargs, out_root, seed, min_margin, tries, moe=False):
@@ -200,12 +216,13 @@ def make(name, kwargs, out_root, seed, min_margin, tries, moe=False):
         prompts.append(dict(prompt_ids=ids, greedy_ids=tokens, min_top2_margin=round(margin, 6), top_ties=ties,
                             near_ties=near,
                             logits=[[float(f"{v:.6g}") for v in r.tolist()] for r in rows]))
-    if moe:
-        noise_floor(model, prompts, config.vocab_size)
+    routing = noise_floor(model, prompts, config.vocab_size) if moe else None
     ref = dict(name=name, architecture=cls.__name__, vocab_size=config.vocab_size,
                dtype="bfloat16", seed=seed, device=torch.cuda.get_device_name(),
                transformers_version=transformers.__version__, torch_version=torch.__version__,
                new_tokens=NEW_TOKENS, logit_steps=LOGIT_STEPS, prompts=prompts)
+    if routing is not None:
+        ref["routing"] = routing
     with open(os.path.join(out_dir, "reference.json"), "w") as f:
         json.dump(ref, f, separators=(",", ":"))
     del model

@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 
 #include "pie/core/attention_variants.hpp"
@@ -308,11 +309,20 @@ class CudaForward {
     op("moe_router", [&] { (*p_.gemm)(logits, x, router, static_cast<const T*>(nullptr), s_); });
     op("moe_route", [&] { ops::cuda::moe_route(n, norm_topk_prob, ws, s_); });
     if (n == 0) return;
+    if (moe_observer_) {  // a test's look at the routing; never inside a graph capture
+      cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+      PIE_CUDA_CHECK(cudaStreamIsCapturing(s_, &cs));
+      if (cs == cudaStreamCaptureStatusNone) moe_observer_(ws.routing().ids, n, top_k, s_);
+    }
     const ops::cuda::MoeExperts<T> ex(x, gate_up, down, ws, out, !p_.batch_invariant);
     op("moe_gate_up", [&] { ex.gate_up(s_); });  // three ops, so that the profiler splits them
     op("moe_down", [&] { ex.down(s_); });
     op("moe_unpermute", [&] { ex.unpermute(s_); });
   }
+  /// \brief Called by every eager moe() after its routing: the device ids [n·k] (expert of token
+  /// t's j-th slot) and the step's stream. For tests comparing routing with transformers.
+  using MoeObserver = std::function<void(const int32_t* ids, int n, int k, cudaStream_t stream)>;
+  void set_moe_observer(MoeObserver f) { moe_observer_ = std::move(f); }
   void all_reduce(Act x) {
     if (!p_.comm) return;
     PIE_CHECK(x.stride[0] == x.shape[1], "all_reduce: the activation must be contiguous");
@@ -388,7 +398,8 @@ class CudaForward {
   T* res_home_ = nullptr;
   DeviceBuffer<float> logits_, part_, gathered_;
   DeviceBuffer<int32_t> ids_;
-  std::unique_ptr<ops::cuda::MoeWorkspace<T>> moe_;  ///< the MoE block's scratch (first moe() call)
+  std::unique_ptr<ops::cuda::MoeWorkspace<T>> moe_;
+  MoeObserver moe_observer_;  ///< see set_moe_observer (empty: none)  ///< the MoE block's scratch (first moe() call)
 };
 
 }  // namespace pie::engine::cuda
