@@ -67,6 +67,7 @@ def main():
         nums = [int(x) for x in nums]
         r = dict(engine="hf-transformers", workload=spec, device=torch.cuda.get_device_name(),
                  attn_implementation=getattr(model.config, "_attn_implementation", None),
+                 experts_implementation=getattr(model.config, "_experts_implementation", None),
                  torch=torch.__version__, transformers=__import__("transformers").__version__)
         if kind == "latency":
             input_len, output_len = nums

@@ -42,6 +42,12 @@ def category(name):
         return "embedding"
     if "fp8_quant" in n:
         return "fp8_quant"  # activation quantization before an fp8 GEMM
+    if "moe_" in n:  # ops/cuda/moe.cuh: kGather (the first bool) marks the gate_up product
+        args = re.sub(r"\s*[;,]\s*", ",", n)
+        if "moe_route" in n or "moe_unpermute" in n:
+            return "moe_route" if "moe_route" in n else "moe_unpermute"
+        up = re.search(r"moe_(gemv_kernel<\d+,\d+,\d+,|mma_kernel<)(true|\(bool\)1)[,>]", args)
+        return "moe_gate_up" if up else "moe_down"
     if "gemv" in n:
         # gemv_kernel<M, C, U, NW, MINB, kNorm, ...>: kNorm = true is the fused add + RMSNorm
         # (the tracer writes template commas as ';' to keep its CSV to four columns)
@@ -78,7 +84,7 @@ def steps(rows):
             cur = []
 
 
-def name_linears(step):
+def name_linears(step, moe=False):
     """Labels linear kernels by the op before them (see the module comment). A layer has two
     norms: the 1st, 3rd, ... norm of the step precede qkv_proj, the 2nd, 4th, ... gate_up_proj
     (cuBLASLt's persistent kernels share one grid size, so the order decides, not the grid)."""
@@ -90,11 +96,12 @@ def name_linears(step):
             continue
         if c in ("rms_norm", "norm+linear"):
             norms += 1
+        mlp = "router" if moe else "gate_up_proj"  # an MoE layer's projection after its 2nd norm
         if c == "norm+linear":  # batch-1 fused residual add + RMSNorm + projection
-            c = "norm+qkv_proj" if norms % 2 == 1 else "norm+gate_up_proj"
+            c = "norm+qkv_proj" if norms % 2 == 1 else "norm+" + mlp
         elif c == "linear":
             if prev == "rms_norm":
-                c = "qkv_proj" if norms % 2 == 1 else "gate_up_proj"
+                c = "qkv_proj" if norms % 2 == 1 else mlp
             elif prev in ("attention_decode", "attention_merge", "attention_prefill"):
                 c = "o_proj"
             elif prev == "silu_mul":
@@ -139,12 +146,21 @@ def main():
     ap.add_argument("--copy-tbps", type=float, default=2.99)
     ap.add_argument("--layers", type=int, default=36)
     ap.add_argument("--weight-bytes", type=float, default=2, help="bytes per projection weight (1: fp8)")
+    ap.add_argument("--experts", type=int, default=0, help="MoE: experts per layer (0: a dense model)")
+    ap.add_argument("--moe-intermediate", type=int, default=768)
+    ap.add_argument("--top-k", type=int, default=8)
     a = ap.parse_args()
     H, I, wb = a.hidden, a.intermediate, a.weight_bytes
     wbytes = {"qkv_proj": (a.q_size + 2 * a.kv_size) * H * wb, "o_proj": a.q_size * H * wb,
               "gate_up_proj": 2 * I * H * wb, "down_proj": I * H * wb, "lm_head": a.vocab * H * 2}
     wbytes["norm+qkv_proj"] = wbytes["qkv_proj"]
     wbytes["norm+gate_up_proj"] = wbytes["gate_up_proj"]
+    if a.experts:  # batch 1 reads the top-k experts' weights; larger batches an unknown set
+        Im = a.moe_intermediate
+        wbytes["router"] = wbytes["norm+router"] = a.experts * H * 2
+        if a.batch == 1:
+            wbytes["moe_gate_up"] = a.top_k * 2 * Im * H * 2
+            wbytes["moe_down"] = a.top_k * Im * H * 2
     rows = load(a.csv)
     if not rows:
         sys.exit("no kernels in " + a.csv)
@@ -160,7 +176,7 @@ def main():
         sys.exit(f"no decode steps of batch {a.batch}")
     walls, idles, per = [], [], {}
     for st in keep:
-        named = name_linears(st)
+        named = name_linears(st, moe=a.experts > 0)
         t0, t1 = st[0][0], max(r[0] + r[1] for r in st)
         walls.append(t1 - t0)
         charged, gaps = frontier(named)

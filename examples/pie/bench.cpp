@@ -340,6 +340,8 @@ int run_bench_with(const BenchOptions& o) {
     if (o.profile) {
       const int batch = o.mode == "latency" ? 1 : std::min(o.max_num_seqs, o.num_prompts);
       r["profile"] = b.profile(batch, o.input_len + o.output_len / 2);
+      // both: the batch-1 step too (the latency workload's ops), on the same engine.
+      if (o.mode == "both" && batch != 1) r["profile_batch1"] = b.profile(1, o.input_len + o.output_len / 2);
     }
     const auto& mp = b.eng->runner().memory_plan();
     r["gemm_tflops"] = b.ceil.gemm_flops / 1e12;

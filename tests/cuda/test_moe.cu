@@ -36,14 +36,19 @@ std::vector<T> fetch(const T* d, size_t n) {
   return h;
 }
 
-/// The CPU op's routing of logits (the router as the identity: logits·Iᵀ = logits exactly).
+/// The CPU op's routing of logits (the router as the identity: logits·Iᵀ = logits exactly),
+/// after rounding them to bf16 as the GPU op does for a bf16 model (moe_route's comment). The
+/// inputs are fp32 draws, so a kernel that skipped the rounding would pick other experts where
+/// two logits share a bf16 value or straddle one, and change every weight past 1e-6.
 void cpu_route(const std::vector<float>& logits, int n, int E, int k, bool norm, std::vector<int32_t>& ids,
                std::vector<float>& w) {
   std::vector<float> eye(size_t(E) * E, 0.f);
   for (int e = 0; e < E; ++e) eye[size_t(e) * E + e] = 1.f;
+  std::vector<float> rounded(logits.size());
+  for (size_t i = 0; i < logits.size(); ++i) rounded[i] = to_float(from_float<bf16>(logits[i]));
   ids.assign(size_t(n) * k, -1);
   w.assign(size_t(n) * k, 0.f);
-  ops::cpu::moe_route(logits.data(), E, n, E, eye.data(), E, k, norm, ids.data(), w.data());
+  ops::cpu::moe_route(rounded.data(), E, n, E, eye.data(), E, k, norm, ids.data(), w.data());
 }
 
 /// Checks the grouped order of a routing against its ids: offsets are the scan of the counts,
@@ -154,6 +159,7 @@ TEST(MoeExperts, GemvAndMmaMatchCpu) {
   // partial N tiles), and Qwen3-30B-A3B's (H 2048, I 768, 128 experts, top-8).
   for (Shape s : {Shape{1, 64, 8, 32, 2, true}, Shape{3, 64, 8, 32, 2, true}, Shape{8, 64, 8, 32, 4, false},
                   Shape{50, 64, 8, 32, 4, true}, Shape{7, 72, 6, 40, 3, true}, Shape{200, 72, 6, 40, 3, false},
+                  Shape{5, 64, 32, 32, 12, true},  // k past the un-permute's 8 loads in flight
                   Shape{1, 2048, 128, 768, 8, true}, Shape{4, 2048, 128, 768, 8, true},
                   Shape{100, 2048, 128, 768, 8, true}}) {
     ExpertsData d = make_data(s, rng);  // one draw, both paths

@@ -86,6 +86,100 @@ def greedy(model, ids):
     return tokens, rows, margin, ties, near
 
 
+TORCH_TOPK = torch.topk
+
+
+def lowest_index_topk(input, k, dim=-1, largest=True, sorted=True, *, out=None):
+    """torch.topk with ties broken toward the lower index (pie's routing kernel and the CPU op;
+    vLLM's topk-softmax too): a stable sort keeps equal values in index order."""
+    assert out is None and largest
+    v, i = torch.sort(input, dim=dim, descending=True, stable=True)
+    return torch.return_types.topk((v.narrow(dim, 0, k), i.narrow(dim, 0, k)))
+
+
+def rel_err(a, b):
+    """The metric of tests/gpu (gpu_test::rel_err): ||a - b|| / ||b||."""
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
+
+
+@torch.no_grad()
+def noise_floor(model, prompts, vocab):
+    """How far transformers moves from its own reference (printed), and its routing (returned,
+    for reference.json's "routing"; pie_gpu_test_hf's MoeRoutingDisagreesOnlyAtNearTies): the reference
+    prompts teacher-forced as one full-sequence forward (other kernel shapes, the same bf16
+    arithmetic) against the incremental reference logits; and that forward with the routers'
+    logits in fp32 (a pre-hook upcasts each router's input and weight) against it in bf16. The
+    first is the floor for the decode positions (the prompt runs as one prefill in both); the
+    second, how far a change of routing at near-ties moves the logits. Also: the exact ties at
+    the routers' top-k boundary, torch.topk's pick among equal values, and the forward with ties
+    broken toward the lower expert id (pie's rule) against torch's order."""
+    gates = [m.mlp.gate for m in model.model.layers if hasattr(m.mlp, "experts")]
+    impl = getattr(model.config, "_experts_implementation", None)
+
+    def forward_rows(p):
+        seq = p["prompt_ids"] + p["greedy_ids"][:LOGIT_STEPS]
+        out = model(torch.tensor([seq], device="cuda"), use_cache=False).logits[0].float()
+        n = len(p["prompt_ids"])
+        return [out[n - 1 + k].cpu() for k in range(LOGIT_STEPS)]
+
+    # Each router's picks and its top-k boundary gap, per row, from its own bf16 logits; the
+    # exact ties at that boundary (bf16 logits tie often).
+    k = model.config.num_experts_per_tok
+    ties, rows, picks = [0], [0], []
+
+    def record(mod, args, out):
+        x = args[0].reshape(-1, mod.weight.shape[1])
+        logits = torch.nn.functional.linear(x, mod.weight).float()  # bf16 output, as the router
+        top = torch.sort(logits, dim=-1, descending=True).values
+        ties[0] += int((top[:, k - 1] == top[:, k]).sum())
+        rows[0] += logits.shape[0]
+        ids = out[2] if isinstance(out, tuple) and len(out) == 3 else None  # transformers 5: (probs, weights, ids)
+        if ids is None or ids.dtype not in (torch.int32, torch.int64) or tuple(ids.shape) != (logits.shape[0], k):
+            ids = torch.topk(logits, k, dim=-1).indices  # the softmax keeps the order
+        ulp = torch.exp2(torch.floor(torch.log2(top[:, k - 1].abs().clamp_min(2.0 ** -126))) - 7)
+        picks[-1].append(dict(ids=torch.sort(ids, dim=-1).values.tolist(),
+                              gap_ulps=[round(float(g), 2) for g in (top[:, k - 1] - top[:, k]) / ulp]))
+
+    def forward_routed(p):
+        picks.append([])
+        return forward_rows(p)
+
+    counters = [g.register_forward_hook(record) for g in gates]
+    full = [forward_routed(p) for p in prompts]
+    for h in counters:
+        h.remove()
+    floor = max(rel_err(r, torch.tensor(want)) for p, f in zip(prompts, full) for r, want in zip(f, p["logits"]))
+    probe = torch.topk(torch.zeros(2, 16, device="cuda"), 4).indices.tolist()
+    torch.topk = lowest_index_topk  # the same forward with pie's tie rule
+    try:
+        other = [forward_rows(p) for p in prompts]
+    finally:
+        torch.topk = TORCH_TOPK
+    tie_rule = max(rel_err(a, b) for fa, fb in zip(other, full) for a, b in zip(fa, fb))
+    saved = [g.weight.data for g in gates]
+    hooks = [g.register_forward_pre_hook(lambda mod, args: tuple(a.float() for a in args)) for g in gates]
+    for g in gates:
+        g.weight.data = g.weight.data.float()
+    try:
+        f32 = [forward_rows(p) for p in prompts]
+        router = max(rel_err(a, b) for fa, fb in zip(f32, full) for a, b in zip(fa, fb))
+    except Exception as e:  # a transformers version whose router does not take this
+        router = f"n/a ({type(e).__name__}: {e})"
+    finally:
+        for h in hooks:
+            h.remove()
+        for g, w in zip(gates, saved):
+            g.weight.data = w
+    print(f"[hf noise floor] experts implementation {impl}: full-sequence forward vs incremental reference "
+          f"worst logits rel err {floor:.4g}; fp32 router logits vs bf16 {router if isinstance(router, str) else f'{router:.4g}'}; "
+          f"top-k boundary ties {ties[0]}/{rows[0]} router rows; torch.topk of 16 equal values picks {probe[0]}; "
+          f"ties to the lower id vs torch's order {tie_rule:.4g}", flush=True)
+    # Per prompt: the teacher-forced tokens of that forward and, per MoE layer, each row's experts
+    # (ascending) and the gap between its k-th and (k+1)-th logits in bf16 steps.
+    return [dict(tokens=p["prompt_ids"] + p["greedy_ids"][:LOGIT_STEPS], ids=[l["ids"] for l in layers],
+                 gap_ulps=[l["gap_ulps"] for l in layers]) for p, layers in zip(prompts, picks)]
+
+
 def make(name, kwargs, out_root, seed, min_margin, tries, moe=False):
     t0 = time.time()
     if moe:
@@ -122,10 +216,13 @@ def make(name, kwargs, out_root, seed, min_margin, tries, moe=False):
         prompts.append(dict(prompt_ids=ids, greedy_ids=tokens, min_top2_margin=round(margin, 6), top_ties=ties,
                             near_ties=near,
                             logits=[[float(f"{v:.6g}") for v in r.tolist()] for r in rows]))
+    routing = noise_floor(model, prompts, config.vocab_size) if moe else None
     ref = dict(name=name, architecture=cls.__name__, vocab_size=config.vocab_size,
                dtype="bfloat16", seed=seed, device=torch.cuda.get_device_name(),
                transformers_version=transformers.__version__, torch_version=torch.__version__,
                new_tokens=NEW_TOKENS, logit_steps=LOGIT_STEPS, prompts=prompts)
+    if routing is not None:
+        ref["routing"] = routing
     with open(os.path.join(out_dir, "reference.json"), "w") as f:
         json.dump(ref, f, separators=(",", ":"))
     del model

@@ -108,9 +108,13 @@ void compare(const std::filesystem::path& dir) {
     EXPECT_GE(rate, 0.99);
     // Qwen3-MoE: a router score that bf16 rounding moves past another expert's swaps an expert
     // for that token, which moves its logits far more than rounding does. On the H200
-    // (2026-12-04) the small MoE checkpoint measured worst 0.145 with 128/128 greedy agreement
-    // (the dense checkpoints 0.0146 and 0.0104). Issue 20 asks for the dense 2e-2; that target
-    // is open, and this bound guards the measured level.
+    // (2026-12-04) the small MoE checkpoint measured worst 0.145, then 0.167 with the router
+    // logits rounded to bf16 as transformers rounds them, both with 128/128 greedy agreement
+    // (the dense checkpoints 0.0146 and 0.0104). transformers against itself on that checkpoint
+    // moves 0.1455 when only its router logits go from bf16 to fp32 (make_hf_reference.py's
+    // noise-floor line): one routing change at a near-tie is worth about this much here.
+    // Issue 20 asks for the dense 2e-2; that target is open, and this bound guards the
+    // measured level.
     const double bound = std::is_same_v<M, Qwen3Moe> ? 0.2 : 2e-2;
     EXPECT_LE(worst, bound);
   }
@@ -193,6 +197,75 @@ TEST(GpuVsTransformers, TeacherForcedGreedyAndLogits) {
     else
       compare<Qwen3>(dir);
   }
+}
+
+// Qwen3-MoE's routing against transformers', layer by layer (issue 20's open accuracy gap): each
+// prompt's teacher-forced tokens (reference.json "routing", from make_hf_reference.py) as one
+// prefill, every MoE layer's experts per token compared as sets. A disagreement where
+// transformers' k-th and (k+1)-th router logits lie within 2 bf16 steps is rounding noise that
+// any second bf16 implementation shows; one at a wider gap is a real difference in what reaches
+// the router. Opt-in (PIE_GPU_MOE_ROUTING=1): a diagnostic for that open gap, written after the
+// session's last device call and not yet run on a GPU.
+TEST(GpuVsTransformers, MoeRoutingDisagreesOnlyAtNearTies) {
+  if (std::getenv("PIE_GPU_MOE_ROUTING") == nullptr) GTEST_SKIP() << "opt-in: PIE_GPU_MOE_ROUTING=1";
+  auto dirs = checkpoints();
+  if (dirs.empty()) GTEST_SKIP() << "PIE_GPU_HF_DIR is unset or holds no checkpoint (run make_hf_reference.py)";
+  int checked = 0;
+  for (const auto& dir : dirs) {
+    SCOPED_TRACE(dir.string());
+    if (model::load_model_config(dir.string(), true).architecture_name != Qwen3Moe::kArchitectureName) continue;
+    std::ifstream f(dir / "reference.json");
+    const nlohmann::json ref = nlohmann::json::parse(f);
+    if (!ref.contains("routing")) continue;
+    Engine<Qwen3Moe, CudaBf16> engine(checkpoint_options(dir));
+    auto& runner = engine.runner();
+    std::vector<std::vector<int32_t>> layers;  // this prefill's ids [n·k], one entry per MoE layer
+    int k = 0;
+    runner.forward().set_moe_observer([&](const int32_t* ids, int n, int kk, cudaStream_t s) {
+      std::vector<int32_t> h(static_cast<size_t>(n) * kk);
+      PIE_CUDA_CHECK(cudaMemcpyAsync(h.data(), ids, h.size() * sizeof(int32_t), cudaMemcpyDeviceToHost, s));
+      PIE_CUDA_CHECK(cudaStreamSynchronize(s));
+      layers.push_back(std::move(h));
+      k = kk;
+    });
+    int rows = 0, differ = 0, clear = 0;
+    const size_t steps = ref.value("logit_steps", size_t{0});  // tokens = prompt + these
+    for (const auto& r : ref["routing"]) {
+      gpu_test::HandSeq s{r["tokens"].get<std::vector<int32_t>>()};
+      const int n = static_cast<int>(s.tokens.size());
+      layers.clear();
+      int32_t next = 0;
+      auto plan = gpu_test::hand_plan({&s}, {n}, CudaBf16::block_size, next);
+      runner.execute_logits(plan, std::vector<SampleSpec>(1));
+      const auto want = r["ids"].get<std::vector<std::vector<std::vector<int32_t>>>>();
+      const auto gaps = r["gap_ulps"].get<std::vector<std::vector<double>>>();
+      ASSERT_EQ(layers.size(), want.size()) << "MoE layers";
+      for (size_t l = 0; l < want.size(); ++l) {
+        ASSERT_EQ(want[l].size(), static_cast<size_t>(n));
+        for (int t = 0; t < n; ++t) {
+          std::vector<int32_t> got(layers[l].begin() + static_cast<int64_t>(t) * k,
+                                   layers[l].begin() + static_cast<int64_t>(t + 1) * k);
+          std::sort(got.begin(), got.end());
+          ++rows;
+          if (got == want[l][t]) continue;
+          ++differ;
+          const bool near = gaps[l][t] <= 2.0;
+          clear += !near;
+          if (!near || differ <= 8)
+            std::printf("[moe routing] %s prompt %zu layer %zu row %d: pie and transformers differ, transformers' "
+                        "boundary gap %.2f bf16 steps\n",
+                        dir.filename().c_str(), r["tokens"].size() - steps, l, t, gaps[l][t]);
+        }
+      }
+    }
+    std::printf("[moe routing] %s: %d of %d (layer, token) rows route differently, %d of them at a gap above 2 bf16 "
+                "steps\n",
+                dir.filename().c_str(), differ, rows, clear);
+    EXPECT_GT(rows, 0);
+    EXPECT_EQ(clear, 0);
+    ++checked;
+  }
+  if (checked == 0) GTEST_SKIP() << "no Qwen3-MoE reference with routing";
 }
 
 }  // namespace

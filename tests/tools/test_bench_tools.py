@@ -10,7 +10,14 @@ PROFILE = os.path.join(ROOT, "bench", "nsys_decode_profile.py")
 PLOT = os.path.join(ROOT, "bench", "plot_gpu_engine.py")
 
 
-def write_trace(path, steps, batch=1, overlap_ns=0, gap_ns=0, prefill_first=False, fused=False):
+MOE = "void pie::ops::cuda::detail::"  # the MoE block's kernels, as the CUPTI tracer writes them
+MOE_MLP = [("gemv_kernel<1>", 3000), (MOE + "moe_route_kernel<4; __nv_bfloat16>(float const*; int)", 5000),
+           (MOE + "moe_gemv_kernel<1; 2; 4; true; true; __nv_bfloat16>(x)", 10000),
+           (MOE + "moe_gemv_kernel<1; 2; 4; false; false; __nv_bfloat16>(x)", 6000),
+           (MOE + "moe_unpermute_kernel<__nv_bfloat16>(x)", 2000)]
+
+
+def write_trace(path, steps, batch=1, overlap_ns=0, gap_ns=0, prefill_first=False, fused=False, moe=False):
     """One layer per step: norm → qkv → rope → kv_write → decode → merge → o → norm → gate_up →
     silu → down, then final norm, row gather, lm_head, sampler. Each kernel starts `overlap_ns`
     before the previous one ends (PDL) or `gap_ns` after it."""
@@ -24,6 +31,8 @@ def write_trace(path, steps, batch=1, overlap_ns=0, gap_ns=0, prefill_first=Fals
         g = "void pie::ops::cuda::detail::gemv_kernel<1; 2; 4; 4; 1; true; __nv_bfloat16; __nv_bfloat16>(x)"
         layer = [(g, 23000) if i == 1 else (g, 69000) if i == 8 else k for i, k in enumerate(layer)
                  if k[0] != "rms_norm_kernel<true>"]
+    if moe:  # a Qwen3-MoE layer: router, routing, grouped gate_up and down, un-permute
+        layer = layer[:8] + MOE_MLP
     tail = [("rms_norm_kernel<false>", 3000), ("embedding_kernel", 1000), ("gemv_kernel<1>", 390000),
             ("sampling_kernel", 1000)]
     for s in range(steps):
@@ -107,6 +116,20 @@ def test_fp8_quantization_kernels_are_their_own_op_and_leave_the_projection_name
     # qkv_proj: (4096 + 2·1024)·4096 weights of 1 byte, 2 layers, 40 µs → 1.26 TB/s
     line = next(l for l in out2.splitlines() if l.startswith("qkv_proj"))
     assert "1.26 TB/s" in line
+
+
+def test_moe_kernels_are_named_and_batch_one_reads_the_top_k_experts(tmp_path):
+    p = str(tmp_path / "t.csv")
+    write_trace(p, steps=10, moe=True)
+    out = profile(p, "--hidden", "1024", "--experts", "16", "--moe-intermediate", "512", "--top-k", "4")
+    rows = table(out)
+    assert rows["router"] == (2, 6.0)  # the projection after the 2nd norm of an MoE layer
+    assert rows["moe_route"] == (2, 10.0) and rows["moe_unpermute"] == (2, 4.0)
+    assert rows["moe_gate_up"] == (2, 20.0) and rows["moe_down"] == (2, 12.0)
+    assert "gate_up_proj" not in rows and "down_proj" not in rows
+    # 4 experts · 2·512 rows · 1024 · 2 B per layer, 2 layers, in 20 µs
+    gate_up = next(line for line in out.splitlines() if line.startswith("moe_gate_up"))
+    assert "0.84 TB/s" in gate_up, gate_up
 
 
 def test_overlapping_kernels_are_charged_only_the_time_they_moved_the_end(tmp_path):

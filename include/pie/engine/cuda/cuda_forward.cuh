@@ -22,6 +22,7 @@
 #include <cmath>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 
 #include "pie/core/attention_variants.hpp"
@@ -337,8 +338,21 @@ class CudaForward {
     TensorView<float> logits(ws.logits(), {n, E}, Device::Cuda);
     op("moe_router", [&] { (*p_.gemm)(logits, x, router, static_cast<const T*>(nullptr), s_); });
     op("moe_route", [&] { ops::cuda::moe_route(n, norm_topk_prob, ws, s_); });
-    op("moe_experts", [&] { ops::cuda::moe_experts(x, gate_up, down, ws, out, !p_.batch_invariant, s_); });
+    if (n == 0) return;
+    if (moe_observer_) {  // a test's look at the routing; never inside a graph capture
+      cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+      PIE_CUDA_CHECK(cudaStreamIsCapturing(s_, &cs));
+      if (cs == cudaStreamCaptureStatusNone) moe_observer_(ws.routing().ids, n, top_k, s_);
+    }
+    const ops::cuda::MoeExperts<T> ex(x, gate_up, down, ws, out, !p_.batch_invariant);
+    op("moe_gate_up", [&] { ex.gate_up(s_); });  // three ops, so that the profiler splits them
+    op("moe_down", [&] { ex.down(s_); });
+    op("moe_unpermute", [&] { ex.unpermute(s_); });
   }
+  /// \brief Called by every eager moe() after its routing: the device ids [n·k] (expert of token
+  /// t's j-th slot) and the step's stream. For tests comparing routing with transformers.
+  using MoeObserver = std::function<void(const int32_t* ids, int n, int k, cudaStream_t stream)>;
+  void set_moe_observer(MoeObserver f) { moe_observer_ = std::move(f); }
   void all_reduce(Act x) {
     if (!p_.comm) return;
     PIE_CHECK(x.stride[0] == x.shape[1], "all_reduce: the activation must be contiguous");
@@ -428,6 +442,7 @@ class CudaForward {
     bool per_token = false;
   } fp8_in_;
   int fp8_per_token_ = -1;  ///< the fp8 linears' scheme (-1 before the first)
+  MoeObserver moe_observer_;  ///< see set_moe_observer (empty: none)
 };
 
 }  // namespace pie::engine::cuda

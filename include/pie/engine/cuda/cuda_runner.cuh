@@ -161,6 +161,8 @@ class CudaRunner {
   KVCache<KV>& kv_cache() { return *kv_; }
   /// Per-op event timing of the following steps (eager while on); see step_profiler.cuh.
   StepProfiler& profiler() { return prof_; }
+  /// The forward context (tests: its MoE routing observer).
+  Forward& forward() { return *fwd_; }
 
   int max_kv_blocks() const { return static_cast<int>(plan_.num_blocks); }
   int wanted_host_blocks(const EngineOptions&) const { return static_cast<int>(plan_.num_swap_blocks); }

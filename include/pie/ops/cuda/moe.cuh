@@ -6,7 +6,8 @@
 ///
 /// Steps, for n tokens, E experts, top-k, hidden H, expert width I:
 /// 1. Router logits [n, E] in fp32 (the caller: a GEMM with float output).
-/// 2. moe_route: one warp per token does softmax → top-k (ties to the lower id, as the CPU op)
+/// 2. moe_route: one warp per token rounds its logits to T (as a bf16 router linear's output),
+///    then does softmax → top-k (ties to the lower id, as the CPU op)
 ///    → optional renormalisation, and counts tokens per expert with atomics; the last CTA to
 ///    finish (a ticket counter) scans the counts into per-expert row offsets, M-tile offsets and
 ///    the ascending list of non-empty experts, scatters every (token, slot) pair to its row of
@@ -94,8 +95,9 @@ __device__ __forceinline__ int block_exclusive_scan256(int v, int* s, int& total
   return base + x - v;
 }
 
-/// Step 2 (see file comment). 256 threads, one warp per token; kPerLane·32 ≥ E.
-template <int kPerLane>
+/// Step 2 (see file comment). 256 threads, one warp per token; kPerLane·32 ≥ E. The logits are
+/// first rounded to L, the activation type (see moe_route).
+template <int kPerLane, class L>
 __global__ void __launch_bounds__(256) moe_route_kernel(const float* __restrict__ logits, int n, int E, int k,
                                                         int norm, MoeRouting r) {
   __shared__ int s_cursor[kMoeMaxExperts];
@@ -112,7 +114,7 @@ __global__ void __launch_bounds__(256) moe_route_kernel(const float* __restrict_
 #pragma unroll
     for (int i = 0; i < kPerLane; ++i) {
       const int e = lane + 32 * i;
-      v[i] = e < E ? l[e] : -INFINITY;
+      v[i] = e < E ? to_f32(from_f32<L>(l[e])) : -INFINITY;
       mx = fmaxf(mx, v[i]);
     }
     mx = warp_max(mx);
@@ -208,6 +210,15 @@ struct MoeGemmParams {
 };
 
 __device__ __forceinline__ float silu_f(float g) { return g / (1.f + expf(-g)); }
+
+/// SwiGLU of one element from the fp32 accumulators of its gate and up rows, rounded where
+/// transformers (and the dense path, activation.cuh) round: gate and up are T outputs of the
+/// linear layer, and silu(gate) is a T tensor before it multiplies up.
+template <class T>
+__device__ __forceinline__ float swiglu_rounded(float g, float u) {
+  const float gr = to_f32(from_f32<T>(g)), ur = to_f32(from_f32<T>(u));
+  return to_f32(from_f32<T>(silu_f(gr))) * ur;
+}
 
 /// The grouped tensor-core product (see file comment): 64×128 tiles (with SwiGLU, 128 weight
 /// rows = 64 gate + 64 up, interleaved by 8, for 64 output columns), 4 warps of 32×64, K in
@@ -327,8 +338,8 @@ __global__ void __launch_bounds__(128) moe_mma_kernel(const __grid_constant__ Mo
         for (int pr = 0; pr < 4; ++pr) {
           const int col = blockIdx.x * 64 + (wn >> 1) + pr * 8 + c2;
           if (col >= p.n_out) continue;
-          const float v0 = silu_f(acc[a][2 * pr][2 * h]) * acc[a][2 * pr + 1][2 * h];
-          const float v1 = silu_f(acc[a][2 * pr][2 * h + 1]) * acc[a][2 * pr + 1][2 * h + 1];
+          const float v0 = swiglu_rounded<T>(acc[a][2 * pr][2 * h], acc[a][2 * pr + 1][2 * h]);
+          const float v1 = swiglu_rounded<T>(acc[a][2 * pr][2 * h + 1], acc[a][2 * pr + 1][2 * h + 1]);
           *reinterpret_cast<uint32_t*>(o + col) = pack2<T>(v0, v1);
         }
       } else {
@@ -416,48 +427,66 @@ __global__ void __launch_bounds__(128) moe_gemv_kernel(const __grid_constant__ M
 #pragma unroll
     for (int c = 0; c < C; ++c) {
       if (lane != (r * C + c) % 32 || n0 + c >= p.n_out) continue;
-      const float v = kSwiGLU ? silu_f(acc[r][c]) * acc[r][C + c] : acc[r][c];
+      const float v = kSwiGLU ? swiglu_rounded<T>(acc[r][c], acc[r][C + c]) : acc[r][c];
       p.out[static_cast<int64_t>(g0 + r) * p.ldo + n0 + c] = from_f32<T>(v);
     }
   }
 }
 
-/// Step 4: one CTA per token, 8 elements per thread per pass.
+/// Step 4: CTA (t, c) writes elements [c·1024, (c+1)·1024) of token t, 8 per thread. Lanes
+/// 0..k−1 read the token's k slots at once and place each by its rank among the token's
+/// (distinct) expert ids, so the sum runs in ascending expert id (the CPU op's order); then each
+/// thread issues its k row loads 8 at a time before using any (one CTA per token with a serial
+/// sort and dependent loads took 6.3 µs at batch 1 on the H200, mostly load latency).
 template <class T>
 __global__ void __launch_bounds__(128) moe_unpermute_kernel(const T* __restrict__ y, int64_t ldy,
                                                             const int32_t* __restrict__ ids,
                                                             const float* __restrict__ weights,
                                                             const int32_t* __restrict__ inv, int k, int H, T* out,
                                                             int64_t ldo) {
+  static_assert(sizeof(Pack8<T>) == sizeof(uint4), "8 elements of T are one 16-byte load");
+  __shared__ int s_id[kMoeMaxTopK];
   __shared__ int s_pos[kMoeMaxTopK];
   __shared__ float s_w[kMoeMaxTopK];
   pdl_wait();
   pdl_launch_dependents();
-  const int t = blockIdx.x;
-  if (threadIdx.x == 0) {
-    // Insertion sort of the token's k slots by expert id (the CPU op adds in that order).
-    int id[kMoeMaxTopK];
-    for (int j = 0; j < k; ++j) {
-      const int64_t i = static_cast<int64_t>(t) * k + j;
-      int x = ids[i], pos = inv[i];
-      float w = weights[i];
-      int m = j;
-      for (; m > 0 && id[m - 1] > x; --m) { id[m] = id[m - 1]; s_pos[m] = s_pos[m - 1]; s_w[m] = s_w[m - 1]; }
-      id[m] = x; s_pos[m] = pos; s_w[m] = w;
-    }
+  const int t = blockIdx.x, j = threadIdx.x;
+  int my_id = 0, my_pos = 0;
+  float my_w = 0.f;
+  if (j < k) {
+    const int64_t i = static_cast<int64_t>(t) * k + j;
+    my_id = ids[i];
+    my_pos = inv[i];
+    my_w = weights[i];
+    s_id[j] = my_id;
   }
   __syncthreads();
-  for (int h = threadIdx.x * 8; h < H; h += blockDim.x * 8) {
-    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    for (int j = 0; j < k; ++j) {
+  if (j < k) {
+    int rank = 0;
+    for (int m = 0; m < k; ++m) rank += s_id[m] < my_id;
+    s_pos[rank] = my_pos;
+    s_w[rank] = my_w;
+  }
+  __syncthreads();
+  const int h = (blockIdx.y * blockDim.x + threadIdx.x) * 8;
+  if (h >= H) return;
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int j0 = 0; j0 < k; j0 += 8) {
+    uint4 raw[8];
+#pragma unroll
+    for (int u = 0; u < 8; ++u)
+      if (j0 + u < k) raw[u] = *reinterpret_cast<const uint4*>(y + static_cast<int64_t>(s_pos[j0 + u]) * ldy + h);
+#pragma unroll
+    for (int u = 0; u < 8; ++u) {
+      if (j0 + u >= k) break;
       float v[8];
-      load8(y + static_cast<int64_t>(s_pos[j]) * ldy + h, v);
-      const float w = s_w[j];
+      widen8(*reinterpret_cast<const Pack8<T>*>(&raw[u]), v);
+      const float w = s_w[j0 + u];
 #pragma unroll
       for (int q = 0; q < 8; ++q) acc[q] += v[q] * w;
     }
-    store8(out + static_cast<int64_t>(t) * ldo + h, acc);
   }
+  store8(out + static_cast<int64_t>(t) * ldo + h, acc);
 }
 
 }  // namespace detail
@@ -520,41 +549,41 @@ class MoeWorkspace {
   MoeRouting r_;
 };
 
-/// \brief Routes n tokens from their router logits (ws.logits(), [n, E] fp32): softmax, top-k,
-/// renormalisation when `norm_topk_prob`, and the expert-grouped order (see the file comment).
+/// \brief Routes n tokens from their router logits (ws.logits(), [n, E], accumulated in fp32):
+/// each logit rounded to T, then softmax in fp32, top-k, renormalisation when
+/// `norm_topk_prob`, and the expert-grouped order (see the file comment).
+///
+/// Why round: a bf16 model's router is a bf16 linear layer in transformers (and vLLM), so its
+/// logits reach the softmax rounded to bf16. Routing from the unrounded fp32 logits picks
+/// another expert wherever the k-th and (k+1)-th logits lie within a bf16 step, a few percent
+/// of token-layers on random checkpoints, and each such swap moves that token's output by a
+/// whole expert's contribution (docs/kernels.md, the MoE block's accuracy).
 template <class T>
 void moe_route(int n, bool norm_topk_prob, MoeWorkspace<T>& ws, cudaStream_t stream) {
   if (n == 0) return;
+  using D = device_t<T>;
   const int E = ws.num_experts();
   const dim3 grid((n + 7) / 8);
   const float* logits = ws.logits();
   const int k = ws.top_k(), norm = norm_topk_prob ? 1 : 0;
-  if (E <= 32) launch_pdl(detail::moe_route_kernel<1>, grid, dim3(256), 0, stream, logits, n, E, k, norm, ws.routing());
-  else if (E <= 128) launch_pdl(detail::moe_route_kernel<4>, grid, dim3(256), 0, stream, logits, n, E, k, norm, ws.routing());
-  else launch_pdl(detail::moe_route_kernel<8>, grid, dim3(256), 0, stream, logits, n, E, k, norm, ws.routing());
+  if (E <= 32) launch_pdl(detail::moe_route_kernel<1, D>, grid, dim3(256), 0, stream, logits, n, E, k, norm, ws.routing());
+  else if (E <= 128) launch_pdl(detail::moe_route_kernel<4, D>, grid, dim3(256), 0, stream, logits, n, E, k, norm, ws.routing());
+  else launch_pdl(detail::moe_route_kernel<8, D>, grid, dim3(256), 0, stream, logits, n, E, k, norm, ws.routing());
 }
 
 namespace detail {
-template <int R, class T>
-void launch_moe_gemv(const MoeGemmParams<device_t<T>>& gu, const MoeGemmParams<device_t<T>>& dn, int slots,
-                     cudaStream_t s) {
-  using D = device_t<T>;
-  launch_pdl(moe_gemv_kernel<R, 2, 4, true, true, D>, dim3((gu.n_out + 7) / 8, slots), dim3(128), 0, s, gu);
-  launch_pdl(moe_gemv_kernel<R, 2, 4, false, false, D>, dim3((dn.n_out + 7) / 8, slots), dim3(128), 0, s, dn);
-}
-}  // namespace detail
-
-/// \brief The experts of a routed call: out [n, H] = Σ_j w·down_e(silu(gate_e·x)·up_e·x) over
-/// each token's experts (moe_route ran on the same stream before).
-/// \param x       [n, H] (rows 16-byte aligned)
-/// \param gate_up [E, 2·I, H]: per expert its I gate rows, then its I up rows
-/// \param down    [E, H, I]
-/// \param use_gemv take the gemv path when n ≤ kMoeGemvMaxTokens (off: mma for every n)
+/// The grouped-product launches of one call: the parameters of both products, and which path.
 template <class T>
-void moe_experts(TensorView<T> x, TensorView<T> gate_up, TensorView<T> down, MoeWorkspace<T>& ws, TensorView<T> out,
-                 bool use_gemv, cudaStream_t stream) {
+struct MoePlan {
+  MoeGemmParams<device_t<T>> gu, dn;
+  int n, rows, slots, E, H, I;
+  bool gemv;
+};
+
+template <class T>
+MoePlan<T> moe_plan(TensorView<T> x, TensorView<T> gate_up, TensorView<T> down, MoeWorkspace<T>& ws,
+                    TensorView<T> out, bool use_gemv) {
   const int n = static_cast<int>(x.shape[0]);
-  if (n == 0) return;
   const int E = ws.num_experts(), k = ws.top_k(), H = ws.hidden(), I = ws.inter();
   PIE_CHECK(x.rank == 2 && x.shape[1] == H && out.rank == 2 && out.shape[0] == n && out.shape[1] == H &&
                 gate_up.rank == 3 && gate_up.shape[0] == E && gate_up.shape[1] == 2 * I && gate_up.shape[2] == H &&
@@ -565,27 +594,79 @@ void moe_experts(TensorView<T> x, TensorView<T> gate_up, TensorView<T> down, Moe
   check_rows8(out, "moe_experts: out");
   PIE_CHECK(gate_up.contiguous() && down.contiguous() && vec8_aligned(gate_up.data) && vec8_aligned(down.data),
             "moe_experts: expert weights must be contiguous and 16-byte aligned");
-  using D = device_t<T>;
   const MoeRouting& r = ws.routing();
   const int rows = n * k;
-  detail::MoeGemmParams<D> gu{dev(x.data), x.stride[0], dev(gate_up.data), int64_t{2} * I * H, dev(ws.act()), I,
-                      r.perm, r.offsets, r.tile_offsets, r.active, I, H, E};
-  detail::MoeGemmParams<D> dn{dev(ws.act()), I, dev(down.data), int64_t{H} * I, dev(ws.y()), H,
-                      r.perm, r.offsets, r.tile_offsets, r.active, H, I, E};
-  if (use_gemv && n <= kMoeGemvMaxTokens) {
-    const int slots = std::min(E, rows);
-    if (n == 1) detail::launch_moe_gemv<1, T>(gu, dn, slots, stream);
-    else if (n == 2) detail::launch_moe_gemv<2, T>(gu, dn, slots, stream);
-    else if (n <= 4) detail::launch_moe_gemv<4, T>(gu, dn, slots, stream);
-    else detail::launch_moe_gemv<8, T>(gu, dn, slots, stream);
+  return MoePlan<T>{{dev(x.data), x.stride[0], dev(gate_up.data), int64_t{2} * I * H, dev(ws.act()), I, r.perm,
+                     r.offsets, r.tile_offsets, r.active, I, H, E},
+                    {dev(ws.act()), I, dev(down.data), int64_t{H} * I, dev(ws.y()), H, r.perm, r.offsets,
+                     r.tile_offsets, r.active, H, I, E},
+                    n, rows, std::min(E, rows), E, H, I, use_gemv && n <= kMoeGemvMaxTokens};
+}
+
+template <int R, bool kUp, class D>
+void launch_moe_gemv(const MoeGemmParams<D>& p, int slots, cudaStream_t s) {
+  launch_pdl(moe_gemv_kernel<R, 2, 4, kUp, kUp, D>, dim3((p.n_out + 7) / 8, slots), dim3(128), 0, s, p);
+}
+
+/// One grouped product: gate_up (+SwiGLU, rows gathered through perm) or down.
+template <bool kUp, class T>
+void moe_product(const MoePlan<T>& pl, cudaStream_t s) {
+  using D = device_t<T>;
+  const MoeGemmParams<D>& p = kUp ? pl.gu : pl.dn;
+  if (pl.gemv) {
+    if (pl.n == 1) launch_moe_gemv<1, kUp>(p, pl.slots, s);
+    else if (pl.n == 2) launch_moe_gemv<2, kUp>(p, pl.slots, s);
+    else if (pl.n <= 4) launch_moe_gemv<4, kUp>(p, pl.slots, s);
+    else launch_moe_gemv<8, kUp>(p, pl.slots, s);
   } else {
-    const unsigned tiles = static_cast<unsigned>(rows / kMoeTileM + std::min(E, rows));
-    launch_pdl(detail::moe_mma_kernel<true, true, D>, dim3((I + 63) / 64, tiles), dim3(128), 0, stream, gu);
-    launch_pdl(detail::moe_mma_kernel<false, false, D>, dim3((H + 127) / 128, tiles), dim3(128), 0, stream, dn);
+    const unsigned tiles = static_cast<unsigned>(pl.rows / kMoeTileM + std::min(pl.E, pl.rows));
+    const int cols = kUp ? (pl.I + 63) / 64 : (pl.H + 127) / 128;
+    launch_pdl(moe_mma_kernel<kUp, kUp, D>, dim3(cols, tiles), dim3(128), 0, s, p);
   }
-  launch_pdl(detail::moe_unpermute_kernel<D>, dim3(n), dim3(128), 0, stream, static_cast<const D*>(dev(ws.y())),
-             int64_t{H}, static_cast<const int32_t*>(r.ids), static_cast<const float*>(r.weights),
-             static_cast<const int32_t*>(r.inv), k, H, dev(out.data), out.stride[0]);
+}
+}  // namespace detail
+
+/// \brief The three stages of the experts of a routed call, launched one by one so that a
+/// profiler can time each (moe_experts runs them in a row): gate_up(+SwiGLU) → act, down → y,
+/// and the weighted un-permute y → out. moe_route ran on the same stream before.
+/// \param x       [n, H] (rows 16-byte aligned)
+/// \param gate_up [E, 2·I, H]: per expert its I gate rows, then its I up rows
+/// \param down    [E, H, I]
+/// \param use_gemv take the gemv path when n ≤ kMoeGemvMaxTokens (off: mma for every n)
+template <class T>
+class MoeExperts {
+ public:
+  MoeExperts(TensorView<T> x, TensorView<T> gate_up, TensorView<T> down, MoeWorkspace<T>& ws, TensorView<T> out,
+             bool use_gemv)
+      : ws_(ws), out_(out), plan_(detail::moe_plan(x, gate_up, down, ws, out, use_gemv)) {}
+  void gate_up(cudaStream_t s) const { if (plan_.n > 0) detail::moe_product<true>(plan_, s); }
+  void down(cudaStream_t s) const { if (plan_.n > 0) detail::moe_product<false>(plan_, s); }
+  void unpermute(cudaStream_t s) const {
+    if (plan_.n == 0) return;
+    using D = device_t<T>;
+    const MoeRouting& r = ws_.routing();
+    launch_pdl(detail::moe_unpermute_kernel<D>, dim3(plan_.n, (plan_.H + 1023) / 1024), dim3(128), 0, s,
+               static_cast<const D*>(dev(ws_.y())), int64_t{plan_.H}, static_cast<const int32_t*>(r.ids),
+               static_cast<const float*>(r.weights), static_cast<const int32_t*>(r.inv), ws_.top_k(), plan_.H,
+               dev(out_.data), out_.stride[0]);
+  }
+
+ private:
+  MoeWorkspace<T>& ws_;
+  TensorView<T> out_;
+  detail::MoePlan<T> plan_;
+};
+
+/// \brief The experts of a routed call: out [n, H] = Σ_j w·down_e(silu(gate_e·x)·up_e·x) over
+/// each token's experts (moe_route ran on the same stream before); MoeExperts' three stages.
+template <class T>
+void moe_experts(TensorView<T> x, TensorView<T> gate_up, TensorView<T> down, MoeWorkspace<T>& ws, TensorView<T> out,
+                 bool use_gemv, cudaStream_t stream) {
+  if (x.shape[0] == 0) return;
+  const MoeExperts<T> ex(x, gate_up, down, ws, out, use_gemv);
+  ex.gate_up(stream);
+  ex.down(stream);
+  ex.unpermute(stream);
 }
 
 }  // namespace pie::ops::cuda
