@@ -14,9 +14,10 @@
 /// scores, exponentiates only those, and the probabilities are broadcast back for P·V), which
 /// halves the shuffles and cuts the exponentials by the row width: the arithmetic, not the
 /// copies, bounds this kernel. Long contexts with few sequences are split over CTAs
-/// (plan_decode_attention) and merged by log-sum-exp in a second, short kernel. An fp8 cache at
-/// head dims 64 and 128 takes the tensor-core kernel of attention_decode_mma.cuh instead (same
-/// ring, plan and merge), since fp8 brings twice the tokens per byte to the arithmetic.
+/// (plan_decode_attention) and merged by log-sum-exp in a second, short kernel. At head dims 64
+/// and 128 and GQA groups ≤ 8 the tensor-core kernel of attention_decode_mma.cuh runs instead
+/// (same ring, plan and merge): this CUDA-core kernel is bound by its arithmetic on short contexts
+/// and on fp8, which brings twice the tokens per byte.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -56,7 +57,8 @@ struct DecodePlan {
   int num_splits = 1;         ///< CTAs per (sequence, KV head) along the context
   int tokens_per_split = 0;   ///< context tokens each split covers (a multiple of 64)
   size_t workspace_bytes = 0; ///< device scratch the launch needs (0 when num_splits == 1)
-  /// CTA shape: warps per CTA and shared-memory ring depth (stages of 16 KB at 16-bit KV).
+  /// CTA shape of the CUDA-core kernel: warps per CTA and shared-memory ring depth (stages of 16 KB
+  /// at 16-bit KV). The tensor-core kernel (head dims 64/128) has a fixed shape of its own.
   int warps = 4;
   int stages = 3;
   int ctas_per_sm = 4;        ///< resident CTAs per SM the split choice assumed
@@ -500,7 +502,7 @@ template <int HD, int GROUP, int NW, int STAGES, int MODE = 0, class T, class KV
 void launch_decode_mma(const DecodeParams<T, KV, Variant>& p, int batch, cudaStream_t stream) {
   static_assert(NW > 0 && STAGES > 0, "launch_decode_mma: warps and stages");
   launch_decode_kernel<HD, GROUP, NW, decode_mma_kernel<HD, GROUP, NW, STAGES, MODE, T, KV, Variant>>(
-      DecodeMmaShape<HD, GROUP, NW, STAGES>::SMEM, p, batch, stream);
+      DecodeMmaShape<HD, GROUP, NW, STAGES, KV>::SMEM, p, batch, stream);
 }
 }  // namespace detail
 
@@ -513,9 +515,9 @@ void launch_decode_mma(const DecodeParams<T, KV, Variant>& p, int batch, cudaStr
 /// \param workspace device scratch of plan.workspace_bytes (may be null when 0)
 /// \tparam Warps, Stages CTA shape (warps, ring depth) for benchmarks; 0: the plan's (the default
 /// shape, DecodePlan::warps and DecodePlan::stages)
-/// \tparam Mode 0; for benchmarks only: 1 moves the pages without computing attention, 2 takes the
-/// all-reduce softmax (see decode_body), 3 takes the CUDA-core kernel where the tensor-core one
-/// applies (fp8 K/V at head dims 64 and 128)
+/// \tparam Mode 0; for benchmarks and tests only: 1 moves the pages without computing attention,
+/// 2 takes the CUDA-core kernel with the all-reduce softmax (see decode_body), 3 the CUDA-core
+/// kernel where the tensor-core one applies (head dims 64 and 128, groups ≤ 8)
 template <int Warps = 0, int Stages = 0, int Mode = 0, class T, class KV, class Variant = attention::Causal>
 void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out, const DecodePlan& plan,
                       void* workspace, float sm_scale, Variant variant = {}, cudaStream_t stream = nullptr) {
@@ -552,20 +554,22 @@ void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out,
   p.variant = variant;
   PIE_DISPATCH_HEAD_DIM(cache.head_dim, HD, [&] {
     PIE_DISPATCH_GQA_GROUP(nq / cache.num_kv_heads, GROUP, [&] {
-      constexpr bool kMma = detail::kDecodeMma<HD, GROUP, DKV> && Mode != 3;
+      constexpr bool kMma = detail::kDecodeMma<HD, GROUP, DKV> && Mode != 2 && Mode != 3;
+      constexpr int kMode = Mode == 3 ? 0 : Mode;
       if constexpr (Warps > 0) {
         constexpr int kStages = Stages > 0 ? Stages : kMma ? detail::kDecodeMmaStages : detail::decode_stages(GROUP);
         if constexpr (kMma)
-          detail::launch_decode_mma<HD, GROUP, Warps, kStages, Mode>(p, batch, stream);
+          detail::launch_decode_mma<HD, GROUP, Warps, kStages, kMode>(p, batch, stream);
         else
-          detail::launch_decode<HD, GROUP, Warps, kStages, Mode == 3 ? 0 : Mode>(p, batch, stream);
+          detail::launch_decode<HD, GROUP, Warps, kStages, kMode>(p, batch, stream);
       } else {
         PIE_CHECK(plan.warps == 4 && plan.stages == detail::decode_stages(GROUP),
                   "decode_attention: the plan's CTA shape is not the default one");
         if constexpr (kMma)
-          detail::launch_decode_mma<HD, GROUP, 4, detail::kDecodeMmaStages>(p, batch, stream);
+          detail::launch_decode_mma<HD, GROUP, detail::kDecodeMmaWarps<DKV>, detail::kDecodeMmaStages, kMode>(p, batch,
+                                                                                                             stream);
         else
-          detail::launch_decode<HD, GROUP, 4, detail::decode_stages(GROUP)>(p, batch, stream);
+          detail::launch_decode<HD, GROUP, 4, detail::decode_stages(GROUP), kMode>(p, batch, stream);
       }
     });
   });

@@ -1,18 +1,19 @@
 #pragma once
 /// \file attention_decode_mma.cuh
-/// \brief Decode attention over an fp8 (e4m3) KV cache on the tensor cores. Private to ops/cuda;
-/// decode_attention (attention_decode.cuh) takes it for fp8 K/V at head dims 64 and 128.
+/// \brief Decode attention on the tensor cores, over an fp8 (e4m3) or 16-bit KV cache. Private to
+/// ops/cuda; decode_attention (attention_decode.cuh) takes it at head dims 64 and 128, GQA groups
+/// up to 8.
 ///
-/// Why: an fp8 page holds twice the tokens of a bf16 one, so at the copy bandwidth the CUDA-core
-/// kernel would need twice its token rate, and it is bound by its issue slots (the FMAs of q·k and
-/// p·v, the conversions, the softmax shuffles): it reached 53% of the copy bandwidth on the H200
-/// while moving the pages alone reached 99%. Here q·k and p·v are `mma.sync.m16n8k16` in f16
-/// (e4m3 widens to f16 exactly, two per `cvt`): a warp spends ~9 instructions per token where the
-/// CUDA-core kernel spends ~60.
+/// Why: the CUDA-core kernel is bound by its issue slots (the FMAs of q·k and p·v, conversions,
+/// softmax shuffles). An fp8 page holds twice the tokens of a bf16 one, so there it reached 53% of
+/// the copy bandwidth on the H200 while moving the pages alone reached 99%; with 16-bit K/V it
+/// fell short on short contexts (b512 × 140: 67% against 85% for the pages alone). Here q·k and
+/// p·v are `mma.sync.m16n8k16` (f16 for fp8, which widens to f16 exactly, two per `cvt`; else the
+/// KV type): ~19 warp-instructions per token and KV head where the CUDA-core kernel spends ~60.
 ///
 /// Layout: the CTA's pages arrive through the same bulk-copy ring as the CUDA-core kernel's
-/// (DecodeRing), 16 tokens per warp and stage. Tokens are M and the GQA group is N (8 columns, of
-/// which GROUP are used), so no register holds padding rows: Sᵀ = K·Qᵀ (A = 16 tokens of K, B = Qᵀ,
+/// (DecodeRing), 16 tokens per warp and stage (4 warps for fp8, 2 for 16-bit K/V: 16 KB stages at
+/// head dim 128). Tokens are M and the GQA group is N (8 columns, of which GROUP are used), so no register holds padding rows: Sᵀ = K·Qᵀ (A = 16 tokens of K, B = Qᵀ,
 /// resident), then Oᵀ += Vᵀ·Pᵀ (A = Vᵀ, 16 dims × 16 tokens; B = Pᵀ). The Sᵀ accumulators
 /// (token rows, head columns) become Pᵀ's B fragment (head rows) by one `movmatrix.trans` per 8
 /// tokens. Lane (r = lane/4, c = lane%4):
@@ -20,12 +21,13 @@
 ///     to the 16-dim chunks j in order; the q·k sum runs over all dims, so Qᵀ's B fragments take
 ///     the same permutation (dims c·HD/4 + 4j + {0,1} are k = 2c, 2c+1; + {2,3} are 2c+8, 2c+9).
 ///   - V: Vᵀ's A fragment holds two consecutive tokens of one dim per register, so lane (r, c)
-///     reads dims [r·HD/8, (r+1)·HD/8) of tokens 2c, 2c+1, 2c+8, 2c+9 (one 16-byte load each at
-///     HD 128) and pairs their bytes with `prmt` before the conversion; m-tile mt's rows r and
-///     r + 8 are dims r·HD/8 + 2mt and + 2mt + 1, so lane (r, c) ends holding heads 2c, 2c+1 of
-///     dims [r·HD/8, (r+1)·HD/8).
+///     reads dims [r·HD/8, (r+1)·HD/8) of tokens 2c, 2c+1, 2c+8, 2c+9 (16-byte loads) and pairs
+///     their bytes (fp8, before the conversion) or halves (16-bit) with `prmt`; m-tile mt's rows r
+///     and r + 8 are dims r·HD/8 + 2mt and + 2mt + 1, so lane (r, c) ends holding heads 2c, 2c+1
+///     of dims [r·HD/8, (r+1)·HD/8).
 /// The scale (sm_scale · kv_scale · log2 e) is applied to S in f32, so q enters the MMA unscaled
-/// (bf16 → f16 is exact over f16's normal range; larger magnitudes saturate at ±65504).
+/// (for fp8, bf16 → f16 is exact over f16's normal range; larger magnitudes saturate at ±65504).
+/// P enters the P·V MMA in the MMA type (bf16 for a bf16 cache, as FlashAttention does).
 #include <cuda_fp16.h>
 
 #include "pie/ops/cuda/attention_decode_ring.cuh"
@@ -33,9 +35,18 @@
 
 namespace pie::ops::cuda::detail {
 
-/// Whether decode_attention takes the tensor-core kernel for this head dim, group and KV type.
+/// Whether decode_attention takes the tensor-core kernel for this head dim, group and KV type
+/// (fp8 or 16-bit K/V; head dim 256 and larger groups take the CUDA-core kernel).
 template <int HD, int GROUP, class KV>
-inline constexpr bool kDecodeMma = is_fp8_v<KV> && (HD == 64 || HD == 128) && GROUP <= 8;
+inline constexpr bool kDecodeMma = (is_fp8_v<KV> || sizeof(KV) == 2) && (HD == 64 || HD == 128) && GROUP <= 8;
+/// Warps per CTA of the tensor-core kernel: 4 for fp8 (64-token stages of 16 KB at head dim 128),
+/// 2 for 16-bit K/V (32-token stages of 16 KB; 4 warps' 32 KB stages allow only 3 CTAs per SM and
+/// measured 78% against 99% at b64 ctx4096 on the H200).
+template <class KV>
+inline constexpr int kDecodeMmaWarps = is_fp8_v<KV> ? 4 : 2;
+/// The MMA operand type for a KV type: f16 for fp8 (e4m3 widens to it exactly), else KV itself.
+template <class KV>
+using MmaElem = std::conditional_t<is_fp8_v<KV>, __half, KV>;
 /// Ring depth of the tensor-core kernel: 2 stages of 64 tokens (16 KB of fp8 K and V at head dim
 /// 128), the bytes in flight of the bf16 kernel's 2 stages.
 inline constexpr int kDecodeMmaStages = 2;
@@ -55,17 +66,22 @@ __device__ __forceinline__ uint32_t movmatrix_trans(uint32_t x) {
   return y;
 }
 
-/// Two floats → f16x2, saturated to f16's finite range (bf16 queries may exceed it).
-__device__ __forceinline__ uint32_t pack_f16_sat(float lo, float hi) {
-  constexpr float kMax = 65504.f;
-  return pack2<__half>(fminf(fmaxf(lo, -kMax), kMax), fminf(fmaxf(hi, -kMax), kMax));
+/// Two floats → two E, saturated to f16's finite range when E is f16 (bf16 queries may exceed it).
+template <class E>
+__device__ __forceinline__ uint32_t pack_sat(float lo, float hi) {
+  if constexpr (std::is_same_v<E, __half>) {
+    constexpr float kMax = 65504.f;
+    return pack2<__half>(fminf(fmaxf(lo, -kMax), kMax), fminf(fmaxf(hi, -kMax), kMax));
+  } else {
+    return pack2<E>(lo, hi);
+  }
 }
 
 /// Compile-time shape of the tensor-core CTA: NW warps of 16 tokens per stage.
-template <int HD, int GROUP, int NW, int STAGES>
+template <int HD, int GROUP, int NW, int STAGES, class KV>
 struct DecodeMmaShape {
   static constexpr int TOK = NW * 16;  // tokens per stage
-  static constexpr size_t RING_BYTES = size_t(STAGES) * 2 * TOK * HD;
+  static constexpr size_t RING_BYTES = size_t(STAGES) * 2 * TOK * HD * sizeof(KV);
   static constexpr size_t SMEM = RING_BYTES > kDecodeMergeBytes<HD, GROUP, NW> ? RING_BYTES
                                                                                  : kDecodeMergeBytes<HD, GROUP, NW>;
   static_assert(64 % TOK == 0, "stages must tile the 64-token split granularity");
@@ -76,11 +92,15 @@ struct DecodeMmaShape {
 template <int HD, int GROUP, int NW, int STAGES, int MODE, class T, class KV, class Variant>
 __device__ __forceinline__ void decode_body_mma(const DecodeParams<T, KV, Variant>& p, unsigned char* smem,
                                                 uint64_t* bars) {
-  static_assert(kDecodeMma<HD, GROUP, KV>, "decode_body_mma: fp8 K/V, head dim 64 or 128, group <= 8");
-  constexpr int TOK = DecodeMmaShape<HD, GROUP, NW, STAGES>::TOK;
-  constexpr int NJ = HD / 16;  // 16-dim chunks of q·k (= words of K per lane and token)
-  constexpr int VW = HD / 32;  // words of V per lane and token (HD/8 bytes)
-  constexpr int MT = HD / 16;  // m-tiles (16 dims) of Oᵀ
+  static_assert(kDecodeMma<HD, GROUP, KV>, "decode_body_mma: fp8 or 16-bit K/V, head dim 64 or 128, group <= 8");
+  using E = MmaElem<KV>;
+  constexpr bool F8 = is_fp8_v<KV>;
+  constexpr int TOK = DecodeMmaShape<HD, GROUP, NW, STAGES, KV>::TOK;
+  constexpr int RB = HD * int(sizeof(KV));  // bytes of a K or V row
+  constexpr int NJ = HD / 16;               // 16-dim chunks of q·k
+  constexpr int KW = RB / 16;               // words of K per lane and token (HD/4 elements)
+  constexpr int VW = RB / 32;               // words of V per lane and token (HD/8 elements)
+  constexpr int MT = HD / 16;               // m-tiles (16 dims) of Oᵀ
   const int kvh = blockIdx.x, b = blockIdx.y, split = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, r = lane >> 2, c = lane & 3;
 
@@ -116,13 +136,13 @@ __device__ __forceinline__ void decode_body_mma(const DecodeParams<T, KV, Varian
     }
 #pragma unroll
     for (int j = 0; j < NJ; ++j) {
-      qb[j][0] = pack_f16_sat(qf[4 * j], qf[4 * j + 1]);
-      qb[j][1] = pack_f16_sat(qf[4 * j + 2], qf[4 * j + 3]);
+      qb[j][0] = pack_sat<E>(qf[4 * j], qf[4 * j + 1]);
+      qb[j][1] = pack_sat<E>(qf[4 * j + 2], qf[4 * j + 3]);
     }
   }
   // Scores in the log2 domain: scale · log2 e applied to the f32 accumulators, unless the variant
   // transforms the scaled logit (soft-cap).
-  const float score_scale = p.sm_scale * p.kv.kv_scale;
+  const float score_scale = p.sm_scale * (F8 ? p.kv.kv_scale : 1.f);
   const float s_scale = score_scale * kLog2e;
 
   float o[MT][4];  // Oᵀ: rows r, r + 8 of each m-tile, columns (heads) 2c, 2c + 1
@@ -133,30 +153,38 @@ __device__ __forceinline__ void decode_body_mma(const DecodeParams<T, KV, Varian
   for (int it = 0; it < n_stages; ++it) {
     const int slot = it % STAGES;
     mbar_wait(&bars[slot], (it / STAGES) & 1);
-    const unsigned char* sk = reinterpret_cast<const unsigned char*>(ring_base + slot * 2 * TOK * HD) + warp * 16 * HD;
-    const unsigned char* sv = sk + TOK * HD;
+    const unsigned char* sk = reinterpret_cast<const unsigned char*>(ring_base + slot * 2 * TOK * HD) + warp * 16 * RB;
+    const unsigned char* sv = sk + TOK * RB;
     const int tw = t_lo + it * TOK + warp * 16;  // this warp's first token
     if constexpr (MODE == 1) {  // benchmark only: read the pages, no attention arithmetic
-      const uint4 kk = *reinterpret_cast<const uint4*>(sk + r * HD + c * (HD / 4));
-      const uint2 vv = *reinterpret_cast<const uint2*>(sv + (2 * c) * HD + r * (HD / 8));
+      const uint4 kk = *reinterpret_cast<const uint4*>(sk + r * RB + c * (RB / 4));
+      const uint2 vv = *reinterpret_cast<const uint2*>(sv + (2 * c) * RB + r * (RB / 8));
       o[0][0] += __uint_as_float((kk.x ^ vv.y) & 0x3f800000u);
       m[0] = 0.f; l[0] = 1.f;
     } else if (tw < t_end && tw + 16 > t_begin) {  // warp-uniform: this warp holds a live token
       // Sᵀ = K·Qᵀ: rows tokens tw + r and tw + r + 8, columns heads 2c, 2c + 1.
       float s[4] = {0.f, 0.f, 0.f, 0.f};
       {
-        const uint4* k0 = reinterpret_cast<const uint4*>(sk + r * HD + c * (HD / 4));
-        const uint4* k1 = reinterpret_cast<const uint4*>(sk + (r + 8) * HD + c * (HD / 4));
+        const uint4* k0 = reinterpret_cast<const uint4*>(sk + r * RB + c * (RB / 4));
+        const uint4* k1 = reinterpret_cast<const uint4*>(sk + (r + 8) * RB + c * (RB / 4));
 #pragma unroll
-        for (int i = 0; i < NJ / 4; ++i) {
+        for (int i = 0; i < KW / 4; ++i) {
           const uint4 x0 = k0[i], x1 = k1[i];
           const uint32_t w0[4] = {x0.x, x0.y, x0.z, x0.w}, w1[4] = {x1.x, x1.y, x1.z, x1.w};
+          if constexpr (F8) {  // a word is 4 dims: one chunk
 #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            uint32_t a[4];
-            e4m3x4_to_f16x4(w0[e], a[0], a[2]);
-            e4m3x4_to_f16x4(w1[e], a[1], a[3]);
-            mma16816<__half>(s, a, qb[4 * i + e][0], qb[4 * i + e][1]);
+            for (int e = 0; e < 4; ++e) {
+              uint32_t a[4];
+              e4m3x4_to_f16x4(w0[e], a[0], a[2]);
+              e4m3x4_to_f16x4(w1[e], a[1], a[3]);
+              mma16816<E>(s, a, qb[4 * i + e][0], qb[4 * i + e][1]);
+            }
+          } else {  // a word is 2 dims: two words per chunk
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const uint32_t a[4] = {w0[2 * e], w1[2 * e], w0[2 * e + 1], w1[2 * e + 1]};
+              mma16816<E>(s, a, qb[2 * i + e][0], qb[2 * i + e][1]);
+            }
           }
         }
       }
@@ -187,8 +215,8 @@ __device__ __forceinline__ void decode_body_mma(const DecodeParams<T, KV, Varian
         l[i & 1] += s[i];
       }
       // Pᵀ's B fragment (head r; tokens 2c, 2c+1 and 2c+8, 2c+9) from the accumulator layout.
-      const uint32_t pb0 = movmatrix_trans(pack2<__half>(s[0], s[1]));
-      const uint32_t pb1 = movmatrix_trans(pack2<__half>(s[2], s[3]));
+      const uint32_t pb0 = movmatrix_trans(pack2<E>(s[0], s[1]));
+      const uint32_t pb1 = movmatrix_trans(pack2<E>(s[2], s[3]));
       // Vᵀ: tokens 2c, 2c+1, 2c+8, 2c+9 (relative to tw), dims [r·HD/8, (r+1)·HD/8). Rows past
       // the context end hold stale shared memory (a page's unwritten tail, or an earlier stage):
       // they are zeroed, as 0·NaN would poison the sum.
@@ -196,8 +224,12 @@ __device__ __forceinline__ void decode_body_mma(const DecodeParams<T, KV, Varian
 #pragma unroll
       for (int q4 = 0; q4 < 4; ++q4) {
         const int row = 2 * c + (q4 & 1) + (q4 >> 1) * 8;
-        const unsigned char* src = sv + row * HD + r * (HD / 8);
-        if constexpr (VW == 4) {
+        const unsigned char* src = sv + row * RB + r * (RB / 8);
+        if constexpr (VW == 8) {
+          const uint4 v4 = *reinterpret_cast<const uint4*>(src), v5 = *reinterpret_cast<const uint4*>(src + 16);
+          vw[q4][0] = v4.x; vw[q4][1] = v4.y; vw[q4][2] = v4.z; vw[q4][3] = v4.w;
+          vw[q4][4] = v5.x; vw[q4][5] = v5.y; vw[q4][6] = v5.z; vw[q4][7] = v5.w;
+        } else if constexpr (VW == 4) {
           const uint4 v4 = *reinterpret_cast<const uint4*>(src);
           vw[q4][0] = v4.x; vw[q4][1] = v4.y; vw[q4][2] = v4.z; vw[q4][3] = v4.w;
         } else {
@@ -209,17 +241,28 @@ __device__ __forceinline__ void decode_body_mma(const DecodeParams<T, KV, Varian
           for (int i = 0; i < VW; ++i) vw[q4][i] = 0u;
         }
       }
+      if constexpr (!F8) {
+        // Word i holds dims 2i, 2i+1 of each token: m-tile i takes dim 2i (row r) and 2i+1 (row
+        // r+8); the halves of tokens (2c, 2c+1) and (2c+8, 2c+9) pair up.
 #pragma unroll
-      for (int i = 0; i < VW; ++i) {
-        // Word i holds dims 4i..4i+3 of each token: m-tile 2i takes dims 4i (row r), 4i+1 (row
-        // r+8); m-tile 2i+1 takes 4i+2, 4i+3. Bytes of tokens (2c, 2c+1) and (2c+8, 2c+9) pair up.
-        uint32_t a0[4], a1[4];
-        e4m3x4_to_f16x4(__byte_perm(vw[0][i], vw[1][i], 0x5140), a0[0], a0[1]);
-        e4m3x4_to_f16x4(__byte_perm(vw[2][i], vw[3][i], 0x5140), a0[2], a0[3]);
-        e4m3x4_to_f16x4(__byte_perm(vw[0][i], vw[1][i], 0x7362), a1[0], a1[1]);
-        e4m3x4_to_f16x4(__byte_perm(vw[2][i], vw[3][i], 0x7362), a1[2], a1[3]);
-        mma16816<__half>(o[2 * i], a0, pb0, pb1);
-        mma16816<__half>(o[2 * i + 1], a1, pb0, pb1);
+        for (int i = 0; i < VW; ++i) {
+          const uint32_t a[4] = {__byte_perm(vw[0][i], vw[1][i], 0x5410), __byte_perm(vw[0][i], vw[1][i], 0x7632),
+                                 __byte_perm(vw[2][i], vw[3][i], 0x5410), __byte_perm(vw[2][i], vw[3][i], 0x7632)};
+          mma16816<E>(o[i], a, pb0, pb1);
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < VW; ++i) {
+          // Word i holds dims 4i..4i+3 of each token: m-tile 2i takes dims 4i (row r), 4i+1 (row
+          // r+8); m-tile 2i+1 takes 4i+2, 4i+3. Bytes of tokens (2c, 2c+1) and (2c+8, 2c+9) pair up.
+          uint32_t a0[4], a1[4];
+          e4m3x4_to_f16x4(__byte_perm(vw[0][i], vw[1][i], 0x5140), a0[0], a0[1]);
+          e4m3x4_to_f16x4(__byte_perm(vw[2][i], vw[3][i], 0x5140), a0[2], a0[3]);
+          e4m3x4_to_f16x4(__byte_perm(vw[0][i], vw[1][i], 0x7362), a1[0], a1[1]);
+          e4m3x4_to_f16x4(__byte_perm(vw[2][i], vw[3][i], 0x7362), a1[2], a1[3]);
+          mma16816<E>(o[2 * i], a0, pb0, pb1);
+          mma16816<E>(o[2 * i + 1], a1, pb0, pb1);
+        }
       }
     }
     __syncthreads();  // every warp is done with this slot
