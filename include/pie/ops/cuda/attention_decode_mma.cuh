@@ -9,7 +9,7 @@
 /// the copy bandwidth on the H200 while moving the pages alone reached 99%; with 16-bit K/V it
 /// fell short on short contexts (b512 × 140: 67% against 85% for the pages alone). Here q·k and
 /// p·v are `mma.sync.m16n8k16` (f16 for fp8, which widens to f16 exactly, two per `cvt`; else the
-/// KV type): ~19 warp-instructions per token and KV head where the CUDA-core kernel spends ~60.
+/// KV type): ≈ 19 warp-instructions per token and KV head (SASS, fp8 at head dim 128).
 ///
 /// Layout: the CTA's pages arrive through the same bulk-copy ring as the CUDA-core kernel's
 /// (DecodeRing), 16 tokens per warp and stage (4 warps for fp8, 2 for 16-bit K/V: 16 KB stages at
