@@ -32,7 +32,7 @@ def category(name):
         return "kv_write"
     if "decode_merge" in n:
         return "attention_merge"
-    if "decode_kernel" in n:
+    if "decode_kernel" in n or "decode_mma_kernel" in n:  # CUDA-core and tensor-core decode attention
         return "attention_decode"
     if "prefill" in n:
         return "attention_prefill"

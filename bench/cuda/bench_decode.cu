@@ -60,7 +60,7 @@ void BM_DecodeAttention(benchmark::State& st) {
   ->Args({64, 4096, 16})->Args({256, 660, 16})->Args({512, 140, 16})->Args({8, 8192, 16})->Args({1, 32768, 16}) \
       ->Args({64, 4096, 8})->Args({1, 256, 16})->UseManualTime()->Iterations(1)
 BENCHMARK(BM_DecodeAttention<bf16>) PIE_DECODE_TARGETS;
-BENCHMARK(BM_DecodeAttention<fp8_e4m3>)->Args({64, 4096, 16})->UseManualTime()->Iterations(1);
+BENCHMARK(BM_DecodeAttention<fp8_e4m3>) PIE_DECODE_TARGETS;
 
 /// A CTA shape other than the plan's (warps × ring stages), with the plan's split; splits > 0
 /// forces that many splits instead (to check the plan's cost model). Mode 1 moves the pages
@@ -79,7 +79,8 @@ void BM_DecodeShape(benchmark::State& st) {
   }
   DeviceBuffer<unsigned char> ws(std::max<size_t>(plan.workspace_bytes, 256));
   std::string what = std::string(sizeof(KV) == 1 ? "decode fp8kv" : "decode") + " w" + std::to_string(Warps) + " s" +
-                     std::to_string(Stages) + (Mode == 1 ? " loadonly" : Mode == 2 ? " allreduce" : "");
+                     std::to_string(Stages) +
+                     (Mode == 1 ? " loadonly" : Mode == 2 ? " allreduce" : Mode == 3 ? " cudacore" : "");
   report(st, shape_name(what.c_str(), batch, ctx, bs, plan.num_splits), decode_bytes(batch, ctx, sizeof(KV)), 0, [&] {
     oc::decode_attention<Warps, Stages, Mode>(q.view({batch, kNq, kHd}), c.next(), o.view({batch, kNq, kHd}), plan,
                                         ws.data(), 1.f / std::sqrt(128.f));
@@ -88,25 +89,26 @@ void BM_DecodeShape(benchmark::State& st) {
 #define PIE_DECODE_SHAPES \
   ->Args({64, 4096, 0})->Args({256, 660, 0})->Args({512, 140, 0})->Args({8, 8192, 0})->Args({1, 32768, 0}) \
       ->UseManualTime()->Iterations(1)
-BENCHMARK(BM_DecodeShape<4, 2>) PIE_DECODE_SHAPES;
-BENCHMARK(BM_DecodeShape<4, 3>) PIE_DECODE_SHAPES;  // the default until 2026-12-04 (48 KB rings)
-BENCHMARK(BM_DecodeShape<4, 4>) PIE_DECODE_SHAPES;  // 64 KB rings: 3 CTAs per SM
-BENCHMARK(BM_DecodeShape<2, 4>) PIE_DECODE_SHAPES;
-BENCHMARK(BM_DecodeShape<4, 3, 1>) PIE_DECODE_SHAPES;  // the default shape moving pages only
-BENCHMARK(BM_DecodeShape<4, 3, 2>) PIE_DECODE_SHAPES;  // the default shape, all-reduce softmax
-// The fp8 cache: its stages hold half the bytes of bf16's (8 KB), so a ring keeps half the bytes
-// in flight. Deeper rings and the page movement alone tell bytes in flight from arithmetic
-// (H200, 2026-12-04: 3, 4 and 6 stages within 1 point of each other, pages alone 99%).
+// The tensor-core kernel (the default at head dims 64/128): 2 warps of 16 tokens, 2 stages of 16 KB.
+// (H200, 2026-12-04: 3 stages and 4 warps with 32 KB stages measured worse, except b256 at 3.)
+BENCHMARK(BM_DecodeShape<2, 2>) PIE_DECODE_SHAPES;     // the default shape
+BENCHMARK(BM_DecodeShape<2, 2, 1>) PIE_DECODE_SHAPES;  // the default shape moving pages only
+BENCHMARK(BM_DecodeShape<2, 3>) PIE_DECODE_SHAPES;
+// The CUDA-core kernel (Mode 3; the default until 2026-12-04) in the same call, and its all-reduce
+// softmax (Mode 2). (H200, 2026-12-02/04: 3 and 4 stages, 2 warps, all worse than 4 warps × 2.)
+BENCHMARK(BM_DecodeShape<4, 2, 3>) PIE_DECODE_SHAPES;
+BENCHMARK(BM_DecodeShape<4, 3, 2>) PIE_DECODE_SHAPES;
+// The fp8 cache on the tensor-core kernel (4 warps, 64-token stages of 16 KB): 3 stages, the page
+// movement alone, and the CUDA-core kernel (Mode 3) in the same call. (H200, 2026-12-04: 4 and 6
+// stages 70–74% at b64 ctx4096 against 94.5% with 2.)
 #define PIE_DECODE_FP8_SHAPES \
   ->Args({64, 4096, 0})->Args({256, 660, 0})->Args({8, 8192, 0})->UseManualTime()->Iterations(1)
+BENCHMARK(BM_DecodeShape<4, 2, 3, fp8_e4m3>) PIE_DECODE_FP8_SHAPES;
 BENCHMARK(BM_DecodeShape<4, 3, 0, fp8_e4m3>) PIE_DECODE_FP8_SHAPES;
-BENCHMARK(BM_DecodeShape<4, 4, 0, fp8_e4m3>) PIE_DECODE_FP8_SHAPES;
-BENCHMARK(BM_DecodeShape<4, 6, 0, fp8_e4m3>) PIE_DECODE_FP8_SHAPES;
-BENCHMARK(BM_DecodeShape<4, 3, 1, fp8_e4m3>) PIE_DECODE_FP8_SHAPES;
-BENCHMARK(BM_DecodeShape<4, 6, 1, fp8_e4m3>) PIE_DECODE_FP8_SHAPES;
+BENCHMARK(BM_DecodeShape<4, 2, 1, fp8_e4m3>) PIE_DECODE_FP8_SHAPES;
 #undef PIE_DECODE_FP8_SHAPES
 // The default shape with other split counts than the plan's.
-BENCHMARK(BM_DecodeShape<4, 3>)
+BENCHMARK(BM_DecodeShape<2, 2>)
     ->Args({64, 4096, 1})->Args({64, 4096, 2})->Args({64, 4096, 3})->Args({64, 4096, 4})
     ->Args({256, 660, 2})->Args({512, 140, 2})->Args({8, 8192, 4})->Args({8, 8192, 8})->Args({8, 8192, 16})
     ->Args({1, 32768, 32})->Args({1, 32768, 64})->Args({1, 32768, 128})
@@ -131,12 +133,13 @@ BENCHMARK(BM_DecodeBaseline) PIE_DECODE_TARGETS;
 #endif
 #undef PIE_DECODE_TARGETS
 
-/// Occupancy of the default CTA shape (what plan_decode_attention assumes: DecodePlan::ctas_per_sm).
+/// Occupancy of the kernels' CTA shapes (plan_decode_attention assumes DecodePlan::ctas_per_sm CTAs
+/// of 4 warps).
 void print_occupancy() {
-  auto show = [](const char* name, auto kern, size_t smem) {
+  auto show = [](const char* name, auto kern, size_t smem, int threads = 128) {
     PIE_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     int n = 0;
-    PIE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kern, 128, smem));
+    PIE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kern, threads, smem));
     cudaFuncAttributes a{};
     PIE_CUDA_CHECK(cudaFuncGetAttributes(&a, kern));
     std::printf("occupancy %s: %d CTAs/SM, %d registers, %zu B dynamic + %zu B static shared, %zu B local\n", name, n,
@@ -146,10 +149,17 @@ void print_occupancy() {
   using DB = oc::device_t<bf16>;
   using D8 = oc::device_t<fp8_e4m3>;
   constexpr int S = d::decode_stages(4);
-  show("bf16 hd128 group4", d::decode_kernel<128, 4, 4, S, 0, DB, DB, attention::Causal>,
+  show("bf16 hd128 group4 (CUDA cores)", d::decode_kernel<128, 4, 4, S, 0, DB, DB, attention::Causal>,
        d::DecodeShape<128, 4, 4, S, DB>::SMEM);
-  show("fp8 hd128 group4", d::decode_kernel<128, 4, 4, S, 0, DB, D8, attention::Causal>,
+  show("fp8 hd128 group4 (CUDA cores)", d::decode_kernel<128, 4, 4, S, 0, DB, D8, attention::Causal>,
        d::DecodeShape<128, 4, 4, S, D8>::SMEM);
+  constexpr int SM = d::kDecodeMmaStages;
+  show("fp8 hd128 group4 (tensor cores)", d::decode_mma_kernel<128, 4, 4, SM, 0, DB, D8, attention::Causal>,
+       d::DecodeMmaShape<128, 4, 4, SM, D8>::SMEM);
+  show("fp8 hd128 group8 (tensor cores)", d::decode_mma_kernel<128, 8, 4, SM, 0, DB, D8, attention::Causal>,
+       d::DecodeMmaShape<128, 8, 4, SM, D8>::SMEM);
+  show("bf16 hd128 group4 (tensor cores, 2 warps)", d::decode_mma_kernel<128, 4, 2, SM, 0, DB, DB, attention::Causal>,
+       d::DecodeMmaShape<128, 4, 2, SM, DB>::SMEM, 64);
 }
 
 }  // namespace

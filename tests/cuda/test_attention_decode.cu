@@ -1,6 +1,7 @@
 // Paged decode attention against ops::cpu::paged_attention, over block size × head dim × GQA
 // group × dtype, ragged context lengths that are not multiples of the block size, split-K on
-// and off, fp8 KV, head dim 256 and the sliding-window / soft-cap variants.
+// and off, fp8 KV, head dim 256 and the sliding-window / soft-cap variants. Head dims 64/128 take
+// the tensor-core kernel by default; the CUDA-core kernel (head dim 256, Mode 3) has its own grid.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -15,8 +16,9 @@ namespace {
 using namespace pie;
 using namespace pie::test;
 
-/// Runs one decode launch and compares with the CPU op; returns the relative error.
-template <class T, class KV, class Variant = attention::Causal>
+/// Runs one decode launch and compares with the CPU op; returns the relative error. Mode 3: the
+/// CUDA-core kernel where the tensor-core one is the default (decode_attention's Mode).
+template <class T, class KV, class Variant = attention::Causal, int Mode = 0>
 double run_decode(int bs, int hd, int group, int nkv, const std::vector<int>& lens, int sm_count, uint32_t seed,
                   int* splits_out = nullptr, Variant var = {}, int plan_len = 0, int force_splits = 0) {
   std::mt19937 rng(seed);
@@ -40,8 +42,8 @@ double run_decode(int bs, int hd, int group, int nkv, const std::vector<int>& le
   DeviceBuffer<unsigned char> ws(plan.workspace_bytes);
   if (plan.workspace_bytes) poison(ws);
   const float scale = 1.f / std::sqrt(float(hd));
-  ops::cuda::decode_attention(d_q.view({batch, nq, hd}), cache.device(), d_o.view({batch, nq, hd}), plan, ws.data(),
-                              scale, var);
+  ops::cuda::decode_attention<0, 0, Mode>(d_q.view({batch, nq, hd}), cache.device(), d_o.view({batch, nq, hd}), plan,
+                                          ws.data(), scale, var);
   auto o = download(d_o);
   std::vector<float> qf = to_f32(q), ref(q.size());
   std::vector<int32_t> cu(batch + 1);
@@ -119,6 +121,107 @@ TEST(DecodeAttentionFp8, Block16HeadDim128Group4) {
 TEST(DecodeAttentionFp8, Block8HeadDim64Group8F16) {
   double e = run_decode<f16, fp8_e4m3>(8, 64, 8, 2, {1, 45, 1500}, 132, 14);
   EXPECT_LT(e, tol<f16>()) << e;
+}
+
+// The fp8 cache takes the tensor-core kernel at head dims 64 and 128 (every group): the same grid
+// as the 16-bit one, with 2 GQA groups more, bf16 and f16 queries.
+using Fp8Param = std::tuple<int, int, int, bool>;  // block size, head dim, group, bf16 queries?
+class DecodeAttentionFp8Grid : public ::testing::TestWithParam<Fp8Param> {};
+
+TEST_P(DecodeAttentionFp8Grid, MatchesCpu) {
+  const auto [bs, hd, group, is_bf16] = GetParam();
+  std::vector<int> lens = {1, bs + 3, 1337, 3 * bs - 1, 77};
+  const uint32_t seed = 5000 + bs * hd + group * 7 + is_bf16;
+  int splits = 0;
+  double e = is_bf16 ? run_decode<bf16, fp8_e4m3>(bs, hd, group, 2, lens, 132, seed, &splits)
+                     : run_decode<f16, fp8_e4m3>(bs, hd, group, 2, lens, 132, seed, &splits);
+  EXPECT_GT(splits, 1) << "this shape should take the split-K path";
+  EXPECT_LT(e, is_bf16 ? tol<bf16>() : tol<f16>()) << "rel err " << e;
+  double w = is_bf16 ? run_decode<bf16, fp8_e4m3>(bs, hd, group, 2, lens, 2, seed + 1)
+                     : run_decode<f16, fp8_e4m3>(bs, hd, group, 2, lens, 2, seed + 1);
+  EXPECT_LT(w, is_bf16 ? tol<bf16>() : tol<f16>()) << "2-SM plan: rel err " << w;
+  std::printf("[decode fp8 bs=%d hd=%d group=%d %s splits=%d] rel err %.2e / %.2e\n", bs, hd, group,
+              is_bf16 ? "bf16" : "f16", splits, e, w);
+}
+
+INSTANTIATE_TEST_SUITE_P(Grid, DecodeAttentionFp8Grid,
+                         ::testing::Combine(::testing::Values(8, 16, 32), ::testing::Values(64, 128),
+                                            ::testing::Values(1, 2, 4, 8), ::testing::Bool()),
+                         param_name);
+
+// The CUDA-core kernel (Mode 3; the default at head dim 256, the peer of the tensor-core kernel
+// in the benchmarks) over the same grid.
+class DecodeAttentionCudaCoreGrid : public ::testing::TestWithParam<Param> {};
+
+TEST_P(DecodeAttentionCudaCoreGrid, MatchesCpu) {
+  const auto [bs, hd, group, is_bf16] = GetParam();
+  std::vector<int> lens = {1, bs + 3, 1337, 3 * bs - 1, 77};
+  const uint32_t seed = 7000 + bs * hd + group * 7 + is_bf16;
+  using C = attention::Causal;
+  int splits = 0;
+  double e = is_bf16 ? run_decode<bf16, bf16, C, 3>(bs, hd, group, 2, lens, 132, seed, &splits)
+                     : run_decode<f16, f16, C, 3>(bs, hd, group, 2, lens, 132, seed, &splits);
+  EXPECT_GT(splits, 1) << "this shape should take the split-K path";
+  EXPECT_LT(e, is_bf16 ? tol<bf16>() : tol<f16>()) << "rel err " << e;
+  double w = is_bf16 ? run_decode<bf16, bf16, C, 3>(bs, hd, group, 2, lens, 2, seed + 1)
+                     : run_decode<f16, f16, C, 3>(bs, hd, group, 2, lens, 2, seed + 1);
+  EXPECT_LT(w, is_bf16 ? tol<bf16>() : tol<f16>()) << "2-SM plan: rel err " << w;
+  std::printf("[decode cudacore bs=%d hd=%d group=%d %s splits=%d] rel err %.2e / %.2e\n", bs, hd, group,
+              is_bf16 ? "bf16" : "f16", splits, e, w);
+}
+
+INSTANTIATE_TEST_SUITE_P(Grid, DecodeAttentionCudaCoreGrid,
+                         ::testing::Combine(::testing::Values(8, 16, 32), ::testing::Values(64, 128),
+                                            ::testing::Values(1, 2, 4, 8), ::testing::Bool()),
+                         param_name);
+
+TEST(DecodeAttentionCudaCore, VariantsSplitsAndLongPlansAndFp8) {
+  double e = run_decode<bf16, bf16, attention::SlidingWindow<100>, 3>(16, 128, 4, 2, {50, 101, 1337}, 132, 71,
+                                                                      nullptr, {}, 0, 7);
+  EXPECT_LT(e, tol<bf16>()) << "window: " << e;
+  attention::SoftCap cap;
+  cap.logits_soft_cap = 5.f;
+  e = run_decode<f16, f16, attention::SoftCap, 3>(16, 64, 8, 1, {3, 999}, 132, 72, nullptr, cap, 0, 5);
+  EXPECT_LT(e, tol<f16>()) << "soft-cap: " << e;
+  for (int bs : {8, 16, 32, 64}) {
+    int splits = 0;
+    e = run_decode<bf16, bf16, attention::Causal, 3>(bs, 128, 4, 2, {1, 63, 64, 65, 700}, 132, 74 + bs, &splits, {},
+                                                     0, 11);
+    EXPECT_EQ(splits, 11);
+    EXPECT_LT(e, tol<bf16>()) << "bs " << bs << ": " << e;
+  }
+  e = run_decode<bf16, bf16, attention::Causal, 3>(16, 128, 8, 4, {1, 77, 1337}, 132, 75, nullptr, {}, 32768);
+  EXPECT_LT(e, tol<bf16>()) << "long plan: " << e;
+  e = run_decode<bf16, fp8_e4m3, attention::Causal, 3>(16, 128, 4, 2, {9, 600, 1337}, 132, 76);
+  EXPECT_LT(e, tol<bf16>()) << "fp8: " << e;
+  e = run_decode<f16, fp8_e4m3, attention::Causal, 3>(8, 64, 8, 2, {1, 45, 1500}, 132, 77);
+  EXPECT_LT(e, tol<f16>()) << "fp8, f16 queries: " << e;
+}
+
+TEST(DecodeAttentionFp8, VariantsSplitsAndLongPlans) {
+  // The window starting inside a stage and a split; soft-cap at group 8 in 5 splits.
+  double e = run_decode<bf16, fp8_e4m3, attention::SlidingWindow<100>>(16, 128, 4, 2, {50, 101, 1337}, 132, 61,
+                                                                       nullptr, {}, 0, 7);
+  EXPECT_LT(e, tol<bf16>()) << "window: " << e;
+  e = run_decode<f16, fp8_e4m3, attention::SlidingWindow<100>>(8, 64, 1, 4, {50, 101, 1337}, 132, 62);
+  EXPECT_LT(e, tol<f16>()) << "window, bs 8 hd 64: " << e;
+  attention::SoftCap cap;
+  cap.logits_soft_cap = 5.f;
+  e = run_decode<bf16, fp8_e4m3, attention::SoftCap>(16, 64, 8, 1, {3, 999}, 132, 63, nullptr, cap, 0, 5);
+  EXPECT_LT(e, tol<bf16>()) << "soft-cap: " << e;
+  // Many splits of one stage each, ragged, every block size the stages slice differently.
+  for (int bs : {8, 16, 32, 64}) {
+    int splits = 0;
+    e = run_decode<bf16, fp8_e4m3>(bs, 128, 4, 2, {1, 63, 64, 65, 700}, 132, 64 + bs, &splits, {}, 0, 11);
+    EXPECT_EQ(splits, 11);
+    EXPECT_LT(e, tol<bf16>()) << "bs " << bs << ": " << e;
+  }
+  // A plan made for 32K tokens run on short sequences (the CUDA-graph case); head dim 256 stays
+  // on the CUDA-core kernel.
+  e = run_decode<bf16, fp8_e4m3>(16, 128, 8, 4, {1, 77, 1337}, 132, 65, nullptr, {}, 32768);
+  EXPECT_LT(e, tol<bf16>()) << "long plan: " << e;
+  e = run_decode<bf16, fp8_e4m3>(16, 256, 2, 2, {5, 300, 1023}, 132, 66);
+  EXPECT_LT(e, tol<bf16>()) << "head dim 256: " << e;
 }
 
 TEST(DecodeAttentionVariant, SlidingWindow100Block16) {

@@ -17,13 +17,14 @@ MOE_MLP = [("gemv_kernel<1>", 3000), (MOE + "moe_route_kernel<4; __nv_bfloat16>(
            (MOE + "moe_unpermute_kernel<__nv_bfloat16>(x)", 2000)]
 
 
-def write_trace(path, steps, batch=1, overlap_ns=0, gap_ns=0, prefill_first=False, fused=False, moe=False):
+def write_trace(path, steps, batch=1, overlap_ns=0, gap_ns=0, prefill_first=False, fused=False, moe=False,
+                decode="decode_kernel<128>"):
     """One layer per step: norm → qkv → rope → kv_write → decode → merge → o → norm → gate_up →
     silu → down, then final norm, row gather, lm_head, sampler. Each kernel starts `overlap_ns`
     before the previous one ends (PDL) or `gap_ns` after it."""
     rows, t = [], 1000
     layer = [("rms_norm_kernel<true>", 3000), ("gemv_kernel<1>", 20000), ("qk_norm_rope_kernel", 4000),
-             ("kv_write_kernel", 1000), ("decode_kernel<128>", 6000), ("decode_merge_kernel<128>", 2000),
+             ("kv_write_kernel", 1000), (decode, 6000), ("decode_merge_kernel<128>", 2000),
              ("gemv_kernel<1>", 12000), ("rms_norm_kernel<true>", 3000), ("gemv_kernel<1>", 66000),
              ("silu_and_mul_kernel", 2000), ("gemv_kernel<1>", 37000)]
     if fused:  # batch 1 with the residual add + RMSNorm inside the GEMV (demangled kNorm = true)
@@ -76,6 +77,16 @@ def test_serial_step_charges_each_kernel_its_own_time_and_names_the_projections(
     assert rows["down_proj"] == (2, 74.0)  # after SwiGLU
     assert rows["lm_head"] == (1, 390.0)  # after the row gather
     assert "idle gaps 0.0 us" in out
+
+
+def test_tensor_core_decode_kernel_is_attention(tmp_path):
+    # The tensor-core decode kernel (attention_decode_mma.cuh) counts as decode attention, so the
+    # step is kept and the merge after it is followed by o_proj.
+    p = str(tmp_path / "t.csv")
+    write_trace(p, steps=10, decode="void pie::ops::cuda::detail::decode_mma_kernel<128; 4; 2; 2; 0>(x)")
+    rows = table(profile(p))
+    assert rows["attention_decode"] == (2, 12.0)
+    assert rows["o_proj"] == (2, 24.0)
 
 
 def test_fused_norm_gemv_kernels_are_named_by_their_place_in_the_layer(tmp_path):

@@ -14,7 +14,10 @@
 /// scores, exponentiates only those, and the probabilities are broadcast back for P·V), which
 /// halves the shuffles and cuts the exponentials by the row width: the arithmetic, not the
 /// copies, bounds this kernel. Long contexts with few sequences are split over CTAs
-/// (plan_decode_attention) and merged by log-sum-exp in a second, short kernel.
+/// (plan_decode_attention) and merged by log-sum-exp in a second, short kernel. At head dims 64
+/// and 128 and GQA groups ≤ 8 the tensor-core kernel of attention_decode_mma.cuh runs instead
+/// (same ring, plan and merge): this CUDA-core kernel is bound by its arithmetic on short contexts
+/// and on fp8, which brings twice the tokens per byte.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -22,6 +25,8 @@
 #include "pie/core/attention_variants.hpp"
 #include "pie/core/dispatch.hpp"
 #include "pie/kv/paged_kv.hpp"
+#include "pie/ops/cuda/attention_decode_mma.cuh"
+#include "pie/ops/cuda/attention_decode_ring.cuh"
 #include "pie/ops/cuda/bulk_copy.cuh"
 #include "pie/ops/cuda/common.cuh"
 
@@ -52,7 +57,8 @@ struct DecodePlan {
   int num_splits = 1;         ///< CTAs per (sequence, KV head) along the context
   int tokens_per_split = 0;   ///< context tokens each split covers (a multiple of 64)
   size_t workspace_bytes = 0; ///< device scratch the launch needs (0 when num_splits == 1)
-  /// CTA shape: warps per CTA and shared-memory ring depth (stages of 16 KB at 16-bit KV).
+  /// CTA shape of the CUDA-core kernel: warps per CTA and shared-memory ring depth (stages of 16 KB
+  /// at 16-bit KV). The tensor-core kernel (head dims 64/128) has a fixed shape of its own.
   int warps = 4;
   int stages = 3;
   int ctas_per_sm = 4;        ///< resident CTAs per SM the split choice assumed
@@ -109,27 +115,6 @@ inline DecodePlan plan_decode_attention(int batch, int num_q_heads, int num_kv_h
 
 namespace detail {
 
-inline constexpr float kLog2e = 1.4426950408889634f;
-
-__device__ __forceinline__ float safe_scale(float m_old, float m_new) {
-  return m_old == -INFINITY ? 0.f : exp2f(m_old - m_new);
-}
-
-/// Parameters of one decode launch, passed by value (__grid_constant__).
-template <class T, class KV, class Variant>
-struct DecodeParams {
-  const T* q; int64_t q_stride;  ///< [batch, nq, hd], token stride q_stride
-  T* out; int64_t out_stride;    ///< [batch, nq, hd]
-  float* part_o;                 ///< [splits, batch, nq, hd] (num_splits > 1)
-  float* part_lse;               ///< [splits, batch, nq], log2 domain
-  kv::PagedKV<KV> kv;
-  int bs_shift;                  ///< log2(block_size)
-  int tokens_per_split;
-  int num_splits;
-  float sm_scale;
-  Variant variant;
-};
-
 /// One level of the reduce-scatter of decode_body per recursion, sizes as template arguments so
 /// every index is a constant (a run-time index would move `v` to local memory): lanes `o` apart
 /// exchange halves; the lane with bit `o` set keeps the upper half.
@@ -157,7 +142,7 @@ struct DecodeShape {
   static constexpr int TOK = NG * U;                // tokens per stage (divides 64)
   static constexpr int STAGE_ELEMS = 2 * TOK * HD;
   static constexpr size_t RING_BYTES = size_t(STAGES) * STAGE_ELEMS * sizeof(KV);
-  static constexpr size_t MERGE_BYTES = size_t(NW) * GROUP * (HD + 2) * sizeof(float);
+  static constexpr size_t MERGE_BYTES = kDecodeMergeBytes<HD, GROUP, NW>;
   static constexpr size_t SMEM = RING_BYTES > MERGE_BYTES ? RING_BYTES : MERGE_BYTES;
   static_assert(64 % TOK == 0, "stages must tile the 64-token split granularity");
 };
@@ -174,8 +159,7 @@ __device__ __forceinline__ void decode_body(const DecodeParams<T, KV, Variant>& 
   const int kvh = blockIdx.x, b = blockIdx.y, split = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int tg = lane / LPT, sub = lane % LPT, ng = warp * TG + tg;
-  const int nq = p.kv.num_kv_heads * GROUP;
-  KV* ring = reinterpret_cast<KV*>(smem);
+  KV* ring_base = reinterpret_cast<KV*>(smem);
 
   const int len = p.kv.seq_len(b);
   const int qpos = len - 1;
@@ -187,46 +171,9 @@ __device__ __forceinline__ void decode_body(const DecodeParams<T, KV, Variant>& 
   const int t_lo = t_begin & ~(TOK - 1);
   const int n_stages = t_begin < t_end ? (t_end - t_lo + TOK - 1) / TOK : 0;
 
-  const int32_t* pages = p.kv.indices + p.kv.indptr[b];
-  const int bs_mask = (1 << p.bs_shift) - 1;
-  const int64_t head_off = int64_t(kvh) * (HD << p.bs_shift);
-  const int64_t v_off = int64_t(p.kv.num_kv_heads) * (HD << p.bs_shift);
-  const int64_t bstride = 2 * v_off;
-  // A stage is TOK/seg runs of `seg` rows (whole pages, or a slice of a page larger than TOK).
-  const int seg_shift = min(p.bs_shift, __ffs(TOK) - 1);
-  const uint32_t seg_bytes = uint32_t(HD * sizeof(KV)) << seg_shift;
-
-  // Warp 0 fills a ring slot: lane 0 announces the bytes, then each lane copies K or V runs.
-  // Copy i of a stage is run i/2 (K for even i, V for odd). The page id of a lane's first copy
-  // is loaded one stage ahead (`page_of`), so the issue after each stage's barrier waits for no
-  // load; further copies (block sizes under TOK/16) read theirs in place.
-  auto page_of = [&](int stage) -> int32_t {
-    const int t = t_lo + stage * TOK + ((lane >> 1) << seg_shift);
-    return stage < n_stages && t < t_end ? pages[t >> p.bs_shift] : 0;
-  };
-  auto issue = [&](int stage, int slot, int32_t page0) {
-    const int ts = t_lo + stage * TOK;
-    const int nseg = min(TOK >> seg_shift, (t_end - ts + (1 << seg_shift) - 1) >> seg_shift);
-    if (lane == 0) mbar_arrive_expect_tx(&bars[slot], 2u * nseg * seg_bytes);
-    __syncwarp();
-    KV* dst = ring + slot * S::STAGE_ELEMS;
-    for (int i = lane; i < 2 * nseg; i += 32) {
-      const int k = i >> 1, t = ts + (k << seg_shift);
-      const int32_t page = i == lane ? page0 : pages[t >> p.bs_shift];
-      const int64_t src = int64_t(page) * bstride + head_off + int64_t(t & bs_mask) * HD + ((i & 1) ? v_off : 0);
-      bulk_copy_g2s(dst + (i & 1) * TOK * HD + (k << seg_shift) * HD, p.kv.data + src, seg_bytes, &bars[slot]);
-    }
-  };
+  DecodeRing<TOK, HD, STAGES, KV> ring(p.kv, b, kvh, p.bs_shift, t_lo, t_end, n_stages, ring_base, bars, lane);
   int32_t next_page = 0;  // warp 0: page id of this lane's first copy of stage it + STAGES
-  if (warp == 0) {
-    int32_t first[STAGES];
-#pragma unroll
-    for (int s = 0; s < STAGES; ++s) first[s] = page_of(s);
-#pragma unroll
-    for (int s = 0; s < STAGES; ++s)
-      if (s < n_stages) issue(s, s, first[s]);
-    next_page = page_of(STAGES);
-  }
+  if (warp == 0) next_page = ring.start();
 
   // Scores are q·k·sm_scale in the log2 domain: folded into q unless the variant transforms
   // the scaled logit (soft-cap), which then sees it unscaled by log2(e).
@@ -258,7 +205,7 @@ __device__ __forceinline__ void decode_body(const DecodeParams<T, KV, Variant>& 
   for (int it = 0; it < n_stages; ++it) {
     const int slot = it % STAGES;
     mbar_wait(&bars[slot], (it / STAGES) & 1);
-    const KV* sk = ring + slot * S::STAGE_ELEMS;
+    const KV* sk = ring_base + slot * S::STAGE_ELEMS;
     const KV* sv = sk + TOK * HD;
     const int ts = t_lo + it * TOK;
     if constexpr (MODE == 1) {  // benchmark only: the pages' movement without the arithmetic
@@ -271,8 +218,8 @@ __device__ __forceinline__ void decode_body(const DecodeParams<T, KV, Variant>& 
       l[0] = 1.f; m[0] = 0.f;
       __syncthreads();
       if (warp == 0 && it + STAGES < n_stages) {
-        issue(it + STAGES, slot, next_page);
-        next_page = page_of(it + STAGES + 1);
+        ring.issue(it + STAGES, slot, next_page);
+        next_page = ring.page_of(it + STAGES + 1);
       }
       continue;
     }
@@ -411,8 +358,8 @@ __device__ __forceinline__ void decode_body(const DecodeParams<T, KV, Variant>& 
     }
     __syncthreads();  // every warp is done with this slot
     if (warp == 0 && it + STAGES < n_stages) {
-      issue(it + STAGES, slot, next_page);
-      next_page = page_of(it + STAGES + 1);
+      ring.issue(it + STAGES, slot, next_page);
+      next_page = ring.page_of(it + STAGES + 1);
     }
   }
   if constexpr (MODE == 0) {
@@ -459,29 +406,7 @@ __device__ __forceinline__ void decode_body(const DecodeParams<T, KV, Variant>& 
     }
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < GROUP * HD; i += NW * 32) {
-    int g = i / HD, d = i % HD;
-    float mm = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < NW; ++w) mm = fmaxf(mm, s_m[w * GROUP + g]);
-    float ll = 0.f, o = 0.f;
-#pragma unroll
-    for (int w = 0; w < NW; ++w) {
-      float sc = safe_scale(s_m[w * GROUP + g], mm);
-      ll += s_l[w * GROUP + g] * sc;
-      o += s_acc[(w * GROUP + g) * HD + d] * sc;
-    }
-    float out = ll > 0.f ? o / ll : 0.f;
-    if constexpr (is_fp8_v<KV>) out *= p.kv.kv_scale;
-    const int h = kvh * GROUP + g;
-    if (p.num_splits == 1) {
-      p.out[b * p.out_stride + int64_t(h) * HD + d] = from_f32<T>(out);
-    } else {
-      int64_t row = (int64_t(split) * p.kv.batch_size + b) * nq + h;
-      p.part_o[row * HD + d] = out;
-      if (d == 0) p.part_lse[row] = ll > 0.f ? mm + log2f(ll) : -INFINITY;
-    }
-  }
+  decode_store_merged<HD, GROUP, NW>(p, s_acc, kvh, b, split);
 }
 
 template <int HD, int GROUP, int NW, int STAGES, int MODE, class T, class KV, class Variant>
@@ -539,11 +464,12 @@ __global__ void __launch_bounds__(128) decode_merge_kernel(const float* __restri
   store8(out + int64_t(b) * out_stride + int64_t(h) * HD + c, acc);
 }
 
-template <int HD, int GROUP, int NW, int STAGES, int MODE = 0, class T, class KV, class Variant>
-void launch_decode(const DecodeParams<T, KV, Variant>& p, int batch, cudaStream_t stream) {
-  static_assert(NW > 0 && STAGES > 0, "launch_decode: warps and stages");
-  const size_t smem = DecodeShape<HD, GROUP, NW, STAGES, KV>::SMEM;
-  auto kern = decode_kernel<HD, GROUP, NW, STAGES, MODE, T, KV, Variant>;
+/// Launches one decode kernel (NW warps, `smem` bytes of dynamic shared memory) and, for several
+/// splits, the merge. The kernel is a template argument so that each kernel has its own
+/// `smem_set` below (a function-pointer type would share it between kernels of one signature).
+template <int HD, int GROUP, int NW, auto Kern, class T, class KV, class Variant>
+void launch_decode_kernel(size_t smem, const DecodeParams<T, KV, Variant>& p, int batch, cudaStream_t stream) {
+  auto kern = Kern;
   // Raised even under 48 KB (the static barriers count against the default too), once per
   // kernel and device (the attribute is per device: tensor-parallel runners drive several).
   static std::atomic<uint64_t> smem_set{0};
@@ -562,6 +488,22 @@ void launch_decode(const DecodeParams<T, KV, Variant>& p, int batch, cudaStream_
                batch, p.kv.num_kv_heads * GROUP, p.out, p.out_stride);
   }
 }
+
+/// The CUDA-core kernel (any KV type and head dim).
+template <int HD, int GROUP, int NW, int STAGES, int MODE = 0, class T, class KV, class Variant>
+void launch_decode(const DecodeParams<T, KV, Variant>& p, int batch, cudaStream_t stream) {
+  static_assert(NW > 0 && STAGES > 0, "launch_decode: warps and stages");
+  launch_decode_kernel<HD, GROUP, NW, decode_kernel<HD, GROUP, NW, STAGES, MODE, T, KV, Variant>>(
+      DecodeShape<HD, GROUP, NW, STAGES, KV>::SMEM, p, batch, stream);
+}
+
+/// The tensor-core kernel (fp8 K/V, kDecodeMma).
+template <int HD, int GROUP, int NW, int STAGES, int MODE = 0, class T, class KV, class Variant>
+void launch_decode_mma(const DecodeParams<T, KV, Variant>& p, int batch, cudaStream_t stream) {
+  static_assert(NW > 0 && STAGES > 0, "launch_decode_mma: warps and stages");
+  launch_decode_kernel<HD, GROUP, NW, decode_mma_kernel<HD, GROUP, NW, STAGES, MODE, T, KV, Variant>>(
+      DecodeMmaShape<HD, GROUP, NW, STAGES, KV>::SMEM, p, batch, stream);
+}
 }  // namespace detail
 
 /// \brief Decode attention over the paged cache: out[b, h] = softmax(q[b, h]·Kᵀ·sm_scale)·V over
@@ -573,8 +515,9 @@ void launch_decode(const DecodeParams<T, KV, Variant>& p, int batch, cudaStream_
 /// \param workspace device scratch of plan.workspace_bytes (may be null when 0)
 /// \tparam Warps, Stages CTA shape (warps, ring depth) for benchmarks; 0: the plan's (the default
 /// shape, DecodePlan::warps and DecodePlan::stages)
-/// \tparam Mode 0; for benchmarks only: 1 moves the pages without computing attention, 2 takes the
-/// all-reduce softmax (see decode_body)
+/// \tparam Mode 0; for benchmarks and tests only: 1 moves the pages without computing attention,
+/// 2 takes the CUDA-core kernel with the all-reduce softmax (see decode_body), 3 the CUDA-core
+/// kernel where the tensor-core one applies (head dims 64 and 128, groups ≤ 8)
 template <int Warps = 0, int Stages = 0, int Mode = 0, class T, class KV, class Variant = attention::Causal>
 void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out, const DecodePlan& plan,
                       void* workspace, float sm_scale, Variant variant = {}, cudaStream_t stream = nullptr) {
@@ -611,13 +554,22 @@ void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out,
   p.variant = variant;
   PIE_DISPATCH_HEAD_DIM(cache.head_dim, HD, [&] {
     PIE_DISPATCH_GQA_GROUP(nq / cache.num_kv_heads, GROUP, [&] {
+      constexpr bool kMma = detail::kDecodeMma<HD, GROUP, DKV> && Mode != 2 && Mode != 3;
+      constexpr int kMode = Mode == 3 ? 0 : Mode;
       if constexpr (Warps > 0) {
-        constexpr int kStages = Stages > 0 ? Stages : detail::decode_stages(GROUP);
-        detail::launch_decode<HD, GROUP, Warps, kStages, Mode>(p, batch, stream);
+        constexpr int kStages = Stages > 0 ? Stages : kMma ? detail::kDecodeMmaStages : detail::decode_stages(GROUP);
+        if constexpr (kMma)
+          detail::launch_decode_mma<HD, GROUP, Warps, kStages, kMode>(p, batch, stream);
+        else
+          detail::launch_decode<HD, GROUP, Warps, kStages, kMode>(p, batch, stream);
       } else {
         PIE_CHECK(plan.warps == 4 && plan.stages == detail::decode_stages(GROUP),
                   "decode_attention: the plan's CTA shape is not the default one");
-        detail::launch_decode<HD, GROUP, 4, detail::decode_stages(GROUP)>(p, batch, stream);
+        if constexpr (kMma)
+          detail::launch_decode_mma<HD, GROUP, detail::kDecodeMmaWarps<DKV>, detail::kDecodeMmaStages, kMode>(p, batch,
+                                                                                                             stream);
+        else
+          detail::launch_decode<HD, GROUP, 4, detail::decode_stages(GROUP), kMode>(p, batch, stream);
       }
     });
   });

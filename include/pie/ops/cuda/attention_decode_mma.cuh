@@ -1,0 +1,314 @@
+#pragma once
+/// \file attention_decode_mma.cuh
+/// \brief Decode attention on the tensor cores, over an fp8 (e4m3) or 16-bit KV cache. Private to
+/// ops/cuda; decode_attention (attention_decode.cuh) takes it at head dims 64 and 128, GQA groups
+/// up to 8.
+///
+/// Why: the CUDA-core kernel is bound by its issue slots (the FMAs of q·k and p·v, conversions,
+/// softmax shuffles). An fp8 page holds twice the tokens of a bf16 one, so there it reached 53% of
+/// the copy bandwidth on the H200 while moving the pages alone reached 99%; with 16-bit K/V it
+/// fell short on short contexts (b512 × 140: 67% against 85% for the pages alone). Here q·k and
+/// p·v are `mma.sync.m16n8k16` (f16 for fp8, which widens to f16 exactly, two per `cvt`; else the
+/// KV type): ≈ 19 warp-instructions per token and KV head (SASS, fp8 at head dim 128).
+///
+/// Layout: the CTA's pages arrive through the same bulk-copy ring as the CUDA-core kernel's
+/// (DecodeRing), 16 tokens per warp and stage (4 warps for fp8, 2 for 16-bit K/V: 16 KB stages at
+/// head dim 128). Tokens are M and the GQA group is N (8 columns, of which GROUP are used), so no register holds padding rows: Sᵀ = K·Qᵀ (A = 16 tokens of K, B = Qᵀ,
+/// resident), then Oᵀ += Vᵀ·Pᵀ (A = Vᵀ, 16 dims × 16 tokens; B = Pᵀ). The Sᵀ accumulators
+/// (token rows, head columns) become Pᵀ's B fragment (head rows) by one `movmatrix.trans` per 8
+/// tokens. Lane (r = lane/4, c = lane%4):
+///   - K: lane (r, c) reads head dims [c·HD/4, (c+1)·HD/4) of tokens r and r + 8 and feeds them
+///     to the 16-dim chunks j in order; the q·k sum runs over all dims, so Qᵀ's B fragments take
+///     the same permutation (dims c·HD/4 + 4j + {0,1} are k = 2c, 2c+1; + {2,3} are 2c+8, 2c+9).
+///   - V: Vᵀ's A fragment holds two consecutive tokens of one dim per register, so lane (r, c)
+///     reads dims [r·HD/8, (r+1)·HD/8) of tokens 2c, 2c+1, 2c+8, 2c+9 (16-byte loads) and pairs
+///     their bytes (fp8, before the conversion) or halves (16-bit) with `prmt`; m-tile mt's rows r
+///     and r + 8 are dims r·HD/8 + 2mt and + 2mt + 1, so lane (r, c) ends holding heads 2c, 2c+1
+///     of dims [r·HD/8, (r+1)·HD/8).
+/// The scale (sm_scale · kv_scale · log2 e) is applied to S in f32, so q enters the MMA unscaled
+/// (for fp8, bf16 → f16 is exact over f16's normal range; larger magnitudes saturate at ±65504).
+/// P enters the P·V MMA in the MMA type (bf16 for a bf16 cache, as FlashAttention does).
+#include <cuda_fp16.h>
+
+#include "pie/ops/cuda/attention_decode_ring.cuh"
+#include "pie/ops/cuda/mma.cuh"
+
+namespace pie::ops::cuda::detail {
+
+/// Whether decode_attention takes the tensor-core kernel for this head dim, group and KV type
+/// (fp8 or 16-bit K/V; head dim 256 and larger groups take the CUDA-core kernel).
+template <int HD, int GROUP, class KV>
+inline constexpr bool kDecodeMma = (is_fp8_v<KV> || sizeof(KV) == 2) && (HD == 64 || HD == 128) && GROUP <= 8;
+/// Warps per CTA of the tensor-core kernel: 4 for fp8 (64-token stages of 16 KB at head dim 128),
+/// 2 for 16-bit K/V (32-token stages of 16 KB; 4 warps' 32 KB stages allow only 3 CTAs per SM and
+/// measured 78% against 99% at b64 ctx4096 on the H200).
+template <class KV>
+inline constexpr int kDecodeMmaWarps = is_fp8_v<KV> ? 4 : 2;
+/// The MMA operand type for a KV type: f16 for fp8 (e4m3 widens to it exactly), else KV itself.
+template <class KV>
+using MmaElem = std::conditional_t<is_fp8_v<KV>, __half, KV>;
+/// Ring depth of the tensor-core kernel: 2 stages of 64 tokens (16 KB of fp8 K and V at head dim
+/// 128), the bytes in flight of the bf16 kernel's 2 stages.
+inline constexpr int kDecodeMmaStages = 2;
+
+/// Four e4m3 in a word → two f16x2 (bytes 0, 1 → lo; bytes 2, 3 → hi), exact.
+__device__ __forceinline__ void e4m3x4_to_f16x4(uint32_t w, uint32_t& lo, uint32_t& hi) {
+  asm("{\n.reg .b16 l, h;\nmov.b32 {l, h}, %2;\ncvt.rn.f16x2.e4m3x2 %0, l;\ncvt.rn.f16x2.e4m3x2 %1, h;\n}"
+      : "=r"(lo), "=r"(hi)
+      : "r"(w));
+}
+
+/// Transposes an 8×8 matrix of 16-bit elements held one row pair per lane (lane i: row i/4,
+/// columns 2(i%4), 2(i%4)+1) across the warp.
+__device__ __forceinline__ uint32_t movmatrix_trans(uint32_t x) {
+  uint32_t y;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+  return y;
+}
+
+/// Two floats → two E, saturated to f16's finite range when E is f16 (bf16 queries may exceed it).
+template <class E>
+__device__ __forceinline__ uint32_t pack_sat(float lo, float hi) {
+  if constexpr (std::is_same_v<E, __half>) {
+    constexpr float kMax = 65504.f;
+    return pack2<__half>(fminf(fmaxf(lo, -kMax), kMax), fminf(fmaxf(hi, -kMax), kMax));
+  } else {
+    return pack2<E>(lo, hi);
+  }
+}
+
+/// Compile-time shape of the tensor-core CTA: NW warps of 16 tokens per stage.
+template <int HD, int GROUP, int NW, int STAGES, class KV>
+struct DecodeMmaShape {
+  static constexpr int TOK = NW * 16;  // tokens per stage
+  static constexpr size_t RING_BYTES = size_t(STAGES) * 2 * TOK * HD * sizeof(KV);
+  static constexpr size_t SMEM = RING_BYTES > kDecodeMergeBytes<HD, GROUP, NW> ? RING_BYTES
+                                                                                 : kDecodeMergeBytes<HD, GROUP, NW>;
+  static_assert(64 % TOK == 0, "stages must tile the 64-token split granularity");
+};
+
+/// Device body of the tensor-core kernel (see the file comment). MODE 1 (benchmarks only) reads
+/// the pages from shared memory without the attention arithmetic.
+template <int HD, int GROUP, int NW, int STAGES, int MODE, class T, class KV, class Variant>
+__device__ __forceinline__ void decode_body_mma(const DecodeParams<T, KV, Variant>& p, unsigned char* smem,
+                                                uint64_t* bars) {
+  static_assert(kDecodeMma<HD, GROUP, KV>, "decode_body_mma: fp8 or 16-bit K/V, head dim 64 or 128, group <= 8");
+  using E = MmaElem<KV>;
+  constexpr bool F8 = is_fp8_v<KV>;
+  constexpr int TOK = DecodeMmaShape<HD, GROUP, NW, STAGES, KV>::TOK;
+  constexpr int RB = HD * int(sizeof(KV));  // bytes of a K or V row
+  constexpr int NJ = HD / 16;               // 16-dim chunks of q·k
+  constexpr int KW = RB / 16;               // words of K per lane and token (HD/4 elements)
+  constexpr int VW = RB / 32;               // words of V per lane and token (HD/8 elements)
+  constexpr int MT = HD / 16;               // m-tiles (16 dims) of Oᵀ
+  const int kvh = blockIdx.x, b = blockIdx.y, split = blockIdx.z;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, r = lane >> 2, c = lane & 3;
+
+  const int len = p.kv.seq_len(b);
+  const int qpos = len - 1;
+  int t_begin = split * p.tokens_per_split;
+  const int t_end = min(len, t_begin + p.tokens_per_split);
+  if constexpr (Variant::kWindowLeft > 0) t_begin = max(t_begin, qpos - Variant::kWindowLeft + 1);
+  const int t_lo = t_begin & ~(TOK - 1);
+  const int n_stages = t_begin < t_end ? (t_end - t_lo + TOK - 1) / TOK : 0;
+
+  KV* ring_base = reinterpret_cast<KV*>(smem);
+  DecodeRing<TOK, HD, STAGES, KV> ring(p.kv, b, kvh, p.bs_shift, t_lo, t_end, n_stages, ring_base, bars, lane);
+  int32_t next_page = 0;  // warp 0: page id of this lane's first copy of stage it + STAGES
+  if (warp == 0) next_page = ring.start();
+
+  // Qᵀ's B fragments: head r (zero for r ≥ GROUP), (k lo, k hi) of each chunk.
+  uint32_t qb[NJ][2];
+  {
+    float qf[HD / 4];
+    if (r < GROUP) {
+      const T* qp = p.q + b * p.q_stride + int64_t(kvh * GROUP + r) * HD + c * (HD / 4);
+#pragma unroll
+      for (int i = 0; i < HD / 32; ++i) {
+        float t8[8];
+        load8(qp + 8 * i, t8);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) qf[8 * i + e] = t8[e];
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < HD / 4; ++i) qf[i] = 0.f;
+    }
+#pragma unroll
+    for (int j = 0; j < NJ; ++j) {
+      qb[j][0] = pack_sat<E>(qf[4 * j], qf[4 * j + 1]);
+      qb[j][1] = pack_sat<E>(qf[4 * j + 2], qf[4 * j + 3]);
+    }
+  }
+  // Scores in the log2 domain: scale · log2 e applied to the f32 accumulators, unless the variant
+  // transforms the scaled logit (soft-cap).
+  const float score_scale = p.sm_scale * (F8 ? p.kv.kv_scale : 1.f);
+  const float s_scale = score_scale * kLog2e;
+
+  float o[MT][4];  // Oᵀ: rows r, r + 8 of each m-tile, columns (heads) 2c, 2c + 1
+#pragma unroll
+  for (int n = 0; n < MT; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};  // heads 2c, 2c+1: running max, this lane's sum
+
+  for (int it = 0; it < n_stages; ++it) {
+    const int slot = it % STAGES;
+    mbar_wait(&bars[slot], (it / STAGES) & 1);
+    const unsigned char* sk = reinterpret_cast<const unsigned char*>(ring_base + slot * 2 * TOK * HD) + warp * 16 * RB;
+    const unsigned char* sv = sk + TOK * RB;
+    const int tw = t_lo + it * TOK + warp * 16;  // this warp's first token
+    if constexpr (MODE == 1) {  // benchmark only: read the pages, no attention arithmetic
+      const uint4 kk = *reinterpret_cast<const uint4*>(sk + r * RB + c * (RB / 4));
+      const uint2 vv = *reinterpret_cast<const uint2*>(sv + (2 * c) * RB + r * (RB / 8));
+      o[0][0] += __uint_as_float((kk.x ^ vv.y) & 0x3f800000u);
+      m[0] = 0.f; l[0] = 1.f;
+    } else if (tw < t_end && tw + 16 > t_begin) {  // warp-uniform: this warp holds a live token
+      // Sᵀ = K·Qᵀ: rows tokens tw + r and tw + r + 8, columns heads 2c, 2c + 1.
+      float s[4] = {0.f, 0.f, 0.f, 0.f};
+      {
+        const uint4* k0 = reinterpret_cast<const uint4*>(sk + r * RB + c * (RB / 4));
+        const uint4* k1 = reinterpret_cast<const uint4*>(sk + (r + 8) * RB + c * (RB / 4));
+#pragma unroll
+        for (int i = 0; i < KW / 4; ++i) {
+          const uint4 x0 = k0[i], x1 = k1[i];
+          const uint32_t w0[4] = {x0.x, x0.y, x0.z, x0.w}, w1[4] = {x1.x, x1.y, x1.z, x1.w};
+          if constexpr (F8) {  // a word is 4 dims: one chunk
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              uint32_t a[4];
+              e4m3x4_to_f16x4(w0[e], a[0], a[2]);
+              e4m3x4_to_f16x4(w1[e], a[1], a[3]);
+              mma16816<E>(s, a, qb[4 * i + e][0], qb[4 * i + e][1]);
+            }
+          } else {  // a word is 2 dims: two words per chunk
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const uint32_t a[4] = {w0[2 * e], w1[2 * e], w0[2 * e + 1], w1[2 * e + 1]};
+              mma16816<E>(s, a, qb[2 * i + e][0], qb[2 * i + e][1]);
+            }
+          }
+        }
+      }
+      // Mask, scale, and the online softmax of heads 2c, 2c + 1 over the warp's 16 tokens.
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int t = tw + r + (i >> 1) * 8;
+        const float v = Variant::kSoftCap ? p.variant.logits(s[i] * score_scale) * kLog2e : s[i] * s_scale;
+        s[i] = t < t_end && t >= t_begin && p.variant.mask(qpos, t) ? v : -INFINITY;
+      }
+      float mx[2] = {fmaxf(s[0], s[2]), fmaxf(s[1], s[3])};
+#pragma unroll
+      for (int off = 4; off < 32; off <<= 1) {
+        mx[0] = fmaxf(mx[0], __shfl_xor_sync(0xffffffffu, mx[0], off));
+        mx[1] = fmaxf(mx[1], __shfl_xor_sync(0xffffffffu, mx[1], off));
+      }
+      const float mn[2] = {fmaxf(m[0], mx[0]), fmaxf(m[1], mx[1])};
+      if (__any_sync(0xffffffffu, mn[0] > m[0] || mn[1] > m[1])) {  // rescale only when a maximum moves
+        const float c0 = safe_scale(m[0], mn[0]), c1 = safe_scale(m[1], mn[1]);
+        l[0] *= c0; l[1] *= c1;
+#pragma unroll
+        for (int n = 0; n < MT; ++n) { o[n][0] *= c0; o[n][1] *= c1; o[n][2] *= c0; o[n][3] *= c1; }
+      }
+      m[0] = mn[0]; m[1] = mn[1];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        s[i] = m[i & 1] == -INFINITY ? 0.f : exp2f(s[i] - m[i & 1]);
+        l[i & 1] += s[i];
+      }
+      // Pᵀ's B fragment (head r; tokens 2c, 2c+1 and 2c+8, 2c+9) from the accumulator layout.
+      const uint32_t pb0 = movmatrix_trans(pack2<E>(s[0], s[1]));
+      const uint32_t pb1 = movmatrix_trans(pack2<E>(s[2], s[3]));
+      // Vᵀ: tokens 2c, 2c+1, 2c+8, 2c+9 (relative to tw), dims [r·HD/8, (r+1)·HD/8). Rows past
+      // the context end hold stale shared memory (a page's unwritten tail, or an earlier stage):
+      // they are zeroed, as 0·NaN would poison the sum.
+      uint32_t vw[4][VW];
+#pragma unroll
+      for (int q4 = 0; q4 < 4; ++q4) {
+        const int row = 2 * c + (q4 & 1) + (q4 >> 1) * 8;
+        const unsigned char* src = sv + row * RB + r * (RB / 8);
+        if constexpr (VW == 8) {
+          const uint4 v4 = *reinterpret_cast<const uint4*>(src), v5 = *reinterpret_cast<const uint4*>(src + 16);
+          vw[q4][0] = v4.x; vw[q4][1] = v4.y; vw[q4][2] = v4.z; vw[q4][3] = v4.w;
+          vw[q4][4] = v5.x; vw[q4][5] = v5.y; vw[q4][6] = v5.z; vw[q4][7] = v5.w;
+        } else if constexpr (VW == 4) {
+          const uint4 v4 = *reinterpret_cast<const uint4*>(src);
+          vw[q4][0] = v4.x; vw[q4][1] = v4.y; vw[q4][2] = v4.z; vw[q4][3] = v4.w;
+        } else {
+          const uint2 v2 = *reinterpret_cast<const uint2*>(src);
+          vw[q4][0] = v2.x; vw[q4][1] = v2.y;
+        }
+        if (tw + row >= t_end) {
+#pragma unroll
+          for (int i = 0; i < VW; ++i) vw[q4][i] = 0u;
+        }
+      }
+      if constexpr (!F8) {
+        // Word i holds dims 2i, 2i+1 of each token: m-tile i takes dim 2i (row r) and 2i+1 (row
+        // r+8); the halves of tokens (2c, 2c+1) and (2c+8, 2c+9) pair up.
+#pragma unroll
+        for (int i = 0; i < VW; ++i) {
+          const uint32_t a[4] = {__byte_perm(vw[0][i], vw[1][i], 0x5410), __byte_perm(vw[0][i], vw[1][i], 0x7632),
+                                 __byte_perm(vw[2][i], vw[3][i], 0x5410), __byte_perm(vw[2][i], vw[3][i], 0x7632)};
+          mma16816<E>(o[i], a, pb0, pb1);
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < VW; ++i) {
+          // Word i holds dims 4i..4i+3 of each token: m-tile 2i takes dims 4i (row r), 4i+1 (row
+          // r+8); m-tile 2i+1 takes 4i+2, 4i+3. Bytes of tokens (2c, 2c+1) and (2c+8, 2c+9) pair up.
+          uint32_t a0[4], a1[4];
+          e4m3x4_to_f16x4(__byte_perm(vw[0][i], vw[1][i], 0x5140), a0[0], a0[1]);
+          e4m3x4_to_f16x4(__byte_perm(vw[2][i], vw[3][i], 0x5140), a0[2], a0[3]);
+          e4m3x4_to_f16x4(__byte_perm(vw[0][i], vw[1][i], 0x7362), a1[0], a1[1]);
+          e4m3x4_to_f16x4(__byte_perm(vw[2][i], vw[3][i], 0x7362), a1[2], a1[3]);
+          mma16816<E>(o[2 * i], a0, pb0, pb1);
+          mma16816<E>(o[2 * i + 1], a1, pb0, pb1);
+        }
+      }
+    }
+    __syncthreads();  // every warp is done with this slot
+    if (warp == 0 && it + STAGES < n_stages) {
+      ring.issue(it + STAGES, slot, next_page);
+      next_page = ring.page_of(it + STAGES + 1);
+    }
+  }
+  // Each head's sum over the lanes of its tokens; then the cross-warp merge through shared memory
+  // (the ring is idle: the loop ended on a barrier and every copy issued was waited for).
+#pragma unroll
+  for (int off = 4; off < 32; off <<= 1) {
+    l[0] += __shfl_xor_sync(0xffffffffu, l[0], off);
+    l[1] += __shfl_xor_sync(0xffffffffu, l[1], off);
+  }
+  float* s_acc = reinterpret_cast<float*>(smem);
+  float* s_m = s_acc + NW * GROUP * HD;
+  float* s_l = s_m + NW * GROUP;
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    const int h = 2 * c + e;
+    if (h < GROUP) {
+      float* dst = s_acc + (warp * GROUP + h) * HD + r * (HD / 8);
+#pragma unroll
+      for (int n = 0; n < MT; ++n) {
+        dst[2 * n] = o[n][e];
+        dst[2 * n + 1] = o[n][2 + e];
+      }
+      if (r == 0) { s_m[warp * GROUP + h] = m[e]; s_l[warp * GROUP + h] = l[e]; }
+    }
+  }
+  __syncthreads();
+  decode_store_merged<HD, GROUP, NW>(p, s_acc, kvh, b, split);
+}
+
+template <int HD, int GROUP, int NW, int STAGES, int MODE, class T, class KV, class Variant>
+__global__ void __launch_bounds__(NW * 32, 16 / NW)
+    decode_mma_kernel(const __grid_constant__ DecodeParams<T, KV, Variant> p) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ uint64_t bars[STAGES];
+  if (threadIdx.x == 0)
+    for (int s = 0; s < STAGES; ++s) mbar_init(&bars[s], 1);
+  __syncthreads();
+  pdl_launch_dependents();  // the merge (or o_proj's GEMV) may start streaming now
+  pdl_wait();
+  decode_body_mma<HD, GROUP, NW, STAGES, MODE>(p, smem, bars);
+}
+
+}  // namespace pie::ops::cuda::detail

@@ -1,0 +1,132 @@
+#pragma once
+/// \file attention_decode_ring.cuh
+/// \brief What the decode attention kernels share: their launch parameters, the shared-memory
+/// ring that one warp fills with a (sequence, KV head)'s pages by 1-D bulk copies, and the
+/// cross-warp merge that ends a CTA. Private to ops/cuda (attention_decode.cuh and
+/// attention_decode_mma.cuh).
+#include "pie/kv/paged_kv.hpp"
+#include "pie/ops/cuda/bulk_copy.cuh"
+#include "pie/ops/cuda/common.cuh"
+
+namespace pie::ops::cuda::detail {
+
+inline constexpr float kLog2e = 1.4426950408889634f;
+
+__device__ __forceinline__ float safe_scale(float m_old, float m_new) {
+  return m_old == -INFINITY ? 0.f : exp2f(m_old - m_new);
+}
+
+/// Parameters of one decode launch, passed by value (__grid_constant__).
+template <class T, class KV, class Variant>
+struct DecodeParams {
+  const T* q; int64_t q_stride;  ///< [batch, nq, hd], token stride q_stride
+  T* out; int64_t out_stride;    ///< [batch, nq, hd]
+  float* part_o;                 ///< [splits, batch, nq, hd] (num_splits > 1)
+  float* part_lse;               ///< [splits, batch, nq], log2 domain
+  kv::PagedKV<KV> kv;
+  int bs_shift;                  ///< log2(block_size)
+  int tokens_per_split;
+  int num_splits;
+  float sm_scale;
+  Variant variant;
+};
+
+/// \brief The ring of STAGES shared-memory stages of TOK tokens (K rows [TOK][HD], then V rows)
+/// through which one CTA streams the pages of tokens [t_lo, t_end) of one sequence and KV head.
+/// Warp 0 fills a slot: lane 0 announces the bytes on the slot's mbarrier, then each lane copies
+/// K or V runs (copy i of a stage is run i/2, K for even i, V for odd). The page id of a lane's
+/// first copy is loaded one stage ahead (`page_of`), so the issue after each stage's barrier
+/// waits for no load; further copies (block sizes under TOK/16) read theirs in place.
+template <int TOK, int HD, int STAGES, class KV>
+struct DecodeRing {
+  static constexpr int STAGE_ELEMS = 2 * TOK * HD;
+  KV* ring;
+  const KV* data;
+  const int32_t* pages;
+  uint64_t* bars;
+  int t_lo, t_end, n_stages, bs_shift, bs_mask, seg_shift, lane;
+  uint32_t seg_bytes;
+  int64_t head_off, v_off, bstride;
+
+  __device__ __forceinline__ DecodeRing(const kv::PagedKV<KV>& kv, int b, int kvh, int bs_shift_, int t_lo_,
+                                        int t_end_, int n_stages_, KV* ring_, uint64_t* bars_, int lane_)
+      : ring(ring_), data(kv.data), pages(kv.indices + kv.indptr[b]), bars(bars_), t_lo(t_lo_), t_end(t_end_),
+        n_stages(n_stages_), bs_shift(bs_shift_), bs_mask((1 << bs_shift_) - 1), lane(lane_) {
+    head_off = int64_t(kvh) * (HD << bs_shift);
+    v_off = int64_t(kv.num_kv_heads) * (HD << bs_shift);
+    bstride = 2 * v_off;
+    // A stage is TOK/seg runs of `seg` rows (whole pages, or a slice of a page larger than TOK).
+    seg_shift = min(bs_shift, __ffs(TOK) - 1);
+    seg_bytes = uint32_t(HD * sizeof(KV)) << seg_shift;
+  }
+  /// Page id of this lane's first copy of `stage` (0 past the end).
+  __device__ __forceinline__ int32_t page_of(int stage) const {
+    const int t = t_lo + stage * TOK + ((lane >> 1) << seg_shift);
+    return stage < n_stages && t < t_end ? pages[t >> bs_shift] : 0;
+  }
+  /// Warp 0: fills `slot` with `stage`; page0 = page_of(stage).
+  __device__ __forceinline__ void issue(int stage, int slot, int32_t page0) const {
+    const int ts = t_lo + stage * TOK;
+    const int nseg = min(TOK >> seg_shift, (t_end - ts + (1 << seg_shift) - 1) >> seg_shift);
+    if (lane == 0) mbar_arrive_expect_tx(&bars[slot], 2u * nseg * seg_bytes);
+    __syncwarp();
+    KV* dst = ring + slot * STAGE_ELEMS;
+    for (int i = lane; i < 2 * nseg; i += 32) {
+      const int k = i >> 1, t = ts + (k << seg_shift);
+      const int32_t page = i == lane ? page0 : pages[t >> bs_shift];
+      const int64_t src = int64_t(page) * bstride + head_off + int64_t(t & bs_mask) * HD + ((i & 1) ? v_off : 0);
+      bulk_copy_g2s(dst + (i & 1) * TOK * HD + (k << seg_shift) * HD, data + src, seg_bytes, &bars[slot]);
+    }
+  }
+  /// Warp 0: fills the first STAGES slots; returns page_of(STAGES), the next stage's first page.
+  __device__ __forceinline__ int32_t start() const {
+    int32_t first[STAGES];
+#pragma unroll
+    for (int s = 0; s < STAGES; ++s) first[s] = page_of(s);
+#pragma unroll
+    for (int s = 0; s < STAGES; ++s)
+      if (s < n_stages) issue(s, s, first[s]);
+    return page_of(STAGES);
+  }
+};
+
+/// Shared memory of the cross-warp merge: [NW][GROUP][HD] accumulators, then [NW][GROUP] m and l.
+template <int HD, int GROUP, int NW>
+inline constexpr size_t kDecodeMergeBytes = size_t(NW) * GROUP * (HD + 2) * sizeof(float);
+
+/// Ends a CTA after every warp wrote its (m, l, unnormalised acc) per head into the merge area
+/// and a barrier: combines the warps by log-sum-exp and writes the output (one split) or this
+/// split's partial row (several).
+template <int HD, int GROUP, int NW, class T, class KV, class Variant>
+__device__ __forceinline__ void decode_store_merged(const DecodeParams<T, KV, Variant>& p, const float* smem, int kvh,
+                                                    int b, int split) {
+  const float* s_acc = smem;
+  const float* s_m = s_acc + NW * GROUP * HD;
+  const float* s_l = s_m + NW * GROUP;
+  const int nq = p.kv.num_kv_heads * GROUP;
+  for (int i = threadIdx.x; i < GROUP * HD; i += NW * 32) {
+    int g = i / HD, d = i % HD;
+    float mm = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) mm = fmaxf(mm, s_m[w * GROUP + g]);
+    float ll = 0.f, o = 0.f;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) {
+      float sc = safe_scale(s_m[w * GROUP + g], mm);
+      ll += s_l[w * GROUP + g] * sc;
+      o += s_acc[(w * GROUP + g) * HD + d] * sc;
+    }
+    float out = ll > 0.f ? o / ll : 0.f;
+    if constexpr (is_fp8_v<KV>) out *= p.kv.kv_scale;
+    const int h = kvh * GROUP + g;
+    if (p.num_splits == 1) {
+      p.out[b * p.out_stride + int64_t(h) * HD + d] = from_f32<T>(out);
+    } else {
+      int64_t row = (int64_t(split) * p.kv.batch_size + b) * nq + h;
+      p.part_o[row * HD + d] = out;
+      if (d == 0) p.part_lse[row] = ll > 0.f ? mm + log2f(ll) : -INFINITY;
+    }
+  }
+}
+
+}  // namespace pie::ops::cuda::detail
