@@ -3,8 +3,8 @@
 # the GPU tests and pie_bench from source while transformers builds its references (dense 8B
 # widths, small, Qwen3-MoE small), then the GPU tests (MoE kernels, GPU vs transformers incl.
 # the fp8 KV cache and Qwen3-MoE, the fp8-weight kernels and engine, the runner's graphs /
-# batch invariance / swap, the structured-output bitmask kernel), then `pie bench` at the
-# Qwen3-30B-A3B shape if time is left. Summary printed last; logs in $OUT/logs.tgz.
+# batch invariance / swap, and PIE_EXTRA_TESTS), then `pie bench` at the Qwen3-8B shape (batch 1
+# and 2048 x (128, 128); PIE_SKIP_8B=1 skips it) and the Qwen3-30B-A3B shape if time is left. Summary printed last; logs in $OUT/logs.tgz.
 #   OUT=dir PIE_DEADLINE_S=320 bash bench/device_final.sh
 set -u
 OUT=${OUT:-/tmp/pie_final_out}
@@ -44,8 +44,15 @@ for t in ${PIE_EXTRA_TESTS:-}; do run "$(basename "$t")" 60 "$BUILD/$t" --gtest_
 run test_fp8 90 "$BUILD/tests/gpu/pie_gpu_test_fp8" --gtest_color=no; gt test_fp8
 wait $HFREF
 grep -v Warning "$LOGS/hf_reference.log" | tail -3 | tee -a "$SUM"
-PIE_GPU_HF_DIR=/tmp/hfref run test_hf 120 "$BUILD/tests/gpu/pie_gpu_test_hf" --gtest_color=no; gt test_hf
+PIE_GPU_MOE_ROUTING=${PIE_GPU_MOE_ROUTING:-1} PIE_GPU_HF_DIR=/tmp/hfref run test_hf 120 "$BUILD/tests/gpu/pie_gpu_test_hf" --gtest_color=no; gt test_hf
 run test_runner 120 "$BUILD/tests/gpu/pie_gpu_test_runner" --gtest_color=no; gt test_runner 40
+if [ -f "$MODEL8B/config.json" ] && [ "${PIE_SKIP_8B:-0}" != 1 ]; then
+  # Qwen3-8B shape end to end: the decode kernels every bf16 step runs, batch 1 and 2048 x (128, 128).
+  run bench_8b 120 "$BUILD/examples/pie/pie_bench" "$MODEL8B" --load-format dummy --mode both \
+    --input-len 128 --output-len 128 --num-prompts 2048 --max-num-seqs 512 --num-iters 3 --num-iters-warmup 1 \
+    --output-json "$OUT/bench_8b.json"
+  grep -E "^(ceilings|engine|latency|throughput|roofline|decode at|pie: memory)" "$LOGS/bench_8b.log" | tee -a "$SUM"
+fi
 run moe_bench 120 "$BUILD/examples/pie/pie_bench" bench/models/Qwen3-30B-A3B --load-format dummy --mode both \
   --input-len 128 --output-len 128 --num-prompts 1024 --max-num-seqs 1024 --num-iters 3 --num-iters-warmup 1 \
   --output-json "$OUT/moe_bench.json"
