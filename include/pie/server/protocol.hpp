@@ -57,7 +57,13 @@ struct GenerationRequest {
   std::vector<std::string> stop;
   bool include_stop_str_in_output = false;
   bool skip_special_tokens = true;
-  bool echo = false;  ///< completions: prepend the prompt to the text
+  bool echo = false;  ///< completions: prepend the prompt to the text; chat: see chat_echo
+  /// chat: the response's role, vLLM's rule: "assistant" with add_generation_prompt, else the
+  /// last message's role (the model continues it).
+  std::string response_role = "assistant";
+  /// chat with echo: the last message's content when its role is response_role (vLLM echoes
+  /// it before the generated content), else empty.
+  std::string chat_echo;
   bool stream = false;
   bool include_usage = false;     ///< stream_options.include_usage
   bool continuous_usage = false;  ///< stream_options.continuous_usage_stats (vLLM)
@@ -581,8 +587,9 @@ inline GenerationRequest parse_completion_request(const json& body, const Sampli
     r.params.logprobs = static_cast<int>(detail::get_int(*v, "logprobs", 0, 20));
     r.want_logprobs = true;
   }
-  if (r.echo && r.want_logprobs)
-    throw unsupported_param("echo", "echo with logprobs needs prompt logprobs, which are not implemented");
+  // vLLM: echo with logprobs reports the prompt tokens too, from prompt_logprobs (the request's
+  // own, else as many as logprobs asks), also when streaming.
+  if (r.echo && r.want_logprobs && !r.params.prompt_logprobs) r.params.prompt_logprobs = r.params.logprobs;
   return r;
 }
 
@@ -664,7 +671,9 @@ inline GenerationRequest parse_chat_request(const json& body, const SamplingDefa
   }
   r.want_logprobs = logprobs;
   if (auto* v = detail::field(body, "echo")) r.echo = detail::get_bool(*v, "echo");
-  if (r.echo) throw unsupported_param("echo", "echo is not implemented for chat completions");
+  if (!add_gen) r.response_role = r.messages.back()["role"].get<std::string>();
+  if (r.echo && r.messages.back()["role"] == r.response_role)
+    r.chat_echo = r.messages.back()["content"].get<std::string>();
   return r;
 }
 
