@@ -12,24 +12,13 @@ BUILD=${PIE_BUILD_DIR:-/tmp/build-final}
 DEADLINE=${PIE_DEADLINE_S:-100000}
 MODEL8B=${PIE_MODEL_DIR:-.device/Qwen3-8B}
 LOGS="$OUT/logs"; mkdir -p "$LOGS"
-SUM="$OUT/summary.txt"
-say() { echo "== $(date -u +%H:%M:%S) +${SECONDS}s $*" | tee -a "$SUM"; }
-run() {  # run NAME LIMIT_S CMD...
-  local name=$1 limit=$2; shift 2
-  local t0=$SECONDS left=$((DEADLINE - SECONDS - 3))
-  if [ "$left" -lt 10 ]; then say "$name: skipped (deadline)"; return 124; fi
-  [ "$limit" -gt "$left" ] && limit=$left
-  timeout "$limit" "$@" > "$LOGS/$name.log" 2>&1
-  local rc=$?
-  say "$name: rc=$rc in $((SECONDS - t0)) s"
-  [ "$rc" -ne 0 ] && tail -n 10 "$LOGS/$name.log" | sed 's/^/   | /' | tee -a "$SUM"
-  return $rc
-}
+SUM="$OUT/summary.txt" LOGDIR=$LOGS RUN_TAIL=10 RUN_MIN_LEFT=10
+source "$(dirname "$0")/device_lib.sh"  # say, run (NAME LIMIT_S CMD...), gpu_line
 gt() { grep -E "^\[(gpu|fp8|batch)|OK \]|FAILED  \]|Failure|Expected|Which is|PASSED|SKIPPED" "$LOGS/$1.log" | head -${2:-30} | tee -a "$SUM"; }
 export PYTHONUNBUFFERED=1
 [ -d /usr/local/cuda/bin ] && export PATH=/usr/local/cuda/bin:$PATH
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-say "device: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -1)"
+say "device: $(gpu_line)"
 
 run configure 60 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \
   -DPIE_BUILD_BENCH=OFF -DPIE_BUILD_EXAMPLES=ON -DPIE_BUILD_TESTS=ON
