@@ -3,7 +3,8 @@
 # the GPU tests and pie_bench from source while transformers builds its references (dense 8B
 # widths, small, Qwen3-MoE small), then the GPU tests (MoE kernels, GPU vs transformers incl.
 # the fp8 KV cache and Qwen3-MoE, the fp8-weight kernels and engine, the runner's graphs /
-# batch invariance / swap, the structured-output bitmask kernel), then `pie bench` at the
+# batch invariance / swap, prompt_logprobs on the GPU engine against the CPU engine and their
+# kernel against the CPU Sampler, the structured-output bitmask kernel), then `pie bench` at the
 # Qwen3-30B-A3B shape if time is left. Summary printed last; logs in $OUT/logs.tgz.
 #   OUT=dir PIE_DEADLINE_S=320 bash bench/device_final.sh
 set -u
@@ -25,7 +26,8 @@ run configure 60 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCM
 run hf_reference 200 python3 tests/gpu/make_hf_reference.py --out /tmp/hfref --config-8b "$MODEL8B/config.json" \
   --moe --tries 2 &
 HFREF=$!
-TARGETS="pie_bench pie_gpu_test_hf pie_gpu_test_runner pie_gpu_test_fp8 pie_cuda_test_moe ${PIE_EXTRA_TARGETS:-}"
+TARGETS="pie_bench pie_gpu_test_hf pie_gpu_test_runner pie_gpu_test_fp8 pie_cuda_test_moe pie_gpu_test_prompt_logprobs
+  pie_cuda_test_sampling ${PIE_EXTRA_TARGETS:-}"
 run build 240 cmake --build "$BUILD" -j "$(nproc)" --target $TARGETS || grep -E "error" "$LOGS/build.log" | head -20 | tee -a "$SUM"
 
 run test_moe 60 "$BUILD/tests/cuda/pie_cuda_test_moe" --gtest_color=no; gt test_moe
@@ -34,6 +36,9 @@ run test_fp8 90 "$BUILD/tests/gpu/pie_gpu_test_fp8" --gtest_color=no; gt test_fp
 wait $HFREF
 grep -v Warning "$LOGS/hf_reference.log" | tail -3 | tee -a "$SUM"
 PIE_GPU_HF_DIR=/tmp/hfref run test_hf 120 "$BUILD/tests/gpu/pie_gpu_test_hf" --gtest_color=no; gt test_hf
+PIE_GPU_HF_DIR=/tmp/hfref run test_prompt_logprobs 60 "$BUILD/tests/gpu/pie_gpu_test_prompt_logprobs" --gtest_color=no
+gt test_prompt_logprobs 6
+run test_sampling 60 "$BUILD/tests/cuda/pie_cuda_test_sampling" --gtest_color=no; gt test_sampling 14
 run test_runner 120 "$BUILD/tests/gpu/pie_gpu_test_runner" --gtest_color=no; gt test_runner 40
 run moe_bench 120 "$BUILD/examples/pie/pie_bench" bench/models/Qwen3-30B-A3B --load-format dummy --mode both \
   --input-len 128 --output-len 128 --num-prompts 1024 --max-num-seqs 1024 --num-iters 3 --num-iters-warmup 1 \
