@@ -234,6 +234,25 @@ def test_echo_with_logprobs_prepends_the_prompt_tokens(server):
     assert all("prompt_logprobs" not in ch["choices"][0] for ch in chunks)
 
 
+def test_echo_with_max_tokens_0_returns_the_prompt_alone(server):
+    # vLLM's echo without generation (the form evaluation harnesses score prompts with): one token
+    # is generated (usage counts it) and not shown; the choice is the prompt and its logprobs.
+    n = len(PROMPT_IDS)
+    base = dict(NEUTRAL, model=MODEL, prompt=PROMPT_IDS, echo=True, logprobs=1, return_tokens_as_token_ids=True)
+    r = post(server, "/v1/completions", dict(base, max_tokens=0))
+    c = r["choices"][0]
+    full = post(server, "/v1/completions", dict(base, max_tokens=1))["choices"][0]
+    assert [token_id(t) for t in c["logprobs"]["tokens"]] == PROMPT_IDS
+    assert c["logprobs"]["token_logprobs"] == full["logprobs"]["token_logprobs"][:n]
+    assert c["text"] == post(server, "/detokenize", {"tokens": PROMPT_IDS})["prompt"]
+    assert r["usage"]["completion_tokens"] == 1 and c["finish_reason"] == "length"
+    chunks = sse(server, "/v1/completions", dict(base, max_tokens=0))
+    assert "".join(ch["choices"][0]["text"] for ch in chunks) == c["text"]
+    assert [t for ch in chunks for t in ch["choices"][0]["logprobs"]["tokens"]] == c["logprobs"]["tokens"]
+    # Without echo, 0 stays a 400 naming the field.
+    expect_error(server, "/v1/completions", dict(NEUTRAL, model=MODEL, prompt="hi", max_tokens=0), 400, "max_tokens")
+
+
 def test_echo_with_logprobs_through_the_openai_client(client):
     r = client.completions.create(model=MODEL, prompt="one two three", max_tokens=3, temperature=0, echo=True,
                                   logprobs=1)

@@ -191,8 +191,11 @@ inline json final_body(Flight& f, const GenerationContext& ctx) {
       ch["logprobs"] = f.req.want_logprobs ? chat_logprobs(c.logprobs, spell) : json(nullptr);
       if (f.req.return_token_ids) ch["token_ids"] = c.tokens;
     } else {
-      ch["text"] = echo_text(f, prompt) + c.text;
-      ch["logprobs"] = f.req.want_logprobs ? choice_logprobs(f, prompt, c.logprobs, spell, 0, f.req.echo) : json(nullptr);
+      static const std::vector<TokenLogprob> none;
+      ch["text"] = echo_text(f, prompt) + (f.req.echo_only ? std::string{} : c.text);
+      ch["logprobs"] = f.req.want_logprobs
+                           ? choice_logprobs(f, prompt, f.req.echo_only ? none : c.logprobs, spell, 0, f.req.echo)
+                           : json(nullptr);
       // vLLM puts the prompt's fields in each completions choice.
       if (want_prompt_lps) ch["prompt_logprobs"] = prompt_logprobs_json(f.prompt_lps[prompt], text_spell);
       if (f.req.return_token_ids) {
@@ -308,6 +311,8 @@ inline std::string stream_chunks(Flight& f, const GenerationContext& ctx, std::v
     } else {
       // vLLM's echo: the prompt text and its logprobs before the first generated delta, the
       // text offsets then counting from the prompt's start.
+      // With max_tokens 0 the generated token is not shown.
+      if (f.req.echo_only) { u.text.clear(); u.logprobs.clear(); }
       const std::string text = echo_now ? echo_text(f, prompt) + u.text : u.text;
       c.echoed = c.echoed || echo_now;
       ch["text"] = text;
