@@ -19,23 +19,13 @@ BUILD=${PIE_BUILD_DIR:-build-gpu-device}
 JOBS=${PIE_JOBS:-$(nproc)}
 mkdir -p "$OUT"
 SUM="$OUT/summary.txt"
-say() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$SUM"; }
 has() { [[ ",$STAGES," == *",$1,"* ]]; }
 DEADLINE=${PIE_DEADLINE_S:-100000}  # seconds: no stage runs past this, none starts too late
-# run NAME LIMIT_S CMD...: output to $OUT/NAME.log, exit status to the summary.
-run() {
-  local name=$1 limit=$2; shift 2
-  local t0=$SECONDS left=$((DEADLINE - SECONDS - 5))
-  if [ "$left" -lt 20 ]; then say "$name: skipped (deadline)"; return 124; fi
-  [ "$limit" -gt "$left" ] && limit=$left
-  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
-  local rc=$?
-  say "$name: rc=$rc in $((SECONDS - t0)) s"
-  [ "$rc" -ne 0 ] && tail -n 8 "$OUT/$name.log" | sed 's/^/   | /' | tee -a "$SUM"
-  return $rc
-}
+# say; run NAME LIMIT_S CMD...: output to $OUT/NAME.log, exit status to the summary.
+RUN_TAIL=8 RUN_MIN_LEFT=20
+source "$(dirname "$0")/device_lib.sh"
 
-say "device: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -1)"
+say "device: $(gpu_line)"
 say "model config: $MODEL"
 export PYTHONUNBUFFERED=1
 [ -d /usr/local/cuda/bin ] && export PATH=/usr/local/cuda/bin:$PATH

@@ -3,8 +3,10 @@
 # the GPU tests and pie_bench from source while transformers builds its references (dense 8B
 # widths, small, Qwen3-MoE small), then the GPU tests (MoE kernels, GPU vs transformers incl.
 # the fp8 KV cache and Qwen3-MoE, the fp8-weight kernels and engine, the runner's graphs /
-# batch invariance / swap, and PIE_EXTRA_TESTS), then `pie bench` at the Qwen3-8B shape (batch 1
-# and 2048 x (128, 128); PIE_SKIP_8B=1 skips it) and the Qwen3-30B-A3B shape if time is left. Summary printed last; logs in $OUT/logs.tgz.
+# batch invariance / swap, prompt_logprobs on the GPU engine against the CPU engine and their
+# kernel against the CPU Sampler, the structured-output bitmask kernel, and PIE_EXTRA_TESTS),
+# then `pie bench` at the Qwen3-8B shape (batch 1 and 2048 x (128, 128); PIE_SKIP_8B=1 skips
+# it) and the Qwen3-30B-A3B shape if time is left. Summary printed last; logs in $OUT/logs.tgz.
 #   OUT=dir PIE_DEADLINE_S=320 bash bench/device_final.sh
 set -u
 OUT=${OUT:-/tmp/pie_final_out}
@@ -12,31 +14,21 @@ BUILD=${PIE_BUILD_DIR:-/tmp/build-final}
 DEADLINE=${PIE_DEADLINE_S:-100000}
 MODEL8B=${PIE_MODEL_DIR:-.device/Qwen3-8B}
 LOGS="$OUT/logs"; mkdir -p "$LOGS"
-SUM="$OUT/summary.txt"
-say() { echo "== $(date -u +%H:%M:%S) +${SECONDS}s $*" | tee -a "$SUM"; }
-run() {  # run NAME LIMIT_S CMD...
-  local name=$1 limit=$2; shift 2
-  local t0=$SECONDS left=$((DEADLINE - SECONDS - 3))
-  if [ "$left" -lt 10 ]; then say "$name: skipped (deadline)"; return 124; fi
-  [ "$limit" -gt "$left" ] && limit=$left
-  timeout "$limit" "$@" > "$LOGS/$name.log" 2>&1
-  local rc=$?
-  say "$name: rc=$rc in $((SECONDS - t0)) s"
-  [ "$rc" -ne 0 ] && tail -n 10 "$LOGS/$name.log" | sed 's/^/   | /' | tee -a "$SUM"
-  return $rc
-}
+SUM="$OUT/summary.txt" LOGDIR=$LOGS RUN_TAIL=10 RUN_MIN_LEFT=10
+source "$(dirname "$0")/device_lib.sh"  # say, run (NAME LIMIT_S CMD...), gpu_line
 gt() { grep -E "^\[(gpu|fp8|batch)|OK \]|FAILED  \]|Failure|Expected|Which is|PASSED|SKIPPED" "$LOGS/$1.log" | head -${2:-30} | tee -a "$SUM"; }
 export PYTHONUNBUFFERED=1
 [ -d /usr/local/cuda/bin ] && export PATH=/usr/local/cuda/bin:$PATH
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-say "device: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -1)"
+say "device: $(gpu_line)"
 
 run configure 60 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \
   -DPIE_BUILD_BENCH=OFF -DPIE_BUILD_EXAMPLES=ON -DPIE_BUILD_TESTS=ON
 run hf_reference 200 python3 tests/gpu/make_hf_reference.py --out /tmp/hfref --config-8b "$MODEL8B/config.json" \
   --moe --tries 2 &
 HFREF=$!
-TARGETS="pie_bench pie_gpu_test_hf pie_gpu_test_runner pie_gpu_test_fp8 pie_cuda_test_moe ${PIE_EXTRA_TARGETS:-}"
+TARGETS="pie_bench pie_gpu_test_hf pie_gpu_test_runner pie_gpu_test_fp8 pie_cuda_test_moe pie_gpu_test_prompt_logprobs
+  pie_cuda_test_sampling ${PIE_EXTRA_TARGETS:-}"
 run build 240 cmake --build "$BUILD" -j "$(nproc)" --target $TARGETS || grep -E "error" "$LOGS/build.log" | head -20 | tee -a "$SUM"
 
 run test_moe 60 "$BUILD/tests/cuda/pie_cuda_test_moe" --gtest_color=no; gt test_moe
@@ -45,6 +37,9 @@ run test_fp8 90 "$BUILD/tests/gpu/pie_gpu_test_fp8" --gtest_color=no; gt test_fp
 wait $HFREF
 grep -v Warning "$LOGS/hf_reference.log" | tail -3 | tee -a "$SUM"
 PIE_GPU_MOE_ROUTING=${PIE_GPU_MOE_ROUTING:-1} PIE_GPU_HF_DIR=/tmp/hfref run test_hf 120 "$BUILD/tests/gpu/pie_gpu_test_hf" --gtest_color=no; gt test_hf
+PIE_GPU_HF_DIR=/tmp/hfref run test_prompt_logprobs 60 "$BUILD/tests/gpu/pie_gpu_test_prompt_logprobs" --gtest_color=no
+gt test_prompt_logprobs 6
+run test_sampling 60 "$BUILD/tests/cuda/pie_cuda_test_sampling" --gtest_color=no; gt test_sampling 14
 run test_runner 120 "$BUILD/tests/gpu/pie_gpu_test_runner" --gtest_color=no; gt test_runner 40
 if [ -f "$MODEL8B/config.json" ] && [ "${PIE_SKIP_8B:-0}" != 1 ]; then
   # Qwen3-8B shape end to end: the decode kernels every bf16 step runs, batch 1 and 2048 x (128, 128).

@@ -20,7 +20,8 @@ LEVELS=${PIE_LEVELS:-1,16,64,256}
 CLIENT_TIMEOUT=${PIE_CLIENT_TIMEOUT_S:-200}  # PIE_CLIENT_EXTRA: more serving_client.py flags (e.g. --waves 4)
 export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
-echo "== $(date -u +%FT%TZ) device: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -1)"
+source "$(dirname "$0")/device_lib.sh"  # gpu_line, wait_ready, stop_server
+echo "== $(date -u +%FT%TZ) device: $(gpu_line)"
 # Only pie gets the carried libraries (python3 keeps the machine's own).
 PIE_LD="$BIN_DIR:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 if ! LD_LIBRARY_PATH="$PIE_LD" "$BIN_DIR/pie" serve --help > /dev/null 2>"$OUT/server.log"; then
@@ -33,13 +34,7 @@ LD_LIBRARY_PATH="$PIE_LD" "$BIN_DIR/pie" serve "$MODEL" --device cuda --dtype bf
   --disable-log-requests ${PIE_SERVE_EXTRA:-} > "$OUT/server.log" 2>&1 &
 SERVER=$!
 ready=0
-for _ in $(seq 1 240); do
-  if ! kill -0 "$SERVER" 2>/dev/null; then break; fi
-  if python3 -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:$PORT/health', timeout=2).status == 200 else 1)" 2>/dev/null; then
-    ready=1; break
-  fi
-  sleep 0.5
-done
+wait_ready "$SERVER" "$PORT" && ready=1
 echo "== server ready=$ready after $((SECONDS - t0)) s"
 grep -E "^pie: (memory|roofline|captured)|ready|error|failed" "$OUT/server.log" | head -8
 if [ "$ready" = 1 ]; then
@@ -67,10 +62,7 @@ print("sampling check: device greedy == host greedy (logprobs path):", a["text"]
 PY
   python3 -c "import urllib.request; open('$OUT/metrics.txt','wb').write(urllib.request.urlopen('http://127.0.0.1:$PORT/metrics', timeout=5).read())" || true
 fi
-kill -TERM "$SERVER" 2>/dev/null
-for _ in $(seq 1 20); do kill -0 "$SERVER" 2>/dev/null || break; sleep 0.5; done
-kill -KILL "$SERVER" 2>/dev/null
-wait "$SERVER" 2>/dev/null
+stop_server "$SERVER"
 echo "== server exit rc=$?"
 tail -5 "$OUT/server.log"
 cat "$OUT/client.log" 2>/dev/null

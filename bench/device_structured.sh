@@ -17,7 +17,8 @@ MODEL=${PIE_MODEL_DIR:-.device/Qwen3-8B}
 PORT=${PIE_PORT:-8123}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
-echo "== $(date -u +%FT%TZ) device: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -1)"
+source "$(dirname "$0")/device_lib.sh"  # gpu_line, wait_ready, stop_server
+echo "== $(date -u +%FT%TZ) device: $(gpu_line)"
 PIE_LD="$BIN_DIR:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 LD_LIBRARY_PATH="$PIE_LD" "$BIN_DIR/pie_cuda_test_token_bitmask" 2>&1 | tail -3 | tee "$OUT/kernel_test.log"
 
@@ -27,13 +28,7 @@ LD_LIBRARY_PATH="$PIE_LD" "$BIN_DIR/pie" serve "$MODEL" --device cuda --dtype bf
   --disable-log-requests > "$OUT/server.log" 2>&1 &
 SERVER=$!
 ready=0
-for _ in $(seq 1 240); do
-  kill -0 "$SERVER" 2>/dev/null || break
-  if python3 -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:$PORT/health', timeout=2).status == 200 else 1)" 2>/dev/null; then
-    ready=1; break
-  fi
-  sleep 0.5
-done
+wait_ready "$SERVER" "$PORT" && ready=1
 echo "== server ready=$ready after $((SECONDS - t0)) s"
 grep -E "^pie: (memory|captured)|ready|error|failed" "$OUT/server.log" | head -6
 if [ "$ready" = 1 ]; then
@@ -41,7 +36,5 @@ if [ "$ready" = 1 ]; then
     --max-tokens "${PIE_MAX_TOKENS:-192}" --fresh 3 2>&1 | tee "$OUT/client.log"
   echo "== client rc=${PIPESTATUS[0]} after $((SECONDS - t0)) s"
 fi
-kill -TERM "$SERVER" 2>/dev/null
-for _ in $(seq 1 20); do kill -0 "$SERVER" 2>/dev/null || break; sleep 0.5; done
-kill -KILL "$SERVER" 2>/dev/null
+stop_server "$SERVER"
 tail -3 "$OUT/server.log"

@@ -1,13 +1,16 @@
 // GPU sampling against the CPU Sampler (engine/sampler.hpp): the distribution of 10^5 draws
 // (chi-square against the CPU's probabilities), bias/penalties/min_tokens and logprobs exactly
-// as the CPU computes them, and top-k over a 151,936-token vocabulary.
+// as the CPU computes them, and top-k over a 151,936-token vocabulary. The prompt_logprobs
+// kernel against Sampler::prompt_logprob_of on the same fp32 logits, ties included.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
 #include <map>
 #include <set>
 
 #include "pie/engine/sampler.hpp"
+#include "pie/ops/cuda/prompt_logprobs.cuh"
 #include "pie/ops/cuda/sampling.cuh"
 #include "test_util.hpp"
 
@@ -221,5 +224,78 @@ TEST(Sampling, TopP30Vocab151936RowPath) {
   p.top_p = 0.3f; p.temperature = 0.6f; p.logprobs = 20;
   large_vocab_test(p, 5);
 }
+
+// ---- prompt_logprobs (ops/cuda/prompt_logprobs.cuh) ------------------------------------------------
+/// Rows of random logits (with planted exact ties at the top and at the scored token), each
+/// scored on the device and by the CPU Sampler: same top-20 ids in the same order (ties by lower
+/// id), same ranks, logprobs within float rounding of the log-sum-exp. Also prints what the two
+/// ways of scoring prompt rows cost here: the device kernel, against copying the rows to pinned
+/// host memory and scoring them on one host thread (the CPU Sampler loop below).
+void prompt_logprobs_test(int V, int R, uint32_t seed) {
+  std::mt19937 rng(seed);
+  auto logits = randn<float>(size_t(R) * V, rng, 3.f);
+  std::vector<int32_t> tokens(R);
+  std::uniform_int_distribution<int> pick(0, V - 1);
+  for (int r = 0; r < R; ++r) {
+    float* x = logits.data() + size_t(r) * V;
+    tokens[r] = pick(rng);
+    if (r % 3 == 1) {  // ties at the maximum: order by lower id
+      const int a = pick(rng), b = pick(rng);
+      x[a] = x[b] = 20.f;
+    }
+    if (r % 3 == 2) x[pick(rng)] = x[tokens[r]];  // a tie with the scored token: rank counts the lower id
+    if (r % 5 == 4) x[tokens[r]] = 50.f;           // the scored token on top: rank 1
+  }
+  auto dl = upload(logits);
+  auto dt = upload(tokens);
+  DeviceBuffer<sched::PromptLogprobRow> out(R);
+  cudaEvent_t e0, e1, e2;
+  PIE_CUDA_CHECK(cudaEventCreate(&e0));
+  PIE_CUDA_CHECK(cudaEventCreate(&e1));
+  PIE_CUDA_CHECK(cudaEventCreate(&e2));
+  ops::cuda::prompt_logprobs(dl.data(), R, V, dt.data(), out.data());  // warm-up
+  PIE_CUDA_CHECK(cudaEventRecord(e0));
+  ops::cuda::prompt_logprobs(dl.data(), R, V, dt.data(), out.data());
+  PIE_CUDA_CHECK(cudaEventRecord(e1));
+  PinnedBuffer<float> host(size_t(R) * V);
+  PIE_CUDA_CHECK(cudaMemcpyAsync(host.data(), dl.data(), sizeof(float) * R * V, cudaMemcpyDeviceToHost));
+  PIE_CUDA_CHECK(cudaEventRecord(e2));
+  PIE_CUDA_CHECK(cudaEventSynchronize(e2));
+  float kernel_ms = 0, copy_ms = 0;
+  PIE_CUDA_CHECK(cudaEventElapsedTime(&kernel_ms, e0, e1));
+  PIE_CUDA_CHECK(cudaEventElapsedTime(&copy_ms, e1, e2));
+  std::vector<sched::PromptLogprobRow> got(R);
+  PIE_CUDA_CHECK(cudaMemcpy(got.data(), out.data(), sizeof(got[0]) * R, cudaMemcpyDeviceToHost));
+  double worst = 0;
+  const auto h0 = std::chrono::steady_clock::now();
+  std::vector<PromptLogprob> want(R);
+  for (int r = 0; r < R; ++r)
+    want[r] = Sampler::prompt_logprob_of(std::span<const float>(host.data() + size_t(r) * V, V), tokens[r],
+                                         sched::kMaxLogprobs);
+  const double host_ms = 1e3 * std::chrono::duration<double>(std::chrono::steady_clock::now() - h0).count();
+  for (int r = 0; r < R; ++r) {
+    const auto& g = got[r];
+    EXPECT_EQ(g.rank, want[r].rank) << "row " << r;
+    worst = std::max(worst, double(std::fabs(g.logprob - want[r].logprob)));
+    const int n = std::min(V, sched::kMaxLogprobs);
+    ASSERT_EQ(static_cast<int>(want[r].top.size()), n);
+    for (int j = 0; j < n; ++j) {
+      EXPECT_EQ(g.top_ids[j], want[r].top[j].first) << "row " << r << " top " << j;
+      worst = std::max(worst, double(std::fabs(g.top_logprobs[j] - want[r].top[j].second)));
+    }
+    for (int j = n; j < sched::kMaxLogprobs; ++j) EXPECT_EQ(g.top_ids[j], -1) << "row " << r << " past the vocabulary";
+  }
+  EXPECT_LE(worst, 2e-4) << "logprob vs the CPU Sampler";
+  std::printf("[prompt_logprobs kernel] V=%d rows=%d worst |dlogprob| %.3g; device scoring %.3f ms, vs copying the "
+              "rows to the host %.3f ms + scoring them on one host thread %.1f ms\n",
+              V, R, worst, kernel_ms, copy_ms, host_ms);
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  cudaEventDestroy(e2);
+}
+
+TEST(PromptLogprobs, MatchTheCpuSamplerSmallVocab) { prompt_logprobs_test(1000, 96, 21); }
+TEST(PromptLogprobs, MatchTheCpuSamplerTinyVocab) { prompt_logprobs_test(12, 8, 22); }
+TEST(PromptLogprobs, MatchTheCpuSamplerVocab151936) { prompt_logprobs_test(151936, 256, 23); }
 
 }  // namespace

@@ -361,6 +361,43 @@ TEST(Scheduler, PrefixCacheServesASecondIdenticalPrompt) {
   s.update(p, std::vector<int32_t>{3});
 }
 
+TEST(Scheduler, PromptLogprobRowsFollowTheSamplesAcrossChunksAndSkipTheCache) {
+  // Budget 6: a 14-token prompt in chunks of 6, 6, 2. Each chunk plans a row per prompt position
+  // whose next token is a prompt token (0..12), after the sampled rows; the scored token of a
+  // chunk's last row is the next chunk's first. A cached copy of the prompt is not read.
+  Scheduler s(config(2, 6), 64, 4, 0);
+  s.add_request(1, prompt_of(14), params(1), {});
+  StepPlan p;
+  while (s.has_unfinished()) step(s, p);
+  SamplingParams lp = params(2);
+  lp.prompt_logprobs = 3;
+  s.add_request(2, prompt_of(14), lp, {});
+  std::vector<int32_t> positions;
+  for (int chunk = 0; chunk < 3; ++chunk) {
+    p = s.schedule();
+    ASSERT_EQ(p.num_seqs(), 1);
+    const size_t extra = p.prompt_logprob_positions.size();
+    ASSERT_EQ(p.logits_rows.size(), p.sample_seqs.size() + extra);
+    ASSERT_EQ(p.prompt_logprob_tokens.size(), extra);
+    for (size_t k = 0; k < extra; ++k) {
+      const int pos = p.prompt_logprob_positions[k];
+      EXPECT_EQ(p.prompt_logprob_seqs[k], 0);
+      EXPECT_EQ(p.positions[p.logits_rows[p.sample_seqs.size() + k]], pos);
+      EXPECT_EQ(p.prompt_logprob_tokens[k], 1000 + pos + 1);
+      positions.push_back(pos);
+    }
+    s.update(p, std::vector<int32_t>(p.num_sampled_tokens(), 7));
+  }
+  EXPECT_EQ(s.find_request(2)->cached_prompt_tokens, 0);
+  std::vector<int32_t> want(13);
+  std::iota(want.begin(), want.end(), 0);
+  EXPECT_EQ(positions, want);
+  p = s.schedule();  // the decode step plans no prompt rows
+  EXPECT_TRUE(p.prompt_logprob_tokens.empty());
+  EXPECT_EQ(p.logits_rows.size(), p.sample_seqs.size());
+  s.update(p, std::vector<int32_t>(p.num_sampled_tokens(), 7));
+}
+
 TEST(Scheduler, RecomputePreemptsTheNewestAndResumesIt) {
   // 8 blocks of 4: two sequences of 12 prompt tokens take 6; decoding needs more.
   Scheduler s(config(4, 64, 32), 8, 4, 0);

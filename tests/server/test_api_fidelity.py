@@ -173,3 +173,127 @@ def test_tokenize_messages_with_tools_renders_the_chat_prompt(server):
     expect_error(server, "/tokenize", {"messages": msgs, "tools": [{"type": "function"}]}, 400,
                  "tools[0].function")
     expect_error(server, "/tokenize", {"prompt": "x", "return_token_strs": 1}, 400, "return_token_strs")
+
+
+# ---- echo ---------------------------------------------------------------------------------------
+def joined_logprobs(chunks):
+    """The completions logprobs of a stream, its chunks' arrays concatenated."""
+    out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for ch in chunks:
+        for c in ch["choices"]:
+            for k in out:
+                out[k] += c["logprobs"][k]
+    return out
+
+
+def test_echo_with_logprobs_prepends_the_prompt_tokens(server):
+    # vLLM (serving_completion.py): echo with logprobs = k asks prompt_logprobs = k; the choice's
+    # logprobs arrays start with the prompt's tokens, the first with null logprob and top_logprobs,
+    # the others with the prompt token and its top k; text_offset counts from the prompt's start.
+    n, gen = len(PROMPT_IDS), 6
+    base = dict(NEUTRAL, model=MODEL, prompt=PROMPT_IDS, max_tokens=gen, ignore_eos=True, logprobs=2,
+                return_tokens_as_token_ids=True)
+    plain = post(server, "/v1/completions", base)["choices"][0]
+    ref = post(server, "/v1/completions", dict(base, prompt_logprobs=2))["choices"][0]["prompt_logprobs"]
+    c = post(server, "/v1/completions", dict(base, echo=True))["choices"][0]
+    lp = c["logprobs"]
+    assert [token_id(t) for t in lp["tokens"][:n]] == PROMPT_IDS
+    assert lp["tokens"][n:] == plain["logprobs"]["tokens"]
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+    for i in range(1, n):
+        want = ref[i]
+        assert lp["token_logprobs"][i] == want[str(PROMPT_IDS[i])]["logprob"], i
+        top = {token_id(k): v for k, v in lp["top_logprobs"][i].items()}
+        assert PROMPT_IDS[i] in top and len(top) in (2, 3), top  # the token and the top 2
+        assert top == {int(k): v["logprob"] for k, v in want.items()}, (i, top, want)
+    # The generated part as without echo (that request read the prefix cache: equal to rounding).
+    for got, want in zip(lp["token_logprobs"][n:], plain["logprobs"]["token_logprobs"]):
+        assert abs(got - want) < 1e-4
+    for got, want in zip(lp["top_logprobs"][n:], plain["logprobs"]["top_logprobs"]):
+        assert got.keys() == want.keys() and all(abs(got[k] - want[k]) < 1e-4 for k in got)
+    offs = lp["text_offset"]
+    assert offs[0] == 0 and all(b >= a for a, b in zip(offs, offs[1:]))
+    assert [o - offs[n] for o in offs[n:]] == plain["logprobs"]["text_offset"]
+    assert c["text"].endswith(plain["text"]) and len(c["text"]) > len(plain["text"])
+    # vLLM also reports the prompt_logprobs it computed in the choice.
+    assert c["prompt_logprobs"] == ref
+    # A larger prompt_logprobs of the request's own: the echoed entries keep logprobs + 1.
+    wide = post(server, "/v1/completions", dict(base, echo=True, prompt_logprobs=5, logprobs=1))["choices"][0]
+    assert all(len(t) <= 2 for t in wide["logprobs"]["top_logprobs"][1:n])
+    assert len(wide["prompt_logprobs"][1]) >= 5
+    # Streamed: the first chunk carries the prompt and the first token; the arrays concatenate to
+    # the body's; no prompt_logprobs in a stream. (Later chunks' offsets count the text sent,
+    # which differs from the tokens' bytes where a byte token is not a whole character.)
+    chunks = sse(server, "/v1/completions", dict(base, echo=True))
+    first = chunks[0]["choices"][0]["logprobs"]
+    assert len(first["tokens"]) > n and first["text_offset"] == offs[:len(first["tokens"])]
+    joined = joined_logprobs(chunks)
+    assert {k: joined[k] for k in ("tokens", "token_logprobs", "top_logprobs")} == \
+        {k: lp[k] for k in ("tokens", "token_logprobs", "top_logprobs")}
+    assert "".join(ch["choices"][0]["text"] for ch in chunks) == c["text"]
+    assert all("prompt_logprobs" not in ch["choices"][0] for ch in chunks)
+
+
+def test_echo_with_max_tokens_0_returns_the_prompt_alone(server):
+    # vLLM's echo without generation (the form evaluation harnesses score prompts with): one token
+    # is generated (usage counts it) and not shown; the choice is the prompt and its logprobs.
+    n = len(PROMPT_IDS)
+    base = dict(NEUTRAL, model=MODEL, prompt=PROMPT_IDS, echo=True, logprobs=1, return_tokens_as_token_ids=True)
+    r = post(server, "/v1/completions", dict(base, max_tokens=0))
+    c = r["choices"][0]
+    full = post(server, "/v1/completions", dict(base, max_tokens=1))["choices"][0]
+    assert [token_id(t) for t in c["logprobs"]["tokens"]] == PROMPT_IDS
+    assert c["logprobs"]["token_logprobs"] == full["logprobs"]["token_logprobs"][:n]
+    assert c["text"] == post(server, "/detokenize", {"tokens": PROMPT_IDS})["prompt"]
+    assert r["usage"]["completion_tokens"] == 1 and c["finish_reason"] == "length"
+    chunks = sse(server, "/v1/completions", dict(base, max_tokens=0))
+    assert "".join(ch["choices"][0]["text"] for ch in chunks) == c["text"]
+    assert [t for ch in chunks for t in ch["choices"][0]["logprobs"]["tokens"]] == c["logprobs"]["tokens"]
+    # Without echo, 0 stays a 400 naming the field.
+    expect_error(server, "/v1/completions", dict(NEUTRAL, model=MODEL, prompt="hi", max_tokens=0), 400, "max_tokens")
+
+
+def test_echo_with_logprobs_through_the_openai_client(client):
+    r = client.completions.create(model=MODEL, prompt="one two three", max_tokens=3, temperature=0, echo=True,
+                                  logprobs=1)
+    lp = r.choices[0].logprobs
+    prompt_len = r.usage.prompt_tokens
+    assert len(lp.tokens) == prompt_len + 3 and lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert all(isinstance(x, float) for x in lp.token_logprobs[1:])
+    assert r.choices[0].text.startswith("one two three")
+    assert "".join(lp.tokens[:prompt_len]) == "one two three"
+
+
+CONTINUE = [{"role": "user", "content": "Count to five."}, {"role": "assistant", "content": "One, two,"}]
+
+
+def chat_text(r):
+    return r["choices"][0]["message"]["content"]
+
+
+def test_chat_echo_prepends_the_last_message_when_its_role_is_the_responses(server):
+    # vLLM (serving_chat.py): the response role is "assistant" with add_generation_prompt, else the
+    # last message's role; echo puts the last message's content before the generated content when
+    # that message has the response's role, streamed as its own chunk after the role chunk.
+    base = dict(CHAT, **NEUTRAL, max_tokens=6, ignore_eos=True)
+    # The last message is the user's, the response the assistant's: nothing to echo.
+    assert chat_text(post(server, "/v1/chat/completions", dict(base, echo=True))) == \
+        chat_text(post(server, "/v1/chat/completions", base))
+    cont = dict(base, messages=CONTINUE, add_generation_prompt=False)
+    plain = post(server, "/v1/chat/completions", cont)
+    echoed = post(server, "/v1/chat/completions", dict(cont, echo=True))
+    assert echoed["choices"][0]["message"]["role"] == "assistant"
+    assert chat_text(echoed) == "One, two," + (chat_text(plain) or "")
+    assert echoed["usage"] == plain["usage"]
+    # Without a generation prompt after a user message, the response continues the user's turn.
+    user = post(server, "/v1/chat/completions", dict(base, add_generation_prompt=False, echo=True))
+    assert user["choices"][0]["message"]["role"] == "user"
+    assert chat_text(user).startswith("hi")
+    # Streamed, n = 2: every choice's role chunk, then every choice's echo chunk, then the deltas.
+    chunks = sse(server, "/v1/chat/completions", dict(cont, echo=True, n=2, seed=3, temperature=1.0))
+    deltas = [(ch["choices"][0]["index"], ch["choices"][0]["delta"]) for ch in chunks if ch["choices"]]
+    assert deltas[:4] == [(0, {"role": "assistant", "content": ""}), (1, {"role": "assistant", "content": ""}),
+                          (0, {"content": "One, two,"}), (1, {"content": "One, two,"})]
+    streamed = "".join(d.get("content", "") for i, d in deltas if i == 0)
+    whole = post(server, "/v1/chat/completions", dict(cont, echo=True, n=2, seed=3, temperature=1.0))
+    assert streamed == whole["choices"][0]["message"]["content"]

@@ -75,7 +75,7 @@ UNSUPPORTED = [
     ("/v1/completions", "suffix", "tail"), ("/v1/completions", "prompt_logprobs", -1),
     ("/v1/completions", "guided_decoding_backend", "outlines"),
     ("/v1/chat/completions", "functions", [{"name": "f"}]), ("/v1/completions", "best_of", 3),
-    ("/v1/chat/completions", "use_beam_search", True), ("/v1/chat/completions", "echo", True),
+    ("/v1/chat/completions", "use_beam_search", True),
 ]
 
 

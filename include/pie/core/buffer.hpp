@@ -86,6 +86,7 @@ class PinnedBuffer {
   PinnedBuffer& operator=(const PinnedBuffer&) = delete;
   ~PinnedBuffer() { if (p_) cudaFreeHost(p_); }
   T* data() { return p_; }
+  const T* data() const { return p_; }
   size_t size() const { return n_; }
   T& operator[](size_t i) { return p_[i]; }
  private:

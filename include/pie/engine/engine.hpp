@@ -73,9 +73,6 @@ class Engine {
   /// Queues a prompt; returns its request id. Throws pie::Error naming the bad field.
   uint64_t add_request(std::vector<int32_t> prompt, sched::SamplingParams params) {
     engine::check_request(prompt, params, cfg_.vocab_size);
-    // The device runners compute logits for the sampled rows only.
-    PIE_CHECK(!((Runner::kSamplesOnDevice || Runner::kLogitsPerDraw) && params.prompt_logprobs),
-              "prompt_logprobs is only available on the CPU backend");
     const uint64_t id = next_id_++;
     scheduler_->add_request(id, std::move(prompt), std::move(params), eos_);
     return id;
@@ -151,9 +148,13 @@ class Engine {
       PIE_CHECK(logits.size() == rows * vocab, "Engine::step: rank 0 returned ", logits.size(), " logits for ",
                 rows, " rows");
       engine::sample_on_host(*scheduler_, plan_, logits, vocab, Runner::kLogitsPerDraw, seed_of, row_, draws);
-      if (!plan_.prompt_logprob_seqs.empty())
-        engine::collect_prompt_logprobs(*scheduler_, plan_, logits, vocab, prompt_logprobs_);
+      if constexpr (!kScoresPromptRows)
+        if (!plan_.prompt_logprob_seqs.empty())
+          engine::collect_prompt_logprobs(*scheduler_, plan_, logits, vocab, prompt_logprobs_);
     }
+    if constexpr (kScoresPromptRows)  // the runner scored them on its device, whichever way it sampled
+      if (!plan_.prompt_logprob_seqs.empty())
+        engine::collect_prompt_logprobs(*scheduler_, plan_, exec_->rank(0).prompt_logprob_rows(), prompt_logprobs_);
     std::vector<RequestOutput> outs = engine::apply_draws(*scheduler_, plan_, draws, "Engine");
     if (!prompt_logprobs_.empty())
       for (auto& o : outs)
@@ -214,6 +215,10 @@ class Engine {
   void set_observer(StepObserver f) { observer_ = std::move(f); }
 
  private:
+  /// Runners whose logits hold the draws' rows only (the GPU) score prompt_logprobs rows
+  /// themselves and return sched::PromptLogprobRow records; the CPU returns every row's logits.
+  static constexpr bool kScoresPromptRows = requires(const Runner& r) { r.prompt_logprob_rows(); };
+
   uint64_t default_seed(uint64_t request_id) const {
     return opt_.seed * 0x9e3779b97f4a7c15ull + request_id + 1;
   }

@@ -17,6 +17,7 @@
 #include "pie/engine/request_output.hpp"
 #include "pie/engine/sampler.hpp"
 #include "pie/model/config.hpp"
+#include "pie/sched/prompt_logprob_row.hpp"
 #include "pie/sched/scheduler.hpp"
 
 namespace pie::engine {
@@ -115,6 +116,26 @@ void collect_prompt_logprobs(const sched::Scheduler& s, const sched::StepPlan& p
     const std::span<const float> row = logits.subspan((base + k) * vocab, vocab);
     out[seq.request->id].push_back(
         Sampler::prompt_logprob_of(row, seq.tokens[pos + 1], *seq.request->params.prompt_logprobs));
+  }
+}
+
+/// The same from a device runner's records (one sched::PromptLogprobRow per prompt_logprobs
+/// row, top kMaxLogprobs each): keeps each request's first n alternatives.
+template <class Map>
+void collect_prompt_logprobs(const sched::Scheduler& s, const sched::StepPlan& plan,
+                             std::span<const sched::PromptLogprobRow> rows, Map& out) {
+  PIE_CHECK(rows.size() == plan.prompt_logprob_seqs.size(), "collect_prompt_logprobs: ", rows.size(),
+            " device records for ", plan.prompt_logprob_seqs.size(), " prompt_logprobs rows");
+  for (size_t k = 0; k < rows.size(); ++k) {
+    const sched::Sequence& seq = s.plan_sequence(plan.prompt_logprob_seqs[k]);
+    const sched::PromptLogprobRow& r = rows[k];
+    PromptLogprob p;
+    p.token = plan.prompt_logprob_tokens[k];
+    p.logprob = r.logprob;
+    p.rank = r.rank;
+    const int n = std::min(*seq.request->params.prompt_logprobs, sched::kMaxLogprobs);
+    for (int j = 0; j < n && r.top_ids[j] >= 0; ++j) p.top.emplace_back(r.top_ids[j], r.top_logprobs[j]);
+    out[seq.request->id].push_back(std::move(p));
   }
 }
 

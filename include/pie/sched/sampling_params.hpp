@@ -15,6 +15,10 @@
 
 namespace pie::sched {
 
+/// The most logprobs / prompt_logprobs alternatives a request may ask for (vLLM's default
+/// max_logprobs is larger; 20 is OpenAI's top_logprobs bound).
+inline constexpr int kMaxLogprobs = 20;
+
 /// \brief Sampling and stopping parameters of one request (all its n sequences).
 struct SamplingParams {
   int n = 1;                         ///< sequences per request (share prompt blocks: copy-on-write)
@@ -75,10 +79,12 @@ struct SamplingParams {
                 "structured_outputs: a StructuredOutput needs its compiled logits_processor "
                 "(pie::structured::Compiler::processor(), which pie::LLM and pie serve call)");
     }
-    if (logprobs) PIE_CHECK(*logprobs >= 0 && *logprobs <= 20, "logprobs must be in [0, 20], got ", *logprobs);
+    if (logprobs)
+      PIE_CHECK(*logprobs >= 0 && *logprobs <= kMaxLogprobs, "logprobs must be in [0, ", kMaxLogprobs, "], got ",
+                *logprobs);
     if (prompt_logprobs)
-      PIE_CHECK(*prompt_logprobs >= 0 && *prompt_logprobs <= 20, "prompt_logprobs must be in [0, 20], got ",
-                *prompt_logprobs);
+      PIE_CHECK(*prompt_logprobs >= 0 && *prompt_logprobs <= kMaxLogprobs, "prompt_logprobs must be in [0, ",
+                kMaxLogprobs, "], got ", *prompt_logprobs);
   }
   bool greedy() const { return temperature == 0.0f; }
 };

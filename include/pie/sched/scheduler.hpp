@@ -347,6 +347,7 @@ class Scheduler {
     p.num_decode_seqs = static_cast<int32_t>(decodes_.size());
     p.prompt_logprob_seqs.clear();
     p.prompt_logprob_positions.clear();
+    p.prompt_logprob_tokens.clear();
     extra_rows_.clear();
     p.cu_query_lens[0] = p.kv_indptr[0] = 0;
     plan_seqs_.resize(nseq);
@@ -377,6 +378,7 @@ class Scheduler {
           for (int t = std::max(e.start, r.prompt_logprobs_next); t < last; ++t) {
             p.prompt_logprob_seqs.push_back(i);
             p.prompt_logprob_positions.push_back(t);
+            p.prompt_logprob_tokens.push_back(s.tokens[t + 1]);
             extra_rows_.push_back(row - end + t);
           }
           r.prompt_logprobs_next = std::max(r.prompt_logprobs_next, last);

@@ -45,10 +45,13 @@ struct StepPlan {
   std::vector<int32_t> sample_counts;
   /// prompt_logprobs rows: logits_rows[sample_seqs.size() + k] is the token row of prompt
   /// position prompt_logprob_positions[k] of sequence prompt_logprob_seqs[k] (an index into the
-  /// per-sequence arrays); its logits score the prompt token at that position + 1. Runners
-  /// compute logits for every logits_rows entry; only the first sample_seqs.size() are sampled.
+  /// per-sequence arrays); its logits score prompt_logprob_tokens[k], the prompt token at that
+  /// position + 1 (which may lie in the next chunk). The CPU runner computes logits for every
+  /// logits_rows entry; the GPU runner scores the extra rows on the device
+  /// (sched::PromptLogprobRow). Only the first sample_seqs.size() rows are sampled.
   std::vector<int32_t> prompt_logprob_seqs;
   std::vector<int32_t> prompt_logprob_positions;
+  std::vector<int32_t> prompt_logprob_tokens;
   int32_t num_decode_seqs = 0;        ///< the first num_decode_seqs sequences are decodes
 
   // ---- block operations to run before the forward pass, in this order ----

@@ -67,8 +67,8 @@ struct Choice {
   int32_t stop_token = -1;
   ReasoningSplitter reasoning;
   std::string reasoning_text, content_text;
-  bool role_sent = false;
   bool prompt_ids_sent = false;  ///< return_token_ids streaming: prompt_token_ids went out
+  bool echoed = false;           ///< completions streaming: the prompt went out (echo)
   std::optional<HermesToolParser> tools;  ///< set when the request's tool calls are parsed
 };
 
@@ -88,12 +88,12 @@ struct Flight {
   std::vector<bool> stream_done;
   std::vector<Choice> choices;
   std::vector<std::string> prompt_texts;  // for echo
-  std::vector<std::vector<int32_t>> prompt_ids;      // per prompt, for return_token_ids
+  std::vector<std::vector<int32_t>> prompt_ids;      // per prompt, for return_token_ids and echo
   std::vector<std::vector<PromptLogprob>> prompt_lps;  // per prompt, for prompt_logprobs
   std::vector<int32_t> eos_ids;
   int64_t prompt_tokens = 0, cached_tokens = 0;
   bool done = false;
-  bool echo_sent = false;
+  bool roles_sent = false;  // chat streaming: every choice's first (role) chunk went out
   std::optional<ApiError> error;
 };
 
@@ -132,6 +132,23 @@ inline std::vector<Update> apply(Flight& f, size_t s, std::vector<StreamEvent>& 
   return ups;
 }
 
+/// Completions echo: the text put before choice text (vLLM: none with return_token_ids, whose
+/// prompt_token_ids carry the prompt).
+inline const std::string& echo_text(const Flight& f, size_t prompt) {
+  static const std::string none;
+  return f.req.echo && !f.req.return_token_ids ? f.prompt_texts[prompt] : none;
+}
+
+/// Completions logprobs of a choice's tokens `lps`; with echo, the prompt's tokens first (the
+/// first with null entries, the rest from prompt_logprobs), as vLLM.
+inline json choice_logprobs(const Flight& f, size_t prompt, const std::vector<TokenLogprob>& lps,
+                            const TokenSpelling& spell, size_t offset0, bool with_prompt) {
+  if (!with_prompt) return completion_logprobs(lps, spell, offset0);
+  std::vector<TokenLogprob> all = echo_prompt_logprobs(f.prompt_lps[prompt], f.req.params.logprobs.value_or(0));
+  all.insert(all.end(), lps.begin(), lps.end());
+  return completion_logprobs(all, spell, offset0, f.prompt_ids[prompt].front());
+}
+
 inline int64_t completion_tokens(const Flight& f) {
   int64_t t = 0;
   for (const auto& c : f.choices) t += static_cast<int64_t>(c.tokens.size());
@@ -153,7 +170,7 @@ inline json final_body(Flight& f, const GenerationContext& ctx) {
                {"finish_reason", finish_reason_json(c.finish)},
                {"stop_reason", stop_reason_json(c.stop_string, c.stop_token, f.eos_ids)}};
     if (f.req.chat) {
-      json msg = {{"role", "assistant"}, {"content", c.text}, {"tool_calls", json::array()}};
+      json msg = {{"role", f.req.response_role}, {"content", c.text}, {"tool_calls", json::array()}};
       std::string content = c.text;
       if (c.reasoning) {
         auto [r, t] = c.reasoning(c.text, true);
@@ -167,13 +184,18 @@ inline json final_body(Flight& f, const GenerationContext& ctx) {
         msg["tool_calls"] = tool_calls_json(tr.calls);
         ch["finish_reason"] = chat_finish_reason(c.finish, static_cast<int>(tr.calls.size()));
       }
+      // vLLM's echo: the last message's content (when its role is the response's) before the
+      // generated content, which is then never null.
+      if (f.req.echo) msg["content"] = f.req.chat_echo + (msg["content"].is_null() ? "" : msg["content"].get<std::string>());
       ch["message"] = msg;
       ch["logprobs"] = f.req.want_logprobs ? chat_logprobs(c.logprobs, spell) : json(nullptr);
       if (f.req.return_token_ids) ch["token_ids"] = c.tokens;
     } else {
-      const std::string prefix = f.req.echo ? f.prompt_texts[i / f.req.params.n] : std::string{};
-      ch["text"] = prefix + c.text;
-      ch["logprobs"] = f.req.want_logprobs ? completion_logprobs(c.logprobs, spell, prefix.size()) : json(nullptr);
+      static const std::vector<TokenLogprob> none;
+      ch["text"] = echo_text(f, prompt) + (f.req.echo_only ? std::string{} : c.text);
+      ch["logprobs"] = f.req.want_logprobs
+                           ? choice_logprobs(f, prompt, f.req.echo_only ? none : c.logprobs, spell, 0, f.req.echo)
+                           : json(nullptr);
       // vLLM puts the prompt's fields in each completions choice.
       if (want_prompt_lps) ch["prompt_logprobs"] = prompt_logprobs_json(f.prompt_lps[prompt], text_spell);
       if (f.req.return_token_ids) {
@@ -212,23 +234,30 @@ inline std::string stream_chunks(Flight& f, const GenerationContext& ctx, std::v
     if (prompt_ids) j["prompt_token_ids"] = *prompt_ids;  // chat: vLLM's first chunk carries them
     out += sse(j);
   };
+  if (f.req.chat && !f.roles_sent && !ups.empty()) {
+    // The engine's first output: OpenAI's first delta of every choice carries the role; then,
+    // with echo, vLLM sends each choice the echoed content in a chunk of its own.
+    f.roles_sent = true;
+    for (size_t i = 0; i < f.choices.size(); ++i)
+      chunk({{"index", i},
+             {"delta", {{"role", f.req.response_role}, {"content", ""}}},
+             {"logprobs", nullptr},
+             {"finish_reason", nullptr}},
+            f.req.return_token_ids ? &f.prompt_ids[0] : nullptr);
+    if (!f.req.chat_echo.empty())
+      for (size_t i = 0; i < f.choices.size(); ++i)
+        chunk({{"index", i}, {"delta", {{"content", f.req.chat_echo}}}, {"logprobs", nullptr}, {"finish_reason", nullptr}});
+  }
   for (auto& u : ups) {
     Choice& c = f.choices[u.choice];
     const bool fin = u.finish != sched::FinishReason::None;
-    // With return_token_ids, tokens whose text is still held back go out as their own chunk.
-    if (u.text.empty() && u.logprobs.empty() && u.tokens.empty() && !fin) continue;
     const size_t prompt = static_cast<size_t>(u.choice) / static_cast<size_t>(f.req.params.n);
+    const bool echo_now = !f.req.chat && f.req.echo && !c.echoed;  // completions: the prompt rides on the first chunk
+    // With return_token_ids, tokens whose text is still held back go out as their own chunk.
+    if (u.text.empty() && u.logprobs.empty() && u.tokens.empty() && !fin && !echo_now) continue;
     json ch = {{"index", u.choice}};
     if (f.req.chat) {
       json delta = json::object();
-      if (!c.role_sent) {  // OpenAI's first delta of a choice carries the role
-        c.role_sent = true;
-        chunk({{"index", u.choice},
-               {"delta", {{"role", "assistant"}, {"content", ""}}},
-               {"logprobs", nullptr},
-               {"finish_reason", nullptr}},
-              f.req.return_token_ids ? &f.prompt_ids[prompt] : nullptr);
-      }
       std::string content = u.text;
       if (c.reasoning) {
         auto [r, t] = c.reasoning(u.text, fin);
@@ -280,9 +309,16 @@ inline std::string stream_chunks(Flight& f, const GenerationContext& ctx, std::v
       ch["logprobs"] = std::move(lps);
       if (f.req.return_token_ids) ch["token_ids"] = std::move(ids);
     } else {
-      ch["text"] = u.text;
-      ch["logprobs"] = f.req.want_logprobs ? completion_logprobs(u.logprobs, spell, c.text_bytes_sent) : json(nullptr);
-      c.text_bytes_sent += u.text.size();
+      // vLLM's echo: the prompt text and its logprobs before the first generated delta, the
+      // text offsets then counting from the prompt's start.
+      // With max_tokens 0 the generated token is not shown.
+      if (f.req.echo_only) { u.text.clear(); u.logprobs.clear(); }
+      const std::string text = echo_now ? echo_text(f, prompt) + u.text : u.text;
+      c.echoed = c.echoed || echo_now;
+      ch["text"] = text;
+      ch["logprobs"] = f.req.want_logprobs ? choice_logprobs(f, prompt, u.logprobs, spell, c.text_bytes_sent, echo_now)
+                                           : json(nullptr);
+      c.text_bytes_sent += text.size();
       if (f.req.return_token_ids) {  // vLLM: the prompt's ids in a choice's first chunk, then deltas
         if (!c.prompt_ids_sent) ch["prompt_token_ids"] = f.prompt_ids[prompt];
         c.prompt_ids_sent = true;
@@ -374,7 +410,7 @@ inline void handle_generation(const GenerationContext& ctx, bool chat, const jso
       }
     }
   }
-  if (f->req.return_token_ids) f->prompt_ids = prompts;
+  if (f->req.return_token_ids || f->req.echo) f->prompt_ids = prompts;
   f->prompt_lps.resize(prompts.size());
   const auto arrival = Clock::now();
   std::vector<SubmitRequest> subs;
@@ -462,14 +498,6 @@ inline void handle_generation(const GenerationContext& ctx, bool chat, const jso
           return true;
         }
         std::string out;
-        if (f->req.echo && !f->echo_sent) {  // completions echo: the prompt is each choice's first text
-          f->echo_sent = true;
-          std::vector<detail::Update> ups;
-          for (size_t i = 0; i < f->choices.size(); ++i)
-            ups.push_back({static_cast<int>(i), f->prompt_texts[i / f->req.params.n], {}, sched::FinishReason::None});
-          out += detail::stream_chunks(*f, ctx, ups);
-          for (auto& c : f->choices) c.text_bytes_sent = 0;  // logprob offsets count generated text
-        }
         for (size_t s = 0; s < f->streams.size(); ++s) {
           if (f->stream_done[s]) continue;
           std::vector<StreamEvent> evs;

@@ -57,7 +57,16 @@ struct GenerationRequest {
   std::vector<std::string> stop;
   bool include_stop_str_in_output = false;
   bool skip_special_tokens = true;
-  bool echo = false;  ///< completions: prepend the prompt to the text
+  bool echo = false;  ///< completions: prepend the prompt to the text; chat: see chat_echo
+  /// chat: the response's role, vLLM's rule: "assistant" with add_generation_prompt, else the
+  /// last message's role (the model continues it).
+  std::string response_role = "assistant";
+  /// chat with echo: the last message's content when its role is response_role (vLLM echoes
+  /// it before the generated content), else empty.
+  std::string chat_echo;
+  /// completions: echo with max_tokens 0 (vLLM's echo without generation): the engine generates
+  /// one token, which usage counts, and the choice shows the prompt (and its logprobs) only.
+  bool echo_only = false;
   bool stream = false;
   bool include_usage = false;     ///< stream_options.include_usage
   bool continuous_usage = false;  ///< stream_options.continuous_usage_stats (vLLM)
@@ -572,17 +581,22 @@ inline GenerationRequest parse_completion_request(const json& body, const Sampli
   }
   for (const auto& p : r.prompts)
     if (p.is_tokens ? p.token_ids.empty() : p.text.empty()) throw invalid_param("prompt", "'prompt' must not be empty");
-  if (auto* v = detail::field(body, "max_tokens"))
-    r.max_tokens = static_cast<int>(detail::get_int(*v, "max_tokens", 1, 1 << 30));
+  if (auto* v = detail::field(body, "echo")) r.echo = detail::get_bool(*v, "echo");
+  if (auto* v = detail::field(body, "max_tokens"))  // 0 only with echo: the prompt alone (below)
+    r.max_tokens = static_cast<int>(detail::get_int(*v, "max_tokens", r.echo ? 0 : 1, 1 << 30));
   else
     r.max_tokens = 16;  // OpenAI's (and vLLM's) completions default
-  if (auto* v = detail::field(body, "echo")) r.echo = detail::get_bool(*v, "echo");
+  if (r.max_tokens == 0) {  // vLLM's echo without generation: one token is generated, not shown
+    r.echo_only = true;
+    r.max_tokens = 1;
+  }
   if (auto* v = detail::field(body, "logprobs")) {
     r.params.logprobs = static_cast<int>(detail::get_int(*v, "logprobs", 0, 20));
     r.want_logprobs = true;
   }
-  if (r.echo && r.want_logprobs)
-    throw unsupported_param("echo", "echo with logprobs needs prompt logprobs, which are not implemented");
+  // vLLM: echo with logprobs reports the prompt tokens too, from prompt_logprobs (the request's
+  // own, else as many as logprobs asks), also when streaming.
+  if (r.echo && r.want_logprobs && !r.params.prompt_logprobs) r.params.prompt_logprobs = r.params.logprobs;
   return r;
 }
 
@@ -664,7 +678,9 @@ inline GenerationRequest parse_chat_request(const json& body, const SamplingDefa
   }
   r.want_logprobs = logprobs;
   if (auto* v = detail::field(body, "echo")) r.echo = detail::get_bool(*v, "echo");
-  if (r.echo) throw unsupported_param("echo", "echo is not implemented for chat completions");
+  if (!add_gen) r.response_role = r.messages.back()["role"].get<std::string>();
+  if (r.echo && r.messages.back()["role"] == r.response_role)
+    r.chat_echo = r.messages.back()["content"].get<std::string>();
   return r;
 }
 

@@ -9,6 +9,7 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -90,10 +91,19 @@ inline json utf8_bytes(const std::string& s) {
 /// Legacy completions logprobs: parallel arrays; `text_offset` counts bytes from `offset0`.
 /// Each top_logprobs entry includes the sampled token, as vLLM's does. top_logprobs is keyed by
 /// spelling: should two ids still share one (two added tokens of equal text), the later is keyed
-/// "token_id:N", so no alternative is ever lost.
-inline json completion_logprobs(const std::vector<TokenLogprob>& lps, const TokenSpelling& spell, size_t offset0) {
+/// "token_id:N", so no alternative is ever lost. `lead`: a token before `lps` that has no
+/// logprob (echo's first prompt token): null in token_logprobs and top_logprobs, as vLLM.
+inline json completion_logprobs(const std::vector<TokenLogprob>& lps, const TokenSpelling& spell, size_t offset0,
+                                std::optional<int32_t> lead = std::nullopt) {
   json tokens = json::array(), token_lps = json::array(), tops = json::array(), offs = json::array();
   size_t off = offset0;
+  if (lead) {
+    tokens.push_back(spell(*lead));
+    token_lps.push_back(nullptr);
+    tops.push_back(nullptr);
+    offs.push_back(off);
+    off += spell.bytes(*lead).size();
+  }
   for (const auto& lp : lps) {
     const std::string t = spell(lp.token);
     tokens.push_back(t);
@@ -138,6 +148,25 @@ inline json chat_logprobs(const std::vector<TokenLogprob>& lps, const TokenSpell
 
 /// vLLM's prompt_logprobs: null for the first prompt token, then per token a map from token id
 /// to {logprob, rank, decoded_token}: the prompt token itself, then the top-n (ranks 1..n).
+/// Echo's logprobs entries of prompt tokens 1.. (completions with echo and logprobs = k): each
+/// token with its first k alternatives other than itself, the k + 1 entries vLLM keeps of a
+/// prompt position's {token, top…}.
+inline std::vector<TokenLogprob> echo_prompt_logprobs(const std::vector<PromptLogprob>& lps, int k) {
+  std::vector<TokenLogprob> out;
+  out.reserve(lps.size());
+  for (const auto& p : lps) {
+    TokenLogprob t;
+    t.token = p.token;
+    t.logprob = p.logprob;
+    for (const auto& [id, l] : p.top) {
+      if (static_cast<int>(t.top.size()) >= k) break;
+      if (id != p.token) t.top.emplace_back(id, l);
+    }
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+
 inline json prompt_logprobs_json(const std::vector<PromptLogprob>& lps, const TokenSpelling& spell) {
   auto clamp = [](float x) { return std::max(x, -9999.0f); };  // vLLM's stand-in for -inf
   json out = json::array({nullptr});

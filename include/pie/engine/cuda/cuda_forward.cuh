@@ -49,7 +49,9 @@
 #include "pie/ops/cuda/kv_write.cuh"
 #include "pie/ops/cuda/moe.cuh"
 #include "pie/ops/cuda/norm.cuh"
+#include "pie/ops/cuda/prompt_logprobs.cuh"
 #include "pie/ops/cuda/rope.cuh"
+#include "pie/sched/prompt_logprob_row.hpp"
 
 namespace pie::engine::cuda {
 
@@ -362,28 +364,52 @@ class CudaForward {
   }
   /// Gathers the sampled rows of x and runs lm_head on them into logits() (fp32).
   void logits(const Act& x, const Weight& lm_head) {
-    const int nsamp = shape_.samples;
+    last_x_ = x;
+    lm_head_ = lm_head;
+    lm_head_rows(p_.step->logits_rows(), shape_.samples);
+  }
+  /// Scores the staged prompt_logprobs rows (StepBuffers::stage_prompt_rows) of the last
+  /// forward into out[0, rows) (sched::PromptLogprobRow, device): lm_head over chunks of up to
+  /// max_samples rows into logits(), each followed by the prompt_logprobs kernel. It overwrites
+  /// logits(), so it runs once the step's draws are sampled and their logits copied (stream
+  /// order keeps the copies ahead of it). Under TP every rank calls it (each chunk's logits are
+  /// all-gathered); ranks with out == null only take part in the collectives. Eager only: a step
+  /// with prompt rows is never a graph replay.
+  void score_prompt_rows(sched::PromptLogprobRow* out) {
+    const int n = p_.step->num_prompt_rows();
+    for (int r0 = 0; r0 < n; r0 += p_.max_samples) {
+      const int g = std::min(p_.max_samples, n - r0);
+      lm_head_rows(p_.step->prompt_rows() + r0, g);
+      if (out)
+        op("prompt_logprobs", [&] {
+          ops::cuda::prompt_logprobs(logits_.data(), g, global_vocab(), p_.step->prompt_tokens() + r0, out + r0, s_);
+        });
+    }
+  }
+
+ private:
+  /// Gathers rows idx[0, n) of the last forward's final hidden states and runs lm_head on them
+  /// into logits()[0, n) (fp32; under TP the rank's vocab slice, all-gathered and unpadded).
+  void lm_head_rows(const int32_t* idx, int n) {
     const int64_t H = p_.config.hidden_size;
-    Act rows = mat(rows_.data(), nsamp, H);
-    op("gather_rows", [&] { ops::cuda::embedding(x, p_.step->logits_rows(), rows, nullptr, s_); });
+    Act rows = mat(rows_.data(), n, H);
+    op("gather_rows", [&] { ops::cuda::embedding(last_x_, idx, rows, nullptr, s_); });
     if (!p_.comm) {
-      op("lm_head", [&] { (*p_.logits_gemm)(logits_.data(), rows, lm_head, s_); });
+      op("lm_head", [&] { (*p_.logits_gemm)(logits_.data(), rows, lm_head_, s_); });
       return;
     }
     const int per = static_cast<int>(p_.shard->vocab_per_rank), V = global_vocab();
-    op("lm_head", [&] { (*p_.logits_gemm)(part_.data(), rows, lm_head, s_); });
+    op("lm_head", [&] { (*p_.logits_gemm)(part_.data(), rows, lm_head_, s_); });
     op("all_gather", [&] {
-      p_.comm->all_gather(part_.data(), gathered_.data(), static_cast<size_t>(nsamp) * per, DType::F32);
-      const int64_t total = int64_t{nsamp} * V;
+      p_.comm->all_gather(part_.data(), gathered_.data(), static_cast<size_t>(n) * per, DType::F32);
+      const int64_t total = int64_t{n} * V;
       if (total > 0) {
         detail::unshard_logits_kernel<><<<static_cast<unsigned>((total + 255) / 256), 256, 0, s_>>>(
-            gathered_.data(), nsamp, per, V, logits_.data());
+            gathered_.data(), n, per, V, logits_.data());
         PIE_CUDA_CHECK(cudaGetLastError());
       }
     });
   }
-
- private:
   float eps() const { return static_cast<float>(p_.config.rms_norm_eps); }
   int global_vocab() const { return p_.shard ? p_.shard->global.vocab_size : p_.config.vocab_size; }
   static Act mat(T* p, int64_t rows, int64_t cols, int64_t stride = 0) {
@@ -432,6 +458,8 @@ class CudaForward {
   bool frozen_ = false;
   DeviceBuffer<T> res_pong_, rows_;
   T* res_home_ = nullptr;
+  Act last_x_;       // the last forward's final hidden states (logits() input), for score_prompt_rows
+  Weight lm_head_;
   DeviceBuffer<float> logits_, part_, gathered_;
   DeviceBuffer<int32_t> ids_;
   std::unique_ptr<ops::cuda::MoeWorkspace<T>> moe_;  ///< the MoE block's scratch (first moe() call)

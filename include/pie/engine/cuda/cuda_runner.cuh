@@ -11,7 +11,10 @@
 /// that sample; rank 0 samples on the device and only the sampled ids come back. Pure decode
 /// steps replay a CUDA graph of their batch bucket — collectives included under TP (NCCL ≥ 2.9
 /// records them as graph nodes; every rank captures the same buckets in lockstep and replays the
-/// same bucket each step, so the graphs' collectives pair up).
+/// same bucket each step, so the graphs' collectives pair up). A step with prompt_logprobs rows
+/// (always a prefill, so eager) then scores those rows on the device — lm_head over chunks of
+/// rows, log_softmax, rank and top-20 (ops/cuda/prompt_logprobs.cuh) — and copies back one
+/// small record per row (prompt_logprob_rows()); other steps do none of it.
 ///
 /// Construction follows vLLM: join the group (NCCL init blocks until every rank calls it and
 /// cannot be aborted, so nothing that may fail runs before it) → weights resident → activation
@@ -59,6 +62,7 @@
 #include "pie/ops/cuda/sampling.cuh"
 #include "pie/ops/cuda/token_bitmask.cuh"
 #include "pie/sched/logits_processor.hpp"
+#include "pie/sched/prompt_logprob_row.hpp"
 #include "pie/sched/step_plan.hpp"
 
 namespace pie::engine::cuda {
@@ -189,6 +193,7 @@ class CudaRunner {
   /// the next call), the other ranks nothing. A plan of block operations only runs them.
   std::span<const int32_t> execute_sample(const sched::StepPlan& plan, const std::vector<SampleSpec>& specs) {
     launch(plan, specs, /*want_logits=*/false);
+    score_prompt_rows(plan);
     PIE_CUDA_CHECK(cudaStreamSynchronize(stream_));
     prof_.collect();
     if (rank_ != 0) return {};
@@ -231,6 +236,7 @@ class CudaRunner {
                                      stream_));
       ++stats_.masked_steps;
     }
+    score_prompt_rows(plan);  // after the masked draw: it reuses the logits buffer
     PIE_CUDA_CHECK(cudaStreamSynchronize(stream_));
     prof_.collect();
     if (rank_ != 0) return {};
@@ -240,6 +246,7 @@ class CudaRunner {
   /// device sampler still runs; its ids are in last_ids().
   std::span<const float> execute_logits(const sched::StepPlan& plan, const std::vector<SampleSpec>& specs) {
     launch(plan, specs, /*want_logits=*/true);
+    score_prompt_rows(plan);  // after the logits copy (stream order): it reuses the logits buffer
     PIE_CUDA_CHECK(cudaStreamSynchronize(stream_));
     prof_.collect();
     if (rank_ != 0) return {};
@@ -251,6 +258,11 @@ class CudaRunner {
     return execute_logits(plan, specs_);
   }
   std::span<const int32_t> last_ids() { return {ids_host_.data(), static_cast<size_t>(last_samples_)}; }
+  /// Rank 0: the last step's prompt_logprobs rows, one per StepPlan::prompt_logprob_tokens entry
+  /// (empty on other ranks and for steps without them; valid until the next step).
+  std::span<const sched::PromptLogprobRow> prompt_logprob_rows() const {
+    return {prompt_host_.data(), static_cast<size_t>(prompt_rows_)};
+  }
 
  private:
   static double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -551,6 +563,25 @@ class CudaRunner {
   }
 
   // ---- one step -----------------------------------------------------------------------------------
+  /// The plan's prompt_logprobs rows, after the step's draws (see score_prompt_rows in
+  /// cuda_forward.cuh): every rank runs the chunks (collectives under TP); rank 0 scores them and
+  /// queues the copy of the records, read after the caller's synchronize.
+  void score_prompt_rows(const sched::StepPlan& plan) {
+    prompt_rows_ = 0;
+    if (plan.empty() || plan.prompt_logprob_tokens.empty()) return;
+    const int n = step_.num_prompt_rows();
+    if (rank_ == 0 && prompt_dev_.size() < static_cast<size_t>(n)) {
+      // First such step: records for a whole step's tokens (~170 B each), kept for later ones.
+      prompt_dev_ = DeviceBuffer<sched::PromptLogprobRow>(max_tokens_);
+      prompt_host_ = PinnedBuffer<sched::PromptLogprobRow>(max_tokens_);
+    }
+    fwd_->score_prompt_rows(rank_ == 0 ? prompt_dev_.data() : nullptr);
+    if (rank_ != 0) return;
+    PIE_CUDA_CHECK(cudaMemcpyAsync(prompt_host_.data(), prompt_dev_.data(), sizeof(sched::PromptLogprobRow) * n,
+                                   cudaMemcpyDeviceToHost, stream_));
+    prompt_rows_ = n;
+  }
+
   void launch(const sched::StepPlan& plan, const std::vector<SampleSpec>& specs, bool want_logits) {
     PIE_CHECK(kv_, "CudaRunner: execute before allocate_kv");
     if (plan.empty()) {
@@ -567,9 +598,11 @@ class CudaRunner {
                 bool allow_graph, bool want_logits) {
     const int S = plan.num_seqs(), D = plan.num_decode_seqs;
     const bool pure_decode = D == S;
-    const int bucket = allow_graph && pure_decode && !prof_.enabled() ? graphs_.bucket_for(S) : 0;
+    const bool graphable = pure_decode && plan.prompt_logprob_tokens.empty() && !prof_.enabled();
+    const int bucket = allow_graph && graphable ? graphs_.bucket_for(S) : 0;
     if (prof_.enabled()) prof_.set_tag(pure_decode ? "decode@" + std::to_string(S) : std::string("mixed"));
     step_.stage(plan, specs, bucket, stream_);
+    step_.stage_prompt_rows(plan, stream_);
     cache.apply(plan, stream_);
     const int nsamp = step_.num_samples();
     if (bucket > 0) {
@@ -644,6 +677,9 @@ class CudaRunner {
   DeviceBuffer<int32_t> ids_;
   PinnedBuffer<int32_t> ids_host_;
   PinnedBuffer<float> logits_host_;
+  DeviceBuffer<sched::PromptLogprobRow> prompt_dev_;  // prompt_logprobs records (first such step)
+  PinnedBuffer<sched::PromptLogprobRow> prompt_host_;
+  int prompt_rows_ = 0;
   PinnedBuffer<int32_t> mask_host_, flags_host_;  // execute_sample_masked's bitmasks (allocated on first use)
   DeviceBuffer<int32_t> mask_dev_, flags_dev_;
   std::vector<SampleSpec> specs_;

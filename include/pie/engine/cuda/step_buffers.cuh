@@ -4,7 +4,9 @@
 /// packed into one pinned host blob at fixed offsets and sent with ONE async H→D copy per step.
 /// Offsets never move, so CUDA graphs captured against these device pointers stay valid; a
 /// decode step padded to a graph bucket fills the extra rows with slot −1 (nothing written) and
-/// empty block tables (attention reads nothing).
+/// empty block tables (attention reads nothing). A step with prompt_logprobs rows also stages
+/// their token rows and scored tokens (stage_prompt_rows) in a region after the block table,
+/// with a second copy that other steps never make.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -27,6 +29,7 @@ struct StepCapacity {
   int max_seqs = 0;         ///< max_num_seqs (decode graphs pad up to this)
   int max_blocks = 0;       ///< block-table entries in one step
   int max_samples = 0;      ///< tokens sampled in one step (n > 1 draws several per row)
+  // prompt_logprobs rows are token rows of the step: at most max_tokens.
 };
 
 /// \brief Fixed-offset pinned + device copies of a step's arrays.
@@ -48,6 +51,8 @@ class StepBuffers {
     o_pos_ = take(sizeof(int32_t) * c.max_tokens);
     o_slots_ = take(sizeof(int64_t) * c.max_tokens);
     o_indices_ = take(sizeof(int32_t) * c.max_blocks);
+    o_prompt_rows_ = take(sizeof(int32_t) * c.max_tokens);
+    o_prompt_tokens_ = take(sizeof(int32_t) * c.max_tokens);
     bytes_ = (off + 15) / 16 * 16;
     host_ = PinnedBuffer<std::byte>(bytes_);
     hbase_ = host_.data();
@@ -66,7 +71,7 @@ class StepBuffers {
     const int S = plan.num_seqs(), T = plan.num_tokens();
     const int Sp = std::max(S, pad_seqs), Tp = T + (Sp - S);
     const int D = plan.num_decode_seqs;
-    const int R = static_cast<int>(plan.logits_rows.size());
+    const int R = static_cast<int>(plan.sample_seqs.size());  // logits_rows past R: prompt_logprobs rows
     int nsamp = 0;
     for (size_t j = 0; j < plan.sample_seqs.size(); ++j)
       nsamp += plan.sample_counts.empty() ? 1 : plan.sample_counts[j];
@@ -118,6 +123,28 @@ class StepBuffers {
     num_samples_ = nsamp;
     size_t used = o_indices_ + sizeof(int32_t) * plan.kv_indices.size();
     PIE_CUDA_CHECK(cudaMemcpyAsync(dev_.data(), host_.data(), used, cudaMemcpyHostToDevice, stream));
+    num_prompt_rows_ = 0;
+  }
+
+  /// Stages the plan's prompt_logprobs rows (after stage(), same step): their token rows and
+  /// the tokens they score, with one H→D copy each; none when the plan has no such rows.
+  void stage_prompt_rows(const sched::StepPlan& plan, cudaStream_t stream) {
+    const size_t base = plan.sample_seqs.size();
+    const int n = static_cast<int>(plan.prompt_logprob_tokens.size());
+    PIE_CHECK(plan.logits_rows.size() == base + n && plan.prompt_logprob_seqs.size() == static_cast<size_t>(n),
+              "StepBuffers: ", plan.logits_rows.size() - base, " extra logits rows for ", n,
+              " prompt_logprobs tokens");
+    PIE_CHECK(n <= num_tokens_, "StepBuffers: ", n, " prompt_logprobs rows in a step of ", num_tokens_, " tokens");
+    num_prompt_rows_ = n;
+    if (n == 0) return;
+    int32_t* rows = reinterpret_cast<int32_t*>(host_.data() + o_prompt_rows_);
+    int32_t* toks = reinterpret_cast<int32_t*>(host_.data() + o_prompt_tokens_);
+    std::copy(plan.logits_rows.begin() + base, plan.logits_rows.end(), rows);
+    std::copy(plan.prompt_logprob_tokens.begin(), plan.prompt_logprob_tokens.end(), toks);
+    PIE_CUDA_CHECK(cudaMemcpyAsync(dev_.data() + o_prompt_rows_, rows, sizeof(int32_t) * n, cudaMemcpyHostToDevice,
+                                   stream));
+    PIE_CUDA_CHECK(cudaMemcpyAsync(dev_.data() + o_prompt_tokens_, toks, sizeof(int32_t) * n,
+                                   cudaMemcpyHostToDevice, stream));
   }
 
   // ---- device pointers (fixed for the buffer's lifetime) ----
@@ -131,6 +158,8 @@ class StepBuffers {
   int32_t* token_ids() { return dptr<int32_t>(o_tokens_); }
   int32_t* positions() { return dptr<int32_t>(o_pos_); }
   int64_t* slot_mapping() { return dptr<int64_t>(o_slots_); }
+  int32_t* prompt_rows() { return dptr<int32_t>(o_prompt_rows_); }      ///< token row of each prompt_logprobs row
+  int32_t* prompt_tokens() { return dptr<int32_t>(o_prompt_tokens_); }  ///< the prompt token it scores
   /// Host copy of the cumulative query lengths of the last staged step (pinned, valid until
   /// the next stage()).
   const int32_t* host_cu_query_lens() const { return reinterpret_cast<const int32_t*>(hbase_ + o_cu_); }
@@ -141,6 +170,7 @@ class StepBuffers {
   int num_tokens() const { return num_tokens_; }
   int num_decode() const { return num_decode_; }
   int num_samples() const { return num_samples_; }
+  int num_prompt_rows() const { return num_prompt_rows_; }
   size_t bytes() const { return bytes_; }
 
  private:
@@ -160,8 +190,8 @@ class StepBuffers {
   template <class U> U* dptr(size_t o) { return reinterpret_cast<U*>(dev_.data() + o); }
   StepCapacity cap_{};
   size_t o_cu_ = 0, o_cu_prefill_ = 0, o_indptr_ = 0, o_last_ = 0, o_rows_ = 0, o_spec_ = 0, o_tokens_ = 0,
-         o_pos_ = 0, o_slots_ = 0, o_indices_ = 0, bytes_ = 0;
-  int num_seqs_ = 0, num_tokens_ = 0, num_decode_ = 0, num_samples_ = 0;
+         o_pos_ = 0, o_slots_ = 0, o_indices_ = 0, o_prompt_rows_ = 0, o_prompt_tokens_ = 0, bytes_ = 0;
+  int num_seqs_ = 0, num_tokens_ = 0, num_decode_ = 0, num_samples_ = 0, num_prompt_rows_ = 0;
   PinnedBuffer<std::byte> host_;
   std::byte* hbase_ = nullptr;  // host_.data(), readable from const members
   DeviceBuffer<std::byte> dev_;

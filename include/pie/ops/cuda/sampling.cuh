@@ -230,21 +230,13 @@ __device__ int collect(int vocab, uint32_t kmin, DVal dval, SampleSmem& s) {
   return c;
 }
 
-/// One CTA per row. The row (≤ 600 KB) is re-read a few times and stays in L2. Thresholds are
-/// bisected over a small candidate set in shared memory whenever top-k (or the logprob top-n)
-/// bounds it — the k-th largest per-thread maximum is a lower bound of the k-th largest logit,
-/// so every element above the threshold is above that pivot — and over the row otherwise.
-static __global__ void __launch_bounds__(kSampleThreads) sampling_kernel(const float* __restrict__ logits, int vocab,
-                                                                  SamplingInputs in, SamplingOutputs out) {
-  __shared__ SampleSmem s;
-  const SamplingRow r = in.rows[blockIdx.x];
-  const float* x = logits + int64_t(blockIdx.x) * vocab;
-  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-
-  // Pass 1: row maximum with its lowest index, and this thread's own maximum.
+/// The row's maximum with its lowest index (every thread gets it); `my_max` is this thread's
+/// own maximum over its strided elements (the top-k pivots start from it).
+__device__ __forceinline__ ArgMax row_argmax(const float* __restrict__ x, int vocab, float& my_max, SampleSmem& s) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   ArgMax am{-INFINITY, 0x7fffffff};
-  for (int i = tid; i < vocab; i += blockDim.x) am = better(am, ArgMax{x[i], i});
-  const float my_max = am.v;
+  for (int i = threadIdx.x; i < vocab; i += blockDim.x) am = better(am, ArgMax{x[i], i});
+  my_max = am.v;
   for (int o = 16; o > 0; o >>= 1) {
     ArgMax t{__shfl_xor_sync(0xffffffffu, am.v, o), __shfl_xor_sync(0xffffffffu, am.i, o)};
     am = better(am, t);
@@ -260,8 +252,66 @@ static __global__ void __launch_bounds__(kSampleThreads) sampling_kernel(const f
     if (lane == 0) s.am[0] = am;
   }
   __syncthreads();
-  const float m = s.am[0].v;
-  int token = s.am[0].i;
+  return s.am[0];
+}
+
+/// log Σ exp(x) of the row with maximum m (every thread gets it).
+__device__ __forceinline__ float row_logsumexp(const float* __restrict__ x, int vocab, float m, SampleSmem& s) {
+  double sum = 0;
+  for (int i = threadIdx.x; i < vocab; i += blockDim.x) sum += __expf(x[i] - m);
+  return m + static_cast<float>(log(block_sum_all(sum, s)));
+}
+
+/// The row's n largest logits (1 ≤ n ≤ kSampleThreads) as logprobs (x − lse), ordered by
+/// (value desc, id asc), written by thread 0 to ids[0..n) / lps[0..n) (−1 / −inf past the row).
+/// m is the row maximum, my_max this thread's (row_argmax).
+__device__ __forceinline__ void top_n_logprobs(const float* __restrict__ x, int vocab, int n, float my_max, float m,
+                                               float lse, SampleSmem& s, int32_t* ids, float* lps) {
+  const int tid = threadIdx.x;
+  auto xv = [&](int i) { return x[i]; };
+  uint32_t pivot = kth_largest_of_threads(fkey(my_max), min(n, kSampleThreads), s);
+  int c = collect(vocab, pivot, xv, s);
+  if (c > kCandCap) {  // too many ties with the pivot: bisect the exact n-th key instead
+    auto cnt = [&](uint32_t K) {
+      double t = 0;
+      for (int i = tid; i < vocab; i += blockDim.x) t += fkey(x[i]) >= K ? 1.0 : 0.0;
+      return block_sum_all(t, s);
+    };
+    c = min(collect(vocab, search_threshold(0u, fkey(m), double(n), cnt), xv, s), kCandCap);
+  }
+  if (tid == 0) {
+    // selection by (value desc, id asc): n ≤ 20 scans of a short list
+    for (int j = 0; j < n; ++j) {
+      int best = -1;
+      for (int q = j; q < c; ++q)
+        if (best < 0 || s.cand_d[q] > s.cand_d[best] ||
+            (s.cand_d[q] == s.cand_d[best] && s.cand_id[q] < s.cand_id[best])) best = q;
+      if (best >= 0) {
+        float tv = s.cand_d[j]; s.cand_d[j] = s.cand_d[best]; s.cand_d[best] = tv;
+        int ti = s.cand_id[j]; s.cand_id[j] = s.cand_id[best]; s.cand_id[best] = ti;
+      }
+      ids[j] = best >= 0 ? s.cand_id[j] : -1;
+      lps[j] = best >= 0 ? s.cand_d[j] - lse : -INFINITY;
+    }
+  }
+}
+
+/// One CTA per row. The row (≤ 600 KB) is re-read a few times and stays in L2. Thresholds are
+/// bisected over a small candidate set in shared memory whenever top-k (or the logprob top-n)
+/// bounds it — the k-th largest per-thread maximum is a lower bound of the k-th largest logit,
+/// so every element above the threshold is above that pivot — and over the row otherwise.
+static __global__ void __launch_bounds__(kSampleThreads) sampling_kernel(const float* __restrict__ logits, int vocab,
+                                                                  SamplingInputs in, SamplingOutputs out) {
+  __shared__ SampleSmem s;
+  const SamplingRow r = in.rows[blockIdx.x];
+  const float* x = logits + int64_t(blockIdx.x) * vocab;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+
+  // Pass 1: row maximum with its lowest index, and this thread's own maximum.
+  float my_max;
+  const ArgMax best = row_argmax(x, vocab, my_max, s);
+  const float m = best.v;
+  int token = best.i;
 
   if (r.temperature > 0.f && m > -INFINITY) {
     const float inv_t = 1.f / r.temperature;
@@ -357,38 +407,11 @@ static __global__ void __launch_bounds__(kSampleThreads) sampling_kernel(const f
   }
 
   if (r.num_logprobs >= 0) {
-    double sum = 0;
-    for (int i = tid; i < vocab; i += blockDim.x) sum += __expf(x[i] - m);
-    const float lse = m + static_cast<float>(log(block_sum_all(sum, s)));
+    const float lse = row_logsumexp(x, vocab, m, s);
     const int n = min(r.num_logprobs, out.max_top);
-    if (n > 0) {
-      auto xv = [&](int i) { return x[i]; };
-      uint32_t pivot = kth_largest_of_threads(fkey(my_max), min(n, kSampleThreads), s);
-      int c = collect(vocab, pivot, xv, s);
-      if (c > kCandCap) {  // too many ties with the pivot: bisect the exact n-th key instead
-        auto cnt = [&](uint32_t K) {
-          double t = 0;
-          for (int i = tid; i < vocab; i += blockDim.x) t += fkey(x[i]) >= K ? 1.0 : 0.0;
-          return block_sum_all(t, s);
-        };
-        c = min(collect(vocab, search_threshold(0u, fkey(m), double(n), cnt), xv, s), kCandCap);
-      }
-      if (tid == 0) {
-        // selection by (value desc, id asc): n ≤ 20 scans of a short list
-        for (int j = 0; j < n; ++j) {
-          int best = -1;
-          for (int q = j; q < c; ++q)
-            if (best < 0 || s.cand_d[q] > s.cand_d[best] ||
-                (s.cand_d[q] == s.cand_d[best] && s.cand_id[q] < s.cand_id[best])) best = q;
-          if (best >= 0) {
-            float tv = s.cand_d[j]; s.cand_d[j] = s.cand_d[best]; s.cand_d[best] = tv;
-            int ti = s.cand_id[j]; s.cand_id[j] = s.cand_id[best]; s.cand_id[best] = ti;
-          }
-          out.top_ids[int64_t(blockIdx.x) * out.max_top + j] = best >= 0 ? s.cand_id[j] : -1;
-          out.top_logprobs[int64_t(blockIdx.x) * out.max_top + j] = best >= 0 ? s.cand_d[j] - lse : -INFINITY;
-        }
-      }
-    }
+    if (n > 0)
+      top_n_logprobs(x, vocab, n, my_max, m, lse, s, out.top_ids + int64_t(blockIdx.x) * out.max_top,
+                     out.top_logprobs + int64_t(blockIdx.x) * out.max_top);
     if (tid == 0) out.logprobs[blockIdx.x] = x[token] - lse;
   }
   if (tid == 0) out.tokens[blockIdx.x] = token;

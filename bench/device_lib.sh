@@ -1,0 +1,52 @@
+# bench/device_lib.sh — helpers the bench/device_*.sh scripts source (not run on its own).
+#   say MSG...              a timestamped line (seconds since the script started) to stdout and $SUM
+#   run NAME LIMIT_S CMD... CMD under `timeout`, output to $LOGDIR/NAME.log; its status (and, when
+#                           it failed, the log's last $RUN_TAIL lines) to the summary. Within
+#                           $DEADLINE (seconds since the script started): the limit is cut to
+#                           what is left, and a step with under $RUN_MIN_LEFT s left is skipped
+#                           (status 124).
+#   gpu_line                the GPU's name, memory and driver (nvidia-smi), for a first line
+#   wait_ready PID PORT     polls http://127.0.0.1:PORT/health until 200 (up to $READY_TRIES
+#                           half-second tries) while PID lives; status 0 once ready
+#   stop_server PID         SIGTERM, up to 10 s to exit, then SIGKILL
+# Settings (set them before sourcing or before a call): SUM (default /dev/null), LOGDIR (default
+# $OUT), DEADLINE (default none), RUN_TAIL (12), RUN_MIN_LEFT (5), READY_TRIES (240).
+
+say() { echo "== $(date -u +%H:%M:%S) +${SECONDS}s $*" | tee -a "${SUM:-/dev/null}"; }
+
+run() {
+  local name=$1 limit=$2; shift 2
+  local t0=$SECONDS
+  if [ -n "${DEADLINE:-}" ]; then
+    local left=$((DEADLINE - SECONDS - 3))
+    if [ "$left" -lt "${RUN_MIN_LEFT:-5}" ]; then say "$name: skipped (deadline)"; return 124; fi
+    [ "$limit" -gt "$left" ] && limit=$left
+  fi
+  local log="${LOGDIR:-$OUT}/$name.log"
+  timeout "$limit" "$@" > "$log" 2>&1
+  local rc=$?
+  say "$name: rc=$rc in $((SECONDS - t0)) s"
+  [ "$rc" -ne 0 ] && tail -n "${RUN_TAIL:-12}" "$log" | sed 's/^/   | /' | tee -a "${SUM:-/dev/null}"
+  return $rc
+}
+
+gpu_line() { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -1; }
+
+wait_ready() {
+  local pid=$1 port=$2 i
+  for ((i = 0; i < ${READY_TRIES:-240}; ++i)); do
+    kill -0 "$pid" 2>/dev/null || return 1
+    python3 -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:$port/health', timeout=2).status == 200 else 1)" \
+      2>/dev/null && return 0
+    sleep 0.5
+  done
+  return 1
+}
+
+stop_server() {
+  local pid=$1 i
+  kill -TERM "$pid" 2>/dev/null
+  for ((i = 0; i < 20; ++i)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+  kill -KILL "$pid" 2>/dev/null
+  wait "$pid" 2>/dev/null
+}
