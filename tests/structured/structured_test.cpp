@@ -252,7 +252,10 @@ std::map<uint64_t, std::vector<int32_t>> run_all(CpuEngine& e) {
   std::map<uint64_t, std::vector<int32_t>> out;
   while (e.has_unfinished())
     for (auto& ro : e.step())
-      for (auto& so : ro.seqs) out[ro.request_id].insert(out[ro.request_id].end(), so.new_tokens.begin(), so.new_tokens.end());
+      for (auto& so : ro.seqs) {
+        auto& t = out[ro.request_id];
+        t.insert(t.end(), so.new_tokens.begin(), so.new_tokens.end());
+      }
   return out;
 }
 
@@ -295,7 +298,10 @@ TEST(AsyncCompile, ARequestWaitsForItsGrammarAndNothingElseDoes) {
     std::map<uint64_t, std::vector<int32_t>> out;
     while (e.has_unfinished()) {
       for (auto& ro : e.step()) {
-        for (auto& so2 : ro.seqs) out[ro.request_id].insert(out[ro.request_id].end(), so2.new_tokens.begin(), so2.new_tokens.end());
+        for (auto& sq : ro.seqs) {
+          auto& t = out[ro.request_id];
+          t.insert(t.end(), sq.new_tokens.begin(), sq.new_tokens.end());
+        }
         if (busy && ro.request_id == plain && ro.finished) plain_done_while_compiling = !proc->ready();
         if (!busy && ro.request_id == c) EXPECT_TRUE(proc->ready()) << "a draw before its grammar was compiled";
       }
@@ -334,7 +340,8 @@ TEST(Truncated, AnOutputCutByMaxTokensIsAValidPrefix) {
           "maxLength": 40}, "tags": {"type": "array", "items": {"enum": ["red", "green"]}, "minItems": 3}},
           "required": ["id", "name", "tags"], "additionalProperties": false})"},
       {K::Regex, "[a-z]{20,40}@[0-9]{10}"},
-      {K::Grammar, "root ::= \"(\" inner \")\" \" \" root2\nroot2 ::= [0-9]+ \";\"\ninner ::= (\"a\" | \"(\" inner \")\")*"},
+      {K::Grammar, "root ::= \"(\" inner \")\" \" \" root2\nroot2 ::= [0-9]+ \";\"\n"
+                   "inner ::= (\"a\" | \"(\" inner \")\")*"},
   };
   for (const auto& so : forms) {
     int cut = 0;
