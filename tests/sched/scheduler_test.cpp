@@ -232,6 +232,21 @@ TEST(Scheduler, ARequestWhoseProcessorIsNotReadyWaitsOnlyWhileOthersRun) {
   EXPECT_EQ(s.num_waiting(), 0);
 }
 
+TEST(Scheduler, OnAnIdleEngineOnlyOneRequestWhoseProcessorIsNotReadyStarts) {
+  Scheduler s(config(8, 64, 256), 64, 4, 0);
+  auto a = std::make_shared<PendingProcessor>(), b = std::make_shared<PendingProcessor>();
+  s.add_request(1, prompt_of(5), with_processor(3, a), {});
+  s.add_request(2, prompt_of(4, 5000), with_processor(3, b), {});
+  s.add_request(3, prompt_of(6, 9000), params(2), {});
+  StepPlan p = s.schedule();
+  // Request 1 starts (its step will wait for its compile only); request 2 is passed over, not
+  // waited for as well; request 3 is ready and joins.
+  EXPECT_EQ(p.query_lens, (std::vector<int32_t>{5, 6}));
+  EXPECT_EQ(p.token_ids[0], 1000);
+  EXPECT_EQ(p.token_ids[5], 9000);
+  EXPECT_EQ(s.num_waiting(), 1);
+}
+
 TEST(Scheduler, RespectsMaxNumSeqs) {
   Scheduler s(config(3, 64, 64), 64, 4, 0);
   for (int i = 0; i < 5; ++i) s.add_request(i, prompt_of(2), params(5), {});

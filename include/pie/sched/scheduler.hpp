@@ -157,12 +157,13 @@ class Scheduler {
     }
     // 4. waiting. A request whose logits processor is not ready (its grammar still compiling)
     // waits while other sequences run, so their steps never wait for a compile (vLLM's
-    // WAITING_FOR_FSM); with nothing running it starts at once and its prefill overlaps the
-    // compile (the mask is needed only at its first draw, where the step waits for the rest).
-    const bool idle = running_.empty();
+    // WAITING_FOR_FSM); with nothing running the first such request starts at once and its
+    // prefill overlaps the compile (the mask is needed only at its first draw, where the step
+    // waits for the rest). Once it runs, the others wait again: a burst of new grammars on an
+    // idle engine waits for one compile, not for all of them.
     for (size_t w = 0; swapped_.empty() && w < waiting_.size() && budget_ > 0;) {
       Sequence* s = waiting_[w];
-      if (const auto& lp = s->request->params.logits_processor; !idle && lp && !lp->ready()) {
+      if (const auto& lp = s->request->params.logits_processor; !running_.empty() && lp && !lp->ready()) {
         ++w;
         continue;
       }
