@@ -21,6 +21,12 @@ source "$(dirname "$0")/device_lib.sh"  # gpu_line, wait_ready, stop_server
 echo "== $(date -u +%FT%TZ) device: $(gpu_line)"
 PIE_LD="$BIN_DIR:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 LD_LIBRARY_PATH="$PIE_LD" "$BIN_DIR/pie_cuda_test_token_bitmask" 2>&1 | tail -3 | tee "$OUT/kernel_test.log"
+# A first compile's cost alone, by XGrammar thread count (bench/structured/compile_bench.cpp; a
+# file of never-seen 30-field schemas in $PIE_SCHEMAS), when that binary is there.
+if [ -x "$BIN_DIR/structured_compile_bench" ] && [ -f "${PIE_SCHEMAS:-.device/schemas.jsonl}" ]; then
+  LD_LIBRARY_PATH="$PIE_LD" "$BIN_DIR/structured_compile_bench" "$MODEL/tokenizer.json" "${PIE_SCHEMAS:-.device/schemas.jsonl}" \
+    151936 151645,151643 "${PIE_COMPILE_THREADS:-8,16}" 2>&1 | tee "$OUT/compile_bench.log" | grep median
+fi
 
 t0=$SECONDS
 LD_LIBRARY_PATH="$PIE_LD" "$BIN_DIR/pie" serve "$MODEL" --device cuda --dtype bfloat16 --load-format dummy \
@@ -33,7 +39,7 @@ echo "== server ready=$ready after $((SECONDS - t0)) s"
 grep -E "^pie: (memory|captured)|ready|error|failed" "$OUT/server.log" | head -6
 if [ "$ready" = 1 ]; then
   timeout "${PIE_CLIENT_TIMEOUT_S:-150}" python3 bench/structured_bench.py --port "$PORT" --concurrency 64 \
-    --max-tokens "${PIE_MAX_TOKENS:-192}" --fresh 3 2>&1 | tee "$OUT/client.log"
+    --max-tokens "${PIE_MAX_TOKENS:-192}" --fresh "${PIE_FRESH:-3}" 2>&1 | tee "$OUT/client.log"
   echo "== client rc=${PIPESTATUS[0]} after $((SECONDS - t0)) s"
 fi
 stop_server "$SERVER"

@@ -233,11 +233,17 @@ int serve_with(const ServeOptions& o, EngineFactory build, const std::string& de
     std::call_once(grammars->once, [&] {
       const auto info = service.model_info();
       grammars->compiler = std::make_unique<structured::Compiler>(*tok, info.vocab_size, info.eos_ids);
+      // Test only (tests/server/test_structured.py): a slow compile, to check that a request
+      // whose grammar is still compiling when its prefill ends waits for it.
+      if (const char* d = std::getenv("PIE_TEST_GRAMMAR_DELAY_MS"); d && *d)
+        grammars->compiler->set_test_compile_delay(std::chrono::milliseconds(std::atoi(d)));
     });
     return *grammars->compiler;
   };
-  ctx.compile_structured = [grammar_compiler](const sched::StructuredOutput& so) -> std::shared_ptr<sched::LogitsProcessor> {
-    return grammar_compiler().processor(so);
+  ctx.compile_structured = [grammar_compiler](const sched::StructuredOutput& so) -> server::PendingConstraint {
+    auto& c = grammar_compiler();
+    auto grammar = c.compile_async(so);
+    return {[&c, grammar, so] { return c.processor(grammar, so); }, [grammar] { grammar.get(); }};
   };
 #endif
 

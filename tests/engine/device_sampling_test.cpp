@@ -7,7 +7,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <span>
@@ -15,6 +17,7 @@
 
 #include "pie/engine/engine.hpp"
 #include "pie/model/embedded.hpp"
+#include "pie/parallel/cpu_group.hpp"
 
 namespace {
 struct FakeModel {};
@@ -34,7 +37,7 @@ int32_t fake_argmax(int32_t token, int32_t pos, int vocab) {
 }
 
 struct Calls {
-  int device_steps = 0, host_steps = 0;
+  int device_steps = 0, host_steps = 0, masked_steps = 0;
   std::vector<pie::engine::SampleSpec> last_specs;
 };
 Calls g_calls;
@@ -46,9 +49,11 @@ class FakeRunner {
  public:
   static constexpr bool kLogitsPerDraw = true;
   static constexpr bool kSamplesOnDevice = true;
+  static constexpr bool kSamplesMasked = true;
   static constexpr int kVocab = 97;
+  using MaskFill = std::function<void(std::span<int32_t> masks, std::span<int32_t> flags)>;
 
-  FakeRunner(const EngineOptions& o, engine::RankSpec, size_t) : blocks_(o.num_kv_blocks) {
+  FakeRunner(const EngineOptions& o, engine::RankSpec spec, size_t) : blocks_(o.num_kv_blocks), rank_(spec.rank) {
     cfg_ = model::embedded_config();
     cfg_.vocab_size = kVocab;
     cfg_.eos_token_ids.clear();
@@ -63,6 +68,7 @@ class FakeRunner {
   std::span<const int32_t> execute_sample(const sched::StepPlan& plan, const std::vector<engine::SampleSpec>& specs) {
     PIE_CHECK(static_cast<int>(specs.size()) == plan.num_sampled_tokens(), "specs ", specs.size(), " for ",
               plan.num_sampled_tokens(), " draws");
+    if (rank_ != 0) return {};  // under TP rank 0 samples (the CUDA runner's contract)
     ++g_calls.device_steps;
     g_calls.last_specs = specs;
     ids_.clear();
@@ -78,10 +84,36 @@ class FakeRunner {
     return ids_;
   }
 
+  /// The CUDA runner's masked step: rank 0 has `fill` write a bitmask per draw (flag 0: none),
+  /// then draws greedily over the allowed tokens.
+  std::span<const int32_t> execute_sample_masked(const sched::StepPlan& plan,
+                                                 const std::vector<engine::SampleSpec>& specs, const MaskFill& fill) {
+    if (rank_ != 0) return {};
+    ++g_calls.masked_steps;
+    const int n = plan.num_sampled_tokens(), words = sched::bitmask_words(kVocab);
+    PIE_CHECK(static_cast<int>(specs.size()) == n, "specs ", specs.size(), " for ", n, " draws");
+    std::vector<int32_t> masks(static_cast<size_t>(n) * words, 0x5a5a5a5a), flags(n, 7);  // poisoned
+    fill(masks, flags);
+    ids_.clear();
+    size_t d = 0;
+    for (size_t j = 0; j < plan.sample_seqs.size(); ++j) {
+      const int row = plan.logits_rows[j];
+      const int count = plan.sample_counts.empty() ? 1 : plan.sample_counts[j];
+      for (int k = 0; k < count; ++k, ++d) {
+        PIE_CHECK(flags[d] == 0 || flags[d] == 1, "draw ", d, ": flag ", flags[d], " not written");
+        std::vector<float> l(kVocab);
+        for (int v = 0; v < kVocab; ++v) l[v] = fake_logit(plan.token_ids[row], plan.positions[row], v);
+        if (flags[d]) sched::apply_token_bitmask(l, std::span<const int32_t>(masks).subspan(d * words, words));
+        ids_.push_back(static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin()));
+      }
+    }
+    return ids_;
+  }
   std::span<const float> execute_logits(const sched::StepPlan& plan,
                                         const std::vector<engine::SampleSpec>& specs) {
     PIE_CHECK(static_cast<int>(specs.size()) == plan.num_sampled_tokens(), "specs ", specs.size(), " for ",
               plan.num_sampled_tokens(), " draws");
+    if (rank_ != 0) return {};
     ++g_calls.host_steps;
     logits_.clear();
     for (size_t j = 0; j < plan.sample_seqs.size(); ++j) {
@@ -97,6 +129,7 @@ class FakeRunner {
   model::ModelConfig cfg_;
   model::GenerationConfig gen_;
   int blocks_ = 0;
+  int rank_ = 0;
   std::vector<int32_t> ids_;
   std::vector<float> logits_;
 };
@@ -256,6 +289,57 @@ TEST(LogitsProcessor, MasksEveryDrawOnTheHostPathGreedyAndSampledNTwo) {
   EXPECT_EQ(proc->calls, 2 * 9);  // once per draw: 2 sequences × 9 tokens
   EXPECT_GT(g_calls.host_steps, 0);
   EXPECT_EQ(g_calls.device_steps, 0);
+}
+
+/// The same forced sequence as a token mask (a grammar's kind of processor): the engine keeps
+/// such draws on the device path, filling the masks for the runner to apply.
+class ForceMask final : public sched::TokenMaskProcessor {
+ public:
+  explicit ForceMask(int32_t base) : base_(base) {}
+  bool fill_mask(int seq_index, std::span<const int32_t>, std::span<const int32_t> output,
+                 std::span<int32_t> mask) override {
+    std::fill(mask.begin(), mask.end(), 0);
+    const int32_t keep = ForceSequence::want(base_, seq_index, output.size());
+    mask[keep / 32] = static_cast<int32_t>(1u << (keep % 32));
+    ++calls;
+    return true;
+  }
+  int calls = 0;
+
+ private:
+  int32_t base_;
+};
+
+// Token-masked draws take the runner's masked device step (rank 0 fills and applies the masks)
+// on one rank and under tensor parallelism alike; nothing goes through host logits, and a
+// request beside them is unaffected.
+TEST(DeviceSampling, TokenMasksStayOnTheDeviceOnOneRankAndUnderTensorParallel) {
+  for (int tp : {1, 2}) {
+    g_calls = {};
+    FakeEngine e(options(), tp > 1 ? parallel::cpu_group(tp) : engine::RankGroup{});
+    auto masked = greedy(9);
+    auto proc = std::make_shared<ForceMask>(11);
+    masked.logits_processor = proc;
+    masked.n = 2;
+    const uint64_t a = e.add_request(kPrompts[0], masked);
+    const uint64_t b = e.add_request(kPrompts[1], greedy(9));
+    std::map<std::pair<uint64_t, int>, std::vector<int32_t>> out;
+    while (e.has_unfinished())
+      for (auto& ro : e.step())
+        for (auto& so : ro.seqs) {
+          auto& t = out[{ro.request_id, so.index}];
+          t.insert(t.end(), so.new_tokens.begin(), so.new_tokens.end());
+        }
+    for (int k = 0; k < 2; ++k) {
+      std::vector<int32_t> want;
+      for (size_t s = 0; s < 9; ++s) want.push_back(ForceSequence::want(11, k, s));
+      EXPECT_EQ((out[{a, k}]), want) << "tp " << tp << " sequence " << k;
+    }
+    EXPECT_EQ((out[{b, 0}]), expected(kPrompts[1], 9)) << "tp " << tp;
+    EXPECT_EQ(proc->calls, 2 * 9) << "tp " << tp;
+    EXPECT_GT(g_calls.masked_steps, 0) << "tp " << tp;
+    EXPECT_EQ(g_calls.host_steps, 0) << "tp " << tp;
+  }
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <memory>
 #include <numeric>
 #include <set>
 #include <string>
@@ -230,6 +231,58 @@ TEST(Scheduler, NegativePrefillKnobsAreRejected) {
   c.max_prefill_tokens_with_decodes = SchedulerConfig::kAutoPrefillBudget;
   c.auto_prefill_budget_floor = 0;
   EXPECT_THROW(Scheduler(c, 64, 4, 0), Error);
+}
+
+/// A logits processor whose preparation (a grammar compile) finishes when the test says.
+struct PendingProcessor final : LogitsProcessor {
+  bool is_ready = false;
+  void process(int, std::span<const int32_t>, std::span<const int32_t>, std::span<float>) override {}
+  bool ready() const override { return is_ready; }
+};
+
+SamplingParams with_processor(int max_tokens, std::shared_ptr<LogitsProcessor> p) {
+  SamplingParams s = params(max_tokens);
+  s.logits_processor = std::move(p);
+  return s;
+}
+
+TEST(Scheduler, ARequestWhoseProcessorIsNotReadyWaitsOnlyWhileOthersRun) {
+  Scheduler s(config(8, 64, 256), 64, 4, 0);
+  auto slow = std::make_shared<PendingProcessor>(), later = std::make_shared<PendingProcessor>();
+  // Nothing runs: it starts at once (its prefill overlaps the compile; the draw waits for it).
+  s.add_request(1, prompt_of(5), with_processor(3, slow), {});
+  StepPlan p;
+  step(s, p);
+  EXPECT_EQ(p.num_seqs(), 1);
+  // Request 1 runs: request 2 (not ready) is passed over, request 3 behind it is not held up.
+  s.add_request(2, prompt_of(4, 5000), with_processor(3, later), {});
+  s.add_request(3, prompt_of(6, 9000), params(1), {});
+  p = s.schedule();
+  EXPECT_EQ(p.query_lens, (std::vector<int32_t>{1, 6}));
+  EXPECT_EQ(p.token_ids[1], 9000);
+  EXPECT_EQ(s.num_waiting(), 1);
+  s.update(p, std::vector<int32_t>{7, 7});
+  // Ready now: it starts in the next step, alongside the running request.
+  later->is_ready = true;
+  p = s.schedule();
+  EXPECT_EQ(p.query_lens, (std::vector<int32_t>{1, 4}));
+  EXPECT_EQ(p.token_ids[1], 5000);
+  EXPECT_EQ(s.num_waiting(), 0);
+}
+
+TEST(Scheduler, OnAnIdleEngineOnlyOneRequestWhoseProcessorIsNotReadyStarts) {
+  Scheduler s(config(8, 64, 256), 64, 4, 0);
+  auto a = std::make_shared<PendingProcessor>(), b = std::make_shared<PendingProcessor>();
+  s.add_request(1, prompt_of(5), with_processor(3, a), {});
+  s.add_request(2, prompt_of(4, 5000), with_processor(3, b), {});
+  s.add_request(3, prompt_of(6, 9000), params(2), {});
+  StepPlan p = s.schedule();
+  // Request 1 starts (its step will wait for its compile only); request 2 is passed over, not
+  // waited for as well; request 3 is ready and joins.
+  EXPECT_EQ(p.query_lens, (std::vector<int32_t>{5, 6}));
+  EXPECT_EQ(p.token_ids[0], 1000);
+  EXPECT_EQ(p.token_ids[5], 9000);
+  EXPECT_EQ(s.num_waiting(), 1);
 }
 
 TEST(Scheduler, RespectsMaxNumSeqs) {

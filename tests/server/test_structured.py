@@ -10,6 +10,7 @@ tool_choice="required" (streamed and not, thinking on and off), are at the end."
 import http.client
 import json
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import jsonschema
@@ -252,6 +253,41 @@ def test_two_constraints_are_a_400(embedded):
     status, payload = post(embedded, "/v1/chat/completions", chat("x", guided_regex="a", response_format={
         "type": "json_object"}))
     assert status == 400 and "only one structured output" in payload["error"]["message"], payload
+
+
+# ---- a grammar that compiles slowly, and outputs cut by max_tokens --------------------------------
+def test_a_slow_grammar_compile_is_waited_for_and_holds_nothing_else_up(embedded):
+    """The grammar compiles while the request waits (PIE_TEST_GRAMMAR_DELAY_MS, test only, makes
+    every compile take 2.5 s more): a request already running is not held up by it; the output is
+    the one the server without the delay gives for the same seeded request; a bad regex is still a
+    400 naming it (the compile's error, raised after the request was queued)."""
+    rx = r"[a-c]{2,6}-\d{3}"
+    body = completion("slow", seed=11, guided_regex=rx, n=2)
+    status, want = post(embedded, "/v1/completions", body)
+    assert status == 200, want
+    s = Server(["--api-key", API_KEY, "--served-model-name", MODEL, "--max-model-len", "2048", "--seed", "0"],
+               env={"PIE_TEST_GRAMMAR_DELAY_MS": "2500"})
+    try:
+        plain = completion("plain", seed=1, max_tokens=300, ignore_eos=True)
+        with ThreadPoolExecutor(2) as ex:
+            t0 = time.monotonic()
+            running = ex.submit(post, s, "/v1/completions", plain)
+            time.sleep(0.05)
+            slow = ex.submit(post, s, "/v1/completions", body)
+            status, out = running.result(timeout=120)
+            plain_s = time.monotonic() - t0
+            assert status == 200 and out["usage"]["completion_tokens"] == 300, out
+            status, got = slow.result(timeout=120)
+            slow_s = time.monotonic() - t0
+        assert status == 200, got
+        assert plain_s < 2.5 <= slow_s, (plain_s, slow_s)
+        assert [c["text"] for c in got["choices"]] == [c["text"] for c in want["choices"]]
+        for c in got["choices"]:
+            assert re.fullmatch(rx, c["text"]), c["text"]
+        status, payload = post(s, "/v1/completions", completion("bad", guided_regex="(ab"))
+        assert status == 400 and "invalid regex" in payload["error"]["message"], payload
+    finally:
+        assert s.stop() == 0, "\n".join(s.lines)
 
 
 # ---- the official openai client -------------------------------------------------------------------

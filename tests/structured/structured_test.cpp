@@ -4,7 +4,9 @@
 // random sampling, whose every output must parse / full-match / be a choice.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <regex>
@@ -215,6 +217,156 @@ TEST(LlmStructured, EngineRefusesAStructuredOutputWithoutItsProcessor) {
     FAIL() << "no error";
   } catch (const pie::Error& e) {
     EXPECT_NE(std::string(e.what()).find("logits_processor"), std::string::npos);
+  }
+}
+
+// ---- the engine driven directly: a grammar still compiling, and truncated outputs ------------
+using CpuEngine = Engine<Qwen3, CpuF32>;
+
+EngineOptions engine_options() {
+  EngineOptions o;
+  o.num_kv_blocks = 256;
+  o.sched.max_model_len = 512;
+  o.num_threads = 1;
+  return o;
+}
+
+/// A compiler at the embedded model's own vocabulary (512), for requests the engine runs.
+structured::Compiler& model_compiler() {
+  static tokenizer::Tokenizer tok = tokenizer::Tokenizer::embedded();
+  static structured::Compiler c(tok, 512, {tokenizer::EmbeddedIds::kImEnd});
+  return c;
+}
+
+sched::SamplingParams constrained(std::shared_ptr<sched::LogitsProcessor> p, int max_tokens, uint64_t seed) {
+  sched::SamplingParams s;
+  s.temperature = 1.0f;
+  s.seed = seed;
+  s.max_tokens = max_tokens;
+  s.logits_processor = std::move(p);
+  return s;
+}
+
+/// Steps `e` until every request finished; returns each request's tokens (one sequence each).
+std::map<uint64_t, std::vector<int32_t>> run_all(CpuEngine& e) {
+  std::map<uint64_t, std::vector<int32_t>> out;
+  while (e.has_unfinished())
+    for (auto& ro : e.step())
+      for (auto& so : ro.seqs) {
+        auto& t = out[ro.request_id];
+        t.insert(t.end(), so.new_tokens.begin(), so.new_tokens.end());
+      }
+  return out;
+}
+
+// A grammar that compiles slowly (a test delay of 1 s): while another request runs, the new
+// one waits for its grammar without holding the running one up; on an idle engine it starts at
+// once (the prefill overlaps the compile) and its step waits for the grammar before the draw.
+// Either way its tokens are those of the same request whose grammar was compiled beforehand.
+TEST(AsyncCompile, ARequestWaitsForItsGrammarAndNothingElseDoes) {
+  tokenizer::Tokenizer tok = tokenizer::Tokenizer::embedded();
+  const StructuredOutput so{K::Regex, "[a-c]{2,5}-[0-9]{3}"};
+  const std::vector<int32_t> prompt = tok.encode("pick a code"), other = tok.encode("something else");
+  std::vector<int32_t> want;
+  {
+    CpuEngine ref(engine_options());
+    ref.add_request(prompt, constrained(model_compiler().processor(so), 40, 5));
+    want = run_all(ref).begin()->second;
+  }
+  ASSERT_FALSE(want.empty());
+  ASSERT_TRUE(std::regex_match(tok.decode(std::vector<int32_t>(want.begin(), want.end() - 1)),
+                               std::regex("[a-c]{2,5}-[0-9]{3}")));
+
+  for (bool busy : {true, false}) {
+    structured::Compiler slow(tok, 512, {tokenizer::EmbeddedIds::kImEnd});
+    slow.set_test_compile_delay(std::chrono::milliseconds(1000));
+    CpuEngine e(engine_options());
+    uint64_t plain = 0;
+    if (busy) {
+      sched::SamplingParams g;
+      g.temperature = 0;
+      g.max_tokens = 6;
+      g.ignore_eos = true;
+      plain = e.add_request(other, g);
+      e.step();
+    }
+    auto grammar = slow.compile_async(so);
+    auto proc = slow.processor(grammar, so);
+    EXPECT_FALSE(proc->ready());
+    const uint64_t c = e.add_request(prompt, constrained(proc, 40, 5));
+    bool plain_done_while_compiling = false;
+    std::map<uint64_t, std::vector<int32_t>> out;
+    while (e.has_unfinished()) {
+      for (auto& ro : e.step()) {
+        for (auto& sq : ro.seqs) {
+          auto& t = out[ro.request_id];
+          t.insert(t.end(), sq.new_tokens.begin(), sq.new_tokens.end());
+        }
+        if (busy && ro.request_id == plain && ro.finished) plain_done_while_compiling = !proc->ready();
+        if (!busy && ro.request_id == c) EXPECT_TRUE(proc->ready()) << "a draw before its grammar was compiled";
+      }
+    }
+    if (busy) {
+      EXPECT_TRUE(plain_done_while_compiling) << "the running request waited for the other's compile";
+      EXPECT_EQ(out[plain].size(), 5u);  // its first token came in the step before
+    }
+    EXPECT_EQ(out[c], want) << (busy ? "busy" : "idle") << " engine";
+  }
+}
+
+// A compile that fails (here a bad regex, reported by the future) leaves the request's draws
+// to the stop tokens only: nothing unconstrained gets out.
+TEST(AsyncCompile, AFailedCompileAllowsOnlyTheStopTokens) {
+  auto grammar = model_compiler().compile_async({K::Regex, "(ab"});
+  try {
+    grammar.get();
+    FAIL() << "no error";
+  } catch (const pie::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("invalid regex"), std::string::npos);
+  }
+  auto proc = model_compiler().processor(grammar, {K::Regex, "(ab"});
+  std::vector<int32_t> mask(sched::bitmask_words(512)), none;
+  ASSERT_TRUE(proc->fill_mask(0, {}, none, mask));
+  for (int t = 0; t < 512; ++t) EXPECT_EQ(allowed(mask, t), t == tokenizer::EmbeddedIds::kImEnd) << t;
+}
+
+// max_tokens cuts a constrained output (finish reason length): what came out is a prefix the
+// grammar accepts — a fresh matcher takes every token and is not yet complete — for a JSON
+// schema, a regex and an EBNF grammar.
+TEST(Truncated, AnOutputCutByMaxTokensIsAValidPrefix) {
+  tokenizer::Tokenizer tok = tokenizer::Tokenizer::embedded();
+  const std::vector<StructuredOutput> forms = {
+      {K::JsonSchema, R"({"type": "object", "properties": {"id": {"type": "integer"}, "name": {"type": "string",
+          "maxLength": 40}, "tags": {"type": "array", "items": {"enum": ["red", "green"]}, "minItems": 3}},
+          "required": ["id", "name", "tags"], "additionalProperties": false})"},
+      {K::Regex, "[a-z]{20,40}@[0-9]{10}"},
+      {K::Grammar, "root ::= \"(\" inner \")\" \" \" root2\nroot2 ::= [0-9]+ \";\"\n"
+                   "inner ::= (\"a\" | \"(\" inner \")\")*"},
+  };
+  for (const auto& so : forms) {
+    int cut = 0;
+    for (uint64_t seed = 1; seed <= 6; ++seed) {
+      CpuEngine e(engine_options());
+      const uint64_t id = e.add_request(tok.encode("write"), constrained(model_compiler().processor(so), 8, seed));
+      std::vector<int32_t> out;
+      sched::FinishReason finish = sched::FinishReason::None;
+      while (e.has_unfinished())
+        for (auto& ro : e.step())
+          for (auto& s : ro.seqs) {
+            out.insert(out.end(), s.new_tokens.begin(), s.new_tokens.end());
+            if (ro.request_id == id && s.finish != sched::FinishReason::None) finish = s.finish;
+          }
+      if (finish != sched::FinishReason::Length) continue;
+      ++cut;
+      ASSERT_EQ(out.size(), 8u);
+      xgrammar::GrammarMatcher m(model_compiler().compile(so));
+      for (size_t i = 0; i < out.size(); ++i)
+        ASSERT_TRUE(m.AcceptToken(out[i])) << so.kind_name() << " seed " << seed << ": token " << i << " ("
+                                           << out[i] << ") rejected after '"
+                                           << tok.decode(std::vector<int32_t>(out.begin(), out.begin() + i)) << "'";
+      EXPECT_FALSE(m.IsTerminated()) << so.kind_name() << " seed " << seed << ": '" << tok.decode(out) << "'";
+    }
+    EXPECT_GT(cut, 0) << so.kind_name() << ": no output was cut by max_tokens (the test checks nothing)";
   }
 }
 

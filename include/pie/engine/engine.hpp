@@ -97,12 +97,13 @@ class Engine {
       // Rank 0 samples on its device and only the ids come back, unless a request's parameters
       // need the host sampler (penalties, logit bias, min_tokens, logprobs): then this step's
       // sampled rows come back as logits and every row is sampled on the host below.
-      // Token-masked draws (structured outputs) stay on the device where the runner can apply
-      // the masks (one rank): their masks are filled on the host while the forward runs.
+      // Token-masked draws (structured outputs) stay on the device: their masks are filled on
+      // the host while the forward runs, then rank 0 (which holds the whole vocabulary's logits
+      // and samples under TP too) applies them with the bitmask kernel.
       specs_ = engine::sample_specs(*scheduler_, plan_, seed_of);
       const engine::SampleMode mode = engine::plan_sample_mode(*scheduler_, plan_);
       bool masked = false;
-      if constexpr (requires { Runner::kSamplesMasked; }) masked = mode == engine::SampleMode::DeviceMasked && exec_->size() == 1;
+      if constexpr (requires { Runner::kSamplesMasked; }) masked = mode == engine::SampleMode::DeviceMasked;
       if (mode == engine::SampleMode::Device || masked) {
         const auto d0 = clock::now();
         std::span<const int32_t> ids;

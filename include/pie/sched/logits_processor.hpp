@@ -26,6 +26,10 @@ class LogitsProcessor {
   /// row over the whole vocabulary.
   virtual void process(int seq_index, std::span<const int32_t> prompt, std::span<const int32_t> output,
                        std::span<float> logits) = 0;
+  /// False while the processor is still being prepared (its grammar compiling on another
+  /// thread); process()/fill_mask() then wait for it. The scheduler starts such a request only
+  /// when no running sequence would wait with it (Scheduler::schedule, step 4). Thread-safe.
+  virtual bool ready() const { return true; }
 };
 
 /// Words of a packed token bitmask over `vocab_size` tokens: bit (t % 32) of word t / 32 is set

@@ -19,7 +19,8 @@
 ///     plan.swap_out, so a block freed by a swap-out must not be a swap-in target).
 ///  4. waiting sequences, FIFO: prefix-cache lookup, then the whole remaining prompt or (with
 ///     chunked prefill) the chunk that fits the token budget. New admissions keep 1% of the pool
-///     free (vLLM's watermark) unless nothing runs.
+///     free (vLLM's watermark) unless nothing runs. While anything runs, a request whose logits
+///     processor is not ready (a grammar compiling) is passed over, not waited for.
 ///  The plan lists decodes first, then prefill chunks. Full blocks are registered in the prefix
 ///  cache when scheduled: a layer writes the step's K/V before its attention reads them.
 ///
@@ -30,6 +31,7 @@
 /// Requests stay readable (find_request, tokens) until the next schedule() after they finished.
 #include <algorithm>
 #include <bit>
+#include <cstddef>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -154,9 +156,18 @@ class Scheduler {
       admit(s);
       take(s, n, plan);
     }
-    // 4. waiting
-    while (swapped_.empty() && !waiting_.empty() && budget_ > 0) {
-      Sequence* s = waiting_.front();
+    // 4. waiting. A request whose logits processor is not ready (its grammar still compiling)
+    // waits while other sequences run, so their steps never wait for a compile (vLLM's
+    // WAITING_FOR_FSM); with nothing running the first such request starts at once and its
+    // prefill overlaps the compile (the mask is needed only at its first draw, where the step
+    // waits for the rest). Once it runs, the others wait again: a burst of new grammars on an
+    // idle engine waits for one compile, not for all of them.
+    for (size_t w = 0; swapped_.empty() && w < waiting_.size() && budget_ > 0;) {
+      Sequence* s = waiting_[w];
+      if (const auto& lp = s->request->params.logits_processor; !running_.empty() && lp && !lp->ready()) {
+        ++w;
+        continue;
+      }
       if (seats_ + s->fanout > cfg_.max_num_seqs) break;
       int cached = 0;
       // A request that wants prompt logprobs computes its prompt: no prefix-cache hits.
@@ -169,7 +180,7 @@ class Scheduler {
         bm_.free(s->table);  // give back the prefix-cache hits
         break;
       }
-      waiting_.pop_front();
+      waiting_.erase(waiting_.begin() + static_cast<std::ptrdiff_t>(w));
       Request& r = *s->request;
       if (!r.admitted && s->index == 0) { r.admitted = true; r.cached_prompt_tokens = cached; }
       admit(s);

@@ -32,6 +32,15 @@ namespace pie::server {
 /// flushes whatever the splitter still holds.
 using ReasoningSplitter = std::function<std::pair<std::string, std::string>(std::string_view delta, bool last)>;
 
+/// \brief A structured output being compiled (GenerationContext::compile_structured).
+struct PendingConstraint {
+  /// The processor enforcing it on one engine request; it waits for the compile at its first
+  /// draw.
+  std::function<std::shared_ptr<sched::LogitsProcessor>()> make;
+  /// Blocks until the compile is done; throws pie::Error naming a bad schema, regex or grammar.
+  std::function<void()> wait;
+};
+
 /// \brief What the generation handlers need from the rest of the server.
 struct GenerationContext {
   std::vector<std::string> served_names;
@@ -46,11 +55,11 @@ struct GenerationContext {
   std::function<ReasoningSplitter()> make_reasoning;  ///< empty → no reasoning parser
   bool enable_auto_tool_choice = false;               ///< --enable-auto-tool-choice
   std::string tool_call_parser;                       ///< --tool-call-parser ("hermes"), empty → none
-  /// Compiles a structured output into the processor that enforces it on one engine request
-  /// (pie/structured/, XGrammar; cached by source). Throws pie::Error naming a bad schema,
-  /// regex or grammar. Empty: this build has no XGrammar, and structured outputs get a 400
-  /// (tool_choice required/named then parse like auto, unenforced).
-  std::function<std::shared_ptr<sched::LogitsProcessor>(const sched::StructuredOutput&)> compile_structured;
+  /// Starts compiling a structured output (pie/structured/, XGrammar; cached by source) and
+  /// returns at once, so the request's prefill runs while its grammar compiles. Empty: this
+  /// build has no XGrammar, and structured outputs get a 400 (tool_choice required/named then
+  /// parse like auto, unenforced).
+  std::function<PendingConstraint(const sched::StructuredOutput&)> compile_structured;
   int stream_poll_ms = 50;
 };
 
@@ -377,15 +386,18 @@ inline void handle_generation(const GenerationContext& ctx, bool chat, const jso
                             "(see docs/serving.md)");
   // With a reasoning parser the constraint starts after the reasoning block.
   if (constraint) constraint->after_reasoning = chat && static_cast<bool>(ctx.make_reasoning);
-  auto compile = [&]() -> std::shared_ptr<sched::LogitsProcessor> {
+  // The grammar compiles (on the compiler's threads) while the prompt is rendered and prefilled.
+  auto checked = [&](const auto& fn) {
     try {
-      return ctx.compile_structured(*constraint);
+      return fn();
     } catch (const ApiError&) {
       throw;
     } catch (const std::exception& e) {
       throw invalid_param(constraint_param, e.what());
     }
   };
+  PendingConstraint pending;
+  if (constraint) pending = checked([&] { return ctx.compile_structured(*constraint); });
   std::shared_ptr<const sched::StructuredOutput> constraint_ptr;
   if (constraint) constraint_ptr = std::make_shared<const sched::StructuredOutput>(*constraint);
 
@@ -420,7 +432,7 @@ inline void handle_generation(const GenerationContext& ctx, bool chat, const jso
   for (auto& ids : prompts) {
     GenerationRequest r = f->req;
     if (constraint) {  // one processor per engine request: its matchers hold that request's state
-      r.params.logits_processor = compile();
+      r.params.logits_processor = pending.make();
       r.params.structured = constraint_ptr;
     }
     resolve_max_tokens(r, static_cast<int>(ids.size()), info.max_model_len);
@@ -445,6 +457,18 @@ inline void handle_generation(const GenerationContext& ctx, bool chat, const jso
   } catch (...) {  // stopping between two prompts: drop the ones already queued
     cancel_all(*f);
     throw;
+  }
+  // A bad schema, regex or grammar is a 400 (the compile's error), before any response.
+  if (constraint) {
+    try {
+      checked([&] {
+        pending.wait();
+        return 0;
+      });
+    } catch (...) {
+      cancel_all(*f);
+      throw;
+    }
   }
   f->stream_done.assign(f->streams.size(), false);
   const auto poll = std::chrono::milliseconds(ctx.stream_poll_ms);

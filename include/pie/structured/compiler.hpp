@@ -8,6 +8,12 @@
 /// cached by their source (XGrammar's cache; the key is the schema/regex/EBNF text and its
 /// options), so a repeated schema costs a lookup. compile() may run on any thread.
 ///
+/// compile_async() compiles on the Compiler's own worker threads and returns at once, so a
+/// server can queue the request and run its prefill while its grammar compiles (the mask is
+/// needed only at the first draw; GrammarProcessor waits there for what is left). XGrammar
+/// parallelizes one compile over all the host's cores (its per-grammar token-mask
+/// precomputation over the vocabulary is the cost: tens of ms for a 30-field schema).
+///
 /// JSON is generated with XGrammar's fixed separators (", " and ": ", no other whitespace), not
 /// "any whitespace": a weak or random model otherwise spends its tokens on whitespace loops
 /// (the reason vLLM grew `disable_any_whitespace`), and real models write this form anyway.
@@ -17,11 +23,18 @@
 #include <xgrammar/xgrammar.h>
 
 #include <algorithm>
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
+#include <functional>
+#include <future>
 #include <memory>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
+#include <unordered_set>
 #include <vector>
 
 #include "pie/core/error.hpp"
@@ -129,12 +142,61 @@ class Compiler {
  public:
   /// `model_vocab_size`: the model's (≥ the tokenizer's); `stop_ids`: the model's end tokens;
   /// `reasoning`: the `<think>`/`</think>` ids (when the tokenizer has them).
+  /// `threads`: XGrammar's threads for one compile (default: every core).
   Compiler(const tokenizer::Tokenizer& tok, int model_vocab_size, std::vector<int32_t> stop_ids,
            int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency())))
       : vocab_size_(std::max(model_vocab_size, tok.vocab_size())),
+        stop_ids_(stop_ids),
         info_(raw_vocab(tok), xgrammar::VocabType::RAW, vocab_size_, std::move(stop_ids)),
-        compiler_(info_, std::min(threads, 8), /*cache_enabled=*/true) {
+        compiler_(info_, std::max(threads, 1), /*cache_enabled=*/true) {
     if (auto o = tok.token_to_id("<think>"), c = tok.token_to_id("</think>"); o && c) reasoning_ = {*o, *c};
+    for (int i = 0; i < kWorkers; ++i) workers_.emplace_back([this] { work(); });
+  }
+  ~Compiler() {
+    {
+      std::lock_guard lk(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    for (auto& w : workers_) w.join();  // queued compiles not started are dropped (broken promise)
+  }
+  Compiler(const Compiler&) = delete;
+  Compiler& operator=(const Compiler&) = delete;
+
+  /// Tests only: every compile_async() compile sleeps this long first (a slow grammar, to check
+  /// that a request waits for it correctly). Set before the first compile.
+  void set_test_compile_delay(std::chrono::milliseconds d) { test_delay_ = d; }
+
+  /// Starts compiling `so` on the worker threads and returns its future at once (already
+  /// ready for a constraint compiled before: a cache lookup). validate()'s errors throw here;
+  /// the compile's own (a bad schema, regex or grammar) come out of the future's get().
+  std::shared_future<xgrammar::CompiledGrammar> compile_async(const sched::StructuredOutput& so) {
+    so.validate();
+    std::string key = so.key();
+    bool seen = false;
+    {
+      std::lock_guard lk(mu_);
+      seen = compiled_.count(key) > 0;
+    }
+    if (seen) {
+      std::promise<xgrammar::CompiledGrammar> p;
+      p.set_value(compile(so));
+      return p.get_future().share();
+    }
+    std::packaged_task<xgrammar::CompiledGrammar()> task([this, so, key = std::move(key)]() mutable {
+      if (test_delay_.count() > 0) std::this_thread::sleep_for(test_delay_);
+      auto g = compile(so);
+      std::lock_guard lk(mu_);
+      compiled_.insert(std::move(key));
+      return g;
+    });
+    auto f = task.get_future().share();
+    {
+      std::lock_guard lk(mu_);
+      queue_.push_back(std::move(task));
+    }
+    cv_.notify_one();
+    return f;
   }
 
   /// The compiled grammar of `so` (cached by its source). Throws pie::Error naming the problem.
@@ -177,9 +239,17 @@ class Compiler {
     throw pie::Error("structured_outputs: unknown kind");
   }
 
-  /// A fresh processor for one request enforcing `so` (its sequences get their own matchers).
+  /// A fresh processor for one request enforcing `so` (its sequences get their own matchers),
+  /// compiled now.
   std::shared_ptr<GrammarProcessor> processor(const sched::StructuredOutput& so) {
     return std::make_shared<GrammarProcessor>(compile(so), vocab_size_,
+                                              so.after_reasoning ? reasoning_ : ReasoningTokens{});
+  }
+  /// A fresh processor for one request enforcing `so`, whose grammar `g` (compile_async(so))
+  /// may still be compiling: it waits at its first draw.
+  std::shared_ptr<GrammarProcessor> processor(std::shared_future<xgrammar::CompiledGrammar> g,
+                                              const sched::StructuredOutput& so) {
+    return std::make_shared<GrammarProcessor>(std::move(g), vocab_size_, stop_ids_,
                                               so.after_reasoning ? reasoning_ : ReasoningTokens{});
   }
 
@@ -187,10 +257,34 @@ class Compiler {
   const ReasoningTokens& reasoning_tokens() const { return reasoning_; }
 
  private:
+  /// Compiles at once: two, so that one slow grammar does not hold up the next request's.
+  static constexpr int kWorkers = 2;
+  void work() {
+    for (;;) {
+      std::packaged_task<xgrammar::CompiledGrammar()> task;
+      {
+        std::unique_lock lk(mu_);
+        cv_.wait(lk, [&] { return stop_ || !queue_.empty(); });
+        if (stop_) return;
+        task = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      task();  // an exception goes into the future
+    }
+  }
+
   int vocab_size_;
+  std::vector<int32_t> stop_ids_;
   xgrammar::TokenizerInfo info_;
   xgrammar::GrammarCompiler compiler_;
   ReasoningTokens reasoning_;
+  std::chrono::milliseconds test_delay_{0};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::packaged_task<xgrammar::CompiledGrammar()>> queue_;
+  std::unordered_set<std::string> compiled_;  ///< keys compiled before (XGrammar's cache has them)
+  bool stop_ = false;
+  std::vector<std::thread> workers_;  // last: started after every member above exists
 };
 
 }  // namespace pie::structured

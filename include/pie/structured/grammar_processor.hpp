@@ -5,6 +5,11 @@
 /// matcher is advanced over the tokens drawn since the last one and fills the token bitmask of
 /// what may come next (stop tokens only once the grammar is complete).
 ///
+/// The grammar may still be compiling when the processor is made (Compiler::processor starts the
+/// compile on its own threads and returns at once): ready() says whether it is done, and the
+/// first fill_mask() waits for it. A compile that failed makes every draw allow only the stop
+/// tokens (the server answers such a request with the compile's 400 and cancels it).
+///
 /// Reasoning (StructuredOutput::after_reasoning): the output may first open `<think>` (that
 /// token is allowed besides the grammar's at the first draw); then it is free until `</think>`
 /// and the grammar starts after it — the same reading of a turn as tokenizer/reasoning.hpp.
@@ -13,7 +18,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <chrono>
 #include <exception>
+#include <future>
 #include <optional>
 #include <span>
 #include <unordered_map>
@@ -33,8 +40,18 @@ struct ReasoningTokens {
 /// \brief Enforces a compiled grammar on every sequence of one request (see file comment).
 class GrammarProcessor final : public sched::TokenMaskProcessor {
  public:
+  /// A grammar being compiled; `stop_ids` are what a draw may take once it is complete (or if
+  /// its compile failed).
+  GrammarProcessor(std::shared_future<xgrammar::CompiledGrammar> grammar, int vocab_size,
+                   std::vector<int32_t> stop_ids, ReasoningTokens reasoning = {})
+      : grammar_(std::move(grammar)), vocab_size_(vocab_size), stop_ids_(std::move(stop_ids)), reasoning_(reasoning) {}
+  /// A compiled grammar.
   GrammarProcessor(xgrammar::CompiledGrammar grammar, int vocab_size, ReasoningTokens reasoning = {})
-      : grammar_(std::move(grammar)), vocab_size_(vocab_size), reasoning_(reasoning) {}
+      : GrammarProcessor(ready_future(grammar), vocab_size, grammar.GetTokenizerInfo().GetStopTokenIds(), reasoning) {}
+
+  bool ready() const override { return grammar_.wait_for(std::chrono::seconds(0)) == std::future_status::ready; }
+  /// Waits for the compile; rethrows its error (pie::Error naming a bad schema, regex or grammar).
+  void wait() const { grammar_.get(); }
 
   bool fill_mask(int seq_index, std::span<const int32_t> prompt, std::span<const int32_t> output,
                  std::span<int32_t> mask) override {
@@ -51,11 +68,18 @@ class GrammarProcessor final : public sched::TokenMaskProcessor {
         start = s.scan + 1;
       }
     }
+    if (!s.matcher) {  // the first masked draw of this sequence: wait for the grammar
+      try {
+        s.matcher.emplace(grammar_.get());
+      } catch (const std::exception&) {
+        s.broken = true;  // the compile failed: stop tokens only
+      }
+    }
     // An XGrammar error must not fail the engine step (every request would get a 500): the
     // sequence is treated as broken and ends at its next draw.
     try {
       for (size_t i = start + s.accepted; i < output.size(); ++i, ++s.accepted)
-        if (!s.broken && (s.matcher.IsTerminated() || !s.matcher.AcceptToken(output[i]))) s.broken = true;
+        if (!s.broken && (s.matcher->IsTerminated() || !s.matcher->AcceptToken(output[i]))) s.broken = true;
     } catch (const std::exception&) {
       s.broken = true;
     }
@@ -66,17 +90,17 @@ class GrammarProcessor final : public sched::TokenMaskProcessor {
     t.ndim = 1;
     t.dtype = DLDataType{kDLInt, 32, 1};
     t.shape = shape;
-    if (s.broken || s.matcher.IsTerminated()) {
+    if (s.broken || !s.matcher || s.matcher->IsTerminated()) {
       // Complete and past its stop token (ignore_eos keeps a sequence going), or a token the
       // grammar rejected got through (only a caller bypassing the mask can do that): allow
       // nothing but the stop tokens. XGrammar refuses to fill a mask after the stop token.
       std::fill(mask.begin(), mask.end(), 0);
-      for (int32_t id : s.matcher.GetStopTokenIds())
+      for (int32_t id : stop_ids_)
         if (id >= 0 && static_cast<size_t>(id / 32) < mask.size()) mask[id / 32] |= static_cast<int32_t>(1u << (id % 32));
       return true;
     }
     try {
-      s.matcher.FillNextTokenBitmask(&t, 0);
+      s.matcher->FillNextTokenBitmask(&t, 0);
     } catch (const std::exception&) {
       s.broken = true;
       return fill_mask(seq_index, prompt, output, mask);  // the stop-tokens-only mask above
@@ -97,20 +121,27 @@ class GrammarProcessor final : public sched::TokenMaskProcessor {
     return false;
   }
 
+  static std::shared_future<xgrammar::CompiledGrammar> ready_future(const xgrammar::CompiledGrammar& g) {
+    std::promise<xgrammar::CompiledGrammar> p;
+    p.set_value(g);
+    return p.get_future().share();
+  }
+
   struct Seq {
-    xgrammar::GrammarMatcher matcher;
+    std::optional<xgrammar::GrammarMatcher> matcher;  ///< made at the first draw (the grammar ready)
     size_t accepted = 0;  ///< output tokens after the grammar's start fed to the matcher
     size_t scan = 0;      ///< reasoning: output tokens searched for the closing tag
     bool broken = false;
   };
   Seq& seq(int index) {
     auto it = seqs_.find(index);
-    if (it == seqs_.end()) it = seqs_.emplace(index, Seq{xgrammar::GrammarMatcher(grammar_)}).first;
+    if (it == seqs_.end()) it = seqs_.emplace(index, Seq{}).first;
     return it->second;
   }
 
-  xgrammar::CompiledGrammar grammar_;
+  std::shared_future<xgrammar::CompiledGrammar> grammar_;
   int vocab_size_;
+  std::vector<int32_t> stop_ids_;
   ReasoningTokens reasoning_;
   std::unordered_map<int, Seq> seqs_;
 };
