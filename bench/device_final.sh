@@ -36,7 +36,7 @@ for t in ${PIE_EXTRA_TESTS:-}; do run "$(basename "$t")" 60 "$BUILD/$t" --gtest_
 run test_fp8 90 "$BUILD/tests/gpu/pie_gpu_test_fp8" --gtest_color=no; gt test_fp8
 wait $HFREF
 grep -v Warning "$LOGS/hf_reference.log" | tail -3 | tee -a "$SUM"
-PIE_GPU_MOE_ROUTING=${PIE_GPU_MOE_ROUTING:-1} PIE_GPU_HF_DIR=/tmp/hfref run test_hf 120 "$BUILD/tests/gpu/pie_gpu_test_hf" --gtest_color=no; gt test_hf
+PIE_GPU_HF_DIR=/tmp/hfref run test_hf 120 "$BUILD/tests/gpu/pie_gpu_test_hf" --gtest_color=no; gt test_hf
 PIE_GPU_HF_DIR=/tmp/hfref run test_prompt_logprobs 60 "$BUILD/tests/gpu/pie_gpu_test_prompt_logprobs" --gtest_color=no
 gt test_prompt_logprobs 6
 run test_sampling 60 "$BUILD/tests/cuda/pie_cuda_test_sampling" --gtest_color=no; gt test_sampling 14

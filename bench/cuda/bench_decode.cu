@@ -80,7 +80,7 @@ void BM_DecodeShape(benchmark::State& st) {
   DeviceBuffer<unsigned char> ws(std::max<size_t>(plan.workspace_bytes, 256));
   std::string what = std::string(sizeof(KV) == 1 ? "decode fp8kv" : "decode") + " w" + std::to_string(Warps) + " s" +
                      std::to_string(Stages) +
-                     (Mode == 1 ? " loadonly" : Mode == 2 ? " allreduce" : Mode == 3 ? " cudacore" : "");
+                     (Mode == 1 ? " loadonly" : Mode == 2 ? " allreduce" : Mode == 3 ? " cudacore" : Mode == 4 ? " tensorcore" : "");
   report(st, shape_name(what.c_str(), batch, ctx, bs, plan.num_splits), decode_bytes(batch, ctx, sizeof(KV)), 0, [&] {
     oc::decode_attention<Warps, Stages, Mode>(q.view({batch, kNq, kHd}), c.next(), o.view({batch, kNq, kHd}), plan,
                                         ws.data(), 1.f / std::sqrt(128.f));
@@ -89,14 +89,16 @@ void BM_DecodeShape(benchmark::State& st) {
 #define PIE_DECODE_SHAPES \
   ->Args({64, 4096, 0})->Args({256, 660, 0})->Args({512, 140, 0})->Args({8, 8192, 0})->Args({1, 32768, 0}) \
       ->UseManualTime()->Iterations(1)
-// The tensor-core kernel (the default at head dims 64/128): 2 warps of 16 tokens, 2 stages of 16 KB.
-// (H200, 2026-12-04: 3 stages and 4 warps with 32 KB stages measured worse, except b256 at 3.)
-BENCHMARK(BM_DecodeShape<2, 2>) PIE_DECODE_SHAPES;     // the default shape
-BENCHMARK(BM_DecodeShape<2, 2, 1>) PIE_DECODE_SHAPES;  // the default shape moving pages only
-BENCHMARK(BM_DecodeShape<2, 3>) PIE_DECODE_SHAPES;
-// The CUDA-core kernel (Mode 3; the default until 2026-12-04) in the same call, and its all-reduce
-// softmax (Mode 2). (H200, 2026-12-02/04: 3 and 4 stages, 2 warps, all worse than 4 warps × 2.)
+// The tensor-core kernel on 16-bit K/V (Mode 4; not the default, see kDecodeMmaDefault): 2 warps
+// of 16 tokens, 2 stages of 16 KB. (H200, 2026-12-04: 3 stages and 4 warps with 32 KB stages
+// measured worse, except b256 at 3.)
+BENCHMARK(BM_DecodeShape<2, 2, 4>) PIE_DECODE_SHAPES;
+BENCHMARK(BM_DecodeShape<2, 3, 4>) PIE_DECODE_SHAPES;
+// The CUDA-core kernel (the 16-bit default; Mode 3 names it where fp8 would take tensor cores), the
+// same moving pages only, and its all-reduce softmax (Mode 2). (H200, 2026-12-02/04: 3 and 4
+// stages, 2 warps, all worse than 4 warps × 2.)
 BENCHMARK(BM_DecodeShape<4, 2, 3>) PIE_DECODE_SHAPES;
+BENCHMARK(BM_DecodeShape<4, 2, 1>) PIE_DECODE_SHAPES;
 BENCHMARK(BM_DecodeShape<4, 3, 2>) PIE_DECODE_SHAPES;
 // The fp8 cache on the tensor-core kernel (4 warps, 64-token stages of 16 KB): 3 stages, the page
 // movement alone, and the CUDA-core kernel (Mode 3) in the same call. (H200, 2026-12-04: 4 and 6
@@ -107,8 +109,8 @@ BENCHMARK(BM_DecodeShape<4, 2, 3, fp8_e4m3>) PIE_DECODE_FP8_SHAPES;
 BENCHMARK(BM_DecodeShape<4, 3, 0, fp8_e4m3>) PIE_DECODE_FP8_SHAPES;
 BENCHMARK(BM_DecodeShape<4, 2, 1, fp8_e4m3>) PIE_DECODE_FP8_SHAPES;
 #undef PIE_DECODE_FP8_SHAPES
-// The default shape with other split counts than the plan's.
-BENCHMARK(BM_DecodeShape<2, 2>)
+// The tensor-core shape with other split counts than the plan's.
+BENCHMARK(BM_DecodeShape<2, 2, 4>)
     ->Args({64, 4096, 1})->Args({64, 4096, 2})->Args({64, 4096, 3})->Args({64, 4096, 4})
     ->Args({256, 660, 2})->Args({512, 140, 2})->Args({8, 8192, 4})->Args({8, 8192, 8})->Args({8, 8192, 16})
     ->Args({1, 32768, 32})->Args({1, 32768, 64})->Args({1, 32768, 128})

@@ -1,7 +1,8 @@
 // Paged decode attention against ops::cpu::paged_attention, over block size × head dim × GQA
 // group × dtype, ragged context lengths that are not multiples of the block size, split-K on
-// and off, fp8 KV, head dim 256 and the sliding-window / soft-cap variants. Head dims 64/128 take
-// the tensor-core kernel by default; the CUDA-core kernel (head dim 256, Mode 3) has its own grid.
+// and off, fp8 KV, head dim 256 and the sliding-window / soft-cap variants. The tensor-core kernel
+// (head dims 64/128) is the default for fp8 K/V and Mode 4 for 16-bit K/V (the 16-bit grid below);
+// the CUDA-core kernel (the 16-bit default, Mode 3 where fp8 would take tensor cores) has its own grid.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -17,7 +18,8 @@ using namespace pie;
 using namespace pie::test;
 
 /// Runs one decode launch and compares with the CPU op; returns the relative error. Mode 3: the
-/// CUDA-core kernel where the tensor-core one is the default (decode_attention's Mode).
+/// CUDA-core kernel where the tensor-core one is the default; 4: the tensor-core kernel on 16-bit
+/// K/V (decode_attention's Mode).
 template <class T, class KV, class Variant = attention::Causal, int Mode = 0>
 double run_decode(int bs, int hd, int group, int nkv, const std::vector<int>& lens, int sm_count, uint32_t seed,
                   int* splits_out = nullptr, Variant var = {}, int plan_len = 0, int force_splits = 0) {
@@ -62,13 +64,14 @@ TEST_P(DecodeAttention, MatchesCpu) {
   std::vector<int> lens = {1, bs + 3, 1337, 3 * bs - 1, 77};
   const int nkv = 2;
   int splits = 0;
-  double e = is_bf16 ? run_decode<bf16, bf16>(bs, hd, group, nkv, lens, 132, 1000 + bs * hd + group, &splits)
-                     : run_decode<f16, f16>(bs, hd, group, nkv, lens, 132, 2000 + bs * hd + group, &splits);
+  using C = attention::Causal;  // Mode 4: the tensor-core kernel on 16-bit K/V
+  double e = is_bf16 ? run_decode<bf16, bf16, C, 4>(bs, hd, group, nkv, lens, 132, 1000 + bs * hd + group, &splits)
+                     : run_decode<f16, f16, C, 4>(bs, hd, group, nkv, lens, 132, 2000 + bs * hd + group, &splits);
   EXPECT_GT(splits, 1) << "this shape should take the split-K path";
   EXPECT_LT(e, is_bf16 ? tol<bf16>() : tol<f16>()) << "rel err " << e;
   // The same shapes planned for a 2-SM card: a wide grid, fewer splits.
-  double w = is_bf16 ? run_decode<bf16, bf16>(bs, hd, group, nkv, lens, 2, 3000 + bs * hd + group)
-                     : run_decode<f16, f16>(bs, hd, group, nkv, lens, 2, 4000 + bs * hd + group);
+  double w = is_bf16 ? run_decode<bf16, bf16, C, 4>(bs, hd, group, nkv, lens, 2, 3000 + bs * hd + group)
+                     : run_decode<f16, f16, C, 4>(bs, hd, group, nkv, lens, 2, 4000 + bs * hd + group);
   EXPECT_LT(w, is_bf16 ? tol<bf16>() : tol<f16>()) << "2-SM plan: rel err " << w;
   std::printf("[decode bs=%d hd=%d group=%d %s splits=%d] rel err %.2e\n", bs, hd, group, is_bf16 ? "bf16" : "f16",
               splits, e);

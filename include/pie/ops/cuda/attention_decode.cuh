@@ -14,10 +14,10 @@
 /// scores, exponentiates only those, and the probabilities are broadcast back for P·V), which
 /// halves the shuffles and cuts the exponentials by the row width: the arithmetic, not the
 /// copies, bounds this kernel. Long contexts with few sequences are split over CTAs
-/// (plan_decode_attention) and merged by log-sum-exp in a second, short kernel. At head dims 64
-/// and 128 and GQA groups ≤ 8 the tensor-core kernel of attention_decode_mma.cuh runs instead
-/// (same ring, plan and merge): this CUDA-core kernel is bound by its arithmetic on short contexts
-/// and on fp8, which brings twice the tokens per byte.
+/// (plan_decode_attention) and merged by log-sum-exp in a second, short kernel. An fp8 cache at
+/// head dims 64 and 128 (GQA groups ≤ 8) takes the tensor-core kernel of attention_decode_mma.cuh
+/// instead (same ring, plan and merge), since fp8 brings twice the tokens per byte to this
+/// kernel's arithmetic; 16-bit caches can take it too (Mode 4), see kDecodeMmaDefault.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -517,7 +517,8 @@ void launch_decode_mma(const DecodeParams<T, KV, Variant>& p, int batch, cudaStr
 /// shape, DecodePlan::warps and DecodePlan::stages)
 /// \tparam Mode 0; for benchmarks and tests only: 1 moves the pages without computing attention,
 /// 2 takes the CUDA-core kernel with the all-reduce softmax (see decode_body), 3 the CUDA-core
-/// kernel where the tensor-core one applies (head dims 64 and 128, groups ≤ 8)
+/// kernel where the tensor-core one is the default (fp8 K/V), 4 the tensor-core kernel for 16-bit
+/// K/V too (head dims 64 and 128, groups ≤ 8; see kDecodeMmaDefault for why it is not the default)
 template <int Warps = 0, int Stages = 0, int Mode = 0, class T, class KV, class Variant = attention::Causal>
 void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out, const DecodePlan& plan,
                       void* workspace, float sm_scale, Variant variant = {}, cudaStream_t stream = nullptr) {
@@ -554,8 +555,9 @@ void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out,
   p.variant = variant;
   PIE_DISPATCH_HEAD_DIM(cache.head_dim, HD, [&] {
     PIE_DISPATCH_GQA_GROUP(nq / cache.num_kv_heads, GROUP, [&] {
-      constexpr bool kMma = detail::kDecodeMma<HD, GROUP, DKV> && Mode != 2 && Mode != 3;
-      constexpr int kMode = Mode == 3 ? 0 : Mode;
+      constexpr bool kMma = (Mode == 4 ? detail::kDecodeMma<HD, GROUP, DKV> : detail::kDecodeMmaDefault<HD, GROUP, DKV>) &&
+                            Mode != 2 && Mode != 3;
+      constexpr int kMode = Mode == 3 || Mode == 4 ? 0 : Mode;
       if constexpr (Warps > 0) {
         constexpr int kStages = Stages > 0 ? Stages : kMma ? detail::kDecodeMmaStages : detail::decode_stages(GROUP);
         if constexpr (kMma)

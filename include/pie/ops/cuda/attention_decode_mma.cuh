@@ -39,6 +39,15 @@ namespace pie::ops::cuda::detail {
 /// (fp8 or 16-bit K/V; head dim 256 and larger groups take the CUDA-core kernel).
 template <int HD, int GROUP, class KV>
 inline constexpr bool kDecodeMma = (is_fp8_v<KV> || sizeof(KV) == 2) && (HD == 64 || HD == 128) && GROUP <= 8;
+/// Whether the tensor-core kernel is decode_attention's default: for fp8 K/V only. For 16-bit K/V
+/// it is faster in the kernel benchmark (H200, % of copy: b512 ctx140 78 vs 67, b8 ctx8192 85 vs
+/// 80, b64 ctx4096 99 vs 98) but it rounds P to bf16 per split, so a sequence's output depends more
+/// on its split count, i.e. on the batch it decodes in: with it as the default, the engine's
+/// default-mode preemption check fell from 63/64 to 61/64 sequences (recompute) and 64/64 to 63/64
+/// (swap), below issue 15's bound of 63/64, and Qwen3-8B batch-1 ITL rose from 4.93 to 5.19 ms.
+/// It stays selectable (decode_attention's Mode 4) and tested.
+template <int HD, int GROUP, class KV>
+inline constexpr bool kDecodeMmaDefault = is_fp8_v<KV> && kDecodeMma<HD, GROUP, KV>;
 /// Warps per CTA of the tensor-core kernel: 4 for fp8 (64-token stages of 16 KB at head dim 128),
 /// 2 for 16-bit K/V (32-token stages of 16 KB; 4 warps' 32 KB stages allow only 3 CTAs per SM and
 /// measured 78% against 99% at b64 ctx4096 on the H200).
