@@ -5,7 +5,8 @@
 /// one (SamplingParams::logits_processor); each draw of each of its sequences calls process()
 /// with that sequence's tokens so far and its logits row, which the processor edits in place
 /// (−∞ forbids a token). Then the sampler applies the request's penalties, bias and temperature
-/// as usual. Steps with such a request sample on the host (the device sampler returns only ids).
+/// as usual. Steps with such a request sample on the host (the device sampler returns only ids),
+/// except a TokenMaskProcessor's (below): its mask is applied where the row is sampled.
 ///
 /// One processor serves all n sequences of its request: keep per-sequence state keyed by
 /// `seq_index`. It is called on the engine's thread, once per draw, in sample order.
