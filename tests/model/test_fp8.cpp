@@ -22,6 +22,7 @@
 #include "pie/model/qwen3.hpp"
 #include "pie/ops/cpu/fp8_linear.hpp"
 #include "pie/registry/make_engine.hpp"
+#include "gpu_test_util.hpp"  // small_qwen3: the GPU fp8 test's shape
 #include "plan_builder.hpp"
 #include "test_util.hpp"
 
@@ -400,20 +401,7 @@ double rms_rel_err(const std::vector<float>& a, const std::vector<float>& b) {
 // CPU alone, on the shape and weights of the GPU test (tests/gpu/test_fp8.cu, 3 layers): the same
 // perturbation moves bf16 logits by ~1e-3 and fp8 logits by several times more.
 TEST(Fp8Scheme, AmplifiesSummationOrderDifferencesFarBeyondBf16) {
-  model::ModelConfig cfg;
-  cfg.architecture = model::Architecture::Qwen3;
-  cfg.vocab_size = 1024;
-  cfg.hidden_size = 256;
-  cfg.intermediate_size = 512;
-  cfg.num_hidden_layers = 3;
-  cfg.num_attention_heads = 4;
-  cfg.num_key_value_heads = 2;
-  cfg.head_dim = 64;
-  cfg.rms_norm_eps = 1e-6;
-  cfg.rope_theta = 1e6;
-  cfg.max_position_embeddings = 4096;
-  cfg.qk_norm = true;
-  cfg.eos_token_ids = {1};
+  const model::ModelConfig cfg = gpu_test::small_qwen3(3);
   auto hw = std::make_shared<const model::Weights<bf16>>(model::dummy_weights<bf16>(cfg, 21));
   auto fp8 = model::quantize_weights<bf16>(hw);
   const float eps = std::ldexp(1.0f, -20);
