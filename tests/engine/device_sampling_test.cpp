@@ -262,6 +262,25 @@ class ForceSequence final : public sched::LogitsProcessor {
 // A request with a logits processor sends its steps through the host sampler, where the
 // processor edits every draw's row (n = 2: each sequence its own mask), greedy and random
 // alike; a request beside it without one is unaffected.
+/// Steps `e` until nothing is left; every sequence's tokens, keyed by (request id, index).
+std::map<std::pair<uint64_t, int>, std::vector<int32_t>> run_to_end(FakeEngine& e) {
+  std::map<std::pair<uint64_t, int>, std::vector<int32_t>> out;
+  while (e.has_unfinished())
+    for (auto& ro : e.step())
+      for (auto& so : ro.seqs) {
+        auto& t = out[{ro.request_id, so.index}];
+        t.insert(t.end(), so.new_tokens.begin(), so.new_tokens.end());
+      }
+  return out;
+}
+
+/// ForceSequence(base)'s first `n` tokens for sequence `k`.
+std::vector<int32_t> forced(int32_t base, int k, size_t n) {
+  std::vector<int32_t> want;
+  for (size_t s = 0; s < n; ++s) want.push_back(ForceSequence::want(base, k, s));
+  return want;
+}
+
 TEST(LogitsProcessor, MasksEveryDrawOnTheHostPathGreedyAndSampledNTwo) {
   g_calls = {};
   FakeEngine e(options());
@@ -273,18 +292,8 @@ TEST(LogitsProcessor, MasksEveryDrawOnTheHostPathGreedyAndSampledNTwo) {
   masked.seed = 3;
   const uint64_t a = e.add_request(kPrompts[0], masked);
   const uint64_t b = e.add_request(kPrompts[1], greedy(9));
-  std::map<std::pair<uint64_t, int>, std::vector<int32_t>> out;
-  while (e.has_unfinished())
-    for (auto& ro : e.step())
-      for (auto& so : ro.seqs) {
-        auto& t = out[{ro.request_id, so.index}];
-        t.insert(t.end(), so.new_tokens.begin(), so.new_tokens.end());
-      }
-  for (int k = 0; k < 2; ++k) {
-    std::vector<int32_t> want;
-    for (size_t s = 0; s < 9; ++s) want.push_back(ForceSequence::want(11, k, s));
-    EXPECT_EQ((out[{a, k}]), want) << "sequence " << k;
-  }
+  auto out = run_to_end(e);
+  for (int k = 0; k < 2; ++k) EXPECT_EQ((out[{a, k}]), forced(11, k, 9)) << "sequence " << k;
   EXPECT_EQ((out[{b, 0}]), expected(kPrompts[1], 9));
   EXPECT_EQ(proc->calls, 2 * 9);  // once per draw: 2 sequences × 9 tokens
   EXPECT_GT(g_calls.host_steps, 0);
@@ -323,18 +332,8 @@ TEST(DeviceSampling, TokenMasksStayOnTheDeviceOnOneRankAndUnderTensorParallel) {
     masked.n = 2;
     const uint64_t a = e.add_request(kPrompts[0], masked);
     const uint64_t b = e.add_request(kPrompts[1], greedy(9));
-    std::map<std::pair<uint64_t, int>, std::vector<int32_t>> out;
-    while (e.has_unfinished())
-      for (auto& ro : e.step())
-        for (auto& so : ro.seqs) {
-          auto& t = out[{ro.request_id, so.index}];
-          t.insert(t.end(), so.new_tokens.begin(), so.new_tokens.end());
-        }
-    for (int k = 0; k < 2; ++k) {
-      std::vector<int32_t> want;
-      for (size_t s = 0; s < 9; ++s) want.push_back(ForceSequence::want(11, k, s));
-      EXPECT_EQ((out[{a, k}]), want) << "tp " << tp << " sequence " << k;
-    }
+    auto out = run_to_end(e);
+    for (int k = 0; k < 2; ++k) EXPECT_EQ((out[{a, k}]), forced(11, k, 9)) << "tp " << tp << " sequence " << k;
     EXPECT_EQ((out[{b, 0}]), expected(kPrompts[1], 9)) << "tp " << tp;
     EXPECT_EQ(proc->calls, 2 * 9) << "tp " << tp;
     EXPECT_GT(g_calls.masked_steps, 0) << "tp " << tp;
