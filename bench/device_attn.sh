@@ -19,18 +19,8 @@ BUILD=${PIE_BUILD_DIR:-build-gpu-attn}
 DEADLINE=${PIE_DEADLINE_S:-100000}
 mkdir -p "$OUT"
 SUM="$OUT/summary.txt"
-say() { echo "== $(date -u +%H:%M:%S) +${SECONDS}s $*" | tee -a "$SUM"; }
-run() {  # run NAME LIMIT_S CMD...: output to $OUT/NAME.log, exit status to the summary
-  local name=$1 limit=$2; shift 2
-  local left=$((DEADLINE - SECONDS - 5))
-  if [ "$left" -lt 15 ]; then say "$name: skipped (deadline)"; return 124; fi
-  [ "$limit" -gt "$left" ] && limit=$left
-  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
-  local rc=$?
-  say "$name: rc=$rc"
-  [ "$rc" -ne 0 ] && tail -n 6 "$OUT/$name.log" | sed 's/^/   | /' | tee -a "$SUM"
-  return $rc
-}
+LOGDIR=$OUT RUN_TAIL=6 RUN_MIN_LEFT=15
+source "$(dirname "$0")/device_lib.sh"  # say, run (NAME LIMIT_S CMD...), gpu_line
 export PYTHONUNBUFFERED=1 PATH=/usr/local/cuda/bin:$PATH
 export LD_LIBRARY_PATH=$PWD/$PRE:/usr/local/cuda/lib64:/usr/local/cuda/lib:${LD_LIBRARY_PATH:-}
 say "device: $(nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,driver_version --format=csv,noheader 2>&1 | head -1)"

@@ -24,19 +24,9 @@ DEADLINE=${PIE_DEADLINE_S:-100000}
 LOGS="$OUT/logs"  # tarred into $OUT/logs.tgz at the end (few files come back)
 mkdir -p "$LOGS"
 SUM="$OUT/summary.txt"
-say() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$SUM"; }
 has() { [[ ",$STAGES," == *",$1,"* ]]; }
-run() {
-  local name=$1 limit=$2; shift 2
-  local t0=$SECONDS left=$((DEADLINE - SECONDS - 5))
-  if [ "$left" -lt 15 ]; then say "$name: skipped (deadline)"; return 124; fi
-  [ "$limit" -gt "$left" ] && limit=$left
-  timeout "$limit" "$@" > "$LOGS/$name.log" 2>&1
-  local rc=$?
-  say "$name: rc=$rc in $((SECONDS - t0)) s"
-  [ "$rc" -ne 0 ] && tail -n 12 "$LOGS/$name.log" | sed 's/^/   | /' | tee -a "$SUM"
-  return $rc
-}
+LOGDIR=$LOGS RUN_TAIL=12 RUN_MIN_LEFT=15
+source "$(dirname "$0")/device_lib.sh"  # say, run (NAME LIMIT_S CMD...), gpu_line
 export PYTHONUNBUFFERED=1
 [ -d /usr/local/cuda/bin ] && export PATH=/usr/local/cuda/bin:$PATH
 say "device: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -1)"

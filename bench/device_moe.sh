@@ -24,18 +24,8 @@ BUILD=${PIE_BUILD_DIR:-/tmp/build-moe}
 DEADLINE=${PIE_DEADLINE_S:-100000}
 mkdir -p "$OUT"
 SUM="$OUT/summary.txt"
-say() { echo "== $(date -u +%H:%M:%S) +${SECONDS}s $*" | tee -a "$SUM"; }
-run() {  # run NAME LIMIT_S CMD...: output to $OUT/NAME.log, exit status to the summary
-  local name=$1 limit=$2; shift 2
-  local t0=$SECONDS left=$((DEADLINE - SECONDS - 3))
-  if [ "$left" -lt 15 ]; then say "$name: skipped (deadline)"; return 124; fi
-  [ "$limit" -gt "$left" ] && limit=$left
-  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
-  local rc=$?
-  say "$name: rc=$rc in $((SECONDS - t0)) s"
-  [ "$rc" -ne 0 ] && tail -n 12 "$OUT/$name.log" | sed 's/^/   | /' | tee -a "$SUM"
-  return $rc
-}
+LOGDIR=$OUT RUN_TAIL=12 RUN_MIN_LEFT=15
+source "$(dirname "$0")/device_lib.sh"  # say, run (NAME LIMIT_S CMD...), gpu_line
 export PYTHONUNBUFFERED=1
 [ -d /usr/local/cuda/bin ] && export PATH=/usr/local/cuda/bin:$PATH
 say "device: $(nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader 2>&1 | head -1)"

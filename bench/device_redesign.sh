@@ -16,17 +16,9 @@ STAGES=${PIE_STAGES:-build,test,bench}
 JOBS=${PIE_JOBS:-$(nproc)}
 mkdir -p "$OUT"
 SUM="$OUT/summary.txt"
-say() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$SUM"; }
 has() { [[ ",$STAGES," == *",$1,"* ]]; }
-run() {  # run NAME LIMIT_S CMD...: output to $OUT/NAME.log, status to the summary
-  local name=$1 limit=$2; shift 2
-  local t0=$SECONDS
-  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
-  local rc=$?
-  say "$name: rc=$rc in $((SECONDS - t0)) s"
-  [ "$rc" -ne 0 ] && tail -n 12 "$OUT/$name.log" | sed 's/^/   | /' | tee -a "$SUM"
-  return $rc
-}
+LOGDIR=$OUT RUN_TAIL=12 RUN_MIN_LEFT=5
+source "$(dirname "$0")/device_lib.sh"  # say, run (NAME LIMIT_S CMD...), gpu_line
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
 [ -d /usr/local/cuda/bin ] && export PATH=/usr/local/cuda/bin:$PATH
 say "device: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -1)"
