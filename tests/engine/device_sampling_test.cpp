@@ -65,6 +65,16 @@ class FakeRunner {
   void allocate_kv(int, int) {}
   int num_blocks() const { return blocks_; }
 
+  /// Calls draw(row, d) for every draw d of `plan` in sample order: sample j's logits row, once
+  /// per sequence it samples for (an empty sample_counts, as hand-built plans leave it, is one).
+  template <class Fn>
+  static void for_each_draw(const sched::StepPlan& plan, Fn&& draw) {
+    size_t d = 0;
+    for (size_t j = 0; j < plan.sample_seqs.size(); ++j)
+      for (int k = 0, n = plan.sample_counts.empty() ? 1 : plan.sample_counts[j]; k < n; ++k)
+        draw(plan.logits_rows[j], d++);
+  }
+
   std::span<const int32_t> execute_sample(const sched::StepPlan& plan, const std::vector<engine::SampleSpec>& specs) {
     PIE_CHECK(static_cast<int>(specs.size()) == plan.num_sampled_tokens(), "specs ", specs.size(), " for ",
               plan.num_sampled_tokens(), " draws");
@@ -72,15 +82,10 @@ class FakeRunner {
     ++g_calls.device_steps;
     g_calls.last_specs = specs;
     ids_.clear();
-    size_t d = 0;
-    for (size_t j = 0; j < plan.sample_seqs.size(); ++j) {
-      const int row = plan.logits_rows[j];
-      const int count = plan.sample_counts.empty() ? 1 : plan.sample_counts[j];
-      for (int k = 0; k < count; ++k, ++d) {
-        PIE_CHECK(specs[d].temperature == 0.f, "the fake device sampler is greedy only");
-        ids_.push_back(fake_argmax(plan.token_ids[row], plan.positions[row], kVocab));
-      }
-    }
+    for_each_draw(plan, [&](int row, size_t d) {
+      PIE_CHECK(specs[d].temperature == 0.f, "the fake device sampler is greedy only");
+      ids_.push_back(fake_argmax(plan.token_ids[row], plan.positions[row], kVocab));
+    });
     return ids_;
   }
 
@@ -95,18 +100,13 @@ class FakeRunner {
     std::vector<int32_t> masks(static_cast<size_t>(n) * words, 0x5a5a5a5a), flags(n, 7);  // poisoned
     fill(masks, flags);
     ids_.clear();
-    size_t d = 0;
-    for (size_t j = 0; j < plan.sample_seqs.size(); ++j) {
-      const int row = plan.logits_rows[j];
-      const int count = plan.sample_counts.empty() ? 1 : plan.sample_counts[j];
-      for (int k = 0; k < count; ++k, ++d) {
-        PIE_CHECK(flags[d] == 0 || flags[d] == 1, "draw ", d, ": flag ", flags[d], " not written");
-        std::vector<float> l(kVocab);
-        for (int v = 0; v < kVocab; ++v) l[v] = fake_logit(plan.token_ids[row], plan.positions[row], v);
-        if (flags[d]) sched::apply_token_bitmask(l, std::span<const int32_t>(masks).subspan(d * words, words));
-        ids_.push_back(static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin()));
-      }
-    }
+    for_each_draw(plan, [&](int row, size_t d) {
+      PIE_CHECK(flags[d] == 0 || flags[d] == 1, "draw ", d, ": flag ", flags[d], " not written");
+      std::vector<float> l(kVocab);
+      for (int v = 0; v < kVocab; ++v) l[v] = fake_logit(plan.token_ids[row], plan.positions[row], v);
+      if (flags[d]) sched::apply_token_bitmask(l, std::span<const int32_t>(masks).subspan(d * words, words));
+      ids_.push_back(static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin()));
+    });
     return ids_;
   }
   std::span<const float> execute_logits(const sched::StepPlan& plan,
@@ -116,12 +116,9 @@ class FakeRunner {
     if (rank_ != 0) return {};
     ++g_calls.host_steps;
     logits_.clear();
-    for (size_t j = 0; j < plan.sample_seqs.size(); ++j) {
-      const int row = plan.logits_rows[j];
-      const int count = plan.sample_counts.empty() ? 1 : plan.sample_counts[j];
-      for (int k = 0; k < count; ++k)
-        for (int v = 0; v < kVocab; ++v) logits_.push_back(fake_logit(plan.token_ids[row], plan.positions[row], v));
-    }
+    for_each_draw(plan, [&](int row, size_t) {
+      for (int v = 0; v < kVocab; ++v) logits_.push_back(fake_logit(plan.token_ids[row], plan.positions[row], v));
+    });
     return logits_;
   }
 

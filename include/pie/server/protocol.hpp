@@ -268,7 +268,7 @@ inline void parse_sampling(const json& body, const SamplingDefaults& d, Generati
   if (auto* v = field(body, "return_token_ids")) r.return_token_ids = get_bool(*v, "return_token_ids");
   if (auto* v = field(body, "prompt_logprobs")) {
     // vLLM's rules: -1 (the whole vocabulary) is vLLM v1 only, and a stream carries none.
-    const int k = static_cast<int>(get_int(*v, "prompt_logprobs", -1, 20));
+    const int k = static_cast<int>(get_int(*v, "prompt_logprobs", -1, sched::kMaxLogprobs));
     if (k == -1)
       throw unsupported_param("prompt_logprobs", "prompt_logprobs -1 (the whole vocabulary) is not supported: use 0-20");
     if (r.stream && k > 0)
@@ -591,7 +591,7 @@ inline GenerationRequest parse_completion_request(const json& body, const Sampli
     r.max_tokens = 1;
   }
   if (auto* v = detail::field(body, "logprobs")) {
-    r.params.logprobs = static_cast<int>(detail::get_int(*v, "logprobs", 0, 20));
+    r.params.logprobs = static_cast<int>(detail::get_int(*v, "logprobs", 0, sched::kMaxLogprobs));
     r.want_logprobs = true;
   }
   // vLLM: echo with logprobs reports the prompt tokens too, from prompt_logprobs (the request's
@@ -670,7 +670,7 @@ inline GenerationRequest parse_chat_request(const json& body, const SamplingDefa
   bool logprobs = false;
   if (auto* v = detail::field(body, "logprobs")) logprobs = detail::get_bool(*v, "logprobs");
   if (auto* v = detail::field(body, "top_logprobs")) {
-    const int k = static_cast<int>(detail::get_int(*v, "top_logprobs", 0, 20));
+    const int k = static_cast<int>(detail::get_int(*v, "top_logprobs", 0, sched::kMaxLogprobs));
     if (!logprobs) throw invalid_param("top_logprobs", "'top_logprobs' requires 'logprobs' to be true");
     r.params.logprobs = k;
   } else if (logprobs) {

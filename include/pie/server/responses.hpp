@@ -146,8 +146,6 @@ inline json chat_logprobs(const std::vector<TokenLogprob>& lps, const TokenSpell
   return {{"content", content}, {"refusal", nullptr}};
 }
 
-/// vLLM's prompt_logprobs: null for the first prompt token, then per token a map from token id
-/// to {logprob, rank, decoded_token}: the prompt token itself, then the top-n (ranks 1..n).
 /// Echo's logprobs entries of prompt tokens 1.. (completions with echo and logprobs = k): each
 /// token with its first k alternatives other than itself, the k + 1 entries vLLM keeps of a
 /// prompt position's {token, top…}.
@@ -167,6 +165,8 @@ inline std::vector<TokenLogprob> echo_prompt_logprobs(const std::vector<PromptLo
   return out;
 }
 
+/// vLLM's prompt_logprobs: null for the first prompt token, then per token a map from token id
+/// to {logprob, rank, decoded_token}: the prompt token itself, then the top-n (ranks 1..n).
 inline json prompt_logprobs_json(const std::vector<PromptLogprob>& lps, const TokenSpelling& spell) {
   auto clamp = [](float x) { return std::max(x, -9999.0f); };  // vLLM's stand-in for -inf
   json out = json::array({nullptr});
