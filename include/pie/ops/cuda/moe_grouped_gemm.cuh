@@ -1,0 +1,259 @@
+#pragma once
+/// \file moe_grouped_gemm.cuh
+/// \brief The MoE block's grouped expert products on the GPU (moe.cuh has the whole block and
+/// its file comment, step 3): the tensor-core kernel over 64-row tiles of each expert's token
+/// group, and the GEMV kernel for decode-sized calls; gate_up with SwiGLU fused, rows gathered
+/// through the routing's permutation.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "pie/ops/cuda/common.cuh"
+#include "pie/ops/cuda/mma.cuh"
+#include "pie/ops/cuda/moe_routing.cuh"
+
+namespace pie::ops::cuda::detail {
+
+/// Operands of the grouped products.
+template <class T>
+struct MoeGemmParams {
+  const T* a;              ///< kGather: x [n, K] (row stride lda), rows through perm; else [rows, K]
+  int64_t lda;
+  const T* w;              ///< experts' weights: expert e's [N_w, K] at w + e·w_stride, rows of K
+  int64_t w_stride;
+  T* out;                  ///< [rows, n_out] (row stride ldo)
+  int64_t ldo;
+  const int32_t* perm;
+  const int32_t* offsets;
+  const int32_t* tile_offsets;
+  const int32_t* active;
+  int n_out;               ///< output columns (I with SwiGLU: gate rows [0, I), up rows [I, 2I))
+  int k;                   ///< K (a multiple of 8)
+  int num_experts;
+};
+
+__device__ __forceinline__ float silu_f(float g) { return g / (1.f + expf(-g)); }
+
+/// SwiGLU of one element from the fp32 accumulators of its gate and up rows, rounded where
+/// transformers (and the dense path, activation.cuh) round: gate and up are T outputs of the
+/// linear layer, and silu(gate) is a T tensor before it multiplies up.
+template <class T>
+__device__ __forceinline__ float swiglu_rounded(float g, float u) {
+  const float gr = to_f32(from_f32<T>(g)), ur = to_f32(from_f32<T>(u));
+  return to_f32(from_f32<T>(silu_f(gr))) * ur;
+}
+
+/// The grouped tensor-core product (see file comment): 64×128 tiles (with SwiGLU, 128 weight
+/// rows = 64 gate + 64 up, interleaved by 8, for 64 output columns), 4 warps of 32×64, K in
+/// steps of 32 through a 3-stage cp.async pipeline.
+template <bool kGather, bool kSwiGLU, class T>
+__global__ void __launch_bounds__(128) moe_mma_kernel(const __grid_constant__ MoeGemmParams<T> p) {
+  constexpr int BM = kMoeTileM, BN = 128, BK = 32, LD = BK + 8, STAGES = 3;
+  __shared__ __align__(16) T As[STAGES][BM][LD];
+  __shared__ __align__(16) T Bs[STAGES][BN][LD];
+  pdl_wait();  // the routing and the rows are the predecessors'
+  const int tile = blockIdx.y;
+  if (tile >= __ldg(&p.tile_offsets[p.num_experts])) return;
+  int lo = 0, hi = p.num_experts;  // the largest e with tile_offsets[e] ≤ tile
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) >> 1;
+    if (__ldg(&p.tile_offsets[mid]) <= tile) lo = mid; else hi = mid - 1;
+  }
+  const int e = lo;
+  const int g0 = __ldg(&p.offsets[e]), g1 = __ldg(&p.offsets[e + 1]);
+  const int r0 = g0 + (tile - __ldg(&p.tile_offsets[e])) * BM;
+  const int rows = min(BM, g1 - r0);
+  const T* we = p.w + static_cast<int64_t>(e) * p.w_stride;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  // Each thread copies A chunks tid, tid + 128 (row c/4, 8 columns (c%4)·8) and B chunks
+  // tid + 128·i, i < 4, per stage.
+  const T* arow[2];
+  bool avalid[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int row = (tid + 128 * i) >> 2;
+    avalid[i] = row < rows;
+    int64_t src = 0;
+    if (avalid[i]) src = kGather ? __ldg(&p.perm[r0 + row]) : r0 + row;
+    arow[i] = p.a + src * p.lda;
+  }
+  const T* brow[4];
+  bool bvalid[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int j = (tid + 128 * i) >> 2;  // tile row
+    int wr;
+    if constexpr (kSwiGLU) {
+      const int col = blockIdx.x * 64 + (j >> 4) * 8 + (j & 7);  // output column of this row
+      bvalid[i] = col < p.n_out;
+      wr = ((j >> 3) & 1) ? p.n_out + col : col;
+    } else {
+      wr = blockIdx.x * BN + j;
+      bvalid[i] = wr < p.n_out;
+    }
+    brow[i] = we + static_cast<int64_t>(bvalid[i] ? wr : 0) * p.k;
+  }
+  const int kc = (tid & 3) * 8;
+  auto load = [&](int stage, int k0) {
+    const int kk = k0 + kc;
+    const bool kin = kk < p.k;
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+      cp_async16(smem_u32(&As[stage][(tid + 128 * i) >> 2][kc]), arow[i] + kk, avalid[i] && kin);
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+      cp_async16(smem_u32(&Bs[stage][(tid + 128 * i) >> 2][kc]), brow[i] + kk, bvalid[i] && kin);
+  };
+
+  float acc[2][8][4];
+#pragma unroll
+  for (int a = 0; a < 2; ++a)
+#pragma unroll
+    for (int b = 0; b < 8; ++b)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) acc[a][b][q] = 0.f;
+
+  const int wm = (warp >> 1) * 32, wn = (warp & 1) * 64;
+  const int ktiles = (p.k + BK - 1) / BK;
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < ktiles) load(s, s * BK);
+    cp_async_commit();
+  }
+  for (int kt = 0; kt < ktiles; ++kt) {
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();
+    const int nk = kt + STAGES - 1;
+    if (nk < ktiles) load(nk % STAGES, nk * BK);
+    cp_async_commit();
+    const int st = kt % STAGES;
+#pragma unroll
+    for (int kk = 0; kk < BK; kk += 16) {
+      uint32_t af[2][4];
+#pragma unroll
+      for (int a = 0; a < 2; ++a)
+        ldmatrix_x4(af[a], smem_u32(&As[st][wm + a * 16 + (lane & 15)][kk + (lane >> 4) * 8]));
+#pragma unroll
+      for (int b2 = 0; b2 < 4; ++b2) {
+        uint32_t bf[4];
+        ldmatrix_x4(bf, smem_u32(&Bs[st][wn + b2 * 16 + (lane & 7) + ((lane >> 4) << 3)][kk + ((lane >> 3) & 1) * 8]));
+#pragma unroll
+        for (int a = 0; a < 2; ++a) {
+          mma16816<T>(acc[a][2 * b2], af[a], bf[0], bf[1]);
+          mma16816<T>(acc[a][2 * b2 + 1], af[a], bf[2], bf[3]);
+        }
+      }
+    }
+  }
+  cp_async_wait<0>();
+  pdl_launch_dependents();
+
+  const int g = lane >> 2, c2 = (lane & 3) * 2;
+#pragma unroll
+  for (int a = 0; a < 2; ++a)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = wm + a * 16 + g + h * 8;
+      if (row >= rows) continue;
+      T* o = p.out + static_cast<int64_t>(r0 + row) * p.ldo;
+      if constexpr (kSwiGLU) {
+#pragma unroll
+        for (int pr = 0; pr < 4; ++pr) {
+          const int col = blockIdx.x * 64 + (wn >> 1) + pr * 8 + c2;
+          if (col >= p.n_out) continue;
+          const float v0 = swiglu_rounded<T>(acc[a][2 * pr][2 * h], acc[a][2 * pr + 1][2 * h]);
+          const float v1 = swiglu_rounded<T>(acc[a][2 * pr][2 * h + 1], acc[a][2 * pr + 1][2 * h + 1]);
+          *reinterpret_cast<uint32_t*>(o + col) = pack2<T>(v0, v1);
+        }
+      } else {
+#pragma unroll
+        for (int b = 0; b < 8; ++b) {
+          const int col = blockIdx.x * BN + wn + b * 8 + c2;
+          if (col >= p.n_out) continue;
+          *reinterpret_cast<uint32_t*>(o + col) = pack2<T>(acc[a][b][2 * h], acc[a][b][2 * h + 1]);
+        }
+      }
+    }
+}
+
+/// The grouped GEMV (see file comment): CTA (x, slot) computes columns [x·4·C, (x+1)·4·C) of
+/// the slot-th non-empty expert's rows (at most R), each warp C columns (with SwiGLU, C gate and
+/// C up rows), K in steps of U·256 with U·W 16-byte weight loads in flight per lane.
+template <int R, int C, int U, bool kGather, bool kSwiGLU, class T>
+__global__ void __launch_bounds__(128) moe_gemv_kernel(const __grid_constant__ MoeGemmParams<T> p) {
+  constexpr int W = kSwiGLU ? 2 * C : C;
+  constexpr int kChunk = 32 * 8;
+  pdl_wait();  // the routing and the rows are the predecessors'
+  const int slot = blockIdx.y;
+  if (slot >= __ldg(&p.active[p.num_experts])) return;
+  const int e = __ldg(&p.active[slot]);
+  const int g0 = __ldg(&p.offsets[e]);
+  const int cnt = min(R, __ldg(&p.offsets[e + 1]) - g0);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int n0 = (blockIdx.x * 4 + warp) * C;
+  if (n0 >= p.n_out) return;
+  const T* we = p.w + static_cast<int64_t>(e) * p.w_stride;
+  const T* wrow[W];
+#pragma unroll
+  for (int c = 0; c < C; ++c) {
+    const int col = min(n0 + c, p.n_out - 1);  // past N: recompute the last, never stored
+    wrow[c] = we + static_cast<int64_t>(col) * p.k;
+    if constexpr (kSwiGLU) wrow[C + c] = we + static_cast<int64_t>(p.n_out + col) * p.k;
+  }
+  const T* xrow[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int rr = r < cnt ? r : 0;
+    const int64_t src = kGather ? __ldg(&p.perm[g0 + rr]) : g0 + rr;
+    xrow[r] = p.a + src * p.lda;
+  }
+  float acc[R][W];
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int w = 0; w < W; ++w) acc[r][w] = 0.f;
+  for (int k0 = 0; k0 < p.k; k0 += U * kChunk) {
+    uint4 wv[U][W];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int kk = k0 + u * kChunk + lane * 8;
+#pragma unroll
+      for (int w = 0; w < W; ++w) wv[u][w] = kk < p.k ? load16_stream(wrow[w] + kk) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int kk = k0 + u * kChunk + lane * 8;
+      if (kk >= p.k) break;
+      float wf[W][8];
+#pragma unroll
+      for (int w = 0; w < W; ++w) widen8(*reinterpret_cast<const Pack8<T>*>(&wv[u][w]), wf[w]);
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        if (r >= cnt) break;
+        float xf[8];
+        load8(xrow[r] + kk, xf);
+#pragma unroll
+        for (int w = 0; w < W; ++w)
+#pragma unroll
+          for (int j = 0; j < 8; ++j) acc[r][w] = fmaf(xf[j], wf[w][j], acc[r][w]);
+      }
+    }
+  }
+  pdl_launch_dependents();
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int w = 0; w < W; ++w) acc[r][w] = warp_sum(acc[r][w]);
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    if (r >= cnt) break;
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+      if (lane != (r * C + c) % 32 || n0 + c >= p.n_out) continue;
+      const float v = kSwiGLU ? swiglu_rounded<T>(acc[r][c], acc[r][C + c]) : acc[r][c];
+      p.out[static_cast<int64_t>(g0 + r) * p.ldo + n0 + c] = from_f32<T>(v);
+    }
+  }
+}
+
+}  // namespace pie::ops::cuda::detail

@@ -1,0 +1,239 @@
+#pragma once
+/// \file moe_routing.cuh
+/// \brief The MoE block's routing on the GPU (moe.cuh has the whole block): the routing record,
+/// its device workspace, and moe_route — softmax, top-k, renormalisation and the expert-grouped
+/// order, built on the device without a host round trip (see moe.cuh's file comment, step 2).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "pie/core/buffer.hpp"
+#include "pie/core/error.hpp"
+#include "pie/ops/cuda/common.cuh"
+
+namespace pie::ops::cuda {
+
+inline constexpr int kMoeMaxExperts = 256;  ///< one thread per expert in the routing's scan
+inline constexpr int kMoeMaxTopK = 32;      ///< one lane per chosen expert
+inline constexpr int kMoeTileM = 64;        ///< rows of one mma tile
+inline constexpr int kMoeGemvMaxTokens = 8; ///< largest n of the gemv path
+
+/// \brief The routing of one call, on the device (every pointer sized for the workspace's
+/// largest n; see MoeWorkspace).
+struct MoeRouting {
+  int32_t* ids = nullptr;           ///< [n·k] expert of (t, j), by descending probability
+  float* weights = nullptr;         ///< [n·k] its weight
+  int32_t* counts = nullptr;        ///< [E] scratch, zero between calls
+  unsigned* ticket = nullptr;       ///< [1] scratch, zero between calls
+  int32_t* offsets = nullptr;       ///< [E + 1] first grouped row of each expert
+  int32_t* tile_offsets = nullptr;  ///< [E + 1] first kMoeTileM-row tile of each expert
+  int32_t* active = nullptr;        ///< [E + 1] the non-empty experts ascending; their count at [E]
+  int32_t* perm = nullptr;          ///< [n·k] token of each grouped row
+  int32_t* inv = nullptr;           ///< [n·k] grouped row of (t, j)
+};
+
+namespace detail {
+
+/// Exclusive prefix sum over a 256-thread block; `total` gets the sum. s holds 8 ints.
+__device__ __forceinline__ int block_exclusive_scan256(int v, int* s, int& total) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  int x = v;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int y = __shfl_up_sync(0xffffffffu, x, o);
+    if (lane >= o) x += y;
+  }
+  if (lane == 31) s[warp] = x;
+  __syncthreads();
+  int base = 0;
+  total = 0;
+#pragma unroll
+  for (int w = 0; w < 8; ++w) {
+    const int sw = s[w];
+    if (w < warp) base += sw;
+    total += sw;
+  }
+  __syncthreads();  // s may be reused by the next scan
+  return base + x - v;
+}
+
+/// Step 2 (see file comment). 256 threads, one warp per token; kPerLane·32 ≥ E. The logits are
+/// first rounded to L, the activation type (see moe_route).
+template <int kPerLane, class L>
+__global__ void __launch_bounds__(256) moe_route_kernel(const float* __restrict__ logits, int n, int E, int k,
+                                                        int norm, MoeRouting r) {
+  __shared__ int s_cursor[kMoeMaxExperts];
+  __shared__ int s_scan[8];
+  __shared__ bool s_last;
+  pdl_wait();  // the logits are the predecessor's
+  pdl_launch_dependents();  // a small grid: let the next kernel's launch overlap it
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int t = blockIdx.x * 8 + warp;
+  if (t < n) {
+    const float* l = logits + static_cast<int64_t>(t) * E;
+    float v[kPerLane];
+    float mx = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      const int e = lane + 32 * i;
+      v[i] = e < E ? to_f32(from_f32<L>(l[e])) : -INFINITY;
+      mx = fmaxf(mx, v[i]);
+    }
+    mx = warp_max(mx);
+    float sum = 0.f;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      v[i] = lane + 32 * i < E ? expf(v[i] - mx) : 0.f;
+      sum += v[i];
+    }
+    sum = warp_sum(sum);
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) v[i] = lane + 32 * i < E ? v[i] / sum : -1.f;  // taken/absent: −1
+    int my_id = 0;
+    float my_w = 0.f, chosen = 0.f;
+    for (int j = 0; j < k; ++j) {
+      float best = -1.f;
+      int be = 0x7fffffff;
+#pragma unroll
+      for (int i = 0; i < kPerLane; ++i)
+        if (v[i] > best) { best = v[i]; be = lane + 32 * i; }  // ascending e per lane: ties keep the lower
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) {
+        const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+        const int oe = __shfl_xor_sync(0xffffffffu, be, o);
+        if (ob > best || (ob == best && oe < be)) { best = ob; be = oe; }
+      }
+      if ((be & 31) == lane) {
+#pragma unroll
+        for (int i = 0; i < kPerLane; ++i)
+          if (i == (be >> 5)) v[i] = -1.f;
+      }
+      if (lane == j) { my_id = be; my_w = best; }
+      chosen += best;
+    }
+    if (lane < k) {
+      const int64_t i = static_cast<int64_t>(t) * k + lane;
+      r.ids[i] = my_id;
+      r.weights[i] = norm ? my_w / chosen : my_w;
+      atomicAdd(&r.counts[my_id], 1);
+    }
+  }
+  // The last CTA groups the rows (every other CTA's ids and counts are visible to it).
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) s_last = atomicAdd(r.ticket, 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  const int e = threadIdx.x;
+  const int cnt = e < E ? __ldcg(&r.counts[e]) : 0;
+  int total_rows = 0, total_tiles = 0, total_active = 0;
+  const int off = block_exclusive_scan256(cnt, s_scan, total_rows);
+  const int toff = block_exclusive_scan256((cnt + kMoeTileM - 1) / kMoeTileM, s_scan, total_tiles);
+  const int aoff = block_exclusive_scan256(cnt > 0 ? 1 : 0, s_scan, total_active);
+  if (e < E) {
+    r.offsets[e] = off;
+    r.tile_offsets[e] = toff;
+    if (cnt > 0) r.active[aoff] = e;
+    s_cursor[e] = off;
+    r.counts[e] = 0;  // ready for the next call
+  }
+  if (e == 0) {
+    r.offsets[E] = total_rows;
+    r.tile_offsets[E] = total_tiles;
+    r.active[E] = total_active;
+    *r.ticket = 0u;
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < n * k; i += blockDim.x) {
+    const int ex = __ldcg(&r.ids[i]);
+    const int pos = atomicAdd(&s_cursor[ex], 1);
+    r.perm[pos] = i / k;
+    r.inv[i] = pos;
+  }
+}
+
+}  // namespace detail
+
+/// \brief Device scratch of the MoE block for up to `max_tokens` tokens: the routing, and the
+/// grouped activations act [max_tokens·k, I] and y [max_tokens·k, H]. Counters start at zero and
+/// every moe_route leaves them at zero.
+template <class T>
+class MoeWorkspace {
+ public:
+  MoeWorkspace() = default;
+  MoeWorkspace(int max_tokens, int num_experts, int top_k, int hidden, int inter)
+      : max_tokens_(max_tokens), E_(num_experts), k_(top_k), H_(hidden), I_(inter) {
+    PIE_CHECK(num_experts >= 1 && num_experts <= kMoeMaxExperts, "moe (cuda): ", num_experts,
+              " experts; the routing kernel takes 1..", kMoeMaxExperts);
+    PIE_CHECK(top_k >= 1 && top_k <= std::min(num_experts, kMoeMaxTopK), "moe (cuda): top_k ", top_k, " not in [1, ",
+              std::min(num_experts, kMoeMaxTopK), "]");
+    PIE_CHECK(hidden % 8 == 0 && inter % 8 == 0, "moe (cuda): hidden ", hidden, " and expert width ", inter,
+              " must be multiples of 8");
+    const size_t rows = static_cast<size_t>(max_tokens) * top_k;
+    ints_ = DeviceBuffer<int32_t>(3 * rows + 4 * (size_t(num_experts) + 1) + 1);
+    weights_ = DeviceBuffer<float>(rows);
+    logits_ = DeviceBuffer<float>(static_cast<size_t>(max_tokens) * num_experts);
+    act_ = DeviceBuffer<T>(rows * inter);
+    y_ = DeviceBuffer<T>(rows * hidden);
+    PIE_CUDA_CHECK(cudaMemset(ints_.data(), 0, ints_.size() * sizeof(int32_t)));
+    PIE_CUDA_CHECK(cudaDeviceSynchronize());  // the counters are zero before any stream uses them
+    int32_t* q = ints_.data();
+    auto take = [&](size_t n) { int32_t* p = q; q += n; return p; };
+    r_.ids = take(rows);
+    r_.perm = take(rows);
+    r_.inv = take(rows);
+    r_.counts = take(num_experts + 1);
+    r_.offsets = take(num_experts + 1);
+    r_.tile_offsets = take(num_experts + 1);
+    r_.active = take(num_experts + 1);
+    r_.ticket = reinterpret_cast<unsigned*>(take(1));
+    r_.weights = weights_.data();
+  }
+  bool fits(int tokens, int num_experts, int top_k, int hidden, int inter) const {
+    return tokens <= max_tokens_ && num_experts == E_ && top_k == k_ && hidden == H_ && inter == I_;
+  }
+  size_t bytes() const {
+    return ints_.size() * 4 + weights_.size() * 4 + logits_.size() * 4 + (act_.size() + y_.size()) * sizeof(T);
+  }
+  const MoeRouting& routing() const { return r_; }
+  float* logits() { return logits_.data(); }
+  T* act() { return act_.data(); }
+  T* y() { return y_.data(); }
+  int num_experts() const { return E_; }
+  int top_k() const { return k_; }
+  int hidden() const { return H_; }
+  int inter() const { return I_; }
+
+ private:
+  int max_tokens_ = 0, E_ = 0, k_ = 0, H_ = 0, I_ = 0;
+  DeviceBuffer<int32_t> ints_;
+  DeviceBuffer<float> weights_, logits_;
+  DeviceBuffer<T> act_, y_;
+  MoeRouting r_;
+};
+
+/// \brief Routes n tokens from their router logits (ws.logits(), [n, E], accumulated in fp32):
+/// each logit rounded to T, then softmax in fp32, top-k, renormalisation when
+/// `norm_topk_prob`, and the expert-grouped order (see the file comment).
+///
+/// Why round: a bf16 model's router is a bf16 linear layer in transformers (and vLLM), so its
+/// logits reach the softmax rounded to bf16. Routing from the unrounded fp32 logits picks
+/// another expert wherever the k-th and (k+1)-th logits lie within a bf16 step, a few percent
+/// of token-layers on random checkpoints, and each such swap moves that token's output by a
+/// whole expert's contribution (docs/kernels.md, the MoE block's accuracy).
+template <class T>
+void moe_route(int n, bool norm_topk_prob, MoeWorkspace<T>& ws, cudaStream_t stream) {
+  if (n == 0) return;
+  using D = device_t<T>;
+  const int E = ws.num_experts();
+  const dim3 grid((n + 7) / 8);
+  const float* logits = ws.logits();
+  const int k = ws.top_k(), norm = norm_topk_prob ? 1 : 0;
+  if (E <= 32) launch_pdl(detail::moe_route_kernel<1, D>, grid, dim3(256), 0, stream, logits, n, E, k, norm, ws.routing());
+  else if (E <= 128) launch_pdl(detail::moe_route_kernel<4, D>, grid, dim3(256), 0, stream, logits, n, E, k, norm, ws.routing());
+  else launch_pdl(detail::moe_route_kernel<8, D>, grid, dim3(256), 0, stream, logits, n, E, k, norm, ws.routing());
+}
+
+}  // namespace pie::ops::cuda
