@@ -161,15 +161,7 @@ __device__ __forceinline__ void decode_body(const DecodeParams<T, KV, Variant>& 
   const int tg = lane / LPT, sub = lane % LPT, ng = warp * TG + tg;
   KV* ring_base = reinterpret_cast<KV*>(smem);
 
-  const int len = p.kv.seq_len(b);
-  const int qpos = len - 1;
-  int t_begin = split * p.tokens_per_split;
-  const int t_end = min(len, t_begin + p.tokens_per_split);
-  if constexpr (Variant::kWindowLeft > 0) t_begin = max(t_begin, qpos - Variant::kWindowLeft + 1);
-  // Stages start at multiples of TOK (split starts are multiples of 64); tokens before t_begin
-  // in the first stage are outside the window, so the mask drops them.
-  const int t_lo = t_begin & ~(TOK - 1);
-  const int n_stages = t_begin < t_end ? (t_end - t_lo + TOK - 1) / TOK : 0;
+  const auto [qpos, t_begin, t_end, t_lo, n_stages] = decode_span<TOK, Variant>(p.kv, b, split, p.tokens_per_split);
 
   DecodeRing<TOK, HD, STAGES, KV> ring(p.kv, b, kvh, p.bs_shift, t_lo, t_end, n_stages, ring_base, bars, lane);
   int32_t next_page = 0;  // warp 0: page id of this lane's first copy of stage it + STAGES

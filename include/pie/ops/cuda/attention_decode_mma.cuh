@@ -113,13 +113,7 @@ __device__ __forceinline__ void decode_body_mma(const DecodeParams<T, KV, Varian
   const int kvh = blockIdx.x, b = blockIdx.y, split = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, r = lane >> 2, c = lane & 3;
 
-  const int len = p.kv.seq_len(b);
-  const int qpos = len - 1;
-  int t_begin = split * p.tokens_per_split;
-  const int t_end = min(len, t_begin + p.tokens_per_split);
-  if constexpr (Variant::kWindowLeft > 0) t_begin = max(t_begin, qpos - Variant::kWindowLeft + 1);
-  const int t_lo = t_begin & ~(TOK - 1);
-  const int n_stages = t_begin < t_end ? (t_end - t_lo + TOK - 1) / TOK : 0;
+  const auto [qpos, t_begin, t_end, t_lo, n_stages] = decode_span<TOK, Variant>(p.kv, b, split, p.tokens_per_split);
 
   KV* ring_base = reinterpret_cast<KV*>(smem);
   DecodeRing<TOK, HD, STAGES, KV> ring(p.kv, b, kvh, p.bs_shift, t_lo, t_end, n_stages, ring_base, bars, lane);

@@ -31,6 +31,28 @@ struct DecodeParams {
   Variant variant;
 };
 
+/// \brief The tokens one decode CTA attends to: split `split` of sequence b, narrowed to the
+/// variant's window, and the TOK-token stages that cover them. Stages start at multiples of TOK
+/// (split starts are multiples of 64), so tokens in [t_lo, t_begin) of the first stage are
+/// outside the window: the kernels' masks drop them.
+struct DecodeSpan {
+  int qpos;      ///< the query's position: the sequence's last token
+  int t_begin;   ///< first token attended
+  int t_end;     ///< one past the last
+  int t_lo;      ///< first token of the first stage (t_begin rounded down to TOK)
+  int n_stages;  ///< stages of TOK tokens from t_lo (0: nothing to attend)
+};
+template <int TOK, class Variant, class KV>
+__device__ __forceinline__ DecodeSpan decode_span(const kv::PagedKV<KV>& kv, int b, int split, int tokens_per_split) {
+  const int len = kv.seq_len(b);
+  const int qpos = len - 1;
+  int t_begin = split * tokens_per_split;
+  const int t_end = min(len, t_begin + tokens_per_split);
+  if constexpr (Variant::kWindowLeft > 0) t_begin = max(t_begin, qpos - Variant::kWindowLeft + 1);
+  const int t_lo = t_begin & ~(TOK - 1);
+  return {qpos, t_begin, t_end, t_lo, t_begin < t_end ? (t_end - t_lo + TOK - 1) / TOK : 0};
+}
+
 /// \brief The ring of STAGES shared-memory stages of TOK tokens (K rows [TOK][HD], then V rows)
 /// through which one CTA streams the pages of tokens [t_lo, t_end) of one sequence and KV head.
 /// Warp 0 fills a slot: lane 0 announces the bytes on the slot's mbarrier, then each lane copies
