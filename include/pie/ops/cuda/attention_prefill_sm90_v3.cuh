@@ -1,0 +1,358 @@
+#pragma once
+/// \file attention_prefill_sm90_v3.cuh
+/// \brief Hopper prefill attention v3 (opt-in: `PIE_PREFILL_SM90=3`; v2 stays the default until
+/// a GPU call has checked and timed this one). Same tile, warpgroups, softmax and ping-pong as
+/// v2 (attention_prefill_sm90.cuh); three changes to the loads, in the order of v2's fit:
+///  1. One TMA box per page (a 5-D map, `plan::Box::kPage`) instead of one per 64-column half,
+///     and the boxes issued by all four producer warps (warp w takes pages w, w + 4, ...; one
+///     lane per page), not one lane of one warp.
+///  2. Separate K and V rings with their own `empty` barriers: K(t) is released as soon as S(t)
+///     retires (before the softmax and P·V), V(t) when P(t)·V(t) retires; the producer loads
+///     K(t), V(t−1), K(t+1), ... in the order the consumers use them.
+///  3. Three stages at head dim 128 (Q 32 KB + 3 × 64 KB), six at 64.
+/// The 5-D map has a stride smaller than the one below it (halves 128 B apart inside 256-byte
+/// token rows). Should the driver refuse it, the launch falls back to v2's one box per half
+/// (`Box::kHalves`) and says so once on stderr; the rest of v3 is unchanged.
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "pie/ops/cuda/attention_prefill_sm90.cuh"
+#include "pie/ops/cuda/prefill_sm90_plan.hpp"
+
+namespace pie::ops::cuda::sm90::v3 {
+
+template <int HD> inline constexpr int kStages = HD <= 64 ? 6 : 3;
+constexpr int kProducerWarps = 4;
+template <int HD> constexpr size_t smem_bytes() {
+  return size_t(kBM * HD + 2 * kStages<HD> * kBN * HD) * 2 + 1024 /*align*/ + 256 /*barriers*/;
+}
+// The opt-in limit of an H100/H200 CTA: 227 KB.
+static_assert(smem_bytes<128>() <= 232448 && smem_bytes<64>() <= 232448, "v3 stages exceed shared memory");
+static_assert(4 * 8 * kStages<128> <= 256 && 4 * 8 * kStages<64> <= 256, "barriers exceed their 256 bytes");
+
+/// 5-D TMA tile load into shared memory, completing on an mbarrier (byte count).
+__device__ __forceinline__ void tma_load5(uint32_t dst, const CUtensorMap* map, int c0, int c1, int c2, int c3, int c4,
+                                          uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.5d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5, "
+      "%6}], [%7];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(c4), "r"(bar)
+      : "memory");
+}
+
+template <int HD, class T, class Variant, plan::Box BOX>
+__global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_constant__ Params<T, Variant> p) {
+#if PIE_SM90A_DEVICE
+  constexpr int NH = HD / 64;
+  constexpr int S = kStages<HD>;
+  constexpr int TILE = kBN * HD;  // elements of one K (or V) stage
+  constexpr plan::StageLayout L = plan::stage_layout(BOX, kBN, HD);
+  using R = plan::Ring<S>;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char* base = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  T* sq = reinterpret_cast<T*>(base);  // [NH][BM][64]
+  T* sk = sq + kBM * HD;               // S stages of K, layout L
+  T* sv = sk + S * TILE;               // S stages of V, layout L
+  uint64_t* bars = reinterpret_cast<uint64_t*>(sv + S * TILE);
+  const uint32_t kfull = smem_u32(bars), vfull = kfull + 8 * S, kempty = vfull + 8 * S, vempty = kempty + 8 * S;
+
+  const int b = blockIdx.z, kvh = blockIdx.y, G = p.group;
+  const int tile = gridDim.x - 1 - blockIdx.x;  // heavy (late) tiles first
+  const int q_begin = p.cu_q[b], qlen = p.cu_q[b + 1] - q_begin;
+  const int nrows = qlen * G, m0 = tile * kBM;
+  if (m0 >= nrows) return;
+  const int page_beg = p.indptr[b], npages = p.indptr[b + 1] - page_beg;
+  const int kv_len = npages == 0 ? 0 : (npages - 1) * p.block_size + p.last_page_len[b];
+  const int q_off = kv_len - qlen;
+  const int first_tok = m0 / G, last_tok = (min(m0 + kBM, nrows) - 1) / G;
+  const int kv_end = Variant::kCausal ? min(kv_len, q_off + last_tok + 1) : kv_len;
+  int kv_begin = 0;
+  if constexpr (Variant::kWindowLeft > 0) kv_begin = max(0, q_off + first_tok - Variant::kWindowLeft + 1) / kBN * kBN;
+  const int n_tiles = max(0, (kv_end - kv_begin + kBN - 1) / kBN);
+
+  const int wg = threadIdx.x / 128, tid = threadIdx.x % 128, warp = tid / 32, lane = threadIdx.x % 32;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < S; ++s) {
+      mbar_init(kfull + 8 * s, kProducerWarps);  // one arrive.expect_tx per producer warp
+      mbar_init(vfull + 8 * s, kProducerWarps);
+      mbar_init(kempty + 8 * s, 8);  // one arrival per consumer warp
+      mbar_init(vempty + 8 * s, 8);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+
+  if (wg == 0) {  // ---------------- producer: 4 warps, one lane per page ----------------
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+    const int ppt = kBN >> p.bs_shift;  // pages per tile
+    const int H = p.num_kv_heads;
+    const int mine = plan::pages_of_warp(warp, kProducerWarps, ppt);
+    const uint32_t my_bytes = uint32_t(mine) * plan::box_bytes(BOX, HD, p.block_size) * plan::boxes_per_page(BOX, HD);
+    // This lane's page of tile t (page warp + 4·lane of the tile), clamped to the last page: a
+    // tile is always whole (the keys past the end are masked, and V's rows zeroed, by consumers).
+    auto page_id = [&](int t) {
+      const int pg = ((kv_begin + t * kBN) >> p.bs_shift) + warp + kProducerWarps * lane;
+      return lane < mine && t < n_tiles ? p.indices[page_beg + min(pg, npages - 1)] : 0;
+    };
+    int id_next = page_id(0), id_k = 0, id_prev = 0;  // ids of tile (last K + 1), last K, last K − 1
+    for (int i = 0; i < 2 * n_tiles; ++i) {
+      const plan::Load ld = plan::load_at(i, n_tiles);
+      int id;
+      if (!ld.v) {
+        id_prev = id_k;
+        id_k = id_next;
+        id = id_k;
+      } else {
+        id = ld.tile == n_tiles - 1 && i == 2 * n_tiles - 1 ? id_k : id_prev;
+      }
+      const int s = R::stage(ld.tile);
+      const uint32_t full = (ld.v ? vfull : kfull) + 8 * s;
+      if (R::waits_empty(ld.tile)) mbar_wait((ld.v ? vempty : kempty) + 8 * s, R::empty_parity(ld.tile));
+      if (lane == 0) mbar_expect_tx(full, my_bytes);  // arrives; a warp with no pages arrives with 0
+      __syncwarp();
+      if (lane < mine) {
+        const int page = warp + kProducerWarps * lane;  // page of the tile
+        const int row = id * 2 * H + kvh + (ld.v ? H : 0);
+        const uint32_t dst = smem_u32((ld.v ? sv : sk) + s * TILE);
+        if constexpr (BOX == plan::Box::kPage) {
+          tma_load5(dst + plan::box_offset(BOX, kBN, HD, p.block_size, page, 0), &p.kv_map, 0, 0, 0, 0, row, full);
+        } else {
+#pragma unroll
+          for (int h = 0; h < NH; ++h)
+            tma_load4(dst + plan::box_offset(BOX, kBN, HD, p.block_size, page, h), &p.kv_map, h * 64, 0, 0, row, full);
+        }
+      }
+      if (!ld.v) id_next = page_id(ld.tile + 1);  // prefetched under the next V load
+    }
+  } else {
+  // ---------------- consumers (as v2, with K and V released separately) ----------------
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+  const int cw = wg - 1;
+  {
+    const int c = tid % (HD / 8), h = c / 8, cc = c % 8;
+#pragma unroll
+    for (int i = tid / (HD / 8); i < 64; i += 128 / (HD / 8)) {
+      const int row = cw * 64 + i, r = m0 + row;
+      const bool valid = r < nrows;
+      const int tok = valid ? r / G : 0, head = valid ? kvh * G + r - (r / G) * G : 0;
+      const T* src = p.q + int64_t(q_begin + tok) * p.q_stride + int64_t(head) * HD + c * 8;
+      detail::cp_async16(smem_u32(sq + h * kBM * 64 + row * 64 + ((cc ^ (row & 7)) << 3)), src, valid);
+    }
+  }
+  detail::cp_async_commit();
+  detail::cp_async_wait_all();
+  fence_proxy_async();
+  named_bar_sync(1 + cw, 128);
+
+  const uint32_t sq_u = smem_u32(sq) + cw * 64 * 128, sk_u = smem_u32(sk), sv_u = smem_u32(sv);
+  float o[HD / 2];
+#pragma unroll
+  for (int i = 0; i < HD / 2; ++i) o[i] = 0.f;
+  SoftmaxState st;
+  st.f = Variant::kSoftCap ? 1.f : p.sm_scale * 1.4426950408889634f;
+  const int r_lo = cw * 64 + warp * 16 + lane / 4, r_hi = r_lo + 8;
+  const int qpos_lo = q_off + (m0 + r_lo) / G, qpos_hi = q_off + (m0 + r_hi) / G;
+  const int diag = q_off + first_tok;
+
+  auto issue_s = [&](float (&sacc)[kBN / 2], int s) {
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk) {
+      const uint64_t da = desc_sw128(sq_u + (kk / 4) * kBM * 128 + (kk % 4) * 32, 16, 1024);
+      const uint64_t db = desc_sw128(sk_u + s * TILE * 2 + plan::k_desc_offset(L, kk), 16, L.group_stride);
+      Wgmma<kBN, T>::ss(sacc, da, db, kk > 0);
+    }
+  };
+  auto issue_pv = [&](const uint32_t (&pf)[kBN / 16][4], int s) {
+#pragma unroll
+    for (int kk = 0; kk < kBN / 16; ++kk) {  // keys 16kk .. 16kk + 15: two 8-key groups
+      const uint64_t db = desc_sw128(sv_u + s * TILE * 2 + plan::v_desc_offset(L, kk), L.half_stride, L.group_stride);
+      Wgmma<HD, T>::rs_t(o, pf[kk], db);
+    }
+  };
+  auto softmax = [&](float (&sacc)[kBN / 2], int n0) {
+    const bool need_mask = (Variant::kCausal && n0 + kBN - 1 > diag) || n0 + kBN > kv_len ||
+                           Variant::kWindowLeft > 0 || !Variant::kCausal;
+    if (need_mask)
+      softmax_tile<true, T, kBN>(sacc, st, n0 + (lane % 4) * 2, qpos_lo, qpos_hi, kv_len, p.sm_scale, p.variant);
+    else
+      softmax_tile<false, T, kBN>(sacc, st, n0 + (lane % 4) * 2, qpos_lo, qpos_hi, kv_len, p.sm_scale, p.variant);
+  };
+  auto pp_sync = [&] { named_bar_sync(3 + cw, 256); };
+  auto pp_arrive = [&] { named_bar_arrive(3 + (1 - cw), 256); };
+  if (cw == 1) named_bar_arrive(3, 256);
+
+  uint32_t pf[kBN / 16][4];
+  if (n_tiles > 0) {
+    float sacc[kBN / 2];
+    mbar_wait(kfull, R::full_parity(0));
+    pp_sync();
+    wgmma_fence();
+    issue_s(sacc, 0);
+    wgmma_commit();
+    pp_arrive();
+    wgmma_wait<0>();
+    fence_regs(sacc);
+    if (lane == 0) mbar_arrive(kempty);  // K(0) read
+    softmax(sacc, kv_begin);
+    pack_p<T, kBN>(sacc, pf);
+  }
+  for (int t = 1; t < n_tiles; ++t) {
+    const int s = R::stage(t), sp = R::stage(t - 1);
+    const int n0 = kv_begin + t * kBN;
+    float sacc[kBN / 2];
+    mbar_wait(kfull + 8 * s, R::full_parity(t));
+    mbar_wait(vfull + 8 * sp, R::full_parity(t - 1));
+    pp_sync();
+    wgmma_fence();
+    issue_s(sacc, s);
+    wgmma_commit();
+    wgmma_fence();
+    issue_pv(pf, sp);
+    wgmma_commit();
+    pp_arrive();
+    wgmma_wait<1>();  // S(t) retired: K(t) may be refilled while P(t−1)·V(t−1) runs
+    fence_regs(sacc);
+    if (lane == 0) mbar_arrive(kempty + 8 * s);
+    softmax(sacc, n0);
+    wgmma_wait<0>();
+    fence_regs(o);
+    if (lane == 0) mbar_arrive(vempty + 8 * sp);
+#pragma unroll
+    for (int j = 0; j < HD / 8; ++j) {
+      o[4 * j] *= st.corr[0]; o[4 * j + 1] *= st.corr[0];
+      o[4 * j + 2] *= st.corr[1]; o[4 * j + 3] *= st.corr[1];
+    }
+    pack_p<T, kBN>(sacc, pf);
+  }
+  if (cw == 0) named_bar_sync(3, 256);  // WG2's last turn signal
+  if (n_tiles > 0) {  // P(last)·V(last)
+    const int t = n_tiles - 1, s = R::stage(t), n0 = kv_begin + t * kBN;
+    mbar_wait(vfull + 8 * s, R::full_parity(t));
+    if (n0 + kBN > kv_len) {
+      // Keys past the context end hold whatever the pool held (maybe NaN) and P is 0 there, but
+      // 0·NaN is not 0: zero those V rows (both warpgroups write the same zeros). A row is 128
+      // contiguous bytes per half in either layout, so the swizzle does not matter here.
+      const int first = max(0, kv_len - n0);
+      unsigned char* v = reinterpret_cast<unsigned char*>(sv + s * TILE);
+      for (int i = first * 8 + tid; i < kBN * 8; i += 128) {
+        const int key = i / 8, chunk = i % 8;
+#pragma unroll
+        for (int h = 0; h < NH; ++h)
+          *reinterpret_cast<uint4*>(v + L.offset(key, h * 64) + chunk * 16) = make_uint4(0, 0, 0, 0);
+      }
+      fence_proxy_async();
+      named_bar_sync(1 + cw, 128);
+    }
+    wgmma_fence();
+    issue_pv(pf, s);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(o);
+  }
+
+  float l_r[2] = {st.l[0], st.l[1]};
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l_r[r] += __shfl_xor_sync(0xffffffffu, l_r[r], 1);
+    l_r[r] += __shfl_xor_sync(0xffffffffu, l_r[r], 2);
+  }
+  const float inv[2] = {l_r[0] > 0.f ? 1.f / l_r[0] : 0.f, l_r[1] > 0.f ? 1.f / l_r[1] : 0.f};
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = m0 + (r == 0 ? r_lo : r_hi);
+    if (row >= nrows) continue;
+    T* dst = p.out + int64_t(q_begin + row / G) * p.out_stride + int64_t(kvh * G + row % G) * HD + (lane % 4) * 2;
+#pragma unroll
+    for (int j = 0; j < HD / 8; ++j)
+      *reinterpret_cast<uint32_t*>(dst + j * 8) = pack2<T>(o[4 * j + 2 * r] * inv[r], o[4 * j + 2 * r + 1] * inv[r]);
+  }
+  }  // consumers
+#else
+  __trap();  // built without sm_90a: never launched (see available())
+#endif
+}
+
+/// Whether this build holds the v3 kernel for the current device.
+template <int HD, class T, class Variant>
+bool available() {
+  static const bool ok = [] {
+    if (!sm90::available<HD, T, Variant>()) return false;
+    cudaFuncAttributes a{};
+    if (cudaFuncGetAttributes(&a, prefill_kernel<HD, T, Variant, plan::Box::kHalves>) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    return a.binaryVersion == 90;
+  }();
+  return ok;
+}
+
+/// Encodes `p.kv_map` for `box` (plan::kv_map); the driver's result.
+template <class T, class Variant>
+CUresult encode_kv_map(Params<T, Variant>& p, const T* pool, int hd, plan::Box box) {
+  const plan::KvMap m = plan::kv_map(box, hd, p.block_size);
+  cuuint64_t dims[5];
+  cuuint64_t strides[4];
+  cuuint32_t box_dim[5];
+  const cuuint32_t estr[5] = {1, 1, 1, 1, 1};
+  for (int i = 0; i < m.rank; ++i) dims[i] = m.dims[i], box_dim[i] = m.box[i];
+  for (int i = 0; i + 1 < m.rank; ++i) strides[i] = m.strides[i];
+  return encode_fn()(&p.kv_map, std::is_same_v<T, __nv_bfloat16> ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+                                                                  : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+                     cuuint32_t(m.rank), const_cast<T*>(pool), dims, strides, box_dim, estr,
+                     CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                     CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+}
+
+/// Launches v3. `box`: kPage (one box per page; head dim 128 only, where a page has two halves)
+/// or kHalves. A refused kPage map falls back to kHalves (said once on stderr). Returns the box
+/// mode it launched with.
+template <int HD, class T, class Variant>
+plan::Box launch(Params<T, Variant>& p, const T* pool, int num_seqs, int max_q_len, cudaStream_t stream,
+                 plan::Box box = plan::Box::kPage) {
+  if constexpr (HD == 64) box = plan::Box::kHalves;  // one half: the 4-D map is already one box per page
+  if (box == plan::Box::kPage && encode_kv_map(p, pool, HD, box) != CUDA_SUCCESS) {
+    static bool said = false;
+    if (!said)
+      std::fprintf(stderr, "prefill_attention (sm90 v3): the 5-D page map was refused; one box per 64-column half\n");
+    said = true;
+    box = plan::Box::kHalves;
+  }
+  if (box == plan::Box::kHalves)
+    PIE_CHECK(encode_kv_map(p, pool, HD, box) == CUDA_SUCCESS, "prefill_attention (sm90 v3): cuTensorMapEncodeTiled failed");
+  auto go = [&](auto kern) {
+    constexpr size_t smem = smem_bytes<HD>();
+    // Every launch, as v2 does: the attribute is per device.
+    PIE_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    const int64_t rows = int64_t(max_q_len) * p.group;
+    dim3 grid(unsigned((rows + kBM - 1) / kBM), unsigned(p.num_kv_heads), unsigned(num_seqs));
+    kern<<<grid, kThreads, smem, stream>>>(p);
+    PIE_CUDA_CHECK_LAUNCH();
+  };
+  if constexpr (HD == 128) {
+    if (box == plan::Box::kPage) {
+      go(prefill_kernel<HD, T, Variant, plan::Box::kPage>);
+      return box;
+    }
+  }
+  go(prefill_kernel<HD, T, Variant, plan::Box::kHalves>);
+  return box;
+}
+
+/// The prefill kernel generation `prefill_attention` takes on Hopper: 2 (default), or 3 when the
+/// environment sets PIE_PREFILL_SM90=3 (an opt-in until a GPU call has checked v3); "3h" takes
+/// v3 with one box per 64-column half (the A/B of change 1, and the fallback's test).
+inline const char* version_env() {
+  static const char* e = std::getenv("PIE_PREFILL_SM90");
+  return e == nullptr ? "" : e;
+}
+inline int version() {
+  static const int v = std::strcmp(version_env(), "3") == 0 || std::strcmp(version_env(), "3h") == 0 ? 3 : 2;
+  return v;
+}
+inline plan::Box requested_box() {
+  return std::strcmp(version_env(), "3h") == 0 ? plan::Box::kHalves : plan::Box::kPage;
+}
+
+}  // namespace pie::ops::cuda::sm90::v3
