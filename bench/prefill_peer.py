@@ -80,17 +80,20 @@ def main():
             continue
         v3 = pie.get(("sm90v3", n, prefix, hd, bs))
         v3h = pie.get(("sm90v3-halves", n, prefix, hd, bs))
+        v3p = pie.get(("sm90v3p", n, prefix, hd, bs))
         old = pie.get(("mma", n, prefix, hd, bs))
         cd = sdpa(SDPBackend.CUDNN_ATTENTION, n, prefix, hd)
         fl = sdpa(SDPBackend.FLASH_ATTENTION, n, prefix, hd)
         shape = f"{'causal' if not prefix else 'chunk'} n={n} prefix={prefix} hd={hd} bs={bs}"
-        rows.append((shape, v2, v3, v3h, old, cd, fl))
+        rows.append((shape, v2, v3, v3p, v3h, old, cd, fl))
     # The table last: TFLOP/s, the ratios against the same call's peers, and % of its GEMM peak.
-    print(f"{'shape':34s} {'v2':>6s} {'v3':>6s} {'v3 halves':>9s} {'mma':>5s} {'cuDNN':>6s} {'flash':>6s} "
-          f"{'v3/v2':>6s} {'v3/cuDNN':>8s} {'v2/cuDNN':>8s} {'v3/flash':>8s} {'v2 %gemm':>8s} {'v3 %gemm':>8s}")
-    for shape, v2, v3, v3h, old, cd, fl in rows:
-        print(f"{shape:34s} {f(v2):>6s} {f(v3):>6s} {f(v3h):>9s} {f(old):>5s} {f(cd):>6s} {f(fl):>6s} "
-              f"{r(v3, v2):>6s} {r(v3, cd):>8s} {r(v2, cd):>8s} {r(v3, fl):>8s} {pct(v2):>8s} {pct(v3):>8s}")
+    print(f"{'shape':34s} {'v2':>5s} {'v3':>5s} {'v3p':>5s} {'v3 halves':>9s} {'mma':>5s} {'cuDNN':>6s} {'flash':>6s} "
+          f"{'v3/v2':>6s} {'v3p/v2':>6s} {'v2/cuDNN':>8s} {'v3/cuDNN':>8s} {'v3p/cuDNN':>9s} {'v3/flash':>8s} "
+          f"{'v2 %gemm':>8s} {'v3 %gemm':>8s} {'v3p %gemm':>9s}")
+    for shape, v2, v3, v3p, v3h, old, cd, fl in rows:
+        print(f"{shape:34s} {f(v2):>5s} {f(v3):>5s} {f(v3p):>5s} {f(v3h):>9s} {f(old):>5s} {f(cd):>6s} {f(fl):>6s} "
+              f"{r(v3, v2):>6s} {r(v3p, v2):>6s} {r(v2, cd):>8s} {r(v3, cd):>8s} {r(v3p, cd):>9s} {r(v3, fl):>8s} "
+              f"{pct(v2):>8s} {pct(v3):>8s} {pct(v3p):>9s}")
 
 if __name__ == "__main__":
     main()

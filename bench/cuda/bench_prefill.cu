@@ -1,9 +1,10 @@
 // Prefill attention timings for the Hopper kernel v2 (the default call), v3 (one box per page,
-// split K/V rings, 3 stages; its "halves" row is v3 with one box per 64-column half) and the
+// split K/V rings, 3 stages; "sm90v3p" the same on the persistent grid, "sm90v3-halves" with one
+// box per 64-column half) and the
 // mma.sync kernel (prefill_attention<8>) in one process: 32 query / 8 KV heads, bf16, shuffled block table,
 // random inputs, median of 20 event-timed launches. Prints one "pie" line per shape for
 // bench/prefill_peer.py, which times PyTorch SDPA on the same shapes in the same call.
-//   bench_prefill [--quick] [--no-v3]
+//   bench_prefill [--quick] [--no-v3] [--no-v3p]
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -30,7 +31,7 @@ void run(const char* tag, int n, int prefix, int hd, int bs) {
   double pairs = double(n) * prefix + double(n) * (n + 1) / 2;  // (query, key) pairs kept by the mask
   double flops = 4.0 * nq * hd * pairs;
   auto call = [&] {
-    if constexpr (Warps < 0) {  // -1: v2 without the warpgroup ping-pong; -3: v3; -4: v3, one box per half
+    if constexpr (Warps < 0) {  // -1: v2 without ping-pong; -3: v3; -4: v3, one box per half; -5: v3 persistent
       using D = __nv_bfloat16;
       ops::cuda::sm90::Params<D, attention::Causal> sp{};
       sp.q = reinterpret_cast<const D*>(q.data()); sp.q_stride = int64_t(nq) * hd;
@@ -45,9 +46,9 @@ void run(const char* tag, int n, int prefix, int hd, int bs) {
         if (hd == 128) ops::cuda::sm90::launch<128, D, attention::Causal, false>(sp, pool, 1, n, nullptr);
         else ops::cuda::sm90::launch<64, D, attention::Causal, false>(sp, pool, 1, n, nullptr);
       } else if (hd == 128) {
-        v3::launch<128, D, attention::Causal>(sp, pool, 1, n, nullptr, box);
+        v3::launch<128, D, attention::Causal>(sp, pool, 1, n, nullptr, box, Warps == -5);
       } else {
-        v3::launch<64, D, attention::Causal>(sp, pool, 1, n, nullptr, box);
+        v3::launch<64, D, attention::Causal>(sp, pool, 1, n, nullptr, box, Warps == -5);
       }
     } else {
       ops::cuda::prefill_attention<Warps>(q.view({n, nq, hd}), c.view, dcu.data(), n, o.view({n, nq, hd}),
@@ -62,11 +63,14 @@ void run(const char* tag, int n, int prefix, int hd, int bs) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false, v3 = true;  // --no-v3: time v2 and mma.sync only (v3 failed its tests)
+  // --no-v3: time v2 and mma.sync only; --no-v3p: no persistent v3 (one that hung in its tests)
+  bool quick = false, v3 = true, v3p = true;
   for (int i = 1; i < argc; ++i) {
     quick = quick || std::strcmp(argv[i], "--quick") == 0;
     v3 = v3 && std::strcmp(argv[i], "--no-v3") != 0;
+    v3p = v3p && std::strcmp(argv[i], "--no-v3p") != 0;
   }
+  v3p = v3p && v3;
   cudaDeviceProp prop{};
   PIE_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
@@ -81,6 +85,13 @@ int main(int argc, char** argv) {
     run<-3>("sm90v3", 8192, 0, 64, 16);
     run<-3>("sm90v3", 8192, 0, 128, 8);
     run<-3>("sm90v3", 2048, 6144, 128, 16);
+    if (v3p) {
+      run<-5>("sm90v3p", 8192, 0, 128, 16);
+      run<-5>("sm90v3p", 2048, 0, 128, 16);
+      run<-5>("sm90v3p", 8192, 0, 64, 16);
+      run<-5>("sm90v3p", 8192, 0, 128, 8);
+      run<-5>("sm90v3p", 2048, 6144, 128, 16);
+    }
     run<-4>("sm90v3-halves", 8192, 0, 128, 16);
     run<-4>("sm90v3-halves", 8192, 0, 128, 8);
   }

@@ -6,6 +6,8 @@
 // read sees its tile whole). A wrong parity in the simulated ring must be caught.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <map>
 #include <random>
 #include <set>
@@ -183,7 +185,8 @@ struct Mbar {
 
 template <class RingT>
 struct Sim {
-  int S, n, ppt;
+  int S, ppt;
+  std::vector<int> items;  // tiles per work item, walked in order (the persistent grid's rings run on)
   std::vector<Mbar> kfull, vfull, kempty, vempty;
   struct Slot { int tile = -1; int pages = 0; };
   std::vector<Slot> kslot, vslot;              // what each stage holds
@@ -192,24 +195,27 @@ struct Sim {
   std::vector<Copy> inflight;
   std::string error;
 
-  Sim(int s, int nt, int p) : S(s), n(nt), ppt(p), kfull(s), vfull(s), kempty(s), vempty(s), kslot(s), vslot(s),
+  Sim(int s, std::vector<int> it, int p) : S(s), ppt(p), items(std::move(it)), kfull(s), vfull(s), kempty(s), vempty(s), kslot(s), vslot(s),
                               kread(s), vread(s) {
     for (int i = 0; i < s; ++i) { kfull[i].init(4); vfull[i].init(4); kempty[i].init(8); vempty[i].init(8); }
   }
 
-  // A producer warp: per load, wait empty (if the ring has wrapped), arrive.expect_tx, issue copies.
-  struct Producer { int warp, i = 0; bool waiting = false; };
+  // A producer warp: per item, per load, wait empty (if the ring has wrapped), arrive.expect_tx,
+  // issue copies. Ring position of tile t of an item: the tiles of the items before it, plus t.
+  struct Producer { int warp, item = 0, i = 0, base = 0; };
   bool step(Producer& p) {
-    if (p.i >= 2 * n) return false;
+    while (p.item < int(items.size()) && p.i >= 2 * items[p.item]) p.base += items[p.item++], p.i = 0;
+    if (p.item >= int(items.size())) return false;
+    const int n = items[p.item];
     const Load ld = load_at(p.i, n);
-    const int s = RingT::stage(ld.tile);
-    if (RingT::waits_empty(ld.tile) && !(ld.v ? vempty : kempty)[s].passed(RingT::empty_parity(ld.tile))) return false;
+    const int r = p.base + ld.tile, s = RingT::stage(r);
+    if (RingT::waits_empty(r) && !(ld.v ? vempty : kempty)[s].passed(RingT::empty_parity(r))) return false;
     const int mine = pages_of_warp(p.warp, 4, ppt);
     (ld.v ? vfull : kfull)[s].arrive_expect(long(mine) * 100);
     if (mine > 0) {
       auto& rd = ld.v ? vread : kread;
       if (!rd[s].empty()) error = "copy issued into a stage a consumer still reads";
-      inflight.push_back({ld.v, s, ld.tile, mine, long(mine) * 100});
+      inflight.push_back({ld.v, s, r, mine, long(mine) * 100});
     }
     ++p.i;
     return true;
@@ -228,18 +234,23 @@ struct Sim {
   // A consumer warp, as the kernel's loop: ops in order; each op waits, then acts.
   struct Op { enum K { WaitK, WaitV, ReadK, ReadV, RelK, RelV } k; int tile; };
   struct Consumer { std::vector<Op> ops; size_t pc = 0; };
-  Consumer consumer() {
+  Consumer consumer() {  // ring positions, as the kernel's consumer loop (it0 + t)
     Consumer c;
     auto& o = c.ops;
     using O = Op;
-    o.push_back({O::WaitK, 0}); o.push_back({O::ReadK, 0}); o.push_back({O::RelK, 0});
-    for (int t = 1; t < n; ++t) {
-      o.push_back({O::WaitK, t}); o.push_back({O::WaitV, t - 1});
-      o.push_back({O::ReadK, t}); o.push_back({O::ReadV, t - 1});  // S(t), P·V(t−1) in flight
-      o.push_back({O::RelK, t});   // S(t) retired
-      o.push_back({O::RelV, t - 1});  // P·V(t−1) retired
+    int b = 0;
+    for (int n : items) {
+      if (n == 0) continue;
+      o.push_back({O::WaitK, b}); o.push_back({O::ReadK, b}); o.push_back({O::RelK, b});
+      for (int t = 1; t < n; ++t) {
+        o.push_back({O::WaitK, b + t}); o.push_back({O::WaitV, b + t - 1});
+        o.push_back({O::ReadK, b + t}); o.push_back({O::ReadV, b + t - 1});  // S(t), P·V(t−1) in flight
+        o.push_back({O::RelK, b + t});      // S(t) retired
+        o.push_back({O::RelV, b + t - 1});  // P·V(t−1) retired
+      }
+      o.push_back({O::WaitV, b + n - 1}); o.push_back({O::ReadV, b + n - 1}); o.push_back({O::RelV, b + n - 1});
+      b += n;
     }
-    o.push_back({O::WaitV, n - 1}); o.push_back({O::ReadV, n - 1});  // the last V is not released
     return c;
   }
   bool step(Consumer& c) {
@@ -283,7 +294,7 @@ struct Sim {
         if (moved) break;
       }
       if (!moved) {
-        for (auto& p : prod) if (p.i < 2 * n) return "deadlock: a producer waits forever";
+        for (auto& p : prod) if (step(p) || p.item < int(items.size())) return "deadlock: a producer waits forever";
         for (auto& c : cons) if (c.pc < c.ops.size()) return "deadlock: a consumer waits forever";
         return "";
       }
@@ -296,8 +307,8 @@ template <int S> struct BadRing : Ring<S> {  // the empty wait one phase late: t
 };
 
 template <int S, template <int> class R>
-std::string simulate(int n, int ppt, uint32_t seed) {
-  Sim<R<S>> sim(S, n, ppt);
+std::string simulate(std::vector<int> items, int ppt, uint32_t seed) {
+  Sim<R<S>> sim(S, std::move(items), ppt);
   return sim.run(seed);
 }
 
@@ -306,16 +317,72 @@ TEST(PrefillSm90Plan, RingsNeitherHangNorOverwrite) {
     for (int ppt : {1, 2, 8, 16})
       for (uint32_t seed = 0; seed < 12; ++seed) {
         SCOPED_TRACE(testing::Message() << "tiles " << n << " pages/tile " << ppt << " seed " << seed);
-        EXPECT_EQ((simulate<2, Ring>(n, ppt, seed)), "");
-        EXPECT_EQ((simulate<3, Ring>(n, ppt, seed)), "");
-        EXPECT_EQ((simulate<6, Ring>(n, ppt, seed)), "");
+        EXPECT_EQ((simulate<2, Ring>({n}, ppt, seed)), "");
+        EXPECT_EQ((simulate<3, Ring>({n}, ppt, seed)), "");
+        EXPECT_EQ((simulate<6, Ring>({n}, ppt, seed)), "");
+      }
+}
+
+// The persistent grid: one CTA walks several items; its rings run on across them.
+TEST(PrefillSm90Plan, RingsRunOnAcrossPersistentItems) {
+  const std::vector<std::vector<int>> walks = {{1, 1, 1, 1, 1}, {5, 4, 3, 2, 1}, {2, 7, 1, 3}, {3, 3, 3}, {64, 1, 16}};
+  for (const auto& w : walks)
+    for (int ppt : {1, 8, 16})
+      for (uint32_t seed = 0; seed < 8; ++seed) {
+        SCOPED_TRACE(testing::Message() << "walk of " << w.size() << " items, first " << w[0] << " pages/tile " << ppt);
+        EXPECT_EQ((simulate<3, Ring>(w, ppt, seed)), "");
+        EXPECT_EQ((simulate<6, Ring>(w, ppt, seed)), "");
       }
 }
 
 TEST(PrefillSm90Plan, SimulationCatchesAWrongParity) {
   int caught = 0;
-  for (uint32_t seed = 0; seed < 20; ++seed) caught += !(simulate<3, BadRing>(8, 8, seed)).empty();
+  for (uint32_t seed = 0; seed < 20; ++seed) caught += !(simulate<3, BadRing>({8}, 8, seed)).empty();
   EXPECT_EQ(caught, 20);
+}
+
+// The persistent grid's order: every item once; with items sorted heaviest first, the snake
+// keeps the most loaded CTA near the mean on the benchmark's causal shapes (32 q / 8 KV heads,
+// 128-row tiles of 32 tokens, a tile's cost its 128-key tiles under the mask), where plain
+// round-robin would hand CTA 0 the heaviest item of every round.
+TEST(PrefillSm90Plan, PersistentSnakeCoversAndBalances) {
+  for (int grid : {1, 7, 132})
+    for (int items : {1, 5, 131, 132, 133, 512, 2048}) {
+      std::vector<int> seen(items, 0);
+      for (int c = 0; c < grid; ++c)
+        for (int k = 0;; ++k) {
+          const int w = persistent_item(c, k, grid);
+          if (w >= items) break;
+          ++seen[w];
+        }
+      for (int w = 0; w < items; ++w) ASSERT_EQ(seen[w], 1) << "item " << w << " of " << items << ", grid " << grid;
+    }
+  for (int tokens : {2048, 8192}) {
+    const int heads = 8, m_tiles = tokens * 4 / 128, grid = 132;
+    const int items = m_tiles * heads;
+    std::vector<int> seen(size_t(m_tiles) * heads, 0);
+    auto cost = [](int tile) { return (tile * 32 + 32 + 127) / 128; };  // key tiles of row tile `tile`
+    std::vector<double> snake(grid, 0), plain(grid, 0);
+    double total = 0;
+    for (int c = 0; c < grid; ++c)
+      for (int k = 0;; ++k) {
+        const int w = persistent_item(c, k, grid);
+        if (w >= items) break;
+        const Work wk = work_at(w, m_tiles, heads, 1);
+        ASSERT_GE(wk.tile, 0);
+        ++seen[size_t(wk.tile) * heads + wk.kvh];
+        snake[c] += cost(wk.tile);
+        total += cost(wk.tile);
+      }
+    for (int w = 0; w < items; ++w) plain[w % grid] += cost(work_at(w, m_tiles, heads, 1).tile);
+    for (int x : seen) ASSERT_EQ(x, 1);
+    const double mean = total / grid, mx = *std::max_element(snake.begin(), snake.end()),
+                 mxp = *std::max_element(plain.begin(), plain.end());
+    std::printf("[persistent %d tokens] most loaded CTA / mean: snake %.3f, round-robin %.3f\n", tokens, mx / mean,
+                mxp / mean);
+    EXPECT_LT(mx / mean, tokens == 8192 ? 1.02 : 1.10);
+    EXPECT_LT(mx, mxp);
+  }
 }
 
 }  // namespace

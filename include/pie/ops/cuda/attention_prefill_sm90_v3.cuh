@@ -2,7 +2,7 @@
 /// \file attention_prefill_sm90_v3.cuh
 /// \brief Hopper prefill attention v3 (opt-in: `PIE_PREFILL_SM90=3`; v2 stays the default until
 /// a GPU call has checked and timed this one). Same tile, warpgroups, softmax and ping-pong as
-/// v2 (attention_prefill_sm90.cuh); three changes to the loads, in the order of v2's fit:
+/// v2 (attention_prefill_sm90.cuh); the changes are to the loads, in the order of v2's fit:
 ///  1. One TMA box per page (a 5-D map, `plan::Box::kPage`) instead of one per 64-column half,
 ///     and the boxes issued by all four producer warps (warp w takes pages w, w + 4, ...; one
 ///     lane per page), not one lane of one warp.
@@ -10,9 +10,12 @@
 ///     retires (before the softmax and P·V), V(t) when P(t)·V(t) retires; the producer loads
 ///     K(t), V(t−1), K(t+1), ... in the order the consumers use them.
 ///  3. Three stages at head dim 128 (Q 32 KB + 3 × 64 KB), six at 64.
+/// Opt-in within the opt-in ("3p"): a persistent grid, one CTA per SM walking the row tiles
+/// heaviest first in a snake, the rings running on across tiles.
 /// The 5-D map has a stride smaller than the one below it (halves 128 B apart inside 256-byte
 /// token rows). Should the driver refuse it, the launch falls back to v2's one box per half
 /// (`Box::kHalves`) and says so once on stderr; the rest of v3 is unchanged.
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -41,7 +44,36 @@ __device__ __forceinline__ void tma_load5(uint32_t dst, const CUtensorMap* map, 
       : "memory");
 }
 
-template <int HD, class T, class Variant, plan::Box BOX>
+/// \brief The geometry of one work item: a 128-row tile of one sequence and KV head, its keys
+/// and its 128-key tiles under the variant's mask.
+struct Item {
+  int b, kvh, m0, q_begin, nrows, page_beg, npages, kv_len, q_off, first_tok, kv_begin, n_tiles;
+};
+/// Fills `it` for row tile `tile` of sequence b, KV head kvh; false when the tile is past the chunk.
+template <class Variant, class P>
+__device__ __forceinline__ bool resolve(const P& p, int b, int kvh, int tile, Item& it) {
+  it.b = b, it.kvh = kvh, it.m0 = tile * kBM;
+  it.q_begin = p.cu_q[b];
+  it.nrows = (p.cu_q[b + 1] - it.q_begin) * p.group;
+  if (it.m0 >= it.nrows) return false;
+  const int qlen = it.nrows / p.group;
+  it.page_beg = p.indptr[b], it.npages = p.indptr[b + 1] - it.page_beg;
+  it.kv_len = it.npages == 0 ? 0 : (it.npages - 1) * p.block_size + p.last_page_len[b];
+  it.q_off = it.kv_len - qlen;
+  it.first_tok = it.m0 / p.group;
+  const int last_tok = (min(it.m0 + kBM, it.nrows) - 1) / p.group;
+  const int kv_end = Variant::kCausal ? min(it.kv_len, it.q_off + last_tok + 1) : it.kv_len;
+  it.kv_begin = 0;
+  if constexpr (Variant::kWindowLeft > 0)
+    it.kv_begin = max(0, it.q_off + it.first_tok - Variant::kWindowLeft + 1) / kBN * kBN;
+  it.n_tiles = max(0, (kv_end - it.kv_begin + kBN - 1) / kBN);
+  return true;
+}
+
+/// PERSIST: a grid of at most one CTA per SM walks the work items heaviest first in a snake
+/// (plan::persistent_item); the K/V rings run on across items (the producer loads the next
+/// item's first tiles while the consumers finish the last one). Otherwise one item per CTA.
+template <int HD, class T, class Variant, plan::Box BOX, bool PERSIST>
 __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_constant__ Params<T, Variant> p) {
 #if PIE_SM90A_DEVICE
   constexpr int NH = HD / 64;
@@ -57,19 +89,25 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_const
   uint64_t* bars = reinterpret_cast<uint64_t*>(sv + S * TILE);
   const uint32_t kfull = smem_u32(bars), vfull = kfull + 8 * S, kempty = vfull + 8 * S, vempty = kempty + 8 * S;
 
-  const int b = blockIdx.z, kvh = blockIdx.y, G = p.group;
-  const int tile = gridDim.x - 1 - blockIdx.x;  // heavy (late) tiles first
-  const int q_begin = p.cu_q[b], qlen = p.cu_q[b + 1] - q_begin;
-  const int nrows = qlen * G, m0 = tile * kBM;
-  if (m0 >= nrows) return;
-  const int page_beg = p.indptr[b], npages = p.indptr[b + 1] - page_beg;
-  const int kv_len = npages == 0 ? 0 : (npages - 1) * p.block_size + p.last_page_len[b];
-  const int q_off = kv_len - qlen;
-  const int first_tok = m0 / G, last_tok = (min(m0 + kBM, nrows) - 1) / G;
-  const int kv_end = Variant::kCausal ? min(kv_len, q_off + last_tok + 1) : kv_len;
-  int kv_begin = 0;
-  if constexpr (Variant::kWindowLeft > 0) kv_begin = max(0, q_off + first_tok - Variant::kWindowLeft + 1) / kBN * kBN;
-  const int n_tiles = max(0, (kv_end - kv_begin + kBN - 1) / kBN);
+  // Work item k of this CTA (false: none left / empty item).
+  const int W = p.m_tiles * p.num_kv_heads * p.num_seqs;
+  auto item = [&](int k, Item& it, bool& done) {
+    if constexpr (PERSIST) {
+      const int w = plan::persistent_item(blockIdx.x, k, gridDim.x);
+      done = w >= W;
+      if (done) return false;
+      const plan::Work wk = plan::work_at(w, p.m_tiles, p.num_kv_heads, p.num_seqs);
+      return resolve<Variant>(p, wk.b, wk.kvh, wk.tile, it);
+    } else {
+      done = k > 0;
+      return !done && resolve<Variant>(p, blockIdx.z, blockIdx.y, gridDim.x - 1 - blockIdx.x, it);  // heavy first
+    }
+  };
+  if constexpr (!PERSIST) {
+    Item it;
+    bool done;
+    if (!item(0, it, done)) return;  // the whole CTA, before any barrier
+  }
 
   const int wg = threadIdx.x / 128, tid = threadIdx.x % 128, warp = tid / 32, lane = threadIdx.x % 32;
   if (threadIdx.x == 0) {
@@ -89,54 +127,78 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_const
     const int H = p.num_kv_heads;
     const int mine = plan::pages_of_warp(warp, kProducerWarps, ppt);
     const uint32_t my_bytes = uint32_t(mine) * plan::box_bytes(BOX, HD, p.block_size) * plan::boxes_per_page(BOX, HD);
-    // This lane's page of tile t (page warp + 4·lane of the tile), clamped to the last page: a
-    // tile is always whole (the keys past the end are masked, and V's rows zeroed, by consumers).
-    auto page_id = [&](int t) {
-      const int pg = ((kv_begin + t * kBN) >> p.bs_shift) + warp + kProducerWarps * lane;
-      return lane < mine && t < n_tiles ? p.indices[page_beg + min(pg, npages - 1)] : 0;
-    };
-    int id_next = page_id(0), id_k = 0, id_prev = 0;  // ids of tile (last K + 1), last K, last K − 1
-    for (int i = 0; i < 2 * n_tiles; ++i) {
-      const plan::Load ld = plan::load_at(i, n_tiles);
-      int id;
-      if (!ld.v) {
-        id_prev = id_k;
-        id_k = id_next;
-        id = id_k;
-      } else {
-        id = ld.tile == n_tiles - 1 && i == 2 * n_tiles - 1 ? id_k : id_prev;
+    int it0 = 0;  // ring position of this item's tile 0
+    for (int k = 0;; ++k) {
+      Item g;
+      bool done;
+      if (!item(k, g, done)) {
+        if (done) break;
+        continue;
       }
-      const int s = R::stage(ld.tile);
-      const uint32_t full = (ld.v ? vfull : kfull) + 8 * s;
-      if (R::waits_empty(ld.tile)) mbar_wait((ld.v ? vempty : kempty) + 8 * s, R::empty_parity(ld.tile));
-      if (lane == 0) mbar_expect_tx(full, my_bytes);  // arrives; a warp with no pages arrives with 0
-      __syncwarp();
-      if (lane < mine) {
-        const int page = warp + kProducerWarps * lane;  // page of the tile
-        const int row = id * 2 * H + kvh + (ld.v ? H : 0);
-        const uint32_t dst = smem_u32((ld.v ? sv : sk) + s * TILE);
-        if constexpr (BOX == plan::Box::kPage) {
-          tma_load5(dst + plan::box_offset(BOX, kBN, HD, p.block_size, page, 0), &p.kv_map, 0, 0, 0, 0, row, full);
+      // This lane's page of tile t (page warp + 4·lane of the tile), clamped to the last page: a
+      // tile is always whole (keys past the end are masked, and V's rows zeroed, by consumers).
+      auto page_id = [&](int t) {
+        const int pg = ((g.kv_begin + t * kBN) >> p.bs_shift) + warp + kProducerWarps * lane;
+        return lane < mine && t < g.n_tiles ? p.indices[g.page_beg + min(pg, g.npages - 1)] : 0;
+      };
+      int id_next = page_id(0), id_k = 0, id_prev = 0;  // ids of tile (last K + 1), last K, last K − 1
+      for (int i = 0; i < 2 * g.n_tiles; ++i) {
+        const plan::Load ld = plan::load_at(i, g.n_tiles);
+        int id;
+        if (!ld.v) {
+          id_prev = id_k;
+          id_k = id_next;
+          id = id_k;
         } else {
-#pragma unroll
-          for (int h = 0; h < NH; ++h)
-            tma_load4(dst + plan::box_offset(BOX, kBN, HD, p.block_size, page, h), &p.kv_map, h * 64, 0, 0, row, full);
+          id = i == 2 * g.n_tiles - 1 ? id_k : id_prev;  // V(n−1) follows K(n−1); V(t−1) follows K(t)
         }
+        const int r = it0 + ld.tile, s = R::stage(r);
+        const uint32_t full = (ld.v ? vfull : kfull) + 8 * s;
+        if (R::waits_empty(r)) mbar_wait((ld.v ? vempty : kempty) + 8 * s, R::empty_parity(r));
+        if (lane == 0) mbar_expect_tx(full, my_bytes);  // arrives; a warp with no pages arrives with 0
+        __syncwarp();
+        if (lane < mine) {
+          const int page = warp + kProducerWarps * lane;  // page of the tile
+          const int row = id * 2 * H + g.kvh + (ld.v ? H : 0);
+          const uint32_t dst = smem_u32((ld.v ? sv : sk) + s * TILE);
+          if constexpr (BOX == plan::Box::kPage) {
+            tma_load5(dst + plan::box_offset(BOX, kBN, HD, p.block_size, page, 0), &p.kv_map, 0, 0, 0, 0, row, full);
+          } else {
+#pragma unroll
+            for (int h = 0; h < NH; ++h)
+              tma_load4(dst + plan::box_offset(BOX, kBN, HD, p.block_size, page, h), &p.kv_map, h * 64, 0, 0, row,
+                        full);
+          }
+        }
+        if (!ld.v) id_next = page_id(ld.tile + 1);  // prefetched under the next V load
       }
-      if (!ld.v) id_next = page_id(ld.tile + 1);  // prefetched under the next V load
+      it0 += g.n_tiles;
     }
   } else {
   // ---------------- consumers (as v2, with K and V released separately) ----------------
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
   const int cw = wg - 1;
+  const uint32_t sq_u = smem_u32(sq) + cw * 64 * 128, sk_u = smem_u32(sk), sv_u = smem_u32(sv);
+  const int r_lo = cw * 64 + warp * 16 + lane / 4, r_hi = r_lo + 8;  // tile rows of this thread
+  int it0 = 0;
+  for (int k = 0;; ++k) {
+  Item g;
+  bool done;
+  if (!item(k, g, done)) {
+    if (done) break;
+    continue;
+  }
+  const int G = p.group, m0 = g.m0, nrows = g.nrows, n_tiles = g.n_tiles, kv_begin = g.kv_begin, kv_len = g.kv_len;
+  // Q rows of this warpgroup → swizzled shared memory (cp.async, zero rows past the chunk). The
+  // warpgroup's previous item read only its own rows, and its wgmmas have all retired.
   {
     const int c = tid % (HD / 8), h = c / 8, cc = c % 8;
 #pragma unroll
     for (int i = tid / (HD / 8); i < 64; i += 128 / (HD / 8)) {
       const int row = cw * 64 + i, r = m0 + row;
       const bool valid = r < nrows;
-      const int tok = valid ? r / G : 0, head = valid ? kvh * G + r - (r / G) * G : 0;
-      const T* src = p.q + int64_t(q_begin + tok) * p.q_stride + int64_t(head) * HD + c * 8;
+      const int tok = valid ? r / G : 0, head = valid ? g.kvh * G + r - (r / G) * G : 0;
+      const T* src = p.q + int64_t(g.q_begin + tok) * p.q_stride + int64_t(head) * HD + c * 8;
       detail::cp_async16(smem_u32(sq + h * kBM * 64 + row * 64 + ((cc ^ (row & 7)) << 3)), src, valid);
     }
   }
@@ -145,15 +207,13 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_const
   fence_proxy_async();
   named_bar_sync(1 + cw, 128);
 
-  const uint32_t sq_u = smem_u32(sq) + cw * 64 * 128, sk_u = smem_u32(sk), sv_u = smem_u32(sv);
   float o[HD / 2];
 #pragma unroll
   for (int i = 0; i < HD / 2; ++i) o[i] = 0.f;
   SoftmaxState st;
   st.f = Variant::kSoftCap ? 1.f : p.sm_scale * 1.4426950408889634f;
-  const int r_lo = cw * 64 + warp * 16 + lane / 4, r_hi = r_lo + 8;
-  const int qpos_lo = q_off + (m0 + r_lo) / G, qpos_hi = q_off + (m0 + r_hi) / G;
-  const int diag = q_off + first_tok;
+  const int qpos_lo = g.q_off + (m0 + r_lo) / G, qpos_hi = g.q_off + (m0 + r_hi) / G;
+  const int diag = g.q_off + g.first_tok;  // tiles whose last key is past this need the causal mask
 
   auto issue_s = [&](float (&sacc)[kBN / 2], int s) {
 #pragma unroll
@@ -178,31 +238,35 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_const
     else
       softmax_tile<false, T, kBN>(sacc, st, n0 + (lane % 4) * 2, qpos_lo, qpos_hi, kv_len, p.sm_scale, p.variant);
   };
+  // Ping-pong (as v2): the two consumer warpgroups take turns issuing their GEMMs (named
+  // barriers 3 and 4), so one's softmax runs while the other's MMAs hold the tensor cores.
   auto pp_sync = [&] { named_bar_sync(3 + cw, 256); };
   auto pp_arrive = [&] { named_bar_arrive(3 + (1 - cw), 256); };
   if (cw == 1) named_bar_arrive(3, 256);
 
   uint32_t pf[kBN / 16][4];
-  if (n_tiles > 0) {
+  if (n_tiles > 0) {  // tile 0: S, softmax → P (O is still zero)
+    const int s = R::stage(it0);
     float sacc[kBN / 2];
-    mbar_wait(kfull, R::full_parity(0));
+    mbar_wait(kfull + 8 * s, R::full_parity(it0));
     pp_sync();
     wgmma_fence();
-    issue_s(sacc, 0);
+    issue_s(sacc, s);
     wgmma_commit();
     pp_arrive();
     wgmma_wait<0>();
     fence_regs(sacc);
-    if (lane == 0) mbar_arrive(kempty);  // K(0) read
+    if (lane == 0) mbar_arrive(kempty + 8 * s);  // K(0) read
     softmax(sacc, kv_begin);
     pack_p<T, kBN>(sacc, pf);
   }
+  // Tile t: S(t) and P(t−1)·V(t−1) in flight together; K(t) released as soon as S(t) retires.
   for (int t = 1; t < n_tiles; ++t) {
-    const int s = R::stage(t), sp = R::stage(t - 1);
+    const int s = R::stage(it0 + t), sp = R::stage(it0 + t - 1);
     const int n0 = kv_begin + t * kBN;
     float sacc[kBN / 2];
-    mbar_wait(kfull + 8 * s, R::full_parity(t));
-    mbar_wait(vfull + 8 * sp, R::full_parity(t - 1));
+    mbar_wait(kfull + 8 * s, R::full_parity(it0 + t));
+    mbar_wait(vfull + 8 * sp, R::full_parity(it0 + t - 1));
     pp_sync();
     wgmma_fence();
     issue_s(sacc, s);
@@ -227,8 +291,8 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_const
   }
   if (cw == 0) named_bar_sync(3, 256);  // WG2's last turn signal
   if (n_tiles > 0) {  // P(last)·V(last)
-    const int t = n_tiles - 1, s = R::stage(t), n0 = kv_begin + t * kBN;
-    mbar_wait(vfull + 8 * s, R::full_parity(t));
+    const int t = n_tiles - 1, s = R::stage(it0 + t), n0 = kv_begin + t * kBN;
+    mbar_wait(vfull + 8 * s, R::full_parity(it0 + t));
     if (n0 + kBN > kv_len) {
       // Keys past the context end hold whatever the pool held (maybe NaN) and P is 0 there, but
       // 0·NaN is not 0: zero those V rows (both warpgroups write the same zeros). A row is 128
@@ -241,7 +305,7 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_const
         for (int h = 0; h < NH; ++h)
           *reinterpret_cast<uint4*>(v + L.offset(key, h * 64) + chunk * 16) = make_uint4(0, 0, 0, 0);
       }
-      fence_proxy_async();
+      fence_proxy_async();  // also orders the zeros before the stage's next TMA fill
       named_bar_sync(1 + cw, 128);
     }
     wgmma_fence();
@@ -249,6 +313,7 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_const
     wgmma_commit();
     wgmma_wait<0>();
     fence_regs(o);
+    if (lane == 0) mbar_arrive(vempty + 8 * s);  // the ring runs on into the next item
   }
 
   float l_r[2] = {st.l[0], st.l[1]};
@@ -262,11 +327,16 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_const
   for (int r = 0; r < 2; ++r) {
     const int row = m0 + (r == 0 ? r_lo : r_hi);
     if (row >= nrows) continue;
-    T* dst = p.out + int64_t(q_begin + row / G) * p.out_stride + int64_t(kvh * G + row % G) * HD + (lane % 4) * 2;
+    T* dst = p.out + int64_t(g.q_begin + row / G) * p.out_stride + int64_t(g.kvh * G + row % G) * HD + (lane % 4) * 2;
 #pragma unroll
     for (int j = 0; j < HD / 8; ++j)
       *reinterpret_cast<uint32_t*>(dst + j * 8) = pack2<T>(o[4 * j + 2 * r] * inv[r], o[4 * j + 2 * r + 1] * inv[r]);
   }
+  it0 += n_tiles;
+  // Both warpgroups leave the item before either starts the next: WG2's first ping-pong arrival
+  // of the next item must not meet barrier 3 before WG1 has taken this item's last one.
+  if constexpr (PERSIST) named_bar_sync(5, 256);
+  }  // items
   }  // consumers
 #else
   __trap();  // built without sm_90a: never launched (see available())
@@ -279,7 +349,7 @@ bool available() {
   static const bool ok = [] {
     if (!sm90::available<HD, T, Variant>()) return false;
     cudaFuncAttributes a{};
-    if (cudaFuncGetAttributes(&a, prefill_kernel<HD, T, Variant, plan::Box::kHalves>) != cudaSuccess) {
+    if (cudaFuncGetAttributes(&a, prefill_kernel<HD, T, Variant, plan::Box::kHalves, false>) != cudaSuccess) {
       cudaGetLastError();
       return false;
     }
@@ -306,11 +376,12 @@ CUresult encode_kv_map(Params<T, Variant>& p, const T* pool, int hd, plan::Box b
 }
 
 /// Launches v3. `box`: kPage (one box per page; head dim 128 only, where a page has two halves)
-/// or kHalves. A refused kPage map falls back to kHalves (said once on stderr). Returns the box
-/// mode it launched with.
+/// or kHalves; a refused kPage map falls back to kHalves (said once on stderr). `persist`: a
+/// grid of one CTA per SM over all work items (plan::persistent_item) instead of one CTA per
+/// item. Returns the box mode it launched with.
 template <int HD, class T, class Variant>
 plan::Box launch(Params<T, Variant>& p, const T* pool, int num_seqs, int max_q_len, cudaStream_t stream,
-                 plan::Box box = plan::Box::kPage) {
+                 plan::Box box = plan::Box::kPage, bool persist = false) {
   if constexpr (HD == 64) box = plan::Box::kHalves;  // one half: the 4-D map is already one box per page
   if (box == plan::Box::kPage && encode_kv_map(p, pool, HD, box) != CUDA_SUCCESS) {
     static bool said = false;
@@ -321,38 +392,55 @@ plan::Box launch(Params<T, Variant>& p, const T* pool, int num_seqs, int max_q_l
   }
   if (box == plan::Box::kHalves)
     PIE_CHECK(encode_kv_map(p, pool, HD, box) == CUDA_SUCCESS, "prefill_attention (sm90 v3): cuTensorMapEncodeTiled failed");
-  auto go = [&](auto kern) {
+  const int64_t rows = int64_t(max_q_len) * p.group;
+  p.m_tiles = int((rows + kBM - 1) / kBM);
+  p.num_seqs = num_seqs;
+  int sms = 0;
+  if (persist) {
+    int dev = 0;
+    PIE_CUDA_CHECK(cudaGetDevice(&dev));
+    PIE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  }
+  auto go = [&](auto kern, bool persistent) {
     constexpr size_t smem = smem_bytes<HD>();
     // Every launch, as v2 does: the attribute is per device.
     PIE_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    const int64_t rows = int64_t(max_q_len) * p.group;
-    dim3 grid(unsigned((rows + kBM - 1) / kBM), unsigned(p.num_kv_heads), unsigned(num_seqs));
+    const int64_t items = int64_t(p.m_tiles) * p.num_kv_heads * num_seqs;
+    const dim3 grid = persistent ? dim3(unsigned(std::min<int64_t>(items, sms)))
+                                 : dim3(unsigned(p.m_tiles), unsigned(p.num_kv_heads), unsigned(num_seqs));
     kern<<<grid, kThreads, smem, stream>>>(p);
     PIE_CUDA_CHECK_LAUNCH();
   };
   if constexpr (HD == 128) {
     if (box == plan::Box::kPage) {
-      go(prefill_kernel<HD, T, Variant, plan::Box::kPage>);
+      if (persist) go(prefill_kernel<HD, T, Variant, plan::Box::kPage, true>, true);
+      else go(prefill_kernel<HD, T, Variant, plan::Box::kPage, false>, false);
       return box;
     }
   }
-  go(prefill_kernel<HD, T, Variant, plan::Box::kHalves>);
+  if (persist) go(prefill_kernel<HD, T, Variant, plan::Box::kHalves, true>, true);
+  else go(prefill_kernel<HD, T, Variant, plan::Box::kHalves, false>, false);
   return box;
 }
 
 /// The prefill kernel generation `prefill_attention` takes on Hopper: 2 (default), or 3 when the
-/// environment sets PIE_PREFILL_SM90=3 (an opt-in until a GPU call has checked v3); "3h" takes
-/// v3 with one box per 64-column half (the A/B of change 1, and the fallback's test).
+/// environment sets PIE_PREFILL_SM90 (an opt-in until a GPU call has checked v3): "3" one box
+/// per page, "3p" the same on the persistent grid, "3h" one box per 64-column half (the A/B of
+/// change 1, and the fallback's test).
 inline const char* version_env() {
   static const char* e = std::getenv("PIE_PREFILL_SM90");
   return e == nullptr ? "" : e;
 }
 inline int version() {
-  static const int v = std::strcmp(version_env(), "3") == 0 || std::strcmp(version_env(), "3h") == 0 ? 3 : 2;
+  static const int v = std::strcmp(version_env(), "3") == 0 || std::strcmp(version_env(), "3h") == 0 ||
+                               std::strcmp(version_env(), "3p") == 0
+                           ? 3
+                           : 2;
   return v;
 }
 inline plan::Box requested_box() {
   return std::strcmp(version_env(), "3h") == 0 ? plan::Box::kHalves : plan::Box::kPage;
 }
+inline bool requested_persistent() { return std::strcmp(version_env(), "3p") == 0; }
 
 }  // namespace pie::ops::cuda::sm90::v3

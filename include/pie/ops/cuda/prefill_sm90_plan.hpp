@@ -103,4 +103,21 @@ PIE_HD constexpr int pages_of_warp(int warp, int warps, int pages_per_tile) {
   return warp < pages_per_tile ? (pages_per_tile - warp + warps - 1) / warps : 0;
 }
 
+/// \brief Persistent grid (v3 with PERSIST): CTA c takes work items c, then the next round's in
+/// reverse (a snake over rounds of `grid` items), so per-CTA sums even out when items are sorted
+/// heaviest first; plain round-robin would give CTA 0 the heaviest item of every round.
+PIE_HD constexpr int persistent_item(int cta, int round, int grid) {
+  return round * grid + ((round & 1) ? grid - 1 - cta : cta);
+}
+/// A work item: one 128-row tile of sequence b, KV head kvh.
+struct Work {
+  int tile, kvh, b;
+};
+/// Item w of `m_tiles × heads × seqs` items, heaviest first: the last row tiles (most keys under
+/// the causal mask) of every head and sequence come first.
+PIE_HD constexpr Work work_at(int w, int m_tiles, int heads, int seqs) {
+  const int per_tile = heads * seqs, r = w % per_tile;
+  return Work{m_tiles - 1 - w / per_tile, r % heads, r / heads};
+}
+
 }  // namespace pie::ops::cuda::sm90::plan
