@@ -2,8 +2,10 @@
 // CPU: the TMA map's limits, where a TMA box's elements land against the stage layout, the wgmma
 // descriptors' canonical layouts read over that stage (checked first on v2's layout, which ran on
 // the card), and the K/V rings' barriers in a randomised simulation of the producer warps, the
-// asynchronous copies and the consumer warps (no deadlock, no copy into a stage still read, each
-// read sees its tile whole). A wrong parity in the simulated ring must be caught.
+// asynchronous copies and the consumer warps with their ping-pong named barriers (no deadlock,
+// no copy into a stage still read, each read sees its tile whole), also over the persistent
+// grid's walks; the persistent order's coverage and balance. A wrong parity, an unreleased last V
+// and a persistent walk without its barrier between items must be caught.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -11,6 +13,7 @@
 #include <map>
 #include <random>
 #include <set>
+#include <string>
 #include <vector>
 
 #include "pie/ops/cuda/prefill_sm90_plan.hpp"
@@ -232,23 +235,38 @@ struct Sim {
   }
 
   // A consumer warp, as the kernel's loop: ops in order; each op waits, then acts.
-  struct Op { enum K { WaitK, WaitV, ReadK, ReadV, RelK, RelV } k; int tile; };
-  struct Consumer { std::vector<Op> ops; size_t pc = 0; };
-  Consumer consumer() {  // ring positions, as the kernel's consumer loop (it0 + t)
+  // Consumer warp w (warpgroup cw = w / 4) as the kernel's loop, with the ping-pong's named
+  // barriers (3, 4: bar.sync / bar.arrive over 256 threads) and, for the persistent grid, the
+  // consumer-wide barrier 5 between items.
+  struct Op { enum K { WaitK, WaitV, ReadK, ReadV, RelK, RelV, Arrive, Sync } k; int tile; };
+  struct Consumer { std::vector<Op> ops; size_t pc = 0; int sync_gen = -1; };
+  bool persist = false;
+  struct NamedBar { int count = 0, gen = 0; };
+  NamedBar nbar[6];
+  void nb_arrive(int id) {
+    if ((nbar[id].count += 32) == 256) nbar[id].count = 0, ++nbar[id].gen;
+  }
+  Consumer consumer(int cw) {  // ring positions, as the kernel's consumer loop (it0 + t)
     Consumer c;
     auto& o = c.ops;
     using O = Op;
     int b = 0;
     for (int n : items) {
-      if (n == 0) continue;
-      o.push_back({O::WaitK, b}); o.push_back({O::ReadK, b}); o.push_back({O::RelK, b});
-      for (int t = 1; t < n; ++t) {
-        o.push_back({O::WaitK, b + t}); o.push_back({O::WaitV, b + t - 1});
-        o.push_back({O::ReadK, b + t}); o.push_back({O::ReadV, b + t - 1});  // S(t), P·V(t−1) in flight
-        o.push_back({O::RelK, b + t});      // S(t) retired
-        o.push_back({O::RelV, b + t - 1});  // P·V(t−1) retired
+      if (cw == 1) o.push_back({O::Arrive, 3});
+      if (n > 0) {
+        o.push_back({O::WaitK, b}); o.push_back({O::Sync, 3 + cw}); o.push_back({O::ReadK, b});
+        o.push_back({O::Arrive, 3 + (1 - cw)}); o.push_back({O::RelK, b});
+        for (int t = 1; t < n; ++t) {
+          o.push_back({O::WaitK, b + t}); o.push_back({O::WaitV, b + t - 1}); o.push_back({O::Sync, 3 + cw});
+          o.push_back({O::ReadK, b + t}); o.push_back({O::ReadV, b + t - 1});  // S(t), P·V(t−1) in flight
+          o.push_back({O::Arrive, 3 + (1 - cw)});
+          o.push_back({O::RelK, b + t});      // S(t) retired
+          o.push_back({O::RelV, b + t - 1});  // P·V(t−1) retired
+        }
       }
-      o.push_back({O::WaitV, b + n - 1}); o.push_back({O::ReadV, b + n - 1}); o.push_back({O::RelV, b + n - 1});
+      if (cw == 0) o.push_back({O::Sync, 3});  // WG2's last turn signal
+      if (n > 0) { o.push_back({O::WaitV, b + n - 1}); o.push_back({O::ReadV, b + n - 1}); o.push_back({O::RelV, b + n - 1}); }
+      if (persist) o.push_back({O::Sync, 5});
       b += n;
     }
     return c;
@@ -269,6 +287,17 @@ struct Sim {
       }
       case Op::RelK: kread[s].erase(kread[s].find(op.tile)); kempty[s].arrive_expect(0); break;
       case Op::RelV: vread[s].erase(vread[s].find(op.tile)); vempty[s].arrive_expect(0); break;
+      case Op::Arrive: nb_arrive(op.tile); break;
+      case Op::Sync:  // bar.sync: arrive once, then wait for the barrier's generation to complete
+        if (c.sync_gen < 0) {
+          c.sync_gen = nbar[op.tile].gen;
+          nb_arrive(op.tile);
+          if (nbar[op.tile].gen == c.sync_gen) return true;  // arrived; now it waits
+        } else if (nbar[op.tile].gen == c.sync_gen) {
+          return false;
+        }
+        c.sync_gen = -1;
+        break;
     }
     ++c.pc;
     return true;
@@ -278,7 +307,8 @@ struct Sim {
   std::string run(uint32_t seed) {
     std::mt19937 rng(seed);
     std::vector<Producer> prod = {{0}, {1}, {2}, {3}};
-    std::vector<Consumer> cons(8, consumer());
+    std::vector<Consumer> cons;
+    for (int w = 0; w < 8; ++w) cons.push_back(consumer(w / 4));
     for (;;) {
       if (!error.empty()) return error;
       // Everything that can move now: producers, consumers, copies landing.
@@ -307,9 +337,13 @@ template <int S> struct BadRing : Ring<S> {  // the empty wait one phase late: t
 };
 
 template <int S, template <int> class R>
-std::string simulate(std::vector<int> items, int ppt, uint32_t seed) {
+std::string simulate(std::vector<int> items, int ppt, uint32_t seed, bool persist = false) {
   Sim<R<S>> sim(S, std::move(items), ppt);
-  return sim.run(seed);
+  sim.persist = persist;
+  std::string e = sim.run(seed);
+  for (int id : {3, 4, 5})
+    if (e.empty() && sim.nbar[id].count != 0) e = "named barrier " + std::to_string(id) + " left with arrivals";
+  return e;
 }
 
 TEST(PrefillSm90Plan, RingsNeitherHangNorOverwrite) {
@@ -330,9 +364,20 @@ TEST(PrefillSm90Plan, RingsRunOnAcrossPersistentItems) {
     for (int ppt : {1, 8, 16})
       for (uint32_t seed = 0; seed < 8; ++seed) {
         SCOPED_TRACE(testing::Message() << "walk of " << w.size() << " items, first " << w[0] << " pages/tile " << ppt);
-        EXPECT_EQ((simulate<3, Ring>(w, ppt, seed)), "");
-        EXPECT_EQ((simulate<6, Ring>(w, ppt, seed)), "");
+        EXPECT_EQ((simulate<3, Ring>(w, ppt, seed, true)), "");
+        EXPECT_EQ((simulate<6, Ring>(w, ppt, seed, true)), "");
       }
+  // Without barrier 5 between items, a warpgroup's first ping-pong arrival of the next item can
+  // meet barrier 3 before the other has taken the last one of this item.
+  int hung = 0;
+  std::string why;
+  for (uint32_t seed = 0; seed < 200; ++seed) {
+    const std::string e = simulate<3, Ring>({1, 1, 1, 1}, 8, seed, false);
+    hung += !e.empty();
+    if (!e.empty()) why = e;
+  }
+  std::printf("[persistent walks without barrier 5] %d of 200 interleavings fail (%s)\n", hung, why.c_str());
+  EXPECT_GT(hung, 0) << "the simulation should catch the ping-pong barriers going out of step";
 }
 
 TEST(PrefillSm90Plan, SimulationCatchesAWrongParity) {
