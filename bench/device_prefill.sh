@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # bench/device_prefill.sh — issue 14 item 1, the Hopper prefill kernel v3 in one GPU call:
 #   1. test_prefill (every grid against the CPU reference) on v2 (the default), on v3
-#      (PIE_PREFILL_SM90=3: one TMA box per page), on v3's persistent grid (3p) and, thinned, on
-#      v3 with one box per half (3h);
-#   2. compute-sanitizer memcheck (v3, v3p) and racecheck (v3) on thinned grids;
-#   3. bench_prefill (v2, v3, v3p, v3 with one box per half, v2 without ping-pong, mma.sync, one
-#      process)
+#      (PIE_PREFILL_SM90=3: one TMA box per page), on v3's persistent grid (3p), on 2-CTA
+#      clusters with K/V multicast (3c) and, thinned, on v3 with one box per half (3h);
+#   2. compute-sanitizer memcheck (v3, v3p, v3c) and racecheck (v3) on thinned grids;
+#   3. bench_prefill (v2, v3, v3p, v3c, v3 with one box per half, v2 without ping-pong, mma.sync,
+#      one process)
 #      and bench/prefill_peer.py (PyTorch SDPA cuDNN and flash, and the bf16 GEMM peak, same call);
 #   4. one table last: shape, v2, v3, cuDNN, flash, ratios, % of the GEMM peak.
 # Every step runs under its own timeout: a wrong barrier count hangs the GPU kernel, and the
@@ -38,10 +38,13 @@ run tests_v3 100 env PIE_PREFILL_SM90=3 "$T" --gtest_color=no
 v3rc=$?
 run tests_v3p 100 env PIE_PREFILL_SM90=3p "$T" --gtest_color=no
 v3prc=$?
+run tests_v3c 100 env PIE_PREFILL_SM90=3c "$T" --gtest_color=no
+v3crc=$?
 # A kernel that hangs (rc 124) or crashes would take the bench with it: leave it out there.
 bench_args="" v3ok=1
 case $v3rc in 0|1) ;; *) bench_args=--no-v3 v3ok=0; say "v3 rc=$v3rc: bench without v3, v3 sanitizers skipped" ;; esac
 case $v3prc in 0|1) ;; *) bench_args="$bench_args --no-v3p"; say "v3p rc=$v3prc: bench without v3p" ;; esac
+case $v3crc in 0|1) ;; *) bench_args="$bench_args --no-v3c"; say "v3c rc=$v3crc: bench without v3c" ;; esac
 run bench 120 "$dir/bench_prefill" $bench_args
 run peer 150 python3 bench/prefill_peer.py "$OUT/bench.log"
 if [ $v3ok = 1 ]; then
@@ -55,15 +58,19 @@ if [ $v3ok = 1 ]; then
     run memcheck_v3p 90 env PIE_PREFILL_SM90=3p compute-sanitizer --tool memcheck --error-exitcode 9 "$T" \
       --gtest_filter='Grid/PrefillAttention.MatchesCpu/Block16_HeadDim128_Group4_BF16:PrefillAttentionV3.*' ;;
   esac
+  case $v3crc in 0|1)
+    run memcheck_v3c 90 env PIE_PREFILL_SM90=3c compute-sanitizer --tool memcheck --error-exitcode 9 "$T" \
+      --gtest_filter='Grid/PrefillAttention.MatchesCpu/Block16_HeadDim128_Group4_BF16:PrefillAttentionV3.*' ;;
+  esac
 fi
 say "done"
 
 echo "---- tests (rel err per case: grep 'rel err' $OUT/tests_*.log)"
-for t in tests_v2 tests_v3 tests_v3p tests_v3_halves; do
+for t in tests_v2 tests_v3 tests_v3p tests_v3c tests_v3_halves; do
   echo "$t: $(grep -E '^\[  (PASSED|FAILED)  \]' "$OUT/$t.log" 2>/dev/null | tr '\n' ' ')"
   grep -E '^\[  FAILED  \]|prefill v3 box|refused' "$OUT/$t.log" 2>/dev/null | head -20
 done
-for t in memcheck_v3 racecheck_v3 memcheck_v3p; do
+for t in memcheck_v3 racecheck_v3 memcheck_v3p memcheck_v3c; do
   echo "$t: $(grep -hE "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/$t.log" 2>/dev/null | tr '\n' ' ')"
 done
 echo "---- resources (registers, spills, shared memory)"

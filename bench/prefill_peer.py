@@ -81,19 +81,21 @@ def main():
         v3 = pie.get(("sm90v3", n, prefix, hd, bs))
         v3h = pie.get(("sm90v3-halves", n, prefix, hd, bs))
         v3p = pie.get(("sm90v3p", n, prefix, hd, bs))
+        v3c = pie.get(("sm90v3c", n, prefix, hd, bs))
         old = pie.get(("mma", n, prefix, hd, bs))
         cd = sdpa(SDPBackend.CUDNN_ATTENTION, n, prefix, hd)
         fl = sdpa(SDPBackend.FLASH_ATTENTION, n, prefix, hd)
         shape = f"{'causal' if not prefix else 'chunk'} n={n} prefix={prefix} hd={hd} bs={bs}"
-        rows.append((shape, v2, v3, v3p, v3h, old, cd, fl))
+        rows.append((shape, v2, v3, v3p, v3c, v3h, old, cd, fl))
     # The table last: TFLOP/s, the ratios against the same call's peers, and % of its GEMM peak.
-    print(f"{'shape':34s} {'v2':>5s} {'v3':>5s} {'v3p':>5s} {'v3 halves':>9s} {'mma':>5s} {'cuDNN':>6s} {'flash':>6s} "
-          f"{'v3/v2':>6s} {'v3p/v2':>6s} {'v2/cuDNN':>8s} {'v3/cuDNN':>8s} {'v3p/cuDNN':>9s} {'v3/flash':>8s} "
-          f"{'v2 %gemm':>8s} {'v3 %gemm':>8s} {'v3p %gemm':>9s}")
-    for shape, v2, v3, v3p, v3h, old, cd, fl in rows:
-        print(f"{shape:34s} {f(v2):>5s} {f(v3):>5s} {f(v3p):>5s} {f(v3h):>9s} {f(old):>5s} {f(cd):>6s} {f(fl):>6s} "
-              f"{r(v3, v2):>6s} {r(v3p, v2):>6s} {r(v2, cd):>8s} {r(v3, cd):>8s} {r(v3p, cd):>9s} {r(v3, fl):>8s} "
-              f"{pct(v2):>8s} {pct(v3):>8s} {pct(v3p):>9s}")
+    # v3p: persistent grid; v3c: 2-CTA clusters with K/V multicast; v3 halves: one box per half.
+    print(f"{'shape':34s} {'v2':>5s} {'v3':>5s} {'v3p':>5s} {'v3c':>5s} {'v3 halves':>9s} {'mma':>5s} {'cuDNN':>6s} "
+          f"{'flash':>6s} {'v3/v2':>6s} {'v2/cuDNN':>8s} {'v3/cuDNN':>8s} {'v3p/cuDNN':>9s} {'v3c/cuDNN':>9s} "
+          f"{'v3/flash':>8s} {'v2 %gemm':>8s} {'v3 %gemm':>8s} {'v3p %gemm':>9s} {'v3c %gemm':>9s}")
+    for shape, v2, v3, v3p, v3c, v3h, old, cd, fl in rows:
+        print(f"{shape:34s} {f(v2):>5s} {f(v3):>5s} {f(v3p):>5s} {f(v3c):>5s} {f(v3h):>9s} {f(old):>5s} {f(cd):>6s} "
+              f"{f(fl):>6s} {r(v3, v2):>6s} {r(v2, cd):>8s} {r(v3, cd):>8s} {r(v3p, cd):>9s} {r(v3c, cd):>9s} "
+              f"{r(v3, fl):>8s} {pct(v2):>8s} {pct(v3):>8s} {pct(v3p):>9s} {pct(v3c):>9s}")
 
 if __name__ == "__main__":
     main()

@@ -186,72 +186,98 @@ struct Mbar {
   bool passed(uint32_t parity) const { return (phase & 1) != int(parity); }  // try_wait.parity
 };
 
+/// One CTA's side of the simulation: its barriers, what its stages hold, who reads them.
+struct CtaState {
+  std::vector<Mbar> kfull, vfull, kempty, vempty;
+  struct Slot { int tile = -1; int pages = 0; };
+  std::vector<Slot> kslot, vslot;
+  std::vector<std::multiset<int>> kread, vread;
+  struct NamedBar { int count = 0, gen = 0; };
+  NamedBar nbar[6];
+  CtaState(int s, int empty_count) : kfull(s), vfull(s), kempty(s), vempty(s), kslot(s), vslot(s), kread(s), vread(s) {
+    for (int i = 0; i < s; ++i) {
+      kfull[i].init(4); vfull[i].init(4); kempty[i].init(empty_count); vempty[i].init(empty_count);
+    }
+  }
+  void nb_arrive(int id) {
+    if ((nbar[id].count += 32) == 256) nbar[id].count = 0, ++nbar[id].gen;
+  }
+};
+
+/// The kernel's barrier protocol over one CTA (kTile: one item; kPersistent: a walk of items) or a
+/// 2-CTA cluster (kCluster: each CTA its own tile's key tiles, both loading the longer range, every
+/// copy landing in both CTAs, every release arriving on both CTAs' empty barriers).
 template <class RingT>
 struct Sim {
   int S, ppt;
-  std::vector<int> items;  // tiles per work item, walked in order (the persistent grid's rings run on)
-  std::vector<Mbar> kfull, vfull, kempty, vempty;
-  struct Slot { int tile = -1; int pages = 0; };
-  std::vector<Slot> kslot, vslot;              // what each stage holds
-  std::vector<std::multiset<int>> kread, vread;  // consumer warps reading each stage
-  struct Copy { bool v; int stage, tile, pages; long bytes; };
+  Grid grid;
+  std::vector<std::vector<int>> own;  // per CTA: key tiles of each of its items
+  std::vector<std::vector<int>> load;  // per CTA: key tiles its producer loads per item
+  std::vector<CtaState> cta;
+  struct Copy { int dst_cta; bool v; int stage, tile, pages; long bytes; };
   std::vector<Copy> inflight;
   std::string error;
 
-  Sim(int s, std::vector<int> it, int p) : S(s), ppt(p), items(std::move(it)), kfull(s), vfull(s), kempty(s), vempty(s), kslot(s), vslot(s),
-                              kread(s), vread(s) {
-    for (int i = 0; i < s; ++i) { kfull[i].init(4); vfull[i].init(4); kempty[i].init(8); vempty[i].init(8); }
+  Sim(int s, Grid g, std::vector<std::vector<int>> items, int p) : S(s), ppt(p), grid(g), own(std::move(items)) {
+    load = own;
+    if (grid == Grid::kCluster) {  // the pair loads the longer range
+      const int n = std::max(own[0][0], own[1][0]);
+      load = {{n}, {n}};
+    }
+    for (size_t c = 0; c < own.size(); ++c) cta.emplace_back(s, grid == Grid::kCluster ? 16 : 8);
   }
+  int ncta() const { return int(own.size()); }
 
-  // A producer warp: per item, per load, wait empty (if the ring has wrapped), arrive.expect_tx,
-  // issue copies. Ring position of tile t of an item: the tiles of the items before it, plus t.
-  struct Producer { int warp, item = 0, i = 0, base = 0; };
+  // A producer warp: per item, per load, wait empty (if the ring has wrapped), arrive.expect_tx
+  // (its pages and, in a cluster, its twin's in the peer), issue copies (to every CTA).
+  struct Producer { int c, warp, item = 0, i = 0, base = 0; };
+  int pages_of(int c, int warp) const {
+    return grid == Grid::kCluster ? pages_of_warp(warp, 4, pages_of_warp(c, 2, ppt)) : pages_of_warp(warp, 4, ppt);
+  }
   bool step(Producer& p) {
+    const auto& items = load[p.c];
     while (p.item < int(items.size()) && p.i >= 2 * items[p.item]) p.base += items[p.item++], p.i = 0;
     if (p.item >= int(items.size())) return false;
+    CtaState& me = cta[p.c];
     const int n = items[p.item];
     const Load ld = load_at(p.i, n);
     const int r = p.base + ld.tile, s = RingT::stage(r);
-    if (RingT::waits_empty(r) && !(ld.v ? vempty : kempty)[s].passed(RingT::empty_parity(r))) return false;
-    const int mine = pages_of_warp(p.warp, 4, ppt);
-    (ld.v ? vfull : kfull)[s].arrive_expect(long(mine) * 100);
-    if (mine > 0) {
-      auto& rd = ld.v ? vread : kread;
-      if (!rd[s].empty()) error = "copy issued into a stage a consumer still reads";
-      inflight.push_back({ld.v, s, r, mine, long(mine) * 100});
-    }
+    if (RingT::waits_empty(r) && !(ld.v ? me.vempty : me.kempty)[s].passed(RingT::empty_parity(r))) return false;
+    const int mine = pages_of(p.c, p.warp), twin = ncta() == 2 ? pages_of(1 - p.c, p.warp) : 0;
+    (ld.v ? me.vfull : me.kfull)[s].arrive_expect(long(mine + twin) * 100);
+    if (mine > 0)
+      for (int d = 0; d < ncta(); ++d) {
+        auto& rd = ld.v ? cta[d].vread : cta[d].kread;
+        if (!rd[s].empty()) error = "copy issued into a stage a consumer still reads";
+        inflight.push_back({d, ld.v, s, r, mine, long(mine) * 100});
+      }
     ++p.i;
     return true;
   }
   void land(size_t k) {
     Copy c = inflight[k];
     inflight.erase(inflight.begin() + long(k));
-    auto& slot = (c.v ? vslot : kslot)[c.stage];
-    auto& rd = c.v ? vread : kread;
+    CtaState& d = cta[c.dst_cta];
+    auto& slot = (c.v ? d.vslot : d.kslot)[c.stage];
+    auto& rd = c.v ? d.vread : d.kread;
     if (!rd[c.stage].empty()) error = "copy landed in a stage a consumer still reads";
     if (slot.tile != c.tile) slot = {c.tile, 0};
     slot.pages += c.pages;
-    (c.v ? vfull : kfull)[c.stage].complete(c.bytes);
+    (c.v ? d.vfull : d.kfull)[c.stage].complete(c.bytes);
   }
 
-  // A consumer warp, as the kernel's loop: ops in order; each op waits, then acts.
-  // Consumer warp w (warpgroup cw = w / 4) as the kernel's loop, with the ping-pong's named
-  // barriers (3, 4: bar.sync / bar.arrive over 256 threads) and, for the persistent grid, the
-  // consumer-wide barrier 5 between items.
+  // Consumer warp w of CTA c (warpgroup cw = w / 4) as the kernel's loop, with the ping-pong's
+  // named barriers (3, 4: bar.sync / bar.arrive over 256 threads), the persistent grid's
+  // consumer-wide barrier 5 between items, and the cluster's tiles past the CTA's own.
   struct Op { enum K { WaitK, WaitV, ReadK, ReadV, RelK, RelV, Arrive, Sync } k; int tile; };
-  struct Consumer { std::vector<Op> ops; size_t pc = 0; int sync_gen = -1; };
-  bool persist = false;
-  struct NamedBar { int count = 0, gen = 0; };
-  NamedBar nbar[6];
-  void nb_arrive(int id) {
-    if ((nbar[id].count += 32) == 256) nbar[id].count = 0, ++nbar[id].gen;
-  }
-  Consumer consumer(int cw) {  // ring positions, as the kernel's consumer loop (it0 + t)
-    Consumer c;
-    auto& o = c.ops;
+  struct Consumer { int c; std::vector<Op> ops; size_t pc = 0; int sync_gen = -1; };
+  Consumer consumer(int c, int cw) {  // ring positions, as the kernel's consumer loop (it0 + t)
+    Consumer con{c, {}};
+    auto& o = con.ops;
     using O = Op;
     int b = 0;
-    for (int n : items) {
+    for (size_t it = 0; it < own[c].size(); ++it) {
+      const int n = own[c][it];
       if (cw == 1) o.push_back({O::Arrive, 3});
       if (n > 0) {
         o.push_back({O::WaitK, b}); o.push_back({O::Sync, 3 + cw}); o.push_back({O::ReadK, b});
@@ -266,34 +292,52 @@ struct Sim {
       }
       if (cw == 0) o.push_back({O::Sync, 3});  // WG2's last turn signal
       if (n > 0) { o.push_back({O::WaitV, b + n - 1}); o.push_back({O::ReadV, b + n - 1}); o.push_back({O::RelV, b + n - 1}); }
-      if (persist) o.push_back({O::Sync, 5});
-      b += n;
+      for (int t = n; t < load[c][it]; ++t) {  // the cluster's tiles past this CTA's own
+        o.push_back({O::WaitK, b + t}); o.push_back({O::RelK, b + t});
+        o.push_back({O::WaitV, b + t}); o.push_back({O::RelV, b + t});
+      }
+      if (grid == Grid::kPersistent) o.push_back({O::Sync, 5});
+      b += load[c][it];
     }
-    return c;
+    return con;
+  }
+  void release(std::vector<Mbar> CtaState::*bars, int s) {
+    for (auto& d : cta) (d.*bars)[s].arrive_expect(0);  // this CTA's barrier and, in a cluster, the peer's
   }
   bool step(Consumer& c) {
     if (c.pc >= c.ops.size()) return false;
+    CtaState& me = cta[c.c];
     const Op op = c.ops[c.pc];
     const int s = RingT::stage(op.tile);
     switch (op.k) {
-      case Op::WaitK: if (!kfull[s].passed(RingT::full_parity(op.tile))) return false; break;
-      case Op::WaitV: if (!vfull[s].passed(RingT::full_parity(op.tile))) return false; break;
+      case Op::WaitK: if (!me.kfull[s].passed(RingT::full_parity(op.tile))) return false; break;
+      case Op::WaitV: if (!me.vfull[s].passed(RingT::full_parity(op.tile))) return false; break;
       case Op::ReadK:
       case Op::ReadV: {
-        const Slot& sl = (op.k == Op::ReadK ? kslot : vslot)[s];
+        const CtaState::Slot& sl = (op.k == Op::ReadK ? me.kslot : me.vslot)[s];
         if (sl.tile != op.tile || sl.pages != ppt) error = "a consumer read a stage that does not hold its whole tile";
-        (op.k == Op::ReadK ? kread : vread)[s].insert(op.tile);
+        (op.k == Op::ReadK ? me.kread : me.vread)[s].insert(op.tile);
         break;
       }
-      case Op::RelK: kread[s].erase(kread[s].find(op.tile)); kempty[s].arrive_expect(0); break;
-      case Op::RelV: vread[s].erase(vread[s].find(op.tile)); vempty[s].arrive_expect(0); break;
-      case Op::Arrive: nb_arrive(op.tile); break;
+      case Op::RelK: {
+        auto f = me.kread[s].find(op.tile);
+        if (f != me.kread[s].end()) me.kread[s].erase(f);
+        release(&CtaState::kempty, s);
+        break;
+      }
+      case Op::RelV: {
+        auto f = me.vread[s].find(op.tile);
+        if (f != me.vread[s].end()) me.vread[s].erase(f);
+        release(&CtaState::vempty, s);
+        break;
+      }
+      case Op::Arrive: me.nb_arrive(op.tile); break;
       case Op::Sync:  // bar.sync: arrive once, then wait for the barrier's generation to complete
         if (c.sync_gen < 0) {
-          c.sync_gen = nbar[op.tile].gen;
-          nb_arrive(op.tile);
-          if (nbar[op.tile].gen == c.sync_gen) return true;  // arrived; now it waits
-        } else if (nbar[op.tile].gen == c.sync_gen) {
+          c.sync_gen = me.nbar[op.tile].gen;
+          me.nb_arrive(op.tile);
+          if (me.nbar[op.tile].gen == c.sync_gen) return true;  // arrived; now it waits
+        } else if (me.nbar[op.tile].gen == c.sync_gen) {
           return false;
         }
         c.sync_gen = -1;
@@ -306,14 +350,16 @@ struct Sim {
   /// Runs to the end in a random interleaving; "" when every agent finished cleanly.
   std::string run(uint32_t seed) {
     std::mt19937 rng(seed);
-    std::vector<Producer> prod = {{0}, {1}, {2}, {3}};
+    std::vector<Producer> prod;
     std::vector<Consumer> cons;
-    for (int w = 0; w < 8; ++w) cons.push_back(consumer(w / 4));
+    for (int c = 0; c < ncta(); ++c) {
+      for (int w = 0; w < 4; ++w) prod.push_back({c, w});
+      for (int w = 0; w < 8; ++w) cons.push_back(consumer(c, w / 4));
+    }
+    const int np = int(prod.size()), nc = int(cons.size());
     for (;;) {
       if (!error.empty()) return error;
-      // Everything that can move now: producers, consumers, copies landing.
       std::vector<int> movable;
-      const int np = 4, nc = 8;
       for (int i = 0; i < np + nc + int(inflight.size()); ++i) movable.push_back(i);
       std::shuffle(movable.begin(), movable.end(), rng);
       bool moved = false;
@@ -324,8 +370,11 @@ struct Sim {
         if (moved) break;
       }
       if (!moved) {
-        for (auto& p : prod) if (step(p) || p.item < int(items.size())) return "deadlock: a producer waits forever";
+        for (auto& p : prod) if (step(p) || p.item < int(load[p.c].size())) return "deadlock: a producer waits forever";
         for (auto& c : cons) if (c.pc < c.ops.size()) return "deadlock: a consumer waits forever";
+        for (auto& d : cta)
+          for (int id : {3, 4, 5})
+            if (d.nbar[id].count != 0) return "named barrier " + std::to_string(id) + " left with arrivals";
         return "";
       }
     }
@@ -338,12 +387,13 @@ template <int S> struct BadRing : Ring<S> {  // the empty wait one phase late: t
 
 template <int S, template <int> class R>
 std::string simulate(std::vector<int> items, int ppt, uint32_t seed, bool persist = false) {
-  Sim<R<S>> sim(S, std::move(items), ppt);
-  sim.persist = persist;
-  std::string e = sim.run(seed);
-  for (int id : {3, 4, 5})
-    if (e.empty() && sim.nbar[id].count != 0) e = "named barrier " + std::to_string(id) + " left with arrivals";
-  return e;
+  Sim<R<S>> sim(S, persist ? Grid::kPersistent : Grid::kTile, {std::move(items)}, ppt);
+  return sim.run(seed);
+}
+template <int S>
+std::string simulate_pair(int n0, int n1, int ppt, uint32_t seed) {
+  Sim<Ring<S>> sim(S, Grid::kCluster, {{n0}, {n1}}, ppt);
+  return sim.run(seed);
 }
 
 TEST(PrefillSm90Plan, RingsNeitherHangNorOverwrite) {
@@ -378,6 +428,18 @@ TEST(PrefillSm90Plan, RingsRunOnAcrossPersistentItems) {
   }
   std::printf("[persistent walks without barrier 5] %d of 200 interleavings fail (%s)\n", hung, why.c_str());
   EXPECT_GT(hung, 0) << "the simulation should catch the ping-pong barriers going out of step";
+}
+
+// The cluster grid: two CTAs of neighbouring row tiles (one of them maybe past the chunk, 0 key
+// tiles), each loading half of every tile's pages into both.
+TEST(PrefillSm90Plan, ClusterPairsNeitherHangNorOverwrite) {
+  for (auto [n0, n1] : std::vector<std::pair<int, int>>{{1, 1}, {2, 1}, {1, 2}, {5, 4}, {9, 9}, {4, 0}, {0, 3}, {0, 0}})
+    for (int ppt : {1, 2, 8, 16})
+      for (uint32_t seed = 0; seed < 10; ++seed) {
+        SCOPED_TRACE(testing::Message() << "tiles " << n0 << "/" << n1 << " pages/tile " << ppt << " seed " << seed);
+        EXPECT_EQ(simulate_pair<3>(n0, n1, ppt, seed), "");
+        EXPECT_EQ(simulate_pair<6>(n0, n1, ppt, seed), "");
+      }
 }
 
 TEST(PrefillSm90Plan, SimulationCatchesAWrongParity) {

@@ -315,7 +315,7 @@ void prefill_attention(TensorView<T> q, kv::PagedKV<KV> cache, const int32_t* cu
       sp.variant = variant;
       if (sm90::v3::version() == 3 && sm90::v3::available<HD, D, Variant>())  // opt-in (PIE_PREFILL_SM90=3)
         sm90::v3::launch<HD, D, Variant>(sp, dev(cache.data), cache.batch_size, max_query_len, stream,
-                                         sm90::v3::requested_box(), sm90::v3::requested_persistent());
+                                         sm90::v3::requested_box(), sm90::v3::requested_grid());
       else
         sm90::launch<HD, D, Variant>(sp, dev(cache.data), cache.batch_size, max_query_len, stream);
       return true;

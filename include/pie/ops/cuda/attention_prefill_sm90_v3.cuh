@@ -10,8 +10,10 @@
 ///     retires (before the softmax and P·V), V(t) when P(t)·V(t) retires; the producer loads
 ///     K(t), V(t−1), K(t+1), ... in the order the consumers use them.
 ///  3. Three stages at head dim 128 (Q 32 KB + 3 × 64 KB), six at 64.
-/// Opt-in within the opt-in ("3p"): a persistent grid, one CTA per SM walking the row tiles
-/// heaviest first in a snake, the rings running on across tiles.
+/// Two more grids, opt-ins within the opt-in: "3p", a persistent grid, one CTA per SM walking
+/// the row tiles heaviest first in a snake, the rings running on across tiles; "3c", 2-CTA
+/// clusters over neighbouring row tiles that multicast each K/V tile to both CTAs (half the L2
+/// reads).
 /// The 5-D map has a stride smaller than the one below it (halves 128 B apart inside 256-byte
 /// token rows). Should the driver refuse it, the launch falls back to v2's one box per half
 /// (`Box::kHalves`) and says so once on stderr; the rest of v3 is unchanged.
@@ -55,7 +57,8 @@ __device__ __forceinline__ bool resolve(const P& p, int b, int kvh, int tile, It
   it.b = b, it.kvh = kvh, it.m0 = tile * kBM;
   it.q_begin = p.cu_q[b];
   it.nrows = (p.cu_q[b + 1] - it.q_begin) * p.group;
-  if (it.m0 >= it.nrows) return false;
+  it.n_tiles = 0;
+  if (it.m0 >= it.nrows) return false;  // (the cluster grid reads kv_len and pages of such a tile: below)
   const int qlen = it.nrows / p.group;
   it.page_beg = p.indptr[b], it.npages = p.indptr[b + 1] - it.page_beg;
   it.kv_len = it.npages == 0 ? 0 : (it.npages - 1) * p.block_size + p.last_page_len[b];
@@ -70,10 +73,55 @@ __device__ __forceinline__ bool resolve(const P& p, int b, int kvh, int tile, It
   return true;
 }
 
-/// PERSIST: a grid of at most one CTA per SM walks the work items heaviest first in a snake
-/// (plan::persistent_item); the K/V rings run on across items (the producer loads the next
-/// item's first tiles while the consumers finish the last one). Otherwise one item per CTA.
-template <int HD, class T, class Variant, plan::Box BOX, bool PERSIST>
+/// The sequence's pages and keys only (a cluster's helper CTA whose own tile is past the chunk).
+template <class P>
+__device__ __forceinline__ void resolve_pages(const P& p, int b, int kvh, Item& it) {
+  it.b = b, it.kvh = kvh;
+  it.page_beg = p.indptr[b], it.npages = p.indptr[b + 1] - it.page_beg;
+  it.kv_len = it.npages == 0 ? 0 : (it.npages - 1) * p.block_size + p.last_page_len[b];
+  it.kv_begin = 0, it.q_off = 0, it.first_tok = 0, it.n_tiles = 0;
+}
+
+/// Remote arrive on the mbarrier at the same offset in cluster CTA `rank`.
+__device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar, uint32_t rank) {
+  asm volatile(
+      "{\n.reg .b32 r;\nmapa.shared::cluster.u32 r, %0, %1;\n"
+      "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [r];\n}\n" ::"r"(bar),
+      "r"(rank)
+      : "memory");
+}
+/// 5-D / 4-D TMA tile loads multicast to the CTAs of `mask` (same smem offset, same mbarrier offset).
+__device__ __forceinline__ void tma_load5_mc(uint32_t dst, const CUtensorMap* map, int c0, int c1, int c2, int c3,
+                                             int c4, uint32_t bar, uint16_t mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.5d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, "
+      "{%2, %3, %4, %5, %6}], [%7], %8;\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(c4), "r"(bar), "h"(mask)
+      : "memory");
+}
+__device__ __forceinline__ void tma_load4_mc(uint32_t dst, const CUtensorMap* map, int c0, int c1, int c2, int c3,
+                                             uint32_t bar, uint16_t mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, "
+      "{%2, %3, %4, %5}], [%6], %7;\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar), "h"(mask)
+      : "memory");
+}
+/// All threads of both CTAs (the warp reconverged first: the instructions are .aligned).
+__device__ __forceinline__ void cluster_sync() {
+  __syncwarp();
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+
+/// GRID kTile: one item per CTA. kPersistent: a grid of at most one CTA per SM walks the work
+/// items heaviest first in a snake (plan::persistent_item); the K/V rings run on across items
+/// (the producer loads the next item's first tiles while the consumers finish the last one).
+/// kCluster: CTA pairs (a 2-CTA cluster) over neighbouring row tiles of one sequence and KV head;
+/// each producer loads half of every K/V tile's pages and multicasts them to both CTAs, so L2
+/// serves each tile once per pair. Both CTAs load the longer of the two tiles' key ranges; the
+/// shorter one waits for and releases the tiles it does not use, and a CTA whose tile is past
+/// the chunk still loads its half. Every `empty` barrier counts the consumer warps of both CTAs.
+template <int HD, class T, class Variant, plan::Box BOX, plan::Grid GRID>
 __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_constant__ Params<T, Variant> p) {
 #if PIE_SM90A_DEVICE
   constexpr int NH = HD / 64;
@@ -89,10 +137,19 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_const
   uint64_t* bars = reinterpret_cast<uint64_t*>(sv + S * TILE);
   const uint32_t kfull = smem_u32(bars), vfull = kfull + 8 * S, kempty = vfull + 8 * S, vempty = kempty + 8 * S;
 
+  constexpr bool PERSIST = GRID == plan::Grid::kPersistent, CL = GRID == plan::Grid::kCluster;
+  static_assert(!CL || Variant::kWindowLeft <= 0, "the cluster grid loads keys from 0: no sliding window");
+  const uint32_t rank = blockIdx.x & 1, peer = rank ^ 1;  // kCluster: cluster dims (2, 1, 1)
   // Work item k of this CTA (false: none left / empty item).
   const int W = p.m_tiles * p.num_kv_heads * p.num_seqs;
   auto item = [&](int k, Item& it, bool& done) {
-    if constexpr (PERSIST) {
+    if constexpr (CL) {
+      done = k > 0;
+      if (done) return false;
+      if (!resolve<Variant>(p, blockIdx.z, blockIdx.y, gridDim.x - 1 - blockIdx.x, it))
+        resolve_pages(p, blockIdx.z, blockIdx.y, it);  // n_tiles 0: it only helps load
+      return true;
+    } else if constexpr (PERSIST) {
       const int w = plan::persistent_item(blockIdx.x, k, gridDim.x);
       done = w >= W;
       if (done) return false;
@@ -103,10 +160,18 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_const
       return !done && resolve<Variant>(p, blockIdx.z, blockIdx.y, gridDim.x - 1 - blockIdx.x, it);  // heavy first
     }
   };
-  if constexpr (!PERSIST) {
+  if constexpr (GRID == plan::Grid::kTile) {
     Item it;
     bool done;
     if (!item(0, it, done)) return;  // the whole CTA, before any barrier
+  }
+  // kCluster: the pair loads the longer key range of its two tiles.
+  int n_load = 0;
+  if constexpr (CL) {
+    Item a, b;
+    resolve<Variant>(p, blockIdx.z, blockIdx.y, gridDim.x - 1 - blockIdx.x, a);
+    resolve<Variant>(p, blockIdx.z, blockIdx.y, gridDim.x - 1 - (blockIdx.x ^ 1), b);
+    n_load = max(a.n_tiles, b.n_tiles);
   }
 
   const int wg = threadIdx.x / 128, tid = threadIdx.x % 128, warp = tid / 32, lane = threadIdx.x % 32;
@@ -114,19 +179,27 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_const
     for (int s = 0; s < S; ++s) {
       mbar_init(kfull + 8 * s, kProducerWarps);  // one arrive.expect_tx per producer warp
       mbar_init(vfull + 8 * s, kProducerWarps);
-      mbar_init(kempty + 8 * s, 8);  // one arrival per consumer warp
-      mbar_init(vempty + 8 * s, 8);
+      mbar_init(kempty + 8 * s, CL ? 16 : 8);  // one arrival per consumer warp (of both CTAs)
+      mbar_init(vempty + 8 * s, CL ? 16 : 8);
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
-  __syncthreads();
+  if constexpr (CL) cluster_sync();  // the peer's barriers exist before any remote arrival or copy
+  else __syncthreads();
 
   if (wg == 0) {  // ---------------- producer: 4 warps, one lane per page ----------------
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
     const int ppt = kBN >> p.bs_shift;  // pages per tile
     const int H = p.num_kv_heads;
-    const int mine = plan::pages_of_warp(warp, kProducerWarps, ppt);
-    const uint32_t my_bytes = uint32_t(mine) * plan::box_bytes(BOX, HD, p.block_size) * plan::boxes_per_page(BOX, HD);
+    const uint32_t page_bytes = plan::box_bytes(BOX, HD, p.block_size) * plan::boxes_per_page(BOX, HD);
+    // Pages of this warp (kCluster: of this CTA's half, pages rank, rank + 2, ...), and the bytes
+    // this warp's arrival expects: its own pages, and under kCluster its twin's in the peer CTA.
+    const int mine = CL ? plan::pages_of_warp(warp, kProducerWarps, plan::pages_of_warp(int(rank), 2, ppt))
+                        : plan::pages_of_warp(warp, kProducerWarps, ppt);
+    const int twin = CL ? plan::pages_of_warp(warp, kProducerWarps, plan::pages_of_warp(int(peer), 2, ppt)) : 0;
+    const uint32_t my_bytes = uint32_t(mine + twin) * page_bytes;
+    // Page of the tile this lane issues.
+    const int my_page = CL ? int(rank) + 2 * (warp + kProducerWarps * lane) : warp + kProducerWarps * lane;
     int it0 = 0;  // ring position of this item's tile 0
     for (int k = 0;; ++k) {
       Item g;
@@ -135,10 +208,11 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_const
         if (done) break;
         continue;
       }
-      // This lane's page of tile t (page warp + 4·lane of the tile), clamped to the last page: a
-      // tile is always whole (keys past the end are masked, and V's rows zeroed, by consumers).
+      if constexpr (CL) g.n_tiles = n_load;
+      // This lane's page of tile t, clamped to the last page: a tile is always whole (keys past
+      // the end are masked, and V's rows zeroed, by consumers).
       auto page_id = [&](int t) {
-        const int pg = ((g.kv_begin + t * kBN) >> p.bs_shift) + warp + kProducerWarps * lane;
+        const int pg = ((g.kv_begin + t * kBN) >> p.bs_shift) + my_page;
         return lane < mine && t < g.n_tiles ? p.indices[g.page_beg + min(pg, g.npages - 1)] : 0;
       };
       int id_next = page_id(0), id_k = 0, id_prev = 0;  // ids of tile (last K + 1), last K, last K − 1
@@ -158,16 +232,19 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_const
         if (lane == 0) mbar_expect_tx(full, my_bytes);  // arrives; a warp with no pages arrives with 0
         __syncwarp();
         if (lane < mine) {
-          const int page = warp + kProducerWarps * lane;  // page of the tile
           const int row = id * 2 * H + g.kvh + (ld.v ? H : 0);
           const uint32_t dst = smem_u32((ld.v ? sv : sk) + s * TILE);
           if constexpr (BOX == plan::Box::kPage) {
-            tma_load5(dst + plan::box_offset(BOX, kBN, HD, p.block_size, page, 0), &p.kv_map, 0, 0, 0, 0, row, full);
+            const uint32_t d = dst + plan::box_offset(BOX, kBN, HD, p.block_size, my_page, 0);
+            if constexpr (CL) tma_load5_mc(d, &p.kv_map, 0, 0, 0, 0, row, full, uint16_t(3));
+            else tma_load5(d, &p.kv_map, 0, 0, 0, 0, row, full);
           } else {
 #pragma unroll
-            for (int h = 0; h < NH; ++h)
-              tma_load4(dst + plan::box_offset(BOX, kBN, HD, p.block_size, page, h), &p.kv_map, h * 64, 0, 0, row,
-                        full);
+            for (int h = 0; h < NH; ++h) {
+              const uint32_t d = dst + plan::box_offset(BOX, kBN, HD, p.block_size, my_page, h);
+              if constexpr (CL) tma_load4_mc(d, &p.kv_map, h * 64, 0, 0, row, full, uint16_t(3));
+              else tma_load4(d, &p.kv_map, h * 64, 0, 0, row, full);
+            }
           }
         }
         if (!ld.v) id_next = page_id(ld.tile + 1);  // prefetched under the next V load
@@ -180,6 +257,13 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_const
   const int cw = wg - 1;
   const uint32_t sq_u = smem_u32(sq) + cw * 64 * 128, sk_u = smem_u32(sk), sv_u = smem_u32(sv);
   const int r_lo = cw * 64 + warp * 16 + lane / 4, r_hi = r_lo + 8;  // tile rows of this thread
+  // A stage read: this CTA's empty barrier, and under kCluster the peer's (its copies land here too).
+  auto release = [&](uint32_t bar) {
+    if (lane == 0) {
+      mbar_arrive(bar);
+      if constexpr (CL) mbar_arrive_cluster(bar, peer);
+    }
+  };
   int it0 = 0;
   for (int k = 0;; ++k) {
   Item g;
@@ -256,7 +340,7 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_const
     pp_arrive();
     wgmma_wait<0>();
     fence_regs(sacc);
-    if (lane == 0) mbar_arrive(kempty + 8 * s);  // K(0) read
+    release(kempty + 8 * s);  // K(0) read
     softmax(sacc, kv_begin);
     pack_p<T, kBN>(sacc, pf);
   }
@@ -277,11 +361,11 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_const
     pp_arrive();
     wgmma_wait<1>();  // S(t) retired: K(t) may be refilled while P(t−1)·V(t−1) runs
     fence_regs(sacc);
-    if (lane == 0) mbar_arrive(kempty + 8 * s);
+    release(kempty + 8 * s);
     softmax(sacc, n0);
     wgmma_wait<0>();
     fence_regs(o);
-    if (lane == 0) mbar_arrive(vempty + 8 * sp);
+    release(vempty + 8 * sp);
 #pragma unroll
     for (int j = 0; j < HD / 8; ++j) {
       o[4 * j] *= st.corr[0]; o[4 * j + 1] *= st.corr[0];
@@ -313,7 +397,16 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_const
     wgmma_commit();
     wgmma_wait<0>();
     fence_regs(o);
-    if (lane == 0) mbar_arrive(vempty + 8 * s);  // the ring runs on into the next item
+    release(vempty + 8 * s);  // the ring runs on into the next item
+  }
+  if constexpr (CL) {  // the pair's tiles past this CTA's own: wait for their copies, release them
+    for (int t = n_tiles; t < n_load; ++t) {
+      const int s = R::stage(it0 + t);
+      mbar_wait(kfull + 8 * s, R::full_parity(it0 + t));
+      release(kempty + 8 * s);
+      mbar_wait(vfull + 8 * s, R::full_parity(it0 + t));
+      release(vempty + 8 * s);
+    }
   }
 
   float l_r[2] = {st.l[0], st.l[1]};
@@ -338,6 +431,9 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_const
   if constexpr (PERSIST) named_bar_sync(5, 256);
   }  // items
   }  // consumers
+  // kCluster: no CTA leaves while its peer may still arrive on its barriers (every copy into
+  // it has landed: its consumers waited for all of them).
+  if constexpr (CL) cluster_sync();
 #else
   __trap();  // built without sm_90a: never launched (see available())
 #endif
@@ -349,7 +445,8 @@ bool available() {
   static const bool ok = [] {
     if (!sm90::available<HD, T, Variant>()) return false;
     cudaFuncAttributes a{};
-    if (cudaFuncGetAttributes(&a, prefill_kernel<HD, T, Variant, plan::Box::kHalves, false>) != cudaSuccess) {
+    if (cudaFuncGetAttributes(&a, prefill_kernel<HD, T, Variant, plan::Box::kHalves, plan::Grid::kTile>) !=
+        cudaSuccess) {
       cudaGetLastError();
       return false;
     }
@@ -376,13 +473,16 @@ CUresult encode_kv_map(Params<T, Variant>& p, const T* pool, int hd, plan::Box b
 }
 
 /// Launches v3. `box`: kPage (one box per page; head dim 128 only, where a page has two halves)
-/// or kHalves; a refused kPage map falls back to kHalves (said once on stderr). `persist`: a
-/// grid of one CTA per SM over all work items (plan::persistent_item) instead of one CTA per
-/// item. Returns the box mode it launched with.
+/// or kHalves; a refused kPage map falls back to kHalves (said once on stderr). `grid`: one CTA
+/// per row tile, the persistent grid, or 2-CTA clusters with K/V multicast (kCluster; variants
+/// with a sliding window take kTile instead). Returns the box mode it launched with.
 template <int HD, class T, class Variant>
 plan::Box launch(Params<T, Variant>& p, const T* pool, int num_seqs, int max_q_len, cudaStream_t stream,
-                 plan::Box box = plan::Box::kPage, bool persist = false) {
+                 plan::Box box = plan::Box::kPage, plan::Grid grid = plan::Grid::kTile) {
   if constexpr (HD == 64) box = plan::Box::kHalves;  // one half: the 4-D map is already one box per page
+  if constexpr (Variant::kWindowLeft > 0) {
+    if (grid == plan::Grid::kCluster) grid = plan::Grid::kTile;
+  }
   if (box == plan::Box::kPage && encode_kv_map(p, pool, HD, box) != CUDA_SUCCESS) {
     static bool said = false;
     if (!said)
@@ -396,51 +496,79 @@ plan::Box launch(Params<T, Variant>& p, const T* pool, int num_seqs, int max_q_l
   p.m_tiles = int((rows + kBM - 1) / kBM);
   p.num_seqs = num_seqs;
   int sms = 0;
-  if (persist) {
+  if (grid == plan::Grid::kPersistent) {
     int dev = 0;
     PIE_CUDA_CHECK(cudaGetDevice(&dev));
     PIE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   }
-  auto go = [&](auto kern, bool persistent) {
+  auto go = [&](auto kern, plan::Grid g) {
     constexpr size_t smem = smem_bytes<HD>();
     // Every launch, as v2 does: the attribute is per device.
     PIE_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     const int64_t items = int64_t(p.m_tiles) * p.num_kv_heads * num_seqs;
-    const dim3 grid = persistent ? dim3(unsigned(std::min<int64_t>(items, sms)))
-                                 : dim3(unsigned(p.m_tiles), unsigned(p.num_kv_heads), unsigned(num_seqs));
-    kern<<<grid, kThreads, smem, stream>>>(p);
+    cudaLaunchConfig_t cfg{};
+    cudaLaunchAttribute attr[1];
+    cfg.blockDim = dim3(kThreads);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    if (g == plan::Grid::kPersistent) {
+      cfg.gridDim = dim3(unsigned(std::min<int64_t>(items, sms)));
+    } else if (g == plan::Grid::kCluster) {  // pairs of row tiles: the grid rounded up to even
+      cfg.gridDim = dim3(unsigned((p.m_tiles + 1) / 2 * 2), unsigned(p.num_kv_heads), unsigned(num_seqs));
+      attr[0].id = cudaLaunchAttributeClusterDimension;
+      attr[0].val.clusterDim.x = 2, attr[0].val.clusterDim.y = 1, attr[0].val.clusterDim.z = 1;
+      cfg.attrs = attr;
+      cfg.numAttrs = 1;
+    } else {
+      cfg.gridDim = dim3(unsigned(p.m_tiles), unsigned(p.num_kv_heads), unsigned(num_seqs));
+    }
+    PIE_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kern, p));
     PIE_CUDA_CHECK_LAUNCH();
+  };
+  // One instantiation per (box, grid) pair that can run: kPage only at head dim 128, kCluster
+  // only without a sliding window.
+  auto with_box = [&]<plan::Box B>() {
+    switch (grid) {
+      case plan::Grid::kPersistent: go(prefill_kernel<HD, T, Variant, B, plan::Grid::kPersistent>, grid); break;
+      case plan::Grid::kCluster:
+        if constexpr (Variant::kWindowLeft <= 0) go(prefill_kernel<HD, T, Variant, B, plan::Grid::kCluster>, grid);
+        break;
+      default: go(prefill_kernel<HD, T, Variant, B, plan::Grid::kTile>, grid); break;
+    }
   };
   if constexpr (HD == 128) {
     if (box == plan::Box::kPage) {
-      if (persist) go(prefill_kernel<HD, T, Variant, plan::Box::kPage, true>, true);
-      else go(prefill_kernel<HD, T, Variant, plan::Box::kPage, false>, false);
+      with_box.template operator()<plan::Box::kPage>();
       return box;
     }
   }
-  if (persist) go(prefill_kernel<HD, T, Variant, plan::Box::kHalves, true>, true);
-  else go(prefill_kernel<HD, T, Variant, plan::Box::kHalves, false>, false);
+  with_box.template operator()<plan::Box::kHalves>();
   return box;
 }
 
 /// The prefill kernel generation `prefill_attention` takes on Hopper: 2 (default), or 3 when the
 /// environment sets PIE_PREFILL_SM90 (an opt-in until a GPU call has checked v3): "3" one box
-/// per page, "3p" the same on the persistent grid, "3h" one box per 64-column half (the A/B of
-/// change 1, and the fallback's test).
+/// per page, "3p" the same on the persistent grid, "3c" on 2-CTA clusters with K/V multicast,
+/// "3h" one box per 64-column half (the A/B of change 1, and the fallback's test).
 inline const char* version_env() {
   static const char* e = std::getenv("PIE_PREFILL_SM90");
   return e == nullptr ? "" : e;
 }
 inline int version() {
-  static const int v = std::strcmp(version_env(), "3") == 0 || std::strcmp(version_env(), "3h") == 0 ||
-                               std::strcmp(version_env(), "3p") == 0
-                           ? 3
-                           : 2;
+  static const int v = [] {
+    for (const char* v3 : {"3", "3h", "3p", "3c"})
+      if (std::strcmp(version_env(), v3) == 0) return 3;
+    return 2;
+  }();
   return v;
 }
 inline plan::Box requested_box() {
   return std::strcmp(version_env(), "3h") == 0 ? plan::Box::kHalves : plan::Box::kPage;
 }
-inline bool requested_persistent() { return std::strcmp(version_env(), "3p") == 0; }
+inline plan::Grid requested_grid() {
+  if (std::strcmp(version_env(), "3p") == 0) return plan::Grid::kPersistent;
+  if (std::strcmp(version_env(), "3c") == 0) return plan::Grid::kCluster;
+  return plan::Grid::kTile;
+}
 
 }  // namespace pie::ops::cuda::sm90::v3

@@ -103,7 +103,11 @@ PIE_HD constexpr int pages_of_warp(int warp, int warps, int pages_per_tile) {
   return warp < pages_per_tile ? (pages_per_tile - warp + warps - 1) / warps : 0;
 }
 
-/// \brief Persistent grid (v3 with PERSIST): CTA c takes work items c, then the next round's in
+/// \brief How v3's CTAs take work: one row tile each (kTile), a persistent grid of one CTA per
+/// SM (kPersistent), or CTA pairs that multicast K/V to each other (kCluster).
+enum class Grid { kTile, kPersistent, kCluster };
+
+/// \brief Persistent grid (v3 with kPersistent): CTA c takes work items c, then the next round's in
 /// reverse (a snake over rounds of `grid` items), so per-CTA sums even out when items are sorted
 /// heaviest first; plain round-robin would give CTA 0 the heaviest item of every round.
 PIE_HD constexpr int persistent_item(int cta, int round, int grid) {
