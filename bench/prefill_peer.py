@@ -71,18 +71,31 @@ def main():
             pie[(m[1], int(m[2]), int(m[3]), int(m[4]), int(m[5]))] = float(m[7])
     peak = gemm_peak()
     print(f"bf16 GEMM 8192^3: {peak:.0f} TFLOP/s")
-    print(f"{'shape':34s} {'pie sm90':>9s} {'%gemm':>6s} {'old mma':>8s} {'cuDNN':>7s} {'flash':>7s} {'pie/cuDNN':>9s} {'pie/flash':>9s}")
-    for (tag, n, prefix, hd, bs), tf in sorted(pie.items()):
+    f = lambda x: f"{x:.0f}" if x else "-"
+    r = lambda a, b: f"{a / b:.2f}" if a and b else "-"
+    pct = lambda x: f"{100 * x / peak:.1f}" if x else "-"
+    rows = []
+    for (tag, n, prefix, hd, bs), v2 in sorted(pie.items()):
         if tag != "sm90":
             continue
+        v3 = pie.get(("sm90v3", n, prefix, hd, bs))
+        v3h = pie.get(("sm90v3-halves", n, prefix, hd, bs))
+        v3p = pie.get(("sm90v3p", n, prefix, hd, bs))
+        v3c = pie.get(("sm90v3c", n, prefix, hd, bs))
         old = pie.get(("mma", n, prefix, hd, bs))
         cd = sdpa(SDPBackend.CUDNN_ATTENTION, n, prefix, hd)
         fl = sdpa(SDPBackend.FLASH_ATTENTION, n, prefix, hd)
-        f = lambda x: f"{x:.0f}" if x else "-"
-        r = lambda x: f"{tf / x:.2f}" if x else "-"
-        print(f"{f'causal n={n} prefix={prefix} hd={hd} bs={bs}':34s} {tf:9.0f} {100 * tf / peak:6.1f} {f(old):>8s} "
-              f"{f(cd):>7s} {f(fl):>7s} {r(cd):>9s} {r(fl):>9s}")
-
+        shape = f"{'causal' if not prefix else 'chunk'} n={n} prefix={prefix} hd={hd} bs={bs}"
+        rows.append((shape, v2, v3, v3p, v3c, v3h, old, cd, fl))
+    # The table last: TFLOP/s, the ratios against the same call's peers, and % of its GEMM peak.
+    # v3p: persistent grid; v3c: 2-CTA clusters with K/V multicast; v3 halves: one box per half.
+    print(f"{'shape':34s} {'v2':>5s} {'v3':>5s} {'v3p':>5s} {'v3c':>5s} {'v3 halves':>9s} {'mma':>5s} {'cuDNN':>6s} "
+          f"{'flash':>6s} {'v3/v2':>6s} {'v2/cuDNN':>8s} {'v3/cuDNN':>8s} {'v3p/cuDNN':>9s} {'v3c/cuDNN':>9s} "
+          f"{'v3/flash':>8s} {'v2 %gemm':>8s} {'v3 %gemm':>8s} {'v3p %gemm':>9s} {'v3c %gemm':>9s}")
+    for shape, v2, v3, v3p, v3c, v3h, old, cd, fl in rows:
+        print(f"{shape:34s} {f(v2):>5s} {f(v3):>5s} {f(v3p):>5s} {f(v3c):>5s} {f(v3h):>9s} {f(old):>5s} {f(cd):>6s} "
+              f"{f(fl):>6s} {r(v3, v2):>6s} {r(v2, cd):>8s} {r(v3, cd):>8s} {r(v3p, cd):>9s} {r(v3c, cd):>9s} "
+              f"{r(v3, fl):>8s} {pct(v2):>8s} {pct(v3):>8s} {pct(v3p):>9s} {pct(v3c):>9s}")
 
 if __name__ == "__main__":
     main()

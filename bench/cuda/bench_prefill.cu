@@ -1,8 +1,10 @@
-// Prefill attention timings for the Hopper kernel (the default call) and the mma.sync kernel
-// (prefill_attention<8>) in one process: 32 query / 8 KV heads, bf16, shuffled block table,
+// Prefill attention timings for the Hopper kernel v2 (the default call), v3 (one box per page,
+// split K/V rings, 3 stages; "sm90v3p" the same on the persistent grid, "sm90v3c" on 2-CTA
+// clusters with K/V multicast, "sm90v3-halves" with one box per 64-column half) and the
+// mma.sync kernel (prefill_attention<8>) in one process: 32 query / 8 KV heads, bf16, shuffled block table,
 // random inputs, median of 20 event-timed launches. Prints one "pie" line per shape for
 // bench/prefill_peer.py, which times PyTorch SDPA on the same shapes in the same call.
-//   bench_prefill [--quick]
+//   bench_prefill [--quick] [--no-v3] [--no-v3p] [--no-v3c]
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -29,7 +31,8 @@ void run(const char* tag, int n, int prefix, int hd, int bs) {
   double pairs = double(n) * prefix + double(n) * (n + 1) / 2;  // (query, key) pairs kept by the mask
   double flops = 4.0 * nq * hd * pairs;
   auto call = [&] {
-    if constexpr (Warps < 0) {  // the Hopper kernel without the warpgroup ping-pong (A/B)
+    if constexpr (Warps < 0) {  // -1: v2 without ping-pong; -3: v3; -4: v3, one box per half; -5: v3
+                                // persistent; -6: v3 on 2-CTA clusters with K/V multicast
       using D = __nv_bfloat16;
       ops::cuda::sm90::Params<D, attention::Causal> sp{};
       sp.q = reinterpret_cast<const D*>(q.data()); sp.q_stride = int64_t(nq) * hd;
@@ -38,8 +41,18 @@ void run(const char* tag, int n, int prefix, int hd, int bs) {
       sp.cu_q = dcu.data(); sp.num_kv_heads = nkv; sp.block_size = bs;
       sp.bs_shift = __builtin_ctz(unsigned(bs)); sp.group = nq / nkv; sp.sm_scale = 1.f / std::sqrt(float(hd));
       const D* pool = reinterpret_cast<const D*>(c.view.data);
-      if (hd == 128) ops::cuda::sm90::launch<128, D, attention::Causal, false>(sp, pool, 1, n, nullptr);
-      else ops::cuda::sm90::launch<64, D, attention::Causal, false>(sp, pool, 1, n, nullptr);
+      namespace v3 = ops::cuda::sm90::v3;
+      namespace plan = ops::cuda::sm90::plan;
+      const auto box = Warps == -4 ? plan::Box::kHalves : plan::Box::kPage;
+      const auto grid = Warps == -5 ? plan::Grid::kPersistent : Warps == -6 ? plan::Grid::kCluster : plan::Grid::kTile;
+      if constexpr (Warps == -1) {
+        if (hd == 128) ops::cuda::sm90::launch<128, D, attention::Causal, false>(sp, pool, 1, n, nullptr);
+        else ops::cuda::sm90::launch<64, D, attention::Causal, false>(sp, pool, 1, n, nullptr);
+      } else if (hd == 128) {
+        v3::launch<128, D, attention::Causal>(sp, pool, 1, n, nullptr, box, grid);
+      } else {
+        v3::launch<64, D, attention::Causal>(sp, pool, 1, n, nullptr, box, grid);
+      }
     } else {
       ops::cuda::prefill_attention<Warps>(q.view({n, nq, hd}), c.view, dcu.data(), n, o.view({n, nq, hd}),
                                           1.f / std::sqrt(float(hd)));
@@ -53,7 +66,17 @@ void run(const char* tag, int n, int prefix, int hd, int bs) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  // --no-v3: time v2 and mma.sync only; --no-v3p / --no-v3c: leave out the persistent or the
+  // cluster grid (one that hung or crashed in its tests)
+  bool quick = false, v3 = true, v3p = true, v3c = true;
+  for (int i = 1; i < argc; ++i) {
+    quick = quick || std::strcmp(argv[i], "--quick") == 0;
+    v3 = v3 && std::strcmp(argv[i], "--no-v3") != 0;
+    v3p = v3p && std::strcmp(argv[i], "--no-v3p") != 0;
+    v3c = v3c && std::strcmp(argv[i], "--no-v3c") != 0;
+  }
+  v3p = v3p && v3;
+  v3c = v3c && v3;
   cudaDeviceProp prop{};
   PIE_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
@@ -62,6 +85,29 @@ int main(int argc, char** argv) {
   run<0>("sm90", 8192, 0, 64, 16);
   run<0>("sm90", 8192, 0, 128, 8);
   run<0>("sm90", 2048, 6144, 128, 16);
+  if (v3) {
+    run<-3>("sm90v3", 8192, 0, 128, 16);
+    run<-3>("sm90v3", 2048, 0, 128, 16);
+    run<-3>("sm90v3", 8192, 0, 64, 16);
+    run<-3>("sm90v3", 8192, 0, 128, 8);
+    run<-3>("sm90v3", 2048, 6144, 128, 16);
+    if (v3p) {
+      run<-5>("sm90v3p", 8192, 0, 128, 16);
+      run<-5>("sm90v3p", 2048, 0, 128, 16);
+      run<-5>("sm90v3p", 8192, 0, 64, 16);
+      run<-5>("sm90v3p", 8192, 0, 128, 8);
+      run<-5>("sm90v3p", 2048, 6144, 128, 16);
+    }
+    if (v3c) {
+      run<-6>("sm90v3c", 8192, 0, 128, 16);
+      run<-6>("sm90v3c", 2048, 0, 128, 16);
+      run<-6>("sm90v3c", 8192, 0, 64, 16);
+      run<-6>("sm90v3c", 8192, 0, 128, 8);
+      run<-6>("sm90v3c", 2048, 6144, 128, 16);
+    }
+    run<-4>("sm90v3-halves", 8192, 0, 128, 16);
+    run<-4>("sm90v3-halves", 8192, 0, 128, 8);
+  }
   run<-1>("sm90-nopp", 8192, 0, 128, 16);
   run<-1>("sm90-nopp", 8192, 0, 64, 16);
   if (!quick) {

@@ -199,6 +199,49 @@ void check_row_invariance(int bs, int hd, int group, Variant var = {}) {
   same(launch(mixed), "single rows beside chunks");
 }
 
+// Hopper kernel v3 (opt-in): ctest runs this binary again with PIE_PREFILL_SM90=3 (tests named
+// v3.*), =3p (v3p.*, the persistent grid) and =3c (v3c.*, 2-CTA clusters with K/V multicast),
+// so the grids above go through v3. This test makes a silent fallback to v2
+// or to one box per half a failure there, and checks v3 on the largest group (8 heads, 128-row
+// tiles of 16 tokens) with a context of many tiles, so the three-stage rings wrap several times.
+TEST(PrefillAttentionV3, TakenWhenAskedFor) {
+  namespace v3 = ops::cuda::sm90::v3;
+  if (v3::version() != 3) GTEST_SKIP() << "PIE_PREFILL_SM90 is not 3, 3p, 3c or 3h";
+  int dev = 0, major = 0, minor = 0;
+  PIE_CUDA_CHECK(cudaGetDevice(&dev));
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+  if (major != 9 || minor != 0) GTEST_SKIP() << "not sm_90";
+  using D = __nv_bfloat16;
+  ASSERT_TRUE((v3::available<128, D, attention::Causal>()));
+  ASSERT_TRUE((v3::available<64, D, attention::Causal>()));
+  std::mt19937 rng(77);
+  const int bs = 16, hd = 128, nkv = 2, group = 8, n = 1000;
+  RandomCache<bf16> cache({n}, nkv, hd, bs, rng);
+  auto q = upload(randn<bf16>(size_t(n) * nkv * group * hd, rng));
+  DeviceBuffer<bf16> o(q.size());
+  auto cu = upload(std::vector<int32_t>{0, n});
+  ops::cuda::sm90::Params<D, attention::Causal> sp{};
+  sp.q = reinterpret_cast<const D*>(q.data()); sp.q_stride = int64_t(nkv) * group * hd;
+  sp.out = reinterpret_cast<D*>(o.data()); sp.out_stride = sp.q_stride;
+  auto kv = cache.device();
+  sp.indptr = kv.indptr; sp.indices = kv.indices; sp.last_page_len = kv.last_page_len;
+  sp.cu_q = cu.data(); sp.num_kv_heads = nkv; sp.block_size = bs; sp.bs_shift = 4; sp.group = group;
+  sp.sm_scale = 1.f / std::sqrt(float(hd));
+  const auto box = v3::launch<128, D, attention::Causal>(sp, reinterpret_cast<const D*>(kv.data), 1, n, nullptr,
+                                                         v3::requested_box(), v3::requested_grid());
+  PIE_CUDA_CHECK(cudaDeviceSynchronize());
+  EXPECT_EQ(int(box), int(v3::requested_box())) << "the driver refused the 5-D page map";
+  const double e = run_prefill<bf16, bf16>(bs, hd, group, nkv, {n + 900}, {n}, 78);
+  EXPECT_LT(e, tol<bf16>()) << e;
+  std::printf("[prefill v3 box=%s%s] 1000 rows after 900 cached, group 8: rel err %.2e\n",
+              box == ops::cuda::sm90::plan::Box::kPage ? "page" : "halves",
+              v3::requested_grid() == ops::cuda::sm90::plan::Grid::kPersistent ? ", persistent"
+              : v3::requested_grid() == ops::cuda::sm90::plan::Grid::kCluster  ? ", cluster"
+                                                                               : "",
+              e);
+}
+
 TEST(PrefillAttentionRowInvariance, Block16HeadDim128Group4BF16) { check_row_invariance<bf16>(16, 128, 4); }
 TEST(PrefillAttentionRowInvariance, Block8HeadDim64Group2BF16) { check_row_invariance<bf16>(8, 64, 2); }
 TEST(PrefillAttentionRowInvariance, Block32HeadDim128Group8F16) { check_row_invariance<f16>(32, 128, 8); }

@@ -16,6 +16,7 @@
 #include "pie/kv/paged_kv.hpp"
 #include "pie/ops/cuda/common.cuh"
 #include "pie/ops/cuda/attention_prefill_sm90.cuh"
+#include "pie/ops/cuda/attention_prefill_sm90_v3.cuh"
 #include "pie/ops/cuda/mma.cuh"
 
 namespace pie::ops::cuda {
@@ -312,7 +313,11 @@ void prefill_attention(TensorView<T> q, kv::PagedKV<KV> cache, const int32_t* cu
       sp.group = nq / cache.num_kv_heads;
       sp.sm_scale = sm_scale;
       sp.variant = variant;
-      sm90::launch<HD, D, Variant>(sp, dev(cache.data), cache.batch_size, max_query_len, stream);
+      if (sm90::v3::version() == 3 && sm90::v3::available<HD, D, Variant>())  // opt-in (PIE_PREFILL_SM90=3)
+        sm90::v3::launch<HD, D, Variant>(sp, dev(cache.data), cache.batch_size, max_query_len, stream,
+                                         sm90::v3::requested_box(), sm90::v3::requested_grid());
+      else
+        sm90::launch<HD, D, Variant>(sp, dev(cache.data), cache.batch_size, max_query_len, stream);
       return true;
     };
     if (bsz >= 8 && bsz <= 128) {

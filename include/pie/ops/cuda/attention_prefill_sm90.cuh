@@ -236,6 +236,7 @@ struct Params {
   int num_kv_heads, block_size, bs_shift, group;
   float sm_scale;
   Variant variant;
+  int m_tiles = 0, num_seqs = 0;  ///< v3's persistent grid: row tiles of the longest chunk, sequences
 };
 
 constexpr int kBM = 128, kBN = 128, kThreads = 384;
