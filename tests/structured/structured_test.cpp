@@ -371,3 +371,49 @@ TEST(Truncated, AnOutputCutByMaxTokensIsAValidPrefix) {
 }
 
 }  // namespace
+
+// Prewarming (XGrammar's rule-level cache filled with the common length-bounded strings) must
+// not change a single mask: for schemas whose strings are inside the prewarmed bounds, outside
+// them and in other contexts (arrays, anyOf, $ref, the last property), a prewarmed compiler and
+// fresh compilers (one per schema: no cache shared with anything) give the same mask at every
+// step of random walks through the grammar.
+TEST(Prewarm, MasksAreThoseOfAFreshCompiler) {
+  tokenizer::Tokenizer tok = tokenizer::Tokenizer::embedded();
+  const int32_t stop = tokenizer::EmbeddedIds::kImEnd;
+  structured::Compiler warm(tok, 512, {stop}, 2);
+  warm.prewarm_bounded_strings(6, 2);
+  warm.wait_prewarm();
+  EXPECT_EQ(warm.prewarmed_max_length(), 6);
+  const std::vector<std::string> schemas = {
+      R"({"type": "object", "properties": {"a": {"type": "string", "maxLength": 3}, "b": {"type": "string",
+          "minLength": 1, "maxLength": 5}, "c": {"type": "integer"}}, "required": ["a", "b", "c"]})",
+      R"({"type": "array", "items": {"type": "string", "minLength": 2, "maxLength": 4}, "minItems": 1, "maxItems": 3})",
+      R"({"anyOf": [{"type": "string", "maxLength": 6}, {"type": "object", "properties": {"z": {"type": "string",
+          "minLength": 2, "maxLength": 2}}, "required": ["z"], "additionalProperties": false}]})",
+      R"({"$defs": {"w": {"type": "string", "minLength": 1, "maxLength": 4}}, "type": "object", "properties":
+          {"p": {"$ref": "#/$defs/w"}, "q": {"type": "string", "minLength": 3, "maxLength": 9}}, "required": ["p"]})",
+      R"({"type": "object", "properties": {"e": {"enum": ["x", "yy"]}, "last": {"type": "string", "maxLength": 2}},
+          "required": ["e", "last"], "additionalProperties": false})",
+  };
+  std::mt19937 rng(11);
+  for (size_t k = 0; k < schemas.size(); ++k) {
+    const StructuredOutput so{K::JsonSchema, schemas[k]};
+    structured::Compiler fresh(tok, 512, {stop}, 2);
+    for (int walk = 0; walk < 8; ++walk) {
+      auto pw = warm.processor(so), pf = fresh.processor(so);
+      std::vector<int32_t> mw(sched::bitmask_words(512)), mf(mw.size()), out;
+      for (int step = 0; step < 40; ++step) {
+        ASSERT_TRUE(pw->fill_mask(0, {}, out, mw));
+        ASSERT_TRUE(pf->fill_mask(0, {}, out, mf));
+        ASSERT_EQ(mw, mf) << "schema " << k << " walk " << walk << " step " << step;
+        std::vector<int32_t> ok;
+        for (int t = 0; t < 512; ++t)
+          if (allowed(mf, t)) ok.push_back(t);
+        ASSERT_FALSE(ok.empty());
+        const int32_t t = ok[rng() % ok.size()];
+        if (t == stop) break;
+        out.push_back(t);
+      }
+    }
+  }
+}
