@@ -417,3 +417,67 @@ TEST(Prewarm, MasksAreThoseOfAFreshCompiler) {
     }
   }
 }
+
+// An engine that counts the steps it runs while a structured request's grammar is still
+// compiling (pie::LLM's engine, wrapped through LLM's factory).
+class CompileSpy final : public AnyEngine {
+ public:
+  explicit CompileSpy(std::unique_ptr<AnyEngine> e) : e_(std::move(e)) {}
+  uint64_t add_request(std::vector<int32_t> prompt, sched::SamplingParams params) override {
+    if (params.logits_processor) procs_.push_back(params.logits_processor);
+    return e_->add_request(std::move(prompt), std::move(params));
+  }
+  std::vector<RequestOutput> step() override {
+    for (const auto& p : procs_)
+      if (!p->ready()) {
+        ++steps_while_compiling;
+        break;
+      }
+    return e_->step();
+  }
+  void abort(uint64_t id) override { e_->abort(id); }
+  void finish_sequence(uint64_t id, int index) override { e_->finish_sequence(id, index); }
+  bool has_unfinished() const override { return e_->has_unfinished(); }
+  Stats stats() const override { return e_->stats(); }
+  const model::ModelConfig& config() const override { return e_->config(); }
+  const model::GenerationConfig& generation_config() const override { return e_->generation_config(); }
+  int steps_while_compiling = 0;
+
+ private:
+  std::unique_ptr<AnyEngine> e_;
+  std::vector<std::shared_ptr<sched::LogitsProcessor>> procs_;
+};
+
+// pie::LLM compiles a structured output as `pie serve` does (Compiler::compile_async): with a
+// slow compile (a test delay of 500 ms, which only the asynchronous path takes) the engine
+// already steps — the first prompt's prefill — while the grammar compiles, every output still
+// matches, and a bad regex is still an error of generate() naming it.
+TEST(LlmStructured, CompilesAsynchronouslyAsTheServerDoes) {
+  CompileSpy* spy = nullptr;
+  llm::LLMOptions o;
+  o.engine.num_kv_blocks = 512;
+  o.engine.sched.max_model_len = 512;
+  o.engine.num_threads = 1;
+  LLM l("", o, [&](const EngineOptions& eo) -> std::unique_ptr<AnyEngine> {
+    auto s = std::make_unique<CompileSpy>(llm::default_engine(eo));
+    spy = s.get();
+    return s;
+  });
+  ASSERT_NE(spy, nullptr);
+  l.grammar_compiler().set_test_compile_delay(std::chrono::milliseconds(500));
+  const auto t0 = std::chrono::steady_clock::now();
+  auto outs = l.generate({"a", "b", "c"}, sampled({K::Regex, "[a-c]{2,5}-[0-9]{3}"}, 2));
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(500)) << "not the asynchronous compile";
+  EXPECT_GE(spy->steps_while_compiling, 1) << "nothing ran while the grammar compiled";
+  for (const auto& out : outs)
+    for (const auto& c : out.outputs) {
+      EXPECT_EQ(c.finish_reason, "stop");
+      EXPECT_TRUE(std::regex_match(c.text, std::regex("[a-c]{2,5}-[0-9]{3}"))) << c.text;
+    }
+  try {
+    l.generate({"a"}, sampled({K::Regex, "(ab"}, 1));
+    FAIL() << "a bad regex generated";
+  } catch (const pie::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("invalid regex"), std::string::npos) << e.what();
+  }
+}

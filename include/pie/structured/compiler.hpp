@@ -35,6 +35,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -44,6 +45,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
@@ -55,6 +57,7 @@
 
 #include "pie/core/error.hpp"
 #include "pie/sched/structured_output.hpp"
+#include "pie/structured/compile_trace.hpp"
 #include "pie/structured/grammar_processor.hpp"
 #include "pie/tokenizer/tokenizer_class.hpp"
 
@@ -199,10 +202,12 @@ class Compiler {
   /// maxLength 1..`max_length` and minLength 0..`max_min_length`, shortest first: their token
   /// masks land in XGrammar's rule-level cache, and a later schema with such strings reuses
   /// them (see the file comment). Returns at once; call once. The cost is CPU time only: about
-  /// 6 s of one core for the default 16 × 3 bounds over a 152k vocabulary.
-  void prewarm_bounded_strings(int max_length = 16, int max_min_length = 2) {
+  /// 6 s of one core for the default 16 × 3 bounds over a 152k vocabulary. `done`, if given, is
+  /// called on the prewarm's thread at its end with its wall time in ms.
+  void prewarm_bounded_strings(int max_length = 16, int max_min_length = 2, std::function<void(double)> done = {}) {
     PIE_CHECK(!prewarm_.joinable(), "structured: prewarm_bounded_strings called twice");
-    prewarm_ = std::thread([this, max_length, max_min_length] {
+    prewarm_ = std::thread([this, max_length, max_min_length, done = std::move(done)] {
+      const auto t0 = std::chrono::steady_clock::now();
 #if defined(__linux__)
       setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), 19);
 #endif
@@ -216,6 +221,8 @@ class Compiler {
         }
         prewarmed_.store(hi);
       }
+      if (done && !prewarm_stop_)
+        done(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
     });
   }
   /// The largest maxLength prewarm_bounded_strings() has finished (0: none yet).
@@ -233,21 +240,37 @@ class Compiler {
   /// ready for a constraint compiled before: a cache lookup). validate()'s errors throw here;
   /// the compile's own (a bad schema, regex or grammar) come out of the future's get().
   std::shared_future<xgrammar::CompiledGrammar> compile_async(const sched::StructuredOutput& so) {
+    std::shared_ptr<CompileTrace> trace;
+    if (CompileTrace::enabled()) {
+      trace = std::make_shared<CompileTrace>();
+      trace->asked = CompileTrace::Clock::now();
+    }
     so.validate();
     std::string key = so.key();
     bool seen = false;
     {
       std::lock_guard lk(mu_);
       seen = compiled_.count(key) > 0;
+      if (trace) {
+        char id[32];
+        std::snprintf(id, sizeof id, "%s#%016zx", so.kind_name(), std::hash<std::string>{}(key));
+        trace->key = id;
+        trace->cached = seen;
+        traces_[key] = trace;
+      }
     }
     if (seen) {
       std::promise<xgrammar::CompiledGrammar> p;
+      if (trace) trace->started = CompileTrace::Clock::now();
       p.set_value(compile(so));
+      if (trace) trace->compiled = CompileTrace::Clock::now();
       return p.get_future().share();
     }
-    std::packaged_task<xgrammar::CompiledGrammar()> task([this, so, key = std::move(key)]() mutable {
+    std::packaged_task<xgrammar::CompiledGrammar()> task([this, so, key = std::move(key), trace]() mutable {
+      if (trace) trace->started = CompileTrace::Clock::now();
       if (test_delay_.count() > 0) std::this_thread::sleep_for(test_delay_);
       auto g = compile(so);
+      if (trace) trace->compiled = CompileTrace::Clock::now();
       std::lock_guard lk(mu_);
       compiled_.insert(std::move(key));
       return g;
@@ -311,8 +334,16 @@ class Compiler {
   /// may still be compiling: it waits at its first draw.
   std::shared_ptr<GrammarProcessor> processor(std::shared_future<xgrammar::CompiledGrammar> g,
                                               const sched::StructuredOutput& so) {
+    std::shared_ptr<CompileTrace> trace;
+    if (CompileTrace::enabled()) {
+      std::lock_guard lk(mu_);
+      if (auto it = traces_.find(so.key()); it != traces_.end()) {
+        trace = std::move(it->second);
+        traces_.erase(it);
+      }
+    }
     return std::make_shared<GrammarProcessor>(std::move(g), vocab_size_, stop_ids_,
-                                              so.after_reasoning ? reasoning_ : ReasoningTokens{});
+                                              so.after_reasoning ? reasoning_ : ReasoningTokens{}, std::move(trace));
   }
 
   int vocab_size() const { return vocab_size_; }
@@ -345,6 +376,8 @@ class Compiler {
   std::condition_variable cv_;
   std::deque<std::packaged_task<xgrammar::CompiledGrammar()>> queue_;
   std::unordered_set<std::string> compiled_;  ///< keys compiled before (XGrammar's cache has them)
+  /// PIE_TRACE_STRUCTURED: the trace of each compile_async, until processor() takes it.
+  std::unordered_map<std::string, std::shared_ptr<CompileTrace>> traces_;
   bool stop_ = false;
   std::atomic<bool> prewarm_stop_{false};
   std::atomic<int> prewarmed_{0};
