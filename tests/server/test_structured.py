@@ -255,7 +255,25 @@ def test_two_constraints_are_a_400(embedded):
     assert status == 400 and "only one structured output" in payload["error"]["message"], payload
 
 
-# ---- a grammar that compiles slowly, and outputs cut by max_tokens --------------------------------
+# ---- the prewarm, a grammar that compiles slowly, and outputs cut by max_tokens -------------------
+def test_bounded_strings_are_prewarmed_in_the_background(embedded):
+    """pie serve compiles the strings of maxLength 1..16 ahead (--structured-prewarm-max-length,
+    on by default) and says so; a schema with such strings then validates as before."""
+    deadline = time.monotonic() + 60
+    while not any("structured outputs prewarmed (strings of maxLength 1..16" in l for l in embedded.lines):
+        assert time.monotonic() < deadline, "\n".join(embedded.lines)
+        time.sleep(0.1)
+    schema = {"type": "object", "properties": {"a": {"type": "string", "minLength": 1, "maxLength": 16},
+                                               "b": {"type": "string", "maxLength": 3}},
+              "required": ["a", "b"], "additionalProperties": False}
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "JSON"}], "max_tokens": 80, "seed": 3,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": schema}}}
+    status, out = post(embedded, "/v1/chat/completions", body)
+    assert status == 200, out
+    jsonschema.validate(json.loads(out["choices"][0]["message"]["content"]), schema)
+
+
+
 def test_a_slow_grammar_compile_is_waited_for_and_holds_nothing_else_up(embedded):
     """The grammar compiles while the request waits (PIE_TEST_GRAMMAR_DELAY_MS, test only, makes
     every compile take 2.5 s more): a request already running is not held up by it; the output is
