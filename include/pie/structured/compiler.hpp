@@ -6,7 +6,8 @@
 /// model's vocabulary size (ids past the tokenizer's — embedding padding — are never allowed)
 /// and the model's stop tokens (allowed once the grammar is complete). Compiled grammars are
 /// cached by their source (XGrammar's cache; the key is the schema/regex/EBNF text and its
-/// options), so a repeated schema costs a lookup. compile() may run on any thread.
+/// options), so a repeated schema costs a lookup; the cache is bounded (512 MiB by default, as
+/// vLLM's), least recently used out. compile() may run on any thread.
 ///
 /// compile_async() compiles on the Compiler's own worker threads and returns at once, so a
 /// server can queue the request and run its prefill while its grammar compiles (the mask is
@@ -174,13 +175,18 @@ class Compiler {
  public:
   /// `model_vocab_size`: the model's (≥ the tokenizer's); `stop_ids`: the model's end tokens;
   /// `reasoning`: the `<think>`/`</think>` ids (when the tokenizer has them).
-  /// `threads`: XGrammar's threads for one compile (default: every core).
+  /// `threads`: XGrammar's threads for one compile (default: every core). `cache_bytes`: the
+  /// memory XGrammar's caches may hold (least recently used first out; a third of it for the
+  /// rule-level cache, two thirds for whole grammars); vLLM's default, 512 MiB. The default
+  /// prewarm takes about 130 MB of it at a 152k vocabulary (its masks sit in both caches until
+  /// newer grammars push the prewarm's whole grammars out).
   Compiler(const tokenizer::Tokenizer& tok, int model_vocab_size, std::vector<int32_t> stop_ids,
-           int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency())))
+           int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency())),
+           int64_t cache_bytes = int64_t{512} << 20)
       : vocab_size_(std::max(model_vocab_size, tok.vocab_size())),
         stop_ids_(stop_ids),
         info_(raw_vocab(tok), xgrammar::VocabType::RAW, vocab_size_, std::move(stop_ids)),
-        compiler_(info_, std::max(threads, 1), /*cache_enabled=*/true) {
+        compiler_(info_, std::max(threads, 1), /*cache_enabled=*/true, cache_bytes) {
     if (auto o = tok.token_to_id("<think>"), c = tok.token_to_id("</think>"); o && c) reasoning_ = {*o, *c};
     for (int i = 0; i < kWorkers; ++i) workers_.emplace_back([this] { work(); });
   }
@@ -272,6 +278,9 @@ class Compiler {
       auto g = compile(so);
       if (trace) trace->compiled = CompileTrace::Clock::now();
       std::lock_guard lk(mu_);
+      // Bounded like XGrammar's cache (which may have dropped an old grammar: a key found here
+      // is then compiled again, synchronously, on the caller's thread — correct, only slower).
+      if (compiled_.size() >= kMaxRemembered) compiled_.clear();
       compiled_.insert(std::move(key));
       return g;
     });
@@ -352,6 +361,8 @@ class Compiler {
  private:
   /// Compiles at once: two, so that one slow grammar does not hold up the next request's.
   static constexpr int kWorkers = 2;
+  /// Keys remembered as compiled (whole schemas: a few MB at most).
+  static constexpr size_t kMaxRemembered = 4096;
   void work() {
     for (;;) {
       std::packaged_task<xgrammar::CompiledGrammar()> task;
@@ -375,7 +386,7 @@ class Compiler {
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::packaged_task<xgrammar::CompiledGrammar()>> queue_;
-  std::unordered_set<std::string> compiled_;  ///< keys compiled before (XGrammar's cache has them)
+  std::unordered_set<std::string> compiled_;  ///< keys compiled before (XGrammar's cache most likely has them)
   /// PIE_TRACE_STRUCTURED: the trace of each compile_async, until processor() takes it.
   std::unordered_map<std::string, std::shared_ptr<CompileTrace>> traces_;
   bool stop_ = false;
