@@ -16,7 +16,14 @@
 # Needs, git-ignored: the CUDA-built `pie`, `pie_cuda_test_token_bitmask` and
 # `structured_compile_bench` in $PIE_SERVE_BIN_DIR (default .device/gsrv, with the shared libraries
 # the machine lacks next to them), and the model's config/tokenizer json files in $PIE_MODEL_DIR
-# (default .device/Qwen3-8B).
+# (default .device/Qwen3-8B). To prepare $PIE_SERVE_BIN_DIR on a build machine: in a CUDA build
+# (-DCMAKE_CUDA_ARCHITECTURES=90a) build the targets pie_cli, pie_cuda_test_token_bitmask and
+# structured_compile_bench, and copy the three programs there with the shared libraries they
+# need that the GPU machine lacks (ldd).
+#
+# Dry run on a machine without a GPU (checks this script, not the GPU): PIE_CPU_DRY_RUN=1 runs the
+# same steps with a CPU-built `pie` (`--device cpu`, no bf16/memory flags, no kernel test), e.g.
+# with a tiny Qwen3 config at vocab_size 151936 beside the Qwen3 tokenizer as the model.
 set -u
 OUT=${OUT:-/tmp/pie_structured_out}
 BIN_DIR=${PIE_SERVE_BIN_DIR:-.device/gsrv}
@@ -27,7 +34,13 @@ mkdir -p "$OUT"
 source "$(dirname "$0")/device_lib.sh"  # gpu_line, wait_ready, stop_server
 echo "== $(date -u +%FT%TZ) device: $(gpu_line)"
 PIE_LD="$BIN_DIR:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
-LD_LIBRARY_PATH="$PIE_LD" "$BIN_DIR/pie_cuda_test_token_bitmask" 2>&1 | tail -3 | tee "$OUT/kernel_test.log"
+DEVICE_ARGS="--device cuda --dtype bfloat16 --gpu-memory-utilization 0.90"
+if [ "${PIE_CPU_DRY_RUN:-0}" = 1 ]; then
+  DEVICE_ARGS="--device cpu"
+  echo "== dry run on the CPU: no kernel test, CPU timings"
+else
+  LD_LIBRARY_PATH="$PIE_LD" "$BIN_DIR/pie_cuda_test_token_bitmask" 2>&1 | tail -3 | tee "$OUT/kernel_test.log"
+fi
 
 # The compile alone, 10 never-seen 30-field schemas (the client's kind), by XGrammar thread count,
 # without and with the prewarm (each compiler fresh).
@@ -48,9 +61,9 @@ fi
 # serve NAME EXTRA_ARGS CLIENT_ARGS: one server, the client, the trace's decomposition.
 serve() {
   local name=$1 extra=$2 client=$3 t0=$SECONDS
-  PIE_TRACE_STRUCTURED=1 LD_LIBRARY_PATH="$PIE_LD" "$BIN_DIR/pie" serve "$MODEL" --device cuda --dtype bfloat16 \
+  PIE_TRACE_STRUCTURED=1 LD_LIBRARY_PATH="$PIE_LD" "$BIN_DIR/pie" serve "$MODEL" $DEVICE_ARGS \
     --load-format dummy --host 127.0.0.1 --port "$PORT" --max-model-len 2048 --max-num-seqs 64 \
-    --gpu-memory-utilization 0.90 --disable-log-requests $extra > "$OUT/server_$name.log" 2>&1 &
+    --disable-log-requests $extra > "$OUT/server_$name.log" 2>&1 &
   local server=$! ready=0
   wait_ready "$server" "$PORT" && ready=1
   echo "== [$name] server ready=$ready after $((SECONDS - t0)) s"
@@ -65,7 +78,7 @@ serve() {
     echo "== [$name] client rc=${PIPESTATUS[0]} after $((SECONDS - t0)) s"
   fi
   stop_server "$server"
-  python3 bench/structured_trace.py "$OUT/server_$name.log" " [$name]"
+  python3 bench/structured_trace.py "$OUT/server_$name.log" " [$name]" "${PIE_FRESH:-5}"
   tail -2 "$OUT/server_$name.log"
 }
 

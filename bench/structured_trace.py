@@ -5,7 +5,9 @@ fresh compiles and for the cached ones, the median of each part: the compile's w
 the compile, when the first draw asked for the mask (what ran beside the compile: rendering,
 tokenizing, queueing, the prefill), how long that draw waited for the grammar, and the matcher
 plus first mask. The first request's extra latency is about waited + matcher/first mask.
-Standard library only.   usage: structured_trace.py server.log [label]
+With `first` N, only the first N fresh and the first N cached lines count (bench/structured_bench.py
+sends its N latency probes before its throughput runs, whose requests trace too).
+Standard library only.   usage: structured_trace.py server.log [label] [first]
 """
 import re
 import statistics
@@ -20,8 +22,9 @@ PAT = re.compile(r"pie structured trace: (?P<key>\S+(?: \S+)?#[0-9a-f]+) queue (
 def main():
     rows = [m for m in (PAT.search(line) for line in open(sys.argv[1], errors="replace")) if m]
     label = sys.argv[2] if len(sys.argv) > 2 else ""
+    first = int(sys.argv[3]) if len(sys.argv) > 3 else None
     for cached in (False, True):
-        sel = [r for r in rows if bool(r["cached"]) == cached]
+        sel = [r for r in rows if bool(r["cached"]) == cached][:first]
         if not sel:
             continue
         med = {k: statistics.median(float(r[k]) for r in sel) for k in ("queue", "compile", "asked", "waited", "mask", "end")}
