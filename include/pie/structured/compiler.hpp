@@ -123,16 +123,13 @@ inline void bound_strings_by_pattern(nlohmann::json& s) {
       bound_strings_by_pattern(it.value());
 }
 
-/// The JSON schema prewarm_bounded_strings() compiles for strings of maxLength `hi`: an object
-/// with one required string property of each minLength 0..min(hi, max_min_length).
-inline std::string bounded_strings_schema(int hi, int max_min_length) {
-  nlohmann::json props = nlohmann::json::object(), required = nlohmann::json::array();
-  for (int lo = 0; lo <= std::min(hi, max_min_length); ++lo) {
-    const std::string name = "s" + std::to_string(lo);
-    props[name] = {{"type", "string"}, {"minLength", lo}, {"maxLength", hi}};
-    required.push_back(name);
-  }
-  return nlohmann::json{{"type", "object"}, {"properties", props}, {"required", required}, {"additionalProperties", false}}
+/// The JSON schema prewarm_bounded_strings() compiles for the string of minLength `lo` and
+/// maxLength `hi`: an object with that one required property.
+inline std::string bounded_string_schema(int lo, int hi) {
+  return nlohmann::json{{"type", "object"},
+                        {"properties", {{"s", {{"type", "string"}, {"minLength", lo}, {"maxLength", hi}}}}},
+                        {"required", {"s"}},
+                        {"additionalProperties", false}}
       .dump();
 }
 
@@ -217,15 +214,17 @@ class Compiler {
 #if defined(__linux__)
       setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), 19);
 #endif
+      // One string per compile, so that a shutdown waits for one small compile at most.
       for (int hi = 1; hi <= max_length && !prewarm_stop_; ++hi) {
-        try {
-          // Through compile(), so the strings take the same form (and cache key) as a request's.
-          (void)compile(sched::StructuredOutput{sched::StructuredOutput::Kind::JsonSchema,
-                                                bounded_strings_schema(hi, max_min_length)});
-        } catch (const std::exception&) {  // cannot happen for these schemas; a prewarm is optional
-          return;
+        for (int lo = 0; lo <= std::min(hi, max_min_length) && !prewarm_stop_; ++lo) {
+          try {
+            // Through compile(), so the string takes the same form (and cache key) as a request's.
+            (void)compile(sched::StructuredOutput{sched::StructuredOutput::Kind::JsonSchema, bounded_string_schema(lo, hi)});
+          } catch (const std::exception&) {  // cannot happen for these schemas; a prewarm is optional
+            return;
+          }
         }
-        prewarmed_.store(hi);
+        if (!prewarm_stop_) prewarmed_.store(hi);
       }
       if (done && !prewarm_stop_)
         done(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
