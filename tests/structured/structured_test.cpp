@@ -474,10 +474,12 @@ TEST(LlmStructured, CompilesAsynchronouslyAsTheServerDoes) {
       EXPECT_EQ(c.finish_reason, "stop");
       EXPECT_TRUE(std::regex_match(c.text, std::regex("[a-c]{2,5}-[0-9]{3}"))) << c.text;
     }
+  int deltas = 0;
   try {
-    l.generate({"a"}, sampled({K::Regex, "(ab"}, 1));
+    l.generate({"a"}, sampled({K::Regex, "(ab"}, 1), [&](const llm::Delta&) { ++deltas; });
     FAIL() << "a bad regex generated";
   } catch (const pie::Error& e) {
     EXPECT_NE(std::string(e.what()).find("invalid regex"), std::string::npos) << e.what();
   }
+  EXPECT_EQ(deltas, 0) << "output of a request whose grammar failed was handed on";
 }

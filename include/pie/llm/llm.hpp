@@ -255,15 +255,16 @@ class LLM {
       }
       while (!live.empty()) {
         PIE_CHECK(engine_->has_unfinished(), "LLM: the engine has no work but ", live.size(), " prompts are open");
-        for (const RequestOutput& ro : engine_->step()) {
+        std::vector<RequestOutput> step = engine_->step();
+        // A bad schema, regex or grammar: its error as soon as the compile reports it, before
+        // anything of the step that found it out (a draw of stop tokens only) is handed on.
+        if (compile) grammar.check();
+        for (const RequestOutput& ro : step) {
           auto it = live.find(ro.request_id);
           if (it == live.end()) continue;
           dispatch(ro, it->second, outs[it->second.prompt], params, on_delta);
           if (it->second.unfinished == 0) live.erase(it);
         }
-        // A bad schema, regex or grammar: its error as soon as the compile reports it (its
-        // requests could only draw stop tokens meanwhile).
-        if (compile) grammar.check();
       }
       if (compile) grammar.wait();
     } catch (...) {
