@@ -229,7 +229,7 @@ int serve_with(const ServeOptions& o, EngineFactory build, const std::string& de
     std::unique_ptr<structured::Compiler> compiler;
   };
   auto grammars = std::make_shared<Grammars>();
-  auto grammar_compiler = [grammars, tok, &service]() -> structured::Compiler& {
+  auto grammar_compiler = [grammars, tok, &service, prewarm = o.structured_prewarm_max_length]() -> structured::Compiler& {
     std::call_once(grammars->once, [&] {
       const auto info = service.model_info();
       grammars->compiler = std::make_unique<structured::Compiler>(*tok, info.vocab_size, info.eos_ids);
@@ -237,6 +237,11 @@ int serve_with(const ServeOptions& o, EngineFactory build, const std::string& de
       // whose grammar is still compiling when its prefill ends waits for it.
       if (const char* d = std::getenv("PIE_TEST_GRAMMAR_DELAY_MS"); d && *d)
         grammars->compiler->set_test_compile_delay(std::chrono::milliseconds(std::atoi(d)));
+      if (prewarm > 0)
+        grammars->compiler->prewarm_bounded_strings(prewarm, 2, [prewarm](double ms) {
+          std::cout << "pie serve: structured outputs prewarmed (strings of maxLength 1.." << prewarm << ", "
+                    << static_cast<int>(ms) << " ms)" << std::endl;
+        });
     });
     return *grammars->compiler;
   };

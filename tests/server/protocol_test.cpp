@@ -397,6 +397,19 @@ TEST(ServeFlags, ToolCallingFlags) {
   EXPECT_THROW(a3.parse("--tool-call-parser mistral", false), CLI::ValidationError);
 }
 
+TEST(ServeFlags, StructuredPrewarmLength) {
+  ServeOptions o;
+  EXPECT_EQ(o.structured_prewarm_max_length, 16);  // on by default
+  CLI::App app;
+  add_serve_flags(app, o);
+  app.parse("--structured_prewarm_max_length 0", false);
+  EXPECT_EQ(o.structured_prewarm_max_length, 0);
+  CLI::App a2;
+  ServeOptions o2;
+  add_serve_flags(a2, o2);
+  EXPECT_THROW(a2.parse("--structured-prewarm-max-length 129", false), CLI::ValidationError);
+}
+
 TEST(ProtocolCompletion, PromptLogprobsAndTokenIdFlags) {
   const auto r = parse_completion_request(
       {{"prompt", "x"}, {"prompt_logprobs", 3}, {"return_token_ids", true}, {"return_tokens_as_token_ids", true}}, {});

@@ -9,6 +9,7 @@ padding ids past the tokenizer's, which must never be drawn. The official openai
 tool_choice="required" (streamed and not, thinking on and off), are at the end."""
 import http.client
 import json
+import pathlib
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -255,7 +256,60 @@ def test_two_constraints_are_a_400(embedded):
     assert status == 400 and "only one structured output" in payload["error"]["message"], payload
 
 
-# ---- a grammar that compiles slowly, and outputs cut by max_tokens --------------------------------
+# ---- the trace, the prewarm, a grammar that compiles slowly, and outputs cut by max_tokens --------
+def test_the_trace_decomposes_a_first_request(tmp_path):
+    """PIE_TRACE_STRUCTURED=1: one line per structured request at its first mask, which
+    bench/structured_trace.py (the device benchmark's decomposition) parses. With every compile
+    300 ms slower (PIE_TEST_GRAMMAR_DELAY_MS), the fresh compile is traced at >= 300 ms and its
+    first draw as having waited for it; the same schema again is a cached one that waits not."""
+    import subprocess
+    import sys
+    s = Server(["--api-key", API_KEY, "--served-model-name", MODEL, "--max-model-len", "2048", "--seed", "0",
+                "--structured-prewarm-max-length", "0"],
+               env={"PIE_TRACE_STRUCTURED": "1", "PIE_TEST_GRAMMAR_DELAY_MS": "300"})
+    try:
+        schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}},
+                  "required": ["n"], "additionalProperties": False}
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "JSON"}], "max_tokens": 20, "seed": 1,
+                "response_format": {"type": "json_schema", "json_schema": {"name": "t", "schema": schema}}}
+        for _ in range(2):
+            status, out = post(s, "/v1/chat/completions", body)
+            assert status == 200, out
+    finally:
+        assert s.stop() == 0, "\n".join(s.lines)
+    traces = [l for l in s.lines if l.startswith("pie structured trace:")]
+    assert len(traces) == 2, "\n".join(s.lines)
+    log = tmp_path / "server.log"
+    log.write_text("\n".join(s.lines) + "\n")
+    script = str(pathlib.Path(__file__).resolve().parents[2] / "bench" / "structured_trace.py")
+    summary = subprocess.run([sys.executable, script, str(log)], capture_output=True, text=True, check=True).stdout
+    fresh = re.search(r"fresh grammars, median of 1\): queue [\d.]+ ms \| compile ([\d.]+) ms .* draw waited "
+                      r"([\d.]+) ms", summary)
+    cached = re.search(r"cached grammars, median of 1\): .* draw waited ([\d.]+) ms", summary)
+    assert fresh and cached, summary
+    assert float(fresh.group(1)) >= 300 and float(fresh.group(2)) > 0, summary
+    assert float(cached.group(1)) == 0, summary
+
+
+
+def test_bounded_strings_are_prewarmed_in_the_background(embedded):
+    """pie serve compiles the strings of maxLength 1..16 ahead (--structured-prewarm-max-length,
+    on by default) and says so; a schema with such strings then validates as before."""
+    deadline = time.monotonic() + 60
+    while not any("structured outputs prewarmed (strings of maxLength 1..16" in l for l in embedded.lines):
+        assert time.monotonic() < deadline, "\n".join(embedded.lines)
+        time.sleep(0.1)
+    schema = {"type": "object", "properties": {"a": {"type": "string", "minLength": 1, "maxLength": 16},
+                                               "b": {"type": "string", "maxLength": 3}},
+              "required": ["a", "b"], "additionalProperties": False}
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "JSON"}], "max_tokens": 80, "seed": 3,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": schema}}}
+    status, out = post(embedded, "/v1/chat/completions", body)
+    assert status == 200, out
+    jsonschema.validate(json.loads(out["choices"][0]["message"]["content"]), schema)
+
+
+
 def test_a_slow_grammar_compile_is_waited_for_and_holds_nothing_else_up(embedded):
     """The grammar compiles while the request waits (PIE_TEST_GRAMMAR_DELAY_MS, test only, makes
     every compile take 2.5 s more): a request already running is not held up by it; the output is

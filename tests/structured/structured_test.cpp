@@ -371,3 +371,115 @@ TEST(Truncated, AnOutputCutByMaxTokensIsAValidPrefix) {
 }
 
 }  // namespace
+
+// Prewarming (XGrammar's rule-level cache filled with the common length-bounded strings) must
+// not change a single mask: for schemas whose strings are inside the prewarmed bounds, outside
+// them and in other contexts (arrays, anyOf, $ref, the last property), a prewarmed compiler and
+// fresh compilers (one per schema: no cache shared with anything) give the same mask at every
+// step of random walks through the grammar.
+TEST(Prewarm, MasksAreThoseOfAFreshCompiler) {
+  tokenizer::Tokenizer tok = tokenizer::Tokenizer::embedded();
+  const int32_t stop = tokenizer::EmbeddedIds::kImEnd;
+  structured::Compiler warm(tok, 512, {stop}, 2);
+  warm.prewarm_bounded_strings(6, 2);
+  warm.wait_prewarm();
+  EXPECT_EQ(warm.prewarmed_max_length(), 6);
+  const std::vector<std::string> schemas = {
+      R"({"type": "object", "properties": {"a": {"type": "string", "maxLength": 3}, "b": {"type": "string",
+          "minLength": 1, "maxLength": 5}, "c": {"type": "integer"}}, "required": ["a", "b", "c"]})",
+      R"({"type": "array", "items": {"type": "string", "minLength": 2, "maxLength": 4}, "minItems": 1, "maxItems": 3})",
+      R"({"anyOf": [{"type": "string", "maxLength": 6}, {"type": "object", "properties": {"z": {"type": "string",
+          "minLength": 2, "maxLength": 2}}, "required": ["z"], "additionalProperties": false}]})",
+      R"({"$defs": {"w": {"type": "string", "minLength": 1, "maxLength": 4}}, "type": "object", "properties":
+          {"p": {"$ref": "#/$defs/w"}, "q": {"type": "string", "minLength": 3, "maxLength": 9}}, "required": ["p"]})",
+      R"({"type": "object", "properties": {"e": {"enum": ["x", "yy"]}, "last": {"type": "string", "maxLength": 2}},
+          "required": ["e", "last"], "additionalProperties": false})",
+  };
+  std::mt19937 rng(11);
+  for (size_t k = 0; k < schemas.size(); ++k) {
+    const StructuredOutput so{K::JsonSchema, schemas[k]};
+    structured::Compiler fresh(tok, 512, {stop}, 2);
+    for (int walk = 0; walk < 8; ++walk) {
+      auto pw = warm.processor(so), pf = fresh.processor(so);
+      std::vector<int32_t> mw(sched::bitmask_words(512)), mf(mw.size()), out;
+      for (int step = 0; step < 40; ++step) {
+        ASSERT_TRUE(pw->fill_mask(0, {}, out, mw));
+        ASSERT_TRUE(pf->fill_mask(0, {}, out, mf));
+        ASSERT_EQ(mw, mf) << "schema " << k << " walk " << walk << " step " << step;
+        std::vector<int32_t> ok;
+        for (int t = 0; t < 512; ++t)
+          if (allowed(mf, t)) ok.push_back(t);
+        ASSERT_FALSE(ok.empty());
+        const int32_t t = ok[rng() % ok.size()];
+        if (t == stop) break;
+        out.push_back(t);
+      }
+    }
+  }
+}
+
+// An engine that counts the steps it runs while a structured request's grammar is still
+// compiling (pie::LLM's engine, wrapped through LLM's factory).
+class CompileSpy final : public AnyEngine {
+ public:
+  explicit CompileSpy(std::unique_ptr<AnyEngine> e) : e_(std::move(e)) {}
+  uint64_t add_request(std::vector<int32_t> prompt, sched::SamplingParams params) override {
+    if (params.logits_processor) procs_.push_back(params.logits_processor);
+    return e_->add_request(std::move(prompt), std::move(params));
+  }
+  std::vector<RequestOutput> step() override {
+    for (const auto& p : procs_)
+      if (!p->ready()) {
+        ++steps_while_compiling;
+        break;
+      }
+    return e_->step();
+  }
+  void abort(uint64_t id) override { e_->abort(id); }
+  void finish_sequence(uint64_t id, int index) override { e_->finish_sequence(id, index); }
+  bool has_unfinished() const override { return e_->has_unfinished(); }
+  Stats stats() const override { return e_->stats(); }
+  const model::ModelConfig& config() const override { return e_->config(); }
+  const model::GenerationConfig& generation_config() const override { return e_->generation_config(); }
+  int steps_while_compiling = 0;
+
+ private:
+  std::unique_ptr<AnyEngine> e_;
+  std::vector<std::shared_ptr<sched::LogitsProcessor>> procs_;
+};
+
+// pie::LLM compiles a structured output as `pie serve` does (Compiler::compile_async): with a
+// slow compile (a test delay of 500 ms, which only the asynchronous path takes) the engine
+// already steps — the first prompt's prefill — while the grammar compiles, every output still
+// matches, and a bad regex is still an error of generate() naming it.
+TEST(LlmStructured, CompilesAsynchronouslyAsTheServerDoes) {
+  CompileSpy* spy = nullptr;
+  llm::LLMOptions o;
+  o.engine.num_kv_blocks = 512;
+  o.engine.sched.max_model_len = 512;
+  o.engine.num_threads = 1;
+  LLM l("", o, [&](const EngineOptions& eo) -> std::unique_ptr<AnyEngine> {
+    auto s = std::make_unique<CompileSpy>(llm::default_engine(eo));
+    spy = s.get();
+    return s;
+  });
+  ASSERT_NE(spy, nullptr);
+  l.grammar_compiler().set_test_compile_delay(std::chrono::milliseconds(500));
+  const auto t0 = std::chrono::steady_clock::now();
+  auto outs = l.generate({"a", "b", "c"}, sampled({K::Regex, "[a-c]{2,5}-[0-9]{3}"}, 2));
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(500)) << "not the asynchronous compile";
+  EXPECT_GE(spy->steps_while_compiling, 1) << "nothing ran while the grammar compiled";
+  for (const auto& out : outs)
+    for (const auto& c : out.outputs) {
+      EXPECT_EQ(c.finish_reason, "stop");
+      EXPECT_TRUE(std::regex_match(c.text, std::regex("[a-c]{2,5}-[0-9]{3}"))) << c.text;
+    }
+  int deltas = 0;
+  try {
+    l.generate({"a"}, sampled({K::Regex, "(ab"}, 1), [&](const llm::Delta&) { ++deltas; });
+    FAIL() << "a bad regex generated";
+  } catch (const pie::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("invalid regex"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(deltas, 0) << "output of a request whose grammar failed was handed on";
+}

@@ -11,8 +11,10 @@
 /// EBNF grammar) and every output matches it (needs pie::structured, XGrammar's core). The engine is any pie::AnyEngine, built by a factory from EngineOptions (the CPU
 /// fp32 engine by default) or handed over ready-made (a CUDA engine from an nvcc-built file).
 /// Needs pie::text (the tokenizer). Not thread-safe: one thread drives an LLM.
+#include <chrono>
 #include <cstdint>
 #include <functional>
+#include <future>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -175,6 +177,18 @@ class LLM {
   const tokenizer::ChatTemplate* chat_template() const { return text_.chat_template.get(); }
   AnyEngine& engine() { return *engine_; }
   const AnyEngine& engine() const { return *engine_; }
+#if defined(PIE_WITH_XGRAMMAR)
+  /// The compiler of structured outputs (built on first use over the model's vocabulary and stop
+  /// tokens): e.g. to prewarm_bounded_strings() before the first structured request.
+  structured::Compiler& grammar_compiler() {
+    if (!grammar_) {
+      std::vector<int32_t> stop = engine_->generation_config().eos_token_ids;
+      for (int32_t id : engine_->config().eos_token_ids) stop.push_back(id);
+      grammar_ = std::make_unique<structured::Compiler>(text_.tokenizer, engine_->config().vocab_size, stop);
+    }
+    return *grammar_;
+  }
+#endif
 
  private:
   struct Seq {
@@ -192,10 +206,17 @@ class LLM {
   std::vector<llm::PromptOutput> run(std::vector<llm::PromptOutput> outs, const llm::SamplingParams& params,
                                      const llm::DeltaCallback& on_delta) {
     const int vocab = engine_->config().vocab_size;
-    // A structured output without a processor is compiled here, one processor per request.
+    // A structured output without a processor is compiled here, on the compiler's threads, as
+    // in `pie serve`: the prompts are queued at once and the first is prefilled while its grammar
+    // compiles (its first draw waits for it; the scheduler passes over the others while one
+    // runs: WAITING_FOR_FSM). One processor per request, all over the one compile.
     const bool compile = params.structured && !params.logits_processor;
+    PendingGrammar grammar;
     llm::SamplingParams checked = params;
-    if (compile) checked.logits_processor = grammar_processor(*params.structured);
+    if (compile) {
+      grammar = start_grammar(*params.structured);
+      checked.logits_processor = grammar.make();
+    }
     checked.validate(vocab);
     for (size_t i = 0; i < outs.size(); ++i) {
       const auto& ids = outs[i].prompt_token_ids;
@@ -218,7 +239,7 @@ class LLM {
         uint64_t rid = 0;
         try {
           llm::SamplingParams pi = checked;
-          if (compile && i > 0) pi.logits_processor = grammar_processor(*params.structured);
+          if (compile && i > 0) pi.logits_processor = grammar.make();
           rid = engine_->add_request(outs[i].prompt_token_ids, pi);
         } catch (const pie::Error& e) {
           PIE_FAIL("LLM: prompt ", i, ": ", e.what());
@@ -234,13 +255,18 @@ class LLM {
       }
       while (!live.empty()) {
         PIE_CHECK(engine_->has_unfinished(), "LLM: the engine has no work but ", live.size(), " prompts are open");
-        for (const RequestOutput& ro : engine_->step()) {
+        std::vector<RequestOutput> step = engine_->step();
+        // A bad schema, regex or grammar: its error as soon as the compile reports it, before
+        // anything of the step that found it out (a draw of stop tokens only) is handed on.
+        if (compile) grammar.check();
+        for (const RequestOutput& ro : step) {
           auto it = live.find(ro.request_id);
           if (it == live.end()) continue;
           dispatch(ro, it->second, outs[it->second.prompt], params, on_delta);
           if (it->second.unfinished == 0) live.erase(it);
         }
       }
+      if (compile) grammar.wait();
     } catch (...) {
       abort_live();
       throw;
@@ -310,15 +336,27 @@ class LLM {
         }
   }
 
-  /// The processor enforcing `so` on one request (the compiler is built on first use).
-  std::shared_ptr<sched::LogitsProcessor> grammar_processor(const sched::StructuredOutput& so) {
+  /// \brief A structured output whose grammar is compiling (start_grammar()).
+  struct PendingGrammar {
+    /// A processor enforcing it on one request; its first draw waits for the compile.
+    std::function<std::shared_ptr<sched::LogitsProcessor>()> make;
+    /// Throws the compile's error (pie::Error naming the problem) if it is done and failed.
+    std::function<void()> check;
+    /// Waits for the compile; throws its error.
+    std::function<void()> wait;
+  };
+
+  /// Starts compiling `so` on the compiler's threads (the compiler is built on first use).
+  /// validate()'s errors (an empty schema) throw here, the compile's from check()/wait().
+  PendingGrammar start_grammar(const sched::StructuredOutput& so) {
 #if defined(PIE_WITH_XGRAMMAR)
-    if (!grammar_) {
-      std::vector<int32_t> stop = engine_->generation_config().eos_token_ids;
-      for (int32_t id : engine_->config().eos_token_ids) stop.push_back(id);
-      grammar_ = std::make_unique<structured::Compiler>(text_.tokenizer, engine_->config().vocab_size, stop);
-    }
-    return grammar_->processor(so);
+    structured::Compiler* c = &grammar_compiler();
+    auto g = c->compile_async(so);
+    return {[c, g, so] { return c->processor(g, so); },
+            [g] {
+              if (g.wait_for(std::chrono::seconds(0)) == std::future_status::ready) g.get();
+            },
+            [g] { g.get(); }};
 #else
     (void)so;
     PIE_FAIL("structured_outputs: this build has no XGrammar (link pie::structured)");

@@ -45,6 +45,9 @@ struct ServeOptions {
   std::string reasoning_parser;
   bool enable_auto_tool_choice = false;  ///< tool_choice auto (and required/named) allowed
   std::string tool_call_parser;          ///< "hermes": tool calls parsed from the output
+  /// Structured outputs: length-bounded strings of maxLength 1..N compiled ahead, in the
+  /// background (structured::Compiler::prewarm_bounded_strings); 0 → none.
+  int structured_prewarm_max_length = 16;
   std::string device = "auto";        ///< auto → cuda when built with it and a model is given
   int64_t kv_cache_memory_bytes = 0;  ///< 0 → from --gpu-memory-utilization (GPU), 256 MiB (CPU)
   int64_t max_request_body_bytes = 16ll << 20;
@@ -209,6 +212,11 @@ inline void add_serve_flags(CLI::App& app, ServeOptions& o) {
   app.add_flag(both_spellings("enable-auto-tool-choice"), o.enable_auto_tool_choice,
                "Let the model decide when to call tools (tool_choice auto); needs --tool-call-parser")
       ->needs(parser);
+  app.add_option(both_spellings("structured-prewarm-max-length"), o.structured_prewarm_max_length,
+                 "Structured outputs: compile strings of maxLength 1..N (minLength 0..2) ahead, in the "
+                 "background at low priority, so a new schema's first request does not pay for them (0: off)")
+      ->check(CLI::Range(0, 128))
+      ->capture_default_str();
   app.add_option(both_spellings("device"), o.device, "Where the model runs")
       ->check(CLI::IsMember({"auto", "cuda", "cpu"}))
       ->capture_default_str();

@@ -6,13 +6,23 @@
 /// model's vocabulary size (ids past the tokenizer's — embedding padding — are never allowed)
 /// and the model's stop tokens (allowed once the grammar is complete). Compiled grammars are
 /// cached by their source (XGrammar's cache; the key is the schema/regex/EBNF text and its
-/// options), so a repeated schema costs a lookup. compile() may run on any thread.
+/// options), so a repeated schema costs a lookup; the cache is bounded (512 MiB by default, as
+/// vLLM's), least recently used out. compile() may run on any thread.
 ///
 /// compile_async() compiles on the Compiler's own worker threads and returns at once, so a
 /// server can queue the request and run its prefill while its grammar compiles (the mask is
 /// needed only at the first draw; GrammarProcessor waits there for what is left). XGrammar
 /// parallelizes one compile over all the host's cores (its per-grammar token-mask
 /// precomputation over the vocabulary is the cost: tens of ms for a 30-field schema).
+///
+/// prewarm_bounded_strings() fills XGrammar's rule-level cache ahead of the first request. A
+/// length-bounded string (minLength/maxLength) is the dear part of a fresh compile: every
+/// position of the string is a state whose token mask XGrammar computes over the whole vocabulary
+/// (about 15-35 ms each, one serial task per state, so more threads do not shorten it). XGrammar
+/// caches those masks by the rule's structure, across grammars (GrammarCompiler's cache), so a
+/// string of bounds seen before costs a lookup; prewarming compiles the common bounds once, in the
+/// background at the lowest CPU priority, and a never-seen schema whose strings are among them
+/// compiles in a few ms. The language is unchanged: the cache is XGrammar's own.
 ///
 /// JSON is generated with XGrammar's fixed separators (", " and ": ", no other whitespace), not
 /// "any whitespace": a weak or random model otherwise spends its tokens on whitespace loops
@@ -23,8 +33,10 @@
 #include <xgrammar/xgrammar.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -34,11 +46,19 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 #include "pie/core/error.hpp"
 #include "pie/sched/structured_output.hpp"
+#include "pie/structured/compile_trace.hpp"
 #include "pie/structured/grammar_processor.hpp"
 #include "pie/tokenizer/tokenizer_class.hpp"
 
@@ -103,6 +123,16 @@ inline void bound_strings_by_pattern(nlohmann::json& s) {
       bound_strings_by_pattern(it.value());
 }
 
+/// The JSON schema prewarm_bounded_strings() compiles for the string of minLength `lo` and
+/// maxLength `hi`: an object with that one required property.
+inline std::string bounded_string_schema(int lo, int hi) {
+  return nlohmann::json{{"type", "object"},
+                        {"properties", {{"s", {{"type", "string"}, {"minLength", lo}, {"maxLength", hi}}}}},
+                        {"required", {"s"}},
+                        {"additionalProperties", false}}
+      .dump();
+}
+
 /// The structural tag (XGrammar's JSON format) of hermes tool calls — `<tool_call>\n{"name": N,
 /// "arguments": A}\n</tool_call>`, one or more separated by "\n" — over `tools` (OpenAI's
 /// array), restricted to `only` when not empty.
@@ -142,13 +172,18 @@ class Compiler {
  public:
   /// `model_vocab_size`: the model's (≥ the tokenizer's); `stop_ids`: the model's end tokens;
   /// `reasoning`: the `<think>`/`</think>` ids (when the tokenizer has them).
-  /// `threads`: XGrammar's threads for one compile (default: every core).
+  /// `threads`: XGrammar's threads for one compile (default: every core). `cache_bytes`: the
+  /// memory XGrammar's caches may hold (least recently used first out; a third of it for the
+  /// rule-level cache, two thirds for whole grammars); vLLM's default, 512 MiB. The default
+  /// prewarm takes about 130 MB of it at a 152k vocabulary (its masks sit in both caches until
+  /// newer grammars push the prewarm's whole grammars out).
   Compiler(const tokenizer::Tokenizer& tok, int model_vocab_size, std::vector<int32_t> stop_ids,
-           int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency())))
+           int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency())),
+           int64_t cache_bytes = int64_t{512} << 20)
       : vocab_size_(std::max(model_vocab_size, tok.vocab_size())),
         stop_ids_(stop_ids),
         info_(raw_vocab(tok), xgrammar::VocabType::RAW, vocab_size_, std::move(stop_ids)),
-        compiler_(info_, std::max(threads, 1), /*cache_enabled=*/true) {
+        compiler_(info_, std::max(threads, 1), /*cache_enabled=*/true, cache_bytes) {
     if (auto o = tok.token_to_id("<think>"), c = tok.token_to_id("</think>"); o && c) reasoning_ = {*o, *c};
     for (int i = 0; i < kWorkers; ++i) workers_.emplace_back([this] { work(); });
   }
@@ -158,10 +193,49 @@ class Compiler {
       stop_ = true;
     }
     cv_.notify_all();
+    prewarm_stop_ = true;  // the prewarm ends after the compile it is in
+    if (prewarm_.joinable()) prewarm_.join();
     for (auto& w : workers_) w.join();  // queued compiles not started are dropped (broken promise)
   }
   Compiler(const Compiler&) = delete;
   Compiler& operator=(const Compiler&) = delete;
+
+  /// Starts compiling, on a background thread at the lowest CPU priority (Linux: nice 19, which
+  /// XGrammar's threads inherit, so requests' compiles and the engine go first), the strings of
+  /// maxLength 1..`max_length` and minLength 0..`max_min_length`, shortest first: their token
+  /// masks land in XGrammar's rule-level cache, and a later schema with such strings reuses
+  /// them (see the file comment). Returns at once; call once. The cost is CPU time only: about
+  /// 6 s of one core for the default 16 × 3 bounds over a 152k vocabulary. `done`, if given, is
+  /// called on the prewarm's thread at its end with its wall time in ms.
+  void prewarm_bounded_strings(int max_length = 16, int max_min_length = 2, std::function<void(double)> done = {}) {
+    PIE_CHECK(!prewarm_.joinable(), "structured: prewarm_bounded_strings called twice");
+    prewarm_ = std::thread([this, max_length, max_min_length, done = std::move(done)] {
+      const auto t0 = std::chrono::steady_clock::now();
+#if defined(__linux__)
+      setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), 19);
+#endif
+      // One string per compile, so that a shutdown waits for one small compile at most.
+      for (int hi = 1; hi <= max_length && !prewarm_stop_; ++hi) {
+        for (int lo = 0; lo <= std::min(hi, max_min_length) && !prewarm_stop_; ++lo) {
+          try {
+            // Through compile(), so the string takes the same form (and cache key) as a request's.
+            (void)compile(sched::StructuredOutput{sched::StructuredOutput::Kind::JsonSchema, bounded_string_schema(lo, hi)});
+          } catch (const std::exception&) {  // cannot happen for these schemas; a prewarm is optional
+            return;
+          }
+        }
+        if (!prewarm_stop_) prewarmed_.store(hi);
+      }
+      if (done && !prewarm_stop_)
+        done(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    });
+  }
+  /// The largest maxLength prewarm_bounded_strings() has finished (0: none yet).
+  int prewarmed_max_length() const { return prewarmed_.load(); }
+  /// Blocks until prewarm_bounded_strings() has finished (benchmarks, tests).
+  void wait_prewarm() {
+    if (prewarm_.joinable()) prewarm_.join();
+  }
 
   /// Tests only: every compile_async() compile sleeps this long first (a slow grammar, to check
   /// that a request waits for it correctly). Set before the first compile.
@@ -171,22 +245,41 @@ class Compiler {
   /// ready for a constraint compiled before: a cache lookup). validate()'s errors throw here;
   /// the compile's own (a bad schema, regex or grammar) come out of the future's get().
   std::shared_future<xgrammar::CompiledGrammar> compile_async(const sched::StructuredOutput& so) {
+    std::shared_ptr<CompileTrace> trace;
+    if (CompileTrace::enabled()) {
+      trace = std::make_shared<CompileTrace>();
+      trace->asked = CompileTrace::Clock::now();
+    }
     so.validate();
     std::string key = so.key();
     bool seen = false;
     {
       std::lock_guard lk(mu_);
       seen = compiled_.count(key) > 0;
+      if (trace) {
+        char id[32];
+        std::snprintf(id, sizeof id, "%s#%016zx", so.kind_name(), std::hash<std::string>{}(key));
+        trace->key = id;
+        trace->cached = seen;
+        traces_[key] = trace;
+      }
     }
     if (seen) {
       std::promise<xgrammar::CompiledGrammar> p;
+      if (trace) trace->started = CompileTrace::Clock::now();
       p.set_value(compile(so));
+      if (trace) trace->compiled = CompileTrace::Clock::now();
       return p.get_future().share();
     }
-    std::packaged_task<xgrammar::CompiledGrammar()> task([this, so, key = std::move(key)]() mutable {
+    std::packaged_task<xgrammar::CompiledGrammar()> task([this, so, key = std::move(key), trace]() mutable {
+      if (trace) trace->started = CompileTrace::Clock::now();
       if (test_delay_.count() > 0) std::this_thread::sleep_for(test_delay_);
       auto g = compile(so);
+      if (trace) trace->compiled = CompileTrace::Clock::now();
       std::lock_guard lk(mu_);
+      // Bounded like XGrammar's cache (which may have dropped an old grammar: a key found here
+      // is then compiled again, synchronously, on the caller's thread — correct, only slower).
+      if (compiled_.size() >= kMaxRemembered) compiled_.clear();
       compiled_.insert(std::move(key));
       return g;
     });
@@ -249,8 +342,16 @@ class Compiler {
   /// may still be compiling: it waits at its first draw.
   std::shared_ptr<GrammarProcessor> processor(std::shared_future<xgrammar::CompiledGrammar> g,
                                               const sched::StructuredOutput& so) {
+    std::shared_ptr<CompileTrace> trace;
+    if (CompileTrace::enabled()) {
+      std::lock_guard lk(mu_);
+      if (auto it = traces_.find(so.key()); it != traces_.end()) {
+        trace = std::move(it->second);
+        traces_.erase(it);
+      }
+    }
     return std::make_shared<GrammarProcessor>(std::move(g), vocab_size_, stop_ids_,
-                                              so.after_reasoning ? reasoning_ : ReasoningTokens{});
+                                              so.after_reasoning ? reasoning_ : ReasoningTokens{}, std::move(trace));
   }
 
   int vocab_size() const { return vocab_size_; }
@@ -259,6 +360,8 @@ class Compiler {
  private:
   /// Compiles at once: two, so that one slow grammar does not hold up the next request's.
   static constexpr int kWorkers = 2;
+  /// Keys remembered as compiled (whole schemas: a few MB at most).
+  static constexpr size_t kMaxRemembered = 4096;
   void work() {
     for (;;) {
       std::packaged_task<xgrammar::CompiledGrammar()> task;
@@ -282,8 +385,13 @@ class Compiler {
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::packaged_task<xgrammar::CompiledGrammar()>> queue_;
-  std::unordered_set<std::string> compiled_;  ///< keys compiled before (XGrammar's cache has them)
+  std::unordered_set<std::string> compiled_;  ///< keys compiled before (XGrammar's cache most likely has them)
+  /// PIE_TRACE_STRUCTURED: the trace of each compile_async, until processor() takes it.
+  std::unordered_map<std::string, std::shared_ptr<CompileTrace>> traces_;
   bool stop_ = false;
+  std::atomic<bool> prewarm_stop_{false};
+  std::atomic<int> prewarmed_{0};
+  std::thread prewarm_;
   std::vector<std::thread> workers_;  // last: started after every member above exists
 };
 

@@ -21,12 +21,15 @@
 #include <chrono>
 #include <exception>
 #include <future>
+#include <iostream>
+#include <memory>
 #include <optional>
 #include <span>
 #include <unordered_map>
 #include <vector>
 
 #include "pie/sched/logits_processor.hpp"
+#include "pie/structured/compile_trace.hpp"
 
 namespace pie::structured {
 
@@ -42,9 +45,16 @@ class GrammarProcessor final : public sched::TokenMaskProcessor {
  public:
   /// A grammar being compiled; `stop_ids` are what a draw may take once it is complete (or if
   /// its compile failed).
+  /// `trace` (PIE_TRACE_STRUCTURED): the compile's time points, completed and printed at the
+  /// first mask.
   GrammarProcessor(std::shared_future<xgrammar::CompiledGrammar> grammar, int vocab_size,
-                   std::vector<int32_t> stop_ids, ReasoningTokens reasoning = {})
-      : grammar_(std::move(grammar)), vocab_size_(vocab_size), stop_ids_(std::move(stop_ids)), reasoning_(reasoning) {}
+                   std::vector<int32_t> stop_ids, ReasoningTokens reasoning = {},
+                   std::shared_ptr<CompileTrace> trace = nullptr)
+      : grammar_(std::move(grammar)),
+        vocab_size_(vocab_size),
+        stop_ids_(std::move(stop_ids)),
+        reasoning_(reasoning),
+        trace_(std::move(trace)) {}
   /// A compiled grammar.
   GrammarProcessor(xgrammar::CompiledGrammar grammar, int vocab_size, ReasoningTokens reasoning = {})
       : GrammarProcessor(ready_future(grammar), vocab_size, grammar.GetTokenizerInfo().GetStopTokenIds(), reasoning) {}
@@ -69,6 +79,7 @@ class GrammarProcessor final : public sched::TokenMaskProcessor {
       }
     }
     if (!s.matcher) {  // the first masked draw of this sequence: wait for the grammar
+      if (trace_) trace_->draw_asked = CompileTrace::Clock::now();
       try {
         s.matcher.emplace(grammar_.get());
       } catch (const std::exception&) {
@@ -99,11 +110,18 @@ class GrammarProcessor final : public sched::TokenMaskProcessor {
         if (id >= 0 && static_cast<size_t>(id / 32) < mask.size()) mask[id / 32] |= static_cast<int32_t>(1u << (id % 32));
       return true;
     }
+    if (trace_ && trace_->draw_asked != CompileTrace::Clock::time_point{})
+      trace_->grammar_waited = std::max(trace_->compiled, trace_->draw_asked);
     try {
       s.matcher->FillNextTokenBitmask(&t, 0);
     } catch (const std::exception&) {
       s.broken = true;
       return fill_mask(seq_index, prompt, output, mask);  // the stop-tokens-only mask above
+    }
+    if (trace_ && trace_->draw_asked != CompileTrace::Clock::time_point{}) {  // once: the first mask
+      trace_->first_mask = CompileTrace::Clock::now();
+      std::cerr << trace_->line() << std::endl;
+      trace_.reset();
     }
     if (may_open && reasoning_.open / 32 < static_cast<int32_t>(mask.size()))
       mask[reasoning_.open / 32] |= static_cast<int32_t>(1u << (reasoning_.open % 32));
@@ -143,6 +161,7 @@ class GrammarProcessor final : public sched::TokenMaskProcessor {
   int vocab_size_;
   std::vector<int32_t> stop_ids_;
   ReasoningTokens reasoning_;
+  std::shared_ptr<CompileTrace> trace_;  ///< until the first mask (PIE_TRACE_STRUCTURED)
   std::unordered_map<int, Seq> seqs_;
 };
 
