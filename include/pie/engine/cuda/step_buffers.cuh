@@ -72,9 +72,7 @@ class StepBuffers {
     const int Sp = std::max(S, pad_seqs), Tp = T + (Sp - S);
     const int D = plan.num_decode_seqs;
     const int R = static_cast<int>(plan.sample_seqs.size());  // logits_rows past R: prompt_logprobs rows
-    int nsamp = 0;
-    for (size_t j = 0; j < plan.sample_seqs.size(); ++j)
-      nsamp += plan.sample_counts.empty() ? 1 : plan.sample_counts[j];
+    const int nsamp = plan.num_sampled_tokens();
     PIE_CHECK(Tp <= cap_.max_tokens, "StepBuffers: ", Tp, " tokens exceed the capacity ", cap_.max_tokens);
     PIE_CHECK(Sp <= cap_.max_seqs, "StepBuffers: ", Sp, " sequences exceed the capacity ", cap_.max_seqs);
     PIE_CHECK(static_cast<int>(plan.kv_indices.size()) <= cap_.max_blocks, "StepBuffers: ", plan.kv_indices.size(),
@@ -102,7 +100,7 @@ class StepBuffers {
     int32_t* rows = i32(o_rows_);
     int k = 0;
     for (int j = 0; j < R; ++j) {
-      int c = plan.sample_counts.empty() ? 1 : plan.sample_counts[j];
+      int c = plan.draws_of(j);
       for (int r = 0; r < c; ++r) rows[k++] = plan.logits_rows[j];
     }
     ops::cuda::SamplingRow* sp = reinterpret_cast<ops::cuda::SamplingRow*>(h + o_spec_);
