@@ -14,7 +14,7 @@
 /// an unseeded request r draws with seed·φ + r + 1.
 ///
 /// Asynchronous scheduling (EngineOptions::sched.async_scheduling, vLLM's --async-scheduling;
-/// runners with launch()/collect()): step() plans step N+1 while step N computes — schedule
+/// runners with launch_ahead()/collect()): step() plans step N+1 while step N computes — schedule
 /// N+1 with a placeholder per decode whose token N samples, launch it (the runner feeds N's
 /// sampled ids to N+1 where N left them), then wait for N's ids and update — and returns N's
 /// outputs, so one step is always in flight between calls. While any live request needs the
@@ -70,8 +70,12 @@ class Engine {
   /// flags, cache too small for max_model_len).
   explicit Engine(EngineOptions opt, engine::RankGroup group = {}) : opt_(std::move(opt)) {
     PIE_CHECK(!opt_.sched.async_scheduling || kRunsAhead,
-              "--async-scheduling is not supported by this backend's runner (it has no launch()/collect())");
+              "--async-scheduling is not supported by this backend's runner (it has no launch_ahead()/collect())");
     exec_ = std::make_unique<engine::Executor<Runner>>(opt_, std::move(group));
+    if constexpr (requires(const Runner& r) { r.runs_ahead(); })
+      PIE_CHECK(!opt_.sched.async_scheduling || exec_->rank(0).runs_ahead(),
+                "--async-scheduling is not supported with --tensor-parallel-size ", exec_->size(),
+                " on this backend (only rank 0 holds the sampled ids)");
     cfg_ = exec_->rank(0).global_config();
     gen_ = exec_->rank(0).generation_config();
     eos_ = engine::eos_ids(gen_, cfg_);
@@ -195,7 +199,7 @@ class Engine {
     engine::for_each_draw(*scheduler_, p, [&](size_t, const sched::Sequence& seq, int index) {
       d.add(seq.request->id, index, SamplerOutput{});
     });
-    if constexpr (kRunsAhead) exec_->run([&](int r) { exec_->rank(r).launch(p, specs_); });
+    if constexpr (kRunsAhead) exec_->run([&](int r) { exec_->rank(r).launch_ahead(p, specs_); });
     in_flight_ = true;
   }
 

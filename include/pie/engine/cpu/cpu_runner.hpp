@@ -9,7 +9,7 @@
 /// [head_dim], so layer l's PagedKV pool starts at l·num_blocks·block_elems and a block copy
 /// is one memcpy per layer.
 ///
-/// Asynchronous scheduling (launch/collect): the step runs on the rank's StepWorker thread, which
+/// Asynchronous scheduling (launch_ahead/collect): the step runs on the rank's StepWorker thread, which
 /// fills the plan's feed rows from the previous launched step's sampled ids (kept by the worker,
 /// as a GPU keeps them on the device), runs the forward and samples every draw from its
 /// SampleSpec with pie::Sampler, so the host can plan the next step meanwhile. Every rank
@@ -57,7 +57,7 @@ class CpuRunner {
   /// Logits come back one row per sampled sequence (its n draws share it).
   static constexpr bool kLogitsPerDraw = false;
   static constexpr bool kSamplesOnDevice = false;
-  /// launch()/collect(): steps run ahead of the host (asynchronous scheduling).
+  /// launch_ahead()/collect(): steps run ahead of the host (asynchronous scheduling).
   static constexpr bool kRunsAhead = true;
 
   /// Loads the model (or rank `spec.rank`'s shard of it: only its slices of a checkpoint are
@@ -119,7 +119,7 @@ class CpuRunner {
   std::span<const float> execute(const sched::StepPlan& plan) {
     PIE_CHECK(blocks_ > 0, "CpuRunner: execute before allocate_kv");
     PIE_CHECK(plan.feed_rows.empty() || std::this_thread::get_id() == worker_thread_,
-              "CpuRunner::execute: a plan with feed rows runs through launch()");
+              "CpuRunner::execute: a plan with feed rows runs through launch_ahead()");
     if (std::this_thread::get_id() != worker_thread_) {
       PIE_CHECK(!worker_ || worker_->in_flight() == 0, "CpuRunner::execute while launched steps are in flight");
       have_prev_ = false;  // a later launch() has no launched step to feed from
@@ -137,11 +137,11 @@ class CpuRunner {
 
   /// Queues `plan` (copied) on the worker: block operations, feed rows from the previous
   /// launched step's draws, forward, then one draw per spec (sample order). Returns at once.
-  void launch(const sched::StepPlan& plan, std::span<const SampleSpec> specs) {
-    PIE_CHECK(blocks_ > 0, "CpuRunner: launch before allocate_kv");
-    PIE_CHECK(static_cast<int32_t>(specs.size()) == plan.num_sampled_tokens(), "CpuRunner::launch: ", specs.size(),
+  void launch_ahead(const sched::StepPlan& plan, std::span<const SampleSpec> specs) {
+    PIE_CHECK(blocks_ > 0, "CpuRunner: launch_ahead before allocate_kv");
+    PIE_CHECK(static_cast<int32_t>(specs.size()) == plan.num_sampled_tokens(), "CpuRunner::launch_ahead: ", specs.size(),
               " specs for ", plan.num_sampled_tokens(), " draws");
-    PIE_CHECK(plan.feed_rows.empty() || have_prev_, "CpuRunner::launch: feed rows but the previous step was not launched");
+    PIE_CHECK(plan.feed_rows.empty() || have_prev_, "CpuRunner::launch_ahead: feed rows but the previous step was not launched");
     if (!worker_) {
       worker_ = std::make_unique<StepWorker>(on_failure_);
       worker_->submit([this] {
@@ -150,7 +150,7 @@ class CpuRunner {
       });
       worker_->wait();
     }
-    PIE_CHECK(worker_->in_flight() < 2, "CpuRunner::launch: two steps are already in flight");
+    PIE_CHECK(worker_->in_flight() < 2, "CpuRunner::launch_ahead: two steps are already in flight");
     Ahead& a = ahead_[launched_ & 1];
     const Ahead* prev = have_prev_ ? &ahead_[(launched_ & 1) ^ 1] : nullptr;
     ++launched_;
@@ -323,7 +323,7 @@ class CpuRunner {
   HostBuffer<KVT> device_, host_;
   std::vector<KVT*> pools_;
   std::vector<float> logits_;
-  // Asynchronous scheduling (launch/collect).
+  // Asynchronous scheduling (launch_ahead/collect).
   std::function<void()> on_failure_;  // the group's abort (tensor parallel)
   Ahead ahead_[2];                    // the step in flight and the one before (its ids feed)
   uint64_t launched_ = 0, collected_ = 0;
