@@ -152,6 +152,9 @@ int run(const GenerateOptions& o) {
             << prompt.size() / first_step_s << " tokens/s)\n";
   std::cout << "generated: " << generated << " tokens in " << total_s << " s, decode "
             << (decode_s > 0 ? decode_tokens / decode_s : 0.0) << " tokens/s\n";
+  if (o.async_scheduling)
+    std::cout << "async scheduling: " << engine.stats().steps_scheduled_ahead << " of " << steps
+              << " steps planned while the previous one computed\n";
   return 0;
 }
 

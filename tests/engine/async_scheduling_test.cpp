@@ -98,6 +98,7 @@ Outcome run(EngineOptions o, bool async, const std::vector<Job>& jobs, const Bet
     if (between) between(e, ids, r.streams);
   }
   r.ahead = e.steps_scheduled_ahead();
+  EXPECT_EQ(e.stats().steps_scheduled_ahead, r.ahead);
   r.preemptions = e.stats().num_preemptions;
   r.prefix_hits = e.stats().prefix_cache_hits;
   return r;

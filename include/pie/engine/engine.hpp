@@ -326,6 +326,7 @@ class Engine {
     Stats s;
     engine::fill_stats(*scheduler_, exec_->num_blocks(), s);
     s.rank_max_kv_blocks = exec_->rank_max_kv_blocks();
+    s.steps_scheduled_ahead = steps_ahead_;
     return s;
   }
 
