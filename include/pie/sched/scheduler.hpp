@@ -205,7 +205,10 @@ class Scheduler {
     }
     bm_.end_step();
     emit(plan);
-    if (!plan.empty()) outstanding_.push_back({step_, std::move(plan_seqs_)});
+    if (!plan.empty()) {
+      outstanding_.push_back({step_, std::move(plan_seqs_)});
+      plan_seqs_ = std::move(spare_seqs_);  // an updated plan's vector: no allocation per step
+    }
   }
 
   /// Applies the sampled tokens of `plan` (the last schedule()'s): plan.num_sampled_tokens()
@@ -253,6 +256,7 @@ class Scheduler {
       std::erase_if(running_, [](Sequence* s) { return s->finished(); });
       for (auto& u : out) u.request_finished = requests_.at(u.request_id)->finished();
     }
+    spare_seqs_ = std::move(done.seqs);
     return out;
   }
 
@@ -528,6 +532,7 @@ class Scheduler {
   std::deque<Outstanding> outstanding_;  // plans awaiting update(), oldest first
   std::vector<Entry> decodes_, prefills_;
   std::vector<Sequence*> plan_seqs_;  // emit()'s, moved into outstanding_
+  std::vector<Sequence*> spare_seqs_;  // the last updated plan's, reused by the next emit()
   std::vector<int32_t> extra_rows_;  // emit(): the prompt_logprobs rows, appended after the samples
 };
 
