@@ -313,6 +313,68 @@ TEST(AsyncScheduling, TensorParallelTwoCpuRanks) {
   EXPECT_EQ(tp.streams, single.streams);
 }
 
+// Requests arriving while others decode (triggered by the tokens produced so far, so both modes
+// add them in the same order, with the same ids and seeds), content-triggered aborts and stop
+// strings, greedy / seeded / n = 2 mixed, on a 12-block cache: preemption, prefix hits and
+// finishes all land while a step is in flight.
+class AsyncStress : public ::testing::TestWithParam<sched::PreemptionMode> {};
+
+TEST_P(AsyncStress, RandomArrivalsAbortsAndStopsOnATinyCache) {
+  EngineOptions o = small_options();
+  o.num_kv_blocks = 12;
+  o.sched.max_model_len = 128;
+  o.sched.max_num_batched_tokens = 48;  // chunked prefill too
+  o.sched.max_num_seqs = 12;
+  o.sched.preemption_mode = GetParam();
+  if (GetParam() == sched::PreemptionMode::Swap) o.num_host_blocks = 24;
+  std::mt19937 g(123);
+  const auto shared = random_prompt(g, 20);
+  std::vector<Job> later;
+  for (int i = 0; i < 24; ++i) {
+    std::uniform_int_distribution<int> len(2, 40);
+    auto p = i % 3 == 0 ? shared : std::vector<int32_t>{};
+    auto tail = random_prompt(g, len(g));
+    p.insert(p.end(), tail.begin(), tail.end());
+    SamplingParams sp = greedy(4 + static_cast<int>(g() % 20));
+    if (i % 4 == 1) {
+      sp.temperature = 1.2f;
+      sp.seed = 500 + i;
+    }
+    if (i % 6 == 5) {
+      sp.temperature = 1.0f;
+      sp.seed = 9;
+      sp.n = 2;
+    }
+    later.push_back({p, sp});
+  }
+  const std::vector<Job> first(later.begin(), later.begin() + 4);
+  const Between stress = [later, added = size_t{4}, cut = std::set<std::pair<size_t, int>>{}](
+                             CpuEngine& e, const std::vector<uint64_t>&, const Streams& s) mutable {
+    // Cuts first: an engine they leave empty takes the next arrival at once in both modes.
+    for (const auto& [key, st] : s) {
+      if (st.finish != FinishReason::None || st.tokens.size() < 3) continue;
+      const uint64_t id = key.first < 4 ? key.first : key.first - 4;  // ids are added in order
+      // An abort is per request: only where one sequence's progress decides it (an n = 2
+      // request's two sequences may progress at different steps in the two modes).
+      if (id % 5 == 2 && later[id].params.n == 1 && cut.insert(key).second) e.abort(id);
+      if (id % 5 == 3 && st.tokens.size() >= 5 && cut.insert(key).second) e.finish_sequence(id, key.second);
+    }
+    size_t produced = 0;
+    for (const auto& [key, st] : s) produced += st.tokens.size();
+    // One more request per 6 tokens produced, or at once when everything else has finished.
+    while (added < later.size() && (produced >= 6 * added || !e.has_unfinished())) {
+      e.add_request(later[added].prompt, later[added].params);
+      ++added;
+    }
+  };
+  const Outcome a = expect_async_equals_sync(o, first, stress);
+  EXPECT_GT(a.preemptions, 0);
+  EXPECT_GE(a.streams.size(), 24u);
+}
+INSTANTIATE_TEST_SUITE_P(Modes, AsyncStress,
+                         ::testing::Values(sched::PreemptionMode::Recompute, sched::PreemptionMode::Swap),
+                         [](const auto& i) { return i.param == sched::PreemptionMode::Swap ? "Swap" : "Recompute"; });
+
 // ---- the scheduler's half ------------------------------------------------------------------------
 TEST(AsyncSchedulerProtocol, SecondPlanFeedsDecodesFromTheFirstPlansDraws) {
   sched::SchedulerConfig c;

@@ -5,6 +5,7 @@
 ///
 /// Ordering: decode sequences first (query_len 1), then prefill chunks. Tokens of sequence i are
 /// rows [cu_query_lens[i], cu_query_lens[i+1]) of every per-token array.
+#include <cstddef>
 #include <cstdint>
 #include <utility>
 #include <vector>
@@ -73,11 +74,11 @@ struct StepPlan {
   bool empty() const { return token_ids.empty(); }
   /// Draws of sample j. The scheduler always fills sample_counts; a hand-built plan (tests,
   /// benches) may leave it empty, which means one draw per sampled sequence.
-  int32_t draws_of(size_t j) const { return sample_counts.empty() ? 1 : sample_counts[j]; }
+  int32_t draws_of(std::size_t j) const { return sample_counts.empty() ? 1 : sample_counts[j]; }
   /// Tokens update() expects: the sum of draws_of(j) over the samples.
   int32_t num_sampled_tokens() const {
     int32_t n = 0;
-    for (size_t j = 0; j < sample_seqs.size(); ++j) n += draws_of(j);
+    for (std::size_t j = 0; j < sample_seqs.size(); ++j) n += draws_of(j);
     return n;
   }
 };
