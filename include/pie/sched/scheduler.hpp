@@ -4,8 +4,8 @@
 ///
 /// One engine iteration is `plan = schedule()`, run the model over the plan, sample
 /// `plan.num_sampled_tokens()` tokens, `update(plan, tokens)`. schedule() and update() alternate
-/// (a non-empty plan must be updated before the next schedule()); abort() and finish_sequence()
-/// may come at any point between calls.
+/// (a non-empty plan must be updated before the next schedule(); with async_scheduling, before
+/// the one after: see below); abort() and finish_sequence() may come at any point between calls.
 ///
 /// schedule():
 ///  1. running decodes (one token each), in admission order. When a block is missing the most
