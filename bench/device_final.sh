@@ -4,8 +4,9 @@
 # widths, small, Qwen3-MoE small), then the GPU tests (MoE kernels, GPU vs transformers incl.
 # the fp8 KV cache and Qwen3-MoE, the fp8-weight kernels and engine, the runner's graphs /
 # batch invariance / swap, prompt_logprobs on the GPU engine against the CPU engine and their
-# kernel against the CPU Sampler, the structured-output bitmask kernel, and PIE_EXTRA_TESTS),
-# then `pie bench` at the Qwen3-8B shape (batch 1 and 2048 x (128, 128); PIE_SKIP_8B=1 skips
+# kernel against the CPU Sampler, the structured-output bitmask kernel, asynchronous scheduling
+# against the synchronous engine, and PIE_EXTRA_TESTS), then `pie bench` at the Qwen3-8B shape
+# (batch 1 and 2048 x (128, 128), then the same with --async-scheduling; PIE_SKIP_8B=1 skips
 # it) and the Qwen3-30B-A3B shape if time is left. Summary printed last; logs in $OUT/logs.tgz.
 #   OUT=dir PIE_DEADLINE_S=320 bash bench/device_final.sh
 set -u
@@ -28,7 +29,7 @@ run hf_reference 200 python3 tests/gpu/make_hf_reference.py --out /tmp/hfref --c
   --moe --tries 2 &
 HFREF=$!
 TARGETS="pie_bench pie_gpu_test_hf pie_gpu_test_runner pie_gpu_test_fp8 pie_cuda_test_moe pie_gpu_test_prompt_logprobs
-  pie_cuda_test_sampling ${PIE_EXTRA_TARGETS:-}"
+  pie_cuda_test_sampling pie_gpu_test_async_scheduling ${PIE_EXTRA_TARGETS:-}"
 run build 240 cmake --build "$BUILD" -j "$(nproc)" --target $TARGETS || grep -E "error" "$LOGS/build.log" | head -20 | tee -a "$SUM"
 
 run test_moe 60 "$BUILD/tests/cuda/pie_cuda_test_moe" --gtest_color=no; gt test_moe
@@ -41,12 +42,19 @@ PIE_GPU_HF_DIR=/tmp/hfref run test_prompt_logprobs 60 "$BUILD/tests/gpu/pie_gpu_
 gt test_prompt_logprobs 6
 run test_sampling 60 "$BUILD/tests/cuda/pie_cuda_test_sampling" --gtest_color=no; gt test_sampling 14
 run test_runner 120 "$BUILD/tests/gpu/pie_gpu_test_runner" --gtest_color=no; gt test_runner 40
+run test_async 90 "$BUILD/tests/gpu/pie_gpu_test_async_scheduling" --gtest_color=no
+grep -E "^\[async" "$LOGS/test_async.log" | tee -a "$SUM"; gt test_async 12
 if [ -f "$MODEL8B/config.json" ] && [ "${PIE_SKIP_8B:-0}" != 1 ]; then
   # Qwen3-8B shape end to end: the decode kernels every bf16 step runs, batch 1 and 2048 x (128, 128).
   run bench_8b 120 "$BUILD/examples/pie/pie_bench" "$MODEL8B" --load-format dummy --mode both \
     --input-len 128 --output-len 128 --num-prompts 2048 --max-num-seqs 512 --num-iters 3 --num-iters-warmup 1 \
     --output-json "$OUT/bench_8b.json"
   grep -E "^(ceilings|engine|latency|throughput|roofline|decode at|pie: memory)" "$LOGS/bench_8b.log" | tee -a "$SUM"
+  # The same workloads with the host planning step N+1 under step N (same call: the peer above).
+  run bench_8b_async 120 "$BUILD/examples/pie/pie_bench" "$MODEL8B" --load-format dummy --mode both \
+    --input-len 128 --output-len 128 --num-prompts 2048 --max-num-seqs 512 --num-iters 3 --num-iters-warmup 1 \
+    --async-scheduling --output-json "$OUT/bench_8b_async.json"
+  grep -E "^(engine|latency|throughput|roofline|decode at)" "$LOGS/bench_8b_async.log" | tee -a "$SUM"
 fi
 run moe_bench 120 "$BUILD/examples/pie/pie_bench" bench/models/Qwen3-30B-A3B --load-format dummy --mode both \
   --input-len 128 --output-len 128 --num-prompts 1024 --max-num-seqs 1024 --num-iters 3 --num-iters-warmup 1 \

@@ -60,6 +60,8 @@ CLI::App* add_bench_command(CLI::App& app, BenchOptions& o) {
   s->add_option("--preemption-mode,--preemption_mode", o.preemption_mode, "recompute | swap")->capture_default_str();
   s->add_flag("--enforce-eager,--enforce_eager", o.enforce_eager, "No CUDA graphs");
   s->add_flag("--batch-invariant,--batch_invariant", o.batch_invariant, "Bitwise batch-invariant kernels");
+  s->add_flag("--async-scheduling,--async_scheduling", o.async_scheduling,
+              "Plan step N+1 while step N runs (vLLM's; the runner must support it)");
   s->add_flag("--enable-prefix-caching,--enable_prefix_caching", o.enable_prefix_caching);
   s->add_option("--temperature", o.temperature, "0 → greedy")->capture_default_str();
   s->add_option("--seed", o.seed)->capture_default_str();
@@ -108,6 +110,7 @@ EngineOptions engine_options(const BenchOptions& o, const model::ModelConfig& cf
                                                               cfg.max_position_embeddings));
   eo.sched.enable_prefix_caching = o.enable_prefix_caching;
   eo.sched.long_prefill_token_threshold = o.long_prefill_token_threshold;
+  eo.sched.async_scheduling = o.async_scheduling;
   eo.sched.max_prefill_tokens_with_decodes = o.max_prefill_tokens_with_decodes;
   PIE_CHECK(o.preemption_mode == "recompute" || o.preemption_mode == "swap",
             "--preemption-mode must be recompute or swap");
@@ -351,6 +354,7 @@ int run_bench_with(const BenchOptions& o) {
     r["activation_gib"] = mp.gib(mp.activation_bytes);
     r["enforce_eager"] = o.enforce_eager;
     r["batch_invariant"] = o.batch_invariant;
+    r["async_scheduling"] = o.async_scheduling;
     r["max_num_seqs"] = o.max_num_seqs;
     r["block_size"] = o.block_size;
     if (!o.output_json.empty()) std::ofstream(o.output_json) << r.dump(2) << "\n";

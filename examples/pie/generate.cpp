@@ -42,6 +42,8 @@ CLI::App* add_generate_command(CLI::App& app, GenerateOptions& o) {
   s->add_option("--num-threads", o.num_threads, "0 → all cores")->capture_default_str();
   s->add_option("--num-kv-blocks", o.num_kv_blocks, "0 → from --kv-cache-gib")->capture_default_str();
   s->add_option("--kv-cache-gib", o.kv_cache_gib, "KV cache size")->capture_default_str();
+  s->add_flag("--async-scheduling,--async_scheduling", o.async_scheduling,
+              "Plan step N+1 while step N computes (vLLM's); the tokens do not change");
   return s;
 }
 
@@ -72,6 +74,7 @@ int run(const GenerateOptions& o) {
   eo.num_kv_blocks = o.num_kv_blocks;
   eo.kv_cache_bytes = static_cast<size_t>(o.kv_cache_gib * (1ull << 30));
   eo.num_threads = o.num_threads;
+  eo.sched.async_scheduling = o.async_scheduling;
   if (o.seed >= 0) eo.seed = static_cast<uint64_t>(o.seed);
   eo.dtype = o.dtype;
   eo.quantization = o.quantization;
@@ -149,6 +152,9 @@ int run(const GenerateOptions& o) {
             << prompt.size() / first_step_s << " tokens/s)\n";
   std::cout << "generated: " << generated << " tokens in " << total_s << " s, decode "
             << (decode_s > 0 ? decode_tokens / decode_s : 0.0) << " tokens/s\n";
+  if (o.async_scheduling)
+    std::cout << "async scheduling: " << engine.stats().steps_scheduled_ahead << " of " << steps
+              << " steps planned while the previous one computed\n";
   return 0;
 }
 

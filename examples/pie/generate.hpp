@@ -31,6 +31,7 @@ struct GenerateOptions {
   int num_kv_blocks = 0;
   int tensor_parallel_size = 1;     ///< CPU ranks of a simulated tensor-parallel group
   double kv_cache_gib = 0.25;
+  bool async_scheduling = false;    ///< vLLM's --async-scheduling (same tokens; the CPU runner overlaps)
 };
 
 /// Adds `generate` and its flags to `app`.

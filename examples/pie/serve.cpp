@@ -133,6 +133,7 @@ int serve_with(const ServeOptions& o, EngineFactory build, const std::string& de
   eo.sched.enable_prefix_caching = o.enable_prefix_caching;
   eo.sched.enable_chunked_prefill = o.enable_chunked_prefill;
   eo.sched.long_prefill_token_threshold = o.long_prefill_token_threshold;
+  eo.sched.async_scheduling = o.async_scheduling;
   eo.sched.max_prefill_tokens_with_decodes = o.max_prefill_tokens_with_decodes;
   eo.sched.max_num_batched_tokens = o.max_num_batched_tokens > 0 ? o.max_num_batched_tokens
                                     : o.enable_chunked_prefill

@@ -4,12 +4,16 @@
 // kernel against Sampler::prompt_logprob_of on the same fp32 logits, ties included.
 #include <gtest/gtest.h>
 
+#include <numeric>
+#include <random>
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <map>
 #include <set>
 
 #include "pie/engine/sampler.hpp"
+#include "pie/ops/cuda/feed_tokens.cuh"
 #include "pie/ops/cuda/prompt_logprobs.cuh"
 #include "pie/ops/cuda/sampling.cuh"
 #include "test_util.hpp"
@@ -292,6 +296,31 @@ void prompt_logprobs_test(int V, int R, uint32_t seed) {
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);
   cudaEventDestroy(e2);
+}
+
+// Asynchronous scheduling's feed: token_ids[rows[k]] = ids[draws[k]] on random rows/draws, the
+// other rows untouched; the same loop as the CPU runner's worker.
+TEST(FeedTokens, RandomFeedRowsMatchTheCpuLoop) {
+  std::mt19937 g(17);
+  for (int n : {0, 1, 7, 300}) {
+    const int T = 2 * n + 5, D = n + 3;
+    std::vector<int32_t> tok(T), ids(D), rows(T), draws(n);
+    for (auto& t : tok) t = static_cast<int32_t>(g() % 1000);
+    for (auto& t : ids) t = static_cast<int32_t>(g() % 1000) + 1000;
+    std::iota(rows.begin(), rows.end(), 0);
+    std::shuffle(rows.begin(), rows.end(), g);
+    rows.resize(n);  // distinct rows, as a plan's are
+    for (auto& d : draws) d = static_cast<int32_t>(g() % D);
+    std::vector<int32_t> want = tok;
+    for (int k = 0; k < n; ++k) want[rows[k]] = ids[draws[k]];
+    auto dtok = upload(tok);
+    auto drows = upload(rows.empty() ? std::vector<int32_t>{0} : rows);
+    auto ddraws = upload(draws.empty() ? std::vector<int32_t>{0} : draws);
+    auto dids = upload(ids);
+    ops::cuda::feed_tokens(dtok.data(), drows.data(), ddraws.data(), n, dids.data());
+    PIE_CUDA_CHECK(cudaDeviceSynchronize());
+    EXPECT_EQ(download(dtok), want) << "n = " << n;
+  }
 }
 
 TEST(PromptLogprobs, MatchTheCpuSamplerSmallVocab) { prompt_logprobs_test(1000, 96, 21); }

@@ -66,12 +66,12 @@ class FakeRunner {
   int num_blocks() const { return blocks_; }
 
   /// Calls draw(row, d) for every draw d of `plan` in sample order: sample j's logits row, once
-  /// per sequence it samples for (an empty sample_counts, as hand-built plans leave it, is one).
+  /// per sequence it samples for (StepPlan::draws_of).
   template <class Fn>
   static void for_each_draw(const sched::StepPlan& plan, Fn&& draw) {
     size_t d = 0;
     for (size_t j = 0; j < plan.sample_seqs.size(); ++j)
-      for (int k = 0, n = plan.sample_counts.empty() ? 1 : plan.sample_counts[j]; k < n; ++k)
+      for (int k = 0, n = plan.draws_of(j); k < n; ++k)
         draw(plan.logits_rows[j], d++);
   }
 
@@ -179,6 +179,17 @@ TEST(DeviceSampling, GreedyTakesTheDevicePathAndGivesTheKnownTokens) {
   for (size_t i = 0; i < kPrompts.size(); ++i) EXPECT_EQ(res[i].tokens[0], expected(kPrompts[i], 12)) << "prompt " << i;
   EXPECT_GT(g_calls.device_steps, 0);
   EXPECT_EQ(g_calls.host_steps, 0);
+}
+
+TEST(DeviceSampling, AsyncSchedulingOnARunnerWithoutLaunchIsRejectedByName) {
+  EngineOptions o = options();
+  o.sched.async_scheduling = true;
+  try {
+    FakeEngine e(o);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& err) {
+    EXPECT_NE(std::string(err.what()).find("--async-scheduling"), std::string::npos) << err.what();
+  }
 }
 
 TEST(DeviceSampling, SpecsCarryOneEntryPerDrawWithStepAndIndex) {

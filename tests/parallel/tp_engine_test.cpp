@@ -168,7 +168,7 @@ class PerDrawRank {
     const size_t V = static_cast<size_t>(r_.global_config().vocab_size);
     rows_.clear();
     for (size_t j = 0; j < p.logits_rows.size(); ++j)
-      for (int k = 0; k < (p.sample_counts.empty() ? 1 : p.sample_counts[j]); ++k)
+      for (int k = 0; k < p.draws_of(j); ++k)
         rows_.insert(rows_.end(), l.begin() + j * V, l.begin() + (j + 1) * V);
     return rows_;
   }

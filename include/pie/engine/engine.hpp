@@ -12,6 +12,15 @@
 /// fixed orders; the sampler's randomness is keyed by (seed, sequence index, step); the GPU is
 /// bitwise batch-invariant with --batch-invariant). One seeding rule for every backend:
 /// an unseeded request r draws with seed·φ + r + 1.
+///
+/// Asynchronous scheduling (EngineOptions::sched.async_scheduling, vLLM's --async-scheduling;
+/// runners with launch_ahead()/collect()): step() plans step N+1 while step N computes — schedule
+/// N+1 with a placeholder per decode whose token N samples, launch it (the runner feeds N's
+/// sampled ids to N+1 where N left them), then wait for N's ids and update — and returns N's
+/// outputs, so one step is always in flight between calls. While any live request needs the
+/// host after its forward (needs_host_sampling: penalties, logit_bias, min_tokens, logprobs,
+/// a logits processor or token mask; or prompt_logprobs), steps run synchronously: step()
+/// first finishes the step in flight. Tokens, finish reasons and logprobs do not change.
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -20,6 +29,7 @@
 #include <span>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "pie/core/error.hpp"
@@ -59,7 +69,13 @@ class Engine {
   /// sizes the KV cache, builds the scheduler. Throws pie::Error naming what is wrong (files,
   /// flags, cache too small for max_model_len).
   explicit Engine(EngineOptions opt, engine::RankGroup group = {}) : opt_(std::move(opt)) {
+    PIE_CHECK(!opt_.sched.async_scheduling || kRunsAhead,
+              "--async-scheduling is not supported by this backend's runner (it has no launch_ahead()/collect())");
     exec_ = std::make_unique<engine::Executor<Runner>>(opt_, std::move(group));
+    if constexpr (requires(const Runner& r) { r.runs_ahead(); })
+      PIE_CHECK(!opt_.sched.async_scheduling || exec_->rank(0).runs_ahead(),
+                "--async-scheduling is not supported with --tensor-parallel-size ", exec_->size(),
+                " on this backend (only rank 0 holds the sampled ids)");
     cfg_ = exec_->rank(0).global_config();
     gen_ = exec_->rank(0).generation_config();
     eos_ = engine::eos_ids(gen_, cfg_);
@@ -74,21 +90,136 @@ class Engine {
   uint64_t add_request(std::vector<int32_t> prompt, sched::SamplingParams params) {
     engine::check_request(prompt, params, cfg_.vocab_size);
     const uint64_t id = next_id_++;
+    const bool sync = engine::needs_host_sampling(params) || params.prompt_logprobs.has_value();
     scheduler_->add_request(id, std::move(prompt), std::move(params), eos_);
+    if (sync) needs_sync_.insert(id);
     return id;
   }
 
   /// One iteration on every rank. Returns, per request that produced tokens, its new tokens
   /// (and logprobs) and finish state. Empty when nothing could run.
   std::vector<RequestOutput> step() {
-    using clock = std::chrono::steady_clock;
     const auto t0 = clock::now();
+    std::vector<RequestOutput> outs;
+    if constexpr (kRunsAhead) {
+      if (opt_.sched.async_scheduling) outs = step_ahead(t0);
+      else outs = step_sync(t0);
+    } else {
+      outs = step_sync(t0);
+    }
+    if (!needs_sync_.empty())
+      for (const auto& o : outs)
+        if (o.finished) needs_sync_.erase(o.request_id);
+    return outs;
+  }
+
+  /// Finishes every sequence of the request (reason Abort) and frees its KV blocks.
+  void abort(uint64_t request_id) {
+    scheduler_->abort(request_id);
+    prompt_logprobs_.erase(request_id);
+    needs_sync_.erase(request_id);
+  }
+  /// A stop string matched by the caller: sequence `index` finishes with reason Stop.
+  void finish_sequence(uint64_t request_id, int index) {
+    scheduler_->finish_sequence(request_id, index, sched::FinishReason::Stop);
+    if (const sched::Request* r = scheduler_->find_request(request_id); r && r->finished())
+      needs_sync_.erase(request_id);
+  }
+  bool has_unfinished() const { return scheduler_->has_unfinished() || in_flight_; }
+  /// Asynchronous scheduling: steps scheduled while the previous one was still computing
+  /// (before its update) — the overlap the mode exists for (tests, bench).
+  uint64_t steps_scheduled_ahead() const { return steps_ahead_; }
+
+ private:
+  using clock = std::chrono::steady_clock;
+
+  /// Whether step() may run ahead: the option is on and every live request samples on the
+  /// runner without the host (needs_sync_ is empty).
+  bool may_run_ahead() const { return opt_.sched.async_scheduling && needs_sync_.empty(); }
+
+  /// Asynchronous scheduling's step (see the file comment).
+  std::vector<RequestOutput> step_ahead(clock::time_point t0) {
+    if (!in_flight_) {
+      sched::StepPlan& p = plans_[ahead_ ^ 1];
+      scheduler_->schedule(p);
+      last_step_ran_ = !p.empty() || has_block_ops(p);
+      if (!last_step_ran_) return {};
+      if (!may_run_ahead()) return run_scheduled(p, t0);
+      ahead_ ^= 1;
+      launch(ahead_);
+    }
+    // Step N is in flight in plans_[ahead_]: plan and launch N+1 before waiting for N.
+    const int cur = ahead_;
+    bool launched = false;
+    if (may_run_ahead()) {
+      sched::StepPlan& next = plans_[cur ^ 1];
+      scheduler_->schedule(next);
+      if (!next.empty() || has_block_ops(next)) {
+        ++steps_ahead_;
+        launch(cur ^ 1);
+        launched = true;
+      }
+    }
+    const auto w0 = clock::now();
+    std::span<const int32_t> ids;
+    exec_->run([&](int r) {
+      std::span<const int32_t> got = exec_->rank(r).collect();
+      if (r == 0) ids = got;
+    });
+    const clock::duration wait = clock::now() - w0;
+    const sched::StepPlan& n = plans_[cur];
+    engine::StepDraws& d = draws_[cur];
+    std::vector<RequestOutput> outs;
+    if (!n.empty()) {  // a plan of block operations only samples nothing and is not updated
+      PIE_CHECK(ids.size() == d.sampled.size(), "Engine::step: rank 0 sampled ", ids.size(), " tokens for ",
+                d.sampled.size(), " draws");
+      for (size_t i = 0; i < ids.size(); ++i) d.sampled[i] = d.drawn[i].out.token = ids[i];
+      outs = engine::apply_draws(*scheduler_, n, d, "Engine");
+    }
+    in_flight_ = launched;
+    ahead_ = launched ? cur ^ 1 : cur;
+    last_step_ran_ = true;
+    if (observer_) {
+      StepTiming tm;
+      tm.total_s = std::chrono::duration<double>(clock::now() - t0).count();
+      tm.host_s = tm.total_s - std::chrono::duration<double>(wait).count();
+      observer_(n, tm);
+    }
+    return outs;
+  }
+
+  /// Launches plans_[k] (the last scheduled plan) on every rank and records its draws' owners.
+  void launch(int k) {
+    const sched::StepPlan& p = plans_[k];
+    auto seed_of = [this](uint64_t rid) { return default_seed(rid); };
+    specs_ = engine::sample_specs(*scheduler_, p, seed_of);
+    engine::StepDraws& d = draws_[k];
+    d.drawn.clear();
+    d.sampled.clear();
+    engine::for_each_draw(*scheduler_, p, [&](size_t, const sched::Sequence& seq, int index) {
+      d.add(seq.request->id, index, SamplerOutput{});
+    });
+    if constexpr (kRunsAhead) exec_->run([&](int r) { exec_->rank(r).launch_ahead(p, specs_); });
+    in_flight_ = true;
+  }
+
+  static bool has_block_ops(const sched::StepPlan& p) {
+    return !p.swap_in.empty() || !p.swap_out.empty() || !p.copy_blocks.empty();
+  }
+
+  /// The synchronous step: schedule, run, sample, update.
+  std::vector<RequestOutput> step_sync(clock::time_point t0) {
     scheduler_->schedule(plan_);
     // A plan without tokens may still carry block operations (a swap-out that made room for
     // nothing else this step): they must run before those blocks are reused.
-    const bool has_block_ops = !plan_.swap_in.empty() || !plan_.swap_out.empty() || !plan_.copy_blocks.empty();
-    last_step_ran_ = !plan_.empty() || has_block_ops;
+    last_step_ran_ = !plan_.empty() || has_block_ops(plan_);
     if (!last_step_ran_) return {};
+    return run_scheduled(plan_, t0);
+  }
+
+  /// Runs the scheduled `plan` synchronously: forward on every rank, sampling, update.
+  std::vector<RequestOutput> run_scheduled(sched::StepPlan& plan, clock::time_point t0) {
+    PIE_CHECK(plan.feed_rows.empty(), "Engine::step: a plan with placeholders runs ahead only");
     auto seed_of = [this](uint64_t rid) { return default_seed(rid); };
     engine::StepDraws draws;
     clock::duration device{};
@@ -100,8 +231,8 @@ class Engine {
       // Token-masked draws (structured outputs) stay on the device: their masks are filled on
       // the host while the forward runs, then rank 0 (which holds the whole vocabulary's logits
       // and samples under TP too) applies them with the bitmask kernel.
-      specs_ = engine::sample_specs(*scheduler_, plan_, seed_of);
-      const engine::SampleMode mode = engine::plan_sample_mode(*scheduler_, plan_);
+      specs_ = engine::sample_specs(*scheduler_, plan, seed_of);
+      const engine::SampleMode mode = engine::plan_sample_mode(*scheduler_, plan);
       bool masked = false;
       if constexpr (requires { Runner::kSamplesMasked; }) masked = mode == engine::SampleMode::DeviceMasked;
       if (mode == engine::SampleMode::Device || masked) {
@@ -112,23 +243,23 @@ class Engine {
           if constexpr (requires { Runner::kSamplesMasked; }) {
             if (masked) {
               got = exec_->rank(r).execute_sample_masked(
-                  plan_, specs_, [this](std::span<int32_t> masks, std::span<int32_t> flags) {
+                  plan, specs_, [this, &plan](std::span<int32_t> masks, std::span<int32_t> flags) {
                     if (!mask_pool_)
                       mask_pool_ = std::make_unique<engine::TaskPool>(
                           static_cast<int>(std::clamp(std::thread::hardware_concurrency() / 2, 1u, 8u)) - 1);
-                    engine::fill_step_masks(*scheduler_, plan_, sched::bitmask_words(cfg_.vocab_size), masks, flags,
+                    engine::fill_step_masks(*scheduler_, plan, sched::bitmask_words(cfg_.vocab_size), masks, flags,
                                             mask_pool_.get());
                   });
             }
           }
-          if (!masked) got = exec_->rank(r).execute_sample(plan_, specs_);
+          if (!masked) got = exec_->rank(r).execute_sample(plan, specs_);
           if (r == 0) ids = got;
         });
         device = clock::now() - d0;
-        if (plan_.empty()) return {};  // the scheduler expects no update() for an empty plan
+        if (plan.empty()) return {};  // the scheduler expects no update() for an empty plan
         PIE_CHECK(ids.size() == specs_.size(), "Engine::step: rank 0 sampled ", ids.size(), " tokens for ",
                   specs_.size(), " draws");
-        engine::add_sampled_ids(*scheduler_, plan_, ids, draws);
+        engine::add_sampled_ids(*scheduler_, plan, ids, draws);
         sampled = true;
       }
     }
@@ -137,26 +268,26 @@ class Engine {
       std::span<const float> logits;
       exec_->run([&](int r) {
         std::span<const float> l;
-        if constexpr (Runner::kSamplesOnDevice) l = exec_->rank(r).execute_logits(plan_, specs_);
-        else l = exec_->rank(r).execute(plan_);
+        if constexpr (Runner::kSamplesOnDevice) l = exec_->rank(r).execute_logits(plan, specs_);
+        else l = exec_->rank(r).execute(plan);
         if (r == 0) logits = l;
       });
       device = clock::now() - d0;
-      if (plan_.empty()) return {};
+      if (plan.empty()) return {};
       const size_t vocab = static_cast<size_t>(cfg_.vocab_size);
-      const size_t rows = Runner::kLogitsPerDraw ? static_cast<size_t>(plan_.num_sampled_tokens())
-                                                 : plan_.logits_rows.size();
+      const size_t rows = Runner::kLogitsPerDraw ? static_cast<size_t>(plan.num_sampled_tokens())
+                                                 : plan.logits_rows.size();
       PIE_CHECK(logits.size() == rows * vocab, "Engine::step: rank 0 returned ", logits.size(), " logits for ",
                 rows, " rows");
-      engine::sample_on_host(*scheduler_, plan_, logits, vocab, Runner::kLogitsPerDraw, seed_of, row_, draws);
+      engine::sample_on_host(*scheduler_, plan, logits, vocab, Runner::kLogitsPerDraw, seed_of, row_, draws);
       if constexpr (!kScoresPromptRows)
-        if (!plan_.prompt_logprob_seqs.empty())
-          engine::collect_prompt_logprobs(*scheduler_, plan_, logits, vocab, prompt_logprobs_);
+        if (!plan.prompt_logprob_seqs.empty())
+          engine::collect_prompt_logprobs(*scheduler_, plan, logits, vocab, prompt_logprobs_);
     }
     if constexpr (kScoresPromptRows)  // the runner scored them on its device, whichever way it sampled
-      if (!plan_.prompt_logprob_seqs.empty())
-        engine::collect_prompt_logprobs(*scheduler_, plan_, exec_->rank(0).prompt_logprob_rows(), prompt_logprobs_);
-    std::vector<RequestOutput> outs = engine::apply_draws(*scheduler_, plan_, draws, "Engine");
+      if (!plan.prompt_logprob_seqs.empty())
+        engine::collect_prompt_logprobs(*scheduler_, plan, exec_->rank(0).prompt_logprob_rows(), prompt_logprobs_);
+    std::vector<RequestOutput> outs = engine::apply_draws(*scheduler_, plan, draws, "Engine");
     if (!prompt_logprobs_.empty())
       for (auto& o : outs)
         if (auto it = prompt_logprobs_.find(o.request_id); it != prompt_logprobs_.end()) {
@@ -167,21 +298,12 @@ class Engine {
       StepTiming tm;
       tm.total_s = std::chrono::duration<double>(clock::now() - t0).count();
       tm.host_s = tm.total_s - std::chrono::duration<double>(device).count();
-      observer_(plan_, tm);
+      observer_(plan, tm);
     }
     return outs;
   }
 
-  /// Finishes every sequence of the request (reason Abort) and frees its KV blocks.
-  void abort(uint64_t request_id) {
-    scheduler_->abort(request_id);
-    prompt_logprobs_.erase(request_id);
-  }
-  /// A stop string matched by the caller: sequence `index` finishes with reason Stop.
-  void finish_sequence(uint64_t request_id, int index) {
-    scheduler_->finish_sequence(request_id, index, sched::FinishReason::Stop);
-  }
-  bool has_unfinished() const { return scheduler_->has_unfinished(); }
+ public:
 
   /// \brief Tokens and finish reasons of one prompt's n sequences.
   using Result = engine::GenerateResult;
@@ -204,6 +326,7 @@ class Engine {
     Stats s;
     engine::fill_stats(*scheduler_, exec_->num_blocks(), s);
     s.rank_max_kv_blocks = exec_->rank_max_kv_blocks();
+    s.steps_scheduled_ahead = steps_ahead_;
     return s;
   }
 
@@ -219,6 +342,8 @@ class Engine {
   /// Runners whose logits hold the draws' rows only (the GPU) score prompt_logprobs rows
   /// themselves and return sched::PromptLogprobRow records; the CPU returns every row's logits.
   static constexpr bool kScoresPromptRows = requires(const Runner& r) { r.prompt_logprob_rows(); };
+  /// Runners that launch a step and collect its sampled ids later (asynchronous scheduling).
+  static constexpr bool kRunsAhead = requires { Runner::kRunsAhead; };
 
   uint64_t default_seed(uint64_t request_id) const {
     return opt_.seed * 0x9e3779b97f4a7c15ull + request_id + 1;
@@ -231,6 +356,14 @@ class Engine {
   std::vector<int32_t> eos_;
   std::unique_ptr<sched::Scheduler> scheduler_;
   sched::StepPlan plan_;  // the one plan every rank reads each step
+  // Asynchronous scheduling: the step in flight is plans_[ahead_] (its draws' owners in
+  // in_flight_draws_); the other plan is scheduled while it computes.
+  sched::StepPlan plans_[2];
+  int ahead_ = 0;
+  bool in_flight_ = false;
+  engine::StepDraws draws_[2];  // parallel to plans_: each launched plan's draws
+  uint64_t steps_ahead_ = 0;
+  std::unordered_set<uint64_t> needs_sync_;  // live requests that need the host after the forward
   std::vector<engine::SampleSpec> specs_;
   std::vector<float> row_;
   StepObserver observer_;

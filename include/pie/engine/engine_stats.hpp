@@ -14,6 +14,8 @@ struct EngineStats {
   int num_swapped = 0;            ///< sequences whose blocks are on the host
   uint64_t num_preemptions = 0;   ///< since construction
   int num_kv_blocks = 0;          ///< device blocks of the cache (on every rank under TP)
+  /// Asynchronous scheduling: steps planned while the previous one was still computing.
+  uint64_t steps_scheduled_ahead = 0;
 };
 
 }  // namespace pie::engine

@@ -66,7 +66,7 @@ std::vector<SampleSpec> sample_specs(const sched::Scheduler& sch, const sched::S
   for (size_t j = 0; j < plan.sample_seqs.size(); ++j) {
     const sched::Sequence& s = sch.plan_sequence(plan.sample_seqs[j]);
     const sched::SamplingParams& p = s.request->params;
-    const int count = plan.sample_counts.empty() ? 1 : plan.sample_counts[j];
+    const int count = plan.draws_of(j);
     for (int k = 0; k < count; ++k) {
       SampleSpec sp;
       sp.temperature = p.temperature;
@@ -75,7 +75,9 @@ std::vector<SampleSpec> sample_specs(const sched::Scheduler& sch, const sched::S
       sp.min_p = p.min_p;
       sp.seed = p.seed ? *p.seed : default_seed(s.request->id);
       sp.seq_index = count > 1 ? k : s.index;
-      sp.step = s.num_output_tokens();
+      // Tokens generated before this draw: the known ones, plus the placeholders of plans in
+      // flight before this one (pending counts this plan's own sample too).
+      sp.step = s.num_output_tokens() + s.pending - 1;
       out.push_back(sp);
     }
   }

@@ -67,8 +67,8 @@ class Sampler {
     if (p.greedy()) {
       out.token = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
     } else {
-      out.token = draw(logits, p, Sampler::uniform(in.seed, in.seq_index,
-                                                   static_cast<int64_t>(in.output.size())));
+      const int64_t step = in.step >= 0 ? in.step : static_cast<int64_t>(in.output.size());
+      out.token = draw(logits, p, Sampler::uniform(in.seed, in.seq_index, step));
     }
     if (p.logprobs) {
       out.has_logprob = true;

@@ -63,7 +63,7 @@ template <class F>
 void for_each_draw(const sched::Scheduler& s, const sched::StepPlan& plan, F&& f) {
   for (size_t j = 0; j < plan.sample_seqs.size(); ++j) {
     const sched::Sequence& seq = s.plan_sequence(plan.sample_seqs[j]);
-    const int count = plan.sample_counts.empty() ? 1 : plan.sample_counts[j];
+    const int count = plan.draws_of(j);
     for (int k = 0; k < count; ++k) f(j, seq, count > 1 ? k : seq.index);
   }
 }

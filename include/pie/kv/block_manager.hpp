@@ -8,6 +8,7 @@
 /// again, so only a shared *partial* last block is copied, by the first sequence that appends
 /// to it: it takes a fresh block, emits {old → new} into `copies`, and drops its reference.
 /// The last owner left writes in place. The source stays out of the free list until end_step().
+#include <algorithm>
 #include <bit>
 #include <cstdint>
 #include <span>
@@ -97,7 +98,9 @@ class BlockManager {
   /// sequence's tokens (at least t.num_tokens of them).
   void register_full_blocks(BlockTable& t, std::span<const int32_t> tokens) {
     if (!device_.caching_enabled()) return;
-    int full = t.num_tokens >> shift_;
+    // Only blocks whose tokens are all known: under asynchronous scheduling the table may hold
+    // a placeholder's slot (a token still being sampled), which must never be hashed.
+    int full = std::min<int>(t.num_tokens, static_cast<int>(tokens.size())) >> shift_;
     if (full <= t.num_registered) return;
     ensure_hashes(t, tokens, full);
     for (int i = t.num_registered; i < full; ++i)

@@ -33,15 +33,27 @@ struct Sequence {
   int fanout = 1;                  ///< n while index 0 of an n > 1 request has not forked yet
   kv::BlockTable table;            ///< table.num_tokens = tokens whose KV is computed/scheduled
   int64_t last_step = 0;           ///< scheduler bookkeeping: the step that last scheduled it
+  /// Asynchronous scheduling: plans scheduled but not yet updated that sample this sequence
+  /// (0, 1 or 2): its output placeholders (vLLM's num_output_placeholders). A placeholder
+  /// token counts as scheduled input for the next plan (num_uncomputed) although it is not in
+  /// `tokens` yet.
+  int pending = 0;
+  int32_t pending_draw = -1;       ///< its draw in the newest plan that samples it (feeds the next)
 
   int num_tokens() const { return static_cast<int>(tokens.size()); }
+  /// tokens plus the output placeholders of plans in flight: where the next plan's input ends.
+  int num_tokens_ahead() const { return num_tokens() + (fanout == 1 ? pending : 0); }
   int num_output_tokens() const { return num_tokens() - num_prompt_tokens; }
   std::span<const int32_t> prompt() const { return {tokens.data(), size_t(num_prompt_tokens)}; }
   std::span<const int32_t> output() const {
     return {tokens.data() + num_prompt_tokens, size_t(num_output_tokens())};
   }
-  /// Tokens still to be run through the model before the next sample.
-  int num_uncomputed() const { return num_tokens() - table.num_tokens; }
+  /// Tokens still to be run through the model before the next sample, placeholders included.
+  /// An n > 1 sequence waiting for its fork has none: its next step comes after the fork.
+  int num_uncomputed() const {
+    if (pending > 0 && fanout > 1) return 0;
+    return num_tokens() + pending - table.num_tokens;
+  }
   bool finished() const { return state == SeqState::Finished; }
 };
 

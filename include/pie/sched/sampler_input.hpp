@@ -18,6 +18,10 @@ struct SamplerInput {
   std::span<const int32_t> eos_ids;  ///< the model's EOS ids (suppressed by min_tokens)
   uint64_t seed = 0;                 ///< the request's seed (or the engine's default)
   int seq_index = 0;                 ///< 0..n-1 within the request
+  /// The draw's step (tokens generated before it) when >= 0; -1: output.size(). A sampler
+  /// that runs ahead of the host's token list (asynchronous scheduling) knows the step but not
+  /// the tokens; it may only sample params that read no tokens (engine::needs_host_sampling).
+  int64_t step = -1;
 };
 
 }  // namespace pie::sched

@@ -4,8 +4,8 @@
 ///
 /// One engine iteration is `plan = schedule()`, run the model over the plan, sample
 /// `plan.num_sampled_tokens()` tokens, `update(plan, tokens)`. schedule() and update() alternate
-/// (a non-empty plan must be updated before the next schedule()); abort() and finish_sequence()
-/// may come at any point between calls.
+/// (a non-empty plan must be updated before the next schedule(); with async_scheduling, before
+/// the one after: see below); abort() and finish_sequence() may come at any point between calls.
 ///
 /// schedule():
 ///  1. running decodes (one token each), in admission order. When a block is missing the most
@@ -28,7 +28,20 @@
 /// finishes a sequence on EOS (unless ignore_eos; not before min_tokens), a stop_token_ids
 /// entry (not before min_tokens), max_tokens, or max_model_len tokens in all (reason Length).
 ///
-/// Requests stay readable (find_request, tokens) until the next schedule() after they finished.
+/// Requests stay readable (find_request, tokens) until the next schedule() after they finished
+/// (with a plan in flight, until the schedule() after that plan's update()).
+///
+/// Asynchronous scheduling (SchedulerConfig::async_scheduling, vLLM's): schedule() may run
+/// once while the last plan awaits its update(), so at most two plans are outstanding and
+/// update() applies the older. A sequence the outstanding plan samples has an output
+/// placeholder (Sequence::pending): the new plan schedules it as a decode whose input row is a
+/// feed row (StepPlan::feed_rows) that the runner fills with the outstanding plan's draw. Its
+/// full blocks are registered only once their tokens are known. A sequence with a placeholder
+/// is not taken back from the waiting or swapped queues (it would recompute without its
+/// pending token), and an n > 1 sequence waiting for its fork is neither scheduled nor
+/// preempted; both wait one step. update() may finish a sequence that the newer plan already
+/// scheduled: its blocks are freed at once and the newer plan's update() skips it, as for an
+/// abort.
 #include <algorithm>
 #include <bit>
 #include <cstddef>
@@ -111,7 +124,9 @@ class Scheduler {
   /// The same, into `plan`, reusing its buffers: a loop that keeps one StepPlan allocates
   /// nothing per step once the buffers have grown.
   void schedule(StepPlan& plan) {
-    PIE_CHECK(!awaiting_update_, "Scheduler: schedule() called twice without update()");
+    PIE_CHECK(outstanding_.empty() || (cfg_.async_scheduling && outstanding_.size() == 1),
+              cfg_.async_scheduling ? "Scheduler: schedule() called with two plans awaiting update()"
+                                    : "Scheduler: schedule() called twice without update()");
     retire();
     plan.swap_in.clear();  // every other array is resized and overwritten by emit()
     plan.swap_out.clear();
@@ -126,7 +141,7 @@ class Scheduler {
     // 1. decodes
     for (size_t i = 0; i < running_.size() && budget_ > 0; ++i) {
       Sequence* s = running_[i];
-      if (s->num_uncomputed() != 1) continue;
+      if (s->num_uncomputed() != 1) continue;  // a placeholder counts: its token is the feed row
       if (!make_room(s, 1, plan, swapped_out)) break;  // s itself was preempted: it was the newest
       take(s, 1, plan);
     }
@@ -147,6 +162,7 @@ class Scheduler {
     // 3. swapped
     while (!swapped_out && !swapped_.empty() && budget_ > 0) {
       Sequence* s = swapped_.front();
+      if (s->pending > 0) break;  // preempted with a token in flight: back after its update()
       if (seats_ + s->fanout > cfg_.max_num_seqs) break;
       int n = chunk(s);
       int full = bm_.blocks_for(s->table.num_tokens + n);
@@ -168,6 +184,7 @@ class Scheduler {
         ++w;
         continue;
       }
+      if (s->pending > 0) break;  // preempted with a token in flight: back after its update()
       if (seats_ + s->fanout > cfg_.max_num_seqs) break;
       int cached = 0;
       // A request that wants prompt logprobs computes its prompt: no prefix-cache hits.
@@ -188,36 +205,47 @@ class Scheduler {
     }
     bm_.end_step();
     emit(plan);
-    awaiting_update_ = !plan.empty();
+    if (!plan.empty()) {
+      outstanding_.push_back({step_, std::move(plan_seqs_)});
+      plan_seqs_ = std::move(spare_seqs_);  // an updated plan's vector: no allocation per step
+    }
   }
 
   /// Applies the sampled tokens of `plan` (the last schedule()'s): plan.num_sampled_tokens()
   /// of them, laid out as StepPlan::sample_counts says. Returns one entry per appended token,
   /// in sample order. Sequences aborted since schedule() are skipped.
   std::vector<SequenceUpdate> update(const StepPlan& plan, std::span<const int32_t> sampled) {
-    PIE_CHECK(plan.num_seqs() == static_cast<int32_t>(plan_seqs_.size()),
-              "Scheduler::update: the plan is not the one the last schedule() returned");
+    if (plan.empty()) return {};  // an empty plan is not outstanding: nothing to apply
+    PIE_CHECK(!outstanding_.empty() && plan.num_seqs() == static_cast<int32_t>(outstanding_.front().seqs.size()),
+              "Scheduler::update: the plan is not the oldest one schedule() returned");
     PIE_CHECK(static_cast<int32_t>(sampled.size()) == plan.num_sampled_tokens(), "Scheduler::update: ",
               sampled.size(), " sampled tokens for a plan that samples ", plan.num_sampled_tokens());
-    awaiting_update_ = false;
+    Outstanding done = std::move(outstanding_.front());
+    outstanding_.pop_front();
+    const std::vector<Sequence*>& seqs = done.seqs;
     std::vector<SequenceUpdate> out;
     out.reserve(sampled.size());
     size_t off = 0;
     bool any_finished = false;
     for (size_t j = 0; j < plan.sample_seqs.size(); ++j) {
-      Sequence* s = plan_seqs_[plan.sample_seqs[j]];
-      int count = plan.sample_counts[j];
+      Sequence* s = seqs[plan.sample_seqs[j]];
+      int count = plan.draws_of(j);
       const int32_t* toks = sampled.data() + off;
       off += count;
+      --s->pending;  // its placeholder becomes the token below
       if (s->finished()) continue;
       if (count > 1) fork(s, count);
       Request& r = *s->request;
       for (int k = 0; k < count; ++k) {
         Sequence* c = count > 1 ? r.seqs[k].get() : s;
         c->tokens.push_back(toks[k]);
+        // A newer plan that already computes this token (a feed row) may have completed a block
+        // whose hash had to wait for it; register it now, as the synchronous schedule would have.
+        if (c->state == SeqState::Running) bm_.register_full_blocks(c->table, c->tokens);
         FinishReason why = check_stop(*c, toks[k]);
         if (why != FinishReason::None) {
-          finish(c, why, false);
+          // A sequence preempted since this plan (asynchronous scheduling) sits in a queue.
+          finish(c, why, c->state != SeqState::Running);
           c->stop_token = why == FinishReason::Stop ? toks[k] : -1;
           any_finished = true;
         }
@@ -228,6 +256,7 @@ class Scheduler {
       std::erase_if(running_, [](Sequence* s) { return s->finished(); });
       for (auto& u : out) u.request_finished = requests_.at(u.request_id)->finished();
     }
+    spare_seqs_ = std::move(done.seqs);
     return out;
   }
 
@@ -267,7 +296,9 @@ class Scheduler {
     return r->seqs[index]->tokens;
   }
   /// Sequence i of the last plan (i indexes plan.seq_ids; valid until the next schedule()).
-  const Sequence& plan_sequence(int i) const { return *plan_seqs_[i]; }
+  const Sequence& plan_sequence(int i) const { return *outstanding_.back().seqs[i]; }
+  /// Plans scheduled and not yet updated (0, 1, or 2 under asynchronous scheduling).
+  int num_outstanding() const { return static_cast<int>(outstanding_.size()); }
 
   int num_running() const { return static_cast<int>(running_.size()); }
   int num_waiting() const { return static_cast<int>(waiting_.size()); }
@@ -286,6 +317,8 @@ class Scheduler {
 
  private:
   struct Entry { Sequence* s; int start; int n; };
+  /// A plan awaiting update(): its step number and its sequences (plan.seq_ids order).
+  struct Outstanding { int64_t step; std::vector<Sequence*> seqs; };
 
   Sequence* new_sequence(Request& r, int index) {
     r.seqs.push_back(std::make_unique<Sequence>());
@@ -312,9 +345,11 @@ class Scheduler {
   /// s itself had to go.
   bool make_room(Sequence* s, int n, StepPlan& plan, bool& swapped_out) {
     while (bm_.blocks_to_append(s->table, n) > bm_.num_free()) {
-      auto it = std::find_if(running_.rbegin(), running_.rend(),
-                             [&](Sequence* v) { return v->last_step != step_; });
-      Sequence* victim = *it;  // s is unscheduled, so there is one
+      // Not an n > 1 sequence waiting for its fork (the update of a plan in flight forks it).
+      auto it = std::find_if(running_.rbegin(), running_.rend(), [&](Sequence* v) {
+        return v->last_step != step_ && !(v->pending > 0 && v->fanout > 1);
+      });
+      Sequence* victim = *it;  // s is unscheduled and not waiting for a fork, so there is one
       running_.erase(std::next(it).base());
       preempt(victim, plan, swapped_out);
       if (victim == s) return false;
@@ -342,8 +377,9 @@ class Scheduler {
     budget_ -= n;
     tokens_ += n;
     pages_ += static_cast<int>(s->table.blocks.size());
-    samples_ += start + n == s->num_tokens();
-    (n == 1 && start + 1 == s->num_tokens() ? decodes_ : prefills_).push_back({s, start, n});
+    const int ahead = s->num_tokens_ahead();
+    samples_ += start + n == ahead;
+    (n == 1 && start + 1 == ahead ? decodes_ : prefills_).push_back({s, start, n});
   }
   /// Writes the scheduled entries into the plan: decodes first. Arrays are sized once and
   /// filled by index (this runs for every sequence of every step).
@@ -359,18 +395,27 @@ class Scheduler {
     p.prompt_logprob_seqs.clear();
     p.prompt_logprob_positions.clear();
     p.prompt_logprob_tokens.clear();
+    p.feed_rows.clear();
+    p.feed_draws.clear();
     extra_rows_.clear();
     p.cu_query_lens[0] = p.kv_indptr[0] = 0;
     plan_seqs_.resize(nseq);
-    int i = 0, row = 0, page = 0, j = 0;
+    int i = 0, row = 0, page = 0, j = 0, draw = 0;
     const int shift = std::countr_zero(unsigned(bs_));
     for (auto* list : {&decodes_, &prefills_}) {
       for (const Entry& e : *list) {
         const Sequence& s = *e.s;
         const int end = e.start + e.n;
         const int32_t* blocks = s.table.blocks.data();
+        const int known = s.num_tokens();
         for (int t = e.start; t < end; ++t, ++row) {
-          p.token_ids[row] = s.tokens[t];
+          if (t >= known) {  // the placeholder of a plan in flight (one, a decode's input)
+            p.token_ids[row] = StepPlan::kPlaceholderToken;
+            p.feed_rows.push_back(row);
+            p.feed_draws.push_back(s.pending_draw);
+          } else {
+            p.token_ids[row] = s.tokens[t];
+          }
           p.positions[row] = t;
           p.slot_mapping[row] = (int64_t{blocks[t >> shift]} << shift) | (t & (bs_ - 1));
         }
@@ -394,10 +439,13 @@ class Scheduler {
           }
           r.prompt_logprobs_next = std::max(r.prompt_logprobs_next, last);
         }
-        if (end == s.num_tokens()) {
+        if (end == s.num_tokens_ahead()) {
           p.sample_seqs[j] = i;
           p.logits_rows[j] = row - 1;
           p.sample_counts[j++] = s.fanout;
+          e.s->pending_draw = draw;  // after the feed above, which read the older plan's
+          draw += s.fanout;
+          ++e.s->pending;
         }
         plan_seqs_[i++] = e.s;
       }
@@ -451,11 +499,17 @@ class Scheduler {
     s->finish = why;
     Request& r = *s->request;
     r.num_unfinished -= s->fanout;
-    if (r.num_unfinished == 0) { --num_unfinished_; retired_.push_back(r.id); }
+    if (r.num_unfinished == 0) { --num_unfinished_; retired_.emplace_back(r.id, step_); }
   }
+  /// Drops the requests that finished before the oldest outstanding plan was scheduled (one
+  /// that finished later may still be in that plan, whose update() reads its sequences).
   void retire() {
-    for (uint64_t id : retired_) requests_.erase(id);
-    retired_.clear();
+    const int64_t keep_from = outstanding_.empty() ? step_ + 1 : outstanding_.front().step;
+    std::erase_if(retired_, [&](const std::pair<uint64_t, int64_t>& r) {
+      if (r.second >= keep_from) return false;
+      requests_.erase(r.first);
+      return true;
+    });
   }
 
   SchedulerConfig cfg_;
@@ -463,7 +517,7 @@ class Scheduler {
   kv::BlockManager bm_;
   int watermark_ = 0;
   std::unordered_map<uint64_t, std::unique_ptr<Request>> requests_;
-  std::vector<uint64_t> retired_;
+  std::vector<std::pair<uint64_t, int64_t>> retired_;  // (request, step_ when it finished)
   std::deque<Sequence*> waiting_, swapped_;
   std::vector<Sequence*> running_;  // admission order: the back is the newest
   int seats_ = 0;                   // running sequences, counting the n of an unforked request
@@ -475,9 +529,10 @@ class Scheduler {
   int64_t step_ = 0;
   SeqId next_seq_id_ = 1;
   int64_t num_preemptions_ = 0;
-  bool awaiting_update_ = false;
+  std::deque<Outstanding> outstanding_;  // plans awaiting update(), oldest first
   std::vector<Entry> decodes_, prefills_;
-  std::vector<Sequence*> plan_seqs_;
+  std::vector<Sequence*> plan_seqs_;  // emit()'s, moved into outstanding_
+  std::vector<Sequence*> spare_seqs_;  // the last updated plan's, reused by the next emit()
   std::vector<int32_t> extra_rows_;  // emit(): the prompt_logprobs rows, appended after the samples
 };
 

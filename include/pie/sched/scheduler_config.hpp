@@ -35,6 +35,11 @@ struct SchedulerConfig {
   int auto_prefill_budget_floor = 256;
   bool enable_prefix_caching = true;  ///< reuse full blocks by content hash
   PreemptionMode preemption_mode = PreemptionMode::Recompute;
+  /// vLLM's async_scheduling: schedule() may run once more before the last plan's update(), so
+  /// the host plans step N+1 while step N runs. A decode of N+1 whose token N has not been
+  /// sampled yet gets a placeholder row (StepPlan::feed_rows) that the runner fills on the
+  /// device from step N's sampled ids. Off: a second schedule() before update() is an error.
+  bool async_scheduling = false;
 
   void validate() const {
     PIE_CHECK(max_num_seqs >= 1, "max_num_seqs must be at least 1, got ", max_num_seqs);

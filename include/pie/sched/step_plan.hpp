@@ -5,6 +5,7 @@
 ///
 /// Ordering: decode sequences first (query_len 1), then prefill chunks. Tokens of sequence i are
 /// rows [cu_query_lens[i], cu_query_lens[i+1]) of every per-token array.
+#include <cstddef>
 #include <cstdint>
 #include <utility>
 #include <vector>
@@ -53,6 +54,15 @@ struct StepPlan {
   std::vector<int32_t> prompt_logprob_positions;
   std::vector<int32_t> prompt_logprob_tokens;
   int32_t num_decode_seqs = 0;        ///< the first num_decode_seqs sequences are decodes
+  /// Asynchronous scheduling: token rows whose input id is not known when the plan is built
+  /// (token_ids holds kPlaceholderToken there). Row feed_rows[k] takes draw feed_draws[k] of
+  /// the previous plan (its sampled ids in sample order), which the runner reads where that
+  /// step left them (the device, or the CPU runner's worker), not from the host's token lists.
+  std::vector<int32_t> feed_rows;
+  std::vector<int32_t> feed_draws;
+  /// token_ids of a feed row until the runner (or Engine, when the step falls back to a
+  /// synchronous one) fills it: out of every vocabulary, so a row left unfilled fails loudly.
+  static constexpr int32_t kPlaceholderToken = -1;
 
   // ---- block operations to run before the forward pass, in this order ----
   std::vector<BlockCopy> swap_in;     ///< host block → device block
@@ -62,10 +72,13 @@ struct StepPlan {
   int32_t num_tokens() const { return static_cast<int32_t>(token_ids.size()); }
   int32_t num_seqs() const { return static_cast<int32_t>(seq_ids.size()); }
   bool empty() const { return token_ids.empty(); }
-  /// Tokens update() expects: sum of sample_counts.
+  /// Draws of sample j. The scheduler always fills sample_counts; a hand-built plan (tests,
+  /// benches) may leave it empty, which means one draw per sampled sequence.
+  int32_t draws_of(std::size_t j) const { return sample_counts.empty() ? 1 : sample_counts[j]; }
+  /// Tokens update() expects: the sum of draws_of(j) over the samples.
   int32_t num_sampled_tokens() const {
     int32_t n = 0;
-    for (int32_t c : sample_counts) n += c;
+    for (std::size_t j = 0; j < sample_seqs.size(); ++j) n += draws_of(j);
     return n;
   }
 };

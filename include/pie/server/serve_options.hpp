@@ -37,6 +37,7 @@ struct ServeOptions {
   double swap_space = 4.0;  ///< GiB of host memory for swapped-out KV blocks
   bool enforce_eager = false;
   bool batch_invariant = false;  ///< vLLM's VLLM_BATCH_INVARIANT=1
+  bool async_scheduling = false;  ///< vLLM's --async-scheduling: plan step N+1 while step N runs
   uint64_t seed = 0;
   std::string load_format = "auto";
   std::string generation_config = "auto";
@@ -185,6 +186,11 @@ inline void add_serve_flags(CLI::App& app, ServeOptions& o) {
       ->check(CLI::Range(0.0, 1024.0))
       ->capture_default_str();
   app.add_flag(both_spellings("enforce-eager"), o.enforce_eager, "Never capture CUDA graphs (GPU backend)");
+  app.add_flag(both_spellings("async-scheduling"), o.async_scheduling,
+               "Plan the next engine step while the current one computes (vLLM's): the sampled ids are fed to "
+               "the next step where the runner left them. Steps of requests that need the host sampler "
+               "(penalties, logit_bias, min_tokens, logprobs, structured outputs, prompt_logprobs) run "
+               "synchronously. Tokens do not change. Off by default");
   app.add_flag(both_spellings("batch-invariant"), o.batch_invariant,
                "Bitwise batch-invariant kernels: a request's output does not depend on what it is batched "
                "with (GPU backend, slower decode; the CPU backend always is)")

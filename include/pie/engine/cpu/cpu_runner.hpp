@@ -8,9 +8,16 @@
 /// KV storage is one host array per pool laid out [layer][block][2][kv_heads][block_size]
 /// [head_dim], so layer l's PagedKV pool starts at l·num_blocks·block_elems and a block copy
 /// is one memcpy per layer.
+///
+/// Asynchronous scheduling (launch_ahead/collect): the step runs on the rank's StepWorker thread, which
+/// fills the plan's feed rows from the previous launched step's sampled ids (kept by the worker,
+/// as a GPU keeps them on the device), runs the forward and samples every draw from its
+/// SampleSpec with pie::Sampler, so the host can plan the next step meanwhile. Every rank
+/// samples (each holds the whole vocabulary's logits), so every rank can feed its next step.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -21,6 +28,9 @@
 #include "pie/core/error.hpp"
 #include "pie/core/policy.hpp"
 #include "pie/engine/cpu/cpu_forward.hpp"
+#include "pie/engine/cpu/step_worker.hpp"
+#include "pie/engine/sample_specs.hpp"
+#include "pie/engine/sampler.hpp"
 #include "pie/engine/engine_options.hpp"
 #include "pie/engine/rank_group.hpp"
 #include "pie/kv/kv_layout.hpp"
@@ -47,6 +57,8 @@ class CpuRunner {
   /// Logits come back one row per sampled sequence (its n draws share it).
   static constexpr bool kLogitsPerDraw = false;
   static constexpr bool kSamplesOnDevice = false;
+  /// launch_ahead()/collect(): steps run ahead of the host (asynchronous scheduling).
+  static constexpr bool kRunsAhead = true;
 
   /// Loads the model (or rank `spec.rank`'s shard of it: only its slices of a checkpoint are
   /// read; dummy and embedded weights are generated whole and cut, so every TP size of one seed
@@ -56,7 +68,9 @@ class CpuRunner {
     const unsigned threads = opt.num_threads > 0 ? static_cast<unsigned>(opt.num_threads)
                                                  : std::max(1u, std::thread::hardware_concurrency());
     if (spec.rank == 0) ops::cpu::set_num_threads(static_cast<int>(threads));
+    op_threads_ = spec.rank == 0 ? static_cast<int>(threads) : 0;
     if (spec.size() > 1) comm_ = spec.group->make_comm(spec.rank, nullptr);  // joins first: nothing fails before
+    if (spec.size() > 1) on_failure_ = spec.group->abort;
     if constexpr (Policy::fp8_weights) {
       load_fp8(opt, spec, threads);
     } else if constexpr (model::uses_family_weights<Model, T>) {
@@ -104,6 +118,12 @@ class CpuRunner {
   /// the next call.
   std::span<const float> execute(const sched::StepPlan& plan) {
     PIE_CHECK(blocks_ > 0, "CpuRunner: execute before allocate_kv");
+    PIE_CHECK(plan.feed_rows.empty() || std::this_thread::get_id() == worker_thread_,
+              "CpuRunner::execute: a plan with feed rows runs through launch_ahead()");
+    if (std::this_thread::get_id() != worker_thread_) {
+      PIE_CHECK(!worker_ || worker_->in_flight() == 0, "CpuRunner::execute while launched steps are in flight");
+      have_prev_ = false;  // a later launch() has no launched step to feed from
+    }
     for (const auto& c : plan.swap_in) copy(host_.data(), host_blocks_, c.src, device_.data(), blocks_, c.dst);
     for (const auto& c : plan.swap_out) copy(device_.data(), blocks_, c.src, host_.data(), host_blocks_, c.dst);
     for (const auto& c : plan.copy_blocks) copy(device_.data(), blocks_, c.src, device_.data(), blocks_, c.dst);
@@ -115,7 +135,77 @@ class CpuRunner {
     return logits_;
   }
 
+  /// Queues `plan` (copied) on the worker: block operations, feed rows from the previous
+  /// launched step's draws, forward, then one draw per spec (sample order). Returns at once.
+  void launch_ahead(const sched::StepPlan& plan, std::span<const SampleSpec> specs) {
+    PIE_CHECK(blocks_ > 0, "CpuRunner: launch_ahead before allocate_kv");
+    PIE_CHECK(static_cast<int32_t>(specs.size()) == plan.num_sampled_tokens(), "CpuRunner::launch_ahead: ", specs.size(),
+              " specs for ", plan.num_sampled_tokens(), " draws");
+    PIE_CHECK(plan.feed_rows.empty() || have_prev_, "CpuRunner::launch_ahead: feed rows but the previous step was not launched");
+    if (!worker_) {
+      worker_ = std::make_unique<StepWorker>(on_failure_);
+      worker_->submit([this] {
+        worker_thread_ = std::this_thread::get_id();
+        ops::cpu::set_num_threads(op_threads_);  // OpenMP's count is per thread (0: its default)
+      });
+      worker_->wait();
+    }
+    PIE_CHECK(worker_->in_flight() < 2, "CpuRunner::launch_ahead: two steps are already in flight");
+    Ahead& a = ahead_[launched_ & 1];
+    const Ahead* prev = have_prev_ ? &ahead_[(launched_ & 1) ^ 1] : nullptr;
+    ++launched_;
+    a.plan = plan;  // reuses a's capacity: no allocation per step once grown
+    a.specs.assign(specs.begin(), specs.end());
+    have_prev_ = true;
+    worker_->submit([this, &a, prev] { run_ahead(a, prev); });
+  }
+  /// Waits for the oldest launched step; its draws' ids in sample order (valid until the
+  /// launch after next). Rethrows what the step threw.
+  std::span<const int32_t> collect() {
+    PIE_CHECK(worker_ && collected_ < launched_, "CpuRunner::collect: no step in flight");
+    const Ahead& a = ahead_[collected_++ & 1];
+    worker_->wait();
+    return a.ids;
+  }
+
  private:
+  /// A launched step: the plan (its feed rows filled on the worker), its specs, its draws.
+  struct Ahead {
+    sched::StepPlan plan;
+    std::vector<SampleSpec> specs;
+    std::vector<int32_t> ids;
+  };
+  /// On the worker: what a GPU stream runs for a launched step.
+  void run_ahead(Ahead& a, const Ahead* prev) {
+    for (size_t k = 0; k < a.plan.feed_rows.size(); ++k) {
+      const int32_t d = a.plan.feed_draws[k];
+      PIE_CHECK(prev && d >= 0 && static_cast<size_t>(d) < prev->ids.size(), "CpuRunner: feed row ", k,
+                " reads draw ", d, " of a step with ", prev ? prev->ids.size() : 0, " draws");
+      a.plan.token_ids[a.plan.feed_rows[k]] = prev->ids[d];
+    }
+    const std::span<const float> logits = execute(a.plan);
+    const size_t vocab = static_cast<size_t>(global_.vocab_size);
+    a.ids.clear();
+    size_t d = 0;
+    for (size_t j = 0; j < a.plan.sample_seqs.size(); ++j)
+      for (int k = 0; k < a.plan.draws_of(j); ++k, ++d) {
+        const SampleSpec& sp = a.specs[d];
+        sched::SamplingParams p;
+        p.temperature = sp.temperature;
+        p.top_p = sp.top_p;
+        p.top_k = sp.top_k;
+        p.min_p = sp.min_p;
+        sched::SamplerInput in;
+        in.params = &p;
+        in.seed = sp.seed;
+        in.seq_index = sp.seq_index;
+        in.step = sp.step;
+        row_.assign(logits.begin() + j * vocab, logits.begin() + (j + 1) * vocab);
+        a.ids.push_back(Sampler::sample(row_, in).token);
+      }
+  }
+
+
   /// The Qwen3 family's weights: checkpoint, dummy, embedded or given; whole or one shard.
   void load_family(const EngineOptions& opt, RankSpec spec, unsigned threads) {
     model::LoadOptions lo;
@@ -233,6 +323,15 @@ class CpuRunner {
   HostBuffer<KVT> device_, host_;
   std::vector<KVT*> pools_;
   std::vector<float> logits_;
+  // Asynchronous scheduling (launch_ahead/collect).
+  std::function<void()> on_failure_;  // the group's abort (tensor parallel)
+  Ahead ahead_[2];                    // the step in flight and the one before (its ids feed)
+  uint64_t launched_ = 0, collected_ = 0;
+  bool have_prev_ = false;            // the last step run was launched: its ids can feed
+  std::vector<float> row_;            // the worker's sampling scratch
+  std::thread::id worker_thread_{};
+  int op_threads_ = 0;
+  std::unique_ptr<StepWorker> worker_;  // last: joined before anything it uses is destroyed
 };
 
 }  // namespace pie::engine::cpu

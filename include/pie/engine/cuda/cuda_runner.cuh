@@ -16,6 +16,13 @@
 /// rows, log_softmax, rank and top-20 (ops/cuda/prompt_logprobs.cuh) — and copies back one
 /// small record per row (prompt_logprob_rows()); other steps do none of it.
 ///
+/// Asynchronous scheduling (launch_ahead/collect, one rank): the step is queued and the call
+/// returns; its feed rows take the previous step's sampled ids from the device buffer the
+/// sampler wrote (ops/cuda/feed_tokens.cuh, a kernel before the forward or graph replay); its
+/// ids come back into one of two pinned buffers with an event, so the host waits for step N's
+/// ids only after step N+1 is queued behind it. Under TP only rank 0 holds the sampled ids, so
+/// the other ranks could not feed: runs_ahead() is false there (a broadcast is not written).
+///
 /// Construction follows vLLM: join the group (NCCL init blocks until every rank calls it and
 /// cannot be aborted, so nothing that may fail runs before it) → weights resident → activation
 /// peak profiled at max_num_batched_tokens → KV blocks from gpu_memory_utilization
@@ -39,6 +46,7 @@
 #include "pie/core/policy.hpp"
 #include "pie/engine/cuda/cuda_forward.cuh"
 #include "pie/engine/cuda/cuda_graphs.cuh"
+#include "pie/ops/cuda/feed_tokens.cuh"
 #include "pie/engine/cuda/device_copy.cuh"
 #include "pie/engine/cuda/device_fp8_weights.cuh"
 #include "pie/engine/cuda/device_weights.cuh"
@@ -97,6 +105,8 @@ class CudaRunner {
   static constexpr bool kLogitsPerDraw = true;
   static constexpr bool kSamplesOnDevice = true;
   static constexpr bool kSamplesMasked = true;  ///< has execute_sample_masked (token bitmasks)
+  /// launch_ahead()/collect() (asynchronous scheduling), on one rank: see runs_ahead().
+  static constexpr bool kRunsAhead = true;
   /// Fills the token bitmasks of a step's draws on the host: masks [draws][words], flags [draws]
   /// (1: apply that row's mask; 0: the row is unconstrained).
   using MaskFill = std::function<void(std::span<int32_t> masks, std::span<int32_t> flags)>;
@@ -143,6 +153,7 @@ class CudaRunner {
   CudaRunner(const CudaRunner&) = delete;
   CudaRunner& operator=(const CudaRunner&) = delete;
   ~CudaRunner() {
+    if (stream_) cudaStreamSynchronize(stream_);  // a step launched ahead may still be running
     if (log_ && rank_ == 0 && stats_.masked_steps > 0)
       std::fprintf(stderr, "pie: token masks: %lld steps, host fill %.3f ms per step (overlapping the forward)\n",
                    static_cast<long long>(stats_.masked_steps), 1e3 * stats_.mask_fill_s / stats_.masked_steps);
@@ -258,6 +269,44 @@ class CudaRunner {
     return execute_logits(plan, specs_);
   }
   std::span<const int32_t> last_ids() { return {ids_host_.data(), static_cast<size_t>(last_samples_)}; }
+
+  /// Whether launch_ahead() works here: one rank (see the file comment).
+  bool runs_ahead() const { return tp_ == 1; }
+  /// Queues a step (block operations, feed rows from the previous launched step's device ids,
+  /// forward or graph replay, sampling, the ids' copy back) and returns; at most two in flight.
+  void launch_ahead(const sched::StepPlan& plan, std::span<const SampleSpec> specs) {
+    PIE_CHECK(kv_, "CudaRunner: launch_ahead before allocate_kv");
+    PIE_CHECK(runs_ahead(), "CudaRunner: asynchronous scheduling runs on one rank (tensor parallel size ", tp_, ")");
+    PIE_CHECK(launched_ - collected_ < 2, "CudaRunner::launch_ahead: two steps are already in flight");
+    PIE_CHECK(plan.feed_rows.empty() || launched_ > 0, "CudaRunner::launch_ahead: feed rows but no launched step");
+    const int k = static_cast<int>(launched_ & 1);
+    if (!ahead_done_[k]) {
+      for (int i = 0; i < 2; ++i) {
+        cudaEvent_t e = nullptr;
+        PIE_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+        ahead_done_[i] = std::shared_ptr<CUevent_st>(e, [](cudaEvent_t x) { cudaEventDestroy(x); });
+        ahead_ids_[i] = PinnedBuffer<int32_t>(max_samples());
+      }
+    }
+    specs_.assign(specs.begin(), specs.end());
+    if (plan.empty()) {
+      kv_->apply(plan, stream_);
+      last_samples_ = 0;
+    } else {
+      run_step(plan, specs_, *kv_, /*allow_graph=*/true, /*want_logits=*/false, ahead_ids_[k].data());
+    }
+    ahead_n_[k] = last_samples_;
+    PIE_CUDA_CHECK(cudaEventRecord(ahead_done_[k].get(), stream_));
+    ++launched_;
+  }
+  /// Waits for the oldest launched step; its ids in sample order (valid until the launch after
+  /// next).
+  std::span<const int32_t> collect() {
+    PIE_CHECK(collected_ < launched_, "CudaRunner::collect: no step in flight");
+    const int k = static_cast<int>(collected_++ & 1);
+    PIE_CUDA_CHECK(cudaEventSynchronize(ahead_done_[k].get()));
+    return {ahead_ids_[k].data(), static_cast<size_t>(ahead_n_[k])};
+  }
   /// Rank 0: the last step's prompt_logprobs rows, one per StepPlan::prompt_logprob_tokens entry
   /// (empty on other ranks and for steps without them; valid until the next step).
   std::span<const sched::PromptLogprobRow> prompt_logprob_rows() const {
@@ -594,8 +643,9 @@ class CudaRunner {
     run_step(plan, specs, *kv_, /*allow_graph=*/true, want_logits);
   }
 
+  /// `ids_dst`: pinned host buffer for the sampled ids (nullptr: ids_host_).
   void run_step(const sched::StepPlan& plan, const std::vector<SampleSpec>& specs, KVCache<KV>& cache,
-                bool allow_graph, bool want_logits) {
+                bool allow_graph, bool want_logits, int32_t* ids_dst = nullptr) {
     const int S = plan.num_seqs(), D = plan.num_decode_seqs;
     const bool pure_decode = D == S;
     const bool graphable = pure_decode && plan.prompt_logprob_tokens.empty() && !prof_.enabled();
@@ -603,6 +653,10 @@ class CudaRunner {
     if (prof_.enabled()) prof_.set_tag(pure_decode ? "decode@" + std::to_string(S) : std::string("mixed"));
     step_.stage(plan, specs, bucket, stream_);
     step_.stage_prompt_rows(plan, stream_);
+    // Placeholder rows (asynchronous scheduling): the previous step's ids, still in ids_ —
+    // stream order puts this after that step's sampler and before this step's overwrites them.
+    ops::cuda::feed_tokens(step_.token_ids(), step_.feed_rows(), step_.feed_draws(), step_.num_feeds(), ids_.data(),
+                           stream_);
     cache.apply(plan, stream_);
     const int nsamp = step_.num_samples();
     if (bucket > 0) {
@@ -625,8 +679,8 @@ class CudaRunner {
     ++stats_.steps;
     last_samples_ = nsamp;
     if (rank_ != 0) return;
-    PIE_CUDA_CHECK(cudaMemcpyAsync(ids_host_.data(), ids_.data(), sizeof(int32_t) * nsamp, cudaMemcpyDeviceToHost,
-                                   stream_));
+    PIE_CUDA_CHECK(cudaMemcpyAsync(ids_dst ? ids_dst : ids_host_.data(), ids_.data(), sizeof(int32_t) * nsamp,
+                                   cudaMemcpyDeviceToHost, stream_));
     if (want_logits) {
       const size_t n = static_cast<size_t>(nsamp) * global_.vocab_size;
       if (logits_host_.size() < n) logits_host_ = PinnedBuffer<float>(n);
@@ -684,6 +738,11 @@ class CudaRunner {
   DeviceBuffer<int32_t> mask_dev_, flags_dev_;
   std::vector<SampleSpec> specs_;
   int last_samples_ = 0;
+  // Asynchronous scheduling: per launched step (alternating), its ids' pinned copy and an event.
+  PinnedBuffer<int32_t> ahead_ids_[2];
+  std::shared_ptr<CUevent_st> ahead_done_[2];
+  int ahead_n_[2] = {0, 0};
+  uint64_t launched_ = 0, collected_ = 0;
 };
 
 }  // namespace pie::engine::cuda

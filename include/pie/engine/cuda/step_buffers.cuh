@@ -7,12 +7,18 @@
 /// empty block tables (attention reads nothing). A step with prompt_logprobs rows also stages
 /// their token rows and scored tokens (stage_prompt_rows) in a region after the block table,
 /// with a second copy that other steps never make.
+///
+/// Asynchronous scheduling stages step N+1 while step N may still be queued: stage() first
+/// waits for the event recorded after the previous staging copies (they run at the start of
+/// the step, so this is a short wait, not a wait for the step), then overwrites the blob. The
+/// plan's feed rows and draws travel in the same copy (the runner's feed kernel reads them).
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "pie/core/buffer.hpp"
@@ -50,6 +56,8 @@ class StepBuffers {
     o_tokens_ = take(sizeof(int32_t) * c.max_tokens);
     o_pos_ = take(sizeof(int32_t) * c.max_tokens);
     o_slots_ = take(sizeof(int64_t) * c.max_tokens);
+    o_feed_rows_ = take(sizeof(int32_t) * c.max_seqs);  // feed rows are decodes: at most one per sequence
+    o_feed_draws_ = take(sizeof(int32_t) * c.max_seqs);
     o_indices_ = take(sizeof(int32_t) * c.max_blocks);
     o_prompt_rows_ = take(sizeof(int32_t) * c.max_tokens);
     o_prompt_tokens_ = take(sizeof(int32_t) * c.max_tokens);
@@ -59,6 +67,9 @@ class StepBuffers {
     dev_ = DeviceBuffer<std::byte>(bytes_);
     std::memset(host_.data(), 0, bytes_);
     PIE_CUDA_CHECK(cudaMemset(dev_.data(), 0, bytes_));
+    cudaEvent_t e = nullptr;
+    PIE_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    staged_ = std::shared_ptr<CUevent_st>(e, [](cudaEvent_t x) { cudaEventDestroy(x); });
   }
 
   const StepCapacity& capacity() const { return cap_; }
@@ -72,9 +83,7 @@ class StepBuffers {
     const int Sp = std::max(S, pad_seqs), Tp = T + (Sp - S);
     const int D = plan.num_decode_seqs;
     const int R = static_cast<int>(plan.sample_seqs.size());  // logits_rows past R: prompt_logprobs rows
-    int nsamp = 0;
-    for (size_t j = 0; j < plan.sample_seqs.size(); ++j)
-      nsamp += plan.sample_counts.empty() ? 1 : plan.sample_counts[j];
+    const int nsamp = plan.num_sampled_tokens();
     PIE_CHECK(Tp <= cap_.max_tokens, "StepBuffers: ", Tp, " tokens exceed the capacity ", cap_.max_tokens);
     PIE_CHECK(Sp <= cap_.max_seqs, "StepBuffers: ", Sp, " sequences exceed the capacity ", cap_.max_seqs);
     PIE_CHECK(static_cast<int>(plan.kv_indices.size()) <= cap_.max_blocks, "StepBuffers: ", plan.kv_indices.size(),
@@ -83,6 +92,10 @@ class StepBuffers {
               "StepBuffers: ", specs.size(), " sample specs for ", nsamp, " sampled tokens (capacity ",
               cap_.max_samples, ")");
     PIE_CHECK(Sp == S || D == S, "StepBuffers: only an all-decode step can be padded");
+    const int nfeed = static_cast<int>(plan.feed_rows.size());
+    PIE_CHECK(nfeed <= cap_.max_seqs && plan.feed_draws.size() == plan.feed_rows.size(), "StepBuffers: ", nfeed,
+              " feed rows (capacity ", cap_.max_seqs, ")");
+    PIE_CUDA_CHECK(cudaEventSynchronize(staged_.get()));  // the last staging copy has read the blob
     std::byte* h = host_.data();
     auto i32 = [&](size_t o) { return reinterpret_cast<int32_t*>(h + o); };
     int32_t* cu = i32(o_cu_);
@@ -102,7 +115,7 @@ class StepBuffers {
     int32_t* rows = i32(o_rows_);
     int k = 0;
     for (int j = 0; j < R; ++j) {
-      int c = plan.sample_counts.empty() ? 1 : plan.sample_counts[j];
+      int c = plan.draws_of(j);
       for (int r = 0; r < c; ++r) rows[k++] = plan.logits_rows[j];
     }
     ops::cuda::SamplingRow* sp = reinterpret_cast<ops::cuda::SamplingRow*>(h + o_spec_);
@@ -117,12 +130,16 @@ class StepBuffers {
     std::copy(plan.slot_mapping.begin(), plan.slot_mapping.end(), slots);
     for (int t = T; t < Tp; ++t) { tok[t] = 0; pos[t] = 0; slots[t] = -1; }
     std::copy(plan.kv_indices.begin(), plan.kv_indices.end(), i32(o_indices_));
+    std::copy(plan.feed_rows.begin(), plan.feed_rows.end(), i32(o_feed_rows_));
+    std::copy(plan.feed_draws.begin(), plan.feed_draws.end(), i32(o_feed_draws_));
+    num_feeds_ = nfeed;
     num_seqs_ = Sp;
     num_tokens_ = Tp;
     num_decode_ = Sp == S ? D : Sp;
     num_samples_ = nsamp;
     size_t used = o_indices_ + sizeof(int32_t) * plan.kv_indices.size();
     PIE_CUDA_CHECK(cudaMemcpyAsync(dev_.data(), host_.data(), used, cudaMemcpyHostToDevice, stream));
+    PIE_CUDA_CHECK(cudaEventRecord(staged_.get(), stream));
     num_prompt_rows_ = 0;
   }
 
@@ -145,6 +162,7 @@ class StepBuffers {
                                    stream));
     PIE_CUDA_CHECK(cudaMemcpyAsync(dev_.data() + o_prompt_tokens_, toks, sizeof(int32_t) * n,
                                    cudaMemcpyHostToDevice, stream));
+    PIE_CUDA_CHECK(cudaEventRecord(staged_.get(), stream));
   }
 
   // ---- device pointers (fixed for the buffer's lifetime) ----
@@ -160,6 +178,8 @@ class StepBuffers {
   int64_t* slot_mapping() { return dptr<int64_t>(o_slots_); }
   int32_t* prompt_rows() { return dptr<int32_t>(o_prompt_rows_); }      ///< token row of each prompt_logprobs row
   int32_t* prompt_tokens() { return dptr<int32_t>(o_prompt_tokens_); }  ///< the prompt token it scores
+  int32_t* feed_rows() { return dptr<int32_t>(o_feed_rows_); }    ///< StepPlan::feed_rows
+  int32_t* feed_draws() { return dptr<int32_t>(o_feed_draws_); }  ///< StepPlan::feed_draws
   /// Host copy of the cumulative query lengths of the last staged step (pinned, valid until
   /// the next stage()).
   const int32_t* host_cu_query_lens() const { return reinterpret_cast<const int32_t*>(hbase_ + o_cu_); }
@@ -171,6 +191,7 @@ class StepBuffers {
   int num_decode() const { return num_decode_; }
   int num_samples() const { return num_samples_; }
   int num_prompt_rows() const { return num_prompt_rows_; }
+  int num_feeds() const { return num_feeds_; }
   size_t bytes() const { return bytes_; }
 
  private:
@@ -190,11 +211,12 @@ class StepBuffers {
   template <class U> U* dptr(size_t o) { return reinterpret_cast<U*>(dev_.data() + o); }
   StepCapacity cap_{};
   size_t o_cu_ = 0, o_cu_prefill_ = 0, o_indptr_ = 0, o_last_ = 0, o_rows_ = 0, o_spec_ = 0, o_tokens_ = 0,
-         o_pos_ = 0, o_slots_ = 0, o_indices_ = 0, o_prompt_rows_ = 0, o_prompt_tokens_ = 0, bytes_ = 0;
-  int num_seqs_ = 0, num_tokens_ = 0, num_decode_ = 0, num_samples_ = 0, num_prompt_rows_ = 0;
+         o_pos_ = 0, o_slots_ = 0, o_feed_rows_ = 0, o_feed_draws_ = 0, o_indices_ = 0, o_prompt_rows_ = 0, o_prompt_tokens_ = 0, bytes_ = 0;
+  int num_seqs_ = 0, num_tokens_ = 0, num_decode_ = 0, num_samples_ = 0, num_prompt_rows_ = 0, num_feeds_ = 0;
   PinnedBuffer<std::byte> host_;
   std::byte* hbase_ = nullptr;  // host_.data(), readable from const members
   DeviceBuffer<std::byte> dev_;
+  std::shared_ptr<CUevent_st> staged_;  // recorded after each staging copy (see the file comment)
 };
 
 }  // namespace pie::engine::cuda
