@@ -18,34 +18,17 @@
 #include "pie/engine/engine.hpp"
 #include "pie/parallel/cpu_group.hpp"
 
+#include "engine_test_util.hpp"
+
 namespace {
 using namespace pie;
 using sched::FinishReason;
 using sched::SamplingParams;
 using CpuEngine = Engine<Qwen3, CpuF32>;
 
-std::vector<int32_t> random_prompt(std::mt19937& g, int len) {
-  std::uniform_int_distribution<int32_t> d(0, 499);  // below the embedded model's special ids
-  std::vector<int32_t> p(len);
-  for (auto& t : p) t = d(g);
-  return p;
-}
-
-SamplingParams greedy(int max_tokens) {
-  SamplingParams p;
-  p.temperature = 0;
-  p.max_tokens = max_tokens;
-  p.ignore_eos = true;
-  return p;
-}
-
-EngineOptions small_options() {
-  EngineOptions o;
-  o.num_kv_blocks = 256;
-  o.sched.max_model_len = 256;
-  o.num_threads = 1;  // CI runs tests side by side on 2 cores
-  return o;
-}
+using test::greedy;
+using test::random_prompt;
+using test::small_options;
 
 struct Job {
   std::vector<int32_t> prompt;

@@ -19,6 +19,8 @@
 #include "pie/model/embedded.hpp"
 #include "pie/parallel/cpu_group.hpp"
 
+#include "engine_test_util.hpp"
+
 namespace {
 struct FakeModel {};
 
@@ -151,13 +153,7 @@ EngineOptions options() {
   return o;
 }
 
-sched::SamplingParams greedy(int max_tokens) {
-  sched::SamplingParams p;
-  p.temperature = 0;
-  p.max_tokens = max_tokens;
-  p.ignore_eos = true;
-  return p;
-}
+using test::greedy;
 
 std::vector<int32_t> expected(const std::vector<int32_t>& prompt, int n) {
   std::vector<int32_t> out;
