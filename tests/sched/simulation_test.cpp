@@ -115,6 +115,9 @@ struct SimResult {
   std::map<std::pair<uint64_t, int>, std::vector<int32_t>> streams;  // (request, index) → output
   std::set<uint64_t> aborted;
   int64_t preemptions = 0, swap_outs = 0, cow_copies = 0, cache_hits = 0, steps = 0;
+  // asynchronous runs: feed rows, sequences a newer plan computed when an update finished them,
+  // sequences preempted while a plan in flight samples them (summed over steps)
+  int64_t feed_rows = 0, finished_in_flight = 0, preempted_in_flight = 0;
 };
 
 class Simulation {
@@ -122,52 +125,34 @@ class Simulation {
   Simulation(const SimSetup& su) : su_(su), sch_(su.cfg, su.device_blocks, su.block_size, su.host_blocks),
         kv_(size_t(su.device_blocks) * su.block_size, 0), host_kv_(size_t(su.host_blocks) * su.block_size, 0) {}
 
+  /// Synchronous: schedule, run, update, one plan at a time. Asynchronous (su.cfg.async_scheduling,
+  /// the Engine's step_ahead): schedule plan N+1 while N awaits its update, launch N+1 (the fake
+  /// model applies it right after N, in launch order, its feed rows filled from N's draws), then
+  /// update N; one step in eight is a synchronous fallback (update N before scheduling N+1).
   SimResult run(const std::vector<Spec>& specs, uint32_t abort_seed) {
     std::mt19937 rng(abort_seed);
-    const int bs = su_.block_size;
+    const bool async = su_.cfg.async_scheduling;
     SimResult res;
     size_t next = 0;
     std::map<uint64_t, const Spec*> live;
-    StepPlan reused, spare;
-    for (int64_t step = 0; next < specs.size() || sch_.has_unfinished(); ++step) {
-      EXPECT_LT(step, 200000) << "no progress";
-      if (step >= 200000) break;
-      while (next < specs.size() && specs[next].arrival_step <= step) {
-        const Spec& s = specs[next++];
-        sch_.add_request(s.id, s.prompt, s.params, {kEos});
-        live[s.id] = &s;
-      }
+    StepPlan bufs[2];
+    StepPlan* prev = nullptr;          // the plan in flight (applied by the model, not updated)
+    std::vector<int32_t> prev_sampled, sampled;
+    auto random_abort = [&] {
       if (!live.empty() && rng() % 40 == 0) {  // random abort of a random live request
         auto it = std::next(live.begin(), rng() % live.size());
         EXPECT_TRUE(sch_.abort(it->first));
         res.aborted.insert(it->first);
         live.erase(it);
       }
-      if (step % 2) {
-        sch_.schedule(reused);  // every other step through the buffer-reusing overload
-      } else {
-        reused = sch_.schedule();
-        std::swap(reused, spare);  // keep stale, differently sized buffers around
-      }
-      StepPlan& plan = step % 2 ? reused : spare;
-      ++res.steps;
-      check_plan(plan);
-      res.swap_outs += plan.swap_out.size();
-      res.cow_copies += plan.copy_blocks.size();
-      // run the fake model over what it reads from its KV
-      std::vector<int32_t> sampled;
-      for (size_t j = 0; j < plan.sample_seqs.size(); ++j) {
-        int i = plan.sample_seqs[j];
-        const Sequence& s = sch_.plan_sequence(i);
-        uint64_t last = kv_[slot(plan, i, plan.context_lens[i] - 1, bs)];
-        for (int k = 0; k < plan.sample_counts[j]; ++k)
-          sampled.push_back(fake_token(s.request->id, s.index + k, last));
-      }
-      auto ups = sch_.update(plan, sampled);
+    };
+    // update(plan) and what the engine does with its result: stop strings, finished streams
+    auto apply_update = [&](const StepPlan& plan, const std::vector<int32_t>& toks) {
+      auto ups = sch_.update(plan, toks);
       for (const auto& u : ups) {
         if (u.finish == FinishReason::None) {
-          auto toks = sch_.tokens(u.request_id, u.index);
-          std::vector<int32_t> v(toks.begin(), toks.end());
+          auto t = sch_.tokens(u.request_id, u.index);
+          std::vector<int32_t> v(t.begin(), t.end());
           if (stop_string(v, sch_.find_request(u.request_id)->num_prompt_tokens))
             sch_.finish_sequence(u.request_id, u.index, FinishReason::Stop);
         }
@@ -180,11 +165,57 @@ class Simulation {
         }
       }
       check_ownership();
+    };
+    for (int64_t step = 0; next < specs.size() || sch_.has_unfinished() || prev; ++step) {
+      EXPECT_LT(step, 200000) << "no progress";
+      if (step >= 200000) break;
+      while (next < specs.size() && specs[next].arrival_step <= step) {
+        const Spec& s = specs[next++];
+        sch_.add_request(s.id, s.prompt, s.params, {kEos});
+        live[s.id] = &s;
+      }
+      random_abort();  // async: while `prev` is in flight
+      if (prev && rng() % 8 == 0) {  // a synchronous step (the engine falls back to one at times)
+        apply_update(*prev, prev_sampled);
+        prev = nullptr;
+      }
+      EXPECT_EQ(sch_.num_outstanding(), prev ? 1 : 0);
+      StepPlan* plan = &bufs[step % 2];  // never `prev`'s buffer: that plan is still in flight
+      if (step % 3) {
+        sch_.schedule(*plan);  // most steps through the buffer-reusing overload
+      } else {
+        *plan = sch_.schedule();  // the buffers the other overload reuses differ in size
+      }
+      ++res.steps;
+      if (::testing::Test::HasFailure()) break;
+      // launch: the model runs the plan after the one in flight (stream order)
+      check_plan(*plan, prev, prev_sampled, sampled);
+      if (::testing::Test::HasFailure()) break;
+      sch_.for_each_sequence([&](const Sequence& q) {  // preempted while a plan samples it
+        res.preempted_in_flight += q.pending > 0 && (q.state == SeqState::Waiting || q.state == SeqState::Swapped);
+      });
+      res.swap_outs += plan->swap_out.size();
+      res.cow_copies += plan->copy_blocks.size();
+      if (!async) {
+        apply_update(*plan, sampled);
+      } else {
+        random_abort();  // two plans in flight
+        if (prev) {
+          apply_update(*prev, prev_sampled);
+          // sequences of the plan in flight that update() (or a stop string) just finished
+          for (int i = 0; i < plan->num_seqs(); ++i) res.finished_in_flight += sch_.plan_sequence(i).finished();
+        }
+        prev = plan->empty() ? nullptr : plan;  // an empty plan is not outstanding
+        std::swap(prev_sampled, sampled);
+        res.feed_rows += prev ? prev->feed_rows.size() : 0;
+      }
       EXPECT_LE(sch_.num_running(), su_.cfg.max_num_seqs);
       if (::testing::Test::HasFailure()) break;
     }
     res.preemptions = sch_.num_preemptions();
     res.cache_hits = sch_.prefix_cache_hits();
+    if (::testing::Test::HasFailure()) return res;
+    EXPECT_EQ(sch_.num_outstanding(), 0);
     sch_.schedule();  // retires the last finished requests
     EXPECT_FALSE(sch_.has_unfinished());
     EXPECT_EQ(sch_.num_running() + sch_.num_waiting() + sch_.num_swapped(), 0);
@@ -201,9 +232,15 @@ class Simulation {
     return int64_t{p.kv_indices[p.kv_indptr[i] + pos / bs]} * bs + pos % bs;
   }
 
-  void check_plan(const StepPlan& p) {
+  /// Runs plan `p` on the fake model, as a runner must: block copies, then each row's K/V (a
+  /// function of the K/V before it, read through the table, and the row's token; a feed row's
+  /// token is draw feed_draws[k] of `prev`, the plan launched before it), then one token per
+  /// draw from the K/V of the sampled row. Checks the plan on the way. `sampled` gets its draws.
+  void check_plan(const StepPlan& p, const StepPlan* prev, const std::vector<int32_t>& prev_sampled,
+                  std::vector<int32_t>& sampled) {
     const int bs = su_.block_size;
     const auto& pool = sch_.block_manager().device();
+    sampled.clear();
     ASSERT_LE(p.num_tokens(), su_.cfg.max_num_batched_tokens);
     ASSERT_LE(p.num_seqs(), su_.cfg.max_num_seqs);
     ASSERT_EQ(p.cu_query_lens.size(), size_t(p.num_seqs() + 1));
@@ -219,6 +256,21 @@ class Simulation {
       for (auto c : p.swap_out) read.insert(c.src);
       for (int32_t b : read) ASSERT_FALSE(written.count(b)) << "block " << b << " read and written";
     }
+    // The true token of each placeholder: what `prev` drew for that sequence (the first draw of
+    // its sample; a sequence waiting for its fork is never scheduled, see below).
+    std::map<SeqId, int32_t> truth;
+    if (prev) {
+      for (size_t j = 0, d = 0; j < prev->sample_seqs.size(); d += prev->sample_counts[j++])
+        truth[prev->seq_ids[prev->sample_seqs[j]]] = prev_sampled[d];
+    }
+    std::vector<int32_t> row_token(p.token_ids);
+    ASSERT_EQ(p.feed_rows.size(), p.feed_draws.size());
+    if (!prev) ASSERT_TRUE(p.feed_rows.empty()) << "feed rows without a plan in flight";
+    for (size_t k = 0; k < p.feed_rows.size(); ++k) {
+      ASSERT_EQ(p.token_ids[p.feed_rows[k]], StepPlan::kPlaceholderToken);
+      ASSERT_LT(size_t(p.feed_draws[k]), prev_sampled.size());
+      row_token[p.feed_rows[k]] = prev_sampled[p.feed_draws[k]];
+    }
     // block operations in the documented order
     for (auto c : p.swap_in) std::copy_n(&host_kv_[size_t(c.src) * bs], bs, &kv_[size_t(c.dst) * bs]);
     for (auto c : p.swap_out) std::copy_n(&kv_[size_t(c.src) * bs], bs, &host_kv_[size_t(c.dst) * bs]);
@@ -227,36 +279,84 @@ class Simulation {
       std::copy_n(&kv_[size_t(c.src) * bs], bs, &kv_[size_t(c.dst) * bs]);
     }
     std::set<int64_t> written;
+    std::vector<std::vector<uint64_t>> want(p.num_seqs());
+    std::vector<int> row_seq(p.num_tokens());
     for (int i = 0; i < p.num_seqs(); ++i) {
       const Sequence& s = sch_.plan_sequence(i);
       ASSERT_EQ(s.id, p.seq_ids[i]);
       int q = p.query_lens[i], ctx = p.context_lens[i];
       ASSERT_EQ(p.cu_query_lens[i + 1] - p.cu_query_lens[i], q);
       ASSERT_GE(q, 1);
-      ASSERT_LE(ctx, s.num_tokens());
-      ASSERT_EQ(i < p.num_decode_seqs, q == 1 && ctx == s.num_tokens()) << "decodes first";
+      // Async adaptation: a sequence that the plan in flight samples has one placeholder, which
+      // this plan computes (its input row); the context may end one past the known tokens.
+      const bool placeholder = truth.count(s.id) > 0 && !s.finished();
+      want[i] = history(s);
+      if (placeholder) want[i].push_back(kv_value(want[i].back(), truth[s.id]));
+      ASSERT_LE(ctx, int(want[i].size()));
+      if (placeholder) {  // only as a decode: the placeholder is its one input (and never a fork's)
+        ASSERT_EQ(s.fanout, 1);
+        ASSERT_TRUE(q == 1 && ctx == int(want[i].size())) << "seq " << s.id << ": a placeholder's row is a decode";
+      }
+      // Async adaptation: the decode's context ends at the known tokens plus the placeholder.
+      ASSERT_EQ(i < p.num_decode_seqs, q == 1 && ctx == int(want[i].size())) << "decodes first";
       int pages = p.kv_indptr[i + 1] - p.kv_indptr[i];
       ASSERT_EQ(pages, (ctx + bs - 1) / bs);
       ASSERT_EQ(p.kv_last_page_len[i], ctx - (pages - 1) * bs);
       for (int r = p.cu_query_lens[i]; r < p.cu_query_lens[i + 1]; ++r) {
         int pos = ctx - q + (r - p.cu_query_lens[i]);
         ASSERT_EQ(p.positions[r], pos);
-        ASSERT_EQ(p.token_ids[r], s.tokens[pos]);
+        // Async adaptation: the placeholder's row is a feed row; every other row holds its token.
+        const bool feed = std::count(p.feed_rows.begin(), p.feed_rows.end(), r) > 0;
+        ASSERT_EQ(feed, pos == s.num_tokens()) << "seq " << s.id << " position " << pos;
+        if (!feed) ASSERT_EQ(p.token_ids[r], s.tokens[pos]);
         ASSERT_EQ(p.slot_mapping[r], slot(p, i, pos, bs));
         ASSERT_TRUE(written.insert(p.slot_mapping[r]).second) << "slot written twice";
         int32_t blk = static_cast<int32_t>(p.slot_mapping[r] / bs);
         ASSERT_TRUE(pool.ref_count(blk) == 1 || pool.is_cached(blk)) << "write into a shared block";
-        kv_[p.slot_mapping[r]] = history(s)[pos];
+        row_seq[r] = i;
       }
     }
+    // The model: a row's K/V is a function of its token and the K/V of the position before it,
+    // read through its table. Like a real model's layers (every layer writes the step's K/V
+    // before its attention reads), that K/V may be another row of this step, of this sequence
+    // or of one whose block this sequence just hit in the prefix cache: rows are computed in
+    // dependency order, not row order.
+    std::map<int64_t, int> writer;  // slot → row of this plan
+    for (int r = 0; r < p.num_tokens(); ++r) writer[p.slot_mapping[r]] = r;
+    std::vector<uint64_t> value(p.num_tokens());
+    std::vector<char> state(p.num_tokens(), 0);  // 0 new, 1 in progress, 2 done
+    bool cycle = false;
+    auto compute = [&](auto& self, int r) -> uint64_t {
+      if (state[r] == 2) return value[r];
+      if (state[r] == 1) { cycle = true; return 0; }
+      state[r] = 1;
+      const int pos = p.positions[r];
+      uint64_t before = 0;
+      if (pos > 0) {
+        const int64_t sl = slot(p, row_seq[r], pos - 1, bs);
+        auto w = writer.find(sl);
+        before = w != writer.end() ? self(self, w->second) : kv_[sl];
+      }
+      state[r] = 2;
+      return value[r] = kv_value(before, row_token[r]);
+    };
+    for (int r = 0; r < p.num_tokens(); ++r) compute(compute, r);
+    ASSERT_FALSE(cycle) << "rows of one step depend on each other in a cycle";
+    for (int r = 0; r < p.num_tokens(); ++r) kv_[p.slot_mapping[r]] = value[r];
     // what each sequence reads is its own history
     for (int i = 0; i < p.num_seqs(); ++i) {
       const Sequence& s = sch_.plan_sequence(i);
       const int32_t* table = p.kv_indices.data() + p.kv_indptr[i];
-      const std::vector<uint64_t>& want = history(s);
       for (int pos = 0, ctx = p.context_lens[i]; pos < ctx; ++pos)
-        if (kv_[size_t(table[pos / bs]) * bs + pos % bs] != want[pos])
+        if (kv_[size_t(table[pos / bs]) * bs + pos % bs] != want[i][pos])
           FAIL() << "KV of seq " << s.id << " at position " << pos << " is not its own";
+    }
+    // sample from what the model read
+    for (size_t j = 0; j < p.sample_seqs.size(); ++j) {
+      int i = p.sample_seqs[j];
+      const Sequence& s = sch_.plan_sequence(i);
+      uint64_t last = kv_[slot(p, i, p.context_lens[i] - 1, bs)];
+      for (int k = 0; k < p.sample_counts[j]; ++k) sampled.push_back(fake_token(s.request->id, s.index + k, last));
     }
   }
 
@@ -281,7 +381,10 @@ class Simulation {
       if (s.state == SeqState::Waiting) {
         EXPECT_TRUE(s.table.blocks.empty());
       }
-      EXPECT_LT(s.table.num_tokens, s.num_tokens());
+      // Every known token but the last is computed or scheduled, and the last waits for its
+      // step. Async adaptation: a sequence that the newest plan samples has its last known
+      // token in that plan (the placeholder it computed), so the bound moves by `pending`.
+      EXPECT_LT(s.table.num_tokens, s.num_tokens() + s.pending);
       for (int32_t b : s.table.blocks) ++dev[b];
       for (int32_t b : s.table.host_blocks) ++host[b];
     });
@@ -339,10 +442,11 @@ std::vector<SimSetup> setups(int block_size) {
   return v;
 }
 
-void run_all(int block_size, int num_requests, uint32_t seed) {
+void run_all(int block_size, int num_requests, uint32_t seed, bool async = false) {
   auto specs = make_specs(num_requests, base_config().max_model_len, seed);
   std::vector<SimResult> results;
-  for (const auto& su : setups(block_size)) {
+  for (auto su : setups(block_size)) {
+    su.cfg.async_scheduling = async;
     SCOPED_TRACE(su.name);
     results.push_back(Simulation(su).run(specs, seed * 7 + 1));
     if (::testing::Test::HasFailure()) return;
@@ -355,6 +459,11 @@ void run_all(int block_size, int num_requests, uint32_t seed) {
       EXPECT_GT(r.cache_hits, 0);
     }
     EXPECT_GT(r.cow_copies, 0);
+    if (async) {  // the asynchronous protocol's cases all happen
+      EXPECT_GT(r.feed_rows, 0);
+      EXPECT_GT(r.finished_in_flight, 0);
+      EXPECT_GT(r.preempted_in_flight, 0);
+    }
     // every stream equals the sequence generated alone (a prefix of it when aborted)
     int complete = 0;
     for (const Spec& s : specs) {
@@ -377,10 +486,13 @@ void run_all(int block_size, int num_requests, uint32_t seed) {
       }
     }
     EXPECT_GT(complete, num_requests / 2);
-    std::printf("[sim bs=%d] %-36s steps %6lld  preemptions %5lld  swapped-out blocks %6lld  cow %5lld  "
+    std::printf("[sim bs=%d%s] %-36s steps %6lld  preemptions %5lld  swapped-out blocks %6lld  cow %5lld  "
                 "cache-hit tokens %7lld  aborted %zu\n",
-                block_size, su.name, (long long)r.steps, (long long)r.preemptions, (long long)r.swap_outs,
+                block_size, async ? " async" : "", su.name, (long long)r.steps, (long long)r.preemptions, (long long)r.swap_outs,
                 (long long)r.cow_copies, (long long)r.cache_hits, r.aborted.size());
+    if (async)
+      std::printf("[sim bs=%d async] feed rows %lld  finished in flight %lld  preempted in flight %lld\n", block_size,
+                  (long long)r.feed_rows, (long long)r.finished_in_flight, (long long)r.preempted_in_flight);
   }
   // identical streams across configurations, for requests no configuration aborted
   for (size_t c = 1; c < results.size(); ++c)
@@ -395,5 +507,8 @@ void run_all(int block_size, int num_requests, uint32_t seed) {
 TEST(SchedulerSimulation, TwoThousandRequestsBlockSize16) { run_all(16, 2000, 1); }
 TEST(SchedulerSimulation, TwoThousandRequestsBlockSize8) { run_all(8, 2000, 2); }
 TEST(SchedulerSimulation, FiveHundredRequestsBlockSize32) { run_all(32, 500, 3); }
+TEST(SchedulerSimulationAsync, TwoThousandRequestsBlockSize16) { run_all(16, 2000, 1, true); }
+TEST(SchedulerSimulationAsync, TwoThousandRequestsBlockSize8) { run_all(8, 2000, 2, true); }
+TEST(SchedulerSimulationAsync, FiveHundredRequestsBlockSize32) { run_all(32, 500, 3, true); }
 
 }  // namespace pie::sched
