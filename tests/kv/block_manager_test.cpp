@@ -130,6 +130,27 @@ TEST(BlockManager, PrefixMatchReusesFullBlocksAndLeavesOneTokenToCompute) {
   EXPECT_EQ(m.match_prefix(e, toks), 8);
 }
 
+// A sequence that starts from a prefix hit registers the full blocks it computes afterwards
+// (num_registered counts blocks: it once took the hit's token count, so those blocks were never
+// offered to the cache until the sequence was freed and matched again).
+TEST(BlockManager, BlocksComputedAfterAPrefixHitAreRegistered) {
+  BlockManager m(16, 0, 4, true);
+  auto toks = seq_tokens(13);
+  BlockTable a;
+  std::vector<BlockCopy> copies;
+  m.append(a, 5, copies);
+  m.register_full_blocks(a, toks);  // block 0
+  BlockTable b;
+  ASSERT_EQ(m.match_prefix(b, toks), 4);
+  EXPECT_EQ(b.num_registered, 1);
+  m.append(b, 8, copies);  // tokens 4..11: blocks 1 and 2 become full
+  m.register_full_blocks(b, toks);
+  EXPECT_EQ(b.num_registered, 3);
+  BlockTable c;
+  EXPECT_EQ(m.match_prefix(c, toks), 12);  // all three full blocks, one token left to compute
+  EXPECT_EQ(c.blocks, std::vector<int32_t>(b.blocks.begin(), b.blocks.begin() + 3));
+}
+
 TEST(BlockManager, SwapRoundTripEmitsCopiesAndRestoresTable) {
   BlockManager m(8, 8, 4, false);
   auto toks = seq_tokens(10);

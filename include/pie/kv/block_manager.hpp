@@ -90,7 +90,8 @@ class BlockManager {
       device_.incref(b);
       t.blocks.push_back(b);
     }
-    t.num_tokens = t.num_registered = static_cast<int>(t.blocks.size()) * bs_;
+    t.num_registered = static_cast<int>(t.blocks.size());  // blocks, not tokens
+    t.num_tokens = t.num_registered * bs_;
     device_.record_query(static_cast<int64_t>(tokens.size()), t.num_tokens);
     return t.num_tokens;
   }
