@@ -278,6 +278,7 @@ class Simulation {
       ASSERT_EQ(pool.ref_count(c.dst), 1);
       std::copy_n(&kv_[size_t(c.src) * bs], bs, &kv_[size_t(c.dst) * bs]);
     }
+    for (int i = 0; i < p.num_seqs(); ++i) check_hashes(sch_.plan_sequence(i));
     std::set<int64_t> written;
     std::vector<std::vector<uint64_t>> want(p.num_seqs());
     std::vector<int> row_seq(p.num_tokens());
@@ -360,6 +361,20 @@ class Simulation {
     }
   }
 
+  /// The prefix cache only ever hashes known tokens: each block hash a table holds (registered
+  /// or memoized by a lookup) covers tokens the sequence has, never a placeholder's slot.
+  void check_hashes(const Sequence& s) {
+    const int bs = su_.block_size;
+    const auto& h = s.table.hashes;
+    EXPECT_LE(s.table.num_registered, int(h.size()));
+    for (size_t b = 0; b < h.size(); ++b) {
+      ASSERT_LE(int(b + 1) * bs, s.num_tokens()) << "seq " << s.id << ": block " << b << " hashed before its tokens are known";
+      uint64_t parent = b ? h[b - 1] : kv::BlockPool::kRootHash;
+      ASSERT_EQ(h[b], kv::BlockPool::hash_block(parent, std::span(s.tokens).subspan(b * bs, bs)))
+          << "seq " << s.id << ": block " << b << " hashed from other tokens";
+    }
+  }
+
   void check_ownership() {
     const auto& bm = sch_.block_manager();
     std::vector<int> dev(su_.device_blocks, 0), host(su_.host_blocks, 0);
@@ -368,6 +383,7 @@ class Simulation {
         EXPECT_TRUE(s.table.blocks.empty() && s.table.host_blocks.empty());
         return;
       }
+      check_hashes(s);
       std::set<int32_t> own(s.table.blocks.begin(), s.table.blocks.end());
       EXPECT_EQ(own.size(), s.table.blocks.size()) << "block owned twice by one sequence";
       size_t pages = (s.table.num_tokens + su_.block_size - 1) / su_.block_size;
