@@ -397,6 +397,12 @@ class Simulation {
       if (s.state == SeqState::Waiting) {
         EXPECT_TRUE(s.table.blocks.empty());
       }
+      if (s.state == SeqState::Running && su_.cfg.enable_prefix_caching) {
+        // Every full block of known, computed (or scheduled) tokens is offered to the prefix
+        // cache: async, the one a placeholder completed once update() brings its token.
+        EXPECT_EQ(s.table.num_registered, std::min(s.table.num_tokens, s.num_tokens()) / su_.block_size)
+            << "seq " << s.id << ": full blocks not offered to the prefix cache";
+      }
       // Every known token but the last is computed or scheduled, and the last waits for its
       // step. Async adaptation: a sequence that the newest plan samples has its last known
       // token in that plan (the placeholder it computed), so the bound moves by `pending`.
