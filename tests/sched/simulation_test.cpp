@@ -1,12 +1,50 @@
-// Randomized simulation of the scheduler against a fake model (issue 2, item 6).
+// Randomized simulation of the scheduler against a fake model (issue 2, item 6; the
+// asynchronous variant, issue 15).
 //
-// The fake model keeps its own copy of the KV cache (per slot, a hash of the writing sequence's
-// tokens up to that position), applies the plan's swap_in / swap_out / copy_blocks lists and
-// writes each row at its slot, then checks that every scheduled sequence's context, read back
-// through its block table, is exactly its own history. The token it emits depends only on
-// (request id, sequence index, the KV of the last context token), so each sequence's stream is fixed no matter how it was scheduled: every stream is
-// checked against an oracle that generates the sequence alone, and streams are compared across
-// chunked prefill on/off, prefix caching on/off and both preemption modes.
+// The fake model keeps its own copy of the KV cache: the K/V of a row is a hash of its token and
+// of the K/V of the position before it, read through the sequence's table (computed in
+// dependency order, as a real model's layers write the step's K/V before attention reads it). It
+// applies the plan's swap_in / swap_out / copy_blocks lists, writes each row at its slot, then
+// checks that every scheduled sequence's context, read back through its block table, is exactly
+// its own history. The token it emits depends only on (request id, sequence index, the KV of the
+// last context token), so each sequence's stream is fixed no matter how it was scheduled: every
+// stream is checked against an oracle that generates the sequence alone, across chunked prefill
+// on/off, prefix caching on/off and both preemption modes.
+//
+// SchedulerSimulationAsync runs the same requests under async_scheduling, as the Engine's
+// step_ahead does: schedule N+1 while N awaits update(), launch N+1 (the model applies it right
+// after N, in launch order; its feed rows take N's draws through feed_rows / feed_draws, the
+// host never writes them), then update(N); one step in eight falls back to a synchronous one.
+// Aborts come both with one plan and with two plans in flight; stop strings (finish_sequence)
+// arrive after update(N) while N+1 is in flight. Invariants adapted to the asynchronous
+// protocol, each because a placeholder is scheduled input that is not yet a known token:
+//  - a context may end one past the known tokens (the placeholder), only for a decode of a
+//    sequence that the plan in flight samples, never for one waiting to fork (fanout > 1);
+//  - "decodes first" compares the context with known tokens + the placeholder;
+//  - the feed rows are exactly the placeholder positions and hold kPlaceholderToken;
+//  - after update(N) a sequence that N+1 samples has all its known tokens computed (the
+//    synchronous bound table.num_tokens < num_tokens() moves by `pending`).
+// Unchanged: budgets, plan arrays, slot and block rules, ref counts, and the block hashes
+// (only known tokens, every full known block registered once its token arrives).
+//
+// Mutations of the asynchronous protocol (scheduler.hpp / request.hpp) and what catches them,
+// measured 2026-12-04:
+//  - feed a placeholder the previous draw (pending_draw − 1): the KV read check;
+//  - hash a placeholder's block (kPlaceholderToken in the tokens given to register): the hash
+//    check ("block hashed before its tokens are known");
+//  - update() not registering the block a placeholder completed: the registration check;
+//  - re-admit a preempted in-flight sequence from the waiting queue at once: "decodes first"
+//    (it recomputes without its pending token); the same mutation on the swapped queue is NOT
+//    caught and cannot matter: a sequence swapped out in step N+1 cannot be swapped in during
+//    that step (swap_in runs before swap_out), and by the next schedule() update(N) has
+//    consumed its placeholder (a swap keeps its K/V anyway);
+//  - update() not skipping a sequence finished while its plan was in flight: the oracle streams;
+//  - choosing an n > 1 sequence waiting for its fork as a victim: the ownership check;
+//  - scheduling it (num_uncomputed not 0 before the fork): "a placeholder's row is a decode";
+//  - update() finishing a preempted sequence without taking it out of its queue, and retiring
+//    requests while a plan that lists them is outstanding: a crash (use after free).
+// The hash checks also found a real bug: BlockManager::match_prefix stored the hit's token count
+// in num_registered (a block count), so blocks computed after a prefix hit were never cached.
 #include <gtest/gtest.h>
 
 #include <algorithm>
