@@ -406,7 +406,8 @@ class Simulation {
     const auto& h = s.table.hashes;
     EXPECT_LE(s.table.num_registered, int(h.size()));
     for (size_t b = 0; b < h.size(); ++b) {
-      ASSERT_LE(int(b + 1) * bs, s.num_tokens()) << "seq " << s.id << ": block " << b << " hashed before its tokens are known";
+      ASSERT_LE(int(b + 1) * bs, s.num_tokens())
+          << "seq " << s.id << ": block " << b << " hashed before its tokens are known";
       uint64_t parent = b ? h[b - 1] : kv::BlockPool::kRootHash;
       ASSERT_EQ(h[b], kv::BlockPool::hash_block(parent, std::span(s.tokens).subspan(b * bs, bs)))
           << "seq " << s.id << ": block " << b << " hashed from other tokens";
@@ -548,8 +549,8 @@ void run_all(int block_size, int num_requests, uint32_t seed, bool async = false
     EXPECT_GT(complete, num_requests / 2);
     std::printf("[sim bs=%d%s] %-36s steps %6lld  preemptions %5lld  swapped-out blocks %6lld  cow %5lld  "
                 "cache-hit tokens %7lld  aborted %zu\n",
-                block_size, async ? " async" : "", su.name, (long long)r.steps, (long long)r.preemptions, (long long)r.swap_outs,
-                (long long)r.cow_copies, (long long)r.cache_hits, r.aborted.size());
+                block_size, async ? " async" : "", su.name, (long long)r.steps, (long long)r.preemptions,
+                (long long)r.swap_outs, (long long)r.cow_copies, (long long)r.cache_hits, r.aborted.size());
     if (async)
       std::printf("[sim bs=%d async] feed rows %lld  finished in flight %lld  preempted in flight %lld\n", block_size,
                   (long long)r.feed_rows, (long long)r.finished_in_flight, (long long)r.preempted_in_flight);
