@@ -5,6 +5,11 @@
 // random inputs, median of 20 event-timed launches. Prints one "pie" line per shape for
 // bench/prefill_peer.py, which times PyTorch SDPA on the same shapes in the same call.
 //   bench_prefill [--quick] [--no-v3] [--no-v3p] [--no-v3c]
+// This binary times v3 too: compile the engine's opt-in
+// dispatch to it, which other builds leave out (CMake option PIE_PREFILL_SM90_V3).
+#ifndef PIE_PREFILL_SM90_V3
+#define PIE_PREFILL_SM90_V3 1
+#endif
 #include <cmath>
 #include <cstdio>
 #include <cstring>

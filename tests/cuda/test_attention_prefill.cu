@@ -1,6 +1,11 @@
 // Paged prefill attention (tensor cores) against ops::cpu::paged_attention: fresh prompts,
 // chunked prefills over a cached prefix, single-row chunks, ragged lengths, over block size ×
 // head dim × GQA group × dtype, plus fp8 KV, head dim 256 and the variants.
+// This binary tests v3 too (ctest runs it again with PIE_PREFILL_SM90=3, 3p, 3c): compile the engine's opt-in
+// dispatch to it, which other builds leave out (CMake option PIE_PREFILL_SM90_V3).
+#ifndef PIE_PREFILL_SM90_V3
+#define PIE_PREFILL_SM90_V3 1
+#endif
 #include <gtest/gtest.h>
 
 #include <cmath>

@@ -16,7 +16,12 @@
 #include "pie/kv/paged_kv.hpp"
 #include "pie/ops/cuda/common.cuh"
 #include "pie/ops/cuda/attention_prefill_sm90.cuh"
+#ifndef PIE_PREFILL_SM90_V3
+#define PIE_PREFILL_SM90_V3 0  // the opt-in v3 dispatch below is compiled only when defined to 1
+#endif
+#if PIE_PREFILL_SM90_V3
 #include "pie/ops/cuda/attention_prefill_sm90_v3.cuh"
+#endif
 #include "pie/ops/cuda/mma.cuh"
 
 namespace pie::ops::cuda {
@@ -313,11 +318,14 @@ void prefill_attention(TensorView<T> q, kv::PagedKV<KV> cache, const int32_t* cu
       sp.group = nq / cache.num_kv_heads;
       sp.sm_scale = sm_scale;
       sp.variant = variant;
-      if (sm90::v3::version() == 3 && sm90::v3::available<HD, D, Variant>())  // opt-in (PIE_PREFILL_SM90=3)
+#if PIE_PREFILL_SM90_V3  // compiled in by -DPIE_PREFILL_SM90_V3=ON (CMake), taken at run time with PIE_PREFILL_SM90=3
+      if (sm90::v3::version() == 3 && sm90::v3::available<HD, D, Variant>()) {
         sm90::v3::launch<HD, D, Variant>(sp, dev(cache.data), cache.batch_size, max_query_len, stream,
                                          sm90::v3::requested_box(), sm90::v3::requested_grid());
-      else
-        sm90::launch<HD, D, Variant>(sp, dev(cache.data), cache.batch_size, max_query_len, stream);
+        return true;
+      }
+#endif
+      sm90::launch<HD, D, Variant>(sp, dev(cache.data), cache.batch_size, max_query_len, stream);
       return true;
     };
     if (bsz >= 8 && bsz <= 128) {
