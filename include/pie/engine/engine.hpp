@@ -130,6 +130,39 @@ class Engine {
   /// (before its update) — the overlap the mode exists for (tests, bench).
   uint64_t steps_scheduled_ahead() const { return steps_ahead_; }
 
+  /// \brief Tokens and finish reasons of one prompt's n sequences.
+  using Result = engine::GenerateResult;
+  /// Runs `prompts` to completion with the same params (steps any earlier requests too).
+  std::vector<Result> generate(const std::vector<std::vector<int32_t>>& prompts, const sched::SamplingParams& params) {
+    return engine::generate(*this, prompts, params, "Engine");
+  }
+  /// Whether the last step() ran anything (tokens or block operations): generate()'s stall check.
+  bool last_step_ran() const { return last_step_ran_; }
+
+  const model::ModelConfig& config() const { return cfg_; }
+  const model::GenerationConfig& generation_config() const { return gen_; }
+  const EngineOptions& options() const { return opt_; }
+
+  /// \brief Scheduler and cache counters, and what each rank's budget alone would hold.
+  struct Stats : engine::EngineStats {
+    std::vector<int> rank_max_kv_blocks;
+  };
+  Stats stats() const {
+    Stats s;
+    engine::fill_stats(*scheduler_, exec_->num_blocks(), s);
+    s.rank_max_kv_blocks = exec_->rank_max_kv_blocks();
+    s.steps_scheduled_ahead = steps_ahead_;
+    return s;
+  }
+
+  /// The scheduler (read-only: tests, metrics, the server's token lookups).
+  const sched::Scheduler& scheduler() const { return *scheduler_; }
+  /// Tensor-parallel size (1: one rank).
+  int num_ranks() const { return exec_->size(); }
+  /// Rank r's runner (tests, bench: memory plan, profiler; not while a step runs).
+  Runner& runner(int r = 0) { return exec_->rank(r); }
+  void set_observer(StepObserver f) { observer_ = std::move(f); }
+
  private:
   using clock = std::chrono::steady_clock;
 
@@ -179,12 +212,7 @@ class Engine {
     in_flight_ = launched;
     ahead_ = launched ? cur ^ 1 : cur;
     last_step_ran_ = true;
-    if (observer_) {
-      StepTiming tm;
-      tm.total_s = std::chrono::duration<double>(clock::now() - t0).count();
-      tm.host_s = tm.total_s - std::chrono::duration<double>(wait).count();
-      observer_(n, tm);
-    }
+    observe(n, t0, wait);
     return outs;
   }
 
@@ -294,51 +322,20 @@ class Engine {
           o.prompt_logprobs = std::move(it->second);
           prompt_logprobs_.erase(it);
         }
-    if (observer_) {
-      StepTiming tm;
-      tm.total_s = std::chrono::duration<double>(clock::now() - t0).count();
-      tm.host_s = tm.total_s - std::chrono::duration<double>(device).count();
-      observer_(plan, tm);
-    }
+    observe(plan, t0, device);
     return outs;
   }
 
- public:
-
-  /// \brief Tokens and finish reasons of one prompt's n sequences.
-  using Result = engine::GenerateResult;
-  /// Runs `prompts` to completion with the same params (steps any earlier requests too).
-  std::vector<Result> generate(const std::vector<std::vector<int32_t>>& prompts, const sched::SamplingParams& params) {
-    return engine::generate(*this, prompts, params, "Engine");
-  }
-  /// Whether the last step() ran anything (tokens or block operations): generate()'s stall check.
-  bool last_step_ran() const { return last_step_ran_; }
-
-  const model::ModelConfig& config() const { return cfg_; }
-  const model::GenerationConfig& generation_config() const { return gen_; }
-  const EngineOptions& options() const { return opt_; }
-
-  /// \brief Scheduler and cache counters, and what each rank's budget alone would hold.
-  struct Stats : engine::EngineStats {
-    std::vector<int> rank_max_kv_blocks;
-  };
-  Stats stats() const {
-    Stats s;
-    engine::fill_stats(*scheduler_, exec_->num_blocks(), s);
-    s.rank_max_kv_blocks = exec_->rank_max_kv_blocks();
-    s.steps_scheduled_ahead = steps_ahead_;
-    return s;
+  /// Reports a step that ran to the observer: wall time since t0, of which `device` waited for
+  /// the ranks (the rest is host time).
+  void observe(const sched::StepPlan& plan, clock::time_point t0, clock::duration device) const {
+    if (!observer_) return;
+    StepTiming tm;
+    tm.total_s = std::chrono::duration<double>(clock::now() - t0).count();
+    tm.host_s = tm.total_s - std::chrono::duration<double>(device).count();
+    observer_(plan, tm);
   }
 
-  /// The scheduler (read-only: tests, metrics, the server's token lookups).
-  const sched::Scheduler& scheduler() const { return *scheduler_; }
-  /// Tensor-parallel size (1: one rank).
-  int num_ranks() const { return exec_->size(); }
-  /// Rank r's runner (tests, bench: memory plan, profiler; not while a step runs).
-  Runner& runner(int r = 0) { return exec_->rank(r); }
-  void set_observer(StepObserver f) { observer_ = std::move(f); }
-
- private:
   /// Runners whose logits hold the draws' rows only (the GPU) score prompt_logprobs rows
   /// themselves and return sched::PromptLogprobRow records; the CPU returns every row's logits.
   static constexpr bool kScoresPromptRows = requires(const Runner& r) { r.prompt_logprob_rows(); };
