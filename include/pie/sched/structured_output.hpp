@@ -35,6 +35,12 @@ struct StructuredOutput {
   /// when the output opens one (the server sets this with --reasoning-parser).
   bool after_reasoning = false;
 
+  /// A constraint of this kind with every other field at its default.
+  static StructuredOutput of(Kind k) {
+    StructuredOutput s;
+    s.kind = k;
+    return s;
+  }
   /// A cache key: every field that changes the compiled grammar.
   std::string key() const {
     std::string k = std::to_string(static_cast<int>(kind)) + (strict ? "s" : "l") + (single_call ? "1" : "n") + "|" +

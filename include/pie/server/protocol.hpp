@@ -328,7 +328,7 @@ inline void parse_structured(const json& body, GenerationRequest& r) {
       throw invalid_param("response_format", "'response_format' must be an object with a string 'type'");
     const std::string t = type->get<std::string>();
     if (t == "json_object") {
-      set("response_format", {K::JsonObject});
+      set("response_format", sched::StructuredOutput::of(K::JsonObject));
     } else if (t == "json_schema") {
       const json* js = field(*rf, "json_schema");
       if (!js) throw missing_param("response_format.json_schema");
@@ -336,7 +336,7 @@ inline void parse_structured(const json& body, GenerationRequest& r) {
       const json* name = field(*js, "name");
       if (!name) throw missing_param("response_format.json_schema.name");
       if (!name->is_string()) throw invalid_type("response_format.json_schema.name", "a string", *name);
-      sched::StructuredOutput so{K::JsonSchema};
+      auto so = sched::StructuredOutput::of(K::JsonSchema);
       // OpenAI: a missing schema is any JSON object.
       const json* schema = field(*js, "schema");
       so.text = schema ? schema_text(*schema, "response_format.json_schema.schema") : std::string("{\"type\":\"object\"}");
@@ -378,7 +378,7 @@ inline void parse_structured(const json& body, GenerationRequest& r) {
       if (k == "json" || k == "regex" || k == "choice" || k == "grammar") {
         one(it.value(), param, k);
       } else if (k == "json_object") {
-        if (get_bool(it.value(), param)) set(param, {K::JsonObject});
+        if (get_bool(it.value(), param)) set(param, sched::StructuredOutput::of(K::JsonObject));
       } else if (k == "disable_any_whitespace" || k == "disable_fallback" || k == "disable_additional_properties" ||
                  k == "whitespace_pattern" || k == "backend") {
         // Options of vLLM's other backends: XGrammar is the only one here.
@@ -706,7 +706,7 @@ inline void check_tool_choice(const GenerationRequest& r, bool enable_auto_tool_
 /// or a function is named). Empty for none/auto.
 inline std::optional<sched::StructuredOutput> tool_call_constraint(const GenerationRequest& r) {
   if (r.tool_choice != ToolChoice::Required && r.tool_choice != ToolChoice::Named) return std::nullopt;
-  sched::StructuredOutput so{sched::StructuredOutput::Kind::ToolCalls};
+  auto so = sched::StructuredOutput::of(sched::StructuredOutput::Kind::ToolCalls);
   so.text = r.tools.dump();
   so.tool_name = r.tool_choice == ToolChoice::Named ? r.tool_choice_name : std::string{};
   so.single_call = r.tool_choice == ToolChoice::Named || !r.parallel_tool_calls;
