@@ -330,6 +330,45 @@ TEST(AsyncCompile, AFailedCompileAllowsOnlyTheStopTokens) {
   for (int t = 0; t < 512; ++t) EXPECT_EQ(allowed(mask, t), t == tokenizer::EmbeddedIds::kImEnd) << t;
 }
 
+// compile_async() remembers each constraint's future: asked for again while compiling, it gets
+// the same compile; a failed compile is forgotten; past the byte bound the least recently used
+// finished grammar goes, and asking for it again compiles it afresh (on a worker, not the caller).
+TEST(AsyncCompile, RemembersFuturesByConstraintWithinABound) {
+  tokenizer::Tokenizer tok = tokenizer::Tokenizer::embedded();
+  const StructuredOutput a{K::Regex, "[a-c]{2,5}"}, b{K::Regex, "x[0-9]+"};
+  {
+    structured::Compiler c(tok, 512, {tokenizer::EmbeddedIds::kImEnd});
+    c.set_test_compile_delay(std::chrono::milliseconds(200));
+    auto f1 = c.compile_async(a);
+    auto f2 = c.compile_async(a);  // while the first compile still runs
+    EXPECT_EQ(c.remembered_count(), 1u);
+    EXPECT_EQ(f1.wait_for(std::chrono::seconds(0)), std::future_status::timeout);
+    f2.wait();
+    EXPECT_EQ(f1.wait_for(std::chrono::seconds(0)), std::future_status::ready) << "a second compile of the same constraint";
+    EXPECT_GT(c.remembered_bytes(), 0u);
+    auto bad = c.compile_async({K::Regex, "(ab"});
+    EXPECT_EQ(c.remembered_count(), 2u);
+    EXPECT_THROW(bad.get(), pie::Error);
+    EXPECT_EQ(c.remembered_count(), 1u) << "a failed compile stays remembered";
+  }
+  {
+    structured::Compiler c(tok, 512, {tokenizer::EmbeddedIds::kImEnd}, 1, /*cache_bytes=*/2);  // bound 1 byte
+    c.compile_async(a).wait();
+    const size_t a_bytes = c.remembered_bytes();
+    EXPECT_EQ(c.remembered_count(), 1u) << "the newest grammar stays whatever its size";
+    c.compile_async(b).wait();
+    EXPECT_EQ(c.remembered_count(), 1u) << "a was not evicted";
+    EXPECT_NE(c.remembered_bytes(), 0u);
+    c.set_test_compile_delay(std::chrono::milliseconds(200));
+    auto again = c.compile_async(a);  // evicted: compiled again, on a worker
+    EXPECT_EQ(again.wait_for(std::chrono::seconds(0)), std::future_status::timeout);
+    auto proc = c.processor(again, a);
+    std::vector<int32_t> mask(sched::bitmask_words(512)), none;
+    ASSERT_TRUE(proc->fill_mask(0, {}, none, mask));
+    EXPECT_EQ(c.remembered_bytes(), a_bytes) << "b evicted in turn, a's bytes counted again";
+  }
+}
+
 // max_tokens cuts a constrained output (finish reason length): what came out is a prefix the
 // grammar accepts — a fresh matcher takes every token and is not yet complete — for a JSON
 // schema, a regex and an EBNF grammar.

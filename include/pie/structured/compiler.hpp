@@ -11,7 +11,11 @@
 ///
 /// compile_async() compiles on the Compiler's own worker threads and returns at once, so a
 /// server can queue the request and run its prefill while its grammar compiles (the mask is
-/// needed only at the first draw; GrammarProcessor waits there for what is left). XGrammar
+/// needed only at the first draw; GrammarProcessor waits there for what is left). It remembers
+/// each constraint's future (least recently used out past a byte bound, half XGrammar's), so a
+/// constraint asked for again — also while its first compile is still running — shares that
+/// future: one compile, and never a synchronous recompile on the caller's thread when
+/// XGrammar's own cache has dropped the grammar. A failed compile is not remembered. XGrammar
 /// parallelizes one compile over all the host's cores (its per-grammar token-mask
 /// precomputation over the vocabulary is the cost: tens of ms for a 30-field schema).
 ///
@@ -39,6 +43,7 @@
 #include <cstdio>
 #include <cstdint>
 #include <deque>
+#include <list>
 #include <functional>
 #include <future>
 #include <memory>
@@ -47,7 +52,6 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
-#include <unordered_set>
 #include <vector>
 
 #if defined(__linux__)
@@ -183,7 +187,8 @@ class Compiler {
       : vocab_size_(std::max(model_vocab_size, tok.vocab_size())),
         stop_ids_(stop_ids),
         info_(raw_vocab(tok), xgrammar::VocabType::RAW, vocab_size_, std::move(stop_ids)),
-        compiler_(info_, std::max(threads, 1), /*cache_enabled=*/true, cache_bytes) {
+        compiler_(info_, std::max(threads, 1), /*cache_enabled=*/true, cache_bytes),
+        remembered_cap_(static_cast<size_t>(std::max<int64_t>(cache_bytes, 0) / 2)) {
     if (auto o = tok.token_to_id("<think>"), c = tok.token_to_id("</think>"); o && c) reasoning_ = {*o, *c};
     for (int i = 0; i < kWorkers; ++i) workers_.emplace_back([this] { work(); });
   }
@@ -252,44 +257,60 @@ class Compiler {
     }
     so.validate();
     std::string key = so.key();
-    bool seen = false;
-    {
-      std::lock_guard lk(mu_);
-      seen = compiled_.count(key) > 0;
+    std::lock_guard lk(mu_);
+    if (trace) {
+      char id[32];
+      std::snprintf(id, sizeof id, "%s#%016zx", so.kind_name(), std::hash<std::string>{}(key));
+      trace->key = id;
+      traces_[key] = trace;
+    }
+    if (auto it = remembered_.find(key); it != remembered_.end()) {
+      lru_.splice(lru_.begin(), lru_, it->second.lru);  // most recently used first
       if (trace) {
-        char id[32];
-        std::snprintf(id, sizeof id, "%s#%016zx", so.kind_name(), std::hash<std::string>{}(key));
-        trace->key = id;
-        trace->cached = seen;
-        traces_[key] = trace;
+        trace->cached = true;
+        trace->started = trace->compiled = CompileTrace::Clock::now();
       }
+      return it->second.grammar;
     }
-    if (seen) {
-      std::promise<xgrammar::CompiledGrammar> p;
-      if (trace) trace->started = CompileTrace::Clock::now();
-      p.set_value(compile(so));
-      if (trace) trace->compiled = CompileTrace::Clock::now();
-      return p.get_future().share();
-    }
-    std::packaged_task<xgrammar::CompiledGrammar()> task([this, so, key = std::move(key), trace]() mutable {
+    std::packaged_task<xgrammar::CompiledGrammar()> task([this, so, key, trace]() {
       if (trace) trace->started = CompileTrace::Clock::now();
       if (test_delay_.count() > 0) std::this_thread::sleep_for(test_delay_);
-      auto g = compile(so);
-      if (trace) trace->compiled = CompileTrace::Clock::now();
-      std::lock_guard lk(mu_);
-      // Bounded like XGrammar's cache (which may have dropped an old grammar: a key found here
-      // is then compiled again, synchronously, on the caller's thread — correct, only slower).
-      if (compiled_.size() >= kMaxRemembered) compiled_.clear();
-      compiled_.insert(std::move(key));
-      return g;
+      try {
+        auto g = compile(so);
+        if (trace) trace->compiled = CompileTrace::Clock::now();
+        std::lock_guard lk(mu_);
+        if (auto it = remembered_.find(key); it != remembered_.end()) {
+          it->second.bytes = std::max<size_t>(g.MemorySizeBytes(), 1);
+          remembered_bytes_ += it->second.bytes;
+          evict_remembered(key);
+        }
+        return g;
+      } catch (...) {  // not remembered: the next request for it gets a fresh compile (and error)
+        std::lock_guard lk(mu_);
+        if (auto it = remembered_.find(key); it != remembered_.end()) {
+          lru_.erase(it->second.lru);
+          remembered_.erase(it);
+        }
+        throw;  // into the future
+      }
     });
     auto f = task.get_future().share();
-    {
-      std::lock_guard lk(mu_);
-      queue_.push_back(std::move(task));
-    }
+    lru_.push_front(key);
+    remembered_.emplace(std::move(key), Remembered{f, 0, lru_.begin()});
+    queue_.push_back(std::move(task));
     cv_.notify_one();
     return f;
+  }
+
+  /// Bytes of the finished grammars compile_async() remembers (XGrammar's estimate).
+  size_t remembered_bytes() const {
+    std::lock_guard lk(mu_);
+    return remembered_bytes_;
+  }
+  /// Constraints compile_async() remembers (finished or compiling).
+  size_t remembered_count() const {
+    std::lock_guard lk(mu_);
+    return remembered_.size();
   }
 
   /// The compiled grammar of `so` (cached by its source). Throws pie::Error naming the problem.
@@ -360,8 +381,25 @@ class Compiler {
  private:
   /// Compiles at once: two, so that one slow grammar does not hold up the next request's.
   static constexpr int kWorkers = 2;
-  /// Keys remembered as compiled (whole schemas: a few MB at most).
-  static constexpr size_t kMaxRemembered = 4096;
+  /// One compile_async() constraint: its future, and its grammar's bytes once compiled (0
+  /// while compiling: not counted, never evicted).
+  struct Remembered {
+    std::shared_future<xgrammar::CompiledGrammar> grammar;
+    size_t bytes = 0;
+    std::list<std::string>::iterator lru;
+  };
+  /// Drops least recently used finished grammars (never `keep`) until remembered_bytes_ fits
+  /// the bound. mu_ held.
+  void evict_remembered(const std::string& keep) {
+    for (auto it = lru_.end(); remembered_bytes_ > remembered_cap_ && it != lru_.begin();) {
+      --it;
+      auto r = remembered_.find(*it);
+      if (*it == keep || r->second.bytes == 0) continue;
+      remembered_bytes_ -= r->second.bytes;
+      remembered_.erase(r);
+      it = lru_.erase(it);
+    }
+  }
   void work() {
     for (;;) {
       std::packaged_task<xgrammar::CompiledGrammar()> task;
@@ -382,10 +420,13 @@ class Compiler {
   xgrammar::GrammarCompiler compiler_;
   ReasoningTokens reasoning_;
   std::chrono::milliseconds test_delay_{0};
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::packaged_task<xgrammar::CompiledGrammar()>> queue_;
-  std::unordered_set<std::string> compiled_;  ///< keys compiled before (XGrammar's cache most likely has them)
+  std::unordered_map<std::string, Remembered> remembered_;  ///< by StructuredOutput::key()
+  std::list<std::string> lru_;                              ///< remembered_'s keys, most recent first
+  size_t remembered_bytes_ = 0;
+  size_t remembered_cap_;
   /// PIE_TRACE_STRUCTURED: the trace of each compile_async, until processor() takes it.
   std::unordered_map<std::string, std::shared_ptr<CompileTrace>> traces_;
   bool stop_ = false;
