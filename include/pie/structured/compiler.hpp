@@ -262,6 +262,7 @@ class Compiler {
       char id[32];
       std::snprintf(id, sizeof id, "%s#%016zx", so.kind_name(), std::hash<std::string>{}(key));
       trace->key = id;
+      if (traces_.size() >= kMaxTraces) traces_.clear();  // requests that failed before processor() took theirs
       traces_[key] = trace;
     }
     if (auto it = remembered_.find(key); it != remembered_.end()) {
@@ -381,6 +382,8 @@ class Compiler {
  private:
   /// Compiles at once: two, so that one slow grammar does not hold up the next request's.
   static constexpr int kWorkers = 2;
+  /// PIE_TRACE_STRUCTURED records kept for processor() (tracing only; a bound, not a cache).
+  static constexpr size_t kMaxTraces = 4096;
   /// One compile_async() constraint: its future, and its grammar's bytes once compiled (0
   /// while compiling: not counted, never evicted).
   struct Remembered {
