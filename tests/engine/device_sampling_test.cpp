@@ -38,8 +38,18 @@ int32_t fake_argmax(int32_t token, int32_t pos, int vocab) {
   return best;
 }
 
+/// The fake device sampler's "random" draw: the least likely token, which the host Sampler
+/// (temperature 0.8 over logits spread across [0, 100]) never draws, so a test can tell which
+/// sampler drew a token.
+int32_t fake_argmin(int32_t token, int32_t pos, int vocab) {
+  int32_t best = 0;
+  for (int v = 1; v < vocab; ++v)
+    if (fake_logit(token, pos, v) < fake_logit(token, pos, best)) best = v;
+  return best;
+}
+
 struct Calls {
-  int device_steps = 0, host_steps = 0, masked_steps = 0;
+  int device_steps = 0, host_steps = 0, masked_steps = 0, full_steps = 0;
   std::vector<pie::engine::SampleSpec> last_specs;
 };
 Calls g_calls;
@@ -52,6 +62,7 @@ class FakeRunner {
   static constexpr bool kLogitsPerDraw = true;
   static constexpr bool kSamplesOnDevice = true;
   static constexpr bool kSamplesMasked = true;
+  static constexpr bool kSamplesFull = true;
   static constexpr int kVocab = 97;
   using MaskFill = std::function<void(std::span<int32_t> masks, std::span<int32_t> flags)>;
 
@@ -84,12 +95,11 @@ class FakeRunner {
     ++g_calls.device_steps;
     g_calls.last_specs = specs;
     ids_.clear();
-    for_each_draw(plan, [&](int row, size_t d) {
-      PIE_CHECK(specs[d].temperature == 0.f, "the fake device sampler is greedy only");
-      ids_.push_back(fake_argmax(plan.token_ids[row], plan.positions[row], kVocab));
-    });
+    device_draws(plan, specs);
     return ids_;
   }
+  /// The ids the device sampler drew in the last step (the CUDA runner's last_ids()).
+  std::span<const int32_t> last_ids() const { return ids_; }
 
   /// The CUDA runner's masked step: rank 0 has `fill` write a bitmask per draw (flag 0: none),
   /// then draws greedily over the allowed tokens.
@@ -111,12 +121,44 @@ class FakeRunner {
     });
     return ids_;
   }
+  /// The CUDA runner's full device sampler (penalties, bias, min_tokens, logprobs), here the
+  /// CPU Sampler over the fake logits with the engine's per-draw inputs, returned in the device
+  /// layout ([draws][max_top] alternatives).
+  engine::DeviceDraws execute_sample_full(const sched::StepPlan& plan, const std::vector<engine::SampleSpec>& specs,
+                                          std::span<const sched::SamplerInput> inputs) {
+    const int n = plan.num_sampled_tokens();
+    PIE_CHECK(static_cast<int>(specs.size()) == n, "specs ", specs.size(), " for ", n, " draws");
+    if (rank_ != 0) return {};
+    PIE_CHECK(static_cast<int>(inputs.size()) == n, "inputs ", inputs.size(), " for ", n, " draws");
+    ++g_calls.full_steps;
+    int max_top = 0;
+    for (const auto& in : inputs) max_top = std::max(max_top, in.params->logprobs.value_or(0));
+    ids_.clear();
+    lps_.assign(n, 0.f);
+    top_ids_.assign(static_cast<size_t>(n) * max_top, -1);
+    top_lps_.assign(static_cast<size_t>(n) * max_top, 0.f);
+    for_each_draw(plan, [&](int row, size_t d) {
+      std::vector<float> l(kVocab);
+      for (int v = 0; v < kVocab; ++v) l[v] = fake_logit(plan.token_ids[row], plan.positions[row], v);
+      const SamplerOutput o = Sampler::sample(l, inputs[d]);
+      ids_.push_back(o.token);
+      if (o.has_logprob) {
+        lps_[d] = o.logprob.logprob;
+        for (size_t k = 0; k < o.logprob.top.size(); ++k) {
+          top_ids_[d * max_top + k] = o.logprob.top[k].first;
+          top_lps_[d * max_top + k] = o.logprob.top[k].second;
+        }
+      }
+    });
+    return {ids_, lps_, top_ids_, top_lps_, max_top};
+  }
   std::span<const float> execute_logits(const sched::StepPlan& plan,
                                         const std::vector<engine::SampleSpec>& specs) {
     PIE_CHECK(static_cast<int>(specs.size()) == plan.num_sampled_tokens(), "specs ", specs.size(), " for ",
               plan.num_sampled_tokens(), " draws");
     if (rank_ != 0) return {};
     ++g_calls.host_steps;
+    device_draws(plan, specs);  // the device sampler runs on this path too
     logits_.clear();
     for_each_draw(plan, [&](int row, size_t) {
       for (int v = 0; v < kVocab; ++v) logits_.push_back(fake_logit(plan.token_ids[row], plan.positions[row], v));
@@ -125,12 +167,20 @@ class FakeRunner {
   }
 
  private:
+  /// The fake device sampler: greedy → argmax, temperature > 0 → fake_argmin.
+  void device_draws(const sched::StepPlan& plan, const std::vector<engine::SampleSpec>& specs) {
+    ids_.clear();
+    for_each_draw(plan, [&](int row, size_t d) {
+      ids_.push_back(specs[d].temperature == 0.f ? fake_argmax(plan.token_ids[row], plan.positions[row], kVocab)
+                                                 : fake_argmin(plan.token_ids[row], plan.positions[row], kVocab));
+    });
+  }
   model::ModelConfig cfg_;
   model::GenerationConfig gen_;
   int blocks_ = 0;
   int rank_ = 0;
-  std::vector<int32_t> ids_;
-  std::vector<float> logits_;
+  std::vector<int32_t> ids_, top_ids_;
+  std::vector<float> logits_, lps_, top_lps_;
 };
 template <class Policy>
 struct RunnerOf<FakeModel, Policy, backend::Cpu> {
@@ -154,6 +204,8 @@ EngineOptions options() {
 }
 
 using test::greedy;
+
+std::map<std::pair<uint64_t, int>, std::vector<int32_t>> run_to_end(FakeEngine& e);
 
 std::vector<int32_t> expected(const std::vector<int32_t>& prompt, int n) {
   std::vector<int32_t> out;
@@ -203,7 +255,7 @@ TEST(DeviceSampling, SpecsCarryOneEntryPerDrawWithStepAndIndex) {
   }
 }
 
-TEST(DeviceSampling, LogprobsSendTheStepThroughHostLogits) {
+TEST(DeviceSampling, LogprobsTakeTheFullDeviceSamplerAndComeBackWithTheIds) {
   g_calls = {};
   FakeEngine e(options());
   auto with_lp = greedy(10);
@@ -236,7 +288,49 @@ TEST(DeviceSampling, LogprobsSendTheStepThroughHostLogits) {
   EXPECT_EQ(tb, expected(kPrompts[1], 10));
   EXPECT_EQ(lps, 10u);
   EXPECT_EQ(g_calls.device_steps, 0);
-  EXPECT_GT(g_calls.host_steps, 0);
+  EXPECT_EQ(g_calls.host_steps, 0);
+  EXPECT_GT(g_calls.full_steps, 0);
+}
+
+// logit_bias and penalties reach the full device sampler through the per-draw inputs: its
+// tokens are the host Sampler's over the same logits, step by step, and differ from plain
+// greedy; nothing copies logits back.
+TEST(DeviceSampling, BiasAndPenaltiesReachTheFullDeviceSampler) {
+  auto host_tokens = [](const std::vector<int32_t>& prompt, const sched::SamplingParams& p, int n) {
+    std::vector<int32_t> output;
+    int32_t last = prompt.back(), pos = static_cast<int32_t>(prompt.size()) - 1;
+    for (int i = 0; i < n; ++i) {
+      std::vector<float> l(kVocab);
+      for (int v = 0; v < kVocab; ++v) l[v] = fake_logit(last, pos, v);
+      SamplerInput in;
+      in.params = &p;
+      in.prompt = prompt;
+      in.output = output;
+      last = Sampler::sample(l, in).token;
+      output.push_back(last);
+      ++pos;
+    }
+    return output;
+  };
+  g_calls = {};
+  FakeEngine e(options());
+  auto biased = greedy(6);
+  biased.logit_bias = {{42, 60.f}, {7, -100.f}};
+  auto penalised = greedy(6);
+  penalised.repetition_penalty = 0.5f;  // < 1 and negative frequency: seen tokens gain, so they win
+  penalised.frequency_penalty = -1.f;
+  penalised.presence_penalty = 0.25f;
+  const uint64_t a = e.add_request(kPrompts[0], biased);
+  const uint64_t b = e.add_request(kPrompts[2], penalised);
+  auto out = run_to_end(e);
+  const auto want_a = host_tokens(kPrompts[0], biased, 6), want_b = host_tokens(kPrompts[2], penalised, 6);
+  EXPECT_EQ((out[{a, 0}]), want_a);
+  EXPECT_EQ((out[{b, 0}]), want_b);
+  EXPECT_NE(want_a, expected(kPrompts[0], 6)) << "the bias changed nothing: a weak test";
+  EXPECT_NE(want_b, expected(kPrompts[2], 6)) << "the penalties changed nothing: a weak test";
+  EXPECT_GT(g_calls.full_steps, 0);
+  EXPECT_EQ(g_calls.host_steps, 0);
+  EXPECT_EQ(g_calls.device_steps, 0);
 }
 }  // namespace
 
@@ -343,6 +437,47 @@ TEST(DeviceSampling, TokenMasksStayOnTheDeviceOnOneRankAndUnderTensorParallel) {
     EXPECT_GT(g_calls.masked_steps, 0) << "tp " << tp;
     EXPECT_EQ(g_calls.host_steps, 0) << "tp " << tp;
   }
+}
+
+/// `n` tokens of the fake device sampler's temperature > 0 draw (fake_argmin) after `prompt`.
+std::vector<int32_t> expected_device_random(const std::vector<int32_t>& prompt, int n) {
+  std::vector<int32_t> out;
+  int32_t last = prompt.back(), pos = static_cast<int32_t>(prompt.size()) - 1;
+  for (int i = 0; i < n; ++i) {
+    last = fake_argmin(last, pos++, kVocab);
+    out.push_back(last);
+  }
+  return out;
+}
+
+// A step that a logits-processor request sends to the host sampler keeps the device sampler's
+// draw for the requests that need nothing of the host: a seeded random request gets the same
+// tokens beside it as alone (the device and host samplers map a uniform to different tokens).
+TEST(DeviceSampling, ARequestThatNeedsNoHostKeepsItsDeviceDrawInAHostStep) {
+  auto random = greedy(10);
+  random.temperature = 0.8f;
+  random.seed = 7;
+  const std::vector<int32_t> want = expected_device_random(kPrompts[1], 10);
+  ASSERT_NE(want, expected(kPrompts[1], 10));
+  {
+    g_calls = {};
+    FakeEngine e(options());
+    auto out = e.generate({kPrompts[1]}, random);
+    EXPECT_EQ(out[0].tokens[0], want) << "alone";
+    EXPECT_GT(g_calls.device_steps, 0);
+    EXPECT_EQ(g_calls.host_steps, 0);
+  }
+  g_calls = {};
+  FakeEngine e(options());
+  auto processed = greedy(10);
+  processed.logits_processor = std::make_shared<ForceSequence>(11);
+  const uint64_t a = e.add_request(kPrompts[0], processed);
+  const uint64_t b = e.add_request(kPrompts[1], random);  // shares every step with `a`
+  auto out = run_to_end(e);
+  EXPECT_EQ((out[{a, 0}]), forced(11, 0, 10));
+  EXPECT_EQ((out[{b, 0}]), want) << "beside a logits-processor request (the host sampler drew it)";
+  EXPECT_EQ(g_calls.device_steps, 0);
+  EXPECT_GT(g_calls.host_steps, 0);
 }
 
 }  // namespace

@@ -253,21 +253,32 @@ class Engine {
     clock::duration device{};
     bool sampled = false;
     if constexpr (Runner::kSamplesOnDevice) {
-      // Rank 0 samples on its device and only the ids come back, unless a request's parameters
-      // need the host sampler (penalties, logit bias, min_tokens, logprobs): then this step's
-      // sampled rows come back as logits and every row is sampled on the host below.
-      // Token-masked draws (structured outputs) stay on the device: their masks are filled on
+      // Rank 0 samples on its device and only the ids come back. Penalties, logit bias,
+      // min_tokens and logprobs take the runner's full device sampler where it has one
+      // (kSamplesFull; the logprobs come back with the ids). A logits processor needs the host:
+      // then this step's sampled rows come back as logits and the rows that need it are sampled
+      // on the host below. Token-masked draws (structured outputs) stay on the device: their masks are filled on
       // the host while the forward runs, then rank 0 (which holds the whole vocabulary's logits
       // and samples under TP too) applies them with the bitmask kernel.
       specs_ = engine::sample_specs(*scheduler_, plan, seed_of);
       const engine::SampleMode mode = engine::plan_sample_mode(*scheduler_, plan);
-      bool masked = false;
+      bool masked = false, full = false;
       if constexpr (requires { Runner::kSamplesMasked; }) masked = mode == engine::SampleMode::DeviceMasked;
-      if (mode == engine::SampleMode::Device || masked) {
+      if constexpr (kSamplesFull) full = mode == engine::SampleMode::DeviceFull;
+      if (mode == engine::SampleMode::Device || masked || full) {
         const auto d0 = clock::now();
         std::span<const int32_t> ids;
+        engine::DeviceDraws full_draws;
+        if (full) engine::sampler_inputs(*scheduler_, plan, seed_of, inputs_);
         exec_->run([&](int r) {
           std::span<const int32_t> got;
+          if constexpr (kSamplesFull) {
+            if (full) {
+              engine::DeviceDraws dd = exec_->rank(r).execute_sample_full(plan, specs_, inputs_);
+              got = dd.ids;
+              if (r == 0) full_draws = dd;
+            }
+          }
           if constexpr (requires { Runner::kSamplesMasked; }) {
             if (masked) {
               got = exec_->rank(r).execute_sample_masked(
@@ -280,14 +291,15 @@ class Engine {
                   });
             }
           }
-          if (!masked) got = exec_->rank(r).execute_sample(plan, specs_);
+          if (!masked && !full) got = exec_->rank(r).execute_sample(plan, specs_);
           if (r == 0) ids = got;
         });
         device = clock::now() - d0;
         if (plan.empty()) return {};  // the scheduler expects no update() for an empty plan
         PIE_CHECK(ids.size() == specs_.size(), "Engine::step: rank 0 sampled ", ids.size(), " tokens for ",
                   specs_.size(), " draws");
-        engine::add_sampled_ids(*scheduler_, plan, ids, draws);
+        if (full) engine::add_device_draws(*scheduler_, plan, full_draws, draws);
+        else engine::add_sampled_ids(*scheduler_, plan, ids, draws);
         sampled = true;
       }
     }
@@ -307,7 +319,13 @@ class Engine {
                                                  : plan.logits_rows.size();
       PIE_CHECK(logits.size() == rows * vocab, "Engine::step: rank 0 returned ", logits.size(), " logits for ",
                 rows, " rows");
-      engine::sample_on_host(*scheduler_, plan, logits, vocab, Runner::kLogitsPerDraw, seed_of, row_, draws);
+      // The device sampler ran too (a device runner's execute_logits): its ids stand for the
+      // draws that need nothing of the host.
+      std::span<const int32_t> device_ids;
+      if constexpr (Runner::kSamplesOnDevice && requires(Runner& rr) { rr.last_ids(); })
+        device_ids = exec_->rank(0).last_ids();
+      engine::sample_on_host(*scheduler_, plan, logits, vocab, Runner::kLogitsPerDraw, seed_of, row_, draws,
+                             device_ids);
       if constexpr (!kScoresPromptRows)
         if (!plan.prompt_logprob_seqs.empty())
           engine::collect_prompt_logprobs(*scheduler_, plan, logits, vocab, prompt_logprobs_);
@@ -341,6 +359,9 @@ class Engine {
   static constexpr bool kScoresPromptRows = requires(const Runner& r) { r.prompt_logprob_rows(); };
   /// Runners that launch a step and collect its sampled ids later (asynchronous scheduling).
   static constexpr bool kRunsAhead = requires { Runner::kRunsAhead; };
+  /// Device runners whose sampler takes penalties, logit_bias, min_tokens and logprobs
+  /// (execute_sample_full): such steps stay on the device instead of copying logits back.
+  static constexpr bool kSamplesFull = requires { Runner::kSamplesFull; };
 
   uint64_t default_seed(uint64_t request_id) const {
     return opt_.seed * 0x9e3779b97f4a7c15ull + request_id + 1;
@@ -362,6 +383,7 @@ class Engine {
   uint64_t steps_ahead_ = 0;
   std::unordered_set<uint64_t> needs_sync_;  // live requests that need the host after the forward
   std::vector<engine::SampleSpec> specs_;
+  std::vector<sched::SamplerInput> inputs_;  // execute_sample_full's per-draw inputs
   std::vector<float> row_;
   StepObserver observer_;
   // prompt_logprobs computed by prefill chunks, held until the request's first output.

@@ -32,21 +32,27 @@ inline bool needs_host_sampling(const sched::SamplingParams& p) {
 
 /// \brief Where a step's draws can be sampled: on the device; on the device after token
 /// bitmasks (every processor of the step is a sched::TokenMaskProcessor and nothing else needs
-/// the host); or on the host.
-enum class SampleMode { Device, DeviceMasked, Host };
+/// the host); on the device with its full inputs (penalties, logit_bias, min_tokens, logprobs:
+/// the runner's execute_sample_full, no logits processor in the step); or on the host.
+enum class SampleMode { Device, DeviceMasked, DeviceFull, Host };
 
 inline SampleMode plan_sample_mode(const sched::Scheduler& sch, const sched::StepPlan& plan) {
-  bool masked = false;
+  bool masked = false, full = false;
   for (int32_t seq : plan.sample_seqs) {
     const sched::SamplingParams& p = sch.plan_sequence(seq).request->params;
     if (!needs_host_sampling(p)) continue;
+    if (!p.logits_processor) {
+      full = true;
+      continue;
+    }
     const bool only_mask = p.logits_processor && dynamic_cast<const sched::TokenMaskProcessor*>(p.logits_processor.get()) &&
                            p.repetition_penalty == 1.0f && p.frequency_penalty == 0.0f && p.presence_penalty == 0.0f &&
                            p.logit_bias.empty() && p.min_tokens == 0 && !p.logprobs.has_value();
     if (!only_mask) return SampleMode::Host;
     masked = true;
   }
-  return masked ? SampleMode::DeviceMasked : SampleMode::Device;
+  if (masked && full) return SampleMode::Host;  // no device path applies both
+  return full ? SampleMode::DeviceFull : masked ? SampleMode::DeviceMasked : SampleMode::Device;
 }
 
 /// True when some request sampled in `plan` needs the host sampler (needs_host_sampling): the

@@ -12,9 +12,11 @@
 #include <unordered_map>
 #include <vector>
 
+#include "pie/engine/device_draws.hpp"
 #include "pie/engine/engine_stats.hpp"
 #include "pie/core/error.hpp"
 #include "pie/engine/request_output.hpp"
+#include "pie/engine/sample_specs.hpp"
 #include "pie/engine/sampler.hpp"
 #include "pie/model/config.hpp"
 #include "pie/sched/prompt_logprob_row.hpp"
@@ -80,26 +82,83 @@ inline void add_sampled_ids(const sched::Scheduler& s, const sched::StepPlan& pl
   });
 }
 
+/// The sampler's input for one draw of `seq` (sequence index `index`): the host Sampler's and
+/// the device's full sampler's, built one way.
+template <class SeedOf>
+SamplerInput sampler_input(const sched::Sequence& seq, int index, SeedOf&& seed_of) {
+  const sched::Request& r = *seq.request;
+  SamplerInput in;
+  in.params = &r.params;
+  in.prompt = seq.prompt();
+  in.output = seq.output();
+  in.eos_ids = r.eos_token_ids;
+  in.seed = r.params.seed ? *r.params.seed : seed_of(r.id);
+  in.seq_index = index;
+  return in;
+}
+
+/// One SamplerInput per draw of `plan`, in sample order, into `out` (valid while the plan's
+/// sequences are: they point at their tokens).
+template <class SeedOf>
+void sampler_inputs(const sched::Scheduler& s, const sched::StepPlan& plan, SeedOf&& seed_of,
+                    std::vector<SamplerInput>& out) {
+  out.clear();
+  for_each_draw(s, plan,
+                [&](size_t, const sched::Sequence& seq, int index) { out.push_back(sampler_input(seq, index, seed_of)); });
+}
+
+/// Records a full device sampler's draws (one per draw, sample order: the caller checked the
+/// count), with the logprobs their requests asked for.
+inline void add_device_draws(const sched::Scheduler& s, const sched::StepPlan& plan, const DeviceDraws& dd,
+                             StepDraws& out) {
+  size_t d = 0;
+  for_each_draw(s, plan, [&](size_t, const sched::Sequence& seq, int index) {
+    const sched::SamplingParams& p = seq.request->params;
+    SamplerOutput o;
+    o.token = dd.ids[d];
+    if (p.logprobs) {
+      o.has_logprob = true;
+      o.logprob.token = o.token;
+      o.logprob.logprob = dd.logprobs[d];
+      const int n = std::min(*p.logprobs, dd.max_top);
+      for (int k = 0; k < n; ++k) {
+        const size_t at = d * static_cast<size_t>(dd.max_top) + static_cast<size_t>(k);
+        o.logprob.top.emplace_back(dd.top_ids[at], dd.top_logprobs[at]);
+      }
+    }
+    out.add(seq.request->id, index, std::move(o));
+    ++d;
+  });
+}
+
 /// Samples every draw of `plan` on the host from `logits`: one row per sampled sequence, or one
 /// row per draw when `row_per_draw` (the device runners' layout). `seed_of(request id)` is the
 /// engine's default seed for requests without one. `row` is scratch (the sampler edits its row).
+/// `device_ids` (one per draw, sample order; empty: none) are what a device runner's sampler
+/// drew in the same step: a draw whose request needs nothing of the host
+/// (!needs_host_sampling) takes its device id, so a request's tokens do not depend on whether a
+/// neighbour in the batch sent the step to the host (a seeded request's device and host draws
+/// map the same uniform to different tokens: the same distribution, not the same token).
 template <class SeedOf>
 void sample_on_host(const sched::Scheduler& s, const sched::StepPlan& plan, std::span<const float> logits,
-                    size_t vocab, bool row_per_draw, SeedOf&& seed_of, std::vector<float>& row, StepDraws& out) {
+                    size_t vocab, bool row_per_draw, SeedOf&& seed_of, std::vector<float>& row, StepDraws& out,
+                    std::span<const int32_t> device_ids = {}) {
+  PIE_CHECK(device_ids.empty() || static_cast<int>(device_ids.size()) == plan.num_sampled_tokens(),
+            "sample_on_host: ", device_ids.size(), " device ids for ", plan.num_sampled_tokens(), " draws");
   size_t draw = 0;
   for_each_draw(s, plan, [&](size_t j, const sched::Sequence& seq, int index) {
     const sched::Request& r = *seq.request;
-    const size_t at = row_per_draw ? draw++ : j;
+    const size_t d = draw++;
+    if (!device_ids.empty() && !needs_host_sampling(r.params)) {
+      SamplerOutput o;
+      o.token = device_ids[d];
+      out.add(r.id, index, std::move(o));
+      return;
+    }
+    const size_t at = row_per_draw ? d : j;
     row.assign(logits.begin() + at * vocab, logits.begin() + (at + 1) * vocab);
     if (r.params.logits_processor) r.params.logits_processor->process(index, seq.prompt(), seq.output(), row);
-    SamplerInput in;
-    in.params = &r.params;
-    in.prompt = seq.prompt();
-    in.output = seq.output();
-    in.eos_ids = r.eos_token_ids;
-    in.seed = r.params.seed ? *r.params.seed : seed_of(r.id);
-    in.seq_index = index;
-    out.add(r.id, index, Sampler::sample(row, in));
+    out.add(r.id, index, Sampler::sample(row, sampler_input(seq, index, seed_of)));
   });
 }
 

@@ -55,6 +55,7 @@
 #include "pie/engine/cuda/memory_plan.cuh"
 #include "pie/engine/cuda/step_buffers.cuh"
 #include "pie/engine/cuda/step_profiler.cuh"
+#include "pie/engine/device_draws.hpp"
 #include "pie/engine/engine_options.hpp"
 #include "pie/engine/model_runner.hpp"
 #include "pie/engine/rank_group.hpp"
@@ -83,6 +84,7 @@ struct RunnerStats {
   double graph_capture_s = 0;
   double profile_s = 0;
   int64_t masked_steps = 0;  ///< steps with token-masked draws (execute_sample_masked)
+  int64_t full_sample_steps = 0;  ///< steps drawn by the full device sampler (execute_sample_full)
   double mask_fill_s = 0;    ///< host time filling their masks (overlapping the forward)
 };
 
@@ -105,6 +107,8 @@ class CudaRunner {
   static constexpr bool kLogitsPerDraw = true;
   static constexpr bool kSamplesOnDevice = true;
   static constexpr bool kSamplesMasked = true;  ///< has execute_sample_masked (token bitmasks)
+  /// has execute_sample_full (penalties, logit_bias, min_tokens, logprobs on the device)
+  static constexpr bool kSamplesFull = true;
   /// launch_ahead()/collect() (asynchronous scheduling), on one rank: see runs_ahead().
   static constexpr bool kRunsAhead = true;
   /// Fills the token bitmasks of a step's draws on the host: masks [draws][words], flags [draws]
@@ -253,6 +257,79 @@ class CudaRunner {
     if (rank_ != 0) return {};
     return {ids_host_.data(), static_cast<size_t>(n)};
   }
+  /// execute_sample for steps whose draws need the sampler's full inputs (penalties, logit_bias,
+  /// min_tokens, logprobs; `inputs`: one per draw, sample order, rank 0 reads them): the step
+  /// runs as usual (graph replay included), then rank 0 draws every row again with
+  /// ops::cuda::sample over the prompt/output tokens and bias pairs of SamplingBatchHost — the
+  /// CPU Sampler's order and logprobs (tests/cuda/test_sampling.cu checks the kernels against
+  /// it) — keeping each draw's randomness key (specs' step), so rows without such parameters draw
+  /// the tokens they draw in any step. Only the ids, logprobs and top alternatives come back.
+  engine::DeviceDraws execute_sample_full(const sched::StepPlan& plan, const std::vector<SampleSpec>& specs,
+                                          std::span<const sched::SamplerInput> inputs) {
+    launch(plan, specs, /*want_logits=*/false);
+    const int n = last_samples_;
+    int max_top = 0;
+    if (rank_ == 0 && n > 0) {
+      PIE_CHECK(static_cast<int>(inputs.size()) == n && static_cast<int>(specs.size()) == n,
+                "CudaRunner::execute_sample_full: ", inputs.size(), " inputs and ", specs.size(), " specs for ", n,
+                " draws");
+      const int vocab = global_.vocab_size;
+      ops::cuda::SamplingBatchHost batch;
+      for (int i = 0; i < n; ++i) {
+        batch.add(inputs[i], vocab);
+        batch.rows.back().step = specs[i].step;  // the device sampler's key (the same in sync steps)
+      }
+      max_top = batch.max_top;
+      const size_t tops = static_cast<size_t>(n) * std::max(max_top, 1);
+      if (full_lp_host_.size() < static_cast<size_t>(n) || full_top_ids_host_.size() < tops) {
+        const size_t rows = std::max<size_t>(static_cast<size_t>(max_samples()), static_cast<size_t>(n));
+        const size_t cap = rows * static_cast<size_t>(sched::kMaxLogprobs);
+        full_lp_host_ = PinnedBuffer<float>(rows);
+        full_lp_dev_ = DeviceBuffer<float>(rows);
+        full_top_ids_host_ = PinnedBuffer<int32_t>(cap);
+        full_top_ids_dev_ = DeviceBuffer<int32_t>(cap);
+        full_top_lp_host_ = PinnedBuffer<float>(cap);
+        full_top_lp_dev_ = DeviceBuffer<float>(cap);
+      }
+      ops::cuda::SamplingInputs in;
+      in.rows = upload_full(full_rows_dev_, batch.rows);
+      in.prompt_tokens = upload_full(full_prompt_dev_, batch.prompt_tokens);
+      in.output_tokens = upload_full(full_output_dev_, batch.output_tokens);
+      in.bias_tokens = upload_full(full_bias_tok_dev_, batch.bias_tokens);
+      in.bias_values = upload_full(full_bias_val_dev_, batch.bias_values);
+      ops::cuda::SamplingOutputs out;
+      out.tokens = ids_.data();
+      out.logprobs = full_lp_dev_.data();
+      out.top_ids = full_top_ids_dev_.data();
+      out.top_logprobs = full_top_lp_dev_.data();
+      out.max_top = max_top;
+      ops::cuda::sample(fwd_->logits(), n, vocab, in, out, stream_);
+      PIE_CUDA_CHECK(cudaMemcpyAsync(ids_host_.data(), ids_.data(), sizeof(int32_t) * n, cudaMemcpyDeviceToHost,
+                                     stream_));
+      PIE_CUDA_CHECK(cudaMemcpyAsync(full_lp_host_.data(), full_lp_dev_.data(), sizeof(float) * n,
+                                     cudaMemcpyDeviceToHost, stream_));
+      if (max_top > 0) {
+        PIE_CUDA_CHECK(cudaMemcpyAsync(full_top_ids_host_.data(), full_top_ids_dev_.data(), sizeof(int32_t) * tops,
+                                       cudaMemcpyDeviceToHost, stream_));
+        PIE_CUDA_CHECK(cudaMemcpyAsync(full_top_lp_host_.data(), full_top_lp_dev_.data(), sizeof(float) * tops,
+                                       cudaMemcpyDeviceToHost, stream_));
+      }
+      ++stats_.full_sample_steps;
+    }
+    score_prompt_rows(plan);  // after the full draw: it reuses the logits buffer
+    PIE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    prof_.collect();
+    if (rank_ != 0) return {};
+    engine::DeviceDraws dd;
+    dd.ids = {ids_host_.data(), static_cast<size_t>(n)};
+    dd.logprobs = {full_lp_host_.data(), n > 0 ? static_cast<size_t>(n) : 0};
+    dd.max_top = max_top;
+    if (max_top > 0) {
+      dd.top_ids = {full_top_ids_host_.data(), static_cast<size_t>(n) * max_top};
+      dd.top_logprobs = {full_top_lp_host_.data(), static_cast<size_t>(n) * max_top};
+    }
+    return dd;
+  }
   /// Runs one step; rank 0 returns the float logits of every draw ([draws][vocab], host). The
   /// device sampler still runs; its ids are in last_ids().
   std::span<const float> execute_logits(const sched::StepPlan& plan, const std::vector<SampleSpec>& specs) {
@@ -318,6 +395,15 @@ class CudaRunner {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
   int max_samples() const { return opt_.sched.max_num_seqs + 128; }  // n > 1 prefills draw several per row
+  /// Copies `h` into `d` (grown to fit; eager steps only: the buffer may move), stream-ordered;
+  /// null for an empty `h`. Pageable source: the copy has read it when this returns.
+  template <class U>
+  const U* upload_full(DeviceBuffer<U>& d, const std::vector<U>& h) {
+    if (h.empty()) return nullptr;
+    if (d.size() < h.size()) d = DeviceBuffer<U>(std::max(h.size(), 2 * d.size()));
+    PIE_CUDA_CHECK(cudaMemcpyAsync(d.data(), h.data(), sizeof(U) * h.size(), cudaMemcpyHostToDevice, stream_));
+    return d.data();
+  }
 
   // ---- setup ------------------------------------------------------------------------------------
   const model::ModelConfig& wconfig() const {
@@ -735,6 +821,12 @@ class CudaRunner {
   PinnedBuffer<sched::PromptLogprobRow> prompt_host_;
   int prompt_rows_ = 0;
   PinnedBuffer<int32_t> mask_host_, flags_host_;  // execute_sample_masked's bitmasks (allocated on first use)
+  // execute_sample_full's inputs and outputs (allocated on first use, grown as needed)
+  DeviceBuffer<ops::cuda::SamplingRow> full_rows_dev_;
+  DeviceBuffer<int32_t> full_prompt_dev_, full_output_dev_, full_bias_tok_dev_, full_top_ids_dev_;
+  DeviceBuffer<float> full_bias_val_dev_, full_lp_dev_, full_top_lp_dev_;
+  PinnedBuffer<float> full_lp_host_, full_top_lp_host_;
+  PinnedBuffer<int32_t> full_top_ids_host_;
   DeviceBuffer<int32_t> mask_dev_, flags_dev_;
   std::vector<SampleSpec> specs_;
   int last_samples_ = 0;
