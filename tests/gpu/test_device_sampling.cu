@@ -12,6 +12,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <random>
 #include <vector>
@@ -39,6 +40,9 @@ struct Out {
   std::vector<std::vector<TokenLogprob>> logprobs;  // the same order
   int64_t full_steps = 0;
 };
+
+/// The full device sampler is opt-in until this test has run on a GPU (CudaRunner::samples_full).
+const bool kFullOn = [] { return setenv("PIE_FULL_DEVICE_SAMPLING", "1", 1) == 0; }();
 
 Out run(const HostWeights& hw, const std::vector<std::vector<int32_t>>& prompts,
         const std::vector<sched::SamplingParams>& params, bool companion) {
@@ -126,6 +130,7 @@ Workload workload() {
 
 TEST(GpuDeviceSampling, FullDeviceSamplerEqualsTheHostSamplerOnGreedyRequests) {
   const Workload w = workload();
+  ASSERT_TRUE(kFullOn);
   const Out dev = run(w.hw, w.prompts, w.params, false);
   const Out host = run(w.hw, w.prompts, w.params, true);
   EXPECT_GT(dev.full_steps, 0);

@@ -264,7 +264,12 @@ class Engine {
       const engine::SampleMode mode = engine::plan_sample_mode(*scheduler_, plan);
       bool masked = false, full = false;
       if constexpr (requires { Runner::kSamplesMasked; }) masked = mode == engine::SampleMode::DeviceMasked;
-      if constexpr (kSamplesFull) full = mode == engine::SampleMode::DeviceFull;
+      if constexpr (kSamplesFull) {
+        if constexpr (requires(Runner& rr) { rr.samples_full(); })
+          full = mode == engine::SampleMode::DeviceFull && exec_->rank(0).samples_full();
+        else
+          full = mode == engine::SampleMode::DeviceFull;
+      }
       if (mode == engine::SampleMode::Device || masked || full) {
         const auto d0 = clock::now();
         std::span<const int32_t> ids;

@@ -33,6 +33,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -107,7 +108,8 @@ class CudaRunner {
   static constexpr bool kLogitsPerDraw = true;
   static constexpr bool kSamplesOnDevice = true;
   static constexpr bool kSamplesMasked = true;  ///< has execute_sample_masked (token bitmasks)
-  /// has execute_sample_full (penalties, logit_bias, min_tokens, logprobs on the device)
+  /// has execute_sample_full (penalties, logit_bias, min_tokens, logprobs on the device); taken
+  /// while samples_full() (see there)
   static constexpr bool kSamplesFull = true;
   /// launch_ahead()/collect() (asynchronous scheduling), on one rank: see runs_ahead().
   static constexpr bool kRunsAhead = true;
@@ -264,6 +266,10 @@ class CudaRunner {
   /// CPU Sampler's order and logprobs (tests/cuda/test_sampling.cu checks the kernels against
   /// it) — keeping each draw's randomness key (specs' step), so rows without such parameters draw
   /// the tokens they draw in any step. Only the ids, logprobs and top alternatives come back.
+  /// Whether the engine sends full-input draws here (execute_sample_full) rather than to the host
+  /// sampler: PIE_FULL_DEVICE_SAMPLING=1. Off by default until pie_gpu_test_device_sampling has
+  /// run on a GPU (the kernels are checked against the CPU Sampler; this path's plumbing is not).
+  bool samples_full() const { return samples_full_; }
   engine::DeviceDraws execute_sample_full(const sched::StepPlan& plan, const std::vector<SampleSpec>& specs,
                                           std::span<const sched::SamplerInput> inputs) {
     launch(plan, specs, /*want_logits=*/false);
@@ -829,6 +835,10 @@ class CudaRunner {
   PinnedBuffer<int32_t> full_top_ids_host_;
   DeviceBuffer<int32_t> mask_dev_, flags_dev_;
   std::vector<SampleSpec> specs_;
+  bool samples_full_ = [] {
+    const char* v = std::getenv("PIE_FULL_DEVICE_SAMPLING");
+    return v != nullptr && std::string(v) == "1";
+  }();
   int last_samples_ = 0;
   // Asynchronous scheduling: per launched step (alternating), its ids' pinned copy and an event.
   PinnedBuffer<int32_t> ahead_ids_[2];
