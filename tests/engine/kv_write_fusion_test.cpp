@@ -110,4 +110,23 @@ TEST(FusionSwitches, FromEnvironmentOffByDefault) {
   unsetenv("PIE_FUSED_FINAL_NORM");
 }
 
+TEST(FusionSwitches, FinalNormOnlyForOneRowSampledOnceThroughTheGemv) {
+  using pie::engine::final_norm_in_lm_head;
+  using pie::engine::FinalNormStep;
+  FinalNormStep b1;  // a batch-1 decode step of the default engine
+  b1.tokens = 1;
+  b1.samples = 1;
+  b1.lm_head_gemv_rows = 1;
+  b1.hidden_fits = true;
+  EXPECT_TRUE(final_norm_in_lm_head(true, b1));
+  EXPECT_FALSE(final_norm_in_lm_head(false, b1)) << "switch off";
+  auto with = [&](auto f) { FinalNormStep s = b1; f(s); return final_norm_in_lm_head(true, s); };
+  EXPECT_FALSE(with([](FinalNormStep& s) { s.tokens = 2; })) << "batch 2";
+  EXPECT_FALSE(with([](FinalNormStep& s) { s.samples = 2; })) << "a 1-token prompt drawn twice (n = 2)";
+  EXPECT_FALSE(with([](FinalNormStep& s) { s.prompt_rows = 1; })) << "prompt_logprobs read the normed rows";
+  EXPECT_FALSE(with([](FinalNormStep& s) { s.tensor_parallel = true; }));
+  EXPECT_FALSE(with([](FinalNormStep& s) { s.lm_head_gemv_rows = 0; })) << "batch invariance: cuBLASLt lm_head";
+  EXPECT_FALSE(with([](FinalNormStep& s) { s.hidden_fits = false; })) << "hidden size > 4096";
+}
+
 }  // namespace

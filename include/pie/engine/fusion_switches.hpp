@@ -37,4 +37,22 @@ struct FusionSwitches {
   }
 };
 
+/// \brief What decides whether a step's final norm may run inside lm_head's GEMV.
+struct FinalNormStep {
+  int tokens = 0;             ///< rows of the forward
+  int samples = 0;            ///< rows through lm_head (a row drawn n times counts n)
+  int prompt_rows = 0;        ///< prompt_logprobs rows (they read the normalised hidden states)
+  bool tensor_parallel = false;
+  int lm_head_gemv_rows = 0;  ///< rows up to which lm_head runs the GEMV (0 under batch invariance)
+  bool hidden_fits = false;   ///< the fused norm takes this hidden size (add_rms_norm_gemv_supported)
+};
+
+/// True when fusions.final_norm is on and the step is one row sampled once, with lm_head through
+/// the GEMV (whose arithmetic the fused kernel repeats bit for bit), no prompt_logprobs rows and
+/// no tensor parallelism (its lm_head is a vocab slice and an all-gather).
+inline bool final_norm_in_lm_head(bool on, const FinalNormStep& s) {
+  return on && s.tokens == 1 && s.samples == 1 && s.prompt_rows == 0 && !s.tensor_parallel &&
+         s.lm_head_gemv_rows >= 1 && s.hidden_fits;
+}
+
 }  // namespace pie::engine

@@ -413,8 +413,7 @@ class CudaForward {
     const HeldNorm h = held_norm_;
     // The new residual goes to the other buffer of the pair (no later op of the step reads it).
     T* r_out = h.res.data == res_pong_.data() ? res_home_ : res_pong_.data();
-    if (h.on && h.x.data == x.data && r_out != nullptr && shape_.samples == 1 && p_.step->num_prompt_rows() == 0 &&
-        lm_head.shape[1] == x.shape[1] &&
+    if (h.on && h.x.data == x.data && r_out != nullptr && lm_head.shape[1] == x.shape[1] &&
         ops::cuda::gemv_supported(1, x.shape[1], x.data, x.stride[0], lm_head.data, lm_head.stride[0])) {
       // One row, one sample: logits = lm_head(T(rmsnorm(x + res))·w) in the GEMV, bit-identical
       // to the norm kernel, the (identity) gather and the float GEMV that LogitsGemm runs at M = 1.
@@ -505,13 +504,19 @@ class CudaForward {
     Act res = h.res;
     op("rms_norm", [&] { ops::cuda::add_rms_norm(h.x, res, h.w, eps(), h.first, s_); });
   }
-  /// Whether add_rms_norm(x, res) may wait for logits() to run it in lm_head's GEMV: one row
-  /// sampled once, lm_head through the GEMV (not under batch invariance or TP), a hidden size the
-  /// fused norm takes. logits() checks the rest (same activation, no prompt rows, alignment).
+  /// Whether add_rms_norm(x, res) may wait for logits() to run it in lm_head's GEMV
+  /// (final_norm_in_lm_head, fusion_switches.hpp, and a contiguous aligned row). logits() checks
+  /// the rest (the same activation, lm_head's shape and alignment).
   bool final_norm_fusable(const Act& x, const Act& res) const {
-    return p_.fusions.final_norm && shape_.tokens == 1 && shape_.samples == 1 && !p_.comm &&
-           p_.logits_gemm->gemv_max_rows() >= 1 && x.shape[0] == 1 && x.shape[1] == res.shape[1] &&
-           x.stride[1] == 1 && ops::cuda::add_rms_norm_gemv_supported(x.shape[1]) && ops::cuda::vec8_aligned(res.data);
+    FinalNormStep st;
+    st.tokens = shape_.tokens;
+    st.samples = shape_.samples;
+    st.prompt_rows = p_.step->num_prompt_rows();
+    st.tensor_parallel = p_.comm != nullptr;
+    st.lm_head_gemv_rows = p_.logits_gemm->gemv_max_rows();
+    st.hidden_fits = ops::cuda::add_rms_norm_gemv_supported(x.shape[1]);
+    return final_norm_in_lm_head(p_.fusions.final_norm, st) && x.shape[0] == 1 && x.shape[1] == res.shape[1] &&
+           x.stride[1] == 1 && ops::cuda::vec8_aligned(res.data);
   }
   /// Whether an [M, K] activation headed for an fp8 GEMM is quantized by its producer.
   bool fp8_producer(int64_t M, int64_t K) const {
