@@ -279,7 +279,7 @@ class CudaForward {
     });
     res.data = r_out;
   }
-  /// With fused_rope_kv, also this step's K/V rows into the next layer's cache (file comment).
+  /// With fusions.rope_kv, also this step's K/V rows into the next layer's cache (file comment).
   void qk_norm_rope(Act qkv, const Weight& q_norm, const Weight& k_norm) {
     const auto& c = p_.config;
     const T* qn = q_norm.numel() > 0 ? q_norm.data : nullptr;
@@ -567,8 +567,8 @@ class CudaForward {
     bool first = false;
     bool on = false;
   } held_norm_;
-  bool logits_fused_norm_ = false;
-  FusionCounts fusion_counts_;  ///< the last logits() normalised inside lm_head (x is not normalised)
+  bool logits_fused_norm_ = false;  ///< the last logits() normalised inside lm_head (x is not normalised)
+  FusionCounts fusion_counts_;
   MoeObserver moe_observer_;  ///< see set_moe_observer (empty: none)
 };
 
