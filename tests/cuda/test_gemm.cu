@@ -181,6 +181,40 @@ TEST(Gemv, BF16AddRmsNormFusedEqualsNormThenGemvBitwise) {
       }
 }
 
+// The final norm inside lm_head at batch 1 (CudaForward::logits with PIE_FUSED_FINAL_NORM=1):
+// float logits bit-identical to add_rms_norm then the float-output GEMV (what LogitsGemm runs at
+// M = 1); N past two waves of CTAs (the default configuration, as lm_head's 151936 rows) and odd.
+template <class T>
+void check_norm_gemv_float_out(int K, int N, bool first) {
+  std::mt19937 rng(K + N + first + 7);
+  auto x = randn<T>(K, rng), r = randn<T>(K, rng), nw = randn<T>(K, rng, 0.2f, 1.f);
+  auto w = randn<T>(size_t(N) * K, rng, 0.05f);
+  auto dx = upload(x), dr = upload(r), dnw = upload(nw), dw = upload(w);
+  auto dx2 = upload(x), dr2 = upload(r);
+  ops::cuda::add_rms_norm(dx2.view({1, K}), dr2.view({1, K}), dnw.view({K}), 1e-6f, first);
+  DeviceBuffer<float> y1(N), y2(N);
+  DeviceBuffer<T> rout(K);
+  ops::cuda::Gemm gemm;  // M = 1 with a float output: its GEMV, as LogitsGemm calls it
+  gemm(TensorView<float>(y1.data(), {1, N}, Device::Cuda), dx2.view({1, K}), dw.view({N, K}),
+       static_cast<const T*>(nullptr));
+  poison(y2);
+  ops::cuda::add_rms_norm_gemv(TensorView<float>(y2.data(), {1, N}, Device::Cuda), dx.view({1, K}),
+                               first ? nullptr : dr.data(), rout.data(), dnw.data(), 1e-6f, first, dw.view({N, K}));
+  auto a1 = download(y1), a2 = download(y2);
+  auto r1 = download(dr2), r2 = download(rout);
+  EXPECT_EQ(std::memcmp(a1.data(), a2.data(), sizeof(float) * N), 0) << tname<T>() << " K=" << K << " N=" << N;
+  EXPECT_EQ(std::memcmp(r1.data(), r2.data(), sizeof(T) * K), 0) << "residual " << tname<T>() << " K=" << K;
+}
+
+TEST(Gemv, AddRmsNormFusedFloatOutputEqualsNormThenLogitsGemvBitwise) {
+  for (int K : {4096, 1024})
+    for (int N : {50000, 1001})
+      for (bool first : {true, false}) {
+        check_norm_gemv_float_out<bf16>(K, N, first);
+        check_norm_gemv_float_out<f16>(K, N, first);
+      }
+}
+
 TEST(Gemv, AddRmsNormGemvRejectsAliasedResidualAndWideRows) {
   DeviceBuffer<bf16> x(8192), r(8192), nw(8192), w(size_t(16) * 8192), y(16);
   EXPECT_THROW(ops::cuda::add_rms_norm_gemv(y.view({1, 16}), x.view({1, 1024}), r.data(), r.data(), nw.data(), 1e-6f,

@@ -12,6 +12,11 @@
 ///   RMSNorm (norm_linear) and SwiGLU (silu_and_mul) kernels that produce its input;
 /// - decode rows through the split-K decode kernel, prefill chunks through the tensor-core
 ///   prefill kernel; with batch invariance, decode rows as one-row prefills;
+/// - with fusions.rope_kv (PIE_FUSED_ROPE_KV=1): qk_norm_rope/rope also write the layer's K/V
+///   into the paged cache and attention() skips its kv_write (KvWriteFusion says when);
+/// - with fusions.final_norm (PIE_FUSED_FINAL_NORM=1), at batch 1 with one sampled row: an
+///   add_rms_norm is held back until the next op; when that op is logits() over the same
+///   activation it runs inside lm_head's GEMV prologue, otherwise on its own first;
 /// - per-op event timing when the profiler is on;
 /// - tensor parallelism at three hooks: embed() (vocab-parallel, ids shifted into the rank's
 ///   slice, then an all-reduce), all_reduce() (row-parallel projections) and logits() (the
@@ -35,6 +40,8 @@
 #include "pie/engine/cuda/logits_gemm.cuh"
 #include "pie/engine/cuda/step_buffers.cuh"
 #include "pie/engine/cuda/step_profiler.cuh"
+#include "pie/engine/fusion_switches.hpp"
+#include "pie/engine/kv_write_fusion.hpp"
 #include "pie/engine/moe_shapes.hpp"
 #include "pie/model/config.hpp"
 #include "pie/model/tp_plan.hpp"
@@ -51,6 +58,7 @@
 #include "pie/ops/cuda/norm.cuh"
 #include "pie/ops/cuda/prompt_logprobs.cuh"
 #include "pie/ops/cuda/rope.cuh"
+#include "pie/ops/cuda/rope_kv.cuh"
 #include "pie/sched/prompt_logprob_row.hpp"
 
 namespace pie::engine::cuda {
@@ -108,12 +116,13 @@ class CudaForward {
     ops::cuda::RopeParams rope;
     unsigned char* decode_ws = nullptr;
     bool batch_invariant = false;
+    FusionSwitches fusions;                    ///< opt-in fusions (engine/fusion_switches.hpp)
     const parallel::TpShard* shard = nullptr;  ///< null: unsharded
     parallel::Communicator* comm = nullptr;
     Variant variant{};
   };
 
-  explicit CudaForward(Parts p) : p_(std::move(p)) {
+  explicit CudaForward(Parts p) : p_(std::move(p)), kv_fusion_(p_.fusions.rope_kv, p_.config.num_hidden_layers) {
     const auto& c = p_.config;
     PIE_CHECK((p_.shard == nullptr) == (p_.comm == nullptr), "CudaForward: a shard needs a communicator and back");
     res_pong_ = DeviceBuffer<T>(c.hidden_size);
@@ -136,6 +145,9 @@ class CudaForward {
     cache_ = &cache;
     s_ = s;
     next_slot_ = 0;
+    kv_fusion_.begin_step();
+    held_norm_ = {};
+    logits_fused_norm_ = false;
   }
   /// Where the logits of the sampled rows are ([samples][global vocab], float).
   float* logits() { return logits_.data(); }
@@ -150,6 +162,12 @@ class CudaForward {
 
   const model::ModelConfig& config() const { return p_.config; }
   int num_tokens() const { return shape_.tokens; }
+  /// \brief Fused launches issued so far (host side: a captured graph counts once), for tests.
+  struct FusionCounts {
+    int64_t rope_kv = 0;     ///< qk_norm_rope_kv kernels (kv_write skipped)
+    int64_t final_norm = 0;  ///< lm_head GEMVs with the final norm in their prologue
+  };
+  const FusionCounts& fusion_counts() const { return fusion_counts_; }
 
   /// A [tokens, cols] activation: slot k of the step (same address every step).
   Act act(int64_t cols) {
@@ -196,6 +214,13 @@ class CudaForward {
   }
 
   void add_rms_norm(Act x, Act& res, const Weight& w, bool first) {
+    if (final_norm_fusable(x, res)) {  // maybe into lm_head's prologue (file comment)
+      run_held_norm();                 // one still held runs first, as before any op
+      fp8_in_.src = nullptr;
+      kv_fusion_.on_other_op();
+      held_norm_ = {x, res, w, first, true};
+      return;
+    }
     op("rms_norm", [&] { ops::cuda::add_rms_norm(x, res, w, eps(), first, s_); });
   }
   void rms_norm(Act x, const Weight& w) {
@@ -254,12 +279,29 @@ class CudaForward {
     });
     res.data = r_out;
   }
+  /// With fusions.rope_kv, also this step's K/V rows into the next layer's cache (file comment).
   void qk_norm_rope(Act qkv, const Weight& q_norm, const Weight& k_norm) {
     const auto& c = p_.config;
-    op("qk_norm_rope", [&] {
-      ops::cuda::qk_norm_rope(qkv, p_.step->positions(), c.num_attention_heads, c.num_key_value_heads, c.head_dim,
-                              q_norm.numel() > 0 ? q_norm.data : nullptr, k_norm.numel() > 0 ? k_norm.data : nullptr,
-                              eps(), p_.rope, s_);
+    const T* qn = q_norm.numel() > 0 ? q_norm.data : nullptr;
+    const T* kn = k_norm.numel() > 0 ? k_norm.data : nullptr;
+    if (!kv_fusion_.enabled()) {
+      op("qk_norm_rope", [&] {
+        ops::cuda::qk_norm_rope(qkv, p_.step->positions(), c.num_attention_heads, c.num_key_value_heads, c.head_dim,
+                                qn, kn, eps(), p_.rope, s_);
+      });
+      return;
+    }
+    op("qk_norm_rope_kv", [&] {
+      const int l = kv_fusion_.on_rope(qkv.data);
+      if (l < 0) {
+        ops::cuda::qk_norm_rope(qkv, p_.step->positions(), c.num_attention_heads, c.num_key_value_heads, c.head_dim,
+                                qn, kn, eps(), p_.rope, s_);
+        return;
+      }
+      ops::cuda::qk_norm_rope_kv(qkv, p_.step->positions(), c.num_attention_heads, c.num_key_value_heads, c.head_dim,
+                                 qn, kn, eps(), p_.rope, cache_->layer(l, 0, nullptr, nullptr, nullptr),
+                                 p_.step->slot_mapping(), s_);
+      ++fusion_counts_.rope_kv;
     });
   }
   void rope(Act qkv) { qk_norm_rope(qkv, Weight{}, Weight{}); }
@@ -273,10 +315,12 @@ class CudaForward {
     const float sm_scale = 1.f / std::sqrt(static_cast<float>(c.head_dim));
     StepBuffers& st = *p_.step;
     KVCache<KV>& cache = *cache_;
-    op("kv_write", [&] {
-      ops::cuda::kv_write(cache.layer(l, 0, nullptr, nullptr, nullptr), mat(qkv.data + Q, Tn, KVS, QKV),
-                          mat(qkv.data + Q + KVS, Tn, KVS, QKV), st.slot_mapping(), s_);
-    });
+    if (!kv_fusion_.on_attention(l, qkv.data)) {  // else written by qk_norm_rope's kernel
+      op("kv_write", [&] {
+        ops::cuda::kv_write(cache.layer(l, 0, nullptr, nullptr, nullptr), mat(qkv.data + Q, Tn, KVS, QKV),
+                            mat(qkv.data + Q + KVS, Tn, KVS, QKV), st.slot_mapping(), s_);
+      });
+    }
     if (D > 0 && p_.batch_invariant) {
       // Decode rows as one-row prefills, the GQA group's heads packed into one one-warp CTA
       // (one K/V read per KV head): the prefill kernel's arithmetic for a row depends only on
@@ -366,7 +410,25 @@ class CudaForward {
   void logits(const Act& x, const Weight& lm_head) {
     last_x_ = x;
     lm_head_ = lm_head;
-    lm_head_rows(p_.step->logits_rows(), shape_.samples);
+    const HeldNorm h = held_norm_;
+    // The new residual goes to the other buffer of the pair (no later op of the step reads it).
+    T* r_out = h.res.data == res_pong_.data() ? res_home_ : res_pong_.data();
+    if (h.on && h.x.data == x.data && r_out != nullptr && lm_head.shape[1] == x.shape[1] &&
+        ops::cuda::gemv_supported(1, x.shape[1], x.data, x.stride[0], lm_head.data, lm_head.stride[0])) {
+      // One row, one sample: logits = lm_head(T(rmsnorm(x + res))·w) in the GEMV, bit-identical
+      // to the norm kernel, the (identity) gather and the float GEMV that LogitsGemm runs at M = 1.
+      held_norm_ = {};
+      op("norm+lm_head", [&] {
+        TensorView<float> y(logits_.data(), {1, lm_head.shape[0]}, Device::Cuda);
+        ops::cuda::add_rms_norm_gemv(y, x, h.first ? nullptr : h.res.data, r_out, h.w.data, eps(), h.first, lm_head,
+                                     static_cast<const T*>(nullptr), s_);
+      });
+      logits_fused_norm_ = true;
+      ++fusion_counts_.final_norm;
+      return;
+    }
+    logits_fused_norm_ = false;
+    lm_head_rows(p_.step->logits_rows(), shape_.samples);  // its first op runs a held norm
   }
   /// Scores the staged prompt_logprobs rows (StepBuffers::stage_prompt_rows) of the last
   /// forward into out[0, rows) (sched::PromptLogprobRow, device): lm_head over chunks of up to
@@ -377,6 +439,8 @@ class CudaForward {
   /// with prompt rows is never a graph replay.
   void score_prompt_rows(sched::PromptLogprobRow* out) {
     const int n = p_.step->num_prompt_rows();
+    PIE_CHECK(n == 0 || !logits_fused_norm_, "score_prompt_rows: the last forward normalised its hidden states "
+              "only inside lm_head (a step with prompt rows never does)");
     for (int r0 = 0; r0 < n; r0 += p_.max_samples) {
       const int g = std::min(p_.max_samples, n - r0);
       lm_head_rows(p_.step->prompt_rows() + r0, g);
@@ -431,6 +495,29 @@ class CudaForward {
     if (rows == c.qkv_size()) return "gemm_qkv";
     return "gemm";
   }
+  /// Launches the add_rms_norm held back for logits() (fusions.final_norm), if any.
+  /// Not a template: op() calls it, and it calls op() once more with the norm.
+  void run_held_norm() {
+    if (!held_norm_.on) return;
+    const HeldNorm h = held_norm_;
+    held_norm_ = {};
+    Act res = h.res;
+    op("rms_norm", [&] { ops::cuda::add_rms_norm(h.x, res, h.w, eps(), h.first, s_); });
+  }
+  /// Whether add_rms_norm(x, res) may wait for logits() to run it in lm_head's GEMV
+  /// (final_norm_in_lm_head, fusion_switches.hpp, and a contiguous aligned row). logits() checks
+  /// the rest (the same activation, lm_head's shape and alignment).
+  bool final_norm_fusable(const Act& x, const Act& res) const {
+    FinalNormStep st;
+    st.tokens = shape_.tokens;
+    st.samples = shape_.samples;
+    st.prompt_rows = p_.step->num_prompt_rows();
+    st.tensor_parallel = p_.comm != nullptr;
+    st.lm_head_gemv_rows = p_.logits_gemm->gemv_max_rows();
+    st.hidden_fits = ops::cuda::add_rms_norm_gemv_supported(x.shape[1]);
+    return final_norm_in_lm_head(p_.fusions.final_norm, st) && x.shape[0] == 1 && x.shape[1] == res.shape[1] &&
+           x.stride[1] == 1 && ops::cuda::vec8_aligned(res.data);
+  }
   /// Whether an [M, K] activation headed for an fp8 GEMM is quantized by its producer.
   bool fp8_producer(int64_t M, int64_t K) const {
     return p_.fp8_gemm != nullptr && !p_.fp8_gemm->uses_gemv(M, K) && p_.fp8_gemm->fits(M, K);
@@ -439,7 +526,9 @@ class CudaForward {
   /// forgets the quantized activation (a producer sets it again inside f).
   template <class F>
   void op(const char* name, F&& f) {
+    run_held_norm();  // every op may read the held norm's output
     fp8_in_.src = nullptr;
+    kv_fusion_.on_other_op();
     if (p_.profiler && p_.profiler->enabled()) {
       p_.profiler->begin(name, s_);
       f();
@@ -470,6 +559,16 @@ class CudaForward {
     bool per_token = false;
   } fp8_in_;
   int fp8_per_token_ = -1;  ///< the fp8 linears' scheme (-1 before the first)
+  KvWriteFusion kv_fusion_;  ///< whether the rope kernel wrote a layer's K/V (fusions.rope_kv)
+  /// An add_rms_norm not run yet (fusions.final_norm): logits() or the next op runs it.
+  struct HeldNorm {
+    Act x, res;
+    Weight w;
+    bool first = false;
+    bool on = false;
+  } held_norm_;
+  bool logits_fused_norm_ = false;  ///< the last logits() normalised inside lm_head (x is not normalised)
+  FusionCounts fusion_counts_;
   MoeObserver moe_observer_;  ///< see set_moe_observer (empty: none)
 };
 

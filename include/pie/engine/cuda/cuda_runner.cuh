@@ -202,6 +202,11 @@ class CudaRunner {
     if (log_ && opt_.batch_invariant)
       std::fprintf(stderr, "pie: batch-invariant kernels: one GEMM algorithm per shape, decode rows through the "
                            "prefill attention kernel\n");
+    if (log_) {
+      const FusionSwitches f = FusionSwitches::from_env();
+      if (f.rope_kv) std::fprintf(stderr, "pie: PIE_FUSED_ROPE_KV=1: the q/k RoPE kernel writes K/V into the cache\n");
+      if (f.final_norm) std::fprintf(stderr, "pie: PIE_FUSED_FINAL_NORM=1: batch-1 final norm inside lm_head\n");
+    }
     if (!opt_.enforce_eager) capture_graphs();
     fwd_->freeze();
   }
@@ -590,6 +595,7 @@ class CudaRunner {
     p.rope.mscale = table.attention_factor;
     p.decode_ws = decode_ws_.data();
     p.batch_invariant = opt_.batch_invariant;
+    p.fusions = FusionSwitches::from_env();
     p.shard = shard_ ? &*shard_ : nullptr;
     p.comm = comm_.get();
     fwd_ = std::make_unique<Forward>(std::move(p));

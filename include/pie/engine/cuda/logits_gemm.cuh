@@ -21,6 +21,8 @@ class LogitsGemm {
     gemm_(out, rows, w, static_cast<const T*>(nullptr), stream);
   }
 
+  /// Rows up to which it runs pie's GEMV (0 under batch invariance).
+  int gemv_max_rows() const { return gemm_.gemv_max_rows(); }
   /// One algorithm for every row count (ops::cuda::Gemm::set_batch_invariant).
   void set_batch_invariant(bool on) { gemm_.set_batch_invariant(on); }
 

@@ -228,11 +228,13 @@ inline bool add_rms_norm_gemv_supported(int64_t k) {
 /// Bit-identical to add_rms_norm(x, r, norm_w, eps, first) followed by gemv(y, x, w, bias), but
 /// x is left as it was and the residual goes to another buffer: every CTA normalises the row
 /// itself, so r_in must not be written while they read it (ping-pong r_in/r_out across calls).
-/// It saves the norm kernel and its launch between two weight streams.
-template <class T>
-void add_rms_norm_gemv(TensorView<T> y, TensorView<T> x, const T* r_in, T* r_out, const T* norm_w, float eps,
+/// It saves the norm kernel and its launch between two weight streams. y is in T, or float
+/// (the final norm inside lm_head: float logits, as gemv's float output).
+template <class TY, class T>
+void add_rms_norm_gemv(TensorView<TY> y, TensorView<T> x, const T* r_in, T* r_out, const T* norm_w, float eps,
                        bool first, TensorView<T> w, const T* bias = nullptr, cudaStream_t stream = nullptr) {
   static_assert(std::is_same_v<T, pie::f16> || std::is_same_v<T, pie::bf16>, "add_rms_norm_gemv: f16 or bf16");
+  static_assert(std::is_same_v<TY, T> || std::is_same_v<TY, float>, "add_rms_norm_gemv: output is T or float");
   PIE_CHECK(x.rank == 2 && w.rank == 2 && y.rank == 2 && x.shape[0] == 1 && y.shape[0] == 1,
             "add_rms_norm_gemv: one row: x [1, K], y [1, N], w [N, K]");
   PIE_CHECK(x.shape[1] == w.shape[1] && y.shape[1] == w.shape[0], "add_rms_norm_gemv: shapes do not chain");
@@ -247,9 +249,10 @@ void add_rms_norm_gemv(TensorView<T> y, TensorView<T> x, const T* r_in, T* r_out
   PIE_CHECK(vec8_aligned(r_out) && vec8_aligned(norm_w) && (r_in == nullptr || vec8_aligned(r_in)),
             "add_rms_norm_gemv: residual and norm weight must be 16-byte aligned");
   using D = device_t<T>;
+  using DY = std::conditional_t<std::is_same_v<TY, float>, float, D>;
   const int K = static_cast<int>(x.shape[1]);
-  detail::GemvParams<D, D> p{dev(x.data), x.stride[0], dev(w.data), w.stride[0], dev(bias),
-                             dev(y.data), y.stride[0], static_cast<int>(w.shape[0]), K};
+  detail::GemvParams<D, DY> p{dev(x.data), x.stride[0], dev(w.data), w.stride[0], dev(bias),
+                              reinterpret_cast<DY*>(y.data), y.stride[0], static_cast<int>(w.shape[0]), K};
   p.norm_r_in = dev(r_in);
   p.norm_r_out = dev(r_out);
   p.norm_w = dev(norm_w);

@@ -19,12 +19,21 @@ struct RopeParams {
 namespace detail {
 inline constexpr int kRopeThreads = 128;
 
+/// What qk_norm_rope_token hands each rotated head to besides its own store: nothing here;
+/// rope_kv.cuh's sink also writes the K heads into the paged cache.
+struct NoRopeSink {
+  __device__ __forceinline__ void operator()(int, int, const float (&)[8], const float (&)[8]) const {}
+};
+
 /// Device body for one token: a thread owns 8 elements of a head's first half and the 8 they
 /// rotate with in the second half, so the rotation needs no exchange, the norm needs HD/16
 /// lanes, and its 8 cos/sin pairs are computed once and reused for every head of the token.
-template <int HD, class T>
+/// `sink(h, sub, oa, ob)` sees every head's rotated values (elements sub·8.. and HD/2 + sub·8..)
+/// right after they are stored.
+template <int HD, class T, class Sink = NoRopeSink>
 __device__ __forceinline__ void qk_norm_rope_token(T* __restrict__ row, int nq, int heads, const T* __restrict__ q_norm,
-                                                   const T* __restrict__ k_norm, float eps, int pos, const RopeParams& rp) {
+                                                   const T* __restrict__ k_norm, float eps, int pos, const RopeParams& rp,
+                                                   const Sink& sink = {}) {
   constexpr int TPH = HD / 16, HPB = kRopeThreads / TPH;
   const int sub = threadIdx.x % TPH, slot = threadIdx.x / TPH;
   float c[8], sn[8];
@@ -75,8 +84,17 @@ __device__ __forceinline__ void qk_norm_rope_token(T* __restrict__ row, int nq, 
     if (h0 + slot < heads) {
       store8(head + sub * 8, oa);
       store8(head + HD / 2 + sub * 8, ob);
+      sink(h, sub, oa, ob);
     }
   }
+}
+
+/// CTAs per token along gridDim.y: few tokens (decode at small batch) spread a token's heads
+/// over several CTAs, so a token is one pass of dependent loads, not heads/HPB of them
+/// (5.9 µs → 3.9 µs per layer at batch 1, docs/gpu_engine.md).
+inline unsigned rope_split(int num_tokens, int heads, int head_dim) {
+  const int heads_per_cta = kRopeThreads / (head_dim / 16);
+  return num_tokens < 4 * num_sms() ? unsigned((heads + heads_per_cta - 1) / heads_per_cta) : 1u;
 }
 
 template <int HD, class T>
@@ -105,11 +123,7 @@ void qk_norm_rope(TensorView<T> qkv, const int32_t* positions, int num_q_heads, 
   const int num_tokens = static_cast<int>(qkv.shape[0]);
   if (num_tokens == 0) return;
   PIE_DISPATCH_HEAD_DIM(head_dim, HD, [&] {
-    // Few tokens (decode at small batch): the heads of a token spread over several CTAs, so a
-    // token is one pass of dependent loads, not heads/HPB of them (5.9 µs → see docs/gpu_engine.md).
-    constexpr int kHeadsPerCta = detail::kRopeThreads / (HD / 16);
-    const int heads = num_q_heads + num_kv_heads;
-    const unsigned split = num_tokens < 4 * num_sms() ? unsigned((heads + kHeadsPerCta - 1) / kHeadsPerCta) : 1u;
+    const unsigned split = detail::rope_split(num_tokens, num_q_heads + num_kv_heads, HD);
     launch_pdl(detail::qk_norm_rope_kernel<HD, device_t<T>>, dim3(static_cast<unsigned>(num_tokens), split),
                dim3(detail::kRopeThreads), 0, stream, dev(qkv.data), qkv.stride[0], positions, num_q_heads,
                num_kv_heads, dev(q_norm), dev(k_norm), eps, rope);

@@ -1,0 +1,58 @@
+#pragma once
+/// \file fusion_switches.hpp
+/// \brief The GPU forward's opt-in kernel fusions at op boundaries, read from the environment
+/// when a runner is built (its CUDA graphs capture the path chosen then). Off by default until
+/// measured on the GPU (docs/gpu_engine.md, "Fusions at the op boundaries of the decode step");
+/// each fused path is bit-identical to the separate kernels it replaces.
+#include <cstdlib>
+#include <string_view>
+
+#include "pie/core/error.hpp"
+
+namespace pie::engine {
+
+/// A 0/1 environment switch: unset, empty or "0" → false, "1" → true; anything else is
+/// refused with a message naming the variable.
+inline bool env_switch(const char* name, const char* value) {
+  if (value == nullptr) return false;
+  const std::string_view v(value);
+  PIE_CHECK(v == "0" || v == "1" || v.empty(), name, " must be 0 or 1, got '", v, "'");
+  return v == "1";
+}
+
+/// \brief Which fusions the GPU forward context takes.
+struct FusionSwitches {
+  /// PIE_FUSED_ROPE_KV: the q/k-norm + RoPE kernel writes the layer's K/V into the paged cache
+  /// and attention() launches no kv_write (ops/cuda/rope_kv.cuh, engine/kv_write_fusion.hpp).
+  bool rope_kv = false;
+  /// PIE_FUSED_FINAL_NORM: at batch 1 with one sampled row, the final residual add + RMSNorm
+  /// runs in the lm_head GEMV's prologue (ops::cuda::add_rms_norm_gemv, float logits).
+  bool final_norm = false;
+
+  static FusionSwitches from_env() {
+    FusionSwitches f;
+    f.rope_kv = env_switch("PIE_FUSED_ROPE_KV", std::getenv("PIE_FUSED_ROPE_KV"));
+    f.final_norm = env_switch("PIE_FUSED_FINAL_NORM", std::getenv("PIE_FUSED_FINAL_NORM"));
+    return f;
+  }
+};
+
+/// \brief What decides whether a step's final norm may run inside lm_head's GEMV.
+struct FinalNormStep {
+  int tokens = 0;             ///< rows of the forward
+  int samples = 0;            ///< rows through lm_head (a row drawn n times counts n)
+  int prompt_rows = 0;        ///< prompt_logprobs rows (they read the normalised hidden states)
+  bool tensor_parallel = false;
+  int lm_head_gemv_rows = 0;  ///< rows up to which lm_head runs the GEMV (0 under batch invariance)
+  bool hidden_fits = false;   ///< the fused norm takes this hidden size (add_rms_norm_gemv_supported)
+};
+
+/// True when fusions.final_norm is on and the step is one row sampled once, with lm_head through
+/// the GEMV (whose arithmetic the fused kernel repeats bit for bit), no prompt_logprobs rows and
+/// no tensor parallelism (its lm_head is a vocab slice and an all-gather).
+inline bool final_norm_in_lm_head(bool on, const FinalNormStep& s) {
+  return on && s.tokens == 1 && s.samples == 1 && s.prompt_rows == 0 && !s.tensor_parallel &&
+         s.lm_head_gemv_rows >= 1 && s.hidden_fits;
+}
+
+}  // namespace pie::engine

@@ -1,0 +1,132 @@
+// When the GPU forward context lets the q/k RoPE kernel write a layer's K/V into the cache
+// (PIE_FUSED_ROPE_KV=1) and when attention() still runs kv_write: engine/kv_write_fusion.hpp,
+// host logic only, and the environment switches of the fusions (engine/fusion_switches.hpp).
+// The kernels themselves: tests/cuda/test_rope_kv.cu.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <string>
+
+#include "pie/engine/fusion_switches.hpp"
+#include "pie/engine/kv_write_fusion.hpp"
+
+namespace {
+using pie::engine::KvWriteFusion;
+
+int qkv_a = 0, qkv_b = 0;  // two activation buffers (only their addresses matter)
+
+TEST(KvWriteFusion, OffNeverFuses) {
+  KvWriteFusion f(false, 4);
+  f.begin_step();
+  for (int l = 0; l < 4; ++l) {
+    EXPECT_EQ(f.on_rope(&qkv_a), -1);
+    EXPECT_FALSE(f.on_attention(l, &qkv_a));
+  }
+}
+
+TEST(KvWriteFusion, LayersInOrderAreFusedEveryStep) {
+  KvWriteFusion f(true, 3);
+  for (int step = 0; step < 2; ++step) {
+    f.begin_step();
+    for (int l = 0; l < 3; ++l) {
+      EXPECT_EQ(f.on_rope(&qkv_a), l) << "step " << step;
+      EXPECT_TRUE(f.on_attention(l, &qkv_a)) << "step " << step;
+    }
+    EXPECT_EQ(f.on_rope(&qkv_a), -1) << "no layer past the last";
+  }
+}
+
+TEST(KvWriteFusion, AnOpBetweenRopeAndAttentionMeansKvWriteAgain) {
+  KvWriteFusion f(true, 2);
+  f.begin_step();
+  EXPECT_EQ(f.on_rope(&qkv_a), 0);
+  f.on_other_op();  // e.g. a model's own op on qkv after the rotation
+  EXPECT_FALSE(f.on_attention(0, &qkv_a));
+  EXPECT_EQ(f.on_rope(&qkv_a), 1);  // the next layer fuses again
+  EXPECT_TRUE(f.on_attention(1, &qkv_a));
+}
+
+TEST(KvWriteFusion, AnotherBufferMeansKvWriteAgain) {
+  KvWriteFusion f(true, 2);
+  f.begin_step();
+  EXPECT_EQ(f.on_rope(&qkv_a), 0);
+  EXPECT_FALSE(f.on_attention(0, &qkv_b));
+}
+
+TEST(KvWriteFusion, AttentionWithoutRopeWritesItself) {
+  KvWriteFusion f(true, 2);
+  f.begin_step();
+  EXPECT_FALSE(f.on_attention(0, &qkv_a));  // a model without RoPE (ALiBi, NoPE)
+  EXPECT_EQ(f.on_rope(&qkv_a), 1);          // the layer after the last attention
+  EXPECT_TRUE(f.on_attention(1, &qkv_a));
+}
+
+TEST(KvWriteFusion, LayersOutOfOrderAreRefusedWithAMessage) {
+  KvWriteFusion f(true, 4);
+  f.begin_step();
+  EXPECT_EQ(f.on_rope(&qkv_a), 0);
+  try {
+    f.on_attention(2, &qkv_a);
+    FAIL() << "no error";
+  } catch (const pie::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("PIE_FUSED_ROPE_KV=0"), std::string::npos) << e.what();
+  }
+}
+
+TEST(KvWriteFusion, StepStartsAtLayerZero) {
+  KvWriteFusion f(true, 4);
+  f.begin_step();
+  EXPECT_EQ(f.on_rope(&qkv_a), 0);
+  EXPECT_TRUE(f.on_attention(0, &qkv_a));
+  EXPECT_EQ(f.on_rope(&qkv_a), 1);  // the step ends here (e.g. an exception); the next begins
+  f.begin_step();
+  EXPECT_EQ(f.on_rope(&qkv_a), 0);
+}
+
+TEST(FusionSwitches, EnvironmentValues) {
+  using pie::engine::env_switch;
+  EXPECT_FALSE(env_switch("X", nullptr));
+  EXPECT_FALSE(env_switch("X", "0"));
+  EXPECT_FALSE(env_switch("X", ""));
+  EXPECT_TRUE(env_switch("X", "1"));
+  try {
+    env_switch("PIE_FUSED_ROPE_KV", "yes");
+    FAIL() << "no error";
+  } catch (const pie::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("PIE_FUSED_ROPE_KV must be 0 or 1"), std::string::npos) << e.what();
+  }
+}
+
+TEST(FusionSwitches, FromEnvironmentOffByDefault) {
+  unsetenv("PIE_FUSED_ROPE_KV");
+  unsetenv("PIE_FUSED_FINAL_NORM");
+  auto f = pie::engine::FusionSwitches::from_env();
+  EXPECT_FALSE(f.rope_kv);
+  EXPECT_FALSE(f.final_norm);
+  setenv("PIE_FUSED_FINAL_NORM", "1", 1);
+  f = pie::engine::FusionSwitches::from_env();
+  EXPECT_FALSE(f.rope_kv);
+  EXPECT_TRUE(f.final_norm);
+  unsetenv("PIE_FUSED_FINAL_NORM");
+}
+
+TEST(FusionSwitches, FinalNormOnlyForOneRowSampledOnceThroughTheGemv) {
+  using pie::engine::final_norm_in_lm_head;
+  using pie::engine::FinalNormStep;
+  FinalNormStep b1;  // a batch-1 decode step of the default engine
+  b1.tokens = 1;
+  b1.samples = 1;
+  b1.lm_head_gemv_rows = 1;
+  b1.hidden_fits = true;
+  EXPECT_TRUE(final_norm_in_lm_head(true, b1));
+  EXPECT_FALSE(final_norm_in_lm_head(false, b1)) << "switch off";
+  auto with = [&](auto f) { FinalNormStep s = b1; f(s); return final_norm_in_lm_head(true, s); };
+  EXPECT_FALSE(with([](FinalNormStep& s) { s.tokens = 2; })) << "batch 2";
+  EXPECT_FALSE(with([](FinalNormStep& s) { s.samples = 2; })) << "a 1-token prompt drawn twice (n = 2)";
+  EXPECT_FALSE(with([](FinalNormStep& s) { s.prompt_rows = 1; })) << "prompt_logprobs read the normed rows";
+  EXPECT_FALSE(with([](FinalNormStep& s) { s.tensor_parallel = true; }));
+  EXPECT_FALSE(with([](FinalNormStep& s) { s.lm_head_gemv_rows = 0; })) << "batch invariance: cuBLASLt lm_head";
+  EXPECT_FALSE(with([](FinalNormStep& s) { s.hidden_fits = false; })) << "hidden size > 4096";
+}
+
+}  // namespace

@@ -1,0 +1,152 @@
+// The opt-in fusions of the GPU forward (engine/fusion_switches.hpp) against the separate
+// kernels on the GPU engine: PIE_FUSED_ROPE_KV=1 (the q/k RoPE kernel writes K/V into the paged
+// cache, attention() skips kv_write), PIE_FUSED_FINAL_NORM=1 (batch-1 final norm inside the
+// lm_head GEMV) and both. The float logits of every step are bit-identical — chunked prefill, a
+// mixed step, graph-replayed decode steps (a padded bucket: slot −1 rows) and batch-1 steps,
+// replayed and eager — for Qwen3 (q/k norm), a Llama-shaped model with llama3 RoPE scaling
+// (plain RoPE), block sizes 16 and 8, and an fp8 KV cache. Label cuda.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gpu_test_util.hpp"
+#include "pie/core/policy.hpp"
+#include "pie/engine/cuda/cuda_runner.cuh"
+#include "pie/engine/engine.hpp"
+#include "pie/model/dummy.hpp"
+#include "pie/model/qwen3.hpp"
+
+namespace pie {
+namespace {
+
+using engine::SampleSpec;
+using gpu_test::HandSeq;
+using Bf16Block8 = EnginePolicy<8, bf16, bf16, attention::Causal, backend::Cuda>;
+
+template <class P>
+std::unique_ptr<Engine<model::AnyDecoder, P>> make_engine(const std::shared_ptr<const model::Weights<bf16>>& hw,
+                                                          bool rope_kv, bool final_norm, bool eager) {
+  // The runner reads the switches once, when it is built (its graphs capture that path).
+  setenv("PIE_FUSED_ROPE_KV", rope_kv ? "1" : "0", 1);
+  setenv("PIE_FUSED_FINAL_NORM", final_norm ? "1" : "0", 1);
+  EngineOptions o;
+  o.sched.max_num_seqs = 16;
+  o.sched.max_num_batched_tokens = 256;
+  o.sched.max_model_len = 512;
+  o.swap_space_gib = 0.02;
+  o.enforce_eager = eager;
+  o.num_kv_blocks = 128;
+  o.log = false;
+  o.set_weights(hw);
+  auto e = std::make_unique<Engine<model::AnyDecoder, P>>(o);
+  unsetenv("PIE_FUSED_ROPE_KV");
+  unsetenv("PIE_FUSED_FINAL_NORM");
+  return e;
+}
+
+std::vector<int32_t> random_tokens(std::mt19937& rng, int n, int vocab) {
+  std::uniform_int_distribution<int> d(2, vocab - 1);
+  std::vector<int32_t> t(n);
+  for (auto& x : t) x = d(rng);
+  return t;
+}
+
+/// Runs the same hand-built steps through the separate kernels and through an engine with the
+/// given fusions; every step's float logits must be the same bytes.
+template <class P>
+void check(const model::ModelConfig& cfg, bool eager, bool rope_kv, bool final_norm, const std::string& what_in) {
+  constexpr int bs = P::block_size;
+  const std::string what = what_in + (rope_kv ? " +rope_kv" : "") + (final_norm ? " +final_norm" : "");
+  auto hw = std::make_shared<const model::Weights<bf16>>(model::dummy_weights<bf16>(cfg, 21));
+  auto sep_owner = make_engine<P>(hw, false, false, eager);
+  auto fus_owner = make_engine<P>(hw, rope_kv, final_norm, eager);
+  auto& sep = sep_owner->runner();
+  auto& fus = fus_owner->runner();
+  std::mt19937 rng(7);
+  std::vector<HandSeq> s1(3);
+  for (auto& s : s1) s.tokens = random_tokens(rng, 20 + int(rng() % 40), cfg.vocab_size);
+  auto s2 = s1;
+  int32_t n1 = 0, n2 = 0;
+  int steps = 0, differ = 0;
+  auto step = [&](std::vector<int> idx, std::vector<int> n) {
+    std::vector<HandSeq*> p1, p2;
+    for (int i : idx) { p1.push_back(&s1[i]); p2.push_back(&s2[i]); }
+    auto q1 = gpu_test::hand_plan(p1, n, bs, n1);
+    auto q2 = gpu_test::hand_plan(p2, n, bs, n2);
+    std::vector<SampleSpec> specs(q1.logits_rows.size());
+    auto l1 = sep.execute_logits(q1, specs);
+    std::vector<float> a(l1.begin(), l1.end());
+    std::vector<int32_t> ids(sep.last_ids().begin(), sep.last_ids().end());
+    auto l2 = fus.execute_logits(q2, specs);
+    ASSERT_EQ(a.size(), l2.size());
+    ++steps;
+    if (std::memcmp(a.data(), l2.data(), a.size() * sizeof(float)) != 0) {
+      ++differ;
+      ADD_FAILURE() << what << ": logits of step " << steps << " differ";
+    }
+    for (size_t r = 0; r < idx.size(); ++r) {
+      if (s1[idx[r]].cached < static_cast<int>(s1[idx[r]].tokens.size())) continue;  // mid-prompt chunk
+      s1[idx[r]].tokens.push_back(ids[r]);
+      s2[idx[r]].tokens.push_back(ids[r]);
+    }
+  };
+  const int len2 = static_cast<int>(s1[2].tokens.size());
+  step({0, 1}, {static_cast<int>(s1[0].tokens.size()), static_cast<int>(s1[1].tokens.size())});
+  step({0, 1, 2}, {1, 1, len2 / 2});             // decodes beside the first chunk of a prompt
+  step({0, 1, 2}, {1, 1, len2 - len2 / 2});      // ... and its last chunk
+  for (int i = 0; i < 6; ++i) step({0, 1, 2}, {1, 1, 1});  // graph bucket 4: one padding row
+  for (int i = 0; i < 4; ++i) step({1}, {1});              // batch 1
+  EXPECT_EQ(differ, 0) << what << ": " << differ << " of " << steps << " steps";
+  if (!eager) EXPECT_GT(fus.stats().graph_steps, 0) << what;
+  // The fused paths ran (the test compares something): per layer of every eager step or capture,
+  // and the final norm on the batch-1 steps; the separate engine took none.
+  const auto& on = fus.forward().fusion_counts();
+  const auto& off = sep.forward().fusion_counts();
+  EXPECT_EQ(off.rope_kv + off.final_norm, 0) << what;
+  if (rope_kv) EXPECT_GE(on.rope_kv, int64_t{3} * cfg.num_hidden_layers) << what;
+  else EXPECT_EQ(on.rope_kv, 0) << what;
+  if (final_norm) EXPECT_GE(on.final_norm, 1) << what;
+  else EXPECT_EQ(on.final_norm, 0) << what;
+  std::printf("[fused] %s: %d/%d steps bit-identical\n", what.c_str(), steps - differ, steps);
+}
+
+/// Each fusion alone and both together.
+template <class P>
+void check_all(const model::ModelConfig& cfg, bool eager, const std::string& what) {
+  check<P>(cfg, eager, true, false, what);
+  check<P>(cfg, eager, false, true, what);
+  check<P>(cfg, eager, true, true, what);
+}
+
+TEST(FusedOps, Qwen3LogitsBitIdenticalGraphsAndEager) {
+  auto cfg = gpu_test::small_qwen3(3);
+  check_all<CudaBf16>(cfg, false, "qwen3 graphs");
+  check_all<CudaBf16>(cfg, true, "qwen3 eager");
+}
+
+TEST(FusedOps, LlamaWithLlama3RopeScalingLogitsBitIdentical) {
+  auto cfg = gpu_test::small_qwen3(2);
+  cfg.architecture = model::Architecture::Llama;
+  cfg.qk_norm = false;
+  cfg.num_attention_heads = 8;  // GQA group 4
+  cfg.num_key_value_heads = 2;
+  cfg.head_dim = 128;
+  cfg.rope_theta = 500000;
+  cfg.rope_scaling.type = decltype(cfg.rope_scaling)::Type::Llama3;
+  cfg.rope_scaling.factor = 8;
+  cfg.rope_scaling.original_max_position_embeddings = 64;  // scaled frequencies at these lengths
+  check_all<CudaBf16>(cfg, false, "llama3 graphs");
+}
+
+TEST(FusedOps, BlockSize8LogitsBitIdentical) { check_all<Bf16Block8>(gpu_test::small_qwen3(2), false, "block 8"); }
+
+TEST(FusedOps, Fp8KvCacheLogitsBitIdentical) {
+  check_all<CudaBf16Fp8KV>(gpu_test::small_qwen3(2), false, "fp8 kv");
+}
+
+}  // namespace
+}  // namespace pie
