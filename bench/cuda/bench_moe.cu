@@ -8,6 +8,8 @@
 // TFLOP/s and % of the GEMM ceiling.
 //   pie_bench_cuda_moe [tokens...]
 #include <cstdio>
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -27,6 +29,43 @@ void row(const std::string& name, double ms, double bytes, double flops) {
   const double gbs = bytes / (ms * 1e-3) / 1e9, tf = flops / (ms * 1e-3) / 1e12;
   std::printf("%-44s %8.1f us  %7.0f GB/s = %5.1f%% copy  %6.1f TFLOP/s = %5.1f%% gemm\n", name.c_str(), ms * 1e3,
               gbs, 100 * gbs / g_ceil.copy_gbs, tf, 100 * tf / g_ceil.gemm_tflops);
+}
+
+template <class T> std::vector<T> download(const DeviceBuffer<T>& d) {
+  std::vector<T> h(d.size());
+  PIE_CUDA_CHECK(cudaDeviceSynchronize());
+  PIE_CUDA_CHECK(cudaMemcpy(h.data(), d.data(), h.size() * sizeof(T), cudaMemcpyDeviceToHost));
+  return h;
+}
+
+/// The CUTLASS path with TileN-column tiles: each stage alone, then the whole experts block.
+template <int TileN>
+void bench_cutlass(int n, TensorView<bf16> xv, TensorView<bf16> guv, TensorView<bf16> dnv, oc::MoeWorkspace<bf16>& ws,
+                   TensorView<bf16> ov, double gu_bytes, double gu_flops, double dn_bytes, double dn_flops,
+                   const DeviceBuffer<bf16>& out, const std::vector<bf16>& ref) {
+  oc::MoeCutlass<bf16, TileN> path(ws, n);
+  const std::string t = "cutlass 64x" + std::to_string(TileN) + " ";
+  const double rows = double(n) * kK;
+  row(t + "prepare (gather x, group arrays)", median_ms([&] { path.prepare(xv, guv, dnv, ws, nullptr); }),
+      2 * rows * kH * 2, 0);
+  row(t + "gate_up GEMM", median_ms([&] { path.product(0, nullptr); }), gu_bytes + rows * kI * 2, gu_flops);
+  row(t + "SwiGLU", median_ms([&] { path.swiglu(n, ws, nullptr); }), rows * 3 * kI * 2, 0);
+  row(t + "gate_up (prepare, GEMM, SwiGLU)", median_ms([&] { path.gate_up(xv, guv, dnv, ws, nullptr); }), gu_bytes,
+      gu_flops);
+  row(t + "down", median_ms([&] { path.down(n, nullptr); }), dn_bytes, dn_flops);
+  row(t + "experts (gate_up, down, un-permute)",
+      median_ms([&] { oc::moe_experts_cutlass(xv, guv, dnv, ws, path, ov, nullptr); }), gu_bytes + dn_bytes,
+      gu_flops + dn_flops);
+  // Its output against the mma path's on this routing: the same up to bf16 rounding.
+  oc::moe_experts_cutlass(xv, guv, dnv, ws, path, ov, nullptr);
+  const std::vector<bf16> got = download(out);
+  double num = 0, den = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double d = double(to_float(got[i])) - to_float(ref[i]);
+    num += d * d;
+    den += double(to_float(ref[i])) * to_float(ref[i]);
+  }
+  std::printf("%s vs mma: rel l2 %.2e\n", t.c_str(), std::sqrt(num / std::max(den, 1e-30)));
 }
 
 void bench_tokens(int n) {
@@ -61,27 +100,11 @@ void bench_tokens(int n) {
       median_ms([&] { oc::moe_experts(xv, guv, dnv, ws, ov, false, nullptr); }), gu_bytes + dn_bytes,
       gu_flops + dn_flops);
 
-  oc::MoeCutlass<bf16> path(ws, n);
-  row("cutlass gate_up (+gather, SwiGLU kernels)", median_ms([&] { path.gate_up(xv, guv, dnv, ws, nullptr); }),
-      gu_bytes, gu_flops);
-  row("cutlass down", median_ms([&] { path.down(n, nullptr); }), dn_bytes, dn_flops);
-  row("cutlass experts (gate_up, down, un-permute)",
-      median_ms([&] { oc::moe_experts_cutlass(xv, guv, dnv, ws, path, ov, nullptr); }), gu_bytes + dn_bytes,
-      gu_flops + dn_flops);
+  oc::moe_experts(xv, guv, dnv, ws, ov, false, nullptr);  // the mma path's output, for the comparison
+  const std::vector<bf16> ref = download(out);
+  bench_cutlass<128>(n, xv, guv, dnv, ws, ov, gu_bytes, gu_flops, dn_bytes, dn_flops, out, ref);
+  bench_cutlass<256>(n, xv, guv, dnv, ws, ov, gu_bytes, gu_flops, dn_bytes, dn_flops, out, ref);
 
-  // The two paths' outputs on this routing: the same up to bf16 rounding.
-  oc::moe_experts(xv, guv, dnv, ws, ov, false, nullptr);
-  std::vector<bf16> a(out.size()), b(out.size());
-  PIE_CUDA_CHECK(cudaMemcpy(a.data(), out.data(), a.size() * 2, cudaMemcpyDeviceToHost));
-  oc::moe_experts_cutlass(xv, guv, dnv, ws, path, ov, nullptr);
-  PIE_CUDA_CHECK(cudaMemcpy(b.data(), out.data(), b.size() * 2, cudaMemcpyDeviceToHost));
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    const double d = double(to_float(a[i])) - to_float(b[i]);
-    num += d * d;
-    den += double(to_float(a[i])) * to_float(a[i]);
-  }
-  std::printf("cutlass vs mma: rel l2 %.2e\n", std::sqrt(num / std::max(den, 1e-30)));
 }
 
 }  // namespace

@@ -57,13 +57,15 @@
 namespace pie::ops::cuda {
 
 inline constexpr int kMoeCutlassTileM = 64;   ///< rows of a tile: one consumer warpgroup's wgmma m64
-inline constexpr int kMoeCutlassTileN = 128;  ///< columns of a tile
+inline constexpr int kMoeCutlassTileN = 128;  ///< columns of a tile (the engine's; the kernel bench also times 256)
 inline constexpr int kMoeCutlassTileK = 64;   ///< K per stage: 128 bytes of bf16, TMA's 128-byte swizzle
 
 namespace detail {
 
 /// \brief The CUTLASS grouped GEMM of both products: bf16 A [m, k] row-major times B [n, k]
-/// (K-major), fp32 accumulation, bf16 D [m, n] row-major, no C operand (β = 0).
+/// (K-major), fp32 accumulation, bf16 D [m, n] row-major, no C operand (β = 0); tiles of
+/// kMoeCutlassTileM × TileN × kMoeCutlassTileK.
+template <int TileN>
 struct MoeCutlassGemm {
   using Element = cutlass::bfloat16_t;
   using ProblemShape = cutlass::gemm::GroupProblemShape<cute::Shape<int, int, int>>;
@@ -71,7 +73,7 @@ struct MoeCutlassGemm {
   using LayoutB = cutlass::layout::ColumnMajor;
   using LayoutD = cutlass::layout::RowMajor;
   static constexpr int kAlign = 8;  // elements per 16-byte TMA chunk
-  using TileShape = cute::Shape<cute::Int<kMoeCutlassTileM>, cute::Int<kMoeCutlassTileN>, cute::Int<kMoeCutlassTileK>>;
+  using TileShape = cute::Shape<cute::Int<kMoeCutlassTileM>, cute::Int<TileN>, cute::Int<kMoeCutlassTileK>>;
   using ClusterShape = cute::Shape<cute::_1, cute::_1, cute::_1>;
   using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
@@ -169,14 +171,20 @@ __global__ void __launch_bounds__(256) moe_swiglu_kernel(const T* __restrict__ h
 /// arrays, CUTLASS's workspace (per-SM TMA descriptors) and both products' initialized GEMMs.
 /// Everything is set up once, outside any graph capture: a call only launches kernels, whose
 /// parameters hold these fixed addresses. bf16 only (the compiled CUDA policy).
-template <class T>
+template <class T, int TileN = kMoeCutlassTileN>
 class MoeCutlass {
-  using G = detail::MoeCutlassGemm;
+  using G = detail::MoeCutlassGemm<TileN>;
+  using Gemm = typename G::Gemm;
+  using Element = typename G::Element;
+  using Shape3 = typename G::Shape3;
+  using StrideA = typename G::StrideA;
+  using StrideB = typename G::StrideB;
+  using StrideD = typename G::StrideD;
 
  public:
   MoeCutlass(MoeWorkspace<T>& ws, int max_tokens)
       : E_(ws.num_experts()), H_(ws.hidden()), I_(ws.inter()),
-        layout_(moe_group::args_layout(ws.num_experts(), sizeof(G::StrideA))) {
+        layout_(moe_group::args_layout(ws.num_experts(), sizeof(StrideA))) {
     static_assert(std::is_same_v<device_t<T>, __nv_bfloat16>, "the CUTLASS MoE path is instantiated for bf16");
     PIE_CHECK(H_ % 8 == 0 && I_ % 8 == 0, "moe (cutlass): hidden ", H_, " and expert width ", I_,
               " must be multiples of 8 (16-byte TMA rows)");
@@ -188,9 +196,9 @@ class MoeCutlass {
     for (int q = 0; q < 2; ++q) {  // the strides: the same for every group of a product
       const moe_group::Leading ld = moe_group::leading(static_cast<moe_group::Product>(q), H_, I_);
       for (int e = 0; e < E_; ++e) {
-        reinterpret_cast<G::StrideA*>(host.data() + layout_.stride_a[q])[e] = G::StrideA{ld.a, {}, {}};
-        reinterpret_cast<G::StrideB*>(host.data() + layout_.stride_b[q])[e] = G::StrideB{ld.b, {}, {}};
-        reinterpret_cast<G::StrideD*>(host.data() + layout_.stride_d[q])[e] = G::StrideD{ld.d, {}, {}};
+        reinterpret_cast<StrideA*>(host.data() + layout_.stride_a[q])[e] = StrideA{ld.a, {}, {}};
+        reinterpret_cast<StrideB*>(host.data() + layout_.stride_b[q])[e] = StrideB{ld.b, {}, {}};
+        reinterpret_cast<StrideD*>(host.data() + layout_.stride_d[q])[e] = StrideD{ld.d, {}, {}};
       }
     }
     PIE_CUDA_CHECK(cudaMemcpy(args_.data(), host.data(), layout_.bytes, cudaMemcpyHostToDevice));
@@ -201,7 +209,7 @@ class MoeCutlass {
       auto args = arguments(q, hw);
       PIE_CHECK(gemm_[q].can_implement(args) == cutlass::Status::kSuccess,
                 "moe (cutlass): the grouped GEMM cannot run product ", q, " (H ", H_, ", I ", I_, ")");
-      work_[q] = DeviceBuffer<uint8_t>(std::max<size_t>(G::Gemm::get_workspace_size(args), 16));
+      work_[q] = DeviceBuffer<uint8_t>(std::max<size_t>(Gemm::get_workspace_size(args), 16));
       PIE_CHECK(gemm_[q].initialize(args, work_[q].data()) == cutlass::Status::kSuccess,
                 "moe (cutlass): initializing the grouped GEMM of product ", q, " failed");
     }
@@ -212,8 +220,21 @@ class MoeCutlass {
   /// Steps 1–3 of the file comment: gather + group arrays, gate_up, SwiGLU into ws.act().
   void gate_up(TensorView<T> x, TensorView<T> w_gate_up, TensorView<T> w_down, MoeWorkspace<T>& ws,
                cudaStream_t s) {
-    const int n = static_cast<int>(x.shape[0]), rows = n * ws.top_k();
+    const int n = static_cast<int>(x.shape[0]);
     if (n == 0) return;
+    prepare(x, w_gate_up, w_down, ws, s);
+    product(0, s);
+    swiglu(n, ws, s);
+  }
+  /// Step 4: y = act·downᵀ per expert (gate_up wrote its group arrays).
+  void down(int n, cudaStream_t s) {
+    if (n > 0) product(1, s);
+  }
+
+  /// The stages one by one (the kernel bench times them apart). Step 1: the gathered rows and
+  /// both products' group arrays.
+  void prepare(TensorView<T> x, TensorView<T> w_gate_up, TensorView<T> w_down, MoeWorkspace<T>& ws, cudaStream_t s) {
+    const int n = static_cast<int>(x.shape[0]), rows = n * ws.top_k();
     check(x, w_gate_up, w_down, ws);
     using D = device_t<T>;
     detail::MoePrepareParams<D> p{};
@@ -239,35 +260,36 @@ class MoeCutlass {
       p.ptr_d[q] = reinterpret_cast<void**>(args_.data() + layout_.ptr_d[q]);
     }
     launch_pdl(detail::moe_cutlass_prepare_kernel<D>, dim3((rows + 7) / 8), dim3(256), 0, s, p);
-    run(0, s);
+  }
+  /// One grouped product: q = 0 gate_up (xg → h), 1 down (act → y), over prepare's group arrays.
+  void product(int q, cudaStream_t s) {
+    PIE_CHECK(gemm_[q].run(s) == cutlass::Status::kSuccess, "moe (cutlass): launching the grouped GEMM failed");
+    PIE_CUDA_CHECK_LAUNCH();
+  }
+  /// Step 3: act = T(silu(gate))·up from h, for n tokens' rows.
+  void swiglu(int n, MoeWorkspace<T>& ws, cudaStream_t s) {
+    using D = device_t<T>;
+    const int rows = n * ws.top_k();
     const int64_t threads = static_cast<int64_t>(rows) * (I_ / 8);
     launch_pdl(detail::moe_swiglu_kernel<D>, dim3(static_cast<unsigned>((threads + 255) / 256)), dim3(256), 0, s,
                static_cast<const D*>(dev(h_.data())), dev(ws.act()), rows, I_);
   }
-  /// Step 4: y = act·downᵀ per expert (gate_up wrote its group arrays).
-  void down(int n, cudaStream_t s) {
-    if (n > 0) run(1, s);
-  }
 
  private:
-  typename G::Gemm::Arguments arguments(int q, const cutlass::KernelHardwareInfo& hw) {
+  typename Gemm::Arguments arguments(int q, const cutlass::KernelHardwareInfo& hw) {
     uint8_t* b = args_.data();
-    typename G::Gemm::Arguments args{
+    typename Gemm::Arguments args{
         cutlass::gemm::GemmUniversalMode::kGrouped,
-        {E_, reinterpret_cast<G::Shape3*>(b + layout_.shapes[q]), nullptr},
-        {reinterpret_cast<const G::Element**>(b + layout_.ptr_a[q]), reinterpret_cast<G::StrideA*>(b + layout_.stride_a[q]),
-         reinterpret_cast<const G::Element**>(b + layout_.ptr_b[q]), reinterpret_cast<G::StrideB*>(b + layout_.stride_b[q])},
-        {{}, nullptr, nullptr, reinterpret_cast<G::Element**>(b + layout_.ptr_d[q]),
-         reinterpret_cast<G::StrideD*>(b + layout_.stride_d[q])},
+        {E_, reinterpret_cast<Shape3*>(b + layout_.shapes[q]), nullptr},
+        {reinterpret_cast<const Element**>(b + layout_.ptr_a[q]), reinterpret_cast<StrideA*>(b + layout_.stride_a[q]),
+         reinterpret_cast<const Element**>(b + layout_.ptr_b[q]), reinterpret_cast<StrideB*>(b + layout_.stride_b[q])},
+        {{}, nullptr, nullptr, reinterpret_cast<Element**>(b + layout_.ptr_d[q]),
+         reinterpret_cast<StrideD*>(b + layout_.stride_d[q])},
         hw};
     args.epilogue.thread.alpha = 1.f;
     args.epilogue.thread.beta = 0.f;
     args.scheduler.raster_order = decltype(args.scheduler.raster_order)::AlongM;
     return args;
-  }
-  void run(int q, cudaStream_t s) {
-    PIE_CHECK(gemm_[q].run(s) == cutlass::Status::kSuccess, "moe (cutlass): launching the grouped GEMM failed");
-    PIE_CUDA_CHECK_LAUNCH();
   }
   void check(TensorView<T> x, TensorView<T> gu, TensorView<T> dn, const MoeWorkspace<T>& ws) const {
     PIE_CHECK(ws.num_experts() == E_ && ws.hidden() == H_ && ws.inter() == I_ && x.rank == 2 && x.shape[1] == H_ &&
@@ -286,15 +308,15 @@ class MoeCutlass {
   DeviceBuffer<T> h_;
   DeviceBuffer<uint8_t> args_;
   DeviceBuffer<uint8_t> work_[2];
-  typename G::Gemm gemm_[2];
+  Gemm gemm_[2];
 };
 
 /// \brief The experts of a routed call through the CUTLASS path: MoeCutlass's gate_up and down,
 /// then the weighted un-permute (the same kernel as the default path). moe_route ran on the same
 /// stream before.
-template <class T>
+template <class T, int TileN>
 void moe_experts_cutlass(TensorView<T> x, TensorView<T> gate_up, TensorView<T> down, MoeWorkspace<T>& ws,
-                         MoeCutlass<T>& path, TensorView<T> out, cudaStream_t stream) {
+                         MoeCutlass<T, TileN>& path, TensorView<T> out, cudaStream_t stream) {
   const int n = static_cast<int>(x.shape[0]);
   if (n == 0) return;
   const MoeExperts<T> ex(x, gate_up, down, ws, out, false);  // checks the shapes; its un-permute
