@@ -9,8 +9,9 @@
 #   2. the path's tests against the CPU op and the mma path (ragged groups, graph replay);
 #   3. the kernel bench at Qwen3-30B-A3B's shape, 1024 tokens = 8192 grouped rows: mma vs CUTLASS,
 #      µs, % of the copy ceiling and of the GEMM ceiling measured in the same run;
-#   4. `pie bench` Qwen3-30B-A3B dummy 1024 × (128, 128), PIE_MOE_GEMM unset (the mma path), then
-#      PIE_MOE_GEMM=cutlass: same binary, same call.
+#   4. `pie bench` Qwen3-30B-A3B dummy 1024 × (128, 128) with PIE_MOE_GEMM=cutlass, then =mma (the
+#      default path, the same-call peer; last, since the previous session measured it already):
+#      same binary, same call, each with the eager per-op profile of a batch-1024 decode step.
 # Usage, in the repository root of the GPU machine:  OUT=/some/dir bash bench/device_moe_gemm.sh
 # The last lines printed are the summary ($OUT/summary.txt).
 set -u
@@ -42,16 +43,16 @@ else
   BENCH=$BUILD/examples/pie/pie_bench
 fi
 
-run test_moe_cutlass 60 "$TEST" --gtest_color=no
+run test_moe_cutlass 70 "$TEST" --gtest_color=no
 grep -E "OK \]|FAILED  \]|Failure|Expected|Which is|PASSED" "$OUT/test_moe_cutlass.log" | head -20 | tee -a "$SUM"
 
 run kernel_bench 40 "$KBENCH" 1024 256
 grep -vE "^\s*$" "$OUT/kernel_bench.log" | tail -24 | tee -a "$SUM"
 
-for sw in mma cutlass; do
-  PIE_MOE_GEMM=$sw run "bench_30b_$sw" 70 "$BENCH" "$MODEL" --load-format dummy --mode throughput \
-    --input-len 128 --output-len 128 --num-prompts 1024 --max-num-seqs 1024 --output-json "$OUT/bench_30b_$sw.json"
-  grep -E "^(ceilings|engine|throughput|roofline|decode at|pie: memory)" "$OUT/bench_30b_$sw.log" | sed "s/^/[$sw] /" \
+for sw in cutlass mma; do
+  PIE_MOE_GEMM=$sw run "bench_30b_$sw" 65 "$BENCH" "$MODEL" --load-format dummy --mode throughput \
+    --input-len 128 --output-len 128 --num-prompts 1024 --max-num-seqs 1024 --profile --output-json "$OUT/bench_30b_$sw.json"
+  grep -E "^(ceilings|engine|throughput|roofline|decode at|profile|pie: memory)" "$OUT/bench_30b_$sw.log" | sed "s/^/[$sw] /" \
     | tee -a "$SUM"
 done
 say "done"
