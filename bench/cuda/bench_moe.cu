@@ -1,5 +1,6 @@
 // The MoE experts' grouped products at Qwen3-30B-A3B's shape (H 2048, I 768, 128 experts,
-// top-8), default mma.sync path against the CUTLASS grouped GEMM path (-DPIE_MOE_CUTLASS=ON),
+// top-8), default mma.sync path against the CUTLASS grouped GEMM path (-DPIE_MOE_CUTLASS=ON: 64x128
+// and 64x256 pingpong tiles, 128x128 cooperative),
 // in one run against the same run's ceilings: D2D copy bandwidth and a square bf16 GEMM
 // (cuBLASLt, 8192³). Tokens per call from the command line (default 1024: 8192 grouped rows,
 // ~64 per expert, the `pie bench` 1024 × (128, 128) decode step). Routing from random logits
@@ -39,12 +40,12 @@ template <class T> std::vector<T> download(const DeviceBuffer<T>& d) {
 }
 
 /// The CUTLASS path with TileN-column tiles: each stage alone, then the whole experts block.
-template <int TileN>
+template <int TileN, int TileM = 64>
 void bench_cutlass(int n, TensorView<bf16> xv, TensorView<bf16> guv, TensorView<bf16> dnv, oc::MoeWorkspace<bf16>& ws,
                    TensorView<bf16> ov, double gu_bytes, double gu_flops, double dn_bytes, double dn_flops,
                    const DeviceBuffer<bf16>& out, const std::vector<bf16>& ref) {
-  oc::MoeCutlass<bf16, TileN> path(ws, n);
-  const std::string t = "cutlass 64x" + std::to_string(TileN) + " ";
+  oc::MoeCutlass<bf16, TileN, TileM> path(ws, n);
+  const std::string t = "cutlass " + std::to_string(TileM) + "x" + std::to_string(TileN) + " ";
   const double rows = double(n) * kK;
   row(t + "prepare (gather x, group arrays)", median_ms([&] { path.prepare(xv, guv, dnv, ws, nullptr); }),
       2 * rows * kH * 2, 0);
@@ -104,6 +105,7 @@ void bench_tokens(int n) {
   const std::vector<bf16> ref = download(out);
   bench_cutlass<128>(n, xv, guv, dnv, ws, ov, gu_bytes, gu_flops, dn_bytes, dn_flops, out, ref);
   bench_cutlass<256>(n, xv, guv, dnv, ws, ov, gu_bytes, gu_flops, dn_bytes, dn_flops, out, ref);
+  bench_cutlass<128, 128>(n, xv, guv, dnv, ws, ov, gu_bytes, gu_flops, dn_bytes, dn_flops, out, ref);
 
 }
 

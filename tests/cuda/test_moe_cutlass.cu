@@ -2,7 +2,8 @@
 // -DPIE_MOE_CUTLASS=ON) against the CPU op (ops/cpu/moe.hpp) over the GPU's routing, and against
 // the default mma path where the CPU reference would take too long: at the tiny fixtures' shape,
 // widths that are not tile multiples, and Qwen3-30B-A3B's; ragged groups (empty experts, one
-// expert with every token, groups past one 64-row tile with a tail); and the routing + experts
+// expert with every token, groups past one 64-row tile with a tail); the other tile shapes the
+// kernel bench times (64×256 pingpong, 128×128 cooperative); and the routing + experts
 // captured in a CUDA graph, replayed over new routing and inputs (equal to eager, bit for bit).
 #include <gtest/gtest.h>
 
@@ -28,8 +29,8 @@ Views views(const Shape& s, ExpertsData& d) {
           d.ddown.view({s.experts, s.hidden, s.inter}), d.dout.view({s.n, s.hidden})};
 }
 
-template <int TileN>
-void run_cutlass(const Shape& s, ExpertsData& d, MoeWorkspace<bf16>& ws, MoeCutlass<bf16, TileN>& path,
+template <int TileN, int TileM>
+void run_cutlass(const Shape& s, ExpertsData& d, MoeWorkspace<bf16>& ws, MoeCutlass<bf16, TileN, TileM>& path,
                  cudaStream_t st) {
   ops::cuda::moe_route(s.n, s.norm, ws, st);
   const Views v = views(s, d);
@@ -53,10 +54,10 @@ void upload_logits(MoeWorkspace<bf16>& ws, const std::vector<float>& logits) {
 
 /// One case: the CUTLASS path against the CPU op (cpu = true) and against the mma path, over the
 /// same routing; outputs and the workspace's act/y poisoned first. TileN: the tile width.
-template <int TileN = ops::cuda::kMoeCutlassTileN>
+template <int TileN = ops::cuda::kMoeCutlassTileN, int TileM = ops::cuda::kMoeCutlassTileM>
 void check_case(const Shape& s, ExpertsData& d, bool cpu) {
   MoeWorkspace<bf16> ws(s.n, s.experts, s.top_k, s.hidden, s.inter);
-  MoeCutlass<bf16, TileN> path(ws, s.n);
+  MoeCutlass<bf16, TileN, TileM> path(ws, s.n);
   upload_logits(ws, d.logits);
   poison(d.dout);
   PIE_CUDA_CHECK(cudaMemset(ws.act(), 0xff, size_t(s.n) * s.top_k * s.inter * 2));
@@ -134,9 +135,9 @@ TEST(MoeCutlass, RaggedGroups) {
   }
 }
 
-// The 64×256 tiles the kernel bench also times (so that the engine can switch to them once
-// measured): ragged groups and the 30B shape.
-TEST(MoeCutlass, Tile256MatchesCpu) {
+// The tiles the kernel bench also times (so that the engine can switch to them once measured),
+// 64×256 pingpong and 128×128 cooperative: ragged groups and the 30B shape.
+TEST(MoeCutlass, OtherTilesMatchCpu) {
   std::mt19937 rng(24);
   {
     const Shape s{150, 256, 16, 128, 1, true};
@@ -144,11 +145,13 @@ TEST(MoeCutlass, Tile256MatchesCpu) {
     ExpertsData d = make_data(s, rng);
     d.logits = concentrated_logits(s.n, s.experts, 1, 5, rng);
     check_case<256>(s, d, true);
+    check_case<128, 128>(s, d, true);
   }
   for (Shape s : {Shape{200, 72, 6, 40, 3, false}, Shape{256, 2048, 128, 768, 8, true}}) {
     SCOPED_TRACE(name(s));
     ExpertsData d = make_data(s, rng);
     check_case<256>(s, d, true);
+    check_case<128, 128>(s, d, true);
   }
 }
 

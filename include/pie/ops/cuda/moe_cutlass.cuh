@@ -56,35 +56,44 @@
 
 namespace pie::ops::cuda {
 
-inline constexpr int kMoeCutlassTileM = 64;   ///< rows of a tile: one consumer warpgroup's wgmma m64
-inline constexpr int kMoeCutlassTileN = 128;  ///< columns of a tile (the engine's; the kernel bench also times 256)
+inline constexpr int kMoeCutlassTileM = 64;   ///< rows of the engine's tile: one consumer warpgroup's wgmma m64
+inline constexpr int kMoeCutlassTileN = 128;  ///< columns of the engine's tile (the kernel bench also times 256)
 inline constexpr int kMoeCutlassTileK = 64;   ///< K per stage: 128 bytes of bf16, TMA's 128-byte swizzle
 
 namespace detail {
 
 /// \brief The CUTLASS grouped GEMM of both products: bf16 A [m, k] row-major times B [n, k]
 /// (K-major), fp32 accumulation, bf16 D [m, n] row-major, no C operand (β = 0); tiles of
-/// kMoeCutlassTileM × TileN × kMoeCutlassTileK.
-template <int TileN>
+/// TileM × TileN × kMoeCutlassTileK. TileM 64: pingpong (each consumer warpgroup its own tile,
+/// taking turns); TileM 128: cooperative (both warpgroups on one tile, 64 rows each), which
+/// reads an expert's weight tile once for up to 128 rows without relying on L2, at the price of
+/// padding most 64-row experts to 128 (compute, not bytes: TMA fills rows past M with zeros
+/// without reading them).
+template <int TileN, int TileM = kMoeCutlassTileM>
 struct MoeCutlassGemm {
+  static_assert(TileM == 64 || TileM == 128, "tiles of 64 (pingpong) or 128 (cooperative) rows");
+  static constexpr bool kPingpong = TileM == 64;
+  using KernelSchedule = std::conditional_t<kPingpong, cutlass::gemm::KernelPtrArrayTmaWarpSpecializedPingpong,
+                                            cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative>;
+  using EpilogueSchedule = std::conditional_t<kPingpong, cutlass::epilogue::PtrArrayTmaWarpSpecializedPingpong,
+                                              cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative>;
   using Element = cutlass::bfloat16_t;
   using ProblemShape = cutlass::gemm::GroupProblemShape<cute::Shape<int, int, int>>;
   using LayoutA = cutlass::layout::RowMajor;
   using LayoutB = cutlass::layout::ColumnMajor;
   using LayoutD = cutlass::layout::RowMajor;
   static constexpr int kAlign = 8;  // elements per 16-byte TMA chunk
-  using TileShape = cute::Shape<cute::Int<kMoeCutlassTileM>, cute::Int<TileN>, cute::Int<kMoeCutlassTileK>>;
+  using TileShape = cute::Shape<cute::Int<TileM>, cute::Int<TileN>, cute::Int<kMoeCutlassTileK>>;
   using ClusterShape = cute::Shape<cute::_1, cute::_1, cute::_1>;
   using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
       cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, LayoutD*, kAlign, Element, LayoutD*,
-      kAlign, cutlass::epilogue::PtrArrayTmaWarpSpecializedPingpong,
-      cutlass::epilogue::fusion::LinearCombination<Element, float, void, float>>::CollectiveOp;
+      kAlign, EpilogueSchedule, cutlass::epilogue::fusion::LinearCombination<Element, float, void, float>>::CollectiveOp;
   using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Element, LayoutA*, kAlign, Element, LayoutB*, kAlign,
       float, TileShape, ClusterShape,
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
-      cutlass::gemm::KernelPtrArrayTmaWarpSpecializedPingpong>::CollectiveOp;
+      KernelSchedule>::CollectiveOp;
   using Kernel = cutlass::gemm::kernel::GemmUniversal<ProblemShape, Mainloop, Epilogue>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
   using StrideA = typename Kernel::InternalStrideA;
@@ -171,9 +180,9 @@ __global__ void __launch_bounds__(256) moe_swiglu_kernel(const T* __restrict__ h
 /// arrays, CUTLASS's workspace (per-SM TMA descriptors) and both products' initialized GEMMs.
 /// Everything is set up once, outside any graph capture: a call only launches kernels, whose
 /// parameters hold these fixed addresses. bf16 only (the compiled CUDA policy).
-template <class T, int TileN = kMoeCutlassTileN>
+template <class T, int TileN = kMoeCutlassTileN, int TileM = kMoeCutlassTileM>
 class MoeCutlass {
-  using G = detail::MoeCutlassGemm<TileN>;
+  using G = detail::MoeCutlassGemm<TileN, TileM>;
   using Gemm = typename G::Gemm;
   using Element = typename G::Element;
   using Shape3 = typename G::Shape3;
@@ -314,9 +323,9 @@ class MoeCutlass {
 /// \brief The experts of a routed call through the CUTLASS path: MoeCutlass's gate_up and down,
 /// then the weighted un-permute (the same kernel as the default path). moe_route ran on the same
 /// stream before.
-template <class T, int TileN>
+template <class T, int TileN, int TileM>
 void moe_experts_cutlass(TensorView<T> x, TensorView<T> gate_up, TensorView<T> down, MoeWorkspace<T>& ws,
-                         MoeCutlass<T, TileN>& path, TensorView<T> out, cudaStream_t stream) {
+                         MoeCutlass<T, TileN, TileM>& path, TensorView<T> out, cudaStream_t stream) {
   const int n = static_cast<int>(x.shape[0]);
   if (n == 0) return;
   const MoeExperts<T> ex(x, gate_up, down, ws, out, false);  // checks the shapes; its un-permute
