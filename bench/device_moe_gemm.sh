@@ -47,7 +47,7 @@ run test_moe_cutlass 70 "$TEST" --gtest_color=no
 grep -E "OK \]|FAILED  \]|Failure|Expected|Which is|PASSED" "$OUT/test_moe_cutlass.log" | head -20 | tee -a "$SUM"
 
 run kernel_bench 40 "$KBENCH" 1024 256
-grep -vE "^\s*$" "$OUT/kernel_bench.log" | tail -24 | tee -a "$SUM"
+grep -vE "^\s*$" "$OUT/kernel_bench.log" | head -70 | tee -a "$SUM"
 
 for sw in cutlass mma; do
   PIE_MOE_GEMM=$sw run "bench_30b_$sw" 65 "$BENCH" "$MODEL" --load-format dummy --mode throughput \
