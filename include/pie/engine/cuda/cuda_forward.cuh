@@ -357,11 +357,11 @@ class CudaForward {
     // PIE_MOE_GEMM=cutlass: the CUTLASS grouped GEMMs above the GEMV batch sizes (not under batch
     // invariance, which the mma path is tested for). The path's state is set up on the first
     // call (eager, like the workspace) and re-made with it.
-    [[maybe_unused]] const bool cutlass =
+    [[maybe_unused]] const bool use_cutlass =
         moe_cutlass_wanted() && !p_.batch_invariant && n > ops::cuda::kMoeGemvMaxTokens;
 #if defined(PIE_MOE_CUTLASS)
     if constexpr (std::is_same_v<ops::cuda::device_t<T>, __nv_bfloat16>) {
-      if (cutlass) {
+      if (use_cutlass) {
         if (!moe_cutlass_ || moe_cutlass_ws_ != moe_.get()) {
           PIE_CHECK(!frozen_, "CudaForward: the MoE workspace changed after the graphs were captured");
           moe_cutlass_ = std::make_unique<ops::cuda::MoeCutlass<T>>(ws, p_.max_tokens);
