@@ -23,3 +23,23 @@ if [[ ! -f "$xgr_cache/xgrammar-0.2.8/include/xgrammar/xgrammar.h" ]]; then
     -d "$xgr_cache" 2>&1 | grep -v "Running pip as the 'root'" || true
   tar -xzf "$xgr_cache/xgrammar-0.2.8.tar.gz" -C "$xgr_cache"
 fi
+# CUTLASS's headers (the nvidia-cutlass wheel's cutlass_library/source/include), only for
+# -DPIE_MOE_CUTLASS=ON builds (off in CI): unpacked into $PIE_DEPS_CACHE/cutlass-4.2.0.0/include,
+# CMake's default PIE_CUTLASS_DIR.
+if [[ "${PIE_MOE_CUTLASS:-OFF}" == ON ]]; then
+  cutlass_dir="${PIE_DEPS_CACHE:-$HOME/.cache/pie-deps}/cutlass-4.2.0.0"
+  if [[ ! -f "$cutlass_dir/include/cutlass/cutlass.h" ]]; then
+    mkdir -p "$cutlass_dir"
+    python3 -m pip download -q --disable-pip-version-check --no-deps nvidia-cutlass==4.2.0.0 -d "$cutlass_dir" 2>&1 \
+      | grep -v "Running pip as the 'root'" || true
+    python3 - "$cutlass_dir" <<'PY'
+import sys, zipfile, pathlib
+d = pathlib.Path(sys.argv[1]); pre = "cutlass_library/source/include/"
+with zipfile.ZipFile(next(d.glob("nvidia_cutlass-4.2.0.0-*.whl"))) as z:
+    for n in z.namelist():
+        if n.startswith(pre) and not n.endswith("/"):
+            out = d / "include" / n[len(pre):]; out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(z.read(n))
+PY
+  fi
+fi

@@ -55,6 +55,10 @@
 #include "pie/ops/cuda/gemv.cuh"
 #include "pie/ops/cuda/kv_write.cuh"
 #include "pie/ops/cuda/moe.cuh"
+#include "pie/ops/cuda/moe_group_plan.hpp"
+#if defined(PIE_MOE_CUTLASS)
+#include "pie/ops/cuda/moe_cutlass.cuh"
+#endif
 #include "pie/ops/cuda/norm.cuh"
 #include "pie/ops/cuda/prompt_logprobs.cuh"
 #include "pie/ops/cuda/rope.cuh"
@@ -157,6 +161,9 @@ class CudaForward {
                ids_.size() * sizeof(int32_t) + (part_.size() + gathered_.size()) * sizeof(float);
     for (const auto& s : slots_) b += s.size() * sizeof(T);
     if (moe_) b += moe_->bytes();
+#if defined(PIE_MOE_CUTLASS)
+    if (moe_cutlass_) b += moe_cutlass_->bytes();
+#endif
     return b;
   }
 
@@ -391,6 +398,26 @@ class CudaForward {
       if (cs == cudaStreamCaptureStatusNone) moe_observer_(ws.routing().ids, n, top_k, s_);
     }
     const ops::cuda::MoeExperts<T> ex(x, gate_up, down, ws, out, !p_.batch_invariant);
+    // PIE_MOE_GEMM=cutlass: the CUTLASS grouped GEMMs above the GEMV batch sizes (not under batch
+    // invariance, which the mma path is tested for). The path's state is set up on the first
+    // call (eager, like the workspace) and re-made with it.
+    [[maybe_unused]] const bool use_cutlass =
+        moe_cutlass_wanted() && !p_.batch_invariant && n > ops::cuda::kMoeGemvMaxTokens;
+#if defined(PIE_MOE_CUTLASS)
+    if constexpr (std::is_same_v<ops::cuda::device_t<T>, __nv_bfloat16>) {
+      if (use_cutlass) {
+        if (!moe_cutlass_ || moe_cutlass_ws_ != moe_.get()) {
+          PIE_CHECK(!frozen_, "CudaForward: the MoE workspace changed after the graphs were captured");
+          moe_cutlass_ = std::make_unique<ops::cuda::MoeCutlass<T>>(ws, p_.max_tokens);
+          moe_cutlass_ws_ = moe_.get();
+        }
+        op("moe_gate_up", [&] { moe_cutlass_->gate_up(x, gate_up, down, ws, s_); });
+        op("moe_down", [&] { moe_cutlass_->down(n, s_); });
+        op("moe_unpermute", [&] { ex.unpermute(s_); });
+        return;
+      }
+    }
+#endif
     op("moe_gate_up", [&] { ex.gate_up(s_); });  // three ops, so that the profiler splits them
     op("moe_down", [&] { ex.down(s_); });
     op("moe_unpermute", [&] { ex.unpermute(s_); });
@@ -552,6 +579,23 @@ class CudaForward {
   DeviceBuffer<float> logits_, part_, gathered_;
   DeviceBuffer<int32_t> ids_;
   std::unique_ptr<ops::cuda::MoeWorkspace<T>> moe_;  ///< the MoE block's scratch (first moe() call)
+#if defined(PIE_MOE_CUTLASS)
+  std::unique_ptr<ops::cuda::MoeCutlass<T>> moe_cutlass_;  ///< PIE_MOE_GEMM=cutlass's state (first use)
+  const void* moe_cutlass_ws_ = nullptr;                    ///< the workspace it was made for
+#endif
+  /// PIE_MOE_GEMM (moe_group::parse_gemm_choice): read once; "cutlass" in a build without
+  /// -DPIE_MOE_CUTLASS=ON is an error rather than a silent fallback.
+  static bool moe_cutlass_wanted() {
+    static const bool on = [] {
+      const bool want = ops::cuda::moe_group::parse_gemm_choice(std::getenv("PIE_MOE_GEMM")) ==
+                        ops::cuda::moe_group::GemmChoice::kCutlass;
+#if !defined(PIE_MOE_CUTLASS)
+      PIE_CHECK(!want, "PIE_MOE_GEMM=cutlass: this build has no CUTLASS path (configure with -DPIE_MOE_CUTLASS=ON)");
+#endif
+      return want;
+    }();
+    return on;
+  }
   /// The activation a producer quantized into the fp8 GEMM's buffer (src null: none).
   struct Fp8In {
     const T* src = nullptr;

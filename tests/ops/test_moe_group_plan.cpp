@@ -1,0 +1,129 @@
+// The host-checkable arithmetic of the CUTLASS MoE path (ops/cuda/moe_group_plan.hpp), which
+// the device kernel that fills CUTLASS's per-group arrays calls as is: each expert's groups of
+// both products cover exactly its grouped rows, stay inside their buffers and weights, and get
+// M = 0 when empty; the argument arrays are 16-byte aligned and disjoint; the run-time switch
+// rejects unknown values.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "pie/core/error.hpp"
+#include "pie/ops/cuda/moe_group_plan.hpp"
+
+namespace {
+using namespace pie::ops::cuda::moe_group;
+
+std::vector<int32_t> offsets_of(const std::vector<int>& counts) {
+  std::vector<int32_t> off(counts.size() + 1, 0);
+  std::partial_sum(counts.begin(), counts.end(), off.begin() + 1);
+  return off;
+}
+
+/// Every group of product p: rows [r0, r0 + m) of A and D in order, disjoint, covering
+/// [0, rows); A, B and D ranges inside their buffers; n and k the product's.
+void check_groups(Product p, const std::vector<int>& counts, int H, int I) {
+  const int E = static_cast<int>(counts.size());
+  const auto off = offsets_of(counts);
+  const int64_t rows = off[E];
+  const Leading ld = leading(p, H, I);
+  const int64_t n = p == Product::kGateUp ? 2 * I : H, k = p == Product::kGateUp ? H : I;
+  int64_t next_row = 0;
+  for (int e = 0; e < E; ++e) {
+    SCOPED_TRACE("expert " + std::to_string(e));
+    const Group g = group(p, e, off.data(), H, I);
+    ASSERT_EQ(g.m, counts[e]);
+    ASSERT_EQ(g.n, n);
+    ASSERT_EQ(g.k, k);
+    // A: rows [next_row, next_row + m) of [rows, k] with leading dimension ld.a = k.
+    ASSERT_EQ(ld.a, k);
+    ASSERT_EQ(g.a, next_row * ld.a);
+    ASSERT_LE(g.a + int64_t(g.m) * ld.a, rows * k);
+    // D: the same rows of [rows, n].
+    ASSERT_EQ(ld.d, n);
+    ASSERT_EQ(g.d, next_row * ld.d);
+    ASSERT_LE(g.d + int64_t(g.m) * ld.d, rows * n);
+    // B: expert e's [n, k] weight, K-major (ld.b = k), inside [E, n, k].
+    ASSERT_EQ(ld.b, k);
+    ASSERT_EQ(g.b, int64_t(e) * n * k);
+    ASSERT_LE(g.b + n * k, int64_t(E) * n * k);
+    // 16-byte alignment of every group's A and D start for bf16 (TMA): offsets multiple of 8.
+    ASSERT_EQ(g.a % 8, 0);
+    ASSERT_EQ(g.d % 8, 0);
+    next_row += g.m;
+  }
+  ASSERT_EQ(next_row, rows);
+}
+
+TEST(MoeGroupPlan, GroupsCoverTheGroupedRows) {
+  const int H = 2048, I = 768;  // Qwen3-30B-A3B
+  std::mt19937 rng(5);
+  std::vector<std::vector<int>> cases;
+  cases.push_back(std::vector<int>(128, 64));  // batch 1024, top-8, even
+  {
+    std::vector<int> c(128, 0);  // every token on one expert (one group of all rows)
+    c[77] = 8192;
+    cases.push_back(c);
+  }
+  {
+    std::vector<int> c(128, 0);  // ragged, empty experts in between
+    std::poisson_distribution<int> d(64);
+    for (int e = 0; e < 128; ++e) c[e] = (e % 3 == 1) ? 0 : d(rng);
+    cases.push_back(c);
+  }
+  cases.push_back(std::vector<int>(128, 0));  // no rows at all
+  {
+    std::vector<int> c(8, 0);  // the tiny fixtures: 8 experts
+    c[0] = 1;
+    c[7] = 3;
+    cases.push_back(c);
+  }
+  for (const auto& c : cases) {
+    check_groups(Product::kGateUp, c, H, I);
+    check_groups(Product::kDown, c, H, I);
+    check_groups(Product::kGateUp, c, 72, 40);  // widths that are not tile multiples
+    check_groups(Product::kDown, c, 72, 40);
+  }
+}
+
+TEST(MoeGroupPlan, ArgsLayoutIsAlignedAndDisjoint) {
+  for (int E : {1, 6, 8, 128, 256}) {
+    SCOPED_TRACE("E " + std::to_string(E));
+    const ArgsLayout l = args_layout(E, 8);
+    struct Range {
+      size_t at, bytes;
+    };
+    std::vector<Range> r;
+    for (int p = 0; p < 2; ++p) {
+      r.push_back({l.shapes[p], size_t(E) * 12});
+      for (size_t at : {l.ptr_a[p], l.ptr_b[p], l.ptr_d[p], l.stride_a[p], l.stride_b[p], l.stride_d[p]})
+        r.push_back({at, size_t(E) * 8});
+    }
+    std::sort(r.begin(), r.end(), [](const Range& a, const Range& b) { return a.at < b.at; });
+    for (size_t i = 0; i < r.size(); ++i) {
+      EXPECT_EQ(r[i].at % 16, 0u) << "array " << i;
+      const size_t end = r[i].at + r[i].bytes;
+      EXPECT_LE(end, i + 1 < r.size() ? r[i + 1].at : l.bytes) << "array " << i << " overlaps the next";
+    }
+    EXPECT_EQ(l.bytes % 16, 0u);
+  }
+  // The scratch the path allocates: h [rows, 2I].
+  EXPECT_EQ(h_elems(8192, 768), size_t(8192) * 1536);
+}
+
+TEST(MoeGroupPlan, SwitchValues) {
+  EXPECT_EQ(parse_gemm_choice(nullptr), GemmChoice::kMma);
+  EXPECT_EQ(parse_gemm_choice(""), GemmChoice::kMma);
+  EXPECT_EQ(parse_gemm_choice("mma"), GemmChoice::kMma);
+  EXPECT_EQ(parse_gemm_choice("cutlass"), GemmChoice::kCutlass);
+  try {
+    parse_gemm_choice("cublas");
+    FAIL() << "an unknown value was accepted";
+  } catch (const pie::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("PIE_MOE_GEMM=cublas"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
