@@ -3,9 +3,9 @@
 # call of at most ~3 minutes (PIE_DEADLINE_S, default 175):
 #   1. test_decode: every decode test, with the fused-merge grid (bit-identical to the merge kernel,
 #      the CPU reference, counters back at zero after eager launches and graph replays);
-#   2. compute-sanitizer memcheck and racecheck on a thinned fused grid;
-#   3. bench_decode's BM_DecodeMerge (merge kernel vs fused merge in the same process, % of the
+#   2. bench_decode's BM_DecodeMerge (merge kernel vs fused merge in the same process, % of the
 #      copy bandwidth measured first, tokens_per_split sweep) and the engine's-path rows;
+#   3. compute-sanitizer memcheck and racecheck on a thinned fused grid;
 #   4. if a pie_bench binary is at $PIE_PIE_BENCH (e.g. device_final.sh's build), batch-1 latency
 #      at the Qwen3-8B shape with PIE_DECODE_FUSED_MERGE=0 and =1.
 # Binaries are built on another x86-64 machine with CUDA 13 (sm_90a) and carried:
@@ -23,21 +23,22 @@ source "$(dirname "$0")/device_lib.sh"  # say, run (NAME LIMIT_S CMD...), gpu_li
 export LD_LIBRARY_PATH=$PWD/$dir:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 say "device: $(gpu_line)"
 
-run tests 50 "$dir/test_decode" --gtest_color=no
+run tests 60 "$dir/test_decode" --gtest_color=no
 grep -E "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure|differs|non-zero" "$OUT/tests.log" | head -30 | tee -a "$SUM"
 
-# memcheck: the fused grid's block 16 x head dim 128 row (four kernels), group 8 at block 8 x head
-# dim 64, and the variants / head dim 256 / 48-sequence test; racecheck (shared memory) on two.
+run bench 50 "$dir/bench_decode" --benchmark_filter='BM_DecodeMerge|BM_DecodeAttention<bf16>'
+grep -E "^device|^ceilings" "$OUT/bench.log" | tee -a "$SUM"
+awk '/^kernel /{p=1} p' "$OUT/bench.log" | tee -a "$SUM"
+
+# memcheck (10-50x slower): three fused cases, the CUDA-core bf16 and tensor-core fp8 kernels at
+# block 16 x head dim 128 x group 4 and the 16-bit tensor-core kernel at block 8 x head dim 64 x
+# group 8 (its 2-warp CTA walks 16 virtual rows); racecheck (shared memory) on two.
 run memcheck 40 compute-sanitizer --tool memcheck --error-exitcode 9 "$dir/test_decode" --gtest_color=no \
-  --gtest_filter='*FusedMerge*Block16_HeadDim128_Group4_*:*FusedMerge*Block8_HeadDim64_Group8_*:*FusedMergeMore*'
+  --gtest_filter='*FusedMerge*Block16_HeadDim128_Group4_CudaCoreBF16:*FusedMerge*Block16_HeadDim128_Group4_TensorCoreFp8:*FusedMerge*Block8_HeadDim64_Group8_TensorCoreF16'
 grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck.log" | tail -4 | tee -a "$SUM"
 run racecheck 25 compute-sanitizer --tool racecheck --error-exitcode 9 "$dir/test_decode" --gtest_color=no \
   --gtest_filter='*FusedMerge*Block16_HeadDim128_Group4_CudaCoreBF16:*FusedMerge*Block16_HeadDim128_Group4_TensorCoreFp8'
 grep -E "RACECHECK SUMMARY|ERROR SUMMARY|PASSED|FAILED" "$OUT/racecheck.log" | tail -4 | tee -a "$SUM"
-
-run bench 55 "$dir/bench_decode" --benchmark_filter='BM_DecodeMerge|BM_DecodeAttention<bf16>'
-grep -E "^device|^ceilings" "$OUT/bench.log" | tee -a "$SUM"
-awk '/^kernel /{p=1} p' "$OUT/bench.log" | tee -a "$SUM"
 
 PB=${PIE_PIE_BENCH:-}
 if [ -n "$PB" ] && [ -x "$PB" ] && [ -f "$MODEL/config.json" ]; then

@@ -139,6 +139,10 @@ __device__ __forceinline__ float load_partial(const float* p) {
     return *p;
 }
 
+/// Lanes over the splits per 8-dim chunk of the split merge (SL below).
+template <int HD>
+inline constexpr int kDecodeMergeSplitLanes = 128 / (HD / 8);  // SL: lanes over the splits per chunk
+
 /// \brief Merges split partials into NR output rows: out = Σ_s 2^(lse_s − M)·o_s / Σ_s 2^(lse_s − M),
 /// row r (index row[r] of the partials) written at dst[r]. A row is served by 128 virtual lanes,
 /// HD/8 chunks of 8 dims × SL = 128·8/HD lanes over the splits (sl: this thread's; c[r]: the first
@@ -147,8 +151,6 @@ __device__ __forceinline__ float load_partial(const float* p) {
 /// nothing. The merge kernel takes one row per CTA (NR = 1); the fused merge walks a (sequence, KV
 /// head)'s GROUP rows with the CTA's threads, NR rows at a time so their loads overlap. Each row
 /// sees the same operations in the same order either way, so the two paths agree bit for bit.
-template <int HD>
-inline constexpr int kDecodeMergeSplitLanes = 128 / (HD / 8);  // SL: lanes over the splits per chunk
 template <int HD, int NR, bool L2, class T>
 __device__ __forceinline__ void decode_merge_rows(const float* __restrict__ part_o, const float* __restrict__ part_lse,
                                                   int num_splits, int64_t plane, const int64_t (&row)[NR],
