@@ -151,7 +151,7 @@ inline constexpr int kDecodeMergeSplitLanes = 128 / (HD / 8);  // SL: lanes over
 /// nothing. The merge kernel takes one row per CTA (NR = 1); the fused merge walks a (sequence, KV
 /// head)'s GROUP rows with the CTA's threads, NR rows at a time so their loads overlap. Each row
 /// sees the same operations in the same order either way, so the two paths agree bit for bit.
-template <int HD, int NR, bool L2, class T>
+template <int HD, int NR, bool L2, int UNROLL = 1, class T>
 __device__ __forceinline__ void decode_merge_rows(const float* __restrict__ part_o, const float* __restrict__ part_lse,
                                                   int num_splits, int64_t plane, const int64_t (&row)[NR],
                                                   const int (&c)[NR], int sl, T* const (&dst)[NR]) {
@@ -174,7 +174,7 @@ __device__ __forceinline__ void decode_merge_rows(const float* __restrict__ part
 #pragma unroll
     for (int j = 0; j < 8; ++j) acc[r][j] = 0.f;
   }
-  for (int s = sl; s < num_splits; s += SL) {
+  auto accumulate = [&](int s) {
 #pragma unroll
     for (int r = 0; r < NR; ++r) {
       const float w = safe_scale(load_partial<L2>(part_lse + (s * plane + row[r])), mm[r]);
@@ -184,6 +184,12 @@ __device__ __forceinline__ void decode_merge_rows(const float* __restrict__ part
       acc[r][0] += w * a.x; acc[r][1] += w * a.y; acc[r][2] += w * a.z; acc[r][3] += w * a.w;
       acc[r][4] += w * bb.x; acc[r][5] += w * bb.y; acc[r][6] += w * bb.z; acc[r][7] += w * bb.w;
     }
+  };
+  if constexpr (UNROLL == 1) {  // the compiler's choice (by 4 for the merge kernel's one row)
+    for (int s = sl; s < num_splits; s += SL) accumulate(s);
+  } else {  // it does not unroll NR rows' body: UNROLL splits' loads in flight; each sum keeps its order
+#pragma unroll UNROLL
+    for (int s = sl; s < num_splits; s += SL) accumulate(s);
   }
 #pragma unroll
   for (int o = SL / 2; o > 0; o >>= 1) {
@@ -270,7 +276,11 @@ __device__ __forceinline__ void decode_store_merged(const DecodeParams<T, KV, Va
         dst[r] = p.out + b * p.out_stride + int64_t(h) * HD;
       }
       // The lane over the splits: v % 128 % SL = lane % SL, the same for every row (SL divides 32).
-      decode_merge_rows<HD, NR, true>(p.part_o, p.part_lse, p.num_splits, plane, rows, c, int(threadIdx.x) % SL, dst);
+      // Two splits' loads in flight per row, except in the 2-warp CTAs (at their 128-register
+      // bound, where that spills).
+      constexpr int kUnroll = NW >= 4 ? 2 : 1;
+      decode_merge_rows<HD, NR, true, kUnroll>(p.part_o, p.part_lse, p.num_splits, plane, rows, c,
+                                               int(threadIdx.x) % SL, dst);
     }
   }
 }
