@@ -253,7 +253,9 @@ __device__ __forceinline__ void decode_store_merged(const DecodeParams<T, KV, Va
     __syncthreads();
     if (threadIdx.x == 0) {
       const unsigned n = unsigned(p.num_splits - 1);
-      s_last = atomicInc(p.counters + (int64_t(b) * p.kv.num_kv_heads + kvh), n) == n;
+      const unsigned prev = atomicInc(p.counters + (int64_t(b) * p.kv.num_kv_heads + kvh), n);
+      if (prev > n) __trap();  // never past splits − 1 from zero: the workspace was not zeroed once
+      s_last = prev == n;
     }
     __syncthreads();
     if (!s_last) return;
