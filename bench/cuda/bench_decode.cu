@@ -23,17 +23,17 @@ constexpr int kNq = 32, kNkv = 8, kHd = 128;
 template <class KV> struct CacheSet {
   std::vector<BenchCache<KV>> caches;
   size_t i = 0;
-  CacheSet(int batch, int ctx, int bs) {
-    const double bytes = double(batch) * ctx * kNkv * kHd * 2 * sizeof(KV);
+  CacheSet(int batch, int ctx, int bs, int nkv = kNkv) {
+    const double bytes = double(batch) * ctx * nkv * kHd * 2 * sizeof(KV);
     const int n = std::max(1, int(std::ceil(512e6 / bytes)));
     caches.reserve(n);
-    for (int k = 0; k < n; ++k) caches.emplace_back(batch, ctx, kNkv, kHd, bs);
+    for (int k = 0; k < n; ++k) caches.emplace_back(batch, ctx, nkv, kHd, bs);
   }
   const kv::PagedKV<KV>& next() { return caches[i++ % caches.size()].view; }
 };
 
-double decode_bytes(int batch, int ctx, size_t kv_size) {
-  return double(batch) * ctx * kNkv * kHd * 2 * kv_size + 2.0 * batch * kNq * kHd * sizeof(bf16);
+double decode_bytes(int batch, int ctx, size_t kv_size, int nkv = kNkv) {
+  return double(batch) * ctx * nkv * kHd * 2 * kv_size + 2.0 * batch * kNq * kHd * sizeof(bf16);
 }
 
 std::string shape_name(const char* what, int batch, int ctx, int bs, int splits) {
@@ -48,7 +48,7 @@ void BM_DecodeAttention(benchmark::State& st) {
   CacheSet<KV> c(batch, ctx, bs);
   DeviceBuffer<bf16> q(size_t(batch) * kNq * kHd), o(q.size());
   fill(q.data(), q.size(), 4);
-  auto plan = oc::plan_decode_attention(batch, kNq, kNkv, kHd, ctx);
+  auto plan = oc::plan_decode_attention(batch, kNq, kNkv, kHd, ctx, 0, {});
   DeviceBuffer<unsigned char> ws(std::max<size_t>(plan.workspace_bytes, 256));
   report(st, shape_name(sizeof(KV) == 1 ? "decode fp8kv" : "decode", batch, ctx, bs, plan.num_splits),
          decode_bytes(batch, ctx, sizeof(KV)), 0, [&] {
@@ -71,12 +71,8 @@ void BM_DecodeShape(benchmark::State& st) {
   CacheSet<KV> c(batch, ctx, bs);
   DeviceBuffer<bf16> q(size_t(batch) * kNq * kHd), o(q.size());
   fill(q.data(), q.size(), 4);
-  auto plan = oc::plan_decode_attention(batch, kNq, kNkv, kHd, ctx);
-  if (force > 0) {
-    plan.tokens_per_split = ((ctx + force - 1) / force + 63) / 64 * 64;
-    plan.num_splits = (ctx + plan.tokens_per_split - 1) / plan.tokens_per_split;
-    plan.workspace_bytes = plan.num_splits > 1 ? size_t(plan.num_splits) * batch * kNq * (kHd + 1) * 4 : 0;
-  }
+  auto plan = oc::plan_decode_attention(batch, kNq, kNkv, kHd, ctx, 0, {});
+  if (force > 0) oc::set_decode_split(plan, (ctx + force - 1) / force, ctx);
   DeviceBuffer<unsigned char> ws(std::max<size_t>(plan.workspace_bytes, 256));
   std::string what = std::string(sizeof(KV) == 1 ? "decode fp8kv" : "decode") + " w" + std::to_string(Warps) + " s" +
                      std::to_string(Stages) +
@@ -116,6 +112,51 @@ BENCHMARK(BM_DecodeShape<2, 2, 4>)
     ->Args({1, 32768, 32})->Args({1, 32768, 64})->Args({1, 32768, 128})
     ->UseManualTime()->Iterations(1);
 #undef PIE_DECODE_SHAPES
+
+/// The split merge, A/B in one process: the merge kernel ("2-kernel") against the merge fused into
+/// the decode kernel ("fused", DecodePlan::fused_merge) on the same shape. Arguments: batch,
+/// context, tokens per split (0: each merge's own plan), fused?, KV heads (8: Qwen3-8B, group 4;
+/// 4: Qwen3-30B-A3B, group 8). The sweep over tokens_per_split is what decides the fused merge's
+/// split choice (plan_decode_split's fused constants are guesses until it has run).
+template <class KV, int Mode = 0>
+void BM_DecodeMerge(benchmark::State& st) {
+  const int batch = st.range(0), ctx = st.range(1), tps = st.range(2), nkv = st.range(4);
+  const bool fused = st.range(3) != 0;
+  CacheSet<KV> c(batch, ctx, 16, nkv);
+  DeviceBuffer<bf16> q(size_t(batch) * kNq * kHd), o(q.size());
+  fill(q.data(), q.size(), 4);
+  oc::DecodePlanOptions opt;
+  opt.fused_merge = fused;
+  auto plan = oc::plan_decode_attention(batch, kNq, nkv, kHd, ctx, 0, opt);
+  if (tps > 0) oc::set_decode_split(plan, tps, ctx);
+  DeviceBuffer<unsigned char> ws(std::max<size_t>(plan.workspace_bytes, 256));
+  PIE_CUDA_CHECK(cudaMemset(ws.data(), 0, ws.size()));  // the fused merge's counters start at zero
+  std::string what = std::string(sizeof(KV) == 1 ? "dec fp8kv " : "dec ") + (fused ? "fused" : "2-kernel") +
+                     (nkv == kNkv ? "" : " g" + std::to_string(kNq / nkv)) + (Mode == 4 ? " tc" : "");
+  report(st, shape_name(what.c_str(), batch, ctx, 16, plan.num_splits) + " tps" + std::to_string(plan.tokens_per_split),
+         decode_bytes(batch, ctx, sizeof(KV), nkv), 0, [&] {
+           oc::decode_attention<0, 0, Mode>(q.view({batch, kNq, kHd}), c.next(), o.view({batch, kNq, kHd}),
+                                            plan, ws.data(), 1.f / std::sqrt(128.f));
+         });
+}
+// Each merge's own plan on the split shapes (bf16 and fp8 defaults, the 16-bit tensor-core kernel),
+// then the tokens_per_split sweep at b1 ctx{192, 2048, 32768}, b8 ctx8192 and the MoE shape.
+#define PIE_MERGE_PAIR(b, ctx, tps, nkv) ->Args({b, ctx, tps, 0, nkv})->Args({b, ctx, tps, 1, nkv})
+#define PIE_MERGE_PLANS \
+  PIE_MERGE_PAIR(1, 192, 0, 8) PIE_MERGE_PAIR(1, 2048, 0, 8) PIE_MERGE_PAIR(1, 32768, 0, 8) \
+  PIE_MERGE_PAIR(8, 8192, 0, 8) PIE_MERGE_PAIR(1, 192, 0, 4) ->UseManualTime()->Iterations(1)
+BENCHMARK(BM_DecodeMerge<bf16>) PIE_MERGE_PLANS;
+BENCHMARK(BM_DecodeMerge<fp8_e4m3>) PIE_MERGE_PLANS;
+BENCHMARK(BM_DecodeMerge<bf16, 4>) PIE_MERGE_PLANS;
+BENCHMARK(BM_DecodeMerge<bf16>)
+    PIE_MERGE_PAIR(1, 192, 128, 8)
+    PIE_MERGE_PAIR(1, 2048, 128, 8) PIE_MERGE_PAIR(1, 2048, 256, 8) PIE_MERGE_PAIR(1, 2048, 512, 8)
+    PIE_MERGE_PAIR(1, 32768, 128, 8) PIE_MERGE_PAIR(1, 32768, 256, 8) PIE_MERGE_PAIR(1, 32768, 1024, 8)
+    PIE_MERGE_PAIR(8, 8192, 256, 8) PIE_MERGE_PAIR(8, 8192, 512, 8) PIE_MERGE_PAIR(8, 8192, 2048, 8)
+    PIE_MERGE_PAIR(1, 192, 128, 4) PIE_MERGE_PAIR(1, 192, 192, 4)
+    ->UseManualTime()->Iterations(1);
+#undef PIE_MERGE_PLANS
+#undef PIE_MERGE_PAIR
 
 #ifdef PIE_DECODE_BASELINE
 /// The baseline kernel (an older attention_decode.cuh) on the same shapes, with its own plan.

@@ -2,7 +2,7 @@
 # Same-call A/B of decode attention without CMake: builds the decode test and bench with nvcc
 # on any machine with the CUDA toolkit (sm_90a), the bench with a baseline kernel taken from a
 # git revision; then runs them on the GPU machine.
-#   bench/cuda/decode_ab.sh build DIR [REV]   # REV: baseline revision (default HEAD)
+#   bench/cuda/decode_ab.sh build DIR [REV]   # REV: baseline revision (default HEAD; none: no baseline)
 #   bench/cuda/decode_ab.sh run DIR [tests] [sanitize] [bench]   # on the GPU machine; logs to $OUT
 # DIR holds the stripped binaries and libbenchmark (carry it to the GPU machine).
 set -uo pipefail
@@ -11,12 +11,16 @@ cmd=$1 dir=$2; shift 2
 if [[ $cmd == build ]]; then
   rev=${1:-HEAD}
   mkdir -p "$dir"
-  git show "$rev:include/pie/ops/cuda/attention_decode.cuh" |
-    sed 's/^namespace pie::ops::cuda {/namespace pie::ops::cuda::v0 {/' > "$dir/decode_v0.cuh"
+  baseline=()
+  if [[ $rev != none ]]; then
+    git show "$rev:include/pie/ops/cuda/attention_decode.cuh" |
+      sed 's/^namespace pie::ops::cuda {/namespace pie::ops::cuda::v0 {/' > "$dir/decode_v0.cuh"
+    baseline=(-DPIE_DECODE_BASELINE="\"$PWD/$dir/decode_v0.cuh\"")
+  fi
   flags=(-O3 -std=c++20 --expt-relaxed-constexpr -lineinfo -gencode=arch=compute_90a,code=sm_90a
          -DPIE_WITH_CUDA=1 -Iinclude -Itests/cuda -I/usr/include/eigen3 -Xptxas -warn-spills)
   nvcc "${flags[@]}" -o "$dir/test_decode" tests/cuda/test_attention_decode.cu -lgtest -lgtest_main -lpthread &
-  nvcc "${flags[@]}" --resource-usage -DPIE_DECODE_BASELINE="\"$PWD/$dir/decode_v0.cuh\"" -o "$dir/bench_decode" \
+  nvcc "${flags[@]}" --resource-usage "${baseline[@]}" -o "$dir/bench_decode" \
     bench/cuda/bench_decode.cu -lbenchmark -lpthread 2> "$dir/resources.txt" &
   wait
   strip "$dir/test_decode" "$dir/bench_decode"

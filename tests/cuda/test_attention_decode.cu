@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <tuple>
 
@@ -33,7 +34,8 @@ double run_decode(int bs, int hd, int group, int nkv, const std::vector<int>& le
   int max_len = *std::max_element(lens.begin(), lens.end());
   // plan_len > max_len: a plan made for a longer context (a CUDA graph captured at
   // max_model_len, replayed on shorter sequences). force_splits: that many splits.
-  auto plan = ops::cuda::plan_decode_attention(batch, nq, nkv, hd, std::max(max_len, plan_len), sm_count);
+  auto plan = ops::cuda::plan_decode_attention(batch, nq, nkv, hd, std::max(max_len, plan_len), sm_count,
+                                              ops::cuda::DecodePlanOptions{});
   if (force_splits > 0) {
     const int len = std::max(max_len, plan_len);
     plan.tokens_per_split = ((len + force_splits - 1) / force_splits + 63) / 64 * 64;
@@ -250,7 +252,7 @@ TEST(DecodeAttentionVariant, SoftCap5Block32) {
 TEST(DecodeAttentionPlan, SplitsFillTheCardAndStayMultiplesOf64) {
   for (int batch : {1, 2, 8, 16, 64}) {
     for (int len : {1000, 8192, 32768}) {
-      auto p = ops::cuda::plan_decode_attention(batch, 32, 8, 128, len, 132);
+      auto p = ops::cuda::plan_decode_attention(batch, 32, 8, 128, len, 132, {});
       EXPECT_EQ(p.tokens_per_split % 64, 0);
       EXPECT_GE(int64_t(p.num_splits) * p.tokens_per_split, len);
       EXPECT_LT(int64_t(p.num_splits - 1) * p.tokens_per_split, len);  // no split is empty at len
@@ -263,12 +265,12 @@ TEST(DecodeAttentionPlan, SplitsFillTheCardAndStayMultiplesOf64) {
     }
   }
   // Grids of many waves need no split; no split is under 256 tokens when the unsplit grid fills the SMs.
-  EXPECT_EQ(ops::cuda::plan_decode_attention(512, 32, 8, 128, 140, 132).num_splits, 1);
-  EXPECT_EQ(ops::cuda::plan_decode_attention(2048, 32, 8, 128, 4096, 132).num_splits, 1);
-  auto w = ops::cuda::plan_decode_attention(64, 32, 8, 128, 4096, 132);
+  EXPECT_EQ(ops::cuda::plan_decode_attention(512, 32, 8, 128, 140, 132, {}).num_splits, 1);
+  EXPECT_EQ(ops::cuda::plan_decode_attention(2048, 32, 8, 128, 4096, 132, {}).num_splits, 1);
+  auto w = ops::cuda::plan_decode_attention(64, 32, 8, 128, 4096, 132, {});
   EXPECT_GE(w.tokens_per_split, 256);
-  EXPECT_EQ(ops::cuda::plan_decode_attention(1, 32, 8, 128, 100, 132).num_splits, 1);
-  EXPECT_EQ(ops::cuda::plan_decode_attention(0, 32, 8, 128, 100, 132).num_splits, 1);
+  EXPECT_EQ(ops::cuda::plan_decode_attention(1, 32, 8, 128, 100, 132, {}).num_splits, 1);
+  EXPECT_EQ(ops::cuda::plan_decode_attention(0, 32, 8, 128, 100, 132, {}).num_splits, 1);
 }
 
 // A plan made for a longer context than any sequence has (a CUDA graph captured at
@@ -292,11 +294,11 @@ TEST(DecodeAttentionBatch, OneSmPlanFp8Block16HeadDim128Group4AndHeadDim256) {
 
 TEST(DecodeAttentionPlan, FewerCtasThanSmsSplitDownTo64Tokens) {
   // Batch 1 at 8 KV heads is 8 CTAs on 132 SMs: a 256-token context splits in 64-token pieces.
-  auto a = ops::cuda::plan_decode_attention(1, 32, 8, 128, 256, 132);
+  auto a = ops::cuda::plan_decode_attention(1, 32, 8, 128, 256, 132, {});
   EXPECT_EQ(a.num_splits, 4);
   EXPECT_EQ(a.tokens_per_split, 64);
   // Batch 17 is 136 CTAs: splits of at least 256 tokens.
-  auto c = ops::cuda::plan_decode_attention(17, 32, 8, 128, 512, 132);
+  auto c = ops::cuda::plan_decode_attention(17, 32, 8, 128, 512, 132, {});
   EXPECT_GE(c.tokens_per_split, 256);
 }
 
@@ -314,6 +316,185 @@ TEST(DecodeAttention, BF16ShortContextsSplitIn64TokenChunksMatchReference) {
     EXPECT_LT(e, tol<bf16>()) << "bs " << bs << ": " << e;
   }
   EXPECT_LT(e, tol<bf16>()) << e;
+}
+
+// ---- The split merge fused into the decode kernels (DecodePlan::fused_merge) ---------------------
+
+/// Runs one decode shape with the two-kernel merge and with the fused merge on the same inputs:
+/// the fused output must equal the two-kernel one bit for bit (same partials, same merge
+/// arithmetic) and the CPU reference within tolerance. The fused launch runs twice eagerly and
+/// then twice as a CUDA-graph replay, with the output poisoned before each, and the counters
+/// must be back at zero after each: a counter left non-zero makes the next launch's merge run
+/// early (or never), which the comparison catches. Returns the fused output's relative error.
+template <class T, class KV, class Variant = attention::Causal, int Mode = 0>
+double run_decode_fused(int bs, int hd, int group, int nkv, const std::vector<int>& lens, uint32_t seed,
+                        int force_splits, int plan_len = 0, Variant var = {}, int* splits_out = nullptr) {
+  std::mt19937 rng(seed);
+  const int batch = static_cast<int>(lens.size()), nq = nkv * group;
+  RandomCache<KV> cache(lens, nkv, hd, bs, rng);
+  auto q = randn<T>(size_t(batch) * nq * hd, rng);
+  auto d_q = upload(q);
+  DeviceBuffer<T> d_ref(q.size()), d_o(q.size());
+  const int len = std::max(*std::max_element(lens.begin(), lens.end()), plan_len);
+  ops::cuda::DecodePlanOptions fo;
+  fo.fused_merge = true;
+  fo.counter_batch = batch + 3;  // as the runner: counters for more sequences than this batch
+  auto two = ops::cuda::plan_decode_attention(batch, nq, nkv, hd, len, 132, ops::cuda::DecodePlanOptions{});
+  auto one = ops::cuda::plan_decode_attention(batch, nq, nkv, hd, len, 132, fo);
+  if (force_splits > 0) {
+    const int tps = (len + force_splits - 1) / force_splits;
+    ops::cuda::set_decode_split(two, tps, len);
+    ops::cuda::set_decode_split(one, tps, len, fo.counter_batch);
+  }
+  EXPECT_EQ(one.num_splits, two.num_splits);
+  if (splits_out) *splits_out = one.num_splits;
+  const float scale = 1.f / std::sqrt(float(hd));
+  DeviceBuffer<unsigned char> ws_two(std::max<size_t>(two.workspace_bytes, 16)), ws(std::max<size_t>(one.workspace_bytes, 16));
+  poison(ws_two);
+  poison(ws);  // stale partials everywhere; the counters alone start at zero
+  PIE_CUDA_CHECK(cudaMemset(ws.data(), 0, one.counter_bytes));
+  poison(d_ref);
+  ops::cuda::decode_attention<0, 0, Mode>(d_q.view({batch, nq, hd}), cache.device(), d_ref.view({batch, nq, hd}), two,
+                                          ws_two.data(), scale, var);
+  const auto ref_gpu = download(d_ref);
+  std::vector<float> qf = to_f32(q), ref(q.size());
+  std::vector<int32_t> cu(batch + 1);
+  std::iota(cu.begin(), cu.end(), 0);
+  ops::cpu::paged_attention<Variant>(qf.data(), int64_t(nq) * hd, ref.data(), int64_t(nq) * hd, cache.host(),
+                                     cu.data(), nq, scale, var);
+  const size_t n_counters = one.counter_bytes / sizeof(uint32_t);
+  auto counters_zero = [&] {
+    std::vector<uint32_t> c(n_counters);
+    if (n_counters)
+      PIE_CUDA_CHECK(cudaMemcpy(c.data(), ws.data(), one.counter_bytes, cudaMemcpyDeviceToHost));
+    return std::all_of(c.begin(), c.end(), [](uint32_t v) { return v == 0; });
+  };
+  auto same_bits = [&](const std::vector<T>& o) {
+    return std::memcmp(o.data(), ref_gpu.data(), o.size() * sizeof(T)) == 0;
+  };
+  double err = 0;
+  for (int rep = 0; rep < 2; ++rep) {
+    poison(d_o);
+    ops::cuda::decode_attention<0, 0, Mode>(d_q.view({batch, nq, hd}), cache.device(), d_o.view({batch, nq, hd}), one,
+                                            ws.data(), scale, var);
+    const auto o = download(d_o);
+    EXPECT_TRUE(same_bits(o)) << "eager launch " << rep << ": fused merge differs from the merge kernel";
+    EXPECT_TRUE(counters_zero()) << "eager launch " << rep << " left a counter non-zero";
+    err = std::max(err, rel_err(o, ref));
+  }
+  cudaStream_t st;
+  PIE_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  PIE_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+  ops::cuda::decode_attention<0, 0, Mode>(d_q.view({batch, nq, hd}), cache.device(), d_o.view({batch, nq, hd}), one,
+                                          ws.data(), scale, var, st);
+  PIE_CUDA_CHECK(cudaStreamEndCapture(st, &graph));
+  PIE_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  for (int rep = 0; rep < 2; ++rep) {
+    PIE_CUDA_CHECK(cudaMemsetAsync(d_o.data(), 0xff, d_o.size() * sizeof(T), st));
+    PIE_CUDA_CHECK(cudaGraphLaunch(exec, st));
+    PIE_CUDA_CHECK(cudaStreamSynchronize(st));
+    const auto o = download(d_o);
+    EXPECT_TRUE(same_bits(o)) << "graph replay " << rep << ": fused merge differs from the merge kernel";
+    EXPECT_TRUE(counters_zero()) << "graph replay " << rep << " left a counter non-zero";
+  }
+  PIE_CUDA_CHECK(cudaGraphExecDestroy(exec));
+  PIE_CUDA_CHECK(cudaGraphDestroy(graph));
+  PIE_CUDA_CHECK(cudaStreamDestroy(st));
+  EXPECT_LT(rel_err(ref_gpu, ref), (std::is_same_v<T, bf16> ? tol<bf16>() : tol<f16>())) << "two-kernel path";
+  return err;
+}
+
+enum class Kern { CudaCore16, TensorCore16, TensorCoreFp8, CudaCoreFp8 };
+using FusedParam = std::tuple<int, int, int, Kern>;  // block size, head dim, group, kernel
+class DecodeAttentionFusedMerge : public ::testing::TestWithParam<FusedParam> {};
+
+template <class T, class KV, int Mode>
+void fused_grid_case(int bs, int hd, int group, uint32_t seed) {
+  // Ragged lengths, never multiples of the block size; split counts 1 (the kernel writes the
+  // output), 2 (one empty split for the short sequences), the plan's, 11 (splits of one stage),
+  // and a plan made for 8192 tokens (the graph case: most CTAs past their sequence's end).
+  const std::vector<int> lens = {1, bs + 3, 1337, 3 * bs - 1, 77};
+  const double t = std::is_same_v<T, bf16> ? tol<bf16>() : tol<f16>();
+  int splits = 0;
+  for (int force : {1, 2, 0, 11}) {
+    const double e = run_decode_fused<T, KV, attention::Causal, Mode>(bs, hd, group, 2, lens, seed + force, force, 0,
+                                                                      {}, &splits);
+    EXPECT_LT(e, t) << "splits " << splits << ": rel err " << e;
+    if (force > 0) EXPECT_EQ(splits, force);
+  }
+  const double e = run_decode_fused<T, KV, attention::Causal, Mode>(bs, hd, group, 2, lens, seed + 99, 0, 8192, {},
+                                                                    &splits);
+  EXPECT_GT(splits, 8);
+  EXPECT_LT(e, t) << "plan for 8192 tokens, " << splits << " splits: rel err " << e;
+}
+
+TEST_P(DecodeAttentionFusedMerge, BitIdenticalToMergeKernel) {
+  const auto [bs, hd, group, kern] = GetParam();
+  const uint32_t seed = 9000 + bs * hd + group * 7 + int(kern) * 1000;
+  switch (kern) {
+    case Kern::CudaCore16: fused_grid_case<bf16, bf16, 0>(bs, hd, group, seed); break;
+    case Kern::TensorCore16: fused_grid_case<f16, f16, 4>(bs, hd, group, seed); break;
+    case Kern::TensorCoreFp8: fused_grid_case<bf16, fp8_e4m3, 0>(bs, hd, group, seed); break;
+    case Kern::CudaCoreFp8: fused_grid_case<f16, fp8_e4m3, 3>(bs, hd, group, seed); break;
+  }
+}
+
+std::string fused_name(const ::testing::TestParamInfo<FusedParam>& info) {
+  static const char* kKern[] = {"CudaCoreBF16", "TensorCoreF16", "TensorCoreFp8", "CudaCoreFp8"};
+  return "Block" + std::to_string(std::get<0>(info.param)) + "_HeadDim" + std::to_string(std::get<1>(info.param)) +
+         "_Group" + std::to_string(std::get<2>(info.param)) + "_" + kKern[int(std::get<3>(info.param))];
+}
+
+INSTANTIATE_TEST_SUITE_P(Grid, DecodeAttentionFusedMerge,
+                         ::testing::Combine(::testing::Values(8, 16), ::testing::Values(64, 128),
+                                            ::testing::Values(1, 4, 8),
+                                            ::testing::Values(Kern::CudaCore16, Kern::TensorCore16,
+                                                              Kern::TensorCoreFp8, Kern::CudaCoreFp8)),
+                         fused_name);
+
+TEST(DecodeAttentionFusedMergeMore, HeadDim256VariantsAndWideBatch) {
+  // Head dim 256 (4 split lanes per chunk in the merge), group 2.
+  double e = run_decode_fused<bf16, bf16>(16, 256, 2, 2, {5, 300, 1023}, 81, 7);
+  EXPECT_LT(e, tol<bf16>()) << "head dim 256: " << e;
+  // A sliding window (CTAs before the window write empty partials) and a soft-cap, 5-7 splits.
+  e = run_decode_fused<bf16, bf16, attention::SlidingWindow<100>>(16, 128, 4, 2, {50, 101, 1337}, 82, 7);
+  EXPECT_LT(e, tol<bf16>()) << "window: " << e;
+  e = run_decode_fused<bf16, fp8_e4m3, attention::SlidingWindow<100>>(8, 64, 8, 2, {50, 101, 1337}, 83, 7);
+  EXPECT_LT(e, tol<bf16>()) << "window, fp8: " << e;
+  attention::SoftCap cap;
+  cap.logits_soft_cap = 5.f;
+  e = run_decode_fused<f16, f16, attention::SoftCap>(16, 64, 8, 1, {3, 999}, 84, 5, 0, cap);
+  EXPECT_LT(e, tol<f16>()) << "soft-cap: " << e;
+  // 48 sequences x 8 KV heads x 3 splits: many pairs finishing in any order across the SMs.
+  std::mt19937 rng(85);
+  std::vector<int> lens(48);
+  for (auto& l : lens) l = 1 + int(rng() % 900);
+  e = run_decode_fused<bf16, bf16>(16, 128, 4, 8, lens, 86, 3);
+  EXPECT_LT(e, tol<bf16>()) << "48 sequences: " << e;
+  e = run_decode_fused<bf16, fp8_e4m3>(16, 128, 4, 8, lens, 87, 3);
+  EXPECT_LT(e, tol<bf16>()) << "48 sequences, fp8: " << e;
+  // Batch 1 at 32K tokens with the plan's split (64 splits of 512): the b1 ctx32768 shape.
+  int splits = 0;
+  e = run_decode_fused<bf16, bf16>(16, 128, 4, 8, {32768}, 88, 0, 0, {}, &splits);
+  EXPECT_GT(splits, 16);
+  EXPECT_LT(e, tol<bf16>()) << "b1 ctx32768: " << e;
+}
+
+TEST(DecodeAttentionFusedMergeMore, RefusesAPlanWithoutCountersForTheBatch) {
+  std::mt19937 rng(90);
+  RandomCache<bf16> cache({300, 700}, 2, 128, 16, rng);
+  DeviceBuffer<bf16> q(size_t(2) * 8 * 128), o(q.size());
+  ops::cuda::DecodePlanOptions fo;
+  fo.fused_merge = true;
+  auto plan = ops::cuda::plan_decode_attention(2, 8, 2, 128, 700, 132, fo);
+  ops::cuda::set_decode_split(plan, 128, 700);
+  plan.counter_bytes = 0;  // a hand-made plan that lost its counters
+  DeviceBuffer<unsigned char> ws(plan.workspace_bytes);
+  EXPECT_THROW(ops::cuda::decode_attention(q.view({2, 8, 128}), cache.device(), o.view({2, 8, 128}), plan, ws.data(),
+                                           0.1f),
+               std::exception);
 }
 
 }  // namespace

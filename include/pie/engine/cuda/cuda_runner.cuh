@@ -565,6 +565,9 @@ class CudaRunner {
     size_t dws = 0;
     for (int b = 1; b <= opt_.sched.max_num_seqs; ++b) dws = std::max(dws, decode_plan(b, max_model_len_).workspace_bytes);
     decode_ws_ = DeviceBuffer<unsigned char>(std::max<size_t>(dws, 256));
+    // Zeroed once: the fused split merge's arrival counters start at zero, and every launch
+    // leaves them so (graph replays need no memset).
+    PIE_CUDA_CHECK(cudaMemset(decode_ws_.data(), 0, decode_ws_.size()));
     // RoPE inverse frequencies as transformers computes them (scaled variants included).
     auto table = ops::cpu::rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling, c.max_position_embeddings);
     inv_freq_ = DeviceBuffer<float>(table.inv_freq.size());
@@ -603,7 +606,12 @@ class CudaRunner {
 
   ops::cuda::DecodePlan decode_plan(int batch, int max_len) const {
     const auto& c = wconfig();
-    return ops::cuda::plan_decode_attention(batch, c.num_attention_heads, c.num_key_value_heads, c.head_dim, max_len);
+    // PIE_DECODE_FUSED_MERGE=1 (read here, where the plans are made) fuses the split merge into
+    // the decode kernel; every batch size's plan keeps its counters where max_num_seqs' plan does.
+    auto opt = ops::cuda::DecodePlanOptions::from_env();
+    opt.counter_batch = opt_.sched.max_num_seqs;
+    return ops::cuda::plan_decode_attention(batch, c.num_attention_heads, c.num_key_value_heads, c.head_dim, max_len,
+                                            0, opt);
   }
 
   /// Runs the largest step the scheduler can produce (max_num_batched_tokens of prefill, and

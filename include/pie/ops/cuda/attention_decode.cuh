@@ -14,7 +14,8 @@
 /// scores, exponentiates only those, and the probabilities are broadcast back for P·V), which
 /// halves the shuffles and cuts the exponentials by the row width: the arithmetic, not the
 /// copies, bounds this kernel. Long contexts with few sequences are split over CTAs
-/// (plan_decode_attention) and merged by log-sum-exp in a second, short kernel. An fp8 cache at
+/// (plan_decode_attention) and merged by log-sum-exp in a second, short kernel, or (opt-in,
+/// DecodePlan::fused_merge) by the last CTA of each (sequence, KV head). An fp8 cache at
 /// head dims 64 and 128 (GQA groups ≤ 8) takes the tensor-core kernel of attention_decode_mma.cuh
 /// instead (same ring, plan and merge), since fp8 brings twice the tokens per byte to this
 /// kernel's arithmetic; 16-bit caches can take it too (Mode 4), see kDecodeMmaDefault.
@@ -26,91 +27,20 @@
 #include "pie/core/dispatch.hpp"
 #include "pie/kv/paged_kv.hpp"
 #include "pie/ops/cuda/attention_decode_mma.cuh"
+#include "pie/ops/cuda/attention_decode_plan.hpp"
 #include "pie/ops/cuda/attention_decode_ring.cuh"
 #include "pie/ops/cuda/bulk_copy.cuh"
 #include "pie/ops/cuda/common.cuh"
 
 namespace pie::ops::cuda {
 
-namespace detail {
-/// Tokens in flight per lane group and stage: 4, or 2 at GQA groups ≥ 8 (registers).
-constexpr int decode_unroll(int group) { return group >= 8 ? 2 : 4; }
-/// Ring depth of the default CTA shape (4 warps): 2 stages of 16 KB (16-bit K/V) at groups ≤ 4.
-/// Measured on the H200 (BM_DecodeShape, 2026-12-02 and 2026-12-04): 4 stages (64 KB rings, 3
-/// CTAs per SM) lost to 3 (b64 ctx4096 88% vs 96% of copy bandwidth), and 2 stages beat 3 in two
-/// calls, then against the 3-stage kernel in the same binary (b1 ctx32768 +2.9 points, b8
-/// ctx8192 +1.8, b64 +0.6; b256, b512 and fp8 within ±0.8): the CTA is bound by its arithmetic,
-/// and 4 CTAs per SM keep enough in flight.
-/// 8 stages of 8 KB at group 8.
-constexpr int decode_stages(int group) { return group >= 8 ? 8 : 2; }
-/// Resident CTAs per SM the plan counts on for the default shape: 4 (32 KB rings, ≤ 128
-/// registers); at group 8 the registers (q and accumulators of 8 heads) allow 2.
-constexpr int decode_ctas_per_sm(int group) { return group >= 8 ? 2 : 4; }
-}  // namespace detail
-
-/// \brief Host-side work partition of one decode launch (FlashInfer-style plan/run split).
-struct DecodePlan {
-  int batch = 0;
-  int num_q_heads = 0;
-  int num_kv_heads = 0;
-  int head_dim = 0;
-  int num_splits = 1;         ///< CTAs per (sequence, KV head) along the context
-  int tokens_per_split = 0;   ///< context tokens each split covers (a multiple of 64)
-  size_t workspace_bytes = 0; ///< device scratch the launch needs (0 when num_splits == 1)
-  /// CTA shape of the CUDA-core kernel: warps per CTA and shared-memory ring depth (stages of 16 KB
-  /// at 16-bit KV). The tensor-core kernel (head dims 64/128) has a fixed shape of its own.
-  int warps = 4;
-  int stages = 3;
-  int ctas_per_sm = 4;        ///< resident CTAs per SM the split choice assumed
-};
-
-/// \brief Chooses the split count from the grid width and the longest context with a small
-/// cost model (µs): CTAs run in waves of sm_count·ctas_per_sm; a full wave streams at the copy
-/// bandwidth (~4 TB/s), a partial one is bound by what one CTA streams (≈ 8 GB/s: its 4 warps'
-/// arithmetic, measured on the H200 at batches 1 and 8, plus ~2 µs before its first page), and
-/// a split adds the merge kernel (~2 µs plus its partials written and read). Splits are ≥ 256 tokens, ≥ 64 when the unsplit
-/// grid has fewer CTAs than SMs. The plan is valid for every context ≤ max_seq_len (CTAs past a
-/// sequence's end write empty partials), so a graph captured with it replays on any step.
+/// \brief plan_decode_split on this device's SM count (sm_count ≤ 0), with the merge options of the
+/// environment by default (`PIE_DECODE_FUSED_MERGE=1`: the fused merge; see DecodePlanOptions).
 inline DecodePlan plan_decode_attention(int batch, int num_q_heads, int num_kv_heads, int head_dim,
-                                        int max_seq_len, int sm_count = 0) {
-  PIE_CHECK(batch >= 0 && num_kv_heads > 0 && num_q_heads % num_kv_heads == 0,
-            "plan_decode_attention: query heads must be a multiple of KV heads");
-  if (sm_count <= 0) sm_count = num_sms();
-  DecodePlan p;
-  p.batch = batch;
-  p.num_q_heads = num_q_heads;
-  p.num_kv_heads = num_kv_heads;
-  p.head_dim = head_dim;
-  const int group = num_q_heads / num_kv_heads;
-  p.stages = detail::decode_stages(group);
-  p.ctas_per_sm = detail::decode_ctas_per_sm(group);
-  max_seq_len = std::max(max_seq_len, 1);
-  const int64_t ctas = int64_t{batch} * num_kv_heads;
-  const int64_t slots = int64_t{sm_count} * p.ctas_per_sm;
-  const double bw = 4.0e6, cta_bw = 8.0e3, lat = 2.0, merge_fixed = 2.0;  // bytes/µs, bytes/µs, µs, µs
-  const double tok_bytes = 4.0 * head_dim;                                   // K + V, 16-bit
-  const int min_split = ctas < sm_count ? 64 : 256;
-  const int max_splits = ctas == 0 ? 1 : static_cast<int>(std::min<int64_t>(std::max(1, max_seq_len / min_split),
-                                                                             4 * slots / ctas + 1));
-  double best = 0;
-  int best_tps = max_seq_len;
-  for (int s = 1; s <= max_splits; ++s) {
-    int tps = s == 1 ? max_seq_len : ((max_seq_len + s - 1) / s + 63) / 64 * 64;
-    int se = (max_seq_len + tps - 1) / tps;
-    if (s > 1 && se != s) continue;  // the same split as a smaller s
-    const int64_t n = ctas * se;
-    const int64_t full = n / slots, rest = n % slots;
-    const double avg = double(max_seq_len) / se * tok_bytes, longest = double(std::min(tps, max_seq_len)) * tok_bytes;
-    double t = full * std::max(slots * avg / bw, longest / cta_bw + lat);
-    if (rest) t += std::max(rest * avg / bw, longest / cta_bw + lat);
-    if (se > 1) t += merge_fixed + 2.0 * se * batch * num_q_heads * (head_dim + 1) * 4.0 / bw;
-    if (s == 1 || t < best) { best = t; best_tps = tps; }
-  }
-  p.tokens_per_split = (best_tps + 63) / 64 * 64;
-  p.num_splits = (max_seq_len + p.tokens_per_split - 1) / p.tokens_per_split;
-  if (p.num_splits > 1)
-    p.workspace_bytes = size_t(p.num_splits) * batch * num_q_heads * (head_dim + 1) * sizeof(float);
-  return p;
+                                        int max_seq_len, int sm_count = 0,
+                                        const DecodePlanOptions& opt = DecodePlanOptions::from_env()) {
+  return plan_decode_split(batch, num_q_heads, num_kv_heads, head_dim, max_seq_len,
+                           sm_count > 0 ? sm_count : num_sms(), opt);
 }
 
 namespace detail {
@@ -151,9 +81,11 @@ struct DecodeShape {
 /// depth. MODE (benchmarks only): 1 streams the pages without the attention arithmetic, 2 uses
 /// the all-reduce softmax (each score summed over its row's lanes by log2(LPT) shuffles and
 /// exponentiated in every lane) instead of the reduce-scatter one.
-template <int HD, int GROUP, int NW, int STAGES, int MODE, class T, class KV, class Variant>
+template <int HD, int GROUP, int NW, int STAGES, int FMODE, class T, class KV, class Variant>
 __device__ __forceinline__ void decode_body(const DecodeParams<T, KV, Variant>& p, unsigned char* smem,
                                             uint64_t* bars) {
+  constexpr int MODE = FMODE & ~kDecodeFusedMerge;  // the benchmark mode
+  constexpr bool FUSED = (FMODE & kDecodeFusedMerge) != 0;
   using S = DecodeShape<HD, GROUP, NW, STAGES, KV>;
   constexpr int LPT = S::LPT, TG = S::TG, NG = S::NG, U = S::U, TOK = S::TOK;
   const int kvh = blockIdx.x, b = blockIdx.y, split = blockIdx.z;
@@ -398,7 +330,7 @@ __device__ __forceinline__ void decode_body(const DecodeParams<T, KV, Variant>& 
     }
   }
   __syncthreads();
-  decode_store_merged<HD, GROUP, NW>(p, s_acc, kvh, b, split);
+  decode_store_merged<HD, GROUP, NW, FUSED>(p, s_acc, kvh, b, split);
 }
 
 template <int HD, int GROUP, int NW, int STAGES, int MODE, class T, class KV, class Variant>
@@ -414,52 +346,27 @@ __global__ void __launch_bounds__(NW * 32, decode_ctas_per_sm(GROUP) * 4 / NW > 
   decode_body<HD, GROUP, NW, STAGES, MODE>(p, smem, bars);
 }
 
-/// Merges split partials: out = Σ_s 2^(lse_s − M)·o_s / Σ_s 2^(lse_s − M). One CTA per (sequence,
-/// head) row: HD/8 chunks of 8 dims × 128·8/HD lanes over the splits, combined by shuffles, so
-/// 50 splits cost a few loads per thread, all independent. Empty splits carry lse = −inf and
-/// o = 0, so they weigh nothing.
+/// Merges split partials (decode_merge_rows): one CTA of 128 threads per (sequence, head) row.
 template <int HD, class T>
 __global__ void __launch_bounds__(128) decode_merge_kernel(const float* __restrict__ part_o,
                                                            const float* __restrict__ part_lse, int num_splits,
                                                            int batch, int nq, T* __restrict__ out,
                                                            int64_t out_stride) {
-  constexpr int CH = HD / 8, SL = 128 / CH;  // chunks per row, split lanes per chunk
-  static_assert(SL >= 1 && SL <= 32 && (SL & (SL - 1)) == 0, "decode merge: head dim");
   pdl_launch_dependents();
   pdl_wait();
-  const int64_t row = blockIdx.x, plane = int64_t(batch) * nq;
-  const int c = int(threadIdx.x) / SL * 8, sl = int(threadIdx.x) % SL;
-  const int b = int(row / nq), h = int(row % nq);
-  float mm = -INFINITY;
-  for (int s = sl; s < num_splits; s += SL) mm = fmaxf(mm, part_lse[s * plane + row]);
-#pragma unroll
-  for (int o = SL / 2; o > 0; o >>= 1) mm = fmaxf(mm, __shfl_xor_sync(0xffffffffu, mm, o));
-  float acc[8] = {}, den = 0.f;
-  for (int s = sl; s < num_splits; s += SL) {
-    const float w = safe_scale(part_lse[s * plane + row], mm);
-    const float4* src = reinterpret_cast<const float4*>(part_o + (s * plane + row) * HD + c);
-    const float4 a = src[0], bb = src[1];
-    den += w;
-    acc[0] += w * a.x; acc[1] += w * a.y; acc[2] += w * a.z; acc[3] += w * a.w;
-    acc[4] += w * bb.x; acc[5] += w * bb.y; acc[6] += w * bb.z; acc[7] += w * bb.w;
-  }
-#pragma unroll
-  for (int o = SL / 2; o > 0; o >>= 1) {
-    den += __shfl_xor_sync(0xffffffffu, den, o);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) acc[j] += __shfl_xor_sync(0xffffffffu, acc[j], o);
-  }
-  if (sl != 0) return;
-  const float inv = den > 0.f ? 1.f / den : 0.f;
-#pragma unroll
-  for (int j = 0; j < 8; ++j) acc[j] *= inv;
-  store8(out + int64_t(b) * out_stride + int64_t(h) * HD + c, acc);
+  constexpr int SL = kDecodeMergeSplitLanes<HD>;
+  const int64_t row[1] = {blockIdx.x}, plane = int64_t(batch) * nq;
+  const int c[1] = {int(threadIdx.x) / SL * 8}, sl = int(threadIdx.x) % SL;
+  const int b = int(row[0] / nq), h = int(row[0] % nq);
+  T* const dst[1] = {out + int64_t(b) * out_stride + int64_t(h) * HD};
+  decode_merge_rows<HD, 1, false>(part_o, part_lse, num_splits, plane, row, c, sl, dst);
 }
 
 /// Launches one decode kernel (NW warps, `smem` bytes of dynamic shared memory) and, for several
 /// splits, the merge. The kernel is a template argument so that each kernel has its own
 /// `smem_set` below (a function-pointer type would share it between kernels of one signature).
-template <int HD, int GROUP, int NW, auto Kern, class T, class KV, class Variant>
+/// FUSED: the kernel merges the splits itself (MODE has kDecodeFusedMerge), no merge kernel.
+template <int HD, int GROUP, int NW, bool FUSED, auto Kern, class T, class KV, class Variant>
 void launch_decode_kernel(size_t smem, const DecodeParams<T, KV, Variant>& p, int batch, cudaStream_t stream) {
   auto kern = Kern;
   // Raised even under 48 KB (the static barriers count against the default too), once per
@@ -474,7 +381,7 @@ void launch_decode_kernel(size_t smem, const DecodeParams<T, KV, Variant>& p, in
   }
   dim3 grid(p.kv.num_kv_heads, batch, p.num_splits);
   launch_pdl(kern, grid, dim3(NW * 32), smem, stream, p);
-  if (p.num_splits > 1) {
+  if (!FUSED && p.num_splits > 1) {
     launch_pdl(decode_merge_kernel<HD, T>, dim3(unsigned(int64_t(batch) * p.kv.num_kv_heads * GROUP)), dim3(128), 0,
                stream, static_cast<const float*>(p.part_o), static_cast<const float*>(p.part_lse), p.num_splits,
                batch, p.kv.num_kv_heads * GROUP, p.out, p.out_stride);
@@ -485,7 +392,8 @@ void launch_decode_kernel(size_t smem, const DecodeParams<T, KV, Variant>& p, in
 template <int HD, int GROUP, int NW, int STAGES, int MODE = 0, class T, class KV, class Variant>
 void launch_decode(const DecodeParams<T, KV, Variant>& p, int batch, cudaStream_t stream) {
   static_assert(NW > 0 && STAGES > 0, "launch_decode: warps and stages");
-  launch_decode_kernel<HD, GROUP, NW, decode_kernel<HD, GROUP, NW, STAGES, MODE, T, KV, Variant>>(
+  launch_decode_kernel<HD, GROUP, NW, (MODE & kDecodeFusedMerge) != 0,
+                       decode_kernel<HD, GROUP, NW, STAGES, MODE, T, KV, Variant>>(
       DecodeShape<HD, GROUP, NW, STAGES, KV>::SMEM, p, batch, stream);
 }
 
@@ -493,7 +401,8 @@ void launch_decode(const DecodeParams<T, KV, Variant>& p, int batch, cudaStream_
 template <int HD, int GROUP, int NW, int STAGES, int MODE = 0, class T, class KV, class Variant>
 void launch_decode_mma(const DecodeParams<T, KV, Variant>& p, int batch, cudaStream_t stream) {
   static_assert(NW > 0 && STAGES > 0, "launch_decode_mma: warps and stages");
-  launch_decode_kernel<HD, GROUP, NW, decode_mma_kernel<HD, GROUP, NW, STAGES, MODE, T, KV, Variant>>(
+  launch_decode_kernel<HD, GROUP, NW, (MODE & kDecodeFusedMerge) != 0,
+                       decode_mma_kernel<HD, GROUP, NW, STAGES, MODE, T, KV, Variant>>(
       DecodeMmaShape<HD, GROUP, NW, STAGES, KV>::SMEM, p, batch, stream);
 }
 }  // namespace detail
@@ -504,7 +413,9 @@ void launch_decode_mma(const DecodeParams<T, KV, Variant>& p, int batch, cudaStr
 /// \param cache this layer's PagedKV with device indptr/indices/last_page_len, batch_size = batch
 /// \param out   [batch, nq, head_dim]
 /// \param plan  from plan_decode_attention (same batch/heads, max_seq_len ≥ every seq_len)
-/// \param workspace device scratch of plan.workspace_bytes (may be null when 0)
+/// \param workspace device scratch of plan.workspace_bytes (may be null when 0); with
+/// plan.fused_merge its first plan.counter_bytes must be zero before the first launch (each launch
+/// leaves them zero), and no two launches in flight at once may share it
 /// \tparam Warps, Stages CTA shape (warps, ring depth) for benchmarks; 0: the plan's (the default
 /// shape, DecodePlan::warps and DecodePlan::stages)
 /// \tparam Mode 0; for benchmarks and tests only: 1 moves the pages without computing attention,
@@ -530,14 +441,23 @@ void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out,
   PIE_CHECK(reinterpret_cast<uintptr_t>(cache.data) % 16 == 0, "decode_attention: the KV pool must be 16-byte aligned");
   PIE_CHECK(plan.tokens_per_split % 64 == 0 && int64_t{plan.num_splits} * plan.tokens_per_split > 0,
             "decode_attention: splits must be multiples of 64 tokens");
+  PIE_CHECK(!plan.fused_merge || plan.num_splits == 1 ||
+                plan.counter_bytes >= size_t(batch) * cache.num_kv_heads * sizeof(uint32_t),
+            "decode_attention: the fused merge's plan has no counters for ", batch, " sequences");
   if (batch == 0) return;
   using D = device_t<T>;
   using DKV = device_t<KV>;
   detail::DecodeParams<D, DKV, Variant> p{};
   p.q = dev(q.data); p.q_stride = q.stride[0];
   p.out = dev(out.data); p.out_stride = out.stride[0];
-  p.part_o = static_cast<float*>(workspace);
-  p.part_lse = p.part_o ? p.part_o + size_t(plan.num_splits) * batch * nq * cache.head_dim : nullptr;
+  const bool fused = plan.fused_merge && plan.num_splits > 1;
+  if (workspace != nullptr) {
+    const DecodeWorkspaceLayout ws = decode_workspace_layout(plan);
+    unsigned char* base = static_cast<unsigned char*>(workspace);
+    p.part_o = reinterpret_cast<float*>(base + ws.part_o);
+    p.part_lse = reinterpret_cast<float*>(base + ws.part_lse);
+    p.counters = fused ? reinterpret_cast<unsigned*>(base + ws.counters) : nullptr;
+  }
   p.kv = kv::PagedKV<DKV>{dev(cache.data), cache.num_kv_heads, cache.head_dim, cache.block_size, cache.batch_size,
                           cache.indptr, cache.indices, cache.last_page_len, cache.kv_scale};
   p.bs_shift = __builtin_ctz(static_cast<unsigned>(cache.block_size));
@@ -549,22 +469,29 @@ void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out,
     PIE_DISPATCH_GQA_GROUP(nq / cache.num_kv_heads, GROUP, [&] {
       constexpr bool kMma = (Mode == 4 ? detail::kDecodeMma<HD, GROUP, DKV> : detail::kDecodeMmaDefault<HD, GROUP, DKV>) &&
                             Mode != 2 && Mode != 3;
-      constexpr int kMode = Mode == 3 || Mode == 4 ? 0 : Mode;
-      if constexpr (Warps > 0) {
-        constexpr int kStages = Stages > 0 ? Stages : kMma ? detail::kDecodeMmaStages : detail::decode_stages(GROUP);
-        if constexpr (kMma)
-          detail::launch_decode_mma<HD, GROUP, Warps, kStages, kMode>(p, batch, stream);
-        else
-          detail::launch_decode<HD, GROUP, Warps, kStages, kMode>(p, batch, stream);
-      } else {
-        PIE_CHECK(plan.warps == 4 && plan.stages == detail::decode_stages(GROUP),
-                  "decode_attention: the plan's CTA shape is not the default one");
-        if constexpr (kMma)
-          detail::launch_decode_mma<HD, GROUP, detail::kDecodeMmaWarps<DKV>, detail::kDecodeMmaStages, kMode>(p, batch,
-                                                                                                             stream);
-        else
-          detail::launch_decode<HD, GROUP, 4, detail::decode_stages(GROUP), kMode>(p, batch, stream);
-      }
+      constexpr int kBase = Mode == 3 || Mode == 4 ? 0 : Mode;
+      auto launch = [&](auto fused_tag) {
+        constexpr int kMode = kBase | (decltype(fused_tag)::value ? detail::kDecodeFusedMerge : 0);
+        if constexpr (Warps > 0) {
+          constexpr int kStages = Stages > 0 ? Stages : kMma ? detail::kDecodeMmaStages : detail::decode_stages(GROUP);
+          if constexpr (kMma)
+            detail::launch_decode_mma<HD, GROUP, Warps, kStages, kMode>(p, batch, stream);
+          else
+            detail::launch_decode<HD, GROUP, Warps, kStages, kMode>(p, batch, stream);
+        } else {
+          PIE_CHECK(plan.warps == 4 && plan.stages == detail::decode_stages(GROUP),
+                    "decode_attention: the plan's CTA shape is not the default one");
+          if constexpr (kMma)
+            detail::launch_decode_mma<HD, GROUP, detail::kDecodeMmaWarps<DKV>, detail::kDecodeMmaStages, kMode>(
+                p, batch, stream);
+          else
+            detail::launch_decode<HD, GROUP, 4, detail::decode_stages(GROUP), kMode>(p, batch, stream);
+        }
+      };
+      if (fused)
+        launch(std::true_type{});
+      else
+        launch(std::false_type{});
     });
   });
 }

@@ -98,9 +98,11 @@ struct DecodeMmaShape {
 
 /// Device body of the tensor-core kernel (see the file comment). MODE 1 (benchmarks only) reads
 /// the pages from shared memory without the attention arithmetic.
-template <int HD, int GROUP, int NW, int STAGES, int MODE, class T, class KV, class Variant>
+template <int HD, int GROUP, int NW, int STAGES, int FMODE, class T, class KV, class Variant>
 __device__ __forceinline__ void decode_body_mma(const DecodeParams<T, KV, Variant>& p, unsigned char* smem,
                                                 uint64_t* bars) {
+  constexpr int MODE = FMODE & ~kDecodeFusedMerge;  // the benchmark mode
+  constexpr bool FUSED = (FMODE & kDecodeFusedMerge) != 0;
   static_assert(kDecodeMma<HD, GROUP, KV>, "decode_body_mma: fp8 or 16-bit K/V, head dim 64 or 128, group <= 8");
   using E = MmaElem<KV>;
   constexpr bool F8 = is_fp8_v<KV>;
@@ -298,7 +300,7 @@ __device__ __forceinline__ void decode_body_mma(const DecodeParams<T, KV, Varian
     }
   }
   __syncthreads();
-  decode_store_merged<HD, GROUP, NW>(p, s_acc, kvh, b, split);
+  decode_store_merged<HD, GROUP, NW, FUSED>(p, s_acc, kvh, b, split);
 }
 
 template <int HD, int GROUP, int NW, int STAGES, int MODE, class T, class KV, class Variant>

@@ -29,7 +29,12 @@ struct DecodeParams {
   int num_splits;
   float sm_scale;
   Variant variant;
+  unsigned* counters;            ///< [batch][num_kv_heads] arrivals (fused merge), zero between launches
 };
+
+/// Bit of the decode kernels' MODE template argument that fuses the split merge into the kernel
+/// (decode_store_merged); the low bits are the benchmark modes (0: attention).
+inline constexpr int kDecodeFusedMerge = 8;
 
 /// \brief The tokens one decode CTA attends to: split `split` of sequence b, narrowed to the
 /// variant's window, and the TOK-token stages that cover them. Stages start at multiples of TOK
@@ -116,10 +121,103 @@ struct DecodeRing {
 template <int HD, int GROUP, int NW>
 inline constexpr size_t kDecodeMergeBytes = size_t(NW) * GROUP * (HD + 2) * sizeof(float);
 
+/// A load of split partials: plain for the merge kernel (an earlier grid wrote them), through L2
+/// for the fused merge (other CTAs of this grid wrote them, and this SM's L1 may hold a stale line
+/// of them, e.g. lse values of other heads that an earlier last CTA on this SM read).
+template <bool L2>
+__device__ __forceinline__ float4 load_partial4(const float* p) {
+  if constexpr (L2)
+    return __ldcg(reinterpret_cast<const float4*>(p));
+  else
+    return *reinterpret_cast<const float4*>(p);
+}
+template <bool L2>
+__device__ __forceinline__ float load_partial(const float* p) {
+  if constexpr (L2)
+    return __ldcg(p);
+  else
+    return *p;
+}
+
+/// Lanes over the splits per 8-dim chunk of the split merge (SL below).
+template <int HD>
+inline constexpr int kDecodeMergeSplitLanes = 128 / (HD / 8);  // SL: lanes over the splits per chunk
+
+/// \brief Merges split partials into NR output rows: out = Σ_s 2^(lse_s − M)·o_s / Σ_s 2^(lse_s − M),
+/// row r (index row[r] of the partials) written at dst[r]. A row is served by 128 virtual lanes,
+/// HD/8 chunks of 8 dims × SL = 128·8/HD lanes over the splits (sl: this thread's; c[r]: the first
+/// dim of its chunk of row r), combined by shuffles among the SL lanes of a chunk; so 50 splits cost a
+/// few loads per thread, all independent. Empty splits carry lse = −inf and o = 0, so they weigh
+/// nothing. The merge kernel takes one row per CTA (NR = 1); the fused merge walks a (sequence, KV
+/// head)'s GROUP rows with the CTA's threads, NR rows at a time so their loads overlap. Each row
+/// sees the same operations in the same order either way, so the two paths agree bit for bit.
+template <int HD, int NR, bool L2, int UNROLL = 1, class T>
+__device__ __forceinline__ void decode_merge_rows(const float* __restrict__ part_o, const float* __restrict__ part_lse,
+                                                  int num_splits, int64_t plane, const int64_t (&row)[NR],
+                                                  const int (&c)[NR], int sl, T* const (&dst)[NR]) {
+  constexpr int SL = kDecodeMergeSplitLanes<HD>;
+  static_assert(SL >= 1 && SL <= 32 && (SL & (SL - 1)) == 0, "decode merge: head dim");
+  float mm[NR];
+#pragma unroll
+  for (int r = 0; r < NR; ++r) mm[r] = -INFINITY;
+  for (int s = sl; s < num_splits; s += SL)
+#pragma unroll
+    for (int r = 0; r < NR; ++r) mm[r] = fmaxf(mm[r], load_partial<L2>(part_lse + (s * plane + row[r])));
+#pragma unroll
+  for (int o = SL / 2; o > 0; o >>= 1)
+#pragma unroll
+    for (int r = 0; r < NR; ++r) mm[r] = fmaxf(mm[r], __shfl_xor_sync(0xffffffffu, mm[r], o));
+  float acc[NR][8], den[NR];
+#pragma unroll
+  for (int r = 0; r < NR; ++r) {
+    den[r] = 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) acc[r][j] = 0.f;
+  }
+  auto accumulate = [&](int s) {
+#pragma unroll
+    for (int r = 0; r < NR; ++r) {
+      const float w = safe_scale(load_partial<L2>(part_lse + (s * plane + row[r])), mm[r]);
+      const float* src = part_o + (s * plane + row[r]) * HD + c[r];
+      const float4 a = load_partial4<L2>(src), bb = load_partial4<L2>(src + 4);
+      den[r] += w;
+      acc[r][0] += w * a.x; acc[r][1] += w * a.y; acc[r][2] += w * a.z; acc[r][3] += w * a.w;
+      acc[r][4] += w * bb.x; acc[r][5] += w * bb.y; acc[r][6] += w * bb.z; acc[r][7] += w * bb.w;
+    }
+  };
+  if constexpr (UNROLL == 1) {  // the compiler's choice (by 4 for the merge kernel's one row)
+    for (int s = sl; s < num_splits; s += SL) accumulate(s);
+  } else {  // it does not unroll NR rows' body: UNROLL splits' loads in flight; each sum keeps its order
+#pragma unroll UNROLL
+    for (int s = sl; s < num_splits; s += SL) accumulate(s);
+  }
+#pragma unroll
+  for (int o = SL / 2; o > 0; o >>= 1) {
+#pragma unroll
+    for (int r = 0; r < NR; ++r) {
+      den[r] += __shfl_xor_sync(0xffffffffu, den[r], o);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc[r][j] += __shfl_xor_sync(0xffffffffu, acc[r][j], o);
+    }
+  }
+  if (sl != 0) return;
+#pragma unroll
+  for (int r = 0; r < NR; ++r) {
+    const float inv = den[r] > 0.f ? 1.f / den[r] : 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) acc[r][j] *= inv;
+    store8(dst[r] + c[r], acc[r]);
+  }
+}
+
 /// Ends a CTA after every warp wrote its (m, l, unnormalised acc) per head into the merge area
 /// and a barrier: combines the warps by log-sum-exp and writes the output (one split) or this
-/// split's partial row (several).
-template <int HD, int GROUP, int NW, class T, class KV, class Variant>
+/// split's partial row (several). FUSED (several splits): then the CTA counts its arrival on its
+/// (sequence, KV head)'s counter, and the last of the pair's num_splits CTAs merges the pair's
+/// partials into the output as the merge kernel would (CTAs past a sequence's end write empty
+/// partials and count too). atomicInc wraps the counter to 0 at that last arrival, so every launch
+/// leaves the counters as it found them.
+template <int HD, int GROUP, int NW, bool FUSED = false, class T, class KV, class Variant>
 __device__ __forceinline__ void decode_store_merged(const DecodeParams<T, KV, Variant>& p, const float* smem, int kvh,
                                                     int b, int split) {
   const float* s_acc = smem;
@@ -147,6 +245,44 @@ __device__ __forceinline__ void decode_store_merged(const DecodeParams<T, KV, Va
       int64_t row = (int64_t(split) * p.kv.batch_size + b) * nq + h;
       p.part_o[row * HD + d] = out;
       if (d == 0) p.part_lse[row] = ll > 0.f ? mm + log2f(ll) : -INFINITY;
+    }
+  }
+  if constexpr (FUSED) {
+    __shared__ unsigned s_last;
+    __threadfence();  // this thread's partials reach L2 before the arrival is counted
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      const unsigned n = unsigned(p.num_splits - 1);
+      const unsigned prev = atomicInc(p.counters + (int64_t(b) * p.kv.num_kv_heads + kvh), n);
+      if (prev > n) __trap();  // never past splits − 1 from zero: the workspace was not zeroed once
+      s_last = prev == n;
+    }
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();  // every arrival happened after its partials' fence: read them now
+    // The pair's GROUP rows × 128 virtual lanes over the CTA's threads, NR rows per pass.
+    constexpr int PASS = NW * 32, K = GROUP * 128 / PASS, NR = K < 4 ? K : 4;
+    static_assert(128 % PASS == 0 && K % NR == 0, "fused decode merge: CTA shape");
+    const int64_t plane = int64_t(p.kv.batch_size) * nq;
+#pragma unroll 1
+    for (int k0 = 0; k0 < K; k0 += NR) {
+      constexpr int SL = kDecodeMergeSplitLanes<HD>;
+      int64_t rows[NR];
+      int c[NR];
+      T* dst[NR];
+#pragma unroll
+      for (int r = 0; r < NR; ++r) {
+        const int v = (k0 + r) * PASS + int(threadIdx.x), h = kvh * GROUP + v / 128;
+        c[r] = v % 128 / SL * 8;
+        rows[r] = int64_t(b) * nq + h;
+        dst[r] = p.out + b * p.out_stride + int64_t(h) * HD;
+      }
+      // The lane over the splits: v % 128 % SL = lane % SL, the same for every row (SL divides 32).
+      // Two splits' loads in flight per row, except in the 2-warp CTAs (at their 128-register
+      // bound, where that spills).
+      constexpr int kUnroll = NW >= 4 ? 2 : 1;
+      decode_merge_rows<HD, NR, true, kUnroll>(p.part_o, p.part_lse, p.num_splits, plane, rows, c,
+                                               int(threadIdx.x) % SL, dst);
     }
   }
 }

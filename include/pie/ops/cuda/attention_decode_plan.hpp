@@ -1,0 +1,170 @@
+#pragma once
+/// \file attention_decode_plan.hpp
+/// \brief The host side of decode attention (attention_decode.cuh): the work partition of one
+/// launch (DecodePlan), the split choice, and the layout of the launch's device workspace. Plain
+/// C++ (no CUDA), so the CPU tests in CI check it.
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#include "pie/core/error.hpp"
+
+namespace pie::ops::cuda {
+
+namespace detail {
+/// Tokens in flight per lane group and stage: 4, or 2 at GQA groups ≥ 8 (registers).
+constexpr int decode_unroll(int group) { return group >= 8 ? 2 : 4; }
+/// Ring depth of the default CTA shape (4 warps): 2 stages of 16 KB (16-bit K/V) at groups ≤ 4.
+/// Measured on the H200 (BM_DecodeShape, 2026-12-02 and 2026-12-04): 4 stages (64 KB rings, 3
+/// CTAs per SM) lost to 3 (b64 ctx4096 88% vs 96% of copy bandwidth), and 2 stages beat 3 in two
+/// calls, then against the 3-stage kernel in the same binary (b1 ctx32768 +2.9 points, b8
+/// ctx8192 +1.8, b64 +0.6; b256, b512 and fp8 within ±0.8): the CTA is bound by its arithmetic,
+/// and 4 CTAs per SM keep enough in flight.
+/// 8 stages of 8 KB at group 8.
+constexpr int decode_stages(int group) { return group >= 8 ? 8 : 2; }
+/// Resident CTAs per SM the plan counts on for the default shape: 4 (32 KB rings, ≤ 128
+/// registers); at group 8 the registers (q and accumulators of 8 heads) allow 2.
+constexpr int decode_ctas_per_sm(int group) { return group >= 8 ? 2 : 4; }
+}  // namespace detail
+
+/// \brief How the split partials of a decode launch are merged, and what the plan may assume.
+struct DecodePlanOptions {
+  /// The last CTA of each (sequence, KV head) to finish merges that pair's split partials itself
+  /// (a per-pair arrival counter in the workspace), instead of a second, merge kernel. Opt-in:
+  /// not yet measured on a GPU (issue 14). The split choice then uses the fused merge's costs.
+  bool fused_merge = false;
+  /// Sequences the workspace's arrival counters serve: at least the plan's batch. A caller that
+  /// reuses one workspace for plans of several batch sizes (the CUDA runner: every batch size up
+  /// to max_num_seqs) passes the largest, so that every plan finds its counters at the same
+  /// place, never on bytes an earlier plan used for partials. 0: the plan's batch.
+  int counter_batch = 0;
+
+  /// `PIE_DECODE_FUSED_MERGE=1` turns the fused merge on (anything else, or unset: off).
+  static DecodePlanOptions from_env() {
+    DecodePlanOptions o;
+    const char* v = std::getenv("PIE_DECODE_FUSED_MERGE");
+    o.fused_merge = v != nullptr && std::strcmp(v, "1") == 0;
+    return o;
+  }
+};
+
+/// \brief Host-side work partition of one decode launch (FlashInfer-style plan/run split).
+struct DecodePlan {
+  int batch = 0;
+  int num_q_heads = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;
+  int num_splits = 1;         ///< CTAs per (sequence, KV head) along the context
+  int tokens_per_split = 0;   ///< context tokens each split covers (a multiple of 64)
+  /// Device scratch the launch needs (0 when num_splits == 1): the arrival counters
+  /// (counter_bytes, fused merge only), then the partial outputs [splits][batch][nq][head_dim]
+  /// and log-sum-exps [splits][batch][nq] in float.
+  size_t workspace_bytes = 0;
+  /// CTA shape of the CUDA-core kernel: warps per CTA and shared-memory ring depth (stages of 16 KB
+  /// at 16-bit KV). The tensor-core kernel (head dims 64/128) has a fixed shape of its own.
+  int warps = 4;
+  int stages = 3;
+  int ctas_per_sm = 4;        ///< resident CTAs per SM the split choice assumed
+  /// The split partials are merged by the last CTA of each (sequence, KV head) (only when
+  /// num_splits > 1; see DecodePlanOptions::fused_merge).
+  bool fused_merge = false;
+  /// Bytes of arrival counters at the start of the workspace (fused merge with splits; else 0):
+  /// one uint32 per (sequence, KV head) for counter_batch sequences, rounded up to 256 bytes.
+  /// They must be zero before the first launch (zero the workspace once when it is allocated);
+  /// every launch leaves them zero again, so CUDA-graph replays need no memset.
+  size_t counter_bytes = 0;
+};
+
+/// \brief Byte offsets of a decode launch's workspace regions (see DecodePlan::workspace_bytes).
+struct DecodeWorkspaceLayout {
+  size_t counters = 0;  ///< uint32 arrival counters, (sequence · num_kv_heads + KV head)
+  size_t part_o = 0;    ///< float [splits][batch][nq][head_dim]
+  size_t part_lse = 0;  ///< float [splits][batch][nq], log2 domain
+  size_t end = 0;       ///< == workspace_bytes
+};
+inline DecodeWorkspaceLayout decode_workspace_layout(const DecodePlan& p) {
+  DecodeWorkspaceLayout l;
+  if (p.num_splits <= 1) return l;
+  l.part_o = p.counter_bytes;
+  l.part_lse = l.part_o + size_t(p.num_splits) * p.batch * p.num_q_heads * p.head_dim * sizeof(float);
+  l.end = l.part_lse + size_t(p.num_splits) * p.batch * p.num_q_heads * sizeof(float);
+  return l;
+}
+
+/// \brief Sets a plan's split to `tokens_per_split` (rounded up to a multiple of 64) and sizes its
+/// workspace; the plan's shape and fused_merge must be set. For benchmarks and tests that force a
+/// split; `counter_batch` as in DecodePlanOptions.
+inline void set_decode_split(DecodePlan& p, int tokens_per_split, int max_seq_len, int counter_batch = 0) {
+  max_seq_len = std::max(max_seq_len, 1);
+  p.tokens_per_split = (std::max(tokens_per_split, 1) + 63) / 64 * 64;
+  p.num_splits = (max_seq_len + p.tokens_per_split - 1) / p.tokens_per_split;
+  p.counter_bytes = 0;
+  p.workspace_bytes = 0;
+  if (p.num_splits <= 1) return;
+  if (p.fused_merge) {
+    const int64_t seqs = std::max(counter_batch, p.batch);
+    p.counter_bytes = (size_t(seqs) * p.num_kv_heads * sizeof(uint32_t) + 255) / 256 * 256;
+  }
+  p.workspace_bytes = decode_workspace_layout(p).end;
+}
+
+/// \brief Chooses the split count from the grid width and the longest context with a small
+/// cost model (µs): CTAs run in waves of sm_count·ctas_per_sm; a full wave streams at the copy
+/// bandwidth (~4 TB/s), a partial one is bound by what one CTA streams (≈ 8 GB/s: its 4 warps'
+/// arithmetic, measured on the H200 at batches 1 and 8, plus ~2 µs before its first page), and
+/// a split adds the merge: the merge kernel (~2 µs plus its partials written and read at the
+/// copy rate), or with the fused merge, the last CTA of a (sequence, KV head) reading its pair's
+/// partials (~1 µs: the counter's round trip and L2 latency, plus its partials at ≈ 100 GB/s, one
+/// SM's share of L2; guessed, not measured — the benchmark's tokens_per_split sweep is there to
+/// measure them). Splits are ≥ 256 tokens, ≥ 64 when the unsplit grid has fewer CTAs than SMs.
+/// The plan is valid for every context ≤ max_seq_len (CTAs past a sequence's end write empty
+/// partials), so a graph captured with it replays on any step.
+inline DecodePlan plan_decode_split(int batch, int num_q_heads, int num_kv_heads, int head_dim, int max_seq_len,
+                                    int sm_count, const DecodePlanOptions& opt = {}) {
+  PIE_CHECK(batch >= 0 && num_kv_heads > 0 && num_q_heads % num_kv_heads == 0,
+            "plan_decode_attention: query heads must be a multiple of KV heads");
+  PIE_CHECK(sm_count > 0, "plan_decode_attention: sm_count must be positive");
+  DecodePlan p;
+  p.batch = batch;
+  p.num_q_heads = num_q_heads;
+  p.num_kv_heads = num_kv_heads;
+  p.head_dim = head_dim;
+  p.fused_merge = opt.fused_merge;
+  const int group = num_q_heads / num_kv_heads;
+  p.stages = detail::decode_stages(group);
+  p.ctas_per_sm = detail::decode_ctas_per_sm(group);
+  max_seq_len = std::max(max_seq_len, 1);
+  const int64_t ctas = int64_t{batch} * num_kv_heads;
+  const int64_t slots = int64_t{sm_count} * p.ctas_per_sm;
+  const double bw = 4.0e6, cta_bw = 8.0e3, lat = 2.0, merge_fixed = 2.0;  // bytes/µs, bytes/µs, µs, µs
+  const double fused_fixed = 1.0, cta_l2_bw = 1.0e5;                      // µs, bytes/µs (fused merge)
+  const double tok_bytes = 4.0 * head_dim;                                   // K + V, 16-bit
+  const int min_split = ctas < sm_count ? 64 : 256;
+  const int max_splits = ctas == 0 ? 1 : static_cast<int>(std::min<int64_t>(std::max(1, max_seq_len / min_split),
+                                                                             4 * slots / ctas + 1));
+  double best = 0;
+  int best_tps = max_seq_len;
+  for (int s = 1; s <= max_splits; ++s) {
+    int tps = s == 1 ? max_seq_len : ((max_seq_len + s - 1) / s + 63) / 64 * 64;
+    int se = (max_seq_len + tps - 1) / tps;
+    if (s > 1 && se != s) continue;  // the same split as a smaller s
+    const int64_t n = ctas * se;
+    const int64_t full = n / slots, rest = n % slots;
+    const double avg = double(max_seq_len) / se * tok_bytes, longest = double(std::min(tps, max_seq_len)) * tok_bytes;
+    double t = full * std::max(slots * avg / bw, longest / cta_bw + lat);
+    if (rest) t += std::max(rest * avg / bw, longest / cta_bw + lat);
+    if (se > 1) {
+      if (opt.fused_merge)  // the last CTA of the pair reads se partials of `group` rows
+        t += fused_fixed + double(se) * group * (head_dim + 1) * 4.0 / cta_l2_bw;
+      else
+        t += merge_fixed + 2.0 * se * batch * num_q_heads * (head_dim + 1) * 4.0 / bw;
+    }
+    if (s == 1 || t < best) { best = t; best_tps = tps; }
+  }
+  set_decode_split(p, best_tps, max_seq_len, opt.counter_batch);
+  return p;
+}
+
+}  // namespace pie::ops::cuda

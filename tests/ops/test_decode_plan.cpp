@@ -1,0 +1,136 @@
+// The host side of decode attention (attention_decode_plan.hpp), on the CPU: the split choice's
+// invariants for both merges, the workspace layout (the fused merge's arrival counters first, at
+// a place no plan of another batch size uses for partials), forced splits, and the environment
+// switch. The kernels themselves are checked on the GPU (tests/cuda/test_attention_decode.cu).
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+
+#include "pie/ops/cuda/attention_decode_plan.hpp"
+
+namespace {
+using namespace pie::ops::cuda;
+
+DecodePlanOptions fused(int counter_batch = 0) {
+  DecodePlanOptions o;
+  o.fused_merge = true;
+  o.counter_batch = counter_batch;
+  return o;
+}
+
+TEST(DecodePlan, DefaultLayoutIsTheMergeKernelsOne) {
+  for (int batch : {1, 3, 8, 64}) {
+    for (int len : {1, 100, 1337, 8192, 32768}) {
+      const auto p = plan_decode_split(batch, 32, 8, 128, len, 132);
+      EXPECT_FALSE(p.fused_merge);
+      EXPECT_EQ(p.counter_bytes, 0u);
+      EXPECT_EQ(p.workspace_bytes, p.num_splits > 1 ? size_t(p.num_splits) * batch * 32 * 129 * sizeof(float) : 0u);
+      const auto l = decode_workspace_layout(p);
+      EXPECT_EQ(l.part_o, 0u);
+      EXPECT_EQ(l.end, p.workspace_bytes);
+    }
+  }
+}
+
+TEST(DecodePlan, FusedLayoutPutsAlignedCountersFirst) {
+  for (int batch : {1, 3, 8, 64}) {
+    for (int len : {100, 1337, 8192, 32768}) {
+      for (int nkv : {1, 4, 8}) {
+        const auto p = plan_decode_split(batch, 4 * nkv, nkv, 64, len, 132, fused());
+        ASSERT_TRUE(p.fused_merge);
+        if (p.num_splits == 1) {
+          EXPECT_EQ(p.workspace_bytes, 0u);
+          continue;
+        }
+        const auto l = decode_workspace_layout(p);
+        EXPECT_EQ(l.counters, 0u);
+        EXPECT_GE(p.counter_bytes, size_t(batch) * nkv * sizeof(uint32_t));  // one per (sequence, KV head)
+        EXPECT_EQ(p.counter_bytes % 256, 0u);
+        EXPECT_EQ(l.part_o, p.counter_bytes);  // float4 loads of the partials need 16-byte alignment
+        EXPECT_EQ(l.part_lse, l.part_o + size_t(p.num_splits) * batch * 4 * nkv * 64 * sizeof(float));
+        EXPECT_EQ(l.end, l.part_lse + size_t(p.num_splits) * batch * 4 * nkv * sizeof(float));
+        EXPECT_EQ(p.workspace_bytes, l.end);
+      }
+    }
+  }
+}
+
+// The runner keeps one workspace for the plans of every batch size and context (one per step):
+// every plan must find its counters in the same bytes, and no plan's partials may overlap them,
+// or a later plan's counter would start on a float an earlier plan left there.
+TEST(DecodePlan, CountersStayPutAcrossTheRunnersPlans) {
+  const int max_seqs = 256;
+  size_t counters = 0;
+  for (int batch = 1; batch <= max_seqs; batch += 17) {
+    for (int len : {64, 300, 4096, 40960}) {
+      const auto p = plan_decode_split(batch, 32, 8, 128, len, 132, fused(max_seqs));
+      if (p.num_splits == 1) continue;
+      if (counters == 0) counters = p.counter_bytes;
+      EXPECT_EQ(p.counter_bytes, counters) << batch << " x " << len;
+      EXPECT_GE(decode_workspace_layout(p).part_o, size_t(max_seqs) * 8 * sizeof(uint32_t));
+    }
+  }
+  EXPECT_GT(counters, 0u);
+}
+
+TEST(DecodePlan, BothMergesSplitIntoMultiplesOf64WithNoEmptySplit) {
+  for (bool f : {false, true}) {
+    DecodePlanOptions o;
+    o.fused_merge = f;
+    for (int batch : {1, 2, 8, 16, 64, 512}) {
+      for (int len : {1, 192, 1000, 2048, 8192, 32768}) {
+        const auto p = plan_decode_split(batch, 32, 8, 128, len, 132, o);
+        EXPECT_EQ(p.tokens_per_split % 64, 0);
+        EXPECT_GE(int64_t(p.num_splits) * p.tokens_per_split, len);
+        EXPECT_LT(int64_t(p.num_splits - 1) * p.tokens_per_split, len);
+        // Never more CTAs than four waves of 4 per SM plus the unsplit grid.
+        EXPECT_LE(int64_t(p.num_splits) * batch * 8, std::max<int64_t>(batch * 8, 4 * 132 * 4 + batch * 8));
+      }
+    }
+  }
+}
+
+// The fused merge's constants are a separate choice; on the shapes the benchmark sweeps they keep
+// the default's split (one wave of 64-token or longer splits: the wave term dominates both
+// merges' costs), and they never choose fewer splits than the default.
+TEST(DecodePlan, FusedChoiceIsNeverCoarser) {
+  for (int batch : {1, 2, 4, 8, 16}) {
+    for (int len : {192, 2048, 8192, 32768}) {
+      const auto a = plan_decode_split(batch, 32, 8, 128, len, 132);
+      const auto b = plan_decode_split(batch, 32, 8, 128, len, 132, fused());
+      EXPECT_GE(b.num_splits, a.num_splits) << batch << " x " << len;
+    }
+  }
+  EXPECT_EQ(plan_decode_split(1, 32, 8, 128, 32768, 132, fused()).num_splits, 64);
+  EXPECT_EQ(plan_decode_split(8, 32, 8, 128, 8192, 132, fused()).num_splits, 8);
+}
+
+TEST(DecodePlan, ForcedSplitRoundsTo64AndSizesTheWorkspace) {
+  auto p = plan_decode_split(2, 32, 8, 128, 1000, 132, fused(16));
+  set_decode_split(p, 100, 1000, 16);
+  EXPECT_EQ(p.tokens_per_split, 128);
+  EXPECT_EQ(p.num_splits, 8);
+  EXPECT_EQ(p.counter_bytes, 512u);  // 16 sequences x 8 KV heads x 4 bytes
+  EXPECT_EQ(p.workspace_bytes, 512u + 8 * 2 * 32 * 129 * sizeof(float));
+  set_decode_split(p, 1000, 1000, 16);  // one split: no workspace
+  EXPECT_EQ(p.num_splits, 1);
+  EXPECT_EQ(p.counter_bytes, 0u);
+  EXPECT_EQ(p.workspace_bytes, 0u);
+}
+
+TEST(DecodePlan, EnvironmentSwitch) {
+  ::unsetenv("PIE_DECODE_FUSED_MERGE");
+  EXPECT_FALSE(DecodePlanOptions::from_env().fused_merge);
+  ::setenv("PIE_DECODE_FUSED_MERGE", "0", 1);
+  EXPECT_FALSE(DecodePlanOptions::from_env().fused_merge);
+  ::setenv("PIE_DECODE_FUSED_MERGE", "1", 1);
+  EXPECT_TRUE(DecodePlanOptions::from_env().fused_merge);
+  ::unsetenv("PIE_DECODE_FUSED_MERGE");
+}
+
+TEST(DecodePlan, RejectsBadShapes) {
+  EXPECT_THROW(plan_decode_split(1, 30, 8, 128, 100, 132), std::exception);
+  EXPECT_THROW(plan_decode_split(1, 32, 8, 128, 100, 0), std::exception);
+}
+
+}  // namespace
