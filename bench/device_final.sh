@@ -5,13 +5,14 @@
 # the fp8 KV cache and Qwen3-MoE, the fp8-weight kernels and engine, the runner's graphs /
 # batch invariance / swap, prompt_logprobs on the GPU engine against the CPU engine and their
 # kernel against the CPU Sampler, the structured-output bitmask kernel, asynchronous scheduling
-# against the synchronous engine, and PIE_EXTRA_TESTS), then `pie bench` at the Qwen3-8B shape
+# against the synchronous engine, the full device sampler against the host sampler, the fused
+# RoPE+KV write and final norm bit for bit, and PIE_EXTRA_TESTS), then `pie bench` at the Qwen3-8B shape
 # (batch 1 and 2048 x (128, 128), then the same with --async-scheduling; PIE_SKIP_8B=1 skips
 # it) and the Qwen3-30B-A3B shape if time is left. Summary printed last; logs in $OUT/logs.tgz.
 #   OUT=dir PIE_DEADLINE_S=320 bash bench/device_final.sh
 set -u
 OUT=${OUT:-/tmp/pie_final_out}
-BUILD=${PIE_BUILD_DIR:-/tmp/build-final}
+BUILD=${PIE_BUILD_DIR:-.device/build-final}  # git-ignored: a later call on the warm machine reuses it
 DEADLINE=${PIE_DEADLINE_S:-100000}
 MODEL8B=${PIE_MODEL_DIR:-.device/Qwen3-8B}
 LOGS="$OUT/logs"; mkdir -p "$LOGS"
@@ -29,7 +30,8 @@ run hf_reference 200 python3 tests/gpu/make_hf_reference.py --out /tmp/hfref --c
   --moe --tries 2 &
 HFREF=$!
 TARGETS="pie_bench pie_gpu_test_hf pie_gpu_test_runner pie_gpu_test_fp8 pie_cuda_test_moe pie_gpu_test_prompt_logprobs
-  pie_cuda_test_sampling pie_gpu_test_async_scheduling ${PIE_EXTRA_TARGETS:-}"
+  pie_cuda_test_sampling pie_gpu_test_async_scheduling pie_gpu_test_device_sampling pie_gpu_test_fused_ops
+  pie_cuda_test_rope_kv pie_cuda_test_gemm ${PIE_EXTRA_TARGETS:-}"
 run build 240 cmake --build "$BUILD" -j "$(nproc)" --target $TARGETS || grep -E "error" "$LOGS/build.log" | head -20 | tee -a "$SUM"
 
 run test_moe 60 "$BUILD/tests/cuda/pie_cuda_test_moe" --gtest_color=no; gt test_moe
@@ -44,6 +46,12 @@ run test_sampling 60 "$BUILD/tests/cuda/pie_cuda_test_sampling" --gtest_color=no
 run test_runner 120 "$BUILD/tests/gpu/pie_gpu_test_runner" --gtest_color=no; gt test_runner 40
 run test_async 90 "$BUILD/tests/gpu/pie_gpu_test_async_scheduling" --gtest_color=no
 grep -E "^\[async" "$LOGS/test_async.log" | tee -a "$SUM"; gt test_async 12
+# 2026-12-05 (written without a GPU): the full device sampler against the host sampler, and the
+# op-boundary fusions bit for bit against the separate kernels (device_fusion.sh times them).
+run test_device_sampling 90 "$BUILD/tests/gpu/pie_gpu_test_device_sampling" --gtest_color=no
+grep -E "^\[device sampling" "$LOGS/test_device_sampling.log" | tee -a "$SUM"; gt test_device_sampling 12
+run test_rope_kv 60 "$BUILD/tests/cuda/pie_cuda_test_rope_kv" --gtest_color=no; gt test_rope_kv 12
+run test_fused_ops 90 "$BUILD/tests/gpu/pie_gpu_test_fused_ops" --gtest_color=no; gt test_fused_ops 12
 if [ -f "$MODEL8B/config.json" ] && [ "${PIE_SKIP_8B:-0}" != 1 ]; then
   # Qwen3-8B shape end to end: the decode kernels every bf16 step runs, batch 1 and 2048 x (128, 128).
   run bench_8b 120 "$BUILD/examples/pie/pie_bench" "$MODEL8B" --load-format dummy --mode both \

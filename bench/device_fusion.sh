@@ -15,7 +15,7 @@
 #   OUT=dir PIE_MODEL_DIR=<dir with Qwen3-8B config.json> PIE_BUILD_DIR=<build> bash bench/device_fusion.sh
 set -u
 OUT=${OUT:-/tmp/pie_fusion_out}
-BUILD=${PIE_BUILD_DIR:-/tmp/build-final}
+BUILD=${PIE_BUILD_DIR:-.device/build-final}  # device_final.sh's build of the same tree
 DEADLINE=${PIE_DEADLINE_S:-180}
 MODEL8B=${PIE_MODEL_DIR:-.device/Qwen3-8B}
 LOGS="$OUT/logs"; mkdir -p "$LOGS"
