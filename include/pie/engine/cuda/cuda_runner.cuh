@@ -272,8 +272,9 @@ class CudaRunner {
   /// it) — keeping each draw's randomness key (specs' step), so rows without such parameters draw
   /// the tokens they draw in any step. Only the ids, logprobs and top alternatives come back.
   /// Whether the engine sends full-input draws here (execute_sample_full) rather than to the host
-  /// sampler: PIE_FULL_DEVICE_SAMPLING=1. Off by default until pie_gpu_test_device_sampling has
-  /// run on a GPU (the kernels are checked against the CPU Sampler; this path's plumbing is not).
+  /// sampler: on unless PIE_FULL_DEVICE_SAMPLING=0. On the H200 (2026-12-05) the full device path
+  /// gave the host sampler's greedy tokens for 20/20 sequences with penalties, bias, min_tokens,
+  /// logprobs and n = 2, logprobs within 1e-6 (pie_gpu_test_device_sampling).
   bool samples_full() const { return samples_full_; }
   engine::DeviceDraws execute_sample_full(const sched::StepPlan& plan, const std::vector<SampleSpec>& specs,
                                           std::span<const sched::SamplerInput> inputs) {
@@ -851,7 +852,7 @@ class CudaRunner {
   std::vector<SampleSpec> specs_;
   bool samples_full_ = [] {
     const char* v = std::getenv("PIE_FULL_DEVICE_SAMPLING");
-    return v != nullptr && std::string(v) == "1";
+    return v == nullptr || std::string(v) != "0";
   }();
   int last_samples_ = 0;
   // Asynchronous scheduling: per launched step (alternating), its ids' pinned copy and an event.
