@@ -257,9 +257,9 @@ class Engine {
       // min_tokens and logprobs take the runner's full device sampler where it has one
       // (kSamplesFull; the logprobs come back with the ids). A logits processor needs the host:
       // then this step's sampled rows come back as logits and the rows that need it are sampled
-      // on the host below. Token-masked draws (structured outputs) stay on the device: their masks are filled on
-      // the host while the forward runs, then rank 0 (which holds the whole vocabulary's logits
-      // and samples under TP too) applies them with the bitmask kernel.
+      // on the host below. Token-masked draws (structured outputs) stay on the device: their
+      // masks are filled on the host while the forward runs, then rank 0 (which holds the whole
+      // vocabulary's logits and samples under TP too) applies them with the bitmask kernel.
       specs_ = engine::sample_specs(*scheduler_, plan, seed_of);
       const engine::SampleMode mode = engine::plan_sample_mode(*scheduler_, plan);
       bool masked = false, full = false;
