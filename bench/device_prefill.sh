@@ -33,7 +33,7 @@ awk '/Compiling entry function/{f=($0 ~ /sm90/)} f && /Compiling|spill|Used/' "$
   > "$OUT/resources.txt"
 
 T=$dir/test_prefill
-run tests_v2 100 "$T" --gtest_color=no
+run tests_v2 100 env PIE_PREFILL_SM90=2 "$T" --gtest_color=no
 run tests_v3 100 env PIE_PREFILL_SM90=3 "$T" --gtest_color=no
 v3rc=$?
 run tests_v3p 100 env PIE_PREFILL_SM90=3p "$T" --gtest_color=no

@@ -1,17 +1,19 @@
-// Prefill attention timings for the Hopper kernel v2 (the default call), v3 (one box per page,
+// Prefill attention timings for the Hopper kernel v2 (the default call: PIE_PREFILL_SM90=2 is set
+// here, v3 being the engine's default), v3 (one box per page,
 // split K/V rings, 3 stages; "sm90v3p" the same on the persistent grid, "sm90v3c" on 2-CTA
 // clusters with K/V multicast, "sm90v3-halves" with one box per 64-column half) and the
 // mma.sync kernel (prefill_attention<8>) in one process: 32 query / 8 KV heads, bf16, shuffled block table,
 // random inputs, median of 20 event-timed launches. Prints one "pie" line per shape for
 // bench/prefill_peer.py, which times PyTorch SDPA on the same shapes in the same call.
 //   bench_prefill [--quick] [--no-v3] [--no-v3p] [--no-v3c]
-// This binary times v3 too: compile the engine's opt-in
-// dispatch to it, which other builds leave out (CMake option PIE_PREFILL_SM90_V3).
-#ifndef PIE_PREFILL_SM90_V3
+// Every Hopper kernel and grid, chosen at run time by PIE_PREFILL_SM90 (the engine compiles v3's
+// default shape only: attention_prefill.cuh).
+#undef PIE_PREFILL_SM90_V3
 #define PIE_PREFILL_SM90_V3 1
-#endif
+#define PIE_PREFILL_SM90_ALL 1
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -82,6 +84,7 @@ int main(int argc, char** argv) {
   }
   v3p = v3p && v3;
   v3c = v3c && v3;
+  setenv("PIE_PREFILL_SM90", "2", 0);  // "sm90" rows: v2 through the dispatch (v3 rows call v3 directly)
   cudaDeviceProp prop{};
   PIE_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);

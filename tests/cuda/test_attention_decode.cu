@@ -23,7 +23,8 @@ using namespace pie::test;
 /// K/V (decode_attention's Mode).
 template <class T, class KV, class Variant = attention::Causal, int Mode = 0>
 double run_decode(int bs, int hd, int group, int nkv, const std::vector<int>& lens, int sm_count, uint32_t seed,
-                  int* splits_out = nullptr, Variant var = {}, int plan_len = 0, int force_splits = 0) {
+                  int* splits_out = nullptr, Variant var = {}, int plan_len = 0, int force_splits = 0,
+                  std::vector<T>* out_raw = nullptr) {
   std::mt19937 rng(seed);
   const int batch = static_cast<int>(lens.size()), nq = nkv * group;
   RandomCache<KV> cache(lens, nkv, hd, bs, rng);
@@ -49,6 +50,7 @@ double run_decode(int bs, int hd, int group, int nkv, const std::vector<int>& le
   ops::cuda::decode_attention<0, 0, Mode>(d_q.view({batch, nq, hd}), cache.device(), d_o.view({batch, nq, hd}), plan,
                                           ws.data(), scale, var);
   auto o = download(d_o);
+  if (out_raw) *out_raw = o;
   std::vector<float> qf = to_f32(q), ref(q.size());
   std::vector<int32_t> cu(batch + 1);
   std::iota(cu.begin(), cu.end(), 0);
@@ -111,6 +113,35 @@ TEST(DecodeAttentionBatch, Block16HeadDim128Group4ShortContextsOneSplit) {
   double e = run_decode<f16, f16>(16, 128, 4, 8, lens, 132, 17, &splits);
   EXPECT_EQ(splits, 1);
   EXPECT_LT(e, tol<f16>()) << e;
+}
+
+// The engine's run-time choice (PIE_DECODE_MMA_WIDE, read once per process; ctest runs this
+// binary once without it and once as wide.* with `all`): a 16-bit launch with one split per
+// (sequence, KV head) at group 4 or 8 takes the tensor-core kernel when the variable names the
+// group, else the CUDA-core kernel. The default mode's bytes must equal those of the kernel it
+// chose (Mode 4 or Mode 3), and the two kernels must differ here, or the test could not tell.
+TEST(DecodeAttentionWide, OneSplitLaunchTakesTheKernelTheEnvironmentNames) {
+  using C = attention::Causal;
+  for (int group : {4, 8}) {
+    std::mt19937 rng(40 + group);
+    std::vector<int> lens(64);
+    for (auto& l : lens) l = 1 + int(rng() % 200);
+    std::vector<bf16> o0, o3, o4;
+    int splits = 0;
+    const uint32_t seed = 90 + group;
+    const double e = run_decode<bf16, bf16, C, 0>(16, 128, group, 4, lens, 132, seed, &splits, {}, 0, 0, &o0);
+    ASSERT_EQ(splits, 1) << "64 short sequences must not be split";
+    run_decode<bf16, bf16, C, 3>(16, 128, group, 4, lens, 132, seed, nullptr, {}, 0, 0, &o3);
+    run_decode<bf16, bf16, C, 4>(16, 128, group, 4, lens, 132, seed, nullptr, {}, 0, 0, &o4);
+    ASSERT_EQ(o0.size(), o3.size());
+    ASSERT_NE(std::memcmp(o3.data(), o4.data(), o3.size() * sizeof(bf16)), 0) << "the kernels agree bitwise here";
+    const bool wide = ops::cuda::decode_mma_wide_enabled(group);
+    const auto& chosen = wide ? o4 : o3;
+    EXPECT_EQ(std::memcmp(o0.data(), chosen.data(), o0.size() * sizeof(bf16)), 0)
+        << "group " << group << ": the default mode is not the " << (wide ? "tensor-core" : "CUDA-core") << " kernel";
+    EXPECT_LT(e, tol<bf16>()) << e;
+    std::printf("[decode wide group=%d] %s kernel, rel err %.2e\n", group, wide ? "tensor-core" : "CUDA-core", e);
+  }
 }
 
 TEST(DecodeAttentionBatch, Block16HeadDim256Group2BF16) {

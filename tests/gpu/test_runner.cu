@@ -293,8 +293,16 @@ std::vector<std::vector<int32_t>> run_batch(const HostWeights& hw, const std::ve
 
 /// Greedy tokens of 64 requests alone / in one batch / under recompute and swap preemption;
 /// returns how many of the 64 kept every token under (recompute, swap).
-std::pair<int, int> check_invariance(bool invariant, int num_alone) {
+/// `group` > 0: that many query heads per KV head (one KV head, head dim 128) instead of the
+/// fixture's 4/2 at head dim 64 — groups 4 and 8 are where a 16-bit decode launch with one split
+/// may take the tensor-core kernel (PIE_DECODE_MMA_WIDE).
+std::pair<int, int> check_invariance(bool invariant, int num_alone, int group = 0) {
   auto cfg = gpu_test::small_qwen3(2);
+  if (group > 0) {
+    cfg.num_attention_heads = group;
+    cfg.num_key_value_heads = 1;
+    cfg.head_dim = 128;
+  }
   auto hw = share(model::dummy_weights<bf16>(cfg, 13));
   std::mt19937 rng(7);
   std::vector<std::vector<int32_t>> prompts;
@@ -325,8 +333,9 @@ std::pair<int, int> check_invariance(bool invariant, int num_alone) {
                   run == &recompute ? "recompute" : "swap", i, prompts[i].size(), j);
     }
   }
-  std::printf("[batch invariance, %s] preemptions recompute %lld swap %lld; identical %d/64, %d/64\n", mode,
-              (long long)pre_r, (long long)pre_s, same_r, same_s);
+  std::printf("[batch invariance, %s, group %d] preemptions recompute %lld swap %lld; identical %d/64, %d/64\n",
+              mode, cfg.num_attention_heads / cfg.num_key_value_heads, (long long)pre_r, (long long)pre_s, same_r,
+              same_s);
   return {same_r, same_s};
 }
 
@@ -346,6 +355,18 @@ TEST(GpuEngine, DefaultKernelsKeepGreedyTokensAloneBatchedAndNearlyAllAfterPreem
   auto [same_r, same_s] = check_invariance(/*invariant=*/false, /*num_alone=*/1);
   EXPECT_GE(same_r, 62) << "sequences whose greedy tokens survived recompute preemption";
   EXPECT_EQ(same_s, 64) << "sequences whose greedy tokens changed under swap preemption";
+}
+
+// The same bounds at GQA groups 4 and 8 (Qwen3-8B's and Qwen3-30B-A3B's), where a decode launch
+// with one split per sequence takes the tensor-core kernel when PIE_DECODE_MMA_WIDE names the
+// group (ctest runs this binary's tests again as wide.* with PIE_DECODE_MMA_WIDE=all): the
+// kernel then changes with the batch (one split or several), which is what these bounds watch.
+TEST(GpuEngine, DefaultKernelsAtGroups4And8KeepGreedyTokensAfterPreemption) {
+  for (int group : {4, 8}) {
+    auto [same_r, same_s] = check_invariance(/*invariant=*/false, /*num_alone=*/1, group);
+    EXPECT_GE(same_r, 62) << "group " << group << ": sequences whose greedy tokens survived recompute preemption";
+    EXPECT_EQ(same_s, 64) << "group " << group << ": sequences whose greedy tokens changed under swap preemption";
+  }
 }
 
 }  // namespace

@@ -22,6 +22,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include "pie/core/attention_variants.hpp"
 #include "pie/core/dispatch.hpp"
@@ -407,6 +409,23 @@ void launch_decode_mma(const DecodeParams<T, KV, Variant>& p, int batch, cudaStr
 }
 }  // namespace detail
 
+/// \brief Which GQA groups of a 16-bit cache take the tensor-core kernel when a decode launch
+/// has one split per (sequence, KV head) (detail::kDecodeMmaWide): `PIE_DECODE_MMA_WIDE` is
+/// `8` (group 8 only), `4`, `4,8`/`all` (groups 4 and 8) or `0`/`off`/unset (never: the default
+/// until it is measured on the H200). Read once.
+inline bool decode_mma_wide_enabled(int group) {
+  static const int mask = [] {
+    const char* v = std::getenv("PIE_DECODE_MMA_WIDE");
+    const std::string s = v ? v : "0";
+    if (s == "0" || s == "off" || s == "none") return 0;
+    if (s == "all" || s == "4,8" || s == "8,4") return 4 | 8;
+    if (s == "4") return 4;
+    PIE_CHECK(s == "8", "PIE_DECODE_MMA_WIDE must be 8, 4, 4,8, all or 0 (got '", s, "')");
+    return 8;
+  }();
+  return (mask & group) != 0 && (group == 4 || group == 8);
+}
+
 /// \brief Decode attention over the paged cache: out[b, h] = softmax(q[b, h]·Kᵀ·sm_scale)·V over
 /// the cache.seq_len(b) tokens of sequence b (its query is the last of them).
 /// \param q     [batch, nq, head_dim] (token rows may be strided, heads contiguous)
@@ -481,11 +500,20 @@ void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out,
         } else {
           PIE_CHECK(plan.warps == 4 && plan.stages == detail::decode_stages(GROUP),
                     "decode_attention: the plan's CTA shape is not the default one");
-          if constexpr (kMma)
+          if constexpr (kMma) {
             detail::launch_decode_mma<HD, GROUP, detail::kDecodeMmaWarps<DKV>, detail::kDecodeMmaStages, kMode>(
                 p, batch, stream);
-          else
+          } else {
+            // One split never takes the fused merge: only the plain instantiation is needed.
+            if constexpr (Mode == 0 && detail::kDecodeMmaWide<HD, GROUP, DKV> && !decltype(fused_tag)::value) {
+              if (plan.num_splits == 1 && decode_mma_wide_enabled(GROUP)) {
+                detail::launch_decode_mma<HD, GROUP, detail::kDecodeMmaWarps<DKV>, detail::kDecodeMmaStages, kMode>(
+                    p, batch, stream);
+                return;
+              }
+            }
             detail::launch_decode<HD, GROUP, 4, detail::decode_stages(GROUP), kMode>(p, batch, stream);
+          }
         }
       };
       if (fused)

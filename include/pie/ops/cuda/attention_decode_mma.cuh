@@ -48,6 +48,18 @@ inline constexpr bool kDecodeMma = (is_fp8_v<KV> || sizeof(KV) == 2) && (HD == 6
 /// It stays selectable (decode_attention's Mode 4) and tested.
 template <int HD, int GROUP, class KV>
 inline constexpr bool kDecodeMmaDefault = is_fp8_v<KV> && kDecodeMma<HD, GROUP, KV>;
+/// Whether a 16-bit cache may take the tensor-core kernel at run time when the plan does not split
+/// the context (decode_attention's default mode; `PIE_DECODE_MMA_WIDE`, decode_mma_wide()). With
+/// one split per (sequence, KV head) the kernel's per-split rounding of P is the same whatever
+/// the batch, so the batch dependence that keeps it from being kDecodeMmaDefault does not arise;
+/// one split is what wide batches get (b512 ctx140: 78% of copy against the CUDA-core kernel's
+/// 67%), while narrow, split launches (batch 1, where it measured slower) keep the CUDA-core
+/// kernel. Groups 4 and 8 only: the CUDA-core kernel's FMAs per KV byte grow with the group
+/// (Qwen3-30B-A3B's group 8 is where it loses most), and other groups would add instantiations to
+/// every engine translation unit for shapes no served model has.
+template <int HD, int GROUP, class KV>
+inline constexpr bool kDecodeMmaWide = !is_fp8_v<KV> && sizeof(KV) == 2 && kDecodeMma<HD, GROUP, KV> &&
+                                       (GROUP == 4 || GROUP == 8);
 /// Warps per CTA of the tensor-core kernel: 4 for fp8 (64-token stages of 16 KB at head dim 128),
 /// 2 for 16-bit K/V (32-token stages of 16 KB; 4 warps' 32 KB stages allow only 3 CTAs per SM and
 /// measured 78% against 99% at b64 ctx4096 on the H200).

@@ -16,8 +16,16 @@
 #include "pie/kv/paged_kv.hpp"
 #include "pie/ops/cuda/common.cuh"
 #include "pie/ops/cuda/attention_prefill_sm90.cuh"
+// Which Hopper prefill kernels the dispatch below compiles. PIE_PREFILL_SM90_V3 (default 1; the
+// CMake option of the same name): v3, the default kernel; 0 leaves v3 out and takes v2.
+// PIE_PREFILL_SM90_ALL (default 0; the kernel test and bench set 1): v2 and v3's other grids too,
+// chosen at run time by PIE_PREFILL_SM90 (attention_prefill_sm90_v3.cuh, version()). Each Hopper
+// kernel is instantiated in every engine translation unit, so the default compiles only one.
 #ifndef PIE_PREFILL_SM90_V3
-#define PIE_PREFILL_SM90_V3 0  // the opt-in v3 dispatch below is compiled only when defined to 1
+#define PIE_PREFILL_SM90_V3 1
+#endif
+#ifndef PIE_PREFILL_SM90_ALL
+#define PIE_PREFILL_SM90_ALL 0
 #endif
 #if PIE_PREFILL_SM90_V3
 #include "pie/ops/cuda/attention_prefill_sm90_v3.cuh"
@@ -307,7 +315,6 @@ void prefill_attention(TensorView<T> q, kv::PagedKV<KV> cache, const int32_t* cu
   if constexpr (Warps == 0 && !PackGqa && std::is_same_v<D, DKV>) {
     const int bsz = cache.block_size;
     auto sm90 = [&]<int HD>() {
-      if (!sm90::available<HD, D, Variant>()) return false;
       sm90::Params<D, Variant> sp{};
       sp.q = dev(q.data); sp.q_stride = q.stride[0];
       sp.out = dev(out.data); sp.out_stride = out.stride[0];
@@ -318,15 +325,20 @@ void prefill_attention(TensorView<T> q, kv::PagedKV<KV> cache, const int32_t* cu
       sp.group = nq / cache.num_kv_heads;
       sp.sm_scale = sm_scale;
       sp.variant = variant;
-#if PIE_PREFILL_SM90_V3  // compiled in by -DPIE_PREFILL_SM90_V3=ON (CMake), taken at run time with PIE_PREFILL_SM90=3
-      if (sm90::v3::version() == 3 && sm90::v3::available<HD, D, Variant>()) {
+#if PIE_PREFILL_SM90_V3  // the default (PIE_PREFILL_SM90=2 takes v2 where it is compiled too)
+      if ((!PIE_PREFILL_SM90_ALL || sm90::v3::version() == 3) && sm90::v3::available<HD, D, Variant>()) {
         sm90::v3::launch<HD, D, Variant>(sp, dev(cache.data), cache.batch_size, max_query_len, stream,
                                          sm90::v3::requested_box(), sm90::v3::requested_grid());
         return true;
       }
 #endif
+#if !PIE_PREFILL_SM90_V3 || PIE_PREFILL_SM90_ALL
+      if (!sm90::available<HD, D, Variant>()) return false;
       sm90::launch<HD, D, Variant>(sp, dev(cache.data), cache.batch_size, max_query_len, stream);
       return true;
+#else
+      return false;
+#endif
     };
     if (bsz >= 8 && bsz <= 128) {
       if (cache.head_dim == 128 && sm90.template operator()<128>()) return;

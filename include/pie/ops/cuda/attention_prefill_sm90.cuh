@@ -482,15 +482,21 @@ inline PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
   return fn;
 }
 
+/// Whether the current device is an sm_90 part whose driver encodes tensor maps (what both Hopper
+/// kernel generations need besides their own sm_90a binary).
+inline bool hopper_device() {
+  int dev = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+  return major == 9 && minor == 0 && encode_fn() != nullptr;
+}
+
 /// Whether this build holds the sm_90a kernel and the current device runs it.
 template <int HD, class T, class Variant>
 bool available() {
   static const bool ok = [] {
-    int dev = 0, major = 0, minor = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess) return false;
-    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
-    if (major != 9 || minor != 0 || encode_fn() == nullptr) return false;
+    if (!hopper_device()) return false;
     cudaFuncAttributes a{};
     if (cudaFuncGetAttributes(&a, prefill_kernel<HD, T, Variant>) != cudaSuccess) { cudaGetLastError(); return false; }
     return a.binaryVersion == 90;

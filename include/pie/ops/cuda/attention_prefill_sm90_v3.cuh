@@ -17,6 +17,9 @@
 /// The 5-D map has a stride smaller than the one below it (halves 128 B apart inside 256-byte
 /// token rows). Should the driver refuse it, the launch falls back to v2's one box per half
 /// (`Box::kHalves`) and says so once on stderr; the rest of v3 is unchanged.
+#ifndef PIE_PREFILL_SM90_ALL
+#define PIE_PREFILL_SM90_ALL 0  // see attention_prefill.cuh
+#endif
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -443,7 +446,7 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_const
 template <int HD, class T, class Variant>
 bool available() {
   static const bool ok = [] {
-    if (!sm90::available<HD, T, Variant>()) return false;
+    if (!hopper_device()) return false;  // not v2's available(): that would instantiate v2's kernel
     cudaFuncAttributes a{};
     if (cudaFuncGetAttributes(&a, prefill_kernel<HD, T, Variant, plan::Box::kHalves, plan::Grid::kTile>) !=
         cudaSuccess) {
@@ -527,13 +530,18 @@ plan::Box launch(Params<T, Variant>& p, const T* pool, int num_seqs, int max_q_l
   };
   // One instantiation per (box, grid) pair that can run: kPage only at head dim 128, kCluster
   // only without a sliding window.
+  // The persistent and cluster grids are compiled only where PIE_PREFILL_SM90_ALL asks for them
+  // (the kernel test and bench): the engine takes one grid, and each pair is another kernel in
+  // every engine translation unit.
   auto with_box = [&]<plan::Box B>() {
     switch (grid) {
+#if PIE_PREFILL_SM90_ALL
       case plan::Grid::kPersistent: go(prefill_kernel<HD, T, Variant, B, plan::Grid::kPersistent>, grid); break;
       case plan::Grid::kCluster:
         if constexpr (Variant::kWindowLeft <= 0) go(prefill_kernel<HD, T, Variant, B, plan::Grid::kCluster>, grid);
         break;
-      default: go(prefill_kernel<HD, T, Variant, B, plan::Grid::kTile>, grid); break;
+#endif
+      default: go(prefill_kernel<HD, T, Variant, B, plan::Grid::kTile>, plan::Grid::kTile); break;
     }
   };
   if constexpr (HD == 128) {
@@ -546,20 +554,18 @@ plan::Box launch(Params<T, Variant>& p, const T* pool, int num_seqs, int max_q_l
   return box;
 }
 
-/// The prefill kernel generation `prefill_attention` takes on Hopper: 2 (default), or 3 when the
-/// environment sets PIE_PREFILL_SM90 (an opt-in until a GPU call has checked v3): "3" one box
-/// per page, "3p" the same on the persistent grid, "3c" on 2-CTA clusters with K/V multicast,
-/// "3h" one box per 64-column half (the A/B of change 1, and the fallback's test).
+/// The prefill kernel generation `prefill_attention` takes on Hopper: 3 (the default since it
+/// passed on the H200 and beat cuDNN's SDPA there: docs/kernels.md), or 2 when the environment
+/// sets PIE_PREFILL_SM90=2. PIE_PREFILL_SM90 also picks v3's shape for A/B runs: "3" one box per
+/// page (the default), "3h" one box per 64-column half, "3p" the persistent grid, "3c" 2-CTA
+/// clusters with K/V multicast. v2 and the 3p/3c grids are compiled only where
+/// PIE_PREFILL_SM90_ALL is 1 (the kernel test and bench); elsewhere they fall back to the default.
 inline const char* version_env() {
   static const char* e = std::getenv("PIE_PREFILL_SM90");
   return e == nullptr ? "" : e;
 }
 inline int version() {
-  static const int v = [] {
-    for (const char* v3 : {"3", "3h", "3p", "3c"})
-      if (std::strcmp(version_env(), v3) == 0) return 3;
-    return 2;
-  }();
+  static const int v = std::strcmp(version_env(), "2") == 0 ? 2 : 3;
   return v;
 }
 inline plan::Box requested_box() {
