@@ -68,12 +68,12 @@ inline bool nano_worth_splitting(const NanoStepCost& c, const NanoSplitOptions& 
 }
 
 /// Decode rows of half A for a step of `rows` token rows of which `decodes` decode: about half
-/// the rows, a multiple of 8 (GEMM tiles), at least 1 and leaving half B at least one row (all
-/// `decodes` when B holds prefill rows enough). 0 when the step cannot be cut (fewer than two
-/// sequences' worth of rows, or no decode).
+/// the rows (from 32 rows a multiple of 8: GEMM tiles), at least 1 and leaving half B at least
+/// one row (all `decodes` when B holds prefill rows enough). 0 when the step cannot be cut (fewer
+/// than two rows, or no decode).
 inline int nano_rows_a(int rows, int decodes) {
   if (decodes < 1 || rows < 2) return 0;
-  int a = (rows / 2 + 7) / 8 * 8;
+  int a = rows >= 32 ? (rows / 2 + 7) / 8 * 8 : rows / 2;
   a = std::min(a, decodes);
   if (a >= rows) a = rows - 1;  // an all-decode step: B keeps at least one row
   return std::max(a, 1);
