@@ -60,6 +60,13 @@ CLI::App* add_bench_command(CLI::App& app, BenchOptions& o) {
   s->add_option("--preemption-mode,--preemption_mode", o.preemption_mode, "recompute | swap")->capture_default_str();
   s->add_flag("--enforce-eager,--enforce_eager", o.enforce_eager, "No CUDA graphs");
   s->add_flag("--batch-invariant,--batch_invariant", o.batch_invariant, "Bitwise batch-invariant kernels");
+  s->add_option("--nano-batches,--nano_batches", o.nano_batches,
+                "2: run large steps as two overlapped nano-batches (1: never; 0: PIE_NANO_BATCHES)")
+      ->check(CLI::Range(0, 2))
+      ->capture_default_str();
+  s->add_option("--nano-min-rows,--nano_min_rows", o.nano_min_rows,
+                "With --nano-batches 2: split every step of at least this many decode rows (0: the cost model)")
+      ->capture_default_str();
   s->add_flag("--async-scheduling,--async_scheduling", o.async_scheduling,
               "Plan step N+1 while step N runs (vLLM's; the runner must support it)");
   s->add_flag("--enable-prefix-caching,--enable_prefix_caching", o.enable_prefix_caching);
@@ -119,6 +126,8 @@ EngineOptions engine_options(const BenchOptions& o, const model::ModelConfig& cf
   eo.swap_space_gib = o.swap_space;
   eo.enforce_eager = o.enforce_eager;
   eo.batch_invariant = o.batch_invariant;
+  eo.nano_batches = o.nano_batches;
+  eo.nano_min_rows = o.nano_min_rows;
   return eo;
 }
 
@@ -245,11 +254,15 @@ struct Bench {
       std::printf("decode at batch %d: %.2f ms/step (roofline %.2f ms), host %.3f ms/step = %.2f%% of the step\n", b,
                   1e3 * s.wall / s.n, 1e3 * s.roof / s.n, 1e3 * s.host / s.n, 100 * s.host / s.wall);
     }
+    if (eng->runner().stats().nano_steps > 0)
+      std::printf("nano-batch overlap: %lld steps ran as two nano-batches (all runs so far)\n",
+                  static_cast<long long>(eng->runner().stats().nano_steps));
     return {{"mode", "throughput"}, {"num_prompts", o.num_prompts}, {"dataset", o.dataset}, {"input_len", o.input_len},
             {"output_len", o.output_len}, {"elapsed_s", st.wall_s}, {"output_tok_per_s", out_tok / st.wall_s},
             {"total_tok_per_s", (in_tok + out_tok) / st.wall_s}, {"roofline_s", st.roofline_s},
             {"roofline_fraction", frac}, {"kv_waste_at_peak", st.kv_waste_at_peak}, {"steps", st.steps},
-            {"graph_steps", eng->runner().stats().graph_steps}, {"decode_by_batch", by_batch}};
+            {"graph_steps", eng->runner().stats().graph_steps},
+            {"nano_steps", eng->runner().stats().nano_steps}, {"decode_by_batch", by_batch}};
   }
 
   /// Where a decode step's time goes: `batch` sequences at about `ctx` tokens of context, run
@@ -354,6 +367,8 @@ int run_bench_with(const BenchOptions& o) {
     r["activation_gib"] = mp.gib(mp.activation_bytes);
     r["enforce_eager"] = o.enforce_eager;
     r["batch_invariant"] = o.batch_invariant;
+    r["nano_batches"] = o.nano_batches;
+    r["nano_min_rows"] = o.nano_min_rows;
     r["async_scheduling"] = o.async_scheduling;
     r["max_num_seqs"] = o.max_num_seqs;
     r["block_size"] = o.block_size;

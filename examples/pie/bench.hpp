@@ -36,6 +36,8 @@ struct BenchOptions {
   bool enforce_eager = false;
   bool async_scheduling = false;      ///< vLLM's --async-scheduling
   bool batch_invariant = false;       ///< one GEMM algorithm per shape, prefill attention for every row
+  int nano_batches = 0;               ///< 2: overlapped nano-batches (engine/nano_split.hpp); 0: PIE_NANO_BATCHES
+  int nano_min_rows = 0;              ///< > 0: split every step of that many decode rows; 0: the cost model
   bool enable_prefix_caching = false;
   float temperature = 0.0f;           ///< 0 → greedy (what HF generate does by default)
   uint64_t seed = 0;

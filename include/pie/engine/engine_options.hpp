@@ -47,6 +47,13 @@ struct EngineOptions {
   /// prefill attention kernel: docs/gpu_engine.md). The CPU backend is
   /// batch-invariant whatever this says.
   bool batch_invariant = false;
+  /// GPU, one rank: 2 runs large steps as two nano-batches on two streams, overlapping one's
+  /// attention with the other's GEMMs (engine/nano_split.hpp); 1 never splits; 0 reads the
+  /// environment (PIE_NANO_BATCHES, default 1). Off by default until measured.
+  int nano_batches = 0;
+  /// With nano_batches 2: > 0 splits every step of at least this many decode rows; 0 lets the
+  /// cost model decide (PIE_NANO_MIN_ROWS when 0 here).
+  int nano_min_rows = 0;
   bool log = true;                   ///< GPU runner: print the memory plan and graph capture
 
   // What make_engine() (pie/registry/make_engine.hpp) turns into an Engine type; an Engine<Model,

@@ -124,6 +124,9 @@ class CudaForward {
     const parallel::TpShard* shard = nullptr;  ///< null: unsharded
     parallel::Communicator* comm = nullptr;
     Variant variant{};
+    /// false: no logits buffer of its own; set_logits_target() names where logits() writes (a
+    /// nano-batch's rows of the step's logits, engine/nano_split.hpp)
+    bool own_logits = true;
   };
 
   explicit CudaForward(Parts p) : p_(std::move(p)), kv_fusion_(p_.fusions.rope_kv, p_.config.num_hidden_layers) {
@@ -131,7 +134,8 @@ class CudaForward {
     PIE_CHECK((p_.shard == nullptr) == (p_.comm == nullptr), "CudaForward: a shard needs a communicator and back");
     res_pong_ = DeviceBuffer<T>(c.hidden_size);
     rows_ = DeviceBuffer<T>(static_cast<size_t>(p_.max_samples) * c.hidden_size);
-    logits_ = DeviceBuffer<float>(static_cast<size_t>(p_.max_samples) * global_vocab());
+    if (p_.own_logits) logits_ = DeviceBuffer<float>(static_cast<size_t>(p_.max_samples) * global_vocab());
+    logits_out_ = logits_.data();
     if (p_.shard) {
       ids_ = DeviceBuffer<int32_t>(p_.max_tokens);
       const size_t per = static_cast<size_t>(p_.shard->vocab_per_rank);
@@ -152,9 +156,24 @@ class CudaForward {
     kv_fusion_.begin_step();
     held_norm_ = {};
     logits_fused_norm_ = false;
+    ops_ = 0;
   }
   /// Where the logits of the sampled rows are ([samples][global vocab], float).
-  float* logits() { return logits_.data(); }
+  float* logits() { return logits_out_; }
+  /// A context without logits of its own (Parts::own_logits) writes them here from now on.
+  void set_logits_target(float* p) {
+    PIE_CHECK(!p_.own_logits && p != nullptr, "CudaForward: set_logits_target is for a context without own logits");
+    logits_out_ = p;
+  }
+  /// Records `e` on the step's stream once `after_ops` ops of this step have been enqueued (0 or
+  /// a null event: never). Nano-batch overlap starts the other half there, so that the halves'
+  /// phases differ (cuda_runner.cuh).
+  void signal_after(int after_ops, cudaEvent_t e) {
+    signal_ops_ = after_ops;
+    signal_ = e;
+  }
+  /// Ops enqueued since begin().
+  int ops() const { return ops_; }
   /// Device bytes the context itself holds (memory plan).
   size_t bytes() const {
     size_t b = res_pong_.size() * sizeof(T) + rows_.size() * sizeof(T) + logits_.size() * sizeof(float) +
@@ -446,7 +465,7 @@ class CudaForward {
       // to the norm kernel, the (identity) gather and the float GEMV that LogitsGemm runs at M = 1.
       held_norm_ = {};
       op("norm+lm_head", [&] {
-        TensorView<float> y(logits_.data(), {1, lm_head.shape[0]}, Device::Cuda);
+        TensorView<float> y(logits_out_, {1, lm_head.shape[0]}, Device::Cuda);
         ops::cuda::add_rms_norm_gemv(y, x, h.first ? nullptr : h.res.data, r_out, h.w.data, eps(), h.first, lm_head,
                                      static_cast<const T*>(nullptr), s_);
       });
@@ -473,7 +492,7 @@ class CudaForward {
       lm_head_rows(p_.step->prompt_rows() + r0, g);
       if (out)
         op("prompt_logprobs", [&] {
-          ops::cuda::prompt_logprobs(logits_.data(), g, global_vocab(), p_.step->prompt_tokens() + r0, out + r0, s_);
+          ops::cuda::prompt_logprobs(logits_out_, g, global_vocab(), p_.step->prompt_tokens() + r0, out + r0, s_);
         });
     }
   }
@@ -486,7 +505,7 @@ class CudaForward {
     Act rows = mat(rows_.data(), n, H);
     op("gather_rows", [&] { ops::cuda::embedding(last_x_, idx, rows, nullptr, s_); });
     if (!p_.comm) {
-      op("lm_head", [&] { (*p_.logits_gemm)(logits_.data(), rows, lm_head_, s_); });
+      op("lm_head", [&] { (*p_.logits_gemm)(logits_out_, rows, lm_head_, s_); });
       return;
     }
     const int per = static_cast<int>(p_.shard->vocab_per_rank), V = global_vocab();
@@ -496,7 +515,7 @@ class CudaForward {
       const int64_t total = int64_t{n} * V;
       if (total > 0) {
         detail::unshard_logits_kernel<><<<static_cast<unsigned>((total + 255) / 256), 256, 0, s_>>>(
-            gathered_.data(), n, per, V, logits_.data());
+            gathered_.data(), n, per, V, logits_out_);
         PIE_CUDA_CHECK(cudaGetLastError());
       }
     });
@@ -563,6 +582,7 @@ class CudaForward {
     } else {
       f();
     }
+    if (++ops_ == signal_ops_ && signal_) PIE_CUDA_CHECK(cudaEventRecord(signal_, s_));
   }
 
   Parts p_;
@@ -577,6 +597,9 @@ class CudaForward {
   Act last_x_;       // the last forward's final hidden states (logits() input), for score_prompt_rows
   Weight lm_head_;
   DeviceBuffer<float> logits_, part_, gathered_;
+  float* logits_out_ = nullptr;  // logits_, or a nano-batch's rows of the step's (set_logits_target)
+  int ops_ = 0, signal_ops_ = 0;  // ops enqueued this step; signal_after's count
+  cudaEvent_t signal_ = nullptr;
   DeviceBuffer<int32_t> ids_;
   std::unique_ptr<ops::cuda::MoeWorkspace<T>> moe_;  ///< the MoE block's scratch (first moe() call)
 #if defined(PIE_MOE_CUTLASS)

@@ -30,6 +30,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -59,6 +60,7 @@
 #include "pie/engine/device_draws.hpp"
 #include "pie/engine/engine_options.hpp"
 #include "pie/engine/model_runner.hpp"
+#include "pie/engine/nano_split.hpp"
 #include "pie/engine/rank_group.hpp"
 #include "pie/engine/sample_specs.hpp"
 #include "pie/kv/kv_layout.hpp"
@@ -87,6 +89,8 @@ struct RunnerStats {
   int64_t masked_steps = 0;  ///< steps with token-masked draws (execute_sample_masked)
   int64_t full_sample_steps = 0;  ///< steps drawn by the full device sampler (execute_sample_full)
   double mask_fill_s = 0;    ///< host time filling their masks (overlapping the forward)
+  int64_t nano_steps = 0;    ///< steps run as two overlapped nano-batches (graph replays included)
+  int64_t nano_graphs = 0;   ///< split decode graphs captured
 };
 
 /// \brief One GPU rank (see file comment). The executor builds, uses and destroys it on one thread.
@@ -164,6 +168,12 @@ class CudaRunner {
       std::fprintf(stderr, "pie: token masks: %lld steps, host fill %.3f ms per step (overlapping the forward)\n",
                    static_cast<long long>(stats_.masked_steps), 1e3 * stats_.mask_fill_s / stats_.masked_steps);
     graphs_.clear();
+    split_graphs_.clear();
+    if (side_) cudaStreamSynchronize(side_);
+    for (auto& h : nano_) h.fwd.reset();
+    for (cudaEvent_t e : {fork_, join_, stagger_})
+      if (e) cudaEventDestroy(e);
+    if (side_) cudaStreamDestroy(side_);
     fwd_.reset();
     comm_.reset();
     if (stream_) cudaStreamDestroy(stream_);
@@ -207,9 +217,21 @@ class CudaRunner {
       if (f.rope_kv) std::fprintf(stderr, "pie: PIE_FUSED_ROPE_KV=1: the q/k RoPE kernel writes K/V into the cache\n");
       if (f.final_norm) std::fprintf(stderr, "pie: PIE_FUSED_FINAL_NORM=1: batch-1 final norm inside lm_head\n");
     }
+    if (log_ && nano_on()) {
+      if (nano_opt_.min_rows > 0)
+        std::fprintf(stderr, "pie: nano-batch overlap: steps of >= %d decode rows run as 2 nano-batches (stagger %d ops, "
+                     "GEMM SM target %d)\n", nano_opt_.min_rows, nano_stagger_, nano_gemm_sms_);
+      else
+        std::fprintf(stderr, "pie: nano-batch overlap: steps run as 2 nano-batches where the cost model predicts a "
+                     "gain (stagger %d ops, GEMM SM target %d)\n", nano_stagger_, nano_gemm_sms_);
+    }
     if (!opt_.enforce_eager) capture_graphs();
     fwd_->freeze();
+    for (auto& h : nano_)
+      if (h.fwd) h.fwd->freeze();
   }
+  /// Whether steps may run as two overlapped nano-batches (EngineOptions::nano_batches).
+  bool nano_on() const { return nano_[0].fwd != nullptr; }
 
   /// Runs one step; rank 0 returns the sampled ids (one per spec, in sample order; valid until
   /// the next call), the other ranks nothing. A plan of block operations only runs them.
@@ -602,7 +624,76 @@ class CudaRunner {
     p.fusions = FusionSwitches::from_env();
     p.shard = shard_ ? &*shard_ : nullptr;
     p.comm = comm_.get();
+    typename Forward::Parts nano_parts = p;
     fwd_ = std::make_unique<Forward>(std::move(p));
+    setup_nano(nano_parts, cap, std::max<size_t>(dws, 256));
+  }
+
+  /// Nano-batch overlap (engine/nano_split.hpp): each half its own staged plan, GEMM handles
+  /// (their workspaces must not be shared by two streams at once), decode scratch and forward
+  /// context writing into the step's logits; one side stream and the fork/join events.
+  void setup_nano(typename Forward::Parts p, const StepCapacity& cap, size_t decode_ws_bytes) {
+    auto env_int = [](const char* name, int fallback) {
+      const char* v = std::getenv(name);
+      return v && *v ? std::atoi(v) : fallback;
+    };
+    nano_opt_.nano_batches = opt_.nano_batches > 0 ? opt_.nano_batches : env_int("PIE_NANO_BATCHES", 1);
+    nano_opt_.min_rows = opt_.nano_min_rows > 0 ? opt_.nano_min_rows : env_int("PIE_NANO_MIN_ROWS", 0);
+    nano_stagger_ = env_int("PIE_NANO_STAGGER", 0);
+    // PIE_NANO_GEMM_SMS=n: the halves' GEMMs aim at n SMs (cuBLASLt's SM count target), leaving
+    // the rest to the other half's attention. Not under batch invariance (another SM count may
+    // pick another algorithm than the unsplit step's).
+    nano_gemm_sms_ = opt_.batch_invariant ? 0 : env_int("PIE_NANO_GEMM_SMS", 0);
+    PIE_CHECK(nano_opt_.nano_batches >= 1 && nano_opt_.nano_batches <= 2, "--nano-batches ", nano_opt_.nano_batches,
+              ": 1 (off) or 2");
+    if (nano_opt_.nano_batches < 2) return;
+    PIE_CHECK(tp_ == 1, "--nano-batches 2 runs on one GPU (tensor parallel size ", tp_,
+              "): the halves' collectives would need communicators of their own");
+    PIE_CHECK(!Policy::fp8_weights, "--nano-batches 2 is not available with fp8 weights (the fp8 GEMM's activation "
+              "buffer is one per runner)");
+    const auto& c = wconfig();
+    const double linear = static_cast<double>(c.num_hidden_layers) *
+                          (double(c.qkv_size()) * c.hidden_size + double(c.q_size()) * c.hidden_size +
+                           3.0 * c.intermediate_size * c.hidden_size) +
+                          double(c.vocab_size) * c.hidden_size;
+    nano_cost_.flops_per_row = 2 * linear;
+    nano_cost_.weight_bytes = sizeof(T) * linear;
+    nano_cost_.kv_bytes_per_token = static_cast<double>(layout_.bytes_per_block()) / Policy::block_size;
+    for (auto& h : nano_) {
+      h.step = StepBuffers(cap);
+      h.gemm = std::make_unique<ops::cuda::Gemm>();
+      h.logits_gemm = std::make_unique<LogitsGemm>();
+      if (opt_.batch_invariant) {
+        h.gemm->set_batch_invariant(true);
+        h.logits_gemm->set_batch_invariant(true);
+      }
+      if (nano_gemm_sms_ > 0) h.gemm->set_sm_count_target(nano_gemm_sms_);
+      h.ws = DeviceBuffer<unsigned char>(decode_ws_bytes);
+      PIE_CUDA_CHECK(cudaMemset(h.ws.data(), 0, h.ws.size()));
+      typename Forward::Parts q = p;
+      q.step = &h.step;
+      q.gemm = h.gemm.get();
+      q.logits_gemm = h.logits_gemm.get();
+      q.decode_ws = h.ws.data();
+      q.profiler = nullptr;  // a split step is never profiled (the profiler times one stream)
+      q.own_logits = false;
+      h.fwd = std::make_unique<Forward>(std::move(q));
+      h.fwd->set_logits_target(fwd_->logits());
+    }
+    PIE_CUDA_CHECK(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
+    for (cudaEvent_t* e : {&fork_, &join_, &stagger_}) PIE_CUDA_CHECK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
+  }
+  /// Whether a step of `rows` rows (`decodes` of them decodes, `kv_tokens` context tokens) runs split.
+  bool nano_worth(int rows, int decodes, int64_t kv_tokens) const {
+    return nano_on() && nano_worth_splitting(nano_cost_, nano_opt_, rows, decodes, kv_tokens);
+  }
+  /// Whether a decode graph of `bucket` rows may ever run split: at some context length up to
+  /// max_model_len (the gain first grows with the context, then falls: nano_split.hpp).
+  bool nano_bucket(int bucket) const {
+    if (!nano_on() || nano_rows_a(bucket, bucket) < 1) return false;
+    for (int ctx = 16; ctx < 2 * max_model_len_; ctx *= 2)
+      if (nano_worth(bucket, bucket, int64_t{bucket} * std::min(ctx, max_model_len_))) return true;
+    return false;
   }
 
   ops::cuda::DecodePlan decode_plan(int batch, int max_len) const {
@@ -655,10 +746,20 @@ class CudaRunner {
     KVCache<KV> scratch(layout_, next_block, 0);
     DeviceMemory with_scratch = DeviceMemory::query();
     run_step(p, specs, scratch, /*allow_graph=*/false, /*want_logits=*/false);
+    size_t nano_bytes = 0;
+    for (auto& h : nano_) {
+      if (!h.fwd) continue;
+      // Each nano-batch may hold a whole step's prefill: its activations at the same peak.
+      h.step.stage(p, specs, 0, stream_);
+      h.fwd->begin(eager_shape(p, h.step.num_samples()), scratch, stream_);
+      Model::forward(*h.fwd, views());
+      nano_bytes += h.fwd->bytes() + h.step.bytes() + h.ws.size() + (size_t{64} << 20) /* GEMM scratch */;
+    }
     PIE_CUDA_CHECK(cudaStreamSynchronize(stream_));
     DeviceMemory after = DeviceMemory::query();
     // Workspaces (activation slots included: the profile step allocated them) count explicitly.
-    const size_t ws = fwd_->bytes() + step_.bytes() + decode_ws_.size() + (size_t{64} << 20) /* GEMM scratch */;
+    const size_t ws =
+        fwd_->bytes() + step_.bytes() + decode_ws_.size() + (size_t{64} << 20) /* GEMM scratch */ + nano_bytes;
     const size_t lib = with_scratch.free > after.free ? with_scratch.free - after.free : 0;  // handles, plans
     return ws + lib;
   }
@@ -703,13 +804,32 @@ class CudaRunner {
       PIE_CUDA_CHECK(cudaStreamSynchronize(stream_));
       graphs_.capture(B, stream_, [&](cudaStream_t s) { body(shape, *kv_, s); });
       captured_.push_back(B);
+      if (nano_bucket(B)) capture_split(B, p, specs);
     }
     std::reverse(captured_.begin(), captured_.end());
     PIE_CUDA_CHECK(cudaStreamSynchronize(stream_));
     stats_.graph_capture_s = seconds_since(t0);
     if (log_)
-      std::fprintf(stderr, "pie: captured %zu decode CUDA graphs (batch 1..%d) in %.1f s\n", graphs_.size(),
-                   opt_.sched.max_num_seqs, stats_.graph_capture_s);
+      std::fprintf(stderr, "pie: captured %zu decode CUDA graphs (batch 1..%d; %zu of them also split in two "
+                   "nano-batches) in %.1f s\n", graphs_.size(), opt_.sched.max_num_seqs, split_graphs_.size(),
+                   stats_.graph_capture_s);
+  }
+  /// The split graph of bucket B (step_ already holds the padded plan `p`): halves of
+  /// nano_rows_a(B, B) and the rest, both decode graphs' shapes.
+  void capture_split(int B, const sched::StepPlan& p, const std::vector<SampleSpec>& specs) {
+    const int a = nano_rows_a(B, B);
+    std::optional<NanoSplit> sp = split_plan(p, a);
+    PIE_CHECK(sp.has_value(), "CudaRunner: no nano split of the decode graph of batch ", B);
+    for (int k = 0; k < 2; ++k) {
+      const NanoHalf& h = sp->half[k];
+      std::vector<SampleSpec> hs(specs.begin() + h.sample_begin, specs.begin() + h.sample_begin + h.num_samples);
+      nano_[k].step.stage(h.plan, hs, 0, stream_);
+    }
+    const StepShape sa = decode_shape(a), sb = decode_shape(B - a);
+    body_split(sa, sb, *kv_, stream_);  // warm-up: plans and heuristics of the halves' shapes
+    PIE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    split_graphs_.capture(B, stream_, [&](cudaStream_t s) { body_split(sa, sb, *kv_, s); });
+    ++stats_.nano_graphs;
   }
   StepShape decode_shape(int B) const {
     StepShape sh;
@@ -757,6 +877,7 @@ class CudaRunner {
     const bool pure_decode = D == S;
     const bool graphable = pure_decode && plan.prompt_logprob_tokens.empty() && !prof_.enabled();
     const int bucket = allow_graph && graphable ? graphs_.bucket_for(S) : 0;
+    if (nano_on() && !prof_.enabled() && run_split(plan, specs, cache, bucket, want_logits, ids_dst)) return;
     if (prof_.enabled()) prof_.set_tag(pure_decode ? "decode@" + std::to_string(S) : std::string("mixed"));
     step_.stage(plan, specs, bucket, stream_);
     step_.stage_prompt_rows(plan, stream_);
@@ -770,19 +891,14 @@ class CudaRunner {
       graphs_.launch(bucket, stream_);
       ++stats_.graph_steps;
     } else {
-      StepShape sh;
-      sh.tokens = plan.num_tokens();
-      sh.seqs = S;
-      sh.decodes = D;
-      sh.samples = nsamp;
-      int max_ctx = 1;
-      for (int i = 0; i < D; ++i) max_ctx = std::max(max_ctx, plan.context_lens[i]);
-      for (int i = D; i < S; ++i) sh.max_query = std::max(sh.max_query, plan.query_lens[i]);
-      sh.prefill_row0 = plan.cu_query_lens[D];
-      sh.decode = decode_plan(D, max_ctx);
-      body(sh, cache, stream_);
+      body(eager_shape(plan, nsamp), cache, stream_);
       ++stats_.eager_steps;
     }
+    finish_step(nsamp, want_logits, ids_dst);
+  }
+
+  /// The end of every step: counters, the sampled ids (and logits) back to the host.
+  void finish_step(int nsamp, bool want_logits, int32_t* ids_dst) {
     ++stats_.steps;
     last_samples_ = nsamp;
     if (rank_ != 0) return;
@@ -796,18 +912,97 @@ class CudaRunner {
     }
   }
 
+  StepShape eager_shape(const sched::StepPlan& plan, int nsamp) const {
+    const int S = plan.num_seqs(), D = plan.num_decode_seqs;
+    StepShape sh;
+    sh.tokens = plan.num_tokens();
+    sh.seqs = S;
+    sh.decodes = D;
+    sh.samples = nsamp;
+    int max_ctx = 1;
+    for (int i = 0; i < D; ++i) max_ctx = std::max(max_ctx, plan.context_lens[i]);
+    for (int i = D; i < S; ++i) sh.max_query = std::max(sh.max_query, plan.query_lens[i]);
+    sh.prefill_row0 = plan.cu_query_lens[D];
+    sh.decode = decode_plan(D, max_ctx);
+    return sh;
+  }
+
+  /// Runs `plan` as two overlapped nano-batches when the planner takes it (a graph replay when
+  /// `bucket` has a split graph); false: nothing was enqueued, run it whole.
+  bool run_split(const sched::StepPlan& plan, const std::vector<SampleSpec>& specs, KVCache<KV>& cache, int bucket,
+                 bool want_logits, int32_t* ids_dst) {
+    const int S = plan.num_seqs(), D = plan.num_decode_seqs, T = plan.num_tokens();
+    int64_t kv_tokens = 0;  // K/V the step's attention reads
+    for (int i = 0; i < S; ++i) kv_tokens += plan.context_lens[i];
+    const bool graph = bucket > 0 && split_graphs_.bucket_for(bucket) == bucket;
+    if (bucket > 0 && !graph) return false;  // the unsplit graph beats an eager split
+    const int rows = graph ? bucket : T;
+    if (!nano_worth(rows, graph ? bucket : D, kv_tokens)) return false;
+    const int a = graph ? nano_rows_a(bucket, bucket) : nano_rows_a(T, D);
+    std::optional<NanoSplit> sp = split_plan(plan, a);
+    if (!sp) return false;
+    step_.stage(plan, specs, bucket, stream_);  // the sampler's rows, padded as the unsplit graph's
+    StepShape sh[2];
+    for (int k = 0; k < 2; ++k) {
+      const NanoHalf& h = sp->half[k];
+      std::vector<SampleSpec> hs(specs.begin() + h.sample_begin, specs.begin() + h.sample_begin + h.num_samples);
+      const int pad = graph && k == 1 ? bucket - a : 0;
+      nano_[k].step.stage(h.plan, hs, pad, stream_);
+      ops::cuda::feed_tokens(nano_[k].step.token_ids(), nano_[k].step.feed_rows(), nano_[k].step.feed_draws(),
+                             nano_[k].step.num_feeds(), ids_.data(), stream_);
+      if (!graph) sh[k] = eager_shape(h.plan, h.num_samples);
+    }
+    cache.apply(plan, stream_);
+    const int nsamp = step_.num_samples();
+    if (graph) {
+      split_graphs_.launch(bucket, stream_);
+      ++stats_.graph_steps;
+    } else {
+      body_split(sh[0], sh[1], cache, stream_);
+      ++stats_.eager_steps;
+    }
+    ++stats_.nano_steps;
+    finish_step(nsamp, want_logits, ids_dst);
+    return true;
+  }
+
+  /// body() over two nano-batches: half A on `s`, half B on the side stream (forked from `s`,
+  /// after A's first PIE_NANO_STAGGER ops when set), joined back into `s` before the sampler.
+  /// Their logits are consecutive rows of the step's; graph-capturable like body().
+  void body_split(const StepShape& a, const StepShape& b, KVCache<KV>& cache, cudaStream_t s) {
+    PIE_CUDA_CHECK(cudaEventRecord(fork_, s));
+    PIE_CUDA_CHECK(cudaStreamWaitEvent(side_, fork_, 0));
+    Forward& fa = *nano_[0].fwd;
+    Forward& fb = *nano_[1].fwd;
+    fa.begin(a, cache, s);
+    fa.set_logits_target(fwd_->logits());
+    fa.signal_after(nano_stagger_, stagger_);
+    Model::forward(fa, views());
+    if (nano_stagger_ > 0 && fa.ops() >= nano_stagger_) PIE_CUDA_CHECK(cudaStreamWaitEvent(side_, stagger_, 0));
+    fb.begin(b, cache, side_);
+    fb.set_logits_target(fwd_->logits() + static_cast<size_t>(a.samples) * global_.vocab_size);
+    Model::forward(fb, views());
+    PIE_CUDA_CHECK(cudaEventRecord(join_, side_));
+    PIE_CUDA_CHECK(cudaStreamWaitEvent(s, join_, 0));
+    sample_step(a.samples + b.samples, s);
+  }
+
   /// The model's forward over the step and (rank 0) the device sampler: everything it reads
   /// lives at fixed device addresses, so it is graph-capturable.
   void body(const StepShape& shape, KVCache<KV>& cache, cudaStream_t s) {
     fwd_->begin(shape, cache, s);
     Model::forward(*fwd_, views());
-    if (rank_ != 0 || shape.samples == 0) return;
+    sample_step(shape.samples, s);
+  }
+  /// Rank 0: the device sampler over the step's logits (the staged sampling rows).
+  void sample_step(int samples, cudaStream_t s) {
+    if (rank_ != 0 || samples == 0) return;
     ops::cuda::SamplingInputs in;
     in.rows = step_.sampling_rows();
     ops::cuda::SamplingOutputs out;
     out.tokens = ids_.data();
     if (prof_.enabled()) prof_.begin("sample", s);
-    ops::cuda::sample(fwd_->logits(), shape.samples, global_.vocab_size, in, out, s);
+    ops::cuda::sample(fwd_->logits(), samples, global_.vocab_size, in, out, s);
     if (prof_.enabled()) prof_.end(s);
   }
 
@@ -833,6 +1028,22 @@ class CudaRunner {
   StepProfiler prof_;
   std::vector<int> captured_;
   std::unique_ptr<Forward> fwd_;
+  /// \brief One nano-batch's own state (setup_nano); fwd null: overlap off.
+  struct NanoCtx {
+    StepBuffers step;
+    std::unique_ptr<ops::cuda::Gemm> gemm;
+    std::unique_ptr<LogitsGemm> logits_gemm;
+    DeviceBuffer<unsigned char> ws;
+    std::unique_ptr<Forward> fwd;
+  };
+  std::array<NanoCtx, 2> nano_;
+  NanoSplitOptions nano_opt_;
+  NanoStepCost nano_cost_;
+  int nano_stagger_ = 0;
+  int nano_gemm_sms_ = 0;  // PIE_NANO_GEMM_SMS (0: every SM)
+  cudaStream_t side_ = nullptr;
+  cudaEvent_t fork_ = nullptr, join_ = nullptr, stagger_ = nullptr;
+  DecodeGraphs split_graphs_;  // split decode graphs, by bucket (nano_bucket)
   DeviceBuffer<unsigned char> decode_ws_;
   DeviceBuffer<float> inv_freq_;
   DeviceBuffer<int32_t> ids_;

@@ -98,6 +98,15 @@ class Gemm {
   }
   bool batch_invariant() const { return invariant_; }
 
+  /// cuBLASLt's CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET for every product from now on (0: all SMs):
+  /// algorithms are chosen and launched for that many SMs, leaving the rest to kernels of another
+  /// stream (nano-batch overlap, engine/nano_split.hpp). Call before the first product.
+  void set_sm_count_target(int sms) {
+    PIE_CHECK(cache_.empty(), "Gemm: set_sm_count_target must come before the first product");
+    PIE_CHECK(sms >= 0, "Gemm: SM count target ", sms);
+    sm_target_ = sms;
+  }
+
   /// The reference M of the batch-invariant algorithm choice. Measured on an H100 over the
   /// Qwen3-8B shapes (BM_InvariantGemm): pinned at M ≤ 16, prefill (M = 4096) runs at 5–15% of
   /// GEMM peak; at 1024, M = 1 decode loses half its bandwidth; 128 costs decode 5–20% and
@@ -136,6 +145,9 @@ class Gemm {
     cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
     PIE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
     PIE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+    if (sm_target_ > 0)
+      PIE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e.desc, CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET, &sm_target_,
+                                                      sizeof(sm_target_)));
     if (k.bias) {
       cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
       PIE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
@@ -206,6 +218,7 @@ class Gemm {
   }
 
   int gemv_max_rows_ = kGemvDefaultMaxRows;
+  int32_t sm_target_ = 0;  // set_sm_count_target
   bool invariant_ = false;
   int64_t reference_m_ = kInvariantReferenceM;
   std::unordered_map<Key, cublasLtMatmulAlgo_t, KeyHash> pinned_;  ///< batch-invariant: per shape, M = 0
