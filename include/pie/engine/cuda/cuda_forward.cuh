@@ -547,7 +547,7 @@ class CudaForward {
   }
   /// Whether an [M, K] activation headed for an fp8 GEMM is quantized by its producer.
   bool fp8_producer(int64_t M, int64_t K) const {
-    return p_.fp8_gemm != nullptr && !p_.fp8_gemm->uses_gemv(M, K) && p_.fp8_gemm->fits(M, K);
+    return p_.fp8_gemm != nullptr && p_.fp8_gemm->wants_producer(M, K);
   }
   /// Times `f` with events while profiling (eager steps only); just runs it otherwise. Every op
   /// forgets the quantized activation (a producer sets it again inside f).

@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <tuple>
 #include <unordered_map>
 
@@ -49,6 +50,14 @@ class Fp8Gemm {
         xs_(static_cast<size_t>(max_rows_ * ((max_k + kFp8Block - 1) / kFp8Block + 1))),
         y_pad_(static_cast<size_t>(max_rows_ * max_n) * 2), ws_(workspace_bytes) {
     PIE_CUBLAS_CHECK(cublasLtCreate(&handle_));
+    // Opt-in until measured on the device (docs/kernels.md): PIE_FP8_GEMV picks the GEMV kernel
+    // variant, PIE_FP8_GEMV_PRE=1 lets producers quantize x for it at batch 1 as above.
+    if (const char* v = std::getenv("PIE_FP8_GEMV")) {
+      gemv_variant_ = std::atoi(v);
+      PIE_CHECK(gemv_variant_ >= 0 && gemv_variant_ < kFp8GemvVariants, "PIE_FP8_GEMV=", v, ": variants are 0..",
+                kFp8GemvVariants - 1);
+    }
+    if (const char* v = std::getenv("PIE_FP8_GEMV_PRE")) gemv_pre_ = std::atoi(v) != 0 && gemv_variant_ > 0;
   }
   Fp8Gemm(const Fp8Gemm&) = delete;
   Fp8Gemm& operator=(const Fp8Gemm&) = delete;
@@ -62,12 +71,23 @@ class Fp8Gemm {
 
   /// Whether M = 1 takes the GEMV (default on; off: cuBLASLt for every M, for tests).
   void set_gemv(bool on) { gemv_ = on; }
+  /// The batch-1 GEMV's kernel variant (fp8_gemv.cuh), and whether at batch 1 a producer may
+  /// quantize x for it (prequantized() then runs the GEMV on the codes; variant ≥ 1 only).
+  void set_gemv_variant(int v, bool prequantized = false) {
+    PIE_CHECK(v >= 0 && v < kFp8GemvVariants, "Fp8Gemm: no GEMV variant ", v);
+    gemv_variant_ = v;
+    gemv_pre_ = prequantized && v > 0;
+  }
+  int gemv_variant() const { return gemv_variant_; }
   /// Device bytes of the scratch buffers.
   size_t bytes() const { return xq_.size() + xs_.size() * sizeof(float) + y_pad_.size() + ws_.size(); }
   /// Whether an [M, K] activation takes the batch-1 GEMV (which quantizes x itself).
   bool uses_gemv(int64_t M, int64_t K) const { return M == 1 && gemv_ && fp8_gemv_supported(K); }
   /// Whether a producer can write an [M, K] activation into act_buffer().
   bool fits(int64_t M, int64_t K) const { return fp8_padded_rows(M) <= max_rows_ && K <= max_k_; }
+  /// Whether an [M, K] activation headed here should be quantized by its producer: always above
+  /// batch 1 (the GEMM), at batch 1 when the GEMV takes prequantized codes.
+  bool wants_producer(int64_t M, int64_t K) const { return (!uses_gemv(M, K) || gemv_pre_) && fits(M, K); }
   /// Where a producer writes the quantized activation of the next prequantized() call: codes
   /// and scales in fp8_quantize's layouts (per token for per-channel weights, else per group).
   Fp8Act act_buffer(bool per_token) { return {xq_.data(), xs_.data(), per_token}; }
@@ -82,7 +102,7 @@ class Fp8Gemm {
     PIE_CHECK(x.stride[1] == 1 && y.stride[1] == 1, "Fp8Gemm: rows must be contiguous");
     if (M == 0) return;
     if (M == 1 && gemv_ && fp8_gemv_supported(K)) {
-      fp8_gemv(y, x, w, bias, stream);
+      fp8_gemv(y, x, w, bias, stream, gemv_variant_);
       return;
     }
     const int64_t Mp = fp8_padded_rows(M);
@@ -94,12 +114,16 @@ class Fp8Gemm {
   }
 
   /// y [M, N] = a·dq(W)ᵀ (+ bias), a being the [M, w.cols()] activation a producer quantized into
-  /// act_buffer(w.per_channel()) (M > 1, or the GEMV off).
+  /// act_buffer(w.per_channel()) (M > 1, the GEMV off, or the GEMV on prequantized codes).
   template <class T>
   void prequantized(TensorView<T> y, const Fp8Weight& w, const T* bias, cudaStream_t stream) {
     static_assert(std::is_same_v<T, pie::f16> || std::is_same_v<T, pie::bf16>, "Fp8Gemm: f16 or bf16 activations");
     PIE_CHECK(y.rank == 2 && y.shape[1] == w.rows() && y.stride[1] == 1, "Fp8Gemm: y must be [M, ", w.rows(), "]");
-    PIE_CHECK(!uses_gemv(y.shape[0], w.cols()), "Fp8Gemm: prequantized() at batch 1 (the GEMV quantizes x itself)");
+    if (uses_gemv(y.shape[0], w.cols())) {
+      PIE_CHECK(gemv_pre_, "Fp8Gemm: prequantized() at batch 1 (the GEMV quantizes x itself)");
+      fp8_gemv_prequantized(y, xq_.data(), xs_.data(), fp8_padded_rows(1), w, bias, stream, gemv_variant_);
+      return;
+    }
     if (y.shape[0] == 0) return;
     matmul(y, w, bias, stream);
   }
@@ -206,6 +230,8 @@ class Fp8Gemm {
 
   int64_t max_rows_, max_k_, max_n_;
   bool gemv_ = true;
+  int gemv_variant_ = 0;
+  bool gemv_pre_ = false;
   DeviceBuffer<fp8_e4m3> xq_;
   DeviceBuffer<float> xs_;
   DeviceBuffer<unsigned char> y_pad_;
