@@ -509,7 +509,9 @@ TEST(Fp8Engine, GemvVariantsGiveBitIdenticalLogits) {
     };
     const auto base = run(nullptr, nullptr);
     for (auto [v, pre] : {std::pair<const char*, const char*>{"1", "0"}, {"2", "0"}, {"3", "0"}, {"4", "0"},
-                          {"5", "0"}, {"6", "0"}, {"1", "1"}, {"3", "1"}, {"5", "1"}}) {
+                          {"5", "0"}, {"6", "0"}, {"7", "0"}, {"8", "0"}, {"9", "0"}, {"1", "1"},
+                          {"3", "1"}, {"5", "1"}, {"8", "1"}}) {
+      if (!block && std::strcmp(v, "1") != 0 && std::strcmp(v, "8") != 0) continue;  // per channel: two suffice
       const auto got = run(v, pre);
       ASSERT_EQ(got.size(), base.size());
       size_t diff = 0;

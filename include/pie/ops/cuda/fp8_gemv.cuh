@@ -129,10 +129,6 @@ __global__ void __launch_bounds__(kFp8GemvWarps * 32) fp8_gemv_kernel(const __gr
   pdl_launch_dependents();
 }
 
-/// Warps per CTA of fp8_gemv_rows_kernel: small CTAs, so that a successor's CTAs find room on an
-/// SM while this grid's last ones still run (programmatic dependent launch).
-inline constexpr int kFp8RowsWarps = 4;
-
 /// The batch-1 fp8 GEMV laid out as the bf16 one (gemv.cuh): a warp owns C adjacent rows, a lane
 /// streams 16-byte chunks U at a time, double-buffered; the first U chunks of every row are
 /// requested before `griddepcontrol.wait` and (kEarly) dependents are released right after, so
@@ -140,11 +136,12 @@ inline constexpr int kFp8RowsWarps = 4;
 /// once per CTA (a warp per group, one 8-byte load per lane per pass; both passes' loads issued
 /// a batch of groups at a time), or, kPre, copied from the codes a producer wrote. A lane visits
 /// its chunks in the legacy kernel's order with its arithmetic, so the result is bit-identical
-/// to it.
-template <int C, int U, int MINB, bool kEarly, bool kPre, class T>
-__global__ void __launch_bounds__(kFp8RowsWarps * 32, MINB)
+/// to it. NW warps per CTA: small CTAs let a successor's CTAs find room on an SM while this
+/// grid's last ones still run; large ones quantize x fewer times per SM.
+template <int C, int U, int NW, int MINB, bool kEarly, bool kPre, class T>
+__global__ void __launch_bounds__(NW * 32, MINB)
     fp8_gemv_rows_kernel(const __grid_constant__ Fp8GemvParams<T> p) {
-  constexpr int NW = kFp8RowsWarps, kChunk = 32 * 16, kStep = U * kChunk, kBatch = 8;
+  constexpr int kChunk = 32 * 16, kStep = U * kChunk, kBatch = 8;
   extern __shared__ __align__(16) unsigned char fp8_rows_smem[];
   const int K = p.K, groups = (K + kFp8Block - 1) / kFp8Block;
   __half* xh = reinterpret_cast<__half*>(fp8_rows_smem);                   // [K] codes · 2⁻⁸
@@ -287,9 +284,9 @@ __global__ void __launch_bounds__(kFp8RowsWarps * 32, MINB)
   if constexpr (!kEarly) pdl_launch_dependents();
 }
 
-template <int C, int U, int MINB, bool kEarly, bool kPre, class T>
+template <int C, int U, int NW, int MINB, bool kEarly, bool kPre, class T>
 void launch_fp8_gemv_rows(const Fp8GemvParams<T>& p, cudaStream_t stream) {
-  auto kern = fp8_gemv_rows_kernel<C, U, MINB, kEarly, kPre, T>;
+  auto kern = fp8_gemv_rows_kernel<C, U, NW, MINB, kEarly, kPre, T>;
   static const bool attr = [&] {
     PIE_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         32768 * 2 + 2 * kFp8MaxGroups * 4));
@@ -298,8 +295,8 @@ void launch_fp8_gemv_rows(const Fp8GemvParams<T>& p, cudaStream_t stream) {
   (void)attr;
   const int groups = (p.K + kFp8Block - 1) / kFp8Block;
   const size_t smem = size_t(p.K) * 2 + 2 * size_t(groups) * sizeof(float);
-  const int64_t rows_per_cta = int64_t(kFp8RowsWarps) * C;
-  launch_pdl(kern, dim3(static_cast<unsigned>((p.N + rows_per_cta - 1) / rows_per_cta)), dim3(kFp8RowsWarps * 32),
+  const int64_t rows_per_cta = int64_t(NW) * C;
+  launch_pdl(kern, dim3(static_cast<unsigned>((p.N + rows_per_cta - 1) / rows_per_cta)), dim3(NW * 32),
              smem, stream, p);
 }
 
@@ -307,12 +304,15 @@ void launch_fp8_gemv_rows(const Fp8GemvParams<T>& p, cudaStream_t stream) {
 template <bool kPre, class T>
 void launch_fp8_gemv_variant(int v, const Fp8GemvParams<T>& p, cudaStream_t stream) {
   switch (v) {
-    case 1: return launch_fp8_gemv_rows<2, 4, 1, true, kPre>(p, stream);
-    case 2: return launch_fp8_gemv_rows<2, 4, 1, false, kPre>(p, stream);
-    case 3: return launch_fp8_gemv_rows<1, 8, 1, true, kPre>(p, stream);
-    case 4: return launch_fp8_gemv_rows<4, 2, 1, true, kPre>(p, stream);
-    case 5: return launch_fp8_gemv_rows<2, 2, 8, true, kPre>(p, stream);
-    case 6: return launch_fp8_gemv_rows<1, 4, 8, true, kPre>(p, stream);
+    case 1: return launch_fp8_gemv_rows<2, 4, 4, 1, true, kPre>(p, stream);
+    case 2: return launch_fp8_gemv_rows<2, 4, 4, 1, false, kPre>(p, stream);
+    case 3: return launch_fp8_gemv_rows<1, 8, 4, 1, true, kPre>(p, stream);
+    case 4: return launch_fp8_gemv_rows<4, 2, 4, 1, true, kPre>(p, stream);
+    case 5: return launch_fp8_gemv_rows<2, 2, 4, 8, true, kPre>(p, stream);
+    case 6: return launch_fp8_gemv_rows<1, 4, 4, 8, true, kPre>(p, stream);
+    case 7: return launch_fp8_gemv_rows<2, 4, 8, 1, true, kPre>(p, stream);
+    case 8: return launch_fp8_gemv_rows<2, 4, 16, 1, true, kPre>(p, stream);
+    case 9: return launch_fp8_gemv_rows<1, 8, 16, 1, true, kPre>(p, stream);
     default: PIE_CHECK(false, "fp8_gemv: no variant ", v);
   }
 }
@@ -324,12 +324,13 @@ inline bool fp8_gemv_supported(int64_t k) { return k > 0 && k % 16 == 0 && k <= 
 
 /// Kernel variants of the batch-1 fp8 GEMV (bench/cuda/bench_fp8_gemv.cu sweeps them): 0 is the
 /// legacy kernel (16 warps per CTA, a row per warp, x quantized per CTA, dependents released at
-/// the end); 1… are fp8_gemv_rows_kernel<C rows per warp, U chunks in flight, min CTAs per SM,
-/// early release>.
-inline constexpr int kFp8GemvVariants = 7;
+/// the end); 1… are fp8_gemv_rows_kernel<C rows per warp, U chunks in flight, NW warps per CTA
+/// (4 unless named), min CTAs per SM (lean: 8), early release unless named>.
+inline constexpr int kFp8GemvVariants = 10;
 inline const char* fp8_gemv_variant_name(int v) {
-  static const char* names[kFp8GemvVariants] = {"legacy",        "c2u4",        "c2u4-late-release", "c1u8",
-                                                "c4u2",          "c2u2-lean",   "c1u4-lean"};
+  static const char* names[kFp8GemvVariants] = {"legacy",    "c2u4",      "c2u4-late-release", "c1u8",
+                                                "c4u2",      "c2u2-lean", "c1u4-lean",         "c2u4-nw8",
+                                                "c2u4-nw16", "c1u8-nw16"};
   return v >= 0 && v < kFp8GemvVariants ? names[v] : "?";
 }
 
