@@ -5,7 +5,10 @@
 // weight stream start under the previous one's tail) rotating over weight copies that together
 // exceed the L2 several times, so no launch finds its weights cached. "chain" rows run the four
 // projections of 8 layers in the step's order (qkv, o, gate_up, down). Rows marked "pre" read x
-// already quantized (by its producer in the engine); the others quantize x in every CTA.
+// already quantized (by its producer in the engine); "norm" rows add the residual and RMSNorm x
+// in every CTA first (qkv and gate_up, whose inputs are normed); the others quantize x in every
+// CTA. The norm rows' bytes are the weights' only.
+#include "pie/ops/cuda/norm.cuh"
 #include "bench_common.cuh"
 #include "pie/core/fp8_weight.hpp"
 #include "pie/ops/cuda/fp8_gemv.cuh"
@@ -45,22 +48,40 @@ int64_t copies_for(int64_t bytes) { return std::max<int64_t>(kLaunches, (int64_t
 
 /// x (bf16, random), its fp8 codes and scales (fp8_quantize's layouts, 4 padded rows), and y.
 struct Io {
-  DeviceBuffer<bf16> x{size_t(kMaxK)}, y{size_t(kMaxN)};
+  DeviceBuffer<bf16> x{size_t(kMaxK)}, y{size_t(kMaxN)}, r{size_t(kMaxK)}, r2{size_t(kMaxK)}, nw{size_t(kMaxK)};
   DeviceBuffer<fp8_e4m3> xq{size_t(4 * kMaxK)};
   DeviceBuffer<float> xs{size_t(4 * (kMaxK / 128 + 1))};
-  Io() { fill(x.data(), x.size(), 3); }
+  Io() {
+    fill(x.data(), x.size(), 3);
+    fill(r.data(), r.size(), 4);
+    fill(nw.data(), nw.size(), 5);
+  }
   TensorView<bf16> xv(int64_t K) { return TensorView<bf16>(x.data(), {1, K}, Device::Cuda); }
   TensorView<bf16> yv(int64_t N) { return TensorView<bf16>(y.data(), {1, N}, Device::Cuda); }
 };
 Io& io() { static Io v; return v; }
 
-/// args: variant (-1: the bf16 GEMV), prequantized, shape.
+/// One fp8 GEMV of variant v with x from mode (0: quantized in the GEMV, 1: prequantized, 2: norm).
+void launch(int v, int mode, const Shape& sh, const Fp8Weight& w) {
+  auto& b = io();
+  const bf16* nb = nullptr;
+  if (mode == 1)
+    oc::fp8_gemv_prequantized(b.yv(sh.N), b.xq.data(), b.xs.data(), 4, w, nb, nullptr, v);
+  else if (mode == 2)
+    oc::fp8_add_rms_norm_gemv(b.yv(sh.N), b.xv(sh.K), b.r.data(), b.r2.data(), b.nw.data(), 1e-6f, false, w, nb,
+                              nullptr, v);
+  else
+    oc::fp8_gemv(b.yv(sh.N), b.xv(sh.K), w, nb, nullptr, v);
+}
+const char* mode_name(int mode) { return mode == 1 ? " pre" : mode == 2 ? " norm" : ""; }
+
+/// args: variant (-1: the bf16 GEMV), x's mode (launch()), shape.
 void BM_Fp8Gemv(benchmark::State& st) {
   const int v = static_cast<int>(st.range(0)), pre = static_cast<int>(st.range(1));
   const Shape sh = kShapes[st.range(2)];
   auto& b = io();
   std::string name = std::string(sh.name) + " " + (v < 0 ? "bf16 gemv" : oc::fp8_gemv_variant_name(v)) +
-                     (pre ? " pre" : "");
+                     mode_name(pre);
   if (v < 0) {
     const int64_t copies = copies_for(sh.N * sh.K * 2);
     DeviceBuffer<bf16> w(size_t(sh.N * sh.K * copies));
@@ -78,18 +99,12 @@ void BM_Fp8Gemv(benchmark::State& st) {
   int i = 0;
   const auto copies = static_cast<int64_t>(set.w.size());
   report(st, name, double(kLaunches) * sh.N * sh.K, 0, [&] {
-    for (int l = 0; l < kLaunches; ++l, ++i) {
-      const Fp8Weight& w = set.w[i % copies];
-      if (pre)
-        oc::fp8_gemv_prequantized(b.yv(sh.N), b.xq.data(), b.xs.data(), 4, w, static_cast<const bf16*>(nullptr),
-                                  nullptr, v);
-      else
-        oc::fp8_gemv(b.yv(sh.N), b.xv(sh.K), w, static_cast<const bf16*>(nullptr), nullptr, v);
-    }
+    for (int l = 0; l < kLaunches; ++l, ++i) launch(v, pre, sh, set.w[i % copies]);
   });
 }
 
-/// The four projections of 8 layers in the step's order; args: variant, prequantized.
+/// The four projections of 8 layers in the step's order; args: variant, mode of qkv's and
+/// gate_up's x (launch(); down's x is prequantized in modes 1 and 2, o's never is).
 void BM_Fp8GemvChain(benchmark::State& st) {
   const int v = static_cast<int>(st.range(0)), pre = static_cast<int>(st.range(1));
   auto& b = io();
@@ -101,18 +116,14 @@ void BM_Fp8GemvChain(benchmark::State& st) {
     bytes += double(kLayers) * sh.N * sh.K;
   }
   oc::fp8_quantize(b.xv(kMaxK), false, b.xq.data(), b.xs.data(), nullptr);
-  std::string name = std::string("chain 8 layers ") + oc::fp8_gemv_variant_name(v) + (pre ? " pre" : "");
+  std::string name = std::string("chain 8 layers ") + oc::fp8_gemv_variant_name(v) + mode_name(pre);
   report(st, name, bytes, 0, [&] {
     for (int l = 0; l < kLayers; ++l)
       for (int s = 0; s < 4; ++s) {
         const Fp8Weight& w = sets[s].w[l];
         const Shape& sh = kShapes[s];
         // o_proj's input (attention) has no producer that quantizes: it always quantizes in the GEMV.
-        if (pre && s != 1)
-          oc::fp8_gemv_prequantized(b.yv(sh.N), b.xq.data(), b.xs.data(), 4, w, static_cast<const bf16*>(nullptr),
-                                    nullptr, v);
-        else
-          oc::fp8_gemv(b.yv(sh.N), b.xv(sh.K), w, static_cast<const bf16*>(nullptr), nullptr, v);
+        launch(v, s == 1 ? 0 : s == 3 ? std::min(pre, 1) : pre, sh, w);
       }
   });
 }
@@ -123,6 +134,7 @@ void all_variants(benchmark::internal::Benchmark* b) {
     for (int v = 0; v < oc::kFp8GemvVariants; ++v) {
       b->Args({v, 0, s});
       if (v > 0) b->Args({v, 1, s});
+      if (v > 0 && kShapes[s].K == 4096 && s != 1) b->Args({v, 2, s});
     }
   }
 }
@@ -132,6 +144,7 @@ void chain_variants(benchmark::internal::Benchmark* b) {
   for (int v = 0; v < oc::kFp8GemvVariants; ++v) {
     b->Args({v, 0});
     if (v > 0) b->Args({v, 1});
+    if (v > 0) b->Args({v, 2});
   }
 }
 BENCHMARK(BM_Fp8GemvChain)->Apply(chain_variants)->UseManualTime()->Iterations(3)->Unit(benchmark::kMicrosecond);

@@ -472,8 +472,8 @@ TEST(Fp8Engine, DummyFp8WeightsOfAShapeRun) {
 }
 
 TEST(Fp8Engine, GemvVariantsGiveBitIdenticalLogits) {
-  // Every batch-1 GEMV variant (PIE_FP8_GEMV), and the producers quantizing x for it at batch 1
-  // (PIE_FP8_GEMV_PRE), against the default engine: same dummy weights, same hand-made steps
+  // Every batch-1 GEMV variant (PIE_FP8_GEMV), the producers quantizing x for it at batch 1
+  // (PIE_FP8_GEMV_PRE) and the norm in its prologue (PIE_FP8_GEMV_NORM), against the default engine: same dummy weights, same hand-made steps
   // (a prefill, then batch-1 decodes replayed from graphs), bit-identical logits.
   for (bool block : {true, false}) {
     const auto dir = std::filesystem::temp_directory_path() / ("pie_fp8_variants_" + std::to_string(block));
@@ -485,9 +485,10 @@ TEST(Fp8Engine, GemvVariantsGiveBitIdenticalLogits) {
       c["quantization_config"] = {{"quant_method", "fp8"}, {"fmt", "e4m3"}, {"activation_scheme", "dynamic"},
                                   {"weight_block_size", {128, 128}}};
     std::ofstream(dir / "config.json") << c.dump();
-    auto run = [&](const char* variant, const char* pre) {
+    auto run = [&](const char* variant, const char* pre, const char* norm) {
       if (variant) setenv("PIE_FP8_GEMV", variant, 1);
       if (pre) setenv("PIE_FP8_GEMV_PRE", pre, 1);
+      if (norm) setenv("PIE_FP8_GEMV_NORM", norm, 1);
       EngineOptions o = small_options(false);
       o.model_dir = dir.string();
       o.load_format = "dummy";
@@ -495,6 +496,7 @@ TEST(Fp8Engine, GemvVariantsGiveBitIdenticalLogits) {
       Fp8Engine e(o);
       unsetenv("PIE_FP8_GEMV");
       unsetenv("PIE_FP8_GEMV_PRE");
+      unsetenv("PIE_FP8_GEMV_NORM");
       gpu_test::HandSeq s{{5, 6, 7, 8, 9, 10, 11}};
       int32_t next = 0;
       std::vector<float> all;
@@ -507,17 +509,20 @@ TEST(Fp8Engine, GemvVariantsGiveBitIdenticalLogits) {
       }
       return all;
     };
-    const auto base = run(nullptr, nullptr);
-    for (auto [v, pre] : {std::pair<const char*, const char*>{"1", "0"}, {"2", "0"}, {"3", "0"}, {"4", "0"},
-                          {"5", "0"}, {"6", "0"}, {"7", "0"}, {"8", "0"}, {"9", "0"}, {"1", "1"},
-                          {"3", "1"}, {"5", "1"}, {"8", "1"}}) {
+    const auto base = run(nullptr, nullptr, nullptr);
+    struct Setting { const char *v, *pre, *norm; };
+    for (auto [v, pre, norm] : {Setting{"1", "0", "0"}, {"2", "0", "0"}, {"3", "0", "0"}, {"4", "0", "0"},
+                                {"5", "0", "0"}, {"6", "0", "0"}, {"7", "0", "0"}, {"8", "0", "0"}, {"9", "0", "0"},
+                                {"1", "1", "0"}, {"3", "1", "0"}, {"5", "1", "0"}, {"8", "1", "0"}, {"1", "0", "1"},
+                                {"8", "0", "1"}, {"8", "1", "1"}, {"3", "1", "1"}}) {
       if (!block && std::strcmp(v, "1") != 0 && std::strcmp(v, "8") != 0) continue;  // per channel: two suffice
-      const auto got = run(v, pre);
+      const auto got = run(v, pre, norm);
       ASSERT_EQ(got.size(), base.size());
       size_t diff = 0;
       for (size_t i = 0; i < got.size(); ++i) diff += std::memcmp(&got[i], &base[i], sizeof(float)) != 0;
       EXPECT_EQ(diff, 0u) << (block ? "block" : "per channel") << " PIE_FP8_GEMV=" << v << " PIE_FP8_GEMV_PRE=" << pre
-                          << ": " << diff << " of " << got.size() << " logits differ";
+                          << " PIE_FP8_GEMV_NORM=" << norm << ": " << diff << " of " << got.size()
+                          << " logits differ";
     }
     std::filesystem::remove_all(dir);
   }

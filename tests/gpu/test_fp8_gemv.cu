@@ -14,6 +14,7 @@
 #include "../cuda/test_util.hpp"
 #include "pie/ops/cpu/fp8_linear.hpp"
 #include "pie/ops/cuda/fp8_gemv.cuh"
+#include "pie/ops/cuda/norm.cuh"
 
 namespace pie {
 namespace {
@@ -97,6 +98,46 @@ TEST(Fp8Gemv, VariantsAreBitIdenticalToTheLegacyKernelAndMatchTheCpu) {
                     (long long)N, (long long)K, bias ? " bias" : "", err);
       }
   EXPECT_EQ(checked, 2 * 4 * 2 * (ops::cuda::kFp8GemvVariants - 1) * 2);
+}
+
+TEST(Fp8Gemv, NormInThePrologueIsBitIdenticalToTheSeparateKernels) {
+  // fp8_add_rms_norm_gemv against add_rms_norm (in place) then the legacy GEMV: outputs and the
+  // new residual bit for bit, every variant, with and without a residual to add.
+  std::mt19937 rng(13);
+  int checked = 0;
+  for (bool block : {true, false})
+    for (int64_t K : {1024, 4096})
+      for (bool first : {false, true}) {
+        const int64_t N = 264;
+        RandomCodes w(block, N, K, rng);
+        auto x = test::randn<bf16>(size_t(K), rng, 2.0f);
+        auto r = test::randn<bf16>(size_t(K), rng, 2.0f);
+        auto nw = test::randn<bf16>(size_t(K), rng, 0.5f, 1.0f);
+        auto b = test::randn<bf16>(size_t(N), rng);
+        auto dx = test::upload(x), dr = test::upload(r), dnw = test::upload(nw), db = test::upload(b);
+        auto dx2 = test::upload(x), dr2 = test::upload(r);
+        DeviceBuffer<bf16> dy(static_cast<size_t>(N)), dy2(static_cast<size_t>(N)), drout(static_cast<size_t>(K));
+        TensorView<bf16> x2v(dx2.data(), {1, K}, Device::Cuda), r2v(dr2.data(), {1, K}, Device::Cuda);
+        TensorView<bf16> nwv(dnw.data(), {K}, Device::Cuda);
+        ops::cuda::add_rms_norm(x2v, r2v, nwv, 1e-6f, first, nullptr);
+        ops::cuda::fp8_gemv(TensorView<bf16>(dy2.data(), {1, N}, Device::Cuda), x2v, w.d, db.data(), nullptr, 0);
+        const auto want = test::download(dy2);
+        const auto want_r = test::download(dr2);
+        for (int v = 1; v < ops::cuda::kFp8GemvVariants; ++v) {
+          ASSERT_TRUE(ops::cuda::fp8_add_rms_norm_gemv_supported(K, v)) << v;
+          test::poison(dy);
+          test::poison(drout);
+          ops::cuda::fp8_add_rms_norm_gemv(TensorView<bf16>(dy.data(), {1, N}, Device::Cuda),
+                                           TensorView<bf16>(dx.data(), {1, K}, Device::Cuda), dr.data(), drout.data(),
+                                           dnw.data(), 1e-6f, first, w.d, db.data(), nullptr, v);
+          EXPECT_EQ(bits(test::download(dy)), bits(want)) << ops::cuda::fp8_gemv_variant_name(v) << " K=" << K
+                                                           << (first ? " first" : "") << (block ? " block" : " channel");
+          EXPECT_EQ(bits(test::download(drout)), bits(want_r)) << "residual, " << ops::cuda::fp8_gemv_variant_name(v);
+          ++checked;
+        }
+        EXPECT_EQ(bits(test::download(dx)), bits(x)) << "x is left as it was";
+      }
+  EXPECT_EQ(checked, 2 * 2 * 2 * (ops::cuda::kFp8GemvVariants - 1));
 }
 
 TEST(Fp8Gemv, UnknownVariantsAreRefused) {

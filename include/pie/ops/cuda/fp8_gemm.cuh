@@ -58,6 +58,8 @@ class Fp8Gemm {
                 kFp8GemvVariants - 1);
     }
     if (const char* v = std::getenv("PIE_FP8_GEMV_PRE")) gemv_pre_ = std::atoi(v) != 0 && gemv_variant_ > 0;
+    // PIE_FP8_GEMV_NORM=1: at batch 1 the residual add + RMSNorm runs in the GEMV's prologue.
+    if (const char* v = std::getenv("PIE_FP8_GEMV_NORM")) gemv_norm_ = std::atoi(v) != 0 && gemv_variant_ > 0;
   }
   Fp8Gemm(const Fp8Gemm&) = delete;
   Fp8Gemm& operator=(const Fp8Gemm&) = delete;
@@ -79,6 +81,17 @@ class Fp8Gemm {
     gemv_pre_ = prequantized && v > 0;
   }
   int gemv_variant() const { return gemv_variant_; }
+  /// Whether a batch-1 add_rms_norm + linear on [1, K] runs as norm_gemv() (PIE_FP8_GEMV_NORM).
+  bool fuses_norm(int64_t K) const {
+    return gemv_norm_ && uses_gemv(1, K) && fp8_add_rms_norm_gemv_supported(K, gemv_variant_);
+  }
+  /// fp8_add_rms_norm_gemv with this GEMM's variant (fuses_norm(K) must hold).
+  template <class T>
+  void norm_gemv(TensorView<T> y, TensorView<T> x, const T* r_in, T* r_out, const T* norm_w, float eps, bool first,
+                 const Fp8Weight& w, const T* bias, cudaStream_t stream) {
+    PIE_CHECK(fuses_norm(w.cols()), "Fp8Gemm: norm_gemv() without PIE_FP8_GEMV_NORM or for K = ", w.cols());
+    fp8_add_rms_norm_gemv(y, x, r_in, r_out, norm_w, eps, first, w, bias, stream, gemv_variant_);
+  }
   /// Device bytes of the scratch buffers.
   size_t bytes() const { return xq_.size() + xs_.size() * sizeof(float) + y_pad_.size() + ws_.size(); }
   /// Whether an [M, K] activation takes the batch-1 GEMV (which quantizes x itself).
@@ -232,6 +245,7 @@ class Fp8Gemm {
   bool gemv_ = true;
   int gemv_variant_ = 0;
   bool gemv_pre_ = false;
+  bool gemv_norm_ = false;
   DeviceBuffer<fp8_e4m3> xq_;
   DeviceBuffer<float> xs_;
   DeviceBuffer<unsigned char> y_pad_;

@@ -19,6 +19,7 @@
 #include "pie/core/fp8_weight.hpp"
 #include "pie/ops/cuda/common.cuh"
 #include "pie/ops/cuda/fp8_quant.cuh"
+#include "pie/ops/cuda/norm.cuh"
 
 namespace pie::ops::cuda {
 
@@ -35,12 +36,30 @@ struct Fp8GemvParams {
   const T* bias;
   T* y;
   int N, K;
-  // Prequantized x (fp8_rows_kernel<…, kPre>): row 0's codes and scales in fp8_quantize's
+  // Prequantized x (fp8_gemv_rows_kernel<…, kFp8SrcPre>): row 0's codes and scales in fp8_quantize's
   // layouts, group g's scale at xsc[g · xs_ld] (per token: xsc[0]).
   const uint8_t* xq = nullptr;
   const float* xsc = nullptr;
   int xs_ld = 0;
+  // Residual add + RMSNorm in the prologue (kSrc == kFp8SrcNorm; gemv.cuh's GemvParams alike):
+  // x is the block output to add to norm_r_in; CTA 0 writes the new residual to norm_r_out.
+  const T* norm_r_in = nullptr;
+  T* norm_r_out = nullptr;
+  const T* norm_w = nullptr;
+  float norm_eps = 0.f;
+  int norm_first = 0;
+  int norm_threads = 0;
 };
+
+/// Byte offset of the normalised row in fp8_gemv_rows_kernel's shared memory (after the half
+/// codes and the two float arrays; 16-byte aligned for Pack8 stores).
+__host__ __device__ constexpr size_t fp8_rows_smem_xn(int K) {
+  return (size_t(K) * 2 + 2 * size_t((K + kFp8Block - 1) / kFp8Block) * sizeof(float) + 15) / 16 * 16;
+}
+
+/// Where fp8_gemv_rows_kernel takes x from: quantized in every CTA, prequantized by the
+/// producer, or normalised (residual add + RMSNorm) and then quantized in every CTA.
+inline constexpr int kFp8SrcX = 0, kFp8SrcPre = 1, kFp8SrcNorm = 2;
 
 inline constexpr int kFp8GemvWarps = 16;
 inline constexpr int kFp8GemvUnroll = 4;
@@ -134,11 +153,12 @@ __global__ void __launch_bounds__(kFp8GemvWarps * 32) fp8_gemv_kernel(const __gr
 /// requested before `griddepcontrol.wait` and (kEarly) dependents are released right after, so
 /// the weights are in flight while the predecessor finishes and x is quantized. x is quantized
 /// once per CTA (a warp per group, one 8-byte load per lane per pass; both passes' loads issued
-/// a batch of groups at a time), or, kPre, copied from the codes a producer wrote. A lane visits
+/// a batch of groups at a time), or (kFp8SrcPre) copied from the codes a producer wrote, or
+/// (kFp8SrcNorm) quantized from the residual add + RMSNorm that every CTA computes first. A lane visits
 /// its chunks in the legacy kernel's order with its arithmetic, so the result is bit-identical
 /// to it. NW warps per CTA: small CTAs let a successor's CTAs find room on an SM while this
 /// grid's last ones still run; large ones quantize x fewer times per SM.
-template <int C, int U, int NW, int MINB, bool kEarly, bool kPre, class T>
+template <int C, int U, int NW, int MINB, bool kEarly, int kSrc, class T>
 __global__ void __launch_bounds__(NW * 32, MINB)
     fp8_gemv_rows_kernel(const __grid_constant__ Fp8GemvParams<T> p) {
   constexpr int kChunk = 32 * 16, kStep = U * kChunk, kBatch = 8;
@@ -147,6 +167,8 @@ __global__ void __launch_bounds__(NW * 32, MINB)
   __half* xh = reinterpret_cast<__half*>(fp8_rows_smem);                   // [K] codes · 2⁻⁸
   float* xs = reinterpret_cast<float*>(fp8_rows_smem + size_t(K) * 2);     // [groups] scale · 2⁸
   float* gmax = xs + groups;                                                // [groups] |x| maxima
+  T* xn = reinterpret_cast<T*>(fp8_rows_smem + fp8_rows_smem_xn(K));  // [K] normalised x (kFp8SrcNorm)
+  __shared__ float red[32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int n0 = (blockIdx.x * NW + warp) * C;
   const uint8_t* wrow[C];
@@ -169,7 +191,7 @@ __global__ void __launch_bounds__(NW * 32, MINB)
   fetch(wa, 0);  // weights only: may run before the predecessor finishes
   if constexpr (kEarly) pdl_launch_dependents();
   pdl_wait();
-  if constexpr (kPre) {
+  if constexpr (kSrc == kFp8SrcPre) {
     const __half2 inv256 = __float2half2_rn(1.0f / 256.0f);
     for (int k = threadIdx.x * 16; k < K; k += NW * 32 * 16) {
       const uint4 cv = *reinterpret_cast<const uint4*>(p.xq + k);
@@ -187,10 +209,17 @@ __global__ void __launch_bounds__(NW * 32, MINB)
     for (int g = threadIdx.x; g < groups; g += NW * 32)
       xs[g] = (p.per_token ? p.xsc[0] : p.xsc[int64_t(g) * p.xs_ld]) * 256.0f;
   } else {
+    const T* src = p.x;
+    if constexpr (kSrc == kFp8SrcNorm) {  // norm.cuh's arithmetic and reduction order
+      rms_norm_row_to<true>(p.x, p.norm_r_in, blockIdx.x == 0 ? p.norm_r_out : nullptr, p.norm_w, xn, K, p.norm_eps,
+                            p.norm_first != 0, red, p.norm_threads);
+      __syncthreads();
+      src = xn;
+    }
     auto load4 = [&](int g, float (&v)[4]) {
       const int k = g * kFp8Block + lane * 4;  // K % 16 == 0: all 4 in range or none
       uint2 u = make_uint2(0, 0);
-      if (g < groups && k < K) u = *reinterpret_cast<const uint2*>(p.x + k);
+      if (g < groups && k < K) u = *reinterpret_cast<const uint2*>(src + k);
       const T* h = reinterpret_cast<const T*>(&u);
 #pragma unroll
       for (int j = 0; j < 4; ++j) v[j] = to_f32(h[j]);
@@ -284,35 +313,39 @@ __global__ void __launch_bounds__(NW * 32, MINB)
   if constexpr (!kEarly) pdl_launch_dependents();
 }
 
-template <int C, int U, int NW, int MINB, bool kEarly, bool kPre, class T>
+template <int C, int U, int NW, int MINB, bool kEarly, int kSrc, class T>
 void launch_fp8_gemv_rows(const Fp8GemvParams<T>& p, cudaStream_t stream) {
-  auto kern = fp8_gemv_rows_kernel<C, U, NW, MINB, kEarly, kPre, T>;
+  auto kern = fp8_gemv_rows_kernel<C, U, NW, MINB, kEarly, kSrc, T>;
   static const bool attr = [&] {
     PIE_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        32768 * 2 + 2 * kFp8MaxGroups * 4));
+                                        fp8_rows_smem_xn(32768) + (kSrc == kFp8SrcNorm ? 32768 * sizeof(T) : 0)));
     return true;
   }();
   (void)attr;
   const int groups = (p.K + kFp8Block - 1) / kFp8Block;
-  const size_t smem = size_t(p.K) * 2 + 2 * size_t(groups) * sizeof(float);
+  const size_t smem = kSrc == kFp8SrcNorm ? fp8_rows_smem_xn(p.K) + size_t(p.K) * sizeof(T)
+                                           : size_t(p.K) * 2 + 2 * size_t(groups) * sizeof(float);
   const int64_t rows_per_cta = int64_t(NW) * C;
   launch_pdl(kern, dim3(static_cast<unsigned>((p.N + rows_per_cta - 1) / rows_per_cta)), dim3(NW * 32),
              smem, stream, p);
 }
 
-/// Variant v ≥ 1 of the table below; kPre: x prequantized.
-template <bool kPre, class T>
+/// Warps per CTA of variant v ≥ 1 (as launch_fp8_gemv_variant's table).
+inline int fp8_gemv_variant_warps(int v) { return v >= 7 ? (v == 7 ? 8 : 16) : 4; }
+
+/// Variant v ≥ 1 of the table below, x from kSrc.
+template <int kSrc, class T>
 void launch_fp8_gemv_variant(int v, const Fp8GemvParams<T>& p, cudaStream_t stream) {
   switch (v) {
-    case 1: return launch_fp8_gemv_rows<2, 4, 4, 1, true, kPre>(p, stream);
-    case 2: return launch_fp8_gemv_rows<2, 4, 4, 1, false, kPre>(p, stream);
-    case 3: return launch_fp8_gemv_rows<1, 8, 4, 1, true, kPre>(p, stream);
-    case 4: return launch_fp8_gemv_rows<4, 2, 4, 1, true, kPre>(p, stream);
-    case 5: return launch_fp8_gemv_rows<2, 2, 4, 8, true, kPre>(p, stream);
-    case 6: return launch_fp8_gemv_rows<1, 4, 4, 8, true, kPre>(p, stream);
-    case 7: return launch_fp8_gemv_rows<2, 4, 8, 1, true, kPre>(p, stream);
-    case 8: return launch_fp8_gemv_rows<2, 4, 16, 1, true, kPre>(p, stream);
-    case 9: return launch_fp8_gemv_rows<1, 8, 16, 1, true, kPre>(p, stream);
+    case 1: return launch_fp8_gemv_rows<2, 4, 4, 1, true, kSrc>(p, stream);
+    case 2: return launch_fp8_gemv_rows<2, 4, 4, 1, false, kSrc>(p, stream);
+    case 3: return launch_fp8_gemv_rows<1, 8, 4, 1, true, kSrc>(p, stream);
+    case 4: return launch_fp8_gemv_rows<4, 2, 4, 1, true, kSrc>(p, stream);
+    case 5: return launch_fp8_gemv_rows<2, 2, 4, 8, true, kSrc>(p, stream);
+    case 6: return launch_fp8_gemv_rows<1, 4, 4, 8, true, kSrc>(p, stream);
+    case 7: return launch_fp8_gemv_rows<2, 4, 8, 1, true, kSrc>(p, stream);
+    case 8: return launch_fp8_gemv_rows<2, 4, 16, 1, true, kSrc>(p, stream);
+    case 9: return launch_fp8_gemv_rows<1, 8, 16, 1, true, kSrc>(p, stream);
     default: PIE_CHECK(false, "fp8_gemv: no variant ", v);
   }
 }
@@ -352,7 +385,7 @@ void fp8_gemv(TensorView<T> y, TensorView<T> x, const Fp8Weight& w, const T* bia
   PIE_CHECK(variant >= 0 && variant < kFp8GemvVariants, "fp8_gemv: no variant ", variant);
   if (variant > 0) {
     PIE_CHECK(reinterpret_cast<uintptr_t>(x.data) % 8 == 0, "fp8_gemv: x must be 8-byte aligned");
-    detail::launch_fp8_gemv_variant<false>(variant, p, stream);
+    detail::launch_fp8_gemv_variant<detail::kFp8SrcX>(variant, p, stream);
     return;
   }
   const int groups = static_cast<int>((K + kFp8Block - 1) / kFp8Block);
@@ -390,7 +423,46 @@ void fp8_gemv_prequantized(TensorView<T> y, const fp8_e4m3* xq, const float* xs,
   p.xq = reinterpret_cast<const uint8_t*>(xq);
   p.xsc = xs;
   p.xs_ld = static_cast<int>(xs_ld);
-  detail::launch_fp8_gemv_variant<true>(variant, p, stream);
+  detail::launch_fp8_gemv_variant<detail::kFp8SrcPre>(variant, p, stream);
+}
+
+/// Whether fp8_add_rms_norm_gemv() takes a hidden size of k with variant v: the norm's thread
+/// layout must fit one CTA of the variant.
+inline bool fp8_add_rms_norm_gemv_supported(int64_t k, int variant) {
+  return variant >= 1 && variant < kFp8GemvVariants && fp8_gemv_supported(k) && k % 8 == 0 &&
+         detail::norm_threads(static_cast<int>(k)) <= detail::fp8_gemv_variant_warps(variant) * 32;
+}
+
+/// \brief Batch-1 residual add + RMSNorm fused into the fp8 GEMV that reads it (gemv.cuh's
+/// add_rms_norm_gemv, on fp8 weights): r_out = T(x + r_in) (x when `first`), written by CTA 0;
+/// y [1, N] = q(T(rmsnorm(r_out))·norm_w)·dq(w)ᵀ (+ bias). x is left as it was and r_in must not
+/// be r_out (every CTA reads r_in). Bit-identical to add_rms_norm then fp8_gemv.
+template <class T>
+void fp8_add_rms_norm_gemv(TensorView<T> y, TensorView<T> x, const T* r_in, T* r_out, const T* norm_w, float eps,
+                           bool first, const Fp8Weight& w, const T* bias, cudaStream_t stream, int variant) {
+  static_assert(std::is_same_v<T, pie::f16> || std::is_same_v<T, pie::bf16>, "fp8_gemv: f16 or bf16 activations");
+  const int64_t N = w.rows(), K = w.cols();
+  PIE_CHECK(x.shape[0] == 1 && y.shape[0] == 1 && x.shape[1] == K && y.shape[1] == N,
+            "fp8_add_rms_norm_gemv: x [1, K], w [N, K], y [1, N] do not chain");
+  PIE_CHECK(fp8_add_rms_norm_gemv_supported(K, variant), "fp8_add_rms_norm_gemv: hidden size ", K,
+            " with variant ", variant, " (the norm's threads must fit one CTA)");
+  PIE_CHECK(w.per_channel() || (w.block_n == kFp8Block && w.block_k == kFp8Block),
+            "fp8_add_rms_norm_gemv: unknown weight blocks");
+  PIE_CHECK(r_out != nullptr && norm_w != nullptr && (first || r_in != nullptr) && r_in != r_out,
+            "fp8_add_rms_norm_gemv: needs r_out, norm_w, r_in (unless first), and r_in != r_out");
+  PIE_CHECK(vec8_aligned(x.data) && vec8_aligned(r_out) && vec8_aligned(norm_w) && (r_in == nullptr || vec8_aligned(r_in)),
+            "fp8_add_rms_norm_gemv: x, residual and norm weight must be 16-byte aligned");
+  using D = device_t<T>;
+  detail::Fp8GemvParams<D> p{dev(x.data), reinterpret_cast<const uint8_t*>(w.q.data), w.scale.data, w.scale_ld,
+                             w.block_n, w.per_channel() ? 1 : 0, dev(bias), dev(y.data), static_cast<int>(N),
+                             static_cast<int>(K)};
+  p.norm_r_in = dev(r_in);
+  p.norm_r_out = dev(r_out);
+  p.norm_w = dev(norm_w);
+  p.norm_eps = eps;
+  p.norm_first = first ? 1 : 0;
+  p.norm_threads = detail::norm_threads(static_cast<int>(K));
+  detail::launch_fp8_gemv_variant<detail::kFp8SrcNorm>(variant, p, stream);
 }
 
 }  // namespace pie::ops::cuda
