@@ -4,6 +4,7 @@
 #      legacy kernel (and the legacy kernel within the CPU reference's tolerance);
 #   2. pie_gpu_test_fp8 (kernels, and the engine's logits bit-identical under every
 #      PIE_FP8_GEMV / PIE_FP8_GEMV_PRE setting), again with PIE_FP8_QUANT_BATCHED=1;
+#   2b. pie_cuda_test_gemm's Gemv.* (the bf16 fused norm + GEMV in 4- and 16-warp CTAs);
 #   3. pie_bench_cuda_fp8_gemv: each variant alone at the four Qwen3-8B shapes and chained as in
 #      a step, against the copy bandwidth of the same process and the bf16 GEMV;
 #   4. `pie bench` batch 1, 128/128, at the Qwen3-8B shape (dummy weights, config .device/Qwen3-8B
@@ -11,6 +12,7 @@
 #      row was fastest in step 3 for each source of x (quantized in the GEMV; prequantized by the
 #      producers, their quantization row batched; the norm in the GEMV's prologue, SwiGLU
 #      prequantizing down's x), c2u4-nw16 with the norm, and c2u4 (variant 1);
+#      and bf16 with its fused norm in 16-warp CTAs (PIE_GEMV_NORM_WARPS=16);
 #   5. a CUPTI kernel trace of the fastest norm setting's decode steps (bench/nsys_decode_profile.py).
 # Usage, in the repository root of the GPU machine: OUT=DIR bash bench/device_gemv.sh BINDIR
 # (BINDIR: the four binaries, libbenchmark if the machine lacks it, and optionally the CUPTI
@@ -49,6 +51,11 @@ grep -E "OK \]|FAILED  \]|Failure|differ" "$OUT/test_fp8.log" | head -30 | tee -
 run test_fp8_batched 90 env PIE_FP8_QUANT_BATCHED=1 "$dir/pie_gpu_test_fp8" --gtest_color=no \
   --gtest_filter='Fp8Kernels.Quantization*:Fp8Kernels.FusedProducers*:Fp8Engine.GemvVariants*'
 grep -E "OK \]|FAILED  \]|Failure|differ" "$OUT/test_fp8_batched.log" | head -30 | tee -a "$SUM"
+# The bf16 fused norm + GEMV with 16 warps per CTA (PIE_GEMV_NORM_WARPS): bit-identical too.
+if [ -x "$dir/pie_cuda_test_gemm" ]; then
+  run test_gemm 60 "$dir/pie_cuda_test_gemm" --gtest_color=no --gtest_filter='Gemv.*'
+  grep -E "OK \]|FAILED  \]|Failure" "$OUT/test_gemm.log" | head -20 | tee -a "$SUM"
+fi
 run bench_gemv 90 "$dir/pie_bench_cuda_fp8_gemv"
 grep -E "^ceilings|^kernel|^(qkv|o|gate_up|down|chain) " "$OUT/bench_gemv.log" | tee -a "$SUM"
 
@@ -79,6 +86,7 @@ lat fp8_legacy "$FP8_MODEL"
 [ "$v_norm" != 8 ] && lat fp8_v8_norm_pre "$FP8_MODEL" PIE_FP8_GEMV=8 PIE_FP8_GEMV_NORM=1 PIE_FP8_GEMV_PRE=1 \
   PIE_FP8_QUANT_BATCHED=1
 [ "$v_in" != 1 ] && lat fp8_v1 "$FP8_MODEL" PIE_FP8_GEMV=1
+lat bf16_norm_nw16 "$MODEL" PIE_GEMV_NORM_WARPS=16
 # Where the step's time goes with the fastest setting (CUPTI kernel trace of graph-replayed steps).
 if [ -f "$dir/libpie_kernel_trace.so" ] && [ -n "$v_norm" ]; then
   run trace 60 env PIE_FP8_GEMV="$v_norm" PIE_FP8_GEMV_NORM=1 PIE_FP8_GEMV_PRE=1 PIE_FP8_QUANT_BATCHED=1 \

@@ -7,7 +7,8 @@
 // projections of 8 layers in the step's order (qkv, o, gate_up, down). Rows marked "pre" read x
 // already quantized (by its producer in the engine); "norm" rows add the residual and RMSNorm x
 // in every CTA first (qkv and gate_up, whose inputs are normed); the others quantize x in every
-// CTA. The norm rows' bytes are the weights' only.
+// CTA. The norm rows' bytes are the weights' only. The bf16 rows: the GEMV, and its fused norm
+// with 4 or 16 warps per CTA (PIE_GEMV_NORM_WARPS).
 #include "pie/ops/cuda/norm.cuh"
 #include "bench_common.cuh"
 #include "pie/core/fp8_weight.hpp"
@@ -80,7 +81,11 @@ void BM_Fp8Gemv(benchmark::State& st) {
   const int v = static_cast<int>(st.range(0)), pre = static_cast<int>(st.range(1));
   const Shape sh = kShapes[st.range(2)];
   auto& b = io();
-  std::string name = std::string(sh.name) + " " + (v < 0 ? "bf16 gemv" : oc::fp8_gemv_variant_name(v)) +
+  // v < 0: the bf16 GEMV; with mode 2 its fused norm, 4 warps per CTA (v = -1) or 16 (v = -2).
+  const int warps = v == -1 ? 4 : 16;
+  std::string name = std::string(sh.name) + " " +
+                     (v < 0 ? (pre == 2 ? "bf16 gemv nw" + std::to_string(warps) : std::string("bf16 gemv"))
+                            : std::string(oc::fp8_gemv_variant_name(v))) +
                      mode_name(pre);
   if (v < 0) {
     const int64_t copies = copies_for(sh.N * sh.K * 2);
@@ -88,9 +93,14 @@ void BM_Fp8Gemv(benchmark::State& st) {
     fill(w.data(), w.size(), 9, 0.02f);
     int i = 0;
     report(st, name, double(kLaunches) * sh.N * sh.K * 2, 0, [&] {
-      for (int l = 0; l < kLaunches; ++l, ++i)
-        oc::gemv(b.yv(sh.N), b.xv(sh.K),
-                 TensorView<bf16>(w.data() + (i % copies) * sh.N * sh.K, {sh.N, sh.K}, Device::Cuda));
+      for (int l = 0; l < kLaunches; ++l, ++i) {
+        TensorView<bf16> wv(w.data() + (i % copies) * sh.N * sh.K, {sh.N, sh.K}, Device::Cuda);
+        if (pre == 2)
+          oc::add_rms_norm_gemv(b.yv(sh.N), b.xv(sh.K), b.r.data(), b.r2.data(), b.nw.data(), 1e-6f, false, wv,
+                                static_cast<const bf16*>(nullptr), nullptr, warps);
+        else
+          oc::gemv(b.yv(sh.N), b.xv(sh.K), wv);
+      }
     });
     return;
   }
@@ -131,6 +141,7 @@ void BM_Fp8GemvChain(benchmark::State& st) {
 void all_variants(benchmark::internal::Benchmark* b) {
   for (int s = 0; s < 4; ++s) {
     b->Args({-1, 0, s});
+    if (kShapes[s].K == 4096 && s != 1) b->Args({-1, 2, s}), b->Args({-2, 2, s});
     for (int v = 0; v < oc::kFp8GemvVariants; ++v) {
       b->Args({v, 0, s});
       if (v > 0) b->Args({v, 1, s});
