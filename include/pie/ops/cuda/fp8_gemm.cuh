@@ -40,6 +40,13 @@ __global__ void add_bias_kernel(T* y, int64_t ldy, int M, int N, const T* bias) 
 }
 }  // namespace detail
 
+/// The batch-1 GEMV's defaults: kernel variant (fp8_gemv.cuh), x quantized by its producer
+/// (RMSNorm, SwiGLU) instead of in the GEMV, residual add + RMSNorm in the GEMV's prologue.
+/// Opt-in (the legacy kernel) until measured on the device; docs/kernels.md has the numbers.
+inline constexpr int kFp8GemvDefaultVariant = 0;
+inline constexpr bool kFp8GemvDefaultPre = false;
+inline constexpr bool kFp8GemvDefaultNorm = false;
+
 /// \brief The fp8 linear layer of one GPU (see the file comment).
 class Fp8Gemm {
  public:
@@ -50,16 +57,18 @@ class Fp8Gemm {
         xs_(static_cast<size_t>(max_rows_ * ((max_k + kFp8Block - 1) / kFp8Block + 1))),
         y_pad_(static_cast<size_t>(max_rows_ * max_n) * 2), ws_(workspace_bytes) {
     PIE_CUBLAS_CHECK(cublasLtCreate(&handle_));
-    // Opt-in until measured on the device (docs/kernels.md): PIE_FP8_GEMV picks the GEMV kernel
-    // variant, PIE_FP8_GEMV_PRE=1 lets producers quantize x for it at batch 1 as above.
+    // The batch-1 GEMV's kernel variant and where its x comes from (docs/kernels.md), with
+    // environment overrides for A/B runs: PIE_FP8_GEMV=id, PIE_FP8_GEMV_PRE=0/1 (producers
+    // quantize x at batch 1 too), PIE_FP8_GEMV_NORM=0/1 (the norm in the GEMV's prologue).
     if (const char* v = std::getenv("PIE_FP8_GEMV")) {
       gemv_variant_ = std::atoi(v);
       PIE_CHECK(gemv_variant_ >= 0 && gemv_variant_ < kFp8GemvVariants, "PIE_FP8_GEMV=", v, ": variants are 0..",
                 kFp8GemvVariants - 1);
     }
-    if (const char* v = std::getenv("PIE_FP8_GEMV_PRE")) gemv_pre_ = std::atoi(v) != 0 && gemv_variant_ > 0;
-    // PIE_FP8_GEMV_NORM=1: at batch 1 the residual add + RMSNorm runs in the GEMV's prologue.
-    if (const char* v = std::getenv("PIE_FP8_GEMV_NORM")) gemv_norm_ = std::atoi(v) != 0 && gemv_variant_ > 0;
+    if (const char* v = std::getenv("PIE_FP8_GEMV_PRE")) gemv_pre_ = std::atoi(v) != 0;
+    if (const char* v = std::getenv("PIE_FP8_GEMV_NORM")) gemv_norm_ = std::atoi(v) != 0;
+    gemv_pre_ = gemv_pre_ && gemv_variant_ > 0;  // the legacy kernel quantizes x itself
+    gemv_norm_ = gemv_norm_ && gemv_variant_ > 0;
   }
   Fp8Gemm(const Fp8Gemm&) = delete;
   Fp8Gemm& operator=(const Fp8Gemm&) = delete;
@@ -243,9 +252,9 @@ class Fp8Gemm {
 
   int64_t max_rows_, max_k_, max_n_;
   bool gemv_ = true;
-  int gemv_variant_ = 0;
-  bool gemv_pre_ = false;
-  bool gemv_norm_ = false;
+  int gemv_variant_ = kFp8GemvDefaultVariant;
+  bool gemv_pre_ = kFp8GemvDefaultPre;
+  bool gemv_norm_ = kFp8GemvDefaultNorm;
   DeviceBuffer<fp8_e4m3> xq_;
   DeviceBuffer<float> xs_;
   DeviceBuffer<unsigned char> y_pad_;

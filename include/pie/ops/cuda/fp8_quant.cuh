@@ -23,12 +23,14 @@ inline int64_t fp8_padded_rows(int64_t m) { return (m + 3) / 4 * 4; }
 /// Most 128-column groups in one row (K ≤ 32768).
 inline constexpr int kFp8MaxGroups = 256;
 
-/// Whether the quantization row loads 8 groups per warp before reducing them (opt-in until
-/// measured on the device: PIE_FP8_QUANT_BATCHED=1; the same codes either way).
+/// Whether the quantization row loads 8 groups per warp before reducing them by default (the
+/// same codes either way; opt-in until measured on the device).
+inline constexpr bool kFp8QuantBatchedDefault = false;
+/// kFp8QuantBatchedDefault, or PIE_FP8_QUANT_BATCHED=0/1 (read once).
 inline bool fp8_quant_batched() {
   static const bool on = [] {
     const char* v = std::getenv("PIE_FP8_QUANT_BATCHED");
-    return v != nullptr && std::atoi(v) != 0;
+    return v != nullptr ? std::atoi(v) != 0 : kFp8QuantBatchedDefault;
   }();
   return on;
 }

@@ -228,12 +228,14 @@ inline bool add_rms_norm_gemv_supported(int64_t k) {
   return k % 8 == 0 && k > 0 && detail::norm_threads(static_cast<int>(k)) <= 4 * 32;
 }
 
-/// Warps per CTA of add_rms_norm_gemv() when its caller passes 0: 4, or 16 with
-/// PIE_GEMV_NORM_WARPS=16 (opt-in until measured on the device).
+/// Warps per CTA of add_rms_norm_gemv() by default (4 or 16; 16 is opt-in until measured).
+inline constexpr int kGemvNormWarpsDefault = 4;
+/// kGemvNormWarpsDefault, or PIE_GEMV_NORM_WARPS=4/16 (read once).
 inline int gemv_norm_warps() {
   static const int w = [] {
     const char* v = std::getenv("PIE_GEMV_NORM_WARPS");
-    return v != nullptr && std::atoi(v) == 16 ? 16 : 4;
+    if (v == nullptr) return kGemvNormWarpsDefault;
+    return std::atoi(v) == 16 ? 16 : 4;
   }();
   return w;
 }
