@@ -60,7 +60,7 @@ run bench_gemv 90 "$dir/pie_bench_cuda_fp8_gemv"
 grep -E "^ceilings|^kernel|^(qkv|o|gate_up|down|chain) " "$OUT/bench_gemv.log" | tee -a "$SUM"
 
 # Fastest chain rows per mode of x: variant ids in fp8_gemv_variant_name's order.
-ids="legacy:0 c2u4:1 c2u4-late-release:2 c1u8:3 c4u2:4 c2u2-lean:5 c1u4-lean:6 c2u4-nw8:7 c2u4-nw16:8 c1u8-nw16:9"
+ids="legacy:0 c2u4:1 c2u4-late-release:2 c1u8:3 c4u2:4 c2u2-lean:5 c1u4-lean:6 c2u4-nw8:7 c2u4-nw16:8 c1u8-nw16:9 c2u4-nw8-persist:10 c4u2-persist:11 c2u4-persist:12"
 best() {  # $1 = "" (quantize in the GEMV), pre, norm
   awk -v mode="$1" '/^chain 8 layers/ { m = ($5 == "pre" || $5 == "norm") ? $5 : "";
                       if (m == mode && $4 != "legacy" && (best == "" || $(NF-5) < t)) { best = $4; t = $(NF-5) } }

@@ -158,7 +158,7 @@ __global__ void __launch_bounds__(kFp8GemvWarps * 32) fp8_gemv_kernel(const __gr
 /// its chunks in the legacy kernel's order with its arithmetic, so the result is bit-identical
 /// to it. NW warps per CTA: small CTAs let a successor's CTAs find room on an SM while this
 /// grid's last ones still run; large ones quantize x fewer times per SM.
-template <int C, int U, int NW, int MINB, bool kEarly, int kSrc, class T>
+template <int C, int U, int NW, int MINB, bool kEarly, int kSrc, bool kPersist, class T>
 __global__ void __launch_bounds__(NW * 32, MINB)
     fp8_gemv_rows_kernel(const __grid_constant__ Fp8GemvParams<T> p) {
   constexpr int kChunk = 32 * 16, kStep = U * kChunk, kBatch = 8;
@@ -170,15 +170,22 @@ __global__ void __launch_bounds__(NW * 32, MINB)
   T* xn = reinterpret_cast<T*>(fp8_rows_smem + fp8_rows_smem_xn(K));  // [K] normalised x (kFp8SrcNorm)
   __shared__ float red[32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int n0 = (blockIdx.x * NW + warp) * C;
+  // kPersist: a grid of resident CTAs walks the row groups (NW · C rows each), so x is quantized
+  // once per CTA whatever N is; else one CTA per row group.
+  const int row_groups = (p.N + NW * C - 1) / (NW * C);
+  int rg = blockIdx.x, n0 = 0;
   const uint8_t* wrow[C];
   const float* wsr[C];
+  auto set_rows = [&] {
+    n0 = (rg * NW + warp) * C;
 #pragma unroll
-  for (int c = 0; c < C; ++c) {
-    const int n = min(n0 + c, p.N - 1);  // past N: recompute the last row, store nothing
-    wrow[c] = p.w + int64_t(n) * K;
-    wsr[c] = p.block_n == 1 ? p.ws + n : p.ws + int64_t(n / kFp8Block) * p.ws_ld;
-  }
+    for (int c = 0; c < C; ++c) {
+      const int n = min(n0 + c, p.N - 1);  // past N: recompute the last row, store nothing
+      wrow[c] = p.w + int64_t(n) * K;
+      wsr[c] = p.block_n == 1 ? p.ws + n : p.ws + int64_t(n / kFp8Block) * p.ws_ld;
+    }
+  };
+  set_rows();
   uint4 wa[U][C], wb[U][C];
   auto fetch = [&](uint4 (&dst)[U][C], int k0) {
 #pragma unroll
@@ -264,11 +271,8 @@ __global__ void __launch_bounds__(NW * 32, MINB)
     }
   }
   __syncthreads();
-  if (n0 >= p.N) return;
 
   float acc[C];
-#pragma unroll
-  for (int c = 0; c < C; ++c) acc[c] = 0.0f;
   auto consume = [&](const uint4 (&src)[U][C], int k0) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -294,28 +298,37 @@ __global__ void __launch_bounds__(NW * 32, MINB)
       }
     }
   };
-  for (int k0 = 0; k0 < K; k0 += 2 * kStep) {
-    if (k0 + kStep < K) fetch(wb, k0 + kStep);
-    consume(wa, k0);
-    if (k0 + kStep >= K) break;
-    if (k0 + 2 * kStep < K) fetch(wa, k0 + 2 * kStep);
-    consume(wb, k0 + kStep);
-  }
+  while (n0 < p.N) {  // wa holds the row group's first U chunks
 #pragma unroll
-  for (int c = 0; c < C; ++c) acc[c] = warp_sum(acc[c]);
+    for (int c = 0; c < C; ++c) acc[c] = 0.0f;
+    for (int k0 = 0; k0 < K; k0 += 2 * kStep) {
+      if (k0 + kStep < K) fetch(wb, k0 + kStep);
+      consume(wa, k0);
+      if (k0 + kStep >= K) break;
+      if (k0 + 2 * kStep < K) fetch(wa, k0 + 2 * kStep);
+      consume(wb, k0 + kStep);
+    }
 #pragma unroll
-  for (int c = 0; c < C; ++c) {
-    if (lane != c || n0 + c >= p.N) continue;
-    float v = acc[c];
-    if (p.bias) v += to_f32(p.bias[n0 + c]);
-    p.y[n0 + c] = from_f32<T>(v);
+    for (int c = 0; c < C; ++c) acc[c] = warp_sum(acc[c]);
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+      if (lane != c || n0 + c >= p.N) continue;
+      float v = acc[c];
+      if (p.bias) v += to_f32(p.bias[n0 + c]);
+      p.y[n0 + c] = from_f32<T>(v);
+    }
+    if (!kPersist) break;
+    rg += gridDim.x;
+    if (rg >= row_groups) break;
+    set_rows();
+    fetch(wa, 0);
   }
   if constexpr (!kEarly) pdl_launch_dependents();
 }
 
-template <int C, int U, int NW, int MINB, bool kEarly, int kSrc, class T>
+template <int C, int U, int NW, int MINB, bool kEarly, int kSrc, bool kPersist = false, class T>
 void launch_fp8_gemv_rows(const Fp8GemvParams<T>& p, cudaStream_t stream) {
-  auto kern = fp8_gemv_rows_kernel<C, U, NW, MINB, kEarly, kSrc, T>;
+  auto kern = fp8_gemv_rows_kernel<C, U, NW, MINB, kEarly, kSrc, kPersist, T>;
   static const bool attr = [&] {
     PIE_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         fp8_rows_smem_xn(32768) + (kSrc == kFp8SrcNorm ? 32768 * sizeof(T) : 0)));
@@ -326,12 +339,17 @@ void launch_fp8_gemv_rows(const Fp8GemvParams<T>& p, cudaStream_t stream) {
   const size_t smem = kSrc == kFp8SrcNorm ? fp8_rows_smem_xn(p.K) + size_t(p.K) * sizeof(T)
                                            : size_t(p.K) * 2 + 2 * size_t(groups) * sizeof(float);
   const int64_t rows_per_cta = int64_t(NW) * C;
-  launch_pdl(kern, dim3(static_cast<unsigned>((p.N + rows_per_cta - 1) / rows_per_cta)), dim3(NW * 32),
-             smem, stream, p);
+  int64_t ctas = (p.N + rows_per_cta - 1) / rows_per_cta;
+  if constexpr (kPersist) {  // the CTAs resident at once (occupancy at this K's shared memory)
+    int per_sm = 0;
+    PIE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, NW * 32, smem));
+    ctas = std::min<int64_t>(ctas, int64_t(std::max(per_sm, 1)) * num_sms());
+  }
+  launch_pdl(kern, dim3(static_cast<unsigned>(ctas)), dim3(NW * 32), smem, stream, p);
 }
 
 /// Warps per CTA of variant v ≥ 1 (as launch_fp8_gemv_variant's table).
-inline int fp8_gemv_variant_warps(int v) { return v >= 7 ? (v == 7 ? 8 : 16) : 4; }
+inline int fp8_gemv_variant_warps(int v) { return v == 7 || v == 10 ? 8 : v == 8 || v == 9 ? 16 : 4; }
 
 /// Variant v ≥ 1 of the table below, x from kSrc.
 template <int kSrc, class T>
@@ -346,6 +364,9 @@ void launch_fp8_gemv_variant(int v, const Fp8GemvParams<T>& p, cudaStream_t stre
     case 7: return launch_fp8_gemv_rows<2, 4, 8, 1, true, kSrc>(p, stream);
     case 8: return launch_fp8_gemv_rows<2, 4, 16, 1, true, kSrc>(p, stream);
     case 9: return launch_fp8_gemv_rows<1, 8, 16, 1, true, kSrc>(p, stream);
+    case 10: return launch_fp8_gemv_rows<2, 4, 8, 1, true, kSrc, true>(p, stream);
+    case 11: return launch_fp8_gemv_rows<4, 2, 4, 1, true, kSrc, true>(p, stream);
+    case 12: return launch_fp8_gemv_rows<2, 4, 4, 1, true, kSrc, true>(p, stream);
     default: PIE_CHECK(false, "fp8_gemv: no variant ", v);
   }
 }
@@ -358,12 +379,13 @@ inline bool fp8_gemv_supported(int64_t k) { return k > 0 && k % 16 == 0 && k <= 
 /// Kernel variants of the batch-1 fp8 GEMV (bench/cuda/bench_fp8_gemv.cu sweeps them): 0 is the
 /// legacy kernel (16 warps per CTA, a row per warp, x quantized per CTA, dependents released at
 /// the end); 1… are fp8_gemv_rows_kernel<C rows per warp, U chunks in flight, NW warps per CTA
-/// (4 unless named), min CTAs per SM (lean: 8), early release unless named>.
-inline constexpr int kFp8GemvVariants = 10;
+/// (4 unless named), min CTAs per SM (lean: 8), early release unless named>; "persist" ones
+/// (10–12, not yet measured on a device) walk the row groups with the resident CTAs only.
+inline constexpr int kFp8GemvVariants = 13;
 inline const char* fp8_gemv_variant_name(int v) {
-  static const char* names[kFp8GemvVariants] = {"legacy",    "c2u4",      "c2u4-late-release", "c1u8",
-                                                "c4u2",      "c2u2-lean", "c1u4-lean",         "c2u4-nw8",
-                                                "c2u4-nw16", "c1u8-nw16"};
+  static const char* names[kFp8GemvVariants] = {
+      "legacy",    "c2u4",      "c2u4-late-release", "c1u8",          "c4u2",          "c2u2-lean",         "c1u4-lean",
+      "c2u4-nw8",  "c2u4-nw16", "c1u8-nw16",         "c2u4-nw8-persist", "c4u2-persist", "c2u4-persist"};
   return v >= 0 && v < kFp8GemvVariants ? names[v] : "?";
 }
 
