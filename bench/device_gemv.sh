@@ -101,3 +101,6 @@ if [ -f "$dir/libpie_kernel_trace.so" ] && [ -n "$v_norm" ]; then
   gzip -f "$OUT/trace.csv"
 fi
 say "done"
+# Few files come back from the device: everything but the summary and the bench log in one tarball.
+(cd "$OUT" && tar czf logs.tgz --exclude=logs.tgz --exclude=summary.txt --exclude=bench_gemv.log ./* \
+  && find . -mindepth 1 -maxdepth 1 ! -name logs.tgz ! -name summary.txt ! -name bench_gemv.log -exec rm -rf {} +)
