@@ -52,6 +52,9 @@ def category(name):
         # gemv_kernel<M, C, U, NW, MINB, kNorm, ...>: kNorm = true is the fused add + RMSNorm
         # (the tracer writes template commas as ';' to keep its CSV to four columns)
         args = re.sub(r"\s*[;,]\s*", ",", n)
+        # fp8_gemv_rows_kernel<C, U, NW, MINB, kEarly, kSrc, ...>: kSrc = 2 is the fused add + RMSNorm
+        if re.search(r"fp8_gemv_rows_kernel<\d+,\d+,\d+,\d+,(true|false|\(bool\)[01]),2[,>]", args):
+            return "norm+linear"
         return "norm+linear" if re.search(r"gemv_kernel<\d+,\d+,\d+,\d+,\d+,(true|\(bool\)1)[,>]", args) else "linear"
     if any(k in n for k in ("gemm", "nvjet", "xmma", "cutlass", "sm90", "splitk", "reduce")):
         return "linear"

@@ -172,12 +172,17 @@ TEST(Gemv, BF16AddRmsNormFusedEqualsNormThenGemvBitwise) {
         ops::cuda::gemv(y1.view({1, N}), dx2.view({1, K}), dw.view({N, K}), db.data());
         // fused
         poison(rout);
-        ops::cuda::add_rms_norm_gemv(y2.view({1, N}), dx.view({1, K}), first ? nullptr : dr.data(), rout.data(),
-                                     dnw.data(), 1e-6f, first, dw.view({N, K}), db.data());
-        auto a1 = download(y1), a2 = download(y2), r1 = download(dr2), r2 = download(rout), xs = download(dx);
-        EXPECT_EQ(std::memcmp(a1.data(), a2.data(), sizeof(bf16) * N), 0) << "K=" << K << " N=" << N << " first=" << first;
-        EXPECT_EQ(std::memcmp(r1.data(), r2.data(), sizeof(bf16) * K), 0) << "residual K=" << K << " first=" << first;
-        EXPECT_EQ(std::memcmp(xs.data(), x.data(), sizeof(bf16) * K), 0) << "x must be left as it was";
+        for (int warps : {4, 16}) {  // 16: PIE_GEMV_NORM_WARPS's CTAs
+          poison(y2);
+          poison(rout);
+          ops::cuda::add_rms_norm_gemv(y2.view({1, N}), dx.view({1, K}), first ? nullptr : dr.data(), rout.data(),
+                                       dnw.data(), 1e-6f, first, dw.view({N, K}), db.data(), nullptr, warps);
+          auto a1 = download(y1), a2 = download(y2), r1 = download(dr2), r2 = download(rout), xs = download(dx);
+          EXPECT_EQ(std::memcmp(a1.data(), a2.data(), sizeof(bf16) * N), 0)
+              << "K=" << K << " N=" << N << " first=" << first << " warps=" << warps;
+          EXPECT_EQ(std::memcmp(r1.data(), r2.data(), sizeof(bf16) * K), 0) << "residual K=" << K << " first=" << first;
+          EXPECT_EQ(std::memcmp(xs.data(), x.data(), sizeof(bf16) * K), 0) << "x must be left as it was";
+        }
       }
 }
 

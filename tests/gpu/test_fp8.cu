@@ -16,6 +16,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -465,6 +467,65 @@ TEST(Fp8Engine, DummyFp8WeightsOfAShapeRun) {
     auto out = e.generate({{5, 6, 7}, {8, 9}}, sp);
     EXPECT_EQ(out[0].tokens[0].size(), 16u);
     EXPECT_EQ(out[1].tokens[0].size(), 16u);
+    std::filesystem::remove_all(dir);
+  }
+}
+
+TEST(Fp8Engine, GemvVariantsGiveBitIdenticalLogits) {
+  // Every batch-1 GEMV variant (PIE_FP8_GEMV), the producers quantizing x for it at batch 1
+  // (PIE_FP8_GEMV_PRE) and the norm in its prologue (PIE_FP8_GEMV_NORM), against the default engine: same dummy weights, same hand-made steps
+  // (a prefill, then batch-1 decodes replayed from graphs), bit-identical logits.
+  for (bool block : {true, false}) {
+    const auto dir = std::filesystem::temp_directory_path() / ("pie_fp8_variants_" + std::to_string(block));
+    std::filesystem::create_directories(dir);
+    nlohmann::json c = {{"architectures", {"Qwen3ForCausalLM"}}, {"vocab_size", 1024}, {"hidden_size", 256},
+                        {"intermediate_size", 640}, {"num_hidden_layers", 2}, {"num_attention_heads", 4},
+                        {"num_key_value_heads", 2}, {"head_dim", 64}, {"max_position_embeddings", 2048}};
+    if (block)
+      c["quantization_config"] = {{"quant_method", "fp8"}, {"fmt", "e4m3"}, {"activation_scheme", "dynamic"},
+                                  {"weight_block_size", {128, 128}}};
+    std::ofstream(dir / "config.json") << c.dump();
+    auto run = [&](const char* variant, const char* pre, const char* norm) {
+      if (variant) setenv("PIE_FP8_GEMV", variant, 1);
+      if (pre) setenv("PIE_FP8_GEMV_PRE", pre, 1);
+      if (norm) setenv("PIE_FP8_GEMV_NORM", norm, 1);
+      EngineOptions o = small_options(false);
+      o.model_dir = dir.string();
+      o.load_format = "dummy";
+      o.quantization = "fp8";
+      Fp8Engine e(o);
+      unsetenv("PIE_FP8_GEMV");
+      unsetenv("PIE_FP8_GEMV_PRE");
+      unsetenv("PIE_FP8_GEMV_NORM");
+      gpu_test::HandSeq s{{5, 6, 7, 8, 9, 10, 11}};
+      int32_t next = 0;
+      std::vector<float> all;
+      for (int k = 0; k < 8; ++k) {
+        const int n = k == 0 ? static_cast<int>(s.tokens.size()) : 1;
+        auto plan = gpu_test::hand_plan({&s}, {n}, CudaBf16::block_size, next);
+        auto got = e.runner().execute_logits(plan, std::vector<SampleSpec>(1));
+        all.insert(all.end(), got.begin(), got.end());
+        s.tokens.push_back(13 + 7 * k);  // fixed inputs: the same steps for every variant
+      }
+      return all;
+    };
+    const auto base = run(nullptr, nullptr, nullptr);
+    struct Setting { const char *v, *pre, *norm; };
+    for (auto [v, pre, norm] : {Setting{"0", "0", "0"}, {"1", "0", "0"}, {"2", "0", "0"}, {"3", "0", "0"},
+                                {"4", "0", "0"}, {"5", "0", "0"}, {"6", "0", "0"}, {"7", "0", "0"}, {"8", "0", "0"},
+                                {"9", "0", "0"}, {"1", "1", "0"}, {"3", "1", "0"}, {"5", "1", "0"}, {"8", "1", "0"},
+                                {"1", "0", "1"}, {"8", "0", "1"}, {"8", "1", "1"}, {"3", "1", "1"},
+                                {"10", "0", "0"}, {"11", "0", "0"}, {"12", "0", "0"}, {"10", "1", "0"}}) {
+      if (!block && std::strcmp(v, "0") != 0 && std::strcmp(v, "1") != 0 && std::strcmp(v, "8") != 0)
+        continue;  // per channel: three suffice
+      const auto got = run(v, pre, norm);
+      ASSERT_EQ(got.size(), base.size());
+      size_t diff = 0;
+      for (size_t i = 0; i < got.size(); ++i) diff += std::memcmp(&got[i], &base[i], sizeof(float)) != 0;
+      EXPECT_EQ(diff, 0u) << (block ? "block" : "per channel") << " PIE_FP8_GEMV=" << v << " PIE_FP8_GEMV_PRE=" << pre
+                          << " PIE_FP8_GEMV_NORM=" << norm << ": " << diff << " of " << got.size()
+                          << " logits differ";
+    }
     std::filesystem::remove_all(dir);
   }
 }

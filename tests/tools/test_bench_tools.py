@@ -179,3 +179,13 @@ def test_plot_of_the_committed_results_has_the_sweep_and_the_latency_bars(tmp_pa
     assert "<polyline" in svg  # the batch-size sweep, measured and roofline
     assert "sweep: 2B×(128,128) at max_num_seqs B" in svg
     assert "batch-1 ITL" in svg
+
+
+def test_fp8_gemv_variants_are_linears_and_the_norm_one_a_fused_norm():
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import nsys_decode_profile as p
+    k = "void pie::ops::cuda::detail::fp8_gemv_rows_kernel<2; 4; 16; 1; true; {}; __nv_bfloat16>(x)"
+    assert p.category(k.format(2)) == "norm+linear"  # kSrc = kFp8SrcNorm
+    assert p.category(k.format(1)) == "linear"       # prequantized x
+    assert p.category(k.format(0)) == "linear"
+    assert p.category("void pie::ops::cuda::detail::fp8_gemv_kernel<__nv_bfloat16>(x)") == "linear"

@@ -275,8 +275,22 @@ class CudaForward {
   /// kernels (H200, Qwen3-8B shape, 2026-12-04; docs/kernels.md).
   /// Above batch 1 the norm kernel also writes x's fp8 codes and scales for the GEMM
   /// (fp8_producers.cuh; bit-identical to the separate quantization).
+  /// Opt-in (PIE_FP8_GEMV_NORM=1, fp8_gemm.cuh): at batch 1 the norm in the fp8 GEMV's
+  /// prologue, the residual moving between two buffers as in the bf16 path below.
   void norm_linear(Act x, Act& res, const Weight& norm, bool first, const Fp8Weight& w, const Weight& bias, Act out) {
     const int64_t M = x.shape[0], K = x.shape[1];
+    if (shape_.tokens == 1 && M == 1 && res.shape[1] == K && p_.fp8_gemm != nullptr && p_.fp8_gemm->fuses_norm(K)) {
+      PIE_CHECK(w.cols() == K, "CudaForward: the norm's width differs from the fp8 linear's K");
+      T* r_out = res.data == res_pong_.data() ? res_home_ : res_pong_.data();
+      if (res.data != res_pong_.data()) res_home_ = res.data;
+      fp8_per_token_ = w.per_channel() ? 1 : 0;
+      op("norm+gemv", [&] {
+        p_.fp8_gemm->norm_gemv(out, x, res.data, r_out, norm.data, eps(), first, w,
+                               bias.numel() > 0 ? bias.data : nullptr, s_);
+      });
+      res.data = r_out;
+      return;
+    }
     if (!fp8_producer(M, K) || res.shape[1] != K) {
       add_rms_norm(x, res, norm, first);
     } else {
@@ -566,7 +580,7 @@ class CudaForward {
   }
   /// Whether an [M, K] activation headed for an fp8 GEMM is quantized by its producer.
   bool fp8_producer(int64_t M, int64_t K) const {
-    return p_.fp8_gemm != nullptr && !p_.fp8_gemm->uses_gemv(M, K) && p_.fp8_gemm->fits(M, K);
+    return p_.fp8_gemm != nullptr && p_.fp8_gemm->wants_producer(M, K);
   }
   /// Times `f` with events while profiling (eager steps only); just runs it otherwise. Every op
   /// forgets the quantized activation (a producer sets it again inside f).

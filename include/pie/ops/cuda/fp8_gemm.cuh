@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <tuple>
 #include <unordered_map>
 
@@ -39,6 +40,13 @@ __global__ void add_bias_kernel(T* y, int64_t ldy, int M, int N, const T* bias) 
 }
 }  // namespace detail
 
+/// The batch-1 GEMV's defaults: kernel variant (fp8_gemv.cuh), x quantized by its producer
+/// (RMSNorm, SwiGLU) instead of in the GEMV, residual add + RMSNorm in the GEMV's prologue.
+/// Opt-in (the legacy kernel) until measured on the device; docs/kernels.md has the numbers.
+inline constexpr int kFp8GemvDefaultVariant = 0;
+inline constexpr bool kFp8GemvDefaultPre = false;
+inline constexpr bool kFp8GemvDefaultNorm = false;
+
 /// \brief The fp8 linear layer of one GPU (see the file comment).
 class Fp8Gemm {
  public:
@@ -49,6 +57,18 @@ class Fp8Gemm {
         xs_(static_cast<size_t>(max_rows_ * ((max_k + kFp8Block - 1) / kFp8Block + 1))),
         y_pad_(static_cast<size_t>(max_rows_ * max_n) * 2), ws_(workspace_bytes) {
     PIE_CUBLAS_CHECK(cublasLtCreate(&handle_));
+    // The batch-1 GEMV's kernel variant and where its x comes from (docs/kernels.md), with
+    // environment overrides for A/B runs: PIE_FP8_GEMV=id, PIE_FP8_GEMV_PRE=0/1 (producers
+    // quantize x at batch 1 too), PIE_FP8_GEMV_NORM=0/1 (the norm in the GEMV's prologue).
+    if (const char* v = std::getenv("PIE_FP8_GEMV")) {
+      gemv_variant_ = std::atoi(v);
+      PIE_CHECK(gemv_variant_ >= 0 && gemv_variant_ < kFp8GemvVariants, "PIE_FP8_GEMV=", v, ": variants are 0..",
+                kFp8GemvVariants - 1);
+    }
+    if (const char* v = std::getenv("PIE_FP8_GEMV_PRE")) gemv_pre_ = std::atoi(v) != 0;
+    if (const char* v = std::getenv("PIE_FP8_GEMV_NORM")) gemv_norm_ = std::atoi(v) != 0;
+    gemv_pre_ = gemv_pre_ && gemv_variant_ > 0;  // the legacy kernel quantizes x itself
+    gemv_norm_ = gemv_norm_ && gemv_variant_ > 0;
   }
   Fp8Gemm(const Fp8Gemm&) = delete;
   Fp8Gemm& operator=(const Fp8Gemm&) = delete;
@@ -62,12 +82,34 @@ class Fp8Gemm {
 
   /// Whether M = 1 takes the GEMV (default on; off: cuBLASLt for every M, for tests).
   void set_gemv(bool on) { gemv_ = on; }
+  /// The batch-1 GEMV's kernel variant (fp8_gemv.cuh), and whether at batch 1 a producer may
+  /// quantize x for it (prequantized() then runs the GEMV on the codes; variant ≥ 1 only).
+  void set_gemv_variant(int v, bool prequantized = false) {
+    PIE_CHECK(v >= 0 && v < kFp8GemvVariants, "Fp8Gemm: no GEMV variant ", v);
+    gemv_variant_ = v;
+    gemv_pre_ = prequantized && v > 0;
+  }
+  int gemv_variant() const { return gemv_variant_; }
+  /// Whether a batch-1 add_rms_norm + linear on [1, K] runs as norm_gemv() (PIE_FP8_GEMV_NORM).
+  bool fuses_norm(int64_t K) const {
+    return gemv_norm_ && uses_gemv(1, K) && fp8_add_rms_norm_gemv_supported(K, gemv_variant_);
+  }
+  /// fp8_add_rms_norm_gemv with this GEMM's variant (fuses_norm(K) must hold).
+  template <class T>
+  void norm_gemv(TensorView<T> y, TensorView<T> x, const T* r_in, T* r_out, const T* norm_w, float eps, bool first,
+                 const Fp8Weight& w, const T* bias, cudaStream_t stream) {
+    PIE_CHECK(fuses_norm(w.cols()), "Fp8Gemm: norm_gemv() without PIE_FP8_GEMV_NORM or for K = ", w.cols());
+    fp8_add_rms_norm_gemv(y, x, r_in, r_out, norm_w, eps, first, w, bias, stream, gemv_variant_);
+  }
   /// Device bytes of the scratch buffers.
   size_t bytes() const { return xq_.size() + xs_.size() * sizeof(float) + y_pad_.size() + ws_.size(); }
   /// Whether an [M, K] activation takes the batch-1 GEMV (which quantizes x itself).
   bool uses_gemv(int64_t M, int64_t K) const { return M == 1 && gemv_ && fp8_gemv_supported(K); }
   /// Whether a producer can write an [M, K] activation into act_buffer().
   bool fits(int64_t M, int64_t K) const { return fp8_padded_rows(M) <= max_rows_ && K <= max_k_; }
+  /// Whether an [M, K] activation headed here should be quantized by its producer: always above
+  /// batch 1 (the GEMM), at batch 1 when the GEMV takes prequantized codes.
+  bool wants_producer(int64_t M, int64_t K) const { return (!uses_gemv(M, K) || gemv_pre_) && fits(M, K); }
   /// Where a producer writes the quantized activation of the next prequantized() call: codes
   /// and scales in fp8_quantize's layouts (per token for per-channel weights, else per group).
   Fp8Act act_buffer(bool per_token) { return {xq_.data(), xs_.data(), per_token}; }
@@ -82,7 +124,7 @@ class Fp8Gemm {
     PIE_CHECK(x.stride[1] == 1 && y.stride[1] == 1, "Fp8Gemm: rows must be contiguous");
     if (M == 0) return;
     if (M == 1 && gemv_ && fp8_gemv_supported(K)) {
-      fp8_gemv(y, x, w, bias, stream);
+      fp8_gemv(y, x, w, bias, stream, gemv_variant_);
       return;
     }
     const int64_t Mp = fp8_padded_rows(M);
@@ -94,12 +136,16 @@ class Fp8Gemm {
   }
 
   /// y [M, N] = a·dq(W)ᵀ (+ bias), a being the [M, w.cols()] activation a producer quantized into
-  /// act_buffer(w.per_channel()) (M > 1, or the GEMV off).
+  /// act_buffer(w.per_channel()) (M > 1, the GEMV off, or the GEMV on prequantized codes).
   template <class T>
   void prequantized(TensorView<T> y, const Fp8Weight& w, const T* bias, cudaStream_t stream) {
     static_assert(std::is_same_v<T, pie::f16> || std::is_same_v<T, pie::bf16>, "Fp8Gemm: f16 or bf16 activations");
     PIE_CHECK(y.rank == 2 && y.shape[1] == w.rows() && y.stride[1] == 1, "Fp8Gemm: y must be [M, ", w.rows(), "]");
-    PIE_CHECK(!uses_gemv(y.shape[0], w.cols()), "Fp8Gemm: prequantized() at batch 1 (the GEMV quantizes x itself)");
+    if (uses_gemv(y.shape[0], w.cols())) {
+      PIE_CHECK(gemv_pre_, "Fp8Gemm: prequantized() at batch 1 (the GEMV quantizes x itself)");
+      fp8_gemv_prequantized(y, xq_.data(), xs_.data(), fp8_padded_rows(1), w, bias, stream, gemv_variant_);
+      return;
+    }
     if (y.shape[0] == 0) return;
     matmul(y, w, bias, stream);
   }
@@ -206,6 +252,9 @@ class Fp8Gemm {
 
   int64_t max_rows_, max_k_, max_n_;
   bool gemv_ = true;
+  int gemv_variant_ = kFp8GemvDefaultVariant;
+  bool gemv_pre_ = kFp8GemvDefaultPre;
+  bool gemv_norm_ = kFp8GemvDefaultNorm;
   DeviceBuffer<fp8_e4m3> xq_;
   DeviceBuffer<float> xs_;
   DeviceBuffer<unsigned char> y_pad_;

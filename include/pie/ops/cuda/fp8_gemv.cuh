@@ -19,6 +19,7 @@
 #include "pie/core/fp8_weight.hpp"
 #include "pie/ops/cuda/common.cuh"
 #include "pie/ops/cuda/fp8_quant.cuh"
+#include "pie/ops/cuda/norm.cuh"
 
 namespace pie::ops::cuda {
 
@@ -35,7 +36,30 @@ struct Fp8GemvParams {
   const T* bias;
   T* y;
   int N, K;
+  // Prequantized x (fp8_gemv_rows_kernel<…, kFp8SrcPre>): row 0's codes and scales in fp8_quantize's
+  // layouts, group g's scale at xsc[g · xs_ld] (per token: xsc[0]).
+  const uint8_t* xq = nullptr;
+  const float* xsc = nullptr;
+  int xs_ld = 0;
+  // Residual add + RMSNorm in the prologue (kSrc == kFp8SrcNorm; gemv.cuh's GemvParams alike):
+  // x is the block output to add to norm_r_in; CTA 0 writes the new residual to norm_r_out.
+  const T* norm_r_in = nullptr;
+  T* norm_r_out = nullptr;
+  const T* norm_w = nullptr;
+  float norm_eps = 0.f;
+  int norm_first = 0;
+  int norm_threads = 0;
 };
+
+/// Byte offset of the normalised row in fp8_gemv_rows_kernel's shared memory (after the half
+/// codes and the two float arrays; 16-byte aligned for Pack8 stores).
+__host__ __device__ constexpr size_t fp8_rows_smem_xn(int K) {
+  return (size_t(K) * 2 + 2 * size_t((K + kFp8Block - 1) / kFp8Block) * sizeof(float) + 15) / 16 * 16;
+}
+
+/// Where fp8_gemv_rows_kernel takes x from: quantized in every CTA, prequantized by the
+/// producer, or normalised (residual add + RMSNorm) and then quantized in every CTA.
+inline constexpr int kFp8SrcX = 0, kFp8SrcPre = 1, kFp8SrcNorm = 2;
 
 inline constexpr int kFp8GemvWarps = 16;
 inline constexpr int kFp8GemvUnroll = 4;
@@ -124,14 +148,252 @@ __global__ void __launch_bounds__(kFp8GemvWarps * 32) fp8_gemv_kernel(const __gr
   pdl_launch_dependents();
 }
 
+/// The batch-1 fp8 GEMV laid out as the bf16 one (gemv.cuh): a warp owns C adjacent rows, a lane
+/// streams 16-byte chunks U at a time, double-buffered; the first U chunks of every row are
+/// requested before `griddepcontrol.wait` and (kEarly) dependents are released right after, so
+/// the weights are in flight while the predecessor finishes and x is quantized. x is quantized
+/// once per CTA (a warp per group, one 8-byte load per lane per pass; both passes' loads issued
+/// a batch of groups at a time), or (kFp8SrcPre) copied from the codes a producer wrote, or
+/// (kFp8SrcNorm) quantized from the residual add + RMSNorm that every CTA computes first. A lane visits
+/// its chunks in the legacy kernel's order with its arithmetic, so the result is bit-identical
+/// to it. NW warps per CTA: small CTAs let a successor's CTAs find room on an SM while this
+/// grid's last ones still run; large ones quantize x fewer times per SM.
+template <int C, int U, int NW, int MINB, bool kEarly, int kSrc, bool kPersist, class T>
+__global__ void __launch_bounds__(NW * 32, MINB)
+    fp8_gemv_rows_kernel(const __grid_constant__ Fp8GemvParams<T> p) {
+  constexpr int kChunk = 32 * 16, kStep = U * kChunk, kBatch = 8;
+  extern __shared__ __align__(16) unsigned char fp8_rows_smem[];
+  const int K = p.K, groups = (K + kFp8Block - 1) / kFp8Block;
+  __half* xh = reinterpret_cast<__half*>(fp8_rows_smem);                   // [K] codes · 2⁻⁸
+  float* xs = reinterpret_cast<float*>(fp8_rows_smem + size_t(K) * 2);     // [groups] scale · 2⁸
+  float* gmax = xs + groups;                                                // [groups] |x| maxima
+  T* xn = reinterpret_cast<T*>(fp8_rows_smem + fp8_rows_smem_xn(K));  // [K] normalised x (kFp8SrcNorm)
+  __shared__ float red[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  // kPersist: a grid of resident CTAs walks the row groups (NW · C rows each), so x is quantized
+  // once per CTA whatever N is; else one CTA per row group.
+  const int row_groups = (p.N + NW * C - 1) / (NW * C);
+  int rg = blockIdx.x, n0 = 0;
+  const uint8_t* wrow[C];
+  const float* wsr[C];
+  auto set_rows = [&] {
+    n0 = (rg * NW + warp) * C;
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+      const int n = min(n0 + c, p.N - 1);  // past N: recompute the last row, store nothing
+      wrow[c] = p.w + int64_t(n) * K;
+      wsr[c] = p.block_n == 1 ? p.ws + n : p.ws + int64_t(n / kFp8Block) * p.ws_ld;
+    }
+  };
+  set_rows();
+  uint4 wa[U][C], wb[U][C];
+  auto fetch = [&](uint4 (&dst)[U][C], int k0) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int k = k0 + u * kChunk + lane * 16;
+#pragma unroll
+      for (int c = 0; c < C; ++c) dst[u][c] = k < K ? load16_stream(wrow[c] + k) : make_uint4(0, 0, 0, 0);
+    }
+  };
+  fetch(wa, 0);  // weights only: may run before the predecessor finishes
+  if constexpr (kEarly) pdl_launch_dependents();
+  pdl_wait();
+  if constexpr (kSrc == kFp8SrcPre) {
+    const __half2 inv256 = __float2half2_rn(1.0f / 256.0f);
+    for (int k = threadIdx.x * 16; k < K; k += NW * 32 * 16) {
+      const uint4 cv = *reinterpret_cast<const uint4*>(p.xq + k);
+      const __nv_fp8x2_storage_t* c2 = reinterpret_cast<const __nv_fp8x2_storage_t*>(&cv);
+      uint4 h[2];
+      __half2* h2 = reinterpret_cast<__half2*>(h);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        __half2_raw r = __nv_cvt_fp8x2_to_halfraw2(c2[i], __NV_E4M3);
+        h2[i] = __hmul2(*reinterpret_cast<const __half2*>(&r), inv256);  // exact: a power of 2, no underflow
+      }
+      *reinterpret_cast<uint4*>(xh + k) = h[0];
+      *reinterpret_cast<uint4*>(xh + k + 8) = h[1];
+    }
+    for (int g = threadIdx.x; g < groups; g += NW * 32)
+      xs[g] = (p.per_token ? p.xsc[0] : p.xsc[int64_t(g) * p.xs_ld]) * 256.0f;
+  } else {
+    const T* src = p.x;
+    if constexpr (kSrc == kFp8SrcNorm) {  // norm.cuh's arithmetic and reduction order
+      rms_norm_row_to<true>(p.x, p.norm_r_in, blockIdx.x == 0 ? p.norm_r_out : nullptr, p.norm_w, xn, K, p.norm_eps,
+                            p.norm_first != 0, red, p.norm_threads);
+      __syncthreads();
+      src = xn;
+    }
+    auto load4 = [&](int g, float (&v)[4]) {
+      const int k = g * kFp8Block + lane * 4;  // K % 16 == 0: all 4 in range or none
+      uint2 u = make_uint2(0, 0);
+      if (g < groups && k < K) u = *reinterpret_cast<const uint2*>(src + k);
+      const T* h = reinterpret_cast<const T*>(&u);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) v[j] = to_f32(h[j]);
+    };
+    for (int g0 = warp; g0 < groups; g0 += NW * kBatch) {
+      float v[kBatch][4];
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i) load4(g0 + i * NW, v[i]);
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i) {
+        float a = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) a = fmaxf(a, fabsf(v[i][j]));
+        a = warp_max(a);
+        if (lane == 0 && g0 + i * NW < groups) gmax[g0 + i * NW] = a;
+      }
+    }
+    __syncthreads();
+    float tok = 0.0f;
+    if (p.per_token)
+      for (int g = 0; g < groups; ++g) tok = fmaxf(tok, gmax[g]);
+    for (int g0 = warp; g0 < groups; g0 += NW * kBatch) {
+      float v[kBatch][4];
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i) load4(g0 + i * NW, v[i]);
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i) {
+        const int g = g0 + i * NW, k = g * kFp8Block + lane * 4;
+        if (g >= groups) break;
+        const float sc = fp8_group_scale(p.per_token ? tok : gmax[g]);
+        if (k < K) {
+          __half hv[4];
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            const __nv_fp8_e4m3 c = from_f32<__nv_fp8_e4m3>(__fdiv_rn(v[i][j], sc));
+            hv[j] = __float2half_rn(static_cast<float>(c) * (1.0f / 256.0f));
+          }
+          *reinterpret_cast<uint2*>(xh + k) = *reinterpret_cast<const uint2*>(hv);
+        }
+        if (lane == 0) xs[g] = sc * 256.0f;
+      }
+    }
+  }
+  __syncthreads();
+
+  float acc[C];
+  auto consume = [&](const uint4 (&src)[U][C], int k0) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int k = k0 + u * kChunk + lane * 16;
+      if (k >= K) break;  // chunks past K are the tail of the last step only
+      const uint4 xa = *reinterpret_cast<const uint4*>(xh + k);
+      const uint4 xb = *reinterpret_cast<const uint4*>(xh + k + 8);
+      const __half2* x2a = reinterpret_cast<const __half2*>(&xa);
+      const __half2* x2b = reinterpret_cast<const __half2*>(&xb);
+      const int g = k / kFp8Block;
+      const float xg = xs[g];
+#pragma unroll
+      for (int c = 0; c < C; ++c) {
+        const __nv_fp8x2_storage_t* w2 = reinterpret_cast<const __nv_fp8x2_storage_t*>(&src[u][c]);
+        __half2 h = __float2half2_rn(0.0f);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          __half2_raw r = __nv_cvt_fp8x2_to_halfraw2(w2[i], __NV_E4M3);
+          h = __hfma2(*reinterpret_cast<const __half2*>(&r), i < 4 ? x2a[i] : x2b[i - 4], h);
+        }
+        const float2 f = __half22float2(h);
+        acc[c] = fmaf(f.x + f.y, xg * (p.block_n == 1 ? __ldg(wsr[c]) : __ldg(wsr[c] + g)), acc[c]);
+      }
+    }
+  };
+  while (n0 < p.N) {  // wa holds the row group's first U chunks
+#pragma unroll
+    for (int c = 0; c < C; ++c) acc[c] = 0.0f;
+    for (int k0 = 0; k0 < K; k0 += 2 * kStep) {
+      if (k0 + kStep < K) fetch(wb, k0 + kStep);
+      consume(wa, k0);
+      if (k0 + kStep >= K) break;
+      if (k0 + 2 * kStep < K) fetch(wa, k0 + 2 * kStep);
+      consume(wb, k0 + kStep);
+    }
+#pragma unroll
+    for (int c = 0; c < C; ++c) acc[c] = warp_sum(acc[c]);
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+      if (lane != c || n0 + c >= p.N) continue;
+      float v = acc[c];
+      if (p.bias) v += to_f32(p.bias[n0 + c]);
+      p.y[n0 + c] = from_f32<T>(v);
+    }
+    if (!kPersist) break;
+    rg += gridDim.x;
+    if (rg >= row_groups) break;
+    set_rows();
+    fetch(wa, 0);
+  }
+  if constexpr (!kEarly) pdl_launch_dependents();
+}
+
+template <int C, int U, int NW, int MINB, bool kEarly, int kSrc, bool kPersist = false, class T>
+void launch_fp8_gemv_rows(const Fp8GemvParams<T>& p, cudaStream_t stream) {
+  auto kern = fp8_gemv_rows_kernel<C, U, NW, MINB, kEarly, kSrc, kPersist, T>;
+  static const bool attr = [&] {
+    PIE_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        fp8_rows_smem_xn(32768) + (kSrc == kFp8SrcNorm ? 32768 * sizeof(T) : 0)));
+    return true;
+  }();
+  (void)attr;
+  const int groups = (p.K + kFp8Block - 1) / kFp8Block;
+  const size_t smem = kSrc == kFp8SrcNorm ? fp8_rows_smem_xn(p.K) + size_t(p.K) * sizeof(T)
+                                           : size_t(p.K) * 2 + 2 * size_t(groups) * sizeof(float);
+  const int64_t rows_per_cta = int64_t(NW) * C;
+  int64_t ctas = (p.N + rows_per_cta - 1) / rows_per_cta;
+  if constexpr (kPersist) {  // the CTAs resident at once (occupancy at this K's shared memory)
+    int per_sm = 0;
+    PIE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, NW * 32, smem));
+    ctas = std::min<int64_t>(ctas, int64_t(std::max(per_sm, 1)) * num_sms());
+  }
+  launch_pdl(kern, dim3(static_cast<unsigned>(ctas)), dim3(NW * 32), smem, stream, p);
+}
+
+/// Warps per CTA of variant v ≥ 1 (as launch_fp8_gemv_variant's table).
+inline int fp8_gemv_variant_warps(int v) { return v == 7 || v == 10 ? 8 : v == 8 || v == 9 ? 16 : 4; }
+
+/// Variant v ≥ 1 of the table below, x from kSrc.
+template <int kSrc, class T>
+void launch_fp8_gemv_variant(int v, const Fp8GemvParams<T>& p, cudaStream_t stream) {
+  switch (v) {
+    case 1: return launch_fp8_gemv_rows<2, 4, 4, 1, true, kSrc>(p, stream);
+    case 2: return launch_fp8_gemv_rows<2, 4, 4, 1, false, kSrc>(p, stream);
+    case 3: return launch_fp8_gemv_rows<1, 8, 4, 1, true, kSrc>(p, stream);
+    case 4: return launch_fp8_gemv_rows<4, 2, 4, 1, true, kSrc>(p, stream);
+    case 5: return launch_fp8_gemv_rows<2, 2, 4, 8, true, kSrc>(p, stream);
+    case 6: return launch_fp8_gemv_rows<1, 4, 4, 8, true, kSrc>(p, stream);
+    case 7: return launch_fp8_gemv_rows<2, 4, 8, 1, true, kSrc>(p, stream);
+    case 8: return launch_fp8_gemv_rows<2, 4, 16, 1, true, kSrc>(p, stream);
+    case 9: return launch_fp8_gemv_rows<1, 8, 16, 1, true, kSrc>(p, stream);
+    case 10: return launch_fp8_gemv_rows<2, 4, 8, 1, true, kSrc, true>(p, stream);
+    case 11: return launch_fp8_gemv_rows<4, 2, 4, 1, true, kSrc, true>(p, stream);
+    case 12: return launch_fp8_gemv_rows<2, 4, 4, 1, true, kSrc, true>(p, stream);
+    default: PIE_CHECK(false, "fp8_gemv: no variant ", v);
+  }
+}
+
 }  // namespace detail
 
 /// Whether fp8_gemv() takes a K: 16-byte weight chunks (K % 16 == 0) and its row in shared memory.
 inline bool fp8_gemv_supported(int64_t k) { return k > 0 && k % 16 == 0 && k <= 32768; }
 
+/// Kernel variants of the batch-1 fp8 GEMV (bench/cuda/bench_fp8_gemv.cu sweeps them): 0 is the
+/// legacy kernel (16 warps per CTA, a row per warp, x quantized per CTA, dependents released at
+/// the end); 1… are fp8_gemv_rows_kernel<C rows per warp, U chunks in flight, NW warps per CTA
+/// (4 unless named), min CTAs per SM (lean: 8), early release unless named>; "persist" ones
+/// (10–12, not yet measured on a device) walk the row groups with the resident CTAs only.
+inline constexpr int kFp8GemvVariants = 13;
+inline const char* fp8_gemv_variant_name(int v) {
+  static const char* names[kFp8GemvVariants] = {
+      "legacy",    "c2u4",      "c2u4-late-release", "c1u8",          "c4u2",          "c2u2-lean",         "c1u4-lean",
+      "c2u4-nw8",  "c2u4-nw16", "c1u8-nw16",         "c2u4-nw8-persist", "c4u2-persist", "c2u4-persist"};
+  return v >= 0 && v < kFp8GemvVariants ? names[v] : "?";
+}
+
 /// y [1, N] = q(x)·dq(w)ᵀ (+ bias) (see the file comment). x, y device rows of T; w on the device.
+/// `variant`: see kFp8GemvVariants (all bit-identical).
 template <class T>
-void fp8_gemv(TensorView<T> y, TensorView<T> x, const Fp8Weight& w, const T* bias, cudaStream_t stream) {
+void fp8_gemv(TensorView<T> y, TensorView<T> x, const Fp8Weight& w, const T* bias, cudaStream_t stream,
+              int variant = 0) {
   static_assert(std::is_same_v<T, pie::f16> || std::is_same_v<T, pie::bf16>, "fp8_gemv: f16 or bf16 activations");
   const int64_t N = w.rows(), K = w.cols();
   PIE_CHECK(x.shape[0] == 1 && y.shape[0] == 1 && x.shape[1] == K && y.shape[1] == N,
@@ -142,6 +404,12 @@ void fp8_gemv(TensorView<T> y, TensorView<T> x, const Fp8Weight& w, const T* bia
   detail::Fp8GemvParams<D> p{dev(x.data), reinterpret_cast<const uint8_t*>(w.q.data), w.scale.data, w.scale_ld,
                              w.block_n, w.per_channel() ? 1 : 0, dev(bias), dev(y.data), static_cast<int>(N),
                              static_cast<int>(K)};
+  PIE_CHECK(variant >= 0 && variant < kFp8GemvVariants, "fp8_gemv: no variant ", variant);
+  if (variant > 0) {
+    PIE_CHECK(reinterpret_cast<uintptr_t>(x.data) % 8 == 0, "fp8_gemv: x must be 8-byte aligned");
+    detail::launch_fp8_gemv_variant<detail::kFp8SrcX>(variant, p, stream);
+    return;
+  }
   const int groups = static_cast<int>((K + kFp8Block - 1) / kFp8Block);
   const size_t smem = size_t(K) * 2 + size_t(groups) * sizeof(float);
   static const bool attr = [] {
@@ -153,6 +421,70 @@ void fp8_gemv(TensorView<T> y, TensorView<T> x, const Fp8Weight& w, const T* bia
   const int64_t ctas = std::min<int64_t>((N + detail::kFp8GemvWarps - 1) / detail::kFp8GemvWarps, 2 * num_sms());
   launch_pdl(detail::fp8_gemv_kernel<D>, dim3(static_cast<unsigned>(ctas)), dim3(detail::kFp8GemvWarps * 32), smem,
              stream, p);
+}
+
+/// y [1, N] = a·dq(w)ᵀ (+ bias) for an activation row already quantized by its producer into
+/// fp8_quantize's layouts: codes xq [K] (16-byte aligned), scales xs (per group g at
+/// xs[g · xs_ld]; per-channel weights: per token, xs[0]). `variant` ≥ 1 (kFp8GemvVariants).
+/// Bit-identical to fp8_gemv() on the row the codes came from.
+template <class T>
+void fp8_gemv_prequantized(TensorView<T> y, const fp8_e4m3* xq, const float* xs, int64_t xs_ld, const Fp8Weight& w,
+                           const T* bias, cudaStream_t stream, int variant) {
+  static_assert(std::is_same_v<T, pie::f16> || std::is_same_v<T, pie::bf16>, "fp8_gemv: f16 or bf16 activations");
+  const int64_t N = w.rows(), K = w.cols();
+  PIE_CHECK(y.shape[0] == 1 && y.shape[1] == N, "fp8_gemv_prequantized: y must be [1, ", N, "]");
+  PIE_CHECK(fp8_gemv_supported(K), "fp8_gemv_prequantized: K = ", K, " must be a multiple of 16, at most 32768");
+  PIE_CHECK(w.per_channel() || (w.block_n == kFp8Block && w.block_k == kFp8Block),
+            "fp8_gemv_prequantized: unknown weight blocks");
+  PIE_CHECK(variant >= 1 && variant < kFp8GemvVariants, "fp8_gemv_prequantized: no variant ", variant);
+  PIE_CHECK(reinterpret_cast<uintptr_t>(xq) % 16 == 0, "fp8_gemv_prequantized: codes must be 16-byte aligned");
+  using D = device_t<T>;
+  detail::Fp8GemvParams<D> p{nullptr, reinterpret_cast<const uint8_t*>(w.q.data), w.scale.data, w.scale_ld,
+                             w.block_n, w.per_channel() ? 1 : 0, dev(bias), dev(y.data), static_cast<int>(N),
+                             static_cast<int>(K)};
+  p.xq = reinterpret_cast<const uint8_t*>(xq);
+  p.xsc = xs;
+  p.xs_ld = static_cast<int>(xs_ld);
+  detail::launch_fp8_gemv_variant<detail::kFp8SrcPre>(variant, p, stream);
+}
+
+/// Whether fp8_add_rms_norm_gemv() takes a hidden size of k with variant v: the norm's thread
+/// layout must fit one CTA of the variant.
+inline bool fp8_add_rms_norm_gemv_supported(int64_t k, int variant) {
+  return variant >= 1 && variant < kFp8GemvVariants && fp8_gemv_supported(k) && k % 8 == 0 &&
+         detail::norm_threads(static_cast<int>(k)) <= detail::fp8_gemv_variant_warps(variant) * 32;
+}
+
+/// \brief Batch-1 residual add + RMSNorm fused into the fp8 GEMV that reads it (gemv.cuh's
+/// add_rms_norm_gemv, on fp8 weights): r_out = T(x + r_in) (x when `first`), written by CTA 0;
+/// y [1, N] = q(T(rmsnorm(r_out))·norm_w)·dq(w)ᵀ (+ bias). x is left as it was and r_in must not
+/// be r_out (every CTA reads r_in). Bit-identical to add_rms_norm then fp8_gemv.
+template <class T>
+void fp8_add_rms_norm_gemv(TensorView<T> y, TensorView<T> x, const T* r_in, T* r_out, const T* norm_w, float eps,
+                           bool first, const Fp8Weight& w, const T* bias, cudaStream_t stream, int variant) {
+  static_assert(std::is_same_v<T, pie::f16> || std::is_same_v<T, pie::bf16>, "fp8_gemv: f16 or bf16 activations");
+  const int64_t N = w.rows(), K = w.cols();
+  PIE_CHECK(x.shape[0] == 1 && y.shape[0] == 1 && x.shape[1] == K && y.shape[1] == N,
+            "fp8_add_rms_norm_gemv: x [1, K], w [N, K], y [1, N] do not chain");
+  PIE_CHECK(fp8_add_rms_norm_gemv_supported(K, variant), "fp8_add_rms_norm_gemv: hidden size ", K,
+            " with variant ", variant, " (the norm's threads must fit one CTA)");
+  PIE_CHECK(w.per_channel() || (w.block_n == kFp8Block && w.block_k == kFp8Block),
+            "fp8_add_rms_norm_gemv: unknown weight blocks");
+  PIE_CHECK(r_out != nullptr && norm_w != nullptr && (first || r_in != nullptr) && r_in != r_out,
+            "fp8_add_rms_norm_gemv: needs r_out, norm_w, r_in (unless first), and r_in != r_out");
+  PIE_CHECK(vec8_aligned(x.data) && vec8_aligned(r_out) && vec8_aligned(norm_w) && (r_in == nullptr || vec8_aligned(r_in)),
+            "fp8_add_rms_norm_gemv: x, residual and norm weight must be 16-byte aligned");
+  using D = device_t<T>;
+  detail::Fp8GemvParams<D> p{dev(x.data), reinterpret_cast<const uint8_t*>(w.q.data), w.scale.data, w.scale_ld,
+                             w.block_n, w.per_channel() ? 1 : 0, dev(bias), dev(y.data), static_cast<int>(N),
+                             static_cast<int>(K)};
+  p.norm_r_in = dev(r_in);
+  p.norm_r_out = dev(r_out);
+  p.norm_w = dev(norm_w);
+  p.norm_eps = eps;
+  p.norm_first = first ? 1 : 0;
+  p.norm_threads = detail::norm_threads(static_cast<int>(K));
+  detail::launch_fp8_gemv_variant<detail::kFp8SrcNorm>(variant, p, stream);
 }
 
 }  // namespace pie::ops::cuda

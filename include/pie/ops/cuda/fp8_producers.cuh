@@ -34,7 +34,7 @@ template <class T>
 __global__ void add_rms_norm_fp8_kernel(T* __restrict__ x, int64_t x_stride, T* __restrict__ residual,
                                         int64_t r_stride, const T* __restrict__ w, int dim, float eps, bool first,
                                         int M, int Mp, int per_token, __nv_fp8_e4m3* __restrict__ q,
-                                        float* __restrict__ s) {
+                                        float* __restrict__ s, int batched) {
   __shared__ float red[32];
   __shared__ float gmax[kFp8MaxGroups];
   pdl_launch_dependents();
@@ -45,7 +45,8 @@ __global__ void add_rms_norm_fp8_kernel(T* __restrict__ x, int64_t x_stride, T* 
     rms_norm_row<true>(xr, residual + int64_t(m) * r_stride, w, dim, eps, first, red);
     __syncthreads();  // the row's bf16 values, written by the block, are read back below
   }
-  fp8_quant_row(static_cast<const T*>(xr), m, M, Mp, dim, per_token != 0, q, s, gmax);
+  if (batched) fp8_quant_row<T, 8>(static_cast<const T*>(xr), m, M, Mp, dim, per_token != 0, q, s, gmax);
+  else fp8_quant_row<T, 1>(static_cast<const T*>(xr), m, M, Mp, dim, per_token != 0, q, s, gmax);
 }
 
 inline constexpr int kSiluFp8Threads = 256;
@@ -55,7 +56,7 @@ template <class T>
 __global__ void __launch_bounds__(kSiluFp8Threads)
     silu_and_mul_fp8_kernel(const T* __restrict__ in, int64_t in_stride, T* __restrict__ out, int64_t out_stride,
                             int inter, int M, int Mp, int per_token, __nv_fp8_e4m3* __restrict__ q,
-                            float* __restrict__ s) {
+                            float* __restrict__ s, int batched) {
   __shared__ float gmax[kFp8MaxGroups];
   pdl_launch_dependents();
   pdl_wait();
@@ -74,7 +75,8 @@ __global__ void __launch_bounds__(kSiluFp8Threads)
     }
     __syncthreads();
   }
-  fp8_quant_row(static_cast<const T*>(o), m, M, Mp, inter, per_token != 0, q, s, gmax);
+  if (batched) fp8_quant_row<T, 8>(static_cast<const T*>(o), m, M, Mp, inter, per_token != 0, q, s, gmax);
+  else fp8_quant_row<T, 1>(static_cast<const T*>(o), m, M, Mp, inter, per_token != 0, q, s, gmax);
 }
 
 }  // namespace detail
@@ -98,7 +100,7 @@ void add_rms_norm_fp8(TensorView<T> x, TensorView<T> residual, TensorView<T> w, 
              dim3(detail::norm_threads(static_cast<int>(dim))), 0, stream, dev(x.data), x.stride[0],
              dev(residual.data), residual.stride[0], dev(w.data), static_cast<int>(dim), eps, first,
              static_cast<int>(M), static_cast<int>(Mp), a.per_token ? 1 : 0, reinterpret_cast<__nv_fp8_e4m3*>(a.q),
-             a.s);
+             a.s, fp8_quant_batched() ? 1 : 0);
 }
 
 /// \brief silu_and_mul(gate_up, out) (activation.cuh), and out's fp8 codes and scales for the
@@ -116,7 +118,7 @@ void silu_and_mul_fp8(TensorView<T> gate_up, TensorView<T> out, Fp8Act a, cudaSt
   launch_pdl(detail::silu_and_mul_fp8_kernel<D>, dim3(static_cast<unsigned>(Mp)), dim3(detail::kSiluFp8Threads), 0,
              stream, dev(gate_up.data), gate_up.stride[0], dev(out.data), out.stride[0], static_cast<int>(I),
              static_cast<int>(M), static_cast<int>(Mp), a.per_token ? 1 : 0, reinterpret_cast<__nv_fp8_e4m3*>(a.q),
-             a.s);
+             a.s, fp8_quant_batched() ? 1 : 0);
 }
 
 }  // namespace pie::ops::cuda

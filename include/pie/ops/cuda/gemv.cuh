@@ -19,6 +19,7 @@
 /// butterfly; nothing depends on M, so a row's result is bit-identical whatever other rows
 /// share the launch (batch invariance for every M ≤ kGemvMaxRows).
 #include <algorithm>
+#include <cstdlib>
 
 #include "pie/ops/cuda/common.cuh"
 #include "pie/ops/cuda/norm.cuh"
@@ -139,9 +140,8 @@ __global__ void __launch_bounds__(NW * 32, MINB) gemv_kernel(const __grid_consta
     }
 }
 
-template <int M, int C, int U, int MINB, bool kNorm = false, class T, class TY>
+template <int M, int C, int U, int MINB, bool kNorm = false, int NW = 4, class T, class TY>
 void launch_gemv_cfg(const GemvParams<T, TY>& p, cudaStream_t stream) {
-  constexpr int NW = 4;
   auto kern = gemv_kernel<M, C, U, NW, MINB, kNorm, T, TY>;
   const int64_t warps = (int64_t(p.n) + C - 1) / C;
   const size_t smem = kNorm ? size_t(p.k) * sizeof(T) + 32 * sizeof(float) : 0;
@@ -166,7 +166,12 @@ int gemv_ctas_per_sm() {
 /// one wave. Measured at batch 1 in the engine (docs/gpu_engine.md): qkv_proj 81% → 92% of copy
 /// bandwidth with the lean kernel, o_proj and down_proj 94%/92% → 80%/88%, so each keeps its own.
 template <int M, bool kNorm = false, class T, class TY>
-void launch_gemv(const GemvParams<T, TY>& p, cudaStream_t stream) {
+void launch_gemv(const GemvParams<T, TY>& p, cudaStream_t stream, int norm_warps = 4) {
+  if constexpr (kNorm) {
+    // Every CTA normalises the row (x, r_in and norm_w read from L2): 16 warps per CTA do it a
+    // quarter as often per SM (opt-in, gemv_norm_warps()).
+    if (norm_warps == 16) return launch_gemv_cfg<M, 2, 4, 1, kNorm, 16>(p, stream);
+  }
   if constexpr (M == 1) {
     const int64_t ctas = (int64_t(p.n) + 7) / 8;  // 2 columns per warp, 4 warps per CTA
     const int64_t wave = int64_t(gemv_ctas_per_sm<M, 2, 4, 1, T, TY>()) * num_sms();
@@ -223,6 +228,18 @@ inline bool add_rms_norm_gemv_supported(int64_t k) {
   return k % 8 == 0 && k > 0 && detail::norm_threads(static_cast<int>(k)) <= 4 * 32;
 }
 
+/// Warps per CTA of add_rms_norm_gemv() by default (4 or 16; 16 is opt-in until measured).
+inline constexpr int kGemvNormWarpsDefault = 4;
+/// kGemvNormWarpsDefault, or PIE_GEMV_NORM_WARPS=4/16 (read once).
+inline int gemv_norm_warps() {
+  static const int w = [] {
+    const char* v = std::getenv("PIE_GEMV_NORM_WARPS");
+    if (v == nullptr) return kGemvNormWarpsDefault;
+    return std::atoi(v) == 16 ? 16 : 4;
+  }();
+  return w;
+}
+
 /// \brief Batch-1 residual add + RMSNorm fused into the linear layer that reads it:
 /// r_out = T(x + r_in) (x when `first`); y [1, N] = (T(rmsnorm(r_out))·norm_w)·w [N, K]ᵀ (+ bias).
 /// Bit-identical to add_rms_norm(x, r, norm_w, eps, first) followed by gemv(y, x, w, bias), but
@@ -232,7 +249,8 @@ inline bool add_rms_norm_gemv_supported(int64_t k) {
 /// (the final norm inside lm_head: float logits, as gemv's float output).
 template <class TY, class T>
 void add_rms_norm_gemv(TensorView<TY> y, TensorView<T> x, const T* r_in, T* r_out, const T* norm_w, float eps,
-                       bool first, TensorView<T> w, const T* bias = nullptr, cudaStream_t stream = nullptr) {
+                       bool first, TensorView<T> w, const T* bias = nullptr, cudaStream_t stream = nullptr,
+                       int warps = 0) {
   static_assert(std::is_same_v<T, pie::f16> || std::is_same_v<T, pie::bf16>, "add_rms_norm_gemv: f16 or bf16");
   static_assert(std::is_same_v<TY, T> || std::is_same_v<TY, float>, "add_rms_norm_gemv: output is T or float");
   PIE_CHECK(x.rank == 2 && w.rank == 2 && y.rank == 2 && x.shape[0] == 1 && y.shape[0] == 1,
@@ -259,7 +277,9 @@ void add_rms_norm_gemv(TensorView<TY> y, TensorView<T> x, const T* r_in, T* r_ou
   p.norm_eps = eps;
   p.norm_first = first ? 1 : 0;
   p.norm_threads = detail::norm_threads(K);
-  detail::launch_gemv<1, true>(p, stream);
+  if (warps == 0) warps = gemv_norm_warps();
+  PIE_CHECK(warps == 4 || warps == 16, "add_rms_norm_gemv: 4 or 16 warps per CTA, not ", warps);
+  detail::launch_gemv<1, true>(p, stream, warps);
 }
 
 }  // namespace pie::ops::cuda
