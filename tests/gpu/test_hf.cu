@@ -178,7 +178,8 @@ double fp8_agreement(const std::filesystem::path& dir, const char* what,
 // and the same teacher-forced tokens (4 prompts x 32 steps = 128 per checkpoint), with scale 1
 // (vLLM's default without calibrated scales) and with --calculate-kv-scales (per-head scales
 // from the first prompt's prefill). Issue 14 asks for >= 97% greedy agreement; the H200 measured
-// 120/128 (8B widths, 8 layers) and 123/128 (small) at scale 1, logits rel err 3.2% / 2.2% mean
+// 120-122/128 (8B widths, 8 layers) and 123-124/128 (small) at scale 1, and with calculated scales
+// 116/128 and 127/128 (2026-12-05), logits rel err 3.2% / 2.2% mean
 // (docs/kernels.md): e4m3 keeps 3 mantissa bits (~2.6% RMS rounding per element, whatever the
 // scale), and these random checkpoints' greedy paths have top-2 margins of 0-0.06, which that
 // noise flips. So this guards the measured level (>= 90%, worst logits rel err <= 8%), not the
