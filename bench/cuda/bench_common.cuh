@@ -108,6 +108,7 @@ inline void print_rows() {
 template <class KV> struct BenchCache {
   DeviceBuffer<KV> pool;
   DeviceBuffer<int32_t> indptr, indices, last;
+  DeviceBuffer<float> scales;  // K then V scales per kv head, all 1 (the engine's fp8 cache reads these too)
   kv::PagedKV<KV> view;
   BenchCache(int batch, int ctx, int nkv, int hd, int bs) {
     int pages_per = (ctx + bs - 1) / bs, pages = batch * pages_per;
@@ -121,7 +122,11 @@ template <class KV> struct BenchCache {
     PIE_CUDA_CHECK(cudaMemcpy(indptr.data(), ip.data(), ip.size() * 4, cudaMemcpyHostToDevice));
     PIE_CUDA_CHECK(cudaMemcpy(indices.data(), ix.data(), ix.size() * 4, cudaMemcpyHostToDevice));
     PIE_CUDA_CHECK(cudaMemcpy(last.data(), la.data(), la.size() * 4, cudaMemcpyHostToDevice));
-    view = {pool.data(), nkv, hd, bs, batch, indptr.data(), indices.data(), last.data(), 1.f};
+    const std::vector<float> ones(2 * size_t(nkv), 1.f);
+    scales = DeviceBuffer<float>(ones.size());
+    PIE_CUDA_CHECK(cudaMemcpy(scales.data(), ones.data(), ones.size() * 4, cudaMemcpyHostToDevice));
+    view = {pool.data(), nkv, hd, bs, batch, indptr.data(), indices.data(), last.data(), scales.data(),
+            scales.data() + nkv};
   }
 };
 

@@ -59,6 +59,8 @@ CLI::App* add_bench_command(CLI::App& app, BenchOptions& o) {
   s->add_option("--swap-space,--swap_space", o.swap_space, "GiB of pinned host swap")->capture_default_str();
   s->add_option("--preemption-mode,--preemption_mode", o.preemption_mode, "recompute | swap")->capture_default_str();
   s->add_flag("--enforce-eager,--enforce_eager", o.enforce_eager, "No CUDA graphs");
+  s->add_flag("--calculate-kv-scales,--calculate_kv_scales", o.calculate_kv_scales,
+              "fp8 KV cache: per-head K/V scales from the first forward's amax (default: the checkpoint's, else 1)");
   s->add_flag("--batch-invariant,--batch_invariant", o.batch_invariant, "Bitwise batch-invariant kernels");
   s->add_option("--nano-batches,--nano_batches", o.nano_batches,
                 "2: run large steps as two overlapped nano-batches (1: never; 0: PIE_NANO_BATCHES)")
@@ -125,6 +127,7 @@ EngineOptions engine_options(const BenchOptions& o, const model::ModelConfig& cf
   eo.gpu_memory_utilization = o.gpu_memory_utilization;
   eo.swap_space_gib = o.swap_space;
   eo.enforce_eager = o.enforce_eager;
+  eo.calculate_kv_scales = o.calculate_kv_scales;
   eo.batch_invariant = o.batch_invariant;
   eo.nano_batches = o.nano_batches;
   eo.nano_min_rows = o.nano_min_rows;
@@ -366,6 +369,7 @@ int run_bench_with(const BenchOptions& o) {
     r["weights_gib"] = mp.gib(mp.weight_bytes);
     r["activation_gib"] = mp.gib(mp.activation_bytes);
     r["enforce_eager"] = o.enforce_eager;
+    r["calculate_kv_scales"] = o.calculate_kv_scales;
     r["batch_invariant"] = o.batch_invariant;
     r["nano_batches"] = o.nano_batches;
     r["nano_min_rows"] = o.nano_min_rows;
@@ -390,6 +394,8 @@ int run_bench(const BenchOptions& o) {
     eo.quantization = o.quantization;
     eo.block_size = o.block_size;
     eo.kv_cache_dtype = o.kv_cache_dtype;
+    PIE_CHECK(!o.calculate_kv_scales || o.kv_cache_dtype == "fp8" || o.kv_cache_dtype == "fp8_e4m3",
+              "--calculate-kv-scales needs --kv-cache-dtype fp8");
     with_cuda_engine_type(eo, [&]<class Model, class Policy>(const registry::Choice&) {
       rc = run_bench_with<Model, Policy>(o);
     });

@@ -34,6 +34,7 @@ struct BenchOptions {
   double swap_space = 4.0;            ///< GiB
   std::string preemption_mode = "recompute";
   bool enforce_eager = false;
+  bool calculate_kv_scales = false;   ///< fp8 KV: scales from the first forward's amax (vLLM's flag)
   bool async_scheduling = false;      ///< vLLM's --async-scheduling
   bool batch_invariant = false;       ///< one GEMM algorithm per shape, prefill attention for every row
   int nano_batches = 0;               ///< 2: overlapped nano-batches (engine/nano_split.hpp); 0: PIE_NANO_BATCHES

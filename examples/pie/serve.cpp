@@ -21,6 +21,7 @@
 #include "pie/registry/make_engine.hpp"
 #include "pie/model/config_io.hpp"
 #include "pie/model/embedded.hpp"
+#include "pie/model/kv_scale_loader.hpp"
 #include "pie/server/engine_service.hpp"
 #include "pie/server/graceful_shutdown.hpp"
 #include "pie/server/http.hpp"
@@ -143,6 +144,7 @@ int serve_with(const ServeOptions& o, EngineFactory build, const std::string& de
   eo.gpu_memory_utilization = o.gpu_memory_utilization;
   eo.swap_space_gib = o.swap_space;
   eo.enforce_eager = o.enforce_eager;
+  eo.calculate_kv_scales = o.calculate_kv_scales;
   eo.batch_invariant = o.batch_invariant;
   if (o.kv_cache_memory_bytes > 0) eo.kv_cache_memory_bytes = static_cast<size_t>(o.kv_cache_memory_bytes);
   fill_engine_choice(o, device, eo);
@@ -377,7 +379,15 @@ int run_serve(const ServeOptions& o) {
                            " --block-size " + std::to_string(o.block_size) + ": " + e.what());
         }
       }
+      if (o.calculate_kv_scales && choice.kv_dtype != "fp8")
+        throw UsageError("--calculate-kv-scales needs --kv-cache-dtype fp8 (the KV cache is " + choice.kv_dtype + ")");
     }
+    // A checkpoint's fp8 KV scales (k_scale / v_scale) are validated whatever the cache's dtype:
+    // a malformed one stops the start with the file and tensor named (exit 1).
+    if (!o.model.empty() && o.load_format != "dummy" &&
+        (fs::exists(fs::path(o.model) / "model.safetensors") ||
+         fs::exists(fs::path(o.model) / "model.safetensors.index.json")))
+      model::load_kv_scales(o.model, model::load_model_config(o.model, /*any_architecture=*/true));
 #if defined(PIE_HAVE_SERVE_CUDA)
     if (device == "cuda") {
       if (cuda_device_count() == 0) throw UsageError("--device cuda: no CUDA device is visible");

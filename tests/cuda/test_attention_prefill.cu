@@ -167,7 +167,7 @@ void check_row_invariance(int bs, int hd, int group, Variant var = {}) {
     DeviceBuffer<T> d_o(size_t(rows) * nq * hd);
     poison(d_o);
     kv::PagedKV<T> kv{cache.d_pool.data(), nkv, hd, bs, static_cast<int>(segs.size()), d_indptr.data(),
-                      d_indices.data(), d_last.data(), 1.f};
+                      d_indices.data(), d_last.data()};
     const float scale = 1.f / std::sqrt(float(hd));
     auto qv = d_q.view({rows, nq, hd});
     auto ov = d_o.view({rows, nq, hd});

@@ -12,6 +12,7 @@
 #include "pie/ops/cuda/activation.cuh"
 #include "pie/ops/cuda/add.cuh"
 #include "pie/ops/cuda/embedding.cuh"
+#include "pie/ops/cuda/kv_scales.cuh"
 #include "pie/ops/cuda/kv_write.cuh"
 #include "pie/ops/cuda/norm.cuh"
 #include "pie/ops/cuda/rope.cuh"
@@ -113,14 +114,20 @@ void check_kv_write(int bs, uint32_t seed) {
   auto dslots = upload(slots);
   DeviceBuffer<KV> dpool(pool.size());
   poison(dpool);
-  const float scale = std::is_same_v<KV, fp8_e4m3> ? 0.02f : 1.f;
-  kv::PagedKV<KV> dc{dpool.data(), nkv, hd, bs, 0, nullptr, nullptr, nullptr, scale};
+  // fp8: a different scale for each head and for K and V (a 16-bit cache ignores them).
+  std::vector<float> ks, vs;
+  for (int h = 0; h < nkv; ++h) {
+    ks.push_back(0.02f * (1 + h));
+    vs.push_back(0.05f / (1 + h));
+  }
+  auto dks = upload(ks), dvs = upload(vs);
+  kv::PagedKV<KV> dc{dpool.data(), nkv, hd, bs, 0, nullptr, nullptr, nullptr, dks.data(), dvs.data()};
   TensorView<T> k(dq.data() + 8 * hd, {n, nkv * hd}, Device::Cuda), v(dq.data() + (8 + nkv) * hd, {n, nkv * hd}, Device::Cuda);
   k.stride[0] = v.stride[0] = width;
   ops::cuda::kv_write(dc, k, v, dslots.data());
   auto out = download(dpool);
   auto f = to_f32(qkv);
-  kv::PagedKV<KV> hc{pool.data(), nkv, hd, bs, 0, nullptr, nullptr, nullptr, scale};
+  kv::PagedKV<KV> hc{pool.data(), nkv, hd, bs, 0, nullptr, nullptr, nullptr, ks.data(), vs.data()};
   ops::cpu::kv_write(hc, f.data() + 8 * hd, f.data() + (8 + nkv) * hd, width, n, slots.data());
   // Same rounding on both sides: the pools must agree bit for bit (untouched slots stay NaN).
   size_t diff = 0;
@@ -132,6 +139,46 @@ TYPED_TEST(Elementwise, KvWriteBlocks8_16_32) {
   for (int bs : {8, 16, 32}) check_kv_write<TypeParam, TypeParam>(bs, 40 + bs);
 }
 TYPED_TEST(Elementwise, KvWriteFp8Block16) { check_kv_write<TypeParam, fp8_e4m3>(16, 50); }
+
+// --calculate-kv-scales on the device against kv::head_amax on the CPU: per kv head of K and V,
+// the scale from the amax over the real rows (padding rows, slot < 0, hold the largest values
+// and must be skipped). The amax is exact; the scale within 4 ulps (device division).
+TYPED_TEST(Elementwise, KvCalculateScalesMatchesCpu) {
+  using T = TypeParam;
+  for (int n : {1, 45, 3000}) {
+    std::mt19937 rng(60 + n);
+    const int nkv = 4, hd = 128, width = (8 + 2 * nkv) * hd;
+    auto qkv = randn<T>(size_t(n) * width, rng);
+    for (int h = 0; h < nkv; ++h)  // heads of different magnitudes
+      for (int t = 0; t < n; ++t)
+        for (int i = 0; i < hd; ++i) {
+          T& x = qkv[size_t(t) * width + (8 + h) * hd + i];
+          x = from_float<T>(to_float(x) * (0.25f + h));
+        }
+    std::vector<int64_t> slots(n);
+    std::iota(slots.begin(), slots.end(), 0);
+    if (n > 1) {
+      slots[n / 2] = -1;
+      for (int i = 0; i < 2 * nkv * hd; ++i) qkv[size_t(n / 2) * width + 8 * hd + i] = from_float<T>(1000.f);
+    }
+    auto dq = upload(qkv);
+    auto dslots = upload(slots);
+    DeviceBuffer<float> dk(nkv), dv(nkv);
+    TensorView<T> k(dq.data() + 8 * hd, {n, nkv * hd}, Device::Cuda), v(dq.data() + (8 + nkv) * hd, {n, nkv * hd}, Device::Cuda);
+    k.stride[0] = v.stride[0] = width;
+    ops::cuda::kv_calculate_scales(k, v, dslots.data(), nkv, hd, kv::kKvScaleMargin, dk.data(), dv.data());
+    const auto gk = download(dk), gv = download(dv);
+    const auto f = to_f32(qkv);
+    std::vector<float> ak(nkv), av(nkv);
+    kv::head_amax(f.data() + 8 * hd, width, n, slots.data(), nkv, hd, ak.data());
+    kv::head_amax(f.data() + (8 + nkv) * hd, width, n, slots.data(), nkv, hd, av.data());
+    for (int h = 0; h < nkv; ++h) {
+      EXPECT_FLOAT_EQ(gk[h], kv::kv_scale_from_amax(ak[h], kv::kKvScaleMargin)) << tname<T>() << " n=" << n << " head " << h;
+      EXPECT_FLOAT_EQ(gv[h], kv::kv_scale_from_amax(av[h], kv::kKvScaleMargin)) << tname<T>() << " n=" << n << " head " << h;
+      EXPECT_LT(ak[h], 1000.f);  // the padding row was skipped
+    }
+  }
+}
 
 TYPED_TEST(Elementwise, SiluAndMulRows33Inter1536) {
   using T = TypeParam;

@@ -68,14 +68,20 @@ void check_fused(const Case& cs, uint32_t seed) {
   auto dslots = upload(slots);
   const T* pqn = cs.norm ? dqn.data() : nullptr;
   const T* pkn = cs.norm ? dkn.data() : nullptr;
-  const float scale = std::is_same_v<KV, fp8_e4m3> ? 0.05f : 1.f;
+  // fp8: a different scale per head and for K and V, so a swapped or shifted scale differs.
+  std::vector<float> ks, vs;
+  for (int h = 0; h < nkv; ++h) {
+    ks.push_back(0.05f * (1 + h));
+    vs.push_back(0.08f / (1 + h));
+  }
+  auto dks = upload(ks), dvs = upload(vs);
   const size_t pool = size_t(nblocks) * 2 * nkv * bs * hd;
 
   // Separate kernels.
   auto d_sep = upload(qkv);
   DeviceBuffer<KV> pool_sep(pool);
   poison(pool_sep);
-  kv::PagedKV<KV> c_sep{pool_sep.data(), nkv, hd, bs, 0, nullptr, nullptr, nullptr, scale};
+  kv::PagedKV<KV> c_sep{pool_sep.data(), nkv, hd, bs, 0, nullptr, nullptr, nullptr, dks.data(), dvs.data()};
   ops::cuda::qk_norm_rope(d_sep.view({n, width}), dpos.data(), nq, nkv, hd, pqn, pkn, 1e-6f, rp);
   TensorView<T> k(d_sep.data() + nq * hd, {n, nkv * hd}, Device::Cuda);
   TensorView<T> v(d_sep.data() + (nq + nkv) * hd, {n, nkv * hd}, Device::Cuda);
@@ -86,7 +92,7 @@ void check_fused(const Case& cs, uint32_t seed) {
   auto d_fused = upload(qkv);
   DeviceBuffer<KV> pool_fused(pool);
   poison(pool_fused);
-  kv::PagedKV<KV> c_fused{pool_fused.data(), nkv, hd, bs, 0, nullptr, nullptr, nullptr, scale};
+  kv::PagedKV<KV> c_fused{pool_fused.data(), nkv, hd, bs, 0, nullptr, nullptr, nullptr, dks.data(), dvs.data()};
   ops::cuda::qk_norm_rope_kv(d_fused.view({n, width}), dpos.data(), nq, nkv, hd, pqn, pkn, 1e-6f, rp, c_fused,
                              dslots.data());
 
@@ -150,7 +156,7 @@ TEST(RopeKvErrors, CacheShapeMismatchIsRefused) {
   DeviceBuffer<bf16> pool(size_t(4) * 2 * nkv * 16 * hd);
   DeviceBuffer<int32_t> pos(n);
   DeviceBuffer<int64_t> slots(n);
-  kv::PagedKV<bf16> c{pool.data(), nkv + 1, hd, 16, 0, nullptr, nullptr, nullptr, 1.f};
+  kv::PagedKV<bf16> c{pool.data(), nkv + 1, hd, 16, 0, nullptr, nullptr, nullptr};
   EXPECT_THROW(ops::cuda::qk_norm_rope_kv(qkv.view({n, width}), pos.data(), nq, nkv, hd,
                                           static_cast<const bf16*>(nullptr), static_cast<const bf16*>(nullptr), 1e-6f,
                                           ops::cuda::RopeParams{}, c, slots.data()),

@@ -84,7 +84,8 @@ struct RandomCache {
   std::vector<KV> pool;
   DeviceBuffer<KV> d_pool;
   DeviceBuffer<int32_t> d_indptr, d_indices, d_last;
-  float kv_scale = 1.f;
+  std::vector<float> k_scale, v_scale;  // fp8: per kv head, distinct for K and V and per head
+  DeviceBuffer<float> d_k_scale, d_v_scale;
 
   RandomCache(std::vector<int> seq_lens, int nkv, int hd, int bs, std::mt19937& rng, float scale = 1.f)
       : num_kv_heads(nkv), head_dim(hd), block_size(bs), lens(std::move(seq_lens)) {
@@ -97,8 +98,16 @@ struct RandomCache {
     std::shuffle(ids.begin(), ids.end(), rng);
     indices.assign(ids.begin(), ids.begin() + pages);
     if constexpr (std::is_same_v<KV, fp8_e4m3>) {
-      kv_scale = scale / 64.f;  // values up to ~4σ land near the top of e4m3's range
+      // Values up to ~4σ land near the top of e4m3's range; each head's K and V scales differ
+      // (K rising, V falling with the head), so a kernel reading another head's scale, or K's
+      // for V, fails the comparison.
       pool = randn<KV>(size_t(num_blocks) * 2 * nkv * bs * hd, rng, 64.f);
+      for (int h = 0; h < nkv; ++h) {
+        k_scale.push_back(scale / 64.f * (0.5f + 0.25f * h));
+        v_scale.push_back(scale / 64.f * (2.f / (1.f + 0.5f * h)));
+      }
+      d_k_scale = upload(k_scale);
+      d_v_scale = upload(v_scale);
     } else {
       pool = randn<KV>(size_t(num_blocks) * 2 * nkv * bs * hd, rng, scale);
     }
@@ -109,11 +118,11 @@ struct RandomCache {
   }
   kv::PagedKV<KV> host() {
     return {pool.data(), num_kv_heads, head_dim, block_size, int(lens.size()), indptr.data(), indices.data(),
-            last.data(), kv_scale};
+            last.data(), k_scale.empty() ? nullptr : k_scale.data(), v_scale.empty() ? nullptr : v_scale.data()};
   }
   kv::PagedKV<KV> device() {
     return {d_pool.data(), num_kv_heads, head_dim, block_size, int(lens.size()), d_indptr.data(), d_indices.data(),
-            d_last.data(), kv_scale};
+            d_last.data(), d_k_scale.data(), d_v_scale.data()};
   }
 };
 

@@ -121,11 +121,14 @@ void compare(const std::filesystem::path& dir) {
 }
 
 /// pie's greedy pick and logits at every teacher-forced step of `ref` (the prompt as one prefill,
-/// then transformers' greedy tokens one decode step at a time), with the KV cache of `Policy`.
+/// then transformers' greedy tokens one decode step at a time), with the KV cache of `Policy`;
+/// `calculate_kv_scales`: fp8 scales from the first forward (the first prompt's prefill).
 template <class Policy>
 std::pair<std::vector<int32_t>, std::vector<std::vector<float>>> teacher_forced(const std::filesystem::path& dir,
-                                                                                const nlohmann::json& ref) {
-  const EngineOptions o = checkpoint_options(dir);
+                                                                                const nlohmann::json& ref,
+                                                                                bool calculate_kv_scales = false) {
+  EngineOptions o = checkpoint_options(dir);
+  o.calculate_kv_scales = calculate_kv_scales;
   Engine<Qwen3, Policy> engine(o);
   auto& runner = engine.runner();
   std::vector<int32_t> ids;
@@ -146,14 +149,42 @@ std::pair<std::vector<int32_t>, std::vector<std::vector<float>>> teacher_forced(
   return {ids, logits};
 }
 
-// The fp8 e4m3 KV cache (`--kv-cache-dtype fp8`, per-tensor scale 1 as vLLM without calibrated
-// scales) against the bf16 cache on the same checkpoints and the same teacher-forced tokens
-// (4 prompts x 32 steps = 128 per checkpoint). Issue 14 asks for >= 97% greedy agreement; the
-// H200 measured 120/128 (8B widths, 8 layers) and 123/128 (small), logits rel err 3.2% / 2.2%
-// mean (docs/kernels.md): e4m3 keeps 3 mantissa bits (~2.6% RMS rounding per element, whatever
-// the scale), and these random checkpoints' greedy paths have top-2 margins of 0-0.06, which that
+/// Greedy agreement and logits error of `got` against `want` (the bf16 cache), printed.
+double fp8_agreement(const std::filesystem::path& dir, const char* what,
+                     const std::pair<std::vector<int32_t>, std::vector<std::vector<float>>>& got_run,
+                     const std::pair<std::vector<int32_t>, std::vector<std::vector<float>>>& want_run) {
+  const auto& [got, got_logits] = got_run;
+  const auto& [want, want_logits] = want_run;
+  EXPECT_EQ(got.size(), want.size());
+  int agree = 0;
+  double worst = 0, sum = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    agree += got[i] == want[i];
+    const double e = gpu_test::rel_err(got_logits[i], want_logits[i]);
+    worst = std::max(worst, e);
+    sum += e;
+    if (got[i] != want[i])
+      std::printf("[fp8 kv vs bf16 kv] %s %s step %zu: fp8 %d, bf16 %d; bf16 cache's logit gap %.4g\n",
+                  dir.filename().c_str(), what, i, got[i], want[i], want_logits[i][want[i]] - want_logits[i][got[i]]);
+  }
+  const double rate = double(agree) / static_cast<double>(got.size());
+  std::printf("[fp8 kv vs bf16 kv] %s %s: greedy agreement %d/%zu (%.4f), logits rel err mean %.3g worst %.3g\n",
+              dir.filename().c_str(), what, agree, got.size(), rate, sum / static_cast<double>(got.size()), worst);
+  EXPECT_LE(worst, 0.08) << what;
+  return rate;
+}
+
+// The fp8 e4m3 KV cache (`--kv-cache-dtype fp8`) against the bf16 cache on the same checkpoints
+// and the same teacher-forced tokens (4 prompts x 32 steps = 128 per checkpoint), with scale 1
+// (vLLM's default without calibrated scales) and with --calculate-kv-scales (per-head scales
+// from the first prompt's prefill). Issue 14 asks for >= 97% greedy agreement; the H200 measured
+// 120-122/128 (8B widths, 8 layers) and 123-124/128 (small) at scale 1, and with calculated scales
+// 116/128 and 127/128 (2026-12-05), logits rel err 3.2% / 2.2% mean
+// (docs/kernels.md): e4m3 keeps 3 mantissa bits (~2.6% RMS rounding per element, whatever the
+// scale), and these random checkpoints' greedy paths have top-2 margins of 0-0.06, which that
 // noise flips. So this guards the measured level (>= 90%, worst logits rel err <= 8%), not the
-// issue's target, which stays open.
+// issue's target, which stays open; the CPU measures the same comparison on a checkpoint of the
+// small one's distribution (tests/engine/kv_fp8_agreement_test.cpp).
 TEST(GpuVsTransformers, Fp8KvCacheAgreesWithBf16KvCache) {
   auto dirs = checkpoints();
   if (dirs.empty()) GTEST_SKIP() << "PIE_GPU_HF_DIR is unset or holds no checkpoint (run make_hf_reference.py)";
@@ -164,25 +195,9 @@ TEST(GpuVsTransformers, Fp8KvCacheAgreesWithBf16KvCache) {
       continue;  // the fp8 KV engine is registered for the dense models only
     std::ifstream f(dir / "reference.json");
     const nlohmann::json ref = nlohmann::json::parse(f);
-    const auto [want, want_logits] = teacher_forced<CudaBf16>(dir, ref);
-    const auto [got, got_logits] = teacher_forced<CudaBf16Fp8KV>(dir, ref);
-    ASSERT_EQ(got.size(), want.size());
-    int agree = 0;
-    double worst = 0, sum = 0;
-    for (size_t i = 0; i < got.size(); ++i) {
-      agree += got[i] == want[i];
-      const double e = gpu_test::rel_err(got_logits[i], want_logits[i]);
-      worst = std::max(worst, e);
-      sum += e;
-      if (got[i] != want[i])
-        std::printf("[fp8 kv vs bf16 kv] %s step %zu: fp8 %d, bf16 %d; bf16 cache's logit gap %.4g\n",
-                    dir.filename().c_str(), i, got[i], want[i], want_logits[i][want[i]] - want_logits[i][got[i]]);
-    }
-    const double rate = double(agree) / static_cast<double>(got.size());
-    std::printf("[fp8 kv vs bf16 kv] %s: greedy agreement %d/%zu (%.4f), logits rel err mean %.3g worst %.3g\n",
-                dir.filename().c_str(), agree, got.size(), rate, sum / static_cast<double>(got.size()), worst);
-    EXPECT_GE(rate, 0.90);
-    EXPECT_LE(worst, 0.08);
+    const auto want = teacher_forced<CudaBf16>(dir, ref);
+    EXPECT_GE(fp8_agreement(dir, "scale 1", teacher_forced<CudaBf16Fp8KV>(dir, ref), want), 0.90);
+    EXPECT_GE(fp8_agreement(dir, "calculated scales", teacher_forced<CudaBf16Fp8KV>(dir, ref, true), want), 0.90);
   }
 }
 

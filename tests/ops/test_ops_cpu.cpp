@@ -219,13 +219,33 @@ void run_attention_case(const AttnCase& c, double tol) {
   }
   const int num_blocks = perm.size();
   std::vector<KVT> pool(size_t(num_blocks) * 2 * nkv * bs * hd, from_float<KVT>(NAN));
-  kv::PagedKV<KVT> kv{pool.data(), nkv, hd, bs, B, indptr.data(), indices.data(), last.data()};
+  // fp8: per-head scales, different for K and V (16-bit caches ignore them). The K/V values are
+  // multiplied by the same factors, so each head's scaled values sit in e4m3's normal range and a
+  // kernel reading another head's scale (or K's for V) is off by a factor of 2 or more.
+  constexpr bool fp8 = std::is_same_v<KVT, fp8_e4m3>;
+  const std::vector<float> ks = {0.5f, 4.0f}, vs = {8.0f, 0.25f};
+  kv::PagedKV<KVT> kv{pool.data(), nkv, hd, bs, B, indptr.data(), indices.data(), last.data(),
+                      fp8 ? ks.data() : nullptr, fp8 ? vs.data() : nullptr};
+  // What the cache holds of x in head h, dequantised: x itself rounded to KVT, or for fp8
+  // e4m3(x / scale) · scale.
+  auto held = [&](float x, int h, bool is_k) {
+    if constexpr (fp8) {
+      const float s = is_k ? ks[h] : vs[h];
+      return to_float(from_float<KVT>(x / s)) * s;
+    }
+    return to_float(from_float<KVT>(x));
+  };
   // Dense K/V per sequence, written through kv_write at their slots.
   std::vector<std::vector<float>> K(B), V(B);
   for (int b = 0; b < B; ++b) {
     int ctx = seqs[b].first;
     K[b] = randn(size_t(ctx) * nkv * hd, 100 + b);
     V[b] = randn(size_t(ctx) * nkv * hd, 200 + b);
+    if (fp8)
+      for (size_t i = 0; i < K[b].size(); ++i) {
+        K[b][i] *= ks[(i / hd) % nkv];
+        V[b][i] *= vs[(i / hd) % nkv];
+      }
     std::vector<int64_t> slots(ctx);
     for (int p = 0; p < ctx; ++p) slots[p] = int64_t(indices[indptr[b] + p / bs]) * bs + p % bs;
     kv_write(kv, K[b].data(), V[b].data(), nkv * hd, ctx, slots.data());
@@ -247,14 +267,14 @@ void run_attention_case(const AttnCase& c, double tol) {
         for (int p = 0; p <= qpos; ++p) {
           double d = 0;
           for (int i = 0; i < hd; ++i)
-            d += double(q[(size_t(row) * nq + h) * hd + i]) * to_float(from_float<KVT>(K[b][(size_t(p) * nkv + kh) * hd + i]));
+            d += double(q[(size_t(row) * nq + h) * hd + i]) * held(K[b][(size_t(p) * nkv + kh) * hd + i], kh, true);
           s[p] = d * scale; m = std::max(m, s[p]);
         }
         double sum = 0;
         for (auto& v : s) { v = std::exp(v - m); sum += v; }
         for (int i = 0; i < hd; ++i) {
           double o = 0;
-          for (int p = 0; p <= qpos; ++p) o += s[p] * to_float(from_float<KVT>(V[b][(size_t(p) * nkv + kh) * hd + i]));
+          for (int p = 0; p <= qpos; ++p) o += s[p] * held(V[b][(size_t(p) * nkv + kh) * hd + i], kh, false);
           ref[(size_t(row) * nq + h) * hd + i] = o / sum;
         }
       }
@@ -265,6 +285,8 @@ void run_attention_case(const AttnCase& c, double tol) {
 
 TEST_P(PagedAttention, F32CacheMatchesDenseCausal) { run_attention_case<float>(GetParam(), 1e-5); }
 TEST_P(PagedAttention, Bf16CacheMatchesDenseCausal) { run_attention_case<bf16>(GetParam(), 1e-5); }
+// fp8 e4m3 with per-kv-head K and V scales: kv_write divides, attention multiplies back.
+TEST_P(PagedAttention, Fp8CachePerHeadScalesMatchesDenseCausal) { run_attention_case<fp8_e4m3>(GetParam(), 1e-5); }
 INSTANTIATE_TEST_SUITE_P(BlockHeadGroup, PagedAttention,
                          ::testing::Values(AttnCase{8, 64, 1}, AttnCase{16, 128, 2}, AttnCase{16, 64, 4},
                                            AttnCase{32, 128, 8}, AttnCase{16, 40, 1}),

@@ -2,7 +2,10 @@
 import concurrent.futures
 import http.client
 import json
+import pathlib
+import shutil
 import signal
+import struct
 import subprocess
 import threading
 
@@ -14,7 +17,7 @@ FLAGS = ["--host", "--port", "--api-key", "--served-model-name", "--max-model-le
          "--gpu-memory-utilization", "--block-size", "--max-num-seqs", "--max-num-batched-tokens",
          "--enable-prefix-caching", "--no-enable-prefix-caching", "--enable-chunked-prefill", "--kv-cache-dtype",
          "--long-prefill-token-threshold", "--max-prefill-tokens-with-decodes",
-         "--dtype", "--swap-space", "--enforce-eager", "--batch-invariant", "--seed", "--load-format", "--generation-config",
+         "--dtype", "--swap-space", "--enforce-eager", "--calculate-kv-scales", "--batch-invariant", "--seed", "--load-format", "--generation-config",
          "--chat-template", "--reasoning-parser", "--device", "--max_model_len", "--api_key"]
 
 
@@ -65,6 +68,48 @@ def test_unusable_combination_exits_2():
     assert r.returncode == 2 and "kv fp8" in r.stderr, r.stderr
     r = run("--device", "cuda", "--kv-cache-dtype", "fp8_e4m3", "--block-size", "8")
     assert r.returncode == 2 and ("kv fp8/block 8" in r.stderr or "no CUDA backend" in r.stderr), r.stderr
+    # --calculate-kv-scales (vLLM's flag) calibrates an fp8 KV cache: any other cache refuses it.
+    r = run("--device", "cpu", "--calculate-kv-scales")
+    assert r.returncode == 2 and "--calculate-kv-scales needs --kv-cache-dtype fp8" in r.stderr, r.stderr
+
+
+def _checkpoint_with_scales(tmp_path, scales):
+    """The qwen3_tied fixture (2 layers, 2 kv heads) plus F32 tensors {name: (shape, values)}."""
+    src = pathlib.Path(__file__).resolve().parents[1] / "reference" / "fixtures" / "qwen3_tied"
+    dst = tmp_path / "ckpt"
+    dst.mkdir()
+    shutil.copy(src / "config.json", dst)
+    raw = (src / "model.safetensors").read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header, data = json.loads(raw[8:8 + n]), raw[8 + n:]
+    for name, (shape, values) in scales.items():
+        b = struct.pack(f"<{len(values)}f", *values)
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [len(data), len(data) + len(b)]}
+        data += b
+    h = json.dumps(header).encode()
+    (dst / "model.safetensors").write_bytes(len(h).to_bytes(8, "little") + h + data)
+    return str(dst)
+
+
+@pytest.mark.parametrize("tensor,value,needle", [
+    ("model.layers.1.self_attn.v_scale", ([], [0.0]), "not a positive finite scale"),
+    ("model.layers.0.self_attn.k_scale", ([], [float("nan")]), "not a positive finite scale"),
+    ("model.layers.0.self_attn.k_scale", ([2], [1.0, -2.0]), "kv head 1 is not a positive finite scale"),
+    ("model.layers.1.self_attn.k_scale", ([3], [1.0, 1.0, 1.0]), "shape [3]"),
+])
+def test_bad_kv_scale_tensors_are_refused_naming_file_and_tensor(tmp_path, tensor, value, needle):
+    # A checkpoint's fp8 KV scales (vLLM's names) are validated at start, whatever the KV dtype.
+    s = {f"model.layers.{l}.self_attn.{w}": ([], [0.5]) for l in range(2) for w in ("k_scale", "v_scale")}
+    s[tensor] = value
+    r = run(_checkpoint_with_scales(tmp_path, s), "--device", "cpu")
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert "model.safetensors" in r.stderr and tensor in r.stderr and needle in r.stderr, r.stderr
+
+
+def test_kv_scale_tensors_of_some_layers_only_are_refused(tmp_path):
+    s = {"model.layers.0.self_attn.k_scale": ([], [0.5]), "model.layers.0.self_attn.v_scale": ([], [0.5])}
+    r = run(_checkpoint_with_scales(tmp_path, s), "--device", "cpu")
+    assert r.returncode == 1 and "model.layers.1.self_attn.k_scale" in r.stderr and "all or none" in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])

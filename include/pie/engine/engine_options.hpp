@@ -61,6 +61,9 @@ struct EngineOptions {
   std::string device = "cpu";          ///< cpu | cuda
   std::string dtype = "auto";          ///< auto | float32 | bfloat16 (vLLM's --dtype)
   std::string kv_cache_dtype = "auto"; ///< auto | float32 | bfloat16 | fp8 (vLLM's --kv-cache-dtype)
+  /// fp8 KV: scales from the first forward's K/V amax per kv head (vLLM's --calculate-kv-scales)
+  /// instead of the checkpoint's k_scale / v_scale or 1 (kv/kv_scales.hpp).
+  bool calculate_kv_scales = false;
   /// vLLM's --quantization: "" (auto: fp8 when config.json's quantization_config says so) | fp8
   /// (fp8 projection weights: a published fp8 checkpoint as is, any other quantized at load).
   std::string quantization;

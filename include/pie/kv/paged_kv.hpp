@@ -21,7 +21,13 @@ struct PagedKV {
   const int32_t* indptr = nullptr;         ///< [batch_size + 1]
   const int32_t* indices = nullptr;        ///< [indptr[batch_size]] block ids
   const int32_t* last_page_len = nullptr;  ///< [batch_size], 1..block_size
-  float kv_scale = 1.0f;                   ///< dequantisation scale (fp8 KV), 1 otherwise
+  /// fp8 KV: this layer's dequantisation scales, one per kv head ([num_kv_heads], on the same
+  /// side as data); the cache stores x / scale. Null means 1 (and 16-bit caches ignore them).
+  const float* k_scale = nullptr;
+  const float* v_scale = nullptr;
+
+  PIE_HD float k_scale_of(int head) const { return k_scale != nullptr ? k_scale[head] : 1.0f; }
+  PIE_HD float v_scale_of(int head) const { return v_scale != nullptr ? v_scale[head] : 1.0f; }
 
   PIE_HD int64_t block_stride() const { return int64_t{2} * num_kv_heads * block_size * head_dim; }
   /// Start of K of `head` in block `block` (block_size·head_dim contiguous elements).

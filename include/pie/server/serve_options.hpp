@@ -36,6 +36,7 @@ struct ServeOptions {
   std::string dtype = "auto";
   double swap_space = 4.0;  ///< GiB of host memory for swapped-out KV blocks
   bool enforce_eager = false;
+  bool calculate_kv_scales = false;  ///< vLLM's --calculate-kv-scales (fp8 KV: scales from the first forward)
   bool batch_invariant = false;  ///< vLLM's VLLM_BATCH_INVARIANT=1
   bool async_scheduling = false;  ///< vLLM's --async-scheduling: plan step N+1 while step N runs
   uint64_t seed = 0;
@@ -186,6 +187,9 @@ inline void add_serve_flags(CLI::App& app, ServeOptions& o) {
       ->check(CLI::Range(0.0, 1024.0))
       ->capture_default_str();
   app.add_flag(both_spellings("enforce-eager"), o.enforce_eager, "Never capture CUDA graphs (GPU backend)");
+  app.add_flag(both_spellings("calculate-kv-scales"), o.calculate_kv_scales,
+               "fp8 KV cache: per-head K/V scales from the first forward's amax (default: the checkpoint's "
+               "k_scale/v_scale, else 1)");
   app.add_flag(both_spellings("async-scheduling"), o.async_scheduling,
                "Plan the next engine step while the current one computes (vLLM's): the sampled ids are fed to "
                "the next step where the runner left them. Steps of requests that need the host sampler "

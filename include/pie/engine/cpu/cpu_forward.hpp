@@ -21,6 +21,7 @@
 #include <deque>
 #include <span>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "pie/core/attention_variants.hpp"
@@ -29,6 +30,7 @@
 #include "pie/core/fp8_weight.hpp"
 #include "pie/core/tensor.hpp"
 #include "pie/engine/moe_shapes.hpp"
+#include "pie/kv/kv_scales.hpp"
 #include "pie/kv/paged_kv.hpp"
 #include "pie/model/config.hpp"
 #include "pie/model/tp_plan.hpp"
@@ -81,6 +83,25 @@ class CpuForward {
   /// Rounds activations to T at a 16-bit forward's storage points (see the file comment); off by
   /// default, and a no-op for T = float.
   void round_activations(bool on) { round_ = on && !std::is_same_v<T, float>; }
+
+  /// fp8 KV: the cache's per-(layer, kv head) scales from now on (validated). 16-bit caches
+  /// ignore scales.
+  void set_kv_scales(kv::KvScales s) {
+    s.check("CpuForward::set_kv_scales");
+    PIE_CHECK(s.num_layers == cfg_.num_hidden_layers && s.num_kv_heads == cfg_.num_key_value_heads,
+              "CpuForward::set_kv_scales: scales for ", s.num_layers, " layers × ", s.num_kv_heads,
+              " kv heads, the model has ", cfg_.num_hidden_layers, " × ", cfg_.num_key_value_heads);
+    scales_ = std::move(s);
+  }
+  /// fp8 KV (--calculate-kv-scales): the next forward sets each layer's scales from its K/V amax
+  /// per head (kv::kv_scale_from_amax with `margin`) before writing them; frozen afterwards.
+  void calculate_kv_scales(float margin = kv::kKvScaleMargin) {
+    PIE_CHECK(margin >= 1.0f && std::isfinite(margin), "calculate_kv_scales: margin ", margin, " must be >= 1");
+    scales_ = kv::KvScales::ones(cfg_.num_hidden_layers, cfg_.num_key_value_heads);
+    calc_margin_ = margin;
+  }
+  /// The scales in use (empty before set_kv_scales / calculate_kv_scales: all 1).
+  const kv::KvScales& kv_scales() const { return scales_; }
 
   /// A fresh [tokens, cols] activation (valid for the step).
   Act act(int64_t cols) {
@@ -199,10 +220,22 @@ class CpuForward {
   void attention(int l, const Act& qkv, Act out) {
     const int n = num_tokens(), nq = cfg_.num_attention_heads, nkv = cfg_.num_key_value_heads, hd = cfg_.head_dim;
     const sched::StepPlan& p = *plan_;
-    kv::PagedKV<KVT> kv{pools_[l], nkv, hd, block_size_, p.num_seqs(), p.kv_indptr.data(), p.kv_indices.data(),
-                        p.kv_last_page_len.data()};
     const float* q = qkv.data;
     const float* k = q + cfg_.q_size();
+    if (calc_margin_ > 0.0f) {  // --calculate-kv-scales: this first forward's amax per head
+      std::vector<float> amax(nkv);
+      float* ks = scales_.k.data() + static_cast<size_t>(l) * nkv;
+      float* vs = scales_.v.data() + static_cast<size_t>(l) * nkv;
+      kv::head_amax(k, qkv.stride[0], n, p.slot_mapping.data(), nkv, hd, amax.data());
+      for (int h = 0; h < nkv; ++h) ks[h] = kv::kv_scale_from_amax(amax[h], calc_margin_);
+      kv::head_amax(k + cfg_.kv_size(), qkv.stride[0], n, p.slot_mapping.data(), nkv, hd, amax.data());
+      for (int h = 0; h < nkv; ++h) vs[h] = kv::kv_scale_from_amax(amax[h], calc_margin_);
+      if (l == cfg_.num_hidden_layers - 1) calc_margin_ = 0.0f;  // frozen from here on
+    }
+    const bool scaled = !scales_.k.empty();
+    kv::PagedKV<KVT> kv{pools_[l], nkv, hd, block_size_, p.num_seqs(), p.kv_indptr.data(), p.kv_indices.data(),
+                        p.kv_last_page_len.data(), scaled ? scales_.k_of(l) : nullptr,
+                        scaled ? scales_.v_of(l) : nullptr};
     ops::cpu::kv_write(kv, k, k + cfg_.kv_size(), qkv.stride[0], n, p.slot_mapping.data());
     // Under TP, local head i reads local KV head i / local group: the same KV head as
     // unsharded because a rank's heads never straddle a GQA group.
@@ -303,6 +336,8 @@ class CpuForward {
   std::vector<float> sel_, part_, gathered_;
   std::vector<float> fp8_in_, fp8_x_, fp8_w_;  // fp8 linear scratch
   bool round_ = false;  // round_activations
+  kv::KvScales scales_;      // fp8 KV scales; empty: all 1
+  float calc_margin_ = 0.0f;  // > 0: the next forward computes scales_ (calculate_kv_scales)
 };
 
 }  // namespace pie::engine::cpu

@@ -30,6 +30,8 @@ class CpuModel {
   }
 
   const model::ModelConfig& config() const { return fwd_.config(); }
+  /// The forward context (its switches: round_activations, the fp8 KV scales).
+  CpuForward<T, KVT, Variant>& context() { return fwd_; }
 
   /// Runs the step: embeds plan.token_ids, writes every layer's K/V at plan.slot_mapping,
   /// attends through the plan's block tables, and writes the logits of plan.logits_rows.

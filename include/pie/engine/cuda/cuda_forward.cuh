@@ -53,6 +53,7 @@
 #include "pie/ops/cuda/fp8_gemm.cuh"
 #include "pie/ops/cuda/gemm.cuh"
 #include "pie/ops/cuda/gemv.cuh"
+#include "pie/ops/cuda/kv_scales.cuh"
 #include "pie/ops/cuda/kv_write.cuh"
 #include "pie/ops/cuda/moe.cuh"
 #include "pie/ops/cuda/moe_group_plan.hpp"
@@ -223,6 +224,16 @@ class CudaForward {
   }
   /// No more activation slots after this (the graphs hold their addresses).
   void freeze() { frozen_ = true; }
+  /// fp8 KV (--calculate-kv-scales): the next forward sets each layer's K/V scales from its rows'
+  /// amax per kv head (ops/cuda/kv_scales.cuh) before writing them; later forwards keep them.
+  /// The caller runs that forward eagerly (not from a graph) and without the fused RoPE+KV write.
+  void calculate_kv_scales(float margin) {
+    PIE_CHECK(margin >= 1.0f && std::isfinite(margin), "calculate_kv_scales: margin ", margin, " must be >= 1");
+    PIE_CHECK(!p_.fusions.rope_kv, "--calculate-kv-scales needs the separate KV write (unset PIE_FUSED_ROPE_KV)");
+    calc_margin_ = margin;
+  }
+  /// Whether a calculate_kv_scales is still to run.
+  bool kv_scales_pending() const { return calc_margin_ > 0.0f; }
 
   void embed(const Weight& table, Act out) {
     if (!p_.comm) {
@@ -355,6 +366,14 @@ class CudaForward {
     const float sm_scale = 1.f / std::sqrt(static_cast<float>(c.head_dim));
     StepBuffers& st = *p_.step;
     KVCache<KV>& cache = *cache_;
+    if (calc_margin_ > 0.0f && cache.k_scales(l) != nullptr) {  // --calculate-kv-scales, first forward
+      op("kv_scales", [&] {
+        ops::cuda::kv_calculate_scales(mat(qkv.data + Q, Tn, KVS, QKV), mat(qkv.data + Q + KVS, Tn, KVS, QKV),
+                                       st.slot_mapping(), c.num_key_value_heads, c.head_dim, calc_margin_,
+                                       cache.k_scales(l), cache.v_scales(l), s_);
+      });
+      if (l == c.num_hidden_layers - 1) calc_margin_ = 0.0f;  // frozen from here on
+    }
     if (!kv_fusion_.on_attention(l, qkv.data)) {  // else written by qk_norm_rope's kernel
       op("kv_write", [&] {
         ops::cuda::kv_write(cache.layer(l, 0, nullptr, nullptr, nullptr), mat(qkv.data + Q, Tn, KVS, QKV),
@@ -606,6 +625,7 @@ class CudaForward {
   std::deque<DeviceBuffer<T>> slots_;
   size_t next_slot_ = 0;
   bool frozen_ = false;
+  float calc_margin_ = 0.0f;  // > 0: the next forward calculates the fp8 KV scales
   DeviceBuffer<T> res_pong_, rows_;
   T* res_home_ = nullptr;
   Act last_x_;       // the last forward's final hidden states (logits() input), for score_prompt_rows

@@ -66,6 +66,7 @@
 #include "pie/kv/kv_layout.hpp"
 #include "pie/model/config_io.hpp"
 #include "pie/model/fp8_weights.hpp"
+#include "pie/model/kv_scale_loader.hpp"
 #include "pie/model/load.hpp"
 #include "pie/model/model_concept.hpp"
 #include "pie/model/shard_loader.hpp"
@@ -229,6 +230,7 @@ class CudaRunner {
     fwd_->freeze();
     for (auto& h : nano_)
       if (h.fwd) h.fwd->freeze();
+    set_kv_scales();  // after the capture: its warm-up forwards must not calculate them
   }
   /// Whether steps may run as two overlapped nano-batches (EngineOptions::nano_batches).
   bool nano_on() const { return nano_[0].fwd != nullptr; }
@@ -622,6 +624,11 @@ class CudaRunner {
     p.decode_ws = decode_ws_.data();
     p.batch_invariant = opt_.batch_invariant;
     p.fusions = FusionSwitches::from_env();
+    // --calculate-kv-scales reads K/V where the separate kv_write does (after RoPE).
+    if (opt_.calculate_kv_scales && p.fusions.rope_kv) {
+      p.fusions.rope_kv = false;
+      if (log_) std::fprintf(stderr, "pie: --calculate-kv-scales: PIE_FUSED_ROPE_KV ignored\n");
+    }
     p.shard = shard_ ? &*shard_ : nullptr;
     p.comm = comm_.get();
     typename Forward::Parts nano_parts = p;
@@ -694,6 +701,37 @@ class CudaRunner {
     for (int ctx = 16; ctx < 2 * max_model_len_; ctx *= 2)
       if (nano_worth(bucket, bucket, int64_t{bucket} * std::min(ctx, max_model_len_))) return true;
     return false;
+  }
+
+  /// The fp8 KV cache's scales: --calculate-kv-scales (the first real forward's amax per head,
+  /// kv::kKvScaleMargin), else the checkpoint's k_scale / v_scale (model/kv_scale_loader.hpp;
+  /// this rank's kv heads under TP), else 1. A 16-bit cache refuses --calculate-kv-scales and
+  /// ignores checkpoint scales (as vLLM).
+  void set_kv_scales() {
+    constexpr bool fp8 = std::is_same_v<KV, fp8_e4m3>;
+    PIE_CHECK(fp8 || !opt_.calculate_kv_scales, "--calculate-kv-scales needs --kv-cache-dtype fp8");
+    if constexpr (fp8) {
+      if (opt_.calculate_kv_scales) {
+        fwd_->calculate_kv_scales(kv::kKvScaleMargin);
+        if (log_)
+          std::fprintf(stderr, "pie: fp8 KV scales: calculated from the first forward's amax per kv head (x%.0f)\n",
+                       double(kv::kKvScaleMargin));
+        return;
+      }
+      if (opt_.model_dir.empty() || model::parse_load_format(opt_.load_format) == model::LoadFormat::Dummy) return;
+      auto s = model::load_kv_scales(opt_.model_dir, global_);
+      if (!s) return;
+      const auto& c = wconfig();
+      kv::KvScales local = kv::KvScales::ones(c.num_hidden_layers, c.num_key_value_heads);
+      const int h0 = shard_ ? static_cast<int>(shard_->kv_heads.begin) : 0;
+      for (int l = 0; l < c.num_hidden_layers; ++l)
+        for (int h = 0; h < c.num_key_value_heads; ++h) {
+          local.k[size_t(l) * c.num_key_value_heads + h] = s->k_of(l)[h0 + h];
+          local.v[size_t(l) * c.num_key_value_heads + h] = s->v_of(l)[h0 + h];
+        }
+      kv_->set_scales(local.k, local.v);
+      if (log_) std::fprintf(stderr, "pie: fp8 KV scales: the checkpoint's k_scale / v_scale\n");
+    }
   }
 
   ops::cuda::DecodePlan decode_plan(int batch, int max_len) const {
@@ -875,7 +913,9 @@ class CudaRunner {
                 bool allow_graph, bool want_logits, int32_t* ids_dst = nullptr) {
     const int S = plan.num_seqs(), D = plan.num_decode_seqs;
     const bool pure_decode = D == S;
-    const bool graphable = pure_decode && plan.prompt_logprob_tokens.empty() && !prof_.enabled();
+    // A pending --calculate-kv-scales runs eagerly (its kernels are not in the graphs).
+    const bool graphable =
+        pure_decode && plan.prompt_logprob_tokens.empty() && !prof_.enabled() && !fwd_->kv_scales_pending();
     const int bucket = allow_graph && graphable ? graphs_.bucket_for(S) : 0;
     if (nano_on() && !prof_.enabled() && run_split(plan, specs, cache, bucket, want_logits, ids_dst)) return;
     if (prof_.enabled()) prof_.set_tag(pure_decode ? "decode@" + std::to_string(S) : std::string("mixed"));

@@ -4,9 +4,13 @@
 /// [block_size][head_dim]) and its pinned host swap pool ([swap_blocks][layers][block]), with
 /// the block copies a StepPlan asks for: swap-in (host → device), swap-out (device → host) and
 /// copy-on-write (device → device). Each block copy over all layers is one strided 2-D copy.
+/// An fp8 cache also owns its dequantisation scales, one per (layer, K/V, kv head), 1 until
+/// set_scales (checkpoint k_scale/v_scale, or computed by --calculate-kv-scales).
 #include <cuda_runtime.h>
 
+#include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "pie/core/buffer.hpp"
@@ -32,6 +36,10 @@ class KVCache {
     // Zeroed once: padded decode rows and freshly captured graphs may read a block nobody
     // wrote, and must see finite values.
     if (device_.size()) PIE_CUDA_CHECK(cudaMemset(device_.data(), 0, device_.size() * sizeof(KV)));
+    if constexpr (kScaled) {
+      scales_ = DeviceBuffer<float>(static_cast<size_t>(layout.num_layers) * 2 * layout.num_kv_heads);
+      set_scales(std::vector<float>(scales_.size() / 2, 1.0f), std::vector<float>(scales_.size() / 2, 1.0f));
+    }
     PIE_CHECK(num_blocks > 0, "KVCache: num_blocks must be positive, got ", num_blocks);
     PIE_CHECK(num_blocks < (int64_t{1} << 31), "KVCache: block ids are int32; ", num_blocks, " blocks is too many");
   }
@@ -44,9 +52,32 @@ class KVCache {
   /// Start of layer `l`'s pool on the device.
   KV* layer_data(int l) { return device_.data() + static_cast<size_t>(l) * num_blocks_ * block_elems_; }
 
+  /// fp8: the scales of every layer, [layers][kv_heads] each for K and V (> 0, finite), copied
+  /// to the device (synchronously: before any step that reads the cache).
+  void set_scales(const std::vector<float>& k, const std::vector<float>& v) {
+    static_assert(kScaled, "KVCache::set_scales: only an fp8 cache is scaled");
+    const size_t n = static_cast<size_t>(layout_.num_layers) * layout_.num_kv_heads;
+    PIE_CHECK(k.size() == n && v.size() == n, "KVCache::set_scales: want ", n, " K and V scales, got ", k.size(),
+              " and ", v.size());
+    for (size_t i = 0; i < n; ++i)
+      PIE_CHECK(std::isfinite(k[i]) && k[i] > 0 && std::isfinite(v[i]) && v[i] > 0,
+                "KVCache::set_scales: scales must be positive and finite (layer ", i / layout_.num_kv_heads, ")");
+    // Layer-major [layers][2][kv_heads]: layer l's K scales, then its V scales.
+    std::vector<float> h(2 * n);
+    for (int l = 0; l < layout_.num_layers; ++l)
+      for (int j = 0; j < layout_.num_kv_heads; ++j) {
+        h[(2 * l) * layout_.num_kv_heads + j] = k[l * layout_.num_kv_heads + j];
+        h[(2 * l + 1) * layout_.num_kv_heads + j] = v[l * layout_.num_kv_heads + j];
+      }
+    PIE_CUDA_CHECK(cudaMemcpy(scales_.data(), h.data(), h.size() * sizeof(float), cudaMemcpyHostToDevice));
+  }
+  /// fp8: layer `l`'s device K scales [kv_heads] (its V scales follow them), null otherwise.
+  float* k_scales(int l) { return kScaled ? scales_.data() + static_cast<size_t>(2 * l) * layout_.num_kv_heads : nullptr; }
+  float* v_scales(int l) { return kScaled ? k_scales(l) + layout_.num_kv_heads : nullptr; }
+
   /// A PagedKV of layer `l` whose block tables point at the given device arrays.
   kv::PagedKV<KV> layer(int l, int batch, const int32_t* indptr, const int32_t* indices,
-                        const int32_t* last_page_len, float kv_scale = 1.0f) {
+                        const int32_t* last_page_len) {
     kv::PagedKV<KV> p;
     p.data = layer_data(l);
     p.num_kv_heads = layout_.num_kv_heads;
@@ -56,7 +87,8 @@ class KVCache {
     p.indptr = indptr;
     p.indices = indices;
     p.last_page_len = last_page_len;
-    p.kv_scale = kv_scale;
+    p.k_scale = k_scales(l);
+    p.v_scale = v_scales(l);
     return p;
   }
 
@@ -122,10 +154,12 @@ class KVCache {
               num_swap_blocks_, ") (raise --swap-space)");
   }
 
+  static constexpr bool kScaled = std::is_same_v<KV, fp8_e4m3>;
   kv::KVLayout layout_{};
   int64_t num_blocks_ = 0, num_swap_blocks_ = 0;
   size_t block_elems_ = 0;
   DeviceBuffer<KV> device_;
+  DeviceBuffer<float> scales_;  // fp8: [layers][2][kv_heads]
   PinnedBuffer<KV> host_;
   KV* hbase_ = nullptr;  // host_.data(), readable from const members
 };

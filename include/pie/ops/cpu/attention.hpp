@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "pie/core/attention_variants.hpp"
@@ -54,6 +55,9 @@ inline void paged_attention(const float* q, int64_t q_stride, float* out, int64_
     const int kvh = h / group;
     const int32_t* table = kv.indices + kv.indptr[b];
     const float* qh = q + row * q_stride + static_cast<int64_t>(h) * hd;
+    // fp8: the cache holds K / k_scale and V / v_scale of this kv head (kv_write.hpp).
+    constexpr bool scaled = std::is_same_v<KVT, fp8_e4m3>;
+    const float ks = scaled ? kv.k_scale_of(kvh) : 1.0f, vs = scaled ? kv.v_scale_of(kvh) : 1.0f;
     float* oh = out + row * out_stride + static_cast<int64_t>(h) * hd;
 
     int k_end = Variant::kCausal ? q_pos + 1 : ctx;
@@ -72,14 +76,14 @@ inline void paged_attention(const float* q, int64_t q_stride, float* out, int64_
         for (int l = 0; l < 8; ++l) acc[l] += qh[i + l] * to_float(kr[i + l]);
       for (int l = 0; i < hd; ++i, ++l) acc[l & 7] += qh[i] * to_float(kr[i]);
       const float d = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-      sc = variant.logits(d * kv.kv_scale * scale);
+      sc = variant.logits(d * ks * scale);
       m = std::max(m, sc);
     }
     for (int i = 0; i < hd; ++i) oh[i] = 0.f;
     if (m == -std::numeric_limits<float>::infinity()) return;  // every key masked
     float sum = 0.f;
     for (float& sc : s) { sc = std::exp(sc - m); sum += sc; }
-    const float inv = kv.kv_scale / sum;
+    const float inv = vs / sum;
     for (int kp = k_begin; kp < k_end; ++kp) {
       const float p = s[kp - k_begin];
       if (p == 0.f) continue;

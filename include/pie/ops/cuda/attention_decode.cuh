@@ -103,7 +103,7 @@ __device__ __forceinline__ void decode_body(const DecodeParams<T, KV, Variant>& 
 
   // Scores are q·k·sm_scale in the log2 domain: folded into q unless the variant transforms
   // the scaled logit (soft-cap), which then sees it unscaled by log2(e).
-  const float score_scale = p.sm_scale * (is_fp8_v<KV> ? p.kv.kv_scale : 1.f);
+  const float score_scale = p.sm_scale * (is_fp8_v<KV> ? p.kv.k_scale_of(kvh) : 1.f);
   const float q_scale = Variant::kSoftCap ? 1.f : score_scale * kLog2e;
   float q[GROUP][8];
 #pragma unroll
@@ -478,7 +478,7 @@ void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out,
     p.counters = fused ? reinterpret_cast<unsigned*>(base + ws.counters) : nullptr;
   }
   p.kv = kv::PagedKV<DKV>{dev(cache.data), cache.num_kv_heads, cache.head_dim, cache.block_size, cache.batch_size,
-                          cache.indptr, cache.indices, cache.last_page_len, cache.kv_scale};
+                          cache.indptr, cache.indices, cache.last_page_len, cache.k_scale, cache.v_scale};
   p.bs_shift = __builtin_ctz(static_cast<unsigned>(cache.block_size));
   p.tokens_per_split = plan.tokens_per_split;
   p.num_splits = plan.num_splits;

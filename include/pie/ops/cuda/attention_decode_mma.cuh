@@ -25,7 +25,7 @@
 ///     their bytes (fp8, before the conversion) or halves (16-bit) with `prmt`; m-tile mt's rows r
 ///     and r + 8 are dims r·HD/8 + 2mt and + 2mt + 1, so lane (r, c) ends holding heads 2c, 2c+1
 ///     of dims [r·HD/8, (r+1)·HD/8).
-/// The scale (sm_scale · kv_scale · log2 e) is applied to S in f32, so q enters the MMA unscaled
+/// The scale (sm_scale · the KV head's k_scale · log2 e) is applied to S in f32, so q enters the MMA unscaled
 /// (for fp8, bf16 → f16 is exact over f16's normal range; larger magnitudes saturate at ±65504).
 /// P enters the P·V MMA in the MMA type (bf16 for a bf16 cache, as FlashAttention does).
 #include <cuda_fp16.h>
@@ -159,7 +159,7 @@ __device__ __forceinline__ void decode_body_mma(const DecodeParams<T, KV, Varian
   }
   // Scores in the log2 domain: scale · log2 e applied to the f32 accumulators, unless the variant
   // transforms the scaled logit (soft-cap).
-  const float score_scale = p.sm_scale * (F8 ? p.kv.kv_scale : 1.f);
+  const float score_scale = p.sm_scale * (F8 ? p.kv.k_scale_of(kvh) : 1.f);
   const float s_scale = score_scale * kLog2e;
 
   float o[MT][4];  // Oᵀ: rows r, r + 8 of each m-tile, columns (heads) 2c, 2c + 1

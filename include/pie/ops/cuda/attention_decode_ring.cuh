@@ -237,7 +237,7 @@ __device__ __forceinline__ void decode_store_merged(const DecodeParams<T, KV, Va
       o += s_acc[(w * GROUP + g) * HD + d] * sc;
     }
     float out = ll > 0.f ? o / ll : 0.f;
-    if constexpr (is_fp8_v<KV>) out *= p.kv.kv_scale;
+    if constexpr (is_fp8_v<KV>) out *= p.kv.v_scale_of(kvh);
     const int h = kvh * GROUP + g;
     if (p.num_splits == 1) {
       p.out[b * p.out_stride + int64_t(h) * HD + d] = from_f32<T>(out);

@@ -134,7 +134,7 @@ __device__ __forceinline__ void prefill_body(const PrefillParams<T, KV, Variant>
   float m_r[2] = {-INFINITY, -INFINITY}, l_r[2] = {0.f, 0.f};
   uint32_t qf[kQInRegs ? HD / 16 : 1][4];
   const float kLog2e = 1.4426950408889634f;
-  const float score_scale = p.sm_scale * (is_fp8_v<KV> ? p.kv.kv_scale : 1.f);
+  const float score_scale = p.sm_scale * (is_fp8_v<KV> ? p.kv.k_scale_of(kvh) : 1.f);
   const int wrow = warp * 16;                        // this warp's first row in the tile
   const int r_lo = wrow + lane / 4, r_hi = r_lo + 8;  // the two rows this thread accumulates
   const int qpos_lo = q_off + row_token(m0 + r_lo), qpos_hi = q_off + row_token(m0 + r_hi);
@@ -247,7 +247,7 @@ __device__ __forceinline__ void prefill_body(const PrefillParams<T, KV, Variant>
     l_r[r] += __shfl_xor_sync(0xffffffffu, l_r[r], 1);
     l_r[r] += __shfl_xor_sync(0xffffffffu, l_r[r], 2);
   }
-  const float vscale = is_fp8_v<KV> ? p.kv.kv_scale : 1.f;
+  const float vscale = is_fp8_v<KV> ? p.kv.v_scale_of(kvh) : 1.f;
   float inv[2] = {l_r[0] > 0.f ? vscale / l_r[0] : 0.f, l_r[1] > 0.f ? vscale / l_r[1] : 0.f};
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -349,7 +349,7 @@ void prefill_attention(TensorView<T> q, kv::PagedKV<KV> cache, const int32_t* cu
   p.q = dev(q.data); p.q_stride = q.stride[0];
   p.out = dev(out.data); p.out_stride = out.stride[0];
   p.kv = kv::PagedKV<DKV>{dev(cache.data), cache.num_kv_heads, cache.head_dim, cache.block_size, cache.batch_size,
-                          cache.indptr, cache.indices, cache.last_page_len, cache.kv_scale};
+                          cache.indptr, cache.indices, cache.last_page_len, cache.k_scale, cache.v_scale};
   p.cu_q = cu_query_lens;
   p.group = nq / cache.num_kv_heads;
   p.bs_shift = __builtin_ctz(static_cast<unsigned>(cache.block_size));

@@ -1,7 +1,8 @@
 #pragma once
 /// \file kv_write.cuh
 /// \brief Writes this step's K and V rows into their paged-cache slots. For an fp8 e4m3 cache
-/// the values are divided by the per-tensor kv_scale and saturated (dequantisation multiplies).
+/// the values are divided by their KV head's k_scale / v_scale (PagedKV) and saturated; attention
+/// multiplies them back.
 #include "pie/kv/paged_kv.hpp"
 #include "pie/ops/cuda/common.cuh"
 
@@ -28,9 +29,9 @@ __global__ void kv_write_kernel(kv::PagedKV<KV> cache, const T* __restrict__ k, 
   load8(k + t * k_stride + h * hd + c, kf);
   load8(v + t * v_stride + h * hd + c, vf);
   if constexpr (is_fp8_v<KV>) {
-    float inv = 1.f / cache.kv_scale;
+    const float kinv = 1.f / cache.k_scale_of(h), vinv = 1.f / cache.v_scale_of(h);
 #pragma unroll
-    for (int j = 0; j < 8; ++j) { kf[j] *= inv; vf[j] *= inv; }
+    for (int j = 0; j < 8; ++j) { kf[j] *= kinv; vf[j] *= vinv; }
   }
   store8(cache.k_at_slot(slot, h) + c, kf);
   store8(cache.v_at_slot(slot, h) + c, vf);
@@ -39,7 +40,7 @@ __global__ void kv_write_kernel(kv::PagedKV<KV> cache, const T* __restrict__ k, 
 
 /// \brief cache[slot_mapping[t]] ← (k[t], v[t]) for every token; slots < 0 are skipped.
 /// \param cache  one layer's PagedKV (device pool; only data, num_kv_heads, head_dim, block_size,
-///               kv_scale are read)
+///               k_scale, v_scale are read)
 /// \param k,v    [tokens, num_kv_heads·head_dim] (rows may be strided, e.g. inside the qkv buffer)
 /// \param slot_mapping device int64 [tokens]
 template <class T, class KV>
@@ -55,7 +56,7 @@ void kv_write(kv::PagedKV<KV> cache, TensorView<T> k, TensorView<T> v, const int
   if (num_tokens == 0) return;
   kv::PagedKV<device_t<KV>> c{dev(cache.data), cache.num_kv_heads, cache.head_dim, cache.block_size,
                               cache.batch_size, cache.indptr, cache.indices, cache.last_page_len,
-                              cache.kv_scale};
+                              cache.k_scale, cache.v_scale};
   int64_t n = int64_t{num_tokens} * cache.num_kv_heads * (cache.head_dim / 8);
   constexpr int kThreads = 256;
   launch_pdl(detail::kv_write_kernel<device_t<T>, device_t<KV>>,

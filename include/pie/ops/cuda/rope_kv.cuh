@@ -9,7 +9,7 @@
 /// Bit for bit the separate kernels: q and k are rotated by the same device body
 /// (qk_norm_rope_token), K is written from the rotated value rounded to the activation type
 /// (what kv_write reads back from qkv), and both K and V go through kv_write's conversion:
-/// times 1/kv_scale for an fp8 cache, then the round-to-nearest (satfinite for fp8) store.
+/// times 1/scale of the KV head (k_scale, v_scale) for an fp8 cache, then the round-to-nearest (satfinite for fp8) store.
 /// Rows whose slot is < 0 (graph padding) rotate q/k as before and write nothing to the cache.
 #include "pie/kv/paged_kv.hpp"
 #include "pie/ops/cuda/rope.cuh"
@@ -19,7 +19,7 @@ namespace pie::ops::cuda {
 namespace detail {
 
 /// kv_write's per-element conversion of 8 values before the store: nothing for a 16-bit cache,
-/// times 1/kv_scale for fp8 (the same float multiply by the same reciprocal).
+/// times 1/scale of the head for fp8 (the same float multiply by the same reciprocal).
 template <class KV>
 __device__ __forceinline__ void kv_scale8(float (&f)[8], float inv) {
   if constexpr (is_fp8_v<KV>) {
@@ -34,7 +34,6 @@ struct RopeKvSink {
   kv::PagedKV<KV> cache;
   int nq;
   int64_t slot;
-  float inv;
   __device__ __forceinline__ void operator()(int h, int sub, const float (&oa)[8], const float (&ob)[8]) const {
     if (h < nq || slot < 0) return;
     // kv_write reads K back from qkv: the value as stored in T.
@@ -44,6 +43,7 @@ struct RopeKvSink {
       a[j] = to_f32(from_f32<T>(oa[j]));
       b[j] = to_f32(from_f32<T>(ob[j]));
     }
+    const float inv = is_fp8_v<KV> ? 1.f / cache.k_scale_of(h - nq) : 1.f;
     kv_scale8<KV>(a, inv);
     kv_scale8<KV>(b, inv);
     KV* k = cache.k_at_slot(slot, h - nq);
@@ -62,7 +62,6 @@ __global__ void __launch_bounds__(kRopeThreads) qk_norm_rope_kv_kernel(
   const int t = blockIdx.x;
   T* row = qkv + t * row_stride;
   const int64_t slot = slots[t];
-  const float inv = is_fp8_v<KV> ? 1.f / cache.kv_scale : 1.f;
   // V: copied as it is (8 elements per thread, the token's CTAs share the heads). Issued before
   // the rotation, so its loads are in flight with q/k's.
   if (slot >= 0) {
@@ -71,12 +70,12 @@ __global__ void __launch_bounds__(kRopeThreads) qk_norm_rope_kv_kernel(
       const int h = i / (HD / 8), c = (i % (HD / 8)) * 8;
       float f[8];
       load8(v + h * HD + c, f);
-      kv_scale8<KV>(f, inv);
+      kv_scale8<KV>(f, is_fp8_v<KV> ? 1.f / cache.v_scale_of(h) : 1.f);
       store8(cache.v_at_slot(slot, h) + c, f);
     }
   }
   qk_norm_rope_token<HD>(row, nq, nq + nkv, q_norm, k_norm, eps, positions[t], rp,
-                         RopeKvSink<HD, T, KV>{cache, nq, slot, inv});
+                         RopeKvSink<HD, T, KV>{cache, nq, slot});
 }
 
 }  // namespace detail
@@ -84,7 +83,7 @@ __global__ void __launch_bounds__(kRopeThreads) qk_norm_rope_kv_kernel(
 /// \brief qk_norm_rope(qkv, …) and kv_write(cache, K of qkv, V of qkv, slot_mapping) in one
 /// kernel, with the same results bit for bit (see the file comment).
 /// \param qkv          [tokens, (nq + 2·nkv)·head_dim] (rows may be strided); q and k in place
-/// \param cache        one layer's PagedKV (data, num_kv_heads = nkv, head_dim, block_size, kv_scale)
+/// \param cache        one layer's PagedKV (data, num_kv_heads = nkv, head_dim, block_size, k_scale, v_scale)
 /// \param slot_mapping device int64 [tokens]; slots < 0 are skipped
 template <class T, class KV>
 void qk_norm_rope_kv(TensorView<T> qkv, const int32_t* positions, int num_q_heads, int num_kv_heads, int head_dim,
@@ -102,7 +101,7 @@ void qk_norm_rope_kv(TensorView<T> qkv, const int32_t* positions, int num_q_head
   if (num_tokens == 0) return;
   kv::PagedKV<device_t<KV>> c{dev(cache.data), cache.num_kv_heads, cache.head_dim, cache.block_size,
                               cache.batch_size, cache.indptr, cache.indices, cache.last_page_len,
-                              cache.kv_scale};
+                              cache.k_scale, cache.v_scale};
   PIE_DISPATCH_HEAD_DIM(head_dim, HD, [&] {
     const unsigned split = detail::rope_split(num_tokens, num_q_heads + num_kv_heads, HD);
     launch_pdl(detail::qk_norm_rope_kv_kernel<HD, device_t<T>, device_t<KV>>,
