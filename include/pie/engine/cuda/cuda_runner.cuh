@@ -658,6 +658,8 @@ class CudaRunner {
               "): the halves' collectives would need communicators of their own");
     PIE_CHECK(!Policy::fp8_weights, "--nano-batches 2 is not available with fp8 weights (the fp8 GEMM's activation "
               "buffer is one per runner)");
+    PIE_CHECK(!opt_.calculate_kv_scales, "--nano-batches 2 is not available with --calculate-kv-scales (the first "
+              "forward that calculates them is the unsplit runner's)");
     const auto& c = wconfig();
     const double linear = static_cast<double>(c.num_hidden_layers) *
                           (double(c.qkv_size()) * c.hidden_size + double(c.q_size()) * c.hidden_size +
