@@ -61,6 +61,24 @@ __host__ __device__ constexpr size_t fp8_rows_smem_xn(int K) {
 /// producer, or normalised (residual add + RMSNorm) and then quantized in every CTA.
 inline constexpr int kFp8SrcX = 0, kFp8SrcPre = 1, kFp8SrcNorm = 2;
 
+/// The 16 products of one 16-byte weight chunk with x's 16 half codes (xa, xb: the 16-byte
+/// halves at the chunk's k), summed in half with HFMA2 (exact: see the file comment), returned as
+/// the pair's float sum. Both GEMV kernels call it, so their arithmetic and its order are one
+/// piece of code; the caller loads x once for all the rows that share it.
+__device__ __forceinline__ float fp8_chunk_dot(const uint4& w, const uint4& xa, const uint4& xb) {
+  const __half2* x2a = reinterpret_cast<const __half2*>(&xa);
+  const __half2* x2b = reinterpret_cast<const __half2*>(&xb);
+  const __nv_fp8x2_storage_t* w2 = reinterpret_cast<const __nv_fp8x2_storage_t*>(&w);
+  __half2 h = __float2half2_rn(0.0f);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    __half2_raw r = __nv_cvt_fp8x2_to_halfraw2(w2[i], __NV_E4M3);
+    h = __hfma2(*reinterpret_cast<const __half2*>(&r), i < 4 ? x2a[i] : x2b[i - 4], h);
+  }
+  const float2 f = __half22float2(h);
+  return f.x + f.y;
+}
+
 inline constexpr int kFp8GemvWarps = 16;
 inline constexpr int kFp8GemvUnroll = 4;
 
@@ -125,18 +143,8 @@ __global__ void __launch_bounds__(kFp8GemvWarps * 32) fp8_gemv_kernel(const __gr
         if (k >= K) break;
         const uint4 xa = *reinterpret_cast<const uint4*>(xh + k);
         const uint4 xb = *reinterpret_cast<const uint4*>(xh + k + 8);
-        const __half2* x2a = reinterpret_cast<const __half2*>(&xa);
-        const __half2* x2b = reinterpret_cast<const __half2*>(&xb);
-        const __nv_fp8x2_storage_t* w2 = reinterpret_cast<const __nv_fp8x2_storage_t*>(&wv[u]);
-        __half2 h = __float2half2_rn(0.0f);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-          __half2_raw r = __nv_cvt_fp8x2_to_halfraw2(w2[i], __NV_E4M3);
-          h = __hfma2(*reinterpret_cast<const __half2*>(&r), i < 4 ? x2a[i] : x2b[i - 4], h);
-        }
-        const float2 f = __half22float2(h);
         const int g = k / kFp8Block;
-        acc = fmaf(f.x + f.y, xs[g] * (p.block_n == 1 ? wsr[0] : wsr[g]), acc);
+        acc = fmaf(fp8_chunk_dot(wv[u], xa, xb), xs[g] * (p.block_n == 1 ? wsr[0] : wsr[g]), acc);
       }
     }
     acc = warp_sum(acc);
@@ -280,22 +288,12 @@ __global__ void __launch_bounds__(NW * 32, MINB)
       if (k >= K) break;  // chunks past K are the tail of the last step only
       const uint4 xa = *reinterpret_cast<const uint4*>(xh + k);
       const uint4 xb = *reinterpret_cast<const uint4*>(xh + k + 8);
-      const __half2* x2a = reinterpret_cast<const __half2*>(&xa);
-      const __half2* x2b = reinterpret_cast<const __half2*>(&xb);
       const int g = k / kFp8Block;
       const float xg = xs[g];
 #pragma unroll
-      for (int c = 0; c < C; ++c) {
-        const __nv_fp8x2_storage_t* w2 = reinterpret_cast<const __nv_fp8x2_storage_t*>(&src[u][c]);
-        __half2 h = __float2half2_rn(0.0f);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-          __half2_raw r = __nv_cvt_fp8x2_to_halfraw2(w2[i], __NV_E4M3);
-          h = __hfma2(*reinterpret_cast<const __half2*>(&r), i < 4 ? x2a[i] : x2b[i - 4], h);
-        }
-        const float2 f = __half22float2(h);
-        acc[c] = fmaf(f.x + f.y, xg * (p.block_n == 1 ? __ldg(wsr[c]) : __ldg(wsr[c] + g)), acc[c]);
-      }
+      for (int c = 0; c < C; ++c)
+        acc[c] = fmaf(fp8_chunk_dot(src[u][c], xa, xb), xg * (p.block_n == 1 ? __ldg(wsr[c]) : __ldg(wsr[c] + g)),
+                      acc[c]);
     }
   };
   while (n0 < p.N) {  // wa holds the row group's first U chunks
@@ -389,6 +387,15 @@ inline const char* fp8_gemv_variant_name(int v) {
   return v >= 0 && v < kFp8GemvVariants ? names[v] : "?";
 }
 
+namespace detail {
+/// The launch parameters every entry below starts from: x (device row, or null), w, bias, y.
+template <class T>
+Fp8GemvParams<device_t<T>> fp8_gemv_params(const T* x, const Fp8Weight& w, const T* bias, T* y) {
+  return {dev(x), reinterpret_cast<const uint8_t*>(w.q.data), w.scale.data, w.scale_ld, w.block_n,
+          w.per_channel() ? 1 : 0, dev(bias), dev(y), static_cast<int>(w.rows()), static_cast<int>(w.cols())};
+}
+}  // namespace detail
+
 /// y [1, N] = q(x)·dq(w)ᵀ (+ bias) (see the file comment). x, y device rows of T; w on the device.
 /// `variant`: see kFp8GemvVariants (all bit-identical).
 template <class T>
@@ -401,9 +408,7 @@ void fp8_gemv(TensorView<T> y, TensorView<T> x, const Fp8Weight& w, const T* bia
   PIE_CHECK(fp8_gemv_supported(K), "fp8_gemv: K = ", K, " must be a multiple of 16, at most 32768");
   PIE_CHECK(w.per_channel() || (w.block_n == kFp8Block && w.block_k == kFp8Block), "fp8_gemv: unknown weight blocks");
   using D = device_t<T>;
-  detail::Fp8GemvParams<D> p{dev(x.data), reinterpret_cast<const uint8_t*>(w.q.data), w.scale.data, w.scale_ld,
-                             w.block_n, w.per_channel() ? 1 : 0, dev(bias), dev(y.data), static_cast<int>(N),
-                             static_cast<int>(K)};
+  auto p = detail::fp8_gemv_params<T>(x.data, w, bias, y.data);
   PIE_CHECK(variant >= 0 && variant < kFp8GemvVariants, "fp8_gemv: no variant ", variant);
   if (variant > 0) {
     PIE_CHECK(reinterpret_cast<uintptr_t>(x.data) % 8 == 0, "fp8_gemv: x must be 8-byte aligned");
@@ -438,10 +443,7 @@ void fp8_gemv_prequantized(TensorView<T> y, const fp8_e4m3* xq, const float* xs,
             "fp8_gemv_prequantized: unknown weight blocks");
   PIE_CHECK(variant >= 1 && variant < kFp8GemvVariants, "fp8_gemv_prequantized: no variant ", variant);
   PIE_CHECK(reinterpret_cast<uintptr_t>(xq) % 16 == 0, "fp8_gemv_prequantized: codes must be 16-byte aligned");
-  using D = device_t<T>;
-  detail::Fp8GemvParams<D> p{nullptr, reinterpret_cast<const uint8_t*>(w.q.data), w.scale.data, w.scale_ld,
-                             w.block_n, w.per_channel() ? 1 : 0, dev(bias), dev(y.data), static_cast<int>(N),
-                             static_cast<int>(K)};
+  auto p = detail::fp8_gemv_params<T>(nullptr, w, bias, y.data);
   p.xq = reinterpret_cast<const uint8_t*>(xq);
   p.xsc = xs;
   p.xs_ld = static_cast<int>(xs_ld);
@@ -474,10 +476,7 @@ void fp8_add_rms_norm_gemv(TensorView<T> y, TensorView<T> x, const T* r_in, T* r
             "fp8_add_rms_norm_gemv: needs r_out, norm_w, r_in (unless first), and r_in != r_out");
   PIE_CHECK(vec8_aligned(x.data) && vec8_aligned(r_out) && vec8_aligned(norm_w) && (r_in == nullptr || vec8_aligned(r_in)),
             "fp8_add_rms_norm_gemv: x, residual and norm weight must be 16-byte aligned");
-  using D = device_t<T>;
-  detail::Fp8GemvParams<D> p{dev(x.data), reinterpret_cast<const uint8_t*>(w.q.data), w.scale.data, w.scale_ld,
-                             w.block_n, w.per_channel() ? 1 : 0, dev(bias), dev(y.data), static_cast<int>(N),
-                             static_cast<int>(K)};
+  auto p = detail::fp8_gemv_params<T>(x.data, w, bias, y.data);
   p.norm_r_in = dev(r_in);
   p.norm_r_out = dev(r_out);
   p.norm_w = dev(norm_w);
