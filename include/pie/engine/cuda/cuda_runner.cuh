@@ -731,7 +731,7 @@ class CudaRunner {
           local.k[size_t(l) * c.num_key_value_heads + h] = s->k_of(l)[h0 + h];
           local.v[size_t(l) * c.num_key_value_heads + h] = s->v_of(l)[h0 + h];
         }
-      kv_->set_scales(local.k, local.v);
+      kv_->set_scales(local);
       if (log_) std::fprintf(stderr, "pie: fp8 KV scales: the checkpoint's k_scale / v_scale\n");
     }
   }

@@ -8,7 +8,6 @@
 /// set_scales (checkpoint k_scale/v_scale, or computed by --calculate-kv-scales).
 #include <cuda_runtime.h>
 
-#include <cmath>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
@@ -16,6 +15,7 @@
 #include "pie/core/buffer.hpp"
 #include "pie/core/error.hpp"
 #include "pie/kv/kv_layout.hpp"
+#include "pie/kv/kv_scales.hpp"
 #include "pie/kv/paged_kv.hpp"
 #include "pie/sched/step_plan.hpp"
 
@@ -38,7 +38,7 @@ class KVCache {
     if (device_.size()) PIE_CUDA_CHECK(cudaMemset(device_.data(), 0, device_.size() * sizeof(KV)));
     if constexpr (kScaled) {
       scales_ = DeviceBuffer<float>(static_cast<size_t>(layout.num_layers) * 2 * layout.num_kv_heads);
-      set_scales(std::vector<float>(scales_.size() / 2, 1.0f), std::vector<float>(scales_.size() / 2, 1.0f));
+      set_scales(kv::KvScales::ones(layout.num_layers, layout.num_kv_heads));
     }
     PIE_CHECK(num_blocks > 0, "KVCache: num_blocks must be positive, got ", num_blocks);
     PIE_CHECK(num_blocks < (int64_t{1} << 31), "KVCache: block ids are int32; ", num_blocks, " blocks is too many");
@@ -52,22 +52,20 @@ class KVCache {
   /// Start of layer `l`'s pool on the device.
   KV* layer_data(int l) { return device_.data() + static_cast<size_t>(l) * num_blocks_ * block_elems_; }
 
-  /// fp8: the scales of every layer, [layers][kv_heads] each for K and V (> 0, finite), copied
-  /// to the device (synchronously: before any step that reads the cache).
-  void set_scales(const std::vector<float>& k, const std::vector<float>& v) {
+  /// fp8: the scales of every layer (KvScales::check: positive, finite, this cache's layers and
+  /// kv heads), copied to the device (synchronously: before any step that reads the cache).
+  void set_scales(const kv::KvScales& s) {
     static_assert(kScaled, "KVCache::set_scales: only an fp8 cache is scaled");
-    const size_t n = static_cast<size_t>(layout_.num_layers) * layout_.num_kv_heads;
-    PIE_CHECK(k.size() == n && v.size() == n, "KVCache::set_scales: want ", n, " K and V scales, got ", k.size(),
-              " and ", v.size());
-    for (size_t i = 0; i < n; ++i)
-      PIE_CHECK(std::isfinite(k[i]) && k[i] > 0 && std::isfinite(v[i]) && v[i] > 0,
-                "KVCache::set_scales: scales must be positive and finite (layer ", i / layout_.num_kv_heads, ")");
+    PIE_CHECK(s.num_layers == layout_.num_layers && s.num_kv_heads == layout_.num_kv_heads,
+              "KVCache::set_scales: scales for ", s.num_layers, " layers × ", s.num_kv_heads, " kv heads, the cache has ",
+              layout_.num_layers, " × ", layout_.num_kv_heads);
+    s.check("KVCache::set_scales");
     // Layer-major [layers][2][kv_heads]: layer l's K scales, then its V scales.
-    std::vector<float> h(2 * n);
+    std::vector<float> h(2 * s.k.size());
     for (int l = 0; l < layout_.num_layers; ++l)
       for (int j = 0; j < layout_.num_kv_heads; ++j) {
-        h[(2 * l) * layout_.num_kv_heads + j] = k[l * layout_.num_kv_heads + j];
-        h[(2 * l + 1) * layout_.num_kv_heads + j] = v[l * layout_.num_kv_heads + j];
+        h[(2 * l) * layout_.num_kv_heads + j] = s.k_of(l)[j];
+        h[(2 * l + 1) * layout_.num_kv_heads + j] = s.v_of(l)[j];
       }
     PIE_CUDA_CHECK(cudaMemcpy(scales_.data(), h.data(), h.size() * sizeof(float), cudaMemcpyHostToDevice));
   }
