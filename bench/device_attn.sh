@@ -35,7 +35,7 @@ targets=()
 if [ ${#targets[@]} -gt 0 ]; then
   say "building here: ${targets[*]}"
   run configure 120 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \
-    -DPIE_BUILD_BENCH=ON -DPIE_BUILD_EXAMPLES=ON -DPIE_BUILD_TESTS=ON
+    -DPIE_BUILD_BENCH=ON -DPIE_BUILD_CUDA_BENCH=ON -DPIE_BUILD_EXAMPLES=ON -DPIE_BUILD_TESTS=ON
   run build 300 cmake --build "$BUILD" -j "$(nproc)" --target "${targets[@]}"
 fi
 

@@ -66,7 +66,7 @@ if [ -f "$MODEL8B/config.json" ]; then
       [ -f "$OUT/profile_b1_$sw.txt" ] && sed "s/^/[trace b1 fused=$sw] /" "$OUT/profile_b1_$sw.txt" | head -30 | tee -a "$SUM"
     done
   else
-    say "trace: no CUPTI tracer built (PIE_BUILD_BENCH=ON builds bench/cuda/libpie_kernel_trace.so)"
+    say "trace: no CUPTI tracer built (-DPIE_BUILD_CUDA_BENCH=ON builds bench/cuda/libpie_kernel_trace.so)"
   fi
 else
   say "no $MODEL8B/config.json: bench skipped"

@@ -45,7 +45,7 @@ if [ -n "$BIN" ] && "$BIN/pie_cuda_test_moe" --gtest_list_tests > "$OUT/prebuilt
 else
   [ -n "$BIN" ] && { say "prebuilt binaries do not load here: building"; tail -3 "$OUT/prebuilt.log" | tee -a "$SUM"; }
   run configure 60 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \
-    -DPIE_BUILD_BENCH=ON -DPIE_BUILD_EXAMPLES=ON -DPIE_BUILD_TESTS=ON
+    -DPIE_BUILD_BENCH=ON -DPIE_BUILD_CUDA_BENCH=ON -DPIE_BUILD_EXAMPLES=ON -DPIE_BUILD_TESTS=ON
   run build 200 cmake --build "$BUILD" -j "$(nproc)" --target pie_bench pie_cuda_test_moe pie_gpu_test_hf pie_kernel_trace \
     || grep -E "error" "$OUT/build.log" | head -20 | tee -a "$SUM"
   BENCH=$BUILD/examples/pie/pie_bench TEST_MOE=$BUILD/tests/cuda/pie_cuda_test_moe

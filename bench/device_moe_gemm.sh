@@ -36,7 +36,7 @@ else
   say "no prebuilt binaries in $BIN that load here: building (CUTLASS headers: $CUTLASS)"
   CUTLASS=$(realpath "$CUTLASS")
   run configure 40 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \
-    -DPIE_BUILD_BENCH=ON -DPIE_BUILD_EXAMPLES=ON -DPIE_BUILD_TESTS=ON -DPIE_MOE_CUTLASS=ON -DPIE_CUTLASS_DIR="$CUTLASS"
+    -DPIE_BUILD_BENCH=ON -DPIE_BUILD_CUDA_BENCH=ON -DPIE_BUILD_EXAMPLES=ON -DPIE_BUILD_TESTS=ON -DPIE_MOE_CUTLASS=ON -DPIE_CUTLASS_DIR="$CUTLASS"
   run build 150 cmake --build "$BUILD" -j "$(nproc)" --target pie_cuda_test_moe_cutlass pie_bench_cuda_moe pie_bench \
     || grep -E "error" "$OUT/build.log" | head -20 | tee -a "$SUM"
   TEST=$BUILD/tests/cuda/pie_cuda_test_moe_cutlass KBENCH=$BUILD/bench/cuda/pie_bench_cuda_moe

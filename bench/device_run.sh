@@ -29,7 +29,7 @@ status=0
 
 if want build; then
   stamp build | tee "$OUT/build.log"
-  cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DPIE_BUILD_EXAMPLES=OFF \
+  cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DPIE_BUILD_CUDA_BENCH=ON -DPIE_BUILD_EXAMPLES=OFF \
         -DCMAKE_CUDA_ARCHITECTURES=90a >> "$OUT/build.log" 2>&1 || { echo "configure failed"; tail -30 "$OUT/build.log"; exit 1; }
   targets=""
   for t in $TESTS; do targets="$targets pie_cuda_test_$t"; done
