@@ -4,7 +4,9 @@
 // lm_head GEMV) and both. The float logits of every step are bit-identical — chunked prefill, a
 // mixed step, graph-replayed decode steps (a padded bucket: slot −1 rows) and batch-1 steps,
 // replayed and eager — for Qwen3 (q/k norm), a Llama-shaped model with llama3 RoPE scaling
-// (plain RoPE), block sizes 16 and 8, and an fp8 KV cache. Label cuda.
+// (plain RoPE), block sizes 16 and 8, and an fp8 KV cache. The L2 prefetch of the weights after
+// RoPE + attention (PIE_L2_PREFETCH, engine/l2_prefetch.hpp) likewise, with its kernel alone on
+// ranges with tails and inside a captured graph. Label cuda.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -29,10 +31,13 @@ using Bf16Block8 = EnginePolicy<8, bf16, bf16, attention::Causal, backend::Cuda>
 
 template <class P>
 std::unique_ptr<Engine<model::AnyDecoder, P>> make_engine(const std::shared_ptr<const model::Weights<bf16>>& hw,
-                                                          bool rope_kv, bool final_norm, bool eager) {
+                                                          bool rope_kv, bool final_norm, bool eager,
+                                                          int l2_rows = 0, const char* l2_mib = nullptr) {
   // The runner reads the switches once, when it is built (its graphs capture that path).
   setenv("PIE_FUSED_ROPE_KV", rope_kv ? "1" : "0", 1);
   setenv("PIE_FUSED_FINAL_NORM", final_norm ? "1" : "0", 1);
+  setenv("PIE_L2_PREFETCH", std::to_string(l2_rows).c_str(), 1);
+  if (l2_mib) setenv("PIE_L2_PREFETCH_MB", l2_mib, 1);
   EngineOptions o;
   o.sched.max_num_seqs = 16;
   o.sched.max_num_batched_tokens = 256;
@@ -45,6 +50,8 @@ std::unique_ptr<Engine<model::AnyDecoder, P>> make_engine(const std::shared_ptr<
   auto e = std::make_unique<Engine<model::AnyDecoder, P>>(o);
   unsetenv("PIE_FUSED_ROPE_KV");
   unsetenv("PIE_FUSED_FINAL_NORM");
+  unsetenv("PIE_L2_PREFETCH");
+  unsetenv("PIE_L2_PREFETCH_MB");
   return e;
 }
 
@@ -58,12 +65,14 @@ std::vector<int32_t> random_tokens(std::mt19937& rng, int n, int vocab) {
 /// Runs the same hand-built steps through the separate kernels and through an engine with the
 /// given fusions; every step's float logits must be the same bytes.
 template <class P>
-void check(const model::ModelConfig& cfg, bool eager, bool rope_kv, bool final_norm, const std::string& what_in) {
+void check(const model::ModelConfig& cfg, bool eager, bool rope_kv, bool final_norm, const std::string& what_in,
+           int l2_rows = 0, const char* l2_mib = nullptr) {
   constexpr int bs = P::block_size;
-  const std::string what = what_in + (rope_kv ? " +rope_kv" : "") + (final_norm ? " +final_norm" : "");
+  const std::string what = what_in + (rope_kv ? " +rope_kv" : "") + (final_norm ? " +final_norm" : "") +
+                           (l2_rows ? " +l2_prefetch" : "");
   auto hw = std::make_shared<const model::Weights<bf16>>(model::dummy_weights<bf16>(cfg, 21));
   auto sep_owner = make_engine<P>(hw, false, false, eager);
-  auto fus_owner = make_engine<P>(hw, rope_kv, final_norm, eager);
+  auto fus_owner = make_engine<P>(hw, rope_kv, final_norm, eager, l2_rows, l2_mib);
   auto& sep = sep_owner->runner();
   auto& fus = fus_owner->runner();
   std::mt19937 rng(7);
@@ -106,7 +115,11 @@ void check(const model::ModelConfig& cfg, bool eager, bool rope_kv, bool final_n
   // and the final norm on the batch-1 steps; the separate engine took none.
   const auto& on = fus.forward().fusion_counts();
   const auto& off = sep.forward().fusion_counts();
-  EXPECT_EQ(off.rope_kv + off.final_norm, 0) << what;
+  EXPECT_EQ(off.rope_kv + off.final_norm + off.l2_prefetch, 0) << what;
+  // Prefetching steps: the batch-1 steps (every layer, in their graph or eagerly), and with
+  // l2_rows ≥ 4 the padded bucket-4 decodes too.
+  if (l2_rows) EXPECT_GE(on.l2_prefetch, int64_t{1} * cfg.num_hidden_layers) << what;
+  else EXPECT_EQ(on.l2_prefetch, 0) << what;
   if (rope_kv) EXPECT_GE(on.rope_kv, int64_t{3} * cfg.num_hidden_layers) << what;
   else EXPECT_EQ(on.rope_kv, 0) << what;
   if (final_norm) EXPECT_GE(on.final_norm, 1) << what;
@@ -140,6 +153,47 @@ TEST(FusedOps, LlamaWithLlama3RopeScalingLogitsBitIdentical) {
   cfg.rope_scaling.factor = 8;
   cfg.rope_scaling.original_max_position_embeddings = 64;  // scaled frequencies at these lengths
   check_all<CudaBf16>(cfg, false, "llama3 graphs");
+}
+
+TEST(FusedOps, L2PrefetchLogitsBitIdenticalGraphsAndEager) {
+  auto cfg = gpu_test::small_qwen3(3);
+  check<CudaBf16>(cfg, false, false, false, "qwen3 graphs", 1);          // batch-1 steps prefetch
+  check<CudaBf16>(cfg, false, false, false, "qwen3 graphs", 4);          // and the bucket-4 decodes
+  check<CudaBf16>(cfg, true, false, false, "qwen3 eager", 4);
+  check<CudaBf16>(cfg, false, true, true, "qwen3 graphs, budget 1 MiB", 4, "1");  // with the fusions
+}
+
+TEST(FusedOps, L2PrefetchKernelTakesTailsAndRunsInAGraph) {
+  // Ranges with a last chunk shorter than 4 KB, more chunks than one CTA row, an odd count of
+  // ranges; launched plainly and from a captured graph, then the bytes are unchanged.
+  const size_t n = (size_t{3} << 20) + 48;
+  std::vector<uint8_t> h(n);
+  for (size_t i = 0; i < n; ++i) h[i] = static_cast<uint8_t>(i * 131 + 7);
+  uint8_t* d = nullptr;
+  ASSERT_EQ(cudaMalloc(&d, n), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(d, h.data(), n, cudaMemcpyHostToDevice), cudaSuccess);
+  const std::vector<engine::PrefetchRange> r = {{d, (size_t{2} << 20) + 16}, {d + (size_t{5} << 19), 4096 + 32}, {d + n - 48, 48}};
+  cudaStream_t s;
+  ASSERT_EQ(cudaStreamCreate(&s), cudaSuccess);
+  ops::cuda::l2_prefetch(r, s);
+  ops::cuda::l2_prefetch({}, s);  // nothing to do: no launch
+  ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
+  cudaGraph_t g;
+  cudaGraphExec_t ge;
+  ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+  ops::cuda::l2_prefetch(r, s);
+  ASSERT_EQ(cudaStreamEndCapture(s, &g), cudaSuccess);
+  ASSERT_EQ(cudaGraphInstantiate(&ge, g, 0), cudaSuccess);
+  for (int i = 0; i < 3; ++i) ASSERT_EQ(cudaGraphLaunch(ge, s), cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
+  std::vector<uint8_t> back(n);
+  ASSERT_EQ(cudaMemcpy(back.data(), d, n, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(std::memcmp(back.data(), h.data(), n), 0);
+  EXPECT_THROW(ops::cuda::l2_prefetch({{d + 8, 64}}, s), Error) << "a misaligned range is refused";
+  cudaGraphExecDestroy(ge);
+  cudaGraphDestroy(g);
+  cudaStreamDestroy(s);
+  cudaFree(d);
 }
 
 TEST(FusedOps, BlockSize8LogitsBitIdentical) { check_all<Bf16Block8>(gpu_test::small_qwen3(2), false, "block 8"); }

@@ -26,7 +26,8 @@
 ///       // engine/cuda/cuda_forward.cuh): f.act(cols), f.embed, f.linear, f.norm_linear,
 ///       // f.add_rms_norm, f.rms_norm, f.add, f.qk_norm_rope, f.rope, f.attention(layer, qkv, out),
 ///       // f.silu_and_mul, f.moe (a sparse MoE block), f.all_reduce (tensor
-///       // parallelism's hook), f.logits
+///       // parallelism's hook), f.logits, f.prefetch(w...) (a hint: these weights are read next,
+///       // after ops that leave DRAM idle; engine/l2_prefetch.hpp)
 ///
 /// The engine then gives the model paged KV, continuous batching, chunked prefill, prefix
 /// caching, preemption, device sampling and CUDA graphs. The Qwen3 family (model/qwen3.hpp) is

@@ -44,6 +44,7 @@ struct DecoderForward {
       const auto& L = w.layers[l];
       // res += x (res = x in layer 0); x = rmsnorm(res); qkv = x·Wqkvᵀ (+ bias)
       f.norm_linear(x, res, L.input_layernorm, l == 0, L.qkv_proj, L.qkv_bias, qkv);
+      f.prefetch(L.o_proj, L.gate_up_proj);         // read after RoPE + attention, which leave DRAM idle
       f.qk_norm_rope(qkv, L.q_norm, L.k_norm);      // norms empty: RoPE only
       auto attn = f.reuse(mid, c.q_size());
       f.attention(l, qkv, attn);                    // K/V into the paged cache, then attend

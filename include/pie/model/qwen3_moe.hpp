@@ -285,6 +285,8 @@ struct Qwen3Moe {
     for (int l = 0; l < c.num_hidden_layers; ++l) {
       const auto& L = w.layers[l];
       f.norm_linear(x, res, L.input_layernorm, l == 0, L.qkv_proj, {}, qkv);
+      // read after RoPE + attention, which leave DRAM idle
+      f.prefetch(L.o_proj, L.sparse() ? L.router : L.gate_up_proj);
       f.qk_norm_rope(qkv, L.q_norm, L.k_norm);
       auto attn = f.reuse(mid, Q);
       f.attention(l, qkv, attn);

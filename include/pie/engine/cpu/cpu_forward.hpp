@@ -193,6 +193,10 @@ class CpuForward {
     add_rms_norm(x, res, norm, first);
     linear(x, w, bias, out);
   }
+  /// A hint that `ws` are read next (model_concept.hpp): the GPU context may move them into its
+  /// L2 cache meanwhile; the CPU has nothing to do.
+  template <class... Ws>
+  void prefetch(const Ws&...) {}
   /// Per-head RMSNorm of the q and k parts of the fused qkv (when the weights are not empty),
   /// then NeoX RoPE on both at the plan's positions.
   void qk_norm_rope(Act qkv, const Weight& q_norm, const Weight& k_norm) {

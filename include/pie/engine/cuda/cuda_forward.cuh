@@ -17,6 +17,9 @@
 /// - with fusions.final_norm (PIE_FUSED_FINAL_NORM=1), at batch 1 with one sampled row: an
 ///   add_rms_norm is held back until the next op; when that op is logits() over the same
 ///   activation it runs inside lm_head's GEMV prologue, otherwise on its own first;
+/// - with l2_prefetch (PIE_L2_PREFETCH=N, opt-in), at steps of N rows or fewer: the weights a
+///   model names in prefetch() are moved into L2 while RoPE and decode attention leave DRAM idle
+///   (engine/l2_prefetch.hpp);
 /// - per-op event timing when the profiler is on;
 /// - tensor parallelism at three hooks: embed() (vocab-parallel, ids shifted into the rank's
 ///   slice, then an all-reduce), all_reduce() (row-parallel projections) and logits() (the
@@ -42,6 +45,7 @@
 #include "pie/engine/cuda/step_profiler.cuh"
 #include "pie/engine/fusion_switches.hpp"
 #include "pie/engine/kv_write_fusion.hpp"
+#include "pie/engine/l2_prefetch.hpp"
 #include "pie/engine/moe_shapes.hpp"
 #include "pie/model/config.hpp"
 #include "pie/model/tp_plan.hpp"
@@ -55,6 +59,7 @@
 #include "pie/ops/cuda/gemv.cuh"
 #include "pie/ops/cuda/kv_scales.cuh"
 #include "pie/ops/cuda/kv_write.cuh"
+#include "pie/ops/cuda/l2_prefetch.cuh"
 #include "pie/ops/cuda/moe.cuh"
 #include "pie/ops/cuda/moe_group_plan.hpp"
 #if defined(PIE_MOE_CUTLASS)
@@ -122,6 +127,7 @@ class CudaForward {
     unsigned char* decode_ws = nullptr;
     bool batch_invariant = false;
     FusionSwitches fusions;                    ///< opt-in fusions (engine/fusion_switches.hpp)
+    L2Prefetch l2_prefetch;                    ///< prefetch()'s policy (default: never)
     const parallel::TpShard* shard = nullptr;  ///< null: unsharded
     parallel::Communicator* comm = nullptr;
     Variant variant{};
@@ -193,6 +199,7 @@ class CudaForward {
   struct FusionCounts {
     int64_t rope_kv = 0;     ///< qk_norm_rope_kv kernels (kv_write skipped)
     int64_t final_norm = 0;  ///< lm_head GEMVs with the final norm in their prologue
+    int64_t l2_prefetch = 0;  ///< prefetch() calls that launched the L2 prefetch kernel
   };
   const FusionCounts& fusion_counts() const { return fusion_counts_; }
 
@@ -330,6 +337,20 @@ class CudaForward {
     });
     res.data = r_out;
   }
+  /// A hint (model_concept.hpp): `ws` are read next, after ops that leave DRAM idle. At steps of
+  /// p_.l2_prefetch.max_rows rows or fewer, their first bytes up to the policy's budget are
+  /// prefetched into L2 now (one small kernel); otherwise nothing runs. Never changes a result.
+  template <class... Ws>
+  void prefetch(const Ws&... ws) {
+    static_assert(sizeof...(Ws) <= ops::cuda::L2PrefetchArgs::kMaxRanges, "prefetch: at most 4 weights");
+    if (!p_.l2_prefetch.wants(shape_.tokens)) return;
+    const auto ranges = p_.l2_prefetch.plan({byte_range(ws)...});
+    if (ranges.empty()) return;
+    op("l2_prefetch", [&] { ops::cuda::l2_prefetch(ranges, s_); });
+    ++fusion_counts_.l2_prefetch;
+  }
+  static PrefetchRange byte_range(const Weight& w) { return {w.data, static_cast<size_t>(w.numel()) * sizeof(T)}; }
+  static PrefetchRange byte_range(const Fp8Weight& w) { return {w.q.data, static_cast<size_t>(w.q.numel())}; }
   /// With fusions.rope_kv, also this step's K/V rows into the next layer's cache (file comment).
   void qk_norm_rope(Act qkv, const Weight& q_norm, const Weight& k_norm) {
     const auto& c = p_.config;

@@ -629,6 +629,7 @@ class CudaRunner {
       p.fusions.rope_kv = false;
       if (log_) std::fprintf(stderr, "pie: --calculate-kv-scales: PIE_FUSED_ROPE_KV ignored\n");
     }
+    p.l2_prefetch = L2Prefetch::from_env(ops::cuda::l2_cache_bytes());
     p.shard = shard_ ? &*shard_ : nullptr;
     p.comm = comm_.get();
     typename Forward::Parts nano_parts = p;
