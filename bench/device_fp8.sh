@@ -32,16 +32,7 @@ export PYTHONUNBUFFERED=1
 say "device: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -1)"
 
 FP8_MODEL=.device/Qwen3-8B-FP8
-mkdir -p "$FP8_MODEL"
-python3 - "$MODEL" "$FP8_MODEL" <<'PY'
-import json, shutil, sys
-src, dst = sys.argv[1], sys.argv[2]
-c = json.load(open(f"{src}/config.json"))
-c["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
-                            "weight_block_size": [128, 128]}
-json.dump(c, open(f"{dst}/config.json", "w"), indent=2)
-shutil.copy(f"{src}/generation_config.json", dst)
-PY
+fp8_config "$MODEL" "$FP8_MODEL"
 
 # Binaries built elsewhere (same x86-64, same CUDA 13) can be carried in $PIE_PREBUILT
 # (pie_bench, pie_gpu_test_fp8): used when they load, else built here.

@@ -31,16 +31,7 @@ LOGDIR=$OUT
 
 say "$(gpu_line)"
 FP8_MODEL=$OUT/Qwen3-8B-FP8
-mkdir -p "$FP8_MODEL"
-python3 - "$MODEL" "$FP8_MODEL" <<'PY'
-import json, shutil, sys
-src, dst = sys.argv[1], sys.argv[2]
-c = json.load(open(f"{src}/config.json"))
-c["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
-                            "weight_block_size": [128, 128]}
-json.dump(c, open(f"{dst}/config.json", "w"), indent=2)
-shutil.copy(f"{src}/generation_config.json", dst)
-PY
+fp8_config "$MODEL" "$FP8_MODEL"
 
 run test_gemv 40 "$dir/pie_gpu_test_fp8_gemv" --gtest_color=no
 grep -E "OK \]|FAILED  \]|Failure|differ|rel err" "$OUT/test_gemv.log" | head -30 | tee -a "$SUM"

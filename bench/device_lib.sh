@@ -9,6 +9,8 @@
 #   wait_ready PID PORT     polls http://127.0.0.1:PORT/health until 200 (up to $READY_TRIES
 #                           half-second tries) while PID lives; status 0 once ready
 #   stop_server PID         SIGTERM, up to 10 s to exit, then SIGKILL
+#   fp8_config SRC DST      DST/config.json = SRC's with Qwen3-8B-FP8's quantization_config (128×128
+#                           weight blocks, dynamic 1×128 activations), and SRC's generation_config
 # Settings (set them before sourcing or before a call): SUM (default /dev/null), LOGDIR (default
 # $OUT), DEADLINE (default none), RUN_TAIL (12), RUN_MIN_LEFT (5), READY_TRIES (240).
 
@@ -49,4 +51,17 @@ stop_server() {
   for ((i = 0; i < 20; ++i)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
   kill -KILL "$pid" 2>/dev/null
   wait "$pid" 2>/dev/null
+}
+
+fp8_config() {
+  mkdir -p "$2"
+  python3 - "$1" "$2" <<'PY'
+import json, shutil, sys
+src, dst = sys.argv[1], sys.argv[2]
+c = json.load(open(f"{src}/config.json"))
+c["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                            "weight_block_size": [128, 128]}
+json.dump(c, open(f"{dst}/config.json", "w"), indent=2)
+shutil.copy(f"{src}/generation_config.json", dst)
+PY
 }

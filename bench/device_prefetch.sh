@@ -25,16 +25,7 @@ SUM="$OUT/summary.txt" LOGDIR=$OUT/logs RUN_MIN_LEFT=12
 
 say "$(gpu_line)"
 FP8_MODEL=$OUT/logs/Qwen3-8B-FP8
-mkdir -p "$FP8_MODEL"
-python3 - "$MODEL" "$FP8_MODEL" <<'PY'
-import json, shutil, sys
-src, dst = sys.argv[1], sys.argv[2]
-c = json.load(open(f"{src}/config.json"))
-c["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
-                            "weight_block_size": [128, 128]}
-json.dump(c, open(f"{dst}/config.json", "w"), indent=2)
-shutil.copy(f"{src}/generation_config.json", dst)
-PY
+fp8_config "$MODEL" "$FP8_MODEL"
 
 run test_prefetch 60 "$dir/pie_gpu_test_fused_ops" --gtest_color=no --gtest_filter='FusedOps.L2Prefetch*'
 grep -E "OK \]|FAILED  \]|Failure|PASSED|\[fused\]" "$LOGDIR/test_prefetch.log" | head -20 | tee -a "$SUM"
