@@ -23,10 +23,11 @@ if [[ ! -f "$xgr_cache/xgrammar-0.2.8/include/xgrammar/xgrammar.h" ]]; then
     -d "$xgr_cache" 2>&1 | grep -v "Running pip as the 'root'" || true
   tar -xzf "$xgr_cache/xgrammar-0.2.8.tar.gz" -C "$xgr_cache"
 fi
-# CUTLASS's headers (the nvidia-cutlass wheel's cutlass_library/source/include), only for
-# -DPIE_MOE_CUTLASS=ON builds (off in CI): unpacked into $PIE_DEPS_CACHE/cutlass-4.2.0.0/include,
-# CMake's default PIE_CUTLASS_DIR.
-if [[ "${PIE_MOE_CUTLASS:-OFF}" == ON ]]; then
+# CUTLASS's headers (the nvidia-cutlass wheel's cutlass_library/source/include) for the MoE
+# experts' CUTLASS path (CMake turns PIE_MOE_CUTLASS on when they are there): unpacked into
+# $PIE_DEPS_CACHE/cutlass-4.2.0.0/include, CMake's default PIE_CUTLASS_DIR. PIE_MOE_CUTLASS=OFF
+# skips them.
+if [[ "${PIE_MOE_CUTLASS:-ON}" != OFF ]]; then
   cutlass_dir="${PIE_DEPS_CACHE:-$HOME/.cache/pie-deps}/cutlass-4.2.0.0"
   if [[ ! -f "$cutlass_dir/include/cutlass/cutlass.h" ]]; then
     mkdir -p "$cutlass_dir"

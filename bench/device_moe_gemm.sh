@@ -9,8 +9,8 @@
 #   2. the path's tests against the CPU op and the mma path (ragged groups, graph replay);
 #   3. the kernel bench at Qwen3-30B-A3B's shape, 1024 tokens = 8192 grouped rows: mma vs CUTLASS,
 #      µs, % of the copy ceiling and of the GEMM ceiling measured in the same run;
-#   4. `pie bench` Qwen3-30B-A3B dummy 1024 × (128, 128) with PIE_MOE_GEMM=cutlass, then =mma (the
-#      default path, the same-call peer; last, since the previous session measured it already):
+#   4. `pie bench` Qwen3-30B-A3B dummy 1024 × (128, 128) with PIE_MOE_GEMM unset (the CUTLASS path,
+#      the default since the seventh session), then =mma (the mma.sync kernel, the same-call peer):
 #      same binary, same call, each with the eager per-op profile of a batch-1024 decode step.
 # Usage, in the repository root of the GPU machine:  OUT=/some/dir bash bench/device_moe_gemm.sh
 # The last lines printed are the summary ($OUT/summary.txt).
@@ -49,8 +49,9 @@ grep -E "OK \]|FAILED  \]|Failure|Expected|Which is|PASSED" "$OUT/test_moe_cutla
 run kernel_bench 40 "$KBENCH" 1024 256
 grep -vE "^\s*$" "$OUT/kernel_bench.log" | head -70 | tee -a "$SUM"
 
-for sw in cutlass mma; do
-  PIE_MOE_GEMM=$sw run "bench_30b_$sw" 65 "$BENCH" "$MODEL" --load-format dummy --mode throughput \
+for sw in default mma; do  # default: PIE_MOE_GEMM unset, the CUTLASS path in a build that has it
+  [ "$sw" = default ] && unset PIE_MOE_GEMM || export PIE_MOE_GEMM=$sw
+  run "bench_30b_$sw" 65 "$BENCH" "$MODEL" --load-format dummy --mode throughput \
     --input-len 128 --output-len 128 --num-prompts 1024 --max-num-seqs 1024 --profile --output-json "$OUT/bench_30b_$sw.json"
   grep -E "^(ceilings|engine|throughput|roofline|decode at|profile|pie: memory)" "$OUT/bench_30b_$sw.log" | sed "s/^/[$sw] /" \
     | tee -a "$SUM"

@@ -118,6 +118,11 @@ TEST(MoeGroupPlan, SwitchValues) {
   EXPECT_EQ(parse_gemm_choice(""), GemmChoice::kMma);
   EXPECT_EQ(parse_gemm_choice("mma"), GemmChoice::kMma);
   EXPECT_EQ(parse_gemm_choice("cutlass"), GemmChoice::kCutlass);
+  // Unset or empty: the build's default (CUTLASS when compiled in); a value overrides it.
+  EXPECT_EQ(parse_gemm_choice(nullptr, GemmChoice::kCutlass), GemmChoice::kCutlass);
+  EXPECT_EQ(parse_gemm_choice("", GemmChoice::kCutlass), GemmChoice::kCutlass);
+  EXPECT_EQ(parse_gemm_choice("mma", GemmChoice::kCutlass), GemmChoice::kMma);
+  EXPECT_EQ(parse_gemm_choice("cutlass", GemmChoice::kMma), GemmChoice::kCutlass);
   try {
     parse_gemm_choice("cublas");
     FAIL() << "an unknown value was accepted";

@@ -63,7 +63,7 @@
 #include "pie/ops/cuda/moe.cuh"
 #include "pie/ops/cuda/moe_group_plan.hpp"
 #if defined(PIE_MOE_CUTLASS)
-#include "pie/ops/cuda/moe_cutlass.cuh"
+#include "pie/ops/cuda/moe_cutlass_path.cuh"
 #endif
 #include "pie/ops/cuda/norm.cuh"
 #include "pie/ops/cuda/prompt_logprobs.cuh"
@@ -471,9 +471,9 @@ class CudaForward {
       if (cs == cudaStreamCaptureStatusNone) moe_observer_(ws.routing().ids, n, top_k, s_);
     }
     const ops::cuda::MoeExperts<T> ex(x, gate_up, down, ws, out, !p_.batch_invariant);
-    // PIE_MOE_GEMM=cutlass: the CUTLASS grouped GEMMs above the GEMV batch sizes (not under batch
-    // invariance, which the mma path is tested for). The path's state is set up on the first
-    // call (eager, like the workspace) and re-made with it.
+    // In a build with the CUTLASS path (unless PIE_MOE_GEMM=mma): the CUTLASS grouped GEMMs above
+    // the GEMV batch sizes (not under batch invariance, which the mma path is tested for). The
+    // path's state is set up on the first call (eager, like the workspace) and re-made with it.
     [[maybe_unused]] const bool use_cutlass =
         moe_cutlass_wanted() && !p_.batch_invariant && n > ops::cuda::kMoeGemvMaxTokens;
 #if defined(PIE_MOE_CUTLASS)
@@ -481,7 +481,7 @@ class CudaForward {
       if (use_cutlass) {
         if (!moe_cutlass_ || moe_cutlass_ws_ != moe_.get()) {
           PIE_CHECK(!frozen_, "CudaForward: the MoE workspace changed after the graphs were captured");
-          moe_cutlass_ = std::make_unique<ops::cuda::MoeCutlass<T>>(ws, p_.max_tokens);
+          moe_cutlass_ = ops::cuda::make_moe_cutlass_path(ws, p_.max_tokens);
           moe_cutlass_ws_ = moe_.get();
         }
         op("moe_gate_up", [&] { moe_cutlass_->gate_up(x, gate_up, down, ws, s_); });
@@ -658,14 +658,21 @@ class CudaForward {
   DeviceBuffer<int32_t> ids_;
   std::unique_ptr<ops::cuda::MoeWorkspace<T>> moe_;  ///< the MoE block's scratch (first moe() call)
 #if defined(PIE_MOE_CUTLASS)
-  std::unique_ptr<ops::cuda::MoeCutlass<T>> moe_cutlass_;  ///< PIE_MOE_GEMM=cutlass's state (first use)
-  const void* moe_cutlass_ws_ = nullptr;                    ///< the workspace it was made for
+  std::unique_ptr<ops::cuda::MoeCutlassPath<T>> moe_cutlass_;  ///< the CUTLASS path's state (first use)
+  const void* moe_cutlass_ws_ = nullptr;                        ///< the workspace it was made for
 #endif
-  /// PIE_MOE_GEMM (moe_group::parse_gemm_choice): read once; "cutlass" in a build without
-  /// -DPIE_MOE_CUTLASS=ON is an error rather than a silent fallback.
+  /// PIE_MOE_GEMM (moe_group::parse_gemm_choice), read once: unset, the CUTLASS path when the
+  /// build has it (H200: Qwen3-30B-A3B 1024 × (128, 128) 0.348 → 0.456 of the roofline,
+  /// docs/benchmarks.md), else mma; "cutlass" in a build without -DPIE_MOE_CUTLASS is an error
+  /// rather than a silent fallback.
   static bool moe_cutlass_wanted() {
     static const bool on = [] {
-      const bool want = ops::cuda::moe_group::parse_gemm_choice(std::getenv("PIE_MOE_GEMM")) ==
+#if defined(PIE_MOE_CUTLASS)
+      constexpr auto kDefault = ops::cuda::moe_group::GemmChoice::kCutlass;
+#else
+      constexpr auto kDefault = ops::cuda::moe_group::GemmChoice::kMma;
+#endif
+      const bool want = ops::cuda::moe_group::parse_gemm_choice(std::getenv("PIE_MOE_GEMM"), kDefault) ==
                         ops::cuda::moe_group::GemmChoice::kCutlass;
 #if !defined(PIE_MOE_CUTLASS)
       PIE_CHECK(!want, "PIE_MOE_GEMM=cutlass: this build has no CUTLASS path (configure with -DPIE_MOE_CUTLASS=ON)");

@@ -4,7 +4,9 @@
 /// operands loaded by TMA, warp-specialized pingpong, persistent group scheduler): an opt-in
 /// alternative to moe_grouped_gemm.cuh's mma.sync kernel for the large-batch steps, compiled
 /// only with -DPIE_MOE_CUTLASS=ON (CUTLASS's headers, nvidia-cutlass on PyPI) and taken at run
-/// time only with PIE_MOE_GEMM=cutlass above the GEMV path's batch sizes (CudaForward::moe).
+/// time above the GEMV path's batch sizes unless PIE_MOE_GEMM=mma (CudaForward::moe). The
+/// engine reaches it through MoeCutlassPath (moe_cutlass_path.cuh), defined below in the one
+/// translation unit that defines PIE_MOE_CUTLASS_DEFINE_PATH.
 ///
 /// Per call, after moe_route (moe_routing.cuh), on one stream, no host sync, fixed addresses:
 /// 1. moe_cutlass_prepare_kernel: gathers x's rows through the routing's permutation into the
@@ -52,6 +54,7 @@
 #include "pie/core/tensor.hpp"
 #include "pie/ops/cuda/common.cuh"
 #include "pie/ops/cuda/moe.cuh"
+#include "pie/ops/cuda/moe_cutlass_path.cuh"
 #include "pie/ops/cuda/moe_group_plan.hpp"
 
 namespace pie::ops::cuda {
@@ -335,3 +338,28 @@ void moe_experts_cutlass(TensorView<T> x, TensorView<T> gate_up, TensorView<T> d
 }
 
 }  // namespace pie::ops::cuda
+
+#if defined(PIE_MOE_CUTLASS_DEFINE_PATH)
+// The engine's CUTLASS path (moe_cutlass_path.cuh): compiled in exactly one translation unit.
+namespace pie::ops::cuda {
+namespace detail {
+class MoeCutlassPathImpl final : public MoeCutlassPath<bf16> {
+ public:
+  MoeCutlassPathImpl(MoeWorkspace<bf16>& ws, int max_tokens) : path_(ws, max_tokens) {}
+  void gate_up(TensorView<bf16> x, TensorView<bf16> w_gate_up, TensorView<bf16> w_down, MoeWorkspace<bf16>& ws,
+               cudaStream_t s) override {
+    path_.gate_up(x, w_gate_up, w_down, ws, s);
+  }
+  void down(int n, cudaStream_t s) override { path_.down(n, s); }
+  size_t bytes() const override { return path_.bytes(); }
+
+ private:
+  MoeCutlass<bf16> path_;
+};
+}  // namespace detail
+
+std::unique_ptr<MoeCutlassPath<bf16>> make_moe_cutlass_path(MoeWorkspace<bf16>& ws, int max_tokens) {
+  return std::make_unique<detail::MoeCutlassPathImpl>(ws, max_tokens);
+}
+}  // namespace pie::ops::cuda
+#endif

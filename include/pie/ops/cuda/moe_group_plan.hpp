@@ -89,13 +89,15 @@ constexpr Leading leading(Product p, int H, int I) {
   return p == Product::kGateUp ? Leading{H, H, 2 * int64_t(I)} : Leading{I, I, H};
 }
 
-/// \brief The run-time switch PIE_MOE_GEMM: unset, empty or "mma" keeps the default grouped
-/// products (moe_grouped_gemm.cuh); "cutlass" asks for this path above the GEMV batch sizes.
-/// Anything else is an error naming the variable, not a silent fallback.
+/// \brief The run-time switch PIE_MOE_GEMM: "mma" takes the mma.sync grouped products
+/// (moe_grouped_gemm.cuh), "cutlass" this path above the GEMV batch sizes; unset or empty, the
+/// build's default (`fallback`: CUTLASS when it is compiled in). Anything else is an error
+/// naming the variable, not a silent fallback.
 enum class GemmChoice { kMma, kCutlass };
-inline GemmChoice parse_gemm_choice(const char* v) {
+inline GemmChoice parse_gemm_choice(const char* v, GemmChoice fallback = GemmChoice::kMma) {
   const std::string_view s = v ? v : "";
-  if (s.empty() || s == "mma") return GemmChoice::kMma;
+  if (s.empty()) return fallback;
+  if (s == "mma") return GemmChoice::kMma;
   PIE_CHECK(s == "cutlass", "PIE_MOE_GEMM=", s, ": expected mma or cutlass");
   return GemmChoice::kCutlass;
 }
