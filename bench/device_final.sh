@@ -9,6 +9,9 @@
 # RoPE+KV write and final norm bit for bit, and PIE_EXTRA_TESTS), then `pie bench` at the Qwen3-8B shape
 # (batch 1 and 2048 x (128, 128), then the same with --async-scheduling; PIE_SKIP_8B=1 skips
 # it) and the Qwen3-30B-A3B shape if time is left. Summary printed last; logs in $OUT/logs.tgz.
+# The GPU machine has no network: carry CUTLASS's headers (.ci/deps.sh unpacks them here) as
+# $PIE_CUTLASS_DIR (default .device/cutlass/include) and the MoE experts' CUTLASS path is built
+# and tested (the default since the seventh session); without them the build has the mma path only.
 #   OUT=dir PIE_DEADLINE_S=320 bash bench/device_final.sh
 set -u
 OUT=${OUT:-/tmp/pie_final_out}
@@ -24,17 +27,28 @@ export PYTHONUNBUFFERED=1
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 say "device: $(gpu_line)"
 
+CUTLASS=${PIE_CUTLASS_DIR:-.device/cutlass/include}
+CUTLASS_ARGS=(-DPIE_MOE_CUTLASS=OFF)
+MOE_CUTLASS_TARGET=""
+if [ -f "$CUTLASS/cutlass/cutlass.h" ]; then
+  CUTLASS_ARGS=(-DPIE_MOE_CUTLASS=ON -DPIE_CUTLASS_DIR="$(realpath "$CUTLASS")")
+  MOE_CUTLASS_TARGET=pie_cuda_test_moe_cutlass
+fi
+say "MoE CUTLASS path: ${MOE_CUTLASS_TARGET:-not built (no headers in $CUTLASS)}"
 run configure 60 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \
-  -DPIE_BUILD_BENCH=OFF -DPIE_BUILD_EXAMPLES=ON -DPIE_BUILD_TESTS=ON
+  -DPIE_BUILD_BENCH=OFF -DPIE_BUILD_EXAMPLES=ON -DPIE_BUILD_TESTS=ON "${CUTLASS_ARGS[@]}"
 run hf_reference 200 python3 tests/gpu/make_hf_reference.py --out /tmp/hfref --config-8b "$MODEL8B/config.json" \
   --moe --tries 2 &
 HFREF=$!
 TARGETS="pie_bench pie_gpu_test_hf pie_gpu_test_runner pie_gpu_test_fp8 pie_cuda_test_moe pie_gpu_test_prompt_logprobs
   pie_cuda_test_sampling pie_gpu_test_async_scheduling pie_gpu_test_device_sampling pie_gpu_test_fused_ops
-  pie_cuda_test_rope_kv pie_cuda_test_gemm ${PIE_EXTRA_TARGETS:-}"
+  pie_cuda_test_rope_kv pie_cuda_test_gemm $MOE_CUTLASS_TARGET ${PIE_EXTRA_TARGETS:-}"
 run build 240 cmake --build "$BUILD" -j "$(nproc)" --target $TARGETS || grep -E "error" "$LOGS/build.log" | head -20 | tee -a "$SUM"
 
 run test_moe 60 "$BUILD/tests/cuda/pie_cuda_test_moe" --gtest_color=no; gt test_moe
+if [ -n "$MOE_CUTLASS_TARGET" ]; then
+  run test_moe_cutlass 70 "$BUILD/tests/cuda/pie_cuda_test_moe_cutlass" --gtest_color=no; gt test_moe_cutlass
+fi
 for t in ${PIE_EXTRA_TESTS:-}; do run "$(basename "$t")" 60 "$BUILD/$t" --gtest_color=no; gt "$(basename "$t")" 12; done
 run test_fp8 90 "$BUILD/tests/gpu/pie_gpu_test_fp8" --gtest_color=no; gt test_fp8
 wait $HFREF
@@ -68,5 +82,11 @@ run moe_bench 120 "$BUILD/examples/pie/pie_bench" bench/models/Qwen3-30B-A3B --l
   --input-len 128 --output-len 128 --num-prompts 1024 --max-num-seqs 1024 --num-iters 3 --num-iters-warmup 1 \
   --output-json "$OUT/moe_bench.json"
 grep -E "^(ceilings|engine|latency|throughput|roofline|decode at|pie: memory)" "$LOGS/moe_bench.log" | tee -a "$SUM"
+if [ -n "$MOE_CUTLASS_TARGET" ]; then  # the same-call peer of the default: the mma.sync grouped products
+  PIE_MOE_GEMM=mma run moe_bench_mma 90 "$BUILD/examples/pie/pie_bench" bench/models/Qwen3-30B-A3B --load-format dummy \
+    --mode throughput --input-len 128 --output-len 128 --num-prompts 1024 --max-num-seqs 1024 \
+    --output-json "$OUT/moe_bench_mma.json"
+  grep -E "^(throughput|roofline|decode at)" "$LOGS/moe_bench_mma.log" | sed "s/^/[mma] /" | tee -a "$SUM"
+fi
 say "done"
 tar -czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$LOGS"
