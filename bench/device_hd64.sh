@@ -6,7 +6,8 @@
 #      consumer warpgroups, 192-row tiles) and =3we (both) on the head-dim-64 tests (the shape's
 #      only head dim; the others run the default there);
 #   2. bench_prefill --shapes (v3, 3w, 3e, 3we at hd 64; v3, 3e at hd 128; causal 2K and 8K,
-#      32 q / 8 KV heads, bs 16, and hd 64 8K at bs 8; two passes, one process) and
+#      32 q / 8 KV heads, bs 16, and hd 64 8K at bs 8; the exp2 emulation's other shares, periods
+#      3 and 8, at hd 64 8K; two passes, one process) and
 #      prefill_peer.py (PyTorch SDPA cuDNN and flash on the same shapes, the bf16 GEMM peak, same
 #      call);
 #   3. compute-sanitizer memcheck (3w, 3e, 3we) and racecheck (3w, 3we) on thinned grids.

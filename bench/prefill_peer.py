@@ -103,8 +103,10 @@ def main():
 
 def shapes_table(pie, runs, peak):
     """bench_prefill --shapes: v3 and its shapes (3w: 3 consumer warpgroups, 3e: exp2 partly on
-    the FMA pipe, 3we: both), the best of each one's runs, against cuDNN / flash and the GEMM peak."""
-    tags = ["sm90v3", "sm90v3w", "sm90v3e", "sm90v3we"]
+    the FMA pipe, 3we: both; 3e3/3e8/3we3/3we8: other emulated shares), every run of each, the
+    best, against cuDNN / flash and the GEMM peak."""
+    first = ["sm90v3", "sm90v3w", "sm90v3e", "sm90v3we"]
+    tags = first + sorted({k[0] for k in pie if k[0].startswith("sm90v3") and k[0] not in first})
     shapes = sorted({k[1:] for k in pie if k[0] == "sm90v3"}, key=lambda s: (s[2], s[3], -s[0]))
     print(f"{'shape':30s} " + " ".join(f"{t[4:]:>11s}" for t in tags) +
           f" {'cuDNN':>6s} {'flash':>6s} {'best':>5s} {'best/v3':>7s} {'best/cuDNN':>10s} {'v3 %gemm':>8s} {'best %gemm':>10s}")

@@ -23,6 +23,9 @@
 #ifndef PIE_PREFILL_SM90_ALL
 #define PIE_PREFILL_SM90_ALL 0  // see attention_prefill.cuh
 #endif
+#ifndef PIE_PREFILL_SM90_EMU_SWEEP
+#define PIE_PREFILL_SM90_EMU_SWEEP 0  // bench_prefill: exp2 emulation periods 3 and 8 beside 5
+#endif
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -65,6 +68,11 @@ Shape effective_shape(Shape want, plan::Grid grid) {
 #if PIE_PREFILL_SM90_ALL
   if (!kThreeWarpgroups<HD, Variant> || grid != plan::Grid::kTile) want.nc = 2;
   if (grid != plan::Grid::kTile) want.emu = 0;
+#if PIE_PREFILL_SM90_EMU_SWEEP  // the bench's sweep of the emulated share: periods 3, 5, 8
+  if (want.emu > 0 && want.emu != 3 && want.emu != 8) want.emu = kEmuPeriod;
+#else
+  if (want.emu > 0) want.emu = kEmuPeriod;
+#endif
   return want;
 #else
   (void)want, (void)grid;
@@ -594,19 +602,32 @@ plan::Box launch(Params<T, Variant>& p, const T* pool, int num_seqs, int max_q_l
 #endif
       default:
 #if PIE_PREFILL_SM90_ALL
+      {
+        // The kTile grid's shapes: NC warpgroups, the emulation period (effective_shape: 0 or
+        // kEmuPeriod, or under PIE_PREFILL_SM90_EMU_SWEEP, the bench's, also 3 and 8).
+        auto tile = [&]<int NC>() {
+          switch (shape.emu) {
+            case 0: go.template operator()<NC>(prefill_kernel<HD, T, Variant, B, plan::Grid::kTile, NC, 0>, grid); break;
+#if PIE_PREFILL_SM90_EMU_SWEEP
+            case 3: go.template operator()<NC>(prefill_kernel<HD, T, Variant, B, plan::Grid::kTile, NC, 3>, grid); break;
+            case 8: go.template operator()<NC>(prefill_kernel<HD, T, Variant, B, plan::Grid::kTile, NC, 8>, grid); break;
+#endif
+            default:
+              go.template operator()<NC>(prefill_kernel<HD, T, Variant, B, plan::Grid::kTile, NC, kEmuPeriod>, grid);
+              break;
+          }
+        };
         if constexpr (kThreeWarpgroups<HD, Variant>) {
           if (shape.nc == 3) {
-            if (shape.emu > 0)
-              go.template operator()<3>(prefill_kernel<HD, T, Variant, B, plan::Grid::kTile, 3, kEmuPeriod>, grid);
-            else
-              go.template operator()<3>(prefill_kernel<HD, T, Variant, B, plan::Grid::kTile, 3, 0>, grid);
+            tile.template operator()<3>();
             break;
           }
         }
         if (shape.emu > 0) {
-          go.template operator()<2>(prefill_kernel<HD, T, Variant, B, plan::Grid::kTile, 2, kEmuPeriod>, grid);
+          tile.template operator()<2>();
           break;
         }
+      }
 #endif
         go.template operator()<2>(prefill_kernel<HD, T, Variant, B, plan::Grid::kTile>, plan::Grid::kTile);
         break;
