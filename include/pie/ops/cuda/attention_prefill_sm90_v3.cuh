@@ -23,6 +23,12 @@
 #ifndef PIE_PREFILL_SM90_ALL
 #define PIE_PREFILL_SM90_ALL 0  // see attention_prefill.cuh
 #endif
+#ifndef PIE_PREFILL_SM90_HD64
+// The shape v3 takes at head dim 64 by default (the engine's, and the test's plain run): 0 as
+// before (2 consumer warpgroups), 1 "3w", 2 "3e", 3 "3we" (Shape). The CMake option of the same
+// name sets it; it stays 0 until a GPU call has checked and timed the shapes.
+#define PIE_PREFILL_SM90_HD64 0
+#endif
 #ifndef PIE_PREFILL_SM90_EMU_SWEEP
 #define PIE_PREFILL_SM90_EMU_SWEEP 0  // bench_prefill: exp2 emulation periods 3 and 8 beside 5
 #endif
@@ -49,10 +55,11 @@ static_assert(smem_bytes<128>() <= 232448 && smem_bytes<64>() <= 232448 && smem_
 
 /// \brief A v3 kernel shape beside the grid: consumer warpgroups (2, or 3 for 192-row tiles at
 /// head dim 64) and the exp2 emulation period (0: every exp on MUFU; E: every E-th 4-element
-/// group of a thread's unmasked tile on the FMA pipe, plan::ex2_poly). Chosen by PIE_PREFILL_SM90
-/// ("3w", "3e", "3we") where PIE_PREFILL_SM90_ALL compiles them; the engine compiles the default.
+/// group of a thread's unmasked tile on the FMA pipe, plan::ex2_poly). nc 0: the build's default
+/// (kDefaultShape). Chosen by PIE_PREFILL_SM90 ("3w", "3e", "3we") where PIE_PREFILL_SM90_ALL
+/// compiles them; the engine compiles the default only.
 struct Shape {
-  int nc = 2;
+  int nc = 0;
   int emu = 0;
 };
 constexpr int kEmuPeriod = 5;  // 3 of a thread's 16 groups at BN 128: 19% of the exps
@@ -60,12 +67,19 @@ constexpr int kEmuPeriod = 5;  // 3 of a thread's 16 groups at BN 128: 19% of th
 /// the soft-cap and sliding-window consumers spill (84–184 bytes, ptxas, CUDA 13): they keep 2.
 template <int HD, class Variant>
 inline constexpr bool kThreeWarpgroups = HD == 64 && !Variant::kSoftCap && Variant::kWindowLeft <= 0;
-/// The shape `launch` takes for `want` on `grid`: 3 warpgroups only where kThreeWarpgroups and on
-/// the kTile grid, the emulation only on kTile, and only the default where PIE_PREFILL_SM90_ALL
-/// does not compile the others (the engine).
+/// The default shape (PIE_PREFILL_SM90_HD64 at head dim 64; 2 warpgroups without emulation
+/// elsewhere, and 2 warpgroups where kThreeWarpgroups does not hold).
+template <int HD, class Variant>
+inline constexpr Shape kDefaultShape{
+    HD == 64 && (PIE_PREFILL_SM90_HD64 & 1) && kThreeWarpgroups<HD, Variant> ? 3 : 2,
+    HD == 64 && (PIE_PREFILL_SM90_HD64 & 2) ? kEmuPeriod : 0};
+/// The shape `launch` takes for `want` on `grid`: the default for nc 0, 3 warpgroups only where
+/// kThreeWarpgroups and on the kTile grid, the emulation only on kTile, and only the default
+/// where PIE_PREFILL_SM90_ALL does not compile the others (the engine).
 template <int HD, class Variant>
 Shape effective_shape(Shape want, plan::Grid grid) {
 #if PIE_PREFILL_SM90_ALL
+  if (want.nc == 0) want = kDefaultShape<HD, Variant>;
   if (!kThreeWarpgroups<HD, Variant> || grid != plan::Grid::kTile) want.nc = 2;
   if (grid != plan::Grid::kTile) want.emu = 0;
 #if PIE_PREFILL_SM90_EMU_SWEEP  // the bench's sweep of the emulated share: periods 3, 5, 8
@@ -76,7 +90,7 @@ Shape effective_shape(Shape want, plan::Grid grid) {
   return want;
 #else
   (void)want, (void)grid;
-  return Shape{};
+  return kDefaultShape<HD, Variant>;  // the kTile grid: the engine compiles no other
 #endif
 }
 static_assert(4 * 8 * kStages<128> <= 256 && 4 * 8 * kStages<64> <= 256, "barriers exceed their 256 bytes");
@@ -500,7 +514,8 @@ bool available() {
   static const bool ok = [] {
     if (!hopper_device()) return false;  // not v2's available(): that would instantiate v2's kernel
     cudaFuncAttributes a{};
-    if (cudaFuncGetAttributes(&a, prefill_kernel<HD, T, Variant, plan::Box::kHalves, plan::Grid::kTile>) !=
+    constexpr Shape d = kDefaultShape<HD, Variant>;  // the kernel every build compiles
+    if (cudaFuncGetAttributes(&a, prefill_kernel<HD, T, Variant, plan::Box::kHalves, plan::Grid::kTile, d.nc, d.emu>) !=
         cudaSuccess) {
       cudaGetLastError();
       return false;
@@ -600,21 +615,21 @@ plan::Box launch(Params<T, Variant>& p, const T* pool, int num_seqs, int max_q_l
           go.template operator()<2>(prefill_kernel<HD, T, Variant, B, plan::Grid::kCluster>, grid);
         break;
 #endif
-      default:
+      default: {
 #if PIE_PREFILL_SM90_ALL
-      {
         // The kTile grid's shapes: NC warpgroups, the emulation period (effective_shape: 0 or
         // kEmuPeriod, or under PIE_PREFILL_SM90_EMU_SWEEP, the bench's, also 3 and 8).
+        auto kern = [&]<int NC, int E>() {
+          go.template operator()<NC>(prefill_kernel<HD, T, Variant, B, plan::Grid::kTile, NC, E>, plan::Grid::kTile);
+        };
         auto tile = [&]<int NC>() {
           switch (shape.emu) {
-            case 0: go.template operator()<NC>(prefill_kernel<HD, T, Variant, B, plan::Grid::kTile, NC, 0>, grid); break;
+            case 0: kern.template operator()<NC, 0>(); break;
 #if PIE_PREFILL_SM90_EMU_SWEEP
-            case 3: go.template operator()<NC>(prefill_kernel<HD, T, Variant, B, plan::Grid::kTile, NC, 3>, grid); break;
-            case 8: go.template operator()<NC>(prefill_kernel<HD, T, Variant, B, plan::Grid::kTile, NC, 8>, grid); break;
+            case 3: kern.template operator()<NC, 3>(); break;
+            case 8: kern.template operator()<NC, 8>(); break;
 #endif
-            default:
-              go.template operator()<NC>(prefill_kernel<HD, T, Variant, B, plan::Grid::kTile, NC, kEmuPeriod>, grid);
-              break;
+            default: kern.template operator()<NC, kEmuPeriod>(); break;
           }
         };
         if constexpr (kThreeWarpgroups<HD, Variant>) {
@@ -623,14 +638,14 @@ plan::Box launch(Params<T, Variant>& p, const T* pool, int num_seqs, int max_q_l
             break;
           }
         }
-        if (shape.emu > 0) {
-          tile.template operator()<2>();
-          break;
-        }
-      }
+        tile.template operator()<2>();
+#else
+        constexpr Shape d = kDefaultShape<HD, Variant>;
+        go.template operator()<d.nc>(prefill_kernel<HD, T, Variant, B, plan::Grid::kTile, d.nc, d.emu>,
+                                     plan::Grid::kTile);
 #endif
-        go.template operator()<2>(prefill_kernel<HD, T, Variant, B, plan::Grid::kTile>, plan::Grid::kTile);
         break;
+      }
     }
   };
   if constexpr (HD == 128) {
@@ -668,7 +683,7 @@ inline Shape requested_shape() {
   if (std::strcmp(e, "3w") == 0) return Shape{3, 0};
   if (std::strcmp(e, "3e") == 0) return Shape{2, kEmuPeriod};
   if (std::strcmp(e, "3we") == 0) return Shape{3, kEmuPeriod};
-  return Shape{};
+  return Shape{};  // the default
 }
 inline plan::Grid requested_grid() {
   if (std::strcmp(version_env(), "3p") == 0) return plan::Grid::kPersistent;
