@@ -64,12 +64,16 @@ def sdpa(backend, n, prefix, hd, nq=32, nkv=8):
 
 
 def main():
-    pie = {}
+    pie, runs = {}, {}  # the last figure of a tag and shape; every figure of it (bench_prefill --shapes: 2)
     for line in open(sys.argv[1]):
         m = re.match(r"pie (\S+) n=(\d+) prefix=(\d+) hd=(\d+) bs=(\d+) ([\d.]+) us ([\d.]+) TFLOP/s", line)
         if m:
-            pie[(m[1], int(m[2]), int(m[3]), int(m[4]), int(m[5]))] = float(m[7])
+            key = (m[1], int(m[2]), int(m[3]), int(m[4]), int(m[5]))
+            pie[key] = float(m[7])
+            runs.setdefault(key, []).append(float(m[7]))
     peak = gemm_peak()
+    if not any(k[0] == "sm90" for k in pie):
+        return shapes_table(pie, runs, peak)
     print(f"bf16 GEMM 8192^3: {peak:.0f} TFLOP/s")
     f = lambda x: f"{x:.0f}" if x else "-"
     r = lambda a, b: f"{a / b:.2f}" if a and b else "-"
@@ -96,6 +100,31 @@ def main():
         print(f"{shape:34s} {f(v2):>5s} {f(v3):>5s} {f(v3p):>5s} {f(v3c):>5s} {f(v3h):>9s} {f(old):>5s} {f(cd):>6s} "
               f"{f(fl):>6s} {r(v3, v2):>6s} {r(v2, cd):>8s} {r(v3, cd):>8s} {r(v3p, cd):>9s} {r(v3c, cd):>9s} "
               f"{r(v3, fl):>8s} {pct(v2):>8s} {pct(v3):>8s} {pct(v3p):>9s} {pct(v3c):>9s}")
+
+def shapes_table(pie, runs, peak):
+    """bench_prefill --shapes: v3 and its shapes (3w: 3 consumer warpgroups, 3e: exp2 partly on
+    the FMA pipe, 3we: both; 3e3/3e8/3we3/3we8: other emulated shares), every run of each, the
+    best, against cuDNN / flash and the GEMM peak."""
+    first = ["sm90v3", "sm90v3w", "sm90v3e", "sm90v3we"]
+    tags = first + sorted({k[0] for k in pie if k[0].startswith("sm90v3") and k[0] not in first})
+    shapes = sorted({k[1:] for k in pie if k[0] == "sm90v3"}, key=lambda s: (s[2], s[3], -s[0]))
+    print(f"{'shape':30s} " + " ".join(f"{t[4:]:>11s}" for t in tags) +
+          f" {'cuDNN':>6s} {'flash':>6s} {'best':>5s} {'best/v3':>7s} {'best/cuDNN':>10s} {'v3 %gemm':>8s} {'best %gemm':>10s}")
+    for n, prefix, hd, bs in shapes:
+        cd = sdpa(SDPBackend.CUDNN_ATTENTION, n, prefix, hd)
+        fl = sdpa(SDPBackend.FLASH_ATTENTION, n, prefix, hd)
+        cells, best, best_tag = [], 0.0, "-"
+        for t in tags:
+            v = runs.get((t, n, prefix, hd, bs), [])
+            cells.append("/".join(f"{x:.0f}" for x in v) if v else "-")
+            if v and max(v) > best:
+                best, best_tag = max(v), t[4:]
+        v3 = max(runs.get(("sm90v3", n, prefix, hd, bs), [0]))
+        shape = f"causal n={n} hd={hd} bs={bs}"
+        print(f"{shape:30s} " + " ".join(f"{c:>11s}" for c in cells) +
+              f" {cd or 0:6.0f} {fl or 0:6.0f} {best_tag:>5s} {best / v3 if v3 else 0:7.2f} "
+              f"{best / cd if cd else 0:10.2f} {100 * v3 / peak:8.1f} {100 * best / peak:10.1f}")
+
 
 if __name__ == "__main__":
     main()

@@ -11,6 +11,7 @@
 #undef PIE_PREFILL_SM90_V3
 #define PIE_PREFILL_SM90_V3 1
 #define PIE_PREFILL_SM90_ALL 1
+#define PIE_PREFILL_SM90_EMU_SWEEP 1  // --shapes: the emulated share of the exps at 31% and 12.5% too
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -27,7 +28,7 @@ using namespace pie::bench;
 
 /// One sequence: `prefix` cached tokens, then a chunk of `n` query rows (causal).
 template <int Warps>
-void run(const char* tag, int n, int prefix, int hd, int bs) {
+void run(const char* tag, int n, int prefix, int hd, int bs, int emu = 0) {
   const int nq = 32, nkv = 8, ctx = prefix + n;
   BenchCache<bf16> c(1, ctx, nkv, hd, bs);
   DeviceBuffer<bf16> q(size_t(n) * nq * hd), o(q.size());
@@ -39,7 +40,8 @@ void run(const char* tag, int n, int prefix, int hd, int bs) {
   double flops = 4.0 * nq * hd * pairs;
   auto call = [&] {
     if constexpr (Warps < 0) {  // -1: v2 without ping-pong; -3: v3; -4: v3, one box per half; -5: v3
-                                // persistent; -6: v3 on 2-CTA clusters with K/V multicast
+                                // persistent; -6: v3 on 2-CTA clusters with K/V multicast; -7: v3
+                                // with 3 consumer warpgroups (hd 64); -8: v3 with exp2 emulation; -9: both
       using D = __nv_bfloat16;
       ops::cuda::sm90::Params<D, attention::Causal> sp{};
       sp.q = reinterpret_cast<const D*>(q.data()); sp.q_stride = int64_t(nq) * hd;
@@ -52,13 +54,14 @@ void run(const char* tag, int n, int prefix, int hd, int bs) {
       namespace plan = ops::cuda::sm90::plan;
       const auto box = Warps == -4 ? plan::Box::kHalves : plan::Box::kPage;
       const auto grid = Warps == -5 ? plan::Grid::kPersistent : Warps == -6 ? plan::Grid::kCluster : plan::Grid::kTile;
+      const v3::Shape shape{Warps == -7 || Warps == -9 ? 3 : 2, Warps <= -8 ? (emu > 0 ? emu : v3::kEmuPeriod) : 0};
       if constexpr (Warps == -1) {
         if (hd == 128) ops::cuda::sm90::launch<128, D, attention::Causal, false>(sp, pool, 1, n, nullptr);
         else ops::cuda::sm90::launch<64, D, attention::Causal, false>(sp, pool, 1, n, nullptr);
       } else if (hd == 128) {
-        v3::launch<128, D, attention::Causal>(sp, pool, 1, n, nullptr, box, grid);
+        v3::launch<128, D, attention::Causal>(sp, pool, 1, n, nullptr, box, grid, shape);
       } else {
-        v3::launch<64, D, attention::Causal>(sp, pool, 1, n, nullptr, box, grid);
+        v3::launch<64, D, attention::Causal>(sp, pool, 1, n, nullptr, box, grid, shape);
       }
     } else {
       ops::cuda::prefill_attention<Warps>(q.view({n, nq, hd}), c.view, dcu.data(), n, o.view({n, nq, hd}),
@@ -75,9 +78,12 @@ void run(const char* tag, int n, int prefix, int hd, int bs) {
 int main(int argc, char** argv) {
   // --no-v3: time v2 and mma.sync only; --no-v3p / --no-v3c: leave out the persistent or the
   // cluster grid (one that hung or crashed in its tests)
-  bool quick = false, v3 = true, v3p = true, v3c = true;
+  // --shapes: only v3 against its shapes ("3w", "3e", "3we": attention_prefill_sm90_v3.cuh,
+  // Shape) at head dim 64 and 128, causal 2K and 8K, bs 16 (head dim 128 has no 3-warpgroup shape)
+  bool quick = false, v3 = true, v3p = true, v3c = true, shapes = false;
   for (int i = 1; i < argc; ++i) {
     quick = quick || std::strcmp(argv[i], "--quick") == 0;
+    shapes = shapes || std::strcmp(argv[i], "--shapes") == 0;
     v3 = v3 && std::strcmp(argv[i], "--no-v3") != 0;
     v3p = v3p && std::strcmp(argv[i], "--no-v3p") != 0;
     v3c = v3c && std::strcmp(argv[i], "--no-v3c") != 0;
@@ -88,6 +94,28 @@ int main(int argc, char** argv) {
   cudaDeviceProp prop{};
   PIE_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
+  if (shapes) {
+    for (int rep = 0; rep < 2; ++rep) {  // twice: the second pass shows the spread between runs
+      for (int n : {8192, 2048}) {
+        run<-3>("sm90v3", n, 0, 64, 16);
+        run<-7>("sm90v3w", n, 0, 64, 16);
+        run<-8>("sm90v3e", n, 0, 64, 16);
+        run<-9>("sm90v3we", n, 0, 64, 16);
+        run<-3>("sm90v3", n, 0, 128, 16);
+        run<-8>("sm90v3e", n, 0, 128, 16);
+      }
+      run<-3>("sm90v3", 8192, 0, 64, 8);
+      run<-7>("sm90v3w", 8192, 0, 64, 8);
+      run<-9>("sm90v3we", 8192, 0, 64, 8);
+      // The emulated share: period 3 (5 of 16 groups, 31%) and 8 (2 of 16, 12.5%) beside 5 (19%;
+      // only period 5 is checked against the CPU by test_prefill).
+      run<-8>("sm90v3e3", 8192, 0, 64, 16, 3);
+      run<-8>("sm90v3e8", 8192, 0, 64, 16, 8);
+      run<-9>("sm90v3we3", 8192, 0, 64, 16, 3);
+      run<-9>("sm90v3we8", 8192, 0, 64, 16, 8);
+    }
+    return 0;
+  }
   run<0>("sm90", 8192, 0, 128, 16);
   run<0>("sm90", 2048, 0, 128, 16);
   run<0>("sm90", 8192, 0, 64, 16);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prefill attention without CMake: builds the prefill test and bench with nvcc (sm_90a) on any
 # machine with the CUDA toolkit, then runs them on the GPU machine with the PyTorch SDPA peer.
-#   bench/cuda/prefill_ab.sh build DIR
+#   bench/cuda/prefill_ab.sh build DIR        # PIE_NVCC_FLAGS: more nvcc flags (e.g. -DPIE_PREFILL_SM90_HD64=1)
 #   bench/cuda/prefill_ab.sh run DIR [tests] [sanitize] [bench]   # on the GPU machine; logs to $OUT
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -9,7 +9,7 @@ cmd=$1 dir=$2; shift 2
 if [[ $cmd == build ]]; then
   mkdir -p "$dir"
   flags=(-O3 -std=c++20 --expt-relaxed-constexpr -lineinfo -gencode=arch=compute_90a,code=sm_90a
-         -DPIE_WITH_CUDA=1 -Iinclude -Itests/cuda -I/usr/include/eigen3 -Xptxas -warn-spills)
+         -DPIE_WITH_CUDA=1 -Iinclude -Itests/cuda -I/usr/include/eigen3 -Xptxas -warn-spills ${PIE_NVCC_FLAGS:-})
   nvcc "${flags[@]}" -o "$dir/test_prefill" tests/cuda/test_attention_prefill.cu -lgtest -lgtest_main -lpthread &
   nvcc "${flags[@]}" --resource-usage -o "$dir/bench_prefill" bench/cuda/bench_prefill.cu -lbenchmark -lpthread \
     2> "$dir/resources.txt" &

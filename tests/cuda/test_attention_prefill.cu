@@ -2,7 +2,8 @@
 // chunked prefills over a cached prefix, single-row chunks, ragged lengths, over block size ×
 // head dim × GQA group × dtype, plus fp8 KV, head dim 256 and the variants.
 // The default run goes through the Hopper kernel v3 (the engine's default); ctest runs the binary
-// again with PIE_PREFILL_SM90=2 (v2), 3p (v3's persistent grid) and 3c (2-CTA clusters).
+// again with PIE_PREFILL_SM90=2 (v2), 3p (v3's persistent grid), 3c (2-CTA clusters), and v3's
+// head-dim-64 shapes 3w (3 consumer warpgroups), 3e (exp2 emulation) and 3we.
 // Every Hopper kernel and grid, chosen at run time by PIE_PREFILL_SM90 (the engine compiles v3's
 // default shape only: attention_prefill.cuh).
 #undef PIE_PREFILL_SM90_V3
@@ -247,6 +248,30 @@ TEST(PrefillAttentionV3, TakenWhenAskedFor) {
               : v3::requested_grid() == ops::cuda::sm90::plan::Grid::kCluster  ? ", cluster"
                                                                                : "",
               e);
+}
+
+// v3's shapes (PIE_PREFILL_SM90=3w: 3 consumer warpgroups, 192-row tiles; 3e: part of the exps
+// on the FMA pipe; 3we: both; ctest runs v3w.*, v3e.*, v3we.*): the shape asked for is the one
+// launched at head dim 64 (no silent fallback), the variants that keep 2 warpgroups keep them,
+// and a long chunk over a longer prefix at group 8 (192-row tiles of 24 tokens, mostly unmasked
+// key tiles, where the emulated exps are taken; the six-stage rings wrap many times) matches the
+// CPU. The grids above go through the shape too.
+TEST(PrefillAttentionV3, ShapeTakenWhenAskedFor) {
+  namespace v3 = ops::cuda::sm90::v3;
+  using Grid = ops::cuda::sm90::plan::Grid;
+  const v3::Shape want = v3::requested_shape();
+  if (v3::version() != 3 || want.nc == 0) GTEST_SKIP() << "PIE_PREFILL_SM90 is not 3w, 3e or 3we";
+  const v3::Shape got = v3::effective_shape<64, attention::Causal>(want, v3::requested_grid());
+  EXPECT_EQ(got.nc, want.nc);
+  EXPECT_EQ(got.emu, want.emu);
+  EXPECT_EQ((v3::effective_shape<128, attention::Causal>(want, Grid::kTile).nc), 2);
+  EXPECT_EQ((v3::effective_shape<64, attention::SoftCap>(want, Grid::kTile).nc), 2);
+  EXPECT_EQ((v3::effective_shape<64, attention::SlidingWindow<100>>(want, Grid::kTile).nc), 2);
+  EXPECT_EQ((v3::effective_shape<64, attention::Causal>(want, Grid::kPersistent).nc), 2);
+  const double e = run_prefill<bf16, bf16>(16, 64, 8, 2, {1000 + 900}, {1000}, 79);
+  EXPECT_LT(e, tol<bf16>()) << e;
+  std::printf("[prefill v3 shape nc=%d emu=%d] hd 64, 1000 rows after 900 cached, group 8: rel err %.2e\n", got.nc,
+              got.emu, e);
 }
 
 TEST(PrefillAttentionRowInvariance, Block16HeadDim128Group4BF16) { check_row_invariance<bf16>(16, 128, 4); }

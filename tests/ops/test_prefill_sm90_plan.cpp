@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <map>
 #include <random>
@@ -193,14 +194,14 @@ struct CtaState {
   std::vector<Slot> kslot, vslot;
   std::vector<std::multiset<int>> kread, vread;
   struct NamedBar { int count = 0, gen = 0; };
-  NamedBar nbar[6];
+  NamedBar nbar[8];
   CtaState(int s, int empty_count) : kfull(s), vfull(s), kempty(s), vempty(s), kslot(s), vslot(s), kread(s), vread(s) {
     for (int i = 0; i < s; ++i) {
       kfull[i].init(4); vfull[i].init(4); kempty[i].init(empty_count); vempty[i].init(empty_count);
     }
   }
-  void nb_arrive(int id) {
-    if ((nbar[id].count += 32) == 256) nbar[id].count = 0, ++nbar[id].gen;
+  void nb_arrive(int id, int threads) {  // one warp's arrival on a barrier of `threads` threads
+    if ((nbar[id].count += 32) == threads) nbar[id].count = 0, ++nbar[id].gen;
   }
 };
 
@@ -211,6 +212,8 @@ template <class RingT>
 struct Sim {
   int S, ppt;
   Grid grid;
+  ConsumerBars nb;      // nb.nc consumer warpgroups
+  int fault = 0;  // 1: warpgroup 0 leaves the last hand-over; 2: the items barrier counts 256 threads
   std::vector<std::vector<int>> own;  // per CTA: key tiles of each of its items
   std::vector<std::vector<int>> load;  // per CTA: key tiles its producer loads per item
   std::vector<CtaState> cta;
@@ -218,13 +221,14 @@ struct Sim {
   std::vector<Copy> inflight;
   std::string error;
 
-  Sim(int s, Grid g, std::vector<std::vector<int>> items, int p) : S(s), ppt(p), grid(g), own(std::move(items)) {
+  Sim(int s, Grid g, std::vector<std::vector<int>> items, int p, int nc = 2)
+      : S(s), ppt(p), grid(g), nb{nc}, own(std::move(items)) {
     load = own;
     if (grid == Grid::kCluster) {  // the pair loads the longer range
       const int n = std::max(own[0][0], own[1][0]);
       load = {{n}, {n}};
     }
-    for (size_t c = 0; c < own.size(); ++c) cta.emplace_back(s, grid == Grid::kCluster ? 16 : 8);
+    for (size_t c = 0; c < own.size(); ++c) cta.emplace_back(s, (grid == Grid::kCluster ? 2 : 1) * 4 * nc);
   }
   int ncta() const { return int(own.size()); }
 
@@ -267,8 +271,9 @@ struct Sim {
   }
 
   // Consumer warp w of CTA c (warpgroup cw = w / 4) as the kernel's loop, with the ping-pong's
-  // named barriers (3, 4: bar.sync / bar.arrive over 256 threads), the persistent grid's
-  // consumer-wide barrier 5 between items, and the cluster's tiles past the CTA's own.
+  // named barriers (ConsumerBars::turn: bar.sync / bar.arrive over 256 threads), the persistent
+  // grid's consumer-wide barrier between items (128·nc threads), and the cluster's tiles past the
+  // CTA's own. (An Op's `tile` is the barrier id for Arrive and Sync.)
   struct Op { enum K { WaitK, WaitV, ReadK, ReadV, RelK, RelV, Arrive, Sync } k; int tile; };
   struct Consumer { int c; std::vector<Op> ops; size_t pc = 0; int sync_gen = -1; };
   Consumer consumer(int c, int cw) {  // ring positions, as the kernel's consumer loop (it0 + t)
@@ -276,31 +281,33 @@ struct Sim {
     auto& o = con.ops;
     using O = Op;
     int b = 0;
+    const int turn = nb.turn(cw), next = nb.next(cw);
     for (size_t it = 0; it < own[c].size(); ++it) {
       const int n = own[c][it];
-      if (cw == 1) o.push_back({O::Arrive, 3});
+      if (cw == nb.first_giver()) o.push_back({O::Arrive, nb.turn(0)});
       if (n > 0) {
-        o.push_back({O::WaitK, b}); o.push_back({O::Sync, 3 + cw}); o.push_back({O::ReadK, b});
-        o.push_back({O::Arrive, 3 + (1 - cw)}); o.push_back({O::RelK, b});
+        o.push_back({O::WaitK, b}); o.push_back({O::Sync, turn}); o.push_back({O::ReadK, b});
+        o.push_back({O::Arrive, next}); o.push_back({O::RelK, b});
         for (int t = 1; t < n; ++t) {
-          o.push_back({O::WaitK, b + t}); o.push_back({O::WaitV, b + t - 1}); o.push_back({O::Sync, 3 + cw});
+          o.push_back({O::WaitK, b + t}); o.push_back({O::WaitV, b + t - 1}); o.push_back({O::Sync, turn});
           o.push_back({O::ReadK, b + t}); o.push_back({O::ReadV, b + t - 1});  // S(t), P·V(t−1) in flight
-          o.push_back({O::Arrive, 3 + (1 - cw)});
+          o.push_back({O::Arrive, next});
           o.push_back({O::RelK, b + t});      // S(t) retired
           o.push_back({O::RelV, b + t - 1});  // P·V(t−1) retired
         }
       }
-      if (cw == 0) o.push_back({O::Sync, 3});  // WG2's last turn signal
+      if (cw == 0 && fault != 1) o.push_back({O::Sync, nb.turn(0)});  // the last warpgroup's last hand-over
       if (n > 0) { o.push_back({O::WaitV, b + n - 1}); o.push_back({O::ReadV, b + n - 1}); o.push_back({O::RelV, b + n - 1}); }
       for (int t = n; t < load[c][it]; ++t) {  // the cluster's tiles past this CTA's own
         o.push_back({O::WaitK, b + t}); o.push_back({O::RelK, b + t});
         o.push_back({O::WaitV, b + t}); o.push_back({O::RelV, b + t});
       }
-      if (grid == Grid::kPersistent) o.push_back({O::Sync, 5});
+      if (grid == Grid::kPersistent) o.push_back({O::Sync, nb.items()});
       b += load[c][it];
     }
     return con;
   }
+  int threads(int bar) const { return bar == nb.items() && fault != 2 ? 128 * nb.nc : 256; }
   void release(std::vector<Mbar> CtaState::*bars, int s) {
     for (auto& d : cta) (d.*bars)[s].arrive_expect(0);  // this CTA's barrier and, in a cluster, the peer's
   }
@@ -331,11 +338,11 @@ struct Sim {
         release(&CtaState::vempty, s);
         break;
       }
-      case Op::Arrive: me.nb_arrive(op.tile); break;
+      case Op::Arrive: me.nb_arrive(op.tile, threads(op.tile)); break;
       case Op::Sync:  // bar.sync: arrive once, then wait for the barrier's generation to complete
         if (c.sync_gen < 0) {
           c.sync_gen = me.nbar[op.tile].gen;
-          me.nb_arrive(op.tile);
+          me.nb_arrive(op.tile, threads(op.tile));
           if (me.nbar[op.tile].gen == c.sync_gen) return true;  // arrived; now it waits
         } else if (me.nbar[op.tile].gen == c.sync_gen) {
           return false;
@@ -354,7 +361,7 @@ struct Sim {
     std::vector<Consumer> cons;
     for (int c = 0; c < ncta(); ++c) {
       for (int w = 0; w < 4; ++w) prod.push_back({c, w});
-      for (int w = 0; w < 8; ++w) cons.push_back(consumer(c, w / 4));
+      for (int w = 0; w < 4 * nb.nc; ++w) cons.push_back(consumer(c, w / 4));
     }
     const int np = int(prod.size()), nc = int(cons.size());
     for (;;) {
@@ -373,7 +380,7 @@ struct Sim {
         for (auto& p : prod) if (step(p) || p.item < int(load[p.c].size())) return "deadlock: a producer waits forever";
         for (auto& c : cons) if (c.pc < c.ops.size()) return "deadlock: a consumer waits forever";
         for (auto& d : cta)
-          for (int id : {3, 4, 5})
+          for (int id = nb.turn(0); id <= nb.items(); ++id)
             if (d.nbar[id].count != 0) return "named barrier " + std::to_string(id) + " left with arrivals";
         return "";
       }
@@ -386,8 +393,10 @@ template <int S> struct BadRing : Ring<S> {  // the empty wait one phase late: t
 };
 
 template <int S, template <int> class R>
-std::string simulate(std::vector<int> items, int ppt, uint32_t seed, bool persist = false) {
-  Sim<R<S>> sim(S, persist ? Grid::kPersistent : Grid::kTile, {std::move(items)}, ppt);
+std::string simulate(std::vector<int> items, int ppt, uint32_t seed, bool persist = false, int nc = 2,
+                     int fault = 0) {
+  Sim<R<S>> sim(S, persist ? Grid::kPersistent : Grid::kTile, {std::move(items)}, ppt, nc);
+  sim.fault = fault;
   return sim.run(seed);
 }
 template <int S>
@@ -442,10 +451,54 @@ TEST(PrefillSm90Plan, ClusterPairsNeitherHangNorOverwrite) {
       }
 }
 
+// Three consumer warpgroups (v3's "3w" shape: 192-row tiles at head dim 64): 12 consumer warps on
+// the empty barriers, the ping-pong a round robin over barriers 4, 5, 6 (ConsumerBars).
+TEST(PrefillSm90Plan, ThreeConsumerWarpgroupsNeitherHangNorOverwrite) {
+  EXPECT_EQ((ConsumerBars{2}.turn(0)), 3);  // v2's numbering kept at 2 warpgroups
+  EXPECT_EQ((ConsumerBars{2}.items()), 5);
+  EXPECT_LE((ConsumerBars{3}.items()), 15);  // 16 named barriers per CTA
+  for (int n = 0; n <= 9; ++n)
+    for (int ppt : {1, 2, 8, 16})
+      for (uint32_t seed = 0; seed < 12; ++seed) {
+        SCOPED_TRACE(testing::Message() << "tiles " << n << " pages/tile " << ppt << " seed " << seed);
+        EXPECT_EQ((simulate<6, Ring>({n}, ppt, seed, false, 3)), "");
+        EXPECT_EQ((simulate<3, Ring>({n}, ppt, seed, false, 3)), "");
+      }
+  // The protocol also holds over a persistent walk (not compiled: 3 warpgroups take kTile only).
+  for (uint32_t seed = 0; seed < 8; ++seed) EXPECT_EQ((simulate<6, Ring>({5, 4, 3, 2, 1}, 8, seed, true, 3)), "");
+  // The faults the simulation must see: warpgroup 0 not taking the last hand-over (a barrier left
+  // with arrivals), and the consumer-wide barrier between items counting 2 warpgroups' threads.
+  int caught[2] = {0, 0};
+  for (uint32_t seed = 0; seed < 20; ++seed) {
+    caught[0] += !(simulate<6, Ring>({4}, 8, seed, false, 3, 1)).empty();
+    caught[1] += !(simulate<6, Ring>({3, 2, 1}, 8, seed, true, 3, 2)).empty();
+  }
+  EXPECT_EQ(caught[0], 20);
+  EXPECT_EQ(caught[1], 20);
+}
+
 TEST(PrefillSm90Plan, SimulationCatchesAWrongParity) {
   int caught = 0;
   for (uint32_t seed = 0; seed < 20; ++seed) caught += !(simulate<3, BadRing>({8}, 8, seed)).empty();
   EXPECT_EQ(caught, 20);
+}
+
+// The exp2 the kernel moves onto the FMA pipe (v3's "3e" shape): within 1e-4 of 2^x over the
+// range a softmax feeds it (x ≤ 0), exact at integers, 2^−126 (not 0, not NaN, not a denormal
+// missing its leading 1, as a clamp at −127 gave) far below and at −∞.
+TEST(PrefillSm90Plan, Ex2PolyMatchesExp2) {
+  double worst = 0;
+  for (int i = 0; i <= 1260000; ++i) {
+    const float x = -float(i) * 1e-4f;
+    const double want = std::exp2(double(x)), got = ex2_poly(x);
+    worst = std::max(worst, std::abs(got / want - 1));
+  }
+  std::printf("[ex2_poly] worst relative error over [-126, 0]: %.2e\n", worst);
+  EXPECT_LT(worst, 1e-4);
+  for (int j = 0; j >= -126; --j) EXPECT_EQ(ex2_poly(float(j)), std::ldexp(1.f, j));
+  for (float x : {-126.5f, -127.f, -127.5f, -1000.f, -INFINITY}) EXPECT_EQ(ex2_poly(x), std::ldexp(1.f, -126)) << x;
+  EXPECT_EQ(ex2_poly(-0.f), 1.f);
+  EXPECT_NEAR(ex2_poly(1e-7f), 1.f, 1e-6);  // a rounding above the running max: floor 0
 }
 
 // The persistent grid's order: every item once; with items sorted heaviest first, the snake

@@ -328,7 +328,8 @@ void prefill_attention(TensorView<T> q, kv::PagedKV<KV> cache, const int32_t* cu
 #if PIE_PREFILL_SM90_V3  // the default (PIE_PREFILL_SM90=2 takes v2 where it is compiled too)
       if ((!PIE_PREFILL_SM90_ALL || sm90::v3::version() == 3) && sm90::v3::available<HD, D, Variant>()) {
         sm90::v3::launch<HD, D, Variant>(sp, dev(cache.data), cache.batch_size, max_query_len, stream,
-                                         sm90::v3::requested_box(), sm90::v3::requested_grid());
+                                         sm90::v3::requested_box(), sm90::v3::requested_grid(),
+                                         sm90::v3::requested_shape());
         return true;
       }
 #endif

@@ -24,6 +24,7 @@
 #include "pie/kv/paged_kv.hpp"
 #include "pie/ops/cuda/common.cuh"
 #include "pie/ops/cuda/mma.cuh"
+#include "pie/ops/cuda/prefill_sm90_plan.hpp"
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define PIE_SM90A_DEVICE 1
@@ -170,7 +171,10 @@ struct SoftmaxState {
 /// One 64×BN tile of S (wgmma accumulator layout: element 4j+e is row lane/4 (+8 for e ≥ 2),
 /// key 8j + 2(lane%4) + (e&1)) → P = 2^(scaled logit − running max), in place, updating `st`.
 /// kpos0: the key of element 0 of this thread.
-template <bool MASK, class T, int BN, class Variant>
+/// EMU > 0: the exps of every EMU-th 4-element group (j % EMU == EMU − 1) go through
+/// plan::ex2_poly (FMA pipe), on unmasked tiles only (a masked key must give exactly 0: its V row
+/// may be past the context).
+template <bool MASK, class T, int BN, int EMU = 0, class Variant>
 __device__ __forceinline__ void softmax_tile(float (&s)[BN / 2], SoftmaxState& st,
                                              int kpos0, int qpos_lo, int qpos_hi, int kv_len, float sm_scale,
                                              const Variant& v) {
@@ -204,7 +208,10 @@ __device__ __forceinline__ void softmax_tile(float (&s)[BN / 2], SoftmaxState& s
   for (int j = 0; j < BN / 8; ++j) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      const float y = ex2(fmaf(s[4 * j + e], st.f, -m_use[e / 2]));
+      const float x = fmaf(s[4 * j + e], st.f, -m_use[e / 2]);
+      float y;
+      if constexpr (EMU > 0 && !MASK) y = j % EMU == EMU - 1 ? plan::ex2_poly(x) : ex2(x);
+      else y = ex2(x);
       s[4 * j + e] = y;
       st.l[e / 2] += y;
     }

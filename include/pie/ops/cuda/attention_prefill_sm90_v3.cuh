@@ -14,11 +14,23 @@
 /// the row tiles heaviest first in a snake, the rings running on across tiles; "3c", 2-CTA
 /// clusters over neighbouring row tiles that multicast each K/V tile to both CTAs (half the L2
 /// reads).
+/// Two kernel shapes of the one-CTA-per-tile grid, opt-ins too (Shape; docs/kernels.md "Prefill
+/// v3 at head dim 64"): "3w", three consumer warpgroups over 192-row tiles at head dim 64, and
+/// "3e", part of the softmax's exps on the FMA pipe; "3we" both.
 /// The 5-D map has a stride smaller than the one below it (halves 128 B apart inside 256-byte
 /// token rows). Should the driver refuse it, the launch falls back to v2's one box per half
 /// (`Box::kHalves`) and says so once on stderr; the rest of v3 is unchanged.
 #ifndef PIE_PREFILL_SM90_ALL
 #define PIE_PREFILL_SM90_ALL 0  // see attention_prefill.cuh
+#endif
+#ifndef PIE_PREFILL_SM90_HD64
+// The shape v3 takes at head dim 64 by default (the engine's, and the test's plain run): 0 as
+// before (2 consumer warpgroups), 1 "3w", 2 "3e", 3 "3we" (Shape). The CMake option of the same
+// name sets it; it stays 0 until a GPU call has checked and timed the shapes.
+#define PIE_PREFILL_SM90_HD64 0
+#endif
+#ifndef PIE_PREFILL_SM90_EMU_SWEEP
+#define PIE_PREFILL_SM90_EMU_SWEEP 0  // bench_prefill: exp2 emulation periods 3 and 8 beside 5
 #endif
 #include <algorithm>
 #include <cstdio>
@@ -32,11 +44,55 @@ namespace pie::ops::cuda::sm90::v3 {
 
 template <int HD> inline constexpr int kStages = HD <= 64 ? 6 : 3;
 constexpr int kProducerWarps = 4;
-template <int HD> constexpr size_t smem_bytes() {
-  return size_t(kBM * HD + 2 * kStages<HD> * kBN * HD) * 2 + 1024 /*align*/ + 256 /*barriers*/;
+/// NC consumer warpgroups of 64 rows each: the row tile is BM = 64·NC (2: 128 rows, the default;
+/// 3: 192 rows, head dim 64 only, the "3w" shape).
+template <int HD, int NC = 2> constexpr size_t smem_bytes() {
+  return size_t(64 * NC * HD + 2 * kStages<HD> * kBN * HD) * 2 + 1024 /*align*/ + 256 /*barriers*/;
 }
 // The opt-in limit of an H100/H200 CTA: 227 KB.
-static_assert(smem_bytes<128>() <= 232448 && smem_bytes<64>() <= 232448, "v3 stages exceed shared memory");
+static_assert(smem_bytes<128>() <= 232448 && smem_bytes<64>() <= 232448 && smem_bytes<64, 3>() <= 232448,
+              "v3 stages exceed shared memory");
+
+/// \brief A v3 kernel shape beside the grid: consumer warpgroups (2, or 3 for 192-row tiles at
+/// head dim 64) and the exp2 emulation period (0: every exp on MUFU; E: every E-th 4-element
+/// group of a thread's unmasked tile on the FMA pipe, plan::ex2_poly). nc 0: the build's default
+/// (kDefaultShape). Chosen by PIE_PREFILL_SM90 ("3w", "3e", "3we") where PIE_PREFILL_SM90_ALL
+/// compiles them; the engine compiles the default only.
+struct Shape {
+  int nc = 0;
+  int emu = 0;
+};
+constexpr int kEmuPeriod = 5;  // 3 of a thread's 16 groups at BN 128: 19% of the exps
+/// Where 3 consumer warpgroups compile: head dim 64, plain causal (or not) masks. At 160 registers
+/// the soft-cap and sliding-window consumers spill (84–184 bytes, ptxas, CUDA 13): they keep 2.
+template <int HD, class Variant>
+inline constexpr bool kThreeWarpgroups = HD == 64 && !Variant::kSoftCap && Variant::kWindowLeft <= 0;
+/// The default shape (PIE_PREFILL_SM90_HD64 at head dim 64; 2 warpgroups without emulation
+/// elsewhere, and 2 warpgroups where kThreeWarpgroups does not hold).
+template <int HD, class Variant>
+inline constexpr Shape kDefaultShape{
+    HD == 64 && (PIE_PREFILL_SM90_HD64 & 1) && kThreeWarpgroups<HD, Variant> ? 3 : 2,
+    HD == 64 && (PIE_PREFILL_SM90_HD64 & 2) ? kEmuPeriod : 0};
+/// The shape `launch` takes for `want` on `grid`: the default for nc 0, 3 warpgroups only where
+/// kThreeWarpgroups and on the kTile grid, the emulation only on kTile, and only the default
+/// where PIE_PREFILL_SM90_ALL does not compile the others (the engine).
+template <int HD, class Variant>
+Shape effective_shape(Shape want, plan::Grid grid) {
+#if PIE_PREFILL_SM90_ALL
+  if (want.nc == 0) want = kDefaultShape<HD, Variant>;
+  if (!kThreeWarpgroups<HD, Variant> || grid != plan::Grid::kTile) want.nc = 2;
+  if (grid != plan::Grid::kTile) want.emu = 0;
+#if PIE_PREFILL_SM90_EMU_SWEEP  // the bench's sweep of the emulated share: periods 3, 5, 8
+  if (want.emu > 0 && want.emu != 3 && want.emu != 8) want.emu = kEmuPeriod;
+#else
+  if (want.emu > 0) want.emu = kEmuPeriod;
+#endif
+  return want;
+#else
+  (void)want, (void)grid;
+  return kDefaultShape<HD, Variant>;  // the kTile grid: the engine compiles no other
+#endif
+}
 static_assert(4 * 8 * kStages<128> <= 256 && 4 * 8 * kStages<64> <= 256, "barriers exceed their 256 bytes");
 
 /// 5-D TMA tile load into shared memory, completing on an mbarrier (byte count).
@@ -49,15 +105,15 @@ __device__ __forceinline__ void tma_load5(uint32_t dst, const CUtensorMap* map, 
       : "memory");
 }
 
-/// \brief The geometry of one work item: a 128-row tile of one sequence and KV head, its keys
+/// \brief The geometry of one work item: a BM-row tile of one sequence and KV head, its keys
 /// and its 128-key tiles under the variant's mask.
 struct Item {
   int b, kvh, m0, q_begin, nrows, page_beg, npages, kv_len, q_off, first_tok, kv_begin, n_tiles;
 };
 /// Fills `it` for row tile `tile` of sequence b, KV head kvh; false when the tile is past the chunk.
-template <class Variant, class P>
+template <class Variant, int BM = kBM, class P>
 __device__ __forceinline__ bool resolve(const P& p, int b, int kvh, int tile, Item& it) {
-  it.b = b, it.kvh = kvh, it.m0 = tile * kBM;
+  it.b = b, it.kvh = kvh, it.m0 = tile * BM;
   it.q_begin = p.cu_q[b];
   it.nrows = (p.cu_q[b + 1] - it.q_begin) * p.group;
   it.n_tiles = 0;
@@ -67,7 +123,7 @@ __device__ __forceinline__ bool resolve(const P& p, int b, int kvh, int tile, It
   it.kv_len = it.npages == 0 ? 0 : (it.npages - 1) * p.block_size + p.last_page_len[b];
   it.q_off = it.kv_len - qlen;
   it.first_tok = it.m0 / p.group;
-  const int last_tok = (min(it.m0 + kBM, it.nrows) - 1) / p.group;
+  const int last_tok = (min(it.m0 + BM, it.nrows) - 1) / p.group;
   const int kv_end = Variant::kCausal ? min(it.kv_len, it.q_off + last_tok + 1) : it.kv_len;
   it.kv_begin = 0;
   if constexpr (Variant::kWindowLeft > 0)
@@ -124,9 +180,16 @@ __device__ __forceinline__ void cluster_sync() {
 /// serves each tile once per pair. Both CTAs load the longer of the two tiles' key ranges; the
 /// shorter one waits for and releases the tiles it does not use, and a CTA whose tile is past
 /// the chunk still loads its half. Every `empty` barrier counts the consumer warps of both CTAs.
-template <int HD, class T, class Variant, plan::Box BOX, plan::Grid GRID>
-__global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_constant__ Params<T, Variant> p) {
+/// NC, EMU: Shape's consumer warpgroups and exp2 emulation period (only on the kTile grid; NC 3
+/// where kThreeWarpgroups). With NC = 3 the registers are split as FlashAttention-3 splits them at 3 consumer
+/// warpgroups: 32 for the producer, 160 for each consumer thread (32·128 + 160·384 = 65536).
+template <int HD, class T, class Variant, plan::Box BOX, plan::Grid GRID, int NC = 2, int EMU = 0>
+__global__ void __launch_bounds__(128 * (1 + NC), 1) prefill_kernel(const __grid_constant__ Params<T, Variant> p) {
 #if PIE_SM90A_DEVICE
+  static_assert(NC == 2 || (NC == 3 && kThreeWarpgroups<HD, Variant> && GRID == plan::Grid::kTile),
+                "3 consumer warpgroups: head dim 64, no soft cap or window, kTile grid");
+  constexpr int BM = 64 * NC;
+  constexpr plan::ConsumerBars NB{NC};  // the consumers' named barriers
   constexpr int NH = HD / 64;
   constexpr int S = kStages<HD>;
   constexpr int TILE = kBN * HD;  // elements of one K (or V) stage
@@ -135,7 +198,7 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_const
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* base = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
   T* sq = reinterpret_cast<T*>(base);  // [NH][BM][64]
-  T* sk = sq + kBM * HD;               // S stages of K, layout L
+  T* sk = sq + BM * HD;                // S stages of K, layout L
   T* sv = sk + S * TILE;               // S stages of V, layout L
   uint64_t* bars = reinterpret_cast<uint64_t*>(sv + S * TILE);
   const uint32_t kfull = smem_u32(bars), vfull = kfull + 8 * S, kempty = vfull + 8 * S, vempty = kempty + 8 * S;
@@ -149,7 +212,7 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_const
     if constexpr (CL) {
       done = k > 0;
       if (done) return false;
-      if (!resolve<Variant>(p, blockIdx.z, blockIdx.y, gridDim.x - 1 - blockIdx.x, it))
+      if (!resolve<Variant, BM>(p, blockIdx.z, blockIdx.y, gridDim.x - 1 - blockIdx.x, it))
         resolve_pages(p, blockIdx.z, blockIdx.y, it);  // n_tiles 0: it only helps load
       return true;
     } else if constexpr (PERSIST) {
@@ -157,10 +220,10 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_const
       done = w >= W;
       if (done) return false;
       const plan::Work wk = plan::work_at(w, p.m_tiles, p.num_kv_heads, p.num_seqs);
-      return resolve<Variant>(p, wk.b, wk.kvh, wk.tile, it);
+      return resolve<Variant, BM>(p, wk.b, wk.kvh, wk.tile, it);
     } else {
       done = k > 0;
-      return !done && resolve<Variant>(p, blockIdx.z, blockIdx.y, gridDim.x - 1 - blockIdx.x, it);  // heavy first
+      return !done && resolve<Variant, BM>(p, blockIdx.z, blockIdx.y, gridDim.x - 1 - blockIdx.x, it);  // heavy first
     }
   };
   if constexpr (GRID == plan::Grid::kTile) {
@@ -172,8 +235,8 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_const
   int n_load = 0;
   if constexpr (CL) {
     Item a, b;
-    resolve<Variant>(p, blockIdx.z, blockIdx.y, gridDim.x - 1 - blockIdx.x, a);
-    resolve<Variant>(p, blockIdx.z, blockIdx.y, gridDim.x - 1 - (blockIdx.x ^ 1), b);
+    resolve<Variant, BM>(p, blockIdx.z, blockIdx.y, gridDim.x - 1 - blockIdx.x, a);
+    resolve<Variant, BM>(p, blockIdx.z, blockIdx.y, gridDim.x - 1 - (blockIdx.x ^ 1), b);
     n_load = max(a.n_tiles, b.n_tiles);
   }
 
@@ -182,8 +245,8 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_const
     for (int s = 0; s < S; ++s) {
       mbar_init(kfull + 8 * s, kProducerWarps);  // one arrive.expect_tx per producer warp
       mbar_init(vfull + 8 * s, kProducerWarps);
-      mbar_init(kempty + 8 * s, CL ? 16 : 8);  // one arrival per consumer warp (of both CTAs)
-      mbar_init(vempty + 8 * s, CL ? 16 : 8);
+      mbar_init(kempty + 8 * s, (CL ? 2 : 1) * 4 * NC);  // one arrival per consumer warp (of both CTAs)
+      mbar_init(vempty + 8 * s, (CL ? 2 : 1) * 4 * NC);
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
@@ -191,7 +254,8 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_const
   else __syncthreads();
 
   if (wg == 0) {  // ---------------- producer: 4 warps, one lane per page ----------------
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+    if constexpr (NC == 2) asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+    else asm volatile("setmaxnreg.dec.sync.aligned.u32 32;\n");
     const int ppt = kBN >> p.bs_shift;  // pages per tile
     const int H = p.num_kv_heads;
     const uint32_t page_bytes = plan::box_bytes(BOX, HD, p.block_size) * plan::boxes_per_page(BOX, HD);
@@ -256,7 +320,8 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_const
     }
   } else {
   // ---------------- consumers (as v2, with K and V released separately) ----------------
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+  if constexpr (NC == 2) asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+  else asm volatile("setmaxnreg.inc.sync.aligned.u32 160;\n");
   const int cw = wg - 1;
   const uint32_t sq_u = smem_u32(sq) + cw * 64 * 128, sk_u = smem_u32(sk), sv_u = smem_u32(sv);
   const int r_lo = cw * 64 + warp * 16 + lane / 4, r_hi = r_lo + 8;  // tile rows of this thread
@@ -286,13 +351,13 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_const
       const bool valid = r < nrows;
       const int tok = valid ? r / G : 0, head = valid ? g.kvh * G + r - (r / G) * G : 0;
       const T* src = p.q + int64_t(g.q_begin + tok) * p.q_stride + int64_t(head) * HD + c * 8;
-      detail::cp_async16(smem_u32(sq + h * kBM * 64 + row * 64 + ((cc ^ (row & 7)) << 3)), src, valid);
+      detail::cp_async16(smem_u32(sq + h * BM * 64 + row * 64 + ((cc ^ (row & 7)) << 3)), src, valid);
     }
   }
   detail::cp_async_commit();
   detail::cp_async_wait_all();
   fence_proxy_async();
-  named_bar_sync(1 + cw, 128);
+  named_bar_sync(NB.own(cw), 128);
 
   float o[HD / 2];
 #pragma unroll
@@ -305,7 +370,7 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_const
   auto issue_s = [&](float (&sacc)[kBN / 2], int s) {
 #pragma unroll
     for (int kk = 0; kk < HD / 16; ++kk) {
-      const uint64_t da = desc_sw128(sq_u + (kk / 4) * kBM * 128 + (kk % 4) * 32, 16, 1024);
+      const uint64_t da = desc_sw128(sq_u + (kk / 4) * BM * 128 + (kk % 4) * 32, 16, 1024);
       const uint64_t db = desc_sw128(sk_u + s * TILE * 2 + plan::k_desc_offset(L, kk), 16, L.group_stride);
       Wgmma<kBN, T>::ss(sacc, da, db, kk > 0);
     }
@@ -323,13 +388,14 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_const
     if (need_mask)
       softmax_tile<true, T, kBN>(sacc, st, n0 + (lane % 4) * 2, qpos_lo, qpos_hi, kv_len, p.sm_scale, p.variant);
     else
-      softmax_tile<false, T, kBN>(sacc, st, n0 + (lane % 4) * 2, qpos_lo, qpos_hi, kv_len, p.sm_scale, p.variant);
+      softmax_tile<false, T, kBN, EMU>(sacc, st, n0 + (lane % 4) * 2, qpos_lo, qpos_hi, kv_len, p.sm_scale,
+                                       p.variant);
   };
-  // Ping-pong (as v2): the two consumer warpgroups take turns issuing their GEMMs (named
-  // barriers 3 and 4), so one's softmax runs while the other's MMAs hold the tensor cores.
-  auto pp_sync = [&] { named_bar_sync(3 + cw, 256); };
-  auto pp_arrive = [&] { named_bar_arrive(3 + (1 - cw), 256); };
-  if (cw == 1) named_bar_arrive(3, 256);
+  // Ping-pong (as v2): the consumer warpgroups take turns issuing their GEMMs, round robin
+  // (plan::ConsumerBars), so one's softmax runs while the others' MMAs hold the tensor cores.
+  auto pp_sync = [&] { named_bar_sync(NB.turn(cw), 256); };
+  auto pp_arrive = [&] { named_bar_arrive(NB.next(cw), 256); };
+  if (cw == NB.first_giver()) named_bar_arrive(NB.turn(0), 256);
 
   uint32_t pf[kBN / 16][4];
   if (n_tiles > 0) {  // tile 0: S, softmax → P (O is still zero)
@@ -376,7 +442,7 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_const
     }
     pack_p<T, kBN>(sacc, pf);
   }
-  if (cw == 0) named_bar_sync(3, 256);  // WG2's last turn signal
+  if (cw == 0) named_bar_sync(NB.turn(0), 256);  // the last warpgroup's last hand-over
   if (n_tiles > 0) {  // P(last)·V(last)
     const int t = n_tiles - 1, s = R::stage(it0 + t), n0 = kv_begin + t * kBN;
     mbar_wait(vfull + 8 * s, R::full_parity(it0 + t));
@@ -393,7 +459,7 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_const
           *reinterpret_cast<uint4*>(v + L.offset(key, h * 64) + chunk * 16) = make_uint4(0, 0, 0, 0);
       }
       fence_proxy_async();  // also orders the zeros before the stage's next TMA fill
-      named_bar_sync(1 + cw, 128);
+      named_bar_sync(NB.own(cw), 128);
     }
     wgmma_fence();
     issue_pv(pf, s);
@@ -431,7 +497,7 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const __grid_const
   it0 += n_tiles;
   // Both warpgroups leave the item before either starts the next: WG2's first ping-pong arrival
   // of the next item must not meet barrier 3 before WG1 has taken this item's last one.
-  if constexpr (PERSIST) named_bar_sync(5, 256);
+  if constexpr (PERSIST) named_bar_sync(NB.items(), 128 * NC);
   }  // items
   }  // consumers
   // kCluster: no CTA leaves while its peer may still arrive on its barriers (every copy into
@@ -448,7 +514,8 @@ bool available() {
   static const bool ok = [] {
     if (!hopper_device()) return false;  // not v2's available(): that would instantiate v2's kernel
     cudaFuncAttributes a{};
-    if (cudaFuncGetAttributes(&a, prefill_kernel<HD, T, Variant, plan::Box::kHalves, plan::Grid::kTile>) !=
+    constexpr Shape d = kDefaultShape<HD, Variant>;  // the kernel every build compiles
+    if (cudaFuncGetAttributes(&a, prefill_kernel<HD, T, Variant, plan::Box::kHalves, plan::Grid::kTile, d.nc, d.emu>) !=
         cudaSuccess) {
       cudaGetLastError();
       return false;
@@ -478,10 +545,12 @@ CUresult encode_kv_map(Params<T, Variant>& p, const T* pool, int hd, plan::Box b
 /// Launches v3. `box`: kPage (one box per page; head dim 128 only, where a page has two halves)
 /// or kHalves; a refused kPage map falls back to kHalves (said once on stderr). `grid`: one CTA
 /// per row tile, the persistent grid, or 2-CTA clusters with K/V multicast (kCluster; variants
-/// with a sliding window take kTile instead). Returns the box mode it launched with.
+/// with a sliding window take kTile instead). `shape` (where PIE_PREFILL_SM90_ALL compiles it,
+/// on the kTile grid; 3 consumer warpgroups only where kThreeWarpgroups): see Shape. Returns the box mode
+/// it launched with.
 template <int HD, class T, class Variant>
 plan::Box launch(Params<T, Variant>& p, const T* pool, int num_seqs, int max_q_len, cudaStream_t stream,
-                 plan::Box box = plan::Box::kPage, plan::Grid grid = plan::Grid::kTile) {
+                 plan::Box box = plan::Box::kPage, plan::Grid grid = plan::Grid::kTile, Shape shape = {}) {
   if constexpr (HD == 64) box = plan::Box::kHalves;  // one half: the 4-D map is already one box per page
   if constexpr (Variant::kWindowLeft > 0) {
     if (grid == plan::Grid::kCluster) grid = plan::Grid::kTile;
@@ -495,8 +564,10 @@ plan::Box launch(Params<T, Variant>& p, const T* pool, int num_seqs, int max_q_l
   }
   if (box == plan::Box::kHalves)
     PIE_CHECK(encode_kv_map(p, pool, HD, box) == CUDA_SUCCESS, "prefill_attention (sm90 v3): cuTensorMapEncodeTiled failed");
+  shape = effective_shape<HD, Variant>(shape, grid);
+  const int bm = 64 * shape.nc;
   const int64_t rows = int64_t(max_q_len) * p.group;
-  p.m_tiles = int((rows + kBM - 1) / kBM);
+  p.m_tiles = int((rows + bm - 1) / bm);
   p.num_seqs = num_seqs;
   int sms = 0;
   if (grid == plan::Grid::kPersistent) {
@@ -504,14 +575,14 @@ plan::Box launch(Params<T, Variant>& p, const T* pool, int num_seqs, int max_q_l
     PIE_CUDA_CHECK(cudaGetDevice(&dev));
     PIE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   }
-  auto go = [&](auto kern, plan::Grid g) {
-    constexpr size_t smem = smem_bytes<HD>();
+  auto go = [&]<int NC>(auto kern, plan::Grid g) {
+    constexpr size_t smem = smem_bytes<HD, NC>();
     // Every launch, as v2 does: the attribute is per device.
     PIE_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     const int64_t items = int64_t(p.m_tiles) * p.num_kv_heads * num_seqs;
     cudaLaunchConfig_t cfg{};
     cudaLaunchAttribute attr[1];
-    cfg.blockDim = dim3(kThreads);
+    cfg.blockDim = dim3(128 * (1 + NC));
     cfg.dynamicSmemBytes = smem;
     cfg.stream = stream;
     if (g == plan::Grid::kPersistent) {
@@ -536,12 +607,45 @@ plan::Box launch(Params<T, Variant>& p, const T* pool, int num_seqs, int max_q_l
   auto with_box = [&]<plan::Box B>() {
     switch (grid) {
 #if PIE_PREFILL_SM90_ALL
-      case plan::Grid::kPersistent: go(prefill_kernel<HD, T, Variant, B, plan::Grid::kPersistent>, grid); break;
+      case plan::Grid::kPersistent:
+        go.template operator()<2>(prefill_kernel<HD, T, Variant, B, plan::Grid::kPersistent>, grid);
+        break;
       case plan::Grid::kCluster:
-        if constexpr (Variant::kWindowLeft <= 0) go(prefill_kernel<HD, T, Variant, B, plan::Grid::kCluster>, grid);
+        if constexpr (Variant::kWindowLeft <= 0)
+          go.template operator()<2>(prefill_kernel<HD, T, Variant, B, plan::Grid::kCluster>, grid);
         break;
 #endif
-      default: go(prefill_kernel<HD, T, Variant, B, plan::Grid::kTile>, plan::Grid::kTile); break;
+      default: {
+#if PIE_PREFILL_SM90_ALL
+        // The kTile grid's shapes: NC warpgroups, the emulation period (effective_shape: 0 or
+        // kEmuPeriod, or under PIE_PREFILL_SM90_EMU_SWEEP, the bench's, also 3 and 8).
+        auto kern = [&]<int NC, int E>() {
+          go.template operator()<NC>(prefill_kernel<HD, T, Variant, B, plan::Grid::kTile, NC, E>, plan::Grid::kTile);
+        };
+        auto tile = [&]<int NC>() {
+          switch (shape.emu) {
+            case 0: kern.template operator()<NC, 0>(); break;
+#if PIE_PREFILL_SM90_EMU_SWEEP
+            case 3: kern.template operator()<NC, 3>(); break;
+            case 8: kern.template operator()<NC, 8>(); break;
+#endif
+            default: kern.template operator()<NC, kEmuPeriod>(); break;
+          }
+        };
+        if constexpr (kThreeWarpgroups<HD, Variant>) {
+          if (shape.nc == 3) {
+            tile.template operator()<3>();
+            break;
+          }
+        }
+        tile.template operator()<2>();
+#else
+        constexpr Shape d = kDefaultShape<HD, Variant>;
+        go.template operator()<d.nc>(prefill_kernel<HD, T, Variant, B, plan::Grid::kTile, d.nc, d.emu>,
+                                     plan::Grid::kTile);
+#endif
+        break;
+      }
     }
   };
   if constexpr (HD == 128) {
@@ -558,8 +662,9 @@ plan::Box launch(Params<T, Variant>& p, const T* pool, int num_seqs, int max_q_l
 /// passed on the H200 and beat cuDNN's SDPA there: docs/kernels.md), or 2 when the environment
 /// sets PIE_PREFILL_SM90=2. PIE_PREFILL_SM90 also picks v3's shape for A/B runs: "3" one box per
 /// page (the default), "3h" one box per 64-column half, "3p" the persistent grid, "3c" 2-CTA
-/// clusters with K/V multicast. v2 and the 3p/3c grids are compiled only where
-/// PIE_PREFILL_SM90_ALL is 1 (the kernel test and bench); elsewhere they fall back to the default.
+/// clusters with K/V multicast, "3w" / "3e" / "3we" the shapes (requested_shape). v2, the 3p/3c
+/// grids and the shapes are compiled only where PIE_PREFILL_SM90_ALL is 1 (the kernel test and
+/// bench); elsewhere they fall back to the default.
 inline const char* version_env() {
   static const char* e = std::getenv("PIE_PREFILL_SM90");
   return e == nullptr ? "" : e;
@@ -570,6 +675,15 @@ inline int version() {
 }
 inline plan::Box requested_box() {
   return std::strcmp(version_env(), "3h") == 0 ? plan::Box::kHalves : plan::Box::kPage;
+}
+/// "3w": 3 consumer warpgroups (192-row tiles, head dim 64; elsewhere 2); "3e": 2 warpgroups with
+/// part of the exps on the FMA pipe; "3we": both.
+inline Shape requested_shape() {
+  const char* e = version_env();
+  if (std::strcmp(e, "3w") == 0) return Shape{3, 0};
+  if (std::strcmp(e, "3e") == 0) return Shape{2, kEmuPeriod};
+  if (std::strcmp(e, "3we") == 0) return Shape{3, kEmuPeriod};
+  return Shape{};  // the default
 }
 inline plan::Grid requested_grid() {
   if (std::strcmp(version_env(), "3p") == 0) return plan::Grid::kPersistent;

@@ -5,7 +5,9 @@
 /// K/V stage and the wgmma descriptor strides read from it, the producer's load order, and the
 /// stage/parity arithmetic of the K and V rings. Plain C++ (no CUDA types), so a CPU test
 /// (tests/ops/test_prefill_sm90_plan.cpp) checks exactly what the kernel uses.
+#include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "pie/core/host_device.hpp"
 
@@ -101,6 +103,56 @@ struct Ring {
 /// of a tile; its `full` arrival carries those pages' bytes (a warp with none arrives with 0).
 PIE_HD constexpr int pages_of_warp(int warp, int warps, int pages_per_tile) {
   return warp < pages_per_tile ? (pages_per_tile - warp + warps - 1) / warps : 0;
+}
+
+/// \brief The consumer warpgroups' named barriers (0 is __syncthreads), for `nc` consumer
+/// warpgroups: own(c) = 1 .. nc, one per warpgroup (its Q rows staged, its zeroing of V rows past
+/// the context); turn(c) = nc + 1 .. 2nc, the ping-pong; items() = 2nc + 1, across the consumers
+/// between a persistent CTA's items. The ping-pong is a round robin: warpgroup c waits for its
+/// turn on turn(c) (bar.sync over 256 threads: its own and the previous warpgroup's bar.arrive),
+/// issues its GEMMs, and hands the turn on with bar.arrive on next(c) = turn((c + 1) % nc).
+/// Before the first tile the last warpgroup hands warpgroup 0 its first turn; after the last,
+/// warpgroup 0 takes the last hand-over, so every barrier is left empty. nc = 2: barriers 1, 2 /
+/// 3, 4 / 5, as v2 numbers them.
+struct ConsumerBars {
+  int nc;
+  PIE_HD constexpr int own(int c) const { return 1 + c; }
+  PIE_HD constexpr int turn(int c) const { return 1 + nc + c; }
+  PIE_HD constexpr int next(int c) const { return nc == 2 ? turn(1 - c) : turn((c + 1) % nc); }  // (as v2 at 2)
+  PIE_HD constexpr int first_giver() const { return nc - 1; }
+  PIE_HD constexpr int items() const { return 1 + 2 * nc; }
+};
+
+/// \brief 2^x on the FMA pipe, for x ≤ 0 (below −126: 2^−126, the least normal float, not 0;
+/// from −127 on the exponent field would be 0 and drop p's leading 1): x = j + f with j = floor(x),
+/// 2^f by a degree-3 polynomial on [0, 1) (relative error 8.8e-5, under bf16's 2^−9 rounding of
+/// P), j added to the result's exponent bits. The kernel takes it for part of a tile's exps (v3's
+/// Shape::emu): MUFU does 16 ex2 per clock per SM, at head dim 64 exactly the tensor cores' rate
+/// of one exp per 256 FLOPs, and this moves some of them onto the FMA pipe at ~8 instructions
+/// each (FlashAttention-4's trick). On the GPU the floor is a round-down add of 1.5·2^23 (whose low
+/// mantissa bits then hold j); here std::floor gives the same sum exactly, so the test checks the
+/// kernel's arithmetic.
+PIE_HD float ex2_poly(float x) {
+  constexpr float kMagic = 12582912.f;  // 1.5·2^23: bits 0x4B400000
+  x = x > -126.f ? x : -126.f;
+#ifdef __CUDA_ARCH__
+  const float t = __fadd_rd(x, kMagic);
+#else
+  const float t = std::floor(x) + kMagic;
+#endif
+  const float f = x - (t - kMagic);  // [0, 1); both subtractions exact
+  const float p = fmaf(fmaf(fmaf(0.077119089663028717f, f, 0.22756439447402954f), f, 0.69514614343643188f), f, 1.f);
+#ifdef __CUDA_ARCH__
+  return __int_as_float(__float_as_int(p) + ((__float_as_int(t) - 0x4B400000) << 23));
+#else
+  int32_t pb, tb;
+  std::memcpy(&pb, &p, 4);
+  std::memcpy(&tb, &t, 4);
+  pb += int32_t(uint32_t(tb - 0x4B400000) << 23);
+  float y;
+  std::memcpy(&y, &pb, 4);
+  return y;
+#endif
 }
 
 /// \brief How v3's CTAs take work: one row tile each (kTile), a persistent grid of one CTA per
