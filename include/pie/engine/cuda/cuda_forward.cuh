@@ -29,6 +29,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <string>
 
 #include "pie/core/attention_variants.hpp"
 #include "pie/core/buffer.hpp"
@@ -441,15 +442,26 @@ class CudaForward {
     auto& ws = *moe_;
     const int n = shape_.tokens;
     TensorView<float> logits(ws.logits(), {n, E}, Device::Cuda);
-    op("moe_router", [&] { (*p_.gemm)(logits, x, router, static_cast<const T*>(nullptr), s_); });
-    op("moe_route", [&] { ops::cuda::moe_route(n, norm_topk_prob, ws, s_); });
+    // PIE_MOE_DECODE=fused (opt-in until measured on the device): at decode sizes the router
+    // GEMV + routing is one kernel and down + un-permute another (ops/cuda/moe_decode.cuh), and
+    // the gate_up GEMV picks its chunks in flight by wave count; the bits of the unfused gemv path
+    // (at n ≥ 2 the router logits are then the GEMV's, not cuBLASLt's).
+    const bool fused = moe_decode_fused_wanted() && !p_.batch_invariant && n >= 1 &&
+                       ops::cuda::moe_router_route_supported(x, router) &&
+                       ops::cuda::MoeExperts<T>::fused_down_supported(n);
+    if (fused) {
+      op("moe_router_route", [&] { ops::cuda::moe_router_route(x, router, norm_topk_prob, ws, s_); });
+    } else {
+      op("moe_router", [&] { (*p_.gemm)(logits, x, router, static_cast<const T*>(nullptr), s_); });
+      op("moe_route", [&] { ops::cuda::moe_route(n, norm_topk_prob, ws, s_); });
+    }
     if (n == 0) return;
     if (moe_observer_) {  // a test's look at the routing; never inside a graph capture
       cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
       PIE_CUDA_CHECK(cudaStreamIsCapturing(s_, &cs));
       if (cs == cudaStreamCaptureStatusNone) moe_observer_(ws.routing().ids, n, top_k, s_);
     }
-    const ops::cuda::MoeExperts<T> ex(x, gate_up, down, ws, out, !p_.batch_invariant);
+    const ops::cuda::MoeExperts<T> ex(x, gate_up, down, ws, out, !p_.batch_invariant, fused ? 0 : 4);
     // PIE_MOE_GEMM=cutlass: the CUTLASS grouped GEMMs above the GEMV batch sizes (not under batch
     // invariance, which the mma path is tested for). The path's state is set up on the first
     // call (eager, like the workspace) and re-made with it.
@@ -470,6 +482,11 @@ class CudaForward {
       }
     }
 #endif
+    if (fused) {
+      op("moe_gate_up", [&] { ex.gate_up(s_); });
+      op("moe_down_unpermute", [&] { ex.down_unpermute(s_); });
+      return;
+    }
     op("moe_gate_up", [&] { ex.gate_up(s_); });  // three ops, so that the profiler splits them
     op("moe_down", [&] { ex.down(s_); });
     op("moe_unpermute", [&] { ex.unpermute(s_); });
@@ -640,6 +657,18 @@ class CudaForward {
   std::unique_ptr<ops::cuda::MoeCutlass<T>> moe_cutlass_;  ///< PIE_MOE_GEMM=cutlass's state (first use)
   const void* moe_cutlass_ws_ = nullptr;                    ///< the workspace it was made for
 #endif
+  /// PIE_MOE_DECODE: unset, empty or "unfused" keeps the five-launch decode MoE block; "fused"
+  /// takes moe_decode.cuh's two fused kernels for n ≤ kMoeGemvMaxTokens. Read once; anything
+  /// else is an error.
+  static bool moe_decode_fused_wanted() {
+    static const bool v = [] {
+      const char* e = std::getenv("PIE_MOE_DECODE");
+      const std::string s = e ? e : "";
+      PIE_CHECK(s.empty() || s == "unfused" || s == "fused", "PIE_MOE_DECODE=", s, ": expected fused or unfused");
+      return s == "fused";
+    }();
+    return v;
+  }
   /// PIE_MOE_GEMM (moe_group::parse_gemm_choice): read once; "cutlass" in a build without
   /// -DPIE_MOE_CUTLASS=ON is an error rather than a silent fallback.
   static bool moe_cutlass_wanted() {
