@@ -29,7 +29,6 @@
 #include <deque>
 #include <functional>
 #include <memory>
-#include <string>
 
 #include "pie/core/attention_variants.hpp"
 #include "pie/core/buffer.hpp"
@@ -661,12 +660,8 @@ class CudaForward {
   /// takes moe_decode.cuh's two fused kernels for n ≤ kMoeGemvMaxTokens. Read once; anything
   /// else is an error.
   static bool moe_decode_fused_wanted() {
-    static const bool v = [] {
-      const char* e = std::getenv("PIE_MOE_DECODE");
-      const std::string s = e ? e : "";
-      PIE_CHECK(s.empty() || s == "unfused" || s == "fused", "PIE_MOE_DECODE=", s, ": expected fused or unfused");
-      return s == "fused";
-    }();
+    static const bool v =
+        ops::cuda::moe_decode::parse_choice(std::getenv("PIE_MOE_DECODE")) == ops::cuda::moe_decode::Choice::kFused;
     return v;
   }
   /// PIE_MOE_GEMM (moe_group::parse_gemm_choice): read once; "cutlass" in a build without

@@ -50,6 +50,7 @@
 #include "pie/core/tensor.hpp"
 #include "pie/ops/cuda/common.cuh"
 #include "pie/ops/cuda/moe_decode.cuh"
+#include "pie/ops/cuda/moe_decode_plan.hpp"
 #include "pie/ops/cuda/moe_grouped_gemm.cuh"
 #include "pie/ops/cuda/moe_routing.cuh"
 #include "pie/ops/cuda/moe_unpermute.cuh"
@@ -110,10 +111,8 @@ void launch_moe_gemv(const MoeGemmParams<D>& p, int slots, int u, cudaStream_t s
   const dim3 grid((p.n_out + 7) / 8, slots);
   if constexpr (kUp) {
     if (u == 0) {
-      const int64_t ctas = int64_t(grid.x) * grid.y;
-      const int64_t w4 = int64_t(moe_gemv_ctas_per_sm<R, 4, kUp, D>()) * num_sms();
-      const int64_t w2 = int64_t(moe_gemv_ctas_per_sm<R, 2, kUp, D>()) * num_sms();
-      u = (ctas + w2 - 1) / w2 < (ctas + w4 - 1) / w4 ? 2 : 4;
+      u = moe_decode::gate_up_unroll(int64_t(grid.x) * grid.y, moe_gemv_ctas_per_sm<R, 4, kUp, D>(),
+                                     moe_gemv_ctas_per_sm<R, 2, kUp, D>(), num_sms());
     }
     if (u == 2) return launch_pdl(moe_gemv_kernel<R, 2, 2, kUp, kUp, D>, grid, dim3(128), 0, s, p);
   }
@@ -175,7 +174,8 @@ class MoeExperts {
               kMoeGemvMaxTokens, ", not ", plan_.n);
     using D = device_t<T>;
     const MoeRouting& r = ws_.routing();
-    launch_pdl(detail::moe_down_unpermute_kernel<C, kD, D>, dim3((plan_.H + 4 * C - 1) / (4 * C), plan_.n),
+    launch_pdl(detail::moe_down_unpermute_kernel<C, kD, D>,
+               dim3(moe_decode::down_split(plan_.H, plan_.I, ws_.top_k(), C).ctas_x, plan_.n),
                dim3(128), 0, s, static_cast<const D*>(dev(ws_.act())), int64_t{plan_.I}, plan_.dn.w,
                plan_.dn.w_stride, static_cast<const int32_t*>(r.ids), static_cast<const float*>(r.weights),
                static_cast<const int32_t*>(r.inv), ws_.top_k(), plan_.H, plan_.I, dev(out_.data), out_.stride[0]);

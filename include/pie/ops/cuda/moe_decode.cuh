@@ -94,7 +94,7 @@ __global__ void __launch_bounds__(256) moe_router_route_kernel(const T* __restri
   __syncthreads();
   if (!s_last) return;
   __threadfence();
-  if (warp < n) moe_route_token<kPerLane, T>(logits + static_cast<int64_t>(warp) * E, warp, E, k, norm, r);
+  if (warp < n) moe_route_token<kPerLane, T, true>(logits + static_cast<int64_t>(warp) * E, warp, E, k, norm, r);
   __threadfence();
   __syncthreads();
   moe_group_rows(n, E, k, r, s_cursor, s_scan);

@@ -61,16 +61,20 @@ __device__ __forceinline__ int block_exclusive_scan256(int v, int* s, int& total
 /// Step 2 for one token (one warp): its logits l [E] rounded to L, softmax, top-k (ties to the
 /// lower id), optional renormalisation; writes ids/weights of token t and counts its experts.
 /// kPerLane·32 ≥ E. moe_route_kernel and the fused decode router (moe_decode.cuh) share it, so
-/// both route bit for bit alike.
-template <int kPerLane, class L>
-__device__ __forceinline__ void moe_route_token(const float* l, int t, int E, int k, int norm, const MoeRouting& r) {
+/// both route bit for bit alike. kCoherent: the logits were written by other CTAs of the same
+/// grid (the fused router), so they are read through L2 (ld.global.cg), not the read-only path.
+template <int kPerLane, class L, bool kCoherent = false>
+__device__ __forceinline__ void moe_route_token(const float* __restrict__ l, int t, int E, int k, int norm,
+                                                const MoeRouting& r) {
   const int lane = threadIdx.x & 31;
   float v[kPerLane];
   float mx = -INFINITY;
 #pragma unroll
   for (int i = 0; i < kPerLane; ++i) {
     const int e = lane + 32 * i;
-    v[i] = e < E ? to_f32(from_f32<L>(__ldcg(&l[e]))) : -INFINITY;
+    float x = -INFINITY;
+    if (e < E) x = to_f32(from_f32<L>(kCoherent ? __ldcg(&l[e]) : l[e]));
+    v[i] = x;
     mx = fmaxf(mx, v[i]);
   }
   mx = warp_max(mx);
