@@ -44,6 +44,9 @@ def category(name):
         return "fp8_quant"  # activation quantization before an fp8 GEMM
     if "moe_" in n:  # ops/cuda/moe.cuh: kGather (the first bool) marks the gate_up product
         args = re.sub(r"\s*[;,]\s*", ",", n)
+        # moe_decode.cuh's fused kernels (PIE_MOE_DECODE=fused): router GEMV + routing, down + un-permute
+        if "moe_router_route" in n or "moe_down_unpermute" in n:
+            return "moe_router_route" if "moe_router_route" in n else "moe_down_unpermute"
         if "moe_route" in n or "moe_unpermute" in n:
             return "moe_route" if "moe_route" in n else "moe_unpermute"
         up = re.search(r"moe_(gemv_kernel<\d+,\d+,\d+,|mma_kernel<)(true|\(bool\)1)[,>]", args)
@@ -163,7 +166,8 @@ def main():
         wbytes["router"] = wbytes["norm+router"] = a.experts * H * 2
         if a.batch == 1:
             wbytes["moe_gate_up"] = a.top_k * 2 * Im * H * 2
-            wbytes["moe_down"] = a.top_k * Im * H * 2
+            wbytes["moe_down"] = wbytes["moe_down_unpermute"] = a.top_k * Im * H * 2
+        wbytes["moe_router_route"] = wbytes["router"]
     rows = load(a.csv)
     if not rows:
         sys.exit("no kernels in " + a.csv)

@@ -4,7 +4,10 @@
 // grouped tensor-core path at the tiny fixtures' and Qwen3-30B-A3B's shapes and at widths that
 // are not multiples of the tiles, the routing + experts replayed from a CUDA graph with new
 // inputs, and the mma path's row invariance (a token's output bits do not depend on its batch);
-// and Qwen3-MoE's dummy weights generated on the device equal the host's bit for bit.
+// and Qwen3-MoE's dummy weights generated on the device equal the host's bit for bit. The fused
+// decode kernels (moe_decode.cuh): router + routing and down + un-permute give the unfused
+// path's bits (gemv() + moe_route; gemv down + moe_unpermute) and agree with the CPU op, eager
+// and replayed from a graph.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -15,6 +18,7 @@
 #include "pie/engine/cuda/device_copy.cuh"
 #include "pie/model/qwen3_moe.hpp"
 #include "pie/ops/cpu/moe.hpp"
+#include "pie/ops/cuda/gemv.cuh"
 #include "pie/ops/cuda/moe.cuh"
 #include "moe_test_data.hpp"
 #include "test_util.hpp"
@@ -170,6 +174,162 @@ TEST(MoeExperts, MmaRowsDoNotDependOnTheBatch) {
   run_block(small, d, ws, false, nullptr);  // logits rows 0..4 are still there
   auto few = download(d.dout);
   EXPECT_EQ(0, std::memcmp(few.data(), all.data(), size_t(5) * big.hidden * 2));
+}
+
+// The fused decode path's shapes: n = 1, 2, 5, 8; top-k 2/4/8; several expert counts (E past
+// 32 and 128 takes the routing's wider lane layouts); Qwen3-30B-A3B's (H 2048, 128 experts, I 768).
+std::vector<Shape> fused_shapes() {
+  return {Shape{1, 64, 8, 32, 2, true},      Shape{2, 72, 6, 40, 3, false},   Shape{5, 64, 32, 32, 4, true},
+          Shape{8, 256, 40, 128, 8, false},  Shape{2, 128, 256, 96, 8, true}, Shape{5, 520, 16, 264, 2, true},
+          Shape{1, 2048, 128, 768, 8, true}, Shape{2, 2048, 128, 768, 8, true}, Shape{5, 2048, 128, 768, 4, false},
+          Shape{8, 2048, 128, 768, 8, true}};
+}
+std::string name(const Shape& s) {
+  return "n " + std::to_string(s.n) + " H " + std::to_string(s.hidden) + " E " + std::to_string(s.experts) + " I " +
+         std::to_string(s.inter) + " k " + std::to_string(s.top_k);
+}
+
+// Router GEMV + routing in one kernel: the logits, ids, weights and grouping of gemv() +
+// moe_route, bit for bit, and the CPU op's routing of those logits; a second call checks that
+// the ticket and counters were reset.
+TEST(MoeDecodeFused, RouterRouteEqualsGemvAndRoute) {
+  std::mt19937 rng(15);
+  for (const Shape& s : fused_shapes()) {
+    SCOPED_TRACE(name(s));
+    const auto router = randn<bf16>(size_t(s.experts) * s.hidden, rng, 1.f / std::sqrt(float(s.hidden)));
+    auto drouter = upload(router);
+    MoeWorkspace<bf16> a(8, s.experts, s.top_k, s.hidden, s.inter), b(8, s.experts, s.top_k, s.hidden, s.inter);
+    for (int call = 0; call < 2; ++call) {
+      const auto x = randn<bf16>(size_t(s.n) * s.hidden, rng);
+      auto dx = upload(x);
+      TensorView<float> la(a.logits(), {s.n, s.experts}, Device::Cuda);
+      ops::cuda::gemv(la, dx.view({s.n, s.hidden}), drouter.view({s.experts, s.hidden}), static_cast<const bf16*>(nullptr),
+                      nullptr);
+      ops::cuda::moe_route(s.n, s.norm, a, nullptr);
+      PIE_CUDA_CHECK(cudaMemset(b.logits(), 0xff, size_t(s.n) * s.experts * 4));
+      ops::cuda::moe_router_route(dx.view({s.n, s.hidden}), drouter.view({s.experts, s.hidden}), s.norm, b, nullptr);
+      const size_t nk = size_t(s.n) * s.top_k;
+      auto lo_a = fetch(a.logits(), size_t(s.n) * s.experts), lo_b = fetch(b.logits(), size_t(s.n) * s.experts);
+      ASSERT_EQ(0, std::memcmp(lo_a.data(), lo_b.data(), lo_a.size() * 4)) << "call " << call;
+      auto ids = fetch(b.routing().ids, nk);
+      ASSERT_EQ(fetch(a.routing().ids, nk), ids);
+      auto wa = fetch(a.routing().weights, nk), wb = fetch(b.routing().weights, nk);
+      ASSERT_EQ(0, std::memcmp(wa.data(), wb.data(), nk * 4));
+      ASSERT_EQ(fetch(a.routing().offsets, s.experts + 1), fetch(b.routing().offsets, s.experts + 1));
+      ASSERT_EQ(fetch(a.routing().active, s.experts + 1), fetch(b.routing().active, s.experts + 1));
+      check_grouping(b, ids, s.n, s.experts, s.top_k);
+      // The CPU op: its routing of these logits, and its logits within fp32 summation noise.
+      std::vector<int32_t> want_ids;
+      std::vector<float> want_w;
+      cpu_route(lo_b, s.n, s.experts, s.top_k, s.norm, want_ids, want_w);
+      ASSERT_EQ(ids, want_ids);
+      for (size_t i = 0; i < nk; ++i) ASSERT_NEAR(wb[i], want_w[i], 1e-6f * std::max(1.f, want_w[i])) << i;
+      std::vector<float> ref(size_t(s.n) * s.experts);
+      for (int t = 0; t < s.n; ++t)
+        for (int e = 0; e < s.experts; ++e) {
+          double acc = 0;
+          for (int h = 0; h < s.hidden; ++h)
+            acc += double(to_float(x[size_t(t) * s.hidden + h])) * to_float(router[size_t(e) * s.hidden + h]);
+          ref[size_t(t) * s.experts + e] = float(acc);
+        }
+      EXPECT_LT(rel_err(lo_b, ref), 1e-5);
+    }
+  }
+}
+
+void run_fused(const Shape& s, ExpertsData& d, DeviceBuffer<bf16>& drouter, MoeWorkspace<bf16>& ws,
+               cudaStream_t st) {
+  ops::cuda::moe_router_route(d.dx.view({s.n, s.hidden}), drouter.view({s.experts, s.hidden}), s.norm, ws, st);
+  const ops::cuda::MoeExperts<bf16> ex(d.dx.view({s.n, s.hidden}), d.dgu.view({s.experts, 2 * s.inter, s.hidden}),
+                                       d.ddown.view({s.experts, s.hidden, s.inter}), ws, d.dout.view({s.n, s.hidden}),
+                                       true, 0);
+  ex.gate_up(st);
+  ex.down_unpermute(st);
+}
+
+// Down + un-permute fused: the gemv path's down + moe_unpermute bits over the same routing and
+// act, and the CPU op's result.
+TEST(MoeDecodeFused, DownUnpermuteEqualsUnfused) {
+  std::mt19937 rng(16);
+  for (const Shape& s : fused_shapes()) {
+    SCOPED_TRACE(name(s));
+    ExpertsData d = make_data(s, rng);
+    MoeWorkspace<bf16> ws(8, s.experts, s.top_k, s.hidden, s.inter);
+    PIE_CUDA_CHECK(cudaMemcpy(ws.logits(), d.logits.data(), d.logits.size() * 4, cudaMemcpyHostToDevice));
+    poison(d.dout);
+    run_block(s, d, ws, true, nullptr);
+    auto unfused = download(d.dout);
+    poison(d.dout);
+    PIE_CUDA_CHECK(cudaDeviceSynchronize());
+    const ops::cuda::MoeExperts<bf16> ex(d.dx.view({s.n, s.hidden}), d.dgu.view({s.experts, 2 * s.inter, s.hidden}),
+                                         d.ddown.view({s.experts, s.hidden, s.inter}), ws, d.dout.view({s.n, s.hidden}),
+                                         true);
+    ex.down_unpermute(nullptr);  // act and the routing are still the unfused run's
+    PIE_CUDA_CHECK(cudaDeviceSynchronize());
+    auto fused = download(d.dout);
+    EXPECT_EQ(0, std::memcmp(fused.data(), unfused.data(), fused.size() * 2));
+    // gate_up with 2 chunks in flight (the lean launch) writes the same act as with 4.
+    const size_t act_n = size_t(s.n) * s.top_k * s.inter;
+    auto act4 = fetch(ws.act(), act_n);
+    PIE_CUDA_CHECK(cudaMemset(ws.act(), 0xff, act_n * 2));
+    const ops::cuda::MoeExperts<bf16> lean(d.dx.view({s.n, s.hidden}), d.dgu.view({s.experts, 2 * s.inter, s.hidden}),
+                                           d.ddown.view({s.experts, s.hidden, s.inter}), ws,
+                                           d.dout.view({s.n, s.hidden}), true, 2);
+    lean.gate_up(nullptr);
+    auto act2 = fetch(ws.act(), act_n);
+    EXPECT_EQ(0, std::memcmp(act2.data(), act4.data(), act_n * 2));
+    const double err = rel_err(fused, cpu_experts(s, d, ws));
+    EXPECT_LT(err, tol<bf16>());
+    EXPECT_GT(err, 0.0);
+  }
+}
+
+// The whole fused decode block (router + routing, gate_up, down + un-permute) captured once and
+// replayed with new x: the eager unfused path's bits (gemv router + moe_route + the three expert
+// stages) and the CPU op's result, every replay.
+TEST(MoeDecodeFused, GraphReplayEqualsUnfused) {
+  std::mt19937 rng(17);
+  for (Shape s : {Shape{1, 2048, 128, 768, 8, true}, Shape{5, 256, 40, 128, 4, false}, Shape{8, 2048, 128, 768, 8, true}}) {
+    SCOPED_TRACE(name(s));
+    ExpertsData d = make_data(s, rng);
+    auto drouter = upload(randn<bf16>(size_t(s.experts) * s.hidden, rng, 1.f / std::sqrt(float(s.hidden))));
+    MoeWorkspace<bf16> ws(s.n, s.experts, s.top_k, s.hidden, s.inter), ref(s.n, s.experts, s.top_k, s.hidden, s.inter);
+    cudaStream_t st;
+    PIE_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    run_fused(s, d, drouter, ws, st);  // eager first, as the engine's warm-up step (occupancy queries cached)
+    PIE_CUDA_CHECK(cudaStreamSynchronize(st));
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    PIE_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    run_fused(s, d, drouter, ws, st);
+    PIE_CUDA_CHECK(cudaStreamEndCapture(st, &g));
+    PIE_CUDA_CHECK(cudaGraphInstantiate(&ge, g, 0));
+    for (int rep = 0; rep < 3; ++rep) {
+      d.x = randn<bf16>(d.x.size(), rng);
+      PIE_CUDA_CHECK(cudaMemcpy(d.dx.data(), d.x.data(), d.x.size() * 2, cudaMemcpyHostToDevice));
+      poison(d.dout);
+      PIE_CUDA_CHECK(cudaDeviceSynchronize());
+      PIE_CUDA_CHECK(cudaGraphLaunch(ge, st));
+      PIE_CUDA_CHECK(cudaStreamSynchronize(st));
+      auto graph_out = download(d.dout);
+      auto ids = fetch(ws.routing().ids, size_t(s.n) * s.top_k);
+      EXPECT_LT(rel_err(graph_out, cpu_experts(s, d, ws)), tol<bf16>()) << "replay " << rep;
+      // The unfused path on a second workspace: router gemv, moe_route, gate_up, down, un-permute.
+      poison(d.dout);
+      PIE_CUDA_CHECK(cudaDeviceSynchronize());
+      TensorView<float> lr(ref.logits(), {s.n, s.experts}, Device::Cuda);
+      ops::cuda::gemv(lr, d.dx.view({s.n, s.hidden}), drouter.view({s.experts, s.hidden}),
+                      static_cast<const bf16*>(nullptr), st);
+      run_block(s, d, ref, true, st);
+      PIE_CUDA_CHECK(cudaStreamSynchronize(st));
+      auto unfused = download(d.dout);
+      ASSERT_EQ(fetch(ref.routing().ids, ids.size()), ids) << "replay " << rep;
+      EXPECT_EQ(0, std::memcmp(unfused.data(), graph_out.data(), unfused.size() * 2)) << "replay " << rep;
+    }
+    cudaGraphExecDestroy(ge);
+    cudaGraphDestroy(g);
+    cudaStreamDestroy(st);
+  }
 }
 
 // --load-format dummy on the GPU: the deferred fill run on the device gives DummyReader's bits.

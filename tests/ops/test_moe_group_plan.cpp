@@ -2,7 +2,8 @@
 // the device kernel that fills CUTLASS's per-group arrays calls as is: each expert's groups of
 // both products cover exactly its grouped rows, stay inside their buffers and weights, and get
 // M = 0 when empty; the argument arrays are 16-byte aligned and disjoint; the run-time switch
-// rejects unknown values.
+// rejects unknown values. And the fused decode block's host choices (moe_decode_plan.hpp): its
+// switch, the gate_up GEMV's unroll by wave count, the fused down kernel's work split.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "pie/core/error.hpp"
+#include "pie/ops/cuda/moe_decode_plan.hpp"
 #include "pie/ops/cuda/moe_group_plan.hpp"
 
 namespace {
@@ -129,6 +131,53 @@ TEST(MoeGroupPlan, SwitchValues) {
   } catch (const pie::Error& e) {
     EXPECT_NE(std::string(e.what()).find("PIE_MOE_GEMM=cublas"), std::string::npos) << e.what();
   }
+}
+
+TEST(MoeDecodePlan, SwitchValues) {
+  using pie::ops::cuda::moe_decode::Choice;
+  using pie::ops::cuda::moe_decode::parse_choice;
+  EXPECT_EQ(parse_choice(nullptr), Choice::kUnfused);
+  EXPECT_EQ(parse_choice(""), Choice::kUnfused);
+  EXPECT_EQ(parse_choice("unfused"), Choice::kUnfused);
+  EXPECT_EQ(parse_choice("fused"), Choice::kFused);
+  try {
+    parse_choice("Fused");
+    FAIL() << "an unknown value was accepted";
+  } catch (const pie::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("PIE_MOE_DECODE=Fused"), std::string::npos) << e.what();
+  }
+}
+
+TEST(MoeDecodePlan, GateUpUnrollByWaves) {
+  namespace md = pie::ops::cuda::moe_decode;
+  EXPECT_EQ(md::waves(660, 5, 132), 1);
+  EXPECT_EQ(md::waves(661, 5, 132), 2);
+  EXPECT_EQ(md::waves(10, 0, 0), 10);  // degenerate occupancy counts as one slot, never a division by 0
+  // Qwen3-30B-A3B, 132 SMs. Batch 1: 96 × 8 CTAs, 5 per SM with 4 chunks (2 waves), 9 with 2 (1).
+  EXPECT_EQ(md::gate_up_unroll(96 * 8, 5, 9, 132), 2);
+  // Batch 2: 96 × 16 CTAs, 4 per SM with 4 chunks (3 waves), 6 with 2 (2).
+  EXPECT_EQ(md::gate_up_unroll(96 * 16, 4, 6, 132), 2);
+  // A grid that fits one wave either way keeps 4 chunks in flight; so does a tie in waves.
+  EXPECT_EQ(md::gate_up_unroll(200, 5, 9, 132), 4);
+  EXPECT_EQ(md::gate_up_unroll(1300, 5, 9, 132), 4);
+}
+
+TEST(MoeDecodePlan, DownSplitCoversColumnsAndChunks) {
+  namespace md = pie::ops::cuda::moe_decode;
+  for (int H : {64, 72, 520, 2048})
+    for (int I : {32, 40, 264, 768})
+      for (int k : {1, 2, 8, 32})
+        for (int C : {1, 2}) {
+          const auto d = md::down_split(H, I, k, C);
+          EXPECT_GE(d.ctas_x * 4 * C, H);
+          EXPECT_LT((d.ctas_x - 1) * 4 * C, H);  // no CTA without a column
+          EXPECT_GE(d.chunks * 256, I);
+          EXPECT_LT((d.chunks - 1) * 256, I);
+          EXPECT_EQ(d.items, k * d.chunks);
+        }
+  const auto q = md::down_split(2048, 768, 8, 1);  // Qwen3-30B-A3B: 512 CTAs a token, 24 items a warp
+  EXPECT_EQ(q.ctas_x, 512);
+  EXPECT_EQ(q.items, 24);
 }
 
 }  // namespace

@@ -15,10 +15,14 @@ MOE_MLP = [("gemv_kernel<1>", 3000), (MOE + "moe_route_kernel<4; __nv_bfloat16>(
            (MOE + "moe_gemv_kernel<1; 2; 4; true; true; __nv_bfloat16>(x)", 10000),
            (MOE + "moe_gemv_kernel<1; 2; 4; false; false; __nv_bfloat16>(x)", 6000),
            (MOE + "moe_unpermute_kernel<__nv_bfloat16>(x)", 2000)]
+# PIE_MOE_DECODE=fused: router + routing, gate_up, down + un-permute (ops/cuda/moe_decode.cuh)
+MOE_MLP_FUSED = [(MOE + "moe_router_route_kernel<4; __nv_bfloat16>(x)", 4000),
+                 (MOE + "moe_gemv_kernel<1; 2; 2; true; true; __nv_bfloat16>(x)", 10000),
+                 (MOE + "moe_down_unpermute_kernel<1; 8; __nv_bfloat16>(x)", 8000)]
 
 
 def write_trace(path, steps, batch=1, overlap_ns=0, gap_ns=0, prefill_first=False, fused=False, moe=False,
-                decode="decode_kernel<128>"):
+                decode="decode_kernel<128>", moe_mlp=MOE_MLP):
     """One layer per step: norm → qkv → rope → kv_write → decode → merge → o → norm → gate_up →
     silu → down, then final norm, row gather, lm_head, sampler. Each kernel starts `overlap_ns`
     before the previous one ends (PDL) or `gap_ns` after it."""
@@ -33,7 +37,7 @@ def write_trace(path, steps, batch=1, overlap_ns=0, gap_ns=0, prefill_first=Fals
         layer = [(g, 23000) if i == 1 else (g, 69000) if i == 8 else k for i, k in enumerate(layer)
                  if k[0] != "rms_norm_kernel<true>"]
     if moe:  # a Qwen3-MoE layer: router, routing, grouped gate_up and down, un-permute
-        layer = layer[:8] + MOE_MLP
+        layer = layer[:8] + moe_mlp
     tail = [("rms_norm_kernel<false>", 3000), ("embedding_kernel", 1000), ("gemv_kernel<1>", 390000),
             ("sampling_kernel", 1000)]
     for s in range(steps):
@@ -141,6 +145,19 @@ def test_moe_kernels_are_named_and_batch_one_reads_the_top_k_experts(tmp_path):
     # 4 experts · 2·512 rows · 1024 · 2 B per layer, 2 layers, in 20 µs
     gate_up = next(line for line in out.splitlines() if line.startswith("moe_gate_up"))
     assert "0.84 TB/s" in gate_up, gate_up
+
+
+def test_fused_moe_decode_kernels_are_named(tmp_path):
+    p = str(tmp_path / "t.csv")
+    write_trace(p, steps=10, moe=True, moe_mlp=MOE_MLP_FUSED)
+    out = profile(p, "--hidden", "1024", "--experts", "16", "--moe-intermediate", "512", "--top-k", "4")
+    rows = table(out)
+    assert rows["moe_router_route"] == (2, 8.0) and rows["moe_down_unpermute"] == (2, 16.0)
+    assert rows["moe_gate_up"] == (2, 20.0)
+    assert "moe_route" not in rows and "moe_down" not in rows and "router" not in rows
+    # down: 4 experts · 1024 · 512 · 2 B per layer, 2 layers, in 16 µs
+    down = next(line for line in out.splitlines() if line.startswith("moe_down_unpermute"))
+    assert "0.52 TB/s" in down, down
 
 
 def test_overlapping_kernels_are_charged_only_the_time_they_moved_the_end(tmp_path):

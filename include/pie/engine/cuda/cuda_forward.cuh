@@ -462,15 +462,26 @@ class CudaForward {
     auto& ws = *moe_;
     const int n = shape_.tokens;
     TensorView<float> logits(ws.logits(), {n, E}, Device::Cuda);
-    op("moe_router", [&] { (*p_.gemm)(logits, x, router, static_cast<const T*>(nullptr), s_); });
-    op("moe_route", [&] { ops::cuda::moe_route(n, norm_topk_prob, ws, s_); });
+    // PIE_MOE_DECODE=fused (opt-in until measured on the device): at decode sizes the router
+    // GEMV + routing is one kernel and down + un-permute another (ops/cuda/moe_decode.cuh), and
+    // the gate_up GEMV picks its chunks in flight by wave count; the bits of the unfused gemv path
+    // (at n ≥ 2 the router logits are then the GEMV's, not cuBLASLt's).
+    const bool fused = moe_decode_fused_wanted() && !p_.batch_invariant && n >= 1 &&
+                       ops::cuda::moe_router_route_supported(x, router) &&
+                       ops::cuda::MoeExperts<T>::fused_down_supported(n);
+    if (fused) {
+      op("moe_router_route", [&] { ops::cuda::moe_router_route(x, router, norm_topk_prob, ws, s_); });
+    } else {
+      op("moe_router", [&] { (*p_.gemm)(logits, x, router, static_cast<const T*>(nullptr), s_); });
+      op("moe_route", [&] { ops::cuda::moe_route(n, norm_topk_prob, ws, s_); });
+    }
     if (n == 0) return;
     if (moe_observer_) {  // a test's look at the routing; never inside a graph capture
       cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
       PIE_CUDA_CHECK(cudaStreamIsCapturing(s_, &cs));
       if (cs == cudaStreamCaptureStatusNone) moe_observer_(ws.routing().ids, n, top_k, s_);
     }
-    const ops::cuda::MoeExperts<T> ex(x, gate_up, down, ws, out, !p_.batch_invariant);
+    const ops::cuda::MoeExperts<T> ex(x, gate_up, down, ws, out, !p_.batch_invariant, fused ? 0 : 4);
     // In a build with the CUTLASS path (unless PIE_MOE_GEMM=mma): the CUTLASS grouped GEMMs above
     // the GEMV batch sizes (not under batch invariance, which the mma path is tested for). The
     // path's state is set up on the first call (eager, like the workspace) and re-made with it.
@@ -491,6 +502,11 @@ class CudaForward {
       }
     }
 #endif
+    if (fused) {
+      op("moe_gate_up", [&] { ex.gate_up(s_); });
+      op("moe_down_unpermute", [&] { ex.down_unpermute(s_); });
+      return;
+    }
     op("moe_gate_up", [&] { ex.gate_up(s_); });  // three ops, so that the profiler splits them
     op("moe_down", [&] { ex.down(s_); });
     op("moe_unpermute", [&] { ex.unpermute(s_); });
@@ -661,6 +677,14 @@ class CudaForward {
   std::unique_ptr<ops::cuda::MoeCutlassPath<T>> moe_cutlass_;  ///< the CUTLASS path's state (first use)
   const void* moe_cutlass_ws_ = nullptr;                        ///< the workspace it was made for
 #endif
+  /// PIE_MOE_DECODE: unset, empty or "unfused" keeps the five-launch decode MoE block; "fused"
+  /// takes moe_decode.cuh's two fused kernels for n ≤ kMoeGemvMaxTokens. Read once; anything
+  /// else is an error.
+  static bool moe_decode_fused_wanted() {
+    static const bool v =
+        ops::cuda::moe_decode::parse_choice(std::getenv("PIE_MOE_DECODE")) == ops::cuda::moe_decode::Choice::kFused;
+    return v;
+  }
   /// PIE_MOE_GEMM (moe_group::parse_gemm_choice), read once: unset, the CUTLASS path when the
   /// build has it (H200: Qwen3-30B-A3B 1024 × (128, 128) 0.348 → 0.456 of the roofline,
   /// docs/benchmarks.md), else mma; "cutlass" in a build without -DPIE_MOE_CUTLASS is an error

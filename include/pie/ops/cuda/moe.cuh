@@ -34,8 +34,13 @@
 /// too, but sums in another order than the mma path: the engine's batch-invariant mode uses the
 /// mma path for every batch.
 ///
+/// Decode sizes, fused (moe_decode.cuh; the engine takes it with PIE_MOE_DECODE=fused): steps
+/// 1 + 2 in one kernel (moe_router_route) and the down product + step 4 in one
+/// (MoeExperts::down_unpermute), with the bits of the unfused gemv path.
+///
 /// Headers: moe_routing.cuh (step 2 and the workspace), moe_grouped_gemm.cuh (3),
-/// moe_unpermute.cuh (4); this one plans and launches the experts' stages.
+/// moe_unpermute.cuh (4), moe_decode.cuh (the fused decode kernels); this one plans and
+/// launches the experts' stages.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -44,6 +49,8 @@
 #include "pie/core/error.hpp"
 #include "pie/core/tensor.hpp"
 #include "pie/ops/cuda/common.cuh"
+#include "pie/ops/cuda/moe_decode.cuh"
+#include "pie/ops/cuda/moe_decode_plan.hpp"
 #include "pie/ops/cuda/moe_grouped_gemm.cuh"
 #include "pie/ops/cuda/moe_routing.cuh"
 #include "pie/ops/cuda/moe_unpermute.cuh"
@@ -57,6 +64,7 @@ struct MoePlan {
   MoeGemmParams<device_t<T>> gu, dn;
   int n, rows, slots, E, H, I;
   bool gemv;
+  int gate_up_u;  ///< the gate_up GEMV's chunks in flight: 4, 2, or 0 (pick by wave count)
 };
 
 template <class T>
@@ -79,12 +87,36 @@ MoePlan<T> moe_plan(TensorView<T> x, TensorView<T> gate_up, TensorView<T> down, 
                      r.offsets, r.tile_offsets, r.active, I, H, E},
                     {dev(ws.act()), I, dev(down.data), int64_t{H} * I, dev(ws.y()), H, r.perm, r.offsets,
                      r.tile_offsets, r.active, H, I, E},
-                    n, rows, std::min(E, rows), E, H, I, use_gemv && n <= kMoeGemvMaxTokens};
+                    n, rows, std::min(E, rows), E, H, I, use_gemv && n <= kMoeGemvMaxTokens, 4};
 }
 
+/// CTAs of moe_gemv_kernel<R, 2, U, kUp, kUp> resident per SM (cached per instantiation).
+template <int R, int U, bool kUp, class D>
+int moe_gemv_ctas_per_sm() {
+  static const int v = [] {
+    int c = 0;
+    PIE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&c, moe_gemv_kernel<R, 2, U, kUp, kUp, D>, 128, 0));
+    return std::max(c, 1);
+  }();
+  return v;
+}
+
+/// The grouped GEMV. gate_up takes U = 2 chunks in flight instead of 4 when asked (u = 2), or
+/// (u = 0) when that needs fewer waves: at batch 1 of Qwen3-30B-A3B its grid is 96 × 8 = 768
+/// CTAs, and U = 4's 92 registers fit 5 CTAs per SM (660 on 132 SMs), so a second wave of 108
+/// CTAs ran behind the first; U = 2's fewer registers fit the grid in one wave (gemv.cuh's lean
+/// configuration, same reasoning). A lane sums its chunks in increasing k either way: same bits.
 template <int R, bool kUp, class D>
-void launch_moe_gemv(const MoeGemmParams<D>& p, int slots, cudaStream_t s) {
-  launch_pdl(moe_gemv_kernel<R, 2, 4, kUp, kUp, D>, dim3((p.n_out + 7) / 8, slots), dim3(128), 0, s, p);
+void launch_moe_gemv(const MoeGemmParams<D>& p, int slots, int u, cudaStream_t s) {
+  const dim3 grid((p.n_out + 7) / 8, slots);
+  if constexpr (kUp) {
+    if (u == 0) {
+      u = moe_decode::gate_up_unroll(int64_t(grid.x) * grid.y, moe_gemv_ctas_per_sm<R, 4, kUp, D>(),
+                                     moe_gemv_ctas_per_sm<R, 2, kUp, D>(), num_sms());
+    }
+    if (u == 2) return launch_pdl(moe_gemv_kernel<R, 2, 2, kUp, kUp, D>, grid, dim3(128), 0, s, p);
+  }
+  launch_pdl(moe_gemv_kernel<R, 2, 4, kUp, kUp, D>, grid, dim3(128), 0, s, p);
 }
 
 /// One grouped product: gate_up (+SwiGLU, rows gathered through perm) or down.
@@ -93,10 +125,11 @@ void moe_product(const MoePlan<T>& pl, cudaStream_t s) {
   using D = device_t<T>;
   const MoeGemmParams<D>& p = kUp ? pl.gu : pl.dn;
   if (pl.gemv) {
-    if (pl.n == 1) launch_moe_gemv<1, kUp>(p, pl.slots, s);
-    else if (pl.n == 2) launch_moe_gemv<2, kUp>(p, pl.slots, s);
-    else if (pl.n <= 4) launch_moe_gemv<4, kUp>(p, pl.slots, s);
-    else launch_moe_gemv<8, kUp>(p, pl.slots, s);
+    const int u = pl.gate_up_u;
+    if (pl.n == 1) launch_moe_gemv<1, kUp>(p, pl.slots, u, s);
+    else if (pl.n == 2) launch_moe_gemv<2, kUp>(p, pl.slots, u, s);
+    else if (pl.n <= 4) launch_moe_gemv<4, kUp>(p, pl.slots, u, s);
+    else launch_moe_gemv<8, kUp>(p, pl.slots, u, s);
   } else {
     const unsigned tiles = static_cast<unsigned>(pl.rows / kMoeTileM + std::min(pl.E, pl.rows));
     const int cols = kUp ? (pl.I + 63) / 64 : (pl.H + 127) / 128;
@@ -112,14 +145,41 @@ void moe_product(const MoePlan<T>& pl, cudaStream_t s) {
 /// \param gate_up [E, 2·I, H]: per expert its I gate rows, then its I up rows
 /// \param down    [E, H, I]
 /// \param use_gemv take the gemv path when n ≤ kMoeGemvMaxTokens (off: mma for every n)
+/// \param gate_up_u the gate_up GEMV's chunks in flight per lane: 4 (the default), 2, or 0 to
+/// pick by wave count (launch_moe_gemv); the bits are the same for all three
 template <class T>
 class MoeExperts {
  public:
   MoeExperts(TensorView<T> x, TensorView<T> gate_up, TensorView<T> down, MoeWorkspace<T>& ws, TensorView<T> out,
-             bool use_gemv)
-      : ws_(ws), out_(out), plan_(detail::moe_plan(x, gate_up, down, ws, out, use_gemv)) {}
+             bool use_gemv, int gate_up_u = 4)
+      : ws_(ws), out_(out), plan_(detail::moe_plan(x, gate_up, down, ws, out, use_gemv)) {
+    PIE_CHECK(gate_up_u == 0 || gate_up_u == 2 || gate_up_u == 4, "moe_experts: gate_up_u is 0, 2 or 4, not ",
+              gate_up_u);
+    plan_.gate_up_u = gate_up_u;
+  }
   void gate_up(cudaStream_t s) const { if (plan_.n > 0) detail::moe_product<true>(plan_, s); }
   void down(cudaStream_t s) const { if (plan_.n > 0) detail::moe_product<false>(plan_, s); }
+  /// Down and the un-permute in one kernel (moe_decode.cuh, step 2), for n ≤
+  /// kMoeGemvMaxTokens: the bits of down(s) then unpermute(s) on the gemv path; y is not used.
+  /// C output columns per warp, kD (expert, chunk) items of loads in flight (moe_decode.cuh);
+  /// the default is 1 column, 8 items: 512 CTAs at H = 2048, n = 1 (about 4 per SM, 8 MB of
+  /// weight loads in flight), where 2 columns give 256 CTAs (1 or 2 per SM). The bits do not
+  /// depend on C or kD. bench/cuda/bench_moe_decode.cu times the others.
+  static bool fused_down_supported(int n) { return n >= 0 && n <= kMoeGemvMaxTokens; }
+  void down_unpermute(cudaStream_t s) const { down_unpermute_cfg<1, 8>(s); }
+  template <int C, int kD>
+  void down_unpermute_cfg(cudaStream_t s) const {
+    if (plan_.n == 0) return;
+    PIE_CHECK(fused_down_supported(plan_.n), "moe_experts: the fused down + un-permute takes n ≤ ",
+              kMoeGemvMaxTokens, ", not ", plan_.n);
+    using D = device_t<T>;
+    const MoeRouting& r = ws_.routing();
+    launch_pdl(detail::moe_down_unpermute_kernel<C, kD, D>,
+               dim3(moe_decode::down_split(plan_.H, plan_.I, ws_.top_k(), C).ctas_x, plan_.n),
+               dim3(128), 0, s, static_cast<const D*>(dev(ws_.act())), int64_t{plan_.I}, plan_.dn.w,
+               plan_.dn.w_stride, static_cast<const int32_t*>(r.ids), static_cast<const float*>(r.weights),
+               static_cast<const int32_t*>(r.inv), ws_.top_k(), plan_.H, plan_.I, dev(out_.data), out_.stride[0]);
+  }
   void unpermute(cudaStream_t s) const {
     if (plan_.n == 0) return;
     using D = device_t<T>;

@@ -58,73 +58,69 @@ __device__ __forceinline__ int block_exclusive_scan256(int v, int* s, int& total
   return base + x - v;
 }
 
-/// Step 2 (see file comment). 256 threads, one warp per token; kPerLane·32 ≥ E. The logits are
-/// first rounded to L, the activation type (see moe_route).
-template <int kPerLane, class L>
-__global__ void __launch_bounds__(256) moe_route_kernel(const float* __restrict__ logits, int n, int E, int k,
-                                                        int norm, MoeRouting r) {
-  __shared__ int s_cursor[kMoeMaxExperts];
-  __shared__ int s_scan[8];
-  __shared__ bool s_last;
-  pdl_wait();  // the logits are the predecessor's
-  pdl_launch_dependents();  // a small grid: let the next kernel's launch overlap it
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int t = blockIdx.x * 8 + warp;
-  if (t < n) {
-    const float* l = logits + static_cast<int64_t>(t) * E;
-    float v[kPerLane];
-    float mx = -INFINITY;
+/// Step 2 for one token (one warp): its logits l [E] rounded to L, softmax, top-k (ties to the
+/// lower id), optional renormalisation; writes ids/weights of token t and counts its experts.
+/// kPerLane·32 ≥ E. moe_route_kernel and the fused decode router (moe_decode.cuh) share it, so
+/// both route bit for bit alike. kCoherent: the logits were written by other CTAs of the same
+/// grid (the fused router), so they are read through L2 (ld.global.cg), not the read-only path.
+template <int kPerLane, class L, bool kCoherent = false>
+__device__ __forceinline__ void moe_route_token(const float* __restrict__ l, int t, int E, int k, int norm,
+                                                const MoeRouting& r) {
+  const int lane = threadIdx.x & 31;
+  float v[kPerLane];
+  float mx = -INFINITY;
 #pragma unroll
-    for (int i = 0; i < kPerLane; ++i) {
-      const int e = lane + 32 * i;
-      v[i] = e < E ? to_f32(from_f32<L>(l[e])) : -INFINITY;
-      mx = fmaxf(mx, v[i]);
+  for (int i = 0; i < kPerLane; ++i) {
+    const int e = lane + 32 * i;
+    float x = -INFINITY;
+    if (e < E) x = to_f32(from_f32<L>(kCoherent ? __ldcg(&l[e]) : l[e]));
+    v[i] = x;
+    mx = fmaxf(mx, v[i]);
+  }
+  mx = warp_max(mx);
+  float sum = 0.f;
+#pragma unroll
+  for (int i = 0; i < kPerLane; ++i) {
+    v[i] = lane + 32 * i < E ? expf(v[i] - mx) : 0.f;
+    sum += v[i];
+  }
+  sum = warp_sum(sum);
+#pragma unroll
+  for (int i = 0; i < kPerLane; ++i) v[i] = lane + 32 * i < E ? v[i] / sum : -1.f;  // taken/absent: −1
+  int my_id = 0;
+  float my_w = 0.f, chosen = 0.f;
+  for (int j = 0; j < k; ++j) {
+    float best = -1.f;
+    int be = 0x7fffffff;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i)
+      if (v[i] > best) { best = v[i]; be = lane + 32 * i; }  // ascending e per lane: ties keep the lower
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+      const int oe = __shfl_xor_sync(0xffffffffu, be, o);
+      if (ob > best || (ob == best && oe < be)) { best = ob; be = oe; }
     }
-    mx = warp_max(mx);
-    float sum = 0.f;
-#pragma unroll
-    for (int i = 0; i < kPerLane; ++i) {
-      v[i] = lane + 32 * i < E ? expf(v[i] - mx) : 0.f;
-      sum += v[i];
-    }
-    sum = warp_sum(sum);
-#pragma unroll
-    for (int i = 0; i < kPerLane; ++i) v[i] = lane + 32 * i < E ? v[i] / sum : -1.f;  // taken/absent: −1
-    int my_id = 0;
-    float my_w = 0.f, chosen = 0.f;
-    for (int j = 0; j < k; ++j) {
-      float best = -1.f;
-      int be = 0x7fffffff;
+    if ((be & 31) == lane) {
 #pragma unroll
       for (int i = 0; i < kPerLane; ++i)
-        if (v[i] > best) { best = v[i]; be = lane + 32 * i; }  // ascending e per lane: ties keep the lower
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) {
-        const float ob = __shfl_xor_sync(0xffffffffu, best, o);
-        const int oe = __shfl_xor_sync(0xffffffffu, be, o);
-        if (ob > best || (ob == best && oe < be)) { best = ob; be = oe; }
-      }
-      if ((be & 31) == lane) {
-#pragma unroll
-        for (int i = 0; i < kPerLane; ++i)
-          if (i == (be >> 5)) v[i] = -1.f;
-      }
-      if (lane == j) { my_id = be; my_w = best; }
-      chosen += best;
+        if (i == (be >> 5)) v[i] = -1.f;
     }
-    if (lane < k) {
-      const int64_t i = static_cast<int64_t>(t) * k + lane;
-      r.ids[i] = my_id;
-      r.weights[i] = norm ? my_w / chosen : my_w;
-      atomicAdd(&r.counts[my_id], 1);
-    }
+    if (lane == j) { my_id = be; my_w = best; }
+    chosen += best;
   }
-  // The last CTA groups the rows (every other CTA's ids and counts are visible to it).
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) s_last = atomicAdd(r.ticket, 1u) == gridDim.x - 1;
-  __syncthreads();
-  if (!s_last) return;
+  if (lane < k) {
+    const int64_t i = static_cast<int64_t>(t) * k + lane;
+    r.ids[i] = my_id;
+    r.weights[i] = norm ? my_w / chosen : my_w;
+    atomicAdd(&r.counts[my_id], 1);
+  }
+}
+
+/// Step 2's grouping, by the last CTA of a routing grid (256 threads; every token's ids and
+/// counts visible to it): scans the counts into offsets, tile offsets and the active list,
+/// scatters the (token, slot) pairs to their grouped rows, and resets counts and ticket.
+__device__ __forceinline__ void moe_group_rows(int n, int E, int k, const MoeRouting& r, int* s_cursor, int* s_scan) {
   __threadfence();
   const int e = threadIdx.x;
   const int cnt = e < E ? __ldcg(&r.counts[e]) : 0;
@@ -152,6 +148,28 @@ __global__ void __launch_bounds__(256) moe_route_kernel(const float* __restrict_
     r.perm[pos] = i / k;
     r.inv[i] = pos;
   }
+}
+
+/// Step 2 (see file comment). 256 threads, one warp per token; kPerLane·32 ≥ E. The logits are
+/// first rounded to L, the activation type (see moe_route).
+template <int kPerLane, class L>
+__global__ void __launch_bounds__(256) moe_route_kernel(const float* __restrict__ logits, int n, int E, int k,
+                                                        int norm, MoeRouting r) {
+  __shared__ int s_cursor[kMoeMaxExperts];
+  __shared__ int s_scan[8];
+  __shared__ bool s_last;
+  pdl_wait();  // the logits are the predecessor's
+  pdl_launch_dependents();  // a small grid: let the next kernel's launch overlap it
+  const int warp = threadIdx.x >> 5;
+  const int t = blockIdx.x * 8 + warp;
+  if (t < n) moe_route_token<kPerLane, L>(logits + static_cast<int64_t>(t) * E, t, E, k, norm, r);
+  // The last CTA groups the rows (every other CTA's ids and counts are visible to it).
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) s_last = atomicAdd(r.ticket, 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (!s_last) return;
+  moe_group_rows(n, E, k, r, s_cursor, s_scan);
 }
 
 }  // namespace detail

@@ -61,7 +61,7 @@ __global__ void __launch_bounds__(128) moe_unpermute_kernel(const T* __restrict_
       widen8(*reinterpret_cast<const Pack8<T>*>(&raw[u]), v);
       const float w = s_w[j0 + u];
 #pragma unroll
-      for (int q = 0; q < 8; ++q) acc[q] += v[q] * w;
+      for (int q = 0; q < 8; ++q) acc[q] = fmaf(v[q], w, acc[q]);  // as moe_decode.cuh's fused down
     }
   }
   store8(out + static_cast<int64_t>(t) * ldo + h, acc);

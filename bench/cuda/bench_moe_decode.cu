@@ -1,0 +1,131 @@
+// The MoE block at decode sizes (n ≤ kMoeGemvMaxTokens), Qwen3-30B-A3B's shape (H 2048, I 768,
+// 128 experts, top-8): each stage of the unfused gemv path against the fused kernels of
+// ops/cuda/moe_decode.cuh and the gate_up GEMV's two unrolls, against the same run's copy
+// ceiling. Each row times a chain of 12 calls over 4 layers (each its own router, experts and
+// routing, so no call finds the previous one's weights in L2; launched with PDL back to back as
+// in the decode graphs) and prints the mean µs per call, median of 20 chains, and the bytes a
+// call must move (the touched experts' weights once) as a share of the copy rate.
+//   pie_bench_cuda_moe_decode [tokens...]   (default 1 2 4 8)
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "bench_common.cuh"
+#include "pie/ops/cuda/gemv.cuh"
+#include "pie/ops/cuda/moe.cuh"
+
+namespace {
+using namespace pie;
+using namespace pie::bench;
+
+constexpr int kH = 2048, kI = 768, kE = 128, kK = 8, kLayers = 4, kChain = 12;
+
+struct Layer {
+  DeviceBuffer<bf16> router, gu, dn;
+  std::unique_ptr<oc::MoeWorkspace<bf16>> ws;
+};
+
+void row(const std::string& name, double chain_ms, double bytes) {
+  const double us = chain_ms * 1e3 / kChain;
+  const double gbs = bytes / (us * 1e-6) / 1e9;
+  std::printf("%-52s %8.2f us", name.c_str(), us);
+  if (bytes > 0) std::printf("  %7.0f GB/s = %5.1f%% copy", gbs, 100 * gbs / g_ceil.copy_gbs);
+  std::printf("\n");
+}
+
+void bench_tokens(int n, std::vector<Layer>& layers) {
+  DeviceBuffer<bf16> x(size_t(n) * kH), out(size_t(n) * kH);
+  fill(x.data(), x.size(), 1);
+  const auto xv = x.view({n, kH}), ov = out.view({n, kH});
+  std::vector<std::unique_ptr<oc::MoeExperts<bf16>>> ex4, ex0;
+  double touched = 0;
+  for (auto& l : layers) {
+    l.ws = std::make_unique<oc::MoeWorkspace<bf16>>(n, kE, kK, kH, kI);
+    oc::moe_router_route(xv, l.router.view({kE, kH}), true, *l.ws, nullptr);
+    std::vector<int32_t> off(kE + 1);
+    PIE_CUDA_CHECK(cudaMemcpy(off.data(), l.ws->routing().offsets, off.size() * 4, cudaMemcpyDeviceToHost));
+    for (int e = 0; e < kE; ++e) touched += off[e + 1] > off[e];
+    const auto guv = l.gu.view({kE, 2 * kI, kH}), dnv = l.dn.view({kE, kH, kI});
+    ex4.push_back(std::make_unique<oc::MoeExperts<bf16>>(xv, guv, dnv, *l.ws, ov, true, 4));
+    ex0.push_back(std::make_unique<oc::MoeExperts<bf16>>(xv, guv, dnv, *l.ws, ov, true, 0));
+  }
+  touched /= kLayers;
+  const double gu_bytes = touched * 2 * kI * kH * 2, dn_bytes = touched * kH * kI * 2, rt_bytes = double(kE) * kH * 2;
+  std::printf("\nn %d: %.1f experts touched per layer; floors at the copy rate: gate_up %.2f us, down %.2f us, router "
+              "%.2f us\n",
+              n, touched, gu_bytes / g_ceil.copy_gbs / 1e3, dn_bytes / g_ceil.copy_gbs / 1e3,
+              rt_bytes / g_ceil.copy_gbs / 1e3);
+  auto chain = [&](const std::function<void(int)>& f) {
+    return median_ms([&] {
+      for (int i = 0; i < kChain; ++i) f(i % kLayers);
+    });
+  };
+  // Routing (each stage leaves the same routing in place: the same logits, the same rules).
+  row("router gemv + moe_route", chain([&](int l) {
+        TensorView<float> lg(layers[l].ws->logits(), {n, kE}, Device::Cuda);
+        oc::gemv(lg, xv, layers[l].router.view({kE, kH}), static_cast<const bf16*>(nullptr), nullptr);
+        oc::moe_route(n, true, *layers[l].ws, nullptr);
+      }),
+      rt_bytes);
+  row("fused router + route", chain([&](int l) {
+        oc::moe_router_route(xv, layers[l].router.view({kE, kH}), true, *layers[l].ws, nullptr);
+      }),
+      rt_bytes);
+  row("gate_up gemv U=4 (default)", chain([&](int l) { ex4[l]->gate_up(nullptr); }), gu_bytes);
+  row("gate_up gemv by waves (fused path)", chain([&](int l) { ex0[l]->gate_up(nullptr); }), gu_bytes);
+  row("down gemv", chain([&](int l) { ex4[l]->down(nullptr); }), dn_bytes);
+  row("un-permute", chain([&](int l) { ex4[l]->unpermute(nullptr); }), 0);
+  row("down gemv + un-permute", chain([&](int l) {
+        ex4[l]->down(nullptr);
+        ex4[l]->unpermute(nullptr);
+      }),
+      dn_bytes);
+  row("fused down + un-permute C1 D8 (default)", chain([&](int l) { ex4[l]->down_unpermute_cfg<1, 8>(nullptr); }),
+      dn_bytes);
+  row("fused down + un-permute C1 D12", chain([&](int l) { ex4[l]->down_unpermute_cfg<1, 12>(nullptr); }), dn_bytes);
+  row("fused down + un-permute C2 D6", chain([&](int l) { ex4[l]->down_unpermute_cfg<2, 6>(nullptr); }), dn_bytes);
+  row("fused down + un-permute C2 D4", chain([&](int l) { ex4[l]->down_unpermute_cfg<2, 4>(nullptr); }), dn_bytes);
+  row("block unfused (5 launches)", chain([&](int l) {
+        TensorView<float> lg(layers[l].ws->logits(), {n, kE}, Device::Cuda);
+        oc::gemv(lg, xv, layers[l].router.view({kE, kH}), static_cast<const bf16*>(nullptr), nullptr);
+        oc::moe_route(n, true, *layers[l].ws, nullptr);
+        ex4[l]->gate_up(nullptr);
+        ex4[l]->down(nullptr);
+        ex4[l]->unpermute(nullptr);
+      }),
+      rt_bytes + gu_bytes + dn_bytes);
+  row("block fused (3 launches)", chain([&](int l) {
+        oc::moe_router_route(xv, layers[l].router.view({kE, kH}), true, *layers[l].ws, nullptr);
+        ex0[l]->gate_up(nullptr);
+        ex0[l]->down_unpermute(nullptr);
+      }),
+      rt_bytes + gu_bytes + dn_bytes);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  cudaDeviceProp prop{};
+  PIE_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("device: %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
+  measure_copy_ceiling();
+  std::printf("ceiling: D2D copy %.0f GB/s (read+write)\n", g_ceil.copy_gbs);
+  std::vector<Layer> layers(kLayers);
+  for (int i = 0; i < kLayers; ++i) {
+    Layer& l = layers[i];
+    l.router = DeviceBuffer<bf16>(size_t(kE) * kH);
+    l.gu = DeviceBuffer<bf16>(size_t(kE) * 2 * kI * kH);
+    l.dn = DeviceBuffer<bf16>(size_t(kE) * kH * kI);
+    fill(l.router.data(), l.router.size(), 10 + i, 1.f / 45.f);
+    fill(l.gu.data(), l.gu.size(), 20 + i, 1.f / 45.f);
+    fill(l.dn.data(), l.dn.size(), 30 + i, 1.f / 28.f);
+  }
+  std::vector<int> ns;
+  for (int i = 1; i < argc; ++i) ns.push_back(std::atoi(argv[i]));
+  if (ns.empty()) ns = {1, 2, 4, 8};
+  for (int n : ns) bench_tokens(n, layers);
+  return 0;
+}

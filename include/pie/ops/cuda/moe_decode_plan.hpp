@@ -1,0 +1,51 @@
+#pragma once
+/// \file moe_decode_plan.hpp
+/// \brief The host-side choices of the fused decode MoE block (moe_decode.cuh), in plain C++ so
+/// that a CPU test (tests/ops/test_moe_group_plan.cpp) checks them: the run-time switch
+/// PIE_MOE_DECODE, the gate_up GEMV's chunks in flight by wave count, and the work split of the
+/// fused down + un-permute kernel.
+#include <cstdint>
+#include <string_view>
+
+#include "pie/core/error.hpp"
+
+namespace pie::ops::cuda::moe_decode {
+
+/// \brief PIE_MOE_DECODE: unset, empty or "unfused" keeps the five-launch decode block (router
+/// GEMV, moe_route, gate_up, down, un-permute); "fused" takes moe_decode.cuh's kernels for
+/// n ≤ kMoeGemvMaxTokens. Anything else is an error naming the variable.
+enum class Choice { kUnfused, kFused };
+inline Choice parse_choice(const char* v) {
+  const std::string_view s = v ? v : "";
+  if (s.empty() || s == "unfused") return Choice::kUnfused;
+  PIE_CHECK(s == "fused", "PIE_MOE_DECODE=", s, ": expected fused or unfused");
+  return Choice::kFused;
+}
+
+/// \brief Waves a grid of `ctas` CTAs takes at `per_sm` resident CTAs on `sms` SMs.
+constexpr int64_t waves(int64_t ctas, int per_sm, int sms) {
+  const int64_t slots = int64_t(per_sm < 1 ? 1 : per_sm) * (sms < 1 ? 1 : sms);
+  return (ctas + slots - 1) / slots;
+}
+
+/// \brief The gate_up GEMV's chunks in flight per lane, 4 or 2: 2 only when it needs fewer
+/// waves (fewer registers, more CTAs per SM; see launch_moe_gemv). At Qwen3-30B-A3B's batch 1
+/// the grid is 96 × 8 = 768 CTAs: 5 per SM with 4 chunks (92 registers) is 2 waves on 132 SMs,
+/// 9 per SM with 2 chunks (56 registers) is 1.
+constexpr int gate_up_unroll(int64_t ctas, int per_sm_u4, int per_sm_u2, int sms) {
+  return waves(ctas, per_sm_u2, sms) < waves(ctas, per_sm_u4, sms) ? 2 : 4;
+}
+
+/// \brief The fused down + un-permute kernel's work: CTA (x, t) of a grid (ctas_x, n) owns
+/// columns [x·4·C, (x+1)·4·C) of token t (4 warps of C columns); each warp streams k·chunks
+/// (expert, 256-element chunk) items of its columns' weights.
+struct DownSplit {
+  int ctas_x;  ///< CTAs per token
+  int chunks;  ///< 256-element chunks of one expert row (K = I)
+  int items;   ///< (expert, chunk) items per warp
+};
+constexpr DownSplit down_split(int H, int I, int k, int C) {
+  return DownSplit{(H + 4 * C - 1) / (4 * C), (I + 255) / 256, k * ((I + 255) / 256)};
+}
+
+}  // namespace pie::ops::cuda::moe_decode
