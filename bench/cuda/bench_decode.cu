@@ -41,6 +41,9 @@ std::string shape_name(const char* what, int batch, int ctx, int bs, int splits)
          std::to_string(bs) + " splits" + std::to_string(splits);
 }
 
+// -DPIE_DECODE_BENCH_FIXED_ONLY compiles BM_DecodeFixedSplit alone (a binary of the kernels it
+// runs, small enough to carry to the GPU machine beside the tests).
+#ifndef PIE_DECODE_BENCH_FIXED_ONLY
 /// The engine's path: plan_decode_attention's split and CTA shape.
 template <class KV>
 void BM_DecodeAttention(benchmark::State& st) {
@@ -158,6 +161,8 @@ BENCHMARK(BM_DecodeMerge<bf16>)
 #undef PIE_MERGE_PLANS
 #undef PIE_MERGE_PAIR
 
+#endif  // PIE_DECODE_BENCH_FIXED_ONLY
+
 /// The batch-invariant split (DecodePlanOptions::fixed_split_tokens; at 16-bit K/V and groups 4
 /// and 8 the tensor-core kernel) against the cost model's plan on the CUDA-core kernel (the
 /// default before it, `PIE_DECODE_MMA_WIDE=0`), same binary. Arguments: batch, context, tokens
@@ -213,6 +218,7 @@ BENCHMARK(BM_DecodeBaseline) PIE_DECODE_TARGETS;
 #endif
 #undef PIE_DECODE_TARGETS
 
+#ifndef PIE_DECODE_BENCH_FIXED_ONLY
 /// Occupancy of the kernels' CTA shapes (plan_decode_attention assumes DecodePlan::ctas_per_sm CTAs
 /// of 4 warps).
 void print_occupancy() {
@@ -242,6 +248,7 @@ void print_occupancy() {
        d::DecodeMmaShape<128, 4, 2, SM, DB>::SMEM, 64);
 }
 
+#endif
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -250,7 +257,9 @@ int main(int argc, char** argv) {
   std::printf("device: %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
   measure_copy_ceiling();
   std::printf("ceilings: D2D copy %.0f GB/s (read+write)\n", g_ceil.copy_gbs);
+#ifndef PIE_DECODE_BENCH_FIXED_ONLY
   print_occupancy();
+#endif
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
