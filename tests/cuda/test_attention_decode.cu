@@ -117,8 +117,8 @@ TEST(DecodeAttentionBatch, Block16HeadDim128Group4ShortContextsOneSplit) {
 }
 
 // The engine's plan options (PIE_DECODE_MMA_WIDE, read once per process; ctest runs this binary
-// once without it and once as narrow.* with `0`): at groups 4 and 8 a 16-bit launch gets the
-// batch-invariant split and the tensor-core kernel, with `0` the cost model's split and the
+// once without it and once as fixed.* with `all`): with `all` a 16-bit launch at groups 4 and 8
+// gets the batch-invariant split and the tensor-core kernel, unset the cost model's split and the
 // CUDA-core kernel. The default mode's bytes must equal those of the kernel it chose (Mode 4 or
 // Mode 3, same plan), and the two kernels must differ here, or the test could not tell.
 TEST(DecodeAttentionWide, EnginePlanTakesTheKernelTheEnvironmentNames) {

@@ -363,11 +363,11 @@ TEST(GpuEngine, DefaultKernelsKeepGreedyTokensAloneBatchedAndNearlyAllAfterPreem
 // group 4 63/64 and 64/64, group 8 62/64 and 63/64 (swap was not bitwise at group 8: the split
 // count, and so the merge order, followed the batch). With one-split launches alone on the
 // tensor-core kernel (a sequence changing kernels with its batch) they fell to 53/64 and 58/64.
-// The default now is the tensor-core kernel for every launch at these groups with the
-// batch-invariant split (splits fixed by the context), so a sequence's decode attention no longer
-// depends on its batch: swap must keep every token; recompute re-prefills the K/V (prefill
-// numerics), so a near-tie may still flip. PIE_DECODE_MMA_WIDE=0 (the way back) is held to the
-// same recompute bound and to the measured swap bounds of the old default.
+// With PIE_DECODE_MMA_WIDE=all (opt-in until it has run on a GPU) every launch at these groups
+// takes the tensor-core kernel with the batch-invariant split (splits fixed by the context), so a
+// sequence's decode attention no longer depends on its batch: swap must keep every token;
+// recompute re-prefills the K/V (prefill numerics), so a near-tie may still flip. Unset, the
+// default kernels are held to the same recompute bound and to their measured swap bounds.
 TEST(GpuEngine, DefaultKernelsAtGroups4And8KeepGreedyTokensAfterPreemption) {
   for (int group : {4, 8}) {
     const bool tc = ops::cuda::decode_mma_wide_enabled(group);

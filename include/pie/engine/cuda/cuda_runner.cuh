@@ -740,8 +740,9 @@ class CudaRunner {
     const auto& c = wconfig();
     // PIE_DECODE_FUSED_MERGE=1 (read here, where the plans are made) fuses the split merge into
     // the decode kernel; every batch size's plan keeps its counters where max_num_seqs' plan does.
-    // 16-bit K/V at GQA groups 4 and 8 get the batch-invariant split and the tensor-core kernel
-    // (PIE_DECODE_MMA_WIDE=0: the cost model's split and the CUDA-core kernel).
+    // PIE_DECODE_MMA_WIDE=all (or 4, 8): 16-bit K/V at those GQA groups get the batch-invariant
+    // split and the tensor-core kernel (opt-in until run on a GPU; unset: the cost model's split
+    // and the CUDA-core kernel).
     auto opt = ops::cuda::decode_plan_options(int(sizeof(KV)), c.num_attention_heads / c.num_key_value_heads,
                                               c.head_dim);
     opt.counter_batch = opt_.sched.max_num_seqs;

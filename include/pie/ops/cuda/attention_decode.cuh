@@ -18,7 +18,10 @@
 /// DecodePlan::fused_merge) by the last CTA of each (sequence, KV head). An fp8 cache at
 /// head dims 64 and 128 (GQA groups ≤ 8) takes the tensor-core kernel of attention_decode_mma.cuh
 /// instead (same ring, plan and merge), since fp8 brings twice the tokens per byte to this
-/// kernel's arithmetic; 16-bit caches can take it too (Mode 4), see kDecodeMmaDefault.
+/// kernel's arithmetic. 16-bit caches take it at GQA groups 4 and 8 when the plan has the
+/// batch-invariant split (DecodePlan::fixed_split; the engine asks for it with
+/// `PIE_DECODE_MMA_WIDE`): splits fixed by the context, run in turn by the plan's CTAs per
+/// (sequence, KV head); see kDecodeMmaWide.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -424,7 +427,7 @@ void launch_decode_mma(const DecodeParams<T, KV, Variant>& p, int batch, cudaStr
 
 /// \brief Whether the engine's 16-bit decode launches at this GQA group take the tensor-core kernel
 /// with the batch-invariant split (`PIE_DECODE_MMA_WIDE`, read once; see decode_mma16_groups:
-/// unset, groups 4 and 8).
+/// unset, none).
 inline bool decode_mma_wide_enabled(int group) {
   static const int mask = decode_mma16_groups(std::getenv("PIE_DECODE_MMA_WIDE"));
   return decode_fixed_split_wanted(2, group, 128, mask);

@@ -69,10 +69,11 @@ inline constexpr int kDecodeFixedSplitTokens = 512;
 
 /// \brief The GQA groups whose 16-bit decode launches take the tensor-core kernel with the
 /// batch-invariant split, as a mask of group bits (4, 8), from `PIE_DECODE_MMA_WIDE`'s value:
-/// unset, `all` or `4,8`: both (the default); `4` or `8`: that group; `0`/`off`/`none`: neither
-/// (the way back to the CUDA-core kernel and the cost model's split). Anything else is an error.
+/// `all` or `4,8`: both; `4` or `8`: that group; unset, `0`, `off` or `none`: neither (the
+/// CUDA-core kernel and the cost model's split). Anything else is an error. Opt-in until it has
+/// run on a GPU (compiled for sm_90a, 2026-12-05; the device script is bench/device_tcfix.sh).
 inline int decode_mma16_groups(const char* v) {
-  const std::string s = v ? v : "all";
+  const std::string s = v ? v : "0";
   if (s == "0" || s == "off" || s == "none") return 0;
   if (s == "all" || s == "4,8" || s == "8,4") return 4 | 8;
   if (s == "4") return 4;
