@@ -41,6 +41,9 @@ std::string shape_name(const char* what, int batch, int ctx, int bs, int splits)
          std::to_string(bs) + " splits" + std::to_string(splits);
 }
 
+// -DPIE_DECODE_BENCH_FIXED_ONLY compiles BM_DecodeFixedSplit alone (a binary of the kernels it
+// runs, small enough to carry to the GPU machine beside the tests).
+#ifndef PIE_DECODE_BENCH_FIXED_ONLY
 /// The engine's path: plan_decode_attention's split and CTA shape.
 template <class KV>
 void BM_DecodeAttention(benchmark::State& st) {
@@ -158,6 +161,45 @@ BENCHMARK(BM_DecodeMerge<bf16>)
 #undef PIE_MERGE_PLANS
 #undef PIE_MERGE_PAIR
 
+#endif  // PIE_DECODE_BENCH_FIXED_ONLY
+
+/// The batch-invariant split (DecodePlanOptions::fixed_split_tokens; at 16-bit K/V and groups 4
+/// and 8 the tensor-core kernel) against the cost model's plan on the CUDA-core kernel (the
+/// default before it, `PIE_DECODE_MMA_WIDE=0`), same binary. Arguments: batch, context, tokens
+/// per split (0: the cost model's plan), fused merge?, KV heads (8: Qwen3-8B, group 4; 4:
+/// Qwen3-30B-A3B, group 8).
+void BM_DecodeFixedSplit(benchmark::State& st) {
+  const int batch = st.range(0), ctx = st.range(1), tps = st.range(2), nkv = st.range(4);
+  CacheSet<bf16> c(batch, ctx, 16, nkv);
+  DeviceBuffer<bf16> q(size_t(batch) * kNq * kHd), o(q.size());
+  fill(q.data(), q.size(), 4);
+  oc::DecodePlanOptions opt;
+  opt.fused_merge = st.range(3) != 0;
+  opt.fixed_split_tokens = tps;
+  auto plan = oc::plan_decode_attention(batch, kNq, nkv, kHd, ctx, 0, opt);
+  DeviceBuffer<unsigned char> ws(std::max<size_t>(plan.workspace_bytes, 256));
+  PIE_CUDA_CHECK(cudaMemset(ws.data(), 0, ws.size()));  // the fused merge's counters start at zero
+  std::string what = std::string(tps > 0 ? "fixed tc" : "costmodel cc") + (opt.fused_merge ? " fused" : "") + " g" +
+                     std::to_string(kNq / nkv);
+  report(st, shape_name(what.c_str(), batch, ctx, 16, plan.num_splits) + " tps" + std::to_string(plan.tokens_per_split),
+         decode_bytes(batch, ctx, 2, nkv), 0, [&] {
+           oc::decode_attention(q.view({batch, kNq, kHd}), c.next(), o.view({batch, kNq, kHd}), plan, ws.data(),
+                                1.f / std::sqrt(128.f));
+         });
+}
+#define PIE_FIXED_ROWS(b, ctx, nkv) ->Args({b, ctx, 0, 0, nkv})->Args({b, ctx, 512, 0, nkv})
+#define PIE_FIXED_FUSED(b, ctx, nkv) ->Args({b, ctx, 512, 1, nkv})
+#define PIE_FIXED_SHAPES(nkv)                                                                                   \
+  PIE_FIXED_ROWS(1, 32768, nkv) PIE_FIXED_ROWS(8, 8192, nkv) PIE_FIXED_ROWS(64, 4096, nkv)                      \
+  PIE_FIXED_ROWS(256, 660, nkv) PIE_FIXED_ROWS(512, 140, nkv) PIE_FIXED_ROWS(1, 256, nkv) PIE_FIXED_ROWS(1, 2048, nkv) \
+  PIE_FIXED_FUSED(1, 32768, nkv) PIE_FIXED_FUSED(8, 8192, nkv) PIE_FIXED_FUSED(64, 4096, nkv) PIE_FIXED_FUSED(1, 2048, nkv) \
+  ->Args({1, 32768, 1024, 0, nkv})->Args({8, 8192, 1024, 0, nkv})->Args({64, 4096, 1024, 0, nkv})                 \
+  ->Args({8, 8192, 256, 0, nkv})->Args({256, 660, 1024, 0, nkv})->Args({1, 2048, 1024, 0, nkv})
+BENCHMARK(BM_DecodeFixedSplit) PIE_FIXED_SHAPES(8) PIE_FIXED_SHAPES(4) ->UseManualTime()->Iterations(1);
+#undef PIE_FIXED_SHAPES
+#undef PIE_FIXED_FUSED
+#undef PIE_FIXED_ROWS
+
 #ifdef PIE_DECODE_BASELINE
 /// The baseline kernel (an older attention_decode.cuh) on the same shapes, with its own plan.
 void BM_DecodeBaseline(benchmark::State& st) {
@@ -176,6 +218,7 @@ BENCHMARK(BM_DecodeBaseline) PIE_DECODE_TARGETS;
 #endif
 #undef PIE_DECODE_TARGETS
 
+#ifndef PIE_DECODE_BENCH_FIXED_ONLY
 /// Occupancy of the kernels' CTA shapes (plan_decode_attention assumes DecodePlan::ctas_per_sm CTAs
 /// of 4 warps).
 void print_occupancy() {
@@ -205,6 +248,7 @@ void print_occupancy() {
        d::DecodeMmaShape<128, 4, 2, SM, DB>::SMEM, 64);
 }
 
+#endif
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -213,7 +257,9 @@ int main(int argc, char** argv) {
   std::printf("device: %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
   measure_copy_ceiling();
   std::printf("ceilings: D2D copy %.0f GB/s (read+write)\n", g_ceil.copy_gbs);
+#ifndef PIE_DECODE_BENCH_FIXED_ONLY
   print_occupancy();
+#endif
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

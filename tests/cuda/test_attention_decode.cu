@@ -24,7 +24,8 @@ using namespace pie::test;
 template <class T, class KV, class Variant = attention::Causal, int Mode = 0>
 double run_decode(int bs, int hd, int group, int nkv, const std::vector<int>& lens, int sm_count, uint32_t seed,
                   int* splits_out = nullptr, Variant var = {}, int plan_len = 0, int force_splits = 0,
-                  std::vector<T>* out_raw = nullptr) {
+                  std::vector<T>* out_raw = nullptr, const ops::cuda::DecodePlanOptions& popt = {},
+                  int grid_splits = 0) {
   std::mt19937 rng(seed);
   const int batch = static_cast<int>(lens.size()), nq = nkv * group;
   RandomCache<KV> cache(lens, nkv, hd, bs, rng);
@@ -35,14 +36,14 @@ double run_decode(int bs, int hd, int group, int nkv, const std::vector<int>& le
   int max_len = *std::max_element(lens.begin(), lens.end());
   // plan_len > max_len: a plan made for a longer context (a CUDA graph captured at
   // max_model_len, replayed on shorter sequences). force_splits: that many splits.
-  auto plan = ops::cuda::plan_decode_attention(batch, nq, nkv, hd, std::max(max_len, plan_len), sm_count,
-                                              ops::cuda::DecodePlanOptions{});
+  auto plan = ops::cuda::plan_decode_attention(batch, nq, nkv, hd, std::max(max_len, plan_len), sm_count, popt);
   if (force_splits > 0) {
     const int len = std::max(max_len, plan_len);
     plan.tokens_per_split = ((len + force_splits - 1) / force_splits + 63) / 64 * 64;
     plan.num_splits = (len + plan.tokens_per_split - 1) / plan.tokens_per_split;
     plan.workspace_bytes = plan.num_splits > 1 ? size_t(plan.num_splits) * batch * nq * (hd + 1) * sizeof(float) : 0;
   }
+  if (grid_splits > 0) plan.grid_splits = grid_splits;  // a fixed-split plan's work partition
   if (splits_out) *splits_out = plan.num_splits;
   DeviceBuffer<unsigned char> ws(plan.workspace_bytes);
   if (plan.workspace_bytes) poison(ws);
@@ -115,34 +116,177 @@ TEST(DecodeAttentionBatch, Block16HeadDim128Group4ShortContextsOneSplit) {
   EXPECT_LT(e, tol<f16>()) << e;
 }
 
-// The engine's run-time choice (PIE_DECODE_MMA_WIDE, read once per process; ctest runs this
-// binary once without it and once as wide.* with `all`): a 16-bit launch with one split per
-// (sequence, KV head) at group 4 or 8 takes the tensor-core kernel when the variable names the
-// group, else the CUDA-core kernel. The default mode's bytes must equal those of the kernel it
-// chose (Mode 4 or Mode 3), and the two kernels must differ here, or the test could not tell.
-TEST(DecodeAttentionWide, OneSplitLaunchTakesTheKernelTheEnvironmentNames) {
+// The engine's plan options (PIE_DECODE_MMA_WIDE, read once per process; ctest runs this binary
+// once without it and once as fixed.* with `all`): with `all` a 16-bit launch at groups 4 and 8
+// gets the batch-invariant split and the tensor-core kernel, unset the cost model's split and the
+// CUDA-core kernel. The default mode's bytes must equal those of the kernel it chose (Mode 4 or
+// Mode 3, same plan), and the two kernels must differ here, or the test could not tell.
+TEST(DecodeAttentionWide, EnginePlanTakesTheKernelTheEnvironmentNames) {
   using C = attention::Causal;
   for (int group : {4, 8}) {
     std::mt19937 rng(40 + group);
     std::vector<int> lens(64);
-    for (auto& l : lens) l = 1 + int(rng() % 200);
+    for (auto& l : lens) l = 1 + int(rng() % 1200);
+    const auto opt = ops::cuda::decode_plan_options(int(sizeof(bf16)), group, 128);
+    const bool wide = ops::cuda::decode_mma_wide_enabled(group);
+    EXPECT_EQ(opt.fixed_split_tokens > 0, wide);
     std::vector<bf16> o0, o3, o4;
     int splits = 0;
     const uint32_t seed = 90 + group;
-    const double e = run_decode<bf16, bf16, C, 0>(16, 128, group, 4, lens, 132, seed, &splits, {}, 0, 0, &o0);
-    ASSERT_EQ(splits, 1) << "64 short sequences must not be split";
-    run_decode<bf16, bf16, C, 3>(16, 128, group, 4, lens, 132, seed, nullptr, {}, 0, 0, &o3);
-    run_decode<bf16, bf16, C, 4>(16, 128, group, 4, lens, 132, seed, nullptr, {}, 0, 0, &o4);
+    const double e = run_decode<bf16, bf16, C, 0>(16, 128, group, 4, lens, 132, seed, &splits, {}, 0, 0, &o0, opt);
+    if (wide) EXPECT_EQ(splits, 3) << "contexts up to 1200 tokens: 3 splits of 512";
+    run_decode<bf16, bf16, C, 3>(16, 128, group, 4, lens, 132, seed, nullptr, {}, 0, 0, &o3, opt);
+    run_decode<bf16, bf16, C, 4>(16, 128, group, 4, lens, 132, seed, nullptr, {}, 0, 0, &o4, opt);
     ASSERT_EQ(o0.size(), o3.size());
     ASSERT_NE(std::memcmp(o3.data(), o4.data(), o3.size() * sizeof(bf16)), 0) << "the kernels agree bitwise here";
-    const bool wide = ops::cuda::decode_mma_wide_enabled(group);
     const auto& chosen = wide ? o4 : o3;
     EXPECT_EQ(std::memcmp(o0.data(), chosen.data(), o0.size() * sizeof(bf16)), 0)
         << "group " << group << ": the default mode is not the " << (wide ? "tensor-core" : "CUDA-core") << " kernel";
     EXPECT_LT(e, tol<bf16>()) << e;
-    std::printf("[decode wide group=%d] %s kernel, rel err %.2e\n", group, wide ? "tensor-core" : "CUDA-core", e);
+    std::printf("[decode wide group=%d] %s kernel, %d splits, rel err %.2e\n", group,
+                wide ? "tensor-core" : "CUDA-core", splits, e);
   }
 }
+
+// The batch-invariant plan against the CPU reference over the grid (block size × head dim ×
+// group × dtype; groups 4 and 8 take the tensor-core kernel with it, group 1 the CUDA-core one):
+// the kDecodeFixedSplitTokens split, and 64-token splits (21 for the 1337-token sequence), with
+// the plan's CTAs per (sequence, KV head) and with 1 and 2 (each CTA running several splits in
+// turn), and from a plan made for a longer context (a graph captured at max_model_len).
+class DecodeAttentionFixedSplitGrid : public ::testing::TestWithParam<Param> {};
+
+TEST_P(DecodeAttentionFixedSplitGrid, MatchesCpu) {
+  const auto [bs, hd, group, is_bf16] = GetParam();
+  std::vector<int> lens = {1, bs + 3, 1337, 3 * bs - 1, 77};
+  using C = attention::Causal;
+  for (int tps : {ops::cuda::kDecodeFixedSplitTokens, 64}) {
+    ops::cuda::DecodePlanOptions o;
+    o.fixed_split_tokens = tps;
+    for (auto [plan_len, grid] : {std::pair{0, 0}, std::pair{0, 1}, std::pair{0, 2}, std::pair{4000, 0}}) {
+      int splits = 0;
+      const uint32_t seed = 5000 + bs * hd + group + tps + plan_len + grid;
+      const double e = is_bf16 ? run_decode<bf16, bf16, C, 0>(bs, hd, group, 2, lens, 132, seed, &splits, {}, plan_len,
+                                                              0, nullptr, o, grid)
+                               : run_decode<f16, f16, C, 0>(bs, hd, group, 2, lens, 132, seed, &splits, {}, plan_len, 0,
+                                                            nullptr, o, grid);
+      EXPECT_EQ(splits, (std::max(1337, plan_len) + tps - 1) / tps);
+      EXPECT_LT(e, is_bf16 ? tol<bf16>() : tol<f16>())
+          << tps << "-token splits, plan for " << plan_len << ", grid " << grid << ": " << e;
+      if (plan_len == 0 && grid == 0)
+        std::printf("[decode fixed split bs=%d hd=%d group=%d %s tps=%d splits=%d] rel err %.2e\n", bs, hd, group,
+                    is_bf16 ? "bf16" : "f16", tps, splits, e);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Grid, DecodeAttentionFixedSplitGrid,
+                         ::testing::Combine(::testing::Values(8, 16, 32), ::testing::Values(64, 128),
+                                            ::testing::Values(1, 4, 8), ::testing::Bool()),
+                         param_name);
+
+/// A batch `lens` in which sequence `pos` has the pages and query of `alone` (a one-sequence
+/// cache, query `q_alone`) and the others random ones (from `seed`); run() decodes it in the
+/// default mode and returns `pos`'s output rows.
+template <class T>
+struct Embedded {
+  int batch, pos, nq, hd;
+  RandomCache<T> cache;
+  DeviceBuffer<T> d_q, d_o;
+  Embedded(RandomCache<T>& alone, const std::vector<T>& q_alone, std::vector<int> lens, int pos_, int group,
+           std::mt19937&& rng)
+      : batch(int(lens.size())), pos(pos_), nq(alone.num_kv_heads * group), hd(alone.head_dim),
+        cache((lens[pos_] = alone.lens[0], lens), alone.num_kv_heads, alone.head_dim, alone.block_size, rng) {
+    const size_t page = size_t(2) * alone.num_kv_heads * alone.block_size * hd;  // a block: K, V of every head
+    for (int i = 0; i < (alone.lens[0] + alone.block_size - 1) / alone.block_size; ++i)
+      std::copy_n(alone.pool.begin() + size_t(alone.indices[i]) * page, page,
+                  cache.pool.begin() + size_t(cache.indices[cache.indptr[pos] + i]) * page);
+    cache.d_pool = upload(cache.pool);
+    auto q = randn<T>(size_t(batch) * nq * hd, rng);
+    std::copy(q_alone.begin(), q_alone.end(), q.begin() + size_t(pos) * nq * hd);
+    d_q = upload(q);
+    d_o = DeviceBuffer<T>(q.size());
+  }
+  /// The plan comes from `o` for the longest context or `plan_len`; force_tps > 0 then sets its
+  /// split to that many tokens, grid_splits > 0 its CTAs per (sequence, KV head); deep_count
+  /// counts plans with the deep ring. The output and workspace start poisoned (the arrival
+  /// counters zeroed, for the fused merge).
+  std::vector<T> run(const ops::cuda::DecodePlanOptions& o, int plan_len = 0, int force_tps = 0,
+                     int* deep_count = nullptr, int grid_splits = 0) {
+    poison(d_o);
+    const int len = std::max(*std::max_element(cache.lens.begin(), cache.lens.end()), plan_len);
+    auto plan = ops::cuda::plan_decode_attention(batch, nq, cache.num_kv_heads, hd, len, 132, o);
+    if (force_tps > 0) ops::cuda::set_decode_split(plan, force_tps, len, o.counter_batch);
+    if (grid_splits > 0) plan.grid_splits = grid_splits;
+    if (deep_count) *deep_count += plan.deep_ring;
+    DeviceBuffer<unsigned char> ws(std::max<size_t>(plan.workspace_bytes, 16));
+    poison(ws);
+    PIE_CUDA_CHECK(cudaMemset(ws.data(), 0, plan.counter_bytes));
+    ops::cuda::decode_attention(d_q.view({batch, nq, hd}), cache.device(), d_o.view({batch, nq, hd}), plan, ws.data(),
+                                1.f / std::sqrt(float(hd)));
+    const auto out = download(d_o);
+    return std::vector<T>(out.begin() + size_t(pos) * nq * hd, out.begin() + size_t(pos + 1) * nq * hd);
+  }
+};
+
+// The point of the batch-invariant split: a sequence's output bytes are the same decoded alone
+// and inside batches of 3, 17 and 64 other sequences of other lengths (longer ones give the
+// launch more splits than the sequence has, shorter ones fewer), with the merge kernel or the
+// fused merge, with the plan's CTAs per (sequence, KV head) or one CTA running every split, and
+// from a plan made for a longer context (a CUDA graph's). Sequences of 300 tokens (one split)
+// and 1337 (three). The check has teeth: the same sequence cut into 256-token splits instead
+// gives other bytes (the tensor-core kernel rounds P per split).
+using InvParam = std::tuple<int, int, int>;  // block size, head dim, group
+class DecodeAttentionFixedSplit : public ::testing::TestWithParam<InvParam> {};
+
+TEST_P(DecodeAttentionFixedSplit, SequenceBytesIndependentOfTheBatch) {
+  const auto [bs, hd, group] = GetParam();
+  const int nkv = 2, nq = nkv * group;
+  ops::cuda::DecodePlanOptions o;
+  o.fixed_split_tokens = ops::cuda::kDecodeFixedSplitTokens;
+  ops::cuda::DecodePlanOptions of = o;
+  of.fused_merge = true;
+  of.counter_batch = 70;
+  for (int target : {300, 1337}) {
+    std::mt19937 rng(600 + bs + hd + group + target);
+    RandomCache<bf16> alone({target}, nkv, hd, bs, rng);
+    const auto q_alone = randn<bf16>(size_t(nq) * hd, rng);
+    Embedded<bf16> one(alone, q_alone, {target}, 0, group, std::mt19937(1));
+    int deep = 0;
+    const auto ref = one.run(o, 0, 0, &deep);
+    EXPECT_EQ(deep, 1) << "one sequence alone takes the deep ring";
+    auto same = [&](const std::vector<bf16>& got) {
+      return std::memcmp(got.data(), ref.data(), ref.size() * sizeof(bf16)) == 0;
+    };
+    EXPECT_TRUE(same(one.run(of, 4096))) << target << " tokens alone: fused merge, plan for 4096 tokens";
+    EXPECT_FALSE(same(one.run(o, 0, 256)))
+        << "256-token splits gave the bytes of 512-token ones: the comparison cannot see a split change";
+    int checked = 0;
+    for (int batch : {3, 17, 64}) {
+      std::vector<int> lens(batch);
+      for (auto& l : lens) l = 1 + int(rng() % 2000);
+      const int pos = int(rng() % batch);
+      Embedded<bf16> e(alone, q_alone, lens, pos, group, std::mt19937(10 + batch));
+      EXPECT_TRUE(same(e.run(o, 0, 0, &deep))) << target << " tokens at " << pos << " of a batch of " << batch;
+      EXPECT_TRUE(same(e.run(of))) << target << " tokens at " << pos << " of a batch of " << batch << ", fused merge";
+      EXPECT_TRUE(same(e.run(o, 8192)))
+          << target << " tokens at " << pos << " of a batch of " << batch << ", plan for 8192 tokens";
+      EXPECT_TRUE(same(e.run(of, 0, 0, nullptr, 1)))
+          << target << " tokens at " << pos << " of a batch of " << batch << ", fused, one CTA per pair";
+      checked += 4;
+    }
+    EXPECT_LT(deep, 4) << "the batch of 64 must take the 2-stage ring";
+    std::printf("[decode fixed split invariance bs=%d hd=%d group=%d len=%d] %d batched launches compared\n", bs, hd,
+                group, target, checked + 1);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Grid, DecodeAttentionFixedSplit,
+                         ::testing::Combine(::testing::Values(8, 16), ::testing::Values(64, 128), ::testing::Values(4, 8)),
+                         [](const ::testing::TestParamInfo<InvParam>& info) {
+                           return "Block" + std::to_string(std::get<0>(info.param)) + "_HeadDim" +
+                                  std::to_string(std::get<1>(info.param)) + "_Group" +
+                                  std::to_string(std::get<2>(info.param));
+                         });
 
 TEST(DecodeAttentionBatch, Block16HeadDim256Group2BF16) {
   double e = run_decode<bf16, bf16>(16, 256, 2, 2, {5, 300, 1023}, 132, 12);

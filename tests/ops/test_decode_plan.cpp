@@ -4,6 +4,8 @@
 // switch. The kernels themselves are checked on the GPU (tests/cuda/test_attention_decode.cu).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 
 #include "pie/ops/cuda/attention_decode_plan.hpp"
@@ -126,6 +128,89 @@ TEST(DecodePlan, EnvironmentSwitch) {
   ::setenv("PIE_DECODE_FUSED_MERGE", "1", 1);
   EXPECT_TRUE(DecodePlanOptions::from_env().fused_merge);
   ::unsetenv("PIE_DECODE_FUSED_MERGE");
+}
+
+// The batch-invariant split: splits of a fixed token count from position 0, whatever the batch
+// and the grid, so that a sequence is cut at the same places in every launch; the plan's split
+// count only covers the longest context (shorter sequences' extra splits are empty).
+TEST(DecodePlan, FixedSplitCutsEverySequenceAtTheSamePlacesWhateverTheBatch) {
+  for (bool fm : {false, true}) {
+    DecodePlanOptions o = fm ? fused(1024) : DecodePlanOptions{};
+    o.fixed_split_tokens = kDecodeFixedSplitTokens;
+    for (int batch : {0, 1, 3, 17, 64, 512, 1024}) {
+      for (int len : {1, 140, 511, 512, 513, 1337, 4096, 32768}) {
+        for (int sms : {2, 132}) {
+          const auto p = plan_decode_split(batch, 32, 4, 128, len, sms, o);
+          EXPECT_TRUE(p.fixed_split);
+          EXPECT_EQ(p.tokens_per_split, kDecodeFixedSplitTokens) << "batch " << batch << " len " << len;
+          EXPECT_EQ(p.num_splits, (len + kDecodeFixedSplitTokens - 1) / kDecodeFixedSplitTokens);
+          EXPECT_EQ(p.fused_merge, fm);
+          // The work partition: the cost model's split count, within 1..num_splits; the deep ring
+          // on narrow grids (≤ 2 CTAs per SM). Neither changes the arithmetic.
+          DecodePlanOptions cmo = o;
+          cmo.fixed_split_tokens = 0;
+          const int cm = plan_decode_split(batch, 32, 4, 128, len, sms, cmo).num_splits;
+          EXPECT_EQ(p.grid_splits, std::min(cm, p.num_splits)) << "batch " << batch << " len " << len;
+          EXPECT_GE(p.grid_splits, 1);
+          EXPECT_EQ(p.deep_ring, int64_t{batch} * 4 * p.grid_splits <= 2 * sms);
+          const size_t counters = fm && p.num_splits > 1 ? (1024 * 4 * sizeof(uint32_t) + 255) / 256 * 256 : 0;
+          EXPECT_EQ(p.counter_bytes, counters);
+          EXPECT_EQ(p.workspace_bytes,
+                    p.num_splits > 1 ? counters + size_t(p.num_splits) * batch * 32 * 129 * sizeof(float) : 0u);
+        }
+      }
+    }
+  }
+  // The cost model's plan is not fixed, and follows the batch (why it cannot serve the
+  // tensor-core kernel's 16-bit launches).
+  const auto a = plan_decode_split(1, 32, 8, 128, 4096, 132), b = plan_decode_split(64, 32, 8, 128, 4096, 132);
+  EXPECT_FALSE(a.fixed_split);
+  EXPECT_FALSE(a.deep_ring);
+  // A graph planned at max_model_len for a wide batch: many splits of partials, one CTA per pair.
+  DecodePlanOptions fo;
+  fo.fixed_split_tokens = kDecodeFixedSplitTokens;
+  const auto g = plan_decode_split(256, 32, 8, 128, 40960, 132, fo);
+  EXPECT_EQ(g.num_splits, 80);
+  EXPECT_EQ(g.grid_splits, 1);
+  EXPECT_FALSE(g.deep_ring);
+  // One long sequence: a wave's worth of CTAs, as the cost model.
+  const auto one = plan_decode_split(1, 32, 8, 128, 32768, 132, fo);
+  EXPECT_EQ(one.num_splits, 64);
+  EXPECT_EQ(one.grid_splits, 64);
+  EXPECT_NE(a.tokens_per_split, b.tokens_per_split);
+  DecodePlanOptions bad;
+  bad.fixed_split_tokens = 100;
+  EXPECT_THROW(plan_decode_split(1, 32, 8, 128, 1000, 132, bad), std::exception);
+}
+
+TEST(DecodePlan, FixedSplitIsForSixteenBitCachesAtGroups4And8) {
+  for (int mask : {0, 4, 8, 12}) {
+    for (int kv_bytes : {1, 2, 4}) {
+      for (int group : {1, 2, 4, 8, 16}) {
+        for (int hd : {64, 128, 256}) {
+          const bool want = kv_bytes == 2 && (group == 4 || group == 8) && (mask & group) && hd != 256;
+          EXPECT_EQ(decode_fixed_split_wanted(kv_bytes, group, hd, mask), want)
+              << "mask " << mask << " kv " << kv_bytes << " group " << group << " hd " << hd;
+        }
+      }
+    }
+  }
+  EXPECT_EQ(decode_mma16_groups(nullptr), 0);  // opt-in until it has run on a GPU
+  EXPECT_EQ(decode_mma16_groups("all"), 12);
+  EXPECT_EQ(decode_mma16_groups("4,8"), 12);
+  EXPECT_EQ(decode_mma16_groups("8,4"), 12);
+  EXPECT_EQ(decode_mma16_groups("4"), 4);
+  EXPECT_EQ(decode_mma16_groups("8"), 8);
+  for (const char* off : {"0", "off", "none"}) EXPECT_EQ(decode_mma16_groups(off), 0) << off;
+  for (const char* bad : {"", "1", "yes", "4 8", "16"}) EXPECT_THROW(decode_mma16_groups(bad), std::exception) << bad;
+  // The engine's options, as this process's PIE_DECODE_MMA_WIDE says (ctest runs the binary again
+  // as fixed.* with `all`).
+  const int mask = decode_mma16_groups(std::getenv("PIE_DECODE_MMA_WIDE"));
+  EXPECT_EQ(decode_plan_options(2, 4, 128).fixed_split_tokens, (mask & 4) ? kDecodeFixedSplitTokens : 0);
+  EXPECT_EQ(decode_plan_options(2, 8, 64).fixed_split_tokens, (mask & 8) ? kDecodeFixedSplitTokens : 0);
+  EXPECT_EQ(decode_plan_options(1, 4, 128).fixed_split_tokens, 0);  // fp8: the cost model
+  EXPECT_EQ(decode_plan_options(2, 2, 128).fixed_split_tokens, 0);
+  EXPECT_EQ(decode_plan_options(2, 4, 256).fixed_split_tokens, 0);
 }
 
 TEST(DecodePlan, RejectsBadShapes) {

@@ -741,7 +741,11 @@ class CudaRunner {
     const auto& c = wconfig();
     // PIE_DECODE_FUSED_MERGE=1 (read here, where the plans are made) fuses the split merge into
     // the decode kernel; every batch size's plan keeps its counters where max_num_seqs' plan does.
-    auto opt = ops::cuda::DecodePlanOptions::from_env();
+    // PIE_DECODE_MMA_WIDE=all (or 4, 8): 16-bit K/V at those GQA groups get the batch-invariant
+    // split and the tensor-core kernel (opt-in until run on a GPU; unset: the cost model's split
+    // and the CUDA-core kernel).
+    auto opt = ops::cuda::decode_plan_options(int(sizeof(KV)), c.num_attention_heads / c.num_key_value_heads,
+                                              c.head_dim);
     opt.counter_batch = opt_.sched.max_num_seqs;
     return ops::cuda::plan_decode_attention(batch, c.num_attention_heads, c.num_key_value_heads, c.head_dim, max_len,
                                             0, opt);

@@ -18,7 +18,10 @@
 /// DecodePlan::fused_merge) by the last CTA of each (sequence, KV head). An fp8 cache at
 /// head dims 64 and 128 (GQA groups ≤ 8) takes the tensor-core kernel of attention_decode_mma.cuh
 /// instead (same ring, plan and merge), since fp8 brings twice the tokens per byte to this
-/// kernel's arithmetic; 16-bit caches can take it too (Mode 4), see kDecodeMmaDefault.
+/// kernel's arithmetic. 16-bit caches take it at GQA groups 4 and 8 when the plan has the
+/// batch-invariant split (DecodePlan::fixed_split; the engine asks for it with
+/// `PIE_DECODE_MMA_WIDE`): splits fixed by the context, run in turn by the plan's CTAs per
+/// (sequence, KV head); see kDecodeMmaWide.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -332,7 +335,7 @@ __device__ __forceinline__ void decode_body(const DecodeParams<T, KV, Variant>& 
     }
   }
   __syncthreads();
-  decode_store_merged<HD, GROUP, NW, FUSED>(p, s_acc, kvh, b, split);
+  decode_store_merged<HD, GROUP, NW, FUSED>(p, s_acc, kvh, b, split, p.num_splits);
 }
 
 template <int HD, int GROUP, int NW, int STAGES, int MODE, class T, class KV, class Variant>
@@ -349,17 +352,27 @@ __global__ void __launch_bounds__(NW * 32, decode_ctas_per_sm(GROUP) * 4 / NW > 
 }
 
 /// Merges split partials (decode_merge_rows): one CTA of 128 threads per (sequence, head) row.
+/// seq_splits (split_loop launches): sequence b has its own decode_seq_splits splits, read from
+/// its page count and last page (a sequence of one split was written by the decode kernel).
 template <int HD, class T>
 __global__ void __launch_bounds__(128) decode_merge_kernel(const float* __restrict__ part_o,
                                                            const float* __restrict__ part_lse, int num_splits,
                                                            int batch, int nq, T* __restrict__ out,
-                                                           int64_t out_stride) {
+                                                           int64_t out_stride, const int32_t* __restrict__ indptr,
+                                                           const int32_t* __restrict__ last_page_len,
+                                                           int block_size, int tokens_per_split, bool seq_splits) {
   pdl_launch_dependents();
   pdl_wait();
   constexpr int SL = kDecodeMergeSplitLanes<HD>;
   const int64_t row[1] = {blockIdx.x}, plane = int64_t(batch) * nq;
   const int c[1] = {int(threadIdx.x) / SL * 8}, sl = int(threadIdx.x) % SL;
   const int b = int(row[0] / nq), h = int(row[0] % nq);
+  if (seq_splits) {
+    const int pages = indptr[b + 1] - indptr[b];
+    num_splits = min(num_splits,
+                     decode_seq_splits(pages == 0 ? 0 : (pages - 1) * block_size + last_page_len[b], tokens_per_split));
+    if (num_splits == 1) return;
+  }
   T* const dst[1] = {out + int64_t(b) * out_stride + int64_t(h) * HD};
   decode_merge_rows<HD, 1, false>(part_o, part_lse, num_splits, plane, row, c, sl, dst);
 }
@@ -368,8 +381,10 @@ __global__ void __launch_bounds__(128) decode_merge_kernel(const float* __restri
 /// splits, the merge. The kernel is a template argument so that each kernel has its own
 /// `smem_set` below (a function-pointer type would share it between kernels of one signature).
 /// FUSED: the kernel merges the splits itself (MODE has kDecodeFusedMerge), no merge kernel.
+/// grid_splits > 0: the grid's split dimension (split_loop launches), else num_splits.
 template <int HD, int GROUP, int NW, bool FUSED, auto Kern, class T, class KV, class Variant>
-void launch_decode_kernel(size_t smem, const DecodeParams<T, KV, Variant>& p, int batch, cudaStream_t stream) {
+void launch_decode_kernel(size_t smem, const DecodeParams<T, KV, Variant>& p, int batch, cudaStream_t stream,
+                          int grid_splits = 0) {
   auto kern = Kern;
   // Raised even under 48 KB (the static barriers count against the default too), once per
   // kernel and device (the attribute is per device: tensor-parallel runners drive several).
@@ -381,12 +396,13 @@ void launch_decode_kernel(size_t smem, const DecodeParams<T, KV, Variant>& p, in
     PIE_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     smem_set.fetch_or(bit, std::memory_order_relaxed);
   }
-  dim3 grid(p.kv.num_kv_heads, batch, p.num_splits);
+  dim3 grid(p.kv.num_kv_heads, batch, grid_splits > 0 ? grid_splits : p.num_splits);
   launch_pdl(kern, grid, dim3(NW * 32), smem, stream, p);
   if (!FUSED && p.num_splits > 1) {
     launch_pdl(decode_merge_kernel<HD, T>, dim3(unsigned(int64_t(batch) * p.kv.num_kv_heads * GROUP)), dim3(128), 0,
                stream, static_cast<const float*>(p.part_o), static_cast<const float*>(p.part_lse), p.num_splits,
-               batch, p.kv.num_kv_heads * GROUP, p.out, p.out_stride);
+               batch, p.kv.num_kv_heads * GROUP, p.out, p.out_stride, p.kv.indptr, p.kv.last_page_len,
+               p.kv.block_size, p.tokens_per_split, p.split_loop);
   }
 }
 
@@ -401,29 +417,20 @@ void launch_decode(const DecodeParams<T, KV, Variant>& p, int batch, cudaStream_
 
 /// The tensor-core kernel (fp8 K/V, kDecodeMma).
 template <int HD, int GROUP, int NW, int STAGES, int MODE = 0, class T, class KV, class Variant>
-void launch_decode_mma(const DecodeParams<T, KV, Variant>& p, int batch, cudaStream_t stream) {
+void launch_decode_mma(const DecodeParams<T, KV, Variant>& p, int batch, cudaStream_t stream, int grid_splits = 0) {
   static_assert(NW > 0 && STAGES > 0, "launch_decode_mma: warps and stages");
   launch_decode_kernel<HD, GROUP, NW, (MODE & kDecodeFusedMerge) != 0,
                        decode_mma_kernel<HD, GROUP, NW, STAGES, MODE, T, KV, Variant>>(
-      DecodeMmaShape<HD, GROUP, NW, STAGES, KV>::SMEM, p, batch, stream);
+      DecodeMmaShape<HD, GROUP, NW, STAGES, KV>::SMEM, p, batch, stream, grid_splits);
 }
 }  // namespace detail
 
-/// \brief Which GQA groups of a 16-bit cache take the tensor-core kernel when a decode launch
-/// has one split per (sequence, KV head) (detail::kDecodeMmaWide): `PIE_DECODE_MMA_WIDE` is
-/// `8` (group 8 only), `4`, `4,8`/`all` (groups 4 and 8) or `0`/`off`/unset (never: the default
-/// until it is measured on the H200). Read once.
+/// \brief Whether the engine's 16-bit decode launches at this GQA group take the tensor-core kernel
+/// with the batch-invariant split (`PIE_DECODE_MMA_WIDE`, read once; see decode_mma16_groups:
+/// unset, none).
 inline bool decode_mma_wide_enabled(int group) {
-  static const int mask = [] {
-    const char* v = std::getenv("PIE_DECODE_MMA_WIDE");
-    const std::string s = v ? v : "0";
-    if (s == "0" || s == "off" || s == "none") return 0;
-    if (s == "all" || s == "4,8" || s == "8,4") return 4 | 8;
-    if (s == "4") return 4;
-    PIE_CHECK(s == "8", "PIE_DECODE_MMA_WIDE must be 8, 4, 4,8, all or 0 (got '", s, "')");
-    return 8;
-  }();
-  return (mask & group) != 0 && (group == 4 || group == 8);
+  static const int mask = decode_mma16_groups(std::getenv("PIE_DECODE_MMA_WIDE"));
+  return decode_fixed_split_wanted(2, group, 128, mask);
 }
 
 /// \brief Decode attention over the paged cache: out[b, h] = softmax(q[b, h]·Kᵀ·sm_scale)·V over
@@ -437,6 +444,8 @@ inline bool decode_mma_wide_enabled(int group) {
 /// leaves them zero), and no two launches in flight at once may share it
 /// \tparam Warps, Stages CTA shape (warps, ring depth) for benchmarks; 0: the plan's (the default
 /// shape, DecodePlan::warps and DecodePlan::stages)
+/// A plan with fixed_split (DecodePlanOptions::fixed_split_tokens) sends 16-bit K/V at GQA groups 4
+/// and 8, head dims 64/128, to the tensor-core kernel; other plans to the CUDA-core kernel.
 /// \tparam Mode 0; for benchmarks and tests only: 1 moves the pages without computing attention,
 /// 2 takes the CUDA-core kernel with the all-reduce softmax (see decode_body), 3 the CUDA-core
 /// kernel where the tensor-core one is the default (fp8 K/V), 4 the tensor-core kernel for 16-bit
@@ -504,11 +513,20 @@ void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out,
             detail::launch_decode_mma<HD, GROUP, detail::kDecodeMmaWarps<DKV>, detail::kDecodeMmaStages, kMode>(
                 p, batch, stream);
           } else {
-            // One split never takes the fused merge: only the plain instantiation is needed.
-            if constexpr (Mode == 0 && detail::kDecodeMmaWide<HD, GROUP, DKV> && !decltype(fused_tag)::value) {
-              if (plan.num_splits == 1 && decode_mma_wide_enabled(GROUP)) {
-                detail::launch_decode_mma<HD, GROUP, detail::kDecodeMmaWarps<DKV>, detail::kDecodeMmaStages, kMode>(
-                    p, batch, stream);
+            // The batch-invariant split (DecodePlan::fixed_split): the tensor-core kernel, whose
+            // per-split rounding of P is then fixed by the context alone.
+            if constexpr (Mode == 0 && detail::kDecodeMmaWide<HD, GROUP, DKV>) {
+              if (plan.fixed_split) {
+                constexpr int kW = detail::kDecodeMmaWarps<DKV>;
+                PIE_CHECK(plan.grid_splits >= 1 && plan.grid_splits <= plan.num_splits,
+                          "decode_attention: the fixed split's grid must have 1 to num_splits splits");
+                p.split_loop = true;
+                if (plan.deep_ring)
+                  detail::launch_decode_mma<HD, GROUP, kW, detail::kDecodeMmaDeepStages, kMode>(p, batch, stream,
+                                                                                               plan.grid_splits);
+                else
+                  detail::launch_decode_mma<HD, GROUP, kW, detail::kDecodeMmaStages, kMode>(p, batch, stream,
+                                                                                           plan.grid_splits);
                 return;
               }
             }

@@ -39,23 +39,20 @@ namespace pie::ops::cuda::detail {
 /// (fp8 or 16-bit K/V; head dim 256 and larger groups take the CUDA-core kernel).
 template <int HD, int GROUP, class KV>
 inline constexpr bool kDecodeMma = (is_fp8_v<KV> || sizeof(KV) == 2) && (HD == 64 || HD == 128) && GROUP <= 8;
-/// Whether the tensor-core kernel is decode_attention's default: for fp8 K/V only. For 16-bit K/V
-/// it is faster in the kernel benchmark (H200, % of copy: b512 ctx140 78 vs 67, b8 ctx8192 85 vs
-/// 80, b64 ctx4096 99 vs 98) but it rounds P to bf16 per split, so a sequence's output depends more
-/// on its split count, i.e. on the batch it decodes in: with it as the default, the engine's
-/// default-mode preemption check fell from 63/64 to 61/64 sequences (recompute) and 64/64 to 63/64
-/// (swap), below issue 15's bound of 63/64, and Qwen3-8B batch-1 ITL rose from 4.93 to 5.19 ms.
-/// It stays selectable (decode_attention's Mode 4) and tested.
+/// Whether the tensor-core kernel is decode_attention's default whatever the plan: for fp8 K/V
+/// only. For 16-bit K/V it is faster in the kernel benchmark (H200, % of copy: b512 ctx140 78 vs
+/// 67, b8 ctx8192 85 vs 80, b64 ctx4096 99 vs 98) but it rounds P to bf16 per split, so with the
+/// cost model's split (which follows the batch) a sequence's output follows its batch: as the
+/// default that way, the engine's preemption check fell from 63/64 to 61/64 sequences
+/// (2026-12-04). So 16-bit K/V take it only with the batch-invariant split (kDecodeMmaWide).
 template <int HD, int GROUP, class KV>
 inline constexpr bool kDecodeMmaDefault = is_fp8_v<KV> && kDecodeMma<HD, GROUP, KV>;
-/// Whether a 16-bit cache may take the tensor-core kernel at run time when the plan does not split
-/// the context (decode_attention's default mode; `PIE_DECODE_MMA_WIDE`, decode_mma_wide()). With
-/// one split per (sequence, KV head) the kernel's per-split rounding of P is the same whatever
-/// the batch, so the batch dependence that keeps it from being kDecodeMmaDefault does not arise;
-/// one split is what wide batches get (b512 ctx140: 78% of copy against the CUDA-core kernel's
-/// 67%), while narrow, split launches (batch 1, where it measured slower) keep the CUDA-core
-/// kernel. Groups 4 and 8 only: the CUDA-core kernel's FMAs per KV byte grow with the group
-/// (Qwen3-30B-A3B's group 8 is where it loses most), and other groups would add instantiations to
+/// Whether a 16-bit cache takes the tensor-core kernel in decode_attention's default mode when the
+/// plan has the batch-invariant split (DecodePlan::fixed_split: splits of a fixed number of tokens
+/// from position 0, merged in split order), which makes the kernel's per-split rounding of P a
+/// function of the sequence's context alone. Groups 4 and 8 only: the CUDA-core kernel's FMAs per
+/// KV byte grow with the group (Qwen3-30B-A3B's group 8 is where it loses most: 15.4 of a 51 ms
+/// batch-1024 step against a 4.6 ms KV-read floor), and other groups would add instantiations to
 /// every engine translation unit for shapes no served model has.
 template <int HD, int GROUP, class KV>
 inline constexpr bool kDecodeMmaWide = !is_fp8_v<KV> && sizeof(KV) == 2 && kDecodeMma<HD, GROUP, KV> &&
@@ -71,6 +68,11 @@ using MmaElem = std::conditional_t<is_fp8_v<KV>, __half, KV>;
 /// Ring depth of the tensor-core kernel: 2 stages of 64 tokens (16 KB of fp8 K and V at head dim
 /// 128), the bytes in flight of the bf16 kernel's 2 stages.
 inline constexpr int kDecodeMmaStages = 2;
+/// Ring depth of the 16-bit tensor-core kernel on a narrow grid with the batch-invariant split
+/// (DecodePlan::deep_ring): 6 stages (96 KB at head dim 128, 2 CTAs per SM), so that one CTA per
+/// (KV head, split) — batch 1 — keeps 6 pages in flight instead of 2. The split cannot follow
+/// the batch there (it must be fixed by the context), so the ring depth is what adapts.
+inline constexpr int kDecodeMmaDeepStages = 6;
 
 /// Four e4m3 in a word → two f16x2 (bytes 0, 1 → lo; bytes 2, 3 → hi), exact.
 __device__ __forceinline__ void e4m3x4_to_f16x4(uint32_t w, uint32_t& lo, uint32_t& hi) {
@@ -108,11 +110,14 @@ struct DecodeMmaShape {
   static_assert(64 % TOK == 0, "stages must tile the 64-token split granularity");
 };
 
-/// Device body of the tensor-core kernel (see the file comment). MODE 1 (benchmarks only) reads
-/// the pages from shared memory without the attention arithmetic.
+/// Device body of the tensor-core kernel (see the file comment) for one split of one (sequence,
+/// KV head); nsplit: the pair's splits (decode_store_merged). phase: bit s is the parity offset of
+/// ring slot s, i.e. how many phases (mod 2) its barrier completed in earlier splits of this CTA
+/// (split_loop launches run several); updated on return. MODE 1 (benchmarks only) reads the
+/// pages from shared memory without the attention arithmetic.
 template <int HD, int GROUP, int NW, int STAGES, int FMODE, class T, class KV, class Variant>
 __device__ __forceinline__ void decode_body_mma(const DecodeParams<T, KV, Variant>& p, unsigned char* smem,
-                                                uint64_t* bars) {
+                                                uint64_t* bars, int split, int nsplit, uint32_t& phase) {
   constexpr int MODE = FMODE & ~kDecodeFusedMerge;  // the benchmark mode
   constexpr bool FUSED = (FMODE & kDecodeFusedMerge) != 0;
   static_assert(kDecodeMma<HD, GROUP, KV>, "decode_body_mma: fp8 or 16-bit K/V, head dim 64 or 128, group <= 8");
@@ -124,7 +129,7 @@ __device__ __forceinline__ void decode_body_mma(const DecodeParams<T, KV, Varian
   constexpr int KW = RB / 16;               // words of K per lane and token (HD/4 elements)
   constexpr int VW = RB / 32;               // words of V per lane and token (HD/8 elements)
   constexpr int MT = HD / 16;               // m-tiles (16 dims) of Oᵀ
-  const int kvh = blockIdx.x, b = blockIdx.y, split = blockIdx.z;
+  const int kvh = blockIdx.x, b = blockIdx.y;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, r = lane >> 2, c = lane & 3;
 
   const auto [qpos, t_begin, t_end, t_lo, n_stages] = decode_span<TOK, Variant>(p.kv, b, split, p.tokens_per_split);
@@ -169,7 +174,7 @@ __device__ __forceinline__ void decode_body_mma(const DecodeParams<T, KV, Varian
 
   for (int it = 0; it < n_stages; ++it) {
     const int slot = it % STAGES;
-    mbar_wait(&bars[slot], (it / STAGES) & 1);
+    mbar_wait(&bars[slot], ((phase >> slot) ^ uint32_t(it / STAGES)) & 1u);
     const unsigned char* sk = reinterpret_cast<const unsigned char*>(ring_base + slot * 2 * TOK * HD) + warp * 16 * RB;
     const unsigned char* sv = sk + TOK * RB;
     const int tw = t_lo + it * TOK + warp * 16;  // this warp's first token
@@ -288,6 +293,10 @@ __device__ __forceinline__ void decode_body_mma(const DecodeParams<T, KV, Varian
       next_page = ring.page_of(it + STAGES + 1);
     }
   }
+  // Slot s served ceil((n_stages − s) / STAGES) stages: a phase each.
+#pragma unroll
+  for (int s = 0; s < STAGES; ++s)
+    if (s < n_stages && (((n_stages - 1 - s) / STAGES) & 1) == 0) phase ^= 1u << s;
   // Each head's sum over the lanes of its tokens; then the cross-warp merge through shared memory
   // (the ring is idle: the loop ended on a barrier and every copy issued was waited for).
 #pragma unroll
@@ -312,7 +321,7 @@ __device__ __forceinline__ void decode_body_mma(const DecodeParams<T, KV, Varian
     }
   }
   __syncthreads();
-  decode_store_merged<HD, GROUP, NW, FUSED>(p, s_acc, kvh, b, split);
+  decode_store_merged<HD, GROUP, NW, FUSED>(p, s_acc, kvh, b, split, nsplit);
 }
 
 template <int HD, int GROUP, int NW, int STAGES, int MODE, class T, class KV, class Variant>
@@ -325,7 +334,27 @@ __global__ void __launch_bounds__(NW * 32, 16 / NW)
   __syncthreads();
   pdl_launch_dependents();  // the merge (or o_proj's GEMV) may start streaming now
   pdl_wait();
-  decode_body_mma<HD, GROUP, NW, STAGES, MODE>(p, smem, bars);
+  uint32_t phase = 0;
+  if (!p.split_loop) {
+    decode_body_mma<HD, GROUP, NW, STAGES, MODE>(p, smem, bars, int(blockIdx.z), p.num_splits, phase);
+    return;
+  }
+  // The batch-invariant split: this sequence's own splits, every gridDim.z-th from blockIdx.z,
+  // one after another (each its own online softmax and partial, so a split's bits do not depend
+  // on which CTA ran it or after what).
+  const int b = blockIdx.y;
+  // (At most num_splits: the workspace holds no more; a context longer than the plan's breaks
+  // decode_attention's contract, and is cut rather than written past the partials.)
+  const int nsplit = min(decode_seq_splits(p.kv.seq_len(b), p.tokens_per_split), p.num_splits);
+  for (int split = blockIdx.z; split < nsplit; split += gridDim.z) {
+    if (split != int(blockIdx.z)) {
+      // The previous split's merge read and wrote the ring's bytes (generic proxy); the next
+      // bulk copies (async proxy) may only overwrite them after every thread is done.
+      decode_fence_proxy_async();
+      __syncthreads();
+    }
+    decode_body_mma<HD, GROUP, NW, STAGES, MODE>(p, smem, bars, split, nsplit, phase);
+  }
 }
 
 }  // namespace pie::ops::cuda::detail

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "pie/core/error.hpp"
 
@@ -40,6 +41,13 @@ struct DecodePlanOptions {
   /// to max_num_seqs) passes the largest, so that every plan finds its counters at the same
   /// place, never on bytes an earlier plan used for partials. 0: the plan's batch.
   int counter_batch = 0;
+  /// > 0: the batch-invariant split. Every split covers exactly this many tokens from position 0
+  /// (a multiple of 64), whatever the batch and the longest context, so a sequence is cut at the
+  /// same positions in every launch, and its partials are merged in split order; its output
+  /// bits then depend only on its own query and context. decode_attention takes the tensor-core
+  /// kernel for 16-bit K/V at GQA groups 4 and 8 with such a plan (DecodePlan::fixed_split).
+  /// 0: the cost model chooses the split from the grid (fast, but the split follows the batch).
+  int fixed_split_tokens = 0;
 
   /// `PIE_DECODE_FUSED_MERGE=1` turns the fused merge on (anything else, or unset: off).
   static DecodePlanOptions from_env() {
@@ -49,6 +57,49 @@ struct DecodePlanOptions {
     return o;
   }
 };
+
+/// Tokens per split of the batch-invariant plan (DecodePlanOptions::fixed_split_tokens). A
+/// compromise fixed once, since it may not follow the batch: long enough that the wide batches
+/// of serving (contexts ≤ 512) are one split, with no merge, and that b64 × 4096 is 8 splits, not
+/// a grid of many waves; short enough that one sequence of 32K tokens is 64 splits, the split
+/// count the cost model picks there (H200, 2026-12-04: 32 / 64 / 128 splits of the tensor-core
+/// kernel at b1 ctx32768: 62.7 / 68.1 / 49.8% of the copy bandwidth). Short contexts at batch 1
+/// are then one split per KV head, which DecodePlan::deep_ring keeps fast.
+inline constexpr int kDecodeFixedSplitTokens = 512;
+
+/// \brief The GQA groups whose 16-bit decode launches take the tensor-core kernel with the
+/// batch-invariant split, as a mask of group bits (4, 8), from `PIE_DECODE_MMA_WIDE`'s value:
+/// `all` or `4,8`: both; `4` or `8`: that group; unset, `0`, `off` or `none`: neither (the
+/// CUDA-core kernel and the cost model's split). Anything else is an error. Opt-in until it has
+/// run on a GPU (compiled for sm_90a, 2026-12-05; the device script is bench/device_tcfix.sh).
+inline int decode_mma16_groups(const char* v) {
+  const std::string s = v ? v : "0";
+  if (s == "0" || s == "off" || s == "none") return 0;
+  if (s == "all" || s == "4,8" || s == "8,4") return 4 | 8;
+  if (s == "4") return 4;
+  PIE_CHECK(s == "8", "PIE_DECODE_MMA_WIDE must be all, 4,8, 4, 8 or 0 (got '", s, "')");
+  return 8;
+}
+
+/// \brief Whether a decode launch over a KV cache of `kv_bytes`-byte elements at this GQA group and
+/// head dim takes the tensor-core kernel with the batch-invariant split, given the groups mask
+/// of decode_mma16_groups: 16-bit K/V at groups 4 and 8, head dims 64 and 128 (fp8 takes the
+/// tensor-core kernel with the cost model's split; head dim 256 and other groups the CUDA-core
+/// kernel).
+inline bool decode_fixed_split_wanted(int kv_bytes, int group, int head_dim, int groups_mask) {
+  return kv_bytes == 2 && (group == 4 || group == 8) && (groups_mask & group) != 0 &&
+         (head_dim == 64 || head_dim == 128);
+}
+
+/// \brief The engine's plan options for a KV cache of `kv_bytes`-byte elements: the environment's
+/// merge (from_env) and, where decode_fixed_split_wanted (`PIE_DECODE_MMA_WIDE`, read once), the
+/// batch-invariant split of kDecodeFixedSplitTokens.
+inline DecodePlanOptions decode_plan_options(int kv_bytes, int group, int head_dim) {
+  static const int mask = decode_mma16_groups(std::getenv("PIE_DECODE_MMA_WIDE"));
+  DecodePlanOptions o = DecodePlanOptions::from_env();
+  if (decode_fixed_split_wanted(kv_bytes, group, head_dim, mask)) o.fixed_split_tokens = kDecodeFixedSplitTokens;
+  return o;
+}
 
 /// \brief Host-side work partition of one decode launch (FlashInfer-style plan/run split).
 struct DecodePlan {
@@ -75,6 +126,22 @@ struct DecodePlan {
   /// They must be zero before the first launch (zero the workspace once when it is allocated);
   /// every launch leaves them zero again, so CUDA-graph replays need no memset.
   size_t counter_bytes = 0;
+  /// The split is the batch-invariant one (DecodePlanOptions::fixed_split_tokens): at 16-bit K/V,
+  /// GQA groups 4 and 8 and head dims 64/128, decode_attention's default mode then takes the
+  /// tensor-core kernel (its P is rounded per split, so only a split fixed by the context keeps
+  /// a sequence's bits independent of its batch).
+  bool fixed_split = false;
+  /// With fixed_split: the grid is narrow (at most 2 CTAs per SM: batch 1 and small batches), so
+  /// the tensor-core kernel takes its deep ring (kDecodeMmaDeepStages stages instead of 2: a lone
+  /// CTA streams its split about as fast as the bytes it keeps in flight allow). The ring only
+  /// moves pages; warps, tiles and arithmetic are the same, so the bits are too.
+  bool deep_ring = false;
+  /// With fixed_split: CTAs per (sequence, KV head), 1..num_splits; CTA z runs the sequence's
+  /// splits z, z + grid_splits, … one after another (the tensor-core kernel's split_loop). The
+  /// cost model's split count for the same shape, so that the work partition still follows the
+  /// grid (one CTA per pair for wide batches, a wave's worth for few long sequences) while the
+  /// numerical one does not; and a graph planned for max_model_len launches no empty CTAs.
+  int grid_splits = 1;
 };
 
 /// \brief Byte offsets of a decode launch's workspace regions (see DecodePlan::workspace_bytes).
@@ -100,6 +167,7 @@ inline void set_decode_split(DecodePlan& p, int tokens_per_split, int max_seq_le
   max_seq_len = std::max(max_seq_len, 1);
   p.tokens_per_split = (std::max(tokens_per_split, 1) + 63) / 64 * 64;
   p.num_splits = (max_seq_len + p.tokens_per_split - 1) / p.tokens_per_split;
+  p.grid_splits = std::clamp(p.grid_splits, 1, p.num_splits);
   p.counter_bytes = 0;
   p.workspace_bytes = 0;
   if (p.num_splits <= 1) return;
@@ -136,6 +204,18 @@ inline DecodePlan plan_decode_split(int batch, int num_q_heads, int num_kv_heads
   p.stages = detail::decode_stages(group);
   p.ctas_per_sm = detail::decode_ctas_per_sm(group);
   max_seq_len = std::max(max_seq_len, 1);
+  if (opt.fixed_split_tokens > 0) {  // the batch-invariant split: no cost model
+    PIE_CHECK(opt.fixed_split_tokens % 64 == 0, "plan_decode_attention: a fixed split must be a multiple of 64 tokens (got ",
+              opt.fixed_split_tokens, ")");
+    DecodePlanOptions cm = opt;
+    cm.fixed_split_tokens = 0;
+    const int cm_splits = plan_decode_split(batch, num_q_heads, num_kv_heads, head_dim, max_seq_len, sm_count, cm).num_splits;
+    set_decode_split(p, opt.fixed_split_tokens, max_seq_len, opt.counter_batch);
+    p.fixed_split = true;
+    p.grid_splits = std::clamp(cm_splits, 1, p.num_splits);
+    p.deep_ring = int64_t{batch} * num_kv_heads * p.grid_splits <= 2 * int64_t{sm_count};
+    return p;
+  }
   const int64_t ctas = int64_t{batch} * num_kv_heads;
   const int64_t slots = int64_t{sm_count} * p.ctas_per_sm;
   const double bw = 4.0e6, cta_bw = 8.0e3, lat = 2.0, merge_fixed = 2.0;  // bytes/µs, bytes/µs, µs, µs

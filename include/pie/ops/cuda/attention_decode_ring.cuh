@@ -12,6 +12,12 @@ namespace pie::ops::cuda::detail {
 
 inline constexpr float kLog2e = 1.4426950408889634f;
 
+/// Orders this thread's generic-proxy shared-memory accesses before later async-proxy (bulk copy)
+/// writes to the same bytes (a split_loop CTA refills the ring that its merge area aliased).
+__device__ __forceinline__ void decode_fence_proxy_async() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
 __device__ __forceinline__ float safe_scale(float m_old, float m_new) {
   return m_old == -INFINITY ? 0.f : exp2f(m_old - m_new);
 }
@@ -30,7 +36,17 @@ struct DecodeParams {
   float sm_scale;
   Variant variant;
   unsigned* counters;            ///< [batch][num_kv_heads] arrivals (fused merge), zero between launches
+  /// The batch-invariant split's launch (DecodePlan::fixed_split, tensor-core kernel): sequence b
+  /// has its own decode_seq_splits(len, tokens_per_split) splits, and CTA z of a (sequence, KV
+  /// head) runs splits z, z + gridDim.z, … of them; num_splits only sizes the partials.
+  bool split_loop;
 };
+
+/// Splits of a sequence of `len` tokens in a split_loop launch: its own, at least one (a CTA of
+/// an empty sequence writes its zero output).
+__host__ __device__ __forceinline__ int decode_seq_splits(int len, int tokens_per_split) {
+  return len <= tokens_per_split ? 1 : (len + tokens_per_split - 1) / tokens_per_split;
+}
 
 /// Bit of the decode kernels' MODE template argument that fuses the split merge into the kernel
 /// (decode_store_merged); the low bits are the benchmark modes (0: attention).
@@ -210,16 +226,17 @@ __device__ __forceinline__ void decode_merge_rows(const float* __restrict__ part
   }
 }
 
-/// Ends a CTA after every warp wrote its (m, l, unnormalised acc) per head into the merge area
-/// and a barrier: combines the warps by log-sum-exp and writes the output (one split) or this
-/// split's partial row (several). FUSED (several splits): then the CTA counts its arrival on its
-/// (sequence, KV head)'s counter, and the last of the pair's num_splits CTAs merges the pair's
-/// partials into the output as the merge kernel would (CTAs past a sequence's end write empty
-/// partials and count too). atomicInc wraps the counter to 0 at that last arrival, so every launch
-/// leaves the counters as it found them.
+/// Ends a CTA's split after every warp wrote its (m, l, unnormalised acc) per head into the merge
+/// area and a barrier: combines the warps by log-sum-exp and writes the output (nsplit == 1) or
+/// this split's partial row (several). nsplit: the splits of this (sequence, KV head), the
+/// launch's num_splits, or the sequence's own count in a split_loop launch. FUSED (several
+/// splits): then the CTA counts its arrival on its (sequence, KV head)'s counter, and the last of
+/// the pair's nsplit arrivals merges the pair's partials into the output as the merge kernel
+/// would (CTAs past a sequence's end write empty partials and count too). atomicInc wraps the
+/// counter to 0 at that last arrival, so every launch leaves the counters as it found them.
 template <int HD, int GROUP, int NW, bool FUSED = false, class T, class KV, class Variant>
 __device__ __forceinline__ void decode_store_merged(const DecodeParams<T, KV, Variant>& p, const float* smem, int kvh,
-                                                    int b, int split) {
+                                                    int b, int split, int nsplit) {
   const float* s_acc = smem;
   const float* s_m = s_acc + NW * GROUP * HD;
   const float* s_l = s_m + NW * GROUP;
@@ -239,7 +256,7 @@ __device__ __forceinline__ void decode_store_merged(const DecodeParams<T, KV, Va
     float out = ll > 0.f ? o / ll : 0.f;
     if constexpr (is_fp8_v<KV>) out *= p.kv.v_scale_of(kvh);
     const int h = kvh * GROUP + g;
-    if (p.num_splits == 1) {
+    if (nsplit == 1) {
       p.out[b * p.out_stride + int64_t(h) * HD + d] = from_f32<T>(out);
     } else {
       int64_t row = (int64_t(split) * p.kv.batch_size + b) * nq + h;
@@ -248,11 +265,12 @@ __device__ __forceinline__ void decode_store_merged(const DecodeParams<T, KV, Va
     }
   }
   if constexpr (FUSED) {
+    if (nsplit == 1) return;  // (split_loop) written above; nothing to merge, nothing counted
     __shared__ unsigned s_last;
     __threadfence();  // this thread's partials reach L2 before the arrival is counted
     __syncthreads();
     if (threadIdx.x == 0) {
-      const unsigned n = unsigned(p.num_splits - 1);
+      const unsigned n = unsigned(nsplit - 1);
       const unsigned prev = atomicInc(p.counters + (int64_t(b) * p.kv.num_kv_heads + kvh), n);
       if (prev > n) __trap();  // never past splits − 1 from zero: the workspace was not zeroed once
       s_last = prev == n;
@@ -281,7 +299,7 @@ __device__ __forceinline__ void decode_store_merged(const DecodeParams<T, KV, Va
       // Two splits' loads in flight per row, except in the 2-warp CTAs (at their 128-register
       // bound, where that spills).
       constexpr int kUnroll = NW >= 4 ? 2 : 1;
-      decode_merge_rows<HD, NR, true, kUnroll>(p.part_o, p.part_lse, p.num_splits, plane, rows, c,
+      decode_merge_rows<HD, NR, true, kUnroll>(p.part_o, p.part_lse, nsplit, plane, rows, c,
                                                int(threadIdx.x) % SL, dst);
     }
   }
