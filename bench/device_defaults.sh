@@ -4,9 +4,10 @@
 # within PIE_DEADLINE_S, default 300):
 #   1. the Hopper prefill v3 as the engine's prefill: the kernel grid through the default dispatch,
 #      then the engine (pie_gpu_test_runner: CPU reference, graphs, batch invariance, preemption);
-#   2. 16-bit decode launches of one split on the tensor-core kernel at groups 4 and 8
-#      (PIE_DECODE_MMA_WIDE): the decode grid with PIE_DECODE_MMA_WIDE=all, and the engine's
-#      preemption checks at groups 4 and 8 with it;
+#   2. 16-bit decode on the tensor-core kernel at groups 4 and 8 (PIE_DECODE_MMA_WIDE; ran
+#      2026-12-05 as one-split launches only; since the seventh session the variable selects the
+#      batch-invariant fixed split of bench/device_tcfix.sh, which measures that one): the decode
+#      grid with PIE_DECODE_MMA_WIDE=all, and the engine's preemption checks at groups 4 and 8;
 #   3. `pie bench` (dummy weights): Qwen3-8B 128 x (4096, 16) on v3 (issue 14's end-to-end prefill
 #      target, 0.65 of the roofline on v2), Qwen3-30B-A3B 1024 x (128, 128) with
 #      PIE_DECODE_MMA_WIDE=0 and =8, and Qwen3-8B 2048 x (128, 128) with =0 and =4 (same binary,
