@@ -10,7 +10,8 @@
 #      (bench/nsys_decode_profile.py), to see o_proj's GEMV time per layer against the off run.
 # Usage, in the repository root of the GPU machine: OUT=DIR bash bench/device_prefetch.sh BINDIR
 # (BINDIR: pie_bench and pie_gpu_test_fused_ops built for sm_90a, and optionally
-# libpie_kernel_trace.so; PIE_MODEL_DIR: the Qwen3-8B config directory, default .device/Qwen3-8B).
+# libpie_kernel_trace.so — or a CMake build directory such as device_final.sh's
+# .device/build-final; PIE_MODEL_DIR: the Qwen3-8B config directory, default .device/Qwen3-8B).
 set -u
 dir=${1:-.device/prefetch}
 OUT=${OUT:-/tmp/pie_prefetch_out}
@@ -22,17 +23,20 @@ export LD_LIBRARY_PATH=$PWD/$dir:/usr/local/cuda/lib64:/usr/local/cuda/lib:${LD_
 mkdir -p "$OUT/logs"
 SUM="$OUT/summary.txt" LOGDIR=$OUT/logs RUN_MIN_LEFT=12
 . bench/device_lib.sh
+BENCH=$dir/pie_bench; [ -x "$BENCH" ] || BENCH=$dir/examples/pie/pie_bench
+TEST=$dir/pie_gpu_test_fused_ops; [ -x "$TEST" ] || TEST=$dir/tests/gpu/pie_gpu_test_fused_ops
+TRACER=$dir/libpie_kernel_trace.so; [ -f "$TRACER" ] || TRACER=$dir/bench/cuda/libpie_kernel_trace.so
 
 say "$(gpu_line)"
 FP8_MODEL=$OUT/logs/Qwen3-8B-FP8
 fp8_config "$MODEL" "$FP8_MODEL"
 
-run test_prefetch 60 "$dir/pie_gpu_test_fused_ops" --gtest_color=no --gtest_filter='FusedOps.L2Prefetch*'
+run test_prefetch 60 "$TEST" --gtest_color=no --gtest_filter='FusedOps.L2Prefetch*'
 grep -E "OK \]|FAILED  \]|Failure|PASSED|\[fused\]" "$LOGDIR/test_prefetch.log" | head -20 | tee -a "$SUM"
 
 lat() {  # NAME MODEL_DIR [env...]
   local name=$1 m=$2; shift 2
-  run "lat_$name" 45 env "$@" "$dir/pie_bench" "$m" --load-format dummy --mode latency --input-len 128 \
+  run "lat_$name" 45 env "$@" "$BENCH" "$m" --load-format dummy --mode latency --input-len 128 \
     --output-len 128 --num-iters 3 --num-iters-warmup 1 --max-num-seqs 8 --output-json "$LOGDIR/lat_$name.json"
   grep -E "^latency" "$LOGDIR/lat_$name.log" | sed "s/^/$name /" | tee -a "$SUM"
 }
@@ -46,10 +50,10 @@ lat fp8_off "$FP8_MODEL"
 lat fp8_on30 "$FP8_MODEL" PIE_L2_PREFETCH=1
 lat moe_off "$MOE"
 lat moe_on30 "$MOE" PIE_L2_PREFETCH=1
-if [ -f "$dir/libpie_kernel_trace.so" ]; then
+if [ -f "$TRACER" ]; then
   for sw in 0 1; do
-    run "trace_$sw" 45 env PIE_L2_PREFETCH=$sw CUDA_INJECTION64_PATH="$(realpath "$dir/libpie_kernel_trace.so")" \
-      PIE_KERNEL_TRACE="$LOGDIR/trace_$sw.csv" "$dir/pie_bench" "$MODEL" --load-format dummy --mode latency \
+    run "trace_$sw" 45 env PIE_L2_PREFETCH=$sw CUDA_INJECTION64_PATH="$(realpath "$TRACER")" \
+      PIE_KERNEL_TRACE="$LOGDIR/trace_$sw.csv" "$BENCH" "$MODEL" --load-format dummy --mode latency \
       --input-len 128 --output-len 128 --num-iters 1 --num-iters-warmup 1 --max-num-seqs 8
     python3 bench/nsys_decode_profile.py "$LOGDIR/trace_$sw.csv" --batch 1 --copy-tbps 4.2 \
       > "$LOGDIR/profile_$sw.txt" 2>&1
