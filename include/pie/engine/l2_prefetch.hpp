@@ -20,14 +20,11 @@
 #include <vector>
 
 #include "pie/core/error.hpp"
+#include "pie/ops/l2_prefetch_range.hpp"
 
 namespace pie::engine {
 
-/// \brief A span of device bytes to prefetch.
-struct PrefetchRange {
-  const void* data = nullptr;
-  size_t bytes = 0;
-};
+using ops::PrefetchRange;
 
 /// \brief The prefetch policy of one forward context (see the file comment).
 struct L2Prefetch {
@@ -40,9 +37,7 @@ struct L2Prefetch {
   /// GEMV sees is for the device run to tell, so the default is the cautious half).
   size_t budget = 0;
 
-  /// Bytes per prefetch instruction: small enough that a 30 MB weight spreads over every SM's
-  /// copy engine (~7,600 instructions), large enough that issuing them takes under a µs.
-  static constexpr size_t kChunk = 4096;
+  static constexpr size_t kChunk = ops::kL2PrefetchChunk;
 
   /// PIE_L2_PREFETCH=N (rows; unset, empty or 0: off) and PIE_L2_PREFETCH_MB=M (optional, a
   /// positive number of MiB, capped at 3/4 of `l2_bytes`; unset: half of it). Anything else is

@@ -54,9 +54,17 @@ inline constexpr bool kDecodeMmaDefault = is_fp8_v<KV> && kDecodeMma<HD, GROUP, 
 /// KV byte grow with the group (Qwen3-30B-A3B's group 8 is where it loses most: 15.4 of a 51 ms
 /// batch-1024 step against a 4.6 ms KV-read floor), and other groups would add instantiations to
 /// every engine translation unit for shapes no served model has.
+/// Compiled only with PIE_DECODE_FIXED_SPLIT (CMake -DPIE_DECODE_FIXED_SPLIT=ON; the decode and
+/// runner tests always): its 12 extra kernels per 16-bit engine instantiation (head dims 64/128 ×
+/// groups 4/8 × merge kernel or fused × 2 ring depths) cost CI's compile budget, and the path is
+/// opt-in until it has run on a GPU.
 template <int HD, int GROUP, class KV>
-inline constexpr bool kDecodeMmaWide = !is_fp8_v<KV> && sizeof(KV) == 2 && kDecodeMma<HD, GROUP, KV> &&
-                                       (GROUP == 4 || GROUP == 8);
+inline constexpr bool kDecodeMmaWide =
+#if defined(PIE_DECODE_FIXED_SPLIT)
+    !is_fp8_v<KV> && sizeof(KV) == 2 && kDecodeMma<HD, GROUP, KV> && (GROUP == 4 || GROUP == 8);
+#else
+    false;
+#endif
 /// Warps per CTA of the tensor-core kernel: 4 for fp8 (64-token stages of 16 KB at head dim 128),
 /// 2 for 16-bit K/V (32-token stages of 16 KB; 4 warps' 32 KB stages allow only 3 CTAs per SM and
 /// measured 78% against 99% at b64 ctx4096 on the H200).

@@ -93,11 +93,18 @@ inline bool decode_fixed_split_wanted(int kv_bytes, int group, int head_dim, int
 
 /// \brief The engine's plan options for a KV cache of `kv_bytes`-byte elements: the environment's
 /// merge (from_env) and, where decode_fixed_split_wanted (`PIE_DECODE_MMA_WIDE`, read once), the
-/// batch-invariant split of kDecodeFixedSplitTokens.
+/// batch-invariant split of kDecodeFixedSplitTokens — an error in a build without its kernels
+/// (PIE_DECODE_FIXED_SPLIT, attention_decode_mma.cuh's kDecodeMmaWide).
 inline DecodePlanOptions decode_plan_options(int kv_bytes, int group, int head_dim) {
   static const int mask = decode_mma16_groups(std::getenv("PIE_DECODE_MMA_WIDE"));
   DecodePlanOptions o = DecodePlanOptions::from_env();
-  if (decode_fixed_split_wanted(kv_bytes, group, head_dim, mask)) o.fixed_split_tokens = kDecodeFixedSplitTokens;
+  if (decode_fixed_split_wanted(kv_bytes, group, head_dim, mask)) {
+#if !defined(PIE_DECODE_FIXED_SPLIT)
+    PIE_CHECK(false, "PIE_DECODE_MMA_WIDE: this build has no batch-invariant decode split (configure with "
+                     "-DPIE_DECODE_FIXED_SPLIT=ON)");
+#endif
+    o.fixed_split_tokens = kDecodeFixedSplitTokens;
+  }
   return o;
 }
 

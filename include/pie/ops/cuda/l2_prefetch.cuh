@@ -1,7 +1,7 @@
 #pragma once
 /// \file l2_prefetch.cuh
 /// \brief l2_prefetch: moves up to four device byte ranges into L2 without waiting for them
-/// (engine/l2_prefetch.hpp says when and why). Launched with programmatic dependent launch: its
+/// (the engine's L2Prefetch, engine/l2_prefetch.hpp, says when and why). Launched with programmatic dependent launch: its
 /// CTAs let the next kernel be scheduled at once, then wait for the previous kernel to end
 /// before they issue, so that the prefetches start when that kernel's own weight stream is over
 /// (earlier they would share DRAM with it and be evicted by it), and this grid's completion still
@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "pie/core/error.hpp"
-#include "pie/engine/l2_prefetch.hpp"
+#include "pie/ops/l2_prefetch_range.hpp"
 #include "pie/ops/cuda/common.cuh"
 
 namespace pie::ops::cuda {
@@ -38,7 +38,7 @@ template <int = 0>  // a template: defined in every translation unit that launch
 __global__ void __launch_bounds__(128) l2_prefetch_kernel(L2PrefetchArgs a) {
   pdl_launch_dependents();
   pdl_wait();
-  constexpr uint64_t kChunk = engine::L2Prefetch::kChunk;
+  constexpr uint64_t kChunk = pie::ops::kL2PrefetchChunk;
   const uint64_t first = uint64_t(blockIdx.x) * blockDim.x + threadIdx.x, stride = uint64_t(gridDim.x) * blockDim.x;
 #pragma unroll
   for (int r = 0; r < L2PrefetchArgs::kMaxRanges; ++r) {  // unrolled: the arguments stay in constant memory
@@ -52,7 +52,7 @@ __global__ void __launch_bounds__(128) l2_prefetch_kernel(L2PrefetchArgs a) {
 
 /// Fills the launch's arguments from a plan (engine::L2Prefetch::plan): at most kMaxRanges
 /// ranges, each 16-byte aligned with a length that is a multiple of 16 (checked).
-inline L2PrefetchArgs l2_prefetch_args(const std::vector<engine::PrefetchRange>& ranges) {
+inline L2PrefetchArgs l2_prefetch_args(const std::vector<pie::ops::PrefetchRange>& ranges) {
   PIE_CHECK(ranges.size() <= size_t(L2PrefetchArgs::kMaxRanges), "l2_prefetch: ", ranges.size(),
             " ranges, at most ", L2PrefetchArgs::kMaxRanges);
   L2PrefetchArgs a;
@@ -76,12 +76,12 @@ inline size_t l2_cache_bytes() {
 /// Prefetches `ranges` into L2 on `stream` (nothing launched when they are empty): a thread per
 /// 4 KB chunk of the longest range, at most one CTA per SM, each thread also taking its chunks
 /// of the other ranges, so that every SM's copy engine issues a few.
-inline void l2_prefetch(const std::vector<engine::PrefetchRange>& ranges, cudaStream_t stream) {
+inline void l2_prefetch(const std::vector<pie::ops::PrefetchRange>& ranges, cudaStream_t stream) {
   const L2PrefetchArgs a = l2_prefetch_args(ranges);
   uint64_t longest = 0;  // bytes of the longest range: each thread walks every range
   for (uint64_t b : a.bytes) longest = b > longest ? b : longest;
   if (longest == 0) return;
-  const uint64_t chunks = (longest + engine::L2Prefetch::kChunk - 1) / engine::L2Prefetch::kChunk;
+  const uint64_t chunks = (longest + pie::ops::kL2PrefetchChunk - 1) / pie::ops::kL2PrefetchChunk;
   constexpr int kThreads = 128;
   const uint64_t want = (chunks + kThreads - 1) / kThreads;
   const unsigned ctas = static_cast<unsigned>(want < uint64_t(num_sms()) ? want : uint64_t(num_sms()));
