@@ -184,7 +184,7 @@ __global__ void __launch_bounds__(256) moe_swiglu_kernel(const T* __restrict__ h
 /// Everything is set up once, outside any graph capture: a call only launches kernels, whose
 /// parameters hold these fixed addresses. bf16 only (the compiled CUDA policy).
 template <class T, int TileN = kMoeCutlassTileN, int TileM = kMoeCutlassTileM>
-class MoeCutlass {
+class MoeCutlass final : public MoeCutlassPath<T> {
   using G = detail::MoeCutlassGemm<TileN, TileM>;
   using Gemm = typename G::Gemm;
   using Element = typename G::Element;
@@ -227,11 +227,11 @@ class MoeCutlass {
     }
     PIE_CUDA_CHECK(cudaDeviceSynchronize());  // the workspaces are ready before any stream uses them
   }
-  size_t bytes() const { return h_.size() * sizeof(T) + layout_.bytes + work_[0].size() + work_[1].size(); }
+  size_t bytes() const override { return h_.size() * sizeof(T) + layout_.bytes + work_[0].size() + work_[1].size(); }
 
   /// Steps 1–3 of the file comment: gather + group arrays, gate_up, SwiGLU into ws.act().
   void gate_up(TensorView<T> x, TensorView<T> w_gate_up, TensorView<T> w_down, MoeWorkspace<T>& ws,
-               cudaStream_t s) {
+               cudaStream_t s) override {
     const int n = static_cast<int>(x.shape[0]);
     if (n == 0) return;
     prepare(x, w_gate_up, w_down, ws, s);
@@ -239,7 +239,7 @@ class MoeCutlass {
     swiglu(n, ws, s);
   }
   /// Step 4: y = act·downᵀ per expert (gate_up wrote its group arrays).
-  void down(int n, cudaStream_t s) {
+  void down(int n, cudaStream_t s) override {
     if (n > 0) product(1, s);
   }
 
@@ -342,24 +342,8 @@ void moe_experts_cutlass(TensorView<T> x, TensorView<T> gate_up, TensorView<T> d
 #if defined(PIE_MOE_CUTLASS_DEFINE_PATH)
 // The engine's CUTLASS path (moe_cutlass_path.cuh): compiled in exactly one translation unit.
 namespace pie::ops::cuda {
-namespace detail {
-class MoeCutlassPathImpl final : public MoeCutlassPath<bf16> {
- public:
-  MoeCutlassPathImpl(MoeWorkspace<bf16>& ws, int max_tokens) : path_(ws, max_tokens) {}
-  void gate_up(TensorView<bf16> x, TensorView<bf16> w_gate_up, TensorView<bf16> w_down, MoeWorkspace<bf16>& ws,
-               cudaStream_t s) override {
-    path_.gate_up(x, w_gate_up, w_down, ws, s);
-  }
-  void down(int n, cudaStream_t s) override { path_.down(n, s); }
-  size_t bytes() const override { return path_.bytes(); }
-
- private:
-  MoeCutlass<bf16> path_;
-};
-}  // namespace detail
-
 std::unique_ptr<MoeCutlassPath<bf16>> make_moe_cutlass_path(MoeWorkspace<bf16>& ws, int max_tokens) {
-  return std::make_unique<detail::MoeCutlassPathImpl>(ws, max_tokens);
+  return std::make_unique<MoeCutlass<bf16>>(ws, max_tokens);
 }
 }  // namespace pie::ops::cuda
 #endif

@@ -115,26 +115,7 @@ __global__ void __launch_bounds__(128) moe_down_unpermute_kernel(const T* __rest
   pdl_wait();  // act and the routing are the predecessors'
   pdl_launch_dependents();
   const int t = blockIdx.y, tid = threadIdx.x;
-  int my_id = 0, my_pos = 0;
-  float my_w = 0.f;
-  if (tid < k) {  // rank each slot by expert id (distinct within a token): ascending-id order
-    const int64_t i = static_cast<int64_t>(t) * k + tid;
-    my_id = ids[i];
-    my_pos = inv[i];
-    my_w = weights[i];
-    s_e[tid] = my_id;
-  }
-  __syncthreads();
-  int rank = 0;
-  if (tid < k)
-    for (int m = 0; m < k; ++m) rank += s_e[m] < my_id;
-  __syncthreads();
-  if (tid < k) {
-    s_e[rank] = my_id;
-    s_pos[rank] = my_pos;
-    s_w[rank] = my_w;
-  }
-  __syncthreads();
+  moe_token_slots_by_expert<true>(ids, weights, inv, t, k, s_e, s_pos, s_w);  // ascending expert id
   const int warp = tid >> 5, lane = tid & 31;
   const int n0 = (blockIdx.x * 4 + warp) * C;
   if (n0 >= H) return;

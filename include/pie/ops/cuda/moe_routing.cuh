@@ -117,6 +117,38 @@ __device__ __forceinline__ void moe_route_token(const float* __restrict__ l, int
   }
 }
 
+/// Token t's k routing slots in ascending expert id (its ids are distinct), the order in which
+/// the un-permute sums them: threads j < k read slot j and write its grouped row (`inv`) and
+/// weight at their rank into s_pos / s_w, and with kIds its expert id into s_id too (s_id holds
+/// the unsorted ids otherwise). Every thread of the block calls it (barriers).
+template <bool kIds>
+__device__ __forceinline__ void moe_token_slots_by_expert(const int32_t* __restrict__ ids,
+                                                          const float* __restrict__ weights,
+                                                          const int32_t* __restrict__ inv, int t, int k, int* s_id,
+                                                          int* s_pos, float* s_w) {
+  const int j = threadIdx.x;
+  int my_id = 0, my_pos = 0;
+  float my_w = 0.f;
+  if (j < k) {
+    const int64_t i = static_cast<int64_t>(t) * k + j;
+    my_id = ids[i];
+    my_pos = inv[i];
+    my_w = weights[i];
+    s_id[j] = my_id;
+  }
+  __syncthreads();
+  int rank = 0;
+  if (j < k)
+    for (int m = 0; m < k; ++m) rank += s_id[m] < my_id;
+  if constexpr (kIds) __syncthreads();  // every rank is read before s_id is rewritten
+  if (j < k) {
+    if constexpr (kIds) s_id[rank] = my_id;
+    s_pos[rank] = my_pos;
+    s_w[rank] = my_w;
+  }
+  __syncthreads();
+}
+
 /// Step 2's grouping, by the last CTA of a routing grid (256 threads; every token's ids and
 /// counts visible to it): scans the counts into offsets, tile offsets and the active list,
 /// scatters the (token, slot) pairs to their grouped rows, and resets counts and ticket.

@@ -28,24 +28,8 @@ __global__ void __launch_bounds__(128) moe_unpermute_kernel(const T* __restrict_
   __shared__ float s_w[kMoeMaxTopK];
   pdl_wait();
   pdl_launch_dependents();
-  const int t = blockIdx.x, j = threadIdx.x;
-  int my_id = 0, my_pos = 0;
-  float my_w = 0.f;
-  if (j < k) {
-    const int64_t i = static_cast<int64_t>(t) * k + j;
-    my_id = ids[i];
-    my_pos = inv[i];
-    my_w = weights[i];
-    s_id[j] = my_id;
-  }
-  __syncthreads();
-  if (j < k) {
-    int rank = 0;
-    for (int m = 0; m < k; ++m) rank += s_id[m] < my_id;
-    s_pos[rank] = my_pos;
-    s_w[rank] = my_w;
-  }
-  __syncthreads();
+  const int t = blockIdx.x;
+  moe_token_slots_by_expert<false>(ids, weights, inv, t, k, s_id, s_pos, s_w);
   const int h = (blockIdx.y * blockDim.x + threadIdx.x) * 8;
   if (h >= H) return;
   float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
