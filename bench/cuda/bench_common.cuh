@@ -98,10 +98,33 @@ inline void measure_copy_ceiling() {
   g_ceil.copy_gbs = 2.0 * n / (ms * 1e-3) / 1e9;
 }
 
+/// Prints the device line every bench starts with: name, SM count and L2 size.
+inline void print_device() {
+  cudaDeviceProp prop{};
+  PIE_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("device: %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
+}
+
+/// The device line, then the copy ceiling measured and printed as `label: D2D copy N GB/s`; the
+/// device scripts grep the label ("ceilings:" where more ceilings follow on the line elsewhere).
+inline void print_device_and_copy_ceiling(const char* label = "ceilings") {
+  print_device();
+  measure_copy_ceiling();
+  std::printf("%s: D2D copy %.0f GB/s (read+write)\n", label, g_ceil.copy_gbs);
+}
+
 /// The table every bench prints last: one row per benchmark, against the same run's ceilings.
 inline void print_rows() {
   std::printf("\n%-48s %10s %10s %7s  %s\n", "kernel", "us", "rate", "%ceil", "unit");
   for (auto& r : g_rows) std::printf("%-48s %10.1f %10.1f %7.1f  %s\n", r.name.c_str(), r.us, r.rate, r.pct, r.unit);
+}
+
+/// Runs the Google Benchmark cases registered in this binary, then prints the table of rows.
+inline void run_benchmarks_and_print_rows(int& argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  print_rows();
 }
 
 /// A paged cache with every sequence at `ctx` tokens and a shuffled block table.

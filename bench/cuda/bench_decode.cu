@@ -252,17 +252,10 @@ void print_occupancy() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  cudaDeviceProp prop{};
-  PIE_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-  std::printf("device: %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
-  measure_copy_ceiling();
-  std::printf("ceilings: D2D copy %.0f GB/s (read+write)\n", g_ceil.copy_gbs);
+  print_device_and_copy_ceiling();
 #ifndef PIE_DECODE_BENCH_FIXED_ONLY
   print_occupancy();
 #endif
-  benchmark::Initialize(&argc, argv);
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  print_rows();
+  run_benchmarks_and_print_rows(argc, argv);
   return 0;
 }

@@ -215,13 +215,8 @@ BENCHMARK(BM_Sample)->Arg(64)->Arg(256)->UseManualTime()->Iterations(1);
 }  // namespace
 
 int main(int argc, char** argv) {
-  cudaDeviceProp prop{};
-  PIE_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-  std::printf("device: %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
+  print_device();
   measure_ceilings();
-  benchmark::Initialize(&argc, argv);
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  print_rows();
+  run_benchmarks_and_print_rows(argc, argv);
   return 0;
 }

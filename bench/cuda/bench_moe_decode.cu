@@ -108,11 +108,7 @@ void bench_tokens(int n, std::vector<Layer>& layers) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  cudaDeviceProp prop{};
-  PIE_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-  std::printf("device: %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
-  measure_copy_ceiling();
-  std::printf("ceiling: D2D copy %.0f GB/s (read+write)\n", g_ceil.copy_gbs);
+  print_device_and_copy_ceiling("ceiling");
   std::vector<Layer> layers(kLayers);
   for (int i = 0; i < kLayers; ++i) {
     Layer& l = layers[i];
