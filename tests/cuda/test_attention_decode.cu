@@ -229,7 +229,7 @@ struct Embedded {
 };
 
 // The point of the batch-invariant split: a sequence's output bytes are the same decoded alone
-// and inside batches of 3, 17 and 64 other sequences of other lengths (longer ones give the
+// and inside batches of 3, 17 and 160 other sequences of other lengths (longer ones give the
 // launch more splits than the sequence has, shorter ones fewer), with the merge kernel or the
 // fused merge, with the plan's CTAs per (sequence, KV head) or one CTA running every split, and
 // from a plan made for a longer context (a CUDA graph's). Sequences of 300 tokens (one split)
@@ -261,7 +261,10 @@ TEST_P(DecodeAttentionFixedSplit, SequenceBytesIndependentOfTheBatch) {
     EXPECT_FALSE(same(one.run(o, 0, 256)))
         << "256-token splits gave the bytes of 512-token ones: the comparison cannot see a split change";
     int checked = 0;
-    for (int batch : {3, 17, 64}) {
+    // 160: at group 8 the plan gives a batch of 64 few enough CTAs for the deep ring (batch × KV
+    // heads × CTAs per pair ≤ 2 × 132 SMs; H100 call of 2026-12-05); 160 × 2 heads exceeds it
+    // even at one CTA per pair, so the 2-stage ring is covered at every group.
+    for (int batch : {3, 17, 160}) {
       std::vector<int> lens(batch);
       for (auto& l : lens) l = 1 + int(rng() % 2000);
       const int pos = int(rng() % batch);
@@ -274,7 +277,7 @@ TEST_P(DecodeAttentionFixedSplit, SequenceBytesIndependentOfTheBatch) {
           << target << " tokens at " << pos << " of a batch of " << batch << ", fused, one CTA per pair";
       checked += 4;
     }
-    EXPECT_LT(deep, 4) << "the batch of 64 must take the 2-stage ring";
+    EXPECT_LT(deep, 4) << "the batch of 160 must take the 2-stage ring";
     std::printf("[decode fixed split invariance bs=%d hd=%d group=%d len=%d] %d batched launches compared\n", bs, hd,
                 group, target, checked + 1);
   }

@@ -42,8 +42,11 @@ __global__ void add_bias_kernel(T* y, int64_t ldy, int M, int N, const T* bias) 
 
 /// The batch-1 GEMV's defaults: kernel variant (fp8_gemv.cuh), x quantized by its producer
 /// (RMSNorm, SwiGLU) instead of in the GEMV, residual add + RMSNorm in the GEMV's prologue.
-/// Opt-in (the legacy kernel) until measured on the device; docs/kernels.md has the numbers.
-inline constexpr int kFp8GemvDefaultVariant = 0;
+/// Variant 10 ("c2u4-nw8-persist", bit-identical to the legacy kernel 0) since the H100 call of
+/// 2026-12-05: Qwen3-8B fp8 batch-1 ITL 4.462 → 4.312 ms in the same call, 78% of the copy rate
+/// over an 8-layer chain against the legacy kernel's 70%. Producer quantization and the norm
+/// prologue lost there (ITL 4.913 ms; 8-layer chain 58–75%): off. docs/kernels.md has the numbers.
+inline constexpr int kFp8GemvDefaultVariant = 10;
 inline constexpr bool kFp8GemvDefaultPre = false;
 inline constexpr bool kFp8GemvDefaultNorm = false;
 

@@ -378,7 +378,8 @@ inline bool fp8_gemv_supported(int64_t k) { return k > 0 && k % 16 == 0 && k <= 
 /// legacy kernel (16 warps per CTA, a row per warp, x quantized per CTA, dependents released at
 /// the end); 1… are fp8_gemv_rows_kernel<C rows per warp, U chunks in flight, NW warps per CTA
 /// (4 unless named), min CTAs per SM (lean: 8), early release unless named>; "persist" ones
-/// (10–12, not yet measured on a device) walk the row groups with the resident CTAs only.
+/// (10–12) walk the row groups with the resident CTAs only. Fp8Gemm's default is 10
+/// (kFp8GemvDefaultVariant); the fp8_gemv() entry keeps 0 unless asked.
 inline constexpr int kFp8GemvVariants = 13;
 inline const char* fp8_gemv_variant_name(int v) {
   static const char* names[kFp8GemvVariants] = {
