@@ -45,29 +45,17 @@ for sw in 0 all; do
   run "tput_$sw" 60 env PIE_DECODE_MMA_WIDE=$sw "$BENCH" "$MODEL" --load-format dummy --mode throughput \
     --input-len 128 --output-len 128 --num-prompts 2048 --max-num-seqs 512 --output-json "$OUT/tput_$sw.json"
   grep -E "^(throughput|roofline|decode at)" "$LOGS/tput_$sw.log" | sed "s/^/[$sw] /" | tee -a "$SUM"
-  if [ -n "$TRACER" ]; then
-    run "trace512_$sw" 60 env PIE_DECODE_MMA_WIDE=$sw CUDA_INJECTION64_PATH="$(realpath "$TRACER")" \
-      PIE_KERNEL_TRACE="$LOGS/trace512_$sw.csv" "$BENCH" "$MODEL" --load-format dummy --mode throughput \
-      --input-len 128 --output-len 64 --num-prompts 512 --max-num-seqs 512
-    python3 bench/nsys_decode_profile.py "$LOGS/trace512_$sw.csv" --batch 512 --copy-tbps $copy \
-      > "$LOGS/profile512_$sw.txt" 2>&1
-    sed "s/^/[trace b512 $sw] /" "$LOGS/profile512_$sw.txt" | head -16 | tee -a "$SUM"
-    gzip -f "$LOGS/trace512_$sw.csv"
-  fi
+  [ -n "$TRACER" ] && trace_profile "trace512_$sw" 60 512 "trace b512 $sw" --copy-tbps $copy -- \
+    env PIE_DECODE_MMA_WIDE=$sw "$BENCH" "$MODEL" --load-format dummy --mode throughput \
+    --input-len 128 --output-len 64 --num-prompts 512 --max-num-seqs 512
 done
 for sw in 0 all; do
   run "lat_$sw" 40 env PIE_DECODE_MMA_WIDE=$sw "$BENCH" "$MODEL" --load-format dummy --mode latency \
     --input-len 128 --output-len 128 --num-iters 3 --num-iters-warmup 1
   grep -E "^latency" "$LOGS/lat_$sw.log" | sed "s/^/[$sw] /" | tee -a "$SUM"
-  if [ -n "$TRACER" ]; then
-    run "trace1_$sw" 45 env PIE_DECODE_MMA_WIDE=$sw CUDA_INJECTION64_PATH="$(realpath "$TRACER")" \
-      PIE_KERNEL_TRACE="$LOGS/trace1_$sw.csv" "$BENCH" "$MODEL" --load-format dummy --mode latency \
-      --input-len 128 --output-len 128 --num-iters 1 --num-iters-warmup 1 --max-num-seqs 8
-    python3 bench/nsys_decode_profile.py "$LOGS/trace1_$sw.csv" --batch 1 --copy-tbps $copy \
-      > "$LOGS/profile1_$sw.txt" 2>&1
-    sed "s/^/[trace b1 $sw] /" "$LOGS/profile1_$sw.txt" | head -16 | tee -a "$SUM"
-    gzip -f "$LOGS/trace1_$sw.csv"
-  fi
+  [ -n "$TRACER" ] && trace_profile "trace1_$sw" 45 1 "trace b1 $sw" --copy-tbps $copy -- \
+    env PIE_DECODE_MMA_WIDE=$sw "$BENCH" "$MODEL" --load-format dummy --mode latency \
+    --input-len 128 --output-len 128 --num-iters 1 --num-iters-warmup 1 --max-num-seqs 8
 done
 say "done"
 (cd "$OUT" && tar czf logs.tgz logs && rm -rf logs)

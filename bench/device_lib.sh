@@ -9,6 +9,12 @@
 #   wait_ready PID PORT     polls http://127.0.0.1:PORT/health until 200 (up to $READY_TRIES
 #                           half-second tries) while PID lives; status 0 once ready
 #   stop_server PID         SIGTERM, up to 10 s to exit, then SIGKILL
+#   trace_profile NAME LIMIT_S BATCH LABEL [PROFILE_ARGS...] -- CMD...
+#                           CMD run (as `run`) with the CUPTI tracer $TRACER injected, its kernel
+#                           CSV profiled at decode batch BATCH by bench/nsys_decode_profile.py
+#                           (PROFILE_ARGS passed on, e.g. --copy-tbps 4.2) into
+#                           $LOGDIR/profile_NAME.txt, whose first 16 lines go to the summary
+#                           prefixed [LABEL]; the CSV is gzipped
 #   fp8_config SRC DST      DST/config.json = SRC's with Qwen3-8B-FP8's quantization_config (128×128
 #                           weight blocks, dynamic 1×128 activations), and SRC's generation_config
 # Settings (set them before sourcing or before a call): SUM (default /dev/null), LOGDIR (default
@@ -30,6 +36,17 @@ run() {
   say "$name: rc=$rc in $((SECONDS - t0)) s"
   [ "$rc" -ne 0 ] && tail -n "${RUN_TAIL:-12}" "$log" | sed 's/^/   | /' | tee -a "${SUM:-/dev/null}"
   return $rc
+}
+
+trace_profile() {
+  local name=$1 limit=$2 batch=$3 label=$4 dir=${LOGDIR:-$OUT}; shift 4
+  local pargs=()
+  while [ $# -gt 0 ] && [ "$1" != "--" ]; do pargs+=("$1"); shift; done
+  shift  # the --
+  run "$name" "$limit" env CUDA_INJECTION64_PATH="$(realpath "$TRACER")" PIE_KERNEL_TRACE="$dir/$name.csv" "$@"
+  python3 bench/nsys_decode_profile.py "$dir/$name.csv" --batch "$batch" "${pargs[@]}" > "$dir/profile_$name.txt" 2>&1
+  sed "s/^/[$label] /" "$dir/profile_$name.txt" | head -16 | tee -a "${SUM:-/dev/null}"
+  gzip -f "$dir/$name.csv"
 }
 
 gpu_line() { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -1; }

@@ -52,13 +52,8 @@ lat moe_off "$MOE"
 lat moe_on30 "$MOE" PIE_L2_PREFETCH=1
 if [ -f "$TRACER" ]; then
   for sw in 0 1; do
-    run "trace_$sw" 45 env PIE_L2_PREFETCH=$sw CUDA_INJECTION64_PATH="$(realpath "$TRACER")" \
-      PIE_KERNEL_TRACE="$LOGDIR/trace_$sw.csv" "$BENCH" "$MODEL" --load-format dummy --mode latency \
-      --input-len 128 --output-len 128 --num-iters 1 --num-iters-warmup 1 --max-num-seqs 8
-    python3 bench/nsys_decode_profile.py "$LOGDIR/trace_$sw.csv" --batch 1 --copy-tbps 4.2 \
-      > "$LOGDIR/profile_$sw.txt" 2>&1
-    sed "s/^/[trace prefetch=$sw] /" "$LOGDIR/profile_$sw.txt" | head -30 | tee -a "$SUM"
-    gzip -f "$LOGDIR/trace_$sw.csv"
+    trace_profile "trace_$sw" 45 1 "trace prefetch=$sw" --copy-tbps 4.2 -- env PIE_L2_PREFETCH=$sw "$BENCH" "$MODEL" \
+      --load-format dummy --mode latency --input-len 128 --output-len 128 --num-iters 1 --num-iters-warmup 1 --max-num-seqs 8
   done
 fi
 say "done"
