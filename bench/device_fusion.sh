@@ -3,15 +3,16 @@
 # one GPU in one call within PIE_DEADLINE_S (default 180 s): build what is missing (reuses
 # PIE_BUILD_DIR, e.g. device_final.sh's build of the same tree), then
 #   1. the kernels against the separate ones, bit for bit: qk_norm_rope_kv vs qk_norm_rope +
-#      kv_write (pie_cuda_test_rope_kv), the final norm in the float-output GEMV
-#      (pie_cuda_test_gemm, Gemv.*AddRmsNorm*);
-#   2. the GPU engine with each switch and both against the separate kernels: every step's
+#      kv_write (pie_cuda_test_rope_kv), the final norm in the float-output GEMV and SwiGLU in
+#      the down projection's GEMV (pie_cuda_test_gemm, Gemv.*AddRmsNorm*, Gemv.*SwiGlu*);
+#   2. the GPU engine with each switch and all against the separate kernels: every step's
 #      logits bit-identical (pie_gpu_test_fused_ops), and the runner tests vs the CPU reference
-#      with both switches on (pie_gpu_test_runner, two tests);
+#      with all switches on (pie_gpu_test_runner, two tests);
 #   3. `pie bench`, Qwen3-8B shape, dummy weights, batch 1 128/128 and 2048 x (128, 128): the
-#      separate kernels, then PIE_FUSED_ROPE_KV=1 PIE_FUSED_FINAL_NORM=1, in the same call
-#      (ITL, tok/s, share of the roofline); then batch 1 with each switch alone and the kernel
-#      trace of batch 1 with both, if time is left.
+#      separate kernels, then PIE_FUSED_ROPE_KV=1 PIE_FUSED_FINAL_NORM=1 PIE_FUSED_SWIGLU=1, in
+#      the same call (ITL, tok/s, share of the roofline); then batch 1 with each switch alone,
+#      the separate kernels again, and the kernel trace of batch 1 with all, if time is left
+#      (the CUPTI tracer built with g++ when the build has none).
 #   OUT=dir PIE_MODEL_DIR=<dir with Qwen3-8B config.json> PIE_BUILD_DIR=<build> bash bench/device_fusion.sh
 set -u
 OUT=${OUT:-/tmp/pie_fusion_out}
@@ -25,7 +26,7 @@ gt() { grep -E "^\[fused|OK \]|FAILED  \]|Failure|Expected|Which is|PASSED" "$LO
 bench_lines() { grep -E "^(ceilings|latency|throughput|roofline|decode at batch (1|512):|pie: PIE_FUSED)" "$LOGS/$1.log" | sed "s/^/[$1] /" | tee -a "$SUM"; }
 [ -d /usr/local/cuda/bin ] && export PATH=/usr/local/cuda/bin:$PATH
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-unset PIE_FUSED_ROPE_KV PIE_FUSED_FINAL_NORM
+unset PIE_FUSED_ROPE_KV PIE_FUSED_FINAL_NORM PIE_FUSED_SWIGLU
 say "device: $(gpu_line)"
 
 if [ ! -f "$BUILD/CMakeCache.txt" ]; then
@@ -36,10 +37,10 @@ TARGETS="pie_cuda_test_rope_kv pie_cuda_test_gemm pie_gpu_test_fused_ops pie_gpu
 run build 150 cmake --build "$BUILD" -j "$(nproc)" --target $TARGETS || grep -E "error" "$LOGS/build.log" | head -20 | tee -a "$SUM"
 
 run test_rope_kv 30 "$BUILD/tests/cuda/pie_cuda_test_rope_kv" --gtest_color=no; gt test_rope_kv 10
-run test_gemv_norm 30 "$BUILD/tests/cuda/pie_cuda_test_gemm" --gtest_color=no --gtest_filter='Gemv.*AddRmsNorm*'
-gt test_gemv_norm 8
+run test_gemv_norm 30 "$BUILD/tests/cuda/pie_cuda_test_gemm" --gtest_color=no --gtest_filter='Gemv.*AddRmsNorm*:Gemv.*SwiGlu*'
+gt test_gemv_norm 10
 run test_fused_ops 90 "$BUILD/tests/gpu/pie_gpu_test_fused_ops" --gtest_color=no; gt test_fused_ops 30
-PIE_FUSED_ROPE_KV=1 PIE_FUSED_FINAL_NORM=1 run test_runner_fused 60 "$BUILD/tests/gpu/pie_gpu_test_runner" \
+PIE_FUSED_ROPE_KV=1 PIE_FUSED_FINAL_NORM=1 PIE_FUSED_SWIGLU=1 run test_runner_fused 60 "$BUILD/tests/gpu/pie_gpu_test_runner" \
   --gtest_color=no --gtest_filter='GpuRunner.MatchesCpuReferenceOverChunkedPrefillAndDecode:GpuRunner.GraphReplayMatchesEager'
 grep -E "^\[gpu vs" "$LOGS/test_runner_fused.log" | tee -a "$SUM"; gt test_runner_fused 8
 
@@ -48,7 +49,7 @@ if [ -f "$MODEL8B/config.json" ]; then
   BOTH=(--mode both --num-prompts 2048 --max-num-seqs 512 --num-iters 3 --num-iters-warmup 1)
   B1=(--mode latency --num-iters 3 --num-iters-warmup 1)
   run bench_off 70 "${BENCH[@]}" "${BOTH[@]}" --output-json "$OUT/bench_off.json"; bench_lines bench_off
-  PIE_FUSED_ROPE_KV=1 PIE_FUSED_FINAL_NORM=1 run bench_on 70 "${BENCH[@]}" "${BOTH[@]}" \
+  PIE_FUSED_ROPE_KV=1 PIE_FUSED_FINAL_NORM=1 PIE_FUSED_SWIGLU=1 run bench_on 70 "${BENCH[@]}" "${BOTH[@]}" \
     --output-json "$OUT/bench_on.json"
   bench_lines bench_on
   # Each fusion alone at batch 1 (where the trace says the launches count), then the trace.
@@ -57,10 +58,19 @@ if [ -f "$MODEL8B/config.json" ]; then
   PIE_FUSED_FINAL_NORM=1 run bench_b1_final_norm 35 "${BENCH[@]}" "${B1[@]}" \
     --output-json "$OUT/bench_b1_final_norm.json"
   bench_lines bench_b1_final_norm
-  TRACER=${PIE_KERNEL_TRACER:-$(ls "$BUILD"/bench/cuda/libpie_kernel_trace.so .device/lib/libpie_kernel_trace.so 2>/dev/null | head -1)}
+  PIE_FUSED_SWIGLU=1 run bench_b1_swiglu 35 "${BENCH[@]}" "${B1[@]}" --output-json "$OUT/bench_b1_swiglu.json"
+  bench_lines bench_b1_swiglu
+  run bench_b1_off 35 "${BENCH[@]}" "${B1[@]}" --output-json "$OUT/bench_b1_off.json"  # the peer, again
+  bench_lines bench_b1_off
+  TRACER=${PIE_KERNEL_TRACER:-$(ls "$BUILD"/bench/cuda/libpie_kernel_trace.so "$BUILD"/libpie_kernel_trace.so .device/lib/libpie_kernel_trace.so 2>/dev/null | head -1)}
+  if [ -z "$TRACER" ]; then  # bench/ needs Google Benchmark, which the GPU machine lacks: g++ and CUPTI alone
+    run tracer 60 g++ -O2 -shared -fPIC bench/cuda/kernel_trace.cpp -I/usr/local/cuda/include \
+      -L/usr/local/cuda/lib64 -L/usr/local/cuda/extras/CUPTI/lib64 -lcupti -o "$BUILD/libpie_kernel_trace.so" &&
+      TRACER=$BUILD/libpie_kernel_trace.so
+  fi
   if [ -n "$TRACER" ]; then
     for sw in 0 1; do
-      PIE_FUSED_ROPE_KV=$sw PIE_FUSED_FINAL_NORM=$sw run "trace_b1_$sw" 35 env CUDA_INJECTION64_PATH="$(realpath "$TRACER")" \
+      PIE_FUSED_ROPE_KV=$sw PIE_FUSED_FINAL_NORM=$sw PIE_FUSED_SWIGLU=$sw run "trace_b1_$sw" 35 env CUDA_INJECTION64_PATH="$(realpath "$TRACER")" \
         PIE_KERNEL_TRACE="/tmp/trace_b1_$sw.csv" "${BENCH[@]}" --mode latency --num-iters 1 --num-iters-warmup 1 \
         --max-num-seqs 8 && python3 bench/nsys_decode_profile.py "/tmp/trace_b1_$sw.csv" --batch 1 > "$OUT/profile_b1_$sw.txt" 2>&1
       [ -f "$OUT/profile_b1_$sw.txt" ] && sed "s/^/[trace b1 fused=$sw] /" "$OUT/profile_b1_$sw.txt" | head -30 | tee -a "$SUM"

@@ -5,6 +5,7 @@
 
 #include <cstring>
 
+#include "pie/ops/cuda/activation.cuh"
 #include "pie/ops/cuda/gemm.cuh"
 #include "pie/ops/cuda/norm.cuh"
 #include "test_util.hpp"
@@ -227,6 +228,50 @@ TEST(Gemv, AddRmsNormGemvRejectsAliasedResidualAndWideRows) {
                pie::Error);
   EXPECT_FALSE(ops::cuda::add_rms_norm_gemv_supported(8192));  // its norm needs 256 threads
   EXPECT_TRUE(ops::cuda::add_rms_norm_gemv_supported(4096));
+}
+
+// SwiGLU inside the down projection's GEMV at batch 1 (CudaForward with PIE_FUSED_SWIGLU=1):
+// y bit-identical to silu_and_mul then the M = 1 GEMV (Gemm's, as the forward calls it), with
+// bias and without, and x_out holding the bytes silu_and_mul wrote; widths from 8 to the
+// Qwen3-8B expert width (12288) and odd N, N past one wave of CTAs.
+template <class T>
+void check_swiglu_gemv(int K, int N, bool bias) {
+  std::mt19937 rng(K + 3 * N + bias);
+  auto gu = randn<T>(size_t(2) * K, rng, 2.f), w = randn<T>(size_t(N) * K, rng, 0.05f), b = randn<T>(N, rng);
+  auto dgu = upload(gu), dw = upload(w), db = upload(b);
+  DeviceBuffer<T> x1(K), x2(K), y1(N), y2(N);
+  ops::cuda::silu_and_mul(dgu.view({1, 2 * K}), x1.view({1, K}));
+  ops::cuda::Gemm gemm;  // M = 1: its GEMV
+  gemm(y1.view({1, N}), x1.view({1, K}), dw.view({N, K}), bias ? db.data() : nullptr);
+  poison(y2);
+  poison(x2);
+  ops::cuda::swiglu_gemv(y2.view({1, N}), dgu.view({1, 2 * K}), dw.view({N, K}), bias ? db.data() : nullptr, nullptr,
+                         x2.data());
+  auto a1 = download(y1), a2 = download(y2), r1 = download(x1), r2 = download(x2);
+  EXPECT_EQ(std::memcmp(a1.data(), a2.data(), sizeof(T) * N), 0) << tname<T>() << " K=" << K << " N=" << N;
+  EXPECT_EQ(std::memcmp(r1.data(), r2.data(), sizeof(T) * K), 0) << "x_out " << tname<T>() << " K=" << K;
+  poison(y2);
+  ops::cuda::swiglu_gemv(y2.view({1, N}), dgu.view({1, 2 * K}), dw.view({N, K}), bias ? db.data() : nullptr);
+  a2 = download(y2);
+  EXPECT_EQ(std::memcmp(a1.data(), a2.data(), sizeof(T) * N), 0) << "without x_out, K=" << K;
+}
+
+TEST(Gemv, SwiGluFusedEqualsSiluAndMulThenGemvBitwise) {
+  for (int K : {12288, 3072, 8})
+    for (int N : {4096, 5000, 33})
+      for (bool bias : {false, true}) {
+        check_swiglu_gemv<bf16>(K, N, bias);
+        check_swiglu_gemv<f16>(K, N, bias);
+      }
+}
+
+TEST(Gemv, SwiGluGemvRejectsWideRowsAndShapesThatDoNotChain) {
+  EXPECT_TRUE(ops::cuda::swiglu_gemv_supported<bf16>(24576));
+  EXPECT_FALSE(ops::cuda::swiglu_gemv_supported<bf16>(24584)) << "past 48 KB of shared memory";
+  EXPECT_FALSE(ops::cuda::swiglu_gemv_supported<bf16>(12));
+  DeviceBuffer<bf16> gu(2 * 64), w(16 * 64), y(16);
+  EXPECT_THROW(ops::cuda::swiglu_gemv(y.view({1, 16}), gu.view({1, 64}), w.view({16, 64})), pie::Error)
+      << "gate_up must be 2·K wide";
 }
 
 TEST(Gemv, GemvAndCublasLtAgreeOnTheQwen3QkvShapeM4N6144K4096) {

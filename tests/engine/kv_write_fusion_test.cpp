@@ -107,7 +107,32 @@ TEST(FusionSwitches, FromEnvironmentOffByDefault) {
   f = pie::engine::FusionSwitches::from_env();
   EXPECT_FALSE(f.rope_kv);
   EXPECT_TRUE(f.final_norm);
+  EXPECT_FALSE(f.swiglu);
   unsetenv("PIE_FUSED_FINAL_NORM");
+  setenv("PIE_FUSED_SWIGLU", "1", 1);
+  f = pie::engine::FusionSwitches::from_env();
+  EXPECT_TRUE(f.swiglu);
+  EXPECT_FALSE(f.rope_kv || f.final_norm);
+  setenv("PIE_FUSED_SWIGLU", "on", 1);
+  EXPECT_THROW(pie::engine::FusionSwitches::from_env(), pie::Error) << "only 0 or 1";
+  unsetenv("PIE_FUSED_SWIGLU");
+}
+
+TEST(FusionSwitches, SwiGluOnlyForOneRowThroughThe16BitGemvWithoutTensorParallelism) {
+  using pie::engine::swiglu_in_gemv;
+  using pie::engine::SwiGluStep;
+  SwiGluStep b1;  // a batch-1 decode step of the default bf16 engine
+  b1.tokens = 1;
+  b1.gemv_rows = 1;
+  b1.width_fits = true;
+  EXPECT_TRUE(swiglu_in_gemv(true, b1));
+  EXPECT_FALSE(swiglu_in_gemv(false, b1)) << "switch off";
+  auto with = [&](auto f) { SwiGluStep s = b1; f(s); return swiglu_in_gemv(true, s); };
+  EXPECT_FALSE(with([](SwiGluStep& s) { s.tokens = 2; })) << "batch 2: cuBLASLt's GEMM";
+  EXPECT_FALSE(with([](SwiGluStep& s) { s.tensor_parallel = true; }));
+  EXPECT_FALSE(with([](SwiGluStep& s) { s.gemv_rows = 0; })) << "batch invariance: no GEMV";
+  EXPECT_FALSE(with([](SwiGluStep& s) { s.fp8_producer = true; })) << "the SwiGLU kernel quantizes for fp8";
+  EXPECT_FALSE(with([](SwiGluStep& s) { s.width_fits = false; })) << "expert width past 48 KB of shared memory";
 }
 
 TEST(FusionSwitches, FinalNormOnlyForOneRowSampledOnceThroughTheGemv) {

@@ -1,7 +1,7 @@
 // The opt-in fusions of the GPU forward (engine/fusion_switches.hpp) against the separate
 // kernels on the GPU engine: PIE_FUSED_ROPE_KV=1 (the q/k RoPE kernel writes K/V into the paged
 // cache, attention() skips kv_write), PIE_FUSED_FINAL_NORM=1 (batch-1 final norm inside the
-// lm_head GEMV) and both. The float logits of every step are bit-identical — chunked prefill, a
+// lm_head GEMV), PIE_FUSED_SWIGLU=1 (batch-1 SwiGLU inside the down projection's GEMV) and all. The float logits of every step are bit-identical — chunked prefill, a
 // mixed step, graph-replayed decode steps (a padded bucket: slot −1 rows) and batch-1 steps,
 // replayed and eager — for Qwen3 (q/k norm), a Llama-shaped model with llama3 RoPE scaling
 // (plain RoPE), block sizes 16 and 8, and an fp8 KV cache. The L2 prefetch of the weights after
@@ -29,15 +29,26 @@ using engine::SampleSpec;
 using gpu_test::HandSeq;
 using Bf16Block8 = EnginePolicy<8, bf16, bf16, attention::Causal, backend::Cuda>;
 
+/// The switches of one engine (all off: the separate kernels).
+struct Fusions {
+  bool rope_kv = false, final_norm = false, swiglu = false;
+  int l2_rows = 0;                // PIE_L2_PREFETCH
+  const char* l2_mib = nullptr;   // PIE_L2_PREFETCH_MB
+  std::string name() const {
+    return std::string(rope_kv ? " +rope_kv" : "") + (final_norm ? " +final_norm" : "") + (swiglu ? " +swiglu" : "") +
+           (l2_rows ? " +l2_prefetch" : "");
+  }
+};
+
 template <class P>
 std::unique_ptr<Engine<model::AnyDecoder, P>> make_engine(const std::shared_ptr<const model::Weights<bf16>>& hw,
-                                                          bool rope_kv, bool final_norm, bool eager,
-                                                          int l2_rows = 0, const char* l2_mib = nullptr) {
+                                                          const Fusions& f, bool eager) {
   // The runner reads the switches once, when it is built (its graphs capture that path).
-  setenv("PIE_FUSED_ROPE_KV", rope_kv ? "1" : "0", 1);
-  setenv("PIE_FUSED_FINAL_NORM", final_norm ? "1" : "0", 1);
-  setenv("PIE_L2_PREFETCH", std::to_string(l2_rows).c_str(), 1);
-  if (l2_mib) setenv("PIE_L2_PREFETCH_MB", l2_mib, 1);
+  setenv("PIE_FUSED_ROPE_KV", f.rope_kv ? "1" : "0", 1);
+  setenv("PIE_FUSED_FINAL_NORM", f.final_norm ? "1" : "0", 1);
+  setenv("PIE_FUSED_SWIGLU", f.swiglu ? "1" : "0", 1);
+  setenv("PIE_L2_PREFETCH", std::to_string(f.l2_rows).c_str(), 1);
+  if (f.l2_mib) setenv("PIE_L2_PREFETCH_MB", f.l2_mib, 1);
   EngineOptions o;
   o.sched.max_num_seqs = 16;
   o.sched.max_num_batched_tokens = 256;
@@ -50,6 +61,7 @@ std::unique_ptr<Engine<model::AnyDecoder, P>> make_engine(const std::shared_ptr<
   auto e = std::make_unique<Engine<model::AnyDecoder, P>>(o);
   unsetenv("PIE_FUSED_ROPE_KV");
   unsetenv("PIE_FUSED_FINAL_NORM");
+  unsetenv("PIE_FUSED_SWIGLU");
   unsetenv("PIE_L2_PREFETCH");
   unsetenv("PIE_L2_PREFETCH_MB");
   return e;
@@ -65,14 +77,12 @@ std::vector<int32_t> random_tokens(std::mt19937& rng, int n, int vocab) {
 /// Runs the same hand-built steps through the separate kernels and through an engine with the
 /// given fusions; every step's float logits must be the same bytes.
 template <class P>
-void check(const model::ModelConfig& cfg, bool eager, bool rope_kv, bool final_norm, const std::string& what_in,
-           int l2_rows = 0, const char* l2_mib = nullptr) {
+void check(const model::ModelConfig& cfg, bool eager, const Fusions& f, const std::string& what_in) {
   constexpr int bs = P::block_size;
-  const std::string what = what_in + (rope_kv ? " +rope_kv" : "") + (final_norm ? " +final_norm" : "") +
-                           (l2_rows ? " +l2_prefetch" : "");
+  const std::string what = what_in + f.name();
   auto hw = std::make_shared<const model::Weights<bf16>>(model::dummy_weights<bf16>(cfg, 21));
-  auto sep_owner = make_engine<P>(hw, false, false, eager);
-  auto fus_owner = make_engine<P>(hw, rope_kv, final_norm, eager, l2_rows, l2_mib);
+  auto sep_owner = make_engine<P>(hw, Fusions{}, eager);
+  auto fus_owner = make_engine<P>(hw, f, eager);
   auto& sep = sep_owner->runner();
   auto& fus = fus_owner->runner();
   std::mt19937 rng(7);
@@ -115,24 +125,29 @@ void check(const model::ModelConfig& cfg, bool eager, bool rope_kv, bool final_n
   // and the final norm on the batch-1 steps; the separate engine took none.
   const auto& on = fus.forward().fusion_counts();
   const auto& off = sep.forward().fusion_counts();
-  EXPECT_EQ(off.rope_kv + off.final_norm + off.l2_prefetch, 0) << what;
+  EXPECT_EQ(off.rope_kv + off.final_norm + off.l2_prefetch + off.swiglu, 0) << what;
   // Prefetching steps: the batch-1 steps (every layer, in their graph or eagerly), and with
   // l2_rows ≥ 4 the padded bucket-4 decodes too.
-  if (l2_rows) EXPECT_GE(on.l2_prefetch, int64_t{1} * cfg.num_hidden_layers) << what;
+  if (f.l2_rows) EXPECT_GE(on.l2_prefetch, int64_t{1} * cfg.num_hidden_layers) << what;
   else EXPECT_EQ(on.l2_prefetch, 0) << what;
-  if (rope_kv) EXPECT_GE(on.rope_kv, int64_t{3} * cfg.num_hidden_layers) << what;
+  if (f.rope_kv) EXPECT_GE(on.rope_kv, int64_t{3} * cfg.num_hidden_layers) << what;
   else EXPECT_EQ(on.rope_kv, 0) << what;
-  if (final_norm) EXPECT_GE(on.final_norm, 1) << what;
+  if (f.final_norm) EXPECT_GE(on.final_norm, 1) << what;
   else EXPECT_EQ(on.final_norm, 0) << what;
+  // SwiGLU in the down projection: every layer of the batch-1 steps (their graph's capture, or
+  // each eager step), never at the wider steps.
+  if (f.swiglu) EXPECT_GE(on.swiglu, int64_t{1} * cfg.num_hidden_layers) << what;
+  else EXPECT_EQ(on.swiglu, 0) << what;
   std::printf("[fused] %s: %d/%d steps bit-identical\n", what.c_str(), steps - differ, steps);
 }
 
-/// Each fusion alone and both together.
+/// Each fusion alone and all together.
 template <class P>
 void check_all(const model::ModelConfig& cfg, bool eager, const std::string& what) {
-  check<P>(cfg, eager, true, false, what);
-  check<P>(cfg, eager, false, true, what);
-  check<P>(cfg, eager, true, true, what);
+  check<P>(cfg, eager, Fusions{.rope_kv = true}, what);
+  check<P>(cfg, eager, Fusions{.final_norm = true}, what);
+  check<P>(cfg, eager, Fusions{.swiglu = true}, what);
+  check<P>(cfg, eager, Fusions{.rope_kv = true, .final_norm = true, .swiglu = true}, what);
 }
 
 TEST(FusedOps, Qwen3LogitsBitIdenticalGraphsAndEager) {
@@ -157,10 +172,11 @@ TEST(FusedOps, LlamaWithLlama3RopeScalingLogitsBitIdentical) {
 
 TEST(FusedOps, L2PrefetchLogitsBitIdenticalGraphsAndEager) {
   auto cfg = gpu_test::small_qwen3(3);
-  check<CudaBf16>(cfg, false, false, false, "qwen3 graphs", 1);          // batch-1 steps prefetch
-  check<CudaBf16>(cfg, false, false, false, "qwen3 graphs", 4);          // and the bucket-4 decodes
-  check<CudaBf16>(cfg, true, false, false, "qwen3 eager", 4);
-  check<CudaBf16>(cfg, false, true, true, "qwen3 graphs, budget 1 MiB", 4, "1");  // with the fusions
+  check<CudaBf16>(cfg, false, Fusions{.l2_rows = 1}, "qwen3 graphs");  // batch-1 steps prefetch
+  check<CudaBf16>(cfg, false, Fusions{.l2_rows = 4}, "qwen3 graphs");  // and the bucket-4 decodes
+  check<CudaBf16>(cfg, true, Fusions{.l2_rows = 4}, "qwen3 eager");
+  check<CudaBf16>(cfg, false, Fusions{.rope_kv = true, .final_norm = true, .l2_rows = 4, .l2_mib = "1"},
+                  "qwen3 graphs, budget 1 MiB");  // with the fusions
 }
 
 TEST(FusedOps, L2PrefetchKernelTakesTailsAndRunsInAGraph) {

@@ -28,11 +28,15 @@ struct FusionSwitches {
   /// PIE_FUSED_FINAL_NORM: at batch 1 with one sampled row, the final residual add + RMSNorm
   /// runs in the lm_head GEMV's prologue (ops::cuda::add_rms_norm_gemv, float logits).
   bool final_norm = false;
+  /// PIE_FUSED_SWIGLU: at batch 1, SwiGLU runs in the prologue of the linear layer that reads
+  /// it (the down projection's GEMV, ops::cuda::swiglu_gemv) instead of its own kernel.
+  bool swiglu = false;
 
   static FusionSwitches from_env() {
     FusionSwitches f;
     f.rope_kv = env_switch("PIE_FUSED_ROPE_KV", std::getenv("PIE_FUSED_ROPE_KV"));
     f.final_norm = env_switch("PIE_FUSED_FINAL_NORM", std::getenv("PIE_FUSED_FINAL_NORM"));
+    f.swiglu = env_switch("PIE_FUSED_SWIGLU", std::getenv("PIE_FUSED_SWIGLU"));
     return f;
   }
 };
@@ -53,6 +57,22 @@ struct FinalNormStep {
 inline bool final_norm_in_lm_head(bool on, const FinalNormStep& s) {
   return on && s.tokens == 1 && s.samples == 1 && s.prompt_rows == 0 && !s.tensor_parallel &&
          s.lm_head_gemv_rows >= 1 && s.hidden_fits;
+}
+
+/// \brief What decides whether a step's SwiGLU may wait for the linear layer that reads it.
+struct SwiGluStep {
+  int tokens = 0;             ///< rows of the forward
+  bool tensor_parallel = false;
+  int gemv_rows = 0;          ///< rows up to which the 16-bit linear layers run the GEMV (0 under batch invariance)
+  bool fp8_producer = false;  ///< the SwiGLU kernel would also quantize its output for an fp8 GEMM
+  bool width_fits = false;    ///< swiglu_gemv takes this expert width (swiglu_gemv_supported)
+};
+
+/// True when fusions.swiglu is on and the step is one row whose next 16-bit linear layer runs the
+/// GEMV (whose arithmetic swiglu_gemv repeats bit for bit), with no fp8 quantization to produce
+/// and no tensor parallelism.
+inline bool swiglu_in_gemv(bool on, const SwiGluStep& s) {
+  return on && s.tokens == 1 && !s.tensor_parallel && s.gemv_rows >= 1 && !s.fp8_producer && s.width_fits;
 }
 
 }  // namespace pie::engine

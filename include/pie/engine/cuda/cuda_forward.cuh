@@ -17,6 +17,10 @@
 /// - with fusions.final_norm (PIE_FUSED_FINAL_NORM=1), at batch 1 with one sampled row: an
 ///   add_rms_norm is held back until the next op; when that op is logits() over the same
 ///   activation it runs inside lm_head's GEMV prologue, otherwise on its own first;
+/// - with fusions.swiglu (PIE_FUSED_SWIGLU=1), at batch 1 without TP: silu_and_mul is held back
+///   until the next op; when that op is a 16-bit linear layer reading its output through the
+///   GEMV, SwiGLU runs in the GEMV's prologue (ops::cuda::swiglu_gemv, CTA 0 still writing the
+///   row), otherwise on its own first;
 /// - with l2_prefetch (PIE_L2_PREFETCH=N, opt-in), at steps of N rows or fewer: the weights a
 ///   model names in prefetch() are moved into L2 while RoPE and decode attention leave DRAM idle
 ///   (engine/l2_prefetch.hpp);
@@ -162,6 +166,7 @@ class CudaForward {
     next_slot_ = 0;
     kv_fusion_.begin_step();
     held_norm_ = {};
+    held_swiglu_ = {};
     logits_fused_norm_ = false;
     ops_ = 0;
   }
@@ -200,6 +205,7 @@ class CudaForward {
     int64_t rope_kv = 0;     ///< qk_norm_rope_kv kernels (kv_write skipped)
     int64_t final_norm = 0;  ///< lm_head GEMVs with the final norm in their prologue
     int64_t l2_prefetch = 0;  ///< prefetch() calls that launched the L2 prefetch kernel
+    int64_t swiglu = 0;       ///< down-projection GEMVs with SwiGLU in their prologue
   };
   const FusionCounts& fusion_counts() const { return fusion_counts_; }
 
@@ -259,7 +265,8 @@ class CudaForward {
 
   void add_rms_norm(Act x, Act& res, const Weight& w, bool first) {
     if (final_norm_fusable(x, res)) {  // maybe into lm_head's prologue (file comment)
-      run_held_norm();                 // one still held runs first, as before any op
+      run_held_norm();                 // ones still held run first, as before any op
+      run_held_swiglu();
       fp8_in_.src = nullptr;
       kv_fusion_.on_other_op();
       held_norm_ = {x, res, w, first, true};
@@ -271,7 +278,17 @@ class CudaForward {
     op("rms_norm", [&] { ops::cuda::rms_norm(x, w, eps(), s_); });
   }
   void linear(const Act& x, const Weight& w, const Weight& bias, Act out) {
-    op(gemm_name(w.shape[0], w.shape[1]), [&] { (*p_.gemm)(out, x, w, bias.numel() > 0 ? bias.data : nullptr, s_); });
+    const T* b = bias.numel() > 0 ? bias.data : nullptr;
+    if (held_swiglu_.on && held_swiglu_.out.data == x.data && x.shape[0] == 1 && x.shape[1] == w.shape[1] &&
+        ops::cuda::gemv_supported(1, x.shape[1], held_swiglu_.gate_up.data, held_swiglu_.gate_up.stride[0], w.data,
+                                  w.stride[0])) {  // the held SwiGLU in this GEMV's prologue
+      const HeldSwiGlu h = held_swiglu_;
+      held_swiglu_ = {};
+      op("swiglu+gemv", [&] { ops::cuda::swiglu_gemv(out, h.gate_up, w, b, s_, x.data); });
+      ++fusion_counts_.swiglu;
+      return;
+    }
+    op(gemm_name(w.shape[0], w.shape[1]), [&] { (*p_.gemm)(out, x, w, b, s_); });
   }
   /// out = q(x)·dq(W)ᵀ (+ bias) with an fp8 weight: the fused quantize+GEMV at batch 1, else
   /// activation quantization and cuBLASLt's FP8 GEMM (ops/cuda/fp8_gemm.cuh).
@@ -432,6 +449,14 @@ class CudaForward {
   /// of the step's fp8 linears so far (a model's projections share one).
   void silu_and_mul(const Act& gate_up, Act out) {
     const int64_t M = out.shape[0], I = out.shape[1];
+    if (swiglu_fusable(gate_up, out)) {  // maybe into the next linear layer's GEMV (file comment)
+      run_held_norm();                   // ones still held run first, as before any op
+      run_held_swiglu();
+      fp8_in_.src = nullptr;
+      kv_fusion_.on_other_op();
+      held_swiglu_ = {gate_up, out, true};
+      return;
+    }
     if (fp8_per_token_ < 0 || !fp8_producer(M, I)) {
       op("silu_mul", [&] { ops::cuda::silu_and_mul(gate_up, out, s_); });
       return;
@@ -613,6 +638,27 @@ class CudaForward {
   }
   /// Launches the add_rms_norm held back for logits() (fusions.final_norm), if any.
   /// Not a template: op() calls it, and it calls op() once more with the norm.
+  /// A held SwiGLU that no GEMV took: its own kernel, before the op that reads it.
+  void run_held_swiglu() {
+    if (!held_swiglu_.on) return;
+    const HeldSwiGlu h = held_swiglu_;
+    held_swiglu_ = {};
+    op("silu_mul", [&] { ops::cuda::silu_and_mul(h.gate_up, h.out, s_); });
+  }
+  /// Whether silu_and_mul(gate_up, out) may wait for the next linear layer to run it in its GEMV
+  /// (swiglu_in_gemv, fusion_switches.hpp, and contiguous aligned rows); linear() checks that it
+  /// reads `out` with a 16-bit weight of width I, else the held SwiGLU runs as its own kernel.
+  bool swiglu_fusable(const Act& gate_up, const Act& out) const {
+    engine::SwiGluStep st;
+    st.tokens = shape_.tokens;
+    st.tensor_parallel = p_.comm != nullptr;
+    st.gemv_rows = p_.gemm->gemv_max_rows();
+    st.fp8_producer = fp8_per_token_ >= 0 && fp8_producer(out.shape[0], out.shape[1]);
+    st.width_fits = ops::cuda::swiglu_gemv_supported<T>(out.shape[1]);
+    return engine::swiglu_in_gemv(p_.fusions.swiglu, st) && out.shape[0] == 1 && gate_up.shape[0] == 1 &&
+           gate_up.shape[1] == 2 * out.shape[1] && gate_up.stride[1] == 1 && out.stride[1] == 1 &&
+           ops::cuda::vec8_aligned(gate_up.data) && ops::cuda::vec8_aligned(out.data);
+  }
   void run_held_norm() {
     if (!held_norm_.on) return;
     const HeldNorm h = held_norm_;
@@ -643,6 +689,7 @@ class CudaForward {
   template <class F>
   void op(const char* name, F&& f) {
     run_held_norm();  // every op may read the held norm's output
+    run_held_swiglu();  // and the held SwiGLU's
     fp8_in_.src = nullptr;
     kv_fusion_.on_other_op();
     if (p_.profiler && p_.profiler->enabled()) {
@@ -720,6 +767,11 @@ class CudaForward {
     bool first = false;
     bool on = false;
   } held_norm_;
+  /// silu_and_mul held for the next linear layer's GEMV (PIE_FUSED_SWIGLU; swiglu_fusable).
+  struct HeldSwiGlu {
+    Act gate_up, out;
+    bool on = false;
+  } held_swiglu_;
   bool logits_fused_norm_ = false;  ///< the last logits() normalised inside lm_head (x is not normalised)
   FusionCounts fusion_counts_;
   MoeObserver moe_observer_;  ///< see set_moe_observer (empty: none)

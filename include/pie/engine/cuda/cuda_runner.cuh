@@ -217,6 +217,7 @@ class CudaRunner {
       const FusionSwitches f = FusionSwitches::from_env();
       if (f.rope_kv) std::fprintf(stderr, "pie: PIE_FUSED_ROPE_KV=1: the q/k RoPE kernel writes K/V into the cache\n");
       if (f.final_norm) std::fprintf(stderr, "pie: PIE_FUSED_FINAL_NORM=1: batch-1 final norm inside lm_head\n");
+      if (f.swiglu) std::fprintf(stderr, "pie: PIE_FUSED_SWIGLU=1: batch-1 SwiGLU inside the down projection's GEMV\n");
     }
     if (log_ && nano_on()) {
       if (nano_opt_.min_rows > 0)

@@ -7,6 +7,15 @@
 namespace pie::ops::cuda {
 
 namespace detail {
+/// o = T(silu(g))·u for 8 adjacent elements, in float: transformers' rounding points (silu(gate)
+/// is a T tensor before it multiplies up). swiglu_gemv's prologue (gemv.cuh) calls it too, so
+/// the two paths give the same bits.
+template <class T>
+__device__ __forceinline__ void swiglu8(const float (&g)[8], const float (&u)[8], float (&o)[8]) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j) o[j] = to_f32(from_f32<T>(g[j] / (1.f + expf(-g[j])))) * u[j];
+}
+
 template <class T>
 __global__ void silu_and_mul_kernel(const T* __restrict__ in, int64_t in_stride, T* __restrict__ out,
                                     int64_t out_stride, int num_tokens, int inter) {
@@ -20,11 +29,7 @@ __global__ void silu_and_mul_kernel(const T* __restrict__ in, int64_t in_stride,
   float g[8], u[8], o[8];
   load8(in + t * in_stride + c, g);
   load8(in + t * in_stride + inter + c, u);
-#pragma unroll
-  for (int j = 0; j < 8; ++j) {
-    // transformers' rounding points: silu(gate) is a T tensor before it multiplies up.
-    o[j] = to_f32(from_f32<T>(g[j] / (1.f + expf(-g[j])))) * u[j];
-  }
+  swiglu8<T>(g, u, o);
   store8(out + t * out_stride + c, o);
 }
 }  // namespace detail

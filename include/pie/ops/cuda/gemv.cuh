@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <cstdlib>
 
+#include "pie/ops/cuda/activation.cuh"
 #include "pie/ops/cuda/common.cuh"
 #include "pie/ops/cuda/norm.cuh"
 
@@ -36,6 +37,11 @@ inline constexpr int kGemvDefaultMaxRows = 1;
 
 namespace detail {
 
+/// What a one-row GEMV computes into shared memory before its dot products (x is then read
+/// from there): nothing, the residual add + RMSNorm (add_rms_norm_gemv), or SwiGLU over the
+/// [gate | up] row (swiglu_gemv).
+enum GemvPrologue : int { kGemvPlain = 0, kGemvAddRmsNorm = 1, kGemvSwiGLU = 2 };
+
 template <class T, class TY>
 struct GemvParams {
   const T* x; int64_t ldx;
@@ -43,26 +49,32 @@ struct GemvParams {
   const T* bias;
   TY* y; int64_t ldy;
   int n, k;
-  // Fused residual add + RMSNorm prologue (kNorm): x is the block output to add to norm_r_in.
+  // Fused residual add + RMSNorm prologue (kGemvAddRmsNorm): x is the block output to add to
+  // norm_r_in. With kGemvSwiGLU x is the [gate | up] row, 2·k wide.
   const T* norm_r_in = nullptr;
-  T* norm_r_out = nullptr;  ///< written by CTA 0 (never norm_r_in: other CTAs still read it)
+  /// Written by CTA 0 (never norm_r_in: other CTAs still read it): the new residual with
+  /// kGemvAddRmsNorm; with kGemvSwiGLU the SwiGLU row, when not null.
+  T* norm_r_out = nullptr;
   const T* norm_w = nullptr;
   float norm_eps = 0.f;
   int norm_first = 0;
   int norm_threads = 0;
 };
 
-/// M rows, C columns per warp, U chunks in flight per column, NW warps per CTA. kNorm: every
-/// CTA first computes r = x + r_in, T(rmsnorm(r))·norm_w into shared memory (the standalone
-/// norm kernel's arithmetic and reduction order, norm.cuh) and multiplies that.
-template <int M, int C, int U, int NW, int MINB, bool kNorm, class T, class TY>
+/// M rows, C columns per warp, U chunks in flight per column, NW warps per CTA. Pro (one row
+/// only): kGemvAddRmsNorm — every CTA first computes r = x + r_in, T(rmsnorm(r))·norm_w into
+/// shared memory (the standalone norm kernel's arithmetic and reduction order, norm.cuh);
+/// kGemvSwiGLU — every CTA first computes T(silu(gate))·up of the row into shared memory
+/// (silu_and_mul's); the dot products then read x from there.
+template <int M, int C, int U, int NW, int MINB, int Pro, class T, class TY>
 __global__ void __launch_bounds__(NW * 32, MINB) gemv_kernel(const __grid_constant__ GemvParams<T, TY> p) {
-  static_assert(!kNorm || M == 1, "the fused norm prologue is for one row");
+  constexpr bool kPro = Pro != kGemvPlain;
+  static_assert(!kPro || M == 1, "the fused prologues are for one row");
   constexpr int kChunk = 32 * 8;  // elements a warp covers per 16-byte load per lane
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int n0 = (blockIdx.x * NW + warp) * C;
   const bool active = n0 < p.n;
-  if (!kNorm && !active) return;  // writes nothing (with kNorm every thread joins the prologue)
+  if (!kPro && !active) return;  // writes nothing (with a prologue every thread joins it)
   const T* wrow[C];
 #pragma unroll
   for (int c = 0; c < C; ++c) wrow[c] = p.w + int64_t(min(n0 + c, p.n - 1)) * p.ldw;  // past N: recompute the last
@@ -106,12 +118,23 @@ __global__ void __launch_bounds__(NW * 32, MINB) gemv_kernel(const __grid_consta
   fetch(wa, 0);  // weights only: may run before the predecessor finishes
   pdl_launch_dependents();
   pdl_wait();
-  if constexpr (kNorm) {
+  if constexpr (kPro) {
     extern __shared__ __align__(16) unsigned char gemv_smem[];
     T* xs = reinterpret_cast<T*>(gemv_smem);
-    float* red = reinterpret_cast<float*>(gemv_smem + size_t(p.k) * sizeof(T));
-    rms_norm_row_to<true>(p.x, p.norm_r_in, blockIdx.x == 0 ? p.norm_r_out : nullptr, p.norm_w, xs, p.k, p.norm_eps,
-                          p.norm_first != 0, red, p.norm_threads);
+    if constexpr (Pro == kGemvAddRmsNorm) {
+      float* red = reinterpret_cast<float*>(gemv_smem + size_t(p.k) * sizeof(T));
+      rms_norm_row_to<true>(p.x, p.norm_r_in, blockIdx.x == 0 ? p.norm_r_out : nullptr, p.norm_w, xs, p.k,
+                            p.norm_eps, p.norm_first != 0, red, p.norm_threads);
+    } else {
+      for (int i = threadIdx.x * 8; i < p.k; i += NW * 32 * 8) {
+        float g[8], u[8], o[8];
+        load8(p.x + i, g);
+        load8(p.x + p.k + i, u);
+        swiglu8<T>(g, u, o);  // silu_and_mul_kernel's arithmetic (activation.cuh)
+        store8(xs + i, o);
+        if (blockIdx.x == 0 && p.norm_r_out != nullptr) store8(p.norm_r_out + i, o);
+      }
+    }
     __syncthreads();
     if (!active) return;
     xsrc = xs;
@@ -140,11 +163,13 @@ __global__ void __launch_bounds__(NW * 32, MINB) gemv_kernel(const __grid_consta
     }
 }
 
-template <int M, int C, int U, int MINB, bool kNorm = false, int NW = 4, class T, class TY>
+template <int M, int C, int U, int MINB, int Pro = kGemvPlain, int NW = 4, class T, class TY>
 void launch_gemv_cfg(const GemvParams<T, TY>& p, cudaStream_t stream) {
-  auto kern = gemv_kernel<M, C, U, NW, MINB, kNorm, T, TY>;
+  auto kern = gemv_kernel<M, C, U, NW, MINB, Pro, T, TY>;
   const int64_t warps = (int64_t(p.n) + C - 1) / C;
-  const size_t smem = kNorm ? size_t(p.k) * sizeof(T) + 32 * sizeof(float) : 0;
+  const size_t smem = Pro == kGemvAddRmsNorm ? size_t(p.k) * sizeof(T) + 32 * sizeof(float)
+                      : Pro == kGemvSwiGLU   ? size_t(p.k) * sizeof(T)
+                                             : 0;
   launch_pdl(kern, dim3(unsigned((warps + NW - 1) / NW)), dim3(NW * 32), smem, stream, p);
 }
 
@@ -153,7 +178,8 @@ template <int M, int C, int U, int MINB, class T, class TY>
 int gemv_ctas_per_sm() {
   static const int n = [] {
     int v = 0;
-    PIE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, gemv_kernel<M, C, U, 4, MINB, false, T, TY>, 4 * 32, 0));
+    PIE_CUDA_CHECK(
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, gemv_kernel<M, C, U, 4, MINB, kGemvPlain, T, TY>, 4 * 32, 0));
     return std::max(v, 1);
   }();
   return n;
@@ -165,19 +191,19 @@ int gemv_ctas_per_sm() {
 /// its second wave, and there the lean one (2 chunks, ≤ 64 registers: 8 CTAs per SM) runs in
 /// one wave. Measured at batch 1 in the engine (docs/gpu_engine.md): qkv_proj 81% → 92% of copy
 /// bandwidth with the lean kernel, o_proj and down_proj 94%/92% → 80%/88%, so each keeps its own.
-template <int M, bool kNorm = false, class T, class TY>
+template <int M, int Pro = kGemvPlain, class T, class TY>
 void launch_gemv(const GemvParams<T, TY>& p, cudaStream_t stream, int norm_warps = 4) {
-  if constexpr (kNorm) {
+  if constexpr (Pro == kGemvAddRmsNorm) {
     // Every CTA normalises the row (x, r_in and norm_w read from L2): 16 warps per CTA do it a
     // quarter as often per SM (opt-in, gemv_norm_warps()).
-    if (norm_warps == 16) return launch_gemv_cfg<M, 2, 4, 1, kNorm, 16>(p, stream);
+    if (norm_warps == 16) return launch_gemv_cfg<M, 2, 4, 1, Pro, 16>(p, stream);
   }
   if constexpr (M == 1) {
     const int64_t ctas = (int64_t(p.n) + 7) / 8;  // 2 columns per warp, 4 warps per CTA
     const int64_t wave = int64_t(gemv_ctas_per_sm<M, 2, 4, 1, T, TY>()) * num_sms();
-    if (ctas > wave && ctas <= 2 * wave) return launch_gemv_cfg<M, 2, 2, 8, kNorm>(p, stream);
+    if (ctas > wave && ctas <= 2 * wave) return launch_gemv_cfg<M, 2, 2, 8, Pro>(p, stream);
   }
-  launch_gemv_cfg<M, 2, 4, 1, kNorm>(p, stream);
+  launch_gemv_cfg<M, 2, 4, 1, Pro>(p, stream);
 }
 
 }  // namespace detail
@@ -279,7 +305,43 @@ void add_rms_norm_gemv(TensorView<TY> y, TensorView<T> x, const T* r_in, T* r_ou
   p.norm_threads = detail::norm_threads(K);
   if (warps == 0) warps = gemv_norm_warps();
   PIE_CHECK(warps == 4 || warps == 16, "add_rms_norm_gemv: 4 or 16 warps per CTA, not ", warps);
-  detail::launch_gemv<1, true>(p, stream, warps);
+  detail::launch_gemv<1, detail::kGemvAddRmsNorm>(p, stream, warps);
+}
+
+/// \brief True when swiglu_gemv() takes an expert width (K) of k: a multiple of 8 whose
+/// SwiGLU row fits the default 48 KB of shared memory of one CTA.
+template <class T>
+inline bool swiglu_gemv_supported(int64_t k) {
+  return k % 8 == 0 && k > 0 && k * int64_t{sizeof(T)} <= 48 * 1024;
+}
+
+/// \brief Batch-1 SwiGLU fused into the linear layer that reads it (the down projection):
+/// y [1, N] = (T(silu(gate))·up)·w [N, K]ᵀ (+ bias), gate_up = [gate | up] of width 2·K.
+/// Bit-identical to silu_and_mul(gate_up, x) followed by gemv(y, x, w, bias): every CTA computes
+/// the SwiGLU row into shared memory with silu_and_mul's arithmetic (2·K elements read from L2
+/// per CTA) instead of a kernel writing it between the two weight streams. `x_out` (may be null):
+/// CTA 0 also writes the row there, the bytes silu_and_mul would have left in x, for any later
+/// reader.
+template <class T>
+void swiglu_gemv(TensorView<T> y, TensorView<T> gate_up, TensorView<T> w, const T* bias = nullptr,
+                 cudaStream_t stream = nullptr, T* x_out = nullptr) {
+  static_assert(std::is_same_v<T, pie::f16> || std::is_same_v<T, pie::bf16>, "swiglu_gemv: f16 or bf16");
+  PIE_CHECK(gate_up.rank == 2 && w.rank == 2 && y.rank == 2 && gate_up.shape[0] == 1 && y.shape[0] == 1,
+            "swiglu_gemv: one row: gate_up [1, 2·K], y [1, N], w [N, K]");
+  const int64_t K = w.shape[1];
+  PIE_CHECK(gate_up.shape[1] == 2 * K && y.shape[1] == w.shape[0], "swiglu_gemv: shapes do not chain: gate_up [1, ",
+            gate_up.shape[1], "], w [", w.shape[0], ",", K, "], y [1, ", y.shape[1], "]");
+  PIE_CHECK(swiglu_gemv_supported<T>(K), "swiglu_gemv: K = ", K, " must be a multiple of 8 with 2·K bytes ≤ 48 KB");
+  PIE_CHECK(gemv_supported(1, K, gate_up.data, gate_up.stride[0], w.data, w.stride[0]) && gate_up.stride[1] == 1 &&
+                w.stride[1] == 1 && y.stride[1] == 1,
+            "swiglu_gemv: rows must be contiguous and 16-byte aligned");
+  using D = device_t<T>;
+  detail::GemvParams<D, D> p{dev(gate_up.data), gate_up.stride[0], dev(w.data), w.stride[0], dev(bias),
+                             reinterpret_cast<D*>(y.data), y.stride[0], static_cast<int>(w.shape[0]),
+                             static_cast<int>(K)};
+  PIE_CHECK(x_out == nullptr || vec8_aligned(x_out), "swiglu_gemv: x_out must be 16-byte aligned");
+  p.norm_r_out = dev(x_out);
+  detail::launch_gemv<1, detail::kGemvSwiGLU>(p, stream);
 }
 
 }  // namespace pie::ops::cuda
