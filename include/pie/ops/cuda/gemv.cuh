@@ -126,13 +126,27 @@ __global__ void __launch_bounds__(NW * 32, MINB) gemv_kernel(const __grid_consta
       rms_norm_row_to<true>(p.x, p.norm_r_in, blockIdx.x == 0 ? p.norm_r_out : nullptr, p.norm_w, xs, p.k,
                             p.norm_eps, p.norm_first != 0, red, p.norm_threads);
     } else {
-      for (int i = threadIdx.x * 8; i < p.k; i += NW * 32 * 8) {
-        float g[8], u[8], o[8];
-        load8(p.x + i, g);
-        load8(p.x + p.k + i, u);
-        swiglu8<T>(g, u, o);  // silu_and_mul_kernel's arithmetic (activation.cuh)
-        store8(xs + i, o);
-        if (blockIdx.x == 0 && p.norm_r_out != nullptr) store8(p.norm_r_out + i, o);
+      // Two vectors' loads before their stores: the row comes from L2, and a store to global
+      // memory (CTA 0's copy) between loads would keep the compiler from overlapping them.
+      constexpr int kStride = NW * 32 * 8, kBatch = MINB >= 8 ? 1 : 2;  // the lean CTAs: ≤ 64 registers
+      for (int i0 = threadIdx.x * 8; i0 < p.k; i0 += kBatch * kStride) {
+        float g[kBatch][8], u[kBatch][8];
+#pragma unroll
+        for (int b = 0; b < kBatch; ++b) {
+          const int i = i0 + b * kStride;
+          if (i >= p.k) break;
+          load8(p.x + i, g[b]);
+          load8(p.x + p.k + i, u[b]);
+        }
+#pragma unroll
+        for (int b = 0; b < kBatch; ++b) {
+          const int i = i0 + b * kStride;
+          if (i >= p.k) break;
+          float o[8];
+          swiglu8<T>(g[b], u[b], o);  // silu_and_mul_kernel's arithmetic (activation.cuh)
+          store8(xs + i, o);
+          if (blockIdx.x == 0 && p.norm_r_out != nullptr) store8(p.norm_r_out + i, o);
+        }
       }
     }
     __syncthreads();
