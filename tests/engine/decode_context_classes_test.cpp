@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <limits>
 #include <vector>
 
 #include "pie/core/error.hpp"
@@ -71,6 +72,15 @@ TEST(DecodeContextClasses, MaxModelLenNotAPowerOfTwoAndTiny) {
   // 513: the 512 candidate is below it (kept or not, 513 ends the ladder).
   EXPECT_EQ(ladder(1, 513).back(), 513);
   EXPECT_THROW(ladder(1, 0), Error);
+  // The largest max_model_len: the candidates 512·4^0 … 512·4^10 stop below it (no overflow);
+  // with a cost that grows with the plan's bound every one of them is kept.
+  const std::vector<int> huge = decode_context_ladder(
+      std::numeric_limits<int>::max(), [](int bound) { return bound; },
+      [](int plan_bound, int ctx) { return double(plan_bound) / ctx; });
+  ASSERT_EQ(huge.size(), 12u);
+  EXPECT_EQ(huge.front(), 512);
+  EXPECT_EQ(huge[10], 512 << 20);
+  EXPECT_EQ(huge.back(), std::numeric_limits<int>::max());
 }
 
 TEST(DecodeContextClasses, StepReplaysTheSmallestBoundAtOrAboveItsLongestContext) {

@@ -16,6 +16,7 @@
 /// thus share one graph, and the graph count stays near the bucket count there.
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <map>
 #include <string>
 #include <utility>
@@ -41,7 +42,8 @@ template <class PlanFn, class CostFn>
 std::vector<int> decode_context_ladder(int max_model_len, const PlanFn& plan, const CostFn& cost) {
   PIE_CHECK(max_model_len >= 1, "decode_context_ladder: max_model_len must be positive (got ", max_model_len, ")");
   std::vector<int> cand;
-  for (int c = kMinDecodeContextClass; c < max_model_len; c *= kDecodeContextClassStep) cand.push_back(c);
+  for (int64_t c = kMinDecodeContextClass; c < max_model_len; c *= kDecodeContextClassStep)
+    cand.push_back(static_cast<int>(c));
   std::vector<int> kept{max_model_len};
   auto above = plan(max_model_len);
   for (auto it = cand.rbegin(); it != cand.rend(); ++it) {
