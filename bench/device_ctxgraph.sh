@@ -2,7 +2,8 @@
 # bench/device_ctxgraph.sh — issues 14/15: decode CUDA graphs per context class
 # (PIE_DECODE_GRAPH_CONTEXTS=1, engine/decode_context_classes.hpp), opt-in until this has run.
 # One GPU call within PIE_DEADLINE_S (default 420), each step under its own limit:
-#   1. build pie_gpu_test_runner and pie_bench from source for sm_90a (git-ignored build dir, ≤ 240 s);
+#   1. build pie_gpu_test_runner and pie_bench from source for sm_90a (git-ignored build dir, ≤ 240 s),
+#      or with PIE_PREBUILT=dir take them from dir (plain or .gz, built for sm_90a from this tree);
 #   2. pie_gpu_test_runner GpuRunner.*: graph replay with context classes against eager over steps
 #      whose longest context crosses class bounds (greedy tokens, logits within 1e-2), and bit
 #      identity under --batch-invariant; the other runner tests beside them;
@@ -29,13 +30,23 @@ export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 unset PIE_DECODE_GRAPH_CONTEXTS
 say "device: $(gpu_line)"
 
-run configure 60 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \
-  -DPIE_BUILD_BENCH=OFF -DPIE_BUILD_EXAMPLES=ON -DPIE_BUILD_TESTS=ON -DPIE_MOE_CUTLASS=OFF
-run build 240 cmake --build "$BUILD" -j "$(nproc)" --target pie_bench pie_gpu_test_runner ||
-  grep -E "error" "$LOGS/build.log" | head -20 | tee -a "$SUM"
-BENCH="$BUILD/examples/pie/pie_bench"
+if [ -n "${PIE_PREBUILT:-}" ]; then  # binaries built for sm_90a elsewhere (plain or .gz): no build
+  mkdir -p /tmp/pie_ctxgraph_bin
+  for f in pie_bench pie_gpu_test_runner; do
+    if [ -f "$PIE_PREBUILT/$f.gz" ]; then gunzip -c "$PIE_PREBUILT/$f.gz" > /tmp/pie_ctxgraph_bin/$f; else cp "$PIE_PREBUILT/$f" /tmp/pie_ctxgraph_bin/$f; fi
+    chmod +x /tmp/pie_ctxgraph_bin/$f
+  done
+  BENCH=/tmp/pie_ctxgraph_bin/pie_bench TEST=/tmp/pie_ctxgraph_bin/pie_gpu_test_runner
+  say "prebuilt binaries from $PIE_PREBUILT: $(cat "$PIE_PREBUILT/BUILT_FROM.txt" 2>/dev/null | head -1)"
+else
+  run configure 60 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \
+    -DPIE_BUILD_BENCH=OFF -DPIE_BUILD_EXAMPLES=ON -DPIE_BUILD_TESTS=ON -DPIE_MOE_CUTLASS=OFF
+  run build 240 cmake --build "$BUILD" -j "$(nproc)" --target pie_bench pie_gpu_test_runner ||
+    grep -E "error" "$LOGS/build.log" | head -20 | tee -a "$SUM"
+  BENCH="$BUILD/examples/pie/pie_bench" TEST="$BUILD/tests/gpu/pie_gpu_test_runner"
+fi
 
-run test_runner 100 "$BUILD/tests/gpu/pie_gpu_test_runner" --gtest_color=no --gtest_filter='GpuRunner.*'
+run test_runner 100 "$TEST" --gtest_color=no --gtest_filter='GpuRunner.*'
 grep -E "^\[ctx classes|^\[gpu|OK \]|FAILED  \]|Failure|Expected|Which is|PASSED" "$LOGS/test_runner.log" | head -40 |
   tee -a "$SUM"
 
