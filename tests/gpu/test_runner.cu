@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <utility>
 #include <random>
@@ -153,6 +155,131 @@ TEST(GpuRunner, GraphReplayMatchesEager) {
   EXPECT_EQ(eager.stats().graph_steps, 0);
   EXPECT_LE(worst, 1e-2);
 }
+
+/// Sets an environment variable for a scope (runners read their switches when built).
+struct ScopedEnv {
+  const char* name;
+  ScopedEnv(const char* n, const char* v) : name(n) { setenv(n, v, 1); }
+  ~ScopedEnv() { unsetenv(name); }
+};
+
+/// PIE_DECODE_GRAPH_CONTEXTS=1 (engine/decode_context_classes.hpp) against eager over steps whose
+/// longest context crosses class bounds: 10 sequences decoding through 512 (bucket 16), 6 of them
+/// (bucket 8), an 11th of 2045 tokens decoding through 2048, a 12th of 3000 (max_model_len's
+/// graph). Default kernels: the greedy tokens equal eager's (bar near-ties), logits within 1e-2;
+/// --batch-invariant: no classes (its decode rows take the prefill kernel), logits bit-identical.
+void graph_context_classes_match_eager(bool invariant) {
+  auto cfg = gpu_test::small_qwen3(2);
+  auto hw = share(model::dummy_weights<bf16>(cfg, 16));
+  auto opts = [&](bool eager) {
+    EngineOptions o = small_options(eager, 1024);
+    o.sched.max_num_seqs = 16;
+    o.sched.max_model_len = 4096;
+    o.batch_invariant = invariant;
+    return o;
+  };
+  std::unique_ptr<GpuEngine> graphs_engine;
+  {
+    ScopedEnv on("PIE_DECODE_GRAPH_CONTEXTS", "1");
+    graphs_engine = gpu_engine(hw, opts(false));
+  }
+  auto& graphs = graphs_engine->runner();
+  auto eager_engine = gpu_engine(hw, opts(true));
+  auto& eager = eager_engine->runner();
+  const auto& classes = graphs.graph_context_classes();
+  ASSERT_EQ(classes.empty(), invariant);
+  const std::vector<int> buckets = graphs.graph_batch_sizes();
+  ASSERT_FALSE(buckets.empty());
+  for (int b : buckets) {
+    std::printf("[ctx classes] bucket %d:", b);
+    for (int x : classes.bounds(b)) std::printf(" %d", x);
+    std::printf("\n");
+  }
+  std::mt19937 rng(9);
+  std::vector<HandSeq> s1, s2;
+  for (int len : {100, 140, 180, 220, 260, 300, 340, 380, 420, 509, 2045, 3000})
+    s1.push_back(HandSeq{random_tokens(rng, len, cfg.vocab_size)});
+  s2 = s1;
+  int32_t n1 = 0, n2 = 0;
+  const size_t V = cfg.vocab_size;
+  double worst = 0;
+  int64_t want_ctx_steps = 0, near_ties = 0;
+  std::vector<int> bounds_used;
+  // One step over sequences `idx` (n tokens each) on both runners; a prefill chunk that does not
+  // end its prompt drops its sample.
+  auto step = [&](const std::vector<int>& idx, const std::vector<int>& n) {
+    std::vector<HandSeq*> p1, p2;
+    for (int i : idx) { p1.push_back(&s1[i]); p2.push_back(&s2[i]); }
+    auto q1 = gpu_test::hand_plan(p1, n, kBS, n1);
+    auto q2 = gpu_test::hand_plan(p2, n, kBS, n2);
+    const bool decode = q1.num_decode_seqs == q1.num_seqs();
+    if (decode && !classes.empty()) {
+      const int bucket = *std::lower_bound(buckets.begin(), buckets.end(), q1.num_seqs());
+      int max_ctx = 1;
+      for (int c : q1.context_lens) max_ctx = std::max(max_ctx, c);
+      const int bound = classes.bound_for(bucket, max_ctx);
+      want_ctx_steps += bound < 4096;
+      if (std::find(bounds_used.begin(), bounds_used.end(), bound) == bounds_used.end()) bounds_used.push_back(bound);
+    }
+    std::vector<SampleSpec> specs(idx.size());
+    auto l1 = graphs.execute_logits(q1, specs);
+    std::vector<float> a(l1.begin(), l1.end());
+    std::vector<int32_t> ia(graphs.last_ids().begin(), graphs.last_ids().end());
+    auto l2 = eager.execute_logits(q2, specs);
+    std::vector<float> b(l2.begin(), l2.end());
+    ASSERT_EQ(a.size(), b.size());
+    if (invariant)
+      EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0)
+          << "batch-invariant logits differ (rel err " << gpu_test::rel_err(a, b) << ")";
+    worst = std::max(worst, gpu_test::rel_err(a, b));
+    for (size_t r = 0; r < idx.size(); ++r) {
+      const int ie = eager.last_ids()[r];
+      if (ia[r] != ie) {
+        // Only where eager's logits of the two tokens nearly tie (another split sums differently).
+        const float gap = std::fabs(b[r * V + ia[r]] - b[r * V + ie]);
+        EXPECT_LE(gap, 1e-2f) << "seq " << idx[r] << ": graph token " << ia[r] << " vs eager " << ie;
+        ++near_ties;
+      }
+      HandSeq& x1 = s1[idx[r]];
+      HandSeq& x2 = s2[idx[r]];
+      if (x1.cached < static_cast<int>(x1.tokens.size())) continue;  // a chunk before the prompt's end
+      x1.tokens.push_back(ie);  // both continue with eager's token
+      x2.tokens.push_back(ie);
+    }
+  };
+  auto prefill = [&](int i) {  // chunks of at most 512 tokens
+    while (s1[i].cached < static_cast<int>(s1[i].tokens.size()))
+      step({i}, {std::min<int>(512, int(s1[i].tokens.size()) - s1[i].cached)});
+  };
+  auto decode = [&](int seqs, int steps) {
+    std::vector<int> idx(seqs);
+    for (int i = 0; i < seqs; ++i) idx[i] = i;
+    for (int t = 0; t < steps; ++t) step(idx, std::vector<int>(seqs, 1));
+  };
+  for (int i = 0; i < 10; ++i) prefill(i);
+  decode(10, 5);   // longest context 510..514: through 512 (bucket 16)
+  decode(6, 2);    // bucket 8
+  prefill(10);
+  decode(11, 5);   // longest 2046..2050: through 2048
+  prefill(11);
+  decode(12, 2);   // longest 3001, 3002
+  EXPECT_EQ(eager.stats().graph_steps, 0);
+  EXPECT_GT(graphs.stats().graph_steps, 0);
+  EXPECT_EQ(graphs.stats().ctx_graph_steps, want_ctx_steps);
+  if (!invariant) {
+    EXPECT_GT(want_ctx_steps, 0) << "no decode step replayed a context class below max_model_len";
+    EXPECT_GE(bounds_used.size(), 3u) << "the steps crossed fewer class bounds than planned";
+    EXPECT_LE(near_ties, 3);
+  }
+  EXPECT_LE(worst, 1e-2);
+  std::printf("[ctx classes] invariant %d: %lld graph steps (%lld below max_model_len), %zu classes used, worst rel "
+              "err %.3g, %lld near-tie tokens\n", int(invariant), static_cast<long long>(graphs.stats().graph_steps),
+              static_cast<long long>(graphs.stats().ctx_graph_steps), bounds_used.size(), worst,
+              static_cast<long long>(near_ties));
+}
+
+TEST(GpuRunner, GraphContextClassesMatchEager) { graph_context_classes_match_eager(false); }
+TEST(GpuRunner, GraphContextClassesBatchInvariantBitIdentical) { graph_context_classes_match_eager(true); }
 
 // Batch-invariant mode: one sequence's logits are bit-identical (a) alone, (b) inside mixed
 // steps (its prompt in two chunks beside other prompts, decodes beside a prefill, padded graph

@@ -11,7 +11,10 @@
 /// that sample; rank 0 samples on the device and only the sampled ids come back. Pure decode
 /// steps replay a CUDA graph of their batch bucket — collectives included under TP (NCCL ≥ 2.9
 /// records them as graph nodes; every rank captures the same buckets in lockstep and replays the
-/// same bucket each step, so the graphs' collectives pair up). A step with prompt_logprobs rows
+/// same bucket each step, so the graphs' collectives pair up). With PIE_DECODE_GRAPH_CONTEXTS=1 a
+/// bucket has a graph per context class (engine/decode_context_classes.hpp), each with the decode
+/// attention planned for its bound, and a step replays the class of its longest context (the
+/// same on every rank: one plan). A step with prompt_logprobs rows
 /// (always a prefill, so eager) then scores those rows on the device — lm_head over chunks of
 /// rows, log_softmax, rank and top-20 (ops/cuda/prompt_logprobs.cuh) — and copies back one
 /// small record per row (prompt_logprob_rows()); other steps do none of it.
@@ -36,6 +39,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <span>
@@ -48,6 +52,7 @@
 #include "pie/core/policy.hpp"
 #include "pie/engine/cuda/cuda_forward.cuh"
 #include "pie/engine/cuda/cuda_graphs.cuh"
+#include "pie/engine/decode_context_classes.hpp"
 #include "pie/ops/cuda/feed_tokens.cuh"
 #include "pie/engine/cuda/device_copy.cuh"
 #include "pie/engine/cuda/device_fp8_weights.cuh"
@@ -84,6 +89,7 @@ namespace pie::engine::cuda {
 struct RunnerStats {
   int64_t steps = 0;
   int64_t graph_steps = 0;
+  int64_t ctx_graph_steps = 0;  ///< of them, replays of a context class below max_model_len
   int64_t eager_steps = 0;
   double graph_capture_s = 0;
   double profile_s = 0;
@@ -169,6 +175,7 @@ class CudaRunner {
       std::fprintf(stderr, "pie: token masks: %lld steps, host fill %.3f ms per step (overlapping the forward)\n",
                    static_cast<long long>(stats_.masked_steps), 1e3 * stats_.mask_fill_s / stats_.masked_steps);
     graphs_.clear();
+    ctx_graphs_.clear();
     split_graphs_.clear();
     if (side_) cudaStreamSynchronize(side_);
     for (auto& h : nano_) h.fwd.reset();
@@ -189,6 +196,8 @@ class CudaRunner {
   const RunnerStats& stats() const { return stats_; }
   const std::optional<parallel::TpShard>& shard() const { return shard_; }
   std::vector<int> graph_batch_sizes() const { return captured_; }
+  /// The decode graphs' context classes (empty unless PIE_DECODE_GRAPH_CONTEXTS=1).
+  const DecodeContextClasses& graph_context_classes() const { return ctx_classes_; }
   cudaStream_t stream() const { return stream_; }
   KVCache<KV>& kv_cache() { return *kv_; }
   /// Per-op event timing of the following steps (eager while on); see step_profiler.cuh.
@@ -587,9 +596,24 @@ class CudaRunner {
     cap.max_blocks = opt_.sched.max_num_seqs * ((max_model_len_ + Policy::block_size - 1) / Policy::block_size + 1);
     cap.max_samples = max_samples();
     step_ = StepBuffers(cap);
-    // Decode split-K scratch: the largest plan over every batch size at max_model_len.
+    // PIE_DECODE_GRAPH_CONTEXTS=1: decode graphs per (bucket, context class), each planned for
+    // its class's bound (engine/decode_context_classes.hpp); else one per bucket, planned for
+    // max_model_len. The ladder prices plans with the decode cost model on this card's SMs.
+    // Not under --batch-invariant: its decode rows take the prefill kernel, no decode plan.
+    if (decode_graph_contexts_from_env(std::getenv("PIE_DECODE_GRAPH_CONTEXTS")) && !opt_.enforce_eager &&
+        !opt_.batch_invariant) {
+      const int sms = ops::cuda::num_sms();
+      ctx_classes_ = DecodeContextClasses(
+          graph_buckets(opt_.sched.max_num_seqs), max_model_len_, [&](int b, int bound) { return decode_plan(b, bound); },
+          [sms](const ops::cuda::DecodePlan& p, int ctx) { return ops::cuda::decode_plan_cost_us(p, ctx, sms); });
+    }
+    // Decode split-K scratch: the largest plan over every batch size at max_model_len, and over
+    // every context class's graph (a shorter bound may split a bucket more finely).
     size_t dws = 0;
     for (int b = 1; b <= opt_.sched.max_num_seqs; ++b) dws = std::max(dws, decode_plan(b, max_model_len_).workspace_bytes);
+    if (!ctx_classes_.empty())
+      for (int b : graph_buckets(opt_.sched.max_num_seqs))
+        for (int bound : ctx_classes_.bounds(b)) dws = std::max(dws, decode_plan(b, bound).workspace_bytes);
     decode_ws_ = DeviceBuffer<unsigned char>(std::max<size_t>(dws, 256));
     // Zeroed once: the fused split merge's arrival counters start at zero, and every launch
     // leaves them so (graph replays need no memset).
@@ -851,17 +875,34 @@ class CudaRunner {
       graphs_.capture(B, stream_, [&](cudaStream_t s) { body(shape, *kv_, s); });
       captured_.push_back(B);
       if (nano_bucket(B)) capture_split(B, p, specs);
+      // The bucket's context classes below max_model_len (step_ still holds its plan), each warmed
+      // up eagerly first: another split count may launch other kernels (the merge).
+      for (int bound : ctx_classes_.bounds(B)) {
+        if (bound >= max_model_len_) continue;
+        const StepShape cs = decode_shape(B, bound);
+        body(cs, *kv_, stream_);
+        PIE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+        ctx_graphs_[bound].capture(B, stream_, [&](cudaStream_t s) { body(cs, *kv_, s); });
+      }
     }
     std::reverse(captured_.begin(), captured_.end());
     PIE_CUDA_CHECK(cudaStreamSynchronize(stream_));
     stats_.graph_capture_s = seconds_since(t0);
-    if (log_)
-      std::fprintf(stderr, "pie: captured %zu decode CUDA graphs (batch 1..%d; %zu of them also split in two "
-                   "nano-batches) in %.1f s\n", graphs_.size(), opt_.sched.max_num_seqs, split_graphs_.size(),
+    if (log_) {
+      size_t n = graphs_.size();
+      for (const auto& [bound, g] : ctx_graphs_) n += g.size();
+      std::string classes;
+      for (int bound : ctx_classes_.lower_bounds()) classes += std::to_string(bound) + ", ";
+      std::fprintf(stderr, "pie: captured %zu decode CUDA graphs (batch 1..%d; %zu context classes: %s%d; %zu of them "
+                   "also split in two nano-batches) in %.1f s\n", n, opt_.sched.max_num_seqs,
+                   ctx_classes_.lower_bounds().size() + 1, classes.c_str(), max_model_len_, split_graphs_.size(),
                    stats_.graph_capture_s);
+    }
   }
   /// The split graph of bucket B (step_ already holds the padded plan `p`): halves of
-  /// nano_rows_a(B, B) and the rest, both decode graphs' shapes.
+  /// nano_rows_a(B, B) and the rest, both decode graphs' shapes. Planned for max_model_len only,
+  /// also under PIE_DECODE_GRAPH_CONTEXTS: a split graph is taken where the nano-batch cost model
+  /// says the overlap pays, and context classes for the halves would multiply the captures again.
   void capture_split(int B, const sched::StepPlan& p, const std::vector<SampleSpec>& specs) {
     const int a = nano_rows_a(B, B);
     std::optional<NanoSplit> sp = split_plan(p, a);
@@ -877,10 +918,11 @@ class CudaRunner {
     split_graphs_.capture(B, stream_, [&](cudaStream_t s) { body_split(sa, sb, *kv_, s); });
     ++stats_.nano_graphs;
   }
-  StepShape decode_shape(int B) const {
+  /// A decode graph's shape: B rows, attention planned for contexts ≤ `max_len`.
+  StepShape decode_shape(int B, int max_len = 0) const {
     StepShape sh;
     sh.tokens = sh.seqs = sh.decodes = sh.samples = B;
-    sh.decode = decode_plan(B, max_model_len_);
+    sh.decode = decode_plan(B, max_len > 0 ? max_len : max_model_len_);
     return sh;
   }
 
@@ -936,7 +978,14 @@ class CudaRunner {
     cache.apply(plan, stream_);
     const int nsamp = step_.num_samples();
     if (bucket > 0) {
-      graphs_.launch(bucket, stream_);
+      // The smallest context class ≥ the step's longest context (max_model_len without classes).
+      const int bound = ctx_classes_.empty() ? max_model_len_ : ctx_classes_.bound_for(bucket, max_decode_context(plan));
+      if (bound < max_model_len_) {
+        ctx_graphs_.at(bound).launch(bucket, stream_);
+        ++stats_.ctx_graph_steps;
+      } else {
+        graphs_.launch(bucket, stream_);
+      }
       ++stats_.graph_steps;
     } else {
       body(eager_shape(plan, nsamp), cache, stream_);
@@ -960,6 +1009,12 @@ class CudaRunner {
     }
   }
 
+  /// The longest context of the plan's decode rows (at least 1).
+  static int max_decode_context(const sched::StepPlan& plan) {
+    int max_ctx = 1;
+    for (int i = 0; i < plan.num_decode_seqs; ++i) max_ctx = std::max(max_ctx, plan.context_lens[i]);
+    return max_ctx;
+  }
   StepShape eager_shape(const sched::StepPlan& plan, int nsamp) const {
     const int S = plan.num_seqs(), D = plan.num_decode_seqs;
     StepShape sh;
@@ -967,8 +1022,7 @@ class CudaRunner {
     sh.seqs = S;
     sh.decodes = D;
     sh.samples = nsamp;
-    int max_ctx = 1;
-    for (int i = 0; i < D; ++i) max_ctx = std::max(max_ctx, plan.context_lens[i]);
+    const int max_ctx = max_decode_context(plan);
     for (int i = D; i < S; ++i) sh.max_query = std::max(sh.max_query, plan.query_lens[i]);
     sh.prefill_row0 = plan.cu_query_lens[D];
     sh.decode = decode_plan(D, max_ctx);
@@ -1072,7 +1126,9 @@ class CudaRunner {
   std::unique_ptr<LogitsGemm> logits_gemm_;
   std::unique_ptr<KVCache<KV>> kv_;
   StepBuffers step_;
-  DecodeGraphs graphs_;
+  DecodeGraphs graphs_;  // by bucket, planned for max_model_len
+  DecodeContextClasses ctx_classes_;           // PIE_DECODE_GRAPH_CONTEXTS=1 (empty: off)
+  std::map<int, DecodeGraphs> ctx_graphs_;     // by context class bound < max_model_len, then bucket
   StepProfiler prof_;
   std::vector<int> captured_;
   std::unique_ptr<Forward> fwd_;

@@ -185,6 +185,39 @@ inline void set_decode_split(DecodePlan& p, int tokens_per_split, int max_seq_le
   p.workspace_bytes = decode_workspace_layout(p).end;
 }
 
+namespace detail {
+/// The cost model of plan_decode_split (µs; see there): `ctas` (sequence, KV head) pairs over
+/// `slots` resident CTAs, each pair launched as `grid` CTAs that run its `splits` splits of `tps`
+/// tokens (CTA z: splits z, z + grid, …), every sequence `context` tokens long; then the merge of
+/// the `splits` partials. With grid == splits and context == the planned length it is the cost
+/// the split choice minimises; a shorter context prices a plan made for a longer one (the CUDA
+/// runner's graph context classes): its splits past the context are empty CTAs, and the work
+/// of those before sits in the first CTAs of each pair.
+inline double decode_split_cost_us(int64_t ctas, int64_t slots, int splits, int grid, int tps, int context, int batch,
+                                   int num_q_heads, int head_dim, int group, bool fused_merge) {
+  const double bw = 4.0e6, cta_bw = 8.0e3, lat = 2.0, merge_fixed = 2.0;  // bytes/µs, bytes/µs, µs, µs
+  const double fused_fixed = 1.0, cta_l2_bw = 1.0e5;                      // µs, bytes/µs (fused merge)
+  const double tok_bytes = 4.0 * head_dim;                                   // K + V, 16-bit
+  context = std::max(context, 1);
+  grid = std::max(grid, 1);
+  const int busy = std::min(splits, (context + tps - 1) / tps);  // splits with tokens
+  const int64_t per_cta = (busy + grid - 1) / grid;                // of them, CTA 0 runs the most
+  const int64_t n = ctas * grid;
+  const int64_t full = n / slots, rest = n % slots;
+  const double avg = double(context) / grid * tok_bytes;
+  const double longest = double(std::min<int64_t>(per_cta * tps, context)) * tok_bytes;
+  double t = full * std::max(slots * avg / bw, longest / cta_bw + lat);
+  if (rest) t += std::max(rest * avg / bw, longest / cta_bw + lat);
+  if (splits > 1) {
+    if (fused_merge)  // the last CTA of the pair reads `splits` partials of `group` rows
+      t += fused_fixed + double(splits) * group * (head_dim + 1) * 4.0 / cta_l2_bw;
+    else
+      t += merge_fixed + 2.0 * splits * batch * num_q_heads * (head_dim + 1) * 4.0 / bw;
+  }
+  return t;
+}
+}  // namespace detail
+
 /// \brief Chooses the split count from the grid width and the longest context with a small
 /// cost model (µs): CTAs run in waves of sm_count·ctas_per_sm; a full wave streams at the copy
 /// bandwidth (~4 TB/s), a partial one is bound by what one CTA streams (≈ 8 GB/s: its 4 warps'
@@ -225,9 +258,6 @@ inline DecodePlan plan_decode_split(int batch, int num_q_heads, int num_kv_heads
   }
   const int64_t ctas = int64_t{batch} * num_kv_heads;
   const int64_t slots = int64_t{sm_count} * p.ctas_per_sm;
-  const double bw = 4.0e6, cta_bw = 8.0e3, lat = 2.0, merge_fixed = 2.0;  // bytes/µs, bytes/µs, µs, µs
-  const double fused_fixed = 1.0, cta_l2_bw = 1.0e5;                      // µs, bytes/µs (fused merge)
-  const double tok_bytes = 4.0 * head_dim;                                   // K + V, 16-bit
   const int min_split = ctas < sm_count ? 64 : 256;
   const int max_splits = ctas == 0 ? 1 : static_cast<int>(std::min<int64_t>(std::max(1, max_seq_len / min_split),
                                                                              4 * slots / ctas + 1));
@@ -237,21 +267,24 @@ inline DecodePlan plan_decode_split(int batch, int num_q_heads, int num_kv_heads
     int tps = s == 1 ? max_seq_len : ((max_seq_len + s - 1) / s + 63) / 64 * 64;
     int se = (max_seq_len + tps - 1) / tps;
     if (s > 1 && se != s) continue;  // the same split as a smaller s
-    const int64_t n = ctas * se;
-    const int64_t full = n / slots, rest = n % slots;
-    const double avg = double(max_seq_len) / se * tok_bytes, longest = double(std::min(tps, max_seq_len)) * tok_bytes;
-    double t = full * std::max(slots * avg / bw, longest / cta_bw + lat);
-    if (rest) t += std::max(rest * avg / bw, longest / cta_bw + lat);
-    if (se > 1) {
-      if (opt.fused_merge)  // the last CTA of the pair reads se partials of `group` rows
-        t += fused_fixed + double(se) * group * (head_dim + 1) * 4.0 / cta_l2_bw;
-      else
-        t += merge_fixed + 2.0 * se * batch * num_q_heads * (head_dim + 1) * 4.0 / bw;
-    }
+    const double t = detail::decode_split_cost_us(ctas, slots, se, se, tps, max_seq_len, batch, num_q_heads, head_dim,
+                                                  group, opt.fused_merge);
     if (s == 1 || t < best) { best = t; best_tps = tps; }
   }
   set_decode_split(p, best_tps, max_seq_len, opt.counter_batch);
   return p;
+}
+
+/// \brief The cost model's time (µs) of launching `p` over sequences of `context` tokens (≤ the
+/// length it was planned for) on `sm_count` SMs: what a CUDA graph captured with a plan made for a
+/// longer context pays at a shorter one (detail::decode_split_cost_us).
+inline double decode_plan_cost_us(const DecodePlan& p, int context, int sm_count) {
+  const int64_t ctas = int64_t{p.batch} * p.num_kv_heads;
+  const int64_t slots = int64_t{std::max(sm_count, 1)} * p.ctas_per_sm;
+  const int grid = p.fixed_split ? p.grid_splits : p.num_splits;
+  return detail::decode_split_cost_us(ctas, slots, p.num_splits, grid, std::max(p.tokens_per_split, 1), context,
+                                      p.batch, p.num_q_heads, p.head_dim, p.num_q_heads / std::max(p.num_kv_heads, 1),
+                                      p.fused_merge);
 }
 
 }  // namespace pie::ops::cuda
