@@ -1,13 +1,16 @@
 // The MoE block at decode sizes (n ≤ kMoeGemvMaxTokens), Qwen3-30B-A3B's shape (H 2048, I 768,
 // 128 experts, top-8): each stage of the unfused gemv path against the fused kernels of
-// ops/cuda/moe_decode.cuh and the gate_up GEMV's two unrolls, against the same run's copy
-// ceiling. Each row times a chain of 12 calls over 4 layers (each its own router, experts and
-// routing, so no call finds the previous one's weights in L2; launched with PDL back to back as
-// in the decode graphs) and prints the mean µs per call, median of 20 chains, and the bytes a
-// call must move (the touched experts' weights once) as a share of the copy rate.
+// ops/cuda/moe_decode.cuh and the gate_up GEMV's two unrolls, the one-CTA routing
+// (PIE_MOE_ROUTE=cta), the waves block (PIE_MOE_DECODE=waves) and the down GEMV's grid
+// variants, against the same run's copy ceiling. Each row times a chain of 12 calls over 4
+// layers (each its own router, experts and routing, so no call finds the previous one's weights
+// in L2; launched with PDL back to back as in the decode graphs) and prints the mean µs per
+// call, median of 20 chains, and the bytes a call must move (the touched experts' weights once)
+// as a share of the copy rate.
 //   pie_bench_cuda_moe_decode [tokens...]   (default 1 2 4 8)
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <string>
@@ -70,6 +73,15 @@ void bench_tokens(int n, std::vector<Layer>& layers) {
         oc::moe_route(n, true, *layers[l].ws, nullptr);
       }),
       rt_bytes);
+  row("moe_route alone (atomic, default)", chain([&](int l) { oc::moe_route(n, true, *layers[l].ws, nullptr); }), 0);
+  row("moe_route alone, one CTA (PIE_MOE_ROUTE=cta)",
+      chain([&](int l) { oc::moe_route(n, true, *layers[l].ws, nullptr, true); }), 0);
+  row("router gemv + moe_route one CTA", chain([&](int l) {
+        TensorView<float> lg(layers[l].ws->logits(), {n, kE}, Device::Cuda);
+        oc::gemv(lg, xv, layers[l].router.view({kE, kH}), static_cast<const bf16*>(nullptr), nullptr);
+        oc::moe_route(n, true, *layers[l].ws, nullptr, true);
+      }),
+      rt_bytes);
   row("fused router + route", chain([&](int l) {
         oc::moe_router_route(xv, layers[l].router.view({kE, kH}), true, *layers[l].ws, nullptr);
       }),
@@ -77,6 +89,24 @@ void bench_tokens(int n, std::vector<Layer>& layers) {
   row("gate_up gemv U=4 (default)", chain([&](int l) { ex4[l]->gate_up(nullptr); }), gu_bytes);
   row("gate_up gemv by waves (fused path)", chain([&](int l) { ex0[l]->gate_up(nullptr); }), gu_bytes);
   row("down gemv", chain([&](int l) { ex4[l]->down(nullptr); }), dn_bytes);
+  // The down GEMV's grid: C columns per warp (2048/(4·C) CTAs per expert), U chunks of K (256
+  // each; K = 768 is 3) per load round. Same bits as down() (checked here on layer 0's y).
+  auto down_variant = [&](const char* label, auto&& f) {
+    const size_t ny = size_t(n) * kK * kH;
+    ex4[0]->down(nullptr);
+    std::vector<bf16> want(ny), got(ny);
+    PIE_CUDA_CHECK(cudaMemcpy(want.data(), layers[0].ws->y(), ny * 2, cudaMemcpyDeviceToHost));
+    PIE_CUDA_CHECK(cudaMemset(layers[0].ws->y(), 0xff, ny * 2));
+    f(0);
+    PIE_CUDA_CHECK(cudaMemcpy(got.data(), layers[0].ws->y(), ny * 2, cudaMemcpyDeviceToHost));
+    const bool same = std::memcmp(want.data(), got.data(), ny * 2) == 0;
+    row(std::string(label) + (same ? "" : " BITS DIFFER"), chain(f), dn_bytes);
+  };
+  down_variant("down gemv C2 U3", [&](int l) { ex4[l]->down_cfg<2, 3>(nullptr); });
+  down_variant("down gemv C1 U3", [&](int l) { ex4[l]->down_cfg<1, 3>(nullptr); });
+  down_variant("down gemv C4 U3", [&](int l) { ex4[l]->down_cfg<4, 3>(nullptr); });
+  down_variant("down gemv C4 U2", [&](int l) { ex4[l]->down_cfg<4, 2>(nullptr); });
+  down_variant("down gemv C8 U1", [&](int l) { ex4[l]->down_cfg<8, 1>(nullptr); });
   row("un-permute", chain([&](int l) { ex4[l]->unpermute(nullptr); }), 0);
   row("down gemv + un-permute", chain([&](int l) {
         ex4[l]->down(nullptr);
@@ -95,6 +125,33 @@ void bench_tokens(int n, std::vector<Layer>& layers) {
         ex4[l]->gate_up(nullptr);
         ex4[l]->down(nullptr);
         ex4[l]->unpermute(nullptr);
+      }),
+      rt_bytes + gu_bytes + dn_bytes);
+  row("block route cta (5 launches)", chain([&](int l) {
+        TensorView<float> lg(layers[l].ws->logits(), {n, kE}, Device::Cuda);
+        oc::gemv(lg, xv, layers[l].router.view({kE, kH}), static_cast<const bf16*>(nullptr), nullptr);
+        oc::moe_route(n, true, *layers[l].ws, nullptr, true);
+        ex4[l]->gate_up(nullptr);
+        ex4[l]->down(nullptr);
+        ex4[l]->unpermute(nullptr);
+      }),
+      rt_bytes + gu_bytes + dn_bytes);
+  row("block waves (5 launches)", chain([&](int l) {
+        TensorView<float> lg(layers[l].ws->logits(), {n, kE}, Device::Cuda);
+        oc::gemv(lg, xv, layers[l].router.view({kE, kH}), static_cast<const bf16*>(nullptr), nullptr);
+        oc::moe_route(n, true, *layers[l].ws, nullptr);
+        ex0[l]->gate_up(nullptr);
+        ex0[l]->down(nullptr);
+        ex0[l]->unpermute(nullptr);
+      }),
+      rt_bytes + gu_bytes + dn_bytes);
+  row("block route cta + waves (5 launches)", chain([&](int l) {
+        TensorView<float> lg(layers[l].ws->logits(), {n, kE}, Device::Cuda);
+        oc::gemv(lg, xv, layers[l].router.view({kE, kH}), static_cast<const bf16*>(nullptr), nullptr);
+        oc::moe_route(n, true, *layers[l].ws, nullptr, true);
+        ex0[l]->gate_up(nullptr);
+        ex0[l]->down(nullptr);
+        ex0[l]->unpermute(nullptr);
       }),
       rt_bytes + gu_bytes + dn_bytes);
   row("block fused (3 launches)", chain([&](int l) {

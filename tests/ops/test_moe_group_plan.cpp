@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "pie/core/error.hpp"
@@ -140,11 +141,28 @@ TEST(MoeDecodePlan, SwitchValues) {
   EXPECT_EQ(parse_choice(""), Choice::kUnfused);
   EXPECT_EQ(parse_choice("unfused"), Choice::kUnfused);
   EXPECT_EQ(parse_choice("fused"), Choice::kFused);
+  EXPECT_EQ(parse_choice("waves"), Choice::kWaves);
+  for (const char* bad : {"Fused", "wave", "waves "}) {
+    try {
+      parse_choice(bad);
+      FAIL() << "an unknown value was accepted: " << bad;
+    } catch (const pie::Error& e) {
+      EXPECT_NE(std::string(e.what()).find(std::string("PIE_MOE_DECODE=") + bad), std::string::npos) << e.what();
+    }
+  }
+}
+
+TEST(MoeDecodePlan, RouteSwitchValues) {
+  using pie::ops::cuda::moe_decode::parse_route_one_cta;
+  EXPECT_FALSE(parse_route_one_cta(nullptr));
+  EXPECT_FALSE(parse_route_one_cta(""));
+  EXPECT_FALSE(parse_route_one_cta("atomic"));
+  EXPECT_TRUE(parse_route_one_cta("cta"));
   try {
-    parse_choice("Fused");
+    parse_route_one_cta("CTA");
     FAIL() << "an unknown value was accepted";
   } catch (const pie::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("PIE_MOE_DECODE=Fused"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("PIE_MOE_ROUTE=CTA"), std::string::npos) << e.what();
   }
 }
 

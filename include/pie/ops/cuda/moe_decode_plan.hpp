@@ -1,9 +1,9 @@
 #pragma once
 /// \file moe_decode_plan.hpp
-/// \brief The host-side choices of the fused decode MoE block (moe_decode.cuh), in plain C++ so
-/// that a CPU test (tests/ops/test_moe_group_plan.cpp) checks them: the run-time switch
-/// PIE_MOE_DECODE, the gate_up GEMV's chunks in flight by wave count, and the work split of the
-/// fused down + un-permute kernel.
+/// \brief The host-side choices of the decode MoE block (moe_decode.cuh, moe_routing.cuh), in
+/// plain C++ so that a CPU test (tests/ops/test_moe_group_plan.cpp) checks them: the run-time
+/// switches PIE_MOE_DECODE and PIE_MOE_ROUTE, the gate_up GEMV's chunks in flight by wave
+/// count, and the work split of the fused down + un-permute kernel.
 #include <cstdint>
 #include <string_view>
 
@@ -13,13 +13,28 @@ namespace pie::ops::cuda::moe_decode {
 
 /// \brief PIE_MOE_DECODE: unset, empty or "unfused" keeps the five-launch decode block (router
 /// GEMV, moe_route, gate_up, down, un-permute); "fused" takes moe_decode.cuh's kernels for
-/// n ≤ kMoeGemvMaxTokens. Anything else is an error naming the variable.
-enum class Choice { kUnfused, kFused };
+/// n ≤ kMoeGemvMaxTokens; "waves" keeps the five launches but gives the gate_up GEMV its chunks
+/// in flight by wave count (gate_up_unroll), as the fused path does: on the H100 of 2026-12-05
+/// that gate_up took 19.86 µs at batch 1 against 23.64 with 4 chunks, while the fused router and
+/// down kernels gained nothing. Anything else is an error naming the variable.
+enum class Choice { kUnfused, kFused, kWaves };
 inline Choice parse_choice(const char* v) {
   const std::string_view s = v ? v : "";
   if (s.empty() || s == "unfused") return Choice::kUnfused;
-  PIE_CHECK(s == "fused", "PIE_MOE_DECODE=", s, ": expected fused or unfused");
+  if (s == "waves") return Choice::kWaves;
+  PIE_CHECK(s == "fused", "PIE_MOE_DECODE=", s, ": expected fused, waves or unfused");
   return Choice::kFused;
+}
+
+/// \brief PIE_MOE_ROUTE: unset, empty or "atomic" keeps moe_route_kernel (global counts, a
+/// ticket, the last CTA groups); "cta" routes n ≤ kMoeGemvMaxTokens in one CTA with its counts in
+/// shared memory (moe_route's one_cta; the same routing). Anything else is an error naming the
+/// variable.
+inline bool parse_route_one_cta(const char* v) {
+  const std::string_view s = v ? v : "";
+  if (s.empty() || s == "atomic") return false;
+  PIE_CHECK(s == "cta", "PIE_MOE_ROUTE=", s, ": expected cta or atomic");
+  return true;
 }
 
 /// \brief Waves a grid of `ctas` CTAs takes at `per_sm` resident CTAs on `sms` SMs.
