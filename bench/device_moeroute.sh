@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
-# bench/device_moeroute.sh — issue 20, the batch-1 MoE block's two opt-in switches, on one GPU
+# bench/device_moeroute.sh — issue 20, the batch-1 MoE block's three opt-in switches, on one GPU
 # in one call within PIE_DEADLINE_S (default 420 s):
 #   PIE_MOE_ROUTE=cta    moe_route in one CTA at n ≤ 8, counts in shared memory, no global
 #                        atomics / threadfence / ticket (ops/cuda/moe_routing.cuh)
 #   PIE_MOE_DECODE=waves the five-launch block with the gate_up GEMV's chunks by wave count
+#   PIE_MOE_DOWN=waves   the down GEMV's columns per warp by wave count at n ≤ 2 (4 at batch 1:
+#                        one wave of 1024 CTAs instead of two of 2048)
 # Steps: build from source (≤ 240 s, in the git-ignored $PIE_BUILD_DIR; a warm machine's earlier
 # build is reused), then
 #   1. pie_cuda_test_moe: the one-CTA routing against the atomic kernel bit for bit (n 1..8,
-#      E 8/64/128/256, k 1..8, counters zero), each switch and both against the default block bit
-#      for bit from a graph replay (MoeDecodeSwitches), and the rest of the MoE kernel tests;
+#      E 8/64/128/256, k 1..8, counters zero), each switch and all three against the default
+#      block bit for bit from a graph replay (MoeDecodeSwitches), and the rest of the MoE tests;
 #   2. pie_bench_cuda_moe_decode 1 2 8: routing alone atomic vs one CTA, the blocks, the down
 #      GEMV's grid variants (µs, % of copy); skipped when the machine has no Google Benchmark
 #      for the bench directory and BINDIR (below) has no prebuilt bench;
-#   3. `pie bench` Qwen3-30B-A3B (dummy weights) batch 1, 128/128: default, cta, waves, both,
-#      then default again (the noise between two runs of one setting), same call.
+#   3. `pie bench` Qwen3-30B-A3B (dummy weights) batch 1, 128/128: default, cta, waves, down,
+#      all three, then default again (the noise between two runs of one setting), same call.
 # Usage, in the repository root of the GPU machine:
 #   OUT=DIR bash bench/device_moeroute.sh [BINDIR]
 # BINDIR (optional): a prebuilt pie_bench_cuda_moe_decode (plain or .gz) and lib/ (its
@@ -30,7 +32,7 @@ source "$(dirname "$0")/device_lib.sh"  # say, run (NAME LIMIT_S CMD...), gpu_li
 [ -d /usr/local/cuda/bin ] && export PATH=/usr/local/cuda/bin:$PATH
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:/usr/local/cuda/lib:${LD_LIBRARY_PATH:-}
 [ -n "$BINDIR" ] && export LD_LIBRARY_PATH=$PWD/$BINDIR/lib:$LD_LIBRARY_PATH
-unset PIE_MOE_ROUTE PIE_MOE_DECODE
+unset PIE_MOE_ROUTE PIE_MOE_DECODE PIE_MOE_DOWN
 say "device: $(gpu_line)"
 say "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 
@@ -74,10 +76,11 @@ lat() {  # NAME [VAR=value...]
     --output-json "$OUT/lat_$name.json"
   grep -E "^(latency|engine|roofline|pie: captured)" "$LOGS/lat_$name.log" | sed "s/^/[$name] /" | tee -a "$SUM"
 }
-lat default PIE_MOE_ROUTE= PIE_MOE_DECODE=
+lat default PIE_MOE_ROUTE= PIE_MOE_DECODE= PIE_MOE_DOWN=
 lat cta PIE_MOE_ROUTE=cta
 lat waves PIE_MOE_DECODE=waves
-lat both PIE_MOE_ROUTE=cta PIE_MOE_DECODE=waves
-lat default2 PIE_MOE_ROUTE= PIE_MOE_DECODE=
+lat down PIE_MOE_DOWN=waves
+lat all PIE_MOE_ROUTE=cta PIE_MOE_DECODE=waves PIE_MOE_DOWN=waves
+lat default2 PIE_MOE_ROUTE= PIE_MOE_DECODE= PIE_MOE_DOWN=
 say "done"
 tar -czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$LOGS"

@@ -43,7 +43,7 @@ void bench_tokens(int n, std::vector<Layer>& layers) {
   DeviceBuffer<bf16> x(size_t(n) * kH), out(size_t(n) * kH);
   fill(x.data(), x.size(), 1);
   const auto xv = x.view({n, kH}), ov = out.view({n, kH});
-  std::vector<std::unique_ptr<oc::MoeExperts<bf16>>> ex4, ex0;
+  std::vector<std::unique_ptr<oc::MoeExperts<bf16>>> ex4, ex0, exd, ex00;  // gate_up U 4/0, down C 2/0
   double touched = 0;
   for (auto& l : layers) {
     l.ws = std::make_unique<oc::MoeWorkspace<bf16>>(n, kE, kK, kH, kI);
@@ -54,6 +54,8 @@ void bench_tokens(int n, std::vector<Layer>& layers) {
     const auto guv = l.gu.view({kE, 2 * kI, kH}), dnv = l.dn.view({kE, kH, kI});
     ex4.push_back(std::make_unique<oc::MoeExperts<bf16>>(xv, guv, dnv, *l.ws, ov, true, 4));
     ex0.push_back(std::make_unique<oc::MoeExperts<bf16>>(xv, guv, dnv, *l.ws, ov, true, 0));
+    exd.push_back(std::make_unique<oc::MoeExperts<bf16>>(xv, guv, dnv, *l.ws, ov, true, 4, 0));
+    ex00.push_back(std::make_unique<oc::MoeExperts<bf16>>(xv, guv, dnv, *l.ws, ov, true, 0, 0));
   }
   touched /= kLayers;
   const double gu_bytes = touched * 2 * kI * kH * 2, dn_bytes = touched * kH * kI * 2, rt_bytes = double(kE) * kH * 2;
@@ -102,6 +104,7 @@ void bench_tokens(int n, std::vector<Layer>& layers) {
     const bool same = std::memcmp(want.data(), got.data(), ny * 2) == 0;
     row(std::string(label) + (same ? "" : " BITS DIFFER"), chain(f), dn_bytes);
   };
+  down_variant("down gemv by waves (PIE_MOE_DOWN=waves)", [&](int l) { exd[l]->down(nullptr); });
   down_variant("down gemv C2 U3", [&](int l) { ex4[l]->down_cfg<2, 3>(nullptr); });
   down_variant("down gemv C1 U3", [&](int l) { ex4[l]->down_cfg<1, 3>(nullptr); });
   down_variant("down gemv C4 U3", [&](int l) { ex4[l]->down_cfg<4, 3>(nullptr); });
@@ -152,6 +155,24 @@ void bench_tokens(int n, std::vector<Layer>& layers) {
         ex0[l]->gate_up(nullptr);
         ex0[l]->down(nullptr);
         ex0[l]->unpermute(nullptr);
+      }),
+      rt_bytes + gu_bytes + dn_bytes);
+  row("block down waves (5 launches)", chain([&](int l) {
+        TensorView<float> lg(layers[l].ws->logits(), {n, kE}, Device::Cuda);
+        oc::gemv(lg, xv, layers[l].router.view({kE, kH}), static_cast<const bf16*>(nullptr), nullptr);
+        oc::moe_route(n, true, *layers[l].ws, nullptr);
+        exd[l]->gate_up(nullptr);
+        exd[l]->down(nullptr);
+        exd[l]->unpermute(nullptr);
+      }),
+      rt_bytes + gu_bytes + dn_bytes);
+  row("block cta + waves + down waves (5 launches)", chain([&](int l) {
+        TensorView<float> lg(layers[l].ws->logits(), {n, kE}, Device::Cuda);
+        oc::gemv(lg, xv, layers[l].router.view({kE, kH}), static_cast<const bf16*>(nullptr), nullptr);
+        oc::moe_route(n, true, *layers[l].ws, nullptr, true);
+        ex00[l]->gate_up(nullptr);
+        ex00[l]->down(nullptr);
+        ex00[l]->unpermute(nullptr);
       }),
       rt_bytes + gu_bytes + dn_bytes);
   row("block fused (3 launches)", chain([&](int l) {

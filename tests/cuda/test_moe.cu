@@ -8,8 +8,8 @@
 // decode kernels (moe_decode.cuh): router + routing and down + un-permute give the unfused
 // path's bits (gemv() + moe_route; gemv down + moe_unpermute) and agree with the CPU op, eager
 // and replayed from a graph. The one-CTA routing (moe_route's one_cta) against the atomic
-// kernel, and the engine's PIE_MOE_ROUTE=cta / PIE_MOE_DECODE=waves blocks against the default
-// block bit for bit, replayed from a graph.
+// kernel, and the engine's PIE_MOE_ROUTE=cta / PIE_MOE_DECODE=waves / PIE_MOE_DOWN=waves blocks
+// against the default block bit for bit, replayed from a graph.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -394,22 +394,24 @@ TEST(MoeDecodeFused, GraphReplayEqualsUnfused) {
   }
 }
 
-// The engine's two decode switches, alone and together: PIE_MOE_ROUTE=cta (one-CTA routing)
-// and PIE_MOE_DECODE=waves (the five launches with the gate_up GEMV's chunks by wave count).
-// Each captured once and replayed with new x and logits gives the default path's bits (atomic
+// The engine's decode switches, alone and together: PIE_MOE_ROUTE=cta (one-CTA routing),
+// PIE_MOE_DECODE=waves (the five launches with the gate_up GEMV's chunks by wave count) and
+// PIE_MOE_DOWN=waves (the down GEMV's columns by wave count; 4 columns forced too, which n ≤ 2
+// takes whatever the GPU's SM count). Each captured once and replayed with new x and logits gives the default path's bits (atomic
 // routing, gate_up with 4 chunks, down, un-permute; eager, on a second workspace) every replay,
 // and the CPU op's result.
 TEST(MoeDecodeSwitches, GraphReplayEqualsDefault) {
   std::mt19937 rng(19);
   struct Switches {
     bool one_cta;
-    int gate_up_u;
+    int gate_up_u, down_c;
     const char* name;
   };
   for (Shape s : {Shape{1, 2048, 128, 768, 8, true}, Shape{2, 2048, 128, 768, 8, true},
                   Shape{8, 2048, 128, 768, 8, true}, Shape{5, 256, 40, 128, 4, false}, Shape{3, 72, 256, 40, 8, true}})
-    for (Switches sw :
-         {Switches{true, 4, "route cta"}, Switches{false, 0, "waves"}, Switches{true, 0, "cta + waves"}}) {
+    for (Switches sw : {Switches{true, 4, 2, "route cta"}, Switches{false, 0, 2, "waves"},
+                        Switches{true, 0, 2, "cta + waves"}, Switches{false, 4, 4, "down 4 columns"},
+                        Switches{false, 4, 0, "down by waves"}, Switches{true, 0, 0, "all three"}}) {
       SCOPED_TRACE(name(s) + " " + sw.name);
       ExpertsData d = make_data(s, rng);
       MoeWorkspace<bf16> ws(s.n, s.experts, s.top_k, s.hidden, s.inter);
@@ -418,7 +420,7 @@ TEST(MoeDecodeSwitches, GraphReplayEqualsDefault) {
       const auto guv = d.dgu.view({s.experts, 2 * s.inter, s.hidden});
       const auto dnv = d.ddown.view({s.experts, s.hidden, s.inter});
       const auto ov = d.dout.view({s.n, s.hidden});
-      const ops::cuda::MoeExperts<bf16> ex(xv, guv, dnv, ws, ov, true, sw.gate_up_u);
+      const ops::cuda::MoeExperts<bf16> ex(xv, guv, dnv, ws, ov, true, sw.gate_up_u, sw.down_c);
       const ops::cuda::MoeExperts<bf16> ex_ref(xv, guv, dnv, ref, ov, true);
       cudaStream_t st;
       PIE_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));

@@ -468,7 +468,8 @@ class CudaForward {
     // (at n ≥ 2 the router logits are then the GEMV's, not cuBLASLt's).
     // PIE_MOE_DECODE=waves: the five launches, with the gate_up GEMV's chunks by wave count.
     // PIE_MOE_ROUTE=cta: moe_route in one CTA at n ≤ kMoeGemvMaxTokens (no global atomics).
-    // Both opt-in until measured on the device; each gives the default path's bits.
+    // PIE_MOE_DOWN=waves: the down GEMV's columns per warp by wave count at n ≤ 2.
+    // Each opt-in until measured on the device; each gives the default path's bits.
     const auto decode = moe_decode_choice();
     const bool fused = decode == ops::cuda::moe_decode::Choice::kFused && !p_.batch_invariant && n >= 1 &&
                        ops::cuda::moe_router_route_supported(x, router) &&
@@ -486,7 +487,8 @@ class CudaForward {
       PIE_CUDA_CHECK(cudaStreamIsCapturing(s_, &cs));
       if (cs == cudaStreamCaptureStatusNone) moe_observer_(ws.routing().ids, n, top_k, s_);
     }
-    const ops::cuda::MoeExperts<T> ex(x, gate_up, down, ws, out, !p_.batch_invariant, fused || waves ? 0 : 4);
+    const ops::cuda::MoeExperts<T> ex(x, gate_up, down, ws, out, !p_.batch_invariant, fused || waves ? 0 : 4,
+                                      moe_down_by_waves_wanted() ? 0 : 2);
     // In a build with the CUTLASS path (unless PIE_MOE_GEMM=mma): the CUTLASS grouped GEMMs above
     // the GEMV batch sizes (not under batch invariance, which the mma path is tested for). The
     // path's state is set up on the first call (eager, like the workspace) and re-made with it.
@@ -693,6 +695,13 @@ class CudaForward {
   /// "atomic" keeps moe_route_kernel. Read once; anything else is an error.
   static bool moe_route_one_cta_wanted() {
     static const bool v = ops::cuda::moe_decode::parse_route_one_cta(std::getenv("PIE_MOE_ROUTE"));
+    return v;
+  }
+  /// PIE_MOE_DOWN: "waves" lets the down GEMV take 4 columns per warp at n ≤ 2 when that needs
+  /// fewer waves (MoeExperts' down_c 0); unset, empty or "default" keeps 2. Read once; anything
+  /// else is an error.
+  static bool moe_down_by_waves_wanted() {
+    static const bool v = ops::cuda::moe_decode::parse_down_by_waves(std::getenv("PIE_MOE_DOWN"));
     return v;
   }
   /// PIE_MOE_GEMM (moe_group::parse_gemm_choice), read once: unset, the CUTLASS path when the

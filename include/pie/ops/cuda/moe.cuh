@@ -65,6 +65,7 @@ struct MoePlan {
   int n, rows, slots, E, H, I;
   bool gemv;
   int gate_up_u;  ///< the gate_up GEMV's chunks in flight: 4, 2, or 0 (pick by wave count)
+  int down_c;     ///< the down GEMV's columns per warp: 2, 4 (n ≤ 2), or 0 (pick by wave count)
 };
 
 template <class T>
@@ -87,15 +88,15 @@ MoePlan<T> moe_plan(TensorView<T> x, TensorView<T> gate_up, TensorView<T> down, 
                      r.offsets, r.tile_offsets, r.active, I, H, E},
                     {dev(ws.act()), I, dev(down.data), int64_t{H} * I, dev(ws.y()), H, r.perm, r.offsets,
                      r.tile_offsets, r.active, H, I, E},
-                    n, rows, std::min(E, rows), E, H, I, use_gemv && n <= kMoeGemvMaxTokens, 4};
+                    n, rows, std::min(E, rows), E, H, I, use_gemv && n <= kMoeGemvMaxTokens, 4, 2};
 }
 
-/// CTAs of moe_gemv_kernel<R, 2, U, kUp, kUp> resident per SM (cached per instantiation).
-template <int R, int U, bool kUp, class D>
+/// CTAs of moe_gemv_kernel<R, C, U, kUp, kUp> resident per SM (cached per instantiation).
+template <int R, int C, int U, bool kUp, class D>
 int moe_gemv_ctas_per_sm() {
   static const int v = [] {
     int c = 0;
-    PIE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&c, moe_gemv_kernel<R, 2, U, kUp, kUp, D>, 128, 0));
+    PIE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&c, moe_gemv_kernel<R, C, U, kUp, kUp, D>, 128, 0));
     return std::max(c, 1);
   }();
   return v;
@@ -106,15 +107,25 @@ int moe_gemv_ctas_per_sm() {
 /// CTAs, and U = 4's 92 registers fit 5 CTAs per SM (660 on 132 SMs), so a second wave of 108
 /// CTAs ran behind the first; U = 2's fewer registers fit the grid in one wave (gemv.cuh's lean
 /// configuration, same reasoning). A lane sums its chunks in increasing k either way: same bits.
+/// down takes 4 columns per warp with 2 chunks in flight instead of 2 with 4 when asked (c = 4)
+/// or (c = 0) when that needs fewer waves, at n ≤ 2 only (n = 1: 2048 CTAs, 2 waves → 1024, 1;
+/// moe_decode::down_columns); a column's sum does not depend on C: same bits.
 template <int R, bool kUp, class D>
-void launch_moe_gemv(const MoeGemmParams<D>& p, int slots, int u, cudaStream_t s) {
+void launch_moe_gemv(const MoeGemmParams<D>& p, int slots, int u, int c, cudaStream_t s) {
   const dim3 grid((p.n_out + 7) / 8, slots);
   if constexpr (kUp) {
     if (u == 0) {
-      u = moe_decode::gate_up_unroll(int64_t(grid.x) * grid.y, moe_gemv_ctas_per_sm<R, 4, kUp, D>(),
-                                     moe_gemv_ctas_per_sm<R, 2, kUp, D>(), num_sms());
+      u = moe_decode::gate_up_unroll(int64_t(grid.x) * grid.y, moe_gemv_ctas_per_sm<R, 2, 4, kUp, D>(),
+                                     moe_gemv_ctas_per_sm<R, 2, 2, kUp, D>(), num_sms());
     }
     if (u == 2) return launch_pdl(moe_gemv_kernel<R, 2, 2, kUp, kUp, D>, grid, dim3(128), 0, s, p);
+  } else if constexpr (R <= 2) {
+    const dim3 grid4((p.n_out + 15) / 16, slots);
+    if (c == 0) {
+      c = moe_decode::down_columns(int64_t(grid.x) * grid.y, moe_gemv_ctas_per_sm<R, 2, 4, false, D>(),
+                                   int64_t(grid4.x) * grid4.y, moe_gemv_ctas_per_sm<R, 4, 2, false, D>(), num_sms());
+    }
+    if (c == 4) return launch_pdl(moe_gemv_kernel<R, 4, 2, false, false, D>, grid4, dim3(128), 0, s, p);
   }
   launch_pdl(moe_gemv_kernel<R, 2, 4, kUp, kUp, D>, grid, dim3(128), 0, s, p);
 }
@@ -125,11 +136,11 @@ void moe_product(const MoePlan<T>& pl, cudaStream_t s) {
   using D = device_t<T>;
   const MoeGemmParams<D>& p = kUp ? pl.gu : pl.dn;
   if (pl.gemv) {
-    const int u = pl.gate_up_u;
-    if (pl.n == 1) launch_moe_gemv<1, kUp>(p, pl.slots, u, s);
-    else if (pl.n == 2) launch_moe_gemv<2, kUp>(p, pl.slots, u, s);
-    else if (pl.n <= 4) launch_moe_gemv<4, kUp>(p, pl.slots, u, s);
-    else launch_moe_gemv<8, kUp>(p, pl.slots, u, s);
+    const int u = pl.gate_up_u, c = pl.down_c;
+    if (pl.n == 1) launch_moe_gemv<1, kUp>(p, pl.slots, u, c, s);
+    else if (pl.n == 2) launch_moe_gemv<2, kUp>(p, pl.slots, u, c, s);
+    else if (pl.n <= 4) launch_moe_gemv<4, kUp>(p, pl.slots, u, c, s);
+    else launch_moe_gemv<8, kUp>(p, pl.slots, u, c, s);
   } else {
     const unsigned tiles = static_cast<unsigned>(pl.rows / kMoeTileM + std::min(pl.E, pl.rows));
     const int cols = kUp ? (pl.I + 63) / 64 : (pl.H + 127) / 128;
@@ -147,15 +158,19 @@ void moe_product(const MoePlan<T>& pl, cudaStream_t s) {
 /// \param use_gemv take the gemv path when n ≤ kMoeGemvMaxTokens (off: mma for every n)
 /// \param gate_up_u the gate_up GEMV's chunks in flight per lane: 4 (the default), 2, or 0 to
 /// pick by wave count (launch_moe_gemv); the bits are the same for all three
+/// \param down_c the down GEMV's columns per warp: 2 (the default), 4 (n ≤ 2; above, 2), or 0
+/// to pick by wave count at n ≤ 2 (launch_moe_gemv); the bits are the same for all three
 template <class T>
 class MoeExperts {
  public:
   MoeExperts(TensorView<T> x, TensorView<T> gate_up, TensorView<T> down, MoeWorkspace<T>& ws, TensorView<T> out,
-             bool use_gemv, int gate_up_u = 4)
+             bool use_gemv, int gate_up_u = 4, int down_c = 2)
       : ws_(ws), out_(out), plan_(detail::moe_plan(x, gate_up, down, ws, out, use_gemv)) {
     PIE_CHECK(gate_up_u == 0 || gate_up_u == 2 || gate_up_u == 4, "moe_experts: gate_up_u is 0, 2 or 4, not ",
               gate_up_u);
+    PIE_CHECK(down_c == 0 || down_c == 2 || down_c == 4, "moe_experts: down_c is 0, 2 or 4, not ", down_c);
     plan_.gate_up_u = gate_up_u;
+    plan_.down_c = down_c;
   }
   void gate_up(cudaStream_t s) const { if (plan_.n > 0) detail::moe_product<true>(plan_, s); }
   void down(cudaStream_t s) const { if (plan_.n > 0) detail::moe_product<false>(plan_, s); }

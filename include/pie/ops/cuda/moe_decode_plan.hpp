@@ -2,8 +2,8 @@
 /// \file moe_decode_plan.hpp
 /// \brief The host-side choices of the decode MoE block (moe_decode.cuh, moe_routing.cuh), in
 /// plain C++ so that a CPU test (tests/ops/test_moe_group_plan.cpp) checks them: the run-time
-/// switches PIE_MOE_DECODE and PIE_MOE_ROUTE, the gate_up GEMV's chunks in flight by wave
-/// count, and the work split of the fused down + un-permute kernel.
+/// switches PIE_MOE_DECODE, PIE_MOE_ROUTE and PIE_MOE_DOWN, the gate_up GEMV's chunks in flight
+/// and the down GEMV's columns by wave count, and the work split of the fused down + un-permute kernel.
 #include <cstdint>
 #include <string_view>
 
@@ -49,6 +49,24 @@ constexpr int64_t waves(int64_t ctas, int per_sm, int sms) {
 /// 9 per SM with 2 chunks (56 registers) is 1.
 constexpr int gate_up_unroll(int64_t ctas, int per_sm_u4, int per_sm_u2, int sms) {
   return waves(ctas, per_sm_u2, sms) < waves(ctas, per_sm_u4, sms) ? 2 : 4;
+}
+
+/// \brief PIE_MOE_DOWN: unset, empty or "default" keeps the down GEMV's 2 columns per warp;
+/// "waves" lets n ≤ 2 take 4 columns (2 chunks in flight) when that needs fewer waves
+/// (down_columns). Anything else is an error naming the variable.
+inline bool parse_down_by_waves(const char* v) {
+  const std::string_view s = v ? v : "";
+  if (s.empty() || s == "default") return false;
+  PIE_CHECK(s == "waves", "PIE_MOE_DOWN=", s, ": expected waves or default");
+  return true;
+}
+
+/// \brief The down GEMV's output columns per warp, 4 or 2: 4 only when its grid of `ctas_c4`
+/// CTAs needs fewer waves than the `ctas_c2` of 2 columns. At Qwen3-30B-A3B's batch 1 the grid
+/// is 256 × 8 = 2048 CTAs with 2 columns, 9 per SM (56 registers): 2 waves on 132 SMs; with 4
+/// columns and 2 chunks in flight it is 128 × 8 = 1024 CTAs, 9 per SM (56): 1.
+constexpr int down_columns(int64_t ctas_c2, int per_sm_c2, int64_t ctas_c4, int per_sm_c4, int sms) {
+  return waves(ctas_c4, per_sm_c4, sms) < waves(ctas_c2, per_sm_c2, sms) ? 4 : 2;
 }
 
 /// \brief The fused down + un-permute kernel's work: CTA (x, t) of a grid (ctas_x, n) owns
