@@ -15,11 +15,14 @@
 #      GEMV's grid variants (µs, % of copy); skipped when the machine has no Google Benchmark
 #      for the bench directory and BINDIR (below) has no prebuilt bench;
 #   3. `pie bench` Qwen3-30B-A3B (dummy weights) batch 1, 128/128: default, cta, waves, down,
-#      all three, then default again (the noise between two runs of one setting), same call.
+#      all three, then default again (the noise between two runs of one setting), same call;
+#   4. if time is left, CUPTI kernel traces of batch-1 decode, default then all three
+#      (bench/nsys_decode_profile.py: µs per kernel per layer).
 # Usage, in the repository root of the GPU machine:
 #   OUT=DIR bash bench/device_moeroute.sh [BINDIR]
-# BINDIR (optional): a prebuilt pie_bench_cuda_moe_decode (plain or .gz) and lib/ (its
-# libbenchmark), used only when the bench cannot be built here.
+# BINDIR (optional): a prebuilt pie_bench_cuda_moe_decode (plain or .gz), lib/ (its
+# libbenchmark) and libpie_kernel_trace.so, used only when the bench directory cannot be built
+# here.
 set -u
 BINDIR=${1:-}
 OUT=${OUT:-/tmp/pie_moeroute_out}
@@ -36,7 +39,7 @@ unset PIE_MOE_ROUTE PIE_MOE_DECODE PIE_MOE_DOWN
 say "device: $(gpu_line)"
 say "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 
-KBENCH_TARGET=pie_bench_cuda_moe_decode
+KBENCH_TARGET="pie_bench_cuda_moe_decode pie_kernel_trace"
 if [ ! -f "$BUILD/CMakeCache.txt" ]; then
   CONF=(cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a -DPIE_MOE_CUTLASS=OFF
     -DPIE_BUILD_EXAMPLES=ON -DPIE_BUILD_TESTS=ON)
@@ -82,5 +85,23 @@ lat waves PIE_MOE_DECODE=waves
 lat down PIE_MOE_DOWN=waves
 lat all PIE_MOE_ROUTE=cta PIE_MOE_DECODE=waves PIE_MOE_DOWN=waves
 lat default2 PIE_MOE_ROUTE= PIE_MOE_DECODE= PIE_MOE_DOWN=
+TRACER=$BUILD/bench/cuda/libpie_kernel_trace.so
+[ ! -f "$TRACER" ] && [ -n "$BINDIR" ] && TRACER=$BINDIR/libpie_kernel_trace.so
+trace() {  # NAME [VAR=value...]
+  local name=$1; shift
+  [ -f "$TRACER" ] || { say "trace: no CUPTI tracer"; return 0; }
+  run "trace_$name" 45 env "$@" CUDA_INJECTION64_PATH="$(realpath "$TRACER")" PIE_KERNEL_TRACE="/tmp/trace_$name.csv" \
+    "$BUILD/examples/pie/pie_bench" "$MODEL" --load-format dummy --mode latency --input-len 128 --output-len 64 \
+    --num-prompts 1 --max-num-seqs 1 --num-iters 1 --num-iters-warmup 0 || return 0
+  local copy
+  copy=$(python3 -c "import json;print(json.load(open('$OUT/lat_default.json'))['copy_tbps'])" 2>/dev/null || echo 3.0)
+  python3 bench/nsys_decode_profile.py "/tmp/trace_$name.csv" --batch 1 --hidden 2048 --q-size 4096 --kv-size 512 \
+    --vocab 151936 --layers 48 --experts 128 --moe-intermediate 768 --top-k 8 --copy-tbps "$copy" \
+    > "$OUT/profile_$name.txt" 2>&1
+  sed "s/^/[trace $name] /" "$OUT/profile_$name.txt" | head -30 | tee -a "$SUM"
+  gzip -c "/tmp/trace_$name.csv" > "$LOGS/trace_$name.csv.gz"
+}
+trace default PIE_MOE_ROUTE= PIE_MOE_DECODE= PIE_MOE_DOWN=
+trace all PIE_MOE_ROUTE=cta PIE_MOE_DECODE=waves PIE_MOE_DOWN=waves
 say "done"
 tar -czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$LOGS"
