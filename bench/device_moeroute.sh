@@ -63,11 +63,11 @@ if [ ! -x "$KBENCH" ] && [ -n "$BINDIR" ]; then
 fi
 
 run test_moe 90 "$BUILD/tests/cuda/pie_cuda_test_moe" --gtest_color=no
-grep -E "OK \]|FAILED  \]|Failure|Expected|Which is|PASSED" "$LOGS/test_moe.log" | head -40 | tee -a "$SUM"
+grep -E "OK \]|FAILED  \]|Failure|Expected|Which is|PASSED" "$LOGS/test_moe.log" 2>/dev/null | head -40 | tee -a "$SUM"
 
 if [ -x "$KBENCH" ]; then
   run bench_decode 60 "$KBENCH" 1 2 8
-  grep -vE "^\s*$" "$LOGS/bench_decode.log" | tee -a "$SUM"
+  grep -vE "^\s*$" "$LOGS/bench_decode.log" 2>/dev/null | tee -a "$SUM"
 else
   say "kernel bench: not built (no Google Benchmark here, no BINDIR)"
 fi
@@ -77,7 +77,7 @@ lat() {  # NAME [VAR=value...]
   run "lat_$name" 60 env "$@" "$BUILD/examples/pie/pie_bench" "$MODEL" --load-format dummy --mode latency \
     --input-len 128 --output-len 128 --num-iters 3 --num-iters-warmup 1 --max-num-seqs 8 \
     --output-json "$OUT/lat_$name.json"
-  grep -E "^(latency|engine|roofline|pie: captured)" "$LOGS/lat_$name.log" | sed "s/^/[$name] /" | tee -a "$SUM"
+  grep -E "^(latency|engine|roofline|pie: captured)" "$LOGS/lat_$name.log" 2>/dev/null | sed "s/^/[$name] /" | tee -a "$SUM"
 }
 lat default PIE_MOE_ROUTE= PIE_MOE_DECODE= PIE_MOE_DOWN=
 lat cta PIE_MOE_ROUTE=cta
