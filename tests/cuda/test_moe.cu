@@ -407,8 +407,10 @@ TEST(MoeDecodeSwitches, GraphReplayEqualsDefault) {
     int gate_up_u, down_c;
     const char* name;
   };
+  // H 200 / I 264 and H 72 / I 40 at n ≤ 2: the 4-column down GEMV's partial last CTA and K tail.
   for (Shape s : {Shape{1, 2048, 128, 768, 8, true}, Shape{2, 2048, 128, 768, 8, true},
-                  Shape{8, 2048, 128, 768, 8, true}, Shape{5, 256, 40, 128, 4, false}, Shape{3, 72, 256, 40, 8, true}})
+                  Shape{8, 2048, 128, 768, 8, true}, Shape{5, 256, 40, 128, 4, false}, Shape{3, 72, 256, 40, 8, true},
+                  Shape{1, 200, 16, 264, 4, false}, Shape{2, 72, 6, 40, 3, true}})
     for (Switches sw : {Switches{true, 4, 2, "route cta"}, Switches{false, 0, 2, "waves"},
                         Switches{true, 0, 2, "cta + waves"}, Switches{false, 4, 4, "down 4 columns"},
                         Switches{false, 4, 0, "down by waves"}, Switches{true, 0, 0, "all three"}}) {
