@@ -88,22 +88,39 @@ void bench_tokens(int n, std::vector<Layer>& layers) {
         oc::moe_router_route(xv, layers[l].router.view({kE, kH}), true, *layers[l].ws, nullptr);
       }),
       rt_bytes);
+  // A variant of a stage, timed after its output on layer 0 was checked bit for bit against the
+  // default's (ref): buf [count] is act (gate_up) or y (down).
+  auto variant = [&](const std::string& label, bf16* buf, size_t count, const std::function<void(int)>& ref,
+                     const std::function<void(int)>& f, double bytes) {
+    ref(0);
+    std::vector<bf16> want(count), got(count);
+    PIE_CUDA_CHECK(cudaMemcpy(want.data(), buf, count * 2, cudaMemcpyDeviceToHost));
+    PIE_CUDA_CHECK(cudaMemset(buf, 0xff, count * 2));
+    f(0);
+    PIE_CUDA_CHECK(cudaMemcpy(got.data(), buf, count * 2, cudaMemcpyDeviceToHost));
+    const bool same = std::memcmp(want.data(), got.data(), count * 2) == 0;
+    row(label + (same ? "" : " BITS DIFFER"), chain(f), bytes);
+  };
+  const auto gate_up_ref = [&](int l) { ex4[l]->gate_up(nullptr); };
+  auto gate_up_variant = [&](const char* label, const std::function<void(int)>& f) {
+    variant(label, layers[0].ws->act(), size_t(n) * kK * kI, gate_up_ref, f, gu_bytes);
+  };
   row("gate_up gemv U=4 (default)", chain([&](int l) { ex4[l]->gate_up(nullptr); }), gu_bytes);
-  row("gate_up gemv by waves (fused path)", chain([&](int l) { ex0[l]->gate_up(nullptr); }), gu_bytes);
+  gate_up_variant("gate_up gemv by waves (PIE_MOE_DECODE=waves)", [&](int l) { ex0[l]->gate_up(nullptr); });
+  // x loaded with the weights (moe_gemv_ahead_kernel) instead of a chunk at a time after them.
+  gate_up_variant("gate_up gemv U2, x with the weights", [&](int l) { ex4[l]->gate_up_cfg<2, true>(nullptr); });
+  gate_up_variant("gate_up gemv U4, x with the weights", [&](int l) { ex4[l]->gate_up_cfg<4, true>(nullptr); });
   row("down gemv", chain([&](int l) { ex4[l]->down(nullptr); }), dn_bytes);
   // The down GEMV's grid: C columns per warp (2048/(4·C) CTAs per expert), U chunks of K (256
-  // each; K = 768 is 3) per load round. Same bits as down() (checked here on layer 0's y).
-  auto down_variant = [&](const char* label, auto&& f) {
-    const size_t ny = size_t(n) * kK * kH;
-    ex4[0]->down(nullptr);
-    std::vector<bf16> want(ny), got(ny);
-    PIE_CUDA_CHECK(cudaMemcpy(want.data(), layers[0].ws->y(), ny * 2, cudaMemcpyDeviceToHost));
-    PIE_CUDA_CHECK(cudaMemset(layers[0].ws->y(), 0xff, ny * 2));
-    f(0);
-    PIE_CUDA_CHECK(cudaMemcpy(got.data(), layers[0].ws->y(), ny * 2, cudaMemcpyDeviceToHost));
-    const bool same = std::memcmp(want.data(), got.data(), ny * 2) == 0;
-    row(std::string(label) + (same ? "" : " BITS DIFFER"), chain(f), dn_bytes);
+  // each; K = 768 is 3) per load round, act chunks after or with the weights. Same bits as
+  // down() (checked here on layer 0's y).
+  const auto down_ref = [&](int l) { ex4[l]->down(nullptr); };
+  auto down_variant = [&](const char* label, const std::function<void(int)>& f) {
+    variant(label, layers[0].ws->y(), size_t(n) * kK * kH, down_ref, f, dn_bytes);
   };
+  down_variant("down gemv C2 U4, act with the weights", [&](int l) { ex4[l]->down_cfg<2, 4, true>(nullptr); });
+  down_variant("down gemv C4 U2, act with the weights", [&](int l) { ex4[l]->down_cfg<4, 2, true>(nullptr); });
+  down_variant("down gemv C4 U3, act with the weights", [&](int l) { ex4[l]->down_cfg<4, 3, true>(nullptr); });
   down_variant("down gemv by waves (PIE_MOE_DOWN=waves)", [&](int l) { exd[l]->down(nullptr); });
   down_variant("down gemv C2 U3", [&](int l) { ex4[l]->down_cfg<2, 3>(nullptr); });
   down_variant("down gemv C1 U3", [&](int l) { ex4[l]->down_cfg<1, 3>(nullptr); });

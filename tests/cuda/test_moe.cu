@@ -340,6 +340,18 @@ TEST(MoeDecodeFused, DownUnpermuteEqualsUnfused) {
     lean.gate_up(nullptr);
     auto act2 = fetch(ws.act(), act_n);
     EXPECT_EQ(0, std::memcmp(act2.data(), act4.data(), act_n * 2));
+    // The GEMVs with the row chunks loaded with the weights (moe_gemv_ahead_kernel): the same
+    // act, and the same y as down() (y of the unfused run above, still in the workspace).
+    PIE_CUDA_CHECK(cudaMemset(ws.act(), 0xff, act_n * 2));
+    lean.gate_up_cfg<2, true>(nullptr);
+    auto act_ahead = fetch(ws.act(), act_n);
+    EXPECT_EQ(0, std::memcmp(act_ahead.data(), act4.data(), act_n * 2));
+    const size_t y_n = size_t(s.n) * s.top_k * s.hidden;
+    auto y_ref = fetch(ws.y(), y_n);
+    PIE_CUDA_CHECK(cudaMemset(ws.y(), 0xff, y_n * 2));
+    lean.down_cfg<4, 2, true>(nullptr);
+    auto y_ahead = fetch(ws.y(), y_n);
+    EXPECT_EQ(0, std::memcmp(y_ahead.data(), y_ref.data(), y_n * 2));
     const double err = rel_err(fused, cpu_experts(s, d, ws));
     EXPECT_LT(err, tol<bf16>());
     EXPECT_GT(err, 0.0);

@@ -45,6 +45,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "pie/core/error.hpp"
 #include "pie/core/tensor.hpp"
@@ -175,21 +176,15 @@ class MoeExperts {
   void gate_up(cudaStream_t s) const { if (plan_.n > 0) detail::moe_product<true>(plan_, s); }
   void down(cudaStream_t s) const { if (plan_.n > 0) detail::moe_product<false>(plan_, s); }
   /// The down GEMV with C output columns per warp and U 256-element chunks of K per load round
-  /// (down() takes C = 2, U = 4), for bench/cuda/bench_moe_decode.cu's variants. A column's sum
-  /// is the same for every C and U (a lane adds its chunks in increasing k, then the warp
+  /// (down() takes C = 2, U = 4), and with kXAhead the act chunks loaded with the weights
+  /// (moe_gemv_ahead_kernel), for bench/cuda/bench_moe_decode.cu's variants. A column's sum is
+  /// the same for every C, U and kXAhead (a lane adds its chunks in increasing k, then the warp
   /// butterfly), so the bits are down()'s. Gemv path only (n ≤ kMoeGemvMaxTokens).
-  template <int C, int U>
-  void down_cfg(cudaStream_t s) const {
-    if (plan_.n == 0) return;
-    PIE_CHECK(plan_.gemv, "moe_experts: down_cfg is the GEMV path's (n ≤ ", kMoeGemvMaxTokens, "), not n ", plan_.n);
-    using D = device_t<T>;
-    const dim3 grid((plan_.H + 4 * C - 1) / (4 * C), plan_.slots);
-    auto* kernel = plan_.n == 1   ? detail::moe_gemv_kernel<1, C, U, false, false, D>
-                   : plan_.n == 2 ? detail::moe_gemv_kernel<2, C, U, false, false, D>
-                   : plan_.n <= 4 ? detail::moe_gemv_kernel<4, C, U, false, false, D>
-                                  : detail::moe_gemv_kernel<8, C, U, false, false, D>;
-    launch_pdl(kernel, grid, dim3(128), 0, s, plan_.dn);
-  }
+  template <int C, int U, bool kXAhead = false>
+  void down_cfg(cudaStream_t s) const { gemv_cfg<C, U, false, kXAhead>(s); }
+  /// gate_up(+SwiGLU) GEMV with U chunks in flight and kXAhead (see down_cfg): gate_up()'s bits.
+  template <int U, bool kXAhead>
+  void gate_up_cfg(cudaStream_t s) const { gemv_cfg<2, U, true, kXAhead>(s); }
   /// Down and the un-permute in one kernel (moe_decode.cuh, step 2), for n ≤
   /// kMoeGemvMaxTokens: the bits of down(s) then unpermute(s) on the gemv path; y is not used.
   /// C output columns per warp, kD (expert, chunk) items of loads in flight (moe_decode.cuh);
@@ -222,6 +217,26 @@ class MoeExperts {
   }
 
  private:
+  template <int C, int U, bool kUp, bool kXAhead>
+  void gemv_cfg(cudaStream_t s) const {
+    if (plan_.n == 0) return;
+    PIE_CHECK(plan_.gemv, "moe_experts: the GEMV variants are the GEMV path's (n ≤ ", kMoeGemvMaxTokens, "), not n ",
+              plan_.n);
+    using D = device_t<T>;
+    const detail::MoeGemmParams<D>& p = kUp ? plan_.gu : plan_.dn;
+    const dim3 grid((p.n_out + 4 * C - 1) / (4 * C), plan_.slots);
+    auto pick = [&](auto r) {
+      constexpr int R = decltype(r)::value;
+      if constexpr (kXAhead) return detail::moe_gemv_ahead_kernel<R, C, U, kUp, kUp, D>;
+      else return detail::moe_gemv_kernel<R, C, U, kUp, kUp, D>;
+    };
+    auto* kernel = plan_.n == 1   ? pick(std::integral_constant<int, 1>{})
+                   : plan_.n == 2 ? pick(std::integral_constant<int, 2>{})
+                   : plan_.n <= 4 ? pick(std::integral_constant<int, 4>{})
+                                  : pick(std::integral_constant<int, 8>{});
+    launch_pdl(kernel, grid, dim3(128), 0, s, p);
+  }
+
   MoeWorkspace<T>& ws_;
   TensorView<T> out_;
   detail::MoePlan<T> plan_;
