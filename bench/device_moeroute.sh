@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
-# bench/device_moeroute.sh — issue 20, the batch-1 MoE block's three opt-in switches, on one GPU
+# bench/device_moeroute.sh — issue 20, the batch-1 MoE block's four opt-in switches, on one GPU
 # in one call within PIE_DEADLINE_S (default 420 s):
 #   PIE_MOE_ROUTE=cta    moe_route in one CTA at n ≤ 8, counts in shared memory, no global
 #                        atomics / threadfence / ticket (ops/cuda/moe_routing.cuh)
 #   PIE_MOE_DECODE=waves the five-launch block with the gate_up GEMV's chunks by wave count
 #   PIE_MOE_DOWN=waves   the down GEMV's columns per warp by wave count at n ≤ 2 (4 at batch 1:
 #                        one wave of 1024 CTAs instead of two of 2048)
+#   PIE_MOE_GEMV=ahead   at n ≤ 2 the grouped GEMVs load their row chunks with the weights
 # Steps: build from source (≤ 240 s, in the git-ignored $PIE_BUILD_DIR; a warm machine's earlier
 # build is reused), then
 #   1. pie_cuda_test_moe: the one-CTA routing against the atomic kernel bit for bit (n 1..8,
-#      E 8/64/128/256, k 1..8, counters zero), each switch and all three against the default
+#      E 8/64/128/256, k 1..8, counters zero), each switch and all four against the default
 #      block bit for bit from a graph replay (MoeDecodeSwitches), and the rest of the MoE tests;
-#   2. pie_bench_cuda_moe_decode 1 2 8: routing alone atomic vs one CTA, the blocks, the down
-#      GEMV's grid variants (µs, % of copy); skipped when the machine has no Google Benchmark
-#      for the bench directory and BINDIR (below) has no prebuilt bench;
-#   3. `pie bench` Qwen3-30B-A3B (dummy weights) batch 1, 128/128: default, cta, waves, down,
-#      all three, then default again (the noise between two runs of one setting), same call;
-#   4. if time is left, CUPTI kernel traces of batch-1 decode, default then all three
+#   2. pie_bench_cuda_moe_decode 1 2 8: routing alone atomic vs one CTA, the GEMV variants
+#      (each checked bit for bit against the default first), the blocks (µs, % of copy);
+#      skipped when the machine has no Google Benchmark for the bench directory and BINDIR
+#      (below) has no prebuilt bench;
+#   3. `pie bench` Qwen3-30B-A3B (dummy weights) batch 1, 128/128: default, all four, then each
+#      alone (cta, waves, down, ahead), then default again (the noise between two runs of one
+#      setting), same call;
+#   4. if time is left, CUPTI kernel traces of batch-1 decode, default then all four
 #      (bench/nsys_decode_profile.py: µs per kernel per layer).
 # Usage, in the repository root of the GPU machine:
 #   OUT=DIR bash bench/device_moeroute.sh [BINDIR]
@@ -35,7 +38,7 @@ source "$(dirname "$0")/device_lib.sh"  # say, run (NAME LIMIT_S CMD...), gpu_li
 [ -d /usr/local/cuda/bin ] && export PATH=/usr/local/cuda/bin:$PATH
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:/usr/local/cuda/lib:${LD_LIBRARY_PATH:-}
 [ -n "$BINDIR" ] && export LD_LIBRARY_PATH=$PWD/$BINDIR/lib:$LD_LIBRARY_PATH
-unset PIE_MOE_ROUTE PIE_MOE_DECODE PIE_MOE_DOWN
+unset PIE_MOE_ROUTE PIE_MOE_DECODE PIE_MOE_DOWN PIE_MOE_GEMV
 say "device: $(gpu_line)"
 say "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 
@@ -79,12 +82,14 @@ lat() {  # NAME [VAR=value...]
     --output-json "$OUT/lat_$name.json"
   grep -E "^(latency|engine|roofline|pie: captured)" "$LOGS/lat_$name.log" 2>/dev/null | sed "s/^/[$name] /" | tee -a "$SUM"
 }
-lat default PIE_MOE_ROUTE= PIE_MOE_DECODE= PIE_MOE_DOWN=
+ALL=(PIE_MOE_ROUTE=cta PIE_MOE_DECODE=waves PIE_MOE_DOWN=waves PIE_MOE_GEMV=ahead)
+lat default
+lat all "${ALL[@]}"
 lat cta PIE_MOE_ROUTE=cta
 lat waves PIE_MOE_DECODE=waves
 lat down PIE_MOE_DOWN=waves
-lat all PIE_MOE_ROUTE=cta PIE_MOE_DECODE=waves PIE_MOE_DOWN=waves
-lat default2 PIE_MOE_ROUTE= PIE_MOE_DECODE= PIE_MOE_DOWN=
+lat ahead PIE_MOE_GEMV=ahead
+lat default2
 TRACER=$BUILD/bench/cuda/libpie_kernel_trace.so
 [ ! -f "$TRACER" ] && [ -n "$BINDIR" ] && TRACER=$BINDIR/libpie_kernel_trace.so
 trace() {  # NAME [VAR=value...]
@@ -101,7 +106,7 @@ trace() {  # NAME [VAR=value...]
   sed "s/^/[trace $name] /" "$OUT/profile_$name.txt" | head -30 | tee -a "$SUM"
   gzip -c "/tmp/trace_$name.csv" > "$LOGS/trace_$name.csv.gz"
 }
-trace default PIE_MOE_ROUTE= PIE_MOE_DECODE= PIE_MOE_DOWN=
-trace all PIE_MOE_ROUTE=cta PIE_MOE_DECODE=waves PIE_MOE_DOWN=waves
+trace default
+trace all "${ALL[@]}"
 say "done"
 tar -czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$LOGS"

@@ -43,7 +43,8 @@ void bench_tokens(int n, std::vector<Layer>& layers) {
   DeviceBuffer<bf16> x(size_t(n) * kH), out(size_t(n) * kH);
   fill(x.data(), x.size(), 1);
   const auto xv = x.view({n, kH}), ov = out.view({n, kH});
-  std::vector<std::unique_ptr<oc::MoeExperts<bf16>>> ex4, ex0, exd, ex00;  // gate_up U 4/0, down C 2/0
+  // gate_up U 4/0, down C 2/0, row chunks after/ahead
+  std::vector<std::unique_ptr<oc::MoeExperts<bf16>>> ex4, ex0, exd, ex00, exa, exall;
   double touched = 0;
   for (auto& l : layers) {
     l.ws = std::make_unique<oc::MoeWorkspace<bf16>>(n, kE, kK, kH, kI);
@@ -56,6 +57,8 @@ void bench_tokens(int n, std::vector<Layer>& layers) {
     ex0.push_back(std::make_unique<oc::MoeExperts<bf16>>(xv, guv, dnv, *l.ws, ov, true, 0));
     exd.push_back(std::make_unique<oc::MoeExperts<bf16>>(xv, guv, dnv, *l.ws, ov, true, 4, 0));
     ex00.push_back(std::make_unique<oc::MoeExperts<bf16>>(xv, guv, dnv, *l.ws, ov, true, 0, 0));
+    exa.push_back(std::make_unique<oc::MoeExperts<bf16>>(xv, guv, dnv, *l.ws, ov, true, 4, 2, true));
+    exall.push_back(std::make_unique<oc::MoeExperts<bf16>>(xv, guv, dnv, *l.ws, ov, true, 0, 0, true));
   }
   touched /= kLayers;
   const double gu_bytes = touched * 2 * kI * kH * 2, dn_bytes = touched * kH * kI * 2, rt_bytes = double(kE) * kH * 2;
@@ -108,6 +111,7 @@ void bench_tokens(int n, std::vector<Layer>& layers) {
   row("gate_up gemv U=4 (default)", chain([&](int l) { ex4[l]->gate_up(nullptr); }), gu_bytes);
   gate_up_variant("gate_up gemv by waves (PIE_MOE_DECODE=waves)", [&](int l) { ex0[l]->gate_up(nullptr); });
   // x loaded with the weights (moe_gemv_ahead_kernel) instead of a chunk at a time after them.
+  gate_up_variant("gate_up gemv by waves + ahead (PIE_MOE_GEMV=ahead)", [&](int l) { exall[l]->gate_up(nullptr); });
   gate_up_variant("gate_up gemv U2, x with the weights", [&](int l) { ex4[l]->gate_up_cfg<2, true>(nullptr); });
   gate_up_variant("gate_up gemv U4, x with the weights", [&](int l) { ex4[l]->gate_up_cfg<4, true>(nullptr); });
   row("down gemv", chain([&](int l) { ex4[l]->down(nullptr); }), dn_bytes);
@@ -118,6 +122,7 @@ void bench_tokens(int n, std::vector<Layer>& layers) {
   auto down_variant = [&](const char* label, const std::function<void(int)>& f) {
     variant(label, layers[0].ws->y(), size_t(n) * kK * kH, down_ref, f, dn_bytes);
   };
+  down_variant("down gemv by waves + ahead (PIE_MOE_GEMV=ahead)", [&](int l) { exall[l]->down(nullptr); });
   down_variant("down gemv C2 U4, act with the weights", [&](int l) { ex4[l]->down_cfg<2, 4, true>(nullptr); });
   down_variant("down gemv C4 U2, act with the weights", [&](int l) { ex4[l]->down_cfg<4, 2, true>(nullptr); });
   down_variant("down gemv C4 U3, act with the weights", [&](int l) { ex4[l]->down_cfg<4, 3, true>(nullptr); });
@@ -190,6 +195,24 @@ void bench_tokens(int n, std::vector<Layer>& layers) {
         ex00[l]->gate_up(nullptr);
         ex00[l]->down(nullptr);
         ex00[l]->unpermute(nullptr);
+      }),
+      rt_bytes + gu_bytes + dn_bytes);
+  row("block gemv ahead (5 launches)", chain([&](int l) {
+        TensorView<float> lg(layers[l].ws->logits(), {n, kE}, Device::Cuda);
+        oc::gemv(lg, xv, layers[l].router.view({kE, kH}), static_cast<const bf16*>(nullptr), nullptr);
+        oc::moe_route(n, true, *layers[l].ws, nullptr);
+        exa[l]->gate_up(nullptr);
+        exa[l]->down(nullptr);
+        exa[l]->unpermute(nullptr);
+      }),
+      rt_bytes + gu_bytes + dn_bytes);
+  row("block all four switches (5 launches)", chain([&](int l) {
+        TensorView<float> lg(layers[l].ws->logits(), {n, kE}, Device::Cuda);
+        oc::gemv(lg, xv, layers[l].router.view({kE, kH}), static_cast<const bf16*>(nullptr), nullptr);
+        oc::moe_route(n, true, *layers[l].ws, nullptr, true);
+        exall[l]->gate_up(nullptr);
+        exall[l]->down(nullptr);
+        exall[l]->unpermute(nullptr);
       }),
       rt_bytes + gu_bytes + dn_bytes);
   row("block fused (3 launches)", chain([&](int l) {

@@ -8,8 +8,8 @@
 // decode kernels (moe_decode.cuh): router + routing and down + un-permute give the unfused
 // path's bits (gemv() + moe_route; gemv down + moe_unpermute) and agree with the CPU op, eager
 // and replayed from a graph. The one-CTA routing (moe_route's one_cta) against the atomic
-// kernel, and the engine's PIE_MOE_ROUTE=cta / PIE_MOE_DECODE=waves / PIE_MOE_DOWN=waves blocks
-// against the default block bit for bit, replayed from a graph.
+// kernel, and the engine's PIE_MOE_ROUTE / PIE_MOE_DECODE=waves / PIE_MOE_DOWN / PIE_MOE_GEMV
+// blocks against the default block bit for bit, replayed from a graph.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -407,9 +407,10 @@ TEST(MoeDecodeFused, GraphReplayEqualsUnfused) {
 }
 
 // The engine's decode switches, alone and together: PIE_MOE_ROUTE=cta (one-CTA routing),
-// PIE_MOE_DECODE=waves (the five launches with the gate_up GEMV's chunks by wave count) and
+// PIE_MOE_DECODE=waves (the five launches with the gate_up GEMV's chunks by wave count),
 // PIE_MOE_DOWN=waves (the down GEMV's columns by wave count; 4 columns forced too, which n ≤ 2
-// takes whatever the GPU's SM count). Each captured once and replayed with new x and logits gives the default path's bits (atomic
+// takes whatever the GPU's SM count) and PIE_MOE_GEMV=ahead (row chunks loaded with the
+// weights, with every GEMV shape n ≤ 2 can take). Each captured once and replayed with new x and logits gives the default path's bits (atomic
 // routing, gate_up with 4 chunks, down, un-permute; eager, on a second workspace) every replay,
 // and the CPU op's result.
 TEST(MoeDecodeSwitches, GraphReplayEqualsDefault) {
@@ -417,15 +418,18 @@ TEST(MoeDecodeSwitches, GraphReplayEqualsDefault) {
   struct Switches {
     bool one_cta;
     int gate_up_u, down_c;
+    bool ahead;
     const char* name;
   };
   // H 200 / I 264 and H 72 / I 40 at n ≤ 2: the 4-column down GEMV's partial last CTA and K tail.
   for (Shape s : {Shape{1, 2048, 128, 768, 8, true}, Shape{2, 2048, 128, 768, 8, true},
                   Shape{8, 2048, 128, 768, 8, true}, Shape{5, 256, 40, 128, 4, false}, Shape{3, 72, 256, 40, 8, true},
                   Shape{1, 200, 16, 264, 4, false}, Shape{2, 72, 6, 40, 3, true}})
-    for (Switches sw : {Switches{true, 4, 2, "route cta"}, Switches{false, 0, 2, "waves"},
-                        Switches{true, 0, 2, "cta + waves"}, Switches{false, 4, 4, "down 4 columns"},
-                        Switches{false, 4, 0, "down by waves"}, Switches{true, 0, 0, "all three"}}) {
+    for (Switches sw : {Switches{true, 4, 2, false, "route cta"}, Switches{false, 0, 2, false, "waves"},
+                        Switches{true, 0, 2, false, "cta + waves"}, Switches{false, 4, 4, false, "down 4 columns"},
+                        Switches{false, 4, 0, false, "down by waves"}, Switches{false, 4, 2, true, "gemv ahead"},
+                        Switches{false, 2, 4, true, "U 2 + down 4 columns + ahead"},
+                        Switches{true, 0, 0, true, "all four"}}) {
       SCOPED_TRACE(name(s) + " " + sw.name);
       ExpertsData d = make_data(s, rng);
       MoeWorkspace<bf16> ws(s.n, s.experts, s.top_k, s.hidden, s.inter);
@@ -434,7 +438,7 @@ TEST(MoeDecodeSwitches, GraphReplayEqualsDefault) {
       const auto guv = d.dgu.view({s.experts, 2 * s.inter, s.hidden});
       const auto dnv = d.ddown.view({s.experts, s.hidden, s.inter});
       const auto ov = d.dout.view({s.n, s.hidden});
-      const ops::cuda::MoeExperts<bf16> ex(xv, guv, dnv, ws, ov, true, sw.gate_up_u, sw.down_c);
+      const ops::cuda::MoeExperts<bf16> ex(xv, guv, dnv, ws, ov, true, sw.gate_up_u, sw.down_c, sw.ahead);
       const ops::cuda::MoeExperts<bf16> ex_ref(xv, guv, dnv, ref, ov, true);
       cudaStream_t st;
       PIE_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));

@@ -166,6 +166,20 @@ TEST(MoeDecodePlan, DownSwitchValues) {
   }
 }
 
+TEST(MoeDecodePlan, GemvSwitchValues) {
+  using pie::ops::cuda::moe_decode::parse_gemv_ahead;
+  EXPECT_FALSE(parse_gemv_ahead(nullptr));
+  EXPECT_FALSE(parse_gemv_ahead(""));
+  EXPECT_FALSE(parse_gemv_ahead("default"));
+  EXPECT_TRUE(parse_gemv_ahead("ahead"));
+  try {
+    parse_gemv_ahead("1");
+    FAIL() << "an unknown value was accepted";
+  } catch (const pie::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("PIE_MOE_GEMV=1"), std::string::npos) << e.what();
+  }
+}
+
 TEST(MoeDecodePlan, DownColumnsByWaves) {
   namespace md = pie::ops::cuda::moe_decode;
   // Qwen3-30B-A3B batch 1 on 132 SMs: 2048 CTAs at 9 per SM (2 waves) vs 1024 at 9 (1): 4 columns.

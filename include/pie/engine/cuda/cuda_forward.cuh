@@ -469,6 +469,7 @@ class CudaForward {
     // PIE_MOE_DECODE=waves: the five launches, with the gate_up GEMV's chunks by wave count.
     // PIE_MOE_ROUTE=cta: moe_route in one CTA at n ≤ kMoeGemvMaxTokens (no global atomics).
     // PIE_MOE_DOWN=waves: the down GEMV's columns per warp by wave count at n ≤ 2.
+    // PIE_MOE_GEMV=ahead: at n ≤ 2 the GEMVs load their row chunks with the weights.
     // Each opt-in until measured on the device; each gives the default path's bits.
     const auto decode = moe_decode_choice();
     const bool fused = decode == ops::cuda::moe_decode::Choice::kFused && !p_.batch_invariant && n >= 1 &&
@@ -488,7 +489,7 @@ class CudaForward {
       if (cs == cudaStreamCaptureStatusNone) moe_observer_(ws.routing().ids, n, top_k, s_);
     }
     const ops::cuda::MoeExperts<T> ex(x, gate_up, down, ws, out, !p_.batch_invariant, fused || waves ? 0 : 4,
-                                      moe_down_by_waves_wanted() ? 0 : 2);
+                                      moe_down_by_waves_wanted() ? 0 : 2, moe_gemv_ahead_wanted());
     // In a build with the CUTLASS path (unless PIE_MOE_GEMM=mma): the CUTLASS grouped GEMMs above
     // the GEMV batch sizes (not under batch invariance, which the mma path is tested for). The
     // path's state is set up on the first call (eager, like the workspace) and re-made with it.
@@ -702,6 +703,13 @@ class CudaForward {
   /// else is an error.
   static bool moe_down_by_waves_wanted() {
     static const bool v = ops::cuda::moe_decode::parse_down_by_waves(std::getenv("PIE_MOE_DOWN"));
+    return v;
+  }
+  /// PIE_MOE_GEMV: "ahead" has the grouped GEMVs load their row chunks with the weights at n ≤ 2
+  /// (MoeExperts' x_ahead); unset, empty or "default" keeps them after. Read once; anything else
+  /// is an error.
+  static bool moe_gemv_ahead_wanted() {
+    static const bool v = ops::cuda::moe_decode::parse_gemv_ahead(std::getenv("PIE_MOE_GEMV"));
     return v;
   }
   /// PIE_MOE_GEMM (moe_group::parse_gemm_choice), read once: unset, the CUTLASS path when the

@@ -67,6 +67,7 @@ struct MoePlan {
   bool gemv;
   int gate_up_u;  ///< the gate_up GEMV's chunks in flight: 4, 2, or 0 (pick by wave count)
   int down_c;     ///< the down GEMV's columns per warp: 2, 4 (n ≤ 2), or 0 (pick by wave count)
+  bool x_ahead;   ///< n ≤ 2: the GEMVs load row chunks with the weights (moe_gemv_ahead_kernel)
 };
 
 template <class T>
@@ -89,7 +90,7 @@ MoePlan<T> moe_plan(TensorView<T> x, TensorView<T> gate_up, TensorView<T> down, 
                      r.offsets, r.tile_offsets, r.active, I, H, E},
                     {dev(ws.act()), I, dev(down.data), int64_t{H} * I, dev(ws.y()), H, r.perm, r.offsets,
                      r.tile_offsets, r.active, H, I, E},
-                    n, rows, std::min(E, rows), E, H, I, use_gemv && n <= kMoeGemvMaxTokens, 4, 2};
+                    n, rows, std::min(E, rows), E, H, I, use_gemv && n <= kMoeGemvMaxTokens, 4, 2, false};
 }
 
 /// CTAs of moe_gemv_kernel<R, C, U, kUp, kUp> resident per SM (cached per instantiation).
@@ -111,24 +112,34 @@ int moe_gemv_ctas_per_sm() {
 /// down takes 4 columns per warp with 2 chunks in flight instead of 2 with 4 when asked (c = 4)
 /// or (c = 0) when that needs fewer waves, at n ≤ 2 only (n = 1: 2048 CTAs, 2 waves → 1024, 1;
 /// moe_decode::down_columns); a column's sum does not depend on C: same bits.
+/// With `ahead` (n ≤ 2) each takes moe_gemv_ahead_kernel of the same shape: row chunks loaded
+/// with the weights (moe_grouped_gemm.cuh), the same bits. The wave counts are the plain
+/// kernels' (the ahead ones hold a few more registers; bench_moe_decode.cu times both).
+template <int R, int C, int U, bool kUp, class D>
+void launch_moe_gemv_shape(const MoeGemmParams<D>& p, dim3 grid, bool ahead, cudaStream_t s) {
+  if constexpr (R <= 2) {  // the ahead kernels are instantiated for n ≤ 2 only
+    if (ahead) return launch_pdl(moe_gemv_ahead_kernel<R, C, U, kUp, kUp, D>, grid, dim3(128), 0, s, p);
+  }
+  launch_pdl(moe_gemv_kernel<R, C, U, kUp, kUp, D>, grid, dim3(128), 0, s, p);
+}
 template <int R, bool kUp, class D>
-void launch_moe_gemv(const MoeGemmParams<D>& p, int slots, int u, int c, cudaStream_t s) {
+void launch_moe_gemv(const MoeGemmParams<D>& p, int slots, int u, int c, bool ahead, cudaStream_t s) {
   const dim3 grid((p.n_out + 7) / 8, slots);
   if constexpr (kUp) {
     if (u == 0) {
       u = moe_decode::gate_up_unroll(int64_t(grid.x) * grid.y, moe_gemv_ctas_per_sm<R, 2, 4, kUp, D>(),
                                      moe_gemv_ctas_per_sm<R, 2, 2, kUp, D>(), num_sms());
     }
-    if (u == 2) return launch_pdl(moe_gemv_kernel<R, 2, 2, kUp, kUp, D>, grid, dim3(128), 0, s, p);
+    if (u == 2) return launch_moe_gemv_shape<R, 2, 2, kUp>(p, grid, ahead, s);
   } else if constexpr (R <= 2) {
     const dim3 grid4((p.n_out + 15) / 16, slots);
     if (c == 0) {
       c = moe_decode::down_columns(int64_t(grid.x) * grid.y, moe_gemv_ctas_per_sm<R, 2, 4, false, D>(),
                                    int64_t(grid4.x) * grid4.y, moe_gemv_ctas_per_sm<R, 4, 2, false, D>(), num_sms());
     }
-    if (c == 4) return launch_pdl(moe_gemv_kernel<R, 4, 2, false, false, D>, grid4, dim3(128), 0, s, p);
+    if (c == 4) return launch_moe_gemv_shape<R, 4, 2, false>(p, grid4, ahead, s);
   }
-  launch_pdl(moe_gemv_kernel<R, 2, 4, kUp, kUp, D>, grid, dim3(128), 0, s, p);
+  launch_moe_gemv_shape<R, 2, 4, kUp>(p, grid, ahead, s);
 }
 
 /// One grouped product: gate_up (+SwiGLU, rows gathered through perm) or down.
@@ -138,10 +149,11 @@ void moe_product(const MoePlan<T>& pl, cudaStream_t s) {
   const MoeGemmParams<D>& p = kUp ? pl.gu : pl.dn;
   if (pl.gemv) {
     const int u = pl.gate_up_u, c = pl.down_c;
-    if (pl.n == 1) launch_moe_gemv<1, kUp>(p, pl.slots, u, c, s);
-    else if (pl.n == 2) launch_moe_gemv<2, kUp>(p, pl.slots, u, c, s);
-    else if (pl.n <= 4) launch_moe_gemv<4, kUp>(p, pl.slots, u, c, s);
-    else launch_moe_gemv<8, kUp>(p, pl.slots, u, c, s);
+    const bool a = pl.x_ahead;
+    if (pl.n == 1) launch_moe_gemv<1, kUp>(p, pl.slots, u, c, a, s);
+    else if (pl.n == 2) launch_moe_gemv<2, kUp>(p, pl.slots, u, c, a, s);
+    else if (pl.n <= 4) launch_moe_gemv<4, kUp>(p, pl.slots, u, c, a, s);
+    else launch_moe_gemv<8, kUp>(p, pl.slots, u, c, a, s);
   } else {
     const unsigned tiles = static_cast<unsigned>(pl.rows / kMoeTileM + std::min(pl.E, pl.rows));
     const int cols = kUp ? (pl.I + 63) / 64 : (pl.H + 127) / 128;
@@ -161,17 +173,20 @@ void moe_product(const MoePlan<T>& pl, cudaStream_t s) {
 /// pick by wave count (launch_moe_gemv); the bits are the same for all three
 /// \param down_c the down GEMV's columns per warp: 2 (the default), 4 (n ≤ 2; above, 2), or 0
 /// to pick by wave count at n ≤ 2 (launch_moe_gemv); the bits are the same for all three
+/// \param x_ahead at n ≤ 2, both GEMVs load their row chunks with the weights
+/// (moe_gemv_ahead_kernel); the same bits
 template <class T>
 class MoeExperts {
  public:
   MoeExperts(TensorView<T> x, TensorView<T> gate_up, TensorView<T> down, MoeWorkspace<T>& ws, TensorView<T> out,
-             bool use_gemv, int gate_up_u = 4, int down_c = 2)
+             bool use_gemv, int gate_up_u = 4, int down_c = 2, bool x_ahead = false)
       : ws_(ws), out_(out), plan_(detail::moe_plan(x, gate_up, down, ws, out, use_gemv)) {
     PIE_CHECK(gate_up_u == 0 || gate_up_u == 2 || gate_up_u == 4, "moe_experts: gate_up_u is 0, 2 or 4, not ",
               gate_up_u);
     PIE_CHECK(down_c == 0 || down_c == 2 || down_c == 4, "moe_experts: down_c is 0, 2 or 4, not ", down_c);
     plan_.gate_up_u = gate_up_u;
     plan_.down_c = down_c;
+    plan_.x_ahead = x_ahead;
   }
   void gate_up(cudaStream_t s) const { if (plan_.n > 0) detail::moe_product<true>(plan_, s); }
   void down(cudaStream_t s) const { if (plan_.n > 0) detail::moe_product<false>(plan_, s); }

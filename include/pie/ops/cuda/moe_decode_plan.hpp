@@ -2,7 +2,7 @@
 /// \file moe_decode_plan.hpp
 /// \brief The host-side choices of the decode MoE block (moe_decode.cuh, moe_routing.cuh), in
 /// plain C++ so that a CPU test (tests/ops/test_moe_group_plan.cpp) checks them: the run-time
-/// switches PIE_MOE_DECODE, PIE_MOE_ROUTE and PIE_MOE_DOWN, the gate_up GEMV's chunks in flight
+/// switches PIE_MOE_DECODE, PIE_MOE_ROUTE, PIE_MOE_DOWN and PIE_MOE_GEMV, the gate_up GEMV's chunks in flight
 /// and the down GEMV's columns by wave count, and the work split of the fused down + un-permute
 /// kernel.
 #include <cstdint>
@@ -60,6 +60,16 @@ inline bool parse_down_by_waves(const char* v) {
   const std::string_view s = v ? v : "";
   if (s.empty() || s == "default") return false;
   PIE_CHECK(s == "waves", "PIE_MOE_DOWN=", s, ": expected waves or default");
+  return true;
+}
+
+/// \brief PIE_MOE_GEMV: unset, empty or "default" keeps the grouped GEMVs loading a row chunk
+/// after the weights; "ahead" has them load each step's row chunks with its weights at n ≤ 2
+/// (moe_gemv_ahead_kernel). Anything else is an error naming the variable.
+inline bool parse_gemv_ahead(const char* v) {
+  const std::string_view s = v ? v : "";
+  if (s.empty() || s == "default") return false;
+  PIE_CHECK(s == "ahead", "PIE_MOE_GEMV=", s, ": expected ahead or default");
   return true;
 }
 
