@@ -93,15 +93,29 @@ MoePlan<T> moe_plan(TensorView<T> x, TensorView<T> gate_up, TensorView<T> down, 
                     n, rows, std::min(E, rows), E, H, I, use_gemv && n <= kMoeGemvMaxTokens, 4, 2, false};
 }
 
-/// CTAs of moe_gemv_kernel<R, C, U, kUp, kUp> resident per SM (cached per instantiation).
-template <int R, int C, int U, bool kUp, class D>
+/// CTAs of moe_gemv_kernel<R, C, U, kUp, kUp> (kAhead: moe_gemv_ahead_kernel) resident per SM
+/// (cached per instantiation).
+template <int R, int C, int U, bool kUp, class D, bool kAhead = false>
 int moe_gemv_ctas_per_sm() {
   static const int v = [] {
     int c = 0;
-    PIE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&c, moe_gemv_kernel<R, C, U, kUp, kUp, D>, 128, 0));
+    if constexpr (kAhead) {
+      PIE_CUDA_CHECK(
+          cudaOccupancyMaxActiveBlocksPerMultiprocessor(&c, moe_gemv_ahead_kernel<R, C, U, kUp, kUp, D>, 128, 0));
+    } else {
+      PIE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&c, moe_gemv_kernel<R, C, U, kUp, kUp, D>, 128, 0));
+    }
     return std::max(c, 1);
   }();
   return v;
+}
+/// moe_gemv_ctas_per_sm of the kernel launch_moe_gemv_shape takes (the ahead kernels: R ≤ 2).
+template <int R, int C, int U, bool kUp, class D>
+int moe_gemv_ctas_per_sm(bool ahead) {
+  if constexpr (R <= 2) {
+    if (ahead) return moe_gemv_ctas_per_sm<R, C, U, kUp, D, true>();
+  }
+  return moe_gemv_ctas_per_sm<R, C, U, kUp, D, false>();
 }
 
 /// The grouped GEMV. gate_up takes U = 2 chunks in flight instead of 4 when asked (u = 2), or
@@ -113,8 +127,8 @@ int moe_gemv_ctas_per_sm() {
 /// or (c = 0) when that needs fewer waves, at n ≤ 2 only (n = 1: 2048 CTAs, 2 waves → 1024, 1;
 /// moe_decode::down_columns); a column's sum does not depend on C: same bits.
 /// With `ahead` (n ≤ 2) each takes moe_gemv_ahead_kernel of the same shape: row chunks loaded
-/// with the weights (moe_grouped_gemm.cuh), the same bits. The wave counts are the plain
-/// kernels' (the ahead ones hold a few more registers; bench_moe_decode.cu times both).
+/// with the weights (moe_grouped_gemm.cuh), the same bits; the wave counts are then the ahead
+/// kernels' (more registers: at n = 2 gate_up U 2 holds 95 against 79).
 template <int R, int C, int U, bool kUp, class D>
 void launch_moe_gemv_shape(const MoeGemmParams<D>& p, dim3 grid, bool ahead, cudaStream_t s) {
   if constexpr (R <= 2) {  // the ahead kernels are instantiated for n ≤ 2 only
@@ -127,15 +141,16 @@ void launch_moe_gemv(const MoeGemmParams<D>& p, int slots, int u, int c, bool ah
   const dim3 grid((p.n_out + 7) / 8, slots);
   if constexpr (kUp) {
     if (u == 0) {
-      u = moe_decode::gate_up_unroll(int64_t(grid.x) * grid.y, moe_gemv_ctas_per_sm<R, 2, 4, kUp, D>(),
-                                     moe_gemv_ctas_per_sm<R, 2, 2, kUp, D>(), num_sms());
+      u = moe_decode::gate_up_unroll(int64_t(grid.x) * grid.y, moe_gemv_ctas_per_sm<R, 2, 4, kUp, D>(ahead),
+                                     moe_gemv_ctas_per_sm<R, 2, 2, kUp, D>(ahead), num_sms());
     }
     if (u == 2) return launch_moe_gemv_shape<R, 2, 2, kUp>(p, grid, ahead, s);
   } else if constexpr (R <= 2) {
     const dim3 grid4((p.n_out + 15) / 16, slots);
     if (c == 0) {
-      c = moe_decode::down_columns(int64_t(grid.x) * grid.y, moe_gemv_ctas_per_sm<R, 2, 4, false, D>(),
-                                   int64_t(grid4.x) * grid4.y, moe_gemv_ctas_per_sm<R, 4, 2, false, D>(), num_sms());
+      c = moe_decode::down_columns(int64_t(grid.x) * grid.y, moe_gemv_ctas_per_sm<R, 2, 4, false, D>(ahead),
+                                   int64_t(grid4.x) * grid4.y, moe_gemv_ctas_per_sm<R, 4, 2, false, D>(ahead),
+                                   num_sms());
     }
     if (c == 4) return launch_moe_gemv_shape<R, 4, 2, false>(p, grid4, ahead, s);
   }
