@@ -42,7 +42,7 @@ unset PIE_MOE_ROUTE PIE_MOE_DECODE PIE_MOE_DOWN PIE_MOE_GEMV
 say "device: $(gpu_line)"
 say "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 
-KBENCH_TARGET="pie_bench_cuda_moe_decode pie_kernel_trace"
+KBENCH_TARGET=pie_bench_cuda_moe_decode
 if [ ! -f "$BUILD/CMakeCache.txt" ]; then
   CONF=(cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a -DPIE_MOE_CUTLASS=OFF
     -DPIE_BUILD_EXAMPLES=ON -DPIE_BUILD_TESTS=ON)
@@ -56,6 +56,9 @@ elif ! grep -q "PIE_BUILD_CUDA_BENCH:BOOL=ON" "$BUILD/CMakeCache.txt"; then
 fi
 run build 240 cmake --build "$BUILD" -j "$(nproc)" --target pie_cuda_test_moe pie_bench $KBENCH_TARGET \
   || grep -E "error" "$LOGS/build.log" | head -20 | tee -a "$SUM"
+if [ -n "$KBENCH_TARGET" ]; then  # the CUPTI tracer exists only where CMake found CUPTI: its own step
+  run build_tracer 30 cmake --build "$BUILD" -j "$(nproc)" --target pie_kernel_trace
+fi
 KBENCH=$BUILD/bench/cuda/pie_bench_cuda_moe_decode
 if [ ! -x "$KBENCH" ] && [ -n "$BINDIR" ]; then
   KBENCH=$(mktemp -d /tmp/moeroute_bin.XXXX)/pie_bench_cuda_moe_decode
