@@ -410,9 +410,9 @@ TEST(MoeDecodeFused, GraphReplayEqualsUnfused) {
 // PIE_MOE_DECODE=waves (the five launches with the gate_up GEMV's chunks by wave count),
 // PIE_MOE_DOWN=waves (the down GEMV's columns by wave count; 4 columns forced too, which n ≤ 2
 // takes whatever the GPU's SM count) and PIE_MOE_GEMV=ahead (row chunks loaded with the
-// weights, with every GEMV shape n ≤ 2 can take). Each captured once and replayed with new x and logits gives the default path's bits (atomic
-// routing, gate_up with 4 chunks, down, un-permute; eager, on a second workspace) every replay,
-// and the CPU op's result.
+// weights, with every GEMV shape n ≤ 2 can take). Each captured once and replayed with new x
+// and logits gives the default path's bits (atomic routing, gate_up with 4 chunks, down with 2
+// columns, un-permute; eager, on a second workspace) every replay, and the CPU op's result.
 TEST(MoeDecodeSwitches, GraphReplayEqualsDefault) {
   std::mt19937 rng(19);
   struct Switches {
@@ -424,14 +424,14 @@ TEST(MoeDecodeSwitches, GraphReplayEqualsDefault) {
   // H 200 / I 264 and H 72 / I 40 at n ≤ 2: the 4-column down GEMV's partial last CTA and K tail.
   for (Shape s : {Shape{1, 2048, 128, 768, 8, true}, Shape{2, 2048, 128, 768, 8, true},
                   Shape{8, 2048, 128, 768, 8, true}, Shape{5, 256, 40, 128, 4, false}, Shape{3, 72, 256, 40, 8, true},
-                  Shape{1, 200, 16, 264, 4, false}, Shape{2, 72, 6, 40, 3, true}})
+                  Shape{1, 200, 16, 264, 4, false}, Shape{2, 72, 6, 40, 3, true}}) {
+    ExpertsData d = make_data(s, rng);  // the weights, once per shape (x and logits: new every replay)
     for (Switches sw : {Switches{true, 4, 2, false, "route cta"}, Switches{false, 0, 2, false, "waves"},
                         Switches{true, 0, 2, false, "cta + waves"}, Switches{false, 4, 4, false, "down 4 columns"},
                         Switches{false, 4, 0, false, "down by waves"}, Switches{false, 4, 2, true, "gemv ahead"},
                         Switches{false, 2, 4, true, "U 2 + down 4 columns + ahead"},
                         Switches{true, 0, 0, true, "all four"}}) {
       SCOPED_TRACE(name(s) + " " + sw.name);
-      ExpertsData d = make_data(s, rng);
       MoeWorkspace<bf16> ws(s.n, s.experts, s.top_k, s.hidden, s.inter);
       MoeWorkspace<bf16> ref(s.n, s.experts, s.top_k, s.hidden, s.inter);
       const auto xv = d.dx.view({s.n, s.hidden});
@@ -486,6 +486,7 @@ TEST(MoeDecodeSwitches, GraphReplayEqualsDefault) {
       cudaGraphDestroy(g);
       cudaStreamDestroy(st);
     }
+  }
 }
 
 // --load-format dummy on the GPU: the deferred fill run on the device gives DummyReader's bits.
