@@ -68,7 +68,7 @@ if [ ! -x "$KBENCH" ] && [ -n "$BINDIR" ]; then
   say "kernel bench: prebuilt from $BINDIR ($(cat "$BINDIR/BUILT_FROM.txt" 2>/dev/null || echo 'commit unknown'))"
 fi
 
-run test_moe 90 "$BUILD/tests/cuda/pie_cuda_test_moe" --gtest_color=no
+run test_moe 120 "$BUILD/tests/cuda/pie_cuda_test_moe" --gtest_color=no
 grep -E "OK \]|FAILED  \]|Failure|Expected|Which is|PASSED" "$LOGS/test_moe.log" 2>/dev/null | head -40 | tee -a "$SUM"
 
 if [ -x "$KBENCH" ]; then
