@@ -180,15 +180,26 @@ __global__ void __launch_bounds__(128) moe_mma_kernel(const __grid_constant__ Mo
 /// the slot-th non-empty expert's rows (at most R), each warp C columns (with SwiGLU, C gate and
 /// C up rows), K in steps of U·256 with U·W 16-byte weight loads in flight per lane. kXAhead
 /// (moe_gemv_ahead_kernel): each step's row chunks are loaded with its weights, 16 bytes a
-/// load, instead of one chunk at a time after them — the same values, the same sums.
+/// load, instead of one chunk at a time after them, and the active count with the slot's
+/// expert — the same values, the same sums. The grid's y is at most E (MoePlan's slots), so
+/// active[slot] is in bounds even past the active count.
 template <int R, int C, int U, bool kGather, bool kSwiGLU, bool kXAhead, class T>
 __device__ __forceinline__ void moe_gemv_body(const MoeGemmParams<T>& p) {
   constexpr int W = kSwiGLU ? 2 * C : C;
   constexpr int kChunk = 32 * 8;
   pdl_wait();  // the routing and the rows are the predecessors'
   const int slot = blockIdx.y;
-  if (slot >= __ldg(&p.active[p.num_experts])) return;
-  const int e = __ldg(&p.active[slot]);
+  int e;
+  if constexpr (kXAhead) {  // both loads in one round trip: slot < gridDim.y ≤ E, in bounds
+    const int active = __ldg(&p.active[p.num_experts]);
+    e = __ldg(&p.active[slot]);  // stale past the active count, and then unused
+    // e < 0 never holds below the count; testing it (not short-circuited) keeps ptxas from
+    // sinking e's load below the exit test, a second dependent round trip.
+    if ((slot >= active) | (e < 0)) return;
+  } else {
+    if (slot >= __ldg(&p.active[p.num_experts])) return;
+    e = __ldg(&p.active[slot]);
+  }
   const int g0 = __ldg(&p.offsets[e]);
   const int cnt = min(R, __ldg(&p.offsets[e + 1]) - g0);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
