@@ -7,7 +7,9 @@
 // and Qwen3-MoE's dummy weights generated on the device equal the host's bit for bit. The fused
 // decode kernels (moe_decode.cuh): router + routing and down + un-permute give the unfused
 // path's bits (gemv() + moe_route; gemv down + moe_unpermute) and agree with the CPU op, eager
-// and replayed from a graph.
+// and replayed from a graph. The one-CTA routing (moe_route's one_cta) against the atomic
+// kernel, and the engine's PIE_MOE_ROUTE / PIE_MOE_DECODE=waves / PIE_MOE_DOWN / PIE_MOE_GEMV
+// blocks against the default block bit for bit, replayed from a graph.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -81,6 +83,66 @@ TEST(MoeRoute, MatchesCpuAndGroupsRows) {
       check_grouping(ws, ids, s.n, s.experts, s.top_k);
     }
   }
+}
+
+// The one-CTA routing (moe_route's one_cta, n ≤ 8) against moe_route_kernel on the same
+// logits: ids, weights, offsets, tile offsets and the active list bit for bit, perm/inv the
+// grouping of those ids with each expert's rows in token order (the atomic kernel's order
+// within an expert is its atomics' order, so only its grouping is checked), the counters and
+// the ticket zero after each call. Every n = 1..8, E = 8/64/128/256 (the three lane layouts),
+// k = 1..8; the second call of each draws logits from a few values (ties: the lower id wins in
+// both) over outputs poisoned first.
+TEST(MoeRoute, OneCtaEqualsAtomic) {
+  std::mt19937 rng(18);
+  for (int E : {8, 64, 128, 256})
+    for (int k = 1; k <= 8; ++k)
+      for (int n = 1; n <= ops::cuda::kMoeGemvMaxTokens; ++n) {
+        const bool norm = (n + k) % 2 == 0;
+        SCOPED_TRACE("n " + std::to_string(n) + " E " + std::to_string(E) + " k " + std::to_string(k));
+        MoeWorkspace<bf16> a(8, E, k, 64, 32), b(8, E, k, 64, 32);
+        const auto& ra = a.routing();
+        const auto& rb = b.routing();
+        for (int call = 0; call < 2; ++call) {
+          auto logits = randn<float>(size_t(n) * E, rng, 2.f);
+          if (call == 1)
+            for (float& v : logits) v = std::round(v);  // ties between experts
+          for (auto* ws : {&a, &b})
+            PIE_CUDA_CHECK(cudaMemcpy(ws->logits(), logits.data(), logits.size() * 4, cudaMemcpyHostToDevice));
+          const size_t nk = size_t(n) * k;
+          for (int32_t* p : {rb.ids, rb.perm, rb.inv}) PIE_CUDA_CHECK(cudaMemset(p, 0xff, nk * 4));
+          for (int32_t* p : {rb.offsets, rb.tile_offsets, rb.active}) PIE_CUDA_CHECK(cudaMemset(p, 0xff, (E + 1) * 4));
+          PIE_CUDA_CHECK(cudaMemset(rb.weights, 0xff, nk * 4));
+          ops::cuda::moe_route(n, norm, a, nullptr);
+          ops::cuda::moe_route(n, norm, b, nullptr, true);
+          auto ids = fetch(rb.ids, nk);
+          ASSERT_EQ(fetch(ra.ids, nk), ids) << "call " << call;
+          auto wa = fetch(ra.weights, nk), wb = fetch(rb.weights, nk);
+          ASSERT_EQ(0, std::memcmp(wa.data(), wb.data(), nk * 4)) << "call " << call;
+          ASSERT_EQ(fetch(ra.offsets, E + 1), fetch(rb.offsets, E + 1)) << "call " << call;
+          ASSERT_EQ(fetch(ra.tile_offsets, E + 1), fetch(rb.tile_offsets, E + 1)) << "call " << call;
+          auto act_a = fetch(ra.active, E + 1), act_b = fetch(rb.active, E + 1);
+          ASSERT_EQ(act_a[E], act_b[E]) << "call " << call;
+          for (int i = 0; i < act_a[E]; ++i) ASSERT_EQ(act_a[i], act_b[i]) << "active " << i << ", call " << call;
+          check_grouping(a, fetch(ra.ids, nk), n, E, k);
+          check_grouping(b, ids, n, E, k);
+          // Token order within an expert: row offsets[e] + (earlier tokens that chose e).
+          auto off = fetch(rb.offsets, E + 1), perm = fetch(rb.perm, nk), inv = fetch(rb.inv, nk);
+          std::vector<int> next(off.begin(), off.end() - 1);
+          for (size_t i = 0; i < nk; ++i) {
+            ASSERT_EQ(inv[i], next[ids[i]]) << "slot " << i << ", call " << call;
+            ASSERT_EQ(perm[next[ids[i]]++], int(i / k));
+          }
+          for (const auto* r : {&ra, &rb}) {
+            ASSERT_EQ(fetch(r->counts, E), std::vector<int32_t>(E, 0));
+            ASSERT_EQ(fetch(r->ticket, 1)[0], 0u);
+          }
+          // And the CPU op's routing of these logits.
+          std::vector<int32_t> want_ids;
+          std::vector<float> want_w;
+          cpu_route(logits, n, E, k, norm, want_ids, want_w);
+          ASSERT_EQ(ids, want_ids) << "call " << call;
+        }
+      }
 }
 
 void run_block(const Shape& s, ExpertsData& d, MoeWorkspace<bf16>& ws, bool gemv, cudaStream_t st) {
@@ -278,6 +340,18 @@ TEST(MoeDecodeFused, DownUnpermuteEqualsUnfused) {
     lean.gate_up(nullptr);
     auto act2 = fetch(ws.act(), act_n);
     EXPECT_EQ(0, std::memcmp(act2.data(), act4.data(), act_n * 2));
+    // The GEMVs with the row chunks loaded with the weights (moe_gemv_ahead_kernel): the same
+    // act, and the same y as down() (y of the unfused run above, still in the workspace).
+    PIE_CUDA_CHECK(cudaMemset(ws.act(), 0xff, act_n * 2));
+    lean.gate_up_cfg<2, true>(nullptr);
+    auto act_ahead = fetch(ws.act(), act_n);
+    EXPECT_EQ(0, std::memcmp(act_ahead.data(), act4.data(), act_n * 2));
+    const size_t y_n = size_t(s.n) * s.top_k * s.hidden;
+    auto y_ref = fetch(ws.y(), y_n);
+    PIE_CUDA_CHECK(cudaMemset(ws.y(), 0xff, y_n * 2));
+    lean.down_cfg<4, 2, true>(nullptr);
+    auto y_ahead = fetch(ws.y(), y_n);
+    EXPECT_EQ(0, std::memcmp(y_ahead.data(), y_ref.data(), y_n * 2));
     const double err = rel_err(fused, cpu_experts(s, d, ws));
     EXPECT_LT(err, tol<bf16>());
     EXPECT_GT(err, 0.0);
@@ -329,6 +403,89 @@ TEST(MoeDecodeFused, GraphReplayEqualsUnfused) {
     cudaGraphExecDestroy(ge);
     cudaGraphDestroy(g);
     cudaStreamDestroy(st);
+  }
+}
+
+// The engine's decode switches, alone and together: PIE_MOE_ROUTE=cta (one-CTA routing),
+// PIE_MOE_DECODE=waves (the five launches with the gate_up GEMV's chunks by wave count),
+// PIE_MOE_DOWN=waves (the down GEMV's columns by wave count; 4 columns forced too, which n ≤ 2
+// takes whatever the GPU's SM count) and PIE_MOE_GEMV=ahead (row chunks loaded with the
+// weights, with every GEMV shape n ≤ 2 can take). Each captured once and replayed with new x
+// and logits gives the default path's bits (atomic routing, gate_up with 4 chunks, down with 2
+// columns, un-permute; eager, on a second workspace) every replay, and the CPU op's result.
+TEST(MoeDecodeSwitches, GraphReplayEqualsDefault) {
+  std::mt19937 rng(19);
+  struct Switches {
+    bool one_cta;
+    int gate_up_u, down_c;
+    bool ahead;
+    const char* name;
+  };
+  // H 200 / I 264 and H 72 / I 40 at n ≤ 2: the 4-column down GEMV's partial last CTA and K tail.
+  for (Shape s : {Shape{1, 2048, 128, 768, 8, true}, Shape{2, 2048, 128, 768, 8, true},
+                  Shape{8, 2048, 128, 768, 8, true}, Shape{5, 256, 40, 128, 4, false}, Shape{3, 72, 256, 40, 8, true},
+                  Shape{1, 200, 16, 264, 4, false}, Shape{2, 72, 6, 40, 3, true}}) {
+    ExpertsData d = make_data(s, rng);  // the weights, once per shape (x and logits: new every replay)
+    for (Switches sw : {Switches{true, 4, 2, false, "route cta"}, Switches{false, 0, 2, false, "waves"},
+                        Switches{true, 0, 2, false, "cta + waves"}, Switches{false, 4, 4, false, "down 4 columns"},
+                        Switches{false, 4, 0, false, "down by waves"}, Switches{false, 4, 2, true, "gemv ahead"},
+                        Switches{false, 2, 4, true, "U 2 + down 4 columns + ahead"},
+                        Switches{true, 0, 0, true, "all four"}}) {
+      SCOPED_TRACE(name(s) + " " + sw.name);
+      MoeWorkspace<bf16> ws(s.n, s.experts, s.top_k, s.hidden, s.inter);
+      MoeWorkspace<bf16> ref(s.n, s.experts, s.top_k, s.hidden, s.inter);
+      const auto xv = d.dx.view({s.n, s.hidden});
+      const auto guv = d.dgu.view({s.experts, 2 * s.inter, s.hidden});
+      const auto dnv = d.ddown.view({s.experts, s.hidden, s.inter});
+      const auto ov = d.dout.view({s.n, s.hidden});
+      const ops::cuda::MoeExperts<bf16> ex(xv, guv, dnv, ws, ov, true, sw.gate_up_u, sw.down_c, sw.ahead);
+      const ops::cuda::MoeExperts<bf16> ex_ref(xv, guv, dnv, ref, ov, true);
+      cudaStream_t st;
+      PIE_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+      auto run = [&] {
+        ops::cuda::moe_route(s.n, s.norm, ws, st, sw.one_cta);
+        ex.gate_up(st);
+        ex.down(st);
+        ex.unpermute(st);
+      };
+      run();  // eager first, as the engine's warm-up step (occupancy queries cached)
+      PIE_CUDA_CHECK(cudaStreamSynchronize(st));
+      cudaGraph_t g;
+      cudaGraphExec_t ge;
+      PIE_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+      run();
+      PIE_CUDA_CHECK(cudaStreamEndCapture(st, &g));
+      PIE_CUDA_CHECK(cudaGraphInstantiate(&ge, g, 0));
+      for (int rep = 0; rep < 3; ++rep) {
+        d.x = randn<bf16>(d.x.size(), rng);
+        PIE_CUDA_CHECK(cudaMemcpy(d.dx.data(), d.x.data(), d.x.size() * 2, cudaMemcpyHostToDevice));
+        d.logits = randn<float>(d.logits.size(), rng, 2.f);
+        for (auto* w : {&ws, &ref})
+          PIE_CUDA_CHECK(cudaMemcpy(w->logits(), d.logits.data(), d.logits.size() * 4, cudaMemcpyHostToDevice));
+        poison(d.dout);
+        PIE_CUDA_CHECK(cudaDeviceSynchronize());
+        PIE_CUDA_CHECK(cudaGraphLaunch(ge, st));
+        PIE_CUDA_CHECK(cudaStreamSynchronize(st));
+        auto graph_out = download(d.dout);
+        const double err = rel_err(graph_out, cpu_experts(s, d, ws));
+        EXPECT_LT(err, tol<bf16>()) << "replay " << rep;
+        EXPECT_GT(err, 0.0) << "replay " << rep;
+        poison(d.dout);
+        PIE_CUDA_CHECK(cudaDeviceSynchronize());
+        ops::cuda::moe_route(s.n, s.norm, ref, st);
+        ex_ref.gate_up(st);
+        ex_ref.down(st);
+        ex_ref.unpermute(st);
+        PIE_CUDA_CHECK(cudaStreamSynchronize(st));
+        auto want = download(d.dout);
+        const size_t nk = size_t(s.n) * s.top_k;
+        ASSERT_EQ(fetch(ref.routing().ids, nk), fetch(ws.routing().ids, nk)) << "replay " << rep;
+        EXPECT_EQ(0, std::memcmp(want.data(), graph_out.data(), want.size() * 2)) << "replay " << rep;
+      }
+      cudaGraphExecDestroy(ge);
+      cudaGraphDestroy(g);
+      cudaStreamDestroy(st);
+    }
   }
 }
 

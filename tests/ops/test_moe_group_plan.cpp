@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "pie/core/error.hpp"
@@ -140,11 +141,69 @@ TEST(MoeDecodePlan, SwitchValues) {
   EXPECT_EQ(parse_choice(""), Choice::kUnfused);
   EXPECT_EQ(parse_choice("unfused"), Choice::kUnfused);
   EXPECT_EQ(parse_choice("fused"), Choice::kFused);
+  EXPECT_EQ(parse_choice("waves"), Choice::kWaves);
+  for (const char* bad : {"Fused", "wave", "waves "}) {
+    try {
+      parse_choice(bad);
+      FAIL() << "an unknown value was accepted: " << bad;
+    } catch (const pie::Error& e) {
+      EXPECT_NE(std::string(e.what()).find(std::string("PIE_MOE_DECODE=") + bad), std::string::npos) << e.what();
+    }
+  }
+}
+
+TEST(MoeDecodePlan, DownSwitchValues) {
+  using pie::ops::cuda::moe_decode::parse_down_by_waves;
+  EXPECT_FALSE(parse_down_by_waves(nullptr));
+  EXPECT_FALSE(parse_down_by_waves(""));
+  EXPECT_FALSE(parse_down_by_waves("default"));
+  EXPECT_TRUE(parse_down_by_waves("waves"));
   try {
-    parse_choice("Fused");
+    parse_down_by_waves("c4");
     FAIL() << "an unknown value was accepted";
   } catch (const pie::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("PIE_MOE_DECODE=Fused"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("PIE_MOE_DOWN=c4"), std::string::npos) << e.what();
+  }
+}
+
+TEST(MoeDecodePlan, GemvSwitchValues) {
+  using pie::ops::cuda::moe_decode::parse_gemv_ahead;
+  EXPECT_FALSE(parse_gemv_ahead(nullptr));
+  EXPECT_FALSE(parse_gemv_ahead(""));
+  EXPECT_FALSE(parse_gemv_ahead("default"));
+  EXPECT_TRUE(parse_gemv_ahead("ahead"));
+  try {
+    parse_gemv_ahead("1");
+    FAIL() << "an unknown value was accepted";
+  } catch (const pie::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("PIE_MOE_GEMV=1"), std::string::npos) << e.what();
+  }
+}
+
+TEST(MoeDecodePlan, DownColumnsByWaves) {
+  namespace md = pie::ops::cuda::moe_decode;
+  // Qwen3-30B-A3B batch 1 on 132 SMs: 2048 CTAs at 9 per SM (2 waves) vs 1024 at 9 (1): 4 columns.
+  EXPECT_EQ(md::down_columns(256 * 8, 9, 128 * 8, 9, 132), 4);
+  // Batch 2 (~15 experts): 3840 CTAs at 8 per SM (4 waves) vs 1920 at 7 (3): 4.
+  EXPECT_EQ(md::down_columns(256 * 15, 8, 128 * 15, 7, 132), 4);
+  // As many waves either way: keep 2 (the default's grid).
+  EXPECT_EQ(md::down_columns(1000, 9, 500, 4, 132), 2);
+  EXPECT_EQ(md::down_columns(100, 9, 50, 9, 132), 2);
+  // Fewer CTAs but fewer per SM too, so more waves: 2.
+  EXPECT_EQ(md::down_columns(2000, 16, 1000, 4, 132), 2);
+}
+
+TEST(MoeDecodePlan, RouteSwitchValues) {
+  using pie::ops::cuda::moe_decode::parse_route_one_cta;
+  EXPECT_FALSE(parse_route_one_cta(nullptr));
+  EXPECT_FALSE(parse_route_one_cta(""));
+  EXPECT_FALSE(parse_route_one_cta("atomic"));
+  EXPECT_TRUE(parse_route_one_cta("cta"));
+  try {
+    parse_route_one_cta("CTA");
+    FAIL() << "an unknown value was accepted";
+  } catch (const pie::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("PIE_MOE_ROUTE=CTA"), std::string::npos) << e.what();
   }
 }
 

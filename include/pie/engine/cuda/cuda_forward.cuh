@@ -491,14 +491,21 @@ class CudaForward {
     // GEMV + routing is one kernel and down + un-permute another (ops/cuda/moe_decode.cuh), and
     // the gate_up GEMV picks its chunks in flight by wave count; the bits of the unfused gemv path
     // (at n ≥ 2 the router logits are then the GEMV's, not cuBLASLt's).
-    const bool fused = moe_decode_fused_wanted() && !p_.batch_invariant && n >= 1 &&
+    // PIE_MOE_DECODE=waves: the five launches, with the gate_up GEMV's chunks by wave count.
+    // PIE_MOE_ROUTE=cta: moe_route in one CTA at n ≤ kMoeGemvMaxTokens (no global atomics).
+    // PIE_MOE_DOWN=waves: the down GEMV's columns per warp by wave count at n ≤ 2.
+    // PIE_MOE_GEMV=ahead: at n ≤ 2 the GEMVs load their row chunks with the weights.
+    // Each opt-in until measured on the device; each gives the default path's bits.
+    const auto decode = moe_decode_choice();
+    const bool fused = decode == ops::cuda::moe_decode::Choice::kFused && !p_.batch_invariant && n >= 1 &&
                        ops::cuda::moe_router_route_supported(x, router) &&
                        ops::cuda::MoeExperts<T>::fused_down_supported(n);
+    const bool waves = decode == ops::cuda::moe_decode::Choice::kWaves && !p_.batch_invariant;
     if (fused) {
       op("moe_router_route", [&] { ops::cuda::moe_router_route(x, router, norm_topk_prob, ws, s_); });
     } else {
       op("moe_router", [&] { (*p_.gemm)(logits, x, router, static_cast<const T*>(nullptr), s_); });
-      op("moe_route", [&] { ops::cuda::moe_route(n, norm_topk_prob, ws, s_); });
+      op("moe_route", [&] { ops::cuda::moe_route(n, norm_topk_prob, ws, s_, moe_route_one_cta_wanted()); });
     }
     if (n == 0) return;
     if (moe_observer_) {  // a test's look at the routing; never inside a graph capture
@@ -506,7 +513,8 @@ class CudaForward {
       PIE_CUDA_CHECK(cudaStreamIsCapturing(s_, &cs));
       if (cs == cudaStreamCaptureStatusNone) moe_observer_(ws.routing().ids, n, top_k, s_);
     }
-    const ops::cuda::MoeExperts<T> ex(x, gate_up, down, ws, out, !p_.batch_invariant, fused ? 0 : 4);
+    const ops::cuda::MoeExperts<T> ex(x, gate_up, down, ws, out, !p_.batch_invariant, fused || waves ? 0 : 4,
+                                      moe_down_by_waves_wanted() ? 0 : 2, moe_gemv_ahead_wanted());
     // In a build with the CUTLASS path (unless PIE_MOE_GEMM=mma): the CUTLASS grouped GEMMs above
     // the GEMV batch sizes (not under batch invariance, which the mma path is tested for). The
     // path's state is set up on the first call (eager, like the workspace) and re-made with it.
@@ -725,11 +733,30 @@ class CudaForward {
   const void* moe_cutlass_ws_ = nullptr;                        ///< the workspace it was made for
 #endif
   /// PIE_MOE_DECODE: unset, empty or "unfused" keeps the five-launch decode MoE block; "fused"
-  /// takes moe_decode.cuh's two fused kernels for n ≤ kMoeGemvMaxTokens. Read once; anything
+  /// takes moe_decode.cuh's two fused kernels for n ≤ kMoeGemvMaxTokens; "waves" the five
+  /// launches with the gate_up GEMV's chunks by wave count. Read once; anything else is an error.
+  static ops::cuda::moe_decode::Choice moe_decode_choice() {
+    static const auto v = ops::cuda::moe_decode::parse_choice(std::getenv("PIE_MOE_DECODE"));
+    return v;
+  }
+  /// PIE_MOE_ROUTE: "cta" routes decode batches in one CTA (moe_route's one_cta); unset, empty or
+  /// "atomic" keeps moe_route_kernel. Read once; anything else is an error.
+  static bool moe_route_one_cta_wanted() {
+    static const bool v = ops::cuda::moe_decode::parse_route_one_cta(std::getenv("PIE_MOE_ROUTE"));
+    return v;
+  }
+  /// PIE_MOE_DOWN: "waves" lets the down GEMV take 4 columns per warp at n ≤ 2 when that needs
+  /// fewer waves (MoeExperts' down_c 0); unset, empty or "default" keeps 2. Read once; anything
   /// else is an error.
-  static bool moe_decode_fused_wanted() {
-    static const bool v =
-        ops::cuda::moe_decode::parse_choice(std::getenv("PIE_MOE_DECODE")) == ops::cuda::moe_decode::Choice::kFused;
+  static bool moe_down_by_waves_wanted() {
+    static const bool v = ops::cuda::moe_decode::parse_down_by_waves(std::getenv("PIE_MOE_DOWN"));
+    return v;
+  }
+  /// PIE_MOE_GEMV: "ahead" has the grouped GEMVs load their row chunks with the weights at n ≤ 2
+  /// (MoeExperts' x_ahead); unset, empty or "default" keeps them after. Read once; anything else
+  /// is an error.
+  static bool moe_gemv_ahead_wanted() {
+    static const bool v = ops::cuda::moe_decode::parse_gemv_ahead(std::getenv("PIE_MOE_GEMV"));
     return v;
   }
   /// PIE_MOE_GEMM (moe_group::parse_gemm_choice), read once: unset, the CUTLASS path when the

@@ -45,6 +45,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "pie/core/error.hpp"
 #include "pie/core/tensor.hpp"
@@ -65,6 +66,8 @@ struct MoePlan {
   int n, rows, slots, E, H, I;
   bool gemv;
   int gate_up_u;  ///< the gate_up GEMV's chunks in flight: 4, 2, or 0 (pick by wave count)
+  int down_c;     ///< the down GEMV's columns per warp: 2, 4 (n ≤ 2), or 0 (pick by wave count)
+  bool x_ahead;   ///< n ≤ 2: the GEMVs load row chunks with the weights (moe_gemv_ahead_kernel)
 };
 
 template <class T>
@@ -87,18 +90,32 @@ MoePlan<T> moe_plan(TensorView<T> x, TensorView<T> gate_up, TensorView<T> down, 
                      r.offsets, r.tile_offsets, r.active, I, H, E},
                     {dev(ws.act()), I, dev(down.data), int64_t{H} * I, dev(ws.y()), H, r.perm, r.offsets,
                      r.tile_offsets, r.active, H, I, E},
-                    n, rows, std::min(E, rows), E, H, I, use_gemv && n <= kMoeGemvMaxTokens, 4};
+                    n, rows, std::min(E, rows), E, H, I, use_gemv && n <= kMoeGemvMaxTokens, 4, 2, false};
 }
 
-/// CTAs of moe_gemv_kernel<R, 2, U, kUp, kUp> resident per SM (cached per instantiation).
-template <int R, int U, bool kUp, class D>
+/// CTAs of moe_gemv_kernel<R, C, U, kUp, kUp> (kAhead: moe_gemv_ahead_kernel) resident per SM
+/// (cached per instantiation).
+template <int R, int C, int U, bool kUp, class D, bool kAhead = false>
 int moe_gemv_ctas_per_sm() {
   static const int v = [] {
     int c = 0;
-    PIE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&c, moe_gemv_kernel<R, 2, U, kUp, kUp, D>, 128, 0));
+    if constexpr (kAhead) {
+      PIE_CUDA_CHECK(
+          cudaOccupancyMaxActiveBlocksPerMultiprocessor(&c, moe_gemv_ahead_kernel<R, C, U, kUp, kUp, D>, 128, 0));
+    } else {
+      PIE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&c, moe_gemv_kernel<R, C, U, kUp, kUp, D>, 128, 0));
+    }
     return std::max(c, 1);
   }();
   return v;
+}
+/// moe_gemv_ctas_per_sm of the kernel launch_moe_gemv_shape takes (the ahead kernels: R ≤ 2).
+template <int R, int C, int U, bool kUp, class D>
+int moe_gemv_ctas_per_sm(bool ahead) {
+  if constexpr (R <= 2) {
+    if (ahead) return moe_gemv_ctas_per_sm<R, C, U, kUp, D, true>();
+  }
+  return moe_gemv_ctas_per_sm<R, C, U, kUp, D, false>();
 }
 
 /// The grouped GEMV. gate_up takes U = 2 chunks in flight instead of 4 when asked (u = 2), or
@@ -106,17 +123,38 @@ int moe_gemv_ctas_per_sm() {
 /// CTAs, and U = 4's 92 registers fit 5 CTAs per SM (660 on 132 SMs), so a second wave of 108
 /// CTAs ran behind the first; U = 2's fewer registers fit the grid in one wave (gemv.cuh's lean
 /// configuration, same reasoning). A lane sums its chunks in increasing k either way: same bits.
+/// down takes 4 columns per warp with 2 chunks in flight instead of 2 with 4 when asked (c = 4)
+/// or (c = 0) when that needs fewer waves, at n ≤ 2 only (n = 1: 2048 CTAs, 2 waves → 1024, 1;
+/// moe_decode::down_columns); a column's sum does not depend on C: same bits.
+/// With `ahead` (n ≤ 2) each takes moe_gemv_ahead_kernel of the same shape: row chunks loaded
+/// with the weights (moe_grouped_gemm.cuh), the same bits; the wave counts are then the ahead
+/// kernels' (more registers: at n = 2 gate_up U 2 holds 95 against 79).
+template <int R, int C, int U, bool kUp, class D>
+void launch_moe_gemv_shape(const MoeGemmParams<D>& p, dim3 grid, bool ahead, cudaStream_t s) {
+  if constexpr (R <= 2) {  // the ahead kernels are instantiated for n ≤ 2 only
+    if (ahead) return launch_pdl(moe_gemv_ahead_kernel<R, C, U, kUp, kUp, D>, grid, dim3(128), 0, s, p);
+  }
+  launch_pdl(moe_gemv_kernel<R, C, U, kUp, kUp, D>, grid, dim3(128), 0, s, p);
+}
 template <int R, bool kUp, class D>
-void launch_moe_gemv(const MoeGemmParams<D>& p, int slots, int u, cudaStream_t s) {
+void launch_moe_gemv(const MoeGemmParams<D>& p, int slots, int u, int c, bool ahead, cudaStream_t s) {
   const dim3 grid((p.n_out + 7) / 8, slots);
   if constexpr (kUp) {
     if (u == 0) {
-      u = moe_decode::gate_up_unroll(int64_t(grid.x) * grid.y, moe_gemv_ctas_per_sm<R, 4, kUp, D>(),
-                                     moe_gemv_ctas_per_sm<R, 2, kUp, D>(), num_sms());
+      u = moe_decode::gate_up_unroll(int64_t(grid.x) * grid.y, moe_gemv_ctas_per_sm<R, 2, 4, kUp, D>(ahead),
+                                     moe_gemv_ctas_per_sm<R, 2, 2, kUp, D>(ahead), num_sms());
     }
-    if (u == 2) return launch_pdl(moe_gemv_kernel<R, 2, 2, kUp, kUp, D>, grid, dim3(128), 0, s, p);
+    if (u == 2) return launch_moe_gemv_shape<R, 2, 2, kUp>(p, grid, ahead, s);
+  } else if constexpr (R <= 2) {
+    const dim3 grid4((p.n_out + 15) / 16, slots);
+    if (c == 0) {
+      c = moe_decode::down_columns(int64_t(grid.x) * grid.y, moe_gemv_ctas_per_sm<R, 2, 4, false, D>(ahead),
+                                   int64_t(grid4.x) * grid4.y, moe_gemv_ctas_per_sm<R, 4, 2, false, D>(ahead),
+                                   num_sms());
+    }
+    if (c == 4) return launch_moe_gemv_shape<R, 4, 2, false>(p, grid4, ahead, s);
   }
-  launch_pdl(moe_gemv_kernel<R, 2, 4, kUp, kUp, D>, grid, dim3(128), 0, s, p);
+  launch_moe_gemv_shape<R, 2, 4, kUp>(p, grid, ahead, s);
 }
 
 /// One grouped product: gate_up (+SwiGLU, rows gathered through perm) or down.
@@ -125,11 +163,12 @@ void moe_product(const MoePlan<T>& pl, cudaStream_t s) {
   using D = device_t<T>;
   const MoeGemmParams<D>& p = kUp ? pl.gu : pl.dn;
   if (pl.gemv) {
-    const int u = pl.gate_up_u;
-    if (pl.n == 1) launch_moe_gemv<1, kUp>(p, pl.slots, u, s);
-    else if (pl.n == 2) launch_moe_gemv<2, kUp>(p, pl.slots, u, s);
-    else if (pl.n <= 4) launch_moe_gemv<4, kUp>(p, pl.slots, u, s);
-    else launch_moe_gemv<8, kUp>(p, pl.slots, u, s);
+    const int u = pl.gate_up_u, c = pl.down_c;
+    const bool a = pl.x_ahead;
+    if (pl.n == 1) launch_moe_gemv<1, kUp>(p, pl.slots, u, c, a, s);
+    else if (pl.n == 2) launch_moe_gemv<2, kUp>(p, pl.slots, u, c, a, s);
+    else if (pl.n <= 4) launch_moe_gemv<4, kUp>(p, pl.slots, u, c, a, s);
+    else launch_moe_gemv<8, kUp>(p, pl.slots, u, c, a, s);
   } else {
     const unsigned tiles = static_cast<unsigned>(pl.rows / kMoeTileM + std::min(pl.E, pl.rows));
     const int cols = kUp ? (pl.I + 63) / 64 : (pl.H + 127) / 128;
@@ -147,18 +186,35 @@ void moe_product(const MoePlan<T>& pl, cudaStream_t s) {
 /// \param use_gemv take the gemv path when n ≤ kMoeGemvMaxTokens (off: mma for every n)
 /// \param gate_up_u the gate_up GEMV's chunks in flight per lane: 4 (the default), 2, or 0 to
 /// pick by wave count (launch_moe_gemv); the bits are the same for all three
+/// \param down_c the down GEMV's columns per warp: 2 (the default), 4 (n ≤ 2; above, 2), or 0
+/// to pick by wave count at n ≤ 2 (launch_moe_gemv); the bits are the same for all three
+/// \param x_ahead at n ≤ 2, both GEMVs load their row chunks with the weights
+/// (moe_gemv_ahead_kernel); the same bits
 template <class T>
 class MoeExperts {
  public:
   MoeExperts(TensorView<T> x, TensorView<T> gate_up, TensorView<T> down, MoeWorkspace<T>& ws, TensorView<T> out,
-             bool use_gemv, int gate_up_u = 4)
+             bool use_gemv, int gate_up_u = 4, int down_c = 2, bool x_ahead = false)
       : ws_(ws), out_(out), plan_(detail::moe_plan(x, gate_up, down, ws, out, use_gemv)) {
     PIE_CHECK(gate_up_u == 0 || gate_up_u == 2 || gate_up_u == 4, "moe_experts: gate_up_u is 0, 2 or 4, not ",
               gate_up_u);
+    PIE_CHECK(down_c == 0 || down_c == 2 || down_c == 4, "moe_experts: down_c is 0, 2 or 4, not ", down_c);
     plan_.gate_up_u = gate_up_u;
+    plan_.down_c = down_c;
+    plan_.x_ahead = x_ahead;
   }
   void gate_up(cudaStream_t s) const { if (plan_.n > 0) detail::moe_product<true>(plan_, s); }
   void down(cudaStream_t s) const { if (plan_.n > 0) detail::moe_product<false>(plan_, s); }
+  /// The down GEMV with C output columns per warp and U 256-element chunks of K per load round
+  /// (down() takes C = 2, U = 4), and with kXAhead the act chunks loaded with the weights
+  /// (moe_gemv_ahead_kernel), for bench/cuda/bench_moe_decode.cu's variants. A column's sum is
+  /// the same for every C, U and kXAhead (a lane adds its chunks in increasing k, then the warp
+  /// butterfly), so the bits are down()'s. Gemv path only (n ≤ kMoeGemvMaxTokens).
+  template <int C, int U, bool kXAhead = false>
+  void down_cfg(cudaStream_t s) const { gemv_cfg<C, U, false, kXAhead>(s); }
+  /// gate_up(+SwiGLU) GEMV with U chunks in flight and kXAhead (see down_cfg): gate_up()'s bits.
+  template <int U, bool kXAhead>
+  void gate_up_cfg(cudaStream_t s) const { gemv_cfg<2, U, true, kXAhead>(s); }
   /// Down and the un-permute in one kernel (moe_decode.cuh, step 2), for n ≤
   /// kMoeGemvMaxTokens: the bits of down(s) then unpermute(s) on the gemv path; y is not used.
   /// C output columns per warp, kD (expert, chunk) items of loads in flight (moe_decode.cuh);
@@ -191,6 +247,26 @@ class MoeExperts {
   }
 
  private:
+  template <int C, int U, bool kUp, bool kXAhead>
+  void gemv_cfg(cudaStream_t s) const {
+    if (plan_.n == 0) return;
+    PIE_CHECK(plan_.gemv, "moe_experts: the GEMV variants are the GEMV path's (n ≤ ", kMoeGemvMaxTokens, "), not n ",
+              plan_.n);
+    using D = device_t<T>;
+    const detail::MoeGemmParams<D>& p = kUp ? plan_.gu : plan_.dn;
+    const dim3 grid((p.n_out + 4 * C - 1) / (4 * C), plan_.slots);
+    auto pick = [&](auto r) {
+      constexpr int R = decltype(r)::value;
+      if constexpr (kXAhead) return detail::moe_gemv_ahead_kernel<R, C, U, kUp, kUp, D>;
+      else return detail::moe_gemv_kernel<R, C, U, kUp, kUp, D>;
+    };
+    auto* kernel = plan_.n == 1   ? pick(std::integral_constant<int, 1>{})
+                   : plan_.n == 2 ? pick(std::integral_constant<int, 2>{})
+                   : plan_.n <= 4 ? pick(std::integral_constant<int, 4>{})
+                                  : pick(std::integral_constant<int, 8>{});
+    launch_pdl(kernel, grid, dim3(128), 0, s, p);
+  }
+
   MoeWorkspace<T>& ws_;
   TensorView<T> out_;
   detail::MoePlan<T> plan_;

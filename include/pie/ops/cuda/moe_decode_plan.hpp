@@ -1,9 +1,10 @@
 #pragma once
 /// \file moe_decode_plan.hpp
-/// \brief The host-side choices of the fused decode MoE block (moe_decode.cuh), in plain C++ so
-/// that a CPU test (tests/ops/test_moe_group_plan.cpp) checks them: the run-time switch
-/// PIE_MOE_DECODE, the gate_up GEMV's chunks in flight by wave count, and the work split of the
-/// fused down + un-permute kernel.
+/// \brief The host-side choices of the decode MoE block (moe_decode.cuh, moe_routing.cuh), in
+/// plain C++ so that a CPU test (tests/ops/test_moe_group_plan.cpp) checks them: the run-time
+/// switches PIE_MOE_DECODE, PIE_MOE_ROUTE, PIE_MOE_DOWN and PIE_MOE_GEMV, the gate_up GEMV's chunks in flight
+/// and the down GEMV's columns by wave count, and the work split of the fused down + un-permute
+/// kernel.
 #include <cstdint>
 #include <string_view>
 
@@ -13,13 +14,29 @@ namespace pie::ops::cuda::moe_decode {
 
 /// \brief PIE_MOE_DECODE: unset, empty or "unfused" keeps the five-launch decode block (router
 /// GEMV, moe_route, gate_up, down, un-permute); "fused" takes moe_decode.cuh's kernels for
-/// n ≤ kMoeGemvMaxTokens. Anything else is an error naming the variable.
-enum class Choice { kUnfused, kFused };
+/// n ≤ kMoeGemvMaxTokens; "waves" keeps the five launches but gives the gate_up GEMV its chunks
+/// in flight by wave count (gate_up_unroll), as the fused path does: on the H100 of 2026-12-05
+/// that gate_up took 19.86 µs at batch 1 against 23.64 with 4 chunks, while the fused router +
+/// routing (8.82 vs 8.89 µs) and down + un-permute (18.83 vs 14.19) gained nothing. Anything
+/// else is an error naming the variable.
+enum class Choice { kUnfused, kFused, kWaves };
 inline Choice parse_choice(const char* v) {
   const std::string_view s = v ? v : "";
   if (s.empty() || s == "unfused") return Choice::kUnfused;
-  PIE_CHECK(s == "fused", "PIE_MOE_DECODE=", s, ": expected fused or unfused");
+  if (s == "waves") return Choice::kWaves;
+  PIE_CHECK(s == "fused", "PIE_MOE_DECODE=", s, ": expected fused, waves or unfused");
   return Choice::kFused;
+}
+
+/// \brief PIE_MOE_ROUTE: unset, empty or "atomic" keeps moe_route_kernel (global counts, a
+/// ticket, the last CTA groups); "cta" routes n ≤ kMoeGemvMaxTokens in one CTA with its counts in
+/// shared memory (moe_route's one_cta; the same routing). Anything else is an error naming the
+/// variable.
+inline bool parse_route_one_cta(const char* v) {
+  const std::string_view s = v ? v : "";
+  if (s.empty() || s == "atomic") return false;
+  PIE_CHECK(s == "cta", "PIE_MOE_ROUTE=", s, ": expected cta or atomic");
+  return true;
 }
 
 /// \brief Waves a grid of `ctas` CTAs takes at `per_sm` resident CTAs on `sms` SMs.
@@ -34,6 +51,34 @@ constexpr int64_t waves(int64_t ctas, int per_sm, int sms) {
 /// 9 per SM with 2 chunks (56 registers) is 1.
 constexpr int gate_up_unroll(int64_t ctas, int per_sm_u4, int per_sm_u2, int sms) {
   return waves(ctas, per_sm_u2, sms) < waves(ctas, per_sm_u4, sms) ? 2 : 4;
+}
+
+/// \brief PIE_MOE_DOWN: unset, empty or "default" keeps the down GEMV's 2 columns per warp;
+/// "waves" lets n ≤ 2 take 4 columns (2 chunks in flight) when that needs fewer waves
+/// (down_columns). Anything else is an error naming the variable.
+inline bool parse_down_by_waves(const char* v) {
+  const std::string_view s = v ? v : "";
+  if (s.empty() || s == "default") return false;
+  PIE_CHECK(s == "waves", "PIE_MOE_DOWN=", s, ": expected waves or default");
+  return true;
+}
+
+/// \brief PIE_MOE_GEMV: unset, empty or "default" keeps the grouped GEMVs loading a row chunk
+/// after the weights; "ahead" has them load each step's row chunks with its weights at n ≤ 2
+/// (moe_gemv_ahead_kernel). Anything else is an error naming the variable.
+inline bool parse_gemv_ahead(const char* v) {
+  const std::string_view s = v ? v : "";
+  if (s.empty() || s == "default") return false;
+  PIE_CHECK(s == "ahead", "PIE_MOE_GEMV=", s, ": expected ahead or default");
+  return true;
+}
+
+/// \brief The down GEMV's output columns per warp, 4 or 2: 4 only when its grid of `ctas_c4`
+/// CTAs needs fewer waves than the `ctas_c2` of 2 columns. At Qwen3-30B-A3B's batch 1 the grid
+/// is 256 × 8 = 2048 CTAs with 2 columns, 9 per SM (56 registers): 2 waves on 132 SMs; with 4
+/// columns and 2 chunks in flight it is 128 × 8 = 1024 CTAs, 9 per SM (56): 1.
+constexpr int down_columns(int64_t ctas_c2, int per_sm_c2, int64_t ctas_c4, int per_sm_c4, int sms) {
+  return waves(ctas_c4, per_sm_c4, sms) < waves(ctas_c2, per_sm_c2, sms) ? 4 : 2;
 }
 
 /// \brief The fused down + un-permute kernel's work: CTA (x, t) of a grid (ctas_x, n) owns

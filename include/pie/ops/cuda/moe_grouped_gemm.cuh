@@ -178,15 +178,28 @@ __global__ void __launch_bounds__(128) moe_mma_kernel(const __grid_constant__ Mo
 
 /// The grouped GEMV (see file comment): CTA (x, slot) computes columns [x·4·C, (x+1)·4·C) of
 /// the slot-th non-empty expert's rows (at most R), each warp C columns (with SwiGLU, C gate and
-/// C up rows), K in steps of U·256 with U·W 16-byte weight loads in flight per lane.
-template <int R, int C, int U, bool kGather, bool kSwiGLU, class T>
-__global__ void __launch_bounds__(128) moe_gemv_kernel(const __grid_constant__ MoeGemmParams<T> p) {
+/// C up rows), K in steps of U·256 with U·W 16-byte weight loads in flight per lane. kXAhead
+/// (moe_gemv_ahead_kernel): each step's row chunks are loaded with its weights, 16 bytes a
+/// load, instead of one chunk at a time after them, and the active count with the slot's
+/// expert — the same values, the same sums. The grid's y is at most E (MoePlan's slots), so
+/// active[slot] is in bounds even past the active count.
+template <int R, int C, int U, bool kGather, bool kSwiGLU, bool kXAhead, class T>
+__device__ __forceinline__ void moe_gemv_body(const MoeGemmParams<T>& p) {
   constexpr int W = kSwiGLU ? 2 * C : C;
   constexpr int kChunk = 32 * 8;
   pdl_wait();  // the routing and the rows are the predecessors'
   const int slot = blockIdx.y;
-  if (slot >= __ldg(&p.active[p.num_experts])) return;
-  const int e = __ldg(&p.active[slot]);
+  int e;
+  if constexpr (kXAhead) {  // both loads in one round trip: slot < gridDim.y ≤ E, in bounds
+    const int active = __ldg(&p.active[p.num_experts]);
+    e = __ldg(&p.active[slot]);  // stale past the active count, and then unused
+    // e < 0 never holds below the count; testing it (not short-circuited) keeps ptxas from
+    // sinking e's load below the exit test, a second dependent round trip.
+    if ((slot >= active) | (e < 0)) return;
+  } else {
+    if (slot >= __ldg(&p.active[p.num_experts])) return;
+    e = __ldg(&p.active[slot]);
+  }
   const int g0 = __ldg(&p.offsets[e]);
   const int cnt = min(R, __ldg(&p.offsets[e + 1]) - g0);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -214,11 +227,17 @@ __global__ void __launch_bounds__(128) moe_gemv_kernel(const __grid_constant__ M
     for (int w = 0; w < W; ++w) acc[r][w] = 0.f;
   for (int k0 = 0; k0 < p.k; k0 += U * kChunk) {
     uint4 wv[U][W];
+    [[maybe_unused]] uint4 xv[kXAhead ? U : 1][kXAhead ? R : 1];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int kk = k0 + u * kChunk + lane * 8;
 #pragma unroll
       for (int w = 0; w < W; ++w) wv[u][w] = kk < p.k ? load16_stream(wrow[w] + kk) : make_uint4(0, 0, 0, 0);
+      if constexpr (kXAhead) {
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+          xv[u][r] = kk < p.k && r < cnt ? *reinterpret_cast<const uint4*>(xrow[r] + kk) : make_uint4(0, 0, 0, 0);
+      }
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -231,7 +250,8 @@ __global__ void __launch_bounds__(128) moe_gemv_kernel(const __grid_constant__ M
       for (int r = 0; r < R; ++r) {
         if (r >= cnt) break;
         float xf[8];
-        load8(xrow[r] + kk, xf);
+        if constexpr (kXAhead) widen8(*reinterpret_cast<const Pack8<T>*>(&xv[u][r]), xf);
+        else load8(xrow[r] + kk, xf);
 #pragma unroll
         for (int w = 0; w < W; ++w)
 #pragma unroll
@@ -254,6 +274,21 @@ __global__ void __launch_bounds__(128) moe_gemv_kernel(const __grid_constant__ M
       p.out[static_cast<int64_t>(g0 + r) * p.ldo + n0 + c] = from_f32<T>(v);
     }
   }
+}
+
+/// The grouped GEMV (moe_gemv_body), row chunks loaded after the weights.
+template <int R, int C, int U, bool kGather, bool kSwiGLU, class T>
+__global__ void __launch_bounds__(128) moe_gemv_kernel(const __grid_constant__ MoeGemmParams<T> p) {
+  moe_gemv_body<R, C, U, kGather, kSwiGLU, false>(p);
+}
+
+/// moe_gemv_kernel with each step's row chunks loaded with its weights (kXAhead): with them
+/// loaded after, a CTA waits one L2 round trip per 256-element chunk on top of the weights'
+/// (the SASS of moe_gemv_kernel<1, 2, 4> issues the act loads of chunk u only after chunk u−1's
+/// FMAs). Bench rows only until the device has timed it (bench_moe_decode.cu).
+template <int R, int C, int U, bool kGather, bool kSwiGLU, class T>
+__global__ void __launch_bounds__(128) moe_gemv_ahead_kernel(const __grid_constant__ MoeGemmParams<T> p) {
+  moe_gemv_body<R, C, U, kGather, kSwiGLU, true>(p);
 }
 
 }  // namespace pie::ops::cuda::detail

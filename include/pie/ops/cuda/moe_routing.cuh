@@ -59,13 +59,16 @@ __device__ __forceinline__ int block_exclusive_scan256(int v, int* s, int& total
 }
 
 /// Step 2 for one token (one warp): its logits l [E] rounded to L, softmax, top-k (ties to the
-/// lower id), optional renormalisation; writes ids/weights of token t and counts its experts.
-/// kPerLane·32 ≥ E. moe_route_kernel and the fused decode router (moe_decode.cuh) share it, so
-/// both route bit for bit alike. kCoherent: the logits were written by other CTAs of the same
-/// grid (the fused router), so they are read through L2 (ld.global.cg), not the read-only path.
-template <int kPerLane, class L, bool kCoherent = false>
-__device__ __forceinline__ void moe_route_token(const float* __restrict__ l, int t, int E, int k, int norm,
-                                                const MoeRouting& r) {
+/// lower id), optional renormalisation; writes ids/weights of token t, with kCount counts its
+/// experts in the global counts (moe_group_rows scans them), and returns, in lane j < k, the
+/// expert of slot j. kPerLane·32 ≥ E. Every routing kernel (moe_route_kernel, the one-CTA
+/// moe_route_cta_kernel without kCount, the fused decode router of moe_decode.cuh) routes
+/// through it, so all route bit for bit alike. kCoherent: the logits were written by other CTAs
+/// of the same grid (the fused router), so they are read through L2 (ld.global.cg), not the
+/// read-only path.
+template <int kPerLane, class L, bool kCoherent = false, bool kCount = true>
+__device__ __forceinline__ int moe_route_token(const float* __restrict__ l, int t, int E, int k, int norm,
+                                               const MoeRouting& r) {
   const int lane = threadIdx.x & 31;
   float v[kPerLane];
   float mx = -INFINITY;
@@ -113,8 +116,9 @@ __device__ __forceinline__ void moe_route_token(const float* __restrict__ l, int
     const int64_t i = static_cast<int64_t>(t) * k + lane;
     r.ids[i] = my_id;
     r.weights[i] = norm ? my_w / chosen : my_w;
-    atomicAdd(&r.counts[my_id], 1);
+    if constexpr (kCount) atomicAdd(&r.counts[my_id], 1);
   }
+  return my_id;
 }
 
 /// Token t's k routing slots in ascending expert id (its ids are distinct), the order in which
@@ -204,6 +208,57 @@ __global__ void __launch_bounds__(256) moe_route_kernel(const float* __restrict_
   moe_group_rows(n, E, k, r, s_cursor, s_scan);
 }
 
+/// Step 2 for n ≤ kMoeGemvMaxTokens in one CTA (moe_route's one_cta): no global atomics,
+/// threadfence or ticket. Warp t routes token t as moe_route_kernel does (moe_route_token
+/// without kCount: the same ids and weights) and marks bit t of its experts' token masks in shared memory; then
+/// thread e scans the masks' popcounts into the offsets, and lane j of warp t places its slot at
+/// offsets[e] + (tokens before t that chose e): an expert's rows in token order. Each token takes
+/// an expert at most once, so an expert has at most n ≤ 8 < kMoeTileM rows: one tile when it has
+/// any, and the tile offsets equal the active list's offsets (one scan computes both, rows in the
+/// low 16 bits, experts in the high). The counts and ticket are not touched (they stay zero).
+template <int kPerLane, class L>
+__global__ void __launch_bounds__(256) moe_route_cta_kernel(const float* __restrict__ logits, int n, int E, int k,
+                                                            int norm, MoeRouting r) {
+  static_assert(kMoeGemvMaxTokens <= 8 && kMoeGemvMaxTokens <= kMoeTileM, "a token mask per expert, one tile each");
+  static_assert(kMoeMaxExperts == 256 && kMoeMaxTopK <= 32, "one thread per expert, one lane per slot");
+  __shared__ unsigned s_tokens[kMoeMaxExperts];  // bit t: token t chose the expert
+  __shared__ int s_off[kMoeMaxExperts];
+  __shared__ int s_scan[8];
+  pdl_wait();  // the logits are the predecessor's
+  pdl_launch_dependents();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  s_tokens[threadIdx.x] = 0u;
+  __syncthreads();
+  int mine = 0;  // lane j < k of warp t < n: the expert of slot (t, j)
+  if (warp < n) {
+    mine = moe_route_token<kPerLane, L, false, false>(logits + static_cast<int64_t>(warp) * E, warp, E, k, norm, r);
+    if (lane < k) atomicOr(&s_tokens[mine], 1u << warp);
+  }
+  __syncthreads();
+  const int e = threadIdx.x;
+  const int cnt = e < E ? __popc(s_tokens[e]) : 0;
+  int total = 0;
+  const int packed = block_exclusive_scan256(cnt | (cnt > 0 ? 1 << 16 : 0), s_scan, total);
+  const int off = packed & 0xffff, aoff = packed >> 16;
+  if (e < E) {
+    r.offsets[e] = off;
+    r.tile_offsets[e] = aoff;
+    if (cnt > 0) r.active[aoff] = e;
+    s_off[e] = off;
+  }
+  if (e == 0) {
+    r.offsets[E] = total & 0xffff;
+    r.tile_offsets[E] = total >> 16;
+    r.active[E] = total >> 16;
+  }
+  __syncthreads();
+  if (warp < n && lane < k) {
+    const int pos = s_off[mine] + __popc(s_tokens[mine] & ((1u << warp) - 1u));
+    r.perm[pos] = warp;
+    r.inv[warp * k + lane] = pos;
+  }
+}
+
 }  // namespace detail
 
 /// \brief Device scratch of the MoE block for up to `max_tokens` tokens: the routing, and the
@@ -273,14 +328,28 @@ class MoeWorkspace {
 /// another expert wherever the k-th and (k+1)-th logits lie within a bf16 step, a few percent
 /// of token-layers on random checkpoints, and each such swap moves that token's output by a
 /// whole expert's contribution (docs/kernels.md, the MoE block's accuracy).
+///
+/// one_cta (the engine's PIE_MOE_ROUTE=cta, opt-in until measured): n ≤ kMoeGemvMaxTokens
+/// routes in one CTA with its counts in shared memory (detail::moe_route_cta_kernel) instead of
+/// global atomics, a ticket and a re-read by the last CTA: the same ids, weights, offsets, tile
+/// offsets and active list; an expert's grouped rows in token order, where moe_route_kernel
+/// leaves them in the order its shared-memory atomics ran (no product depends on that order: a
+/// grouped row's result depends on that row only, and the un-permute reads rows through inv).
 template <class T>
-void moe_route(int n, bool norm_topk_prob, MoeWorkspace<T>& ws, cudaStream_t stream) {
+void moe_route(int n, bool norm_topk_prob, MoeWorkspace<T>& ws, cudaStream_t stream, bool one_cta = false) {
   if (n == 0) return;
   using D = device_t<T>;
   const int E = ws.num_experts();
   const dim3 grid((n + 7) / 8);
   const float* logits = ws.logits();
   const int k = ws.top_k(), norm = norm_topk_prob ? 1 : 0;
+  if (one_cta && n <= kMoeGemvMaxTokens) {
+    auto* kernel = E <= 32    ? detail::moe_route_cta_kernel<1, D>
+                   : E <= 128 ? detail::moe_route_cta_kernel<4, D>
+                              : detail::moe_route_cta_kernel<8, D>;
+    launch_pdl(kernel, dim3(1), dim3(256), 0, stream, logits, n, E, k, norm, ws.routing());
+    return;
+  }
   if (E <= 32) launch_pdl(detail::moe_route_kernel<1, D>, grid, dim3(256), 0, stream, logits, n, E, k, norm, ws.routing());
   else if (E <= 128) launch_pdl(detail::moe_route_kernel<4, D>, grid, dim3(256), 0, stream, logits, n, E, k, norm, ws.routing());
   else launch_pdl(detail::moe_route_kernel<8, D>, grid, dim3(256), 0, stream, logits, n, E, k, norm, ws.routing());
