@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <numeric>
 
@@ -83,6 +84,33 @@ TEST(MoeRoute, MatchesCpuAndGroupsRows) {
       check_grouping(ws, ids, s.n, s.experts, s.top_k);
     }
   }
+}
+
+// A NaN router logit (a broken checkpoint) must not take the device down: each token still gets
+// k distinct experts in range from both routing kernels, the grouping is consistent and the
+// counters are reset, and the CUDA context survives the call (an out-of-range expert id used to
+// index the counts). Rows with one NaN, and a row of only NaNs.
+TEST(MoeRoute, NanLogitsStayInRange) {
+  std::mt19937 rng(23);
+  for (bool one_cta : {false, true})
+    for (int E : {8, 128}) {
+      const int n = 4, k = 4;
+      MoeWorkspace<bf16> ws(8, E, k, 64, 32);
+      auto logits = randn<float>(size_t(n) * E, rng, 2.f);
+      logits[3] = std::nanf("");                                       // token 0: one NaN
+      for (int e = 0; e < E; ++e) logits[size_t(2) * E + e] = std::nanf("");  // token 2: all NaN
+      PIE_CUDA_CHECK(cudaMemcpy(ws.logits(), logits.data(), logits.size() * 4, cudaMemcpyHostToDevice));
+      ops::cuda::moe_route(n, true, ws, nullptr, one_cta);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess) << "E " << E << " one_cta " << one_cta;
+      auto ids = fetch(ws.routing().ids, size_t(n) * k);
+      for (int t = 0; t < n; ++t) {
+        std::vector<int32_t> mine(ids.begin() + t * k, ids.begin() + (t + 1) * k);
+        for (int32_t e : mine) ASSERT_TRUE(e >= 0 && e < E) << "token " << t << " expert " << e;
+        std::sort(mine.begin(), mine.end());
+        ASSERT_TRUE(std::adjacent_find(mine.begin(), mine.end()) == mine.end()) << "token " << t << ": repeated expert";
+      }
+      check_grouping(ws, ids, n, E, k);
+    }
 }
 
 // The one-CTA routing (moe_route's one_cta, n ≤ 8) against moe_route_kernel on the same

@@ -89,7 +89,13 @@ __device__ __forceinline__ int moe_route_token(const float* __restrict__ l, int 
   }
   sum = warp_sum(sum);
 #pragma unroll
-  for (int i = 0; i < kPerLane; ++i) v[i] = lane + 32 * i < E ? v[i] / sum : -1.f;  // taken/absent: −1
+  for (int i = 0; i < kPerLane; ++i) {
+    // taken/absent: −1. A NaN probability (a NaN router logit: a broken checkpoint) counts as 0,
+    // so the top-k still picks k distinct experts in range: a NaN would lose every comparison
+    // below and leave the id at 0x7fffffff, an out-of-bounds count that kills the CUDA context.
+    const float p = v[i] / sum;
+    v[i] = lane + 32 * i < E ? (isnan(p) ? 0.f : p) : -1.f;
+  }
   int my_id = 0;
   float my_w = 0.f, chosen = 0.f;
   for (int j = 0; j < k; ++j) {
