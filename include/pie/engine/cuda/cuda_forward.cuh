@@ -265,10 +265,7 @@ class CudaForward {
 
   void add_rms_norm(Act x, Act& res, const Weight& w, bool first) {
     if (final_norm_fusable(x, res)) {  // maybe into lm_head's prologue (file comment)
-      run_held_norm();                 // ones still held run first, as before any op
-      run_held_swiglu();
-      fp8_in_.src = nullptr;
-      kv_fusion_.on_other_op();
+      before_op();                     // holding it back is an op for the ones already held
       held_norm_ = {x, res, w, first, true};
       return;
     }
@@ -450,10 +447,7 @@ class CudaForward {
   void silu_and_mul(const Act& gate_up, Act out) {
     const int64_t M = out.shape[0], I = out.shape[1];
     if (swiglu_fusable(gate_up, out)) {  // maybe into the next linear layer's GEMV (file comment)
-      run_held_norm();                   // ones still held run first, as before any op
-      run_held_swiglu();
-      fp8_in_.src = nullptr;
-      kv_fusion_.on_other_op();
+      before_op();                       // holding it back is an op for the ones already held
       held_swiglu_ = {gate_up, out, true};
       return;
     }
@@ -644,9 +638,8 @@ class CudaForward {
     if (rows == c.qkv_size()) return "gemm_qkv";
     return "gemm";
   }
-  /// Launches the add_rms_norm held back for logits() (fusions.final_norm), if any.
-  /// Not a template: op() calls it, and it calls op() once more with the norm.
-  /// A held SwiGLU that no GEMV took: its own kernel, before the op that reads it.
+  /// A held SwiGLU that no GEMV took: its own kernel, before the op that reads it. Not a
+  /// template, as run_held_norm.
   void run_held_swiglu() {
     if (!held_swiglu_.on) return;
     const HeldSwiGlu h = held_swiglu_;
@@ -667,6 +660,8 @@ class CudaForward {
            gate_up.shape[1] == 2 * out.shape[1] && gate_up.stride[1] == 1 && out.stride[1] == 1 &&
            ops::cuda::vec8_aligned(gate_up.data) && ops::cuda::vec8_aligned(out.data);
   }
+  /// Launches the add_rms_norm held back for logits() (fusions.final_norm), if any.
+  /// Not a template: op() calls it, and it calls op() once more with the norm.
   void run_held_norm() {
     if (!held_norm_.on) return;
     const HeldNorm h = held_norm_;
@@ -692,14 +687,19 @@ class CudaForward {
   bool fp8_producer(int64_t M, int64_t K) const {
     return p_.fp8_gemm != nullptr && p_.fp8_gemm->wants_producer(M, K);
   }
+  /// What every op, and every op held back, does first: the held ops run (this op may read
+  /// their outputs), the quantized activation and the pending K/V write fusion are forgotten.
+  void before_op() {
+    run_held_norm();
+    run_held_swiglu();
+    fp8_in_.src = nullptr;
+    kv_fusion_.on_other_op();
+  }
   /// Times `f` with events while profiling (eager steps only); just runs it otherwise. Every op
   /// forgets the quantized activation (a producer sets it again inside f).
   template <class F>
   void op(const char* name, F&& f) {
-    run_held_norm();  // every op may read the held norm's output
-    run_held_swiglu();  // and the held SwiGLU's
-    fp8_in_.src = nullptr;
-    kv_fusion_.on_other_op();
+    before_op();
     if (p_.profiler && p_.profiler->enabled()) {
       p_.profiler->begin(name, s_);
       f();

@@ -28,16 +28,20 @@ inline Choice parse_choice(const char* v) {
   return Choice::kFused;
 }
 
+/// \brief A two-valued switch `name`: unset, empty or `off` → false, `on` → true; anything else
+/// is an error naming the variable ("NAME=value: expected ON or OFF").
+inline bool parse_on_off(const char* name, const char* v, std::string_view on, std::string_view off) {
+  const std::string_view s = v ? v : "";
+  if (s.empty() || s == off) return false;
+  PIE_CHECK(s == on, name, "=", s, ": expected ", on, " or ", off);
+  return true;
+}
+
 /// \brief PIE_MOE_ROUTE: unset, empty or "atomic" keeps moe_route_kernel (global counts, a
 /// ticket, the last CTA groups); "cta" routes n ≤ kMoeGemvMaxTokens in one CTA with its counts in
 /// shared memory (moe_route's one_cta; the same routing). Anything else is an error naming the
 /// variable.
-inline bool parse_route_one_cta(const char* v) {
-  const std::string_view s = v ? v : "";
-  if (s.empty() || s == "atomic") return false;
-  PIE_CHECK(s == "cta", "PIE_MOE_ROUTE=", s, ": expected cta or atomic");
-  return true;
-}
+inline bool parse_route_one_cta(const char* v) { return parse_on_off("PIE_MOE_ROUTE", v, "cta", "atomic"); }
 
 /// \brief Waves a grid of `ctas` CTAs takes at `per_sm` resident CTAs on `sms` SMs.
 constexpr int64_t waves(int64_t ctas, int per_sm, int sms) {
@@ -56,22 +60,12 @@ constexpr int gate_up_unroll(int64_t ctas, int per_sm_u4, int per_sm_u2, int sms
 /// \brief PIE_MOE_DOWN: unset, empty or "default" keeps the down GEMV's 2 columns per warp;
 /// "waves" lets n ≤ 2 take 4 columns (2 chunks in flight) when that needs fewer waves
 /// (down_columns). Anything else is an error naming the variable.
-inline bool parse_down_by_waves(const char* v) {
-  const std::string_view s = v ? v : "";
-  if (s.empty() || s == "default") return false;
-  PIE_CHECK(s == "waves", "PIE_MOE_DOWN=", s, ": expected waves or default");
-  return true;
-}
+inline bool parse_down_by_waves(const char* v) { return parse_on_off("PIE_MOE_DOWN", v, "waves", "default"); }
 
 /// \brief PIE_MOE_GEMV: unset, empty or "default" keeps the grouped GEMVs loading a row chunk
 /// after the weights; "ahead" has them load each step's row chunks with its weights at n ≤ 2
 /// (moe_gemv_ahead_kernel). Anything else is an error naming the variable.
-inline bool parse_gemv_ahead(const char* v) {
-  const std::string_view s = v ? v : "";
-  if (s.empty() || s == "default") return false;
-  PIE_CHECK(s == "ahead", "PIE_MOE_GEMV=", s, ": expected ahead or default");
-  return true;
-}
+inline bool parse_gemv_ahead(const char* v) { return parse_on_off("PIE_MOE_GEMV", v, "ahead", "default"); }
 
 /// \brief The down GEMV's output columns per warp, 4 or 2: 4 only when its grid of `ctas_c4`
 /// CTAs needs fewer waves than the `ctas_c2` of 2 columns. At Qwen3-30B-A3B's batch 1 the grid
