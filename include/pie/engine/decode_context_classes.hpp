@@ -8,7 +8,7 @@
 /// per batch bucket, one graph per context class (a bound, planned for that bound) and a
 /// pure-decode step replays the graph of the smallest bound ≥ its longest context.
 ///
-/// The ladder comes from the decode cost model: candidate bounds are kMinDecodeContextClass·2^k
+/// The ladder comes from the decode cost model: candidate bounds are kMinDecodeContextClass·4^k
 /// below max_model_len, and max_model_len; walking down from max_model_len, a candidate is kept
 /// only where the plan of the next kept bound above, priced at the candidate's bound
 /// (decode_plan_cost_us), costs more than kDecodeClassGain times the candidate's own plan.
@@ -18,11 +18,11 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
-#include <string>
 #include <utility>
 #include <vector>
 
 #include "pie/core/error.hpp"
+#include "pie/engine/fusion_switches.hpp"  // env_switch
 
 namespace pie::engine {
 
@@ -112,10 +112,6 @@ class DecodeContextClasses {
 /// \brief `PIE_DECODE_GRAPH_CONTEXTS`: `1` turns the context classes on; unset, empty or `0`
 /// keeps one class (max_model_len) per bucket; anything else is an error. Opt-in until it has
 /// run on a GPU (bench/device_ctxgraph.sh).
-inline bool decode_graph_contexts_from_env(const char* v) {
-  const std::string s = v ? v : "";
-  PIE_CHECK(s.empty() || s == "0" || s == "1", "PIE_DECODE_GRAPH_CONTEXTS must be 0 or 1 (got '", s, "')");
-  return s == "1";
-}
+inline bool decode_graph_contexts_from_env(const char* v) { return env_switch("PIE_DECODE_GRAPH_CONTEXTS", v); }
 
 }  // namespace pie::engine
