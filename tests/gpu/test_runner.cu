@@ -212,6 +212,8 @@ void graph_context_classes_match_eager(bool invariant) {
     for (int i : idx) { p1.push_back(&s1[i]); p2.push_back(&s2[i]); }
     auto q1 = gpu_test::hand_plan(p1, n, kBS, n1);
     auto q2 = gpu_test::hand_plan(p2, n, kBS, n2);
+    // Hand plans bypass the block manager: a block id past the cache would be an illegal address.
+    ASSERT_LE(std::max(n1, n2), 1024) << "the test's sequences outgrew the 1024-block cache";
     const bool decode = q1.num_decode_seqs == q1.num_seqs();
     if (decode && !classes.empty()) {
       const int bucket = *std::lower_bound(buckets.begin(), buckets.end(), q1.num_seqs());
@@ -247,9 +249,12 @@ void graph_context_classes_match_eager(bool invariant) {
       x2.tokens.push_back(ie);
     }
   };
-  auto prefill = [&](int i) {  // chunks of at most 512 tokens
-    while (s1[i].cached < static_cast<int>(s1[i].tokens.size()))
-      step({i}, {std::min<int>(512, int(s1[i].tokens.size()) - s1[i].cached)});
+  // Chunks of at most 512 tokens up to the prompt's end. The bound is the prompt's length taken
+  // before the loop: the last chunk appends the sampled token, and a bound read from tokens.size()
+  // would then decode alone until the context passed max_model_len (the H100 run of 2026-12-05).
+  auto prefill = [&](int i) {
+    const int prompt = static_cast<int>(s1[i].tokens.size());
+    while (s1[i].cached < prompt) step({i}, {std::min(512, prompt - s1[i].cached)});
   };
   auto decode = [&](int seqs, int steps) {
     std::vector<int> idx(seqs);
