@@ -30,7 +30,10 @@ export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 unset PIE_DECODE_GRAPH_CONTEXTS
 say "device: $(gpu_line)"
 
-if [ -n "${PIE_PREBUILT:-}" ]; then  # binaries built for sm_90a elsewhere (plain or .gz): no build
+if [ -n "${PIE_PREBUILT:-}" ] && [ -f "$PIE_PREBUILT/examples/pie/pie_bench" ]; then  # a bench/device_bundle.sh bundle
+  use_prebuilt
+  BENCH="$BUILD/examples/pie/pie_bench" TEST="$BUILD/tests/gpu/pie_gpu_test_runner"
+elif [ -n "${PIE_PREBUILT:-}" ]; then  # binaries built for sm_90a elsewhere (plain or .gz): no build
   mkdir -p /tmp/pie_ctxgraph_bin
   for f in pie_bench pie_gpu_test_runner; do
     if [ -f "$PIE_PREBUILT/$f.gz" ]; then gunzip -c "$PIE_PREBUILT/$f.gz" > /tmp/pie_ctxgraph_bin/$f; else cp "$PIE_PREBUILT/$f" /tmp/pie_ctxgraph_bin/$f; fi

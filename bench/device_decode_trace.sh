@@ -30,14 +30,17 @@ export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 say "device: $(gpu_line)"
 
 # bench/ needs Google Benchmark, which the GPU machine lacks: the tracer is built on its own.
-run configure 60 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \
-  -DPIE_BUILD_TESTS=OFF -DPIE_BUILD_EXAMPLES=ON -DPIE_BUILD_BENCH=OFF -DPIE_DECODE_FIXED_SPLIT=ON -DPIE_MOE_CUTLASS=OFF
-run tracer 60 g++ -O2 -shared -fPIC bench/cuda/kernel_trace.cpp -I/usr/local/cuda/include \
-  -L/usr/local/cuda/lib64 -L/usr/local/cuda/extras/CUPTI/lib64 -lcupti -o "$BUILD/libpie_kernel_trace.so"
-run build 240 cmake --build "$BUILD" -j "$(nproc)" --target pie_bench \
-  || grep -E "error" "$LOGS/build.log" | head -20 | tee -a "$SUM"
+if ! use_prebuilt; then  # else $PIE_PREBUILT (bench/device_bundle.sh), built with PIE_DECODE_FIXED_SPLIT=ON
+  run configure 60 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \
+    -DPIE_BUILD_TESTS=OFF -DPIE_BUILD_EXAMPLES=ON -DPIE_BUILD_BENCH=OFF -DPIE_DECODE_FIXED_SPLIT=ON -DPIE_MOE_CUTLASS=OFF
+  run tracer 60 g++ -O2 -shared -fPIC bench/cuda/kernel_trace.cpp -I/usr/local/cuda/include \
+    -L/usr/local/cuda/lib64 -L/usr/local/cuda/extras/CUPTI/lib64 -lcupti -o "$BUILD/libpie_kernel_trace.so"
+  run build 240 cmake --build "$BUILD" -j "$(nproc)" --target pie_bench \
+    || grep -E "error" "$LOGS/build.log" | head -20 | tee -a "$SUM"
+fi
 BENCH=$BUILD/examples/pie/pie_bench
-TRACER=""; [ -f "$BUILD/libpie_kernel_trace.so" ] && TRACER=$BUILD/libpie_kernel_trace.so
+TRACER=""
+for t in "$BUILD/libpie_kernel_trace.so" "$BUILD/bench/cuda/libpie_kernel_trace.so"; do [ -f "$t" ] && TRACER=$t; done
 [ -x "$BENCH" ] || { say "no pie_bench"; exit 1; }
 copy=4.2; case "$(gpu_line)" in *H100*) copy=2.99 ;; esac
 

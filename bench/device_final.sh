@@ -28,23 +28,31 @@ export PYTHONUNBUFFERED=1
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 say "device: $(gpu_line)"
 
-CUTLASS=${PIE_CUTLASS_DIR:-.device/cutlass/include}
-CUTLASS_ARGS=(-DPIE_MOE_CUTLASS=OFF)
-MOE_CUTLASS_TARGET=""
-if [ -f "$CUTLASS/cutlass/cutlass.h" ]; then
-  CUTLASS_ARGS=(-DPIE_MOE_CUTLASS=ON -DPIE_CUTLASS_DIR="$(realpath "$CUTLASS")")
-  MOE_CUTLASS_TARGET=pie_cuda_test_moe_cutlass
+if use_prebuilt; then
+  MOE_CUTLASS_TARGET=""
+  [ -x "$BUILD/tests/cuda/pie_cuda_test_moe_cutlass" ] && MOE_CUTLASS_TARGET=pie_cuda_test_moe_cutlass
+  run hf_reference 200 python3 tests/gpu/make_hf_reference.py --out /tmp/hfref --config-8b "$MODEL8B/config.json" \
+    --moe --tries 2 &
+  HFREF=$!
+else
+  CUTLASS=${PIE_CUTLASS_DIR:-.device/cutlass/include}
+  CUTLASS_ARGS=(-DPIE_MOE_CUTLASS=OFF)
+  MOE_CUTLASS_TARGET=""
+  if [ -f "$CUTLASS/cutlass/cutlass.h" ]; then
+    CUTLASS_ARGS=(-DPIE_MOE_CUTLASS=ON -DPIE_CUTLASS_DIR="$(realpath "$CUTLASS")")
+    MOE_CUTLASS_TARGET=pie_cuda_test_moe_cutlass
+  fi
+  say "MoE CUTLASS path: ${MOE_CUTLASS_TARGET:-not built (no headers in $CUTLASS)}"
+  run configure 60 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \
+    -DPIE_BUILD_BENCH=OFF -DPIE_BUILD_EXAMPLES=ON -DPIE_BUILD_TESTS=ON "${CUTLASS_ARGS[@]}"
+  run hf_reference 200 python3 tests/gpu/make_hf_reference.py --out /tmp/hfref --config-8b "$MODEL8B/config.json" \
+    --moe --tries 2 &
+  HFREF=$!
+  TARGETS="pie_bench pie_gpu_test_hf pie_gpu_test_runner pie_gpu_test_fp8 pie_cuda_test_moe pie_gpu_test_prompt_logprobs
+    pie_cuda_test_sampling pie_gpu_test_async_scheduling pie_gpu_test_device_sampling pie_gpu_test_fused_ops
+    pie_cuda_test_rope_kv pie_cuda_test_gemm $MOE_CUTLASS_TARGET ${PIE_EXTRA_TARGETS:-}"
+  run build 240 cmake --build "$BUILD" -j "$(nproc)" --target $TARGETS || grep -E "error" "$LOGS/build.log" | head -20 | tee -a "$SUM"
 fi
-say "MoE CUTLASS path: ${MOE_CUTLASS_TARGET:-not built (no headers in $CUTLASS)}"
-run configure 60 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \
-  -DPIE_BUILD_BENCH=OFF -DPIE_BUILD_EXAMPLES=ON -DPIE_BUILD_TESTS=ON "${CUTLASS_ARGS[@]}"
-run hf_reference 200 python3 tests/gpu/make_hf_reference.py --out /tmp/hfref --config-8b "$MODEL8B/config.json" \
-  --moe --tries 2 &
-HFREF=$!
-TARGETS="pie_bench pie_gpu_test_hf pie_gpu_test_runner pie_gpu_test_fp8 pie_cuda_test_moe pie_gpu_test_prompt_logprobs
-  pie_cuda_test_sampling pie_gpu_test_async_scheduling pie_gpu_test_device_sampling pie_gpu_test_fused_ops
-  pie_cuda_test_rope_kv pie_cuda_test_gemm $MOE_CUTLASS_TARGET ${PIE_EXTRA_TARGETS:-}"
-run build 240 cmake --build "$BUILD" -j "$(nproc)" --target $TARGETS || grep -E "error" "$LOGS/build.log" | head -20 | tee -a "$SUM"
 
 run test_moe 60 "$BUILD/tests/cuda/pie_cuda_test_moe" --gtest_color=no; gt test_moe
 if [ -n "$MOE_CUTLASS_TARGET" ]; then

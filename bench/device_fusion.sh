@@ -29,12 +29,14 @@ export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 unset PIE_FUSED_ROPE_KV PIE_FUSED_FINAL_NORM PIE_FUSED_SWIGLU
 say "device: $(gpu_line)"
 
-if [ ! -f "$BUILD/CMakeCache.txt" ]; then
-  run configure 40 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \
-    -DPIE_BUILD_BENCH=OFF -DPIE_BUILD_EXAMPLES=ON -DPIE_BUILD_TESTS=ON
+if ! use_prebuilt; then  # else $PIE_PREBUILT (bench/device_bundle.sh) holds every binary
+  if [ ! -f "$BUILD/CMakeCache.txt" ]; then
+    run configure 40 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \
+      -DPIE_BUILD_BENCH=OFF -DPIE_BUILD_EXAMPLES=ON -DPIE_BUILD_TESTS=ON
+  fi
+  TARGETS="pie_cuda_test_rope_kv pie_cuda_test_gemm pie_gpu_test_fused_ops pie_gpu_test_runner pie_bench"
+  run build 150 cmake --build "$BUILD" -j "$(nproc)" --target $TARGETS || grep -E "error" "$LOGS/build.log" | head -20 | tee -a "$SUM"
 fi
-TARGETS="pie_cuda_test_rope_kv pie_cuda_test_gemm pie_gpu_test_fused_ops pie_gpu_test_runner pie_bench"
-run build 150 cmake --build "$BUILD" -j "$(nproc)" --target $TARGETS || grep -E "error" "$LOGS/build.log" | head -20 | tee -a "$SUM"
 
 run test_rope_kv 30 "$BUILD/tests/cuda/pie_cuda_test_rope_kv" --gtest_color=no; gt test_rope_kv 10
 run test_gemv_norm 30 "$BUILD/tests/cuda/pie_cuda_test_gemm" --gtest_color=no --gtest_filter='Gemv.*AddRmsNorm*:Gemv.*SwiGlu*'

@@ -5,6 +5,7 @@
 #                           $DEADLINE (seconds since the script started): the limit is cut to
 #                           what is left, and a step with under $RUN_MIN_LEFT s left is skipped
 #                           (status 124).
+#   use_prebuilt            BUILD=$PIE_PREBUILT (a bench/device_bundle.sh bundle) when set: status 0
 #   gpu_line                the GPU's name, memory and driver (nvidia-smi), for a first line
 #   wait_ready PID PORT     polls http://127.0.0.1:PORT/health until 200 (up to $READY_TRIES
 #                           half-second tries) while PID lives; status 0 once ready
@@ -19,6 +20,18 @@
 #                           weight blocks, dynamic 1×128 activations), and SRC's generation_config
 # Settings (set them before sourcing or before a call): SUM (default /dev/null), LOGDIR (default
 # $OUT), DEADLINE (default none), RUN_TAIL (12), RUN_MIN_LEFT (5), READY_TRIES (240).
+
+# use_prebuilt: when $PIE_PREBUILT names a bundle (bench/device_bundle.sh; the build tree's layout,
+# stripped, with lib/ and BUILT_FROM.txt), BUILD becomes it, its lib/ joins LD_LIBRARY_PATH, and
+# the status is 0 (the caller skips its configure and build); else status 1.
+use_prebuilt() {
+  [ -n "${PIE_PREBUILT:-}" ] || return 1
+  [ -d "$PIE_PREBUILT" ] || { say "PIE_PREBUILT=$PIE_PREBUILT: no such directory"; exit 1; }
+  BUILD=$(realpath "$PIE_PREBUILT")
+  export LD_LIBRARY_PATH=$BUILD/lib:${LD_LIBRARY_PATH:-}
+  say "prebuilt: $(head -2 "$BUILD/BUILT_FROM.txt" 2>/dev/null | tr '\n' ' ')"
+  return 0
+}
 
 say() { echo "== $(date -u +%H:%M:%S) +${SECONDS}s $*" | tee -a "${SUM:-/dev/null}"; }
 

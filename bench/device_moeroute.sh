@@ -23,6 +23,7 @@
 #      (bench/nsys_decode_profile.py: µs per kernel per layer).
 # Usage, in the repository root of the GPU machine:
 #   OUT=DIR bash bench/device_moeroute.sh [BINDIR]
+# PIE_PREBUILT=DIR (a bench/device_bundle.sh bundle): no configure or build; its binaries.
 # BINDIR (optional): a prebuilt pie_bench_cuda_moe_decode (plain or .gz), lib/ (its
 # libbenchmark) and libpie_kernel_trace.so, used only when the bench directory cannot be built
 # here.
@@ -42,22 +43,24 @@ unset PIE_MOE_ROUTE PIE_MOE_DECODE PIE_MOE_DOWN PIE_MOE_GEMV
 say "device: $(gpu_line)"
 say "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 
-KBENCH_TARGET=pie_bench_cuda_moe_decode
-if [ ! -f "$BUILD/CMakeCache.txt" ]; then
-  CONF=(cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a -DPIE_MOE_CUTLASS=OFF
-    -DPIE_BUILD_EXAMPLES=ON -DPIE_BUILD_TESTS=ON)
-  if ! run configure 60 "${CONF[@]}" -DPIE_BUILD_BENCH=ON -DPIE_BUILD_CUDA_BENCH=ON; then
-    rm -rf "$BUILD"  # no Google Benchmark here: the tests and pie_bench only
-    run configure_nobench 60 "${CONF[@]}" -DPIE_BUILD_BENCH=OFF
+if ! use_prebuilt; then  # else $PIE_PREBUILT (bench/device_bundle.sh) holds every binary
+  KBENCH_TARGET=pie_bench_cuda_moe_decode
+  if [ ! -f "$BUILD/CMakeCache.txt" ]; then
+    CONF=(cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a -DPIE_MOE_CUTLASS=OFF
+      -DPIE_BUILD_EXAMPLES=ON -DPIE_BUILD_TESTS=ON)
+    if ! run configure 60 "${CONF[@]}" -DPIE_BUILD_BENCH=ON -DPIE_BUILD_CUDA_BENCH=ON; then
+      rm -rf "$BUILD"  # no Google Benchmark here: the tests and pie_bench only
+      run configure_nobench 60 "${CONF[@]}" -DPIE_BUILD_BENCH=OFF
+      KBENCH_TARGET=""
+    fi
+  elif ! grep -q "PIE_BUILD_CUDA_BENCH:BOOL=ON" "$BUILD/CMakeCache.txt"; then
     KBENCH_TARGET=""
   fi
-elif ! grep -q "PIE_BUILD_CUDA_BENCH:BOOL=ON" "$BUILD/CMakeCache.txt"; then
-  KBENCH_TARGET=""
-fi
-run build 240 cmake --build "$BUILD" -j "$(nproc)" --target pie_cuda_test_moe pie_bench $KBENCH_TARGET \
-  || grep -E "error" "$LOGS/build.log" | head -20 | tee -a "$SUM"
-if [ -n "$KBENCH_TARGET" ]; then  # the CUPTI tracer exists only where CMake found CUPTI: its own step
-  run build_tracer 30 cmake --build "$BUILD" -j "$(nproc)" --target pie_kernel_trace
+  run build 240 cmake --build "$BUILD" -j "$(nproc)" --target pie_cuda_test_moe pie_bench $KBENCH_TARGET \
+    || grep -E "error" "$LOGS/build.log" | head -20 | tee -a "$SUM"
+  if [ -n "$KBENCH_TARGET" ]; then  # the CUPTI tracer exists only where CMake found CUPTI: its own step
+    run build_tracer 30 cmake --build "$BUILD" -j "$(nproc)" --target pie_kernel_trace
+  fi
 fi
 KBENCH=$BUILD/bench/cuda/pie_bench_cuda_moe_decode
 if [ ! -x "$KBENCH" ] && [ -n "$BINDIR" ]; then

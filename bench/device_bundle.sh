@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# bench/device_bundle.sh — build, on THIS machine (no GPU needed), every binary the device scripts
+# run, for sm_90a, and pack them as one file the device call carries: .device/bundle.tgz.
+#
+# Why: a device call is at most 600 s and a session has about 1,800 device seconds. On
+# 2026-12-05 the device build of the GPU tests and pie_bench no longer fitted its 240-s step, and a
+# second call that carried another set of paths made CMake recompile everything (the warm
+# machine's build dir lost its CUTLASS headers). Built here, a call spends its time on the GPU.
+#
+# The bundle is a superset: every opt-in compile option is ON (the run-time defaults are
+# unchanged: the opt-in paths still need their environment switches), CUTLASS's MoE path, the
+# CUDA kernel benches and the CUPTI tracer. Layout = the build tree's (examples/pie/pie_bench,
+# tests/gpu/…, tests/cuda/…, bench/cuda/…), stripped, plus lib/ (shared libraries the GPU machine
+# lacks) and BUILT_FROM.txt. On the device, `PIE_PREBUILT=DIR` makes device_final.sh,
+# device_moeroute.sh, device_decode_trace.sh, device_fusion.sh and device_ctxgraph.sh use DIR
+# instead of configuring and building:
+#   tar -xzf .device/bundle.tgz -C /tmp && PIE_PREBUILT=/tmp/pie_bundle OUT=$OUT bash bench/device_final.sh
+#
+# Usage, in the repository root here (about 20-30 minutes on 2 cores):
+#   bash bench/device_bundle.sh [BUILD_DIR]      (default ../build-bundle; .device/bundle.tgz out)
+set -euo pipefail
+BUILD=${1:-../build-bundle}
+CUTLASS=${PIE_CUTLASS_DIR:-$HOME/.cache/pie-deps/cutlass-4.2.0.0/include}
+STAGE=$(mktemp -d)/pie_bundle
+JOBS=${JOBS:-2}
+TARGETS=(pie_bench pie_gpu_test_hf pie_gpu_test_runner pie_gpu_test_fp8 pie_gpu_test_prompt_logprobs
+  pie_gpu_test_async_scheduling pie_gpu_test_device_sampling pie_gpu_test_fused_ops
+  pie_cuda_test_moe pie_cuda_test_moe_cutlass pie_cuda_test_sampling pie_cuda_test_rope_kv pie_cuda_test_gemm
+  pie_cuda_test_attention_decode pie_bench_cuda_moe_decode pie_kernel_trace ${PIE_EXTRA_TARGETS:-})
+# Every opt-in compile option that exists in this tree's CMakeLists.txt, ON.
+OPTS=()
+for o in PIE_DECODE_FIXED_SPLIT PIE_MOE_DECODE_VARIANTS PIE_L2_PREFETCH; do
+  grep -q "option($o " CMakeLists.txt && OPTS+=("-D$o=ON")
+done
+cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \
+  -DPIE_BUILD_TESTS=ON -DPIE_BUILD_EXAMPLES=ON -DPIE_BUILD_BENCH=ON -DPIE_BUILD_CUDA_BENCH=ON \
+  -DPIE_MOE_CUTLASS=ON -DPIE_CUTLASS_DIR="$CUTLASS" "${OPTS[@]}"
+# Targets this tree does not define (an older or newer tree) are left out, with a note.
+HAVE=()
+for t in "${TARGETS[@]}"; do
+  if cmake --build "$BUILD" --target help 2>/dev/null | grep -qx "\.\.\. $t"; then HAVE+=("$t")
+  else echo "device_bundle: no target $t in this tree, left out"; fi
+done
+cmake --build "$BUILD" -j "$JOBS" --target "${HAVE[@]}"
+mkdir -p "$STAGE/lib"
+for t in "${HAVE[@]}"; do
+  f=$(find "$BUILD" -type f \( -name "$t" -o -name "lib$t.so" \) -perm -u+x | head -1)
+  [ -n "$f" ] || { echo "device_bundle: $t built, binary not found"; continue; }
+  rel=${f#"$BUILD"/}
+  mkdir -p "$STAGE/$(dirname "$rel")"
+  cp "$f" "$STAGE/$rel"
+  strip "$STAGE/$rel" 2>/dev/null || true
+  # Shared libraries outside the toolkit and glibc/libstdc++ (the GPU machine has those).
+  ldd "$f" | awk '/=> \// {print $3}' | grep -vE "/(libc|libm|libdl|librt|libpthread|libstdc\+\+|libgcc_s|ld-linux)[.-]|/cuda|libcuda|libnvidia|libcupti|libcublas|libnccl" |
+    while read -r so; do cp -nL "$so" "$STAGE/lib/" 2>/dev/null || true; done
+done
+# The tracer is found by the scripts next to pie_bench's tree as bench/cuda/libpie_kernel_trace.so.
+{
+  echo "pie bundle from $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- include tests bench examples CMakeLists.txt || echo ' + uncommitted changes'), built $(date -u +%Y-%m-%dT%H:%MZ) for sm_90a"
+  echo "options: ${OPTS[*]:-none} -DPIE_MOE_CUTLASS=ON -DPIE_BUILD_CUDA_BENCH=ON"
+  echo "targets: ${HAVE[*]}"
+} > "$STAGE/BUILT_FROM.txt"
+mkdir -p .device
+tar -czf .device/bundle.tgz -C "$(dirname "$STAGE")" pie_bundle
+ls -la .device/bundle.tgz
+cat "$STAGE/BUILT_FROM.txt"
+size=$(stat -c %s .device/bundle.tgz)
+[ "$size" -lt $((56 << 20)) ] || echo "device_bundle: WARNING .device/bundle.tgz is $((size >> 20)) MiB; a call carries at most 64 MiB with the tracked tree"
