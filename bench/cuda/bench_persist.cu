@@ -7,7 +7,7 @@
 //               phase B's first weight chunks issued before the wait ("early") or after it
 //               ("barrier only"), and with SwiGLU in the gate_up epilogue.
 // Each variant is captured in a CUDA graph of 8 layer pairs, each pair on its own copy of the
-// weights (8 × 235 MB, ~38× a 50 MB L2: every replay streams its weights from DRAM), replayed
+// weights (8 × 235 MB: 31× an H200's 60 MB L2, so every replay streams them from DRAM), replayed
 // many times; the rows print µs per layer pair, bytes moved, GB/s and % of the device-to-device
 // copy bandwidth measured at the start of the same run, and chain − persistent in µs.
 //
@@ -55,16 +55,16 @@ void fill(bf16* p, size_t n, uint64_t seed, float scale = 1.f, float offset = 0.
 
 /// Median over `samples` of the time of `batch` calls of f, in ms per call (event-timed).
 template <class F>
-double median_ms(F&& f, int batch, int samples = 15, int warm = 3) {
+double median_ms(F&& f, int batch, cudaStream_t st = nullptr, int samples = 15, int warm = 3) {
   cudaEvent_t a, b;
   PIE_CUDA_CHECK(cudaEventCreate(&a));
   PIE_CUDA_CHECK(cudaEventCreate(&b));
   for (int i = 0; i < warm; ++i) f();
   std::vector<float> t(samples);
   for (auto& v : t) {
-    PIE_CUDA_CHECK(cudaEventRecord(a));
+    PIE_CUDA_CHECK(cudaEventRecord(a, st));
     for (int i = 0; i < batch; ++i) f();
-    PIE_CUDA_CHECK(cudaEventRecord(b));
+    PIE_CUDA_CHECK(cudaEventRecord(b, st));
     PIE_CUDA_CHECK(cudaEventSynchronize(b));
     PIE_CUDA_CHECK(cudaEventElapsedTime(&v, a, b));
   }
@@ -244,9 +244,9 @@ int count_diff(const std::vector<bf16>& a, const std::vector<bf16>& b) {
 int pick_mode(const Shape& s, Acts& a, const DeviceBuffer<bf16>& wo, const DeviceBuffer<bf16>& wgu, int grid0,
               cudaStream_t st) {
   const int grid = grid0 > 0 ? std::min(grid0, resident(kEarly, s)) : resident(kEarly, s);
-  DeviceBuffer<unsigned long long> bar(1);
+  DeviceBuffer<unsigned long long> bar(2);
   for (int m : std::vector<int>{pp::kCoop | pp::kPdl, pp::kPdl, pp::kCoop, 0}) {
-    PIE_CUDA_CHECK(cudaMemset(bar.data(), 0, 8));
+    PIE_CUDA_CHECK(cudaMemset(bar.data(), 0, 16));
     cudaGraph_t g = nullptr;
     cudaGraphExec_t ge = nullptr;
     PIE_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
@@ -260,7 +260,10 @@ int pick_mode(const Shape& s, Acts& a, const DeviceBuffer<bf16>& wo, const Devic
     if (ge) cudaGraphExecDestroy(ge);
     if (g) cudaGraphDestroy(g);
     (void)cudaGetLastError();
-    if (e6 == cudaSuccess) return m;
+    unsigned long long count[2] = {0, 0};
+    if (e6 == cudaSuccess) PIE_CUDA_CHECK(cudaMemcpy(count, bar.data(), 16, cudaMemcpyDeviceToHost));
+    if (e6 == cudaSuccess && count[1] == 0) return m;
+    if (count[1] != 0) std::printf("launch mode %s: %llu barrier timeouts\n", mode_name(m), count[1]);
     std::printf("launch mode %s: not taken (%s / %s / %s / %s)\n", mode_name(m), cudaGetErrorString(e1),
                 cudaGetErrorString(e3), cudaGetErrorString(e4), cudaGetErrorString(e6));
   }
@@ -282,11 +285,11 @@ int check_shape(const Shape& s, const std::vector<int>& grids, cudaStream_t st) 
   PIE_CUDA_CHECK(cudaStreamSynchronize(st));
   int bad = cpu_reference(s, a, wo, wgu);
   const auto o = host(a.o), r = host(a.r_out), gu = host(a.gu), act = host(a.act);
-  DeviceBuffer<unsigned long long> bar(1);
+  DeviceBuffer<unsigned long long> bar(2);
   for (const Variant& v : {kEarly, kBarrierOnly, kEarlySwiGLU})
     for (int grid0 : grids) {
       const int grid = grid0 > 0 ? std::min(grid0, resident(v, s)) : resident(v, s);
-      PIE_CUDA_CHECK(cudaMemset(bar.data(), 0, 8));
+      PIE_CUDA_CHECK(cudaMemset(bar.data(), 0, 16));
       int d = 0;
       for (int launch = 0; launch < 2; ++launch) {  // the second reuses the counter
         a.poison();
@@ -295,11 +298,12 @@ int check_shape(const Shape& s, const std::vector<int>& grids, cudaStream_t st) 
         d += count_diff(host(a.o), o) + count_diff(host(a.r_out), r) + count_diff(host(a.gu), gu);
         if (v.swiglu) d += count_diff(host(a.act), act);
       }
-      unsigned long long count = 0;
-      PIE_CUDA_CHECK(cudaMemcpy(&count, bar.data(), 8, cudaMemcpyDeviceToHost));
-      if (count != 2ull * grid) ++d;
-      std::printf("  %-28s grid %4d: %s (%d elements differ from the chain over 2 launches; counter %llu)\n", v.name,
-                  grid, d == 0 ? "bit-identical" : "MISMATCH", d, count);
+      unsigned long long count[2] = {0, 0};
+      PIE_CUDA_CHECK(cudaMemcpy(count, bar.data(), 16, cudaMemcpyDeviceToHost));
+      if (count[0] != 2ull * grid || count[1] != 0) ++d;
+      std::printf("  %-28s grid %4d: %s (%d elements differ from the chain over 2 launches; counter %llu, "
+                  "barrier timeouts %llu)\n",
+                  v.name, grid, d == 0 ? "bit-identical" : "MISMATCH", d, count[0], count[1]);
       bad += d;
     }
   return bad;
@@ -320,7 +324,7 @@ double time_graph(const std::function<void(int, cudaStream_t)>& enqueue, int lay
   for (int l = 0; l < layers; ++l) enqueue(l, st);
   PIE_CUDA_CHECK(cudaStreamEndCapture(st, &g));
   PIE_CUDA_CHECK(cudaGraphInstantiate(&ge, g, 0));
-  const double ms = median_ms([&] { PIE_CUDA_CHECK(cudaGraphLaunch(ge, st)); }, reps);
+  const double ms = median_ms([&] { PIE_CUDA_CHECK(cudaGraphLaunch(ge, st)); }, reps, st);
   PIE_CUDA_CHECK(cudaStreamSynchronize(st));
   PIE_CUDA_CHECK(cudaGraphExecDestroy(ge));
   PIE_CUDA_CHECK(cudaGraphDestroy(g));
@@ -347,7 +351,8 @@ int run(int argc, char** argv) {
   PIE_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
   cudaStream_t st;
-  PIE_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  // A blocking stream: the fills, memsets and copies on the legacy stream order with its work.
+  PIE_CUDA_CHECK(cudaStreamCreate(&st));
   {
     Acts a(kSmall);
     DeviceBuffer<bf16> wo(kSmall.wo()), wgu(kSmall.wgu());
@@ -395,9 +400,9 @@ int run(int argc, char** argv) {
       [&](int l, cudaStream_t q) { chain(s, a, WO(l), WG(l), false, false, false, q); });
   std::vector<DeviceBuffer<unsigned long long>> bars;
   for (const Variant* v : {&kEarly, &kBarrierOnly}) {
-    bars.emplace_back(1);
+    bars.emplace_back(2);
     unsigned long long* bar = bars.back().data();
-    PIE_CUDA_CHECK(cudaMemset(bar, 0, 8));
+    PIE_CUDA_CHECK(cudaMemset(bar, 0, 16));
     const int grid = resident(*v, s);
     add(v->name, mb_pair, [&, v, bar, grid](int l, cudaStream_t q) {
       PIE_CUDA_CHECK(persist(*v, s, a, WO(l), WG(l), grid, g_mode, bar, q));
@@ -405,15 +410,20 @@ int run(int argc, char** argv) {
   }
   add("chain + silu_and_mul", mb_swiglu, [&](int l, cudaStream_t q) { chain(s, a, WO(l), WG(l), true, false, false, q); });
   {
-    bars.emplace_back(1);
+    bars.emplace_back(2);
     unsigned long long* bar = bars.back().data();
-    PIE_CUDA_CHECK(cudaMemset(bar, 0, 8));
+    PIE_CUDA_CHECK(cudaMemset(bar, 0, 16));
     const int grid = resident(kEarlySwiGLU, s);
     add(kEarlySwiGLU.name, mb_swiglu, [&, bar, grid](int l, cudaStream_t q) {
       PIE_CUDA_CHECK(persist(kEarlySwiGLU, s, a, WO(l), WG(l), grid, g_mode, bar, q));
     });
   }
   PIE_CUDA_CHECK(cudaStreamSynchronize(st));
+  for (auto& b : bars) {  // a barrier that timed out (never expected on the resident grid) voids the rows
+    unsigned long long count[2] = {0, 0};
+    PIE_CUDA_CHECK(cudaMemcpy(count, b.data(), 16, cudaMemcpyDeviceToHost));
+    PIE_CHECK(count[1] == 0, count[1], " barrier timeouts in the timed persistent runs");
+  }
   std::printf("\n%-40s %10s %10s %10s %7s\n", "variant (graph of layer pairs)", "us/pair", "MB/pair", "GB/s", "%copy");
   for (const Row& r : rows)
     std::printf("%-40s %10.2f %10.1f %10.0f %7.1f\n", r.name.c_str(), r.us, r.mb, r.mb * 1e-3 / (r.us * 1e-6),

@@ -59,7 +59,8 @@ struct Params {
   T* gu;
   T* act;
   int nb;
-  unsigned long long* bar;  ///< arrival counter, a multiple of gridDim.x between launches
+  /// [0]: the arrival counter, a multiple of gridDim.x between launches; [1]: barrier timeouts.
+  unsigned long long* bar;
 };
 
 /// 16-byte load through L2 only: o was written by other CTAs of this grid (never the
@@ -206,8 +207,14 @@ __global__ void __launch_bounds__(kWarps * 32, 4) persist_layer_kernel(const __g
   }
   if constexpr (kEarly) fetch_b0();  // weights only: stream while the grid arrives
   if (threadIdx.x == 0) {
-    while (load_acquire(p.bar) < target) {
-    }
+    // A CTA that never arrives (a grid larger than the resident one) would hang the bench: after
+    // ~2 s of spinning, count a timeout in bar[1] and go on (the outputs then differ: reported).
+    const long long t0 = clock64();
+    for (unsigned i = 1; load_acquire(p.bar) < target; ++i)
+      if (i % 1024 == 0 && clock64() - t0 > (1ll << 32)) {
+        atomicAdd(p.bar + 1, 1ull);
+        break;
+      }
     __threadfence();
   }
   __syncthreads();
