@@ -82,11 +82,13 @@ inline void chain(const Shape& s, Acts& a, const bf16* wo, const bf16* wgu, bool
 /// The persistent kernel's variants.
 struct Variant {
   const char* name;
-  bool early, swiglu;
+  int early;  ///< steps of phase-B weights issued before the barrier's wait
+  bool swiglu;
 };
-inline constexpr Variant kEarlySwiGLU{"persistent early + swiglu", true, true};
-inline constexpr Variant kEarly{"persistent early", true, false};
-inline constexpr Variant kBarrierOnly{"persistent barrier only", false, false};
+inline constexpr Variant kEarlySwiGLU{"persistent early + swiglu", 1, true};
+inline constexpr Variant kEarly{"persistent early", 1, false};
+inline constexpr Variant kEarly2{"persistent early x2", 2, false};
+inline constexpr Variant kBarrierOnly{"persistent barrier only", 0, false};
 inline constexpr int kU = 4;  // chunks in flight per column, as gemv's default configuration
 
 inline pp::Params<D> params(const Shape& s, Acts& a, const bf16* wo, const bf16* wgu, bool swiglu,
@@ -103,15 +105,19 @@ inline pp::Params<D> params(const Shape& s, Acts& a, const bf16* wo, const bf16*
 
 inline int resident(const Variant& v, const Shape& s) {
   const size_t smem = pp::smem_bytes(s.na, sizeof(D));
-  if (v.swiglu) return pp::resident_ctas<kU, true, true, D>(smem);
-  return v.early ? pp::resident_ctas<kU, true, false, D>(smem) : pp::resident_ctas<kU, false, false, D>(smem);
+  if (v.swiglu) return pp::resident_ctas<kU, 1, true, D>(smem);
+  return v.early == 2 ? pp::resident_ctas<kU, 2, false, D>(smem)
+         : v.early    ? pp::resident_ctas<kU, 1, false, D>(smem)
+                      : pp::resident_ctas<kU, 0, false, D>(smem);
 }
 
 inline cudaError_t persist(const Variant& v, const Shape& s, Acts& a, const bf16* wo, const bf16* wgu, int grid,
                            int mode, unsigned long long* bar, cudaStream_t st) {
   const auto p = params(s, a, wo, wgu, v.swiglu, bar);
-  if (v.swiglu) return pp::launch<kU, true, true>(p, grid, mode, st);
-  return v.early ? pp::launch<kU, true, false>(p, grid, mode, st) : pp::launch<kU, false, false>(p, grid, mode, st);
+  if (v.swiglu) return pp::launch<kU, 1, true>(p, grid, mode, st);
+  return v.early == 2 ? pp::launch<kU, 2, false>(p, grid, mode, st)
+         : v.early    ? pp::launch<kU, 1, false>(p, grid, mode, st)
+                      : pp::launch<kU, 0, false>(p, grid, mode, st);
 }
 
 inline const char* mode_name(int m) {
@@ -242,7 +248,7 @@ inline int check_shape(const Shape& s, const std::vector<int>& grids, cudaStream
   int bad = cpu_reference(s, a, wo, wgu);
   const auto o = host(a.o), r = host(a.r_out), gu = host(a.gu), act = host(a.act);
   DeviceBuffer<unsigned long long> bar(2);
-  for (const Variant& v : {kEarly, kBarrierOnly, kEarlySwiGLU})
+  for (const Variant& v : {kEarly, kEarly2, kBarrierOnly, kEarlySwiGLU})
     for (int grid0 : grids) {
       const int grid = grid0 > 0 ? std::min(grid0, resident(v, s)) : resident(v, s);
       PIE_CUDA_CHECK(cudaMemset(bar.data(), 0, 16));
