@@ -15,8 +15,8 @@
 #      check passed);
 #   3. the bench: CUDA graphs of 8 layer pairs (each on its own 235 MB weight copy, far above L2),
 #      chain vs persistent (early issue of 1 or 2 steps, barrier only, + SwiGLU): us per pair, MB,
-#      GB/s, % of the
-#      D2D copy measured in the same process, chain - persistent against the >= 2 us rule;
+#      GB/s, % of the D2D copy measured in the same process, chain - persistent against the >= 2 us
+#      rule;
 #   4. compute-sanitizer racecheck, synccheck and memcheck on the small shape, 8 CTAs (if time is left).
 #   OUT=dir [PIE_BUILD_DIR=build] [PIE_PERSIST_BIN=bench] [PIE_PERSIST_TEST_BIN=test] bash bench/device_persist.sh
 set -u
