@@ -363,3 +363,29 @@ TEST(Gemm, FloatOutputRejectsBias) {
 }
 
 }  // namespace
+
+#if defined(PIE_PERSIST_PROTOTYPE)
+// The persistent batch-1 decode-layer prototype (bench/cuda/persist_layer.cuh, issue 15), compiled
+// only with -DPIE_BUILD_CUDA_BENCH=ON (CI's default build has no room for its kernels): one kernel
+// running o_proj, then add + RMSNorm + gate_up (+ SwiGLU) behind a grid-wide counter, byte for
+// byte against gemv -> add_rms_norm_gemv -> silu_and_mul on the resident grid and on 7 CTAs, each
+// launched twice (the counter's reuse), Qwen3-8B and a small shape with K tails; the chain within
+// bf16 tolerances of a CPU reference (persist_check.cuh, shared with pie_bench_cuda_persist).
+#include "persist_check.cuh"
+
+namespace {
+TEST(PersistLayer, EveryVariantEqualsTheKernelChainBitwise) {
+  namespace pc = pie::bench::persist::check;
+  cudaStream_t st;
+  ASSERT_EQ(cudaStreamCreate(&st), cudaSuccess);  // blocking: orders with the legacy-stream fills
+  {
+    pc::Acts a(pc::kSmall);
+    pie::DeviceBuffer<pie::bf16> wo(pc::kSmall.wo()), wgu(pc::kSmall.wgu());
+    pc::g_mode = pc::pick_mode(pc::kSmall, a, wo, wgu, 0, st);
+  }
+  EXPECT_EQ(pc::check_shape(pc::kSmall, {0, 7}, st), 0);
+  EXPECT_EQ(pc::check_shape(pc::kQwen3_8B, {0, 7}, st), 0);
+  ASSERT_EQ(cudaStreamDestroy(st), cudaSuccess);
+}
+}  // namespace
+#endif
