@@ -37,8 +37,9 @@ cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a
   -DPIE_MOE_CUTLASS=ON -DPIE_CUTLASS_DIR="$CUTLASS" "${OPTS[@]}"
 # Targets this tree does not define (an older or newer tree) are left out, with a note.
 HAVE=()
+HELP=$(cmake --build "$BUILD" --target help 2>/dev/null)  # once: grep -q would SIGPIPE it under pipefail
 for t in "${TARGETS[@]}"; do
-  if cmake --build "$BUILD" --target help 2>/dev/null | grep -qx "\.\.\. $t"; then HAVE+=("$t")
+  if grep -qx "\.\.\. $t" <<< "$HELP"; then HAVE+=("$t")
   else echo "device_bundle: no target $t in this tree, left out"; fi
 done
 cmake --build "$BUILD" -j "$JOBS" --target "${HAVE[@]}"
