@@ -77,18 +77,23 @@ struct RandomFp8 {
   }
 };
 
+// Both quantization paths (the row kernel, and from registers in one pass: PIE_FP8_QUANT_REGS),
+// at widths with whole groups, a partial last group (136 = 128 + 8) and Qwen3-8B's hidden size.
 TEST(Fp8Kernels, QuantizationIsBitIdenticalToTheCpu) {
   std::mt19937 rng(1);
+  for (int regs : {0, 1})
+  for (int K : {640, 136, 4096})
   for (bool per_token : {false, true})
     for (int M : {1, 3, 8, 37}) {
-      const int K = 640;
+      SCOPED_TRACE(testing::Message() << "regs " << regs << " K " << K);
       auto x = test::randn<bf16>(size_t(M) * K, rng, 2.f);
       x[3] = from_float<bf16>(0.f);
       auto dx = test::upload(x);
-      const int64_t Mp = ops::cuda::fp8_padded_rows(M), G = K / 128;
+      const int64_t Mp = ops::cuda::fp8_padded_rows(M), G = (K + 127) / 128;
       DeviceBuffer<fp8_e4m3> q(Mp * K);
       DeviceBuffer<float> s(Mp * (G + 1));
-      ops::cuda::fp8_quantize(TensorView<bf16>(dx.data(), {M, K}, Device::Cuda), per_token, q.data(), s.data(), nullptr);
+      ops::cuda::fp8_quantize(TensorView<bf16>(dx.data(), {M, K}, Device::Cuda), per_token, q.data(), s.data(), nullptr,
+                              regs);
       auto hq = test::download(q);
       auto hs = test::download(s);
       auto xf = test::to_f32(x);
@@ -108,12 +113,17 @@ TEST(Fp8Kernels, QuantizationIsBitIdenticalToTheCpu) {
 // The producers with the quantization fused in (fp8_producers.cuh) against the separate kernels
 // (add_rms_norm / silu_and_mul, then fp8_quantize): outputs, residual, codes and scales bit for
 // bit, padding rows included; then Fp8Gemm::prequantized on those codes against operator().
+// Both producer paths (PIE_FP8_QUANT_REGS 0: write the row and read it back; 1: quantize from
+// registers in one pass) at a small shape, widths with a partial last group (136, 264) and
+// Qwen3-8B's (4096, 12288); the separate kernels take the row path.
 TEST(Fp8Kernels, FusedProducersAreBitIdenticalToTheSeparateKernels) {
   std::mt19937 rng(3);
-  ops::cuda::Fp8Gemm gemm(64, 1536, 512);
+  ops::cuda::Fp8Gemm gemm(64, 12288, 512);
+  for (int regs : {0, 1})
+  for (auto [H, I] : {std::pair<int, int>{512, 1536}, {136, 264}, {4096, 12288}})
   for (bool per_token : {false, true})
     for (int M : {2, 3, 8, 37}) {
-      const int H = 512, I = 1536;
+      SCOPED_TRACE(testing::Message() << "regs " << regs << " H " << H << " I " << I);
       const int64_t Mp = ops::cuda::fp8_padded_rows(M);
       auto bits = [](const std::vector<bf16>& a, const std::vector<bf16>& b) {
         int bad = 0;
@@ -136,12 +146,13 @@ TEST(Fp8Kernels, FusedProducersAreBitIdenticalToTheSeparateKernels) {
         auto dx1 = test::upload(x), dr1 = test::upload(r), dx2 = test::upload(x), dr2 = test::upload(r);
         auto dw = test::upload(w);
         DeviceBuffer<fp8_e4m3> q1(Mp * H), q2(Mp * H);
-        DeviceBuffer<float> s1(Mp * 8), s2(Mp * 8);
+        DeviceBuffer<float> s1(Mp * ((H + 127) / 128)), s2(Mp * ((H + 127) / 128));
         auto v = [&](DeviceBuffer<bf16>& b, int64_t c) { return TensorView<bf16>(b.data(), {M, c}, Device::Cuda); };
         TensorView<bf16> wv(dw.data(), {H}, Device::Cuda);
         ops::cuda::add_rms_norm(v(dx1, H), v(dr1, H), wv, 1e-6f, first, nullptr);
-        ops::cuda::fp8_quantize(v(dx1, H), per_token, q1.data(), s1.data(), nullptr);
-        ops::cuda::add_rms_norm_fp8(v(dx2, H), v(dr2, H), wv, 1e-6f, first, {q2.data(), s2.data(), per_token}, nullptr);
+        ops::cuda::fp8_quantize(v(dx1, H), per_token, q1.data(), s1.data(), nullptr, 0);
+        ops::cuda::add_rms_norm_fp8(v(dx2, H), v(dr2, H), wv, 1e-6f, first, {q2.data(), s2.data(), per_token}, nullptr,
+                                    regs);
         EXPECT_EQ(bits(test::download(dx1), test::download(dx2)), 0) << "norm output M=" << M;
         EXPECT_EQ(bits(test::download(dr1), test::download(dr2)), 0) << "residual M=" << M;
         EXPECT_EQ(same_q(q1, q2, s1, s2, H), 0) << "norm codes/scales M=" << M << (per_token ? " per token" : "");
@@ -151,14 +162,29 @@ TEST(Fp8Kernels, FusedProducersAreBitIdenticalToTheSeparateKernels) {
         auto dgu = test::upload(gu);
         DeviceBuffer<bf16> o1(size_t(M) * I), o2(size_t(M) * I);
         DeviceBuffer<fp8_e4m3> q1(Mp * I);
-        DeviceBuffer<float> s1(Mp * 16);
+        DeviceBuffer<float> s1(Mp * ((I + 127) / 128));
         TensorView<bf16> guv(dgu.data(), {M, 2 * I}, Device::Cuda), ov1(o1.data(), {M, I}, Device::Cuda),
             ov2(o2.data(), {M, I}, Device::Cuda);
         ops::cuda::silu_and_mul(guv, ov1, nullptr);
-        ops::cuda::fp8_quantize(ov1, per_token, q1.data(), s1.data(), nullptr);
+        ops::cuda::fp8_quantize(ov1, per_token, q1.data(), s1.data(), nullptr, 0);
         // Into the GEMM's own buffer, as the engine does.
-        ops::cuda::silu_and_mul_fp8(guv, ov2, gemm.act_buffer(per_token), nullptr);
+        ops::cuda::silu_and_mul_fp8(guv, ov2, gemm.act_buffer(per_token), nullptr, regs);
         EXPECT_EQ(bits(test::download(o1), test::download(o2)), 0) << "silu output M=" << M;
+        {  // the producer's codes and scales against fp8_quantize's, directly
+          const auto a = gemm.act_buffer(per_token);
+          const int64_t ns = per_token ? Mp : Mp * ((I + 127) / 128);
+          std::vector<fp8_e4m3> qa(Mp * I);
+          std::vector<float> sa(ns);
+          PIE_CUDA_CHECK(cudaMemcpy(qa.data(), a.q, qa.size() * sizeof(fp8_e4m3), cudaMemcpyDeviceToHost));
+          PIE_CUDA_CHECK(cudaMemcpy(sa.data(), a.s, sa.size() * sizeof(float), cudaMemcpyDeviceToHost));
+          auto qb = test::download(q1);
+          auto sb = test::download(s1);
+          int bad = 0;
+          for (int64_t i = 0; i < Mp * I; ++i) bad += qa[i].bits != qb[i].bits;
+          for (int64_t i = 0; i < ns; ++i) bad += sa[i] != sb[i];
+          EXPECT_EQ(bad, 0) << "silu codes/scales M=" << M << (per_token ? " per token" : "");
+        }
+        if (I % 128 != 0) continue;  // the block-scaled GEMM below wants whole 128-column groups
         RandomFp8 w(!per_token, 512, I, rng);
         DeviceBuffer<bf16> y1(size_t(M) * 512), y2(size_t(M) * 512);
         TensorView<bf16> yv1(y1.data(), {M, 512}, Device::Cuda), yv2(y2.data(), {M, 512}, Device::Cuda);

@@ -79,13 +79,125 @@ __global__ void __launch_bounds__(kSiluFp8Threads)
   else fp8_quant_row<T, 1>(static_cast<const T*>(o), m, M, Mp, inter, per_token != 0, q, s, gmax);
 }
 
+/// add_rms_norm_fp8_kernel with the row kept in registers: rms_norm_row_to's arithmetic written
+/// out (the same loads, sums, block_sum and rounding points, so the same bits: the GPU test
+/// compares them), the normalised bf16 values quantized by fp8_quant_regs in one pass instead of
+/// being read back twice. blockDim.x = norm_threads(dim).
+template <class T>
+__global__ void add_rms_norm_fp8_regs_kernel(T* __restrict__ x, int64_t x_stride, T* __restrict__ residual,
+                                             int64_t r_stride, const T* __restrict__ w, int dim, float eps, bool first,
+                                             int M, int Mp, int per_token, __nv_fp8_e4m3* __restrict__ q,
+                                             float* __restrict__ s) {
+  constexpr int VPT = kNormVecsPerThread;
+  __shared__ float red[32];
+  pdl_launch_dependents();
+  pdl_wait();
+  const int m = blockIdx.x;
+  if (m >= M) {
+    fp8_quant_row<T, 1>(x, m, M, Mp, dim, per_token != 0, q, s, red);  // padding: zero codes, scale 1
+    return;
+  }
+  T* xr = x + int64_t(m) * x_stride;
+  T* rr = residual + int64_t(m) * r_stride;
+  const int nvec = dim / 8, nthreads = static_cast<int>(blockDim.x);
+  float v[VPT][8];
+  float ss = 0.f;
+#pragma unroll
+  for (int k = 0; k < VPT; ++k) {
+    const int i = static_cast<int>(threadIdx.x) + k * nthreads;
+    if (i < nvec) {
+      load8(xr + i * 8, v[k]);
+      if (!first) {
+        float r[8];
+        load8(rr + i * 8, r);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[k][j] += r[j];
+      }
+      Pack8<T> pk;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) { pk.v[j] = from_f32<T>(v[k][j]); v[k][j] = to_f32(pk.v[j]); }
+      *reinterpret_cast<Pack8<T>*>(rr + i * 8) = pk;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) ss += v[k][j] * v[k][j];
+    }
+  }
+  const float inv = rsqrtf(block_sum(ss, red) / static_cast<float>(dim) + eps);
+#pragma unroll
+  for (int k = 0; k < VPT; ++k) {
+    const int i = static_cast<int>(threadIdx.x) + k * nthreads;
+    if (i < nvec) {
+      float wf[8], o[8];
+      load8(w + i * 8, wf);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) o[j] = wf[j] * to_f32(from_f32<T>(v[k][j] * inv));
+      store8(xr + i * 8, o);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[k][j] = to_f32(from_f32<T>(o[j]));  // the value stored
+    } else {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[k][j] = 0.f;
+    }
+  }
+  fp8_quant_regs<VPT>(v, m, Mp, dim, per_token != 0, q, s, red);
+}
+
+/// Vectors of 8 columns a thread of silu_and_mul_fp8_regs_kernel holds, and its launch bound:
+/// 64 values a thread need more than the 64 registers a 1024-thread bound leaves (it spilled
+/// 128 bytes); 512 threads allow 128 (inter ≤ 512·8·8 = 32768).
+inline constexpr int kSiluFp8RegsVecs = 8;
+inline constexpr int kSiluFp8RegsMaxThreads = 512;
+
+/// silu_and_mul_fp8_kernel with the row kept in registers (the same arithmetic per element), the
+/// stored bf16 values quantized by fp8_quant_regs in one pass. blockDim.x =
+/// fp8_regs_threads(inter, kSiluFp8RegsVecs).
+template <class T>
+__global__ void __launch_bounds__(kSiluFp8RegsMaxThreads)
+    silu_and_mul_fp8_regs_kernel(const T* __restrict__ in, int64_t in_stride, T* __restrict__ out,
+                                 int64_t out_stride, int inter, int M, int Mp, int per_token,
+                                 __nv_fp8_e4m3* __restrict__ q, float* __restrict__ s) {
+  constexpr int VPT = kSiluFp8RegsVecs;
+  __shared__ float red[32];
+  pdl_launch_dependents();
+  pdl_wait();
+  const int m = blockIdx.x;
+  T* o = out + int64_t(m) * out_stride;
+  if (m >= M) {
+    fp8_quant_row<T, 1>(static_cast<const T*>(o), m, M, Mp, inter, per_token != 0, q, s, red);
+    return;
+  }
+  const T* g = in + int64_t(m) * in_stride;
+  const T* u = g + inter;
+  const int nvec = inter / 8;
+  float v[VPT][8];
+#pragma unroll
+  for (int k = 0; k < VPT; ++k) {
+    const int i = static_cast<int>(threadIdx.x) + k * static_cast<int>(blockDim.x);
+    if (i < nvec) {
+      float gv[8], uv[8], ov[8];
+      load8(g + i * 8, gv);
+      load8(u + i * 8, uv);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) ov[j] = to_f32(from_f32<T>(gv[j] / (1.f + expf(-gv[j])))) * uv[j];
+      store8(o + i * 8, ov);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[k][j] = to_f32(from_f32<T>(ov[j]));  // the value stored
+    } else {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[k][j] = 0.f;
+    }
+  }
+  fp8_quant_regs<VPT>(v, m, Mp, inter, per_token != 0, q, s, red);
+}
+
 }  // namespace detail
 
 /// \brief add_rms_norm(x, residual, w, eps, first) (norm.cuh), and x's fp8 codes and scales for
 /// the next fp8 GEMM into `a` (rows padded to fp8_padded_rows(M)).
+/// `regs` as fp8_quantize's: 1 quantizes from registers in one pass, 0 writes and reads the row
+/// back, −1 as fp8_quant_regs_on() says.
 template <class T>
 void add_rms_norm_fp8(TensorView<T> x, TensorView<T> residual, TensorView<T> w, float eps, bool first, Fp8Act a,
-                      cudaStream_t stream) {
+                      cudaStream_t stream, int regs = -1) {
   static_assert(std::is_same_v<T, pie::f16> || std::is_same_v<T, pie::bf16>, "add_rms_norm_fp8: f16 or bf16");
   check_rows8(x, "add_rms_norm_fp8 x");
   check_rows8(residual, "add_rms_norm_fp8 residual");
@@ -96,6 +208,14 @@ void add_rms_norm_fp8(TensorView<T> x, TensorView<T> residual, TensorView<T> w, 
             "add_rms_norm_fp8: rows of ", dim, " elements are too long");
   if (M == 0) return;
   using D = device_t<T>;
+  if (fp8_quant_regs_choice(regs) && reinterpret_cast<uintptr_t>(a.q) % 8 == 0) {  // rows: check_rows8
+    launch_pdl(detail::add_rms_norm_fp8_regs_kernel<D>, dim3(static_cast<unsigned>(Mp)),
+               dim3(detail::norm_threads(static_cast<int>(dim))), 0, stream, dev(x.data), x.stride[0],
+               dev(residual.data), residual.stride[0], dev(w.data), static_cast<int>(dim), eps, first,
+               static_cast<int>(M), static_cast<int>(Mp), a.per_token ? 1 : 0,
+               reinterpret_cast<__nv_fp8_e4m3*>(a.q), a.s);
+    return;
+  }
   launch_pdl(detail::add_rms_norm_fp8_kernel<D>, dim3(static_cast<unsigned>(Mp)),
              dim3(detail::norm_threads(static_cast<int>(dim))), 0, stream, dev(x.data), x.stride[0],
              dev(residual.data), residual.stride[0], dev(w.data), static_cast<int>(dim), eps, first,
@@ -105,8 +225,9 @@ void add_rms_norm_fp8(TensorView<T> x, TensorView<T> residual, TensorView<T> w, 
 
 /// \brief silu_and_mul(gate_up, out) (activation.cuh), and out's fp8 codes and scales for the
 /// next fp8 GEMM into `a` (rows padded to fp8_padded_rows(M)).
+/// `regs` as add_rms_norm_fp8's.
 template <class T>
-void silu_and_mul_fp8(TensorView<T> gate_up, TensorView<T> out, Fp8Act a, cudaStream_t stream) {
+void silu_and_mul_fp8(TensorView<T> gate_up, TensorView<T> out, Fp8Act a, cudaStream_t stream, int regs = -1) {
   static_assert(std::is_same_v<T, pie::f16> || std::is_same_v<T, pie::bf16>, "silu_and_mul_fp8: f16 or bf16");
   check_rows8(gate_up, "silu_and_mul_fp8 gate_up");
   check_rows8(out, "silu_and_mul_fp8 out");
@@ -115,6 +236,14 @@ void silu_and_mul_fp8(TensorView<T> gate_up, TensorView<T> out, Fp8Act a, cudaSt
   PIE_CHECK((I + kFp8Block - 1) / kFp8Block <= kFp8MaxGroups, "silu_and_mul_fp8: inter = ", I, " is too wide");
   if (M == 0) return;
   using D = device_t<T>;
+  const int rt = detail::fp8_regs_threads(I, detail::kSiluFp8RegsVecs, detail::kSiluFp8RegsMaxThreads);
+  if (fp8_quant_regs_choice(regs) && rt > 0 && reinterpret_cast<uintptr_t>(a.q) % 8 == 0) {  // rows: check_rows8
+    launch_pdl(detail::silu_and_mul_fp8_regs_kernel<D>, dim3(static_cast<unsigned>(Mp)), dim3(rt), 0, stream,
+               dev(gate_up.data), gate_up.stride[0], dev(out.data), out.stride[0], static_cast<int>(I),
+               static_cast<int>(M), static_cast<int>(Mp), a.per_token ? 1 : 0,
+               reinterpret_cast<__nv_fp8_e4m3*>(a.q), a.s);
+    return;
+  }
   launch_pdl(detail::silu_and_mul_fp8_kernel<D>, dim3(static_cast<unsigned>(Mp)), dim3(detail::kSiluFp8Threads), 0,
              stream, dev(gate_up.data), gate_up.stride[0], dev(out.data), out.stride[0], static_cast<int>(I),
              static_cast<int>(M), static_cast<int>(Mp), a.per_token ? 1 : 0, reinterpret_cast<__nv_fp8_e4m3*>(a.q),

@@ -26,6 +26,23 @@ inline constexpr int kFp8MaxGroups = 256;
 /// Whether the quantization row loads 8 groups per warp before reducing them by default (the
 /// same codes either way; opt-in until measured on the device).
 inline constexpr bool kFp8QuantBatchedDefault = false;
+/// Whether the quantizing kernels (fp8_quantize and the fused producers of fp8_producers.cuh)
+/// quantize from registers in one pass (fp8_quant_regs) instead of writing the row and reading
+/// it back twice (fp8_quant_row). The same codes and scales; opt-in until measured on the device.
+inline constexpr bool kFp8QuantRegsDefault = false;
+/// kFp8QuantRegsDefault, or PIE_FP8_QUANT_REGS=0/1 (read once).
+inline bool fp8_quant_regs_on() {
+  static const bool on = [] {
+    const char* v = std::getenv("PIE_FP8_QUANT_REGS");
+    return v != nullptr ? std::atoi(v) != 0 : kFp8QuantRegsDefault;
+  }();
+  return on;
+}
+/// A launcher's `regs` argument: 0 or 1 chooses; −1 (the default) takes fp8_quant_regs_on().
+inline bool fp8_quant_regs_choice(int regs) { return regs < 0 ? fp8_quant_regs_on() : regs != 0; }
+/// Vectors of 8 columns a thread of the standalone register kernel holds (rows ≤ 1024·4·8).
+inline constexpr int kFp8QuantRegsVecs = 4;
+
 /// kFp8QuantBatchedDefault, or PIE_FP8_QUANT_BATCHED=0/1 (read once).
 inline bool fp8_quant_batched() {
   static const bool on = [] {
@@ -120,6 +137,102 @@ __device__ __forceinline__ void fp8_quant_row(const T* row, int m, int M, int Mp
   if (per_token && threadIdx.x == 0) s[m] = fp8_group_scale(tok);
 }
 
+/// Largest of v over the block; every thread gets it. `smem` holds ≥ 32 floats.
+__device__ __forceinline__ float block_max(float v, float* smem) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  v = warp_max(v);
+  __syncthreads();  // smem may still be read by a previous call
+  if (lane == 0) smem[warp] = v;
+  __syncthreads();
+  v = lane < nw ? smem[lane] : 0.f;
+  return warp_max(v);
+}
+
+/// Quantizes row m from the values the CTA holds in registers: thread t's vector k covers columns
+/// 8i … 8i+7 with i = t + k·blockDim.x (valid when i < nvec = K / 8; invalid ones hold zeros).
+/// A 128-column group is 16 consecutive vectors, so (blockDim.x a multiple of 32) a group's
+/// vectors sit in 16 consecutive lanes of one k: its amax is a 16-lane max — no shared memory, no
+/// write-and-read-back, one pass. The codes and scales are fp8_quant_row's: max is exact in any
+/// order (zeros do not change an amax ≥ 0), then the same fp8_group_scale and IEEE division.
+/// Needs K % 8 == 0 and q 8-byte aligned (8 codes per store). `red`: shared, ≥ 32 floats.
+template <int VPT>
+__device__ __forceinline__ void fp8_quant_regs(const float (&v)[VPT][8], int m, int Mp, int K, bool per_token,
+                                               __nv_fp8_e4m3* __restrict__ q, float* __restrict__ s, float* red) {
+  const int nvec = K / 8;
+  float gmax[VPT];
+  float tok = 0.0f;
+#pragma unroll
+  for (int k = 0; k < VPT; ++k) {
+    float a = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) a = fmaxf(a, fabsf(v[k][j]));
+#pragma unroll
+    for (int o = 8; o > 0; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));  // within 16 lanes
+    gmax[k] = a;
+    tok = fmaxf(tok, a);
+  }
+  if (per_token) tok = block_max(tok, red);
+  __nv_fp8_e4m3* qr = q + int64_t(m) * K;
+#pragma unroll
+  for (int k = 0; k < VPT; ++k) {
+    const int i = static_cast<int>(threadIdx.x) + k * static_cast<int>(blockDim.x);
+    if (i >= nvec) continue;
+    const float sc = fp8_group_scale(per_token ? tok : gmax[k]);
+    uint32_t lo = 0, hi = 0;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const uint32_t c = from_f32<__nv_fp8_e4m3>(__fdiv_rn(v[k][j], sc)).__x;
+      if (j < 4) lo |= c << (8 * j);
+      else hi |= c << (8 * (j - 4));
+    }
+    *reinterpret_cast<uint2*>(qr + 8 * i) = make_uint2(lo, hi);
+    if (!per_token && (threadIdx.x & 15) == 0) s[int64_t(i / 16) * Mp + m] = sc;
+  }
+  if (per_token && threadIdx.x == 0) s[m] = fp8_group_scale(tok);
+}
+
+/// fp8_quant_kernel's work from registers: the row is loaded once (16-byte vectors), reduced per
+/// group across 16 lanes, quantized and stored. blockDim.x = ceil(K / 8 / VPT) rounded up to 32.
+template <class T, int VPT>
+__global__ void __launch_bounds__(1024) fp8_quant_regs_kernel(const T* __restrict__ x, int64_t ldx, int M, int Mp,
+                                                              int K, int per_token, __nv_fp8_e4m3* __restrict__ q,
+                                                              float* __restrict__ s) {
+  __shared__ float red[32];
+  pdl_wait();
+  const int m = blockIdx.x;
+  if (m >= M) {
+    fp8_quant_row<T, 1>(x, m, M, Mp, K, per_token != 0, q, s, red);  // padding: zero codes, scale 1
+  } else {
+    const T* row = x + int64_t(m) * ldx;
+    const int nvec = K / 8;
+    float v[VPT][8];
+#pragma unroll
+    for (int k = 0; k < VPT; ++k) {
+      const int i = static_cast<int>(threadIdx.x) + k * static_cast<int>(blockDim.x);
+      if (i < nvec) {
+        load8(row + 8 * i, v[k]);
+      } else {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[k][j] = 0.0f;
+      }
+    }
+    fp8_quant_regs<VPT>(v, m, Mp, K, per_token != 0, q, s, red);
+  }
+  pdl_launch_dependents();
+}
+
+/// Threads of a register-quantizing CTA: ceil(K / 8 / vpt) rounded up to 32 (0: the row needs more
+/// than `max_threads`, the kernel's launch bound).
+inline int fp8_regs_threads(int64_t K, int vpt, int max_threads = 1024) {
+  const int64_t t = ((K / 8 + vpt - 1) / vpt + 31) / 32 * 32;
+  return t <= max_threads ? static_cast<int>(t) : 0;
+}
+/// Whether the register path takes this row: K % 8 == 0, 16-byte rows in, 8-byte rows of codes out.
+inline bool fp8_regs_fit(int64_t K, const void* x, int64_t ldx, size_t elem, const void* q) {
+  return K % 8 == 0 && ldx % 8 == 0 && reinterpret_cast<uintptr_t>(x) % (8 * elem) == 0 &&
+         reinterpret_cast<uintptr_t>(q) % 8 == 0;
+}
+
 /// One CTA of 128 threads per row (padded rows included).
 template <class T>
 __global__ void __launch_bounds__(128) fp8_quant_kernel(const T* __restrict__ x, int64_t ldx, int M, int Mp, int K,
@@ -138,14 +251,23 @@ __global__ void __launch_bounds__(128) fp8_quant_kernel(const T* __restrict__ x,
 
 /// Quantizes x [M, K] (row stride x.stride[0]) into q [Mp, K] and s (see the file comment);
 /// `per_token`: one scale per row, else one per row and 128-column group.
+/// `regs`: 1 quantizes from registers in one pass (detail::fp8_quant_regs_kernel), 0 through the
+/// row kernel, −1 as fp8_quant_regs_on() says; rows the register path cannot take use the row kernel.
 template <class T>
-void fp8_quantize(TensorView<T> x, bool per_token, fp8_e4m3* q, float* s, cudaStream_t stream) {
+void fp8_quantize(TensorView<T> x, bool per_token, fp8_e4m3* q, float* s, cudaStream_t stream, int regs = -1) {
   static_assert(std::is_same_v<T, pie::f16> || std::is_same_v<T, pie::bf16>, "fp8_quantize: f16 or bf16 input");
   const int64_t M = x.shape[0], K = x.shape[1], Mp = fp8_padded_rows(M);
   PIE_CHECK(x.rank == 2 && x.stride[1] == 1, "fp8_quantize: x must be a matrix with contiguous rows");
   PIE_CHECK((K + kFp8Block - 1) / kFp8Block <= kFp8MaxGroups, "fp8_quantize: K = ", K, " exceeds ",
             kFp8MaxGroups * kFp8Block);
   if (M == 0) return;
+  const int rt = detail::fp8_regs_threads(K, kFp8QuantRegsVecs);
+  if (fp8_quant_regs_choice(regs) && rt > 0 && detail::fp8_regs_fit(K, x.data, x.stride[0], sizeof(T), q)) {
+    launch_pdl(detail::fp8_quant_regs_kernel<device_t<T>, kFp8QuantRegsVecs>, dim3(static_cast<unsigned>(Mp)),
+               dim3(rt), 0, stream, dev(x.data), x.stride[0], static_cast<int>(M), static_cast<int>(Mp),
+               static_cast<int>(K), per_token ? 1 : 0, reinterpret_cast<__nv_fp8_e4m3*>(q), s);
+    return;
+  }
   launch_pdl(detail::fp8_quant_kernel<device_t<T>>, dim3(static_cast<unsigned>(Mp)), dim3(128), 0, stream,
              dev(x.data), x.stride[0], static_cast<int>(M), static_cast<int>(Mp), static_cast<int>(K),
              per_token ? 1 : 0, reinterpret_cast<__nv_fp8_e4m3*>(q), s, fp8_quant_batched() ? 1 : 0);
