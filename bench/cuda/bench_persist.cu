@@ -131,7 +131,7 @@ int run(int argc, char** argv) {
       std::printf("resident grid %-8s %-28s %d CTAs (%d per SM)\n", s->name, v->name, resident(*v, *s),
                   resident(*v, *s) / prop.multiProcessorCount);
   for (const LayerShape* s : {&kLayer8B, &kLayerSmall})
-    for (const LayerVariant* v : {&kLayerEarly, &kLayerBarrierOnly})
+    for (const LayerVariant* v : {&kLayerEarly, &kLayerBarrierOnly, &kLayerEarlyU2})
       std::printf("resident grid %-8s %-28s %d CTAs (%d per SM), %zu B shared\n", s->name, v->name,
                   layer_resident(*v, *s), layer_resident(*v, *s) / prop.multiProcessorCount,
                   pp::decoder_smem_bytes(s->hidden, s->inter, sizeof(D)));
@@ -257,7 +257,7 @@ int run(int argc, char** argv) {
     ladd(kChainDefault, [&](int l, cudaStream_t q) { layer_chain(s, a, w, l, false, q); });
     ladd(kChainFused, [&](int l, cudaStream_t q) { layer_chain(s, a, w, l, true, q); });
     std::vector<DeviceBuffer<unsigned long long>> lbars;
-    for (const LayerVariant* v : {&kLayerEarly, &kLayerBarrierOnly}) {
+    for (const LayerVariant* v : {&kLayerEarly, &kLayerBarrierOnly, &kLayerEarlyU2}) {
       if (!passed(v->name)) continue;
       lbars.emplace_back(2);
       unsigned long long* bar = lbars.back().data();
@@ -288,13 +288,14 @@ int run(int argc, char** argv) {
     std::printf("decision rule: chain - persistent >= 2 us per boundary (kernel P replaces 4: o|gate_up, "
                 "gate_up|down, down|qkv, qkv|rope)\n");
     for (const char* c : {kChainDefault, kChainFused})
-      for (const LayerVariant* v : {&kLayerEarly, &kLayerBarrierOnly}) {
+      for (const LayerVariant* v : {&kLayerEarly, &kLayerBarrierOnly, &kLayerEarlyU2}) {
         const double d = lus(c) - lus(v->name);
         std::printf("%-42s - %-30s: %+.2f us per layer, %+.2f us per boundary -> %s\n", c, v->name, d, d / 4,
                     d / 4 >= 2 ? "met" : "NOT met");
       }
-    std::printf("early issue alone (barrier only - early): %+.2f us per layer\n",
-                lus(kLayerBarrierOnly.name) - lus(kLayerEarly.name));
+    std::printf("early issue alone (barrier only - early): %+.2f us per layer; U=4 against U=2 (early U=2 - early): "
+                "%+.2f us per layer\n",
+                lus(kLayerBarrierOnly.name) - lus(kLayerEarly.name), lus(kLayerEarlyU2.name) - lus(kLayerEarly.name));
   }
   PIE_CUDA_CHECK(cudaStreamDestroy(st));
   return rc;

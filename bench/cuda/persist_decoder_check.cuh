@@ -131,13 +131,18 @@ inline void layer_chain(const LayerShape& s, LayerActs& a, const LayerWeights& w
   }
 }
 
-/// The persistent kernel's variants: phase k+1's first weight step issued before the wait (1) or after (0).
+/// The persistent kernel's variants: phase k+1's first weight step issued before the wait (1) or
+/// after (0); u chunks in flight per column (4: gemv's default, 128 registers with a 180-byte
+/// spill in the two norm prologues; 2: 123 registers, no spill, half the bytes in flight per warp).
 struct LayerVariant {
   const char* name;
   int early;
+  int u;
 };
-inline constexpr LayerVariant kLayerEarly{"layer persistent early", 1};
-inline constexpr LayerVariant kLayerBarrierOnly{"layer persistent barrier only", 0};
+inline constexpr LayerVariant kLayerEarly{"layer persistent early", 1, 4};
+inline constexpr LayerVariant kLayerBarrierOnly{"layer persistent barrier only", 0, 4};
+inline constexpr LayerVariant kLayerEarlyU2{"layer persistent early, U=2", 1, 2};
+inline constexpr LayerVariant kLayerVariants[] = {kLayerEarly, kLayerBarrierOnly, kLayerEarlyU2};
 
 inline pp::DecoderParams<D> layer_params(const LayerShape& s, LayerActs& a, const LayerWeights& w, int l,
                                          unsigned long long* bar) {
@@ -157,12 +162,14 @@ inline pp::DecoderParams<D> layer_params(const LayerShape& s, LayerActs& a, cons
 
 inline int layer_resident(const LayerVariant& v, const LayerShape& s) {
   const size_t smem = pp::decoder_smem_bytes(s.hidden, s.inter, sizeof(D));
+  if (v.u == 2) return pp::decoder_resident_ctas<2, 1, kHD, D>(smem);
   return v.early ? pp::decoder_resident_ctas<kU, 1, kHD, D>(smem) : pp::decoder_resident_ctas<kU, 0, kHD, D>(smem);
 }
 
 inline cudaError_t layer_persist(const LayerVariant& v, const LayerShape& s, LayerActs& a, const LayerWeights& w, int l,
                                  int grid, int mode, unsigned long long* bar, cudaStream_t st) {
   const auto p = layer_params(s, a, w, l, bar);
+  if (v.u == 2) return pp::launch_decoder<2, 1, kHD>(p, grid, mode, st);
   return v.early ? pp::launch_decoder<kU, 1, kHD>(p, grid, mode, st) : pp::launch_decoder<kU, 0, kHD>(p, grid, mode, st);
 }
 
@@ -310,7 +317,7 @@ inline int check_layer(const LayerShape& s, const std::vector<int>& grids, cudaS
               dc == 0 ? "bit-identical" : "MISMATCH", dc);
   bad += dc;
   DeviceBuffer<unsigned long long> bar(2);
-  for (const LayerVariant& v : {kLayerEarly, kLayerBarrierOnly}) {
+  for (const LayerVariant& v : kLayerVariants) {
     bool pass = true;
     for (int grid0 : grids) {
       const int grid = grid0 > 0 ? std::min(grid0, layer_resident(v, s)) : layer_resident(v, s);
