@@ -78,7 +78,7 @@ grep -E "^(correctness|not timed)" "$LOGS/bench.log" | tee -a "$SUM"
 sed -n '/^ceilings/,$p' "$LOGS/bench.log" | tee -a "$SUM"
 if command -v compute-sanitizer > /dev/null; then
   for tool in racecheck synccheck memcheck; do
-    run "sanitizer_$tool" 40 compute-sanitizer --tool "$tool" "$BIN" --check-only --small-only --grid 8
+    run "sanitizer_$tool" 45 compute-sanitizer --tool "$tool" "$BIN" --check-only --small-only --grid 8
     grep -E "ERROR SUMMARY|RACECHECK SUMMARY|correctness|Error|hazard" "$LOGS/sanitizer_$tool.log" | head -8 |
       sed "s/^/[$tool] /" | tee -a "$SUM"
   done
