@@ -309,7 +309,7 @@ __global__ void __launch_bounds__(kWarps * 32, 4) persist_decoder_kernel(const _
   run_phase(sd, xs, wa, wb, td, gw, GW, cols_d, plain_store(p.qkv, nqkv));
 
   // ---- E: q/k norm + RoPE, K/V to the cache, on rope_ctas CTAs; the others arrive and exit ----
-  const int ne = rope_ctas<HD>(p.nq + p.nkv);
+  const int ne = min(rope_ctas<HD>(p.nq + p.nkv), static_cast<int>(gridDim.x));  // a grid below it: fewer, more heads each
   const unsigned long long target = dec::arrive(p.bar);
   if (static_cast<int>(blockIdx.x) >= ne) return;
   dec::wait(p.bar, target);
@@ -326,7 +326,7 @@ int decoder_resident_ctas(size_t smem) {
   return std::max(per_sm, 1) * oc::num_sms();
 }
 
-/// Launches on `grid` CTAs (≥ rope_ctas) with `mode` (persist_layer.cuh's LaunchMode bits).
+/// Launches on `grid` CTAs with `mode` (persist_layer.cuh's LaunchMode bits).
 template <int U, int kEarly, int HD, class T>
 cudaError_t launch_decoder(const DecoderParams<T>& p, int grid, int mode, cudaStream_t stream) {
   const size_t smem = decoder_smem_bytes(p.hidden, p.inter, sizeof(T));

@@ -279,7 +279,10 @@ inline int layer_cpu_reference(const LayerShape& s, LayerActs& a, const LayerWei
   }
   std::vector<bf16> qk(out.qkv.begin(), out.qkv.begin() + size_t(s.nq + s.nkv) * kHD);
   ref.resize(qk.size());
-  bad += tol_check("q/k rope", qk, ref, 1.0 / 64, 2e-3);
+  // One normalised value rounded the other way (rsqrtf, the float sum's order) moves an output by
+  // up to an ulp of |y| ≈ 4·2⁻⁸ where its two products cancel: 1e-2·rms; a wrong pair, frequency or
+  // position is off by O(rms).
+  bad += tol_check("q/k rope", qk, ref, 1.0 / 64, 1e-2);
   std::vector<bf16> v_got(out.qkv.begin() + size_t(s.nq + s.nkv) * kHD, out.qkv.end()),
       v_pre(qkv_pre.begin() + size_t(s.nq + s.nkv) * kHD, qkv_pre.end());
   bad += exact_check("v", v_got, v_pre);
