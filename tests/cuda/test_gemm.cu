@@ -371,7 +371,7 @@ TEST(Gemm, FloatOutputRejectsBias) {
 // byte against gemv -> add_rms_norm_gemv -> silu_and_mul on the resident grid and on 7 CTAs, each
 // launched twice (the counter's reuse), Qwen3-8B and a small shape with K tails; the chain within
 // bf16 tolerances of a CPU reference (persist_check.cuh, shared with pie_bench_cuda_persist).
-#include "persist_check.cuh"
+#include "persist_decoder_check.cuh"
 
 namespace {
 TEST(PersistLayer, EveryVariantEqualsTheKernelChainBitwise) {
@@ -385,6 +385,25 @@ TEST(PersistLayer, EveryVariantEqualsTheKernelChainBitwise) {
   }
   EXPECT_EQ(pc::check_shape(pc::kSmall, {0, 7}, st), 0);
   EXPECT_EQ(pc::check_shape(pc::kQwen3_8B, {0, 7}, st), 0);
+  ASSERT_EQ(cudaStreamDestroy(st), cudaSuccess);
+}
+
+// The next step (bench/cuda/persist_decoder.cuh): one kernel for a whole decoder layer without its
+// attention (o_proj; add + norm + gate_up + SwiGLU; down; add + norm + qkv; q/k norm + RoPE + K/V
+// into the paged cache) behind 4 grid-wide barriers, byte for byte against both chains the engine
+// launches (7 kernels by default, 5 with the fusion switches) on the resident grid and on 7 CTAs,
+// twice each; the default chain against a CPU reference with the kernels' bf16 rounding points.
+TEST(PersistLayer, DecoderLayerEqualsTheKernelChainBitwise) {
+  namespace pc = pie::bench::persist::check;
+  cudaStream_t st;
+  ASSERT_EQ(cudaStreamCreate(&st), cudaSuccess);
+  {
+    pc::Acts a(pc::kSmall);
+    pie::DeviceBuffer<pie::bf16> wo(pc::kSmall.wo()), wgu(pc::kSmall.wgu());
+    pc::g_mode = pc::pick_mode(pc::kSmall, a, wo, wgu, 0, st);
+  }
+  EXPECT_EQ(pc::check_layer(pc::kLayerSmall, {0, 7}, st), 0);
+  EXPECT_EQ(pc::check_layer(pc::kLayer8B, {0, 7}, st), 0);
   ASSERT_EQ(cudaStreamDestroy(st), cudaSuccess);
 }
 }  // namespace
