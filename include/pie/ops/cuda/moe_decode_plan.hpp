@@ -74,7 +74,8 @@ inline bool parse_gemv_ahead(const char* v) { return parse_on_off("PIE_MOE_GEMV"
 /// bench always do). Off, the engine compiles the default block only: the variants add about 20
 /// kernels per element type (the ahead, U = 2 and 4-column GEMVs, the one-CTA routing, the fused
 /// router + routing and down + un-permute) to every engine translation unit, which costs CI's
-/// compile budget, and each has measured no gain or a loss on the device (docs/benchmarks.md).
+/// compile budget, and none is a default: the fused block measured a loss (docs/benchmarks.md),
+/// the others are opt-in until measured (bench/device_moeroute.sh configures with the option).
 inline constexpr bool kVariantsCompiled =
 #if defined(PIE_MOE_DECODE_VARIANTS)
     true;
