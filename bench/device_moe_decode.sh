@@ -9,7 +9,8 @@
 #   4. CUPTI kernel traces of batch-1 decode, fused then unfused (bench/nsys_decode_profile.py);
 #   5. the fused latency run again, for the noise between two runs, if time is left.
 # Usage, in the repository root of the GPU machine: OUT=DIR bash bench/device_moe_decode.sh BINDIR
-# BINDIR holds pie_bench, pie_cuda_test_moe and pie_bench_cuda_moe_decode (plain or .gz), and
+# BINDIR holds pie_bench (configured with -DPIE_MOE_DECODE_VARIANTS=ON: PIE_MOE_DECODE=fused is
+# refused otherwise), pie_cuda_test_moe and pie_bench_cuda_moe_decode (plain or .gz), and
 # optionally libpie_kernel_trace.so, this branch's nsys_decode_profile.py and lib/ (shared
 # libraries the machine lacks, e.g. libbenchmark). PIE_DEADLINE_S bounds the whole run.
 set -u

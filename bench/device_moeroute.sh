@@ -43,11 +43,12 @@ unset PIE_MOE_ROUTE PIE_MOE_DECODE PIE_MOE_DOWN PIE_MOE_GEMV
 say "device: $(gpu_line)"
 say "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 
-if ! use_prebuilt; then  # else $PIE_PREBUILT (bench/device_bundle.sh) holds every binary
+if ! use_prebuilt; then  # else $PIE_PREBUILT (bench/device_bundle.sh, built with every opt-in option) holds every binary
   KBENCH_TARGET=pie_bench_cuda_moe_decode
   if [ ! -f "$BUILD/CMakeCache.txt" ]; then
+    # PIE_MOE_DECODE_VARIANTS: the switches this script times are compiled into pie_bench only then.
     CONF=(cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a -DPIE_MOE_CUTLASS=OFF
-      -DPIE_BUILD_EXAMPLES=ON -DPIE_BUILD_TESTS=ON)
+      -DPIE_BUILD_EXAMPLES=ON -DPIE_BUILD_TESTS=ON -DPIE_MOE_DECODE_VARIANTS=ON)
     if ! run configure 60 "${CONF[@]}" -DPIE_BUILD_BENCH=ON -DPIE_BUILD_CUDA_BENCH=ON; then
       rm -rf "$BUILD"  # no Google Benchmark here: the tests and pie_bench only
       run configure_nobench 60 "${CONF[@]}" -DPIE_BUILD_BENCH=OFF
@@ -56,6 +57,8 @@ if ! use_prebuilt; then  # else $PIE_PREBUILT (bench/device_bundle.sh) holds eve
   elif ! grep -q "PIE_BUILD_CUDA_BENCH:BOOL=ON" "$BUILD/CMakeCache.txt"; then
     KBENCH_TARGET=""
   fi
+  grep -q "PIE_MOE_DECODE_VARIANTS:BOOL=ON" "$BUILD/CMakeCache.txt" ||  # a build dir of an earlier call
+    run reconfigure 60 cmake -S . -B "$BUILD" -DPIE_MOE_DECODE_VARIANTS=ON
   run build 240 cmake --build "$BUILD" -j "$(nproc)" --target pie_cuda_test_moe pie_bench $KBENCH_TARGET \
     || grep -E "error" "$LOGS/build.log" | head -20 | tee -a "$SUM"
   if [ -n "$KBENCH_TARGET" ]; then  # the CUPTI tracer exists only where CMake found CUPTI: its own step

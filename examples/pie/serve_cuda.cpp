@@ -1,6 +1,9 @@
-// The CUDA half of `pie` (compiled as CUDA, only with the CUDA backend): including
-// registry/cuda/cuda_engines.cuh here compiles the CUDA engines of the registry and registers
-// them, so host-compiled serve.cpp and generate.cpp reach them through make_engine().
+// The CUDA half of `pie serve` (compiled as CUDA, only with the CUDA backend): the device count
+// and the roofline line. The CUDA engines that host-compiled serve.cpp and generate.cpp reach
+// through make_engine() are compiled and registered by bench.cpp (pie_bench_objects, linked
+// into every `pie` that has this file: examples/pie/CMakeLists.txt), which includes
+// registry/cuda/cuda_engines.cuh for `pie bench`. Including it here too compiled all of them a
+// second time in the same program: 15 engines, minutes of CI's compile budget.
 #include "serve_cuda.hpp"
 
 #include <cuda_runtime.h>
@@ -8,7 +11,6 @@
 #include <cstdio>
 
 #include "pie/engine/cuda/roofline.cuh"
-#include "pie/registry/cuda/cuda_engines.cuh"
 #include "pie/model/config_io.hpp"
 #include "pie/model/embedded.hpp"
 

@@ -3,7 +3,8 @@
 /// \brief The CUDA half of `pie serve`: defined in serve_cuda.cpp, which is compiled as CUDA
 /// and only in builds with the CUDA backend (PIE_HAVE_SERVE_CUDA). serve.cpp stays host code;
 /// the CUDA engines themselves come from make_engine() (pie/registry/make_engine.hpp), which
-/// serve_cuda.cpp registers.
+/// bench.cpp registers (it includes registry/cuda/cuda_engines.cuh; pie_bench_objects is linked
+/// into every `pie` that has serve_cuda.cpp).
 #include <cstddef>
 
 #include "pie/engine/engine_options.hpp"

@@ -207,6 +207,42 @@ TEST(MoeDecodePlan, RouteSwitchValues) {
   }
 }
 
+// A build without -DPIE_MOE_DECODE_VARIANTS=ON (CI's, the default) refuses each switch that asks
+// for a variant, naming the variable and the CMake option; the defaults pass; a build with them
+// takes every value. The CUDA runner reads them this way when it is built (engine start).
+TEST(MoeDecodePlan, VariantSwitchesNeedTheCMakeOption) {
+  namespace md = pie::ops::cuda::moe_decode;
+  const auto d = md::parse_switches(nullptr, "atomic", "default", "", false);
+  EXPECT_EQ(d.decode, md::Choice::kUnfused);
+  EXPECT_FALSE(d.route_one_cta || d.down_by_waves || d.gemv_ahead);
+  EXPECT_EQ(md::parse_switches("unfused", nullptr, nullptr, "default", false).decode, md::Choice::kUnfused);
+  struct Case {
+    const char *decode, *route, *down, *gemv, *named;
+  };
+  for (const Case c : {Case{"fused", nullptr, nullptr, nullptr, "PIE_MOE_DECODE=fused"},
+                       Case{"waves", nullptr, nullptr, nullptr, "PIE_MOE_DECODE=waves"},
+                       Case{nullptr, "cta", nullptr, nullptr, "PIE_MOE_ROUTE=cta"},
+                       Case{nullptr, nullptr, "waves", nullptr, "PIE_MOE_DOWN=waves"},
+                       Case{nullptr, nullptr, nullptr, "ahead", "PIE_MOE_GEMV=ahead"}}) {
+    try {
+      md::parse_switches(c.decode, c.route, c.down, c.gemv, false);
+      ADD_FAILURE() << c.named << " was accepted by a build without the variants";
+    } catch (const pie::Error& e) {
+      const std::string m = e.what();
+      EXPECT_NE(m.find(c.named), std::string::npos) << m;
+      EXPECT_NE(m.find("-DPIE_MOE_DECODE_VARIANTS=ON"), std::string::npos) << m;
+    }
+  }
+  const auto all = md::parse_switches("waves", "cta", "waves", "ahead", true);
+  EXPECT_EQ(all.decode, md::Choice::kWaves);
+  EXPECT_TRUE(all.route_one_cta && all.down_by_waves && all.gemv_ahead);
+  EXPECT_EQ(md::parse_switches("fused", nullptr, nullptr, nullptr, true).decode, md::Choice::kFused);
+  // An unknown value is the parser's error in either build.
+  EXPECT_THROW(md::parse_switches("Fused", nullptr, nullptr, nullptr, false), pie::Error);
+  // This CPU test is built without the CMake option's definition.
+  EXPECT_FALSE(md::kVariantsCompiled);
+}
+
 TEST(MoeDecodePlan, GateUpUnrollByWaves) {
   namespace md = pie::ops::cuda::moe_decode;
   EXPECT_EQ(md::waves(660, 5, 132), 1);

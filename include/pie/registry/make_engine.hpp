@@ -9,6 +9,14 @@
 /// translation unit that calls make_engine(); the CUDA list where registry/cuda/cuda_engines.cuh
 /// is included (one CUDA translation unit of the program is enough: it registers the CUDA
 /// factory at static initialisation, and host translation units reach it through that).
+///
+/// A program with several translation units that call make_engine() (directly or through
+/// pie::LLM) compiles the CPU list in each of them. To compile it once, define
+/// PIE_MAKE_ENGINE_OUT_OF_LINE in all of them: make_engine() is then only declared here, and the
+/// one translation unit that also defines PIE_MAKE_ENGINE_DEFINE before including this header
+/// holds its (non-inline) definition. Without either macro it is an inline function, as a
+/// header-only library's should be. (`pie` and the test programs do this, examples/pie and
+/// tests/CMakeLists.txt: ~45 s of compile per translation unit spared on CI's machine.)
 #include <cstddef>
 #include <filesystem>
 #include <memory>
@@ -204,7 +212,17 @@ inline bool is_compiled(const registry::Choice& c) {
 
 /// Builds the engine `opt` asks for (see file comment). Throws pie::Error listing the compiled
 /// configurations when the combination is not one of them.
+#if defined(PIE_MAKE_ENGINE_OUT_OF_LINE) && !defined(PIE_MAKE_ENGINE_DEFINE)
+std::unique_ptr<AnyEngine> make_engine(const EngineOptions& opt);  // defined where PIE_MAKE_ENGINE_DEFINE is
+#else
+#if defined(PIE_MAKE_ENGINE_DEFINE)
+#if !defined(PIE_MAKE_ENGINE_OUT_OF_LINE)
+#error "PIE_MAKE_ENGINE_DEFINE needs PIE_MAKE_ENGINE_OUT_OF_LINE (see the file comment)"
+#endif
+std::unique_ptr<AnyEngine> make_engine(const EngineOptions& opt) {
+#else
 inline std::unique_ptr<AnyEngine> make_engine(const EngineOptions& opt) {
+#endif
   const registry::Choice c = resolve_engine(opt);
   std::unique_ptr<AnyEngine> e;
   if (c.device == "cpu") {
@@ -218,5 +236,6 @@ inline std::unique_ptr<AnyEngine> make_engine(const EngineOptions& opt) {
   if (!e) fail_not_compiled(c);
   return e;
 }
+#endif
 
 }  // namespace pie

@@ -65,6 +65,7 @@
 #include "pie/ops/cuda/kv_write.cuh"
 #include "pie/ops/cuda/l2_prefetch.cuh"
 #include "pie/ops/cuda/moe.cuh"
+#include "pie/ops/cuda/moe_decode_plan.hpp"
 #include "pie/ops/cuda/moe_group_plan.hpp"
 #if defined(PIE_MOE_CUTLASS)
 #include "pie/ops/cuda/moe_cutlass_path.cuh"
@@ -132,6 +133,8 @@ class CudaForward {
     bool batch_invariant = false;
     FusionSwitches fusions;                    ///< opt-in fusions (engine/fusion_switches.hpp)
     L2Prefetch l2_prefetch;                    ///< prefetch()'s policy (default: never)
+    /// the decode MoE block's opt-in variants (moe_decode::switches_from_env; all off: default)
+    ops::cuda::moe_decode::Switches moe_decode;
     const parallel::TpShard* shard = nullptr;  ///< null: unsharded
     parallel::Communicator* comm = nullptr;
     Variant variant{};
@@ -489,17 +492,23 @@ class CudaForward {
     // PIE_MOE_ROUTE=cta: moe_route in one CTA at n ≤ kMoeGemvMaxTokens (no global atomics).
     // PIE_MOE_DOWN=waves: the down GEMV's columns per warp by wave count at n ≤ 2.
     // PIE_MOE_GEMV=ahead: at n ≤ 2 the GEMVs load their row chunks with the weights.
-    // Each opt-in until measured on the device; each gives the default path's bits.
-    const auto decode = moe_decode_choice();
-    const bool fused = decode == ops::cuda::moe_decode::Choice::kFused && !p_.batch_invariant && n >= 1 &&
-                       ops::cuda::moe_router_route_supported(x, router) &&
-                       ops::cuda::MoeExperts<T>::fused_down_supported(n);
-    const bool waves = decode == ops::cuda::moe_decode::Choice::kWaves && !p_.batch_invariant;
-    if (fused) {
-      op("moe_router_route", [&] { ops::cuda::moe_router_route(x, router, norm_topk_prob, ws, s_); });
-    } else {
+    // Each opt-in until measured on the device; each gives the default path's bits. Compiled
+    // only with -DPIE_MOE_DECODE_VARIANTS=ON (kVariants; without it the switches are refused when
+    // the runner is built, and none of their kernels is in this translation unit).
+    constexpr bool kVariants = ops::cuda::moe_decode::kVariantsCompiled;
+    const auto& sw = p_.moe_decode;
+    [[maybe_unused]] bool fused = false, waves = false;
+    if constexpr (kVariants) {
+      fused = sw.decode == ops::cuda::moe_decode::Choice::kFused && !p_.batch_invariant && n >= 1 &&
+              ops::cuda::moe_router_route_supported(x, router) && ops::cuda::MoeExperts<T>::fused_down_supported(n);
+      waves = sw.decode == ops::cuda::moe_decode::Choice::kWaves && !p_.batch_invariant;
+    }
+    if constexpr (kVariants) {
+      if (fused) op("moe_router_route", [&] { ops::cuda::moe_router_route(x, router, norm_topk_prob, ws, s_); });
+    }
+    if (!fused) {
       op("moe_router", [&] { (*p_.gemm)(logits, x, router, static_cast<const T*>(nullptr), s_); });
-      op("moe_route", [&] { ops::cuda::moe_route(n, norm_topk_prob, ws, s_, moe_route_one_cta_wanted()); });
+      op("moe_route", [&] { ops::cuda::moe_route(n, norm_topk_prob, ws, s_, kVariants && sw.route_one_cta); });
     }
     if (n == 0) return;
     if (moe_observer_) {  // a test's look at the routing; never inside a graph capture
@@ -508,7 +517,7 @@ class CudaForward {
       if (cs == cudaStreamCaptureStatusNone) moe_observer_(ws.routing().ids, n, top_k, s_);
     }
     const ops::cuda::MoeExperts<T> ex(x, gate_up, down, ws, out, !p_.batch_invariant, fused || waves ? 0 : 4,
-                                      moe_down_by_waves_wanted() ? 0 : 2, moe_gemv_ahead_wanted());
+                                      kVariants && sw.down_by_waves ? 0 : 2, kVariants && sw.gemv_ahead);
     // In a build with the CUTLASS path (unless PIE_MOE_GEMM=mma): the CUTLASS grouped GEMMs above
     // the GEMV batch sizes (not under batch invariance, which the mma path is tested for). The
     // path's state is set up on the first call (eager, like the workspace) and re-made with it.
@@ -529,10 +538,12 @@ class CudaForward {
       }
     }
 #endif
-    if (fused) {
-      op("moe_gate_up", [&] { ex.gate_up(s_); });
-      op("moe_down_unpermute", [&] { ex.down_unpermute(s_); });
-      return;
+    if constexpr (kVariants) {
+      if (fused) {
+        op("moe_gate_up", [&] { ex.gate_up(s_); });
+        op("moe_down_unpermute", [&] { ex.down_unpermute(s_); });
+        return;
+      }
     }
     op("moe_gate_up", [&] { ex.gate_up(s_); });  // three ops, so that the profiler splits them
     op("moe_down", [&] { ex.down(s_); });
@@ -732,33 +743,6 @@ class CudaForward {
   std::unique_ptr<ops::cuda::MoeCutlassPath<T>> moe_cutlass_;  ///< the CUTLASS path's state (first use)
   const void* moe_cutlass_ws_ = nullptr;                        ///< the workspace it was made for
 #endif
-  /// PIE_MOE_DECODE: unset, empty or "unfused" keeps the five-launch decode MoE block; "fused"
-  /// takes moe_decode.cuh's two fused kernels for n ≤ kMoeGemvMaxTokens; "waves" the five
-  /// launches with the gate_up GEMV's chunks by wave count. Read once; anything else is an error.
-  static ops::cuda::moe_decode::Choice moe_decode_choice() {
-    static const auto v = ops::cuda::moe_decode::parse_choice(std::getenv("PIE_MOE_DECODE"));
-    return v;
-  }
-  /// PIE_MOE_ROUTE: "cta" routes decode batches in one CTA (moe_route's one_cta); unset, empty or
-  /// "atomic" keeps moe_route_kernel. Read once; anything else is an error.
-  static bool moe_route_one_cta_wanted() {
-    static const bool v = ops::cuda::moe_decode::parse_route_one_cta(std::getenv("PIE_MOE_ROUTE"));
-    return v;
-  }
-  /// PIE_MOE_DOWN: "waves" lets the down GEMV take 4 columns per warp at n ≤ 2 when that needs
-  /// fewer waves (MoeExperts' down_c 0); unset, empty or "default" keeps 2. Read once; anything
-  /// else is an error.
-  static bool moe_down_by_waves_wanted() {
-    static const bool v = ops::cuda::moe_decode::parse_down_by_waves(std::getenv("PIE_MOE_DOWN"));
-    return v;
-  }
-  /// PIE_MOE_GEMV: "ahead" has the grouped GEMVs load their row chunks with the weights at n ≤ 2
-  /// (MoeExperts' x_ahead); unset, empty or "default" keeps them after. Read once; anything else
-  /// is an error.
-  static bool moe_gemv_ahead_wanted() {
-    static const bool v = ops::cuda::moe_decode::parse_gemv_ahead(std::getenv("PIE_MOE_GEMV"));
-    return v;
-  }
   /// PIE_MOE_GEMM (moe_group::parse_gemm_choice), read once: unset, the CUTLASS path when the
   /// build has it (H200: Qwen3-30B-A3B 1024 × (128, 128) 0.348 → 0.456 of the roofline,
   /// docs/benchmarks.md), else mma; "cutlass" in a build without -DPIE_MOE_CUTLASS is an error

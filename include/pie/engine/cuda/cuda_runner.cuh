@@ -655,6 +655,8 @@ class CudaRunner {
       if (log_) std::fprintf(stderr, "pie: --calculate-kv-scales: PIE_FUSED_ROPE_KV ignored\n");
     }
     p.l2_prefetch = L2Prefetch::from_env(ops::cuda::l2_cache_bytes());
+    // Read here, so that a variant this build lacks fails the engine's start (whatever the model).
+    p.moe_decode = ops::cuda::moe_decode::switches_from_env();
     p.shard = shard_ ? &*shard_ : nullptr;
     p.comm = comm_.get();
     typename Forward::Parts nano_parts = p;

@@ -136,25 +136,33 @@ void launch_moe_gemv_shape(const MoeGemmParams<D>& p, dim3 grid, bool ahead, cud
   }
   launch_pdl(moe_gemv_kernel<R, C, U, kUp, kUp, D>, grid, dim3(128), 0, s, p);
 }
+/// The variants (u ≠ 4, c ≠ 2, ahead) are compiled only with PIE_MOE_DECODE_VARIANTS
+/// (moe_decode::kVariantsCompiled; MoeExperts refuses them otherwise): without it this is the
+/// default kernel alone.
 template <int R, bool kUp, class D>
 void launch_moe_gemv(const MoeGemmParams<D>& p, int slots, int u, int c, bool ahead, cudaStream_t s) {
   const dim3 grid((p.n_out + 7) / 8, slots);
-  if constexpr (kUp) {
-    if (u == 0) {
-      u = moe_decode::gate_up_unroll(int64_t(grid.x) * grid.y, moe_gemv_ctas_per_sm<R, 2, 4, kUp, D>(ahead),
-                                     moe_gemv_ctas_per_sm<R, 2, 2, kUp, D>(ahead), num_sms());
+  if constexpr (!moe_decode::kVariantsCompiled) {
+    (void)u, (void)c, (void)ahead;
+    launch_pdl(moe_gemv_kernel<R, 2, 4, kUp, kUp, D>, grid, dim3(128), 0, s, p);
+  } else {
+    if constexpr (kUp) {
+      if (u == 0) {
+        u = moe_decode::gate_up_unroll(int64_t(grid.x) * grid.y, moe_gemv_ctas_per_sm<R, 2, 4, kUp, D>(ahead),
+                                       moe_gemv_ctas_per_sm<R, 2, 2, kUp, D>(ahead), num_sms());
+      }
+      if (u == 2) return launch_moe_gemv_shape<R, 2, 2, kUp>(p, grid, ahead, s);
+    } else if constexpr (R <= 2) {
+      const dim3 grid4((p.n_out + 15) / 16, slots);
+      if (c == 0) {
+        c = moe_decode::down_columns(int64_t(grid.x) * grid.y, moe_gemv_ctas_per_sm<R, 2, 4, false, D>(ahead),
+                                     int64_t(grid4.x) * grid4.y, moe_gemv_ctas_per_sm<R, 4, 2, false, D>(ahead),
+                                     num_sms());
+      }
+      if (c == 4) return launch_moe_gemv_shape<R, 4, 2, false>(p, grid4, ahead, s);
     }
-    if (u == 2) return launch_moe_gemv_shape<R, 2, 2, kUp>(p, grid, ahead, s);
-  } else if constexpr (R <= 2) {
-    const dim3 grid4((p.n_out + 15) / 16, slots);
-    if (c == 0) {
-      c = moe_decode::down_columns(int64_t(grid.x) * grid.y, moe_gemv_ctas_per_sm<R, 2, 4, false, D>(ahead),
-                                   int64_t(grid4.x) * grid4.y, moe_gemv_ctas_per_sm<R, 4, 2, false, D>(ahead),
-                                   num_sms());
-    }
-    if (c == 4) return launch_moe_gemv_shape<R, 4, 2, false>(p, grid4, ahead, s);
+    launch_moe_gemv_shape<R, 2, 4, kUp>(p, grid, ahead, s);
   }
-  launch_moe_gemv_shape<R, 2, 4, kUp>(p, grid, ahead, s);
 }
 
 /// One grouped product: gate_up (+SwiGLU, rows gathered through perm) or down.
@@ -199,6 +207,9 @@ class MoeExperts {
     PIE_CHECK(gate_up_u == 0 || gate_up_u == 2 || gate_up_u == 4, "moe_experts: gate_up_u is 0, 2 or 4, not ",
               gate_up_u);
     PIE_CHECK(down_c == 0 || down_c == 2 || down_c == 4, "moe_experts: down_c is 0, 2 or 4, not ", down_c);
+    PIE_CHECK(moe_decode::kVariantsCompiled || (gate_up_u == 4 && down_c == 2 && !x_ahead),
+              "moe_experts: gate_up_u ", gate_up_u, ", down_c ", down_c, ", x_ahead ", x_ahead,
+              " need a build with -DPIE_MOE_DECODE_VARIANTS=ON");
     plan_.gate_up_u = gate_up_u;
     plan_.down_c = down_c;
     plan_.x_ahead = x_ahead;

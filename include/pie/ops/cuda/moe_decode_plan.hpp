@@ -2,10 +2,12 @@
 /// \file moe_decode_plan.hpp
 /// \brief The host-side choices of the decode MoE block (moe_decode.cuh, moe_routing.cuh), in
 /// plain C++ so that a CPU test (tests/ops/test_moe_group_plan.cpp) checks them: the run-time
-/// switches PIE_MOE_DECODE, PIE_MOE_ROUTE, PIE_MOE_DOWN and PIE_MOE_GEMV, the gate_up GEMV's chunks in flight
+/// switches PIE_MOE_DECODE, PIE_MOE_ROUTE, PIE_MOE_DOWN and PIE_MOE_GEMV (compiled into the engine
+/// only with -DPIE_MOE_DECODE_VARIANTS=ON: kVariantsCompiled), the gate_up GEMV's chunks in flight
 /// and the down GEMV's columns by wave count, and the work split of the fused down + un-permute
 /// kernel.
 #include <cstdint>
+#include <cstdlib>
 #include <string_view>
 
 #include "pie/core/error.hpp"
@@ -66,6 +68,55 @@ inline bool parse_down_by_waves(const char* v) { return parse_on_off("PIE_MOE_DO
 /// after the weights; "ahead" has them load each step's row chunks with its weights at n ≤ 2
 /// (moe_gemv_ahead_kernel). Anything else is an error naming the variable.
 inline bool parse_gemv_ahead(const char* v) { return parse_on_off("PIE_MOE_GEMV", v, "ahead", "default"); }
+
+/// \brief Whether this build compiles the four switches' variants: CMake
+/// -DPIE_MOE_DECODE_VARIANTS=ON, which defines PIE_MOE_DECODE_VARIANTS (the MoE kernel test and
+/// bench always do). Off, the engine compiles the default block only: the variants add about 20
+/// kernels per element type (the ahead, U = 2 and 4-column GEMVs, the one-CTA routing, the fused
+/// router + routing and down + un-permute) to every engine translation unit, which costs CI's
+/// compile budget, and none is a default: the fused block measured a loss (docs/benchmarks.md),
+/// the others are opt-in until measured (bench/device_moeroute.sh configures with the option).
+inline constexpr bool kVariantsCompiled =
+#if defined(PIE_MOE_DECODE_VARIANTS)
+    true;
+#else
+    false;
+#endif
+
+/// \brief The four run-time switches of the decode MoE block, read together (all off: the
+/// default five-launch block).
+struct Switches {
+  Choice decode = Choice::kUnfused;  ///< PIE_MOE_DECODE
+  bool route_one_cta = false;        ///< PIE_MOE_ROUTE=cta
+  bool down_by_waves = false;        ///< PIE_MOE_DOWN=waves
+  bool gemv_ahead = false;           ///< PIE_MOE_GEMV=ahead
+};
+
+/// \brief Parses the four switches' values (nullptr: unset). With `compiled` false (a build
+/// without the variants, kVariantsCompiled) a value that asks for a variant is an error naming
+/// the variable and the CMake option, rather than a switch silently ignored.
+inline Switches parse_switches(const char* decode, const char* route, const char* down, const char* gemv,
+                               bool compiled) {
+  const Switches s{parse_choice(decode), parse_route_one_cta(route), parse_down_by_waves(down),
+                   parse_gemv_ahead(gemv)};
+  if (!compiled) {
+    const auto refuse = [](bool on, const char* name, const char* v) {
+      PIE_CHECK(!on, name, "=", v, ": this build has no MoE decode variants (configure with "
+                "-DPIE_MOE_DECODE_VARIANTS=ON)");
+    };
+    refuse(s.decode != Choice::kUnfused, "PIE_MOE_DECODE", decode);
+    refuse(s.route_one_cta, "PIE_MOE_ROUTE", route);
+    refuse(s.down_by_waves, "PIE_MOE_DOWN", down);
+    refuse(s.gemv_ahead, "PIE_MOE_GEMV", gemv);
+  }
+  return s;
+}
+
+/// \brief The four switches from the environment (parse_switches), for this build.
+inline Switches switches_from_env() {
+  return parse_switches(std::getenv("PIE_MOE_DECODE"), std::getenv("PIE_MOE_ROUTE"), std::getenv("PIE_MOE_DOWN"),
+                        std::getenv("PIE_MOE_GEMV"), kVariantsCompiled);
+}
 
 /// \brief The down GEMV's output columns per warp, 4 or 2: 4 only when its grid of `ctas_c4`
 /// CTAs needs fewer waves than the `ctas_c2` of 2 columns. At Qwen3-30B-A3B's batch 1 the grid

@@ -11,6 +11,7 @@
 #include "pie/core/buffer.hpp"
 #include "pie/core/error.hpp"
 #include "pie/ops/cuda/common.cuh"
+#include "pie/ops/cuda/moe_decode_plan.hpp"
 
 namespace pie::ops::cuda {
 
@@ -335,7 +336,8 @@ class MoeWorkspace {
 /// of token-layers on random checkpoints, and each such swap moves that token's output by a
 /// whole expert's contribution (docs/kernels.md, the MoE block's accuracy).
 ///
-/// one_cta (the engine's PIE_MOE_ROUTE=cta, opt-in until measured): n ≤ kMoeGemvMaxTokens
+/// one_cta (the engine's PIE_MOE_ROUTE=cta, opt-in until measured; compiled only with
+/// PIE_MOE_DECODE_VARIANTS, moe_decode::kVariantsCompiled): n ≤ kMoeGemvMaxTokens
 /// routes in one CTA with its counts in shared memory (detail::moe_route_cta_kernel) instead of
 /// global atomics, a ticket and a re-read by the last CTA: the same ids, weights, offsets, tile
 /// offsets and active list; an expert's grouped rows in token order, where moe_route_kernel
@@ -349,12 +351,16 @@ void moe_route(int n, bool norm_topk_prob, MoeWorkspace<T>& ws, cudaStream_t str
   const dim3 grid((n + 7) / 8);
   const float* logits = ws.logits();
   const int k = ws.top_k(), norm = norm_topk_prob ? 1 : 0;
-  if (one_cta && n <= kMoeGemvMaxTokens) {
-    auto* kernel = E <= 32    ? detail::moe_route_cta_kernel<1, D>
-                   : E <= 128 ? detail::moe_route_cta_kernel<4, D>
-                              : detail::moe_route_cta_kernel<8, D>;
-    launch_pdl(kernel, dim3(1), dim3(256), 0, stream, logits, n, E, k, norm, ws.routing());
-    return;
+  if constexpr (moe_decode::kVariantsCompiled) {  // an opt-in variant: compiled when asked for
+    if (one_cta && n <= kMoeGemvMaxTokens) {
+      auto* kernel = E <= 32    ? detail::moe_route_cta_kernel<1, D>
+                     : E <= 128 ? detail::moe_route_cta_kernel<4, D>
+                                : detail::moe_route_cta_kernel<8, D>;
+      launch_pdl(kernel, dim3(1), dim3(256), 0, stream, logits, n, E, k, norm, ws.routing());
+      return;
+    }
+  } else {
+    PIE_CHECK(!one_cta, "moe_route: one_cta needs a build with -DPIE_MOE_DECODE_VARIANTS=ON");
   }
   if (E <= 32) launch_pdl(detail::moe_route_kernel<1, D>, grid, dim3(256), 0, stream, logits, n, E, k, norm, ws.routing());
   else if (E <= 128) launch_pdl(detail::moe_route_kernel<4, D>, grid, dim3(256), 0, stream, logits, n, E, k, norm, ws.routing());
