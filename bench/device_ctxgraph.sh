@@ -7,7 +7,7 @@
 #   2. pie_gpu_test_runner GpuRunner.*: graph replay with context classes against eager over steps
 #      whose longest context crosses class bounds (greedy tokens, logits within 1e-2), and bit
 #      identity under --batch-invariant; the other runner tests beside them;
-#   3. pie bench, Qwen3-8B shape (PIE_MODEL_DIR, default .device/Qwen3-8B), dummy weights, one
+#   3. pie bench, Qwen3-8B shape (PIE_MODEL_DIR, default bench/models/Qwen3-8B), dummy weights, one
 #      engine per setting (--mode both: batch 1 128/128 latency, then 64 x (128, 128) throughput
 #      with --max-num-seqs 64), same binary, same call:
 #        --max-model-len 40960 switch off | on | the default max_model_len (256, the floor);
@@ -19,7 +19,7 @@ set -u
 OUT=${OUT:-/tmp/pie_ctxgraph_out}
 BUILD=${PIE_BUILD_DIR:-.device/build-ctxgraph}  # git-ignored: a later call on the warm machine reuses it
 DEADLINE=${PIE_DEADLINE_S:-420}
-M8=${PIE_MODEL_DIR:-.device/Qwen3-8B}
+M8=${PIE_MODEL_DIR:-bench/models/Qwen3-8B}
 LOGS="$OUT/logs"; mkdir -p "$LOGS"
 SUM="$OUT/summary.txt" LOGDIR=$LOGS RUN_TAIL=10 RUN_MIN_LEFT=10
 source "$(dirname "$0")/device_lib.sh"  # say, run (NAME LIMIT_S CMD...), gpu_line
@@ -30,7 +30,7 @@ export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 unset PIE_DECODE_GRAPH_CONTEXTS
 say "device: $(gpu_line)"
 
-if [ -n "${PIE_PREBUILT:-}" ] && [ -f "$PIE_PREBUILT/examples/pie/pie_bench" ]; then  # a bench/device_bundle.sh bundle
+if [ -n "${PIE_PREBUILT:-}" ] && { [ -f "$PIE_PREBUILT" ] || [ -f "$PIE_PREBUILT/examples/pie/pie_bench" ]; }; then  # a bench/device_bundle.sh bundle
   use_prebuilt
   BENCH="$BUILD/examples/pie/pie_bench" TEST="$BUILD/tests/gpu/pie_gpu_test_runner"
 elif [ -n "${PIE_PREBUILT:-}" ]; then  # binaries built for sm_90a elsewhere (plain or .gz): no build

@@ -14,12 +14,12 @@
 # default / PIE_DECODE_MMA_WIDE=all: `pie bench` 2048 × (128, 128) --max-num-seqs 512 (throughput,
 # the same call's peer) and a traced run of 512 × (128, 64) profiled at batch 512
 # (bench/nsys_decode_profile.py); then the same pair at batch 1 (latency + trace).
-# Usage, in the repository root of the GPU machine (Qwen3-8B config in .device/Qwen3-8B):
+# Usage, in the repository root of the GPU machine (Qwen3-8B config in bench/models/Qwen3-8B):
 #   OUT=dir bash bench/device_decode_trace.sh
 set -u
 OUT=${OUT:-/tmp/pie_decode_trace_out}
 BUILD=${PIE_BUILD_DIR:-.device/build-trace}
-MODEL=${PIE_MODEL_DIR:-.device/Qwen3-8B}
+MODEL=${PIE_MODEL_DIR:-bench/models/Qwen3-8B}
 DEADLINE=${PIE_DEADLINE_S:-420}
 LOGS="$OUT/logs"; mkdir -p "$LOGS"
 SUM="$OUT/summary.txt" LOGDIR=$LOGS RUN_TAIL=6 RUN_MIN_LEFT=15

@@ -13,13 +13,13 @@
 #
 # Steps: pie_gpu_test_fp8's kernel tests (both paths bit for bit against the separate kernels
 # and the CPU, at Qwen3-8B's widths and a partial last group); then `pie bench` fp8 (128×128
-# blocks: .device/Qwen3-8B's config with Qwen3-8B-FP8's quantization_config; and per channel:
+# blocks: bench/models/Qwen3-8B's config with Qwen3-8B-FP8's quantization_config; and per channel:
 # --quantization fp8) 2048 × (128, 128), PIE_FP8_QUANT_REGS=0 then 1 then 0 again (the noise); the
 # engine's fp8 tests with the switch on; CUPTI traces at batch 512 of both if time is left.
 #   tar -xzf .device/bundle.tgz -C /tmp && PIE_PREBUILT=/tmp/pie_bundle OUT=dir bash bench/device_fp8quant.sh
 set -u
 OUT=${OUT:-/tmp/pie_fp8quant_out}
-MODEL=${PIE_MODEL_DIR:-.device/Qwen3-8B}
+MODEL=${PIE_MODEL_DIR:-bench/models/Qwen3-8B}
 DEADLINE=${PIE_DEADLINE_S:-300}
 LOGS="$OUT/logs"; mkdir -p "$LOGS"
 SUM="$OUT/summary.txt" LOGDIR=$LOGS RUN_TAIL=10 RUN_MIN_LEFT=10

@@ -18,7 +18,7 @@ set -u
 OUT=${OUT:-/tmp/pie_fusion_out}
 BUILD=${PIE_BUILD_DIR:-.device/build-final}  # device_final.sh's build of the same tree
 DEADLINE=${PIE_DEADLINE_S:-180}
-MODEL8B=${PIE_MODEL_DIR:-.device/Qwen3-8B}
+MODEL8B=${PIE_MODEL_DIR:-bench/models/Qwen3-8B}
 LOGS="$OUT/logs"; mkdir -p "$LOGS"
 SUM="$OUT/summary.txt" LOGDIR=$LOGS RUN_TAIL=10 RUN_MIN_LEFT=8
 source "$(dirname "$0")/device_lib.sh"  # say, run (NAME LIMIT_S CMD...), gpu_line

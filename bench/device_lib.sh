@@ -24,10 +24,22 @@
 # use_prebuilt: when $PIE_PREBUILT names a bundle (bench/device_bundle.sh; the build tree's layout,
 # stripped, with lib/ and BUILT_FROM.txt), BUILD becomes it, its lib/ joins LD_LIBRARY_PATH, and
 # the status is 0 (the caller skips its configure and build); else status 1.
+# PIE_PREBUILT may also name the packed bundle (.device/bundle.txz): it is unpacked into
+# /tmp/pie_bundle (Python's tarfile: the device may lack xz), again only when the file is newer.
 use_prebuilt() {
   [ -n "${PIE_PREBUILT:-}" ] || return 1
-  [ -d "$PIE_PREBUILT" ] || { say "PIE_PREBUILT=$PIE_PREBUILT: no such directory"; exit 1; }
-  BUILD=$(realpath "$PIE_PREBUILT")
+  local dir=$PIE_PREBUILT
+  if [ -f "$PIE_PREBUILT" ]; then
+    dir=/tmp/pie_bundle
+    if [ ! -f "$dir/.unpacked" ] || [ "$PIE_PREBUILT" -nt "$dir/.unpacked" ]; then
+      rm -rf "$dir"
+      python3 -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" "$PIE_PREBUILT" /tmp ||
+        { say "PIE_PREBUILT=$PIE_PREBUILT: cannot unpack"; exit 1; }
+      touch "$dir/.unpacked"
+    fi
+  fi
+  [ -d "$dir" ] || { say "PIE_PREBUILT=$PIE_PREBUILT: no such directory"; exit 1; }
+  BUILD=$(realpath "$dir")
   export LD_LIBRARY_PATH=$BUILD/lib:${LD_LIBRARY_PATH:-}
   say "prebuilt: $(head -2 "$BUILD/BUILT_FROM.txt" 2>/dev/null | tr '\n' ' ')"
   return 0
