@@ -55,7 +55,7 @@ inline constexpr bool kDecodeMmaDefault = is_fp8_v<KV> && kDecodeMma<HD, GROUP, 
 /// batch-1024 step against a 4.6 ms KV-read floor), and other groups would add instantiations to
 /// every engine translation unit for shapes no served model has.
 /// Compiled only with PIE_DECODE_FIXED_SPLIT (CMake -DPIE_DECODE_FIXED_SPLIT=ON; the decode and
-/// runner tests always): its 12 extra kernels per 16-bit engine instantiation (head dims 64/128 ×
+/// runner tests likewise): its 12 extra kernels per 16-bit engine instantiation (head dims 64/128 ×
 /// groups 4/8 × merge kernel or fused × 2 ring depths) cost CI's compile budget, and the path is
 /// opt-in until it has run on a GPU.
 template <int HD, int GROUP, class KV>
