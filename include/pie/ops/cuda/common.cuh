@@ -169,6 +169,18 @@ __device__ __forceinline__ float block_sum(float v, float* smem) {
   return warp_sum(v);
 }
 
+/// Largest of v over the block (block_sum's shape, warp_max for warp_sum; the missing warps count
+/// as 0, so for maxima of values ≥ 0 such as amaxes); every thread gets it. `smem` holds ≥ 32 floats.
+__device__ __forceinline__ float block_max(float v, float* smem) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  v = warp_max(v);
+  __syncthreads();  // smem may still be read by a previous call
+  if (lane == 0) smem[warp] = v;
+  __syncthreads();
+  v = lane < nw ? smem[lane] : 0.f;
+  return warp_max(v);
+}
+
 /// True when p is aligned for 8-element vector access of T.
 template <class T> inline bool vec8_aligned(const T* p) {
   return reinterpret_cast<uintptr_t>(p) % (sizeof(T) * 8) == 0;

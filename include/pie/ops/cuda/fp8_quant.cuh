@@ -137,17 +137,6 @@ __device__ __forceinline__ void fp8_quant_row(const T* row, int m, int M, int Mp
   if (per_token && threadIdx.x == 0) s[m] = fp8_group_scale(tok);
 }
 
-/// Largest of v over the block; every thread gets it. `smem` holds ≥ 32 floats.
-__device__ __forceinline__ float block_max(float v, float* smem) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-  v = warp_max(v);
-  __syncthreads();  // smem may still be read by a previous call
-  if (lane == 0) smem[warp] = v;
-  __syncthreads();
-  v = lane < nw ? smem[lane] : 0.f;
-  return warp_max(v);
-}
-
 /// Quantizes row m from the values the CTA holds in registers: thread t's vector k covers columns
 /// 8i … 8i+7 with i = t + k·blockDim.x (valid when i < nvec = K / 8; invalid ones hold zeros).
 /// A 128-column group is 16 consecutive vectors, so (blockDim.x a multiple of 32) a group's
