@@ -142,8 +142,8 @@ TEST(DecodeContextClasses, CostOfAPlanAtAShorterContext) {
 }
 
 TEST(DecodeContextClasses, SwitchParsing) {
-  EXPECT_FALSE(decode_graph_contexts_from_env(nullptr));
-  EXPECT_FALSE(decode_graph_contexts_from_env(""));
+  EXPECT_TRUE(decode_graph_contexts_from_env(nullptr));  // on by default
+  EXPECT_TRUE(decode_graph_contexts_from_env(""));
   EXPECT_FALSE(decode_graph_contexts_from_env("0"));
   EXPECT_TRUE(decode_graph_contexts_from_env("1"));
   EXPECT_THROW(decode_graph_contexts_from_env("2"), Error);

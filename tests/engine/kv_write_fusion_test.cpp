@@ -89,6 +89,10 @@ TEST(FusionSwitches, EnvironmentValues) {
   EXPECT_FALSE(env_switch("X", "0"));
   EXPECT_FALSE(env_switch("X", ""));
   EXPECT_TRUE(env_switch("X", "1"));
+  // A switch that is on by default: unset and empty take the default, "0" still turns it off.
+  EXPECT_TRUE(env_switch("X", nullptr, true));
+  EXPECT_TRUE(env_switch("X", "", true));
+  EXPECT_FALSE(env_switch("X", "0", true));
   try {
     env_switch("PIE_FUSED_ROPE_KV", "yes");
     FAIL() << "no error";

@@ -11,13 +11,13 @@
 
 namespace pie::engine {
 
-/// A 0/1 environment switch: unset, empty or "0" → false, "1" → true; anything else is
-/// refused with a message naming the variable.
-inline bool env_switch(const char* name, const char* value) {
-  if (value == nullptr) return false;
+/// A 0/1 environment switch: unset or empty → `unset` (off unless a switch is on by default),
+/// "0" → false, "1" → true; anything else is refused with a message naming the variable.
+inline bool env_switch(const char* name, const char* value, bool unset = false) {
+  if (value == nullptr) return unset;
   const std::string_view v(value);
   PIE_CHECK(v == "0" || v == "1" || v.empty(), name, " must be 0 or 1, got '", v, "'");
-  return v == "1";
+  return v.empty() ? unset : v == "1";
 }
 
 /// \brief Which fusions the GPU forward context takes.

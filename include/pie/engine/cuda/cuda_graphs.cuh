@@ -7,9 +7,8 @@
 ///
 /// A graph bakes in every pointer and launch shape it saw, so whatever it reads must live at
 /// fixed addresses (StepBuffers, the workspaces, the KV pool) and the shapes must be functions
-/// of the bucket alone (the decode attention plan is made for max_model_len, or with
-/// PIE_DECODE_GRAPH_CONTEXTS=1 for a context class's bound: the runner keeps one DecodeGraphs
-/// per class).
+/// of the bucket alone (the decode attention plan is made for a context class's bound: the runner
+/// keeps one DecodeGraphs per class; with PIE_DECODE_GRAPH_CONTEXTS=0 one, for max_model_len).
 #include <cuda_runtime.h>
 
 #include <algorithm>

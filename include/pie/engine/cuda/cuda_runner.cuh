@@ -11,7 +11,7 @@
 /// that sample; rank 0 samples on the device and only the sampled ids come back. Pure decode
 /// steps replay a CUDA graph of their batch bucket — collectives included under TP (NCCL ≥ 2.9
 /// records them as graph nodes; every rank captures the same buckets in lockstep and replays the
-/// same bucket each step, so the graphs' collectives pair up). With PIE_DECODE_GRAPH_CONTEXTS=1 a
+/// same bucket each step, so the graphs' collectives pair up). Unless PIE_DECODE_GRAPH_CONTEXTS=0 a
 /// bucket has a graph per context class (engine/decode_context_classes.hpp), each with the decode
 /// attention planned for its bound, and a step replays the class of its longest context (the
 /// same on every rank: one plan). A step with prompt_logprobs rows
@@ -196,7 +196,8 @@ class CudaRunner {
   const RunnerStats& stats() const { return stats_; }
   const std::optional<parallel::TpShard>& shard() const { return shard_; }
   std::vector<int> graph_batch_sizes() const { return captured_; }
-  /// The decode graphs' context classes (empty unless PIE_DECODE_GRAPH_CONTEXTS=1).
+  /// The decode graphs' context classes (empty under PIE_DECODE_GRAPH_CONTEXTS=0, --enforce-eager
+  /// or --batch-invariant).
   const DecodeContextClasses& graph_context_classes() const { return ctx_classes_; }
   cudaStream_t stream() const { return stream_; }
   KVCache<KV>& kv_cache() { return *kv_; }
@@ -596,7 +597,7 @@ class CudaRunner {
     cap.max_blocks = opt_.sched.max_num_seqs * ((max_model_len_ + Policy::block_size - 1) / Policy::block_size + 1);
     cap.max_samples = max_samples();
     step_ = StepBuffers(cap);
-    // PIE_DECODE_GRAPH_CONTEXTS=1: decode graphs per (bucket, context class), each planned for
+    // Decode graphs per (bucket, context class) unless PIE_DECODE_GRAPH_CONTEXTS=0, each planned for
     // its class's bound (engine/decode_context_classes.hpp); else one per bucket, planned for
     // max_model_len. The ladder prices plans with the decode cost model on this card's SMs.
     // Not under --batch-invariant: its decode rows take the prefill kernel, no decode plan.
@@ -1129,7 +1130,7 @@ class CudaRunner {
   std::unique_ptr<KVCache<KV>> kv_;
   StepBuffers step_;
   DecodeGraphs graphs_;  // by bucket, planned for max_model_len
-  DecodeContextClasses ctx_classes_;           // PIE_DECODE_GRAPH_CONTEXTS=1 (empty: off)
+  DecodeContextClasses ctx_classes_;           // empty: PIE_DECODE_GRAPH_CONTEXTS=0 (one class)
   std::map<int, DecodeGraphs> ctx_graphs_;     // by context class bound < max_model_len, then bucket
   StepProfiler prof_;
   std::vector<int> captured_;
