@@ -28,8 +28,11 @@ inline constexpr int kFp8MaxGroups = 256;
 inline constexpr bool kFp8QuantBatchedDefault = false;
 /// Whether the quantizing kernels (fp8_quantize and the fused producers of fp8_producers.cuh)
 /// quantize from registers in one pass (fp8_quant_regs) instead of writing the row and reading
-/// it back twice (fp8_quant_row). The same codes and scales; opt-in until measured on the device.
-inline constexpr bool kFp8QuantRegsDefault = false;
+/// it back twice (fp8_quant_row). The same codes and scales (Fp8Kernels.FusedProducersAreBitIdentical
+/// ToTheSeparateKernels); the default since it was measured (one H100, 2026-12-05: fp8 2048 ×
+/// (128, 128) +1.8–2.8% with 128×128 blocks, +3.2% per channel; docs/benchmarks.md).
+/// PIE_FP8_QUANT_REGS=0 goes back to the row kernels.
+inline constexpr bool kFp8QuantRegsDefault = true;
 /// kFp8QuantRegsDefault, or PIE_FP8_QUANT_REGS=0/1 (read once).
 inline bool fp8_quant_regs_on() {
   static const bool on = [] {
