@@ -157,6 +157,7 @@ TEST(MoeDecodePlan, DownSwitchValues) {
   EXPECT_FALSE(parse_down_by_waves(nullptr));
   EXPECT_FALSE(parse_down_by_waves(""));
   EXPECT_FALSE(parse_down_by_waves("default"));
+  EXPECT_FALSE(parse_down_by_waves("base"));
   EXPECT_TRUE(parse_down_by_waves("waves"));
   try {
     parse_down_by_waves("c4");
@@ -171,6 +172,7 @@ TEST(MoeDecodePlan, GemvSwitchValues) {
   EXPECT_FALSE(parse_gemv_ahead(nullptr));
   EXPECT_FALSE(parse_gemv_ahead(""));
   EXPECT_FALSE(parse_gemv_ahead("default"));
+  EXPECT_FALSE(parse_gemv_ahead("base"));
   EXPECT_TRUE(parse_gemv_ahead("ahead"));
   try {
     parse_gemv_ahead("1");
@@ -207,7 +209,7 @@ TEST(MoeDecodePlan, RouteSwitchValues) {
   }
 }
 
-// A build without -DPIE_MOE_DECODE_VARIANTS=ON (CI's, the default) refuses each switch that asks
+// A build without -DPIE_MOE_DECODE_VARIANTS=ON (CI's; ON is the default) refuses each switch that asks
 // for a variant, naming the variable and the CMake option; the defaults pass; a build with them
 // takes every value. The CUDA runner reads them this way when it is built (engine start).
 TEST(MoeDecodePlan, VariantSwitchesNeedTheCMakeOption) {
@@ -237,6 +239,21 @@ TEST(MoeDecodePlan, VariantSwitchesNeedTheCMakeOption) {
   EXPECT_EQ(all.decode, md::Choice::kWaves);
   EXPECT_TRUE(all.route_one_cta && all.down_by_waves && all.gemv_ahead);
   EXPECT_EQ(md::parse_switches("fused", nullptr, nullptr, nullptr, true).decode, md::Choice::kFused);
+  // A build with the variants: an unset (or empty) switch takes the measured best, and each base
+  // value still chooses the base kernel of its step.
+  for (const char* unset : {static_cast<const char*>(nullptr), ""}) {
+    const auto d = md::parse_switches(unset, unset, unset, unset, true);
+    EXPECT_EQ(d.decode, md::Choice::kWaves);
+    EXPECT_TRUE(d.route_one_cta && d.down_by_waves && d.gemv_ahead);
+  }
+  const auto base = md::parse_switches("unfused", "atomic", "base", "base", true);
+  EXPECT_EQ(base.decode, md::Choice::kUnfused);
+  EXPECT_FALSE(base.route_one_cta || base.down_by_waves || base.gemv_ahead);
+  const auto old_names = md::parse_switches(nullptr, "atomic", "default", "default", true);
+  EXPECT_EQ(old_names.decode, md::Choice::kWaves);
+  EXPECT_FALSE(old_names.route_one_cta || old_names.down_by_waves || old_names.gemv_ahead);
+  // Without the variants the base names pass too.
+  EXPECT_FALSE(md::parse_switches(nullptr, nullptr, "base", "base", false).gemv_ahead);
   // An unknown value is the parser's error in either build.
   EXPECT_THROW(md::parse_switches("Fused", nullptr, nullptr, nullptr, false), pie::Error);
   // This CPU test is built without the CMake option's definition.

@@ -133,7 +133,8 @@ class CudaForward {
     bool batch_invariant = false;
     FusionSwitches fusions;                    ///< opt-in fusions (engine/fusion_switches.hpp)
     L2Prefetch l2_prefetch;                    ///< prefetch()'s policy (default: never)
-    /// the decode MoE block's opt-in variants (moe_decode::switches_from_env; all off: default)
+    /// the decode MoE block's batch-1 variants (moe_decode::switches_from_env: the measured best
+    /// where compiled, the base block without -DPIE_MOE_DECODE_VARIANTS)
     ops::cuda::moe_decode::Switches moe_decode;
     const parallel::TpShard* shard = nullptr;  ///< null: unsharded
     parallel::Communicator* comm = nullptr;
@@ -484,7 +485,7 @@ class CudaForward {
     auto& ws = *moe_;
     const int n = shape_.tokens;
     TensorView<float> logits(ws.logits(), {n, E}, Device::Cuda);
-    // PIE_MOE_DECODE=fused (opt-in until measured on the device): at decode sizes the router
+    // PIE_MOE_DECODE=fused (opt-in: it lost on the device): at decode sizes the router
     // GEMV + routing is one kernel and down + un-permute another (ops/cuda/moe_decode.cuh), and
     // the gate_up GEMV picks its chunks in flight by wave count; the bits of the unfused gemv path
     // (at n ≥ 2 the router logits are then the GEMV's, not cuBLASLt's).
@@ -492,9 +493,10 @@ class CudaForward {
     // PIE_MOE_ROUTE=cta: moe_route in one CTA at n ≤ kMoeGemvMaxTokens (no global atomics).
     // PIE_MOE_DOWN=waves: the down GEMV's columns per warp by wave count at n ≤ 2.
     // PIE_MOE_GEMV=ahead: at n ≤ 2 the GEMVs load their row chunks with the weights.
-    // Each opt-in until measured on the device; each gives the default path's bits. Compiled
-    // only with -DPIE_MOE_DECODE_VARIANTS=ON (kVariants; without it the switches are refused when
-    // the runner is built, and none of their kernels is in this translation unit).
+    // Each gives the base path's bits; where compiled (-DPIE_MOE_DECODE_VARIANTS=ON, the default;
+    // kVariants) an unset switch takes the measured best (waves, cta, waves, ahead:
+    // moe_decode::kCompiledDefaults). Without the option the switches are refused when the
+    // runner is built, and none of their kernels is in this translation unit.
     constexpr bool kVariants = ops::cuda::moe_decode::kVariantsCompiled;
     const auto& sw = p_.moe_decode;
     [[maybe_unused]] bool fused = false, waves = false;

@@ -30,11 +30,12 @@ inline Choice parse_choice(const char* v) {
   return Choice::kFused;
 }
 
-/// \brief A two-valued switch `name`: unset, empty or `off` → false, `on` → true; anything else
-/// is an error naming the variable ("NAME=value: expected ON or OFF").
-inline bool parse_on_off(const char* name, const char* v, std::string_view on, std::string_view off) {
+/// \brief A two-valued switch `name`: unset, empty or `off` (or `off_alias`, when given) → false,
+/// `on` → true; anything else is an error naming the variable ("NAME=value: expected ON or OFF").
+inline bool parse_on_off(const char* name, const char* v, std::string_view on, std::string_view off,
+                         std::string_view off_alias = {}) {
   const std::string_view s = v ? v : "";
-  if (s.empty() || s == off) return false;
+  if (s.empty() || s == off || (!off_alias.empty() && s == off_alias)) return false;
   PIE_CHECK(s == on, name, "=", s, ": expected ", on, " or ", off);
   return true;
 }
@@ -59,23 +60,29 @@ constexpr int gate_up_unroll(int64_t ctas, int per_sm_u4, int per_sm_u2, int sms
   return waves(ctas, per_sm_u2, sms) < waves(ctas, per_sm_u4, sms) ? 2 : 4;
 }
 
-/// \brief PIE_MOE_DOWN: unset, empty or "default" keeps the down GEMV's 2 columns per warp;
-/// "waves" lets n ≤ 2 take 4 columns (2 chunks in flight) when that needs fewer waves
-/// (down_columns). Anything else is an error naming the variable.
-inline bool parse_down_by_waves(const char* v) { return parse_on_off("PIE_MOE_DOWN", v, "waves", "default"); }
+/// \brief PIE_MOE_DOWN: "base" (or "default", its name before the variants became the default)
+/// keeps the down GEMV's 2 columns per warp; "waves" lets n ≤ 2 take 4 columns (2 chunks in
+/// flight) when that needs fewer waves (down_columns). Unset or empty parses as "base" here;
+/// parse_switches then gives it the build's default. Anything else is an error naming the variable.
+inline bool parse_down_by_waves(const char* v) {
+  return parse_on_off("PIE_MOE_DOWN", v, "waves", "base", "default");
+}
 
-/// \brief PIE_MOE_GEMV: unset, empty or "default" keeps the grouped GEMVs loading a row chunk
-/// after the weights; "ahead" has them load each step's row chunks with its weights at n ≤ 2
-/// (moe_gemv_ahead_kernel). Anything else is an error naming the variable.
-inline bool parse_gemv_ahead(const char* v) { return parse_on_off("PIE_MOE_GEMV", v, "ahead", "default"); }
+/// \brief PIE_MOE_GEMV: "base" (or "default", as PIE_MOE_DOWN) keeps the grouped GEMVs loading a
+/// row chunk after the weights; "ahead" has them load each step's row chunks with its weights at
+/// n ≤ 2 (moe_gemv_ahead_kernel). Unset or empty parses as "base" here; parse_switches then gives
+/// it the build's default. Anything else is an error naming the variable.
+inline bool parse_gemv_ahead(const char* v) {
+  return parse_on_off("PIE_MOE_GEMV", v, "ahead", "base", "default");
+}
 
 /// \brief Whether this build compiles the four switches' variants: CMake
-/// -DPIE_MOE_DECODE_VARIANTS=ON, which defines PIE_MOE_DECODE_VARIANTS (the MoE kernel test and
-/// bench always do). Off, the engine compiles the default block only: the variants add about 20
-/// kernels per element type (the ahead, U = 2 and 4-column GEMVs, the one-CTA routing, the fused
-/// router + routing and down + un-permute) to every engine translation unit, which costs CI's
-/// compile budget, and none is a default: the fused block measured a loss (docs/benchmarks.md),
-/// the others are opt-in until measured (bench/device_moeroute.sh configures with the option).
+/// -DPIE_MOE_DECODE_VARIANTS=ON (the default), which defines PIE_MOE_DECODE_VARIANTS (the MoE
+/// kernel test and bench always do). Off (CI's test build, for its compile budget: the variants
+/// add about 20 kernels per element type, the ahead, U = 2 and 4-column GEMVs, the one-CTA
+/// routing, the fused router + routing and down + un-permute, to every engine translation unit),
+/// the engine compiles the base five-launch block only. The variants give the base block's bits
+/// (MoeDecodeSwitches.GraphReplayEqualsDefault), so the option changes speed, never output.
 inline constexpr bool kVariantsCompiled =
 #if defined(PIE_MOE_DECODE_VARIANTS)
     true;
@@ -84,7 +91,7 @@ inline constexpr bool kVariantsCompiled =
 #endif
 
 /// \brief The four run-time switches of the decode MoE block, read together (all off: the
-/// default five-launch block).
+/// base five-launch block).
 struct Switches {
   Choice decode = Choice::kUnfused;  ///< PIE_MOE_DECODE
   bool route_one_cta = false;        ///< PIE_MOE_ROUTE=cta
@@ -92,14 +99,26 @@ struct Switches {
   bool gemv_ahead = false;           ///< PIE_MOE_GEMV=ahead
 };
 
-/// \brief Parses the four switches' values (nullptr: unset). With `compiled` false (a build
-/// without the variants, kVariantsCompiled) a value that asks for a variant is an error naming
-/// the variable and the CMake option, rather than a switch silently ignored.
+/// \brief What an unset switch takes in a build with the variants: the measured best. Qwen3-30B-A3B
+/// batch 1, 128/128, one H100, 2026-12-05 (docs/benchmarks.md): ITL 4.495/4.501 ms base, 4.426
+/// route=cta, 4.362 decode=waves, 4.417 down=waves, 4.243 gemv=ahead, 4.213 all four (−6.4%). The
+/// fused block lost (docs/kernels.md), so decode=waves, not fused.
+inline constexpr Switches kCompiledDefaults{Choice::kWaves, true, true, true};
+
+/// \brief Parses the four switches' values (nullptr or empty: unset). With `compiled` (a build
+/// with the variants, kVariantsCompiled) an unset switch takes kCompiledDefaults; without, the
+/// base block, and a value that asks for a variant is an error naming the variable and the CMake
+/// option, rather than a switch silently ignored.
 inline Switches parse_switches(const char* decode, const char* route, const char* down, const char* gemv,
                                bool compiled) {
-  const Switches s{parse_choice(decode), parse_route_one_cta(route), parse_down_by_waves(down),
-                   parse_gemv_ahead(gemv)};
-  if (!compiled) {
+  Switches s{parse_choice(decode), parse_route_one_cta(route), parse_down_by_waves(down), parse_gemv_ahead(gemv)};
+  if (compiled) {
+    const auto unset = [](const char* v) { return v == nullptr || *v == '\0'; };
+    if (unset(decode)) s.decode = kCompiledDefaults.decode;
+    if (unset(route)) s.route_one_cta = kCompiledDefaults.route_one_cta;
+    if (unset(down)) s.down_by_waves = kCompiledDefaults.down_by_waves;
+    if (unset(gemv)) s.gemv_ahead = kCompiledDefaults.gemv_ahead;
+  } else {
     const auto refuse = [](bool on, const char* name, const char* v) {
       PIE_CHECK(!on, name, "=", v, ": this build has no MoE decode variants (configure with "
                 "-DPIE_MOE_DECODE_VARIANTS=ON)");
