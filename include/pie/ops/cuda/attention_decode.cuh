@@ -26,6 +26,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 
 #include "pie/core/attention_variants.hpp"
@@ -418,6 +419,23 @@ void launch_decode_mma(const DecodeParams<T, KV, Variant>& p, int batch, cudaStr
 inline bool decode_mma_wide_enabled(int group) {
   static const int mask = decode_mma16_groups(std::getenv("PIE_DECODE_MMA_WIDE"));
   return decode_fixed_split_wanted(2, group, 128, mask);
+}
+
+/// \brief Whether the engine's decode launches run as multi-item CTAs (`PIE_DECODE_MULTI_ITEM=1`, read
+/// once; kDecodeMultiItem; opt-in until measured on a GPU). The engine compiles them only with
+/// -DPIE_DECODE_MULTI_ITEM=ON (which defines PIE_DECODE_MULTI_ITEM); in another build `=1` is an
+/// error rather than a silent no-op.
+inline bool decode_multi_item_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("PIE_DECODE_MULTI_ITEM");
+    const bool want = v != nullptr && std::strcmp(v, "1") == 0;
+#if !defined(PIE_DECODE_MULTI_ITEM)
+    PIE_CHECK(!want, "PIE_DECODE_MULTI_ITEM=1: this build has no multi-item decode CTAs (configure with "
+                     "-DPIE_DECODE_MULTI_ITEM=ON)");
+#endif
+    return want;
+  }();
+  return on;
 }
 
 /// \brief Decode attention over the paged cache: out[b, h] = softmax(q[b, h]·Kᵀ·sm_scale)·V over
