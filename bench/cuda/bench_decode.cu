@@ -116,36 +116,6 @@ BENCHMARK(BM_DecodeShape<2, 2, 4>)
     ->UseManualTime()->Iterations(1);
 #undef PIE_DECODE_SHAPES
 
-/// Multi-item CTAs (kDecodeMultiItem), A/B in one process: the engine's default plan and kernel
-/// ("one-item": one CTA per (sequence, KV head)) against the same plan run as multi-item CTAs
-/// (as many as the device holds, each walking its items through one ring; b64 ctx4096 is 512 items
-/// of one split, one per CTA, so it must measure the same), and both with the pages moved
-/// without the arithmetic (Mode 1, "loadonly": the data-movement ceiling of each). Arguments:
-/// batch, context.
-template <int Mode>
-void BM_DecodeMultiItem(benchmark::State& st) {
-  const int batch = st.range(0), ctx = st.range(1);
-  CacheSet<bf16> c(batch, ctx, 16);
-  DeviceBuffer<bf16> q(size_t(batch) * kNq * kHd), o(q.size());
-  fill(q.data(), q.size(), 4);
-  auto plan = oc::plan_decode_attention(batch, kNq, kNkv, kHd, ctx, 0, {});
-  DeviceBuffer<unsigned char> ws(std::max<size_t>(plan.workspace_bytes, 256));
-  constexpr bool multi = (Mode & oc::detail::kDecodeMultiItem) != 0;
-  const std::string what =
-      std::string("decode ") + (multi ? "multi-item" : "one-item") + ((Mode & 7) == 1 ? " loadonly" : "");
-  report(st, shape_name(what.c_str(), batch, ctx, 16, plan.num_splits), decode_bytes(batch, ctx, 2), 0, [&] {
-    oc::decode_attention<0, 0, Mode>(q.view({batch, kNq, kHd}), c.next(), o.view({batch, kNq, kHd}), plan, ws.data(),
-                                     1.f / std::sqrt(128.f));
-  });
-}
-#define PIE_MULTI_ITEM_SHAPES \
-  ->Args({512, 140})->Args({256, 660})->Args({64, 4096})->Args({1024, 140})->UseManualTime()->Iterations(1)
-BENCHMARK(BM_DecodeMultiItem<0>) PIE_MULTI_ITEM_SHAPES;
-BENCHMARK(BM_DecodeMultiItem<oc::detail::kDecodeMultiItem>) PIE_MULTI_ITEM_SHAPES;
-BENCHMARK(BM_DecodeMultiItem<1>) PIE_MULTI_ITEM_SHAPES;
-BENCHMARK(BM_DecodeMultiItem<1 | oc::detail::kDecodeMultiItem>) PIE_MULTI_ITEM_SHAPES;
-#undef PIE_MULTI_ITEM_SHAPES
-
 /// The split merge, A/B in one process: the merge kernel ("2-kernel") against the merge fused into
 /// the decode kernel ("fused", DecodePlan::fused_merge) on the same shape. Arguments: batch,
 /// context, tokens per split (0: each merge's own plan), fused?, KV heads (8: Qwen3-8B, group 4;
@@ -267,11 +237,6 @@ void print_occupancy() {
   constexpr int S = d::decode_stages(4);
   show("bf16 hd128 group4 (CUDA cores)", d::decode_kernel<128, 4, 4, S, 0, DB, DB, attention::Causal>,
        d::DecodeShape<128, 4, 4, S, DB>::SMEM);
-  show("bf16 hd128 group4 (CUDA cores, multi-item)", d::decode_multi_item_kernel<128, 4, 4, S, 0, DB, DB, attention::Causal>,
-       d::DecodeShape<128, 4, 4, S, DB>::multi_item_smem<DB>());
-  constexpr int S8 = d::decode_stages(8);
-  show("bf16 hd128 group8 (CUDA cores, multi-item)", d::decode_multi_item_kernel<128, 8, 4, S8, 0, DB, DB, attention::Causal>,
-       d::DecodeShape<128, 8, 4, S8, DB>::multi_item_smem<DB>());
   show("fp8 hd128 group4 (CUDA cores)", d::decode_kernel<128, 4, 4, S, 0, DB, D8, attention::Causal>,
        d::DecodeShape<128, 4, 4, S, D8>::SMEM);
   constexpr int SM = d::kDecodeMmaStages;

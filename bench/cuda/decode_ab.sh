@@ -19,9 +19,7 @@ if [[ $cmd == build ]]; then
   fi
   flags=(-O3 -std=c++20 --expt-relaxed-constexpr -lineinfo -gencode=arch=compute_90a,code=sm_90a
          -DPIE_WITH_CUDA=1 -Iinclude -Itests/cuda -I/usr/include/eigen3 -Xptxas -warn-spills)
-  # The test with its opt-in cases (the multi-item CTAs: -DPIE_DECODE_MULTI_ITEM=ON in CMake).
-  nvcc "${flags[@]}" -DPIE_DECODE_MULTI_ITEM=1 -o "$dir/test_decode" tests/cuda/test_attention_decode.cu \
-    -lgtest -lgtest_main -lpthread &
+  nvcc "${flags[@]}" -o "$dir/test_decode" tests/cuda/test_attention_decode.cu -lgtest -lgtest_main -lpthread &
   nvcc "${flags[@]}" --resource-usage "${baseline[@]}" -o "$dir/bench_decode" \
     bench/cuda/bench_decode.cu -lbenchmark -lpthread 2> "$dir/resources.txt" &
   wait

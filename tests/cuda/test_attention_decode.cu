@@ -2,13 +2,11 @@
 // group × dtype, ragged context lengths that are not multiples of the block size, split-K on
 // and off, fp8 KV, head dim 256 and the sliding-window / soft-cap variants. The tensor-core kernel
 // (head dims 64/128) is the default for fp8 K/V and Mode 4 for 16-bit K/V (the 16-bit grid below);
-// the CUDA-core kernel (the 16-bit default, Mode 3 where fp8 would take tensor cores) has its own grid,
-// and its multi-item CTAs (kDecodeMultiItem, -DPIE_DECODE_MULTI_ITEM=ON) are compared with it bit for bit.
+// the CUDA-core kernel (the 16-bit default, Mode 3 where fp8 would take tensor cores) has its own grid.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstring>
-#include <initializer_list>
 #include <string>
 #include <tuple>
 
@@ -681,118 +679,5 @@ TEST(DecodeAttentionFusedMergeMore, RefusesAPlanWithoutCountersForTheBatch) {
                                            0.1f),
                std::exception);
 }
-
-// ---- Multi-item CTAs (kDecodeMultiItem) -----------------------------------------------------------
-// Compiled with -DPIE_DECODE_MULTI_ITEM=ON only (about 48 kernels more; CI's default build does not
-// pay for them, the device bundle builds them).
-#if defined(PIE_DECODE_MULTI_ITEM)
-
-/// Decodes one shape without splits on the CUDA-core kernel, one item per CTA (Mode 3), then as
-/// multi-item CTAs (Mode 3 | kDecodeMultiItem) with each CTA count of `ctas` (0: as many as the
-/// device holds at once; fewer than the items: each CTA walks several, items % CTAs ≠ 0 among
-/// them), same inputs, the output poisoned before each launch: every multi-item output must equal
-/// the one-item output bit for bit, and that the CPU reference within tolerance (returned).
-template <class T, class KV = T, class Variant = attention::Causal>
-double run_decode_multi(int bs, int hd, int group, int nkv, const std::vector<int>& lens, uint32_t seed,
-                        std::initializer_list<int> ctas, Variant var = {}) {
-  std::mt19937 rng(seed);
-  const int batch = static_cast<int>(lens.size()), nq = nkv * group;
-  RandomCache<KV> cache(lens, nkv, hd, bs, rng);
-  auto q = randn<T>(size_t(batch) * nq * hd, rng);
-  auto d_q = upload(q);
-  DeviceBuffer<T> d_one(q.size()), d_o(q.size());
-  const int len = std::max(1, *std::max_element(lens.begin(), lens.end()));
-  auto plan = ops::cuda::plan_decode_attention(batch, nq, nkv, hd, len, 132, ops::cuda::DecodePlanOptions{});
-  ops::cuda::set_decode_split(plan, len, len);  // one split: the multi-item CTAs' launches
-  EXPECT_EQ(plan.num_splits, 1);
-  const float scale = 1.f / std::sqrt(float(hd));
-  constexpr int kOne = 3, kMulti = 3 | ops::cuda::detail::kDecodeMultiItem;
-  poison(d_one);
-  ops::cuda::decode_attention<0, 0, kOne>(d_q.view({batch, nq, hd}), cache.device(), d_one.view({batch, nq, hd}), plan,
-                                          nullptr, scale, var);
-  const auto one = download(d_one);
-  for (int c : ctas) {
-    plan.multi_item_ctas = c;
-    poison(d_o);
-    ops::cuda::decode_attention<0, 0, kMulti>(d_q.view({batch, nq, hd}), cache.device(), d_o.view({batch, nq, hd}),
-                                              plan, nullptr, scale, var);
-    const auto o = download(d_o);
-    EXPECT_EQ(std::memcmp(o.data(), one.data(), o.size() * sizeof(T)), 0)
-        << c << " CTAs over " << batch * nkv << " items: the multi-item output differs from the one-item kernel's";
-  }
-  std::vector<float> qf = to_f32(q), ref(q.size());
-  std::vector<int32_t> cu(batch + 1);
-  std::iota(cu.begin(), cu.end(), 0);
-  ops::cpu::paged_attention<Variant>(qf.data(), int64_t(nq) * hd, ref.data(), int64_t(nq) * hd, cache.host(),
-                                     cu.data(), nq, scale, var);
-  return rel_err(one, ref);
-}
-
-class DecodeAttentionMultiItem : public ::testing::TestWithParam<Param> {};
-
-TEST_P(DecodeAttentionMultiItem, BitIdenticalToOneItemCtas) {
-  const auto [bs, hd, group, is_bf16] = GetParam();
-  // Ragged: empty and 1-token sequences, lengths on both sides of the stage sizes (16, 32, 64
-  // tokens by shape) and of the block sizes; 13 sequences × 2 KV heads = 26 items over 1, 3
-  // (26 % 3 = 2), 7, 12 CTAs and the device's count (26: one item each).
-  const std::vector<int> lens = {1, 0, 31, 32, 33, 63, 64, 65, 140, bs + 3, 3 * bs - 1, 77, 200};
-  const uint32_t seed = 11000 + bs * hd + group * 7 + is_bf16;
-  const double e = is_bf16 ? run_decode_multi<bf16>(bs, hd, group, 2, lens, seed, {0, 1, 3, 7, 12})
-                           : run_decode_multi<f16>(bs, hd, group, 2, lens, seed, {0, 1, 3, 7, 12});
-  EXPECT_LT(e, is_bf16 ? tol<bf16>() : tol<f16>()) << "rel err " << e;
-  std::printf("[decode multi-item bs=%d hd=%d group=%d %s] rel err %.2e\n", bs, hd, group, is_bf16 ? "bf16" : "f16", e);
-}
-
-INSTANTIATE_TEST_SUITE_P(Grid, DecodeAttentionMultiItem,
-                         ::testing::Combine(::testing::Values(8, 16), ::testing::Values(64, 128),
-                                            ::testing::Values(1, 4, 8), ::testing::Bool()),
-                         param_name);
-
-TEST(DecodeAttentionMultiItemMore, WindowHeadDim256Fp8AndWideBatches) {
-  // The sliding window starting inside a stage (the masked head of the first stage), per item.
-  double e = run_decode_multi<bf16, bf16, attention::SlidingWindow<100>>(16, 128, 4, 2, {50, 101, 0, 140, 1, 333}, 12001,
-                                                                        {0, 1, 5});
-  EXPECT_LT(e, tol<bf16>()) << "window: " << e;
-  // Head dim 256 (16-token stages), group 2; fp8 K/V on the CUDA-core kernel (per-head scales).
-  e = run_decode_multi<bf16>(16, 256, 2, 2, {5, 300, 0, 1023, 17}, 12002, {0, 1, 3});
-  EXPECT_LT(e, tol<bf16>()) << "head dim 256: " << e;
-  e = run_decode_multi<bf16, fp8_e4m3>(16, 128, 4, 2, {9, 600, 0, 31, 140}, 12003, {0, 1, 3});
-  EXPECT_LT(e, tol<bf16>()) << "fp8: " << e;
-  // The benchmark's shapes in miniature: 64 ragged sequences × 8 KV heads (512 items) over the
-  // device's CTAs and over 100 (5.12 items each), and 48 sequences of 140 tokens at group 8.
-  std::mt19937 rng(12004);
-  std::vector<int> lens(64);
-  for (auto& l : lens) l = int(rng() % 700);
-  e = run_decode_multi<bf16>(16, 128, 4, 8, lens, 12005, {0, 100});
-  EXPECT_LT(e, tol<bf16>()) << "64 sequences: " << e;
-  e = run_decode_multi<bf16>(16, 128, 8, 4, std::vector<int>(48, 140), 12006, {0, 37});
-  EXPECT_LT(e, tol<bf16>()) << "48 x 140 tokens, group 8: " << e;
-}
-
-// With a split the plan keeps the one-item CTAs (and the merge): Mode | kDecodeMultiItem is the
-// default kernel there, bit for bit.
-TEST(DecodeAttentionMultiItemMore, SplitPlansKeepTheOneItemKernel) {
-  std::mt19937 rng(12007);
-  const std::vector<int> lens = {1, 77, 1337};
-  RandomCache<bf16> cache(lens, 2, 128, 16, rng);
-  const int batch = 3, nq = 8, hd = 128;
-  auto q = randn<bf16>(size_t(batch) * nq * hd, rng);
-  auto d_q = upload(q);
-  DeviceBuffer<bf16> a(q.size()), b(q.size());
-  auto plan = ops::cuda::plan_decode_attention(batch, nq, 2, hd, 1337, 132, ops::cuda::DecodePlanOptions{});
-  ASSERT_GT(plan.num_splits, 1);
-  plan.multi_item_ctas = 1;
-  DeviceBuffer<unsigned char> ws(plan.workspace_bytes);
-  poison(a);
-  poison(b);
-  ops::cuda::decode_attention<0, 0, 3>(d_q.view({batch, nq, hd}), cache.device(), a.view({batch, nq, hd}), plan,
-                                       ws.data(), 0.1f);
-  ops::cuda::decode_attention<0, 0, 3 | ops::cuda::detail::kDecodeMultiItem>(
-      d_q.view({batch, nq, hd}), cache.device(), b.view({batch, nq, hd}), plan, ws.data(), 0.1f);
-  const auto oa = download(a), ob = download(b);
-  EXPECT_EQ(std::memcmp(oa.data(), ob.data(), oa.size() * sizeof(bf16)), 0);
-}
-
-#endif  // PIE_DECODE_MULTI_ITEM
 
 }  // namespace

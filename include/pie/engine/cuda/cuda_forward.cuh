@@ -433,16 +433,8 @@ class CudaForward {
     } else if (D > 0) {
       auto kvd = cache.layer(l, D, st.kv_indptr(), st.kv_indices(), st.kv_last_page_len());
       op("attention_decode", [&] {
-        if (ops::cuda::decode_multi_item_enabled()) {  // opt-in (docs/kernels.md, "Multi-item decode CTAs")
-#if defined(PIE_DECODE_MULTI_ITEM)
-          ops::cuda::decode_attention<0, 0, ops::cuda::detail::kDecodeMultiItem>(
-              heads(qkv.data, D, QKV), kvd, heads(out.data, D, O), shape_.decode, p_.decode_ws, sm_scale, p_.variant,
-              s_);
-#endif
-        } else {
-          ops::cuda::decode_attention(heads(qkv.data, D, QKV), kvd, heads(out.data, D, O), shape_.decode,
-                                      p_.decode_ws, sm_scale, p_.variant, s_);
-        }
+        ops::cuda::decode_attention(heads(qkv.data, D, QKV), kvd, heads(out.data, D, O), shape_.decode, p_.decode_ws,
+                                    sm_scale, p_.variant, s_);
       });
     }
     if (S > D) {

@@ -26,17 +26,14 @@
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
-#include <cstring>
 #include <string>
 
 #include "pie/core/attention_variants.hpp"
 #include "pie/core/dispatch.hpp"
 #include "pie/kv/paged_kv.hpp"
 #include "pie/ops/cuda/attention_decode_mma.cuh"
-#include "pie/ops/cuda/attention_decode_multi_item.cuh"
 #include "pie/ops/cuda/attention_decode_plan.hpp"
 #include "pie/ops/cuda/attention_decode_ring.cuh"
-#include "pie/ops/cuda/attention_decode_shape.cuh"
 #include "pie/ops/cuda/bulk_copy.cuh"
 #include "pie/ops/cuda/common.cuh"
 
@@ -53,13 +50,42 @@ inline DecodePlan plan_decode_attention(int batch, int num_q_heads, int num_kv_h
 
 namespace detail {
 
-/// Device body of the one-item CTA: (KV head, sequence, split) = blockIdx. HD: head dim; GROUP:
-/// query heads per KV head; NW: warps per CTA; STAGES: ring depth. DecodeItemState (the
-/// multi-item CTAs') repeats its per-item arithmetic in the same order; folding this body onto it
-/// changed these kernels' machine code (120 → 122 registers at group 4, 187 → 194 at group 8), so
-/// that waits for a GPU run. MODE (benchmarks only): 1 streams the pages without the attention
-/// arithmetic, 2 uses the all-reduce softmax (each score summed over its row's lanes by log2(LPT)
-/// shuffles and exponentiated in every lane) instead of the reduce-scatter one.
+/// One level of the reduce-scatter of decode_body per recursion, sizes as template arguments so
+/// every index is a constant (a run-time index would move `v` to local memory): lanes `o` apart
+/// exchange halves; the lane with bit `o` set keeps the upper half.
+template <int HALF, int O, int NV, int N>
+__device__ __forceinline__ void reduce_scatter(float (&v)[N], int sub) {
+  if constexpr (HALF >= NV && O >= 1) {
+    const bool upper = sub & O;
+#pragma unroll
+    for (int i = 0; i < HALF; ++i) {
+      const float send = upper ? v[i] : v[i + HALF];
+      const float keep = upper ? v[i + HALF] : v[i];
+      v[i] = keep + __shfl_xor_sync(0xffffffffu, send, O);
+    }
+    reduce_scatter<HALF / 2, O / 2, NV>(v, sub);
+  }
+}
+
+/// Compile-time shape of one CTA. A stage holds TOK tokens: K rows [TOK][HD] then V rows.
+template <int HD, int GROUP, int NW, int STAGES, class KV>
+struct DecodeShape {
+  static constexpr int LPT = HD / 8;                // lanes per token row
+  static constexpr int TG = 32 / LPT;               // token groups per warp
+  static constexpr int NG = NW * TG;                // token groups per CTA
+  static constexpr int U = decode_unroll(GROUP) < 64 / NG ? decode_unroll(GROUP) : 64 / NG;  // tokens per lane group and stage
+  static constexpr int TOK = NG * U;                // tokens per stage (divides 64)
+  static constexpr int STAGE_ELEMS = 2 * TOK * HD;
+  static constexpr size_t RING_BYTES = size_t(STAGES) * STAGE_ELEMS * sizeof(KV);
+  static constexpr size_t MERGE_BYTES = kDecodeMergeBytes<HD, GROUP, NW>;
+  static constexpr size_t SMEM = RING_BYTES > MERGE_BYTES ? RING_BYTES : MERGE_BYTES;
+  static_assert(64 % TOK == 0, "stages must tile the 64-token split granularity");
+};
+
+/// Device body. HD: head dim; GROUP: query heads per KV head; NW: warps per CTA; STAGES: ring
+/// depth. MODE (benchmarks only): 1 streams the pages without the attention arithmetic, 2 uses
+/// the all-reduce softmax (each score summed over its row's lanes by log2(LPT) shuffles and
+/// exponentiated in every lane) instead of the reduce-scatter one.
 template <int HD, int GROUP, int NW, int STAGES, int FMODE, class T, class KV, class Variant>
 __device__ __forceinline__ void decode_body(const DecodeParams<T, KV, Variant>& p, unsigned char* smem,
                                             uint64_t* bars) {
@@ -389,20 +415,6 @@ void launch_decode(const DecodeParams<T, KV, Variant>& p, int batch, cudaStream_
       DecodeShape<HD, GROUP, NW, STAGES, KV>::SMEM, p, batch, stream);
 }
 
-/// The CUDA-core kernel of decode_attention: with MULTI (kDecodeMultiItem) and one split the
-/// multi-item CTAs, else one CTA per (KV head, sequence, split).
-template <bool MULTI, int HD, int GROUP, int NW, int STAGES, int MODE, class T, class KV, class Variant>
-void launch_decode_cuda_core(const DecodeParams<T, KV, Variant>& p, int batch, int multi_item_ctas,
-                             cudaStream_t stream) {
-  if constexpr (MULTI && (MODE & kDecodeFusedMerge) == 0) {
-    if (p.num_splits == 1) {
-      launch_decode_multi_item<HD, GROUP, NW, STAGES, MODE>(p, batch, multi_item_ctas, stream);
-      return;
-    }
-  }
-  launch_decode<HD, GROUP, NW, STAGES, MODE>(p, batch, stream);
-}
-
 /// The tensor-core kernel (fp8 K/V, kDecodeMma).
 template <int HD, int GROUP, int NW, int STAGES, int MODE = 0, class T, class KV, class Variant>
 void launch_decode_mma(const DecodeParams<T, KV, Variant>& p, int batch, cudaStream_t stream, int grid_splits = 0) {
@@ -421,23 +433,6 @@ inline bool decode_mma_wide_enabled(int group) {
   return decode_fixed_split_wanted(2, group, 128, mask);
 }
 
-/// \brief Whether the engine's decode launches run as multi-item CTAs (`PIE_DECODE_MULTI_ITEM=1`, read
-/// once; kDecodeMultiItem; opt-in until measured on a GPU). The engine compiles them only with
-/// -DPIE_DECODE_MULTI_ITEM=ON (which defines PIE_DECODE_MULTI_ITEM); in another build `=1` is an
-/// error rather than a silent no-op.
-inline bool decode_multi_item_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("PIE_DECODE_MULTI_ITEM");
-    const bool want = v != nullptr && std::strcmp(v, "1") == 0;
-#if !defined(PIE_DECODE_MULTI_ITEM)
-    PIE_CHECK(!want, "PIE_DECODE_MULTI_ITEM=1: this build has no multi-item decode CTAs (configure with "
-                     "-DPIE_DECODE_MULTI_ITEM=ON)");
-#endif
-    return want;
-  }();
-  return on;
-}
-
 /// \brief Decode attention over the paged cache: out[b, h] = softmax(q[b, h]·Kᵀ·sm_scale)·V over
 /// the cache.seq_len(b) tokens of sequence b (its query is the last of them).
 /// \param q     [batch, nq, head_dim] (token rows may be strided, heads contiguous)
@@ -454,10 +449,7 @@ inline bool decode_multi_item_enabled() {
 /// \tparam Mode 0; for benchmarks and tests only: 1 moves the pages without computing attention,
 /// 2 takes the CUDA-core kernel with the all-reduce softmax (see decode_body), 3 the CUDA-core
 /// kernel where the tensor-core one is the default (fp8 K/V), 4 the tensor-core kernel for 16-bit
-/// K/V too (head dims 64 and 128, groups ≤ 8; see kDecodeMmaDefault for why it is not the default).
-/// With the kDecodeMultiItem bit (opt-in until measured on a GPU; e.g. Mode = kDecodeMultiItem):
-/// launches without splits that take the CUDA-core kernel run as multi-item CTAs
-/// (decode_multi_item_body; DecodePlan::multi_item_ctas of them), bit-identical to the default.
+/// K/V too (head dims 64 and 128, groups ≤ 8; see kDecodeMmaDefault for why it is not the default)
 template <int Warps = 0, int Stages = 0, int Mode = 0, class T, class KV, class Variant = attention::Causal>
 void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out, const DecodePlan& plan,
                       void* workspace, float sm_scale, Variant variant = {}, cudaStream_t stream = nullptr) {
@@ -501,14 +493,11 @@ void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out,
   p.num_splits = plan.num_splits;
   p.sm_scale = sm_scale;
   p.variant = variant;
-  constexpr bool kMulti = (Mode & detail::kDecodeMultiItem) != 0;
-  constexpr int kM = Mode & ~detail::kDecodeMultiItem;
-  PIE_CHECK(plan.multi_item_ctas >= 0, "decode_attention: multi_item_ctas must be >= 0");
   PIE_DISPATCH_HEAD_DIM(cache.head_dim, HD, [&] {
     PIE_DISPATCH_GQA_GROUP(nq / cache.num_kv_heads, GROUP, [&] {
-      constexpr bool kMma = (kM == 4 ? detail::kDecodeMma<HD, GROUP, DKV> : detail::kDecodeMmaDefault<HD, GROUP, DKV>) &&
-                            kM != 2 && kM != 3;
-      constexpr int kBase = kM == 3 || kM == 4 ? 0 : kM;
+      constexpr bool kMma = (Mode == 4 ? detail::kDecodeMma<HD, GROUP, DKV> : detail::kDecodeMmaDefault<HD, GROUP, DKV>) &&
+                            Mode != 2 && Mode != 3;
+      constexpr int kBase = Mode == 3 || Mode == 4 ? 0 : Mode;
       auto launch = [&](auto fused_tag) {
         constexpr int kMode = kBase | (decltype(fused_tag)::value ? detail::kDecodeFusedMerge : 0);
         if constexpr (Warps > 0) {
@@ -516,8 +505,7 @@ void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out,
           if constexpr (kMma)
             detail::launch_decode_mma<HD, GROUP, Warps, kStages, kMode>(p, batch, stream);
           else
-            detail::launch_decode_cuda_core<kMulti, HD, GROUP, Warps, kStages, kMode>(p, batch, plan.multi_item_ctas,
-                                                                                     stream);
+            detail::launch_decode<HD, GROUP, Warps, kStages, kMode>(p, batch, stream);
         } else {
           PIE_CHECK(plan.warps == 4 && plan.stages == detail::decode_stages(GROUP),
                     "decode_attention: the plan's CTA shape is not the default one");
@@ -527,7 +515,7 @@ void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out,
           } else {
             // The batch-invariant split (DecodePlan::fixed_split): the tensor-core kernel, whose
             // per-split rounding of P is then fixed by the context alone.
-            if constexpr (kM == 0 && detail::kDecodeMmaWide<HD, GROUP, DKV>) {
+            if constexpr (Mode == 0 && detail::kDecodeMmaWide<HD, GROUP, DKV>) {
               if (plan.fixed_split) {
                 constexpr int kW = detail::kDecodeMmaWarps<DKV>;
                 PIE_CHECK(plan.grid_splits >= 1 && plan.grid_splits <= plan.num_splits,
@@ -542,8 +530,7 @@ void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out,
                 return;
               }
             }
-            detail::launch_decode_cuda_core<kMulti, HD, GROUP, 4, detail::decode_stages(GROUP), kMode>(
-                p, batch, plan.multi_item_ctas, stream);
+            detail::launch_decode<HD, GROUP, 4, detail::decode_stages(GROUP), kMode>(p, batch, stream);
           }
         }
       };

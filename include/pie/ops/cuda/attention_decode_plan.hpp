@@ -149,10 +149,6 @@ struct DecodePlan {
   /// grid (one CTA per pair for wide batches, a wave's worth for few long sequences) while the
   /// numerical one does not; and a graph planned for max_model_len launches no empty CTAs.
   int grid_splits = 1;
-  /// CTAs of a multi-item launch (decode_attention's Mode with kDecodeMultiItem, one split, the
-  /// CUDA-core kernel): 0, as many as the device holds at once; tests set fewer, so that every
-  /// CTA walks several (sequence, KV head) items.
-  int multi_item_ctas = 0;
 };
 
 /// \brief Byte offsets of a decode launch's workspace regions (see DecodePlan::workspace_bytes).

@@ -51,10 +51,6 @@ __host__ __device__ __forceinline__ int decode_seq_splits(int len, int tokens_pe
 /// Bit of the decode kernels' MODE template argument that fuses the split merge into the kernel
 /// (decode_store_merged); the low bits are the benchmark modes (0: attention).
 inline constexpr int kDecodeFusedMerge = 8;
-/// Bit of the MODE template argument (of the CUDA-core kernel and of decode_attention's Mode) that
-/// runs a no-split launch as multi-item CTAs (decode_multi_item_body): each CTA walks several
-/// (sequence, KV head) items through one continuous ring. Opt-in until measured on a GPU.
-inline constexpr int kDecodeMultiItem = 16;
 
 /// \brief The tokens one decode CTA attends to: split `split` of sequence b, narrowed to the
 /// variant's window, and the TOK-token stages that cover them. Stages start at multiples of TOK
@@ -67,18 +63,15 @@ struct DecodeSpan {
   int t_lo;      ///< first token of the first stage (t_begin rounded down to TOK)
   int n_stages;  ///< stages of TOK tokens from t_lo (0: nothing to attend)
 };
-template <int TOK, class Variant>
-__device__ __forceinline__ DecodeSpan decode_span_of_len(int len, int split, int tokens_per_split) {
+template <int TOK, class Variant, class KV>
+__device__ __forceinline__ DecodeSpan decode_span(const kv::PagedKV<KV>& kv, int b, int split, int tokens_per_split) {
+  const int len = kv.seq_len(b);
   const int qpos = len - 1;
   int t_begin = split * tokens_per_split;
   const int t_end = min(len, t_begin + tokens_per_split);
   if constexpr (Variant::kWindowLeft > 0) t_begin = max(t_begin, qpos - Variant::kWindowLeft + 1);
   const int t_lo = t_begin & ~(TOK - 1);
   return {qpos, t_begin, t_end, t_lo, t_begin < t_end ? (t_end - t_lo + TOK - 1) / TOK : 0};
-}
-template <int TOK, class Variant, class KV>
-__device__ __forceinline__ DecodeSpan decode_span(const kv::PagedKV<KV>& kv, int b, int split, int tokens_per_split) {
-  return decode_span_of_len<TOK, Variant>(kv.seq_len(b), split, tokens_per_split);
 }
 
 /// \brief The ring of STAGES shared-memory stages of TOK tokens (K rows [TOK][HD], then V rows)
@@ -100,11 +93,7 @@ struct DecodeRing {
 
   __device__ __forceinline__ DecodeRing(const kv::PagedKV<KV>& kv, int b, int kvh, int bs_shift_, int t_lo_,
                                         int t_end_, int n_stages_, KV* ring_, uint64_t* bars_, int lane_)
-      : DecodeRing(kv, kv.indices + kv.indptr[b], kvh, bs_shift_, t_lo_, t_end_, n_stages_, ring_, bars_, lane_) {}
-  /// pages_: the sequence's page ids (kv.indices + kv.indptr[b]), already known to the caller.
-  __device__ __forceinline__ DecodeRing(const kv::PagedKV<KV>& kv, const int32_t* pages_, int kvh, int bs_shift_,
-                                        int t_lo_, int t_end_, int n_stages_, KV* ring_, uint64_t* bars_, int lane_)
-      : ring(ring_), data(kv.data), pages(pages_), bars(bars_), t_lo(t_lo_), t_end(t_end_),
+      : ring(ring_), data(kv.data), pages(kv.indices + kv.indptr[b]), bars(bars_), t_lo(t_lo_), t_end(t_end_),
         n_stages(n_stages_), bs_shift(bs_shift_), bs_mask((1 << bs_shift_) - 1), lane(lane_) {
     head_off = int64_t(kvh) * (HD << bs_shift);
     v_off = int64_t(kv.num_kv_heads) * (HD << bs_shift);
