@@ -3,10 +3,11 @@
 /// \brief The fused fp8 producers of fp8_producers.cuh (residual add + RMSNorm, SwiGLU, each
 /// quantizing its output from registers) with every load of a row issued before the first use
 /// (PIE_FP8_PRODUCERS=v2; opt-in until measured on the device).
-/// Why: the register kernels load through load8, whose widen8 reads the Pack8 in global memory
-/// as four 4-byte halves (4 LDG.32 per 16 bytes in the SASS), and each vector's loads wait for the
-/// previous vector's store — a thread has 16–32 bytes in flight, so a CTA pays one memory
-/// latency per vector (issue 18: SwiGLU at 31 µs for ~15 µs of bytes at batch 512). Here a
+/// The switch, fp8_producers_v2_vecs(), lives in fp8_quant.cuh (it also picks the standalone
+/// quantization's loads-first kernel). Why: the register kernels load through load8, which
+/// compiles to four 4-byte loads per 16 bytes (common.cuh's ld_raw8 says why), and each vector's
+/// loads wait for the previous vector's store — a thread has 16–32 bytes in flight, so a CTA pays
+/// one memory latency per vector (issue 18: SwiGLU at 31 µs for ~15 µs of bytes at batch 512). Here a
 /// thread loads its whole share as 16-byte vectors first (RMSNorm's weight even before
 /// pdl_wait: no earlier kernel writes it), then runs the same arithmetic per element in the same
 /// order, so outputs, codes and scales are the first kernels' bits (Fp8Kernels.FusedProducers
@@ -14,8 +15,6 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 
 #include "pie/ops/cuda/common.cuh"
 #include "pie/ops/cuda/fp8_quant.cuh"
@@ -23,40 +22,7 @@
 
 namespace pie::ops::cuda {
 
-/// Vectors of 8 columns a SwiGLU thread holds when the launchers of fp8_producers.cuh take these
-/// kernels (when they quantize from registers), 0 when they keep the first ones:
-/// PIE_FP8_PRODUCERS=v2 → 4, v2x8 → 8 (read once); anything else, or unset, → 0.
-inline int fp8_producers_v2_vecs() {
-  static const int vecs = [] {
-    const char* v = std::getenv("PIE_FP8_PRODUCERS");
-    if (v == nullptr) return 0;
-    if (std::strcmp(v, "v2") == 0) return 4;
-    return std::strcmp(v, "v2x8") == 0 ? 8 : 0;
-  }();
-  return vecs;
-}
-/// A launcher's `v2` argument: 0 keeps the first kernels, 4 or 8 takes these (1: 4), −1 (the
-/// default) as fp8_producers_v2_vecs() says.
-inline int fp8_producers_v2_choice(int v2) {
-  if (v2 < 0) return fp8_producers_v2_vecs();
-  return v2 == 8 ? 8 : v2 != 0 ? 4 : 0;
-}
-
 namespace detail {
-
-/// One 16-byte load (LDG.128; widen8 on the global Pack8 itself compiles to four 4-byte loads),
-/// kept as 32-bit words until widen_raw8: held as eight 2-byte values, the compiler splits them
-/// right after the load, which waits for it before the next load issues.
-__device__ __forceinline__ uint4 ld_raw8(const void* p) { return *reinterpret_cast<const uint4*>(p); }
-
-/// widen8 of 8 elements of T loaded by ld_raw8.
-template <class T>
-__device__ __forceinline__ void widen_raw8(const uint4& u, float (&f)[8]) {
-  static_assert(sizeof(Pack8<T>) == sizeof(uint4), "widen_raw8: 16-byte vectors of 2-byte types");
-  Pack8<T> pk;
-  std::memcpy(&pk, &u, sizeof(u));
-  widen8(pk, f);
-}
 
 /// add_rms_norm_fp8_regs_kernel with its loads first: the weight's vectors before pdl_wait, then
 /// every x and residual vector of the thread, then add_rms_norm_fp8_regs_kernel's arithmetic
