@@ -77,15 +77,17 @@ struct RandomFp8 {
   }
 };
 
-// Both quantization paths (the row kernel, and from registers in one pass: PIE_FP8_QUANT_REGS),
-// at widths with whole groups, a partial last group (136 = 128 + 8) and Qwen3-8B's hidden size.
+// Every quantization path (the row kernel; from registers in one pass: PIE_FP8_QUANT_REGS; and
+// with the loads first: PIE_FP8_PRODUCERS=v2), at widths with whole groups, a partial last group
+// (136 = 128 + 8) and Qwen3-8B's hidden size, the last also at a decode batch of 512.
 TEST(Fp8Kernels, QuantizationIsBitIdenticalToTheCpu) {
   std::mt19937 rng(1);
-  for (int regs : {0, 1})
+  for (auto [regs, v2] : {std::pair<int, int>{0, 0}, {1, 0}, {1, 1}})
   for (int K : {640, 136, 4096})
   for (bool per_token : {false, true})
-    for (int M : {1, 3, 8, 37}) {
-      SCOPED_TRACE(testing::Message() << "regs " << regs << " K " << K);
+    for (int M : {1, 3, 8, 37, 512}) {
+      if (M == 512 && K != 4096) continue;
+      SCOPED_TRACE(testing::Message() << "regs " << regs << " v2 " << v2 << " K " << K);
       auto x = test::randn<bf16>(size_t(M) * K, rng, 2.f);
       x[3] = from_float<bf16>(0.f);
       auto dx = test::upload(x);
@@ -93,7 +95,7 @@ TEST(Fp8Kernels, QuantizationIsBitIdenticalToTheCpu) {
       DeviceBuffer<fp8_e4m3> q(Mp * K);
       DeviceBuffer<float> s(Mp * (G + 1));
       ops::cuda::fp8_quantize(TensorView<bf16>(dx.data(), {M, K}, Device::Cuda), per_token, q.data(), s.data(), nullptr,
-                              regs);
+                              regs, v2);
       auto hq = test::download(q);
       auto hs = test::download(s);
       auto xf = test::to_f32(x);
@@ -619,7 +621,8 @@ TEST(Fp8Bench, DISABLED_GemvAloneAgainstTheCopyBandwidth) {
 }
 
 // Not a check (disabled by default): the fused fp8 producers (fp8_producers.cuh) at Qwen3-8B's
-// shapes — residual add + RMSNorm over 4096 (first = false) and SwiGLU over inter 12288; 128-column
+// shapes — residual add + RMSNorm over 4096 (first = false), the standalone quantization of a
+// 4096-wide row (o_proj's input) and SwiGLU over inter 12288; 128-column
 // group scales (the (128, 128)-block engine) and per-token ones (per channel) — at M = 64, 512,
 // 2048, each path in turn
 // (the first register kernels, fp8_producers_v2.cuh's at 4 and 8 vectors a SwiGLU thread), their
@@ -683,6 +686,24 @@ TEST(Fp8Bench, DISABLED_ProducersAgainstTheCopyBandwidth) {
                                       {q.data(), s.data(), pt}, nullptr, p.regs, p.v2);
         });
         report("add_norm", M, pt, p, ms, bytes);
+      }
+    }
+    {  // the standalone quantization (o_proj's input: attention's output, 4096 wide)
+      const int64_t set = M * H, copies = std::max<int64_t>(2, (int64_t(200) << 20) / (set * 2));
+      DeviceBuffer<bf16> x(size_t(set * copies));
+      auto hx = test::randn<bf16>(size_t(set), rng);
+      for (int64_t c = 0; c < copies; ++c)
+        PIE_CUDA_CHECK(cudaMemcpy(x.data() + c * set, hx.data(), set * sizeof(bf16), cudaMemcpyHostToDevice));
+      DeviceBuffer<fp8_e4m3> q(size_t(Mp * H));
+      DeviceBuffer<float> s(size_t(Mp * (H / 128)));
+      const double bytes = double(M * H) * 2 + double(Mp * H) + double(Mp * (pt ? 1 : H / 128)) * 4;
+      for (const Path& p : paths) {
+        if (p.v2 == 8) continue;  // one loads-first kernel: 4 vectors a thread
+        const double ms = time_ms(50, [&](int i) {
+          ops::cuda::fp8_quantize(TensorView<bf16>(x.data() + (i % copies) * set, {M, H}, Device::Cuda), pt, q.data(),
+                                  s.data(), nullptr, p.regs, p.v2);
+        });
+        report("quantize", M, pt, p, ms, bytes);
       }
     }
     {  // SwiGLU → fp8
