@@ -5,13 +5,13 @@
 # bench/device_bundle.sh bundle (PIE_PREBUILT).
 #
 # Why: the H100 trace of a batch-512 step (fp8 2048 × (128, 128), per channel, 14.24 ms) charged
-# SwiGLU + quantization 31.2 µs a layer and RMSNorm + quantization 8.8 µs a call, against ~15 and
-# ~6.3 µs of bytes at the copy rate: their loads are 4-byte and serial per vector (docs/kernels.md,
-# "fp8 producers at large batch"). Prediction (H100): 31.2 → ~19 µs, 8.8 → ~7.3 µs, the step
-# 14.24 → ~13.7 ms.
+# SwiGLU + quantization 31.2 µs a layer, RMSNorm + quantization 8.8 µs a call and the standalone
+# quantization 6.4, against ~15, ~6.3 and ~2.1 µs of bytes at the copy rate: their loads are
+# 4-byte and serial per vector (docs/kernels.md, "fp8 producers at large batch"). Prediction
+# (H100): 31.2 → ~19 µs, 8.8 → ~7.3 µs, 6.4 → ~3.5 µs, the step 14.24 → ~13.6 ms.
 #
-# Steps: pie_gpu_test_fp8's kernel tests (every path bit for bit against the separate kernels, at
-# M up to 512); the kernel bench (both ops, M = 64 / 512 / 2048, % of copy); `pie bench` per
+# Steps: pie_gpu_test_fp8's kernel tests (every path bit for bit against the separate kernels and
+# the CPU, at M up to 512); the kernel bench (the three ops, M = 64 / 512 / 2048, % of copy); `pie bench` per
 # channel 2048 × (128, 128) with PIE_FP8_PRODUCERS unset, v2, v2x8, unset again (the noise); the
 # engine's fp8 tests with v2; CUPTI traces at batch 512 of unset and v2 if time is left.
 #   tar -xzf .device/bundle.tgz -C /tmp && PIE_PREBUILT=/tmp/pie_bundle OUT=dir bash bench/device_fp8producers.sh
@@ -29,7 +29,7 @@ say "device: $(gpu_line)"
 use_prebuilt || { say "needs PIE_PREBUILT (bench/device_bundle.sh)"; exit 1; }
 BIN=$BUILD/examples/pie/pie_bench TEST=$BUILD/tests/gpu/pie_gpu_test_fp8
 
-run test_kernels 150 "$TEST" --gtest_color=no --gtest_filter='Fp8Kernels.FusedProducers*'
+run test_kernels 150 "$TEST" --gtest_color=no --gtest_filter='Fp8Kernels.*'
 grep -E "OK \]|FAILED  \]|Failure|Expected|Which is|regs " "$LOGS/test_kernels.log" | head -24 | tee -a "$SUM"
 run bench_kernels 90 "$TEST" --gtest_color=no --gtest_also_run_disabled_tests \
   --gtest_filter='Fp8Bench.DISABLED_ProducersAgainstTheCopyBandwidth'
