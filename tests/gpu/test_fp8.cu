@@ -116,14 +116,14 @@ TEST(Fp8Kernels, QuantizationIsBitIdenticalToTheCpu) {
 // (add_rms_norm / silu_and_mul, then fp8_quantize): outputs, residual, codes and scales bit for
 // bit, padding rows included; then Fp8Gemm::prequantized on those codes against operator().
 // Every producer path (PIE_FP8_QUANT_REGS 0: write the row and read it back; 1: quantize from
-// registers in one pass; PIE_FP8_PRODUCERS v2 / v2x8: from registers, loads first, 4 or 8
+// registers in one pass; PIE_FP8_PRODUCERS v2, the default: from registers, loads first, 4
 // vectors a SwiGLU thread) at a small shape, widths with a partial last group (136, 264, 1000)
 // and Qwen3-8B's (4096, 12288), the last two also at a decode batch of 512, a ragged 300 and 1;
 // the separate kernels take the row path.
 TEST(Fp8Kernels, FusedProducersAreBitIdenticalToTheSeparateKernels) {
   std::mt19937 rng(3);
   ops::cuda::Fp8Gemm gemm(512, 12288, 512);
-  for (auto [regs, v2] : {std::pair<int, int>{0, 0}, {1, 0}, {1, 4}, {1, 8}})
+  for (auto [regs, v2] : {std::pair<int, int>{0, 0}, {1, 0}, {1, 4}})
   for (auto [H, I] : {std::pair<int, int>{512, 1536}, {136, 264}, {1000, 1000}, {4096, 12288}})
   for (bool per_token : {false, true})
     for (int M : {1, 2, 3, 8, 37, 300, 512}) {
@@ -654,7 +654,7 @@ TEST(Fp8Bench, DISABLED_ProducersAgainstTheCopyBandwidth) {
   }
   std::printf("[fp8 producers] device copy %.0f GB/s (read + write)\n", copy_gbs);
   struct Path { const char* name; int regs, v2; };
-  const Path paths[] = {{"regs (v1)", 1, 0}, {"v2", 1, 4}, {"v2x8", 1, 8}};
+  const Path paths[] = {{"regs (v1)", 1, 0}, {"v2", 1, 4}};
   std::mt19937 rng(5);
   const int64_t H = 4096, I = 12288;
   auto report = [&](const char* op, int64_t M, bool pt, const Path& p, double ms, double bytes) {

@@ -196,8 +196,8 @@ __global__ void __launch_bounds__(kSiluFp8RegsMaxThreads)
 /// the next fp8 GEMM into `a` (rows padded to fp8_padded_rows(M)).
 /// `regs` as fp8_quantize's: 1 quantizes from registers in one pass, 0 writes and reads the row
 /// back, −1 as fp8_quant_regs_on() says. `v2` (with registers): fp8_producers_v2_choice's, 0 the
-/// first register kernel, 1/4/8 fp8_producers_v2.cuh's loads-first kernels, −1 as
-/// PIE_FP8_PRODUCERS (v2, v2x8) says.
+/// first register kernel, nonzero fp8_producers_v2.cuh's loads-first kernels, −1 as
+/// PIE_FP8_PRODUCERS (v2, the default, or v1) says.
 template <class T>
 void add_rms_norm_fp8(TensorView<T> x, TensorView<T> residual, TensorView<T> w, float eps, bool first, Fp8Act a,
                       cudaStream_t stream, int regs = -1, int v2 = -1) {
@@ -252,10 +252,6 @@ void silu_and_mul_fp8(TensorView<T> gate_up, TensorView<T> out, Fp8Act a, cudaSt
   const bool regs_on = fp8_quant_regs_choice(regs) && reinterpret_cast<uintptr_t>(a.q) % 8 == 0;  // rows: check_rows8
   const int vecs = regs_on ? fp8_producers_v2_choice(v2) : 0;
   auto* q = reinterpret_cast<__nv_fp8_e4m3*>(a.q);
-  if (vecs == 8 && detail::launch_silu_and_mul_fp8_v2<8, detail::kSiluFp8V2WideMaxThreads>(
-                       dev(gate_up.data), gate_up.stride[0], dev(out.data), out.stride[0], I, M, Mp, a.per_token, q,
-                       a.s, stream))
-    return;
   if (vecs != 0 && detail::launch_silu_and_mul_fp8_v2<detail::kSiluFp8V2Vecs, detail::kSiluFp8V2MaxThreads>(
                        dev(gate_up.data), gate_up.stride[0], dev(out.data), out.stride[0], I, M, Mp, a.per_token, q,
                        a.s, stream))

@@ -2,7 +2,7 @@
 /// \file fp8_producers_v2.cuh
 /// \brief The fused fp8 producers of fp8_producers.cuh (residual add + RMSNorm, SwiGLU, each
 /// quantizing its output from registers) with every load of a row issued before the first use
-/// (PIE_FP8_PRODUCERS=v2; opt-in until measured on the device).
+/// (the default since measured on an H100, 2026-12-05; PIE_FP8_PRODUCERS=v1 goes back).
 /// The switch, fp8_producers_v2_vecs(), lives in fp8_quant.cuh (it also picks the standalone
 /// quantization's loads-first kernel). Why: the register kernels load through load8, which
 /// compiles to four 4-byte loads per 16 bytes (common.cuh's ld_raw8 says why), and each vector's
@@ -106,12 +106,11 @@ __global__ void add_rms_norm_fp8_v2_kernel(T* __restrict__ x, int64_t x_stride, 
 
 /// Vectors of 8 columns a thread of silu_and_mul_fp8_v2_kernel holds by default, and its launch
 /// bound (inter ≤ 512·4·8 = 16384): Qwen3-8B's inter 12288 takes 384 threads of 64 registers
-/// (sm_90a, CUDA 13), 2 CTAs per SM, 96 KB of loads in flight per SM. 8 vectors (PIE_FP8_PRODUCERS
-/// =v2x8: 192 threads of 106 registers under a 256 bound, 3 CTAs per SM, 144 KB) is the
-/// alternative the benchmark times; 8 under a 512 bound spilled 36 bytes.
+/// (sm_90a, CUDA 13), 2 CTAs per SM, 96 KB of loads in flight per SM. 8 vectors (192 threads of 106
+/// registers under a 256 bound, 3 CTAs per SM) measured slower on the H100 (SwiGLU at batch 512
+/// 28.9 against 22.0 µs) and was removed; 8 under a 512 bound spilled 36 bytes.
 inline constexpr int kSiluFp8V2Vecs = 4;
 inline constexpr int kSiluFp8V2MaxThreads = 512;
-inline constexpr int kSiluFp8V2WideMaxThreads = 256;  ///< the launch bound at 8 vectors
 
 /// silu_and_mul_fp8_regs_kernel with its loads first: every gate and up vector of the thread as
 /// 16-byte loads, then silu_and_mul_fp8_regs_kernel's arithmetic per element (which vectors a

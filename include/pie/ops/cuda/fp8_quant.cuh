@@ -48,23 +48,24 @@ inline bool fp8_quant_regs_choice(int regs) { return regs < 0 ? fp8_quant_regs_o
 inline constexpr int kFp8QuantRegsVecs = 4;
 
 /// Whether the register quantizers load every vector first (fp8_producers_v2.cuh's RMSNorm and
-/// SwiGLU, fp8_quant_regs_v2_kernel; the same codes, opt-in until measured), and how many vectors
-/// of 8 columns a SwiGLU thread then holds: PIE_FP8_PRODUCERS=v2 → 4, v2x8 → 8 (read once);
-/// anything else, or unset, → 0 (the first register kernels).
+/// SwiGLU, fp8_quant_regs_v2_kernel; the same codes), as the number of vectors of 8 columns a
+/// SwiGLU thread holds: 4 (the default since it was measured: one H100, 2026-12-05, SwiGLU at batch
+/// 512 31.2 → 22.0 µs, fp8 2048 × (128, 128) +3.1%; docs/kernels.md), or 0 with
+/// PIE_FP8_PRODUCERS=v1 (the first register kernels). Read once; another value is an error.
 inline int fp8_producers_v2_vecs() {
   static const int vecs = [] {
     const char* v = std::getenv("PIE_FP8_PRODUCERS");
-    if (v == nullptr) return 0;
-    if (std::strcmp(v, "v2") == 0) return 4;
-    return std::strcmp(v, "v2x8") == 0 ? 8 : 0;
+    if (v == nullptr || *v == '\0' || std::strcmp(v, "v2") == 0) return 4;
+    PIE_CHECK(std::strcmp(v, "v1") == 0, "PIE_FP8_PRODUCERS=", v, ": expected v2 (the default) or v1");
+    return 0;
   }();
   return vecs;
 }
-/// A launcher's `v2` argument: 0 keeps the first register kernels, 4 or 8 takes the loads-first
-/// ones (1: 4), −1 (the default) as fp8_producers_v2_vecs() says.
+/// A launcher's `v2` argument: 0 keeps the first register kernels, nonzero takes the loads-first
+/// ones, −1 (the default) as fp8_producers_v2_vecs() says.
 inline int fp8_producers_v2_choice(int v2) {
   if (v2 < 0) return fp8_producers_v2_vecs();
-  return v2 == 8 ? 8 : v2 != 0 ? 4 : 0;
+  return v2 != 0 ? 4 : 0;
 }
 
 /// kFp8QuantBatchedDefault, or PIE_FP8_QUANT_BATCHED=0/1 (read once).
