@@ -77,15 +77,17 @@ struct RandomFp8 {
   }
 };
 
-// Both quantization paths (the row kernel, and from registers in one pass: PIE_FP8_QUANT_REGS),
-// at widths with whole groups, a partial last group (136 = 128 + 8) and Qwen3-8B's hidden size.
+// Every quantization path (the row kernel; from registers in one pass: PIE_FP8_QUANT_REGS; and
+// with the loads first: PIE_FP8_PRODUCERS=v2), at widths with whole groups, a partial last group
+// (136 = 128 + 8) and Qwen3-8B's hidden size, the last also at a decode batch of 512.
 TEST(Fp8Kernels, QuantizationIsBitIdenticalToTheCpu) {
   std::mt19937 rng(1);
-  for (int regs : {0, 1})
+  for (auto [regs, v2] : {std::pair<int, int>{0, 0}, {1, 0}, {1, 1}})
   for (int K : {640, 136, 4096})
   for (bool per_token : {false, true})
-    for (int M : {1, 3, 8, 37}) {
-      SCOPED_TRACE(testing::Message() << "regs " << regs << " K " << K);
+    for (int M : {1, 3, 8, 37, 512}) {
+      if (M == 512 && K != 4096) continue;
+      SCOPED_TRACE(testing::Message() << "regs " << regs << " v2 " << v2 << " K " << K);
       auto x = test::randn<bf16>(size_t(M) * K, rng, 2.f);
       x[3] = from_float<bf16>(0.f);
       auto dx = test::upload(x);
@@ -93,7 +95,7 @@ TEST(Fp8Kernels, QuantizationIsBitIdenticalToTheCpu) {
       DeviceBuffer<fp8_e4m3> q(Mp * K);
       DeviceBuffer<float> s(Mp * (G + 1));
       ops::cuda::fp8_quantize(TensorView<bf16>(dx.data(), {M, K}, Device::Cuda), per_token, q.data(), s.data(), nullptr,
-                              regs);
+                              regs, v2);
       auto hq = test::download(q);
       auto hs = test::download(s);
       auto xf = test::to_f32(x);
@@ -113,17 +115,20 @@ TEST(Fp8Kernels, QuantizationIsBitIdenticalToTheCpu) {
 // The producers with the quantization fused in (fp8_producers.cuh) against the separate kernels
 // (add_rms_norm / silu_and_mul, then fp8_quantize): outputs, residual, codes and scales bit for
 // bit, padding rows included; then Fp8Gemm::prequantized on those codes against operator().
-// Both producer paths (PIE_FP8_QUANT_REGS 0: write the row and read it back; 1: quantize from
-// registers in one pass) at a small shape, widths with a partial last group (136, 264) and
-// Qwen3-8B's (4096, 12288); the separate kernels take the row path.
+// Every producer path (PIE_FP8_QUANT_REGS 0: write the row and read it back; 1: quantize from
+// registers in one pass; PIE_FP8_PRODUCERS v2, the default: from registers, loads first, 4
+// vectors a SwiGLU thread) at a small shape, widths with a partial last group (136, 264, 1000)
+// and Qwen3-8B's (4096, 12288), the last two also at a decode batch of 512, a ragged 300 and 1;
+// the separate kernels take the row path.
 TEST(Fp8Kernels, FusedProducersAreBitIdenticalToTheSeparateKernels) {
   std::mt19937 rng(3);
-  ops::cuda::Fp8Gemm gemm(64, 12288, 512);
-  for (int regs : {0, 1})
-  for (auto [H, I] : {std::pair<int, int>{512, 1536}, {136, 264}, {4096, 12288}})
+  ops::cuda::Fp8Gemm gemm(512, 12288, 512);
+  for (auto [regs, v2] : {std::pair<int, int>{0, 0}, {1, 0}, {1, 4}})
+  for (auto [H, I] : {std::pair<int, int>{512, 1536}, {136, 264}, {1000, 1000}, {4096, 12288}})
   for (bool per_token : {false, true})
-    for (int M : {2, 3, 8, 37}) {
-      SCOPED_TRACE(testing::Message() << "regs " << regs << " H " << H << " I " << I);
+    for (int M : {1, 2, 3, 8, 37, 300, 512}) {
+      if ((M == 1 || M > 37) && H != 4096 && H != 1000) continue;
+      SCOPED_TRACE(testing::Message() << "regs " << regs << " v2 " << v2 << " H " << H << " I " << I);
       const int64_t Mp = ops::cuda::fp8_padded_rows(M);
       auto bits = [](const std::vector<bf16>& a, const std::vector<bf16>& b) {
         int bad = 0;
@@ -152,7 +157,7 @@ TEST(Fp8Kernels, FusedProducersAreBitIdenticalToTheSeparateKernels) {
         ops::cuda::add_rms_norm(v(dx1, H), v(dr1, H), wv, 1e-6f, first, nullptr);
         ops::cuda::fp8_quantize(v(dx1, H), per_token, q1.data(), s1.data(), nullptr, 0);
         ops::cuda::add_rms_norm_fp8(v(dx2, H), v(dr2, H), wv, 1e-6f, first, {q2.data(), s2.data(), per_token}, nullptr,
-                                    regs);
+                                    regs, v2);
         EXPECT_EQ(bits(test::download(dx1), test::download(dx2)), 0) << "norm output M=" << M;
         EXPECT_EQ(bits(test::download(dr1), test::download(dr2)), 0) << "residual M=" << M;
         EXPECT_EQ(same_q(q1, q2, s1, s2, H), 0) << "norm codes/scales M=" << M << (per_token ? " per token" : "");
@@ -168,7 +173,7 @@ TEST(Fp8Kernels, FusedProducersAreBitIdenticalToTheSeparateKernels) {
         ops::cuda::silu_and_mul(guv, ov1, nullptr);
         ops::cuda::fp8_quantize(ov1, per_token, q1.data(), s1.data(), nullptr, 0);
         // Into the GEMM's own buffer, as the engine does.
-        ops::cuda::silu_and_mul_fp8(guv, ov2, gemm.act_buffer(per_token), nullptr, regs);
+        ops::cuda::silu_and_mul_fp8(guv, ov2, gemm.act_buffer(per_token), nullptr, regs, v2);
         EXPECT_EQ(bits(test::download(o1), test::download(o2)), 0) << "silu output M=" << M;
         {  // the producer's codes and scales against fp8_quantize's, directly
           const auto a = gemm.act_buffer(per_token);
@@ -185,6 +190,7 @@ TEST(Fp8Kernels, FusedProducersAreBitIdenticalToTheSeparateKernels) {
           EXPECT_EQ(bad, 0) << "silu codes/scales M=" << M << (per_token ? " per token" : "");
         }
         if (I % 128 != 0) continue;  // the block-scaled GEMM below wants whole 128-column groups
+        if (M == 1) continue;        // operator() takes the GEMV at M = 1, not the codes
         RandomFp8 w(!per_token, 512, I, rng);
         DeviceBuffer<bf16> y1(size_t(M) * 512), y2(size_t(M) * 512);
         TensorView<bf16> yv1(y1.data(), {M, 512}, Device::Cuda), yv2(y2.data(), {M, 512}, Device::Cuda);
@@ -609,6 +615,115 @@ TEST(Fp8Bench, DISABLED_GemvAloneAgainstTheCopyBandwidth) {
     const double gbs = double(wb) / (ms * 1e-3) / 1e9;
     std::printf("[fp8 gemv alone] %-7s N=%lld K=%lld: %.2f us, %.0f GB/s = %.1f%% of copy\n", sh.name,
                 (long long)sh.N, (long long)sh.K, ms * 1e3, gbs, 100 * gbs / copy_gbs);
+  }
+  PIE_CUDA_CHECK(cudaEventDestroy(e0));
+  PIE_CUDA_CHECK(cudaEventDestroy(e1));
+}
+
+// Not a check (disabled by default): the fused fp8 producers (fp8_producers.cuh) at Qwen3-8B's
+// shapes — residual add + RMSNorm over 4096 (first = false), the standalone quantization of a
+// 4096-wide row (o_proj's input) and SwiGLU over inter 12288; 128-column
+// group scales (the (128, 128)-block engine) and per-token ones (per channel) — at M = 64, 512,
+// 2048, each path in turn
+// (the first register kernels, fp8_producers_v2.cuh's at 4 and 8 vectors a SwiGLU thread), their
+// bytes (read + written, scales and the norm's weight included) per second against a
+// device-to-device copy timed in the same process. Inputs rotate over copies that together
+// exceed the 50 MB L2, so rows come from HBM as after a GEMM that wrote more than L2 holds.
+TEST(Fp8Bench, DISABLED_ProducersAgainstTheCopyBandwidth) {
+  cudaEvent_t e0, e1;
+  PIE_CUDA_CHECK(cudaEventCreate(&e0));
+  PIE_CUDA_CHECK(cudaEventCreate(&e1));
+  auto time_ms = [&](int iters, auto&& f) {
+    for (int i = 0; i < 3; ++i) f(i);
+    PIE_CUDA_CHECK(cudaEventRecord(e0));
+    for (int i = 0; i < iters; ++i) f(i);
+    PIE_CUDA_CHECK(cudaEventRecord(e1));
+    PIE_CUDA_CHECK(cudaEventSynchronize(e1));
+    float ms = 0;
+    PIE_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+    return double(ms) / iters;
+  };
+  const size_t cb = size_t(1) << 30;
+  double copy_gbs = 0;
+  {
+    DeviceBuffer<unsigned char> ca(cb), cc(cb);
+    PIE_CUDA_CHECK(cudaMemset(ca.data(), 1, cb));
+    copy_gbs = 2.0 * cb / (time_ms(10, [&](int) {
+                 PIE_CUDA_CHECK(cudaMemcpyAsync(cc.data(), ca.data(), cb, cudaMemcpyDeviceToDevice));
+               }) * 1e-3) / 1e9;
+  }
+  std::printf("[fp8 producers] device copy %.0f GB/s (read + write)\n", copy_gbs);
+  struct Path { const char* name; int regs, v2; };
+  const Path paths[] = {{"regs (v1)", 1, 0}, {"v2", 1, 4}};
+  std::mt19937 rng(5);
+  const int64_t H = 4096, I = 12288;
+  auto report = [&](const char* op, int64_t M, bool pt, const Path& p, double ms, double bytes) {
+    const double gbs = bytes / (ms * 1e-3) / 1e9;
+    std::printf("[fp8 producers] %-9s M=%-5lld %-9s %-9s: %8.2f us, %6.1f MB, %5.0f GB/s = %5.1f%% of copy\n", op,
+                (long long)M, pt ? "per token" : "per group", p.name, ms * 1e3, bytes / 1e6, gbs, 100 * gbs / copy_gbs);
+  };
+  for (bool pt : {false, true})
+  for (int64_t M : {64, 512, 2048}) {
+    const int64_t Mp = ops::cuda::fp8_padded_rows(M);
+    {  // residual add + RMSNorm → fp8 (in place on x and the residual)
+      const int64_t set = M * H, copies = std::max<int64_t>(2, (int64_t(200) << 20) / (set * 4));
+      DeviceBuffer<bf16> x(size_t(set * copies)), r(size_t(set * copies));
+      auto hx = test::randn<bf16>(size_t(set), rng);
+      for (int64_t c = 0; c < copies; ++c) {
+        PIE_CUDA_CHECK(cudaMemcpy(x.data() + c * set, hx.data(), set * sizeof(bf16), cudaMemcpyHostToDevice));
+        PIE_CUDA_CHECK(cudaMemcpy(r.data() + c * set, hx.data(), set * sizeof(bf16), cudaMemcpyHostToDevice));
+      }
+      auto dw = test::upload(test::randn<bf16>(size_t(H), rng, 0.1f, 1.f));
+      DeviceBuffer<fp8_e4m3> q(size_t(Mp * H));
+      DeviceBuffer<float> s(size_t(Mp * (H / 128)));
+      const double bytes = double(M * H) * 2 * 4 + double(Mp * H) + double(Mp * (pt ? 1 : H / 128)) * 4 + double(H) * 2;
+      for (const Path& p : paths) {
+        const double ms = time_ms(50, [&](int i) {
+          const int64_t c = i % copies;
+          ops::cuda::add_rms_norm_fp8(TensorView<bf16>(x.data() + c * set, {M, H}, Device::Cuda),
+                                      TensorView<bf16>(r.data() + c * set, {M, H}, Device::Cuda),
+                                      TensorView<bf16>(dw.data(), {H}, Device::Cuda), 1e-6f, false,
+                                      {q.data(), s.data(), pt}, nullptr, p.regs, p.v2);
+        });
+        report("add_norm", M, pt, p, ms, bytes);
+      }
+    }
+    {  // the standalone quantization (o_proj's input: attention's output, 4096 wide)
+      const int64_t set = M * H, copies = std::max<int64_t>(2, (int64_t(200) << 20) / (set * 2));
+      DeviceBuffer<bf16> x(size_t(set * copies));
+      auto hx = test::randn<bf16>(size_t(set), rng);
+      for (int64_t c = 0; c < copies; ++c)
+        PIE_CUDA_CHECK(cudaMemcpy(x.data() + c * set, hx.data(), set * sizeof(bf16), cudaMemcpyHostToDevice));
+      DeviceBuffer<fp8_e4m3> q(size_t(Mp * H));
+      DeviceBuffer<float> s(size_t(Mp * (H / 128)));
+      const double bytes = double(M * H) * 2 + double(Mp * H) + double(Mp * (pt ? 1 : H / 128)) * 4;
+      for (const Path& p : paths) {
+        if (p.v2 == 8) continue;  // one loads-first kernel: 4 vectors a thread
+        const double ms = time_ms(50, [&](int i) {
+          ops::cuda::fp8_quantize(TensorView<bf16>(x.data() + (i % copies) * set, {M, H}, Device::Cuda), pt, q.data(),
+                                  s.data(), nullptr, p.regs, p.v2);
+        });
+        report("quantize", M, pt, p, ms, bytes);
+      }
+    }
+    {  // SwiGLU → fp8
+      const int64_t set = M * 2 * I, copies = std::max<int64_t>(2, (int64_t(200) << 20) / (set * 2));
+      DeviceBuffer<bf16> gu(size_t(set * copies)), out(size_t(M * I));
+      auto hg = test::randn<bf16>(size_t(set), rng, 2.f);
+      for (int64_t c = 0; c < copies; ++c)
+        PIE_CUDA_CHECK(cudaMemcpy(gu.data() + c * set, hg.data(), set * sizeof(bf16), cudaMemcpyHostToDevice));
+      DeviceBuffer<fp8_e4m3> q(size_t(Mp * I));
+      DeviceBuffer<float> s(size_t(Mp * (I / 128)));
+      const double bytes = double(M * I) * 2 * 3 + double(Mp * I) + double(Mp * (pt ? 1 : I / 128)) * 4;
+      for (const Path& p : paths) {
+        const double ms = time_ms(50, [&](int i) {
+          ops::cuda::silu_and_mul_fp8(TensorView<bf16>(gu.data() + (i % copies) * set, {M, 2 * I}, Device::Cuda),
+                                      TensorView<bf16>(out.data(), {M, I}, Device::Cuda),
+                                      {q.data(), s.data(), pt}, nullptr, p.regs, p.v2);
+        });
+        report("silu_mul", M, pt, p, ms, bytes);
+      }
+    }
   }
   PIE_CUDA_CHECK(cudaEventDestroy(e0));
   PIE_CUDA_CHECK(cudaEventDestroy(e1));

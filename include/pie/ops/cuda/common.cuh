@@ -14,6 +14,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <utility>
 
@@ -86,10 +87,35 @@ __device__ __forceinline__ void widen8(const Pack8<T>& pk, float (&f)[8]) {
   }
 }
 
-/// Loads 8 consecutive elements (one vector instruction for ≤ 16 bytes) and widens to float.
+/// One 16-byte load as one LDG.128, kept as 32-bit words until widen_raw8. load8 passes the global
+/// Pack8 to widen8 by reference, which nvcc (CUDA 13, sm_90a) compiles to four 4-byte loads, and
+/// eight 2-byte values are split right after their load, which waits for it: loops that load
+/// several vectors before using them (fp8_producers_v2.cuh) keep the loads in this form.
+__device__ __forceinline__ uint4 ld_raw8(const void* p) { return *reinterpret_cast<const uint4*>(p); }
+
+/// widen8 of 8 elements of a 2-byte T loaded by ld_raw8 (the same values as load8).
+template <class T>
+__device__ __forceinline__ void widen_raw8(const uint4& u, float (&f)[8]) {
+  static_assert(sizeof(Pack8<T>) == sizeof(uint4), "widen_raw8: 16-byte vectors of 2-byte types");
+  Pack8<T> pk;
+  std::memcpy(&pk, &u, sizeof(u));
+  widen8(pk, f);
+}
+
+/// Loads 8 consecutive elements (one vector instruction) and widens them to float. 2-byte types
+/// go through ld_raw8: widening the global Pack8 in place compiled to four 4-byte loads (nvcc 13,
+/// sm_90a); the same values either way.
 template <class T>
 __device__ __forceinline__ void load8(const T* __restrict__ p, float (&f)[8]) {
-  widen8(*reinterpret_cast<const Pack8<T>*>(p), f);
+  if constexpr (sizeof(Pack8<T>) == sizeof(uint4)) {
+    widen_raw8<T>(ld_raw8(p), f);
+  } else {  // 1-byte types (fp8): one 8-byte load, not four 2-byte ones
+    static_assert(sizeof(Pack8<T>) == sizeof(uint2), "load8: 8 elements of 1 or 2 bytes");
+    const uint2 u = *reinterpret_cast<const uint2*>(p);
+    Pack8<T> pk;
+    std::memcpy(&pk, &u, sizeof(u));
+    widen8(pk, f);
+  }
 }
 
 /// Narrows 8 floats (round to nearest even) and stores them with one vector instruction.

@@ -14,6 +14,7 @@
 
 #include "pie/core/fp8_weight.hpp"
 #include "pie/ops/cuda/common.cuh"
+#include "pie/ops/cuda/fp8_producers_v2.cuh"
 #include "pie/ops/cuda/fp8_quant.cuh"
 #include "pie/ops/cuda/norm.cuh"
 
@@ -194,10 +195,12 @@ __global__ void __launch_bounds__(kSiluFp8RegsMaxThreads)
 /// \brief add_rms_norm(x, residual, w, eps, first) (norm.cuh), and x's fp8 codes and scales for
 /// the next fp8 GEMM into `a` (rows padded to fp8_padded_rows(M)).
 /// `regs` as fp8_quantize's: 1 quantizes from registers in one pass, 0 writes and reads the row
-/// back, −1 as fp8_quant_regs_on() says.
+/// back, −1 as fp8_quant_regs_on() says. `v2` (with registers): fp8_producers_v2_choice's, 0 the
+/// first register kernel, nonzero fp8_producers_v2.cuh's loads-first kernels, −1 as
+/// PIE_FP8_PRODUCERS (v2, the default, or v1) says.
 template <class T>
 void add_rms_norm_fp8(TensorView<T> x, TensorView<T> residual, TensorView<T> w, float eps, bool first, Fp8Act a,
-                      cudaStream_t stream, int regs = -1) {
+                      cudaStream_t stream, int regs = -1, int v2 = -1) {
   static_assert(std::is_same_v<T, pie::f16> || std::is_same_v<T, pie::bf16>, "add_rms_norm_fp8: f16 or bf16");
   check_rows8(x, "add_rms_norm_fp8 x");
   check_rows8(residual, "add_rms_norm_fp8 residual");
@@ -209,6 +212,14 @@ void add_rms_norm_fp8(TensorView<T> x, TensorView<T> residual, TensorView<T> w, 
   if (M == 0) return;
   using D = device_t<T>;
   if (fp8_quant_regs_choice(regs) && reinterpret_cast<uintptr_t>(a.q) % 8 == 0) {  // rows: check_rows8
+    if (fp8_producers_v2_choice(v2) != 0) {
+      launch_pdl(first ? detail::add_rms_norm_fp8_v2_kernel<D, true> : detail::add_rms_norm_fp8_v2_kernel<D, false>,
+                 dim3(static_cast<unsigned>(Mp)), dim3(detail::norm_threads(static_cast<int>(dim))), 0, stream,
+                 dev(x.data), x.stride[0], dev(residual.data), residual.stride[0], dev(w.data), static_cast<int>(dim),
+                 eps, static_cast<int>(M), static_cast<int>(Mp), a.per_token ? 1 : 0,
+                 reinterpret_cast<__nv_fp8_e4m3*>(a.q), a.s);
+      return;
+    }
     launch_pdl(detail::add_rms_norm_fp8_regs_kernel<D>, dim3(static_cast<unsigned>(Mp)),
                dim3(detail::norm_threads(static_cast<int>(dim))), 0, stream, dev(x.data), x.stride[0],
                dev(residual.data), residual.stride[0], dev(w.data), static_cast<int>(dim), eps, first,
@@ -225,9 +236,10 @@ void add_rms_norm_fp8(TensorView<T> x, TensorView<T> residual, TensorView<T> w, 
 
 /// \brief silu_and_mul(gate_up, out) (activation.cuh), and out's fp8 codes and scales for the
 /// next fp8 GEMM into `a` (rows padded to fp8_padded_rows(M)).
-/// `regs` as add_rms_norm_fp8's.
+/// `regs` and `v2` as add_rms_norm_fp8's.
 template <class T>
-void silu_and_mul_fp8(TensorView<T> gate_up, TensorView<T> out, Fp8Act a, cudaStream_t stream, int regs = -1) {
+void silu_and_mul_fp8(TensorView<T> gate_up, TensorView<T> out, Fp8Act a, cudaStream_t stream, int regs = -1,
+                      int v2 = -1) {
   static_assert(std::is_same_v<T, pie::f16> || std::is_same_v<T, pie::bf16>, "silu_and_mul_fp8: f16 or bf16");
   check_rows8(gate_up, "silu_and_mul_fp8 gate_up");
   check_rows8(out, "silu_and_mul_fp8 out");
@@ -237,7 +249,14 @@ void silu_and_mul_fp8(TensorView<T> gate_up, TensorView<T> out, Fp8Act a, cudaSt
   if (M == 0) return;
   using D = device_t<T>;
   const int rt = detail::fp8_regs_threads(I, detail::kSiluFp8RegsVecs, detail::kSiluFp8RegsMaxThreads);
-  if (fp8_quant_regs_choice(regs) && rt > 0 && reinterpret_cast<uintptr_t>(a.q) % 8 == 0) {  // rows: check_rows8
+  const bool regs_on = fp8_quant_regs_choice(regs) && reinterpret_cast<uintptr_t>(a.q) % 8 == 0;  // rows: check_rows8
+  const int vecs = regs_on ? fp8_producers_v2_choice(v2) : 0;
+  auto* q = reinterpret_cast<__nv_fp8_e4m3*>(a.q);
+  if (vecs != 0 && detail::launch_silu_and_mul_fp8_v2<detail::kSiluFp8V2Vecs, detail::kSiluFp8V2MaxThreads>(
+                       dev(gate_up.data), gate_up.stride[0], dev(out.data), out.stride[0], I, M, Mp, a.per_token, q,
+                       a.s, stream))
+    return;
+  if (regs_on && rt > 0) {
     launch_pdl(detail::silu_and_mul_fp8_regs_kernel<D>, dim3(static_cast<unsigned>(Mp)), dim3(rt), 0, stream,
                dev(gate_up.data), gate_up.stride[0], dev(out.data), out.stride[0], static_cast<int>(I),
                static_cast<int>(M), static_cast<int>(Mp), a.per_token ? 1 : 0,

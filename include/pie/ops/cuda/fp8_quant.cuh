@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 
 #include "pie/core/fp8_weight.hpp"
 #include "pie/ops/cuda/common.cuh"
@@ -45,6 +46,27 @@ inline bool fp8_quant_regs_on() {
 inline bool fp8_quant_regs_choice(int regs) { return regs < 0 ? fp8_quant_regs_on() : regs != 0; }
 /// Vectors of 8 columns a thread of the standalone register kernel holds (rows ≤ 1024·4·8).
 inline constexpr int kFp8QuantRegsVecs = 4;
+
+/// Whether the register quantizers load every vector first (fp8_producers_v2.cuh's RMSNorm and
+/// SwiGLU, fp8_quant_regs_v2_kernel; the same codes), as the number of vectors of 8 columns a
+/// SwiGLU thread holds: 4 (the default since it was measured: one H100, 2026-12-05, SwiGLU at batch
+/// 512 31.2 → 22.0 µs, fp8 2048 × (128, 128) +3.1%; docs/kernels.md), or 0 with
+/// PIE_FP8_PRODUCERS=v1 (the first register kernels). Read once; another value is an error.
+inline int fp8_producers_v2_vecs() {
+  static const int vecs = [] {
+    const char* v = std::getenv("PIE_FP8_PRODUCERS");
+    if (v == nullptr || *v == '\0' || std::strcmp(v, "v2") == 0) return 4;
+    PIE_CHECK(std::strcmp(v, "v1") == 0, "PIE_FP8_PRODUCERS=", v, ": expected v2 (the default) or v1");
+    return 0;
+  }();
+  return vecs;
+}
+/// A launcher's `v2` argument: 0 keeps the first register kernels, nonzero takes the loads-first
+/// ones, −1 (the default) as fp8_producers_v2_vecs() says.
+inline int fp8_producers_v2_choice(int v2) {
+  if (v2 < 0) return fp8_producers_v2_vecs();
+  return v2 != 0 ? 4 : 0;
+}
 
 /// kFp8QuantBatchedDefault, or PIE_FP8_QUANT_BATCHED=0/1 (read once).
 inline bool fp8_quant_batched() {
@@ -213,6 +235,42 @@ __global__ void __launch_bounds__(1024) fp8_quant_regs_kernel(const T* __restric
   pdl_launch_dependents();
 }
 
+/// fp8_quant_regs_kernel with the row's vectors loaded first, as ld_raw8 words (its load8 waits
+/// for each vector before the next one's loads issue): the same values, so the same codes.
+template <class T, int VPT>
+__global__ void __launch_bounds__(1024) fp8_quant_regs_v2_kernel(const T* __restrict__ x, int64_t ldx, int M, int Mp,
+                                                                 int K, int per_token, __nv_fp8_e4m3* __restrict__ q,
+                                                                 float* __restrict__ s) {
+  __shared__ float red[32];
+  pdl_wait();
+  const int m = blockIdx.x;
+  if (m >= M) {
+    fp8_quant_row<T, 1>(x, m, M, Mp, K, per_token != 0, q, s, red);  // padding: zero codes, scale 1
+  } else {
+    const T* row = x + int64_t(m) * ldx;
+    const int nvec = K / 8;
+    uint4 raw[VPT];
+#pragma unroll
+    for (int k = 0; k < VPT; ++k) {
+      const int i = static_cast<int>(threadIdx.x) + k * static_cast<int>(blockDim.x);
+      if (i < nvec) raw[k] = ld_raw8(row + 8 * i);
+    }
+    float v[VPT][8];
+#pragma unroll
+    for (int k = 0; k < VPT; ++k) {
+      const int i = static_cast<int>(threadIdx.x) + k * static_cast<int>(blockDim.x);
+      if (i < nvec) {
+        widen_raw8<T>(raw[k], v[k]);
+      } else {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[k][j] = 0.0f;
+      }
+    }
+    fp8_quant_regs<VPT>(v, m, Mp, K, per_token != 0, q, s, red);
+  }
+  pdl_launch_dependents();
+}
+
 /// Threads of a register-quantizing CTA: ceil(K / 8 / vpt) rounded up to 32 (0: the row needs more
 /// than `max_threads`, the kernel's launch bound).
 inline int fp8_regs_threads(int64_t K, int vpt, int max_threads = 1024) {
@@ -245,8 +303,11 @@ __global__ void __launch_bounds__(128) fp8_quant_kernel(const T* __restrict__ x,
 /// `per_token`: one scale per row, else one per row and 128-column group.
 /// `regs`: 1 quantizes from registers in one pass (detail::fp8_quant_regs_kernel), 0 through the
 /// row kernel, −1 as fp8_quant_regs_on() says; rows the register path cannot take use the row kernel.
+/// `v2` (with registers): nonzero takes detail::fp8_quant_regs_v2_kernel, 0 the first one, −1 as
+/// fp8_producers_v2_vecs() (PIE_FP8_PRODUCERS) says.
 template <class T>
-void fp8_quantize(TensorView<T> x, bool per_token, fp8_e4m3* q, float* s, cudaStream_t stream, int regs = -1) {
+void fp8_quantize(TensorView<T> x, bool per_token, fp8_e4m3* q, float* s, cudaStream_t stream, int regs = -1,
+                  int v2 = -1) {
   static_assert(std::is_same_v<T, pie::f16> || std::is_same_v<T, pie::bf16>, "fp8_quantize: f16 or bf16 input");
   const int64_t M = x.shape[0], K = x.shape[1], Mp = fp8_padded_rows(M);
   PIE_CHECK(x.rank == 2 && x.stride[1] == 1, "fp8_quantize: x must be a matrix with contiguous rows");
@@ -255,7 +316,9 @@ void fp8_quantize(TensorView<T> x, bool per_token, fp8_e4m3* q, float* s, cudaSt
   if (M == 0) return;
   const int rt = detail::fp8_regs_threads(K, kFp8QuantRegsVecs);
   if (fp8_quant_regs_choice(regs) && rt > 0 && detail::fp8_regs_fit(K, x.data, x.stride[0], sizeof(T), q)) {
-    launch_pdl(detail::fp8_quant_regs_kernel<device_t<T>, kFp8QuantRegsVecs>, dim3(static_cast<unsigned>(Mp)),
+    launch_pdl(fp8_producers_v2_choice(v2) != 0 ? detail::fp8_quant_regs_v2_kernel<device_t<T>, kFp8QuantRegsVecs>
+                                                : detail::fp8_quant_regs_kernel<device_t<T>, kFp8QuantRegsVecs>,
+               dim3(static_cast<unsigned>(Mp)),
                dim3(rt), 0, stream, dev(x.data), x.stride[0], static_cast<int>(M), static_cast<int>(Mp),
                static_cast<int>(K), per_token ? 1 : 0, reinterpret_cast<__nv_fp8_e4m3*>(q), s);
     return;
