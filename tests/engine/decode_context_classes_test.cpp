@@ -141,6 +141,17 @@ TEST(DecodeContextClasses, CostOfAPlanAtAShorterContext) {
     }
 }
 
+// The runner's ladder when the classes are off (--batch-invariant, PIE_DECODE_GRAPH_CONTEXTS=0):
+// default-constructed, no bounds for any bucket, so no class graph is captured (it once had
+// {0}: a bound-0 graph per bucket, captured and never replayed).
+TEST(DecodeContextClasses, OffLadderHasNoBounds) {
+  const DecodeContextClasses off;
+  EXPECT_TRUE(off.empty());
+  EXPECT_TRUE(off.bounds(1).empty());
+  EXPECT_TRUE(off.bounds(64).empty());
+  EXPECT_TRUE(off.lower_bounds().empty());
+}
+
 TEST(DecodeContextClasses, SwitchParsing) {
   EXPECT_TRUE(decode_graph_contexts_from_env(nullptr));  // on by default
   EXPECT_TRUE(decode_graph_contexts_from_env(""));

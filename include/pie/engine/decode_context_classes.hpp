@@ -72,8 +72,10 @@ class DecodeContextClasses {
   }
 
   bool empty() const { return bounds_.empty(); }
-  /// The bounds of `bucket`'s graphs, ascending (just max_model_len when it has no classes).
+  /// The bounds of `bucket`'s graphs, ascending (just max_model_len when it has no classes;
+  /// none for a default-constructed ladder, the runner's when the classes are off).
   std::vector<int> bounds(int bucket) const {
+    if (max_model_len_ == 0) return {};
     auto it = bounds_.find(bucket);
     return it == bounds_.end() ? std::vector<int>{max_model_len_} : it->second;
   }

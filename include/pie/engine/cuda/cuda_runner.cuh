@@ -879,7 +879,9 @@ class CudaRunner {
       captured_.push_back(B);
       if (nano_bucket(B)) capture_split(B, p, specs);
       // The bucket's context classes below max_model_len (step_ still holds its plan), each warmed
-      // up eagerly first: another split count may launch other kernels (the merge).
+      // up eagerly first: another split count may launch other kernels (the merge). None when the
+      // classes are off (their ladder then has no bounds; it once gave {0}, and a bound-0 graph per
+      // bucket was captured here and never replayed).
       for (int bound : ctx_classes_.bounds(B)) {
         if (bound >= max_model_len_) continue;
         const StepShape cs = decode_shape(B, bound);
