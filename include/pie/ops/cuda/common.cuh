@@ -184,27 +184,29 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
-/// Sum over the block; every thread gets the result. `smem` holds ≥ 32 floats.
-__device__ __forceinline__ float block_sum(float v, float* smem) {
-  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-  v = warp_sum(v);
+/// Reduces v over the block with the warp reduction `warp_reduce` (each warp's result through
+/// shared memory, then one more warp reduction; the missing warps count as 0); every thread gets
+/// the result. `smem` holds ≥ 32 floats.
+template <class WarpReduce>
+__device__ __forceinline__ float block_reduce(float v, float* smem, WarpReduce warp_reduce) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  v = warp_reduce(v);
   __syncthreads();  // smem may still be read by a previous call
   if (lane == 0) smem[warp] = v;
   __syncthreads();
   v = lane < nw ? smem[lane] : 0.f;
-  return warp_sum(v);
+  return warp_reduce(v);
 }
 
-/// Largest of v over the block (block_sum's shape, warp_max for warp_sum; the missing warps count
-/// as 0, so for maxima of values ≥ 0 such as amaxes); every thread gets it. `smem` holds ≥ 32 floats.
+/// Sum over the block; every thread gets the result. `smem` holds ≥ 32 floats.
+__device__ __forceinline__ float block_sum(float v, float* smem) {
+  return block_reduce(v, smem, [](float x) { return warp_sum(x); });
+}
+
+/// Largest of v over the block (the missing warps count as 0, so for maxima of values ≥ 0 such as
+/// amaxes); every thread gets it. `smem` holds ≥ 32 floats.
 __device__ __forceinline__ float block_max(float v, float* smem) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-  v = warp_max(v);
-  __syncthreads();  // smem may still be read by a previous call
-  if (lane == 0) smem[warp] = v;
-  __syncthreads();
-  v = lane < nw ? smem[lane] : 0.f;
-  return warp_max(v);
+  return block_reduce(v, smem, [](float x) { return warp_max(x); });
 }
 
 /// True when p is aligned for 8-element vector access of T.

@@ -100,46 +100,18 @@ __global__ void add_rms_norm_fp8_regs_kernel(T* __restrict__ x, int64_t x_stride
   }
   T* xr = x + int64_t(m) * x_stride;
   T* rr = residual + int64_t(m) * r_stride;
-  const int nvec = dim / 8, nthreads = static_cast<int>(blockDim.x);
-  float v[VPT][8];
-  float ss = 0.f;
+  add_rms_norm_fp8_row<VPT>(
+      xr, rr, dim, eps, m, Mp, per_token, q, s, red,
+      [&](int, int i, float (&v)[8]) {
+        load8(xr + i * 8, v);
+        if (!first) {
+          float r[8];
+          load8(rr + i * 8, r);
 #pragma unroll
-  for (int k = 0; k < VPT; ++k) {
-    const int i = static_cast<int>(threadIdx.x) + k * nthreads;
-    if (i < nvec) {
-      load8(xr + i * 8, v[k]);
-      if (!first) {
-        float r[8];
-        load8(rr + i * 8, r);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) v[k][j] += r[j];
-      }
-      Pack8<T> pk;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) { pk.v[j] = from_f32<T>(v[k][j]); v[k][j] = to_f32(pk.v[j]); }
-      *reinterpret_cast<Pack8<T>*>(rr + i * 8) = pk;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) ss += v[k][j] * v[k][j];
-    }
-  }
-  const float inv = rsqrtf(block_sum(ss, red) / static_cast<float>(dim) + eps);
-#pragma unroll
-  for (int k = 0; k < VPT; ++k) {
-    const int i = static_cast<int>(threadIdx.x) + k * nthreads;
-    if (i < nvec) {
-      float wf[8], o[8];
-      load8(w + i * 8, wf);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) o[j] = wf[j] * to_f32(from_f32<T>(v[k][j] * inv));
-      store8(xr + i * 8, o);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) v[k][j] = to_f32(from_f32<T>(o[j]));  // the value stored
-    } else {
-#pragma unroll
-      for (int j = 0; j < 8; ++j) v[k][j] = 0.f;
-    }
-  }
-  fp8_quant_regs<VPT>(v, m, Mp, dim, per_token != 0, q, s, red);
+          for (int j = 0; j < 8; ++j) v[j] += r[j];
+        }
+      },
+      [&](int, int i, float (&wf)[8]) { load8(w + i * 8, wf); });
 }
 
 /// Vectors of 8 columns a thread of silu_and_mul_fp8_regs_kernel holds, and its launch bound:
@@ -174,14 +146,10 @@ __global__ void __launch_bounds__(kSiluFp8RegsMaxThreads)
   for (int k = 0; k < VPT; ++k) {
     const int i = static_cast<int>(threadIdx.x) + k * static_cast<int>(blockDim.x);
     if (i < nvec) {
-      float gv[8], uv[8], ov[8];
+      float gv[8], uv[8];
       load8(g + i * 8, gv);
       load8(u + i * 8, uv);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) ov[j] = to_f32(from_f32<T>(gv[j] / (1.f + expf(-gv[j])))) * uv[j];
-      store8(o + i * 8, ov);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) v[k][j] = to_f32(from_f32<T>(ov[j]));  // the value stored
+      silu_mul8_stored<T>(gv, uv, o + i * 8, v[k]);
     } else {
 #pragma unroll
       for (int j = 0; j < 8; ++j) v[k][j] = 0.f;

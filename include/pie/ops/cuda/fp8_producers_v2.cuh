@@ -24,6 +24,66 @@ namespace pie::ops::cuda {
 
 namespace detail {
 
+/// The arithmetic of one row of the fused residual add + RMSNorm + fp8 quantization, shared by
+/// add_rms_norm_fp8_regs_kernel and add_rms_norm_fp8_v2_kernel, which differ only in where their
+/// loads are issued: load_xr(k, i, v) fills v with x + residual (x alone for the first layer) of
+/// vector i, this thread's k-th; load_w(k, i, wf) the weight's. The rounded sum is stored to the
+/// residual, the normalised row to x, and the stored values are quantized (fp8_quant_regs).
+template <int VPT, class T, class LoadXR, class LoadW>
+__device__ __forceinline__ void add_rms_norm_fp8_row(T* __restrict__ xr, T* __restrict__ rr, int dim, float eps,
+                                                     int m, int Mp, int per_token, __nv_fp8_e4m3* __restrict__ q,
+                                                     float* __restrict__ s, float* red, LoadXR load_xr,
+                                                     LoadW load_w) {
+  const int nvec = dim / 8, nthreads = static_cast<int>(blockDim.x);
+  float v[VPT][8];
+  float ss = 0.f;
+#pragma unroll
+  for (int k = 0; k < VPT; ++k) {
+    const int i = static_cast<int>(threadIdx.x) + k * nthreads;
+    if (i < nvec) {
+      load_xr(k, i, v[k]);
+      Pack8<T> pk;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) { pk.v[j] = from_f32<T>(v[k][j]); v[k][j] = to_f32(pk.v[j]); }
+      *reinterpret_cast<Pack8<T>*>(rr + i * 8) = pk;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) ss += v[k][j] * v[k][j];
+    }
+  }
+  const float inv = rsqrtf(block_sum(ss, red) / static_cast<float>(dim) + eps);
+#pragma unroll
+  for (int k = 0; k < VPT; ++k) {
+    const int i = static_cast<int>(threadIdx.x) + k * nthreads;
+    if (i < nvec) {
+      float wf[8], o[8];
+      load_w(k, i, wf);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) o[j] = wf[j] * to_f32(from_f32<T>(v[k][j] * inv));
+      store8(xr + i * 8, o);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[k][j] = to_f32(from_f32<T>(o[j]));  // the value stored
+    } else {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[k][j] = 0.f;
+    }
+  }
+  fp8_quant_regs<VPT>(v, m, Mp, dim, per_token != 0, q, s, red);
+}
+
+/// SwiGLU of one vector of 8 (gate gv, up uv), stored to o, and the stored values into v for the
+/// quantization: the per-element arithmetic of silu_and_mul_fp8_regs_kernel and
+/// silu_and_mul_fp8_v2_kernel.
+template <class T>
+__device__ __forceinline__ void silu_mul8_stored(const float (&gv)[8], const float (&uv)[8], T* __restrict__ o,
+                                                 float (&v)[8]) {
+  float ov[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) ov[j] = to_f32(from_f32<T>(gv[j] / (1.f + expf(-gv[j])))) * uv[j];
+  store8(o, ov);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) v[j] = to_f32(from_f32<T>(ov[j]));  // the value stored
+}
+
 /// add_rms_norm_fp8_regs_kernel with its loads first: the weight's vectors before pdl_wait, then
 /// every x and residual vector of the thread, then add_rms_norm_fp8_regs_kernel's arithmetic
 /// (the same vectors per thread, the same sums in the same order and block_sum over the same
@@ -63,45 +123,18 @@ __global__ void add_rms_norm_fp8_v2_kernel(T* __restrict__ x, int64_t x_stride, 
       if constexpr (!first) rp[k] = ld_raw8(rr + i * 8);
     }
   }
-  float v[VPT][8];
-  float ss = 0.f;
+  add_rms_norm_fp8_row<VPT>(
+      xr, rr, dim, eps, m, Mp, per_token, q, s, red,
+      [&](int k, int, float (&v)[8]) {
+        widen_raw8<T>(xp[k], v);
+        if constexpr (!first) {
+          float r[8];
+          widen_raw8<T>(rp[k], r);
 #pragma unroll
-  for (int k = 0; k < VPT; ++k) {
-    const int i = static_cast<int>(threadIdx.x) + k * nthreads;
-    if (i < nvec) {
-      widen_raw8<T>(xp[k], v[k]);
-      if constexpr (!first) {
-        float r[8];
-        widen_raw8<T>(rp[k], r);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) v[k][j] += r[j];
-      }
-      Pack8<T> pk;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) { pk.v[j] = from_f32<T>(v[k][j]); v[k][j] = to_f32(pk.v[j]); }
-      *reinterpret_cast<Pack8<T>*>(rr + i * 8) = pk;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) ss += v[k][j] * v[k][j];
-    }
-  }
-  const float inv = rsqrtf(block_sum(ss, red) / static_cast<float>(dim) + eps);
-#pragma unroll
-  for (int k = 0; k < VPT; ++k) {
-    const int i = static_cast<int>(threadIdx.x) + k * nthreads;
-    if (i < nvec) {
-      float wf[8], o[8];
-      widen_raw8<T>(wp[k], wf);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) o[j] = wf[j] * to_f32(from_f32<T>(v[k][j] * inv));
-      store8(xr + i * 8, o);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) v[k][j] = to_f32(from_f32<T>(o[j]));  // the value stored
-    } else {
-#pragma unroll
-      for (int j = 0; j < 8; ++j) v[k][j] = 0.f;
-    }
-  }
-  fp8_quant_regs<VPT>(v, m, Mp, dim, per_token != 0, q, s, red);
+          for (int j = 0; j < 8; ++j) v[j] += r[j];
+        }
+      },
+      [&](int k, int, float (&wf)[8]) { widen_raw8<T>(wp[k], wf); });
 }
 
 /// Vectors of 8 columns a thread of silu_and_mul_fp8_v2_kernel holds by default, and its launch
@@ -146,14 +179,10 @@ __global__ void __launch_bounds__(MaxThreads)
   for (int k = 0; k < VPT; ++k) {
     const int i = static_cast<int>(threadIdx.x) + k * nthreads;
     if (i < nvec) {
-      float gv[8], uv[8], ov[8];
+      float gv[8], uv[8];
       widen_raw8<T>(gp[k], gv);
       widen_raw8<T>(up[k], uv);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) ov[j] = to_f32(from_f32<T>(gv[j] / (1.f + expf(-gv[j])))) * uv[j];
-      store8(o + i * 8, ov);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) v[k][j] = to_f32(from_f32<T>(ov[j]));  // the value stored
+      silu_mul8_stored<T>(gv, uv, o + i * 8, v[k]);
     } else {
 #pragma unroll
       for (int j = 0; j < 8; ++j) v[k][j] = 0.f;

@@ -205,13 +205,14 @@ __device__ __forceinline__ void fp8_quant_regs(const float (&v)[VPT][8], int m, 
   if (per_token && threadIdx.x == 0) s[m] = fp8_group_scale(tok);
 }
 
-/// fp8_quant_kernel's work from registers: the row is loaded once (16-byte vectors), reduced per
-/// group across 16 lanes, quantized and stored. blockDim.x = ceil(K / 8 / VPT) rounded up to 32.
-template <class T, int VPT>
-__global__ void __launch_bounds__(1024) fp8_quant_regs_kernel(const T* __restrict__ x, int64_t ldx, int M, int Mp,
-                                                              int K, int per_token, __nv_fp8_e4m3* __restrict__ q,
-                                                              float* __restrict__ s) {
-  __shared__ float red[32];
+/// The work of fp8_quant_kernel from registers, one row per CTA: the row is loaded once (16-byte
+/// vectors), reduced per group across 16 lanes, quantized and stored. kLoadsFirst issues every
+/// vector's load before widening any (fp8_quant_regs_v2_kernel); otherwise each vector is loaded
+/// and widened in turn (fp8_quant_regs_kernel). The same values either way, so the same codes.
+template <class T, int VPT, bool kLoadsFirst>
+__device__ __forceinline__ void fp8_quant_regs_rows(const T* __restrict__ x, int64_t ldx, int M, int Mp, int K,
+                                                    int per_token, __nv_fp8_e4m3* __restrict__ q,
+                                                    float* __restrict__ s, float* red) {
   pdl_wait();
   const int m = blockIdx.x;
   if (m >= M) {
@@ -219,12 +220,21 @@ __global__ void __launch_bounds__(1024) fp8_quant_regs_kernel(const T* __restric
   } else {
     const T* row = x + int64_t(m) * ldx;
     const int nvec = K / 8;
+    [[maybe_unused]] uint4 raw[VPT];
+    if constexpr (kLoadsFirst) {
+#pragma unroll
+      for (int k = 0; k < VPT; ++k) {
+        const int i = static_cast<int>(threadIdx.x) + k * static_cast<int>(blockDim.x);
+        if (i < nvec) raw[k] = ld_raw8(row + 8 * i);
+      }
+    }
     float v[VPT][8];
 #pragma unroll
     for (int k = 0; k < VPT; ++k) {
       const int i = static_cast<int>(threadIdx.x) + k * static_cast<int>(blockDim.x);
       if (i < nvec) {
-        load8(row + 8 * i, v[k]);
+        if constexpr (kLoadsFirst) widen_raw8<T>(raw[k], v[k]);
+        else load8(row + 8 * i, v[k]);
       } else {
 #pragma unroll
         for (int j = 0; j < 8; ++j) v[k][j] = 0.0f;
@@ -235,40 +245,24 @@ __global__ void __launch_bounds__(1024) fp8_quant_regs_kernel(const T* __restric
   pdl_launch_dependents();
 }
 
-/// fp8_quant_regs_kernel with the row's vectors loaded first, as ld_raw8 words (its load8 waits
-/// for each vector before the next one's loads issue): the same values, so the same codes.
+/// fp8_quant_regs_rows, each vector loaded and widened in turn. blockDim.x = ceil(K / 8 / VPT)
+/// rounded up to 32.
+template <class T, int VPT>
+__global__ void __launch_bounds__(1024) fp8_quant_regs_kernel(const T* __restrict__ x, int64_t ldx, int M, int Mp,
+                                                              int K, int per_token, __nv_fp8_e4m3* __restrict__ q,
+                                                              float* __restrict__ s) {
+  __shared__ float red[32];
+  fp8_quant_regs_rows<T, VPT, false>(x, ldx, M, Mp, K, per_token, q, s, red);
+}
+
+/// fp8_quant_regs_kernel with the row's vectors loaded first, as ld_raw8 words: the same values,
+/// so the same codes.
 template <class T, int VPT>
 __global__ void __launch_bounds__(1024) fp8_quant_regs_v2_kernel(const T* __restrict__ x, int64_t ldx, int M, int Mp,
                                                                  int K, int per_token, __nv_fp8_e4m3* __restrict__ q,
                                                                  float* __restrict__ s) {
   __shared__ float red[32];
-  pdl_wait();
-  const int m = blockIdx.x;
-  if (m >= M) {
-    fp8_quant_row<T, 1>(x, m, M, Mp, K, per_token != 0, q, s, red);  // padding: zero codes, scale 1
-  } else {
-    const T* row = x + int64_t(m) * ldx;
-    const int nvec = K / 8;
-    uint4 raw[VPT];
-#pragma unroll
-    for (int k = 0; k < VPT; ++k) {
-      const int i = static_cast<int>(threadIdx.x) + k * static_cast<int>(blockDim.x);
-      if (i < nvec) raw[k] = ld_raw8(row + 8 * i);
-    }
-    float v[VPT][8];
-#pragma unroll
-    for (int k = 0; k < VPT; ++k) {
-      const int i = static_cast<int>(threadIdx.x) + k * static_cast<int>(blockDim.x);
-      if (i < nvec) {
-        widen_raw8<T>(raw[k], v[k]);
-      } else {
-#pragma unroll
-        for (int j = 0; j < 8; ++j) v[k][j] = 0.0f;
-      }
-    }
-    fp8_quant_regs<VPT>(v, m, Mp, K, per_token != 0, q, s, red);
-  }
-  pdl_launch_dependents();
+  fp8_quant_regs_rows<T, VPT, true>(x, ldx, M, Mp, K, per_token, q, s, red);
 }
 
 /// Threads of a register-quantizing CTA: ceil(K / 8 / vpt) rounded up to 32 (0: the row needs more
