@@ -568,30 +568,56 @@ TEST(Fp8Engine, GemvVariantsGiveBitIdenticalLogits) {
 namespace pie {
 namespace {
 
+/// Event timing of the disabled benches below: ms(iters, f) runs f(0..2) to warm up, then
+/// f(0..iters-1), and returns the mean milliseconds per call.
+class BenchTimer {
+ public:
+  BenchTimer() {
+    PIE_CUDA_CHECK(cudaEventCreate(&e0_));
+    PIE_CUDA_CHECK(cudaEventCreate(&e1_));
+  }
+  ~BenchTimer() {
+    cudaEventDestroy(e0_);
+    cudaEventDestroy(e1_);
+  }
+  BenchTimer(const BenchTimer&) = delete;
+  BenchTimer& operator=(const BenchTimer&) = delete;
+  template <class F>
+  double ms(int iters, F&& f) const {
+    for (int i = 0; i < 3; ++i) f(i);
+    PIE_CUDA_CHECK(cudaEventRecord(e0_));
+    for (int i = 0; i < iters; ++i) f(i);
+    PIE_CUDA_CHECK(cudaEventRecord(e1_));
+    PIE_CUDA_CHECK(cudaEventSynchronize(e1_));
+    float t = 0;
+    PIE_CUDA_CHECK(cudaEventElapsedTime(&t, e0_, e1_));
+    return double(t) / iters;
+  }
+
+ private:
+  cudaEvent_t e0_, e1_;
+};
+
+/// A 1 GiB device-to-device copy's rate, bytes read + written per second in GB/s: the ceiling the
+/// benches print their shares of.
+double device_copy_gbs(const BenchTimer& timer) {
+  const size_t cb = size_t(1) << 30;
+  DeviceBuffer<unsigned char> ca(cb), cc(cb);
+  PIE_CUDA_CHECK(cudaMemset(ca.data(), 1, cb));
+  const double ms = timer.ms(10, [&](int) {
+    PIE_CUDA_CHECK(cudaMemcpyAsync(cc.data(), ca.data(), cb, cudaMemcpyDeviceToDevice));
+  });
+  return 2.0 * cb / (ms * 1e-3) / 1e9;
+}
+
 // Not a check (disabled by default; bench/device_fp8.sh runs it): the batch-1 fp8 GEMV alone at
 // the Qwen3-8B projection shapes, back to back as in a decode step, its weight bytes per second
 // against a device-to-device copy timed in the same process (bytes read + written). Weights
 // rotate over copies that together exceed the 50 MB L2.
 TEST(Fp8Bench, DISABLED_GemvAloneAgainstTheCopyBandwidth) {
-  cudaEvent_t e0, e1;
-  PIE_CUDA_CHECK(cudaEventCreate(&e0));
-  PIE_CUDA_CHECK(cudaEventCreate(&e1));
-  auto time_ms = [&](int iters, auto&& f) {
-    for (int i = 0; i < 3; ++i) f(i);
-    PIE_CUDA_CHECK(cudaEventRecord(e0));
-    for (int i = 0; i < iters; ++i) f(i);
-    PIE_CUDA_CHECK(cudaEventRecord(e1));
-    PIE_CUDA_CHECK(cudaEventSynchronize(e1));
-    float ms = 0;
-    PIE_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-    return double(ms) / iters;
-  };
-  const size_t cb = size_t(1) << 30;
-  DeviceBuffer<unsigned char> ca(cb), cc(cb);
-  PIE_CUDA_CHECK(cudaMemset(ca.data(), 1, cb));
-  const double copy_gbs = 2.0 * cb / (time_ms(10, [&](int) {
-                            PIE_CUDA_CHECK(cudaMemcpyAsync(cc.data(), ca.data(), cb, cudaMemcpyDeviceToDevice));
-                          }) * 1e-3) / 1e9;
+  const BenchTimer timer;
+  auto time_ms = [&](int iters, auto&& f) { return timer.ms(iters, f); };
+  const double copy_gbs = device_copy_gbs(timer);
   std::printf("[fp8 gemv alone] device copy %.0f GB/s (read + write)\n", copy_gbs);
   struct Shape { const char* name; int64_t N, K; };
   std::mt19937 rng(4);
@@ -616,8 +642,6 @@ TEST(Fp8Bench, DISABLED_GemvAloneAgainstTheCopyBandwidth) {
     std::printf("[fp8 gemv alone] %-7s N=%lld K=%lld: %.2f us, %.0f GB/s = %.1f%% of copy\n", sh.name,
                 (long long)sh.N, (long long)sh.K, ms * 1e3, gbs, 100 * gbs / copy_gbs);
   }
-  PIE_CUDA_CHECK(cudaEventDestroy(e0));
-  PIE_CUDA_CHECK(cudaEventDestroy(e1));
 }
 
 // Not a check (disabled by default): the fused fp8 producers (fp8_producers.cuh) at Qwen3-8B's
@@ -625,33 +649,14 @@ TEST(Fp8Bench, DISABLED_GemvAloneAgainstTheCopyBandwidth) {
 // 4096-wide row (o_proj's input) and SwiGLU over inter 12288; 128-column
 // group scales (the (128, 128)-block engine) and per-token ones (per channel) — at M = 64, 512,
 // 2048, each path in turn
-// (the first register kernels, fp8_producers_v2.cuh's at 4 and 8 vectors a SwiGLU thread), their
+// (the first register kernels, fp8_producers_v2.cuh's loads-first ones), their
 // bytes (read + written, scales and the norm's weight included) per second against a
 // device-to-device copy timed in the same process. Inputs rotate over copies that together
 // exceed the 50 MB L2, so rows come from HBM as after a GEMM that wrote more than L2 holds.
 TEST(Fp8Bench, DISABLED_ProducersAgainstTheCopyBandwidth) {
-  cudaEvent_t e0, e1;
-  PIE_CUDA_CHECK(cudaEventCreate(&e0));
-  PIE_CUDA_CHECK(cudaEventCreate(&e1));
-  auto time_ms = [&](int iters, auto&& f) {
-    for (int i = 0; i < 3; ++i) f(i);
-    PIE_CUDA_CHECK(cudaEventRecord(e0));
-    for (int i = 0; i < iters; ++i) f(i);
-    PIE_CUDA_CHECK(cudaEventRecord(e1));
-    PIE_CUDA_CHECK(cudaEventSynchronize(e1));
-    float ms = 0;
-    PIE_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-    return double(ms) / iters;
-  };
-  const size_t cb = size_t(1) << 30;
-  double copy_gbs = 0;
-  {
-    DeviceBuffer<unsigned char> ca(cb), cc(cb);
-    PIE_CUDA_CHECK(cudaMemset(ca.data(), 1, cb));
-    copy_gbs = 2.0 * cb / (time_ms(10, [&](int) {
-                 PIE_CUDA_CHECK(cudaMemcpyAsync(cc.data(), ca.data(), cb, cudaMemcpyDeviceToDevice));
-               }) * 1e-3) / 1e9;
-  }
+  const BenchTimer timer;
+  auto time_ms = [&](int iters, auto&& f) { return timer.ms(iters, f); };
+  const double copy_gbs = device_copy_gbs(timer);
   std::printf("[fp8 producers] device copy %.0f GB/s (read + write)\n", copy_gbs);
   struct Path { const char* name; int regs, v2; };
   const Path paths[] = {{"regs (v1)", 1, 0}, {"v2", 1, 4}};
@@ -725,8 +730,6 @@ TEST(Fp8Bench, DISABLED_ProducersAgainstTheCopyBandwidth) {
       }
     }
   }
-  PIE_CUDA_CHECK(cudaEventDestroy(e0));
-  PIE_CUDA_CHECK(cudaEventDestroy(e1));
 }
 
 }  // namespace
