@@ -27,11 +27,13 @@ TARGETS=(pie_bench pie_gpu_test_hf pie_gpu_test_runner pie_gpu_test_fp8 pie_gpu_
   pie_gpu_test_async_scheduling pie_gpu_test_device_sampling pie_gpu_test_fused_ops
   pie_cuda_test_moe pie_cuda_test_moe_cutlass pie_cuda_test_sampling pie_cuda_test_rope_kv pie_cuda_test_gemm
   pie_bench_cuda_moe_decode pie_bench_cuda_persist pie_kernel_trace ${PIE_EXTRA_TARGETS:-})
+# PIE_BUNDLE_TARGETS="a b …" builds only those (a call that runs a few binaries; faster here too).
+[ -n "${PIE_BUNDLE_TARGETS:-}" ] && read -r -a TARGETS <<< "$PIE_BUNDLE_TARGETS"
 # Left out for the 64-MiB carry limit (add with PIE_EXTRA_TARGETS): pie_cuda_test_attention_decode
 # (26 MB packed alone: the decode kernel's every instantiation).
 # Every opt-in compile option that exists in this tree's CMakeLists.txt, ON.
 OPTS=()
-for o in PIE_DECODE_FIXED_SPLIT PIE_MOE_DECODE_VARIANTS PIE_L2_PREFETCH; do
+for o in PIE_DECODE_FIXED_SPLIT PIE_DECODE_LATENCY PIE_MOE_DECODE_VARIANTS PIE_L2_PREFETCH; do
   grep -q "option($o " CMakeLists.txt && OPTS+=("-D$o=ON")
 done
 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \

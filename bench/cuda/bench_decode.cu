@@ -121,20 +121,32 @@ BENCHMARK(BM_DecodeShape<2, 2, 4>)
 /// context, tokens per split (0: each merge's own plan), fused?, KV heads (8: Qwen3-8B, group 4;
 /// 4: Qwen3-30B-A3B, group 8). The sweep over tokens_per_split is what decides the fused merge's
 /// split choice (plan_decode_split's fused constants are guesses until it has run).
+/// Merge kinds (argument 3): 0 the merge kernel, 1 fused (atomics), 2 the cluster merge, 3 the
+/// cluster merge with the early pages, 4 the merge kernel with the early pages. (Back-to-back
+/// launches of the same kernel have no data dependence, so the early pages show here only as the
+/// cost of issuing before the wait; their gain is measured in the engine.)
 template <class KV, int Mode = 0>
 void BM_DecodeMerge(benchmark::State& st) {
   const int batch = st.range(0), ctx = st.range(1), tps = st.range(2), nkv = st.range(4);
-  const bool fused = st.range(3) != 0;
+  const int kind = st.range(3);
+  const bool fused = kind == 1;
   CacheSet<KV> c(batch, ctx, 16, nkv);
   DeviceBuffer<bf16> q(size_t(batch) * kNq * kHd), o(q.size());
   fill(q.data(), q.size(), 4);
   oc::DecodePlanOptions opt;
   opt.fused_merge = fused;
+  opt.cluster_merge = kind == 2 || kind == 3;
+  opt.early_pages = kind == 3 || kind == 4;
   auto plan = oc::plan_decode_attention(batch, kNq, nkv, kHd, ctx, 0, opt);
-  if (tps > 0) oc::set_decode_split(plan, tps, ctx);
+  if (tps > 0) {
+    oc::set_decode_split(plan, tps, ctx);
+    if (opt.cluster_merge) oc::use_decode_cluster_merge(plan);
+  }
   DeviceBuffer<unsigned char> ws(std::max<size_t>(plan.workspace_bytes, 256));
   PIE_CUDA_CHECK(cudaMemset(ws.data(), 0, ws.size()));  // the fused merge's counters start at zero
-  std::string what = std::string(sizeof(KV) == 1 ? "dec fp8kv " : "dec ") + (fused ? "fused" : "2-kernel") +
+  static const char* kKind[] = {"2-kernel", "fused", "cluster", "cluster+early", "2-kernel+early"};
+  std::string what = std::string(sizeof(KV) == 1 ? "dec fp8kv " : "dec ") + kKind[kind] +
+                     (plan.cluster_merge || kind < 2 || kind == 4 ? "" : "(n/a)") +
                      (nkv == kNkv ? "" : " g" + std::to_string(kNq / nkv)) + (Mode == 4 ? " tc" : "");
   report(st, shape_name(what.c_str(), batch, ctx, 16, plan.num_splits) + " tps" + std::to_string(plan.tokens_per_split),
          decode_bytes(batch, ctx, sizeof(KV), nkv), 0, [&] {
@@ -158,6 +170,21 @@ BENCHMARK(BM_DecodeMerge<bf16>)
     PIE_MERGE_PAIR(8, 8192, 256, 8) PIE_MERGE_PAIR(8, 8192, 512, 8) PIE_MERGE_PAIR(8, 8192, 2048, 8)
     PIE_MERGE_PAIR(1, 192, 128, 4) PIE_MERGE_PAIR(1, 192, 192, 4)
     ->UseManualTime()->Iterations(1);
+#if defined(PIE_DECODE_LATENCY)  // (-DPIE_DECODE_LATENCY=ON compiles the paths)
+// The cluster merge and the early pages against the merge kernel at the batch-1 shapes of the
+// engine (Qwen3-8B group 4 and Qwen3-30B-A3B group 8 at 192 and 512 tokens, 2048 forced to 8
+// splits), bf16 and fp8 K/V.
+#define PIE_CLUSTER_ROWS(b, ctx, tps, nkv) \
+  ->Args({b, ctx, tps, 0, nkv})->Args({b, ctx, tps, 2, nkv})->Args({b, ctx, tps, 3, nkv})->Args({b, ctx, tps, 4, nkv})
+#define PIE_CLUSTER_PLANS                                                                                  \
+  PIE_CLUSTER_ROWS(1, 192, 0, 8) PIE_CLUSTER_ROWS(1, 512, 0, 8) PIE_CLUSTER_ROWS(1, 2048, 256, 8)             \
+  PIE_CLUSTER_ROWS(1, 192, 0, 4) PIE_CLUSTER_ROWS(1, 512, 0, 4) PIE_CLUSTER_ROWS(4, 512, 0, 8)               \
+  PIE_CLUSTER_ROWS(8, 1024, 0, 8) ->UseManualTime()->Iterations(1)
+BENCHMARK(BM_DecodeMerge<bf16>) PIE_CLUSTER_PLANS;
+BENCHMARK(BM_DecodeMerge<fp8_e4m3>) PIE_CLUSTER_PLANS;
+#undef PIE_CLUSTER_PLANS
+#undef PIE_CLUSTER_ROWS
+#endif  // PIE_DECODE_LATENCY
 #undef PIE_MERGE_PLANS
 #undef PIE_MERGE_PAIR
 

@@ -12,6 +12,8 @@
 
 #include "pie/ops/cpu/attention.hpp"
 #include "pie/ops/cuda/attention_decode.cuh"
+#include "pie/ops/cuda/kv_write.cuh"
+#include "pie/ops/cuda/rope.cuh"
 #include "test_util.hpp"
 
 namespace {
@@ -60,6 +62,9 @@ double run_decode(int bs, int hd, int group, int nkv, const std::vector<int>& le
   return rel_err(o, ref);
 }
 
+// PIE_DECODE_TEST_MERGE_ONLY (a device-side build, tests/cuda/CMakeLists.txt) keeps only the
+// merge tests below: a binary small enough to carry to the GPU machine.
+#ifndef PIE_DECODE_TEST_MERGE_ONLY
 using Param = std::tuple<int, int, int, bool>;  // block size, head dim, group, bf16?
 class DecodeAttention : public ::testing::TestWithParam<Param> {};
 
@@ -501,6 +506,8 @@ TEST(DecodeAttention, BF16ShortContextsSplitIn64TokenChunksMatchReference) {
   EXPECT_LT(e, tol<bf16>()) << e;
 }
 
+#endif  // PIE_DECODE_TEST_MERGE_ONLY
+
 // ---- The split merge fused into the decode kernels (DecodePlan::fused_merge) ---------------------
 
 /// Runs one decode shape with the two-kernel merge and with the fused merge on the same inputs:
@@ -509,9 +516,12 @@ TEST(DecodeAttention, BF16ShortContextsSplitIn64TokenChunksMatchReference) {
 /// then twice as a CUDA-graph replay, with the output poisoned before each, and the counters
 /// must be back at zero after each: a counter left non-zero makes the next launch's merge run
 /// early (or never), which the comparison catches. Returns the fused output's relative error.
+/// `fo`: the options of the launch compared with the merge kernel's (by default the fused merge;
+/// the cluster merge and the early pages use the same harness: run_decode_cluster).
 template <class T, class KV, class Variant = attention::Causal, int Mode = 0>
 double run_decode_fused(int bs, int hd, int group, int nkv, const std::vector<int>& lens, uint32_t seed,
-                        int force_splits, int plan_len = 0, Variant var = {}, int* splits_out = nullptr) {
+                        int force_splits, int plan_len = 0, Variant var = {}, int* splits_out = nullptr,
+                        ops::cuda::DecodePlanOptions fo = {.fused_merge = true}, bool* cluster_out = nullptr) {
   std::mt19937 rng(seed);
   const int batch = static_cast<int>(lens.size()), nq = nkv * group;
   RandomCache<KV> cache(lens, nkv, hd, bs, rng);
@@ -519,8 +529,6 @@ double run_decode_fused(int bs, int hd, int group, int nkv, const std::vector<in
   auto d_q = upload(q);
   DeviceBuffer<T> d_ref(q.size()), d_o(q.size());
   const int len = std::max(*std::max_element(lens.begin(), lens.end()), plan_len);
-  ops::cuda::DecodePlanOptions fo;
-  fo.fused_merge = true;
   fo.counter_batch = batch + 3;  // as the runner: counters for more sequences than this batch
   auto two = ops::cuda::plan_decode_attention(batch, nq, nkv, hd, len, 132, ops::cuda::DecodePlanOptions{});
   auto one = ops::cuda::plan_decode_attention(batch, nq, nkv, hd, len, 132, fo);
@@ -528,7 +536,9 @@ double run_decode_fused(int bs, int hd, int group, int nkv, const std::vector<in
     const int tps = (len + force_splits - 1) / force_splits;
     ops::cuda::set_decode_split(two, tps, len);
     ops::cuda::set_decode_split(one, tps, len, fo.counter_batch);
+    if (fo.cluster_merge) ops::cuda::use_decode_cluster_merge(one);
   }
+  if (cluster_out) *cluster_out = one.cluster_merge;
   EXPECT_EQ(one.num_splits, two.num_splits);
   if (splits_out) *splits_out = one.num_splits;
   const float scale = 1.f / std::sqrt(float(hd));
@@ -679,5 +689,265 @@ TEST(DecodeAttentionFusedMergeMore, RefusesAPlanWithoutCountersForTheBatch) {
                                            0.1f),
                std::exception);
 }
+
+#if defined(PIE_DECODE_LATENCY)
+// ---- The split merge in distributed shared memory, and the early pages ----------------------------
+// (DecodePlan::cluster_merge, DecodePlan::early_pages: both opt-in, compiled with -DPIE_DECODE_LATENCY=ON)
+
+/// The cluster merge (with or without the early pages) on run_decode_fused's harness: bit-identical
+/// to the merge kernel, eager and replayed from a graph. Returns the relative error to the CPU.
+template <class T, class KV, class Variant = attention::Causal, int Mode = 0>
+double run_decode_cluster(int bs, int hd, int group, int nkv, const std::vector<int>& lens, uint32_t seed,
+                          int force_splits, bool early, Variant var = {}, bool expect_cluster = true) {
+  ops::cuda::DecodePlanOptions o;
+  o.cluster_merge = true;
+  o.early_pages = early;
+  int splits = 0;
+  bool cluster = false;
+  const double e = run_decode_fused<T, KV, Variant, Mode>(bs, hd, group, nkv, lens, seed, force_splits, 0, var,
+                                                          &splits, o, &cluster);
+  if (force_splits > 0) EXPECT_EQ(splits, force_splits);
+  EXPECT_EQ(cluster, expect_cluster) << splits << " splits";
+  return e;
+}
+
+class DecodeAttentionClusterMerge : public ::testing::TestWithParam<FusedParam> {};
+
+template <class T, class KV, int Mode>
+void cluster_grid_case(int bs, int hd, int group, uint32_t seed) {
+  // Ragged lengths (1 token; shorter than one split: empty CTAs in the cluster; a page boundary
+  // plus a few), 2 to 8 splits, early pages on and off.
+  const std::vector<int> lens = {1, bs + 3, 700, 3 * bs - 1, 77};
+  const double t = std::is_same_v<T, bf16> ? tol<bf16>() : tol<f16>();
+  for (int force : {2, 3, 5, 8}) {
+    for (bool early : {false, true}) {
+      const double e = run_decode_cluster<T, KV, attention::Causal, Mode>(bs, hd, group, 2, lens, seed + force, force,
+                                                                          early);
+      EXPECT_LT(e, t) << force << " splits, early pages " << early << ": rel err " << e;
+    }
+  }
+}
+
+TEST_P(DecodeAttentionClusterMerge, BitIdenticalToMergeKernel) {
+  const auto [bs, hd, group, kern] = GetParam();
+  const uint32_t seed = 19000 + bs * hd + group * 7 + int(kern) * 1000;
+  switch (kern) {
+    case Kern::CudaCore16: cluster_grid_case<bf16, bf16, 0>(bs, hd, group, seed); break;
+    case Kern::TensorCore16: cluster_grid_case<f16, f16, 4>(bs, hd, group, seed); break;
+    case Kern::TensorCoreFp8: cluster_grid_case<bf16, fp8_e4m3, 0>(bs, hd, group, seed); break;
+    case Kern::CudaCoreFp8: cluster_grid_case<f16, fp8_e4m3, 3>(bs, hd, group, seed); break;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Grid, DecodeAttentionClusterMerge,
+                         ::testing::Combine(::testing::Values(8, 16), ::testing::Values(64, 128),
+                                            ::testing::Values(1, 4, 8),
+                                            ::testing::Values(Kern::CudaCore16, Kern::TensorCore16,
+                                                              Kern::TensorCoreFp8, Kern::CudaCoreFp8)),
+                         fused_name);
+
+TEST(DecodeAttentionClusterMergeMore, EnginePlansHeadDim256VariantsAndWideBatch) {
+  // The plan's own split where it takes the cluster merge: batch 1 at 192 tokens (3 splits of 64,
+  // the Qwen3-8B and -30B-A3B batch-1 shape), and at 32K tokens, whose 64 splits keep the merge
+  // kernel (more than a portable cluster).
+  double e = run_decode_cluster<bf16, bf16>(16, 128, 4, 8, {192}, 91, 0, true);
+  EXPECT_LT(e, tol<bf16>()) << "b1 ctx192 group 4: " << e;
+  e = run_decode_cluster<bf16, bf16>(16, 128, 8, 4, {192}, 92, 0, true);
+  EXPECT_LT(e, tol<bf16>()) << "b1 ctx192 group 8: " << e;
+  e = run_decode_cluster<bf16, bf16>(16, 128, 4, 8, {32768}, 93, 0, true, {}, false);
+  EXPECT_LT(e, tol<bf16>()) << "b1 ctx32768: " << e;
+  // Head dim 256 (4 split lanes per chunk: two splits per lane at 8), group 2.
+  e = run_decode_cluster<bf16, bf16>(16, 256, 2, 2, {5, 300, 1023}, 94, 8, true);
+  EXPECT_LT(e, tol<bf16>()) << "head dim 256: " << e;
+  // A sliding window (CTAs before the window are empty) and a soft-cap.
+  e = run_decode_cluster<bf16, bf16, attention::SlidingWindow<100>>(16, 128, 4, 2, {50, 101, 1337}, 95, 7, true);
+  EXPECT_LT(e, tol<bf16>()) << "window: " << e;
+  e = run_decode_cluster<bf16, fp8_e4m3, attention::SlidingWindow<100>>(8, 64, 8, 2, {50, 101, 1337}, 96, 7, true);
+  EXPECT_LT(e, tol<bf16>()) << "window, fp8: " << e;
+  attention::SoftCap cap;
+  cap.logits_soft_cap = 5.f;
+  e = run_decode_cluster<f16, f16, attention::SoftCap>(16, 64, 8, 1, {3, 999}, 97, 5, true, cap);
+  EXPECT_LT(e, tol<f16>()) << "soft-cap: " << e;
+  // 48 sequences x 8 KV heads x 3 splits: 384 clusters in flight.
+  std::mt19937 rng(98);
+  std::vector<int> lens(48);
+  for (auto& l : lens) l = 1 + int(rng() % 900);
+  e = run_decode_cluster<bf16, bf16>(16, 128, 4, 8, lens, 99, 3, true);
+  EXPECT_LT(e, tol<bf16>()) << "48 sequences: " << e;
+}
+
+TEST(DecodeAttentionEarlyPages, BitIdenticalWithoutClusterAndInFixedSplits) {
+  // The early pages with the merge kernel, one split and many (no cluster), and in the fixed
+  // split's split_loop launches (the tensor-core kernel, first split of each CTA only).
+  ops::cuda::DecodePlanOptions o;
+  o.early_pages = true;
+  for (int force : {1, 3, 11}) {
+    const double e = run_decode_fused<bf16, bf16>(16, 128, 4, 2, {1, 19, 700, 1337}, 100 + force, force, 0, {},
+                                                  nullptr, o);
+    EXPECT_LT(e, tol<bf16>()) << force << " splits: " << e;
+  }
+  const double e = run_decode_fused<bf16, fp8_e4m3>(8, 64, 8, 2, {1, 19, 700, 1337}, 105, 11, 0, {}, nullptr, o);
+  EXPECT_LT(e, tol<bf16>()) << "fp8, 11 splits: " << e;
+#if defined(PIE_DECODE_FIXED_SPLIT)
+  // Fixed splits of 512 tokens, 2 CTAs per pair looping over up to 6 splits: the same inputs (one
+  // seed) with and without the early pages give the same bytes.
+  ops::cuda::DecodePlanOptions fx;
+  fx.fixed_split_tokens = 512;
+  std::vector<bf16> off, on;
+  const std::vector<int> lens = {1, 19, 700, 1337, 3000};
+  run_decode<bf16, bf16>(16, 128, 4, 2, lens, 132, 106, nullptr, {}, 0, 0, &off, fx, 2);
+  fx.early_pages = true;
+  const double f = run_decode<bf16, bf16>(16, 128, 4, 2, lens, 132, 106, nullptr, {}, 0, 0, &on, fx, 2);
+  EXPECT_LT(f, tol<bf16>()) << "fixed split: " << f;
+  ASSERT_EQ(on.size(), off.size());
+  EXPECT_EQ(std::memcmp(on.data(), off.data(), on.size() * sizeof(bf16)), 0) << "fixed split: early pages change bytes";
+#endif
+}
+
+// ---- q/k norm + RoPE and the KV write inside decode attention (kDecodeRope) ----------------------
+
+/// The same raw qkv rows and cache through qk_norm_rope + kv_write + decode_attention and through
+/// decode_attention with `rope`: the output, qkv (q and k rotated in place, v untouched) and every
+/// cache byte must be the same. `force_splits` 1: one split; > 1 with the cluster merge.
+template <class T>
+void run_decode_rope(int bs, int hd, int group, int nkv, const std::vector<int>& lens, uint32_t seed, int force_splits,
+                     bool norms, bool early, bool scaled_rope = false) {
+  std::mt19937 rng(seed);
+  const int batch = static_cast<int>(lens.size()), nq = nkv * group;
+  const int64_t row = int64_t(nq + 2 * nkv) * hd;
+  RandomCache<T> cache(lens, nkv, hd, bs, rng);
+  DeviceBuffer<T> pool2(cache.pool.size());
+  PIE_CUDA_CHECK(cudaMemcpy(pool2.data(), cache.d_pool.data(), cache.pool.size() * sizeof(T), cudaMemcpyDeviceToDevice));
+  kv::PagedKV<T> ref_cache = cache.device();
+  ref_cache.data = pool2.data();
+  const auto qkv = randn<T>(size_t(batch) * row, rng, 2.f);
+  auto d_ref = upload(qkv), d_fus = upload(qkv);
+  std::vector<int32_t> pos(batch);
+  std::vector<int64_t> slots(batch);
+  for (int b = 0; b < batch; ++b) {
+    const int q = lens[b] - 1;
+    pos[b] = std::max(q, 0) + 3 * b;  // positions need not be the context length
+    slots[b] = q < 0 ? -1 : int64_t(cache.indices[cache.indptr[b] + q / bs]) * bs + q % bs;
+  }
+  auto d_pos = upload(pos);
+  auto d_slots = upload(slots);
+  auto qn = randn<T>(size_t(hd), rng, 0.2f, 1.f), kn = randn<T>(size_t(hd), rng, 0.2f, 1.f);
+  auto d_qn = upload(qn), d_kn = upload(kn);
+  std::vector<float> inv(hd / 2);
+  for (int i = 0; i < hd / 2; ++i) inv[i] = std::pow(1e6f, -2.f * i / hd) * (i % 3 == 0 ? 0.125f : 1.f);
+  auto d_inv = upload(inv);
+  ops::cuda::RopeParams rp;
+  rp.theta = 1e6f;
+  if (scaled_rope) { rp.inv_freq = d_inv.data(); rp.mscale = 1.25f; }
+  const int max_len = *std::max_element(lens.begin(), lens.end());
+  ops::cuda::DecodePlanOptions o;
+  o.cluster_merge = force_splits > 1;
+  o.early_pages = early;
+  auto plan = ops::cuda::plan_decode_attention(batch, nq, nkv, hd, max_len, 132, o);
+  ops::cuda::set_decode_split(plan, (max_len + force_splits - 1) / force_splits, max_len);
+  if (force_splits > 1) ASSERT_TRUE(ops::cuda::use_decode_cluster_merge(plan)) << plan.num_splits << " splits";
+  ASSERT_EQ(plan.num_splits, force_splits);
+  ASSERT_TRUE(ops::cuda::decode_rope_supported(plan, 2));
+  auto heads_of = [&](DeviceBuffer<T>& buf, int64_t off, int h) {
+    TensorView<T> v = TensorView<T>(buf.data() + off, {batch, h, hd}, Device::Cuda);
+    v.stride[0] = row;
+    return v;
+  };
+  auto mat_of = [&](DeviceBuffer<T>& buf, int64_t off) {
+    TensorView<T> v = TensorView<T>(buf.data() + off, {batch, int64_t(nkv) * hd}, Device::Cuda);
+    v.stride[0] = row;
+    return v;
+  };
+  const float scale = 1.f / std::sqrt(float(hd));
+  DeviceBuffer<T> o_ref(size_t(batch) * nq * hd), o_fus(o_ref.size());
+  poison(o_ref);
+  poison(o_fus);
+  const T* pqn = norms ? d_qn.data() : nullptr;
+  const T* pkn = norms ? d_kn.data() : nullptr;
+  ops::cuda::qk_norm_rope(d_ref.view({batch, row}), d_pos.data(), nq, nkv, hd, pqn, pkn, 1e-6f, rp);
+  ops::cuda::kv_write(ref_cache, mat_of(d_ref, int64_t(nq) * hd), mat_of(d_ref, int64_t(nq + nkv) * hd), d_slots.data());
+  ops::cuda::decode_attention(heads_of(d_ref, 0, nq), ref_cache, o_ref.view({batch, nq, hd}), plan, nullptr, scale);
+  ops::cuda::DecodeRopeArgs<T> args;
+  args.positions = d_pos.data();
+  args.q_norm = pqn;
+  args.k_norm = pkn;
+  args.eps = 1e-6f;
+  args.rope = rp;
+  args.k_new = d_fus.data() + int64_t(nq) * hd;
+  args.v_new = d_fus.data() + int64_t(nq + nkv) * hd;
+  args.row_stride = row;
+  ops::cuda::decode_attention(heads_of(d_fus, 0, nq), cache.device(), o_fus.view({batch, nq, hd}), plan, nullptr, scale,
+                              attention::Causal{}, nullptr, &args);
+  PIE_CUDA_CHECK(cudaDeviceSynchronize());
+  const auto a = download(o_ref), b = download(o_fus);
+  EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(T)), 0) << "attention output";
+  const auto qa = download(d_ref), qb = download(d_fus);
+  EXPECT_EQ(std::memcmp(qa.data(), qb.data(), qa.size() * sizeof(T)), 0) << "qkv after the op";
+  std::vector<T> pa(cache.pool.size()), pb(cache.pool.size());
+  PIE_CUDA_CHECK(cudaMemcpy(pa.data(), pool2.data(), pa.size() * sizeof(T), cudaMemcpyDeviceToHost));
+  PIE_CUDA_CHECK(cudaMemcpy(pb.data(), cache.d_pool.data(), pb.size() * sizeof(T), cudaMemcpyDeviceToHost));
+  EXPECT_EQ(std::memcmp(pa.data(), pb.data(), pa.size() * sizeof(T)), 0) << "the KV cache";
+}
+
+using RopeParam = std::tuple<int, int, int>;  // block size, head dim, group
+class DecodeAttentionRope : public ::testing::TestWithParam<RopeParam> {};
+
+TEST_P(DecodeAttentionRope, BitIdenticalToRopeKernelKvWriteAndAttention) {
+  const auto [bs, hd, group] = GetParam();
+  const uint32_t seed = 29000 + bs * hd + group;
+  // Length 0 (a graph's padding row: nothing written), 1, a page boundary, ragged.
+  const std::vector<int> lens = {1, 0, bs, bs + 1, 150, 700};
+  for (int splits : {1, 3, 8}) {
+    SCOPED_TRACE(std::to_string(splits) + " splits");
+    run_decode_rope<bf16>(bs, hd, group, 2, lens, seed + splits, splits, true, false);
+    run_decode_rope<bf16>(bs, hd, group, 2, lens, seed + splits, splits, true, true);  // early pages
+    run_decode_rope<f16>(bs, hd, group, 2, lens, seed + 50 + splits, splits, false, true, true);  // Llama-style
+  }
+}
+
+std::string rope_name(const ::testing::TestParamInfo<RopeParam>& info) {
+  return "Block" + std::to_string(std::get<0>(info.param)) + "_HeadDim" + std::to_string(std::get<1>(info.param)) +
+         "_Group" + std::to_string(std::get<2>(info.param));
+}
+
+INSTANTIATE_TEST_SUITE_P(Grid, DecodeAttentionRope,
+                         ::testing::Combine(::testing::Values(8, 16), ::testing::Values(64, 128, 256),
+                                            ::testing::Values(1, 4, 8)),
+                         rope_name);
+
+TEST(DecodeAttentionRopeMore, BatchOneShapesAndWideBatch) {
+  run_decode_rope<bf16>(16, 128, 4, 8, {192}, 31001, 3, true, true);    // Qwen3-8B, batch 1
+  run_decode_rope<bf16>(16, 128, 8, 4, {192}, 31002, 3, true, true);    // Qwen3-30B-A3B, batch 1
+  run_decode_rope<bf16>(16, 128, 4, 8, {40}, 31003, 1, true, true);     // one split
+  std::mt19937 rng(31004);
+  std::vector<int> lens(64);
+  for (auto& l : lens) l = int(rng() % 600);
+  run_decode_rope<bf16>(16, 128, 4, 8, lens, 31005, 1, true, true);     // 64 sequences, one split each
+  run_decode_rope<bf16>(16, 128, 4, 8, lens, 31006, 5, true, false);    // 512 clusters
+}
+
+TEST(DecodeAttentionRopeMore, RefusesPlansItCannotServe) {
+  std::mt19937 rng(31007);
+  RandomCache<bf16> cache({300, 700}, 2, 128, 16, rng);
+  DeviceBuffer<bf16> qkv(size_t(2) * 12 * 128), o(size_t(2) * 8 * 128);
+  DeviceBuffer<int32_t> pos(2);
+  ops::cuda::DecodeRopeArgs<bf16> args;
+  args.positions = pos.data();
+  args.k_new = qkv.data() + 8 * 128;
+  args.v_new = qkv.data() + 10 * 128;
+  args.row_stride = 12 * 128;
+  auto plan = ops::cuda::plan_decode_attention(2, 8, 2, 128, 700, 132, {});
+  ops::cuda::set_decode_split(plan, 128, 700);  // 6 splits through the merge kernel
+  DeviceBuffer<unsigned char> ws(plan.workspace_bytes);
+  TensorView<bf16> q = TensorView<bf16>(qkv.data(), {2, 8, 128}, Device::Cuda);
+  q.stride[0] = 12 * 128;
+  EXPECT_FALSE(ops::cuda::decode_rope_supported(plan, 2));
+  EXPECT_THROW(ops::cuda::decode_attention(q, cache.device(), o.view({2, 8, 128}), plan, ws.data(), 0.1f,
+                                           attention::Causal{}, nullptr, &args),
+               std::exception);
+  EXPECT_FALSE(ops::cuda::decode_rope_supported(ops::cuda::plan_decode_attention(2, 8, 2, 128, 100, 132, {}), 1))
+      << "an fp8 cache takes the tensor-core kernel";
+}
+#endif  // PIE_DECODE_LATENCY
 
 }  // namespace

@@ -139,6 +139,30 @@ TEST(FusionSwitches, SwiGluOnlyForOneRowThroughThe16BitGemvWithoutTensorParallel
   EXPECT_FALSE(with([](SwiGluStep& s) { s.width_fits = false; })) << "expert width past 48 KB of shared memory";
 }
 
+TEST(FusionSwitches, RopeInAttentionOnlyAtDecodeStepsWhosePlanTakesIt) {
+  using pie::engine::rope_in_attention;
+  using pie::engine::RopeAttnStep;
+  unsetenv("PIE_FUSED_ROPE_ATTN");
+  EXPECT_FALSE(pie::engine::FusionSwitches::from_env().rope_attn) << "off by default";
+  setenv("PIE_FUSED_ROPE_ATTN", "1", 1);
+  EXPECT_TRUE(pie::engine::FusionSwitches::from_env().rope_attn);
+  setenv("PIE_FUSED_ROPE_ATTN", "yes", 1);
+  EXPECT_THROW(pie::engine::FusionSwitches::from_env(), pie::Error) << "only 0 or 1";
+  unsetenv("PIE_FUSED_ROPE_ATTN");
+  RopeAttnStep d;  // 4 decode rows, a plan of one split (or a cluster merge)
+  d.tokens = 4;
+  d.decodes = 4;
+  d.plan_takes_it = true;
+  EXPECT_TRUE(rope_in_attention(true, d));
+  EXPECT_FALSE(rope_in_attention(false, d)) << "switch off";
+  auto with = [&](auto f) { RopeAttnStep s = d; f(s); return rope_in_attention(true, s); };
+  EXPECT_FALSE(with([](RopeAttnStep& s) { s.tokens = 20; })) << "prompt rows beside the decodes";
+  EXPECT_FALSE(with([](RopeAttnStep& s) { s.decodes = 0; s.tokens = 0; })) << "an empty step";
+  EXPECT_FALSE(with([](RopeAttnStep& s) { s.batch_invariant = true; })) << "decode rows on the prefill kernel";
+  EXPECT_FALSE(with([](RopeAttnStep& s) { s.calculating_kv_scales = true; })) << "scales read the rotated K";
+  EXPECT_FALSE(with([](RopeAttnStep& s) { s.plan_takes_it = false; })) << "fp8 cache, or splits without a cluster";
+}
+
 TEST(FusionSwitches, FinalNormOnlyForOneRowSampledOnceThroughTheGemv) {
   using pie::engine::final_norm_in_lm_head;
   using pie::engine::FinalNormStep;

@@ -6,7 +6,8 @@
 // replayed and eager — for Qwen3 (q/k norm), a Llama-shaped model with llama3 RoPE scaling
 // (plain RoPE), block sizes 16 and 8, and an fp8 KV cache. The L2 prefetch of the weights after
 // RoPE + attention (PIE_L2_PREFETCH, engine/l2_prefetch.hpp) likewise, with its kernel alone on
-// ranges with tails and inside a captured graph. Label cuda.
+// ranges with tails and inside a captured graph. The decode attention's early pages and cluster
+// merge (PIE_DECODE_EARLY_PAGES, PIE_DECODE_CLUSTER_MERGE) likewise. Label cuda.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -34,9 +35,13 @@ struct Fusions {
   bool rope_kv = false, final_norm = false, swiglu = false;
   int l2_rows = 0;                // PIE_L2_PREFETCH
   const char* l2_mib = nullptr;   // PIE_L2_PREFETCH_MB
+  bool early_pages = false;       // PIE_DECODE_EARLY_PAGES
+  bool cluster_merge = false;     // PIE_DECODE_CLUSTER_MERGE
+  bool rope_attn = false;         // PIE_FUSED_ROPE_ATTN
   std::string name() const {
     return std::string(rope_kv ? " +rope_kv" : "") + (final_norm ? " +final_norm" : "") + (swiglu ? " +swiglu" : "") +
-           (l2_rows ? " +l2_prefetch" : "");
+           (l2_rows ? " +l2_prefetch" : "") + (early_pages ? " +early_pages" : "") +
+           (cluster_merge ? " +cluster_merge" : "") + (rope_attn ? " +rope_attn" : "");
   }
 };
 
@@ -49,6 +54,9 @@ std::unique_ptr<Engine<model::AnyDecoder, P>> make_engine(const std::shared_ptr<
   setenv("PIE_FUSED_SWIGLU", f.swiglu ? "1" : "0", 1);
   setenv("PIE_L2_PREFETCH", std::to_string(f.l2_rows).c_str(), 1);
   if (f.l2_mib) setenv("PIE_L2_PREFETCH_MB", f.l2_mib, 1);
+  setenv("PIE_DECODE_EARLY_PAGES", f.early_pages ? "1" : "0", 1);
+  setenv("PIE_DECODE_CLUSTER_MERGE", f.cluster_merge ? "1" : "0", 1);
+  setenv("PIE_FUSED_ROPE_ATTN", f.rope_attn ? "1" : "0", 1);
   EngineOptions o;
   o.sched.max_num_seqs = 16;
   o.sched.max_num_batched_tokens = 256;
@@ -64,6 +72,9 @@ std::unique_ptr<Engine<model::AnyDecoder, P>> make_engine(const std::shared_ptr<
   unsetenv("PIE_FUSED_SWIGLU");
   unsetenv("PIE_L2_PREFETCH");
   unsetenv("PIE_L2_PREFETCH_MB");
+  unsetenv("PIE_DECODE_EARLY_PAGES");
+  unsetenv("PIE_DECODE_CLUSTER_MERGE");
+  unsetenv("PIE_FUSED_ROPE_ATTN");
   return e;
 }
 
@@ -125,7 +136,10 @@ void check(const model::ModelConfig& cfg, bool eager, const Fusions& f, const st
   // and the final norm on the batch-1 steps; the separate engine took none.
   const auto& on = fus.forward().fusion_counts();
   const auto& off = sep.forward().fusion_counts();
-  EXPECT_EQ(off.rope_kv + off.final_norm + off.l2_prefetch + off.swiglu, 0) << what;
+  EXPECT_EQ(off.rope_kv + off.final_norm + off.l2_prefetch + off.swiglu + off.rope_attn, 0) << what;
+  // RoPE inside decode attention: every layer of the decode-only steps (graphs: their captures).
+  if (f.rope_attn) EXPECT_GE(on.rope_attn, int64_t{1} * cfg.num_hidden_layers) << what;
+  else EXPECT_EQ(on.rope_attn, 0) << what;
   // Prefetching steps: the batch-1 steps (every layer, in their graph or eagerly), and with
   // l2_rows ≥ 4 the padded bucket-4 decodes too.
   if (f.l2_rows) EXPECT_GE(on.l2_prefetch, int64_t{1} * cfg.num_hidden_layers) << what;
@@ -210,6 +224,60 @@ TEST(FusedOps, L2PrefetchKernelTakesTailsAndRunsInAGraph) {
   cudaGraphDestroy(g);
   cudaStreamDestroy(s);
   cudaFree(d);
+}
+
+// The decode attention switches (ops/cuda/attention_decode_plan.hpp): pages of earlier steps
+// issued before the kernel's wait, and the split merge in a thread-block cluster (the small test
+// contexts split into 2–3 splits of 64 tokens at batches 1 and 4, graphs and eager), on the
+// CUDA-core kernel (16-bit cache) and the tensor-core one (fp8 cache), with the RoPE kernel
+// writing K/V (the early pages must not read the row it writes).
+TEST(FusedOps, DecodeEarlyPagesAndClusterMergeLogitsBitIdentical) {
+#if !defined(PIE_DECODE_LATENCY)
+  GTEST_SKIP() << "built without -DPIE_DECODE_LATENCY=ON";
+#else
+  auto cfg = gpu_test::small_qwen3(2);
+  for (bool eager : {false, true}) {
+    const std::string how = eager ? "qwen3 eager" : "qwen3 graphs";
+    check<CudaBf16>(cfg, eager, Fusions{.early_pages = true}, how);
+    check<CudaBf16>(cfg, eager, Fusions{.cluster_merge = true}, how);
+    check<CudaBf16>(cfg, eager, Fusions{.rope_kv = true, .early_pages = true, .cluster_merge = true}, how);
+  }
+  check<CudaBf16Fp8KV>(cfg, false, Fusions{.early_pages = true, .cluster_merge = true}, "fp8 kv graphs");
+#endif
+}
+
+// q/k norm + RoPE and the KV write inside decode attention (PIE_FUSED_ROPE_ATTN, compiled with
+// -DPIE_DECODE_LATENCY=ON): at the decode-only steps; the mixed steps run the RoPE kernel.
+// With the cluster merge (so that every plan of 1-8 splits takes it; one-split plans alone are
+// in the kernel test), with the early pages, and with the other fusions; Qwen3 (q/k norm) and
+// Llama (plain RoPE, llama3 scaling), block sizes 16 and 8.
+TEST(FusedOps, RopeInsideDecodeAttentionLogitsBitIdentical) {
+#if !defined(PIE_DECODE_LATENCY)
+  GTEST_SKIP() << "built without -DPIE_DECODE_LATENCY=ON";
+#else
+  auto cfg = gpu_test::small_qwen3(2);
+  for (bool eager : {false, true}) {
+    const std::string how = eager ? "qwen3 eager" : "qwen3 graphs";
+    check<CudaBf16>(cfg, eager, Fusions{.cluster_merge = true, .rope_attn = true}, how);
+    check<CudaBf16>(cfg, eager, Fusions{.early_pages = true, .cluster_merge = true, .rope_attn = true}, how);
+  }
+  check<CudaBf16>(cfg, false,
+                  Fusions{.rope_kv = true, .final_norm = true, .swiglu = true, .early_pages = true,
+                          .cluster_merge = true, .rope_attn = true},
+                  "qwen3 graphs, every fusion");
+  auto llama = gpu_test::small_qwen3(2);
+  llama.architecture = model::Architecture::Llama;
+  llama.qk_norm = false;
+  llama.num_attention_heads = 8;
+  llama.num_key_value_heads = 2;
+  llama.head_dim = 128;
+  llama.rope_theta = 500000;
+  llama.rope_scaling.type = decltype(llama.rope_scaling)::Type::Llama3;
+  llama.rope_scaling.factor = 8;
+  llama.rope_scaling.original_max_position_embeddings = 64;
+  check<CudaBf16>(llama, false, Fusions{.cluster_merge = true, .rope_attn = true}, "llama3 graphs");
+  check<Bf16Block8>(cfg, false, Fusions{.cluster_merge = true, .rope_attn = true}, "block 8 graphs");
+#endif
 }
 
 TEST(FusedOps, BlockSize8LogitsBitIdentical) { check_all<Bf16Block8>(gpu_test::small_qwen3(2), false, "block 8"); }

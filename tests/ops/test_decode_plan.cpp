@@ -130,6 +130,60 @@ TEST(DecodePlan, EnvironmentSwitch) {
   ::unsetenv("PIE_DECODE_FUSED_MERGE");
 }
 
+TEST(DecodePlan, EnvironmentSwitchesOfTheClusterMergeAndTheEarlyPages) {
+  for (const char* name : {"PIE_DECODE_CLUSTER_MERGE", "PIE_DECODE_EARLY_PAGES"}) {
+    const bool cluster = name[11] == 'C';
+    auto get = [&] {
+      const auto o = DecodePlanOptions::from_env();
+      return cluster ? o.cluster_merge : o.early_pages;
+    };
+    ::unsetenv(name);
+    EXPECT_FALSE(get()) << name;
+    ::setenv(name, "0", 1);
+    EXPECT_FALSE(get()) << name;
+    ::setenv(name, "1", 1);
+    EXPECT_TRUE(get()) << name;
+    ::unsetenv(name);
+  }
+}
+
+// The cluster merge: only plans of 2 to 8 splits (a portable cluster), never with the fused
+// merge's counters or a fixed split; no workspace; the split choice is the merge kernel's.
+TEST(DecodePlan, ClusterMergeOnlyForTwoToEightSplitsWithTheMergeKernelsSplit) {
+  DecodePlanOptions o;
+  o.cluster_merge = true;
+  o.early_pages = true;
+  auto p = plan_decode_split(1, 32, 8, 128, 192, 132, o);  // Qwen3-8B, batch 1, 192 tokens
+  EXPECT_EQ(p.num_splits, 3);
+  EXPECT_TRUE(p.cluster_merge);
+  EXPECT_TRUE(p.early_pages);
+  EXPECT_EQ(p.workspace_bytes, 0u);
+  for (int ctx : {100, 192, 512, 2048, 32768})
+    for (int batch : {1, 4, 64}) {
+      const auto c = plan_decode_split(batch, 32, 8, 128, ctx, 132, o);
+      const auto m = plan_decode_split(batch, 32, 8, 128, ctx, 132, {});
+      EXPECT_EQ(c.num_splits, m.num_splits) << batch << " x " << ctx;
+      EXPECT_EQ(c.tokens_per_split, m.tokens_per_split) << batch << " x " << ctx;
+      EXPECT_EQ(c.cluster_merge, m.num_splits >= 2 && m.num_splits <= kDecodeMaxClusterSplits) << batch << " x " << ctx;
+      EXPECT_EQ(c.workspace_bytes, c.cluster_merge ? 0u : m.workspace_bytes) << batch << " x " << ctx;
+    }
+  // A forced split keeps the cluster merge only while it has 2 to 8 splits.
+  set_decode_split(p, 64, 1000);
+  EXPECT_EQ(p.num_splits, 16);
+  EXPECT_FALSE(p.cluster_merge);
+  EXPECT_GT(p.workspace_bytes, 0u);
+  set_decode_split(p, 200, 1000);
+  EXPECT_FALSE(p.cluster_merge);  // not turned back on by itself
+  EXPECT_TRUE(use_decode_cluster_merge(p));
+  EXPECT_EQ(p.num_splits, 4);
+  EXPECT_EQ(p.workspace_bytes, 0u);
+  o.fused_merge = true;  // the fused merge keeps its counters: no cluster
+  EXPECT_FALSE(plan_decode_split(1, 32, 8, 128, 192, 132, o).cluster_merge);
+  o.fused_merge = false;
+  o.fixed_split_tokens = 64;  // nor does a fixed split
+  EXPECT_FALSE(plan_decode_split(1, 32, 8, 128, 192, 132, o).cluster_merge);
+}
+
 // The batch-invariant split: splits of a fixed token count from position 0, whatever the batch
 // and the grid, so that a sequence is cut at the same places in every launch; the plan's split
 // count only covers the longest context (shorter sequences' extra splits are empty).

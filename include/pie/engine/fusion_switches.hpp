@@ -31,9 +31,14 @@ struct FusionSwitches {
   /// PIE_FUSED_SWIGLU: at batch 1, SwiGLU runs in the prologue of the linear layer that reads
   /// it (the down projection's GEMV, ops::cuda::swiglu_gemv) instead of its own kernel.
   bool swiglu = false;
+  /// PIE_FUSED_ROPE_ATTN: at steps of decode rows only, the q/k-norm + RoPE kernel waits for the
+  /// attention that reads it and runs inside the decode kernel, with the KV write
+  /// (ops/cuda/attention_decode_rope.cuh); needs a build with -DPIE_DECODE_LATENCY=ON.
+  bool rope_attn = false;
 
   static FusionSwitches from_env() {
     FusionSwitches f;
+    f.rope_attn = env_switch("PIE_FUSED_ROPE_ATTN", std::getenv("PIE_FUSED_ROPE_ATTN"));
     f.rope_kv = env_switch("PIE_FUSED_ROPE_KV", std::getenv("PIE_FUSED_ROPE_KV"));
     f.final_norm = env_switch("PIE_FUSED_FINAL_NORM", std::getenv("PIE_FUSED_FINAL_NORM"));
     f.swiglu = env_switch("PIE_FUSED_SWIGLU", std::getenv("PIE_FUSED_SWIGLU"));
@@ -73,6 +78,22 @@ struct SwiGluStep {
 /// and no tensor parallelism.
 inline bool swiglu_in_gemv(bool on, const SwiGluStep& s) {
   return on && s.tokens == 1 && !s.tensor_parallel && s.gemv_rows >= 1 && !s.fp8_producer && s.width_fits;
+}
+
+/// \brief What decides whether a step's RoPE may run inside its decode attention.
+struct RopeAttnStep {
+  int tokens = 0;              ///< rows of the forward
+  int decodes = 0;             ///< decode rows (one query token each)
+  bool batch_invariant = false;  ///< decode rows take the prefill kernel then
+  bool calculating_kv_scales = false;  ///< the first forward of --calculate-kv-scales reads raw K/V
+  bool plan_takes_it = false;  ///< the step's decode plan and cache take it (ops::cuda::decode_rope_supported)
+};
+
+/// True when fusions.rope_attn is on and every row of the step is a decode row whose attention
+/// runs the CUDA-core decode kernel with a plan that can fold the RoPE in.
+inline bool rope_in_attention(bool on, const RopeAttnStep& s) {
+  return on && s.tokens > 0 && s.decodes == s.tokens && !s.batch_invariant && !s.calculating_kv_scales &&
+         s.plan_takes_it;
 }
 
 }  // namespace pie::engine

@@ -171,6 +171,7 @@ class CudaForward {
     kv_fusion_.begin_step();
     held_norm_ = {};
     held_swiglu_ = {};
+    held_rope_ = {};
     logits_fused_norm_ = false;
     ops_ = 0;
   }
@@ -210,6 +211,7 @@ class CudaForward {
     int64_t final_norm = 0;  ///< lm_head GEMVs with the final norm in their prologue
     int64_t l2_prefetch = 0;  ///< prefetch() calls that launched the L2 prefetch kernel
     int64_t swiglu = 0;       ///< down-projection GEMVs with SwiGLU in their prologue
+    int64_t rope_attn = 0;    ///< decode attentions with q/k norm + RoPE and the KV write inside
   };
   const FusionCounts& fusion_counts() const { return fusion_counts_; }
 
@@ -370,10 +372,21 @@ class CudaForward {
   static PrefetchRange byte_range(const Weight& w) { return {w.data, static_cast<size_t>(w.numel()) * sizeof(T)}; }
   static PrefetchRange byte_range(const Fp8Weight& w) { return {w.q.data, static_cast<size_t>(w.q.numel())}; }
   /// With fusions.rope_kv, also this step's K/V rows into the next layer's cache (file comment).
+  /// With fusions.rope_attn at a step of decode rows only, held back for the attention that reads
+  /// qkv, which then runs it inside the decode kernel (rope_attn_step); any other op runs it first.
   void qk_norm_rope(Act qkv, const Weight& q_norm, const Weight& k_norm) {
-    const auto& c = p_.config;
     const T* qn = q_norm.numel() > 0 ? q_norm.data : nullptr;
     const T* kn = k_norm.numel() > 0 ? k_norm.data : nullptr;
+    if (rope_attn_step()) {
+      before_op();
+      held_rope_ = {qkv, qn, kn, true};
+      return;
+    }
+    qk_norm_rope_now(qkv, qn, kn);
+  }
+  /// The q/k norm + RoPE kernel (with the K/V write under fusions.rope_kv).
+  void qk_norm_rope_now(Act qkv, const T* qn, const T* kn) {
+    const auto& c = p_.config;
     if (!kv_fusion_.enabled()) {
       op("qk_norm_rope", [&] {
         ops::cuda::qk_norm_rope(qkv, p_.step->positions(), c.num_attention_heads, c.num_key_value_heads, c.head_dim,
@@ -405,6 +418,21 @@ class CudaForward {
     const float sm_scale = 1.f / std::sqrt(static_cast<float>(c.head_dim));
     StepBuffers& st = *p_.step;
     KVCache<KV>& cache = *cache_;
+    // The held RoPE (fusions.rope_attn) runs inside this attention when it reads the same qkv;
+    // otherwise it runs now, as its own kernel (the first op() below would run it anyway).
+    const HeldRope rope = held_rope_.on && held_rope_.qkv.data == qkv.data ? held_rope_ : HeldRope{};
+    if (rope.on) held_rope_ = {};
+    ops::cuda::DecodeRopeArgs<T> rope_args;
+    if (rope.on) {
+      rope_args.positions = st.positions();
+      rope_args.q_norm = rope.qn;
+      rope_args.k_norm = rope.kn;
+      rope_args.eps = eps();
+      rope_args.rope = p_.rope;
+      rope_args.k_new = qkv.data + Q;
+      rope_args.v_new = qkv.data + Q + KVS;
+      rope_args.row_stride = QKV;
+    }
     if (calc_margin_ > 0.0f && cache.k_scales(l) != nullptr) {  // --calculate-kv-scales, first forward
       op("kv_scales", [&] {
         ops::cuda::kv_calculate_scales(mat(qkv.data + Q, Tn, KVS, QKV), mat(qkv.data + Q + KVS, Tn, KVS, QKV),
@@ -413,7 +441,8 @@ class CudaForward {
       });
       if (l == c.num_hidden_layers - 1) calc_margin_ = 0.0f;  // frozen from here on
     }
-    if (!kv_fusion_.on_attention(l, qkv.data)) {  // else written by qk_norm_rope's kernel
+    // (The held RoPE's kernel writes K/V itself; otherwise qk_norm_rope's kernel may have.)
+    if (!kv_fusion_.on_attention(l, qkv.data) && !rope.on) {
       op("kv_write", [&] {
         ops::cuda::kv_write(cache.layer(l, 0, nullptr, nullptr, nullptr), mat(qkv.data + Q, Tn, KVS, QKV),
                             mat(qkv.data + Q + KVS, Tn, KVS, QKV), st.slot_mapping(), s_);
@@ -432,10 +461,11 @@ class CudaForward {
       });
     } else if (D > 0) {
       auto kvd = cache.layer(l, D, st.kv_indptr(), st.kv_indices(), st.kv_last_page_len());
-      op("attention_decode", [&] {
+      op(rope.on ? "rope+attention_decode" : "attention_decode", [&] {
         ops::cuda::decode_attention(heads(qkv.data, D, QKV), kvd, heads(out.data, D, O), shape_.decode, p_.decode_ws,
-                                    sm_scale, p_.variant, s_);
+                                    sm_scale, p_.variant, s_, rope.on ? &rope_args : nullptr);
       });
+      if (rope.on) ++fusion_counts_.rope_attn;
     }
     if (S > D) {
       const int64_t r0 = shape_.prefill_row0;
@@ -675,6 +705,23 @@ class CudaForward {
   }
   /// Launches the add_rms_norm held back for logits() (fusions.final_norm), if any.
   /// Not a template: op() calls it, and it calls op() once more with the norm.
+  /// Runs a held RoPE as its own kernel (qk_norm_rope).
+  void run_held_rope() {
+    if (!held_rope_.on) return;
+    const HeldRope h = held_rope_;
+    held_rope_ = {};
+    qk_norm_rope_now(h.qkv, h.qn, h.kn);
+  }
+  /// Whether this step's RoPE may wait for its attention (fusions.rope_attn; fusion_switches.hpp).
+  bool rope_attn_step() const {
+    RopeAttnStep st;
+    st.tokens = shape_.tokens;
+    st.decodes = shape_.decodes;
+    st.batch_invariant = p_.batch_invariant;
+    st.calculating_kv_scales = calc_margin_ > 0.0f;
+    st.plan_takes_it = shape_.decodes > 0 && ops::cuda::decode_rope_supported(shape_.decode, int(sizeof(KV)));
+    return rope_in_attention(p_.fusions.rope_attn, st);
+  }
   void run_held_norm() {
     if (!held_norm_.on) return;
     const HeldNorm h = held_norm_;
@@ -703,6 +750,7 @@ class CudaForward {
   /// What every op, and every op held back, does first: the held ops run (this op may read
   /// their outputs), the quantized activation and the pending K/V write fusion are forgotten.
   void before_op() {
+    run_held_rope();
     run_held_norm();
     run_held_swiglu();
     fp8_in_.src = nullptr;
@@ -772,6 +820,12 @@ class CudaForward {
     bool per_token = false;
   } fp8_in_;
   int fp8_per_token_ = -1;  ///< the fp8 linears' scheme (-1 before the first)
+  struct HeldRope {  ///< a q/k norm + RoPE waiting for its attention (fusions.rope_attn)
+    Act qkv;
+    const T* qn = nullptr;
+    const T* kn = nullptr;
+    bool on = false;
+  } held_rope_;
   KvWriteFusion kv_fusion_;  ///< whether the rope kernel wrote a layer's K/V (fusions.rope_kv)
   /// An add_rms_norm not run yet (fusions.final_norm): logits() or the next op runs it.
   struct HeldNorm {

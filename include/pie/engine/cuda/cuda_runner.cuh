@@ -228,6 +228,8 @@ class CudaRunner {
       if (f.rope_kv) std::fprintf(stderr, "pie: PIE_FUSED_ROPE_KV=1: the q/k RoPE kernel writes K/V into the cache\n");
       if (f.final_norm) std::fprintf(stderr, "pie: PIE_FUSED_FINAL_NORM=1: batch-1 final norm inside lm_head\n");
       if (f.swiglu) std::fprintf(stderr, "pie: PIE_FUSED_SWIGLU=1: batch-1 SwiGLU inside the down projection's GEMV\n");
+      if (f.rope_attn)
+        std::fprintf(stderr, "pie: PIE_FUSED_ROPE_ATTN=1: q/k norm + RoPE and the KV write inside decode attention\n");
     }
     if (log_ && nano_on()) {
       if (nano_opt_.min_rows > 0)
@@ -650,6 +652,10 @@ class CudaRunner {
     p.decode_ws = decode_ws_.data();
     p.batch_invariant = opt_.batch_invariant;
     p.fusions = FusionSwitches::from_env();
+#if !defined(PIE_DECODE_LATENCY)
+    PIE_CHECK(!p.fusions.rope_attn, "PIE_FUSED_ROPE_ATTN=1: this build has no RoPE inside decode attention "
+                                    "(configure with -DPIE_DECODE_LATENCY=ON)");
+#endif
     // --calculate-kv-scales reads K/V where the separate kv_write does (after RoPE).
     if (opt_.calculate_kv_scales && p.fusions.rope_kv) {
       p.fusions.rope_kv = false;
@@ -775,6 +781,11 @@ class CudaRunner {
     auto opt = ops::cuda::decode_plan_options(int(sizeof(KV)), c.num_attention_heads / c.num_key_value_heads,
                                               c.head_dim);
     opt.counter_batch = opt_.sched.max_num_seqs;
+    // PIE_DECODE_CLUSTER_MERGE=1 / PIE_DECODE_EARLY_PAGES=1: the latency paths, compiled only with
+    // -DPIE_DECODE_LATENCY=ON (refused here, at the runner's start, in a build without them).
+    PIE_CHECK(ops::cuda::detail::kDecodeLatencyPaths || !(opt.cluster_merge || opt.early_pages),
+              "PIE_DECODE_CLUSTER_MERGE / PIE_DECODE_EARLY_PAGES: this build has no decode latency paths "
+              "(configure with -DPIE_DECODE_LATENCY=ON)");
     return ops::cuda::plan_decode_attention(batch, c.num_attention_heads, c.num_key_value_heads, c.head_dim, max_len,
                                             0, opt);
   }

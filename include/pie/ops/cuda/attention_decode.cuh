@@ -34,6 +34,7 @@
 #include "pie/ops/cuda/attention_decode_mma.cuh"
 #include "pie/ops/cuda/attention_decode_plan.hpp"
 #include "pie/ops/cuda/attention_decode_ring.cuh"
+#include "pie/ops/cuda/attention_decode_rope.cuh"
 #include "pie/ops/cuda/bulk_copy.cuh"
 #include "pie/ops/cuda/common.cuh"
 
@@ -77,7 +78,7 @@ struct DecodeShape {
   static constexpr int TOK = NG * U;                // tokens per stage (divides 64)
   static constexpr int STAGE_ELEMS = 2 * TOK * HD;
   static constexpr size_t RING_BYTES = size_t(STAGES) * STAGE_ELEMS * sizeof(KV);
-  static constexpr size_t MERGE_BYTES = kDecodeMergeBytes<HD, GROUP, NW>;
+  static constexpr size_t MERGE_BYTES = kDecodeClusterMergeBytes<HD, GROUP, NW>;  // ⊇ the cross-warp merge
   static constexpr size_t SMEM = RING_BYTES > MERGE_BYTES ? RING_BYTES : MERGE_BYTES;
   static_assert(64 % TOK == 0, "stages must tile the 64-token split granularity");
 };
@@ -86,11 +87,15 @@ struct DecodeShape {
 /// depth. MODE (benchmarks only): 1 streams the pages without the attention arithmetic, 2 uses
 /// the all-reduce softmax (each score summed over its row's lanes by log2(LPT) shuffles and
 /// exponentiated in every lane) instead of the reduce-scatter one.
-template <int HD, int GROUP, int NW, int STAGES, int FMODE, class T, class KV, class Variant>
+/// `issued`: ring stages warp 0 issued before the kernel's wait (decode_issue_early_pages).
+/// With the kDecodeRope bit, q comes rotated from `rsm` (a DecodeRopeSmem) and the owner's new
+/// K/V row goes into its stage (decode_rope_prologue, decode_rope_inject).
+template <int HD, int GROUP, int NW, int STAGES, int FMODE, class T, class KV, class Variant, class RopeSmem>
 __device__ __forceinline__ void decode_body(const DecodeParams<T, KV, Variant>& p, unsigned char* smem,
-                                            uint64_t* bars) {
-  constexpr int MODE = FMODE & ~kDecodeFusedMerge;  // the benchmark mode
+                                            uint64_t* bars, int issued, RopeSmem& rsm, const DecodeRopeOwner& own) {
+  constexpr int MODE = FMODE & ~(kDecodeFusedMerge | kDecodeRope);  // the benchmark mode
   constexpr bool FUSED = (FMODE & kDecodeFusedMerge) != 0;
+  constexpr bool ROPE = (FMODE & kDecodeRope) != 0;
   using S = DecodeShape<HD, GROUP, NW, STAGES, KV>;
   constexpr int LPT = S::LPT, TG = S::TG, NG = S::NG, U = S::U, TOK = S::TOK;
   const int kvh = blockIdx.x, b = blockIdx.y, split = blockIdx.z;
@@ -102,7 +107,7 @@ __device__ __forceinline__ void decode_body(const DecodeParams<T, KV, Variant>& 
 
   DecodeRing<TOK, HD, STAGES, KV> ring(p.kv, b, kvh, p.bs_shift, t_lo, t_end, n_stages, ring_base, bars, lane);
   int32_t next_page = 0;  // warp 0: page id of this lane's first copy of stage it + STAGES
-  if (warp == 0) next_page = ring.start();
+  if (warp == 0) next_page = ring.start(issued);
 
   // Scores are q·k·sm_scale in the log2 domain: folded into q unless the variant transforms
   // the scaled logit (soft-cap), which then sees it unscaled by log2(e).
@@ -111,7 +116,10 @@ __device__ __forceinline__ void decode_body(const DecodeParams<T, KV, Variant>& 
   float q[GROUP][8];
 #pragma unroll
   for (int g = 0; g < GROUP; ++g) {
-    load8(p.q + b * p.q_stride + int64_t(kvh * GROUP + g) * HD + sub * 8, q[g]);
+    if constexpr (ROPE)
+      load8(rsm.q + g * HD + sub * 8, q[g]);
+    else
+      load8(p.q + b * p.q_stride + int64_t(kvh * GROUP + g) * HD + sub * 8, q[g]);
 #pragma unroll
     for (int j = 0; j < 8; ++j) q[g][j] *= q_scale;
   }
@@ -137,6 +145,9 @@ __device__ __forceinline__ void decode_body(const DecodeParams<T, KV, Variant>& 
     const KV* sk = ring_base + slot * S::STAGE_ELEMS;
     const KV* sv = sk + TOK * HD;
     const int ts = t_lo + it * TOK;
+    if constexpr (ROPE)
+      decode_rope_inject<HD, TOK, NW>(p, own, rsm, ring_base + slot * S::STAGE_ELEMS,
+                                      ring_base + slot * S::STAGE_ELEMS + TOK * HD, ts, kvh);
     if constexpr (MODE == 1) {  // benchmark only: the pages' movement without the arithmetic
 #pragma unroll
       for (int u = 0; u < U; ++u) {
@@ -335,7 +346,13 @@ __device__ __forceinline__ void decode_body(const DecodeParams<T, KV, Variant>& 
     }
   }
   __syncthreads();
-  decode_store_merged<HD, GROUP, NW, FUSED>(p, s_acc, kvh, b, split, p.num_splits);
+  if constexpr (ROPE) {
+    decode_store_merged<HD, GROUP, NW, FUSED>(p, s_acc, kvh, b, split, p.num_splits, [&] {
+      if (own.owner) decode_rope_write_back<HD, GROUP, NW>(p, b, kvh, rsm);
+    });
+  } else {
+    decode_store_merged<HD, GROUP, NW, FUSED>(p, s_acc, kvh, b, split, p.num_splits);
+  }
 }
 
 template <int HD, int GROUP, int NW, int STAGES, int MODE, class T, class KV, class Variant>
@@ -347,8 +364,20 @@ __global__ void __launch_bounds__(NW * 32, decode_ctas_per_sm(GROUP) * 4 / NW > 
     for (int s = 0; s < STAGES; ++s) mbar_init(&bars[s], 1);
   __syncthreads();
   pdl_launch_dependents();  // the merge (or o_proj's GEMV) may start streaming now
+  int issued = 0;
+  if (kDecodeLatencyPaths && p.early_pages && threadIdx.x < 32)
+    issued = decode_issue_early_pages<DecodeShape<HD, GROUP, NW, STAGES, KV>::TOK, HD, STAGES>(p, smem, bars,
+                                                                                             int(blockIdx.z));
   pdl_wait();
-  decode_body<HD, GROUP, NW, STAGES, MODE>(p, smem, bars);
+  if constexpr ((MODE & kDecodeRope) != 0) {
+    __shared__ DecodeRopeSmem<HD, GROUP, T, KV> rsm;  // the fused RoPE's rotated q and new K/V row
+    const DecodeRopeOwner own =
+        decode_rope_prologue<HD, GROUP, NW>(p, int(blockIdx.y), int(blockIdx.x), int(blockIdx.z), rsm);
+    decode_body<HD, GROUP, NW, STAGES, MODE>(p, smem, bars, issued, rsm, own);
+  } else {
+    DecodeRopeNone none;
+    decode_body<HD, GROUP, NW, STAGES, MODE>(p, smem, bars, issued, none, DecodeRopeOwner{});
+  }
 }
 
 /// Merges split partials (decode_merge_rows): one CTA of 128 threads per (sequence, head) row.
@@ -374,7 +403,7 @@ __global__ void __launch_bounds__(128) decode_merge_kernel(const float* __restri
     if (num_splits == 1) return;
   }
   T* const dst[1] = {out + int64_t(b) * out_stride + int64_t(h) * HD};
-  decode_merge_rows<HD, 1, false>(part_o, part_lse, num_splits, plane, row, c, sl, dst);
+  decode_merge_rows<HD, 1>(DecodeGlobalPartials<HD, false>{part_o, part_lse, plane}, num_splits, row, c, sl, dst);
 }
 
 /// Launches one decode kernel (NW warps, `smem` bytes of dynamic shared memory) and, for several
@@ -397,6 +426,10 @@ void launch_decode_kernel(size_t smem, const DecodeParams<T, KV, Variant>& p, in
     smem_set.fetch_or(bit, std::memory_order_relaxed);
   }
   dim3 grid(p.kv.num_kv_heads, batch, grid_splits > 0 ? grid_splits : p.num_splits);
+  if (kDecodeLatencyPaths && p.cluster_merge) {  // one cluster per (sequence, KV head): merged in shared memory
+    launch_pdl_cluster(kern, grid, dim3(NW * 32), smem, stream, dim3(1, 1, p.num_splits), p);
+    return;
+  }
   launch_pdl(kern, grid, dim3(NW * 32), smem, stream, p);
   if (!FUSED && p.num_splits > 1) {
     launch_pdl(decode_merge_kernel<HD, T>, dim3(unsigned(int64_t(batch) * p.kv.num_kv_heads * GROUP)), dim3(128), 0,
@@ -433,6 +466,14 @@ inline bool decode_mma_wide_enabled(int group) {
   return decode_fixed_split_wanted(2, group, 128, mask);
 }
 
+/// \brief Whether decode_attention can take `rope` (q/k norm + RoPE and the KV write in the
+/// kernel) with this plan over a cache of `kv_bytes`-byte elements: the CUDA-core kernel (16-bit
+/// K/V, not the fixed split's tensor-core kernel) with one split per (sequence, KV head) or a
+/// cluster merge, so that the pair's CTAs have all read q raw before it is written back rotated.
+inline bool decode_rope_supported(const DecodePlan& plan, int kv_bytes) {
+  return kv_bytes == 2 && !plan.fixed_split && !plan.fused_merge && (plan.num_splits == 1 || plan.cluster_merge);
+}
+
 /// \brief Decode attention over the paged cache: out[b, h] = softmax(q[b, h]·Kᵀ·sm_scale)·V over
 /// the cache.seq_len(b) tokens of sequence b (its query is the last of them).
 /// \param q     [batch, nq, head_dim] (token rows may be strided, heads contiguous)
@@ -450,9 +491,13 @@ inline bool decode_mma_wide_enabled(int group) {
 /// 2 takes the CUDA-core kernel with the all-reduce softmax (see decode_body), 3 the CUDA-core
 /// kernel where the tensor-core one is the default (fp8 K/V), 4 the tensor-core kernel for 16-bit
 /// K/V too (head dims 64 and 128, groups ≤ 8; see kDecodeMmaDefault for why it is not the default)
+/// \param rope  non-null: q is the raw projection, and the kernel does q/k RMSNorm + RoPE and the KV
+/// write of the step's rows itself (attention_decode_rope.cuh; decode_rope_supported says which
+/// plans and caches take it), leaving qkv's q and k rotated as the RoPE kernel would
 template <int Warps = 0, int Stages = 0, int Mode = 0, class T, class KV, class Variant = attention::Causal>
 void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out, const DecodePlan& plan,
-                      void* workspace, float sm_scale, Variant variant = {}, cudaStream_t stream = nullptr) {
+                      void* workspace, float sm_scale, Variant variant = {}, cudaStream_t stream = nullptr,
+                      const DecodeRopeArgs<T>* rope = nullptr) {
   PIE_CHECK(q.rank == 3 && out.rank == 3, "decode_attention: q and out must be [batch, heads, head_dim]");
   check_rows8(q, "decode_attention q");
   check_rows8(out, "decode_attention out");
@@ -462,8 +507,14 @@ void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out,
   PIE_CHECK(plan.batch == batch && plan.num_q_heads == nq && plan.num_kv_heads == cache.num_kv_heads &&
                 plan.head_dim == cache.head_dim && cache.batch_size == batch,
             "decode_attention: the plan was made for another shape");
-  PIE_CHECK(plan.num_splits == 1 || workspace != nullptr, "decode_attention: the plan needs a workspace of ",
-            plan.workspace_bytes, " bytes");
+  PIE_CHECK(plan.num_splits == 1 || plan.cluster_merge || workspace != nullptr,
+            "decode_attention: the plan needs a workspace of ", plan.workspace_bytes, " bytes");
+  PIE_CHECK(detail::kDecodeLatencyPaths || !(plan.cluster_merge || plan.early_pages),
+            "decode_attention: the cluster merge and the early pages need a build with -DPIE_DECODE_LATENCY=ON");
+  PIE_CHECK(!plan.cluster_merge || (plan.num_splits >= 2 && plan.num_splits <= kDecodeMaxClusterSplits &&
+                                    !plan.fused_merge && !plan.fixed_split),
+            "decode_attention: a cluster merge needs 2 to ", kDecodeMaxClusterSplits,
+            " splits and neither the fused merge nor a fixed split (got ", plan.num_splits, " splits)");
   PIE_CHECK(cache.block_size > 0 && (cache.block_size & (cache.block_size - 1)) == 0,
             "decode_attention: block size must be a power of two");
   PIE_CHECK(reinterpret_cast<uintptr_t>(cache.data) % 16 == 0, "decode_attention: the KV pool must be 16-byte aligned");
@@ -472,6 +523,14 @@ void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out,
   PIE_CHECK(!plan.fused_merge || plan.num_splits == 1 ||
                 plan.counter_bytes >= size_t(batch) * cache.num_kv_heads * sizeof(uint32_t),
             "decode_attention: the fused merge's plan has no counters for ", batch, " sequences");
+#if !defined(PIE_DECODE_LATENCY)
+  PIE_CHECK(rope == nullptr, "decode_attention: this build has no fused RoPE (configure with -DPIE_DECODE_LATENCY=ON)");
+#endif
+  PIE_CHECK(rope == nullptr || (Warps == 0 && Mode == 0 && decode_rope_supported(plan, int(sizeof(KV)))),
+            "decode_attention: the fused RoPE needs a 16-bit cache and one split or a cluster merge (got ",
+            plan.num_splits, " splits)");
+  PIE_CHECK(rope == nullptr || (rope->positions != nullptr && rope->k_new != nullptr && rope->v_new != nullptr),
+            "decode_attention: the fused RoPE needs positions and the K/V rows");
   if (batch == 0) return;
   using D = device_t<T>;
   using DKV = device_t<KV>;
@@ -493,6 +552,18 @@ void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out,
   p.num_splits = plan.num_splits;
   p.sm_scale = sm_scale;
   p.variant = variant;
+  p.cluster_merge = plan.cluster_merge;
+  p.early_pages = plan.early_pages;
+  if (rope != nullptr) {
+    p.rope.positions = rope->positions;
+    p.rope.q_norm = dev(rope->q_norm);
+    p.rope.k_norm = dev(rope->k_norm);
+    p.rope.eps = rope->eps;
+    p.rope.rope = rope->rope;
+    p.rope.k_new = dev(rope->k_new);
+    p.rope.v_new = dev(rope->v_new);
+    p.rope.row_stride = rope->row_stride;
+  }
   PIE_DISPATCH_HEAD_DIM(cache.head_dim, HD, [&] {
     PIE_DISPATCH_GQA_GROUP(nq / cache.num_kv_heads, GROUP, [&] {
       constexpr bool kMma = (Mode == 4 ? detail::kDecodeMma<HD, GROUP, DKV> : detail::kDecodeMmaDefault<HD, GROUP, DKV>) &&
@@ -534,6 +605,14 @@ void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out,
           }
         }
       };
+#if defined(PIE_DECODE_LATENCY)
+      if constexpr (!kMma && Warps == 0 && Mode == 0) {
+        if (rope != nullptr) {  // checked above: the CUDA-core kernel, one split or a cluster merge
+          detail::launch_decode<HD, GROUP, 4, detail::decode_stages(GROUP), detail::kDecodeRope>(p, batch, stream);
+          return;
+        }
+      }
+#endif
       if (fused)
         launch(std::true_type{});
       else

@@ -113,8 +113,9 @@ template <int HD, int GROUP, int NW, int STAGES, class KV>
 struct DecodeMmaShape {
   static constexpr int TOK = NW * 16;  // tokens per stage
   static constexpr size_t RING_BYTES = size_t(STAGES) * 2 * TOK * HD * sizeof(KV);
-  static constexpr size_t SMEM = RING_BYTES > kDecodeMergeBytes<HD, GROUP, NW> ? RING_BYTES
-                                                                                 : kDecodeMergeBytes<HD, GROUP, NW>;
+  // ⊇ the cross-warp merge area and the cluster merge's partials
+  static constexpr size_t SMEM = RING_BYTES > kDecodeClusterMergeBytes<HD, GROUP, NW> ? RING_BYTES
+                                                                                        : kDecodeClusterMergeBytes<HD, GROUP, NW>;
   static_assert(64 % TOK == 0, "stages must tile the 64-token split granularity");
 };
 
@@ -125,7 +126,8 @@ struct DecodeMmaShape {
 /// pages from shared memory without the attention arithmetic.
 template <int HD, int GROUP, int NW, int STAGES, int FMODE, class T, class KV, class Variant>
 __device__ __forceinline__ void decode_body_mma(const DecodeParams<T, KV, Variant>& p, unsigned char* smem,
-                                                uint64_t* bars, int split, int nsplit, uint32_t& phase) {
+                                                uint64_t* bars, int split, int nsplit, uint32_t& phase,
+                                                int issued = 0) {
   constexpr int MODE = FMODE & ~kDecodeFusedMerge;  // the benchmark mode
   constexpr bool FUSED = (FMODE & kDecodeFusedMerge) != 0;
   static_assert(kDecodeMma<HD, GROUP, KV>, "decode_body_mma: fp8 or 16-bit K/V, head dim 64 or 128, group <= 8");
@@ -145,7 +147,7 @@ __device__ __forceinline__ void decode_body_mma(const DecodeParams<T, KV, Varian
   KV* ring_base = reinterpret_cast<KV*>(smem);
   DecodeRing<TOK, HD, STAGES, KV> ring(p.kv, b, kvh, p.bs_shift, t_lo, t_end, n_stages, ring_base, bars, lane);
   int32_t next_page = 0;  // warp 0: page id of this lane's first copy of stage it + STAGES
-  if (warp == 0) next_page = ring.start();
+  if (warp == 0) next_page = ring.start(issued);
 
   // Qᵀ's B fragments: head r (zero for r ≥ GROUP), (k lo, k hi) of each chunk.
   uint32_t qb[NJ][2];
@@ -341,10 +343,14 @@ __global__ void __launch_bounds__(NW * 32, 16 / NW)
     for (int s = 0; s < STAGES; ++s) mbar_init(&bars[s], 1);
   __syncthreads();
   pdl_launch_dependents();  // the merge (or o_proj's GEMV) may start streaming now
+  int issued = 0;  // the first split's stages warp 0 issued before the wait
+  if (kDecodeLatencyPaths && p.early_pages && threadIdx.x < 32)
+    issued = decode_issue_early_pages<DecodeMmaShape<HD, GROUP, NW, STAGES, KV>::TOK, HD, STAGES>(p, smem, bars,
+                                                                                                int(blockIdx.z));
   pdl_wait();
   uint32_t phase = 0;
   if (!p.split_loop) {
-    decode_body_mma<HD, GROUP, NW, STAGES, MODE>(p, smem, bars, int(blockIdx.z), p.num_splits, phase);
+    decode_body_mma<HD, GROUP, NW, STAGES, MODE>(p, smem, bars, int(blockIdx.z), p.num_splits, phase, issued);
     return;
   }
   // The batch-invariant split: this sequence's own splits, every gridDim.z-th from blockIdx.z,
@@ -361,7 +367,8 @@ __global__ void __launch_bounds__(NW * 32, 16 / NW)
       decode_fence_proxy_async();
       __syncthreads();
     }
-    decode_body_mma<HD, GROUP, NW, STAGES, MODE>(p, smem, bars, split, nsplit, phase);
+    decode_body_mma<HD, GROUP, NW, STAGES, MODE>(p, smem, bars, split, nsplit, phase,
+                                                 split == int(blockIdx.z) ? issued : 0);
   }
 }
 

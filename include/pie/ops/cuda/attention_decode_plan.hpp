@@ -30,6 +30,10 @@ constexpr int decode_stages(int group) { return group >= 8 ? 8 : 2; }
 constexpr int decode_ctas_per_sm(int group) { return group >= 8 ? 2 : 4; }
 }  // namespace detail
 
+/// Most splits of one (sequence, KV head) that a cluster merge serves: the portable cluster size,
+/// so every CTA of a pair is resident on one GPC and the launch needs no attribute.
+inline constexpr int kDecodeMaxClusterSplits = 8;
+
 /// \brief How the split partials of a decode launch are merged, and what the plan may assume.
 struct DecodePlanOptions {
   /// The last CTA of each (sequence, KV head) to finish merges that pair's split partials itself
@@ -48,12 +52,31 @@ struct DecodePlanOptions {
   /// kernel for 16-bit K/V at GQA groups 4 and 8 with such a plan (DecodePlan::fixed_split).
   /// 0: the cost model chooses the split from the grid (fast, but the split follows the batch).
   int fixed_split_tokens = 0;
+  /// A plan of 2 to kDecodeMaxClusterSplits splits (and no fused_merge or fixed split) launches
+  /// each (sequence, KV head)'s splits as one thread-block cluster: the CTAs keep their partials in
+  /// shared memory and merge them through distributed shared memory after a cluster barrier, so
+  /// there is no merge kernel and no partial goes through L2. The split choice is unchanged. Opt-in
+  /// until measured on a GPU (issue 14/15: batch-1 attention is latency, and the merge kernel is a
+  /// launch on the chain).
+  bool cluster_merge = false;
+  /// The kernel issues the bulk copies of its first ring stages whose tokens are all older than the
+  /// query (written by earlier steps) before `griddepcontrol.wait`, so at small batches the pages
+  /// stream in while the previous kernel (RoPE, the KV write) finishes. Only the page table, the
+  /// lengths (uploaded before the step) and K/V rows of earlier steps are read before the wait;
+  /// the query's own row, written in this step, is copied after it. Opt-in until measured.
+  bool early_pages = false;
 
-  /// `PIE_DECODE_FUSED_MERGE=1` turns the fused merge on (anything else, or unset: off).
+  /// `PIE_DECODE_FUSED_MERGE=1` turns the fused merge on, `PIE_DECODE_CLUSTER_MERGE=1` the cluster
+  /// merge, `PIE_DECODE_EARLY_PAGES=1` the early pages (anything else, or unset: off).
   static DecodePlanOptions from_env() {
     DecodePlanOptions o;
-    const char* v = std::getenv("PIE_DECODE_FUSED_MERGE");
-    o.fused_merge = v != nullptr && std::strcmp(v, "1") == 0;
+    auto on = [](const char* name) {
+      const char* v = std::getenv(name);
+      return v != nullptr && std::strcmp(v, "1") == 0;
+    };
+    o.fused_merge = on("PIE_DECODE_FUSED_MERGE");
+    o.cluster_merge = on("PIE_DECODE_CLUSTER_MERGE");
+    o.early_pages = on("PIE_DECODE_EARLY_PAGES");
     return o;
   }
 };
@@ -149,6 +172,12 @@ struct DecodePlan {
   /// grid (one CTA per pair for wide batches, a wave's worth for few long sequences) while the
   /// numerical one does not; and a graph planned for max_model_len launches no empty CTAs.
   int grid_splits = 1;
+  /// Each (sequence, KV head)'s num_splits CTAs are one cluster that merges its partials in
+  /// distributed shared memory (DecodePlanOptions::cluster_merge); no workspace.
+  bool cluster_merge = false;
+  /// The first ring stages of pages older than the query are issued before the kernel waits for
+  /// its predecessor (DecodePlanOptions::early_pages).
+  bool early_pages = false;
 };
 
 /// \brief Byte offsets of a decode launch's workspace regions (see DecodePlan::workspace_bytes).
@@ -169,7 +198,8 @@ inline DecodeWorkspaceLayout decode_workspace_layout(const DecodePlan& p) {
 
 /// \brief Sets a plan's split to `tokens_per_split` (rounded up to a multiple of 64) and sizes its
 /// workspace; the plan's shape and fused_merge must be set. For benchmarks and tests that force a
-/// split; `counter_batch` as in DecodePlanOptions.
+/// split; `counter_batch` as in DecodePlanOptions. A cluster merge stays on only while the new
+/// split count allows it.
 inline void set_decode_split(DecodePlan& p, int tokens_per_split, int max_seq_len, int counter_batch = 0) {
   max_seq_len = std::max(max_seq_len, 1);
   p.tokens_per_split = (std::max(tokens_per_split, 1) + 63) / 64 * 64;
@@ -177,12 +207,25 @@ inline void set_decode_split(DecodePlan& p, int tokens_per_split, int max_seq_le
   p.grid_splits = std::clamp(p.grid_splits, 1, p.num_splits);
   p.counter_bytes = 0;
   p.workspace_bytes = 0;
-  if (p.num_splits <= 1) return;
+  if (p.num_splits < 2 || p.num_splits > kDecodeMaxClusterSplits) p.cluster_merge = false;
+  if (p.num_splits <= 1 || p.cluster_merge) return;
   if (p.fused_merge) {
     const int64_t seqs = std::max(counter_batch, p.batch);
     p.counter_bytes = (size_t(seqs) * p.num_kv_heads * sizeof(uint32_t) + 255) / 256 * 256;
   }
   p.workspace_bytes = decode_workspace_layout(p).end;
+}
+
+/// \brief Turns a plan's merge into the cluster merge (DecodePlanOptions::cluster_merge) where it
+/// applies: 2 to kDecodeMaxClusterSplits splits, neither the fused merge nor a fixed split. Returns
+/// whether it did. For tests and benchmarks that force a split after planning.
+inline bool use_decode_cluster_merge(DecodePlan& p) {
+  p.cluster_merge = p.num_splits >= 2 && p.num_splits <= kDecodeMaxClusterSplits && !p.fused_merge && !p.fixed_split;
+  if (p.cluster_merge) {
+    p.counter_bytes = 0;
+    p.workspace_bytes = 0;
+  }
+  return p.cluster_merge;
 }
 
 namespace detail {
@@ -240,6 +283,7 @@ inline DecodePlan plan_decode_split(int batch, int num_q_heads, int num_kv_heads
   p.num_kv_heads = num_kv_heads;
   p.head_dim = head_dim;
   p.fused_merge = opt.fused_merge;
+  p.early_pages = opt.early_pages;
   const int group = num_q_heads / num_kv_heads;
   p.stages = detail::decode_stages(group);
   p.ctas_per_sm = detail::decode_ctas_per_sm(group);
@@ -272,6 +316,7 @@ inline DecodePlan plan_decode_split(int batch, int num_q_heads, int num_kv_heads
     if (s == 1 || t < best) { best = t; best_tps = tps; }
   }
   set_decode_split(p, best_tps, max_seq_len, opt.counter_batch);
+  if (opt.cluster_merge) use_decode_cluster_merge(p);
   return p;
 }
 

@@ -4,9 +4,31 @@
 /// ring that one warp fills with a (sequence, KV head)'s pages by 1-D bulk copies, and the
 /// cross-warp merge that ends a CTA. Private to ops/cuda (attention_decode.cuh and
 /// attention_decode_mma.cuh).
+#include <cooperative_groups.h>
+
 #include "pie/kv/paged_kv.hpp"
 #include "pie/ops/cuda/bulk_copy.cuh"
 #include "pie/ops/cuda/common.cuh"
+#include "pie/ops/cuda/rope.cuh"
+
+namespace pie::ops::cuda {
+
+/// \brief q/k RMSNorm and RoPE of the step's rows done inside decode attention (decode_attention's
+/// `rope`; attention_decode_rope.cuh): q is then the raw (unrotated) projection, and k_new / v_new
+/// the raw K and V rows of the same tokens, which the kernel writes into the cache itself.
+template <class T>
+struct DecodeRopeArgs {
+  const int32_t* positions = nullptr;  ///< device [batch]: the position of each row's token
+  const T* q_norm = nullptr;           ///< [head_dim] or null (no q/k norm: plain RoPE)
+  const T* k_norm = nullptr;
+  float eps = 1e-6f;
+  RopeParams rope;
+  T* k_new = nullptr;  ///< [batch] rows (stride row_stride) of num_kv_heads·head_dim raw K
+  T* v_new = nullptr;  ///< the same for V
+  int64_t row_stride = 0;
+};
+
+}  // namespace pie::ops::cuda
 
 namespace pie::ops::cuda::detail {
 
@@ -40,6 +62,14 @@ struct DecodeParams {
   /// has its own decode_seq_splits(len, tokens_per_split) splits, and CTA z of a (sequence, KV
   /// head) runs splits z, z + gridDim.z, … of them; num_splits only sizes the partials.
   bool split_loop;
+  /// The launch is one cluster of num_splits CTAs per (sequence, KV head), which merge their
+  /// partials in distributed shared memory (DecodePlan::cluster_merge): no part_o / part_lse.
+  bool cluster_merge;
+  /// Warp 0 issues the first ring stages of pages older than the query before the kernel waits
+  /// for its predecessor (DecodePlan::early_pages; decode_issue_early_pages).
+  bool early_pages;
+  /// q/k norm + RoPE and the KV write inside the kernel (MODE kDecodeRope; attention_decode_rope.cuh).
+  DecodeRopeArgs<T> rope;
 };
 
 /// Splits of a sequence of `len` tokens in a split_loop launch: its own, at least one (a CTA of
@@ -51,6 +81,19 @@ __host__ __device__ __forceinline__ int decode_seq_splits(int len, int tokens_pe
 /// Bit of the decode kernels' MODE template argument that fuses the split merge into the kernel
 /// (decode_store_merged); the low bits are the benchmark modes (0: attention).
 inline constexpr int kDecodeFusedMerge = 8;
+/// Bit of the CUDA-core decode kernel's MODE that folds q/k norm + RoPE and the KV write into it
+/// (attention_decode_rope.cuh); compiled only with PIE_DECODE_LATENCY (its kernels are a second
+/// set of instantiations, and the prologue's registers would otherwise weigh on the default ones).
+inline constexpr int kDecodeRope = 16;
+
+/// Whether this build has the latency paths (-DPIE_DECODE_LATENCY=ON: DecodePlan::cluster_merge,
+/// DecodePlan::early_pages, kDecodeRope). Without them their flags are compile-time false in the
+/// kernels, whose machine code is then what it was before the paths existed.
+#if defined(PIE_DECODE_LATENCY)
+inline constexpr bool kDecodeLatencyPaths = true;
+#else
+inline constexpr bool kDecodeLatencyPaths = false;
+#endif
 
 /// \brief The tokens one decode CTA attends to: split `split` of sequence b, narrowed to the
 /// variant's window, and the TOK-token stages that cover them. Stages start at multiples of TOK
@@ -121,17 +164,44 @@ struct DecodeRing {
       bulk_copy_g2s(dst + (i & 1) * TOK * HD + (k << seg_shift) * HD, data + src, seg_bytes, &bars[slot]);
     }
   }
-  /// Warp 0: fills the first STAGES slots; returns page_of(STAGES), the next stage's first page.
-  __device__ __forceinline__ int32_t start() const {
+  /// Warp 0: fills slots `done` to STAGES − 1 with their stages (the first `done` were filled by
+  /// start_old); returns page_of(STAGES), the next stage's first page.
+  __device__ __forceinline__ int32_t start(int done = 0) const {
     int32_t first[STAGES];
 #pragma unroll
-    for (int s = 0; s < STAGES; ++s) first[s] = page_of(s);
+    for (int s = 0; s < STAGES; ++s) first[s] = s >= done ? page_of(s) : 0;
 #pragma unroll
     for (int s = 0; s < STAGES; ++s)
-      if (s < n_stages) issue(s, s, first[s]);
+      if (s >= done && s < n_stages) issue(s, s, first[s]);
     return page_of(STAGES);
   }
+  /// Warp 0, before the kernel waits for its predecessor: fills the first slots whose stages hold
+  /// only tokens before `qpos` (K/V rows of earlier steps; the query's own row is written by this
+  /// step's KV write), in order, and returns how many it filled (start's `done`).
+  __device__ __forceinline__ int start_old(int qpos) const {
+    int n = 0;
+    for (; n < STAGES && n < n_stages; ++n) {
+      if (min(t_lo + (n + 1) * TOK, t_end) > qpos) break;  // the stage holds the query's row
+      issue(n, n, page_of(n));
+    }
+    return n;
+  }
 };
+
+/// \brief Warp 0 of a decode CTA for split `split` of (sequence blockIdx.y, KV head blockIdx.x),
+/// before `griddepcontrol.wait`: issues the ring stages that DecodeRing::start_old may (pages of
+/// earlier steps only: the page table and lengths were uploaded before the step's first kernel,
+/// and no kernel of a step writes K/V rows other than its new tokens'). Returns the stages
+/// issued, for the body's DecodeRing::start.
+template <int TOK, int HD, int STAGES, class Variant, class T, class KV>
+__device__ __forceinline__ int decode_issue_early_pages(const DecodeParams<T, KV, Variant>& p, unsigned char* smem,
+                                                        uint64_t* bars, int split) {
+  const int b = blockIdx.y, kvh = blockIdx.x;
+  const DecodeSpan sp = decode_span<TOK, Variant>(p.kv, b, split, p.tokens_per_split);
+  DecodeRing<TOK, HD, STAGES, KV> ring(p.kv, b, kvh, p.bs_shift, sp.t_lo, sp.t_end, sp.n_stages,
+                                       reinterpret_cast<KV*>(smem), bars, int(threadIdx.x) % 32);
+  return ring.start_old(sp.qpos);
+}
 
 /// Shared memory of the cross-warp merge: [NW][GROUP][HD] accumulators, then [NW][GROUP] m and l.
 template <int HD, int GROUP, int NW>
@@ -159,17 +229,48 @@ __device__ __forceinline__ float load_partial(const float* p) {
 template <int HD>
 inline constexpr int kDecodeMergeSplitLanes = 128 / (HD / 8);  // SL: lanes over the splits per chunk
 
+/// Split partials in global memory, [splits][plane] rows of HD floats and one lse each (the merge
+/// kernel; the fused merge reads them through L2).
+template <int HD, bool L2>
+struct DecodeGlobalPartials {
+  const float* o;
+  const float* lse;
+  int64_t plane;  ///< rows per split
+  __device__ __forceinline__ float lse_of(int s, int64_t row) const { return load_partial<L2>(lse + (s * plane + row)); }
+  /// Dims c..c+3 (half 0) or c+4..c+7 (half 1) of split s's row.
+  __device__ __forceinline__ float4 o4(int s, int64_t row, int c, int half) const {
+    return load_partial4<L2>(o + (s * plane + row) * HD + c + 4 * half);
+  }
+};
+
+/// Split partials in the shared memory of the cluster's CTAs (the cluster merge): split s is CTA
+/// rank s of the cluster; its partial rows ([GROUP][HD] floats, then [GROUP] lse) sit at the same
+/// offset in every CTA, reached through distributed shared memory. Rows are heads of the pair.
+template <int HD>
+struct DecodeClusterPartials {
+  float* o;    ///< this CTA's [GROUP][HD]
+  float* lse;  ///< this CTA's [GROUP]
+  __device__ __forceinline__ float lse_of(int s, int64_t row) const {
+    return *cooperative_groups::this_cluster().map_shared_rank(lse + row, unsigned(s));
+  }
+  __device__ __forceinline__ float4 o4(int s, int64_t row, int c, int half) const {
+    return *reinterpret_cast<const float4*>(
+        cooperative_groups::this_cluster().map_shared_rank(o + row * HD + c + 4 * half, unsigned(s)));
+  }
+};
+
 /// \brief Merges split partials into NR output rows: out = Σ_s 2^(lse_s − M)·o_s / Σ_s 2^(lse_s − M),
-/// row r (index row[r] of the partials) written at dst[r]. A row is served by 128 virtual lanes,
-/// HD/8 chunks of 8 dims × SL = 128·8/HD lanes over the splits (sl: this thread's; c[r]: the first
-/// dim of its chunk of row r), combined by shuffles among the SL lanes of a chunk; so 50 splits cost a
-/// few loads per thread, all independent. Empty splits carry lse = −inf and o = 0, so they weigh
-/// nothing. The merge kernel takes one row per CTA (NR = 1); the fused merge walks a (sequence, KV
-/// head)'s GROUP rows with the CTA's threads, NR rows at a time so their loads overlap. Each row
-/// sees the same operations in the same order either way, so the two paths agree bit for bit.
-template <int HD, int NR, bool L2, int UNROLL = 1, class T>
-__device__ __forceinline__ void decode_merge_rows(const float* __restrict__ part_o, const float* __restrict__ part_lse,
-                                                  int num_splits, int64_t plane, const int64_t (&row)[NR],
+/// row r (index row[r] of the partials in `src`, a DecodeGlobalPartials or DecodeClusterPartials)
+/// written at dst[r]. A row is served by 128 virtual lanes, HD/8 chunks of 8 dims × SL = 128·8/HD
+/// lanes over the splits (sl: this thread's; c[r]: the first dim of its chunk of row r), combined
+/// by shuffles among the SL lanes of a chunk; so 50 splits cost a few loads per thread, all
+/// independent. Empty splits carry lse = −inf and o = 0, so they weigh nothing. The merge kernel
+/// takes one row per CTA (NR = 1); the fused merge walks a (sequence, KV head)'s GROUP rows with
+/// the CTA's threads, NR rows at a time so their loads overlap; the cluster merge one row at a
+/// time, spread over the cluster's CTAs. Each row sees the same operations in the same order every
+/// way, so the paths agree bit for bit.
+template <int HD, int NR, int UNROLL = 1, class Src, class T>
+__device__ __forceinline__ void decode_merge_rows(const Src& src, int num_splits, const int64_t (&row)[NR],
                                                   const int (&c)[NR], int sl, T* const (&dst)[NR]) {
   constexpr int SL = kDecodeMergeSplitLanes<HD>;
   static_assert(SL >= 1 && SL <= 32 && (SL & (SL - 1)) == 0, "decode merge: head dim");
@@ -178,7 +279,7 @@ __device__ __forceinline__ void decode_merge_rows(const float* __restrict__ part
   for (int r = 0; r < NR; ++r) mm[r] = -INFINITY;
   for (int s = sl; s < num_splits; s += SL)
 #pragma unroll
-    for (int r = 0; r < NR; ++r) mm[r] = fmaxf(mm[r], load_partial<L2>(part_lse + (s * plane + row[r])));
+    for (int r = 0; r < NR; ++r) mm[r] = fmaxf(mm[r], src.lse_of(s, row[r]));
 #pragma unroll
   for (int o = SL / 2; o > 0; o >>= 1)
 #pragma unroll
@@ -193,9 +294,8 @@ __device__ __forceinline__ void decode_merge_rows(const float* __restrict__ part
   auto accumulate = [&](int s) {
 #pragma unroll
     for (int r = 0; r < NR; ++r) {
-      const float w = safe_scale(load_partial<L2>(part_lse + (s * plane + row[r])), mm[r]);
-      const float* src = part_o + (s * plane + row[r]) * HD + c[r];
-      const float4 a = load_partial4<L2>(src), bb = load_partial4<L2>(src + 4);
+      const float w = safe_scale(src.lse_of(s, row[r]), mm[r]);
+      const float4 a = src.o4(s, row[r], c[r], 0), bb = src.o4(s, row[r], c[r], 1);
       den[r] += w;
       acc[r][0] += w * a.x; acc[r][1] += w * a.y; acc[r][2] += w * a.z; acc[r][3] += w * a.w;
       acc[r][4] += w * bb.x; acc[r][5] += w * bb.y; acc[r][6] += w * bb.z; acc[r][7] += w * bb.w;
@@ -226,21 +326,72 @@ __device__ __forceinline__ void decode_merge_rows(const float* __restrict__ part
   }
 }
 
+/// Shared memory of the cluster merge, after the cross-warp merge area (16-byte aligned): this
+/// CTA's partial rows [GROUP][HD] floats, then [GROUP] lse (DecodeClusterPartials).
+template <int HD, int GROUP, int NW>
+inline constexpr size_t kDecodeClusterPartOffset = (kDecodeMergeBytes<HD, GROUP, NW> + 15) / 16 * 16;
+/// The end of the merge areas a CTA needs: the cross-warp merge's, and with the latency paths the
+/// cluster merge's partials after it (inside the ring for every default shape).
+template <int HD, int GROUP, int NW>
+inline constexpr size_t kDecodeClusterMergeBytes =
+    kDecodeLatencyPaths ? kDecodeClusterPartOffset<HD, GROUP, NW> + size_t(GROUP) * (HD + 1) * sizeof(float)
+                        : kDecodeMergeBytes<HD, GROUP, NW>;
+
+/// \brief The cluster merge's second half (DecodePlan::cluster_merge): after every CTA of the
+/// cluster (split s = CTA rank s of `nsplit`) wrote its partial rows into its own shared memory
+/// (`src`), a cluster barrier; then this CTA merges heads split, split + nsplit, … of the pair from
+/// every CTA's partials through distributed shared memory, with decode_merge_rows' arithmetic (so
+/// the output is the merge kernel's, bit for bit). A second barrier keeps every CTA's shared memory
+/// alive until the others have read it. Every thread of every CTA of the cluster calls it;
+/// `after_barrier()` runs right after the first barrier.
+template <int HD, int GROUP, int NW, class T, class KV, class Variant, class AfterBarrier>
+__device__ __forceinline__ void decode_cluster_merge(const DecodeParams<T, KV, Variant>& p,
+                                                     const DecodeClusterPartials<HD>& src, int kvh, int b, int split,
+                                                     int nsplit, const AfterBarrier& after_barrier) {
+  auto cluster = cooperative_groups::this_cluster();
+  cluster.sync();  // release this CTA's partials, acquire the others'
+  after_barrier();  // every CTA of the pair is past its prologue (the fused RoPE's write-back)
+  constexpr int SL = kDecodeMergeSplitLanes<HD>, PASS = NW * 32;
+  const int mine = (GROUP - split + nsplit - 1) / nsplit;  // heads split, split + nsplit, …
+  // 128 virtual lanes per head, as in the merge kernel's CTA; bounds are warp-uniform (128 = 4 warps).
+  for (int v0 = 0; v0 < mine * 128; v0 += PASS) {
+    const int v = v0 + int(threadIdx.x);
+    if (v < mine * 128) {
+      const int g = split + v / 128 * nsplit;
+      const int64_t row[1] = {g};
+      const int c[1] = {v % 128 / SL * 8};
+      T* const dst[1] = {p.out + b * p.out_stride + int64_t(kvh * GROUP + g) * HD};
+      decode_merge_rows<HD, 1>(src, nsplit, row, c, v % SL, dst);
+    }
+  }
+  cluster.sync();  // no CTA exits while another may still read its shared memory
+}
+
 /// Ends a CTA's split after every warp wrote its (m, l, unnormalised acc) per head into the merge
 /// area and a barrier: combines the warps by log-sum-exp and writes the output (nsplit == 1) or
-/// this split's partial row (several). nsplit: the splits of this (sequence, KV head), the
-/// launch's num_splits, or the sequence's own count in a split_loop launch. FUSED (several
-/// splits): then the CTA counts its arrival on its (sequence, KV head)'s counter, and the last of
-/// the pair's nsplit arrivals merges the pair's partials into the output as the merge kernel
-/// would (CTAs past a sequence's end write empty partials and count too). atomicInc wraps the
-/// counter to 0 at that last arrival, so every launch leaves the counters as it found them.
-template <int HD, int GROUP, int NW, bool FUSED = false, class T, class KV, class Variant>
-__device__ __forceinline__ void decode_store_merged(const DecodeParams<T, KV, Variant>& p, const float* smem, int kvh,
-                                                    int b, int split, int nsplit) {
+/// this split's partial row (several): to global memory for the merge kernel or the fused merge,
+/// to this CTA's shared memory for the cluster merge (DecodeParams::cluster_merge, which then
+/// merges: decode_cluster_merge). nsplit: the splits of this (sequence, KV head), the launch's
+/// num_splits, or the sequence's own count in a split_loop launch. FUSED (several splits): then the
+/// CTA counts its arrival on its (sequence, KV head)'s counter, and the last of the pair's nsplit
+/// arrivals merges the pair's partials into the output as the merge kernel would (CTAs past a
+/// sequence's end write empty partials and count too). atomicInc wraps the counter to 0 at that
+/// last arrival, so every launch leaves the counters as it found them. `after_barrier` (cluster
+/// merge only): see decode_cluster_merge.
+struct DecodeNoOp {
+  __device__ __forceinline__ void operator()() const {}
+};
+template <int HD, int GROUP, int NW, bool FUSED = false, class T, class KV, class Variant, class AfterBarrier = DecodeNoOp>
+__device__ __forceinline__ void decode_store_merged(const DecodeParams<T, KV, Variant>& p, float* smem, int kvh,
+                                                    int b, int split, int nsplit,
+                                                    const AfterBarrier& after_barrier = {}) {
   const float* s_acc = smem;
   const float* s_m = s_acc + NW * GROUP * HD;
   const float* s_l = s_m + NW * GROUP;
   const int nq = p.kv.num_kv_heads * GROUP;
+  const bool cluster = kDecodeLatencyPaths && p.cluster_merge && nsplit > 1;
+  float* c_o = smem + kDecodeClusterPartOffset<HD, GROUP, NW> / sizeof(float);  // cluster: [GROUP][HD]
+  float* c_lse = c_o + GROUP * HD;                                               // cluster: [GROUP]
   for (int i = threadIdx.x; i < GROUP * HD; i += NW * 32) {
     int g = i / HD, d = i % HD;
     float mm = -INFINITY;
@@ -258,11 +409,19 @@ __device__ __forceinline__ void decode_store_merged(const DecodeParams<T, KV, Va
     const int h = kvh * GROUP + g;
     if (nsplit == 1) {
       p.out[b * p.out_stride + int64_t(h) * HD + d] = from_f32<T>(out);
+    } else if (cluster) {
+      c_o[g * HD + d] = out;
+      if (d == 0) c_lse[g] = ll > 0.f ? mm + log2f(ll) : -INFINITY;
     } else {
       int64_t row = (int64_t(split) * p.kv.batch_size + b) * nq + h;
       p.part_o[row * HD + d] = out;
       if (d == 0) p.part_lse[row] = ll > 0.f ? mm + log2f(ll) : -INFINITY;
     }
+  }
+  if (cluster) {
+    decode_cluster_merge<HD, GROUP, NW>(p, DecodeClusterPartials<HD>{c_o, c_lse}, kvh, b, split, nsplit,
+                                        after_barrier);
+    return;
   }
   if constexpr (FUSED) {
     if (nsplit == 1) return;  // (split_loop) written above; nothing to merge, nothing counted
@@ -299,8 +458,8 @@ __device__ __forceinline__ void decode_store_merged(const DecodeParams<T, KV, Va
       // Two splits' loads in flight per row, except in the 2-warp CTAs (at their 128-register
       // bound, where that spills).
       constexpr int kUnroll = NW >= 4 ? 2 : 1;
-      decode_merge_rows<HD, NR, true, kUnroll>(p.part_o, p.part_lse, nsplit, plane, rows, c,
-                                               int(threadIdx.x) % SL, dst);
+      decode_merge_rows<HD, NR, kUnroll>(DecodeGlobalPartials<HD, true>{p.part_o, p.part_lse, plane}, nsplit, rows,
+                                         c, int(threadIdx.x) % SL, dst);
     }
   }
 }

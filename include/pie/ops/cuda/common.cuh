@@ -164,6 +164,28 @@ inline void launch_pdl(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, siz
   PIE_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
 }
 
+/// launch_pdl with thread-block clusters of `cluster` CTAs (the grid a multiple of it, at most 8
+/// CTAs: the portable size, which needs no kernel attribute).
+template <class... KernelArgs, class... Args>
+inline void launch_pdl_cluster(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                               dim3 cluster, Args&&... args) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[2];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  attr[1].id = cudaLaunchAttributeClusterDimension;
+  attr[1].val.clusterDim.x = cluster.x;
+  attr[1].val.clusterDim.y = cluster.y;
+  attr[1].val.clusterDim.z = cluster.z;
+  cfg.attrs = attr;
+  cfg.numAttrs = 2;
+  PIE_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
+}
+
 /// 16-byte load of data read once (weights streamed by a GEMV): bypasses L1.
 __device__ __forceinline__ uint4 load16_stream(const void* p) {
   uint4 r;

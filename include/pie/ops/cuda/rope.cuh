@@ -25,6 +25,61 @@ struct NoRopeSink {
   __device__ __forceinline__ void operator()(int, int, const float (&)[8], const float (&)[8]) const {}
 };
 
+/// The 8 cos/sin pairs of frequencies sub·8 … sub·8 + 7 at position `pos`, as transformers
+/// computes them: a float angle, scaled in float, then cast to the activation type T.
+template <int HD, class T>
+__device__ __forceinline__ void rope_cos_sin(int pos, const RopeParams& rp, int sub, float (&c)[8], float (&sn)[8]) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    int i = sub * 8 + j;
+    float f = rp.inv_freq ? rp.inv_freq[i] : powf(rp.theta, -2.f * i / HD);
+    sincosf(static_cast<float>(pos) * f, &sn[j], &c[j]);  // float angle, as transformers computes it
+    // transformers scales in float, then casts cos/sin to the activation dtype.
+    c[j] = to_f32(from_f32<T>(c[j] * rp.mscale));
+    sn[j] = to_f32(from_f32<T>(sn[j] * rp.mscale));
+  }
+}
+
+/// One head's RMSNorm (skipped when `norm_w` is null) and rotation, for the HD/16 consecutive
+/// lanes of a head (this one is lane `sub`): elements sub·8.. and HD/2 + sub·8.. of `head`
+/// rotated into oa/ob with the cos/sin of rope_cos_sin. Every lane of the warp must call it (the
+/// norm's shuffles span the head's lanes).
+template <int HD, class T>
+__device__ __forceinline__ void qk_norm_rope_head(const T* __restrict__ head, const T* __restrict__ norm_w, float eps, int sub,
+                                                  const float (&c)[8], const float (&sn)[8], float (&oa)[8],
+                                                  float (&ob)[8]) {
+  constexpr int TPH = HD / 16;
+  float a[8], b[8];
+  load8(head + sub * 8, a);
+  load8(head + HD / 2 + sub * 8, b);
+  if (norm_w != nullptr) {
+    float ss = 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) ss += a[j] * a[j] + b[j] * b[j];
+#pragma unroll
+    for (int o = TPH / 2; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    float inv = rsqrtf(ss / HD + eps);
+    float wa[8], wb[8];
+    load8(norm_w + sub * 8, wa);
+    load8(norm_w + HD / 2 + sub * 8, wb);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      // HF's rounding points: T(x·inv), times the weight, rounded to T before RoPE.
+      a[j] = to_f32(from_f32<T>(wa[j] * to_f32(from_f32<T>(a[j] * inv))));
+      b[j] = to_f32(from_f32<T>(wb[j] * to_f32(from_f32<T>(b[j] * inv))));
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    // transformers computes q·cos + rotate_half(q)·sin in T: each product is rounded to T
+    // before the sum (and the sum when stored). Doing the same keeps pie's q/k bit-identical
+    // to transformers' wherever the inputs are.
+    auto r = [](float v) { return to_f32(from_f32<T>(v)); };
+    oa[j] = r(a[j] * c[j]) - r(b[j] * sn[j]);
+    ob[j] = r(b[j] * c[j]) + r(a[j] * sn[j]);
+  }
+}
+
 /// Device body for one token: a thread owns 8 elements of a head's first half and the 8 they
 /// rotate with in the second half, so the rotation needs no exchange, the norm needs HD/16
 /// lanes, and its 8 cos/sin pairs are computed once and reused for every head of the token.
@@ -37,50 +92,13 @@ __device__ __forceinline__ void qk_norm_rope_token(T* __restrict__ row, int nq, 
   constexpr int TPH = HD / 16, HPB = kRopeThreads / TPH;
   const int sub = threadIdx.x % TPH, slot = threadIdx.x / TPH;
   float c[8], sn[8];
-#pragma unroll
-  for (int j = 0; j < 8; ++j) {
-    int i = sub * 8 + j;
-    float f = rp.inv_freq ? rp.inv_freq[i] : powf(rp.theta, -2.f * i / HD);
-    sincosf(static_cast<float>(pos) * f, &sn[j], &c[j]);  // float angle, as transformers computes it
-    // transformers scales in float, then casts cos/sin to the activation dtype.
-    c[j] = to_f32(from_f32<T>(c[j] * rp.mscale));
-    sn[j] = to_f32(from_f32<T>(sn[j] * rp.mscale));
-  }
+  rope_cos_sin<HD, T>(pos, rp, sub, c, sn);
   // The loop bound is the same for every thread, so the norm's shuffles always see full warps.
   for (int h0 = blockIdx.y * HPB; h0 < heads; h0 += HPB * gridDim.y) {
     const int h = min(h0 + slot, heads - 1);
     T* head = row + static_cast<int64_t>(h) * HD;
-    const T* norm_w = h < nq ? q_norm : k_norm;
-    float a[8], b[8];
-    load8(head + sub * 8, a);
-    load8(head + HD / 2 + sub * 8, b);
-    if (norm_w != nullptr) {
-      float ss = 0.f;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) ss += a[j] * a[j] + b[j] * b[j];
-#pragma unroll
-      for (int o = TPH / 2; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-      float inv = rsqrtf(ss / HD + eps);
-      float wa[8], wb[8];
-      load8(norm_w + sub * 8, wa);
-      load8(norm_w + HD / 2 + sub * 8, wb);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        // HF's rounding points: T(x·inv), times the weight, rounded to T before RoPE.
-        a[j] = to_f32(from_f32<T>(wa[j] * to_f32(from_f32<T>(a[j] * inv))));
-        b[j] = to_f32(from_f32<T>(wb[j] * to_f32(from_f32<T>(b[j] * inv))));
-      }
-    }
     float oa[8], ob[8];
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      // transformers computes q·cos + rotate_half(q)·sin in T: each product is rounded to T
-      // before the sum (and the sum when stored). Doing the same keeps pie's q/k bit-identical
-      // to transformers' wherever the inputs are.
-      auto r = [](float v) { return to_f32(from_f32<T>(v)); };
-      oa[j] = r(a[j] * c[j]) - r(b[j] * sn[j]);
-      ob[j] = r(b[j] * c[j]) + r(a[j] * sn[j]);
-    }
+    qk_norm_rope_head<HD, T>(head, h < nq ? q_norm : k_norm, eps, sub, c, sn, oa, ob);
     if (h0 + slot < heads) {
       store8(head + sub * 8, oa);
       store8(head + HD / 2 + sub * 8, ob);

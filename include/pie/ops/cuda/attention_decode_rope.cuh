@@ -1,0 +1,154 @@
+#pragma once
+/// \file attention_decode_rope.cuh
+/// \brief The q/k RMSNorm + RoPE kernel and the KV write folded into decode attention (the CUDA-core
+/// kernel's MODE bit kDecodeRope): at batch 1 they are two links of the chain of dependent small
+/// kernels between the qkv and o projections (docs/kernels.md, "RoPE inside decode attention").
+///
+/// Each CTA of (sequence b, KV head kvh, split) rotates its GROUP query heads from the raw qkv row
+/// into shared memory (qk_norm_rope_head: the RoPE kernel's own device code, so q is the same
+/// bytes); the one CTA whose split holds the query's position (the *owner*) also rotates the KV
+/// head's K row, converts K and V as kv_write does (× 1/scale, then the store's rounding), writes
+/// the rotated q and k back into qkv (what the RoPE kernel leaves there), and, once its ring stage
+/// holding that row has landed, puts the row into the stage and into the cache. The rest of the
+/// kernel is unchanged, so the output is the separate kernels' bit for bit.
+///
+/// Who may read what, and when: q is read raw by every split CTA of the pair in its prologue and
+/// written back rotated by the owner, so the owner writes it back only once no CTA of the pair can
+/// still read it — at once with one split, after the cluster merge's first barrier with several
+/// (decode_attention refuses other plans). The cache row of the query's position is written after
+/// the owner's bulk copy of that stage completed (a copy racing a store to the same bytes would
+/// read either), and no other CTA reads it.
+#include "pie/kv/paged_kv.hpp"
+#include "pie/ops/cuda/attention_decode_ring.cuh"
+#include "pie/ops/cuda/rope.cuh"
+
+namespace pie::ops::cuda::detail {
+
+/// Stands for DecodeRopeSmem in kernels without the fused RoPE (no shared memory).
+struct DecodeRopeNone {};
+
+/// \brief Shared memory of the fused RoPE: the rotated query heads (in T, as the RoPE kernel stores
+/// them) and the owner's converted K and V rows (in the cache type).
+template <int HD, int GROUP, class T, class KV>
+struct __align__(16) DecodeRopeSmem {
+  T q[GROUP * HD];  ///< then the owner's rotated K head in T, for the write-back into qkv
+  T k[HD];
+  KV kv[2 * HD];
+};
+
+/// What the prologue leaves the body: whether this CTA owns the query's cache row, and where.
+struct DecodeRopeOwner {
+  bool owner = false;  ///< the CTA that rotates K, writes the row and writes q/k back
+  int qpos = -1;       ///< the query's position in the sequence (len − 1; −1: empty, nothing to write)
+  int64_t slot = -1;   ///< its cache slot (page · block_size + offset)
+};
+
+/// The owner's rotated q heads and K head back into qkv (the RoPE kernel's in-place result), once
+/// no CTA of the pair reads them raw any more.
+template <int HD, int GROUP, int NW, class T, class KV, class Variant>
+__device__ __forceinline__ void decode_rope_write_back(const DecodeParams<T, KV, Variant>& p, int b, int kvh,
+                                                       const DecodeRopeSmem<HD, GROUP, T, KV>& sm) {
+  T* q_row = const_cast<T*>(p.q) + b * p.q_stride + int64_t(kvh) * GROUP * HD;
+  T* k_row = p.rope.k_new + b * p.rope.row_stride + int64_t(kvh) * HD;
+  constexpr int QW = GROUP * HD / 8;  // 16-byte words of q
+  for (int i = threadIdx.x; i < QW + HD / 8; i += NW * 32) {
+    const bool k = i >= QW;
+    *reinterpret_cast<uint4*>(k ? k_row + (i - QW) * 8 : q_row + i * 8) =
+        *reinterpret_cast<const uint4*>(k ? sm.k + (i - QW) * 8 : sm.q + i * 8);
+  }
+}
+
+/// The prologue, by every thread of the CTA after griddepcontrol.wait: rotates the pair's GROUP q
+/// heads (and the owner's K head) into `sm`, converts the owner's K and V rows, and with one split
+/// writes the rotated q and k back into qkv. Ends on a barrier.
+template <int HD, int GROUP, int NW, class T, class KV, class Variant>
+__device__ __forceinline__ DecodeRopeOwner decode_rope_prologue(const DecodeParams<T, KV, Variant>& p, int b, int kvh,
+                                                                int split, DecodeRopeSmem<HD, GROUP, T, KV>& sm) {
+  constexpr int TPH = HD / 16, HPB = NW * 32 / TPH;
+  static_assert(HPB >= 1, "decode RoPE: too few threads for a head");
+  const auto& r = p.rope;
+  DecodeRopeOwner o;
+  const int len = p.kv.seq_len(b);
+  o.qpos = len - 1;
+  // An empty sequence (a graph's padding row) has no cache row; split 0 still rotates its q/k as
+  // the RoPE kernel rotates every row's.
+  o.owner = len > 0 ? o.qpos / p.tokens_per_split == split : split == 0;
+  if (o.owner && len > 0) {
+    const int32_t page = p.kv.indices[p.kv.indptr[b] + (o.qpos >> p.bs_shift)];
+    o.slot = (int64_t(page) << p.bs_shift) + (o.qpos & ((1 << p.bs_shift) - 1));
+  }
+  const int sub = int(threadIdx.x) % TPH, hslot = int(threadIdx.x) / TPH;
+  float c[8], sn[8];
+  rope_cos_sin<HD, T>(r.positions[b], r.rope, sub, c, sn);
+  const T* q_row = p.q + b * p.q_stride + int64_t(kvh) * GROUP * HD;
+  const T* k_row = r.k_new + b * r.row_stride + int64_t(kvh) * HD;
+  const int heads = GROUP + (o.owner ? 1 : 0);  // CTA-uniform: the norm's shuffles see full warps
+  for (int h0 = 0; h0 < heads; h0 += HPB) {
+    const int i = min(h0 + hslot, heads - 1);
+    float oa[8], ob[8];
+    qk_norm_rope_head<HD, T>(i < GROUP ? q_row + i * HD : k_row, i < GROUP ? r.q_norm : r.k_norm, r.eps, sub, c, sn,
+                             oa, ob);
+    if (h0 + hslot >= heads) continue;
+    if (i < GROUP) {
+      store8(sm.q + i * HD + sub * 8, oa);  // rounded to T, as the RoPE kernel stores q
+      store8(sm.q + i * HD + HD / 2 + sub * 8, ob);
+    } else {
+      // kv_write reads K back from qkv (the value in T), scales it for fp8, and stores it.
+      float a[8], bb[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        a[j] = to_f32(from_f32<T>(oa[j]));
+        bb[j] = to_f32(from_f32<T>(ob[j]));
+      }
+      if constexpr (is_fp8_v<KV>) {
+        const float inv = 1.f / p.kv.k_scale_of(kvh);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) { a[j] *= inv; bb[j] *= inv; }
+      }
+      store8(sm.kv + sub * 8, a);
+      store8(sm.kv + HD / 2 + sub * 8, bb);
+      store8(sm.k + sub * 8, oa);
+      store8(sm.k + HD / 2 + sub * 8, ob);
+    }
+  }
+  if (o.owner) {  // V as it is (kv_write's conversion)
+    const T* v_row = r.v_new + b * r.row_stride + int64_t(kvh) * HD;
+    for (int i = threadIdx.x; i < HD / 8; i += NW * 32) {
+      float f[8];
+      load8(v_row + i * 8, f);
+      if constexpr (is_fp8_v<KV>) {
+        const float inv = 1.f / p.kv.v_scale_of(kvh);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) f[j] *= inv;
+      }
+      store8(sm.kv + HD + i * 8, f);
+    }
+  }
+  __syncthreads();
+  if (o.owner && p.num_splits == 1) decode_rope_write_back<HD, GROUP, NW>(p, b, kvh, sm);
+  return o;
+}
+
+/// The owner, after its ring stage [ts, ts + TOK) landed (mbar_wait) and before any warp reads it:
+/// when the stage holds the query's row, puts the converted K and V rows there (over what the
+/// copy brought: the cache row is not written yet) and into the cache, then a barrier. CTA-uniform.
+template <int HD, int TOK, int NW, class T, class KV, class Variant, int GROUP>
+__device__ __forceinline__ void decode_rope_inject(const DecodeParams<T, KV, Variant>& p, const DecodeRopeOwner& o,
+                                                   const DecodeRopeSmem<HD, GROUP, T, KV>& sm, KV* sk, KV* sv, int ts,
+                                                   int kvh) {
+  if (!o.owner || o.qpos < ts || o.qpos >= ts + TOK) return;
+  const int row = o.qpos - ts;
+  KV* ck = p.kv.k_at_slot(o.slot, kvh);
+  KV* cv = p.kv.v_at_slot(o.slot, kvh);
+  constexpr int W = 16 / int(sizeof(KV));  // elements per 16-byte word
+  for (int i = threadIdx.x; i < 2 * HD / W; i += NW * 32) {
+    const bool v = i >= HD / W;
+    const int e = (v ? i - HD / W : i) * W;
+    const uint4 w = *reinterpret_cast<const uint4*>(sm.kv + (v ? HD : 0) + e);
+    *reinterpret_cast<uint4*>((v ? sv : sk) + row * HD + e) = w;
+    *reinterpret_cast<uint4*>((v ? cv : ck) + e) = w;
+  }
+  __syncthreads();
+}
+
+}  // namespace pie::ops::cuda::detail
