@@ -21,6 +21,10 @@
 ///   until the next op; when that op is a 16-bit linear layer reading its output through the
 ///   GEMV, SwiGLU runs in the GEMV's prologue (ops::cuda::swiglu_gemv, CTA 0 still writing the
 ///   row), otherwise on its own first;
+/// - with fusions.rope_attn (PIE_FUSED_ROPE_ATTN=1, in a -DPIE_DECODE_LATENCY=ON build), at steps
+///   of decode rows only whose decode plan takes it: qk_norm_rope/rope is held back until the
+///   next op; when that op is attention() over the same qkv, the decode kernel does the q/k norm,
+///   RoPE and the KV write itself (ops/cuda/attention_decode_rope.cuh), otherwise it runs first;
 /// - with l2_prefetch (PIE_L2_PREFETCH=N, opt-in), at steps of N rows or fewer: the weights a
 ///   model names in prefetch() are moved into L2 while RoPE and decode attention leave DRAM idle
 ///   (engine/l2_prefetch.hpp);
@@ -703,8 +707,6 @@ class CudaForward {
            gate_up.shape[1] == 2 * out.shape[1] && gate_up.stride[1] == 1 && out.stride[1] == 1 &&
            ops::cuda::vec8_aligned(gate_up.data) && ops::cuda::vec8_aligned(out.data);
   }
-  /// Launches the add_rms_norm held back for logits() (fusions.final_norm), if any.
-  /// Not a template: op() calls it, and it calls op() once more with the norm.
   /// Runs a held RoPE as its own kernel (qk_norm_rope).
   void run_held_rope() {
     if (!held_rope_.on) return;
@@ -722,6 +724,8 @@ class CudaForward {
     st.plan_takes_it = shape_.decodes > 0 && ops::cuda::decode_rope_supported(shape_.decode, int(sizeof(KV)));
     return rope_in_attention(p_.fusions.rope_attn, st);
   }
+  /// Launches the add_rms_norm held back for logits() (fusions.final_norm), if any.
+  /// Not a template: op() calls it, and it calls op() once more with the norm.
   void run_held_norm() {
     if (!held_norm_.on) return;
     const HeldNorm h = held_norm_;

@@ -143,29 +143,8 @@ __device__ __forceinline__ void pdl_launch_dependents() {
 #endif
 }
 
-/// Launches kernel<<<grid, block, smem, stream>>>(args...) with programmatic dependent launch:
-/// the kernel may be scheduled while its predecessor in the stream still runs, so its launch
-/// latency hides under the predecessor's tail. The kernel must call `pdl_wait()` before it reads
-/// anything a previous kernel wrote and before it writes anything (it may still be read);
-/// within a CUDA graph the dependency becomes a programmatic edge.
-template <class... KernelArgs, class... Args>
-inline void launch_pdl(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
-                       Args&&... args) {
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = grid;
-  cfg.blockDim = block;
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  PIE_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
-}
-
-/// launch_pdl with thread-block clusters of `cluster` CTAs (the grid a multiple of it, at most 8
-/// CTAs: the portable size, which needs no kernel attribute).
+/// launch_pdl (below) with thread-block clusters of `cluster` CTAs (the grid a multiple of it, at most 8
+/// CTAs: the portable size, which needs no kernel attribute); a zero `cluster`: no clusters.
 template <class... KernelArgs, class... Args>
 inline void launch_pdl_cluster(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
                                dim3 cluster, Args&&... args) {
@@ -182,8 +161,19 @@ inline void launch_pdl_cluster(void (*kernel)(KernelArgs...), dim3 grid, dim3 bl
   attr[1].val.clusterDim.y = cluster.y;
   attr[1].val.clusterDim.z = cluster.z;
   cfg.attrs = attr;
-  cfg.numAttrs = 2;
+  cfg.numAttrs = cluster.x * cluster.y * cluster.z > 0 ? 2 : 1;
   PIE_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
+}
+
+/// Launches kernel<<<grid, block, smem, stream>>>(args...) with programmatic dependent launch:
+/// the kernel may be scheduled while its predecessor in the stream still runs, so its launch
+/// latency hides under the predecessor's tail. The kernel must call `pdl_wait()` before it reads
+/// anything a previous kernel wrote and before it writes anything (it may still be read);
+/// within a CUDA graph the dependency becomes a programmatic edge.
+template <class... KernelArgs, class... Args>
+inline void launch_pdl(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                       Args&&... args) {
+  launch_pdl_cluster(kernel, grid, block, smem, stream, dim3(0, 0, 0), std::forward<Args>(args)...);
 }
 
 /// 16-byte load of data read once (weights streamed by a GEMV): bypasses L1.
