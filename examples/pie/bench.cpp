@@ -140,8 +140,9 @@ struct RunStats {
   int64_t steps = 0, tokens = 0;
   double kv_waste_at_peak = 0;
   int64_t peak_blocks = 0;
-  // Pure decode steps by batch size: count, wall, host, roofline (throughput vs batch size).
-  struct Bucket { int64_t n = 0; double wall = 0, host = 0, roof = 0; };
+  // Pure decode steps by batch size: count, wall, host (and its schedule and apply phases,
+  // StepTiming), roofline (throughput vs batch size).
+  struct Bucket { int64_t n = 0; double wall = 0, host = 0, roof = 0, sched = 0, apply = 0; };
   std::map<int, Bucket> decode;
 };
 
@@ -197,7 +198,7 @@ struct Bench {
     cur->tokens += p.num_tokens();
     if (p.num_decode_seqs == p.num_seqs()) {
       auto& b = cur->decode[p.num_seqs()];
-      b.n++; b.wall += t.total_s; b.host += t.host_s; b.roof += r;
+      b.n++; b.wall += t.total_s; b.host += t.host_s; b.roof += r; b.sched += t.schedule_s; b.apply += t.apply_s;
     }
     // KV waste: allocated slots not holding a token, over the step's block tables.
     int64_t blocks = p.kv_indices.size(), held = 0;
@@ -250,12 +251,15 @@ struct Bench {
     nlohmann::json by_batch = nlohmann::json::array();
     for (auto& [b, s] : st.decode) {
       by_batch.push_back({{"batch", b}, {"steps", s.n}, {"step_ms", 1e3 * s.wall / s.n}, {"host_ms", 1e3 * s.host / s.n},
+                          {"schedule_ms", 1e3 * s.sched / s.n}, {"apply_ms", 1e3 * s.apply / s.n},
                           {"roofline_ms", 1e3 * s.roof / s.n}, {"tok_per_s", b * s.n / s.wall}});
     }
     if (!st.decode.empty()) {
       auto& [b, s] = *st.decode.rbegin();
-      std::printf("decode at batch %d: %.2f ms/step (roofline %.2f ms), host %.3f ms/step = %.2f%% of the step\n", b,
-                  1e3 * s.wall / s.n, 1e3 * s.roof / s.n, 1e3 * s.host / s.n, 100 * s.host / s.wall);
+      std::printf("decode at batch %d: %.2f ms/step (roofline %.2f ms), host %.3f ms/step = %.2f%% of the step "
+                  "(schedule %.3f, apply %.3f, rest %.3f ms)\n",
+                  b, 1e3 * s.wall / s.n, 1e3 * s.roof / s.n, 1e3 * s.host / s.n, 100 * s.host / s.wall,
+                  1e3 * s.sched / s.n, 1e3 * s.apply / s.n, 1e3 * (s.host - s.sched - s.apply) / s.n);
     }
     if (eng->runner().stats().nano_steps > 0)
       std::printf("nano-batch overlap: %lld steps ran as two nano-batches (all runs so far)\n",

@@ -335,6 +335,33 @@ TEST(EngineApi, EosFinishesUnlessIgnored) {
   EXPECT_EQ(r.finish[0], FinishReason::Length);
 }
 
+// The step observer's timing (pie bench's host-time line): the schedule and apply phases lie
+// inside the host time, which lies inside the step, synchronously and with asynchronous
+// scheduling (whose steps also plan the next one while this one runs).
+TEST(EngineApi, StepObserverReportsHostPhasesInsideTheStep) {
+  for (bool async : {false, true}) {
+    SCOPED_TRACE(async ? "async scheduling" : "sync");
+    EngineOptions o = small_options();
+    o.sched.async_scheduling = async;
+    CpuEngine e(o);
+    int steps = 0;
+    double sched = 0, apply = 0;
+    e.set_observer([&](const sched::StepPlan&, const StepTiming& t) {
+      ++steps;
+      EXPECT_GE(t.schedule_s, 0.0);
+      EXPECT_GE(t.apply_s, 0.0);
+      EXPECT_LE(t.schedule_s + t.apply_s, t.host_s + 1e-6);
+      EXPECT_LE(t.host_s, t.total_s + 1e-6);
+      sched += t.schedule_s;
+      apply += t.apply_s;
+    });
+    e.generate({{1, 2, 3, 4, 5}, {6, 7, 8}}, greedy(6));
+    EXPECT_GE(steps, 6);
+    EXPECT_GT(sched, 0.0);
+    EXPECT_GT(apply, 0.0);
+  }
+}
+
 TEST(EngineApi, StatsAndConfig) {
   CpuEngine e(small_options());
   EXPECT_EQ(e.config().vocab_size, 512);

@@ -52,6 +52,13 @@ namespace pie {
 struct StepTiming {
   double host_s = 0;   ///< schedule + sample specs + update + host sampling (the GPU idles meanwhile)
   double total_s = 0;  ///< wall time of the whole step
+  /// Parts of host_s, so that a benchmark can say where the host's time goes (issue 15's
+  /// host-time target): the scheduler's plans made during this step (with asynchronous
+  /// scheduling also the next step's, made while this one runs on the device), and applying the
+  /// sampled tokens (apply_draws: the scheduler's update and the request outputs). The rest of
+  /// host_s is the sample specs, staging and launching (asynchronous scheduling), host sampling.
+  double schedule_s = 0;
+  double apply_s = 0;
 };
 
 /// \brief The inference engine.
@@ -100,6 +107,7 @@ class Engine {
   /// (and logprobs) and finish state. Empty when nothing could run.
   std::vector<RequestOutput> step() {
     const auto t0 = clock::now();
+    schedule_time_ = apply_time_ = {};  // this call's phases (observe)
     std::vector<RequestOutput> outs;
     if constexpr (kRunsAhead) {
       if (opt_.sched.async_scheduling) outs = step_ahead(t0);
@@ -174,7 +182,7 @@ class Engine {
   std::vector<RequestOutput> step_ahead(clock::time_point t0) {
     if (!in_flight_) {
       sched::StepPlan& p = plans_[ahead_ ^ 1];
-      scheduler_->schedule(p);
+      schedule_timed(p);
       last_step_ran_ = !p.empty() || has_block_ops(p);
       if (!last_step_ran_) return {};
       if (!may_run_ahead()) return run_scheduled(p, t0);
@@ -186,7 +194,7 @@ class Engine {
     bool launched = false;
     if (may_run_ahead()) {
       sched::StepPlan& next = plans_[cur ^ 1];
-      scheduler_->schedule(next);
+      schedule_timed(next);
       if (!next.empty() || has_block_ops(next)) {
         ++steps_ahead_;
         launch(cur ^ 1);
@@ -207,7 +215,9 @@ class Engine {
       PIE_CHECK(ids.size() == d.sampled.size(), "Engine::step: rank 0 sampled ", ids.size(), " tokens for ",
                 d.sampled.size(), " draws");
       for (size_t i = 0; i < ids.size(); ++i) d.sampled[i] = d.drawn[i].out.token = ids[i];
+      const auto a0 = clock::now();
       outs = engine::apply_draws(*scheduler_, n, d, "Engine");
+      apply_time_ += clock::now() - a0;
     }
     in_flight_ = launched;
     ahead_ = launched ? cur ^ 1 : cur;
@@ -237,7 +247,7 @@ class Engine {
 
   /// The synchronous step: schedule, run, sample, update.
   std::vector<RequestOutput> step_sync(clock::time_point t0) {
-    scheduler_->schedule(plan_);
+    schedule_timed(plan_);
     // A plan without tokens may still carry block operations (a swap-out that made room for
     // nothing else this step): they must run before those blocks are reused.
     last_step_ran_ = !plan_.empty() || has_block_ops(plan_);
@@ -338,7 +348,9 @@ class Engine {
     if constexpr (kScoresPromptRows)  // the runner scored them on its device, whichever way it sampled
       if (!plan.prompt_logprob_seqs.empty())
         engine::collect_prompt_logprobs(*scheduler_, plan, exec_->rank(0).prompt_logprob_rows(), prompt_logprobs_);
+    const auto a0 = clock::now();
     std::vector<RequestOutput> outs = engine::apply_draws(*scheduler_, plan, draws, "Engine");
+    apply_time_ += clock::now() - a0;
     if (!prompt_logprobs_.empty())
       for (auto& o : outs)
         if (auto it = prompt_logprobs_.find(o.request_id); it != prompt_logprobs_.end()) {
@@ -351,12 +363,22 @@ class Engine {
 
   /// Reports a step that ran to the observer: wall time since t0, of which `device` waited for
   /// the ranks (the rest is host time).
+  /// With this call's phase times (StepTiming::schedule_s, apply_s: step() zeroes them).
   void observe(const sched::StepPlan& plan, clock::time_point t0, clock::duration device) const {
+    const clock::duration sched = schedule_time_, apply = apply_time_;
     if (!observer_) return;
     StepTiming tm;
     tm.total_s = std::chrono::duration<double>(clock::now() - t0).count();
     tm.host_s = tm.total_s - std::chrono::duration<double>(device).count();
+    tm.schedule_s = std::chrono::duration<double>(sched).count();
+    tm.apply_s = std::chrono::duration<double>(apply).count();
     observer_(plan, tm);
+  }
+  /// scheduler_->schedule(p), its time added to the step's schedule phase (observe).
+  void schedule_timed(sched::StepPlan& p) {
+    const auto s0 = clock::now();
+    scheduler_->schedule(p);
+    schedule_time_ += clock::now() - s0;
   }
 
   /// Runners whose logits hold the draws' rows only (the GPU) score prompt_logprobs rows
@@ -391,6 +413,7 @@ class Engine {
   std::vector<sched::SamplerInput> inputs_;  // execute_sample_full's per-draw inputs
   std::vector<float> row_;
   StepObserver observer_;
+  clock::duration schedule_time_{}, apply_time_{};  ///< this step's phases so far (observe)
   // prompt_logprobs computed by prefill chunks, held until the request's first output.
   std::unordered_map<uint64_t, std::vector<PromptLogprob>> prompt_logprobs_;
   std::unique_ptr<engine::TaskPool> mask_pool_;  // fills token masks (structured outputs) in parallel
