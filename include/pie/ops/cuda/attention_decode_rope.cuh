@@ -21,6 +21,7 @@
 #include "pie/kv/paged_kv.hpp"
 #include "pie/ops/cuda/attention_decode_ring.cuh"
 #include "pie/ops/cuda/rope.cuh"
+#include "pie/ops/cuda/rope_kv.cuh"
 
 namespace pie::ops::cuda::detail {
 
@@ -100,11 +101,9 @@ __device__ __forceinline__ DecodeRopeOwner decode_rope_prologue(const DecodePara
         a[j] = to_f32(from_f32<T>(oa[j]));
         bb[j] = to_f32(from_f32<T>(ob[j]));
       }
-      if constexpr (is_fp8_v<KV>) {
-        const float inv = 1.f / p.kv.k_scale_of(kvh);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) { a[j] *= inv; bb[j] *= inv; }
-      }
+      const float inv = is_fp8_v<KV> ? 1.f / p.kv.k_scale_of(kvh) : 1.f;
+      kv_scale8<KV>(a, inv);
+      kv_scale8<KV>(bb, inv);
       store8(sm.kv + sub * 8, a);
       store8(sm.kv + HD / 2 + sub * 8, bb);
       store8(sm.k + sub * 8, oa);
@@ -116,11 +115,7 @@ __device__ __forceinline__ DecodeRopeOwner decode_rope_prologue(const DecodePara
     for (int i = threadIdx.x; i < HD / 8; i += NW * 32) {
       float f[8];
       load8(v_row + i * 8, f);
-      if constexpr (is_fp8_v<KV>) {
-        const float inv = 1.f / p.kv.v_scale_of(kvh);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) f[j] *= inv;
-      }
+      kv_scale8<KV>(f, is_fp8_v<KV> ? 1.f / p.kv.v_scale_of(kvh) : 1.f);
       store8(sm.kv + HD + i * 8, f);
     }
   }
