@@ -48,7 +48,7 @@ inline bool fp8_quant_regs_choice(int regs) { return regs < 0 ? fp8_quant_regs_o
 inline constexpr int kFp8QuantRegsVecs = 4;
 
 /// Whether the register quantizers load every vector first (fp8_producers_v2.cuh's RMSNorm and
-/// SwiGLU, fp8_quant_regs_v2_kernel; the same codes), as the number of vectors of 8 columns a
+/// SwiGLU, fp8_quant_regs_kernel's kLoadsFirst; the same codes), as the number of vectors of 8 columns a
 /// SwiGLU thread holds: 4 (the default since it was measured: one H100, 2026-12-05, SwiGLU at batch
 /// 512 31.2 → 22.0 µs, fp8 2048 × (128, 128) +3.1%; docs/kernels.md), or 0 with
 /// PIE_FP8_PRODUCERS=v1 (the first register kernels). Read once; another value is an error.
@@ -207,8 +207,8 @@ __device__ __forceinline__ void fp8_quant_regs(const float (&v)[VPT][8], int m, 
 
 /// The work of fp8_quant_kernel from registers, one row per CTA: the row is loaded once (16-byte
 /// vectors), reduced per group across 16 lanes, quantized and stored. kLoadsFirst issues every
-/// vector's load before widening any (fp8_quant_regs_v2_kernel); otherwise each vector is loaded
-/// and widened in turn (fp8_quant_regs_kernel). The same values either way, so the same codes.
+/// vector's load before widening any; otherwise each vector is loaded and widened in turn
+/// (fp8_quant_regs_kernel's kLoadsFirst). The same values either way, so the same codes.
 template <class T, int VPT, bool kLoadsFirst>
 __device__ __forceinline__ void fp8_quant_regs_rows(const T* __restrict__ x, int64_t ldx, int M, int Mp, int K,
                                                     int per_token, __nv_fp8_e4m3* __restrict__ q,
@@ -245,24 +245,15 @@ __device__ __forceinline__ void fp8_quant_regs_rows(const T* __restrict__ x, int
   pdl_launch_dependents();
 }
 
-/// fp8_quant_regs_rows, each vector loaded and widened in turn. blockDim.x = ceil(K / 8 / VPT)
-/// rounded up to 32.
-template <class T, int VPT>
+/// fp8_quant_regs_rows as a kernel: each vector loaded and widened in turn, or with kLoadsFirst
+/// the row's vectors loaded first as ld_raw8 words (the same values, so the same codes).
+/// blockDim.x = ceil(K / 8 / VPT) rounded up to 32.
+template <class T, int VPT, bool kLoadsFirst>
 __global__ void __launch_bounds__(1024) fp8_quant_regs_kernel(const T* __restrict__ x, int64_t ldx, int M, int Mp,
                                                               int K, int per_token, __nv_fp8_e4m3* __restrict__ q,
                                                               float* __restrict__ s) {
   __shared__ float red[32];
-  fp8_quant_regs_rows<T, VPT, false>(x, ldx, M, Mp, K, per_token, q, s, red);
-}
-
-/// fp8_quant_regs_kernel with the row's vectors loaded first, as ld_raw8 words: the same values,
-/// so the same codes.
-template <class T, int VPT>
-__global__ void __launch_bounds__(1024) fp8_quant_regs_v2_kernel(const T* __restrict__ x, int64_t ldx, int M, int Mp,
-                                                                 int K, int per_token, __nv_fp8_e4m3* __restrict__ q,
-                                                                 float* __restrict__ s) {
-  __shared__ float red[32];
-  fp8_quant_regs_rows<T, VPT, true>(x, ldx, M, Mp, K, per_token, q, s, red);
+  fp8_quant_regs_rows<T, VPT, kLoadsFirst>(x, ldx, M, Mp, K, per_token, q, s, red);
 }
 
 /// Threads of a register-quantizing CTA: ceil(K / 8 / vpt) rounded up to 32 (0: the row needs more
@@ -297,7 +288,7 @@ __global__ void __launch_bounds__(128) fp8_quant_kernel(const T* __restrict__ x,
 /// `per_token`: one scale per row, else one per row and 128-column group.
 /// `regs`: 1 quantizes from registers in one pass (detail::fp8_quant_regs_kernel), 0 through the
 /// row kernel, −1 as fp8_quant_regs_on() says; rows the register path cannot take use the row kernel.
-/// `v2` (with registers): nonzero takes detail::fp8_quant_regs_v2_kernel, 0 the first one, −1 as
+/// `v2` (with registers): nonzero loads the row first (fp8_quant_regs_kernel's kLoadsFirst), 0 not, −1 as
 /// fp8_producers_v2_vecs() (PIE_FP8_PRODUCERS) says.
 template <class T>
 void fp8_quantize(TensorView<T> x, bool per_token, fp8_e4m3* q, float* s, cudaStream_t stream, int regs = -1,
@@ -310,8 +301,8 @@ void fp8_quantize(TensorView<T> x, bool per_token, fp8_e4m3* q, float* s, cudaSt
   if (M == 0) return;
   const int rt = detail::fp8_regs_threads(K, kFp8QuantRegsVecs);
   if (fp8_quant_regs_choice(regs) && rt > 0 && detail::fp8_regs_fit(K, x.data, x.stride[0], sizeof(T), q)) {
-    launch_pdl(fp8_producers_v2_choice(v2) != 0 ? detail::fp8_quant_regs_v2_kernel<device_t<T>, kFp8QuantRegsVecs>
-                                                : detail::fp8_quant_regs_kernel<device_t<T>, kFp8QuantRegsVecs>,
+    launch_pdl(fp8_producers_v2_choice(v2) != 0 ? detail::fp8_quant_regs_kernel<device_t<T>, kFp8QuantRegsVecs, true>
+                                                : detail::fp8_quant_regs_kernel<device_t<T>, kFp8QuantRegsVecs, false>,
                dim3(static_cast<unsigned>(Mp)),
                dim3(rt), 0, stream, dev(x.data), x.stride[0], static_cast<int>(M), static_cast<int>(Mp),
                static_cast<int>(K), per_token ? 1 : 0, reinterpret_cast<__nv_fp8_e4m3*>(q), s);
