@@ -170,7 +170,8 @@ TEST(FusedOps, Qwen3LogitsBitIdenticalGraphsAndEager) {
   check_all<CudaBf16>(cfg, true, "qwen3 eager");
 }
 
-TEST(FusedOps, LlamaWithLlama3RopeScalingLogitsBitIdentical) {
+/// A Llama-shaped model (plain RoPE, no q/k norm) with llama3 RoPE scaling, GQA group 4.
+model::ModelConfig small_llama3() {
   auto cfg = gpu_test::small_qwen3(2);
   cfg.architecture = model::Architecture::Llama;
   cfg.qk_norm = false;
@@ -181,7 +182,19 @@ TEST(FusedOps, LlamaWithLlama3RopeScalingLogitsBitIdentical) {
   cfg.rope_scaling.type = decltype(cfg.rope_scaling)::Type::Llama3;
   cfg.rope_scaling.factor = 8;
   cfg.rope_scaling.original_max_position_embeddings = 64;  // scaled frequencies at these lengths
-  check_all<CudaBf16>(cfg, false, "llama3 graphs");
+  return cfg;
+}
+
+#if defined(PIE_DECODE_LATENCY)
+/// Each of `fs` on the bf16 engine, graph-replayed and then eager (the latency paths' tests).
+void check_graphs_and_eager(const model::ModelConfig& cfg, std::initializer_list<Fusions> fs, const std::string& what) {
+  for (bool eager : {false, true})
+    for (const Fusions& f : fs) check<CudaBf16>(cfg, eager, f, what + (eager ? " eager" : " graphs"));
+}
+#endif
+
+TEST(FusedOps, LlamaWithLlama3RopeScalingLogitsBitIdentical) {
+  check_all<CudaBf16>(small_llama3(), false, "llama3 graphs");
 }
 
 TEST(FusedOps, L2PrefetchLogitsBitIdenticalGraphsAndEager) {
@@ -236,12 +249,10 @@ TEST(FusedOps, DecodeEarlyPagesAndClusterMergeLogitsBitIdentical) {
   GTEST_SKIP() << "built without -DPIE_DECODE_LATENCY=ON";
 #else
   auto cfg = gpu_test::small_qwen3(2);
-  for (bool eager : {false, true}) {
-    const std::string how = eager ? "qwen3 eager" : "qwen3 graphs";
-    check<CudaBf16>(cfg, eager, Fusions{.early_pages = true}, how);
-    check<CudaBf16>(cfg, eager, Fusions{.cluster_merge = true}, how);
-    check<CudaBf16>(cfg, eager, Fusions{.rope_kv = true, .early_pages = true, .cluster_merge = true}, how);
-  }
+  check_graphs_and_eager(cfg,
+                         {Fusions{.early_pages = true}, Fusions{.cluster_merge = true},
+                          Fusions{.rope_kv = true, .early_pages = true, .cluster_merge = true}},
+                         "qwen3");
   check<CudaBf16Fp8KV>(cfg, false, Fusions{.early_pages = true, .cluster_merge = true}, "fp8 kv graphs");
 #endif
 }
@@ -256,25 +267,15 @@ TEST(FusedOps, RopeInsideDecodeAttentionLogitsBitIdentical) {
   GTEST_SKIP() << "built without -DPIE_DECODE_LATENCY=ON";
 #else
   auto cfg = gpu_test::small_qwen3(2);
-  for (bool eager : {false, true}) {
-    const std::string how = eager ? "qwen3 eager" : "qwen3 graphs";
-    check<CudaBf16>(cfg, eager, Fusions{.cluster_merge = true, .rope_attn = true}, how);
-    check<CudaBf16>(cfg, eager, Fusions{.early_pages = true, .cluster_merge = true, .rope_attn = true}, how);
-  }
+  check_graphs_and_eager(cfg,
+                         {Fusions{.cluster_merge = true, .rope_attn = true},
+                          Fusions{.early_pages = true, .cluster_merge = true, .rope_attn = true}},
+                         "qwen3");
   check<CudaBf16>(cfg, false,
                   Fusions{.rope_kv = true, .final_norm = true, .swiglu = true, .early_pages = true,
                           .cluster_merge = true, .rope_attn = true},
                   "qwen3 graphs, every fusion");
-  auto llama = gpu_test::small_qwen3(2);
-  llama.architecture = model::Architecture::Llama;
-  llama.qk_norm = false;
-  llama.num_attention_heads = 8;
-  llama.num_key_value_heads = 2;
-  llama.head_dim = 128;
-  llama.rope_theta = 500000;
-  llama.rope_scaling.type = decltype(llama.rope_scaling)::Type::Llama3;
-  llama.rope_scaling.factor = 8;
-  llama.rope_scaling.original_max_position_embeddings = 64;
+  const auto llama = small_llama3();
   check<CudaBf16>(llama, false, Fusions{.cluster_merge = true, .rope_attn = true}, "llama3 graphs");
   check<Bf16Block8>(cfg, false, Fusions{.cluster_merge = true, .rope_attn = true}, "block 8 graphs");
 #endif
