@@ -179,9 +179,23 @@ TEST(DecodePlan, ClusterMergeOnlyForTwoToEightSplitsWithTheMergeKernelsSplit) {
   EXPECT_EQ(p.workspace_bytes, 0u);
   o.fused_merge = true;  // the fused merge keeps its counters: no cluster
   EXPECT_FALSE(plan_decode_split(1, 32, 8, 128, 192, 132, o).cluster_merge);
+  EXPECT_FALSE(decode_rope_supported(plan_decode_split(1, 32, 8, 128, 192, 132, o), 2)) << "fused merge";
   o.fused_merge = false;
   o.fixed_split_tokens = 64;  // nor does a fixed split
   EXPECT_FALSE(plan_decode_split(1, 32, 8, 128, 192, 132, o).cluster_merge);
+  EXPECT_FALSE(decode_rope_supported(plan_decode_split(1, 32, 8, 128, 192, 132, o), 2)) << "fixed split";
+}
+
+// The RoPE inside decode attention: a 16-bit cache with one split, or with a cluster merge (the
+// pair's CTAs all read q raw before it is written back rotated); never the merge kernel's splits.
+TEST(DecodePlan, RopeInsideAttentionOnlyForOneSplitOrAClusterMerge) {
+  DecodePlanOptions c;
+  c.cluster_merge = true;
+  EXPECT_TRUE(decode_rope_supported(plan_decode_split(64, 32, 8, 128, 100, 132, {}), 2)) << "one split";
+  EXPECT_FALSE(decode_rope_supported(plan_decode_split(64, 32, 8, 128, 100, 132, {}), 1)) << "fp8 cache";
+  EXPECT_FALSE(decode_rope_supported(plan_decode_split(1, 32, 8, 128, 192, 132, {}), 2)) << "3 splits, merge kernel";
+  EXPECT_TRUE(decode_rope_supported(plan_decode_split(1, 32, 8, 128, 192, 132, c), 2)) << "3 splits, cluster";
+  EXPECT_FALSE(decode_rope_supported(plan_decode_split(1, 32, 8, 128, 32768, 132, c), 2)) << "64 splits";
 }
 
 // The batch-invariant split: splits of a fixed token count from position 0, whatever the batch

@@ -466,14 +466,6 @@ inline bool decode_mma_wide_enabled(int group) {
   return decode_fixed_split_wanted(2, group, 128, mask);
 }
 
-/// \brief Whether decode_attention can take `rope` (q/k norm + RoPE and the KV write in the
-/// kernel) with this plan over a cache of `kv_bytes`-byte elements: the CUDA-core kernel (16-bit
-/// K/V, not the fixed split's tensor-core kernel) with one split per (sequence, KV head) or a
-/// cluster merge, so that the pair's CTAs have all read q raw before it is written back rotated.
-inline bool decode_rope_supported(const DecodePlan& plan, int kv_bytes) {
-  return kv_bytes == 2 && !plan.fixed_split && !plan.fused_merge && (plan.num_splits == 1 || plan.cluster_merge);
-}
-
 /// \brief Decode attention over the paged cache: out[b, h] = softmax(q[b, h]·Kᵀ·sm_scale)·V over
 /// the cache.seq_len(b) tokens of sequence b (its query is the last of them).
 /// \param q     [batch, nq, head_dim] (token rows may be strided, heads contiguous)

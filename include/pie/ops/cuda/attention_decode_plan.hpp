@@ -228,6 +228,14 @@ inline bool use_decode_cluster_merge(DecodePlan& p) {
   return p.cluster_merge;
 }
 
+/// \brief Whether decode_attention (attention_decode.cuh) can take `rope` (q/k norm + RoPE and the KV write in the
+/// kernel) with this plan over a cache of `kv_bytes`-byte elements: the CUDA-core kernel (16-bit
+/// K/V, not the fixed split's tensor-core kernel) with one split per (sequence, KV head) or a
+/// cluster merge, so that the pair's CTAs have all read q raw before it is written back rotated.
+inline bool decode_rope_supported(const DecodePlan& plan, int kv_bytes) {
+  return kv_bytes == 2 && !plan.fixed_split && !plan.fused_merge && (plan.num_splits == 1 || plan.cluster_merge);
+}
+
 namespace detail {
 /// The cost model of plan_decode_split (µs; see there): `ctas` (sequence, KV head) pairs over
 /// `slots` resident CTAs, each pair launched as `grid` CTAs that run its `splits` splits of `tps`
