@@ -142,7 +142,9 @@ struct RunStats {
   int64_t peak_blocks = 0;
   // Pure decode steps by batch size: count, wall, host (and its schedule and apply phases,
   // StepTiming), roofline (throughput vs batch size).
-  struct Bucket { int64_t n = 0; double wall = 0, host = 0, roof = 0, sched = 0, apply = 0; };
+  // idle: the device's gap before the step (StepTiming::device_idle_s), summed over the idle_n
+  // steps that report one.
+  struct Bucket { int64_t n = 0, idle_n = 0; double wall = 0, host = 0, roof = 0, sched = 0, apply = 0, idle = 0; };
   std::map<int, Bucket> decode;
 };
 
@@ -199,6 +201,7 @@ struct Bench {
     if (p.num_decode_seqs == p.num_seqs()) {
       auto& b = cur->decode[p.num_seqs()];
       b.n++; b.wall += t.total_s; b.host += t.host_s; b.roof += r; b.sched += t.schedule_s; b.apply += t.apply_s;
+      if (t.device_idle_s) { b.idle_n++; b.idle += *t.device_idle_s; }
     }
     // KV waste: allocated slots not holding a token, over the step's block tables.
     int64_t blocks = p.kv_indices.size(), held = 0;
@@ -253,6 +256,7 @@ struct Bench {
       by_batch.push_back({{"batch", b}, {"steps", s.n}, {"step_ms", 1e3 * s.wall / s.n}, {"host_ms", 1e3 * s.host / s.n},
                           {"schedule_ms", 1e3 * s.sched / s.n}, {"apply_ms", 1e3 * s.apply / s.n},
                           {"roofline_ms", 1e3 * s.roof / s.n}, {"tok_per_s", b * s.n / s.wall}});
+      if (s.idle_n > 0) by_batch.back()["device_idle_ms"] = 1e3 * s.idle / s.idle_n;
     }
     if (!st.decode.empty()) {
       auto& [b, s] = *st.decode.rbegin();
@@ -260,6 +264,11 @@ struct Bench {
                   "(schedule %.3f, apply %.3f, rest %.3f ms)\n",
                   b, 1e3 * s.wall / s.n, 1e3 * s.roof / s.n, 1e3 * s.host / s.n, 100 * s.host / s.wall,
                   1e3 * s.sched / s.n, 1e3 * s.apply / s.n, 1e3 * (s.host - s.sched - s.apply) / s.n);
+      // What the GPU lost to the host (the same as host time in the synchronous loop, about
+      // none of it where asynchronous scheduling hides it).
+      if (s.idle_n > 0)
+        std::printf("decode at batch %d: device idle between steps %.3f ms/step = %.2f%% of the step (%lld steps)\n", b,
+                    1e3 * s.idle / s.idle_n, 100 * s.idle / s.idle_n / (s.wall / s.n), static_cast<long long>(s.idle_n));
     }
     if (eng->runner().stats().nano_steps > 0)
       std::printf("nano-batch overlap: %lld steps ran as two nano-batches (all runs so far)\n",
@@ -311,6 +320,8 @@ struct Bench {
   nlohmann::json latency() {
     std::mt19937_64 rng(o.seed + 2);
     std::vector<double> ttft, itl, itl_roof;
+    double idle = 0;  // device idle before the timed batch-1 decode steps (StepTiming::device_idle_s)
+    int64_t idle_n = 0;
     for (int it = 0; it < o.num_iters_warmup + o.num_iters; ++it) {
       RunStats st;
       cur = &st;
@@ -332,6 +343,8 @@ struct Bench {
         itl.push_back(secs(first, last) / (n - 1));
         auto& b = st.decode[1];
         itl_roof.push_back(b.roof / std::max<int64_t>(b.n, 1));
+        idle += b.idle;
+        idle_n += b.idle_n;
       }
     }
     auto median = [](std::vector<double> v) {
@@ -342,8 +355,15 @@ struct Bench {
     std::printf("latency (batch 1, in %d / out %d, %d iters): TTFT %.2f ms, ITL %.3f ms = %.1f tok/s; "
                 "roofline ITL %.3f ms = %.1f tok/s -> %.3f of the roofline\n",
                 o.input_len, o.output_len, o.num_iters, 1e3 * t, 1e3 * i, 1 / i, 1e3 * r, 1 / r, r / i);
-    return {{"mode", "latency"}, {"input_len", o.input_len}, {"output_len", o.output_len}, {"ttft_ms", 1e3 * t},
-            {"itl_ms", 1e3 * i}, {"decode_tok_per_s", 1 / i}, {"roofline_itl_ms", 1e3 * r}, {"roofline_fraction", r / i}};
+    nlohmann::json j{{"mode", "latency"}, {"input_len", o.input_len}, {"output_len", o.output_len},
+                     {"ttft_ms", 1e3 * t}, {"itl_ms", 1e3 * i}, {"decode_tok_per_s", 1 / i},
+                     {"roofline_itl_ms", 1e3 * r}, {"roofline_fraction", r / i}};
+    if (idle_n > 0) {
+      std::printf("latency: device idle between batch-1 decode steps %.1f us/step = %.2f%% of the ITL (%lld steps)\n",
+                  1e6 * idle / idle_n, 100 * idle / idle_n / i, static_cast<long long>(idle_n));
+      j["device_idle_us"] = 1e6 * idle / idle_n;
+    }
+    return j;
   }
 };
 

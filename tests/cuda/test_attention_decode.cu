@@ -716,10 +716,12 @@ class DecodeAttentionClusterMerge : public ::testing::TestWithParam<FusedParam> 
 template <class T, class KV, int Mode>
 void cluster_grid_case(int bs, int hd, int group, uint32_t seed) {
   // Ragged lengths (1 token; shorter than one split: empty CTAs in the cluster; a page boundary
-  // plus a few), 2 to 8 splits, early pages on and off.
-  const std::vector<int> lens = {1, bs + 3, 700, 3 * bs - 1, 77};
+  // plus a few), 2 to 8 splits, early pages on and off. A split holds a multiple of 64 tokens
+  // (set_decode_split), so the longest length, 1024, is one that 2, 3, 4 and 8 splits cut into
+  // exactly that many.
+  const std::vector<int> lens = {1, bs + 3, 1024, 3 * bs - 1, 77};
   const double t = std::is_same_v<T, bf16> ? tol<bf16>() : tol<f16>();
-  for (int force : {2, 3, 5, 8}) {
+  for (int force : {2, 3, 4, 8}) {
     for (bool early : {false, true}) {
       const double e = run_decode_cluster<T, KV, attention::Causal, Mode>(bs, hd, group, 2, lens, seed + force, force,
                                                                           early);
@@ -766,7 +768,7 @@ TEST(DecodeAttentionClusterMergeMore, EnginePlansHeadDim256VariantsAndWideBatch)
   EXPECT_LT(e, tol<bf16>()) << "window, fp8: " << e;
   attention::SoftCap cap;
   cap.logits_soft_cap = 5.f;
-  e = run_decode_cluster<f16, f16, attention::SoftCap>(16, 64, 8, 1, {3, 999}, 97, 5, true, cap);
+  e = run_decode_cluster<f16, f16, attention::SoftCap>(16, 64, 8, 1, {3, 1280}, 97, 5, true, cap);
   EXPECT_LT(e, tol<f16>()) << "soft-cap: " << e;
   // 48 sequences x 8 KV heads x 3 splits: 384 clusters in flight.
   std::mt19937 rng(98);
@@ -895,8 +897,9 @@ class DecodeAttentionRope : public ::testing::TestWithParam<RopeParam> {};
 TEST_P(DecodeAttentionRope, BitIdenticalToRopeKernelKvWriteAndAttention) {
   const auto [bs, hd, group] = GetParam();
   const uint32_t seed = 29000 + bs * hd + group;
-  // Length 0 (a graph's padding row: nothing written), 1, a page boundary, ragged.
-  const std::vector<int> lens = {1, 0, bs, bs + 1, 150, 700};
+  // Length 0 (a graph's padding row: nothing written), 1, a page boundary, ragged; the longest,
+  // 1024, is cut into exactly 3 or 8 splits (a split holds a multiple of 64 tokens).
+  const std::vector<int> lens = {1, 0, bs, bs + 1, 150, 1024};
   for (int splits : {1, 3, 8}) {
     SCOPED_TRACE(std::to_string(splits) + " splits");
     run_decode_rope<bf16>(bs, hd, group, 2, lens, seed + splits, splits, true, false);

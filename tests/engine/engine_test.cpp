@@ -4,11 +4,14 @@
 // abort, n > 1, logprobs, stats).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <map>
 #include <memory>
 #include <numeric>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include "pie/engine/engine.hpp"
@@ -360,6 +363,43 @@ TEST(EngineApi, StepObserverReportsHostPhasesInsideTheStep) {
     EXPECT_GT(sched, 0.0);
     EXPECT_GT(apply, 0.0);
   }
+}
+
+// StepTiming::device_idle_s is the gap the rank's step work left between two steps. In the
+// synchronous loop the host's work between steps (here an observer that sleeps) is all gap; with
+// asynchronous scheduling the next step is queued before the host waits, so the same sleep runs
+// beside that step's forward and the median gap falls below the sleep.
+TEST(EngineApi, DeviceIdleIsTheHostGapTheStepsCouldNotHide) {
+  constexpr double kSleep = 0.004;
+  std::vector<double> median_gap;
+  for (bool async : {false, true}) {
+    SCOPED_TRACE(async ? "async scheduling" : "sync");
+    EngineOptions o = small_options();
+    o.sched.async_scheduling = async;
+    CpuEngine e(o);
+    int steps = 0;
+    std::vector<double> gaps;
+    e.set_observer([&](const sched::StepPlan&, const StepTiming& t) {
+      if (steps++ == 0) {
+        EXPECT_FALSE(t.device_idle_s.has_value()) << "no step before the first";
+      } else {
+        EXPECT_TRUE(t.device_idle_s.has_value());
+        if (!t.device_idle_s) return;
+        EXPECT_GE(*t.device_idle_s, 0.0);
+        // The previous step's observer slept after its work and before this step's began.
+        if (!async) EXPECT_GE(*t.device_idle_s, kSleep * 0.999);
+        gaps.push_back(*t.device_idle_s);
+      }
+      std::this_thread::sleep_for(std::chrono::duration<double>(kSleep));
+    });
+    e.generate({{1, 2, 3, 4, 5}, {6, 7, 8}, {9, 10, 11, 12}}, greedy(12));
+    ASSERT_GE(gaps.size(), 10u);
+    std::nth_element(gaps.begin(), gaps.begin() + gaps.size() / 2, gaps.end());
+    median_gap.push_back(gaps[gaps.size() / 2]);
+  }
+  std::printf("median gap: sync %.3f ms, async %.3f ms\n", 1e3 * median_gap[0], 1e3 * median_gap[1]);
+  EXPECT_GE(median_gap[0], kSleep * 0.999);
+  EXPECT_LT(median_gap[1], kSleep) << "asynchronous scheduling hid none of the host's time";
 }
 
 TEST(EngineApi, StatsAndConfig) {

@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <thread>
 #include <unordered_map>
@@ -59,6 +60,12 @@ struct StepTiming {
   /// host_s is the sample specs, staging and launching (asynchronous scheduling), host sampling.
   double schedule_s = 0;
   double apply_s = 0;
+  /// What the host time cost the device: how long rank 0's device sat idle between the end of
+  /// the previous step's work and the start of this step's (timing events on a GPU, the host
+  /// clock around the CPU runner's step work). Under asynchronous scheduling most of host_s
+  /// runs while the device computes, and this is the part that did not. Empty for the first
+  /// step and for runners that do not measure it.
+  std::optional<double> device_idle_s;
 };
 
 /// \brief The inference engine.
@@ -222,7 +229,7 @@ class Engine {
     in_flight_ = launched;
     ahead_ = launched ? cur ^ 1 : cur;
     last_step_ran_ = true;
-    observe(n, t0, wait);
+    observe(n, t0, wait, rank0_idle());
     return outs;
   }
 
@@ -357,22 +364,29 @@ class Engine {
           o.prompt_logprobs = std::move(it->second);
           prompt_logprobs_.erase(it);
         }
-    observe(plan, t0, device);
+    observe(plan, t0, device, rank0_idle());
     return outs;
   }
 
   /// Reports a step that ran to the observer: wall time since t0, of which `device` waited for
   /// the ranks (the rest is host time).
   /// With this call's phase times (StepTiming::schedule_s, apply_s: step() zeroes them).
-  void observe(const sched::StepPlan& plan, clock::time_point t0, clock::duration device) const {
+  void observe(const sched::StepPlan& plan, clock::time_point t0, clock::duration device,
+               std::optional<double> device_idle) const {
     const clock::duration sched = schedule_time_, apply = apply_time_;
     if (!observer_) return;
     StepTiming tm;
+    tm.device_idle_s = device_idle;
     tm.total_s = std::chrono::duration<double>(clock::now() - t0).count();
     tm.host_s = tm.total_s - std::chrono::duration<double>(device).count();
     tm.schedule_s = std::chrono::duration<double>(sched).count();
     tm.apply_s = std::chrono::duration<double>(apply).count();
     observer_(plan, tm);
+  }
+  /// Rank 0's device idle gap before the step it completed last (StepTiming::device_idle_s).
+  std::optional<double> rank0_idle() {
+    if constexpr (requires(Runner& r) { r.last_idle_s(); }) return exec_->rank(0).last_idle_s();
+    else return std::nullopt;
   }
   /// scheduler_->schedule(p), its time added to the step's schedule phase (observe).
   void schedule_timed(sched::StepPlan& p) {

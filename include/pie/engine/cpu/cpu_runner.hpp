@@ -15,6 +15,7 @@
 /// SampleSpec with pie::Sampler, so the host can plan the next step meanwhile. Every rank
 /// samples (each holds the whole vocabulary's logits), so every rank can feed its next step.
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -117,23 +118,17 @@ class CpuRunner {
   /// Returns logits [plan.logits_rows.size()][global vocab] (every rank has them), valid until
   /// the next call.
   std::span<const float> execute(const sched::StepPlan& plan) {
-    PIE_CHECK(blocks_ > 0, "CpuRunner: execute before allocate_kv");
-    PIE_CHECK(plan.feed_rows.empty() || std::this_thread::get_id() == worker_thread_,
-              "CpuRunner::execute: a plan with feed rows runs through launch_ahead()");
-    if (std::this_thread::get_id() != worker_thread_) {
-      PIE_CHECK(!worker_ || worker_->in_flight() == 0, "CpuRunner::execute while launched steps are in flight");
-      have_prev_ = false;  // a later launch() has no launched step to feed from
-    }
-    for (const auto& c : plan.swap_in) copy(host_.data(), host_blocks_, c.src, device_.data(), blocks_, c.dst);
-    for (const auto& c : plan.swap_out) copy(device_.data(), blocks_, c.src, host_.data(), host_blocks_, c.dst);
-    for (const auto& c : plan.copy_blocks) copy(device_.data(), blocks_, c.src, device_.data(), blocks_, c.dst);
-    logits_.resize(plan.logits_rows.size() * static_cast<size_t>(global_.vocab_size));
-    if (plan.num_tokens() == 0) return logits_;
-    fwd_->begin(plan, pools_, Policy::block_size, logits_.data());
-    if constexpr (Policy::fp8_weights) Model::forward(*fwd_, *fp8_);
-    else Model::forward(*fwd_, *w_);
-    return logits_;
+    const std::optional<double> gap = open_span();
+    const std::span<const float> logits = run_plan(plan);
+    close_span();
+    last_gap_ = gap;
+    return logits;
   }
+  /// Seconds the rank sat idle between the previous step's work and the last completed step's
+  /// (execute(), or a collected launch_ahead(): the feed, forward and draws on the worker), by
+  /// the host clock — the CPU's counterpart of CudaRunner::last_idle_s; empty before a second
+  /// step.
+  std::optional<double> last_idle_s() const { return last_gap_; }
 
   /// Queues `plan` (copied) on the worker: block operations, feed rows from the previous
   /// launched step's draws, forward, then one draw per spec (sample order). Returns at once.
@@ -165,25 +160,57 @@ class CpuRunner {
     PIE_CHECK(worker_ && collected_ < launched_, "CpuRunner::collect: no step in flight");
     const Ahead& a = ahead_[collected_++ & 1];
     worker_->wait();
+    last_gap_ = a.gap;
     return a.ids;
   }
 
  private:
+  /// execute()'s work (also the worker's, under its own span).
+  std::span<const float> run_plan(const sched::StepPlan& plan) {
+    PIE_CHECK(blocks_ > 0, "CpuRunner: execute before allocate_kv");
+    PIE_CHECK(plan.feed_rows.empty() || std::this_thread::get_id() == worker_thread_,
+              "CpuRunner::execute: a plan with feed rows runs through launch_ahead()");
+    if (std::this_thread::get_id() != worker_thread_) {
+      PIE_CHECK(!worker_ || worker_->in_flight() == 0, "CpuRunner::execute while launched steps are in flight");
+      have_prev_ = false;  // a later launch() has no launched step to feed from
+    }
+    for (const auto& c : plan.swap_in) copy(host_.data(), host_blocks_, c.src, device_.data(), blocks_, c.dst);
+    for (const auto& c : plan.swap_out) copy(device_.data(), blocks_, c.src, host_.data(), host_blocks_, c.dst);
+    for (const auto& c : plan.copy_blocks) copy(device_.data(), blocks_, c.src, device_.data(), blocks_, c.dst);
+    logits_.resize(plan.logits_rows.size() * static_cast<size_t>(global_.vocab_size));
+    if (plan.num_tokens() == 0) return logits_;
+    fwd_->begin(plan, pools_, Policy::block_size, logits_.data());
+    if constexpr (Policy::fp8_weights) Model::forward(*fwd_, *fp8_);
+    else Model::forward(*fwd_, *w_);
+    return logits_;
+  }
+
   /// A launched step: the plan (its feed rows filled on the worker), its specs, its draws.
   struct Ahead {
     sched::StepPlan plan;
     std::vector<SampleSpec> specs;
     std::vector<int32_t> ids;
+    std::optional<double> gap;  ///< the idle gap before its work (open_span)
   };
+  /// Starts a step's span of work: the seconds since the previous span closed (none before the
+  /// first). The sync path and the worker never run at once (execute() checks), so the spans
+  /// need no lock: the worker's job hand-off orders them.
+  std::optional<double> open_span() const {
+    if (!span_closed_) return std::nullopt;
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - *span_closed_).count();
+  }
+  void close_span() { span_closed_ = std::chrono::steady_clock::now(); }
+
   /// On the worker: what a GPU stream runs for a launched step.
   void run_ahead(Ahead& a, const Ahead* prev) {
+    a.gap = open_span();
     for (size_t k = 0; k < a.plan.feed_rows.size(); ++k) {
       const int32_t d = a.plan.feed_draws[k];
       PIE_CHECK(prev && d >= 0 && static_cast<size_t>(d) < prev->ids.size(), "CpuRunner: feed row ", k,
                 " reads draw ", d, " of a step with ", prev ? prev->ids.size() : 0, " draws");
       a.plan.token_ids[a.plan.feed_rows[k]] = prev->ids[d];
     }
-    const std::span<const float> logits = execute(a.plan);
+    const std::span<const float> logits = run_plan(a.plan);
     const size_t vocab = static_cast<size_t>(global_.vocab_size);
     a.ids.clear();
     size_t d = 0;
@@ -203,6 +230,7 @@ class CpuRunner {
         row_.assign(logits.begin() + j * vocab, logits.begin() + (j + 1) * vocab);
         a.ids.push_back(Sampler::sample(row_, in).token);
       }
+    close_span();
   }
 
 
@@ -327,6 +355,8 @@ class CpuRunner {
   std::function<void()> on_failure_;  // the group's abort (tensor parallel)
   Ahead ahead_[2];                    // the step in flight and the one before (its ids feed)
   uint64_t launched_ = 0, collected_ = 0;
+  std::optional<std::chrono::steady_clock::time_point> span_closed_;  // the last step's work ended
+  std::optional<double> last_gap_;                                   // last_idle_s
   bool have_prev_ = false;            // the last step run was launched: its ids can feed
   std::vector<float> row_;            // the worker's sampling scratch
   std::thread::id worker_thread_{};

@@ -61,6 +61,7 @@
 #include "pie/engine/cuda/logits_gemm.cuh"
 #include "pie/engine/cuda/memory_plan.cuh"
 #include "pie/engine/cuda/step_buffers.cuh"
+#include "pie/engine/cuda/step_gap_timer.cuh"
 #include "pie/engine/cuda/step_profiler.cuh"
 #include "pie/engine/device_draws.hpp"
 #include "pie/engine/engine_options.hpp"
@@ -253,8 +254,7 @@ class CudaRunner {
   std::span<const int32_t> execute_sample(const sched::StepPlan& plan, const std::vector<SampleSpec>& specs) {
     launch(plan, specs, /*want_logits=*/false);
     score_prompt_rows(plan);
-    PIE_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    prof_.collect();
+    complete_step();
     if (rank_ != 0) return {};
     return {ids_host_.data(), static_cast<size_t>(last_samples_)};
   }
@@ -296,8 +296,7 @@ class CudaRunner {
       ++stats_.masked_steps;
     }
     score_prompt_rows(plan);  // after the masked draw: it reuses the logits buffer
-    PIE_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    prof_.collect();
+    complete_step();
     if (rank_ != 0) return {};
     return {ids_host_.data(), static_cast<size_t>(n)};
   }
@@ -366,8 +365,7 @@ class CudaRunner {
       ++stats_.full_sample_steps;
     }
     score_prompt_rows(plan);  // after the full draw: it reuses the logits buffer
-    PIE_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    prof_.collect();
+    complete_step();
     if (rank_ != 0) return {};
     engine::DeviceDraws dd;
     dd.ids = {ids_host_.data(), static_cast<size_t>(n)};
@@ -384,8 +382,7 @@ class CudaRunner {
   std::span<const float> execute_logits(const sched::StepPlan& plan, const std::vector<SampleSpec>& specs) {
     launch(plan, specs, /*want_logits=*/true);
     score_prompt_rows(plan);  // after the logits copy (stream order): it reuses the logits buffer
-    PIE_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    prof_.collect();
+    complete_step();
     if (rank_ != 0) return {};
     return {logits_host_.data(), static_cast<size_t>(last_samples_) * global_.vocab_size};
   }
@@ -415,12 +412,15 @@ class CudaRunner {
       }
     }
     specs_.assign(specs.begin(), specs.end());
+    ahead_step_[k] = gaps_.begun();
+    gaps_.begin(stream_);
     if (plan.empty()) {
       kv_->apply(plan, stream_);
       last_samples_ = 0;
     } else {
       run_step(plan, specs_, *kv_, /*allow_graph=*/true, /*want_logits=*/false, ahead_ids_[k].data());
     }
+    gaps_.end(stream_);
     ahead_n_[k] = last_samples_;
     PIE_CUDA_CHECK(cudaEventRecord(ahead_done_[k].get(), stream_));
     ++launched_;
@@ -431,8 +431,13 @@ class CudaRunner {
     PIE_CHECK(collected_ < launched_, "CudaRunner::collect: no step in flight");
     const int k = static_cast<int>(collected_++ & 1);
     PIE_CUDA_CHECK(cudaEventSynchronize(ahead_done_[k].get()));
+    last_gap_ = gaps_.gap_before(ahead_step_[k]);
     return {ahead_ids_[k].data(), static_cast<size_t>(ahead_n_[k])};
   }
+  /// Seconds the GPU sat idle between the previous step's stream work and the last completed
+  /// step's (executed, or collected), measured with timing events (StepGapTimer); empty before
+  /// a second step.
+  std::optional<double> last_idle_s() const { return last_gap_; }
   /// Rank 0: the last step's prompt_logprobs rows, one per StepPlan::prompt_logprob_tokens entry
   /// (empty on other ranks and for steps without them; valid until the next step).
   std::span<const sched::PromptLogprobRow> prompt_logprob_rows() const {
@@ -440,6 +445,13 @@ class CudaRunner {
   }
 
  private:
+  /// The end of a synchronous step: its end event, the wait, the profiler's spans, its gap.
+  void complete_step() {
+    gaps_.end(stream_);
+    PIE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    prof_.collect();
+    last_gap_ = gaps_.gap_before(gaps_.begun() - 1);
+  }
   static double seconds_since(std::chrono::steady_clock::time_point t0) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
@@ -964,6 +976,7 @@ class CudaRunner {
 
   void launch(const sched::StepPlan& plan, const std::vector<SampleSpec>& specs, bool want_logits) {
     PIE_CHECK(kv_, "CudaRunner: execute before allocate_kv");
+    gaps_.begin(stream_);
     if (plan.empty()) {
       // A plan with no tokens may still carry block operations (a swap-out that freed room for
       // nothing else this step): they must run before the scheduler reuses those blocks.
@@ -1191,6 +1204,9 @@ class CudaRunner {
   std::shared_ptr<CUevent_st> ahead_done_[2];
   int ahead_n_[2] = {0, 0};
   uint64_t launched_ = 0, collected_ = 0;
+  StepGapTimer gaps_;              ///< the GPU's idle gap before each step (last_idle_s)
+  uint64_t ahead_step_[2] = {0, 0};  ///< gaps_'s step index of each launched-ahead slot
+  std::optional<double> last_gap_;
 };
 
 }  // namespace pie::engine::cuda
