@@ -142,12 +142,23 @@ TEST(FusionSwitches, SwiGluOnlyForOneRowThroughThe16BitGemvWithoutTensorParallel
 TEST(FusionSwitches, RopeInAttentionOnlyAtDecodeStepsWhosePlanTakesIt) {
   using pie::engine::rope_in_attention;
   using pie::engine::RopeAttnStep;
+  using pie::engine::FusionSwitches;
   unsetenv("PIE_FUSED_ROPE_ATTN");
-  EXPECT_FALSE(pie::engine::FusionSwitches::from_env().rope_attn) << "off by default";
+  EXPECT_FALSE(FusionSwitches::from_env(/*latency_compiled=*/false).rope_attn) << "off in a build without the paths";
+  EXPECT_TRUE(FusionSwitches::from_env(true).rope_attn) << "on by default in a build with them";
+  EXPECT_TRUE(FusionSwitches::from_env(true).rope_attn_small_grids_only) << "the default: small grids only";
+  setenv("PIE_FUSED_ROPE_ATTN", "", 1);
+  EXPECT_TRUE(FusionSwitches::from_env(true).rope_attn_small_grids_only) << "empty is unset";
   setenv("PIE_FUSED_ROPE_ATTN", "1", 1);
-  EXPECT_TRUE(pie::engine::FusionSwitches::from_env().rope_attn);
+  for (bool compiled : {false, true}) {
+    EXPECT_TRUE(FusionSwitches::from_env(compiled).rope_attn) << compiled;
+    EXPECT_FALSE(FusionSwitches::from_env(compiled).rope_attn_small_grids_only) << "asked for: every plan";
+  }
+  setenv("PIE_FUSED_ROPE_ATTN", "0", 1);
+  EXPECT_FALSE(FusionSwitches::from_env(true).rope_attn);
+  EXPECT_FALSE(FusionSwitches::from_env(true).rope_attn_small_grids_only);
   setenv("PIE_FUSED_ROPE_ATTN", "yes", 1);
-  EXPECT_THROW(pie::engine::FusionSwitches::from_env(), pie::Error) << "only 0 or 1";
+  EXPECT_THROW(FusionSwitches::from_env(), pie::Error) << "only 0 or 1";
   unsetenv("PIE_FUSED_ROPE_ATTN");
   RopeAttnStep d;  // 4 decode rows, a plan of one split (or a cluster merge)
   d.tokens = 4;
@@ -155,6 +166,10 @@ TEST(FusionSwitches, RopeInAttentionOnlyAtDecodeStepsWhosePlanTakesIt) {
   d.plan_takes_it = true;
   EXPECT_TRUE(rope_in_attention(true, d));
   EXPECT_FALSE(rope_in_attention(false, d)) << "switch off";
+  EXPECT_FALSE(rope_in_attention(true, d, /*small_grids_only=*/true)) << "a grid of more than one wave";
+  d.small_grid = true;
+  EXPECT_TRUE(rope_in_attention(true, d, true)) << "a grid of one wave at most";
+  EXPECT_TRUE(rope_in_attention(true, d, false));
   auto with = [&](auto f) { RopeAttnStep s = d; f(s); return rope_in_attention(true, s); };
   EXPECT_FALSE(with([](RopeAttnStep& s) { s.tokens = 20; })) << "prompt rows beside the decodes";
   EXPECT_FALSE(with([](RopeAttnStep& s) { s.decodes = 0; s.tokens = 0; })) << "an empty step";

@@ -143,8 +143,70 @@ TEST(DecodePlan, EnvironmentSwitchesOfTheClusterMergeAndTheEarlyPages) {
     EXPECT_FALSE(get()) << name;
     ::setenv(name, "1", 1);
     EXPECT_TRUE(get()) << name;
+    ::setenv(name, "yes", 1);
+    EXPECT_THROW(DecodePlanOptions::from_env(), pie::Error) << name << ": only 0 or 1";
     ::unsetenv(name);
   }
+}
+
+// In a build with the latency paths, unset switches mean: on, for small grids only. A switch set
+// to 1 asks for every plan; 0 turns that path off and leaves the other's default.
+TEST(DecodePlan, LatencyPathsDefaultToSmallGridsInABuildWithThem) {
+  ::unsetenv("PIE_DECODE_CLUSTER_MERGE");
+  ::unsetenv("PIE_DECODE_EARLY_PAGES");
+  auto o = DecodePlanOptions::from_env(/*latency_compiled=*/false);
+  EXPECT_FALSE(o.cluster_merge || o.early_pages || o.small_grids_only) << "a build without them";
+  o = DecodePlanOptions::from_env(true);
+  EXPECT_TRUE(o.cluster_merge && o.early_pages && o.small_grids_only);
+  ::setenv("PIE_DECODE_CLUSTER_MERGE", "0", 1);
+  o = DecodePlanOptions::from_env(true);
+  EXPECT_FALSE(o.cluster_merge);
+  EXPECT_TRUE(o.early_pages && o.small_grids_only);
+  ::setenv("PIE_DECODE_CLUSTER_MERGE", "1", 1);
+  o = DecodePlanOptions::from_env(true);
+  EXPECT_TRUE(o.cluster_merge && o.early_pages);
+  EXPECT_FALSE(o.small_grids_only) << "asked for: every plan";
+  ::unsetenv("PIE_DECODE_CLUSTER_MERGE");
+  ::setenv("PIE_DECODE_EARLY_PAGES", "", 1);
+  EXPECT_TRUE(DecodePlanOptions::from_env(true).small_grids_only) << "empty is unset";
+  ::unsetenv("PIE_DECODE_EARLY_PAGES");
+}
+
+// small_grid: batch · KV heads · splits ≤ the SM count. With small_grids_only the cluster merge and
+// the early pages stay on such plans alone; the split choice is the same either way.
+TEST(DecodePlan, SmallGridsOnlyKeepsTheLatencyPathsToOneWave) {
+  DecodePlanOptions all;
+  all.cluster_merge = all.early_pages = true;
+  DecodePlanOptions small = all;
+  small.small_grids_only = true;
+  struct Case { int batch, kv, len; bool small; };
+  // Qwen3-8B batch 1 at 192 tokens (8 pairs x 3 splits); Qwen3-30B-A3B's 4 KV heads; batch 16 at
+  // 192 (128 pairs, which the cost model splits in more than one: past one wave); batch 64 (512
+  // pairs); batch 512 at 140 (the 2048 x (128, 128) step); batch 1 at 32K (64 splits).
+  for (const Case c : {Case{1, 8, 192, true}, Case{1, 4, 192, true}, Case{16, 8, 192, false}, Case{64, 8, 192, false},
+                       Case{512, 8, 140, false}, Case{1, 8, 32768, false}}) {
+    SCOPED_TRACE(std::to_string(c.batch) + " x " + std::to_string(c.len) + ", " + std::to_string(c.kv) + " KV heads");
+    const auto a = plan_decode_split(c.batch, 32, c.kv, 128, c.len, 132, all);
+    const auto s = plan_decode_split(c.batch, 32, c.kv, 128, c.len, 132, small);
+    EXPECT_EQ(s.small_grid, c.small);
+    EXPECT_EQ(a.small_grid, c.small) << "the grid's size, whatever the options";
+    EXPECT_EQ(int64_t{c.batch} * c.kv * s.num_splits <= 132, s.small_grid);
+    EXPECT_EQ(s.num_splits, a.num_splits);
+    EXPECT_EQ(s.tokens_per_split, a.tokens_per_split);
+    EXPECT_EQ(s.early_pages, c.small);
+    EXPECT_TRUE(a.early_pages);
+    EXPECT_EQ(s.cluster_merge, c.small && a.cluster_merge);
+  }
+  // The batch-1 plans: 3 splits merged in a cluster (what lets the RoPE inside attention take them).
+  const auto b1 = plan_decode_split(1, 32, 8, 128, 192, 132, small);
+  EXPECT_EQ(b1.num_splits, 3);
+  EXPECT_TRUE(b1.cluster_merge);
+  // The batch-invariant split: its grid (grid_splits CTAs a pair) decides.
+  DecodePlanOptions fx = small;
+  fx.fixed_split_tokens = kDecodeFixedSplitTokens;
+  EXPECT_TRUE(plan_decode_split(1, 32, 8, 128, 192, 132, fx).small_grid);
+  EXPECT_FALSE(plan_decode_split(512, 32, 8, 128, 140, 132, fx).small_grid);
+  EXPECT_FALSE(plan_decode_split(512, 32, 8, 128, 140, 132, fx).early_pages);
 }
 
 // The cluster merge: only plans of 2 to 8 splits (a portable cluster), never with the fused

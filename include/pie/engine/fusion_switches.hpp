@@ -2,12 +2,15 @@
 /// \file fusion_switches.hpp
 /// \brief The GPU forward's opt-in kernel fusions at op boundaries, read from the environment
 /// when a runner is built (its CUDA graphs capture the path chosen then). Off by default until
-/// measured on the GPU (docs/gpu_engine.md, "Fusions at the op boundaries of the decode step");
-/// each fused path is bit-identical to the separate kernels it replaces.
+/// measured on the GPU (docs/gpu_engine.md, "Fusions at the op boundaries of the decode step"),
+/// except the RoPE inside decode attention, on for small decode grids in a build that compiles it
+/// (measured on an H100, 2026-12-05); each fused path is bit-identical to the separate kernels it
+/// replaces.
 #include <cstdlib>
 #include <string_view>
 
 #include "pie/core/error.hpp"
+#include "pie/ops/cuda/attention_decode_plan.hpp"  // kDecodeLatencyCompiled (host-only header)
 
 namespace pie::engine {
 
@@ -33,12 +36,21 @@ struct FusionSwitches {
   bool swiglu = false;
   /// PIE_FUSED_ROPE_ATTN: at steps of decode rows only, the q/k-norm + RoPE kernel waits for the
   /// attention that reads it and runs inside the decode kernel, with the KV write
-  /// (ops/cuda/attention_decode_rope.cuh); needs a build with -DPIE_DECODE_LATENCY=ON.
+  /// (ops/cuda/attention_decode_rope.cuh); needs a build with -DPIE_DECODE_LATENCY=ON. Unset in
+  /// such a build: on, for the steps whose decode grid is small (rope_attn_small_grids_only).
   bool rope_attn = false;
+  /// rope_attn only where the step's decode plan is a small grid (ops::cuda::DecodePlan::small_grid:
+  /// one wave of one CTA per SM), where it pays (batch-1 ITL −1.2% Qwen3-8B, −2.3% Qwen3-30B-A3B on
+  /// an H100); at batch 512 the three latency paths together cost 2.9% of throughput.
+  bool rope_attn_small_grids_only = false;
 
-  static FusionSwitches from_env() {
+  /// The switches of the environment; `latency_compiled`: the build has decode attention's latency
+  /// paths (the RoPE inside attention's default).
+  static FusionSwitches from_env(bool latency_compiled = ops::cuda::kDecodeLatencyCompiled) {
     FusionSwitches f;
-    f.rope_attn = env_switch("PIE_FUSED_ROPE_ATTN", std::getenv("PIE_FUSED_ROPE_ATTN"));
+    const char* rope_attn = std::getenv("PIE_FUSED_ROPE_ATTN");
+    f.rope_attn = env_switch("PIE_FUSED_ROPE_ATTN", rope_attn, latency_compiled);
+    f.rope_attn_small_grids_only = f.rope_attn && (rope_attn == nullptr || *rope_attn == '\0');
     f.rope_kv = env_switch("PIE_FUSED_ROPE_KV", std::getenv("PIE_FUSED_ROPE_KV"));
     f.final_norm = env_switch("PIE_FUSED_FINAL_NORM", std::getenv("PIE_FUSED_FINAL_NORM"));
     f.swiglu = env_switch("PIE_FUSED_SWIGLU", std::getenv("PIE_FUSED_SWIGLU"));
@@ -87,13 +99,15 @@ struct RopeAttnStep {
   bool batch_invariant = false;  ///< decode rows take the prefill kernel then
   bool calculating_kv_scales = false;  ///< the first forward of --calculate-kv-scales reads raw K/V
   bool plan_takes_it = false;  ///< the step's decode plan and cache take it (ops::cuda::decode_rope_supported)
+  bool small_grid = false;     ///< the step's decode plan is a small grid (ops::cuda::DecodePlan::small_grid)
 };
 
 /// True when fusions.rope_attn is on and every row of the step is a decode row whose attention
-/// runs the CUDA-core decode kernel with a plan that can fold the RoPE in.
-inline bool rope_in_attention(bool on, const RopeAttnStep& s) {
+/// runs the CUDA-core decode kernel with a plan that can fold the RoPE in (and, by default, is a
+/// small grid: `small_grids_only`).
+inline bool rope_in_attention(bool on, const RopeAttnStep& s, bool small_grids_only = false) {
   return on && s.tokens > 0 && s.decodes == s.tokens && !s.batch_invariant && !s.calculating_kv_scales &&
-         s.plan_takes_it;
+         s.plan_takes_it && (s.small_grid || !small_grids_only);
 }
 
 }  // namespace pie::engine

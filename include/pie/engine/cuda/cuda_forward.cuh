@@ -722,7 +722,8 @@ class CudaForward {
     st.batch_invariant = p_.batch_invariant;
     st.calculating_kv_scales = calc_margin_ > 0.0f;
     st.plan_takes_it = shape_.decodes > 0 && ops::cuda::decode_rope_supported(shape_.decode, int(sizeof(KV)));
-    return rope_in_attention(p_.fusions.rope_attn, st);
+    st.small_grid = shape_.decode.small_grid;
+    return rope_in_attention(p_.fusions.rope_attn, st, p_.fusions.rope_attn_small_grids_only);
   }
   /// Launches the add_rms_norm held back for logits() (fusions.final_norm), if any.
   /// Not a template: op() calls it, and it calls op() once more with the norm.

@@ -230,7 +230,9 @@ class CudaRunner {
       if (f.final_norm) std::fprintf(stderr, "pie: PIE_FUSED_FINAL_NORM=1: batch-1 final norm inside lm_head\n");
       if (f.swiglu) std::fprintf(stderr, "pie: PIE_FUSED_SWIGLU=1: batch-1 SwiGLU inside the down projection's GEMV\n");
       if (f.rope_attn)
-        std::fprintf(stderr, "pie: PIE_FUSED_ROPE_ATTN=1: q/k norm + RoPE and the KV write inside decode attention\n");
+        std::fprintf(stderr, "pie: q/k norm + RoPE and the KV write inside decode attention%s\n",
+                     f.rope_attn_small_grids_only ? " at steps of small decode grids (PIE_FUSED_ROPE_ATTN=0: never)"
+                                                  : " (PIE_FUSED_ROPE_ATTN=1)");
     }
     if (log_ && nano_on()) {
       if (nano_opt_.min_rows > 0)

@@ -34,6 +34,15 @@ constexpr int decode_ctas_per_sm(int group) { return group >= 8 ? 2 : 4; }
 /// so every CTA of a pair is resident on one GPC and the launch needs no attribute.
 inline constexpr int kDecodeMaxClusterSplits = 8;
 
+/// Whether this build compiled decode attention's latency paths (CMake -DPIE_DECODE_LATENCY=ON:
+/// the cluster merge, the early pages, RoPE inside the kernel). Where it did, they are on by
+/// default for the grids they pay on (DecodePlanOptions::small_grids_only).
+#if defined(PIE_DECODE_LATENCY)
+inline constexpr bool kDecodeLatencyCompiled = true;
+#else
+inline constexpr bool kDecodeLatencyCompiled = false;
+#endif
+
 /// \brief How the split partials of a decode launch are merged, and what the plan may assume.
 struct DecodePlanOptions {
   /// The last CTA of each (sequence, KV head) to finish merges that pair's split partials itself
@@ -63,20 +72,34 @@ struct DecodePlanOptions {
   /// query (written by earlier steps) before `griddepcontrol.wait`, so at small batches the pages
   /// stream in while the previous kernel (RoPE, the KV write) finishes. Only the page table, the
   /// lengths (uploaded before the step) and K/V rows of earlier steps are read before the wait;
-  /// the query's own row, written in this step, is copied after it. Opt-in until measured.
+  /// the query's own row, written in this step, is copied after it.
   bool early_pages = false;
+  /// The cluster merge and the early pages apply only to plans whose grid fits one wave of one
+  /// CTA per SM (batch · KV heads · splits ≤ the SM count; DecodePlan::small_grid): there decode
+  /// attention is a link of latency in a chain of small kernels, while on a full grid the paths
+  /// cost throughput (H100, 2026-12-05: with RoPE inside, batch-1 ITL −1.2% on Qwen3-8B and −2.3%
+  /// on Qwen3-30B-A3B, but 2048 × (128, 128) −2.9%). The default of a build with the paths.
+  bool small_grids_only = false;
 
-  /// `PIE_DECODE_FUSED_MERGE=1` turns the fused merge on, `PIE_DECODE_CLUSTER_MERGE=1` the cluster
-  /// merge, `PIE_DECODE_EARLY_PAGES=1` the early pages (anything else, or unset: off).
-  static DecodePlanOptions from_env() {
-    DecodePlanOptions o;
-    auto on = [](const char* name) {
+  /// The fused merge is `PIE_DECODE_FUSED_MERGE=1` (opt-in: never measured faster). The cluster
+  /// merge (`PIE_DECODE_CLUSTER_MERGE`) and the early pages (`PIE_DECODE_EARLY_PAGES`) are `1`: on
+  /// for every plan that can take them, `0`: off, unset: off in a build without the latency paths
+  /// and on for small grids (small_grids_only) in a build with them (`latency_compiled`). Any other
+  /// value is an error naming the variable.
+  static DecodePlanOptions from_env(bool latency_compiled = kDecodeLatencyCompiled) {
+    auto get = [](const char* name) -> int {  // -1: unset or empty
       const char* v = std::getenv(name);
-      return v != nullptr && std::strcmp(v, "1") == 0;
+      if (v == nullptr || *v == '\0') return -1;
+      PIE_CHECK(std::strcmp(v, "0") == 0 || std::strcmp(v, "1") == 0, name, " must be 0 or 1, got '", v, "'");
+      return v[0] == '1' ? 1 : 0;
     };
-    o.fused_merge = on("PIE_DECODE_FUSED_MERGE");
-    o.cluster_merge = on("PIE_DECODE_CLUSTER_MERGE");
-    o.early_pages = on("PIE_DECODE_EARLY_PAGES");
+    DecodePlanOptions o;
+    o.fused_merge = get("PIE_DECODE_FUSED_MERGE") == 1;
+    const int cluster = get("PIE_DECODE_CLUSTER_MERGE"), early = get("PIE_DECODE_EARLY_PAGES");
+    o.cluster_merge = cluster == 1 || (cluster < 0 && latency_compiled);
+    o.early_pages = early == 1 || (early < 0 && latency_compiled);
+    // A switch set to 1 asks for every plan (as when the paths were opt-in); only defaults limit.
+    o.small_grids_only = latency_compiled && cluster != 1 && early != 1;
     return o;
   }
 };
@@ -178,6 +201,10 @@ struct DecodePlan {
   /// The first ring stages of pages older than the query are issued before the kernel waits for
   /// its predecessor (DecodePlanOptions::early_pages).
   bool early_pages = false;
+  /// The grid fits one wave of one CTA per SM (batch · KV heads · CTAs per pair ≤ the SM count):
+  /// decode attention is latency here, the regime the latency paths are for
+  /// (DecodePlanOptions::small_grids_only; the RoPE inside attention asks it too).
+  bool small_grid = false;
 };
 
 /// \brief Byte offsets of a decode launch's workspace regions (see DecodePlan::workspace_bytes).
@@ -305,6 +332,8 @@ inline DecodePlan plan_decode_split(int batch, int num_q_heads, int num_kv_heads
     set_decode_split(p, opt.fixed_split_tokens, max_seq_len, opt.counter_batch);
     p.fixed_split = true;
     p.grid_splits = std::clamp(cm_splits, 1, p.num_splits);
+    p.small_grid = int64_t{batch} * num_kv_heads * p.grid_splits <= sm_count;
+    if (opt.small_grids_only && !p.small_grid) p.early_pages = false;
     p.deep_ring = int64_t{batch} * num_kv_heads * p.grid_splits <= 2 * int64_t{sm_count};
     return p;
   }
@@ -324,7 +353,9 @@ inline DecodePlan plan_decode_split(int batch, int num_q_heads, int num_kv_heads
     if (s == 1 || t < best) { best = t; best_tps = tps; }
   }
   set_decode_split(p, best_tps, max_seq_len, opt.counter_batch);
-  if (opt.cluster_merge) use_decode_cluster_merge(p);
+  p.small_grid = ctas * p.num_splits <= sm_count;
+  if (opt.small_grids_only && !p.small_grid) p.early_pages = false;
+  if (opt.cluster_merge && (p.small_grid || !opt.small_grids_only)) use_decode_cluster_merge(p);
   return p;
 }
 
