@@ -10,7 +10,7 @@
 #include <string_view>
 
 #include "pie/core/error.hpp"
-#include "pie/ops/cuda/attention_decode_plan.hpp"  // kDecodeLatencyCompiled (host-only header)
+#include "pie/ops/decode_latency_build.hpp"
 
 namespace pie::engine {
 
@@ -46,7 +46,7 @@ struct FusionSwitches {
 
   /// The switches of the environment; `latency_compiled`: the build has decode attention's latency
   /// paths (the RoPE inside attention's default).
-  static FusionSwitches from_env(bool latency_compiled = ops::cuda::kDecodeLatencyCompiled) {
+  static FusionSwitches from_env(bool latency_compiled = ops::kDecodeLatencyCompiled) {
     FusionSwitches f;
     const char* rope_attn = std::getenv("PIE_FUSED_ROPE_ATTN");
     f.rope_attn = env_switch("PIE_FUSED_ROPE_ATTN", rope_attn, latency_compiled);

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "pie/core/error.hpp"
+#include "pie/ops/decode_latency_build.hpp"  // kDecodeLatencyCompiled: the switches' defaults
 
 namespace pie::ops::cuda {
 
@@ -33,15 +34,6 @@ constexpr int decode_ctas_per_sm(int group) { return group >= 8 ? 2 : 4; }
 /// Most splits of one (sequence, KV head) that a cluster merge serves: the portable cluster size,
 /// so every CTA of a pair is resident on one GPC and the launch needs no attribute.
 inline constexpr int kDecodeMaxClusterSplits = 8;
-
-/// Whether this build compiled decode attention's latency paths (CMake -DPIE_DECODE_LATENCY=ON:
-/// the cluster merge, the early pages, RoPE inside the kernel). Where it did, they are on by
-/// default for the grids they pay on (DecodePlanOptions::small_grids_only).
-#if defined(PIE_DECODE_LATENCY)
-inline constexpr bool kDecodeLatencyCompiled = true;
-#else
-inline constexpr bool kDecodeLatencyCompiled = false;
-#endif
 
 /// \brief How the split partials of a decode launch are merged, and what the plan may assume.
 struct DecodePlanOptions {
