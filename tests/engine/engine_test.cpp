@@ -338,15 +338,20 @@ TEST(EngineApi, EosFinishesUnlessIgnored) {
   EXPECT_EQ(r.finish[0], FinishReason::Length);
 }
 
+/// small_options() with asynchronous scheduling on or off.
+EngineOptions scheduling_options(bool async) {
+  EngineOptions o = small_options();
+  o.sched.async_scheduling = async;
+  return o;
+}
+
 // The step observer's timing (pie bench's host-time line): the schedule and apply phases lie
 // inside the host time, which lies inside the step, synchronously and with asynchronous
 // scheduling (whose steps also plan the next one while this one runs).
 TEST(EngineApi, StepObserverReportsHostPhasesInsideTheStep) {
   for (bool async : {false, true}) {
     SCOPED_TRACE(async ? "async scheduling" : "sync");
-    EngineOptions o = small_options();
-    o.sched.async_scheduling = async;
-    CpuEngine e(o);
+    CpuEngine e(scheduling_options(async));
     int steps = 0;
     double sched = 0, apply = 0;
     e.set_observer([&](const sched::StepPlan&, const StepTiming& t) {
@@ -374,9 +379,7 @@ TEST(EngineApi, DeviceIdleIsTheHostGapTheStepsCouldNotHide) {
   std::vector<double> median_gap;
   for (bool async : {false, true}) {
     SCOPED_TRACE(async ? "async scheduling" : "sync");
-    EngineOptions o = small_options();
-    o.sched.async_scheduling = async;
-    CpuEngine e(o);
+    CpuEngine e(scheduling_options(async));
     int steps = 0;
     std::vector<double> gaps;
     e.set_observer([&](const sched::StepPlan&, const StepTiming& t) {
