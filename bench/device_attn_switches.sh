@@ -19,16 +19,21 @@ fi
 B=$BUILD/examples/pie/pie_bench; M8=bench/models/Qwen3-8B; MOE=bench/models/Qwen3-30B-A3B
 L="--load-format dummy --input-len 128 --output-len 128 --mode latency --num-iters 5 --num-iters-warmup 1 --max-num-seqs 8"
 T="--load-format dummy --input-len 128 --output-len 128 --mode throughput"
-r() {  # TAG MODEL EARLY CLUSTER ROPE ARGS...
-  local tag=$1 m=$2 e=$3 c=$4 ro=$5; shift 5
-  PIE_DECODE_EARLY_PAGES=$e PIE_DECODE_CLUSTER_MERGE=$c PIE_FUSED_ROPE_ATTN=$ro timeout 90 "$B" $m "$@" 2>&1 |
+r() {  # TAG MODEL EARLY CLUSTER ROPE ARGS... (each switch 0, 1, or - for unset: the build's default)
+  local tag=$1 m=$2 e=$3 c=$4 ro=$5 kv; shift 5
+  local envs=()
+  for kv in "PIE_DECODE_EARLY_PAGES=$e" "PIE_DECODE_CLUSTER_MERGE=$c" "PIE_FUSED_ROPE_ATTN=$ro"; do
+    [ "${kv#*=}" = "-" ] || envs+=("$kv")
+  done
+  env -u PIE_DECODE_EARLY_PAGES -u PIE_DECODE_CLUSTER_MERGE -u PIE_FUSED_ROPE_ATTN "${envs[@]}" timeout 90 "$B" $m "$@" 2>&1 |
     grep -E "^(latency|throughput|decode at batch)" | sed "s/^/[$tag e$e c$c r$ro] /" | tee -a "$SUM"
 }
 # PIE_SWITCHES_QUICK=1: the rows that decide, for a call of little device time (about 200 s).
 if [ "${PIE_SWITCHES_QUICK:-0}" = 1 ]; then
-  for x in "0 0 0" "1 1 1" "0 0 0" "1 1 1"; do r b1_8b $M8 $x $L; done
-  for x in "0 0 0" "1 1 1"; do r b1_moe $MOE $x $L; done
-  for x in "0 0 0" "0 0 1" "1 0 0"; do r b512 $M8 $x $T --num-prompts 2048 --max-num-seqs 512; done
+  # The build's defaults (-) against everything off, then each switch alone where the loss was.
+  for x in "- - -" "0 0 0" "- - -" "0 0 0"; do r b1_8b $M8 $x $L; done
+  for x in "- - -" "0 0 0"; do r b1_moe $MOE $x $L; done
+  for x in "- - -" "0 0 0" "0 0 1" "1 0 0"; do r b512 $M8 $x $T --num-prompts 2048 --max-num-seqs 512; done
 else
   for x in "0 0 0" "0 1 1" "1 1 1" "0 0 0" "0 1 1"; do r b1_8b $M8 $x $L; done
   for x in "0 0 0" "0 1 1" "0 0 0" "0 1 1"; do r b1_moe $MOE $x $L; done
@@ -38,6 +43,6 @@ else
 fi
 # The host's cost at batch 256 (issue 15: < 2% of the step): synchronous, then asynchronous
 # scheduling, with the device's idle gap between steps (StepTiming::device_idle_s).
-r b256_sync $M8 0 0 0 $T --num-prompts 1024 --max-num-seqs 256
-r b256_async $M8 0 0 0 $T --num-prompts 1024 --max-num-seqs 256 --async-scheduling
+r b256_sync $M8 - - - $T --num-prompts 1024 --max-num-seqs 256
+r b256_async $M8 - - - $T --num-prompts 1024 --max-num-seqs 256 --async-scheduling
 say done
