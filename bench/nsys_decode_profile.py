@@ -49,7 +49,8 @@ def category(name):
             return "moe_router_route" if "moe_router_route" in n else "moe_down_unpermute"
         if "moe_route" in n or "moe_unpermute" in n:
             return "moe_route" if "moe_route" in n else "moe_unpermute"
-        up = re.search(r"moe_(gemv_kernel<\d+,\d+,\d+,|mma_kernel<)(true|\(bool\)1)[,>]", args)
+        # moe_gemv_kernel / moe_gemv_ahead_kernel<R, C, U, kGather, ...> and moe_mma_kernel<kGather, ...>
+        up = re.search(r"moe_(gemv_kernel<\d+,\d+,\d+,|gemv_ahead_kernel<\d+,\d+,\d+,|mma_kernel<)(true|\(bool\)1)[,>]", args)
         return "moe_gate_up" if up else "moe_down"
     if "gemv" in n:
         # gemv_kernel<M, C, U, NW, MINB, kNorm, ...>: kNorm = true is the fused add + RMSNorm
@@ -58,7 +59,13 @@ def category(name):
         # fp8_gemv_rows_kernel<C, U, NW, MINB, kEarly, kSrc, ...>: kSrc = 2 is the fused add + RMSNorm
         if re.search(r"fp8_gemv_rows_kernel<\d+,\d+,\d+,\d+,(true|false|\(bool\)[01]),2[,>]", args):
             return "norm+linear"
-        return "norm+linear" if re.search(r"gemv_kernel<\d+,\d+,\d+,\d+,\d+,(true|\(bool\)1)[,>]", args) else "linear"
+        # gemv_kernel<M, C, U, NW, MINB, kPrologue, ...>: 1 (or true, in older builds) is the fused
+        # add + RMSNorm, 2 the fused SwiGLU (ops/cuda/gemv.cuh's GemvPrologue)
+        m = re.search(r"gemv_kernel<\d+,\d+,\d+,\d+,\d+,(true|false|\(bool\)[01]|\d)[,>]", args)
+        prologue = m.group(1) if m else "0"
+        if prologue in ("true", "(bool)1", "1"):
+            return "norm+linear"
+        return "swiglu+linear" if prologue == "2" else "linear"
     if any(k in n for k in ("gemm", "nvjet", "xmma", "cutlass", "sm90", "splitk", "reduce")):
         return "linear"
     return "other:" + name[:40]
@@ -105,6 +112,8 @@ def name_linears(step, moe=False):
         mlp = "router" if moe else "gate_up_proj"  # an MoE layer's projection after its 2nd norm
         if c == "norm+linear":  # batch-1 fused residual add + RMSNorm + projection
             c = "norm+qkv_proj" if norms % 2 == 1 else "norm+" + mlp
+        elif c == "swiglu+linear":  # batch-1 SwiGLU in the down projection's prologue
+            c = "swiglu+down_proj"
         elif c == "linear":
             if prev == "rms_norm":
                 c = "qkv_proj" if norms % 2 == 1 else mlp
@@ -161,6 +170,7 @@ def main():
               "gate_up_proj": 2 * I * H * wb, "down_proj": I * H * wb, "lm_head": a.vocab * H * 2}
     wbytes["norm+qkv_proj"] = wbytes["qkv_proj"]
     wbytes["norm+gate_up_proj"] = wbytes["gate_up_proj"]
+    wbytes["swiglu+down_proj"] = wbytes["down_proj"]
     if a.experts:  # batch 1 reads the top-k experts' weights; larger batches an unknown set
         Im = a.moe_intermediate
         wbytes["router"] = wbytes["norm+router"] = a.experts * H * 2

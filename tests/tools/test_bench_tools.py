@@ -198,6 +198,25 @@ def test_plot_of_the_committed_results_has_the_sweep_and_the_latency_bars(tmp_pa
     assert "batch-1 ITL" in svg
 
 
+def test_gemv_prologue_numbers_and_ahead_moe_kernels_are_named():
+    # The GEMV's prologue is an enum since the fused SwiGLU (0 plain, 1 add + RMSNorm, 2 SwiGLU):
+    # a trace of 2026-12-05 named every fused-norm GEMV after the op before it (o_proj 72 times).
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import nsys_decode_profile as p
+    g = "void pie::ops::cuda::detail::gemv_kernel<1; 2; 2; 4; 8; {}; __nv_bfloat16; __nv_bfloat16>(x)"
+    assert p.category(g.format(1)) == "norm+linear"
+    assert p.category(g.format("true")) == "norm+linear"  # builds before the enum
+    assert p.category(g.format(2)) == "swiglu+linear"
+    assert p.category(g.format(0)) == "linear"
+    ahead = "void pie::ops::cuda::detail::moe_gemv_ahead_kernel<1; {}; 2; {}; {}; __nv_bfloat16>(x)"
+    assert p.category(ahead.format(2, "true", "true")) == "moe_gate_up"
+    assert p.category(ahead.format(4, "false", "false")) == "moe_down"
+    layer = [(0, 1, g.format(1), 8), (1, 1, "decode_kernel<128>", 8), (2, 1, g.format(0), 8),
+             (3, 1, g.format(1), 8), (4, 1, g.format(2), 8)]
+    named = [c for (_, _, c) in p.name_linears(layer + layer)]
+    assert named == ["norm+qkv_proj", "attention_decode", "o_proj", "norm+gate_up_proj", "swiglu+down_proj"] * 2
+
+
 def test_fp8_gemv_variants_are_linears_and_the_norm_one_a_fused_norm():
     sys.path.insert(0, os.path.join(ROOT, "bench"))
     import nsys_decode_profile as p
