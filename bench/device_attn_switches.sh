@@ -33,6 +33,9 @@ if [ "${PIE_SWITCHES_QUICK:-0}" = 1 ]; then
   # The build's defaults (-) against everything off, then each switch alone where the loss was.
   for x in "- - -" "0 0 0" "- - -" "0 0 0"; do r b1_8b $M8 $x $L; done
   for x in "- - -" "0 0 0"; do r b1_moe $MOE $x $L; done
+  # Group 8 at batch 1 on the tensor-core kernel (128 registers, 2 warps: it can launch under the
+  # qkv GEMV, which the 209-register CUDA-core kernel cannot; the RoPE kernel then runs apart).
+  PIE_DECODE_MMA_WIDE=8 r b1_moe_mma8 $MOE - - - $L
   for x in "- - -" "0 0 0" "0 0 1" "1 0 0"; do r b512 $M8 $x $T --num-prompts 2048 --max-num-seqs 512; done
 else
   for x in "0 0 0" "0 1 1" "1 1 1" "0 0 0" "0 1 1"; do r b1_8b $M8 $x $L; done
