@@ -229,7 +229,7 @@ class Engine {
     in_flight_ = launched;
     ahead_ = launched ? cur ^ 1 : cur;
     last_step_ran_ = true;
-    observe(n, t0, wait, rank0_idle());
+    observe(n, t0, wait);
     return outs;
   }
 
@@ -364,19 +364,18 @@ class Engine {
           o.prompt_logprobs = std::move(it->second);
           prompt_logprobs_.erase(it);
         }
-    observe(plan, t0, device, rank0_idle());
+    observe(plan, t0, device);
     return outs;
   }
 
   /// Reports a step that ran to the observer: wall time since t0, of which `device` waited for
   /// the ranks (the rest is host time).
   /// With this call's phase times (StepTiming::schedule_s, apply_s: step() zeroes them).
-  void observe(const sched::StepPlan& plan, clock::time_point t0, clock::duration device,
-               std::optional<double> device_idle) const {
+  void observe(const sched::StepPlan& plan, clock::time_point t0, clock::duration device) const {
     const clock::duration sched = schedule_time_, apply = apply_time_;
     if (!observer_) return;
     StepTiming tm;
-    tm.device_idle_s = device_idle;
+    tm.device_idle_s = rank0_idle();
     tm.total_s = std::chrono::duration<double>(clock::now() - t0).count();
     tm.host_s = tm.total_s - std::chrono::duration<double>(device).count();
     tm.schedule_s = std::chrono::duration<double>(sched).count();
@@ -384,7 +383,7 @@ class Engine {
     observer_(plan, tm);
   }
   /// Rank 0's device idle gap before the step it completed last (StepTiming::device_idle_s).
-  std::optional<double> rank0_idle() {
+  std::optional<double> rank0_idle() const {
     if constexpr (requires(Runner& r) { r.last_idle_s(); }) return exec_->rank(0).last_idle_s();
     else return std::nullopt;
   }

@@ -7,21 +7,13 @@
 /// (measured on an H100, 2026-12-05); each fused path is bit-identical to the separate kernels it
 /// replaces.
 #include <cstdlib>
-#include <string_view>
 
-#include "pie/core/error.hpp"
+#include "pie/core/env_switch.hpp"
 #include "pie/ops/decode_latency_build.hpp"
 
 namespace pie::engine {
 
-/// A 0/1 environment switch: unset or empty → `unset` (off unless a switch is on by default),
-/// "0" → false, "1" → true; anything else is refused with a message naming the variable.
-inline bool env_switch(const char* name, const char* value, bool unset = false) {
-  if (value == nullptr) return unset;
-  const std::string_view v(value);
-  PIE_CHECK(v == "0" || v == "1" || v.empty(), name, " must be 0 or 1, got '", v, "'");
-  return v.empty() ? unset : v == "1";
-}
+using pie::env_switch;  // the engine's switches (decode_context_classes.hpp too) parse through it
 
 /// \brief Which fusions the GPU forward context takes.
 struct FusionSwitches {
@@ -50,7 +42,7 @@ struct FusionSwitches {
     FusionSwitches f;
     const char* rope_attn = std::getenv("PIE_FUSED_ROPE_ATTN");
     f.rope_attn = env_switch("PIE_FUSED_ROPE_ATTN", rope_attn, latency_compiled);
-    f.rope_attn_small_grids_only = f.rope_attn && (rope_attn == nullptr || *rope_attn == '\0');
+    f.rope_attn_small_grids_only = f.rope_attn && env_unset(rope_attn);
     f.rope_kv = env_switch("PIE_FUSED_ROPE_KV", std::getenv("PIE_FUSED_ROPE_KV"));
     f.final_norm = env_switch("PIE_FUSED_FINAL_NORM", std::getenv("PIE_FUSED_FINAL_NORM"));
     f.swiglu = env_switch("PIE_FUSED_SWIGLU", std::getenv("PIE_FUSED_SWIGLU"));

@@ -433,13 +433,16 @@ class CudaRunner {
     PIE_CHECK(collected_ < launched_, "CudaRunner::collect: no step in flight");
     const int k = static_cast<int>(collected_++ & 1);
     PIE_CUDA_CHECK(cudaEventSynchronize(ahead_done_[k].get()));
-    last_gap_ = gaps_.gap_before(ahead_step_[k]);
+    last_completed_ = ahead_step_[k];
     return {ahead_ids_[k].data(), static_cast<size_t>(ahead_n_[k])};
   }
   /// Seconds the GPU sat idle between the previous step's stream work and the last completed
   /// step's (executed, or collected), measured with timing events (StepGapTimer); empty before
-  /// a second step.
-  std::optional<double> last_idle_s() const { return last_gap_; }
+  /// a second step. Read from the events on the call (only an observer asks), so valid until the
+  /// launch after next, as collect()'s ids.
+  std::optional<double> last_idle_s() const {
+    return last_completed_ ? gaps_.gap_before(*last_completed_) : std::nullopt;
+  }
   /// Rank 0: the last step's prompt_logprobs rows, one per StepPlan::prompt_logprob_tokens entry
   /// (empty on other ranks and for steps without them; valid until the next step).
   std::span<const sched::PromptLogprobRow> prompt_logprob_rows() const {
@@ -447,12 +450,12 @@ class CudaRunner {
   }
 
  private:
-  /// The end of a synchronous step: its end event, the wait, the profiler's spans, its gap.
+  /// The end of a synchronous step: its end event, the wait, the profiler's spans.
   void complete_step() {
     gaps_.end(stream_);
     PIE_CUDA_CHECK(cudaStreamSynchronize(stream_));
     prof_.collect();
-    last_gap_ = gaps_.gap_before(gaps_.begun() - 1);
+    last_completed_ = gaps_.begun() - 1;
   }
   static double seconds_since(std::chrono::steady_clock::time_point t0) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -1208,7 +1211,7 @@ class CudaRunner {
   uint64_t launched_ = 0, collected_ = 0;
   StepGapTimer gaps_;              ///< the GPU's idle gap before each step (last_idle_s)
   uint64_t ahead_step_[2] = {0, 0};  ///< gaps_'s step index of each launched-ahead slot
-  std::optional<double> last_gap_;
+  std::optional<uint64_t> last_completed_;  ///< gaps_'s index of the last completed step
 };
 
 }  // namespace pie::engine::cuda

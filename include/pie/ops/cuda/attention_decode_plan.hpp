@@ -7,9 +7,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
-#include <cstring>
 #include <string>
 
+#include "pie/core/env_switch.hpp"
 #include "pie/core/error.hpp"
 #include "pie/ops/decode_latency_build.hpp"  // kDecodeLatencyCompiled: the switches' defaults
 
@@ -79,19 +79,15 @@ struct DecodePlanOptions {
   /// and on for small grids (small_grids_only) in a build with them (`latency_compiled`). Any other
   /// value is an error naming the variable.
   static DecodePlanOptions from_env(bool latency_compiled = kDecodeLatencyCompiled) {
-    auto get = [](const char* name) -> int {  // -1: unset or empty
-      const char* v = std::getenv(name);
-      if (v == nullptr || *v == '\0') return -1;
-      PIE_CHECK(std::strcmp(v, "0") == 0 || std::strcmp(v, "1") == 0, name, " must be 0 or 1, got '", v, "'");
-      return v[0] == '1' ? 1 : 0;
-    };
+    const char* cluster = std::getenv("PIE_DECODE_CLUSTER_MERGE");
+    const char* early = std::getenv("PIE_DECODE_EARLY_PAGES");
     DecodePlanOptions o;
-    o.fused_merge = get("PIE_DECODE_FUSED_MERGE") == 1;
-    const int cluster = get("PIE_DECODE_CLUSTER_MERGE"), early = get("PIE_DECODE_EARLY_PAGES");
-    o.cluster_merge = cluster == 1 || (cluster < 0 && latency_compiled);
-    o.early_pages = early == 1 || (early < 0 && latency_compiled);
+    o.fused_merge = env_switch("PIE_DECODE_FUSED_MERGE", std::getenv("PIE_DECODE_FUSED_MERGE"));
+    o.cluster_merge = env_switch("PIE_DECODE_CLUSTER_MERGE", cluster, latency_compiled);
+    o.early_pages = env_switch("PIE_DECODE_EARLY_PAGES", early, latency_compiled);
     // A switch set to 1 asks for every plan (as when the paths were opt-in); only defaults limit.
-    o.small_grids_only = latency_compiled && cluster != 1 && early != 1;
+    o.small_grids_only = latency_compiled && (env_unset(cluster) || !o.cluster_merge) &&
+                         (env_unset(early) || !o.early_pages);
     return o;
   }
 };
@@ -256,6 +252,13 @@ inline bool decode_rope_supported(const DecodePlan& plan, int kv_bytes) {
 }
 
 namespace detail {
+/// Sets p.small_grid for a launch of `grid_ctas` CTAs on `sm_count` SMs, and keeps the early pages
+/// off grids past one wave when the options limit them to small ones (small_grids_only).
+inline void set_small_grid(DecodePlan& p, int64_t grid_ctas, int sm_count, const DecodePlanOptions& opt) {
+  p.small_grid = grid_ctas <= sm_count;
+  if (opt.small_grids_only && !p.small_grid) p.early_pages = false;
+}
+
 /// The cost model of plan_decode_split (µs; see there): `ctas` (sequence, KV head) pairs over
 /// `slots` resident CTAs, each pair launched as `grid` CTAs that run its `splits` splits of `tps`
 /// tokens (CTA z: splits z, z + grid, …), every sequence `context` tokens long; then the merge of
@@ -324,9 +327,9 @@ inline DecodePlan plan_decode_split(int batch, int num_q_heads, int num_kv_heads
     set_decode_split(p, opt.fixed_split_tokens, max_seq_len, opt.counter_batch);
     p.fixed_split = true;
     p.grid_splits = std::clamp(cm_splits, 1, p.num_splits);
-    p.small_grid = int64_t{batch} * num_kv_heads * p.grid_splits <= sm_count;
-    if (opt.small_grids_only && !p.small_grid) p.early_pages = false;
-    p.deep_ring = int64_t{batch} * num_kv_heads * p.grid_splits <= 2 * int64_t{sm_count};
+    const int64_t grid_ctas = int64_t{batch} * num_kv_heads * p.grid_splits;
+    detail::set_small_grid(p, grid_ctas, sm_count, opt);
+    p.deep_ring = grid_ctas <= 2 * int64_t{sm_count};
     return p;
   }
   const int64_t ctas = int64_t{batch} * num_kv_heads;
@@ -345,8 +348,7 @@ inline DecodePlan plan_decode_split(int batch, int num_q_heads, int num_kv_heads
     if (s == 1 || t < best) { best = t; best_tps = tps; }
   }
   set_decode_split(p, best_tps, max_seq_len, opt.counter_batch);
-  p.small_grid = ctas * p.num_splits <= sm_count;
-  if (opt.small_grids_only && !p.small_grid) p.early_pages = false;
+  detail::set_small_grid(p, ctas * p.num_splits, sm_count, opt);
   if (opt.cluster_merge && (p.small_grid || !opt.small_grids_only)) use_decode_cluster_merge(p);
   return p;
 }
