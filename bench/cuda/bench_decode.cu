@@ -122,7 +122,9 @@ BENCHMARK(BM_DecodeShape<2, 2, 4>)
 /// 4: Qwen3-30B-A3B, group 8). The sweep over tokens_per_split is what decides the fused merge's
 /// split choice (plan_decode_split's fused constants are guesses until it has run).
 /// Merge kinds (argument 3): 0 the merge kernel, 1 fused (atomics), 2 the cluster merge, 3 the
-/// cluster merge with the early pages, 4 the merge kernel with the early pages. (Back-to-back
+/// cluster merge with the early pages, 4 the merge kernel with the early pages, 5 the cluster merge
+/// with the early pages and two CTAs per KV head (DecodePlan::group_parts, GQA groups 8 and 4), 6 the
+/// merge kernel with two CTAs per KV head. (Back-to-back
 /// launches of the same kernel have no data dependence, so the early pages show here only as the
 /// cost of issuing before the wait; their gain is measured in the engine.)
 template <class KV, int Mode = 0>
@@ -135,18 +137,20 @@ void BM_DecodeMerge(benchmark::State& st) {
   fill(q.data(), q.size(), 4);
   oc::DecodePlanOptions opt;
   opt.fused_merge = fused;
-  opt.cluster_merge = kind == 2 || kind == 3;
-  opt.early_pages = kind == 3 || kind == 4;
+  opt.cluster_merge = kind == 2 || kind == 3 || kind == 5;
+  opt.early_pages = kind == 3 || kind == 4 || kind == 5;
   auto plan = oc::plan_decode_attention(batch, kNq, nkv, kHd, ctx, 0, opt);
   if (tps > 0) {
     oc::set_decode_split(plan, tps, ctx);
     if (opt.cluster_merge) oc::use_decode_cluster_merge(plan);
   }
+  const bool parts = (kind == 5 || kind == 6) && oc::use_decode_group_parts(plan, 2);
   DeviceBuffer<unsigned char> ws(std::max<size_t>(plan.workspace_bytes, 256));
   PIE_CUDA_CHECK(cudaMemset(ws.data(), 0, ws.size()));  // the fused merge's counters start at zero
-  static const char* kKind[] = {"2-kernel", "fused", "cluster", "cluster+early", "2-kernel+early"};
+  static const char* kKind[] = {"2-kernel", "fused", "cluster", "cluster+early", "2-kernel+early",
+                                "cluster+early+parts", "2-kernel+parts"};
   std::string what = std::string(sizeof(KV) == 1 ? "dec fp8kv " : "dec ") + kKind[kind] +
-                     (plan.cluster_merge || kind < 2 || kind == 4 ? "" : "(n/a)") +
+                     ((plan.cluster_merge || kind < 2 || kind == 4 || kind == 6) && (parts || kind < 5) ? "" : "(n/a)") +
                      (nkv == kNkv ? "" : " g" + std::to_string(kNq / nkv)) + (Mode == 4 ? " tc" : "");
   report(st, shape_name(what.c_str(), batch, ctx, 16, plan.num_splits) + " tps" + std::to_string(plan.tokens_per_split),
          decode_bytes(batch, ctx, sizeof(KV), nkv), 0, [&] {
@@ -182,6 +186,13 @@ BENCHMARK(BM_DecodeMerge<bf16>)
   PIE_CLUSTER_ROWS(8, 1024, 0, 8) ->UseManualTime()->Iterations(1)
 BENCHMARK(BM_DecodeMerge<bf16>) PIE_CLUSTER_PLANS;
 BENCHMARK(BM_DecodeMerge<fp8_e4m3>) PIE_CLUSTER_PLANS;
+// Two CTAs per KV head at group 8 (Qwen3-30B-A3B's batch 1 and 4) and group 4 (Qwen3-8B's batch 1)
+// against one, bf16 K/V.
+#define PIE_PARTS_ROWS(b, ctx, nkv) \
+  ->Args({b, ctx, 0, 0, nkv})->Args({b, ctx, 0, 3, nkv})->Args({b, ctx, 0, 5, nkv})->Args({b, ctx, 0, 6, nkv})
+BENCHMARK(BM_DecodeMerge<bf16>) PIE_PARTS_ROWS(1, 192, 4) PIE_PARTS_ROWS(1, 512, 4) PIE_PARTS_ROWS(1, 2048, 4)
+    PIE_PARTS_ROWS(4, 512, 4) PIE_PARTS_ROWS(1, 192, 8) PIE_PARTS_ROWS(1, 512, 8) ->UseManualTime()->Iterations(1);
+#undef PIE_PARTS_ROWS
 #undef PIE_CLUSTER_PLANS
 #undef PIE_CLUSTER_ROWS
 #endif  // PIE_DECODE_LATENCY

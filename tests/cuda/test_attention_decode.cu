@@ -521,7 +521,8 @@ TEST(DecodeAttention, BF16ShortContextsSplitIn64TokenChunksMatchReference) {
 template <class T, class KV, class Variant = attention::Causal, int Mode = 0>
 double run_decode_fused(int bs, int hd, int group, int nkv, const std::vector<int>& lens, uint32_t seed,
                         int force_splits, int plan_len = 0, Variant var = {}, int* splits_out = nullptr,
-                        ops::cuda::DecodePlanOptions fo = {.fused_merge = true}, bool* cluster_out = nullptr) {
+                        ops::cuda::DecodePlanOptions fo = {.fused_merge = true}, bool* cluster_out = nullptr,
+                        int parts = 1) {
   std::mt19937 rng(seed);
   const int batch = static_cast<int>(lens.size()), nq = nkv * group;
   RandomCache<KV> cache(lens, nkv, hd, bs, rng);
@@ -537,6 +538,10 @@ double run_decode_fused(int bs, int hd, int group, int nkv, const std::vector<in
     ops::cuda::set_decode_split(two, tps, len);
     ops::cuda::set_decode_split(one, tps, len, fo.counter_batch);
     if (fo.cluster_merge) ops::cuda::use_decode_cluster_merge(one);
+  }
+  if (parts > 1) {  // both launches with group parts: the merges compared on the same CTAs' partials
+    EXPECT_TRUE(ops::cuda::use_decode_group_parts(two, parts)) << two.num_splits << " splits";
+    EXPECT_TRUE(ops::cuda::use_decode_group_parts(one, parts)) << one.num_splits << " splits";
   }
   if (cluster_out) *cluster_out = one.cluster_merge;
   EXPECT_EQ(one.num_splits, two.num_splits);
@@ -698,14 +703,14 @@ TEST(DecodeAttentionFusedMergeMore, RefusesAPlanWithoutCountersForTheBatch) {
 /// to the merge kernel, eager and replayed from a graph. Returns the relative error to the CPU.
 template <class T, class KV, class Variant = attention::Causal, int Mode = 0>
 double run_decode_cluster(int bs, int hd, int group, int nkv, const std::vector<int>& lens, uint32_t seed,
-                          int force_splits, bool early, Variant var = {}, bool expect_cluster = true) {
+                          int force_splits, bool early, Variant var = {}, bool expect_cluster = true, int parts = 1) {
   ops::cuda::DecodePlanOptions o;
   o.cluster_merge = true;
   o.early_pages = early;
   int splits = 0;
   bool cluster = false;
   const double e = run_decode_fused<T, KV, Variant, Mode>(bs, hd, group, nkv, lens, seed, force_splits, 0, var,
-                                                          &splits, o, &cluster);
+                                                          &splits, o, &cluster, parts);
   if (force_splits > 0) EXPECT_EQ(splits, force_splits);
   EXPECT_EQ(cluster, expect_cluster) << splits << " splits";
   return e;
@@ -811,9 +816,10 @@ TEST(DecodeAttentionEarlyPages, BitIdenticalWithoutClusterAndInFixedSplits) {
 /// The same raw qkv rows and cache through qk_norm_rope + kv_write + decode_attention and through
 /// decode_attention with `rope`: the output, qkv (q and k rotated in place, v untouched) and every
 /// cache byte must be the same. `force_splits` 1: one split; > 1 with the cluster merge.
+/// `parts` > 1: both launches with that many CTAs per KV head (DecodePlan::group_parts).
 template <class T>
 void run_decode_rope(int bs, int hd, int group, int nkv, const std::vector<int>& lens, uint32_t seed, int force_splits,
-                     bool norms, bool early, bool scaled_rope = false) {
+                     bool norms, bool early, bool scaled_rope = false, int parts = 1) {
   std::mt19937 rng(seed);
   const int batch = static_cast<int>(lens.size()), nq = nkv * group;
   const int64_t row = int64_t(nq + 2 * nkv) * hd;
@@ -848,6 +854,7 @@ void run_decode_rope(int bs, int hd, int group, int nkv, const std::vector<int>&
   auto plan = ops::cuda::plan_decode_attention(batch, nq, nkv, hd, max_len, 132, o);
   ops::cuda::set_decode_split(plan, (max_len + force_splits - 1) / force_splits, max_len);
   if (force_splits > 1) ASSERT_TRUE(ops::cuda::use_decode_cluster_merge(plan)) << plan.num_splits << " splits";
+  if (parts > 1) ASSERT_TRUE(ops::cuda::use_decode_group_parts(plan, parts)) << plan.num_splits << " splits";
   ASSERT_EQ(plan.num_splits, force_splits);
   ASSERT_TRUE(ops::cuda::decode_rope_supported(plan, 2));
   auto heads_of = [&](DeviceBuffer<T>& buf, int64_t off, int h) {
@@ -950,6 +957,89 @@ TEST(DecodeAttentionRopeMore, RefusesPlansItCannotServe) {
                std::exception);
   EXPECT_FALSE(ops::cuda::decode_rope_supported(ops::cuda::plan_decode_attention(2, 8, 2, 128, 100, 132, {}), 1))
       << "an fp8 cache takes the tensor-core kernel";
+}
+
+// ---- two CTAs per KV head at GQA group 8 (DecodePlan::group_parts) ----------------------------
+
+// Each part serves half of the KV head's query heads (four of eight; two of four, opt-in for
+// Qwen3-8B). Against the CPU within tolerance, and
+// the merges (a cluster of both parts and every split, or the merge kernel) bit-identical on the
+// parts' partials: 1 split (a cluster of the two parts alone), 2 to 8 splits (8: a cluster of 16
+// CTAs, past the portable size), early pages on and off, eager and replayed from a graph.
+TEST(DecodeAttentionGroupParts, Groups8And4ClusterAndMergeKernelMatchCpu) {
+  for (int group : {8, 4})
+    for (int bs : {8, 16})
+      for (int hd : {64, 128}) {
+        const std::vector<int> lens = {1, bs + 3, 1024, 3 * bs - 1, 77};
+        for (int force : {1, 2, 3, 4, 8})
+          for (bool early : {false, true}) {
+            SCOPED_TRACE("group " + std::to_string(group) + " block " + std::to_string(bs) + " head dim " +
+                         std::to_string(hd) + ", " + std::to_string(force) + " splits, early pages " +
+                         std::to_string(early));
+            const double e = run_decode_cluster<bf16, bf16>(bs, hd, group, 2, lens, 41000 + bs * hd + force + group,
+                                                            force, early, {}, force > 1, 2);
+            EXPECT_LT(e, tol<bf16>()) << e;
+          }
+      }
+  // The merge kernel's many splits (no cluster past 8 splits), f16 and a variant.
+  ops::cuda::DecodePlanOptions none;
+  const std::vector<int> lens = {5, 300, 1024, 2000};
+  double e = run_decode_fused<f16, f16>(16, 128, 8, 2, lens, 41500, 16, 0, {}, nullptr, none, nullptr, 2);
+  EXPECT_LT(e, tol<f16>()) << "16 splits: " << e;
+  e = run_decode_fused<bf16, bf16, attention::SlidingWindow<100>>(16, 128, 8, 2, lens, 41501, 5, 0, {}, nullptr, none,
+                                                                  nullptr, 2);
+  EXPECT_LT(e, tol<bf16>()) << "sliding window, 5 splits: " << e;
+  // The engine's batch-1 plan for Qwen3-30B-A3B (4 KV heads) at its 512-token graph class.
+  ops::cuda::DecodePlanOptions eng = ops::cuda::DecodePlanOptions::from_env(true);
+  eng.cluster_merge = eng.split_groups = true;
+  const auto b1 = ops::cuda::plan_decode_attention(1, 32, 4, 128, 512, 132, eng);
+  EXPECT_EQ(b1.group_parts, 2);
+  EXPECT_EQ(b1.num_splits, 8);
+  EXPECT_TRUE(b1.cluster_merge);
+  e = run_decode_cluster<bf16, bf16>(16, 128, 8, 4, {192}, 41502, 8, true, {}, true, 2);
+  EXPECT_LT(e, tol<bf16>()) << "b1 ctx192 in 8 splits: " << e;
+  e = run_decode_cluster<bf16, bf16>(16, 128, 4, 8, {192}, 41503, 8, true, {}, true, 2);
+  EXPECT_LT(e, tol<bf16>()) << "Qwen3-8B b1 ctx192 in 8 splits: " << e;
+}
+
+// The RoPE inside attention with group parts: each owner part rotates the K row for its stage,
+// the lead alone writes the cache row and K back; output, qkv and the cache bit-identical to the
+// RoPE kernel + KV write + attention on the same parts.
+TEST(DecodeAttentionGroupParts, RopeInsideBitIdenticalToSeparateKernels) {
+  for (int group : {8, 4})
+    for (int bs : {8, 16})
+      for (int hd : {64, 128, 256}) {
+        const std::vector<int> lens = {1, 0, bs, bs + 1, 150, 1024};
+        for (int splits : {1, 3, 8}) {
+          SCOPED_TRACE("group " + std::to_string(group) + " block " + std::to_string(bs) + " head dim " +
+                       std::to_string(hd) + ", " + std::to_string(splits) + " splits");
+          run_decode_rope<bf16>(bs, hd, group, 2, lens, 42000 + bs * hd + splits + group, splits, true, true, false, 2);
+          run_decode_rope<f16>(bs, hd, group, 2, lens, 42100 + bs * hd + splits + group, splits, false, false, true, 2);
+        }
+      }
+  run_decode_rope<bf16>(16, 128, 8, 4, {192}, 42200, 8, true, true, false, 2);  // Qwen3-30B-A3B, batch 1
+  run_decode_rope<bf16>(16, 128, 4, 8, {192}, 42201, 8, true, true, false, 2);  // Qwen3-8B, batch 1
+}
+
+// Where parts cannot serve: groups other than 4 and 8, the fused merge, a fixed split, a cluster past 16 CTAs;
+// decode_attention refuses a parts plan over an fp8 cache.
+TEST(DecodeAttentionGroupParts, RefusedWhereItCannotServe) {
+  auto p2 = ops::cuda::plan_decode_attention(1, 32, 16, 128, 192, 132, {});
+  EXPECT_FALSE(ops::cuda::use_decode_group_parts(p2, 2)) << "group 2";
+  ops::cuda::DecodePlanOptions fu;
+  fu.fused_merge = true;
+  auto pf = ops::cuda::plan_decode_attention(1, 32, 4, 128, 192, 132, fu);
+  EXPECT_FALSE(ops::cuda::use_decode_group_parts(pf, 2)) << "fused merge";
+  auto p8 = ops::cuda::plan_decode_attention(1, 32, 4, 128, 512, 132, {});
+  ops::cuda::use_decode_cluster_merge(p8);
+  ASSERT_TRUE(ops::cuda::use_decode_group_parts(p8, 2));
+  std::mt19937 rng(42300);
+  RandomCache<fp8_e4m3> cache({192}, 4, 128, 16, rng);
+  DeviceBuffer<bf16> q(size_t(32) * 128), o(q.size());
+  EXPECT_THROW(ops::cuda::decode_attention(q.view({1, 32, 128}), cache.device(), o.view({1, 32, 128}), p8, nullptr,
+                                           0.1f),
+               std::exception)
+      << "an fp8 cache";
 }
 #endif  // PIE_DECODE_LATENCY
 

@@ -343,6 +343,101 @@ TEST(DecodePlan, FixedSplitIsForSixteenBitCachesAtGroups4And8) {
   EXPECT_EQ(decode_plan_options(2, 4, 256).fixed_split_tokens, 0);
 }
 
+// Group parts (DecodePlanOptions::split_groups): PIE_DECODE_SPLIT_GROUP unset means on for small
+// grids in a build with the latency paths; 16-bit caches only, never with a fixed split.
+TEST(DecodePlan, SplitGroupsDefaultToSmallGridsOfSixteenBitCaches) {
+  ::unsetenv("PIE_DECODE_SPLIT_GROUP");
+  ::unsetenv("PIE_DECODE_MMA_WIDE");
+  auto o = DecodePlanOptions::from_env(false);
+  EXPECT_FALSE(o.split_groups || o.split_groups_small_grids_only) << "a build without the latency paths";
+  o = DecodePlanOptions::from_env(true);
+  EXPECT_TRUE(o.split_groups && o.split_groups_small_grids_only);
+  ::setenv("PIE_DECODE_SPLIT_GROUP", "1", 1);
+  o = DecodePlanOptions::from_env(true);
+  EXPECT_TRUE(o.split_groups);
+  EXPECT_FALSE(o.split_groups_small_grids_only) << "asked for: every plan";
+  ::setenv("PIE_DECODE_SPLIT_GROUP", "0", 1);
+  EXPECT_FALSE(DecodePlanOptions::from_env(true).split_groups);
+  ::setenv("PIE_DECODE_SPLIT_GROUP", "2", 1);
+  EXPECT_THROW(DecodePlanOptions::from_env(true), pie::Error);
+  ::setenv("PIE_DECODE_SPLIT_GROUP", "1", 1);
+  EXPECT_TRUE(decode_plan_options(2, 8, 128).split_groups);
+  EXPECT_FALSE(decode_plan_options(1, 8, 128).split_groups) << "fp8 takes the tensor-core kernel";
+  ::unsetenv("PIE_DECODE_SPLIT_GROUP");
+  EXPECT_FALSE(DecodePlanOptions::from_env(true).split_group4) << "group 4: opt-in";
+  ::setenv("PIE_DECODE_SPLIT_GROUP4", "1", 1);
+  EXPECT_TRUE(DecodePlanOptions::from_env(true).split_group4);
+  EXPECT_FALSE(decode_plan_options(1, 4, 128).split_group4);
+  ::unsetenv("PIE_DECODE_SPLIT_GROUP4");
+}
+
+// Two CTAs of four query heads per (sequence, KV head) at GQA group 8: where the doubled grid is
+// one wave (small_grids_only) or everywhere (asked for), with a cluster of at most 16 CTAs
+// (kDecodeMaxClusterCtas); the split is the cost model's either way, and the CTA shape (stages,
+// CTAs per SM) is the four-head kernel's.
+TEST(DecodePlan, GroupPartsForGroupEightWhereTheDoubledGridIsOneWave) {
+  DecodePlanOptions small;
+  small.cluster_merge = small.early_pages = small.small_grids_only = true;
+  small.split_groups = small.split_groups_small_grids_only = true;
+  DecodePlanOptions all = small;
+  all.split_groups_small_grids_only = false;
+  DecodePlanOptions off = small;
+  off.split_groups = false;
+  struct Case { int batch, len, parts, splits; bool cluster; };
+  // Qwen3-30B-A3B (32 q / 4 KV heads): batch 1 at 192 (3 splits), at its 512-token graph class (8
+  // splits: a cluster of 16), at 2048 (32 splits: 128 CTAs, doubled past one wave); batch 8 at 192
+  // (3 splits: 96 CTAs, doubled past one wave).
+  for (const Case c : {Case{1, 192, 2, 3, true}, Case{1, 512, 2, 8, true}, Case{1, 2048, 1, 32, false},
+                       Case{8, 192, 1, 3, true}, Case{64, 512, 1, 1, false}}) {
+    SCOPED_TRACE(std::to_string(c.batch) + " x " + std::to_string(c.len));
+    const auto s = plan_decode_split(c.batch, 32, 4, 128, c.len, 132, small);
+    const auto f = plan_decode_split(c.batch, 32, 4, 128, c.len, 132, off);
+    EXPECT_EQ(s.group_parts, c.parts);
+    EXPECT_EQ(f.group_parts, 1);
+    EXPECT_EQ(s.num_splits, c.splits);
+    EXPECT_EQ(s.num_splits, f.num_splits);
+    EXPECT_EQ(s.tokens_per_split, f.tokens_per_split);
+    EXPECT_EQ(s.cluster_merge, c.cluster);
+    EXPECT_EQ(s.stages, c.parts == 2 ? detail::decode_stages(4) : detail::decode_stages(8));
+    EXPECT_EQ(s.ctas_per_sm, c.parts == 2 ? detail::decode_ctas_per_sm(4) : detail::decode_ctas_per_sm(8));
+    if (c.parts == 2) EXPECT_LE(2 * c.batch * 4 * s.num_splits, 132);
+  }
+  // Asked for everywhere: past one wave too (no cluster merge past 8 splits, the merge kernel).
+  const auto w = plan_decode_split(1, 32, 4, 128, 2048, 132, all);
+  EXPECT_EQ(w.group_parts, 2);
+  EXPECT_FALSE(w.cluster_merge);
+  EXPECT_FALSE(w.small_grid);
+  // Group 4 (Qwen3-8B) only when asked for (split_group4), group 2 never; the fused merge and a
+  // fixed split never.
+  EXPECT_EQ(plan_decode_split(1, 32, 8, 128, 192, 132, all).group_parts, 1);
+  DecodePlanOptions g4 = small;
+  g4.split_group4 = true;
+  const auto p4 = plan_decode_split(1, 32, 8, 128, 512, 132, g4);
+  EXPECT_EQ(p4.group_parts, 2) << "Qwen3-8B batch 1 at its 512-token class: 8 x 8 x 2 = 128 CTAs";
+  EXPECT_EQ(p4.stages, detail::decode_stages(2));
+  EXPECT_EQ(plan_decode_split(2, 32, 8, 128, 512, 132, g4).group_parts, 1) << "256 CTAs";
+  EXPECT_EQ(plan_decode_split(1, 32, 16, 128, 192, 132, g4).group_parts, 1);
+  DecodePlanOptions fu = all;
+  fu.fused_merge = true;
+  EXPECT_EQ(plan_decode_split(1, 32, 4, 128, 192, 132, fu).group_parts, 1);
+  DecodePlanOptions fx = all;
+  fx.fixed_split_tokens = kDecodeFixedSplitTokens;
+  EXPECT_EQ(plan_decode_split(1, 32, 4, 128, 192, 132, fx).group_parts, 1);
+  // A forced split keeps the cluster within 16 CTAs: parts of 8 splits, not of 16.
+  auto p = plan_decode_split(1, 32, 4, 128, 1024, 132, {});
+  set_decode_split(p, 128, 1024);
+  ASSERT_TRUE(use_decode_cluster_merge(p));
+  EXPECT_TRUE(use_decode_group_parts(p, 2));
+  EXPECT_EQ(p.num_splits * p.group_parts, kDecodeMaxClusterCtas);
+  set_decode_split(p, 64, 1024);  // 16 splits: no cluster merge
+  EXPECT_FALSE(p.cluster_merge);
+  EXPECT_FALSE(use_decode_cluster_merge(p));
+  EXPECT_FALSE(use_decode_group_parts(p, 3)) << "two parts only";
+  EXPECT_TRUE(use_decode_group_parts(p, 1));
+  EXPECT_EQ(p.group_parts, 1);
+  EXPECT_EQ(p.stages, detail::decode_stages(8));
+}
+
 TEST(DecodePlan, RejectsBadShapes) {
   EXPECT_THROW(plan_decode_split(1, 30, 8, 128, 100, 132), std::exception);
   EXPECT_THROW(plan_decode_split(1, 32, 8, 128, 100, 0), std::exception);

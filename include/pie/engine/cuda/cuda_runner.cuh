@@ -798,11 +798,12 @@ class CudaRunner {
     auto opt = ops::cuda::decode_plan_options(int(sizeof(KV)), c.num_attention_heads / c.num_key_value_heads,
                                               c.head_dim);
     opt.counter_batch = opt_.sched.max_num_seqs;
-    // PIE_DECODE_CLUSTER_MERGE=1 / PIE_DECODE_EARLY_PAGES=1: the latency paths, compiled only with
-    // -DPIE_DECODE_LATENCY=ON (refused here, at the runner's start, in a build without them).
-    PIE_CHECK(ops::cuda::detail::kDecodeLatencyPaths || !(opt.cluster_merge || opt.early_pages),
-              "PIE_DECODE_CLUSTER_MERGE / PIE_DECODE_EARLY_PAGES: this build has no decode latency paths "
-              "(configure with -DPIE_DECODE_LATENCY=ON)");
+    // PIE_DECODE_CLUSTER_MERGE=1 / PIE_DECODE_EARLY_PAGES=1 / PIE_DECODE_SPLIT_GROUP=1: the latency
+    // paths, compiled only with -DPIE_DECODE_LATENCY=ON (refused here, at the runner's start, in a
+    // build without them).
+    PIE_CHECK(ops::cuda::detail::kDecodeLatencyPaths || !(opt.cluster_merge || opt.early_pages || opt.split_groups),
+              "PIE_DECODE_CLUSTER_MERGE / PIE_DECODE_EARLY_PAGES / PIE_DECODE_SPLIT_GROUP: this build has no decode "
+              "latency paths (configure with -DPIE_DECODE_LATENCY=ON)");
     return ops::cuda::plan_decode_attention(batch, c.num_attention_heads, c.num_key_value_heads, c.head_dim, max_len,
                                             0, opt);
   }

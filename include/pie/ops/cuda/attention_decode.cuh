@@ -98,7 +98,8 @@ __device__ __forceinline__ void decode_body(const DecodeParams<T, KV, Variant>& 
   constexpr bool ROPE = (FMODE & kDecodeRope) != 0;
   using S = DecodeShape<HD, GROUP, NW, STAGES, KV>;
   constexpr int LPT = S::LPT, TG = S::TG, NG = S::NG, U = S::U, TOK = S::TOK;
-  const int kvh = blockIdx.x, b = blockIdx.y, split = blockIdx.z;
+  // vh: the CTA's part of its KV head's query heads (DecodeParams::group_shift), or the KV head.
+  const int vh = blockIdx.x, kvh = decode_kv_head(p, vh), b = blockIdx.y, split = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int tg = lane / LPT, sub = lane % LPT, ng = warp * TG + tg;
   KV* ring_base = reinterpret_cast<KV*>(smem);
@@ -119,7 +120,7 @@ __device__ __forceinline__ void decode_body(const DecodeParams<T, KV, Variant>& 
     if constexpr (ROPE)
       load8(rsm.q + g * HD + sub * 8, q[g]);
     else
-      load8(p.q + b * p.q_stride + int64_t(kvh * GROUP + g) * HD + sub * 8, q[g]);
+      load8(p.q + b * p.q_stride + int64_t(vh * GROUP + g) * HD + sub * 8, q[g]);
 #pragma unroll
     for (int j = 0; j < 8; ++j) q[g][j] *= q_scale;
   }
@@ -147,7 +148,7 @@ __device__ __forceinline__ void decode_body(const DecodeParams<T, KV, Variant>& 
     const int ts = t_lo + it * TOK;
     if constexpr (ROPE)
       decode_rope_inject<HD, TOK, NW>(p, own, rsm, ring_base + slot * S::STAGE_ELEMS,
-                                      ring_base + slot * S::STAGE_ELEMS + TOK * HD, ts, kvh);
+                                      ring_base + slot * S::STAGE_ELEMS + TOK * HD, ts, vh);
     if constexpr (MODE == 1) {  // benchmark only: the pages' movement without the arithmetic
 #pragma unroll
       for (int u = 0; u < U; ++u) {
@@ -347,11 +348,11 @@ __device__ __forceinline__ void decode_body(const DecodeParams<T, KV, Variant>& 
   }
   __syncthreads();
   if constexpr (ROPE) {
-    decode_store_merged<HD, GROUP, NW, FUSED>(p, s_acc, kvh, b, split, p.num_splits, [&] {
-      if (own.owner) decode_rope_write_back<HD, GROUP, NW>(p, b, kvh, rsm);
+    decode_store_merged<HD, GROUP, NW, FUSED>(p, s_acc, vh, b, split, p.num_splits, [&] {
+      if (own.owner) decode_rope_write_back<HD, GROUP, NW>(p, b, vh, rsm);
     });
   } else {
-    decode_store_merged<HD, GROUP, NW, FUSED>(p, s_acc, kvh, b, split, p.num_splits);
+    decode_store_merged<HD, GROUP, NW, FUSED>(p, s_acc, vh, b, split, p.num_splits);
   }
 }
 
@@ -421,20 +422,33 @@ void launch_decode_kernel(size_t smem, const DecodeParams<T, KV, Variant>& p, in
   int device = 0;
   PIE_CUDA_CHECK(cudaGetDevice(&device));
   const uint64_t bit = uint64_t{1} << (device & 63);
+  const int parts = kDecodeLatencyPaths ? 1 << p.group_shift : 1;  // CTAs per (sequence, KV head) and split
+  const bool cluster_merge = kDecodeLatencyPaths && p.cluster_merge;
+  const bool wide_cluster = parts * (cluster_merge ? p.num_splits : 1) > kDecodeMaxClusterSplits;
   if (!(smem_set.load(std::memory_order_relaxed) & bit)) {
     PIE_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     smem_set.fetch_or(bit, std::memory_order_relaxed);
   }
-  dim3 grid(p.kv.num_kv_heads, batch, grid_splits > 0 ? grid_splits : p.num_splits);
-  if (kDecodeLatencyPaths && p.cluster_merge) {  // one cluster per (sequence, KV head): merged in shared memory
-    launch_pdl_cluster(kern, grid, dim3(NW * 32), smem, stream, dim3(1, 1, p.num_splits), p);
-    return;
+  if constexpr (kDecodeLatencyPaths) {  // clusters of group parts past the portable 8 CTAs (kDecodeMaxClusterCtas)
+    static std::atomic<uint64_t> wide_set{0};
+    if (wide_cluster && !(wide_set.load(std::memory_order_relaxed) & bit)) {
+      PIE_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+      wide_set.fetch_or(bit, std::memory_order_relaxed);
+    }
   }
-  launch_pdl(kern, grid, dim3(NW * 32), smem, stream, p);
-  if (!FUSED && p.num_splits > 1) {
-    launch_pdl(decode_merge_kernel<HD, T>, dim3(unsigned(int64_t(batch) * p.kv.num_kv_heads * GROUP)), dim3(128), 0,
-               stream, static_cast<const float*>(p.part_o), static_cast<const float*>(p.part_lse), p.num_splits,
-               batch, p.kv.num_kv_heads * GROUP, p.out, p.out_stride, p.kv.indptr, p.kv.last_page_len,
+  dim3 grid(unsigned(p.kv.num_kv_heads * parts), batch, grid_splits > 0 ? grid_splits : p.num_splits);
+  // One cluster per (sequence, KV head): its splits merge in shared memory (cluster_merge), and its
+  // parts order the fused RoPE's write-back after every part's prologue (group parts).
+  if (cluster_merge || parts > 1)
+    launch_pdl_cluster(kern, grid, dim3(NW * 32), smem, stream,
+                       dim3(unsigned(parts), 1, cluster_merge ? unsigned(p.num_splits) : 1u), p);
+  else
+    launch_pdl(kern, grid, dim3(NW * 32), smem, stream, p);
+  if (!FUSED && !cluster_merge && p.num_splits > 1) {
+    const int nq = p.kv.num_kv_heads * parts * GROUP;
+    launch_pdl(decode_merge_kernel<HD, T>, dim3(unsigned(int64_t(batch) * nq)), dim3(128), 0, stream,
+               static_cast<const float*>(p.part_o), static_cast<const float*>(p.part_lse), p.num_splits, batch, nq,
+               p.out, p.out_stride, p.kv.indptr, p.kv.last_page_len,
                p.kv.block_size, p.tokens_per_split, p.split_loop);
   }
 }
@@ -523,6 +537,15 @@ void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out,
             plan.num_splits, " splits)");
   PIE_CHECK(rope == nullptr || (rope->positions != nullptr && rope->k_new != nullptr && rope->v_new != nullptr),
             "decode_attention: the fused RoPE needs positions and the K/V rows");
+  const int parts = plan.group_parts;
+  PIE_CHECK(parts == 1 || (detail::kDecodeLatencyPaths && parts == 2 &&
+                           (nq == 8 * cache.num_kv_heads || nq == 4 * cache.num_kv_heads) &&
+                           sizeof(KV) == 2 && Warps == 0 && (Mode == 0 || Mode == 1) && !plan.fixed_split &&
+                           !plan.fused_merge &&
+                           parts * (plan.cluster_merge ? plan.num_splits : 1) <= kDecodeMaxClusterCtas),
+            "decode_attention: ", parts, " CTAs per KV head need a build with -DPIE_DECODE_LATENCY=ON, GQA group 4 or 8, "
+            "a 16-bit cache, the CUDA-core kernel's default shape, neither a fixed split nor the fused merge, and ",
+            kDecodeMaxClusterCtas, " CTAs at most per cluster (use_decode_group_parts)");
   if (batch == 0) return;
   using D = device_t<T>;
   using DKV = device_t<KV>;
@@ -546,6 +569,7 @@ void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out,
   p.variant = variant;
   p.cluster_merge = plan.cluster_merge;
   p.early_pages = plan.early_pages;
+  p.group_shift = parts == 2 ? 1 : 0;
   if (rope != nullptr) {
     p.rope.positions = rope->positions;
     p.rope.q_norm = dev(rope->q_norm);
@@ -557,7 +581,7 @@ void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out,
     p.rope.row_stride = rope->row_stride;
   }
   PIE_DISPATCH_HEAD_DIM(cache.head_dim, HD, [&] {
-    PIE_DISPATCH_GQA_GROUP(nq / cache.num_kv_heads, GROUP, [&] {
+    PIE_DISPATCH_GQA_GROUP(nq / cache.num_kv_heads / parts, GROUP, [&] {
       constexpr bool kMma = (Mode == 4 ? detail::kDecodeMma<HD, GROUP, DKV> : detail::kDecodeMmaDefault<HD, GROUP, DKV>) &&
                             Mode != 2 && Mode != 3;
       constexpr int kBase = Mode == 3 || Mode == 4 ? 0 : Mode;

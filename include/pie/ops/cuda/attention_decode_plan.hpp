@@ -34,6 +34,11 @@ constexpr int decode_ctas_per_sm(int group) { return group >= 8 ? 2 : 4; }
 /// Most splits of one (sequence, KV head) that a cluster merge serves: the portable cluster size,
 /// so every CTA of a pair is resident on one GPC and the launch needs no attribute.
 inline constexpr int kDecodeMaxClusterSplits = 8;
+/// Most CTAs of one cluster with group parts (DecodePlan::group_parts · num_splits): 16, a
+/// non-portable size that Hopper allows (the launch sets cudaFuncAttributeNonPortableClusterSizeAllowed),
+/// so that the batch-1 plans of the smallest graph context class (512 tokens: 8 splits of 64)
+/// keep their splits when each is served by two parts.
+inline constexpr int kDecodeMaxClusterCtas = 16;
 
 /// \brief How the split partials of a decode launch are merged, and what the plan may assume.
 struct DecodePlanOptions {
@@ -72,15 +77,32 @@ struct DecodePlanOptions {
   /// cost throughput (H100, 2026-12-05: with RoPE inside, batch-1 ITL −1.2% on Qwen3-8B and −2.3%
   /// on Qwen3-30B-A3B, but 2048 × (128, 128) −2.9%). The default of a build with the paths.
   bool small_grids_only = false;
+  /// At GQA groups of 8, each (sequence, KV head) is served by two CTAs of four query heads each
+  /// (DecodePlan::group_parts) instead of one CTA of eight: both read the KV head's pages (the
+  /// second mostly from L2), each does half the arithmetic, and the four-head kernel holds 128
+  /// registers instead of 209, so that under programmatic dependent launch it fits beside the qkv
+  /// projection's CTAs and starts early (H100 trace, 2026-12-06: Qwen3-30B-A3B's batch-1 attention
+  /// took 18.6 µs a layer against Qwen3-8B's 13.0 at group 4). 16-bit K/V on the CUDA-core kernel
+  /// only (decode_plan_options clears it for the others).
+  bool split_groups = false;
+  /// split_groups only where the doubled grid still fits one wave of one CTA per SM (the latency
+  /// regime; DecodePlan::small_grid). The default of a build with the latency paths.
+  bool split_groups_small_grids_only = false;
+  /// The same at GQA group 4 (two CTAs of two query heads; Qwen3-8B's batch 1), on the same grid
+  /// rule. Opt-in (`PIE_DECODE_SPLIT_GROUP4=1`) until measured: a two-head CTA converts and reads
+  /// every K/V element for half the FMAs of a four-head one.
+  bool split_group4 = false;
 
   /// The fused merge is `PIE_DECODE_FUSED_MERGE=1` (opt-in: never measured faster). The cluster
   /// merge (`PIE_DECODE_CLUSTER_MERGE`) and the early pages (`PIE_DECODE_EARLY_PAGES`) are `1`: on
   /// for every plan that can take them, `0`: off, unset: off in a build without the latency paths
   /// and on for small grids (small_grids_only) in a build with them (`latency_compiled`). Any other
-  /// value is an error naming the variable.
+  /// value is an error naming the variable. `PIE_DECODE_SPLIT_GROUP` (split_groups) takes the same
+  /// values, with its own small-grid default (split_groups_small_grids_only).
   static DecodePlanOptions from_env(bool latency_compiled = kDecodeLatencyCompiled) {
     const char* cluster = std::getenv("PIE_DECODE_CLUSTER_MERGE");
     const char* early = std::getenv("PIE_DECODE_EARLY_PAGES");
+    const char* split_group = std::getenv("PIE_DECODE_SPLIT_GROUP");
     DecodePlanOptions o;
     o.fused_merge = env_switch("PIE_DECODE_FUSED_MERGE", std::getenv("PIE_DECODE_FUSED_MERGE"));
     o.cluster_merge = env_switch("PIE_DECODE_CLUSTER_MERGE", cluster, latency_compiled);
@@ -88,6 +110,9 @@ struct DecodePlanOptions {
     // A switch set to 1 asks for every plan (as when the paths were opt-in); only defaults limit.
     o.small_grids_only = latency_compiled && (env_unset(cluster) || !o.cluster_merge) &&
                          (env_unset(early) || !o.early_pages);
+    o.split_groups = env_switch("PIE_DECODE_SPLIT_GROUP", split_group, latency_compiled);
+    o.split_groups_small_grids_only = latency_compiled && env_unset(split_group);
+    o.split_group4 = env_switch("PIE_DECODE_SPLIT_GROUP4", std::getenv("PIE_DECODE_SPLIT_GROUP4"));
     return o;
   }
 };
@@ -139,6 +164,8 @@ inline DecodePlanOptions decode_plan_options(int kv_bytes, int group, int head_d
 #endif
     o.fixed_split_tokens = kDecodeFixedSplitTokens;
   }
+  // Two CTAs per KV head: the CUDA-core kernel's path only (16-bit K/V, the cost model's split).
+  if (kv_bytes != 2 || o.fixed_split_tokens > 0) o.split_groups = o.split_group4 = false;
   return o;
 }
 
@@ -193,6 +220,12 @@ struct DecodePlan {
   /// decode attention is latency here, the regime the latency paths are for
   /// (DecodePlanOptions::small_grids_only; the RoPE inside attention asks it too).
   bool small_grid = false;
+  /// CTAs that share one (sequence, KV head), each serving num_q_heads / num_kv_heads / group_parts
+  /// of its query heads (DecodePlanOptions::split_groups): 1, or 2 at GQA group 8 (4: opt-in). With 2, the
+  /// pair's CTAs (both parts, and every split under a cluster merge) are one thread-block cluster,
+  /// so group_parts · (cluster_merge ? num_splits : 1) ≤ kDecodeMaxClusterCtas; warps, stages and
+  /// ctas_per_sm are those of the part's group.
+  int group_parts = 1;
 };
 
 /// \brief Byte offsets of a decode launch's workspace regions (see DecodePlan::workspace_bytes).
@@ -222,7 +255,8 @@ inline void set_decode_split(DecodePlan& p, int tokens_per_split, int max_seq_le
   p.grid_splits = std::clamp(p.grid_splits, 1, p.num_splits);
   p.counter_bytes = 0;
   p.workspace_bytes = 0;
-  if (p.num_splits < 2 || p.num_splits > kDecodeMaxClusterSplits) p.cluster_merge = false;
+  if (p.num_splits < 2 || p.num_splits > kDecodeMaxClusterSplits || p.num_splits * p.group_parts > kDecodeMaxClusterCtas)
+    p.cluster_merge = false;
   if (p.num_splits <= 1 || p.cluster_merge) return;
   if (p.fused_merge) {
     const int64_t seqs = std::max(counter_batch, p.batch);
@@ -235,12 +269,34 @@ inline void set_decode_split(DecodePlan& p, int tokens_per_split, int max_seq_le
 /// applies: 2 to kDecodeMaxClusterSplits splits, neither the fused merge nor a fixed split. Returns
 /// whether it did. For tests and benchmarks that force a split after planning.
 inline bool use_decode_cluster_merge(DecodePlan& p) {
-  p.cluster_merge = p.num_splits >= 2 && p.num_splits <= kDecodeMaxClusterSplits && !p.fused_merge && !p.fixed_split;
+  p.cluster_merge = p.num_splits >= 2 && p.num_splits <= kDecodeMaxClusterSplits &&
+                    p.num_splits * p.group_parts <= kDecodeMaxClusterCtas && !p.fused_merge && !p.fixed_split;
   if (p.cluster_merge) {
     p.counter_bytes = 0;
     p.workspace_bytes = 0;
   }
   return p.cluster_merge;
+}
+
+/// \brief Makes a plan serve each (sequence, KV head) with `parts` CTAs of group / parts query heads
+/// (DecodePlan::group_parts) where that applies: parts 2 at GQA groups 8 and 4 (`group`, the plan's
+/// num_q_heads / num_kv_heads), neither the fused merge nor a fixed split, and both parts of every
+/// cluster-merged split in one cluster. Returns whether it did (parts 1 always does: one CTA per
+/// pair). The caller's KV cache must be 16-bit (decode_attention refuses the others). For tests
+/// and benchmarks; plan_decode_split applies it under DecodePlanOptions::split_groups.
+inline bool use_decode_group_parts(DecodePlan& p, int parts) {
+  const int group = p.num_q_heads / std::max(p.num_kv_heads, 1);
+  if (parts == 1) {
+    p.group_parts = 1;
+  } else {
+    if (parts != 2 || (group != 8 && group != 4) || p.fused_merge || p.fixed_split ||
+        (p.cluster_merge && parts * p.num_splits > kDecodeMaxClusterCtas))
+      return false;
+    p.group_parts = parts;
+  }
+  p.stages = detail::decode_stages(group / p.group_parts);
+  p.ctas_per_sm = detail::decode_ctas_per_sm(group / p.group_parts);
+  return true;
 }
 
 /// \brief Whether decode_attention (attention_decode.cuh) can take `rope` (q/k norm + RoPE and the KV write in the
@@ -350,6 +406,11 @@ inline DecodePlan plan_decode_split(int batch, int num_q_heads, int num_kv_heads
   set_decode_split(p, best_tps, max_seq_len, opt.counter_batch);
   detail::set_small_grid(p, ctas * p.num_splits, sm_count, opt);
   if (opt.cluster_merge && (p.small_grid || !opt.small_grids_only)) use_decode_cluster_merge(p);
+  // Two CTAs per pair only where the doubled grid is still one wave (unless asked for everywhere).
+  const int64_t split_grid = 2 * ctas * p.num_splits;
+  const bool split = group == 8 ? opt.split_groups : group == 4 && opt.split_group4;
+  if (split && (split_grid <= sm_count || !opt.split_groups_small_grids_only) && use_decode_group_parts(p, 2))
+    p.small_grid = split_grid <= sm_count;
   return p;
 }
 

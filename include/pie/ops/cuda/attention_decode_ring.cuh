@@ -70,6 +70,10 @@ struct DecodeParams {
   bool early_pages;
   /// q/k norm + RoPE and the KV write inside the kernel (MODE kDecodeRope; attention_decode_rope.cuh).
   DecodeRopeArgs<T> rope;
+  /// log2 of the CTAs per (sequence, KV head) (DecodePlan::group_parts): the grid's x is the
+  /// *part* ("virtual KV head") vh = kvh · parts + part, serving query heads [vh · GROUP,
+  /// (vh + 1) · GROUP) of the KV head kvh = vh >> group_shift; the parts of a pair are one cluster.
+  int group_shift;
 };
 
 /// Splits of a sequence of `len` tokens in a split_loop launch: its own, at least one (a CTA of
@@ -94,6 +98,19 @@ inline constexpr bool kDecodeLatencyPaths = true;
 #else
 inline constexpr bool kDecodeLatencyPaths = false;
 #endif
+
+/// The KV head of a decode CTA's part vh (DecodeParams::group_shift; vh itself without the latency
+/// paths, which alone launch parts).
+template <class T, class KV, class Variant>
+__device__ __forceinline__ int decode_kv_head(const DecodeParams<T, KV, Variant>& p, int vh) {
+  return kDecodeLatencyPaths ? vh >> p.group_shift : vh;
+}
+/// Whether part vh is the first of its KV head's parts: the one that writes what the parts share
+/// (the fused RoPE's cache row and rotated K).
+template <class T, class KV, class Variant>
+__device__ __forceinline__ bool decode_lead_part(const DecodeParams<T, KV, Variant>& p, int vh) {
+  return !kDecodeLatencyPaths || (vh & ((1 << p.group_shift) - 1)) == 0;
+}
 
 /// \brief The tokens one decode CTA attends to: split `split` of sequence b, narrowed to the
 /// variant's window, and the TOK-token stages that cover them. Stages start at multiples of TOK
@@ -196,7 +213,7 @@ struct DecodeRing {
 template <int TOK, int HD, int STAGES, class Variant, class T, class KV>
 __device__ __forceinline__ int decode_issue_early_pages(const DecodeParams<T, KV, Variant>& p, unsigned char* smem,
                                                         uint64_t* bars, int split) {
-  const int b = blockIdx.y, kvh = blockIdx.x;
+  const int b = blockIdx.y, kvh = decode_kv_head(p, int(blockIdx.x));
   const DecodeSpan sp = decode_span<TOK, Variant>(p.kv, b, split, p.tokens_per_split);
   DecodeRing<TOK, HD, STAGES, KV> ring(p.kv, b, kvh, p.bs_shift, sp.t_lo, sp.t_end, sp.n_stages,
                                        reinterpret_cast<KV*>(smem), bars, int(threadIdx.x) % 32);
@@ -246,16 +263,20 @@ struct DecodeGlobalPartials {
 /// Split partials in the shared memory of the cluster's CTAs (the cluster merge): split s is CTA
 /// rank s of the cluster; its partial rows ([GROUP][HD] floats, then [GROUP] lse) sit at the same
 /// offset in every CTA, reached through distributed shared memory. Rows are heads of the pair.
+/// With group parts (DecodeParams::group_shift) a cluster holds every part of every split, x
+/// fastest: split s of this CTA's part is rank part + s · parts.
 template <int HD>
 struct DecodeClusterPartials {
   float* o;    ///< this CTA's [GROUP][HD]
   float* lse;  ///< this CTA's [GROUP]
+  int part = 0, shift = 0;  ///< this CTA's part, log2 of the parts
+  __device__ __forceinline__ unsigned rank(int s) const { return unsigned(part + (s << shift)); }
   __device__ __forceinline__ float lse_of(int s, int64_t row) const {
-    return *cooperative_groups::this_cluster().map_shared_rank(lse + row, unsigned(s));
+    return *cooperative_groups::this_cluster().map_shared_rank(lse + row, rank(s));
   }
   __device__ __forceinline__ float4 o4(int s, int64_t row, int c, int half) const {
     return *reinterpret_cast<const float4*>(
-        cooperative_groups::this_cluster().map_shared_rank(o + row * HD + c + 4 * half, unsigned(s)));
+        cooperative_groups::this_cluster().map_shared_rank(o + row * HD + c + 4 * half, rank(s)));
   }
 };
 
@@ -343,10 +364,11 @@ inline constexpr size_t kDecodeClusterMergeBytes =
 /// every CTA's partials through distributed shared memory, with decode_merge_rows' arithmetic (so
 /// the output is the merge kernel's, bit for bit). A second barrier keeps every CTA's shared memory
 /// alive until the others have read it. Every thread of every CTA of the cluster calls it;
-/// `after_barrier()` runs right after the first barrier.
+/// `after_barrier()` runs right after the first barrier. vh: the CTA's part (its KV head without
+/// group parts), whose GROUP query heads it writes.
 template <int HD, int GROUP, int NW, class T, class KV, class Variant, class AfterBarrier>
 __device__ __forceinline__ void decode_cluster_merge(const DecodeParams<T, KV, Variant>& p,
-                                                     const DecodeClusterPartials<HD>& src, int kvh, int b, int split,
+                                                     const DecodeClusterPartials<HD>& src, int vh, int b, int split,
                                                      int nsplit, const AfterBarrier& after_barrier) {
   auto cluster = cooperative_groups::this_cluster();
   cluster.sync();  // release this CTA's partials, acquire the others'
@@ -360,7 +382,7 @@ __device__ __forceinline__ void decode_cluster_merge(const DecodeParams<T, KV, V
       const int g = split + v / 128 * nsplit;
       const int64_t row[1] = {g};
       const int c[1] = {v % 128 / SL * 8};
-      T* const dst[1] = {p.out + b * p.out_stride + int64_t(kvh * GROUP + g) * HD};
+      T* const dst[1] = {p.out + b * p.out_stride + int64_t(vh * GROUP + g) * HD};
       decode_merge_rows<HD, 1>(src, nsplit, row, c, v % SL, dst);
     }
   }
@@ -377,18 +399,21 @@ __device__ __forceinline__ void decode_cluster_merge(const DecodeParams<T, KV, V
 /// arrivals merges the pair's partials into the output as the merge kernel would (CTAs past a
 /// sequence's end write empty partials and count too). atomicInc wraps the counter to 0 at that
 /// last arrival, so every launch leaves the counters as it found them. `after_barrier` (cluster
-/// merge only): see decode_cluster_merge.
+/// merge only): see decode_cluster_merge. vh: the CTA's part (DecodeParams::group_shift; its KV
+/// head without group parts): query heads [vh · GROUP, (vh + 1) · GROUP) are this CTA's rows.
 struct DecodeNoOp {
   __device__ __forceinline__ void operator()() const {}
 };
 template <int HD, int GROUP, int NW, bool FUSED = false, class T, class KV, class Variant, class AfterBarrier = DecodeNoOp>
-__device__ __forceinline__ void decode_store_merged(const DecodeParams<T, KV, Variant>& p, float* smem, int kvh,
+__device__ __forceinline__ void decode_store_merged(const DecodeParams<T, KV, Variant>& p, float* smem, int vh,
                                                     int b, int split, int nsplit,
                                                     const AfterBarrier& after_barrier = {}) {
   const float* s_acc = smem;
   const float* s_m = s_acc + NW * GROUP * HD;
   const float* s_l = s_m + NW * GROUP;
-  const int nq = p.kv.num_kv_heads * GROUP;
+  const int shift = kDecodeLatencyPaths ? p.group_shift : 0;
+  [[maybe_unused]] const int kvh = vh >> shift;  // fp8 scales, the fused merge's counters
+  const int nq = (p.kv.num_kv_heads << shift) * GROUP;
   const bool cluster = kDecodeLatencyPaths && p.cluster_merge && nsplit > 1;
   float* c_o = smem + kDecodeClusterPartOffset<HD, GROUP, NW> / sizeof(float);  // cluster: [GROUP][HD]
   float* c_lse = c_o + GROUP * HD;                                               // cluster: [GROUP]
@@ -406,7 +431,7 @@ __device__ __forceinline__ void decode_store_merged(const DecodeParams<T, KV, Va
     }
     float out = ll > 0.f ? o / ll : 0.f;
     if constexpr (is_fp8_v<KV>) out *= p.kv.v_scale_of(kvh);
-    const int h = kvh * GROUP + g;
+    const int h = vh * GROUP + g;
     if (nsplit == 1) {
       p.out[b * p.out_stride + int64_t(h) * HD + d] = from_f32<T>(out);
     } else if (cluster) {
@@ -419,8 +444,8 @@ __device__ __forceinline__ void decode_store_merged(const DecodeParams<T, KV, Va
     }
   }
   if (cluster) {
-    decode_cluster_merge<HD, GROUP, NW>(p, DecodeClusterPartials<HD>{c_o, c_lse}, kvh, b, split, nsplit,
-                                        after_barrier);
+    decode_cluster_merge<HD, GROUP, NW>(p, DecodeClusterPartials<HD>{c_o, c_lse, vh & ((1 << shift) - 1), shift}, vh,
+                                        b, split, nsplit, after_barrier);
     return;
   }
   if constexpr (FUSED) {
@@ -449,7 +474,7 @@ __device__ __forceinline__ void decode_store_merged(const DecodeParams<T, KV, Va
       T* dst[NR];
 #pragma unroll
       for (int r = 0; r < NR; ++r) {
-        const int v = (k0 + r) * PASS + int(threadIdx.x), h = kvh * GROUP + v / 128;
+        const int v = (k0 + r) * PASS + int(threadIdx.x), h = vh * GROUP + v / 128;
         c[r] = v % 128 / SL * 8;
         rows[r] = int64_t(b) * nq + h;
         dst[r] = p.out + b * p.out_stride + int64_t(h) * HD;

@@ -18,6 +18,11 @@
 /// (decode_attention refuses other plans). The cache row of the query's position is written after
 /// the owner's bulk copy of that stage completed (a copy racing a store to the same bytes would
 /// read either), and no other CTA reads it.
+///
+/// With group parts (DecodePlan::group_parts: two CTAs per KV head, each of half its query heads)
+/// every owner part rotates the K row for its own stage, but only the lead part writes the cache
+/// row and the rotated K back; the parts of a pair are one cluster, so the write-back waits for
+/// the cluster barrier that every part's prologue precedes (one split: a barrier of its own).
 #include "pie/kv/paged_kv.hpp"
 #include "pie/ops/cuda/attention_decode_ring.cuh"
 #include "pie/ops/cuda/rope.cuh"
@@ -45,14 +50,16 @@ struct DecodeRopeOwner {
 };
 
 /// The owner's rotated q heads and K head back into qkv (the RoPE kernel's in-place result), once
-/// no CTA of the pair reads them raw any more.
+/// no CTA of the pair reads them raw any more. vh: the CTA's part (its KV head without group
+/// parts); only the lead part writes K.
 template <int HD, int GROUP, int NW, class T, class KV, class Variant>
-__device__ __forceinline__ void decode_rope_write_back(const DecodeParams<T, KV, Variant>& p, int b, int kvh,
+__device__ __forceinline__ void decode_rope_write_back(const DecodeParams<T, KV, Variant>& p, int b, int vh,
                                                        const DecodeRopeSmem<HD, GROUP, T, KV>& sm) {
-  T* q_row = const_cast<T*>(p.q) + b * p.q_stride + int64_t(kvh) * GROUP * HD;
-  T* k_row = p.rope.k_new + b * p.rope.row_stride + int64_t(kvh) * HD;
+  T* q_row = const_cast<T*>(p.q) + b * p.q_stride + int64_t(vh) * GROUP * HD;
+  T* k_row = p.rope.k_new + b * p.rope.row_stride + int64_t(decode_kv_head(p, vh)) * HD;
   constexpr int QW = GROUP * HD / 8;  // 16-byte words of q
-  for (int i = threadIdx.x; i < QW + HD / 8; i += NW * 32) {
+  const int words = QW + (decode_lead_part(p, vh) ? HD / 8 : 0);
+  for (int i = threadIdx.x; i < words; i += NW * 32) {
     const bool k = i >= QW;
     *reinterpret_cast<uint4*>(k ? k_row + (i - QW) * 8 : q_row + i * 8) =
         *reinterpret_cast<const uint4*>(k ? sm.k + (i - QW) * 8 : sm.q + i * 8);
@@ -61,10 +68,12 @@ __device__ __forceinline__ void decode_rope_write_back(const DecodeParams<T, KV,
 
 /// The prologue, by every thread of the CTA after griddepcontrol.wait: rotates the pair's GROUP q
 /// heads (and the owner's K head) into `sm`, converts the owner's K and V rows, and with one split
-/// writes the rotated q and k back into qkv. Ends on a barrier.
+/// writes the rotated q and k back into qkv. Ends on a barrier. vh: the CTA's part (its KV head
+/// without group parts).
 template <int HD, int GROUP, int NW, class T, class KV, class Variant>
-__device__ __forceinline__ DecodeRopeOwner decode_rope_prologue(const DecodeParams<T, KV, Variant>& p, int b, int kvh,
+__device__ __forceinline__ DecodeRopeOwner decode_rope_prologue(const DecodeParams<T, KV, Variant>& p, int b, int vh,
                                                                 int split, DecodeRopeSmem<HD, GROUP, T, KV>& sm) {
+  const int kvh = decode_kv_head(p, vh);
   constexpr int TPH = HD / 16, HPB = NW * 32 / TPH;
   static_assert(HPB >= 1, "decode RoPE: too few threads for a head");
   const auto& r = p.rope;
@@ -81,7 +90,7 @@ __device__ __forceinline__ DecodeRopeOwner decode_rope_prologue(const DecodePara
   const int sub = int(threadIdx.x) % TPH, hslot = int(threadIdx.x) / TPH;
   float c[8], sn[8];
   rope_cos_sin<HD, T>(r.positions[b], r.rope, sub, c, sn);
-  const T* q_row = p.q + b * p.q_stride + int64_t(kvh) * GROUP * HD;
+  const T* q_row = p.q + b * p.q_stride + int64_t(vh) * GROUP * HD;
   const T* k_row = r.k_new + b * r.row_stride + int64_t(kvh) * HD;
   const int heads = GROUP + (o.owner ? 1 : 0);  // CTA-uniform: the norm's shuffles see full warps
   for (int h0 = 0; h0 < heads; h0 += HPB) {
@@ -120,19 +129,25 @@ __device__ __forceinline__ DecodeRopeOwner decode_rope_prologue(const DecodePara
     }
   }
   __syncthreads();
-  if (o.owner && p.num_splits == 1) decode_rope_write_back<HD, GROUP, NW>(p, b, kvh, sm);
+  if (p.num_splits == 1) {
+    // The parts of a pair read the raw K row: none writes it back before all have (cluster-uniform).
+    if (kDecodeLatencyPaths && p.group_shift > 0) cooperative_groups::this_cluster().sync();
+    if (o.owner) decode_rope_write_back<HD, GROUP, NW>(p, b, vh, sm);
+  }
   return o;
 }
 
 /// The owner, after its ring stage [ts, ts + TOK) landed (mbar_wait) and before any warp reads it:
 /// when the stage holds the query's row, puts the converted K and V rows there (over what the
-/// copy brought: the cache row is not written yet) and into the cache, then a barrier. CTA-uniform.
+/// copy brought: the cache row is not written yet) and, from the lead part only (group parts),
+/// into the cache, then a barrier. CTA-uniform. vh: the CTA's part (its KV head without parts).
 template <int HD, int TOK, int NW, class T, class KV, class Variant, int GROUP>
 __device__ __forceinline__ void decode_rope_inject(const DecodeParams<T, KV, Variant>& p, const DecodeRopeOwner& o,
                                                    const DecodeRopeSmem<HD, GROUP, T, KV>& sm, KV* sk, KV* sv, int ts,
-                                                   int kvh) {
+                                                   int vh) {
   if (!o.owner || o.qpos < ts || o.qpos >= ts + TOK) return;
-  const int row = o.qpos - ts;
+  const int row = o.qpos - ts, kvh = decode_kv_head(p, vh);
+  const bool lead = decode_lead_part(p, vh);
   KV* ck = p.kv.k_at_slot(o.slot, kvh);
   KV* cv = p.kv.v_at_slot(o.slot, kvh);
   constexpr int W = 16 / int(sizeof(KV));  // elements per 16-byte word
@@ -141,7 +156,7 @@ __device__ __forceinline__ void decode_rope_inject(const DecodeParams<T, KV, Var
     const int e = (v ? i - HD / W : i) * W;
     const uint4 w = *reinterpret_cast<const uint4*>(sm.kv + (v ? HD : 0) + e);
     *reinterpret_cast<uint4*>((v ? sv : sk) + row * HD + e) = w;
-    *reinterpret_cast<uint4*>((v ? cv : ck) + e) = w;
+    if (lead) *reinterpret_cast<uint4*>((v ? cv : ck) + e) = w;
   }
   __syncthreads();
 }
