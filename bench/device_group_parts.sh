@@ -23,9 +23,14 @@ if [ -x "$BUILD/tests/gpu/pie_gpu_test_hf" ]; then  # the transformers checkpoin
   HFREF=$!
 fi
 
-# 1. The decode kernel tests (merge, cluster, early pages, RoPE inside, group parts).
+# 1. The decode kernel tests (merge, cluster, early pages, RoPE inside, group parts), and the
+# engine's fusion test (group parts: the RoPE inside bit-identical, logits close to one CTA).
 if [ -x "$BUILD/tests/cuda/pie_cuda_test_attention_decode_merge" ]; then
   run test_merge 150 "$BUILD/tests/cuda/pie_cuda_test_attention_decode_merge" --gtest_color=no; gt test_merge
+fi
+if [ -x "$BUILD/tests/gpu/pie_gpu_test_fused_ops" ]; then
+  run test_fused_ops 150 "$BUILD/tests/gpu/pie_gpu_test_fused_ops" --gtest_color=no
+  grep -E "^\[fused\].*(split_group|against)" "$LOGDIR/test_fused_ops.log" | tee -a "$SUM"; gt test_fused_ops 12
 fi
 # 2. Kernel rows: batch 1 and 4 at group 8 (4 KV heads), one CTA per KV head (kinds 0: merge kernel,
 # 3: cluster + early pages) against two (5: cluster + early pages + parts, 6: merge kernel + parts).
@@ -57,7 +62,7 @@ if [ -f "$TRACER" ]; then
 fi
 # 5. The engine's GPU tests on the build's defaults (the latency paths on small grids: group parts
 # for group-8 checkpoints at small batches).
-for t in runner fused_ops async_scheduling; do
+for t in runner async_scheduling; do
   [ -x "$BUILD/tests/gpu/pie_gpu_test_$t" ] || continue
   run "test_$t" 120 "$BUILD/tests/gpu/pie_gpu_test_$t" --gtest_color=no; gt "test_$t" 12
 done

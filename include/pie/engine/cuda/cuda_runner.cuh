@@ -608,6 +608,7 @@ class CudaRunner {
 
   void allocate_workspaces() {
     const auto& c = wconfig();
+    decode_opts_ = make_decode_plan_options();
     ids_ = DeviceBuffer<int32_t>(max_samples());
     ids_host_ = PinnedBuffer<int32_t>(max_samples());
     StepCapacity cap;
@@ -788,10 +789,12 @@ class CudaRunner {
     }
   }
 
-  ops::cuda::DecodePlan decode_plan(int batch, int max_len) const {
+  /// The decode plans' options, read from the environment once, when the runner is built (as the
+  /// fusions are: an eager step plans its decode attention with the same switches as the graphs).
+  ops::cuda::DecodePlanOptions make_decode_plan_options() const {
     const auto& c = wconfig();
-    // PIE_DECODE_FUSED_MERGE=1 (read here, where the plans are made) fuses the split merge into
-    // the decode kernel; every batch size's plan keeps its counters where max_num_seqs' plan does.
+    // PIE_DECODE_FUSED_MERGE=1 fuses the split merge into the decode kernel; every batch size's
+    // plan keeps its counters where max_num_seqs' plan does.
     // PIE_DECODE_MMA_WIDE=all (or 4, 8): 16-bit K/V at those GQA groups get the batch-invariant
     // split and the tensor-core kernel (opt-in until run on a GPU; unset: the cost model's split
     // and the CUDA-core kernel).
@@ -801,11 +804,16 @@ class CudaRunner {
     // PIE_DECODE_CLUSTER_MERGE=1 / PIE_DECODE_EARLY_PAGES=1 / PIE_DECODE_SPLIT_GROUP=1: the latency
     // paths, compiled only with -DPIE_DECODE_LATENCY=ON (refused here, at the runner's start, in a
     // build without them).
-    PIE_CHECK(ops::cuda::detail::kDecodeLatencyPaths || !(opt.cluster_merge || opt.early_pages || opt.split_groups),
-              "PIE_DECODE_CLUSTER_MERGE / PIE_DECODE_EARLY_PAGES / PIE_DECODE_SPLIT_GROUP: this build has no decode "
-              "latency paths (configure with -DPIE_DECODE_LATENCY=ON)");
+    PIE_CHECK(ops::cuda::detail::kDecodeLatencyPaths ||
+                  !(opt.cluster_merge || opt.early_pages || opt.split_groups || opt.split_group4),
+              "PIE_DECODE_CLUSTER_MERGE / PIE_DECODE_EARLY_PAGES / PIE_DECODE_SPLIT_GROUP(4): this build has no "
+              "decode latency paths (configure with -DPIE_DECODE_LATENCY=ON)");
+    return opt;
+  }
+  ops::cuda::DecodePlan decode_plan(int batch, int max_len) const {
+    const auto& c = wconfig();
     return ops::cuda::plan_decode_attention(batch, c.num_attention_heads, c.num_key_value_heads, c.head_dim, max_len,
-                                            0, opt);
+                                            0, decode_opts_);
   }
 
   /// Runs the largest step the scheduler can produce (max_num_batched_tokens of prefill, and
@@ -1184,6 +1192,7 @@ class CudaRunner {
   cudaEvent_t fork_ = nullptr, join_ = nullptr, stagger_ = nullptr;
   DecodeGraphs split_graphs_;  // split decode graphs, by bucket (nano_bucket)
   DeviceBuffer<unsigned char> decode_ws_;
+  ops::cuda::DecodePlanOptions decode_opts_;  ///< make_decode_plan_options(), read once
   DeviceBuffer<float> inv_freq_;
   DeviceBuffer<int32_t> ids_;
   PinnedBuffer<int32_t> ids_host_;
