@@ -46,8 +46,8 @@ r() {  # TAG MODEL ENV... (KEY=VALUE, or nothing: the build's defaults)
   env -u PIE_DECODE_SPLIT_GROUP -u PIE_DECODE_SPLIT_GROUP4 -u PIE_DECODE_MMA_WIDE "$@" timeout 120 "$BUILD/examples/pie/pie_bench" "$m" $L 2>&1 |
     grep -E "^latency" | sed "s/^/[$tag] /" | tee -a "$SUM"
 }
-for rep in 1 2; do
-  r b1_moe_default $MOE
+for rep in 1 2; do  # the switch set either way: the rows mean the same whatever the build's default
+  r b1_moe_parts1 $MOE PIE_DECODE_SPLIT_GROUP=1
   r b1_moe_parts0 $MOE PIE_DECODE_SPLIT_GROUP=0
 done
 r b1_moe_mma8 $MOE PIE_DECODE_MMA_WIDE=8
@@ -55,10 +55,10 @@ for rep in 1 2; do  # group 4 in two parts: opt-in
   r b1_8b_default $MODEL8B
   r b1_8b_parts4 $MODEL8B PIE_DECODE_SPLIT_GROUP4=1
 done
-# 4. The per-op trace of the default batch-1 MoE step (attention's share of it).
+# 4. The per-op trace of the batch-1 MoE step with group parts (attention's share of it).
 TRACER=$BUILD/bench/cuda/libpie_kernel_trace.so
 if [ -f "$TRACER" ]; then
-  trace_profile moe_b1 150 1 moe_b1 -- "$BUILD/examples/pie/pie_bench" "$MOE" $L
+  PIE_DECODE_SPLIT_GROUP=1 trace_profile moe_b1 150 1 moe_b1 -- "$BUILD/examples/pie/pie_bench" "$MOE" $L
 fi
 # 5. The engine's GPU tests on the build's defaults (the latency paths on small grids: group parts
 # for group-8 checkpoints at small batches).

@@ -343,19 +343,16 @@ TEST(DecodePlan, FixedSplitIsForSixteenBitCachesAtGroups4And8) {
   EXPECT_EQ(decode_plan_options(2, 4, 256).fixed_split_tokens, 0);
 }
 
-// Group parts (DecodePlanOptions::split_groups): PIE_DECODE_SPLIT_GROUP unset means on for small
-// grids in a build with the latency paths; 16-bit caches only, never with a fixed split.
-TEST(DecodePlan, SplitGroupsDefaultToSmallGridsOfSixteenBitCaches) {
+// Group parts (DecodePlanOptions::split_groups): opt-in until measured on a GPU; `1` asks for
+// them on small grids; 16-bit caches only, never with a fixed split.
+TEST(DecodePlan, SplitGroupsAreOptInForSmallGridsOfSixteenBitCaches) {
   ::unsetenv("PIE_DECODE_SPLIT_GROUP");
   ::unsetenv("PIE_DECODE_MMA_WIDE");
-  auto o = DecodePlanOptions::from_env(false);
-  EXPECT_FALSE(o.split_groups || o.split_groups_small_grids_only) << "a build without the latency paths";
-  o = DecodePlanOptions::from_env(true);
-  EXPECT_TRUE(o.split_groups && o.split_groups_small_grids_only);
+  EXPECT_FALSE(DecodePlanOptions::from_env(false).split_groups);
+  EXPECT_FALSE(DecodePlanOptions::from_env(true).split_groups) << "opt-in in a build with the latency paths too";
   ::setenv("PIE_DECODE_SPLIT_GROUP", "1", 1);
-  o = DecodePlanOptions::from_env(true);
-  EXPECT_TRUE(o.split_groups);
-  EXPECT_FALSE(o.split_groups_small_grids_only) << "asked for: every plan";
+  auto o = DecodePlanOptions::from_env(true);
+  EXPECT_TRUE(o.split_groups && o.split_groups_small_grids_only);
   ::setenv("PIE_DECODE_SPLIT_GROUP", "0", 1);
   EXPECT_FALSE(DecodePlanOptions::from_env(true).split_groups);
   ::setenv("PIE_DECODE_SPLIT_GROUP", "2", 1);
