@@ -9,7 +9,8 @@
 # programmatic dependent launch it cannot start beside the qkv GEMV's CTAs, and each CTA does
 # twice the arithmetic of a group-4 one. With a bundle from before group parts the rows with the
 # switch simply repeat the default (the old code ignores it), and the parts rows are absent.
-# Usage: PIE_PREBUILT=.device/bundle.txz OUT=$OUT bash bench/device_group_parts.sh
+# Usage: PIE_PREBUILT=.device/bundle.txz OUT=$OUT [PIE_PARTS_QUICK=1] bash bench/device_group_parts.sh
+# (PIE_PARTS_QUICK=1: the tests and the batch-1 rows only, for a call of little device time.)
 export SUM=$OUT/summary.txt LOGDIR=$OUT RUN_TAIL=6
 source "$(dirname "$0")/device_lib.sh"
 use_prebuilt || exit 1
@@ -29,7 +30,9 @@ if [ -x "$BUILD/tests/cuda/pie_cuda_test_attention_decode_merge" ]; then
   run test_merge 150 "$BUILD/tests/cuda/pie_cuda_test_attention_decode_merge" --gtest_color=no; gt test_merge
 fi
 if [ -x "$BUILD/tests/gpu/pie_gpu_test_fused_ops" ]; then
-  run test_fused_ops 150 "$BUILD/tests/gpu/pie_gpu_test_fused_ops" --gtest_color=no
+  # Quick: the decode attention's fusion tests alone (group parts, cluster/early pages, RoPE inside).
+  F=$([ "${PIE_PARTS_QUICK:-0}" = 1 ] && echo "--gtest_filter=FusedOps.GroupParts*:FusedOps.Decode*:FusedOps.Rope*")
+  run test_fused_ops 150 "$BUILD/tests/gpu/pie_gpu_test_fused_ops" --gtest_color=no $F
   grep -E "^\[fused\].*(split_group|against)" "$LOGDIR/test_fused_ops.log" | tee -a "$SUM"; gt test_fused_ops 12
 fi
 # 2. Kernel rows: batch 1 and 4 at group 8 (4 KV heads), one CTA per KV head (kinds 0: merge kernel,
@@ -50,11 +53,13 @@ for rep in 1 2; do  # the switch set either way: the rows mean the same whatever
   r b1_moe_parts1 $MOE PIE_DECODE_SPLIT_GROUP=1
   r b1_moe_parts0 $MOE PIE_DECODE_SPLIT_GROUP=0
 done
-r b1_moe_mma8 $MOE PIE_DECODE_MMA_WIDE=8
-for rep in 1 2; do  # group 4 in two parts: opt-in
+QUICK=${PIE_PARTS_QUICK:-0}
+[ "$QUICK" = 1 ] || r b1_moe_mma8 $MOE PIE_DECODE_MMA_WIDE=8
+for rep in $([ "$QUICK" = 1 ] && echo 1 || echo 1 2); do  # group 4 in two parts: opt-in
   r b1_8b_default $MODEL8B
   r b1_8b_parts4 $MODEL8B PIE_DECODE_SPLIT_GROUP4=1
 done
+[ "$QUICK" = 1 ] && { say done; exit 0; }
 # 4. The per-op trace of the batch-1 MoE step with group parts (attention's share of it).
 TRACER=$BUILD/bench/cuda/libpie_kernel_trace.so
 if [ -f "$TRACER" ]; then
