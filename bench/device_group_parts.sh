@@ -63,7 +63,9 @@ done
 # 4. The per-op trace of the batch-1 MoE step with group parts (attention's share of it).
 TRACER=$BUILD/bench/cuda/libpie_kernel_trace.so
 if [ -f "$TRACER" ]; then
-  PIE_DECODE_SPLIT_GROUP=1 trace_profile moe_b1 150 1 moe_b1 -- "$BUILD/examples/pie/pie_bench" "$MOE" $L
+  # The profiler's shapes of Qwen3-30B-A3B (its defaults are Qwen3-8B's).
+  PIE_DECODE_SPLIT_GROUP=1 trace_profile moe_b1 150 1 moe_b1 --hidden 2048 --q-size 4096 --kv-size 512 --layers 48 \
+    --experts 128 --moe-intermediate 768 --top-k 8 --vocab 151936 -- "$BUILD/examples/pie/pie_bench" "$MOE" $L
 fi
 # 5. The engine's GPU tests on the build's defaults (the latency paths on small grids: group parts
 # for group-8 checkpoints at small batches).
