@@ -1021,8 +1021,8 @@ TEST(DecodeAttentionGroupParts, RopeInsideBitIdenticalToSeparateKernels) {
   run_decode_rope<bf16>(16, 128, 4, 8, {192}, 42201, 8, true, true, false, 2);  // Qwen3-8B, batch 1
 }
 
-// Where parts cannot serve: groups other than 4 and 8, the fused merge, a fixed split, a cluster past 16 CTAs;
-// decode_attention refuses a parts plan over an fp8 cache.
+// Where parts cannot serve: group 2 and the fused merge (the fixed split and clusters past 16 CTAs:
+// the CPU plan tests); decode_attention refuses a parts plan over an fp8 cache.
 TEST(DecodeAttentionGroupParts, RefusedWhereItCannotServe) {
   auto p2 = ops::cuda::plan_decode_attention(1, 32, 16, 128, 192, 132, {});
   EXPECT_FALSE(ops::cuda::use_decode_group_parts(p2, 2)) << "group 2";

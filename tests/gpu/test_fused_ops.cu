@@ -97,7 +97,7 @@ std::vector<int32_t> random_tokens(std::mt19937& rng, int n, int vocab) {
 
 /// Runs the same hand-built steps through the separate kernels (or the switches `base`) and
 /// through an engine with the given fusions; every step's float logits must be the same bytes,
-/// or with `tol` > 0 within that relative error (largest |difference| over the largest |logit|).
+/// or with `tol` > 0 within that relative error (gpu_test::rel_err: ‖fused − base‖ / ‖base‖).
 template <class P>
 void check(const model::ModelConfig& cfg, bool eager, const Fusions& f, const std::string& what_in,
            const Fusions& base = {}, double tol = 0) {
@@ -128,15 +128,11 @@ void check(const model::ModelConfig& cfg, bool eager, const Fusions& f, const st
     ASSERT_EQ(a.size(), l2.size());
     ++steps;
     if (tol > 0) {
-      double num = 0, den = 0;
-      for (size_t i = 0; i < a.size(); ++i) {
-        num = std::max(num, double(std::fabs(a[i] - l2[i])));
-        den = std::max(den, double(std::fabs(a[i])));
-      }
-      max_err = std::max(max_err, num / std::max(den, 1e-30));
-      if (num > tol * den) {
+      const double e = gpu_test::rel_err(l2, a);  // +inf on NaN
+      max_err = std::max(max_err, e);
+      if (!(e <= tol)) {
         ++differ;
-        ADD_FAILURE() << what << ": logits of step " << steps << " differ by " << num / den << " (relative)";
+        ADD_FAILURE() << what << ": logits of step " << steps << " differ by " << e << " (relative)";
       }
     } else if (std::memcmp(a.data(), l2.data(), a.size() * sizeof(float)) != 0) {
       ++differ;
