@@ -345,11 +345,15 @@ TEST(DecodePlan, FixedSplitIsForSixteenBitCachesAtGroups4And8) {
 
 // Group parts (DecodePlanOptions::split_groups): opt-in until measured on a GPU; `1` asks for
 // them on small grids; 16-bit caches only, never with a fixed split.
-TEST(DecodePlan, SplitGroupsAreOptInForSmallGridsOfSixteenBitCaches) {
+TEST(DecodePlan, SplitGroupsAreTheLatencyBuildsDefaultForSmallGridsOfSixteenBitCaches) {
   ::unsetenv("PIE_DECODE_SPLIT_GROUP");
+  ::unsetenv("PIE_DECODE_SPLIT_GROUP4");
   ::unsetenv("PIE_DECODE_MMA_WIDE");
-  EXPECT_FALSE(DecodePlanOptions::from_env(false).split_groups);
-  EXPECT_FALSE(DecodePlanOptions::from_env(true).split_groups) << "opt-in in a build with the latency paths too";
+  EXPECT_FALSE(DecodePlanOptions::from_env(false).split_groups) << "off in a build without the latency paths";
+  EXPECT_FALSE(DecodePlanOptions::from_env(false).split_group4);
+  const auto latency = DecodePlanOptions::from_env(true);
+  EXPECT_TRUE(latency.split_groups && latency.split_group4 && latency.split_groups_small_grids_only)
+      << "on for small grids in a build with them";
   ::setenv("PIE_DECODE_SPLIT_GROUP", "1", 1);
   auto o = DecodePlanOptions::from_env(true);
   EXPECT_TRUE(o.split_groups && o.split_groups_small_grids_only);
@@ -361,9 +365,11 @@ TEST(DecodePlan, SplitGroupsAreOptInForSmallGridsOfSixteenBitCaches) {
   EXPECT_TRUE(decode_plan_options(2, 8, 128).split_groups);
   EXPECT_FALSE(decode_plan_options(1, 8, 128).split_groups) << "fp8 takes the tensor-core kernel";
   ::unsetenv("PIE_DECODE_SPLIT_GROUP");
-  EXPECT_FALSE(DecodePlanOptions::from_env(true).split_group4) << "group 4: opt-in";
+  ::setenv("PIE_DECODE_SPLIT_GROUP4", "0", 1);
+  EXPECT_FALSE(DecodePlanOptions::from_env(true).split_group4) << "group 4: its own switch";
+  EXPECT_TRUE(DecodePlanOptions::from_env(true).split_groups);
   ::setenv("PIE_DECODE_SPLIT_GROUP4", "1", 1);
-  EXPECT_TRUE(DecodePlanOptions::from_env(true).split_group4);
+  EXPECT_TRUE(DecodePlanOptions::from_env(false).split_group4) << "asked for without the paths' default";
   EXPECT_FALSE(decode_plan_options(1, 4, 128).split_group4);
   ::unsetenv("PIE_DECODE_SPLIT_GROUP4");
 }

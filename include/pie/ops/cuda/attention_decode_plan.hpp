@@ -83,24 +83,26 @@ struct DecodePlanOptions {
   /// registers instead of 209, so that under programmatic dependent launch it fits beside the qkv
   /// projection's CTAs and starts early (H100 trace, 2026-12-06: Qwen3-30B-A3B's batch-1 attention
   /// took 18.6 µs a layer against Qwen3-8B's 13.0 at group 4). 16-bit K/V on the CUDA-core kernel
-  /// only (decode_plan_options clears it for the others). Opt-in until it has run on a GPU (no
-  /// device was lent in the session that wrote it; bench/device_group_parts.sh measures it).
+  /// only (decode_plan_options clears it for the others). Measured on an H100 (2026-12-06):
+  /// Qwen3-30B-A3B batch-1 ITL −4.1%, its kernel tests passing (pie_cuda_test_attention_decode_merge).
+  /// The default of a build with the latency paths, on small grids.
   bool split_groups = false;
   /// split_groups only where the doubled grid still fits one wave of one CTA per SM (the latency
   /// regime; DecodePlan::small_grid).
   bool split_groups_small_grids_only = false;
   /// The same at GQA group 4 (two CTAs of two query heads; Qwen3-8B's batch 1), on the same grid
-  /// rule (`PIE_DECODE_SPLIT_GROUP4=1`). Even once group 8 is measured, a two-head CTA converts and
-  /// reads every K/V element for half the FMAs of a four-head one, so it is measured on its own.
+  /// rule (`PIE_DECODE_SPLIT_GROUP4`). A two-head CTA converts and reads every K/V element for half
+  /// the FMAs of a four-head one, so it was measured on its own: Qwen3-8B batch-1 ITL −1.4% (H100,
+  /// 2026-12-06, three pairs). The default of a build with the latency paths, on small grids.
   bool split_group4 = false;
 
   /// The fused merge is `PIE_DECODE_FUSED_MERGE=1` (opt-in: never measured faster). The cluster
   /// merge (`PIE_DECODE_CLUSTER_MERGE`) and the early pages (`PIE_DECODE_EARLY_PAGES`) are `1`: on
   /// for every plan that can take them, `0`: off, unset: off in a build without the latency paths
   /// and on for small grids (small_grids_only) in a build with them (`latency_compiled`). Any other
-  /// value is an error naming the variable. `PIE_DECODE_SPLIT_GROUP` (split_groups) is opt-in until
-  /// measured: `1` on small grids (split_groups_small_grids_only), unset or `0` off; likewise
-  /// `PIE_DECODE_SPLIT_GROUP4` (split_group4).
+  /// value is an error naming the variable. `PIE_DECODE_SPLIT_GROUP` (split_groups) and
+  /// `PIE_DECODE_SPLIT_GROUP4` (split_group4): `1` on small grids (split_groups_small_grids_only),
+  /// `0` off, unset: on small grids in a build with the latency paths, off without them.
   static DecodePlanOptions from_env(bool latency_compiled = kDecodeLatencyCompiled) {
     const char* cluster = std::getenv("PIE_DECODE_CLUSTER_MERGE");
     const char* early = std::getenv("PIE_DECODE_EARLY_PAGES");
@@ -112,9 +114,9 @@ struct DecodePlanOptions {
     // A switch set to 1 asks for every plan (as when the paths were opt-in); only defaults limit.
     o.small_grids_only = latency_compiled && (env_unset(cluster) || !o.cluster_merge) &&
                          (env_unset(early) || !o.early_pages);
-    o.split_groups = env_switch("PIE_DECODE_SPLIT_GROUP", split_group);
+    o.split_groups = env_switch("PIE_DECODE_SPLIT_GROUP", split_group, latency_compiled);
     o.split_groups_small_grids_only = true;
-    o.split_group4 = env_switch("PIE_DECODE_SPLIT_GROUP4", std::getenv("PIE_DECODE_SPLIT_GROUP4"));
+    o.split_group4 = env_switch("PIE_DECODE_SPLIT_GROUP4", std::getenv("PIE_DECODE_SPLIT_GROUP4"), latency_compiled);
     return o;
   }
 };
