@@ -139,6 +139,32 @@ TEST(FusionSwitches, SwiGluOnlyForOneRowThroughThe16BitGemvWithoutTensorParallel
   EXPECT_FALSE(with([](SwiGluStep& s) { s.width_fits = false; })) << "expert width past 48 KB of shared memory";
 }
 
+TEST(FusionSwitches, MoeNormOnByDefaultOnlyForOneRowWhoseRouterRunsTheGemv) {
+  using pie::engine::FusionSwitches;
+  using pie::engine::moe_norm_in_router;
+  using pie::engine::MoeNormStep;
+  unsetenv("PIE_FUSED_MOE_NORM");
+  EXPECT_TRUE(FusionSwitches::from_env(false).moe_norm) << "on by default, whatever the build";
+  setenv("PIE_FUSED_MOE_NORM", "0", 1);
+  EXPECT_FALSE(FusionSwitches::from_env().moe_norm);
+  setenv("PIE_FUSED_MOE_NORM", "1", 1);
+  EXPECT_TRUE(FusionSwitches::from_env().moe_norm);
+  setenv("PIE_FUSED_MOE_NORM", "2", 1);
+  EXPECT_THROW(FusionSwitches::from_env(), pie::Error) << "only 0 or 1";
+  unsetenv("PIE_FUSED_MOE_NORM");
+  MoeNormStep b1;  // a batch-1 decode step of Qwen3-30B-A3B's bf16 engine
+  b1.tokens = 1;
+  b1.gemv_rows = 1;
+  b1.hidden_fits = true;
+  EXPECT_TRUE(moe_norm_in_router(true, b1));
+  EXPECT_FALSE(moe_norm_in_router(false, b1)) << "switch off";
+  auto with = [&](auto f) { MoeNormStep s = b1; f(s); return moe_norm_in_router(true, s); };
+  EXPECT_FALSE(with([](MoeNormStep& s) { s.tokens = 2; })) << "batch 2: the router through cuBLASLt";
+  EXPECT_FALSE(with([](MoeNormStep& s) { s.gemv_rows = 0; })) << "batch invariance: no GEMV";
+  EXPECT_FALSE(with([](MoeNormStep& s) { s.hidden_fits = false; })) << "hidden size past the norm's CTA";
+  EXPECT_FALSE(with([](MoeNormStep& s) { s.router_fused = true; })) << "the fused router + routing kernel";
+}
+
 TEST(FusionSwitches, RopeInAttentionOnlyAtDecodeStepsWhosePlanTakesIt) {
   using pie::engine::rope_in_attention;
   using pie::engine::RopeAttnStep;

@@ -16,6 +16,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <random>
 #include <string>
 #include <vector>
@@ -26,6 +28,8 @@
 #include "pie/engine/engine.hpp"
 #include "pie/model/dummy.hpp"
 #include "pie/model/qwen3.hpp"
+#include "pie/model/qwen3_moe.hpp"
+#include "pie/model/config_io.hpp"
 
 namespace pie {
 namespace {
@@ -43,18 +47,18 @@ struct Fusions {
   bool cluster_merge = false;     // PIE_DECODE_CLUSTER_MERGE
   bool rope_attn = false;         // PIE_FUSED_ROPE_ATTN
   bool split_group = false;       // PIE_DECODE_SPLIT_GROUP (and PIE_DECODE_SPLIT_GROUP4)
+  bool moe_norm = false;          // PIE_FUSED_MOE_NORM
   std::string name() const {
     return std::string(rope_kv ? " +rope_kv" : "") + (final_norm ? " +final_norm" : "") + (swiglu ? " +swiglu" : "") +
            (l2_rows ? " +l2_prefetch" : "") + (early_pages ? " +early_pages" : "") +
            (cluster_merge ? " +cluster_merge" : "") + (rope_attn ? " +rope_attn" : "") +
-           (split_group ? " +split_group" : "");
+           (split_group ? " +split_group" : "") + (moe_norm ? " +moe_norm" : "");
   }
 };
 
-template <class P>
-std::unique_ptr<Engine<model::AnyDecoder, P>> make_engine(const std::shared_ptr<const model::Weights<bf16>>& hw,
-                                                          const Fusions& f, bool eager) {
-  // The runner reads the switches once, when it is built (its graphs capture that path).
+/// Sets the environment switches of `f` (the runner reads them once, when it is built: its
+/// graphs capture that path); unset_switches() afterwards.
+void set_switches(const Fusions& f) {
   setenv("PIE_FUSED_ROPE_KV", f.rope_kv ? "1" : "0", 1);
   setenv("PIE_FUSED_FINAL_NORM", f.final_norm ? "1" : "0", 1);
   setenv("PIE_FUSED_SWIGLU", f.swiglu ? "1" : "0", 1);
@@ -65,6 +69,18 @@ std::unique_ptr<Engine<model::AnyDecoder, P>> make_engine(const std::shared_ptr<
   setenv("PIE_FUSED_ROPE_ATTN", f.rope_attn ? "1" : "0", 1);
   setenv("PIE_DECODE_SPLIT_GROUP", f.split_group ? "1" : "0", 1);
   setenv("PIE_DECODE_SPLIT_GROUP4", f.split_group ? "1" : "0", 1);
+  setenv("PIE_FUSED_MOE_NORM", f.moe_norm ? "1" : "0", 1);
+}
+void unset_switches() {
+  for (const char* v : {"PIE_FUSED_ROPE_KV", "PIE_FUSED_FINAL_NORM", "PIE_FUSED_SWIGLU", "PIE_L2_PREFETCH",
+                        "PIE_L2_PREFETCH_MB", "PIE_DECODE_EARLY_PAGES", "PIE_DECODE_CLUSTER_MERGE",
+                        "PIE_FUSED_ROPE_ATTN", "PIE_DECODE_SPLIT_GROUP", "PIE_DECODE_SPLIT_GROUP4",
+                        "PIE_FUSED_MOE_NORM"})
+    unsetenv(v);
+}
+
+/// The test engines' options: small, 16 sequences, chunked prefill of 256 tokens.
+EngineOptions test_options(bool eager) {
   EngineOptions o;
   o.sched.max_num_seqs = 16;
   o.sched.max_num_batched_tokens = 256;
@@ -73,18 +89,17 @@ std::unique_ptr<Engine<model::AnyDecoder, P>> make_engine(const std::shared_ptr<
   o.enforce_eager = eager;
   o.num_kv_blocks = 128;
   o.log = false;
+  return o;
+}
+
+template <class P>
+std::unique_ptr<Engine<model::AnyDecoder, P>> make_engine(const std::shared_ptr<const model::Weights<bf16>>& hw,
+                                                          const Fusions& f, bool eager) {
+  set_switches(f);
+  EngineOptions o = test_options(eager);
   o.set_weights(hw);
   auto e = std::make_unique<Engine<model::AnyDecoder, P>>(o);
-  unsetenv("PIE_FUSED_ROPE_KV");
-  unsetenv("PIE_FUSED_FINAL_NORM");
-  unsetenv("PIE_FUSED_SWIGLU");
-  unsetenv("PIE_L2_PREFETCH");
-  unsetenv("PIE_L2_PREFETCH_MB");
-  unsetenv("PIE_DECODE_EARLY_PAGES");
-  unsetenv("PIE_DECODE_CLUSTER_MERGE");
-  unsetenv("PIE_FUSED_ROPE_ATTN");
-  unsetenv("PIE_DECODE_SPLIT_GROUP");
-  unsetenv("PIE_DECODE_SPLIT_GROUP4");
+  unset_switches();
   return e;
 }
 
@@ -98,14 +113,13 @@ std::vector<int32_t> random_tokens(std::mt19937& rng, int n, int vocab) {
 /// Runs the same hand-built steps through the separate kernels (or the switches `base`) and
 /// through an engine with the given fusions; every step's float logits must be the same bytes,
 /// or with `tol` > 0 within that relative error (gpu_test::rel_err: ‖fused − base‖ / ‖base‖).
-template <class P>
-void check(const model::ModelConfig& cfg, bool eager, const Fusions& f, const std::string& what_in,
-           const Fusions& base = {}, double tol = 0) {
-  constexpr int bs = P::block_size;
+/// `make(fusions, eager)` builds the engines (block size bs).
+template <int bs, class Make>
+void check_engines(const model::ModelConfig& cfg, bool eager, const Fusions& f, const std::string& what_in,
+                   const Fusions& base, double tol, Make&& make) {
   const std::string what = what_in + f.name() + (tol > 0 ? " against" + base.name() : "");
-  auto hw = std::make_shared<const model::Weights<bf16>>(model::dummy_weights<bf16>(cfg, 21));
-  auto sep_owner = make_engine<P>(hw, base, eager);
-  auto fus_owner = make_engine<P>(hw, f, eager);
+  auto sep_owner = make(base, eager);
+  auto fus_owner = make(f, eager);
   auto& sep = sep_owner->runner();
   auto& fus = fus_owner->runner();
   std::mt19937 rng(7);
@@ -173,11 +187,23 @@ void check(const model::ModelConfig& cfg, bool eager, const Fusions& f, const st
   // each eager step), never at the wider steps.
   if (f.swiglu) EXPECT_GE(on.swiglu, int64_t{1} * cfg.num_hidden_layers) << what;
   else EXPECT_EQ(on.swiglu, 0) << what;
+  // The norm inside the MoE router: the sparse layers of the batch-1 steps.
+  EXPECT_EQ(off.moe_norm > 0, base.moe_norm) << what;
+  if (f.moe_norm) EXPECT_GE(on.moe_norm, 1) << what;
+  else EXPECT_EQ(on.moe_norm, 0) << what;
   if (tol > 0)
     std::printf("[fused] %s: %d/%d steps within %.1e (largest %.2e)\n", what.c_str(), steps - differ, steps, tol,
                 max_err);
   else
     std::printf("[fused] %s: %d/%d steps bit-identical\n", what.c_str(), steps - differ, steps);
+}
+
+template <class P>
+void check(const model::ModelConfig& cfg, bool eager, const Fusions& f, const std::string& what_in,
+           const Fusions& base = {}, double tol = 0) {
+  auto hw = std::make_shared<const model::Weights<bf16>>(model::dummy_weights<bf16>(cfg, 21));
+  check_engines<P::block_size>(cfg, eager, f, what_in, base, tol,
+                               [&](const Fusions& x, bool e) { return make_engine<P>(hw, x, e); });
 }
 
 /// Each fusion alone and all together.
@@ -327,6 +353,51 @@ TEST(FusedOps, GroupPartsRopeInsideBitIdenticalAndCloseToOneCtaPerKvHead) {
     check<CudaBf16>(cfg, false, parts, name, Fusions{.cluster_merge = true}, 2e-2);
   }
 #endif
+}
+
+/// A Qwen3-MoE checkpoint directory of dummy weights (config.json only; the engine loads it with
+/// --load-format dummy): 4 layers, sparse at every second one (decoder_sparse_step 2), 8 experts
+/// of width 64 with top-k 2, hidden 256, 4 query / 2 KV heads of dim 64 (the GPU's decode kernels
+/// take head dims 64, 128, 256; the transformers-built fixtures of tests/moe have 16).
+std::string tiny_moe_dir(bool norm_topk_prob) {
+  const auto dir = std::filesystem::temp_directory_path() /
+                   (std::string("pie_fused_moe_") + (norm_topk_prob ? "norm" : "nonorm"));
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir / "config.json") << R"({"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe",
+    "hidden_size": 256, "intermediate_size": 192, "moe_intermediate_size": 64, "num_hidden_layers": 4,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64, "num_experts": 8,
+    "num_experts_per_tok": 2, "decoder_sparse_step": 2, "mlp_only_layers": [], "norm_topk_prob": )"
+                                     << (norm_topk_prob ? "true" : "false") << R"(,
+    "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "max_position_embeddings": 1024, "vocab_size": 512,
+    "tie_word_embeddings": false, "attention_bias": false, "hidden_act": "silu", "bos_token_id": 1,
+    "eos_token_id": 2})";
+  return dir.string();
+}
+
+// The residual add + RMSNorm of a sparse layer inside the MoE router's GEMV (PIE_FUSED_MOE_NORM)
+// on a Qwen3-MoE of dummy weights with dense layers between the sparse ones, norm_topk_prob on and
+// off: logits bit-identical to the norm kernel + router GEMV, graph-replayed and eager, alone and
+// with the other batch-1 fusions.
+TEST(FusedOps, MoeNormInsideTheRouterBitIdenticalGraphsAndEager) {
+  for (bool norm_topk : {true, false}) {
+    const std::string dir = tiny_moe_dir(norm_topk);
+    const auto cfg = model::load_model_config(dir, true);
+    auto make = [&](const Fusions& x, bool e) {
+      set_switches(x);
+      EngineOptions o = test_options(e);
+      o.model_dir = dir;
+      o.load_format = "dummy";
+      auto eng = std::make_unique<Engine<Qwen3Moe, CudaBf16>>(o);
+      unset_switches();
+      return eng;
+    };
+    for (bool eager : {false, true}) {
+      const std::string what = std::string("qwen3-moe ") + (norm_topk ? "norm_topk" : "raw top-k") +
+                               (eager ? " eager" : " graphs");
+      check_engines<16>(cfg, eager, Fusions{.moe_norm = true}, what, {}, 0, make);
+      check_engines<16>(cfg, eager, Fusions{.final_norm = true, .swiglu = true, .moe_norm = true}, what, {}, 0, make);
+    }
+  }
 }
 
 TEST(FusedOps, BlockSize8LogitsBitIdentical) { check_all<Bf16Block8>(gpu_test::small_qwen3(2), false, "block 8"); }

@@ -1,11 +1,11 @@
 #pragma once
 /// \file fusion_switches.hpp
-/// \brief The GPU forward's opt-in kernel fusions at op boundaries, read from the environment
-/// when a runner is built (its CUDA graphs capture the path chosen then). Off by default until
-/// measured on the GPU (docs/gpu_engine.md, "Fusions at the op boundaries of the decode step"),
-/// except the RoPE inside decode attention, on for small decode grids in a build that compiles it
-/// (measured on an H100, 2026-12-05); each fused path is bit-identical to the separate kernels it
-/// replaces.
+/// \brief The GPU forward's kernel fusions at op boundaries, read from the environment when a
+/// runner is built (its CUDA graphs capture the path chosen then). Off by default until measured
+/// on the GPU (docs/gpu_engine.md, "Fusions at the op boundaries of the decode step"), except the
+/// RoPE inside decode attention, on for small decode grids in a build that compiles it (measured on
+/// an H100, 2026-12-05), and the MoE norm inside the router (2026-12-06); each fused path is
+/// bit-identical to the separate kernels it replaces.
 #include <cstdlib>
 
 #include "pie/core/env_switch.hpp"
@@ -35,6 +35,11 @@ struct FusionSwitches {
   /// one wave of one CTA per SM), where it pays (batch-1 ITL −1.2% Qwen3-8B, −2.3% Qwen3-30B-A3B on
   /// an H100); at batch 512 the three latency paths together cost 2.9% of throughput.
   bool rope_attn_small_grids_only = false;
+  /// PIE_FUSED_MOE_NORM: at batch 1, a sparse layer's residual add + RMSNorm (norm_moe) runs in
+  /// the MoE router GEMV's prologue (ops::cuda::add_rms_norm_gemv, float logits), whose CTA 0 also
+  /// writes the normalised row for the experts, instead of its own kernel before the router. On
+  /// unless `0`: bit-identical, and Qwen3-30B-A3B's batch-1 ITL −1.5% (H100, 2026-12-06).
+  bool moe_norm = false;
 
   /// The switches of the environment; `latency_compiled`: the build has decode attention's latency
   /// paths (the RoPE inside attention's default).
@@ -46,6 +51,7 @@ struct FusionSwitches {
     f.rope_kv = env_switch("PIE_FUSED_ROPE_KV", std::getenv("PIE_FUSED_ROPE_KV"));
     f.final_norm = env_switch("PIE_FUSED_FINAL_NORM", std::getenv("PIE_FUSED_FINAL_NORM"));
     f.swiglu = env_switch("PIE_FUSED_SWIGLU", std::getenv("PIE_FUSED_SWIGLU"));
+    f.moe_norm = env_switch("PIE_FUSED_MOE_NORM", std::getenv("PIE_FUSED_MOE_NORM"), true);
     return f;
   }
 };
@@ -82,6 +88,22 @@ struct SwiGluStep {
 /// and no tensor parallelism.
 inline bool swiglu_in_gemv(bool on, const SwiGluStep& s) {
   return on && s.tokens == 1 && !s.tensor_parallel && s.gemv_rows >= 1 && !s.fp8_producer && s.width_fits;
+}
+
+/// \brief What decides whether a sparse layer's norm may run inside its MoE router's GEMV.
+struct MoeNormStep {
+  int tokens = 0;               ///< rows of the forward
+  int gemv_rows = 0;            ///< rows up to which the 16-bit linear layers run the GEMV (0 under batch invariance)
+  bool hidden_fits = false;     ///< the fused norm takes this hidden size (add_rms_norm_gemv_supported)
+  bool router_fused = false;    ///< the router runs in the fused router + routing kernel (PIE_MOE_DECODE=fused)
+};
+
+/// True when fusions.moe_norm is on and the step is one row whose router logits come from the
+/// GEMV (whose arithmetic add_rms_norm_gemv repeats bit for bit, the norm's too), not from the
+/// fused router + routing kernel. Tensor parallelism keeps it: the norm reads the all-reduced row
+/// and the router is replicated.
+inline bool moe_norm_in_router(bool on, const MoeNormStep& s) {
+  return on && s.tokens == 1 && s.gemv_rows >= 1 && s.hidden_fits && !s.router_fused;
 }
 
 /// \brief What decides whether a step's RoPE may run inside its decode attention.

@@ -25,7 +25,8 @@
 ///       // the step, written once over the backend's forward context F (engine/cpu/cpu_forward.hpp,
 ///       // engine/cuda/cuda_forward.cuh): f.act(cols), f.embed, f.linear, f.norm_linear,
 ///       // f.add_rms_norm, f.rms_norm, f.add, f.qk_norm_rope, f.rope, f.attention(layer, qkv, out),
-///       // f.silu_and_mul, f.moe (a sparse MoE block), f.all_reduce (tensor
+///       // f.silu_and_mul, f.moe (a sparse MoE block), f.norm_moe (add_rms_norm then moe: a
+///       // backend may fuse the norm into the router), f.all_reduce (tensor
 ///       // parallelism's hook), f.logits, f.prefetch(w...) (a hint: these weights are read next,
 ///       // after ops that leave DRAM idle; engine/l2_prefetch.hpp)
 ///

@@ -293,8 +293,8 @@ struct Qwen3Moe {
       f.linear(attn, L.o_proj, {}, x);
       f.all_reduce(x);
       if (L.sparse()) {
-        f.add_rms_norm(x, res, L.post_attention_layernorm, false);
-        f.moe(x, L.router, L.experts_gate_up, L.experts_down, w.moe.num_experts_per_tok, w.moe.norm_topk_prob, y);
+        f.norm_moe(x, res, L.post_attention_layernorm, false, L.router, L.experts_gate_up, L.experts_down,
+                   w.moe.num_experts_per_tok, w.moe.norm_topk_prob, y);
         f.all_reduce(y);
         std::swap(x, y);  // views: the block's output is x from here on
       } else {

@@ -272,6 +272,14 @@ class CpuForward {
                   static_cast<int>(E), static_cast<int>(I), top_k, norm_topk_prob, out.data, out.stride[0]);
     round_rows(out);  // only the output: the experts' own intermediates stay float
   }
+  /// add_rms_norm(x, res, norm, first), then moe(x, ...) into out. One op so that a backend may
+  /// fuse the norm into the router's prologue (the GPU does at batch 1); x is scratch afterwards,
+  /// as after norm_linear.
+  void norm_moe(Act x, Act& res, const Weight& norm, bool first, const Weight& router, const Weight& gate_up,
+                const Weight& down, int top_k, bool norm_topk_prob, Act out) {
+    add_rms_norm(x, res, norm, first);
+    moe(x, router, gate_up, down, top_k, norm_topk_prob, out);
+  }
   /// Completes a row-parallel projection (sum of the ranks' partial outputs).
   void all_reduce(Act x) {
     if (!comm_) return;

@@ -152,6 +152,7 @@ class CudaForward {
     const auto& c = p_.config;
     PIE_CHECK((p_.shard == nullptr) == (p_.comm == nullptr), "CudaForward: a shard needs a communicator and back");
     res_pong_ = DeviceBuffer<T>(c.hidden_size);
+    moe_x_ = DeviceBuffer<T>(c.hidden_size);
     rows_ = DeviceBuffer<T>(static_cast<size_t>(p_.max_samples) * c.hidden_size);
     if (p_.own_logits) logits_ = DeviceBuffer<float>(static_cast<size_t>(p_.max_samples) * global_vocab());
     logits_out_ = logits_.data();
@@ -197,7 +198,7 @@ class CudaForward {
   int ops() const { return ops_; }
   /// Device bytes the context itself holds (memory plan).
   size_t bytes() const {
-    size_t b = res_pong_.size() * sizeof(T) + rows_.size() * sizeof(T) + logits_.size() * sizeof(float) +
+    size_t b = (res_pong_.size() + moe_x_.size()) * sizeof(T) + rows_.size() * sizeof(T) + logits_.size() * sizeof(float) +
                ids_.size() * sizeof(int32_t) + (part_.size() + gathered_.size()) * sizeof(float);
     for (const auto& s : slots_) b += s.size() * sizeof(T);
     if (moe_) b += moe_->bytes();
@@ -216,6 +217,7 @@ class CudaForward {
     int64_t l2_prefetch = 0;  ///< prefetch() calls that launched the L2 prefetch kernel
     int64_t swiglu = 0;       ///< down-projection GEMVs with SwiGLU in their prologue
     int64_t rope_attn = 0;    ///< decode attentions with q/k norm + RoPE and the KV write inside
+    int64_t moe_norm = 0;     ///< MoE router GEMVs with the layer's residual add + RMSNorm inside
   };
   const FusionCounts& fusion_counts() const { return fusion_counts_; }
 
@@ -509,6 +511,54 @@ class CudaForward {
   /// forward all-reduces it.
   void moe(const Act& x, const Weight& router, const Weight& gate_up, const Weight& down, int top_k,
            bool norm_topk_prob, Act out) {
+    moe_block(x, router, gate_up, down, top_k, norm_topk_prob, out, nullptr);
+  }
+  /// add_rms_norm(x, res, norm, first), then moe(x, ...). At batch 1 with fusions.moe_norm
+  /// (moe_norm_in_router) the norm runs in the router GEMV's prologue, bit-identical to the
+  /// separate kernels: every CTA normalises the row, CTA 0 writes it to moe_x_ for the experts and
+  /// the new residual to the other buffer of the pair (res is updated), and x keeps the block
+  /// output (scratch afterwards, as after norm_linear). One kernel and its launch fewer per layer.
+  void norm_moe(Act x, Act& res, const Weight& norm, bool first, const Weight& router, const Weight& gate_up,
+                const Weight& down, int top_k, bool norm_topk_prob, Act out) {
+    if (!moe_norm_fusable(x, res, router)) {
+      add_rms_norm(x, res, norm, first);
+      moe(x, router, gate_up, down, top_k, norm_topk_prob, out);
+      return;
+    }
+    T* r_out = res.data == res_pong_.data() ? res_home_ : res_pong_.data();
+    if (res.data != res_pong_.data()) res_home_ = res.data;
+    const NormIntoRouter into{x, res.data, r_out, norm.data, first};
+    Act xn = x;
+    xn.data = moe_x_.data();
+    moe_block(xn, router, gate_up, down, top_k, norm_topk_prob, out, &into);
+    res.data = r_out;
+  }
+
+ private:
+  /// The residual add + RMSNorm that norm_moe() puts in the router GEMV's prologue.
+  struct NormIntoRouter {
+    Act x;         ///< the block output (the norm's input)
+    const T* r_in; ///< the residual before the add
+    T* r_out;      ///< the residual after it (the other buffer of the pair)
+    const T* w;    ///< the norm's weight
+    bool first;
+  };
+  /// Whether norm_moe() may run its norm in the router GEMV (moe_norm_in_router, and a contiguous,
+  /// aligned row that the GEMV takes).
+  bool moe_norm_fusable(const Act& x, const Act& res, const Weight& router) const {
+    engine::MoeNormStep st;
+    st.tokens = shape_.tokens;
+    st.gemv_rows = p_.gemm->gemv_max_rows();
+    st.hidden_fits = ops::cuda::add_rms_norm_gemv_supported(x.shape[1]);
+    if constexpr (ops::cuda::moe_decode::kVariantsCompiled)
+      st.router_fused = p_.moe_decode.decode == ops::cuda::moe_decode::Choice::kFused && !p_.batch_invariant;
+    return engine::moe_norm_in_router(p_.fusions.moe_norm, st) && x.shape[0] == 1 && x.shape[1] == res.shape[1] &&
+           x.stride[1] == 1 && router.shape[1] == x.shape[1] && ops::cuda::vec8_aligned(res.data) &&
+           ops::cuda::gemv_supported(1, x.shape[1], x.data, x.stride[0], router.data, router.stride[0]);
+  }
+  /// moe(); with `into`, x is moe_x_ and the router GEMV first computes it (norm_moe).
+  void moe_block(const Act& x, const Weight& router, const Weight& gate_up, const Weight& down, int top_k,
+                 bool norm_topk_prob, Act out, const NormIntoRouter* into) {
     const engine::MoeDims d = engine::check_moe_shapes(x, router, gate_up, down, out);
     const int64_t E = d.E, H = d.H, I = d.I;
     if (!moe_ || !moe_->fits(p_.max_tokens, static_cast<int>(E), top_k, static_cast<int>(H), static_cast<int>(I))) {
@@ -542,10 +592,17 @@ class CudaForward {
     if constexpr (kVariants) {
       if (fused) op("moe_router_route", [&] { ops::cuda::moe_router_route(x, router, norm_topk_prob, ws, s_); });
     }
-    if (!fused) {
+    PIE_CHECK(into == nullptr || (!fused && n == 1), "CudaForward: the norm in the router is for one row's GEMV");
+    if (into != nullptr) {
+      op("norm+moe_router", [&] {
+        ops::cuda::add_rms_norm_gemv(logits, into->x, into->first ? nullptr : into->r_in, into->r_out, into->w, eps(),
+                                     into->first, router, static_cast<const T*>(nullptr), s_, 0, x.data);
+      });
+      ++fusion_counts_.moe_norm;
+    } else if (!fused) {
       op("moe_router", [&] { (*p_.gemm)(logits, x, router, static_cast<const T*>(nullptr), s_); });
-      op("moe_route", [&] { ops::cuda::moe_route(n, norm_topk_prob, ws, s_, kVariants && sw.route_one_cta); });
     }
+    if (!fused) op("moe_route", [&] { ops::cuda::moe_route(n, norm_topk_prob, ws, s_, kVariants && sw.route_one_cta); });
     if (n == 0) return;
     if (moe_observer_) {  // a test's look at the routing; never inside a graph capture
       cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
@@ -585,6 +642,8 @@ class CudaForward {
     op("moe_down", [&] { ex.down(s_); });
     op("moe_unpermute", [&] { ex.unpermute(s_); });
   }
+
+ public:
   /// \brief Called by every eager moe() after its routing: the device ids [n·k] (expert of token
   /// t's j-th slot) and the step's stream. For tests comparing routing with transformers.
   using MoeObserver = std::function<void(const int32_t* ids, int n, int k, cudaStream_t stream)>;
@@ -785,6 +844,7 @@ class CudaForward {
   bool frozen_ = false;
   float calc_margin_ = 0.0f;  // > 0: the next forward calculates the fp8 KV scales
   DeviceBuffer<T> res_pong_, rows_;
+  DeviceBuffer<T> moe_x_;  ///< the normalised row that norm_moe's router GEMV writes for the experts
   T* res_home_ = nullptr;
   Act last_x_;       // the last forward's final hidden states (logits() input), for score_prompt_rows
   Weight lm_head_;

@@ -55,6 +55,9 @@ struct GemvParams {
   /// Written by CTA 0 (never norm_r_in: other CTAs still read it): the new residual with
   /// kGemvAddRmsNorm; with kGemvSwiGLU the SwiGLU row, when not null.
   T* norm_r_out = nullptr;
+  /// kGemvAddRmsNorm, when not null: CTA 0 also writes the normalised row there (the bytes
+  /// add_rms_norm would have left in x), for later kernels that read it (the MoE experts).
+  T* norm_x_out = nullptr;
   const T* norm_w = nullptr;
   float norm_eps = 0.f;
   int norm_first = 0;
@@ -150,6 +153,11 @@ __global__ void __launch_bounds__(NW * 32, MINB) gemv_kernel(const __grid_consta
       }
     }
     __syncthreads();
+    if constexpr (Pro == kGemvAddRmsNorm) {
+      if (blockIdx.x == 0 && p.norm_x_out != nullptr)
+        for (int i = threadIdx.x * 8; i < p.k; i += NW * 32 * 8)
+          *reinterpret_cast<uint4*>(p.norm_x_out + i) = *reinterpret_cast<const uint4*>(xs + i);
+    }
     if (!active) return;
     xsrc = xs;
   }
@@ -286,11 +294,13 @@ inline int gemv_norm_warps() {
 /// x is left as it was and the residual goes to another buffer: every CTA normalises the row
 /// itself, so r_in must not be written while they read it (ping-pong r_in/r_out across calls).
 /// It saves the norm kernel and its launch between two weight streams. y is in T, or float
-/// (the final norm inside lm_head: float logits, as gemv's float output).
+/// (the final norm inside lm_head, the MoE router: float logits, as gemv's float output).
+/// `x_out` (may be null, must not be x): CTA 0 also writes the normalised row there, the bytes the
+/// separate norm would have left in x, for later readers (the MoE experts after the router).
 template <class TY, class T>
 void add_rms_norm_gemv(TensorView<TY> y, TensorView<T> x, const T* r_in, T* r_out, const T* norm_w, float eps,
                        bool first, TensorView<T> w, const T* bias = nullptr, cudaStream_t stream = nullptr,
-                       int warps = 0) {
+                       int warps = 0, T* x_out = nullptr) {
   static_assert(std::is_same_v<T, pie::f16> || std::is_same_v<T, pie::bf16>, "add_rms_norm_gemv: f16 or bf16");
   static_assert(std::is_same_v<TY, T> || std::is_same_v<TY, float>, "add_rms_norm_gemv: output is T or float");
   PIE_CHECK(x.rank == 2 && w.rank == 2 && y.rank == 2 && x.shape[0] == 1 && y.shape[0] == 1,
@@ -306,6 +316,8 @@ void add_rms_norm_gemv(TensorView<TY> y, TensorView<T> x, const T* r_in, T* r_ou
   PIE_CHECK(r_in != r_out, "add_rms_norm_gemv: r_in and r_out must differ (every CTA reads r_in)");
   PIE_CHECK(vec8_aligned(r_out) && vec8_aligned(norm_w) && (r_in == nullptr || vec8_aligned(r_in)),
             "add_rms_norm_gemv: residual and norm weight must be 16-byte aligned");
+  PIE_CHECK(x_out == nullptr || (vec8_aligned(x_out) && x_out != x.data && x_out != r_in && x_out != r_out),
+            "add_rms_norm_gemv: x_out must be 16-byte aligned and differ from x and the residuals (CTAs read them)");
   using D = device_t<T>;
   using DY = std::conditional_t<std::is_same_v<TY, float>, float, D>;
   const int K = static_cast<int>(x.shape[1]);
@@ -317,6 +329,7 @@ void add_rms_norm_gemv(TensorView<TY> y, TensorView<T> x, const T* r_in, T* r_ou
   p.norm_eps = eps;
   p.norm_first = first ? 1 : 0;
   p.norm_threads = detail::norm_threads(K);
+  p.norm_x_out = dev(x_out);
   if (warps == 0) warps = gemv_norm_warps();
   PIE_CHECK(warps == 4 || warps == 16, "add_rms_norm_gemv: 4 or 16 warps per CTA, not ", warps);
   detail::launch_gemv<1, detail::kGemvAddRmsNorm>(p, stream, warps);

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# bench/device_moe_norm.sh — the MoE router with the layer's norm in its GEMV (PIE_FUSED_MOE_NORM)
+# and the decode CTA timeline, one call: the fusion tests (bit-identity on the MoE fixtures, group
+# parts), where a batch-1 decode CTA spends its time (pie_bench_cuda_decode_timeline), then
+# batch-1 ITL of Qwen3-30B-A3B with the switch off and on (alternating, twice) and of Qwen3-8B at
+# the build's defaults, with a CUPTI trace of the MoE step with the switch on.
+# Usage: PIE_PREBUILT=.device/bundle.txz OUT=$OUT bash bench/device_moe_norm.sh
+export SUM=$OUT/summary.txt LOGDIR=$OUT RUN_TAIL=8
+source "$(dirname "$0")/device_lib.sh"
+use_prebuilt || exit 1
+say "device: $(gpu_line)"
+gt() { grep -E "FAILED  \]|Failure|Expected|Which is|PASSED|SKIPPED|tests ran" "$LOGDIR/$1.log" | head -${2:-20} | tee -a "$SUM"; }
+MODEL8B=bench/models/Qwen3-8B MOE=bench/models/Qwen3-30B-A3B
+if [ -x "$BUILD/tests/gpu/pie_gpu_test_fused_ops" ]; then
+  run test_fused_ops 200 "$BUILD/tests/gpu/pie_gpu_test_fused_ops" --gtest_color=no \
+    "--gtest_filter=${PIE_FUSED_FILTER:-FusedOps.MoeNorm*:FusedOps.GroupParts*}"
+  grep -E "^\[fused\]" "$LOGDIR/test_fused_ops.log" | tee -a "$SUM"; gt test_fused_ops 12
+fi
+if [ -x "$BUILD/bench/cuda/pie_bench_cuda_decode_timeline" ]; then
+  run timeline 120 "$BUILD/bench/cuda/pie_bench_cuda_decode_timeline"
+  cat "$LOGDIR/timeline.log" | tee -a "$SUM"
+fi
+L="--load-format dummy --input-len 128 --output-len 128 --mode latency --num-iters 5 --num-iters-warmup 1 --max-num-seqs 8"
+r() {  # TAG MODEL ENV... (KEY=VALUE, or nothing: the build's defaults)
+  local tag=$1 m=$2; shift 2
+  env -u PIE_FUSED_MOE_NORM "$@" timeout 150 "$BUILD/examples/pie/pie_bench" "$m" $L 2>&1 |
+    grep -E "^latency" | sed "s/^/[$tag] /" | tee -a "$SUM"
+}
+for i in 1 2; do
+  r moe_norm0 $MOE PIE_FUSED_MOE_NORM=0
+  r moe_norm1 $MOE PIE_FUSED_MOE_NORM=1
+done
+r 8b_default $MODEL8B
+TRACER=$BUILD/bench/cuda/libpie_kernel_trace.so
+if [ -f "$TRACER" ] && [ "${PIE_MOE_NORM_TRACE:-1}" = 1 ]; then
+  trace_profile moe_norm1 120 1 moe_norm1 --hidden 2048 --q-size 4096 --kv-size 512 --layers 48 --experts 128 \
+    --moe-intermediate 768 --top-k 8 --vocab 151936 -- \
+    env PIE_FUSED_MOE_NORM=1 "$BUILD/examples/pie/pie_bench" $MOE --load-format dummy --input-len 128 \
+    --output-len 128 --mode latency --num-iters 2 --num-iters-warmup 1 --max-num-seqs 8
+fi
+say done
