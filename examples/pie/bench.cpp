@@ -165,6 +165,9 @@ struct Bench {
     model::ModelConfig cfg = model::load_model_config(o.model_dir, /*any_architecture=*/true);  // Qwen3-MoE too
     EngineOptions eo = engine_options(o, cfg);
     auto t0 = Clock::now();
+#if defined(PIE_DECODE_TIMELINE)  // pie_bench_timeline: decode CTAs stamp their marks (the graphs capture the buffer)
+    ops::cuda::detail::decode_timeline_start();
+#endif
     eng = std::make_unique<Engine<Model, Policy>>(eo, registry::cuda_group(resolve_engine(eo)));
     const auto& mp = eng->runner().memory_plan();
     const std::string_view kv_name = DTypeTraits<typename Policy::kv_dtype>::name;
@@ -363,6 +366,9 @@ struct Bench {
                   1e6 * idle / idle_n, 100 * idle / idle_n / i, static_cast<long long>(idle_n));
       j["device_idle_us"] = 1e6 * idle / idle_n;
     }
+#if defined(PIE_DECODE_TIMELINE)
+    ops::cuda::detail::decode_timeline_print("latency");  // the last layer of the last decode step
+#endif
     return j;
   }
 };

@@ -447,3 +447,22 @@ TEST(DecodePlan, RejectsBadShapes) {
 }
 
 }  // namespace
+
+// The late dependent launch (PIE_DECODE_LATE_DEPENDENTS, opt-in): parsed like the other switches,
+// and only on plans whose grid is one wave of one CTA per SM.
+TEST(DecodePlan, LateDependentsAreOptInAndOnlyOnSmallGrids) {
+  ::unsetenv("PIE_DECODE_LATE_DEPENDENTS");
+  EXPECT_FALSE(DecodePlanOptions::from_env(true).late_dependents) << "opt-in";
+  ::setenv("PIE_DECODE_LATE_DEPENDENTS", "yes", 1);
+  EXPECT_THROW(DecodePlanOptions::from_env(true), pie::Error);
+  ::setenv("PIE_DECODE_LATE_DEPENDENTS", "1", 1);
+  DecodePlanOptions o = DecodePlanOptions::from_env(true);
+  ::unsetenv("PIE_DECODE_LATE_DEPENDENTS");
+  EXPECT_TRUE(o.late_dependents);
+  const auto b1 = plan_decode_split(1, 32, 8, 128, 512, 132, o);
+  EXPECT_TRUE(b1.small_grid && b1.late_dependents) << "batch 1: a small grid";
+  const auto b64 = plan_decode_split(64, 32, 8, 128, 4096, 132, o);
+  EXPECT_FALSE(b64.small_grid || b64.late_dependents) << "batch 64: a full grid";
+  o.late_dependents = false;
+  EXPECT_FALSE(plan_decode_split(1, 32, 8, 128, 512, 132, o).late_dependents);
+}

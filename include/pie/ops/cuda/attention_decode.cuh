@@ -25,8 +25,10 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "pie/core/attention_variants.hpp"
 #include "pie/core/dispatch.hpp"
@@ -50,6 +52,65 @@ inline DecodePlan plan_decode_attention(int batch, int num_q_heads, int num_kv_h
 }
 
 namespace detail {
+
+#if defined(PIE_DECODE_TIMELINE)
+/// Bench only (-DPIE_DECODE_TIMELINE: bench/cuda/bench_decode_timeline.cu, pie_bench_timeline):
+/// thread 0 of each decode CTA stamps %globaltimer at kDecodeMarks points of the kernel into
+/// DecodeParams::timeline, so that a CTA's time can be placed without hardware counters: 0 entry,
+/// 1 early pages issued, 2 wait returned, 3 ring started (page table read, q loaded, RoPE done),
+/// 4 first stage landed, 5 stages done, 6 the CTA's warps merged, 7 partials stored or merged.
+inline constexpr int kDecodeMarks = 8, kDecodeTimelineCtas = 1024;
+/// Host: the [kDecodeTimelineCtas][kDecodeMarks] device buffer decode_attention() passes to its
+/// kernels (null: none); one variable for every translation unit (`inline`), set before kernels
+/// are launched or captured.
+inline unsigned long long* g_decode_timeline = nullptr;
+template <class P>
+__device__ __forceinline__ void decode_mark(const P& p, int i) {
+  if (threadIdx.x != 0 || p.timeline == nullptr) return;
+  const unsigned cta = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+  if (cta >= unsigned(kDecodeTimelineCtas)) return;
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  p.timeline[cta * kDecodeMarks + i] = t;
+}
+#define PIE_DECODE_MARK(i) ::pie::ops::cuda::detail::decode_mark(p, i)
+/// Host: allocates (once) and zeroes the timeline buffer and points g_decode_timeline at it.
+inline void decode_timeline_start() {
+  if (g_decode_timeline == nullptr)
+    PIE_CUDA_CHECK(cudaMalloc(&g_decode_timeline, sizeof(unsigned long long) * kDecodeTimelineCtas * kDecodeMarks));
+  PIE_CUDA_CHECK(cudaMemset(g_decode_timeline, 0, sizeof(unsigned long long) * kDecodeTimelineCtas * kDecodeMarks));
+}
+/// Host: prints the marks of the last decode launch that stamped them (every launch overwrites
+/// its CTAs' rows): for each mark, the earliest and latest CTA from the grid's first entry, µs.
+inline void decode_timeline_print(const char* tag) {
+  if (g_decode_timeline == nullptr) return;
+  std::vector<unsigned long long> t(size_t(kDecodeTimelineCtas) * kDecodeMarks);
+  PIE_CUDA_CHECK(cudaDeviceSynchronize());
+  PIE_CUDA_CHECK(cudaMemcpy(t.data(), g_decode_timeline, t.size() * sizeof(t[0]), cudaMemcpyDeviceToHost));
+  // The last launch's CTAs: entries within 50 µs of the latest (rows past its grid keep an
+  // earlier, wider launch's stamps).
+  unsigned long long last = 0, t0 = ~0ull;
+  for (int c = 0; c < kDecodeTimelineCtas; ++c) last = std::max(last, t[size_t(c) * kDecodeMarks]);
+  auto in_last = [&](int c) { return t[size_t(c) * kDecodeMarks] != 0 && t[size_t(c) * kDecodeMarks] + 50000 >= last; };
+  int ctas = 0;
+  for (int c = 0; c < kDecodeTimelineCtas; ++c)
+    if (in_last(c)) t0 = std::min(t0, t[size_t(c) * kDecodeMarks]), ++ctas;
+  std::printf("%s: decode CTA timeline of the last launch (%d CTAs), us from the first entry:\n", tag, ctas);
+  static const char* kName[] = {"0 entry", "1 early", "2 waited", "3 ring", "4 stage0", "5 stages", "6 cta", "7 out"};
+  for (int m = 0; m < kDecodeMarks && ctas > 0; ++m) {
+    double lo = 1e30, hi = -1;
+    for (int c = 0; c < kDecodeTimelineCtas; ++c) {
+      const unsigned long long v = t[size_t(c) * kDecodeMarks + m];
+      if (v == 0 || !in_last(c) || v < t0) continue;
+      lo = std::min(lo, double(v - t0) * 1e-3);
+      hi = std::max(hi, double(v - t0) * 1e-3);
+    }
+    if (hi >= 0) std::printf("%s:   %-9s first %7.2f  last %7.2f\n", tag, kName[m], lo, hi);
+  }
+}
+#else
+#define PIE_DECODE_MARK(i) ((void)0)
+#endif
 
 /// One level of the reduce-scatter of decode_body per recursion, sizes as template arguments so
 /// every index is a constant (a run-time index would move `v` to local memory): lanes `o` apart
@@ -109,6 +170,7 @@ __device__ __forceinline__ void decode_body(const DecodeParams<T, KV, Variant>& 
   DecodeRing<TOK, HD, STAGES, KV> ring(p.kv, b, kvh, p.bs_shift, t_lo, t_end, n_stages, ring_base, bars, lane);
   int32_t next_page = 0;  // warp 0: page id of this lane's first copy of stage it + STAGES
   if (warp == 0) next_page = ring.start(issued);
+  PIE_DECODE_MARK(3);
 
   // Scores are q·k·sm_scale in the log2 domain: folded into q unless the variant transforms
   // the scaled logit (soft-cap), which then sees it unscaled by log2(e).
@@ -143,6 +205,7 @@ __device__ __forceinline__ void decode_body(const DecodeParams<T, KV, Variant>& 
   for (int it = 0; it < n_stages; ++it) {
     const int slot = it % STAGES;
     mbar_wait(&bars[slot], (it / STAGES) & 1);
+    if (it == 0) PIE_DECODE_MARK(4);
     const KV* sk = ring_base + slot * S::STAGE_ELEMS;
     const KV* sv = sk + TOK * HD;
     const int ts = t_lo + it * TOK;
@@ -303,6 +366,8 @@ __device__ __forceinline__ void decode_body(const DecodeParams<T, KV, Variant>& 
       next_page = ring.page_of(it + STAGES + 1);
     }
   }
+  PIE_DECODE_MARK(5);
+  if (p.late_dependents) pdl_launch_dependents();  // (DecodePlan::late_dependents) after the stages
   if constexpr (MODE == 0) {
     // Back to per-head state in every lane: l summed over the lanes sharing a head, then m and l
     // read from the lanes owning each head.
@@ -347,6 +412,7 @@ __device__ __forceinline__ void decode_body(const DecodeParams<T, KV, Variant>& 
     }
   }
   __syncthreads();
+  PIE_DECODE_MARK(6);
   if constexpr (ROPE) {
     decode_store_merged<HD, GROUP, NW, FUSED>(p, s_acc, vh, b, split, p.num_splits, [&] {
       if (own.owner) decode_rope_write_back<HD, GROUP, NW>(p, b, vh, rsm);
@@ -354,6 +420,7 @@ __device__ __forceinline__ void decode_body(const DecodeParams<T, KV, Variant>& 
   } else {
     decode_store_merged<HD, GROUP, NW, FUSED>(p, s_acc, vh, b, split, p.num_splits);
   }
+  PIE_DECODE_MARK(7);
 }
 
 template <int HD, int GROUP, int NW, int STAGES, int MODE, class T, class KV, class Variant>
@@ -361,21 +428,27 @@ __global__ void __launch_bounds__(NW * 32, decode_ctas_per_sm(GROUP) * 4 / NW > 
     decode_kernel(const __grid_constant__ DecodeParams<T, KV, Variant> p) {
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ uint64_t bars[STAGES];
+  PIE_DECODE_MARK(0);
   if (threadIdx.x == 0)
     for (int s = 0; s < STAGES; ++s) mbar_init(&bars[s], 1);
   __syncthreads();
-  pdl_launch_dependents();  // the merge (or o_proj's GEMV) may start streaming now
+  if (!p.late_dependents) pdl_launch_dependents();  // the merge (or o_proj's GEMV) may start streaming now
   int issued = 0;
   if (kDecodeLatencyPaths && p.early_pages && threadIdx.x < 32)
     issued = decode_issue_early_pages<DecodeShape<HD, GROUP, NW, STAGES, KV>::TOK, HD, STAGES>(p, smem, bars,
                                                                                              int(blockIdx.z));
-  pdl_wait();
+  PIE_DECODE_MARK(1);
   if constexpr ((MODE & kDecodeRope) != 0) {
     __shared__ DecodeRopeSmem<HD, GROUP, T, KV> rsm;  // the fused RoPE's rotated q and new K/V row
-    const DecodeRopeOwner own =
-        decode_rope_prologue<HD, GROUP, NW>(p, int(blockIdx.y), int(blockIdx.x), int(blockIdx.z), rsm);
+    // Owner, slot, cos/sin and norm weights before the wait: none depends on the predecessor.
+    const auto pre = decode_rope_prepare<HD, GROUP, NW>(p, int(blockIdx.y), int(blockIdx.z));
+    pdl_wait();
+    PIE_DECODE_MARK(2);
+    const DecodeRopeOwner own = decode_rope_prologue<HD, GROUP, NW>(p, int(blockIdx.y), int(blockIdx.x), pre, rsm);
     decode_body<HD, GROUP, NW, STAGES, MODE>(p, smem, bars, issued, rsm, own);
   } else {
+    pdl_wait();
+    PIE_DECODE_MARK(2);
     DecodeRopeNone none;
     decode_body<HD, GROUP, NW, STAGES, MODE>(p, smem, bars, issued, none, DecodeRopeOwner{});
   }
@@ -570,6 +643,10 @@ void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out,
   p.cluster_merge = plan.cluster_merge;
   p.early_pages = plan.early_pages;
   p.group_shift = parts == 2 ? 1 : 0;
+  p.late_dependents = plan.late_dependents;
+#if defined(PIE_DECODE_TIMELINE)
+  p.timeline = detail::g_decode_timeline;
+#endif
   if (rope != nullptr) {
     p.rope.positions = rope->positions;
     p.rope.q_norm = dev(rope->q_norm);

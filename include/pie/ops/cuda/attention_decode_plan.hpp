@@ -95,6 +95,12 @@ struct DecodePlanOptions {
   /// the FMAs of a four-head one, so it was measured on its own: Qwen3-8B batch-1 ITL −1.4% (H100,
   /// 2026-12-06, three pairs). The default of a build with the latency paths, on small grids.
   bool split_group4 = false;
+  /// Small grids only: the decode kernel lets its dependent (o_proj's GEMV, or the merge kernel)
+  /// launch after its stages instead of at its start, so that the dependent's CTAs and their
+  /// first weight loads do not share the SMs and DRAM with the attention's own loads
+  /// (`PIE_DECODE_LATE_DEPENDENTS=1`; opt-in, an experiment: the engine's timeline of 2026-12-06
+  /// has each phase of the kernel twice as long in the step as alone).
+  bool late_dependents = false;
 
   /// The fused merge is `PIE_DECODE_FUSED_MERGE=1` (opt-in: never measured faster). The cluster
   /// merge (`PIE_DECODE_CLUSTER_MERGE`) and the early pages (`PIE_DECODE_EARLY_PAGES`) are `1`: on
@@ -117,6 +123,7 @@ struct DecodePlanOptions {
     o.split_groups = env_switch("PIE_DECODE_SPLIT_GROUP", split_group, latency_compiled);
     o.split_groups_small_grids_only = true;
     o.split_group4 = env_switch("PIE_DECODE_SPLIT_GROUP4", std::getenv("PIE_DECODE_SPLIT_GROUP4"), latency_compiled);
+    o.late_dependents = env_switch("PIE_DECODE_LATE_DEPENDENTS", std::getenv("PIE_DECODE_LATE_DEPENDENTS"));
     return o;
   }
 };
@@ -220,6 +227,9 @@ struct DecodePlan {
   /// The first ring stages of pages older than the query are issued before the kernel waits for
   /// its predecessor (DecodePlanOptions::early_pages).
   bool early_pages = false;
+  /// The kernel lets its dependent launch after its stages, not at its start (small grids only;
+  /// DecodePlanOptions::late_dependents).
+  bool late_dependents = false;
   /// The grid fits one wave of one CTA per SM (batch · KV heads · CTAs per pair ≤ the SM count):
   /// decode attention is latency here, the regime the latency paths are for
   /// (DecodePlanOptions::small_grids_only; the RoPE inside attention asks it too).
@@ -317,6 +327,7 @@ namespace detail {
 inline void set_small_grid(DecodePlan& p, int64_t grid_ctas, int sm_count, const DecodePlanOptions& opt) {
   p.small_grid = grid_ctas <= sm_count;
   if (opt.small_grids_only && !p.small_grid) p.early_pages = false;
+  p.late_dependents = opt.late_dependents && p.small_grid;
 }
 
 /// The cost model of plan_decode_split (µs; see there): `ctas` (sequence, KV head) pairs over

@@ -74,6 +74,12 @@ struct DecodeParams {
   /// *part* ("virtual KV head") vh = kvh · parts + part, serving query heads [vh · GROUP,
   /// (vh + 1) · GROUP) of the KV head kvh = vh >> group_shift; the parts of a pair are one cluster.
   int group_shift;
+  /// The kernel calls griddepcontrol.launch_dependents after its stages (DecodePlan::late_dependents).
+  bool late_dependents;
+#if defined(PIE_DECODE_TIMELINE)
+  /// Bench only: [CTA][kDecodeMarks] %globaltimer stamps of thread 0 (attention_decode.cuh).
+  unsigned long long* timeline;
+#endif
 };
 
 /// Splits of a sequence of `len` tokens in a split_loop launch: its own, at least one (a CTA of
@@ -295,38 +301,60 @@ __device__ __forceinline__ void decode_merge_rows(const Src& src, int num_splits
                                                   const int (&c)[NR], int sl, T* const (&dst)[NR]) {
   constexpr int SL = kDecodeMergeSplitLanes<HD>;
   static_assert(SL >= 1 && SL <= 32 && (SL & (SL - 1)) == 0, "decode merge: head dim");
-  float mm[NR];
-#pragma unroll
-  for (int r = 0; r < NR; ++r) mm[r] = -INFINITY;
-  for (int s = sl; s < num_splits; s += SL)
-#pragma unroll
-    for (int r = 0; r < NR; ++r) mm[r] = fmaxf(mm[r], src.lse_of(s, row[r]));
-#pragma unroll
-  for (int o = SL / 2; o > 0; o >>= 1)
-#pragma unroll
-    for (int r = 0; r < NR; ++r) mm[r] = fmaxf(mm[r], __shfl_xor_sync(0xffffffffu, mm[r], o));
-  float acc[NR][8], den[NR];
+  float mm[NR], acc[NR][8], den[NR];
 #pragma unroll
   for (int r = 0; r < NR; ++r) {
+    mm[r] = -INFINITY;
     den[r] = 0.f;
 #pragma unroll
     for (int j = 0; j < 8; ++j) acc[r][j] = 0.f;
   }
-  auto accumulate = [&](int s) {
+  auto add = [&](int r, float lse, const float4& a, const float4& bb) {
+    const float w = safe_scale(lse, mm[r]);
+    den[r] += w;
+    acc[r][0] += w * a.x; acc[r][1] += w * a.y; acc[r][2] += w * a.z; acc[r][3] += w * a.w;
+    acc[r][4] += w * bb.x; acc[r][5] += w * bb.y; acc[r][6] += w * bb.z; acc[r][7] += w * bb.w;
+  };
+  auto max_over_lanes = [&] {
+#pragma unroll
+    for (int o = SL / 2; o > 0; o >>= 1)
+#pragma unroll
+      for (int r = 0; r < NR; ++r) mm[r] = fmaxf(mm[r], __shfl_xor_sync(0xffffffffu, mm[r], o));
+  };
+  if (num_splits <= SL) {
+    // At most one split per lane (batch-1 plans: 2 to 8 splits): its lse and o are loaded together,
+    // before the maximum is known, so the merge waits for one round of loads (through distributed
+    // shared memory for the cluster merge), not two. The same operations in the same order.
+    const bool mine = sl < num_splits;
+    float lse[NR];
+    float4 a[NR], bb[NR];
 #pragma unroll
     for (int r = 0; r < NR; ++r) {
-      const float w = safe_scale(src.lse_of(s, row[r]), mm[r]);
-      const float4 a = src.o4(s, row[r], c[r], 0), bb = src.o4(s, row[r], c[r], 1);
-      den[r] += w;
-      acc[r][0] += w * a.x; acc[r][1] += w * a.y; acc[r][2] += w * a.z; acc[r][3] += w * a.w;
-      acc[r][4] += w * bb.x; acc[r][5] += w * bb.y; acc[r][6] += w * bb.z; acc[r][7] += w * bb.w;
+      if (!mine) continue;
+      lse[r] = src.lse_of(sl, row[r]);
+      a[r] = src.o4(sl, row[r], c[r], 0);
+      bb[r] = src.o4(sl, row[r], c[r], 1);
+      mm[r] = fmaxf(mm[r], lse[r]);
     }
-  };
-  if constexpr (UNROLL == 1) {  // the compiler's choice (by 4 for the merge kernel's one row)
-    for (int s = sl; s < num_splits; s += SL) accumulate(s);
-  } else {  // it does not unroll NR rows' body: UNROLL splits' loads in flight; each sum keeps its order
+    max_over_lanes();
+#pragma unroll
+    for (int r = 0; r < NR; ++r)
+      if (mine) add(r, lse[r], a[r], bb[r]);
+  } else {
+    for (int s = sl; s < num_splits; s += SL)
+#pragma unroll
+      for (int r = 0; r < NR; ++r) mm[r] = fmaxf(mm[r], src.lse_of(s, row[r]));
+    max_over_lanes();
+    auto accumulate = [&](int s) {
+#pragma unroll
+      for (int r = 0; r < NR; ++r) add(r, src.lse_of(s, row[r]), src.o4(s, row[r], c[r], 0), src.o4(s, row[r], c[r], 1));
+    };
+    if constexpr (UNROLL == 1) {  // the compiler's choice (by 4 for the merge kernel's one row)
+      for (int s = sl; s < num_splits; s += SL) accumulate(s);
+    } else {  // it does not unroll NR rows' body: UNROLL splits' loads in flight; each sum keeps its order
 #pragma unroll UNROLL
-    for (int s = sl; s < num_splits; s += SL) accumulate(s);
+      for (int s = sl; s < num_splits; s += SL) accumulate(s);
+    }
   }
 #pragma unroll
   for (int o = SL / 2; o > 0; o >>= 1) {
@@ -408,27 +436,46 @@ template <int HD, int GROUP, int NW, bool FUSED = false, class T, class KV, clas
 __device__ __forceinline__ void decode_store_merged(const DecodeParams<T, KV, Variant>& p, float* smem, int vh,
                                                     int b, int split, int nsplit,
                                                     const AfterBarrier& after_barrier = {}) {
+  static_assert(NW >= 2, "decode_store_merged: the head sums take two rows of the merge area");
   const float* s_acc = smem;
-  const float* s_m = s_acc + NW * GROUP * HD;
-  const float* s_l = s_m + NW * GROUP;
+  float* s_m = smem + NW * GROUP * HD;
+  float* s_l = s_m + NW * GROUP;
   const int shift = kDecodeLatencyPaths ? p.group_shift : 0;
   [[maybe_unused]] const int kvh = vh >> shift;  // fp8 scales, the fused merge's counters
   const int nq = (p.kv.num_kv_heads << shift) * GROUP;
   const bool cluster = kDecodeLatencyPaths && p.cluster_merge && nsplit > 1;
   float* c_o = smem + kDecodeClusterPartOffset<HD, GROUP, NW> / sizeof(float);  // cluster: [GROUP][HD]
   float* c_lse = c_o + GROUP * HD;                                               // cluster: [GROUP]
-  for (int i = threadIdx.x; i < GROUP * HD; i += NW * 32) {
-    int g = i / HD, d = i % HD;
+  // A head's warp weights 2^(m_w − max) and its sum l, once per head (not per dim: HD times the
+  // exponentials on the path to the output). Head g's column of s_m / s_l is read and rewritten by
+  // its thread alone: s_m[w][g] becomes warp w's weight, s_l[0][g] the sum, s_l[1][g] the max.
+  // The same operations in the same order as per dim: the same bits.
+  for (int g = threadIdx.x; g < GROUP; g += NW * 32) {
     float mm = -INFINITY;
 #pragma unroll
     for (int w = 0; w < NW; ++w) mm = fmaxf(mm, s_m[w * GROUP + g]);
-    float ll = 0.f, o = 0.f;
+    float ll = 0.f, sc[NW];
 #pragma unroll
     for (int w = 0; w < NW; ++w) {
-      float sc = safe_scale(s_m[w * GROUP + g], mm);
-      ll += s_l[w * GROUP + g] * sc;
-      o += s_acc[(w * GROUP + g) * HD + d] * sc;
+      sc[w] = safe_scale(s_m[w * GROUP + g], mm);
+      ll += s_l[w * GROUP + g] * sc[w];
     }
+#pragma unroll
+    for (int w = 0; w < NW; ++w) s_m[w * GROUP + g] = sc[w];
+    s_l[g] = ll;
+    s_l[GROUP + g] = mm;
+  }
+  __syncthreads();
+  constexpr int kPasses = (GROUP * HD + NW * 32 - 1) / (NW * 32);
+#pragma unroll
+  for (int k = 0; k < kPasses; ++k) {
+    const int i = int(threadIdx.x) + k * NW * 32;
+    if ((GROUP * HD) % (NW * 32) != 0 && i >= GROUP * HD) break;  // (MHA at head dim 64: half the CTA)
+    const int g = i / HD, d = i % HD;
+    const float mm = s_l[GROUP + g], ll = s_l[g];
+    float o = 0.f;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) o += s_acc[(w * GROUP + g) * HD + d] * s_m[w * GROUP + g];
     float out = ll > 0.f ? o / ll : 0.f;
     if constexpr (is_fp8_v<KV>) out *= p.kv.v_scale_of(kvh);
     const int h = vh * GROUP + g;

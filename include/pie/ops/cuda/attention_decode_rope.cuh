@@ -66,18 +66,31 @@ __device__ __forceinline__ void decode_rope_write_back(const DecodeParams<T, KV,
   }
 }
 
-/// The prologue, by every thread of the CTA after griddepcontrol.wait: rotates the pair's GROUP q
-/// heads (and the owner's K head) into `sm`, converts the owner's K and V rows, and with one split
-/// writes the rotated q and k back into qkv. Ends on a barrier. vh: the CTA's part (its KV head
-/// without group parts).
-template <int HD, int GROUP, int NW, class T, class KV, class Variant>
-__device__ __forceinline__ DecodeRopeOwner decode_rope_prologue(const DecodeParams<T, KV, Variant>& p, int b, int vh,
-                                                                int split, DecodeRopeSmem<HD, GROUP, T, KV>& sm) {
-  const int kvh = decode_kv_head(p, vh);
-  constexpr int TPH = HD / 16, HPB = NW * 32 / TPH;
+/// What the fused RoPE reads before the kernel's griddepcontrol.wait (decode_rope_prepare), none of
+/// it written by a kernel of the step: the page table, lengths and positions were uploaded before
+/// the step's first kernel (as the early pages rely on), the norm weights are the model's. After
+/// the wait only the qkv row remains to be read: the chain of dependent loads (length → page →
+/// slot; position → cos/sin) is off the path between the qkv projection and the attention.
+template <int HD, int GROUP, int NW>
+struct DecodeRopePre {
+  static constexpr int TPH = HD / 16, HPB = NW * 32 / TPH;
+  /// The pair's heads (GROUP q and the owner's K) fit one pass of the CTA's threads: a thread's
+  /// head is then known before the wait, and so are its norm weights.
+  static constexpr bool kOnePass = GROUP + 1 <= HPB;
   static_assert(HPB >= 1, "decode RoPE: too few threads for a head");
+  DecodeRopeOwner own;
+  float c[8], sn[8];   ///< this lane's cos/sin (rope_cos_sin)
+  float wa[8], wb[8];  ///< kOnePass: its head's norm weights (rope_norm_weights)
+};
+
+/// The first half of the prologue, by every thread before griddepcontrol.wait (DecodeRopePre).
+template <int HD, int GROUP, int NW, class T, class KV, class Variant>
+__device__ __forceinline__ DecodeRopePre<HD, GROUP, NW> decode_rope_prepare(const DecodeParams<T, KV, Variant>& p,
+                                                                             int b, int split) {
+  using Pre = DecodeRopePre<HD, GROUP, NW>;
   const auto& r = p.rope;
-  DecodeRopeOwner o;
+  Pre pre;
+  DecodeRopeOwner& o = pre.own;
   const int len = p.kv.seq_len(b);
   o.qpos = len - 1;
   // An empty sequence (a graph's padding row) has no cache row; split 0 still rotates its q/k as
@@ -87,17 +100,41 @@ __device__ __forceinline__ DecodeRopeOwner decode_rope_prologue(const DecodePara
     const int32_t page = p.kv.indices[p.kv.indptr[b] + (o.qpos >> p.bs_shift)];
     o.slot = (int64_t(page) << p.bs_shift) + (o.qpos & ((1 << p.bs_shift) - 1));
   }
+  const int sub = int(threadIdx.x) % Pre::TPH, hslot = int(threadIdx.x) / Pre::TPH;
+  rope_cos_sin<HD, T>(r.positions[b], r.rope, sub, pre.c, pre.sn);
+  if constexpr (Pre::kOnePass) {
+    const int heads = GROUP + (o.owner ? 1 : 0);
+    rope_norm_weights<HD, T>(min(hslot, heads - 1) < GROUP ? r.q_norm : r.k_norm, sub, pre.wa, pre.wb);
+  }
+  return pre;
+}
+
+/// The prologue's second half, by every thread of the CTA after griddepcontrol.wait: rotates the
+/// pair's GROUP q heads (and the owner's K head) into `sm`, converts the owner's K and V rows, and
+/// with one split writes the rotated q and k back into qkv. Ends on a barrier. vh: the CTA's part
+/// (its KV head without group parts); pre: decode_rope_prepare's.
+template <int HD, int GROUP, int NW, class T, class KV, class Variant>
+__device__ __forceinline__ DecodeRopeOwner decode_rope_prologue(const DecodeParams<T, KV, Variant>& p, int b, int vh,
+                                                                const DecodeRopePre<HD, GROUP, NW>& pre,
+                                                                DecodeRopeSmem<HD, GROUP, T, KV>& sm) {
+  using Pre = DecodeRopePre<HD, GROUP, NW>;
+  constexpr int TPH = Pre::TPH, HPB = Pre::HPB;
+  const int kvh = decode_kv_head(p, vh);
+  const auto& r = p.rope;
+  const DecodeRopeOwner o = pre.own;
   const int sub = int(threadIdx.x) % TPH, hslot = int(threadIdx.x) / TPH;
-  float c[8], sn[8];
-  rope_cos_sin<HD, T>(r.positions[b], r.rope, sub, c, sn);
   const T* q_row = p.q + b * p.q_stride + int64_t(vh) * GROUP * HD;
   const T* k_row = r.k_new + b * r.row_stride + int64_t(kvh) * HD;
   const int heads = GROUP + (o.owner ? 1 : 0);  // CTA-uniform: the norm's shuffles see full warps
   for (int h0 = 0; h0 < heads; h0 += HPB) {
     const int i = min(h0 + hslot, heads - 1);
     float oa[8], ob[8];
-    qk_norm_rope_head<HD, T>(i < GROUP ? q_row + i * HD : k_row, i < GROUP ? r.q_norm : r.k_norm, r.eps, sub, c, sn,
-                             oa, ob);
+    const T* norm_w = i < GROUP ? r.q_norm : r.k_norm;
+    if constexpr (Pre::kOnePass)
+      qk_norm_rope_head_w<HD, T>(i < GROUP ? q_row + i * HD : k_row, norm_w != nullptr, pre.wa, pre.wb, r.eps, sub,
+                                 pre.c, pre.sn, oa, ob);
+    else
+      qk_norm_rope_head<HD, T>(i < GROUP ? q_row + i * HD : k_row, norm_w, r.eps, sub, pre.c, pre.sn, oa, ob);
     if (h0 + hslot >= heads) continue;
     if (i < GROUP) {
       store8(sm.q + i * HD + sub * 8, oa);  // rounded to T, as the RoPE kernel stores q

@@ -40,28 +40,24 @@ __device__ __forceinline__ void rope_cos_sin(int pos, const RopeParams& rp, int 
   }
 }
 
-/// One head's RMSNorm (skipped when `norm_w` is null) and rotation, for the HD/16 consecutive
-/// lanes of a head (this one is lane `sub`): elements sub·8.. and HD/2 + sub·8.. of `head`
-/// rotated into oa/ob with the cos/sin of rope_cos_sin. Every lane of the warp must call it (the
-/// norm's shuffles span the head's lanes).
+/// qk_norm_rope_head with this lane's norm weights already loaded (wa: elements sub·8.., wb: HD/2 +
+/// sub·8..; `norm` false: no norm): the same arithmetic, for callers that load them early (decode
+/// attention's RoPE loads them before its griddepcontrol.wait).
 template <int HD, class T>
-__device__ __forceinline__ void qk_norm_rope_head(const T* __restrict__ head, const T* __restrict__ norm_w, float eps, int sub,
-                                                  const float (&c)[8], const float (&sn)[8], float (&oa)[8],
-                                                  float (&ob)[8]) {
+__device__ __forceinline__ void qk_norm_rope_head_w(const T* __restrict__ head, bool norm, const float (&wa)[8],
+                                                    const float (&wb)[8], float eps, int sub, const float (&c)[8],
+                                                    const float (&sn)[8], float (&oa)[8], float (&ob)[8]) {
   constexpr int TPH = HD / 16;
   float a[8], b[8];
   load8(head + sub * 8, a);
   load8(head + HD / 2 + sub * 8, b);
-  if (norm_w != nullptr) {
+  if (norm) {
     float ss = 0.f;
 #pragma unroll
     for (int j = 0; j < 8; ++j) ss += a[j] * a[j] + b[j] * b[j];
 #pragma unroll
     for (int o = TPH / 2; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
     float inv = rsqrtf(ss / HD + eps);
-    float wa[8], wb[8];
-    load8(norm_w + sub * 8, wa);
-    load8(norm_w + HD / 2 + sub * 8, wb);
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       // HF's rounding points: T(x·inv), times the weight, rounded to T before RoPE.
@@ -78,6 +74,29 @@ __device__ __forceinline__ void qk_norm_rope_head(const T* __restrict__ head, co
     oa[j] = r(a[j] * c[j]) - r(b[j] * sn[j]);
     ob[j] = r(b[j] * c[j]) + r(a[j] * sn[j]);
   }
+}
+/// This lane's norm weights for qk_norm_rope_head_w (zeros without a norm).
+template <int HD, class T>
+__device__ __forceinline__ void rope_norm_weights(const T* __restrict__ norm_w, int sub, float (&wa)[8], float (&wb)[8]) {
+  if (norm_w != nullptr) {
+    load8(norm_w + sub * 8, wa);
+    load8(norm_w + HD / 2 + sub * 8, wb);
+  } else {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) wa[j] = wb[j] = 0.f;
+  }
+}
+/// One head's RMSNorm (skipped when `norm_w` is null) and rotation, for the HD/16 consecutive
+/// lanes of a head (this one is lane `sub`): elements sub·8.. and HD/2 + sub·8.. of `head`
+/// rotated into oa/ob with the cos/sin of rope_cos_sin. Every lane of the warp must call it (the
+/// norm's shuffles span the head's lanes).
+template <int HD, class T>
+__device__ __forceinline__ void qk_norm_rope_head(const T* __restrict__ head, const T* __restrict__ norm_w, float eps, int sub,
+                                                  const float (&c)[8], const float (&sn)[8], float (&oa)[8],
+                                                  float (&ob)[8]) {
+  float wa[8], wb[8];
+  rope_norm_weights<HD, T>(norm_w, sub, wa, wb);
+  qk_norm_rope_head_w<HD, T>(head, norm_w != nullptr, wa, wb, eps, sub, c, sn, oa, ob);
 }
 
 /// Device body for one token: a thread owns 8 elements of a head's first half and the 8 they
