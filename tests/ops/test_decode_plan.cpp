@@ -448,11 +448,14 @@ TEST(DecodePlan, RejectsBadShapes) {
 
 }  // namespace
 
-// The late dependent launch (PIE_DECODE_LATE_DEPENDENTS, opt-in): parsed like the other switches,
-// and only on plans whose grid is one wave of one CTA per SM.
-TEST(DecodePlan, LateDependentsAreOptInAndOnlyOnSmallGrids) {
+// The late dependent launch (PIE_DECODE_LATE_DEPENDENTS): the latency builds' default, parsed like
+// the other switches, and only on plans whose grid is one wave of one CTA per SM.
+TEST(DecodePlan, LateDependentsAreTheLatencyBuildsDefaultOnlyOnSmallGrids) {
   ::unsetenv("PIE_DECODE_LATE_DEPENDENTS");
-  EXPECT_FALSE(DecodePlanOptions::from_env(true).late_dependents) << "opt-in";
+  EXPECT_FALSE(DecodePlanOptions::from_env(false).late_dependents) << "off without the latency paths";
+  EXPECT_TRUE(DecodePlanOptions::from_env(true).late_dependents) << "on with them";
+  ::setenv("PIE_DECODE_LATE_DEPENDENTS", "0", 1);
+  EXPECT_FALSE(DecodePlanOptions::from_env(true).late_dependents);
   ::setenv("PIE_DECODE_LATE_DEPENDENTS", "yes", 1);
   EXPECT_THROW(DecodePlanOptions::from_env(true), pie::Error);
   ::setenv("PIE_DECODE_LATE_DEPENDENTS", "1", 1);
