@@ -9,10 +9,9 @@ export SUM=$OUT/summary.txt LOGDIR=$OUT RUN_TAIL=8
 source "$(dirname "$0")/device_lib.sh"
 use_prebuilt || exit 1
 say "device: $(gpu_line)"
-gt() { grep -E "FAILED  \]|Failure|Expected|Which is|PASSED|SKIPPED|tests ran" "$LOGDIR/$1.log" | head -${2:-20} | tee -a "$SUM"; }
 MODEL8B=bench/models/Qwen3-8B MOE=bench/models/Qwen3-30B-A3B
 for t in tests/cuda/pie_cuda_test_elementwise tests/gpu/pie_gpu_test_runner; do
-  [ -x "$BUILD/$t" ] && { run "$(basename $t)" 200 "$BUILD/$t" --gtest_color=no; gt "$(basename $t)"; }
+  [ -x "$BUILD/$t" ] && { run "$(basename $t)" 200 "$BUILD/$t" --gtest_color=no; gtest_summary "$(basename $t)"; }
 done
 L="--load-format dummy --input-len 128 --output-len 128 --mode latency --num-iters 5 --num-iters-warmup 1 --max-num-seqs 8"
 r() {  # TAG MODEL ENV...

@@ -7,6 +7,8 @@
 #                           (status 124).
 #   use_prebuilt            BUILD=$PIE_PREBUILT (a bench/device_bundle.sh bundle) when set: status 0
 #   gpu_line                the GPU's name, memory and driver (nvidia-smi), for a first line
+#   gtest_summary NAME [N]  the first N (20) verdict lines of a GoogleTest log $LOGDIR/NAME.log
+#                           (failures, expectations, PASSED/SKIPPED) to stdout and $SUM
 #   wait_ready PID PORT     polls http://127.0.0.1:PORT/health until 200 (up to $READY_TRIES
 #                           half-second tries) while PID lives; status 0 once ready
 #   stop_server PID         SIGTERM, up to 10 s to exit, then SIGKILL
@@ -106,4 +108,9 @@ c["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_sc
 json.dump(c, open(f"{dst}/config.json", "w"), indent=2)
 shutil.copy(f"{src}/generation_config.json", dst)
 PY
+}
+
+gtest_summary() {
+  grep -E "FAILED  \]|Failure|Expected|Which is|PASSED|SKIPPED|tests ran" "${LOGDIR:-$OUT}/$1.log" | head -${2:-20} |
+    tee -a "${SUM:-/dev/null}"
 }

@@ -9,12 +9,11 @@ export SUM=$OUT/summary.txt LOGDIR=$OUT RUN_TAIL=8
 source "$(dirname "$0")/device_lib.sh"
 use_prebuilt || exit 1
 say "device: $(gpu_line)"
-gt() { grep -E "FAILED  \]|Failure|Expected|Which is|PASSED|SKIPPED|tests ran" "$LOGDIR/$1.log" | head -${2:-20} | tee -a "$SUM"; }
 MODEL8B=bench/models/Qwen3-8B MOE=bench/models/Qwen3-30B-A3B
 if [ -x "$BUILD/tests/gpu/pie_gpu_test_fused_ops" ]; then
   run test_fused_ops 200 "$BUILD/tests/gpu/pie_gpu_test_fused_ops" --gtest_color=no \
     "--gtest_filter=${PIE_FUSED_FILTER:-FusedOps.MoeNorm*:FusedOps.GroupParts*}"
-  grep -E "^\[fused\]" "$LOGDIR/test_fused_ops.log" | tee -a "$SUM"; gt test_fused_ops 12
+  grep -E "^\[fused\]" "$LOGDIR/test_fused_ops.log" | tee -a "$SUM"; gtest_summary test_fused_ops 12
 fi
 if [ -x "$BUILD/bench/cuda/pie_bench_cuda_decode_timeline" ]; then
   run timeline 120 "$BUILD/bench/cuda/pie_bench_cuda_decode_timeline"
