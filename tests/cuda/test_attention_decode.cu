@@ -543,6 +543,11 @@ double run_decode_fused(int bs, int hd, int group, int nkv, const std::vector<in
     EXPECT_TRUE(ops::cuda::use_decode_group_parts(two, parts)) << two.num_splits << " splits";
     EXPECT_TRUE(ops::cuda::use_decode_group_parts(one, parts)) << one.num_splits << " splits";
   }
+  if (fo.wide_warps > 0) {  // both launches on the wide CTA (DecodePlanOptions::wide_warps)
+    EXPECT_TRUE(ops::cuda::use_decode_wide_ctas(two, fo.wide_warps)) << "wide CTAs: a small grid at head dim 128";
+    EXPECT_TRUE(ops::cuda::use_decode_wide_ctas(one, fo.wide_warps));
+    EXPECT_EQ(one.warps, fo.wide_warps);
+  }
   if (cluster_out) *cluster_out = one.cluster_merge;
   EXPECT_EQ(one.num_splits, two.num_splits);
   if (splits_out) *splits_out = one.num_splits;
@@ -819,7 +824,7 @@ TEST(DecodeAttentionEarlyPages, BitIdenticalWithoutClusterAndInFixedSplits) {
 /// `parts` > 1: both launches with that many CTAs per KV head (DecodePlan::group_parts).
 template <class T>
 void run_decode_rope(int bs, int hd, int group, int nkv, const std::vector<int>& lens, uint32_t seed, int force_splits,
-                     bool norms, bool early, bool scaled_rope = false, int parts = 1) {
+                     bool norms, bool early, bool scaled_rope = false, int parts = 1, int wide_warps = 0) {
   std::mt19937 rng(seed);
   const int batch = static_cast<int>(lens.size()), nq = nkv * group;
   const int64_t row = int64_t(nq + 2 * nkv) * hd;
@@ -855,6 +860,8 @@ void run_decode_rope(int bs, int hd, int group, int nkv, const std::vector<int>&
   ops::cuda::set_decode_split(plan, (max_len + force_splits - 1) / force_splits, max_len);
   if (force_splits > 1) ASSERT_TRUE(ops::cuda::use_decode_cluster_merge(plan)) << plan.num_splits << " splits";
   if (parts > 1) ASSERT_TRUE(ops::cuda::use_decode_group_parts(plan, parts)) << plan.num_splits << " splits";
+  if (wide_warps > 0)
+    ASSERT_TRUE(ops::cuda::use_decode_wide_ctas(plan, wide_warps)) << "wide CTAs: a small grid at head dim 128";
   ASSERT_EQ(plan.num_splits, force_splits);
   ASSERT_TRUE(ops::cuda::decode_rope_supported(plan, 2));
   auto heads_of = [&](DeviceBuffer<T>& buf, int64_t off, int h) {
@@ -1023,6 +1030,33 @@ TEST(DecodeAttentionGroupParts, RopeInsideBitIdenticalToSeparateKernels) {
   // longest context is the class's: set_decode_split rounds a split to 64 tokens).
   run_decode_rope<bf16>(16, 128, 8, 4, {192, 512}, 42200, 8, true, true, false, 2);
   run_decode_rope<bf16>(16, 128, 4, 8, {192, 512}, 42201, 8, true, true, false, 2);
+}
+
+// The wide CTAs (8 and 16 warps: a 64-token split is one stage; DecodePlanOptions::wide_warps) at
+// head dim 128 with at most 4 query heads per CTA: groups 4 and 2 alone, groups 8 and 4 in two parts;
+// ragged lengths (1 token, a page and a bit, the 512-token class's shapes), 1 to 8 splits; the
+// cluster merge bit-identical to the merge kernel on the same CTAs, both within tolerance of the
+// CPU; the RoPE inside bit-identical to the separate kernels on it.
+TEST(DecodeAttentionWideCtas, EightAndSixteenWarpsMatchCpuClusterAndMergeKernelAndRopeInside) {
+  struct Case { int group, nkv, parts; };
+  for (int warps : {8, 16})
+  for (const Case c : {Case{4, 8, 1}, Case{2, 4, 1}, Case{8, 4, 2}, Case{4, 8, 2}})
+    for (const auto& lens : {std::vector<int>{192, 512}, std::vector<int>{1, 17, 300}})
+      for (int force : {1, 3, 8}) {
+        SCOPED_TRACE(std::to_string(warps) + " warps, group " + std::to_string(c.group) + " parts " +
+                     std::to_string(c.parts) + ", " +
+                     std::to_string(force) + " splits, " + std::to_string(lens.size()) + " sequences");
+        ops::cuda::DecodePlanOptions o;
+        o.cluster_merge = force > 1;
+        o.early_pages = true;
+        o.wide_warps = warps;
+        const double e = run_decode_fused<bf16, bf16>(16, 128, c.group, c.nkv, lens, 43000 + force + c.group, force, 0,
+                                                      {}, nullptr, o, nullptr, c.parts);
+        EXPECT_LT(e, tol<bf16>()) << e;
+        if (lens.size() == 2)  // (its harness asks for exactly `force` splits: 300 tokens in 8 is 5 of 64)
+          run_decode_rope<bf16>(16, 128, c.group, c.nkv, lens, 43100 + force + c.group, force, true, true, false,
+                                c.parts, warps);
+      }
 }
 
 // Where parts cannot serve: group 2 and the fused merge (the fixed split and clusters past 16 CTAs:

@@ -469,3 +469,36 @@ TEST(DecodePlan, LateDependentsAreTheLatencyBuildsDefaultOnlyOnSmallGrids) {
   o.late_dependents = false;
   EXPECT_FALSE(plan_decode_split(1, 32, 8, 128, 512, 132, o).late_dependents);
 }
+
+// The wide CTAs (PIE_DECODE_WIDE_CTAS=8 or 16, opt-in): on small grids at head dim 128 with at most
+// 4 query heads per CTA (group parts count), never for fp8 caches or the fixed split.
+TEST(DecodePlan, WideCtasOnlyForSmallGridsOfFourHeadsAtHeadDim128) {
+  ::unsetenv("PIE_DECODE_WIDE_CTAS");
+  EXPECT_EQ(DecodePlanOptions::from_env(true).wide_warps, 0) << "opt-in";
+  ::setenv("PIE_DECODE_WIDE_CTAS", "1", 1);
+  EXPECT_THROW(DecodePlanOptions::from_env(true), pie::Error) << "warps: 0, 8 or 16";
+  ::setenv("PIE_DECODE_WIDE_CTAS", "16", 1);
+  EXPECT_EQ(DecodePlanOptions::from_env(false).wide_warps, 0) << "only in a build with the latency paths";
+  DecodePlanOptions o = DecodePlanOptions::from_env(true);
+  EXPECT_EQ(o.wide_warps, 16);
+  EXPECT_EQ(decode_plan_options(1, 4, 128).wide_warps, 0) << "fp8 takes the tensor-core kernel";
+  ::unsetenv("PIE_DECODE_WIDE_CTAS");
+  o.split_groups = o.split_group4 = true;
+  o.split_groups_small_grids_only = true;
+  // Qwen3-8B batch 1 (group 4, parts: 2 heads a CTA) and Qwen3-30B-A3B (group 8, parts: 4).
+  for (int warps : {8, 16}) {
+    o.wide_warps = warps;
+    for (int nkv : {8, 4}) {
+      const auto b1 = plan_decode_split(1, 32, nkv, 128, 512, 132, o);
+      EXPECT_EQ(b1.group_parts, 2) << nkv;
+      EXPECT_EQ(b1.warps, warps) << nkv;
+      EXPECT_EQ(b1.stages, 2);
+    }
+  }
+  o.split_groups = false;  // group 8 in one CTA: 8 heads, too many registers for a wide CTA
+  EXPECT_EQ(plan_decode_split(1, 32, 4, 128, 512, 132, o).warps, 4);
+  EXPECT_EQ(plan_decode_split(64, 32, 8, 128, 4096, 132, o).warps, 4) << "a full grid";
+  EXPECT_EQ(plan_decode_split(1, 32, 8, 64, 512, 132, o).warps, 4) << "head dim 64";
+  o.wide_warps = 0;
+  EXPECT_EQ(plan_decode_split(1, 32, 8, 128, 512, 132, o).warps, 4);
+}

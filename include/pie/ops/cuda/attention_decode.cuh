@@ -671,6 +671,11 @@ void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out,
           else
             detail::launch_decode<HD, GROUP, Warps, kStages, kMode>(p, batch, stream);
         } else {
+          if constexpr (detail::kDecodeLatencyPaths && !kMma && HD == 128 && GROUP <= 4 && sizeof(DKV) == 2 &&
+                        (kMode & detail::kDecodeFusedMerge) == 0) {  // DecodePlanOptions::wide_warps
+            if (plan.warps == 8) return detail::launch_decode<HD, GROUP, 8, 2, kMode>(p, batch, stream);
+            if (plan.warps == 16) return detail::launch_decode<HD, GROUP, 16, 2, kMode>(p, batch, stream);
+          }
           PIE_CHECK(plan.warps == 4 && plan.stages == detail::decode_stages(GROUP),
                     "decode_attention: the plan's CTA shape is not the default one");
           if constexpr (kMma) {
@@ -701,6 +706,10 @@ void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out,
 #if defined(PIE_DECODE_LATENCY)
       if constexpr (!kMma && Warps == 0 && Mode == 0) {
         if (rope != nullptr) {  // checked above: the CUDA-core kernel, one split or a cluster merge
+          if constexpr (HD == 128 && GROUP <= 4 && sizeof(DKV) == 2) {
+            if (plan.warps == 8) return detail::launch_decode<HD, GROUP, 8, 2, detail::kDecodeRope>(p, batch, stream);
+            if (plan.warps == 16) return detail::launch_decode<HD, GROUP, 16, 2, detail::kDecodeRope>(p, batch, stream);
+          }
           detail::launch_decode<HD, GROUP, 4, detail::decode_stages(GROUP), detail::kDecodeRope>(p, batch, stream);
           return;
         }

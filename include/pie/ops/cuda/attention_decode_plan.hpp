@@ -31,6 +31,11 @@ constexpr int decode_stages(int group) { return group >= 8 ? 8 : 2; }
 constexpr int decode_ctas_per_sm(int group) { return group >= 8 ? 2 : 4; }
 }  // namespace detail
 
+/// Whether `warps` is a wide CUDA-core CTA (DecodePlanOptions::wide_warps): 8 warps make a stage of
+/// 64 tokens at 4 per lane group (head dim 128), 16 warps at 2; either way a 64-token split is one
+/// stage instead of two.
+constexpr bool decode_wide_warps(int warps) { return warps == 8 || warps == 16; }
+
 /// Most splits of one (sequence, KV head) that a cluster merge serves: the portable cluster size,
 /// so every CTA of a pair is resident on one GPC and the launch needs no attribute.
 inline constexpr int kDecodeMaxClusterSplits = 8;
@@ -103,6 +108,15 @@ struct DecodePlanOptions {
   /// −0.2% on Qwen3-8B. `PIE_DECODE_LATE_DEPENDENTS`: unset, on in a build with the latency
   /// paths; `0` off; `1` on (small grids either way).
   bool late_dependents = false;
+  /// Small grids only, head dim 128, at most 4 query heads per CTA (group parts at groups 8 and 4,
+  /// or groups ≤ 4), 16-bit K/V on the CUDA-core kernel: CTAs of 8 or 16 warps (0: the default
+  /// 4), so that a split of 64 tokens is one stage instead of two (the engine's timeline of
+  /// 2026-12-06: 1.75 µs a stage at batch 1, one warp per SM sub-partition, so nothing hides a
+  /// dependent instruction's latency). 16 warps hold the SM's whole register file at ~128 a thread,
+  /// so under programmatic dependent launch they may not fit beside the qkv GEMV; 8 do.
+  /// `PIE_DECODE_WIDE_CTAS=8` or `16`; opt-in until measured. The tokens a lane sums change, so
+  /// the bits do (within the kernels' tolerance).
+  int wide_warps = 0;
 
   /// The fused merge is `PIE_DECODE_FUSED_MERGE=1` (opt-in: never measured faster). The cluster
   /// merge (`PIE_DECODE_CLUSTER_MERGE`) and the early pages (`PIE_DECODE_EARLY_PAGES`) are `1`: on
@@ -127,6 +141,11 @@ struct DecodePlanOptions {
     o.split_group4 = env_switch("PIE_DECODE_SPLIT_GROUP4", std::getenv("PIE_DECODE_SPLIT_GROUP4"), latency_compiled);
     o.late_dependents =
         env_switch("PIE_DECODE_LATE_DEPENDENTS", std::getenv("PIE_DECODE_LATE_DEPENDENTS"), latency_compiled);
+    if (const char* w = std::getenv("PIE_DECODE_WIDE_CTAS"); w != nullptr && *w != '\0') {
+      const std::string v = w;
+      PIE_CHECK(v == "0" || v == "8" || v == "16", "PIE_DECODE_WIDE_CTAS must be 0, 8 or 16 (warps), got '", v, "'");
+      o.wide_warps = latency_compiled ? std::stoi(v) : 0;
+    }
     return o;
   }
 };
@@ -180,6 +199,7 @@ inline DecodePlanOptions decode_plan_options(int kv_bytes, int group, int head_d
   }
   // Two CTAs per KV head: the CUDA-core kernel's path only (16-bit K/V, the cost model's split).
   if (kv_bytes != 2 || o.fixed_split_tokens > 0) o.split_groups = o.split_group4 = false;
+  if (kv_bytes != 2 || o.fixed_split_tokens > 0) o.wide_warps = 0;
   return o;
 }
 
@@ -316,6 +336,21 @@ inline bool use_decode_group_parts(DecodePlan& p, int parts) {
   return true;
 }
 
+/// \brief Makes `p` take the wide CTA of `warps` warps (8 or 16; DecodePlanOptions::wide_warps)
+/// where it applies: a small grid, head dim 128, at most 4 query heads per CTA, the cost model's
+/// split and no fused merge (the caller keeps it to 16-bit K/V: decode_plan_options). Returns
+/// whether it did.
+inline bool use_decode_wide_ctas(DecodePlan& p, int warps) {
+  const int heads = p.num_q_heads / std::max(p.num_kv_heads, 1) / std::max(p.group_parts, 1);
+  if (!decode_wide_warps(warps) || !p.small_grid || p.head_dim != 128 || heads > 4 || p.fixed_split ||
+      p.fused_merge)
+    return false;
+  p.warps = warps;
+  p.stages = 2;
+  p.ctas_per_sm = 1;
+  return true;
+}
+
 /// \brief Whether decode_attention (attention_decode.cuh) can take `rope` (q/k norm + RoPE and the KV write in the
 /// kernel) with this plan over a cache of `kv_bytes`-byte elements: the CUDA-core kernel (16-bit
 /// K/V, not the fixed split's tensor-core kernel) with one split per (sequence, KV head) or a
@@ -429,6 +464,7 @@ inline DecodePlan plan_decode_split(int batch, int num_q_heads, int num_kv_heads
   const bool split = group == 8 ? opt.split_groups : group == 4 && opt.split_group4;
   if (split && (split_grid <= sm_count || !opt.split_groups_small_grids_only) && use_decode_group_parts(p, 2))
     p.small_grid = split_grid <= sm_count;
+  if (opt.wide_warps > 0) use_decode_wide_ctas(p, opt.wide_warps);
   return p;
 }
 
