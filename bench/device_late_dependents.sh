@@ -7,9 +7,7 @@
 # Usage: PIE_PREBUILT=.device/bundle.txz OUT=$OUT bash bench/device_late_dependents.sh
 export SUM=$OUT/summary.txt LOGDIR=$OUT RUN_TAIL=8
 source "$(dirname "$0")/device_lib.sh"
-use_prebuilt || exit 1
-say "device: $(gpu_line)"
-MODEL8B=bench/models/Qwen3-8B MOE=bench/models/Qwen3-30B-A3B
+device_start
 for t in tests/cuda/pie_cuda_test_elementwise tests/gpu/pie_gpu_test_runner; do
   [ -x "$BUILD/$t" ] && { run "$(basename $t)" 200 "$BUILD/$t" --gtest_color=no; gtest_summary "$(basename $t)"; }
 done

@@ -9,9 +9,7 @@
 # Usage: PIE_PREBUILT=.device/bundle.txz OUT=$OUT bash bench/device_latency_chain.sh
 export SUM=$OUT/summary.txt LOGDIR=$OUT RUN_TAIL=8
 source "$(dirname "$0")/device_lib.sh"
-use_prebuilt || exit 1
-say "device: $(gpu_line)"
-MODEL8B=bench/models/Qwen3-8B MOE=bench/models/Qwen3-30B-A3B
+device_start
 if [ -x "$BUILD/tests/cuda/pie_cuda_test_attention_decode_merge" ]; then
   run test_merge 200 "$BUILD/tests/cuda/pie_cuda_test_attention_decode_merge" --gtest_color=no; gtest_summary test_merge
 fi

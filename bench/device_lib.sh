@@ -9,6 +9,8 @@
 #   gpu_line                the GPU's name, memory and driver (nvidia-smi), for a first line
 #   gtest_summary NAME [N]  the first N (20) verdict lines of a GoogleTest log $LOGDIR/NAME.log
 #                           (failures, expectations, PASSED/SKIPPED) to stdout and $SUM
+#   device_start            use_prebuilt (exits without a bundle), then the device line; sets
+#                           MODEL8B and MOE (the benchmark model directories) unless set
 #   wait_ready PID PORT     polls http://127.0.0.1:PORT/health until 200 (up to $READY_TRIES
 #                           half-second tries) while PID lives; status 0 once ready
 #   stop_server PID         SIGTERM, up to 10 s to exit, then SIGKILL
@@ -113,4 +115,10 @@ PY
 gtest_summary() {
   grep -E "FAILED  \]|Failure|Expected|Which is|PASSED|SKIPPED|tests ran" "${LOGDIR:-$OUT}/$1.log" | head -${2:-20} |
     tee -a "${SUM:-/dev/null}"
+}
+
+device_start() {
+  use_prebuilt || exit 1
+  say "device: $(gpu_line)"
+  MODEL8B=${MODEL8B:-bench/models/Qwen3-8B} MOE=${MOE:-bench/models/Qwen3-30B-A3B}
 }

@@ -7,9 +7,7 @@
 # Usage: PIE_PREBUILT=.device/bundle.txz OUT=$OUT bash bench/device_moe_norm.sh
 export SUM=$OUT/summary.txt LOGDIR=$OUT RUN_TAIL=8
 source "$(dirname "$0")/device_lib.sh"
-use_prebuilt || exit 1
-say "device: $(gpu_line)"
-MODEL8B=bench/models/Qwen3-8B MOE=bench/models/Qwen3-30B-A3B
+device_start
 if [ -x "$BUILD/tests/gpu/pie_gpu_test_fused_ops" ]; then
   run test_fused_ops 200 "$BUILD/tests/gpu/pie_gpu_test_fused_ops" --gtest_color=no \
     "--gtest_filter=${PIE_FUSED_FILTER:-FusedOps.MoeNorm*:FusedOps.GroupParts*}"
