@@ -198,8 +198,11 @@ inline DecodePlanOptions decode_plan_options(int kv_bytes, int group, int head_d
     o.fixed_split_tokens = kDecodeFixedSplitTokens;
   }
   // Two CTAs per KV head: the CUDA-core kernel's path only (16-bit K/V, the cost model's split).
-  if (kv_bytes != 2 || o.fixed_split_tokens > 0) o.split_groups = o.split_group4 = false;
-  if (kv_bytes != 2 || o.fixed_split_tokens > 0) o.wide_warps = 0;
+  // So are the wide CTAs.
+  if (kv_bytes != 2 || o.fixed_split_tokens > 0) {
+    o.split_groups = o.split_group4 = false;
+    o.wide_warps = 0;
+  }
   return o;
 }
 

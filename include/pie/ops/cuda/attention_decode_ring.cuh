@@ -74,7 +74,8 @@ struct DecodeParams {
   /// *part* ("virtual KV head") vh = kvh · parts + part, serving query heads [vh · GROUP,
   /// (vh + 1) · GROUP) of the KV head kvh = vh >> group_shift; the parts of a pair are one cluster.
   int group_shift;
-  /// The kernel calls griddepcontrol.launch_dependents after its stages (DecodePlan::late_dependents).
+  /// The CUDA-core kernel calls griddepcontrol.launch_dependents after its stages, not at its start
+  /// (DecodePlan::late_dependents); the tensor-core kernel always calls it at its start.
   bool late_dependents;
 #if defined(PIE_DECODE_TIMELINE)
   /// Bench only: [CTA][kDecodeMarks] %globaltimer stamps of thread 0 (attention_decode.cuh).
