@@ -518,6 +518,17 @@ TEST(DecodeAttention, BF16ShortContextsSplitIn64TokenChunksMatchReference) {
 /// early (or never), which the comparison catches. Returns the fused output's relative error.
 /// `fo`: the options of the launch compared with the merge kernel's (by default the fused merge;
 /// the cluster merge and the early pages use the same harness: run_decode_cluster).
+/// The pushing cluster merge (DecodePlan::cluster_push) in the harnesses' cluster-merged launches of
+/// the CUDA-core kernel: as the environment's PIE_DECODE_CLUSTER_PUSH says (unset: on, the latency
+/// builds' default; `0` runs the whole binary on the distributed reads), and each way inside
+/// DecodeAttentionClusterPush.* (ClusterPushSet).
+bool g_cluster_push = ops::cuda::DecodePlanOptions::from_env(true).cluster_push;
+struct ClusterPushSet {
+  bool was = g_cluster_push;
+  explicit ClusterPushSet(bool on) { g_cluster_push = on; }
+  ~ClusterPushSet() { g_cluster_push = was; }
+};
+
 template <class T, class KV, class Variant = attention::Causal, int Mode = 0>
 double run_decode_fused(int bs, int hd, int group, int nkv, const std::vector<int>& lens, uint32_t seed,
                         int force_splits, int plan_len = 0, Variant var = {}, int* splits_out = nullptr,
@@ -548,6 +559,7 @@ double run_decode_fused(int bs, int hd, int group, int nkv, const std::vector<in
     EXPECT_TRUE(ops::cuda::use_decode_wide_ctas(one, fo.wide_warps));
     EXPECT_EQ(one.warps, fo.wide_warps);
   }
+  one.cluster_push = g_cluster_push && one.cluster_merge;
   if (cluster_out) *cluster_out = one.cluster_merge;
   EXPECT_EQ(one.num_splits, two.num_splits);
   if (splits_out) *splits_out = one.num_splits;
@@ -863,6 +875,7 @@ void run_decode_rope(int bs, int hd, int group, int nkv, const std::vector<int>&
   if (wide_warps > 0)
     ASSERT_TRUE(ops::cuda::use_decode_wide_ctas(plan, wide_warps)) << "wide CTAs: a small grid at head dim 128";
   ASSERT_EQ(plan.num_splits, force_splits);
+  plan.cluster_push = g_cluster_push && plan.cluster_merge;
   ASSERT_TRUE(ops::cuda::decode_rope_supported(plan, 2));
   auto heads_of = [&](DeviceBuffer<T>& buf, int64_t off, int h) {
     TensorView<T> v = TensorView<T>(buf.data() + off, {batch, h, hd}, Device::Cuda);
@@ -1057,6 +1070,57 @@ TEST(DecodeAttentionWideCtas, EightAndSixteenWarpsMatchCpuClusterAndMergeKernelA
           run_decode_rope<bf16>(16, 128, c.group, c.nkv, lens, 43100 + force + c.group, force, true, true, false,
                                 c.parts, warps);
       }
+}
+
+// The pushing cluster merge (DecodePlan::cluster_push: every CTA writes its partials into split 0's
+// shared memory, split 0 merges alone) and the distributed reads it replaced (push off): each
+// bit-identical to the merge kernel on the same CTAs and within tolerance of the CPU, for the
+// CUDA-core kernel's shapes of the cluster merge — groups 1, 4 and 8, group parts, 4/8/16 warps,
+// head dims 64 and 128, 2 to 8 splits (8 with parts: a 16-CTA cluster), ragged lengths with empty
+// CTAs, early pages on and off, eager and replayed from a graph — and the RoPE inside
+// bit-identical to the separate kernels with it.
+TEST(DecodeAttentionClusterPush, BitIdenticalToMergeKernelAndRopeInside) {
+  for (bool on : {true, false}) {
+  SCOPED_TRACE(on ? "push" : "distributed reads");
+  ClusterPushSet push(on);
+  for (int bs : {8, 16})
+    for (int hd : {64, 128})
+      for (int group : {1, 4, 8})
+        for (int force : {2, 3, 8}) {
+          SCOPED_TRACE("block " + std::to_string(bs) + " head dim " + std::to_string(hd) + " group " +
+                       std::to_string(group) + ", " + std::to_string(force) + " splits");
+          const std::vector<int> lens = {1, bs + 3, 1024, 3 * bs - 1, 77};
+          double e = run_decode_cluster<bf16, bf16>(bs, hd, group, 2, lens, 44000 + bs * hd + force + group, force,
+                                                    force != 3);
+          EXPECT_LT(e, tol<bf16>()) << e;
+          if (group >= 4) {
+            e = run_decode_cluster<bf16, bf16>(bs, hd, group, 2, lens, 44100 + bs * hd + force + group, force, true, {},
+                                               true, 2);
+            EXPECT_LT(e, tol<bf16>()) << "parts: " << e;
+          }
+        }
+  struct Case { int group, nkv, parts; };
+  for (int warps : {8, 16})
+    for (const Case c : {Case{4, 8, 1}, Case{8, 4, 2}, Case{4, 8, 2}})
+      for (int force : {3, 8}) {
+        SCOPED_TRACE(std::to_string(warps) + " warps, group " + std::to_string(c.group) + " parts " +
+                     std::to_string(c.parts) + ", " + std::to_string(force) + " splits");
+        ops::cuda::DecodePlanOptions o;
+        o.cluster_merge = o.early_pages = true;
+        o.wide_warps = warps;
+        const double e = run_decode_fused<bf16, bf16>(16, 128, c.group, c.nkv, {192, 512}, 44200 + force + c.group,
+                                                      force, 0, {}, nullptr, o, nullptr, c.parts);
+        EXPECT_LT(e, tol<bf16>()) << e;
+        run_decode_rope<bf16>(16, 128, c.group, c.nkv, {192, 512}, 44300 + force + c.group, force, true, true, false,
+                              c.parts, warps);
+      }
+  for (int group : {8, 4})
+    for (int splits : {3, 8}) {
+      run_decode_rope<bf16>(16, 128, group, 8 / (group / 4), {1, 0, 16, 150, 1024}, 44400 + splits + group, splits,
+                            true, true, false, 2);
+      run_decode_rope<f16>(8, 64, group, 2, {1, 0, 8, 150, 1024}, 44500 + splits + group, splits, false, false, true);
+    }
+  }
 }
 
 // Where parts cannot serve: group 2 and the fused merge (the fixed split and clusters past 16 CTAs:

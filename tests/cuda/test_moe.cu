@@ -173,6 +173,158 @@ TEST(MoeRoute, OneCtaEqualsAtomic) {
       }
 }
 
+std::string name(const Shape& s);
+
+// The routing inside the gate_up GEMV (MoeExperts::gate_up_routed, n = 1) against moe_route
+// one_cta then gate_up() on the same logits and x: ids, weights, offsets, tile offsets, the
+// active list and its count, perm and inv bit for bit (over records poisoned first), and the
+// act rows bit for bit, eager and replayed from a graph with new logits; then down and the
+// un-permute after it agree with the CPU op. E = 8/64/128/256 (both lane layouts, a grid of
+// 256 experts' offsets written over two trips of the CTA), k = 1..8, ties on the second call,
+// H 64 and H 200 (a partial last CTA), chunks of U 2, 4 and by waves.
+TEST(MoeRoute, InGateUpEqualsOneCta) {
+  std::mt19937 rng(20);
+  cudaStream_t st;
+  PIE_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  for (int E : {8, 64, 128, 256})
+    for (int k = 1; k <= 8; ++k)
+      for (int u : {0, 2, 4}) {
+        const bool norm = (k + u) % 2 == 0;
+        const int H = k % 2 ? 64 : 200, I = k % 2 ? 32 : 264;
+        const Shape s{1, H, E, I, k, norm};
+        SCOPED_TRACE(name(s) + " u " + std::to_string(u));
+        ExpertsData d = make_data(s, rng);
+        MoeWorkspace<bf16> a(1, E, k, H, I), b(1, E, k, H, I);
+        const auto xv = d.dx.view({1, H});
+        const auto guv = d.dgu.view({E, 2 * I, H});
+        const auto dnv = d.ddown.view({E, H, I});
+        const auto ov = d.dout.view({1, H});
+        const ops::cuda::MoeExperts<bf16> ex_a(xv, guv, dnv, a, ov, true, u);
+        const ops::cuda::MoeExperts<bf16> ex_b(xv, guv, dnv, b, ov, true, u);
+        ASSERT_TRUE(ops::cuda::MoeExperts<bf16>::routed_gate_up_supported(1, E, true));
+        cudaGraph_t g = nullptr;
+        cudaGraphExec_t ge = nullptr;
+        const auto& ra = a.routing();
+        const auto& rb = b.routing();
+        for (int call = 0; call < 3; ++call) {
+          auto logits = randn<float>(size_t(E), rng, 2.f);
+          if (call == 1)
+            for (float& v : logits) v = std::round(v);  // ties between experts
+          for (auto* ws : {&a, &b})
+            PIE_CUDA_CHECK(cudaMemcpy(ws->logits(), logits.data(), logits.size() * 4, cudaMemcpyHostToDevice));
+          for (int32_t* p : {rb.ids, rb.perm, rb.inv}) PIE_CUDA_CHECK(cudaMemset(p, 0xff, k * 4));
+          for (int32_t* p : {rb.offsets, rb.tile_offsets, rb.active}) PIE_CUDA_CHECK(cudaMemset(p, 0xff, (E + 1) * 4));
+          PIE_CUDA_CHECK(cudaMemset(rb.weights, 0xff, k * 4));
+          PIE_CUDA_CHECK(cudaMemset(b.act(), 0xff, size_t(k) * I * 2));
+          PIE_CUDA_CHECK(cudaDeviceSynchronize());  // the poison (legacy stream) before st's kernels
+          ops::cuda::moe_route(1, norm, a, st, true);
+          ex_a.gate_up(st);
+          if (call < 2) {  // eager, then replayed (captured after the eager calls, as the engine)
+            ex_b.gate_up_routed(norm, st);
+          } else {
+            PIE_CUDA_CHECK(cudaStreamSynchronize(st));
+            PIE_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+            ex_b.gate_up_routed(norm, st);
+            PIE_CUDA_CHECK(cudaStreamEndCapture(st, &g));
+            PIE_CUDA_CHECK(cudaGraphInstantiate(&ge, g, 0));
+            PIE_CUDA_CHECK(cudaGraphLaunch(ge, st));
+          }
+          PIE_CUDA_CHECK(cudaStreamSynchronize(st));
+          const std::string at = "call " + std::to_string(call);
+          ASSERT_EQ(fetch(ra.ids, k), fetch(rb.ids, k)) << at;
+          auto wa = fetch(ra.weights, k), wb = fetch(rb.weights, k);
+          ASSERT_EQ(0, std::memcmp(wa.data(), wb.data(), k * 4)) << at;
+          ASSERT_EQ(fetch(ra.offsets, E + 1), fetch(rb.offsets, E + 1)) << at;
+          ASSERT_EQ(fetch(ra.tile_offsets, E + 1), fetch(rb.tile_offsets, E + 1)) << at;
+          auto act_a = fetch(ra.active, E + 1), act_b = fetch(rb.active, E + 1);
+          ASSERT_EQ(act_a[E], k) << at;
+          ASSERT_EQ(act_b[E], k) << at;
+          for (int i = 0; i < k; ++i) ASSERT_EQ(act_a[i], act_b[i]) << "active " << i << ", " << at;
+          ASSERT_EQ(fetch(ra.perm, k), fetch(rb.perm, k)) << at;
+          ASSERT_EQ(fetch(ra.inv, k), fetch(rb.inv, k)) << at;
+          ASSERT_EQ(fetch(rb.counts, E), std::vector<int32_t>(E, 0)) << at;
+          auto act_rows_a = fetch(a.act(), size_t(k) * I), act_rows_b = fetch(b.act(), size_t(k) * I);
+          ASSERT_EQ(0, std::memcmp(act_rows_a.data(), act_rows_b.data(), act_rows_a.size() * 2)) << at;
+          std::vector<int32_t> want_ids;
+          std::vector<float> want_w;
+          cpu_route(logits, 1, E, k, norm, want_ids, want_w);
+          ASSERT_EQ(fetch(rb.ids, k), want_ids) << at;
+          // down and the un-permute read the record the GEMV wrote.
+          poison(d.dout);
+          ex_b.down(st);
+          ex_b.unpermute(st);
+          PIE_CUDA_CHECK(cudaStreamSynchronize(st));
+          EXPECT_LT(rel_err(download(d.dout), cpu_experts(s, d, b)), tol<bf16>()) << at;
+        }
+        cudaGraphExecDestroy(ge);
+        cudaGraphDestroy(g);
+      }
+  cudaStreamDestroy(st);
+}
+
+// The un-permute in the down GEMV's last CTAs (MoeExperts::down_unpermute_in_last_ctas, n = 1)
+// against down() then unpermute() over the same routing and act: out bit for bit, eager and then
+// replayed from a graph four times (the tickets reset by the last CTAs: all zero after each
+// call), routed by the one-CTA kernel and by the gate_up GEMV, and with the early weights (the
+// routing read before the wait on gate_up: after the routing kernel only); 2 and 4 columns per
+// warp and by waves; H 2048 (Qwen3-30B-A3B), 200 (a partial last block of 4-column CTAs), 72.
+TEST(MoeExperts, UnpermuteInDownEqualsKernel) {
+  std::mt19937 rng(21);
+  cudaStream_t st;
+  PIE_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  for (Shape s : {Shape{1, 2048, 128, 768, 8, true}, Shape{1, 200, 16, 264, 4, false}, Shape{1, 72, 6, 40, 3, true},
+                  Shape{1, 256, 64, 128, 1, true}, Shape{1, 128, 256, 64, 6, false}})
+    for (int c : {0, 2, 4})
+    for (bool early : {false, true}) {
+      SCOPED_TRACE(name(s) + " c " + std::to_string(c) + (early ? " early" : ""));
+      ExpertsData d = make_data(s, rng);
+      MoeWorkspace<bf16> ws(1, s.experts, s.top_k, s.hidden, s.inter);
+      const auto xv = d.dx.view({1, s.hidden});
+      const auto guv = d.dgu.view({s.experts, 2 * s.inter, s.hidden});
+      const auto dnv = d.ddown.view({s.experts, s.hidden, s.inter});
+      DeviceBuffer<bf16> want_out(s.hidden);
+      const ops::cuda::MoeExperts<bf16> ex(xv, guv, dnv, ws, d.dout.view({1, s.hidden}), true, 0, c, true);
+      const ops::cuda::MoeExperts<bf16> ex_ref(xv, guv, dnv, ws, want_out.view({1, s.hidden}), true, 0, c, true);
+      ASSERT_TRUE(ops::cuda::MoeExperts<bf16>::unpermute_in_down_supported(1, true));
+      const int blocks = (s.hidden + 7) / 8;
+      cudaGraph_t g = nullptr;
+      cudaGraphExec_t ge = nullptr;
+      for (int call = 0; call < 6; ++call) {
+        d.logits = randn<float>(d.logits.size(), rng, 2.f);
+        PIE_CUDA_CHECK(cudaMemcpy(ws.logits(), d.logits.data(), d.logits.size() * 4, cudaMemcpyHostToDevice));
+        if (call % 2 && !early) ex.gate_up_routed(s.norm, st);
+        else {
+          ops::cuda::moe_route(1, s.norm, ws, st, true);
+          ex.gate_up(st);
+        }
+        ex_ref.down(st);
+        ex_ref.unpermute(st);
+        poison(d.dout);
+        PIE_CUDA_CHECK(cudaDeviceSynchronize());  // the poison (legacy stream) and st's work
+        if (call < 2) {
+          ex.down_unpermute_in_last_ctas(st, early);
+        } else {  // captured after the eager calls, replayed from then on
+          if (ge == nullptr) {
+            PIE_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+            ex.down_unpermute_in_last_ctas(st, early);
+            PIE_CUDA_CHECK(cudaStreamEndCapture(st, &g));
+            PIE_CUDA_CHECK(cudaGraphInstantiate(&ge, g, 0));
+          }
+          PIE_CUDA_CHECK(cudaGraphLaunch(ge, st));
+        }
+        PIE_CUDA_CHECK(cudaStreamSynchronize(st));
+        const std::string at = "call " + std::to_string(call);
+        auto got = download(d.dout), want = download(want_out);
+        ASSERT_EQ(0, std::memcmp(got.data(), want.data(), got.size() * 2)) << at;
+        ASSERT_EQ(fetch(ws.down_tickets(), blocks), std::vector<int32_t>(blocks, 0)) << at;
+        EXPECT_LT(rel_err(got, cpu_experts(s, d, ws)), tol<bf16>()) << at;
+      }
+      cudaGraphExecDestroy(ge);
+      cudaGraphDestroy(g);
+    }
+  cudaStreamDestroy(st);
+}
+
 void run_block(const Shape& s, ExpertsData& d, MoeWorkspace<bf16>& ws, bool gemv, cudaStream_t st) {
   ops::cuda::moe_route(s.n, s.norm, ws, st);
   ops::cuda::moe_experts(d.dx.view({s.n, s.hidden}), d.dgu.view({s.experts, 2 * s.inter, s.hidden}),
@@ -448,6 +600,8 @@ TEST(MoeDecodeSwitches, GraphReplayEqualsDefault) {
     int gate_up_u, down_c;
     bool ahead;
     const char* name;
+    bool in_gate_up = false;  // PIE_MOE_ROUTE=gate_up: n = 1 routes inside gate_up, else one CTA
+    bool in_down = false;     // PIE_MOE_UNPERMUTE=down: n = 1 un-permutes in down's last CTAs
   };
   // H 200 / I 264 and H 72 / I 40 at n ≤ 2: the 4-column down GEMV's partial last CTA and K tail.
   for (Shape s : {Shape{1, 2048, 128, 768, 8, true}, Shape{2, 2048, 128, 768, 8, true},
@@ -458,7 +612,10 @@ TEST(MoeDecodeSwitches, GraphReplayEqualsDefault) {
                         Switches{true, 0, 2, false, "cta + waves"}, Switches{false, 4, 4, false, "down 4 columns"},
                         Switches{false, 4, 0, false, "down by waves"}, Switches{false, 4, 2, true, "gemv ahead"},
                         Switches{false, 2, 4, true, "U 2 + down 4 columns + ahead"},
-                        Switches{true, 0, 0, true, "all four"}}) {
+                        Switches{true, 0, 0, true, "all four"},
+                        Switches{true, 0, 0, true, "all four, routed inside gate_up", true},
+                        Switches{true, 0, 0, true, "all four, un-permuted in down", false, true},
+                        Switches{true, 0, 0, true, "all four, both", true, true}}) {
       SCOPED_TRACE(name(s) + " " + sw.name);
       MoeWorkspace<bf16> ws(s.n, s.experts, s.top_k, s.hidden, s.inter);
       MoeWorkspace<bf16> ref(s.n, s.experts, s.top_k, s.hidden, s.inter);
@@ -471,10 +628,20 @@ TEST(MoeDecodeSwitches, GraphReplayEqualsDefault) {
       cudaStream_t st;
       PIE_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
       auto run = [&] {
-        ops::cuda::moe_route(s.n, s.norm, ws, st, sw.one_cta);
-        ex.gate_up(st);
-        ex.down(st);
-        ex.unpermute(st);
+        if (sw.in_gate_up && ops::cuda::MoeExperts<bf16>::routed_gate_up_supported(s.n, s.experts, true)) {
+          ex.gate_up_routed(s.norm, st);
+        } else {
+          ops::cuda::moe_route(s.n, s.norm, ws, st, sw.one_cta);
+          ex.gate_up(st);
+        }
+        if (sw.in_down && ops::cuda::MoeExperts<bf16>::unpermute_in_down_supported(s.n, true)) {
+          const bool routed_in_gate_up =
+              sw.in_gate_up && ops::cuda::MoeExperts<bf16>::routed_gate_up_supported(s.n, s.experts, true);
+          ex.down_unpermute_in_last_ctas(st, !routed_in_gate_up);  // early weights after a routing kernel
+        } else {
+          ex.down(st);
+          ex.unpermute(st);
+        }
       };
       run();  // eager first, as the engine's warm-up step (occupancy queries cached)
       PIE_CUDA_CHECK(cudaStreamSynchronize(st));

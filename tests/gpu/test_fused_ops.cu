@@ -48,11 +48,15 @@ struct Fusions {
   bool rope_attn = false;         // PIE_FUSED_ROPE_ATTN
   bool split_group = false;       // PIE_DECODE_SPLIT_GROUP (and PIE_DECODE_SPLIT_GROUP4)
   bool moe_norm = false;          // PIE_FUSED_MOE_NORM
+  const char* moe_route = nullptr;  // PIE_MOE_ROUTE (unset: the build's default)
+  const char* moe_unpermute = nullptr;  // PIE_MOE_UNPERMUTE (unset: the build's default)
   std::string name() const {
     return std::string(rope_kv ? " +rope_kv" : "") + (final_norm ? " +final_norm" : "") + (swiglu ? " +swiglu" : "") +
            (l2_rows ? " +l2_prefetch" : "") + (early_pages ? " +early_pages" : "") +
            (cluster_merge ? " +cluster_merge" : "") + (rope_attn ? " +rope_attn" : "") +
-           (split_group ? " +split_group" : "") + (moe_norm ? " +moe_norm" : "");
+           (split_group ? " +split_group" : "") + (moe_norm ? " +moe_norm" : "") +
+           (moe_route ? std::string(" +route=") + moe_route : std::string()) +
+           (moe_unpermute ? std::string(" +unpermute=") + moe_unpermute : std::string());
   }
 };
 
@@ -70,12 +74,16 @@ void set_switches(const Fusions& f) {
   setenv("PIE_DECODE_SPLIT_GROUP", f.split_group ? "1" : "0", 1);
   setenv("PIE_DECODE_SPLIT_GROUP4", f.split_group ? "1" : "0", 1);
   setenv("PIE_FUSED_MOE_NORM", f.moe_norm ? "1" : "0", 1);
+  if (f.moe_route) setenv("PIE_MOE_ROUTE", f.moe_route, 1);
+  else unsetenv("PIE_MOE_ROUTE");
+  if (f.moe_unpermute) setenv("PIE_MOE_UNPERMUTE", f.moe_unpermute, 1);
+  else unsetenv("PIE_MOE_UNPERMUTE");
 }
 void unset_switches() {
   for (const char* v : {"PIE_FUSED_ROPE_KV", "PIE_FUSED_FINAL_NORM", "PIE_FUSED_SWIGLU", "PIE_L2_PREFETCH",
                         "PIE_L2_PREFETCH_MB", "PIE_DECODE_EARLY_PAGES", "PIE_DECODE_CLUSTER_MERGE",
                         "PIE_FUSED_ROPE_ATTN", "PIE_DECODE_SPLIT_GROUP", "PIE_DECODE_SPLIT_GROUP4",
-                        "PIE_FUSED_MOE_NORM"})
+                        "PIE_FUSED_MOE_NORM", "PIE_MOE_ROUTE", "PIE_MOE_UNPERMUTE"})
     unsetenv(v);
 }
 
@@ -191,6 +199,15 @@ void check_engines(const model::ModelConfig& cfg, bool eager, const Fusions& f, 
   EXPECT_EQ(off.moe_norm > 0, base.moe_norm) << what;
   if (f.moe_norm) EXPECT_GE(on.moe_norm, 1) << what;
   else EXPECT_EQ(on.moe_norm, 0) << what;
+  // The routing inside the MoE gate_up GEMV: the sparse layers of the batch-1 steps.
+  const bool routed = f.moe_route && std::string(f.moe_route) == "gate_up";
+  // (Unset, each takes the build's default, and only a MoE model counts them.)
+  if (routed) EXPECT_GE(on.moe_route, 1) << what;
+  else if (f.moe_route) EXPECT_EQ(on.moe_route, 0) << what;
+  // The un-permute in the MoE down GEMV's last CTAs: the same layers.
+  if (f.moe_unpermute && std::string(f.moe_unpermute) == "down") EXPECT_GE(on.moe_unpermute, 1) << what;
+  else if (f.moe_unpermute) EXPECT_EQ(on.moe_unpermute, 0) << what;
+  if (base.moe_unpermute && std::string(base.moe_unpermute) == "kernel") EXPECT_EQ(off.moe_unpermute, 0) << what;
   if (tol > 0)
     std::printf("[fused] %s: %d/%d steps within %.1e (largest %.2e)\n", what.c_str(), steps - differ, steps, tol,
                 max_err);
@@ -377,7 +394,10 @@ std::string tiny_moe_dir(bool norm_topk_prob) {
 // The residual add + RMSNorm of a sparse layer inside the MoE router's GEMV (PIE_FUSED_MOE_NORM)
 // on a Qwen3-MoE of dummy weights with dense layers between the sparse ones, norm_topk_prob on and
 // off: logits bit-identical to the norm kernel + router GEMV, graph-replayed and eager, alone and
-// with the other batch-1 fusions.
+// with the other batch-1 fusions; and with the batch-1 routing inside the gate_up GEMV
+// (PIE_MOE_ROUTE=gate_up, where the build has the MoE decode variants) against the routing kernel,
+// the un-permute in the down GEMV's last CTAs (PIE_MOE_UNPERMUTE=down) against its kernel, and all
+// three together.
 TEST(FusedOps, MoeNormInsideTheRouterBitIdenticalGraphsAndEager) {
   for (bool norm_topk : {true, false}) {
     const std::string dir = tiny_moe_dir(norm_topk);
@@ -396,6 +416,13 @@ TEST(FusedOps, MoeNormInsideTheRouterBitIdenticalGraphsAndEager) {
                                (eager ? " eager" : " graphs");
       check_engines<16>(cfg, eager, Fusions{.moe_norm = true}, what, {}, 0, make);
       check_engines<16>(cfg, eager, Fusions{.final_norm = true, .swiglu = true, .moe_norm = true}, what, {}, 0, make);
+      if constexpr (ops::cuda::moe_decode::kVariantsCompiled) {
+        check_engines<16>(cfg, eager, Fusions{.moe_route = "gate_up"}, what, Fusions{.moe_route = "cta"}, 0, make);
+        check_engines<16>(cfg, eager, Fusions{.moe_unpermute = "down"}, what, Fusions{.moe_unpermute = "kernel"}, 0,
+                          make);
+        check_engines<16>(cfg, eager, Fusions{.moe_norm = true, .moe_route = "gate_up", .moe_unpermute = "down"}, what,
+                          Fusions{.moe_route = "cta", .moe_unpermute = "kernel"}, 0, make);
+      }
     }
   }
 }

@@ -470,11 +470,17 @@ TEST(DecodePlan, LateDependentsAreTheLatencyBuildsDefaultOnlyOnSmallGrids) {
   EXPECT_FALSE(plan_decode_split(1, 32, 8, 128, 512, 132, o).late_dependents);
 }
 
-// The wide CTAs (PIE_DECODE_WIDE_CTAS=8 or 16, opt-in): on small grids at head dim 128 with at most
-// 4 query heads per CTA (group parts count), never for fp8 caches or the fixed split.
+// The wide CTAs (PIE_DECODE_WIDE_CTAS=8 or 16; unset: 16 in a build with the latency paths, 0 off):
+// on small grids at head dim 128 with at most 4 query heads per CTA (group parts count), never for
+// fp8 caches or the fixed split.
 TEST(DecodePlan, WideCtasOnlyForSmallGridsOfFourHeadsAtHeadDim128) {
   ::unsetenv("PIE_DECODE_WIDE_CTAS");
-  EXPECT_EQ(DecodePlanOptions::from_env(true).wide_warps, 0) << "opt-in";
+  EXPECT_EQ(DecodePlanOptions::from_env(true).wide_warps, 16) << "the latency builds' default";
+  EXPECT_EQ(DecodePlanOptions::from_env(false).wide_warps, 0) << "off without the latency paths";
+  ::setenv("PIE_DECODE_WIDE_CTAS", "0", 1);
+  EXPECT_EQ(DecodePlanOptions::from_env(true).wide_warps, 0) << "0 turns it off";
+  ::setenv("PIE_DECODE_WIDE_CTAS", "8", 1);
+  EXPECT_EQ(DecodePlanOptions::from_env(true).wide_warps, 8);
   ::setenv("PIE_DECODE_WIDE_CTAS", "1", 1);
   EXPECT_THROW(DecodePlanOptions::from_env(true), pie::Error) << "warps: 0, 8 or 16";
   ::setenv("PIE_DECODE_WIDE_CTAS", "16", 1);
@@ -501,4 +507,28 @@ TEST(DecodePlan, WideCtasOnlyForSmallGridsOfFourHeadsAtHeadDim128) {
   EXPECT_EQ(plan_decode_split(1, 32, 8, 64, 512, 132, o).warps, 4) << "head dim 64";
   o.wide_warps = 0;
   EXPECT_EQ(plan_decode_split(1, 32, 8, 128, 512, 132, o).warps, 4);
+}
+
+// The pushing cluster merge (PIE_DECODE_CLUSTER_PUSH; unset: on in a build with the latency paths,
+// `0` off): a plan takes it only where it has a cluster merge.
+TEST(DecodePlan, ClusterPushOnlyWithAClusterMerge) {
+  ::unsetenv("PIE_DECODE_CLUSTER_PUSH");
+  EXPECT_TRUE(DecodePlanOptions::from_env(true).cluster_push) << "the latency builds' default";
+  EXPECT_FALSE(DecodePlanOptions::from_env(false).cluster_push);
+  ::setenv("PIE_DECODE_CLUSTER_PUSH", "0", 1);
+  EXPECT_FALSE(DecodePlanOptions::from_env(true).cluster_push);
+  ::setenv("PIE_DECODE_CLUSTER_PUSH", "1", 1);
+  EXPECT_TRUE(DecodePlanOptions::from_env(true).cluster_push);
+  EXPECT_FALSE(DecodePlanOptions::from_env(false).cluster_push) << "only with the latency paths";
+  ::setenv("PIE_DECODE_CLUSTER_PUSH", "yes", 1);
+  EXPECT_THROW(DecodePlanOptions::from_env(true), pie::Error);
+  ::unsetenv("PIE_DECODE_CLUSTER_PUSH");
+  DecodePlanOptions o;
+  o.cluster_push = true;
+  EXPECT_FALSE(plan_decode_split(1, 32, 8, 128, 512, 132, o).cluster_push) << "no cluster merge asked for";
+  o.cluster_merge = true;
+  const auto b1 = plan_decode_split(1, 32, 8, 128, 512, 132, o);
+  EXPECT_TRUE(b1.cluster_merge);
+  EXPECT_TRUE(b1.cluster_push);
+  EXPECT_FALSE(plan_decode_split(256, 32, 8, 128, 4096, 132, o).cluster_push) << "a full grid: no cluster merge";
 }

@@ -201,11 +201,50 @@ TEST(MoeDecodePlan, RouteSwitchValues) {
   EXPECT_FALSE(parse_route_one_cta(""));
   EXPECT_FALSE(parse_route_one_cta("atomic"));
   EXPECT_TRUE(parse_route_one_cta("cta"));
+  // gate_up: a one-token call routes inside the gate_up GEMV, larger decode calls in one CTA.
+  using pie::ops::cuda::moe_decode::parse_route;
+  EXPECT_TRUE(parse_route("gate_up").one_cta && parse_route("gate_up").in_gate_up);
+  EXPECT_TRUE(parse_route("cta").one_cta && !parse_route("cta").in_gate_up);
+  EXPECT_FALSE(parse_route("atomic").one_cta || parse_route("atomic").in_gate_up);
+  EXPECT_FALSE(parse_route(nullptr).in_gate_up);
+  for (const char* bad : {"CTA", "gateup"}) {
+    try {
+      parse_route_one_cta(bad);
+      FAIL() << "an unknown value was accepted: " << bad;
+    } catch (const pie::Error& e) {
+      const std::string m = e.what();
+      EXPECT_NE(m.find(std::string("PIE_MOE_ROUTE=") + bad), std::string::npos) << m;
+      EXPECT_NE(m.find("cta, gate_up or atomic"), std::string::npos) << m;
+    }
+  }
+}
+
+TEST(MoeDecodePlan, UnpermuteSwitchValues) {
+  namespace md = pie::ops::cuda::moe_decode;
+  EXPECT_FALSE(md::parse_unpermute_in_down(nullptr));
+  EXPECT_FALSE(md::parse_unpermute_in_down(""));
+  EXPECT_FALSE(md::parse_unpermute_in_down("kernel"));
+  EXPECT_TRUE(md::parse_unpermute_in_down("down"));
   try {
-    parse_route_one_cta("CTA");
+    md::parse_unpermute_in_down("Down");
     FAIL() << "an unknown value was accepted";
   } catch (const pie::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("PIE_MOE_ROUTE=CTA"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("PIE_MOE_UNPERMUTE=Down"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(md::parse_switches(nullptr, nullptr, nullptr, nullptr, true, "down").unpermute_in_down);
+  // The fifteenth session's three switches are opt-in (measured: no robust gain).
+  const auto unset = md::parse_switches(nullptr, nullptr, nullptr, nullptr, true);
+  EXPECT_FALSE(unset.unpermute_in_down || unset.route_in_gate_up || unset.down_early);
+  EXPECT_TRUE(md::parse_switches(nullptr, nullptr, nullptr, nullptr, true, nullptr, "1").down_early);
+  EXPECT_THROW(md::parse_down_early("yes"), pie::Error);
+  EXPECT_THROW(md::parse_switches(nullptr, nullptr, nullptr, nullptr, false, nullptr, "1"), pie::Error);
+  EXPECT_FALSE(md::parse_switches(nullptr, nullptr, nullptr, nullptr, true, "kernel").unpermute_in_down);
+  EXPECT_FALSE(md::parse_switches(nullptr, nullptr, nullptr, nullptr, false, "kernel").unpermute_in_down);
+  try {
+    md::parse_switches(nullptr, nullptr, nullptr, nullptr, false, "down");
+    ADD_FAILURE() << "PIE_MOE_UNPERMUTE=down was accepted by a build without the variants";
+  } catch (const pie::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("-DPIE_MOE_DECODE_VARIANTS=ON"), std::string::npos) << e.what();
   }
 }
 
@@ -224,6 +263,7 @@ TEST(MoeDecodePlan, VariantSwitchesNeedTheCMakeOption) {
   for (const Case c : {Case{"fused", nullptr, nullptr, nullptr, "PIE_MOE_DECODE=fused"},
                        Case{"waves", nullptr, nullptr, nullptr, "PIE_MOE_DECODE=waves"},
                        Case{nullptr, "cta", nullptr, nullptr, "PIE_MOE_ROUTE=cta"},
+                       Case{nullptr, "gate_up", nullptr, nullptr, "PIE_MOE_ROUTE=gate_up"},
                        Case{nullptr, nullptr, "waves", nullptr, "PIE_MOE_DOWN=waves"},
                        Case{nullptr, nullptr, nullptr, "ahead", "PIE_MOE_GEMV=ahead"}}) {
     try {
@@ -238,6 +278,8 @@ TEST(MoeDecodePlan, VariantSwitchesNeedTheCMakeOption) {
   const auto all = md::parse_switches("waves", "cta", "waves", "ahead", true);
   EXPECT_EQ(all.decode, md::Choice::kWaves);
   EXPECT_TRUE(all.route_one_cta && all.down_by_waves && all.gemv_ahead);
+  EXPECT_FALSE(all.route_in_gate_up);
+  EXPECT_TRUE(md::parse_switches(nullptr, "gate_up", nullptr, nullptr, true).route_in_gate_up);
   EXPECT_EQ(md::parse_switches("fused", nullptr, nullptr, nullptr, true).decode, md::Choice::kFused);
   // A build with the variants: an unset (or empty) switch takes the measured best, and each base
   // value still chooses the base kernel of its step.

@@ -218,6 +218,8 @@ class CudaForward {
     int64_t swiglu = 0;       ///< down-projection GEMVs with SwiGLU in their prologue
     int64_t rope_attn = 0;    ///< decode attentions with q/k norm + RoPE and the KV write inside
     int64_t moe_norm = 0;     ///< MoE router GEMVs with the layer's residual add + RMSNorm inside
+    int64_t moe_route = 0;    ///< MoE gate_up GEMVs that routed their token themselves (no route kernel)
+    int64_t moe_unpermute = 0;  ///< MoE down GEMVs that un-permuted in their last CTAs (no un-permute kernel)
   };
   const FusionCounts& fusion_counts() const { return fusion_counts_; }
 
@@ -325,8 +327,7 @@ class CudaForward {
     const int64_t M = x.shape[0], K = x.shape[1];
     if (shape_.tokens == 1 && M == 1 && res.shape[1] == K && p_.fp8_gemm != nullptr && p_.fp8_gemm->fuses_norm(K)) {
       PIE_CHECK(w.cols() == K, "CudaForward: the norm's width differs from the fp8 linear's K");
-      T* r_out = res.data == res_pong_.data() ? res_home_ : res_pong_.data();
-      if (res.data != res_pong_.data()) res_home_ = res.data;
+      T* r_out = residual_out(res);
       fp8_per_token_ = w.per_channel() ? 1 : 0;
       op("norm+gemv", [&] {
         p_.fp8_gemm->norm_gemv(out, x, res.data, r_out, norm.data, eps(), first, w,
@@ -355,8 +356,7 @@ class CudaForward {
       linear(x, w, bias, out);
       return;
     }
-    T* r_out = res.data == res_pong_.data() ? res_home_ : res_pong_.data();
-    if (res.data != res_pong_.data()) res_home_ = res.data;
+    T* r_out = residual_out(res);
     op("norm+gemv", [&] {
       ops::cuda::add_rms_norm_gemv(out, x, res.data, r_out, norm.data, eps(), first, w,
                                    bias.numel() > 0 ? bias.data : nullptr, s_);
@@ -525,8 +525,7 @@ class CudaForward {
       moe(x, router, gate_up, down, top_k, norm_topk_prob, out);
       return;
     }
-    T* r_out = res.data == res_pong_.data() ? res_home_ : res_pong_.data();
-    if (res.data != res_pong_.data()) res_home_ = res.data;
+    T* r_out = residual_out(res);
     const NormIntoRouter into{x, res.data, r_out, norm.data, first};
     Act xn = x;
     xn.data = moe_x_.data();
@@ -577,6 +576,8 @@ class CudaForward {
     // PIE_MOE_ROUTE=cta: moe_route in one CTA at n ≤ kMoeGemvMaxTokens (no global atomics).
     // PIE_MOE_DOWN=waves: the down GEMV's columns per warp by wave count at n ≤ 2.
     // PIE_MOE_GEMV=ahead: at n ≤ 2 the GEMVs load their row chunks with the weights.
+    // PIE_MOE_ROUTE=gate_up / PIE_MOE_UNPERMUTE=down: at n = 1 the routing inside the gate_up GEMV,
+    // the un-permute in the down GEMV's last CTAs (no kernel of their own).
     // Each gives the base path's bits; where compiled (-DPIE_MOE_DECODE_VARIANTS=ON, the default;
     // kVariants) an unset switch takes the measured best (waves, cta, waves, ahead:
     // moe_decode::kCompiledDefaults). Without the option the switches are refused when the
@@ -602,15 +603,23 @@ class CudaForward {
     } else if (!fused) {
       op("moe_router", [&] { (*p_.gemm)(logits, x, router, static_cast<const T*>(nullptr), s_); });
     }
-    if (!fused) op("moe_route", [&] { ops::cuda::moe_route(n, norm_topk_prob, ws, s_, kVariants && sw.route_one_cta); });
+    // PIE_MOE_ROUTE=gate_up: one token routed inside the gate_up GEMV's CTAs (no route kernel).
+    const bool route_in_gate_up = kVariants && sw.route_in_gate_up && !fused && !p_.batch_invariant &&
+                                  ops::cuda::MoeExperts<T>::routed_gate_up_supported(n, static_cast<int>(E), true);
+    if (!fused && !route_in_gate_up)
+      op("moe_route", [&] { ops::cuda::moe_route(n, norm_topk_prob, ws, s_, kVariants && sw.route_one_cta); });
     if (n == 0) return;
+    const ops::cuda::MoeExperts<T> ex(x, gate_up, down, ws, out, !p_.batch_invariant, fused || waves ? 0 : 4,
+                                      kVariants && sw.down_by_waves ? 0 : 2, kVariants && sw.gemv_ahead);
+    if (route_in_gate_up) {
+      op("moe_route+gate_up", [&] { ex.gate_up_routed(norm_topk_prob, s_); });
+      ++fusion_counts_.moe_route;
+    }
     if (moe_observer_) {  // a test's look at the routing; never inside a graph capture
       cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
       PIE_CUDA_CHECK(cudaStreamIsCapturing(s_, &cs));
       if (cs == cudaStreamCaptureStatusNone) moe_observer_(ws.routing().ids, n, top_k, s_);
     }
-    const ops::cuda::MoeExperts<T> ex(x, gate_up, down, ws, out, !p_.batch_invariant, fused || waves ? 0 : 4,
-                                      kVariants && sw.down_by_waves ? 0 : 2, kVariants && sw.gemv_ahead);
     // In a build with the CUTLASS path (unless PIE_MOE_GEMM=mma): the CUTLASS grouped GEMMs above
     // the GEMV batch sizes (not under batch invariance, which the mma path is tested for). The
     // path's state is set up on the first call (eager, like the workspace) and re-made with it.
@@ -638,7 +647,17 @@ class CudaForward {
         return;
       }
     }
-    op("moe_gate_up", [&] { ex.gate_up(s_); });  // three ops, so that the profiler splits them
+    if (!route_in_gate_up) op("moe_gate_up", [&] { ex.gate_up(s_); });  // three ops: the profiler splits them
+    // PIE_MOE_UNPERMUTE=down: one token's un-permute in the down GEMV's last CTAs.
+    if (kVariants && sw.unpermute_in_down && !p_.batch_invariant &&
+        ops::cuda::MoeExperts<T>::unpermute_in_down_supported(n, true)) {
+      // After a routing kernel (not the routing inside gate_up) down reads it and loads its
+      // first weights before its wait on gate_up (PIE_MOE_DOWN_EARLY=0: after the wait).
+      const bool early = !route_in_gate_up && sw.down_early;
+      op("moe_down+unpermute", [&] { ex.down_unpermute_in_last_ctas(s_, early, sw.down_dependents_at_start); });
+      ++fusion_counts_.moe_unpermute;
+      return;
+    }
     op("moe_down", [&] { ex.down(s_); });
     op("moe_unpermute", [&] { ex.unpermute(s_); });
   }
@@ -843,6 +862,14 @@ class CudaForward {
   size_t next_slot_ = 0;
   bool frozen_ = false;
   float calc_margin_ = 0.0f;  // > 0: the next forward calculates the fp8 KV scales
+  /// Where a fused norm writes the new residual: the other buffer of the pair (res_pong_ and the
+  /// model's own residual, remembered as res_home_), since every CTA of the fused kernel still
+  /// reads `res`.
+  T* residual_out(const Act& res) {
+    T* r_out = res.data == res_pong_.data() ? res_home_ : res_pong_.data();
+    if (res.data != res_pong_.data()) res_home_ = res.data;
+    return r_out;
+  }
   DeviceBuffer<T> res_pong_, rows_;
   DeviceBuffer<T> moe_x_;  ///< the normalised row that norm_moe's router GEMV writes for the experts
   T* res_home_ = nullptr;

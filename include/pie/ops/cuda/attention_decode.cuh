@@ -432,6 +432,9 @@ __global__ void __launch_bounds__(NW * 32, decode_ctas_per_sm(GROUP) * 4 / NW > 
   if (threadIdx.x == 0)
     for (int s = 0; s < STAGES; ++s) mbar_init(&bars[s], 1);
   __syncthreads();
+  // The pushing cluster merge's first phase: once every CTA arrived, all run (decode_store_merged
+  // waits for it before writing into split 0's shared memory).
+  if (kDecodeLatencyPaths && p.cluster_push_offset > 0) decode_cluster_arrive_relaxed();
   if (!p.late_dependents) pdl_launch_dependents();  // the merge (or o_proj's GEMV) may start streaming now
   int issued = 0;
   if (kDecodeLatencyPaths && p.early_pages && threadIdx.x < 32)
@@ -485,9 +488,11 @@ __global__ void __launch_bounds__(128) decode_merge_kernel(const float* __restri
 /// `smem_set` below (a function-pointer type would share it between kernels of one signature).
 /// FUSED: the kernel merges the splits itself (MODE has kDecodeFusedMerge), no merge kernel.
 /// grid_splits > 0: the grid's split dimension (split_loop launches), else num_splits.
+/// smem_max: the most `smem` any launch of this kernel asks for (the attribute is set once), at
+/// least smem.
 template <int HD, int GROUP, int NW, bool FUSED, auto Kern, class T, class KV, class Variant>
 void launch_decode_kernel(size_t smem, const DecodeParams<T, KV, Variant>& p, int batch, cudaStream_t stream,
-                          int grid_splits = 0) {
+                          int grid_splits = 0, size_t smem_max = 0) {
   auto kern = Kern;
   // Raised even under 48 KB (the static barriers count against the default too), once per
   // kernel and device (the attribute is per device: tensor-parallel runners drive several).
@@ -499,7 +504,8 @@ void launch_decode_kernel(size_t smem, const DecodeParams<T, KV, Variant>& p, in
   const bool cluster_merge = kDecodeLatencyPaths && p.cluster_merge;
   const bool wide_cluster = parts * (cluster_merge ? p.num_splits : 1) > kDecodeMaxClusterSplits;
   if (!(smem_set.load(std::memory_order_relaxed) & bit)) {
-    PIE_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    PIE_CUDA_CHECK(
+        cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_max > smem ? smem_max : smem)));
     smem_set.fetch_or(bit, std::memory_order_relaxed);
   }
   if constexpr (kDecodeLatencyPaths) {  // clusters of group parts past the portable 8 CTAs (kDecodeMaxClusterCtas)
@@ -527,12 +533,22 @@ void launch_decode_kernel(size_t smem, const DecodeParams<T, KV, Variant>& p, in
 }
 
 /// The CUDA-core kernel (any KV type and head dim).
+/// With `push` (DecodePlan::cluster_push) a cluster merge of several splits pushes its partials
+/// into split 0's shared memory, past the kernel's own (DecodeParams::cluster_push_offset).
 template <int HD, int GROUP, int NW, int STAGES, int MODE = 0, class T, class KV, class Variant>
-void launch_decode(const DecodeParams<T, KV, Variant>& p, int batch, cudaStream_t stream) {
+void launch_decode(const DecodeParams<T, KV, Variant>& p, int batch, cudaStream_t stream, bool push = false) {
   static_assert(NW > 0 && STAGES > 0, "launch_decode: warps and stages");
+  constexpr size_t kBase = (DecodeShape<HD, GROUP, NW, STAGES, KV>::SMEM + 15) / 16 * 16;
+  constexpr size_t kMax = kDecodeLatencyPaths ? kBase + decode_pushed_bytes<HD, GROUP>(kDecodeMaxClusterSplits) : kBase;
+  DecodeParams<T, KV, Variant> q = p;
+  size_t smem = DecodeShape<HD, GROUP, NW, STAGES, KV>::SMEM;
+  q.cluster_push_offset = 0;
+  if (kDecodeLatencyPaths && push && p.cluster_merge && p.num_splits > 1 && (MODE & kDecodeFusedMerge) == 0) {
+    q.cluster_push_offset = int(kBase);
+    smem = kBase + decode_pushed_bytes<HD, GROUP>(p.num_splits);
+  }
   launch_decode_kernel<HD, GROUP, NW, (MODE & kDecodeFusedMerge) != 0,
-                       decode_kernel<HD, GROUP, NW, STAGES, MODE, T, KV, Variant>>(
-      DecodeShape<HD, GROUP, NW, STAGES, KV>::SMEM, p, batch, stream);
+                       decode_kernel<HD, GROUP, NW, STAGES, MODE, T, KV, Variant>>(smem, q, batch, stream, 0, kMax);
 }
 
 /// The tensor-core kernel (fp8 K/V, kDecodeMma).
@@ -644,6 +660,7 @@ void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out,
   p.early_pages = plan.early_pages;
   p.group_shift = parts == 2 ? 1 : 0;
   p.late_dependents = plan.late_dependents;
+  const bool push = plan.cluster_push;  // the CUDA-core kernel's launches only (launch_decode)
 #if defined(PIE_DECODE_TIMELINE)
   p.timeline = detail::g_decode_timeline;
 #endif
@@ -673,8 +690,8 @@ void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out,
         } else {
           if constexpr (detail::kDecodeLatencyPaths && !kMma && HD == 128 && GROUP <= 4 && sizeof(DKV) == 2 &&
                         (kMode & detail::kDecodeFusedMerge) == 0) {  // DecodePlanOptions::wide_warps
-            if (plan.warps == 8) return detail::launch_decode<HD, GROUP, 8, 2, kMode>(p, batch, stream);
-            if (plan.warps == 16) return detail::launch_decode<HD, GROUP, 16, 2, kMode>(p, batch, stream);
+            if (plan.warps == 8) return detail::launch_decode<HD, GROUP, 8, 2, kMode>(p, batch, stream, push);
+            if (plan.warps == 16) return detail::launch_decode<HD, GROUP, 16, 2, kMode>(p, batch, stream, push);
           }
           PIE_CHECK(plan.warps == 4 && plan.stages == detail::decode_stages(GROUP),
                     "decode_attention: the plan's CTA shape is not the default one");
@@ -699,7 +716,7 @@ void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out,
                 return;
               }
             }
-            detail::launch_decode<HD, GROUP, 4, detail::decode_stages(GROUP), kMode>(p, batch, stream);
+            detail::launch_decode<HD, GROUP, 4, detail::decode_stages(GROUP), kMode>(p, batch, stream, push);
           }
         }
       };
@@ -707,10 +724,12 @@ void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out,
       if constexpr (!kMma && Warps == 0 && Mode == 0) {
         if (rope != nullptr) {  // checked above: the CUDA-core kernel, one split or a cluster merge
           if constexpr (HD == 128 && GROUP <= 4 && sizeof(DKV) == 2) {
-            if (plan.warps == 8) return detail::launch_decode<HD, GROUP, 8, 2, detail::kDecodeRope>(p, batch, stream);
-            if (plan.warps == 16) return detail::launch_decode<HD, GROUP, 16, 2, detail::kDecodeRope>(p, batch, stream);
+            if (plan.warps == 8)
+              return detail::launch_decode<HD, GROUP, 8, 2, detail::kDecodeRope>(p, batch, stream, push);
+            if (plan.warps == 16)
+              return detail::launch_decode<HD, GROUP, 16, 2, detail::kDecodeRope>(p, batch, stream, push);
           }
-          detail::launch_decode<HD, GROUP, 4, detail::decode_stages(GROUP), detail::kDecodeRope>(p, batch, stream);
+          detail::launch_decode<HD, GROUP, 4, detail::decode_stages(GROUP), detail::kDecodeRope>(p, batch, stream, push);
           return;
         }
       }

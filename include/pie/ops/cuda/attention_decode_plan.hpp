@@ -114,9 +114,18 @@ struct DecodePlanOptions {
   /// 2026-12-06: 1.75 µs a stage at batch 1, one warp per SM sub-partition, so nothing hides a
   /// dependent instruction's latency). 16 warps hold the SM's whole register file at ~128 a thread,
   /// so under programmatic dependent launch they may not fit beside the qkv GEMV; 8 do.
-  /// `PIE_DECODE_WIDE_CTAS=8` or `16`; opt-in until measured. The tokens a lane sums change, so
-  /// the bits do (within the kernels' tolerance).
+  /// `PIE_DECODE_WIDE_CTAS=8`, `16` or `0` (off); unset: 16 in a build with the latency paths (H100,
+  /// 2026-12-06, same call, two rounds: batch-1 ITL −2.3 to −2.6% on Qwen3-30B-A3B, −1.0% on
+  /// Qwen3-8B), off without them. The tokens a lane sums change, so the bits do (within the
+  /// kernels' tolerance).
   int wide_warps = 0;
+  /// The cluster merge pushes: each CTA writes its partial rows into split 0's shared memory and
+  /// split 0 alone merges them from its own memory, so one cluster barrier phase (after the pushes)
+  /// replaces the two around the distributed reads, and the other CTAs exit at once
+  /// (DecodePlan::cluster_push; the same bits). `PIE_DECODE_CLUSTER_PUSH`: `1` on, `0` off; unset:
+  /// on in a build with the latency paths (H100, 2026-12-06, same binary, three rounds each:
+  /// batch-1 ITL −0.57% on Qwen3-30B-A3B, −0.31% on Qwen3-8B, every round), off without them.
+  bool cluster_push = false;
 
   /// The fused merge is `PIE_DECODE_FUSED_MERGE=1` (opt-in: never measured faster). The cluster
   /// merge (`PIE_DECODE_CLUSTER_MERGE`) and the early pages (`PIE_DECODE_EARLY_PAGES`) are `1`: on
@@ -141,6 +150,9 @@ struct DecodePlanOptions {
     o.split_group4 = env_switch("PIE_DECODE_SPLIT_GROUP4", std::getenv("PIE_DECODE_SPLIT_GROUP4"), latency_compiled);
     o.late_dependents =
         env_switch("PIE_DECODE_LATE_DEPENDENTS", std::getenv("PIE_DECODE_LATE_DEPENDENTS"), latency_compiled);
+    o.wide_warps = latency_compiled ? 16 : 0;
+    o.cluster_push =
+        latency_compiled && env_switch("PIE_DECODE_CLUSTER_PUSH", std::getenv("PIE_DECODE_CLUSTER_PUSH"), true);
     if (const char* w = std::getenv("PIE_DECODE_WIDE_CTAS"); w != nullptr && *w != '\0') {
       const std::string v = w;
       PIE_CHECK(v == "0" || v == "8" || v == "16", "PIE_DECODE_WIDE_CTAS must be 0, 8 or 16 (warps), got '", v, "'");
@@ -256,6 +268,9 @@ struct DecodePlan {
   /// The kernel lets its dependent launch after its stages, not at its start (small grids only;
   /// DecodePlanOptions::late_dependents).
   bool late_dependents = false;
+  /// A cluster merge pushes its partials into split 0 (DecodePlanOptions::cluster_push; the
+  /// CUDA-core kernel's launches only).
+  bool cluster_push = false;
   /// The grid fits one wave of one CTA per SM (batch · KV heads · CTAs per pair ≤ the SM count):
   /// decode attention is latency here, the regime the latency paths are for
   /// (DecodePlanOptions::small_grids_only; the RoPE inside attention asks it too).
@@ -468,6 +483,7 @@ inline DecodePlan plan_decode_split(int batch, int num_q_heads, int num_kv_heads
   if (split && (split_grid <= sm_count || !opt.split_groups_small_grids_only) && use_decode_group_parts(p, 2))
     p.small_grid = split_grid <= sm_count;
   if (opt.wide_warps > 0) use_decode_wide_ctas(p, opt.wide_warps);
+  p.cluster_push = opt.cluster_push && p.cluster_merge;
   return p;
 }
 

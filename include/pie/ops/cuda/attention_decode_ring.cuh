@@ -77,6 +77,11 @@ struct DecodeParams {
   /// The CUDA-core kernel calls griddepcontrol.launch_dependents after its stages, not at its start
   /// (DecodePlan::late_dependents); the tensor-core kernel always calls it at its start.
   bool late_dependents;
+  /// The cluster merge pushes (DecodePlan::cluster_push): every CTA writes its partial rows into
+  /// split 0's shared memory at this byte offset (past everything else the kernel keeps there) and
+  /// only split 0 merges them, from its own memory (decode_store_merged). 0: off. Set by the
+  /// CUDA-core kernel's launch alone (launch_decode), which sizes the shared memory for it.
+  int cluster_push_offset;
 #if defined(PIE_DECODE_TIMELINE)
   /// Bench only: [CTA][kDecodeMarks] %globaltimer stamps of thread 0 (attention_decode.cuh).
   unsigned long long* timeline;
@@ -287,6 +292,34 @@ struct DecodeClusterPartials {
   }
 };
 
+/// Split partials pushed into split 0's shared memory (the pushing cluster merge,
+/// DecodeParams::cluster_push_offset): [splits][GROUP][HD] floats, then [splits][GROUP] lse.
+template <int HD, int GROUP>
+struct DecodePushedPartials {
+  const float* o;
+  const float* lse;
+  int splits;
+  __device__ __forceinline__ float lse_of(int s, int64_t row) const { return lse[s * GROUP + row]; }
+  __device__ __forceinline__ float4 o4(int s, int64_t row, int c, int half) const {
+    return *reinterpret_cast<const float4*>(o + (s * GROUP + row) * HD + c + 4 * half);
+  }
+};
+/// Bytes of the pushed partials of `splits` splits (16-byte multiple: the rows are read as float4).
+template <int HD, int GROUP>
+constexpr size_t decode_pushed_bytes(int splits) {
+  return (size_t(splits) * GROUP * (HD + 1) * sizeof(float) + 15) / 16 * 16;
+}
+
+/// Cluster barrier halves (sm_90): every thread of every CTA of the cluster arrives once per phase;
+/// wait returns once every thread that has not exited arrived. CTA-uniform (`.aligned`).
+__device__ __forceinline__ void decode_cluster_arrive_relaxed() {
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void decode_cluster_arrive_release() {
+  asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void decode_cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
+
 /// \brief Merges split partials into NR output rows: out = Σ_s 2^(lse_s − M)·o_s / Σ_s 2^(lse_s − M),
 /// row r (index row[r] of the partials in `src`, a DecodeGlobalPartials or DecodeClusterPartials)
 /// written at dst[r]. A row is served by 128 virtual lanes, HD/8 chunks of 8 dims × SL = 128·8/HD
@@ -445,8 +478,19 @@ __device__ __forceinline__ void decode_store_merged(const DecodeParams<T, KV, Va
   [[maybe_unused]] const int kvh = vh >> shift;  // fp8 scales, the fused merge's counters
   const int nq = (p.kv.num_kv_heads << shift) * GROUP;
   const bool cluster = kDecodeLatencyPaths && p.cluster_merge && nsplit > 1;
+  const bool push = cluster && p.cluster_push_offset > 0;
   float* c_o = smem + kDecodeClusterPartOffset<HD, GROUP, NW> / sizeof(float);  // cluster: [GROUP][HD]
   float* c_lse = c_o + GROUP * HD;                                               // cluster: [GROUP]
+  float* const pushed = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(smem) + p.cluster_push_offset);
+  if (push) {
+    // The first phase (arrived at the kernel's start): every CTA of the cluster is running, so
+    // split 0's shared memory may be written. This CTA's rows go there, at its split.
+    decode_cluster_wait();
+    const unsigned lead = unsigned(vh & ((1 << shift) - 1));  // split 0 of this part: rank part
+    float* remote = cooperative_groups::this_cluster().map_shared_rank(pushed, lead);
+    c_o = remote + split * GROUP * HD;
+    c_lse = remote + nsplit * GROUP * HD + split * GROUP;
+  }
   // A head's warp weights 2^(m_w − max) and its sum l, once per head (not per dim: HD times the
   // exponentials on the path to the output). Head g's column of s_m / s_l is read and rewritten by
   // its thread alone: s_m[w][g] becomes warp w's weight, s_l[0][g] the sum, s_l[1][g] the max.
@@ -490,6 +534,29 @@ __device__ __forceinline__ void decode_store_merged(const DecodeParams<T, KV, Va
       p.part_o[row * HD + d] = out;
       if (d == 0) p.part_lse[row] = ll > 0.f ? mm + log2f(ll) : -INFINITY;
     }
+  }
+  if (push) {
+    // Second phase: every CTA's rows are in split 0's memory once every CTA arrived (release /
+    // acquire). No CTA reads another's memory any more, so the others exit after it; split 0
+    // merges every head of the pair alone, from its own memory, with decode_merge_rows'
+    // arithmetic (the merge kernel's bits).
+    decode_cluster_arrive_release();
+    decode_cluster_wait();
+    after_barrier();  // every CTA of the pair is past its prologue (the fused RoPE's write-back)
+    if (split != 0) return;
+    constexpr int SL = kDecodeMergeSplitLanes<HD>, PASS = NW * 32;
+    const DecodePushedPartials<HD, GROUP> src{pushed, pushed + nsplit * GROUP * HD, nsplit};
+    for (int v0 = 0; v0 < GROUP * 128; v0 += PASS) {  // 128 virtual lanes per head, as the merge kernel
+      const int v = v0 + int(threadIdx.x);
+      if (v < GROUP * 128) {
+        const int g = v / 128;
+        const int64_t row[1] = {g};
+        const int c[1] = {v % 128 / SL * 8};
+        T* const dst[1] = {p.out + b * p.out_stride + int64_t(vh * GROUP + g) * HD};
+        decode_merge_rows<HD, 1>(src, nsplit, row, c, v % SL, dst);
+      }
+    }
+    return;
   }
   if (cluster) {
     decode_cluster_merge<HD, GROUP, NW>(p, DecodeClusterPartials<HD>{c_o, c_lse, vh & ((1 << shift) - 1), shift}, vh,

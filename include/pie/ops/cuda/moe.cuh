@@ -165,6 +165,52 @@ void launch_moe_gemv(const MoeGemmParams<D>& p, int slots, int u, int c, bool ah
   }
 }
 
+/// CTAs of moe_gemv_routed_kernel<2, U, kPerLane> resident per SM (cached per instantiation).
+template <int U, int kPerLane, class D>
+int moe_gemv_routed_ctas_per_sm() {
+  static const int v = [] {
+    int c = 0;
+    PIE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&c, moe_gemv_routed_kernel<2, U, kPerLane, D>, 128, 0));
+    return std::max(c, 1);
+  }();
+  return v;
+}
+/// The gate_up GEMV with the routing inside (n = 1): U by wave count unless u is 2 or 4, as
+/// launch_moe_gemv; kPerLane·32 ≥ E.
+template <int kPerLane, class D>
+void launch_moe_gemv_routed(const MoeGemmParams<D>& p, const MoeGemvRoute& q, int slots, int u, cudaStream_t s) {
+  const dim3 grid((p.n_out + 7) / 8, slots);
+  if (u == 0)
+    u = moe_decode::gate_up_unroll(int64_t(grid.x) * grid.y, moe_gemv_routed_ctas_per_sm<4, kPerLane, D>(),
+                                   moe_gemv_routed_ctas_per_sm<2, kPerLane, D>(), num_sms());
+  if (u == 2) launch_pdl(moe_gemv_routed_kernel<2, 2, kPerLane, D>, grid, dim3(128), 0, s, p, q);
+  else launch_pdl(moe_gemv_routed_kernel<2, 4, kPerLane, D>, grid, dim3(128), 0, s, p, q);
+}
+
+/// CTAs of moe_gemv_down_tail_kernel<C, U, kEarly> resident per SM (cached per instantiation).
+template <int C, int U, bool kEarly, class D>
+int moe_gemv_down_tail_ctas_per_sm() {
+  static const int v = [] {
+    int c = 0;
+    PIE_CUDA_CHECK(
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&c, moe_gemv_down_tail_kernel<C, U, kEarly, D>, 128, 0));
+    return std::max(c, 1);
+  }();
+  return v;
+}
+/// The down GEMV with the un-permute in its last CTAs (n = 1): 2 columns per warp with 4 chunks
+/// in flight, or 4 with 2 when c is 4 or (c = 0) when that needs fewer waves, as launch_moe_gemv.
+template <bool kEarly, class D>
+void launch_moe_gemv_down_tail(const MoeGemmParams<D>& p, const MoeDownTail<D>& t, int slots, int c, cudaStream_t s) {
+  const dim3 grid2((p.n_out + 7) / 8, slots), grid4((p.n_out + 15) / 16, slots);
+  if (c == 0)
+    c = moe_decode::down_columns(int64_t(grid2.x) * grid2.y, moe_gemv_down_tail_ctas_per_sm<2, 4, kEarly, D>(),
+                                 int64_t(grid4.x) * grid4.y, moe_gemv_down_tail_ctas_per_sm<4, 2, kEarly, D>(),
+                                 num_sms());
+  if (c == 4) launch_pdl(moe_gemv_down_tail_kernel<4, 2, kEarly, D>, grid4, dim3(128), 0, s, p, t);
+  else launch_pdl(moe_gemv_down_tail_kernel<2, 4, kEarly, D>, grid2, dim3(128), 0, s, p, t);
+}
+
 /// One grouped product: gate_up (+SwiGLU, rows gathered through perm) or down.
 template <bool kUp, class T>
 void moe_product(const MoePlan<T>& pl, cudaStream_t s) {
@@ -215,7 +261,54 @@ class MoeExperts {
     plan_.x_ahead = x_ahead;
   }
   void gate_up(cudaStream_t s) const { if (plan_.n > 0) detail::moe_product<true>(plan_, s); }
+  /// Whether gate_up_routed() takes a call of n tokens and E experts: n = 1 on the GEMV path, in
+  /// a build with the decode variants (moe_decode::kVariantsCompiled).
+  static bool routed_gate_up_supported(int n, int E, bool use_gemv) {
+    return moe_decode::kVariantsCompiled && n == 1 && use_gemv && E <= kMoeMaxExperts;
+  }
+  /// moe_route then gate_up() in one kernel for a one-token call (the engine's
+  /// PIE_MOE_ROUTE=gate_up): every CTA of the gate_up GEMV routes the token from ws.logits()
+  /// itself, and CTA (0, 0) writes the routing record moe_route(one_cta) writes, for down() and
+  /// unpermute() after it — the same ids, weights, record and act bits
+  /// (MoeRoute.InGateUpEqualsOneCta), one launch and one grid dependency fewer. The row chunks
+  /// are loaded with the weights (x_ahead's kernel) whatever x_ahead says: the same bits.
+  void gate_up_routed(bool norm_topk_prob, cudaStream_t s) const {
+    PIE_CHECK(routed_gate_up_supported(plan_.n, plan_.E, plan_.gemv), "moe_experts: the routing inside gate_up takes "
+              "one token on the GEMV path in a build with -DPIE_MOE_DECODE_VARIANTS=ON, not n ", plan_.n);
+    if constexpr (moe_decode::kVariantsCompiled) {
+      using D = device_t<T>;
+      const detail::MoeGemvRoute q{ws_.logits(), ws_.routing(), ws_.top_k(), norm_topk_prob ? 1 : 0};
+      if (plan_.E <= 128) detail::launch_moe_gemv_routed<4>(plan_.gu, q, plan_.slots, plan_.gate_up_u, s);
+      else detail::launch_moe_gemv_routed<8>(plan_.gu, q, plan_.slots, plan_.gate_up_u, s);
+    }
+  }
   void down(cudaStream_t s) const { if (plan_.n > 0) detail::moe_product<false>(plan_, s); }
+  /// Whether down_unpermute_in_last_ctas() takes a call of n tokens: as gate_up_routed (n = 1
+  /// on the GEMV path, a build with the decode variants).
+  static bool unpermute_in_down_supported(int n, bool use_gemv) {
+    return moe_decode::kVariantsCompiled && n == 1 && use_gemv;
+  }
+  /// down() then unpermute() in one kernel for a one-token call (the engine's
+  /// PIE_MOE_UNPERMUTE=down): the last of each column block's k CTAs sums the token's rows of its
+  /// columns (moe_gemv_down_tail_kernel) — their bits (MoeExperts.UnpermuteInDownEqualsKernel),
+  /// one launch and one grid dependency fewer. Row chunks loaded with the weights whatever
+  /// x_ahead says; columns per warp as down() (down_c). `early_weights`: the routing came from
+  /// moe_route (not gate_up_routed), so the kernel reads it and loads its first weights before
+  /// its grid dependency on gate_up (moe_gemv_body's kEarly); the same bits.
+  /// `dependents_at_start`: the next kernel (the next layer's qkv GEMV) may launch at this one's
+  /// start instead of after its products.
+  void down_unpermute_in_last_ctas(cudaStream_t s, bool early_weights = false, bool dependents_at_start = false) const {
+    PIE_CHECK(unpermute_in_down_supported(plan_.n, plan_.gemv), "moe_experts: the un-permute in down's last CTAs "
+              "takes one token on the GEMV path in a build with -DPIE_MOE_DECODE_VARIANTS=ON, not n ", plan_.n);
+    if constexpr (moe_decode::kVariantsCompiled) {
+      using D = device_t<T>;
+      const MoeRouting& r = ws_.routing();
+      const detail::MoeDownTail<D> t{r.inv, r.weights, ws_.top_k(), ws_.down_tickets(), dev(out_.data),
+                                     dependents_at_start ? 1 : 0};
+      if (early_weights) detail::launch_moe_gemv_down_tail<true>(plan_.dn, t, plan_.slots, plan_.down_c, s);
+      else detail::launch_moe_gemv_down_tail<false>(plan_.dn, t, plan_.slots, plan_.down_c, s);
+    }
+  }
   /// The down GEMV with C output columns per warp and U 256-element chunks of K per load round
   /// (down() takes C = 2, U = 4), and with kXAhead the act chunks loaded with the weights
   /// (moe_gemv_ahead_kernel), for bench/cuda/bench_moe_decode.cu's variants. A column's sum is

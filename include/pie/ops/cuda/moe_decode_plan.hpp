@@ -2,7 +2,7 @@
 /// \file moe_decode_plan.hpp
 /// \brief The host-side choices of the decode MoE block (moe_decode.cuh, moe_routing.cuh), in
 /// plain C++ so that a CPU test (tests/ops/test_moe_group_plan.cpp) checks them: the run-time
-/// switches PIE_MOE_DECODE, PIE_MOE_ROUTE, PIE_MOE_DOWN and PIE_MOE_GEMV (compiled into the engine
+/// switches PIE_MOE_DECODE, PIE_MOE_ROUTE, PIE_MOE_DOWN, PIE_MOE_GEMV and PIE_MOE_UNPERMUTE (compiled into the engine
 /// only with -DPIE_MOE_DECODE_VARIANTS=ON: kVariantsCompiled), the gate_up GEMV's chunks in flight
 /// and the down GEMV's columns by wave count, and the work split of the fused down + un-permute
 /// kernel.
@@ -32,19 +32,47 @@ inline Choice parse_choice(const char* v) {
 
 /// \brief A two-valued switch `name`: unset, empty or `off` (or `off_alias`, when given) → false,
 /// `on` → true; anything else is an error naming the variable ("NAME=value: expected ON or OFF").
+/// `expected`, when given, replaces "ON or OFF" in the message (a switch with more values).
 inline bool parse_on_off(const char* name, const char* v, std::string_view on, std::string_view off,
-                         std::string_view off_alias = {}) {
+                         std::string_view off_alias = {}, std::string_view expected = {}) {
   const std::string_view s = v ? v : "";
   if (s.empty() || s == off || (!off_alias.empty() && s == off_alias)) return false;
-  PIE_CHECK(s == on, name, "=", s, ": expected ", on, " or ", off);
+  if (expected.empty()) PIE_CHECK(s == on, name, "=", s, ": expected ", on, " or ", off);
+  else PIE_CHECK(s == on, name, "=", s, ": expected ", expected);
   return true;
 }
 
-/// \brief PIE_MOE_ROUTE: unset, empty or "atomic" keeps moe_route_kernel (global counts, a
-/// ticket, the last CTA groups); "cta" routes n ≤ kMoeGemvMaxTokens in one CTA with its counts in
-/// shared memory (moe_route's one_cta; the same routing). Anything else is an error naming the
-/// variable.
-inline bool parse_route_one_cta(const char* v) { return parse_on_off("PIE_MOE_ROUTE", v, "cta", "atomic"); }
+/// \brief PIE_MOE_ROUTE's choice: moe_route_kernel (global counts, a ticket, the last CTA
+/// groups: "atomic"), one CTA for n ≤ kMoeGemvMaxTokens ("cta": moe_route's one_cta), or, for a
+/// one-token call, inside the gate_up GEMV's CTAs (MoeExperts::gate_up_routed; "gate_up", which
+/// routes larger decode calls in one CTA). The same routing every way.
+struct RouteChoice {
+  bool one_cta = false;     ///< "cta" or "gate_up"
+  bool in_gate_up = false;  ///< "gate_up"
+};
+/// \brief Parses PIE_MOE_ROUTE: unset or empty parses as "atomic" here (parse_switches then gives
+/// it the build's default); anything but atomic, cta or gate_up is an error naming the variable.
+inline RouteChoice parse_route(const char* v) {
+  const std::string_view s = v ? v : "";
+  if (s == "gate_up") return {true, true};
+  return {parse_on_off("PIE_MOE_ROUTE", v, "cta", "atomic", {}, "cta, gate_up or atomic"), false};
+}
+/// \brief Whether PIE_MOE_ROUTE routes small calls in one CTA ("cta" or "gate_up").
+inline bool parse_route_one_cta(const char* v) { return parse_route(v).one_cta; }
+
+/// \brief PIE_MOE_UNPERMUTE: "kernel" keeps the un-permute's own kernel; "down" has a one-token
+/// call's down GEMV un-permute in its last CTAs (MoeExperts::down_unpermute_in_last_ctas; the same
+/// bits). Unset or empty parses as "kernel" here; parse_switches then gives it the build's
+/// default. Anything else is an error naming the variable.
+inline bool parse_unpermute_in_down(const char* v) {
+  return parse_on_off("PIE_MOE_UNPERMUTE", v, "down", "kernel");
+}
+
+/// \brief PIE_MOE_DOWN_EARLY: "1" lets the down GEMV with the un-permute in its last CTAs read a
+/// routing kernel's record and load its first weights before its grid dependency on gate_up
+/// (moe_gemv_body's kEarly; the same bits); "0" waits first. Unset or empty parses as "0" here;
+/// parse_switches then gives it the build's default. Anything else is an error naming the variable.
+inline bool parse_down_early(const char* v) { return parse_on_off("PIE_MOE_DOWN_EARLY", v, "1", "0"); }
 
 /// \brief Waves a grid of `ctas` CTAs takes at `per_sm` resident CTAs on `sms` SMs.
 constexpr int64_t waves(int64_t ctas, int per_sm, int sms) {
@@ -94,30 +122,48 @@ inline constexpr bool kVariantsCompiled =
 /// base five-launch block).
 struct Switches {
   Choice decode = Choice::kUnfused;  ///< PIE_MOE_DECODE
-  bool route_one_cta = false;        ///< PIE_MOE_ROUTE=cta
+  bool route_one_cta = false;        ///< PIE_MOE_ROUTE=cta (or gate_up)
+  bool route_in_gate_up = false;     ///< PIE_MOE_ROUTE=gate_up: one token routed inside gate_up
   bool down_by_waves = false;        ///< PIE_MOE_DOWN=waves
   bool gemv_ahead = false;           ///< PIE_MOE_GEMV=ahead
+  bool unpermute_in_down = false;    ///< PIE_MOE_UNPERMUTE=down
+  bool down_early = false;           ///< PIE_MOE_DOWN_EARLY=1 (with unpermute_in_down)
+  /// PIE_MOE_DOWN_DEPENDENTS=start (with unpermute_in_down): the next kernel launches at down's
+  /// start instead of after its products; read by switches_from_env only (opt-in, being measured).
+  bool down_dependents_at_start = false;
 };
 
-/// \brief What an unset switch takes in a build with the variants: the measured best. Qwen3-30B-A3B
+/// \brief What an unset switch takes in a build with the variants: the measured best. The
+/// fifteenth session's three (H100, 2026-12-06, Qwen3-30B-A3B batch-1 ITL, same binary, alternating)
+/// stay opt-in: the routing inside gate_up lost (3.662 → 3.679 ms), the un-permute in down gained
+/// 0.25% in one binary (3.662 → 3.653) and lost 0.5–0.7% in the next (3.659 → 3.686, with its
+/// early weights 3.678), which differed only in how the kernel's first weights are loaded.
+/// Qwen3-30B-A3B
 /// batch 1, 128/128, one H100, 2026-12-05 (docs/benchmarks.md): ITL 4.495/4.501 ms base, 4.426
 /// route=cta, 4.362 decode=waves, 4.417 down=waves, 4.243 gemv=ahead, 4.213 all four (−6.4%). The
 /// fused block lost (docs/kernels.md), so decode=waves, not fused.
-inline constexpr Switches kCompiledDefaults{Choice::kWaves, true, true, true};
+inline constexpr Switches kCompiledDefaults{Choice::kWaves, true, false, true, true, false, false};
 
 /// \brief Parses the four switches' values (nullptr or empty: unset). With `compiled` (a build
 /// with the variants, kVariantsCompiled) an unset switch takes kCompiledDefaults; without, the
 /// base block, and a value that asks for a variant is an error naming the variable and the CMake
-/// option, rather than a switch silently ignored.
+/// option, rather than a switch silently ignored. `unpermute`: PIE_MOE_UNPERMUTE.
 inline Switches parse_switches(const char* decode, const char* route, const char* down, const char* gemv,
-                               bool compiled) {
-  Switches s{parse_choice(decode), parse_route_one_cta(route), parse_down_by_waves(down), parse_gemv_ahead(gemv)};
+                               bool compiled, const char* unpermute = nullptr, const char* down_early = nullptr) {
+  const RouteChoice rc = parse_route(route);
+  Switches s{parse_choice(decode), rc.one_cta, rc.in_gate_up, parse_down_by_waves(down), parse_gemv_ahead(gemv),
+             parse_unpermute_in_down(unpermute), parse_down_early(down_early)};
   if (compiled) {
     const auto unset = [](const char* v) { return v == nullptr || *v == '\0'; };
     if (unset(decode)) s.decode = kCompiledDefaults.decode;
-    if (unset(route)) s.route_one_cta = kCompiledDefaults.route_one_cta;
+    if (unset(route)) {
+      s.route_one_cta = kCompiledDefaults.route_one_cta;
+      s.route_in_gate_up = kCompiledDefaults.route_in_gate_up;
+    }
     if (unset(down)) s.down_by_waves = kCompiledDefaults.down_by_waves;
     if (unset(gemv)) s.gemv_ahead = kCompiledDefaults.gemv_ahead;
+    if (unset(unpermute)) s.unpermute_in_down = kCompiledDefaults.unpermute_in_down;
+    if (unset(down_early)) s.down_early = kCompiledDefaults.down_early;
   } else {
     const auto refuse = [](bool on, const char* name, const char* v) {
       PIE_CHECK(!on, name, "=", v, ": this build has no MoE decode variants (configure with "
@@ -127,14 +173,20 @@ inline Switches parse_switches(const char* decode, const char* route, const char
     refuse(s.route_one_cta, "PIE_MOE_ROUTE", route);
     refuse(s.down_by_waves, "PIE_MOE_DOWN", down);
     refuse(s.gemv_ahead, "PIE_MOE_GEMV", gemv);
+    refuse(s.unpermute_in_down, "PIE_MOE_UNPERMUTE", unpermute);
+    refuse(s.down_early, "PIE_MOE_DOWN_EARLY", down_early);
   }
   return s;
 }
 
-/// \brief The four switches from the environment (parse_switches), for this build.
+/// \brief The switches from the environment (parse_switches), for this build.
 inline Switches switches_from_env() {
-  return parse_switches(std::getenv("PIE_MOE_DECODE"), std::getenv("PIE_MOE_ROUTE"), std::getenv("PIE_MOE_DOWN"),
-                        std::getenv("PIE_MOE_GEMV"), kVariantsCompiled);
+  Switches s = parse_switches(std::getenv("PIE_MOE_DECODE"), std::getenv("PIE_MOE_ROUTE"), std::getenv("PIE_MOE_DOWN"),
+                        std::getenv("PIE_MOE_GEMV"), kVariantsCompiled, std::getenv("PIE_MOE_UNPERMUTE"),
+                        std::getenv("PIE_MOE_DOWN_EARLY"));
+  s.down_dependents_at_start =
+      kVariantsCompiled && parse_on_off("PIE_MOE_DOWN_DEPENDENTS", std::getenv("PIE_MOE_DOWN_DEPENDENTS"), "start", "end");
+  return s;
 }
 
 /// \brief The down GEMV's output columns per warp, 4 or 2: 4 only when its grid of `ctas_c4`

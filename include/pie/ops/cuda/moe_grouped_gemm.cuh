@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstring>
 
 #include "pie/ops/cuda/common.cuh"
 #include "pie/ops/cuda/mma.cuh"
@@ -30,6 +31,28 @@ struct MoeGemmParams {
   int n_out;               ///< output columns (I with SwiGLU: gate rows [0, I), up rows [I, 2I))
   int k;                   ///< K (a multiple of 8)
   int num_experts;
+};
+
+/// What the gate_up GEMV needs to route its call's one token itself (moe_gemv_routed_kernel):
+/// the router logits [1, E] (fp32) and the record that its CTA (0, 0) writes.
+struct MoeGemvRoute {
+  const float* logits;
+  MoeRouting r;
+  int k;     ///< top-k
+  int norm;  ///< renormalise the chosen weights (norm_topk_prob)
+};
+
+/// What the down GEMV of a one-token call needs to un-permute in its last CTAs
+/// (moe_gemv_down_tail_kernel): the routing's weights and grouped rows of the token's k slots,
+/// one ticket per column block (zero between calls: the last CTA resets its own) and the output.
+template <class T>
+struct MoeDownTail {
+  const int32_t* inv;
+  const float* weights;
+  int k;
+  int* tickets;  ///< [column blocks]
+  T* out;        ///< [1, n_out]
+  int dependents_at_start;  ///< launch the dependent grid at the start, not after the products
 };
 
 __device__ __forceinline__ float silu_f(float g) { return g / (1.f + expf(-g)); }
@@ -182,29 +205,81 @@ __global__ void __launch_bounds__(128) moe_mma_kernel(const __grid_constant__ Mo
 /// (moe_gemv_ahead_kernel): each step's row chunks are loaded with its weights, 16 bytes a
 /// load, instead of one chunk at a time after them, and the active count with the slot's
 /// expert — the same values, the same sums. The grid's y is at most E (MoePlan's slots), so
-/// active[slot] is in bounds even past the active count.
-template <int R, int C, int U, bool kGather, bool kSwiGLU, bool kXAhead, class T>
-__device__ __forceinline__ void moe_gemv_body(const MoeGemmParams<T>& p) {
+/// active[slot] is in bounds even past the active count. kRoutePerLane > 0 (n = 1, gate_up:
+/// moe_gemv_routed_kernel): no routing ran before; each CTA routes the token from q's logits
+/// (moe_route_single_token, kRoutePerLane·32 ≥ E), CTA (0, 0) writing the record for the kernels
+/// after it; slot s's one row is grouped row s and token 0.
+///
+/// kTail (n = 1, down: moe_gemv_down_tail_kernel): after writing its y columns each CTA takes a
+/// ticket of its column block; the last of the block's k CTAs (one per slot) sums the token's k
+/// rows of those columns with their weights in ascending expert id, as moe_unpermute_kernel does
+/// (fmaf from zero over the grouped rows 0..k−1, which at n = 1 are the ascending ids), and writes
+/// out: the un-permute's bits without its kernel.
+///
+/// kEarly (down after a routing kernel: the routing's writes ended before the predecessor, the
+/// gate_up GEMV, passed its own wait, so before this grid could launch): the routing record is
+/// read and the first step's weights are loaded before griddepcontrol.wait — through L2
+/// (ld.global.cg), since the record's addresses are rewritten every layer — so that the weight
+/// stream overlaps gate_up's tail; only the rows (gate_up's act) wait. The same loads, the same
+/// sums.
+template <int R, int C, int U, bool kGather, bool kSwiGLU, bool kXAhead, class T, int kRoutePerLane = 0,
+          bool kTail = false, bool kEarly = false>
+__device__ __forceinline__ void moe_gemv_body(const MoeGemmParams<T>& p, const MoeGemvRoute* q = nullptr,
+                                              const MoeDownTail<T>* tail = nullptr) {
+  static_assert(!kTail || (R == 1 && !kSwiGLU && !kGather), "the un-permute in down's last CTAs: one token");
+  static_assert(!kEarly || (kRoutePerLane == 0 && !kGather), "early weights: down, after a routing kernel");
   constexpr int W = kSwiGLU ? 2 * C : C;
   constexpr int kChunk = 32 * 8;
-  pdl_wait();  // the routing and the rows are the predecessors'
+  if constexpr (kTail) {
+    if (tail->dependents_at_start) pdl_launch_dependents();  // the next GEMV's early weights under ours
+  }
+  // the routing (or the logits) and the rows are the predecessors'; kEarly: the rows only
+  if constexpr (!kEarly) pdl_wait();
+  const auto ld_route = [](const int32_t* a) { return kEarly ? __ldcg(a) : __ldg(a); };
   const int slot = blockIdx.y;
-  int e;
-  if constexpr (kXAhead) {  // both loads in one round trip: slot < gridDim.y ≤ E, in bounds
-    const int active = __ldg(&p.active[p.num_experts]);
-    e = __ldg(&p.active[slot]);  // stale past the active count, and then unused
+  int e, g0, cnt;
+  if constexpr (kRoutePerLane > 0) {
+    static_assert(R == 1 && kGather, "routing inside the GEMV: one token, rows gathered");
+    e = moe_route_single_token<kRoutePerLane, T>(q->logits, p.num_experts, q->k, q->norm, q->r, slot,
+                                                 blockIdx.x == 0 && blockIdx.y == 0);
+    if (e < 0) return;
+    g0 = slot;
+    cnt = 1;
+  } else if constexpr (kXAhead) {  // both loads in one round trip: slot < gridDim.y ≤ E, in bounds
+    const int active = ld_route(&p.active[p.num_experts]);
+    e = ld_route(&p.active[slot]);  // stale past the active count, and then unused
     // e < 0 never holds below the count; testing it (not short-circuited) keeps ptxas from
     // sinking e's load below the exit test, a second dependent round trip.
-    if ((slot >= active) | (e < 0)) return;
+    if ((slot >= active) | (e < 0)) {
+      if constexpr (kEarly) pdl_wait();  // (no early exit past a grid dependency)
+      return;
+    }
   } else {
-    if (slot >= __ldg(&p.active[p.num_experts])) return;
-    e = __ldg(&p.active[slot]);
+    if (slot >= ld_route(&p.active[p.num_experts])) {
+      if constexpr (kEarly) pdl_wait();
+      return;
+    }
+    e = ld_route(&p.active[slot]);
   }
-  const int g0 = __ldg(&p.offsets[e]);
-  const int cnt = min(R, __ldg(&p.offsets[e + 1]) - g0);
+  if constexpr (kRoutePerLane == 0) {
+    g0 = ld_route(&p.offsets[e]);
+    cnt = min(R, ld_route(&p.offsets[e + 1]) - g0);
+  }
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int n0 = (blockIdx.x * 4 + warp) * C;
-  if (n0 >= p.n_out) return;
+  [[maybe_unused]] int tail_pos = 0;  // kTail, thread j < k: slot j's grouped row and weight
+  [[maybe_unused]] float tail_w = 0.f;
+  if constexpr (kTail) {
+    if (threadIdx.x < static_cast<unsigned>(tail->k)) {
+      tail_pos = kEarly ? __ldcg(&tail->inv[threadIdx.x]) : tail->inv[threadIdx.x];
+      tail_w = kEarly ? __ldcg(&tail->weights[threadIdx.x]) : tail->weights[threadIdx.x];
+    }
+  } else {
+    if (n0 >= p.n_out) {  // (kTail: every warp reaches the ticket's barrier; its columns clamp)
+      if constexpr (kEarly) pdl_wait();
+      return;
+    }
+  }
   const T* we = p.w + static_cast<int64_t>(e) * p.w_stride;
   const T* wrow[W];
 #pragma unroll
@@ -217,7 +292,9 @@ __device__ __forceinline__ void moe_gemv_body(const MoeGemmParams<T>& p) {
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     const int rr = r < cnt ? r : 0;
-    const int64_t src = kGather ? __ldg(&p.perm[g0 + rr]) : g0 + rr;
+    int64_t src = g0 + rr;
+    if constexpr (kRoutePerLane > 0) src = 0;  // the one token
+    else if constexpr (kGather) src = __ldg(&p.perm[g0 + rr]);
     xrow[r] = p.a + src * p.lda;
   }
   float acc[R][W];
@@ -225,14 +302,25 @@ __device__ __forceinline__ void moe_gemv_body(const MoeGemmParams<T>& p) {
   for (int r = 0; r < R; ++r)
 #pragma unroll
     for (int w = 0; w < W; ++w) acc[r][w] = 0.f;
+  uint4 wv[U][W];
+  if constexpr (kEarly) {  // the first step's weights before the wait (see kEarly)
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int kk = u * kChunk + lane * 8;
+#pragma unroll
+      for (int w = 0; w < W; ++w) wv[u][w] = kk < p.k ? load16_stream(wrow[w] + kk) : make_uint4(0, 0, 0, 0);
+    }
+    pdl_wait();
+  }
   for (int k0 = 0; k0 < p.k; k0 += U * kChunk) {
-    uint4 wv[U][W];
     [[maybe_unused]] uint4 xv[kXAhead ? U : 1][kXAhead ? R : 1];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int kk = k0 + u * kChunk + lane * 8;
+      if (!kEarly || k0 > 0) {
 #pragma unroll
-      for (int w = 0; w < W; ++w) wv[u][w] = kk < p.k ? load16_stream(wrow[w] + kk) : make_uint4(0, 0, 0, 0);
+        for (int w = 0; w < W; ++w) wv[u][w] = kk < p.k ? load16_stream(wrow[w] + kk) : make_uint4(0, 0, 0, 0);
+      }
       if constexpr (kXAhead) {
 #pragma unroll
         for (int r = 0; r < R; ++r)
@@ -274,6 +362,31 @@ __device__ __forceinline__ void moe_gemv_body(const MoeGemmParams<T>& p) {
       p.out[static_cast<int64_t>(g0 + r) * p.ldo + n0 + c] = from_f32<T>(v);
     }
   }
+  if constexpr (kTail) {
+    __shared__ float s_w[kMoeMaxTopK];
+    __shared__ int s_last;
+    __threadfence();  // this CTA's y columns are visible before its ticket
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      const int t = atomicAdd(&tail->tickets[blockIdx.x], 1);
+      s_last = t == static_cast<int>(gridDim.y) - 1;
+      if (s_last) tail->tickets[blockIdx.x] = 0;  // every other CTA of the block has taken its ticket
+    }
+    if (threadIdx.x < static_cast<unsigned>(tail->k)) s_w[tail_pos] = tail_w;  // by grouped row
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    const int col = blockIdx.x * 4 * C + static_cast<int>(threadIdx.x);
+    if (threadIdx.x >= 4 * C || col >= p.n_out) return;
+    float a = 0.f;
+    for (int r = 0; r < tail->k; ++r) {  // other CTAs' rows: through L2 (ld.global.cg), not L1
+      const unsigned short b = __ldcg(reinterpret_cast<const unsigned short*>(p.out + static_cast<int64_t>(r) * p.ldo + col));
+      T v;
+      memcpy(&v, &b, sizeof(T));
+      a = fmaf(to_f32(v), s_w[r], a);
+    }
+    tail->out[col] = from_f32<T>(a);
+  }
 }
 
 /// The grouped GEMV (moe_gemv_body), row chunks loaded after the weights.
@@ -289,6 +402,26 @@ __global__ void __launch_bounds__(128) moe_gemv_kernel(const __grid_constant__ M
 template <int R, int C, int U, bool kGather, bool kSwiGLU, class T>
 __global__ void __launch_bounds__(128) moe_gemv_ahead_kernel(const __grid_constant__ MoeGemmParams<T> p) {
   moe_gemv_body<R, C, U, kGather, kSwiGLU, true>(p);
+}
+
+/// The gate_up(+SwiGLU) GEMV of a one-token call with the routing in its prologue
+/// (moe_gemv_body's kRoutePerLane; row chunks loaded with the weights, as
+/// moe_gemv_ahead_kernel): it replaces moe_route + the gate_up GEMV at n = 1, giving their bits
+/// and their routing record. kPerLane·32 ≥ E.
+template <int C, int U, int kPerLane, class T>
+__global__ void __launch_bounds__(128) moe_gemv_routed_kernel(const __grid_constant__ MoeGemmParams<T> p,
+                                                              const __grid_constant__ MoeGemvRoute q) {
+  moe_gemv_body<1, C, U, true, true, true, T, kPerLane>(p, &q);
+}
+
+/// The down GEMV of a one-token call with the un-permute in its last CTAs (moe_gemv_body's
+/// kTail; row chunks loaded with the weights, as moe_gemv_ahead_kernel): down + moe_unpermute's
+/// bits in one kernel, y still written (the last CTAs read it back from L2).
+/// kEarly: the routing came from a kernel before gate_up (moe_gemv_body's kEarly).
+template <int C, int U, bool kEarly, class T>
+__global__ void __launch_bounds__(128) moe_gemv_down_tail_kernel(const __grid_constant__ MoeGemmParams<T> p,
+                                                                 const __grid_constant__ MoeDownTail<T> t) {
+  moe_gemv_body<1, C, U, false, false, true, T, 0, true, kEarly>(p, nullptr, &t);
 }
 
 }  // namespace pie::ops::cuda::detail

@@ -66,10 +66,11 @@ __device__ __forceinline__ int block_exclusive_scan256(int v, int* s, int& total
 /// moe_route_cta_kernel without kCount, the fused decode router of moe_decode.cuh) routes
 /// through it, so all route bit for bit alike. kCoherent: the logits were written by other CTAs
 /// of the same grid (the fused router), so they are read through L2 (ld.global.cg), not the
-/// read-only path.
+/// read-only path. write = false: nothing is written (a warp that only needs the experts, as the
+/// gate_up GEMV's CTAs that route their token themselves: moe_route_single_token).
 template <int kPerLane, class L, bool kCoherent = false, bool kCount = true>
 __device__ __forceinline__ int moe_route_token(const float* __restrict__ l, int t, int E, int k, int norm,
-                                               const MoeRouting& r) {
+                                               const MoeRouting& r, bool write = true) {
   const int lane = threadIdx.x & 31;
   float v[kPerLane];
   float mx = -INFINITY;
@@ -119,13 +120,52 @@ __device__ __forceinline__ int moe_route_token(const float* __restrict__ l, int 
     if (lane == j) { my_id = be; my_w = best; }
     chosen += best;
   }
-  if (lane < k) {
+  if (write && lane < k) {
     const int64_t i = static_cast<int64_t>(t) * k + lane;
     r.ids[i] = my_id;
     r.weights[i] = norm ? my_w / chosen : my_w;
     if constexpr (kCount) atomicAdd(&r.counts[my_id], 1);
   }
   return my_id;
+}
+
+/// The routing of a call's one token (n = 1) inside every CTA of a grid (the gate_up GEMV's
+/// prologue: moe_gemv_routed_kernel), without a routing kernel before it: every warp routes the
+/// token from its logits as moe_route_cta_kernel does (moe_route_token: the same ids and
+/// weights), ranks its k distinct experts by id, and returns the expert of grouped slot `slot`
+/// (the slot-th smallest id: the routing's active[slot]), or −1 when slot ≥ k. With `write` (one
+/// CTA of the grid; uniform over the CTA) it also writes the whole record that
+/// moe_route_cta_kernel writes for n = 1, so the kernels after it (down, un-permute) read the
+/// same routing: ids and weights (warp 0), offsets and tile offsets (slot rank: one row and one
+/// tile per chosen expert), the active list and its count, perm (every row is token 0) and inv.
+/// The counts and ticket are not touched (they stay zero). Every thread of the CTA calls it.
+template <int kPerLane, class L>
+__device__ __forceinline__ int moe_route_single_token(const float* __restrict__ logits, int E, int k, int norm,
+                                                      const MoeRouting& r, int slot, bool write) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int id = moe_route_token<kPerLane, L, false, false>(logits, 0, E, k, norm, r, write && warp == 0);
+  int rank = 0;  // lane j < k: slots of smaller id (the ids are distinct)
+  for (int m = 0; m < k; ++m) rank += __shfl_sync(0xffffffffu, id, m) < id;
+  const unsigned hit = __ballot_sync(0xffffffffu, lane < k && rank == slot);
+  const int e = hit ? __shfl_sync(0xffffffffu, id, __ffs(hit) - 1) : -1;
+  if (write) {
+    if (warp == 0 && lane < k) {
+      r.active[rank] = id;
+      r.perm[rank] = 0;
+      r.inv[lane] = rank;
+    }
+    for (int base = 0; base <= E; base += blockDim.x) {  // uniform trips: every lane shuffles
+      const int x = base + static_cast<int>(threadIdx.x);
+      int below = 0;
+      for (int m = 0; m < k; ++m) below += __shfl_sync(0xffffffffu, id, m) < x;
+      if (x <= E) {
+        r.offsets[x] = below;
+        r.tile_offsets[x] = below;
+      }
+    }
+    if (threadIdx.x == 0) r.active[E] = k;
+  }
+  return e;
 }
 
 /// Token t's k routing slots in ascending expert id (its ids are distinct), the order in which
@@ -289,7 +329,9 @@ class MoeWorkspace {
     logits_ = DeviceBuffer<float>(static_cast<size_t>(max_tokens) * num_experts);
     act_ = DeviceBuffer<T>(rows * inter);
     y_ = DeviceBuffer<T>(rows * hidden);
+    tickets_ = DeviceBuffer<int32_t>(static_cast<size_t>(hidden + 7) / 8);
     PIE_CUDA_CHECK(cudaMemset(ints_.data(), 0, ints_.size() * sizeof(int32_t)));
+    PIE_CUDA_CHECK(cudaMemset(tickets_.data(), 0, tickets_.size() * sizeof(int32_t)));
     PIE_CUDA_CHECK(cudaDeviceSynchronize());  // the counters are zero before any stream uses them
     int32_t* q = ints_.data();
     auto take = [&](size_t n) { int32_t* p = q; q += n; return p; };
@@ -307,8 +349,12 @@ class MoeWorkspace {
     return tokens <= max_tokens_ && num_experts == E_ && top_k == k_ && hidden == H_ && inter == I_;
   }
   size_t bytes() const {
-    return ints_.size() * 4 + weights_.size() * 4 + logits_.size() * 4 + (act_.size() + y_.size()) * sizeof(T);
+    return ints_.size() * 4 + tickets_.size() * 4 + weights_.size() * 4 + logits_.size() * 4 +
+           (act_.size() + y_.size()) * sizeof(T);
   }
+  /// One ticket per column block of the down GEMV ([(hidden + 7) / 8], zero between calls): the
+  /// un-permute in down's last CTAs (MoeExperts::down_unpermute_in_last_ctas).
+  int32_t* down_tickets() { return tickets_.data(); }
   const MoeRouting& routing() const { return r_; }
   float* logits() { return logits_.data(); }
   T* act() { return act_.data(); }
@@ -320,7 +366,7 @@ class MoeWorkspace {
 
  private:
   int max_tokens_ = 0, E_ = 0, k_ = 0, H_ = 0, I_ = 0;
-  DeviceBuffer<int32_t> ints_;
+  DeviceBuffer<int32_t> ints_, tickets_;
   DeviceBuffer<float> weights_, logits_;
   DeviceBuffer<T> act_, y_;
   MoeRouting r_;
