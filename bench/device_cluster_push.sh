@@ -19,12 +19,8 @@ for t in fused_ops runner; do
   run "test_${t}_push" 300 env PIE_DECODE_CLUSTER_PUSH=1 "$T/gpu/pie_gpu_test_$t" --gtest_color=no
   gtest_summary "test_${t}_push"
 done
-L="--load-format dummy --input-len 128 --output-len 128 --mode latency --num-iters 5 --num-iters-warmup 1 --max-num-seqs 8"
-r() {  # TAG MODEL ENV...
-  local tag=$1 m=$2; shift 2
-  env -u PIE_DECODE_CLUSTER_PUSH "$@" timeout 100 "$BUILD/examples/pie/pie_bench" "$m" $L 2>&1 |
-    grep -E "^latency \(" | sed "s/^/[$tag] /" | tee -a "$SUM"
-}
+export ITL_UNSET="PIE_DECODE_CLUSTER_PUSH"
+r() { itl "$@"; }  # TAG MODEL ENV...
 if [ -x "$BUILD/examples/pie/pie_bench" ]; then
   for i in $(seq 1 ${PIE_ROUNDS:-3}); do
     for m in $MOE $MODEL8B; do

@@ -17,12 +17,8 @@ if [ -x "$T/gpu/pie_gpu_test_fused_ops" ]; then
   gtest_summary test_fused_ops
   grep -E "^\[fused\].*(route|unpermute)" "$LOGDIR/test_fused_ops.log" | head -12 | tee -a "$SUM"
 fi
-L="--load-format dummy --input-len 128 --output-len 128 --mode latency --num-iters 5 --num-iters-warmup 1 --max-num-seqs 8"
-r() {  # TAG MODEL ENV...
-  local tag=$1 m=$2; shift 2
-  env -u PIE_MOE_UNPERMUTE -u PIE_MOE_DOWN_EARLY -u PIE_MOE_DOWN_DEPENDENTS "$@" timeout 100 \
-    "$BUILD/examples/pie/pie_bench" "$m" $L 2>&1 | grep -E "^latency \(" | sed "s/^/[$tag] /" | tee -a "$SUM"
-}
+export ITL_UNSET="PIE_MOE_UNPERMUTE PIE_MOE_DOWN_EARLY PIE_MOE_DOWN_DEPENDENTS"
+r() { itl "$@"; }  # TAG MODEL ENV...
 if [ -x "$BUILD/examples/pie/pie_bench" ]; then
   for i in $(seq 1 ${PIE_ROUNDS:-3}); do
     r "moe unpermute kernel" $MOE PIE_MOE_UNPERMUTE=kernel
@@ -31,10 +27,5 @@ if [ -x "$BUILD/examples/pie/pie_bench" ]; then
     r "moe down early + dependents at start" $MOE PIE_MOE_UNPERMUTE=down PIE_MOE_DOWN_EARLY=1 PIE_MOE_DOWN_DEPENDENTS=start
   done
 fi
-if [ -x "$BUILD/examples/pie/pie_bench_timeline" ]; then
-  for m in $MOE $MODEL8B; do
-    timeout 150 "$BUILD/examples/pie/pie_bench_timeline" $m $L 2>&1 |
-      grep -E "^latency" | sed "s|^|[timeline $(basename $m)] |" | tee -a "$SUM"
-  done
-fi
+decode_timelines $MOE $MODEL8B
 say done

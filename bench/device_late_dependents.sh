@@ -23,11 +23,5 @@ for i in 1 2; do
     r "$(basename $m) late1" $m PIE_DECODE_LATE_DEPENDENTS=1
   done
 done
-if [ -x "$BUILD/examples/pie/pie_bench_timeline" ]; then
-  for m in $MOE $MODEL8B; do
-    timeout 150 "$BUILD/examples/pie/pie_bench_timeline" $m --load-format dummy --input-len 128 --output-len 128 \
-      --mode latency --num-iters 2 --num-iters-warmup 1 --max-num-seqs 8 2>&1 |
-      grep -E "^latency" | sed "s|^|[timeline $(basename $m)] |" | tee -a "$SUM"
-  done
-fi
+decode_timelines $MOE $MODEL8B
 say done

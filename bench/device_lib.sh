@@ -9,6 +9,14 @@
 #   gpu_line                the GPU's name, memory and driver (nvidia-smi), for a first line
 #   gtest_summary NAME [N]  the first N (20) verdict lines of a GoogleTest log $LOGDIR/NAME.log
 #                           (failures, expectations, PASSED/SKIPPED) to stdout and $SUM
+#   itl TAG MODEL [VAR=VAL...]
+#                           one `pie bench` batch-1 latency run of MODEL (128 in / 128 out, dummy
+#                           weights, 5 iterations) with VAR=VAL set and the names in $ITL_UNSET
+#                           removed; its result line, prefixed [TAG], to stdout and $SUM
+#   decode_timelines MODEL...
+#                           for each MODEL, the decode-attention CTA timeline of the engine's last
+#                           batch-1 decode launch (pie_bench_timeline, when the bundle has it), its
+#                           lines prefixed [timeline NAME], to stdout and $SUM
 #   device_start            use_prebuilt (exits without a bundle), then the device line; sets
 #                           MODEL8B and MOE (the benchmark model directories) unless set
 #   wait_ready PID PORT     polls http://127.0.0.1:PORT/health until 200 (up to $READY_TRIES
@@ -121,4 +129,23 @@ device_start() {
   use_prebuilt || exit 1
   say "device: $(gpu_line)"
   MODEL8B=${MODEL8B:-bench/models/Qwen3-8B} MOE=${MOE:-bench/models/Qwen3-30B-A3B}
+}
+
+itl() {
+  local tag=$1 m=$2 v unset=()
+  shift 2
+  for v in ${ITL_UNSET:-}; do unset+=(-u "$v"); done
+  env "${unset[@]}" "$@" timeout 100 "$BUILD/examples/pie/pie_bench" "$m" --load-format dummy --input-len 128 \
+    --output-len 128 --mode latency --num-iters 5 --num-iters-warmup 1 --max-num-seqs 8 2>&1 |
+    grep -E "^latency \(" | sed "s/^/[$tag] /" | tee -a "${SUM:-/dev/null}"
+}
+
+decode_timelines() {
+  [ -x "$BUILD/examples/pie/pie_bench_timeline" ] || return 0
+  local m
+  for m in "$@"; do
+    timeout 150 "$BUILD/examples/pie/pie_bench_timeline" "$m" --load-format dummy --input-len 128 --output-len 128 \
+      --mode latency --num-iters 2 --num-iters-warmup 1 --max-num-seqs 8 2>&1 |
+      grep -E "^latency" | sed "s|^|[timeline $(basename "$m")] |" | tee -a "${SUM:-/dev/null}"
+  done
 }

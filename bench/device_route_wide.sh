@@ -32,12 +32,8 @@ if { [ "$PART" = all ] || [ "$PART" = hf ]; } && [ -x "$T/gpu/pie_gpu_test_hf" ]
   gtest_summary test_hf_wide16
   grep -E "agreement" "$LOGDIR/test_hf_wide16.log" | head -12 | tee -a "$SUM"
 fi
-L="--load-format dummy --input-len 128 --output-len 128 --mode latency --num-iters 5 --num-iters-warmup 1 --max-num-seqs 8"
-r() {  # TAG MODEL ENV...
-  local tag=$1 m=$2; shift 2
-  env -u PIE_DECODE_WIDE_CTAS -u PIE_MOE_ROUTE -u PIE_MOE_UNPERMUTE "$@" timeout 100 \
-    "$BUILD/examples/pie/pie_bench" "$m" $L 2>&1 | grep -E "^latency \(" | sed "s/^/[$tag] /" | tee -a "$SUM"
-}
+export ITL_UNSET="PIE_DECODE_WIDE_CTAS PIE_MOE_ROUTE PIE_MOE_UNPERMUTE"
+r() { itl "$@"; }  # TAG MODEL ENV...
 if { [ "$PART" = all ] || [ "$PART" = bench ]; } && [ -x "$BUILD/examples/pie/pie_bench" ]; then
   for i in $(seq 1 ${PIE_ROUNDS:-2}); do
     r "moe route=cta unpermute=kernel" $MOE PIE_MOE_ROUTE=cta PIE_MOE_UNPERMUTE=kernel
