@@ -17,12 +17,8 @@ if [ -x "$BUILD/bench/cuda/pie_bench_cuda_decode_timeline" ]; then
   run timeline 120 "$BUILD/bench/cuda/pie_bench_cuda_decode_timeline"
   cat "$LOGDIR/timeline.log" | tee -a "$SUM"
 fi
-L="--load-format dummy --input-len 128 --output-len 128 --mode latency --num-iters 5 --num-iters-warmup 1 --max-num-seqs 8"
-r() {  # TAG MODEL ENV... (KEY=VALUE, or nothing: the build's defaults)
-  local tag=$1 m=$2; shift 2
-  env -u PIE_FUSED_MOE_NORM "$@" timeout 150 "$BUILD/examples/pie/pie_bench" "$m" $L 2>&1 |
-    grep -E "^latency" | sed "s/^/[$tag] /" | tee -a "$SUM"
-}
+export ITL_UNSET="PIE_FUSED_MOE_NORM"
+r() { itl "$@"; }  # TAG MODEL ENV... (KEY=VALUE, or nothing: the build's defaults)
 for i in 1 2; do
   r moe_norm0 $MOE PIE_FUSED_MOE_NORM=0
   r moe_norm1 $MOE PIE_FUSED_MOE_NORM=1

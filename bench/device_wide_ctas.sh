@@ -12,12 +12,8 @@ if [ -x "$BUILD/tests/cuda/pie_cuda_test_attention_decode_merge" ]; then
     "--gtest_filter=${PIE_MERGE_FILTER:-DecodeAttentionWideCtas.*:DecodeAttentionGroupParts.*:*Rope*}"
   gtest_summary test_merge
 fi
-L="--load-format dummy --input-len 128 --output-len 128 --mode latency --num-iters 5 --num-iters-warmup 1 --max-num-seqs 8"
-r() {  # TAG MODEL ENV...
-  local tag=$1 m=$2; shift 2
-  env -u PIE_DECODE_WIDE_CTAS "$@" timeout 100 "$BUILD/examples/pie/pie_bench" "$m" $L 2>&1 |
-    grep -E "^latency \(" | sed "s/^/[$tag] /" | tee -a "$SUM"
-}
+export ITL_UNSET="PIE_DECODE_WIDE_CTAS"
+r() { itl "$@"; }  # TAG MODEL ENV... (KEY=VALUE, or nothing: the build's defaults)
 for i in $(seq 1 ${PIE_WIDE_ROUNDS:-2}); do
   for m in $MOE $MODEL8B; do
     for w in 0 8 16; do r "$(basename $m) wide$w" $m PIE_DECODE_WIDE_CTAS=$w; done

@@ -175,6 +175,31 @@ TEST(MoeRoute, OneCtaEqualsAtomic) {
 
 std::string name(const Shape& s);
 
+/// A launch sequence captured into a CUDA graph at its first launch() (after the eager calls, as
+/// the engine captures after its warm-up step) and replayed at every launch() from then on.
+class CapturedOnce {
+ public:
+  ~CapturedOnce() {
+    if (exec_) cudaGraphExecDestroy(exec_);
+    if (graph_) cudaGraphDestroy(graph_);
+  }
+  template <class F>
+  void launch(cudaStream_t st, F&& f) {
+    if (exec_ == nullptr) {
+      PIE_CUDA_CHECK(cudaStreamSynchronize(st));
+      PIE_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+      f();
+      PIE_CUDA_CHECK(cudaStreamEndCapture(st, &graph_));
+      PIE_CUDA_CHECK(cudaGraphInstantiate(&exec_, graph_, 0));
+    }
+    PIE_CUDA_CHECK(cudaGraphLaunch(exec_, st));
+  }
+
+ private:
+  cudaGraph_t graph_ = nullptr;
+  cudaGraphExec_t exec_ = nullptr;
+};
+
 // The routing inside the gate_up GEMV (MoeExperts::gate_up_routed, n = 1) against moe_route
 // one_cta then gate_up() on the same logits and x: ids, weights, offsets, tile offsets, the
 // active list and its count, perm and inv bit for bit (over records poisoned first), and the
@@ -202,8 +227,7 @@ TEST(MoeRoute, InGateUpEqualsOneCta) {
         const ops::cuda::MoeExperts<bf16> ex_a(xv, guv, dnv, a, ov, true, u);
         const ops::cuda::MoeExperts<bf16> ex_b(xv, guv, dnv, b, ov, true, u);
         ASSERT_TRUE(ops::cuda::MoeExperts<bf16>::routed_gate_up_supported(1, E, true));
-        cudaGraph_t g = nullptr;
-        cudaGraphExec_t ge = nullptr;
+        CapturedOnce graph;
         const auto& ra = a.routing();
         const auto& rb = b.routing();
         for (int call = 0; call < 3; ++call) {
@@ -219,16 +243,8 @@ TEST(MoeRoute, InGateUpEqualsOneCta) {
           PIE_CUDA_CHECK(cudaDeviceSynchronize());  // the poison (legacy stream) before st's kernels
           ops::cuda::moe_route(1, norm, a, st, true);
           ex_a.gate_up(st);
-          if (call < 2) {  // eager, then replayed (captured after the eager calls, as the engine)
-            ex_b.gate_up_routed(norm, st);
-          } else {
-            PIE_CUDA_CHECK(cudaStreamSynchronize(st));
-            PIE_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-            ex_b.gate_up_routed(norm, st);
-            PIE_CUDA_CHECK(cudaStreamEndCapture(st, &g));
-            PIE_CUDA_CHECK(cudaGraphInstantiate(&ge, g, 0));
-            PIE_CUDA_CHECK(cudaGraphLaunch(ge, st));
-          }
+          if (call < 2) ex_b.gate_up_routed(norm, st);  // eager, then replayed
+          else graph.launch(st, [&] { ex_b.gate_up_routed(norm, st); });
           PIE_CUDA_CHECK(cudaStreamSynchronize(st));
           const std::string at = "call " + std::to_string(call);
           ASSERT_EQ(fetch(ra.ids, k), fetch(rb.ids, k)) << at;
@@ -256,8 +272,6 @@ TEST(MoeRoute, InGateUpEqualsOneCta) {
           PIE_CUDA_CHECK(cudaStreamSynchronize(st));
           EXPECT_LT(rel_err(download(d.dout), cpu_experts(s, d, b)), tol<bf16>()) << at;
         }
-        cudaGraphExecDestroy(ge);
-        cudaGraphDestroy(g);
       }
   cudaStreamDestroy(st);
 }
@@ -287,8 +301,7 @@ TEST(MoeExperts, UnpermuteInDownEqualsKernel) {
       const ops::cuda::MoeExperts<bf16> ex_ref(xv, guv, dnv, ws, want_out.view({1, s.hidden}), true, 0, c, true);
       ASSERT_TRUE(ops::cuda::MoeExperts<bf16>::unpermute_in_down_supported(1, true));
       const int blocks = (s.hidden + 7) / 8;
-      cudaGraph_t g = nullptr;
-      cudaGraphExec_t ge = nullptr;
+      CapturedOnce graph;
       for (int call = 0; call < 6; ++call) {
         d.logits = randn<float>(d.logits.size(), rng, 2.f);
         PIE_CUDA_CHECK(cudaMemcpy(ws.logits(), d.logits.data(), d.logits.size() * 4, cudaMemcpyHostToDevice));
@@ -301,17 +314,8 @@ TEST(MoeExperts, UnpermuteInDownEqualsKernel) {
         ex_ref.unpermute(st);
         poison(d.dout);
         PIE_CUDA_CHECK(cudaDeviceSynchronize());  // the poison (legacy stream) and st's work
-        if (call < 2) {
-          ex.down_unpermute_in_last_ctas(st, early);
-        } else {  // captured after the eager calls, replayed from then on
-          if (ge == nullptr) {
-            PIE_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-            ex.down_unpermute_in_last_ctas(st, early);
-            PIE_CUDA_CHECK(cudaStreamEndCapture(st, &g));
-            PIE_CUDA_CHECK(cudaGraphInstantiate(&ge, g, 0));
-          }
-          PIE_CUDA_CHECK(cudaGraphLaunch(ge, st));
-        }
+        if (call < 2) ex.down_unpermute_in_last_ctas(st, early);  // eager, then replayed
+        else graph.launch(st, [&] { ex.down_unpermute_in_last_ctas(st, early); });
         PIE_CUDA_CHECK(cudaStreamSynchronize(st));
         const std::string at = "call " + std::to_string(call);
         auto got = download(d.dout), want = download(want_out);
@@ -319,8 +323,6 @@ TEST(MoeExperts, UnpermuteInDownEqualsKernel) {
         ASSERT_EQ(fetch(ws.down_tickets(), blocks), std::vector<int32_t>(blocks, 0)) << at;
         EXPECT_LT(rel_err(got, cpu_experts(s, d, ws)), tol<bf16>()) << at;
       }
-      cudaGraphExecDestroy(ge);
-      cudaGraphDestroy(g);
     }
   cudaStreamDestroy(st);
 }

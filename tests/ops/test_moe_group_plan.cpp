@@ -237,6 +237,12 @@ TEST(MoeDecodePlan, UnpermuteSwitchValues) {
   EXPECT_FALSE(unset.unpermute_in_down || unset.route_in_gate_up || unset.down_early);
   EXPECT_TRUE(md::parse_switches(nullptr, nullptr, nullptr, nullptr, true, nullptr, "1").down_early);
   EXPECT_THROW(md::parse_down_early("yes"), pie::Error);
+  EXPECT_TRUE(md::parse_switches(nullptr, nullptr, nullptr, nullptr, true, nullptr, nullptr, "start")
+                  .down_dependents_at_start);
+  EXPECT_FALSE(unset.down_dependents_at_start) << "opt-in";
+  EXPECT_THROW(md::parse_down_dependents_at_start("begin"), pie::Error);
+  EXPECT_THROW(md::parse_switches(nullptr, nullptr, nullptr, nullptr, false, nullptr, nullptr, "start"), pie::Error)
+      << "refused without the variants";
   EXPECT_THROW(md::parse_switches(nullptr, nullptr, nullptr, nullptr, false, nullptr, "1"), pie::Error);
   EXPECT_FALSE(md::parse_switches(nullptr, nullptr, nullptr, nullptr, true, "kernel").unpermute_in_down);
   EXPECT_FALSE(md::parse_switches(nullptr, nullptr, nullptr, nullptr, false, "kernel").unpermute_in_down);

@@ -551,6 +551,26 @@ void launch_decode(const DecodeParams<T, KV, Variant>& p, int batch, cudaStream_
                        decode_kernel<HD, GROUP, NW, STAGES, MODE, T, KV, Variant>>(smem, q, batch, stream, 0, kMax);
 }
 
+/// The wide CUDA-core CTAs (DecodePlan::warps 8 or 16, DecodePlanOptions::wide_warps) where the plan
+/// asks for them and this instantiation has them (head dim 128, at most 4 heads a CTA, 16-bit K/V,
+/// no fused merge): launches them and returns true; otherwise false, and the caller launches its
+/// default CTA shape.
+template <int HD, int GROUP, int MODE, class T, class KV, class Variant>
+bool launch_decode_wide(const DecodePlan& plan, const DecodeParams<T, KV, Variant>& p, int batch,
+                        cudaStream_t stream) {
+  if constexpr (kDecodeLatencyPaths && HD == 128 && GROUP <= 4 && sizeof(KV) == 2 && (MODE & kDecodeFusedMerge) == 0) {
+    if (plan.warps == 8) {
+      launch_decode<HD, GROUP, 8, 2, MODE>(p, batch, stream, plan.cluster_push);
+      return true;
+    }
+    if (plan.warps == 16) {
+      launch_decode<HD, GROUP, 16, 2, MODE>(p, batch, stream, plan.cluster_push);
+      return true;
+    }
+  }
+  return false;
+}
+
 /// The tensor-core kernel (fp8 K/V, kDecodeMma).
 template <int HD, int GROUP, int NW, int STAGES, int MODE = 0, class T, class KV, class Variant>
 void launch_decode_mma(const DecodeParams<T, KV, Variant>& p, int batch, cudaStream_t stream, int grid_splits = 0) {
@@ -660,7 +680,6 @@ void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out,
   p.early_pages = plan.early_pages;
   p.group_shift = parts == 2 ? 1 : 0;
   p.late_dependents = plan.late_dependents;
-  const bool push = plan.cluster_push;  // the CUDA-core kernel's launches only (launch_decode)
 #if defined(PIE_DECODE_TIMELINE)
   p.timeline = detail::g_decode_timeline;
 #endif
@@ -688,10 +707,8 @@ void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out,
           else
             detail::launch_decode<HD, GROUP, Warps, kStages, kMode>(p, batch, stream);
         } else {
-          if constexpr (detail::kDecodeLatencyPaths && !kMma && HD == 128 && GROUP <= 4 && sizeof(DKV) == 2 &&
-                        (kMode & detail::kDecodeFusedMerge) == 0) {  // DecodePlanOptions::wide_warps
-            if (plan.warps == 8) return detail::launch_decode<HD, GROUP, 8, 2, kMode>(p, batch, stream, push);
-            if (plan.warps == 16) return detail::launch_decode<HD, GROUP, 16, 2, kMode>(p, batch, stream, push);
+          if constexpr (!kMma) {
+            if (detail::launch_decode_wide<HD, GROUP, kMode>(plan, p, batch, stream)) return;
           }
           PIE_CHECK(plan.warps == 4 && plan.stages == detail::decode_stages(GROUP),
                     "decode_attention: the plan's CTA shape is not the default one");
@@ -716,20 +733,17 @@ void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out,
                 return;
               }
             }
-            detail::launch_decode<HD, GROUP, 4, detail::decode_stages(GROUP), kMode>(p, batch, stream, push);
+            detail::launch_decode<HD, GROUP, 4, detail::decode_stages(GROUP), kMode>(p, batch, stream,
+                                                                                  plan.cluster_push);
           }
         }
       };
 #if defined(PIE_DECODE_LATENCY)
       if constexpr (!kMma && Warps == 0 && Mode == 0) {
         if (rope != nullptr) {  // checked above: the CUDA-core kernel, one split or a cluster merge
-          if constexpr (HD == 128 && GROUP <= 4 && sizeof(DKV) == 2) {
-            if (plan.warps == 8)
-              return detail::launch_decode<HD, GROUP, 8, 2, detail::kDecodeRope>(p, batch, stream, push);
-            if (plan.warps == 16)
-              return detail::launch_decode<HD, GROUP, 16, 2, detail::kDecodeRope>(p, batch, stream, push);
-          }
-          detail::launch_decode<HD, GROUP, 4, detail::decode_stages(GROUP), detail::kDecodeRope>(p, batch, stream, push);
+          if (detail::launch_decode_wide<HD, GROUP, detail::kDecodeRope>(plan, p, batch, stream)) return;
+          detail::launch_decode<HD, GROUP, 4, detail::decode_stages(GROUP), detail::kDecodeRope>(p, batch, stream,
+                                                                                                 plan.cluster_push);
           return;
         }
       }

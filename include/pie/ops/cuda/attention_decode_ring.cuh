@@ -298,7 +298,6 @@ template <int HD, int GROUP>
 struct DecodePushedPartials {
   const float* o;
   const float* lse;
-  int splits;
   __device__ __forceinline__ float lse_of(int s, int64_t row) const { return lse[s * GROUP + row]; }
   __device__ __forceinline__ float4 o4(int s, int64_t row, int c, int half) const {
     return *reinterpret_cast<const float4*>(o + (s * GROUP + row) * HD + c + 4 * half);
@@ -420,6 +419,27 @@ inline constexpr size_t kDecodeClusterMergeBytes =
     kDecodeLatencyPaths ? kDecodeClusterPartOffset<HD, GROUP, NW> + size_t(GROUP) * (HD + 1) * sizeof(float)
                         : kDecodeMergeBytes<HD, GROUP, NW>;
 
+/// Merges heads first, first + step, … (< GROUP) of the pair (sequence b, part vh) from the split
+/// partials `src` into the output with decode_merge_rows (the merge kernel's bits): 128 virtual
+/// lanes per head, as in the merge kernel's CTA, over the CTA's threads; bounds are warp-uniform
+/// (128 = 4 warps).
+template <int HD, int GROUP, int NW, class Src, class T, class KV, class Variant>
+__device__ __forceinline__ void decode_merge_pair_heads(const DecodeParams<T, KV, Variant>& p, const Src& src,
+                                                        int nsplit, int vh, int b, int first, int step) {
+  constexpr int SL = kDecodeMergeSplitLanes<HD>, PASS = NW * 32;
+  const int heads = (GROUP - first + step - 1) / step;
+  for (int v0 = 0; v0 < heads * 128; v0 += PASS) {
+    const int v = v0 + int(threadIdx.x);
+    if (v < heads * 128) {
+      const int g = first + v / 128 * step;
+      const int64_t row[1] = {g};
+      const int c[1] = {v % 128 / SL * 8};
+      T* const dst[1] = {p.out + b * p.out_stride + int64_t(vh * GROUP + g) * HD};
+      decode_merge_rows<HD, 1>(src, nsplit, row, c, v % SL, dst);
+    }
+  }
+}
+
 /// \brief The cluster merge's second half (DecodePlan::cluster_merge): after every CTA of the
 /// cluster (split s = CTA rank s of `nsplit`) wrote its partial rows into its own shared memory
 /// (`src`), a cluster barrier; then this CTA merges heads split, split + nsplit, … of the pair from
@@ -435,19 +455,7 @@ __device__ __forceinline__ void decode_cluster_merge(const DecodeParams<T, KV, V
   auto cluster = cooperative_groups::this_cluster();
   cluster.sync();  // release this CTA's partials, acquire the others'
   after_barrier();  // every CTA of the pair is past its prologue (the fused RoPE's write-back)
-  constexpr int SL = kDecodeMergeSplitLanes<HD>, PASS = NW * 32;
-  const int mine = (GROUP - split + nsplit - 1) / nsplit;  // heads split, split + nsplit, …
-  // 128 virtual lanes per head, as in the merge kernel's CTA; bounds are warp-uniform (128 = 4 warps).
-  for (int v0 = 0; v0 < mine * 128; v0 += PASS) {
-    const int v = v0 + int(threadIdx.x);
-    if (v < mine * 128) {
-      const int g = split + v / 128 * nsplit;
-      const int64_t row[1] = {g};
-      const int c[1] = {v % 128 / SL * 8};
-      T* const dst[1] = {p.out + b * p.out_stride + int64_t(vh * GROUP + g) * HD};
-      decode_merge_rows<HD, 1>(src, nsplit, row, c, v % SL, dst);
-    }
-  }
+  decode_merge_pair_heads<HD, GROUP, NW>(p, src, nsplit, vh, b, split, nsplit);  // heads split, split + nsplit, …
   cluster.sync();  // no CTA exits while another may still read its shared memory
 }
 
@@ -544,18 +552,8 @@ __device__ __forceinline__ void decode_store_merged(const DecodeParams<T, KV, Va
     decode_cluster_wait();
     after_barrier();  // every CTA of the pair is past its prologue (the fused RoPE's write-back)
     if (split != 0) return;
-    constexpr int SL = kDecodeMergeSplitLanes<HD>, PASS = NW * 32;
-    const DecodePushedPartials<HD, GROUP> src{pushed, pushed + nsplit * GROUP * HD, nsplit};
-    for (int v0 = 0; v0 < GROUP * 128; v0 += PASS) {  // 128 virtual lanes per head, as the merge kernel
-      const int v = v0 + int(threadIdx.x);
-      if (v < GROUP * 128) {
-        const int g = v / 128;
-        const int64_t row[1] = {g};
-        const int c[1] = {v % 128 / SL * 8};
-        T* const dst[1] = {p.out + b * p.out_stride + int64_t(vh * GROUP + g) * HD};
-        decode_merge_rows<HD, 1>(src, nsplit, row, c, v % SL, dst);
-      }
-    }
+    const DecodePushedPartials<HD, GROUP> src{pushed, pushed + nsplit * GROUP * HD};
+    decode_merge_pair_heads<HD, GROUP, NW>(p, src, nsplit, vh, b, 0, 1);  // every head
     return;
   }
   if (cluster) {

@@ -93,29 +93,25 @@ MoePlan<T> moe_plan(TensorView<T> x, TensorView<T> gate_up, TensorView<T> down, 
                     n, rows, std::min(E, rows), E, H, I, use_gemv && n <= kMoeGemvMaxTokens, 4, 2, false};
 }
 
-/// CTAs of moe_gemv_kernel<R, C, U, kUp, kUp> (kAhead: moe_gemv_ahead_kernel) resident per SM
-/// (cached per instantiation).
-template <int R, int C, int U, bool kUp, class D, bool kAhead = false>
-int moe_gemv_ctas_per_sm() {
+/// CTAs of the 128-thread kernel `Kernel` (no dynamic shared memory) resident per SM, at least 1
+/// (cached per kernel): what the grouped GEMVs' wave counts are computed from.
+template <auto Kernel>
+int moe_kernel_ctas_per_sm() {
   static const int v = [] {
     int c = 0;
-    if constexpr (kAhead) {
-      PIE_CUDA_CHECK(
-          cudaOccupancyMaxActiveBlocksPerMultiprocessor(&c, moe_gemv_ahead_kernel<R, C, U, kUp, kUp, D>, 128, 0));
-    } else {
-      PIE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&c, moe_gemv_kernel<R, C, U, kUp, kUp, D>, 128, 0));
-    }
+    PIE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&c, Kernel, 128, 0));
     return std::max(c, 1);
   }();
   return v;
 }
-/// moe_gemv_ctas_per_sm of the kernel launch_moe_gemv_shape takes (the ahead kernels: R ≤ 2).
+/// moe_kernel_ctas_per_sm of the kernel launch_moe_gemv_shape takes: moe_gemv_kernel<R, C, U, kUp,
+/// kUp>, or with `ahead` moe_gemv_ahead_kernel (R ≤ 2).
 template <int R, int C, int U, bool kUp, class D>
 int moe_gemv_ctas_per_sm(bool ahead) {
   if constexpr (R <= 2) {
-    if (ahead) return moe_gemv_ctas_per_sm<R, C, U, kUp, D, true>();
+    if (ahead) return moe_kernel_ctas_per_sm<moe_gemv_ahead_kernel<R, C, U, kUp, kUp, D>>();
   }
-  return moe_gemv_ctas_per_sm<R, C, U, kUp, D, false>();
+  return moe_kernel_ctas_per_sm<moe_gemv_kernel<R, C, U, kUp, kUp, D>>();
 }
 
 /// The grouped GEMV. gate_up takes U = 2 chunks in flight instead of 4 when asked (u = 2), or
@@ -165,48 +161,29 @@ void launch_moe_gemv(const MoeGemmParams<D>& p, int slots, int u, int c, bool ah
   }
 }
 
-/// CTAs of moe_gemv_routed_kernel<2, U, kPerLane> resident per SM (cached per instantiation).
-template <int U, int kPerLane, class D>
-int moe_gemv_routed_ctas_per_sm() {
-  static const int v = [] {
-    int c = 0;
-    PIE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&c, moe_gemv_routed_kernel<2, U, kPerLane, D>, 128, 0));
-    return std::max(c, 1);
-  }();
-  return v;
-}
 /// The gate_up GEMV with the routing inside (n = 1): U by wave count unless u is 2 or 4, as
 /// launch_moe_gemv; kPerLane·32 ≥ E.
 template <int kPerLane, class D>
 void launch_moe_gemv_routed(const MoeGemmParams<D>& p, const MoeGemvRoute& q, int slots, int u, cudaStream_t s) {
   const dim3 grid((p.n_out + 7) / 8, slots);
   if (u == 0)
-    u = moe_decode::gate_up_unroll(int64_t(grid.x) * grid.y, moe_gemv_routed_ctas_per_sm<4, kPerLane, D>(),
-                                   moe_gemv_routed_ctas_per_sm<2, kPerLane, D>(), num_sms());
+    u = moe_decode::gate_up_unroll(int64_t(grid.x) * grid.y,
+                                   moe_kernel_ctas_per_sm<moe_gemv_routed_kernel<2, 4, kPerLane, D>>(),
+                                   moe_kernel_ctas_per_sm<moe_gemv_routed_kernel<2, 2, kPerLane, D>>(), num_sms());
   if (u == 2) launch_pdl(moe_gemv_routed_kernel<2, 2, kPerLane, D>, grid, dim3(128), 0, s, p, q);
   else launch_pdl(moe_gemv_routed_kernel<2, 4, kPerLane, D>, grid, dim3(128), 0, s, p, q);
 }
 
-/// CTAs of moe_gemv_down_tail_kernel<C, U, kEarly> resident per SM (cached per instantiation).
-template <int C, int U, bool kEarly, class D>
-int moe_gemv_down_tail_ctas_per_sm() {
-  static const int v = [] {
-    int c = 0;
-    PIE_CUDA_CHECK(
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&c, moe_gemv_down_tail_kernel<C, U, kEarly, D>, 128, 0));
-    return std::max(c, 1);
-  }();
-  return v;
-}
 /// The down GEMV with the un-permute in its last CTAs (n = 1): 2 columns per warp with 4 chunks
 /// in flight, or 4 with 2 when c is 4 or (c = 0) when that needs fewer waves, as launch_moe_gemv.
 template <bool kEarly, class D>
 void launch_moe_gemv_down_tail(const MoeGemmParams<D>& p, const MoeDownTail<D>& t, int slots, int c, cudaStream_t s) {
   const dim3 grid2((p.n_out + 7) / 8, slots), grid4((p.n_out + 15) / 16, slots);
   if (c == 0)
-    c = moe_decode::down_columns(int64_t(grid2.x) * grid2.y, moe_gemv_down_tail_ctas_per_sm<2, 4, kEarly, D>(),
-                                 int64_t(grid4.x) * grid4.y, moe_gemv_down_tail_ctas_per_sm<4, 2, kEarly, D>(),
-                                 num_sms());
+    c = moe_decode::down_columns(int64_t(grid2.x) * grid2.y,
+                                 moe_kernel_ctas_per_sm<moe_gemv_down_tail_kernel<2, 4, kEarly, D>>(),
+                                 int64_t(grid4.x) * grid4.y,
+                                 moe_kernel_ctas_per_sm<moe_gemv_down_tail_kernel<4, 2, kEarly, D>>(), num_sms());
   if (c == 4) launch_pdl(moe_gemv_down_tail_kernel<4, 2, kEarly, D>, grid4, dim3(128), 0, s, p, t);
   else launch_pdl(moe_gemv_down_tail_kernel<2, 4, kEarly, D>, grid2, dim3(128), 0, s, p, t);
 }

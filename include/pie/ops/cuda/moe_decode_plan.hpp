@@ -2,8 +2,9 @@
 /// \file moe_decode_plan.hpp
 /// \brief The host-side choices of the decode MoE block (moe_decode.cuh, moe_routing.cuh), in
 /// plain C++ so that a CPU test (tests/ops/test_moe_group_plan.cpp) checks them: the run-time
-/// switches PIE_MOE_DECODE, PIE_MOE_ROUTE, PIE_MOE_DOWN, PIE_MOE_GEMV and PIE_MOE_UNPERMUTE (compiled into the engine
-/// only with -DPIE_MOE_DECODE_VARIANTS=ON: kVariantsCompiled), the gate_up GEMV's chunks in flight
+/// switches PIE_MOE_DECODE, PIE_MOE_ROUTE, PIE_MOE_DOWN, PIE_MOE_GEMV, PIE_MOE_UNPERMUTE,
+/// PIE_MOE_DOWN_EARLY and PIE_MOE_DOWN_DEPENDENTS (compiled into the engine only with
+/// -DPIE_MOE_DECODE_VARIANTS=ON: kVariantsCompiled), the gate_up GEMV's chunks in flight
 /// and the down GEMV's columns by wave count, and the work split of the fused down + un-permute
 /// kernel.
 #include <cstdint>
@@ -74,6 +75,13 @@ inline bool parse_unpermute_in_down(const char* v) {
 /// parse_switches then gives it the build's default. Anything else is an error naming the variable.
 inline bool parse_down_early(const char* v) { return parse_on_off("PIE_MOE_DOWN_EARLY", v, "1", "0"); }
 
+/// \brief PIE_MOE_DOWN_DEPENDENTS: "start" lets the kernel after the down GEMV with the
+/// un-permute in its last CTAs (the next layer's qkv GEMV) launch at its start; "end" after its
+/// products. Unset or empty parses as "end"; anything else is an error naming the variable.
+inline bool parse_down_dependents_at_start(const char* v) {
+  return parse_on_off("PIE_MOE_DOWN_DEPENDENTS", v, "start", "end");
+}
+
 /// \brief Waves a grid of `ctas` CTAs takes at `per_sm` resident CTAs on `sms` SMs.
 constexpr int64_t waves(int64_t ctas, int per_sm, int sms) {
   const int64_t slots = int64_t(per_sm < 1 ? 1 : per_sm) * (sms < 1 ? 1 : sms);
@@ -128,9 +136,7 @@ struct Switches {
   bool gemv_ahead = false;           ///< PIE_MOE_GEMV=ahead
   bool unpermute_in_down = false;    ///< PIE_MOE_UNPERMUTE=down
   bool down_early = false;           ///< PIE_MOE_DOWN_EARLY=1 (with unpermute_in_down)
-  /// PIE_MOE_DOWN_DEPENDENTS=start (with unpermute_in_down): the next kernel launches at down's
-  /// start instead of after its products; read by switches_from_env only (opt-in, being measured).
-  bool down_dependents_at_start = false;
+  bool down_dependents_at_start = false;  ///< PIE_MOE_DOWN_DEPENDENTS=start (with unpermute_in_down)
 };
 
 /// \brief What an unset switch takes in a build with the variants: the measured best. The
@@ -142,17 +148,20 @@ struct Switches {
 /// batch 1, 128/128, one H100, 2026-12-05 (docs/benchmarks.md): ITL 4.495/4.501 ms base, 4.426
 /// route=cta, 4.362 decode=waves, 4.417 down=waves, 4.243 gemv=ahead, 4.213 all four (−6.4%). The
 /// fused block lost (docs/kernels.md), so decode=waves, not fused.
-inline constexpr Switches kCompiledDefaults{Choice::kWaves, true, false, true, true, false, false};
+inline constexpr Switches kCompiledDefaults{Choice::kWaves, true, false, true, true, false, false, false};
 
 /// \brief Parses the four switches' values (nullptr or empty: unset). With `compiled` (a build
 /// with the variants, kVariantsCompiled) an unset switch takes kCompiledDefaults; without, the
 /// base block, and a value that asks for a variant is an error naming the variable and the CMake
-/// option, rather than a switch silently ignored. `unpermute`: PIE_MOE_UNPERMUTE.
+/// option, rather than a switch silently ignored. `unpermute`, `down_early`, `down_dependents`:
+/// PIE_MOE_UNPERMUTE, PIE_MOE_DOWN_EARLY, PIE_MOE_DOWN_DEPENDENTS.
 inline Switches parse_switches(const char* decode, const char* route, const char* down, const char* gemv,
-                               bool compiled, const char* unpermute = nullptr, const char* down_early = nullptr) {
+                               bool compiled, const char* unpermute = nullptr, const char* down_early = nullptr,
+                               const char* down_dependents = nullptr) {
   const RouteChoice rc = parse_route(route);
   Switches s{parse_choice(decode), rc.one_cta, rc.in_gate_up, parse_down_by_waves(down), parse_gemv_ahead(gemv),
-             parse_unpermute_in_down(unpermute), parse_down_early(down_early)};
+             parse_unpermute_in_down(unpermute), parse_down_early(down_early),
+             parse_down_dependents_at_start(down_dependents)};
   if (compiled) {
     const auto unset = [](const char* v) { return v == nullptr || *v == '\0'; };
     if (unset(decode)) s.decode = kCompiledDefaults.decode;
@@ -164,6 +173,7 @@ inline Switches parse_switches(const char* decode, const char* route, const char
     if (unset(gemv)) s.gemv_ahead = kCompiledDefaults.gemv_ahead;
     if (unset(unpermute)) s.unpermute_in_down = kCompiledDefaults.unpermute_in_down;
     if (unset(down_early)) s.down_early = kCompiledDefaults.down_early;
+    if (unset(down_dependents)) s.down_dependents_at_start = kCompiledDefaults.down_dependents_at_start;
   } else {
     const auto refuse = [](bool on, const char* name, const char* v) {
       PIE_CHECK(!on, name, "=", v, ": this build has no MoE decode variants (configure with "
@@ -175,18 +185,16 @@ inline Switches parse_switches(const char* decode, const char* route, const char
     refuse(s.gemv_ahead, "PIE_MOE_GEMV", gemv);
     refuse(s.unpermute_in_down, "PIE_MOE_UNPERMUTE", unpermute);
     refuse(s.down_early, "PIE_MOE_DOWN_EARLY", down_early);
+    refuse(s.down_dependents_at_start, "PIE_MOE_DOWN_DEPENDENTS", down_dependents);
   }
   return s;
 }
 
 /// \brief The switches from the environment (parse_switches), for this build.
 inline Switches switches_from_env() {
-  Switches s = parse_switches(std::getenv("PIE_MOE_DECODE"), std::getenv("PIE_MOE_ROUTE"), std::getenv("PIE_MOE_DOWN"),
+  return parse_switches(std::getenv("PIE_MOE_DECODE"), std::getenv("PIE_MOE_ROUTE"), std::getenv("PIE_MOE_DOWN"),
                         std::getenv("PIE_MOE_GEMV"), kVariantsCompiled, std::getenv("PIE_MOE_UNPERMUTE"),
-                        std::getenv("PIE_MOE_DOWN_EARLY"));
-  s.down_dependents_at_start =
-      kVariantsCompiled && parse_on_off("PIE_MOE_DOWN_DEPENDENTS", std::getenv("PIE_MOE_DOWN_DEPENDENTS"), "start", "end");
-  return s;
+                        std::getenv("PIE_MOE_DOWN_EARLY"), std::getenv("PIE_MOE_DOWN_DEPENDENTS"));
 }
 
 /// \brief The down GEMV's output columns per warp, 4 or 2: 4 only when its grid of `ctas_c4`
