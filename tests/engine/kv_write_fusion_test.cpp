@@ -120,6 +120,12 @@ TEST(FusionSwitches, FromEnvironmentOffByDefault) {
   setenv("PIE_FUSED_SWIGLU", "on", 1);
   EXPECT_THROW(pie::engine::FusionSwitches::from_env(), pie::Error) << "only 0 or 1";
   unsetenv("PIE_FUSED_SWIGLU");
+  EXPECT_FALSE(pie::engine::FusionSwitches::from_env(true).gemv_l2_ahead) << "opt-in, whatever the build";
+  setenv("PIE_GEMV_L2_AHEAD", "1", 1);
+  EXPECT_TRUE(pie::engine::FusionSwitches::from_env().gemv_l2_ahead);
+  setenv("PIE_GEMV_L2_AHEAD", "yes", 1);
+  EXPECT_THROW(pie::engine::FusionSwitches::from_env(), pie::Error) << "only 0 or 1";
+  unsetenv("PIE_GEMV_L2_AHEAD");
 }
 
 TEST(FusionSwitches, SwiGluOnlyForOneRowThroughThe16BitGemvWithoutTensorParallelism) {

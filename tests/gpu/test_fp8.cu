@@ -161,6 +161,16 @@ TEST(Fp8Kernels, FusedProducersAreBitIdenticalToTheSeparateKernels) {
         EXPECT_EQ(bits(test::download(dx1), test::download(dx2)), 0) << "norm output M=" << M;
         EXPECT_EQ(bits(test::download(dr1), test::download(dr2)), 0) << "residual M=" << M;
         EXPECT_EQ(same_q(q1, q2, s1, s2, H), 0) << "norm codes/scales M=" << M << (per_token ? " per token" : "");
+        if (v2 != 0) {  // the codes alone (store_x false): the same codes and residual, x as it was
+          auto dx3 = test::upload(x), dr3 = test::upload(r);
+          DeviceBuffer<fp8_e4m3> q3(Mp * H);
+          DeviceBuffer<float> s3(Mp * ((H + 127) / 128));
+          ops::cuda::add_rms_norm_fp8(v(dx3, H), v(dr3, H), wv, 1e-6f, first, {q3.data(), s3.data(), per_token},
+                                      nullptr, regs, v2, /*store_x=*/false);
+          EXPECT_EQ(bits(x, test::download(dx3)), 0) << "codes only: x written, M=" << M;
+          EXPECT_EQ(bits(test::download(dr1), test::download(dr3)), 0) << "codes only: residual M=" << M;
+          EXPECT_EQ(same_q(q1, q3, s1, s3, H), 0) << "codes only: norm codes/scales M=" << M;
+        }
       }
       {  // SwiGLU, then the down projection on the producer's codes
         auto gu = test::randn<bf16>(size_t(M) * 2 * I, rng, 2.f);
@@ -188,6 +198,24 @@ TEST(Fp8Kernels, FusedProducersAreBitIdenticalToTheSeparateKernels) {
           for (int64_t i = 0; i < Mp * I; ++i) bad += qa[i].bits != qb[i].bits;
           for (int64_t i = 0; i < ns; ++i) bad += sa[i] != sb[i];
           EXPECT_EQ(bad, 0) << "silu codes/scales M=" << M << (per_token ? " per token" : "");
+          if (v2 != 0) {  // the codes alone (store_out false): the same codes, out not written
+            DeviceBuffer<bf16> o3(size_t(M) * I);
+            PIE_CUDA_CHECK(cudaMemset(o3.data(), 0x7f, o3.size() * sizeof(bf16)));
+            TensorView<bf16> ov3(o3.data(), {M, I}, Device::Cuda);
+            DeviceBuffer<fp8_e4m3> q3(Mp * I);
+            DeviceBuffer<float> s3(ns);
+            ops::cuda::silu_and_mul_fp8(guv, ov3, {q3.data(), s3.data(), per_token}, nullptr, regs, v2,
+                                        /*store_out=*/false);
+            auto q3h = test::download(q3);
+            auto s3h = test::download(s3);
+            auto o3h = test::download(o3);
+            int bad3 = 0, written = 0;
+            for (int64_t i = 0; i < Mp * I; ++i) bad3 += q3h[i].bits != qb[i].bits;
+            for (int64_t i = 0; i < ns; ++i) bad3 += s3h[i] != sb[i];
+            for (const bf16& e : o3h) written += e.bits != 0x7f7f;
+            EXPECT_EQ(bad3, 0) << "codes only: silu codes/scales M=" << M;
+            EXPECT_EQ(written, 0) << "codes only: silu output written, M=" << M;
+          }
         }
         if (I % 128 != 0) continue;  // the block-scaled GEMM below wants whole 128-column groups
         if (M == 1) continue;        // operator() takes the GEMV at M = 1, not the codes
@@ -501,6 +529,89 @@ TEST(Fp8Engine, DummyFp8WeightsOfAShapeRun) {
     EXPECT_EQ(out[1].tokens[0].size(), 16u);
     std::filesystem::remove_all(dir);
   }
+}
+
+/// Hand-made steps through an engine of policy P over a dummy fp8 config: a prompt chunk of each
+/// of three sequences, then steps of three decodes (the fp8 producers quantize at M > 1), with
+/// fixed inputs; every step's float logits. `codes_only`: PIE_FP8_CODES_ONLY for this engine.
+template <class P>
+std::vector<float> fp8_batch_logits(const std::string& dir, bool codes_only, bool eager, int64_t* codes_fused = nullptr) {
+  setenv("PIE_FP8_CODES_ONLY", codes_only ? "1" : "0", 1);
+  EngineOptions o = small_options(eager);
+  o.model_dir = dir;
+  o.load_format = "dummy";
+  o.quantization = "fp8";
+  if constexpr (std::is_same_v<typename P::kv_dtype, fp8_e4m3>) o.kv_cache_dtype = "fp8";
+  Engine<Qwen3, P> e(o);
+  unsetenv("PIE_FP8_CODES_ONLY");
+  std::vector<gpu_test::HandSeq> seqs = {{{5, 6, 7, 8, 9, 10, 11}}, {{12, 13, 14}}, {{15, 16, 17, 18, 19}}};
+  int32_t next = 0;
+  std::vector<float> all;
+  for (int k = 0; k < 6; ++k) {
+    std::vector<gpu_test::HandSeq*> ps;
+    std::vector<int> n;
+    for (auto& s : seqs) {
+      ps.push_back(&s);
+      n.push_back(k == 0 ? static_cast<int>(s.tokens.size()) : 1);
+    }
+    auto plan = gpu_test::hand_plan(ps, n, P::block_size, next);
+    auto got = e.runner().execute_logits(plan, std::vector<SampleSpec>(3));
+    all.insert(all.end(), got.begin(), got.end());
+    for (size_t i = 0; i < seqs.size(); ++i) seqs[i].tokens.push_back(20 + 7 * k + int(i));
+  }
+  if (codes_fused) *codes_fused = e.runner().forward().fusion_counts().fp8_codes_only;
+  return all;
+}
+
+std::string fp8_batch_config(bool block) {
+  const auto dir = std::filesystem::temp_directory_path() / ("pie_fp8_batch_" + std::to_string(block));
+  std::filesystem::create_directories(dir);
+  nlohmann::json c = {{"architectures", {"Qwen3ForCausalLM"}}, {"vocab_size", 1024}, {"hidden_size", 256},
+                      {"intermediate_size", 640}, {"num_hidden_layers", 2}, {"num_attention_heads", 4},
+                      {"num_key_value_heads", 2}, {"head_dim", 64}, {"max_position_embeddings", 2048}};
+  if (block)
+    c["quantization_config"] = {{"quant_method", "fp8"}, {"fmt", "e4m3"}, {"activation_scheme", "dynamic"},
+                                {"weight_block_size", {128, 128}}};
+  std::ofstream(dir / "config.json") << c.dump();
+  return dir.string();
+}
+
+TEST(Fp8Engine, CodesOnlyProducersGiveBitIdenticalLogits) {
+  // PIE_FP8_CODES_ONLY: the norm and the held SwiGLU write only the codes their fp8 linear reads;
+  // the logits of prompt chunks and batched decodes (graphs and eager) are the same bytes, and the
+  // fused producers ran (two norms and a SwiGLU a layer at every batched step).
+  for (bool block : {true, false})
+    for (bool eager : {false, true}) {
+      const std::string dir = fp8_batch_config(block);
+      int64_t fused_off = 0, fused_on = 0;
+      const auto base = fp8_batch_logits<CudaBf16Fp8>(dir, false, eager, &fused_off);
+      const auto got = fp8_batch_logits<CudaBf16Fp8>(dir, true, eager, &fused_on);
+      ASSERT_EQ(got.size(), base.size());
+      size_t diff = 0;
+      for (size_t i = 0; i < got.size(); ++i) diff += std::memcmp(&got[i], &base[i], sizeof(float)) != 0;
+      EXPECT_EQ(diff, 0u) << (block ? "block" : "per channel") << (eager ? " eager" : " graphs") << ": " << diff
+                          << " of " << got.size() << " logits differ";
+      EXPECT_EQ(fused_off, 0);
+      EXPECT_GE(fused_on, 3 * 2) << "the codes-only producers did not run";
+      std::filesystem::remove_all(dir);
+    }
+}
+
+TEST(Fp8Engine, Fp8WeightsWithAnFp8KvCacheCloseToTheBf16Cache) {
+  // --quantization fp8 --kv-cache-dtype fp8 (CudaBf16Fp8Fp8KV): the same steps as with the bf16
+  // cache, logits within the fp8 cache's error (per-tensor scale 1 on dummy weights), and with
+  // the codes-only producers the same bytes as without.
+  const std::string dir = fp8_batch_config(true);
+  const auto bf16_kv = fp8_batch_logits<CudaBf16Fp8>(dir, false, false);
+  const auto fp8_kv = fp8_batch_logits<CudaBf16Fp8Fp8KV>(dir, false, false);
+  const auto fp8_kv_codes = fp8_batch_logits<CudaBf16Fp8Fp8KV>(dir, true, false);
+  ASSERT_EQ(fp8_kv.size(), bf16_kv.size());
+  const double e = gpu_test::rel_err(fp8_kv, bf16_kv);
+  std::printf("[fp8 weights] fp8 KV against the bf16 KV cache: logits rel err %.3e\n", e);
+  EXPECT_LT(e, 0.1);
+  EXPECT_GT(e, 0.0) << "the fp8 cache changed nothing: is it the fp8 policy?";
+  EXPECT_EQ(std::memcmp(fp8_kv.data(), fp8_kv_codes.data(), fp8_kv.size() * sizeof(float)), 0);
+  std::filesystem::remove_all(dir);
 }
 
 TEST(Fp8Engine, GemvVariantsGiveBitIdenticalLogits) {

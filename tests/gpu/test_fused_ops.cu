@@ -50,13 +50,15 @@ struct Fusions {
   bool moe_norm = false;          // PIE_FUSED_MOE_NORM
   const char* moe_route = nullptr;  // PIE_MOE_ROUTE (unset: the build's default)
   const char* moe_unpermute = nullptr;  // PIE_MOE_UNPERMUTE (unset: the build's default)
+  bool l2_ahead = false;          // PIE_GEMV_L2_AHEAD
   std::string name() const {
     return std::string(rope_kv ? " +rope_kv" : "") + (final_norm ? " +final_norm" : "") + (swiglu ? " +swiglu" : "") +
            (l2_rows ? " +l2_prefetch" : "") + (early_pages ? " +early_pages" : "") +
            (cluster_merge ? " +cluster_merge" : "") + (rope_attn ? " +rope_attn" : "") +
            (split_group ? " +split_group" : "") + (moe_norm ? " +moe_norm" : "") +
            (moe_route ? std::string(" +route=") + moe_route : std::string()) +
-           (moe_unpermute ? std::string(" +unpermute=") + moe_unpermute : std::string());
+           (moe_unpermute ? std::string(" +unpermute=") + moe_unpermute : std::string()) +
+           (l2_ahead ? " +l2_ahead" : "");
   }
 };
 
@@ -78,12 +80,13 @@ void set_switches(const Fusions& f) {
   else unsetenv("PIE_MOE_ROUTE");
   if (f.moe_unpermute) setenv("PIE_MOE_UNPERMUTE", f.moe_unpermute, 1);
   else unsetenv("PIE_MOE_UNPERMUTE");
+  setenv("PIE_GEMV_L2_AHEAD", f.l2_ahead ? "1" : "0", 1);
 }
 void unset_switches() {
   for (const char* v : {"PIE_FUSED_ROPE_KV", "PIE_FUSED_FINAL_NORM", "PIE_FUSED_SWIGLU", "PIE_L2_PREFETCH",
                         "PIE_L2_PREFETCH_MB", "PIE_DECODE_EARLY_PAGES", "PIE_DECODE_CLUSTER_MERGE",
                         "PIE_FUSED_ROPE_ATTN", "PIE_DECODE_SPLIT_GROUP", "PIE_DECODE_SPLIT_GROUP4",
-                        "PIE_FUSED_MOE_NORM", "PIE_MOE_ROUTE", "PIE_MOE_UNPERMUTE"})
+                        "PIE_FUSED_MOE_NORM", "PIE_MOE_ROUTE", "PIE_MOE_UNPERMUTE", "PIE_GEMV_L2_AHEAD"})
     unsetenv(v);
 }
 
@@ -208,6 +211,11 @@ void check_engines(const model::ModelConfig& cfg, bool eager, const Fusions& f, 
   if (f.moe_unpermute && std::string(f.moe_unpermute) == "down") EXPECT_GE(on.moe_unpermute, 1) << what;
   else if (f.moe_unpermute) EXPECT_EQ(on.moe_unpermute, 0) << what;
   if (base.moe_unpermute && std::string(base.moe_unpermute) == "kernel") EXPECT_EQ(off.moe_unpermute, 0) << what;
+  // o_proj's weights into L2 before its wait: every layer of the batch-1 steps, where the decode
+  // attention lets it launch late (a build with the latency paths); never at the wider steps.
+  EXPECT_EQ(off.l2_ahead, 0) << what;
+  if (f.l2_ahead && ops::kDecodeLatencyCompiled) EXPECT_GE(on.l2_ahead, int64_t{1} * cfg.num_hidden_layers) << what;
+  else EXPECT_EQ(on.l2_ahead, 0) << what;
   if (tol > 0)
     std::printf("[fused] %s: %d/%d steps within %.1e (largest %.2e)\n", what.c_str(), steps - differ, steps, tol,
                 max_err);
@@ -425,6 +433,33 @@ TEST(FusedOps, MoeNormInsideTheRouterBitIdenticalGraphsAndEager) {
       }
     }
   }
+}
+
+// o_proj's GEMV moving its weights into L2 before its wait (PIE_GEMV_L2_AHEAD): o_proj K = 2048
+// (16 heads of 128), so every warp has bytes past its first chunks to prefetch; graphs and eager,
+// alone and with the other batch-1 fusions; and the small Qwen3-MoE (its attention is the same).
+TEST(FusedOps, GemvL2AheadAfterDecodeAttentionLogitsBitIdentical) {
+  auto cfg = gpu_test::small_qwen3(2);
+  cfg.num_attention_heads = 16;
+  cfg.num_key_value_heads = 4;
+  cfg.head_dim = 128;
+  for (bool eager : {false, true}) {
+    const std::string what = std::string("qwen3 q 2048") + (eager ? " eager" : " graphs");
+    check<CudaBf16>(cfg, eager, Fusions{.l2_ahead = true}, what);
+    check<CudaBf16>(cfg, eager, Fusions{.final_norm = true, .swiglu = true, .l2_ahead = true}, what);
+  }
+  const std::string dir = tiny_moe_dir(true);
+  const auto moe = model::load_model_config(dir, true);
+  auto make = [&](const Fusions& x, bool e) {
+    set_switches(x);
+    EngineOptions o = test_options(e);
+    o.model_dir = dir;
+    o.load_format = "dummy";
+    auto eng = std::make_unique<Engine<Qwen3Moe, CudaBf16>>(o);
+    unset_switches();
+    return eng;
+  };
+  check_engines<16>(moe, false, Fusions{.l2_ahead = true}, "qwen3-moe graphs", {}, 0, make);
 }
 
 TEST(FusedOps, BlockSize8LogitsBitIdentical) { check_all<Bf16Block8>(gpu_test::small_qwen3(2), false, "block 8"); }

@@ -71,5 +71,8 @@ using CpuF32Fp8 = EnginePolicy<16, float, float, attention::Causal, backend::Cpu
 using CudaBf16Fp8 = EnginePolicy<16, bf16, bf16, attention::Causal, backend::Cuda, fp8_e4m3>;
 /// The GPU configuration with an fp8 KV cache (per-tensor scale).
 using CudaBf16Fp8KV = EnginePolicy<16, bf16, fp8_e4m3, attention::Causal, backend::Cuda>;
+/// fp8 weights and an fp8 KV cache (`--quantization fp8 --kv-cache-dtype fp8`): the large-batch
+/// step's GEMMs and its attention each read half the bytes.
+using CudaBf16Fp8Fp8KV = EnginePolicy<16, bf16, fp8_e4m3, attention::Causal, backend::Cuda, fp8_e4m3>;
 
 }  // namespace pie

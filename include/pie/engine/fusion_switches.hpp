@@ -40,6 +40,17 @@ struct FusionSwitches {
   /// writes the normalised row for the experts, instead of its own kernel before the router. On
   /// unless `0`: bit-identical, and Qwen3-30B-A3B's batch-1 ITL −1.5% (H100, 2026-12-06).
   bool moe_norm = false;
+  /// PIE_GEMV_L2_AHEAD: at batch 1, the GEMV that reads a decode attention's output (o_proj)
+  /// moves the rest of its weights into L2 before its wait, while the attention (which lets it
+  /// launch after its K/V stages: DecodePlan::late_dependents, 16-bit K/V) leaves DRAM idle
+  /// (ops::cuda::GemvParams::l2_ahead; the same bits). Opt-in until measured.
+  bool gemv_l2_ahead = false;
+  /// PIE_FP8_CODES_ONLY: with fp8 weights above batch 1, the producers of a linear's input (the
+  /// residual add + RMSNorm of norm_linear, and a SwiGLU held until the fp8 linear that reads it)
+  /// write only the fp8 codes and scales that the linear reads, not the 16-bit row (12.6 of 44 MB
+  /// a layer for SwiGLU at batch 512, Qwen3-8B); the same codes, so the same logits. Opt-in
+  /// until measured.
+  bool fp8_codes_only = false;
 
   /// The switches of the environment; `latency_compiled`: the build has decode attention's latency
   /// paths (the RoPE inside attention's default).
@@ -52,6 +63,8 @@ struct FusionSwitches {
     f.final_norm = env_switch("PIE_FUSED_FINAL_NORM", std::getenv("PIE_FUSED_FINAL_NORM"));
     f.swiglu = env_switch("PIE_FUSED_SWIGLU", std::getenv("PIE_FUSED_SWIGLU"));
     f.moe_norm = env_switch("PIE_FUSED_MOE_NORM", std::getenv("PIE_FUSED_MOE_NORM"), true);
+    f.gemv_l2_ahead = env_switch("PIE_GEMV_L2_AHEAD", std::getenv("PIE_GEMV_L2_AHEAD"));
+    f.fp8_codes_only = env_switch("PIE_FP8_CODES_ONLY", std::getenv("PIE_FP8_CODES_ONLY"));
     return f;
   }
 };

@@ -58,11 +58,11 @@ bool has_model(List<Ms...>, const std::string& name) {
 using CpuPolicies = List<EnginePolicy<8, float, float, attention::Causal, backend::Cpu>, CpuF32,
                          EnginePolicy<32, float, float, attention::Causal, backend::Cpu>, CpuBf16, CpuF32Fp8>;
 /// The compiled CUDA policies (bf16 tensor cores): bf16 KV at blocks of 8 and 16, the fp8 e4m3 KV
-/// cache (`--kv-cache-dtype fp8`, per-tensor scale) and fp8 projection weights
-/// (`--quantization fp8`) at blocks of 16 only, since every policy instantiates the whole forward
-/// (and its own attention kernels) in the registry's translation unit.
-using CudaPolicies =
-    List<EnginePolicy<8, bf16, bf16, attention::Causal, backend::Cuda>, CudaBf16, CudaBf16Fp8KV, CudaBf16Fp8>;
+/// cache (`--kv-cache-dtype fp8`, per-tensor scale), fp8 projection weights (`--quantization
+/// fp8`) and both together, at blocks of 16 only, since every policy instantiates the whole
+/// forward (and its own attention kernels) in the registry's translation unit.
+using CudaPolicies = List<EnginePolicy<8, bf16, bf16, attention::Causal, backend::Cuda>, CudaBf16, CudaBf16Fp8KV,
+                          CudaBf16Fp8, CudaBf16Fp8Fp8KV>;
 /// The models with fp8 projection weights (the dense Qwen3 family: model_runs_policy).
 using Fp8Models = List<Qwen3, Qwen2, Llama>;
 

@@ -177,6 +177,7 @@ class CudaForward {
     held_norm_ = {};
     held_swiglu_ = {};
     held_rope_ = {};
+    l2_ahead_x_ = nullptr;
     logits_fused_norm_ = false;
     ops_ = 0;
   }
@@ -220,6 +221,8 @@ class CudaForward {
     int64_t moe_norm = 0;     ///< MoE router GEMVs with the layer's residual add + RMSNorm inside
     int64_t moe_route = 0;    ///< MoE gate_up GEMVs that routed their token themselves (no route kernel)
     int64_t moe_unpermute = 0;  ///< MoE down GEMVs that un-permuted in their last CTAs (no un-permute kernel)
+    int64_t l2_ahead = 0;       ///< GEMVs after a decode attention that moved their weights into L2 before their wait
+    int64_t fp8_codes_only = 0;  ///< fp8 producers (norm, SwiGLU) that wrote only the codes their linear reads
   };
   const FusionCounts& fusion_counts() const { return fusion_counts_; }
 
@@ -290,7 +293,7 @@ class CudaForward {
   }
   void linear(const Act& x, const Weight& w, const Weight& bias, Act out) {
     const T* b = bias.numel() > 0 ? bias.data : nullptr;
-    if (held_swiglu_.on && held_swiglu_.out.data == x.data && x.shape[0] == 1 && x.shape[1] == w.shape[1] &&
+    if (held_swiglu_.on && !held_swiglu_.fp8 && held_swiglu_.out.data == x.data && x.shape[0] == 1 && x.shape[1] == w.shape[1] &&
         ops::cuda::gemv_supported(1, x.shape[1], held_swiglu_.gate_up.data, held_swiglu_.gate_up.stride[0], w.data,
                                   w.stride[0])) {  // the held SwiGLU in this GEMV's prologue
       const HeldSwiGlu h = held_swiglu_;
@@ -299,13 +302,34 @@ class CudaForward {
       ++fusion_counts_.swiglu;
       return;
     }
+    const bool after_attention = l2_ahead_x_ != nullptr && l2_ahead_x_ == x.data;
+    l2_ahead_x_ = nullptr;
+    if (after_attention && x.shape[0] == 1 && p_.gemm->gemv_max_rows() >= 1 &&
+        ops::cuda::gemv_supported(1, x.shape[1], x.data, x.stride[0], w.data, w.stride[0])) {
+      op(gemm_name(w.shape[0], w.shape[1]), [&] { ops::cuda::gemv(out, x, w, b, s_, /*l2_ahead=*/true); });
+      ++fusion_counts_.l2_ahead;
+      return;
+    }
     op(gemm_name(w.shape[0], w.shape[1]), [&] { (*p_.gemm)(out, x, w, b, s_); });
   }
   /// out = q(x)·dq(W)ᵀ (+ bias) with an fp8 weight: the fused quantize+GEMV at batch 1, else
   /// activation quantization and cuBLASLt's FP8 GEMM (ops/cuda/fp8_gemm.cuh).
   void linear(const Act& x, const Fp8Weight& w, const Weight& bias, Act out) {
+    l2_ahead_x_ = nullptr;  // the bf16 GEMV's switch only
     PIE_CHECK(p_.fp8_gemm != nullptr, "CudaForward: an fp8 weight, but the runner made no fp8 GEMM");
     fp8_per_token_ = w.per_channel() ? 1 : 0;
+    if (held_swiglu_.on && held_swiglu_.fp8 && held_swiglu_.out.data == x.data &&
+        held_swiglu_.out.shape[0] == x.shape[0] && held_swiglu_.out.shape[1] == x.shape[1] &&
+        held_swiglu_.per_token == w.per_channel()) {  // the held SwiGLU writes the codes alone
+      const HeldSwiGlu h = held_swiglu_;
+      held_swiglu_ = {};
+      op("silu_mul", [&] {
+        ops::cuda::silu_and_mul_fp8(h.gate_up, h.out, p_.fp8_gemm->act_buffer(h.per_token), s_, -1, -1,
+                                    /*store_out=*/false);
+        fp8_in_ = {h.out.data, h.out.shape[0], h.out.shape[1], h.per_token};
+      });
+      ++fusion_counts_.fp8_codes_only;
+    }
     // x quantized by the kernel that produced it (and nothing ran since: op() forgets it).
     const bool pre = fp8_in_.src == x.data && fp8_in_.rows == x.shape[0] && fp8_in_.cols == x.shape[1] &&
                      fp8_in_.per_token == w.per_channel();
@@ -339,10 +363,14 @@ class CudaForward {
     if (!fp8_producer(M, K) || res.shape[1] != K) {
       add_rms_norm(x, res, norm, first);
     } else {
+      // FusionSwitches::fp8_codes_only: x keeps its input (the linear below reads the codes alone),
+      // as the batch-1 norm inside a GEMV leaves it.
       op("rms_norm", [&] {
-        ops::cuda::add_rms_norm_fp8(x, res, norm, eps(), first, p_.fp8_gemm->act_buffer(w.per_channel()), s_);
+        ops::cuda::add_rms_norm_fp8(x, res, norm, eps(), first, p_.fp8_gemm->act_buffer(w.per_channel()), s_, -1, -1,
+                                    !p_.fusions.fp8_codes_only);
         fp8_in_ = {x.data, M, K, w.per_channel()};
       });
+      if (p_.fusions.fp8_codes_only) ++fusion_counts_.fp8_codes_only;
     }
     linear(x, w, bias, out);
   }
@@ -472,6 +500,9 @@ class CudaForward {
                                     sm_scale, p_.variant, s_, rope.on ? &rope_args : nullptr);
       });
       if (rope.on) ++fusion_counts_.rope_attn;
+      // A batch-1 attention that lets its dependent launch after its K/V stages leaves DRAM idle
+      // until it ends: the GEMV that reads its output (o_proj) may fill L2 with its weights then.
+      if (p_.fusions.gemv_l2_ahead && Tn == 1 && sizeof(KV) == 2 && shape_.decode.late_dependents) l2_ahead_x_ = out.data;
     }
     if (S > D) {
       const int64_t r0 = shape_.prefill_row0;
@@ -496,6 +527,11 @@ class CudaForward {
       return;
     }
     const bool per_token = fp8_per_token_ == 1;
+    if (p_.fusions.fp8_codes_only) {  // the next fp8 linear may take the codes alone
+      before_op();
+      held_swiglu_ = {gate_up, out, true, true, per_token};
+      return;
+    }
     op("silu_mul", [&] {
       ops::cuda::silu_and_mul_fp8(gate_up, out, p_.fp8_gemm->act_buffer(per_token), s_);
       fp8_in_ = {out.data, M, I, per_token};
@@ -769,6 +805,13 @@ class CudaForward {
     if (!held_swiglu_.on) return;
     const HeldSwiGlu h = held_swiglu_;
     held_swiglu_ = {};
+    if (h.fp8) {  // another op came first: out and its codes, as unheld
+      op("silu_mul", [&] {
+        ops::cuda::silu_and_mul_fp8(h.gate_up, h.out, p_.fp8_gemm->act_buffer(h.per_token), s_);
+        fp8_in_ = {h.out.data, h.out.shape[0], h.out.shape[1], h.per_token};
+      });
+      return;
+    }
     op("silu_mul", [&] { ops::cuda::silu_and_mul(h.gate_up, h.out, s_); });
   }
   /// Whether silu_and_mul(gate_up, out) may wait for the next linear layer to run it in its GEMV
@@ -930,8 +973,15 @@ class CudaForward {
   struct HeldSwiGlu {
     Act gate_up, out;
     bool on = false;
+    /// Held for the next fp8 linear (FusionSwitches::fp8_codes_only): its producer then writes
+    /// the codes alone; per_token: the scheme they are quantized in.
+    bool fp8 = false;
+    bool per_token = false;
   } held_swiglu_;
   bool logits_fused_norm_ = false;  ///< the last logits() normalised inside lm_head (x is not normalised)
+  /// The output of a batch-1 decode attention whose reading GEMV takes GemvParams::l2_ahead
+  /// (FusionSwitches::gemv_l2_ahead); null: none.
+  const T* l2_ahead_x_ = nullptr;
   FusionCounts fusion_counts_;
   MoeObserver moe_observer_;  ///< see set_moe_observer (empty: none)
 };

@@ -165,10 +165,12 @@ __global__ void __launch_bounds__(kSiluFp8RegsMaxThreads)
 /// `regs` as fp8_quantize's: 1 quantizes from registers in one pass, 0 writes and reads the row
 /// back, −1 as fp8_quant_regs_on() says. `v2` (with registers): fp8_producers_v2_choice's, 0 the
 /// first register kernel, nonzero fp8_producers_v2.cuh's loads-first kernels, −1 as
-/// PIE_FP8_PRODUCERS (v2, the default, or v1) says.
+/// PIE_FP8_PRODUCERS (v2, the default, or v1) says. `store_x` false: x is left as it was where the
+/// loads-first kernel runs (the codes, scales and residual are the same), for a caller that reads
+/// only the codes; the other kernels write x anyway.
 template <class T>
 void add_rms_norm_fp8(TensorView<T> x, TensorView<T> residual, TensorView<T> w, float eps, bool first, Fp8Act a,
-                      cudaStream_t stream, int regs = -1, int v2 = -1) {
+                      cudaStream_t stream, int regs = -1, int v2 = -1, bool store_x = true) {
   static_assert(std::is_same_v<T, pie::f16> || std::is_same_v<T, pie::bf16>, "add_rms_norm_fp8: f16 or bf16");
   check_rows8(x, "add_rms_norm_fp8 x");
   check_rows8(residual, "add_rms_norm_fp8 residual");
@@ -181,7 +183,11 @@ void add_rms_norm_fp8(TensorView<T> x, TensorView<T> residual, TensorView<T> w, 
   using D = device_t<T>;
   if (fp8_quant_regs_choice(regs) && reinterpret_cast<uintptr_t>(a.q) % 8 == 0) {  // rows: check_rows8
     if (fp8_producers_v2_choice(v2) != 0) {
-      launch_pdl(first ? detail::add_rms_norm_fp8_v2_kernel<D, true> : detail::add_rms_norm_fp8_v2_kernel<D, false>,
+      auto kern = first ? (store_x ? detail::add_rms_norm_fp8_v2_kernel<D, true, true>
+                                   : detail::add_rms_norm_fp8_v2_kernel<D, true, false>)
+                        : (store_x ? detail::add_rms_norm_fp8_v2_kernel<D, false, true>
+                                   : detail::add_rms_norm_fp8_v2_kernel<D, false, false>);
+      launch_pdl(kern,
                  dim3(static_cast<unsigned>(Mp)), dim3(detail::norm_threads(static_cast<int>(dim))), 0, stream,
                  dev(x.data), x.stride[0], dev(residual.data), residual.stride[0], dev(w.data), static_cast<int>(dim),
                  eps, static_cast<int>(M), static_cast<int>(Mp), a.per_token ? 1 : 0,
@@ -204,10 +210,11 @@ void add_rms_norm_fp8(TensorView<T> x, TensorView<T> residual, TensorView<T> w, 
 
 /// \brief silu_and_mul(gate_up, out) (activation.cuh), and out's fp8 codes and scales for the
 /// next fp8 GEMM into `a` (rows padded to fp8_padded_rows(M)).
-/// `regs` and `v2` as add_rms_norm_fp8's.
+/// `regs` and `v2` as add_rms_norm_fp8's; `store_out` false: out is not written where the
+/// loads-first kernel runs (the codes and scales are the same), for a caller that reads only them.
 template <class T>
 void silu_and_mul_fp8(TensorView<T> gate_up, TensorView<T> out, Fp8Act a, cudaStream_t stream, int regs = -1,
-                      int v2 = -1) {
+                      int v2 = -1, bool store_out = true) {
   static_assert(std::is_same_v<T, pie::f16> || std::is_same_v<T, pie::bf16>, "silu_and_mul_fp8: f16 or bf16");
   check_rows8(gate_up, "silu_and_mul_fp8 gate_up");
   check_rows8(out, "silu_and_mul_fp8 out");
@@ -222,7 +229,7 @@ void silu_and_mul_fp8(TensorView<T> gate_up, TensorView<T> out, Fp8Act a, cudaSt
   auto* q = reinterpret_cast<__nv_fp8_e4m3*>(a.q);
   if (vecs != 0 && detail::launch_silu_and_mul_fp8_v2<detail::kSiluFp8V2Vecs, detail::kSiluFp8V2MaxThreads>(
                        dev(gate_up.data), gate_up.stride[0], dev(out.data), out.stride[0], I, M, Mp, a.per_token, q,
-                       a.s, stream))
+                       a.s, stream, store_out))
     return;
   if (regs_on && rt > 0) {
     launch_pdl(detail::silu_and_mul_fp8_regs_kernel<D>, dim3(static_cast<unsigned>(Mp)), dim3(rt), 0, stream,

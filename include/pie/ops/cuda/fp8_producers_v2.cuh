@@ -28,8 +28,9 @@ namespace detail {
 /// add_rms_norm_fp8_regs_kernel and add_rms_norm_fp8_v2_kernel, which differ only in where their
 /// loads are issued: load_xr(k, i, v) fills v with x + residual (x alone for the first layer) of
 /// vector i, this thread's k-th; load_w(k, i, wf) the weight's. The rounded sum is stored to the
-/// residual, the normalised row to x, and the stored values are quantized (fp8_quant_regs).
-template <int VPT, class T, class LoadXR, class LoadW>
+/// residual, the normalised row to x (unless !kStore: the codes alone are wanted), and the
+/// stored values are quantized (fp8_quant_regs).
+template <int VPT, bool kStore = true, class T, class LoadXR, class LoadW>
 __device__ __forceinline__ void add_rms_norm_fp8_row(T* __restrict__ xr, T* __restrict__ rr, int dim, float eps,
                                                      int m, int Mp, int per_token, __nv_fp8_e4m3* __restrict__ q,
                                                      float* __restrict__ s, float* red, LoadXR load_xr,
@@ -59,7 +60,7 @@ __device__ __forceinline__ void add_rms_norm_fp8_row(T* __restrict__ xr, T* __re
       load_w(k, i, wf);
 #pragma unroll
       for (int j = 0; j < 8; ++j) o[j] = wf[j] * to_f32(from_f32<T>(v[k][j] * inv));
-      store8(xr + i * 8, o);
+      if constexpr (kStore) store8(xr + i * 8, o);
 #pragma unroll
       for (int j = 0; j < 8; ++j) v[k][j] = to_f32(from_f32<T>(o[j]));  // the value stored
     } else {
@@ -70,16 +71,16 @@ __device__ __forceinline__ void add_rms_norm_fp8_row(T* __restrict__ xr, T* __re
   fp8_quant_regs<VPT>(v, m, Mp, dim, per_token != 0, q, s, red);
 }
 
-/// SwiGLU of one vector of 8 (gate gv, up uv), stored to o, and the stored values into v for the
-/// quantization: the per-element arithmetic of silu_and_mul_fp8_regs_kernel and
-/// silu_and_mul_fp8_v2_kernel.
-template <class T>
+/// SwiGLU of one vector of 8 (gate gv, up uv), stored to o (unless !kStore), and the values stored
+/// (or that would be) into v for the quantization: the per-element arithmetic of
+/// silu_and_mul_fp8_regs_kernel and silu_and_mul_fp8_v2_kernel.
+template <class T, bool kStore = true>
 __device__ __forceinline__ void silu_mul8_stored(const float (&gv)[8], const float (&uv)[8], T* __restrict__ o,
                                                  float (&v)[8]) {
   float ov[8];
 #pragma unroll
   for (int j = 0; j < 8; ++j) ov[j] = to_f32(from_f32<T>(gv[j] / (1.f + expf(-gv[j])))) * uv[j];
-  store8(o, ov);
+  if constexpr (kStore) store8(o, ov);
 #pragma unroll
   for (int j = 0; j < 8; ++j) v[j] = to_f32(from_f32<T>(ov[j]));  // the value stored
 }
@@ -88,8 +89,9 @@ __device__ __forceinline__ void silu_mul8_stored(const float (&gv)[8], const flo
 /// every x and residual vector of the thread, then add_rms_norm_fp8_regs_kernel's arithmetic
 /// (the same vectors per thread, the same sums in the same order and block_sum over the same
 /// norm_threads(dim) threads, so the same bits). blockDim.x = norm_threads(dim). `first` is a
-/// template parameter so that no branch separates one vector's loads from the next's.
-template <class T, bool first>
+/// template parameter so that no branch separates one vector's loads from the next's. !kStore:
+/// x is not written (the residual is), for a caller that reads only the codes.
+template <class T, bool first, bool kStore = true>
 __global__ void add_rms_norm_fp8_v2_kernel(T* __restrict__ x, int64_t x_stride, T* __restrict__ residual,
                                            int64_t r_stride, const T* __restrict__ w, int dim, float eps, int M,
                                            int Mp, int per_token, __nv_fp8_e4m3* __restrict__ q,
@@ -123,7 +125,7 @@ __global__ void add_rms_norm_fp8_v2_kernel(T* __restrict__ x, int64_t x_stride, 
       if constexpr (!first) rp[k] = ld_raw8(rr + i * 8);
     }
   }
-  add_rms_norm_fp8_row<VPT>(
+  add_rms_norm_fp8_row<VPT, kStore>(
       xr, rr, dim, eps, m, Mp, per_token, q, s, red,
       [&](int k, int, float (&v)[8]) {
         widen_raw8<T>(xp[k], v);
@@ -148,7 +150,8 @@ inline constexpr int kSiluFp8V2MaxThreads = 512;
 /// silu_and_mul_fp8_regs_kernel with its loads first: every gate and up vector of the thread as
 /// 16-byte loads, then silu_and_mul_fp8_regs_kernel's arithmetic per element (which vectors a
 /// thread holds changes no bit: a group's amax is a max). blockDim.x = fp8_regs_threads(inter, VPT).
-template <class T, int VPT, int MaxThreads>
+/// !kStore: out is not written, for a caller that reads only the codes.
+template <class T, int VPT, int MaxThreads, bool kStore = true>
 __global__ void __launch_bounds__(MaxThreads)
     silu_and_mul_fp8_v2_kernel(const T* __restrict__ in, int64_t in_stride, T* __restrict__ out, int64_t out_stride,
                                int inter, int M, int Mp, int per_token, __nv_fp8_e4m3* __restrict__ q,
@@ -182,7 +185,7 @@ __global__ void __launch_bounds__(MaxThreads)
       float gv[8], uv[8];
       widen_raw8<T>(gp[k], gv);
       widen_raw8<T>(up[k], uv);
-      silu_mul8_stored<T>(gv, uv, o + i * 8, v[k]);
+      silu_mul8_stored<T, kStore>(gv, uv, o + i * 8, v[k]);
     } else {
 #pragma unroll
       for (int j = 0; j < 8; ++j) v[k][j] = 0.f;
@@ -191,15 +194,17 @@ __global__ void __launch_bounds__(MaxThreads)
   fp8_quant_regs<VPT>(v, m, Mp, inter, per_token != 0, q, s, red);
 }
 
-/// Launches silu_and_mul_fp8_v2_kernel<T, VPT, MaxThreads> over Mp rows; false (nothing
-/// launched) when a row needs more than MaxThreads threads at VPT vectors each.
+/// Launches silu_and_mul_fp8_v2_kernel<T, VPT, MaxThreads> over Mp rows (`store`: out written, else
+/// only the codes); false (nothing launched) when a row needs more than MaxThreads threads at VPT
+/// vectors each.
 template <int VPT, int MaxThreads, class T>
 bool launch_silu_and_mul_fp8_v2(const T* in, int64_t in_stride, T* out, int64_t out_stride, int64_t inter,
                                 int64_t M, int64_t Mp, bool per_token, __nv_fp8_e4m3* q, float* s,
-                                cudaStream_t stream) {
+                                cudaStream_t stream, bool store = true) {
   const int rt = fp8_regs_threads(inter, VPT, MaxThreads);
   if (rt == 0) return false;
-  launch_pdl(silu_and_mul_fp8_v2_kernel<T, VPT, MaxThreads>, dim3(static_cast<unsigned>(Mp)), dim3(rt), 0, stream, in,
+  launch_pdl(store ? silu_and_mul_fp8_v2_kernel<T, VPT, MaxThreads, true> : silu_and_mul_fp8_v2_kernel<T, VPT, MaxThreads, false>,
+             dim3(static_cast<unsigned>(Mp)), dim3(rt), 0, stream, in,
              in_stride, out, out_stride, static_cast<int>(inter), static_cast<int>(M), static_cast<int>(Mp),
              per_token ? 1 : 0, q, s);
   return true;

@@ -62,6 +62,10 @@ struct GemvParams {
   float norm_eps = 0.f;
   int norm_first = 0;
   int norm_threads = 0;
+  /// Before its wait, each warp also moves the rest of its rows (past the chunks it loads into
+  /// registers) into L2: for a GEMV whose predecessor leaves DRAM idle (o_proj after a batch-1
+  /// decode attention that lets it launch after its K/V stages: FusionSwitches::gemv_l2_ahead).
+  int l2_ahead = 0;
 };
 
 /// M rows, C columns per warp, U chunks in flight per column, NW warps per CTA. Pro (one row
@@ -119,6 +123,15 @@ __global__ void __launch_bounds__(NW * 32, MINB) gemv_kernel(const __grid_consta
 
   constexpr int kStep = U * kChunk;
   fetch(wa, 0);  // weights only: may run before the predecessor finishes
+  if (p.l2_ahead != 0 && active && kStep < p.k) {
+    // Lanes c, c + C, … split row n0 + c's bytes past the first U chunks into 16-byte multiples.
+    constexpr int kPieces = 32 / C;
+    const int c = lane % C, piece = lane / C;
+    const int64_t bytes = int64_t(p.k - kStep) * int64_t(sizeof(T));
+    const int64_t per = ((bytes + kPieces - 1) / kPieces + 15) / 16 * 16, off = per * piece;
+    if (n0 + c < p.n && off < bytes)
+      prefetch_l2(reinterpret_cast<const char*>(wrow[c] + kStep) + off, uint32_t(per < bytes - off ? per : bytes - off));
+  }
   pdl_launch_dependents();
   pdl_wait();
   if constexpr (kPro) {
@@ -240,9 +253,11 @@ inline bool gemv_supported(int64_t m, int64_t k, const T* x, int64_t ldx, const 
 
 /// \brief y [M, N] = x [M, K]·w [N, K]ᵀ (+ bias) for M ≤ kGemvMaxRows (see the file comment).
 /// Launched with programmatic dependent launch: the weight prefetch overlaps the predecessor.
+/// `l2_ahead`: the weights past the first chunks also go to L2 before the wait (GemvParams::l2_ahead;
+/// the same result).
 template <class TY, class T>
 void gemv(TensorView<TY> y, TensorView<T> x, TensorView<T> w, const T* bias = nullptr,
-          cudaStream_t stream = nullptr) {
+          cudaStream_t stream = nullptr, bool l2_ahead = false) {
   static_assert(std::is_same_v<T, pie::f16> || std::is_same_v<T, pie::bf16>, "gemv: f16 or bf16 operands");
   static_assert(std::is_same_v<TY, T> || std::is_same_v<TY, float>, "gemv: output is the operand type or float");
   PIE_CHECK(x.rank == 2 && w.rank == 2 && y.rank == 2, "gemv: x, w, y must be matrices");
@@ -258,6 +273,7 @@ void gemv(TensorView<TY> y, TensorView<T> x, TensorView<T> w, const T* bias = nu
   detail::GemvParams<D, DY> p{dev(x.data), x.stride[0], dev(w.data), w.stride[0], dev(bias),
                               reinterpret_cast<DY*>(y.data), y.stride[0], static_cast<int>(w.shape[0]),
                               static_cast<int>(x.shape[1])};
+  p.l2_ahead = l2_ahead ? 1 : 0;
   switch (M) {
     case 1: detail::launch_gemv<1>(p, stream); break;
     case 2: detail::launch_gemv<2>(p, stream); break;

@@ -25,15 +25,6 @@ struct L2PrefetchArgs {
 
 namespace detail {
 
-__device__ __forceinline__ void prefetch_l2(const char* p, uint32_t bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  // The copy engine's bulk prefetch: one instruction per 4 KB, nothing to wait for.
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
-#elif defined(__CUDA_ARCH__)
-  for (uint32_t o = 0; o < bytes; o += 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(p + o));
-#endif
-}
-
 template <int = 0>  // a template: defined in every translation unit that launches it, once in the program
 __global__ void __launch_bounds__(128) l2_prefetch_kernel(L2PrefetchArgs a) {
   pdl_launch_dependents();
