@@ -25,6 +25,7 @@ CONFIGS=("bf16 0 $MODEL8B" "bf16_kv8 0 $MODEL8B --kv-cache-dtype fp8" "w8 0 $FP8
          "w8_kv8 0 $FP8 --kv-cache-dtype fp8" "w8_kv8_codes 1 $FP8 --kv-cache-dtype fp8")
 for cfg in "${CONFIGS[@]}" "${CONFIGS[0]}"; do
   set -- $cfg; tag=$1 codes=$2 m=$3; shift 3
+  case " ${PIE_TPUT_TAGS:-$tag} " in *" $tag "*) ;; *) continue ;; esac
   run "tput_$tag" 90 env PIE_FP8_CODES_ONLY=$codes "$BENCH" $m --load-format dummy --mode throughput --input-len 128 \
     --output-len 128 --num-prompts 2048 --max-num-seqs 512 "$@"
   grep -E "^(throughput|roofline|decode at)" "$LOGDIR/tput_$tag.log" | sed "s/^/[$tag] /" | tee -a "$SUM"
@@ -32,6 +33,7 @@ done
 if [ -n "$TRACER" ] && [ "${PIE_TRACE:-1}" = 1 ]; then
   for cfg in "${CONFIGS[@]}"; do
     set -- $cfg; tag=$1 codes=$2 m=$3; shift 3
+    case " ${PIE_TRACE_TAGS:-bf16 w8 w8_codes w8_kv8_codes} " in *" $tag "*) ;; *) continue ;; esac
     trace_profile "t512_$tag" 90 512 "b512 $tag" --copy-tbps $copy -- env PIE_FP8_CODES_ONLY=$codes "$BENCH" $m \
       --load-format dummy --mode throughput --input-len 128 --output-len 64 --num-prompts 512 --max-num-seqs 512 "$@"
   done

@@ -503,20 +503,28 @@ TEST(Fp8Engine, TransformersCheckpointsGreedyAgreementWithBf16AndTransformersFp8
   }
 }
 
+/// A two-layer Qwen3 config.json (hidden 256, 4 heads of 64) in a temporary directory named
+/// `name`; `block`: the published fp8 checkpoint's quantization_config (128×128 blocks). Returns
+/// the directory.
+std::string fp8_small_config(const std::string& name, int intermediate, bool block) {
+  const auto dir = std::filesystem::temp_directory_path() / name;
+  std::filesystem::create_directories(dir);
+  nlohmann::json c = {{"architectures", {"Qwen3ForCausalLM"}}, {"vocab_size", 1024}, {"hidden_size", 256},
+                      {"intermediate_size", intermediate}, {"num_hidden_layers", 2}, {"num_attention_heads", 4},
+                      {"num_key_value_heads", 2}, {"head_dim", 64}, {"max_position_embeddings", 2048}};
+  if (block)
+    c["quantization_config"] = {{"quant_method", "fp8"}, {"fmt", "e4m3"}, {"activation_scheme", "dynamic"},
+                                {"weight_block_size", {128, 128}}};
+  std::ofstream(dir / "config.json") << c.dump();
+  return dir.string();
+}
+
 TEST(Fp8Engine, DummyFp8WeightsOfAShapeRun) {
   // --load-format dummy --quantization fp8 of a config with no weights (block: an fp8 config).
   for (bool block : {false, true}) {
-    const auto dir = std::filesystem::temp_directory_path() / ("pie_fp8_dummy_" + std::to_string(block));
-    std::filesystem::create_directories(dir);
-    nlohmann::json c = {{"architectures", {"Qwen3ForCausalLM"}}, {"vocab_size", 1024}, {"hidden_size", 256},
-                        {"intermediate_size", 512}, {"num_hidden_layers", 2}, {"num_attention_heads", 4},
-                        {"num_key_value_heads", 2}, {"head_dim", 64}, {"max_position_embeddings", 2048}};
-    if (block)
-      c["quantization_config"] = {{"quant_method", "fp8"}, {"fmt", "e4m3"}, {"activation_scheme", "dynamic"},
-                                  {"weight_block_size", {128, 128}}};
-    std::ofstream(dir / "config.json") << c.dump();
+    const std::string dir = fp8_small_config("pie_fp8_dummy_" + std::to_string(block), 512, block);
     EngineOptions o = small_options(false);
-    o.model_dir = dir.string();
+    o.model_dir = dir;
     o.load_format = "dummy";
     o.quantization = "fp8";
     Fp8Engine e(o);
@@ -563,18 +571,7 @@ std::vector<float> fp8_batch_logits(const std::string& dir, bool codes_only, boo
   return all;
 }
 
-std::string fp8_batch_config(bool block) {
-  const auto dir = std::filesystem::temp_directory_path() / ("pie_fp8_batch_" + std::to_string(block));
-  std::filesystem::create_directories(dir);
-  nlohmann::json c = {{"architectures", {"Qwen3ForCausalLM"}}, {"vocab_size", 1024}, {"hidden_size", 256},
-                      {"intermediate_size", 640}, {"num_hidden_layers", 2}, {"num_attention_heads", 4},
-                      {"num_key_value_heads", 2}, {"head_dim", 64}, {"max_position_embeddings", 2048}};
-  if (block)
-    c["quantization_config"] = {{"quant_method", "fp8"}, {"fmt", "e4m3"}, {"activation_scheme", "dynamic"},
-                                {"weight_block_size", {128, 128}}};
-  std::ofstream(dir / "config.json") << c.dump();
-  return dir.string();
-}
+std::string fp8_batch_config(bool block) { return fp8_small_config("pie_fp8_batch_" + std::to_string(block), 640, block); }
 
 TEST(Fp8Engine, CodesOnlyProducersGiveBitIdenticalLogits) {
   // PIE_FP8_CODES_ONLY: the norm and the held SwiGLU write only the codes their fp8 linear reads;
@@ -619,21 +616,13 @@ TEST(Fp8Engine, GemvVariantsGiveBitIdenticalLogits) {
   // (PIE_FP8_GEMV_PRE) and the norm in its prologue (PIE_FP8_GEMV_NORM), against the default engine: same dummy weights, same hand-made steps
   // (a prefill, then batch-1 decodes replayed from graphs), bit-identical logits.
   for (bool block : {true, false}) {
-    const auto dir = std::filesystem::temp_directory_path() / ("pie_fp8_variants_" + std::to_string(block));
-    std::filesystem::create_directories(dir);
-    nlohmann::json c = {{"architectures", {"Qwen3ForCausalLM"}}, {"vocab_size", 1024}, {"hidden_size", 256},
-                        {"intermediate_size", 640}, {"num_hidden_layers", 2}, {"num_attention_heads", 4},
-                        {"num_key_value_heads", 2}, {"head_dim", 64}, {"max_position_embeddings", 2048}};
-    if (block)
-      c["quantization_config"] = {{"quant_method", "fp8"}, {"fmt", "e4m3"}, {"activation_scheme", "dynamic"},
-                                  {"weight_block_size", {128, 128}}};
-    std::ofstream(dir / "config.json") << c.dump();
+    const std::string dir = fp8_small_config("pie_fp8_variants_" + std::to_string(block), 640, block);
     auto run = [&](const char* variant, const char* pre, const char* norm) {
       if (variant) setenv("PIE_FP8_GEMV", variant, 1);
       if (pre) setenv("PIE_FP8_GEMV_PRE", pre, 1);
       if (norm) setenv("PIE_FP8_GEMV_NORM", norm, 1);
       EngineOptions o = small_options(false);
-      o.model_dir = dir.string();
+      o.model_dir = dir;
       o.load_format = "dummy";
       o.quantization = "fp8";
       Fp8Engine e(o);

@@ -399,6 +399,17 @@ std::string tiny_moe_dir(bool norm_topk_prob) {
   return dir.string();
 }
 
+/// The small Qwen3-MoE of `dir` with dummy weights and the switches of `f` (check_engines' maker).
+std::unique_ptr<Engine<Qwen3Moe, CudaBf16>> make_moe_engine(const std::string& dir, const Fusions& f, bool eager) {
+  set_switches(f);
+  EngineOptions o = test_options(eager);
+  o.model_dir = dir;
+  o.load_format = "dummy";
+  auto eng = std::make_unique<Engine<Qwen3Moe, CudaBf16>>(o);
+  unset_switches();
+  return eng;
+}
+
 // The residual add + RMSNorm of a sparse layer inside the MoE router's GEMV (PIE_FUSED_MOE_NORM)
 // on a Qwen3-MoE of dummy weights with dense layers between the sparse ones, norm_topk_prob on and
 // off: logits bit-identical to the norm kernel + router GEMV, graph-replayed and eager, alone and
@@ -410,15 +421,7 @@ TEST(FusedOps, MoeNormInsideTheRouterBitIdenticalGraphsAndEager) {
   for (bool norm_topk : {true, false}) {
     const std::string dir = tiny_moe_dir(norm_topk);
     const auto cfg = model::load_model_config(dir, true);
-    auto make = [&](const Fusions& x, bool e) {
-      set_switches(x);
-      EngineOptions o = test_options(e);
-      o.model_dir = dir;
-      o.load_format = "dummy";
-      auto eng = std::make_unique<Engine<Qwen3Moe, CudaBf16>>(o);
-      unset_switches();
-      return eng;
-    };
+    auto make = [&](const Fusions& x, bool e) { return make_moe_engine(dir, x, e); };
     for (bool eager : {false, true}) {
       const std::string what = std::string("qwen3-moe ") + (norm_topk ? "norm_topk" : "raw top-k") +
                                (eager ? " eager" : " graphs");
@@ -450,15 +453,7 @@ TEST(FusedOps, GemvL2AheadAfterDecodeAttentionLogitsBitIdentical) {
   }
   const std::string dir = tiny_moe_dir(true);
   const auto moe = model::load_model_config(dir, true);
-  auto make = [&](const Fusions& x, bool e) {
-    set_switches(x);
-    EngineOptions o = test_options(e);
-    o.model_dir = dir;
-    o.load_format = "dummy";
-    auto eng = std::make_unique<Engine<Qwen3Moe, CudaBf16>>(o);
-    unset_switches();
-    return eng;
-  };
+  auto make = [&](const Fusions& x, bool e) { return make_moe_engine(dir, x, e); };
   check_engines<16>(moe, false, Fusions{.l2_ahead = true}, "qwen3-moe graphs", {}, 0, make);
 }
 
