@@ -221,7 +221,7 @@ class CudaForward {
     int64_t moe_norm = 0;     ///< MoE router GEMVs with the layer's residual add + RMSNorm inside
     int64_t moe_route = 0;    ///< MoE gate_up GEMVs that routed their token themselves (no route kernel)
     int64_t moe_unpermute = 0;  ///< MoE down GEMVs that un-permuted in their last CTAs (no un-permute kernel)
-    int64_t l2_ahead = 0;       ///< GEMVs after a decode attention that moved their weights into L2 before their wait
+    int64_t l2_ahead = 0;       ///< batch-1 linears after a decode attention whose GEMV prefetched its weights into L2
     int64_t fp8_codes_only = 0;  ///< fp8 producers (norm, SwiGLU) that wrote only the codes their linear reads
   };
   const FusionCounts& fusion_counts() const { return fusion_counts_; }
@@ -302,15 +302,11 @@ class CudaForward {
       ++fusion_counts_.swiglu;
       return;
     }
-    const bool after_attention = l2_ahead_x_ != nullptr && l2_ahead_x_ == x.data;
+    // The batch-1 GEMV after a decode attention may fill L2 with its weights first (l2_ahead_x_).
+    const bool l2_ahead = l2_ahead_x_ != nullptr && l2_ahead_x_ == x.data;
     l2_ahead_x_ = nullptr;
-    if (after_attention && x.shape[0] == 1 && p_.gemm->gemv_max_rows() >= 1 &&
-        ops::cuda::gemv_supported(1, x.shape[1], x.data, x.stride[0], w.data, w.stride[0])) {
-      op(gemm_name(w.shape[0], w.shape[1]), [&] { ops::cuda::gemv(out, x, w, b, s_, /*l2_ahead=*/true); });
-      ++fusion_counts_.l2_ahead;
-      return;
-    }
-    op(gemm_name(w.shape[0], w.shape[1]), [&] { (*p_.gemm)(out, x, w, b, s_); });
+    op(gemm_name(w.shape[0], w.shape[1]), [&] { (*p_.gemm)(out, x, w, b, s_, l2_ahead); });
+    if (l2_ahead) ++fusion_counts_.l2_ahead;
   }
   /// out = q(x)·dq(W)ᵀ (+ bias) with an fp8 weight: the fused quantize+GEMV at batch 1, else
   /// activation quantization and cuBLASLt's FP8 GEMM (ops/cuda/fp8_gemm.cuh).
@@ -323,11 +319,7 @@ class CudaForward {
         held_swiglu_.per_token == w.per_channel()) {  // the held SwiGLU writes the codes alone
       const HeldSwiGlu h = held_swiglu_;
       held_swiglu_ = {};
-      op("silu_mul", [&] {
-        ops::cuda::silu_and_mul_fp8(h.gate_up, h.out, p_.fp8_gemm->act_buffer(h.per_token), s_, -1, -1,
-                                    /*store_out=*/false);
-        fp8_in_ = {h.out.data, h.out.shape[0], h.out.shape[1], h.per_token};
-      });
+      silu_and_mul_fp8(h.gate_up, h.out, h.per_token, /*store_out=*/false);
       ++fusion_counts_.fp8_codes_only;
     }
     // x quantized by the kernel that produced it (and nothing ran since: op() forgets it).
@@ -532,10 +524,7 @@ class CudaForward {
       held_swiglu_ = {gate_up, out, true, true, per_token};
       return;
     }
-    op("silu_mul", [&] {
-      ops::cuda::silu_and_mul_fp8(gate_up, out, p_.fp8_gemm->act_buffer(per_token), s_);
-      fp8_in_ = {out.data, M, I, per_token};
-    });
+    silu_and_mul_fp8(gate_up, out, per_token, /*store_out=*/true);
   }
   /// The sparse MoE block (Qwen3-MoE; the CPU context's moe() is the reference): router logits
   /// in fp32 through the linear layer's GEMM/GEMV, then ops/cuda/moe.cuh — fused routing and
@@ -799,6 +788,14 @@ class CudaForward {
     if (rows == c.qkv_size()) return "gemm_qkv";
     return "gemm";
   }
+  /// SwiGLU with its fp8 codes (and the 16-bit row unless !store_out) as one op, the codes then
+  /// known to the next fp8 linear (fp8_in_).
+  void silu_and_mul_fp8(const Act& gate_up, Act out, bool per_token, bool store_out) {
+    op("silu_mul", [&] {
+      ops::cuda::silu_and_mul_fp8(gate_up, out, p_.fp8_gemm->act_buffer(per_token), s_, -1, -1, store_out);
+      fp8_in_ = {out.data, out.shape[0], out.shape[1], per_token};
+    });
+  }
   /// A held SwiGLU that no GEMV took: its own kernel, before the op that reads it. Not a
   /// template, as run_held_norm.
   void run_held_swiglu() {
@@ -806,10 +803,7 @@ class CudaForward {
     const HeldSwiGlu h = held_swiglu_;
     held_swiglu_ = {};
     if (h.fp8) {  // another op came first: out and its codes, as unheld
-      op("silu_mul", [&] {
-        ops::cuda::silu_and_mul_fp8(h.gate_up, h.out, p_.fp8_gemm->act_buffer(h.per_token), s_);
-        fp8_in_ = {h.out.data, h.out.shape[0], h.out.shape[1], h.per_token};
-      });
+      silu_and_mul_fp8(h.gate_up, h.out, h.per_token, /*store_out=*/true);
       return;
     }
     op("silu_mul", [&] { ops::cuda::silu_and_mul(h.gate_up, h.out, s_); });

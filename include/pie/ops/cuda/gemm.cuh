@@ -50,10 +50,12 @@ class Gemm {
   /// \brief y [M, N] = x [M, K]·w [N, K]ᵀ (+ bias [N] when non-null). Rows of x and y may be
   /// strided; w is row-major as stored in the checkpoint. y is either the operand type or float:
   /// float output (lm_head → sampler) is written straight from the fp32 accumulators, saving a
-  /// cast pass and a rounding to 16 bits.
+  /// cast pass and a rounding to 16 bits. `l2_ahead`: where the GEMV takes the product, it also
+  /// moves its weights past the first chunks into L2 before its wait (gemv(); the same result);
+  /// nothing on the cuBLASLt path.
   template <class TY, class T>
   void operator()(TensorView<TY> y, TensorView<T> x, TensorView<T> w, const T* bias = nullptr,
-                  cudaStream_t stream = nullptr) {
+                  cudaStream_t stream = nullptr, bool l2_ahead = false) {
     static_assert(std::is_same_v<T, pie::f16> || std::is_same_v<T, pie::bf16>, "Gemm: f16 or bf16 operands");
     static_assert(std::is_same_v<TY, T> || std::is_same_v<TY, float>, "Gemm: output is the operand type or float");
     constexpr bool kFloatOut = std::is_same_v<TY, float> && !std::is_same_v<T, float>;
@@ -66,7 +68,7 @@ class Gemm {
     const int64_t M = x.shape[0], N = w.shape[0], K = x.shape[1];
     if (M == 0) return;
     if (M <= gemv_max_rows_ && gemv_supported(M, K, x.data, x.stride[0], w.data, w.stride[0])) {
-      gemv(y, x, w, bias, stream);
+      gemv(y, x, w, bias, stream, l2_ahead);
       return;
     }
     constexpr cudaDataType_t dt = std::is_same_v<T, pie::bf16> ? CUDA_R_16BF : CUDA_R_16F;
