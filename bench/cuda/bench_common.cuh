@@ -133,14 +133,19 @@ template <class KV> struct BenchCache {
   DeviceBuffer<int32_t> indptr, indices, last;
   DeviceBuffer<float> scales;  // K then V scales per kv head, all 1 (the engine's fp8 cache reads these too)
   kv::PagedKV<KV> view;
-  BenchCache(int batch, int ctx, int nkv, int hd, int bs) {
+  /// `spread` > 1: the pages are drawn at random from a pool `spread` times larger than they need,
+  /// as in the engine's KV pool (a layer's blocks spread over its whole share of memory), so the
+  /// launch touches as many distinct memory pages as there.
+  BenchCache(int batch, int ctx, int nkv, int hd, int bs, int spread = 1) {
     int pages_per = (ctx + bs - 1) / bs, pages = batch * pages_per;
-    pool = DeviceBuffer<KV>(size_t(pages) * 2 * nkv * bs * hd);
+    const int64_t pool_pages = int64_t{pages} * std::max(spread, 1);
+    pool = DeviceBuffer<KV>(size_t(pool_pages) * 2 * nkv * bs * hd);
     fill(pool.data(), pool.size(), 11);
-    std::vector<int32_t> ip(batch + 1), ix(pages), la(batch, (ctx - 1) % bs + 1);
+    std::vector<int32_t> ip(batch + 1), ix(pool_pages), la(batch, (ctx - 1) % bs + 1);
     for (int b = 0; b <= batch; ++b) ip[b] = b * pages_per;
     std::iota(ix.begin(), ix.end(), 0);
     std::shuffle(ix.begin(), ix.end(), std::mt19937(5));
+    ix.resize(pages);
     indptr = DeviceBuffer<int32_t>(ip.size()); indices = DeviceBuffer<int32_t>(ix.size()); last = DeviceBuffer<int32_t>(la.size());
     PIE_CUDA_CHECK(cudaMemcpy(indptr.data(), ip.data(), ip.size() * 4, cudaMemcpyHostToDevice));
     PIE_CUDA_CHECK(cudaMemcpy(indices.data(), ix.data(), ix.size() * 4, cudaMemcpyHostToDevice));

@@ -23,11 +23,11 @@ constexpr int kNq = 32, kNkv = 8, kHd = 128;
 template <class KV> struct CacheSet {
   std::vector<BenchCache<KV>> caches;
   size_t i = 0;
-  CacheSet(int batch, int ctx, int bs, int nkv = kNkv) {
+  CacheSet(int batch, int ctx, int bs, int nkv = kNkv, int spread = 1) {
     const double bytes = double(batch) * ctx * nkv * kHd * 2 * sizeof(KV);
     const int n = std::max(1, int(std::ceil(512e6 / bytes)));
     caches.reserve(n);
-    for (int k = 0; k < n; ++k) caches.emplace_back(batch, ctx, nkv, kHd, bs);
+    for (int k = 0; k < n; ++k) caches.emplace_back(batch, ctx, nkv, kHd, bs, spread);
   }
   const kv::PagedKV<KV>& next() { return caches[i++ % caches.size()].view; }
 };
@@ -237,6 +237,63 @@ BENCHMARK(BM_DecodeFixedSplit) PIE_FIXED_SHAPES(8) PIE_FIXED_SHAPES(4) ->UseManu
 #undef PIE_FIXED_SHAPES
 #undef PIE_FIXED_FUSED
 #undef PIE_FIXED_ROWS
+
+/// The engine's wide decode grids (issue 20's 1024 × (128, 128): 266 µs a layer at ~28–36% of copy
+/// in the engine's step, 2026-12-06) against what the kernel does alone: the cost model's plan on
+/// the CUDA-core kernel and the batch-invariant split on the tensor-core kernel (tps 512), each
+/// over pages packed into a pool of exactly their size (spread 1) or drawn from one 8× larger
+/// (spread 8: a layer's blocks scattered over its share of the engine's pool, as many distinct
+/// memory pages per launch as there). Arguments: batch, context, tokens per split (0 or 512),
+/// KV heads (4: group 8; 8: group 4), spread.
+void BM_DecodeGrid(benchmark::State& st) {
+  const int batch = st.range(0), ctx = st.range(1), tps = st.range(2), nkv = st.range(3), spread = st.range(4);
+  CacheSet<bf16> c(batch, ctx, 16, nkv, spread);
+  DeviceBuffer<bf16> q(size_t(batch) * kNq * kHd), o(q.size());
+  fill(q.data(), q.size(), 4);
+  oc::DecodePlanOptions opt;
+  opt.fixed_split_tokens = tps;
+  auto plan = oc::plan_decode_attention(batch, kNq, nkv, kHd, ctx, 0, opt);
+  DeviceBuffer<unsigned char> ws(std::max<size_t>(plan.workspace_bytes, 256));
+  PIE_CUDA_CHECK(cudaMemset(ws.data(), 0, ws.size()));
+  std::string what = std::string(tps > 0 ? "grid tc" : "grid cc") + " g" + std::to_string(kNq / nkv) + " spread" +
+                     std::to_string(spread) + " w" + std::to_string(plan.warps) + " s" + std::to_string(plan.stages);
+  report(st, shape_name(what.c_str(), batch, ctx, 16, plan.num_splits) + " tps" + std::to_string(plan.tokens_per_split),
+         decode_bytes(batch, ctx, 2, nkv), 0, [&] {
+           oc::decode_attention(q.view({batch, kNq, kHd}), c.next(), o.view({batch, kNq, kHd}), plan, ws.data(),
+                                1.f / std::sqrt(128.f));
+         });
+}
+#define PIE_GRID_ROWS(b, ctx, nkv)                                                                      \
+  ->Args({b, ctx, 0, nkv, 1})->Args({b, ctx, 512, nkv, 1})->Args({b, ctx, 0, nkv, 8})->Args({b, ctx, 512, nkv, 8})
+BENCHMARK(BM_DecodeGrid) PIE_GRID_ROWS(1024, 192, 4) PIE_GRID_ROWS(1024, 140, 4) PIE_GRID_ROWS(512, 140, 4)
+    PIE_GRID_ROWS(512, 192, 8) ->UseManualTime()->Iterations(1);
+#undef PIE_GRID_ROWS
+
+/// The tensor-core kernel's CTA shape on the wide group-8 grid (Mode 4: warps × ring stages, one
+/// split per (sequence, KV head)), and the CUDA-core kernel moving the same pages without the
+/// arithmetic (Mode 1: the data-movement ceiling of a 4-warp, 2-stage ring). Arguments: batch,
+/// context, KV heads.
+template <int Warps, int Stages, int Mode>
+void BM_DecodeGridShape(benchmark::State& st) {
+  const int batch = st.range(0), ctx = st.range(1), nkv = st.range(2);
+  CacheSet<bf16> c(batch, ctx, 16, nkv);
+  DeviceBuffer<bf16> q(size_t(batch) * kNq * kHd), o(q.size());
+  fill(q.data(), q.size(), 4);
+  auto plan = oc::plan_decode_attention(batch, kNq, nkv, kHd, ctx, 0, {});
+  DeviceBuffer<unsigned char> ws(std::max<size_t>(plan.workspace_bytes, 256));
+  std::string what = std::string(Mode == 1 ? "shape loadonly" : "shape tc") + " g" + std::to_string(kNq / nkv) + " w" +
+                     std::to_string(Warps) + " s" + std::to_string(Stages);
+  report(st, shape_name(what.c_str(), batch, ctx, 16, plan.num_splits), decode_bytes(batch, ctx, 2, nkv), 0, [&] {
+    oc::decode_attention<Warps, Stages, Mode>(q.view({batch, kNq, kHd}), c.next(), o.view({batch, kNq, kHd}), plan,
+                                              ws.data(), 1.f / std::sqrt(128.f));
+  });
+}
+#define PIE_GRID_SHAPE_ROWS ->Args({1024, 192, 4})->Args({1024, 140, 4})->Args({512, 192, 8})->UseManualTime()->Iterations(1)
+BENCHMARK(BM_DecodeGridShape<2, 3, 4>) PIE_GRID_SHAPE_ROWS;
+BENCHMARK(BM_DecodeGridShape<2, 4, 4>) PIE_GRID_SHAPE_ROWS;
+BENCHMARK(BM_DecodeGridShape<4, 2, 4>) PIE_GRID_SHAPE_ROWS;
+BENCHMARK(BM_DecodeGridShape<4, 2, 1>) PIE_GRID_SHAPE_ROWS;
+#undef PIE_GRID_SHAPE_ROWS
 
 #ifdef PIE_DECODE_BASELINE
 /// The baseline kernel (an older attention_decode.cuh) on the same shapes, with its own plan.

@@ -63,7 +63,8 @@ double run_decode(int bs, int hd, int group, int nkv, const std::vector<int>& le
 }
 
 // PIE_DECODE_TEST_MERGE_ONLY (a device-side build, tests/cuda/CMakeLists.txt) keeps only the
-// merge tests below: a binary small enough to carry to the GPU machine.
+// merge tests below and the engine-plan test (DecodeAttentionWide): a binary small enough to
+// carry to the GPU machine.
 #ifndef PIE_DECODE_TEST_MERGE_ONLY
 using Param = std::tuple<int, int, int, bool>;  // block size, head dim, group, bf16?
 class DecodeAttention : public ::testing::TestWithParam<Param> {};
@@ -121,15 +122,19 @@ TEST(DecodeAttentionBatch, Block16HeadDim128Group4ShortContextsOneSplit) {
   EXPECT_LT(e, tol<f16>()) << e;
 }
 
+#endif  // PIE_DECODE_TEST_MERGE_ONLY
+
 // The batch-invariant split's tests need its kernels in the default mode's dispatch
 // (attention_decode_mma.cuh's kDecodeMmaWide): compiled with -DPIE_DECODE_FIXED_SPLIT=ON only, as the
 // engine is, so CI's default build does not pay for them (the device bundle builds them).
 #if defined(PIE_DECODE_FIXED_SPLIT)
 // The engine's plan options (PIE_DECODE_MMA_WIDE, read once per process; ctest runs this binary
 // once without it and once as fixed.* with `all`): with `all` a 16-bit launch at groups 4 and 8
-// gets the batch-invariant split and the tensor-core kernel, unset the cost model's split and the
-// CUDA-core kernel. The default mode's bytes must equal those of the kernel it chose (Mode 4 or
-// Mode 3, same plan), and the two kernels must differ here, or the test could not tell.
+// gets the batch-invariant split and the tensor-core kernel; unset, group 8 gets them on wide
+// grids (more CTAs than SMs, as this batch of 64 × 4 KV heads; test_decode_plan checks that
+// narrow ones keep the cost model's plan) and group 4 never. The default mode's bytes must equal
+// those of the kernel it chose (Mode 4 or Mode 3, same plan), and the two kernels must differ
+// here, or the test could not tell.
 TEST(DecodeAttentionWide, EnginePlanTakesTheKernelTheEnvironmentNames) {
   using C = attention::Causal;
   for (int group : {4, 8}) {
@@ -137,8 +142,11 @@ TEST(DecodeAttentionWide, EnginePlanTakesTheKernelTheEnvironmentNames) {
     std::vector<int> lens(64);
     for (auto& l : lens) l = 1 + int(rng() % 1200);
     const auto opt = ops::cuda::decode_plan_options(int(sizeof(bf16)), group, 128);
-    const bool wide = ops::cuda::decode_mma_wide_enabled(group);
-    EXPECT_EQ(opt.fixed_split_tokens > 0, wide);
+    const bool every = ops::cuda::decode_mma_wide_enabled(group);
+    const bool wide_only = ops::cuda::decode_mma_wide_grids_only(group);
+    EXPECT_EQ(opt.fixed_split_tokens > 0, every || wide_only);
+    EXPECT_EQ(opt.fixed_split_wide_grids_only, wide_only);
+    const bool wide = every || wide_only;
     std::vector<bf16> o0, o3, o4;
     int splits = 0;
     const uint32_t seed = 90 + group;
@@ -152,11 +160,41 @@ TEST(DecodeAttentionWide, EnginePlanTakesTheKernelTheEnvironmentNames) {
     EXPECT_EQ(std::memcmp(o0.data(), chosen.data(), o0.size() * sizeof(bf16)), 0)
         << "group " << group << ": the default mode is not the " << (wide ? "tensor-core" : "CUDA-core") << " kernel";
     EXPECT_LT(e, tol<bf16>()) << e;
-    std::printf("[decode wide group=%d] %s kernel, %d splits, rel err %.2e\n", group,
-                wide ? "tensor-core" : "CUDA-core", splits, e);
+    std::printf("[decode wide group=%d] %s kernel%s, %d splits, rel err %.2e\n", group,
+                wide ? "tensor-core" : "CUDA-core", wide_only ? " (wide grids only)" : "", splits, e);
   }
 }
 
+// The fixed split on a wide grid at group 8 whose sequences are one split each (contexts ≤ 512)
+// takes the tensor-core kernel's 4-warp CTA (DecodePlan::mma_wide_ctas): against the CPU
+// reference, head dims 64 and 128, block sizes 8 and 16, ragged contexts up to the split.
+TEST(DecodeAttentionWide, OneSplitWideGridsAtGroup8TakeTheFourWarpCtaAndMatchCpu) {
+  using C = attention::Causal;
+  ops::cuda::DecodePlanOptions opt;
+  opt.fixed_split_tokens = ops::cuda::kDecodeFixedSplitTokens;
+  opt.fixed_split_wide_grids_only = true;
+  for (int hd : {128, 64}) {
+    for (int bs : {16, 8}) {
+      std::mt19937 rng(hd + bs);
+      std::vector<int> lens(80);  // 80 sequences × 4 KV heads: 320 CTAs on 132 SMs
+      for (auto& l : lens) l = 1 + int(rng() % 512);
+      lens[7] = 512;
+      lens[9] = 1;
+      const auto plan = ops::cuda::plan_decode_attention(80, 32, 4, hd, 512, 132, opt);
+      ASSERT_TRUE(plan.fixed_split && plan.mma_wide_ctas) << "hd " << hd;
+      int splits = 0;
+      const double e = run_decode<bf16, bf16, C, 0>(bs, hd, 8, 4, lens, 132, 70 + hd + bs, &splits, {}, 0, 0, nullptr, opt);
+      EXPECT_EQ(splits, 1);
+      EXPECT_LT(e, tol<bf16>()) << "hd " << hd << " bs " << bs;
+      std::printf("[decode wide 4-warp hd=%d bs=%d] rel err %.2e\n", hd, bs, e);
+    }
+  }
+}
+
+#endif  // PIE_DECODE_FIXED_SPLIT
+
+#ifndef PIE_DECODE_TEST_MERGE_ONLY
+#if defined(PIE_DECODE_FIXED_SPLIT)
 // The batch-invariant plan against the CPU reference over the grid (block size × head dim ×
 // group × dtype; groups 4 and 8 take the tensor-core kernel with it, group 1 the CUDA-core one):
 // the kDecodeFixedSplitTokens split, and 64-token splits (21 for the 1337-token sequence), with

@@ -500,14 +500,25 @@ TEST(GpuEngine, DefaultKernelsKeepGreedyTokensAloneBatchedAndNearlyAllAfterPreem
 // sequence's decode attention no longer depends on its batch: swap must keep every token;
 // recompute re-prefills the K/V (prefill numerics), so a near-tie may still flip. Unset, the
 // default kernels are held to the same recompute bound and to their measured swap bounds.
+// Since 2026-12-06 an unset PIE_DECODE_MMA_WIDE means group 8 on wide grids only (a build with
+// the fixed split): the batched run's 64 sequences plan more CTAs than SMs (several splits each)
+// and take the tensor-core kernel, the preempted runs' smaller batches the CUDA-core one, so a
+// sequence changes kernels with its batch, as in the one-split experiment above: measured 55/64
+// and 57/64 on an H100 (2026-12-06). That is the price docs/architecture.md records for +8% at
+// Qwen3-30B-A3B's large batches; the bounds below hold it there, so a further loss shows.
 TEST(GpuEngine, DefaultKernelsAtGroups4And8KeepGreedyTokensAfterPreemption) {
   for (int group : {4, 8}) {
     const bool tc = ops::cuda::decode_mma_wide_enabled(group);
+    const bool mixed = ops::cuda::decode_mma_wide_grids_only(group);
     std::printf("[batch invariance] group %d: %s\n", group,
-                tc ? "tensor-core kernel, batch-invariant split" : "CUDA-core kernel, cost model's split");
+                tc      ? "tensor-core kernel, batch-invariant split"
+                : mixed ? "tensor-core kernel on wide grids, CUDA-core kernel on narrow ones"
+                        : "CUDA-core kernel, cost model's split");
     auto [same_r, same_s] = check_invariance(/*invariant=*/false, /*num_alone=*/1, group);
-    EXPECT_GE(same_r, 62) << "group " << group << ": sequences whose greedy tokens survived recompute preemption";
-    EXPECT_GE(same_s, tc || group == 4 ? 64 : 63) << "group " << group << ": sequences whose greedy tokens survived swap";
+    EXPECT_GE(same_r, mixed ? 53 : 62) << "group " << group
+                                       << ": sequences whose greedy tokens survived recompute preemption";
+    EXPECT_GE(same_s, mixed ? 55 : tc || group == 4 ? 64 : 63)
+        << "group " << group << ": sequences whose greedy tokens survived swap";
   }
 }
 

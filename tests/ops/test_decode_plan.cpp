@@ -325,7 +325,9 @@ TEST(DecodePlan, FixedSplitIsForSixteenBitCachesAtGroups4And8) {
       }
     }
   }
-  EXPECT_EQ(decode_mma16_groups(nullptr), 0);  // opt-in until it has run on a GPU
+  // Unset: group 8 on wide grids (this test is compiled with the fixed split's kernels).
+  EXPECT_EQ(decode_mma16_groups(nullptr), 8 | kDecodeMmaWideGridsOnly);
+  EXPECT_EQ(decode_mma16_groups("8w"), 8 | kDecodeMmaWideGridsOnly);
   EXPECT_EQ(decode_mma16_groups("all"), 12);
   EXPECT_EQ(decode_mma16_groups("4,8"), 12);
   EXPECT_EQ(decode_mma16_groups("8,4"), 12);
@@ -338,9 +340,61 @@ TEST(DecodePlan, FixedSplitIsForSixteenBitCachesAtGroups4And8) {
   const int mask = decode_mma16_groups(std::getenv("PIE_DECODE_MMA_WIDE"));
   EXPECT_EQ(decode_plan_options(2, 4, 128).fixed_split_tokens, (mask & 4) ? kDecodeFixedSplitTokens : 0);
   EXPECT_EQ(decode_plan_options(2, 8, 64).fixed_split_tokens, (mask & 8) ? kDecodeFixedSplitTokens : 0);
+  EXPECT_EQ(decode_plan_options(2, 8, 128).fixed_split_wide_grids_only, (mask & kDecodeMmaWideGridsOnly) != 0);
   EXPECT_EQ(decode_plan_options(1, 4, 128).fixed_split_tokens, 0);  // fp8: the cost model
   EXPECT_EQ(decode_plan_options(2, 2, 128).fixed_split_tokens, 0);
   EXPECT_EQ(decode_plan_options(2, 4, 256).fixed_split_tokens, 0);
+}
+
+// The fixed split on wide grids only (unset PIE_DECODE_MMA_WIDE at group 8): a cost-model grid of
+// more than one CTA per SM takes the batch-invariant split (and so the tensor-core kernel);
+// narrower ones keep the cost model's plan with its latency paths (group parts, wide CTAs).
+TEST(DecodePlan, FixedSplitOnWideGridsOnlyKeepsNarrowGridsOnTheCostModel) {
+  DecodePlanOptions o = DecodePlanOptions::from_env(true);
+  o.fixed_split_tokens = kDecodeFixedSplitTokens;
+  o.fixed_split_wide_grids_only = true;
+  o.split_groups = true;
+  o.split_groups_small_grids_only = true;
+  const int sms = 132;
+  // Qwen3-30B-A3B (32 q / 4 KV heads): batch 1024 at 256 tokens → 4096 one-split CTAs: fixed.
+  const auto wide = plan_decode_split(1024, 32, 4, 128, 256, sms, o);
+  EXPECT_TRUE(wide.fixed_split);
+  EXPECT_EQ(wide.tokens_per_split, kDecodeFixedSplitTokens);
+  EXPECT_EQ(wide.group_parts, 1);
+  EXPECT_FALSE(wide.deep_ring);
+  EXPECT_TRUE(wide.mma_wide_ctas) << "one split per sequence at group 8: the 4-warp tensor-core CTA";
+  // The boundary: 33 sequences × 4 KV heads = 132 one-split CTAs stay on the cost model; 34 do not.
+  EXPECT_FALSE(plan_decode_split(33, 32, 4, 128, 256, sms, o).fixed_split);
+  EXPECT_TRUE(plan_decode_split(34, 32, 4, 128, 256, sms, o).fixed_split);
+  // Batch 1: the cost model's plan, exactly as without the fixed split (group parts included).
+  DecodePlanOptions plain = o;
+  plain.fixed_split_tokens = 0;
+  plain.fixed_split_wide_grids_only = false;
+  for (int ctx : {192, 512, 2048}) {
+    const auto a = plan_decode_split(1, 32, 4, 128, ctx, sms, o), b = plan_decode_split(1, 32, 4, 128, ctx, sms, plain);
+    EXPECT_FALSE(a.fixed_split) << ctx;
+    EXPECT_EQ(a.num_splits, b.num_splits) << ctx;
+    EXPECT_EQ(a.tokens_per_split, b.tokens_per_split) << ctx;
+    EXPECT_EQ(a.group_parts, b.group_parts) << ctx;
+    EXPECT_EQ(a.cluster_merge, b.cluster_merge) << ctx;
+  }
+  EXPECT_EQ(plan_decode_split(1, 32, 4, 128, 192, sms, o).group_parts, 2) << "batch 1: two CTAs per KV head";
+  // Few long sequences whose cost-model grid is wide: fixed, with the cost model's CTAs per pair.
+  for (int batch : {1, 16}) {
+    const auto longs = plan_decode_split(batch, 32, 4, 128, 32768, sms, o);
+    EXPECT_TRUE(longs.fixed_split) << batch;
+    EXPECT_FALSE(longs.mma_wide_ctas) << batch << ": several splits keep the 2-warp CTA";
+    EXPECT_EQ(longs.grid_splits, plan_decode_split(batch, 32, 4, 128, 32768, sms, plain).num_splits) << batch;
+    EXPECT_GT(int64_t{batch} * 4 * longs.grid_splits, sms) << batch;
+  }
+  // Group 4 limited to wide grids (not a default) keeps the 2-warp CTA.
+  EXPECT_FALSE(plan_decode_split(1024, 32, 8, 128, 256, sms, o).mma_wide_ctas);
+  EXPECT_TRUE(plan_decode_split(1024, 32, 8, 128, 256, sms, o).fixed_split);
+  // Every grid when not limited to wide ones (PIE_DECODE_MMA_WIDE=8), with the 2-warp CTA
+  // everywhere (its bits must not follow the grid).
+  o.fixed_split_wide_grids_only = false;
+  EXPECT_TRUE(plan_decode_split(1, 32, 4, 128, 192, sms, o).fixed_split);
+  EXPECT_FALSE(plan_decode_split(1024, 32, 4, 128, 256, sms, o).mma_wide_ctas);
 }
 
 // Group parts (DecodePlanOptions::split_groups): opt-in until measured on a GPU; `1` asks for

@@ -796,8 +796,8 @@ class CudaRunner {
     // PIE_DECODE_FUSED_MERGE=1 fuses the split merge into the decode kernel; every batch size's
     // plan keeps its counters where max_num_seqs' plan does.
     // PIE_DECODE_MMA_WIDE=all (or 4, 8): 16-bit K/V at those GQA groups get the batch-invariant
-    // split and the tensor-core kernel (opt-in until run on a GPU; unset: the cost model's split
-    // and the CUDA-core kernel).
+    // split and the tensor-core kernel on every grid; unset, group 8 on wide grids in a build
+    // with its kernels (decode_mma16_groups); 0: the cost model's split and the CUDA-core kernel.
     auto opt = ops::cuda::decode_plan_options(int(sizeof(KV)), c.num_attention_heads / c.num_key_value_heads,
                                               c.head_dim);
     opt.counter_batch = opt_.sched.max_num_seqs;

@@ -19,9 +19,9 @@
 /// head dims 64 and 128 (GQA groups ≤ 8) takes the tensor-core kernel of attention_decode_mma.cuh
 /// instead (same ring, plan and merge), since fp8 brings twice the tokens per byte to this
 /// kernel's arithmetic. 16-bit caches take it at GQA groups 4 and 8 when the plan has the
-/// batch-invariant split (DecodePlan::fixed_split; the engine asks for it with
-/// `PIE_DECODE_MMA_WIDE`): splits fixed by the context, run in turn by the plan's CTAs per
-/// (sequence, KV head); see kDecodeMmaWide.
+/// batch-invariant split (DecodePlan::fixed_split; the engine asks for it at group 8 on wide grids
+/// by default, and as `PIE_DECODE_MMA_WIDE` says): splits fixed by the context, run in turn by the
+/// plan's CTAs per (sequence, KV head); see kDecodeMmaWide.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -582,11 +582,17 @@ void launch_decode_mma(const DecodeParams<T, KV, Variant>& p, int batch, cudaStr
 }  // namespace detail
 
 /// \brief Whether the engine's 16-bit decode launches at this GQA group take the tensor-core kernel
-/// with the batch-invariant split (`PIE_DECODE_MMA_WIDE`, read once; see decode_mma16_groups:
-/// unset, none).
+/// with the batch-invariant split on every grid (`PIE_DECODE_MMA_WIDE`, read once; see
+/// decode_mma16_groups).
 inline bool decode_mma_wide_enabled(int group) {
   static const int mask = decode_mma16_groups(std::getenv("PIE_DECODE_MMA_WIDE"));
-  return decode_fixed_split_wanted(2, group, 128, mask);
+  return decode_fixed_split_wanted(2, group, 128, mask) && (mask & kDecodeMmaWideGridsOnly) == 0;
+}
+/// \brief Whether they take it on wide grids only (DecodePlanOptions::fixed_split_wide_grids_only;
+/// unset `PIE_DECODE_MMA_WIDE` at group 8 in a build with the fixed split's kernels).
+inline bool decode_mma_wide_grids_only(int group) {
+  static const int mask = decode_mma16_groups(std::getenv("PIE_DECODE_MMA_WIDE"));
+  return decode_fixed_split_wanted(2, group, 128, mask) && (mask & kDecodeMmaWideGridsOnly) != 0;
 }
 
 /// \brief Decode attention over the paged cache: out[b, h] = softmax(q[b, h]·Kᵀ·sm_scale)·V over
@@ -724,6 +730,16 @@ void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out,
                 PIE_CHECK(plan.grid_splits >= 1 && plan.grid_splits <= plan.num_splits,
                           "decode_attention: the fixed split's grid must have 1 to num_splits splits");
                 p.split_loop = true;
+                // One split per sequence on a wide group-8 grid: the 4-warp CTA (no merge, so
+                // only the unfused instantiation).
+                if constexpr (GROUP == 8 && !decltype(fused_tag)::value) {
+                  if (plan.mma_wide_ctas) {
+                    detail::launch_decode_mma<HD, GROUP, detail::kDecodeMmaWideGridWarps, detail::kDecodeMmaStages,
+                                              kMode>(p, batch, stream, plan.grid_splits);
+                    return;
+                  }
+                }
+                PIE_CHECK(!plan.mma_wide_ctas, "decode_attention: the 4-warp tensor-core CTA is for group 8 without a merge");
                 if (plan.deep_ring)
                   detail::launch_decode_mma<HD, GROUP, kW, detail::kDecodeMmaDeepStages, kMode>(p, batch, stream,
                                                                                                plan.grid_splits);

@@ -70,6 +70,9 @@ inline constexpr bool kDecodeMmaWide =
 /// measured 78% against 99% at b64 ctx4096 on the H200).
 template <class KV>
 inline constexpr int kDecodeMmaWarps = is_fp8_v<KV> ? 4 : 2;
+/// Warps of the 16-bit tensor-core CTA on wide grids of one-split sequences at GQA group 8
+/// (DecodePlan::mma_wide_ctas): 64-token stages of 32 KB, 2 of them.
+inline constexpr int kDecodeMmaWideGridWarps = 4;
 /// The MMA operand type for a KV type: f16 for fp8 (e4m3 widens to it exactly), else KV itself.
 template <class KV>
 using MmaElem = std::conditional_t<is_fp8_v<KV>, __half, KV>;

@@ -63,6 +63,15 @@ struct DecodePlanOptions {
   /// kernel for 16-bit K/V at GQA groups 4 and 8 with such a plan (DecodePlan::fixed_split).
   /// 0: the cost model chooses the split from the grid (fast, but the split follows the batch).
   int fixed_split_tokens = 0;
+  /// With fixed_split_tokens: only wide grids take it — plans whose cost-model grid (sequences ·
+  /// KV heads · splits) is more than one CTA per SM; the small grids of the latency regime
+  /// (DecodePlan::small_grid) keep the cost model's plan, the CUDA-core kernel and its latency
+  /// paths. At GQA group 8 the CUDA-core kernel is
+  /// bound by its FMAs (8 heads per K/V element) on wide grids, while the tensor-core kernel
+  /// loses at batch 1 (H100, 2026-12-06: b1024 ctx192 300 µs against 208; Qwen3-30B-A3B
+  /// 1024 × (128, 128) 0.554 → 0.582 of the roofline). A sequence's bits then follow its
+  /// batch across that boundary, as the cost model's split count already makes them.
+  bool fixed_split_wide_grids_only = false;
   /// A plan of 2 to kDecodeMaxClusterSplits splits (and no fused_merge or fixed split) launches
   /// each (sequence, KV head)'s splits as one thread-block cluster: the CTAs keep their partials in
   /// shared memory and merge them through distributed shared memory after a cluster barrier, so
@@ -171,17 +180,35 @@ struct DecodePlanOptions {
 /// are then one split per KV head, which DecodePlan::deep_ring keeps fast.
 inline constexpr int kDecodeFixedSplitTokens = 512;
 
+/// Bit of decode_mma16_groups' mask: the groups named take the batch-invariant split on wide grids
+/// only (DecodePlanOptions::fixed_split_wide_grids_only).
+inline constexpr int kDecodeMmaWideGridsOnly = 1;
+
+/// The mask of an unset `PIE_DECODE_MMA_WIDE`: in a build with the batch-invariant split's kernels
+/// (PIE_DECODE_FIXED_SPLIT), GQA group 8 on wide grids (Qwen3-30B-A3B's large batches, where the
+/// CUDA-core kernel is bound by its FMAs); none without them. Group 4 keeps the CUDA-core kernel:
+/// there the two kernels measured within noise of each other on wide grids (H100, 2026-12-06,
+/// b512 ctx192: 167 / 150 µs CUDA-core, 151 / 170 µs tensor-core, packed / scattered pages).
+inline constexpr int kDecodeMma16DefaultGroups =
+#if defined(PIE_DECODE_FIXED_SPLIT)
+    8 | kDecodeMmaWideGridsOnly;
+#else
+    0;
+#endif
+
 /// \brief The GQA groups whose 16-bit decode launches take the tensor-core kernel with the
-/// batch-invariant split, as a mask of group bits (4, 8), from `PIE_DECODE_MMA_WIDE`'s value:
-/// `all` or `4,8`: both; `4` or `8`: that group; unset, `0`, `off` or `none`: neither (the
-/// CUDA-core kernel and the cost model's split). Anything else is an error. Opt-in until it has
-/// run on a GPU (compiled for sm_90a, 2026-12-05; the device script is bench/device_tcfix.sh).
+/// batch-invariant split, as a mask of group bits (4, 8) plus kDecodeMmaWideGridsOnly, from
+/// `PIE_DECODE_MMA_WIDE`'s value: `all` or `4,8`: both, every grid; `4` or `8`: that group, every
+/// grid; `8w`: group 8 on wide grids only; `0`, `off` or `none`: neither (the CUDA-core kernel
+/// and the cost model's split); unset: kDecodeMma16DefaultGroups. Anything else is an error.
 inline int decode_mma16_groups(const char* v) {
-  const std::string s = v ? v : "0";
+  if (v == nullptr) return kDecodeMma16DefaultGroups;
+  const std::string s = v;
   if (s == "0" || s == "off" || s == "none") return 0;
   if (s == "all" || s == "4,8" || s == "8,4") return 4 | 8;
   if (s == "4") return 4;
-  PIE_CHECK(s == "8", "PIE_DECODE_MMA_WIDE must be all, 4,8, 4, 8 or 0 (got '", s, "')");
+  if (s == "8w") return 8 | kDecodeMmaWideGridsOnly;
+  PIE_CHECK(s == "8", "PIE_DECODE_MMA_WIDE must be all, 4,8, 4, 8, 8w or 0 (got '", s, "')");
   return 8;
 }
 
@@ -208,10 +235,12 @@ inline DecodePlanOptions decode_plan_options(int kv_bytes, int group, int head_d
                      "-DPIE_DECODE_FIXED_SPLIT=ON)");
 #endif
     o.fixed_split_tokens = kDecodeFixedSplitTokens;
+    o.fixed_split_wide_grids_only = (mask & kDecodeMmaWideGridsOnly) != 0;
   }
   // Two CTAs per KV head: the CUDA-core kernel's path only (16-bit K/V, the cost model's split).
-  // So are the wide CTAs.
-  if (kv_bytes != 2 || o.fixed_split_tokens > 0) {
+  // So are the wide CTAs. (With the fixed split on wide grids only, the small grids that these
+  // paths serve keep the cost model's plan.)
+  if (kv_bytes != 2 || (o.fixed_split_tokens > 0 && !o.fixed_split_wide_grids_only)) {
     o.split_groups = o.split_group4 = false;
     o.wide_warps = 0;
   }
@@ -259,6 +288,15 @@ struct DecodePlan {
   /// grid (one CTA per pair for wide batches, a wave's worth for few long sequences) while the
   /// numerical one does not; and a graph planned for max_model_len launches no empty CTAs.
   int grid_splits = 1;
+  /// With fixed_split on a wide grid (DecodePlanOptions::fixed_split_wide_grids_only) whose
+  /// sequences are one split each (num_splits == 1: contexts ≤ kDecodeFixedSplitTokens), at GQA
+  /// group 8: the tensor-core kernel's CTA of 4 warps (64-token stages, kDecodeMmaWideGridWarps)
+  /// instead of 2. Short contexts make a CTA's fixed costs (q, first pages, the cross-warp merge
+  /// of 8 heads) a large share of its life; 4 warps halve them per thread (H100, 2026-12-06,
+  /// b1024 ctx192: 155.7 µs against 207.8, 89% of copy; pages moved alone: 148.9). The bits
+  /// differ from the 2-warp CTA's (the warps' token partition), which a plan limited to wide
+  /// grids does not promise to keep.
+  bool mma_wide_ctas = false;
   /// Each (sequence, KV head)'s num_splits CTAs are one cluster that merges its partials in
   /// distributed shared memory (DecodePlanOptions::cluster_merge); no workspace.
   bool cluster_merge = false;
@@ -450,13 +488,17 @@ inline DecodePlan plan_decode_split(int batch, int num_q_heads, int num_kv_heads
               opt.fixed_split_tokens, ")");
     DecodePlanOptions cm = opt;
     cm.fixed_split_tokens = 0;
-    const int cm_splits = plan_decode_split(batch, num_q_heads, num_kv_heads, head_dim, max_seq_len, sm_count, cm).num_splits;
+    DecodePlan cm_plan = plan_decode_split(batch, num_q_heads, num_kv_heads, head_dim, max_seq_len, sm_count, cm);
+    const int cm_splits = cm_plan.num_splits;
+    if (opt.fixed_split_wide_grids_only && int64_t{batch} * num_kv_heads * cm_splits <= sm_count)
+      return cm_plan;  // a narrow grid: the cost model's plan (DecodePlanOptions::fixed_split_wide_grids_only)
     set_decode_split(p, opt.fixed_split_tokens, max_seq_len, opt.counter_batch);
     p.fixed_split = true;
     p.grid_splits = std::clamp(cm_splits, 1, p.num_splits);
     const int64_t grid_ctas = int64_t{batch} * num_kv_heads * p.grid_splits;
     detail::set_small_grid(p, grid_ctas, sm_count, opt);
     p.deep_ring = grid_ctas <= 2 * int64_t{sm_count};
+    p.mma_wide_ctas = opt.fixed_split_wide_grids_only && p.num_splits == 1 && group == 8;
     return p;
   }
   const int64_t ctas = int64_t{batch} * num_kv_heads;
