@@ -41,6 +41,7 @@ done
 T=$BUILD/tests
 DT=$T/cuda/pie_cuda_test_attention_decode
 [ -x "$DT" ] || DT=$T/cuda/pie_cuda_test_attention_decode_merge  # the merge tests and DecodeAttentionWide
+[ -x "$DT" ] || DT=$T/cuda/pie_cuda_test_attention_decode_wide   # the same without the latency paths' merges
 if [ -x "$DT" ]; then
   run test_decode 150 "$DT" --gtest_color=no '--gtest_filter=DecodeAttentionWide.*:*FixedSplit*'
   gtest_summary test_decode
@@ -58,7 +59,7 @@ fi
 # Batch 1: the same plans with and without the wide-grid default (narrow grids keep the cost model).
 export ITL_UNSET="PIE_DECODE_MMA_WIDE"
 for i in 1 2; do
-  [ -x "$BENCH" ] || break
+  [ -x "$BENCH" ] && [ "${PIE_ITL:-1}" = 1 ] || break
   for sw in def 0; do
     if [ $sw = def ]; then itl "moe b1 mma=default" $MOE; else itl "moe b1 mma=0" $MOE PIE_DECODE_MMA_WIDE=0; fi
   done
@@ -69,6 +70,7 @@ copy=4.2; case "$(gpu_line)" in *H100*) copy=2.99 ;; esac
 if [ -n "$TRACER" ] && [ -x "$BENCH" ] && [ "${PIE_TRACE:-1}" = 1 ]; then
   for cfg in "def -" "cc 0"; do
     set -- $cfg
+    case " ${PIE_TRACE_TAGS:-def cc} " in *" $1 "*) ;; *) continue ;; esac
     trace_profile "t1024_$1" 100 1024 "b1024 $1" --copy-tbps $copy --hidden 2048 --q-size 4096 --kv-size 512 \
       --layers 48 --experts 128 --moe-intermediate 768 --top-k 8 --vocab 151936 -- \
       env $(mma_env $2) "$BENCH" $MOE --load-format dummy --mode throughput --input-len 128 --output-len 128 \

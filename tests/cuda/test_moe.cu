@@ -67,7 +67,8 @@ TEST(MoeRoute, MatchesCpuAndGroupsRows) {
   std::mt19937 rng(11);
   for (Shape s : {Shape{1, 0, 8, 0, 2, true}, Shape{5, 0, 8, 0, 4, false}, Shape{37, 0, 128, 0, 8, true},
                   Shape{300, 0, 128, 0, 8, false}, Shape{9, 0, 40, 0, 3, true}, Shape{64, 0, 256, 0, 8, true},
-                  Shape{3, 0, 16, 0, 16, true}}) {
+                  Shape{3, 0, 16, 0, 16, true}, Shape{512, 0, 128, 0, 8, false}}) {
+    // (512 × 8: the engine's large-batch routing, 16 pairs per thread of the grouping CTA.)
     SCOPED_TRACE("n " + std::to_string(s.n) + " E " + std::to_string(s.experts) + " k " + std::to_string(s.top_k));
     MoeWorkspace<bf16> ws(512, s.experts, s.top_k, 64, 32);
     for (int call = 0; call < 2; ++call) {  // the second call checks the counters were reset
