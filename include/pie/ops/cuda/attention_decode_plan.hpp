@@ -66,11 +66,11 @@ struct DecodePlanOptions {
   /// With fixed_split_tokens: only wide grids take it — plans whose cost-model grid (sequences ·
   /// KV heads · splits) is more than one CTA per SM; the small grids of the latency regime
   /// (DecodePlan::small_grid) keep the cost model's plan, the CUDA-core kernel and its latency
-  /// paths. At GQA group 8 the CUDA-core kernel is
-  /// bound by its FMAs (8 heads per K/V element) on wide grids, while the tensor-core kernel
-  /// loses at batch 1 (H100, 2026-12-06: b1024 ctx192 300 µs against 208; Qwen3-30B-A3B
-  /// 1024 × (128, 128) 0.554 → 0.582 of the roofline). A sequence's bits then follow its
-  /// batch across that boundary, as the cost model's split count already makes them.
+  /// paths. At GQA group 8 the CUDA-core kernel is bound by its FMAs (8 heads per K/V element)
+  /// on wide grids, while the tensor-core kernel loses at batch 1 (H100, 2026-12-06: b1024 ctx192
+  /// 301 µs against 156 with the 4-warp CTA; Qwen3-30B-A3B 1024 × (128, 128) 0.555 → 0.601 of
+  /// the roofline). A sequence's bits then follow its batch across that boundary, as the cost
+  /// model's split count already makes them within each kernel.
   bool fixed_split_wide_grids_only = false;
   /// A plan of 2 to kDecodeMaxClusterSplits splits (and no fused_merge or fixed split) launches
   /// each (sequence, KV head)'s splits as one thread-block cluster: the CTAs keep their partials in
