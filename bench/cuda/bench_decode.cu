@@ -42,7 +42,8 @@ std::string shape_name(const char* what, int batch, int ctx, int bs, int splits)
 }
 
 // -DPIE_DECODE_BENCH_FIXED_ONLY compiles BM_DecodeFixedSplit alone (a binary of the kernels it
-// runs, small enough to carry to the GPU machine beside the tests).
+// runs, small enough to carry to the GPU machine beside the tests); -DPIE_DECODE_BENCH_FP8_ONLY the
+// fp8 cache's rows alone (pie_bench_cuda_decode_fp8).
 #ifndef PIE_DECODE_BENCH_FIXED_ONLY
 /// The engine's path: plan_decode_attention's split and CTA shape.
 template <class KV>
@@ -62,7 +63,9 @@ void BM_DecodeAttention(benchmark::State& st) {
 #define PIE_DECODE_TARGETS                                                                                    \
   ->Args({64, 4096, 16})->Args({256, 660, 16})->Args({512, 140, 16})->Args({8, 8192, 16})->Args({1, 32768, 16}) \
       ->Args({64, 4096, 8})->Args({1, 256, 16})->UseManualTime()->Iterations(1)
+#ifndef PIE_DECODE_BENCH_FP8_ONLY
 BENCHMARK(BM_DecodeAttention<bf16>) PIE_DECODE_TARGETS;
+#endif
 BENCHMARK(BM_DecodeAttention<fp8_e4m3>) PIE_DECODE_TARGETS;
 
 /// A CTA shape other than the plan's (warps × ring stages), with the plan's split; splits > 0
@@ -88,6 +91,7 @@ void BM_DecodeShape(benchmark::State& st) {
 #define PIE_DECODE_SHAPES \
   ->Args({64, 4096, 0})->Args({256, 660, 0})->Args({512, 140, 0})->Args({8, 8192, 0})->Args({1, 32768, 0}) \
       ->UseManualTime()->Iterations(1)
+#ifndef PIE_DECODE_BENCH_FP8_ONLY
 // The tensor-core kernel on 16-bit K/V (Mode 4; not the default, see kDecodeMmaDefault): 2 warps
 // of 16 tokens, 2 stages of 16 KB. (H200, 2026-12-04: 3 stages and 4 warps with 32 KB stages
 // measured worse, except b256 at 3.)
@@ -99,23 +103,35 @@ BENCHMARK(BM_DecodeShape<2, 3, 4>) PIE_DECODE_SHAPES;
 BENCHMARK(BM_DecodeShape<4, 2, 3>) PIE_DECODE_SHAPES;
 BENCHMARK(BM_DecodeShape<4, 2, 1>) PIE_DECODE_SHAPES;
 BENCHMARK(BM_DecodeShape<4, 3, 2>) PIE_DECODE_SHAPES;
+#endif
 // The fp8 cache on the tensor-core kernel (4 warps, 64-token stages of 16 KB): 3 stages, the page
 // movement alone, and the CUDA-core kernel (Mode 3) in the same call. (H200, 2026-12-04: 4 and 6
 // stages 70–74% at b64 ctx4096 against 94.5% with 2.)
+// Short contexts at wide batches (b512 ctx140, b1024 ctx192: the engine's 2048 × (128, 128) step,
+// where the fp8 cache's attention ran at ~49% of its bytes' copy time on the H200, 2026-12-06)
+// also take 2-warp CTAs (32-token stages) and deeper rings.
 #define PIE_DECODE_FP8_SHAPES \
-  ->Args({64, 4096, 0})->Args({256, 660, 0})->Args({8, 8192, 0})->UseManualTime()->Iterations(1)
+  ->Args({64, 4096, 0})->Args({256, 660, 0})->Args({8, 8192, 0})->Args({512, 140, 0})->Args({1024, 192, 0}) \
+      ->UseManualTime()->Iterations(1)
 BENCHMARK(BM_DecodeShape<4, 2, 3, fp8_e4m3>) PIE_DECODE_FP8_SHAPES;
+BENCHMARK(BM_DecodeShape<4, 2, 0, fp8_e4m3>) PIE_DECODE_FP8_SHAPES;
 BENCHMARK(BM_DecodeShape<4, 3, 0, fp8_e4m3>) PIE_DECODE_FP8_SHAPES;
+BENCHMARK(BM_DecodeShape<4, 4, 0, fp8_e4m3>) PIE_DECODE_FP8_SHAPES;
+BENCHMARK(BM_DecodeShape<2, 2, 0, fp8_e4m3>) PIE_DECODE_FP8_SHAPES;
+BENCHMARK(BM_DecodeShape<2, 4, 0, fp8_e4m3>) PIE_DECODE_FP8_SHAPES;
 BENCHMARK(BM_DecodeShape<4, 2, 1, fp8_e4m3>) PIE_DECODE_FP8_SHAPES;
 #undef PIE_DECODE_FP8_SHAPES
+#ifndef PIE_DECODE_BENCH_FP8_ONLY
 // The tensor-core shape with other split counts than the plan's.
 BENCHMARK(BM_DecodeShape<2, 2, 4>)
     ->Args({64, 4096, 1})->Args({64, 4096, 2})->Args({64, 4096, 3})->Args({64, 4096, 4})
     ->Args({256, 660, 2})->Args({512, 140, 2})->Args({8, 8192, 4})->Args({8, 8192, 8})->Args({8, 8192, 16})
     ->Args({1, 32768, 32})->Args({1, 32768, 64})->Args({1, 32768, 128})
     ->UseManualTime()->Iterations(1);
+#endif
 #undef PIE_DECODE_SHAPES
 
+#ifndef PIE_DECODE_BENCH_FP8_ONLY
 /// The split merge, A/B in one process: the merge kernel ("2-kernel") against the merge fused into
 /// the decode kernel ("fused", DecodePlan::fused_merge) on the same shape. Arguments: batch,
 /// context, tokens per split (0: each merge's own plan), fused?, KV heads (8: Qwen3-8B, group 4;
@@ -199,7 +215,10 @@ BENCHMARK(BM_DecodeMerge<bf16>) PIE_PARTS_ROWS(1, 192, 4) PIE_PARTS_ROWS(1, 512,
 #undef PIE_MERGE_PLANS
 #undef PIE_MERGE_PAIR
 
+#endif  // PIE_DECODE_BENCH_FP8_ONLY
 #endif  // PIE_DECODE_BENCH_FIXED_ONLY
+
+#ifndef PIE_DECODE_BENCH_FP8_ONLY
 
 /// The batch-invariant split (DecodePlanOptions::fixed_split_tokens; at 16-bit K/V and groups 4
 /// and 8 the tensor-core kernel) against the cost model's plan on the CUDA-core kernel (the
@@ -294,6 +313,8 @@ BENCHMARK(BM_DecodeGridShape<2, 4, 4>) PIE_GRID_SHAPE_ROWS;
 BENCHMARK(BM_DecodeGridShape<4, 2, 4>) PIE_GRID_SHAPE_ROWS;
 BENCHMARK(BM_DecodeGridShape<4, 2, 1>) PIE_GRID_SHAPE_ROWS;
 #undef PIE_GRID_SHAPE_ROWS
+
+#endif  // PIE_DECODE_BENCH_FP8_ONLY
 
 #ifdef PIE_DECODE_BASELINE
 /// The baseline kernel (an older attention_decode.cuh) on the same shapes, with its own plan.

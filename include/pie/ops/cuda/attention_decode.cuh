@@ -585,13 +585,13 @@ void launch_decode_mma(const DecodeParams<T, KV, Variant>& p, int batch, cudaStr
 /// with the batch-invariant split on every grid (`PIE_DECODE_MMA_WIDE`, read once; see
 /// decode_mma16_groups).
 inline bool decode_mma_wide_enabled(int group) {
-  static const int mask = decode_mma16_groups(std::getenv("PIE_DECODE_MMA_WIDE"));
+  const int mask = decode_mma16_env_groups();
   return decode_fixed_split_wanted(2, group, 128, mask) && (mask & kDecodeMmaWideGridsOnly) == 0;
 }
 /// \brief Whether they take it on wide grids only (DecodePlanOptions::fixed_split_wide_grids_only;
 /// unset `PIE_DECODE_MMA_WIDE` at group 8 in a build with the fixed split's kernels).
 inline bool decode_mma_wide_grids_only(int group) {
-  static const int mask = decode_mma16_groups(std::getenv("PIE_DECODE_MMA_WIDE"));
+  const int mask = decode_mma16_env_groups();
   return decode_fixed_split_wanted(2, group, 128, mask) && (mask & kDecodeMmaWideGridsOnly) != 0;
 }
 

@@ -212,6 +212,13 @@ inline int decode_mma16_groups(const char* v) {
   return 8;
 }
 
+/// \brief decode_mma16_groups of the process's `PIE_DECODE_MMA_WIDE`, read once (the one place the
+/// variable is read: the plan options and decode_attention's queries agree for the process's life).
+inline int decode_mma16_env_groups() {
+  static const int mask = decode_mma16_groups(std::getenv("PIE_DECODE_MMA_WIDE"));
+  return mask;
+}
+
 /// \brief Whether a decode launch over a KV cache of `kv_bytes`-byte elements at this GQA group and
 /// head dim takes the tensor-core kernel with the batch-invariant split, given the groups mask
 /// of decode_mma16_groups: 16-bit K/V at groups 4 and 8, head dims 64 and 128 (fp8 takes the
@@ -227,7 +234,7 @@ inline bool decode_fixed_split_wanted(int kv_bytes, int group, int head_dim, int
 /// batch-invariant split of kDecodeFixedSplitTokens — an error in a build without its kernels
 /// (PIE_DECODE_FIXED_SPLIT, attention_decode_mma.cuh's kDecodeMmaWide).
 inline DecodePlanOptions decode_plan_options(int kv_bytes, int group, int head_dim) {
-  static const int mask = decode_mma16_groups(std::getenv("PIE_DECODE_MMA_WIDE"));
+  const int mask = decode_mma16_env_groups();
   DecodePlanOptions o = DecodePlanOptions::from_env();
   if (decode_fixed_split_wanted(kv_bytes, group, head_dim, mask)) {
 #if !defined(PIE_DECODE_FIXED_SPLIT)
