@@ -33,7 +33,7 @@ TARGETS=(pie_bench pie_gpu_test_hf pie_gpu_test_runner pie_gpu_test_fp8 pie_gpu_
 # (26 MB packed alone: the decode kernel's every instantiation).
 # Every opt-in compile option that exists in this tree's CMakeLists.txt, ON.
 OPTS=()
-for o in PIE_DECODE_FIXED_SPLIT PIE_DECODE_LATENCY PIE_MOE_DECODE_VARIANTS PIE_L2_PREFETCH; do
+for o in PIE_DECODE_FIXED_SPLIT PIE_DECODE_LATENCY PIE_MOE_DECODE_VARIANTS PIE_L2_PREFETCH PIE_FP8_CUTLASS; do
   grep -q "option($o " CMakeLists.txt && OPTS+=("-D$o=ON")
 done
 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \

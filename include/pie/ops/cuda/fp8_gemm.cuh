@@ -12,11 +12,17 @@
 /// construction for `max_rows` × the largest K and N, so the calls can be captured in CUDA graphs.
 /// A producer kernel may quantize x itself into act_buffer() (fp8_producers.cuh: RMSNorm and
 /// SwiGLU); prequantized() then runs the GEMM alone.
+/// In builds with CUTLASS's fp8 path (PIE_FP8_CUTLASS), `PIE_FP8_GEMM=cutlass` (or set_cutlass(true))
+/// runs block-scaled products with bf16 output on CUTLASS's SM90 blockwise kernel instead
+/// (fp8_gemm_cutlass.cuh). Opt-in: on an H100 (2026-12-06) its first tile configuration made the
+/// fp8 decode step 9% slower than cuBLASLt's (docs/kernels.md, "The fp8 GEMM on CUTLASS").
 #include <cublasLt.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <memory>
+#include <string>
 #include <tuple>
 #include <unordered_map>
 
@@ -26,6 +32,9 @@
 #include "pie/ops/cuda/fp8_producers.cuh"
 #include "pie/ops/cuda/fp8_quant.cuh"
 #include "pie/ops/cuda/gemm.cuh"
+#if defined(PIE_FP8_CUTLASS)
+#include "pie/ops/cuda/fp8_gemm_cutlass_path.cuh"
+#endif
 
 namespace pie::ops::cuda {
 
@@ -72,6 +81,9 @@ class Fp8Gemm {
     if (const char* v = std::getenv("PIE_FP8_GEMV_NORM")) gemv_norm_ = std::atoi(v) != 0;
     gemv_pre_ = gemv_pre_ && gemv_variant_ > 0;  // the legacy kernel quantizes x itself
     gemv_norm_ = gemv_norm_ && gemv_variant_ > 0;
+#if defined(PIE_FP8_CUTLASS)
+    if (fp8_cutlass_wanted()) cutlass_ = make_fp8_cutlass_path(max_rows_);
+#endif
   }
   Fp8Gemm(const Fp8Gemm&) = delete;
   Fp8Gemm& operator=(const Fp8Gemm&) = delete;
@@ -85,6 +97,36 @@ class Fp8Gemm {
 
   /// Whether M = 1 takes the GEMV (default on; off: cuBLASLt for every M, for tests).
   void set_gemv(bool on) { gemv_ = on; }
+  /// Whether this build has CUTLASS's fp8 path (PIE_FP8_CUTLASS).
+  static constexpr bool cutlass_compiled() {
+#if defined(PIE_FP8_CUTLASS)
+    return true;
+#else
+    return false;
+#endif
+  }
+  /// Whether block-scaled products take CUTLASS's kernel where it applies (a build with
+  /// PIE_FP8_CUTLASS; default off unless `PIE_FP8_GEMM=cutlass`); off: cuBLASLt. For tests and A/B.
+  void set_cutlass(bool on) {
+#if defined(PIE_FP8_CUTLASS)
+    if (on && !cutlass_) cutlass_ = make_fp8_cutlass_path(max_rows_);
+    use_cutlass_ = on;
+#else
+    PIE_CHECK(!on, "Fp8Gemm: this build has no CUTLASS fp8 path (configure with -DPIE_MOE_CUTLASS=ON)");
+#endif
+  }
+  /// Whether an [M, K] × [N, K]ᵀ block-scaled product with bf16 output into rows of stride ldy
+  /// would run on CUTLASS.
+  bool uses_cutlass(int64_t M, int64_t N, int64_t K, int64_t ldy) const {
+#if defined(PIE_FP8_CUTLASS)
+    const int64_t Mp = fp8_padded_rows(M);
+    const int64_t ldo = Mp == M && ldy % 8 == 0 ? ldy : N;
+    return use_cutlass_ && cutlass_ && M > 1 && cutlass_->takes(Mp, N, K, fp8_block_scale_ld(K), ldo);
+#else
+    (void)M, (void)N, (void)K, (void)ldy;
+    return false;
+#endif
+  }
   /// The batch-1 GEMV's kernel variant (fp8_gemv.cuh), and whether at batch 1 a producer may
   /// quantize x for it (prequantized() then runs the GEMV on the codes; variant ≥ 1 only).
   void set_gemv_variant(int v, bool prequantized = false) {
@@ -105,7 +147,13 @@ class Fp8Gemm {
     fp8_add_rms_norm_gemv(y, x, r_in, r_out, norm_w, eps, first, w, bias, stream, gemv_variant_);
   }
   /// Device bytes of the scratch buffers.
-  size_t bytes() const { return xq_.size() + xs_.size() * sizeof(float) + y_pad_.size() + ws_.size(); }
+  size_t bytes() const {
+    size_t b = xq_.size() + xs_.size() * sizeof(float) + y_pad_.size() + ws_.size();
+#if defined(PIE_FP8_CUTLASS)
+    if (cutlass_) b += cutlass_->bytes();
+#endif
+    return b;
+  }
   /// Whether an [M, K] activation takes the batch-1 GEMV (which quantizes x itself).
   bool uses_gemv(int64_t M, int64_t K) const { return M == 1 && gemv_ && fp8_gemv_supported(K); }
   /// Whether a producer can write an [M, K] activation into act_buffer().
@@ -167,14 +215,27 @@ class Fp8Gemm {
     T* out = direct ? y.data : reinterpret_cast<T*>(y_pad_.data());
     const int64_t ldo = direct ? y.stride[0] : N;
     constexpr cudaDataType_t dt = std::is_same_v<T, pie::bf16> ? CUDA_R_16BF : CUDA_R_16F;
-    Entry& e = entry(Key{Mp, N, K, ldo, dt, block});
-    const void* a_scale = w.scale.data;
-    const void* b_scale = xs_.data();
-    PIE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_scale, sizeof(a_scale)));
-    PIE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scale, sizeof(b_scale)));
-    const float alpha = 1.f, beta = 0.f;
-    PIE_CUBLAS_CHECK(cublasLtMatmul(handle_, e.desc, &alpha, w.q.data, e.a, xq_.data(), e.b, &beta, out, e.c, out, e.d,
-                                    &e.algo, ws_.data(), ws_.size(), stream));
+    bool done = false;
+#if defined(PIE_FP8_CUTLASS)
+    if constexpr (std::is_same_v<T, pie::bf16>) {
+      if (block && use_cutlass_ && cutlass_ && cutlass_->takes(Mp, N, K, w.scale_ld, ldo)) {
+        cutlass_->run(w.q.data, w.scale.data, xq_.data(), xs_.data(), out, ldo, N, K, Mp, stream);
+        done = true;
+      }
+    }
+#endif
+    if (!done) {
+      Entry& e = entry(Key{Mp, N, K, ldo, dt, block});
+      const void* a_scale = w.scale.data;
+      const void* b_scale = xs_.data();
+      PIE_CUBLAS_CHECK(
+          cublasLtMatmulDescSetAttribute(e.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_scale, sizeof(a_scale)));
+      PIE_CUBLAS_CHECK(
+          cublasLtMatmulDescSetAttribute(e.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scale, sizeof(b_scale)));
+      const float alpha = 1.f, beta = 0.f;
+      PIE_CUBLAS_CHECK(cublasLtMatmul(handle_, e.desc, &alpha, w.q.data, e.a, xq_.data(), e.b, &beta, out, e.c, out,
+                                      e.d, &e.algo, ws_.data(), ws_.size(), stream));
+    }
     if (!direct)
       PIE_CUDA_CHECK(cudaMemcpy2DAsync(y.data, y.stride[0] * sizeof(T), out, N * sizeof(T), N * sizeof(T), M,
                                        cudaMemcpyDeviceToDevice, stream));
@@ -264,6 +325,18 @@ class Fp8Gemm {
   DeviceBuffer<unsigned char> ws_;
   cublasLtHandle_t handle_ = nullptr;
   std::unordered_map<Key, Entry, KeyHash> cache_;
+#if defined(PIE_FP8_CUTLASS)
+  /// `PIE_FP8_GEMM`: `cutlass` takes CUTLASS's kernel; unset or `cublaslt` keeps cuBLASLt.
+  static bool fp8_cutlass_wanted() {
+    const char* v = std::getenv("PIE_FP8_GEMM");
+    if (v == nullptr || *v == '\0') return false;
+    const std::string s = v;
+    PIE_CHECK(s == "cutlass" || s == "cublaslt", "PIE_FP8_GEMM must be cutlass or cublaslt (got '", s, "')");
+    return s == "cutlass";
+  }
+  std::unique_ptr<Fp8CutlassPath> cutlass_;
+  bool use_cutlass_ = fp8_cutlass_wanted();
+#endif
 };
 
 }  // namespace pie::ops::cuda
