@@ -20,7 +20,7 @@ mkdir -p $LOGDIR
 source "$(dirname "$0")/device_lib.sh"
 device_start
 DEC=$BUILD/bench/cuda/pie_bench_cuda_decode
-[ -x "$DEC" ] || DEC=$BUILD/bench/cuda/pie_bench_cuda_decode_small  # a -DPIE_DECODE_BENCH_FIXED_ONLY build
+[ -x "$DEC" ] || DEC=$BUILD/bench/cuda/pie_bench_cuda_decode_small  # its -DPIE_DECODE_BENCH_FIXED_ONLY target
 BENCH=$BUILD/examples/pie/pie_bench
 if [ -x "$DEC" ] && [ "${PIE_GRID:-1}" = 1 ]; then
   run grid 200 "$DEC" --benchmark_filter='BM_DecodeGrid' --benchmark_color=false
@@ -41,7 +41,6 @@ done
 T=$BUILD/tests
 DT=$T/cuda/pie_cuda_test_attention_decode
 [ -x "$DT" ] || DT=$T/cuda/pie_cuda_test_attention_decode_merge  # the merge tests and DecodeAttentionWide
-[ -x "$DT" ] || DT=$T/cuda/pie_cuda_test_attention_decode_wide   # the same without the latency paths' merges
 if [ -x "$DT" ]; then
   run test_decode 150 "$DT" --gtest_color=no '--gtest_filter=DecodeAttentionWide.*:*FixedSplit*'
   gtest_summary test_decode

@@ -220,29 +220,39 @@ BENCHMARK(BM_DecodeMerge<bf16>) PIE_PARTS_ROWS(1, 192, 4) PIE_PARTS_ROWS(1, 512,
 
 #ifndef PIE_DECODE_BENCH_FP8_ONLY
 
+/// One bf16 decode launch planned with `opt` (the cost model's plan, or the batch-invariant split
+/// when opt.fixed_split_tokens > 0) over a cache whose pages are drawn from a pool `spread` times
+/// their size; `label` names the row (the plan's CTA shape is appended when `shape_in_name`).
+void run_planned_decode(benchmark::State& st, int batch, int ctx, int nkv, int spread, const oc::DecodePlanOptions& opt,
+                        std::string label, bool shape_in_name) {
+  CacheSet<bf16> c(batch, ctx, 16, nkv, spread);
+  DeviceBuffer<bf16> q(size_t(batch) * kNq * kHd), o(q.size());
+  fill(q.data(), q.size(), 4);
+  auto plan = oc::plan_decode_attention(batch, kNq, nkv, kHd, ctx, 0, opt);
+  DeviceBuffer<unsigned char> ws(std::max<size_t>(plan.workspace_bytes, 256));
+  PIE_CUDA_CHECK(cudaMemset(ws.data(), 0, ws.size()));  // the fused merge's counters start at zero
+  if (shape_in_name) label += " w" + std::to_string(plan.warps) + " s" + std::to_string(plan.stages);
+  report(st, shape_name(label.c_str(), batch, ctx, 16, plan.num_splits) + " tps" + std::to_string(plan.tokens_per_split),
+         decode_bytes(batch, ctx, 2, nkv), 0, [&] {
+           oc::decode_attention(q.view({batch, kNq, kHd}), c.next(), o.view({batch, kNq, kHd}), plan, ws.data(),
+                                1.f / std::sqrt(128.f));
+         });
+}
+
 /// The batch-invariant split (DecodePlanOptions::fixed_split_tokens; at 16-bit K/V and groups 4
 /// and 8 the tensor-core kernel) against the cost model's plan on the CUDA-core kernel (the
 /// default before it, `PIE_DECODE_MMA_WIDE=0`), same binary. Arguments: batch, context, tokens
 /// per split (0: the cost model's plan), fused merge?, KV heads (8: Qwen3-8B, group 4; 4:
 /// Qwen3-30B-A3B, group 8).
 void BM_DecodeFixedSplit(benchmark::State& st) {
-  const int batch = st.range(0), ctx = st.range(1), tps = st.range(2), nkv = st.range(4);
-  CacheSet<bf16> c(batch, ctx, 16, nkv);
-  DeviceBuffer<bf16> q(size_t(batch) * kNq * kHd), o(q.size());
-  fill(q.data(), q.size(), 4);
+  const int tps = st.range(2), nkv = st.range(4);
   oc::DecodePlanOptions opt;
   opt.fused_merge = st.range(3) != 0;
   opt.fixed_split_tokens = tps;
-  auto plan = oc::plan_decode_attention(batch, kNq, nkv, kHd, ctx, 0, opt);
-  DeviceBuffer<unsigned char> ws(std::max<size_t>(plan.workspace_bytes, 256));
-  PIE_CUDA_CHECK(cudaMemset(ws.data(), 0, ws.size()));  // the fused merge's counters start at zero
-  std::string what = std::string(tps > 0 ? "fixed tc" : "costmodel cc") + (opt.fused_merge ? " fused" : "") + " g" +
-                     std::to_string(kNq / nkv);
-  report(st, shape_name(what.c_str(), batch, ctx, 16, plan.num_splits) + " tps" + std::to_string(plan.tokens_per_split),
-         decode_bytes(batch, ctx, 2, nkv), 0, [&] {
-           oc::decode_attention(q.view({batch, kNq, kHd}), c.next(), o.view({batch, kNq, kHd}), plan, ws.data(),
-                                1.f / std::sqrt(128.f));
-         });
+  run_planned_decode(st, st.range(0), st.range(1), nkv, 1, opt,
+                     std::string(tps > 0 ? "fixed tc" : "costmodel cc") + (opt.fused_merge ? " fused" : "") + " g" +
+                         std::to_string(kNq / nkv),
+                     false);
 }
 #define PIE_FIXED_ROWS(b, ctx, nkv) ->Args({b, ctx, 0, 0, nkv})->Args({b, ctx, 512, 0, nkv})
 #define PIE_FIXED_FUSED(b, ctx, nkv) ->Args({b, ctx, 512, 1, nkv})
@@ -265,22 +275,13 @@ BENCHMARK(BM_DecodeFixedSplit) PIE_FIXED_SHAPES(8) PIE_FIXED_SHAPES(4) ->UseManu
 /// memory pages per launch as there). Arguments: batch, context, tokens per split (0 or 512),
 /// KV heads (4: group 8; 8: group 4), spread.
 void BM_DecodeGrid(benchmark::State& st) {
-  const int batch = st.range(0), ctx = st.range(1), tps = st.range(2), nkv = st.range(3), spread = st.range(4);
-  CacheSet<bf16> c(batch, ctx, 16, nkv, spread);
-  DeviceBuffer<bf16> q(size_t(batch) * kNq * kHd), o(q.size());
-  fill(q.data(), q.size(), 4);
+  const int tps = st.range(2), nkv = st.range(3), spread = st.range(4);
   oc::DecodePlanOptions opt;
   opt.fixed_split_tokens = tps;
-  auto plan = oc::plan_decode_attention(batch, kNq, nkv, kHd, ctx, 0, opt);
-  DeviceBuffer<unsigned char> ws(std::max<size_t>(plan.workspace_bytes, 256));
-  PIE_CUDA_CHECK(cudaMemset(ws.data(), 0, ws.size()));
-  std::string what = std::string(tps > 0 ? "grid tc" : "grid cc") + " g" + std::to_string(kNq / nkv) + " spread" +
-                     std::to_string(spread) + " w" + std::to_string(plan.warps) + " s" + std::to_string(plan.stages);
-  report(st, shape_name(what.c_str(), batch, ctx, 16, plan.num_splits) + " tps" + std::to_string(plan.tokens_per_split),
-         decode_bytes(batch, ctx, 2, nkv), 0, [&] {
-           oc::decode_attention(q.view({batch, kNq, kHd}), c.next(), o.view({batch, kNq, kHd}), plan, ws.data(),
-                                1.f / std::sqrt(128.f));
-         });
+  run_planned_decode(st, st.range(0), st.range(1), nkv, spread, opt,
+                     std::string(tps > 0 ? "grid tc" : "grid cc") + " g" + std::to_string(kNq / nkv) + " spread" +
+                         std::to_string(spread),
+                     true);
 }
 #define PIE_GRID_ROWS(b, ctx, nkv)                                                                      \
   ->Args({b, ctx, 0, nkv, 1})->Args({b, ctx, 512, nkv, 1})->Args({b, ctx, 0, nkv, 8})->Args({b, ctx, 512, nkv, 8})
