@@ -112,7 +112,7 @@ class Fp8Gemm {
     if (on && !cutlass_) cutlass_ = make_fp8_cutlass_path(max_rows_);
     use_cutlass_ = on;
 #else
-    PIE_CHECK(!on, "Fp8Gemm: this build has no CUTLASS fp8 path (configure with -DPIE_MOE_CUTLASS=ON)");
+    PIE_CHECK(!on, "Fp8Gemm: this build has no CUTLASS fp8 path (configure with CUTLASS's headers and -DPIE_FP8_CUTLASS=ON)");
 #endif
   }
   /// Whether an [M, K] × [N, K]ᵀ block-scaled product with bf16 output into rows of stride ldy

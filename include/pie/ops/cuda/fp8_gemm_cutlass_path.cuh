@@ -4,8 +4,8 @@
 /// interface, so that the engine's translation units never include CUTLASS (the pattern of
 /// moe_cutlass_path.cuh: one translation unit defines make_fp8_cutlass_path, the one that
 /// includes fp8_gemm_cutlass.cuh with PIE_FP8_CUTLASS_DEFINE_PATH defined; pie's CMake generates
-/// it into the pie_cuda_moe_cutlass library when -DPIE_MOE_CUTLASS is on, and defines
-/// PIE_FP8_CUTLASS for the engine). Fp8Gemm (fp8_gemm.cuh) holds one and gives it the products
+/// it into the pie_cuda_moe_cutlass library when -DPIE_FP8_CUTLASS and -DPIE_MOE_CUTLASS are on,
+/// and then defines PIE_FP8_CUTLASS for the engine). Fp8Gemm (fp8_gemm.cuh) holds one and gives it the products
 /// it takes (takes()); the others stay on cuBLASLt.
 #include <cuda_runtime.h>
 
