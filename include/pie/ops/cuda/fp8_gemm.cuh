@@ -118,14 +118,7 @@ class Fp8Gemm {
   /// Whether an [M, K] × [N, K]ᵀ block-scaled product with bf16 output into rows of stride ldy
   /// would run on CUTLASS.
   bool uses_cutlass(int64_t M, int64_t N, int64_t K, int64_t ldy) const {
-#if defined(PIE_FP8_CUTLASS)
-    const int64_t Mp = fp8_padded_rows(M);
-    const int64_t ldo = Mp == M && ldy % 8 == 0 ? ldy : N;
-    return use_cutlass_ && cutlass_ && M > 1 && cutlass_->takes(Mp, N, K, fp8_block_scale_ld(K), ldo);
-#else
-    (void)M, (void)N, (void)K, (void)ldy;
-    return false;
-#endif
+    return M > 1 && cutlass_takes(fp8_padded_rows(M), N, K, fp8_block_scale_ld(K), writes_direct(M, ldy) ? ldy : N);
   }
   /// The batch-1 GEMV's kernel variant (fp8_gemv.cuh), and whether at batch 1 a producer may
   /// quantize x for it (prequantized() then runs the GEMV on the codes; variant ≥ 1 only).
@@ -202,6 +195,17 @@ class Fp8Gemm {
   }
 
  private:
+  /// Whether the GEMM writes y in place (else y_pad_, then a copy): whole 4-row groups, 16-byte rows.
+  static bool writes_direct(int64_t M, int64_t ldy) { return fp8_padded_rows(M) == M && ldy % 8 == 0; }
+  /// Whether the CUTLASS path is on and takes this product (its operands as matmul() passes them).
+  bool cutlass_takes(int64_t Mp, int64_t N, int64_t K, int64_t w_scale_ld, int64_t ldo) const {
+#if defined(PIE_FP8_CUTLASS)
+    return use_cutlass_ && cutlass_ && cutlass_->takes(Mp, N, K, w_scale_ld, ldo);
+#else
+    (void)Mp, (void)N, (void)K, (void)w_scale_ld, (void)ldo;
+    return false;
+#endif
+  }
   /// The GEMM on the activation in xq_/xs_ (M = y's rows).
   template <class T>
   void matmul(TensorView<T> y, const Fp8Weight& w, const T* bias, cudaStream_t stream) {
@@ -211,14 +215,14 @@ class Fp8Gemm {
               "] exceeds the buffers sized for ", max_rows_, " rows, K ≤ ", max_k_, ", N ≤ ", max_n_);
     PIE_CHECK(K % 16 == 0 && N % 16 == 0, "Fp8Gemm: K (", K, ") and N (", N, ") must be multiples of 16 (fp8 tensor cores)");
     const bool block = !w.per_channel();
-    const bool direct = Mp == M && y.stride[0] % 8 == 0;
+    const bool direct = writes_direct(M, y.stride[0]);
     T* out = direct ? y.data : reinterpret_cast<T*>(y_pad_.data());
     const int64_t ldo = direct ? y.stride[0] : N;
     constexpr cudaDataType_t dt = std::is_same_v<T, pie::bf16> ? CUDA_R_16BF : CUDA_R_16F;
     bool done = false;
 #if defined(PIE_FP8_CUTLASS)
     if constexpr (std::is_same_v<T, pie::bf16>) {
-      if (block && use_cutlass_ && cutlass_ && cutlass_->takes(Mp, N, K, w.scale_ld, ldo)) {
+      if (block && cutlass_takes(Mp, N, K, w.scale_ld, ldo)) {
         cutlass_->run(w.q.data, w.scale.data, xq_.data(), xs_.data(), out, ldo, N, K, Mp, stream);
         done = true;
       }

@@ -116,38 +116,33 @@ inline constexpr int64_t kMaxRows = 128;
 
 class Path final : public Fp8CutlassPath {
  public:
-  explicit Path(int64_t max_rows) : max_rows_(max_rows), work_(kWorkspaceBytes) {}
+  explicit Path(int64_t max_rows) : max_rows_(std::min(max_rows, kMaxRows)), work_(kWorkspaceBytes) {}
 
   bool takes(int64_t mp, int64_t n, int64_t k, int64_t w_scale_ld, int64_t ldy) const override {
-    return mp >= 2 && mp <= std::min(max_rows_, kMaxRows) && mp % 4 == 0 && n % 128 == 0 && k % 128 == 0 && w_scale_ld == k / 128 &&
+    return mp >= 2 && mp <= max_rows_ && mp % 4 == 0 && n % 128 == 0 && k % 128 == 0 && w_scale_ld == k / 128 &&
            ldy % 8 == 0 && ldy >= n;
   }
 
   void run(const void* w, const float* w_scale, const void* xq, const float* x_scale, void* y, int64_t ldy, int64_t n,
            int64_t k, int64_t mp, cudaStream_t stream) override {
-    launch<64>(gemm_, w, w_scale, xq, x_scale, y, ldy, n, k, mp, stream);
+    auto args = Tile::arguments(w, w_scale, xq, x_scale, y, ldy, static_cast<int>(n), static_cast<int>(k),
+                                static_cast<int>(mp));
+    PIE_CHECK(gemm_.can_implement(args) == cutlass::Status::kSuccess, "fp8 GEMM (CUTLASS): cannot run n=", n,
+              " k=", k, " rows=", mp);
+    PIE_CHECK(Tile::Gemm::get_workspace_size(args) <= work_.size(), "fp8 GEMM (CUTLASS): workspace of ",
+              Tile::Gemm::get_workspace_size(args), " bytes needed");
+    PIE_CHECK(gemm_.run(args, work_.data(), stream) == cutlass::Status::kSuccess,
+              "fp8 GEMM (CUTLASS): launch failed for n=", n, " k=", k, " rows=", mp);
   }
 
   size_t bytes() const override { return work_.size(); }
 
  private:
   static constexpr size_t kWorkspaceBytes = size_t{4} << 20;
-  template <int TT, class G>
-  void launch(G& gemm, const void* w, const float* w_scale, const void* xq, const float* x_scale, void* y,
-              int64_t ldy, int64_t n, int64_t k, int64_t mp, cudaStream_t stream) {
-    using B = BlockGemm<TT, false>;
-    auto args = B::arguments(w, w_scale, xq, x_scale, y, ldy, static_cast<int>(n), static_cast<int>(k),
-                             static_cast<int>(mp));
-    PIE_CHECK(gemm.can_implement(args) == cutlass::Status::kSuccess, "fp8 GEMM (CUTLASS): cannot run n=", n,
-              " k=", k, " rows=", mp);
-    PIE_CHECK(B::Gemm::get_workspace_size(args) <= work_.size(), "fp8 GEMM (CUTLASS): workspace of ",
-              B::Gemm::get_workspace_size(args), " bytes needed");
-    PIE_CHECK(gemm.run(args, work_.data(), stream) == cutlass::Status::kSuccess,
-              "fp8 GEMM (CUTLASS): launch failed for n=", n, " k=", k, " rows=", mp);
-  }
-  int64_t max_rows_;
+  using Tile = BlockGemm<64, false>;
+  int64_t max_rows_;  ///< min(the Fp8Gemm's rows, kMaxRows)
   DeviceBuffer<unsigned char> work_;
-  typename BlockGemm<64, false>::Gemm gemm_;
+  typename Tile::Gemm gemm_;
 };
 
 }  // namespace fp8_cutlass
