@@ -68,6 +68,32 @@ BENCHMARK(BM_DecodeAttention<bf16>) PIE_DECODE_TARGETS;
 #endif
 BENCHMARK(BM_DecodeAttention<fp8_e4m3>) PIE_DECODE_TARGETS;
 
+/// The persistent grid (DecodePlanOptions::persistent; the fp8 cache's tensor-core kernel) against
+/// the one-item grid on the same shape, A/B in one process: batch, context, persistent?. The
+/// name says whether the plan took it ("persistent") — short contexts at wide batches only.
+template <class KV>
+void BM_DecodePersistent(benchmark::State& st) {
+  const int batch = st.range(0), ctx = st.range(1), bs = 16;
+  CacheSet<KV> c(batch, ctx, bs);
+  DeviceBuffer<bf16> q(size_t(batch) * kNq * kHd), o(q.size());
+  fill(q.data(), q.size(), 4);
+  oc::DecodePlanOptions opt;
+  opt.persistent = st.range(2) != 0;
+  auto plan = oc::plan_decode_attention(batch, kNq, kNkv, kHd, ctx, 0, opt);
+  DeviceBuffer<unsigned char> ws(std::max<size_t>(plan.workspace_bytes, 256));
+  const std::string what = std::string(sizeof(KV) == 1 ? "decode fp8kv" : "decode") +
+                           (plan.persistent ? " persistent" : " one-item");
+  report(st, shape_name(what.c_str(), batch, ctx, bs, plan.num_splits), decode_bytes(batch, ctx, sizeof(KV)), 0, [&] {
+    oc::decode_attention(q.view({batch, kNq, kHd}), c.next(), o.view({batch, kNq, kHd}), plan, ws.data(),
+                         1.f / std::sqrt(128.f));
+  });
+}
+BENCHMARK(BM_DecodePersistent<fp8_e4m3>)
+    ->Args({512, 140, 0})->Args({512, 140, 1})->Args({512, 192, 0})->Args({512, 192, 1})
+    ->Args({1024, 192, 0})->Args({1024, 192, 1})->Args({256, 140, 0})->Args({256, 140, 1})
+    ->Args({256, 660, 0})->Args({256, 660, 1})->Args({2048, 64, 0})->Args({2048, 64, 1})
+    ->UseManualTime()->Iterations(1);
+
 /// A CTA shape other than the plan's (warps × ring stages), with the plan's split; splits > 0
 /// forces that many splits instead (to check the plan's cost model). Mode 1 moves the pages
 /// through the ring without the attention arithmetic: the data-movement ceiling of the shape.

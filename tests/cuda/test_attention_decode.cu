@@ -1184,3 +1184,35 @@ TEST(DecodeAttentionGroupParts, RefusedWhereItCannotServe) {
 #endif  // PIE_DECODE_LATENCY
 
 }  // namespace
+
+// ---- the persistent tensor-core kernel (DecodePlan::persistent) ----------------------------------
+
+// One-split plans whose (sequence, KV head) pairs outnumber the resident CTAs (1,500 sequences × 2
+// KV heads over 132 × 4 slots on an H100/H200: ~6 pairs a CTA, so the ring runs across pairs):
+// the persistent grid against the one-item kernel bit for bit (eager and graph replay) and against
+// the CPU, at ragged contexts of 1 to 300 tokens (a pair of 1 to 5 stages, fewer than the ring's 2
+// included), for the engine's shape (block 16, head dim 128, group 4), head dim 64 at group 8 with
+// block 8, and a sliding window that starts inside a stage.
+TEST(DecodeAttentionPersistent, Fp8BitIdenticalToTheOneItemKernelAndMatchesCpu) {
+  std::mt19937 rng(4242);
+  std::vector<int> lens(1500);
+  for (int& l : lens) l = 1 + int(rng() % 300);
+  lens[0] = 1, lens[1] = 64, lens[2] = 65, lens[3] = 300, lens[4] = 129;
+  ops::cuda::DecodePlanOptions o;
+  o.persistent = true;
+  struct Shape { int bs, hd, group; };
+  for (const Shape& sh : {Shape{16, 128, 4}, Shape{8, 64, 8}}) {
+    SCOPED_TRACE(testing::Message() << "block " << sh.bs << " head dim " << sh.hd << " group " << sh.group);
+    const auto plan = ops::cuda::plan_decode_attention(int(lens.size()), 2 * sh.group, 2, sh.hd, 300, 132, o);
+    EXPECT_TRUE(plan.persistent && plan.num_splits == 1) << plan.num_splits << " splits";
+    const int64_t before = ops::cuda::detail::g_decode_persistent_launches.load();
+    const double e = run_decode_fused<bf16, fp8_e4m3>(sh.bs, sh.hd, sh.group, 2, lens, 500 + sh.hd, 0, 0, {}, nullptr, o);
+    EXPECT_LT(e, tol<bf16>()) << "rel err against the CPU " << e;
+    EXPECT_EQ(ops::cuda::detail::g_decode_persistent_launches.load() - before, 3) << "two eager launches, one captured";
+  }
+  const int64_t before = ops::cuda::detail::g_decode_persistent_launches.load();
+  const double e = run_decode_fused<bf16, fp8_e4m3, attention::SlidingWindow<100>>(16, 128, 4, 2, lens, 777, 0, 0, {},
+                                                                                  nullptr, o);
+  EXPECT_LT(e, tol<bf16>()) << "sliding window: " << e;
+  EXPECT_EQ(ops::cuda::detail::g_decode_persistent_launches.load() - before, 3);
+}

@@ -77,25 +77,29 @@ struct RandomFp8 {
   }
 };
 
-// Every quantization path (the row kernel; from registers in one pass: PIE_FP8_QUANT_REGS; and
-// with the loads first: PIE_FP8_PRODUCERS=v2), at widths with whole groups, a partial last group
-// (136 = 128 + 8) and Qwen3-8B's hidden size, the last also at a decode batch of 512.
+// Every quantization path (the row kernel; from registers in one pass: PIE_FP8_QUANT_REGS; with
+// the loads first: PIE_FP8_PRODUCERS=v2; and, for group scales, the flat kernel of
+// fp8_group_quant.cuh: PIE_FP8_FLAT_GROUPS), at widths with whole groups, a partial last group
+// (136 = 128 + 8, which the flat kernel leaves to the row kernels) and Qwen3-8B's hidden size,
+// the last also at a decode batch of 512.
 TEST(Fp8Kernels, QuantizationIsBitIdenticalToTheCpu) {
   std::mt19937 rng(1);
-  for (auto [regs, v2] : {std::pair<int, int>{0, 0}, {1, 0}, {1, 1}})
+  struct Path { int regs, v2, flat; };
+  for (auto [regs, v2, flat] : {Path{0, 0, 0}, {1, 0, 0}, {1, 1, 0}, {1, 1, 1}})
   for (int K : {640, 136, 4096})
   for (bool per_token : {false, true})
     for (int M : {1, 3, 8, 37, 512}) {
       if (M == 512 && K != 4096) continue;
-      SCOPED_TRACE(testing::Message() << "regs " << regs << " v2 " << v2 << " K " << K);
+      SCOPED_TRACE(testing::Message() << "regs " << regs << " v2 " << v2 << " flat " << flat << " K " << K);
       auto x = test::randn<bf16>(size_t(M) * K, rng, 2.f);
       x[3] = from_float<bf16>(0.f);
       auto dx = test::upload(x);
       const int64_t Mp = ops::cuda::fp8_padded_rows(M), G = (K + 127) / 128;
       DeviceBuffer<fp8_e4m3> q(Mp * K);
       DeviceBuffer<float> s(Mp * (G + 1));
+      PIE_CUDA_CHECK(cudaMemset(q.data(), 0x5a, q.size() * sizeof(fp8_e4m3)));  // padding rows must be written
       ops::cuda::fp8_quantize(TensorView<bf16>(dx.data(), {M, K}, Device::Cuda), per_token, q.data(), s.data(), nullptr,
-                              regs, v2);
+                              regs, v2, flat);
       auto hq = test::download(q);
       auto hs = test::download(s);
       auto xf = test::to_f32(x);
@@ -108,7 +112,13 @@ TEST(Fp8Kernels, QuantizationIsBitIdenticalToTheCpu) {
       for (int m = 0; m < M; ++m)
         for (int g = 0; g < (per_token ? 1 : G); ++g)
           EXPECT_EQ(per_token ? hs[m] : hs[g * Mp + m], cs[m * (per_token ? 1 : G) + g]) << "scale m=" << m << " g=" << g;
-      for (int64_t m = M; m < Mp; ++m) EXPECT_EQ(hq[m * K].bits, 0) << "padding row " << m;
+      for (int64_t m = M; m < Mp; ++m) {
+        int nonzero = 0;
+        for (int k = 0; k < K; ++k) nonzero += hq[m * K + k].bits != 0;
+        EXPECT_EQ(nonzero, 0) << "padding row " << m;
+        if (!per_token)
+          for (int g = 0; g < G; ++g) EXPECT_EQ(hs[g * Mp + m], 1.0f) << "padding row " << m << " scale " << g;
+      }
     }
 }
 
@@ -116,19 +126,21 @@ TEST(Fp8Kernels, QuantizationIsBitIdenticalToTheCpu) {
 // (add_rms_norm / silu_and_mul, then fp8_quantize): outputs, residual, codes and scales bit for
 // bit, padding rows included; then Fp8Gemm::prequantized on those codes against operator().
 // Every producer path (PIE_FP8_QUANT_REGS 0: write the row and read it back; 1: quantize from
-// registers in one pass; PIE_FP8_PRODUCERS v2, the default: from registers, loads first, 4
-// vectors a SwiGLU thread) at a small shape, widths with a partial last group (136, 264, 1000)
-// and Qwen3-8B's (4096, 12288), the last two also at a decode batch of 512, a ragged 300 and 1;
-// the separate kernels take the row path.
+// registers in one pass; PIE_FP8_PRODUCERS v2: from registers, loads first, 4 vectors a SwiGLU
+// thread; PIE_FP8_FLAT_GROUPS, the default for group scales: SwiGLU as fp8_group_quant.cuh's flat
+// kernel) at a small shape, widths with a partial last group (136, 264, 1000) and Qwen3-8B's
+// (4096, 12288), the last two also at a decode batch of 512, a ragged 300 and 1; the separate
+// kernels take the row path (flat 0).
 TEST(Fp8Kernels, FusedProducersAreBitIdenticalToTheSeparateKernels) {
   std::mt19937 rng(3);
   ops::cuda::Fp8Gemm gemm(512, 12288, 512);
-  for (auto [regs, v2] : {std::pair<int, int>{0, 0}, {1, 0}, {1, 4}})
+  struct Path { int regs, v2, flat; };
+  for (auto [regs, v2, flat] : {Path{0, 0, 0}, {1, 0, 0}, {1, 4, 0}, {1, 4, 1}})
   for (auto [H, I] : {std::pair<int, int>{512, 1536}, {136, 264}, {1000, 1000}, {4096, 12288}})
   for (bool per_token : {false, true})
     for (int M : {1, 2, 3, 8, 37, 300, 512}) {
       if ((M == 1 || M > 37) && H != 4096 && H != 1000) continue;
-      SCOPED_TRACE(testing::Message() << "regs " << regs << " v2 " << v2 << " H " << H << " I " << I);
+      SCOPED_TRACE(testing::Message() << "regs " << regs << " v2 " << v2 << " flat " << flat << " H " << H << " I " << I);
       const int64_t Mp = ops::cuda::fp8_padded_rows(M);
       auto bits = [](const std::vector<bf16>& a, const std::vector<bf16>& b) {
         int bad = 0;
@@ -155,7 +167,7 @@ TEST(Fp8Kernels, FusedProducersAreBitIdenticalToTheSeparateKernels) {
         auto v = [&](DeviceBuffer<bf16>& b, int64_t c) { return TensorView<bf16>(b.data(), {M, c}, Device::Cuda); };
         TensorView<bf16> wv(dw.data(), {H}, Device::Cuda);
         ops::cuda::add_rms_norm(v(dx1, H), v(dr1, H), wv, 1e-6f, first, nullptr);
-        ops::cuda::fp8_quantize(v(dx1, H), per_token, q1.data(), s1.data(), nullptr, 0);
+        ops::cuda::fp8_quantize(v(dx1, H), per_token, q1.data(), s1.data(), nullptr, 0, 0, 0);
         ops::cuda::add_rms_norm_fp8(v(dx2, H), v(dr2, H), wv, 1e-6f, first, {q2.data(), s2.data(), per_token}, nullptr,
                                     regs, v2);
         EXPECT_EQ(bits(test::download(dx1), test::download(dx2)), 0) << "norm output M=" << M;
@@ -181,9 +193,9 @@ TEST(Fp8Kernels, FusedProducersAreBitIdenticalToTheSeparateKernels) {
         TensorView<bf16> guv(dgu.data(), {M, 2 * I}, Device::Cuda), ov1(o1.data(), {M, I}, Device::Cuda),
             ov2(o2.data(), {M, I}, Device::Cuda);
         ops::cuda::silu_and_mul(guv, ov1, nullptr);
-        ops::cuda::fp8_quantize(ov1, per_token, q1.data(), s1.data(), nullptr, 0);
+        ops::cuda::fp8_quantize(ov1, per_token, q1.data(), s1.data(), nullptr, 0, 0, 0);
         // Into the GEMM's own buffer, as the engine does.
-        ops::cuda::silu_and_mul_fp8(guv, ov2, gemm.act_buffer(per_token), nullptr, regs, v2);
+        ops::cuda::silu_and_mul_fp8(guv, ov2, gemm.act_buffer(per_token), nullptr, regs, v2, true, flat);
         EXPECT_EQ(bits(test::download(o1), test::download(o2)), 0) << "silu output M=" << M;
         {  // the producer's codes and scales against fp8_quantize's, directly
           const auto a = gemm.act_buffer(per_token);
@@ -205,7 +217,7 @@ TEST(Fp8Kernels, FusedProducersAreBitIdenticalToTheSeparateKernels) {
             DeviceBuffer<fp8_e4m3> q3(Mp * I);
             DeviceBuffer<float> s3(ns);
             ops::cuda::silu_and_mul_fp8(guv, ov3, {q3.data(), s3.data(), per_token}, nullptr, regs, v2,
-                                        /*store_out=*/false);
+                                        /*store_out=*/false, flat);
             auto q3h = test::download(q3);
             auto s3h = test::download(s3);
             auto o3h = test::download(o3);
@@ -805,10 +817,11 @@ TEST(Fp8Bench, DISABLED_GemvAloneAgainstTheCopyBandwidth) {
 
 // Not a check (disabled by default): the fused fp8 producers (fp8_producers.cuh) at Qwen3-8B's
 // shapes — residual add + RMSNorm over 4096 (first = false), the standalone quantization of a
-// 4096-wide row (o_proj's input) and SwiGLU over inter 12288; 128-column
-// group scales (the (128, 128)-block engine) and per-token ones (per channel) — at M = 64, 512,
-// 2048, each path in turn
-// (the first register kernels, fp8_producers_v2.cuh's loads-first ones), their
+// 4096-wide row (o_proj's input) and SwiGLU over inter 12288 (the codes alone, as before the
+// engine's fp8 down projection); 128-column group scales (the (128, 128)-block engine) and
+// per-token ones (per channel) — at M = 64, 512, 2048, each path in turn (the first register
+// kernels, fp8_producers_v2.cuh's loads-first ones, and for group scales the flat kernel of
+// fp8_group_quant.cuh, which the norm, needing its row, does not have), their
 // bytes (read + written, scales and the norm's weight included) per second against a
 // device-to-device copy timed in the same process. Inputs rotate over copies that together
 // exceed the 50 MB L2, so rows come from HBM as after a GEMM that wrote more than L2 holds.
@@ -817,8 +830,8 @@ TEST(Fp8Bench, DISABLED_ProducersAgainstTheCopyBandwidth) {
   auto time_ms = [&](int iters, auto&& f) { return timer.ms(iters, f); };
   const double copy_gbs = device_copy_gbs(timer);
   std::printf("[fp8 producers] device copy %.0f GB/s (read + write)\n", copy_gbs);
-  struct Path { const char* name; int regs, v2; };
-  const Path paths[] = {{"regs (v1)", 1, 0}, {"v2", 1, 4}};
+  struct Path { const char* name; int regs, v2, flat; };
+  const Path paths[] = {{"regs (v1)", 1, 0, 0}, {"v2", 1, 4, 0}, {"flat", 1, 4, 1}};
   std::mt19937 rng(5);
   const int64_t H = 4096, I = 12288;
   auto report = [&](const char* op, int64_t M, bool pt, const Path& p, double ms, double bytes) {
@@ -842,6 +855,7 @@ TEST(Fp8Bench, DISABLED_ProducersAgainstTheCopyBandwidth) {
       DeviceBuffer<float> s(size_t(Mp * (H / 128)));
       const double bytes = double(M * H) * 2 * 4 + double(Mp * H) + double(Mp * (pt ? 1 : H / 128)) * 4 + double(H) * 2;
       for (const Path& p : paths) {
+        if (p.flat) continue;  // the norm needs its whole row: no flat kernel
         const double ms = time_ms(50, [&](int i) {
           const int64_t c = i % copies;
           ops::cuda::add_rms_norm_fp8(TensorView<bf16>(x.data() + c * set, {M, H}, Device::Cuda),
@@ -863,9 +877,10 @@ TEST(Fp8Bench, DISABLED_ProducersAgainstTheCopyBandwidth) {
       const double bytes = double(M * H) * 2 + double(Mp * H) + double(Mp * (pt ? 1 : H / 128)) * 4;
       for (const Path& p : paths) {
         if (p.v2 == 8) continue;  // one loads-first kernel: 4 vectors a thread
+        if (p.flat && pt) continue;  // per-token scales keep the row kernels
         const double ms = time_ms(50, [&](int i) {
           ops::cuda::fp8_quantize(TensorView<bf16>(x.data() + (i % copies) * set, {M, H}, Device::Cuda), pt, q.data(),
-                                  s.data(), nullptr, p.regs, p.v2);
+                                  s.data(), nullptr, p.regs, p.v2, p.flat);
         });
         report("quantize", M, pt, p, ms, bytes);
       }
@@ -878,12 +893,14 @@ TEST(Fp8Bench, DISABLED_ProducersAgainstTheCopyBandwidth) {
         PIE_CUDA_CHECK(cudaMemcpy(gu.data() + c * set, hg.data(), set * sizeof(bf16), cudaMemcpyHostToDevice));
       DeviceBuffer<fp8_e4m3> q(size_t(Mp * I));
       DeviceBuffer<float> s(size_t(Mp * (I / 128)));
-      const double bytes = double(M * I) * 2 * 3 + double(Mp * I) + double(Mp * (pt ? 1 : I / 128)) * 4;
+      // The codes alone (store_out false), as the engine's SwiGLU before an fp8 down projection.
+      const double bytes = double(M * I) * 2 * 2 + double(Mp * I) + double(Mp * (pt ? 1 : I / 128)) * 4;
       for (const Path& p : paths) {
+        if (p.flat && pt) continue;  // per-token scales keep the row kernels
         const double ms = time_ms(50, [&](int i) {
           ops::cuda::silu_and_mul_fp8(TensorView<bf16>(gu.data() + (i % copies) * set, {M, 2 * I}, Device::Cuda),
                                       TensorView<bf16>(out.data(), {M, I}, Device::Cuda),
-                                      {q.data(), s.data(), pt}, nullptr, p.regs, p.v2);
+                                      {q.data(), s.data(), pt}, nullptr, p.regs, p.v2, /*store_out=*/false, p.flat);
         });
         report("silu_mul", M, pt, p, ms, bytes);
       }

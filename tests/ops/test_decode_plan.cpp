@@ -586,3 +586,28 @@ TEST(DecodePlan, ClusterPushOnlyWithAClusterMerge) {
   EXPECT_TRUE(b1.cluster_push);
   EXPECT_FALSE(plan_decode_split(256, 32, 8, 128, 4096, 132, o).cluster_push) << "a full grid: no cluster merge";
 }
+
+// The persistent grid (PIE_DECODE_PERSISTENT, opt-in): parsed like the other switches, and only on
+// plans of one split per pair, without clusters or group parts, whose pairs outnumber the resident
+// CTAs — b512 × 8 KV heads at ctx 140 (4,096 pairs over 132 × 4 slots), not batch 1 or 64.
+TEST(DecodePlan, PersistentOnlyForOneSplitGridsPastOneWave) {
+  ::unsetenv("PIE_DECODE_PERSISTENT");
+  EXPECT_FALSE(DecodePlanOptions::from_env(true).persistent) << "opt-in";
+  ::setenv("PIE_DECODE_PERSISTENT", "on", 1);
+  EXPECT_THROW(DecodePlanOptions::from_env(true), pie::Error);
+  ::setenv("PIE_DECODE_PERSISTENT", "1", 1);
+  const DecodePlanOptions o = DecodePlanOptions::from_env(true);
+  ::unsetenv("PIE_DECODE_PERSISTENT");
+  ASSERT_TRUE(o.persistent);
+  const auto wide = plan_decode_split(512, 32, 8, 128, 140, 132, o);
+  EXPECT_EQ(wide.num_splits, 1);
+  EXPECT_TRUE(wide.persistent) << "4,096 pairs over 528 slots";
+  EXPECT_FALSE(plan_decode_split(1, 32, 8, 128, 512, 132, o).persistent) << "batch 1: a small grid";
+  const auto b64 = plan_decode_split(64, 32, 8, 128, 4096, 132, o);
+  EXPECT_FALSE(b64.persistent) << "batch 64 at ctx 4096: " << b64.num_splits << " splits";
+  const auto fits = plan_decode_split(64, 32, 8, 128, 140, 132, o);  // 512 pairs ≤ 528 slots: one wave
+  EXPECT_FALSE(fits.persistent);
+  DecodePlanOptions off = o;
+  off.persistent = false;
+  EXPECT_FALSE(plan_decode_split(512, 32, 8, 128, 140, 132, off).persistent);
+}

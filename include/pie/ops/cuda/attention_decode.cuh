@@ -579,6 +579,33 @@ void launch_decode_mma(const DecodeParams<T, KV, Variant>& p, int batch, cudaStr
                        decode_mma_kernel<HD, GROUP, NW, STAGES, MODE, T, KV, Variant>>(
       DecodeMmaShape<HD, GROUP, NW, STAGES, KV>::SMEM, p, batch, stream, grid_splits);
 }
+/// Host count of persistent launches, so that a test can tell that a plan took the kernel (its
+/// output bits are the one-item kernel's by design).
+inline std::atomic<int64_t> g_decode_persistent_launches{0};
+
+/// The persistent tensor-core kernel (DecodePlan::persistent): one CTA per resident slot (SMs ×
+/// the kernel's CTAs per SM, found once per device), at most one per (sequence, KV head) pair.
+template <int HD, int GROUP, int NW, int STAGES, class T, class KV, class Variant>
+void launch_decode_mma_persistent(const DecodeParams<T, KV, Variant>& p, int batch, cudaStream_t stream) {
+  auto kern = decode_mma_persistent_kernel<HD, GROUP, NW, STAGES, T, KV, Variant>;
+  constexpr size_t kSmem = kDecodeMmaPersistentSmem<HD, GROUP, NW, STAGES, KV>;
+  static std::atomic<int> slots_of[64];  // per device; 0: not yet known
+  int device = 0;
+  PIE_CUDA_CHECK(cudaGetDevice(&device));
+  int slots = slots_of[device & 63].load(std::memory_order_relaxed);
+  if (slots == 0) {
+    PIE_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)));
+    int per_sm = 0, sms = 0;
+    PIE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, NW * 32, kSmem));
+    PIE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    slots = std::max(1, per_sm) * std::max(1, sms);
+    slots_of[device & 63].store(slots, std::memory_order_relaxed);
+  }
+  const int n_items = batch * p.kv.num_kv_heads;
+  if (n_items == 0) return;
+  launch_pdl(kern, dim3(unsigned(std::min(n_items, slots))), dim3(NW * 32), kSmem, stream, p, n_items);
+  g_decode_persistent_launches.fetch_add(1, std::memory_order_relaxed);
+}
 }  // namespace detail
 
 /// \brief Whether the engine's 16-bit decode launches at this GQA group take the tensor-core kernel
@@ -719,6 +746,13 @@ void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out,
           PIE_CHECK(plan.warps == 4 && plan.stages == detail::decode_stages(GROUP),
                     "decode_attention: the plan's CTA shape is not the default one");
           if constexpr (kMma) {
+            if constexpr (kMode == 0) {
+              if (plan.persistent && p.num_splits == 1 && !p.cluster_merge && !p.early_pages && p.group_shift == 0) {
+                detail::launch_decode_mma_persistent<HD, GROUP, detail::kDecodeMmaWarps<DKV>, detail::kDecodeMmaStages>(
+                    p, batch, stream);
+                return;
+              }
+            }
             detail::launch_decode_mma<HD, GROUP, detail::kDecodeMmaWarps<DKV>, detail::kDecodeMmaStages, kMode>(
                 p, batch, stream);
           } else {

@@ -122,6 +122,201 @@ struct DecodeMmaShape {
   static_assert(64 % TOK == 0, "stages must tile the 64-token split granularity");
 };
 
+/// Qᵀ's B fragments of (sequence b, KV head kvh) for lane (r, c): head r (zero for r ≥ GROUP), (k lo,
+/// k hi) of each 16-dim chunk, in the K fragments' dim permutation (see the file comment).
+template <int HD, int GROUP, class T, class KV, class Variant>
+__device__ __forceinline__ void decode_mma_load_q(const DecodeParams<T, KV, Variant>& p, int b, int kvh, int r, int c,
+                                                  uint32_t (&qb)[HD / 16][2]) {
+  using E = MmaElem<KV>;
+  float qf[HD / 4];
+  if (r < GROUP) {
+    const T* qp = p.q + b * p.q_stride + int64_t(kvh * GROUP + r) * HD + c * (HD / 4);
+#pragma unroll
+    for (int i = 0; i < HD / 32; ++i) {
+      float t8[8];
+      load8(qp + 8 * i, t8);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) qf[8 * i + e] = t8[e];
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < HD / 4; ++i) qf[i] = 0.f;
+  }
+#pragma unroll
+  for (int j = 0; j < HD / 16; ++j) {
+    qb[j][0] = pack_sat<E>(qf[4 * j], qf[4 * j + 1]);
+    qb[j][1] = pack_sat<E>(qf[4 * j + 2], qf[4 * j + 3]);
+  }
+}
+
+/// The running state of one warp of the tensor-core CTA: Oᵀ (rows r, r + 8 of each m-tile,
+/// columns — heads — 2c, 2c + 1), and heads 2c, 2c + 1's running max and this lane's sum.
+template <int HD>
+struct DecodeMmaAcc {
+  float o[HD / 16][4];
+  float m[2], l[2];
+  __device__ __forceinline__ void clear() {
+#pragma unroll
+    for (int n = 0; n < HD / 16; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+    m[0] = m[1] = -INFINITY;
+    l[0] = l[1] = 0.f;
+  }
+};
+
+/// One warp's 16 tokens of a ring stage (sk: their K rows, sv: their V rows; tw: the first
+/// token's position): Sᵀ = K·Qᵀ, mask, scale, the online softmax of heads 2c, 2c + 1, and
+/// Oᵀ += Vᵀ·Pᵀ. MODE 1 (benchmarks only) reads the bytes without the arithmetic.
+template <int HD, int MODE, class T, class KV, class Variant>
+__device__ __forceinline__ void decode_mma_tokens(const DecodeParams<T, KV, Variant>& p, const unsigned char* sk,
+                                                  const unsigned char* sv, int tw, int t_begin, int t_end, int qpos,
+                                                  const uint32_t (&qb)[HD / 16][2], float score_scale, float s_scale,
+                                                  int r, int c, DecodeMmaAcc<HD>& acc) {
+  using E = MmaElem<KV>;
+  constexpr bool F8 = is_fp8_v<KV>;
+  constexpr int RB = HD * int(sizeof(KV));  // bytes of a K or V row
+  constexpr int KW = RB / 16;               // words of K per lane and token (HD/4 elements)
+  constexpr int VW = RB / 32;               // words of V per lane and token (HD/8 elements)
+  constexpr int MT = HD / 16;               // m-tiles (16 dims) of Oᵀ
+  auto& o = acc.o;
+  auto& m = acc.m;
+  auto& l = acc.l;
+  if constexpr (MODE == 1) {  // benchmark only: read the pages, no attention arithmetic
+    const uint4 kk = *reinterpret_cast<const uint4*>(sk + r * RB + c * (RB / 4));
+    const uint2 vv = *reinterpret_cast<const uint2*>(sv + (2 * c) * RB + r * (RB / 8));
+    o[0][0] += __uint_as_float((kk.x ^ vv.y) & 0x3f800000u);
+    m[0] = 0.f; l[0] = 1.f;
+  } else if (tw < t_end && tw + 16 > t_begin) {  // warp-uniform: this warp holds a live token
+    // Sᵀ = K·Qᵀ: rows tokens tw + r and tw + r + 8, columns heads 2c, 2c + 1.
+    float s[4] = {0.f, 0.f, 0.f, 0.f};
+    {
+      const uint4* k0 = reinterpret_cast<const uint4*>(sk + r * RB + c * (RB / 4));
+      const uint4* k1 = reinterpret_cast<const uint4*>(sk + (r + 8) * RB + c * (RB / 4));
+#pragma unroll
+      for (int i = 0; i < KW / 4; ++i) {
+        const uint4 x0 = k0[i], x1 = k1[i];
+        const uint32_t w0[4] = {x0.x, x0.y, x0.z, x0.w}, w1[4] = {x1.x, x1.y, x1.z, x1.w};
+        if constexpr (F8) {  // a word is 4 dims: one chunk
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            uint32_t a[4];
+            e4m3x4_to_f16x4(w0[e], a[0], a[2]);
+            e4m3x4_to_f16x4(w1[e], a[1], a[3]);
+            mma16816<E>(s, a, qb[4 * i + e][0], qb[4 * i + e][1]);
+          }
+        } else {  // a word is 2 dims: two words per chunk
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const uint32_t a[4] = {w0[2 * e], w1[2 * e], w0[2 * e + 1], w1[2 * e + 1]};
+            mma16816<E>(s, a, qb[2 * i + e][0], qb[2 * i + e][1]);
+          }
+        }
+      }
+    }
+    // Mask, scale, and the online softmax of heads 2c, 2c + 1 over the warp's 16 tokens.
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int t = tw + r + (i >> 1) * 8;
+      const float v = Variant::kSoftCap ? p.variant.logits(s[i] * score_scale) * kLog2e : s[i] * s_scale;
+      s[i] = t < t_end && t >= t_begin && p.variant.mask(qpos, t) ? v : -INFINITY;
+    }
+    float mx[2] = {fmaxf(s[0], s[2]), fmaxf(s[1], s[3])};
+#pragma unroll
+    for (int off = 4; off < 32; off <<= 1) {
+      mx[0] = fmaxf(mx[0], __shfl_xor_sync(0xffffffffu, mx[0], off));
+      mx[1] = fmaxf(mx[1], __shfl_xor_sync(0xffffffffu, mx[1], off));
+    }
+    const float mn[2] = {fmaxf(m[0], mx[0]), fmaxf(m[1], mx[1])};
+    if (__any_sync(0xffffffffu, mn[0] > m[0] || mn[1] > m[1])) {  // rescale only when a maximum moves
+      const float c0 = safe_scale(m[0], mn[0]), c1 = safe_scale(m[1], mn[1]);
+      l[0] *= c0; l[1] *= c1;
+#pragma unroll
+      for (int n = 0; n < MT; ++n) { o[n][0] *= c0; o[n][1] *= c1; o[n][2] *= c0; o[n][3] *= c1; }
+    }
+    m[0] = mn[0]; m[1] = mn[1];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      s[i] = m[i & 1] == -INFINITY ? 0.f : exp2f(s[i] - m[i & 1]);
+      l[i & 1] += s[i];
+    }
+    // Pᵀ's B fragment (head r; tokens 2c, 2c+1 and 2c+8, 2c+9) from the accumulator layout.
+    const uint32_t pb0 = movmatrix_trans(pack2<E>(s[0], s[1]));
+    const uint32_t pb1 = movmatrix_trans(pack2<E>(s[2], s[3]));
+    // Vᵀ: tokens 2c, 2c+1, 2c+8, 2c+9 (relative to tw), dims [r·HD/8, (r+1)·HD/8). Rows past
+    // the context end hold stale shared memory (a page's unwritten tail, or an earlier stage):
+    // they are zeroed, as 0·NaN would poison the sum.
+    uint32_t vw[4][VW];
+#pragma unroll
+    for (int q4 = 0; q4 < 4; ++q4) {
+      const int row = 2 * c + (q4 & 1) + (q4 >> 1) * 8;
+      const unsigned char* src = sv + row * RB + r * (RB / 8);
+      if constexpr (VW == 8) {
+        const uint4 v4 = *reinterpret_cast<const uint4*>(src), v5 = *reinterpret_cast<const uint4*>(src + 16);
+        vw[q4][0] = v4.x; vw[q4][1] = v4.y; vw[q4][2] = v4.z; vw[q4][3] = v4.w;
+        vw[q4][4] = v5.x; vw[q4][5] = v5.y; vw[q4][6] = v5.z; vw[q4][7] = v5.w;
+      } else if constexpr (VW == 4) {
+        const uint4 v4 = *reinterpret_cast<const uint4*>(src);
+        vw[q4][0] = v4.x; vw[q4][1] = v4.y; vw[q4][2] = v4.z; vw[q4][3] = v4.w;
+      } else {
+        const uint2 v2 = *reinterpret_cast<const uint2*>(src);
+        vw[q4][0] = v2.x; vw[q4][1] = v2.y;
+      }
+      if (tw + row >= t_end) {
+#pragma unroll
+        for (int i = 0; i < VW; ++i) vw[q4][i] = 0u;
+      }
+    }
+    if constexpr (!F8) {
+      // Word i holds dims 2i, 2i+1 of each token: m-tile i takes dim 2i (row r) and 2i+1 (row
+      // r+8); the halves of tokens (2c, 2c+1) and (2c+8, 2c+9) pair up.
+#pragma unroll
+      for (int i = 0; i < VW; ++i) {
+        const uint32_t a[4] = {__byte_perm(vw[0][i], vw[1][i], 0x5410), __byte_perm(vw[0][i], vw[1][i], 0x7632),
+                               __byte_perm(vw[2][i], vw[3][i], 0x5410), __byte_perm(vw[2][i], vw[3][i], 0x7632)};
+        mma16816<E>(o[i], a, pb0, pb1);
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < VW; ++i) {
+        // Word i holds dims 4i..4i+3 of each token: m-tile 2i takes dims 4i (row r), 4i+1 (row
+        // r+8); m-tile 2i+1 takes 4i+2, 4i+3. Bytes of tokens (2c, 2c+1) and (2c+8, 2c+9) pair up.
+        uint32_t a0[4], a1[4];
+        e4m3x4_to_f16x4(__byte_perm(vw[0][i], vw[1][i], 0x5140), a0[0], a0[1]);
+        e4m3x4_to_f16x4(__byte_perm(vw[2][i], vw[3][i], 0x5140), a0[2], a0[3]);
+        e4m3x4_to_f16x4(__byte_perm(vw[0][i], vw[1][i], 0x7362), a1[0], a1[1]);
+        e4m3x4_to_f16x4(__byte_perm(vw[2][i], vw[3][i], 0x7362), a1[2], a1[3]);
+        mma16816<E>(o[2 * i], a0, pb0, pb1);
+        mma16816<E>(o[2 * i + 1], a1, pb0, pb1);
+      }
+    }
+  }
+}
+
+/// Each head's sum over the lanes of its tokens, then this warp's rows of the cross-warp merge
+/// area (s_acc: [NW][GROUP][HD] accumulators, then [NW][GROUP] m and l; decode_store_merged's).
+template <int HD, int GROUP, int NW>
+__device__ __forceinline__ void decode_mma_stash(DecodeMmaAcc<HD>& acc, float* s_acc, int warp, int r, int c) {
+#pragma unroll
+  for (int off = 4; off < 32; off <<= 1) {
+    acc.l[0] += __shfl_xor_sync(0xffffffffu, acc.l[0], off);
+    acc.l[1] += __shfl_xor_sync(0xffffffffu, acc.l[1], off);
+  }
+  float* s_m = s_acc + NW * GROUP * HD;
+  float* s_l = s_m + NW * GROUP;
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    const int h = 2 * c + e;
+    if (h < GROUP) {
+      float* dst = s_acc + (warp * GROUP + h) * HD + r * (HD / 8);
+#pragma unroll
+      for (int n = 0; n < HD / 16; ++n) {
+        dst[2 * n] = acc.o[n][e];
+        dst[2 * n + 1] = acc.o[n][2 + e];
+      }
+      if (r == 0) { s_m[warp * GROUP + h] = acc.m[e]; s_l[warp * GROUP + h] = acc.l[e]; }
+    }
+  }
+}
+
 /// Device body of the tensor-core kernel (see the file comment) for one split of one (sequence,
 /// KV head); nsplit: the pair's splits (decode_store_merged). phase: bit s is the parity offset of
 /// ring slot s, i.e. how many phases (mod 2) its barrier completed in earlier splits of this CTA
@@ -134,14 +329,9 @@ __device__ __forceinline__ void decode_body_mma(const DecodeParams<T, KV, Varian
   constexpr int MODE = FMODE & ~kDecodeFusedMerge;  // the benchmark mode
   constexpr bool FUSED = (FMODE & kDecodeFusedMerge) != 0;
   static_assert(kDecodeMma<HD, GROUP, KV>, "decode_body_mma: fp8 or 16-bit K/V, head dim 64 or 128, group <= 8");
-  using E = MmaElem<KV>;
   constexpr bool F8 = is_fp8_v<KV>;
   constexpr int TOK = DecodeMmaShape<HD, GROUP, NW, STAGES, KV>::TOK;
   constexpr int RB = HD * int(sizeof(KV));  // bytes of a K or V row
-  constexpr int NJ = HD / 16;               // 16-dim chunks of q·k
-  constexpr int KW = RB / 16;               // words of K per lane and token (HD/4 elements)
-  constexpr int VW = RB / 32;               // words of V per lane and token (HD/8 elements)
-  constexpr int MT = HD / 16;               // m-tiles (16 dims) of Oᵀ
   const int kvh = blockIdx.x, b = blockIdx.y;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, r = lane >> 2, c = lane & 3;
 
@@ -152,154 +342,21 @@ __device__ __forceinline__ void decode_body_mma(const DecodeParams<T, KV, Varian
   int32_t next_page = 0;  // warp 0: page id of this lane's first copy of stage it + STAGES
   if (warp == 0) next_page = ring.start(issued);
 
-  // Qᵀ's B fragments: head r (zero for r ≥ GROUP), (k lo, k hi) of each chunk.
-  uint32_t qb[NJ][2];
-  {
-    float qf[HD / 4];
-    if (r < GROUP) {
-      const T* qp = p.q + b * p.q_stride + int64_t(kvh * GROUP + r) * HD + c * (HD / 4);
-#pragma unroll
-      for (int i = 0; i < HD / 32; ++i) {
-        float t8[8];
-        load8(qp + 8 * i, t8);
-#pragma unroll
-        for (int e = 0; e < 8; ++e) qf[8 * i + e] = t8[e];
-      }
-    } else {
-#pragma unroll
-      for (int i = 0; i < HD / 4; ++i) qf[i] = 0.f;
-    }
-#pragma unroll
-    for (int j = 0; j < NJ; ++j) {
-      qb[j][0] = pack_sat<E>(qf[4 * j], qf[4 * j + 1]);
-      qb[j][1] = pack_sat<E>(qf[4 * j + 2], qf[4 * j + 3]);
-    }
-  }
+  uint32_t qb[HD / 16][2];
+  decode_mma_load_q<HD, GROUP>(p, b, kvh, r, c, qb);
   // Scores in the log2 domain: scale · log2 e applied to the f32 accumulators, unless the variant
   // transforms the scaled logit (soft-cap).
   const float score_scale = p.sm_scale * (F8 ? p.kv.k_scale_of(kvh) : 1.f);
   const float s_scale = score_scale * kLog2e;
 
-  float o[MT][4];  // Oᵀ: rows r, r + 8 of each m-tile, columns (heads) 2c, 2c + 1
-#pragma unroll
-  for (int n = 0; n < MT; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};  // heads 2c, 2c+1: running max, this lane's sum
-
+  DecodeMmaAcc<HD> acc;
+  acc.clear();
   for (int it = 0; it < n_stages; ++it) {
     const int slot = it % STAGES;
     mbar_wait(&bars[slot], ((phase >> slot) ^ uint32_t(it / STAGES)) & 1u);
     const unsigned char* sk = reinterpret_cast<const unsigned char*>(ring_base + slot * 2 * TOK * HD) + warp * 16 * RB;
-    const unsigned char* sv = sk + TOK * RB;
-    const int tw = t_lo + it * TOK + warp * 16;  // this warp's first token
-    if constexpr (MODE == 1) {  // benchmark only: read the pages, no attention arithmetic
-      const uint4 kk = *reinterpret_cast<const uint4*>(sk + r * RB + c * (RB / 4));
-      const uint2 vv = *reinterpret_cast<const uint2*>(sv + (2 * c) * RB + r * (RB / 8));
-      o[0][0] += __uint_as_float((kk.x ^ vv.y) & 0x3f800000u);
-      m[0] = 0.f; l[0] = 1.f;
-    } else if (tw < t_end && tw + 16 > t_begin) {  // warp-uniform: this warp holds a live token
-      // Sᵀ = K·Qᵀ: rows tokens tw + r and tw + r + 8, columns heads 2c, 2c + 1.
-      float s[4] = {0.f, 0.f, 0.f, 0.f};
-      {
-        const uint4* k0 = reinterpret_cast<const uint4*>(sk + r * RB + c * (RB / 4));
-        const uint4* k1 = reinterpret_cast<const uint4*>(sk + (r + 8) * RB + c * (RB / 4));
-#pragma unroll
-        for (int i = 0; i < KW / 4; ++i) {
-          const uint4 x0 = k0[i], x1 = k1[i];
-          const uint32_t w0[4] = {x0.x, x0.y, x0.z, x0.w}, w1[4] = {x1.x, x1.y, x1.z, x1.w};
-          if constexpr (F8) {  // a word is 4 dims: one chunk
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              uint32_t a[4];
-              e4m3x4_to_f16x4(w0[e], a[0], a[2]);
-              e4m3x4_to_f16x4(w1[e], a[1], a[3]);
-              mma16816<E>(s, a, qb[4 * i + e][0], qb[4 * i + e][1]);
-            }
-          } else {  // a word is 2 dims: two words per chunk
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-              const uint32_t a[4] = {w0[2 * e], w1[2 * e], w0[2 * e + 1], w1[2 * e + 1]};
-              mma16816<E>(s, a, qb[2 * i + e][0], qb[2 * i + e][1]);
-            }
-          }
-        }
-      }
-      // Mask, scale, and the online softmax of heads 2c, 2c + 1 over the warp's 16 tokens.
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int t = tw + r + (i >> 1) * 8;
-        const float v = Variant::kSoftCap ? p.variant.logits(s[i] * score_scale) * kLog2e : s[i] * s_scale;
-        s[i] = t < t_end && t >= t_begin && p.variant.mask(qpos, t) ? v : -INFINITY;
-      }
-      float mx[2] = {fmaxf(s[0], s[2]), fmaxf(s[1], s[3])};
-#pragma unroll
-      for (int off = 4; off < 32; off <<= 1) {
-        mx[0] = fmaxf(mx[0], __shfl_xor_sync(0xffffffffu, mx[0], off));
-        mx[1] = fmaxf(mx[1], __shfl_xor_sync(0xffffffffu, mx[1], off));
-      }
-      const float mn[2] = {fmaxf(m[0], mx[0]), fmaxf(m[1], mx[1])};
-      if (__any_sync(0xffffffffu, mn[0] > m[0] || mn[1] > m[1])) {  // rescale only when a maximum moves
-        const float c0 = safe_scale(m[0], mn[0]), c1 = safe_scale(m[1], mn[1]);
-        l[0] *= c0; l[1] *= c1;
-#pragma unroll
-        for (int n = 0; n < MT; ++n) { o[n][0] *= c0; o[n][1] *= c1; o[n][2] *= c0; o[n][3] *= c1; }
-      }
-      m[0] = mn[0]; m[1] = mn[1];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        s[i] = m[i & 1] == -INFINITY ? 0.f : exp2f(s[i] - m[i & 1]);
-        l[i & 1] += s[i];
-      }
-      // Pᵀ's B fragment (head r; tokens 2c, 2c+1 and 2c+8, 2c+9) from the accumulator layout.
-      const uint32_t pb0 = movmatrix_trans(pack2<E>(s[0], s[1]));
-      const uint32_t pb1 = movmatrix_trans(pack2<E>(s[2], s[3]));
-      // Vᵀ: tokens 2c, 2c+1, 2c+8, 2c+9 (relative to tw), dims [r·HD/8, (r+1)·HD/8). Rows past
-      // the context end hold stale shared memory (a page's unwritten tail, or an earlier stage):
-      // they are zeroed, as 0·NaN would poison the sum.
-      uint32_t vw[4][VW];
-#pragma unroll
-      for (int q4 = 0; q4 < 4; ++q4) {
-        const int row = 2 * c + (q4 & 1) + (q4 >> 1) * 8;
-        const unsigned char* src = sv + row * RB + r * (RB / 8);
-        if constexpr (VW == 8) {
-          const uint4 v4 = *reinterpret_cast<const uint4*>(src), v5 = *reinterpret_cast<const uint4*>(src + 16);
-          vw[q4][0] = v4.x; vw[q4][1] = v4.y; vw[q4][2] = v4.z; vw[q4][3] = v4.w;
-          vw[q4][4] = v5.x; vw[q4][5] = v5.y; vw[q4][6] = v5.z; vw[q4][7] = v5.w;
-        } else if constexpr (VW == 4) {
-          const uint4 v4 = *reinterpret_cast<const uint4*>(src);
-          vw[q4][0] = v4.x; vw[q4][1] = v4.y; vw[q4][2] = v4.z; vw[q4][3] = v4.w;
-        } else {
-          const uint2 v2 = *reinterpret_cast<const uint2*>(src);
-          vw[q4][0] = v2.x; vw[q4][1] = v2.y;
-        }
-        if (tw + row >= t_end) {
-#pragma unroll
-          for (int i = 0; i < VW; ++i) vw[q4][i] = 0u;
-        }
-      }
-      if constexpr (!F8) {
-        // Word i holds dims 2i, 2i+1 of each token: m-tile i takes dim 2i (row r) and 2i+1 (row
-        // r+8); the halves of tokens (2c, 2c+1) and (2c+8, 2c+9) pair up.
-#pragma unroll
-        for (int i = 0; i < VW; ++i) {
-          const uint32_t a[4] = {__byte_perm(vw[0][i], vw[1][i], 0x5410), __byte_perm(vw[0][i], vw[1][i], 0x7632),
-                                 __byte_perm(vw[2][i], vw[3][i], 0x5410), __byte_perm(vw[2][i], vw[3][i], 0x7632)};
-          mma16816<E>(o[i], a, pb0, pb1);
-        }
-      } else {
-#pragma unroll
-        for (int i = 0; i < VW; ++i) {
-          // Word i holds dims 4i..4i+3 of each token: m-tile 2i takes dims 4i (row r), 4i+1 (row
-          // r+8); m-tile 2i+1 takes 4i+2, 4i+3. Bytes of tokens (2c, 2c+1) and (2c+8, 2c+9) pair up.
-          uint32_t a0[4], a1[4];
-          e4m3x4_to_f16x4(__byte_perm(vw[0][i], vw[1][i], 0x5140), a0[0], a0[1]);
-          e4m3x4_to_f16x4(__byte_perm(vw[2][i], vw[3][i], 0x5140), a0[2], a0[3]);
-          e4m3x4_to_f16x4(__byte_perm(vw[0][i], vw[1][i], 0x7362), a1[0], a1[1]);
-          e4m3x4_to_f16x4(__byte_perm(vw[2][i], vw[3][i], 0x7362), a1[2], a1[3]);
-          mma16816<E>(o[2 * i], a0, pb0, pb1);
-          mma16816<E>(o[2 * i + 1], a1, pb0, pb1);
-        }
-      }
-    }
+    decode_mma_tokens<HD, MODE>(p, sk, sk + TOK * RB, t_lo + it * TOK + warp * 16, t_begin, t_end, qpos, qb,
+                                score_scale, s_scale, r, c, acc);
     __syncthreads();  // every warp is done with this slot
     if (warp == 0 && it + STAGES < n_stages) {
       ring.issue(it + STAGES, slot, next_page);
@@ -310,29 +367,10 @@ __device__ __forceinline__ void decode_body_mma(const DecodeParams<T, KV, Varian
 #pragma unroll
   for (int s = 0; s < STAGES; ++s)
     if (s < n_stages && (((n_stages - 1 - s) / STAGES) & 1) == 0) phase ^= 1u << s;
-  // Each head's sum over the lanes of its tokens; then the cross-warp merge through shared memory
-  // (the ring is idle: the loop ended on a barrier and every copy issued was waited for).
-#pragma unroll
-  for (int off = 4; off < 32; off <<= 1) {
-    l[0] += __shfl_xor_sync(0xffffffffu, l[0], off);
-    l[1] += __shfl_xor_sync(0xffffffffu, l[1], off);
-  }
+  // The cross-warp merge through shared memory (the ring is idle: the loop ended on a barrier and
+  // every copy issued was waited for).
   float* s_acc = reinterpret_cast<float*>(smem);
-  float* s_m = s_acc + NW * GROUP * HD;
-  float* s_l = s_m + NW * GROUP;
-#pragma unroll
-  for (int e = 0; e < 2; ++e) {
-    const int h = 2 * c + e;
-    if (h < GROUP) {
-      float* dst = s_acc + (warp * GROUP + h) * HD + r * (HD / 8);
-#pragma unroll
-      for (int n = 0; n < MT; ++n) {
-        dst[2 * n] = o[n][e];
-        dst[2 * n + 1] = o[n][2 + e];
-      }
-      if (r == 0) { s_m[warp * GROUP + h] = m[e]; s_l[warp * GROUP + h] = l[e]; }
-    }
-  }
+  decode_mma_stash<HD, GROUP, NW>(acc, s_acc, warp, r, c);
   __syncthreads();
   decode_store_merged<HD, GROUP, NW, FUSED>(p, s_acc, kvh, b, split, nsplit);
 }
@@ -372,6 +410,110 @@ __global__ void __launch_bounds__(NW * 32, 16 / NW)
     }
     decode_body_mma<HD, GROUP, NW, STAGES, MODE>(p, smem, bars, split, nsplit, phase,
                                                  split == int(blockIdx.z) ? issued : 0);
+  }
+}
+
+/// Shared memory of the persistent tensor-core CTA: its ring, then a merge area of its own (the
+/// next sequence's first pages stream into the ring while this one's warps merge).
+template <int HD, int GROUP, int NW, int STAGES, class KV>
+inline constexpr size_t kDecodeMmaPersistentSmem =
+    DecodeMmaShape<HD, GROUP, NW, STAGES, KV>::RING_BYTES + kDecodeMergeBytes<HD, GROUP, NW>;
+
+/// \brief The tensor-core kernel as a persistent grid over one-split plans (DecodePlan's
+/// num_splits 1, no clusters, no group parts, no early pages): CTA i attends to the (sequence,
+/// KV head) items i, i + gridDim.x, … (item = b · num_kv_heads + kvh), each as decode_body_mma
+/// does — the same per-warp arithmetic in the same order (decode_mma_tokens, decode_mma_stash,
+/// decode_store_merged), so the same bits — but its ring runs on across items: the slot of the
+/// CTA's G-th stage is G mod STAGES (phase parity G / STAGES), and each slot an item frees once
+/// its own stages are issued takes the next item's first stages.
+///
+/// Why: at short contexts and large batches (b512 × ctx140 with the fp8 cache: 3 stages a CTA)
+/// every CTA of the one-item kernel pays its ring's fill latency and its merge with no copy in
+/// flight; moving the pages alone through that CTA reached 80% of the copy bandwidth on an H100
+/// (2026-12-06), against 96% at b1024 ctx192 and 99% at b64 ctx4096. Here only a CTA's first item
+/// waits for an empty ring.
+template <int HD, int GROUP, int NW, int STAGES, class T, class KV, class Variant>
+__global__ void __launch_bounds__(NW * 32, 16 / NW)
+    decode_mma_persistent_kernel(const __grid_constant__ DecodeParams<T, KV, Variant> p, int n_items) {
+  static_assert(kDecodeMma<HD, GROUP, KV>, "decode_mma_persistent_kernel: the tensor-core kernel's shapes");
+  constexpr bool F8 = is_fp8_v<KV>;
+  using Shape = DecodeMmaShape<HD, GROUP, NW, STAGES, KV>;
+  constexpr int TOK = Shape::TOK;
+  constexpr int RB = HD * int(sizeof(KV));
+  using Ring = DecodeRing<TOK, HD, STAGES, KV>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ uint64_t bars[STAGES];
+  if (threadIdx.x == 0)
+    for (int s = 0; s < STAGES; ++s) mbar_init(&bars[s], 1);
+  __syncthreads();
+  pdl_launch_dependents();  // o_proj may start streaming its weights now
+  pdl_wait();
+  int item = blockIdx.x;
+  if (item >= n_items) return;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, r = lane >> 2, c = lane & 3;
+  const int nkv = p.kv.num_kv_heads;
+  KV* ring_base = reinterpret_cast<KV*>(smem);
+  float* s_acc = reinterpret_cast<float*>(smem + Shape::RING_BYTES);
+  auto span_of = [&](int it) { return decode_span<TOK, Variant>(p.kv, it / nkv, 0, p.tokens_per_split); };
+  auto ring_of = [&](int it, const DecodeSpan& sp) {
+    return Ring(p.kv, it / nkv, it % nkv, p.bs_shift, sp.t_lo, sp.t_end, sp.n_stages, ring_base, bars, lane);
+  };
+  DecodeSpan sp = span_of(item);
+  Ring ring = ring_of(item, sp);
+  uint32_t g = 0;   // stages this CTA consumed before `item`
+  int issued = 0;   // stages of `item` already in the ring (issued during the previous item)
+  for (;;) {
+    const int b = item / nkv, kvh = item % nkv;
+    const int nxt = item + int(gridDim.x);
+    const bool has_next = nxt < n_items;
+    const DecodeSpan spn = has_next ? span_of(nxt) : DecodeSpan{0, 0, 0, 0, 0};
+    const Ring ringn = ring_of(has_next ? nxt : item, spn);
+    int issued_next = 0;      // stages of the next item in the ring
+    int32_t next_page = 0;    // warp 0: page of this lane's first copy of this item's stage it + STAGES
+    int32_t next_page_n = 0;  // warp 0: … of the next item's stage issued_next
+    if (warp == 0) {
+      for (int s = issued; s < STAGES && s < sp.n_stages; ++s) ring.issue(s, int((g + s) % STAGES), ring.page_of(s));
+      next_page = ring.page_of(STAGES);
+      // Slots this item never uses (fewer stages than the ring) take the next item's first stages.
+      for (; sp.n_stages + issued_next < STAGES && issued_next < spn.n_stages; ++issued_next)
+        ringn.issue(issued_next, int((g + sp.n_stages + issued_next) % STAGES), ringn.page_of(issued_next));
+      next_page_n = ringn.page_of(issued_next);
+    }
+    uint32_t qb[HD / 16][2];
+    decode_mma_load_q<HD, GROUP>(p, b, kvh, r, c, qb);
+    const float score_scale = p.sm_scale * (F8 ? p.kv.k_scale_of(kvh) : 1.f);
+    const float s_scale = score_scale * kLog2e;
+    DecodeMmaAcc<HD> acc;
+    acc.clear();
+    for (int it = 0; it < sp.n_stages; ++it) {
+      const uint32_t G = g + it;
+      const int slot = int(G % STAGES);
+      mbar_wait(&bars[slot], (G / STAGES) & 1u);
+      const unsigned char* sk = reinterpret_cast<const unsigned char*>(ring_base + slot * 2 * TOK * HD) + warp * 16 * RB;
+      decode_mma_tokens<HD, 0>(p, sk, sk + TOK * RB, sp.t_lo + it * TOK + warp * 16, sp.t_begin, sp.t_end, sp.qpos, qb,
+                               score_scale, s_scale, r, c, acc);
+      __syncthreads();  // every warp is done with this slot
+      if (warp == 0) {
+        if (it + STAGES < sp.n_stages) {
+          ring.issue(it + STAGES, slot, next_page);
+          next_page = ring.page_of(it + STAGES + 1);
+        } else if (issued_next < spn.n_stages) {  // global stage G + STAGES: the next item's issued_next-th
+          ringn.issue(issued_next, slot, next_page_n);
+          ++issued_next;
+          next_page_n = ringn.page_of(issued_next);
+        }
+      }
+    }
+    g += uint32_t(sp.n_stages);
+    decode_mma_stash<HD, GROUP, NW>(acc, s_acc, warp, r, c);
+    __syncthreads();
+    decode_store_merged<HD, GROUP, NW, false>(p, s_acc, kvh, b, 0, 1);
+    if (!has_next) break;
+    __syncthreads();  // the merge area is read above before the next item's warps write it
+    issued = issued_next;  // (warp 0's count; only warp 0 issues)
+    item = nxt;
+    sp = spn;
+    ring = ringn;
   }
 }
 

@@ -117,6 +117,12 @@ struct DecodePlanOptions {
   /// −0.2% on Qwen3-8B. `PIE_DECODE_LATE_DEPENDENTS`: unset, on in a build with the latency
   /// paths; `0` off; `1` on (small grids either way).
   bool late_dependents = false;
+  /// Plans of one split per (sequence, KV head) whose grid is more than one wave of resident CTAs
+  /// take the persistent form of the kernel where it has one (the tensor-core kernel over an fp8
+  /// cache: detail::decode_mma_persistent_kernel), a CTA per resident slot running its share of
+  /// the pairs with its ring running on from one pair to the next. The same bits. Opt-in
+  /// (`PIE_DECODE_PERSISTENT=1`) until measured on a GPU.
+  bool persistent = false;
   /// Small grids only, head dim 128, at most 4 query heads per CTA (group parts at groups 8 and 4,
   /// or groups ≤ 4), 16-bit K/V on the CUDA-core kernel: CTAs of 8 or 16 warps (0: the default
   /// 4), so that a split of 64 tokens is one stage instead of two (the engine's timeline of
@@ -159,6 +165,7 @@ struct DecodePlanOptions {
     o.split_group4 = env_switch("PIE_DECODE_SPLIT_GROUP4", std::getenv("PIE_DECODE_SPLIT_GROUP4"), latency_compiled);
     o.late_dependents =
         env_switch("PIE_DECODE_LATE_DEPENDENTS", std::getenv("PIE_DECODE_LATE_DEPENDENTS"), latency_compiled);
+    o.persistent = env_switch("PIE_DECODE_PERSISTENT", std::getenv("PIE_DECODE_PERSISTENT"));
     o.wide_warps = latency_compiled ? 16 : 0;
     o.cluster_push =
         latency_compiled && env_switch("PIE_DECODE_CLUSTER_PUSH", std::getenv("PIE_DECODE_CLUSTER_PUSH"), true);
@@ -251,6 +258,9 @@ inline DecodePlanOptions decode_plan_options(int kv_bytes, int group, int head_d
     o.split_groups = o.split_group4 = false;
     o.wide_warps = 0;
   }
+  // The persistent grid is the fp8 cache's tensor-core kernel's (16-bit K/V take the CUDA-core
+  // kernel, or the tensor-core one with the fixed split, which plans no persistent grid).
+  if (kv_bytes != 1) o.persistent = false;
   return o;
 }
 
@@ -316,6 +326,9 @@ struct DecodePlan {
   /// A cluster merge pushes its partials into split 0 (DecodePlanOptions::cluster_push; the
   /// CUDA-core kernel's launches only).
   bool cluster_push = false;
+  /// One split per pair, no clusters or group parts, and more pairs than resident CTAs
+  /// (ctas_per_sm per SM): the kernel may run as a persistent grid (DecodePlanOptions::persistent).
+  bool persistent = false;
   /// The grid fits one wave of one CTA per SM (batch · KV heads · CTAs per pair ≤ the SM count):
   /// decode attention is latency here, the regime the latency paths are for
   /// (DecodePlanOptions::small_grids_only; the RoPE inside attention asks it too).
@@ -533,6 +546,7 @@ inline DecodePlan plan_decode_split(int batch, int num_q_heads, int num_kv_heads
     p.small_grid = split_grid <= sm_count;
   if (opt.wide_warps > 0) use_decode_wide_ctas(p, opt.wide_warps);
   p.cluster_push = opt.cluster_push && p.cluster_merge;
+  p.persistent = opt.persistent && p.num_splits == 1 && !p.cluster_merge && p.group_parts == 1 && ctas > slots;
   return p;
 }
 

@@ -28,6 +28,28 @@ struct Fp8Act {
   bool per_token = false;
 };
 
+/// \brief fp8_group_quant.cuh's flat kernel's producer of SwiGLU's output: gate_up [M, 2·K] (gate,
+/// then up) → silu(gate)·up with the register producers' arithmetic (silu_mul8_stored), the
+/// 16-bit row written to out unless !kStore.
+template <class T, bool kStore>
+struct Fp8FlatSwiGlu {
+  const T* in;
+  int64_t ld_in;
+  T* out;
+  int64_t ld_out;
+  int inter;
+  /// As silu_and_mul_fp8_v2_kernel: the down projection may launch (and stream weights) at once.
+  static constexpr bool kLaunchDependentsFirst = true;
+  __device__ __forceinline__ void operator()(int m, int vi, float (&v)[8]) const {
+    const T* g = in + int64_t(m) * ld_in + vi * 8;
+    const uint4 gp = ld_raw8(g), up = ld_raw8(g + inter);
+    float gv[8], uv[8];
+    widen_raw8<T>(gp, gv);
+    widen_raw8<T>(up, uv);
+    detail::silu_mul8_stored<T, kStore>(gv, uv, kStore ? out + int64_t(m) * ld_out + vi * 8 : nullptr, v);
+  }
+};
+
 namespace detail {
 
 /// add_rms_norm (norm.cuh's row body, in place) on rows < M, then the row's fp8 quantization.
@@ -211,10 +233,12 @@ void add_rms_norm_fp8(TensorView<T> x, TensorView<T> residual, TensorView<T> w, 
 /// \brief silu_and_mul(gate_up, out) (activation.cuh), and out's fp8 codes and scales for the
 /// next fp8 GEMM into `a` (rows padded to fp8_padded_rows(M)).
 /// `regs` and `v2` as add_rms_norm_fp8's; `store_out` false: out is not written where the
-/// loads-first kernel runs (the codes and scales are the same), for a caller that reads only them.
+/// loads-first or the flat kernel runs (the codes and scales are the same), for a caller that
+/// reads only them. `flat` as fp8_quantize's: group scales take fp8_group_quant.cuh's flat kernel
+/// (a thread per 8 columns) before any row kernel, unless 0.
 template <class T>
 void silu_and_mul_fp8(TensorView<T> gate_up, TensorView<T> out, Fp8Act a, cudaStream_t stream, int regs = -1,
-                      int v2 = -1, bool store_out = true) {
+                      int v2 = -1, bool store_out = true, int flat = -1) {
   static_assert(std::is_same_v<T, pie::f16> || std::is_same_v<T, pie::bf16>, "silu_and_mul_fp8: f16 or bf16");
   check_rows8(gate_up, "silu_and_mul_fp8 gate_up");
   check_rows8(out, "silu_and_mul_fp8 out");
@@ -227,6 +251,17 @@ void silu_and_mul_fp8(TensorView<T> gate_up, TensorView<T> out, Fp8Act a, cudaSt
   const bool regs_on = fp8_quant_regs_choice(regs) && reinterpret_cast<uintptr_t>(a.q) % 8 == 0;  // rows: check_rows8
   const int vecs = regs_on ? fp8_producers_v2_choice(v2) : 0;
   auto* q = reinterpret_cast<__nv_fp8_e4m3*>(a.q);
+  if (!a.per_token && fp8_flat_groups_choice(flat) &&
+      detail::fp8_flat_fits(I, gate_up.data, gate_up.stride[0], store_out ? out.data : nullptr, out.stride[0], q)) {
+    if (store_out)
+      detail::launch_fp8_flat_group_quant(
+          Fp8FlatSwiGlu<D, true>{dev(gate_up.data), gate_up.stride[0], dev(out.data), out.stride[0], int(I)}, I, M, Mp,
+          q, a.s, stream);
+    else
+      detail::launch_fp8_flat_group_quant(
+          Fp8FlatSwiGlu<D, false>{dev(gate_up.data), gate_up.stride[0], nullptr, 0, int(I)}, I, M, Mp, q, a.s, stream);
+    return;
+  }
   if (vecs != 0 && detail::launch_silu_and_mul_fp8_v2<detail::kSiluFp8V2Vecs, detail::kSiluFp8V2MaxThreads>(
                        dev(gate_up.data), gate_up.stride[0], dev(out.data), out.stride[0], I, M, Mp, a.per_token, q,
                        a.s, stream, store_out))

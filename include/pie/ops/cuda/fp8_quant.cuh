@@ -16,6 +16,7 @@
 
 #include "pie/core/fp8_weight.hpp"
 #include "pie/ops/cuda/common.cuh"
+#include "pie/ops/cuda/fp8_group_quant.cuh"
 
 namespace pie::ops::cuda {
 
@@ -289,16 +290,22 @@ __global__ void __launch_bounds__(128) fp8_quant_kernel(const T* __restrict__ x,
 /// `regs`: 1 quantizes from registers in one pass (detail::fp8_quant_regs_kernel), 0 through the
 /// row kernel, −1 as fp8_quant_regs_on() says; rows the register path cannot take use the row kernel.
 /// `v2` (with registers): nonzero loads the row first (fp8_quant_regs_kernel's kLoadsFirst), 0 not, −1 as
-/// fp8_producers_v2_vecs() (PIE_FP8_PRODUCERS) says.
+/// fp8_producers_v2_vecs() (PIE_FP8_PRODUCERS) says. `flat` (group scales): nonzero takes
+/// fp8_group_quant.cuh's flat kernel where it fits, 0 not, −1 as fp8_flat_groups_on() says.
 template <class T>
 void fp8_quantize(TensorView<T> x, bool per_token, fp8_e4m3* q, float* s, cudaStream_t stream, int regs = -1,
-                  int v2 = -1) {
+                  int v2 = -1, int flat = -1) {
   static_assert(std::is_same_v<T, pie::f16> || std::is_same_v<T, pie::bf16>, "fp8_quantize: f16 or bf16 input");
   const int64_t M = x.shape[0], K = x.shape[1], Mp = fp8_padded_rows(M);
   PIE_CHECK(x.rank == 2 && x.stride[1] == 1, "fp8_quantize: x must be a matrix with contiguous rows");
   PIE_CHECK((K + kFp8Block - 1) / kFp8Block <= kFp8MaxGroups, "fp8_quantize: K = ", K, " exceeds ",
             kFp8MaxGroups * kFp8Block);
   if (M == 0) return;
+  if (!per_token && fp8_flat_groups_choice(flat) && detail::fp8_flat_fits(K, x.data, x.stride[0], nullptr, 0, q)) {
+    detail::launch_fp8_flat_group_quant(Fp8FlatRows<device_t<T>>{dev(x.data), x.stride[0]}, K, M, Mp,
+                                        reinterpret_cast<__nv_fp8_e4m3*>(q), s, stream);
+    return;
+  }
   const int rt = detail::fp8_regs_threads(K, kFp8QuantRegsVecs);
   if (fp8_quant_regs_choice(regs) && rt > 0 && detail::fp8_regs_fit(K, x.data, x.stride[0], sizeof(T), q)) {
     launch_pdl(fp8_producers_v2_choice(v2) != 0 ? detail::fp8_quant_regs_kernel<device_t<T>, kFp8QuantRegsVecs, true>
