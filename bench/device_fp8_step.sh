@@ -24,7 +24,8 @@ source "$(dirname "$0")/device_lib.sh"
 device_start
 steps=" ${PIE_STEPS:-test bench t2048 t256 engine trace} "
 T=$BUILD/tests/gpu/pie_gpu_test_fp8
-D=$BUILD/tests/cuda/pie_cuda_test_attention_decode_merge
+D=$BUILD/tests/cuda/pie_cuda_test_attention_decode_merge  # or the persistent tests alone (built by hand with
+[ -x "$D" ] || D=$BUILD/tests/cuda/pie_cuda_test_decode_persistent  # -DPIE_DECODE_TEST_PERSISTENT_ONLY)
 if [[ $steps == *" test "* ]]; then
   [ -x "$T" ] && { run test_fp8 150 "$T" --gtest_color=no --gtest_filter='Fp8Kernels.*'; gtest_summary test_fp8 20; }
   [ -x "$D" ] && { run test_decode 150 "$D" --gtest_color=no; gtest_summary test_decode 20; }
