@@ -15,6 +15,7 @@
 #include <random>
 #include <vector>
 
+#include "pie/engine/step_outputs.hpp"
 #include "pie/sched/scheduler.hpp"
 
 namespace {
@@ -106,6 +107,52 @@ void BM_ScheduleUpdateDecodeOnly(benchmark::State& state) {
   state.counters["running"] = sch.num_running();
 }
 BENCHMARK(BM_ScheduleUpdateDecodeOnly)->Arg(512)->Arg(2048)->Iterations(3000)->Unit(benchmark::kMicrosecond);
+
+/// The engine's `apply` phase (StepTiming::apply_s, issue 15's host-time target) on decode-only
+/// steps of `batch` sequences: update() and the RequestOutputs (engine::apply_draws) after the
+/// draws are recorded as a device runner's ids (engine::add_sampled_ids). Arg 1: 0 times
+/// schedule() + update() alone (the scheduler's share), 1 schedule() + the ids + apply_draws
+/// (what the engine's host does around a pure decode step, sampling on the device).
+void BM_DecodeStepHost(benchmark::State& state) {
+  const int batch = static_cast<int>(state.range(0));
+  const bool outputs = state.range(1) != 0;
+  SchedulerConfig cfg;
+  cfg.max_num_seqs = batch;
+  cfg.max_num_batched_tokens = 8192;
+  cfg.max_model_len = 8192;
+  Scheduler sch(cfg, batch * (8192 / kBlock) + 64, kBlock, 0);
+  std::mt19937 rng(7);
+  for (int i = 0; i < batch; ++i) {
+    SamplingParams p;
+    p.max_tokens = 4000;
+    p.ignore_eos = true;
+    sch.add_request(i, random_prompt(rng, 128), p, {151645});
+  }
+  std::vector<int32_t> sampled;
+  for (bool all_decode = false; !all_decode;) {  // prefill everything first
+    StepPlan plan = sch.schedule();
+    sampled.assign(plan.num_sampled_tokens(), 42);
+    sch.update(plan, sampled);
+    all_decode = plan.num_decode_seqs == batch;
+  }
+  StepPlan plan;
+  size_t outs = 0;
+  for (auto _ : state) {
+    sch.schedule(plan);
+    sampled.assign(plan.num_sampled_tokens(), 42);
+    if (outputs) {
+      pie::engine::StepDraws d;
+      pie::engine::add_sampled_ids(sch, plan, sampled, d);
+      outs += pie::engine::apply_draws(sch, plan, d, "bench").size();
+    } else {
+      outs += sch.update(plan, sampled).size();
+    }
+  }
+  benchmark::DoNotOptimize(outs);
+  state.counters["running"] = sch.num_running();
+}
+BENCHMARK(BM_DecodeStepHost)->Args({256, 0})->Args({256, 1})->Args({512, 0})->Args({512, 1})->Iterations(2000)
+    ->Unit(benchmark::kMicrosecond);
 
 void BM_KVWasteAtPeak(benchmark::State& state) {
   const int bs = static_cast<int>(state.range(0));
