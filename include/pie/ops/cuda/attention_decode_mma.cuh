@@ -149,6 +149,25 @@ __device__ __forceinline__ void decode_mma_load_q(const DecodeParams<T, KV, Vari
   }
 }
 
+/// One (sequence b, KV head kvh)'s inputs to the tensor-core warps: Qᵀ's fragments
+/// (decode_mma_load_q) and the scores' scales — in the log2 domain, scale · log2 e applied to the
+/// f32 accumulators (s_scale), unless the variant transforms the scaled logit (soft-cap:
+/// score_scale). Per-item state of the one-item body and the persistent kernel alike.
+template <int HD>
+struct DecodeMmaQuery {
+  uint32_t qb[HD / 16][2];
+  float score_scale, s_scale;
+};
+template <int HD, int GROUP, class T, class KV, class Variant>
+__device__ __forceinline__ DecodeMmaQuery<HD> decode_mma_query(const DecodeParams<T, KV, Variant>& p, int b, int kvh,
+                                                               int r, int c) {
+  DecodeMmaQuery<HD> q;
+  decode_mma_load_q<HD, GROUP>(p, b, kvh, r, c, q.qb);
+  q.score_scale = p.sm_scale * (is_fp8_v<KV> ? p.kv.k_scale_of(kvh) : 1.f);
+  q.s_scale = q.score_scale * kLog2e;
+  return q;
+}
+
 /// The running state of one warp of the tensor-core CTA: Oᵀ (rows r, r + 8 of each m-tile,
 /// columns — heads — 2c, 2c + 1), and heads 2c, 2c + 1's running max and this lane's sum.
 template <int HD>
@@ -169,8 +188,7 @@ struct DecodeMmaAcc {
 template <int HD, int MODE, class T, class KV, class Variant>
 __device__ __forceinline__ void decode_mma_tokens(const DecodeParams<T, KV, Variant>& p, const unsigned char* sk,
                                                   const unsigned char* sv, int tw, int t_begin, int t_end, int qpos,
-                                                  const uint32_t (&qb)[HD / 16][2], float score_scale, float s_scale,
-                                                  int r, int c, DecodeMmaAcc<HD>& acc) {
+                                                  const DecodeMmaQuery<HD>& qy, int r, int c, DecodeMmaAcc<HD>& acc) {
   using E = MmaElem<KV>;
   constexpr bool F8 = is_fp8_v<KV>;
   constexpr int RB = HD * int(sizeof(KV));  // bytes of a K or V row
@@ -180,6 +198,8 @@ __device__ __forceinline__ void decode_mma_tokens(const DecodeParams<T, KV, Vari
   auto& o = acc.o;
   auto& m = acc.m;
   auto& l = acc.l;
+  const auto& qb = qy.qb;
+  const float score_scale = qy.score_scale, s_scale = qy.s_scale;
   if constexpr (MODE == 1) {  // benchmark only: read the pages, no attention arithmetic
     const uint4 kk = *reinterpret_cast<const uint4*>(sk + r * RB + c * (RB / 4));
     const uint2 vv = *reinterpret_cast<const uint2*>(sv + (2 * c) * RB + r * (RB / 8));
@@ -329,7 +349,6 @@ __device__ __forceinline__ void decode_body_mma(const DecodeParams<T, KV, Varian
   constexpr int MODE = FMODE & ~kDecodeFusedMerge;  // the benchmark mode
   constexpr bool FUSED = (FMODE & kDecodeFusedMerge) != 0;
   static_assert(kDecodeMma<HD, GROUP, KV>, "decode_body_mma: fp8 or 16-bit K/V, head dim 64 or 128, group <= 8");
-  constexpr bool F8 = is_fp8_v<KV>;
   constexpr int TOK = DecodeMmaShape<HD, GROUP, NW, STAGES, KV>::TOK;
   constexpr int RB = HD * int(sizeof(KV));  // bytes of a K or V row
   const int kvh = blockIdx.x, b = blockIdx.y;
@@ -342,21 +361,15 @@ __device__ __forceinline__ void decode_body_mma(const DecodeParams<T, KV, Varian
   int32_t next_page = 0;  // warp 0: page id of this lane's first copy of stage it + STAGES
   if (warp == 0) next_page = ring.start(issued);
 
-  uint32_t qb[HD / 16][2];
-  decode_mma_load_q<HD, GROUP>(p, b, kvh, r, c, qb);
-  // Scores in the log2 domain: scale · log2 e applied to the f32 accumulators, unless the variant
-  // transforms the scaled logit (soft-cap).
-  const float score_scale = p.sm_scale * (F8 ? p.kv.k_scale_of(kvh) : 1.f);
-  const float s_scale = score_scale * kLog2e;
-
+  const DecodeMmaQuery<HD> qy = decode_mma_query<HD, GROUP>(p, b, kvh, r, c);
   DecodeMmaAcc<HD> acc;
   acc.clear();
   for (int it = 0; it < n_stages; ++it) {
     const int slot = it % STAGES;
     mbar_wait(&bars[slot], ((phase >> slot) ^ uint32_t(it / STAGES)) & 1u);
     const unsigned char* sk = reinterpret_cast<const unsigned char*>(ring_base + slot * 2 * TOK * HD) + warp * 16 * RB;
-    decode_mma_tokens<HD, MODE>(p, sk, sk + TOK * RB, t_lo + it * TOK + warp * 16, t_begin, t_end, qpos, qb,
-                                score_scale, s_scale, r, c, acc);
+    decode_mma_tokens<HD, MODE>(p, sk, sk + TOK * RB, t_lo + it * TOK + warp * 16, t_begin, t_end, qpos, qy, r, c,
+                                acc);
     __syncthreads();  // every warp is done with this slot
     if (warp == 0 && it + STAGES < n_stages) {
       ring.issue(it + STAGES, slot, next_page);
@@ -436,7 +449,6 @@ template <int HD, int GROUP, int NW, int STAGES, class T, class KV, class Varian
 __global__ void __launch_bounds__(NW * 32, 16 / NW)
     decode_mma_persistent_kernel(const __grid_constant__ DecodeParams<T, KV, Variant> p, int n_items) {
   static_assert(kDecodeMma<HD, GROUP, KV>, "decode_mma_persistent_kernel: the tensor-core kernel's shapes");
-  constexpr bool F8 = is_fp8_v<KV>;
   using Shape = DecodeMmaShape<HD, GROUP, NW, STAGES, KV>;
   constexpr int TOK = Shape::TOK;
   constexpr int RB = HD * int(sizeof(KV));
@@ -479,10 +491,7 @@ __global__ void __launch_bounds__(NW * 32, 16 / NW)
         ringn.issue(issued_next, int((g + sp.n_stages + issued_next) % STAGES), ringn.page_of(issued_next));
       next_page_n = ringn.page_of(issued_next);
     }
-    uint32_t qb[HD / 16][2];
-    decode_mma_load_q<HD, GROUP>(p, b, kvh, r, c, qb);
-    const float score_scale = p.sm_scale * (F8 ? p.kv.k_scale_of(kvh) : 1.f);
-    const float s_scale = score_scale * kLog2e;
+    const DecodeMmaQuery<HD> qy = decode_mma_query<HD, GROUP>(p, b, kvh, r, c);
     DecodeMmaAcc<HD> acc;
     acc.clear();
     for (int it = 0; it < sp.n_stages; ++it) {
@@ -490,8 +499,8 @@ __global__ void __launch_bounds__(NW * 32, 16 / NW)
       const int slot = int(G % STAGES);
       mbar_wait(&bars[slot], (G / STAGES) & 1u);
       const unsigned char* sk = reinterpret_cast<const unsigned char*>(ring_base + slot * 2 * TOK * HD) + warp * 16 * RB;
-      decode_mma_tokens<HD, 0>(p, sk, sk + TOK * RB, sp.t_lo + it * TOK + warp * 16, sp.t_begin, sp.t_end, sp.qpos, qb,
-                               score_scale, s_scale, r, c, acc);
+      decode_mma_tokens<HD, 0>(p, sk, sk + TOK * RB, sp.t_lo + it * TOK + warp * 16, sp.t_begin, sp.t_end, sp.qpos, qy,
+                               r, c, acc);
       __syncthreads();  // every warp is done with this slot
       if (warp == 0) {
         if (it + STAGES < sp.n_stages) {
