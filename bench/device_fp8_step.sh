@@ -8,11 +8,11 @@
 # Why: the 22:17 UTC trace of the fp8 step at batch 512 (bench/device_step_profile.sh, H100) had
 # SwiGLU at 21.9 µs a layer for 31.7 MB (the bf16 SwiGLU, a flat kernel: 12.8 µs for 37.7 MB) and
 # decode attention at 89 µs a layer, 25% of the step.
-# Steps: the bit-identity tests of both (Fp8Kernels.*, the decode merge binary with
-# DecodeAttentionPersistent.*), the producers' and the decode kernel's benches, then `pie bench`
-# Qwen3-8B fp8 weights + fp8 cache 2048 × (128, 128) in the order base, flat, flat+persistent,
-# base, flat+persistent, with bf16 once; 256 × (512, 256) base and flat+persistent; the engine's
-# fp8 tests under both switches; a kernel trace of the step at batch 512 with both.
+# Steps, most wanted first: the bit-identity tests of both (Fp8Kernels.*, and the decode binary's
+# DecodeAttentionPersistent.*); `pie bench` Qwen3-8B fp8 weights + fp8 cache 2048 × (128, 128) in
+# the order base, flat, flat+persistent, base, flat+persistent, with bf16 once; the engine's fp8
+# tests under both switches; a kernel trace of the step at batch 512 with both; the producers'
+# and the decode kernel's benches; 256 × (512, 256) base and flat+persistent.
 # Usage, in the repository root of the GPU machine:
 #   PIE_PREBUILT=.device/bundle.txz OUT=dir bash bench/device_fp8_step.sh
 set -u
@@ -30,14 +30,6 @@ if [[ $steps == *" test "* ]]; then
   [ -x "$T" ] && { run test_fp8 150 "$T" --gtest_color=no --gtest_filter='Fp8Kernels.*'; gtest_summary test_fp8 20; }
   [ -x "$D" ] && { run test_decode 150 "$D" --gtest_color=no; gtest_summary test_decode 20; }
 fi
-if [[ $steps == *" bench "* ]]; then
-  [ -x "$T" ] && run prod 90 "$T" --gtest_color=no --gtest_also_run_disabled_tests \
-    --gtest_filter='Fp8Bench.DISABLED_ProducersAgainstTheCopyBandwidth' &&
-    grep -E "^\[fp8 producers\]" "$LOGDIR/prod.log" | tee -a "$SUM" > /dev/null
-  DB=$BUILD/bench/cuda/pie_bench_cuda_decode_fp8
-  [ -x "$DB" ] && run dec 120 "$DB" --benchmark_color=false --benchmark_filter='BM_DecodePersistent' &&
-    grep -E "copy|persistent|one-item" "$LOGDIR/dec.log" | tee -a "$SUM" > /dev/null
-fi
 BENCH=$BUILD/examples/pie/pie_bench
 FP8=/tmp/qwen3-8b-fp8; fp8_config "$MODEL8B" "$FP8"
 tput() {  # TAG FLAT PERSISTENT MODEL PROMPTS IN OUT SEQS [args...]
@@ -54,10 +46,6 @@ if [[ $steps == *" t2048 "* ]]; then
   tput both2 1 1 "$FP8" 2048 128 128 512 --kv-cache-dtype fp8
   tput bf16 0 0 "$MODEL8B" 2048 128 128 512
 fi
-if [[ $steps == *" t256 "* ]]; then
-  tput base256 0 0 "$FP8" 256 512 256 256 --kv-cache-dtype fp8
-  tput both256 1 1 "$FP8" 256 512 256 256 --kv-cache-dtype fp8
-fi
 if [[ $steps == *" engine "* ]] && [ -x "$T" ]; then
   run engine_fp8 120 env PIE_FP8_FLAT_GROUPS=1 PIE_DECODE_PERSISTENT=1 "$T" --gtest_color=no --gtest_filter='Fp8Engine.*'
   gtest_summary engine_fp8 20
@@ -68,6 +56,18 @@ if [[ $steps == *" trace "* ]] && [ -f "$TRACER" ]; then
   trace_profile trace_both 80 512 "both b512" --copy-tbps $copy --weight-bytes 1 -- env PIE_FP8_FLAT_GROUPS=1 \
     PIE_DECODE_PERSISTENT=1 "$BENCH" "$FP8" --load-format dummy --mode throughput --input-len 128 --output-len 64 \
     --num-prompts 512 --max-num-seqs 512 --kv-cache-dtype fp8
+fi
+if [[ $steps == *" bench "* ]]; then
+  [ -x "$T" ] && run prod 90 "$T" --gtest_color=no --gtest_also_run_disabled_tests \
+    --gtest_filter='Fp8Bench.DISABLED_ProducersAgainstTheCopyBandwidth' &&
+    grep -E "^\[fp8 producers\]" "$LOGDIR/prod.log" | tee -a "$SUM" > /dev/null
+  DB=$BUILD/bench/cuda/pie_bench_cuda_decode_fp8
+  [ -x "$DB" ] && run dec 120 "$DB" --benchmark_color=false --benchmark_filter='BM_DecodePersistent' &&
+    grep -E "copy|persistent|one-item" "$LOGDIR/dec.log" | tee -a "$SUM" > /dev/null
+fi
+if [[ $steps == *" t256 "* ]]; then
+  tput base256 0 0 "$FP8" 256 512 256 256 --kv-cache-dtype fp8
+  tput both256 1 1 "$FP8" 256 512 256 256 --kv-cache-dtype fp8
 fi
 say done
 (cd "$OUT" && tar czf logs.tgz logs && rm -rf logs)
