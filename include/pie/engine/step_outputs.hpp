@@ -74,6 +74,8 @@ void for_each_draw(const sched::Scheduler& s, const sched::StepPlan& plan, F&& f
 /// as the step's draws.
 inline void add_sampled_ids(const sched::Scheduler& s, const sched::StepPlan& plan, std::span<const int32_t> ids,
                             StepDraws& out) {
+  out.drawn.reserve(out.drawn.size() + ids.size());
+  out.sampled.reserve(out.sampled.size() + ids.size());
   size_t i = 0;
   for_each_draw(s, plan, [&](size_t, const sched::Sequence& seq, int index) {
     SamplerOutput o;
@@ -204,23 +206,32 @@ inline std::vector<RequestOutput> apply_draws(sched::Scheduler& s, const sched::
                                               const char* who) {
   std::vector<sched::SequenceUpdate> ups = s.update(plan, d.sampled);
   std::vector<RequestOutput> outs;
+  outs.reserve(ups.size());
+  // Where each request's output is, for requests of several sequences only: a request of one
+  // sequence (n = 1) has one update per step (the common case: no map node per request).
   std::unordered_map<uint64_t, size_t> where;
   size_t i = 0;
   for (const auto& u : ups) {
     // Updates follow sample order, skipping sequences aborted since schedule().
     while (i < d.drawn.size() && !(d.drawn[i].request == u.request_id && d.drawn[i].index == u.index)) ++i;
     PIE_CHECK(i < d.drawn.size(), who, "::step: update for request ", u.request_id, " matches no draw");
-    auto [it, added] = where.try_emplace(u.request_id, outs.size());
-    if (added) {
+    size_t at = outs.size();
+    if (!outs.empty() && outs.back().request_id == u.request_id) {
+      at = outs.size() - 1;  // the request's previous update (its draws are consecutive)
+    } else if (auto w = where.find(u.request_id); w != where.end()) {
+      at = w->second;
+    } else {
       RequestOutput ro;
       ro.request_id = u.request_id;
-      if (const sched::Request* r = s.find_request(u.request_id)) {
+      const sched::Request* r = s.find_request(u.request_id);
+      if (r != nullptr) {
         ro.prompt_tokens = r->num_prompt_tokens;
         ro.cached_prompt_tokens = r->cached_prompt_tokens;
       }
+      if (r == nullptr || r->params.n > 1 || r->seqs.size() > 1) where.emplace(u.request_id, at);
       outs.push_back(std::move(ro));
     }
-    RequestOutput& ro = outs[it->second];
+    RequestOutput& ro = outs[at];
     auto so = std::find_if(ro.seqs.begin(), ro.seqs.end(), [&](auto& x) { return x.index == u.index; });
     if (so == ro.seqs.end()) { ro.seqs.push_back({}); so = ro.seqs.end() - 1; so->index = u.index; }
     so->new_tokens.push_back(u.token);
