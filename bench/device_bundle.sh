@@ -36,7 +36,10 @@ OPTS=()
 for o in PIE_DECODE_FIXED_SPLIT PIE_DECODE_LATENCY PIE_MOE_DECODE_VARIANTS PIE_L2_PREFETCH PIE_FP8_CUTLASS; do
   grep -q "option($o " CMakeLists.txt && OPTS+=("-D$o=ON")
 done
-cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \
+# 90a-real: SASS for sm_90a without the PTX beside it (the lent cards are all sm_90, so nothing
+# JIT-compiles it), which halves the binaries: the carry limit (64 MiB with the tracked tree, 13 MB
+# in 2026-12) is what bounds a bundle.
+cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a-real \
   -DPIE_BUILD_TESTS=ON -DPIE_BUILD_EXAMPLES=ON -DPIE_BUILD_BENCH=ON -DPIE_BUILD_CUDA_BENCH=ON \
   -DPIE_MOE_CUTLASS=ON -DPIE_CUTLASS_DIR="$CUTLASS" "${OPTS[@]}"
 # Targets this tree does not define (an older or newer tree) are left out, with a note.
@@ -71,4 +74,5 @@ tar -cf - -C "$(dirname "$STAGE")" pie_bundle | xz -9 -T2 > .device/bundle.txz
 ls -la .device/bundle.txz
 cat "$STAGE/BUILT_FROM.txt"
 size=$(stat -c %s .device/bundle.txz)
-[ "$size" -lt $((56 << 20)) ] || echo "device_bundle: WARNING .device/bundle.txz is $((size >> 20)) MiB; a call carries at most 64 MiB with the tracked tree"
+tree=$(git ls-files -z | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)
+[ "$((size + ${tree:-0}))" -lt $((63 << 20)) ] || echo "device_bundle: WARNING .device/bundle.txz is $((size >> 20)) MiB and the tracked tree $((${tree:-0} >> 20)) MiB; a call carries at most 64 MiB of both"
