@@ -35,6 +35,17 @@ std::vector<int32_t> random_prompt(std::mt19937& rng, int n) {
 
 constexpr int kSeqs = 256, kBlock = 16;
 
+/// Steps `sch` (every sampled token 42) until one step is `batch` decodes: the prompts prefilled.
+void prefill_all(Scheduler& sch, int batch) {
+  std::vector<int32_t> sampled;
+  for (bool all_decode = false; !all_decode;) {
+    StepPlan plan = sch.schedule();
+    sampled.assign(plan.num_sampled_tokens(), 42);
+    sch.update(plan, sampled);
+    all_decode = plan.num_decode_seqs == batch;
+  }
+}
+
 /// 256 sequences, block size 16, a pool that holds all of them at max_model_len.
 Scheduler scheduler_for_256(int max_model_len) {
   SchedulerConfig cfg;
@@ -92,12 +103,7 @@ void BM_ScheduleUpdateDecodeOnly(benchmark::State& state) {
     sch.add_request(i, random_prompt(rng, prompt_len), p, {151645});
   }
   std::vector<int32_t> sampled;
-  for (bool all_decode = false; !all_decode;) {  // prefill everything first
-    StepPlan plan = sch.schedule();
-    sampled.assign(plan.num_sampled_tokens(), 42);
-    sch.update(plan, sampled);
-    all_decode = plan.num_decode_seqs == kSeqs;
-  }
+  prefill_all(sch, kSeqs);
   StepPlan plan;
   for (auto _ : state) {
     sch.schedule(plan);
@@ -129,12 +135,7 @@ void BM_DecodeStepHost(benchmark::State& state) {
     sch.add_request(i, random_prompt(rng, 128), p, {151645});
   }
   std::vector<int32_t> sampled;
-  for (bool all_decode = false; !all_decode;) {  // prefill everything first
-    StepPlan plan = sch.schedule();
-    sampled.assign(plan.num_sampled_tokens(), 42);
-    sch.update(plan, sampled);
-    all_decode = plan.num_decode_seqs == batch;
-  }
+  prefill_all(sch, batch);
   StepPlan plan;
   size_t outs = 0;
   for (auto _ : state) {
