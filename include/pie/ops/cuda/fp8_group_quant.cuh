@@ -13,9 +13,10 @@
 /// grid is as wide and as deep as the bf16 kernel's.
 /// The arithmetic per group is fp8_quant_regs's: the amax a max (exact in any order),
 /// fp8_group_scale, an IEEE division, satfinite RNE; the producers compute the row kernels' values
-/// — so the same codes and scales bit for bit (Fp8Kernels.FlatGroupQuantizationIsBitIdenticalTo
-/// TheRowKernels). Rows M..Mp−1 are padding: zero codes and scale 1 (fp8_group_scale of an amax of
-/// 0), their inputs never read. Per-token scales (per-channel weights) need the whole row and keep
+/// — so the same codes and scales bit for bit (Fp8Kernels.QuantizationIsBitIdenticalToTheCpu and
+/// Fp8Kernels.FusedProducersAreBitIdenticalToTheSeparateKernels take the flat path against the CPU
+/// and the row kernels). Rows M..Mp−1 are padding: zero codes and scale 1 (fp8_group_scale of an
+/// amax of 0), their inputs never read. Per-token scales (per-channel weights) need the whole row and keep
 /// the row kernels.
 #include <cuda_runtime.h>
 
