@@ -610,4 +610,9 @@ TEST(DecodePlan, PersistentOnlyForOneSplitGridsPastOneWave) {
   DecodePlanOptions off = o;
   off.persistent = false;
   EXPECT_FALSE(plan_decode_split(512, 32, 8, 128, 140, 132, off).persistent);
+  DecodePlanOptions early = o;  // the early pages on every plan (PIE_DECODE_EARLY_PAGES=1): not persistent
+  early.early_pages = true;
+  early.small_grids_only = false;
+  const auto ep = plan_decode_split(512, 32, 8, 128, 140, 132, early);
+  EXPECT_TRUE(ep.early_pages && !ep.persistent);
 }

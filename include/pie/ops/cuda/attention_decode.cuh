@@ -747,7 +747,7 @@ void decode_attention(TensorView<T> q, kv::PagedKV<KV> cache, TensorView<T> out,
                     "decode_attention: the plan's CTA shape is not the default one");
           if constexpr (kMma) {
             if constexpr (kMode == 0) {
-              if (plan.persistent && p.num_splits == 1 && !p.cluster_merge && !p.early_pages && p.group_shift == 0) {
+              if (plan.persistent) {  // (one split, no clusters, group parts or early pages: the plan's rule)
                 detail::launch_decode_mma_persistent<HD, GROUP, detail::kDecodeMmaWarps<DKV>, detail::kDecodeMmaStages>(
                     p, batch, stream);
                 return;

@@ -484,8 +484,7 @@ __global__ void __launch_bounds__(NW * 32, 16 / NW)
     int32_t next_page = 0;    // warp 0: page of this lane's first copy of this item's stage it + STAGES
     int32_t next_page_n = 0;  // warp 0: … of the next item's stage issued_next
     if (warp == 0) {
-      for (int s = issued; s < STAGES && s < sp.n_stages; ++s) ring.issue(s, int((g + s) % STAGES), ring.page_of(s));
-      next_page = ring.page_of(STAGES);
+      next_page = ring.start(issued, g);
       // Slots this item never uses (fewer stages than the ring) take the next item's first stages.
       for (; sp.n_stages + issued_next < STAGES && issued_next < spn.n_stages; ++issued_next)
         ringn.issue(issued_next, int((g + sp.n_stages + issued_next) % STAGES), ringn.page_of(issued_next));

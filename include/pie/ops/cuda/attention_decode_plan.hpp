@@ -326,7 +326,7 @@ struct DecodePlan {
   /// A cluster merge pushes its partials into split 0 (DecodePlanOptions::cluster_push; the
   /// CUDA-core kernel's launches only).
   bool cluster_push = false;
-  /// One split per pair, no clusters or group parts, and more pairs than resident CTAs
+  /// One split per pair, no clusters, group parts or early pages, and more pairs than resident CTAs
   /// (ctas_per_sm per SM): the kernel may run as a persistent grid (DecodePlanOptions::persistent).
   bool persistent = false;
   /// The grid fits one wave of one CTA per SM (batch · KV heads · CTAs per pair ≤ the SM count):
@@ -546,7 +546,8 @@ inline DecodePlan plan_decode_split(int batch, int num_q_heads, int num_kv_heads
     p.small_grid = split_grid <= sm_count;
   if (opt.wide_warps > 0) use_decode_wide_ctas(p, opt.wide_warps);
   p.cluster_push = opt.cluster_push && p.cluster_merge;
-  p.persistent = opt.persistent && p.num_splits == 1 && !p.cluster_merge && p.group_parts == 1 && ctas > slots;
+  p.persistent = opt.persistent && p.num_splits == 1 && !p.cluster_merge && !p.early_pages && p.group_parts == 1 &&
+                 ctas > slots;
   return p;
 }
 

@@ -193,15 +193,17 @@ struct DecodeRing {
       bulk_copy_g2s(dst + (i & 1) * TOK * HD + (k << seg_shift) * HD, data + src, seg_bytes, &bars[slot]);
     }
   }
-  /// Warp 0: fills slots `done` to STAGES − 1 with their stages (the first `done` were filled by
-  /// start_old); returns page_of(STAGES), the next stage's first page.
-  __device__ __forceinline__ int32_t start(int done = 0) const {
+  /// Warp 0: fills the ring with stages `done` to STAGES − 1 (the first `done` were filled by
+  /// start_old, or by the previous item of a persistent CTA); stage s goes to slot (base + s) mod
+  /// STAGES, base being the stages the CTA consumed before (0 for a one-item CTA). Returns
+  /// page_of(STAGES), the next stage's first page.
+  __device__ __forceinline__ int32_t start(int done = 0, uint32_t base = 0) const {
     int32_t first[STAGES];
 #pragma unroll
     for (int s = 0; s < STAGES; ++s) first[s] = s >= done ? page_of(s) : 0;
 #pragma unroll
     for (int s = 0; s < STAGES; ++s)
-      if (s >= done && s < n_stages) issue(s, s, first[s]);
+      if (s >= done && s < n_stages) issue(s, int((base + s) % STAGES), first[s]);
     return page_of(STAGES);
   }
   /// Warp 0, before the kernel waits for its predecessor: fills the first slots whose stages hold

@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <cstdlib>
 
+#include "pie/core/env_switch.hpp"
 #include "pie/core/fp8_weight.hpp"
 #include "pie/ops/cuda/common.cuh"
 
@@ -32,10 +33,7 @@ namespace pie::ops::cuda {
 /// (opt-in until measured on a GPU), or PIE_FP8_FLAT_GROUPS=0/1 (read once).
 inline constexpr bool kFp8FlatGroupsDefault = false;
 inline bool fp8_flat_groups_on() {
-  static const bool on = [] {
-    const char* v = std::getenv("PIE_FP8_FLAT_GROUPS");
-    return v != nullptr ? std::atoi(v) != 0 : kFp8FlatGroupsDefault;
-  }();
+  static const bool on = env_switch("PIE_FP8_FLAT_GROUPS", std::getenv("PIE_FP8_FLAT_GROUPS"), kFp8FlatGroupsDefault);
   return on;
 }
 /// A launcher's `flat` argument: 0 or 1 chooses; −1 (the default) takes fp8_flat_groups_on().
