@@ -10,9 +10,13 @@
 # decode attention at 89 µs a layer, 25% of the step.
 # Steps, most wanted first: the bit-identity tests of both (Fp8Kernels.*, and the decode binary's
 # DecodeAttentionPersistent.*); `pie bench` Qwen3-8B fp8 weights + fp8 cache 2048 × (128, 128) in
-# the order base, flat, flat+persistent, base, flat+persistent, with bf16 once; the engine's fp8
+# the order base, flat, flat+persistent, base, flat+persistent, with bf16 once; per-channel
+# weights (`--quantization fp8`) base and persistent; the engine's fp8
 # tests under both switches; a kernel trace of the step at batch 512 with both; the producers'
-# and the decode kernel's benches; 256 × (512, 256) base and flat+persistent.
+# the fp8 cache's prefill through v3 (`pf`: its tests, per-channel 2048 × (128, 128) and
+# 256 × (512, 256) with PIE_FP8_KV_PREFILL_STAGED 0/1 and bf16 once each, and both 2048 runs traced whole, split into steps
+# with prompt tokens and decode-only steps); Qwen3-30B-A3B 1024 × (128, 128) and batch 1 (issue 20); the producers' and the decode kernel's
+# benches; 256 × (512, 256) base, flat+persistent and bf16.
 # Usage, in the repository root of the GPU machine:
 #   PIE_PREBUILT=.device/bundle.txz OUT=dir bash bench/device_fp8_step.sh
 set -u
@@ -22,7 +26,7 @@ DEADLINE=${PIE_DEADLINE_S:-560}
 mkdir -p "$LOGDIR"
 source "$(dirname "$0")/device_lib.sh"
 device_start
-steps=" ${PIE_STEPS:-test bench t2048 t256 engine trace} "
+steps=" ${PIE_STEPS:-test t2048 pc engine trace moe bench t256} "
 T=$BUILD/tests/gpu/pie_gpu_test_fp8
 D=$BUILD/tests/cuda/pie_cuda_test_attention_decode_merge  # or the persistent tests alone (built by hand with
 [ -x "$D" ] || D=$BUILD/tests/cuda/pie_cuda_test_decode_persistent  # -DPIE_DECODE_TEST_PERSISTENT_ONLY)
@@ -34,7 +38,8 @@ BENCH=$BUILD/examples/pie/pie_bench
 FP8=/tmp/qwen3-8b-fp8; fp8_config "$MODEL8B" "$FP8"
 tput() {  # TAG FLAT PERSISTENT MODEL PROMPTS IN OUT SEQS [args...]
   local tag=$1 f=$2 ps=$3 m=$4 n=$5 i=$6 o=$7 s=$8; shift 8
-  run "tput_$tag" 100 env PIE_FP8_FLAT_GROUPS=$f PIE_DECODE_PERSISTENT=$ps "$BENCH" "$m" --load-format dummy \
+  run "tput_$tag" 100 env PIE_FP8_FLAT_GROUPS=$f PIE_DECODE_PERSISTENT=$ps PIE_FP8_KV_PREFILL_STAGED=${STAGED:-0} \
+    "$BENCH" "$m" --load-format dummy \
     --mode throughput --input-len "$i" --output-len "$o" --num-prompts "$n" --max-num-seqs "$s" "$@"
   grep -E "^(throughput|roofline|decode at)" "$LOGDIR/tput_$tag.log" | sed "s/^/[$tag] /" | tee -a "$SUM"
 }
@@ -45,6 +50,40 @@ if [[ $steps == *" t2048 "* ]]; then
   tput base2 0 0 "$FP8" 2048 128 128 512 --kv-cache-dtype fp8
   tput both2 1 1 "$FP8" 2048 128 128 512 --kv-cache-dtype fp8
   tput bf16 0 0 "$MODEL8B" 2048 128 128 512
+fi
+if [[ $steps == *" pc "* ]]; then  # per-channel weights (`--quantization fp8`: per-token activations, no groups)
+  tput pc_base 0 0 "$MODEL8B" 2048 128 128 512 --quantization fp8 --kv-cache-dtype fp8
+  tput pc_pers 0 1 "$MODEL8B" 2048 128 128 512 --quantization fp8 --kv-cache-dtype fp8
+fi
+if [[ $steps == *" pf "* ]]; then  # the fp8 cache's prefill through v3 (PIE_FP8_KV_PREFILL_STAGED)
+  P=$BUILD/tests/cuda/pie_cuda_test_prefill_fp8_kv
+  [ -x "$P" ] && { run test_pf8 120 "$P" --gtest_color=no; gtest_summary test_pf8 30;
+    grep -E "^\[prefill fp8" "$LOGDIR/test_pf8.log" | head -4 | tee -a "$SUM"; }
+  [ -x "$T" ] && { run engine_pf8 120 "$T" --gtest_color=no --gtest_filter='Fp8Engine.Fp8CachePrefillStaged*';
+    gtest_summary engine_pf8 10; grep -E "^\[fp8 kv prefill" "$LOGDIR/engine_pf8.log" | tee -a "$SUM"; }
+  for r in 1 2; do
+    STAGED=0 tput pc_direct$r 0 0 "$MODEL8B" 2048 128 128 512 --quantization fp8 --kv-cache-dtype fp8
+    STAGED=1 tput pc_staged$r 0 0 "$MODEL8B" 2048 128 128 512 --quantization fp8 --kv-cache-dtype fp8
+  done
+  tput pf_bf16 0 0 "$MODEL8B" 2048 128 128 512
+  STAGED=0 tput pc256_direct 0 0 "$MODEL8B" 256 512 256 256 --quantization fp8 --kv-cache-dtype fp8
+  STAGED=1 tput pc256_staged 0 0 "$MODEL8B" 256 512 256 256 --quantization fp8 --kv-cache-dtype fp8
+  tput pf_bf16_256 0 0 "$MODEL8B" 256 512 256 256
+  TRACER=$BUILD/bench/cuda/libpie_kernel_trace.so
+  for st in 0 1; do  # where the whole 2048 run goes: steps with prompt tokens against decode-only
+    [ -f "$TRACER" ] || break
+    run "trace_run$st" 90 env CUDA_INJECTION64_PATH="$(realpath "$TRACER")" PIE_KERNEL_TRACE="$LOGDIR/trace_run$st.csv" \
+      PIE_FP8_KV_PREFILL_STAGED=$st "$BENCH" "$MODEL8B" --load-format dummy --mode throughput --input-len 128 \
+      --output-len 128 --num-prompts 2048 --max-num-seqs 512 --quantization fp8 --kv-cache-dtype fp8
+    python3 bench/nsys_decode_profile.py "$LOGDIR/trace_run$st.csv" --run-split > "$LOGDIR/split_run$st.txt" 2>&1
+    sed "s/^/[run split staged=$st] /" "$LOGDIR/split_run$st.txt" | head -36 | tee -a "$SUM"
+    gzip -f "$LOGDIR/trace_run$st.csv"
+  done
+fi
+if [[ $steps == *" moe "* ]]; then  # issue 20's rows on whatever card came (the defaults)
+  tput moe1024 0 0 "$MOE" 1024 128 128 1024
+  run moe_b1 100 "$BENCH" "$MOE" --load-format dummy --mode latency --input-len 128 --output-len 128 --num-iters 5
+  grep -E "^latency" "$LOGDIR/moe_b1.log" | sed "s/^/[moe b1] /" | tee -a "$SUM"
 fi
 if [[ $steps == *" engine "* ]] && [ -x "$T" ]; then
   run engine_fp8 120 env PIE_FP8_FLAT_GROUPS=1 PIE_DECODE_PERSISTENT=1 "$T" --gtest_color=no --gtest_filter='Fp8Engine.*'
@@ -68,6 +107,7 @@ fi
 if [[ $steps == *" t256 "* ]]; then
   tput base256 0 0 "$FP8" 256 512 256 256 --kv-cache-dtype fp8
   tput both256 1 1 "$FP8" 256 512 256 256 --kv-cache-dtype fp8
+  tput bf16_256 0 0 "$MODEL8B" 256 512 256 256
 fi
 say done
 (cd "$OUT" && tar czf logs.tgz logs && rm -rf logs)

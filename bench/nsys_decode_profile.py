@@ -32,15 +32,16 @@ def category(name):
         return "kv_write"
     if "decode_merge" in n:
         return "attention_merge"
-    if "decode_kernel" in n or "decode_mma_kernel" in n:  # CUDA-core and tensor-core decode attention
+    # CUDA-core, tensor-core and persistent tensor-core decode attention
+    if "decode_kernel" in n or "decode_mma_kernel" in n or "decode_mma_persistent_kernel" in n:
         return "attention_decode"
     if "prefill" in n:
         return "attention_prefill"
-    if "silu" in n:
+    if "silu" in n or "fp8flatswiglu" in n:  # fp8_group_quant.cuh's flat kernel names its producer
         return "silu_mul"
     if "embedding" in n:
         return "embedding"
-    if "fp8_quant" in n:
+    if "fp8_quant" in n or "fp8_flat_group_quant" in n:
         return "fp8_quant"  # activation quantization before an fp8 GEMM
     if "moe_" in n:  # ops/cuda/moe.cuh: kGather (the first bool) marks the gate_up product
         args = re.sub(r"\s*[;,]\s*", ",", n)
@@ -149,6 +150,41 @@ def frontier(named):
     return charged, gaps
 
 
+def run_split(rows):
+    """The whole run (every step, every batch): where a throughput run's time goes between steps
+    that carry prompt tokens (prefill chunks, alone or with decodes) and decode-only steps. Per
+    class: steps, summed wall time and idle gaps, and per op the charged time (frontier())."""
+    cls = {}
+    for i, st in enumerate(steps(rows)):
+        cats = {category(r[2]) for r in st}
+        if i == 0:
+            k = "other"  # up to the first sampler: the ceilings, the memory profile's forward, warm-up
+        elif "attention_prefill" in cats:
+            k = "with prefill"
+        elif "attention_decode" in cats:
+            k = "decode only"
+        else:
+            k = "other"  # a lone sampler launch
+        named = name_linears(st)
+        charged, gaps = frontier(named)
+        t0, t1 = st[0][0], max(r[0] + r[1] for r in st)
+        c = cls.setdefault(k, {"steps": 0, "wall": 0, "gaps": 0, "ops": {}})
+        c["steps"] += 1
+        c["wall"] += t1 - t0
+        c["gaps"] += gaps
+        for op, d in charged:
+            c["ops"][op] = c["ops"].get(op, 0) + d
+    total = sum(c["wall"] for k, c in cls.items() if k != "other")
+    for k, c in sorted(cls.items(), key=lambda kv: -kv[1]["wall"]):
+        if k == "other":
+            print(f"other: {c['steps']} kernel groups, {c['wall'] / 1e6:.1f} ms (not counted)")
+            continue
+        print(f"{k}: {c['steps']} steps, {c['wall'] / 1e6:.1f} ms of GPU step time "
+              f"({100 * c['wall'] / total:.1f}%), idle gaps {c['gaps'] / 1e6:.1f} ms")
+        for op, d in sorted(c["ops"].items(), key=lambda kv: -kv[1])[:14]:
+            print(f"  {op:<22} {d / 1e6:>9.1f} ms {100 * d / c['wall']:>6.1f}%")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("csv")
@@ -164,6 +200,8 @@ def main():
     ap.add_argument("--experts", type=int, default=0, help="MoE: experts per layer (0: a dense model)")
     ap.add_argument("--moe-intermediate", type=int, default=768)
     ap.add_argument("--top-k", type=int, default=8)
+    ap.add_argument("--run-split", action="store_true",
+                    help="instead: the whole run's GPU time split into steps with and without prefill, per op")
     a = ap.parse_args()
     H, I, wb = a.hidden, a.intermediate, a.weight_bytes
     wbytes = {"qkv_proj": (a.q_size + 2 * a.kv_size) * H * wb, "o_proj": a.q_size * H * wb,
@@ -181,6 +219,9 @@ def main():
     rows = load(a.csv)
     if not rows:
         sys.exit("no kernels in " + a.csv)
+    if a.run_split:
+        run_split(rows)
+        return
     keep = []
     for st in steps(rows):
         sampler = [r for r in st if category(r[2]) == "sample"][-1]

@@ -682,6 +682,80 @@ TEST(Fp8Engine, Fp8WeightsWithAnFp8KvCacheCloseToTheBf16Cache) {
   std::filesystem::remove_all(dir);
 }
 
+/// Hand-made steps with prompt chunks long enough for the fp8 cache's staged prefill
+/// (ops/cuda/prefill_fp8_kv.cuh): four prompts (40, 70, 33 and 3 tokens), then a step whose
+/// decode rows come first and whose chunks follow a cached prefix (48 and 36 more tokens), then two
+/// steps of four decodes. PIE_FP8_KV_PREFILL_STAGED = `staged` for this engine; every step's logits,
+/// and the staged launches the forward made.
+template <class P>
+std::vector<float> fp8_kv_prefill_logits(const std::string& dir, bool staged, int64_t* staged_launches) {
+  setenv("PIE_FP8_KV_PREFILL_STAGED", staged ? "1" : "0", 1);
+  EngineOptions o = small_options(false);
+  o.model_dir = dir;
+  o.load_format = "dummy";
+  o.kv_cache_dtype = "fp8";
+  if constexpr (P::fp8_weights) o.quantization = "fp8";
+  Engine<Qwen3, P> e(o);
+  unsetenv("PIE_FP8_KV_PREFILL_STAGED");
+  auto tokens = [](int n, int first) {
+    std::vector<int32_t> t(n);
+    for (int i = 0; i < n; ++i) t[i] = (first + 37 * i) % 1000 + 3;
+    return t;
+  };
+  std::vector<gpu_test::HandSeq> s(4);
+  const int prompt[4] = {40, 70, 33, 3};
+  for (int i = 0; i < 4; ++i) s[i].tokens = tokens(prompt[i], 11 * i);
+  int32_t next = 0;
+  std::vector<float> all;
+  auto step = [&](std::vector<int> order, std::vector<int> n) {
+    std::vector<gpu_test::HandSeq*> ps;
+    for (int i : order) ps.push_back(&s[i]);
+    auto plan = gpu_test::hand_plan(ps, n, P::block_size, next);
+    auto got = e.runner().execute_logits(plan, std::vector<SampleSpec>(order.size()));
+    all.insert(all.end(), got.begin(), got.end());
+  };
+  step({0, 1, 2, 3}, {40, 70, 33, 3});
+  for (int i : {1, 3}) s[i].tokens.push_back(500 + i);
+  auto more = [&](int i, int n) {
+    const auto t = tokens(n, 7 + i);
+    s[i].tokens.insert(s[i].tokens.end(), t.begin(), t.end());
+  };
+  more(0, 48);
+  more(2, 36);
+  step({1, 3, 0, 2}, {1, 1, 48, 36});
+  for (int k = 0; k < 2; ++k) {
+    for (int i = 0; i < 4; ++i) s[i].tokens.push_back(600 + 4 * k + i);
+    step({0, 1, 2, 3}, {1, 1, 1, 1});
+  }
+  *staged_launches = e.runner().forward().fp8_prefill_staged();
+  return all;
+}
+
+TEST(Fp8Engine, Fp8CachePrefillStagedThroughV3CloseToTheFp8Kernel) {
+  // PIE_FP8_KV_PREFILL_STAGED=1: an fp8 cache's prompt chunks widened into the staging pool and
+  // read by the Hopper kernel v3, against the mma.sync kernel that reads the fp8 pages; the same
+  // steps, logits within a few bf16 roundings carried through the fp8 cache (the two kernels sum
+  // in another order, so a K/V code written later may land one e4m3 step away). bf16 weights
+  // (no fp8 activation codes to amplify it) and fp8 weights, head dim 64.
+  if (!ops::cuda::sm90::hopper_device()) GTEST_SKIP() << "not sm_90: v3 is Hopper's";
+  const std::string dir = fp8_small_config("pie_fp8_kv_prefill", 512, false);
+  for (bool fp8_weights : {false, true}) {
+    int64_t off = 0, on = 0;
+    const auto direct = fp8_weights ? fp8_kv_prefill_logits<CudaBf16Fp8Fp8KV>(dir, false, &off)
+                                    : fp8_kv_prefill_logits<CudaBf16Fp8KV>(dir, false, &off);
+    const auto staged = fp8_weights ? fp8_kv_prefill_logits<CudaBf16Fp8Fp8KV>(dir, true, &on)
+                                    : fp8_kv_prefill_logits<CudaBf16Fp8KV>(dir, true, &on);
+    ASSERT_EQ(staged.size(), direct.size());
+    const double e = gpu_test::rel_err(staged, direct);
+    std::printf("[fp8 kv prefill, %s weights] staged v3 against the fp8 kernel: logits rel err %.3e (%lld staged launches)\n",
+                fp8_weights ? "fp8" : "bf16", e, static_cast<long long>(on));
+    EXPECT_EQ(off, 0);
+    EXPECT_EQ(on, 2 * 2) << "two prefill steps × two layers";
+    EXPECT_LT(e, fp8_weights ? 0.05 : 0.02);
+  }
+  std::filesystem::remove_all(dir);
+}
+
 TEST(Fp8Engine, GemvVariantsGiveBitIdenticalLogits) {
   // Every batch-1 GEMV variant (PIE_FP8_GEMV), the producers quantizing x for it at batch 1
   // (PIE_FP8_GEMV_PRE) and the norm in its prologue (PIE_FP8_GEMV_NORM), against the default engine: same dummy weights, same hand-made steps

@@ -75,6 +75,7 @@
 #include "pie/ops/cuda/moe_cutlass_path.cuh"
 #endif
 #include "pie/ops/cuda/norm.cuh"
+#include "pie/ops/cuda/prefill_fp8_kv.cuh"
 #include "pie/ops/cuda/prompt_logprobs.cuh"
 #include "pie/ops/cuda/rope.cuh"
 #include "pie/ops/cuda/rope_kv.cuh"
@@ -134,6 +135,9 @@ class CudaForward {
     StepProfiler* profiler = nullptr;
     ops::cuda::RopeParams rope;
     unsigned char* decode_ws = nullptr;
+    /// An fp8 cache's prefill through a 16-bit staging pool and the Hopper kernel v3
+    /// (ops/cuda/prefill_fp8_kv.cuh; null: the mma.sync kernel reads the fp8 pages itself)
+    ops::cuda::Fp8KvPrefillStaging<T>* fp8_kv_prefill = nullptr;
     bool batch_invariant = false;
     FusionSwitches fusions;                    ///< opt-in fusions (engine/fusion_switches.hpp)
     L2Prefetch l2_prefetch;                    ///< prefetch()'s policy (default: never)
@@ -197,6 +201,8 @@ class CudaForward {
   }
   /// Ops enqueued since begin().
   int ops() const { return ops_; }
+  /// Prefill attentions over an fp8 cache that took the staged v3 path (Parts::fp8_kv_prefill).
+  int64_t fp8_prefill_staged() const { return fp8_prefill_staged_; }
   /// Device bytes the context itself holds (memory plan).
   size_t bytes() const {
     size_t b = (res_pong_.size() + moe_x_.size()) * sizeof(T) + rows_.size() * sizeof(T) + logits_.size() * sizeof(float) +
@@ -500,8 +506,23 @@ class CudaForward {
       const int64_t r0 = shape_.prefill_row0;
       auto kvp = cache.layer(l, S - D, st.kv_indptr() + D, st.kv_indices(), st.kv_last_page_len() + D);
       op("attention_prefill", [&] {
-        ops::cuda::prefill_attention(heads(qkv.data + r0 * QKV, Tn - r0, QKV), kvp, st.cu_prefill(), shape_.max_query,
-                                     heads(out.data + r0 * O, Tn - r0, O), sm_scale, p_.variant, s_);
+        const auto q_rows = heads(qkv.data + r0 * QKV, Tn - r0, QKV);
+        const auto out_rows = heads(out.data + r0 * O, Tn - r0, O);
+        if constexpr (ops::cuda::is_fp8_v<ops::cuda::device_t<KV>>) {
+          // Not under --batch-invariant: its decode rows take the mma.sync kernel, and a token
+          // recomputed inside a chunk must meet the same arithmetic there.
+          if (p_.fp8_kv_prefill != nullptr && !p_.batch_invariant &&
+              shape_.max_query >= ops::cuda::kFp8KvPrefillStagedRows) {
+            const int32_t* h = st.host_kv_indptr();  // the staged step's table, on the host too
+            if (ops::cuda::prefill_attention_fp8_staged(q_rows, kvp, st.cu_prefill(), shape_.max_query, out_rows,
+                                                        sm_scale, p_.variant, s_, *p_.fp8_kv_prefill, h[S] - h[D])) {
+              ++fp8_prefill_staged_;
+              return;
+            }
+          }
+        }
+        ops::cuda::prefill_attention(q_rows, kvp, st.cu_prefill(), shape_.max_query, out_rows, sm_scale, p_.variant,
+                                     s_);
       });
     }
   }
@@ -915,6 +936,7 @@ class CudaForward {
   DeviceBuffer<float> logits_, part_, gathered_;
   float* logits_out_ = nullptr;  // logits_, or a nano-batch's rows of the step's (set_logits_target)
   int ops_ = 0, signal_ops_ = 0;  // ops enqueued this step; signal_after's count
+  int64_t fp8_prefill_staged_ = 0;  // fp8_prefill_staged()
   cudaEvent_t signal_ = nullptr;
   DeviceBuffer<int32_t> ids_;
   std::unique_ptr<ops::cuda::MoeWorkspace<T>> moe_;  ///< the MoE block's scratch (first moe() call)

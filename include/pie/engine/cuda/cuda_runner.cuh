@@ -684,7 +684,18 @@ class CudaRunner {
     p.moe_decode = ops::cuda::moe_decode::switches_from_env();
     p.shard = shard_ ? &*shard_ : nullptr;
     p.comm = comm_.get();
-    typename Forward::Parts nano_parts = p;
+    typename Forward::Parts nano_parts = p;  // the nano-batch halves keep the fp8 prefill below off
+    // The fp8 cache's prefill through v3 (ops/cuda/prefill_fp8_kv.cuh; PIE_FP8_KV_PREFILL_STAGED):
+    // staging for four activation slots' worth of context tokens and every sequence's partial page.
+    if constexpr (ops::cuda::is_fp8_v<ops::cuda::device_t<KV>>) {
+      if (ops::cuda::fp8_kv_prefill_staged_from_env() && !opt_.batch_invariant && ops::cuda::sm90::hopper_device()) {
+        const int bs = Policy::block_size;
+        const int64_t pages = int64_t{4} * max_tokens_ / bs + opt_.sched.max_num_seqs;
+        fp8_kv_prefill_ = std::make_unique<ops::cuda::Fp8KvPrefillStaging<T>>(pages, c.num_key_value_heads, bs,
+                                                                              c.head_dim, opt_.sched.max_num_seqs);
+        p.fp8_kv_prefill = fp8_kv_prefill_.get();
+      }
+    }
     fwd_ = std::make_unique<Forward>(std::move(p));
     setup_nano(nano_parts, cap, std::max<size_t>(dws, 256));
   }
@@ -869,7 +880,8 @@ class CudaRunner {
     DeviceMemory after = DeviceMemory::query();
     // Workspaces (activation slots included: the profile step allocated them) count explicitly.
     const size_t ws =
-        fwd_->bytes() + step_.bytes() + decode_ws_.size() + (size_t{64} << 20) /* GEMM scratch */ + nano_bytes;
+        fwd_->bytes() + step_.bytes() + decode_ws_.size() + (size_t{64} << 20) /* GEMM scratch */ + nano_bytes +
+        (fp8_kv_prefill_ ? fp8_kv_prefill_->bytes() : 0);
     const size_t lib = with_scratch.free > after.free ? with_scratch.free - after.free : 0;  // handles, plans
     return ws + lib;
   }
@@ -1192,6 +1204,7 @@ class CudaRunner {
   cudaEvent_t fork_ = nullptr, join_ = nullptr, stagger_ = nullptr;
   DecodeGraphs split_graphs_;  // split decode graphs, by bucket (nano_bucket)
   DeviceBuffer<unsigned char> decode_ws_;
+  std::unique_ptr<ops::cuda::Fp8KvPrefillStaging<T>> fp8_kv_prefill_;  // null: the fp8 prefill's default kernel
   ops::cuda::DecodePlanOptions decode_opts_;  ///< make_decode_plan_options(), read once
   DeviceBuffer<float> inv_freq_;
   DeviceBuffer<int32_t> ids_;

@@ -283,6 +283,52 @@ void launch_prefill(const PrefillParams<T, KV, Variant>& p, int num_seqs, int ma
 }
 }  // namespace detail
 
+namespace detail {
+/// The Hopper kernels (v3, the default; v2 where PIE_PREFILL_SM90 asks for it and it is compiled)
+/// over a 16-bit pool `kv`: false where this build or device holds none for its head dim and block
+/// size, or (kv.k_scale / kv.v_scale set: an fp8 cache widened to D, prefill_fp8_kv.cuh) where v3
+/// is not the kernel that would run.
+template <class D, class Variant>
+bool prefill_sm90(const D* q, int64_t q_stride, D* out, int64_t out_stride, const kv::PagedKV<D>& kv,
+                  const int32_t* cu_query_lens, int max_query_len, int nq, float sm_scale, Variant variant,
+                  cudaStream_t stream) {
+  const int bsz = kv.block_size;
+  if (bsz < 8 || bsz > 128) return false;
+  const bool scaled = kv.k_scale != nullptr || kv.v_scale != nullptr;
+  auto sm90 = [&]<int HD>() {
+    sm90::Params<D, Variant> sp{};
+    sp.q = q; sp.q_stride = q_stride;
+    sp.out = out; sp.out_stride = out_stride;
+    sp.indptr = kv.indptr; sp.indices = kv.indices; sp.last_page_len = kv.last_page_len;
+    sp.cu_q = cu_query_lens;
+    sp.num_kv_heads = kv.num_kv_heads; sp.block_size = bsz;
+    sp.bs_shift = __builtin_ctz(static_cast<unsigned>(bsz));
+    sp.group = nq / kv.num_kv_heads;
+    sp.sm_scale = sm_scale;
+    sp.variant = variant;
+    sp.k_scale = kv.k_scale; sp.v_scale = kv.v_scale;
+#if PIE_PREFILL_SM90_V3  // the default (PIE_PREFILL_SM90=2 takes v2 where it is compiled too)
+    if ((!PIE_PREFILL_SM90_ALL || sm90::v3::version() == 3) && sm90::v3::available<HD, D, Variant>()) {
+      sm90::v3::launch<HD, D, Variant>(sp, kv.data, kv.batch_size, max_query_len, stream, sm90::v3::requested_box(),
+                                       sm90::v3::requested_grid(), sm90::v3::requested_shape());
+      return true;
+    }
+#endif
+#if !PIE_PREFILL_SM90_V3 || PIE_PREFILL_SM90_ALL
+    if (scaled || !sm90::available<HD, D, Variant>()) return false;
+    sm90::launch<HD, D, Variant>(sp, kv.data, kv.batch_size, max_query_len, stream);
+    return true;
+#else
+    (void)scaled;
+    return false;
+#endif
+  };
+  if (kv.head_dim == 128) return sm90.template operator()<128>();
+  if (kv.head_dim == 64) return sm90.template operator()<64>();
+  return false;
+}
+}  // namespace detail
+
 /// \brief Prefill (and chunked-prefill) attention over the paged cache. Sequence b's query rows
 /// are q[cu_query_lens[b] .. cu_query_lens[b+1]); they are the last tokens of its
 /// cache.seq_len(b) cached tokens (write K/V first), and attend causally under `variant`.
@@ -310,41 +356,17 @@ void prefill_attention(TensorView<T> q, kv::PagedKV<KV> cache, const int32_t* cu
   using D = device_t<T>;
   using DKV = device_t<KV>;
   // Hopper path (wgmma + TMA, GQA-packed 128-row tiles): the default CTA shape, K/V of the
-  // query dtype, head dim 64/128, blocks of 8..128 tokens. Everything else (fp8 KV, head dim
-  // 256, explicit CTA shapes such as the batch-invariant <1, true>) stays on the kernel below.
+  // query dtype, head dim 64/128, blocks of 8..128 tokens. Everything else (fp8 KV — unless
+  // prefill_fp8_kv.cuh widens it first —, head dim 256, explicit CTA shapes such as the
+  // batch-invariant <1, true>) stays on the kernel below.
   if constexpr (Warps == 0 && !PackGqa && std::is_same_v<D, DKV>) {
-    const int bsz = cache.block_size;
-    auto sm90 = [&]<int HD>() {
-      sm90::Params<D, Variant> sp{};
-      sp.q = dev(q.data); sp.q_stride = q.stride[0];
-      sp.out = dev(out.data); sp.out_stride = out.stride[0];
-      sp.indptr = cache.indptr; sp.indices = cache.indices; sp.last_page_len = cache.last_page_len;
-      sp.cu_q = cu_query_lens;
-      sp.num_kv_heads = cache.num_kv_heads; sp.block_size = bsz;
-      sp.bs_shift = __builtin_ctz(static_cast<unsigned>(bsz));
-      sp.group = nq / cache.num_kv_heads;
-      sp.sm_scale = sm_scale;
-      sp.variant = variant;
-#if PIE_PREFILL_SM90_V3  // the default (PIE_PREFILL_SM90=2 takes v2 where it is compiled too)
-      if ((!PIE_PREFILL_SM90_ALL || sm90::v3::version() == 3) && sm90::v3::available<HD, D, Variant>()) {
-        sm90::v3::launch<HD, D, Variant>(sp, dev(cache.data), cache.batch_size, max_query_len, stream,
-                                         sm90::v3::requested_box(), sm90::v3::requested_grid(),
-                                         sm90::v3::requested_shape());
-        return true;
-      }
-#endif
-#if !PIE_PREFILL_SM90_V3 || PIE_PREFILL_SM90_ALL
-      if (!sm90::available<HD, D, Variant>()) return false;
-      sm90::launch<HD, D, Variant>(sp, dev(cache.data), cache.batch_size, max_query_len, stream);
-      return true;
-#else
-      return false;
-#endif
-    };
-    if (bsz >= 8 && bsz <= 128) {
-      if (cache.head_dim == 128 && sm90.template operator()<128>()) return;
-      if (cache.head_dim == 64 && sm90.template operator()<64>()) return;
-    }
+    // A 16-bit cache ignores its scales: none passed on.
+    const kv::PagedKV<D> view{dev(cache.data),  cache.num_kv_heads, cache.head_dim,
+                              cache.block_size, cache.batch_size,   cache.indptr,
+                              cache.indices,    cache.last_page_len};
+    if (detail::prefill_sm90(dev(q.data), q.stride[0], dev(out.data), out.stride[0], view, cu_query_lens,
+                             max_query_len, nq, sm_scale, variant, stream))
+      return;
   }
   detail::PrefillParams<D, DKV, Variant> p{};
   p.q = dev(q.data); p.q_stride = q.stride[0];

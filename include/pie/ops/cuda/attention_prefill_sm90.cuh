@@ -244,6 +244,10 @@ struct Params {
   float sm_scale;
   Variant variant;
   int m_tiles = 0, num_seqs = 0;  ///< v3's persistent grid: row tiles of the longest chunk, sequences
+  /// v3 only (prefill_fp8_kv.cuh): per KV head, the scores' and the output's factors of an fp8
+  /// cache widened to T (codes, exact); null means 1. v2 requires them null.
+  const float* k_scale = nullptr;
+  const float* v_scale = nullptr;
 };
 
 constexpr int kBM = 128, kBN = 128, kThreads = 384;
@@ -513,6 +517,7 @@ bool available() {
 
 template <int HD, class T, class Variant, bool PINGPONG = true>
 void launch(Params<T, Variant>& p, const T* pool, int num_seqs, int max_q_len, cudaStream_t stream) {
+  PIE_CHECK(p.k_scale == nullptr && p.v_scale == nullptr, "prefill_attention (sm90 v2): no KV scales (v3 only)");
   // Pool as 4-D: [rows][bs/8][8][HD] with rows = block·2·kv_heads + (K: 0, V: kv_heads) + head.
   const cuuint64_t dims[4] = {cuuint64_t(HD), 8, cuuint64_t(p.block_size / 8), cuuint64_t(1) << 31};
   const cuuint64_t strides[3] = {cuuint64_t(HD) * sizeof(T), cuuint64_t(8) * HD * sizeof(T),

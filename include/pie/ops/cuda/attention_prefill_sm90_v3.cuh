@@ -365,7 +365,9 @@ __global__ void __launch_bounds__(128 * (1 + NC), 1) prefill_kernel(const __grid
 #pragma unroll
   for (int i = 0; i < HD / 2; ++i) o[i] = 0.f;
   SoftmaxState st;
-  st.f = Variant::kSoftCap ? 1.f : p.sm_scale * 1.4426950408889634f;
+  // An fp8 cache widened to T holds codes: its K scale joins the scores' (prefill_fp8_kv.cuh).
+  const float sm_scale = p.k_scale != nullptr ? p.sm_scale * p.k_scale[g.kvh] : p.sm_scale;
+  st.f = Variant::kSoftCap ? 1.f : sm_scale * 1.4426950408889634f;
   const int qpos_lo = g.q_off + (m0 + r_lo) / G, qpos_hi = g.q_off + (m0 + r_hi) / G;
   const int diag = g.q_off + g.first_tok;  // tiles whose last key is past this need the causal mask
 
@@ -388,9 +390,9 @@ __global__ void __launch_bounds__(128 * (1 + NC), 1) prefill_kernel(const __grid
     const bool need_mask = (Variant::kCausal && n0 + kBN - 1 > diag) || n0 + kBN > kv_len ||
                            Variant::kWindowLeft > 0 || !Variant::kCausal;
     if (need_mask)
-      softmax_tile<true, T, kBN>(sacc, st, n0 + (lane % 4) * 2, qpos_lo, qpos_hi, kv_len, p.sm_scale, p.variant);
+      softmax_tile<true, T, kBN>(sacc, st, n0 + (lane % 4) * 2, qpos_lo, qpos_hi, kv_len, sm_scale, p.variant);
     else
-      softmax_tile<false, T, kBN, EMU>(sacc, st, n0 + (lane % 4) * 2, qpos_lo, qpos_hi, kv_len, p.sm_scale,
+      softmax_tile<false, T, kBN, EMU>(sacc, st, n0 + (lane % 4) * 2, qpos_lo, qpos_hi, kv_len, sm_scale,
                                        p.variant);
   };
   // Ping-pong (as v2): the consumer warpgroups take turns issuing their GEMMs, round robin
@@ -486,7 +488,8 @@ __global__ void __launch_bounds__(128 * (1 + NC), 1) prefill_kernel(const __grid
     l_r[r] += __shfl_xor_sync(0xffffffffu, l_r[r], 1);
     l_r[r] += __shfl_xor_sync(0xffffffffu, l_r[r], 2);
   }
-  const float inv[2] = {l_r[0] > 0.f ? 1.f / l_r[0] : 0.f, l_r[1] > 0.f ? 1.f / l_r[1] : 0.f};
+  const float vs = p.v_scale != nullptr ? p.v_scale[g.kvh] : 1.f;  // and its V scale the output's
+  const float inv[2] = {l_r[0] > 0.f ? vs / l_r[0] : 0.f, l_r[1] > 0.f ? vs / l_r[1] : 0.f};
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int row = m0 + (r == 0 ? r_lo : r_hi);
