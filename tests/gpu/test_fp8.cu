@@ -697,6 +697,7 @@ std::vector<float> fp8_kv_prefill_logits(const std::string& dir, bool staged, in
   if constexpr (P::fp8_weights) o.quantization = "fp8";
   Engine<Qwen3, P> e(o);
   unsetenv("PIE_FP8_KV_PREFILL_STAGED");
+  const int64_t before = e.runner().forward().fp8_prefill_staged();  // the start's own forwards
   auto tokens = [](int n, int first) {
     std::vector<int32_t> t(n);
     for (int i = 0; i < n; ++i) t[i] = (first + 37 * i) % 1000 + 3;
@@ -727,7 +728,7 @@ std::vector<float> fp8_kv_prefill_logits(const std::string& dir, bool staged, in
     for (int i = 0; i < 4; ++i) s[i].tokens.push_back(600 + 4 * k + i);
     step({0, 1, 2, 3}, {1, 1, 1, 1});
   }
-  *staged_launches = e.runner().forward().fp8_prefill_staged();
+  *staged_launches = e.runner().forward().fp8_prefill_staged() - before;
   return all;
 }
 
