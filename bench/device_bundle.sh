@@ -26,6 +26,7 @@ JOBS=${JOBS:-2}
 TARGETS=(pie_bench pie_gpu_test_hf pie_gpu_test_runner pie_gpu_test_fp8 pie_gpu_test_prompt_logprobs
   pie_gpu_test_async_scheduling pie_gpu_test_device_sampling pie_gpu_test_fused_ops
   pie_cuda_test_moe pie_cuda_test_moe_cutlass pie_cuda_test_sampling pie_cuda_test_rope_kv pie_cuda_test_gemm
+  pie_cuda_test_prefill_fp8_kv
   pie_bench_cuda_moe_decode pie_bench_cuda_persist pie_kernel_trace ${PIE_EXTRA_TARGETS:-})
 # PIE_BUNDLE_TARGETS="a b …" builds only those (a call that runs a few binaries; faster here too).
 [ -n "${PIE_BUNDLE_TARGETS:-}" ] && read -r -a TARGETS <<< "$PIE_BUNDLE_TARGETS"
