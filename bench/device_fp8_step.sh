@@ -15,7 +15,8 @@
 # tests under both switches; a kernel trace of the step at batch 512 with both; the producers'
 # the fp8 cache's prefill through v3 (`pf`: its tests, per-channel 2048 × (128, 128) and
 # 256 × (512, 256) with PIE_FP8_KV_PREFILL_STAGED 0/1 and bf16 once each, and both 2048 runs traced whole, split into steps
-# with prompt tokens and decode-only steps); Qwen3-30B-A3B 1024 × (128, 128) and batch 1 (issue 20); the producers' and the decode kernel's
+# with prompt tokens and decode-only steps); `short`: bench_prefill --short (v3's tile and persistent
+# grids on many short prompts); Qwen3-30B-A3B 1024 × (128, 128) and batch 1 (issue 20); the producers' and the decode kernel's
 # benches; 256 × (512, 256) base, flat+persistent and bf16.
 # Usage, in the repository root of the GPU machine:
 #   PIE_PREBUILT=.device/bundle.txz OUT=dir bash bench/device_fp8_step.sh
@@ -79,6 +80,11 @@ if [[ $steps == *" pf "* ]]; then  # the fp8 cache's prefill through v3 (PIE_FP8
     sed "s/^/[run split staged=$st] /" "$LOGDIR/split_run$st.txt" | head -36 | tee -a "$SUM"
     gzip -f "$LOGDIR/trace_run$st.csv"
   done
+fi
+if [[ $steps == *" short "* ]]; then  # many short prompts a launch: v3's grids, mma.sync, fp8 both ways
+  # bench_prefill is built by `bench/cuda/prefill_ab.sh build DIR` (not CMake); put it in the bundle's root
+  [ -x "$BUILD/bench_prefill" ] && run short 60 "$BUILD/bench_prefill" --short &&
+    grep -E "^pie short" "$LOGDIR/short.log" | tee -a "$SUM" > /dev/null
 fi
 if [[ $steps == *" moe "* ]]; then  # issue 20's rows on whatever card came (the defaults)
   tput moe1024 0 0 "$MOE" 1024 128 128 1024

@@ -5,7 +5,7 @@
 // mma.sync kernel (prefill_attention<8>) in one process: 32 query / 8 KV heads, bf16, shuffled block table,
 // random inputs, median of 20 event-timed launches. Prints one "pie" line per shape for
 // bench/prefill_peer.py, which times PyTorch SDPA on the same shapes in the same call.
-//   bench_prefill [--quick] [--no-v3] [--no-v3p] [--no-v3c]
+//   bench_prefill [--quick] [--no-v3] [--no-v3p] [--no-v3c] | --shapes | --short
 // Every Hopper kernel and grid, chosen at run time by PIE_PREFILL_SM90 (the engine compiles v3's
 // default shape only: attention_prefill.cuh).
 #undef PIE_PREFILL_SM90_V3
@@ -16,11 +16,15 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <type_traits>
+#include <utility>
 #include <string>
 #include <vector>
 
 #include "bench_common.cuh"
 #include "pie/ops/cuda/attention_prefill.cuh"
+#include "pie/ops/cuda/prefill_fp8_kv.cuh"
 
 namespace {
 using namespace pie;
@@ -73,6 +77,57 @@ void run(const char* tag, int n, int prefix, int hd, int bs, int emu = 0) {
               flops / (ms * 1e-3) / 1e12);
   std::fflush(stdout);
 }
+/// Many fresh prompts of `n` tokens in one launch, as a throughput run's prefill step (64 prompts of
+/// 128 = 8,192 rows): where v3's one-tile CTAs pay their setup once per 128 rows (docs/kernels.md,
+/// the staged fp8 prefill's outcome). Mode 0: the mma.sync kernel (prefill_attention<8>); −3: v3 on
+/// its tile grid; −5: v3 on its persistent grid; 10: an fp8 cache through the mma.sync kernel; 11:
+/// an fp8 cache through prefill_fp8_kv.cuh (widening + v3, the engine's default).
+template <int Mode>
+void run_short(const char* tag, int seqs, int n, int hd, int bs) {
+  const int nq = 32, nkv = 8, rows = seqs * n;
+  constexpr bool kFp8 = Mode >= 10;
+  using KV = std::conditional_t<kFp8, fp8_e4m3, bf16>;
+  BenchCache<KV> c(seqs, n, nkv, hd, bs);
+  DeviceBuffer<bf16> q(size_t(rows) * nq * hd), o(q.size());
+  fill(q.data(), q.size(), 6);
+  std::vector<int32_t> cu(seqs + 1);
+  for (int b = 0; b <= seqs; ++b) cu[b] = b * n;
+  DeviceBuffer<int32_t> dcu(cu.size());
+  PIE_CUDA_CHECK(cudaMemcpy(dcu.data(), cu.data(), cu.size() * 4, cudaMemcpyHostToDevice));
+  const double flops = 4.0 * nq * hd * double(seqs) * (double(n) * (n + 1) / 2);
+  const float sm = 1.f / std::sqrt(float(hd));
+  const int64_t pages = int64_t(seqs) * ((n + bs - 1) / bs);
+  std::unique_ptr<ops::cuda::Fp8KvPrefillStaging<bf16>> staging;
+  if constexpr (Mode == 11) staging = std::make_unique<ops::cuda::Fp8KvPrefillStaging<bf16>>(pages, nkv, bs, hd, seqs);
+  auto call = [&] {
+    if constexpr (Mode == 11) {
+      const bool ran = ops::cuda::prefill_attention_fp8_staged(q.view({rows, nq, hd}), c.view, dcu.data(), n,
+                                                               o.view({rows, nq, hd}), sm, attention::Causal{},
+                                                               nullptr, *staging, pages);
+      PIE_CHECK(ran, "bench_prefill --short: the staged path refused");
+    } else if constexpr (Mode == 0 || Mode == 10) {
+      ops::cuda::prefill_attention<Mode == 0 ? 8 : 0>(q.view({rows, nq, hd}), c.view, dcu.data(), n,
+                                                      o.view({rows, nq, hd}), sm);
+    } else {
+      using D = __nv_bfloat16;
+      namespace v3 = ops::cuda::sm90::v3;
+      ops::cuda::sm90::Params<D, attention::Causal> sp{};
+      sp.q = reinterpret_cast<const D*>(q.data()); sp.q_stride = int64_t(nq) * hd;
+      sp.out = reinterpret_cast<D*>(o.data()); sp.out_stride = int64_t(nq) * hd;
+      sp.indptr = c.view.indptr; sp.indices = c.view.indices; sp.last_page_len = c.view.last_page_len;
+      sp.cu_q = dcu.data(); sp.num_kv_heads = nkv; sp.block_size = bs;
+      sp.bs_shift = __builtin_ctz(unsigned(bs)); sp.group = nq / nkv; sp.sm_scale = sm;
+      const auto grid = Mode == -5 ? ops::cuda::sm90::plan::Grid::kPersistent : ops::cuda::sm90::plan::Grid::kTile;
+      const D* pool = reinterpret_cast<const D*>(c.view.data);
+      if (hd == 128) v3::launch<128, D, attention::Causal>(sp, pool, seqs, n, nullptr, ops::cuda::sm90::plan::Box::kPage, grid);
+      else v3::launch<64, D, attention::Causal>(sp, pool, seqs, n, nullptr, ops::cuda::sm90::plan::Box::kHalves, grid);
+    }
+  };
+  const double ms = median_ms(call);
+  std::printf("pie %s seqs=%d n=%d hd=%d bs=%d %.1f us %.1f TFLOP/s\n", tag, seqs, n, hd, bs, ms * 1e3,
+              flops / (ms * 1e-3) / 1e12);
+  std::fflush(stdout);
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -90,6 +145,21 @@ int main(int argc, char** argv) {
   }
   v3p = v3p && v3;
   v3c = v3c && v3;
+  // --short: many short prompts a launch (run_short), v3's tile and persistent grids against the
+  // mma.sync kernel, and an fp8 cache through the mma.sync kernel and the staged path (which runs
+  // v3 as the engine does: PIE_PREFILL_SM90 is 3 here).
+  for (int i = 1; i < argc; ++i)
+    if (std::strcmp(argv[i], "--short") == 0) {
+      setenv("PIE_PREFILL_SM90", "3", 1);
+      for (auto [seqs, n] : {std::pair{64, 128}, std::pair{16, 512}, std::pair{32, 256}}) {
+        run_short<-3>("short-v3", seqs, n, 128, 16);
+        run_short<-5>("short-v3p", seqs, n, 128, 16);
+        run_short<0>("short-mma", seqs, n, 128, 16);
+        run_short<10>("short-fp8-mma", seqs, n, 128, 16);
+        run_short<11>("short-fp8-staged", seqs, n, 128, 16);
+      }
+      return 0;
+    }
   setenv("PIE_PREFILL_SM90", "2", 0);  // "sm90" rows: v2 through the dispatch (v3 rows call v3 directly)
   cudaDeviceProp prop{};
   PIE_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
