@@ -509,10 +509,7 @@ class CudaForward {
         const auto q_rows = heads(qkv.data + r0 * QKV, Tn - r0, QKV);
         const auto out_rows = heads(out.data + r0 * O, Tn - r0, O);
         if constexpr (ops::cuda::is_fp8_v<ops::cuda::device_t<KV>>) {
-          // Not under --batch-invariant: its decode rows take the mma.sync kernel, and a token
-          // recomputed inside a chunk must meet the same arithmetic there.
-          if (p_.fp8_kv_prefill != nullptr && !p_.batch_invariant &&
-              shape_.max_query >= ops::cuda::kFp8KvPrefillStagedRows) {
+          if (p_.fp8_kv_prefill != nullptr && shape_.max_query >= ops::cuda::kFp8KvPrefillStagedRows) {
             const int32_t* h = st.host_kv_indptr();  // the staged step's table, on the host too
             if (ops::cuda::prefill_attention_fp8_staged(q_rows, kvp, st.cu_prefill(), shape_.max_query, out_rows,
                                                         sm_scale, p_.variant, s_, *p_.fp8_kv_prefill, h[S] - h[D])) {

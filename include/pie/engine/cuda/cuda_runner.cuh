@@ -687,6 +687,8 @@ class CudaRunner {
     typename Forward::Parts nano_parts = p;  // the nano-batch halves keep the fp8 prefill below off
     // The fp8 cache's prefill through v3 (ops/cuda/prefill_fp8_kv.cuh; PIE_FP8_KV_PREFILL_STAGED):
     // staging for four activation slots' worth of context tokens and every sequence's partial page.
+    // Not under --batch-invariant: its decode rows take the mma.sync kernel, and a token recomputed
+    // inside a chunk must meet the same arithmetic there.
     if constexpr (ops::cuda::is_fp8_v<ops::cuda::device_t<KV>>) {
       if (ops::cuda::fp8_kv_prefill_staged_from_env() && !opt_.batch_invariant && ops::cuda::sm90::hopper_device()) {
         const int bs = Policy::block_size;

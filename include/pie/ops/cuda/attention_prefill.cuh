@@ -284,6 +284,20 @@ void launch_prefill(const PrefillParams<T, KV, Variant>& p, int num_seqs, int ma
 }  // namespace detail
 
 namespace detail {
+/// Whether prefill_sm90 launches v3 for this head dim and block size: this build compiles it, the
+/// device runs it, and (where PIE_PREFILL_SM90_ALL compiles v2 too) PIE_PREFILL_SM90 asks for it.
+template <class D, class Variant>
+bool prefill_v3_taken(int head_dim, int block_size) {
+#if PIE_PREFILL_SM90_V3  // the default (PIE_PREFILL_SM90=2 takes v2 where it is compiled too)
+  if (block_size < 8 || block_size > 128 || (PIE_PREFILL_SM90_ALL && sm90::v3::version() != 3)) return false;
+  if (head_dim == 128) return sm90::v3::available<128, D, Variant>();
+  if (head_dim == 64) return sm90::v3::available<64, D, Variant>();
+#else
+  (void)head_dim, (void)block_size;
+#endif
+  return false;
+}
+
 /// The Hopper kernels (v3, the default; v2 where PIE_PREFILL_SM90 asks for it and it is compiled)
 /// over a 16-bit pool `kv`: false where this build or device holds none for its head dim and block
 /// size, or (kv.k_scale / kv.v_scale set: an fp8 cache widened to D, prefill_fp8_kv.cuh) where v3
@@ -307,8 +321,8 @@ bool prefill_sm90(const D* q, int64_t q_stride, D* out, int64_t out_stride, cons
     sp.sm_scale = sm_scale;
     sp.variant = variant;
     sp.k_scale = kv.k_scale; sp.v_scale = kv.v_scale;
-#if PIE_PREFILL_SM90_V3  // the default (PIE_PREFILL_SM90=2 takes v2 where it is compiled too)
-    if ((!PIE_PREFILL_SM90_ALL || sm90::v3::version() == 3) && sm90::v3::available<HD, D, Variant>()) {
+#if PIE_PREFILL_SM90_V3
+    if (prefill_v3_taken<D, Variant>(HD, bsz)) {
       sm90::v3::launch<HD, D, Variant>(sp, kv.data, kv.batch_size, max_query_len, stream, sm90::v3::requested_box(),
                                        sm90::v3::requested_grid(), sm90::v3::requested_shape());
       return true;

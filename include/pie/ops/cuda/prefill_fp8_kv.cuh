@@ -49,22 +49,20 @@ struct Fp8KvPrefillStaging {
   DeviceBuffer<T> pool;
   DeviceBuffer<int32_t> indices;
   DeviceBuffer<int32_t> indptr;
-  int64_t cap_pages = 0;
-  int64_t page_elems = 0;
-  int max_seqs = 0;
+  int64_t page_elems = 0;  ///< kv::PagedKV::block_stride() of the cache it stages
 
   Fp8KvPrefillStaging() = default;
   Fp8KvPrefillStaging(int64_t pages, int num_kv_heads, int block_size, int head_dim, int seqs)
-      : pool(size_t(pages) * 2 * num_kv_heads * block_size * head_dim),
-        indices(size_t(pages)),
-        indptr(size_t(seqs) + 1),
-        cap_pages(pages),
-        page_elems(int64_t{2} * num_kv_heads * block_size * head_dim),
-        max_seqs(seqs) {
+      : page_elems(int64_t{2} * num_kv_heads * block_size * head_dim) {
+    pool = DeviceBuffer<T>(size_t(pages * page_elems));
+    indices = DeviceBuffer<int32_t>(size_t(pages));
+    indptr = DeviceBuffer<int32_t>(size_t(seqs) + 1);
     std::vector<int32_t> iota(static_cast<size_t>(pages));
     for (size_t i = 0; i < iota.size(); ++i) iota[i] = static_cast<int32_t>(i);
     PIE_CUDA_CHECK(cudaMemcpy(indices.data(), iota.data(), iota.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
   }
+  int64_t cap_pages() const { return static_cast<int64_t>(indices.size()); }
+  int max_seqs() const { return static_cast<int>(indptr.size()) - 1; }
   /// Device bytes held (memory plan).
   size_t bytes() const { return pool.size() * sizeof(T) + (indices.size() + indptr.size()) * sizeof(int32_t); }
 };
@@ -104,19 +102,13 @@ bool prefill_attention_fp8_staged(TensorView<T> q, kv::PagedKV<KV> cache, const 
   static_assert(is_fp8_v<device_t<KV>>, "prefill_attention_fp8_staged: for an fp8 cache");
   using D = device_t<T>;
   if (cache.batch_size == 0 || max_query_len <= 0) return true;
-  const int64_t page_elems = int64_t{2} * cache.num_kv_heads * cache.block_size * cache.head_dim;
-  if (pages <= 0 || pages > staging.cap_pages || cache.batch_size > staging.max_seqs ||
+  const int64_t page_elems = cache.block_stride();
+  if (pages <= 0 || pages > staging.cap_pages() || cache.batch_size > staging.max_seqs() ||
       page_elems != staging.page_elems || q.rank != 3 || q.stride[1] != cache.head_dim ||
-      out.stride[1] != cache.head_dim || cache.block_size < 8 || cache.block_size > 128 ||
-      (cache.head_dim != 64 && cache.head_dim != 128))
+      out.stride[1] != cache.head_dim || !detail::prefill_v3_taken<D, Variant>(cache.head_dim, cache.block_size))
     return false;
-#if !PIE_PREFILL_SM90_V3
-  return false;
-#else
-  const bool v3 = cache.head_dim == 128 ? sm90::v3::available<128, D, Variant>() : sm90::v3::available<64, D, Variant>();
-  if (!v3 || (PIE_PREFILL_SM90_ALL && sm90::v3::version() != 3)) return false;
   const int64_t total = pages * (page_elems / 8);
-  const int blocks = static_cast<int>(std::min<int64_t>((total + 255) / 256, 132 * 16));
+  const int blocks = static_cast<int>(std::min<int64_t>((total + 255) / 256, int64_t{16} * num_sms()));
   detail::widen_kv_pages_kernel<<<blocks, 256, 0, stream>>>(dev(cache.data), cache.indptr, cache.indices,
                                                            cache.batch_size, page_elems, dev(staging.pool.data()),
                                                            staging.indptr.data());
@@ -130,7 +122,6 @@ bool prefill_attention_fp8_staged(TensorView<T> q, kv::PagedKV<KV> cache, const 
                                         max_query_len, nq, sm_scale, variant, stream);
   PIE_CHECK(ran, "prefill_attention_fp8_staged: v3 refused after it was found available");
   return true;
-#endif
 }
 
 }  // namespace pie::ops::cuda
