@@ -17,7 +17,13 @@
 # 256 × (512, 256) with PIE_FP8_KV_PREFILL_STAGED 0/1 and bf16 once each, and both 2048 runs traced whole, split into steps
 # with prompt tokens and decode-only steps); `short`: bench_prefill --short (v3's tile and persistent
 # grids on many short prompts); Qwen3-30B-A3B 1024 × (128, 128) and batch 1 (issue 20); the producers' and the decode kernel's
-# benches; 256 × (512, 256) base, flat+persistent and bf16.
+# benches; 256 × (512, 256) base, flat+persistent and bf16; `rows`: the issue rows of Qwen3-8B (batch 1,
+# 2048 × (128, 128), 256 × (512, 256), ShareGPT-like 1000) in bf16 and per-channel fp8 + fp8 cache;
+# `pipe`: SwiGLU's fp8 producer with its rows in a shared-memory ring (PIE_FP8_PRODUCERS=pipe): the
+# bit-identity tests, the producers' bench and per-channel fp8 2048 × (128, 128) / 256 × (512, 256) A/B;
+# `trace4k`: 128 × (4096, 16) bf16 traced whole, split into steps with and without prompt tokens;
+# `hf`: HF transformers at 256 × (512, 256) in static batches of 256; `kern`: bench_prefill (bundle root)
+# with the SDPA peer, and pie_bench_cuda_decode's engine-path rows (issue 14's tables).
 # Usage, in the repository root of the GPU machine:
 #   PIE_PREBUILT=.device/bundle.txz OUT=dir bash bench/device_fp8_step.sh
 set -u
@@ -86,10 +92,59 @@ if [[ $steps == *" short "* ]]; then  # many short prompts a launch: v3's grids,
   [ -x "$BUILD/bench_prefill" ] && run short 60 "$BUILD/bench_prefill" --short &&
     grep -E "^pie short" "$LOGDIR/short.log" | tee -a "$SUM" > /dev/null
 fi
+if [[ $steps == *" pipe "* ]]; then  # SwiGLU's fp8 rows through a shared-memory ring (PIE_FP8_PRODUCERS=pipe)
+  [ -x "$T" ] && { run test_pipe 150 "$T" --gtest_color=no --gtest_filter='Fp8Kernels.FusedProducers*';
+    gtest_summary test_pipe 12;
+    run engine_pipe 100 env PIE_FP8_PRODUCERS=pipe "$T" --gtest_color=no \
+      --gtest_filter='Fp8Engine.PerChannelQuantizedAtLoadMatchesTheCpuReference:Fp8Engine.Fp8CachePrefillStaged*';
+    gtest_summary engine_pipe 12;
+    run prod 90 "$T" --gtest_color=no --gtest_also_run_disabled_tests \
+      --gtest_filter='Fp8Bench.DISABLED_ProducersAgainstTheCopyBandwidth' &&
+      grep -E "^\[fp8 producers\].*(copy \(|silu_mul|add_norm  M=512)" "$LOGDIR/prod.log" | tee -a "$SUM" > /dev/null; }
+  for r in 1 2; do
+    STAGED=1 tput pc_v2_$r 0 0 "$MODEL8B" 2048 128 128 512 --quantization fp8 --kv-cache-dtype fp8
+    PIE_FP8_PRODUCERS=pipe STAGED=1 tput pc_pipe_$r 0 0 "$MODEL8B" 2048 128 128 512 --quantization fp8 --kv-cache-dtype fp8
+  done
+  STAGED=1 tput pc256_v2 0 0 "$MODEL8B" 256 512 256 256 --quantization fp8 --kv-cache-dtype fp8
+  PIE_FP8_PRODUCERS=pipe STAGED=1 tput pc256_pipe 0 0 "$MODEL8B" 256 512 256 256 --quantization fp8 --kv-cache-dtype fp8
+fi
+if [[ $steps == *" rows "* ]]; then  # every issue's engine row on the card that came (defaults; issues 15, 18, 20)
+  itl b1_bf16 "$MODEL8B"
+  run b1_fp8 100 "$BENCH" "$MODEL8B" --load-format dummy --mode latency --input-len 128 --output-len 128 \
+    --num-iters 5 --num-iters-warmup 1 --max-num-seqs 8 --quantization fp8
+  grep -E "^latency \(" "$LOGDIR/b1_fp8.log" | sed "s/^/[b1_fp8pc] /" | tee -a "$SUM"
+  tput r2048_bf16 0 0 "$MODEL8B" 2048 128 128 512
+  STAGED=1 tput r2048_fp8 0 0 "$MODEL8B" 2048 128 128 512 --quantization fp8 --kv-cache-dtype fp8
+  tput r256_bf16 0 0 "$MODEL8B" 256 512 256 256
+  STAGED=1 tput r256_fp8 0 0 "$MODEL8B" 256 512 256 256 --quantization fp8 --kv-cache-dtype fp8
+  tput rsharegpt_bf16 0 0 "$MODEL8B" 1000 256 256 512 --dataset-name sharegpt
+  tput r4096_bf16 0 0 "$MODEL8B" 128 4096 16 128
+fi
+if [[ $steps == *" trace4k "* ]] && [ -f "$BUILD/bench/cuda/libpie_kernel_trace.so" ]; then  # issue 14's end-to-end row, traced whole
+  run trace_4k 120 env CUDA_INJECTION64_PATH="$(realpath "$BUILD/bench/cuda/libpie_kernel_trace.so")" \
+    PIE_KERNEL_TRACE="$LOGDIR/trace_4k.csv" "$BENCH" "$MODEL8B" --load-format dummy --mode throughput \
+    --input-len 4096 --output-len 16 --num-prompts 128 --max-num-seqs 128
+  python3 bench/nsys_decode_profile.py "$LOGDIR/trace_4k.csv" --run-split > "$LOGDIR/split_4k.txt" 2>&1
+  sed "s/^/[run split 4096x16] /" "$LOGDIR/split_4k.txt" | head -40 | tee -a "$SUM"
+  gzip -f "$LOGDIR/trace_4k.csv"
+fi
+if [[ $steps == *" kern "* ]]; then  # issue 14's kernel rows: prefill v3 against SDPA (cuDNN, flash), decode shapes
+  if [ -x "$BUILD/bench_prefill" ]; then
+    run pfbench 150 "$BUILD/bench_prefill" && run pfpeer 150 python3 bench/prefill_peer.py "$LOGDIR/pfbench.log"
+    awk '/^bf16 GEMM/{p=1} p' "$LOGDIR/pfpeer.log" | tee -a "$SUM" > /dev/null
+  fi
+  DBF=$BUILD/bench/cuda/pie_bench_cuda_decode
+  [ -x "$DBF" ] && run decbench 150 "$DBF" --benchmark_color=false --benchmark_filter='BM_DecodeAttention' &&
+    grep -E "copy|decode" "$LOGDIR/decbench.log" | tee -a "$SUM" > /dev/null
+fi
 if [[ $steps == *" moe "* ]]; then  # issue 20's rows on whatever card came (the defaults)
   tput moe1024 0 0 "$MOE" 1024 128 128 1024
   run moe_b1 100 "$BENCH" "$MOE" --load-format dummy --mode latency --input-len 128 --output-len 128 --num-iters 5
   grep -E "^latency" "$LOGDIR/moe_b1.log" | sed "s/^/[moe b1] /" | tee -a "$SUM"
+fi
+if [[ $steps == *" hf "* ]]; then  # issue 15's peer: HF transformers generate, static batches of 256 (same card)
+  run hf256 170 python3 bench/compare_hf.py "$MODEL8B" throughput:256:512:256:256 --output-json "$OUT/hf.jsonl"
+  grep -E "^\{" "$LOGDIR/hf256.log" | sed "s/^/[hf 256] /" | tee -a "$SUM"
 fi
 if [[ $steps == *" engine "* ]] && [ -x "$T" ]; then
   run engine_fp8 120 env PIE_FP8_FLAT_GROUPS=1 PIE_DECODE_PERSISTENT=1 "$T" --gtest_color=no --gtest_filter='Fp8Engine.*'
