@@ -21,7 +21,8 @@
 # 2048 × (128, 128), 256 × (512, 256), ShareGPT-like 1000) in bf16 and per-channel fp8 + fp8 cache;
 # `pipe`: SwiGLU's fp8 producer with its rows in a shared-memory ring (PIE_FP8_PRODUCERS=pipe): the
 # bit-identity tests, the producers' bench and per-channel fp8 2048 × (128, 128) / 256 × (512, 256) A/B;
-# `trace4k`: 128 × (4096, 16) bf16 traced whole, split into steps with and without prompt tokens;
+# `sgrid`: 2048 × (128, 128) bf16 / fp8 and 256 × (512, 256) with short prompts' prefill on v3's
+# persistent grid (PIE_PREFILL_SM90_SHORT) against the tile grid; `trace4k`: 128 × (4096, 16) bf16 traced whole, split into steps with and without prompt tokens;
 # `hf`: HF transformers at 256 × (512, 256) in static batches of 256; `kern`: bench_prefill (bundle root)
 # with the SDPA peer, and pie_bench_cuda_decode's engine-path rows (issue 14's tables).
 # Usage, in the repository root of the GPU machine:
@@ -101,24 +102,42 @@ if [[ $steps == *" pipe "* ]]; then  # SwiGLU's fp8 rows through a shared-memory
     run prod 90 "$T" --gtest_color=no --gtest_also_run_disabled_tests \
       --gtest_filter='Fp8Bench.DISABLED_ProducersAgainstTheCopyBandwidth' &&
       grep -E "^\[fp8 producers\].*(copy \(|silu_mul|add_norm  M=512)" "$LOGDIR/prod.log" | tee -a "$SUM" > /dev/null; }
-  for r in 1 2; do
+  for r in $(seq "${PIPE_ROUNDS:-2}"); do
     STAGED=1 tput pc_v2_$r 0 0 "$MODEL8B" 2048 128 128 512 --quantization fp8 --kv-cache-dtype fp8
     PIE_FP8_PRODUCERS=pipe STAGED=1 tput pc_pipe_$r 0 0 "$MODEL8B" 2048 128 128 512 --quantization fp8 --kv-cache-dtype fp8
   done
   STAGED=1 tput pc256_v2 0 0 "$MODEL8B" 256 512 256 256 --quantization fp8 --kv-cache-dtype fp8
   PIE_FP8_PRODUCERS=pipe STAGED=1 tput pc256_pipe 0 0 "$MODEL8B" 256 512 256 256 --quantization fp8 --kv-cache-dtype fp8
 fi
+if [[ $steps == *" sgrid "* ]]; then  # short prompts' prefill on v3's persistent grid (PIE_PREFILL_SM90_SHORT=rows)
+  for r in $(seq "${SG_ROUNDS:-2}"); do
+    tput sg_bf16_tile$r 0 0 "$MODEL8B" 2048 128 128 512
+    PIE_PREFILL_SM90_SHORT=512 tput sg_bf16_pers$r 0 0 "$MODEL8B" 2048 128 128 512
+  done
+  STAGED=1 tput sg_fp8_tile 0 0 "$MODEL8B" 2048 128 128 512 --quantization fp8 --kv-cache-dtype fp8
+  PIE_PREFILL_SM90_SHORT=512 STAGED=1 tput sg_fp8_pers 0 0 "$MODEL8B" 2048 128 128 512 --quantization fp8 --kv-cache-dtype fp8
+  tput sg256_tile 0 0 "$MODEL8B" 256 512 256 256
+  PIE_PREFILL_SM90_SHORT=2048 tput sg256_pers 0 0 "$MODEL8B" 256 512 256 256
+fi
+if [[ $steps == *" moe "* ]]; then  # issue 20's rows on whatever card came (the defaults)
+  tput moe1024 0 0 "$MOE" 1024 128 128 1024
+  run moe_b1 100 "$BENCH" "$MOE" --load-format dummy --mode latency --input-len 128 --output-len 128 --num-iters 5
+  grep -E "^latency" "$LOGDIR/moe_b1.log" | sed "s/^/[moe b1] /" | tee -a "$SUM"
+fi
 if [[ $steps == *" rows "* ]]; then  # every issue's engine row on the card that came (defaults; issues 15, 18, 20)
-  itl b1_bf16 "$MODEL8B"
-  run b1_fp8 100 "$BENCH" "$MODEL8B" --load-format dummy --mode latency --input-len 128 --output-len 128 \
-    --num-iters 5 --num-iters-warmup 1 --max-num-seqs 8 --quantization fp8
-  grep -E "^latency \(" "$LOGDIR/b1_fp8.log" | sed "s/^/[b1_fp8pc] /" | tee -a "$SUM"
-  tput r2048_bf16 0 0 "$MODEL8B" 2048 128 128 512
-  STAGED=1 tput r2048_fp8 0 0 "$MODEL8B" 2048 128 128 512 --quantization fp8 --kv-cache-dtype fp8
-  tput r256_bf16 0 0 "$MODEL8B" 256 512 256 256
-  STAGED=1 tput r256_fp8 0 0 "$MODEL8B" 256 512 256 256 --quantization fp8 --kv-cache-dtype fp8
-  tput rsharegpt_bf16 0 0 "$MODEL8B" 1000 256 256 512 --dataset-name sharegpt
-  tput r4096_bf16 0 0 "$MODEL8B" 128 4096 16 128
+  rows=" ${ROWS:-b1 b1fp8 2048 2048fp8 256 256fp8 sharegpt 4096} "
+  [[ $rows == *" b1 "* ]] && itl b1_bf16 "$MODEL8B"
+  if [[ $rows == *" b1fp8 "* ]]; then
+    run b1_fp8 100 "$BENCH" "$MODEL8B" --load-format dummy --mode latency --input-len 128 --output-len 128 \
+      --num-iters 5 --num-iters-warmup 1 --max-num-seqs 8 --quantization fp8
+    grep -E "^latency \(" "$LOGDIR/b1_fp8.log" | sed "s/^/[b1_fp8pc] /" | tee -a "$SUM"
+  fi
+  [[ $rows == *" 2048 "* ]] && tput r2048_bf16 0 0 "$MODEL8B" 2048 128 128 512
+  [[ $rows == *" 2048fp8 "* ]] && STAGED=1 tput r2048_fp8 0 0 "$MODEL8B" 2048 128 128 512 --quantization fp8 --kv-cache-dtype fp8
+  [[ $rows == *" 256 "* ]] && tput r256_bf16 0 0 "$MODEL8B" 256 512 256 256
+  [[ $rows == *" 256fp8 "* ]] && STAGED=1 tput r256_fp8 0 0 "$MODEL8B" 256 512 256 256 --quantization fp8 --kv-cache-dtype fp8
+  [[ $rows == *" sharegpt "* ]] && tput rsharegpt_bf16 0 0 "$MODEL8B" 1000 256 256 512 --dataset-name sharegpt
+  [[ $rows == *" 4096 "* ]] && tput r4096_bf16 0 0 "$MODEL8B" 128 4096 16 128
 fi
 if [[ $steps == *" trace4k "* ]] && [ -f "$BUILD/bench/cuda/libpie_kernel_trace.so" ]; then  # issue 14's end-to-end row, traced whole
   run trace_4k 120 env CUDA_INJECTION64_PATH="$(realpath "$BUILD/bench/cuda/libpie_kernel_trace.so")" \
@@ -136,11 +155,6 @@ if [[ $steps == *" kern "* ]]; then  # issue 14's kernel rows: prefill v3 agains
   DBF=$BUILD/bench/cuda/pie_bench_cuda_decode
   [ -x "$DBF" ] && run decbench 150 "$DBF" --benchmark_color=false --benchmark_filter='BM_DecodeAttention' &&
     grep -E "copy|decode" "$LOGDIR/decbench.log" | tee -a "$SUM" > /dev/null
-fi
-if [[ $steps == *" moe "* ]]; then  # issue 20's rows on whatever card came (the defaults)
-  tput moe1024 0 0 "$MOE" 1024 128 128 1024
-  run moe_b1 100 "$BENCH" "$MOE" --load-format dummy --mode latency --input-len 128 --output-len 128 --num-iters 5
-  grep -E "^latency" "$LOGDIR/moe_b1.log" | sed "s/^/[moe b1] /" | tee -a "$SUM"
 fi
 if [[ $steps == *" hf "* ]]; then  # issue 15's peer: HF transformers generate, static batches of 256 (same card)
   run hf256 170 python3 bench/compare_hf.py "$MODEL8B" throughput:256:512:256:256 --output-json "$OUT/hf.jsonl"

@@ -31,6 +31,11 @@
 // to 3w; the hd-64 tests, memcheck and racecheck passed on every shape.
 #define PIE_PREFILL_SM90_HD64 1
 #endif
+#ifndef PIE_PREFILL_SM90_SHORT_GRID
+// 1 (the default): the engine's builds compile v3's persistent grid beside the one-CTA-per-tile
+// grid, for launches of many short row tiles (short_grid_rows(); off until measured).
+#define PIE_PREFILL_SM90_SHORT_GRID 1
+#endif
 #ifndef PIE_PREFILL_SM90_EMU_SWEEP
 #define PIE_PREFILL_SM90_EMU_SWEEP 0  // bench_prefill: exp2 emulation periods 3 and 8 beside 5
 #endif
@@ -611,10 +616,12 @@ plan::Box launch(Params<T, Variant>& p, const T* pool, int num_seqs, int max_q_l
   // every engine translation unit.
   auto with_box = [&]<plan::Box B>() {
     switch (grid) {
-#if PIE_PREFILL_SM90_ALL
+#if PIE_PREFILL_SM90_ALL || PIE_PREFILL_SM90_SHORT_GRID
       case plan::Grid::kPersistent:
         go.template operator()<2>(prefill_kernel<HD, T, Variant, B, plan::Grid::kPersistent>, grid);
         break;
+#endif
+#if PIE_PREFILL_SM90_ALL
       case plan::Grid::kCluster:
         if constexpr (Variant::kWindowLeft <= 0)
           go.template operator()<2>(prefill_kernel<HD, T, Variant, B, plan::Grid::kCluster>, grid);
@@ -694,6 +701,35 @@ inline plan::Grid requested_grid() {
   if (std::strcmp(version_env(), "3p") == 0) return plan::Grid::kPersistent;
   if (std::strcmp(version_env(), "3c") == 0) return plan::Grid::kCluster;
   return plan::Grid::kTile;
+}
+
+/// Rows (query tokens × GQA group) up to which a launch's longest sequence counts as short, so
+/// that the launch takes the persistent grid (where compiled: PIE_PREFILL_SM90_SHORT_GRID) when it
+/// has ≥ 2 items a CTA: PIE_PREFILL_SM90_SHORT=rows, 0 (the default until measured) never. Why:
+/// a step of 64 prompts of 128 tokens is 2,048 one-tile CTAs, each paying its setup (barriers, Q,
+/// the first K/V round trip) for one 128-key tile: 170 µs a layer on an H100 (docs/kernels.md);
+/// the persistent grid's rings run on across items.
+inline int short_grid_rows() {
+  static const int r = [] {
+    const char* e = std::getenv("PIE_PREFILL_SM90_SHORT");
+    return e != nullptr ? std::max(0, std::atoi(e)) : 0;
+  }();
+  return r;
+}
+/// The grid v3 takes for a launch: requested_grid() unless it is the tile grid and the launch is
+/// short (short_grid_rows()) with ≥ 2 row tiles a CTA of the persistent grid.
+inline plan::Grid launch_grid(int max_q_len, int group, int num_kv_heads, int num_seqs, int sms) {
+  const plan::Grid g = requested_grid();
+#if PIE_PREFILL_SM90_SHORT_GRID || PIE_PREFILL_SM90_ALL
+  const int64_t rows = int64_t(max_q_len) * group, limit = short_grid_rows();
+  if (g == plan::Grid::kTile && limit > 0 && rows <= limit) {
+    const int64_t items = (rows + 127) / 128 * num_kv_heads * num_seqs;
+    if (items >= 2 * int64_t(sms)) return plan::Grid::kPersistent;
+  }
+#else
+  (void)max_q_len, (void)group, (void)num_kv_heads, (void)num_seqs, (void)sms;
+#endif
+  return g;
 }
 
 }  // namespace pie::ops::cuda::sm90::v3
