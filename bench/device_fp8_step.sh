@@ -114,10 +114,11 @@ if [[ $steps == *" sgrid "* ]]; then  # short prompts' prefill on v3's persisten
     tput sg_bf16_tile$r 0 0 "$MODEL8B" 2048 128 128 512
     PIE_PREFILL_SM90_SHORT=512 tput sg_bf16_pers$r 0 0 "$MODEL8B" 2048 128 128 512
   done
+  [ "${SG_LITE:-0}" = 1 ] || {
   STAGED=1 tput sg_fp8_tile 0 0 "$MODEL8B" 2048 128 128 512 --quantization fp8 --kv-cache-dtype fp8
   PIE_PREFILL_SM90_SHORT=512 STAGED=1 tput sg_fp8_pers 0 0 "$MODEL8B" 2048 128 128 512 --quantization fp8 --kv-cache-dtype fp8
   tput sg256_tile 0 0 "$MODEL8B" 256 512 256 256
-  PIE_PREFILL_SM90_SHORT=2048 tput sg256_pers 0 0 "$MODEL8B" 256 512 256 256
+  PIE_PREFILL_SM90_SHORT=2048 tput sg256_pers 0 0 "$MODEL8B" 256 512 256 256; }  # SG_LITE=1: the bf16 pair alone
 fi
 if [[ $steps == *" moe "* ]]; then  # issue 20's rows on whatever card came (the defaults)
   tput moe1024 0 0 "$MOE" 1024 128 128 1024

@@ -91,7 +91,7 @@ __global__ void __launch_bounds__(MaxThreads, 2)
       }
     }
   }
-  const int nvec = inter / 8, nthreads = static_cast<int>(blockDim.x);
+  const int nvec = inter / 8;
   int j = 0;
   for (int m = static_cast<int>(blockIdx.x); m < Mp; m += G, ++j) {
     T* o = out + int64_t(m) * out_stride;
@@ -104,19 +104,10 @@ __global__ void __launch_bounds__(MaxThreads, 2)
     const T* g = ring + st * row_elems;
     const T* u = g + inter;
     float v[VPT][8];
-#pragma unroll
-    for (int k = 0; k < VPT; ++k) {
-      const int i = static_cast<int>(threadIdx.x) + k * nthreads;
-      if (i < nvec) {
-        float gv[8], uv[8];
-        widen_raw8<T>(*reinterpret_cast<const uint4*>(g + i * 8), gv);
-        widen_raw8<T>(*reinterpret_cast<const uint4*>(u + i * 8), uv);
-        silu_mul8_stored<T, kStore>(gv, uv, o + i * 8, v[k]);
-      } else {
-#pragma unroll
-        for (int jj = 0; jj < 8; ++jj) v[k][jj] = 0.f;
-      }
-    }
+    silu_mul_vectors<T, VPT, kStore>(nvec, o, v, [&](int, int i, uint4& gw, uint4& uw) {
+      gw = *reinterpret_cast<const uint4*>(g + i * 8);
+      uw = *reinterpret_cast<const uint4*>(u + i * 8);
+    });
     __syncthreads();  // every thread is done with the stage: it may be refilled
     if (threadIdx.x == 0) {
       const int next = m + kFp8PipeStages * G;
