@@ -718,15 +718,13 @@ inline int short_grid_rows() {
   return r;
 }
 /// The grid v3 takes for a launch: requested_grid() unless it is the tile grid and the launch is
-/// short (short_grid_rows()) with ≥ 2 row tiles a CTA of the persistent grid.
+/// short (plan::short_launch_takes_persistent with short_grid_rows()).
 inline plan::Grid launch_grid(int max_q_len, int group, int num_kv_heads, int num_seqs, int sms) {
   const plan::Grid g = requested_grid();
 #if PIE_PREFILL_SM90_SHORT_GRID || PIE_PREFILL_SM90_ALL
-  const int64_t rows = int64_t(max_q_len) * group, limit = short_grid_rows();
-  if (g == plan::Grid::kTile && limit > 0 && rows <= limit) {
-    const int64_t items = (rows + 127) / 128 * num_kv_heads * num_seqs;
-    if (items >= 2 * int64_t(sms)) return plan::Grid::kPersistent;
-  }
+  if (g == plan::Grid::kTile && plan::short_launch_takes_persistent(int64_t(max_q_len) * group, short_grid_rows(),
+                                                                    num_kv_heads, num_seqs, sms))
+    return plan::Grid::kPersistent;
 #else
   (void)max_q_len, (void)group, (void)num_kv_heads, (void)num_seqs, (void)sms;
 #endif
