@@ -83,7 +83,8 @@ inline constexpr Shape kDefaultShape{
     HD == 64 && (PIE_PREFILL_SM90_HD64 & 2) ? kEmuPeriod : 0};
 /// The shape `launch` takes for `want` on `grid`: the default for nc 0, 3 warpgroups only where
 /// kThreeWarpgroups and on the kTile grid, the emulation only on kTile, and only the default
-/// where PIE_PREFILL_SM90_ALL does not compile the others (the engine).
+/// where PIE_PREFILL_SM90_ALL does not compile the others (the engine; its persistent grid, two
+/// warpgroups).
 template <int HD, class Variant>
 Shape effective_shape(Shape want, plan::Grid grid) {
 #if PIE_PREFILL_SM90_ALL
@@ -97,8 +98,12 @@ Shape effective_shape(Shape want, plan::Grid grid) {
 #endif
   return want;
 #else
-  (void)want, (void)grid;
-  return kDefaultShape<HD, Variant>;  // the kTile grid: the engine compiles no other
+  (void)want;
+  // The engine compiles the default shape on the kTile grid and, for short prompts
+  // (PIE_PREFILL_SM90_SHORT_GRID), the persistent grid, whose kernel has two warpgroups and no
+  // emulation: the row tile (and so m_tiles) must be that kernel's.
+  if (grid != plan::Grid::kTile) return Shape{2, 0};
+  return kDefaultShape<HD, Variant>;
 #endif
 }
 static_assert(4 * 8 * kStages<128> <= 256 && 4 * 8 * kStages<64> <= 256, "barriers exceed their 256 bytes");
