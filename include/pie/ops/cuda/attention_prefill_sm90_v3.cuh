@@ -585,12 +585,7 @@ plan::Box launch(Params<T, Variant>& p, const T* pool, int num_seqs, int max_q_l
   const int64_t rows = int64_t(max_q_len) * p.group;
   p.m_tiles = int((rows + bm - 1) / bm);
   p.num_seqs = num_seqs;
-  int sms = 0;
-  if (grid == plan::Grid::kPersistent) {
-    int dev = 0;
-    PIE_CUDA_CHECK(cudaGetDevice(&dev));
-    PIE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  }
+  const int sms = grid == plan::Grid::kPersistent ? num_sms() : 0;  // the engine's cached count
   auto go = [&]<int NC>(auto kern, plan::Grid g) {
     constexpr size_t smem = smem_bytes<HD, NC>();
     // Every launch, as v2 does: the attribute is per device.

@@ -61,7 +61,8 @@ inline constexpr int kFp8PipeMaxSmem = 200 * 1024;
 /// CTAs): row j of the CTA lands in stage j % 2 of the ring (gate then up, 2·inter elements, one
 /// bulk copy completing on the stage's mbarrier); the CTA's threads run SwiGLU on their vectors
 /// of the stage, the CTA synchronises, and thread 0 refills the stage with row j + 2 before the
-/// quantization (the row's amax reduction and its codes' stores). Padding rows (M ≤ m < Mp) get zero codes and scale 1 without a copy.
+/// quantization (the row's amax reduction and its codes' stores). Padding rows (M ≤ m < Mp) get
+/// zero codes and scale 1 without a copy.
 /// blockDim.x = fp8_regs_threads(inter, VPT, MaxThreads); dynamic shared memory
 /// kFp8PipeStages · 2 · inter · sizeof(T).
 template <class T, int VPT, int MaxThreads, bool kStore>
