@@ -19,12 +19,10 @@
 # grids on many short prompts); Qwen3-30B-A3B 1024 × (128, 128) and batch 1 (issue 20); the producers' and the decode kernel's
 # benches; 256 × (512, 256) base, flat+persistent and bf16; `rows`: the issue rows of Qwen3-8B (batch 1,
 # 2048 × (128, 128), 256 × (512, 256), ShareGPT-like 1000) in bf16 and per-channel fp8 + fp8 cache;
-# `pipe`: SwiGLU's fp8 producer with its rows in a shared-memory ring (PIE_FP8_PRODUCERS=pipe): the
-# bit-identity tests, the producers' bench and per-channel fp8 2048 × (128, 128) / 256 × (512, 256) A/B;
-# `sgrid`: 2048 × (128, 128) bf16 / fp8 and 256 × (512, 256) with short prompts' prefill on v3's
-# persistent grid (PIE_PREFILL_SM90_SHORT) against the tile grid; `trace4k`: 128 × (4096, 16) bf16 traced whole, split into steps with and without prompt tokens;
+# `trace4k`: 128 × (4096, 16) bf16 traced whole, split into steps with and without prompt tokens;
 # `hf`: HF transformers at 256 × (512, 256) in static batches of 256; `kern`: bench_prefill (bundle root)
-# with the SDPA peer, and pie_bench_cuda_decode's engine-path rows (issue 14's tables).
+# with the SDPA peer, and pie_bench_cuda_decode's engine-path rows (issue 14's tables); `b1trace`:
+# kernel traces of batch 1 (Qwen3-8B bf16 and per-channel fp8, Qwen3-30B-A3B), profiled per op.
 # Usage, in the repository root of the GPU machine:
 #   PIE_PREBUILT=.device/bundle.txz OUT=dir bash bench/device_fp8_step.sh
 set -u
@@ -93,33 +91,6 @@ if [[ $steps == *" short "* ]]; then  # many short prompts a launch: v3's grids,
   [ -x "$BUILD/bench_prefill" ] && run short 60 "$BUILD/bench_prefill" --short &&
     grep -E "^pie short" "$LOGDIR/short.log" | tee -a "$SUM" > /dev/null
 fi
-if [[ $steps == *" pipe "* ]]; then  # SwiGLU's fp8 rows through a shared-memory ring (PIE_FP8_PRODUCERS=pipe)
-  [ -x "$T" ] && { run test_pipe 150 "$T" --gtest_color=no --gtest_filter='Fp8Kernels.FusedProducers*';
-    gtest_summary test_pipe 12;
-    run engine_pipe 100 env PIE_FP8_PRODUCERS=pipe "$T" --gtest_color=no \
-      --gtest_filter='Fp8Engine.PerChannelQuantizedAtLoadMatchesTheCpuReference:Fp8Engine.Fp8CachePrefillStaged*';
-    gtest_summary engine_pipe 12;
-    run prod 90 "$T" --gtest_color=no --gtest_also_run_disabled_tests \
-      --gtest_filter='Fp8Bench.DISABLED_ProducersAgainstTheCopyBandwidth' &&
-      grep -E "^\[fp8 producers\].*(copy \(|silu_mul|add_norm  M=512)" "$LOGDIR/prod.log" | tee -a "$SUM" > /dev/null; }
-  for r in $(seq "${PIPE_ROUNDS:-2}"); do
-    STAGED=1 tput pc_v2_$r 0 0 "$MODEL8B" 2048 128 128 512 --quantization fp8 --kv-cache-dtype fp8
-    PIE_FP8_PRODUCERS=pipe STAGED=1 tput pc_pipe_$r 0 0 "$MODEL8B" 2048 128 128 512 --quantization fp8 --kv-cache-dtype fp8
-  done
-  STAGED=1 tput pc256_v2 0 0 "$MODEL8B" 256 512 256 256 --quantization fp8 --kv-cache-dtype fp8
-  PIE_FP8_PRODUCERS=pipe STAGED=1 tput pc256_pipe 0 0 "$MODEL8B" 256 512 256 256 --quantization fp8 --kv-cache-dtype fp8
-fi
-if [[ $steps == *" sgrid "* ]]; then  # short prompts' prefill on v3's persistent grid (PIE_PREFILL_SM90_SHORT=rows)
-  for r in $(seq "${SG_ROUNDS:-2}"); do
-    tput sg_bf16_tile$r 0 0 "$MODEL8B" 2048 128 128 512
-    PIE_PREFILL_SM90_SHORT=512 tput sg_bf16_pers$r 0 0 "$MODEL8B" 2048 128 128 512
-  done
-  [ "${SG_LITE:-0}" = 1 ] || {
-  STAGED=1 tput sg_fp8_tile 0 0 "$MODEL8B" 2048 128 128 512 --quantization fp8 --kv-cache-dtype fp8
-  PIE_PREFILL_SM90_SHORT=512 STAGED=1 tput sg_fp8_pers 0 0 "$MODEL8B" 2048 128 128 512 --quantization fp8 --kv-cache-dtype fp8
-  tput sg256_tile 0 0 "$MODEL8B" 256 512 256 256
-  PIE_PREFILL_SM90_SHORT=2048 tput sg256_pers 0 0 "$MODEL8B" 256 512 256 256; }  # SG_LITE=1: the bf16 pair alone
-fi
 if [[ $steps == *" moe "* ]]; then  # issue 20's rows on whatever card came (the defaults)
   tput moe1024 0 0 "$MOE" 1024 128 128 1024
   run moe_b1 100 "$BENCH" "$MOE" --load-format dummy --mode latency --input-len 128 --output-len 128 --num-iters 5
@@ -139,6 +110,15 @@ if [[ $steps == *" rows "* ]]; then  # every issue's engine row on the card that
   [[ $rows == *" 256fp8 "* ]] && STAGED=1 tput r256_fp8 0 0 "$MODEL8B" 256 512 256 256 --quantization fp8 --kv-cache-dtype fp8
   [[ $rows == *" sharegpt "* ]] && tput rsharegpt_bf16 0 0 "$MODEL8B" 1000 256 256 512 --dataset-name sharegpt
   [[ $rows == *" 4096 "* ]] && tput r4096_bf16 0 0 "$MODEL8B" 128 4096 16 128
+fi
+if [[ $steps == *" b1trace "* ]] && [ -f "$BUILD/bench/cuda/libpie_kernel_trace.so" ]; then  # where batch 1 goes (issues 15, 18, 20)
+  TRACER=$BUILD/bench/cuda/libpie_kernel_trace.so
+  copy=4.2; case "$(gpu_line)" in *H100*) copy=2.99 ;; esac
+  L1="--load-format dummy --mode latency --input-len 128 --output-len 128 --num-iters 1 --num-iters-warmup 1 --max-num-seqs 8"
+  trace_profile b1t_bf16 60 1 "b1 8B bf16" --copy-tbps $copy -- "$BENCH" "$MODEL8B" $L1
+  trace_profile b1t_fp8 60 1 "b1 8B fp8pc" --copy-tbps $copy --weight-bytes 1 -- "$BENCH" "$MODEL8B" $L1 --quantization fp8
+  trace_profile b1t_moe 90 1 "b1 moe" --copy-tbps $copy --hidden 2048 --q-size 4096 --kv-size 512 --layers 48 \
+    --experts 128 --moe-intermediate 768 --top-k 8 --vocab 151936 -- "$BENCH" "$MOE" $L1
 fi
 if [[ $steps == *" trace4k "* ]] && [ -f "$BUILD/bench/cuda/libpie_kernel_trace.so" ]; then  # issue 14's end-to-end row, traced whole
   run trace_4k 120 env CUDA_INJECTION64_PATH="$(realpath "$BUILD/bench/cuda/libpie_kernel_trace.so")" \

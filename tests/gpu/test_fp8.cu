@@ -128,23 +128,19 @@ TEST(Fp8Kernels, QuantizationIsBitIdenticalToTheCpu) {
 // Every producer path (PIE_FP8_QUANT_REGS 0: write the row and read it back; 1: quantize from
 // registers in one pass; PIE_FP8_PRODUCERS v2: from registers, loads first, 4 vectors a SwiGLU
 // thread; PIE_FP8_FLAT_GROUPS, the default for group scales: SwiGLU as fp8_group_quant.cuh's flat
-// kernel; PIE_FP8_PRODUCERS=pipe: SwiGLU's rows through fp8_producers_pipe.cuh's ring) at a small
-// shape, widths with a partial last group (136, 264, 1000) and Qwen3-8B's (4096, 12288), the last
-// two also at a decode batch of 512, a ragged 300 and 1, and the pipe at 2001 rows of Qwen3-8B's
-// (more than two rows a resident CTA, so its ring refills); the separate kernels take the row
-// path (flat 0).
+// kernel) at a small shape, widths with a partial last group (136, 264, 1000) and Qwen3-8B's
+// (4096, 12288), the last two also at a decode batch of 512, a ragged 300 and 1; the separate
+// kernels take the row path (flat 0).
 TEST(Fp8Kernels, FusedProducersAreBitIdenticalToTheSeparateKernels) {
   std::mt19937 rng(3);
   ops::cuda::Fp8Gemm gemm(512, 12288, 512);
-  struct Path { int regs, v2, flat, pipe; };
-  for (auto [regs, v2, flat, pipe] : {Path{0, 0, 0, 0}, {1, 0, 0, 0}, {1, 4, 0, 0}, {1, 4, 1, 0}, {1, 4, 0, 1}})
+  struct Path { int regs, v2, flat; };
+  for (auto [regs, v2, flat] : {Path{0, 0, 0}, {1, 0, 0}, {1, 4, 0}, {1, 4, 1}})
   for (auto [H, I] : {std::pair<int, int>{512, 1536}, {136, 264}, {1000, 1000}, {4096, 12288}})
   for (bool per_token : {false, true})
-    for (int M : {1, 2, 3, 8, 37, 300, 512, 2001}) {
+    for (int M : {1, 2, 3, 8, 37, 300, 512}) {
       if ((M == 1 || M > 37) && H != 4096 && H != 1000) continue;
-      if (M == 2001 && (pipe == 0 || H != 4096)) continue;  // > 2 rows a CTA: the pipe's ring refills
-      SCOPED_TRACE(testing::Message() << "regs " << regs << " v2 " << v2 << " flat " << flat << " pipe " << pipe
-                                      << " H " << H << " I " << I);
+      SCOPED_TRACE(testing::Message() << "regs " << regs << " v2 " << v2 << " flat " << flat << " H " << H << " I " << I);
       const int64_t Mp = ops::cuda::fp8_padded_rows(M);
       auto bits = [](const std::vector<bf16>& a, const std::vector<bf16>& b) {
         int bad = 0;
@@ -199,7 +195,7 @@ TEST(Fp8Kernels, FusedProducersAreBitIdenticalToTheSeparateKernels) {
         ops::cuda::silu_and_mul(guv, ov1, nullptr);
         ops::cuda::fp8_quantize(ov1, per_token, q1.data(), s1.data(), nullptr, 0, 0, 0);
         // Into the GEMM's own buffer, as the engine does.
-        ops::cuda::silu_and_mul_fp8(guv, ov2, gemm.act_buffer(per_token), nullptr, regs, v2, true, flat, pipe);
+        ops::cuda::silu_and_mul_fp8(guv, ov2, gemm.act_buffer(per_token), nullptr, regs, v2, true, flat);
         EXPECT_EQ(bits(test::download(o1), test::download(o2)), 0) << "silu output M=" << M;
         {  // the producer's codes and scales against fp8_quantize's, directly
           const auto a = gemm.act_buffer(per_token);
@@ -221,7 +217,7 @@ TEST(Fp8Kernels, FusedProducersAreBitIdenticalToTheSeparateKernels) {
             DeviceBuffer<fp8_e4m3> q3(Mp * I);
             DeviceBuffer<float> s3(ns);
             ops::cuda::silu_and_mul_fp8(guv, ov3, {q3.data(), s3.data(), per_token}, nullptr, regs, v2,
-                                        /*store_out=*/false, flat, pipe);
+                                        /*store_out=*/false, flat);
             auto q3h = test::download(q3);
             auto s3h = test::download(s3);
             auto o3h = test::download(o3);
@@ -909,8 +905,8 @@ TEST(Fp8Bench, DISABLED_ProducersAgainstTheCopyBandwidth) {
   auto time_ms = [&](int iters, auto&& f) { return timer.ms(iters, f); };
   const double copy_gbs = device_copy_gbs(timer);
   std::printf("[fp8 producers] device copy %.0f GB/s (read + write)\n", copy_gbs);
-  struct Path { const char* name; int regs, v2, flat, pipe; };
-  const Path paths[] = {{"regs (v1)", 1, 0, 0, 0}, {"v2", 1, 4, 0, 0}, {"flat", 1, 4, 1, 0}, {"pipe", 1, 4, 0, 1}};
+  struct Path { const char* name; int regs, v2, flat; };
+  const Path paths[] = {{"regs (v1)", 1, 0, 0}, {"v2", 1, 4, 0}, {"flat", 1, 4, 1}};
   std::mt19937 rng(5);
   const int64_t H = 4096, I = 12288;
   auto report = [&](const char* op, int64_t M, bool pt, const Path& p, double ms, double bytes) {
@@ -934,7 +930,7 @@ TEST(Fp8Bench, DISABLED_ProducersAgainstTheCopyBandwidth) {
       DeviceBuffer<float> s(size_t(Mp * (H / 128)));
       const double bytes = double(M * H) * 2 * 4 + double(Mp * H) + double(Mp * (pt ? 1 : H / 128)) * 4 + double(H) * 2;
       for (const Path& p : paths) {
-        if (p.flat || p.pipe) continue;  // the norm needs its whole row: no flat kernel; pipe is SwiGLU's
+        if (p.flat) continue;  // the norm needs its whole row: no flat kernel
         const double ms = time_ms(50, [&](int i) {
           const int64_t c = i % copies;
           ops::cuda::add_rms_norm_fp8(TensorView<bf16>(x.data() + c * set, {M, H}, Device::Cuda),
@@ -955,7 +951,7 @@ TEST(Fp8Bench, DISABLED_ProducersAgainstTheCopyBandwidth) {
       DeviceBuffer<float> s(size_t(Mp * (H / 128)));
       const double bytes = double(M * H) * 2 + double(Mp * H) + double(Mp * (pt ? 1 : H / 128)) * 4;
       for (const Path& p : paths) {
-        if (p.v2 == 8 || p.pipe) continue;  // one loads-first kernel: 4 vectors a thread; pipe is SwiGLU's
+        if (p.v2 == 8) continue;  // one loads-first kernel: 4 vectors a thread
         if (p.flat && pt) continue;  // per-token scales keep the row kernels
         const double ms = time_ms(50, [&](int i) {
           ops::cuda::fp8_quantize(TensorView<bf16>(x.data() + (i % copies) * set, {M, H}, Device::Cuda), pt, q.data(),
@@ -979,8 +975,7 @@ TEST(Fp8Bench, DISABLED_ProducersAgainstTheCopyBandwidth) {
         const double ms = time_ms(50, [&](int i) {
           ops::cuda::silu_and_mul_fp8(TensorView<bf16>(gu.data() + (i % copies) * set, {M, 2 * I}, Device::Cuda),
                                       TensorView<bf16>(out.data(), {M, I}, Device::Cuda),
-                                      {q.data(), s.data(), pt}, nullptr, p.regs, p.v2, /*store_out=*/false, p.flat,
-                                      p.pipe);
+                                      {q.data(), s.data(), pt}, nullptr, p.regs, p.v2, /*store_out=*/false, p.flat);
         });
         report("silu_mul", M, pt, p, ms, bytes);
       }

@@ -546,22 +546,3 @@ TEST(PrefillSm90Plan, PersistentSnakeCoversAndBalances) {
 }
 
 }  // namespace
-
-namespace pie::ops::cuda::sm90::plan {
-namespace {
-// The engine's short-prompt rule (PIE_PREFILL_SM90_SHORT): 2048 x (128, 128)'s prefill steps (64
-// prompts of 128 tokens, GQA 4, 8 KV heads: 4 tiles x 8 x 64 = 2,048 items) take the persistent
-// grid at a 512-row limit on 132 SMs; a longer sequence, a limit of 0, or too few items a CTA
-// keep the tile grid.
-TEST(PrefillSm90Plan, ShortLaunchesTakeThePersistentGrid) {
-  EXPECT_TRUE(short_launch_takes_persistent(128 * 4, 512, 8, 64, 132));
-  EXPECT_FALSE(short_launch_takes_persistent(128 * 4, 0, 8, 64, 132));        // off
-  EXPECT_FALSE(short_launch_takes_persistent(129 * 4, 512, 8, 64, 132));      // one sequence too long
-  EXPECT_FALSE(short_launch_takes_persistent(128 * 4, 512, 8, 8, 132));       // 256 items < 2 a CTA
-  EXPECT_TRUE(short_launch_takes_persistent(128 * 4, 512, 8, 9, 132));        // 288 items
-  EXPECT_TRUE(short_launch_takes_persistent(512 * 4, 2048, 8, 16, 132));      // 256 x (512, 256)'s steps
-  EXPECT_FALSE(short_launch_takes_persistent(0, 512, 8, 64, 132));            // nothing to run
-  EXPECT_TRUE(short_launch_takes_persistent(1, 512, 8, 33, 132));             // one tile each, 264 items
-}
-}  // namespace
-}  // namespace pie::ops::cuda::sm90::plan

@@ -323,10 +323,8 @@ bool prefill_sm90(const D* q, int64_t q_stride, D* out, int64_t out_stride, cons
     sp.k_scale = kv.k_scale; sp.v_scale = kv.v_scale;
 #if PIE_PREFILL_SM90_V3
     if (prefill_v3_taken<D, Variant>(HD, bsz)) {
-      sm90::v3::launch<HD, D, Variant>(
-          sp, kv.data, kv.batch_size, max_query_len, stream, sm90::v3::requested_box(),
-          sm90::v3::launch_grid(max_query_len, sp.group, kv.num_kv_heads, kv.batch_size, num_sms()),
-          sm90::v3::requested_shape());
+      sm90::v3::launch<HD, D, Variant>(sp, kv.data, kv.batch_size, max_query_len, stream, sm90::v3::requested_box(),
+                                       sm90::v3::requested_grid(), sm90::v3::requested_shape());
       return true;
     }
 #endif

@@ -31,12 +31,6 @@
 // to 3w; the hd-64 tests, memcheck and racecheck passed on every shape.
 #define PIE_PREFILL_SM90_HD64 1
 #endif
-#ifndef PIE_PREFILL_SM90_SHORT_GRID
-// 1: the engine's builds compile v3's persistent grid beside the one-CTA-per-tile grid, for
-// launches of many short row tiles (short_grid_rows(), off at run time until measured). The CMake
-// option of the same name (ON) sets it; CI's test build turns it off for its compile budget.
-#define PIE_PREFILL_SM90_SHORT_GRID 0
-#endif
 #ifndef PIE_PREFILL_SM90_EMU_SWEEP
 #define PIE_PREFILL_SM90_EMU_SWEEP 0  // bench_prefill: exp2 emulation periods 3 and 8 beside 5
 #endif
@@ -83,8 +77,7 @@ inline constexpr Shape kDefaultShape{
     HD == 64 && (PIE_PREFILL_SM90_HD64 & 2) ? kEmuPeriod : 0};
 /// The shape `launch` takes for `want` on `grid`: the default for nc 0, 3 warpgroups only where
 /// kThreeWarpgroups and on the kTile grid, the emulation only on kTile, and only the default
-/// where PIE_PREFILL_SM90_ALL does not compile the others (the engine; its persistent grid, two
-/// warpgroups).
+/// where PIE_PREFILL_SM90_ALL does not compile the others (the engine).
 template <int HD, class Variant>
 Shape effective_shape(Shape want, plan::Grid grid) {
 #if PIE_PREFILL_SM90_ALL
@@ -98,12 +91,8 @@ Shape effective_shape(Shape want, plan::Grid grid) {
 #endif
   return want;
 #else
-  (void)want;
-  // The engine compiles the default shape on the kTile grid and, for short prompts
-  // (PIE_PREFILL_SM90_SHORT_GRID), the persistent grid, whose kernel has two warpgroups and no
-  // emulation: the row tile (and so m_tiles) must be that kernel's.
-  if (grid != plan::Grid::kTile) return Shape{2, 0};
-  return kDefaultShape<HD, Variant>;
+  (void)want, (void)grid;
+  return kDefaultShape<HD, Variant>;  // the kTile grid: the engine compiles no other
 #endif
 }
 static_assert(4 * 8 * kStages<128> <= 256 && 4 * 8 * kStages<64> <= 256, "barriers exceed their 256 bytes");
@@ -585,7 +574,12 @@ plan::Box launch(Params<T, Variant>& p, const T* pool, int num_seqs, int max_q_l
   const int64_t rows = int64_t(max_q_len) * p.group;
   p.m_tiles = int((rows + bm - 1) / bm);
   p.num_seqs = num_seqs;
-  const int sms = grid == plan::Grid::kPersistent ? num_sms() : 0;  // the engine's cached count
+  int sms = 0;
+  if (grid == plan::Grid::kPersistent) {
+    int dev = 0;
+    PIE_CUDA_CHECK(cudaGetDevice(&dev));
+    PIE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  }
   auto go = [&]<int NC>(auto kern, plan::Grid g) {
     constexpr size_t smem = smem_bytes<HD, NC>();
     // Every launch, as v2 does: the attribute is per device.
@@ -617,12 +611,10 @@ plan::Box launch(Params<T, Variant>& p, const T* pool, int num_seqs, int max_q_l
   // every engine translation unit.
   auto with_box = [&]<plan::Box B>() {
     switch (grid) {
-#if PIE_PREFILL_SM90_ALL || PIE_PREFILL_SM90_SHORT_GRID
+#if PIE_PREFILL_SM90_ALL
       case plan::Grid::kPersistent:
         go.template operator()<2>(prefill_kernel<HD, T, Variant, B, plan::Grid::kPersistent>, grid);
         break;
-#endif
-#if PIE_PREFILL_SM90_ALL
       case plan::Grid::kCluster:
         if constexpr (Variant::kWindowLeft <= 0)
           go.template operator()<2>(prefill_kernel<HD, T, Variant, B, plan::Grid::kCluster>, grid);
@@ -702,33 +694,6 @@ inline plan::Grid requested_grid() {
   if (std::strcmp(version_env(), "3p") == 0) return plan::Grid::kPersistent;
   if (std::strcmp(version_env(), "3c") == 0) return plan::Grid::kCluster;
   return plan::Grid::kTile;
-}
-
-/// Rows (query tokens × GQA group) up to which a launch's longest sequence counts as short, so
-/// that the launch takes the persistent grid (where compiled: PIE_PREFILL_SM90_SHORT_GRID) when it
-/// has ≥ 2 items a CTA: PIE_PREFILL_SM90_SHORT=rows, 0 (the default until measured) never. Why:
-/// a step of 64 prompts of 128 tokens is 2,048 one-tile CTAs, each paying its setup (barriers, Q,
-/// the first K/V round trip) for one 128-key tile: 170 µs a layer on an H100 (docs/kernels.md);
-/// the persistent grid's rings run on across items.
-inline int short_grid_rows() {
-  static const int r = [] {
-    const char* e = std::getenv("PIE_PREFILL_SM90_SHORT");
-    return e != nullptr ? std::max(0, std::atoi(e)) : 0;
-  }();
-  return r;
-}
-/// The grid v3 takes for a launch: requested_grid() unless it is the tile grid and the launch is
-/// short (plan::short_launch_takes_persistent with short_grid_rows()).
-inline plan::Grid launch_grid(int max_q_len, int group, int num_kv_heads, int num_seqs, int sms) {
-  const plan::Grid g = requested_grid();
-#if PIE_PREFILL_SM90_SHORT_GRID || PIE_PREFILL_SM90_ALL
-  if (g == plan::Grid::kTile && plan::short_launch_takes_persistent(int64_t(max_q_len) * group, short_grid_rows(),
-                                                                    num_kv_heads, num_seqs, sms))
-    return plan::Grid::kPersistent;
-#else
-  (void)max_q_len, (void)group, (void)num_kv_heads, (void)num_seqs, (void)sms;
-#endif
-  return g;
 }
 
 }  // namespace pie::ops::cuda::sm90::v3

@@ -14,7 +14,6 @@
 
 #include "pie/core/fp8_weight.hpp"
 #include "pie/ops/cuda/common.cuh"
-#include "pie/ops/cuda/fp8_producers_pipe.cuh"
 #include "pie/ops/cuda/fp8_producers_v2.cuh"
 #include "pie/ops/cuda/fp8_quant.cuh"
 #include "pie/ops/cuda/norm.cuh"
@@ -236,12 +235,10 @@ void add_rms_norm_fp8(TensorView<T> x, TensorView<T> residual, TensorView<T> w, 
 /// `regs` and `v2` as add_rms_norm_fp8's; `store_out` false: out is not written where the
 /// loads-first or the flat kernel runs (the codes and scales are the same), for a caller that
 /// reads only them. `flat` as fp8_quantize's: group scales take fp8_group_quant.cuh's flat kernel
-/// (a thread per 8 columns) before any row kernel, unless 0. `pipe` (with the loads-first kernels):
-/// 1 takes fp8_producers_pipe.cuh's resident grid with its rows in a shared-memory ring, 0 the CTA
-/// per row, −1 as PIE_FP8_PRODUCERS (pipe, or not) says; the same bits either way.
+/// (a thread per 8 columns) before any row kernel, unless 0.
 template <class T>
 void silu_and_mul_fp8(TensorView<T> gate_up, TensorView<T> out, Fp8Act a, cudaStream_t stream, int regs = -1,
-                      int v2 = -1, bool store_out = true, int flat = -1, int pipe = -1) {
+                      int v2 = -1, bool store_out = true, int flat = -1) {
   static_assert(std::is_same_v<T, pie::f16> || std::is_same_v<T, pie::bf16>, "silu_and_mul_fp8: f16 or bf16");
   check_rows8(gate_up, "silu_and_mul_fp8 gate_up");
   check_rows8(out, "silu_and_mul_fp8 out");
@@ -265,11 +262,6 @@ void silu_and_mul_fp8(TensorView<T> gate_up, TensorView<T> out, Fp8Act a, cudaSt
           Fp8FlatSwiGlu<D, false>{dev(gate_up.data), gate_up.stride[0], nullptr, 0, int(I)}, I, M, Mp, q, a.s, stream);
     return;
   }
-  if (vecs != 0 && fp8_producers_pipe_choice(pipe) &&
-      detail::launch_silu_and_mul_fp8_pipe<detail::kSiluFp8V2Vecs, detail::kSiluFp8PipeMaxThreads>(
-          dev(gate_up.data), gate_up.stride[0], dev(out.data), out.stride[0], I, M, Mp, a.per_token, q, a.s, stream,
-          store_out))
-    return;
   if (vecs != 0 && detail::launch_silu_and_mul_fp8_v2<detail::kSiluFp8V2Vecs, detail::kSiluFp8V2MaxThreads>(
                        dev(gate_up.data), gate_up.stride[0], dev(out.data), out.stride[0], I, M, Mp, a.per_token, q,
                        a.s, stream, store_out))

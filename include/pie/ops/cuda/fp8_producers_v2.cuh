@@ -85,30 +85,6 @@ __device__ __forceinline__ void silu_mul8_stored(const float (&gv)[8], const flo
   for (int j = 0; j < 8; ++j) v[j] = to_f32(from_f32<T>(ov[j]));  // the value stored
 }
 
-/// SwiGLU of a thread's VPT vectors of 8 columns (vector i = threadIdx.x + k·blockDim.x, valid when
-/// i < nvec) into v, zeros for the invalid ones, each stored to o (unless !kStore):
-/// raw(k, i, g, u) gives vector k's gate and up words (ld_raw8's form; from registers loaded first
-/// in silu_and_mul_fp8_v2_kernel, from a shared-memory stage in fp8_producers_pipe.cuh's kernel).
-template <class T, int VPT, bool kStore, class Raw>
-__device__ __forceinline__ void silu_mul_vectors(int nvec, T* __restrict__ o, float (&v)[VPT][8], Raw raw) {
-  const int nthreads = static_cast<int>(blockDim.x);
-#pragma unroll
-  for (int k = 0; k < VPT; ++k) {
-    const int i = static_cast<int>(threadIdx.x) + k * nthreads;
-    if (i < nvec) {
-      uint4 gw, uw;
-      raw(k, i, gw, uw);
-      float gv[8], uv[8];
-      widen_raw8<T>(gw, gv);
-      widen_raw8<T>(uw, uv);
-      silu_mul8_stored<T, kStore>(gv, uv, o + i * 8, v[k]);
-    } else {
-#pragma unroll
-      for (int j = 0; j < 8; ++j) v[k][j] = 0.f;
-    }
-  }
-}
-
 /// add_rms_norm_fp8_regs_kernel with its loads first: the weight's vectors before pdl_wait, then
 /// every x and residual vector of the thread, then add_rms_norm_fp8_regs_kernel's arithmetic
 /// (the same vectors per thread, the same sums in the same order and block_sum over the same
@@ -202,7 +178,19 @@ __global__ void __launch_bounds__(MaxThreads)
     }
   }
   float v[VPT][8];
-  silu_mul_vectors<T, VPT, kStore>(nvec, o, v, [&](int k, int, uint4& gw, uint4& uw) { gw = gp[k], uw = up[k]; });
+#pragma unroll
+  for (int k = 0; k < VPT; ++k) {
+    const int i = static_cast<int>(threadIdx.x) + k * nthreads;
+    if (i < nvec) {
+      float gv[8], uv[8];
+      widen_raw8<T>(gp[k], gv);
+      widen_raw8<T>(up[k], uv);
+      silu_mul8_stored<T, kStore>(gv, uv, o + i * 8, v[k]);
+    } else {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[k][j] = 0.f;
+    }
+  }
   fp8_quant_regs<VPT>(v, m, Mp, inter, per_token != 0, q, s, red);
 }
 

@@ -52,13 +52,12 @@ inline constexpr int kFp8QuantRegsVecs = 4;
 /// SwiGLU, fp8_quant_regs_kernel's kLoadsFirst; the same codes), as the number of vectors of 8 columns a
 /// SwiGLU thread holds: 4 (the default since it was measured: one H100, 2026-12-05, SwiGLU at batch
 /// 512 31.2 → 22.0 µs, fp8 2048 × (128, 128) +3.1%; docs/kernels.md), or 0 with
-/// PIE_FP8_PRODUCERS=v1 (the first register kernels). `pipe` is v2 with SwiGLU's rows pipelined
-/// (fp8_producers_pipe.cuh). Read once; another value is an error.
+/// PIE_FP8_PRODUCERS=v1 (the first register kernels). Read once; another value is an error.
 inline int fp8_producers_v2_vecs() {
   static const int vecs = [] {
     const char* v = std::getenv("PIE_FP8_PRODUCERS");
-    if (v == nullptr || *v == '\0' || std::strcmp(v, "v2") == 0 || std::strcmp(v, "pipe") == 0) return 4;
-    PIE_CHECK(std::strcmp(v, "v1") == 0, "PIE_FP8_PRODUCERS=", v, ": expected v2 (the default), pipe or v1");
+    if (v == nullptr || *v == '\0' || std::strcmp(v, "v2") == 0) return 4;
+    PIE_CHECK(std::strcmp(v, "v1") == 0, "PIE_FP8_PRODUCERS=", v, ": expected v2 (the default) or v1");
     return 0;
   }();
   return vecs;

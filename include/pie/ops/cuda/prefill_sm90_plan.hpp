@@ -165,17 +165,6 @@ enum class Grid { kTile, kPersistent, kCluster };
 PIE_HD constexpr int persistent_item(int cta, int round, int grid) {
   return round * grid + ((round & 1) ? grid - 1 - cta : cta);
 }
-/// \brief Whether a launch of the tile grid should take the persistent grid instead: its longest
-/// sequence has at most `short_rows` rows (query tokens × GQA group; 0: never) and its items
-/// (128-row tiles × KV heads × sequences) give every CTA of a one-per-SM grid ≥ 2 of them. Why: a
-/// step of many short prompts is thousands of one-tile CTAs, each paying its setup for one key
-/// tile, where the persistent grid's rings run on across items (docs/kernels.md).
-PIE_HD constexpr bool short_launch_takes_persistent(long long rows, long long short_rows, int num_kv_heads,
-                                                    int num_seqs, int sms) {
-  if (short_rows <= 0 || rows > short_rows || rows <= 0) return false;
-  const long long items = (rows + 127) / 128 * num_kv_heads * num_seqs;
-  return items >= 2LL * sms;
-}
 /// A work item: one 128-row tile of sequence b, KV head kvh.
 struct Work {
   int tile, kvh, b;
