@@ -22,7 +22,11 @@
 # `trace4k`: 128 × (4096, 16) bf16 traced whole, split into steps with and without prompt tokens;
 # `hf`: HF transformers at 256 × (512, 256) in static batches of 256; `kern`: bench_prefill (bundle root)
 # with the SDPA peer, and pie_bench_cuda_decode's engine-path rows (issue 14's tables); `b1trace`:
-# kernel traces of batch 1 (Qwen3-8B bf16 and per-channel fp8, Qwen3-30B-A3B), profiled per op.
+# kernel traces of batch 1 (Qwen3-8B bf16 and per-channel fp8, Qwen3-30B-A3B), profiled per op;
+# `w8a16`: the weight-only batch-1 fp8 GEMV (its tests, the GEMV chain bench, per-channel fp8 batch 1
+# base / W8A16 / W8A16 with the norm fused / the quantized GEMV with the norm fused, W8_ROUNDS
+# times, and a trace of W8A16 with the norm); `fp8all`: pie_gpu_test_fp8_gemv and pie_gpu_test_fp8
+# whole, on the build's defaults.
 # Usage, in the repository root of the GPU machine:
 #   PIE_PREBUILT=.device/bundle.txz OUT=dir bash bench/device_fp8_step.sh
 set -u
@@ -110,6 +114,42 @@ if [[ $steps == *" rows "* ]]; then  # every issue's engine row on the card that
   [[ $rows == *" 256fp8 "* ]] && STAGED=1 tput r256_fp8 0 0 "$MODEL8B" 256 512 256 256 --quantization fp8 --kv-cache-dtype fp8
   [[ $rows == *" sharegpt "* ]] && tput rsharegpt_bf16 0 0 "$MODEL8B" 1000 256 256 512 --dataset-name sharegpt
   [[ $rows == *" 4096 "* ]] && tput r4096_bf16 0 0 "$MODEL8B" 128 4096 16 128
+fi
+if [[ $steps == *" fp8all "* ]]; then  # the fp8 GPU tests on the build's defaults, whole
+  [ -x "$BUILD/tests/gpu/pie_gpu_test_fp8_gemv" ] && { run all_gemv 120 "$BUILD/tests/gpu/pie_gpu_test_fp8_gemv" --gtest_color=no;
+    gtest_summary all_gemv 12; }
+  [ -x "$T" ] && { run all_fp8 280 "$T" --gtest_color=no; gtest_summary all_fp8 24;
+    grep -E "^\[fp8 (gpu vs cpu|gemm vs cpu)\]" "$LOGDIR/all_fp8.log" | head -12 | tee -a "$SUM"; }
+fi
+if [[ $steps == *" w8a16 "* ]]; then  # the weight-only batch-1 fp8 GEMV (PIE_FP8_GEMV_W8A16), with the norm fused (PIE_FP8_GEMV_NORM)
+  G=$BUILD/tests/gpu/pie_gpu_test_fp8_gemv
+  [ -x "$G" ] && { run test_gemv 120 "$G" --gtest_color=no; gtest_summary test_gemv 12;
+    grep -E "^\[fp8 gemv w8a16\]" "$LOGDIR/test_gemv.log" | head -6 | tee -a "$SUM"; }
+  [ -x "$T" ] && { run engine_w8 150 env PIE_FP8_GEMV_W8A16=1 PIE_FP8_GEMV_NORM=1 "$T" --gtest_color=no \
+      --gtest_filter='Fp8Engine.PerChannel*:Fp8Engine.Published*:Fp8Engine.Transformers*:Fp8Engine.DummyFp8*';
+    gtest_summary engine_w8 12; grep -E "^\[fp8" "$LOGDIR/engine_w8.log" | head -8 | tee -a "$SUM"; }
+  GB=$BUILD/bench/cuda/pie_bench_cuda_fp8_gemv
+  [ -x "$GB" ] && run gemvbench 120 "$GB" --benchmark_color=false --benchmark_filter='BM_Fp8GemvChain/10/|BM_Fp8Gemv/(-1|10)/' &&
+    grep -E "copy|chain|gemv" "$LOGDIR/gemvbench.log" | grep -vE "^BM_|^-|Benchmark" | tee -a "$SUM" > /dev/null
+  b1fp8() {  # TAG env...
+    local tag=$1; shift
+    run "$tag" 60 env "$@" "$BENCH" "$MODEL8B" --load-format dummy --mode latency --input-len 128 --output-len 128 \
+      --num-iters 5 --num-iters-warmup 1 --max-num-seqs 8 --quantization fp8
+    grep -E "^latency \(" "$LOGDIR/$tag.log" | sed "s/^/[$tag] /" | tee -a "$SUM"
+  }
+  for r in $(seq "${W8_ROUNDS:-2}"); do
+    b1fp8 w8_base$r PIE_FP8_GEMV_W8A16=0
+    b1fp8 w8_on$r PIE_FP8_GEMV_W8A16=1
+    b1fp8 w8_norm$r PIE_FP8_GEMV_W8A16=1 PIE_FP8_GEMV_NORM=1
+    b1fp8 q_norm$r PIE_FP8_GEMV_W8A16=0 PIE_FP8_GEMV_NORM=1
+  done
+  if [ -f "$BUILD/bench/cuda/libpie_kernel_trace.so" ]; then
+    TRACER=$BUILD/bench/cuda/libpie_kernel_trace.so
+    copy=4.2; case "$(gpu_line)" in *H100*) copy=2.99 ;; esac
+    trace_profile w8t_norm 60 1 "b1 fp8pc w8a16+norm" --copy-tbps $copy --weight-bytes 1 -- env PIE_FP8_GEMV_W8A16=1 \
+      PIE_FP8_GEMV_NORM=1 "$BENCH" "$MODEL8B" --load-format dummy --mode latency --input-len 128 --output-len 128 \
+      --num-iters 1 --num-iters-warmup 1 --max-num-seqs 8 --quantization fp8
+  fi
 fi
 if [[ $steps == *" b1trace "* ]] && [ -f "$BUILD/bench/cuda/libpie_kernel_trace.so" ]; then  # where batch 1 goes (issues 15, 18, 20)
   TRACER=$BUILD/bench/cuda/libpie_kernel_trace.so

@@ -6,8 +6,8 @@
 // exceed the L2 several times, so no launch finds its weights cached. "chain" rows run the four
 // projections of 8 layers in the step's order (qkv, o, gate_up, down). Rows marked "pre" read x
 // already quantized (by its producer in the engine); "norm" rows add the residual and RMSNorm x
-// in every CTA first (qkv and gate_up, whose inputs are normed); the others quantize x in every
-// CTA. The norm rows' bytes are the weights' only. The bf16 rows: the GEMV, and its fused norm
+// in every CTA first (qkv and gate_up, whose inputs are normed); "w8a16" rows do not quantize x
+// at all (the weight-only GEMV); the others quantize x in every CTA. The norm rows' bytes are the weights' only. The bf16 rows: the GEMV, and its fused norm
 // with 4 or 16 warps per CTA (PIE_GEMV_NORM_WARPS).
 #include "pie/ops/cuda/norm.cuh"
 #include "bench_common.cuh"
@@ -62,19 +62,22 @@ struct Io {
 };
 Io& io() { static Io v; return v; }
 
-/// One fp8 GEMV of variant v with x from mode (0: quantized in the GEMV, 1: prequantized, 2: norm).
+/// One fp8 GEMV of variant v with x from mode (0: quantized in the GEMV, 1: prequantized, 2: norm,
+/// 3: not quantized — the weight-only GEMV, fp8_gemv_w8a16).
 void launch(int v, int mode, const Shape& sh, const Fp8Weight& w) {
   auto& b = io();
   const bf16* nb = nullptr;
   if (mode == 1)
     oc::fp8_gemv_prequantized(b.yv(sh.N), b.xq.data(), b.xs.data(), 4, w, nb, nullptr, v);
+  else if (mode == 3)
+    oc::fp8_gemv_w8a16(b.yv(sh.N), b.xv(sh.K), w, nb, nullptr, v);
   else if (mode == 2)
     oc::fp8_add_rms_norm_gemv(b.yv(sh.N), b.xv(sh.K), b.r.data(), b.r2.data(), b.nw.data(), 1e-6f, false, w, nb,
                               nullptr, v);
   else
     oc::fp8_gemv(b.yv(sh.N), b.xv(sh.K), w, nb, nullptr, v);
 }
-const char* mode_name(int mode) { return mode == 1 ? " pre" : mode == 2 ? " norm" : ""; }
+const char* mode_name(int mode) { return mode == 1 ? " pre" : mode == 2 ? " norm" : mode == 3 ? " w8a16" : ""; }
 
 /// args: variant (-1: the bf16 GEMV), x's mode (launch()), shape.
 void BM_Fp8Gemv(benchmark::State& st) {
@@ -132,8 +135,9 @@ void BM_Fp8GemvChain(benchmark::State& st) {
       for (int s = 0; s < 4; ++s) {
         const Fp8Weight& w = sets[s].w[l];
         const Shape& sh = kShapes[s];
-        // o_proj's input (attention) has no producer that quantizes: it always quantizes in the GEMV.
-        launch(v, s == 1 ? 0 : s == 3 ? std::min(pre, 1) : pre, sh, w);
+        // o_proj's input (attention) has no producer that quantizes: it always quantizes in the GEMV
+        // (weight-only: nothing is quantized anywhere).
+        launch(v, pre == 3 ? 3 : s == 1 ? 0 : s == 3 ? std::min(pre, 1) : pre, sh, w);
       }
   });
 }
@@ -144,7 +148,7 @@ void all_variants(benchmark::internal::Benchmark* b) {
     if (kShapes[s].K == 4096 && s != 1) b->Args({-1, 2, s}), b->Args({-2, 2, s});
     for (int v = 0; v < oc::kFp8GemvVariants; ++v) {
       b->Args({v, 0, s});
-      if (v > 0) b->Args({v, 1, s});
+      if (v > 0) b->Args({v, 1, s}), b->Args({v, 3, s});
       if (v > 0 && kShapes[s].K == 4096 && s != 1) b->Args({v, 2, s});
     }
   }
@@ -155,7 +159,7 @@ void chain_variants(benchmark::internal::Benchmark* b) {
   for (int v = 0; v < oc::kFp8GemvVariants; ++v) {
     b->Args({v, 0});
     if (v > 0) b->Args({v, 1});
-    if (v > 0) b->Args({v, 2});
+    if (v > 0) b->Args({v, 2}), b->Args({v, 3});
   }
 }
 BENCHMARK(BM_Fp8GemvChain)->Apply(chain_variants)->UseManualTime()->Iterations(3)->Unit(benchmark::kMicrosecond);

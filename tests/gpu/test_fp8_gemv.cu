@@ -2,7 +2,8 @@
 // legacy kernel (variant 0) on random weights, scales and activations, for both weight schemes,
 // with and without bias, at shapes whose N is no multiple of a CTA's rows and whose K is no
 // multiple of 128; the prequantized entry on fp8_quantize's codes bit-identical too; all within
-// the CPU reference's tolerance (ops/cpu/fp8_linear.hpp). Kept apart from test_fp8.cu (which
+// the CPU reference's tolerance (ops/cpu/fp8_linear.hpp); the weight-only form (x not quantized)
+// against its own CPU reference. Kept apart from test_fp8.cu (which
 // builds the engine) so that it compiles in seconds.
 #include <gtest/gtest.h>
 
@@ -13,6 +14,7 @@
 
 #include "../cuda/test_util.hpp"
 #include "pie/ops/cpu/fp8_linear.hpp"
+#include "pie/ops/cuda/fp8_gemm.cuh"
 #include "pie/ops/cuda/fp8_gemv.cuh"
 #include "pie/ops/cuda/norm.cuh"
 
@@ -53,28 +55,41 @@ std::vector<uint16_t> bits(const std::vector<bf16>& v) {
   return b;
 }
 
+/// One batch-1 product's operands: random codes of either scheme, x [1, K] (randn × 3), a bias
+/// (used or not), y [1, N] on the device, and their host copies.
+struct GemvCase {
+  RandomCodes w;
+  std::vector<bf16> x, b;
+  std::vector<float> xf;
+  DeviceBuffer<bf16> dx, db, dy;
+  bool bias;
+  int64_t N, K;
+  GemvCase(bool block, int64_t n, int64_t k, bool with_bias, std::mt19937& rng)
+      : w(block, n, k, rng), x(test::randn<bf16>(size_t(k), rng, 3.0f)), b(test::randn<bf16>(size_t(n), rng)),
+        xf(test::to_f32(x)), dx(test::upload(x)), db(test::upload(b)), dy(static_cast<size_t>(n)), bias(with_bias),
+        N(n), K(k) {}
+  TensorView<bf16> xv() { return TensorView<bf16>(dx.data(), {1, K}, Device::Cuda); }
+  TensorView<bf16> yv() { return TensorView<bf16>(dy.data(), {1, N}, Device::Cuda); }
+  const bf16* bias_dev() const { return bias ? db.data() : nullptr; }
+  const bf16* bias_host() const { return bias ? b.data() : nullptr; }
+};
+
 TEST(Fp8Gemv, VariantsAreBitIdenticalToTheLegacyKernelAndMatchTheCpu) {
   std::mt19937 rng(11);
   int checked = 0;
   for (bool block : {true, false})
     for (auto [N, K] : {std::pair<int64_t, int64_t>{384, 512}, {250, 1040}, {136, 4096}, {72, 12288}})
       for (bool bias : {false, true}) {
-        RandomCodes w(block, N, K, rng);
-        auto x = test::randn<bf16>(size_t(K), rng, 3.0f);
-        auto b = test::randn<bf16>(size_t(N), rng);
-        auto dx = test::upload(x);
-        auto db = test::upload(b);
-        const bf16* bp = bias ? db.data() : nullptr;
-        TensorView<bf16> xv(dx.data(), {1, K}, Device::Cuda);
-        DeviceBuffer<bf16> dy(static_cast<size_t>(N));
-        TensorView<bf16> yv(dy.data(), {1, N}, Device::Cuda);
+        GemvCase c(block, N, K, bias, rng);
+        auto& w = c.w;
+        auto& dy = c.dy;
+        const bf16* bp = c.bias_dev();
+        TensorView<bf16> xv = c.xv(), yv = c.yv();
         test::poison(dy);
         ops::cuda::fp8_gemv(yv, xv, w.d, bp, nullptr, 0);
         const auto legacy = test::download(dy);
         std::vector<float> ref(static_cast<size_t>(N)), xs, ws;
-        auto xf = test::to_f32(x);
-        ops::cpu::fp8_linear(xf.data(), 1, int(K), w.h, bias ? b.data() : static_cast<const bf16*>(nullptr),
-                             ref.data(), K, N, xs, ws);
+        ops::cpu::fp8_linear(c.xf.data(), 1, int(K), w.h, c.bias_host(), ref.data(), K, N, xs, ws);
         const double err = test::rel_err(legacy, ref);
         EXPECT_LE(err, 1e-2) << "legacy N=" << N << " K=" << K;
         // The prequantized entry reads fp8_quantize's codes (row 0 of a 4-row buffer).
@@ -102,7 +117,8 @@ TEST(Fp8Gemv, VariantsAreBitIdenticalToTheLegacyKernelAndMatchTheCpu) {
 
 TEST(Fp8Gemv, NormInThePrologueIsBitIdenticalToTheSeparateKernels) {
   // fp8_add_rms_norm_gemv against add_rms_norm (in place) then the legacy GEMV: outputs and the
-  // new residual bit for bit, every variant, with and without a residual to add.
+  // new residual bit for bit, every variant, with and without a residual to add; its weight-only
+  // form against add_rms_norm then fp8_gemv_w8a16 the same way.
   std::mt19937 rng(13);
   int checked = 0;
   for (bool block : {true, false})
@@ -123,21 +139,83 @@ TEST(Fp8Gemv, NormInThePrologueIsBitIdenticalToTheSeparateKernels) {
         ops::cuda::fp8_gemv(TensorView<bf16>(dy2.data(), {1, N}, Device::Cuda), x2v, w.d, db.data(), nullptr, 0);
         const auto want = test::download(dy2);
         const auto want_r = test::download(dr2);
-        for (int v = 1; v < ops::cuda::kFp8GemvVariants; ++v) {
-          ASSERT_TRUE(ops::cuda::fp8_add_rms_norm_gemv_supported(K, v)) << v;
-          test::poison(dy);
-          test::poison(drout);
-          ops::cuda::fp8_add_rms_norm_gemv(TensorView<bf16>(dy.data(), {1, N}, Device::Cuda),
-                                           TensorView<bf16>(dx.data(), {1, K}, Device::Cuda), dr.data(), drout.data(),
-                                           dnw.data(), 1e-6f, first, w.d, db.data(), nullptr, v);
-          EXPECT_EQ(bits(test::download(dy)), bits(want)) << ops::cuda::fp8_gemv_variant_name(v) << " K=" << K
-                                                           << (first ? " first" : "") << (block ? " block" : " channel");
-          EXPECT_EQ(bits(test::download(drout)), bits(want_r)) << "residual, " << ops::cuda::fp8_gemv_variant_name(v);
-          ++checked;
-        }
+        // The weight-only form's reference: the same normalised row through fp8_gemv_w8a16.
+        ops::cuda::fp8_gemv_w8a16(TensorView<bf16>(dy2.data(), {1, N}, Device::Cuda), x2v, w.d, db.data(), nullptr, 10);
+        const auto want16 = test::download(dy2);
+        for (int v = 1; v < ops::cuda::kFp8GemvVariants; ++v)
+          for (bool w8a16 : {false, true}) {
+            ASSERT_TRUE(ops::cuda::fp8_add_rms_norm_gemv_supported(K, v)) << v;
+            test::poison(dy);
+            test::poison(drout);
+            ops::cuda::fp8_add_rms_norm_gemv(TensorView<bf16>(dy.data(), {1, N}, Device::Cuda),
+                                             TensorView<bf16>(dx.data(), {1, K}, Device::Cuda), dr.data(),
+                                             drout.data(), dnw.data(), 1e-6f, first, w.d, db.data(), nullptr, v, w8a16);
+            EXPECT_EQ(bits(test::download(dy)), bits(w8a16 ? want16 : want))
+                << ops::cuda::fp8_gemv_variant_name(v) << (w8a16 ? " w8a16" : "") << " K=" << K
+                << (first ? " first" : "") << (block ? " block" : " channel");
+            EXPECT_EQ(bits(test::download(drout)), bits(want_r))
+                << "residual, " << ops::cuda::fp8_gemv_variant_name(v) << (w8a16 ? " w8a16" : "");
+            ++checked;
+          }
         EXPECT_EQ(bits(test::download(dx)), bits(x)) << "x is left as it was";
       }
-  EXPECT_EQ(checked, 2 * 2 * 2 * (ops::cuda::kFp8GemvVariants - 1));
+  EXPECT_EQ(checked, 2 * 2 * 2 * (ops::cuda::kFp8GemvVariants - 1) * 2);
+}
+
+// The weight-only GEMV (fp8_gemv_w8a16: x not rounded to e4m3): every row variant against the
+// CPU's fp8_linear_w8a16 (the exact products in float; the GPU sums chunks in half), both weight
+// schemes, with and without bias, at the shapes above plus Qwen3-8B's down projection (K =
+// 12,288); the variants bit-identical to each other (a lane visits its chunks in the same k order
+// whatever C and U are); much closer to the exact product than the quantized GEMV; and Fp8Gemm at
+// M = 1 with set_gemv_w8a16 running it.
+TEST(Fp8Gemv, WeightOnlyVariantsMatchTheCpuW8A16ReferenceBitIdenticalToEachOther) {
+  std::mt19937 rng(13);
+  int checked = 0;
+  for (bool block : {true, false})
+    for (auto [N, K] : {std::pair<int64_t, int64_t>{384, 512}, {250, 1040}, {136, 4096}, {72, 12288}, {200, 12288}})
+      for (bool bias : {false, true}) {
+        GemvCase c(block, N, K, bias, rng);
+        auto& w = c.w;
+        auto& dy = c.dy;
+        const bf16* bp = c.bias_dev();
+        TensorView<bf16> xv = c.xv(), yv = c.yv();
+        std::vector<float> ref(static_cast<size_t>(N)), ref8(static_cast<size_t>(N)), xs, ws;
+        ops::cpu::fp8_linear_w8a16(c.xf.data(), 1, int(K), w.h, c.bias_host(), ref.data(), K, N, ws);
+        ops::cpu::fp8_linear(c.xf.data(), 1, int(K), w.h, c.bias_host(), ref8.data(), K, N, xs, ws);
+        std::vector<bf16> first;
+        double err = 0;
+        for (int v = 1; v < ops::cuda::kFp8GemvVariants; ++v) {
+          test::poison(dy);
+          ops::cuda::fp8_gemv_w8a16(yv, xv, w.d, bp, nullptr, v);
+          const auto y = test::download(dy);
+          err = std::max(err, test::rel_err(y, ref));
+          EXPECT_LE(test::rel_err(y, ref), 5e-3) << ops::cuda::fp8_gemv_variant_name(v)
+                                                << (block ? " block" : " per channel") << " N=" << N << " K=" << K;
+          if (first.empty())
+            first = y;
+          else
+            EXPECT_EQ(bits(y), bits(first)) << ops::cuda::fp8_gemv_variant_name(v) << " N=" << N << " K=" << K;
+          ++checked;
+        }
+        // x rounded to e4m3 moves the product by far more than the GEMV's half sums do.
+        const double quant = test::rel_err(ref8, ref);
+        EXPECT_GT(quant, 3 * err) << "N=" << N << " K=" << K;
+        std::printf("[fp8 gemv w8a16] %s N=%lld K=%lld%s: vs cpu w8a16 %.3g (the quantized scheme vs w8a16: %.3g)\n",
+                    block ? "block" : "channel", (long long)N, (long long)K, bias ? " bias" : "", err, quant);
+      }
+  EXPECT_EQ(checked, 2 * 5 * 2 * (ops::cuda::kFp8GemvVariants - 1));
+  // Through Fp8Gemm: M = 1 takes the weight-only GEMV when asked, bit for bit.
+  RandomCodes w(false, 512, 4096, rng);
+  auto dx = test::upload(test::randn<bf16>(4096, rng));
+  DeviceBuffer<bf16> d1(512), d2(512);
+  TensorView<bf16> xv(dx.data(), {1, 4096}, Device::Cuda), y1(d1.data(), {1, 512}, Device::Cuda),
+      y2(d2.data(), {1, 512}, Device::Cuda);
+  ops::cuda::Fp8Gemm gemm(8, 4096, 512);
+  gemm.set_gemv_w8a16(true);
+  gemm(y1, xv, w.d, static_cast<const bf16*>(nullptr), nullptr);
+  ops::cuda::fp8_gemv_w8a16(y2, xv, w.d, static_cast<const bf16*>(nullptr), nullptr, gemm.gemv_variant());
+  EXPECT_EQ(bits(test::download(d1)), bits(test::download(d2)));
+  EXPECT_FALSE(gemm.wants_producer(1, 4096));  // no codes at batch 1
 }
 
 TEST(Fp8Gemv, UnknownVariantsAreRefused) {
@@ -153,6 +231,8 @@ TEST(Fp8Gemv, UnknownVariantsAreRefused) {
   EXPECT_THROW(ops::cuda::fp8_gemv_prequantized(yv, xq.data(), xs.data(), 4, w.d, static_cast<const bf16*>(nullptr),
                                                 nullptr, 0),
                std::exception);
+  // Nor a weight-only form (it is the rows kernel's).
+  EXPECT_THROW(ops::cuda::fp8_gemv_w8a16(yv, xv, w.d, static_cast<const bf16*>(nullptr), nullptr, 0), std::exception);
 }
 
 }  // namespace

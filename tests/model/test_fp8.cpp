@@ -132,6 +132,36 @@ TEST(Fp8Linear, ReferenceIsTheProductOfTheQuantizedValues) {
   }
 }
 
+// The weight-only scheme (one row, core/fp8_weight.hpp's fp8_weight_only_single_rows): x as it
+// is times the dequantized weight, against a double-precision sum; and not the quantized
+// scheme's product (x rounded to e4m3 moves it by far more than float summation does).
+TEST(Fp8Linear, WeightOnlyReferenceIsTheProductOfTheUnquantizedRow) {
+  for (bool block : {true, false}) {
+    const int n = 3, K = 384, N = 200;
+    auto w = random_fp8(block, N, K, 17);
+    const Fp8Weight& f = w.layers[0].o_proj;
+    auto x = randn(static_cast<size_t>(n) * (K + 3), 18);
+    std::vector<float> bias = randn(N, 19);
+    std::vector<float> y(static_cast<size_t>(n) * N), y8(y.size()), xs, ws;
+    ops::cpu::fp8_linear_w8a16(x.data(), n, K, f, bias.data(), y.data(), K + 3, N, ws);
+    ops::cpu::fp8_linear(x.data(), n, K, f, bias.data(), y8.data(), K + 3, N, xs, ws);
+    double worst = 0, moved = 0;
+    for (int t = 0; t < n; ++t)
+      for (int o = 0; o < N; ++o) {
+        double ref = bias[o], mag = std::fabs(bias[o]);
+        for (int k = 0; k < K; ++k) {
+          const double b = double(to_float(f.q.data[o * K + k])) * f.scale_at(o, k);
+          ref += double(x[t * (K + 3) + k]) * b;
+          mag += std::fabs(double(x[t * (K + 3) + k]) * b);
+        }
+        worst = std::max(worst, std::fabs(y[t * N + o] - ref) / mag);
+        moved = std::max(moved, std::fabs(y8[t * N + o] - ref) / mag);
+      }
+    EXPECT_LT(worst, 1e-6) << (block ? "block" : "per channel");
+    EXPECT_GT(moved, 1e-3) << (block ? "block" : "per channel");
+  }
+}
+
 // ---- the published checkpoint format ----
 
 // A Qwen3 whose fused projections line up with 128-row blocks (q 256, k 128, v 128 rows), as

@@ -13,6 +13,7 @@
 /// a gets the scale a / 448 and the values e4m3(x / scale) (round to nearest even, saturating).
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 
 #include "pie/core/dtype.hpp"
 #include "pie/core/tensor.hpp"
@@ -58,6 +59,22 @@ struct Fp8Weight {
   /// Bytes of the quantized weight and its scales.
   size_t bytes() const { return static_cast<size_t>(q.numel()) + static_cast<size_t>(scale.numel()) * sizeof(float); }
 };
+
+/// Whether a linear layer applied to a single row leaves that row unquantized (weight-only,
+/// "W8A16": y = x·dq(W)ᵀ with x's 16-bit values), instead of quantizing it as above. At one row
+/// the weights' bytes are the whole cost and the activation's quantization only adds a reduction
+/// in front of them (docs/kernels.md, "The batch-1 fp8 GEMV without activation quantization").
+/// One rule for the CPU reference (ops/cpu, n == 1) and the GPU (Fp8Gemm, M == 1), read once from
+/// `PIE_FP8_GEMV_W8A16` (1 on, 0 off); unset: kFp8WeightOnlySingleRowsDefault — on since one H100
+/// (2026-12-07): Qwen3-8B per-channel fp8 batch-1 ITL 4.14 → 3.79 ms with the norm fused.
+inline constexpr bool kFp8WeightOnlySingleRowsDefault = true;
+inline bool fp8_weight_only_single_rows() {
+  static const bool on = [] {
+    const char* v = std::getenv("PIE_FP8_GEMV_W8A16");
+    return v == nullptr || *v == '\0' ? kFp8WeightOnlySingleRowsDefault : std::atoi(v) != 0;
+  }();
+  return on;
+}
 
 /// The row stride of a 128×128 block-scale tensor for K columns: ceil(K / 128) rounded up to 4.
 inline int64_t fp8_block_scale_ld(int64_t k) {

@@ -182,7 +182,12 @@ class CpuForward {
       in = fp8_in_.data();
       ld = K;
     }
-    ops::cpu::fp8_linear(in, n, K, w, bias.numel() > 0 ? bias.data : nullptr, out.data, ld, out.stride[0], fp8_x_, fp8_w_);
+    if (n == 1 && fp8_weight_only_single_rows())  // the GPU's batch-1 GEMV (core/fp8_weight.hpp)
+      ops::cpu::fp8_linear_w8a16(in, n, K, w, bias.numel() > 0 ? bias.data : nullptr, out.data, ld, out.stride[0],
+                                 fp8_w_);
+    else
+      ops::cpu::fp8_linear(in, n, K, w, bias.numel() > 0 ? bias.data : nullptr, out.data, ld, out.stride[0], fp8_x_,
+                           fp8_w_);
     round_rows(out);
   }
   /// add_rms_norm(x, res, norm, first), then out = x·Wᵀ (+ bias). One op so that a backend may

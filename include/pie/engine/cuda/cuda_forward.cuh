@@ -337,14 +337,13 @@ class CudaForward {
       else (*p_.fp8_gemm)(out, x, w, b, s_);
     });
   }
-  /// add_rms_norm, then the fp8 linear. Not fused at batch 1: a version with the residual add +
-  /// RMSNorm in the fp8 GEMV's prologue (and the first weight chunks loaded before
-  /// griddepcontrol.wait) measured 4.69 ms per decode step against 3.94 ms for the separate
-  /// kernels (H200, Qwen3-8B shape, 2026-12-04; docs/kernels.md).
+  /// add_rms_norm, then the fp8 linear. At batch 1, where Fp8Gemm::fuses_norm says so (the
+  /// default with the weight-only GEMV; PIE_FP8_GEMV_NORM), the norm runs in the fp8 GEMV's
+  /// prologue, the residual moving between two buffers as in the bf16 path below (H100,
+  /// 2026-12-07: Qwen3-8B per-channel batch-1 ITL 3.82 → 3.79 ms; with the quantizing GEMV a norm
+  /// prologue gained nothing, and on 2026-12-04 lost: docs/kernels.md).
   /// Above batch 1 the norm kernel also writes x's fp8 codes and scales for the GEMM
   /// (fp8_producers.cuh; bit-identical to the separate quantization).
-  /// Opt-in (PIE_FP8_GEMV_NORM=1, fp8_gemm.cuh): at batch 1 the norm in the fp8 GEMV's
-  /// prologue, the residual moving between two buffers as in the bf16 path below.
   void norm_linear(Act x, Act& res, const Weight& norm, bool first, const Fp8Weight& w, const Weight& bias, Act out) {
     const int64_t M = x.shape[0], K = x.shape[1];
     if (shape_.tokens == 1 && M == 1 && res.shape[1] == K && p_.fp8_gemm != nullptr && p_.fp8_gemm->fuses_norm(K)) {

@@ -60,25 +60,36 @@ inline void fp8_dequantize(const Fp8Weight& w, float* out) {
     for (int64_t k = 0; k < K; ++k) out[r * K + k] = to_float(w.q.data[r * K + k]) * w.scale_at(r, k);
 }
 
+/// \brief y[t, o] = Σ_k x[t, k]·dq(W)[o, k] (+ bias[o]): the weight-only scheme (W8A16), x as it
+/// is — the reference of the GPU's fp8_gemv_w8a16, and fp8_linear's product once x is rounded.
+/// x [n, K] float (row stride x_stride, 0 → K), y [n, N] (row stride y_stride). `ws` is scratch.
+template <class TB>
+inline void fp8_linear_w8a16(const float* x, int n, int K, const Fp8Weight& w, const TB* bias, float* y,
+                             int64_t x_stride, int64_t y_stride, std::vector<float>& ws) {
+  PIE_CHECK(w.cols() == K, "fp8 linear: x has ", K, " columns, the weight ", w.cols());
+  if (x_stride == 0) x_stride = K;
+  const int N = static_cast<int>(w.rows());
+  if (y_stride == 0) y_stride = N;
+  if (n == 0 || N == 0) return;
+  ws.resize(static_cast<size_t>(N) * K);
+  fp8_dequantize(w, ws.data());
+  linear(x, n, K, ws.data(), N, static_cast<const float*>(nullptr), y, x_stride, y_stride);
+  if (bias)
+    for (int t = 0; t < n; ++t)
+      for (int o = 0; o < N; ++o) y[t * y_stride + o] += to_float(bias[o]);
+}
+
 /// \brief y[t, o] = Σ_k dq(x)[t, k]·dq(W)[o, k] (+ bias[o]) for t < n: the reference of the GPU's
-/// fp8 linear. x [n, K] float (row stride x_stride, 0 → K), y [n, N] (row stride y_stride).
-/// `xs` and `ws` are scratch (grown as needed).
+/// fp8 linear (x quantized per token and group). Arguments as fp8_linear_w8a16's; `xs` is scratch
+/// too (grown as needed).
 template <class TB>
 inline void fp8_linear(const float* x, int n, int K, const Fp8Weight& w, const TB* bias, float* y,
                        int64_t x_stride, int64_t y_stride, std::vector<float>& xs, std::vector<float>& ws) {
   PIE_CHECK(w.cols() == K, "fp8_linear: x has ", K, " columns, the weight ", w.cols());
   if (x_stride == 0) x_stride = K;
-  const int N = static_cast<int>(w.rows());
-  if (y_stride == 0) y_stride = N;
-  if (n == 0 || N == 0) return;
   xs.resize(static_cast<size_t>(n) * K);
-  ws.resize(static_cast<size_t>(N) * K);
   fp8_fake_quantize_rows(x, x_stride, n, K, w.act_group(), xs.data());
-  fp8_dequantize(w, ws.data());
-  linear(xs.data(), n, K, ws.data(), N, static_cast<const float*>(nullptr), y, K, y_stride);
-  if (bias)
-    for (int t = 0; t < n; ++t)
-      for (int o = 0; o < N; ++o) y[t * y_stride + o] += to_float(bias[o]);
+  fp8_linear_w8a16(xs.data(), n, K, w, bias, y, K, y_stride, ws);
 }
 
 }  // namespace pie::ops::cpu

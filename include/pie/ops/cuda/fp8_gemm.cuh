@@ -1,7 +1,8 @@
 #pragma once
 /// \file fp8_gemm.cuh
 /// \brief Fp8Gemm: y [M, N] = q(x)·dq(W)ᵀ (+ bias) for an Fp8Weight (core/fp8_weight.hpp) with
-/// bf16/f16 activations in and out. M = 1 runs the fused GEMV (fp8_gemv.cuh); larger M quantizes
+/// bf16/f16 activations in and out. M = 1 runs the GEMV (fp8_gemv.cuh), weight-only by default
+/// (x not quantized: core/fp8_weight.hpp's fp8_weight_only_single_rows); larger M quantizes
 /// x (fp8_quant.cuh) and runs cuBLASLt's FP8 tensor-core matmul with the scales applied inside:
 /// - block weights: A (= W) BLK128x128_32F scales, B (= x) VEC128_32F scales (sm_90, cuBLAS ≥ 12.9);
 /// - per-channel weights: OUTER_VEC_32F on both (one scale per output channel and per token).
@@ -50,14 +51,16 @@ __global__ void add_bias_kernel(T* y, int64_t ldy, int M, int N, const T* bias) 
 }  // namespace detail
 
 /// The batch-1 GEMV's defaults: kernel variant (fp8_gemv.cuh), x quantized by its producer
-/// (RMSNorm, SwiGLU) instead of in the GEMV, residual add + RMSNorm in the GEMV's prologue.
-/// Variant 10 ("c2u4-nw8-persist", bit-identical to the legacy kernel 0) since the H100 call of
-/// 2026-12-05: Qwen3-8B fp8 batch-1 ITL 4.462 → 4.312 ms in the same call, 78% of the copy rate
-/// over an 8-layer chain against the legacy kernel's 70%. Producer quantization and the norm
-/// prologue lost there (ITL 4.913 ms; 8-layer chain 58–75%): off. docs/kernels.md has the numbers.
+/// (RMSNorm, SwiGLU) instead of in the GEMV. Variant 10 ("c2u4-nw8-persist", bit-identical to the
+/// legacy kernel 0) since the H100 call of 2026-12-05: Qwen3-8B fp8 batch-1 ITL 4.462 → 4.312 ms
+/// in the same call, 78% of the copy rate over an 8-layer chain against the legacy kernel's 70%.
+/// Producer quantization lost there (ITL 4.913 ms): off. Since 2026-12-07 the GEMV is weight-only
+/// at batch 1 (core/fp8_weight.hpp's fp8_weight_only_single_rows: x not quantized; 8-layer chain
+/// 79.2 → 86.3% of copy, ITL 4.14 → 3.82 ms), and the residual add + RMSNorm goes into its
+/// prologue where it is (3.82 → 3.79 ms; with the quantizing GEMV the norm prologue gained nothing:
+/// 4.13 ms). docs/kernels.md has the numbers.
 inline constexpr int kFp8GemvDefaultVariant = 10;
 inline constexpr bool kFp8GemvDefaultPre = false;
-inline constexpr bool kFp8GemvDefaultNorm = false;
 
 /// \brief The fp8 linear layer of one GPU (see the file comment).
 class Fp8Gemm {
@@ -71,15 +74,18 @@ class Fp8Gemm {
     PIE_CUBLAS_CHECK(cublasLtCreate(&handle_));
     // The batch-1 GEMV's kernel variant and where its x comes from (docs/kernels.md), with
     // environment overrides for A/B runs: PIE_FP8_GEMV=id, PIE_FP8_GEMV_PRE=0/1 (producers
-    // quantize x at batch 1 too), PIE_FP8_GEMV_NORM=0/1 (the norm in the GEMV's prologue).
+    // quantize x at batch 1 too; not with the weight-only GEMV), PIE_FP8_GEMV_NORM=0/1 (the norm
+    // in the GEMV's prologue; default: with the weight-only GEMV), PIE_FP8_GEMV_W8A16=0/1.
     if (const char* v = std::getenv("PIE_FP8_GEMV")) {
       gemv_variant_ = std::atoi(v);
       PIE_CHECK(gemv_variant_ >= 0 && gemv_variant_ < kFp8GemvVariants, "PIE_FP8_GEMV=", v, ": variants are 0..",
                 kFp8GemvVariants - 1);
     }
     if (const char* v = std::getenv("PIE_FP8_GEMV_PRE")) gemv_pre_ = std::atoi(v) != 0;
+    gemv_w8a16_ = fp8_weight_only_single_rows();  // core/fp8_weight.hpp: the CPU reference's rule too
+    gemv_norm_ = gemv_w8a16_;  // the norm prologue pays with the weight-only GEMV only (see above)
     if (const char* v = std::getenv("PIE_FP8_GEMV_NORM")) gemv_norm_ = std::atoi(v) != 0;
-    gemv_pre_ = gemv_pre_ && gemv_variant_ > 0;  // the legacy kernel quantizes x itself
+    gemv_pre_ = gemv_pre_ && gemv_variant_ > 0 && !gemv_w8a16_;  // the legacy kernel quantizes x itself
     gemv_norm_ = gemv_norm_ && gemv_variant_ > 0;
 #if defined(PIE_FP8_CUTLASS)
     if (fp8_cutlass_wanted()) cutlass_ = make_fp8_cutlass_path(max_rows_);
@@ -128,6 +134,16 @@ class Fp8Gemm {
     gemv_pre_ = prequantized && v > 0;
   }
   int gemv_variant() const { return gemv_variant_; }
+  /// Whether M = 1 runs weight-only (fp8_gemv_w8a16, x not quantized; PIE_FP8_GEMV_W8A16): the
+  /// producers then write no codes at batch 1; with fuses_norm, norm_gemv() runs the weight-only
+  /// GEMV with the norm in its prologue.
+  void set_gemv_w8a16(bool on) {
+    gemv_w8a16_ = on;
+    if (on) gemv_pre_ = false;
+  }
+  /// Whether batch-1 add_rms_norm + linear runs fused (norm_gemv(); PIE_FP8_GEMV_NORM).
+  void set_gemv_norm(bool on) { gemv_norm_ = on && gemv_variant_ > 0; }
+  bool gemv_w8a16() const { return gemv_w8a16_; }
   /// Whether a batch-1 add_rms_norm + linear on [1, K] runs as norm_gemv() (PIE_FP8_GEMV_NORM).
   bool fuses_norm(int64_t K) const {
     return gemv_norm_ && uses_gemv(1, K) && fp8_add_rms_norm_gemv_supported(K, gemv_variant_);
@@ -137,7 +153,7 @@ class Fp8Gemm {
   void norm_gemv(TensorView<T> y, TensorView<T> x, const T* r_in, T* r_out, const T* norm_w, float eps, bool first,
                  const Fp8Weight& w, const T* bias, cudaStream_t stream) {
     PIE_CHECK(fuses_norm(w.cols()), "Fp8Gemm: norm_gemv() without PIE_FP8_GEMV_NORM or for K = ", w.cols());
-    fp8_add_rms_norm_gemv(y, x, r_in, r_out, norm_w, eps, first, w, bias, stream, gemv_variant_);
+    fp8_add_rms_norm_gemv(y, x, r_in, r_out, norm_w, eps, first, w, bias, stream, gemv_variant_, gemv_w8a16_);
   }
   /// Device bytes of the scratch buffers.
   size_t bytes() const {
@@ -168,7 +184,10 @@ class Fp8Gemm {
     PIE_CHECK(x.stride[1] == 1 && y.stride[1] == 1, "Fp8Gemm: rows must be contiguous");
     if (M == 0) return;
     if (M == 1 && gemv_ && fp8_gemv_supported(K)) {
-      fp8_gemv(y, x, w, bias, stream, gemv_variant_);
+      if (gemv_w8a16_)
+        fp8_gemv_w8a16(y, x, w, bias, stream, gemv_variant_ > 0 ? gemv_variant_ : kFp8GemvDefaultVariant);
+      else
+        fp8_gemv(y, x, w, bias, stream, gemv_variant_);
       return;
     }
     const int64_t Mp = fp8_padded_rows(M);
@@ -322,7 +341,8 @@ class Fp8Gemm {
   bool gemv_ = true;
   int gemv_variant_ = kFp8GemvDefaultVariant;
   bool gemv_pre_ = kFp8GemvDefaultPre;
-  bool gemv_norm_ = kFp8GemvDefaultNorm;
+  bool gemv_norm_ = false;
+  bool gemv_w8a16_ = false;
   DeviceBuffer<fp8_e4m3> xq_;
   DeviceBuffer<float> xs_;
   DeviceBuffer<unsigned char> y_pad_;

@@ -3,7 +3,8 @@
 /// \brief Batch-1 fp8 linear: y [1, N] = q(x)·(W8·scale)ᵀ (+ bias), the activation's dynamic
 /// quantization fused into the GEMV's prologue. Decode at batch 1 is bound by the weight stream,
 /// so this kernel exists to read the fp8 bytes at memory speed; a separate quantization kernel
-/// (and its launch) would cost more than the row it quantizes.
+/// (and its launch) would cost more than the row it quantizes. fp8_gemv_w8a16 (the engine's
+/// default at batch 1 since 2026-12-07) goes further and does not quantize x at all.
 ///
 /// Each CTA quantizes x itself (the same rule and arithmetic as fp8_quant.cuh) into shared memory
 /// as half codes scaled by 2⁻⁸, then its warps stream weight rows 16 bytes per lane. A 16-byte
@@ -58,8 +59,28 @@ __host__ __device__ constexpr size_t fp8_rows_smem_xn(int K) {
 }
 
 /// Where fp8_gemv_rows_kernel takes x from: quantized in every CTA, prequantized by the
-/// producer, or normalised (residual add + RMSNorm) and then quantized in every CTA.
-inline constexpr int kFp8SrcX = 0, kFp8SrcPre = 1, kFp8SrcNorm = 2;
+/// producer, normalised (residual add + RMSNorm) and then quantized in every CTA, or (kFp8SrcW8A16)
+/// not rounded to e4m3 at all: x's 16-bit values times a power of two into half (weight-only
+/// fp8, fp8_gemv_w8a16).
+inline constexpr int kFp8SrcX = 0, kFp8SrcPre = 1, kFp8SrcNorm = 2, kFp8SrcW8A16 = 3;
+/// The weight-only GEMV with the residual add + RMSNorm in its prologue (every CTA normalises the
+/// row, CTA 0 writes the new residual; then x is scaled as kFp8SrcW8A16's).
+inline constexpr int kFp8SrcW8A16Norm = 4;
+/// Whether a source leaves x unquantized (the weight-only GEMV's prologue).
+__host__ __device__ constexpr bool fp8_src_w8a16(int src) { return src == kFp8SrcW8A16 || src == kFp8SrcW8A16Norm; }
+/// Shared memory of fp8_gemv_rows_kernel for a source at K.
+constexpr size_t fp8_rows_smem_bytes(int src, int64_t K, size_t t_bytes) {
+  return src == kFp8SrcNorm || src == kFp8SrcW8A16Norm
+             ? fp8_rows_smem_xn(int(K)) + size_t(K) * t_bytes
+             : size_t(K) * 2 + 2 * size_t((K + kFp8Block - 1) / kFp8Block) * sizeof(float);
+}
+/// The weight-only GEMV's row scale: x is stored in half as x·2⁻ᵉ with the row's |x| maximum
+/// landing in [4, 8), so that a weight code (≤ 448) times it stays below 3,584 and the 8 products
+/// a half lane of fp8_chunk_dot sums stay below half's 65,504; e = 0 for an all-zero row. The
+/// scaling is exact (a power of two) and half holds bf16's 8-bit mantissa exactly in its normal
+/// range (values under 2⁻¹⁶ of the maximum lose bits; they weigh less than half's own rounding
+/// of the sum). Unlike the e4m3 codes, the products are not exact in half: the sum rounds.
+__device__ __forceinline__ int fp8_w8a16_exponent(float amax) { return amax > 0.0f ? ilogbf(amax) - 2 : 0; }
 
 /// The 16 products of one 16-byte weight chunk with x's 16 half codes (xa, xb: the 16-byte
 /// halves at the chunk's k), summed in half with HFMA2 (exact: see the file comment), returned as
@@ -206,7 +227,39 @@ __global__ void __launch_bounds__(NW * 32, MINB)
   fetch(wa, 0);  // weights only: may run before the predecessor finishes
   if constexpr (kEarly) pdl_launch_dependents();
   pdl_wait();
-  if constexpr (kSrc == kFp8SrcPre) {
+  if constexpr (fp8_src_w8a16(kSrc)) {  // one max reduction and a scaling pass: no division, no e4m3
+    const T* src = p.x;
+    if constexpr (kSrc == kFp8SrcW8A16Norm) {  // norm.cuh's arithmetic, as kFp8SrcNorm
+      rms_norm_row_to<true>(p.x, p.norm_r_in, blockIdx.x == 0 ? p.norm_r_out : nullptr, p.norm_w, xn, K, p.norm_eps,
+                            p.norm_first != 0, red, p.norm_threads);
+      __syncthreads();
+      src = xn;
+    }
+    float a = 0.0f;
+    for (int k = threadIdx.x * 4; k < K; k += NW * 32 * 4) {  // K % 16 == 0, x 8-byte aligned
+      const uint2 u = *reinterpret_cast<const uint2*>(src + k);
+      const T* h = reinterpret_cast<const T*>(&u);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) a = fmaxf(a, fabsf(to_f32(h[j])));
+    }
+    a = warp_max(a);
+    if (lane == 0) red[warp] = a;  // free again: the norm's reduction ended at its barrier
+    __syncthreads();
+    a = 0.0f;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) a = fmaxf(a, red[w]);
+    const int e = fp8_w8a16_exponent(a);
+    const float down = ldexpf(1.0f, -e);
+    for (int k = threadIdx.x * 4; k < K; k += NW * 32 * 4) {
+      const uint2 u = *reinterpret_cast<const uint2*>(src + k);
+      const T* h = reinterpret_cast<const T*>(&u);
+      __half hv[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) hv[j] = __float2half_rn(to_f32(h[j]) * down);
+      *reinterpret_cast<uint2*>(xh + k) = *reinterpret_cast<const uint2*>(hv);
+    }
+    for (int g = threadIdx.x; g < groups; g += NW * 32) xs[g] = ldexpf(1.0f, e);
+  } else if constexpr (kSrc == kFp8SrcPre) {
     const __half2 inv256 = __float2half2_rn(1.0f / 256.0f);
     for (int k = threadIdx.x * 16; k < K; k += NW * 32 * 16) {
       const uint4 cv = *reinterpret_cast<const uint4*>(p.xq + k);
@@ -329,13 +382,12 @@ void launch_fp8_gemv_rows(const Fp8GemvParams<T>& p, cudaStream_t stream) {
   auto kern = fp8_gemv_rows_kernel<C, U, NW, MINB, kEarly, kSrc, kPersist, T>;
   static const bool attr = [&] {
     PIE_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        fp8_rows_smem_xn(32768) + (kSrc == kFp8SrcNorm ? 32768 * sizeof(T) : 0)));
+                                        static_cast<int>(fp8_rows_smem_bytes(kSrc, 32768, sizeof(T)))));
     return true;
   }();
   (void)attr;
   const int groups = (p.K + kFp8Block - 1) / kFp8Block;
-  const size_t smem = kSrc == kFp8SrcNorm ? fp8_rows_smem_xn(p.K) + size_t(p.K) * sizeof(T)
-                                           : size_t(p.K) * 2 + 2 * size_t(groups) * sizeof(float);
+  const size_t smem = fp8_rows_smem_bytes(kSrc, p.K, sizeof(T));
   const int64_t rows_per_cta = int64_t(NW) * C;
   int64_t ctas = (p.N + rows_per_cta - 1) / rows_per_cta;
   if constexpr (kPersist) {  // the CTAs resident at once (occupancy at this K's shared memory)
@@ -451,6 +503,32 @@ void fp8_gemv_prequantized(TensorView<T> y, const fp8_e4m3* xq, const float* xs,
   detail::launch_fp8_gemv_variant<detail::kFp8SrcPre>(variant, p, stream);
 }
 
+/// \brief Weight-only batch-1 fp8 linear (W8A16): y [1, N] = x·dq(w)ᵀ (+ bias) with x not rounded
+/// to e4m3: every CTA takes the row's |x| maximum once and stores x·2⁻ᵉ in half (exact; the
+/// maximum lands in [4, 8), fp8_w8a16_exponent), then runs fp8_gemv()'s loop (HFMA2 over each
+/// 16-byte chunk, the sum scaled by 2ᵉ and the weight scale into a float accumulator). Against
+/// fp8_gemv() the prologue drops the per-group maxima and the per-element division and e4m3
+/// rounding; the products are no longer exact in half (x has 8 significant bits, not 4), so the
+/// chunk sums round (~1e-3 relative) — far less than x's e4m3 rounding (2⁻⁴). Not fp8_gemv()'s
+/// bits: the CPU reference is ops::cpu::fp8_linear_w8a16. (A first form widened x to float and
+/// summed in float: 13% slower in the engine on an H100, bound by the conversions, 2026-12-07.)
+/// `variant` ≥ 1 (kFp8GemvVariants: the same row layouts).
+template <class T>
+void fp8_gemv_w8a16(TensorView<T> y, TensorView<T> x, const Fp8Weight& w, const T* bias, cudaStream_t stream,
+                    int variant) {
+  static_assert(std::is_same_v<T, pie::f16> || std::is_same_v<T, pie::bf16>, "fp8_gemv: f16 or bf16 activations");
+  const int64_t N = w.rows(), K = w.cols();
+  PIE_CHECK(x.shape[0] == 1 && y.shape[0] == 1 && x.shape[1] == K && y.shape[1] == N,
+            "fp8_gemv_w8a16: x [1, K], w [N, K], y [1, N] do not chain");
+  PIE_CHECK(fp8_gemv_supported(K), "fp8_gemv_w8a16: K = ", K, " must be a multiple of 16, at most 32768");
+  PIE_CHECK(w.per_channel() || (w.block_n == kFp8Block && w.block_k == kFp8Block),
+            "fp8_gemv_w8a16: unknown weight blocks");
+  PIE_CHECK(variant >= 1 && variant < kFp8GemvVariants, "fp8_gemv_w8a16: no variant ", variant);
+  PIE_CHECK(reinterpret_cast<uintptr_t>(x.data) % 8 == 0, "fp8_gemv_w8a16: x must be 8-byte aligned");
+  auto p = detail::fp8_gemv_params<T>(x.data, w, bias, y.data);
+  detail::launch_fp8_gemv_variant<detail::kFp8SrcW8A16>(variant, p, stream);
+}
+
 /// Whether fp8_add_rms_norm_gemv() takes a hidden size of k with variant v: the norm's thread
 /// layout must fit one CTA of the variant.
 inline bool fp8_add_rms_norm_gemv_supported(int64_t k, int variant) {
@@ -462,9 +540,12 @@ inline bool fp8_add_rms_norm_gemv_supported(int64_t k, int variant) {
 /// add_rms_norm_gemv, on fp8 weights): r_out = T(x + r_in) (x when `first`), written by CTA 0;
 /// y [1, N] = q(T(rmsnorm(r_out))·norm_w)·dq(w)ᵀ (+ bias). x is left as it was and r_in must not
 /// be r_out (every CTA reads r_in). Bit-identical to add_rms_norm then fp8_gemv.
+/// `w8a16`: the weight-only GEMV (fp8_gemv_w8a16) on the normalised row instead, bit-identical to
+/// add_rms_norm then fp8_gemv_w8a16.
 template <class T>
 void fp8_add_rms_norm_gemv(TensorView<T> y, TensorView<T> x, const T* r_in, T* r_out, const T* norm_w, float eps,
-                           bool first, const Fp8Weight& w, const T* bias, cudaStream_t stream, int variant) {
+                           bool first, const Fp8Weight& w, const T* bias, cudaStream_t stream, int variant,
+                           bool w8a16 = false) {
   static_assert(std::is_same_v<T, pie::f16> || std::is_same_v<T, pie::bf16>, "fp8_gemv: f16 or bf16 activations");
   const int64_t N = w.rows(), K = w.cols();
   PIE_CHECK(x.shape[0] == 1 && y.shape[0] == 1 && x.shape[1] == K && y.shape[1] == N,
@@ -484,7 +565,10 @@ void fp8_add_rms_norm_gemv(TensorView<T> y, TensorView<T> x, const T* r_in, T* r
   p.norm_eps = eps;
   p.norm_first = first ? 1 : 0;
   p.norm_threads = detail::norm_threads(static_cast<int>(K));
-  detail::launch_fp8_gemv_variant<detail::kFp8SrcNorm>(variant, p, stream);
+  if (w8a16)
+    detail::launch_fp8_gemv_variant<detail::kFp8SrcW8A16Norm>(variant, p, stream);
+  else
+    detail::launch_fp8_gemv_variant<detail::kFp8SrcNorm>(variant, p, stream);
 }
 
 }  // namespace pie::ops::cuda
