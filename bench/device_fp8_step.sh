@@ -26,7 +26,10 @@
 # `w8a16`: the weight-only batch-1 fp8 GEMV (its tests, the GEMV chain bench, per-channel fp8 batch 1
 # base / W8A16 / W8A16 with the norm fused / the quantized GEMV with the norm fused, W8_ROUNDS
 # times, and a trace of W8A16 with the norm); `fp8all`: pie_gpu_test_fp8_gemv and pie_gpu_test_fp8
-# whole, on the build's defaults.
+# whole, on the build's defaults; `w8rows`: the weight-only GEMV for 2-4 rows (its tests, the fp8
+# engine tests under PIE_FP8_GEMV_W8A16_ROWS=4, the rows bench against cuBLASLt per projection,
+# and batches of 2 and 4 with per-channel and
+# 128x128-block fp8 weights, cuBLASLt (=1) against it (=4)).
 # Usage, in the repository root of the GPU machine:
 #   PIE_PREBUILT=.device/bundle.txz OUT=dir bash bench/device_fp8_step.sh
 set -u
@@ -150,6 +153,22 @@ if [[ $steps == *" w8a16 "* ]]; then  # the weight-only batch-1 fp8 GEMV (PIE_FP
       PIE_FP8_GEMV_NORM=1 "$BENCH" "$MODEL8B" --load-format dummy --mode latency --input-len 128 --output-len 128 \
       --num-iters 1 --num-iters-warmup 1 --max-num-seqs 8 --quantization fp8
   fi
+fi
+if [[ $steps == *" w8rows "* ]]; then  # the weight-only GEMV for 2-4 rows (PIE_FP8_GEMV_W8A16_ROWS) against cuBLASLt
+  G=$BUILD/tests/gpu/pie_gpu_test_fp8_gemv
+  [ -x "$G" ] && { run rows_gemv 120 "$G" --gtest_color=no; gtest_summary rows_gemv 12; }
+  [ -x "$T" ] && { run rows_fp8 200 env PIE_FP8_GEMV_W8A16_ROWS=4 "$T" --gtest_color=no \
+      --gtest_filter='Fp8Kernels.GemmAndGemv*:Fp8Engine.PerChannel*:Fp8Engine.DummyFp8*:Fp8Engine.Fp8WeightsWith*';
+    gtest_summary rows_fp8 12; }
+  GB=$BUILD/bench/cuda/pie_bench_cuda_fp8_gemv
+  [ -x "$GB" ] && run rowsbench 120 "$GB" --benchmark_color=false --benchmark_filter='BM_Fp8Rows' &&
+    grep -E "copy|M=" "$LOGDIR/rowsbench.log" | grep -vE "^BM_|^-|Benchmark" | tee -a "$SUM" > /dev/null
+  for B in 2 4; do
+    for r in 1 4; do
+      PIE_FP8_GEMV_W8A16_ROWS=$r tput "rows${r}_pc_b$B" 0 0 "$MODEL8B" "$B" 128 128 "$B" --quantization fp8
+      PIE_FP8_GEMV_W8A16_ROWS=$r tput "rows${r}_blk_b$B" 0 0 "$FP8" "$B" 128 128 "$B"
+    done
+  done
 fi
 if [[ $steps == *" b1trace "* ]] && [ -f "$BUILD/bench/cuda/libpie_kernel_trace.so" ]; then  # where batch 1 goes (issues 15, 18, 20)
   TRACER=$BUILD/bench/cuda/libpie_kernel_trace.so

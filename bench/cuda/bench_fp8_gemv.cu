@@ -8,11 +8,14 @@
 // already quantized (by its producer in the engine); "norm" rows add the residual and RMSNorm x
 // in every CTA first (qkv and gate_up, whose inputs are normed); "w8a16" rows do not quantize x
 // at all (the weight-only GEMV); the others quantize x in every CTA. The norm rows' bytes are the weights' only. The bf16 rows: the GEMV, and its fused norm
-// with 4 or 16 warps per CTA (PIE_GEMV_NORM_WARPS).
+// with 4 or 16 warps per CTA (PIE_GEMV_NORM_WARPS). "M=2/4" rows: small decode batches, the
+// weight-only rows GEMV against Fp8Gemm's cuBLASLt path on the same block-scaled weights.
 #include "pie/ops/cuda/norm.cuh"
 #include "bench_common.cuh"
 #include "pie/core/fp8_weight.hpp"
+#include "pie/ops/cuda/fp8_gemm.cuh"
 #include "pie/ops/cuda/fp8_gemv.cuh"
+#include "pie/ops/cuda/fp8_gemv_w8a16_rows.cuh"
 #include "pie/ops/cuda/fp8_quant.cuh"
 #include "pie/ops/cuda/gemv.cuh"
 
@@ -163,6 +166,40 @@ void chain_variants(benchmark::internal::Benchmark* b) {
   }
 }
 BENCHMARK(BM_Fp8GemvChain)->Apply(chain_variants)->UseManualTime()->Iterations(3)->Unit(benchmark::kMicrosecond);
+
+/// 2–4 rows of x (a small decode batch): the weight-only rows GEMV (fp8_gemv_w8a16_rows.cuh)
+/// against Fp8Gemm's cuBLASLt path (x quantized per token and group, then the block-scaled fp8
+/// matmul) on the same 128 × 128-block weights; args: rows, shape, path (0 cuBLASLt, 1 the GEMV).
+/// 16 launches rotating over weight copies, as above; bytes are the weights'.
+void BM_Fp8Rows(benchmark::State& st) {
+  const int M = static_cast<int>(st.range(0)), path = static_cast<int>(st.range(2));
+  const Shape sh = kShapes[st.range(1)];
+  static oc::Fp8Gemm gemm(8, kMaxK, kMaxN);
+  static DeviceBuffer<bf16> xr(size_t(4 * kMaxK)), yr(size_t(4 * kMaxN));
+  static const bool filled = (fill(xr.data(), xr.size(), 3), true);
+  (void)filled;
+  Fp8Set set(sh.N, sh.K, copies_for(sh.N * sh.K));
+  const auto copies = static_cast<int64_t>(set.w.size());
+  TensorView<bf16> xv(xr.data(), {M, sh.K}, Device::Cuda), yv(yr.data(), {M, sh.N}, Device::Cuda);
+  gemm.set_gemv(false);  // cuBLASLt for every M (path 0)
+  const std::string name = std::string(sh.name) + " M=" + std::to_string(M) + (path ? " w8a16 rows" : " cublaslt");
+  int i = 0;
+  report(st, name, double(kLaunches) * sh.N * sh.K, 0, [&] {
+    for (int l = 0; l < kLaunches; ++l, ++i) {
+      const Fp8Weight& w = set.w[i % copies];
+      if (path)
+        oc::fp8_gemv_w8a16_rows(yv, xv, w, static_cast<const bf16*>(nullptr), nullptr);
+      else
+        gemm(yv, xv, w, static_cast<const bf16*>(nullptr), nullptr);
+    }
+  });
+}
+void rows_args(benchmark::internal::Benchmark* b) {
+  for (int M : {2, 4})
+    for (int s = 0; s < 4; ++s)
+      for (int path : {0, 1}) b->Args({M, s, path});
+}
+BENCHMARK(BM_Fp8Rows)->Apply(rows_args)->UseManualTime()->Iterations(3)->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 

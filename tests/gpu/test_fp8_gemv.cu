@@ -16,6 +16,7 @@
 #include "pie/ops/cpu/fp8_linear.hpp"
 #include "pie/ops/cuda/fp8_gemm.cuh"
 #include "pie/ops/cuda/fp8_gemv.cuh"
+#include "pie/ops/cuda/fp8_gemv_w8a16_rows.cuh"
 #include "pie/ops/cuda/norm.cuh"
 
 namespace pie {
@@ -216,6 +217,56 @@ TEST(Fp8Gemv, WeightOnlyVariantsMatchTheCpuW8A16ReferenceBitIdenticalToEachOther
   ops::cuda::fp8_gemv_w8a16(y2, xv, w.d, static_cast<const bf16*>(nullptr), nullptr, gemm.gemv_variant());
   EXPECT_EQ(bits(test::download(d1)), bits(test::download(d2)));
   EXPECT_FALSE(gemm.wants_producer(1, 4096));  // no codes at batch 1
+}
+
+// The weight-only GEMV for 2–4 rows (fp8_gemv_w8a16_rows.cuh): each row bit for bit the one-row
+// kernel's on that row alone (the same scale rule, conversions, HFMA2 order and reduction), both
+// weight schemes, bias, x rows with a stride past K, y rows with a stride past N, K up to
+// 12,288 at 4 rows; and within the CPU's fp8_linear_w8a16 tolerance.
+TEST(Fp8Gemv, WeightOnlyRowsAreBitIdenticalToTheOneRowKernel) {
+  std::mt19937 rng(17);
+  int checked = 0;
+  for (bool block : {true, false})
+    for (auto [N, K] : {std::pair<int64_t, int64_t>{384, 512}, {250, 1040}, {136, 4096}, {72, 12288}})
+      for (int M : {2, 3, 4})
+        for (bool bias : {false, true}) {
+          RandomCodes w(block, N, K, rng);
+          const int64_t ldx = K + 8, ldy = N + 4;
+          auto x = test::randn<bf16>(size_t(M * ldx), rng, 3.0f);
+          for (int m = 0; m < M; ++m)  // rows of different magnitudes: different exponents
+            for (int64_t k = 0; k < K; ++k) x[m * ldx + k] = bf16(to_float(x[m * ldx + k]) * float(1 << (3 * m)));
+          auto b = test::randn<bf16>(size_t(N), rng);
+          auto dx = test::upload(x);
+          auto db = test::upload(b);
+          const bf16* bp = bias ? db.data() : nullptr;
+          TensorView<bf16> xv(dx.data(), {M, K}, Device::Cuda);
+          xv.stride[0] = ldx;
+          DeviceBuffer<bf16> dy(static_cast<size_t>(M * ldy)), d1(static_cast<size_t>(N));
+          TensorView<bf16> yv(dy.data(), {M, N}, Device::Cuda);
+          yv.stride[0] = ldy;
+          test::poison(dy);
+          ops::cuda::fp8_gemv_w8a16_rows(yv, xv, w.d, bp, nullptr);
+          const auto y = test::download(dy);
+          std::vector<float> xf(size_t(M * ldx)), ref(size_t(M * N)), ws;
+          for (size_t i = 0; i < xf.size(); ++i) xf[i] = to_float(x[i]);
+          ops::cpu::fp8_linear_w8a16(xf.data(), M, int(K), w.h, bias ? b.data() : static_cast<const bf16*>(nullptr),
+                                     ref.data(), ldx, N, ws);
+          for (int m = 0; m < M; ++m) {
+            ops::cuda::fp8_gemv_w8a16(TensorView<bf16>(d1.data(), {1, N}, Device::Cuda),
+                                      TensorView<bf16>(dx.data() + m * ldx, {1, K}, Device::Cuda), w.d, bp, nullptr,
+                                      10);
+            const auto one = test::download(d1);
+            std::vector<bf16> row(y.begin() + m * ldy, y.begin() + m * ldy + N);
+            EXPECT_EQ(bits(row), bits(one)) << "row " << m << " of M=" << M << (block ? " block" : " channel")
+                                            << " N=" << N << " K=" << K << (bias ? " bias" : "");
+            std::vector<float> rr(ref.begin() + m * N, ref.begin() + (m + 1) * N);
+            EXPECT_LE(test::rel_err(row, rr), 5e-3) << "row " << m << " of M=" << M << " N=" << N << " K=" << K;
+            ++checked;
+          }
+          for (int m = 0; m + 1 < M; ++m)  // the padding between y's rows is left alone
+            for (int64_t n = N; n < ldy; ++n) EXPECT_EQ(y[m * ldy + n].bits, 0xffff) << "padding, row " << m;
+        }
+  EXPECT_EQ(checked, 2 * 4 * (2 + 3 + 4) * 2);
 }
 
 TEST(Fp8Gemv, UnknownVariantsAreRefused) {

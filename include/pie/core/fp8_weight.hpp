@@ -76,6 +76,28 @@ inline bool fp8_weight_only_single_rows() {
   return on;
 }
 
+/// Most rows a weight-only fp8 linear takes (fp8_weight_only_rows): 1, or up to 4 with
+/// `PIE_FP8_GEMV_W8A16_ROWS=n` (the multi-row GEMV, ops/cuda/fp8_gemv_w8a16_rows.cuh; opt-in until
+/// measured on a GPU); 0 when fp8_weight_only_single_rows() is off. Read once.
+inline int fp8_weight_only_max_rows() {
+  static const int rows = [] {
+    if (!fp8_weight_only_single_rows()) return 0;
+    const char* v = std::getenv("PIE_FP8_GEMV_W8A16_ROWS");
+    const int n = v == nullptr || *v == '\0' ? 1 : std::atoi(v);
+    return n < 1 ? 1 : n > 4 ? 4 : n;
+  }();
+  return rows;
+}
+
+/// \brief Whether an fp8 linear of n rows and K columns leaves its rows unquantized (weight-only):
+/// one row as fp8_weight_only_single_rows() says, 2–4 rows where fp8_weight_only_max_rows()
+/// allows them and their 16-bit copies fit the multi-row GEMV's shared memory (n · K ≤ 65,536).
+/// The CPU reference and Fp8Gemm both ask this, so they compute the same scheme.
+inline bool fp8_weight_only_rows(int64_t n, int64_t k) {
+  if (n < 1 || n > fp8_weight_only_max_rows() || k <= 0 || k % 16 != 0) return false;
+  return n == 1 ? k <= 32768 : n * k <= 65536;
+}
+
 /// The row stride of a 128×128 block-scale tensor for K columns: ceil(K / 128) rounded up to 4.
 inline int64_t fp8_block_scale_ld(int64_t k) {
   const int64_t kb = (k + kFp8Block - 1) / kFp8Block;

@@ -182,7 +182,7 @@ class CpuForward {
       in = fp8_in_.data();
       ld = K;
     }
-    if (n == 1 && fp8_weight_only_single_rows())  // the GPU's batch-1 GEMV (core/fp8_weight.hpp)
+    if (fp8_weight_only_rows(n, K))  // the GPU's weight-only GEMV takes these rows (core/fp8_weight.hpp)
       ops::cpu::fp8_linear_w8a16(in, n, K, w, bias.numel() > 0 ? bias.data : nullptr, out.data, ld, out.stride[0],
                                  fp8_w_);
     else

@@ -30,6 +30,7 @@
 #include "pie/core/fp8_weight.hpp"
 #include "pie/ops/cuda/common.cuh"
 #include "pie/ops/cuda/fp8_gemv.cuh"
+#include "pie/ops/cuda/fp8_gemv_w8a16_rows.cuh"
 #include "pie/ops/cuda/fp8_producers.cuh"
 #include "pie/ops/cuda/fp8_quant.cuh"
 #include "pie/ops/cuda/gemm.cuh"
@@ -163,8 +164,11 @@ class Fp8Gemm {
 #endif
     return b;
   }
-  /// Whether an [M, K] activation takes the batch-1 GEMV (which quantizes x itself).
-  bool uses_gemv(int64_t M, int64_t K) const { return M == 1 && gemv_ && fp8_gemv_supported(K); }
+  /// Whether an [M, K] activation takes a GEMV (which quantizes x itself, or not at all): one row,
+  /// or 2–4 rows weight-only where fp8_weight_only_rows says so (PIE_FP8_GEMV_W8A16_ROWS).
+  bool uses_gemv(int64_t M, int64_t K) const {
+    return gemv_ && ((M == 1 && fp8_gemv_supported(K)) || (M > 1 && gemv_w8a16_ && fp8_weight_only_rows(M, K)));
+  }
   /// Whether a producer can write an [M, K] activation into act_buffer().
   bool fits(int64_t M, int64_t K) const { return fp8_padded_rows(M) <= max_rows_ && K <= max_k_; }
   /// Whether an [M, K] activation headed here should be quantized by its producer: always above
@@ -183,6 +187,10 @@ class Fp8Gemm {
               y.shape[0], ",", y.shape[1], "]");
     PIE_CHECK(x.stride[1] == 1 && y.stride[1] == 1, "Fp8Gemm: rows must be contiguous");
     if (M == 0) return;
+    if (M > 1 && uses_gemv(M, K)) {  // 2–4 rows, weight-only (fp8_gemv_w8a16_rows.cuh)
+      fp8_gemv_w8a16_rows(y, x, w, bias, stream);
+      return;
+    }
     if (M == 1 && gemv_ && fp8_gemv_supported(K)) {
       if (gemv_w8a16_)
         fp8_gemv_w8a16(y, x, w, bias, stream, gemv_variant_ > 0 ? gemv_variant_ : kFp8GemvDefaultVariant);
@@ -205,7 +213,7 @@ class Fp8Gemm {
     static_assert(std::is_same_v<T, pie::f16> || std::is_same_v<T, pie::bf16>, "Fp8Gemm: f16 or bf16 activations");
     PIE_CHECK(y.rank == 2 && y.shape[1] == w.rows() && y.stride[1] == 1, "Fp8Gemm: y must be [M, ", w.rows(), "]");
     if (uses_gemv(y.shape[0], w.cols())) {
-      PIE_CHECK(gemv_pre_, "Fp8Gemm: prequantized() at batch 1 (the GEMV quantizes x itself)");
+      PIE_CHECK(gemv_pre_ && y.shape[0] == 1, "Fp8Gemm: prequantized() where a GEMV reads x itself");
       fp8_gemv_prequantized(y, xq_.data(), xs_.data(), fp8_padded_rows(1), w, bias, stream, gemv_variant_);
       return;
     }

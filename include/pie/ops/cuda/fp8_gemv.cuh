@@ -42,6 +42,8 @@ struct Fp8GemvParams {
   const uint8_t* xq = nullptr;
   const float* xsc = nullptr;
   int xs_ld = 0;
+  // Rows of x and y (fp8_gemv_w8a16_rows.cuh: 2–4 rows; row strides in elements).
+  int64_t ldx = 0, ldy = 0;
   // Residual add + RMSNorm in the prologue (kSrc == kFp8SrcNorm; gemv.cuh's GemvParams alike):
   // x is the block output to add to norm_r_in; CTA 0 writes the new residual to norm_r_out.
   const T* norm_r_in = nullptr;
@@ -176,6 +178,36 @@ __global__ void __launch_bounds__(kFp8GemvWarps * 32) fp8_gemv_kernel(const __gr
   }
   pdl_launch_dependents();
 }
+
+/// A warp's C weight rows in a row-group GEMV (fp8_gemv_w8a16_rows.cuh; fp8_gemv_rows_kernel has the
+/// same walk inline, kept as measured until a GPU run can check it on this helper):
+/// rows n0 … n0 + C − 1 of row group `group` (past N the last row is recomputed, nothing stored),
+/// their code and scale pointers, and the loads of U 16-byte chunks a row from k0 (lane's chunk
+/// at k0 + u · 512 + lane · 16; zeros past K).
+template <int C, int U>
+struct Fp8WeightRows {
+  const uint8_t* row[C];
+  const float* scale[C];
+  int n0 = 0;
+  template <class P>
+  __device__ __forceinline__ void set(const P& p, int group, int warps, int warp) {
+    n0 = (group * warps + warp) * C;
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+      const int n = min(n0 + c, p.N - 1);
+      row[c] = p.w + int64_t(n) * p.K;
+      scale[c] = p.block_n == 1 ? p.ws + n : p.ws + int64_t(n / kFp8Block) * p.ws_ld;
+    }
+  }
+  __device__ __forceinline__ void fetch(uint4 (&dst)[U][C], int k0, int K, int lane) const {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int k = k0 + u * 32 * 16 + lane * 16;
+#pragma unroll
+      for (int c = 0; c < C; ++c) dst[u][c] = k < K ? load16_stream(row[c] + k) : make_uint4(0, 0, 0, 0);
+    }
+  }
+};
 
 /// The batch-1 fp8 GEMV laid out as the bf16 one (gemv.cuh): a warp owns C adjacent rows, a lane
 /// streams 16-byte chunks U at a time, double-buffered; the first U chunks of every row are

@@ -1,0 +1,212 @@
+#pragma once
+/// \file fp8_gemv_w8a16_rows.cuh
+/// \brief The weight-only fp8 GEMV for 2–4 rows: y [M, N] = x·dq(W)ᵀ (+ bias) with each row of x
+/// scaled by its own power of two into half, as fp8_gemv_w8a16 does for one row.
+///
+/// Why: above one row Fp8Gemm runs cuBLASLt's fp8 matmul, whose block-scaled algorithm has a
+/// floor of ~22–25 µs a product at decode sizes (docs/architecture.md), while the weights of
+/// Qwen3-8B's o_proj stream in ~6 µs. At 2–4 rows the product is still the weights' bytes: each
+/// 16-byte weight chunk is converted to half once and multiplied into every row (8 conversions
+/// and 8·M HFMA2 a chunk), so the conversions that bound the one-row kernel are shared.
+///
+/// Layout as fp8_gemv_rows_kernel's variant 10 (c2u4-nw8-persist): 8 warps, 2 weight rows a
+/// warp, a resident grid walking the row groups, the first chunks loaded before
+/// griddepcontrol.wait. Each output row's arithmetic, chunk order and reduction are the one-row
+/// kernel's, so row m of the result is bit-identical to fp8_gemv_w8a16 on row m alone.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "pie/core/fp8_weight.hpp"
+#include "pie/ops/cuda/common.cuh"
+#include "pie/ops/cuda/fp8_gemv.cuh"
+
+namespace pie::ops::cuda {
+
+namespace detail {
+
+inline constexpr int kFp8RowsWarps = 8;
+
+/// MR rows of x (2–4), U 16-byte chunks in flight per weight row (see the file comment).
+template <int MR, int U, class T>
+__global__ void __launch_bounds__(kFp8RowsWarps * 32, 1)
+    fp8_gemv_w8a16_rows_kernel(const __grid_constant__ Fp8GemvParams<T> p) {
+  constexpr int C = 2, NW = kFp8RowsWarps, kChunk = 32 * 16, kStep = U * kChunk;
+  static_assert(NW * MR <= 32, "the row maxima share one 32-float array");
+  extern __shared__ __align__(16) unsigned char fp8_wrows_smem[];
+  __half* xh = reinterpret_cast<__half*>(fp8_wrows_smem);  // [MR][K]: row m is x_m·2^-e_m
+  __shared__ float red[32];
+  __shared__ float xsc[MR];  // 2^e_m
+  const int K = p.K;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int row_groups = (p.N + NW * C - 1) / (NW * C);
+  int rg = blockIdx.x;
+  Fp8WeightRows<C, U> wr;  // fp8_gemv.cuh
+  wr.set(p, rg, NW, warp);
+  uint4 wa[U][C], wb[U][C];
+  wr.fetch(wa, 0, K, lane);  // weights only: may run before the predecessor finishes
+  pdl_launch_dependents();
+  pdl_wait();
+  // ---- prologue: every row's |x| maximum, then x_m·2^-e_m in half (fp8_w8a16_exponent) ----
+  float a[MR];
+#pragma unroll
+  for (int m = 0; m < MR; ++m) a[m] = 0.0f;
+  for (int k = threadIdx.x * 4; k < K; k += NW * 32 * 4) {  // K % 16 == 0, rows 8-byte aligned
+#pragma unroll
+    for (int m = 0; m < MR; ++m) {
+      const uint2 u = *reinterpret_cast<const uint2*>(p.x + m * p.ldx + k);
+      const T* h = reinterpret_cast<const T*>(&u);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) a[m] = fmaxf(a[m], fabsf(to_f32(h[j])));
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < MR; ++m) {
+    a[m] = warp_max(a[m]);
+    if (lane == 0) red[warp * MR + m] = a[m];
+  }
+  __syncthreads();
+  float down[MR];
+#pragma unroll
+  for (int m = 0; m < MR; ++m) {
+    float am = 0.0f;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) am = fmaxf(am, red[w * MR + m]);
+    const int e = fp8_w8a16_exponent(am);
+    down[m] = ldexpf(1.0f, -e);
+    if (threadIdx.x == 0) xsc[m] = ldexpf(1.0f, e);
+  }
+  for (int k = threadIdx.x * 4; k < K; k += NW * 32 * 4) {
+#pragma unroll
+    for (int m = 0; m < MR; ++m) {
+      const uint2 u = *reinterpret_cast<const uint2*>(p.x + m * p.ldx + k);
+      const T* h = reinterpret_cast<const T*>(&u);
+      __half hv[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) hv[j] = __float2half_rn(to_f32(h[j]) * down[m]);
+      *reinterpret_cast<uint2*>(xh + size_t(m) * K + k) = *reinterpret_cast<const uint2*>(hv);
+    }
+  }
+  __syncthreads();
+
+  float acc[MR][C];
+  auto consume = [&](const uint4 (&src)[U][C], int k0) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int k = k0 + u * kChunk + lane * 16;
+      if (k >= K) break;  // chunks past K are the tail of the last step only
+      const int g = k / kFp8Block;
+      uint4 xa[MR], xb[MR];
+#pragma unroll
+      for (int m = 0; m < MR; ++m) {
+        xa[m] = *reinterpret_cast<const uint4*>(xh + size_t(m) * K + k);
+        xb[m] = *reinterpret_cast<const uint4*>(xh + size_t(m) * K + k + 8);
+      }
+#pragma unroll
+      for (int c = 0; c < C; ++c) {
+        // The chunk's 16 codes in half once (fp8_chunk_dot's conversions), then every row.
+        const __nv_fp8x2_storage_t* w2 = reinterpret_cast<const __nv_fp8x2_storage_t*>(&src[u][c]);
+        __half2 wh[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          __half2_raw r = __nv_cvt_fp8x2_to_halfraw2(w2[i], __NV_E4M3);
+          wh[i] = *reinterpret_cast<const __half2*>(&r);
+        }
+        const float wsc = p.block_n == 1 ? __ldg(wr.scale[c]) : __ldg(wr.scale[c] + g);
+#pragma unroll
+        for (int m = 0; m < MR; ++m) {
+          const __half2* x2a = reinterpret_cast<const __half2*>(&xa[m]);
+          const __half2* x2b = reinterpret_cast<const __half2*>(&xb[m]);
+          __half2 h = __float2half2_rn(0.0f);
+#pragma unroll
+          for (int i = 0; i < 8; ++i) h = __hfma2(wh[i], i < 4 ? x2a[i] : x2b[i - 4], h);
+          const float2 f = __half22float2(h);
+          acc[m][c] = fmaf(f.x + f.y, xsc[m] * wsc, acc[m][c]);
+        }
+      }
+    }
+  };
+  while (wr.n0 < p.N) {  // wa holds the row group's first U chunks
+#pragma unroll
+    for (int m = 0; m < MR; ++m)
+#pragma unroll
+      for (int c = 0; c < C; ++c) acc[m][c] = 0.0f;
+    for (int k0 = 0; k0 < K; k0 += 2 * kStep) {
+      if (k0 + kStep < K) wr.fetch(wb, k0 + kStep, K, lane);
+      consume(wa, k0);
+      if (k0 + kStep >= K) break;
+      if (k0 + 2 * kStep < K) wr.fetch(wa, k0 + 2 * kStep, K, lane);
+      consume(wb, k0 + kStep);
+    }
+#pragma unroll
+    for (int m = 0; m < MR; ++m)
+#pragma unroll
+      for (int c = 0; c < C; ++c) acc[m][c] = warp_sum(acc[m][c]);
+#pragma unroll
+    for (int m = 0; m < MR; ++m)
+#pragma unroll
+      for (int c = 0; c < C; ++c) {
+        if (lane != m * C + c || wr.n0 + c >= p.N) continue;
+        float v = acc[m][c];
+        if (p.bias) v += to_f32(p.bias[wr.n0 + c]);
+        p.y[m * p.ldy + wr.n0 + c] = from_f32<T>(v);
+      }
+    rg += gridDim.x;
+    if (rg >= row_groups) break;
+    wr.set(p, rg, NW, warp);
+    wr.fetch(wa, 0, K, lane);
+  }
+}
+
+/// Largest dynamic shared memory the kernel is given: 4 rows of 16,384 halves (the rule's
+/// n · K ≤ 65,536, core/fp8_weight.hpp).
+inline constexpr size_t kFp8RowsMaxSmem = size_t(65536) * 2;
+
+template <int MR, int U, class T>
+void launch_fp8_gemv_w8a16_rows(const Fp8GemvParams<T>& p, cudaStream_t stream) {
+  auto kern = fp8_gemv_w8a16_rows_kernel<MR, U, T>;
+  static const bool attr = [&] {
+    PIE_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(kFp8RowsMaxSmem)));
+    return true;
+  }();
+  (void)attr;
+  const size_t smem = size_t(MR) * size_t(p.K) * 2;
+  int per_sm = 0;
+  PIE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, kFp8RowsWarps * 32, smem));
+  const int64_t groups = (p.N + kFp8RowsWarps * 2 - 1) / (kFp8RowsWarps * 2);
+  const int64_t ctas = std::min<int64_t>(groups, int64_t(std::max(per_sm, 1)) * num_sms());
+  launch_pdl(kern, dim3(static_cast<unsigned>(ctas)), dim3(kFp8RowsWarps * 32), smem, stream, p);
+}
+
+}  // namespace detail
+
+/// \brief y [M, N] = x·dq(w)ᵀ (+ bias) for 2 ≤ M ≤ 4 rows, weight-only (see the file comment):
+/// fp8_weight_only_rows(M, K) must hold apart from its row limit (n · K ≤ 65,536, K % 16 == 0);
+/// rows of x 8-byte aligned (row strides multiples of 4 elements). Each row is bit-identical to
+/// fp8_gemv_w8a16 on it alone; the CPU reference is ops::cpu::fp8_linear_w8a16.
+template <class T>
+void fp8_gemv_w8a16_rows(TensorView<T> y, TensorView<T> x, const Fp8Weight& w, const T* bias, cudaStream_t stream) {
+  static_assert(std::is_same_v<T, pie::f16> || std::is_same_v<T, pie::bf16>, "fp8_gemv: f16 or bf16 activations");
+  const int64_t M = x.shape[0], N = w.rows(), K = w.cols();
+  PIE_CHECK(M >= 2 && M <= 4 && y.shape[0] == M && x.shape[1] == K && y.shape[1] == N,
+            "fp8_gemv_w8a16_rows: x [M, K] with 2 ≤ M ≤ 4, w [N, K], y [M, N] do not chain");
+  PIE_CHECK(K % 16 == 0 && M * K <= 65536, "fp8_gemv_w8a16_rows: K = ", K, " at M = ", M,
+            " (K a multiple of 16, M · K ≤ 65,536)");
+  PIE_CHECK(w.per_channel() || (w.block_n == kFp8Block && w.block_k == kFp8Block),
+            "fp8_gemv_w8a16_rows: unknown weight blocks");
+  PIE_CHECK(x.stride[1] == 1 && y.stride[1] == 1 && x.stride[0] % 4 == 0 &&
+                reinterpret_cast<uintptr_t>(x.data) % 8 == 0,
+            "fp8_gemv_w8a16_rows: rows of x must be contiguous and 8-byte aligned");
+  auto p = detail::fp8_gemv_params<T>(x.data, w, bias, y.data);
+  p.ldx = x.stride[0];
+  p.ldy = y.stride[0];
+  switch (M) {
+    case 2: return detail::launch_fp8_gemv_w8a16_rows<2, 4>(p, stream);
+    case 3: return detail::launch_fp8_gemv_w8a16_rows<3, 2>(p, stream);
+    default: return detail::launch_fp8_gemv_w8a16_rows<4, 2>(p, stream);
+  }
+}
+
+}  // namespace pie::ops::cuda
