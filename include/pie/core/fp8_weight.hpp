@@ -76,15 +76,17 @@ inline bool fp8_weight_only_single_rows() {
   return on;
 }
 
-/// Most rows a weight-only fp8 linear takes (fp8_weight_only_rows): 1, or up to 4 with
+/// Most rows a weight-only fp8 linear takes (fp8_weight_only_rows): 1, or 2 or 4 with
 /// `PIE_FP8_GEMV_W8A16_ROWS=n` (the multi-row GEMV, ops/cuda/fp8_gemv_w8a16_rows.cuh; opt-in until
-/// measured on a GPU); 0 when fp8_weight_only_single_rows() is off. Read once.
+/// measured on a GPU; n = 3 counts as 2: the decode graphs' batch buckets are 1, 2, 4, …, and a
+/// batch of 3 replays the bucket of 4, so a limit of 3 would split the CPU reference (3 rows) from
+/// the GPU (4)); 0 when fp8_weight_only_single_rows() is off. Read once.
 inline int fp8_weight_only_max_rows() {
   static const int rows = [] {
     if (!fp8_weight_only_single_rows()) return 0;
     const char* v = std::getenv("PIE_FP8_GEMV_W8A16_ROWS");
     const int n = v == nullptr || *v == '\0' ? 1 : std::atoi(v);
-    return n < 1 ? 1 : n > 4 ? 4 : n;
+    return n >= 4 ? 4 : n >= 2 ? 2 : 1;
   }();
   return rows;
 }
