@@ -57,8 +57,9 @@ def category(name):
         # gemv_kernel<M, C, U, NW, MINB, kNorm, ...>: kNorm = true is the fused add + RMSNorm
         # (the tracer writes template commas as ';' to keep its CSV to four columns)
         args = re.sub(r"\s*[;,]\s*", ",", n)
-        # fp8_gemv_rows_kernel<C, U, NW, MINB, kEarly, kSrc, ...>: kSrc = 2 is the fused add + RMSNorm
-        if re.search(r"fp8_gemv_rows_kernel<\d+,\d+,\d+,\d+,(true|false|\(bool\)[01]),2[,>]", args):
+        # fp8_gemv_rows_kernel<C, U, NW, MINB, kEarly, kSrc, ...>: kSrc = 2 (quantizing) and 4 (weight-only)
+        # are the fused add + RMSNorm (ops/cuda/fp8_gemv.cuh's kFp8SrcNorm, kFp8SrcW8A16Norm)
+        if re.search(r"fp8_gemv_rows_kernel<\d+,\d+,\d+,\d+,(true|false|\(bool\)[01]),[24][,>]", args):
             return "norm+linear"
         # gemv_kernel<M, C, U, NW, MINB, kPrologue, ...>: 1 (or true, in older builds) is the fused
         # add + RMSNorm, 2 the fused SwiGLU (ops/cuda/gemv.cuh's GemvPrologue)

@@ -222,6 +222,8 @@ def test_fp8_gemv_variants_are_linears_and_the_norm_one_a_fused_norm():
     import nsys_decode_profile as p
     k = "void pie::ops::cuda::detail::fp8_gemv_rows_kernel<2; 4; 16; 1; true; {}; __nv_bfloat16>(x)"
     assert p.category(k.format(2)) == "norm+linear"  # kSrc = kFp8SrcNorm
+    assert p.category(k.format(4)) == "norm+linear"  # kSrc = kFp8SrcW8A16Norm (the batch-1 default)
+    assert p.category(k.format(3)) == "linear"  # kSrc = kFp8SrcW8A16
     assert p.category(k.format(1)) == "linear"       # prequantized x
     assert p.category(k.format(0)) == "linear"
     assert p.category("void pie::ops::cuda::detail::fp8_gemv_kernel<__nv_bfloat16>(x)") == "linear"
