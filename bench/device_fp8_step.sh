@@ -106,11 +106,7 @@ fi
 if [[ $steps == *" rows "* ]]; then  # every issue's engine row on the card that came (defaults; issues 15, 18, 20)
   rows=" ${ROWS:-b1 b1fp8 2048 2048fp8 256 256fp8 sharegpt 4096} "
   [[ $rows == *" b1 "* ]] && itl b1_bf16 "$MODEL8B"
-  if [[ $rows == *" b1fp8 "* ]]; then
-    run b1_fp8 100 "$BENCH" "$MODEL8B" --load-format dummy --mode latency --input-len 128 --output-len 128 \
-      --num-iters 5 --num-iters-warmup 1 --max-num-seqs 8 --quantization fp8
-    grep -E "^latency \(" "$LOGDIR/b1_fp8.log" | sed "s/^/[b1_fp8pc] /" | tee -a "$SUM"
-  fi
+  [[ $rows == *" b1fp8 "* ]] && ITL_ARGS="--quantization fp8" itl b1_fp8pc "$MODEL8B"
   [[ $rows == *" 2048 "* ]] && tput r2048_bf16 0 0 "$MODEL8B" 2048 128 128 512
   [[ $rows == *" 2048fp8 "* ]] && STAGED=1 tput r2048_fp8 0 0 "$MODEL8B" 2048 128 128 512 --quantization fp8 --kv-cache-dtype fp8
   [[ $rows == *" 256 "* ]] && tput r256_bf16 0 0 "$MODEL8B" 256 512 256 256
@@ -134,17 +130,11 @@ if [[ $steps == *" w8a16 "* ]]; then  # the weight-only batch-1 fp8 GEMV (PIE_FP
   GB=$BUILD/bench/cuda/pie_bench_cuda_fp8_gemv
   [ -x "$GB" ] && run gemvbench 120 "$GB" --benchmark_color=false --benchmark_filter='BM_Fp8GemvChain/10/|BM_Fp8Gemv/(-1|10)/' &&
     grep -E "copy|chain|gemv" "$LOGDIR/gemvbench.log" | grep -vE "^BM_|^-|Benchmark" | tee -a "$SUM" > /dev/null
-  b1fp8() {  # TAG env...
-    local tag=$1; shift
-    run "$tag" 60 env "$@" "$BENCH" "$MODEL8B" --load-format dummy --mode latency --input-len 128 --output-len 128 \
-      --num-iters 5 --num-iters-warmup 1 --max-num-seqs 8 --quantization fp8
-    grep -E "^latency \(" "$LOGDIR/$tag.log" | sed "s/^/[$tag] /" | tee -a "$SUM"
-  }
   for r in $(seq "${W8_ROUNDS:-2}"); do
-    b1fp8 w8_base$r PIE_FP8_GEMV_W8A16=0
-    b1fp8 w8_on$r PIE_FP8_GEMV_W8A16=1
-    b1fp8 w8_norm$r PIE_FP8_GEMV_W8A16=1 PIE_FP8_GEMV_NORM=1
-    b1fp8 q_norm$r PIE_FP8_GEMV_W8A16=0 PIE_FP8_GEMV_NORM=1
+    ITL_ARGS="--quantization fp8" itl w8_base$r "$MODEL8B" PIE_FP8_GEMV_W8A16=0
+    ITL_ARGS="--quantization fp8" itl w8_on$r "$MODEL8B" PIE_FP8_GEMV_W8A16=1
+    ITL_ARGS="--quantization fp8" itl w8_norm$r "$MODEL8B" PIE_FP8_GEMV_W8A16=1 PIE_FP8_GEMV_NORM=1
+    ITL_ARGS="--quantization fp8" itl q_norm$r "$MODEL8B" PIE_FP8_GEMV_W8A16=0 PIE_FP8_GEMV_NORM=1
   done
   if [ -f "$BUILD/bench/cuda/libpie_kernel_trace.so" ]; then
     TRACER=$BUILD/bench/cuda/libpie_kernel_trace.so

@@ -165,7 +165,9 @@ class CpuForward {
     round_rows(out);
   }
   /// out = x·Wᵀ (+ bias) with an fp8 weight: the reference of the GPU's fp8 linear (x quantized
-  /// per token and group as the GPU quantizes it, W dequantized, fp32 GEMM; ops/cpu/fp8_linear.hpp).
+  /// per token and group as the GPU quantizes it, or left as it is for the rows the GPU runs
+  /// weight-only, core/fp8_weight.hpp's fp8_weight_only_rows; W dequantized, fp32 GEMM;
+  /// ops/cpu/fp8_linear.hpp).
   /// With 16-bit storage T, x is first rounded to T, as the GPU quantizes the bf16 activation it
   /// stored. Without round_activations, the GPU's activations still differ from these float ones
   /// by the bf16 roundings of every earlier op, and each e4m3 rounding point a difference crosses
@@ -182,12 +184,11 @@ class CpuForward {
       in = fp8_in_.data();
       ld = K;
     }
+    const auto* b = bias.numel() > 0 ? bias.data : nullptr;
     if (fp8_weight_only_rows(n, K))  // the GPU's weight-only GEMV takes these rows (core/fp8_weight.hpp)
-      ops::cpu::fp8_linear_w8a16(in, n, K, w, bias.numel() > 0 ? bias.data : nullptr, out.data, ld, out.stride[0],
-                                 fp8_w_);
+      ops::cpu::fp8_linear_w8a16(in, n, K, w, b, out.data, ld, out.stride[0], fp8_w_);
     else
-      ops::cpu::fp8_linear(in, n, K, w, bias.numel() > 0 ? bias.data : nullptr, out.data, ld, out.stride[0], fp8_x_,
-                           fp8_w_);
+      ops::cpu::fp8_linear(in, n, K, w, b, out.data, ld, out.stride[0], fp8_x_, fp8_w_);
     round_rows(out);
   }
   /// add_rms_norm(x, res, norm, first), then out = x·Wᵀ (+ bias). One op so that a backend may

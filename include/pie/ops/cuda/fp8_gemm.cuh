@@ -142,9 +142,6 @@ class Fp8Gemm {
     gemv_w8a16_ = on;
     if (on) gemv_pre_ = false;
   }
-  /// Whether batch-1 add_rms_norm + linear runs fused (norm_gemv(); PIE_FP8_GEMV_NORM).
-  void set_gemv_norm(bool on) { gemv_norm_ = on && gemv_variant_ > 0; }
-  bool gemv_w8a16() const { return gemv_w8a16_; }
   /// Whether a batch-1 add_rms_norm + linear on [1, K] runs as norm_gemv() (PIE_FP8_GEMV_NORM).
   bool fuses_norm(int64_t K) const {
     return gemv_norm_ && uses_gemv(1, K) && fp8_add_rms_norm_gemv_supported(K, gemv_variant_);
@@ -187,12 +184,10 @@ class Fp8Gemm {
               y.shape[0], ",", y.shape[1], "]");
     PIE_CHECK(x.stride[1] == 1 && y.stride[1] == 1, "Fp8Gemm: rows must be contiguous");
     if (M == 0) return;
-    if (M > 1 && uses_gemv(M, K)) {  // 2–4 rows, weight-only (fp8_gemv_w8a16_rows.cuh)
-      fp8_gemv_w8a16_rows(y, x, w, bias, stream);
-      return;
-    }
-    if (M == 1 && gemv_ && fp8_gemv_supported(K)) {
-      if (gemv_w8a16_)
+    if (uses_gemv(M, K)) {
+      if (M > 1)  // 2–4 rows, weight-only (fp8_gemv_w8a16_rows.cuh)
+        fp8_gemv_w8a16_rows(y, x, w, bias, stream);
+      else if (gemv_w8a16_)
         fp8_gemv_w8a16(y, x, w, bias, stream, gemv_variant_ > 0 ? gemv_variant_ : kFp8GemvDefaultVariant);
       else
         fp8_gemv(y, x, w, bias, stream, gemv_variant_);

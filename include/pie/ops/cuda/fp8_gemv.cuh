@@ -84,10 +84,35 @@ constexpr size_t fp8_rows_smem_bytes(int src, int64_t K, size_t t_bytes) {
 /// of the sum). Unlike the e4m3 codes, the products are not exact in half: the sum rounds.
 __device__ __forceinline__ int fp8_w8a16_exponent(float amax) { return amax > 0.0f ? ilogbf(amax) - 2 : 0; }
 
+/// A 16-byte weight chunk's 16 e4m3 codes in half (exact), as 8 pairs in k order.
+__device__ __forceinline__ void fp8_chunk_to_half(const uint4& w, __half2 (&wh)[8]) {
+  const __nv_fp8x2_storage_t* w2 = reinterpret_cast<const __nv_fp8x2_storage_t*>(&w);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    __half2_raw r = __nv_cvt_fp8x2_to_halfraw2(w2[i], __NV_E4M3);
+    wh[i] = *reinterpret_cast<const __half2*>(&r);
+  }
+}
+
+/// A chunk's 16 products with x's 16 halves (xa, xb: the 16-byte halves at the chunk's k), summed
+/// in half with HFMA2 in k order, returned as the pair's float sum.
+__device__ __forceinline__ float half_chunk_dot(const __half2 (&wh)[8], const uint4& xa, const uint4& xb) {
+  const __half2* x2a = reinterpret_cast<const __half2*>(&xa);
+  const __half2* x2b = reinterpret_cast<const __half2*>(&xb);
+  __half2 h = __float2half2_rn(0.0f);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) h = __hfma2(wh[i], i < 4 ? x2a[i] : x2b[i - 4], h);
+  const float2 f = __half22float2(h);
+  return f.x + f.y;
+}
+
 /// The 16 products of one 16-byte weight chunk with x's 16 half codes (xa, xb: the 16-byte
 /// halves at the chunk's k), summed in half with HFMA2 (exact: see the file comment), returned as
 /// the pair's float sum. Both GEMV kernels call it, so their arithmetic and its order are one
-/// piece of code; the caller loads x once for all the rows that share it.
+/// piece of code; the caller loads x once for all the rows that share it. The same products and
+/// order as fp8_chunk_to_half then half_chunk_dot (the multi-row kernel's split, which converts a
+/// chunk once for several rows); kept interleaved here because the split schedules differently
+/// (other SASS, sm_90a, CUDA 13) and this form is the one measured.
 __device__ __forceinline__ float fp8_chunk_dot(const uint4& w, const uint4& xa, const uint4& xb) {
   const __half2* x2a = reinterpret_cast<const __half2*>(&xa);
   const __half2* x2b = reinterpret_cast<const __half2*>(&xb);
@@ -100,6 +125,55 @@ __device__ __forceinline__ float fp8_chunk_dot(const uint4& w, const uint4& xa, 
   }
   const float2 f = __half22float2(h);
   return f.x + f.y;
+}
+
+/// The weight-only GEMVs' prologue for MR rows of x (row stride ldx; K % 4 == 0, rows 8-byte
+/// aligned): every row's |x| maximum over the CTA (NW warps; `red` ≥ NW · MR floats, free), then
+/// row m as x_m·2^-e_m in half at xh + m · K (fp8_w8a16_exponent); e[m] in every thread (the
+/// row's scale is 2^e_m). Ends without a barrier after the stores: the caller syncs before
+/// reading xh.
+template <int MR, int NW, class T>
+__device__ __forceinline__ void fp8_w8a16_rows_to_half(const T* x, int64_t ldx, int K, __half* xh, float* red,
+                                                       int (&e)[MR]) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  float a[MR];
+#pragma unroll
+  for (int m = 0; m < MR; ++m) a[m] = 0.0f;
+  for (int k = threadIdx.x * 4; k < K; k += NW * 32 * 4) {
+#pragma unroll
+    for (int m = 0; m < MR; ++m) {
+      const uint2 u = *reinterpret_cast<const uint2*>(x + m * ldx + k);
+      const T* h = reinterpret_cast<const T*>(&u);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) a[m] = fmaxf(a[m], fabsf(to_f32(h[j])));
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < MR; ++m) {
+    a[m] = warp_max(a[m]);
+    if (lane == 0) red[warp * MR + m] = a[m];
+  }
+  __syncthreads();
+  float down[MR];
+#pragma unroll
+  for (int m = 0; m < MR; ++m) {
+    float am = 0.0f;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) am = fmaxf(am, red[w * MR + m]);
+    e[m] = fp8_w8a16_exponent(am);
+    down[m] = ldexpf(1.0f, -e[m]);
+  }
+  for (int k = threadIdx.x * 4; k < K; k += NW * 32 * 4) {
+#pragma unroll
+    for (int m = 0; m < MR; ++m) {
+      const uint2 u = *reinterpret_cast<const uint2*>(x + m * ldx + k);
+      const T* h = reinterpret_cast<const T*>(&u);
+      __half hv[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) hv[j] = __float2half_rn(to_f32(h[j]) * down[m]);
+      *reinterpret_cast<uint2*>(xh + size_t(m) * K + k) = *reinterpret_cast<const uint2*>(hv);
+    }
+  }
 }
 
 inline constexpr int kFp8GemvWarps = 16;
@@ -180,7 +254,8 @@ __global__ void __launch_bounds__(kFp8GemvWarps * 32) fp8_gemv_kernel(const __gr
 }
 
 /// A warp's C weight rows in a row-group GEMV (fp8_gemv_w8a16_rows.cuh; fp8_gemv_rows_kernel has the
-/// same walk inline, kept as measured until a GPU run can check it on this helper):
+/// same walk inline: on this helper its SASS changes (bench/sass_same.py, CUDA 13), so it keeps the
+/// form that was measured until a GPU run can check the helper):
 /// rows n0 … n0 + C − 1 of row group `group` (past N the last row is recomputed, nothing stored),
 /// their code and scale pointers, and the loads of U 16-byte chunks a row from k0 (lane's chunk
 /// at k0 + u · 512 + lane · 16; zeros past K).
@@ -267,30 +342,10 @@ __global__ void __launch_bounds__(NW * 32, MINB)
       __syncthreads();
       src = xn;
     }
-    float a = 0.0f;
-    for (int k = threadIdx.x * 4; k < K; k += NW * 32 * 4) {  // K % 16 == 0, x 8-byte aligned
-      const uint2 u = *reinterpret_cast<const uint2*>(src + k);
-      const T* h = reinterpret_cast<const T*>(&u);
-#pragma unroll
-      for (int j = 0; j < 4; ++j) a = fmaxf(a, fabsf(to_f32(h[j])));
-    }
-    a = warp_max(a);
-    if (lane == 0) red[warp] = a;  // free again: the norm's reduction ended at its barrier
-    __syncthreads();
-    a = 0.0f;
-#pragma unroll
-    for (int w = 0; w < NW; ++w) a = fmaxf(a, red[w]);
-    const int e = fp8_w8a16_exponent(a);
-    const float down = ldexpf(1.0f, -e);
-    for (int k = threadIdx.x * 4; k < K; k += NW * 32 * 4) {
-      const uint2 u = *reinterpret_cast<const uint2*>(src + k);
-      const T* h = reinterpret_cast<const T*>(&u);
-      __half hv[4];
-#pragma unroll
-      for (int j = 0; j < 4; ++j) hv[j] = __float2half_rn(to_f32(h[j]) * down);
-      *reinterpret_cast<uint2*>(xh + k) = *reinterpret_cast<const uint2*>(hv);
-    }
-    for (int g = threadIdx.x; g < groups; g += NW * 32) xs[g] = ldexpf(1.0f, e);
+    // red is free again: the norm's reduction ended at its barrier.
+    int e[1];
+    fp8_w8a16_rows_to_half<1, NW>(src, 0, K, xh, red, e);
+    for (int g = threadIdx.x; g < groups; g += NW * 32) xs[g] = ldexpf(1.0f, e[0]);
   } else if constexpr (kSrc == kFp8SrcPre) {
     const __half2 inv256 = __float2half2_rn(1.0f / 256.0f);
     for (int k = threadIdx.x * 16; k < K; k += NW * 32 * 16) {

@@ -37,7 +37,6 @@ __global__ void __launch_bounds__(kFp8RowsWarps * 32, 1)
   extern __shared__ __align__(16) unsigned char fp8_wrows_smem[];
   __half* xh = reinterpret_cast<__half*>(fp8_wrows_smem);  // [MR][K]: row m is x_m·2^-e_m
   __shared__ float red[32];
-  __shared__ float xsc[MR];  // 2^e_m
   const int K = p.K;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int row_groups = (p.N + NW * C - 1) / (NW * C);
@@ -48,46 +47,12 @@ __global__ void __launch_bounds__(kFp8RowsWarps * 32, 1)
   wr.fetch(wa, 0, K, lane);  // weights only: may run before the predecessor finishes
   pdl_launch_dependents();
   pdl_wait();
-  // ---- prologue: every row's |x| maximum, then x_m·2^-e_m in half (fp8_w8a16_exponent) ----
-  float a[MR];
+  // ---- prologue: every row's |x| maximum, then x_m·2^-e_m in half (fp8_gemv.cuh) ----
+  int e[MR];
+  fp8_w8a16_rows_to_half<MR, NW>(p.x, p.ldx, K, xh, red, e);
+  float xsc[MR];  // 2^e_m
 #pragma unroll
-  for (int m = 0; m < MR; ++m) a[m] = 0.0f;
-  for (int k = threadIdx.x * 4; k < K; k += NW * 32 * 4) {  // K % 16 == 0, rows 8-byte aligned
-#pragma unroll
-    for (int m = 0; m < MR; ++m) {
-      const uint2 u = *reinterpret_cast<const uint2*>(p.x + m * p.ldx + k);
-      const T* h = reinterpret_cast<const T*>(&u);
-#pragma unroll
-      for (int j = 0; j < 4; ++j) a[m] = fmaxf(a[m], fabsf(to_f32(h[j])));
-    }
-  }
-#pragma unroll
-  for (int m = 0; m < MR; ++m) {
-    a[m] = warp_max(a[m]);
-    if (lane == 0) red[warp * MR + m] = a[m];
-  }
-  __syncthreads();
-  float down[MR];
-#pragma unroll
-  for (int m = 0; m < MR; ++m) {
-    float am = 0.0f;
-#pragma unroll
-    for (int w = 0; w < NW; ++w) am = fmaxf(am, red[w * MR + m]);
-    const int e = fp8_w8a16_exponent(am);
-    down[m] = ldexpf(1.0f, -e);
-    if (threadIdx.x == 0) xsc[m] = ldexpf(1.0f, e);
-  }
-  for (int k = threadIdx.x * 4; k < K; k += NW * 32 * 4) {
-#pragma unroll
-    for (int m = 0; m < MR; ++m) {
-      const uint2 u = *reinterpret_cast<const uint2*>(p.x + m * p.ldx + k);
-      const T* h = reinterpret_cast<const T*>(&u);
-      __half hv[4];
-#pragma unroll
-      for (int j = 0; j < 4; ++j) hv[j] = __float2half_rn(to_f32(h[j]) * down[m]);
-      *reinterpret_cast<uint2*>(xh + size_t(m) * K + k) = *reinterpret_cast<const uint2*>(hv);
-    }
-  }
+  for (int m = 0; m < MR; ++m) xsc[m] = ldexpf(1.0f, e[m]);
   __syncthreads();
 
   float acc[MR][C];
@@ -105,25 +70,11 @@ __global__ void __launch_bounds__(kFp8RowsWarps * 32, 1)
       }
 #pragma unroll
       for (int c = 0; c < C; ++c) {
-        // The chunk's 16 codes in half once (fp8_chunk_dot's conversions), then every row.
-        const __nv_fp8x2_storage_t* w2 = reinterpret_cast<const __nv_fp8x2_storage_t*>(&src[u][c]);
-        __half2 wh[8];
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-          __half2_raw r = __nv_cvt_fp8x2_to_halfraw2(w2[i], __NV_E4M3);
-          wh[i] = *reinterpret_cast<const __half2*>(&r);
-        }
+        __half2 wh[8];  // the chunk's codes in half once, then every row (fp8_chunk_dot's pieces)
+        fp8_chunk_to_half(src[u][c], wh);
         const float wsc = p.block_n == 1 ? __ldg(wr.scale[c]) : __ldg(wr.scale[c] + g);
 #pragma unroll
-        for (int m = 0; m < MR; ++m) {
-          const __half2* x2a = reinterpret_cast<const __half2*>(&xa[m]);
-          const __half2* x2b = reinterpret_cast<const __half2*>(&xb[m]);
-          __half2 h = __float2half2_rn(0.0f);
-#pragma unroll
-          for (int i = 0; i < 8; ++i) h = __hfma2(wh[i], i < 4 ? x2a[i] : x2b[i - 4], h);
-          const float2 f = __half22float2(h);
-          acc[m][c] = fmaf(f.x + f.y, xsc[m] * wsc, acc[m][c]);
-        }
+        for (int m = 0; m < MR; ++m) acc[m][c] = fmaf(half_chunk_dot(wh, xa[m], xb[m]), xsc[m] * wsc, acc[m][c]);
       }
     }
   };
