@@ -29,7 +29,11 @@
 # whole, on the build's defaults; `w8rows`: the weight-only GEMV for 2-4 rows (its tests, the fp8
 # engine tests under PIE_FP8_GEMV_W8A16_ROWS=4, the rows bench against cuBLASLt per projection,
 # and batches of 2 and 4 with per-channel and
-# 128x128-block fp8 weights, cuBLASLt (=1) against it (=4)).
+# 128x128-block fp8 weights, cuBLASLt (=1) against it (=4)); `flat`: the batch-1 GEMV's flat grids
+# (variants 13-16: their tests, the per-projection and chain bench against variant 10, per-channel
+# fp8 batch 1 under each, FLAT_ROUNDS times, and the engine's fp8 variant tests); `gflat`: the bf16
+# GEMV's flat walk (PIE_GEMV_FLAT: its Gemv tests, bf16 batch 1 off/on/on with PIE_FUSED_SWIGLU, fp8 batch 1 with it and
+# fp8 variant GFLAT_FP8, and traces of both).
 # Usage, in the repository root of the GPU machine:
 #   PIE_PREBUILT=.device/bundle.txz OUT=dir bash bench/device_fp8_step.sh
 set -u
@@ -159,6 +163,40 @@ if [[ $steps == *" w8rows "* ]]; then  # the weight-only GEMV for 2-4 rows (PIE_
       PIE_FP8_GEMV_W8A16_ROWS=$r tput "rows${r}_blk_b$B" 0 0 "$FP8" "$B" 128 128 "$B"
     done
   done
+fi
+if [[ $steps == *" flat "* ]]; then  # the batch-1 fp8 GEMV's flat grids (variants 13-16, PIE_FP8_GEMV) against 10
+  G=$BUILD/tests/gpu/pie_gpu_test_fp8_gemv
+  [ -x "$G" ] && { run flat_gemv 150 "$G" --gtest_color=no; gtest_summary flat_gemv 12; }
+  GB=$BUILD/bench/cuda/pie_bench_cuda_fp8_gemv
+  [ -x "$GB" ] && run flatbench 150 "$GB" --benchmark_color=false \
+      --benchmark_filter='BM_Fp8GemvChain/(10|13|14|15|16)/(3|4)/|BM_Fp8Gemv/(10|13|14|15|16)/(3|4)/' &&
+    grep -E "copy|chain|w8a16" "$LOGDIR/flatbench.log" | grep -vE "^BM_|^-|Benchmark" | tee -a "$SUM" > /dev/null
+  for r in $(seq "${FLAT_ROUNDS:-2}"); do
+    for v in ${FLAT_VARIANTS:-10 13 14 15 16}; do
+      ITL_ARGS="--quantization fp8" itl "flat_v${v}_$r" "$MODEL8B" PIE_FP8_GEMV=$v
+    done
+  done
+  [ -x "$T" ] && { run flat_fp8 200 "$T" --gtest_color=no \
+      --gtest_filter='Fp8Engine.GemvVariants*:Fp8Engine.PerChannel*:Fp8Engine.DummyFp8*';
+    gtest_summary flat_fp8 12; }
+fi
+if [[ $steps == *" gflat "* ]]; then  # the bf16 GEMV's flat walk (PIE_GEMV_FLAT): its tests, bf16 and fp8 batch 1, a trace
+  GT=$BUILD/tests/cuda/pie_cuda_test_gemm
+  [ -x "$GT" ] && { run gflat_test 150 "$GT" --gtest_color=no --gtest_filter='Gemv.*'; gtest_summary gflat_test 12; }
+  for r in $(seq "${FLAT_ROUNDS:-2}"); do
+    itl "gflat_bf16_off$r" "$MODEL8B" PIE_GEMV_FLAT=0
+    itl "gflat_bf16_on$r" "$MODEL8B" PIE_GEMV_FLAT=1
+    itl "gflat_bf16_swiglu$r" "$MODEL8B" PIE_GEMV_FLAT=1 PIE_FUSED_SWIGLU=1
+    ITL_ARGS="--quantization fp8" itl "gflat_fp8_v${GFLAT_FP8:-13}_on$r" "$MODEL8B" PIE_GEMV_FLAT=1 PIE_FP8_GEMV=${GFLAT_FP8:-13}
+  done
+  if [ -f "$BUILD/bench/cuda/libpie_kernel_trace.so" ]; then
+    TRACER=$BUILD/bench/cuda/libpie_kernel_trace.so
+    copy=4.2; case "$(gpu_line)" in *H100*) copy=2.99 ;; esac
+    L1="--load-format dummy --mode latency --input-len 128 --output-len 128 --num-iters 1 --num-iters-warmup 1 --max-num-seqs 8"
+    trace_profile gflat_t_bf16 60 1 "b1 bf16 flat" --copy-tbps $copy -- env PIE_GEMV_FLAT=1 "$BENCH" "$MODEL8B" $L1
+    trace_profile gflat_t_fp8 60 1 "b1 fp8pc flat" --copy-tbps $copy --weight-bytes 1 -- env PIE_GEMV_FLAT=1 \
+      PIE_FP8_GEMV=${GFLAT_FP8:-13} "$BENCH" "$MODEL8B" $L1 --quantization fp8
+  fi
 fi
 if [[ $steps == *" b1trace "* ]] && [ -f "$BUILD/bench/cuda/libpie_kernel_trace.so" ]; then  # where batch 1 goes (issues 15, 18, 20)
   TRACER=$BUILD/bench/cuda/libpie_kernel_trace.so

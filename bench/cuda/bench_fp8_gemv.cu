@@ -7,7 +7,8 @@
 // projections of 8 layers in the step's order (qkv, o, gate_up, down). Rows marked "pre" read x
 // already quantized (by its producer in the engine); "norm" rows add the residual and RMSNorm x
 // in every CTA first (qkv and gate_up, whose inputs are normed); "w8a16" rows do not quantize x
-// at all (the weight-only GEMV); the others quantize x in every CTA. The norm rows' bytes are the weights' only. The bf16 rows: the GEMV, and its fused norm
+// at all (the weight-only GEMV; "w8a16 norm": with the norm first, the engine's batch-1 path); the
+// others quantize x in every CTA. The norm rows' bytes are the weights' only. The bf16 rows: the GEMV, and its fused norm
 // with 4 or 16 warps per CTA (PIE_GEMV_NORM_WARPS). "M=2/4" rows: small decode batches, the
 // weight-only rows GEMV against Fp8Gemm's cuBLASLt path on the same block-scaled weights.
 #include "pie/ops/cuda/norm.cuh"
@@ -66,7 +67,8 @@ struct Io {
 Io& io() { static Io v; return v; }
 
 /// One fp8 GEMV of variant v with x from mode (0: quantized in the GEMV, 1: prequantized, 2: norm,
-/// 3: not quantized — the weight-only GEMV, fp8_gemv_w8a16).
+/// 3: not quantized — the weight-only GEMV, fp8_gemv_w8a16; 4: the norm and the weight-only GEMV,
+/// the engine's batch-1 path for qkv and gate_up).
 void launch(int v, int mode, const Shape& sh, const Fp8Weight& w) {
   auto& b = io();
   const bf16* nb = nullptr;
@@ -74,13 +76,15 @@ void launch(int v, int mode, const Shape& sh, const Fp8Weight& w) {
     oc::fp8_gemv_prequantized(b.yv(sh.N), b.xq.data(), b.xs.data(), 4, w, nb, nullptr, v);
   else if (mode == 3)
     oc::fp8_gemv_w8a16(b.yv(sh.N), b.xv(sh.K), w, nb, nullptr, v);
-  else if (mode == 2)
+  else if (mode == 2 || mode == 4)
     oc::fp8_add_rms_norm_gemv(b.yv(sh.N), b.xv(sh.K), b.r.data(), b.r2.data(), b.nw.data(), 1e-6f, false, w, nb,
-                              nullptr, v);
+                              nullptr, v, mode == 4);
   else
     oc::fp8_gemv(b.yv(sh.N), b.xv(sh.K), w, nb, nullptr, v);
 }
-const char* mode_name(int mode) { return mode == 1 ? " pre" : mode == 2 ? " norm" : mode == 3 ? " w8a16" : ""; }
+const char* mode_name(int mode) {
+  return mode == 1 ? " pre" : mode == 2 ? " norm" : mode == 3 ? " w8a16" : mode == 4 ? " w8a16 norm" : "";
+}
 
 /// args: variant (-1: the bf16 GEMV), x's mode (launch()), shape.
 void BM_Fp8Gemv(benchmark::State& st) {
@@ -139,8 +143,9 @@ void BM_Fp8GemvChain(benchmark::State& st) {
         const Fp8Weight& w = sets[s].w[l];
         const Shape& sh = kShapes[s];
         // o_proj's input (attention) has no producer that quantizes: it always quantizes in the GEMV
-        // (weight-only: nothing is quantized anywhere).
-        launch(v, pre == 3 ? 3 : s == 1 ? 0 : s == 3 ? std::min(pre, 1) : pre, sh, w);
+        // (weight-only: nothing is quantized anywhere; mode 4 normalises qkv's and gate_up's x).
+        launch(v, pre >= 3 ? (pre == 4 && (s == 0 || s == 2) ? 4 : 3) : s == 1 ? 0 : s == 3 ? std::min(pre, 1) : pre, sh,
+               w);
       }
   });
 }
@@ -152,7 +157,7 @@ void all_variants(benchmark::internal::Benchmark* b) {
     for (int v = 0; v < oc::kFp8GemvVariants; ++v) {
       b->Args({v, 0, s});
       if (v > 0) b->Args({v, 1, s}), b->Args({v, 3, s});
-      if (v > 0 && kShapes[s].K == 4096 && s != 1) b->Args({v, 2, s});
+      if (v > 0 && kShapes[s].K == 4096 && s != 1) b->Args({v, 2, s}), b->Args({v, 4, s});
     }
   }
 }
@@ -162,7 +167,7 @@ void chain_variants(benchmark::internal::Benchmark* b) {
   for (int v = 0; v < oc::kFp8GemvVariants; ++v) {
     b->Args({v, 0});
     if (v > 0) b->Args({v, 1});
-    if (v > 0) b->Args({v, 2}), b->Args({v, 3});
+    if (v > 0) b->Args({v, 2}), b->Args({v, 3}), b->Args({v, 4});
   }
 }
 BENCHMARK(BM_Fp8GemvChain)->Apply(chain_variants)->UseManualTime()->Iterations(3)->Unit(benchmark::kMicrosecond);

@@ -269,6 +269,45 @@ TEST(Fp8Gemv, WeightOnlyRowsAreBitIdenticalToTheOneRowKernel) {
   EXPECT_EQ(checked, 2 * 4 * (2 + 3 + 4) * 2);
 }
 
+// The flat grids (variants 13–16, kFp8GridFlat*): at projection-sized N every warp walks several
+// units of C rows, and its two register buffers run on across them (a unit's first chunks are
+// requested while the last unit's are consumed). Each output must still be bit for bit the
+// persistent grid's (variant 10): the quantizing GEMV, the weight-only one, and the weight-only
+// one with the norm in its prologue; K of one step (4,096 at U = 8), two, three, and a ragged tail.
+TEST(Fp8Gemv, FlatGridsWalkingSeveralUnitsPerWarpAreBitIdenticalToThePersistentGrid) {
+  std::mt19937 rng(19);
+  int checked = 0;
+  for (bool block : {true, false})
+    for (auto [N, K] : {std::pair<int64_t, int64_t>{6144, 4096}, {5000, 1040}, {3000, 12288}}) {
+      GemvCase c(block, N, K, true, rng);
+      TensorView<bf16> xv = c.xv(), yv = c.yv();
+      auto r = test::upload(test::randn<bf16>(size_t(K), rng, 2.0f));
+      auto nw = test::upload(test::randn<bf16>(size_t(K), rng, 0.5f, 1.0f));
+      DeviceBuffer<bf16> rout(static_cast<size_t>(K));
+      // mode 0: quantizing, 1: weight-only, 2: weight-only with the norm.
+      auto run = [&](int v, int mode) {
+        test::poison(c.dy);
+        if (mode == 0)
+          ops::cuda::fp8_gemv(yv, xv, c.w.d, c.bias_dev(), nullptr, v);
+        else if (mode == 1)
+          ops::cuda::fp8_gemv_w8a16(yv, xv, c.w.d, c.bias_dev(), nullptr, v);
+        else
+          ops::cuda::fp8_add_rms_norm_gemv(yv, xv, r.data(), rout.data(), nw.data(), 1e-6f, false, c.w.d,
+                                           c.bias_dev(), nullptr, v, true);
+        return bits(test::download(c.dy));
+      };
+      for (int mode : {0, 1, 2}) {
+        const auto want = run(10, mode);
+        for (int v = 13; v <= 16; ++v) {
+          EXPECT_EQ(run(v, mode), want) << ops::cuda::fp8_gemv_variant_name(v) << " mode " << mode
+                                        << (block ? " block" : " channel") << " N=" << N << " K=" << K;
+          ++checked;
+        }
+      }
+    }
+  EXPECT_EQ(checked, 2 * 3 * 3 * 4);
+}
+
 TEST(Fp8Gemv, UnknownVariantsAreRefused) {
   std::mt19937 rng(12);
   RandomCodes w(true, 128, 256, rng);

@@ -19,6 +19,7 @@
 
 #include "pie/core/fp8_weight.hpp"
 #include "pie/ops/cuda/common.cuh"
+#include "pie/ops/cuda/flat_walk.cuh"
 #include "pie/ops/cuda/fp8_quant.cuh"
 #include "pie/ops/cuda/norm.cuh"
 
@@ -284,6 +285,20 @@ struct Fp8WeightRows {
   }
 };
 
+/// How fp8_gemv_rows_kernel deals its rows out. kFp8GridRowGroups: a CTA per row group (NW · C
+/// rows). kFp8GridPersist: the resident CTAs walk the row groups, so x is prepared once per CTA
+/// whatever N is — but a CTA is the unit, so N = 6,144 (Qwen3-8B's qkv) makes 384 groups of 16
+/// rows for ~264 resident CTAs: a second round with under half of them busy. kFp8GridFlat: the
+/// resident CTAs' warps walk units of C rows (warp w of W takes units w, w + W, …), so the rounds
+/// even out at the warp (6,144 rows of C = 1 over ~2,100 warps: 3 rounds, the last one 90% busy),
+/// and a warp's two register buffers run on across its units: the next unit's first chunks are
+/// requested before the current unit's last ones are consumed, where the other grids wait out a
+/// load latency at every row group. kFp8GridFlatOnePerSm: the same with one CTA per SM, which
+/// leaves room for the successor's CTAs to start their weight stream under this grid.
+inline constexpr int kFp8GridRowGroups = 0, kFp8GridPersist = 1, kFp8GridFlat = 2, kFp8GridFlatOnePerSm = 3;
+/// Whether a grid kind deals units of C rows to warps (the flat walk).
+__host__ __device__ constexpr bool fp8_grid_flat(int g) { return g == kFp8GridFlat || g == kFp8GridFlatOnePerSm; }
+
 /// The batch-1 fp8 GEMV laid out as the bf16 one (gemv.cuh): a warp owns C adjacent rows, a lane
 /// streams 16-byte chunks U at a time, double-buffered; the first U chunks of every row are
 /// requested before `griddepcontrol.wait` and (kEarly) dependents are released right after, so
@@ -293,8 +308,9 @@ struct Fp8WeightRows {
 /// (kFp8SrcNorm) quantized from the residual add + RMSNorm that every CTA computes first. A lane visits
 /// its chunks in the legacy kernel's order with its arithmetic, so the result is bit-identical
 /// to it. NW warps per CTA: small CTAs let a successor's CTAs find room on an SM while this
-/// grid's last ones still run; large ones quantize x fewer times per SM.
-template <int C, int U, int NW, int MINB, bool kEarly, int kSrc, bool kPersist, class T>
+/// grid's last ones still run; large ones quantize x fewer times per SM. kGrid (Fp8GemvGrid) says
+/// how the rows are dealt out.
+template <int C, int U, int NW, int MINB, bool kEarly, int kSrc, int kGrid, class T>
 __global__ void __launch_bounds__(NW * 32, MINB)
     fp8_gemv_rows_kernel(const __grid_constant__ Fp8GemvParams<T> p) {
   constexpr int kChunk = 32 * 16, kStep = U * kChunk, kBatch = 8;
@@ -306,8 +322,9 @@ __global__ void __launch_bounds__(NW * 32, MINB)
   T* xn = reinterpret_cast<T*>(fp8_rows_smem + fp8_rows_smem_xn(K));  // [K] normalised x (kFp8SrcNorm)
   __shared__ float red[32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  // kPersist: a grid of resident CTAs walks the row groups (NW · C rows each), so x is quantized
-  // once per CTA whatever N is; else one CTA per row group.
+  // kFp8GridPersist: a grid of resident CTAs walks the row groups (NW · C rows each), so x is
+  // quantized once per CTA whatever N is; kFp8GridRowGroups: one CTA per row group. The flat grids
+  // start at unit (blockIdx.x · NW + warp), i.e. the same rows (see the walk after the prologue).
   const int row_groups = (p.N + NW * C - 1) / (NW * C);
   int rg = blockIdx.x, n0 = 0;
   const uint8_t* wrow[C];
@@ -332,6 +349,18 @@ __global__ void __launch_bounds__(NW * 32, MINB)
     }
   };
   fetch(wa, 0);  // weights only: may run before the predecessor finishes
+  // The flat walk (fp8_grid_flat, flat_walk.cuh): wa holds this warp's first unit's first step,
+  // and wb the position after it, requested before the wait too, so that twice the bytes are in
+  // flight while the predecessor ends and x is prepared.
+  [[maybe_unused]] FlatWalk walk((p.N + C - 1) / C, (K + kStep - 1) / kStep, int(gridDim.x) * NW, rg * NW + warp);
+  auto fetch_at = [&](uint4 (&dst)[U][C], int uu, int ss) {  // wrow is this fetch's scratch
+#pragma unroll
+    for (int c = 0; c < C; ++c) wrow[c] = p.w + int64_t(min(uu * C + c, p.N - 1)) * K;
+    fetch(dst, ss * kStep);
+  };
+  if constexpr (fp8_grid_flat(kGrid)) {
+    if (walk.bu < walk.units) fetch_at(wb, walk.bu, walk.bs);
+  }
   if constexpr (kEarly) pdl_launch_dependents();
   pdl_wait();
   if constexpr (fp8_src_w8a16(kSrc)) {  // one max reduction and a scaling pass: no division, no e4m3
@@ -436,16 +465,8 @@ __global__ void __launch_bounds__(NW * 32, MINB)
                       acc[c]);
     }
   };
-  while (n0 < p.N) {  // wa holds the row group's first U chunks
-#pragma unroll
-    for (int c = 0; c < C; ++c) acc[c] = 0.0f;
-    for (int k0 = 0; k0 < K; k0 += 2 * kStep) {
-      if (k0 + kStep < K) fetch(wb, k0 + kStep);
-      consume(wa, k0);
-      if (k0 + kStep >= K) break;
-      if (k0 + 2 * kStep < K) fetch(wa, k0 + 2 * kStep);
-      consume(wb, k0 + kStep);
-    }
+  // y for the C rows from n0: the lanes' sums reduced over the warp, lane c storing row c.
+  auto store_rows = [&] {
 #pragma unroll
     for (int c = 0; c < C; ++c) acc[c] = warp_sum(acc[c]);
 #pragma unroll
@@ -455,18 +476,44 @@ __global__ void __launch_bounds__(NW * 32, MINB)
       if (p.bias) v += to_f32(p.bias[n0 + c]);
       p.y[n0 + c] = from_f32<T>(v);
     }
-    if (!kPersist) break;
-    rg += gridDim.x;
-    if (rg >= row_groups) break;
-    set_rows();
-    fetch(wa, 0);
+  };
+  if constexpr (fp8_grid_flat(kGrid)) {
+    walk.run([&](int s) { consume(wa, s * kStep); }, [&](int s) { consume(wb, s * kStep); },
+             [&](int u, int s) { fetch_at(wa, u, s); }, [&](int u, int s) { fetch_at(wb, u, s); }, store_rows,
+             [&](int u) {  // the rows and scales of the unit consumed next
+               n0 = u * C;
+#pragma unroll
+               for (int c = 0; c < C; ++c) {
+                 const int n = min(n0 + c, p.N - 1);
+                 wsr[c] = p.block_n == 1 ? p.ws + n : p.ws + int64_t(n / kFp8Block) * p.ws_ld;
+                 acc[c] = 0.0f;
+               }
+             });
+  } else {
+    while (n0 < p.N) {  // wa holds the row group's first U chunks
+#pragma unroll
+      for (int c = 0; c < C; ++c) acc[c] = 0.0f;
+      for (int k0 = 0; k0 < K; k0 += 2 * kStep) {
+        if (k0 + kStep < K) fetch(wb, k0 + kStep);
+        consume(wa, k0);
+        if (k0 + kStep >= K) break;
+        if (k0 + 2 * kStep < K) fetch(wa, k0 + 2 * kStep);
+        consume(wb, k0 + kStep);
+      }
+      store_rows();
+      if (kGrid != kFp8GridPersist) break;
+      rg += gridDim.x;
+      if (rg >= row_groups) break;
+      set_rows();
+      fetch(wa, 0);
+    }
   }
   if constexpr (!kEarly) pdl_launch_dependents();
 }
 
-template <int C, int U, int NW, int MINB, bool kEarly, int kSrc, bool kPersist = false, class T>
+template <int C, int U, int NW, int MINB, bool kEarly, int kSrc, int kGrid = kFp8GridRowGroups, class T>
 void launch_fp8_gemv_rows(const Fp8GemvParams<T>& p, cudaStream_t stream) {
-  auto kern = fp8_gemv_rows_kernel<C, U, NW, MINB, kEarly, kSrc, kPersist, T>;
+  auto kern = fp8_gemv_rows_kernel<C, U, NW, MINB, kEarly, kSrc, kGrid, T>;
   static const bool attr = [&] {
     PIE_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(fp8_rows_smem_bytes(kSrc, 32768, sizeof(T)))));
@@ -477,16 +524,21 @@ void launch_fp8_gemv_rows(const Fp8GemvParams<T>& p, cudaStream_t stream) {
   const size_t smem = fp8_rows_smem_bytes(kSrc, p.K, sizeof(T));
   const int64_t rows_per_cta = int64_t(NW) * C;
   int64_t ctas = (p.N + rows_per_cta - 1) / rows_per_cta;
-  if constexpr (kPersist) {  // the CTAs resident at once (occupancy at this K's shared memory)
+  if constexpr (kGrid == kFp8GridPersist || kGrid == kFp8GridFlat) {
+    // the CTAs resident at once (occupancy at this K's shared memory)
     int per_sm = 0;
     PIE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, NW * 32, smem));
     ctas = std::min<int64_t>(ctas, int64_t(std::max(per_sm, 1)) * num_sms());
+  } else if constexpr (kGrid == kFp8GridFlatOnePerSm) {
+    ctas = std::min<int64_t>(ctas, num_sms());
   }
   launch_pdl(kern, dim3(static_cast<unsigned>(ctas)), dim3(NW * 32), smem, stream, p);
 }
 
 /// Warps per CTA of variant v ≥ 1 (as launch_fp8_gemv_variant's table).
-inline int fp8_gemv_variant_warps(int v) { return v == 7 || v == 10 ? 8 : v == 8 || v == 9 ? 16 : 4; }
+inline int fp8_gemv_variant_warps(int v) {
+  return v == 7 || v == 10 || v == 13 || v == 14 || v == 16 ? 8 : v == 8 || v == 9 || v == 15 ? 16 : 4;
+}
 
 /// Variant v ≥ 1 of the table below, x from kSrc.
 template <int kSrc, class T>
@@ -501,9 +553,13 @@ void launch_fp8_gemv_variant(int v, const Fp8GemvParams<T>& p, cudaStream_t stre
     case 7: return launch_fp8_gemv_rows<2, 4, 8, 1, true, kSrc>(p, stream);
     case 8: return launch_fp8_gemv_rows<2, 4, 16, 1, true, kSrc>(p, stream);
     case 9: return launch_fp8_gemv_rows<1, 8, 16, 1, true, kSrc>(p, stream);
-    case 10: return launch_fp8_gemv_rows<2, 4, 8, 1, true, kSrc, true>(p, stream);
-    case 11: return launch_fp8_gemv_rows<4, 2, 4, 1, true, kSrc, true>(p, stream);
-    case 12: return launch_fp8_gemv_rows<2, 4, 4, 1, true, kSrc, true>(p, stream);
+    case 10: return launch_fp8_gemv_rows<2, 4, 8, 1, true, kSrc, kFp8GridPersist>(p, stream);
+    case 11: return launch_fp8_gemv_rows<4, 2, 4, 1, true, kSrc, kFp8GridPersist>(p, stream);
+    case 12: return launch_fp8_gemv_rows<2, 4, 4, 1, true, kSrc, kFp8GridPersist>(p, stream);
+    case 13: return launch_fp8_gemv_rows<1, 8, 8, 1, true, kSrc, kFp8GridFlat>(p, stream);
+    case 14: return launch_fp8_gemv_rows<2, 4, 8, 1, true, kSrc, kFp8GridFlat>(p, stream);
+    case 15: return launch_fp8_gemv_rows<1, 8, 16, 1, true, kSrc, kFp8GridFlatOnePerSm>(p, stream);
+    case 16: return launch_fp8_gemv_rows<1, 4, 8, 1, true, kSrc, kFp8GridFlat>(p, stream);
     default: PIE_CHECK(false, "fp8_gemv: no variant ", v);
   }
 }
@@ -517,13 +573,15 @@ inline bool fp8_gemv_supported(int64_t k) { return k > 0 && k % 16 == 0 && k <= 
 /// legacy kernel (16 warps per CTA, a row per warp, x quantized per CTA, dependents released at
 /// the end); 1… are fp8_gemv_rows_kernel<C rows per warp, U chunks in flight, NW warps per CTA
 /// (4 unless named), min CTAs per SM (lean: 8), early release unless named>; "persist" ones
-/// (10–12) walk the row groups with the resident CTAs only. Fp8Gemm's default is 10
-/// (kFp8GemvDefaultVariant); the fp8_gemv() entry keeps 0 unless asked.
-inline constexpr int kFp8GemvVariants = 13;
+/// (10–12) walk the row groups with the resident CTAs only; "flat" ones (13–16) deal units of C
+/// rows to the resident CTAs' warps (kFp8GridFlat), "flat1" with one CTA per SM. Fp8Gemm's
+/// default is 10 (kFp8GemvDefaultVariant); the fp8_gemv() entry keeps 0 unless asked.
+inline constexpr int kFp8GemvVariants = 17;
 inline const char* fp8_gemv_variant_name(int v) {
   static const char* names[kFp8GemvVariants] = {
       "legacy",    "c2u4",      "c2u4-late-release", "c1u8",          "c4u2",          "c2u2-lean",         "c1u4-lean",
-      "c2u4-nw8",  "c2u4-nw16", "c1u8-nw16",         "c2u4-nw8-persist", "c4u2-persist", "c2u4-persist"};
+      "c2u4-nw8",  "c2u4-nw16", "c1u8-nw16",         "c2u4-nw8-persist", "c4u2-persist", "c2u4-persist",
+      "c1u8-nw8-flat", "c2u4-nw8-flat", "c1u8-nw16-flat1", "c1u4-nw8-flat"};
   return v >= 0 && v < kFp8GemvVariants ? names[v] : "?";
 }
 

@@ -23,6 +23,7 @@
 
 #include "pie/ops/cuda/activation.cuh"
 #include "pie/ops/cuda/common.cuh"
+#include "pie/ops/cuda/flat_walk.cuh"
 #include "pie/ops/cuda/norm.cuh"
 
 namespace pie::ops::cuda {
@@ -72,14 +73,20 @@ struct GemvParams {
 /// only): kGemvAddRmsNorm — every CTA first computes r = x + r_in, T(rmsnorm(r))·norm_w into
 /// shared memory (the standalone norm kernel's arithmetic and reduction order, norm.cuh);
 /// kGemvSwiGLU — every CTA first computes T(silu(gate))·up of the row into shared memory
-/// (silu_and_mul's); the dot products then read x from there.
-template <int M, int C, int U, int NW, int MINB, int Pro, class T, class TY>
+/// (silu_and_mul's); the dot products then read x from there. kFlat (one row): a grid of resident
+/// CTAs whose warps walk units of C columns (warp w of W takes units w, w + W, …), both register
+/// buffers requested before the wait and refilled across unit boundaries — fp8_gemv.cuh's
+/// kFp8GridFlat, for the same reasons: the prologue runs once per resident CTA, and the rounds
+/// even out at the warp (Qwen3-8B's qkv: 6,144 columns of C = 1 over ~2,100 warps). The same
+/// arithmetic in the same order: bit-identical to the other grids.
+template <int M, int C, int U, int NW, int MINB, int Pro, class T, class TY, bool kFlat = false>
 __global__ void __launch_bounds__(NW * 32, MINB) gemv_kernel(const __grid_constant__ GemvParams<T, TY> p) {
   constexpr bool kPro = Pro != kGemvPlain;
   static_assert(!kPro || M == 1, "the fused prologues are for one row");
+  static_assert(!kFlat || M == 1, "the flat walk is for one row");
   constexpr int kChunk = 32 * 8;  // elements a warp covers per 16-byte load per lane
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int n0 = (blockIdx.x * NW + warp) * C;
+  int n0 = (blockIdx.x * NW + warp) * C;
   const bool active = n0 < p.n;
   if (!kPro && !active) return;  // writes nothing (with a prologue every thread joins it)
   const T* wrow[C];
@@ -123,7 +130,19 @@ __global__ void __launch_bounds__(NW * 32, MINB) gemv_kernel(const __grid_consta
 
   constexpr int kStep = U * kChunk;
   fetch(wa, 0);  // weights only: may run before the predecessor finishes
-  if (p.l2_ahead != 0 && active && kStep < p.k) {
+  // The flat walk (kFlat, flat_walk.cuh): wa holds this warp's first unit's first step, wb the
+  // position after it, requested here too.
+  [[maybe_unused]] FlatWalk walk((p.n + C - 1) / C, (p.k + kStep - 1) / kStep, int(gridDim.x) * NW,
+                                 int(blockIdx.x) * NW + warp);
+  auto fetch_at = [&](uint4 (&dst)[U][C], int uu, int ss) {  // wrow is this fetch's scratch
+#pragma unroll
+    for (int c = 0; c < C; ++c) wrow[c] = p.w + int64_t(min(uu * C + c, p.n - 1)) * p.ldw;
+    fetch(dst, ss * kStep);
+  };
+  if constexpr (kFlat) {
+    if (walk.bu < walk.units) fetch_at(wb, walk.bu, walk.bs);
+  }
+  if (!kFlat && p.l2_ahead != 0 && active && kStep < p.k) {
     // Lanes c, c + C, … split row n0 + c's bytes past the first U chunks into 16-byte multiples.
     constexpr int kPieces = 32 / C;
     const int c = lane % C, piece = lane / C;
@@ -174,28 +193,40 @@ __global__ void __launch_bounds__(NW * 32, MINB) gemv_kernel(const __grid_consta
     if (!active) return;
     xsrc = xs;
   }
-  for (int k0 = 0; k0 < p.k; k0 += 2 * kStep) {
-    if (k0 + kStep < p.k) fetch(wb, k0 + kStep);
-    consume(wa, k0);
-    if (k0 + kStep >= p.k) break;
-    if (k0 + 2 * kStep < p.k) fetch(wa, k0 + 2 * kStep);
-    consume(wb, k0 + kStep);
-  }
-
+  auto store_rows = [&] {
 #pragma unroll
-  for (int m = 0; m < M; ++m)
+    for (int m = 0; m < M; ++m)
 #pragma unroll
-    for (int c = 0; c < C; ++c) acc[m][c] = warp_sum(acc[m][c]);
-  // Every lane holds every sum; lane m·C + c (mod 32) stores (m, c).
+      for (int c = 0; c < C; ++c) acc[m][c] = warp_sum(acc[m][c]);
+    // Every lane holds every sum; lane m·C + c (mod 32) stores (m, c).
 #pragma unroll
-  for (int m = 0; m < M; ++m)
+    for (int m = 0; m < M; ++m)
 #pragma unroll
-    for (int c = 0; c < C; ++c) {
-      if (lane != (m * C + c) % 32 || n0 + c >= p.n) continue;
-      float v = acc[m][c];
-      if (p.bias) v += to_f32(p.bias[n0 + c]);
-      p.y[m * p.ldy + n0 + c] = from_f32<TY>(v);
+      for (int c = 0; c < C; ++c) {
+        if (lane != (m * C + c) % 32 || n0 + c >= p.n) continue;
+        float v = acc[m][c];
+        if (p.bias) v += to_f32(p.bias[n0 + c]);
+        p.y[m * p.ldy + n0 + c] = from_f32<TY>(v);
+      }
+  };
+  if constexpr (kFlat) {
+    walk.run([&](int s) { consume(wa, s * kStep); }, [&](int s) { consume(wb, s * kStep); },
+             [&](int u, int s) { fetch_at(wa, u, s); }, [&](int u, int s) { fetch_at(wb, u, s); }, store_rows,
+             [&](int u) {  // the columns of the unit consumed next
+               n0 = u * C;
+#pragma unroll
+               for (int c = 0; c < C; ++c) acc[0][c] = 0.f;
+             });
+  } else {
+    for (int k0 = 0; k0 < p.k; k0 += 2 * kStep) {
+      if (k0 + kStep < p.k) fetch(wb, k0 + kStep);
+      consume(wa, k0);
+      if (k0 + kStep >= p.k) break;
+      if (k0 + 2 * kStep < p.k) fetch(wa, k0 + 2 * kStep);
+      consume(wb, k0 + kStep);
     }
+    store_rows();
+  }
 }
 
 template <int M, int C, int U, int MINB, int Pro = kGemvPlain, int NW = 4, class T, class TY>
@@ -206,6 +237,33 @@ void launch_gemv_cfg(const GemvParams<T, TY>& p, cudaStream_t stream) {
                       : Pro == kGemvSwiGLU   ? size_t(p.k) * sizeof(T)
                                              : 0;
   launch_pdl(kern, dim3(unsigned((warps + NW - 1) / NW)), dim3(NW * 32), smem, stream, p);
+}
+
+/// Whether one-row GEMVs take the flat walk (gemv_kernel's kFlat): PIE_GEMV_FLAT=1, read once
+/// (tests set it through the reference); off until measured (docs/kernels.md).
+inline int& gemv_flat_flag() {
+  static int on = [] {
+    const char* v = std::getenv("PIE_GEMV_FLAT");
+    return v != nullptr && std::atoi(v) != 0 ? 1 : 0;
+  }();
+  return on;
+}
+inline bool gemv_flat() { return gemv_flat_flag() != 0; }
+
+/// The flat walk's launch (one row): 1 column a warp, 8 chunks in flight, 4 warps a CTA, as many
+/// CTAs as are resident at once with this prologue's shared memory (at most one a unit of NW warps).
+template <int Pro, class T, class TY>
+void launch_gemv_flat(const GemvParams<T, TY>& p, cudaStream_t stream) {
+  constexpr int C = 1, U = 8, NW = 4;
+  auto kern = gemv_kernel<1, C, U, NW, 1, Pro, T, TY, true>;
+  const size_t smem = Pro == kGemvAddRmsNorm ? size_t(p.k) * sizeof(T) + 32 * sizeof(float)
+                      : Pro == kGemvSwiGLU   ? size_t(p.k) * sizeof(T)
+                                             : 0;
+  int per_sm = 0;
+  PIE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, NW * 32, smem));
+  const int64_t ctas =
+      std::min<int64_t>((int64_t(p.n) + NW * C - 1) / (NW * C), int64_t(std::max(per_sm, 1)) * num_sms());
+  launch_pdl(kern, dim3(unsigned(ctas)), dim3(NW * 32), smem, stream, p);
 }
 
 /// CTAs of gemv_kernel<M, C, U, 4 warps, MINB> resident per SM (cached per instantiation).
@@ -228,6 +286,9 @@ int gemv_ctas_per_sm() {
 /// bandwidth with the lean kernel, o_proj and down_proj 94%/92% → 80%/88%, so each keeps its own.
 template <int M, int Pro = kGemvPlain, class T, class TY>
 void launch_gemv(const GemvParams<T, TY>& p, cudaStream_t stream, int norm_warps = 4) {
+  if constexpr (M == 1) {
+    if (gemv_flat() && p.l2_ahead == 0) return launch_gemv_flat<Pro>(p, stream);
+  }
   if constexpr (Pro == kGemvAddRmsNorm) {
     // Every CTA normalises the row (x, r_in and norm_w read from L2): 16 warps per CTA do it a
     // quarter as often per SM (opt-in, gemv_norm_warps()).
