@@ -33,7 +33,9 @@
 # (variants 13-16: their tests, the per-projection and chain bench against variant 10, per-channel
 # fp8 batch 1 under each, FLAT_ROUNDS times, and the engine's fp8 variant tests); `gflat`: the bf16
 # GEMV's flat walk (PIE_GEMV_FLAT: its Gemv tests, bf16 batch 1 off/on/on with PIE_FUSED_SWIGLU, fp8 batch 1 with it and
-# fp8 variant GFLAT_FP8, and traces of both).
+# fp8 variant GFLAT_FP8, Qwen3-30B-A3B off/on, and traces of both); `flat14`: variant 14 as the
+# default (the GEMV tests, the fp8 engine and kernel tests, fp8 batch 1 against variant 10 twice,
+# bf16 and Qwen3-30B-A3B batch 1 with PIE_GEMV_FLAT 0/1/2, and the bf16 walk's test).
 # Usage, in the repository root of the GPU machine:
 #   PIE_PREBUILT=.device/bundle.txz OUT=dir bash bench/device_fp8_step.sh
 set -u
@@ -180,6 +182,25 @@ if [[ $steps == *" flat "* ]]; then  # the batch-1 fp8 GEMV's flat grids (varian
       --gtest_filter='Fp8Engine.GemvVariants*:Fp8Engine.PerChannel*:Fp8Engine.DummyFp8*';
     gtest_summary flat_fp8 12; }
 fi
+if [[ $steps == *" flat14 "* ]]; then  # variant 14 (c2u4-nw8-flat) as Fp8Gemm's default: the tests, batch-1 rows
+  G=$BUILD/tests/gpu/pie_gpu_test_fp8_gemv
+  [ -x "$G" ] && { run f14_gemv 90 "$G" --gtest_color=no; gtest_summary f14_gemv 12; }
+  [ -x "$T" ] && { run f14_fp8 200 "$T" --gtest_color=no --gtest_filter='Fp8Engine.*:Fp8Kernels.*-Fp8Engine.GemvVariants*';
+    gtest_summary f14_fp8 16; grep -E "^\[fp8 (gpu vs cpu|gemm vs cpu)\]" "$LOGDIR/f14_fp8.log" | head -6 | tee -a "$SUM"; }
+  for r in 1 2; do
+    ITL_ARGS="--quantization fp8" itl "f14_fp8_default$r" "$MODEL8B"
+    ITL_ARGS="--quantization fp8" itl "f14_fp8_v10_$r" "$MODEL8B" PIE_FP8_GEMV=10
+  done
+  itl f14_bf16 "$MODEL8B"
+  for r in 1 2; do
+    itl "f14_moe$r" "$MOE"
+    itl "f14_moe_gflat1_$r" "$MOE" PIE_GEMV_FLAT=1
+    itl "f14_moe_gflat2_$r" "$MOE" PIE_GEMV_FLAT=2
+  done
+  itl f14_bf16_gflat2 "$MODEL8B" PIE_GEMV_FLAT=2
+  GT=$BUILD/tests/cuda/pie_cuda_test_gemm
+  [ -x "$GT" ] && { run f14_gemm 120 "$GT" --gtest_color=no --gtest_filter='Gemv.Flat*'; gtest_summary f14_gemm 8; }
+fi
 if [[ $steps == *" gflat "* ]]; then  # the bf16 GEMV's flat walk (PIE_GEMV_FLAT): its tests, bf16 and fp8 batch 1, a trace
   GT=$BUILD/tests/cuda/pie_cuda_test_gemm
   [ -x "$GT" ] && { run gflat_test 150 "$GT" --gtest_color=no --gtest_filter='Gemv.*'; gtest_summary gflat_test 12; }
@@ -187,6 +208,8 @@ if [[ $steps == *" gflat "* ]]; then  # the bf16 GEMV's flat walk (PIE_GEMV_FLAT
     itl "gflat_bf16_off$r" "$MODEL8B" PIE_GEMV_FLAT=0
     itl "gflat_bf16_on$r" "$MODEL8B" PIE_GEMV_FLAT=1
     itl "gflat_bf16_swiglu$r" "$MODEL8B" PIE_GEMV_FLAT=1 PIE_FUSED_SWIGLU=1
+    itl "gflat_moe_off$r" "$MOE" PIE_GEMV_FLAT=0
+    itl "gflat_moe_on$r" "$MOE" PIE_GEMV_FLAT=1
     ITL_ARGS="--quantization fp8" itl "gflat_fp8_v${GFLAT_FP8:-13}_on$r" "$MODEL8B" PIE_GEMV_FLAT=1 PIE_FP8_GEMV=${GFLAT_FP8:-13}
   done
   if [ -f "$BUILD/bench/cuda/libpie_kernel_trace.so" ]; then

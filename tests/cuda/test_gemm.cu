@@ -296,8 +296,8 @@ TEST(Gemv, SwiGluGemvRejectsWideRowsAndShapesThatDoNotChain) {
       << "gate_up must be 2·K wide";
 }
 
-// The flat walk of one-row GEMVs (PIE_GEMV_FLAT, gemv_kernel's kFlat: resident CTAs whose warps
-// walk columns, both buffers requested before the wait and refilled across columns) against the
+// The flat walk of one-row GEMVs (PIE_GEMV_FLAT=1 and 2, gemv_kernel's kFlat: resident CTAs whose
+// warps walk columns, both buffers requested before the wait and refilled across columns) against the
 // default grids, bit for bit: the plain GEMV in bf16 and float output, with and without bias, the
 // fused residual add + RMSNorm (with the residual it writes), and the fused SwiGLU; N of
 // Qwen3-8B's qkv (several columns a warp) and a ragged one, K of one step (2,048), several
@@ -306,60 +306,64 @@ TEST(Gemv, FlatWalkBitIdenticalToTheDefaultGridsPlainNormAndSwiGlu) {
   auto bits_equal = [](const auto& a, const auto& b) {
     return a.size() == b.size() && std::memcmp(a.data(), b.data(), sizeof(a[0]) * a.size()) == 0;
   };
-  auto flat = [](bool on) { ops::cuda::detail::gemv_flat_flag() = on ? 1 : 0; };
-  for (auto [N, K] : {std::pair{6144, 4096}, std::pair{1001, 1040}, std::pair{24576, 2048}, std::pair{4096, 12288}}) {
-    std::mt19937 rng(N + 3 * K);
-    auto x = randn<bf16>(size_t(2) * K, rng), r = randn<bf16>(K, rng), nw = randn<bf16>(K, rng, 0.2f, 1.f);
-    auto w = randn<bf16>(size_t(N) * K, rng, 0.05f), b = randn<bf16>(N, rng);
-    auto dx = upload(x), dr = upload(r), dnw = upload(nw), dw = upload(w), db = upload(b);
-    DeviceBuffer<bf16> y(N), rout(K);
-    DeviceBuffer<float> yf(N);
-    for (bool bias : {false, true}) {
-      std::vector<bf16> want[2];
+  for (int layout : {1, 2}) {  // PIE_GEMV_FLAT=1 (one column a warp) and 2 (two)
+    auto flat = [layout](bool on) { ops::cuda::detail::gemv_flat_flag() = on ? layout : 0; };
+    for (auto [N, K] :
+         {std::pair{6144, 4096}, std::pair{1001, 1040}, std::pair{24576, 2048}, std::pair{4096, 12288}}) {
+      std::mt19937 rng(N + 3 * K);
+      auto x = randn<bf16>(size_t(2) * K, rng), r = randn<bf16>(K, rng), nw = randn<bf16>(K, rng, 0.2f, 1.f);
+      auto w = randn<bf16>(size_t(N) * K, rng, 0.05f), b = randn<bf16>(N, rng);
+      auto dx = upload(x), dr = upload(r), dnw = upload(nw), dw = upload(w), db = upload(b);
+      DeviceBuffer<bf16> y(N), rout(K);
+      DeviceBuffer<float> yf(N);
+      for (bool bias : {false, true}) {
+        std::vector<bf16> want[2];
+        for (int on : {0, 1}) {
+          flat(on);
+          poison(y);
+          ops::cuda::gemv(y.view({1, N}), dx.view({1, K}), dw.view({N, K}), bias ? db.data() : nullptr);
+          want[on] = download(y);
+        }
+        EXPECT_TRUE(bits_equal(want[0], want[1]))
+            << "layout " << layout << " plain N=" << N << " K=" << K << " bias=" << bias;
+      }
+      std::vector<float> wf[2];
       for (int on : {0, 1}) {
         flat(on);
-        poison(y);
-        ops::cuda::gemv(y.view({1, N}), dx.view({1, K}), dw.view({N, K}), bias ? db.data() : nullptr);
-        want[on] = download(y);
+        poison(yf);
+        ops::cuda::gemv(TensorView<float>(yf.data(), {1, N}, Device::Cuda), dx.view({1, K}), dw.view({N, K}));
+        wf[on] = download(yf);
       }
-      EXPECT_TRUE(bits_equal(want[0], want[1])) << "plain N=" << N << " K=" << K << " bias=" << bias;
-    }
-    std::vector<float> wf[2];
-    for (int on : {0, 1}) {
-      flat(on);
-      poison(yf);
-      ops::cuda::gemv(TensorView<float>(yf.data(), {1, N}, Device::Cuda), dx.view({1, K}), dw.view({N, K}));
-      wf[on] = download(yf);
-    }
-    EXPECT_TRUE(bits_equal(wf[0], wf[1])) << "float output N=" << N << " K=" << K;
-    if (ops::cuda::add_rms_norm_gemv_supported(K)) {
-      std::vector<bf16> want[2], res[2];
-      for (int on : {0, 1}) {
-        flat(on);
-        poison(y);
-        poison(rout);
-        ops::cuda::add_rms_norm_gemv(y.view({1, N}), dx.view({1, K}), dr.data(), rout.data(), dnw.data(), 1e-6f, false,
-                                     dw.view({N, K}), db.data(), nullptr, 4);
-        want[on] = download(y);
-        res[on] = download(rout);
+      EXPECT_TRUE(bits_equal(wf[0], wf[1])) << "float output N=" << N << " K=" << K;
+      if (ops::cuda::add_rms_norm_gemv_supported(K)) {
+        std::vector<bf16> want[2], res[2];
+        for (int on : {0, 1}) {
+          flat(on);
+          poison(y);
+          poison(rout);
+          ops::cuda::add_rms_norm_gemv(y.view({1, N}), dx.view({1, K}), dr.data(), rout.data(), dnw.data(), 1e-6f, false,
+                                       dw.view({N, K}), db.data(), nullptr, 4);
+          want[on] = download(y);
+          res[on] = download(rout);
+        }
+        EXPECT_TRUE(bits_equal(want[0], want[1])) << "norm N=" << N << " K=" << K;
+        EXPECT_TRUE(bits_equal(res[0], res[1])) << "residual N=" << N << " K=" << K;
       }
-      EXPECT_TRUE(bits_equal(want[0], want[1])) << "norm N=" << N << " K=" << K;
-      EXPECT_TRUE(bits_equal(res[0], res[1])) << "residual N=" << N << " K=" << K;
-    }
-    if (K % 2 == 0 && ops::cuda::swiglu_gemv_supported<bf16>(K / 2)) {  // x as a [gate | up] row of 2 · (K / 2)
-      std::vector<bf16> want[2];
-      const int Kh = K / 2;
-      auto wh = upload(randn<bf16>(size_t(N) * Kh, rng, 0.05f));
-      for (int on : {0, 1}) {
-        flat(on);
-        poison(y);
-        ops::cuda::swiglu_gemv(y.view({1, N}), dx.view({1, K}), wh.view({N, Kh}), db.data());
-        want[on] = download(y);
+      if (K % 2 == 0 && ops::cuda::swiglu_gemv_supported<bf16>(K / 2)) {  // x as a [gate | up] row of 2 · (K / 2)
+        std::vector<bf16> want[2];
+        const int Kh = K / 2;
+        auto wh = upload(randn<bf16>(size_t(N) * Kh, rng, 0.05f));
+        for (int on : {0, 1}) {
+          flat(on);
+          poison(y);
+          ops::cuda::swiglu_gemv(y.view({1, N}), dx.view({1, K}), wh.view({N, Kh}), db.data());
+          want[on] = download(y);
+        }
+        EXPECT_TRUE(bits_equal(want[0], want[1])) << "swiglu N=" << N << " K=" << Kh;
       }
-      EXPECT_TRUE(bits_equal(want[0], want[1])) << "swiglu N=" << N << " K=" << Kh;
     }
+    flat(false);
   }
-  flat(false);
 }
 
 TEST(Gemv, GemvAndCublasLtAgreeOnTheQwen3QkvShapeM4N6144K4096) {

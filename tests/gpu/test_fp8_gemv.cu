@@ -273,7 +273,8 @@ TEST(Fp8Gemv, WeightOnlyRowsAreBitIdenticalToTheOneRowKernel) {
 // units of C rows, and its two register buffers run on across them (a unit's first chunks are
 // requested while the last unit's are consumed). Each output must still be bit for bit the
 // persistent grid's (variant 10): the quantizing GEMV, the weight-only one, and the weight-only
-// one with the norm in its prologue; K of one step (4,096 at U = 8), two, three, and a ragged tail.
+// one with the norm in its prologue (where K fits the norm's threads); K of one step (4,096 at
+// U = 8), two, three, and a ragged tail.
 TEST(Fp8Gemv, FlatGridsWalkingSeveralUnitsPerWarpAreBitIdenticalToThePersistentGrid) {
   std::mt19937 rng(19);
   int checked = 0;
@@ -297,6 +298,7 @@ TEST(Fp8Gemv, FlatGridsWalkingSeveralUnitsPerWarpAreBitIdenticalToThePersistentG
         return bits(test::download(c.dy));
       };
       for (int mode : {0, 1, 2}) {
+        if (mode == 2 && !ops::cuda::fp8_add_rms_norm_gemv_supported(K, 10)) continue;  // the norm needs K ≤ 4,096
         const auto want = run(10, mode);
         for (int v = 13; v <= 16; ++v) {
           EXPECT_EQ(run(v, mode), want) << ops::cuda::fp8_gemv_variant_name(v) << " mode " << mode
@@ -305,7 +307,7 @@ TEST(Fp8Gemv, FlatGridsWalkingSeveralUnitsPerWarpAreBitIdenticalToThePersistentG
         }
       }
     }
-  EXPECT_EQ(checked, 2 * 3 * 3 * 4);
+  EXPECT_EQ(checked, 2 * (3 + 3 + 2) * 4);
 }
 
 TEST(Fp8Gemv, UnknownVariantsAreRefused) {

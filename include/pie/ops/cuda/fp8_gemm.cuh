@@ -59,8 +59,10 @@ __global__ void add_bias_kernel(T* y, int64_t ldy, int M, int N, const T* bias) 
 /// at batch 1 (core/fp8_weight.hpp's fp8_weight_only_single_rows: x not quantized; 8-layer chain
 /// 79.2 → 86.3% of copy, ITL 4.14 → 3.82 ms), and the residual add + RMSNorm goes into its
 /// prologue where it is (3.82 → 3.79 ms; with the quantizing GEMV the norm prologue gained nothing:
-/// 4.13 ms). docs/kernels.md has the numbers.
-inline constexpr int kFp8GemvDefaultVariant = 10;
+/// 4.13 ms). Since 2026-12-07 (twenty-third session) the rows are dealt to warps, not CTAs
+/// (variant 14, c2u4-nw8-flat, kFp8GridFlat; bit-identical): ITL 3.843 → 3.755 ms in one H100
+/// call, the 8-layer weight-only chain 84.6 → 86.3% of copy. docs/kernels.md has the numbers.
+inline constexpr int kFp8GemvDefaultVariant = 14;
 inline constexpr bool kFp8GemvDefaultPre = false;
 
 /// \brief The fp8 linear layer of one GPU (see the file comment).

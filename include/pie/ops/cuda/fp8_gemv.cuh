@@ -575,7 +575,7 @@ inline bool fp8_gemv_supported(int64_t k) { return k > 0 && k % 16 == 0 && k <= 
 /// (4 unless named), min CTAs per SM (lean: 8), early release unless named>; "persist" ones
 /// (10–12) walk the row groups with the resident CTAs only; "flat" ones (13–16) deal units of C
 /// rows to the resident CTAs' warps (kFp8GridFlat), "flat1" with one CTA per SM. Fp8Gemm's
-/// default is 10 (kFp8GemvDefaultVariant); the fp8_gemv() entry keeps 0 unless asked.
+/// default is 14 (kFp8GemvDefaultVariant); the fp8_gemv() entry keeps 0 unless asked.
 inline constexpr int kFp8GemvVariants = 17;
 inline const char* fp8_gemv_variant_name(int v) {
   static const char* names[kFp8GemvVariants] = {

@@ -239,22 +239,25 @@ void launch_gemv_cfg(const GemvParams<T, TY>& p, cudaStream_t stream) {
   launch_pdl(kern, dim3(unsigned((warps + NW - 1) / NW)), dim3(NW * 32), smem, stream, p);
 }
 
-/// Whether one-row GEMVs take the flat walk (gemv_kernel's kFlat): PIE_GEMV_FLAT=1, read once
-/// (tests set it through the reference); off until measured (docs/kernels.md).
+/// Whether one-row GEMVs take the flat walk (gemv_kernel's kFlat), and its layout: 0 no, 1 one
+/// column a warp with 8 chunks in flight, 2 two columns with 4 each (the fp8 GEMV's winning
+/// layout); PIE_GEMV_FLAT=n, read once (tests set it through the reference); off until measured
+/// (docs/kernels.md).
 inline int& gemv_flat_flag() {
   static int on = [] {
     const char* v = std::getenv("PIE_GEMV_FLAT");
-    return v != nullptr && std::atoi(v) != 0 ? 1 : 0;
+    const int n = v != nullptr ? std::atoi(v) : 0;
+    return n == 1 || n == 2 ? n : 0;
   }();
   return on;
 }
 inline bool gemv_flat() { return gemv_flat_flag() != 0; }
 
-/// The flat walk's launch (one row): 1 column a warp, 8 chunks in flight, 4 warps a CTA, as many
+/// The flat walk's launch (one row): C columns a warp, U chunks in flight, 4 warps a CTA, as many
 /// CTAs as are resident at once with this prologue's shared memory (at most one a unit of NW warps).
-template <int Pro, class T, class TY>
+template <int Pro, int C, int U, class T, class TY>
 void launch_gemv_flat(const GemvParams<T, TY>& p, cudaStream_t stream) {
-  constexpr int C = 1, U = 8, NW = 4;
+  constexpr int NW = 4;
   auto kern = gemv_kernel<1, C, U, NW, 1, Pro, T, TY, true>;
   const size_t smem = Pro == kGemvAddRmsNorm ? size_t(p.k) * sizeof(T) + 32 * sizeof(float)
                       : Pro == kGemvSwiGLU   ? size_t(p.k) * sizeof(T)
@@ -287,7 +290,8 @@ int gemv_ctas_per_sm() {
 template <int M, int Pro = kGemvPlain, class T, class TY>
 void launch_gemv(const GemvParams<T, TY>& p, cudaStream_t stream, int norm_warps = 4) {
   if constexpr (M == 1) {
-    if (gemv_flat() && p.l2_ahead == 0) return launch_gemv_flat<Pro>(p, stream);
+    if (gemv_flat() && p.l2_ahead == 0)
+      return gemv_flat_flag() == 2 ? launch_gemv_flat<Pro, 2, 4>(p, stream) : launch_gemv_flat<Pro, 1, 8>(p, stream);
   }
   if constexpr (Pro == kGemvAddRmsNorm) {
     // Every CTA normalises the row (x, r_in and norm_w read from L2): 16 warps per CTA do it a
