@@ -35,7 +35,9 @@
 # GEMV's flat walk (PIE_GEMV_FLAT: its Gemv tests, bf16 batch 1 off/on/on with PIE_FUSED_SWIGLU, fp8 batch 1 with it and
 # fp8 variant GFLAT_FP8, Qwen3-30B-A3B off/on, and traces of both); `flat14`: variant 14 as the
 # default (the GEMV tests, the fp8 engine and kernel tests, fp8 batch 1 against variant 10 twice,
-# bf16 and Qwen3-30B-A3B batch 1 with PIE_GEMV_FLAT 0/1/2, and the bf16 walk's test).
+# bf16 and Qwen3-30B-A3B batch 1 with PIE_GEMV_FLAT 0/1/2, and the bf16 walk's test); `rows4`: the
+# rows GEMV as the default (the fp8 engine and kernel tests, fp8 batch 1, batches 2 and 4); `rflat`:
+# the rows GEMV on the flat walk (its tests, the rows bench, per-channel batches 2 and 4 off/on).
 # Usage, in the repository root of the GPU machine:
 #   PIE_PREBUILT=.device/bundle.txz OUT=dir bash bench/device_fp8_step.sh
 set -u
@@ -61,6 +63,11 @@ tput() {  # TAG FLAT PERSISTENT MODEL PROMPTS IN OUT SEQS [args...]
     "$BENCH" "$m" --load-format dummy \
     --mode throughput --input-len "$i" --output-len "$o" --num-prompts "$n" --max-num-seqs "$s" "$@"
   grep -E "^(throughput|roofline|decode at)" "$LOGDIR/tput_$tag.log" | sed "s/^/[$tag] /" | tee -a "$SUM"
+}
+gemv_bench() {  # TAG FILTER: pie_bench_cuda_fp8_gemv's rows that match FILTER, into the summary
+  local gb=$BUILD/bench/cuda/pie_bench_cuda_fp8_gemv
+  [ -x "$gb" ] && run "$1" 150 "$gb" --benchmark_color=false --benchmark_filter="$2" &&
+    grep -E "copy" "$LOGDIR/$1.log" | grep -vE "^BM_|^-|Benchmark" | tee -a "$SUM" > /dev/null
 }
 if [[ $steps == *" t2048 "* ]]; then
   tput base1 0 0 "$FP8" 2048 128 128 512 --kv-cache-dtype fp8
@@ -133,9 +140,7 @@ if [[ $steps == *" w8a16 "* ]]; then  # the weight-only batch-1 fp8 GEMV (PIE_FP
   [ -x "$T" ] && { run engine_w8 150 env PIE_FP8_GEMV_W8A16=1 PIE_FP8_GEMV_NORM=1 "$T" --gtest_color=no \
       --gtest_filter='Fp8Engine.PerChannel*:Fp8Engine.Published*:Fp8Engine.Transformers*:Fp8Engine.DummyFp8*';
     gtest_summary engine_w8 12; grep -E "^\[fp8" "$LOGDIR/engine_w8.log" | head -8 | tee -a "$SUM"; }
-  GB=$BUILD/bench/cuda/pie_bench_cuda_fp8_gemv
-  [ -x "$GB" ] && run gemvbench 120 "$GB" --benchmark_color=false --benchmark_filter='BM_Fp8GemvChain/10/|BM_Fp8Gemv/(-1|10)/' &&
-    grep -E "copy|chain|gemv" "$LOGDIR/gemvbench.log" | grep -vE "^BM_|^-|Benchmark" | tee -a "$SUM" > /dev/null
+  gemv_bench gemvbench 'BM_Fp8GemvChain/10/|BM_Fp8Gemv/(-1|10)/'
   for r in $(seq "${W8_ROUNDS:-2}"); do
     ITL_ARGS="--quantization fp8" itl w8_base$r "$MODEL8B" PIE_FP8_GEMV_W8A16=0
     ITL_ARGS="--quantization fp8" itl w8_on$r "$MODEL8B" PIE_FP8_GEMV_W8A16=1
@@ -156,9 +161,7 @@ if [[ $steps == *" w8rows "* ]]; then  # the weight-only GEMV for 2-4 rows (PIE_
   [ -x "$T" ] && { run rows_fp8 200 env PIE_FP8_GEMV_W8A16_ROWS=4 "$T" --gtest_color=no \
       --gtest_filter='Fp8Kernels.GemmAndGemv*:Fp8Engine.PerChannel*:Fp8Engine.DummyFp8*:Fp8Engine.Fp8WeightsWith*';
     gtest_summary rows_fp8 12; }
-  GB=$BUILD/bench/cuda/pie_bench_cuda_fp8_gemv
-  [ -x "$GB" ] && run rowsbench 120 "$GB" --benchmark_color=false --benchmark_filter='BM_Fp8Rows' &&
-    grep -E "copy|M=" "$LOGDIR/rowsbench.log" | grep -vE "^BM_|^-|Benchmark" | tee -a "$SUM" > /dev/null
+  gemv_bench rowsbench 'BM_Fp8Rows/./[0-3]/[01]/'
   for B in 2 4; do
     for r in 1 4; do
       PIE_FP8_GEMV_W8A16_ROWS=$r tput "rows${r}_pc_b$B" 0 0 "$MODEL8B" "$B" 128 128 "$B" --quantization fp8
@@ -169,10 +172,7 @@ fi
 if [[ $steps == *" flat "* ]]; then  # the batch-1 fp8 GEMV's flat grids (variants 13-16, PIE_FP8_GEMV) against 10
   G=$BUILD/tests/gpu/pie_gpu_test_fp8_gemv
   [ -x "$G" ] && { run flat_gemv 150 "$G" --gtest_color=no; gtest_summary flat_gemv 12; }
-  GB=$BUILD/bench/cuda/pie_bench_cuda_fp8_gemv
-  [ -x "$GB" ] && run flatbench 150 "$GB" --benchmark_color=false \
-      --benchmark_filter='BM_Fp8GemvChain/(10|13|14|15|16)/(3|4)/|BM_Fp8Gemv/(10|13|14|15|16)/(3|4)/' &&
-    grep -E "copy|chain|w8a16" "$LOGDIR/flatbench.log" | grep -vE "^BM_|^-|Benchmark" | tee -a "$SUM" > /dev/null
+  gemv_bench flatbench 'BM_Fp8GemvChain/(10|13|14|15|16)/(3|4)/|BM_Fp8Gemv/(10|13|14|15|16)/(3|4)/'
   for r in $(seq "${FLAT_ROUNDS:-2}"); do
     for v in ${FLAT_VARIANTS:-10 13 14 15 16}; do
       ITL_ARGS="--quantization fp8" itl "flat_v${v}_$r" "$MODEL8B" PIE_FP8_GEMV=$v
@@ -200,6 +200,25 @@ if [[ $steps == *" flat14 "* ]]; then  # variant 14 (c2u4-nw8-flat) as Fp8Gemm's
   itl f14_bf16_gflat2 "$MODEL8B" PIE_GEMV_FLAT=2
   GT=$BUILD/tests/cuda/pie_cuda_test_gemm
   [ -x "$GT" ] && { run f14_gemm 120 "$GT" --gtest_color=no --gtest_filter='Gemv.Flat*'; gtest_summary f14_gemm 8; }
+fi
+if [[ $steps == *" rows4 "* ]]; then  # the rows GEMV as the default (2-4 rows): the fp8 tests, batches 1, 2, 4
+  [ -x "$T" ] && { run r4_fp8 200 "$T" --gtest_color=no --gtest_filter='Fp8Engine.*:Fp8Kernels.*-Fp8Engine.GemvVariants*';
+    gtest_summary r4_fp8 16; grep -E "^\[fp8 (gpu vs cpu|gemm vs cpu)\]" "$LOGDIR/r4_fp8.log" | head -6 | tee -a "$SUM"; }
+  ITL_ARGS="--quantization fp8" itl r4_fp8_b1 "$MODEL8B"
+  for B in 2 4; do
+    tput "r4_pc_b$B" 0 0 "$MODEL8B" "$B" 128 128 "$B" --quantization fp8
+    tput "r4_blk_b$B" 0 0 "$FP8" "$B" 128 128 "$B"
+  done
+fi
+if [[ $steps == *" rflat "* ]]; then  # the multi-row GEMV on the flat walk (PIE_FP8_ROWS_FLAT) against its row groups
+  G=$BUILD/tests/gpu/pie_gpu_test_fp8_gemv
+  [ -x "$G" ] && { run rf_gemv 90 "$G" --gtest_color=no --gtest_filter='Fp8Gemv.WeightOnlyRows*'; gtest_summary rf_gemv 8; }
+  gemv_bench rfbench 'BM_Fp8Rows/./[0-3]/[12]/'
+  for B in 2 4; do
+    for f in 0 1; do
+      PIE_FP8_ROWS_FLAT=$f tput "rf${f}_pc_b$B" 0 0 "$MODEL8B" "$B" 128 128 "$B" --quantization fp8
+    done
+  done
 fi
 if [[ $steps == *" gflat "* ]]; then  # the bf16 GEMV's flat walk (PIE_GEMV_FLAT): its tests, bf16 and fp8 batch 1, a trace
   GT=$BUILD/tests/cuda/pie_cuda_test_gemm

@@ -174,7 +174,8 @@ BENCHMARK(BM_Fp8GemvChain)->Apply(chain_variants)->UseManualTime()->Iterations(3
 
 /// 2–4 rows of x (a small decode batch): the weight-only rows GEMV (fp8_gemv_w8a16_rows.cuh)
 /// against Fp8Gemm's cuBLASLt path (x quantized per token and group, then the block-scaled fp8
-/// matmul) on the same 128 × 128-block weights; args: rows, shape, path (0 cuBLASLt, 1 the GEMV).
+/// matmul) on the same 128 × 128-block weights; args: rows, shape, path (0 cuBLASLt, 1 the GEMV, 2
+/// the GEMV on the flat walk, PIE_FP8_ROWS_FLAT).
 /// 16 launches rotating over weight copies, as above; bytes are the weights'.
 void BM_Fp8Rows(benchmark::State& st) {
   const int M = static_cast<int>(st.range(0)), path = static_cast<int>(st.range(2));
@@ -187,7 +188,9 @@ void BM_Fp8Rows(benchmark::State& st) {
   const auto copies = static_cast<int64_t>(set.w.size());
   TensorView<bf16> xv(xr.data(), {M, sh.K}, Device::Cuda), yv(yr.data(), {M, sh.N}, Device::Cuda);
   gemm.set_gemv(false);  // cuBLASLt for every M (path 0)
-  const std::string name = std::string(sh.name) + " M=" + std::to_string(M) + (path ? " w8a16 rows" : " cublaslt");
+  const std::string name = std::string(sh.name) + " M=" + std::to_string(M) +
+                           (path == 2 ? " w8a16 rows flat" : path ? " w8a16 rows" : " cublaslt");
+  oc::detail::fp8_rows_flat_flag() = path == 2 ? 1 : 0;
   int i = 0;
   report(st, name, double(kLaunches) * sh.N * sh.K, 0, [&] {
     for (int l = 0; l < kLaunches; ++l, ++i) {
@@ -202,7 +205,7 @@ void BM_Fp8Rows(benchmark::State& st) {
 void rows_args(benchmark::internal::Benchmark* b) {
   for (int M : {2, 4})
     for (int s = 0; s < 4; ++s)
-      for (int path : {0, 1}) b->Args({M, s, path});
+      for (int path : {0, 1, 2}) b->Args({M, s, path});
 }
 BENCHMARK(BM_Fp8Rows)->Apply(rows_args)->UseManualTime()->Iterations(3)->Unit(benchmark::kMicrosecond);
 

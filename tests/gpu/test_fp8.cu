@@ -265,8 +265,9 @@ TEST(Fp8Kernels, GemmAndGemvMatchTheCpuReference) {
             auto y = test::download(dy);
             auto xf = test::to_f32(x);
             std::vector<float> ref(size_t(M) * N), xs, ws;
-            // The batch-1 GEMV is weight-only where the scheme's rule says so (core/fp8_weight.hpp).
-            if (M == 1 && gemv && fp8_weight_only_single_rows())
+            // The GEMVs are weight-only where the scheme's rule says so (core/fp8_weight.hpp): one
+            // row, and 2-4 rows by default since 2026-12-07 (PIE_FP8_GEMV_W8A16_ROWS).
+            if (gemv && fp8_weight_only_rows(M, K))
               ops::cpu::fp8_linear_w8a16(xf.data(), M, int(K), w.h,
                                          bias ? b.data() : static_cast<const bf16*>(nullptr), ref.data(), K + 8, N, ws);
             else

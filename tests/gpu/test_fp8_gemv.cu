@@ -269,6 +269,35 @@ TEST(Fp8Gemv, WeightOnlyRowsAreBitIdenticalToTheOneRowKernel) {
   EXPECT_EQ(checked, 2 * 4 * (2 + 3 + 4) * 2);
 }
 
+// The multi-row GEMV on the flat walk (PIE_FP8_ROWS_FLAT, fp8_rows_flat_flag) against its row-group
+// walk, bit for bit: 2, 3 and 4 rows of x at projection-sized N (several units a warp), K of one
+// step, several, and a tail, both weight schemes, with bias.
+TEST(Fp8Gemv, WeightOnlyRowsOnTheFlatWalkAreBitIdenticalToTheRowGroupWalk) {
+  std::mt19937 rng(23);
+  int checked = 0;
+  for (bool block : {true, false})
+    for (auto [N, K] : {std::pair<int64_t, int64_t>{6144, 4096}, {5000, 1040}, {3000, 12288}}) {
+      RandomCodes w(block, N, K, rng);
+      auto b = test::upload(test::randn<bf16>(size_t(N), rng));
+      for (int M : {2, 3, 4}) {
+        auto dx = test::upload(test::randn<bf16>(size_t(M * K), rng, 3.0f));
+        DeviceBuffer<bf16> dy(static_cast<size_t>(M * N));
+        TensorView<bf16> xv(dx.data(), {M, K}, Device::Cuda), yv(dy.data(), {M, N}, Device::Cuda);
+        std::vector<uint16_t> got[2];
+        for (int flat : {0, 1}) {
+          ops::cuda::detail::fp8_rows_flat_flag() = flat;
+          test::poison(dy);
+          ops::cuda::fp8_gemv_w8a16_rows(yv, xv, w.d, b.data(), nullptr);
+          got[flat] = bits(test::download(dy));
+        }
+        ops::cuda::detail::fp8_rows_flat_flag() = 0;
+        EXPECT_EQ(got[1], got[0]) << "M=" << M << (block ? " block" : " channel") << " N=" << N << " K=" << K;
+        ++checked;
+      }
+    }
+  EXPECT_EQ(checked, 2 * 3 * 3);
+}
+
 // The flat grids (variants 13–16, kFp8GridFlat*): at projection-sized N every warp walks several
 // units of C rows, and its two register buffers run on across them (a unit's first chunks are
 // requested while the last unit's are consumed). Each output must still be bit for bit the

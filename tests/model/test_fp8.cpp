@@ -160,15 +160,19 @@ TEST(Fp8Linear, WeightOnlyReferenceIsTheProductOfTheUnquantizedRow) {
     EXPECT_LT(worst, 1e-6) << (block ? "block" : "per channel");
     EXPECT_GT(moved, 1e-3) << (block ? "block" : "per channel");
   }
-  // The rule (core/fp8_weight.hpp) on the defaults: one row weight-only, several rows not
-  // (PIE_FP8_GEMV_W8A16_ROWS is opt-in); K a multiple of 16 within the GEMV's shared memory.
+  // The rule (core/fp8_weight.hpp) on the defaults: 1-4 rows weight-only, more rows not; K a
+  // multiple of 16 within the GEMVs' shared memory (one row: K ≤ 32,768; several: rows · K ≤ 65,536).
   if (std::getenv("PIE_FP8_GEMV_W8A16") == nullptr && std::getenv("PIE_FP8_GEMV_W8A16_ROWS") == nullptr) {
     EXPECT_TRUE(fp8_weight_only_rows(1, 4096));
     EXPECT_TRUE(fp8_weight_only_rows(1, 32768));
     EXPECT_FALSE(fp8_weight_only_rows(1, 32784));
     EXPECT_FALSE(fp8_weight_only_rows(1, 4100));
-    EXPECT_FALSE(fp8_weight_only_rows(2, 4096));
-    EXPECT_EQ(fp8_weight_only_max_rows(), 1);
+    EXPECT_TRUE(fp8_weight_only_rows(2, 4096));
+    EXPECT_TRUE(fp8_weight_only_rows(4, 12288));  // Qwen3-8B's down projection at batch 4
+    EXPECT_TRUE(fp8_weight_only_rows(4, 16384));
+    EXPECT_FALSE(fp8_weight_only_rows(4, 16400));
+    EXPECT_FALSE(fp8_weight_only_rows(5, 4096));
+    EXPECT_EQ(fp8_weight_only_max_rows(), 4);
   }
 }
 

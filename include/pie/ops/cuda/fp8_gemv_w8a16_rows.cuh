@@ -17,9 +17,11 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 
 #include "pie/core/fp8_weight.hpp"
 #include "pie/ops/cuda/common.cuh"
+#include "pie/ops/cuda/flat_walk.cuh"
 #include "pie/ops/cuda/fp8_gemv.cuh"
 
 namespace pie::ops::cuda {
@@ -28,8 +30,21 @@ namespace detail {
 
 inline constexpr int kFp8RowsWarps = 8;
 
-/// MR rows of x (2–4), U 16-byte chunks in flight per weight row (see the file comment).
-template <int MR, int U, class T>
+/// Whether the multi-row GEMV walks its weight rows as the one-row default does (kFlat: units of
+/// two rows dealt to warps, both buffers requested before the wait; flat_walk.cuh), or by row
+/// groups of a CTA: PIE_FP8_ROWS_FLAT=1, read once (tests set it through the reference); off until
+/// measured (docs/kernels.md). The same bits either way.
+inline int& fp8_rows_flat_flag() {
+  static int on = [] {
+    const char* v = std::getenv("PIE_FP8_ROWS_FLAT");
+    return v != nullptr && std::atoi(v) != 0 ? 1 : 0;
+  }();
+  return on;
+}
+
+/// MR rows of x (2–4), U 16-byte chunks in flight per weight row (see the file comment); kFlat:
+/// the flat walk (fp8_rows_flat_flag).
+template <int MR, int U, bool kFlat, class T>
 __global__ void __launch_bounds__(kFp8RowsWarps * 32, 1)
     fp8_gemv_w8a16_rows_kernel(const __grid_constant__ Fp8GemvParams<T> p) {
   constexpr int C = 2, NW = kFp8RowsWarps, kChunk = 32 * 16, kStep = U * kChunk;
@@ -45,6 +60,16 @@ __global__ void __launch_bounds__(kFp8RowsWarps * 32, 1)
   wr.set(p, rg, NW, warp);
   uint4 wa[U][C], wb[U][C];
   wr.fetch(wa, 0, K, lane);  // weights only: may run before the predecessor finishes
+  // The flat walk: units of C rows, this warp's first unit is its first row group's rows.
+  [[maybe_unused]] FlatWalk walk((p.N + C - 1) / C, (K + kStep - 1) / kStep, int(gridDim.x) * NW, rg * NW + warp);
+  [[maybe_unused]] auto fetch_at = [&](uint4 (&dst)[U][C], int u, int s) {
+    Fp8WeightRows<C, U> at;
+    at.set(p, 0, 1, u);  // rows u·C … (set's row group 0 of one warp, that warp being u)
+    at.fetch(dst, s * kStep, K, lane);
+  };
+  if constexpr (kFlat) {
+    if (walk.bu < walk.units) fetch_at(wb, walk.bu, walk.bs);
+  }
   pdl_launch_dependents();
   pdl_wait();
   // ---- prologue: every row's |x| maximum, then x_m·2^-e_m in half (fp8_gemv.cuh) ----
@@ -78,18 +103,7 @@ __global__ void __launch_bounds__(kFp8RowsWarps * 32, 1)
       }
     }
   };
-  while (wr.n0 < p.N) {  // wa holds the row group's first U chunks
-#pragma unroll
-    for (int m = 0; m < MR; ++m)
-#pragma unroll
-      for (int c = 0; c < C; ++c) acc[m][c] = 0.0f;
-    for (int k0 = 0; k0 < K; k0 += 2 * kStep) {
-      if (k0 + kStep < K) wr.fetch(wb, k0 + kStep, K, lane);
-      consume(wa, k0);
-      if (k0 + kStep >= K) break;
-      if (k0 + 2 * kStep < K) wr.fetch(wa, k0 + 2 * kStep, K, lane);
-      consume(wb, k0 + kStep);
-    }
+  auto store_rows = [&] {  // y for the C weight rows from wr.n0, every row of x
 #pragma unroll
     for (int m = 0; m < MR; ++m)
 #pragma unroll
@@ -103,10 +117,36 @@ __global__ void __launch_bounds__(kFp8RowsWarps * 32, 1)
         if (p.bias) v += to_f32(p.bias[wr.n0 + c]);
         p.y[m * p.ldy + wr.n0 + c] = from_f32<T>(v);
       }
-    rg += gridDim.x;
-    if (rg >= row_groups) break;
-    wr.set(p, rg, NW, warp);
-    wr.fetch(wa, 0, K, lane);
+  };
+  auto zero = [&] {
+#pragma unroll
+    for (int m = 0; m < MR; ++m)
+#pragma unroll
+      for (int c = 0; c < C; ++c) acc[m][c] = 0.0f;
+  };
+  if constexpr (kFlat) {
+    walk.run([&](int s) { consume(wa, s * kStep); }, [&](int s) { consume(wb, s * kStep); },
+             [&](int u, int s) { fetch_at(wa, u, s); }, [&](int u, int s) { fetch_at(wb, u, s); }, store_rows,
+             [&](int u) {  // the rows and scales of the unit consumed next
+               wr.set(p, 0, 1, u);
+               zero();
+             });
+  } else {
+    while (wr.n0 < p.N) {  // wa holds the row group's first U chunks
+      zero();
+      for (int k0 = 0; k0 < K; k0 += 2 * kStep) {
+        if (k0 + kStep < K) wr.fetch(wb, k0 + kStep, K, lane);
+        consume(wa, k0);
+        if (k0 + kStep >= K) break;
+        if (k0 + 2 * kStep < K) wr.fetch(wa, k0 + 2 * kStep, K, lane);
+        consume(wb, k0 + kStep);
+      }
+      store_rows();
+      rg += gridDim.x;
+      if (rg >= row_groups) break;
+      wr.set(p, rg, NW, warp);
+      wr.fetch(wa, 0, K, lane);
+    }
   }
 }
 
@@ -114,9 +154,9 @@ __global__ void __launch_bounds__(kFp8RowsWarps * 32, 1)
 /// n · K ≤ 65,536, core/fp8_weight.hpp).
 inline constexpr size_t kFp8RowsMaxSmem = size_t(65536) * 2;
 
-template <int MR, int U, class T>
+template <int MR, int U, bool kFlat, class T>
 void launch_fp8_gemv_w8a16_rows(const Fp8GemvParams<T>& p, cudaStream_t stream) {
-  auto kern = fp8_gemv_w8a16_rows_kernel<MR, U, T>;
+  auto kern = fp8_gemv_w8a16_rows_kernel<MR, U, kFlat, T>;
   static const bool attr = [&] {
     PIE_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(kFp8RowsMaxSmem)));
@@ -153,10 +193,17 @@ void fp8_gemv_w8a16_rows(TensorView<T> y, TensorView<T> x, const Fp8Weight& w, c
   auto p = detail::fp8_gemv_params<T>(x.data, w, bias, y.data);
   p.ldx = x.stride[0];
   p.ldy = y.stride[0];
+  const bool flat = detail::fp8_rows_flat_flag() != 0;
   switch (M) {
-    case 2: return detail::launch_fp8_gemv_w8a16_rows<2, 4>(p, stream);
-    case 3: return detail::launch_fp8_gemv_w8a16_rows<3, 2>(p, stream);
-    default: return detail::launch_fp8_gemv_w8a16_rows<4, 2>(p, stream);
+    case 2:
+      return flat ? detail::launch_fp8_gemv_w8a16_rows<2, 4, true>(p, stream)
+                  : detail::launch_fp8_gemv_w8a16_rows<2, 4, false>(p, stream);
+    case 3:
+      return flat ? detail::launch_fp8_gemv_w8a16_rows<3, 2, true>(p, stream)
+                  : detail::launch_fp8_gemv_w8a16_rows<3, 2, false>(p, stream);
+    default:
+      return flat ? detail::launch_fp8_gemv_w8a16_rows<4, 2, true>(p, stream)
+                  : detail::launch_fp8_gemv_w8a16_rows<4, 2, false>(p, stream);
   }
 }
 
