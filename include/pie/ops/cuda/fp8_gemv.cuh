@@ -329,15 +329,18 @@ __global__ void __launch_bounds__(NW * 32, MINB)
   int rg = blockIdx.x, n0 = 0;
   const uint8_t* wrow[C];
   const float* wsr[C];
-  auto set_rows = [&] {
-    n0 = (rg * NW + warp) * C;
+  // The C rows from u · C: their scales, and (with_codes) their codes. The flat walk's fetches
+  // point at the codes themselves (fetch_at), so its units need the scales only.
+  auto set_unit = [&](int u, bool with_codes) {
+    n0 = u * C;
 #pragma unroll
     for (int c = 0; c < C; ++c) {
       const int n = min(n0 + c, p.N - 1);  // past N: recompute the last row, store nothing
-      wrow[c] = p.w + int64_t(n) * K;
+      if (with_codes) wrow[c] = p.w + int64_t(n) * K;
       wsr[c] = p.block_n == 1 ? p.ws + n : p.ws + int64_t(n / kFp8Block) * p.ws_ld;
     }
   };
+  auto set_rows = [&] { set_unit(rg * NW + warp, true); };  // this warp's rows of row group rg
   set_rows();
   uint4 wa[U][C], wb[U][C];
   auto fetch = [&](uint4 (&dst)[U][C], int k0) {
@@ -481,13 +484,9 @@ __global__ void __launch_bounds__(NW * 32, MINB)
     walk.run([&](int s) { consume(wa, s * kStep); }, [&](int s) { consume(wb, s * kStep); },
              [&](int u, int s) { fetch_at(wa, u, s); }, [&](int u, int s) { fetch_at(wb, u, s); }, store_rows,
              [&](int u) {  // the rows and scales of the unit consumed next
-               n0 = u * C;
+               set_unit(u, false);
 #pragma unroll
-               for (int c = 0; c < C; ++c) {
-                 const int n = min(n0 + c, p.N - 1);
-                 wsr[c] = p.block_n == 1 ? p.ws + n : p.ws + int64_t(n / kFp8Block) * p.ws_ld;
-                 acc[c] = 0.0f;
-               }
+               for (int c = 0; c < C; ++c) acc[c] = 0.0f;
              });
   } else {
     while (n0 < p.N) {  // wa holds the row group's first U chunks

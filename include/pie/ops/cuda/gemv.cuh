@@ -229,13 +229,20 @@ __global__ void __launch_bounds__(NW * 32, MINB) gemv_kernel(const __grid_consta
   }
 }
 
+/// Dynamic shared memory of gemv_kernel's prologue Pro at K = k: the normalised row and the norm's
+/// reduction slots, the SwiGLU row, or nothing.
+template <int Pro, class T>
+size_t gemv_prologue_smem(int k) {
+  return Pro == kGemvAddRmsNorm ? size_t(k) * sizeof(T) + 32 * sizeof(float)
+         : Pro == kGemvSwiGLU   ? size_t(k) * sizeof(T)
+                                : 0;
+}
+
 template <int M, int C, int U, int MINB, int Pro = kGemvPlain, int NW = 4, class T, class TY>
 void launch_gemv_cfg(const GemvParams<T, TY>& p, cudaStream_t stream) {
   auto kern = gemv_kernel<M, C, U, NW, MINB, Pro, T, TY>;
   const int64_t warps = (int64_t(p.n) + C - 1) / C;
-  const size_t smem = Pro == kGemvAddRmsNorm ? size_t(p.k) * sizeof(T) + 32 * sizeof(float)
-                      : Pro == kGemvSwiGLU   ? size_t(p.k) * sizeof(T)
-                                             : 0;
+  const size_t smem = gemv_prologue_smem<Pro, T>(p.k);
   launch_pdl(kern, dim3(unsigned((warps + NW - 1) / NW)), dim3(NW * 32), smem, stream, p);
 }
 
@@ -259,9 +266,7 @@ template <int Pro, int C, int U, class T, class TY>
 void launch_gemv_flat(const GemvParams<T, TY>& p, cudaStream_t stream) {
   constexpr int NW = 4;
   auto kern = gemv_kernel<1, C, U, NW, 1, Pro, T, TY, true>;
-  const size_t smem = Pro == kGemvAddRmsNorm ? size_t(p.k) * sizeof(T) + 32 * sizeof(float)
-                      : Pro == kGemvSwiGLU   ? size_t(p.k) * sizeof(T)
-                                             : 0;
+  const size_t smem = gemv_prologue_smem<Pro, T>(p.k);
   int per_sm = 0;
   PIE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, NW * 32, smem));
   const int64_t ctas =
