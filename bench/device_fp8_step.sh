@@ -37,7 +37,12 @@
 # default (the GEMV tests, the fp8 engine and kernel tests, fp8 batch 1 against variant 10 twice,
 # bf16 and Qwen3-30B-A3B batch 1 with PIE_GEMV_FLAT 0/1/2, and the bf16 walk's test); `rows4`: the
 # rows GEMV as the default (the fp8 engine and kernel tests, fp8 batch 1, batches 2 and 4); `rflat`:
-# the rows GEMV on the flat walk (its tests, the rows bench, per-channel batches 2 and 4 off/on).
+# the rows GEMV on the flat walk (its tests, the rows bench, per-channel batches 2 and 4 under each
+# PIE_FP8_ROWS_FLAT mode in RFLAT_MODES); `normw`: the norm GEMVs' weight before the wait (the fp8
+# GEMV and bf16 GEMV tests, then batch 1 of bf16, per-channel fp8 and Qwen3-30B-A3B alternating
+# with $PIE_BASE_BENCH, the build before it); `mflat`: Qwen3-30B-A3B batch 1 traced with
+# PIE_GEMV_FLAT 0 and 1; `rnorm`: the norm inside the 2–4-row GEMV (the fp8 engine and kernel
+# tests, decode at batches 2 and 4, per channel and 128 × 128 blocks, PIE_FP8_ROWS_NORM 0 and 1).
 # Usage, in the repository root of the GPU machine:
 #   PIE_PREBUILT=.device/bundle.txz OUT=dir bash bench/device_fp8_step.sh
 set -u
@@ -215,9 +220,47 @@ if [[ $steps == *" rflat "* ]]; then  # the multi-row GEMV on the flat walk (PIE
   [ -x "$G" ] && { run rf_gemv 90 "$G" --gtest_color=no --gtest_filter='Fp8Gemv.WeightOnlyRows*'; gtest_summary rf_gemv 8; }
   gemv_bench rfbench 'BM_Fp8Rows/./[0-3]/[12]/'
   for B in 2 4; do
-    for f in 0 1; do
+    for f in ${RFLAT_MODES:-0 1}; do
       PIE_FP8_ROWS_FLAT=$f tput "rf${f}_pc_b$B" 0 0 "$MODEL8B" "$B" 128 128 "$B" --quantization fp8
     done
+  done
+fi
+if [[ $steps == *" normw "* ]]; then  # the norm's weight before the wait (+ W8A16's halves from registers) against $PIE_BASE_BENCH
+  G=$BUILD/tests/gpu/pie_gpu_test_fp8_gemv
+  [ -x "$G" ] && { run nw_fp8gemv 150 "$G" --gtest_color=no; gtest_summary nw_fp8gemv 10; }
+  GT=$BUILD/tests/cuda/pie_cuda_test_gemm
+  [ -x "$GT" ] && { run nw_gemv 150 "$GT" --gtest_color=no --gtest_filter='Gemv.*'; gtest_summary nw_gemv 10; }
+  BASE=/tmp/pie_base  # a tarball of pie_base/pie_bench, the build before the change
+  [ -n "${PIE_BASE_BENCH:-}" ] && [ -f "$PIE_BASE_BENCH" ] && rm -rf "$BASE" &&
+    python3 -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" "$PIE_BASE_BENCH" /tmp
+  for r in $(seq "${NORMW_ROUNDS:-2}"); do
+    for side in base new; do
+      b=$BUILD/examples/pie/pie_bench; [ "$side" = base ] && b=$BASE/pie_bench
+      [ -x "$b" ] || continue
+      ITL_BENCH=$b ITL_ARGS="--quantization fp8" itl "nw_fp8_$side$r" "$MODEL8B"
+      ITL_BENCH=$b itl "nw_bf16_$side$r" "$MODEL8B"
+      ITL_BENCH=$b itl "nw_moe_$side$r" "$MOE"
+    done
+  done
+fi
+if [[ $steps == *" rnorm "* ]]; then  # 2–4 rows' residual add + RMSNorm inside the rows GEMV (PIE_FP8_ROWS_NORM): tests, batches 2 and 4
+  [ -x "$T" ] && { run rn_fp8 240 "$T" --gtest_color=no \
+    --gtest_filter='Fp8Engine.RowsNorm*:Fp8Engine.PerChannel*:Fp8Engine.DummyFp8*:Fp8Engine.Fp8WeightsWith*:Fp8Kernels.*'
+    gtest_summary rn_fp8 12; }
+  for B in 2 4; do
+    for r in 0 1; do
+      PIE_FP8_ROWS_NORM=$r tput "rn${r}_pc_b$B" 0 0 "$MODEL8B" "$B" 128 128 "$B" --quantization fp8
+      PIE_FP8_ROWS_NORM=$r tput "rn${r}_blk_b$B" 0 0 "$FP8" "$B" 128 128 "$B"
+    done
+  done
+fi
+if [[ $steps == *" mflat "* ]] && [ -f "$BUILD/bench/cuda/libpie_kernel_trace.so" ]; then  # Qwen3-30B-A3B batch 1 traced, PIE_GEMV_FLAT 0 and 1
+  TRACER=$BUILD/bench/cuda/libpie_kernel_trace.so
+  copy=4.2; case "$(gpu_line)" in *H100*) copy=2.99 ;; esac
+  L1="--load-format dummy --mode latency --input-len 128 --output-len 128 --num-iters 1 --num-iters-warmup 1 --max-num-seqs 8"
+  for f in 0 1; do
+    trace_profile "mflat_t$f" 90 1 "b1 moe flat $f" --copy-tbps $copy --hidden 2048 --q-size 4096 --kv-size 512 \
+      --layers 48 --experts 128 --moe-intermediate 768 --top-k 8 --vocab 151936 -- env PIE_GEMV_FLAT=$f "$BENCH" "$MOE" $L1
   done
 fi
 if [[ $steps == *" gflat "* ]]; then  # the bf16 GEMV's flat walk (PIE_GEMV_FLAT): its tests, bf16 and fp8 batch 1, a trace

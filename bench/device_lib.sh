@@ -13,7 +13,8 @@
 #                           one `pie bench` batch-1 latency run of MODEL (128 in / 128 out, dummy
 #                           weights, 5 iterations) with VAR=VAL set, the names in $ITL_UNSET
 #                           removed and $ITL_ARGS appended (e.g. --quantization fp8); its result
-#                           line, prefixed [TAG], to stdout and $SUM
+#                           line, prefixed [TAG], to stdout and $SUM; $ITL_BENCH names another
+#                           pie_bench (an A/B against an older build in the same call)
 #   decode_timelines MODEL...
 #                           for each MODEL, the decode-attention CTA timeline of the engine's last
 #                           batch-1 decode launch (pie_bench_timeline, when the bundle has it), its
@@ -137,7 +138,7 @@ itl() {
   shift 2
   for v in ${ITL_UNSET:-}; do unset+=(-u "$v"); done
   # shellcheck disable=SC2086  # ITL_ARGS: more pie_bench arguments, split on spaces
-  env "${unset[@]}" "$@" timeout 100 "$BUILD/examples/pie/pie_bench" "$m" --load-format dummy --input-len 128 \
+  env "${unset[@]}" "$@" timeout 100 "${ITL_BENCH:-$BUILD/examples/pie/pie_bench}" "$m" --load-format dummy --input-len 128 \
     --output-len 128 --mode latency --num-iters 5 --num-iters-warmup 1 --max-num-seqs 8 ${ITL_ARGS:-} 2>&1 |
     grep -E "^latency \(" | sed "s/^/[$tag] /" | tee -a "${SUM:-/dev/null}"
 }

@@ -190,7 +190,7 @@ void BM_Fp8Rows(benchmark::State& st) {
   gemm.set_gemv(false);  // cuBLASLt for every M (path 0)
   const std::string name = std::string(sh.name) + " M=" + std::to_string(M) +
                            (path == 2 ? " w8a16 rows flat" : path ? " w8a16 rows" : " cublaslt");
-  oc::detail::fp8_rows_flat_flag() = path == 2 ? 1 : 0;
+  oc::detail::fp8_rows_flat_flag() = path == 2 ? 1 : 0;  // always / never (fp8_rows_flat's modes)
   int i = 0;
   report(st, name, double(kLaunches) * sh.N * sh.K, 0, [&] {
     for (int l = 0; l < kLaunches; ++l, ++i) {

@@ -134,6 +134,10 @@ TEST(Fp8Kernels, QuantizationIsBitIdenticalToTheCpu) {
 TEST(Fp8Kernels, FusedProducersAreBitIdenticalToTheSeparateKernels) {
   std::mt19937 rng(3);
   ops::cuda::Fp8Gemm gemm(512, 12288, 512);
+  // The GEMM on the producer's codes, at every M > 1: the weight-only GEMV for 2–4 rows (the
+  // default there, fp8_weight_only_rows) reads x itself and takes no codes, so it is off here;
+  // its own tests are pie_gpu_test_fp8_gemv's Fp8Gemv.WeightOnlyRows*.
+  gemm.set_gemv_w8a16(false);
   struct Path { int regs, v2, flat; };
   for (auto [regs, v2, flat] : {Path{0, 0, 0}, {1, 0, 0}, {1, 4, 0}, {1, 4, 1}})
   for (auto [H, I] : {std::pair<int, int>{512, 1536}, {136, 264}, {1000, 1000}, {4096, 12288}})
@@ -292,6 +296,9 @@ TEST(Fp8Kernels, CutlassBlockGemmMatchesCublasLtAndTheCpu) {
   if (!ops::cuda::Fp8Gemm::cutlass_compiled()) GTEST_SKIP() << "no CUTLASS fp8 path in this build";
   ops::cuda::Fp8Gemm gemm(512, 1024, 1024);
   gemm.set_cutlass(true);
+  // CUTLASS against cuBLASLt at every M here, 2 and 3 included: the weight-only GEMV that takes
+  // 2–4 rows by default (fp8_weight_only_rows) would run both products; off, as in the test above.
+  gemm.set_gemv_w8a16(false);
   std::mt19937 rng(11);
   int ran = 0;
   for (auto [N, K] : {std::pair<int64_t, int64_t>{256, 512}, {384, 1024}, {256, 640}})
@@ -812,6 +819,49 @@ TEST(Fp8Engine, GemvVariantsGiveBitIdenticalLogits) {
       EXPECT_EQ(diff, 0u) << (block ? "block" : "per channel") << " PIE_FP8_GEMV=" << v << " PIE_FP8_GEMV_PRE=" << pre
                           << " PIE_FP8_GEMV_NORM=" << norm << ": " << diff << " of " << got.size()
                           << " logits differ";
+    }
+    std::filesystem::remove_all(dir);
+  }
+}
+
+// The residual add + RMSNorm of 2–4 rows inside the weight-only rows GEMV (PIE_FP8_ROWS_NORM, the
+// default) against the standalone norm kernel before it: same dummy weights, same hand-made steps
+// (2, 3 and 4 sequences prefilled, then decoded together, the batches replayed from graphs),
+// bit-identical logits, both weight schemes.
+TEST(Fp8Engine, RowsNormInTheGemvGivesBitIdenticalLogitsAtBatches2To4) {
+  for (bool block : {true, false}) {
+    const std::string dir = fp8_small_config("pie_fp8_rows_norm_" + std::to_string(block), 640, block);
+    auto run = [&](const char* norm, int rows) {
+      setenv("PIE_FP8_ROWS_NORM", norm, 1);
+      EngineOptions o = small_options(false);
+      o.model_dir = dir;
+      o.load_format = "dummy";
+      o.quantization = "fp8";
+      Fp8Engine e(o);
+      unsetenv("PIE_FP8_ROWS_NORM");
+      std::vector<gpu_test::HandSeq> seqs;
+      for (int r = 0; r < rows; ++r) seqs.push_back(gpu_test::HandSeq{{5 + r, 6, 7 + 2 * r, 8, 9 + r}});
+      std::vector<gpu_test::HandSeq*> ps;
+      for (auto& q : seqs) ps.push_back(&q);
+      int32_t next = 0;
+      std::vector<float> all;
+      for (int k = 0; k < 6; ++k) {
+        std::vector<int> n;
+        for (auto& q : seqs) n.push_back(k == 0 ? static_cast<int>(q.tokens.size()) : 1);
+        auto plan = gpu_test::hand_plan(ps, n, CudaBf16::block_size, next);
+        auto got = e.runner().execute_logits(plan, std::vector<SampleSpec>(rows));
+        all.insert(all.end(), got.begin(), got.end());
+        for (int r = 0; r < rows; ++r) seqs[r].tokens.push_back(13 + 7 * k + r);  // fixed inputs
+      }
+      return all;
+    };
+    for (int rows : {2, 3, 4}) {
+      const auto base = run("0", rows), got = run("1", rows);
+      ASSERT_EQ(got.size(), base.size());
+      size_t diff = 0;
+      for (size_t i = 0; i < got.size(); ++i) diff += std::memcmp(&got[i], &base[i], sizeof(float)) != 0;
+      EXPECT_EQ(diff, 0u) << (block ? "block" : "per channel") << ", " << rows << " rows: " << diff << " of "
+                          << got.size() << " logits differ";
     }
     std::filesystem::remove_all(dir);
   }

@@ -269,6 +269,52 @@ TEST(Fp8Gemv, WeightOnlyRowsAreBitIdenticalToTheOneRowKernel) {
   EXPECT_EQ(checked, 2 * 4 * (2 + 3 + 4) * 2);
 }
 
+// The residual add + RMSNorm of 2–4 rows in the rows GEMV's prologue (fp8_add_rms_norm_gemv_rows)
+// against add_rms_norm (the standalone kernel, in place) then fp8_gemv_w8a16_rows: outputs and the
+// new residual rows bit for bit, x left as it was; K with one norm vector a thread and with
+// several (1,024, 4,096, 8,192 at two rows), with and without a residual to add, both weight
+// schemes, both walks, with bias.
+TEST(Fp8Gemv, WeightOnlyRowsWithTheNormInThePrologueAreBitIdenticalToTheSeparateKernels) {
+  std::mt19937 rng(29);
+  int checked = 0;
+  for (bool block : {true, false})
+    for (int64_t K : {1024, 4096, 8192})
+      for (int M : {2, 3, 4}) {
+        if (!ops::cuda::fp8_add_rms_norm_gemv_rows_supported(M, K)) {
+          EXPECT_GT(M * K, 32768) << "M=" << M << " K=" << K;
+          continue;
+        }
+        const int64_t N = 1000;
+        RandomCodes w(block, N, K, rng);
+        auto b = test::upload(test::randn<bf16>(size_t(N), rng));
+        auto nw = test::upload(test::randn<bf16>(size_t(K), rng, 0.5f, 1.0f));
+        for (bool first : {false, true})
+          for (int flat : {0, 1}) {
+            auto x = test::randn<bf16>(size_t(M * K), rng, 2.0f), r = test::randn<bf16>(size_t(M * K), rng, 2.0f);
+            auto dx = test::upload(x), dr = test::upload(r), dx2 = test::upload(x), dr2 = test::upload(r);
+            DeviceBuffer<bf16> dy(size_t(M * N)), dy2(size_t(M * N)), drout(size_t(M * K));
+            TensorView<bf16> xv(dx.data(), {M, K}, Device::Cuda), x2v(dx2.data(), {M, K}, Device::Cuda);
+            TensorView<bf16> r2v(dr2.data(), {M, K}, Device::Cuda), nwv(nw.data(), {K}, Device::Cuda);
+            TensorView<bf16> yv(dy.data(), {M, N}, Device::Cuda), y2v(dy2.data(), {M, N}, Device::Cuda);
+            ops::cuda::detail::fp8_rows_flat_flag() = flat;
+            ops::cuda::add_rms_norm(x2v, r2v, nwv, 1e-6f, first, nullptr);
+            ops::cuda::fp8_gemv_w8a16_rows(y2v, x2v, w.d, b.data(), nullptr);
+            test::poison(dy);
+            test::poison(drout);
+            ops::cuda::fp8_add_rms_norm_gemv_rows(yv, xv, first ? nullptr : dr.data(), drout.data(), nw.data(), 1e-6f,
+                                                  first, w.d, b.data(), nullptr);
+            ops::cuda::detail::fp8_rows_flat_flag() = ops::cuda::detail::kFp8RowsFlatDefault;
+            const std::string at = std::string(block ? "block" : "channel") + " K=" + std::to_string(K) +
+                                   " M=" + std::to_string(M) + (first ? " first" : "") + " flat " + std::to_string(flat);
+            EXPECT_EQ(bits(test::download(dy)), bits(test::download(dy2))) << at;
+            EXPECT_EQ(bits(test::download(drout)), bits(test::download(dr2))) << "residual, " << at;
+            EXPECT_EQ(bits(test::download(dx)), bits(x)) << "x is left as it was, " << at;
+            ++checked;
+          }
+      }
+  EXPECT_EQ(checked, 2 * (3 + 3 + 3) * 2 * 2);
+}
+
 // The multi-row GEMV on the flat walk (PIE_FP8_ROWS_FLAT, fp8_rows_flat_flag) against its row-group
 // walk, bit for bit: 2, 3 and 4 rows of x at projection-sized N (several units a warp), K of one
 // step, several, and a tail, both weight schemes, with bias.
@@ -290,7 +336,7 @@ TEST(Fp8Gemv, WeightOnlyRowsOnTheFlatWalkAreBitIdenticalToTheRowGroupWalk) {
           ops::cuda::fp8_gemv_w8a16_rows(yv, xv, w.d, b.data(), nullptr);
           got[flat] = bits(test::download(dy));
         }
-        ops::cuda::detail::fp8_rows_flat_flag() = 0;
+        ops::cuda::detail::fp8_rows_flat_flag() = ops::cuda::detail::kFp8RowsFlatDefault;
         EXPECT_EQ(got[1], got[0]) << "M=" << M << (block ? " block" : " channel") << " N=" << N << " K=" << K;
         ++checked;
       }

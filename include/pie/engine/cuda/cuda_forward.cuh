@@ -155,7 +155,7 @@ class CudaForward {
   explicit CudaForward(Parts p) : p_(std::move(p)), kv_fusion_(p_.fusions.rope_kv, p_.config.num_hidden_layers) {
     const auto& c = p_.config;
     PIE_CHECK((p_.shard == nullptr) == (p_.comm == nullptr), "CudaForward: a shard needs a communicator and back");
-    res_pong_ = DeviceBuffer<T>(c.hidden_size);
+    res_pong_ = DeviceBuffer<T>(static_cast<size_t>(kFusedNormRows) * c.hidden_size);
     moe_x_ = DeviceBuffer<T>(c.hidden_size);
     rows_ = DeviceBuffer<T>(static_cast<size_t>(p_.max_samples) * c.hidden_size);
     if (p_.own_logits) logits_ = DeviceBuffer<float>(static_cast<size_t>(p_.max_samples) * global_vocab());
@@ -342,11 +342,14 @@ class CudaForward {
   /// prologue, the residual moving between two buffers as in the bf16 path below (H100,
   /// 2026-12-07: Qwen3-8B per-channel batch-1 ITL 3.82 → 3.79 ms; with the quantizing GEMV a norm
   /// prologue gained nothing, and on 2026-12-04 lost: docs/kernels.md).
-  /// Above batch 1 the norm kernel also writes x's fp8 codes and scales for the GEMM
+  /// At 2–4 rows the weight-only rows GEMV takes the norm the same way (Fp8Gemm::fuses_norm(M, K),
+  /// PIE_FP8_ROWS_NORM), the rows' residuals moving between the same two buffers.
+  /// Above that the norm kernel also writes x's fp8 codes and scales for the GEMM
   /// (fp8_producers.cuh; bit-identical to the separate quantization).
   void norm_linear(Act x, Act& res, const Weight& norm, bool first, const Fp8Weight& w, const Weight& bias, Act out) {
     const int64_t M = x.shape[0], K = x.shape[1];
-    if (shape_.tokens == 1 && M == 1 && res.shape[1] == K && p_.fp8_gemm != nullptr && p_.fp8_gemm->fuses_norm(K)) {
+    if (shape_.tokens == M && M <= kFusedNormRows && res.shape[1] == K && (M == 1 || res.stride[0] == K) &&
+        p_.fp8_gemm != nullptr && p_.fp8_gemm->fuses_norm(M, K)) {
       PIE_CHECK(w.cols() == K, "CudaForward: the norm's width differs from the fp8 linear's K");
       T* r_out = residual_out(res);
       fp8_per_token_ = w.per_channel() ? 1 : 0;
@@ -924,6 +927,8 @@ class CudaForward {
     if (res.data != res_pong_.data()) res_home_ = res.data;
     return r_out;
   }
+  /// Most rows a fused norm + GEMV takes (the fp8 weight-only rows GEMV's 4): res_pong_'s rows.
+  static constexpr int64_t kFusedNormRows = 4;
   DeviceBuffer<T> res_pong_, rows_;
   DeviceBuffer<T> moe_x_;  ///< the normalised row that norm_moe's router GEMV writes for the experts
   T* res_home_ = nullptr;

@@ -65,6 +65,10 @@ __global__ void add_bias_kernel(T* y, int64_t ldy, int M, int N, const T* bias) 
 inline constexpr int kFp8GemvDefaultVariant = 14;
 inline constexpr bool kFp8GemvDefaultPre = false;
 
+/// Whether Fp8Gemm runs 2–4 rows' residual add + RMSNorm in the weight-only rows GEMV's prologue
+/// (Fp8Gemm::fuses_norm(M, K)) instead of the standalone norm kernel before it.
+inline constexpr bool kFp8RowsNormDefault = true;
+
 /// \brief The fp8 linear layer of one GPU (see the file comment).
 class Fp8Gemm {
  public:
@@ -90,6 +94,8 @@ class Fp8Gemm {
     if (const char* v = std::getenv("PIE_FP8_GEMV_NORM")) gemv_norm_ = std::atoi(v) != 0;
     gemv_pre_ = gemv_pre_ && gemv_variant_ > 0 && !gemv_w8a16_;  // the legacy kernel quantizes x itself
     gemv_norm_ = gemv_norm_ && gemv_variant_ > 0;
+    rows_norm_ = kFp8RowsNormDefault;
+    if (const char* v = std::getenv("PIE_FP8_ROWS_NORM")) rows_norm_ = std::atoi(v) != 0;
 #if defined(PIE_FP8_CUTLASS)
     if (fp8_cutlass_wanted()) cutlass_ = make_fp8_cutlass_path(max_rows_);
 #endif
@@ -148,12 +154,27 @@ class Fp8Gemm {
   bool fuses_norm(int64_t K) const {
     return gemv_norm_ && uses_gemv(1, K) && fp8_add_rms_norm_gemv_supported(K, gemv_variant_);
   }
-  /// fp8_add_rms_norm_gemv with this GEMM's variant (fuses_norm(K) must hold).
+  /// Whether an add_rms_norm + linear on [M, K], 2 ≤ M ≤ 4, runs as norm_gemv(): the weight-only
+  /// rows GEMV takes the rows (uses_gemv) and the norm fits its prologue
+  /// (fp8_add_rms_norm_gemv_rows_supported); PIE_FP8_ROWS_NORM=0/1, default kFp8RowsNormDefault.
+  bool fuses_norm(int64_t M, int64_t K) const {
+    if (M == 1) return fuses_norm(K);
+    return rows_norm_ && M > 1 && uses_gemv(M, K) && fp8_add_rms_norm_gemv_rows_supported(M, K);
+  }
+  void set_rows_norm(bool on) { rows_norm_ = on; }
+  /// The residual add + RMSNorm of x's rows, then the linear, in one launch: fp8_add_rms_norm_gemv
+  /// with this GEMM's variant at one row, fp8_add_rms_norm_gemv_rows at 2–4 (fuses_norm(M, K) must
+  /// hold). r_in and r_out hold x's rows, K apart.
   template <class T>
   void norm_gemv(TensorView<T> y, TensorView<T> x, const T* r_in, T* r_out, const T* norm_w, float eps, bool first,
                  const Fp8Weight& w, const T* bias, cudaStream_t stream) {
-    PIE_CHECK(fuses_norm(w.cols()), "Fp8Gemm: norm_gemv() without PIE_FP8_GEMV_NORM or for K = ", w.cols());
-    fp8_add_rms_norm_gemv(y, x, r_in, r_out, norm_w, eps, first, w, bias, stream, gemv_variant_, gemv_w8a16_);
+    const int64_t M = x.shape[0];
+    PIE_CHECK(fuses_norm(M, w.cols()), "Fp8Gemm: norm_gemv() where no GEMV takes the norm: M = ", M, ", K = ",
+              w.cols());
+    if (M == 1)
+      fp8_add_rms_norm_gemv(y, x, r_in, r_out, norm_w, eps, first, w, bias, stream, gemv_variant_, gemv_w8a16_);
+    else
+      fp8_add_rms_norm_gemv_rows(y, x, r_in, r_out, norm_w, eps, first, w, bias, stream);
   }
   /// Device bytes of the scratch buffers.
   size_t bytes() const {
@@ -347,6 +368,7 @@ class Fp8Gemm {
   int gemv_variant_ = kFp8GemvDefaultVariant;
   bool gemv_pre_ = kFp8GemvDefaultPre;
   bool gemv_norm_ = false;
+  bool rows_norm_ = true;  ///< fuses_norm at 2–4 rows
   bool gemv_w8a16_ = false;
   DeviceBuffer<fp8_e4m3> xq_;
   DeviceBuffer<float> xs_;

@@ -299,6 +299,13 @@ inline constexpr int kFp8GridRowGroups = 0, kFp8GridPersist = 1, kFp8GridFlat = 
 /// Whether a grid kind deals units of C rows to warps (the flat walk).
 __host__ __device__ constexpr bool fp8_grid_flat(int g) { return g == kFp8GridFlat || g == kFp8GridFlatOnePerSm; }
 
+/// The CTAs per SM fp8_gemv_rows_kernel asks the compiler to fit: the variant's MINB, and at least
+/// two for the 8-warp weight-only kernels with the norm, which left alone take 132 registers
+/// (sm_90a, CUDA 13: the staged norm weight's addresses; one CTA an SM) and fit 128 unspilled.
+__host__ __device__ constexpr int fp8_gemv_min_blocks(int nw, int minb, int src) {
+  return src == kFp8SrcW8A16Norm && nw == 8 && minb < 2 ? 2 : minb;
+}
+
 /// The batch-1 fp8 GEMV laid out as the bf16 one (gemv.cuh): a warp owns C adjacent rows, a lane
 /// streams 16-byte chunks U at a time, double-buffered; the first U chunks of every row are
 /// requested before `griddepcontrol.wait` and (kEarly) dependents are released right after, so
@@ -311,7 +318,7 @@ __host__ __device__ constexpr bool fp8_grid_flat(int g) { return g == kFp8GridFl
 /// grid's last ones still run; large ones quantize x fewer times per SM. kGrid (Fp8GemvGrid) says
 /// how the rows are dealt out.
 template <int C, int U, int NW, int MINB, bool kEarly, int kSrc, int kGrid, class T>
-__global__ void __launch_bounds__(NW * 32, MINB)
+__global__ void __launch_bounds__(NW * 32, fp8_gemv_min_blocks(NW, MINB, kSrc))
     fp8_gemv_rows_kernel(const __grid_constant__ Fp8GemvParams<T> p) {
   constexpr int kChunk = 32 * 16, kStep = U * kChunk, kBatch = 8;
   extern __shared__ __align__(16) unsigned char fp8_rows_smem[];
@@ -319,7 +326,8 @@ __global__ void __launch_bounds__(NW * 32, MINB)
   __half* xh = reinterpret_cast<__half*>(fp8_rows_smem);                   // [K] codes · 2⁻⁸
   float* xs = reinterpret_cast<float*>(fp8_rows_smem + size_t(K) * 2);     // [groups] scale · 2⁸
   float* gmax = xs + groups;                                                // [groups] |x| maxima
-  T* xn = reinterpret_cast<T*>(fp8_rows_smem + fp8_rows_smem_xn(K));  // [K] normalised x (kFp8SrcNorm)
+  // [K]: the normalised x (kFp8SrcNorm, kFp8SrcW8A16Norm)
+  T* xn = reinterpret_cast<T*>(fp8_rows_smem + fp8_rows_smem_xn(K));
   __shared__ float red[32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   // kFp8GridPersist: a grid of resident CTAs walks the row groups (NW · C rows each), so x is
@@ -364,19 +372,44 @@ __global__ void __launch_bounds__(NW * 32, MINB)
   if constexpr (fp8_grid_flat(kGrid)) {
     if (walk.bu < walk.units) fetch_at(wb, walk.bu, walk.bs);
   }
+  // The weight-only norm's weight does not depend on the predecessor either: into shared memory
+  // before the wait (the halves' bytes, written only after the norm), so the norm's second pass
+  // waits for no load.
+  if constexpr (kSrc == kFp8SrcW8A16Norm) stage_norm_weight(p.norm_w, reinterpret_cast<T*>(xh), K, p.norm_threads);
   if constexpr (kEarly) pdl_launch_dependents();
   pdl_wait();
-  if constexpr (fp8_src_w8a16(kSrc)) {  // one max reduction and a scaling pass: no division, no e4m3
-    const T* src = p.x;
-    if constexpr (kSrc == kFp8SrcW8A16Norm) {  // norm.cuh's arithmetic, as kFp8SrcNorm
-      rms_norm_row_to<true>(p.x, p.norm_r_in, blockIdx.x == 0 ? p.norm_r_out : nullptr, p.norm_w, xn, K, p.norm_eps,
-                            p.norm_first != 0, red, p.norm_threads);
-      __syncthreads();
-      src = xn;
-    }
-    // red is free again: the norm's reduction ended at its barrier.
+  if constexpr (kSrc == kFp8SrcW8A16Norm) {
+    // norm.cuh's arithmetic (as kFp8SrcNorm), its weight read from the halves' bytes; then
+    // fp8_w8a16_rows_to_half's with each thread on its own elements: the row's largest |value|
+    // (exact in any order) from the norm's registers, one block reduction (whose barriers also end
+    // every read of the staged weight), the halves from the thread's own normalised values. The
+    // same bits as the norm into shared memory followed by fp8_w8a16_rows_to_half, without the
+    // latter's two passes over the whole row.
+    float a = 0.0f;
+    rms_norm_row_emit<true>(p.x, p.norm_r_in, blockIdx.x == 0 ? p.norm_r_out : nullptr,
+                            reinterpret_cast<const T*>(xh), /*w_staged=*/true, K, p.norm_eps, p.norm_first != 0, red,
+                            p.norm_threads, [&](int i, const float (&o)[8]) {
+                              store8(xn + i * 8, o);
+#pragma unroll
+                              for (int j = 0; j < 8; ++j) a = fmaxf(a, fabsf(to_f32(from_f32<T>(o[j]))));
+                            });
+    const int e = fp8_w8a16_exponent(block_max(a, red));
+    const float down = ldexpf(1.0f, -e);
+#pragma unroll
+    for (int k = 0; k < kNormVecsPerThread; ++k)
+      if (norm_row_owns(k, K, p.norm_threads)) {
+        const int64_t i = (int64_t(threadIdx.x) + k * p.norm_threads) * 8;
+        float f[8];
+        load8(xn + i, f);
+        __align__(16) __half hv[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) hv[j] = __float2half_rn(f[j] * down);
+        *reinterpret_cast<uint4*>(xh + i) = *reinterpret_cast<const uint4*>(hv);
+      }
+    for (int g = threadIdx.x; g < groups; g += NW * 32) xs[g] = ldexpf(1.0f, e);
+  } else if constexpr (kSrc == kFp8SrcW8A16) {  // one max reduction and a scaling pass: no division, no e4m3
     int e[1];
-    fp8_w8a16_rows_to_half<1, NW>(src, 0, K, xh, red, e);
+    fp8_w8a16_rows_to_half<1, NW>(p.x, 0, K, xh, red, e);
     for (int g = threadIdx.x; g < groups; g += NW * 32) xs[g] = ldexpf(1.0f, e[0]);
   } else if constexpr (kSrc == kFp8SrcPre) {
     const __half2 inv256 = __float2half2_rn(1.0f / 256.0f);

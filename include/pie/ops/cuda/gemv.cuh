@@ -151,15 +151,21 @@ __global__ void __launch_bounds__(NW * 32, MINB) gemv_kernel(const __grid_consta
     if (n0 + c < p.n && off < bytes)
       prefetch_l2(reinterpret_cast<const char*>(wrow[c] + kStep) + off, uint32_t(per < bytes - off ? per : bytes - off));
   }
+  extern __shared__ __align__(16) unsigned char gemv_smem[];
+  // The norm's weight does not depend on the predecessor either: into shared memory before the
+  // wait (gemv_prologue_smem's last k elements), so the norm's second pass waits for no load.
+  if constexpr (Pro == kGemvAddRmsNorm)
+    stage_norm_weight(p.norm_w, reinterpret_cast<T*>(gemv_smem + size_t(p.k) * sizeof(T) + 32 * sizeof(float)), p.k,
+                      p.norm_threads);
   pdl_launch_dependents();
   pdl_wait();
   if constexpr (kPro) {
-    extern __shared__ __align__(16) unsigned char gemv_smem[];
     T* xs = reinterpret_cast<T*>(gemv_smem);
     if constexpr (Pro == kGemvAddRmsNorm) {
       float* red = reinterpret_cast<float*>(gemv_smem + size_t(p.k) * sizeof(T));
-      rms_norm_row_to<true>(p.x, p.norm_r_in, blockIdx.x == 0 ? p.norm_r_out : nullptr, p.norm_w, xs, p.k,
-                            p.norm_eps, p.norm_first != 0, red, p.norm_threads);
+      rms_norm_row_to<true>(p.x, p.norm_r_in, blockIdx.x == 0 ? p.norm_r_out : nullptr,
+                            reinterpret_cast<const T*>(red + 32), xs, p.k, p.norm_eps, p.norm_first != 0, red,
+                            p.norm_threads, /*w_staged=*/true);
     } else {
       // Two vectors' loads before their stores: the row comes from L2, and a store to global
       // memory (CTA 0's copy) between loads would keep the compiler from overlapping them.
@@ -229,11 +235,11 @@ __global__ void __launch_bounds__(NW * 32, MINB) gemv_kernel(const __grid_consta
   }
 }
 
-/// Dynamic shared memory of gemv_kernel's prologue Pro at K = k: the normalised row and the norm's
-/// reduction slots, the SwiGLU row, or nothing.
+/// Dynamic shared memory of gemv_kernel's prologue Pro at K = k: the normalised row, the norm's
+/// reduction slots and its staged weight (stage_norm_weight), the SwiGLU row, or nothing.
 template <int Pro, class T>
 size_t gemv_prologue_smem(int k) {
-  return Pro == kGemvAddRmsNorm ? size_t(k) * sizeof(T) + 32 * sizeof(float)
+  return Pro == kGemvAddRmsNorm ? 2 * size_t(k) * sizeof(T) + 32 * sizeof(float)
          : Pro == kGemvSwiGLU   ? size_t(k) * sizeof(T)
                                 : 0;
 }

@@ -4,6 +4,7 @@
 /// mean of squares, T(x·rsqrt(ms + eps))·w), one CTA per row, 16-byte vectors held in registers so
 /// each row is read once and written once.
 #include "pie/ops/cuda/common.cuh"
+#include "pie/ops/cuda/mma.cuh"
 
 namespace pie::ops::cuda {
 
@@ -18,13 +19,33 @@ __host__ __device__ constexpr int norm_threads(int dim) {
   return t < 64 ? 64 : t;
 }
 
+/// Copies this thread's vectors of an RMSNorm weight row (those rms_norm_row_emit gives it:
+/// threadIdx.x + k·nthreads) into `staged` [dim] in shared memory with cp.async, one commit group.
+/// The fused norm + GEMV kernels call it before `griddepcontrol.wait` (the weight does not depend
+/// on the predecessor), so that the norm's second pass, after the block's reduction, reads shared
+/// memory instead of waiting for global loads; registers would stay live beside the weight
+/// buffers across the wait (sm_90a: the fp8 GEMV's 127 registers became 148, one CTA an SM).
+template <class T>
+__device__ __forceinline__ void stage_norm_weight(const T* __restrict__ w, T* staged, int dim, int nthreads) {
+  const int nvec = dim / 8;
+#pragma unroll
+  for (int k = 0; k < kNormVecsPerThread; ++k) {
+    const int i = static_cast<int>(threadIdx.x) + k * nthreads;
+    if (static_cast<int>(threadIdx.x) < nthreads && i < nvec) cp_async16(smem_u32(staged + i * 8), w + i * 8, true);
+  }
+  cp_async_commit();
+}
+
 /// Device body for one row, by the block's first `nthreads` threads (the others only join the
-/// reduction, adding exact zeros). With Residual: r = x + r_in (or r = x when first) rounded
-/// to T, stored to r_out when non-null; out = T(norm(r))·w. In place is allowed (out == x,
-/// r_out == r_in): every element is read and written by the same thread, reads first.
-template <bool Residual, class T>
-__device__ __forceinline__ void rms_norm_row_to(const T* x, const T* r_in, T* r_out, const T* __restrict__ w, T* out,
-                                                int dim, float eps, bool first, float* red, int nthreads) {
+/// reduction, adding exact zeros). With Residual: r = x + r_in (or r = x when first) rounded to T,
+/// stored to r_out when non-null. Then, for each vector i (elements 8i … 8i + 7) this thread owns
+/// (threadIdx.x + k·nthreads), emit(i, o) with o[j] = w·T(norm(r)) in float, before its rounding
+/// to T. `w_staged`: w is this thread's stage_norm_weight copy in shared memory (its group is
+/// waited for here).
+template <bool Residual, class T, class Emit>
+__device__ __forceinline__ void rms_norm_row_emit(const T* x, const T* r_in, T* r_out, const T* __restrict__ w,
+                                                  bool w_staged, int dim, float eps, bool first, float* red,
+                                                  int nthreads, Emit&& emit) {
   constexpr int VPT = kNormVecsPerThread;
   const int nvec = dim / 8;
   const bool mine = static_cast<int>(threadIdx.x) < nthreads;
@@ -53,6 +74,7 @@ __device__ __forceinline__ void rms_norm_row_to(const T* x, const T* r_in, T* r_
     }
   }
   float inv = rsqrtf(block_sum(ss, red) / static_cast<float>(dim) + eps);
+  if (w_staged) cp_async_wait_all();  // this thread's own copies: no barrier needed
 #pragma unroll
   for (int k = 0; k < VPT; ++k) {
     int i = threadIdx.x + k * nthreads;
@@ -63,9 +85,26 @@ __device__ __forceinline__ void rms_norm_row_to(const T* x, const T* r_in, T* r_
       // HF's (and vLLM's) rounding point: the normalised value is cast to T before the weight
       // multiplies it, so pie's bf16 activations match transformers' bit for bit here.
       for (int j = 0; j < 8; ++j) o[j] = wf[j] * to_f32(from_f32<T>(v[k][j] * inv));
-      store8(out + i * 8, o);
+      emit(i, o);
     }
   }
+}
+
+/// Whether vector threadIdx.x + k·nthreads of a row of `dim` elements is this thread's in
+/// rms_norm_row_emit (it is emitted to this thread).
+__device__ __forceinline__ bool norm_row_owns(int k, int dim, int nthreads) {
+  const int i = static_cast<int>(threadIdx.x) + k * nthreads;
+  return static_cast<int>(threadIdx.x) < nthreads && i < dim / 8;
+}
+
+/// rms_norm_row_emit with the row stored to `out`: out = T(norm(r))·w. In place is allowed (out ==
+/// x, r_out == r_in): every element is read and written by the same thread, reads first.
+template <bool Residual, class T>
+__device__ __forceinline__ void rms_norm_row_to(const T* x, const T* r_in, T* r_out, const T* __restrict__ w, T* out,
+                                                int dim, float eps, bool first, float* red, int nthreads,
+                                                bool w_staged = false) {
+  rms_norm_row_emit<Residual>(x, r_in, r_out, w, w_staged, dim, eps, first, red, nthreads,
+                              [&](int i, const float (&o)[8]) { store8(out + i * 8, o); });
 }
 
 /// In place, by the whole block: r = x + r (or x when first); x = norm(r)·w.
