@@ -42,7 +42,9 @@
 # GEMV and bf16 GEMV tests, then batch 1 of bf16, per-channel fp8 and Qwen3-30B-A3B alternating
 # with $PIE_BASE_BENCH, the build before it); `mflat`: Qwen3-30B-A3B batch 1 traced with
 # PIE_GEMV_FLAT 0 and 1; `rnorm`: the norm inside the 2–4-row GEMV (the fp8 engine and kernel
-# tests, decode at batches 2 and 4, per channel and 128 × 128 blocks, PIE_FP8_ROWS_NORM 0 and 1).
+# tests, decode at batches 2 and 4, per channel and 128 × 128 blocks, PIE_FP8_ROWS_NORM 0 and 1);
+# `gflat3`: the bf16 flat walk at K ≤ 2,048 only (PIE_GEMV_FLAT=3: its test, Qwen3-30B-A3B batch 1
+# against 0 and 1, FLAT_ROUNDS times, and Qwen3-8B, which it leaves as it was).
 # Usage, in the repository root of the GPU machine:
 #   PIE_PREBUILT=.device/bundle.txz OUT=dir bash bench/device_fp8_step.sh
 set -u
@@ -253,6 +255,15 @@ if [[ $steps == *" rnorm "* ]]; then  # 2–4 rows' residual add + RMSNorm insid
       PIE_FP8_ROWS_NORM=$r tput "rn${r}_blk_b$B" 0 0 "$FP8" "$B" 128 128 "$B"
     done
   done
+fi
+if [[ $steps == *" gflat3 "* ]]; then  # the bf16 flat walk where a row is one buffer (PIE_GEMV_FLAT=3): its test, Qwen3-30B-A3B batch 1
+  GT=$BUILD/tests/cuda/pie_cuda_test_gemm
+  [ -x "$GT" ] && { run g3_test 120 "$GT" --gtest_color=no --gtest_filter='Gemv.FlatWalk*'; gtest_summary g3_test 6; }
+  for r in $(seq "${FLAT_ROUNDS:-2}"); do
+    for f in 0 1 3; do itl "g3_moe_flat$f.$r" "$MOE" PIE_GEMV_FLAT=$f; done
+  done
+  itl g3_bf16_flat0 "$MODEL8B" PIE_GEMV_FLAT=0
+  itl g3_bf16_flat3 "$MODEL8B" PIE_GEMV_FLAT=3
 fi
 if [[ $steps == *" mflat "* ]] && [ -f "$BUILD/bench/cuda/libpie_kernel_trace.so" ]; then  # Qwen3-30B-A3B batch 1 traced, PIE_GEMV_FLAT 0 and 1
   TRACER=$BUILD/bench/cuda/libpie_kernel_trace.so

@@ -254,17 +254,24 @@ void launch_gemv_cfg(const GemvParams<T, TY>& p, cudaStream_t stream) {
 
 /// Whether one-row GEMVs take the flat walk (gemv_kernel's kFlat), and its layout: 0 no, 1 one
 /// column a warp with 8 chunks in flight, 2 two columns with 4 each (the fp8 GEMV's winning
-/// layout); PIE_GEMV_FLAT=n, read once (tests set it through the reference); off until measured
-/// (docs/kernels.md).
+/// layout), 3 the layout of 1 where those 8 chunks are a whole row (K ≤ kGemvFlatWholeRowK: every
+/// byte a warp's first column needs is requested before the wait; Qwen3-30B-A3B's qkv and router,
+/// whose model gained with 1 while Qwen3-8B, K ≥ 4,096 everywhere, lost); PIE_GEMV_FLAT=n, read
+/// once (tests set it through the reference); off until measured (docs/kernels.md).
+inline constexpr int kGemvFlatWholeRowK = 8 * 32 * 8;  // U · (32 lanes · 8 elements)
 inline int& gemv_flat_flag() {
   static int on = [] {
     const char* v = std::getenv("PIE_GEMV_FLAT");
     const int n = v != nullptr ? std::atoi(v) : 0;
-    return n == 1 || n == 2 ? n : 0;
+    return n >= 1 && n <= 3 ? n : 0;
   }();
   return on;
 }
-inline bool gemv_flat() { return gemv_flat_flag() != 0; }
+/// Whether a one-row GEMV of K columns takes the flat walk (gemv_flat_flag's mode).
+inline bool gemv_flat(int k) {
+  const int mode = gemv_flat_flag();
+  return mode == 3 ? k <= kGemvFlatWholeRowK : mode != 0;
+}
 
 /// The flat walk's launch (one row): C columns a warp, U chunks in flight, 4 warps a CTA, as many
 /// CTAs as are resident at once with this prologue's shared memory (at most one a unit of NW warps).
@@ -301,7 +308,7 @@ int gemv_ctas_per_sm() {
 template <int M, int Pro = kGemvPlain, class T, class TY>
 void launch_gemv(const GemvParams<T, TY>& p, cudaStream_t stream, int norm_warps = 4) {
   if constexpr (M == 1) {
-    if (gemv_flat() && p.l2_ahead == 0)
+    if (gemv_flat(p.k) && p.l2_ahead == 0)
       return gemv_flat_flag() == 2 ? launch_gemv_flat<Pro, 2, 4>(p, stream) : launch_gemv_flat<Pro, 1, 8>(p, stream);
   }
   if constexpr (Pro == kGemvAddRmsNorm) {
