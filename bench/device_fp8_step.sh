@@ -44,7 +44,9 @@
 # PIE_GEMV_FLAT 0 and 1; `rnorm`: the norm inside the 2–4-row GEMV (the fp8 engine and kernel
 # tests, decode at batches 2 and 4, per channel and 128 × 128 blocks, PIE_FP8_ROWS_NORM 0 and 1);
 # `gflat3`: the bf16 flat walk at K ≤ 2,048 only (PIE_GEMV_FLAT=3: its test, Qwen3-30B-A3B batch 1
-# against 0 and 1, FLAT_ROUNDS times, and Qwen3-8B, which it leaves as it was).
+# against 0 and 1, FLAT_ROUNDS times, and Qwen3-8B, which it leaves as it was); `defaults24`: the
+# twenty-fourth session's defaults once (the flat walk's test, batch 1 of Qwen3-30B-A3B with and
+# without the walk, of Qwen3-8B bf16 and fp8, fp8 decode at batches 2 and 4).
 # Usage, in the repository root of the GPU machine:
 #   PIE_PREBUILT=.device/bundle.txz OUT=dir bash bench/device_fp8_step.sh
 set -u
@@ -264,6 +266,16 @@ if [[ $steps == *" gflat3 "* ]]; then  # the bf16 flat walk where a row is one b
   done
   itl g3_bf16_flat0 "$MODEL8B" PIE_GEMV_FLAT=0
   itl g3_bf16_flat3 "$MODEL8B" PIE_GEMV_FLAT=3
+fi
+if [[ $steps == *" defaults24 "* ]]; then  # the twenty-fourth session's defaults: the flat walk's test, batch 1 of each model, fp8 batches 2 and 4
+  GT=$BUILD/tests/cuda/pie_cuda_test_gemm
+  [ -x "$GT" ] && { run d24_test 120 "$GT" --gtest_color=no --gtest_filter='Gemv.FlatWalk*'; gtest_summary d24_test 6; }
+  itl d24_moe "$MOE"
+  itl d24_moe_flat0 "$MOE" PIE_GEMV_FLAT=0
+  itl d24_moe_again "$MOE"
+  itl d24_bf16 "$MODEL8B"
+  ITL_ARGS="--quantization fp8" itl d24_fp8 "$MODEL8B"
+  for B in 2 4; do tput "d24_pc_b$B" 0 0 "$MODEL8B" "$B" 128 128 "$B" --quantization fp8; done
 fi
 if [[ $steps == *" mflat "* ]] && [ -f "$BUILD/bench/cuda/libpie_kernel_trace.so" ]; then  # Qwen3-30B-A3B batch 1 traced, PIE_GEMV_FLAT 0 and 1
   TRACER=$BUILD/bench/cuda/libpie_kernel_trace.so

@@ -301,12 +301,12 @@ TEST(Gemv, SwiGluGemvRejectsWideRowsAndShapesThatDoNotChain) {
 // default grids, bit for bit: the plain GEMV in bf16 and float output, with and without bias, the
 // fused residual add + RMSNorm (with the residual it writes), and the fused SwiGLU; N of
 // Qwen3-8B's qkv (several columns a warp) and a ragged one, K of one step (2,048), several
-// (4,096, 12,288) and a tail (1,040); and mode 3, which takes the walk at K ≤ 2,048 only.
+// (4,096, 12,288) and a tail (1,040); and mode 3, which takes the walk where N or K ≤ 2,048 only.
 TEST(Gemv, FlatWalkBitIdenticalToTheDefaultGridsPlainNormAndSwiGlu) {
   auto bits_equal = [](const auto& a, const auto& b) {
     return a.size() == b.size() && std::memcmp(a.data(), b.data(), sizeof(a[0]) * a.size()) == 0;
   };
-  for (int layout : {1, 2, 3}) {  // PIE_GEMV_FLAT=1 (one column a warp), 2 (two), 3 (1 where K ≤ 2,048)
+  for (int layout : {1, 2, 3}) {  // PIE_GEMV_FLAT=1 (one column a warp), 2 (two), 3 (1 where N or K ≤ 2,048)
     auto flat = [layout](bool on) { ops::cuda::detail::gemv_flat_flag() = on ? layout : 0; };
     for (auto [N, K] :
          {std::pair{6144, 4096}, std::pair{1001, 1040}, std::pair{24576, 2048}, std::pair{4096, 12288}}) {

@@ -66,8 +66,10 @@ inline constexpr int kFp8GemvDefaultVariant = 14;
 inline constexpr bool kFp8GemvDefaultPre = false;
 
 /// Whether Fp8Gemm runs 2–4 rows' residual add + RMSNorm in the weight-only rows GEMV's prologue
-/// (Fp8Gemm::fuses_norm(M, K)) instead of the standalone norm kernel before it.
-inline constexpr bool kFp8RowsNormDefault = true;
+/// (Fp8Gemm::fuses_norm(M, K)) instead of the standalone norm kernel before it. Off: one H100
+/// (2026-12-07), Qwen3-8B decode at batch 4 4.93 → 5.30 ms with it (every CTA normalises the
+/// rows one after another, where the standalone kernel takes a CTA a row), at batch 2 ±1%.
+inline constexpr bool kFp8RowsNormDefault = false;
 
 /// \brief The fp8 linear layer of one GPU (see the file comment).
 class Fp8Gemm {
@@ -368,7 +370,7 @@ class Fp8Gemm {
   int gemv_variant_ = kFp8GemvDefaultVariant;
   bool gemv_pre_ = kFp8GemvDefaultPre;
   bool gemv_norm_ = false;
-  bool rows_norm_ = true;  ///< fuses_norm at 2–4 rows
+  bool rows_norm_ = kFp8RowsNormDefault;  ///< fuses_norm at 2–4 rows
   bool gemv_w8a16_ = false;
   DeviceBuffer<fp8_e4m3> xq_;
   DeviceBuffer<float> xs_;

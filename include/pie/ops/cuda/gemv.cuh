@@ -254,23 +254,29 @@ void launch_gemv_cfg(const GemvParams<T, TY>& p, cudaStream_t stream) {
 
 /// Whether one-row GEMVs take the flat walk (gemv_kernel's kFlat), and its layout: 0 no, 1 one
 /// column a warp with 8 chunks in flight, 2 two columns with 4 each (the fp8 GEMV's winning
-/// layout), 3 the layout of 1 where those 8 chunks are a whole row (K ≤ kGemvFlatWholeRowK: every
-/// byte a warp's first column needs is requested before the wait; Qwen3-30B-A3B's qkv and router,
-/// whose model gained with 1 while Qwen3-8B, K ≥ 4,096 everywhere, lost); PIE_GEMV_FLAT=n, read
-/// once (tests set it through the reference); off until measured (docs/kernels.md).
-inline constexpr int kGemvFlatWholeRowK = 8 * 32 * 8;  // U · (32 lanes · 8 elements)
+/// layout), 3 the layout of 1 where the matrix has a side of at most kGemvFlatSmallSide (2,048)
+/// elements; PIE_GEMV_FLAT=n, read once (tests set it through the reference); unset:
+/// kGemvFlatDefault (docs/kernels.md, "The bf16 flat walk where a matrix side is small").
+/// Why mode 3: 8 chunks of 16 bytes a lane are 2,048 elements, so where K ≤ 2,048 a warp's first
+/// two columns are requested whole before `griddepcontrol.wait`, and where N ≤ 2,048 a warp has
+/// about one column, which its two buffers cover up to K = 4,096. One H100 (2026-12-07): mode 1
+/// took Qwen3-30B-A3B's batch-1 ITL 3.595 → 3.525 ms (all its one-row GEMVs have such a side:
+/// qkv and router K = 2,048, o_proj N = 2,048, lm_head K = 2,048) and Qwen3-8B's 5.92 → 6.12 ms
+/// (no such side: every GEMV is ≥ 4,096 both ways); mode 3 takes each model's better one.
+inline constexpr int kGemvFlatSmallSide = 8 * 32 * 8;  // U · (32 lanes · 8 elements)
+inline constexpr int kGemvFlatDefault = 3;
 inline int& gemv_flat_flag() {
   static int on = [] {
     const char* v = std::getenv("PIE_GEMV_FLAT");
-    const int n = v != nullptr ? std::atoi(v) : 0;
+    const int n = v != nullptr && *v != '\0' ? std::atoi(v) : kGemvFlatDefault;
     return n >= 1 && n <= 3 ? n : 0;
   }();
   return on;
 }
-/// Whether a one-row GEMV of K columns takes the flat walk (gemv_flat_flag's mode).
-inline bool gemv_flat(int k) {
+/// Whether a one-row GEMV of an [n, k] matrix takes the flat walk (gemv_flat_flag's mode).
+inline bool gemv_flat(int n, int k) {
   const int mode = gemv_flat_flag();
-  return mode == 3 ? k <= kGemvFlatWholeRowK : mode != 0;
+  return mode == 3 ? std::min(n, k) <= kGemvFlatSmallSide : mode != 0;
 }
 
 /// The flat walk's launch (one row): C columns a warp, U chunks in flight, 4 warps a CTA, as many
@@ -308,7 +314,7 @@ int gemv_ctas_per_sm() {
 template <int M, int Pro = kGemvPlain, class T, class TY>
 void launch_gemv(const GemvParams<T, TY>& p, cudaStream_t stream, int norm_warps = 4) {
   if constexpr (M == 1) {
-    if (gemv_flat(p.k) && p.l2_ahead == 0)
+    if (gemv_flat(p.n, p.k) && p.l2_ahead == 0)
       return gemv_flat_flag() == 2 ? launch_gemv_flat<Pro, 2, 4>(p, stream) : launch_gemv_flat<Pro, 1, 8>(p, stream);
   }
   if constexpr (Pro == kGemvAddRmsNorm) {
