@@ -603,15 +603,20 @@ std::string fp8_small_config(const std::string& name, int intermediate, bool blo
   return dir.string();
 }
 
+/// small_options for `--load-format dummy --quantization fp8` of the config in `dir`.
+EngineOptions dummy_fp8_options(const std::string& dir, bool eager = false) {
+  EngineOptions o = small_options(eager);
+  o.model_dir = dir;
+  o.load_format = "dummy";
+  o.quantization = "fp8";
+  return o;
+}
+
 TEST(Fp8Engine, DummyFp8WeightsOfAShapeRun) {
   // --load-format dummy --quantization fp8 of a config with no weights (block: an fp8 config).
   for (bool block : {false, true}) {
     const std::string dir = fp8_small_config("pie_fp8_dummy_" + std::to_string(block), 512, block);
-    EngineOptions o = small_options(false);
-    o.model_dir = dir;
-    o.load_format = "dummy";
-    o.quantization = "fp8";
-    Fp8Engine e(o);
+    Fp8Engine e(dummy_fp8_options(dir));
     sched::SamplingParams sp;
     sp.max_tokens = 16;
     sp.temperature = 0;
@@ -629,10 +634,7 @@ TEST(Fp8Engine, DummyFp8WeightsOfAShapeRun) {
 template <class P>
 std::vector<float> fp8_batch_logits(const std::string& dir, bool codes_only, bool eager, int64_t* codes_fused = nullptr) {
   setenv("PIE_FP8_CODES_ONLY", codes_only ? "1" : "0", 1);
-  EngineOptions o = small_options(eager);
-  o.model_dir = dir;
-  o.load_format = "dummy";
-  o.quantization = "fp8";
+  EngineOptions o = dummy_fp8_options(dir, eager);
   if constexpr (std::is_same_v<typename P::kv_dtype, fp8_e4m3>) o.kv_cache_dtype = "fp8";
   Engine<Qwen3, P> e(o);
   unsetenv("PIE_FP8_CODES_ONLY");
@@ -780,11 +782,7 @@ TEST(Fp8Engine, GemvVariantsGiveBitIdenticalLogits) {
       if (variant) setenv("PIE_FP8_GEMV", variant, 1);
       if (pre) setenv("PIE_FP8_GEMV_PRE", pre, 1);
       if (norm) setenv("PIE_FP8_GEMV_NORM", norm, 1);
-      EngineOptions o = small_options(false);
-      o.model_dir = dir;
-      o.load_format = "dummy";
-      o.quantization = "fp8";
-      Fp8Engine e(o);
+      Fp8Engine e(dummy_fp8_options(dir));
       unsetenv("PIE_FP8_GEMV");
       unsetenv("PIE_FP8_GEMV_PRE");
       unsetenv("PIE_FP8_GEMV_NORM");
@@ -833,11 +831,7 @@ TEST(Fp8Engine, RowsNormInTheGemvGivesBitIdenticalLogitsAtBatches2To4) {
     const std::string dir = fp8_small_config("pie_fp8_rows_norm_" + std::to_string(block), 640, block);
     auto run = [&](const char* norm, int rows) {
       setenv("PIE_FP8_ROWS_NORM", norm, 1);
-      EngineOptions o = small_options(false);
-      o.model_dir = dir;
-      o.load_format = "dummy";
-      o.quantization = "fp8";
-      Fp8Engine e(o);
+      Fp8Engine e(dummy_fp8_options(dir));
       unsetenv("PIE_FP8_ROWS_NORM");
       std::vector<gpu_test::HandSeq> seqs;
       for (int r = 0; r < rows; ++r) seqs.push_back(gpu_test::HandSeq{{5 + r, 6, 7 + 2 * r, 8, 9 + r}});

@@ -624,6 +624,17 @@ Fp8GemvParams<device_t<T>> fp8_gemv_params(const T* x, const Fp8Weight& w, const
   return {dev(x), reinterpret_cast<const uint8_t*>(w.q.data), w.scale.data, w.scale_ld, w.block_n,
           w.per_channel() ? 1 : 0, dev(bias), dev(y), static_cast<int>(w.rows()), static_cast<int>(w.cols())};
 }
+/// The residual add + RMSNorm prologue's fields of p (fp8_add_rms_norm_gemv and its rows form).
+template <class T>
+void set_fp8_gemv_norm(Fp8GemvParams<device_t<T>>& p, const T* r_in, T* r_out, const T* norm_w, float eps, bool first,
+                       int64_t K) {
+  p.norm_r_in = dev(r_in);
+  p.norm_r_out = dev(r_out);
+  p.norm_w = dev(norm_w);
+  p.norm_eps = eps;
+  p.norm_first = first ? 1 : 0;
+  p.norm_threads = norm_threads(static_cast<int>(K));
+}
 }  // namespace detail
 
 /// y [1, N] = q(x)·dq(w)ᵀ (+ bias) (see the file comment). x, y device rows of T; w on the device.
@@ -736,12 +747,7 @@ void fp8_add_rms_norm_gemv(TensorView<T> y, TensorView<T> x, const T* r_in, T* r
   PIE_CHECK(vec8_aligned(x.data) && vec8_aligned(r_out) && vec8_aligned(norm_w) && (r_in == nullptr || vec8_aligned(r_in)),
             "fp8_add_rms_norm_gemv: x, residual and norm weight must be 16-byte aligned");
   auto p = detail::fp8_gemv_params<T>(x.data, w, bias, y.data);
-  p.norm_r_in = dev(r_in);
-  p.norm_r_out = dev(r_out);
-  p.norm_w = dev(norm_w);
-  p.norm_eps = eps;
-  p.norm_first = first ? 1 : 0;
-  p.norm_threads = detail::norm_threads(static_cast<int>(K));
+  detail::set_fp8_gemv_norm(p, r_in, r_out, norm_w, eps, first, K);
   if (w8a16)
     detail::launch_fp8_gemv_variant<detail::kFp8SrcW8A16Norm>(variant, p, stream);
   else

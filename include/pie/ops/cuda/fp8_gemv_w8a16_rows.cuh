@@ -283,12 +283,7 @@ void fp8_add_rms_norm_gemv_rows(TensorView<T> y, TensorView<T> x, const T* r_in,
   auto p = detail::fp8_gemv_params<T>(x.data, w, bias, y.data);
   p.ldx = x.stride[0];
   p.ldy = y.stride[0];
-  p.norm_r_in = dev(r_in);
-  p.norm_r_out = dev(r_out);
-  p.norm_w = dev(norm_w);
-  p.norm_eps = eps;
-  p.norm_first = first ? 1 : 0;
-  p.norm_threads = detail::norm_threads(static_cast<int>(K));
+  detail::set_fp8_gemv_norm(p, r_in, r_out, norm_w, eps, first, K);
   detail::launch_fp8_gemv_w8a16_rows_for<true>(p, M, stream);
 }
 
