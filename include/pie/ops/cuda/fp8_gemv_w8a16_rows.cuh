@@ -60,8 +60,9 @@ inline bool fp8_rows_flat(int mode, int64_t M, int64_t N, int64_t K) {
 /// MR rows of x (2–4), U 16-byte chunks in flight per weight row (see the file comment); kFlat:
 /// the flat walk (fp8_rows_flat_flag). kNorm: x is the block output, and each row is first
 /// r_m = T(x_m + r_in,m) (x_m when norm_first; CTA 0 stores it to norm_r_out) and T(rmsnorm(r_m))·
-/// norm_w (norm.cuh's arithmetic and reduction order, row after row, into shared memory after
-/// the halves), the rows' residuals and norm_r_in / norm_r_out rows K elements apart.
+/// norm_w (norm.cuh's arithmetic and reduction order, rows in parallel by groups of the CTA's
+/// threads, into shared memory after the halves), the rows' residuals and norm_r_in / norm_r_out
+/// rows K elements apart.
 template <int MR, int U, bool kFlat, bool kNorm, class T>
 __global__ void __launch_bounds__(kFp8RowsWarps * 32, kNorm ? 2 : 1)  // kNorm: 2 rows flat took 155 alone
     fp8_gemv_w8a16_rows_kernel(const __grid_constant__ Fp8GemvParams<T> p) {
@@ -98,13 +99,21 @@ __global__ void __launch_bounds__(kFp8RowsWarps * 32, kNorm ? 2 : 1)  // kNorm: 
   const T* src = p.x;
   int64_t ld_src = p.ldx;
   if constexpr (kNorm) {
+    // The rows in parallel: the CTA's threads form groups of norm_threads (2 at K = 4,096, 4 at
+    // 2,048), group g normalising rows g, g + G, … with its own reduction slots and named barrier
+    // (NormGroupSum: the standalone kernel's reduction order, so its bits).
+    __shared__ float group_red[4 * 32];
     T* xn = reinterpret_cast<T*>(fp8_wrows_smem + size_t(MR) * K * 2);  // [MR][K] normalised rows
+    const int nt = p.norm_threads, groups = min(MR, NW * 32 / nt), g = int(threadIdx.x) / nt;
+    if (g < groups) {
 #pragma unroll 1
-    for (int m = 0; m < MR; ++m)
-      rms_norm_row_to<true>(p.x + m * p.ldx, p.norm_first ? nullptr : p.norm_r_in + int64_t(m) * K,
-                            blockIdx.x == 0 ? p.norm_r_out + int64_t(m) * K : nullptr,
-                            reinterpret_cast<const T*>(xh), xn + int64_t(m) * K, K, p.norm_eps, p.norm_first != 0, red,
-                            p.norm_threads, /*w_staged=*/true);
+      for (int m = g; m < MR; m += groups)
+        rms_norm_row_emit<true>(p.x + m * p.ldx, p.norm_first ? nullptr : p.norm_r_in + int64_t(m) * K,
+                                blockIdx.x == 0 ? p.norm_r_out + int64_t(m) * K : nullptr,
+                                reinterpret_cast<const T*>(xh), /*w_staged=*/true, K, p.norm_eps, p.norm_first != 0,
+                                int(threadIdx.x) - g * nt, nt, NormGroupSum{group_red + g * 32, g, nt},
+                                [&](int i, const float (&o)[8]) { store8(xn + int64_t(m) * K + i * 8, o); });
+    }
     __syncthreads();  // the rows are read across threads below, and red is reused
     src = xn;
     ld_src = K;

@@ -36,24 +36,52 @@ __device__ __forceinline__ void stage_norm_weight(const T* __restrict__ w, T* st
   cp_async_commit();
 }
 
-/// Device body for one row, by the block's first `nthreads` threads (the others only join the
-/// reduction, adding exact zeros). With Residual: r = x + r_in (or r = x when first) rounded to T,
-/// stored to r_out when non-null. Then, for each vector i (elements 8i … 8i + 7) this thread owns
-/// (threadIdx.x + k·nthreads), emit(i, o) with o[j] = w·T(norm(r)) in float, before its rounding
-/// to T. `w_staged`: w is this thread's stage_norm_weight copy in shared memory (its group is
-/// waited for here).
-template <bool Residual, class T, class Emit>
+/// rms_norm_row_emit's sum over the norm's threads: the whole block's (block_sum), as the
+/// standalone kernel sums.
+struct NormBlockSum {
+  float* red;
+  __device__ __forceinline__ float operator()(float v) const { return block_sum(v, red); }
+};
+
+/// rms_norm_row_emit's sum over a group of `nthreads` threads (warps group·nthreads/32 …) of a
+/// larger block, with its own 32 slots and named barrier (1 + group): block_sum's arithmetic on a
+/// block of nthreads threads (each warp's butterfly, the warps' sums in warp order, the missing
+/// lanes as exact zeros), so a row normalised by a group has the standalone kernel's bits.
+struct NormGroupSum {
+  float* red;
+  int group, nthreads;
+  __device__ __forceinline__ void sync() const {
+    asm volatile("bar.sync %0, %1;\n" ::"r"(1 + group), "r"(nthreads) : "memory");
+  }
+  __device__ __forceinline__ float operator()(float v) const {
+    const int lane = threadIdx.x & 31, nw = nthreads >> 5, warp = (threadIdx.x >> 5) - group * nw;
+    v = warp_sum(v);
+    sync();  // the slots may still be read by a previous call
+    if (lane == 0) red[warp] = v;
+    sync();
+    v = lane < nw ? red[lane] : 0.f;
+    return warp_sum(v);
+  }
+};
+
+/// Device body for one row, by the norm's `nthreads` threads, thread `tid` of them (the block's
+/// others, tid ≥ nthreads, only join the sum, adding exact zeros; `sum` reduces over them). With
+/// Residual: r = x + r_in (or r = x when first) rounded to T, stored to r_out when non-null.
+/// Then, for each vector i (elements 8i … 8i + 7) this thread owns (tid + k·nthreads), emit(i, o)
+/// with o[j] = w·T(norm(r)) in float, before its rounding to T. `w_staged`: w is this thread's
+/// stage_norm_weight copy in shared memory (its group is waited for here).
+template <bool Residual, class T, class Sum, class Emit>
 __device__ __forceinline__ void rms_norm_row_emit(const T* x, const T* r_in, T* r_out, const T* __restrict__ w,
-                                                  bool w_staged, int dim, float eps, bool first, float* red,
-                                                  int nthreads, Emit&& emit) {
+                                                  bool w_staged, int dim, float eps, bool first, int tid,
+                                                  int nthreads, const Sum& sum, Emit&& emit) {
   constexpr int VPT = kNormVecsPerThread;
   const int nvec = dim / 8;
-  const bool mine = static_cast<int>(threadIdx.x) < nthreads;
+  const bool mine = tid < nthreads;
   float v[VPT][8];
   float ss = 0.f;
 #pragma unroll
   for (int k = 0; k < VPT; ++k) {
-    int i = threadIdx.x + k * nthreads;
+    int i = tid + k * nthreads;
     if (mine && i < nvec) {
       load8(x + i * 8, v[k]);
       if constexpr (Residual) {
@@ -73,11 +101,11 @@ __device__ __forceinline__ void rms_norm_row_emit(const T* x, const T* r_in, T* 
       for (int j = 0; j < 8; ++j) ss += v[k][j] * v[k][j];
     }
   }
-  float inv = rsqrtf(block_sum(ss, red) / static_cast<float>(dim) + eps);
+  float inv = rsqrtf(sum(ss) / static_cast<float>(dim) + eps);
   if (w_staged) cp_async_wait_all();  // this thread's own copies: no barrier needed
 #pragma unroll
   for (int k = 0; k < VPT; ++k) {
-    int i = threadIdx.x + k * nthreads;
+    int i = tid + k * nthreads;
     if (mine && i < nvec) {
       float wf[8], o[8];
       load8(w + i * 8, wf);
@@ -88,6 +116,15 @@ __device__ __forceinline__ void rms_norm_row_emit(const T* x, const T* r_in, T* 
       emit(i, o);
     }
   }
+}
+
+/// rms_norm_row_emit by the block's first `nthreads` threads, summed over the whole block.
+template <bool Residual, class T, class Emit>
+__device__ __forceinline__ void rms_norm_row_emit(const T* x, const T* r_in, T* r_out, const T* __restrict__ w,
+                                                  bool w_staged, int dim, float eps, bool first, float* red,
+                                                  int nthreads, Emit&& emit) {
+  rms_norm_row_emit<Residual>(x, r_in, r_out, w, w_staged, dim, eps, first, static_cast<int>(threadIdx.x), nthreads,
+                              NormBlockSum{red}, static_cast<Emit&&>(emit));
 }
 
 /// Whether vector threadIdx.x + k·nthreads of a row of `dim` elements is this thread's in
