@@ -258,7 +258,7 @@ if [[ $steps == *" rnorm "* ]]; then  # 2–4 rows' residual add + RMSNorm insid
     done
   done
 fi
-if [[ $steps == *" gflat3 "* ]]; then  # the bf16 flat walk where a row is one buffer (PIE_GEMV_FLAT=3): its test, Qwen3-30B-A3B batch 1
+if [[ $steps == *" gflat3 "* ]]; then  # the bf16 flat walk where N or K ≤ 2,048 (PIE_GEMV_FLAT=3, the default): its test, Qwen3-30B-A3B batch 1
   GT=$BUILD/tests/cuda/pie_cuda_test_gemm
   [ -x "$GT" ] && { run g3_test 120 "$GT" --gtest_color=no --gtest_filter='Gemv.FlatWalk*'; gtest_summary g3_test 6; }
   for r in $(seq "${FLAT_ROUNDS:-2}"); do
