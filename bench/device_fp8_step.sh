@@ -46,7 +46,10 @@
 # `gflat3`: the bf16 flat walk at K ≤ 2,048 only (PIE_GEMV_FLAT=3: its test, Qwen3-30B-A3B batch 1
 # against 0 and 1, FLAT_ROUNDS times, and Qwen3-8B, which it leaves as it was); `defaults24`: the
 # twenty-fourth session's defaults once (the flat walk's test, batch 1 of Qwen3-30B-A3B with and
-# without the walk, of Qwen3-8B bf16 and fp8, fp8 decode at batches 2 and 4).
+# without the walk, of Qwen3-8B bf16 and fp8, fp8 decode at batches 2 and 4); `split1`: batch-1 decode
+# attention as one split per part (PIE_DECODE_SMALL_SPLIT_TOKENS=512 against the default 64: the runner
+# and fused-ops GPU tests under it, then batch 1 of Qwen3-8B bf16 and Qwen3-30B-A3B, SPLIT1_ROUNDS times,
+# and per-channel fp8 once).
 # Usage, in the repository root of the GPU machine:
 #   PIE_PREBUILT=.device/bundle.txz OUT=dir bash bench/device_fp8_step.sh
 set -u
@@ -257,6 +260,19 @@ if [[ $steps == *" rnorm "* ]]; then  # 2–4 rows' residual add + RMSNorm insid
       PIE_FP8_ROWS_NORM=$r tput "rn${r}_blk_b$B" 0 0 "$FP8" "$B" 128 128 "$B"
     done
   done
+fi
+if [[ $steps == *" split1 "* ]]; then  # batch-1 decode attention as one split per part (PIE_DECODE_SMALL_SPLIT_TOKENS=512): no cluster merge
+  R=$BUILD/tests/gpu/pie_gpu_test_runner
+  [ -x "$R" ] && { run s1_runner 200 env PIE_DECODE_SMALL_SPLIT_TOKENS=512 "$R" --gtest_color=no; gtest_summary s1_runner 12; }
+  F=$BUILD/tests/gpu/pie_gpu_test_fused_ops
+  [ -x "$F" ] && { run s1_fused 200 env PIE_DECODE_SMALL_SPLIT_TOKENS=512 "$F" --gtest_color=no; gtest_summary s1_fused 12; }
+  for r in $(seq "${SPLIT1_ROUNDS:-2}"); do
+    for t in 64 512; do
+      itl "s1_bf16_t$t.$r" "$MODEL8B" PIE_DECODE_SMALL_SPLIT_TOKENS=$t
+      itl "s1_moe_t$t.$r" "$MOE" PIE_DECODE_SMALL_SPLIT_TOKENS=$t
+    done
+  done
+  for t in 64 512; do ITL_ARGS="--quantization fp8" itl "s1_fp8_t$t" "$MODEL8B" PIE_DECODE_SMALL_SPLIT_TOKENS=$t; done
 fi
 if [[ $steps == *" gflat3 "* ]]; then  # the bf16 flat walk where N or K ≤ 2,048 (PIE_GEMV_FLAT=3, the default): its test, Qwen3-30B-A3B batch 1
   GT=$BUILD/tests/cuda/pie_cuda_test_gemm

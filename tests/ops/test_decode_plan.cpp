@@ -616,3 +616,40 @@ TEST(DecodePlan, PersistentOnlyForOneSplitGridsPastOneWave) {
   const auto ep = plan_decode_split(512, 32, 8, 128, 140, 132, early);
   EXPECT_TRUE(ep.early_pages && !ep.persistent);
 }
+
+// The fewest tokens a split of a small grid covers (PIE_DECODE_SMALL_SPLIT_TOKENS, default 64):
+// batch 1's 512-token graph class is 8 cluster-merged splits of 64 by default, one split with no
+// merge at 512 (the RoPE can still go inside, and the group parts and wide CTAs still apply), two
+// at 256; wide grids keep their 256-token floor either way.
+TEST(DecodePlan, SmallSplitTokensSetTheFloorOfBatchOnesSplits) {
+  ::unsetenv("PIE_DECODE_SMALL_SPLIT_TOKENS");
+  EXPECT_EQ(DecodePlanOptions::from_env(true).small_split_tokens, 64);
+  for (const char* bad : {"0", "100", "-64", "x", "64k"}) {
+    ::setenv("PIE_DECODE_SMALL_SPLIT_TOKENS", bad, 1);
+    EXPECT_THROW(DecodePlanOptions::from_env(true), pie::Error) << bad;
+  }
+  ::setenv("PIE_DECODE_SMALL_SPLIT_TOKENS", "512", 1);
+  DecodePlanOptions o = DecodePlanOptions::from_env(true);
+  ::unsetenv("PIE_DECODE_SMALL_SPLIT_TOKENS");
+  EXPECT_EQ(o.small_split_tokens, 512);
+  DecodePlanOptions d = DecodePlanOptions::from_env(true);
+  for (int nkv : {8, 4}) {  // Qwen3-8B, Qwen3-30B-A3B
+    const auto base = plan_decode_split(1, 32, nkv, 128, 512, 132, d);
+    EXPECT_EQ(base.num_splits, 8) << nkv;
+    EXPECT_TRUE(base.cluster_merge) << nkv;
+    const auto one = plan_decode_split(1, 32, nkv, 128, 512, 132, o);
+    EXPECT_EQ(one.num_splits, 1) << nkv;
+    EXPECT_FALSE(one.cluster_merge || one.cluster_push) << nkv;
+    EXPECT_EQ(one.workspace_bytes, 0u) << nkv;
+    EXPECT_EQ(one.group_parts, 2) << nkv;
+    EXPECT_EQ(one.warps, 16) << nkv;
+    EXPECT_TRUE(decode_rope_supported(one, 2)) << nkv;
+    o.small_split_tokens = 256;
+    EXPECT_EQ(plan_decode_split(1, 32, nkv, 128, 512, 132, o).num_splits, 2) << nkv;
+    o.small_split_tokens = 512;
+  }
+  EXPECT_EQ(plan_decode_split(1, 32, 8, 128, 4096, 132, o).num_splits, 8) << "longer classes: 512-token splits";
+  EXPECT_EQ(plan_decode_split(256, 32, 8, 128, 4096, 132, o).num_splits,
+            plan_decode_split(256, 32, 8, 128, 4096, 132, d).num_splits)
+      << "a wide grid keeps its own floor";
+}

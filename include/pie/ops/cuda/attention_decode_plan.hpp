@@ -141,6 +141,12 @@ struct DecodePlanOptions {
   /// on in a build with the latency paths (H100, 2026-12-06, same binary, three rounds each:
   /// batch-1 ITL −0.57% on Qwen3-30B-A3B, −0.31% on Qwen3-8B, every round), off without them.
   bool cluster_push = false;
+  /// Fewest tokens a split covers where the unsplit grid has fewer CTAs than SMs (batch 1 and
+  /// small batches; 256 elsewhere). 64 lets the cost model cut batch 1's 512-token graph class
+  /// into 8 splits merged in a cluster; a larger value trades the merge (~3 µs from the warps'
+  /// merge to the output in the H100 timeline of 2026-12-06) for more stages in one CTA.
+  /// `PIE_DECODE_SMALL_SPLIT_TOKENS` (a positive multiple of 64; opt-in until measured).
+  int small_split_tokens = 64;
 
   /// The fused merge is `PIE_DECODE_FUSED_MERGE=1` (opt-in: never measured faster). The cluster
   /// merge (`PIE_DECODE_CLUSTER_MERGE`) and the early pages (`PIE_DECODE_EARLY_PAGES`) are `1`: on
@@ -173,6 +179,13 @@ struct DecodePlanOptions {
       const std::string v = w;
       PIE_CHECK(v == "0" || v == "8" || v == "16", "PIE_DECODE_WIDE_CTAS must be 0, 8 or 16 (warps), got '", v, "'");
       o.wide_warps = latency_compiled ? std::stoi(v) : 0;
+    }
+    if (const char* t = std::getenv("PIE_DECODE_SMALL_SPLIT_TOKENS"); t != nullptr && *t != '\0') {
+      const std::string v = t;
+      const bool digits = v.size() <= 6 && v.find_first_not_of("0123456789") == std::string::npos;
+      const int n = digits ? std::stoi(v) : 0;
+      PIE_CHECK(n > 0 && n % 64 == 0, "PIE_DECODE_SMALL_SPLIT_TOKENS must be a positive multiple of 64, got '", v, "'");
+      o.small_split_tokens = n;
     }
     return o;
   }
@@ -484,7 +497,7 @@ inline double decode_split_cost_us(int64_t ctas, int64_t slots, int splits, int 
 /// copy rate), or with the fused merge, the last CTA of a (sequence, KV head) reading its pair's
 /// partials (~1 µs: the counter's round trip and L2 latency, plus its partials at ≈ 100 GB/s, one
 /// SM's share of L2; guessed, not measured — the benchmark's tokens_per_split sweep is there to
-/// measure them). Splits are ≥ 256 tokens, ≥ 64 when the unsplit grid has fewer CTAs than SMs.
+/// measure them). Splits are ≥ 256 tokens, ≥ 64 (DecodePlanOptions::small_split_tokens) when the unsplit grid has fewer CTAs than SMs.
 /// The plan is valid for every context ≤ max_seq_len (CTAs past a sequence's end write empty
 /// partials), so a graph captured with it replays on any step.
 inline DecodePlan plan_decode_split(int batch, int num_q_heads, int num_kv_heads, int head_dim, int max_seq_len,
@@ -523,7 +536,7 @@ inline DecodePlan plan_decode_split(int batch, int num_q_heads, int num_kv_heads
   }
   const int64_t ctas = int64_t{batch} * num_kv_heads;
   const int64_t slots = int64_t{sm_count} * p.ctas_per_sm;
-  const int min_split = ctas < sm_count ? 64 : 256;
+  const int min_split = ctas < sm_count ? std::max(opt.small_split_tokens, 64) : 256;
   const int max_splits = ctas == 0 ? 1 : static_cast<int>(std::min<int64_t>(std::max(1, max_seq_len / min_split),
                                                                              4 * slots / ctas + 1));
   double best = 0;
