@@ -254,6 +254,8 @@ if [[ $steps == *" rnorm "* ]]; then  # 2–4 rows' residual add + RMSNorm insid
   [ -x "$T" ] && { run rn_fp8 240 "$T" --gtest_color=no \
     --gtest_filter='Fp8Engine.RowsNorm*:Fp8Engine.PerChannel*:Fp8Engine.DummyFp8*:Fp8Engine.Fp8WeightsWith*:Fp8Kernels.*'
     gtest_summary rn_fp8 12; }
+  G=$BUILD/tests/gpu/pie_gpu_test_fp8_gemv
+  [ -x "$G" ] && { run rn_gemv 150 "$G" --gtest_color=no; gtest_summary rn_gemv 12; }
   for B in 2 4; do
     for r in 0 1; do
       PIE_FP8_ROWS_NORM=$r tput "rn${r}_pc_b$B" 0 0 "$MODEL8B" "$B" 128 128 "$B" --quantization fp8
