@@ -101,6 +101,25 @@ TEST(FusionSwitches, EnvironmentValues) {
   }
 }
 
+// env_count, the counts' parser (PIE_L2_PREFETCH, PIE_DECODE_SMALL_SPLIT_TOKENS): decimal digits
+// alone, 0 to 2^20; unset or empty take the default; anything else names the variable.
+TEST(FusionSwitches, EnvironmentCounts) {
+  EXPECT_EQ(pie::env_count("X", nullptr, 7), 7);
+  EXPECT_EQ(pie::env_count("X", "", -1), -1);
+  EXPECT_EQ(pie::env_count("X", "0", 7), 0);
+  EXPECT_EQ(pie::env_count("X", "512", 7), 512);
+  EXPECT_EQ(pie::env_count("X", "1048576", 7), 1 << 20);
+  for (const char* bad : {"1048577", "-1", "+1", " 1", "1x", "x"}) {
+    try {
+      pie::env_count("PIE_SOME_COUNT", bad, 0);
+      ADD_FAILURE() << bad << " accepted";
+    } catch (const pie::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("PIE_SOME_COUNT must be a non-negative whole number"), std::string::npos)
+          << e.what();
+    }
+  }
+}
+
 TEST(FusionSwitches, FromEnvironmentOffByDefault) {
   unsetenv("PIE_FUSED_ROPE_KV");
   unsetenv("PIE_FUSED_FINAL_NORM");

@@ -16,9 +16,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
-#include <string>
 #include <vector>
 
+#include "pie/core/env_switch.hpp"  // env_count
 #include "pie/core/error.hpp"
 #include "pie/ops/l2_prefetch_range.hpp"
 
@@ -47,9 +47,9 @@ struct L2Prefetch {
   }
   static L2Prefetch parse(const char* rows, const char* mib, size_t l2_bytes) {
     L2Prefetch p;
-    p.max_rows = parse_count("PIE_L2_PREFETCH", rows, 0);
+    p.max_rows = env_count("PIE_L2_PREFETCH", rows, 0);
     const size_t cap = l2_bytes / 4 * 3;
-    const int m = parse_count("PIE_L2_PREFETCH_MB", mib, -1);
+    const int m = env_count("PIE_L2_PREFETCH_MB", mib, -1);
     PIE_CHECK(m != 0, "PIE_L2_PREFETCH_MB must be a positive number of MiB, got 0");
     p.budget = m < 0 ? l2_bytes / 2 : std::min(cap, static_cast<size_t>(m) << 20);
     if (p.budget == 0) p.max_rows = 0;  // no L2 to speak of: nothing to prefetch into
@@ -78,16 +78,6 @@ struct L2Prefetch {
       left -= n;
     }
     return out;
-  }
-
- private:
-  static int parse_count(const char* name, const char* v, int unset) {
-    if (v == nullptr || *v == '\0') return unset;
-    char* end = nullptr;
-    const long n = std::strtol(v, &end, 10);
-    PIE_CHECK(*v >= '0' && *v <= '9' && *end == '\0' && n >= 0 && n <= (1L << 20), name,
-              " must be a non-negative whole number, got '", std::string(v), "'");
-    return static_cast<int>(n);
   }
 };
 

@@ -180,13 +180,10 @@ struct DecodePlanOptions {
       PIE_CHECK(v == "0" || v == "8" || v == "16", "PIE_DECODE_WIDE_CTAS must be 0, 8 or 16 (warps), got '", v, "'");
       o.wide_warps = latency_compiled ? std::stoi(v) : 0;
     }
-    if (const char* t = std::getenv("PIE_DECODE_SMALL_SPLIT_TOKENS"); t != nullptr && *t != '\0') {
-      const std::string v = t;
-      const bool digits = v.size() <= 6 && v.find_first_not_of("0123456789") == std::string::npos;
-      const int n = digits ? std::stoi(v) : 0;
-      PIE_CHECK(n > 0 && n % 64 == 0, "PIE_DECODE_SMALL_SPLIT_TOKENS must be a positive multiple of 64, got '", v, "'");
-      o.small_split_tokens = n;
-    }
+    o.small_split_tokens =
+        env_count("PIE_DECODE_SMALL_SPLIT_TOKENS", std::getenv("PIE_DECODE_SMALL_SPLIT_TOKENS"), o.small_split_tokens);
+    PIE_CHECK(o.small_split_tokens > 0 && o.small_split_tokens % 64 == 0,
+              "PIE_DECODE_SMALL_SPLIT_TOKENS must be a positive multiple of 64, got ", o.small_split_tokens);
     return o;
   }
 };
@@ -497,7 +494,8 @@ inline double decode_split_cost_us(int64_t ctas, int64_t slots, int splits, int 
 /// copy rate), or with the fused merge, the last CTA of a (sequence, KV head) reading its pair's
 /// partials (~1 µs: the counter's round trip and L2 latency, plus its partials at ≈ 100 GB/s, one
 /// SM's share of L2; guessed, not measured — the benchmark's tokens_per_split sweep is there to
-/// measure them). Splits are ≥ 256 tokens, ≥ 64 (DecodePlanOptions::small_split_tokens) when the unsplit grid has fewer CTAs than SMs.
+/// measure them). Splits are ≥ 256 tokens, ≥ 64 (DecodePlanOptions::small_split_tokens) when the
+/// unsplit grid has fewer CTAs than SMs.
 /// The plan is valid for every context ≤ max_seq_len (CTAs past a sequence's end write empty
 /// partials), so a graph captured with it replays on any step.
 inline DecodePlan plan_decode_split(int batch, int num_q_heads, int num_kv_heads, int head_dim, int max_seq_len,
