@@ -48,6 +48,7 @@
 
 #include "pie/core/buffer.hpp"
 #include "pie/core/communicator.hpp"
+#include "pie/core/env_switch.hpp"
 #include "pie/core/error.hpp"
 #include "pie/core/policy.hpp"
 #include "pie/engine/cuda/cuda_forward.cuh"
@@ -706,10 +707,8 @@ class CudaRunner {
   /// (their workspaces must not be shared by two streams at once), decode scratch and forward
   /// context writing into the step's logits; one side stream and the fork/join events.
   void setup_nano(typename Forward::Parts p, const StepCapacity& cap, size_t decode_ws_bytes) {
-    auto env_int = [](const char* name, int fallback) {
-      const char* v = std::getenv(name);
-      return v && *v ? std::atoi(v) : fallback;
-    };
+    // A malformed value is refused (core/env_switch.hpp), not read as 0 the way atoi would.
+    auto env_int = [](const char* name, int fallback) { return env_count(name, std::getenv(name), fallback); };
     nano_opt_.nano_batches = opt_.nano_batches > 0 ? opt_.nano_batches : env_int("PIE_NANO_BATCHES", 1);
     nano_opt_.min_rows = opt_.nano_min_rows > 0 ? opt_.nano_min_rows : env_int("PIE_NANO_MIN_ROWS", 0);
     nano_stagger_ = env_int("PIE_NANO_STAGGER", 0);
