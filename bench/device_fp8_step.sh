@@ -47,9 +47,9 @@
 # against 0 and 1, FLAT_ROUNDS times, and Qwen3-8B, which it leaves as it was); `defaults24`: the
 # twenty-fourth session's defaults once (the flat walk's test, batch 1 of Qwen3-30B-A3B with and
 # without the walk, of Qwen3-8B bf16 and fp8, fp8 decode at batches 2 and 4); `split1`: batch-1 decode
-# attention as one split per part (PIE_DECODE_SMALL_SPLIT_TOKENS=512 against the default 64: the runner
-# and fused-ops GPU tests under it, then batch 1 of Qwen3-8B bf16 and Qwen3-30B-A3B, SPLIT1_ROUNDS times,
-# and per-channel fp8 once).
+# attention as one split per part (PIE_DECODE_SMALL_SPLIT_TOKENS=512 against the default 64, and 256 between
+# them: SPLIT1_TOKENS; the runner and fused-ops GPU tests under 512, then batch 1 of Qwen3-8B bf16 and
+# Qwen3-30B-A3B, SPLIT1_ROUNDS times, and per-channel fp8 once at 64 and 512).
 # Usage, in the repository root of the GPU machine:
 #   PIE_PREBUILT=.device/bundle.txz OUT=dir bash bench/device_fp8_step.sh
 set -u
@@ -269,7 +269,7 @@ if [[ $steps == *" split1 "* ]]; then  # batch-1 decode attention as one split p
   F=$BUILD/tests/gpu/pie_gpu_test_fused_ops
   [ -x "$F" ] && { run s1_fused 200 env PIE_DECODE_SMALL_SPLIT_TOKENS=512 "$F" --gtest_color=no; gtest_summary s1_fused 12; }
   for r in $(seq "${SPLIT1_ROUNDS:-2}"); do
-    for t in 64 512; do
+    for t in ${SPLIT1_TOKENS:-64 512 256}; do
       itl "s1_bf16_t$t.$r" "$MODEL8B" PIE_DECODE_SMALL_SPLIT_TOKENS=$t
       itl "s1_moe_t$t.$r" "$MOE" PIE_DECODE_SMALL_SPLIT_TOKENS=$t
     done
