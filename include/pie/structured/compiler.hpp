@@ -224,7 +224,9 @@ class Compiler {
         for (int lo = 0; lo <= std::min(hi, max_min_length) && !prewarm_stop_; ++lo) {
           try {
             // Through compile(), so the string takes the same form (and cache key) as a request's.
-            (void)compile(sched::StructuredOutput{sched::StructuredOutput::Kind::JsonSchema, bounded_string_schema(lo, hi)});
+            auto so = sched::StructuredOutput::of(sched::StructuredOutput::Kind::JsonSchema);
+            so.text = bounded_string_schema(lo, hi);
+            (void)compile(so);
           } catch (const std::exception&) {  // cannot happen for these schemas; a prewarm is optional
             return;
           }
