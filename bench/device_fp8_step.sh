@@ -263,6 +263,16 @@ if [[ $steps == *" rnorm "* ]]; then  # 2–4 rows' residual add + RMSNorm insid
     done
   done
 fi
+if [[ $steps == *" rnormb "* ]]; then  # the rows norm's decode steps alone (no tests), RNORM_ROUNDS rounds, alternating
+  for r in $(seq "${RNORM_ROUNDS:-2}"); do
+    for B in 2 4; do
+      for n in 0 1; do
+        PIE_FP8_ROWS_NORM=$n tput "rb${n}_pc_b$B.$r" 0 0 "$MODEL8B" "$B" 128 128 "$B" --quantization fp8
+        PIE_FP8_ROWS_NORM=$n tput "rb${n}_blk_b$B.$r" 0 0 "$FP8" "$B" 128 128 "$B"
+      done
+    done
+  done
+fi
 if [[ $steps == *" split1 "* ]]; then  # batch-1 decode attention as one split per part (PIE_DECODE_SMALL_SPLIT_TOKENS=512): no cluster merge
   R=$BUILD/tests/gpu/pie_gpu_test_runner
   [ -x "$R" ] && { run s1_runner 200 env PIE_DECODE_SMALL_SPLIT_TOKENS=512 "$R" --gtest_color=no; gtest_summary s1_runner 12; }

@@ -822,8 +822,8 @@ TEST(Fp8Engine, GemvVariantsGiveBitIdenticalLogits) {
   }
 }
 
-// The residual add + RMSNorm of 2–4 rows inside the weight-only rows GEMV (PIE_FP8_ROWS_NORM, the
-// default) against the standalone norm kernel before it: same dummy weights, same hand-made steps
+// The residual add + RMSNorm of 2–4 rows inside the weight-only rows GEMV (PIE_FP8_ROWS_NORM=1: at
+// every row count; the default fuses it at 2) against the standalone norm kernel before it: same dummy weights, same hand-made steps
 // (2, 3 and 4 sequences prefilled, then decoded together, the batches replayed from graphs),
 // bit-identical logits, both weight schemes.
 TEST(Fp8Engine, RowsNormInTheGemvGivesBitIdenticalLogitsAtBatches2To4) {

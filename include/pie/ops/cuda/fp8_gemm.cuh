@@ -28,6 +28,7 @@
 #include <unordered_map>
 
 #include "pie/core/fp8_weight.hpp"
+#include "pie/ops/fp8_rows_norm.hpp"
 #include "pie/ops/cuda/common.cuh"
 #include "pie/ops/cuda/fp8_gemv.cuh"
 #include "pie/ops/cuda/fp8_gemv_w8a16_rows.cuh"
@@ -65,11 +66,6 @@ __global__ void add_bias_kernel(T* y, int64_t ldy, int M, int N, const T* bias) 
 inline constexpr int kFp8GemvDefaultVariant = 14;
 inline constexpr bool kFp8GemvDefaultPre = false;
 
-/// Whether Fp8Gemm runs 2–4 rows' residual add + RMSNorm in the weight-only rows GEMV's prologue
-/// (Fp8Gemm::fuses_norm(M, K)) instead of the standalone norm kernel before it. Off: one H100
-/// (2026-12-07), Qwen3-8B decode at batch 4 4.93 → 5.30 ms with it (every CTA normalises the
-/// rows one after another, where the standalone kernel takes a CTA a row), at batch 2 ±1%.
-inline constexpr bool kFp8RowsNormDefault = false;
 
 /// \brief The fp8 linear layer of one GPU (see the file comment).
 class Fp8Gemm {
@@ -96,8 +92,7 @@ class Fp8Gemm {
     if (const char* v = std::getenv("PIE_FP8_GEMV_NORM")) gemv_norm_ = std::atoi(v) != 0;
     gemv_pre_ = gemv_pre_ && gemv_variant_ > 0 && !gemv_w8a16_;  // the legacy kernel quantizes x itself
     gemv_norm_ = gemv_norm_ && gemv_variant_ > 0;
-    rows_norm_ = kFp8RowsNormDefault;
-    if (const char* v = std::getenv("PIE_FP8_ROWS_NORM")) rows_norm_ = std::atoi(v) != 0;
+    rows_norm_max_ = fp8_rows_norm_max_rows(std::getenv("PIE_FP8_ROWS_NORM"));  // ops/fp8_rows_norm.hpp
 #if defined(PIE_FP8_CUTLASS)
     if (fp8_cutlass_wanted()) cutlass_ = make_fp8_cutlass_path(max_rows_);
 #endif
@@ -156,14 +151,16 @@ class Fp8Gemm {
   bool fuses_norm(int64_t K) const {
     return gemv_norm_ && uses_gemv(1, K) && fp8_add_rms_norm_gemv_supported(K, gemv_variant_);
   }
-  /// Whether an add_rms_norm + linear on [M, K], 2 ≤ M ≤ 4, runs as norm_gemv(): the weight-only
-  /// rows GEMV takes the rows (uses_gemv) and the norm fits its prologue
-  /// (fp8_add_rms_norm_gemv_rows_supported); PIE_FP8_ROWS_NORM=0/1, default kFp8RowsNormDefault.
+  /// Whether an add_rms_norm + linear on [M, K], 2 ≤ M ≤ 4, runs as norm_gemv(): M is within the
+  /// rows the fused norm is wanted at (PIE_FP8_ROWS_NORM, default 2: ops/fp8_rows_norm.hpp), the
+  /// weight-only rows GEMV takes the rows (uses_gemv) and the norm fits its prologue
+  /// (fp8_add_rms_norm_gemv_rows_supported).
   bool fuses_norm(int64_t M, int64_t K) const {
     if (M == 1) return fuses_norm(K);
-    return rows_norm_ && M > 1 && uses_gemv(M, K) && fp8_add_rms_norm_gemv_rows_supported(M, K);
+    return M > 1 && M <= rows_norm_max_ && uses_gemv(M, K) && fp8_add_rms_norm_gemv_rows_supported(M, K);
   }
-  void set_rows_norm(bool on) { rows_norm_ = on; }
+  /// The fused norm at every row count (2–4) the rows GEMV takes, or at none.
+  void set_rows_norm(bool on) { rows_norm_max_ = on ? 4 : 0; }
   /// The residual add + RMSNorm of x's rows, then the linear, in one launch: fp8_add_rms_norm_gemv
   /// with this GEMM's variant at one row, fp8_add_rms_norm_gemv_rows at 2–4 (fuses_norm(M, K) must
   /// hold). r_in and r_out hold x's rows, K apart.
@@ -370,7 +367,7 @@ class Fp8Gemm {
   int gemv_variant_ = kFp8GemvDefaultVariant;
   bool gemv_pre_ = kFp8GemvDefaultPre;
   bool gemv_norm_ = false;
-  bool rows_norm_ = kFp8RowsNormDefault;  ///< fuses_norm at 2–4 rows
+  int rows_norm_max_ = kFp8RowsNormMaxRowsDefault;  ///< fuses_norm at 2..rows_norm_max_ rows
   bool gemv_w8a16_ = false;
   DeviceBuffer<fp8_e4m3> xq_;
   DeviceBuffer<float> xs_;
