@@ -76,6 +76,16 @@ tput() {  # TAG FLAT PERSISTENT MODEL PROMPTS IN OUT SEQS [args...]
     --mode throughput --input-len "$i" --output-len "$o" --num-prompts "$n" --max-num-seqs "$s" "$@"
   grep -E "^(throughput|roofline|decode at)" "$LOGDIR/tput_$tag.log" | sed "s/^/[$tag] /" | tee -a "$SUM"
 }
+fp8_small_ab() {  # VAR TAG SUFFIX VALUE...: fp8 decode at batches 2 and 4 (per channel, 128 × 128 blocks), VAR at each VALUE
+  local var=$1 tag=$2 sfx=$3 B v; shift 3
+  for B in 2 4; do
+    for v in "$@"; do
+      (export "$var=$v"
+       tput "$tag${v}_pc_b$B$sfx" 0 0 "$MODEL8B" "$B" 128 128 "$B" --quantization fp8
+       tput "$tag${v}_blk_b$B$sfx" 0 0 "$FP8" "$B" 128 128 "$B")
+    done
+  done
+}
 gemv_bench() {  # TAG FILTER: pie_bench_cuda_fp8_gemv's rows that match FILTER, into the summary
   local gb=$BUILD/bench/cuda/pie_bench_cuda_fp8_gemv
   [ -x "$gb" ] && run "$1" 150 "$gb" --benchmark_color=false --benchmark_filter="$2" &&
@@ -174,12 +184,7 @@ if [[ $steps == *" w8rows "* ]]; then  # the weight-only GEMV for 2-4 rows (PIE_
       --gtest_filter='Fp8Kernels.GemmAndGemv*:Fp8Engine.PerChannel*:Fp8Engine.DummyFp8*:Fp8Engine.Fp8WeightsWith*';
     gtest_summary rows_fp8 12; }
   gemv_bench rowsbench 'BM_Fp8Rows/./[0-3]/[01]/'
-  for B in 2 4; do
-    for r in 1 4; do
-      PIE_FP8_GEMV_W8A16_ROWS=$r tput "rows${r}_pc_b$B" 0 0 "$MODEL8B" "$B" 128 128 "$B" --quantization fp8
-      PIE_FP8_GEMV_W8A16_ROWS=$r tput "rows${r}_blk_b$B" 0 0 "$FP8" "$B" 128 128 "$B"
-    done
-  done
+  fp8_small_ab PIE_FP8_GEMV_W8A16_ROWS rows "" 1 4
 fi
 if [[ $steps == *" flat "* ]]; then  # the batch-1 fp8 GEMV's flat grids (variants 13-16, PIE_FP8_GEMV) against 10
   G=$BUILD/tests/gpu/pie_gpu_test_fp8_gemv
@@ -256,22 +261,10 @@ if [[ $steps == *" rnorm "* ]]; then  # 2–4 rows' residual add + RMSNorm insid
     gtest_summary rn_fp8 12; }
   G=$BUILD/tests/gpu/pie_gpu_test_fp8_gemv
   [ -x "$G" ] && { run rn_gemv 150 "$G" --gtest_color=no; gtest_summary rn_gemv 12; }
-  for B in 2 4; do
-    for r in 0 1; do
-      PIE_FP8_ROWS_NORM=$r tput "rn${r}_pc_b$B" 0 0 "$MODEL8B" "$B" 128 128 "$B" --quantization fp8
-      PIE_FP8_ROWS_NORM=$r tput "rn${r}_blk_b$B" 0 0 "$FP8" "$B" 128 128 "$B"
-    done
-  done
+  fp8_small_ab PIE_FP8_ROWS_NORM rn "" 0 1
 fi
 if [[ $steps == *" rnormb "* ]]; then  # the rows norm's decode steps alone (no tests), RNORM_ROUNDS rounds, alternating
-  for r in $(seq "${RNORM_ROUNDS:-2}"); do
-    for B in 2 4; do
-      for n in 0 1; do
-        PIE_FP8_ROWS_NORM=$n tput "rb${n}_pc_b$B.$r" 0 0 "$MODEL8B" "$B" 128 128 "$B" --quantization fp8
-        PIE_FP8_ROWS_NORM=$n tput "rb${n}_blk_b$B.$r" 0 0 "$FP8" "$B" 128 128 "$B"
-      done
-    done
-  done
+  for r in $(seq "${RNORM_ROUNDS:-2}"); do fp8_small_ab PIE_FP8_ROWS_NORM rb ".$r" 0 1; done
 fi
 if [[ $steps == *" split1 "* ]]; then  # batch-1 decode attention as one split per part (PIE_DECODE_SMALL_SPLIT_TOKENS=512): no cluster merge
   R=$BUILD/tests/gpu/pie_gpu_test_runner
