@@ -823,9 +823,9 @@ TEST(Fp8Engine, GemvVariantsGiveBitIdenticalLogits) {
 }
 
 // The residual add + RMSNorm of 2–4 rows inside the weight-only rows GEMV (PIE_FP8_ROWS_NORM=1: at
-// every row count; the default fuses it at 2) against the standalone norm kernel before it: same dummy weights, same hand-made steps
-// (2, 3 and 4 sequences prefilled, then decoded together, the batches replayed from graphs),
-// bit-identical logits, both weight schemes.
+// every row count; the default fuses it at 2) against the standalone norm kernel before it: same
+// dummy weights, same hand-made steps (2, 3 and 4 sequences prefilled, then decoded together, the
+// batches replayed from graphs), bit-identical logits, both weight schemes.
 TEST(Fp8Engine, RowsNormInTheGemvGivesBitIdenticalLogitsAtBatches2To4) {
   for (bool block : {true, false}) {
     const std::string dir = fp8_small_config("pie_fp8_rows_norm_" + std::to_string(block), 640, block);

@@ -28,13 +28,13 @@
 #include <unordered_map>
 
 #include "pie/core/fp8_weight.hpp"
-#include "pie/ops/fp8_rows_norm.hpp"
 #include "pie/ops/cuda/common.cuh"
 #include "pie/ops/cuda/fp8_gemv.cuh"
 #include "pie/ops/cuda/fp8_gemv_w8a16_rows.cuh"
 #include "pie/ops/cuda/fp8_producers.cuh"
 #include "pie/ops/cuda/fp8_quant.cuh"
 #include "pie/ops/cuda/gemm.cuh"
+#include "pie/ops/fp8_rows_norm.hpp"
 #if defined(PIE_FP8_CUTLASS)
 #include "pie/ops/cuda/fp8_gemm_cutlass_path.cuh"
 #endif
@@ -65,7 +65,6 @@ __global__ void add_bias_kernel(T* y, int64_t ldy, int M, int N, const T* bias) 
 /// call, the 8-layer weight-only chain 84.6 → 86.3% of copy. docs/kernels.md has the numbers.
 inline constexpr int kFp8GemvDefaultVariant = 14;
 inline constexpr bool kFp8GemvDefaultPre = false;
-
 
 /// \brief The fp8 linear layer of one GPU (see the file comment).
 class Fp8Gemm {
