@@ -50,6 +50,10 @@
 # attention as one split per part (PIE_DECODE_SMALL_SPLIT_TOKENS=512 against the default 64, and 256 between
 # them: SPLIT1_TOKENS; the runner and fused-ops GPU tests under 512, then batch 1 of Qwen3-8B bf16 and
 # Qwen3-30B-A3B, SPLIT1_ROUNDS times, and per-channel fp8 once at 64 and 512).
+# `nano1k`: 2048 × (128, 128) at 512 and 1024 sequences (vLLM's default on 70+ GiB cards), at 1024 with
+# --nano-batches 2 (and PIE_NANO_STAGGER=3 PIE_NANO_GEMM_SMS=$NANO_SMS), at 1024 with 16,384 tokens a step,
+# per-channel fp8 with the fp8 cache at 512 and 1024,
+# and the overlapped run traced whole.
 # Usage, in the repository root of the GPU machine:
 #   PIE_PREBUILT=.device/bundle.txz OUT=dir bash bench/device_fp8_step.sh
 set -u
@@ -148,6 +152,25 @@ if [[ $steps == *" rows "* ]]; then  # every issue's engine row on the card that
   [[ $rows == *" 256fp8 "* ]] && STAGED=1 tput r256_fp8 0 0 "$MODEL8B" 256 512 256 256 --quantization fp8 --kv-cache-dtype fp8
   [[ $rows == *" sharegpt "* ]] && tput rsharegpt_bf16 0 0 "$MODEL8B" 1000 256 256 512 --dataset-name sharegpt
   [[ $rows == *" 4096 "* ]] && tput r4096_bf16 0 0 "$MODEL8B" 128 4096 16 128
+fi
+if [[ $steps == *" nano1k "* ]]; then  # issue 15: 2048 × (128, 128) at vLLM's 1024 sequences (its H100/H200 default), nano-batch overlap at 1024
+  nano_tput() { tput "$@"; grep -E "^nano-batch" "$LOGDIR/tput_$1.log" | sed "s/^/[$1] /" | tee -a "$SUM"; }
+  nano_tput n512 0 0 "$MODEL8B" 2048 128 128 512
+  nano_tput n1024 0 0 "$MODEL8B" 2048 128 128 1024
+  nano_tput n1024nano 0 0 "$MODEL8B" 2048 128 128 1024 --nano-batches 2
+  (export PIE_NANO_STAGGER=3 PIE_NANO_GEMM_SMS=${NANO_SMS:-108}
+   nano_tput n1024nanos 0 0 "$MODEL8B" 2048 128 128 1024 --nano-batches 2)
+  nano_tput n1024t16k 0 0 "$MODEL8B" 2048 128 128 1024 --max-num-batched-tokens 16384
+  STAGED=1 tput n512fp8 0 0 "$MODEL8B" 2048 128 128 512 --quantization fp8 --kv-cache-dtype fp8
+  STAGED=1 tput n1024fp8 0 0 "$MODEL8B" 2048 128 128 1024 --quantization fp8 --kv-cache-dtype fp8
+  if [ -f "$BUILD/bench/cuda/libpie_kernel_trace.so" ] && [ -n "${NANO_TRACE:-1}" ]; then  # where the overlapped steps go
+    run trace_nano 120 env CUDA_INJECTION64_PATH="$(realpath "$BUILD/bench/cuda/libpie_kernel_trace.so")" \
+      PIE_KERNEL_TRACE="$LOGDIR/trace_nano.csv" "$BENCH" "$MODEL8B" --load-format dummy --mode throughput \
+      --input-len 128 --output-len 128 --num-prompts 2048 --max-num-seqs 1024 --nano-batches 2
+    python3 bench/nsys_decode_profile.py "$LOGDIR/trace_nano.csv" --run-split > "$LOGDIR/split_nano.txt" 2>&1
+    sed "s/^/[run split nano1024] /" "$LOGDIR/split_nano.txt" | head -40 | tee -a "$SUM"
+    gzip -f "$LOGDIR/trace_nano.csv"
+  fi
 fi
 if [[ $steps == *" fp8all "* ]]; then  # the fp8 GPU tests on the build's defaults, whole
   [ -x "$BUILD/tests/gpu/pie_gpu_test_fp8_gemv" ] && { run all_gemv 120 "$BUILD/tests/gpu/pie_gpu_test_fp8_gemv" --gtest_color=no;

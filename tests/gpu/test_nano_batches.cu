@@ -28,6 +28,7 @@ namespace pie {
 namespace {
 
 using GpuEngine = Engine<model::AnyDecoder, CudaBf16>;
+using Fp8Engine = Engine<Qwen3, CudaBf16Fp8>;  // the bf16 weights quantized per channel at load
 using HostWeights = std::shared_ptr<const model::Weights<bf16>>;
 
 struct Config {
@@ -43,6 +44,7 @@ struct Result {
   int64_t nano_steps = 0, graph_steps = 0, nano_graphs = 0;
 };
 
+template <class E = GpuEngine>
 Result run(const HostWeights& hw, const std::vector<std::vector<int32_t>>& prompts,
            const std::vector<sched::SamplingParams>& params, const Config& s) {
   EngineOptions o;
@@ -62,7 +64,7 @@ Result run(const HostWeights& hw, const std::vector<std::vector<int32_t>>& promp
     o.model_dir = s.model_dir;
     o.load_format = "auto";
   }
-  GpuEngine e(o);
+  E e(o);
   for (size_t i = 0; i < prompts.size(); ++i) e.add_request(prompts[i], params[i]);
   std::vector<std::vector<int32_t>> toks(prompts.size());
   while (e.has_unfinished())
@@ -178,6 +180,21 @@ TEST(GpuNanoBatches, DefaultKernelsAgree) {
   const Result split = run(w.hw, w.prompts, w.params, s);
   EXPECT_GT(split.nano_steps, 0);
   EXPECT_GE(compare(whole, split, "default kernels"), 62);
+}
+
+// fp8 weights (`--quantization fp8`): each half has its own fp8 GEMM (activation codes and
+// cuBLASLt workspace); per-token activation scales do not depend on the rows beside a row, so
+// the bound is the default kernels' one.
+TEST(GpuNanoBatches, Fp8WeightsDefaultKernelsAgree) {
+  const Workload w = workload();
+  Config s;
+  s.invariant = false;
+  const Result whole = run<Fp8Engine>(w.hw, w.prompts, w.params, s);
+  s.nano = 2;
+  const Result split = run<Fp8Engine>(w.hw, w.prompts, w.params, s);
+  EXPECT_GT(split.nano_steps, 0);
+  EXPECT_GT(split.nano_graphs, 0);
+  EXPECT_GE(compare(whole, split, "fp8 weights, default kernels"), 62);
 }
 
 TEST(GpuNanoBatches, TransformersFixturesBatchInvariantBitExact) {

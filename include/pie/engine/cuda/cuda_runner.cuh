@@ -721,8 +721,6 @@ class CudaRunner {
     if (nano_opt_.nano_batches < 2) return;
     PIE_CHECK(tp_ == 1, "--nano-batches 2 runs on one GPU (tensor parallel size ", tp_,
               "): the halves' collectives would need communicators of their own");
-    PIE_CHECK(!Policy::fp8_weights, "--nano-batches 2 is not available with fp8 weights (the fp8 GEMM's activation "
-              "buffer is one per runner)");
     PIE_CHECK(!opt_.calculate_kv_scales, "--nano-batches 2 is not available with --calculate-kv-scales (the first "
               "forward that calculates them is the unsplit runner's)");
     const auto& c = wconfig();
@@ -730,8 +728,16 @@ class CudaRunner {
                           (double(c.qkv_size()) * c.hidden_size + double(c.q_size()) * c.hidden_size +
                            3.0 * c.intermediate_size * c.hidden_size) +
                           double(c.vocab_size) * c.hidden_size;
-    nano_cost_.flops_per_row = 2 * linear;
-    nano_cost_.weight_bytes = sizeof(T) * linear;
+    const double lm_head = double(c.vocab_size) * c.hidden_size;
+    if constexpr (Policy::fp8_weights) {
+      // The projections are fp8: one byte a weight, FP8 tensor cores at twice the bf16 rate (so
+      // half the bf16-equivalent FLOPs); lm_head stays 16-bit.
+      nano_cost_.flops_per_row = (linear - lm_head) + 2 * lm_head;
+      nano_cost_.weight_bytes = (linear - lm_head) + sizeof(T) * lm_head;
+    } else {
+      nano_cost_.flops_per_row = 2 * linear;
+      nano_cost_.weight_bytes = sizeof(T) * linear;
+    }
     nano_cost_.kv_bytes_per_token = static_cast<double>(layout_.bytes_per_block()) / Policy::block_size;
     for (auto& h : nano_) {
       h.step = StepBuffers(cap);
@@ -742,12 +748,18 @@ class CudaRunner {
         h.logits_gemm->set_batch_invariant(true);
       }
       if (nano_gemm_sms_ > 0) h.gemm->set_sm_count_target(nano_gemm_sms_);
+      if constexpr (Policy::fp8_weights) {  // its own activation codes and cuBLASLt workspace
+        const int64_t max_k = std::max<int64_t>({c.hidden_size, c.q_size(), c.intermediate_size});
+        const int64_t max_n = std::max<int64_t>({c.qkv_size(), 2 * int64_t{c.intermediate_size}, c.hidden_size});
+        h.fp8_gemm = std::make_unique<ops::cuda::Fp8Gemm>(max_tokens_, max_k, max_n);
+      }
       h.ws = DeviceBuffer<unsigned char>(decode_ws_bytes);
       PIE_CUDA_CHECK(cudaMemset(h.ws.data(), 0, h.ws.size()));
       typename Forward::Parts q = p;
       q.step = &h.step;
       q.gemm = h.gemm.get();
       q.logits_gemm = h.logits_gemm.get();
+      q.fp8_gemm = h.fp8_gemm.get();
       q.decode_ws = h.ws.data();
       q.profiler = nullptr;  // a split step is never profiled (the profiler times one stream)
       q.own_logits = false;
@@ -1193,6 +1205,7 @@ class CudaRunner {
     StepBuffers step;
     std::unique_ptr<ops::cuda::Gemm> gemm;
     std::unique_ptr<LogitsGemm> logits_gemm;
+    std::unique_ptr<ops::cuda::Fp8Gemm> fp8_gemm;  // fp8 weights only
     DeviceBuffer<unsigned char> ws;
     std::unique_ptr<Forward> fwd;
   };
