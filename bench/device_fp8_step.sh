@@ -53,7 +53,10 @@
 # `nano1k`: 2048 × (128, 128) at 512 and 1024 sequences (vLLM's default on 70+ GiB cards), at 1024 with
 # --nano-batches 2 (and PIE_NANO_STAGGER=3 PIE_NANO_GEMM_SMS=$NANO_SMS), at 1024 with 16,384 tokens a step,
 # per-channel fp8 with the fp8 cache at 512 and 1024,
-# and the overlapped run traced whole.
+# and the overlapped run traced whole; `nano2`: the nano-batch GPU tests, then 2048 × (128, 128) at the
+# build's batch defaults (vLLM's, no --max-num-seqs) whole, split, split with PIE_NANO_PIPELINE=1 (and
+# PIE_NANO_GEMM_SMS=$PIPE_SMS), fp8 whole and pipelined, batch 1 at the defaults, and the pipeline traced
+# (bench/trace_overlap.py).
 # Usage, in the repository root of the GPU machine:
 #   PIE_PREBUILT=.device/bundle.txz OUT=dir bash bench/device_fp8_step.sh
 set -u
@@ -78,7 +81,7 @@ tput() {  # TAG FLAT PERSISTENT MODEL PROMPTS IN OUT SEQS [args...]
   run "tput_$tag" 100 env PIE_FP8_FLAT_GROUPS=$f PIE_DECODE_PERSISTENT=$ps PIE_FP8_KV_PREFILL_STAGED=${STAGED:-0} \
     "$BENCH" "$m" --load-format dummy \
     --mode throughput --input-len "$i" --output-len "$o" --num-prompts "$n" --max-num-seqs "$s" "$@"
-  grep -E "^(throughput|roofline|decode at)" "$LOGDIR/tput_$tag.log" | sed "s/^/[$tag] /" | tee -a "$SUM"
+  grep -E "^(throughput|roofline|decode at|batch:)" "$LOGDIR/tput_$tag.log" | sed "s/^/[$tag] /" | tee -a "$SUM"
 }
 fp8_small_ab() {  # VAR TAG SUFFIX VALUE...: fp8 decode at batches 2 and 4 (per channel, 128 × 128 blocks), VAR at each VALUE
   local var=$1 tag=$2 sfx=$3 B v; shift 3
@@ -170,6 +173,32 @@ if [[ $steps == *" nano1k "* ]]; then  # issue 15: 2048 × (128, 128) at vLLM's 
     python3 bench/nsys_decode_profile.py "$LOGDIR/trace_nano.csv" --run-split > "$LOGDIR/split_nano.txt" 2>&1
     sed "s/^/[run split nano1024] /" "$LOGDIR/split_nano.txt" | head -40 | tee -a "$SUM"
     gzip -f "$LOGDIR/trace_nano.csv"
+  fi
+fi
+if [[ $steps == *" nano2 "* ]]; then  # vLLM's batch defaults (no --max-num-seqs) and the nano-batch layer pipeline
+  NB=$BUILD/tests/gpu/pie_gpu_test_nano_batches
+  [ -x "$NB" ] && { run test_nano 200 "$NB" --gtest_color=no; gtest_summary test_nano 14;
+    grep -E "^\[nano batches\]" "$LOGDIR/test_nano.log" | tee -a "$SUM"; }
+  dtput() {  # TAG [pie_bench args...]: 2048 × (128, 128) at the build's batch defaults; env from DT_ENV
+    local tag=$1; shift
+    run "tput_$tag" 100 env PIE_FP8_KV_PREFILL_STAGED=1 ${DT_ENV:-} "$BENCH" "$MODEL8B" --load-format dummy \
+      --mode throughput --input-len 128 --output-len 128 --num-prompts 2048 "$@"
+    grep -E "^(throughput|roofline|decode at|batch:|nano-batch)" "$LOGDIR/tput_$tag.log" | sed "s/^/[$tag] /" | tee -a "$SUM"
+  }
+  FP8ARGS="--quantization fp8 --kv-cache-dtype fp8"
+  dtput d_bf16
+  dtput d_bf16_nano --nano-batches 2
+  DT_ENV="PIE_NANO_PIPELINE=1" dtput d_bf16_pipe --nano-batches 2
+  DT_ENV="PIE_NANO_PIPELINE=1 PIE_NANO_GEMM_SMS=${PIPE_SMS:-112}" dtput d_bf16_pipesms --nano-batches 2
+  dtput d_fp8 $FP8ARGS
+  DT_ENV="PIE_NANO_PIPELINE=1" dtput d_fp8_pipe $FP8ARGS --nano-batches 2
+  itl b1_bf16_defaults "$MODEL8B"
+  if [ -f "$BUILD/bench/cuda/libpie_kernel_trace.so" ]; then  # the pipeline's overlap, by kind of kernel
+    run trace_pipe 120 env PIE_NANO_PIPELINE=1 CUDA_INJECTION64_PATH="$(realpath "$BUILD/bench/cuda/libpie_kernel_trace.so")" \
+      PIE_KERNEL_TRACE="$LOGDIR/trace_pipe.csv" "$BENCH" "$MODEL8B" --load-format dummy --mode throughput \
+      --input-len 128 --output-len 128 --num-prompts 2048 --nano-batches 2
+    python3 bench/trace_overlap.py "$LOGDIR/trace_pipe.csv" | sed "s/^/[overlap pipeline] /" | tee -a "$SUM"
+    gzip -f "$LOGDIR/trace_pipe.csv"
   fi
 fi
 if [[ $steps == *" fp8all "* ]]; then  # the fp8 GPU tests on the build's defaults, whole

@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "pie/core/policy.hpp"
+#include "pie/engine/cuda/batch_defaults_of_device.cuh"
 #include "pie/engine/cuda/roofline.cuh"
 #include "pie/registry/cuda/cuda_engines.cuh"
 #include "pie/model/config_io.hpp"
@@ -41,8 +42,13 @@ CLI::App* add_bench_command(CLI::App& app, BenchOptions& o) {
   s->add_option("--output-len,--output_len", o.output_len)->capture_default_str();
   s->add_option("--num-iters,--num_iters", o.num_iters, "latency: timed requests")->capture_default_str();
   s->add_option("--num-iters-warmup,--num_iters_warmup", o.num_iters_warmup)->capture_default_str();
-  s->add_option("--max-num-seqs,--max_num_seqs", o.max_num_seqs)->capture_default_str();
-  s->add_option("--max-num-batched-tokens,--max_num_batched_tokens", o.max_num_batched_tokens)->capture_default_str();
+  s->add_option("--max-num-seqs,--max_num_seqs", o.max_num_seqs,
+                "Sequences a step (default: vLLM's for the card: 1024 with 70 GiB or more, other than an A100; else 256)")
+      ->check(CLI::Range(1, 1 << 16));
+  s->add_option("--max-num-batched-tokens,--max_num_batched_tokens", o.max_num_batched_tokens,
+                "Tokens a step (default: vLLM's `LLM` class's for the card: 16384 with 70 GiB or more, other than "
+                "an A100; else 8192)")
+      ->check(CLI::Range(1, 1 << 24));
   s->add_option("--long-prefill-token-threshold,--long_prefill_token_threshold", o.long_prefill_token_threshold,
                 "Prompt tokens one sequence computes per step (0: no cap)")->capture_default_str();
   pie::server::detail::add_prefill_budget_flag(
@@ -254,6 +260,7 @@ struct Bench {
                 "KV waste at peak %.2f%%; preemptions %lld\n",
                 st.roofline_s, (long long)st.steps, st.flops / 1e12, st.bytes / 1e12, frac, 100 * st.kv_waste_at_peak,
                 (long long)(eng->scheduler().num_preemptions() - pre0));
+    std::printf("batch: max-num-seqs %d, max-num-batched-tokens %d\n", o.max_num_seqs, o.max_num_batched_tokens);
     nlohmann::json by_batch = nlohmann::json::array();
     for (auto& [b, s] : st.decode) {
       by_batch.push_back({{"batch", b}, {"steps", s.n}, {"step_ms", 1e3 * s.wall / s.n}, {"host_ms", 1e3 * s.host / s.n},
@@ -414,10 +421,16 @@ int run_bench_with(const BenchOptions& o) {
   }
 }
 
-int run_bench(const BenchOptions& o) {
+int run_bench(const BenchOptions& given) {
   // The engine type comes from the one registry (make_engine.hpp): the engine `pie serve` runs.
   int rc = 1;
   try {
+    BenchOptions o = given;
+    if (o.max_num_seqs <= 0 || o.max_num_batched_tokens <= 0) {  // unset: vLLM's defaults for this card
+      const sched::BatchDefaults d = engine::cuda::batch_defaults_of_device(sched::EntryPoint::kOffline);
+      if (o.max_num_seqs <= 0) o.max_num_seqs = d.max_num_seqs;
+      if (o.max_num_batched_tokens <= 0) o.max_num_batched_tokens = d.max_num_batched_tokens;
+    }
     EngineOptions eo;
     eo.model_dir = o.model_dir;
     eo.device = "cuda";

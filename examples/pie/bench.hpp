@@ -23,8 +23,8 @@ struct BenchOptions {
   int output_len = 128;
   int num_iters = 5;                  ///< latency: timed requests
   int num_iters_warmup = 2;
-  int max_num_seqs = 256;
-  int max_num_batched_tokens = 8192;
+  int max_num_seqs = 0;               ///< 0 → vLLM's default for the card (sched/batch_defaults.hpp)
+  int max_num_batched_tokens = 0;     ///< 0 → vLLM's default for the card (the `LLM` class's)
   int long_prefill_token_threshold = 0;
   int max_prefill_tokens_with_decodes = 0;
   int max_model_len = 0;              ///< 0 → input + output (+ margin), capped by the model

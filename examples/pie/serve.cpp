@@ -19,6 +19,7 @@
 
 #include "pie/engine/any_engine.hpp"
 #include "pie/registry/make_engine.hpp"
+#include "pie/sched/batch_defaults.hpp"
 #include "pie/model/config_io.hpp"
 #include "pie/model/embedded.hpp"
 #include "pie/model/kv_scale_loader.hpp"
@@ -130,16 +131,21 @@ int serve_with(const ServeOptions& o, EngineFactory build, const std::string& de
   eo.seed = o.seed;
   eo.num_threads = o.num_threads;
   eo.sched.max_model_len = resolve_max_model_len(o);
-  eo.sched.max_num_seqs = o.max_num_seqs;
+  // Unset batch knobs take vLLM's defaults for the card (sched/batch_defaults.hpp).
+  sched::BatchDefaults batch = sched::batch_defaults(sched::EntryPoint::kServer, 0, "");
+#if defined(PIE_HAVE_SERVE_CUDA)
+  if (device == "cuda") batch = cuda_batch_defaults(sched::EntryPoint::kServer);
+#endif
+  eo.sched.max_num_seqs = o.max_num_seqs > 0 ? o.max_num_seqs : batch.max_num_seqs;
   eo.sched.enable_prefix_caching = o.enable_prefix_caching;
   eo.sched.enable_chunked_prefill = o.enable_chunked_prefill;
   eo.sched.long_prefill_token_threshold = o.long_prefill_token_threshold;
   eo.sched.async_scheduling = o.async_scheduling;
   eo.sched.max_prefill_tokens_with_decodes = o.max_prefill_tokens_with_decodes;
-  eo.sched.max_num_batched_tokens = o.max_num_batched_tokens > 0 ? o.max_num_batched_tokens
-                                    : o.enable_chunked_prefill
-                                        ? std::max(8192, o.max_num_seqs)
-                                        : std::max({8192, o.max_num_seqs, eo.sched.max_model_len});
+  eo.sched.max_num_batched_tokens =
+      o.max_num_batched_tokens > 0 ? o.max_num_batched_tokens
+      : o.enable_chunked_prefill   ? std::max(batch.max_num_batched_tokens, eo.sched.max_num_seqs)
+                                   : std::max({batch.max_num_batched_tokens, eo.sched.max_num_seqs, eo.sched.max_model_len});
   if (o.kv_cache_memory_bytes > 0) eo.kv_cache_bytes = static_cast<size_t>(o.kv_cache_memory_bytes);
   eo.gpu_memory_utilization = o.gpu_memory_utilization;
   eo.swap_space_gib = o.swap_space;

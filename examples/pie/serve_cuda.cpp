@@ -10,11 +10,14 @@
 
 #include <cstdio>
 
+#include "pie/engine/cuda/batch_defaults_of_device.cuh"
 #include "pie/engine/cuda/roofline.cuh"
 #include "pie/model/config_io.hpp"
 #include "pie/model/embedded.hpp"
 
 namespace pie::cli {
+
+sched::BatchDefaults cuda_batch_defaults(sched::EntryPoint entry) { return engine::cuda::batch_defaults_of_device(entry); }
 
 int cuda_device_count() {
   int n = 0;

@@ -9,11 +9,15 @@
 
 #include "pie/engine/engine_options.hpp"
 #include "pie/model/config.hpp"
+#include "pie/sched/batch_defaults.hpp"
 
 namespace pie::cli {
 
 /// GPUs the CUDA runtime sees (0 when there is no driver or device).
 int cuda_device_count();
+
+/// vLLM's max_num_seqs / max_num_batched_tokens defaults for the current GPU (its memory and name).
+sched::BatchDefaults cuda_batch_defaults(sched::EntryPoint entry);
 
 /// Loads the model's config (the embedded one without a directory), measures the card's
 /// ceilings (bf16 GEMM FLOP/s, device copy bytes/s) while it is still empty and prints the

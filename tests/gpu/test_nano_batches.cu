@@ -36,6 +36,7 @@ struct Config {
   bool eager = false;
   bool async = false;
   int nano = 1;
+  bool pipeline = false;  // PIE_NANO_PIPELINE=1: the halves held half a layer apart
   std::string model_dir;  // a checkpoint instead of the in-process weights
 };
 
@@ -64,7 +65,11 @@ Result run(const HostWeights& hw, const std::vector<std::vector<int32_t>>& promp
     o.model_dir = s.model_dir;
     o.load_format = "auto";
   }
+  // The runner reads the switch when it is built (setup_nano).
+  if (s.pipeline) setenv("PIE_NANO_PIPELINE", "1", 1);
+  else unsetenv("PIE_NANO_PIPELINE");
   E e(o);
+  unsetenv("PIE_NANO_PIPELINE");
   for (size_t i = 0; i < prompts.size(); ++i) e.add_request(prompts[i], params[i]);
   std::vector<std::vector<int32_t>> toks(prompts.size());
   while (e.has_unfinished())
@@ -180,6 +185,27 @@ TEST(GpuNanoBatches, DefaultKernelsAgree) {
   const Result split = run(w.hw, w.prompts, w.params, s);
   EXPECT_GT(split.nano_steps, 0);
   EXPECT_GE(compare(whole, split, "default kernels"), 62);
+}
+
+// The layer pipeline (PIE_NANO_PIPELINE=1) only orders the halves' kernels across the two
+// streams: in batch-invariant mode it must change no bit, through the split graphs and eager steps.
+TEST(GpuNanoBatches, LayerPipelineBatchInvariantBitExact) {
+  const Workload w = workload();
+  Config s;
+  const Result whole = run(w.hw, w.prompts, w.params, s);
+  s.nano = 2;
+  s.pipeline = true;
+  const Result graphs = run(w.hw, w.prompts, w.params, s);
+  EXPECT_GT(graphs.nano_steps, 0);
+  EXPECT_GT(graphs.nano_graphs, 0);
+  EXPECT_EQ(compare(whole, graphs, "batch-invariant, layer pipeline, graphs"), 64);
+  Config e;
+  e.eager = true;
+  const Result whole_eager = run(w.hw, w.prompts, w.params, e);
+  s.eager = true;
+  const Result eager = run(w.hw, w.prompts, w.params, s);
+  EXPECT_GT(eager.nano_steps, 0);
+  EXPECT_EQ(compare(whole_eager, eager, "batch-invariant, layer pipeline, eager"), 64);
 }
 
 // fp8 weights (`--quantization fp8`): each half has its own fp8 GEMM (activation codes and

@@ -24,8 +24,8 @@ struct ServeOptions {
   int tensor_parallel_size = 1;
   double gpu_memory_utilization = 0.9;
   int block_size = 16;
-  int max_num_seqs = 256;
-  int max_num_batched_tokens = 0;  ///< 0 → max(8192, max_model_len) like vLLM
+  int max_num_seqs = 0;            ///< 0 → vLLM's default for the card (sched/batch_defaults.hpp)
+  int max_num_batched_tokens = 0;  ///< 0 → vLLM's default for the card (and ≥ max_model_len without chunking)
   bool enable_prefix_caching = true;
   bool enable_chunked_prefill = true;
   int long_prefill_token_threshold = 0;     ///< vLLM's: prompt tokens per sequence per step (0: no cap)
@@ -153,11 +153,14 @@ inline void add_serve_flags(CLI::App& app, ServeOptions& o) {
   app.add_option(both_spellings("block-size"), o.block_size, "Tokens per KV-cache block")
       ->check(CLI::IsMember({8, 16, 32}))
       ->capture_default_str();
-  app.add_option(both_spellings("max-num-seqs"), o.max_num_seqs, "Sequences running at once")
-      ->check(CLI::Range(1, 1 << 16))
-      ->capture_default_str();
+  app.add_option(both_spellings("max-num-seqs"), o.max_num_seqs,
+                 "Sequences running at once (default: vLLM's for the card: 1024 on GPUs of 70 GiB or more other "
+                 "than an A100, else 256; 256 on the CPU)")
+      ->check(CLI::Range(1, 1 << 16));
   app.add_option(both_spellings("max-num-batched-tokens"), o.max_num_batched_tokens,
-                 "Tokens computed per engine step (default: max(8192, max-model-len))")
+                 "Tokens computed per engine step (default: vLLM's `vllm serve` value for the card: 8192 on GPUs of "
+                 "70 GiB or more other than an A100, else 2048; 8192 on the CPU; without chunked prefill at least "
+                 "max-model-len)")
       ->check(CLI::Range(1, 1 << 24));
   app.add_flag(both_spellings("enable-prefix-caching") + "," + negated("enable-prefix-caching"),
                o.enable_prefix_caching, "Reuse KV blocks of identical prompt prefixes (default on)");

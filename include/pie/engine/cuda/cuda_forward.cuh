@@ -201,6 +201,18 @@ class CudaForward {
   }
   /// Ops enqueued since begin().
   int ops() const { return ops_; }
+  /// \brief A nano-batch's place in the per-layer pipeline (PIE_NANO_PIPELINE, cuda_runner.cuh).
+  enum class PipeRole { kOff, kLead, kTrail };
+  /// The lead records `layer_events[l]` on its stream as its attention of layer l starts; the
+  /// trail, after its own attention of layer l, waits for `layer_events[l + 1]` before the ops
+  /// that follow (o_proj … the next layer's qkv and K/V write). So the trail's GEMMs run beside
+  /// the lead's next attention, not beside the lead's GEMMs. The lead's whole forward is
+  /// enqueued before the trail's (every record precedes its wait on the host; graph-capturable).
+  void set_pipeline(PipeRole role, const cudaEvent_t* layer_events) {
+    pipe_role_ = layer_events ? role : PipeRole::kOff;
+    pipe_events_ = layer_events;
+    pipe_marked_ = -1;
+  }
   /// Prefill attentions over an fp8 cache that took the staged v3 path (Parts::fp8_kv_prefill).
   int64_t fp8_prefill_staged() const { return fp8_prefill_staged_; }
   /// Device bytes the context itself holds (memory plan).
@@ -490,12 +502,14 @@ class CudaForward {
       // recomputed inside a prompt chunk.
       auto kvd = cache.layer(l, D, st.kv_indptr(), st.kv_indices(), st.kv_last_page_len());
       op("attention_prefill", [&] {
+        pipe_lead_mark(l);
         ops::cuda::prefill_attention<1, true>(heads(qkv.data, D, QKV), kvd, st.cu_query_lens(), 1,
                                               heads(out.data, D, O), sm_scale, p_.variant, s_);
       });
     } else if (D > 0) {
       auto kvd = cache.layer(l, D, st.kv_indptr(), st.kv_indices(), st.kv_last_page_len());
       op(rope.on ? "rope+attention_decode" : "attention_decode", [&] {
+        pipe_lead_mark(l);
         ops::cuda::decode_attention(heads(qkv.data, D, QKV), kvd, heads(out.data, D, O), shape_.decode, p_.decode_ws,
                                     sm_scale, p_.variant, s_, rope.on ? &rope_args : nullptr);
       });
@@ -508,6 +522,7 @@ class CudaForward {
       const int64_t r0 = shape_.prefill_row0;
       auto kvp = cache.layer(l, S - D, st.kv_indptr() + D, st.kv_indices(), st.kv_last_page_len() + D);
       op("attention_prefill", [&] {
+        pipe_lead_mark(l);
         const auto q_rows = heads(qkv.data + r0 * QKV, Tn - r0, QKV);
         const auto out_rows = heads(out.data + r0 * O, Tn - r0, O);
         if constexpr (ops::cuda::is_fp8_v<ops::cuda::device_t<KV>>) {
@@ -524,6 +539,8 @@ class CudaForward {
                                      s_);
       });
     }
+    if (pipe_role_ == PipeRole::kTrail && l + 1 < c.num_hidden_layers)
+      PIE_CUDA_CHECK(cudaStreamWaitEvent(s_, pipe_events_[l + 1], 0));
   }
   /// With fp8 weights above batch 1, also out's fp8 codes for the down projection, in the scheme
   /// of the step's fp8 linears so far (a model's projections share one).
@@ -937,6 +954,15 @@ class CudaForward {
   DeviceBuffer<float> logits_, part_, gathered_;
   float* logits_out_ = nullptr;  // logits_, or a nano-batch's rows of the step's (set_logits_target)
   int ops_ = 0, signal_ops_ = 0;  // ops enqueued this step; signal_after's count
+  PipeRole pipe_role_ = PipeRole::kOff;  // set_pipeline
+  const cudaEvent_t* pipe_events_ = nullptr;
+  int pipe_marked_ = -1;  // the last layer whose event the lead recorded
+  /// The lead's record of layer l's event, once, on its first attention kernel of the layer.
+  void pipe_lead_mark(int l) {
+    if (pipe_role_ != PipeRole::kLead || pipe_marked_ == l) return;
+    PIE_CUDA_CHECK(cudaEventRecord(pipe_events_[l], s_));
+    pipe_marked_ = l;
+  }
   int64_t fp8_prefill_staged_ = 0;  // fp8_prefill_staged()
   cudaEvent_t signal_ = nullptr;
   DeviceBuffer<int32_t> ids_;

@@ -183,6 +183,7 @@ class CudaRunner {
     for (auto& h : nano_) h.fwd.reset();
     for (cudaEvent_t e : {fork_, join_, stagger_})
       if (e) cudaEventDestroy(e);
+    for (cudaEvent_t e : pipe_events_) cudaEventDestroy(e);
     if (side_) cudaStreamDestroy(side_);
     fwd_.reset();
     comm_.reset();
@@ -238,10 +239,12 @@ class CudaRunner {
     if (log_ && nano_on()) {
       if (nano_opt_.min_rows > 0)
         std::fprintf(stderr, "pie: nano-batch overlap: steps of >= %d decode rows run as 2 nano-batches (stagger %d ops, "
-                     "GEMM SM target %d)\n", nano_opt_.min_rows, nano_stagger_, nano_gemm_sms_);
+                     "GEMM SM target %d, layer pipeline %s)\n", nano_opt_.min_rows, nano_stagger_, nano_gemm_sms_,
+                     nano_pipeline_ ? "on" : "off");
       else
         std::fprintf(stderr, "pie: nano-batch overlap: steps run as 2 nano-batches where the cost model predicts a "
-                     "gain (stagger %d ops, GEMM SM target %d)\n", nano_stagger_, nano_gemm_sms_);
+                     "gain (stagger %d ops, GEMM SM target %d, layer pipeline %s)\n", nano_stagger_, nano_gemm_sms_,
+                     nano_pipeline_ ? "on" : "off");
     }
     if (!opt_.enforce_eager) capture_graphs();
     fwd_->freeze();
@@ -712,6 +715,10 @@ class CudaRunner {
     nano_opt_.nano_batches = opt_.nano_batches > 0 ? opt_.nano_batches : env_int("PIE_NANO_BATCHES", 1);
     nano_opt_.min_rows = opt_.nano_min_rows > 0 ? opt_.nano_min_rows : env_int("PIE_NANO_MIN_ROWS", 0);
     nano_stagger_ = env_int("PIE_NANO_STAGGER", 0);
+    // PIE_NANO_PIPELINE=1: the halves held half a layer apart at every layer (CudaForward::
+    // set_pipeline), so that one's attention runs beside the other's GEMMs; a stagger at the start
+    // alone did not keep them apart (docs/gpu_engine.md, "At 1,024 sequences").
+    nano_pipeline_ = env_int("PIE_NANO_PIPELINE", 0) != 0;
     // PIE_NANO_GEMM_SMS=n: the halves' GEMMs aim at n SMs (cuBLASLt's SM count target), leaving
     // the rest to the other half's attention. Not under batch invariance (another SM count may
     // pick another algorithm than the unsplit step's).
@@ -768,6 +775,10 @@ class CudaRunner {
     }
     PIE_CUDA_CHECK(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
     for (cudaEvent_t* e : {&fork_, &join_, &stagger_}) PIE_CUDA_CHECK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
+    if (nano_pipeline_) {
+      pipe_events_.resize(static_cast<size_t>(c.num_hidden_layers));
+      for (auto& e : pipe_events_) PIE_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    }
   }
   /// Whether a step of `rows` rows (`decodes` of them decodes, `kv_tokens` context tokens) runs split.
   bool nano_worth(int rows, int decodes, int64_t kv_tokens) const {
@@ -1144,11 +1155,16 @@ class CudaRunner {
     PIE_CUDA_CHECK(cudaStreamWaitEvent(side_, fork_, 0));
     Forward& fa = *nano_[0].fwd;
     Forward& fb = *nano_[1].fwd;
+    const cudaEvent_t* pipe = nano_pipeline_ ? pipe_events_.data() : nullptr;
+    fa.set_pipeline(Forward::PipeRole::kLead, pipe);
+    fb.set_pipeline(Forward::PipeRole::kTrail, pipe);
     fa.begin(a, cache, s);
     fa.set_logits_target(fwd_->logits());
     fa.signal_after(nano_stagger_, stagger_);
     Model::forward(fa, views());
     if (nano_stagger_ > 0 && fa.ops() >= nano_stagger_) PIE_CUDA_CHECK(cudaStreamWaitEvent(side_, stagger_, 0));
+    // The pipeline: B starts when A's first attention does (its qkv beside A's attention).
+    if (pipe) PIE_CUDA_CHECK(cudaStreamWaitEvent(side_, pipe[0], 0));
     fb.begin(b, cache, side_);
     fb.set_logits_target(fwd_->logits() + static_cast<size_t>(a.samples) * global_.vocab_size);
     Model::forward(fb, views());
@@ -1213,6 +1229,8 @@ class CudaRunner {
   NanoSplitOptions nano_opt_;
   NanoStepCost nano_cost_;
   int nano_stagger_ = 0;
+  bool nano_pipeline_ = false;           // PIE_NANO_PIPELINE
+  std::vector<cudaEvent_t> pipe_events_;  // one a layer: the lead half's attention started
   int nano_gemm_sms_ = 0;  // PIE_NANO_GEMM_SMS (0: every SM)
   cudaStream_t side_ = nullptr;
   cudaEvent_t fork_ = nullptr, join_ = nullptr, stagger_ = nullptr;
