@@ -16,6 +16,7 @@
 #include <cstdlib>
 
 #include "pie/core/dtype.hpp"
+#include "pie/core/env_switch.hpp"
 #include "pie/core/tensor.hpp"
 
 namespace pie {
@@ -70,8 +71,7 @@ struct Fp8Weight {
 inline constexpr bool kFp8WeightOnlySingleRowsDefault = true;
 inline bool fp8_weight_only_single_rows() {
   static const bool on = [] {
-    const char* v = std::getenv("PIE_FP8_GEMV_W8A16");
-    return v == nullptr || *v == '\0' ? kFp8WeightOnlySingleRowsDefault : std::atoi(v) != 0;
+    return env_switch("PIE_FP8_GEMV_W8A16", std::getenv("PIE_FP8_GEMV_W8A16"), kFp8WeightOnlySingleRowsDefault);
   }();
   return on;
 }
@@ -89,8 +89,9 @@ inline constexpr int kFp8WeightOnlyMaxRowsDefault = 4;
 inline int fp8_weight_only_max_rows() {
   static const int rows = [] {
     if (!fp8_weight_only_single_rows()) return 0;
-    const char* v = std::getenv("PIE_FP8_GEMV_W8A16_ROWS");
-    const int n = v == nullptr || *v == '\0' ? kFp8WeightOnlyMaxRowsDefault : std::atoi(v);
+    const int n = env_count("PIE_FP8_GEMV_W8A16_ROWS", std::getenv("PIE_FP8_GEMV_W8A16_ROWS"),
+                            kFp8WeightOnlyMaxRowsDefault);
+    PIE_CHECK(n >= 1 && n <= 4, "PIE_FP8_GEMV_W8A16_ROWS must be 1 to 4, got ", n);
     return n >= 4 ? 4 : n >= 2 ? 2 : 1;
   }();
   return rows;

@@ -27,6 +27,7 @@
 #include <tuple>
 #include <unordered_map>
 
+#include "pie/core/env_switch.hpp"
 #include "pie/core/fp8_weight.hpp"
 #include "pie/ops/cuda/common.cuh"
 #include "pie/ops/cuda/fp8_gemv.cuh"
@@ -80,15 +81,13 @@ class Fp8Gemm {
     // environment overrides for A/B runs: PIE_FP8_GEMV=id, PIE_FP8_GEMV_PRE=0/1 (producers
     // quantize x at batch 1 too; not with the weight-only GEMV), PIE_FP8_GEMV_NORM=0/1 (the norm
     // in the GEMV's prologue; default: with the weight-only GEMV), PIE_FP8_GEMV_W8A16=0/1.
-    if (const char* v = std::getenv("PIE_FP8_GEMV")) {
-      gemv_variant_ = std::atoi(v);
-      PIE_CHECK(gemv_variant_ >= 0 && gemv_variant_ < kFp8GemvVariants, "PIE_FP8_GEMV=", v, ": variants are 0..",
-                kFp8GemvVariants - 1);
-    }
-    if (const char* v = std::getenv("PIE_FP8_GEMV_PRE")) gemv_pre_ = std::atoi(v) != 0;
+    gemv_variant_ = env_count("PIE_FP8_GEMV", std::getenv("PIE_FP8_GEMV"), gemv_variant_);
+    PIE_CHECK(gemv_variant_ < kFp8GemvVariants, "PIE_FP8_GEMV=", gemv_variant_, ": variants are 0..",
+              kFp8GemvVariants - 1);
+    gemv_pre_ = env_switch("PIE_FP8_GEMV_PRE", std::getenv("PIE_FP8_GEMV_PRE"), gemv_pre_);
     gemv_w8a16_ = fp8_weight_only_single_rows();  // core/fp8_weight.hpp: the CPU reference's rule too
     gemv_norm_ = gemv_w8a16_;  // the norm prologue pays with the weight-only GEMV only (see above)
-    if (const char* v = std::getenv("PIE_FP8_GEMV_NORM")) gemv_norm_ = std::atoi(v) != 0;
+    gemv_norm_ = env_switch("PIE_FP8_GEMV_NORM", std::getenv("PIE_FP8_GEMV_NORM"), gemv_norm_);
     gemv_pre_ = gemv_pre_ && gemv_variant_ > 0 && !gemv_w8a16_;  // the legacy kernel quantizes x itself
     gemv_norm_ = gemv_norm_ && gemv_variant_ > 0;
     rows_norm_max_ = fp8_rows_norm_max_rows(std::getenv("PIE_FP8_ROWS_NORM"));  // ops/fp8_rows_norm.hpp

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <cstdlib>
 
+#include "pie/core/env_switch.hpp"
 #include "pie/core/fp8_weight.hpp"
 #include "pie/ops/cuda/common.cuh"
 #include "pie/ops/cuda/flat_walk.cuh"
@@ -42,8 +43,9 @@ inline constexpr int kFp8RowsFlatDefault = 3;  // one H100, 2026-12-07, Qwen3-8B
                                                // 4.17 → 4.24 (so batch 2 keeps the row groups)
 inline int& fp8_rows_flat_flag() {
   static int mode = [] {
-    const char* v = std::getenv("PIE_FP8_ROWS_FLAT");
-    return v == nullptr || *v == '\0' ? kFp8RowsFlatDefault : std::atoi(v);
+    const int n = env_count("PIE_FP8_ROWS_FLAT", std::getenv("PIE_FP8_ROWS_FLAT"), kFp8RowsFlatDefault);
+    PIE_CHECK(n <= 3, "PIE_FP8_ROWS_FLAT must be a mode from 0 to 3, got ", n);
+    return n;
   }();
   return mode;
 }

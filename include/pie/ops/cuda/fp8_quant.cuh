@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "pie/core/env_switch.hpp"
 #include "pie/core/fp8_weight.hpp"
 #include "pie/ops/cuda/common.cuh"
 #include "pie/ops/cuda/fp8_group_quant.cuh"
@@ -38,8 +39,7 @@ inline constexpr bool kFp8QuantRegsDefault = true;
 /// kFp8QuantRegsDefault, or PIE_FP8_QUANT_REGS=0/1 (read once).
 inline bool fp8_quant_regs_on() {
   static const bool on = [] {
-    const char* v = std::getenv("PIE_FP8_QUANT_REGS");
-    return v != nullptr ? std::atoi(v) != 0 : kFp8QuantRegsDefault;
+    return env_switch("PIE_FP8_QUANT_REGS", std::getenv("PIE_FP8_QUANT_REGS"), kFp8QuantRegsDefault);
   }();
   return on;
 }
@@ -72,8 +72,7 @@ inline int fp8_producers_v2_choice(int v2) {
 /// kFp8QuantBatchedDefault, or PIE_FP8_QUANT_BATCHED=0/1 (read once).
 inline bool fp8_quant_batched() {
   static const bool on = [] {
-    const char* v = std::getenv("PIE_FP8_QUANT_BATCHED");
-    return v != nullptr ? std::atoi(v) != 0 : kFp8QuantBatchedDefault;
+    return env_switch("PIE_FP8_QUANT_BATCHED", std::getenv("PIE_FP8_QUANT_BATCHED"), kFp8QuantBatchedDefault);
   }();
   return on;
 }

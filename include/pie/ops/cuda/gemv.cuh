@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <cstdlib>
 
+#include "pie/core/env_switch.hpp"
 #include "pie/ops/cuda/activation.cuh"
 #include "pie/ops/cuda/common.cuh"
 #include "pie/ops/cuda/flat_walk.cuh"
@@ -267,9 +268,9 @@ inline constexpr int kGemvFlatSmallSide = 8 * 32 * 8;  // U · (32 lanes · 8 el
 inline constexpr int kGemvFlatDefault = 3;
 inline int& gemv_flat_flag() {
   static int on = [] {
-    const char* v = std::getenv("PIE_GEMV_FLAT");
-    const int n = v != nullptr && *v != '\0' ? std::atoi(v) : kGemvFlatDefault;
-    return n >= 1 && n <= 3 ? n : 0;
+    const int n = env_count("PIE_GEMV_FLAT", std::getenv("PIE_GEMV_FLAT"), kGemvFlatDefault);
+    PIE_CHECK(n <= 3, "PIE_GEMV_FLAT must be a mode from 0 to 3, got ", n);
+    return n;
   }();
   return on;
 }
@@ -386,9 +387,9 @@ inline constexpr int kGemvNormWarpsDefault = 4;
 /// kGemvNormWarpsDefault, or PIE_GEMV_NORM_WARPS=4/16 (read once).
 inline int gemv_norm_warps() {
   static const int w = [] {
-    const char* v = std::getenv("PIE_GEMV_NORM_WARPS");
-    if (v == nullptr) return kGemvNormWarpsDefault;
-    return std::atoi(v) == 16 ? 16 : 4;
+    const int n = env_count("PIE_GEMV_NORM_WARPS", std::getenv("PIE_GEMV_NORM_WARPS"), kGemvNormWarpsDefault);
+    PIE_CHECK(n == 4 || n == 16, "PIE_GEMV_NORM_WARPS must be 4 or 16, got ", n);
+    return n;
   }();
   return w;
 }
