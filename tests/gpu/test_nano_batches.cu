@@ -176,16 +176,20 @@ TEST(GpuNanoBatches, BatchInvariantAsyncSchedulingBitExact) {
 // flip (dummy weights have logit gaps of hundredths), and a flipped token changes the rest of its
 // sequence. The bound is the one test_async_scheduling.cu keeps for batches that differ (all but
 // two sequences identical); the share of identical tokens is printed.
-TEST(GpuNanoBatches, DefaultKernelsAgree) {
+template <class E>
+void expect_default_kernels_agree(const char* what) {
   const Workload w = workload();
   Config s;
   s.invariant = false;
-  const Result whole = run(w.hw, w.prompts, w.params, s);
+  const Result whole = run<E>(w.hw, w.prompts, w.params, s);
   s.nano = 2;
-  const Result split = run(w.hw, w.prompts, w.params, s);
+  const Result split = run<E>(w.hw, w.prompts, w.params, s);
   EXPECT_GT(split.nano_steps, 0);
-  EXPECT_GE(compare(whole, split, "default kernels"), 62);
+  EXPECT_GT(split.nano_graphs, 0);
+  EXPECT_GE(compare(whole, split, what), 62);
 }
+
+TEST(GpuNanoBatches, DefaultKernelsAgree) { expect_default_kernels_agree<GpuEngine>("default kernels"); }
 
 // The layer pipeline (PIE_NANO_PIPELINE=1) only orders the halves' kernels across the two
 // streams: in batch-invariant mode it must change no bit, through the split graphs and eager steps.
@@ -212,15 +216,7 @@ TEST(GpuNanoBatches, LayerPipelineBatchInvariantBitExact) {
 // cuBLASLt workspace); per-token activation scales do not depend on the rows beside a row, so
 // the bound is the default kernels' one.
 TEST(GpuNanoBatches, Fp8WeightsDefaultKernelsAgree) {
-  const Workload w = workload();
-  Config s;
-  s.invariant = false;
-  const Result whole = run<Fp8Engine>(w.hw, w.prompts, w.params, s);
-  s.nano = 2;
-  const Result split = run<Fp8Engine>(w.hw, w.prompts, w.params, s);
-  EXPECT_GT(split.nano_steps, 0);
-  EXPECT_GT(split.nano_graphs, 0);
-  EXPECT_GE(compare(whole, split, "fp8 weights, default kernels"), 62);
+  expect_default_kernels_agree<Fp8Engine>("fp8 weights, default kernels");
 }
 
 TEST(GpuNanoBatches, TransformersFixturesBatchInvariantBitExact) {
