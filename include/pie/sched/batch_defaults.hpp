@@ -9,7 +9,10 @@
 /// gave +4.3% (bf16) and +6.0% (fp8) over 512 and 8,192 (docs/benchmarks.md, 2026-12-08).
 #include <cctype>
 #include <cstddef>
+#include <string>
 #include <string_view>
+
+#include "pie/sched/scheduler_config.hpp"
 
 namespace pie::sched {
 
@@ -21,31 +24,23 @@ enum class EntryPoint {
 
 /// \brief The two scheduler knobs an unset flag takes.
 struct BatchDefaults {
-  int max_num_seqs = 256;
-  int max_num_batched_tokens = 8192;
+  int max_num_seqs;
+  int max_num_batched_tokens;
 };
-
-namespace detail {
-inline bool contains_nocase(std::string_view hay, std::string_view needle) {
-  if (needle.empty()) return true;
-  for (size_t i = 0; i + needle.size() <= hay.size(); ++i) {
-    size_t j = 0;
-    while (j < needle.size() &&
-           std::tolower(static_cast<unsigned char>(hay[i + j])) == std::tolower(static_cast<unsigned char>(needle[j])))
-      ++j;
-    if (j == needle.size()) return true;
-  }
-  return false;
-}
-}  // namespace detail
 
 /// The GPU rule: `gpu_memory_bytes` is the card's total memory and `gpu_name` its name (as the
 /// CUDA runtime reports them). Without a GPU (gpu_memory_bytes 0: pie's CPU engine, a reference
-/// rather than a server of vLLM's CPU backend) pie keeps 256 sequences and 8,192 tokens.
+/// rather than a server of vLLM's CPU backend) pie keeps SchedulerConfig's: 256 sequences and
+/// 8,192 tokens.
 inline BatchDefaults batch_defaults(EntryPoint entry, size_t gpu_memory_bytes, std::string_view gpu_name) {
-  if (gpu_memory_bytes == 0) return {256, 8192};
+  if (gpu_memory_bytes == 0) {
+    const SchedulerConfig cpu;
+    return {cpu.max_num_seqs, cpu.max_num_batched_tokens};
+  }
   constexpr size_t kLargeCard = size_t{70} << 30;
-  const bool large = gpu_memory_bytes >= kLargeCard && !detail::contains_nocase(gpu_name, "a100");
+  std::string name(gpu_name);  // vLLM matches "a100" in the lower-cased device name
+  for (char& ch : name) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  const bool large = gpu_memory_bytes >= kLargeCard && name.find("a100") == std::string::npos;
   if (large) return {1024, entry == EntryPoint::kOffline ? 16384 : 8192};
   return {256, entry == EntryPoint::kOffline ? 8192 : 2048};
 }

@@ -654,11 +654,7 @@ class CudaRunner {
       gemm_->set_batch_invariant(true);
       logits_gemm_->set_batch_invariant(true);
     }
-    if constexpr (Policy::fp8_weights) {
-      const int64_t max_k = std::max<int64_t>({c.hidden_size, c.q_size(), c.intermediate_size});
-      const int64_t max_n = std::max<int64_t>({c.qkv_size(), 2 * int64_t{c.intermediate_size}, c.hidden_size});
-      fp8_gemm_ = std::make_unique<ops::cuda::Fp8Gemm>(max_tokens_, max_k, max_n);
-    }
+    if constexpr (Policy::fp8_weights) fp8_gemm_ = make_fp8_gemm(c);
     typename Forward::Parts p;
     p.config = c;
     p.fp8_gemm = fp8_gemm_.get();
@@ -706,6 +702,13 @@ class CudaRunner {
     setup_nano(nano_parts, cap, std::max<size_t>(dws, 256));
   }
 
+  /// An fp8 linear layer sized for every projection of `c` over a step of max_tokens_ rows.
+  std::unique_ptr<ops::cuda::Fp8Gemm> make_fp8_gemm(const model::ModelConfig& c) const {
+    const int64_t max_k = std::max<int64_t>({c.hidden_size, c.q_size(), c.intermediate_size});
+    const int64_t max_n = std::max<int64_t>({c.qkv_size(), 2 * int64_t{c.intermediate_size}, c.hidden_size});
+    return std::make_unique<ops::cuda::Fp8Gemm>(max_tokens_, max_k, max_n);
+  }
+
   /// Nano-batch overlap (engine/nano_split.hpp): each half its own staged plan, GEMM handles
   /// (their workspaces must not be shared by two streams at once), decode scratch and forward
   /// context writing into the step's logits; one side stream and the fork/join events.
@@ -718,7 +721,7 @@ class CudaRunner {
     // PIE_NANO_PIPELINE=1: the halves held half a layer apart at every layer (CudaForward::
     // set_pipeline), so that one's attention runs beside the other's GEMMs; a stagger at the start
     // alone did not keep them apart (docs/gpu_engine.md, "At 1,024 sequences").
-    nano_pipeline_ = env_int("PIE_NANO_PIPELINE", 0) != 0;
+    nano_pipeline_ = env_switch("PIE_NANO_PIPELINE", std::getenv("PIE_NANO_PIPELINE"));
     // PIE_NANO_GEMM_SMS=n: the halves' GEMMs aim at n SMs (cuBLASLt's SM count target), leaving
     // the rest to the other half's attention. Not under batch invariance (another SM count may
     // pick another algorithm than the unsplit step's).
@@ -731,20 +734,16 @@ class CudaRunner {
     PIE_CHECK(!opt_.calculate_kv_scales, "--nano-batches 2 is not available with --calculate-kv-scales (the first "
               "forward that calculates them is the unsplit runner's)");
     const auto& c = wconfig();
-    const double linear = static_cast<double>(c.num_hidden_layers) *
-                          (double(c.qkv_size()) * c.hidden_size + double(c.q_size()) * c.hidden_size +
-                           3.0 * c.intermediate_size * c.hidden_size) +
-                          double(c.vocab_size) * c.hidden_size;
+    const double projections = static_cast<double>(c.num_hidden_layers) *
+                               (double(c.qkv_size()) * c.hidden_size + double(c.q_size()) * c.hidden_size +
+                                3.0 * c.intermediate_size * c.hidden_size);
     const double lm_head = double(c.vocab_size) * c.hidden_size;
-    if constexpr (Policy::fp8_weights) {
-      // The projections are fp8: one byte a weight, FP8 tensor cores at twice the bf16 rate (so
-      // half the bf16-equivalent FLOPs); lm_head stays 16-bit.
-      nano_cost_.flops_per_row = (linear - lm_head) + 2 * lm_head;
-      nano_cost_.weight_bytes = (linear - lm_head) + sizeof(T) * lm_head;
-    } else {
-      nano_cost_.flops_per_row = 2 * linear;
-      nano_cost_.weight_bytes = sizeof(T) * linear;
-    }
+    // fp8 projections: one byte a weight, and FP8 tensor cores at twice the bf16 rate (half the
+    // bf16-equivalent FLOPs); lm_head stays 16-bit.
+    constexpr double kProjFlopsPerWeight = Policy::fp8_weights ? 1.0 : 2.0;
+    constexpr double kProjBytesPerWeight = Policy::fp8_weights ? 1.0 : double(sizeof(T));
+    nano_cost_.flops_per_row = kProjFlopsPerWeight * projections + 2 * lm_head;
+    nano_cost_.weight_bytes = kProjBytesPerWeight * projections + sizeof(T) * lm_head;
     nano_cost_.kv_bytes_per_token = static_cast<double>(layout_.bytes_per_block()) / Policy::block_size;
     for (auto& h : nano_) {
       h.step = StepBuffers(cap);
@@ -755,11 +754,7 @@ class CudaRunner {
         h.logits_gemm->set_batch_invariant(true);
       }
       if (nano_gemm_sms_ > 0) h.gemm->set_sm_count_target(nano_gemm_sms_);
-      if constexpr (Policy::fp8_weights) {  // its own activation codes and cuBLASLt workspace
-        const int64_t max_k = std::max<int64_t>({c.hidden_size, c.q_size(), c.intermediate_size});
-        const int64_t max_n = std::max<int64_t>({c.qkv_size(), 2 * int64_t{c.intermediate_size}, c.hidden_size});
-        h.fp8_gemm = std::make_unique<ops::cuda::Fp8Gemm>(max_tokens_, max_k, max_n);
-      }
+      if constexpr (Policy::fp8_weights) h.fp8_gemm = make_fp8_gemm(c);  // its own codes and cuBLASLt workspace
       h.ws = DeviceBuffer<unsigned char>(decode_ws_bytes);
       PIE_CUDA_CHECK(cudaMemset(h.ws.data(), 0, h.ws.size()));
       typename Forward::Parts q = p;
